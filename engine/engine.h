@@ -1,0 +1,169 @@
+// The engine's public API: plain C++ types only (no libtorch headers), so that server/ and client/
+// can include it next to generated protobuf code. Everything behind it may use libtorch.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace squeezeserve {
+
+struct ModelInfo {
+  std::string name;          // directory name of the checkpoint
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  std::string fingerprint;   // hex SHA-256 over config, weight headers and tokenizer
+  int64_t vocab_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t hidden_size = 0;
+  int64_t max_position_embeddings = 0;
+  bool has_tokenizer = false;
+  int32_t bos_token_id = -1;  // -1 when the model has none
+  int32_t eos_token_id = -1;
+  std::string device;  // "cpu", "cuda:0"
+  std::string dtype;   // compute dtype: "float32", "bfloat16"
+};
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
+  // Context tokens prefilled per forward pass at ingest; bounds the attention score memory.
+  int prefill_chunk_tokens = 512;
+  // Intra-op threads for CPU math; 0 keeps libtorch's default.
+  int num_threads = 0;
+};
+
+enum class AttentionMode { kDense, kSqueezed };
+
+// Options of the Squeezed Attention index (DESIGN.md §2).
+struct IndexOptions {
+  float centroid_fraction = 0.05f;
+  int observation_window = 100;
+  int max_iterations = 30;
+  uint64_t seed = 0;
+  int levels = 2;
+  float coarse_centroid_fraction = 0.01f;
+  std::vector<float> sparsity_levels = {0.5f, 0.7f, 0.8f, 0.9f};
+  bool dense_only = false;
+};
+
+struct SparsityLevelInfo {
+  float sparsity = 0;
+  std::vector<float> thresholds;  // one per index level, coarse first
+  float kept_fraction = 0;        // measured on the calibration queries
+};
+
+struct ContextSummary {
+  std::string id;
+  int64_t num_tokens = 0;
+  IndexOptions index;
+  bool has_index = false;
+  std::vector<SparsityLevelInfo> sparsity_levels;
+  std::vector<int64_t> centroids_per_level;  // coarse first
+  uint64_t kv_bytes = 0;
+  uint64_t index_bytes = 0;
+  int64_t created_unix_ms = 0;
+  std::string tier = "device";
+};
+
+// An ingested fixed context: its KV cache and index. Immutable once built and shared by every
+// generation that reads it; owned through shared_ptr so a delete never pulls it from under a reader.
+class Context {
+ public:
+  virtual ~Context() = default;
+  virtual const ContextSummary& summary() const = 0;
+  virtual const std::vector<int32_t>& tokens() const = 0;
+};
+
+struct IngestProgress {
+  std::string stage;  // "prefill", "clustering", "calibrating", ...
+  float fraction = 0;  // of the engine's part of the ingest, in [0, 1]
+  int64_t tokens_done = 0;
+  int64_t tokens_total = 0;
+};
+using ProgressFn = std::function<void(const IngestProgress&)>;
+// Polled between steps of long work; returns true once the caller has given up (cancel, deadline).
+using CancelFn = std::function<bool()>;
+
+struct SamplingOptions {
+  int max_new_tokens = 64;
+  float temperature = 0;  // 0 = greedy
+  float top_p = 1;        // (0, 1]
+  int top_k = 0;          // 0 = disabled
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+};
+
+struct AttentionOptions {
+  AttentionMode mode = AttentionMode::kSqueezed;
+  float sparsity = 0.7f;
+  bool hierarchical = false;
+};
+
+enum class FinishReason { kNone, kStop, kLength, kEos, kCancelled };
+
+// One generated token and what the client should see of it.
+struct TokenStep {
+  int32_t token = -1;
+  float logprob = 0;            // log-softmax of the raw logits at the chosen token
+  std::string text_delta;       // decoded text newly complete after this token (may be empty)
+  FinishReason finish = FinishReason::kNone;  // set on the last step
+};
+
+struct GenerationStats {
+  int64_t prompt_tokens = 0;      // query tokens prefilled by this request
+  int64_t cached_tokens = 0;      // context tokens served from the stored KV
+  int64_t completion_tokens = 0;
+  double kv_fraction_loaded = 1;  // mean over layers, KV heads and steps
+  double centroid_comparisons_per_token = 0;
+};
+
+// The decode state of one request. Not thread-safe: one caller drives it.
+class Generation {
+ public:
+  virtual ~Generation() = default;
+  // Runs the query prefill on the first call, then one decode step per call. After a step with
+  // finish != kNone, further calls return FailedPrecondition.
+  virtual absl::StatusOr<TokenStep> Next() = 0;
+  virtual const GenerationStats& stats() const = 0;
+};
+
+// Thread-safe.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  static absl::StatusOr<std::unique_ptr<Engine>> Load(const EngineOptions& options);
+
+  virtual const ModelInfo& model_info() const = 0;
+
+  // FailedPrecondition when the checkpoint has no tokenizer.model.
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_bos) const = 0;
+  virtual std::string Decode(absl::Span<const int32_t> ids) const = 0;
+
+  // Prefills `tokens` once and builds the index asked for. `id` is recorded in the summary.
+  virtual absl::StatusOr<std::shared_ptr<const Context>> Ingest(std::string id, std::vector<int32_t> tokens,
+                                                                const IndexOptions& index,
+                                                                const ProgressFn& progress,
+                                                                const CancelFn& cancelled) = 0;
+
+  // Validates the options against the context (InvalidArgument naming the field) and returns the
+  // generation; the work happens in Generation::Next.
+  virtual absl::StatusOr<std::unique_ptr<Generation>> StartGeneration(std::shared_ptr<const Context> context,
+                                                                      std::vector<int32_t> query,
+                                                                      const SamplingOptions& sampling,
+                                                                      const AttentionOptions& attention) = 0;
+};
+
+}  // namespace squeezeserve
