@@ -1,0 +1,36 @@
+// What every squeezectl subcommand needs around an RPC: the stub, a deadline, the exit code of a
+// status, error printing, JSON of a proto message, and parsing of comma-separated token ids.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/message.h>
+#include <grpcpp/grpcpp.h>
+
+#include "client/squeezectl/cli.h"
+#include "squeezeserve/v1/squeezeserve.grpc.pb.h"
+
+namespace squeezectl {
+
+std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli);
+// Applies --timeout as the call's deadline.
+void ApplyDeadline(const Cli& cli, grpc::ClientContext* context);
+
+// Prints "squeezectl: CODE: message" to stderr and returns 10 + code (0 for OK).
+int ReportStatus(const grpc::Status& status);
+// Prints "squeezectl: message" to stderr and returns the usage exit code.
+int UsageError(const std::string& message);
+
+// Proto message -> JSON text with the .proto field names.
+std::string ToJson(const google::protobuf::Message& message);
+
+// "1,2, 3" -> {1, 2, 3}; nullopt (and an error on stderr) on anything else.
+std::optional<std::vector<int32_t>> ParseTokenIds(const std::string& text);
+
+// Reads a whole file ("-" = stdin); nullopt with an error on stderr when unreadable.
+std::optional<std::string> ReadAll(const std::string& path);
+
+}  // namespace squeezectl

@@ -1,0 +1,161 @@
+#include "server/generate_reactor.h"
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/outbox_reactor.h"
+#include "server/proto_convert.h"
+#include "server/validation.h"
+#include "spdlog/spdlog.h"
+
+namespace squeezeserve::server {
+namespace {
+
+namespace pb = ::squeezeserve::v1;
+using Clock = std::chrono::steady_clock;
+
+double MillisBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+// Tokens a slow client may fall behind before the worker waits for it.
+constexpr size_t kMaxQueuedResponses = 256;
+
+class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::GenerateResponse>, pb::GenerateResponse>,
+                              public GenerationSink {
+ public:
+  GenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
+      : OutboxReactor(context, "Generate", &core->counter), core_(core), arrival_(Clock::now()) {
+    include_logprobs_ = request.include_logprobs();
+    absl::Status started = Start(request);
+    if (!started.ok()) {
+      if (started.code() == absl::StatusCode::kResourceExhausted) {
+        context->AddTrailingMetadata("retry-after-ms", std::to_string(kRetryAfterMs));
+      }
+      FinishAfterWrites(ToGrpcStatus(started));
+    }
+  }
+
+  // GenerationSink, called on the scheduler's thread.
+  bool cancelled() const override { return OutboxReactor::cancelled(); }
+
+  void OnStart() override { started_ = Clock::now(); }
+
+  void OnToken(const TokenStep& step, const GenerationStats& stats) override {
+    Clock::time_point now = Clock::now();
+    pb::GenerateResponse response;
+    if (step.token >= 0) {
+      if (tokens_sent_++ == 0) first_token_ = now;
+      last_token_ = now;
+      response.add_token_ids(step.token);
+      if (include_logprobs_) response.add_logprobs(step.logprob);
+    }
+    response.set_text(step.text_delta);
+    if (step.finish != FinishReason::kNone) {
+      response.set_finish_reason(ToProto(step.finish));
+      *response.mutable_usage() = ToUsage(stats, Timings());
+      *response.mutable_stats() = ToAttentionStats(stats, attention_);
+    }
+    Send(std::move(response));
+    WaitForRoom(kMaxQueuedResponses);
+  }
+
+  void OnFinish(const absl::Status& status) override {
+    if (!status.ok() && !cancelled()) spdlog::warn("Generate failed: {}", std::string(status.message()));
+    FinishAfterWrites(ToGrpcStatus(status));  // last touch of this reactor
+  }
+
+ private:
+  void OnDone() override { delete this; }
+
+  // Validation and hand-off; any error becomes the RPC's status.
+  absl::Status Start(const pb::GenerateRequest& request) {
+    if (absl::Status serving = core_->CheckServing(); !serving.ok()) return serving;
+    Engine* engine = core_->engine.load();
+    const ModelInfo& model = engine->model_info();
+    const ServerLimits& limits = core_->config.limits;
+
+    if (absl::Status id = ValidateContextId(request.context_id(), "context_id"); !id.ok()) return id;
+    absl::StatusOr<std::shared_ptr<const Context>> stored = core_->store.Get(request.context_id());
+    if (!stored.ok()) return stored.status();
+    std::shared_ptr<const Context> context = *std::move(stored);
+    absl::StatusOr<SamplingOptions> sampling = ToEngineSampling(request.sampling(), limits);
+    if (!sampling.ok()) return sampling.status();
+    absl::StatusOr<AttentionOptions> attention =
+        ResolveAttention(request.attention(), context->summary(), core_->config.defaults);
+    if (!attention.ok()) return attention.status();
+    attention_ = *attention;
+
+    absl::StatusOr<std::vector<int32_t>> query = PromptTokens(request, *engine);
+    if (!query.ok()) return query.status();
+    if (absl::Status length = ValidatePromptLength(static_cast<int64_t>(query->size()), limits); !length.ok()) {
+      return length;
+    }
+
+    absl::StatusOr<std::unique_ptr<Generation>> generation =
+        engine->StartGeneration(std::move(context), *std::move(query), *sampling, attention_);
+    if (!generation.ok()) return generation.status();
+    return core_->scheduler->Submit(*std::move(generation), this);
+  }
+
+  // The query as token ids: text is encoded without BOS (it continues the context).
+  absl::StatusOr<std::vector<int32_t>> PromptTokens(const pb::GenerateRequest& request, const Engine& engine) {
+    const ServerLimits& limits = core_->config.limits;
+    switch (request.prompt_case()) {
+      case pb::GenerateRequest::kTokens: {
+        const auto& ids = request.tokens().ids();
+        if (static_cast<int64_t>(ids.size()) > limits.max_query_tokens) {
+          return ValidatePromptLength(ids.size(), limits);
+        }
+        absl::Status valid = ValidateTokenIds(absl::MakeConstSpan(ids.data(), ids.size()),
+                                              engine.model_info().vocab_size, "tokens.ids");
+        if (!valid.ok()) return valid;
+        return std::vector<int32_t>(ids.begin(), ids.end());
+      }
+      case pb::GenerateRequest::kText: {
+        // A generous byte bound keeps tokenization of absurd prompts off the callback thread.
+        if (static_cast<int64_t>(request.text().size()) > limits.max_query_tokens * 64) {
+          return absl::InvalidArgumentError(absl::StrCat("text: the prompt has ", request.text().size(),
+                                                         " bytes, far more than max_query_tokens (",
+                                                         limits.max_query_tokens, ") allows"));
+        }
+        if (request.text().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+        return engine.Encode(request.text(), /*add_bos=*/false);
+      }
+      case pb::GenerateRequest::PROMPT_NOT_SET:
+        break;
+    }
+    return absl::InvalidArgumentError("prompt: must not be empty (set text or tokens)");
+  }
+
+  GenerationTimings Timings() const {
+    GenerationTimings timings;
+    timings.queue_ms = MillisBetween(arrival_, started_);
+    if (tokens_sent_ > 0) timings.time_to_first_token_ms = MillisBetween(arrival_, first_token_);
+    if (tokens_sent_ > 1) timings.time_per_output_token_ms = MillisBetween(first_token_, last_token_) / (tokens_sent_ - 1);
+    return timings;
+  }
+
+  ServiceCore* const core_;
+  bool include_logprobs_ = false;
+  AttentionOptions attention_;
+  // Written by the scheduler thread only.
+  const Clock::time_point arrival_;
+  Clock::time_point started_ = arrival_;
+  Clock::time_point first_token_;
+  Clock::time_point last_token_;
+  int64_t tokens_sent_ = 0;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<pb::GenerateResponse>* NewGenerateReactor(ServiceCore* core,
+                                                                   grpc::CallbackServerContext* context,
+                                                                   const pb::GenerateRequest* request) {
+  return new GenerateReactor(core, context, *request);
+}
+
+}  // namespace squeezeserve::server

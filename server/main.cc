@@ -1,0 +1,210 @@
+// squeezeserve: the gRPC server binary. Parses flags, starts gRPC (health NOT_SERVING, RPCs answer
+// UNAVAILABLE) and prints the listening line, loads the model on a thread, flips health to SERVING,
+// then waits for SIGTERM/SIGINT and drains: NOT_SERVING, no new calls, running streams get a grace
+// period, exit 0.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/engine.h"
+#include "server/service.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, model, "", "Model checkpoint directory (config.json, *.safetensors, tokenizer.model). Required.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "HOST:PORT to listen on. Port 0 picks a free port; the chosen address is printed on stdout as "
+          "'squeezeserve listening on HOST:PORT'.");
+ABSL_FLAG(std::string, store, "",
+          "Context store directory. Every ingested context is written there (atomically, with checksums) and "
+          "survives restarts; replicas sharing the directory can serve each other's contexts. Empty: in memory "
+          "only.");
+ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu, cuda or cuda:N.");
+ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
+ABSL_FLAG(int32_t, prefill_chunk, 512, "Context tokens prefilled per forward pass at ingest.");
+ABSL_FLAG(int64_t, max_context_tokens, 1 << 20, "Largest context IngestContext accepts, in tokens.");
+ABSL_FLAG(int64_t, max_context_bytes, 0,
+          "Largest IngestContext upload in bytes of text or token ids (0 = 32 x max_context_tokens).");
+ABSL_FLAG(int32_t, max_query_tokens, 8192, "Largest Generate prompt (the query), in tokens.");
+ABSL_FLAG(int32_t, max_new_tokens, 4096, "Largest sampling.max_new_tokens a request may ask for.");
+ABSL_FLAG(int32_t, default_max_new_tokens, 64, "Tokens generated when a request leaves max_new_tokens at 0.");
+ABSL_FLAG(int32_t, max_concurrent_streams, 16,
+          "Ingest and Generate streams doing model work at once; more are refused with RESOURCE_EXHAUSTED "
+          "and trailing metadata retry-after-ms.");
+ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or sent, in bytes.");
+ABSL_FLAG(std::string, default_mode, "squeezed",
+          "Attention mode for requests that leave attention.mode unset: dense or squeezed (contexts without "
+          "an index always use dense).");
+ABSL_FLAG(float, default_sparsity, 0.7f,
+          "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
+          "of the context is used).");
+ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
+ABSL_FLAG(std::string, log_level, "info", "Log level on stderr: trace, debug, info, warn, error, critical, off.");
+
+namespace squeezeserve::server {
+namespace {
+
+// Flags -> ServerConfig, or an error message.
+absl::StatusOr<ServerConfig> ConfigFromFlags() {
+  ServerConfig config;
+  ServerLimits& limits = config.limits;
+  limits.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
+  limits.max_query_tokens = absl::GetFlag(FLAGS_max_query_tokens);
+  limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  limits.max_context_bytes = absl::GetFlag(FLAGS_max_context_bytes);
+  if (limits.max_context_bytes <= 0) limits.max_context_bytes = 32 * limits.max_context_tokens;
+  if (limits.max_context_tokens <= 0 || limits.max_query_tokens <= 0 || limits.max_new_tokens <= 0 ||
+      limits.max_concurrent_streams <= 0 || limits.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("--max_* limits must be positive");
+  }
+  if (limits.default_max_new_tokens <= 0 || limits.default_max_new_tokens > limits.max_new_tokens) {
+    return absl::InvalidArgumentError("--default_max_new_tokens must be in [1, --max_new_tokens]");
+  }
+  const std::string mode = absl::GetFlag(FLAGS_default_mode);
+  if (mode == "dense") {
+    config.defaults.mode = AttentionMode::kDense;
+  } else if (mode == "squeezed") {
+    config.defaults.mode = AttentionMode::kSqueezed;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--default_mode must be dense or squeezed, got ", mode));
+  }
+  config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
+  config.store_dir = absl::GetFlag(FLAGS_store);
+  if (!(config.defaults.sparsity > 0 && config.defaults.sparsity < 1)) {
+    return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
+  }
+  return config;
+}
+
+// "HOST:PORT" with the port the server actually bound.
+std::string BoundAddress(const std::string& listen, int port) {
+  return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+}
+
+int Run() {
+  absl::StatusOr<ServerConfig> config = ConfigFromFlags();
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) config = absl::InvalidArgumentError("--model DIR is required");
+  if (!config.ok()) {
+    std::cerr << "squeezeserve: " << config.status().message() << "\n" << "Try --help.\n";
+    return 1;
+  }
+
+  // Signals are taken by sigwait below; block them before gRPC and the loader start their threads.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);  // the loader's "load failed"
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  SqueezeserveService service(*config);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config->limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config->limits.max_message_bytes));
+  // Long streams: let clients keep the connection alive with pings.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::error("could not listen on {}", listen);
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(::squeezeserve::v1::Squeezeserve::service_full_name(), false);
+  health->SetServingStatus(false);
+  std::cout << "squeezeserve listening on " << BoundAddress(listen, port) << std::endl;
+  spdlog::info("listening on {}; loading model {} on {}", BoundAddress(listen, port), model_dir,
+               absl::GetFlag(FLAGS_device));
+
+  bool load_failed = false;
+  std::thread loader([&] {
+    EngineOptions options;
+    options.model_dir = model_dir;
+    options.device = absl::GetFlag(FLAGS_device);
+    options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
+    options.num_threads = absl::GetFlag(FLAGS_threads);
+    auto started = std::chrono::steady_clock::now();
+    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(options);
+    if (!engine.ok()) {
+      spdlog::error("loading the model failed: {}", std::string(engine.status().message()));
+      load_failed = true;
+      kill(getpid(), SIGUSR1);
+      return;
+    }
+    const ModelInfo& model = (*engine)->model_info();
+    spdlog::info("model {} loaded in {:.1f} s ({}, vocab {}, {} layers, {} on {})", model.name,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
+                 model.architecture, model.vocab_size, model.num_layers, model.dtype, model.device);
+    service.SetEngine(*std::move(engine));
+    health->SetServingStatus(true);
+  });
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  loader.join();
+  if (signal_number != SIGUSR1) spdlog::info("signal {}: draining", signal_number);
+
+  // Drain: tell load balancers first, then refuse new calls and give running streams the grace period.
+  health->Shutdown();
+  service.BeginDrain();
+  auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s));
+  server->Shutdown(deadline);
+  server->Wait();
+  for (const auto& [key, count] : service.counter().Snapshot()) {
+    spdlog::info("status count: {} {} = {}", key.first, key.second, count);
+  }
+  spdlog::info("stopped");
+  return load_failed ? 1 : 0;
+}
+
+}  // namespace
+}  // namespace squeezeserve::server
+
+// --help lists the flags defined in this file (absl's default looks for a file named after the binary).
+void ConfigureHelp() {
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [](absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  absl::SetFlagsUsageConfig(config);
+}
+
+int main(int argc, char** argv) {
+  ConfigureHelp();
+  absl::SetProgramUsageMessage(
+      "squeezeserve --model DIR [--listen HOST:PORT] [--device cpu|cuda] [flags]\n"
+      "Serves squeezeserve.v1.Squeezeserve (Squeezed Attention over a stored long context), the gRPC "
+      "health service and server reflection. Prints 'squeezeserve listening on HOST:PORT' on stdout once "
+      "listening; logs go to stderr. SIGTERM/SIGINT drain and exit 0.");
+  absl::ParseCommandLine(argc, argv);
+  auto logger = spdlog::stderr_color_mt("squeezeserve");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  return squeezeserve::server::Run();
+}

@@ -1,0 +1,35 @@
+// Limits and defaults of one server process, filled from command-line flags in main.cc and read by
+// validation and the RPC handlers. Plain data, no gRPC or engine dependencies.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace squeezeserve::server {
+
+struct ServerLimits {
+  int64_t max_context_tokens = 1 << 20;
+  int64_t max_query_tokens = 8192;
+  int max_new_tokens = 4096;          // upper bound a request may ask for
+  int default_max_new_tokens = 64;    // used when a request leaves max_new_tokens at 0
+  int max_concurrent_streams = 16;    // ingest + generate work running at once
+  int64_t max_message_bytes = 8 << 20;  // one gRPC message, either direction
+  int64_t max_context_bytes = 64ll << 20;  // all text/token bytes of one IngestContext stream
+};
+
+struct ServerDefaults {
+  AttentionMode mode = AttentionMode::kSqueezed;
+  float sparsity = 0.7f;
+};
+
+struct ServerConfig {
+  ServerLimits limits;
+  ServerDefaults defaults;
+  std::string version = "0.1.0";
+  // Context store directory; empty = contexts live in memory only and are lost on restart.
+  std::string store_dir;
+};
+
+}  // namespace squeezeserve::server

@@ -1,0 +1,104 @@
+#include "server/service.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/generate_reactor.h"
+#include "server/ingest_reactor.h"
+#include "server/proto_convert.h"
+#include "server/status_map.h"
+#include "server/validation.h"
+
+namespace squeezeserve::server {
+
+namespace pb = ::squeezeserve::v1;
+
+SqueezeserveService::SqueezeserveService(ServerConfig config) : core_(std::move(config)) {}
+
+SqueezeserveService::~SqueezeserveService() = default;
+
+void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
+  engine_ = std::move(engine);
+  core_.store.AttachDirectory(engine_.get(), core_.config.store_dir);
+  core_.engine.store(engine_.get());
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::FinishUnary(grpc::CallbackServerContext* context, const char* method,
+                                                           const absl::Status& status) {
+  grpc::Status grpc_status = ToGrpcStatus(status);
+  core_.counter.Count(method, grpc_status.error_code());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc_status);
+  return reactor;
+}
+
+grpc::ServerBidiReactor<pb::IngestContextRequest, pb::IngestContextProgress>* SqueezeserveService::IngestContext(
+    grpc::CallbackServerContext* context) {
+  return NewIngestReactor(&core_, context);
+}
+
+grpc::ServerWriteReactor<pb::GenerateResponse>* SqueezeserveService::Generate(grpc::CallbackServerContext* context,
+                                                                             const pb::GenerateRequest* request) {
+  return NewGenerateReactor(&core_, context, request);
+}
+
+namespace {
+
+// The stored context named by `id`, or INVALID_ARGUMENT / NOT_FOUND.
+absl::StatusOr<std::shared_ptr<const Context>> FindContext(const ContextStore& store, const std::string& id) {
+  if (absl::Status valid = ValidateContextId(id, "context_id"); !valid.ok()) return valid;
+  return store.Get(id);
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* SqueezeserveService::GetContext(grpc::CallbackServerContext* context,
+                                                          const pb::GetContextRequest* request,
+                                                          pb::ContextInfo* response) {
+  absl::Status status = core_.CheckServing();
+  if (status.ok()) {
+    absl::StatusOr<std::shared_ptr<const Context>> found = FindContext(core_.store, request->context_id());
+    if (found.ok()) {
+      *response = ToProto((*found)->summary(), engine_->model_info().fingerprint);
+    } else {
+      status = found.status();
+    }
+  }
+  return FinishUnary(context, "GetContext", status);
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::ListContexts(grpc::CallbackServerContext* context,
+                                                            const pb::ListContextsRequest* /*request*/,
+                                                            pb::ListContextsResponse* response) {
+  absl::Status status = core_.CheckServing();
+  if (status.ok()) {
+    for (const ContextSummary& summary : core_.store.List()) {
+      *response->add_contexts() = ToProto(summary, engine_->model_info().fingerprint);
+    }
+  }
+  return FinishUnary(context, "ListContexts", status);
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::DeleteContext(grpc::CallbackServerContext* context,
+                                                             const pb::DeleteContextRequest* request,
+                                                             pb::DeleteContextResponse* response) {
+  absl::Status status = core_.CheckServing();
+  if (status.ok()) status = ValidateContextId(request->context_id(), "context_id");
+  if (status.ok()) {
+    // Running generations hold their own reference and finish normally.
+    status = core_.store.Delete(request->context_id());
+    response->set_deleted(status.ok());
+  }
+  return FinishUnary(context, "DeleteContext", status);
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                             const pb::GetServerInfoRequest* /*request*/,
+                                                             pb::ServerInfo* response) {
+  absl::Status status = core_.CheckServing();
+  if (status.ok()) *response = BuildServerInfo(engine_->model_info(), core_.config);
+  return FinishUnary(context, "GetServerInfo", status);
+}
+
+}  // namespace squeezeserve::server

@@ -1,0 +1,43 @@
+// What every RPC handler shares: configuration, the engine (once loaded), the context store, the
+// workers and the status counters. Owned by SqueezeserveService; handlers get a pointer.
+#pragma once
+
+#include <atomic>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "engine/context_store.h"
+#include "engine/engine.h"
+#include "server/generation_scheduler.h"
+#include "server/server_config.h"
+#include "server/status_map.h"
+#include "server/worker_pool.h"
+
+namespace squeezeserve::server {
+
+struct ServiceCore {
+  explicit ServiceCore(ServerConfig server_config)
+      : config(std::move(server_config)),
+        pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams)),
+        scheduler(std::make_unique<ThreadPerStreamScheduler>(pool.get())) {}
+
+  // OK when RPCs may use the engine; UNAVAILABLE while the model loads or the server drains.
+  absl::Status CheckServing() const {
+    if (draining.load()) return absl::UnavailableError("the server is shutting down");
+    if (engine.load() == nullptr) return absl::UnavailableError("the model is still loading; retry shortly");
+    return absl::OkStatus();
+  }
+
+  const ServerConfig config;
+  StatusCounter counter;
+  ContextStore store;
+  std::unique_ptr<WorkerPool> pool;
+  std::unique_ptr<GenerationScheduler> scheduler;
+  std::atomic<Engine*> engine{nullptr};  // set once, when the model has loaded
+  std::atomic<bool> draining{false};
+};
+
+// Milliseconds a client should wait before retrying a RESOURCE_EXHAUSTED (trailing "retry-after-ms").
+inline constexpr int kRetryAfterMs = 250;
+
+}  // namespace squeezeserve::server

@@ -1,0 +1,36 @@
+// The one place where engine statuses (absl::Status) become gRPC statuses, and where every status an
+// RPC returns is counted (a plain counter map now; a Prometheus exporter reads it later).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+
+namespace squeezeserve::server {
+
+// absl and gRPC share the canonical code numbering; this maps code for code and keeps the message.
+grpc::StatusCode ToGrpcCode(absl::StatusCode code);
+grpc::Status ToGrpcStatus(const absl::Status& status);
+// Lower-case name of a gRPC code, e.g. "NOT_FOUND" (for logs and counters).
+const char* GrpcCodeName(grpc::StatusCode code);
+
+// Counts the statuses returned, per RPC method and code. Thread-safe.
+class StatusCounter {
+ public:
+  void Count(const std::string& method, grpc::StatusCode code);
+  int64_t Get(const std::string& method, grpc::StatusCode code) const;
+  // (method, code name) -> count, for logs and tests.
+  std::map<std::pair<std::string, std::string>, int64_t> Snapshot() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::pair<std::string, int>, int64_t> counts_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace squeezeserve::server

@@ -1,0 +1,251 @@
+// Every bad-input case of the service spine issue, at the validation layer: the status code and the
+// field named in the message.
+#include "server/validation.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace squeezeserve::server {
+namespace {
+
+namespace pb = ::squeezeserve::v1;
+
+// The message names `field` (the contract clients and humans rely on).
+void ExpectInvalid(const absl::Status& status, const std::string& field) {
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find(field), std::string::npos)
+      << "message \"" << status.message() << "\" does not name " << field;
+}
+
+TEST(ValidateContextId, AcceptsTheDocumentedAlphabet) {
+  EXPECT_TRUE(ValidateContextId("doc-1_v2.txt", "context_id").ok());
+  EXPECT_TRUE(ValidateContextId(std::string(128, 'a'), "context_id").ok());
+}
+
+TEST(ValidateContextId, RejectsWithTheFieldNamed) {
+  ExpectInvalid(ValidateContextId("", "context_id"), "context_id");
+  ExpectInvalid(ValidateContextId(std::string(129, 'a'), "context_id"), "context_id");
+  ExpectInvalid(ValidateContextId("../etc/passwd", "context_id"), "context_id");
+  ExpectInvalid(ValidateContextId(".hidden", "context_id"), "context_id");
+  ExpectInvalid(ValidateContextId("has space", "context_id"), "context_id");
+  ExpectInvalid(ValidateContextId(std::string("nul\0byte", 8), "context_id"), "context_id");
+}
+
+TEST(ValidateTokenIds, NamesTheOffendingIndex) {
+  std::vector<int32_t> ids = {0, 5, 999};
+  EXPECT_TRUE(ValidateTokenIds(ids, 1000, "tokens.ids").ok());
+  ids.push_back(1000);
+  ExpectInvalid(ValidateTokenIds(ids, 1000, "tokens.ids"), "tokens.ids[3]");
+  std::vector<int32_t> negative = {-1};
+  ExpectInvalid(ValidateTokenIds(negative, 1000, "tokens.ids", 40), "tokens.ids[40]");
+}
+
+TEST(ToEngineSampling, ZeroMeansDefault) {
+  ServerLimits limits;
+  limits.default_max_new_tokens = 64;
+  absl::StatusOr<SamplingOptions> sampling = ToEngineSampling(pb::SamplingParams(), limits);
+  ASSERT_TRUE(sampling.ok()) << sampling.status();
+  EXPECT_EQ(sampling->max_new_tokens, 64);
+  EXPECT_EQ(sampling->temperature, 0);
+  EXPECT_EQ(sampling->top_p, 1);
+  EXPECT_EQ(sampling->top_k, 0);
+}
+
+TEST(ToEngineSampling, CopiesValidValues) {
+  pb::SamplingParams proto;
+  proto.set_max_new_tokens(4096);
+  proto.set_temperature(0.8f);
+  proto.set_top_p(0.9f);
+  proto.set_top_k(40);
+  proto.set_seed(7);
+  proto.add_stop("\n\n");
+  proto.set_ignore_eos(true);
+  absl::StatusOr<SamplingOptions> sampling = ToEngineSampling(proto, ServerLimits());
+  ASSERT_TRUE(sampling.ok()) << sampling.status();
+  EXPECT_EQ(sampling->max_new_tokens, 4096);
+  EXPECT_FLOAT_EQ(sampling->top_p, 0.9f);
+  EXPECT_EQ(sampling->top_k, 40);
+  EXPECT_EQ(sampling->seed, 7u);
+  EXPECT_EQ(sampling->stop, std::vector<std::string>{"\n\n"});
+  EXPECT_TRUE(sampling->ignore_eos);
+}
+
+TEST(ToEngineSampling, RejectsMaxNewTokensAboveTheLimit) {
+  ServerLimits limits;
+  limits.max_new_tokens = 4096;
+  pb::SamplingParams proto;
+  proto.set_max_new_tokens(4097);
+  ExpectInvalid(ToEngineSampling(proto, limits).status(), "sampling.max_new_tokens");
+  proto.set_max_new_tokens(std::numeric_limits<uint32_t>::max());
+  ExpectInvalid(ToEngineSampling(proto, limits).status(), "sampling.max_new_tokens");
+}
+
+TEST(ToEngineSampling, RejectsNegativeOrNonFiniteTemperature) {
+  for (float bad : {-0.1f, -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity(),
+                    std::nanf("")}) {
+    pb::SamplingParams proto;
+    proto.set_temperature(bad);
+    ExpectInvalid(ToEngineSampling(proto, ServerLimits()).status(), "sampling.temperature");
+  }
+}
+
+TEST(ToEngineSampling, RejectsTopPOutsideZeroOne) {
+  for (float bad : {1.5f, -0.2f, 1.0001f, std::nanf("")}) {
+    pb::SamplingParams proto;
+    proto.set_top_p(bad);
+    absl::Status status = ToEngineSampling(proto, ServerLimits()).status();
+    ExpectInvalid(status, "sampling.top_p");
+    if (bad == 1.5f) EXPECT_EQ(std::string(status.message()), "sampling.top_p: must be in (0, 1], got 1.5");
+  }
+  pb::SamplingParams one;
+  one.set_top_p(1);
+  EXPECT_TRUE(ToEngineSampling(one, ServerLimits()).ok());
+}
+
+TEST(ToEngineSampling, RejectsEmptyStopStrings) {
+  pb::SamplingParams proto;
+  proto.add_stop("ok");
+  proto.add_stop("");
+  ExpectInvalid(ToEngineSampling(proto, ServerLimits()).status(), "sampling.stop[1]");
+}
+
+TEST(ValidatePromptLength, EmptyAndOversized) {
+  ServerLimits limits;
+  limits.max_query_tokens = 10;
+  ExpectInvalid(ValidatePromptLength(0, limits), "prompt");
+  ExpectInvalid(ValidatePromptLength(11, limits), "prompt");
+  EXPECT_TRUE(ValidatePromptLength(10, limits).ok());
+}
+
+TEST(ToEngineIndexOptions, ZeroMeansDefault) {
+  absl::StatusOr<IndexOptions> index = ToEngineIndexOptions(pb::IndexOptions());
+  ASSERT_TRUE(index.ok()) << index.status();
+  IndexOptions defaults;
+  EXPECT_EQ(index->centroid_fraction, defaults.centroid_fraction);
+  EXPECT_EQ(index->observation_window, defaults.observation_window);
+  EXPECT_EQ(index->levels, defaults.levels);
+  EXPECT_EQ(index->sparsity_levels, defaults.sparsity_levels);
+  EXPECT_FALSE(index->dense_only);
+}
+
+TEST(ToEngineIndexOptions, RejectsOutOfRangeFields) {
+  pb::IndexOptions proto;
+  proto.set_centroid_fraction(0.6f);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.centroid_fraction");
+  proto = pb::IndexOptions();
+  proto.set_centroid_fraction(-0.1f);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.centroid_fraction");
+  proto = pb::IndexOptions();
+  proto.set_levels(9);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.levels");
+  proto = pb::IndexOptions();
+  proto.set_coarse_centroid_fraction(0.2f);  // coarser level larger than the fine one (0.05)
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.coarse_centroid_fraction");
+  proto = pb::IndexOptions();
+  proto.add_sparsity_levels(0.5f);
+  proto.add_sparsity_levels(1.0f);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.sparsity_levels[1]");
+  proto = pb::IndexOptions();
+  proto.add_sparsity_levels(0.7f);
+  proto.add_sparsity_levels(0.7f);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.sparsity_levels");
+  proto = pb::IndexOptions();
+  proto.set_max_iterations(100000);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.max_iterations");
+}
+
+TEST(ToEngineIndexOptions, SortsSparsityLevels) {
+  pb::IndexOptions proto;
+  proto.add_sparsity_levels(0.9f);
+  proto.add_sparsity_levels(0.5f);
+  absl::StatusOr<IndexOptions> index = ToEngineIndexOptions(proto);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->sparsity_levels, (std::vector<float>{0.5f, 0.9f}));
+}
+
+ContextSummary IndexedContext() {
+  ContextSummary summary;
+  summary.id = "doc";
+  summary.has_index = true;
+  summary.index.levels = 2;
+  for (float level : {0.5f, 0.7f, 0.9f}) summary.sparsity_levels.push_back({level, {0.1f, 0.2f}, 1 - level});
+  return summary;
+}
+
+TEST(ResolveAttention, UnspecifiedTakesTheServerDefault) {
+  ServerDefaults defaults;  // squeezed, 0.7
+  absl::StatusOr<AttentionOptions> attention = ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults);
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_EQ(attention->mode, AttentionMode::kSqueezed);
+  EXPECT_FLOAT_EQ(attention->sparsity, 0.7f);
+}
+
+TEST(ResolveAttention, DefaultSparsitySnapsToTheNearestCalibratedLevel) {
+  ServerDefaults defaults;
+  defaults.sparsity = 0.85f;
+  ContextSummary context = IndexedContext();
+  context.sparsity_levels.erase(context.sparsity_levels.begin() + 1);  // {0.5, 0.9}
+  absl::StatusOr<AttentionOptions> attention = ResolveAttention(pb::AttentionOptions(), context, defaults);
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_FLOAT_EQ(attention->sparsity, 0.9f);
+}
+
+TEST(ResolveAttention, SqueezedFallsBackToDenseWithoutAnIndexUnlessExplicit) {
+  ContextSummary dense_only;
+  dense_only.id = "plain";
+  absl::StatusOr<AttentionOptions> attention =
+      ResolveAttention(pb::AttentionOptions(), dense_only, ServerDefaults());
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_EQ(attention->mode, AttentionMode::kDense);
+
+  pb::AttentionOptions explicit_squeezed;
+  explicit_squeezed.set_mode(pb::AttentionOptions::SQUEEZED);
+  absl::Status status = ResolveAttention(explicit_squeezed, dense_only, ServerDefaults()).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(std::string(status.message()).find("attention.mode"), std::string::npos);
+}
+
+TEST(ResolveAttention, RejectsAnUncalibratedSparsity) {
+  pb::AttentionOptions proto;
+  proto.set_mode(pb::AttentionOptions::SQUEEZED);
+  proto.set_sparsity(0.8f);
+  ExpectInvalid(ResolveAttention(proto, IndexedContext(), ServerDefaults()).status(), "attention.sparsity");
+  proto.set_sparsity(1.5f);
+  ExpectInvalid(ResolveAttention(proto, IndexedContext(), ServerDefaults()).status(), "attention.sparsity");
+  proto.set_sparsity(0.9f);
+  absl::StatusOr<AttentionOptions> attention = ResolveAttention(proto, IndexedContext(), ServerDefaults());
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_FLOAT_EQ(attention->sparsity, 0.9f);
+}
+
+TEST(ResolveAttention, DenseIgnoresSparsityAndHierarchy) {
+  pb::AttentionOptions proto;
+  proto.set_mode(pb::AttentionOptions::DENSE);
+  proto.set_sparsity(0.9f);
+  proto.set_hierarchical(true);
+  absl::StatusOr<AttentionOptions> attention = ResolveAttention(proto, IndexedContext(), ServerDefaults());
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_EQ(attention->mode, AttentionMode::kDense);
+  EXPECT_FALSE(attention->hierarchical);
+}
+
+TEST(ResolveAttention, HierarchicalNeedsTwoLevels) {
+  ContextSummary flat = IndexedContext();
+  flat.index.levels = 1;
+  pb::AttentionOptions proto;
+  proto.set_hierarchical(true);
+  ExpectInvalid(ResolveAttention(proto, flat, ServerDefaults()).status(), "attention.hierarchical");
+  EXPECT_TRUE(ResolveAttention(proto, IndexedContext(), ServerDefaults()).ok());
+}
+
+TEST(ResolveAttention, RejectsUnknownModes) {
+  pb::AttentionOptions proto;
+  proto.set_mode(static_cast<pb::AttentionOptions::Mode>(7));
+  ExpectInvalid(ResolveAttention(proto, IndexedContext(), ServerDefaults()).status(), "attention.mode");
+}
+
+}  // namespace
+}  // namespace squeezeserve::server
