@@ -1,0 +1,113 @@
+// squeezeload: load generator for squeezeserve. Ingests a workload's contexts, drives Generate streams
+// closed-loop (--concurrency) or open-loop (--rate, Poisson), and reports TTFT/TPOT/ITL/E2EL,
+// throughput and goodput as a table and as vLLM-style JSON. See docs/operations.md.
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "client/squeezeload/load_runner.h"
+#include "client/squeezeload/report.h"
+#include "client/squeezeload/target.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "Replicas, comma-separated HOST:PORT");
+ABSL_FLAG(std::string, routing, "ring_hash", "ring_hash (by context id) or round_robin");
+ABSL_FLAG(std::string, workload, "", "Workload JSON file; empty = one synthetic 1024-token context, 32/32 tokens");
+ABSL_FLAG(int, concurrency, 8, "Closed loop: concurrent streams. Open loop: cap on in-flight requests");
+ABSL_FLAG(double, rate, 0, "Open loop: mean Poisson arrival rate in requests/s (0 = closed loop)");
+ABSL_FLAG(std::string, sweep, "", "Comma list of concurrencies to run in turn, e.g. 1,8,32 (overrides --concurrency)");
+ABSL_FLAG(double, duration, 30, "Seconds per load level after which no new request is sent");
+ABSL_FLAG(int64_t, num_requests, 0, "Requests per load level (0 = bounded by --duration only)");
+ABSL_FLAG(int64_t, warmup_requests, 0, "Requests sent and discarded before each load level");
+ABSL_FLAG(double, request_timeout, 120, "Deadline of each RPC in seconds");
+ABSL_FLAG(std::string, goodput, "", "SLOs for goodput, e.g. ttft:500,tpot:50,e2el:5000 (milliseconds)");
+ABSL_FLAG(std::string, json_out, "", "Write results as JSON here (a sweep writes {\"results\": [...]})");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of request sampling and Poisson arrivals");
+ABSL_FLAG(bool, skip_ingest, false, "Assume the workload's contexts are already stored");
+ABSL_FLAG(bool, verbose, false, "Log every failed request");
+
+namespace {
+
+constexpr char kDefaultWorkload[] = R"({
+  "contexts": [{"id": "squeezeload-default", "synthetic_tokens": 1024}],
+  "query_tokens": 32, "output_tokens": 32
+})";
+
+absl::StatusOr<std::vector<int>> Concurrencies() {
+  std::vector<int> out;
+  const std::string sweep = absl::GetFlag(FLAGS_sweep);
+  if (sweep.empty()) return std::vector<int>{absl::GetFlag(FLAGS_concurrency)};
+  for (absl::string_view part : absl::StrSplit(sweep, ',', absl::SkipWhitespace())) {
+    int c = 0;
+    if (!absl::SimpleAtoi(part, &c) || c < 1) {
+      return absl::InvalidArgumentError("--sweep: expected positive integers, e.g. 1,8,32");
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+int Fail(const absl::Status& status) {
+  spdlog::error("{}", std::string(status.message()));
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("squeezeload --server HOST:PORT[,HOST:PORT...] [--workload FILE] [flags]");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_verbose)) spdlog::set_level(spdlog::level::debug);
+
+  auto slo = squeezeload::ParseSlo(absl::GetFlag(FLAGS_goodput));
+  if (!slo.ok()) return Fail(slo.status());
+  auto concurrencies = Concurrencies();
+  if (!concurrencies.ok()) return Fail(concurrencies.status());
+  const std::string workload_path = absl::GetFlag(FLAGS_workload);
+  auto workload = workload_path.empty() ? squeezeload::ParseWorkload(nlohmann::json::parse(kDefaultWorkload))
+                                        : squeezeload::LoadWorkloadFile(workload_path);
+  if (!workload.ok()) return Fail(workload.status());
+
+  const std::vector<std::string> servers =
+      absl::StrSplit(absl::GetFlag(FLAGS_server), ',', absl::SkipWhitespace());
+  const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_request_timeout));
+  auto target = squeezeload::ConnectAndIngest(servers, absl::GetFlag(FLAGS_routing), *std::move(workload),
+                                              absl::GetFlag(FLAGS_skip_ingest), timeout);
+  if (!target.ok()) return Fail(target.status());
+
+  squeezeload::RunLimits limits;
+  limits.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
+  limits.num_requests = absl::GetFlag(FLAGS_num_requests);
+  limits.warmup_requests = absl::GetFlag(FLAGS_warmup_requests);
+  limits.request_timeout = timeout;
+  limits.seed = absl::GetFlag(FLAGS_seed);
+
+  nlohmann::json results = nlohmann::json::array();
+  for (int concurrency : *concurrencies) {
+    const squeezeload::LoadLevel level{concurrency, absl::GetFlag(FLAGS_rate)};
+    const squeezeload::LevelResult run = squeezeload::RunLevel(**target, level, limits);
+    squeezeload::LoadSummary summary = squeezeload::Summarize(run.records, run.duration_s, *slo);
+    summary.concurrency = level.concurrency;
+    summary.request_rate = level.request_rate;
+    summary.routing = (*target)->routing;
+    squeezeload::PrintTable(summary, std::cout);
+    results.push_back(squeezeload::ToJson(summary));
+  }
+
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    // One level: a flat object like vLLM's result file. A sweep: {"results": [one object per level]}.
+    const nlohmann::json doc = results.size() == 1 ? results[0] : nlohmann::json{{"results", results}};
+    std::ofstream out(json_out);
+    out << doc.dump(2) << "\n";
+    if (!out) return Fail(absl::InternalError("cannot write " + json_out));
+  }
+  return 0;
+}
