@@ -2,38 +2,93 @@
 
 #include <openssl/evp.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "engine/context_files.h"
+#include "engine/context_summary_json.h"
 
 namespace squeezeserve {
 
-void ContextStore::Put(std::shared_ptr<const Context> context) {
+void ContextStore::AttachDirectory(const Engine* engine, std::string store_dir) {
+  engine_ = engine;
+  store_dir_ = std::move(store_dir);
+  if (!store_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(store_dir_, ec);
+    RemoveStaleTemporaries(store_dir_);
+  }
+}
+
+absl::Status ContextStore::Put(std::shared_ptr<const Context> context) {
+  if (!store_dir_.empty()) {
+    if (absl::Status saved = engine_->SaveContext(*context, store_dir_); !saved.ok()) return saved;
+  }
   absl::MutexLock lock(&mu_);
   contexts_[context->summary().id] = std::move(context);
+  return absl::OkStatus();
 }
 
-std::shared_ptr<const Context> ContextStore::Get(std::string_view id) const {
+absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const std::string& id) const {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = contexts_.find(id);
+    if (it != contexts_.end()) return it->second;
+  }
+  if (store_dir_.empty()) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
+  absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);  // loaded by the request we waited for?
+    auto it = contexts_.find(id);
+    if (it != contexts_.end()) return it->second;
+  }
+  absl::StatusOr<std::shared_ptr<const Context>> loaded = engine_->LoadContext(store_dir_, id);
+  if (!loaded.ok()) {
+    if (absl::IsNotFound(loaded.status())) {
+      return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
+    }
+    return loaded.status();
+  }
   absl::MutexLock lock(&mu_);
-  auto it = contexts_.find(id);
-  return it == contexts_.end() ? nullptr : it->second;
+  contexts_[id] = *loaded;
+  return *loaded;
 }
 
-std::vector<std::shared_ptr<const Context>> ContextStore::List() const {
+std::vector<ContextSummary> ContextStore::List() const {
+  std::map<std::string, ContextSummary> summaries;
+  if (!store_dir_.empty()) {
+    for (const std::string& id : ListContextDirs(store_dir_)) {
+      absl::StatusOr<nlohmann::json> manifest = ReadContextManifest(store_dir_, id);
+      if (!manifest.ok() || !manifest->contains("summary")) continue;  // unreadable: Get reports why
+      absl::StatusOr<ContextSummary> summary = SummaryFromJson((*manifest)["summary"]);
+      if (summary.ok()) summaries[id] = *std::move(summary);
+    }
+  }
   absl::MutexLock lock(&mu_);
-  std::vector<std::shared_ptr<const Context>> out;
-  out.reserve(contexts_.size());
-  for (const auto& [id, context] : contexts_) out.push_back(context);
+  for (const auto& [id, context] : contexts_) summaries[id] = context->summary();
+  std::vector<ContextSummary> out;
+  out.reserve(summaries.size());
+  for (auto& [id, summary] : summaries) out.push_back(std::move(summary));
   return out;
 }
 
-bool ContextStore::Delete(std::string_view id) {
-  absl::MutexLock lock(&mu_);
-  auto it = contexts_.find(id);
-  if (it == contexts_.end()) return false;
-  contexts_.erase(it);
-  return true;
+absl::Status ContextStore::Delete(const std::string& id) {
+  bool in_memory = false;
+  {
+    absl::MutexLock lock(&mu_);
+    in_memory = contexts_.erase(id) > 0;
+  }
+  if (store_dir_.empty()) {
+    return in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
+  }
+  absl::Status removed = RemoveContextDir(store_dir_, id);
+  if (absl::IsNotFound(removed) && in_memory) return absl::OkStatus();
+  if (absl::IsNotFound(removed)) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
+  return removed;
 }
 
 bool IsValidContextId(std::string_view id) {
@@ -69,6 +124,19 @@ class Sha256 {
 std::string Sha256Hex(std::string_view bytes) {
   Sha256 sha;
   sha.Update(bytes.data(), bytes.size());
+  return sha.HexDigest();
+}
+
+absl::StatusOr<std::string> Sha256FileHex(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  Sha256 sha;
+  std::vector<char> block(1 << 20);
+  size_t n;
+  while ((n = std::fread(block.data(), 1, block.size(), file)) > 0) sha.Update(block.data(), n);
+  const bool failed = std::ferror(file) != 0;
+  std::fclose(file);
+  if (failed) return absl::DataLossError(absl::StrCat("read error in ", path));
   return sha.HexDigest();
 }
 

@@ -8,26 +8,42 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/engine.h"
 
 namespace squeezeserve {
 
+// The contexts a server knows, keyed by id. Thread-safe.
+//
+// In memory only by default. After AttachDirectory, Put writes every context through to
+// <store_dir>/<id> (engine/context_files.h) before it becomes visible, Get loads contexts that are only
+// on disk (after a restart, or ingested by another replica sharing the directory), List shows both, and
+// Delete removes both. Loaded contexts stay resident (eviction tiers come with the serving issue).
 class ContextStore {
  public:
-  // Replaces any context of the same id.
-  void Put(std::shared_ptr<const Context> context);
-  // nullptr when unknown.
-  std::shared_ptr<const Context> Get(std::string_view id) const;
-  // Sorted by id.
-  std::vector<std::shared_ptr<const Context>> List() const;
-  // False when unknown. Readers holding the context keep it alive until they finish.
-  bool Delete(std::string_view id);
+  // Call once, before serving. `engine` must outlive the store.
+  void AttachDirectory(const Engine* engine, std::string store_dir);
+  const std::string& store_dir() const { return store_dir_; }
+
+  // Persists first (when a directory is attached), then replaces any context of the same id.
+  absl::Status Put(std::shared_ptr<const Context> context);
+  // NotFound when unknown; FailedPrecondition / DataLoss when the stored copy cannot be used.
+  absl::StatusOr<std::shared_ptr<const Context>> Get(const std::string& id) const;
+  // Every known context, sorted by id; tier "disk" for contexts not loaded yet.
+  std::vector<ContextSummary> List() const;
+  // NotFound when unknown. Readers holding the context keep it alive until they finish.
+  absl::Status Delete(const std::string& id);
 
  private:
+  const Engine* engine_ = nullptr;
+  std::string store_dir_;
   mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<const Context>, std::less<>> contexts_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<std::string, std::shared_ptr<const Context>, std::less<>> contexts_ ABSL_GUARDED_BY(mu_);
+  // Serializes loads from disk so two requests for one unloaded context load it once.
+  mutable absl::Mutex load_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 };
 
 // 1-128 characters of [A-Za-z0-9._-], not starting with '.' (ids become directory names).
@@ -40,5 +56,7 @@ std::string ContentAddress(std::string_view model_fingerprint, absl::Span<const 
 
 // Hex SHA-256 of bytes.
 std::string Sha256Hex(std::string_view bytes);
+// Hex SHA-256 of a file, streamed in 1 MiB blocks (stored contexts can be many GB).
+absl::StatusOr<std::string> Sha256FileHex(const std::string& path);
 
 }  // namespace squeezeserve

@@ -59,7 +59,8 @@ struct IndexOptions {
 
 struct SparsityLevelInfo {
   float sparsity = 0;
-  std::vector<float> thresholds;  // one per index level, coarse first
+  std::vector<float> thresholds;  // hierarchical lookup: one per index level, coarse first
+  float one_level_threshold = 0;  // flat lookup over the fine level (also set for 2-level indexes)
   float kept_fraction = 0;        // measured on the calibration queries
 };
 
@@ -164,6 +165,14 @@ class Engine {
                                                                       std::vector<int32_t> query,
                                                                       const SamplingOptions& sampling,
                                                                       const AttentionOptions& attention) = 0;
+
+  // Writes the context (KV, index, thresholds, summary) to <store_dir>/<id> atomically
+  // (engine/context_files.h); the manifest carries the summary (SummaryToJson) and the fingerprint.
+  virtual absl::Status SaveContext(const Context& context, const std::string& store_dir) const = 0;
+  // Loads and verifies <store_dir>/<id>: NotFound when absent, FailedPrecondition when built for
+  // another model or format version, DataLoss when a checksum or tensor does not verify.
+  virtual absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,
+                                                                     const std::string& id) const = 0;
 };
 
 }  // namespace squeezeserve

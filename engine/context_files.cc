@@ -1,0 +1,205 @@
+#include "engine/context_files.h"
+
+#include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/context_store.h"
+
+namespace squeezeserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kManifest[] = "manifest.json";
+constexpr char kTensors[] = "tensors.safetensors";
+// Temporaries start with '.', which valid context ids never do (IsValidContextId).
+constexpr char kTempPrefix[] = ".tmp-";
+constexpr char kTrashPrefix[] = ".trash-";
+
+std::string UniqueSuffix() {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  return absl::StrCat(getpid(), "-", counter.fetch_add(1), "-", rd());
+}
+
+absl::Status FsyncPath(const fs::path& path, bool directory) {
+  int fd = open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) return absl::InternalError(absl::StrCat("open ", path.string(), " for fsync failed"));
+  int rc = fsync(fd);
+  close(fd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", path.string(), " failed"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+absl::StatusOr<std::string> FileSha256(const fs::path& path) { return Sha256FileHex(path.string()); }
+
+absl::Status WriteFile(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("writing ", path.string(), " failed"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PublishContextDir(const std::string& store_dir, const std::string& id, nlohmann::json manifest,
+                               const std::vector<TensorToWrite>& tensors) {
+  if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
+  if (!manifest.contains("model_fingerprint")) return absl::InternalError("manifest lacks model_fingerprint");
+  std::error_code ec;
+  fs::create_directories(store_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create store ", store_dir, ": ", ec.message()));
+
+  const fs::path store(store_dir);
+  const fs::path temp = store / absl::StrCat(kTempPrefix, id, "-", UniqueSuffix());
+  fs::create_directory(temp, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", temp.string(), ": ", ec.message()));
+  auto fail = [&](absl::Status status) {
+    fs::remove_all(temp, ec);
+    return status;
+  };
+
+  if (auto s = WriteSafetensors((temp / kTensors).string(), tensors); !s.ok()) return fail(s);
+  auto digest = FileSha256(temp / kTensors);
+  if (!digest.ok()) return fail(digest.status());
+  manifest["format"] = "squeezeserve-context";
+  manifest["format_version"] = kContextFormatVersion;
+  manifest["context_id"] = id;
+  manifest["files"] = {{kTensors, {{"sha256", *digest}, {"bytes", fs::file_size(temp / kTensors)}}}};
+  if (auto s = WriteFile(temp / kManifest, manifest.dump(2)); !s.ok()) return fail(s);
+  for (const char* name : {kTensors, kManifest}) {
+    if (auto s = FsyncPath(temp / name, false); !s.ok()) return fail(s);
+  }
+  if (auto s = FsyncPath(temp, true); !s.ok()) return fail(s);
+
+  // rename() cannot replace a non-empty directory, and moving the old version aside first would
+  // leave a moment (and, after a crash, a state) with no context at all. RENAME_EXCHANGE swaps the
+  // two directories atomically; the old version then sits under the temporary name and is deleted.
+  const fs::path final_dir = store / id;
+  const bool replacing = fs::exists(final_dir);
+  if (replacing) {
+    if (renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) != 0) {
+      return fail(absl::InternalError(absl::StrCat("cannot replace ", final_dir.string())));
+    }
+    fs::remove_all(temp, ec);
+  } else {
+    fs::rename(temp, final_dir, ec);
+    if (ec) return fail(absl::InternalError(absl::StrCat("cannot publish ", final_dir.string(), ": ", ec.message())));
+  }
+  return FsyncPath(store, true);
+}
+
+absl::StatusOr<ContextDir> OpenContextDir(const std::string& store_dir, const std::string& id,
+                                          const std::string& model_fingerprint) {
+  if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
+  const fs::path dir = fs::path(store_dir) / id;
+  if (!fs::is_directory(dir)) return absl::NotFoundError(absl::StrCat("context '", id, "' is not in the store"));
+  auto text = ReadWholeFile(dir / kManifest);
+  if (!text.ok()) return absl::DataLossError(absl::StrCat("context '", id, "': manifest.json is missing"));
+  ContextDir out;
+  out.manifest = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const auto& m = out.manifest;
+  if (m.is_discarded() || !m.is_object() || m.value("format", "") != "squeezeserve-context") {
+    return absl::DataLossError(absl::StrCat("context '", id, "': manifest.json is corrupt"));
+  }
+  if (m.value("format_version", 0) != kContextFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("context '", id, "' has format version ",
+                                                      m.value("format_version", 0), "; this server reads ",
+                                                      kContextFormatVersion, ": ingest it again"));
+  }
+  if (m.value("model_fingerprint", "") != model_fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat("context '", id, "' was built for model ",
+                                                      m.value("model_fingerprint", "?"), ", not the loaded model ",
+                                                      model_fingerprint));
+  }
+  const auto files = m.find("files");
+  if (files == m.end() || !files->contains(kTensors)) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': manifest lists no tensors"));
+  }
+  const auto& entry = (*files)[kTensors];
+  std::error_code ec;
+  const auto size = fs::file_size(dir / kTensors, ec);
+  if (ec || size != entry.value("bytes", uint64_t{0})) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': tensors file is missing or truncated"));
+  }
+  auto digest = FileSha256(dir / kTensors);
+  if (!digest.ok() || *digest != entry.value("sha256", "")) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': tensors checksum mismatch"));
+  }
+  auto tensors = SafetensorsFile::Open((dir / kTensors).string());
+  if (!tensors.ok()) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': ", tensors.status().message()));
+  }
+  out.tensors = std::move(*tensors);
+  return out;
+}
+
+absl::StatusOr<nlohmann::json> ReadContextManifest(const std::string& store_dir, const std::string& id) {
+  if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
+  auto text = ReadWholeFile(fs::path(store_dir) / id / kManifest);
+  if (!text.ok()) return text.status();
+  nlohmann::json manifest = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (manifest.is_discarded() || !manifest.is_object()) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': manifest.json is corrupt"));
+  }
+  return manifest;
+}
+
+std::vector<std::string> ListContextDirs(const std::string& store_dir) {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(store_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && IsValidContextId(name)) ids.push_back(name);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+absl::Status RemoveContextDir(const std::string& store_dir, const std::string& id) {
+  if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
+  const fs::path store(store_dir);
+  const fs::path dir = store / id;
+  if (!fs::is_directory(dir)) return absl::NotFoundError(absl::StrCat("context '", id, "' is not in the store"));
+  std::error_code ec;
+  const fs::path trash = store / absl::StrCat(kTrashPrefix, id, "-", UniqueSuffix());
+  fs::rename(dir, trash, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", dir.string(), ": ", ec.message()));
+  fs::remove_all(trash, ec);
+  return FsyncPath(store, true);
+}
+
+int RemoveStaleTemporaries(const std::string& store_dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(store_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, kTempPrefix) || absl::StartsWith(name, kTrashPrefix)) {
+      fs::remove_all(entry.path(), ec);
+      ++removed;
+    }
+  }
+  return removed;
+}
+
+}  // namespace squeezeserve

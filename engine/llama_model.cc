@@ -1,0 +1,180 @@
+#include "engine/llama_model.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/attention.h"
+
+namespace squeezeserve {
+namespace {
+
+absl::StatusOr<at::ScalarType> FloatScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    default: return absl::InvalidArgumentError("weights must be F32, F16 or BF16");
+  }
+}
+
+// Copies a checkpoint tensor (possibly unaligned inside the mapping) into a `dtype` tensor on `device`,
+// checking its shape.
+absl::StatusOr<at::Tensor> LoadWeight(const SafetensorsCheckpoint& weights, const std::string& name,
+                                      const std::vector<int64_t>& expected_shape, at::Device device,
+                                      at::ScalarType dtype) {
+  const TensorView* view = weights.Find(name);
+  if (view == nullptr) return absl::InvalidArgumentError(absl::StrCat("checkpoint: missing tensor ", name));
+  if (view->shape != expected_shape) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint: tensor ", name, " has shape [",
+                                                   absl::StrJoin(view->shape, ", "), "], expected [",
+                                                   absl::StrJoin(expected_shape, ", "), "]"));
+  }
+  auto source_type = FloatScalarType(view->dtype);
+  if (!source_type.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint: tensor ", name, ": ", source_type.status().message()));
+  }
+  at::Tensor host = at::empty(expected_shape, at::TensorOptions().dtype(*source_type));
+  std::memcpy(host.data_ptr(), view->data, view->nbytes);
+  return host.to(device, dtype);
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype)
+    : config_(config), device_(device), dtype_(dtype) {}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig& config,
+                                                               const SafetensorsCheckpoint& weights,
+                                                               at::Device device, at::ScalarType dtype) {
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, device, dtype));
+  const int64_t hidden = config.hidden_size, inter = config.intermediate_size, dim = config.head_dim;
+  const int64_t q_out = config.num_attention_heads * dim, kv_out = config.num_kv_heads * dim;
+  absl::Status status;
+  // Loads one weight into `out`, remembering the first failure.
+  auto load = [&](at::Tensor& out, const std::string& name, std::vector<int64_t> shape) {
+    if (!status.ok()) return;
+    auto tensor = LoadWeight(weights, name, shape, device, dtype);
+    if (tensor.ok()) out = *tensor;
+    else status = tensor.status();
+  };
+  try {
+    load(model->embed_tokens_, "model.embed_tokens.weight", {config.vocab_size, hidden});
+    load(model->final_norm_, "model.norm.weight", {hidden});
+    // Tied checkpoints usually omit lm_head.weight; when tied, the embedding is the head.
+    if (config.tie_word_embeddings) {
+      model->lm_head_ = model->embed_tokens_;
+    } else {
+      load(model->lm_head_, "lm_head.weight", {config.vocab_size, hidden});
+    }
+    model->layers_.resize(config.num_layers);
+    for (int64_t i = 0; i < config.num_layers; ++i) {
+      Layer& layer = model->layers_[i];
+      const std::string prefix = absl::StrCat("model.layers.", i, ".");
+      load(layer.input_norm, prefix + "input_layernorm.weight", {hidden});
+      load(layer.post_attention_norm, prefix + "post_attention_layernorm.weight", {hidden});
+      load(layer.q_proj, prefix + "self_attn.q_proj.weight", {q_out, hidden});
+      load(layer.k_proj, prefix + "self_attn.k_proj.weight", {kv_out, hidden});
+      load(layer.v_proj, prefix + "self_attn.v_proj.weight", {kv_out, hidden});
+      load(layer.o_proj, prefix + "self_attn.o_proj.weight", {hidden, q_out});
+      if (config.qkv_bias) {
+        load(layer.q_bias, prefix + "self_attn.q_proj.bias", {q_out});
+        load(layer.k_bias, prefix + "self_attn.k_proj.bias", {kv_out});
+        load(layer.v_bias, prefix + "self_attn.v_proj.bias", {kv_out});
+      }
+      if (config.o_bias) load(layer.o_bias, prefix + "self_attn.o_proj.bias", {hidden});
+      load(layer.gate_proj, prefix + "mlp.gate_proj.weight", {inter, hidden});
+      load(layer.up_proj, prefix + "mlp.up_proj.weight", {inter, hidden});
+      load(layer.down_proj, prefix + "mlp.down_proj.weight", {hidden, inter});
+    }
+    const std::vector<float> inv_freq = RopeInverseFrequencies(config.rope, dim);
+    model->inv_freq_ = at::tensor(at::ArrayRef<float>(inv_freq), at::kFloat).to(device);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("loading weights: ", e.what_without_backtrace()));
+  }
+  if (!status.ok()) return status;
+  return model;
+}
+
+KvCache LlamaModel::NewCache(int64_t capacity) const {
+  KvCache cache;
+  const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    cache.keys.push_back(at::empty({config_.num_kv_heads, capacity, config_.head_dim}, options));
+    cache.values.push_back(at::empty({config_.num_kv_heads, capacity, config_.head_dim}, options));
+  }
+  return cache;
+}
+
+at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  // As HF: normalize in float32, cast back, then scale.
+  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config_.rms_norm_eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  const int64_t n = x.size(0), dim = config_.head_dim;
+  const at::Tensor heads = x.view({n, -1, dim}).transpose(0, 1);  // [heads, n, D]
+  // rotate_half: (x1, x2) → (−x2, x1) on the two halves of the head dimension.
+  const at::Tensor rotated = at::cat({-heads.narrow(-1, dim / 2, dim / 2), heads.narrow(-1, 0, dim / 2)}, -1);
+  return (heads * cos + rotated * sin).contiguous();
+}
+
+at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x,
+                                 const at::Tensor& cos, const at::Tensor& sin, const ForwardArgs& args) const {
+  const int64_t n = args.num_tokens;
+  const at::Tensor q = ApplyRope(at::linear(x, layer.q_proj, layer.q_bias), cos, sin);  // [H, n, D]
+  const at::Tensor k = ApplyRope(at::linear(x, layer.k_proj, layer.k_bias), cos, sin);  // [H_kv, n, D]
+  const at::Tensor v = at::linear(x, layer.v_proj, layer.v_bias).view({n, -1, config_.head_dim}).transpose(0, 1);
+
+  KvCache& cache = *args.cache;
+  cache.keys[layer_index].narrow(1, cache.length, n).copy_(k);
+  cache.values[layer_index].narrow(1, cache.length, n).copy_(v);
+  if (args.captured_queries != nullptr && args.capture_from < n) {
+    (*args.captured_queries)[layer_index] = q.narrow(1, args.capture_from, n - args.capture_from).clone();
+  }
+
+  // Part (b): the sequence's own tokens so far, causal; new token i sits at row cache.length + i.
+  const int64_t own_len = cache.length + n;
+  AttentionPart attended = AttendWithLse(q, cache.keys[layer_index].narrow(1, 0, own_len),
+                                         cache.values[layer_index].narrow(1, 0, own_len), cache.length);
+  // Part (a): the read-only prefix, no mask.
+  if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
+    const AttentionPart prefix = AttendWithLse(q, (*args.prefix.keys)[layer_index],
+                                               (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
+    attended = MergeLse(prefix, attended);
+  }
+  const at::Tensor merged = attended.out.to(dtype_).transpose(0, 1).reshape({n, -1});  // [n, H·D]
+  return at::linear(merged, layer.o_proj, layer.o_bias);
+}
+
+at::Tensor LlamaModel::Forward(const ForwardArgs& args) const {
+  const int64_t n = args.num_tokens;
+  const at::Tensor ids =
+      at::from_blob(const_cast<int32_t*>(args.token_ids), {n}, at::kInt).to(device_, at::kLong);
+  // RoPE tables for positions [start, start + n), computed in float32 as HF does.
+  const at::Tensor positions =
+      at::arange(args.start_position, args.start_position + n, at::TensorOptions().dtype(at::kLong).device(device_))
+          .to(at::kFloat);
+  const at::Tensor freqs = at::outer(positions, inv_freq_);  // [n, D/2]
+  const at::Tensor angles = at::cat({freqs, freqs}, -1);    // [n, D]
+  const at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
+
+  if (args.captured_queries != nullptr) args.captured_queries->assign(config_.num_layers, at::Tensor());
+  at::Tensor x = at::embedding(embed_tokens_, ids);  // [n, hidden]
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const Layer& layer = layers_[i];
+    x = x + Attention(i, layer, RmsNorm(x, layer.input_norm), cos, sin, args);
+    const at::Tensor h = RmsNorm(x, layer.post_attention_norm);
+    x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
+  }
+  args.cache->length += n;
+  if (!args.compute_logits) return at::Tensor();
+  const at::Tensor last = RmsNorm(x.narrow(0, n - 1, 1), final_norm_);
+  return at::linear(last, lm_head_).to(at::kFloat).squeeze(0);
+}
+
+}  // namespace squeezeserve

@@ -1,0 +1,96 @@
+// The Llama-family decoder (Llama, Mistral, Qwen2) in libtorch: RMSNorm, RoPE (HF rotate_half
+// convention), GQA attention, SwiGLU MLP, optional tied embeddings and q/k/v(/o) biases.
+//
+// Attention reads two KV parts and merges them by log-sum-exp (attention.h):
+//   (a) a read-only prefix — the stored fixed context, attended without mask since it all precedes
+//       the new tokens; the Squeezed index will replace it by the selected clusters;
+//   (b) the sequence's own KV cache, into which the new tokens' K/V are written, attended causally.
+// The two are never concatenated (that would copy a long context on every step).
+//
+// Not applied: Mistral/Qwen2 sliding-window attention (ModelConfig::sliding_window is recorded only),
+// so sequences longer than the window differ from HF.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "engine/model_config.h"
+#include "engine/safetensors.h"
+
+namespace squeezeserve {
+
+// K/V buffers of one sequence: per layer [H_kv, capacity, D]; rows [0, length) are filled.
+struct KvCache {
+  std::vector<at::Tensor> keys;
+  std::vector<at::Tensor> values;
+  int64_t length = 0;
+
+  int64_t capacity() const { return keys.empty() ? 0 : keys[0].size(1); }
+};
+
+// Read-only KV attended without mask, per layer [H_kv, P, D] (may be views of a larger buffer).
+struct KvPrefix {
+  const std::vector<at::Tensor>* keys = nullptr;
+  const std::vector<at::Tensor>* values = nullptr;
+};
+
+struct ForwardArgs {
+  const int32_t* token_ids = nullptr;
+  int64_t num_tokens = 0;
+  int64_t start_position = 0;  // position id of the first token (RoPE)
+  KvPrefix prefix;             // part (a); empty = none
+  KvCache* cache = nullptr;    // part (b); the new K/V are written at [length, length + n)
+  bool compute_logits = true;  // false at ingest: only the KV is wanted
+  // When set, receives per layer the post-RoPE queries [H, n - capture_from, D] of the tokens
+  // [capture_from, n) of this call (the calibration queries of the Squeezed index).
+  std::vector<at::Tensor>* captured_queries = nullptr;
+  int64_t capture_from = 0;
+};
+
+class LlamaModel {
+ public:
+  // Converts the checkpoint's weights to `dtype` on `device` (float32 on CPU, bfloat16 on CUDA).
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const ModelConfig& config,
+                                                            const SafetensorsCheckpoint& weights,
+                                                            at::Device device, at::ScalarType dtype);
+
+  // Runs the tokens through the model; cache->length grows by num_tokens. Returns the float32 logits
+  // [vocab] of the last token, or an undefined tensor when !compute_logits. The caller checks that
+  // the cache has room.
+  at::Tensor Forward(const ForwardArgs& args) const;
+
+  // Empty K/V buffers for `capacity` tokens of every layer.
+  KvCache NewCache(int64_t capacity) const;
+
+  const ModelConfig& config() const { return config_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+
+ private:
+  struct Layer {
+    at::Tensor input_norm, post_attention_norm;
+    at::Tensor q_proj, k_proj, v_proj, o_proj;  // [out, in]
+    at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when the model has none
+    at::Tensor gate_proj, up_proj, down_proj;
+  };
+
+  LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // x [n, D·heads] → [heads, n, D] with the rotary embedding applied.
+  at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  at::Tensor Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
+                       const at::Tensor& sin, const ForwardArgs& args) const;
+
+  ModelConfig config_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  at::Tensor inv_freq_;  // float32 [D/2]
+  at::Tensor embed_tokens_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace squeezeserve

@@ -1,0 +1,54 @@
+// Builds the Squeezed index of one layer (docs/index_layout.md): k-means of the clustered keys per
+// KV head, an optional coarse level clustered from the fine centroids, and the KV rows stored
+// sorted by (coarse, fine) cluster so that every cluster is one contiguous segment.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+
+namespace squeezeserve::squeeze {
+
+// The index of one layer; H = KV heads, N = S − W clustered tokens, W = window tokens.
+struct LayerIndex {
+  int levels = 1;              // 1 (fine only) or 2 (coarse + fine)
+  at::Tensor keys;             // [H, N, D] clustered keys sorted by cluster (dtype of the input)
+  at::Tensor values;           // [H, N, Dv] same order
+  at::Tensor perm;             // [H, N] int32: original position of each sorted row
+  at::Tensor centroids;        // [H, K, D] float32: mean of the raw keys of each fine cluster
+  at::Tensor cluster_offsets;  // [H, K+1] int32 into the sorted rows; size_j = off[j+1] − off[j]
+  at::Tensor coarse_centroids;  // [H, Kc, D] float32 (levels == 2): mean of member fine centroids
+  at::Tensor coarse_offsets;    // [H, Kc+1] int32 into the fine cluster ids (levels == 2)
+  at::Tensor window_keys;       // [H, W, D] last W tokens, original order
+  at::Tensor window_values;     // [H, W, Dv]
+
+  int64_t num_heads() const { return keys.size(0); }
+  int64_t num_clustered() const { return keys.size(1); }
+  int64_t num_clusters() const { return centroids.size(1); }
+  int64_t num_coarse_clusters() const { return levels == 2 ? coarse_centroids.size(1) : 0; }
+  int64_t window() const { return window_keys.size(1); }
+};
+
+// Derived views of the offsets (cheap; computed on the index's device).
+at::Tensor FineSizes(const LayerIndex& index);     // [H, K] int64 keys per fine cluster
+at::Tensor CoarseSizes(const LayerIndex& index);   // [H, Kc] int64 keys per coarse cluster
+at::Tensor CoarseParent(const LayerIndex& index);  // [H, K] int64 coarse cluster of each fine one
+
+// (stage: "fine" or "coarse", Lloyd iteration, fraction of labels changed)
+using ClusteringProgressFn = std::function<void(std::string_view, int, double)>;
+
+// keys, values: the layer's post-RoPE context KV [H_kv, S, D] / [H_kv, S, Dv] (any float dtype,
+// any device; the index lives on the same device). Uses centroid_fraction, observation_window,
+// max_iterations, seed, levels (1 or 2) and coarse_centroid_fraction of `options`.
+// K = clamp(round(centroid_fraction·N), 1, N), Kc = clamp(round(coarse_centroid_fraction·N), 1, K).
+// S <= W gives an index with N = 0 and K = 0: everything is window. InvalidArgument on bad input.
+absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Tensor& values,
+                                           const IndexOptions& options,
+                                           const ClusteringProgressFn& progress = nullptr);
+
+}  // namespace squeezeserve::squeeze

@@ -1,0 +1,151 @@
+#include "engine/squeeze/kmeans.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "engine/squeeze/tensor_util.h"
+
+namespace squeezeserve::squeeze {
+namespace {
+
+// The [H, chunk, K] score block of one assignment step stays below this many elements.
+constexpr int64_t kAssignBlockElements = int64_t{1} << 24;
+
+at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }
+
+// Nearest centroid of every point. For ‖x − c‖² = ‖x‖² − 2(x·c − ½‖c‖²), the argmin over c is the
+// argmax of x·c − ½‖c‖² (one batched matmul). `best` keeps that maximum so callers get distances.
+struct Assignment {
+  at::Tensor labels;  // [H, N] int64
+  at::Tensor best;    // [H, N] float: x·c − ½‖c‖² of the chosen centroid
+};
+
+Assignment Assign(const at::Tensor& x, const at::Tensor& c) {
+  const int64_t H = x.size(0), N = x.size(1), K = c.size(1);
+  const at::Tensor half_norm = 0.5 * c.pow(2).sum(-1).unsqueeze(1);  // [H, 1, K]
+  const at::Tensor ct = c.transpose(1, 2);                             // [H, D, K]
+  const int64_t chunk = std::max<int64_t>(1, kAssignBlockElements / std::max<int64_t>(1, H * K));
+  std::vector<at::Tensor> labels, best;
+  for (int64_t start = 0; start < N; start += chunk) {
+    at::Tensor scores = at::bmm(x.narrow(1, start, std::min(chunk, N - start)), ct) - half_norm;
+    auto [value, index] = scores.max(-1);
+    best.push_back(value);
+    labels.push_back(index);
+  }
+  return {at::cat(labels, 1), at::cat(best, 1)};
+}
+
+at::Tensor SquaredDistance(const at::Tensor& x, const Assignment& a) {
+  return (x.pow(2).sum(-1) - 2 * a.best).clamp_min(0);
+}
+
+// Σ_n w·‖x_n − c(n)‖² per head, in float64.
+at::Tensor Objective(const at::Tensor& x, const at::Tensor& w, const Assignment& a) {
+  return (SquaredDistance(x, a) * w).to(at::kDouble).sum(-1);
+}
+
+// Moves every empty cluster onto one of the points farthest from their centroid (a different
+// point per empty cluster of a head), which splits the worst-fitted clusters instead of leaving a
+// dead centroid. Vectorized: the e-th empty cluster of a head takes the e-th farthest point.
+at::Tensor ReseedEmpty(const at::Tensor& x, const at::Tensor& w, at::Tensor c, const at::Tensor& empty,
+                       const Assignment& a) {
+  const int64_t N = x.size(1), K = c.size(1);
+  const at::Tensor dist = SquaredDistance(x, a).masked_fill(w <= 0, -1);
+  auto [far_dist, far_index] = dist.topk(std::min(K, N), -1);  // [H, R], farthest first
+  const int64_t R = far_index.size(1);
+  const at::Tensor rank = (empty.to(at::kLong).cumsum(-1) - 1).clamp(0, R - 1);  // [H, K]
+  // Only move onto a point that is actually away from its centroid: a duplicate would just tie.
+  const at::Tensor move = empty & (far_dist.gather(1, rank) > 1e-12);
+  return at::where(move.unsqueeze(-1), GatherRows(x, far_index.gather(1, rank)), c);
+}
+
+struct LloydResult {
+  at::Tensor centroids;  // [H, K, D] in the normalized space
+  Assignment assignment;
+  int iterations = 0;
+};
+
+// Weighted Lloyd iterations: update (weighted means by scatter-add), re-seed empties, re-assign.
+LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, int max_iterations, double tolerance,
+                  const std::function<void(int, double)>& progress) {
+  const int64_t K = c.size(1);
+  Assignment a = Assign(x, c);
+  const at::Tensor counted = w > 0;
+  const double num_valid = std::max<double>(1, counted.sum().item<double>());
+  int it = 0;
+  while (it < max_iterations) {
+    ++it;
+    const at::Tensor mass = BatchedBincount(a.labels, w, K);                    // [H, K]
+    const at::Tensor sums = BatchedSegmentSum(a.labels, x * w.unsqueeze(-1), K);  // [H, K, D]
+    const at::Tensor empty = mass <= 0;
+    c = at::where(empty.unsqueeze(-1), c, sums / mass.clamp_min(1e-30).unsqueeze(-1));
+    c = ReseedEmpty(x, w, c, empty, a);
+    Assignment next = Assign(x, c);
+    const double changed = ((next.labels != a.labels) & counted).sum().item<double>() / num_valid;
+    a = std::move(next);
+    if (progress) progress(it, changed);
+    if (changed <= tolerance) break;
+  }
+  return {c, a, it};
+}
+
+// k-means++ seeding (Arthur & Vassilvitskii 2007), batched over heads: the first centroid is a
+// random valid point, each next one a point drawn with probability ∝ its squared distance to the
+// nearest centroid so far. This loop over the K seeds is inherently sequential; each step is a few
+// [H, N] tensor ops, so the whole seeding costs about one Lloyd iteration of arithmetic.
+at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t K, at::Generator& gen) {
+  const int64_t H = x.size(0), N = x.size(1), D = x.size(2);
+  // All uniforms drawn at once from the seeded CPU generator: reproducible and device-independent.
+  const at::Tensor u = at::rand({H, K}, gen, at::TensorOptions().dtype(at::kDouble)).to(x.device());
+  at::Tensor seeds = at::empty({H, K, D}, x.options());
+  at::Tensor weight = w.to(at::kDouble);  // first draw: uniform over valid points
+  at::Tensor nearest = at::full({H, N}, std::numeric_limits<double>::infinity(), weight.options());
+  for (int64_t k = 0; k < K; ++k) {
+    const at::Tensor cdf = weight.cumsum(-1);
+    const at::Tensor target = (u.narrow(1, k, 1) * cdf.narrow(1, N - 1, 1)).contiguous();
+    // Right-sided search never lands on a zero-weight point (valid mask, or already a seed).
+    const at::Tensor pick = at::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).clamp_max(N - 1);
+    const at::Tensor seed = GatherRows(x, pick);  // [H, 1, D]
+    seeds.narrow(1, k, 1).copy_(seed);
+    nearest = at::minimum(nearest, (x - seed).pow(2).sum(-1).to(at::kDouble));
+    weight = nearest * w;
+  }
+  return seeds;
+}
+
+}  // namespace
+
+KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, const at::Tensor& valid) {
+  TORCH_CHECK(points.dim() == 3, "KMeans: points must be [H, N, D]");
+  const int64_t H = points.size(0), N = points.size(1), K = options.num_clusters;
+  TORCH_CHECK(N >= 1 && K >= 1 && K <= N, "KMeans: need 1 <= K <= N, got K=", K, " N=", N);
+
+  const at::Tensor raw = points.to(at::kFloat);
+  const at::Tensor x = UnitRows(raw);
+  const at::Tensor w = valid.defined() ? valid.to(raw.options()) : at::ones({H, N}, raw.options());
+
+  at::Generator gen = at::detail::createCPUGenerator(options.seed);
+  const at::Tensor seeds = SeedKMeansPlusPlus(x, w, K, gen);
+
+  KMeansResult result;
+  result.seed_objective = Objective(x, w, Assign(x, seeds));
+  LloydResult lloyd = Lloyd(x, w, seeds, options.max_iterations, options.tolerance, options.progress);
+  result.final_objective = Objective(x, w, lloyd.assignment);
+  result.iterations = lloyd.iterations;
+
+  // Final labels are the last assignment; sizes and raw means are taken from exactly those labels,
+  // so the three always agree.
+  result.labels = lloyd.assignment.labels;
+  const at::Tensor mass = BatchedBincount(result.labels, w, K);
+  result.sizes = mass.round().to(at::kLong);
+  const at::Tensor sums = BatchedSegmentSum(result.labels, raw * w.unsqueeze(-1), K);
+  result.centroids = at::where((mass > 0).unsqueeze(-1), sums / mass.clamp_min(1e-30).unsqueeze(-1),
+                               at::zeros_like(sums));
+  return result;
+}
+
+}  // namespace squeezeserve::squeeze

@@ -1,0 +1,131 @@
+#include "engine/squeeze/sparse_attention.h"
+
+#include <limits>
+#include <utility>
+
+#include "engine/squeeze/scoring.h"
+#include "engine/squeeze/tensor_util.h"
+
+namespace squeezeserve::squeeze {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// 1-level lookup: every fine centroid is scored with the fine denominator.
+ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
+                                float tau) {
+  const at::Tensor sizes = FineSizes(index);
+  const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
+  const at::Tensor score = GroupScore(z, LogDenominator(z, sizes), G);    // [H, T', K]
+  ClusterSelection sel;
+  sel.selected = (score > tau) & (sizes > 0).unsqueeze(1);
+  sel.centroid_comparisons = at::full({q.size(0), q.size(1)}, index.num_clusters(), sizes.options());
+  return sel;
+}
+
+// Hierarchical lookup with a real expansion: the coarse level is scored in full, then only the
+// fine children of kept coarse clusters are gathered and scored, against the coarse denominator.
+ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
+                                    float tau_coarse, float tau_fine) {
+  TORCH_CHECK(index.levels == 2, "hierarchical lookup needs a 2-level index");
+  const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
+  const at::Tensor coarse_sizes = CoarseSizes(index);
+  const at::Tensor zc = CentroidLogits(q, index.coarse_centroids, coarse_sizes, scale);  // [H, T', M, Kc]
+  const at::Tensor logden = LogDenominator(zc, coarse_sizes);                             // [H, T', M]
+  const at::Tensor coarse_kept = GroupScore(zc, logden, G) > tau_coarse;                  // [H, T', Kc]
+
+  // Fine clusters to expand: children of kept coarse clusters, non-empty.
+  const at::Tensor sizes = FineSizes(index);
+  const at::Tensor parent = CoarseParent(index).unsqueeze(1).expand({H, Tp, K});
+  const at::Tensor expand = coarse_kept.gather(2, parent) & (sizes > 0).unsqueeze(1);  // [H, T', K]
+  const Compacted cand = CompactMask(expand);  // candidate fine ids packed first, [H, T', C]
+  const int64_t C = cand.index.size(2);
+
+  ClusterSelection sel;
+  sel.selected = at::zeros({H, Tp, K}, expand.options());
+  sel.centroid_comparisons = index.num_coarse_clusters() + cand.count;
+  if (C == 0) return sel;
+  const int64_t D = index.centroids.size(2);
+  const at::Tensor cand_centroids =
+      GatherRows(index.centroids, cand.index.reshape({H, Tp * C})).view({H, Tp, C, D});
+  const at::Tensor cand_sizes = sizes.gather(1, cand.index.reshape({H, Tp * C})).view({H, Tp, C});
+  const at::Tensor z = CentroidLogits(q, cand_centroids, cand_sizes, scale);  // [H, T', M, C]
+  const at::Tensor keep = (GroupScore(z, logden, G) > tau_fine) & cand.valid;
+  sel.selected.scatter_(2, cand.index, keep);  // cand.index is a permutation prefix: no collisions
+  return sel;
+}
+
+}  // namespace
+
+ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queries, const SelectionOptions& options) {
+  const int64_t H = index.num_heads(), G = queries.size(0) / H;
+  const at::Tensor q = GroupQueries(queries, H, options.per_token);
+  const int64_t Tp = q.size(1);
+  ClusterSelection sel;
+  if (index.num_clusters() == 0) {
+    sel.selected = at::zeros({H, Tp, 0}, q.options().dtype(at::kBool));
+    sel.centroid_comparisons = at::zeros({H, Tp}, q.options().dtype(at::kLong));
+  } else {
+    const double scale = SoftmaxScale(options.softmax_scale, index.centroids.size(2));
+    sel = options.hierarchical
+              ? SelectHierarchical(index, q, G, scale, options.thresholds.coarse, options.thresholds.fine)
+              : SelectOneLevel(index, q, G, scale, options.thresholds.one_level);
+  }
+  sel.kept_keys = (FineSizes(index).unsqueeze(1) * sel.selected.to(at::kLong)).sum(-1);
+  return sel;
+}
+
+ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queries, const ClusterSelection& selection,
+                                double softmax_scale) {
+  const int64_t H = index.num_heads(), G = queries.size(0) / H, N = index.num_clustered();
+  const int64_t D = index.keys.size(2), Dv = index.values.size(2), W = index.window();
+  // One selection for all tokens (T' = 1) or one per token (T' = T); for T = 1 both layouts agree.
+  const int64_t Tp = selection.selected.size(1);
+  TORCH_CHECK(Tp == 1 || Tp == queries.size(1), "selection does not match the queries");
+  const bool per_token = Tp > 1;
+  const at::Tensor q = GroupQueries(queries, H, per_token);
+  const double scale = SoftmaxScale(softmax_scale, D);
+
+  // Rows of the selected clusters, packed per (head, selection) and padded to the largest count.
+  const at::Tensor row_cluster = SegmentOfPosition(index.cluster_offsets, N).unsqueeze(1).expand({H, Tp, N});
+  const at::Tensor row_selected =
+      N == 0 ? at::zeros({H, Tp, 0}, selection.selected.options()) : selection.selected.gather(2, row_cluster);
+  const Compacted rows = CompactMask(row_selected);
+  const int64_t R = rows.index.size(2);
+  const at::Tensor flat_rows = rows.index.reshape({H, Tp * R});
+  const at::Tensor k_sel = GatherRows(index.keys.to(at::kFloat), flat_rows).view({H, Tp, R, D});
+  const at::Tensor v_sel = GatherRows(index.values.to(at::kFloat), flat_rows).view({H, Tp, R, Dv});
+
+  // The window is attended by every selection, unmasked.
+  const at::Tensor k_all = at::cat({k_sel, index.window_keys.to(at::kFloat).unsqueeze(1).expand({H, Tp, W, D})}, 2);
+  const at::Tensor v_all = at::cat({v_sel, index.window_values.to(at::kFloat).unsqueeze(1).expand({H, Tp, W, Dv})}, 2);
+  const at::Tensor valid = at::cat({rows.valid, at::ones({H, Tp, W}, rows.valid.options())}, 2);
+
+  // Exact softmax attention, fp32; padded rows are −inf.
+  const at::Tensor logits =
+      (at::matmul(q, k_all.transpose(-1, -2)) * scale).masked_fill(~valid.unsqueeze(2), kNegInf);  // [H,T',M,R+W]
+  const at::Tensor lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);
+  const at::Tensor shift = at::where(at::isinf(lse), at::zeros_like(lse), lse);  // all −inf: weights 0
+  const at::Tensor out = at::matmul((logits - shift).exp(), v_all);               // [H, T', M, Dv]
+
+  ContextAttention result;
+  result.out = UngroupQueries(out, G, per_token);
+  result.lse = UngroupQueries(lse, G, per_token).squeeze(-1);
+  result.selection = selection;
+  return result;
+}
+
+ContextAttention SparseContextAttention(const LayerIndex& index, const at::Tensor& queries,
+                                        const SelectionOptions& options) {
+  return AttendSelected(index, queries, SelectClusters(index, queries, options), options.softmax_scale);
+}
+
+std::pair<at::Tensor, at::Tensor> MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                                 const at::Tensor& out_b, const at::Tensor& lse_b) {
+  const at::Tensor lse = at::logaddexp(lse_a, lse_b);
+  const at::Tensor safe = at::where(at::isinf(lse), at::zeros_like(lse), lse);
+  const at::Tensor out = (lse_a - safe).exp().unsqueeze(-1) * out_a + (lse_b - safe).exp().unsqueeze(-1) * out_b;
+  return {out, lse};
+}
+
+}  // namespace squeezeserve::squeeze

@@ -1,0 +1,55 @@
+// Query-time lookup and sparse attention over one layer's index: the libtorch reference for the
+// CPU engine path (the CUDA kernels implement the same contract, docs/index_layout.md). The result
+// covers the stored context only (selected clusters + window); the engine merges it with the
+// request's own causal attention by log-sum-exp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "engine/squeeze/calibration.h"
+#include "engine/squeeze/index_builder.h"
+
+namespace squeezeserve::squeeze {
+
+struct SelectionOptions {
+  bool hierarchical = false;  // coarse lookup, then only the children of kept coarse clusters
+  // false: one cluster set per KV head for all T query tokens, p̂ averaged over them (prefill, as
+  // the authors do). true: one set per token (decode). Per-token gathers [H_kv, T, kept, D]: meant
+  // for small T.
+  bool per_token = false;
+  Thresholds thresholds;      // one_level, or coarse + fine when hierarchical
+  double softmax_scale = 0;   // 0 = 1/sqrt(D)
+};
+
+struct ClusterSelection {
+  at::Tensor selected;  // [H_kv, T', K] bool: T' = 1 (shared) or T (per token); empty clusters never
+  at::Tensor kept_keys;  // [H_kv, T'] int64: keys in the selected clusters
+  // [H_kv, T'] int64: centroid vectors scored per KV head and selection (one-level: K;
+  // hierarchical: Kc + the children of the kept coarse clusters).
+  at::Tensor centroid_comparisons;
+};
+
+struct ContextAttention {
+  at::Tensor out;  // [H_q, T, Dv] float32, normalized over the selected keys + window
+  at::Tensor lse;  // [H_q, T] float32 natural-log sum of exp(s·q·k); −inf when nothing attended
+  ClusterSelection selection;
+};
+
+// queries: post-RoPE [H_q, T, D] of the current tokens. Requires levels == 2 for hierarchical.
+ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queries, const SelectionOptions& options);
+
+// Exact attention of `queries` over the rows of the selected clusters plus the window.
+ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queries, const ClusterSelection& selection,
+                                double softmax_scale = 0);
+
+// SelectClusters + AttendSelected.
+ContextAttention SparseContextAttention(const LayerIndex& index, const at::Tensor& queries,
+                                        const SelectionOptions& options);
+
+// Merges two partial attentions over disjoint key sets: out = Σ_i exp(lse_i − lse)·out_i.
+std::pair<at::Tensor, at::Tensor> MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                                 const at::Tensor& out_b, const at::Tensor& lse_b);
+
+}  // namespace squeezeserve::squeeze

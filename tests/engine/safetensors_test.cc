@@ -1,0 +1,129 @@
+#include "engine/safetensors.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "tests/engine/tiny_checkpoint.h"
+
+namespace squeezeserve {
+namespace {
+
+TEST(SafetensorsTest, RoundTripsEveryDtypeAndMetadata) {
+  const std::string dir = testing::MakeTempDir("safetensors");
+  const std::string path = dir + "/t.safetensors";
+  std::vector<float> f32 = {1.5f, -2.25f, 3.0f, 0.0f, 1e-3f, -7.0f};
+  std::vector<uint16_t> f16, bf16;
+  for (float v : f32) {
+    f16.push_back(FloatToHalf(v));
+    bf16.push_back(FloatToBFloat16(v));
+  }
+  std::vector<int32_t> i32 = {1, -2, 3};
+  std::vector<int64_t> i64 = {int64_t{1} << 40, -5};
+  ASSERT_TRUE(WriteSafetensors(path,
+                               {{"a.f32", DType::kF32, {2, 3}, f32.data()},
+                                {"b.f16", DType::kF16, {6}, f16.data()},
+                                {"c.bf16", DType::kBF16, {3, 2}, bf16.data()},
+                                {"d.i32", DType::kI32, {3}, i32.data()},
+                                {"e.i64", DType::kI64, {2}, i64.data()},
+                                {"f.empty", DType::kF32, {0, 4}, nullptr}},
+                               {{"format", "pt"}})
+                  .ok());
+
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->metadata().at("format"), "pt");
+  EXPECT_EQ((*file)->tensors().size(), 6u);
+  EXPECT_EQ((*file)->header_bytes().size() % 8, 0u);
+
+  const TensorView* a = (*file)->Find("a.f32");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->dtype, DType::kF32);
+  EXPECT_EQ(a->shape, std::vector<int64_t>({2, 3}));
+  std::vector<float> read(6);
+  std::memcpy(read.data(), a->data, a->nbytes);
+  EXPECT_EQ(read, f32);
+
+  const TensorView* b = (*file)->Find("b.f16");
+  ASSERT_NE(b, nullptr);
+  const TensorView* c = (*file)->Find("c.bf16");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->shape, std::vector<int64_t>({3, 2}));
+  for (size_t i = 0; i < f32.size(); ++i) {
+    uint16_t half_bits, bf16_bits;
+    std::memcpy(&half_bits, static_cast<const char*>(b->data) + 2 * i, 2);
+    std::memcpy(&bf16_bits, static_cast<const char*>(c->data) + 2 * i, 2);
+    EXPECT_NEAR(HalfToFloat(half_bits), f32[i], std::abs(f32[i]) * 1e-3);
+    EXPECT_NEAR(BFloat16ToFloat(bf16_bits), f32[i], std::abs(f32[i]) * 1e-2);
+  }
+  const TensorView* e = (*file)->Find("e.i64");
+  ASSERT_NE(e, nullptr);
+  int64_t first;
+  std::memcpy(&first, e->data, 8);
+  EXPECT_EQ(first, int64_t{1} << 40);
+  EXPECT_EQ((*file)->Find("f.empty")->nbytes, 0u);
+  EXPECT_EQ((*file)->Find("missing"), nullptr);
+}
+
+TEST(SafetensorsTest, HalfConversionsAreExactOnRepresentableValues) {
+  for (float v : {0.0f, 1.0f, -2.0f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f}) {
+    EXPECT_EQ(HalfToFloat(FloatToHalf(v)), v) << v;
+  }
+  EXPECT_TRUE(std::isinf(HalfToFloat(FloatToHalf(1e6f))));
+  for (float v : {0.0f, 1.0f, -3.5f, std::ldexp(1.0f, 100)}) EXPECT_EQ(BFloat16ToFloat(FloatToBFloat16(v)), v);
+  EXPECT_EQ(BFloat16ToFloat(FloatToBFloat16(1.00390625f)), 1.0f);  // tie rounds to even
+}
+
+TEST(SafetensorsTest, ShardedCheckpoint) {
+  const std::string dir = testing::MakeTempDir("sharded");
+  std::vector<float> x = {1, 2}, y = {3, 4, 5};
+  ASSERT_TRUE(WriteSafetensors(dir + "/model-00001-of-00002.safetensors", {{"x", DType::kF32, {2}, x.data()}}).ok());
+  ASSERT_TRUE(WriteSafetensors(dir + "/model-00002-of-00002.safetensors", {{"y", DType::kF32, {3}, y.data()}}).ok());
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << R"({"metadata": {}, "weight_map": {"x": "model-00001-of-00002.safetensors",
+                                              "y": "model-00002-of-00002.safetensors"}})";
+  auto checkpoint = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ((*checkpoint)->files().size(), 2u);
+  ASSERT_NE((*checkpoint)->Find("x"), nullptr);
+  ASSERT_NE((*checkpoint)->Find("y"), nullptr);
+  EXPECT_EQ((*checkpoint)->Find("y")->shape, std::vector<int64_t>({3}));
+  float y2;
+  std::memcpy(&y2, static_cast<const char*>((*checkpoint)->Find("y")->data) + 8, 4);
+  EXPECT_EQ(y2, 5.0f);
+}
+
+TEST(SafetensorsTest, RejectsMalformedFiles) {
+  const std::string dir = testing::MakeTempDir("bad-safetensors");
+  auto write_raw = [&](const std::string& name, const std::string& header, size_t data_bytes) {
+    std::ofstream out(dir + "/" + name, std::ios::binary);
+    uint64_t size = header.size();
+    out.write(reinterpret_cast<const char*>(&size), 8);
+    out << header << std::string(data_bytes, '\0');
+    return dir + "/" + name;
+  };
+  EXPECT_FALSE(SafetensorsFile::Open(write_raw("short", "", 0).substr(0, 0) + dir + "/nonexistent").ok());
+  EXPECT_FALSE(SafetensorsFile::Open(write_raw("json", "{not json", 0)).ok());
+  EXPECT_FALSE(
+      SafetensorsFile::Open(write_raw("range", R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8)).ok());
+  EXPECT_FALSE(
+      SafetensorsFile::Open(write_raw("size", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16)).ok());
+  EXPECT_FALSE(
+      SafetensorsFile::Open(write_raw("dtype", R"({"t":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8)).ok());
+  {
+    std::ofstream out(dir + "/huge", std::ios::binary);
+    uint64_t size = uint64_t{1} << 62;
+    out.write(reinterpret_cast<const char*>(&size), 8);
+  }
+  EXPECT_FALSE(SafetensorsFile::Open(dir + "/huge").ok());
+  EXPECT_TRUE(
+      SafetensorsFile::Open(write_raw("ok", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)).ok());
+  EXPECT_EQ(SafetensorsCheckpoint::Open(dir + "/none").status().code(), absl::StatusCode::kNotFound);
+  std::vector<float> x = {1};
+  EXPECT_FALSE(WriteSafetensors(dir + "/dup", {{"x", DType::kF32, {1}, x.data()}, {"x", DType::kF32, {1}, x.data()}}).ok());
+}
+
+}  // namespace
+}  // namespace squeezeserve
