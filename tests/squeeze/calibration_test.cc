@@ -1,0 +1,154 @@
+#include "engine/squeeze/calibration.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/squeeze/scoring.h"
+#include "engine/squeeze/sparse_attention.h"
+#include "tests/squeeze/synthetic.h"
+
+namespace squeezeserve::squeeze {
+namespace {
+
+constexpr int64_t kHkv = 2, kHq = 4, kD = 32, kS = 2100, kW = 100;
+
+// Keys with structure (planted directions, varied norms) and queries from a fixed per-head
+// distribution (a mean direction plus noise), so held-out queries come from the same distribution
+// as the window queries.
+struct Layer {
+  at::Tensor keys, values;
+  at::Tensor query_mean;  // [H_q, 1, D]
+};
+Layer MakeLayer(uint64_t seed, double key_scale = 3.0) {
+  Layer l;
+  l.keys = synth::PlantedClusters(kHkv, kS, kD, 40, 0.6, key_scale, seed).points;
+  l.values = synth::Randn({kHkv, kS, kD}, synth::Rng(seed + 100));
+  l.query_mean = 1.5 * synth::Randn({kHq, 1, kD}, synth::Rng(seed + 200));
+  return l;
+}
+at::Tensor DrawQueries(const Layer& l, int64_t T, uint64_t seed) {
+  return l.query_mean + synth::Randn({kHq, T, kD}, synth::Rng(seed));
+}
+
+IndexOptions Options(int levels) {
+  IndexOptions o;
+  o.levels = levels;
+  o.observation_window = kW;
+  return o;
+}
+
+TEST(Calibration, ThresholdsStayFiniteWithHugeLogits) {
+  const Layer l = MakeLayer(1, /*key_scale=*/3000.0);  // logits ~1000× larger than usual
+  auto idx = BuildLayerIndex(l.keys, l.values, Options(2));
+  ASSERT_TRUE(idx.ok());
+  const at::Tensor window_q = DrawQueries(l, kW, 2);
+  // The authors' unshifted exp overflows here (their thresholds became NaN).
+  const at::Tensor z = at::matmul(window_q.narrow(0, 0, 1), idx->centroids[0].t()) / std::sqrt(double{kD});
+  ASSERT_TRUE(at::isinf(z.exp()).any().item<bool>()) << "test data must overflow an unshifted exp";
+
+  Calibrator cal(CalibrationOptions{});
+  ASSERT_TRUE(cal.AddLayer(*idx, window_q).ok());
+  auto result = cal.Finish();
+  ASSERT_TRUE(result.ok()) << result.status();
+  for (const CalibratedLevel& level : result->levels_info) {
+    EXPECT_TRUE(std::isfinite(level.global.one_level));
+    EXPECT_TRUE(std::isfinite(level.global.coarse));
+    EXPECT_TRUE(std::isfinite(level.global.fine));
+    EXPECT_GT(level.kept_fraction_one_level, 0.0f) << "something must survive at " << level.sparsity;
+  }
+}
+
+// Kept fraction, pooled over layers and heads, when each layer is queried with held-out queries
+// (one selection for the W queries, as in prefill).
+double HeldOutKeptFraction(const std::vector<LayerIndex>& indexes, const std::vector<Layer>& layers,
+                           const Thresholds& t, bool hierarchical) {
+  double kept = 0, total = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    SelectionOptions so;
+    so.thresholds = t;
+    so.hierarchical = hierarchical;
+    const ClusterSelection sel = SelectClusters(indexes[i], DrawQueries(layers[i], kW, 1000 + i), so);
+    kept += sel.kept_keys.sum().item<double>();
+    total += static_cast<double>(indexes[i].num_heads() * indexes[i].num_clustered());
+  }
+  return kept / total;
+}
+
+TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
+  std::vector<Layer> layers;
+  std::vector<LayerIndex> indexes;
+  Calibrator cal(CalibrationOptions{});
+  for (uint64_t l = 0; l < 3; ++l) {
+    layers.push_back(MakeLayer(10 + l));
+    auto idx = BuildLayerIndex(layers.back().keys, layers.back().values, Options(2));
+    ASSERT_TRUE(idx.ok());
+    ASSERT_TRUE(cal.AddLayer(*idx, DrawQueries(layers.back(), kW, 50 + l)).ok());
+    indexes.push_back(*std::move(idx));
+  }
+  auto result = cal.Finish();
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->levels_info.size(), 4u);
+  float previous = 2;
+  for (const CalibratedLevel& level : result->levels_info) {
+    const double target = 1.0 - level.sparsity;
+    EXPECT_NEAR(level.kept_fraction_one_level, target, 0.03) << "calibration set, " << level.sparsity;
+    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.global, false), target, 0.03)
+        << "one level, sparsity " << level.sparsity;
+    EXPECT_LE(level.kept_fraction_hierarchical, target + 1e-6);
+    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.global, true), target, 0.03)
+        << "hierarchical, sparsity " << level.sparsity;
+    EXPECT_LT(level.kept_fraction_one_level, previous);
+    previous = level.kept_fraction_one_level;
+  }
+  const std::vector<SparsityLevelInfo> summary = result->Summary();
+  ASSERT_EQ(summary.size(), 4u);
+  EXPECT_EQ(summary[3].thresholds.size(), 2u);  // coarse, fine
+}
+
+TEST(Calibration, PerLayerThresholdsPruneEachLayerToTheLevel) {
+  CalibrationOptions o;
+  o.per_layer_thresholds = true;
+  o.sparsity_levels = {0.8f};
+  Calibrator cal(o);
+  std::vector<Layer> layers;
+  std::vector<LayerIndex> indexes;
+  for (uint64_t l = 0; l < 2; ++l) {
+    // Layers with very different key scales: a global τ prunes them differently.
+    layers.push_back(MakeLayer(20 + l, l == 0 ? 1.0 : 6.0));
+    auto idx = BuildLayerIndex(layers.back().keys, layers.back().values, Options(1));
+    ASSERT_TRUE(idx.ok());
+    indexes.push_back(*idx);
+  }
+  std::vector<at::Tensor> window_q;
+  for (size_t l = 0; l < 2; ++l) {
+    window_q.push_back(DrawQueries(layers[l], kW, 60 + l));
+    ASSERT_TRUE(cal.AddLayer(indexes[l], window_q[l]).ok());
+  }
+  auto result = cal.Finish();
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->levels_info[0].per_layer.size(), 2u);
+  for (size_t l = 0; l < 2; ++l) {
+    SelectionOptions so;
+    so.thresholds = result->levels_info[0].per_layer[l];
+    const ClusterSelection sel = SelectClusters(indexes[l], window_q[l], so);
+    const double kept = sel.kept_keys.sum().item<double>() / (kHkv * (kS - kW));
+    EXPECT_NEAR(kept, 0.2, 0.03) << "layer " << l;
+  }
+}
+
+TEST(Calibration, RejectsBadInput) {
+  Calibrator empty(CalibrationOptions{});
+  EXPECT_EQ(empty.Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+  CalibrationOptions o;
+  o.sparsity_levels = {1.0f};
+  Calibrator cal(o);
+  const Layer l = MakeLayer(30);
+  auto idx = BuildLayerIndex(l.keys, l.values, Options(1));
+  ASSERT_TRUE(idx.ok());
+  ASSERT_TRUE(cal.AddLayer(*idx, DrawQueries(l, kW, 1)).ok());
+  EXPECT_EQ(cal.Finish().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace squeezeserve::squeeze

@@ -1,0 +1,140 @@
+#include "engine/squeeze/sparse_attention.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tests/squeeze/synthetic.h"
+
+namespace squeezeserve::squeeze {
+namespace {
+
+IndexOptions Options(int levels, int window) {
+  IndexOptions o;
+  o.levels = levels;
+  o.observation_window = window;
+  return o;
+}
+
+// Every cluster kept (τ = kKeepAll) must be exactly dense attention over the whole context, for
+// both lookups, shared and per-token selections, with GQA (4 query heads on 2 KV heads).
+TEST(SparseAttention, NothingPrunedEqualsDenseAttention) {
+  const at::Tensor keys = synth::PlantedClusters(2, 900, 16, 10, 0.8, 3.0, 1).points;
+  const at::Tensor values = synth::Randn({2, 900, 16}, synth::Rng(2));
+  auto idx = BuildLayerIndex(keys, values, Options(2, 64));
+  ASSERT_TRUE(idx.ok());
+  for (int64_t T : {1, 5}) {
+    const at::Tensor q = synth::Randn({4, T, 16}, synth::Rng(3 + T));
+    const auto [dense_out, dense_lse] = synth::DenseAttention(q, keys, values);
+    for (bool hierarchical : {false, true}) {
+      for (bool per_token : {false, true}) {
+        SelectionOptions so;
+        so.hierarchical = hierarchical;
+        so.per_token = per_token;
+        const ContextAttention a = SparseContextAttention(*idx, q, so);
+        EXPECT_TRUE(at::allclose(a.out, dense_out, 1e-5, 1e-5)) << "T=" << T << " h=" << hierarchical;
+        EXPECT_TRUE(at::allclose(a.lse, dense_lse, 1e-5, 1e-5)) << "T=" << T << " h=" << hierarchical;
+        EXPECT_EQ(a.selection.kept_keys.sum().item<int64_t>(), a.selection.kept_keys.numel() * 836);
+      }
+    }
+  }
+}
+
+TEST(SparseAttention, MergeWithOwnTokensEqualsDenseOverEverything) {
+  const at::Tensor keys = synth::Randn({2, 400, 8}, synth::Rng(4));
+  const at::Tensor values = synth::Randn({2, 400, 8}, synth::Rng(5));
+  auto idx = BuildLayerIndex(keys.narrow(1, 0, 300), values.narrow(1, 0, 300), Options(1, 50));
+  ASSERT_TRUE(idx.ok());
+  const at::Tensor q = synth::Randn({2, 1, 8}, synth::Rng(6));
+  const ContextAttention ctx = SparseContextAttention(*idx, q, SelectionOptions{});
+  const auto [own_out, own_lse] = synth::DenseAttention(q, keys.narrow(1, 300, 100), values.narrow(1, 300, 100));
+  const auto [out, lse] = MergeAttention(ctx.out, ctx.lse, own_out, own_lse);
+  const auto [dense_out, dense_lse] = synth::DenseAttention(q, keys, values);
+  EXPECT_TRUE(at::allclose(out, dense_out, 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(lse, dense_lse, 1e-5, 1e-5));
+}
+
+TEST(SparseAttention, EmptyContextGivesMinusInfLse) {
+  const at::Tensor keys = synth::Randn({1, 0, 8}, synth::Rng(7));
+  IndexOptions o = Options(1, 0);
+  auto idx = BuildLayerIndex(keys, keys, o);
+  ASSERT_TRUE(idx.ok());
+  const ContextAttention a = SparseContextAttention(*idx, synth::Randn({1, 2, 8}, synth::Rng(8)), {});
+  EXPECT_TRUE((a.lse == -std::numeric_limits<float>::infinity()).all().item<bool>());
+  EXPECT_TRUE((a.out == 0).all().item<bool>());
+}
+
+// Planted needles: a few keys strongly aligned with the query, at random positions, among random
+// keys. Calibrated on unrelated window queries at 90% pruning, the needle clusters must be kept
+// by both lookups, and the hierarchical lookup must compare fewer centroids than K.
+class Needles : public ::testing::Test {
+ protected:
+  static constexpr int64_t kH = 2, kS = 4100, kW = 100, kD = 64, kNeedles = 5;
+  void SetUp() override {
+    at::Generator gen = synth::Rng(9);
+    keys_ = synth::Randn({kH, kS, kD}, gen);
+    values_ = synth::Randn({kH, kS, kD}, gen);
+    direction_ = synth::Randn({kH, 1, kD}, gen);
+    direction_ = direction_ / direction_.norm(2, {-1}, true);
+    positions_ = at::randperm(kS - kW, gen, at::kLong).narrow(0, 0, kNeedles);
+    for (int64_t i = 0; i < kNeedles; ++i) {  // a test may loop; 5 needles
+      const int64_t p = positions_[i].item<int64_t>();
+      keys_.select(1, p).copy_(4.0 * std::sqrt(double{kD}) * direction_.squeeze(1) +
+                               0.1 * synth::Randn({kH, kD}, gen));
+    }
+    for (int levels : {1, 2}) {
+      auto idx = BuildLayerIndex(keys_, values_, Options(levels, kW));
+      ASSERT_TRUE(idx.ok());
+      Calibrator cal(CalibrationOptions{});
+      ASSERT_TRUE(cal.AddLayer(*idx, synth::Randn({2 * kH, kW, kD}, gen)).ok());
+      auto result = cal.Finish();
+      ASSERT_TRUE(result.ok());
+      thresholds_[levels - 1] = result->levels_info.back().global;  // 90%
+      EXPECT_FLOAT_EQ(result->levels_info.back().sparsity, 0.9f);
+      index_[levels - 1] = *std::move(idx);
+    }
+    // The query looks for the needles (2 query heads per KV head, one of them noise).
+    query_ = at::cat({direction_ * std::sqrt(double{kD}), synth::Randn({kH, 1, kD}, gen)}, 1)
+                 .reshape({2 * kH, 1, kD});
+  }
+
+  // Whether every needle lies in a selected cluster, and the kept fraction.
+  void ExpectNeedlesKept(const LayerIndex& idx, const ClusterSelection& sel) {
+    const at::Tensor sorted_row = at::argsort(idx.perm.to(at::kLong), /*dim=*/-1, /*descending=*/false);  // original -> sorted row
+    const at::Tensor ends = idx.cluster_offsets.narrow(1, 1, idx.num_clusters()).to(at::kLong).contiguous();
+    for (int64_t h = 0; h < kH; ++h) {
+      const at::Tensor rows = sorted_row[h].index_select(0, positions_).contiguous();
+      const at::Tensor cluster = at::searchsorted(ends[h], rows, false, /*right=*/true);
+      EXPECT_TRUE(sel.selected[h][0].index_select(0, cluster).all().item<bool>()) << "head " << h;
+    }
+    const double kept = sel.kept_keys.sum().item<double>() / (kH * (kS - kW));
+    EXPECT_LT(kept, 0.5) << "the lookup should still prune";
+  }
+
+  at::Tensor keys_, values_, direction_, positions_, query_;
+  LayerIndex index_[2];
+  Thresholds thresholds_[2];
+};
+
+TEST_F(Needles, OneLevelLookupKeepsTheNeedlesAt90Percent) {
+  SelectionOptions so;
+  so.thresholds = thresholds_[0];
+  const ContextAttention a = SparseContextAttention(index_[0], query_, so);
+  ExpectNeedlesKept(index_[0], a.selection);
+  EXPECT_TRUE((a.selection.centroid_comparisons == index_[0].num_clusters()).all().item<bool>());
+}
+
+TEST_F(Needles, HierarchicalLookupKeepsTheNeedlesWithFewerComparisons) {
+  SelectionOptions so;
+  so.hierarchical = true;
+  so.thresholds = thresholds_[1];
+  const ContextAttention a = SparseContextAttention(index_[1], query_, so);
+  ExpectNeedlesKept(index_[1], a.selection);
+  const int64_t K = index_[1].num_clusters();
+  EXPECT_TRUE((a.selection.centroid_comparisons < K).all().item<bool>())
+      << a.selection.centroid_comparisons << " vs K=" << K;
+  EXPECT_TRUE((a.selection.centroid_comparisons > index_[1].num_coarse_clusters()).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace squeezeserve::squeeze
