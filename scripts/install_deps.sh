@@ -9,6 +9,7 @@ packages=(
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-sentencepiece python3-numpy
+  python3-yaml python3-jsonschema python3-matplotlib yamllint
 )
 missing=()
 for p in "${packages[@]}"; do

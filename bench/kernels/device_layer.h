@@ -1,0 +1,116 @@
+// Host helpers of the GPU programs: CUDA error checks, bf16 rounding, and a synthetic layer
+// uploaded to the device (bf16 KV) next to the fp32 copy the CPU references read (the same
+// bf16-rounded values, so references and kernels see identical inputs).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "kernels/synthetic_layer.h"
+
+#define CUDA_OK(expr)                                                                         \
+  do {                                                                                        \
+    const cudaError_t err_ = static_cast<cudaError_t>(expr);                                  \
+    if (err_ != cudaSuccess) {                                                                \
+      std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+namespace squeezeserve::kernels::bench {
+
+inline uint16_t to_bf16_bits(float x) {
+  const __nv_bfloat16 b = __float2bfloat16(x);
+  return *reinterpret_cast<const uint16_t*>(&b);
+}
+inline float from_bf16_bits(uint16_t x) {
+  return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(&x));
+}
+// Rounds in place to bf16 and returns the bits.
+inline std::vector<uint16_t> round_to_bf16(std::vector<float>& v) {
+  std::vector<uint16_t> bits(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    bits[i] = to_bf16_bits(v[i]);
+    v[i] = from_bf16_bits(bits[i]);
+  }
+  return bits;
+}
+
+template <typename T>
+T* upload(const std::vector<T>& v) {
+  T* d = nullptr;
+  CUDA_OK(cudaMalloc(&d, sizeof(T) * std::max<size_t>(1, v.size())));
+  if (!v.empty()) CUDA_OK(cudaMemcpy(d, v.data(), sizeof(T) * v.size(), cudaMemcpyHostToDevice));
+  return d;
+}
+template <typename T>
+std::vector<T> download(const T* d, size_t n) {
+  std::vector<T> v(n);
+  if (n) CUDA_OK(cudaMemcpy(v.data(), d, sizeof(T) * n, cudaMemcpyDeviceToHost));
+  return v;
+}
+
+// A synthetic layer with its device copy. KV values are rounded to bf16 in the host copy too.
+struct DeviceLayer {
+  SyntheticLayer host;
+  SequenceLayerBf16 dev{};
+  std::vector<void*> allocations;
+
+  explicit DeviceLayer(const SyntheticSpec& spec) : host(make_synthetic_layer(spec)) {
+    auto kv = [&](std::vector<float>& v) {
+      uint16_t* p = upload(round_to_bf16(v));
+      allocations.push_back(p);
+      return p;
+    };
+    const SequenceLayerF32 h = host.view();
+    dev.keys = kv(host.keys);
+    dev.values = kv(host.values);
+    dev.head_stride = h.head_stride;
+    dev.dense_keys = kv(host.dense_keys);
+    dev.dense_values = kv(host.dense_values);
+    dev.dense_head_stride = h.dense_head_stride;
+    dev.dense_len = h.dense_len;
+    auto f = [&](const std::vector<float>& v) { float* p = upload(v); allocations.push_back(p); return p; };
+    auto i = [&](const std::vector<int32_t>& v) { int32_t* p = upload(v); allocations.push_back(p); return p; };
+    dev.centroids = f(host.centroids);  // centroids stay fp32 (docs/index_layout.md)
+    dev.offsets = i(host.offsets);
+    dev.num_clusters = h.num_clusters;
+    if (h.num_coarse > 0) {
+      dev.coarse_centroids = f(host.coarse_centroids);
+      dev.coarse_offsets = i(host.coarse_offsets);
+      dev.num_coarse = h.num_coarse;
+    }
+  }
+  ~DeviceLayer() {
+    for (void* p : allocations) cudaFree(p);
+  }
+  DeviceLayer(const DeviceLayer&) = delete;
+  DeviceLayer& operator=(const DeviceLayer&) = delete;
+};
+
+// Device storage behind a Selection.
+struct DeviceSelection {
+  Selection sel{};
+  int bh = 0;
+  DeviceSelection(int num_heads, int capacity) : bh(num_heads) {
+    sel.capacity = capacity;
+    CUDA_OK(cudaMalloc(&sel.cluster_ids, sizeof(int32_t) * num_heads * capacity));
+    CUDA_OK(cudaMalloc(&sel.row_start, sizeof(int32_t) * num_heads * capacity));
+    CUDA_OK(cudaMalloc(&sel.counts, sizeof(int32_t) * num_heads));
+    CUDA_OK(cudaMalloc(&sel.rows, sizeof(int32_t) * num_heads));
+    CUDA_OK(cudaMalloc(&sel.comparisons, sizeof(int32_t) * num_heads));
+  }
+  ~DeviceSelection() {
+    cudaFree(sel.cluster_ids);
+    cudaFree(sel.row_start);
+    cudaFree(sel.counts);
+    cudaFree(sel.rows);
+    cudaFree(sel.comparisons);
+  }
+};
+
+}  // namespace squeezeserve::kernels::bench

@@ -1,0 +1,234 @@
+// kernels_check: every CUDA kernel against its CPU reference on fresh random inputs.
+// Outputs are poisoned (NaN / -1) before each launch; a failure exits non-zero. Prints a table.
+//
+// Selection: GPU and CPU selections must agree except for clusters whose score lies within
+// rounding (relative 2e-3) of the threshold (fp32 sums run in another order). Attention: the CPU
+// reference runs on the GPU's own selection, and ||out - ref|| / ||ref|| <= 1e-2 (bf16 inputs,
+// bf16 output; bf16 P in prefill), LSE max abs error <= 1e-2, no NaN.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/kernels/device_layer.h"
+#include "kernels/attention_ref.h"
+#include "kernels/decode_attention.h"
+#include "kernels/prefill_attention.h"
+#include "kernels/selection.h"
+#include "kernels/selection_ref.h"
+
+using namespace squeezeserve::kernels;
+using namespace squeezeserve::kernels::bench;
+
+namespace {
+
+struct Case {
+  std::string name;
+  int d, g, hkv, lq;
+  std::vector<int> rows;  // N per sequence (batch = rows.size())
+  int cluster_size;       // mean keys per fine cluster (K = N / cluster_size)
+  int coarse_ratio;       // fine clusters per coarse cluster; 0 = one level
+  int dense_extra;        // dense rows before the query block
+  float empty_fraction;
+  float tau_scale;        // tau = tau_scale / N_max (uniform weight = 1/N); <0: -1 (all), >1e3: 2 (none)
+  bool use_prefill_kernel = false;  // run a one-token block through the prefill kernel
+};
+
+struct Result {
+  std::string name;
+  double sel_mismatch = 0, attn_rel = 0, lse_err = 0;
+  int selected = 0, candidates = 0, comparisons_ok = 1;
+  bool pass = true;
+};
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) nan = true;
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+Result run_case(const Case& c, uint64_t seed) {
+  Result res;
+  res.name = c.name;
+  const int batch = static_cast<int>(c.rows.size());
+  AttentionShape shape;
+  shape.batch = batch;
+  shape.num_kv_heads = c.hkv;
+  shape.num_q_heads = c.hkv * c.g;
+  shape.head_dim = c.d;
+  shape.query_len = c.lq;
+  std::vector<std::unique_ptr<DeviceLayer>> layers;
+  std::vector<SequenceLayerF32> host_views;
+  std::vector<SequenceLayerBf16> dev_views;
+  int max_k = 1, max_kc = 0, max_n = 1;
+  for (int b = 0; b < batch; ++b) {
+    SyntheticSpec spec;
+    spec.num_kv_heads = c.hkv;
+    spec.head_dim = c.d;
+    spec.num_rows = c.rows[b];
+    spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
+    spec.num_coarse = c.coarse_ratio ? std::max(1, spec.num_clusters / c.coarse_ratio) : 0;
+    spec.dense_len = c.dense_extra + c.lq;
+    spec.empty_fraction = c.empty_fraction;
+    spec.seed = seed * 1000 + b;
+    layers.push_back(std::make_unique<DeviceLayer>(spec));
+    host_views.push_back(layers.back()->host.view());
+    dev_views.push_back(layers.back()->dev);
+    max_k = std::max(max_k, spec.num_clusters);
+    max_kc = std::max(max_kc, spec.num_coarse);
+    max_n = std::max(max_n, spec.num_rows);
+  }
+  SequenceLayerBf16* d_views = upload(dev_views);
+  std::vector<float> q = random_normal(int64_t{batch} * c.lq * shape.num_q_heads * c.d, seed + 7);
+  uint16_t* d_q = upload(round_to_bf16(q));
+  SelectionParams params;
+  params.hierarchical = c.coarse_ratio > 0;
+  params.tau_fine = c.tau_scale < 0 ? -1.f : c.tau_scale > 1e3f ? 2.f : c.tau_scale / max_n;
+  params.tau_coarse = c.tau_scale < 0 ? -1.f : c.tau_scale > 1e3f ? 2.f : 1.f / max_n;
+  const SelectionLimits limits{max_k, max_kc};
+  const int bh = batch * c.hkv;
+
+  // ---- selection ----
+  DeviceSelection dsel(bh, max_k);
+  void* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, selection_workspace_bytes(shape, limits)));
+  float* d_scores = nullptr;
+  CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * bh * std::max(max_k, max_kc)));
+  CUDA_OK(cudaMemset(dsel.sel.cluster_ids, 0xff, sizeof(int32_t) * bh * max_k));
+  CUDA_OK(cudaMemset(dsel.sel.counts, 0xff, sizeof(int32_t) * bh));
+  CUDA_OK(cudaMemset(dsel.sel.rows, 0xff, sizeof(int32_t) * bh));
+  CUDA_OK(cudaMemset(dsel.sel.comparisons, 0xff, sizeof(int32_t) * bh));
+  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
+  const std::vector<int32_t> g_start = download(dsel.sel.row_start, size_t(bh) * max_k);
+  const std::vector<int32_t> g_counts = download(dsel.sel.counts, bh);
+  const std::vector<int32_t> g_rows = download(dsel.sel.rows, bh);
+  const std::vector<int32_t> g_cmp = download(dsel.sel.comparisons, bh);
+
+  std::vector<int32_t> r_ids(size_t(bh) * max_k), r_start(r_ids.size()), r_counts(bh), r_rows(bh), r_cmp(bh);
+  Selection rsel{r_ids.data(), r_start.data(), r_counts.data(), r_rows.data(), r_cmp.data(), max_k};
+  select_clusters_ref(shape, host_views.data(), q.data(), params, rsel);
+
+  // Set difference, forgiving only clusters on the threshold. The GPU scores are in candidate
+  // order; for a one-level index candidate = cluster id.
+  const std::vector<float> g_scores = download(d_scores, size_t(bh) * std::max(max_k, max_kc));
+  int mismatches = 0, unexplained = 0;
+  for (int x = 0; x < bh; ++x) {
+    std::vector<int> a(g_ids.begin() + int64_t(x) * max_k, g_ids.begin() + int64_t(x) * max_k + std::max(0, g_counts[x]));
+    std::vector<int> r(r_ids.begin() + int64_t(x) * max_k, r_ids.begin() + int64_t(x) * max_k + r_counts[x]);
+    std::vector<int> diff;
+    std::set_symmetric_difference(a.begin(), a.end(), r.begin(), r.end(), std::back_inserter(diff));
+    mismatches += static_cast<int>(diff.size());
+    for (int id : diff) {
+      const float s = params.hierarchical ? NAN : g_scores[int64_t(x) * std::max(max_k, max_kc) + id];
+      if (!(std::abs(s - params.tau_fine) <= 2e-3f * std::abs(params.tau_fine))) ++unexplained;
+    }
+    // Row bookkeeping must be self-consistent with the ids the GPU chose.
+    const int b = x / c.hkv, h = x % c.hkv;
+    const int32_t* off = host_views[b].offsets + int64_t(h) * (host_views[b].num_clusters + 1);
+    int run = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (g_start[int64_t(x) * max_k + i] != run) ++unexplained;
+      run += off[a[i] + 1] - off[a[i]];
+    }
+    if (run != g_rows[x]) ++unexplained;
+    if (g_cmp[x] != r_cmp[x] && diff.empty()) res.comparisons_ok = 0;
+    res.selected += std::max(0, g_counts[x]);
+    res.candidates += host_views[b].num_clusters;
+  }
+  res.sel_mismatch = mismatches;
+  if (unexplained > 0 || !res.comparisons_ok) res.pass = false;
+
+  // ---- attention, on the GPU's selection for both sides ----
+  const size_t out_n = size_t(batch) * c.lq * shape.num_q_heads * c.d;
+  uint16_t* d_out = nullptr;
+  float* d_lse = nullptr;
+  CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * out_n));
+  CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * out_n / c.d));
+  CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
+  CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
+  void* dws = nullptr;
+  if (c.lq == 1 && !c.use_prefill_kernel) {
+    const DecodeLaunch launch{};
+    CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
+    CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr));
+  } else {
+    CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, nullptr));
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> out_bits = download(d_out, out_n);
+  const std::vector<float> lse = download(d_lse, out_n / c.d);
+  std::vector<float> out(out_n), ref(out_n), ref_lse(out_n / c.d);
+  for (size_t i = 0; i < out_n; ++i) out[i] = from_bf16_bits(out_bits[i]);
+  std::vector<int32_t> ids = g_ids, starts = g_start, counts = g_counts, rows = g_rows, cmp = g_cmp;
+  const Selection gsel{ids.data(), starts.data(), counts.data(), rows.data(), cmp.data(), max_k};
+  sparse_attention_ref(shape, host_views.data(), q.data(), gsel, ref.data(), ref_lse.data());
+  bool nan = false;
+  res.attn_rel = rel_error(out, ref, nan);
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isnan(lse[i])) nan = true;
+    if (std::isinf(ref_lse[i]) || std::isinf(lse[i])) {
+      if (lse[i] != ref_lse[i]) res.lse_err = INFINITY;
+      continue;
+    }
+    res.lse_err = std::max(res.lse_err, static_cast<double>(std::abs(lse[i] - ref_lse[i])));
+  }
+  if (nan || !(res.attn_rel <= 1e-2) || !(res.lse_err <= 1e-2)) res.pass = false;
+
+  cudaFree(dws);
+  cudaFree(d_out);
+  cudaFree(d_lse);
+  cudaFree(ws);
+  cudaFree(d_scores);
+  cudaFree(d_q);
+  cudaFree(d_views);
+  return res;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool small = argc > 1 && std::string(argv[1]) == "--small";  // for compute-sanitizer
+  std::vector<Case> cases = {
+      // name                          d   g  hkv lq  rows per sequence      csz coarse dense empty tau
+      {"decode d128 g1",               128, 1, 4, 1, {1000},                 20, 0, 37, 0.1f, 1.f},
+      {"decode d128 g4 batch3",        128, 4, 2, 1, {777, 1501, 64},        20, 0, 5, 0.1f, 1.f},
+      {"decode d64 g8 batch2",          64, 8, 2, 1, {2049, 333},            16, 0, 100, 0.2f, 1.5f},
+      {"decode d128 g4 hier",          128, 4, 2, 1, {3001, 1200},           20, 8, 100, 0.1f, 1.5f},
+      {"decode d64 g1 hier",            64, 1, 3, 1, {999},                  10, 5, 3, 0.3f, 1.f},
+      {"decode empty selection",       128, 4, 2, 1, {500, 700},             20, 0, 9, 0.1f, 1e9f},
+      {"decode all selected",           64, 1, 2, 1, {1234},                 20, 0, 1, 0.3f, -1.f},
+      {"decode one huge cluster",      128, 8, 1, 1, {20000},            20000, 0, 100, 0.f, -1.f},
+      {"decode batch8 d128 g4",        128, 4, 8, 1, {20000, 9000, 17, 4096, 30011, 100, 2500, 12345}, 20, 0, 100, 0.05f, 2.f},
+      {"prefill d128 g1 lq100",        128, 1, 2, 100, {1000, 433},          20, 0, 50, 0.1f, 1.f},
+      {"prefill d64 g4 lq37 hier",      64, 4, 2, 37, {2500},                20, 6, 100, 0.1f, 1.f},
+      {"prefill d128 g8 empty sel",    128, 8, 1, 128, {800},                20, 0, 100, 0.1f, 1e9f},
+      {"prefill d128 g4 lq1",          128, 4, 2, 1, {900},                  20, 0, 10, 0.1f, 1.f, true},
+      {"prefill d128 g4 lq257 all",    128, 4, 2, 257, {3000, 77},           20, 0, 100, 0.2f, -1.f},
+      {"prefill d64 g2 lq64 batch2",    64, 2, 4, 64, {1500, 2100},          25, 0, 0, 0.1f, 1.f},
+  };
+  if (small) cases = {cases[1], cases[3], cases[10]};
+  std::printf("%-30s %6s %8s %10s %10s %10s %5s %s\n", "case", "B", "sel/cand", "sel_diff", "attn_rel", "lse_err",
+              "cmp", "result");
+  bool all = true;
+  uint64_t seed = std::random_device{}();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  for (const Case& c : cases) {
+    Result r = run_case(c, seed++);
+    all &= r.pass;
+    char frac[32];
+    std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
+    std::printf("%-30s %6zu %8s %10.0f %10.2e %10.2e %5s %s\n", r.name.c_str(), c.rows.size(), frac, r.sel_mismatch,
+                r.attn_rel, r.lse_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
+  }
+  std::printf("%s\n", all ? "ALL PASS" : "SOME FAILED");
+  return all ? 0 : 1;
+}

@@ -1,0 +1,5 @@
+# CUDA sources of squeezeserve_kernels_cuda; shared with the standalone bench/kernels project.
+set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
+  ${CMAKE_CURRENT_LIST_DIR}/selection.cu
+  ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/prefill_attention.cu)

@@ -1,0 +1,32 @@
+// Sparse decode attention on the GPU: one query token per sequence, attending to its KV head's
+// selected cluster segments and the dense part (window + own tokens, all preceding: no mask).
+// Plain C++ header; CPU reference with the same contract: attention_ref.h (query_len = 1).
+//
+// One persistent launch: the selected rows of every (sequence, KV head) plus its dense rows are cut
+// into equal work items (split-K) that a fixed grid walks round-robin, so heads with very different
+// kept counts balance; each item loads its rows once for the whole GQA group and writes an fp32
+// partial (o, max, sum); the last item of a head to finish merges the head's partials in item
+// order (deterministic log-sum-exp merge). Counts are read from device memory: no host round trip.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/squeeze_types.h"
+
+namespace squeezeserve::kernels {
+
+struct DecodeLaunch {
+  int32_t num_ctas = 0;  // persistent grid size; 0 = 2 per SM of the current device
+};
+
+size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
+
+// seqs: device array of B views. q, out: device bf16 [B][Hq][D]. lse: nullable device fp32 [B][Hq]
+// (natural log). selection: device arrays from select_clusters(). Requires head_dim in {64, 128},
+// group in {1, 2, 4, 8}, B * H_kv <= 2048. Returns a cudaError_t value.
+int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
+                            const Selection& selection, void* out, float* lse, void* workspace,
+                            const DecodeLaunch& launch, void* stream);
+
+}  // namespace squeezeserve::kernels

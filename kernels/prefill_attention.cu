@@ -1,0 +1,235 @@
+// Sparse prefill attention with mma.sync (FlashAttention-2 structure). Contract:
+// prefill_attention.h, reference: attention_ref.cc.
+//
+// CTA = 4 warps = 64 packed query rows (token, group member) of one (sequence, KV head); each warp
+// owns 16 rows. KV tiles of 64 virtual rows (selected segments, then dense rows) are gathered with
+// cp.async into padded smem (row stride D + 8 bf16: ldmatrix rows fall in distinct banks), two
+// stages. S = Q K^T and O += P V on tensor cores; softmax state in fp32, log2 domain.
+#include "kernels/cuda_common.cuh"
+#include "kernels/mma.cuh"
+#include "kernels/prefill_attention.h"
+
+namespace squeezeserve::kernels {
+namespace detail {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileM = 16 * kWarps;  // 64 query rows
+constexpr int kTileN = 64;           // KV rows per tile
+constexpr int kStages = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct PrefillArgs {
+  const SequenceLayerBf16* seqs;
+  const __nv_bfloat16* q;
+  Selection sel;
+  __nv_bfloat16* out;
+  float* lse;
+  int lq, hkv, g;
+  float scale_log2;
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
+  constexpr int kStride = D + 8;
+  constexpr int kTileElems = kTileN * kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* q_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTileM][kStride]
+  __nv_bfloat16* k_smem = q_smem + kTileM * kStride;                    // [kStages][kTileN][kStride]
+  __nv_bfloat16* v_smem = k_smem + kStages * kTileElems;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
+  const int rows_m = a.lq * a.g, G = a.g;
+  const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
+
+  // Q tile: packed row m -> token m / G, head h * G + m % G (rows past the block are zero).
+  for (int c = tid; c < kTileM * D / 8; c += kThreads) {
+    const int row = c / (D / 8), col = (c % (D / 8)) * 8, m = m0 + row;
+    const __nv_bfloat16* src = a.q;
+    int bytes = 0;
+    if (m < rows_m) {
+      src = a.q + ((static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G) * D + col;
+      bytes = 16;
+    }
+    cp_async_16(q_smem + row * kStride + col, src, bytes);
+  }
+  cp_async_commit();
+
+  // Causal bound: the last token of this tile sees dense rows < dense_len - Lq + t_last + 1.
+  const int t_last = (min(m0 + kTileM, rows_m) - 1) / G;
+  const int dense_visible = max(0, min(vr.dense_len, vr.dense_len - a.lq + t_last + 1));
+  const int total = vr.sparse_rows + dense_visible;
+  const int num_tiles = (total + kTileN - 1) / kTileN;
+
+  int seg = 0;  // segment of the next tile's first sparse row (tiles are issued in order)
+  auto load_tile = [&](int t) {
+    const int v0 = t * kTileN;
+    if (v0 < vr.sparse_rows) seg = find_segment(vr, v0, seg, vr.count);
+    __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
+    __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
+    for (int c = tid; c < kTileN * D / 8; c += kThreads) {
+      const int row = c / (D / 8), col = (c % (D / 8)) * 8, v = v0 + row;
+      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;
+      int bytes = 0;
+      if (v < total) {
+        bool dense;
+        const int64_t r = physical_row(vr, v, seg, dense);
+        kg = (dense ? vr.dense_keys : vr.keys) + r * D + col;
+        vg = (dense ? vr.dense_values : vr.values) + r * D + col;
+        bytes = 16;
+      }
+      cp_async_16(ks + row * kStride + col, kg, bytes);
+      cp_async_16(vs + row * kStride + col, vg, bytes);
+    }
+  };
+  if (num_tiles > 0) load_tile(0);
+  cp_async_commit();
+
+  // Per thread: rows r_lo = warp*16 + lane/4 and r_hi = r_lo + 8 of the tile.
+  const int r_lo = warp * 16 + (lane >> 2);
+  int dense_limit[2];  // dense rows visible to each of the two rows (exclusive)
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int m = m0 + r_lo + 8 * i;
+    dense_limit[i] = m < rows_m ? vr.dense_len - a.lq + m / G + 1 : 0;
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+  float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
+  uint32_t qa[D / 16][4];
+
+  for (int t = 0; t < num_tiles; ++t) {
+    if (t + 1 < num_tiles) load_tile(t + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (t == 0) {
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc)
+        ldmatrix_x4(qa[kc], q_smem + (warp * 16 + (lane & 15)) * kStride + kc * 16 + (lane >> 4) * 8);
+    }
+    const __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
+    const __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
+
+    // S = Q K^T: 16 rows x 64 keys per warp, 8 n-tiles of 8 keys.
+    float s[kTileN / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; kc += 2) {
+        uint32_t kb[4];  // b0,b1 of k-chunk kc, then of kc + 1
+        ldmatrix_x4(kb, ks + (n * 8 + (lane & 7)) * kStride + kc * 16 + (lane >> 3) * 8);
+        mma_bf16_16816(s[n], qa[kc], kb[0], kb[1]);
+        mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
+      }
+    }
+    // Scale, mask (tile tail; causal over dense rows), online softmax.
+    float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int v = t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1), i = e >> 1;
+        const bool visible = v < total && (v < vr.sparse_rows || v - vr.sparse_rows < dense_limit[i]);
+        s[n][e] = visible ? s[n][e] * a.scale_log2 : neg_inf();
+        tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+      const float m_new = fmaxf(row_max[i], tile_max[i]);
+      corr[i] = m_new == neg_inf() ? 1.f : exp2f(row_max[i] - m_new);
+      row_max[i] = m_new;
+      row_sum[i] *= corr[i];
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
+    uint32_t pa[kTileN / 16][4];  // P as A fragments: n-tiles 2kk, 2kk+1 form k-chunk kk
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n) {
+      float p[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e >> 1;
+        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - row_max[i]);
+        row_sum[i] += p[e];
+      }
+      pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
+      pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
+    }
+    // O += P V: V rows are keys (k), columns dims (n): ldmatrix.trans gives the B fragments.
+#pragma unroll
+    for (int kk = 0; kk < kTileN / 16; ++kk)
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t vb[4];  // b0,b1 of dims dn*16..+7, then of dn*16+8..+15
+        ldmatrix_x4_trans(vb, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
+        mma_bf16_16816(o[2 * dn], pa[kk], vb[0], vb[1]);
+        mma_bf16_16816(o[2 * dn + 1], pa[kk], vb[2], vb[3]);
+      }
+    __syncthreads();  // the next iteration refills the other stage, then this one
+  }
+  cp_async_wait<0>();
+
+  // Row sums live spread over the 4 threads of a quad: reduce, normalise, write.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+    const int m = m0 + r_lo + 8 * i;
+    if (m >= rows_m) continue;
+    const int64_t head_row = (static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G;
+    const float inv = row_sum[i] > 0.f ? 1.f / row_sum[i] : 0.f;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int d = n * 8 + (lane & 3) * 2;
+      *reinterpret_cast<__nv_bfloat162*>(a.out + head_row * D + d) =
+          __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+    }
+    if (a.lse && (lane & 3) == 0)
+      a.lse[head_row] = row_sum[i] > 0.f ? (row_max[i] + log2f(row_sum[i])) / kLog2e : neg_inf();
+  }
+}
+
+template <int D>
+cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
+  const size_t smem = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8);
+  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
+  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace detail
+
+int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
+                             const Selection& selection, void* out, float* lse, void* stream) {
+  using namespace detail;
+  const int g = shape.group();
+  if ((g != 1 && g != 2 && g != 4 && g != 8) || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
+    return cudaErrorInvalidValue;
+  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
+                      shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
+  const auto st = static_cast<cudaStream_t>(stream);
+  switch (shape.head_dim) {
+    case 64: return launch_prefill<64>(a, shape.batch, st);
+    case 128: return launch_prefill<128>(a, shape.batch, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace squeezeserve::kernels

@@ -1,0 +1,37 @@
+// Centroid scoring + cluster selection on the GPU (docs/index_layout.md). Plain C++ header: the
+// stream is an opaque cudaStream_t passed as void*. CPU reference with the same contract:
+// selection_ref.h.
+//
+// Everything stays on the device: outputs are worst-case sized (Selection::capacity) and the
+// attention kernels read counts from device memory, so a decode step can be captured in a graph.
+// Launches (fixed grids): flat = lse partials -> log denominators -> flags -> compaction;
+// hierarchical runs that chain on the coarse level, then flags + compaction over the children of
+// the kept coarse clusters only (their fine centroids are the only ones read).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/squeeze_types.h"
+
+namespace squeezeserve::kernels {
+
+struct SelectionLimits {
+  int32_t max_clusters = 0;  // >= every sequence's K (also Selection::capacity)
+  int32_t max_coarse = 0;    // >= every sequence's Kc (hierarchical), else 0
+};
+
+// Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).
+size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLimits& limits);
+
+// seqs: device array of shape.batch views (bf16 KV, fp32 centroids). q: device bf16
+// [B][Lq][Hq][D]. out: device arrays. workspace: device, selection_workspace_bytes() long.
+// Requires head_dim in {64, 128}, group in {1, 2, 4, 8}, query_len * group <= 16384.
+// `scores_out` (nullable, device, [B*H_kv][capacity] fp32): the group score of each scored
+// candidate of the last level, in candidate order (for diagnostics and checks).
+// Returns a cudaError_t value (0 = success).
+int select_clusters(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
+                    const SelectionParams& params, const SelectionLimits& limits, const Selection& out,
+                    void* workspace, float* scores_out, void* stream);
+
+}  // namespace squeezeserve::kernels

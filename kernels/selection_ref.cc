@@ -1,0 +1,126 @@
+#include "kernels/selection_ref.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace squeezeserve::kernels {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Rows of one KV head's problem: r = t * g + j for query token t and group member j.
+struct HeadQueries {
+  const float* q;  // [Lq][Hq][D]
+  int lq, hq, d, g, h;
+  int rows() const { return lq * g; }
+  const float* row(int r) const { return q + (static_cast<int64_t>(r / g) * hq + h * g + r % g) * d; }
+};
+
+float scaled_dot(const float* a, const float* b, int d, float scale) {
+  float acc = 0.f;
+  for (int i = 0; i < d; ++i) acc += a[i] * b[i];
+  return acc * scale;
+}
+
+// One candidate cluster of a level: its centroid and how many keys it stands for.
+struct Candidate {
+  int id;
+  const float* centroid;
+  int size;
+};
+
+// logden_r = logsumexp over non-empty candidates of (z_rc + log n_c), max-shifted.
+std::vector<float> log_denominators(const HeadQueries& hq, const std::vector<Candidate>& cands,
+                                    float scale) {
+  std::vector<float> logden(hq.rows());
+  for (int r = 0; r < hq.rows(); ++r) {
+    float m = kNegInf;
+    std::vector<float> x;
+    x.reserve(cands.size());
+    for (const Candidate& c : cands) {
+      if (c.size <= 0) continue;  // empty clusters are masked, never scored as zero vectors
+      x.push_back(scaled_dot(hq.row(r), c.centroid, hq.d, scale) + std::log(static_cast<float>(c.size)));
+      m = std::max(m, x.back());
+    }
+    float s = 0.f;
+    for (float v : x) s += std::exp(v - m);
+    logden[r] = x.empty() ? kNegInf : m + std::log(s);
+  }
+  return logden;
+}
+
+// score_c = max over group members j of mean over tokens t of exp(z - logden). -inf if empty.
+float group_score(const HeadQueries& hq, const Candidate& c, const std::vector<float>& logden,
+                  float scale) {
+  if (c.size <= 0) return kNegInf;
+  float best = kNegInf;
+  for (int j = 0; j < hq.g; ++j) {
+    float sum = 0.f;
+    for (int t = 0; t < hq.lq; ++t) {
+      const int r = t * hq.g + j;
+      sum += std::exp(scaled_dot(hq.row(r), c.centroid, hq.d, scale) - logden[r]);
+    }
+    best = std::max(best, sum / hq.lq);
+  }
+  return best;
+}
+
+}  // namespace
+
+void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* seqs, const float* q,
+                         const SelectionParams& params, Selection& out) {
+  const int d = shape.head_dim, g = shape.group(), hkv = shape.num_kv_heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  for (int b = 0; b < shape.batch; ++b) {
+    const SequenceLayerF32& s = seqs[b];
+    for (int h = 0; h < hkv; ++h) {
+      const int bh = b * hkv + h;
+      HeadQueries hq{q + static_cast<int64_t>(b) * shape.query_len * shape.num_q_heads * d,
+                     shape.query_len, shape.num_q_heads, d, g, h};
+      const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
+      auto fine = [&](int j) {
+        return Candidate{j, s.centroids + (static_cast<int64_t>(h) * s.num_clusters + j) * d,
+                         off[j + 1] - off[j]};
+      };
+
+      std::vector<Candidate> fine_cands;  // fine clusters that get scored
+      std::vector<float> logden;          // denominator the fine scores use
+      int comparisons = 0;
+      if (!params.hierarchical) {
+        for (int j = 0; j < s.num_clusters; ++j) fine_cands.push_back(fine(j));
+        logden = log_denominators(hq, fine_cands, scale);
+        comparisons = s.num_clusters;
+      } else {
+        const int32_t* coff = s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1);
+        std::vector<Candidate> coarse;
+        for (int c = 0; c < s.num_coarse; ++c) {
+          coarse.push_back({c, s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + c) * d,
+                            off[coff[c + 1]] - off[coff[c]]});
+        }
+        logden = log_denominators(hq, coarse, scale);
+        comparisons = s.num_coarse;
+        for (const Candidate& c : coarse) {
+          if (!(group_score(hq, c, logden, scale) > params.tau_coarse)) continue;
+          for (int j = coff[c.id]; j < coff[c.id + 1]; ++j) fine_cands.push_back(fine(j));
+        }
+        comparisons += static_cast<int>(fine_cands.size());  // only these fine centroids are touched
+      }
+
+      int count = 0, rows = 0;
+      for (const Candidate& c : fine_cands) {
+        if (!(group_score(hq, c, logden, scale) > params.tau_fine)) continue;
+        out.cluster_ids[static_cast<int64_t>(bh) * out.capacity + count] = c.id;
+        out.row_start[static_cast<int64_t>(bh) * out.capacity + count] = rows;
+        ++count;
+        rows += c.size;
+      }
+      out.counts[bh] = count;
+      out.rows[bh] = rows;
+      out.comparisons[bh] = comparisons;
+    }
+  }
+}
+
+}  // namespace squeezeserve::kernels

@@ -1,0 +1,14 @@
+// CPU reference of centroid scoring + cluster selection (docs/index_layout.md, "Estimated attention
+// weight and selection"). Same contract as the CUDA launcher in selection.h; float math throughout.
+#pragma once
+
+#include "kernels/squeeze_types.h"
+
+namespace squeezeserve::kernels {
+
+// q: [B][Lq][Hq][D] fp32 (Lq = shape.query_len; decode is Lq = 1). seqs: B host-side views.
+// Writes every field of `out` (host arrays, capacity >= max K) for each (sequence, KV head).
+void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* seqs, const float* q,
+                         const SelectionParams& params, Selection& out);
+
+}  // namespace squeezeserve::kernels

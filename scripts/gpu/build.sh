@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds squeezeserve on the GPU machine (CUDA 13, PyTorch 2.11, no network, no gRPC/Abseil there).
+# Run from the repo root there, with .gpu-deps/ (scripts/gpu/fetch_deps.sh, run here) carried along:
+#   source scripts/gpu/build.sh [cmake args...]
+# Leaves the build in build-gpu/ and exports LD_LIBRARY_PATH for the unpacked packages.
+set -euo pipefail
+deps=/opt/deps
+if [ ! -d "$deps/usr" ]; then
+  for deb in .gpu-deps/*.deb; do dpkg -x "$deb" "$deps"; done
+fi
+export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu"
+export CPATH="$deps/usr/include"
+export PATH="$deps/usr/bin:$PATH"
+torch_prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build-gpu -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DSQUEEZESERVE_CUDA=ON "$@"
+cmake --build build-gpu -j "$(nproc)"

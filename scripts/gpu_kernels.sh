@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repo root: build bench/kernels (standalone, CUDA only), run
+# kernels_check (and once under compute-sanitizer on small shapes), then kernels_bench and the
+# PyTorch SDPA baselines. Logs and JSON go to $OUT (default ./gpu-out).
+#   scripts/gpu_kernels.sh [--quick] [--no-bench]
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+QUICK=""; BENCH=1
+for a in "$@"; do
+  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; esac
+done
+BUILD=${BUILD:-/tmp/build-kernels-gpu}
+TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)
+cmake -S bench/kernels -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+  ${TORCH_PREFIX:+-DCMAKE_PREFIX_PATH=$TORCH_PREFIX} >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -5
+
+status=0
+"$BUILD/kernels_check" 2>&1 | tee "$OUT/kernels_check.log" || status=1
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/kernels_check" --small >"$OUT/sanitizer.log" 2>&1 \
+    && echo "compute-sanitizer memcheck: clean" || { echo "compute-sanitizer memcheck: FAILED"; tail -30 "$OUT/sanitizer.log"; status=1; }
+fi
+if [ "$BENCH" = 1 ]; then
+  "$BUILD/kernels_bench" $QUICK --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
+  python3 bench/kernels/sdpa_baseline.py --sparse "$OUT/kernels_bench_sparse.json" --out "$OUT/kernels_bench.json" \
+    2>&1 | tee "$OUT/sdpa_baseline.log" || status=1
+fi
+exit $status
