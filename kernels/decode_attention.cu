@@ -51,7 +51,9 @@ struct DecodeArgs {
 };
 
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs a) {
+// Two CTAs per SM for G <= 4 (caps registers at 128: G=4 used 170 -> 1 CTA, 8 warps per SM, too few
+// to cover the per-tile barriers); G=8 keeps one (its 8x8 accumulators do not fit in 128).
+__global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) decode_kernel(DecodeArgs a) {
   constexpr int TX = D / 8, TY = kThreads / TX, kRowsPerThread = kTileRows / TY;
   constexpr int kStageElems = kTileRows * D;  // bf16 per K (or V) stage
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -60,6 +62,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs a) {
   __shared__ int item_start[kMaxHeads + 1];
   __shared__ int rows_per_item, merge_flag;
   __shared__ int64_t tile_rows[kStages][kTileRows];  // physical row of each row of a stage
+  __shared__ int win_vstart[kTileRows + 1], win_phys[kTileRows + 1];  // segment window of a tile
+  __shared__ int next_hint;
 
   const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
   const int num_heads = a.batch * a.hkv;
@@ -131,21 +135,48 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs a) {
     }
 
     const int num_tiles = (v_end - v_begin + kTileRows - 1) / kTileRows;
-    // Row addresses of a tile are resolved once per row (64 searches in parallel) into smem, then
-    // every 16-byte copy of that row reuses them.
+    // Row addresses of a tile. The previous version binary-searched row_start in global memory for
+    // each of the 64 rows (~9 dependent L2 round trips per tile, exposed on every tile because the
+    // copies wait for it). Now: tiles are loaded in order, and a 64-row tile spans at most 64
+    // segments after the segment `seg_hint` of the previous tile's last row, so 65 threads stage
+    // that window (virtual start, physical start) into smem with 2 dependent loads in parallel,
+    // and each row resolves itself by a search in smem.
+    int seg_hint = seg0;  // same value in every thread (each ran the same search)
     auto load_tile = [&](int t) {
       const int stage = t % kStages;
+      const int vt = v_begin + t * kTileRows;
+      const bool sparse_tile = vt < vr.sparse_rows;  // uniform across the CTA
+      if (sparse_tile && tid <= kTileRows) {
+        const int j = seg_hint + tid;
+        if (j < vr.count) {
+          win_vstart[tid] = __ldg(vr.row_start + j);
+          win_phys[tid] = __ldg(vr.offsets + __ldg(vr.ids + j));
+        } else {
+          win_vstart[tid] = 0x7fffffff;
+        }
+      }
+      if (sparse_tile) __syncthreads();
       if (tid < kTileRows) {
-        const int v = v_begin + t * kTileRows + tid;
+        const int v = vt + tid;
         int64_t r = -1;  // -1: past the item (zero-fill); dense rows are stored as -(2 + index)
         if (v < v_end) {
-          bool dense;
-          const int64_t p = physical_row(vr, v, seg0, dense);
-          r = dense ? -2 - p : p;
+          if (v >= vr.sparse_rows) {
+            r = -2 - static_cast<int64_t>(v - vr.sparse_rows);
+          } else {
+            int lo = 0, hi = kTileRows + 1;  // last window entry with start <= v
+            while (hi - lo > 1) {
+              const int mid = (lo + hi) >> 1;
+              if (win_vstart[mid] <= v) lo = mid;
+              else hi = mid;
+            }
+            r = static_cast<int64_t>(win_phys[lo]) + (v - win_vstart[lo]);
+            if (tid == kTileRows - 1) next_hint = seg_hint + lo;
+          }
         }
         tile_rows[stage][tid] = r;
       }
       __syncthreads();
+      seg_hint = next_hint;  // written before the barrier; rewritten only after the next one
       for (int c = tid; c < kTileRows * TX; c += kThreads) {
         const int row = c / TX, col = (c % TX) * 8;
         const int64_t r = tile_rows[stage][row];
@@ -274,20 +305,52 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs a) {
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      const int first = item_start[bh], last = item_start[bh + 1];
+      // Merge of the head's n items. The first version looped over the items serially per output
+      // (2n dependent-looking L2 loads per thread, n ~ 100+ for GQA: a ~100 us tail on the CTA that
+      // merges). Now: (1) the n*G (max, sum) pairs are loaded in parallel into smem (the stage
+      // buffers are free), (2) warp j computes M_j, the item weights w = 2^(m - M_j) and L_j in a
+      // fixed order, (3) each output sums w * o over items with 8 loads in flight. Deterministic.
+      const int first = item_start[bh], n = item_start[bh + 1] - item_start[bh];
+      float2* ml_s = reinterpret_cast<float2*>(smem_raw);  // [n][G] (max, sum), 8 B aligned first
+      float* w_s = reinterpret_cast<float*>(ml_s + n * G);   // [n][G] weights
+      float* stat_s = w_s + n * G;                           // [G] M, [G] L
+      for (int x = tid; x < n * G; x += kThreads) ml_s[x] = __ldcg(&a.ws.partial_ml[static_cast<int64_t>(first) * G + x]);
+      __syncthreads();
+      const int warp = tid >> 5, lane = tid & 31;
+      for (int j = warp; j < G; j += kThreads / 32) {
+        float M = neg_inf();
+        for (int it = lane; it < n; it += 32) M = fmaxf(M, ml_s[it * G + j].x);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float L = 0.f;
+        for (int it = lane; it < n; it += 32) {
+          const float2 ml = ml_s[it * G + j];
+          const float w = (M == neg_inf() || ml.x == neg_inf()) ? 0.f : exp2f(ml.x - M);
+          w_s[it * G + j] = w;
+          L += ml.y * w;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        if (lane == 0) {
+          stat_s[j] = M;
+          stat_s[G + j] = L;
+        }
+      }
+      __syncthreads();
       for (int idx = tid; idx < G * D; idx += kThreads) {
         const int j = idx / D, d = idx % D;
-        float M = neg_inf();
-        for (int it = first; it < last; ++it) M = fmaxf(M, __ldcg(&a.ws.partial_ml[static_cast<int64_t>(it) * G + j].x));
-        float L = 0.f, acc = 0.f;
-        if (M != neg_inf()) {
-          for (int it = first; it < last; ++it) {
-            const float2 ml = __ldcg(&a.ws.partial_ml[static_cast<int64_t>(it) * G + j]);
-            const float w = ml.x == neg_inf() ? 0.f : exp2f(ml.x - M);
-            L += ml.y * w;
-            acc += __ldcg(&a.ws.partial_o[(static_cast<int64_t>(it) * G + j) * D + d]) * w;
-          }
+        const float M = stat_s[j], L = stat_s[G + j];
+        const float* po = a.ws.partial_o + (static_cast<int64_t>(first) * G + j) * D + d;
+        float acc = 0.f;
+        int it = 0;
+        for (; it + 8 <= n; it += 8) {
+          float v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) v[u] = __ldcg(po + static_cast<int64_t>(it + u) * G * D);
+#pragma unroll
+          for (int u = 0; u < 8; ++u) acc += v[u] * w_s[(it + u) * G + j];
         }
+        for (; it < n; ++it) acc += __ldcg(po + static_cast<int64_t>(it) * G * D) * w_s[it * G + j];
         const int64_t hq = static_cast<int64_t>(b) * a.hkv * G + h * G + j;
         a.out[hq * D + d] = __float2bfloat16(L > 0.f ? acc / L : 0.f);
         if (d == 0 && a.lse) a.lse[hq] = L > 0.f ? (M + log2f(L)) / kLog2e : neg_inf();
@@ -303,7 +366,11 @@ cudaError_t launch_decode(const DecodeArgs& a, int num_ctas, cudaStream_t stream
   constexpr int TX = D / 8, TY = kThreads / TX;
   const size_t stage_bytes = size_t(2) * kStages * kTileRows * D * sizeof(__nv_bfloat16);
   const size_t reduce_bytes = sizeof(float) * TY * G * D + sizeof(float2) * TY * G;
-  const size_t smem = std::max(stage_bytes, reduce_bytes);
+  // The merge keeps (max, sum) and a weight per item of one head in smem: a head has at most
+  // kItemsPerCta * num_ctas + 1 items (item_start rounding adds at most one per head).
+  const size_t merge_bytes = (size_t(kItemsPerCta) * num_ctas + 1) * G * (sizeof(float) + sizeof(float2)) +
+                             2 * G * sizeof(float);
+  const size_t smem = std::max({stage_bytes, reduce_bytes, merge_bytes});
   cudaError_t err = cudaFuncSetAttribute(decode_kernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;

@@ -40,7 +40,7 @@ struct ProblemArgs {
 };
 
 struct HeadLevel {
-  const float* centroids;     // of this head and level
+  const __nv_bfloat16* centroids;  // of this head and level (bf16, docs/index_layout.md)
   const int32_t* fine_off;    // [K+1] of this head
   const int32_t* coarse_off;  // [Kc+1] of this head (null for one-level indexes)
   int num_level;              // clusters in the level (K or Kc)
@@ -57,10 +57,10 @@ __device__ HeadLevel head_level(const ProblemArgs& p, const LevelArgs& l, int b,
   v.fine_off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
   v.coarse_off = s.coarse_offsets ? s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1) : nullptr;
   if (l.level == Level::kCoarse) {
-    v.centroids = s.coarse_centroids + static_cast<int64_t>(h) * s.num_coarse * D;
+    v.centroids = as_bf16(s.coarse_centroids) + static_cast<int64_t>(h) * s.num_coarse * D;
     v.num_level = v.num_candidates = s.num_coarse;
   } else {
-    v.centroids = s.centroids + static_cast<int64_t>(h) * s.num_clusters * D;
+    v.centroids = as_bf16(s.centroids) + static_cast<int64_t>(h) * s.num_clusters * D;
     v.num_level = v.num_candidates = s.num_clusters;
   }
   if (l.level == Level::kChildren) {
@@ -113,12 +113,19 @@ __device__ void load_candidate_tile(TileSmem<D>& sm, const HeadLevel& v, Level l
   }
   __syncthreads();
   if (!centroids) return;
-  for (int e = tid; e < kTile * D / 4; e += kThreads) {
-    const int row = e / (D / 4), col = (e % (D / 4)) * 4;
+  for (int e = tid; e < kTile * D / 8; e += kThreads) {  // 8 bf16 (16 B) per copy, widened to fp32
+    const int row = e / (D / 8), col = (e % (D / 8)) * 8;
     const int c = sm.cluster[row];
-    const float4 x = c >= 0 ? __ldg(reinterpret_cast<const float4*>(v.centroids + static_cast<int64_t>(c) * D + col))
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-    *reinterpret_cast<float4*>(&sm.c[row * TileSmem<D>::kStride + col]) = x;
+    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+    if (c >= 0) raw = __ldg(reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(c) * D + col));
+    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float* dst = &sm.c[row * TileSmem<D>::kStride + col];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = __bfloat1622float2(pairs[k]);
+      dst[2 * k] = f.x;
+      dst[2 * k + 1] = f.y;
+    }
   }
 }
 
@@ -370,6 +377,274 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
   }
 }
 
+
+// ---- decode fast path: flat index, R = Lq * g <= 8 query rows -----------------------------------
+// Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
+// at DRAM speed with every warp loading. Two launches replace the general path's four:
+//  K1 score_stream_kernel, grid (ceil(K / 256), H_kv, B), 8 warps x 32 centroids per CTA. A
+//     centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load) and
+//     each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over its
+//     L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32 for
+//     R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z = s*q.c in
+//     fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and K2), and one
+//     LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
+//  K2 select_compact_kernel, grid (H_kv, B), 1024 threads: merges the head's partials into the
+//     log denominators in a fixed order, then scores, thresholds and compacts its candidates in
+//     one ordered pass (z is L2-resident: 3.4 MB for all heads at 512K). No N-sized pass, no host.
+constexpr int kStreamChunk = 256;  // candidates per K1 CTA: 8 warps x 32
+constexpr int kMaxFastRows = 8;
+
+template <int R>
+__host__ __device__ constexpr int log2_rows() { return R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3; }
+
+// Butterfly sum of v[0..R) over the L lanes of a centroid; returns the full sum of row
+// sum_s bit_s(lane) * R >> (s+1), with bit_s = lane & (L >> (s+1)).
+template <int R, int L>
+__device__ __forceinline__ float butterfly_rows(float (&v)[R], int lane) {
+#pragma unroll
+  for (int half = R / 2, o = L / 2; half >= 1; half /= 2, o /= 2) {
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float send = upper ? v[i] : v[i + half];  // the half the partner keeps
+      const float keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+  float x = v[0];
+#pragma unroll
+  for (int o = (L >> log2_rows<R>()) / 2; o >= 1; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int D, int R>
+__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, int num_chunks, int z_capacity,
+                                                                float* z_out, float2* partials) {
+  constexpr int L = D / 8, CPW = 32 / L;
+  constexpr int kPerWarp = kStreamChunk / kWarps;
+  constexpr int kSteps = kPerWarp / CPW;
+  constexpr int kUnroll = 4;
+  constexpr int kLogR = log2_rows<R>();
+  static_assert(R <= L, "butterfly needs at least R lanes per centroid");
+  __shared__ float log_size[kStreamChunk];
+  __shared__ float2 red[kWarps * CPW][R];
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const int K = s.num_clusters;
+  const int c_first = chunk * kStreamChunk;
+  if (c_first >= K) return;  // past this sequence's K (sequences of a batch differ); never read
+  const int rows = p.lq * p.g;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
+  const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
+  const int warp_first = c_first + warp * kPerWarp;
+
+  // Issue the first centroid loads before anything else: they are the long pole.
+  uint4 raw[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int c = warp_first + u * CPW + slot;
+    raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
+                   : make_uint4(0u, 0u, 0u, 0u);
+  }
+  {
+    const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+    const int c = c_first + tid;
+    const int n = c < K ? off[c + 1] - off[c] : 0;
+    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
+  }
+  // This lane's 8 dims of every query row (rows >= `rows` are zero padding).
+  float q[R][8];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    uint4 qr = make_uint4(0u, 0u, 0u, 0u);
+    if (r < rows) {
+      const int t = r / p.g, j = r % p.g;
+      qr = *reinterpret_cast<const uint4*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + sub * 8);
+    }
+    const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&qr);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(pr[e]);
+      q[r][2 * e] = f.x;
+      q[r][2 * e + 1] = f.y;
+    }
+  }
+  int my_row = 0;
+#pragma unroll
+  for (int st = 0; st < kLogR; ++st)
+    if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
+  const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
+  float run_m = neg_inf(), run_s = 0.f;
+  __syncthreads();  // log_size
+
+#pragma unroll 1
+  for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
+    uint4 cur[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
+    if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
+        raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
+                       : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = warp_first + (st0 + u) * CPW + slot;
+      const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&cur[u]);
+      float k[8];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(pr[e]);
+        k[2 * e] = f.x;
+        k[2 * e + 1] = f.y;
+      }
+      float v[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc = fmaf(q[r][e], k[e], acc);
+        v[r] = acc;
+      }
+      const float z = butterfly_rows<R, L>(v, lane) * p.scale;
+      if (owner && c < K) {
+        z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
+        const float x = z + log_size[c - c_first];
+        if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
+          if (x > run_m) {
+            run_s = run_s * __expf(run_m - x) + 1.f;
+            run_m = x;
+          } else {
+            run_s += __expf(x - run_m);
+          }
+        }
+      }
+    }
+  }
+  if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
+  __syncthreads();
+  if (tid < R && tid < rows) {  // fixed merge order: deterministic
+    float2 acc = make_float2(neg_inf(), 0.f);
+    for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
+    partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+  }
+}
+
+template <int R>
+__global__ void __launch_bounds__(1024) select_compact_kernel(ProblemArgs p, int num_chunks, int z_capacity,
+                                                              const float* z, const float2* partials, float tau,
+                                                              Selection out, float* scores, int score_capacity) {
+  __shared__ float logden[R];
+  const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const int K = s.num_clusters, rows = p.lq * p.g, g = p.g;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int used = (K + kStreamChunk - 1) / kStreamChunk;
+  if (warp < rows) {
+    float2 acc = make_float2(neg_inf(), 0.f);
+    for (int c = lane; c < used; c += 32)
+      acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp]);
+    acc = warp_lse_reduce(acc);
+    if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
+  }
+  __syncthreads();
+  float ld[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) ld[r] = r < rows ? logden[r] : 0.f;
+  const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+  const float inv_lq = 1.f / static_cast<float>(p.lq);
+  // A round covers 1024 * kPer candidates; thread tid owns candidates base + e * 1024 + tid, so each
+  // load instruction of a warp reads 32 consecutive candidates (coalesced: the first version gave
+  // each thread kPer consecutive candidates, a 128 B lane stride for R = 4, and its L1 wavefronts
+  // made GQA selection ~100 us). Order is restored by kPer scans done together (3 barriers/round).
+  constexpr int kPer = R == 8 ? 4 : 8;  // kPer x R logits within the 64 registers of 1024 threads
+  __shared__ int2 warp_sums[32][kPer];
+  int count = 0, total_rows = 0;
+  for (int base = 0; base < K; base += 1024 * kPer) {
+    int lo[kPer], hi[kPer];
+    float zz[kPer][R];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {  // every load of the round before any arithmetic or store
+      const int i = base + e * 1024 + threadIdx.x;
+      const bool in = i < K;
+      lo[e] = in ? __ldg(off + i) : 0;
+      hi[e] = in ? __ldg(off + i + 1) : 0;
+      const float* zi = z + (static_cast<int64_t>(bh) * z_capacity + i) * R;
+#pragma unroll
+      for (int r = 0; r < R; ++r) zz[e][r] = in ? __ldcg(zi + r) : 0.f;  // written by K1: skip L1
+    }
+    int2 inc[kPer];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const int i = base + e * 1024 + threadIdx.x;
+      const int n = hi[e] - lo[e];
+      float pr[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) pr[r] = r < rows ? __expf(zz[e][r] - ld[r]) : 0.f;
+      // score = max over group members j of the mean over tokens t of p(row t*g + j).
+      float best = neg_inf();
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        if (j >= g) break;
+        float sum = 0.f;
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (r < rows && r % g == j) sum += pr[r];
+        best = fmaxf(best, sum * inv_lq);
+      }
+      const bool live = i < K && n > 0, keep = live && best > tau;
+      if (scores && i < K) scores[static_cast<int64_t>(bh) * score_capacity + i] = live ? best : neg_inf();
+      inc[e] = keep ? make_int2(1, n) : make_int2(0, 0);
+    }
+    // kPer inclusive warp scans, then a scan of the warp sums by warp 0.
+    int2 mine[kPer];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      mine[e] = inc[e];
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int x = __shfl_up_sync(0xffffffffu, inc[e].x, o), y = __shfl_up_sync(0xffffffffu, inc[e].y, o);
+        if (lane >= o) inc[e].x += x, inc[e].y += y;
+      }
+      if (lane == 31) warp_sums[warp][e] = inc[e];
+    }
+    __syncthreads();
+    if (warp == 0) {
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) {
+        int2 w = warp_sums[lane][e];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int x = __shfl_up_sync(0xffffffffu, w.x, o), y = __shfl_up_sync(0xffffffffu, w.y, o);
+          if (lane >= o) w.x += x, w.y += y;
+        }
+        warp_sums[lane][e] = w;  // inclusive over warps
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const int2 before = warp > 0 ? warp_sums[warp - 1][e] : make_int2(0, 0);
+      if (mine[e].x) {
+        const int64_t slot = static_cast<int64_t>(bh) * out.capacity + count + before.x + inc[e].x - 1;
+        out.cluster_ids[slot] = base + e * 1024 + threadIdx.x;
+        out.row_start[slot] = total_rows + before.y + inc[e].y - mine[e].y;
+      }
+      count += warp_sums[31][e].x;
+      total_rows += warp_sums[31][e].y;
+    }
+    __syncthreads();  // warp_sums reused by the next round
+  }
+  if (threadIdx.x == 0) {
+    out.counts[bh] = count;
+    out.rows[bh] = total_rows;
+    out.comparisons[bh] = K;
+  }
+}
+
 // ---- host side ---------------------------------------------------------------------------------
 
 size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
@@ -383,6 +658,10 @@ struct Workspace {
   float* z;
   uint8_t* flags;
   int32_t *kept, *prefix, *num_kept, *num_candidates;
+  // Decode fast path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r].
+  int fast_r, fast_chunks;
+  float* fast_z;
+  float2* fast_partials;
   size_t bytes;
 
   Workspace(const AttentionShape& s, const SelectionLimits& lim, void* base) {
@@ -405,6 +684,10 @@ struct Workspace {
     prefix = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
     num_kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
     num_candidates = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
+    fast_r = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : rows <= kMaxFastRows ? 8 : 0;
+    fast_chunks = (std::max(lim.max_clusters, 1) + kStreamChunk - 1) / kStreamChunk;
+    fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
+    fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
     bytes = off;
   }
 };
@@ -417,6 +700,20 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
   const ProblemArgs p{seqs, static_cast<const __nv_bfloat16*>(q), s.query_len, s.num_q_heads, s.num_kv_heads,
                       s.group(), 1.f / sqrtf(static_cast<float>(D))};
   const int bh = s.batch * s.num_kv_heads;
+  if (!params.hierarchical && ws.fast_r > 0) {
+    const dim3 grid(ws.fast_chunks, s.num_kv_heads, s.batch), heads(s.num_kv_heads, s.batch);
+#define SQZ_FAST_CASE(R_)                                                                                   \
+  if (ws.fast_r == R_) {                                                                                   \
+    score_stream_kernel<D, R_><<<grid, kThreads, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z, \
+                                                              ws.fast_partials);                          \
+    select_compact_kernel<R_><<<heads, 1024, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z,  \
+                                                          ws.fast_partials, params.tau_fine, out, scores_out, \
+                                                          ws.level_capacity);                             \
+    return cudaGetLastError();                                                                             \
+  }
+    SQZ_FAST_CASE(1) SQZ_FAST_CASE(2) SQZ_FAST_CASE(4) SQZ_FAST_CASE(8)
+#undef SQZ_FAST_CASE
+  }
   const int tiles = (ws.level_capacity + kTile - 1) / kTile;
   // Pass 2 recomputes logits for prefill blocks: give each CTA several tiles but keep ~4 waves.
   const int tiles_c = ws.store_z ? 1 : std::max(1, tiles * bh / (4 * 132));

@@ -4,7 +4,9 @@
 //
 // Everything stays on the device: outputs are worst-case sized (Selection::capacity) and the
 // attention kernels read counts from device memory, so a decode step can be captured in a graph.
-// Launches (fixed grids): flat = lse partials -> log denominators -> flags -> compaction;
+// Launches (fixed grids): flat with Lq * g <= 8 query rows (decode) = 2 launches: one stream over
+// the bf16 centroids (logits + LSE partials) and one select/compact CTA per (sequence, KV head).
+// Otherwise (prefill blocks, hierarchical): lse partials -> log denominators -> flags -> compaction;
 // hierarchical runs that chain on the coarse level, then flags + compaction over the children of
 // the kept coarse clusters only (their fine centroids are the only ones read).
 #pragma once
@@ -24,7 +26,7 @@ struct SelectionLimits {
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).
 size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLimits& limits);
 
-// seqs: device array of shape.batch views (bf16 KV, fp32 centroids). q: device bf16
+// seqs: device array of shape.batch views (bf16 KV and bf16 centroids). q: device bf16
 // [B][Lq][Hq][D]. out: device arrays. workspace: device, selection_workspace_bytes() long.
 // Requires head_dim in {64, 128}, group in {1, 2, 4, 8}, query_len * group <= 16384.
 // `scores_out` (nullable, device, [B*H_kv][capacity] fp32): the group score of each scored

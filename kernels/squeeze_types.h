@@ -10,7 +10,11 @@
 
 namespace squeezeserve::kernels {
 
-// Element type of keys/values: `float` in the CPU references, bf16 bits (`uint16_t`) on the GPU.
+// Element type of keys, values and centroids: `float` in the CPU references, bf16 bits
+// (`uint16_t`) on the GPU. Centroids are bf16 on the GPU because decode selection streams every
+// centroid of the level once per step: fp32 centroids cost c*256 B per token-head (5% of the KV
+// bytes at c = 0.05) and cap the ideal decode speedup at 1/(f+c) = 6.7x; bf16 halves that to
+// 1/(f+c/2) = 8x. Logits, LSE and scores stay fp32 (the products are accumulated in fp32).
 template <typename T>
 struct SequenceLayer {
   // Clustered part, rows sorted by cluster: keys[h * head_stride + row * D + d].
@@ -18,13 +22,14 @@ struct SequenceLayer {
   const T* values = nullptr;
   int64_t head_stride = 0;  // elements between KV heads (>= N * D)
 
-  // Fine level: K clusters per head. centroids [H_kv][K][D] fp32, offsets [H_kv][K+1] into rows.
-  const float* centroids = nullptr;
+  // Fine level: K clusters per head. centroids [H_kv][K][D] (T: fp32 CPU / bf16 GPU), offsets
+  // [H_kv][K+1] into rows.
+  const T* centroids = nullptr;
   const int32_t* offsets = nullptr;
   int32_t num_clusters = 0;
 
   // Coarse level (hierarchical only; null otherwise). coarse_offsets [H_kv][Kc+1] are fine-cluster ids.
-  const float* coarse_centroids = nullptr;
+  const T* coarse_centroids = nullptr;  // [H_kv][Kc][D], element type as centroids
   const int32_t* coarse_offsets = nullptr;
   int32_t num_coarse = 0;
 

@@ -1,5 +1,5 @@
 // Host helpers of the GPU programs: CUDA error checks, bf16 rounding, and a synthetic layer
-// uploaded to the device (bf16 KV) next to the fp32 copy the CPU references read (the same
+// uploaded to the device (bf16 KV and centroids) next to the fp32 copy the CPU references read (the same
 // bf16-rounded values, so references and kernels see identical inputs).
 #pragma once
 
@@ -74,13 +74,14 @@ struct DeviceLayer {
     dev.dense_values = kv(host.dense_values);
     dev.dense_head_stride = h.dense_head_stride;
     dev.dense_len = h.dense_len;
-    auto f = [&](const std::vector<float>& v) { float* p = upload(v); allocations.push_back(p); return p; };
     auto i = [&](const std::vector<int32_t>& v) { int32_t* p = upload(v); allocations.push_back(p); return p; };
-    dev.centroids = f(host.centroids);  // centroids stay fp32 (docs/index_layout.md)
+    // Centroids are bf16 on the GPU (docs/index_layout.md); the host copy is rounded the same way,
+    // so the CPU reference scores exactly the vectors the kernels score.
+    dev.centroids = kv(host.centroids);
     dev.offsets = i(host.offsets);
     dev.num_clusters = h.num_clusters;
     if (h.num_coarse > 0) {
-      dev.coarse_centroids = f(host.coarse_centroids);
+      dev.coarse_centroids = kv(host.coarse_centroids);
       dev.coarse_offsets = i(host.coarse_offsets);
       dev.num_coarse = h.num_coarse;
     }

@@ -36,14 +36,6 @@ __global__ void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
     p[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
   }
 }
-__global__ void fill_f32(float* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    x ^= x >> 15; x *= 2246822519u; x ^= x >> 13;
-    p[i] = (x & 0xffff) / 32768.f - 1.f;
-  }
-}
-
 template <typename T>
 T* dev_alloc(size_t n) {
   T* p = nullptr;
@@ -55,7 +47,7 @@ T* dev_alloc(size_t n) {
 struct BenchContext {
   int hkv, d, n, k;
   __nv_bfloat16 *keys, *values, *dense_k, *dense_v;
-  float* centroids;
+  __nv_bfloat16* centroids;  // bf16 on the GPU (docs/index_layout.md)
   int32_t* offsets;
   BenchContext(int hkv_, int d_, int n_, uint32_t seed) : hkv(hkv_), d(d_), n(n_) {
     std::mt19937 rng(seed);
@@ -80,12 +72,12 @@ struct BenchContext {
     values = dev_alloc<__nv_bfloat16>(kv);
     dense_k = dev_alloc<__nv_bfloat16>(dense);
     dense_v = dev_alloc<__nv_bfloat16>(dense);
-    centroids = dev_alloc<float>(size_t(hkv) * k * d);
+    centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
     fill_bf16<<<1024, 256>>>(keys, kv, seed * 7 + 1);
     fill_bf16<<<1024, 256>>>(values, kv, seed * 7 + 2);
     fill_bf16<<<1024, 256>>>(dense_k, dense, seed * 7 + 3);
     fill_bf16<<<1024, 256>>>(dense_v, dense, seed * 7 + 4);
-    fill_f32<<<1024, 256>>>(centroids, size_t(hkv) * k * d, seed * 7 + 5);
+    fill_bf16<<<1024, 256>>>(centroids, size_t(hkv) * k * d, seed * 7 + 5);
     CUDA_OK(cudaGetLastError());
   }
   ~BenchContext() {
@@ -96,7 +88,7 @@ struct BenchContext {
     v.keys = reinterpret_cast<const uint16_t*>(keys);
     v.values = reinterpret_cast<const uint16_t*>(values);
     v.head_stride = int64_t(n) * d;
-    v.centroids = centroids;
+    v.centroids = reinterpret_cast<const uint16_t*>(centroids);
     v.offsets = offsets;
     v.num_clusters = k;
     v.dense_keys = reinterpret_cast<const uint16_t*>(dense_k);
@@ -244,9 +236,9 @@ int main(int argc, char** argv) {
       cudaGraphExecDestroy(g_sel);
       cudaGraphExecDestroy(g_att);
       cudaGraphExecDestroy(g_all);
-      // Bytes the step must move: selected K+V rows, dense part, the fp32 centroids once.
+      // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once.
       const double kv_bytes = (double(kept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2;
-      const double centroid_bytes = double(bh) * max_k * c.d * 4.0;
+      const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
       const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
       const double frac = double(kept) / (double(n) * bh);
       std::printf("%-10s %6d %2d %-7s %5.2f %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
