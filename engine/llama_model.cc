@@ -141,8 +141,10 @@ at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const 
   const int64_t own_len = cache.length + n;
   AttentionPart attended = AttendWithLse(q, cache.keys[layer_index].narrow(1, 0, own_len),
                                          cache.values[layer_index].narrow(1, 0, own_len), cache.length);
-  // Part (a): the read-only prefix, no mask.
-  if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
+  // Part (a): the stored context, through the caller's lookup or as a read-only prefix, no mask.
+  if (args.context_attention) {
+    attended = MergeLse(args.context_attention(layer_index, q), attended);
+  } else if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
     const AttentionPart prefix = AttendWithLse(q, (*args.prefix.keys)[layer_index],
                                                (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
     attended = MergeLse(prefix, attended);

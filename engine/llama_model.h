@@ -12,12 +12,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
+#include "engine/attention.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 
@@ -38,11 +40,17 @@ struct KvPrefix {
   const std::vector<at::Tensor>* values = nullptr;
 };
 
+// Part (a) computed by the caller instead of dense attention over a prefix: receives the layer and
+// the post-RoPE queries [H, n, D] of the new tokens, returns their attention over the stored
+// context (the Squeezed lookup: selected clusters + window).
+using ContextAttentionFn = std::function<AttentionPart(int64_t layer, const at::Tensor& queries)>;
+
 struct ForwardArgs {
   const int32_t* token_ids = nullptr;
   int64_t num_tokens = 0;
   int64_t start_position = 0;  // position id of the first token (RoPE)
   KvPrefix prefix;             // part (a); empty = none
+  ContextAttentionFn context_attention;  // part (a) when set (then `prefix` is ignored)
   KvCache* cache = nullptr;    // part (b); the new K/V are written at [length, length + n)
   bool compute_logits = true;  // false at ingest: only the KV is wanted
   // When set, receives per layer the post-RoPE queries [H, n - capture_from, D] of the tokens

@@ -1,10 +1,10 @@
-// Engine::Load and the dense engine: model loading, context ingest (chunked prefill) and token
-// generation over a stored context. Forward passes are serialized by one mutex for now (a batching
+// Engine::Load and the engine: model loading, context ingest (context_builder.h), token generation
+// over a stored context — dense, or through the Squeezed index (squeezed_lookup.h) — and context
+// persistence (context_persistence.h). Forward passes are serialized by one mutex for now (a batching
 // scheduler replaces it later); stored contexts are immutable and each Generation owns its KV.
 #include <c10/core/InferenceMode.h>
 #include <spdlog/spdlog.h>
 
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -18,13 +18,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/context_builder.h"
+#include "engine/context_persistence.h"
 #include "engine/context_store.h"
-#include "engine/dense_context.h"
 #include "engine/engine.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
+#include "engine/squeezed_lookup.h"
+#include "engine/stored_context.h"
 #include "engine/text_stream.h"
 #include "engine/tokenizer.h"
 
@@ -86,10 +89,13 @@ class TorchEngine;
 
 class TorchGeneration : public Generation {
  public:
-  TorchGeneration(TorchEngine* engine, std::shared_ptr<const DenseContext> context, std::vector<int32_t> query,
-                  const SamplingOptions& sampling, KvCache cache, std::optional<TextStream> text)
+  // `lookup` is set for a squeezed generation, absent for a dense one.
+  TorchGeneration(TorchEngine* engine, std::shared_ptr<const StoredContext> context, std::vector<int32_t> query,
+                  const SamplingOptions& sampling, KvCache cache, std::optional<TextStream> text,
+                  std::optional<SqueezedLookup> lookup)
       : engine_(engine),
         context_(std::move(context)),
+        lookup_(std::move(lookup)),
         query_(std::move(query)),
         sampling_(sampling),
         sampler_(SamplerOptions{sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed}),
@@ -104,7 +110,8 @@ class TorchGeneration : public Generation {
 
  private:
   TorchEngine* engine_;  // outlives its generations
-  std::shared_ptr<const DenseContext> context_;
+  std::shared_ptr<const StoredContext> context_;
+  std::optional<SqueezedLookup> lookup_;
   std::vector<int32_t> query_;
   SamplingOptions sampling_;
   Sampler sampler_;
@@ -140,6 +147,31 @@ class TorchEngine : public Engine {
                                                               std::vector<int32_t> query,
                                                               const SamplingOptions& sampling,
                                                               const AttentionOptions& attention) override;
+
+  absl::Status SaveContext(const Context& context, const std::string& store_dir) const override {
+    const auto* stored = dynamic_cast<const StoredContext*>(&context);
+    if (stored == nullptr || !FitsModel(*stored)) {
+      return absl::InvalidArgumentError("context: not built by this engine's model");
+    }
+    return SaveStoredContext(*stored, store_dir, info_.fingerprint);
+  }
+
+  absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,
+                                                             const std::string& id) const override {
+    auto loaded = LoadStoredContext(store_dir, id, info_.fingerprint, config_, model_->device(), model_->dtype());
+    if (!loaded.ok()) return loaded.status();
+    return std::shared_ptr<const Context>(std::move(*loaded));
+  }
+
+  // The stored KV has this model's shape (a context of another engine would be saved under the wrong
+  // fingerprint otherwise).
+  bool FitsModel(const StoredContext& context) const {
+    if (static_cast<int64_t>(context.keys().size()) != config_.num_layers) return false;
+    for (const at::Tensor& k : context.keys()) {
+      if (k.dim() != 3 || k.size(0) != config_.num_kv_heads || k.size(2) != config_.head_dim) return false;
+    }
+    return true;
+  }
 
   // One forward pass, serialized with every other one. Returns the logits (undefined when not asked).
   absl::StatusOr<at::Tensor> RunForward(const ForwardArgs& args) const {
@@ -251,86 +283,25 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
                                                    " tokens exceed the model's max_position_embeddings (",
                                                    config_.max_position_embeddings, ")"));
   }
-  if (index.observation_window < 0) {
-    return absl::InvalidArgumentError("index.observation_window must be >= 0");
-  }
-
-  // The whole context KV, written chunk by chunk in place.
-  KvCache context_kv;
-  try {
-    context_kv = model_->NewCache(total);
-  } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("allocating the context KV: ", e.what()));
-  }
-  const int64_t window = std::min<int64_t>(index.observation_window, total);
-  const int64_t window_start = total - window;
-  std::vector<std::vector<at::Tensor>> window_query_chunks(config_.num_layers);
-
-  const int64_t chunk = options_.prefill_chunk_tokens;
-  for (int64_t start = 0; start < total; start += chunk) {
-    if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
-    const int64_t n = std::min(chunk, total - start);
-    // Part (a): the context before this chunk; part (b): this chunk, written at [start, start + n).
-    std::vector<at::Tensor> prefix_keys, prefix_values;
-    KvCache chunk_cache;
-    for (int64_t l = 0; l < config_.num_layers; ++l) {
-      prefix_keys.push_back(context_kv.keys[l].narrow(1, 0, start));
-      prefix_values.push_back(context_kv.values[l].narrow(1, 0, start));
-      chunk_cache.keys.push_back(context_kv.keys[l].narrow(1, start, total - start));
-      chunk_cache.values.push_back(context_kv.values[l].narrow(1, start, total - start));
-    }
-    ForwardArgs args;
-    args.token_ids = tokens.data() + start;
-    args.num_tokens = n;
-    args.start_position = start;
-    args.prefix = KvPrefix{&prefix_keys, &prefix_values};
-    args.cache = &chunk_cache;
-    args.compute_logits = false;
-    std::vector<at::Tensor> captured;
-    if (start + n > window_start) {
-      args.captured_queries = &captured;
-      args.capture_from = std::max<int64_t>(0, window_start - start);
-    }
-    auto forward = RunForward(args);
-    if (!forward.ok()) return forward.status();
-    for (size_t l = 0; l < captured.size(); ++l) window_query_chunks[l].push_back(captured[l]);
-    if (progress) {
-      progress(IngestProgress{"prefill", static_cast<float>(start + n) / static_cast<float>(total), start + n, total});
-    }
-  }
-
-  std::vector<at::Tensor> window_queries;
-  for (auto& chunks : window_query_chunks) {
-    window_queries.push_back(chunks.empty() ? at::Tensor() : at::cat(chunks, 1));
-  }
-  ContextSummary summary;
-  summary.id = std::move(id);
-  summary.num_tokens = total;
-  summary.index = index;
-  summary.has_index = false;  // the dense path; the Squeezed index builder adds the index
-  summary.kv_bytes = 2ull * config_.num_layers * config_.num_kv_heads * total * config_.head_dim *
-                     at::elementSize(model_->dtype());
-  summary.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
-  summary.tier = "device";  // the KV stays in the engine device's memory
-  return std::shared_ptr<const Context>(std::make_shared<DenseContext>(
-      std::move(summary), std::move(tokens), std::move(context_kv.keys), std::move(context_kv.values),
-      std::move(window_queries)));
+  auto context = BuildStoredContext(
+      *model_, [this](const ForwardArgs& args) { return RunForward(args); }, std::move(id), std::move(tokens),
+      index, options_.prefill_chunk_tokens, progress, cancelled);
+  if (!context.ok()) return context.status();
+  return std::shared_ptr<const Context>(std::move(*context));
 }
 
 absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::shared_ptr<const Context> context,
                                                                          std::vector<int32_t> query,
                                                                          const SamplingOptions& sampling,
                                                                          const AttentionOptions& attention) {
-  auto dense = std::dynamic_pointer_cast<const DenseContext>(context);
-  if (dense == nullptr) return absl::InvalidArgumentError("context_id: the context was not built by this engine");
+  auto stored = std::dynamic_pointer_cast<const StoredContext>(context);
+  if (stored == nullptr) return absl::InvalidArgumentError("context_id: the context was not built by this engine");
   if (query.empty()) return absl::InvalidArgumentError("prompt: the query must not be empty");
   if (auto status = CheckTokenIds(query, config_.vocab_size, "prompt.tokens"); !status.ok()) return status;
   if (sampling.max_new_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_new_tokens must be >= 1");
   }
-  const int64_t context_tokens = dense->summary().num_tokens;
+  const int64_t context_tokens = stored->summary().num_tokens;
   const int64_t needed = context_tokens + static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
   if (needed > config_.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -354,7 +325,12 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   if (!(attention.sparsity >= 0 && attention.sparsity <= 1)) {
     return absl::InvalidArgumentError("attention.sparsity must be in [0, 1]");
   }
-  // A context without an index is served densely whatever the requested mode.
+  std::optional<SqueezedLookup> lookup;
+  if (attention.mode == AttentionMode::kSqueezed) {
+    auto thresholds = ThresholdsFor(stored->summary(), attention);
+    if (!thresholds.ok()) return thresholds.status();
+    lookup.emplace(stored, attention.hierarchical, *thresholds);
+  }
 
   KvCache cache;
   try {
@@ -368,7 +344,7 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
                  sampling.stop);
   }
   return std::unique_ptr<Generation>(std::make_unique<TorchGeneration>(
-      this, std::move(dense), std::move(query), sampling, std::move(cache), std::move(text)));
+      this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup)));
 }
 
 absl::StatusOr<TokenStep> TorchGeneration::Next() {
@@ -379,12 +355,24 @@ absl::StatusOr<TokenStep> TorchGeneration::Next() {
   args.token_ids = first ? query_.data() : &last_token_;
   args.num_tokens = first ? static_cast<int64_t>(query_.size()) : 1;
   args.start_position = stats_.cached_tokens + cache_.length;
-  args.prefix = KvPrefix{&context_->keys(), &context_->values()};
   args.cache = &cache_;
+  if (lookup_) {
+    // Prefill: one cluster set for the whole query (as the authors); decode: one per token.
+    args.context_attention = [this, first](int64_t layer, const at::Tensor& q) {
+      return lookup_->Attend(layer, q, /*per_token=*/!first);
+    };
+  } else {
+    args.prefix = KvPrefix{&context_->keys(), &context_->values()};
+  }
   auto logits = engine_->RunForward(args);
   if (!logits.ok()) {
     finished_ = true;
     return logits.status();
+  }
+  if (lookup_) {
+    lookup_->FinishStep();
+    stats_.kv_fraction_loaded = lookup_->kv_fraction_loaded();
+    stats_.centroid_comparisons_per_token = lookup_->centroid_comparisons_per_token();
   }
 
   const SampledToken sampled =

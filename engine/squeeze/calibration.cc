@@ -164,6 +164,7 @@ std::vector<SparsityLevelInfo> CalibrationResult::Summary() const {
   for (const CalibratedLevel& l : levels_info) {
     SparsityLevelInfo info;
     info.sparsity = l.sparsity;
+    info.one_level_threshold = l.global.one_level;
     if (levels == 2) {
       info.thresholds = {l.global.coarse, l.global.fine};
       info.kept_fraction = l.kept_fraction_hierarchical;

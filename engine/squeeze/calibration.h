@@ -49,8 +49,8 @@ struct CalibrationResult {
   std::vector<CalibratedLevel> levels_info;  // in the order of options.sparsity_levels
 
   // For ContextSummary: thresholds coarse first ({coarse, fine} for a 2-level index, {one_level}
-  // otherwise) and the matching kept fraction. A 2-level index can still be queried 1-level; that
-  // τ is in levels_info[i].global.one_level (SparsityLevelInfo has no field for it yet).
+  // otherwise) and the matching kept fraction; one_level_threshold is always set (a 2-level index
+  // can also be queried 1-level).
   std::vector<SparsityLevelInfo> Summary() const;
 };
 

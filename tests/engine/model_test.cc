@@ -10,12 +10,12 @@
 #include <gtest/gtest.h>
 
 #include "engine/attention.h"
-#include "engine/dense_context.h"
 #include "engine/engine.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
+#include "engine/stored_context.h"
 #include "tests/engine/tiny_checkpoint.h"
 
 namespace squeezeserve {
@@ -82,6 +82,13 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, int chunk = 512) {
   return engine.ok() ? std::move(*engine) : nullptr;
 }
 
+// These tests cover the dense path (tests/engine/squeezed_test.cc the Squeezed one).
+AttentionOptions DenseAttention() {
+  AttentionOptions attention;
+  attention.mode = AttentionMode::kDense;
+  return attention;
+}
+
 std::vector<int32_t> Tokens(int64_t count, int64_t vocab, int32_t salt) {
   std::vector<int32_t> ids;
   for (int64_t i = 0; i < count; ++i) ids.push_back(static_cast<int32_t>((i * 37 + salt * 11 + 3) % vocab));
@@ -97,7 +104,7 @@ struct Output {
 Output Generate(Engine& engine, std::shared_ptr<const Context> context, std::vector<int32_t> query,
                 SamplingOptions sampling) {
   Output out;
-  auto generation = engine.StartGeneration(std::move(context), std::move(query), sampling, AttentionOptions{});
+  auto generation = engine.StartGeneration(std::move(context), std::move(query), sampling, DenseAttention());
   EXPECT_TRUE(generation.ok()) << generation.status();
   if (!generation.ok()) return out;
   while (out.finish == FinishReason::kNone) {
@@ -114,6 +121,7 @@ Output Generate(Engine& engine, std::shared_ptr<const Context> context, std::vec
 std::shared_ptr<const Context> IngestOrDie(Engine& engine, std::vector<int32_t> tokens, int window = 100) {
   IndexOptions index;
   index.observation_window = window;
+  index.dense_only = true;  // keeps the KV in token order for the comparisons below
   auto context = engine.Ingest("ctx", std::move(tokens), index, nullptr, nullptr);
   EXPECT_TRUE(context.ok()) << context.status();
   return context.ok() ? *context : nullptr;
@@ -215,8 +223,8 @@ TEST_P(ModelVariantTest, ChunkedPrefillMatchesOneChunk) {
   auto large = LoadEngine(dir_, /*chunk=*/512);
   ASSERT_TRUE(small && large);
   const auto context_tokens = Tokens(45, GetParam().spec.vocab_size, 1);
-  auto a = std::dynamic_pointer_cast<const DenseContext>(IngestOrDie(*small, context_tokens, /*window=*/10));
-  auto b = std::dynamic_pointer_cast<const DenseContext>(IngestOrDie(*large, context_tokens, /*window=*/10));
+  auto a = std::dynamic_pointer_cast<const StoredContext>(IngestOrDie(*small, context_tokens, /*window=*/10));
+  auto b = std::dynamic_pointer_cast<const StoredContext>(IngestOrDie(*large, context_tokens, /*window=*/10));
   ASSERT_TRUE(a && b);
   for (size_t l = 0; l < a->keys().size(); ++l) {
     EXPECT_TRUE(at::allclose(a->keys()[l], b->keys()[l], 1e-4, 1e-4)) << "layer " << l;
@@ -257,8 +265,8 @@ TEST_P(ModelVariantTest, InterleavedGenerationsMatchSoloRuns) {
   const Output solo_a = Generate(*engine, context, query_a, Greedy(7));
   const Output solo_b = Generate(*engine, context, query_b, sampled);
 
-  auto gen_a = engine->StartGeneration(context, query_a, Greedy(7), AttentionOptions{});
-  auto gen_b = engine->StartGeneration(context, query_b, sampled, AttentionOptions{});
+  auto gen_a = engine->StartGeneration(context, query_a, Greedy(7), DenseAttention());
+  auto gen_b = engine->StartGeneration(context, query_b, sampled, DenseAttention());
   ASSERT_TRUE(gen_a.ok() && gen_b.ok());
   Output a, b;
   for (int i = 0; i < 7; ++i) {
@@ -371,7 +379,7 @@ TEST_F(EngineTest, FinishesOnEosUnlessIgnored) {
   EXPECT_EQ(stopped.finish, FinishReason::kEos);
   ExpectSameOutputs(Generate(*eos_engine, eos_context, query, Greedy(6)), free_run, 1e-6);
 
-  auto generation = engine_->StartGeneration(context, query, Greedy(1), AttentionOptions{});
+  auto generation = engine_->StartGeneration(context, query, Greedy(1), DenseAttention());
   ASSERT_TRUE(generation.ok());
   auto step = (*generation)->Next();
   ASSERT_TRUE(step.ok());
@@ -382,7 +390,7 @@ TEST_F(EngineTest, FinishesOnEosUnlessIgnored) {
 TEST_F(EngineTest, BadInputsNameTheField) {
   auto context = IngestOrDie(*engine_, Tokens(20, spec_.vocab_size, 1));
   auto expect_invalid = [&](std::vector<int32_t> query, SamplingOptions sampling, const std::string& fragment) {
-    auto generation = engine_->StartGeneration(context, std::move(query), sampling, AttentionOptions{});
+    auto generation = engine_->StartGeneration(context, std::move(query), sampling, DenseAttention());
     ASSERT_FALSE(generation.ok()) << fragment;
     EXPECT_EQ(generation.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(generation.status().message()).find(fragment), std::string::npos) << generation.status();
@@ -406,7 +414,7 @@ TEST_F(EngineTest, BadInputsNameTheField) {
   s = Greedy(4);
   s.stop = {"x"};
   expect_invalid({1}, s, "sampling.stop");  // no tokenizer
-  EXPECT_TRUE(engine_->StartGeneration(context, {1, 2}, Greedy(234), AttentionOptions{}).ok());  // exactly fits
+  EXPECT_TRUE(engine_->StartGeneration(context, {1, 2}, Greedy(234), DenseAttention()).ok());  // exactly fits
 
   auto bad_ingest = engine_->Ingest("x", {0, 500}, IndexOptions{}, nullptr, nullptr);
   EXPECT_EQ(bad_ingest.status().code(), absl::StatusCode::kInvalidArgument);

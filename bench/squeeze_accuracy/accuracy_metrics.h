@@ -1,0 +1,34 @@
+// Accuracy of one Squeezed lookup against dense attention, for one layer and one window of query
+// tokens. Everything is computed from the dense scores over the stored context (clustered keys +
+// window), so the sparse result is exactly what SparseContextAttention computes, without its
+// per-token gathers (the bench checks the two agree in shared mode).
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/ATen.h>
+
+#include "engine/squeeze/index_builder.h"
+#include "engine/squeeze/sparse_attention.h"
+
+namespace squeezeserve::bench {
+
+struct LookupAccuracy {
+  // Share of the dense softmax mass over the clustered keys that falls on the selected keys,
+  // averaged over query heads and tokens.
+  double recall = 0;
+  // ‖out_sparse − out_dense‖ / ‖out_dense‖ over the whole [H_q, T, D] context-attention output.
+  double relative_error = 0;
+  // (selected clustered keys + window) / context tokens, averaged over KV heads and selections.
+  double kv_fraction = 0;
+  // Centroids scored per KV head and selection.
+  double centroid_comparisons = 0;
+  // max |out − SparseContextAttention(...).out| (shared selections only, else −1): a self-check.
+  double library_deviation = -1;
+};
+
+// queries: post-RoPE [H_q, T, D] of the query tokens at this layer.
+LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor& queries,
+                             const squeeze::SelectionOptions& options);
+
+}  // namespace squeezeserve::bench

@@ -1,0 +1,313 @@
+// squeeze_accuracy: ingests a long context with the Squeezed index, runs held-out windows of the
+// same text as queries (each placed right after the context), and reports per layer and overall,
+// for every calibrated sparsity level and for 1-level and hierarchical lookups: attention-mass
+// recall, relative error of the context-attention output and the fraction of keys loaded.
+//
+// Each layer is measured on the queries that dense attention produces at that layer (the prefix is
+// attended densely while capturing the queries), so errors do not compound across layers.
+//
+//   squeeze_accuracy --model_dir=models/reference/llama-gqa-llama3rope-tied --context_tokens=8192
+//                    --max_position_override=16384 [--json_out=results.json]
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/squeeze_accuracy/accuracy_metrics.h"
+#include "engine/context_builder.h"
+#include "engine/llama_model.h"
+#include "engine/model_config.h"
+#include "engine/safetensors.h"
+#include "engine/tokenizer.h"
+
+namespace squeezeserve::bench {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Args {
+  std::string model_dir;
+  std::string tokens_file;  // whitespace-separated token ids; else the text files, tokenized
+  std::string text_files;   // comma-separated; default: /usr/share/common-licenses/*
+  int64_t context_tokens = 8192;
+  int64_t query_tokens = 64;
+  int64_t num_queries = 8;
+  int window = 100;
+  int levels = 2;
+  std::string sparsity = "0.5,0.7,0.8,0.9";
+  int64_t max_position_override = 0;
+  bool per_token = false;
+  int64_t chunk = 512;
+  std::string json_out;
+};
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::cerr << "squeeze_accuracy: " << message << "\n";
+  std::exit(2);
+}
+
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) != 0 || eq == std::string::npos) Fail("expected --name=value, got " + arg);
+    const std::string name = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
+    auto integer = [&](auto* out) {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(value, &v)) Fail("--" + name + " needs an integer");
+      *out = static_cast<std::remove_pointer_t<decltype(out)>>(v);
+    };
+    if (name == "model_dir") a.model_dir = value;
+    else if (name == "tokens_file") a.tokens_file = value;
+    else if (name == "text_files") a.text_files = value;
+    else if (name == "context_tokens") integer(&a.context_tokens);
+    else if (name == "query_tokens") integer(&a.query_tokens);
+    else if (name == "num_queries") integer(&a.num_queries);
+    else if (name == "window") integer(&a.window);
+    else if (name == "levels") integer(&a.levels);
+    else if (name == "sparsity") a.sparsity = value;
+    else if (name == "max_position_override") integer(&a.max_position_override);
+    else if (name == "per_token") a.per_token = value == "1" || value == "true";
+    else if (name == "chunk") integer(&a.chunk);
+    else if (name == "json_out") a.json_out = value;
+    else Fail("unknown flag --" + name);
+  }
+  if (a.model_dir.empty()) Fail("--model_dir is required");
+  if (a.context_tokens <= a.window || a.query_tokens < 1 || a.num_queries < 1 || a.chunk < 1) {
+    Fail("need context_tokens > window, query_tokens >= 1, num_queries >= 1, chunk >= 1");
+  }
+  return a;
+}
+
+std::string ReadText(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail("cannot read " + path.string());
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The token stream: ids from --tokens_file, or the text files tokenized and repeated as needed.
+std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_t needed, std::string* source) {
+  std::vector<int32_t> ids;
+  if (!a.tokens_file.empty()) {
+    std::istringstream in(ReadText(a.tokens_file));
+    for (int64_t id; in >> id;) ids.push_back(static_cast<int32_t>(id));
+    *source = a.tokens_file;
+  } else {
+    std::vector<fs::path> files;
+    if (a.text_files.empty()) {
+      for (const auto& e : fs::directory_iterator("/usr/share/common-licenses")) {
+        if (e.is_regular_file()) files.push_back(e.path());
+      }
+      std::sort(files.begin(), files.end());
+      *source = "/usr/share/common-licenses/* (sorted, concatenated)";
+    } else {
+      for (const auto& f : absl::StrSplit(a.text_files, ',')) files.emplace_back(std::string(f));
+      *source = a.text_files;
+    }
+    std::string text;
+    for (const auto& f : files) text += ReadText(f) + "\n";
+    auto tokenizer = Tokenizer::Load((fs::path(a.model_dir) / "tokenizer.model").string());
+    if (!tokenizer.ok()) Fail(std::string(tokenizer.status().message()));
+    ids = (*tokenizer)->Encode(text, /*add_bos=*/true, config.bos_token_id);
+  }
+  if (ids.empty()) Fail("no tokens");
+  for (int32_t id : ids) {
+    if (id < 0 || id >= config.vocab_size) Fail("token id " + std::to_string(id) + " outside the vocabulary");
+  }
+  const size_t original = ids.size();
+  while (static_cast<int64_t>(ids.size()) < needed) ids.push_back(ids[ids.size() % original]);
+  ids.resize(needed);
+  return ids;
+}
+
+struct Sum {
+  double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
+  int64_t n = 0;
+  void Add(const LookupAccuracy& m) {
+    recall += m.recall;
+    error += m.relative_error;
+    kv += m.kv_fraction;
+    comparisons += m.centroid_comparisons;
+    deviation = std::max(deviation, m.library_deviation);
+    ++n;
+  }
+  Sum& operator+=(const Sum& o) {
+    recall += o.recall, error += o.error, kv += o.kv, comparisons += o.comparisons, n += o.n;
+    deviation = std::max(deviation, o.deviation);
+    return *this;
+  }
+};
+
+int Run(const Args& a) {
+  c10::InferenceMode inference_mode;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto config = ParseModelConfig(ReadText(fs::path(a.model_dir) / "config.json"));
+  if (!config.ok()) Fail(std::string(config.status().message()));
+  const int64_t trained_positions = config->max_position_embeddings;
+  if (a.max_position_override > 0) config->max_position_embeddings = a.max_position_override;
+  const int64_t needed = a.context_tokens + a.query_tokens * a.num_queries;
+  if (a.context_tokens + a.query_tokens > config->max_position_embeddings) {
+    Fail("context + query exceed max_position_embeddings " + std::to_string(config->max_position_embeddings) +
+         "; pass --max_position_override");
+  }
+  auto weights = SafetensorsCheckpoint::Open(a.model_dir);
+  if (!weights.ok()) Fail(std::string(weights.status().message()));
+  auto model = LlamaModel::Create(*config, **weights, at::Device(at::kCPU), at::kFloat);
+  if (!model.ok()) Fail(std::string(model.status().message()));
+  std::string source;
+  const std::vector<int32_t> tokens = LoadTokens(a, *config, needed, &source);
+
+  IndexOptions index;
+  index.observation_window = a.window;
+  index.levels = a.levels;
+  index.sparsity_levels.clear();
+  for (const auto& s : absl::StrSplit(a.sparsity, ',')) {
+    float v = 0;
+    if (!absl::SimpleAtof(s, &v)) Fail("--sparsity needs comma-separated numbers");
+    index.sparsity_levels.push_back(v);
+  }
+  const ForwardFn forward = [&](const ForwardArgs& args) -> absl::StatusOr<at::Tensor> {
+    return (*model)->Forward(args);
+  };
+  auto context = BuildStoredContext(**model, forward, "bench",
+                                    std::vector<int32_t>(tokens.begin(), tokens.begin() + a.context_tokens), index,
+                                    a.chunk, nullptr, nullptr);
+  if (!context.ok()) Fail(std::string(context.status().message()));
+  const ContextSummary& summary = (*context)->summary();
+  if (!summary.has_index) Fail("the context got no index (too short for the window?)");
+  const auto t_ingest = std::chrono::steady_clock::now();
+
+  // (level, hierarchical) -> per layer sums.
+  const int64_t layers = config->num_layers;
+  std::map<std::pair<size_t, bool>, std::vector<Sum>> sums;
+  for (int64_t w = 0; w < a.num_queries; ++w) {
+    KvCache cache = (*model)->NewCache(a.query_tokens);
+    ForwardArgs args;
+    args.token_ids = tokens.data() + a.context_tokens + w * a.query_tokens;
+    args.num_tokens = a.query_tokens;
+    args.start_position = a.context_tokens;
+    args.prefix = KvPrefix{&(*context)->keys(), &(*context)->values()};
+    args.cache = &cache;
+    args.compute_logits = false;
+    std::vector<at::Tensor> queries;
+    args.captured_queries = &queries;
+    (*model)->Forward(args);
+    for (size_t level = 0; level < summary.sparsity_levels.size(); ++level) {
+      const SparsityLevelInfo& info = summary.sparsity_levels[level];
+      for (bool hierarchical : {false, true}) {
+        if (hierarchical && info.thresholds.size() != 2) continue;
+        squeeze::SelectionOptions options;
+        options.hierarchical = hierarchical;
+        options.per_token = a.per_token;
+        options.thresholds.one_level = info.one_level_threshold;
+        if (hierarchical) {
+          options.thresholds.coarse = info.thresholds[0];
+          options.thresholds.fine = info.thresholds[1];
+        }
+        auto& per_layer = sums[{level, hierarchical}];
+        per_layer.resize(layers);
+        for (int64_t l = 0; l < layers; ++l) {
+          per_layer[l].Add(MeasureLookup((*context)->index()[l], queries[l], options));
+        }
+      }
+    }
+  }
+  const auto t_done = std::chrono::steady_clock::now();
+  const auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
+
+  std::printf("squeeze_accuracy: model %s (%lld layers, %lld q / %lld kv heads, head_dim %lld)\n",
+              a.model_dir.c_str(), static_cast<long long>(layers),
+              static_cast<long long>(config->num_attention_heads), static_cast<long long>(config->num_kv_heads),
+              static_cast<long long>(config->head_dim));
+  std::printf("max_position_embeddings: %lld trained%s\n", static_cast<long long>(trained_positions),
+              a.max_position_override > 0
+                  ? (", overridden to " + std::to_string(a.max_position_override) +
+                     " (--max_position_override; positions past the trained length are extrapolated)")
+                        .c_str()
+                  : "");
+  std::printf("tokens: %s\ncontext %lld tokens (window %d, levels %d, centroids/kv head:", source.c_str(),
+              static_cast<long long>(a.context_tokens), a.window, a.levels);
+  for (int64_t k : summary.centroids_per_level) std::printf(" %lld", static_cast<long long>(k));
+  std::printf("), %lld query windows of %lld held-out tokens, selection %s\n",
+              static_cast<long long>(a.num_queries), static_cast<long long>(a.query_tokens),
+              a.per_token ? "per token" : "shared per query window (prefill, as the authors)");
+  std::printf("ingest %.1f s, measurement %.1f s\n\n", seconds(t0, t_ingest), seconds(t_ingest, t_done));
+  std::printf("%-8s %-12s %-5s %9s %9s %9s %12s %10s\n", "sparsity", "lookup", "layer", "recall", "rel_err",
+              "kv_loaded", "centroids/kvh", "calib_kept");
+
+  nlohmann::json results = nlohmann::json::array();
+  double max_deviation = 0;
+  for (const auto& [key, per_layer] : sums) {
+    const SparsityLevelInfo& info = summary.sparsity_levels[key.first];
+    const char* lookup = key.second ? "hierarchical" : "1-level";
+    Sum all;
+    auto emit = [&](const std::string& layer, const Sum& s) {
+      const double n = static_cast<double>(std::max<int64_t>(s.n, 1));
+      std::printf("%-8.2f %-12s %-5s %9.4f %9.4f %9.4f %12.1f %10.4f\n", info.sparsity, lookup, layer.c_str(),
+                  s.recall / n, s.error / n, s.kv / n, s.comparisons / n, info.kept_fraction);
+      results.push_back({{"sparsity", info.sparsity},
+                         {"lookup", lookup},
+                         {"layer", layer},
+                         {"attention_mass_recall", s.recall / n},
+                         {"relative_error", s.error / n},
+                         {"kv_fraction_loaded", s.kv / n},
+                         {"centroid_comparisons_per_kv_head", s.comparisons / n}});
+    };
+    for (int64_t l = 0; l < layers; ++l) {
+      emit(std::to_string(l), per_layer[l]);
+      all += per_layer[l];
+      max_deviation = std::max(max_deviation, per_layer[l].deviation);
+    }
+    emit("all", all);
+  }
+  if (!a.per_token) std::printf("\nself-check: max |out - SparseContextAttention out| = %.3g\n", max_deviation);
+  std::printf("(calib_kept: kept fraction of the clustered keys on the calibration queries; hierarchical for a\n"
+              " 2-level index. rel_err: ||out_sparse - out_dense|| / ||out_dense|| of the context attention.)\n");
+
+  if (!a.json_out.empty()) {
+    nlohmann::json out = {{"model_dir", a.model_dir},
+                          {"tokens", source},
+                          {"context_tokens", a.context_tokens},
+                          {"query_tokens", a.query_tokens},
+                          {"num_queries", a.num_queries},
+                          {"observation_window", a.window},
+                          {"levels", a.levels},
+                          {"centroids_per_level", summary.centroids_per_level},
+                          {"max_position_embeddings_trained", trained_positions},
+                          {"max_position_override", a.max_position_override},
+                          {"selection", a.per_token ? "per_token" : "shared"},
+                          {"ingest_seconds", seconds(t0, t_ingest)},
+                          {"measure_seconds", seconds(t_ingest, t_done)},
+                          {"library_max_deviation", max_deviation},
+                          {"results", results}};
+    std::ofstream(a.json_out) << out.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace squeezeserve::bench
+
+int main(int argc, char** argv) {
+  try {
+    return squeezeserve::bench::Run(squeezeserve::bench::ParseArgs(argc, argv));
+  } catch (const std::exception& e) {
+    std::cerr << "squeeze_accuracy: " << e.what() << "\n";
+    return 1;
+  }
+}

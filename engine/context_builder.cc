@@ -1,0 +1,206 @@
+#include "engine/context_builder.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/squeeze/calibration.h"
+#include "engine/squeeze/index_builder.h"
+
+namespace squeezeserve {
+namespace {
+
+// Share of the progress fraction taken by the prefill when an index is built afterwards; the
+// clustering takes most of the rest, calibration the last sliver.
+constexpr float kPrefillShare = 0.5f;
+constexpr float kClusteringShare = 0.45f;
+
+struct PrefillResult {
+  KvCache kv;                               // per layer [H_kv, S, D], original order
+  std::vector<at::Tensor> window_queries;   // per layer [H, W, D] (undefined when W = 0)
+};
+
+absl::StatusOr<PrefillResult> ChunkedPrefill(const LlamaModel& model, const ForwardFn& forward,
+                                             const std::vector<int32_t>& tokens, int64_t window,
+                                             int64_t chunk, float progress_share, const ProgressFn& progress,
+                                             const CancelFn& cancelled) {
+  const ModelConfig& config = model.config();
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  PrefillResult result;
+  try {
+    result.kv = model.NewCache(total);
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("allocating the context KV: ", e.what()));
+  }
+  const int64_t window_start = total - window;
+  std::vector<std::vector<at::Tensor>> window_query_chunks(config.num_layers);
+  for (int64_t start = 0; start < total; start += chunk) {
+    if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
+    const int64_t n = std::min(chunk, total - start);
+    // Part (a): the context before this chunk; part (b): this chunk, written at [start, start + n).
+    std::vector<at::Tensor> prefix_keys, prefix_values;
+    KvCache chunk_cache;
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      prefix_keys.push_back(result.kv.keys[l].narrow(1, 0, start));
+      prefix_values.push_back(result.kv.values[l].narrow(1, 0, start));
+      chunk_cache.keys.push_back(result.kv.keys[l].narrow(1, start, total - start));
+      chunk_cache.values.push_back(result.kv.values[l].narrow(1, start, total - start));
+    }
+    ForwardArgs args;
+    args.token_ids = tokens.data() + start;
+    args.num_tokens = n;
+    args.start_position = start;
+    args.prefix = KvPrefix{&prefix_keys, &prefix_values};
+    args.cache = &chunk_cache;
+    args.compute_logits = false;
+    std::vector<at::Tensor> captured;
+    if (start + n > window_start) {
+      args.captured_queries = &captured;
+      args.capture_from = std::max<int64_t>(0, window_start - start);
+    }
+    auto status = forward(args);
+    if (!status.ok()) return status.status();
+    for (size_t l = 0; l < captured.size(); ++l) window_query_chunks[l].push_back(captured[l]);
+    if (progress) {
+      const float done = static_cast<float>(start + n) / static_cast<float>(total);
+      progress(IngestProgress{"prefill", progress_share * done, start + n, total});
+    }
+  }
+  result.kv.length = total;
+  for (auto& chunks : window_query_chunks) {
+    result.window_queries.push_back(chunks.empty() ? at::Tensor() : at::cat(chunks, 1));
+  }
+  return result;
+}
+
+uint64_t Bytes(const at::Tensor& t) { return t.defined() ? static_cast<uint64_t>(t.nbytes()) : 0; }
+
+// Clusters every layer (replacing its KV by the cluster-sorted KV + window, so the KV is held once),
+// then calibrates the thresholds on the window queries. Fills the index fields of `summary`.
+absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const std::vector<at::Tensor>& window_queries,
+                                                            const IndexOptions& options, ContextSummary& summary,
+                                                            const ProgressFn& progress, const CancelFn& cancelled) {
+  const int64_t layers = static_cast<int64_t>(kv.keys.size());
+  const int64_t total = summary.num_tokens;
+  squeeze::CalibrationOptions calibration;
+  calibration.sparsity_levels = options.sparsity_levels;
+  squeeze::Calibrator calibrator(calibration);
+  std::vector<squeeze::LayerIndex> index;
+  for (int64_t l = 0; l < layers; ++l) {
+    if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
+    auto layer = squeeze::BuildLayerIndex(kv.keys[l], kv.values[l], options);
+    if (!layer.ok()) return layer.status();
+    if (auto s = calibrator.AddLayer(*layer, window_queries[l]); !s.ok()) return s;
+    const int64_t n = layer->num_clustered(), w = layer->window();
+    kv.keys[l] = at::cat({layer->keys, layer->window_keys}, 1);
+    kv.values[l] = at::cat({layer->values, layer->window_values}, 1);
+    layer->keys = kv.keys[l].narrow(1, 0, n);
+    layer->window_keys = kv.keys[l].narrow(1, n, w);
+    layer->values = kv.values[l].narrow(1, 0, n);
+    layer->window_values = kv.values[l].narrow(1, n, w);
+    index.push_back(std::move(*layer));
+    if (progress) {
+      const float done = static_cast<float>(l + 1) / static_cast<float>(layers);
+      progress(IngestProgress{"clustering", kPrefillShare + kClusteringShare * done, total, total});
+    }
+  }
+  if (progress) progress(IngestProgress{"calibrating", kPrefillShare + kClusteringShare, total, total});
+  auto calibrated = calibrator.Finish();
+  if (!calibrated.ok()) return calibrated.status();
+
+  summary.has_index = true;
+  summary.sparsity_levels = calibrated->Summary();
+  const squeeze::LayerIndex& first = index.front();
+  summary.centroids_per_level.clear();
+  if (first.levels == 2) summary.centroids_per_level.push_back(first.num_coarse_clusters());
+  summary.centroids_per_level.push_back(first.num_clusters());
+  summary.index_bytes = 0;
+  for (const squeeze::LayerIndex& layer : index) {
+    summary.index_bytes += Bytes(layer.perm) + Bytes(layer.centroids) + Bytes(layer.cluster_offsets) +
+                           Bytes(layer.coarse_centroids) + Bytes(layer.coarse_offsets);
+  }
+  if (progress) progress(IngestProgress{"calibrating", 1.0f, total, total});
+  return index;
+}
+
+}  // namespace
+
+absl::Status ValidateIndexOptions(const IndexOptions& index) {
+  if (index.observation_window < 0) return absl::InvalidArgumentError("index.observation_window must be >= 0");
+  if (index.dense_only) return absl::OkStatus();
+  if (index.levels != 1 && index.levels != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("index.levels must be 1 or 2, got ", index.levels));
+  }
+  if (!(index.centroid_fraction > 0 && index.centroid_fraction <= 1)) {
+    return absl::InvalidArgumentError("index.centroid_fraction must be in (0, 1]");
+  }
+  if (index.levels == 2 && !(index.coarse_centroid_fraction > 0 && index.coarse_centroid_fraction <= 1)) {
+    return absl::InvalidArgumentError("index.coarse_centroid_fraction must be in (0, 1]");
+  }
+  if (index.max_iterations < 0) return absl::InvalidArgumentError("index.max_iterations must be >= 0");
+  if (index.sparsity_levels.empty()) {
+    return absl::InvalidArgumentError("index.sparsity_levels must list at least one level (or set dense_only)");
+  }
+  for (size_t i = 0; i < index.sparsity_levels.size(); ++i) {
+    const float q = index.sparsity_levels[i];
+    if (!(q >= 0 && q < 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("index.sparsity_levels[", i, "] = ", q, " is not in [0, 1)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool ShouldBuildIndex(int64_t num_tokens, const IndexOptions& index) {
+  if (index.dense_only) return false;
+  const int64_t window = std::min<int64_t>(index.observation_window, num_tokens);
+  const int64_t clustered = num_tokens - window;
+  const int64_t min_clustered = static_cast<int64_t>(std::ceil(1.0 / index.centroid_fraction));
+  return window >= 1 && clustered >= min_clustered;
+}
+
+absl::StatusOr<std::shared_ptr<StoredContext>> BuildStoredContext(const LlamaModel& model, const ForwardFn& forward,
+                                                                  std::string id, std::vector<int32_t> tokens,
+                                                                  const IndexOptions& index,
+                                                                  int64_t prefill_chunk_tokens,
+                                                                  const ProgressFn& progress,
+                                                                  const CancelFn& cancelled) {
+  if (auto s = ValidateIndexOptions(index); !s.ok()) return s;
+  c10::InferenceMode inference_mode;  // clustering and calibration need no autograd bookkeeping
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  const bool indexed = ShouldBuildIndex(total, index);
+  const int64_t window = std::min<int64_t>(index.observation_window, total);
+  auto prefill = ChunkedPrefill(model, forward, tokens, window, prefill_chunk_tokens,
+                                indexed ? kPrefillShare : 1.0f, progress, cancelled);
+  if (!prefill.ok()) return prefill.status();
+
+  ContextSummary summary;
+  summary.id = std::move(id);
+  summary.num_tokens = total;
+  summary.index = index;
+  const ModelConfig& config = model.config();
+  summary.kv_bytes = 2ull * config.num_layers * config.num_kv_heads * total * config.head_dim *
+                     at::elementSize(model.dtype());
+  summary.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+  summary.tier = "device";  // the KV stays in the engine device's memory
+
+  std::vector<squeeze::LayerIndex> layer_index;
+  if (indexed) {
+    try {
+      auto built = BuildIndex(prefill->kv, prefill->window_queries, index, summary, progress, cancelled);
+      if (!built.ok()) return built.status();
+      layer_index = std::move(*built);
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("building the Squeezed index: ", e.what()));
+    }
+  }
+  return std::make_shared<StoredContext>(std::move(summary), std::move(tokens), std::move(prefill->kv.keys),
+                                         std::move(prefill->kv.values), std::move(prefill->window_queries),
+                                         std::move(layer_index));
+}
+
+}  // namespace squeezeserve

@@ -1,0 +1,51 @@
+// Part (a) of a generation's attention through the Squeezed index: for every layer, the cluster
+// lookup with the request's thresholds, exact attention over the selected clusters + window, and
+// the statistics GenerationStats reports. One per Generation; not thread-safe. libtorch; internal.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "engine/attention.h"
+#include "engine/engine.h"
+#include "engine/squeeze/sparse_attention.h"
+#include "engine/stored_context.h"
+
+namespace squeezeserve {
+
+// The thresholds of the calibrated level `attention.sparsity` names. FailedPrecondition when the
+// context has no index; InvalidArgument naming attention.sparsity (and listing the levels) when it
+// matches none within 1e-4, or attention.hierarchical on a 1-level index.
+absl::StatusOr<squeeze::Thresholds> ThresholdsFor(const ContextSummary& summary, const AttentionOptions& attention);
+
+class SqueezedLookup {
+ public:
+  SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical, squeeze::Thresholds thresholds);
+
+  // queries [H, n, D] of layer `layer`. per_token = false: one cluster set shared by the n tokens
+  // (prefill, as the authors); true: one set per token (decode).
+  AttentionPart Attend(int64_t layer, const at::Tensor& queries, bool per_token);
+
+  // Closes one step (a prefill or a decode token) after all layers ran: folds its per-layer
+  // statistics into the means.
+  void FinishStep();
+
+  // Mean over layers, KV heads and steps of (selected clustered keys + window keys) / context tokens.
+  double kv_fraction_loaded() const { return steps_ == 0 ? 1.0 : kv_fraction_sum_ / steps_; }
+  // Mean over steps of the centroid comparisons per layer and KV head.
+  double centroid_comparisons_per_token() const { return steps_ == 0 ? 0.0 : comparisons_sum_ / steps_; }
+
+ private:
+  std::shared_ptr<const StoredContext> context_;
+  squeeze::SelectionOptions selection_;
+  // Sums over the layers (and the selections of a per-token call) of the current step.
+  double step_fraction_ = 0, step_comparisons_ = 0;
+  int64_t step_samples_ = 0;
+  double kv_fraction_sum_ = 0, comparisons_sum_ = 0;
+  int64_t steps_ = 0;
+};
+
+}  // namespace squeezeserve

@@ -1,0 +1,407 @@
+// The Squeezed index in the engine, on the HF reference checkpoints (models/reference/): ingest
+// builds and calibrates the index, squeezed generation with every cluster kept equals dense, 90%
+// sparsity prunes, contexts survive SaveContext/LoadContext, and bad options or files are refused.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "engine/context_files.h"
+#include "engine/engine.h"
+#include "engine/safetensors.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/tiny_checkpoint.h"
+
+namespace squeezeserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr float kKeepAllThreshold = -1.0f;  // squeeze::kKeepAll: a sparsity-0 level keeps every cluster
+
+struct Reference {
+  fs::path dir;
+  std::vector<int32_t> context;  // the first `split` prompt tokens
+  std::vector<int32_t> query;    // the rest
+  std::vector<int32_t> hf_ids;
+  std::vector<double> hf_logprobs;
+};
+
+fs::path ReferenceRoot() { return fs::path(SQUEEZESERVE_SOURCE_DIR) / "models" / "reference"; }
+
+Reference LoadReference(const fs::path& dir) {
+  std::ifstream in(dir / "reference.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  const auto prompt = j.at("prompt_ids").get<std::vector<int32_t>>();
+  const auto split = j.at("split").get<size_t>();
+  return Reference{dir, std::vector<int32_t>(prompt.begin(), prompt.begin() + split),
+                   std::vector<int32_t>(prompt.begin() + split, prompt.end()),
+                   j.at("generated_ids").get<std::vector<int32_t>>(), j.at("logprobs").get<std::vector<double>>()};
+}
+
+std::vector<Reference> AllReferences() {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(ReferenceRoot(), ec)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "reference.json")) dirs.push_back(entry.path());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  std::vector<Reference> out;
+  for (const auto& d : dirs) out.push_back(LoadReference(d));
+  return out;
+}
+
+std::unique_ptr<Engine> LoadEngine(const fs::path& dir) {
+  EngineOptions options;
+  options.model_dir = dir.string();
+  options.prefill_chunk_tokens = 64;
+  auto engine = Engine::Load(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+// A small observation window so that most of the 240-token reference context is clustered.
+IndexOptions TestIndex(int levels, std::vector<float> sparsity_levels = {0.0f, 0.9f}) {
+  IndexOptions index;
+  index.observation_window = 16;
+  index.levels = levels;
+  index.sparsity_levels = std::move(sparsity_levels);
+  return index;
+}
+
+std::shared_ptr<const Context> IngestOrDie(Engine& engine, std::vector<int32_t> tokens, const IndexOptions& index,
+                                           const std::string& id = "ctx") {
+  auto context = engine.Ingest(id, std::move(tokens), index, nullptr, nullptr);
+  EXPECT_TRUE(context.ok()) << context.status();
+  return context.ok() ? *context : nullptr;
+}
+
+AttentionOptions Dense() {
+  AttentionOptions a;
+  a.mode = AttentionMode::kDense;
+  return a;
+}
+
+AttentionOptions Squeezed(float sparsity, bool hierarchical) {
+  AttentionOptions a;
+  a.mode = AttentionMode::kSqueezed;
+  a.sparsity = sparsity;
+  a.hierarchical = hierarchical;
+  return a;
+}
+
+struct Output {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  GenerationStats stats;
+};
+
+Output Generate(Engine& engine, std::shared_ptr<const Context> context, std::vector<int32_t> query, int new_tokens,
+                const AttentionOptions& attention) {
+  SamplingOptions sampling;
+  sampling.max_new_tokens = new_tokens;
+  sampling.ignore_eos = true;
+  Output out;
+  auto generation = engine.StartGeneration(std::move(context), std::move(query), sampling, attention);
+  EXPECT_TRUE(generation.ok()) << generation.status();
+  if (!generation.ok()) return out;
+  for (int i = 0; i < new_tokens; ++i) {
+    auto step = (*generation)->Next();
+    EXPECT_TRUE(step.ok()) << step.status();
+    if (!step.ok()) break;
+    out.tokens.push_back(step->token);
+    out.logprobs.push_back(step->logprob);
+  }
+  out.stats = (*generation)->stats();
+  return out;
+}
+
+void ExpectSame(const Output& a, const Output& b, double tolerance) {
+  ASSERT_EQ(a.tokens, b.tokens);
+  for (size_t i = 0; i < a.logprobs.size(); ++i) EXPECT_NEAR(a.logprobs[i], b.logprobs[i], tolerance) << i;
+}
+
+// The reference prompt repeated to `count` tokens: long enough for tens of clusters per head.
+std::vector<int32_t> LongContext(const Reference& ref, size_t count) {
+  std::vector<int32_t> out;
+  const std::vector<int32_t> prompt = [&] {
+    std::vector<int32_t> p = ref.context;
+    p.insert(p.end(), ref.query.begin(), ref.query.end());
+    return p;
+  }();
+  while (out.size() < count) out.push_back(prompt[out.size() % prompt.size()]);
+  return out;
+}
+
+TEST(SqueezedEngineTest, KeepAllEqualsDenseAndDenseOverSortedKvMatchesHf) {
+  const auto references = AllReferences();
+  ASSERT_FALSE(references.empty());
+  for (const Reference& ref : references) {
+    SCOPED_TRACE(ref.dir.filename().string());
+    auto engine = LoadEngine(ref.dir);
+    ASSERT_TRUE(engine);
+    const int new_tokens = static_cast<int>(ref.hf_ids.size());
+    for (int levels : {1, 2}) {
+      SCOPED_TRACE(::testing::Message() << "levels " << levels);
+      auto context = IngestOrDie(*engine, ref.context, TestIndex(levels));
+      ASSERT_TRUE(context);
+      const ContextSummary& summary = context->summary();
+      ASSERT_TRUE(summary.has_index);
+      ASSERT_EQ(summary.centroids_per_level.size(), static_cast<size_t>(levels));
+      EXPECT_EQ(summary.centroids_per_level.back(), 11);  // round(5% of 240 − 16)
+      ASSERT_EQ(summary.sparsity_levels.size(), 2u);
+      EXPECT_EQ(summary.sparsity_levels[0].one_level_threshold, kKeepAllThreshold);
+      EXPECT_EQ(summary.sparsity_levels[0].thresholds.size(), static_cast<size_t>(levels));
+      EXPECT_GT(summary.index_bytes, 0u);
+
+      // Dense attention over the cluster-sorted KV + window is still HF's result.
+      const Output dense = Generate(*engine, context, ref.query, new_tokens, Dense());
+      ASSERT_EQ(dense.tokens, ref.hf_ids);
+      for (size_t i = 0; i < dense.logprobs.size(); ++i) EXPECT_NEAR(dense.logprobs[i], ref.hf_logprobs[i], 1e-3);
+      EXPECT_EQ(dense.stats.kv_fraction_loaded, 1.0);
+
+      const Output keep_all = Generate(*engine, context, ref.query, new_tokens, Squeezed(0.0f, false));
+      ExpectSame(keep_all, dense, 1e-4);
+      EXPECT_NEAR(keep_all.stats.kv_fraction_loaded, 1.0, 1e-9);
+      EXPECT_EQ(keep_all.stats.centroid_comparisons_per_token, 11.0);
+      if (levels == 2) ExpectSame(Generate(*engine, context, ref.query, new_tokens, Squeezed(0.0f, true)), dense, 1e-4);
+    }
+  }
+}
+
+TEST(SqueezedEngineTest, NinetyPercentPrunesAndHierarchicalComparesFewerCentroids) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  auto context = IngestOrDie(*engine, LongContext(ref, 1500), TestIndex(2, {0.5f, 0.9f}));
+  ASSERT_TRUE(context && context->summary().has_index);
+  const int64_t fine = context->summary().centroids_per_level[1];
+  EXPECT_EQ(fine, 74);  // round(5% of 1484)
+
+  const Output one_level = Generate(*engine, context, ref.query, 12, Squeezed(0.9f, false));
+  const Output hierarchical = Generate(*engine, context, ref.query, 12, Squeezed(0.9f, true));
+  ASSERT_EQ(one_level.tokens.size(), 12u);
+  ASSERT_EQ(hierarchical.tokens.size(), 12u);
+  EXPECT_LT(one_level.stats.kv_fraction_loaded, 1.0);
+  EXPECT_GT(one_level.stats.kv_fraction_loaded, 0.0);
+  EXPECT_EQ(one_level.stats.centroid_comparisons_per_token, static_cast<double>(fine));
+  EXPECT_LT(hierarchical.stats.kv_fraction_loaded, 1.0);
+  EXPECT_GT(hierarchical.stats.centroid_comparisons_per_token, 0.0);
+  EXPECT_LT(hierarchical.stats.centroid_comparisons_per_token, one_level.stats.centroid_comparisons_per_token);
+  // Fewer keys at 90% than at 50%.
+  const Output half = Generate(*engine, context, ref.query, 4, Squeezed(0.5f, false));
+  EXPECT_LT(one_level.stats.kv_fraction_loaded, half.stats.kv_fraction_loaded);
+}
+
+TEST(SqueezedEngineTest, IngestStagesCancelAndShortContexts) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-mha");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  std::vector<IngestProgress> reports;
+  auto context = engine->Ingest("staged", ref.context, TestIndex(2),
+                                [&](const IngestProgress& p) { reports.push_back(p); }, [] { return false; });
+  ASSERT_TRUE(context.ok()) << context.status();
+  const auto count = [&](const std::string& stage) {
+    return std::count_if(reports.begin(), reports.end(), [&](const IngestProgress& p) { return p.stage == stage; });
+  };
+  EXPECT_EQ(count("prefill"), 4);     // 240 tokens in chunks of 64
+  EXPECT_EQ(count("clustering"), 2);  // one per layer
+  EXPECT_GE(count("calibrating"), 1);
+  for (size_t i = 1; i < reports.size(); ++i) EXPECT_GE(reports[i].fraction, reports[i - 1].fraction);
+  EXPECT_FLOAT_EQ(reports.back().fraction, 1.0f);
+
+  // Cancelled at the first poll after the prefill: between clustering layers.
+  int polls = 0;
+  auto cancelled = engine->Ingest("cancelled", ref.context, TestIndex(2), nullptr, [&] { return ++polls > 4; });
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(polls, 5);
+
+  // Too short to cluster (10 tokens past a 16-token window): a dense context, no error.
+  auto short_context = IngestOrDie(*engine, std::vector<int32_t>(ref.context.begin(), ref.context.begin() + 26),
+                                   TestIndex(2));
+  ASSERT_TRUE(short_context);
+  EXPECT_FALSE(short_context->summary().has_index);
+
+  IndexOptions bad = TestIndex(3);
+  EXPECT_EQ(engine->Ingest("x", ref.context, bad, nullptr, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = TestIndex(1, {0.5f, 1.5f});
+  auto refused = engine->Ingest("x", ref.context, bad, nullptr, nullptr);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(refused.status().message()).find("index.sparsity_levels[1]"), std::string::npos);
+}
+
+TEST(SqueezedEngineTest, BadAttentionOptionsGetTheRightCodes) {
+  const Reference ref = LoadReference(ReferenceRoot() / "mistral-mqa");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  SamplingOptions sampling;
+  sampling.max_new_tokens = 2;
+  IndexOptions dense_only;
+  dense_only.dense_only = true;
+  auto dense = IngestOrDie(*engine, ref.context, dense_only, "dense");
+  auto one_level = IngestOrDie(*engine, ref.context, TestIndex(1, {0.5f, 0.9f}), "flat");
+  ASSERT_TRUE(dense && one_level);
+  EXPECT_EQ(engine->StartGeneration(dense, ref.query, sampling, Squeezed(0.5f, false)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(engine->StartGeneration(dense, ref.query, sampling, Dense()).ok());
+
+  auto off_level = engine->StartGeneration(one_level, ref.query, sampling, Squeezed(0.75f, false));
+  EXPECT_EQ(off_level.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(off_level.status().message());
+  EXPECT_NE(message.find("attention.sparsity"), std::string::npos) << message;
+  EXPECT_NE(message.find("0.5, 0.9"), std::string::npos) << message;
+  auto hierarchical = engine->StartGeneration(one_level, ref.query, sampling, Squeezed(0.9f, true));
+  EXPECT_EQ(hierarchical.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(hierarchical.status().message()).find("attention.hierarchical"), std::string::npos);
+  EXPECT_TRUE(engine->StartGeneration(one_level, ref.query, sampling, Squeezed(0.90005f, false)).ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistence.
+
+// Owned copies of a stored context's tensors, to republish them altered (with valid checksums).
+struct OwnedTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<char> bytes;
+};
+
+std::vector<OwnedTensor> ReadTensors(const fs::path& file) {
+  auto opened = SafetensorsFile::Open(file.string());
+  EXPECT_TRUE(opened.ok()) << opened.status();
+  std::vector<OwnedTensor> out;
+  if (!opened.ok()) return out;
+  for (const auto& [name, view] : (*opened)->tensors()) {
+    const char* data = static_cast<const char*>(view.data);
+    out.push_back(OwnedTensor{name, view.dtype, view.shape, std::vector<char>(data, data + view.nbytes)});
+  }
+  return out;
+}
+
+absl::Status Republish(const fs::path& store, const std::string& id, const std::vector<OwnedTensor>& tensors) {
+  std::ifstream in(store / id / "manifest.json");
+  const nlohmann::json manifest = nlohmann::json::parse(in);
+  std::vector<TensorToWrite> writes;
+  for (const OwnedTensor& t : tensors) writes.push_back(TensorToWrite{t.name, t.dtype, t.shape, t.bytes.data()});
+  return PublishContextDir(store.string(), id, manifest, writes);
+}
+
+OwnedTensor* FindTensor(std::vector<OwnedTensor>& tensors, const std::string& name) {
+  for (OwnedTensor& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+TEST(SqueezedEngineTest, SaveLoadRoundTripGivesIdenticalOutputs) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  const fs::path store = testing::MakeTempDir("squeezed-store");
+  IndexOptions dense_only;
+  dense_only.dense_only = true;
+  auto indexed = IngestOrDie(*engine, LongContext(ref, 600), TestIndex(2, {0.5f, 0.9f}), "indexed");
+  auto dense = IngestOrDie(*engine, ref.context, dense_only, "dense-only");
+  ASSERT_TRUE(indexed && dense);
+  ASSERT_TRUE(engine->SaveContext(*indexed, store.string()).ok());
+  ASSERT_TRUE(engine->SaveContext(*dense, store.string()).ok());
+
+  auto loaded = engine->LoadContext(store.string(), "indexed");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const ContextSummary& a = indexed->summary();
+  const ContextSummary& b = (*loaded)->summary();
+  EXPECT_EQ(b.id, "indexed");
+  EXPECT_EQ(b.tier, "device");
+  EXPECT_TRUE(b.has_index);
+  EXPECT_EQ(b.num_tokens, a.num_tokens);
+  EXPECT_EQ(b.centroids_per_level, a.centroids_per_level);
+  EXPECT_EQ(b.kv_bytes, a.kv_bytes);
+  EXPECT_EQ(b.index_bytes, a.index_bytes);
+  ASSERT_EQ(b.sparsity_levels.size(), a.sparsity_levels.size());
+  for (size_t i = 0; i < a.sparsity_levels.size(); ++i) {
+    EXPECT_EQ(b.sparsity_levels[i].thresholds, a.sparsity_levels[i].thresholds);
+    EXPECT_EQ(b.sparsity_levels[i].one_level_threshold, a.sparsity_levels[i].one_level_threshold);
+  }
+  EXPECT_EQ((*loaded)->tokens(), indexed->tokens());
+  for (const AttentionOptions& attention : {Dense(), Squeezed(0.9f, false), Squeezed(0.9f, true)}) {
+    const Output before = Generate(*engine, indexed, ref.query, 8, attention);
+    const Output after = Generate(*engine, *loaded, ref.query, 8, attention);
+    ExpectSame(after, before, 0.0);
+    EXPECT_EQ(after.stats.kv_fraction_loaded, before.stats.kv_fraction_loaded);
+    EXPECT_EQ(after.stats.centroid_comparisons_per_token, before.stats.centroid_comparisons_per_token);
+  }
+  auto loaded_dense = engine->LoadContext(store.string(), "dense-only");
+  ASSERT_TRUE(loaded_dense.ok()) << loaded_dense.status();
+  EXPECT_FALSE((*loaded_dense)->summary().has_index);
+  ExpectSame(Generate(*engine, *loaded_dense, ref.query, 8, Dense()), Generate(*engine, dense, ref.query, 8, Dense()),
+             0.0);
+
+  EXPECT_EQ(engine->LoadContext(store.string(), "absent").status().code(), absl::StatusCode::kNotFound);
+  auto other_model = LoadEngine(ReferenceRoot() / "llama-mha");
+  ASSERT_TRUE(other_model);
+  EXPECT_EQ(other_model->LoadContext(store.string(), "indexed").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SqueezedEngineTest, DamagedContextFilesAreDataLoss) {
+  const Reference ref = LoadReference(ReferenceRoot() / "qwen2-bias");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  const fs::path store = testing::MakeTempDir("squeezed-damaged");
+  auto context = IngestOrDie(*engine, ref.context, TestIndex(2), "victim");
+  ASSERT_TRUE(context);
+  ASSERT_TRUE(engine->SaveContext(*context, store.string()).ok());
+  const std::vector<OwnedTensor> pristine = ReadTensors(store / "victim" / "tensors.safetensors");
+  ASSERT_FALSE(pristine.empty());
+
+  // A flipped byte: the checksum no longer verifies.
+  {
+    std::fstream f(store / "victim" / "tensors.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-5, std::ios::end);
+    f.put('\x7f');
+  }
+  EXPECT_EQ(engine->LoadContext(store.string(), "victim").status().code(), absl::StatusCode::kDataLoss);
+
+  // Valid checksums but contents that do not fit the model or break the index invariants.
+  const auto expect_loss = [&](const std::string& what, auto&& damage) {
+    SCOPED_TRACE(what);
+    std::vector<OwnedTensor> tensors = pristine;
+    damage(tensors);
+    ASSERT_TRUE(Republish(store, "victim", tensors).ok());
+    const auto status = engine->LoadContext(store.string(), "victim").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  };
+  expect_loss("offsets past the end", [](std::vector<OwnedTensor>& t) {
+    OwnedTensor* off = FindTensor(t, "layers.1.cluster_offsets");
+    ASSERT_NE(off, nullptr);
+    reinterpret_cast<int32_t*>(off->bytes.data())[off->shape[1] - 1] += 7;
+  });
+  expect_loss("keys of the wrong shape", [](std::vector<OwnedTensor>& t) {
+    OwnedTensor* keys = FindTensor(t, "layers.0.keys");
+    ASSERT_NE(keys, nullptr);
+    keys->shape[1] -= 1;
+    keys->bytes.resize(keys->bytes.size() - keys->shape[2] * keys->shape[0] * 4);
+  });
+  expect_loss("centroids stored as int32", [](std::vector<OwnedTensor>& t) {
+    FindTensor(t, "layers.0.centroids")->dtype = DType::kI32;
+  });
+  expect_loss("a missing tensor", [](std::vector<OwnedTensor>& t) {
+    t.erase(std::remove_if(t.begin(), t.end(), [](const OwnedTensor& x) { return x.name == "layers.1.perm"; }),
+            t.end());
+  });
+  expect_loss("token ids outside the vocabulary", [](std::vector<OwnedTensor>& t) {
+    reinterpret_cast<int32_t*>(FindTensor(t, "tokens")->bytes.data())[3] = 1 << 20;
+  });
+  // And intact again: the store was not left in a bad state by the failures.
+  ASSERT_TRUE(Republish(store, "victim", pristine).ok());
+  EXPECT_TRUE(engine->LoadContext(store.string(), "victim").ok());
+}
+
+}  // namespace
+}  // namespace squeezeserve
