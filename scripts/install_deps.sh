@@ -5,7 +5,9 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
-  libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev
+  libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev openssl
+  libcpp-httplib-dev                 # /metrics and /healthz (server/metrics_http)
+  clang libclang-rt-14-dev           # tests/fuzz (libFuzzer + sanitizers)
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-sentencepiece python3-numpy

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/outbox_reactor.h"
 #include "server/proto_convert.h"
+#include "server/request_id.h"
 #include "server/validation.h"
 #include "spdlog/spdlog.h"
 
@@ -28,10 +29,15 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
                               public GenerationSink {
  public:
   GenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
-      : OutboxReactor(context, "Generate", &core->counter), core_(core), arrival_(Clock::now()) {
+      : OutboxReactor(context, "Generate", &core->counter),
+        core_(core),
+        arrival_(Clock::now()),
+        request_id_(AssignRequestId(context)) {
     include_logprobs_ = request.include_logprobs();
+    priority_ = request.priority();
     absl::Status started = Start(request);
     if (!started.ok()) {
+      spdlog::debug("request {}: Generate refused: {}", request_id_, std::string(started.message()));
       if (started.code() == absl::StatusCode::kResourceExhausted) {
         context->AddTrailingMetadata("retry-after-ms", std::to_string(kRetryAfterMs));
       }
@@ -43,12 +49,17 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
   bool cancelled() const override { return OutboxReactor::cancelled(); }
 
   void OnStart() override { started_ = Clock::now(); }
+  int priority() const override { return priority_; }
 
   void OnToken(const TokenStep& step, const GenerationStats& stats) override {
     Clock::time_point now = Clock::now();
     pb::GenerateResponse response;
     if (step.token >= 0) {
-      if (tokens_sent_++ == 0) first_token_ = now;
+      if (tokens_sent_++ == 0) {
+        first_token_ = now;
+      } else {
+        core_->metrics.RecordInterTokenLatency(std::chrono::duration<double>(now - last_token_).count());
+      }
       last_token_ = now;
       response.add_token_ids(step.token);
       if (include_logprobs_) response.add_logprobs(step.logprob);
@@ -58,13 +69,20 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
       response.set_finish_reason(ToProto(step.finish));
       *response.mutable_usage() = ToUsage(stats, Timings());
       *response.mutable_stats() = ToAttentionStats(stats, attention_);
+      final_stats_ = stats;
+      finish_reason_ = step.finish;
     }
     Send(std::move(response));
     WaitForRoom(kMaxQueuedResponses);
   }
 
   void OnFinish(const absl::Status& status) override {
-    if (!status.ok() && !cancelled()) spdlog::warn("Generate failed: {}", std::string(status.message()));
+    if (!status.ok() && !cancelled()) {
+      spdlog::warn("request {}: Generate failed: {}", request_id_, std::string(status.message()));
+    }
+    RecordMetrics(status);
+    spdlog::debug("request {}: Generate finished ({}, {} tokens)", request_id_, status.ok() ? "ok" : "error",
+                  tokens_sent_);
     FinishAfterWrites(ToGrpcStatus(status));  // last touch of this reactor
   }
 
@@ -73,7 +91,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
 
   // Validation and hand-off; any error becomes the RPC's status.
   absl::Status Start(const pb::GenerateRequest& request) {
-    if (absl::Status serving = core_->CheckServing(); !serving.ok()) return serving;
+    if (absl::Status admitted = core_->Admit(*context()); !admitted.ok()) return admitted;
     Engine* engine = core_->engine.load();
     const ModelInfo& model = engine->model_info();
     const ServerLimits& limits = core_->config.limits;
@@ -131,6 +149,27 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     return absl::InvalidArgumentError("prompt: must not be empty (set text or tokens)");
   }
 
+  // Latencies and token counts of a generation that reached the scheduler (queue time included).
+  void RecordMetrics(const absl::Status& status) {
+    const GenerationTimings timings = Timings();
+    ServerMetrics::Generation g;
+    if (started_ != arrival_) g.queue_s = timings.queue_ms / 1000;
+    if (tokens_sent_ > 0) g.ttft_s = timings.time_to_first_token_ms / 1000;
+    if (tokens_sent_ > 1) g.tpot_s = timings.time_per_output_token_ms / 1000;
+    g.e2e_s = std::chrono::duration<double>(Clock::now() - arrival_).count();
+    g.prompt_tokens = final_stats_.prompt_tokens;
+    g.completion_tokens = tokens_sent_;
+    if (status.ok()) g.kv_fraction_loaded = final_stats_.kv_fraction_loaded;
+    switch (status.ok() ? finish_reason_ : FinishReason::kNone) {
+      case FinishReason::kNone: g.finished_reason = cancelled() ? "cancelled" : "error"; break;
+      case FinishReason::kStop: g.finished_reason = "stop"; break;
+      case FinishReason::kLength: g.finished_reason = "length"; break;
+      case FinishReason::kEos: g.finished_reason = "eos"; break;
+      case FinishReason::kCancelled: g.finished_reason = "cancelled"; break;
+    }
+    core_->metrics.RecordGeneration(g);
+  }
+
   GenerationTimings Timings() const {
     GenerationTimings timings;
     timings.queue_ms = MillisBetween(arrival_, started_);
@@ -148,6 +187,10 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
   Clock::time_point first_token_;
   Clock::time_point last_token_;
   int64_t tokens_sent_ = 0;
+  GenerationStats final_stats_;
+  FinishReason finish_reason_ = FinishReason::kNone;
+  const std::string request_id_;
+  int priority_ = 0;
 };
 
 }  // namespace

@@ -27,9 +27,15 @@ void RunGeneration(Generation& generation, GenerationSink& sink) {
 absl::Status ThreadPerStreamScheduler::Submit(std::unique_ptr<Generation> generation, GenerationSink* sink) {
   // std::function needs a copyable callable: share the generation with the job.
   std::shared_ptr<Generation> shared(std::move(generation));
-  bool accepted = pool_->TrySubmit([shared, sink] { RunGeneration(*shared, *sink); });
-  if (!accepted) {
-    return absl::ResourceExhaustedError("all generation workers are busy (max_concurrent_streams); retry later");
+  QueuedJob job;
+  job.run = [shared, sink] { RunGeneration(*shared, *sink); };
+  job.abandoned = [sink] { return sink->cancelled(); };
+  job.withdrawn = [sink] { sink->OnFinish(absl::CancelledError("cancelled while queued")); };
+  job.priority = sink->priority();
+  if (!pool_->Enqueue(std::move(job))) {
+    return absl::ResourceExhaustedError(
+        "all generation workers are busy and the wait queue is full (max_concurrent_streams, "
+        "max_queued_requests); retry later");
   }
   return absl::OkStatus();
 }

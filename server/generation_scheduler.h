@@ -21,21 +21,24 @@ class GenerationSink {
   virtual bool cancelled() const = 0;
   // Work on this generation begins (ends its queue time).
   virtual void OnStart() = 0;
+  // Among waiting generations, higher priorities start first (GenerateRequest.priority).
+  virtual int priority() const { return 0; }
   // One token; `stats` is the generation's running total. May block briefly for backpressure.
   virtual void OnToken(const TokenStep& step, const GenerationStats& stats) = 0;
-  // OK after the step carrying the finish reason; otherwise the error (or CANCELLED).
+  // OK after the step carrying the finish reason; otherwise the error (or CANCELLED). A generation
+  // cancelled while it waited for a worker gets OnFinish(CANCELLED) without OnStart.
   virtual void OnFinish(const absl::Status& status) = 0;
 };
 
 class GenerationScheduler {
  public:
   virtual ~GenerationScheduler() = default;
-  // RESOURCE_EXHAUSTED when at capacity (the sink is then never called); otherwise the sink receives
-  // the output asynchronously.
+  // RESOURCE_EXHAUSTED when at capacity and the wait queue is full (the sink is then never called);
+  // otherwise the sink receives the output asynchronously.
   virtual absl::Status Submit(std::unique_ptr<Generation> generation, GenerationSink* sink) = 0;
 };
 
-// One worker per generation, stepping Generation::Next until it finishes or the sink is cancelled.
+// One worker per generation (waiting in the pool's queue when all are busy), stepping Generation::Next until it finishes or the sink is cancelled.
 class ThreadPerStreamScheduler : public GenerationScheduler {
  public:
   explicit ThreadPerStreamScheduler(WorkerPool* pool) : pool_(pool) {}

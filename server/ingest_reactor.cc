@@ -1,5 +1,6 @@
 #include "server/ingest_reactor.h"
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <utility>
@@ -9,6 +10,7 @@
 #include "server/ingest_accumulator.h"
 #include "server/outbox_reactor.h"
 #include "server/proto_convert.h"
+#include "server/request_id.h"
 #include "spdlog/spdlog.h"
 
 namespace squeezeserve::server {
@@ -34,9 +36,9 @@ using IngestBase = grpc::ServerBidiReactor<pb::IngestContextRequest, pb::IngestC
 class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextProgress> {
  public:
   IngestReactor(ServiceCore* core, grpc::CallbackServerContext* context)
-      : OutboxReactor(context, "IngestContext", &core->counter), core_(core) {
-    if (absl::Status serving = core_->CheckServing(); !serving.ok()) {
-      FinishAfterWrites(ToGrpcStatus(serving));
+      : OutboxReactor(context, "IngestContext", &core->counter), core_(core), request_id_(AssignRequestId(context)) {
+    if (absl::Status admitted = core_->Admit(*context); !admitted.ok()) {
+      FinishAfterWrites(ToGrpcStatus(admitted));
       return;
     }
     engine_ = core_->engine.load();
@@ -78,8 +80,13 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
   }
 
   void RunOnWorker() {
+    const auto started = std::chrono::steady_clock::now();
     absl::Status status = Ingest();
-    if (!status.ok() && !cancelled()) spdlog::warn("IngestContext failed: {}", std::string(status.message()));
+    core_->metrics.RecordIngest(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
+                                ingested_tokens_, status.ok());
+    if (!status.ok() && !cancelled()) {
+      spdlog::warn("request {}: IngestContext failed: {}", request_id_, std::string(status.message()));
+    }
     FinishAfterWrites(ToGrpcStatus(status));  // last touch of this reactor
   }
 
@@ -126,7 +133,8 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
     if (!context.ok()) return context.status();
     Send(Progress("storing", 0.99f, total, total), /*replaceable=*/true);
     if (absl::Status stored = core_->store.Put(*context); !stored.ok()) return stored;
-    spdlog::info("ingested context {} ({} tokens, index: {})", id, (*context)->summary().num_tokens,
+    ingested_tokens_ = (*context)->summary().num_tokens;
+    spdlog::info("request {}: ingested context {} ({} tokens, index: {})", request_id_, id, (*context)->summary().num_tokens,
                  (*context)->summary().has_index ? "yes" : "dense only");
     SendDone(**context);
     return absl::OkStatus();
@@ -143,6 +151,8 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
   Engine* engine_ = nullptr;
   pb::IngestContextRequest request_;
   std::optional<IngestAccumulator> accumulator_;
+  const std::string request_id_;
+  int64_t ingested_tokens_ = 0;  // set by the worker on success
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -24,7 +25,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "server/auth.h"
+#include "server/metrics_http.h"
 #include "server/service.h"
+#include "server/tls.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -48,7 +52,22 @@ ABSL_FLAG(int32_t, default_max_new_tokens, 64, "Tokens generated when a request 
 ABSL_FLAG(int32_t, max_concurrent_streams, 16,
           "Ingest and Generate streams doing model work at once; more are refused with RESOURCE_EXHAUSTED "
           "and trailing metadata retry-after-ms.");
+ABSL_FLAG(int32_t, max_queued_requests, 64,
+          "Generate requests that wait (highest priority first, then FIFO) when max_concurrent_streams are "
+          "busy; beyond that they are refused with RESOURCE_EXHAUSTED and retry-after-ms. A waiting request's "
+          "deadline and cancellation are honoured. 0 = no queue.");
 ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or sent, in bytes.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT of the HTTP server for Prometheus (/metrics) and plain probes (/healthz); empty = off. "
+          "Port 0 picks a free port, printed on stdout as 'squeezeserve metrics on HOST:PORT'.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require every client to present a certificate signed by it (mutual TLS).");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of bearer tokens, one per line ('#' comments). Squeezeserve RPCs must then send "
+          "'authorization: Bearer <token>' or get UNAUTHENTICATED; the gRPC health service and reflection "
+          "stay open for probes. Use with TLS: tokens are otherwise sent in clear text.");
 ABSL_FLAG(std::string, default_mode, "squeezed",
           "Attention mode for requests that leave attention.mode unset: dense or squeezed (contexts without "
           "an index always use dense).");
@@ -70,6 +89,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  limits.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  if (limits.max_queued_requests < 0) return absl::InvalidArgumentError("--max_queued_requests must be >= 0");
   limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   limits.max_context_bytes = absl::GetFlag(FLAGS_max_context_bytes);
   if (limits.max_context_bytes <= 0) limits.max_context_bytes = 32 * limits.max_context_tokens;
@@ -92,6 +113,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   config.store_dir = absl::GetFlag(FLAGS_store);
   if (!(config.defaults.sparsity > 0 && config.defaults.sparsity < 1)) {
     return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
+  }
+  if (const std::string token_file = absl::GetFlag(FLAGS_auth_token_file); !token_file.empty()) {
+    absl::StatusOr<std::vector<std::string>> tokens = ReadTokenFile(token_file);
+    if (!tokens.ok()) return tokens.status();
+    config.auth_tokens = *std::move(tokens);
   }
   return config;
 }
@@ -118,13 +144,20 @@ int Run() {
   sigaddset(&signals, SIGUSR1);  // the loader's "load failed"
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
+  if (!credentials.ok()) {
+    std::cerr << "squeezeserve: " << credentials.status().message() << "\n";
+    return 1;
+  }
+
   SqueezeserveService service(*config);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config->limits.max_message_bytes));
@@ -139,7 +172,24 @@ int Run() {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(::squeezeserve::v1::Squeezeserve::service_full_name(), false);
   health->SetServingStatus(false);
+  // The metrics port comes up before the listening line, so a caller that waits for the gRPC line
+  // finds both printed.
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  if (const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen); !metrics_listen.empty()) {
+    metrics_http = std::make_unique<MetricsHttpServer>([&service] { return service.metrics().Render(); },
+                                                       [&service] { return service.serving(); });
+    absl::StatusOr<std::string> bound = metrics_http->Start(metrics_listen);
+    if (!bound.ok()) {
+      spdlog::error("{}", std::string(bound.status().message()));
+      server->Shutdown();
+      return 1;
+    }
+    std::cout << "squeezeserve metrics on " << *bound << std::endl;
+  }
   std::cout << "squeezeserve listening on " << BoundAddress(listen, port) << std::endl;
+  spdlog::info("security: {}{}{}", absl::GetFlag(FLAGS_tls_cert).empty() ? "plaintext" : "TLS",
+               absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " with client certificates (mTLS)",
+               config->auth_tokens.empty() ? "" : absl::StrCat(", ", config->auth_tokens.size(), " bearer token(s)"));
   spdlog::info("listening on {}; loading model {} on {}", BoundAddress(listen, port), model_dir,
                absl::GetFlag(FLAGS_device));
 
@@ -177,6 +227,7 @@ int Run() {
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s));
   server->Shutdown(deadline);
   server->Wait();
+  if (metrics_http != nullptr) metrics_http->Stop();
   for (const auto& [key, count] : service.counter().Snapshot()) {
     spdlog::info("status count: {} {} = {}", key.first, key.second, count);
   }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -15,6 +16,7 @@ struct ServerLimits {
   int max_new_tokens = 4096;          // upper bound a request may ask for
   int default_max_new_tokens = 64;    // used when a request leaves max_new_tokens at 0
   int max_concurrent_streams = 16;    // ingest + generate work running at once
+  int max_queued_requests = 64;       // Generate requests waiting for a worker beyond that
   int64_t max_message_bytes = 8 << 20;  // one gRPC message, either direction
   int64_t max_context_bytes = 64ll << 20;  // all text/token bytes of one IngestContext stream
 };
@@ -30,6 +32,8 @@ struct ServerConfig {
   std::string version = "0.1.0";
   // Context store directory; empty = contexts live in memory only and are lost on restart.
   std::string store_dir;
+  // Bearer tokens a Squeezeserve RPC must present (--auth_token_file); empty = no authentication.
+  std::vector<std::string> auth_tokens;
 };
 
 }  // namespace squeezeserve::server

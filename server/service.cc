@@ -2,19 +2,34 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/generate_reactor.h"
 #include "server/ingest_reactor.h"
 #include "server/proto_convert.h"
+#include "server/request_id.h"
 #include "server/status_map.h"
 #include "server/validation.h"
+#include "spdlog/spdlog.h"
 
 namespace squeezeserve::server {
 
 namespace pb = ::squeezeserve::v1;
 
-SqueezeserveService::SqueezeserveService(ServerConfig config) : core_(std::move(config)) {}
+SqueezeserveService::SqueezeserveService(ServerConfig config) : core_(std::move(config)) {
+  MetricSources sources;
+  sources.status_counter = &core_.counter;
+  sources.running = [this] { return core_.pool->busy(); };
+  sources.queued = [this] { return core_.pool->queued(); };
+  sources.context_tiers = [this] {
+    std::vector<std::string> tiers;
+    for (const ContextSummary& summary : core_.store.List()) tiers.push_back(summary.tier);
+    return tiers;
+  };
+  sources.state = [this] { return std::string(core_.state()); };
+  core_.metrics.AddSources(std::move(sources));
+}
 
 SqueezeserveService::~SqueezeserveService() = default;
 
@@ -28,6 +43,11 @@ grpc::ServerUnaryReactor* SqueezeserveService::FinishUnary(grpc::CallbackServerC
                                                            const absl::Status& status) {
   grpc::Status grpc_status = ToGrpcStatus(status);
   core_.counter.Count(method, grpc_status.error_code());
+  const std::string request_id = AssignRequestId(context);
+  if (!status.ok()) {
+    spdlog::debug("request {}: {} -> {}: {}", request_id, method, GrpcCodeName(grpc_status.error_code()),
+                 grpc_status.error_message());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc_status);
   return reactor;
@@ -56,7 +76,7 @@ absl::StatusOr<std::shared_ptr<const Context>> FindContext(const ContextStore& s
 grpc::ServerUnaryReactor* SqueezeserveService::GetContext(grpc::CallbackServerContext* context,
                                                           const pb::GetContextRequest* request,
                                                           pb::ContextInfo* response) {
-  absl::Status status = core_.CheckServing();
+  absl::Status status = core_.Admit(*context);
   if (status.ok()) {
     absl::StatusOr<std::shared_ptr<const Context>> found = FindContext(core_.store, request->context_id());
     if (found.ok()) {
@@ -71,7 +91,7 @@ grpc::ServerUnaryReactor* SqueezeserveService::GetContext(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* SqueezeserveService::ListContexts(grpc::CallbackServerContext* context,
                                                             const pb::ListContextsRequest* /*request*/,
                                                             pb::ListContextsResponse* response) {
-  absl::Status status = core_.CheckServing();
+  absl::Status status = core_.Admit(*context);
   if (status.ok()) {
     for (const ContextSummary& summary : core_.store.List()) {
       *response->add_contexts() = ToProto(summary, engine_->model_info().fingerprint);
@@ -83,7 +103,7 @@ grpc::ServerUnaryReactor* SqueezeserveService::ListContexts(grpc::CallbackServer
 grpc::ServerUnaryReactor* SqueezeserveService::DeleteContext(grpc::CallbackServerContext* context,
                                                              const pb::DeleteContextRequest* request,
                                                              pb::DeleteContextResponse* response) {
-  absl::Status status = core_.CheckServing();
+  absl::Status status = core_.Admit(*context);
   if (status.ok()) status = ValidateContextId(request->context_id(), "context_id");
   if (status.ok()) {
     // Running generations hold their own reference and finish normally.
@@ -96,7 +116,7 @@ grpc::ServerUnaryReactor* SqueezeserveService::DeleteContext(grpc::CallbackServe
 grpc::ServerUnaryReactor* SqueezeserveService::GetServerInfo(grpc::CallbackServerContext* context,
                                                              const pb::GetServerInfoRequest* /*request*/,
                                                              pb::ServerInfo* response) {
-  absl::Status status = core_.CheckServing();
+  absl::Status status = core_.Admit(*context);
   if (status.ok()) *response = BuildServerInfo(engine_->model_info(), core_.config);
   return FinishUnary(context, "GetServerInfo", status);
 }

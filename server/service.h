@@ -24,6 +24,9 @@ class SqueezeserveService final : public ::squeezeserve::v1::Squeezeserve::Callb
   // From now on every new RPC answers UNAVAILABLE; running streams continue.
   void BeginDrain() { core_.draining.store(true); }
   const StatusCounter& counter() const { return core_.counter; }
+  // The Prometheus metrics (/metrics) and whether RPCs are being served (/healthz).
+  const ServerMetrics& metrics() const { return core_.metrics; }
+  bool serving() const { return core_.CheckServing().ok(); }
 
   grpc::ServerBidiReactor<::squeezeserve::v1::IngestContextRequest, ::squeezeserve::v1::IngestContextProgress>*
   IngestContext(grpc::CallbackServerContext* context) override;

@@ -5,11 +5,15 @@
 #include <atomic>
 #include <memory>
 
+#include <grpcpp/grpcpp.h>
+
 #include "absl/status/status.h"
 #include "engine/context_store.h"
 #include "engine/engine.h"
+#include "server/auth.h"
 #include "server/generation_scheduler.h"
 #include "server/server_config.h"
+#include "server/server_metrics.h"
 #include "server/status_map.h"
 #include "server/worker_pool.h"
 
@@ -18,7 +22,8 @@ namespace squeezeserve::server {
 struct ServiceCore {
   explicit ServiceCore(ServerConfig server_config)
       : config(std::move(server_config)),
-        pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams)),
+        auth(config.auth_tokens),
+        pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams, config.limits.max_queued_requests)),
         scheduler(std::make_unique<ThreadPerStreamScheduler>(pool.get())) {}
 
   // OK when RPCs may use the engine; UNAVAILABLE while the model loads or the server drains.
@@ -28,8 +33,25 @@ struct ServiceCore {
     return absl::OkStatus();
   }
 
+  // The gate every Squeezeserve RPC passes first: UNAUTHENTICATED without a valid token (checked
+  // before anything about the server's state is revealed), then CheckServing.
+  absl::Status Admit(const grpc::CallbackServerContext& context) const {
+    if (absl::Status authenticated = auth.Check(context.client_metadata()); !authenticated.ok()) {
+      return authenticated;
+    }
+    return CheckServing();
+  }
+
+  // "loading", "serving" or "draining" (the model_load_state metric).
+  const char* state() const {
+    if (draining.load()) return "draining";
+    return engine.load() == nullptr ? "loading" : "serving";
+  }
+
   const ServerConfig config;
   StatusCounter counter;
+  const TokenAuthenticator auth;
+  ServerMetrics metrics;
   ContextStore store;
   std::unique_ptr<WorkerPool> pool;
   std::unique_ptr<GenerationScheduler> scheduler;

@@ -23,7 +23,7 @@ void PrintContextLine(const pb::ContextInfo& info) {
 int RunList(const Cli& cli) {
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   pb::ListContextsResponse response;
   grpc::Status status = stub->ListContexts(&context, pb::ListContextsRequest(), &response);
   if (!status.ok()) return ReportStatus(status);
@@ -41,7 +41,7 @@ int RunGet(const Cli& cli) {
   if (request.context_id().empty()) return UsageError("get: give the context id (squeezectl get ID)");
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   pb::ContextInfo info;
   grpc::Status status = stub->GetContext(&context, request, &info);
   if (!status.ok()) return ReportStatus(status);
@@ -59,7 +59,7 @@ int RunDelete(const Cli& cli) {
   if (request.context_id().empty()) return UsageError("delete: give the context id (squeezectl delete ID)");
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   pb::DeleteContextResponse response;
   grpc::Status status = stub->DeleteContext(&context, request, &response);
   if (!status.ok()) return ReportStatus(status);
@@ -74,7 +74,7 @@ int RunDelete(const Cli& cli) {
 int RunInfo(const Cli& cli) {
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   pb::ServerInfo info;
   grpc::Status status = stub->GetServerInfo(&context, pb::GetServerInfoRequest(), &info);
   if (!status.ok()) return ReportStatus(status);

@@ -16,6 +16,10 @@ struct Cli {
   std::string server;
   double timeout_s = 0;  // 0 = no deadline
   bool json = false;
+  // Security: TLS when a CA or a client certificate is given (mutual TLS with both), bearer token.
+  std::string tls_ca_file, tls_cert_file, tls_key_file, token_file;
+  bool tls = false;
+  std::string tls_ca_pem, tls_cert_pem, tls_key_pem, token;  // contents, read by LoadSecurityFiles
   std::vector<std::string> args;  // positional arguments after the subcommand
 
   // Content (ingest: the context; generate: the prompt).

@@ -71,7 +71,7 @@ int RunGenerate(const Cli& cli) {
 
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   auto stream = stub->Generate(&context, *request);
 
   nlohmann::json tokens = nlohmann::json::array();

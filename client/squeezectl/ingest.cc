@@ -102,7 +102,7 @@ int RunIngest(const Cli& cli) {
 
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
-  ApplyDeadline(cli, &context);
+  ApplyCallOptions(cli, &context);
   auto stream = stub->IngestContext(&context);
   for (const pb::IngestContextRequest& request : requests) {
     if (!stream->Write(request)) break;  // the server ended the call early; Finish says why

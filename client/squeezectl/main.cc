@@ -12,9 +12,15 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "client/squeezectl/cli.h"
+#include "client/squeezectl/rpc_util.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "squeezeserve address HOST:PORT.");
 ABSL_FLAG(double, timeout, 0, "Deadline of the call in seconds (0 = none); expiry exits 14 (DEADLINE_EXCEEDED).");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server's certificate: connect with TLS.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls_key; implies TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, token_file, "",
+          "File whose first non-comment line is a bearer token, sent as 'authorization: Bearer <token>'.");
 ABSL_FLAG(bool, json, false, "Print the result as JSON on stdout (all commands).");
 // Content.
 ABSL_FLAG(std::string, file, "", "ingest: text file to ingest ('-' or unset = stdin).");
@@ -92,7 +98,8 @@ std::string GeneralHelp() {
   std::string text =
       "squeezectl --server HOST:PORT <command> [flags]\n"
       "Commands: ingest, generate, list, get, delete, info. 'squeezectl help <command>' explains one.\n"
-      "Common flags: --server HOST:PORT, --timeout SECONDS, --json.\n";
+      "Common flags: --server HOST:PORT, --timeout SECONDS, --json, --tls_ca FILE, --tls_cert FILE, "
+      "--tls_key FILE, --token_file FILE.\n";
   return text + kExitCodes;
 }
 
@@ -101,6 +108,10 @@ Cli ReadFlags(std::vector<std::string> args) {
   cli.server = absl::GetFlag(FLAGS_server);
   cli.timeout_s = absl::GetFlag(FLAGS_timeout);
   cli.json = absl::GetFlag(FLAGS_json);
+  cli.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  cli.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  cli.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  cli.token_file = absl::GetFlag(FLAGS_token_file);
   cli.args = std::move(args);
   cli.file = absl::GetFlag(FLAGS_file);
   cli.tokens = absl::GetFlag(FLAGS_tokens);
@@ -167,7 +178,9 @@ int Main(int argc, char** argv) {
     std::cerr << "squeezectl: unknown command '" << command << "'\n" << GeneralHelp() << "\n";
     return kExitUsage;
   }
-  return it->second.run(ReadFlags(std::move(args)));
+  Cli cli = ReadFlags(std::move(args));
+  if (!LoadSecurityFiles(cli)) return kExitUsage;
+  return it->second.run(cli);
 }
 
 }  // namespace

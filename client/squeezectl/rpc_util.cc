@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/strip.h"
 
 namespace squeezectl {
@@ -18,11 +19,52 @@ namespace squeezectl {
 std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(cli.server, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (cli.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = cli.tls_ca_pem;  // empty = the system roots
+    ssl.pem_cert_chain = cli.tls_cert_pem;
+    ssl.pem_private_key = cli.tls_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateCustomChannel(cli.server, credentials, args);
   return squeezeserve::v1::Squeezeserve::NewStub(channel);
 }
 
-void ApplyDeadline(const Cli& cli, grpc::ClientContext* context) {
+bool LoadSecurityFiles(Cli& cli) {
+  if (cli.tls_cert_file.empty() != cli.tls_key_file.empty()) {
+    std::cerr << "squeezectl: --tls_cert and --tls_key must be given together\n";
+    return false;
+  }
+  cli.tls = !cli.tls_ca_file.empty() || !cli.tls_cert_file.empty();
+  for (auto [path, pem] : {std::pair{&cli.tls_ca_file, &cli.tls_ca_pem}, std::pair{&cli.tls_cert_file, &cli.tls_cert_pem},
+                           std::pair{&cli.tls_key_file, &cli.tls_key_pem}}) {
+    if (path->empty()) continue;
+    std::optional<std::string> contents = ReadAll(*path);
+    if (!contents) return false;
+    *pem = *std::move(contents);
+  }
+  if (!cli.token_file.empty()) {
+    std::optional<std::string> contents = ReadAll(cli.token_file);
+    if (!contents) return false;
+    // The first non-empty, non-comment line (the server's token file format).
+    for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (!line.empty() && line[0] != '#') {
+        cli.token = std::string(line);
+        break;
+      }
+    }
+    if (cli.token.empty()) {
+      std::cerr << "squeezectl: --token_file " << cli.token_file << " holds no token\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context) {
+  if (!cli.token.empty()) context->AddMetadata("authorization", "Bearer " + cli.token);
   if (cli.timeout_s > 0) {
     auto timeout = std::chrono::duration_cast<std::chrono::system_clock::duration>(
         std::chrono::duration<double>(cli.timeout_s));

@@ -16,8 +16,11 @@
 namespace squeezectl {
 
 std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli);
-// Applies --timeout as the call's deadline.
-void ApplyDeadline(const Cli& cli, grpc::ClientContext* context);
+// Applies --timeout as the call's deadline and --token_file as its authorization metadata.
+void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context);
+// Reads the --tls_* and --token_file files into `cli`; false (with an error on stderr) when one is
+// unreadable.
+bool LoadSecurityFiles(Cli& cli);
 
 // Prints "squeezectl: CODE: message" to stderr and returns 10 + code (0 for OK).
 int ReportStatus(const grpc::Status& status);

@@ -39,7 +39,9 @@ class ServerEnvironment : public ::testing::Environment {
         {SQUEEZESERVE_BIN, "--model", REFERENCE_MODEL_DIR, "--listen", "127.0.0.1:0", "--threads", "1",
          absl::StrCat("--max_new_tokens=", kMaxNewTokens), absl::StrCat("--max_context_tokens=", kMaxContextTokens),
          absl::StrCat("--max_query_tokens=", kMaxQueryTokens),
-         absl::StrCat("--max_concurrent_streams=", kMaxConcurrentStreams), "--grace_period_s=5",
+         absl::StrCat("--max_concurrent_streams=", kMaxConcurrentStreams),
+         "--max_queued_requests=0",  // overload is refused at once here; the wait queue has its own tests
+         "--grace_period_s=5",
          "--log_level=warn"},
         /*timeout_s=*/60);
     ASSERT_TRUE(address.has_value()) << "squeezeserve did not print its listening line";

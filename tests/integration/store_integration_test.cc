@@ -140,6 +140,7 @@ TEST_F(StoreIntegrationTest, KilledDuringIngestLeavesNothingHalfWritten) {
     std::thread ingest([&] { Ctl({"ingest", "--id", id, "--tokens", tokens}); });
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     server_->Kill();
+    server_.reset();
     ingest.join();
     StartServer();
     CommandResult list = Ctl({"list", "--json"});

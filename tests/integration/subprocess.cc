@@ -110,6 +110,7 @@ std::optional<std::string> ServerProcess::Start(const std::vector<std::string>& 
     size_t line_start = output.find(prefix);
     size_t line_end = line_start == std::string::npos ? line_start : output.find('\n', line_start);
     if (line_end != std::string::npos) {
+      startup_output_ = output;
       return output.substr(line_start + prefix.size(), line_end - line_start - prefix.size());
     }
   }

@@ -29,10 +29,13 @@ class ServerProcess {
   int Stop(int timeout_s);
   // SIGKILL, as a crash would; waits for the process to be gone.
   void Kill();
+  // Everything the server printed on stdout up to its listening line (e.g. the metrics line).
+  const std::string& startup_output() const { return startup_output_; }
 
  private:
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
+  std::string startup_output_;
 };
 
 }  // namespace squeezeserve::testing
