@@ -1,23 +1,31 @@
 // Sparse prefill attention with mma.sync (FlashAttention-2 structure). Contract:
 // prefill_attention.h, reference: attention_ref.cc.
 //
-// CTA = 4 warps = 64 packed query rows (token, group member) of one (sequence, KV head); each warp
-// owns 16 rows. KV tiles of 64 virtual rows (selected segments, then dense rows) are gathered with
-// cp.async into padded smem (row stride D + 8 bf16: ldmatrix rows fall in distinct banks), two
-// stages. S = Q K^T and O += P V on tensor cores; softmax state in fp32, log2 domain.
+// CTA = 8 warps = 128 packed query rows (token, group member) of one (sequence, KV head); each
+// warp owns 16 rows. KV tiles of 64 virtual rows (selected segments, then dense rows) are gathered
+// with cp.async into padded smem (row stride D + 8 bf16: ldmatrix rows fall in distinct banks),
+// three stages. S = Q K^T and O += P V on tensor cores; softmax state in fp32, log2 domain.
+// Why 128 rows and 3 stages: each gathered K/V tile now feeds twice the MMAs (the gather, not
+// the math, limited the 64-row version: ~70 TFLOP/s), and at 178 registers/thread only one
+// 256-thread CTA fits an SM anyway, so its smem (139 KB at D = 128) buys a deeper pipeline.
+// Gather addressing: a 64-row tile's physical rows are resolved once per row (segment search in
+// the selection's row_start), by 8 resolver lanes per warp, and handed to the lanes that copy the
+// row with a shuffle; the 64-row version ran the search once per 16-byte chunk (16x per row).
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/prefill_attention.h"
+
+#include <climits>
 
 namespace squeezeserve::kernels {
 namespace detail {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTileM = 16 * kWarps;  // 64 query rows
+constexpr int kTileM = 16 * kWarps;  // 128 query rows
 constexpr int kTileN = 64;           // KV rows per tile
-constexpr int kStages = 2;
+constexpr int kStages = 3;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct PrefillArgs {
@@ -63,19 +71,66 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int total = vr.sparse_rows + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
 
-  int seg = 0;  // segment of the next tile's first sparse row (tiles are issued in order)
+  // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
+  // c % kCpr, so lane L of warp w copies rows w * kRpw + L / kCpr + kRowsPerPass * i. The warp's
+  // kRpw * kIters = 8 rows are resolved by its lanes k < 8 (row w*kRpw + k % kRpw + kRowsPerPass *
+  // (k / kRpw)), which keep a lower bound `seg` on the segment of the next tile's rows.
+  constexpr int kCpr = D / 8;                       // 16-byte chunks per row
+  constexpr int kRowsPerPass = kThreads / kCpr;     // 16 (D=128) / 32 (D=64)
+  constexpr int kIters = kTileN / kRowsPerPass;     // 4 / 2
+  constexpr int kRpw = 32 / kCpr;                   // rows per warp per pass: 2 / 4
+  static_assert(kRpw * kIters == 8, "8 resolver lanes per warp");
+  const int res_row = warp * kRpw + (lane % kRpw) + kRowsPerPass * ((lane & 7) / kRpw);
+  // Segment search without a chain of dependent loads: the warp loads a window of 128 row_start
+  // entries from `wseg` (a lower bound on the segment of every row of this and later tiles: the
+  // segment of the warp's last row of the previous tile; rows of this tile are < 128 rows past it
+  // and every segment has >= 1 row, so their segments lie in the window). The segment of row v is
+  // wseg - 1 + #(window entries <= v): four ballots. Then ids / row_start, then offsets: three
+  // round trips per tile instead of ~10 for a binary search.
+  int wseg = 0;
   auto load_tile = [&](int t) {
     const int v0 = t * kTileN;
-    if (v0 < vr.sparse_rows) seg = find_segment(vr, v0, seg, vr.count);
+    // Resolve: physical row (>= 0), dense row d as -(d + 1), past the end as INT_MIN.
+    int phys = INT_MIN;
+    if (v0 < vr.sparse_rows) {  // warp-uniform
+      int rs[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int sg = wseg + u * 32 + lane;
+        rs[u] = sg < vr.count ? __ldg(vr.row_start + sg) : INT_MAX;
+      }
+      int my_seg = 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int v = v0 + warp * kRpw + k % kRpw + kRowsPerPass * (k / kRpw);
+        int cnt = 0;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) cnt += __popc(__ballot_sync(0xffffffffu, rs[u] <= v));
+        if (lane == k) my_seg = wseg + cnt - 1;
+      }
+      const int next_wseg = __shfl_sync(0xffffffffu, my_seg, 7);  // resolver 7 has the warp's last row
+      const int v = v0 + res_row;
+      if (lane < 8 && v < vr.sparse_rows) {
+        const int id = __ldg(vr.ids + my_seg), start = __ldg(vr.row_start + my_seg);
+        phys = __ldg(vr.offsets + id) + (v - start);
+      } else if (lane < 8 && v < total) {
+        phys = -(v - vr.sparse_rows) - 1;
+      }
+      wseg = next_wseg;
+    } else if (lane < 8 && v0 + res_row < total) {
+      phys = -(v0 + res_row - vr.sparse_rows) - 1;
+    }
     __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
-    for (int c = tid; c < kTileN * D / 8; c += kThreads) {
-      const int row = c / (D / 8), col = (c % (D / 8)) * 8, v = v0 + row;
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int pr = __shfl_sync(0xffffffffu, phys, i * kRpw + lane / kCpr);
+      const int row = warp * kRpw + lane / kCpr + kRowsPerPass * i, col = (lane % kCpr) * 8;
       const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;
       int bytes = 0;
-      if (v < total) {
-        bool dense;
-        const int64_t r = physical_row(vr, v, seg, dense);
+      if (pr != INT_MIN) {
+        const bool dense = pr < 0;
+        const int64_t r = dense ? -static_cast<int64_t>(pr) - 1 : pr;
         kg = (dense ? vr.dense_keys : vr.keys) + r * D + col;
         vg = (dense ? vr.dense_values : vr.values) + r * D + col;
         bytes = 16;
@@ -84,8 +139,12 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       cp_async_16(vs + row * kStride + col, vg, bytes);
     }
   };
-  if (num_tiles > 0) load_tile(0);
-  cp_async_commit();
+  // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    if (t < num_tiles) load_tile(t);
+    cp_async_commit();
+  }
 
   // Per thread: rows r_lo = warp*16 + lane/4 and r_hi = r_lo + 8 of the tile.
   const int r_lo = warp * 16 + (lane >> 2);
@@ -104,9 +163,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   uint32_t qa[D / 16][4];
 
   for (int t = 0; t < num_tiles; ++t) {
-    if (t + 1 < num_tiles) load_tile(t + 1);
+    // Stage (t + 2) % 3 was consumed in iteration t - 1 (closed by its barrier): refill it.
+    if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
     __syncthreads();
     if (t == 0) {
 #pragma unroll
@@ -178,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         mma_bf16_16816(o[2 * dn], pa[kk], vb[0], vb[1]);
         mma_bf16_16816(o[2 * dn + 1], pa[kk], vb[2], vb[3]);
       }
-    __syncthreads();  // the next iteration refills the other stage, then this one
+    __syncthreads();  // stage t % 3 is refilled two iterations from now
   }
   cp_async_wait<0>();
 

@@ -2,13 +2,13 @@
 # On the GPU machine, from the repo root: build bench/kernels (standalone, CUDA only), run
 # kernels_check (and once under compute-sanitizer on small shapes), then kernels_bench and the
 # PyTorch SDPA baselines. Logs and JSON go to $OUT (default ./gpu-out).
-#   scripts/gpu_kernels.sh [--quick] [--no-bench]
+#   scripts/gpu_kernels.sh [--quick] [--no-bench] [--prefill-only]
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-QUICK=""; BENCH=1
+QUICK=""; BENCH=1; ONLY=""
 for a in "$@"; do
-  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; esac
+  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; --prefill-only) ONLY=--prefill-only ;; esac
 done
 BUILD=${BUILD:-/tmp/build-kernels-gpu}
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)
@@ -24,7 +24,7 @@ if command -v compute-sanitizer >/dev/null; then
     && echo "compute-sanitizer memcheck: clean" || { echo "compute-sanitizer memcheck: FAILED"; tail -30 "$OUT/sanitizer.log"; status=1; }
 fi
 if [ "$BENCH" = 1 ]; then
-  "$BUILD/kernels_bench" $QUICK --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
+  "$BUILD/kernels_bench" $QUICK $ONLY --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
   python3 bench/kernels/sdpa_baseline.py --sparse "$OUT/kernels_bench_sparse.json" --out "$OUT/kernels_bench.json" \
     2>&1 | tee "$OUT/sdpa_baseline.log" || status=1
 fi

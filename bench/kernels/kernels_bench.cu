@@ -147,10 +147,11 @@ struct Config {
 
 int main(int argc, char** argv) {
   std::string out_path = "kernels_bench.json";
-  bool quick = false;
+  bool quick = false, prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--prefill-only")) prefill_only = true;  // skip the decode configs
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -169,7 +170,10 @@ int main(int argc, char** argv) {
       }
       configs.push_back({model, hq, hkv, 128, ctx, 1, true});
     }
-  if (quick) configs.resize(4);
+  if (prefill_only)
+    configs.erase(std::remove_if(configs.begin(), configs.end(), [](const Config& c) { return !c.prefill; }),
+                  configs.end());
+  if (quick) configs.resize(std::min<size_t>(configs.size(), 4));
 
   FILE* json = std::fopen(out_path.c_str(), "w");
   std::fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"results\": [\n", prop.name, prop.multiProcessorCount);
