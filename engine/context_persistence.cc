@@ -104,9 +104,12 @@ bool AllFinite(const at::Tensor& t) { return t.numel() == 0 || at::isfinite(t).a
 absl::Status CheckThresholds(const ContextSummary& summary, int levels, const TensorReader& reader) {
   if (summary.sparsity_levels.empty()) return reader.Loss("the index has no calibrated sparsity level");
   for (const SparsityLevelInfo& level : summary.sparsity_levels) {
-    bool finite = std::isfinite(level.one_level_threshold) && std::isfinite(level.sparsity);
+    bool finite = std::isfinite(level.one_level_threshold) && std::isfinite(level.sparsity) &&
+                  std::isfinite(level.decode_one_level_threshold);
     for (float t : level.thresholds) finite &= std::isfinite(t);
-    if (!finite || static_cast<int>(level.thresholds.size()) != levels) {
+    for (float t : level.decode_thresholds) finite &= std::isfinite(t);
+    if (!finite || static_cast<int>(level.thresholds.size()) != levels ||
+        level.decode_thresholds.size() != level.thresholds.size()) {
       return reader.Loss(absl::StrCat("thresholds of sparsity level ", level.sparsity, " do not match the index"));
     }
   }

@@ -29,22 +29,50 @@ absl::Status ContextStore::Put(std::shared_ptr<const Context> context) {
     if (absl::Status saved = engine_->SaveContext(*context, store_dir_); !saved.ok()) return saved;
   }
   absl::MutexLock lock(&mu_);
-  contexts_[context->summary().id] = std::move(context);
+  const std::string id = context->summary().id;
+  contexts_[id] = Resident{std::move(context), ++tick_};
+  EvictOverLimitLocked(id);
   return absl::OkStatus();
+}
+
+namespace {
+uint64_t ResidentBytes(const Context& context) {
+  return context.summary().kv_bytes + context.summary().index_bytes;
+}
+}  // namespace
+
+void ContextStore::EvictOverLimitLocked(const std::string& keep) const {
+  if (resident_limit_ == 0 || store_dir_.empty()) return;
+  uint64_t total = 0;
+  for (const auto& [id, resident] : contexts_) total += ResidentBytes(*resident.context);
+  while (total > resident_limit_) {
+    auto victim = contexts_.end();
+    for (auto it = contexts_.begin(); it != contexts_.end(); ++it) {
+      if (it->first != keep && (victim == contexts_.end() || it->second.last_use < victim->second.last_use)) {
+        victim = it;
+      }
+    }
+    if (victim == contexts_.end()) return;  // only `keep` is left: it stays even if it alone is larger
+    total -= ResidentBytes(*victim->second.context);
+    contexts_.erase(victim);
+  }
 }
 
 absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const std::string& id) const {
   {
     absl::MutexLock lock(&mu_);
     auto it = contexts_.find(id);
-    if (it != contexts_.end()) return it->second;
+    if (it != contexts_.end()) {
+      it->second.last_use = ++tick_;
+      return it->second.context;
+    }
   }
   if (store_dir_.empty()) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
   absl::MutexLock load_lock(&load_mu_);
   {
     absl::MutexLock lock(&mu_);  // loaded by the request we waited for?
     auto it = contexts_.find(id);
-    if (it != contexts_.end()) return it->second;
+    if (it != contexts_.end()) return it->second.context;
   }
   absl::StatusOr<std::shared_ptr<const Context>> loaded = engine_->LoadContext(store_dir_, id);
   if (!loaded.ok()) {
@@ -54,7 +82,8 @@ absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const std::stri
     return loaded.status();
   }
   absl::MutexLock lock(&mu_);
-  contexts_[id] = *loaded;
+  contexts_[id] = Resident{*loaded, ++tick_};
+  EvictOverLimitLocked(id);
   return *loaded;
 }
 
@@ -69,7 +98,7 @@ std::vector<ContextSummary> ContextStore::List() const {
     }
   }
   absl::MutexLock lock(&mu_);
-  for (const auto& [id, context] : contexts_) summaries[id] = context->summary();
+  for (const auto& [id, resident] : contexts_) summaries[id] = resident.context->summary();
   std::vector<ContextSummary> out;
   out.reserve(summaries.size());
   for (auto& [id, summary] : summaries) out.push_back(std::move(summary));

@@ -21,18 +21,25 @@ namespace squeezeserve {
 // In memory only by default. After AttachDirectory, Put writes every context through to
 // <store_dir>/<id> (engine/context_files.h) before it becomes visible, Get loads contexts that are only
 // on disk (after a restart, or ingested by another replica sharing the directory), List shows both, and
-// Delete removes both. Loaded contexts stay resident (eviction tiers come with the serving issue).
+// Delete removes both.
+//
+// Memory tiers: with a resident-bytes limit (SetResidentLimit) and a directory, the least recently
+// used resident contexts are dropped from memory once the limit is passed — never lost, since every
+// context is on disk before it is resident — and Get brings them back on demand. Generations that hold
+// an evicted context keep it alive until they finish.
 class ContextStore {
  public:
   // Call once, before serving. `engine` must outlive the store.
   void AttachDirectory(const Engine* engine, std::string store_dir);
   const std::string& store_dir() const { return store_dir_; }
+  // KV + index bytes kept in memory at most (0 = no limit). Only effective with a directory.
+  void SetResidentLimit(uint64_t bytes) { resident_limit_ = bytes; }
 
   // Persists first (when a directory is attached), then replaces any context of the same id.
   absl::Status Put(std::shared_ptr<const Context> context);
   // NotFound when unknown; FailedPrecondition / DataLoss when the stored copy cannot be used.
   absl::StatusOr<std::shared_ptr<const Context>> Get(const std::string& id) const;
-  // Every known context, sorted by id; tier "disk" for contexts not loaded yet.
+  // Every known context, sorted by id; tier "disk" for contexts not resident.
   std::vector<ContextSummary> List() const;
   // NotFound when unknown. Readers holding the context keep it alive until they finish.
   absl::Status Delete(const std::string& id);
@@ -41,7 +48,16 @@ class ContextStore {
   const Engine* engine_ = nullptr;
   std::string store_dir_;
   mutable absl::Mutex mu_;
-  mutable std::map<std::string, std::shared_ptr<const Context>, std::less<>> contexts_ ABSL_GUARDED_BY(mu_);
+  struct Resident {
+    std::shared_ptr<const Context> context;
+    uint64_t last_use = 0;  // tick of the last Put/Get
+  };
+  // Drops least recently used contexts until the resident bytes fit the limit (keeps `keep`).
+  void EvictOverLimitLocked(const std::string& keep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  uint64_t resident_limit_ = 0;
+  mutable uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable std::map<std::string, Resident, std::less<>> contexts_ ABSL_GUARDED_BY(mu_);
   // Serializes loads from disk so two requests for one unloaded context load it once.
   mutable absl::Mutex load_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 };

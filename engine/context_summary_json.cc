@@ -8,7 +8,10 @@ nlohmann::json SummaryToJson(const ContextSummary& s) {
     levels.push_back({{"sparsity", level.sparsity},
                       {"thresholds", level.thresholds},
                       {"one_level_threshold", level.one_level_threshold},
-                      {"kept_fraction", level.kept_fraction}});
+                      {"kept_fraction", level.kept_fraction},
+                      {"decode_thresholds", level.decode_thresholds},
+                      {"decode_one_level_threshold", level.decode_one_level_threshold},
+                      {"decode_kept_fraction", level.decode_kept_fraction}});
   }
   const IndexOptions& o = s.index;
   return {{"id", s.id},
@@ -51,6 +54,10 @@ absl::StatusOr<ContextSummary> SummaryFromJson(const nlohmann::json& j) {
       info.thresholds = level.at("thresholds").get<std::vector<float>>();
       info.one_level_threshold = level.at("one_level_threshold").get<float>();
       info.kept_fraction = level.at("kept_fraction").get<float>();
+      // Older manifests have one threshold set: decode then uses it too (as it did when written).
+      info.decode_thresholds = level.value("decode_thresholds", info.thresholds);
+      info.decode_one_level_threshold = level.value("decode_one_level_threshold", info.one_level_threshold);
+      info.decode_kept_fraction = level.value("decode_kept_fraction", info.kept_fraction);
       s.sparsity_levels.push_back(std::move(info));
     }
     s.centroids_per_level = j.at("centroids_per_level").get<std::vector<int64_t>>();

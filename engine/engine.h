@@ -62,6 +62,13 @@ struct SparsityLevelInfo {
   std::vector<float> thresholds;  // hierarchical lookup: one per index level, coarse first
   float one_level_threshold = 0;  // flat lookup over the fine level (also set for 2-level indexes)
   float kept_fraction = 0;        // measured on the calibration queries
+  // Per-token (decode) selection: the same thresholds calibrated on single-query scores. A single
+  // query's p̂ is more spread than the W-query mean the set above is calibrated on, so the prefill
+  // thresholds would keep far more than 1 − sparsity per decode token (docs/index_layout.md).
+  // Manifests written before these fields existed load them as the prefill values.
+  std::vector<float> decode_thresholds;  // coarse first, like `thresholds`
+  float decode_one_level_threshold = 0;
+  float decode_kept_fraction = 0;  // mean over single calibration queries
 };
 
 struct ContextSummary {

@@ -12,7 +12,19 @@ namespace {
 constexpr float kSparsityTolerance = 1e-4f;
 }  // namespace
 
-absl::StatusOr<squeeze::Thresholds> ThresholdsFor(const ContextSummary& summary, const AttentionOptions& attention) {
+namespace {
+squeeze::Thresholds FromSummary(const std::vector<float>& thresholds, float one_level, bool hierarchical) {
+  squeeze::Thresholds t;
+  t.one_level = one_level;
+  if (hierarchical && thresholds.size() == 2) {
+    t.coarse = thresholds[0];
+    t.fine = thresholds[1];
+  }
+  return t;
+}
+}  // namespace
+
+absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, const AttentionOptions& attention) {
   if (!summary.has_index) {
     return absl::FailedPreconditionError(absl::StrCat("attention.mode: context \"", summary.id,
                                                       "\" has no Squeezed Attention index; ask for dense"));
@@ -24,12 +36,9 @@ absl::StatusOr<squeeze::Thresholds> ThresholdsFor(const ContextSummary& summary,
   }
   for (const SparsityLevelInfo& level : summary.sparsity_levels) {
     if (std::fabs(level.sparsity - attention.sparsity) > kSparsityTolerance) continue;
-    squeeze::Thresholds t;
-    t.one_level = level.one_level_threshold;
-    if (attention.hierarchical && level.thresholds.size() == 2) {
-      t.coarse = level.thresholds[0];
-      t.fine = level.thresholds[1];
-    }
+    LookupThresholds t;
+    t.prefill = FromSummary(level.thresholds, level.one_level_threshold, attention.hierarchical);
+    t.decode = FromSummary(level.decode_thresholds, level.decode_one_level_threshold, attention.hierarchical);
     return t;
   }
   std::vector<std::string> calibrated;
@@ -40,16 +49,16 @@ absl::StatusOr<squeeze::Thresholds> ThresholdsFor(const ContextSummary& summary,
 }
 
 SqueezedLookup::SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical,
-                               squeeze::Thresholds thresholds)
-    : context_(std::move(context)) {
+                               LookupThresholds thresholds)
+    : context_(std::move(context)), thresholds_(thresholds) {
   selection_.hierarchical = hierarchical;
-  selection_.thresholds = thresholds;
 }
 
 AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, bool per_token) {
   const squeeze::LayerIndex& index = context_->index()[layer];
   squeeze::SelectionOptions options = selection_;
   options.per_token = per_token;
+  options.thresholds = per_token ? thresholds_.decode : thresholds_.prefill;
   squeeze::ContextAttention attended = squeeze::SparseContextAttention(index, queries, options);
 
   // kept_keys, centroid_comparisons: [H_kv, T'] (T' selections of this call); one host sync per

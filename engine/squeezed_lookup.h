@@ -16,17 +16,26 @@
 
 namespace squeezeserve {
 
+// The two threshold sets of one calibrated level: the query prefill selects once for all its
+// tokens (scores averaged over them), each decode step selects per token (single-query scores,
+// more spread, hence its own thresholds; docs/index_layout.md).
+struct LookupThresholds {
+  squeeze::Thresholds prefill;
+  squeeze::Thresholds decode;
+};
+
 // The thresholds of the calibrated level `attention.sparsity` names. FailedPrecondition when the
 // context has no index; InvalidArgument naming attention.sparsity (and listing the levels) when it
 // matches none within 1e-4, or attention.hierarchical on a 1-level index.
-absl::StatusOr<squeeze::Thresholds> ThresholdsFor(const ContextSummary& summary, const AttentionOptions& attention);
+absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, const AttentionOptions& attention);
 
 class SqueezedLookup {
  public:
-  SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical, squeeze::Thresholds thresholds);
+  SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical, LookupThresholds thresholds);
 
   // queries [H, n, D] of layer `layer`. per_token = false: one cluster set shared by the n tokens
-  // (prefill, as the authors); true: one set per token (decode).
+  // with the prefill thresholds (prefill, as the authors); true: one set per token with the decode
+  // thresholds (decode).
   AttentionPart Attend(int64_t layer, const at::Tensor& queries, bool per_token);
 
   // Closes one step (a prefill or a decode token) after all layers ran: folds its per-layer
@@ -40,7 +49,8 @@ class SqueezedLookup {
 
  private:
   std::shared_ptr<const StoredContext> context_;
-  squeeze::SelectionOptions selection_;
+  squeeze::SelectionOptions selection_;  // thresholds unset: chosen per call
+  LookupThresholds thresholds_;
   // Sums over the layers (and the selections of a per-token call) of the current step.
   double step_fraction_ = 0, step_comparisons_ = 0;
   int64_t step_samples_ = 0;

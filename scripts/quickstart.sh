@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/reference/llama-gqa-llama3rope-tied}
 scripts/install_deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target squeezeserve squeezectl
 
 log=$(mktemp)
@@ -20,7 +20,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 [ -n "$addr" ] || { echo "server did not start"; cat "$log"; exit 1; }
-ctl() { build/client/squeezectl --server "$addr" "$@"; }
+ctl() { build/client/squeezectl/squeezectl --server "$addr" "$@"; }
 
 echo "== server on $addr"
 ctl info

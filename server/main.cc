@@ -36,6 +36,9 @@ ABSL_FLAG(std::string, model, "", "Model checkpoint directory (config.json, *.sa
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT to listen on. Port 0 picks a free port; the chosen address is printed on stdout as "
           "'squeezeserve listening on HOST:PORT'.");
+ABSL_FLAG(uint64_t, max_resident_context_bytes, 0,
+          "With --store: KV + index bytes of contexts kept in memory at most; the least recently used are dropped "
+          "from memory (they stay on disk) and reloaded on demand. 0 = no limit.");
 ABSL_FLAG(std::string, store, "",
           "Context store directory. Every ingested context is written there (atomically, with checksums) and "
           "survives restarts; replicas sharing the directory can serve each other's contexts. Empty: in memory "
@@ -111,6 +114,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   }
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
   config.store_dir = absl::GetFlag(FLAGS_store);
+  config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);
   if (!(config.defaults.sparsity > 0 && config.defaults.sparsity < 1)) {
     return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
   }

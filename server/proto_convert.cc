@@ -26,6 +26,8 @@ pb::ContextInfo ToProto(const ContextSummary& summary, const std::string& model_
     proto_level->set_sparsity(level.sparsity);
     for (float threshold : level.thresholds) proto_level->add_thresholds(threshold);
     proto_level->set_kept_fraction(level.kept_fraction);
+    for (float threshold : level.decode_thresholds) proto_level->add_decode_thresholds(threshold);
+    proto_level->set_decode_kept_fraction(level.decode_kept_fraction);
   }
   out.set_kv_bytes(summary.kv_bytes);
   out.set_index_bytes(summary.index_bytes);

@@ -32,6 +32,8 @@ struct ServerConfig {
   std::string version = "0.1.0";
   // Context store directory; empty = contexts live in memory only and are lost on restart.
   std::string store_dir;
+  // With store_dir: resident KV + index bytes at most (0 = no limit); see ContextStore.
+  uint64_t max_resident_context_bytes = 0;
   // Bearer tokens a Squeezeserve RPC must present (--auth_token_file); empty = no authentication.
   std::vector<std::string> auth_tokens;
 };

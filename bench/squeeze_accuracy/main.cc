@@ -214,10 +214,12 @@ int Run(const Args& a) {
         squeeze::SelectionOptions options;
         options.hierarchical = hierarchical;
         options.per_token = a.per_token;
-        options.thresholds.one_level = info.one_level_threshold;
+        // Per-token selection is what decode does: it uses the decode threshold set.
+        const std::vector<float>& thresholds = a.per_token ? info.decode_thresholds : info.thresholds;
+        options.thresholds.one_level = a.per_token ? info.decode_one_level_threshold : info.one_level_threshold;
         if (hierarchical) {
-          options.thresholds.coarse = info.thresholds[0];
-          options.thresholds.fine = info.thresholds[1];
+          options.thresholds.coarse = thresholds[0];
+          options.thresholds.fine = thresholds[1];
         }
         auto& per_layer = sums[{level, hierarchical}];
         per_layer.resize(layers);
@@ -259,7 +261,8 @@ int Run(const Args& a) {
     auto emit = [&](const std::string& layer, const Sum& s) {
       const double n = static_cast<double>(std::max<int64_t>(s.n, 1));
       std::printf("%-8.2f %-12s %-5s %9.4f %9.4f %9.4f %12.1f %10.4f\n", info.sparsity, lookup, layer.c_str(),
-                  s.recall / n, s.error / n, s.kv / n, s.comparisons / n, info.kept_fraction);
+                  s.recall / n, s.error / n, s.kv / n, s.comparisons / n,
+                  a.per_token ? info.decode_kept_fraction : info.kept_fraction);
       results.push_back({{"sparsity", info.sparsity},
                          {"lookup", lookup},
                          {"layer", layer},
@@ -276,8 +279,10 @@ int Run(const Args& a) {
     emit("all", all);
   }
   if (!a.per_token) std::printf("\nself-check: max |out - SparseContextAttention out| = %.3g\n", max_deviation);
-  std::printf("(calib_kept: kept fraction of the clustered keys on the calibration queries; hierarchical for a\n"
-              " 2-level index. rel_err: ||out_sparse - out_dense|| / ||out_dense|| of the context attention.)\n");
+  std::printf("(calib_kept: kept fraction of the clustered keys on the calibration queries with the %s\n"
+              " threshold set; hierarchical for a 2-level index. rel_err: ||out_sparse - out_dense|| /\n"
+              " ||out_dense|| of the context attention.)\n",
+              a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {
     nlohmann::json out = {{"model_dir", a.model_dir},
@@ -291,6 +296,7 @@ int Run(const Args& a) {
                           {"max_position_embeddings_trained", trained_positions},
                           {"max_position_override", a.max_position_override},
                           {"selection", a.per_token ? "per_token" : "shared"},
+                          {"threshold_set", a.per_token ? "decode" : "prefill"},
                           {"ingest_seconds", seconds(t0, t_ingest)},
                           {"measure_seconds", seconds(t_ingest, t_done)},
                           {"library_max_deviation", max_deviation},

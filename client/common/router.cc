@@ -1,10 +1,10 @@
-#include "client/squeezeload/router.h"
+#include "client/common/router.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
-namespace squeezeload {
+namespace squeezeserve::routing {
 
 uint64_t StableHash64(absl::string_view key) {
   uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
@@ -48,4 +48,4 @@ absl::StatusOr<std::unique_ptr<Router>> MakeRouter(const std::string& policy,
                                                  "\" (ring_hash, round_robin)"));
 }
 
-}  // namespace squeezeload
+}  // namespace squeezeserve::routing

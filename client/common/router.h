@@ -1,4 +1,4 @@
-// Client-side routing of requests to replicas by context id.
+// Client-side routing of requests to replicas by context id (squeezectl and squeezeload).
 //
 // ring_hash keeps every request for a context on one replica (where its KV cache is warm), and when a
 // replica leaves only that replica's contexts move: each replica owns `virtual_nodes` points on a
@@ -18,7 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace squeezeload {
+namespace squeezeserve::routing {
 
 uint64_t StableHash64(absl::string_view key);
 
@@ -52,4 +52,4 @@ class RoundRobinRouter : public Router {
 absl::StatusOr<std::unique_ptr<Router>> MakeRouter(const std::string& policy,
                                                    const std::vector<std::string>& replicas);
 
-}  // namespace squeezeload
+}  // namespace squeezeserve::routing

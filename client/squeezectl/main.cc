@@ -14,7 +14,9 @@
 #include "client/squeezectl/cli.h"
 #include "client/squeezectl/rpc_util.h"
 
-ABSL_FLAG(std::string, server, "127.0.0.1:50051", "squeezeserve address HOST:PORT.");
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "squeezeserve address HOST:PORT, or several replicas HOST:PORT,HOST:PORT,... sharing a store: a "
+          "call about a context then goes to the replica owning it on a consistent-hash ring (and carries an "
+          "x-context-id header for proxies).");
 ABSL_FLAG(double, timeout, 0, "Deadline of the call in seconds (0 = none); expiry exits 14 (DEADLINE_EXCEEDED).");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server's certificate: connect with TLS.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls_key; implies TLS).");

@@ -13,8 +13,20 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/strip.h"
+#include "client/common/router.h"
 
 namespace squeezectl {
+
+std::string RouteKey(const Cli& cli) { return cli.context.empty() ? cli.id : cli.context; }
+
+std::string PickReplica(const Cli& cli) {
+  std::vector<std::string> replicas = absl::StrSplit(cli.server, ',', absl::SkipWhitespace());
+  if (replicas.size() <= 1) return cli.server;
+  const std::string key = RouteKey(cli);
+  if (key.empty()) return replicas.front();  // list, info, content-addressed ingest
+  // Same ring as squeezeload and Envoy's ring hash in spirit: a context stays on one replica.
+  return replicas[squeezeserve::routing::RingHashRouter(replicas).Pick(key)];
+}
 
 std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
   grpc::ChannelArguments args;
@@ -27,7 +39,7 @@ std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
     ssl.pem_private_key = cli.tls_key_pem;
     credentials = grpc::SslCredentials(ssl);
   }
-  auto channel = grpc::CreateCustomChannel(cli.server, credentials, args);
+  auto channel = grpc::CreateCustomChannel(PickReplica(cli), credentials, args);
   return squeezeserve::v1::Squeezeserve::NewStub(channel);
 }
 
@@ -65,6 +77,8 @@ bool LoadSecurityFiles(Cli& cli) {
 
 void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context) {
   if (!cli.token.empty()) context->AddMetadata("authorization", "Bearer " + cli.token);
+  // Lets an L7 proxy (deploy/envoy: ring hash on this header) keep a context on one replica.
+  if (const std::string key = RouteKey(cli); !key.empty()) context->AddMetadata("x-context-id", key);
   if (cli.timeout_s > 0) {
     auto timeout = std::chrono::duration_cast<std::chrono::system_clock::duration>(
         std::chrono::duration<double>(cli.timeout_s));

@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<Target>> ConnectAndIngest(const std::vector<std::
   auto target = std::make_unique<Target>();
   target->routing = routing;
   target->workload = std::move(workload);
-  auto router = MakeRouter(routing, servers);
+  auto router = squeezeserve::routing::MakeRouter(routing, servers);
   if (!router.ok()) return router.status();
   target->router = *std::move(router);
   for (const std::string& address : servers) {

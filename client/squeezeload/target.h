@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "client/squeezeload/router.h"
+#include "client/common/router.h"
 #include "client/squeezeload/workload.h"
 #include "squeezeserve/v1/squeezeserve.grpc.pb.h"
 
@@ -21,7 +21,7 @@ struct Replica {
 
 struct Target {
   std::vector<Replica> replicas;
-  std::unique_ptr<Router> router;
+  std::unique_ptr<squeezeserve::routing::Router> router;
   std::string routing;  // "ring_hash" | "round_robin"
   Workload workload;
   int32_t vocab_size = 0;  // from GetServerInfo of the first replica; bounds synthetic token ids

@@ -1,7 +1,13 @@
-// Threshold calibration (docs/index_layout.md "Calibration"). Per layer, the window queries score
-// every cluster (p̂ averaged over the W queries per query head, max over the GQA group); a key's
-// score is its cluster's. Thresholds are then quantiles over ALL layers × KV heads × keys (or per
-// layer, behind an option). Use: AddLayer() after each layer's index is built, Finish() at the end.
+// Threshold calibration (docs/index_layout.md "Calibration"). Two threshold sets, because the two
+// query-time selections see differently spread scores:
+//  - prefill (shared selection): per layer, the window queries score every cluster with p̂ averaged
+//    over the W queries per query head, max over the GQA group (as the authors);
+//  - decode (per-token selection): every single window query scores every cluster on its own (p̂
+//    per query head, max over the GQA group). A single query's p̂ is far more peaked/spread than a
+//    W-query mean, so the prefill τ applied per token keeps much more than 1 − sparsity.
+// A key's score is its cluster's. Thresholds are quantiles over ALL layers × KV heads × keys (× the
+// calibration queries, for decode), or per layer behind an option. Use: AddLayer() after each
+// layer's index is built, Finish() at the end.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,6 +39,12 @@ struct CalibrationOptions {
   // Lower = safer coarse filter, higher = fewer fine centroids expanded. To be tuned by measurement.
   float coarse_sparsity_scale = 0.6f;
   double softmax_scale = 0;  // 0 = 1/sqrt(D)
+  // Decode calibration keeps W'·H_kv·K per-query scores per layer (exact quantile over them).
+  // W' = min(W, max(1, budget / (H_kv·K))) window queries, evenly strided and shifted per layer so
+  // that the layers together still see most of the window. At 8K tokens (K ≈ 400, H_kv = 2,
+  // W = 100) all queries are used; at 1M tokens and 8 KV heads one query per layer (32 layers:
+  // 32 distinct queries, ~13M scores). Bounds both the stored scores and the [H, W', G, K] logits.
+  int64_t decode_scores_per_layer = int64_t{1} << 20;
 };
 
 struct CalibratedLevel {
@@ -42,6 +54,12 @@ struct CalibratedLevel {
   float kept_fraction_one_level = 0;
   float kept_fraction_hierarchical = 0;  // 0 when the index has one level
   std::vector<Thresholds> per_layer;     // one per AddLayer call, only with per_layer_thresholds
+  // Per-token (decode) selection: thresholds on single-query scores and the mean kept fraction of
+  // one calibration query with them.
+  Thresholds decode;
+  float decode_kept_fraction_one_level = 0;
+  float decode_kept_fraction_hierarchical = 0;  // 0 when the index has one level
+  std::vector<Thresholds> decode_per_layer;     // only with per_layer_thresholds
 };
 
 struct CalibrationResult {
@@ -50,8 +68,17 @@ struct CalibrationResult {
 
   // For ContextSummary: thresholds coarse first ({coarse, fine} for a 2-level index, {one_level}
   // otherwise) and the matching kept fraction; one_level_threshold is always set (a 2-level index
-  // can also be queried 1-level).
+  // can also be queried 1-level). The same for the decode set (decode_*).
   std::vector<SparsityLevelInfo> Summary() const;
+};
+
+// Flattened [H_kv, T', K] cluster scores of one layer (or several, concatenated), on the CPU;
+// T' selections: 1 for prefill, W' for decode. Internal to the Calibrator.
+struct CalibrationScores {
+  at::Tensor weights;         // keys per fine cluster / T': each key of a layer weighs 1 in total
+  at::Tensor one_level;       // score with the fine denominator
+  at::Tensor coarse_of_fine;  // score of the fine cluster's coarse parent (levels == 2)
+  at::Tensor fine_hier;       // fine score with the coarse denominator (levels == 2)
 };
 
 class Calibrator {
@@ -60,7 +87,7 @@ class Calibrator {
 
   // window_queries: the post-RoPE queries of the layer's W window tokens, [H_q, W, D]. Layers must
   // be added in order and all have the same number of index levels. Keeps only per-cluster scores
-  // (K floats per head), on the CPU.
+  // (K floats per head for prefill, W'·K for decode), on the CPU.
   absl::Status AddLayer(const LayerIndex& index, const at::Tensor& window_queries);
 
   // Thresholds for every sparsity level. FailedPrecondition without calibration data (no clustered
@@ -69,15 +96,14 @@ class Calibrator {
   absl::StatusOr<CalibrationResult> Finish() const;
 
  private:
-  struct LayerScores {
-    at::Tensor sizes;            // [H·K] keys per fine cluster (float, CPU)
-    at::Tensor one_level;        // [H·K] score with the fine denominator
-    at::Tensor coarse_of_fine;   // [H·K] score of the fine cluster's coarse parent (levels == 2)
-    at::Tensor fine_hier;        // [H·K] fine score with the coarse denominator (levels == 2)
-  };
+  static CalibrationScores ScoreLayer(const LayerIndex& index, const at::Tensor& grouped_queries, int64_t G,
+                                      double scale);
+  CalibrationScores Pool(const std::vector<CalibrationScores>& layers, size_t begin, size_t end) const;
+
   CalibrationOptions options_;
   int levels_ = 0;
-  std::vector<LayerScores> layers_;
+  std::vector<CalibrationScores> layers_;         // prefill: p̂ averaged over the W window queries
+  std::vector<CalibrationScores> decode_layers_;  // decode: p̂ of each of W' single window queries
 };
 
 }  // namespace squeezeserve::squeeze

@@ -2,6 +2,7 @@
 // builds and calibrates the index, squeezed generation with every cluster kept equals dense, 90%
 // sparsity prunes, contexts survive SaveContext/LoadContext, and bad options or files are refused.
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -327,6 +328,9 @@ TEST(SqueezedEngineTest, SaveLoadRoundTripGivesIdenticalOutputs) {
   for (size_t i = 0; i < a.sparsity_levels.size(); ++i) {
     EXPECT_EQ(b.sparsity_levels[i].thresholds, a.sparsity_levels[i].thresholds);
     EXPECT_EQ(b.sparsity_levels[i].one_level_threshold, a.sparsity_levels[i].one_level_threshold);
+    EXPECT_EQ(b.sparsity_levels[i].decode_thresholds, a.sparsity_levels[i].decode_thresholds);
+    EXPECT_EQ(b.sparsity_levels[i].decode_one_level_threshold, a.sparsity_levels[i].decode_one_level_threshold);
+    EXPECT_EQ(b.sparsity_levels[i].decode_kept_fraction, a.sparsity_levels[i].decode_kept_fraction);
   }
   EXPECT_EQ((*loaded)->tokens(), indexed->tokens());
   for (const AttentionOptions& attention : {Dense(), Squeezed(0.9f, false), Squeezed(0.9f, true)}) {
@@ -347,6 +351,60 @@ TEST(SqueezedEngineTest, SaveLoadRoundTripGivesIdenticalOutputs) {
   ASSERT_TRUE(other_model);
   EXPECT_EQ(other_model->LoadContext(store.string(), "indexed").status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Decode selects per token with its own thresholds, calibrated on single-query scores. Expected
+// kv_fraction_loaded at 90% on 1500 tokens (window 16, 1484 clustered): ≈ (0.1·1484 + 16) / 1500
+// ≈ 0.11 per step, prefill and decode alike. With the prefill thresholds a decode token keeps far
+// more (single-query p̂ is more spread than the query mean the prefill τ is set on); a context
+// saved before the decode set existed (manifest without the decode fields) still loads and
+// behaves exactly that old way.
+TEST(SqueezedEngineTest, DecodeUsesItsOwnThresholdsAndOldManifestsFallBackToPrefill) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  auto context = IngestOrDie(*engine, LongContext(ref, 1500), TestIndex(2, {0.9f}), "decode");
+  ASSERT_TRUE(context && context->summary().has_index);
+  const SparsityLevelInfo& level = context->summary().sparsity_levels.at(0);
+  ASSERT_EQ(level.decode_thresholds.size(), 2u);
+  EXPECT_NEAR(level.decode_kept_fraction, 0.1, 0.03);
+  EXPECT_NE(level.decode_one_level_threshold, level.one_level_threshold);
+
+  // Decode-heavy: 4 query tokens, 32 new tokens -> 1 prefill step and 31 decode steps.
+  const std::vector<int32_t> query(ref.query.begin(), ref.query.begin() + 4);
+  const Output fresh = Generate(*engine, context, query, 32, Squeezed(0.9f, false));
+  const Output fresh_hier = Generate(*engine, context, query, 32, Squeezed(0.9f, true));
+  std::printf("decode-heavy 90%%: kv_fraction_loaded 1-level %.3f, hierarchical %.3f\n",
+              fresh.stats.kv_fraction_loaded, fresh_hier.stats.kv_fraction_loaded);
+  EXPECT_LE(fresh.stats.kv_fraction_loaded, 0.2);  // ≈ 0.11 expected; slack for held-out queries
+  EXPECT_LE(fresh_hier.stats.kv_fraction_loaded, 0.2);
+
+  // The same context with a manifest from before the decode set.
+  const fs::path store = testing::MakeTempDir("squeezed-old-manifest");
+  ASSERT_TRUE(engine->SaveContext(*context, store.string()).ok());
+  {
+    std::ifstream in(store / "decode" / "manifest.json");
+    nlohmann::json manifest = nlohmann::json::parse(in);
+    for (auto& l : manifest["summary"]["sparsity_levels"]) {
+      ASSERT_TRUE(l.contains("decode_thresholds"));
+      l.erase("decode_thresholds");
+      l.erase("decode_one_level_threshold");
+      l.erase("decode_kept_fraction");
+    }
+    std::vector<OwnedTensor> tensors = ReadTensors(store / "decode" / "tensors.safetensors");
+    std::vector<TensorToWrite> writes;
+    for (const OwnedTensor& t : tensors) writes.push_back(TensorToWrite{t.name, t.dtype, t.shape, t.bytes.data()});
+    ASSERT_TRUE(PublishContextDir(store.string(), "decode", manifest, writes).ok());
+  }
+  auto old = engine->LoadContext(store.string(), "decode");
+  ASSERT_TRUE(old.ok()) << old.status();
+  const SparsityLevelInfo& old_level = (*old)->summary().sparsity_levels.at(0);
+  EXPECT_EQ(old_level.decode_thresholds, level.thresholds);
+  EXPECT_EQ(old_level.decode_one_level_threshold, level.one_level_threshold);
+  const Output with_prefill_tau = Generate(*engine, *old, query, 32, Squeezed(0.9f, false));
+  std::printf("decode-heavy 90%% with the prefill thresholds: kv_fraction_loaded %.3f\n",
+              with_prefill_tau.stats.kv_fraction_loaded);
+  EXPECT_GT(with_prefill_tau.stats.kv_fraction_loaded, fresh.stats.kv_fraction_loaded + 0.1);
 }
 
 TEST(SqueezedEngineTest, DamagedContextFilesAreDataLoss) {

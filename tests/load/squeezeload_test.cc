@@ -9,11 +9,16 @@
 #include "absl/strings/str_cat.h"
 #include "client/squeezeload/arrivals.h"
 #include "client/squeezeload/metrics.h"
-#include "client/squeezeload/router.h"
+#include "client/common/router.h"
 #include "client/squeezeload/workload.h"
 
 namespace squeezeload {
 namespace {
+
+using squeezeserve::routing::MakeRouter;
+using squeezeserve::routing::RingHashRouter;
+using squeezeserve::routing::RoundRobinRouter;
+using squeezeserve::routing::StableHash64;
 
 RequestRecord Ok(double ttft, double e2el, int out, std::vector<double> itl = {}) {
   RequestRecord r;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "engine/squeeze/scoring.h"
 #include "engine/squeeze/sparse_attention.h"
@@ -19,6 +20,7 @@ constexpr int64_t kHkv = 2, kHq = 4, kD = 32, kS = 2100, kW = 100;
 struct Layer {
   at::Tensor keys, values;
   at::Tensor query_mean;  // [H_q, 1, D]
+  double query_noise = 1;  // std of a query around the mean: larger = single queries more spread
 };
 Layer MakeLayer(uint64_t seed, double key_scale = 3.0) {
   Layer l;
@@ -28,7 +30,7 @@ Layer MakeLayer(uint64_t seed, double key_scale = 3.0) {
   return l;
 }
 at::Tensor DrawQueries(const Layer& l, int64_t T, uint64_t seed) {
-  return l.query_mean + synth::Randn({kHq, T, kD}, synth::Rng(seed));
+  return l.query_mean + l.query_noise * synth::Randn({kHq, T, kD}, synth::Rng(seed));
 }
 
 IndexOptions Options(int levels) {
@@ -61,33 +63,50 @@ TEST(Calibration, ThresholdsStayFiniteWithHugeLogits) {
 
 // Kept fraction, pooled over layers and heads, when each layer is queried with held-out queries
 // (one selection for the W queries, as in prefill).
+// per_token: one selection per held-out query (decode), the kept fraction averaged over them.
 double HeldOutKeptFraction(const std::vector<LayerIndex>& indexes, const std::vector<Layer>& layers,
-                           const Thresholds& t, bool hierarchical) {
+                           const Thresholds& t, bool hierarchical, bool per_token = false) {
   double kept = 0, total = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     SelectionOptions so;
     so.thresholds = t;
     so.hierarchical = hierarchical;
+    so.per_token = per_token;
     const ClusterSelection sel = SelectClusters(indexes[i], DrawQueries(layers[i], kW, 1000 + i), so);
-    kept += sel.kept_keys.sum().item<double>();
-    total += static_cast<double>(indexes[i].num_heads() * indexes[i].num_clustered());
+    kept += sel.kept_keys.sum().item<double>();  // [H_kv, T'] summed: T' selections
+    total += static_cast<double>(sel.kept_keys.size(1) * indexes[i].num_heads() * indexes[i].num_clustered());
   }
   return kept / total;
 }
 
-TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
+// Three calibrated layers (2-level indexes) and the calibration result.
+struct Calibrated {
   std::vector<Layer> layers;
   std::vector<LayerIndex> indexes;
-  Calibrator cal(CalibrationOptions{});
+  CalibrationResult result;
+};
+Calibrated CalibrateThreeLayers(const CalibrationOptions& options = {}, double query_noise = 1) {
+  Calibrated c;
+  Calibrator cal(options);
   for (uint64_t l = 0; l < 3; ++l) {
-    layers.push_back(MakeLayer(10 + l));
-    auto idx = BuildLayerIndex(layers.back().keys, layers.back().values, Options(2));
-    ASSERT_TRUE(idx.ok());
-    ASSERT_TRUE(cal.AddLayer(*idx, DrawQueries(layers.back(), kW, 50 + l)).ok());
-    indexes.push_back(*std::move(idx));
+    c.layers.push_back(MakeLayer(10 + l));
+    c.layers.back().query_noise = query_noise;
+    auto idx = BuildLayerIndex(c.layers.back().keys, c.layers.back().values, Options(2));
+    EXPECT_TRUE(idx.ok());
+    EXPECT_TRUE(cal.AddLayer(*idx, DrawQueries(c.layers.back(), kW, 50 + l)).ok());
+    c.indexes.push_back(*std::move(idx));
   }
   auto result = cal.Finish();
-  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result.ok()) << result.status();
+  if (result.ok()) c.result = *std::move(result);
+  return c;
+}
+
+TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
+  const Calibrated c = CalibrateThreeLayers();
+  const std::vector<LayerIndex>& indexes = c.indexes;
+  const std::vector<Layer>& layers = c.layers;
+  const CalibrationResult* result = &c.result;
   ASSERT_EQ(result->levels_info.size(), 4u);
   float previous = 2;
   for (const CalibratedLevel& level : result->levels_info) {
@@ -104,6 +123,52 @@ TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
   const std::vector<SparsityLevelInfo> summary = result->Summary();
   ASSERT_EQ(summary.size(), 4u);
   EXPECT_EQ(summary[3].thresholds.size(), 2u);  // coarse, fine
+  EXPECT_EQ(summary[3].decode_thresholds.size(), 2u);
+}
+
+// Decode selects per token: single held-out queries with the decode thresholds must keep
+// 1 − sparsity of the keys on average, where the prefill thresholds (calibrated on the W-query
+// mean) keep far more. Queries spread twice as wide as the mean's scale, as a real model's are.
+TEST(Calibration, HeldOutSingleQueriesHitTheAskedSparsityWithDecodeThresholds) {
+  const Calibrated c = CalibrateThreeLayers({}, /*query_noise=*/3);
+  ASSERT_EQ(c.result.levels_info.size(), 4u);
+  for (const CalibratedLevel& level : c.result.levels_info) {
+    const double target = 1.0 - level.sparsity;
+    EXPECT_NEAR(level.decode_kept_fraction_one_level, target, 0.03) << "calibration set, " << level.sparsity;
+    EXPECT_LE(level.decode_kept_fraction_hierarchical, target + 1e-6);
+    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode, false, /*per_token=*/true), target, 0.03)
+        << "one level, sparsity " << level.sparsity;
+    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode, true, /*per_token=*/true), target, 0.03)
+        << "hierarchical, sparsity " << level.sparsity;
+  }
+  // The problem the decode set solves, on this data: per token, the prefill τ misses 90% (0.18).
+  const CalibratedLevel& l90 = c.result.levels_info[3];
+  const double prefill_tau_per_token = HeldOutKeptFraction(c.indexes, c.layers, l90.global, false, true);
+  std::printf("90%%: per-token kept with prefill tau %.3f, with decode tau %.3f\n", prefill_tau_per_token,
+              HeldOutKeptFraction(c.indexes, c.layers, l90.decode, false, true));
+  EXPECT_GT(prefill_tau_per_token, 0.1 + 0.05);  // misses the ±3 points the decode τ meets
+  const std::vector<SparsityLevelInfo> summary = c.result.Summary();
+  EXPECT_EQ(summary[3].decode_thresholds[0], l90.decode.coarse);
+  EXPECT_EQ(summary[3].decode_one_level_threshold, l90.decode.one_level);
+}
+
+// With a tiny score budget the decode calibration subsamples the window queries (one per layer,
+// a different one in each layer) and must still land near the level on held-out queries.
+TEST(Calibration, DecodeSubsamplingWithinBudgetStaysNearTheLevel) {
+  CalibrationOptions o;
+  o.decode_scores_per_layer = 1;  // W' = 1 query per layer
+  const Calibrated sub = CalibrateThreeLayers(o);
+  const Calibrated full = CalibrateThreeLayers();
+  ASSERT_EQ(sub.result.levels_info.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const CalibratedLevel& level = sub.result.levels_info[i];
+    // Prefill thresholds do not depend on the decode budget.
+    EXPECT_EQ(level.global.one_level, full.result.levels_info[i].global.one_level);
+    EXPECT_NE(level.decode.one_level, full.result.levels_info[i].decode.one_level);
+    // 3 queries in all: looser than the ±3 points of the full window.
+    EXPECT_NEAR(HeldOutKeptFraction(sub.indexes, sub.layers, level.decode, false, true), 1.0 - level.sparsity, 0.08)
+        << "sparsity " << level.sparsity;
+  }
 }
 
 TEST(Calibration, PerLayerThresholdsPruneEachLayerToTheLevel) {
