@@ -3,7 +3,6 @@
 // persistence (context_persistence.h). Forward passes are serialized by one mutex for now (a batching
 // scheduler replaces it later); stored contexts are immutable and each Generation owns its KV.
 #include <c10/core/InferenceMode.h>
-#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
@@ -22,6 +21,7 @@
 #include "engine/context_persistence.h"
 #include "engine/context_store.h"
 #include "engine/engine.h"
+#include "engine/engine_log.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
@@ -261,13 +261,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids[0];
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
-  spdlog::info("engine: loaded {} ({}, {} layers, {} q / {} kv heads, head_dim {}) on {} as {}", info.name,
-               info.architecture, info.num_layers, info.num_attention_heads, info.num_kv_heads, info.head_dim,
-               info.device, info.dtype);
-  if (c.sliding_window > 0) {
-    spdlog::warn("engine: sliding_window={} is not applied; sequences longer than it differ from the reference",
-                 c.sliding_window);
-  }
+  LogEngineLoaded(info, c.sliding_window);
   return std::unique_ptr<Engine>(std::move(engine));
 }
 

@@ -7,13 +7,16 @@ set -euo pipefail
 deps=/opt/deps
 if [ ! -d "$deps/usr" ]; then
   for deb in .gpu-deps/*.deb; do dpkg -x "$deb" "$deps"; done
+  # The packages' pkg-config files say prefix=/usr; point them at where they were unpacked.
+  sed -i "s|^prefix=/usr|prefix=$deps/usr|" "$deps"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$deps"/usr/share/pkgconfig/*.pc 2>/dev/null || true
 fi
+export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
 export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu"
-export CPATH="$deps/usr/include"
+export CPATH="$deps/usr/include:$deps/usr/include/x86_64-linux-gnu"
 export PATH="$deps/usr/bin:$PATH"
 torch_prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build-gpu -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DSQUEEZESERVE_CUDA=ON "$@"
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DSQUEEZESERVE_CUDA=ON -DOPENSSL_ROOT_DIR="$deps/usr" "$@"
 cmake --build build-gpu -j "$(nproc)"
