@@ -145,6 +145,9 @@ class Generation {
   // finish != kNone, further calls return FailedPrecondition.
   virtual absl::StatusOr<TokenStep> Next() = 0;
   virtual const GenerationStats& stats() const = 0;
+  // Tokens the next step feeds through the model: the whole query before the first step, then 1.
+  // A batching scheduler budgets the prefill work of one step with it.
+  virtual int64_t next_step_tokens() const { return 1; }
 };
 
 // Thread-safe.
@@ -180,6 +183,18 @@ class Engine {
   // another model or format version, DataLoss when a checksum or tensor does not verify.
   virtual absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,
                                                                      const std::string& id) const = 0;
+
+  // Continuous batching: advances every generation by exactly one Next() — a query prefill for a
+  // generation that has not started, else one decode token — in as few forward passes as the engine
+  // can (TorchEngine: one, the tokens of all of them stacked). (*out)[i] is what generations[i]->Next()
+  // would have returned; each result is independent (one failing generation does not fail the others).
+  // The generations must be distinct, made by this engine, and not driven by anyone else meanwhile.
+  // This default steps them one at a time.
+  virtual void StepBatch(absl::Span<Generation* const> generations, std::vector<absl::StatusOr<TokenStep>>* out) {
+    out->clear();
+    out->reserve(generations.size());
+    for (Generation* generation : generations) out->push_back(generation->Next());
+  }
 };
 
 }  // namespace squeezeserve

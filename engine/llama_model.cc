@@ -124,59 +124,99 @@ at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos, con
 }
 
 at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x,
-                                 const at::Tensor& cos, const at::Tensor& sin, const ForwardArgs& args) const {
-  const int64_t n = args.num_tokens;
-  const at::Tensor q = ApplyRope(at::linear(x, layer.q_proj, layer.q_bias), cos, sin);  // [H, n, D]
-  const at::Tensor k = ApplyRope(at::linear(x, layer.k_proj, layer.k_bias), cos, sin);  // [H_kv, n, D]
-  const at::Tensor v = at::linear(x, layer.v_proj, layer.v_bias).view({n, -1, config_.head_dim}).transpose(0, 1);
+                                 const at::Tensor& cos, const at::Tensor& sin,
+                                 const std::vector<const ForwardArgs*>& batch,
+                                 const std::vector<int64_t>& offsets) const {
+  const int64_t total = x.size(0);
+  const at::Tensor q_all = ApplyRope(at::linear(x, layer.q_proj, layer.q_bias), cos, sin);  // [H, N, D]
+  const at::Tensor k_all = ApplyRope(at::linear(x, layer.k_proj, layer.k_bias), cos, sin);  // [H_kv, N, D]
+  const at::Tensor v_all =
+      at::linear(x, layer.v_proj, layer.v_bias).view({total, -1, config_.head_dim}).transpose(0, 1);
 
-  KvCache& cache = *args.cache;
-  cache.keys[layer_index].narrow(1, cache.length, n).copy_(k);
-  cache.values[layer_index].narrow(1, cache.length, n).copy_(v);
-  if (args.captured_queries != nullptr && args.capture_from < n) {
-    (*args.captured_queries)[layer_index] = q.narrow(1, args.capture_from, n - args.capture_from).clone();
-  }
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(batch.size());
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const ForwardArgs& args = *batch[b];
+    const int64_t n = args.num_tokens;
+    // A lone sequence keeps the tensors as they are (the one-at-a-time path, bit for bit as before).
+    const bool alone = batch.size() == 1;
+    const at::Tensor q = alone ? q_all : q_all.narrow(1, offsets[b], n).contiguous();
+    const at::Tensor k = alone ? k_all : k_all.narrow(1, offsets[b], n);
+    const at::Tensor v = alone ? v_all : v_all.narrow(1, offsets[b], n);
 
-  // Part (b): the sequence's own tokens so far, causal; new token i sits at row cache.length + i.
-  const int64_t own_len = cache.length + n;
-  AttentionPart attended = AttendWithLse(q, cache.keys[layer_index].narrow(1, 0, own_len),
-                                         cache.values[layer_index].narrow(1, 0, own_len), cache.length);
-  // Part (a): the stored context, through the caller's lookup or as a read-only prefix, no mask.
-  if (args.context_attention) {
-    attended = MergeLse(args.context_attention(layer_index, q), attended);
-  } else if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
-    const AttentionPart prefix = AttendWithLse(q, (*args.prefix.keys)[layer_index],
-                                               (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
-    attended = MergeLse(prefix, attended);
+    KvCache& cache = *args.cache;
+    cache.keys[layer_index].narrow(1, cache.length, n).copy_(k);
+    cache.values[layer_index].narrow(1, cache.length, n).copy_(v);
+    if (args.captured_queries != nullptr && args.capture_from < n) {
+      (*args.captured_queries)[layer_index] = q.narrow(1, args.capture_from, n - args.capture_from).clone();
+    }
+
+    // Part (b): the sequence's own tokens so far, causal; new token i sits at row cache.length + i.
+    const int64_t own_len = cache.length + n;
+    AttentionPart attended = AttendWithLse(q, cache.keys[layer_index].narrow(1, 0, own_len),
+                                           cache.values[layer_index].narrow(1, 0, own_len), cache.length);
+    // Part (a): the stored context, through the caller's lookup or as a read-only prefix, no mask.
+    if (args.context_attention) {
+      attended = MergeLse(args.context_attention(layer_index, q), attended);
+    } else if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
+      const AttentionPart prefix = AttendWithLse(q, (*args.prefix.keys)[layer_index],
+                                                 (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
+      attended = MergeLse(prefix, attended);
+    }
+    outputs.push_back(attended.out.to(dtype_).transpose(0, 1).reshape({n, -1}));  // [n, H·D]
   }
-  const at::Tensor merged = attended.out.to(dtype_).transpose(0, 1).reshape({n, -1});  // [n, H·D]
+  const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
   return at::linear(merged, layer.o_proj, layer.o_bias);
 }
 
-at::Tensor LlamaModel::Forward(const ForwardArgs& args) const {
-  const int64_t n = args.num_tokens;
-  const at::Tensor ids =
-      at::from_blob(const_cast<int32_t*>(args.token_ids), {n}, at::kInt).to(device_, at::kLong);
-  // RoPE tables for positions [start, start + n), computed in float32 as HF does.
-  const at::Tensor positions =
-      at::arange(args.start_position, args.start_position + n, at::TensorOptions().dtype(at::kLong).device(device_))
-          .to(at::kFloat);
-  const at::Tensor freqs = at::outer(positions, inv_freq_);  // [n, D/2]
-  const at::Tensor angles = at::cat({freqs, freqs}, -1);    // [n, D]
+at::Tensor LlamaModel::Forward(const ForwardArgs& args) const { return ForwardBatch({&args})[0]; }
+
+std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
+  std::vector<int64_t> offsets;
+  std::vector<at::Tensor> ids, positions;
+  int64_t total = 0;
+  for (const ForwardArgs* args : batch) {
+    const int64_t n = args->num_tokens;
+    offsets.push_back(total);
+    total += n;
+    ids.push_back(at::from_blob(const_cast<int32_t*>(args->token_ids), {n}, at::kInt).to(device_, at::kLong));
+    positions.push_back(at::arange(args->start_position, args->start_position + n,
+                                   at::TensorOptions().dtype(at::kLong).device(device_)));
+  }
+  if (total == 0) return std::vector<at::Tensor>(batch.size());
+  const bool alone = batch.size() == 1;
+  // RoPE tables for every stacked token's own position, computed in float32 as HF does.
+  const at::Tensor position = (alone ? positions[0] : at::cat(positions, 0)).to(at::kFloat);
+  const at::Tensor freqs = at::outer(position, inv_freq_);  // [N, D/2]
+  const at::Tensor angles = at::cat({freqs, freqs}, -1);    // [N, D]
   const at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
 
-  if (args.captured_queries != nullptr) args.captured_queries->assign(config_.num_layers, at::Tensor());
-  at::Tensor x = at::embedding(embed_tokens_, ids);  // [n, hidden]
+  for (const ForwardArgs* args : batch) {
+    if (args->captured_queries != nullptr) args->captured_queries->assign(config_.num_layers, at::Tensor());
+  }
+  at::Tensor x = at::embedding(embed_tokens_, alone ? ids[0] : at::cat(ids, 0));  // [N, hidden]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const Layer& layer = layers_[i];
-    x = x + Attention(i, layer, RmsNorm(x, layer.input_norm), cos, sin, args);
+    x = x + Attention(i, layer, RmsNorm(x, layer.input_norm), cos, sin, batch, offsets);
     const at::Tensor h = RmsNorm(x, layer.post_attention_norm);
     x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
   }
-  args.cache->length += n;
-  if (!args.compute_logits) return at::Tensor();
-  const at::Tensor last = RmsNorm(x.narrow(0, n - 1, 1), final_norm_);
-  return at::linear(last, lm_head_).to(at::kFloat).squeeze(0);
+  // The last token of every sequence that wants logits, through the head in one matmul.
+  std::vector<int64_t> last_rows;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    batch[b]->cache->length += batch[b]->num_tokens;
+    if (batch[b]->compute_logits && batch[b]->num_tokens > 0) last_rows.push_back(offsets[b] + batch[b]->num_tokens - 1);
+  }
+  std::vector<at::Tensor> logits(batch.size());
+  if (last_rows.empty()) return logits;
+  const at::Tensor rows = at::tensor(last_rows, at::kLong).to(device_);
+  const at::Tensor last = RmsNorm(x.index_select(0, rows), final_norm_);
+  const at::Tensor all_logits = at::linear(last, lm_head_).to(at::kFloat);  // [B', vocab]
+  int64_t row = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (batch[b]->compute_logits && batch[b]->num_tokens > 0) logits[b] = all_logits[row++];
+  }
+  return logits;
 }
 
 }  // namespace squeezeserve

@@ -71,6 +71,13 @@ class LlamaModel {
   // the cache has room.
   at::Tensor Forward(const ForwardArgs& args) const;
 
+  // Several sequences in one pass (continuous batching): their tokens are stacked so that the
+  // token-wise work (embedding, norms, projections, MLP, lm_head) is one matmul over all of them,
+  // while attention runs per sequence over its own part (a) and part (b). Each entry is what
+  // Forward would do with it alone; returns one logits tensor per entry (undefined when that entry
+  // has !compute_logits).
+  std::vector<at::Tensor> ForwardBatch(const std::vector<const ForwardArgs*>& batch) const;
+
   // Empty K/V buffers for `capacity` tokens of every layer.
   KvCache NewCache(int64_t capacity) const;
 
@@ -90,8 +97,10 @@ class LlamaModel {
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   // x [n, D·heads] → [heads, n, D] with the rotary embedding applied.
   at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  // x: the stacked normed tokens [N, hidden] of `batch`, sequence b at rows [offsets[b], +n_b).
   at::Tensor Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
-                       const at::Tensor& sin, const ForwardArgs& args) const;
+                       const at::Tensor& sin, const std::vector<const ForwardArgs*>& batch,
+                       const std::vector<int64_t>& offsets) const;
 
   ModelConfig config_;
   at::Device device_;

@@ -4,6 +4,7 @@
 // scheduler replaces it later); stored contexts are immutable and each Generation owns its KV.
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -107,6 +108,15 @@ class TorchGeneration : public Generation {
 
   absl::StatusOr<TokenStep> Next() override;
   const GenerationStats& stats() const override { return stats_; }
+  int64_t next_step_tokens() const override {
+    return cache_.length == 0 ? static_cast<int64_t>(query_.size()) : 1;
+  }
+
+  // Next() in two halves around the forward pass, so that TorchEngine::StepBatch can run the passes
+  // of many generations as one. PrepareStep fills `args` (FailedPrecondition once finished);
+  // CompleteStep samples from the logits (or records the forward's failure) and returns the step.
+  absl::Status PrepareStep(ForwardArgs* args);
+  absl::StatusOr<TokenStep> CompleteStep(absl::StatusOr<at::Tensor> logits);
 
  private:
   TorchEngine* engine_;  // outlives its generations
@@ -185,6 +195,23 @@ class TorchEngine : public Engine {
       return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
     }
   }
+
+  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry.
+  absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
+    absl::MutexLock lock(&forward_mu_);
+    c10::InferenceMode inference_mode;
+    try {
+      std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
+      for (at::Tensor& l : logits) {
+        if (l.defined()) l = l.to(at::kCPU).contiguous();
+      }
+      return logits;
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("batched forward pass failed: ", e.what()));
+    }
+  }
+
+  void StepBatch(absl::Span<Generation* const> generations, std::vector<absl::StatusOr<TokenStep>>* out) override;
 
   bool IsStopToken(int32_t token) const {
     for (int32_t eos : config_.eos_token_ids) {
@@ -341,11 +368,12 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
       this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup)));
 }
 
-absl::StatusOr<TokenStep> TorchGeneration::Next() {
+absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   if (finished_) return absl::FailedPreconditionError("the generation has already finished");
   const bool first = cache_.length == 0;
   // Positions continue after the context: query token i sits at num_tokens + i.
-  ForwardArgs args;
+  ForwardArgs& args = *out;
+  args = ForwardArgs();
   args.token_ids = first ? query_.data() : &last_token_;
   args.num_tokens = first ? static_cast<int64_t>(query_.size()) : 1;
   args.start_position = stats_.cached_tokens + cache_.length;
@@ -358,7 +386,16 @@ absl::StatusOr<TokenStep> TorchGeneration::Next() {
   } else {
     args.prefix = KvPrefix{&context_->keys(), &context_->values()};
   }
-  auto logits = engine_->RunForward(args);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenStep> TorchGeneration::Next() {
+  ForwardArgs args;
+  if (absl::Status status = PrepareStep(&args); !status.ok()) return status;
+  return CompleteStep(engine_->RunForward(args));
+}
+
+absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tensor> logits) {
   if (!logits.ok()) {
     finished_ = true;
     return logits.status();
@@ -390,6 +427,39 @@ absl::StatusOr<TokenStep> TorchGeneration::Next() {
   }
   finished_ = step.finish != FinishReason::kNone;
   return step;
+}
+
+void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
+                            std::vector<absl::StatusOr<TokenStep>>* out) {
+  out->assign(generations.size(), absl::StatusOr<TokenStep>(absl::UnknownError("not stepped")));
+  std::vector<ForwardArgs> args(generations.size());
+  std::vector<TorchGeneration*> members;  // of this engine and ready, in batch order
+  std::vector<size_t> slots;              // their index in `generations`
+  for (size_t i = 0; i < generations.size(); ++i) {
+    auto* generation = dynamic_cast<TorchGeneration*>(generations[i]);
+    if (generation == nullptr) {
+      (*out)[i] = absl::InvalidArgumentError("StepBatch: a generation not started by this engine");
+      continue;
+    }
+    if (std::find(members.begin(), members.end(), generation) != members.end()) {
+      (*out)[i] = absl::InvalidArgumentError("StepBatch: the same generation twice in one batch");
+      continue;
+    }
+    if (absl::Status status = generation->PrepareStep(&args[i]); !status.ok()) {
+      (*out)[i] = status;
+      continue;
+    }
+    members.push_back(generation);
+    slots.push_back(i);
+  }
+  if (members.empty()) return;
+  std::vector<const ForwardArgs*> batch;
+  for (size_t slot : slots) batch.push_back(&args[slot]);
+  absl::StatusOr<std::vector<at::Tensor>> logits = RunForwardBatch(batch);
+  for (size_t m = 0; m < members.size(); ++m) {
+    (*out)[slots[m]] = members[m]->CompleteStep(logits.ok() ? absl::StatusOr<at::Tensor>((*logits)[m])
+                                                            : absl::StatusOr<at::Tensor>(logits.status()));
+  }
 }
 
 }  // namespace

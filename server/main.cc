@@ -59,6 +59,13 @@ ABSL_FLAG(int32_t, max_queued_requests, 64,
           "Generate requests that wait (highest priority first, then FIFO) when max_concurrent_streams are "
           "busy; beyond that they are refused with RESOURCE_EXHAUSTED and retry-after-ms. A waiting request's "
           "deadline and cancellation are honoured. 0 = no queue.");
+ABSL_FLAG(std::string, scheduler, "batching",
+          "How Generate streams share the model: batching (continuous batching: one loop steps every running "
+          "stream in one forward pass) or thread_per_stream (each stream on its own worker, one forward at a "
+          "time; kept for comparison).");
+ABSL_FLAG(int64_t, batch_prefill_tokens, 512,
+          "With --scheduler=batching: query-prefill tokens added to one step beyond the first query (bounds "
+          "how long new queries stall the running streams' next token).");
 ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or sent, in bytes.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the HTTP server for Prometheus (/metrics) and plain probes (/healthz); empty = off. "
@@ -112,6 +119,17 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--default_mode must be dense or squeezed, got ", mode));
   }
+  const std::string scheduler = absl::GetFlag(FLAGS_scheduler);
+  if (scheduler == "batching") {
+    config.scheduler = ServerConfig::Scheduler::kBatching;
+  } else if (scheduler == "thread_per_stream") {
+    config.scheduler = ServerConfig::Scheduler::kThreadPerStream;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--scheduler must be batching or thread_per_stream, got ", scheduler));
+  }
+  config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
+  if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);

@@ -36,6 +36,12 @@ struct ServerConfig {
   uint64_t max_resident_context_bytes = 0;
   // Bearer tokens a Squeezeserve RPC must present (--auth_token_file); empty = no authentication.
   std::vector<std::string> auth_tokens;
+  // How Generate streams reach the engine (--scheduler): continuous batching, or one worker thread
+  // per stream taking turns on the engine (kept for comparison).
+  enum class Scheduler { kBatching, kThreadPerStream };
+  Scheduler scheduler = Scheduler::kBatching;
+  // Batching: query-prefill tokens admitted into one step (--batch_prefill_tokens).
+  int64_t batch_prefill_tokens = 512;
 };
 
 }  // namespace squeezeserve::server

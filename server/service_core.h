@@ -11,6 +11,7 @@
 #include "engine/context_store.h"
 #include "engine/engine.h"
 #include "server/auth.h"
+#include "server/batching_scheduler.h"
 #include "server/generation_scheduler.h"
 #include "server/server_config.h"
 #include "server/server_metrics.h"
@@ -24,7 +25,13 @@ struct ServiceCore {
       : config(std::move(server_config)),
         auth(config.auth_tokens),
         pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams, config.limits.max_queued_requests)),
-        scheduler(std::make_unique<ThreadPerStreamScheduler>(pool.get())) {}
+        scheduler(MakeScheduler()) {}
+
+  // The pool's accepted jobs may wait on the batching loop: drain the pool before the scheduler goes.
+  ~ServiceCore() {
+    pool.reset();
+    scheduler.reset();
+  }
 
   // OK when RPCs may use the engine; UNAVAILABLE while the model loads or the server drains.
   absl::Status CheckServing() const {
@@ -46,6 +53,13 @@ struct ServiceCore {
   const char* state() const {
     if (draining.load()) return "draining";
     return engine.load() == nullptr ? "loading" : "serving";
+  }
+
+  std::unique_ptr<GenerationScheduler> MakeScheduler() {
+    if (config.scheduler == ServerConfig::Scheduler::kThreadPerStream) {
+      return std::make_unique<ThreadPerStreamScheduler>(pool.get());
+    }
+    return std::make_unique<BatchingScheduler>(pool.get(), &engine, BatchingOptions{config.batch_prefill_tokens});
   }
 
   const ServerConfig config;

@@ -26,7 +26,7 @@ ABSL_FLAG(std::string, token_file, "",
 ABSL_FLAG(bool, json, false, "Print the result as JSON on stdout (all commands).");
 // Content.
 ABSL_FLAG(std::string, file, "", "ingest: text file to ingest ('-' or unset = stdin).");
-ABSL_FLAG(std::string, tokens, "", "ingest/generate: comma-separated token ids instead of text.");
+ABSL_FLAG(std::string, tokens, "", "ingest/generate: comma-separated token ids instead of text; @FILE reads them from a file.");
 ABSL_FLAG(std::string, prompt, "", "generate: the query text.");
 ABSL_FLAG(std::string, prompt_file, "", "generate: file holding the query text ('-' = stdin).");
 // Ingest.

@@ -117,7 +117,14 @@ std::string ToJson(const google::protobuf::Message& message) {
   return json;
 }
 
-std::optional<std::vector<int32_t>> ParseTokenIds(const std::string& text) {
+std::optional<std::vector<int32_t>> ParseTokenIds(const std::string& arg) {
+  // "@FILE" reads the ids from a file: a long context does not fit in one command-line argument.
+  std::string text = arg;
+  if (!arg.empty() && arg[0] == '@') {
+    std::optional<std::string> contents = ReadAll(arg.substr(1));
+    if (!contents) return std::nullopt;
+    text = *std::move(contents);
+  }
   std::vector<int32_t> ids;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     int32_t id = 0;

@@ -23,15 +23,15 @@ done
 ctl() { build-gpu/client/squeezectl/squeezectl --server "$addr" --timeout 1200 "$@"; }
 for _ in $(seq 1 600); do ctl info >/dev/null 2>&1 && break; sleep 1; done
 ctl info | head -5
-tokens=$(python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(3, 32000)) for _ in range($context_tokens)))")
+python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(3, 32000)) for _ in range($context_tokens)))" > /tmp/context_ids.txt
 start=$(date +%s%N)
-ctl ingest --id ctx --tokens "$tokens" --json > "$OUT/ingest.json"
+ctl ingest --id ctx --tokens @/tmp/context_ids.txt --json > "$OUT/ingest.json"
 echo "ingest of $context_tokens tokens: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee "$OUT/ingest_time.txt"
 query=$(python3 -c "import random; r=random.Random(1); print(','.join(str(r.randrange(3, 32000)) for _ in range(64)))")
 results="$OUT/e2e_${context_tokens}_${layers}.jsonl"; : > "$results"
 for mode in dense "squeezed --sparsity 0.7" "squeezed --sparsity 0.9" "squeezed --sparsity 0.9 --hierarchical"; do
   for rep in 1 2; do
-    ctl generate --json --context ctx --tokens "$query" --max_new_tokens 128 --ignore_eos --mode $mode \
+    ctl generate --json --context ctx --tokens "$query" --max_new_tokens ${NEW_TOKENS:-128} --ignore_eos --mode $mode \
       | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'mode': '''$mode''', 'rep': $rep, 'usage': r['usage'], 'stats': r['stats']}))" \
       | tee -a "$results"
   done

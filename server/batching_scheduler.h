@@ -1,0 +1,86 @@
+// Continuous batching (DESIGN.md §3, serving_anchors.md §1): one loop thread steps every running
+// generation together, one Engine::StepBatch per step, instead of one worker thread per stream
+// taking turns on the engine's forward lock.
+//
+// Admission reuses the WorkerPool: a stream holds one pool slot from the moment it joins the batch
+// until it leaves it, so max_concurrent_streams bounds the batch size, ingest competes for the same
+// slots, and the pool's wait queue (priority, then FIFO; withdrawn on cancel/deadline) is the only
+// queue. The slot's worker thread only waits (it does no model work).
+//
+// Each step of the loop:
+//   1. takes in the streams that joined since the last step (OnStart);
+//   2. ends the cancelled ones (client cancel or deadline: gRPC cancels the call), freeing their KV
+//      and slot, so a cancellation takes effect within one step;
+//   3. picks the batch: every stream already decoding (one token each) plus query prefills, highest
+//      priority first then join order, while their query tokens fit in max_prefill_tokens_per_step
+//      (always at least one, so a query longer than the budget still runs). A query is never split:
+//      the Squeezed lookup selects one cluster set for the whole query, and splitting would change
+//      the output;
+//   4. runs it as one StepBatch and delivers each stream's TokenStep; finished or failed streams
+//      leave the batch (generation freed, then the slot).
+// A slow client's OnToken backpressure (the outbox bound) pauses the loop for every stream; the bound
+// is large enough that this only happens when a client stops reading for hundreds of tokens.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "engine/engine.h"
+#include "server/generation_scheduler.h"
+#include "server/worker_pool.h"
+
+namespace squeezeserve::server {
+
+struct BatchingOptions {
+  // Query-prefill tokens admitted into one step (beyond the first prefill, which always runs).
+  int64_t max_prefill_tokens_per_step = 512;
+};
+
+class BatchingScheduler : public GenerationScheduler {
+ public:
+  // `engine` is read when the first generation arrives (generations exist only once it is set).
+  BatchingScheduler(WorkerPool* pool, const std::atomic<Engine*>* engine, BatchingOptions options);
+  // Destroy the pool first (its accepted jobs wait for this loop); then this joins the loop.
+  ~BatchingScheduler() override;
+  BatchingScheduler(const BatchingScheduler&) = delete;
+  BatchingScheduler& operator=(const BatchingScheduler&) = delete;
+
+  absl::Status Submit(std::unique_ptr<Generation> generation, GenerationSink* sink) override;
+
+ private:
+  struct Stream {
+    std::unique_ptr<Generation> generation;
+    GenerationSink* sink = nullptr;
+    absl::Notification* left = nullptr;  // notified when the stream has left the batch (frees the slot)
+    uint64_t sequence = 0;               // join order
+    bool prefilled = false;
+  };
+
+  // Body of the stream's pool job: hands it to the loop and waits until it has left.
+  void Join(std::unique_ptr<Generation> generation, GenerationSink* sink);
+  void Loop();
+  // One step over running_ (loop thread).
+  void Step();
+  // Ends a stream: OnFinish(status), frees its generation, then its pool slot.
+  static void Leave(Stream& stream, const absl::Status& status);
+
+  WorkerPool* const pool_;
+  const std::atomic<Engine*>* const engine_;
+  const BatchingOptions options_;
+
+  absl::Mutex mu_;
+  std::deque<Stream> joining_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::vector<Stream> running_;  // loop thread only
+  std::thread loop_;
+};
+
+}  // namespace squeezeserve::server
