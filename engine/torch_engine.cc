@@ -1,7 +1,9 @@
 // Engine::Load and the engine: model loading, context ingest (context_builder.h), token generation
 // over a stored context — dense, or through the Squeezed index (squeezed_lookup.h) — and context
-// persistence (context_persistence.h). Forward passes are serialized by one mutex for now (a batching
-// scheduler replaces it later); stored contexts are immutable and each Generation owns its KV.
+// persistence (context_persistence.h). Forward passes are serialized by one mutex: a batching
+// scheduler runs many generations' steps as one pass (StepBatch), ingest takes it per prefill chunk
+// so that generation steps interleave with a long ingest; stored contexts are immutable and each
+// Generation owns its KV.
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>

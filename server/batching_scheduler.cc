@@ -104,7 +104,12 @@ void BatchingScheduler::Step() {
   std::vector<Generation*> generations;
   for (Stream* stream : batch) generations.push_back(stream->generation.get());
   std::vector<absl::StatusOr<TokenStep>> results;
-  engine_->load()->StepBatch(absl::MakeConstSpan(generations), &results);
+  Engine* engine = engine_->load();
+  if (engine == nullptr) {  // generations exist only once the engine has loaded; never crash on it
+    results.assign(batch.size(), absl::StatusOr<TokenStep>(absl::UnavailableError("the model is not loaded")));
+  } else {
+    engine->StepBatch(absl::MakeConstSpan(generations), &results);
+  }
 
   for (size_t i = 0; i < batch.size(); ++i) {
     Stream& stream = *batch[i];

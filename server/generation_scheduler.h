@@ -1,7 +1,7 @@
 // Where a Generate stream's tokens come from. The RPC handler hands a ready Generation and a sink to
-// the scheduler and only ever talks to the sink side; today each generation runs alone on a worker
-// thread, and the batching scheduler of a later issue replaces ThreadPerStreamScheduler behind the
-// same interface.
+// the scheduler and only ever talks to the sink side. Two implementations: BatchingScheduler
+// (server/batching_scheduler.h, the default: continuous batching) and ThreadPerStreamScheduler below
+// (each generation alone on a worker thread; --scheduler=thread_per_stream, kept for comparison).
 #pragma once
 
 #include <memory>

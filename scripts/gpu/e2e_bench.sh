@@ -6,7 +6,7 @@ set -euo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 context_tokens=${1:-65536}
 layers=${2:-32}
-[ -x build-gpu/server/squeezeserve ] || source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF > "$OUT/build.log" 2>&1 \
+source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF > "$OUT/build.log" 2>&1 \
   || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; tail -20 "$OUT/build.log"; exit 1; }
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 model=/tmp/llama2-7b-shape-$layers
