@@ -17,7 +17,11 @@
 
 namespace squeezectl {
 
-std::string RouteKey(const Cli& cli) { return cli.context.empty() ? cli.id : cli.context; }
+std::string RouteKey(const Cli& cli) {
+  if (!cli.context.empty()) return cli.context;
+  if (!cli.id.empty()) return cli.id;
+  return cli.args.empty() ? "" : cli.args.front();  // "squeezectl get ID"
+}
 
 std::string PickReplica(const Cli& cli) {
   std::vector<std::string> replicas = absl::StrSplit(cli.server, ',', absl::SkipWhitespace());
