@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "engine/context_id.h"
 #include "engine/engine.h"
 
 namespace squeezeserve {
@@ -62,8 +63,6 @@ class ContextStore {
   mutable absl::Mutex load_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 };
 
-// 1-128 characters of [A-Za-z0-9._-], not starting with '.' (ids become directory names).
-bool IsValidContextId(std::string_view id);
 
 // Content address of a context: hex SHA-256 over the model fingerprint, the token ids and the index
 // options. Stable across restarts and replicas.

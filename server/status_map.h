@@ -11,14 +11,13 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "grpc_code_name.h"
 
 namespace squeezeserve::server {
 
 // absl and gRPC share the canonical code numbering; this maps code for code and keeps the message.
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
-// Lower-case name of a gRPC code, e.g. "NOT_FOUND" (for logs and counters).
-const char* GrpcCodeName(grpc::StatusCode code);
 
 // Counts the statuses returned, per RPC method and code. Thread-safe.
 class StatusCounter {

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
-#include "engine/context_store.h"
+#include "engine/context_id.h"
 
 namespace squeezeserve::server {
 namespace {

@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/strip.h"
 #include "client/common/router.h"
+#include "grpc_code_name.h"
 
 namespace squeezectl {
 
@@ -90,20 +91,10 @@ void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context) {
   }
 }
 
-namespace {
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                       "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  int index = static_cast<int>(code);
-  return index >= 0 && index <= 16 ? kNames[index] : "UNKNOWN";
-}
-}  // namespace
 
 int ReportStatus(const grpc::Status& status) {
   if (status.ok()) return kExitOk;
-  std::cerr << "squeezectl: " << CodeName(status.error_code()) << ": " << status.error_message() << "\n";
+  std::cerr << "squeezectl: " << squeezeserve::GrpcCodeName(status.error_code()) << ": " << status.error_message() << "\n";
   return kExitRpcBase + static_cast<int>(status.error_code());
 }
 

@@ -11,19 +11,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
+#include "grpc_code_name.h"
+
 namespace squeezeload {
-namespace {
-
-std::string StatusCodeName(int code) {
-  static const char* const kNames[] = {
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-      "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  if (code >= 0 && code < int(std::size(kNames))) return kNames[code];
-  return absl::StrCat("CODE_", code);
-}
-
-}  // namespace
 
 double Percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
@@ -89,7 +79,7 @@ LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration
   for (const RequestRecord& r : records) {
     if (!r.ok) {
       ++out.failed;
-      ++out.errors_by_code[StatusCodeName(r.status_code)];
+      ++out.errors_by_code[squeezeserve::GrpcCodeName(static_cast<grpc::StatusCode>(r.status_code))];
       continue;
     }
     ++out.completed;
