@@ -1,5 +1,6 @@
 #include "engine/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -31,6 +32,7 @@ AttentionPart AttendWithLse(const at::Tensor& q, const at::Tensor& k, const at::
   const int64_t group = heads / kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
   const auto float_options = q.options().dtype(at::kFloat);
+  if (key_block <= 0) key_block = std::max(kMinAttentionKeyBlock, kAttentionScoreBudget / std::max<int64_t>(1, heads * n));
 
   AttentionPart result{at::zeros({heads, n, dim}, float_options), at::full({heads, n}, kNegInf, float_options)};
   // The group's query heads share their KV head: [H_kv, G·n, D] rows, g-major.

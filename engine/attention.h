@@ -16,9 +16,12 @@ struct AttentionPart {
   at::Tensor lse;
 };
 
-// Keys processed per block: bounds the score tensor to H × n × kAttentionKeyBlock floats however
-// long the context is.
-constexpr int64_t kAttentionKeyBlock = 1024;
+// Keys are processed in blocks so that one block's scores hold at most kAttentionScoreBudget floats
+// (H × n × block) however long the context is; blocks are never shorter than kMinAttentionKeyBlock.
+// A decode step (n = 1) thus reads a 64K context in one block instead of 64: each block costs a dozen
+// kernel launches, which dominated decode time on a GPU.
+constexpr int64_t kAttentionScoreBudget = int64_t{1} << 24;
+constexpr int64_t kMinAttentionKeyBlock = 1024;
 
 // q: [H, n, D]; k, v: [H_kv, m, D] with H a multiple of H_kv (query head h reads KV head
 // h / (H / H_kv), as HF's repeat_kv). Scale 1/sqrt(D).
@@ -26,7 +29,7 @@ constexpr int64_t kAttentionKeyBlock = 1024;
 // causal_offset >= 0: query i sees keys j <= causal_offset + i (the keys are the sequence the queries
 // belong to, query i sitting at key position causal_offset + i).
 AttentionPart AttendWithLse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            int64_t causal_offset, int64_t key_block = kAttentionKeyBlock);
+                            int64_t causal_offset, int64_t key_block = 0);  // 0 = from the budget
 
 // Exact merge of two parts over disjoint key sets.
 AttentionPart MergeLse(const AttentionPart& a, const AttentionPart& b);
