@@ -19,6 +19,17 @@ __device__ __forceinline__ const __nv_bfloat16* as_bf16(const uint16_t* p) {
 
 // Merge of two (max, sum-of-exp-relative-to-max) pairs: the log-sum-exp monoid. (-inf, 0) is its
 // identity; merging in a fixed order keeps results deterministic.
+// Eight bf16 values loaded as one 16-byte word -> eight floats (the unit of every vectorized load here).
+__device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float* out) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(pairs[e]);
+    out[2 * e] = f.x;
+    out[2 * e + 1] = f.y;
+  }
+}
+
 __device__ __forceinline__ float2 lse_merge(float2 a, float2 b) {
   const float m = fmaxf(a.x, b.x);
   if (m == neg_inf()) return make_float2(m, 0.f);

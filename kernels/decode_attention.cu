@@ -117,13 +117,9 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) decode_kernel(Decode
 #pragma unroll
     for (int j = 0; j < G; ++j) {
       const uint4 raw = *reinterpret_cast<const uint4*>(a.q + (static_cast<int64_t>(b) * a.hkv * G + h * G + j) * D + tx * 8);
-      const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      bf16x8_to_float(raw, q[j]);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(pr[e]);
-        q[j][2 * e] = f.x * a.scale_log2;
-        q[j][2 * e + 1] = f.y * a.scale_log2;
-      }
+      for (int e = 0; e < 8; ++e) q[j][e] *= a.scale_log2;
     }
     float m[G], l[G], o[G][8];
 #pragma unroll
@@ -210,14 +206,8 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) decode_kernel(Decode
       for (int i = 0; i < kRowsPerThread; ++i) {
         const int row = ty + TY * i;
         const uint4 raw = *reinterpret_cast<const uint4*>(ks + row * D + tx * 8);
-        const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&raw);
         float k[8];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __bfloat1622float2(pr[e]);
-          k[2 * e] = f.x;
-          k[2 * e + 1] = f.y;
-        }
+        bf16x8_to_float(raw, k);
         const bool valid = v_begin + t * kTileRows + row < v_end;
 #pragma unroll
         for (int j = 0; j < G; ++j) {
@@ -246,14 +236,8 @@ __global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) decode_kernel(Decode
       for (int i = 0; i < kRowsPerThread; ++i) {
         const int row = ty + TY * i;
         const uint4 raw = *reinterpret_cast<const uint4*>(vs + row * D + tx * 8);
-        const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&raw);
         float v[8];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __bfloat1622float2(pr[e]);
-          v[2 * e] = f.x;
-          v[2 * e + 1] = f.y;
-        }
+        bf16x8_to_float(raw, v);
 #pragma unroll
         for (int j = 0; j < G; ++j) {
           const float p = s[i][j] == neg_inf() ? 0.f : exp2f(s[i][j] - m[j]);

@@ -119,14 +119,7 @@ __device__ void load_candidate_tile(TileSmem<D>& sm, const HeadLevel& v, Level l
     const int c = sm.cluster[row];
     uint4 raw = make_uint4(0u, 0u, 0u, 0u);
     if (c >= 0) raw = __ldg(reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(c) * D + col));
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-    float* dst = &sm.c[row * TileSmem<D>::kStride + col];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(pairs[k]);
-      dst[2 * k] = f.x;
-      dst[2 * k + 1] = f.y;
-    }
+    bf16x8_to_float(raw, &sm.c[row * TileSmem<D>::kStride + col]);
   }
 }
 
@@ -142,13 +135,7 @@ __device__ void load_query_tile(TileSmem<D>& sm, const ProblemArgs& p, int b, in
       const int t = r / p.g, j = r % p.g;
       const uint4 raw = *reinterpret_cast<const uint4*>(
           p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + col);
-      const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f = __bfloat1622float2(pairs[k]);
-        dst[2 * k] = f.x;
-        dst[2 * k + 1] = f.y;
-      }
+      bf16x8_to_float(raw, dst);
     } else {
 #pragma unroll
       for (int k = 0; k < 8; ++k) dst[k] = 0.f;
@@ -462,13 +449,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
       const int t = r / p.g, j = r % p.g;
       qr = *reinterpret_cast<const uint4*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + sub * 8);
     }
-    const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&qr);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 f = __bfloat1622float2(pr[e]);
-      q[r][2 * e] = f.x;
-      q[r][2 * e + 1] = f.y;
-    }
+    bf16x8_to_float(qr, q[r]);
   }
   int my_row = 0;
 #pragma unroll
@@ -494,14 +475,8 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = warp_first + (st0 + u) * CPW + slot;
-      const __nv_bfloat162* pr = reinterpret_cast<const __nv_bfloat162*>(&cur[u]);
       float k[8];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(pr[e]);
-        k[2 * e] = f.x;
-        k[2 * e + 1] = f.y;
-      }
+      bf16x8_to_float(cur[u], k);
       float v[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
