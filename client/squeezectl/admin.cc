@@ -1,4 +1,5 @@
 // squeezectl list | get | delete | info: the unary RPCs, as human text or --json.
+#include <functional>
 #include <iostream>
 #include <string>
 
@@ -9,6 +10,7 @@ namespace squeezectl {
 namespace {
 
 namespace pb = squeezeserve::v1;
+using Stub = pb::Squeezeserve::Stub;
 
 // The context id from the first positional argument or --context.
 std::string ContextIdArg(const Cli& cli) { return !cli.args.empty() ? cli.args[0] : cli.context; }
@@ -18,72 +20,57 @@ void PrintContextLine(const pb::ContextInfo& info) {
             << (info.indexed() ? "indexed" : "dense-only") << "\t" << info.tier() << "\n";
 }
 
-}  // namespace
-
-int RunList(const Cli& cli) {
+// One unary call: stub, deadline and token, the call, then the response as JSON (--json) or as
+// `print_text` prints it. Returns the exit code.
+template <typename Request, typename Response>
+int CallUnary(const Cli& cli, const Request& request,
+              grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+              const std::function<void(const Response&)>& print_text) {
   auto stub = MakeStub(cli);
   grpc::ClientContext context;
   ApplyCallOptions(cli, &context);
-  pb::ListContextsResponse response;
-  grpc::Status status = stub->ListContexts(&context, pb::ListContextsRequest(), &response);
+  Response response;
+  grpc::Status status = ((*stub).*method)(&context, request, &response);
   if (!status.ok()) return ReportStatus(status);
   if (cli.json) {
     std::cout << ToJson(response) << "\n";
   } else {
-    for (const pb::ContextInfo& info : response.contexts()) PrintContextLine(info);
+    print_text(response);
   }
   return kExitOk;
+}
+
+void PrintDebugString(const google::protobuf::Message& message) { std::cout << message.DebugString(); }
+
+}  // namespace
+
+int RunList(const Cli& cli) {
+  return CallUnary<pb::ListContextsRequest, pb::ListContextsResponse>(
+      cli, pb::ListContextsRequest(), &Stub::ListContexts, [](const pb::ListContextsResponse& response) {
+        for (const pb::ContextInfo& info : response.contexts()) PrintContextLine(info);
+      });
 }
 
 int RunGet(const Cli& cli) {
   pb::GetContextRequest request;
   request.set_context_id(ContextIdArg(cli));
   if (request.context_id().empty()) return UsageError("get: give the context id (squeezectl get ID)");
-  auto stub = MakeStub(cli);
-  grpc::ClientContext context;
-  ApplyCallOptions(cli, &context);
-  pb::ContextInfo info;
-  grpc::Status status = stub->GetContext(&context, request, &info);
-  if (!status.ok()) return ReportStatus(status);
-  if (cli.json) {
-    std::cout << ToJson(info) << "\n";
-  } else {
-    std::cout << info.DebugString();
-  }
-  return kExitOk;
+  return CallUnary<pb::GetContextRequest, pb::ContextInfo>(cli, request, &Stub::GetContext,
+                                                            [](const pb::ContextInfo& info) { PrintDebugString(info); });
 }
 
 int RunDelete(const Cli& cli) {
   pb::DeleteContextRequest request;
   request.set_context_id(ContextIdArg(cli));
   if (request.context_id().empty()) return UsageError("delete: give the context id (squeezectl delete ID)");
-  auto stub = MakeStub(cli);
-  grpc::ClientContext context;
-  ApplyCallOptions(cli, &context);
-  pb::DeleteContextResponse response;
-  grpc::Status status = stub->DeleteContext(&context, request, &response);
-  if (!status.ok()) return ReportStatus(status);
-  if (cli.json) {
-    std::cout << ToJson(response) << "\n";
-  } else {
-    std::cout << "deleted " << request.context_id() << "\n";
-  }
-  return kExitOk;
+  return CallUnary<pb::DeleteContextRequest, pb::DeleteContextResponse>(
+      cli, request, &Stub::DeleteContext,
+      [&request](const pb::DeleteContextResponse&) { std::cout << "deleted " << request.context_id() << "\n"; });
 }
 
 int RunInfo(const Cli& cli) {
-  auto stub = MakeStub(cli);
-  grpc::ClientContext context;
-  ApplyCallOptions(cli, &context);
-  pb::ServerInfo info;
-  grpc::Status status = stub->GetServerInfo(&context, pb::GetServerInfoRequest(), &info);
-  if (!status.ok()) return ReportStatus(status);
-  if (cli.json) {
-    std::cout << ToJson(info) << "\n";
-  } else {
-    std::cout << info.DebugString();
-  }
-  return kExitOk;
+  return CallUnary<pb::GetServerInfoRequest, pb::ServerInfo>(cli, pb::GetServerInfoRequest(), &Stub::GetServerInfo,
+                                                              [](const pb::ServerInfo& info) { PrintDebugString(info); });
 }
 
 }  // namespace squeezectl
