@@ -303,4 +303,47 @@ absl::StatusOr<std::shared_ptr<StoredContext>> LoadStoredContext(const std::stri
   }
 }
 
+namespace {
+
+at::Tensor CopyTo(const at::Tensor& t, at::Device device) {
+  if (!t.defined()) return t;
+  const bool pin = device.is_cpu() && t.is_cuda();
+  at::Tensor copy = at::empty(t.sizes(), t.options().device(device).pinned_memory(pin));
+  copy.copy_(t);
+  return copy;
+}
+
+}  // namespace
+
+std::shared_ptr<StoredContext> CopyStoredContext(const StoredContext& context, at::Device device,
+                                                 const std::string& tier) {
+  std::vector<at::Tensor> keys, values, window_queries;
+  std::vector<squeeze::LayerIndex> index;
+  for (size_t l = 0; l < context.keys().size(); ++l) {
+    keys.push_back(CopyTo(context.keys()[l], device));
+    values.push_back(CopyTo(context.values()[l], device));
+    window_queries.push_back(CopyTo(context.window_queries()[l], device));
+    if (context.index().empty()) continue;
+    const squeeze::LayerIndex& from = context.index()[l];
+    squeeze::LayerIndex to;
+    to.levels = from.levels;
+    to.perm = CopyTo(from.perm, device);
+    to.centroids = CopyTo(from.centroids, device);
+    to.cluster_offsets = CopyTo(from.cluster_offsets, device);
+    to.coarse_centroids = CopyTo(from.coarse_centroids, device);
+    to.coarse_offsets = CopyTo(from.coarse_offsets, device);
+    // The index's KV stays a view of the layer's KV (stored once), as at ingest and load.
+    const int64_t N = from.num_clustered();
+    to.keys = keys.back().narrow(1, 0, N);
+    to.values = values.back().narrow(1, 0, N);
+    to.window_keys = keys.back().narrow(1, N, from.window());
+    to.window_values = values.back().narrow(1, N, from.window());
+    index.push_back(std::move(to));
+  }
+  ContextSummary summary = context.summary();
+  summary.tier = tier;
+  return std::make_shared<StoredContext>(std::move(summary), context.tokens(), std::move(keys), std::move(values),
+                                         std::move(window_queries), std::move(index));
+}
+
 }  // namespace squeezeserve

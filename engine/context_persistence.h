@@ -28,4 +28,11 @@ absl::StatusOr<std::shared_ptr<StoredContext>> LoadStoredContext(const std::stri
                                                                  const ModelConfig& config, at::Device device,
                                                                  at::ScalarType dtype);
 
+// A copy of `context` with every tensor on `device` (dtypes kept; pinned host memory when copying
+// off a GPU, so bringing it back is one fast DMA), the index views rebuilt over the copied KV, and the
+// summary's tier set to `tier`. For memory tiers (engine.h Engine::MoveContext). Throws what
+// libtorch throws on allocation failure.
+std::shared_ptr<StoredContext> CopyStoredContext(const StoredContext& context, at::Device device,
+                                                 const std::string& tier);
+
 }  // namespace squeezeserve

@@ -28,10 +28,13 @@ absl::Status ContextStore::Put(std::shared_ptr<const Context> context) {
   if (!store_dir_.empty()) {
     if (absl::Status saved = engine_->SaveContext(*context, store_dir_); !saved.ok()) return saved;
   }
-  absl::MutexLock lock(&mu_);
   const std::string id = context->summary().id;
-  contexts_[id] = Resident{std::move(context), ++tick_};
-  EvictOverLimitLocked(id);
+  absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    contexts_[id] = Resident{std::move(context), ++tick_, MemoryTier::kDevice};
+  }
+  RebalanceTiers(id);
   return absl::OkStatus();
 }
 
@@ -41,19 +44,60 @@ uint64_t ResidentBytes(const Context& context) {
 }
 }  // namespace
 
-void ContextStore::EvictOverLimitLocked(const std::string& keep) const {
-  if (resident_limit_ == 0 || store_dir_.empty()) return;
+uint64_t ContextStore::TierBytesLocked(MemoryTier tier) const {
   uint64_t total = 0;
-  for (const auto& [id, resident] : contexts_) total += ResidentBytes(*resident.context);
-  while (total > resident_limit_) {
+  for (const auto& [id, resident] : contexts_) {
+    if (resident.tier == tier) total += ResidentBytes(*resident.context);
+  }
+  return total;
+}
+
+void ContextStore::RebalanceTiers(const std::string& keep) const {
+  if (resident_limit_ == 0 || store_dir_.empty()) return;
+  for (;;) {
+    std::string victim_id;
+    std::shared_ptr<const Context> victim;
+    {
+      absl::MutexLock lock(&mu_);
+      if (TierBytesLocked(MemoryTier::kDevice) <= resident_limit_) break;
+      uint64_t oldest = 0;
+      for (const auto& [id, resident] : contexts_) {
+        if (id == keep || resident.tier != MemoryTier::kDevice) continue;
+        if (victim == nullptr || resident.last_use < oldest) {
+          victim_id = id;
+          victim = resident.context;
+          oldest = resident.last_use;
+        }
+      }
+      if (victim == nullptr) break;  // only `keep` is left: it stays even if it alone is larger
+    }
+    // The copy runs outside the registry lock; the entry is swapped only if nobody replaced it meanwhile.
+    absl::StatusOr<std::shared_ptr<const Context>> parked =
+        host_limit_ > 0 ? engine_->MoveContext(*victim, MemoryTier::kHost)
+                        : absl::StatusOr<std::shared_ptr<const Context>>(absl::CancelledError("no host tier"));
+    absl::MutexLock lock(&mu_);
+    auto it = contexts_.find(victim_id);
+    if (it == contexts_.end() || it->second.context != victim) continue;
+    if (parked.ok()) {
+      it->second.context = *std::move(parked);
+      it->second.tier = MemoryTier::kHost;
+    } else {
+      contexts_.erase(it);  // on disk already; no host tier, or host memory is full
+    }
+  }
+  if (host_limit_ == 0) return;
+  absl::MutexLock lock(&mu_);
+  uint64_t host_bytes = TierBytesLocked(MemoryTier::kHost);
+  while (host_bytes > host_limit_) {
     auto victim = contexts_.end();
     for (auto it = contexts_.begin(); it != contexts_.end(); ++it) {
-      if (it->first != keep && (victim == contexts_.end() || it->second.last_use < victim->second.last_use)) {
+      if (it->second.tier == MemoryTier::kHost &&
+          (victim == contexts_.end() || it->second.last_use < victim->second.last_use)) {
         victim = it;
       }
     }
-    if (victim == contexts_.end()) return;  // only `keep` is left: it stays even if it alone is larger
-    total -= ResidentBytes(*victim->second.context);
+    if (victim == contexts_.end()) break;
+    host_bytes -= ResidentBytes(*victim->second.context);
     contexts_.erase(victim);
   }
 }
@@ -62,28 +106,39 @@ absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const std::stri
   {
     absl::MutexLock lock(&mu_);
     auto it = contexts_.find(id);
-    if (it != contexts_.end()) {
+    if (it != contexts_.end() && it->second.tier == MemoryTier::kDevice) {
       it->second.last_use = ++tick_;
       return it->second.context;
     }
   }
   if (store_dir_.empty()) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
   absl::MutexLock load_lock(&load_mu_);
+  std::shared_ptr<const Context> parked;
   {
-    absl::MutexLock lock(&mu_);  // loaded by the request we waited for?
+    absl::MutexLock lock(&mu_);  // brought back by the request we waited for?
     auto it = contexts_.find(id);
-    if (it != contexts_.end()) return it->second.context;
+    if (it != contexts_.end() && it->second.tier == MemoryTier::kDevice) {
+      it->second.last_use = ++tick_;
+      return it->second.context;
+    }
+    if (it != contexts_.end()) parked = it->second.context;
   }
-  absl::StatusOr<std::shared_ptr<const Context>> loaded = engine_->LoadContext(store_dir_, id);
+  absl::StatusOr<std::shared_ptr<const Context>> loaded =
+      parked != nullptr ? engine_->MoveContext(*parked, MemoryTier::kDevice) : engine_->LoadContext(store_dir_, id);
   if (!loaded.ok()) {
     if (absl::IsNotFound(loaded.status())) {
       return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
     }
     return loaded.status();
   }
-  absl::MutexLock lock(&mu_);
-  contexts_[id] = Resident{*loaded, ++tick_};
-  EvictOverLimitLocked(id);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = contexts_.find(id);
+    // Deleted while it was being copied (Delete does not wait for moves): serve this copy, keep none.
+    if (parked != nullptr && (it == contexts_.end() || it->second.context != parked)) return *loaded;
+    contexts_[id] = Resident{*loaded, ++tick_, MemoryTier::kDevice};
+  }
+  RebalanceTiers(id);
   return *loaded;
 }
 

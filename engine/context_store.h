@@ -24,17 +24,22 @@ namespace squeezeserve {
 // on disk (after a restart, or ingested by another replica sharing the directory), List shows both, and
 // Delete removes both.
 //
-// Memory tiers: with a resident-bytes limit (SetResidentLimit) and a directory, the least recently
-// used resident contexts are dropped from memory once the limit is passed — never lost, since every
-// context is on disk before it is resident — and Get brings them back on demand. Generations that hold
-// an evicted context keep it alive until they finish.
+// Memory tiers (with a directory): device memory holds the contexts generation reads, up to
+// SetResidentLimit bytes; past it the least recently used move to host memory (SetHostLimit bytes,
+// Engine::MoveContext), and past that they are dropped from memory — never lost, since every context is
+// on disk before it is resident. Get brings a context back to the device from host memory, else from
+// disk. Generations that hold a moved or dropped context keep their copy alive until they finish.
+// Tier moves and disk loads are serialized (one at a time, outside the registry lock), so a Get of a
+// context already on the device never waits behind a copy.
 class ContextStore {
  public:
   // Call once, before serving. `engine` must outlive the store.
   void AttachDirectory(const Engine* engine, std::string store_dir);
   const std::string& store_dir() const { return store_dir_; }
-  // KV + index bytes kept in memory at most (0 = no limit). Only effective with a directory.
+  // KV + index bytes kept in device memory at most (0 = no limit). Only effective with a directory.
   void SetResidentLimit(uint64_t bytes) { resident_limit_ = bytes; }
+  // KV + index bytes parked in host memory at most (0 = no host tier: evicted contexts go to disk).
+  void SetHostLimit(uint64_t bytes) { host_limit_ = bytes; }
 
   // Persists first (when a directory is attached), then replaces any context of the same id.
   absl::Status Put(std::shared_ptr<const Context> context);
@@ -52,14 +57,18 @@ class ContextStore {
   struct Resident {
     std::shared_ptr<const Context> context;
     uint64_t last_use = 0;  // tick of the last Put/Get
+    MemoryTier tier = MemoryTier::kDevice;
   };
-  // Drops least recently used contexts until the resident bytes fit the limit (keeps `keep`).
-  void EvictOverLimitLocked(const std::string& keep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves least recently used device contexts (other than `keep`) to host memory, or drops them,
+  // until the device tier fits its limit; then drops host contexts until the host tier fits.
+  void RebalanceTiers(const std::string& keep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
+  uint64_t TierBytesLocked(MemoryTier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint64_t resident_limit_ = 0;
+  uint64_t host_limit_ = 0;
   mutable uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   mutable std::map<std::string, Resident, std::less<>> contexts_ ABSL_GUARDED_BY(mu_);
-  // Serializes loads from disk so two requests for one unloaded context load it once.
+  // Serializes loads from disk and tier moves, so two requests for one context load it once.
   mutable absl::Mutex load_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 };
 

@@ -84,6 +84,8 @@ struct ContextSummary {
   std::string tier = "device";
 };
 
+enum class MemoryTier { kDevice, kHost };
+
 // An ingested fixed context: its KV cache and index. Immutable once built and shared by every
 // generation that reads it; owned through shared_ptr so a delete never pulls it from under a reader.
 class Context {
@@ -183,6 +185,13 @@ class Engine {
   // another model or format version, DataLoss when a checksum or tensor does not verify.
   virtual absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,
                                                                      const std::string& id) const = 0;
+
+  // Memory tiers (server/ContextStore): a copy of `context` whose KV and index live in `tier` memory —
+  // kDevice: the engine's device, where generation reads them; kHost: CPU memory (pinned when the
+  // engine runs on a GPU), a parking place cheaper to return from than the disk. The copy's summary
+  // says "device" or "host". On a CPU engine both are CPU memory (the copy is still made).
+  // ResourceExhausted when the target memory cannot hold it; the original is untouched either way.
+  virtual absl::StatusOr<std::shared_ptr<const Context>> MoveContext(const Context& context, MemoryTier tier) const = 0;
 
   // Continuous batching: advances every generation by exactly one Next() — a query prefill for a
   // generation that has not started, else one decode token — in as few forward passes as the engine

@@ -175,6 +175,20 @@ class TorchEngine : public Engine {
     return std::shared_ptr<const Context>(std::move(*loaded));
   }
 
+  absl::StatusOr<std::shared_ptr<const Context>> MoveContext(const Context& context, MemoryTier tier) const override {
+    const auto* stored = dynamic_cast<const StoredContext*>(&context);
+    if (stored == nullptr) return absl::InvalidArgumentError("context: not made by this engine");
+    const at::Device target = tier == MemoryTier::kDevice ? model_->device() : at::Device(at::kCPU);
+    try {
+      return std::shared_ptr<const Context>(
+          CopyStoredContext(*stored, target, tier == MemoryTier::kDevice ? "device" : "host"));
+    } catch (const std::exception& e) {  // out of memory on the target
+      return absl::ResourceExhaustedError(absl::StrCat("moving context \"", context.summary().id, "\" to ",
+                                                       tier == MemoryTier::kDevice ? "device" : "host",
+                                                       " memory: ", e.what()));
+    }
+  }
+
   // The stored KV has this model's shape (a context of another engine would be saved under the wrong
   // fingerprint otherwise).
   bool FitsModel(const StoredContext& context) const {

@@ -37,8 +37,13 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT to listen on. Port 0 picks a free port; the chosen address is printed on stdout as "
           "'squeezeserve listening on HOST:PORT'.");
 ABSL_FLAG(uint64_t, max_resident_context_bytes, 0,
-          "With --store: KV + index bytes of contexts kept in memory at most; the least recently used are dropped "
-          "from memory (they stay on disk) and reloaded on demand. 0 = no limit.");
+          "With --store: KV + index bytes of contexts kept in device memory (where generation reads them) at "
+          "most; the least recently used move to host memory (--max_host_context_bytes) or are dropped from "
+          "memory (they stay on disk), and come back on demand. 0 = no limit.");
+ABSL_FLAG(uint64_t, max_host_context_bytes, 0,
+          "With --store and --max_resident_context_bytes: KV + index bytes of contexts parked in host memory "
+          "(pinned, when the model runs on a GPU) after leaving device memory; returning from there is a copy, "
+          "not a disk read. Past it the least recently used are dropped to disk. 0 = no host tier.");
 ABSL_FLAG(std::string, store, "",
           "Context store directory. Every ingested context is written there (atomically, with checksums) and "
           "survives restarts; replicas sharing the directory can serve each other's contexts. Empty: in memory "
@@ -133,6 +138,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);
+  config.max_host_context_bytes = absl::GetFlag(FLAGS_max_host_context_bytes);
   if (!(config.defaults.sparsity > 0 && config.defaults.sparsity < 1)) {
     return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
   }

@@ -34,6 +34,7 @@ struct ServerConfig {
   std::string store_dir;
   // With store_dir: resident KV + index bytes at most (0 = no limit); see ContextStore.
   uint64_t max_resident_context_bytes = 0;
+  uint64_t max_host_context_bytes = 0;
   // Bearer tokens a Squeezeserve RPC must present (--auth_token_file); empty = no authentication.
   std::vector<std::string> auth_tokens;
   // How Generate streams reach the engine (--scheduler): continuous batching, or one worker thread

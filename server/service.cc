@@ -37,6 +37,7 @@ void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
   engine_ = std::move(engine);
   core_.store.AttachDirectory(engine_.get(), core_.config.store_dir);
   core_.store.SetResidentLimit(core_.config.max_resident_context_bytes);
+  core_.store.SetHostLimit(core_.config.max_host_context_bytes);
   core_.engine.store(engine_.get());
 }
 

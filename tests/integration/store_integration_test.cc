@@ -163,6 +163,50 @@ TEST_F(StoreIntegrationTest, EvictedContextsReloadWithIdenticalOutputs) {
   EXPECT_EQ(tiers["b"], "disk");
 }
 
+// Three tiers: device memory with room for one context, host memory with room for one, then disk.
+// Contexts step down device -> host -> disk as newer ones arrive and come back on demand (from host
+// memory by a copy, from disk by a load) with identical outputs.
+TEST_F(StoreIntegrationTest, HostTierParksContextsBetweenDeviceAndDisk) {
+  StartServer(REFERENCE_MODEL_DIR);
+  ASSERT_EQ(Ctl({"ingest", "--id", "probe", "--tokens", TokenList(420)}).exit_code, 0);
+  const nlohmann::json probe = nlohmann::json::parse(Ctl({"get", "--context", "probe", "--json"}).out);
+  const uint64_t largest = std::stoull(probe.value("kv_bytes", "0")) + std::stoull(probe.value("index_bytes", "0"));
+  ASSERT_GT(largest, 0u);
+  ASSERT_EQ(Ctl({"delete", "--context", "probe"}).exit_code, 0);
+
+  StartServer(REFERENCE_MODEL_DIR, {"--max_resident_context_bytes=1",
+                                    absl::StrCat("--max_host_context_bytes=", largest)});
+  int code = -1;
+  std::map<std::string, nlohmann::json> first;
+  for (const auto& [id, tokens] : std::vector<std::pair<std::string, int>>{{"a", 400}, {"b", 410}, {"c", 420}}) {
+    ASSERT_EQ(Ctl({"ingest", "--id", id, "--tokens", TokenList(tokens)}).exit_code, 0);
+    first[id] = Generate(id, &code);
+    ASSERT_EQ(code, 0);
+  }
+  auto tiers = Tiers(Ctl({"list", "--json"}).out);
+  EXPECT_EQ(tiers["a"], "disk");
+  EXPECT_EQ(tiers["b"], "host");
+  EXPECT_EQ(tiers["c"], "device");
+
+  nlohmann::json again = Generate("a", &code);  // from disk; c parks in host memory, b drops to disk
+  ASSERT_EQ(code, 0);
+  EXPECT_EQ(again["token_ids"], first["a"]["token_ids"]);
+  EXPECT_EQ(again["logprobs"], first["a"]["logprobs"]);
+  tiers = Tiers(Ctl({"list", "--json"}).out);
+  EXPECT_EQ(tiers["a"], "device");
+  EXPECT_EQ(tiers["b"], "disk");
+  EXPECT_EQ(tiers["c"], "host");
+
+  again = Generate("c", &code);  // back from host memory
+  ASSERT_EQ(code, 0);
+  EXPECT_EQ(again["token_ids"], first["c"]["token_ids"]);
+  EXPECT_EQ(again["logprobs"], first["c"]["logprobs"]);
+  tiers = Tiers(Ctl({"list", "--json"}).out);
+  EXPECT_EQ(tiers["a"], "host");
+  EXPECT_EQ(tiers["b"], "disk");
+  EXPECT_EQ(tiers["c"], "device");
+}
+
 // Three replicas share one store: a context ingested through one is served by the others.
 TEST_F(StoreIntegrationTest, ReplicasSharingAStoreServeEachOthersContexts) {
   std::vector<std::unique_ptr<ServerProcess>> replicas;

@@ -62,6 +62,9 @@ class FakeEngine : public Engine {
   absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string&, const std::string&) const override {
     return absl::UnimplementedError("fake");
   }
+  absl::StatusOr<std::shared_ptr<const Context>> MoveContext(const Context&, MemoryTier) const override {
+    return absl::UnimplementedError("fake");
+  }
 
  private:
   ModelInfo info_;
