@@ -11,6 +11,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "client/squeezeload/load_runner.h"
@@ -62,6 +64,11 @@ int Fail(const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (Abseil's default shows only flags of a file named like the binary).
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [](absl::string_view path) { return absl::EndsWith(path, "client/squeezeload/main.cc"); };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage("squeezeload --server HOST:PORT[,HOST:PORT...] [--workload FILE] [flags]");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_verbose)) spdlog::set_level(spdlog::level::debug);
