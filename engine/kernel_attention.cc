@@ -175,8 +175,6 @@ bool KernelAttention::Accepts(const KernelSequence& seq, int64_t num_tokens) con
 void KernelAttention::Run(int64_t layer, const at::Tensor& q_all, const std::vector<const ForwardArgs*>& batch,
                           const std::vector<int64_t>& offsets, const std::vector<size_t>& members,
                           std::vector<at::Tensor>* outputs) {
-  // Layer 0 starts a forward: statistics of an earlier forward that failed midway are dropped.
-  if (layer == 0) pending_.clear();
   std::vector<size_t> decode;
   for (size_t b : members) {
     if (batch[b]->kernel->prefill) {

@@ -82,6 +82,8 @@ class KernelAttention {
   void Run(int64_t layer, const at::Tensor& q_all, const std::vector<const ForwardArgs*>& batch,
            const std::vector<int64_t>& offsets, const std::vector<size_t>& members, std::vector<at::Tensor>* outputs);
 
+  // Before a forward: forgets the statistics of an earlier forward that failed midway.
+  void BeginForward() { pending_.clear(); }
   // After a forward: hands the selections' statistics of every Run to the sequences' lookups (one
   // host copy for the whole forward). No-op when nothing ran.
   void FinishForward();

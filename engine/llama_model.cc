@@ -203,6 +203,12 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
   for (const ForwardArgs* args : batch) {
     if (args->captured_queries != nullptr) args->captured_queries->assign(config_.num_layers, at::Tensor());
   }
+  // The CUDA kernel runner of the batch's kernel-path sequences (one per engine), if any.
+  KernelAttention* kernels = nullptr;
+  for (const ForwardArgs* args : batch) {
+    if (args->kernel != nullptr) kernels = args->kernel->runner;
+  }
+  if (kernels != nullptr) kernels->BeginForward();
   at::Tensor x = at::embedding(embed_tokens_, alone ? ids[0] : at::cat(ids, 0));  // [N, hidden]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const Layer& layer = layers_[i];
@@ -211,12 +217,7 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
     x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
   }
   // The kernel path's selection statistics of this forward, to the sequences' lookups.
-  for (const ForwardArgs* args : batch) {
-    if (args->kernel != nullptr) {
-      args->kernel->runner->FinishForward();
-      break;  // one runner per engine: it holds every sequence's statistics
-    }
-  }
+  if (kernels != nullptr) kernels->FinishForward();
   // The last token of every sequence that wants logits, through the head in one matmul.
   std::vector<int64_t> last_rows;
   for (size_t b = 0; b < batch.size(); ++b) {
