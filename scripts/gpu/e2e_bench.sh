@@ -6,7 +6,8 @@
 # Run from the repo root there with .gpu-deps/ carried:
 #   OUT=... scripts/gpu/e2e_bench.sh [CONTEXT_TOKENS] [LAYERS]
 # Environment: NEW_TOKENS (128), BACKENDS ("torch kernels"), BATCHES ("1 8"), REPS (2),
-#   MODES (";"-separated squeezectl mode args), SKIP_BUILD=1 (build-gpu/ is already built).
+#   MODES (";"-separated squeezectl mode args; dense runs with the first backend only, it never uses
+#   the squeezed backend), SKIP_BUILD=1 (build-gpu/ is already built).
 # Writes $OUT/e2e_<ctx>_<layers>.jsonl (one line per stream) and $OUT/e2e_<ctx>_<layers>_summary.json
 # (mean TTFT / TPOT per backend, mode and batch).
 set -euo pipefail
@@ -52,6 +53,8 @@ for backend in $backends; do
   fi
   IFS=';' read -r -a mode_list <<< "$modes"
   for mode in "${mode_list[@]}"; do
+    # Dense generation never uses the backend: measured with the first one only.
+    [ "${mode%% *}" = dense ] && [ "$backend" != "${backends%% *}" ] && continue
     for batch in $batches; do
       for rep in $(seq 1 "$reps"); do
         pids=()
