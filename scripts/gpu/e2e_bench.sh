@@ -31,6 +31,7 @@ python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(3,
 results="$OUT/e2e_${context_tokens}_${layers}.jsonl"; : > "$results"
 server=""
 trap '[ -n "$server" ] && kill $server 2>/dev/null || true' EXIT
+trap 'exit 143' TERM INT  # a timeout still stops the server (EXIT trap)
 ingested=0
 for backend in $backends; do
   log="$OUT/server_$backend.log"
