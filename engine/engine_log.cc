@@ -14,4 +14,8 @@ void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window) {
   }
 }
 
+void LogAttentionBackend(const std::string& chosen, const std::string& reason) {
+  spdlog::info("engine: squeezed attention on {} ({})", chosen, reason);
+}
+
 }  // namespace squeezeserve

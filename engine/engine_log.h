@@ -9,5 +9,7 @@
 namespace squeezeserve {
 
 void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window);
+// Which path runs the Squeezed lookup + attention of generate (EngineOptions::attention_backend).
+void LogAttentionBackend(const std::string& chosen, const std::string& reason);
 
 }  // namespace squeezeserve

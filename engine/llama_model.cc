@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/attention.h"
+#include "engine/kernel_attention.h"
 
 namespace squeezeserve {
 namespace {
@@ -133,20 +134,27 @@ at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const 
   const at::Tensor v_all =
       at::linear(x, layer.v_proj, layer.v_bias).view({total, -1, config_.head_dim}).transpose(0, 1);
 
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(batch.size());
+  std::vector<at::Tensor> outputs(batch.size());
+  // Sequences whose attention the CUDA kernels compute, all in one call after this loop.
+  std::vector<size_t> kernel_members;
+  KernelAttention* kernels = nullptr;
   for (size_t b = 0; b < batch.size(); ++b) {
     const ForwardArgs& args = *batch[b];
     const int64_t n = args.num_tokens;
     // A lone sequence keeps the tensors as they are (the one-at-a-time path, bit for bit as before).
     const bool alone = batch.size() == 1;
-    const at::Tensor q = alone ? q_all : q_all.narrow(1, offsets[b], n).contiguous();
     const at::Tensor k = alone ? k_all : k_all.narrow(1, offsets[b], n);
     const at::Tensor v = alone ? v_all : v_all.narrow(1, offsets[b], n);
 
     KvCache& cache = *args.cache;
     cache.keys[layer_index].narrow(1, cache.length, n).copy_(k);
     cache.values[layer_index].narrow(1, cache.length, n).copy_(v);
+    if (args.kernel != nullptr && args.captured_queries == nullptr && args.kernel->runner->Accepts(*args.kernel, n)) {
+      kernel_members.push_back(b);
+      kernels = args.kernel->runner;
+      continue;
+    }
+    const at::Tensor q = alone ? q_all : q_all.narrow(1, offsets[b], n).contiguous();
     if (args.captured_queries != nullptr && args.capture_from < n) {
       (*args.captured_queries)[layer_index] = q.narrow(1, args.capture_from, n - args.capture_from).clone();
     }
@@ -163,8 +171,9 @@ at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const 
                                                  (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
       attended = MergeLse(prefix, attended);
     }
-    outputs.push_back(attended.out.to(dtype_).transpose(0, 1).reshape({n, -1}));  // [n, H·D]
+    outputs[b] = attended.out.to(dtype_).transpose(0, 1).reshape({n, -1});  // [n, H·D]
   }
+  if (kernels != nullptr) kernels->Run(layer_index, q_all, batch, offsets, kernel_members, &outputs);
   const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
   return at::linear(merged, layer.o_proj, layer.o_bias);
 }
@@ -194,6 +203,12 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
   for (const ForwardArgs* args : batch) {
     if (args->captured_queries != nullptr) args->captured_queries->assign(config_.num_layers, at::Tensor());
   }
+  // The CUDA kernel runner of the batch's kernel-path sequences (one per engine), if any.
+  KernelAttention* kernels = nullptr;
+  for (const ForwardArgs* args : batch) {
+    if (args->kernel != nullptr) kernels = args->kernel->runner;
+  }
+  if (kernels != nullptr) kernels->BeginForward();
   at::Tensor x = at::embedding(embed_tokens_, alone ? ids[0] : at::cat(ids, 0));  // [N, hidden]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const Layer& layer = layers_[i];
@@ -201,6 +216,8 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
     const at::Tensor h = RmsNorm(x, layer.post_attention_norm);
     x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
   }
+  // The kernel path's selection statistics of this forward, to the sequences' lookups.
+  if (kernels != nullptr) kernels->FinishForward();
   // The last token of every sequence that wants logits, through the head in one matmul.
   std::vector<int64_t> last_rows;
   for (size_t b = 0; b < batch.size(); ++b) {

@@ -25,6 +25,8 @@
 
 namespace squeezeserve {
 
+struct KernelSequence;  // kernel_attention.h
+
 // K/V buffers of one sequence: per layer [H_kv, capacity, D]; rows [0, length) are filled.
 struct KvCache {
   std::vector<at::Tensor> keys;
@@ -52,6 +54,10 @@ struct ForwardArgs {
   KvPrefix prefix;             // part (a); empty = none
   ContextAttentionFn context_attention;  // part (a) when set (then `prefix` is ignored)
   KvCache* cache = nullptr;    // part (b); the new K/V are written at [length, length + n)
+  // When set (a squeezed generation on the GPU kernel path, kernel_attention.h) and the step fits
+  // the kernels, parts (a) and (b) are computed together by the CUDA kernels; otherwise as above
+  // (context_attention is then set too).
+  KernelSequence* kernel = nullptr;
   bool compute_logits = true;  // false at ingest: only the KV is wanted
   // When set, receives per layer the post-RoPE queries [H, n - capture_from, D] of the tokens
   // [capture_from, n) of this call (the calibration queries of the Squeezed index).

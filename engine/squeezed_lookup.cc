@@ -71,6 +71,12 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   return AttentionPart{attended.out, attended.lse};
 }
 
+void SqueezedLookup::AddSample(double kv_fraction, double comparisons) {
+  step_fraction_ += kv_fraction;
+  step_comparisons_ += comparisons;
+  step_samples_ += 1;
+}
+
 void SqueezedLookup::FinishStep() {
   if (step_samples_ == 0) return;
   kv_fraction_sum_ += step_fraction_ / step_samples_;

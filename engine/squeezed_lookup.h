@@ -38,6 +38,14 @@ class SqueezedLookup {
   // thresholds (decode).
   AttentionPart Attend(int64_t layer, const at::Tensor& queries, bool per_token);
 
+  bool hierarchical() const { return selection_.hierarchical; }
+  const LookupThresholds& thresholds() const { return thresholds_; }
+
+  // One layer's statistics measured by the CUDA kernel path (kernel_attention.h), counted as Attend
+  // counts its own: the mean over KV heads of (selected clustered keys + window) / context tokens,
+  // and of the centroid vectors scored.
+  void AddSample(double kv_fraction, double comparisons);
+
   // Closes one step (a prefill or a decode token) after all layers ran: folds its per-layer
   // statistics into the means.
   void FinishStep();

@@ -25,6 +25,7 @@
 #include "engine/context_store.h"
 #include "engine/engine.h"
 #include "engine/engine_log.h"
+#include "engine/kernel_attention.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
@@ -95,7 +96,7 @@ class TorchGeneration : public Generation {
   // `lookup` is set for a squeezed generation, absent for a dense one.
   TorchGeneration(TorchEngine* engine, std::shared_ptr<const StoredContext> context, std::vector<int32_t> query,
                   const SamplingOptions& sampling, KvCache cache, std::optional<TextStream> text,
-                  std::optional<SqueezedLookup> lookup)
+                  std::optional<SqueezedLookup> lookup, std::unique_ptr<KernelSequence> kernel = nullptr)
       : engine_(engine),
         context_(std::move(context)),
         lookup_(std::move(lookup)),
@@ -103,7 +104,9 @@ class TorchGeneration : public Generation {
         sampling_(sampling),
         sampler_(SamplerOptions{sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed}),
         cache_(std::move(cache)),
-        text_(std::move(text)) {
+        text_(std::move(text)),
+        kernel_(std::move(kernel)) {
+    if (kernel_ && lookup_) kernel_->stats = &*lookup_;
     stats_.prompt_tokens = static_cast<int64_t>(query_.size());
     stats_.cached_tokens = context_->summary().num_tokens;
   }
@@ -129,6 +132,7 @@ class TorchGeneration : public Generation {
   Sampler sampler_;
   KvCache cache_;  // query + generated tokens
   std::optional<TextStream> text_;  // absent when the model has no tokenizer
+  std::unique_ptr<KernelSequence> kernel_;  // squeezed on the CUDA kernel path (kernel_attention.h)
   GenerationStats stats_;
   int32_t last_token_ = -1;
   bool finished_ = false;
@@ -242,6 +246,8 @@ class TorchEngine : public Engine {
   ModelInfo info_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LlamaModel> model_;
+  // Squeezed attention on the CUDA kernels; null = libtorch (EngineOptions::attention_backend).
+  std::unique_ptr<KernelAttention> kernels_;
   mutable absl::Mutex forward_mu_;
 };
 
@@ -285,6 +291,11 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype);
   if (!model.ok()) return model.status();
   engine->model_ = std::move(*model);
+  std::string backend_reason;
+  auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
+                                         &backend_reason);
+  if (!use_kernels.ok()) return use_kernels.status();
+  if (*use_kernels) engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
 
   ModelInfo& info = engine->info_;
   const ModelConfig& c = engine->config_;
@@ -305,6 +316,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
   LogEngineLoaded(info, c.sliding_window);
+  LogAttentionBackend(*use_kernels ? "kernels" : "torch", backend_reason);
   return std::unique_ptr<Engine>(std::move(engine));
 }
 
@@ -370,8 +382,18 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   }
 
   KvCache cache;
+  std::unique_ptr<KernelSequence> kernel;
   try {
-    cache = model_->NewCache(static_cast<int64_t>(query.size()) + sampling.max_new_tokens);
+    const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
+    if (lookup && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
+      kernel = std::make_unique<KernelSequence>();
+      kernel->context = stored;
+      kernel->hierarchical = lookup->hierarchical();
+      kernel->thresholds = lookup->thresholds();
+      cache = kernels_->NewCache(*stored, capacity, kernel.get());
+    } else {
+      cache = model_->NewCache(capacity);
+    }
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(absl::StrCat("allocating the generation KV: ", e.what()));
   }
@@ -381,7 +403,8 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
                  sampling.stop);
   }
   return std::unique_ptr<Generation>(std::make_unique<TorchGeneration>(
-      this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup)));
+      this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup),
+      std::move(kernel)));
 }
 
 absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
@@ -399,6 +422,10 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
     args.context_attention = [this, first](int64_t layer, const at::Tensor& q) {
       return lookup_->Attend(layer, q, /*per_token=*/!first);
     };
+    if (kernel_) {
+      kernel_->prefill = first;
+      args.kernel = kernel_.get();
+    }
   } else {
     args.prefix = KvPrefix{&context_->keys(), &context_->values()};
   }

@@ -49,6 +49,11 @@ ABSL_FLAG(std::string, store, "",
           "survives restarts; replicas sharing the directory can serve each other's contexts. Empty: in memory "
           "only.");
 ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu, cuda or cuda:N.");
+ABSL_FLAG(std::string, attention_backend, "auto",
+          "What runs the squeezed lookup + attention of Generate: auto (the CUDA kernels when --device is a GPU, "
+          "the build has them and the model's head_dim is 64 or 128 with a GQA group of 1, 2, 4 or 8; libtorch "
+          "otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the kernels, or the model "
+          "fails to load). Dense generation always uses libtorch.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 512, "Context tokens prefilled per forward pass at ingest.");
 ABSL_FLAG(int64_t, max_context_tokens, 1 << 20, "Largest context IngestContext accepts, in tokens.");
@@ -123,6 +128,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     config.defaults.mode = AttentionMode::kSqueezed;
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--default_mode must be dense or squeezed, got ", mode));
+  }
+  if (const std::string backend = absl::GetFlag(FLAGS_attention_backend);
+      backend != "auto" && backend != "torch" && backend != "kernels") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--attention_backend must be auto, torch or kernels, got ", backend));
   }
   const std::string scheduler = absl::GetFlag(FLAGS_scheduler);
   if (scheduler == "batching") {
@@ -228,6 +238,7 @@ int Run() {
     options.device = absl::GetFlag(FLAGS_device);
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
+    options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
     auto started = std::chrono::steady_clock::now();
     absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(options);
     if (!engine.ok()) {

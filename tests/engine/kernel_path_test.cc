@@ -1,0 +1,479 @@
+// The GPU kernel path of squeezed generation (engine/kernel_attention.h) against the libtorch path,
+// on the same small random model (head_dim 64 with GQA group 4, and head_dim 128 without GQA) and the
+// same stored contexts: one layer's attention output, and the logits of a query prefill + decode
+// steps fed the same tokens, flat and hierarchical, at calibrated sparsities 0 / 0.5 / 0.9 and with
+// thresholds that keep no cluster at all; one sequence at a time and a batch of sequences on
+// different contexts. The comparisons need a GPU and a build with the kernels (SQUEEZESERVE_CUDA):
+// without them they skip (CI has neither). The attention_backend option is checked everywhere.
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "engine/attention.h"
+#include "engine/context_builder.h"
+#include "engine/engine.h"
+#include "engine/kernel_attention.h"
+#include "engine/llama_model.h"
+#include "engine/model_config.h"
+#include "engine/safetensors.h"
+#include "engine/squeezed_lookup.h"
+#include "engine/stored_context.h"
+#include "tests/engine/tiny_checkpoint.h"
+
+namespace squeezeserve {
+namespace {
+
+using testing::MakeTempDir;
+using testing::TinyModelSpec;
+using testing::WriteTinyCheckpoint;
+
+// bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3). One attention output: both paths
+// round it once to bf16 and differ in how they accumulate (fp32 either way): 1e-2 leaves ~5x room.
+// Logits: two layers of bf16 activations on top: 3e-2 (relative L2 over the vocabulary).
+constexpr double kAttentionBound = 1e-2;
+constexpr double kLogitsBound = 3e-2;
+// p̂ <= exp(kMaxLogScore = 40) ≈ 2.4e17, so this threshold keeps no cluster (only the window and the
+// request's own tokens are attended).
+constexpr float kKeepNothing = 1e30f;
+
+// Why the kernel comparisons cannot run here; empty when they can.
+std::string WhyNoKernels() {
+  if (!KernelAttention::Compiled()) {
+    return "this build has no CUDA kernels (configure with SQUEEZESERVE_CUDA=ON against a CUDA libtorch); "
+           "the kernel path is compared with libtorch on a GPU machine only";
+  }
+  if (!at::hasCUDA()) return "libtorch sees no CUDA device; the kernel path needs a GPU";
+  return "";
+}
+
+#define SKIP_WITHOUT_KERNELS()                     \
+  do {                                             \
+    const std::string why_ = WhyNoKernels();       \
+    if (!why_.empty()) GTEST_SKIP() << why_;       \
+  } while (0)
+
+double RelativeError(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor g = got.to(at::kCPU, at::kDouble), w = want.to(at::kCPU, at::kDouble);
+  return (g - w).norm().item<double>() / std::max(1e-12, w.norm().item<double>());
+}
+
+TinyModelSpec Spec(int64_t head_dim, int64_t heads, int64_t kv_heads) {
+  TinyModelSpec spec;
+  spec.hidden_size = 128;
+  spec.intermediate_size = 256;
+  spec.num_layers = 2;
+  spec.num_heads = heads;
+  spec.num_kv_heads = kv_heads;
+  spec.head_dim = head_dim;
+  spec.vocab_size = 128;
+  spec.max_position_embeddings = 4096;
+  spec.seed = 7;
+  return spec;
+}
+
+// A model on the GPU with two ingested contexts (2-level index: flat and hierarchical lookups).
+struct GpuSetup {
+  ModelConfig config;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<KernelAttention> runner;
+  std::vector<std::shared_ptr<const StoredContext>> contexts;
+};
+
+std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> out;
+  uint64_t x = seed * 2654435761u + 1;
+  for (int64_t i = 0; i < count; ++i) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    out.push_back(static_cast<int32_t>(3 + (x >> 33) % static_cast<uint64_t>(vocab - 3)));
+  }
+  return out;
+}
+
+std::unique_ptr<GpuSetup> MakeSetup(const TinyModelSpec& spec) {
+  const std::string dir = MakeTempDir("kernel_path");
+  WriteTinyCheckpoint(dir, spec);
+  auto setup = std::make_unique<GpuSetup>();
+  std::ifstream in(std::filesystem::path(dir) / "config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = ParseModelConfig(text.str());
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return nullptr;
+  setup->config = *config;
+  auto weights = SafetensorsCheckpoint::Open(dir);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return nullptr;
+  const at::Device cuda(at::kCUDA, 0);
+  auto model = LlamaModel::Create(setup->config, **weights, cuda, at::kBFloat16);
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return nullptr;
+  setup->model = std::move(*model);
+  setup->runner = std::make_unique<KernelAttention>(setup->config, cuda);
+
+  IndexOptions index;
+  index.observation_window = 32;
+  index.levels = 2;
+  index.centroid_fraction = 0.05f;
+  index.coarse_centroid_fraction = 0.01f;
+  index.sparsity_levels = {0.0f, 0.5f, 0.9f};
+  const LlamaModel* m = setup->model.get();
+  const ForwardFn forward = [m](const ForwardArgs& args) -> absl::StatusOr<at::Tensor> {
+    c10::InferenceMode guard;
+    return m->Forward(args);
+  };
+  int id = 0;
+  for (int64_t tokens : {1500, 1100}) {
+    auto context = BuildStoredContext(*setup->model, forward, "ctx" + std::to_string(id), RandomTokens(tokens, spec.vocab_size, id),
+                                      index, 256, nullptr, nullptr);
+    EXPECT_TRUE(context.ok()) << context.status();
+    if (!context.ok()) return nullptr;
+    EXPECT_TRUE((*context)->summary().has_index);
+    EXPECT_FALSE((*context)->kernel_views().empty()) << "no kernel views on a bf16 CUDA context";
+    setup->contexts.push_back(*context);
+    ++id;
+  }
+  return setup;
+}
+
+// One setup per model shape, built once for the whole binary.
+GpuSetup* GetSetup(int which) {
+  static std::unique_ptr<GpuSetup> setups[2];
+  if (!setups[which]) {
+    setups[which] = which == 0 ? MakeSetup(Spec(64, 8, 2)) : MakeSetup(Spec(128, 4, 4));
+  }
+  return setups[which].get();
+}
+
+struct Case {
+  std::string name;
+  bool hierarchical = false;
+  LookupThresholds thresholds;
+};
+
+// Calibrated levels 0, 0.5, 0.9 and keep-nothing, flat and hierarchical.
+std::vector<Case> Cases(const StoredContext& context) {
+  std::vector<Case> cases;
+  for (bool hierarchical : {false, true}) {
+    for (float sparsity : {0.0f, 0.5f, 0.9f}) {
+      AttentionOptions attention;
+      attention.sparsity = sparsity;
+      attention.hierarchical = hierarchical;
+      auto t = ThresholdsFor(context.summary(), attention);
+      EXPECT_TRUE(t.ok()) << t.status();
+      if (!t.ok()) continue;
+      cases.push_back(Case{(hierarchical ? "hierarchical " : "flat ") + std::to_string(sparsity), hierarchical, *t});
+    }
+    Case none{hierarchical ? "hierarchical keep-nothing" : "flat keep-nothing", hierarchical, {}};
+    for (squeeze::Thresholds* t : {&none.thresholds.prefill, &none.thresholds.decode}) {
+      t->one_level = t->coarse = t->fine = kKeepNothing;
+    }
+    cases.push_back(none);
+  }
+  return cases;
+}
+
+// One squeezed generation driven by hand, as TorchGeneration::PrepareStep drives it (held by pointer:
+// the kernel sequence points at the lookup).
+struct Sequence {
+  std::shared_ptr<const StoredContext> context;
+  std::optional<SqueezedLookup> lookup;
+  std::unique_ptr<KernelSequence> kernel;  // null: the libtorch path
+  KvCache cache;
+};
+
+std::unique_ptr<Sequence> StartSequence(GpuSetup& setup, const std::shared_ptr<const StoredContext>& context,
+                                        const Case& c, bool kernels, int64_t capacity) {
+  auto seq = std::make_unique<Sequence>();
+  seq->context = context;
+  seq->lookup.emplace(context, c.hierarchical, c.thresholds);
+  if (kernels) {
+    seq->kernel = std::make_unique<KernelSequence>();
+    seq->kernel->context = context;
+    seq->kernel->hierarchical = c.hierarchical;
+    seq->kernel->thresholds = c.thresholds;
+    seq->kernel->stats = &*seq->lookup;
+    seq->cache = setup.runner->NewCache(*context, capacity, seq->kernel.get());
+  } else {
+    seq->cache = setup.model->NewCache(capacity);
+  }
+  return seq;
+}
+
+ForwardArgs StepArgs(Sequence& seq, const int32_t* ids, int64_t n) {
+  const bool first = seq.cache.length == 0;
+  ForwardArgs args;
+  args.token_ids = ids;
+  args.num_tokens = n;
+  args.start_position = seq.context->summary().num_tokens + seq.cache.length;
+  args.cache = &seq.cache;
+  Sequence* s = &seq;
+  args.context_attention = [s, first](int64_t layer, const at::Tensor& q) {
+    return s->lookup->Attend(layer, q, /*per_token=*/!first);
+  };
+  if (seq.kernel) {
+    seq.kernel->prefill = first;
+    args.kernel = seq.kernel.get();
+  }
+  return args;
+}
+
+class KernelPathTest : public ::testing::TestWithParam<int> {};
+
+// One layer's attention of the kernels (selected clusters + window + own tokens, one call) against
+// the libtorch parts merged by log-sum-exp, for a decode token and a 37-token prefill block.
+TEST_P(KernelPathTest, LayerAttentionMatchesLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  at::manual_seed(3);
+  const ModelConfig& cfg = setup->config;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA, 0);
+  const auto& context = setup->contexts[0];
+  for (const Case& c : Cases(*context)) {
+    for (int64_t n : {int64_t{1}, int64_t{37}}) {
+      for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
+        SCOPED_TRACE(::testing::Message() << c.name << ", " << n << " query tokens, layer " << layer);
+        const bool prefill = n > 1;
+        const int64_t earlier = 5;  // own tokens already in the cache
+        auto kernel_seq = StartSequence(*setup, context, c, /*kernels=*/true, 64);
+        auto torch_seq = StartSequence(*setup, context, c, /*kernels=*/false, 64);
+        // The same own K/V in both caches: rows [0, earlier + n).
+        const at::Tensor k = at::randn({cfg.num_kv_heads, earlier + n, cfg.head_dim}, bf16);
+        const at::Tensor v = at::randn({cfg.num_kv_heads, earlier + n, cfg.head_dim}, bf16);
+        for (Sequence* s : {kernel_seq.get(), torch_seq.get()}) {
+          s->cache.keys[layer].narrow(1, 0, earlier + n).copy_(k);
+          s->cache.values[layer].narrow(1, 0, earlier + n).copy_(v);
+          s->cache.length = earlier;
+        }
+        const at::Tensor q = at::randn({cfg.num_attention_heads, n, cfg.head_dim}, bf16) * 2;
+
+        ForwardArgs args;
+        args.num_tokens = n;
+        args.cache = &kernel_seq->cache;
+        args.kernel = kernel_seq->kernel.get();
+        args.kernel->prefill = prefill;
+        ASSERT_TRUE(setup->runner->Accepts(*args.kernel, n));
+        std::vector<at::Tensor> outputs(1);
+        setup->runner->Run(layer, q, {&args}, {0}, {0}, &outputs);
+        setup->runner->FinishForward();
+        kernel_seq->lookup->FinishStep();
+
+        const at::Tensor own_k = torch_seq->cache.keys[layer].narrow(1, 0, earlier + n);
+        const at::Tensor own_v = torch_seq->cache.values[layer].narrow(1, 0, earlier + n);
+        const AttentionPart own = AttendWithLse(q, own_k, own_v, earlier);
+        const AttentionPart stored = torch_seq->lookup->Attend(layer, q, /*per_token=*/!prefill);
+        torch_seq->lookup->FinishStep();
+        const at::Tensor want = MergeLse(stored, own).out.to(at::kBFloat16).transpose(0, 1).reshape({n, -1});
+
+        ASSERT_TRUE(outputs[0].defined());
+        ASSERT_EQ(outputs[0].sizes(), want.sizes());
+        EXPECT_LT(RelativeError(outputs[0], want), kAttentionBound);
+        // The same clusters were selected (up to ties): the same share of the KV was read.
+        EXPECT_NEAR(kernel_seq->lookup->kv_fraction_loaded(), torch_seq->lookup->kv_fraction_loaded(), 0.02);
+      }
+    }
+  }
+}
+
+// Prefill of a 40-token query, then 6 decode steps fed the same tokens: logits of both paths.
+TEST_P(KernelPathTest, LogitsMatchLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  const std::vector<int32_t> query = RandomTokens(40, setup->config.vocab_size, 11);
+  const std::vector<int32_t> decode = RandomTokens(6, setup->config.vocab_size, 12);
+  for (const auto& context : setup->contexts) {
+    for (const Case& c : Cases(*context)) {
+      SCOPED_TRACE(::testing::Message() << context->summary().id << ", " << c.name);
+      auto kernel_seq = StartSequence(*setup, context, c, /*kernels=*/true, 64);
+      auto torch_seq = StartSequence(*setup, context, c, /*kernels=*/false, 64);
+      for (size_t step = 0; step <= decode.size(); ++step) {
+        SCOPED_TRACE(::testing::Message() << "step " << step);
+        const int32_t* ids = step == 0 ? query.data() : &decode[step - 1];
+        const int64_t n = step == 0 ? static_cast<int64_t>(query.size()) : 1;
+        const ForwardArgs kernel_args = StepArgs(*kernel_seq, ids, n);
+        const ForwardArgs torch_args = StepArgs(*torch_seq, ids, n);
+        const at::Tensor got = setup->model->Forward(kernel_args);
+        const at::Tensor want = setup->model->Forward(torch_args);
+        kernel_seq->lookup->FinishStep();
+        torch_seq->lookup->FinishStep();
+        EXPECT_LT(RelativeError(got, want), kLogitsBound);
+      }
+      EXPECT_NEAR(kernel_seq->lookup->kv_fraction_loaded(), torch_seq->lookup->kv_fraction_loaded(), 0.02);
+      EXPECT_NEAR(kernel_seq->lookup->centroid_comparisons_per_token(),
+                  torch_seq->lookup->centroid_comparisons_per_token(),
+                  // The kernels also count empty children of kept coarse clusters.
+                  0.15 * torch_seq->lookup->centroid_comparisons_per_token() + 2);
+    }
+  }
+}
+
+// A batch of decode steps on different contexts and thresholds (one attention launch, one
+// selection launch per distinct threshold set), including a query prefill in the same forward:
+// each sequence's logits equal its libtorch logits alone.
+TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
+  for (size_t i = 0; i < setup->contexts.size(); ++i) {
+    const std::vector<Case> cases = Cases(*setup->contexts[i]);
+    // flat 0.5, flat 0.9 twice (shared thresholds), hierarchical 0.9, hierarchical keep-nothing
+    for (size_t pick : {size_t{1}, size_t{2}, size_t{2}, size_t{6}, size_t{7}}) {
+      if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
+    }
+  }
+  const std::vector<int32_t> query = RandomTokens(24, setup->config.vocab_size, 21);
+  const std::vector<int32_t> decode = RandomTokens(4, setup->config.vocab_size, 22);
+  std::vector<std::unique_ptr<Sequence>> kernel_seqs, torch_seqs;
+  for (const auto& [context, c] : members) {
+    kernel_seqs.push_back(StartSequence(*setup, context, c, /*kernels=*/true, 64));
+    torch_seqs.push_back(StartSequence(*setup, context, c, /*kernels=*/false, 64));
+  }
+  // The last member joins one step late: its prefill shares a forward with the others' decode.
+  const size_t late = members.size() - 1;
+  for (size_t step = 0; step <= decode.size(); ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    std::vector<ForwardArgs> kernel_args, torch_args;
+    std::vector<size_t> stepped;
+    for (size_t i = 0; i < members.size(); ++i) {
+      if (i == late && step == 0) continue;
+      const bool first = kernel_seqs[i]->cache.length == 0;
+      const int32_t* ids = first ? query.data() : &decode[step - 1];
+      const int64_t n = first ? static_cast<int64_t>(query.size()) : 1;
+      kernel_args.push_back(StepArgs(*kernel_seqs[i], ids, n));
+      torch_args.push_back(StepArgs(*torch_seqs[i], ids, n));
+      stepped.push_back(i);
+    }
+    std::vector<const ForwardArgs*> batch;
+    for (const ForwardArgs& a : kernel_args) batch.push_back(&a);
+    const std::vector<at::Tensor> got = setup->model->ForwardBatch(batch);
+    for (size_t j = 0; j < stepped.size(); ++j) {
+      const at::Tensor want = setup->model->Forward(torch_args[j]);
+      EXPECT_LT(RelativeError(got[j], want), kLogitsBound) << "member " << stepped[j] << " ("
+                                                           << members[stepped[j]].second.name << ")";
+      kernel_seqs[stepped[j]]->lookup->FinishStep();
+      torch_seqs[stepped[j]]->lookup->FinishStep();
+    }
+  }
+  for (size_t i = 0; i < members.size(); ++i) {
+    EXPECT_NEAR(kernel_seqs[i]->lookup->kv_fraction_loaded(), torch_seqs[i]->lookup->kv_fraction_loaded(), 0.02)
+        << "member " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1), [](const auto& info) {
+  return info.param == 0 ? std::string("HeadDim64Group4") : std::string("HeadDim128Group1");
+});
+
+// Through the public engine: the backend option is validated, and on a GPU a squeezed generation
+// on the kernels starts with the same first token (the prefill's logits) and reads the same share of
+// the KV as on libtorch; several generations step together through StepBatch.
+std::unique_ptr<Engine> LoadEngine(const std::string& dir, const std::string& device, const std::string& backend,
+                                   absl::Status* status = nullptr) {
+  EngineOptions options;
+  options.model_dir = dir;
+  options.device = device;
+  options.attention_backend = backend;
+  options.prefill_chunk_tokens = 256;
+  auto engine = Engine::Load(options);
+  if (status != nullptr) *status = engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+TEST(AttentionBackendTest, OptionIsValidated) {
+  const std::string dir = MakeTempDir("backend_option");
+  WriteTinyCheckpoint(dir, Spec(64, 8, 2));
+  absl::Status status;
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "bogus", &status) == nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  // The CPU runs libtorch: asking for the kernels there fails; auto and torch load.
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "kernels", &status) == nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto") != nullptr);
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "torch") != nullptr);
+  if (WhyNoKernels().empty()) {
+    // A shape the kernels do not take: head_dim 32.
+    const std::string odd = MakeTempDir("backend_odd_shape");
+    WriteTinyCheckpoint(odd, Spec(32, 8, 2));
+    EXPECT_TRUE(LoadEngine(odd, "cuda", "kernels", &status) == nullptr);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+    EXPECT_TRUE(LoadEngine(odd, "cuda", "auto") != nullptr);
+  }
+}
+
+TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
+  SKIP_WITHOUT_KERNELS();
+  const std::string dir = MakeTempDir("backend_engine");
+  WriteTinyCheckpoint(dir, Spec(64, 8, 2));
+  auto kernels = LoadEngine(dir, "cuda", "kernels");
+  auto torch = LoadEngine(dir, "cuda", "torch");
+  ASSERT_TRUE(kernels && torch);
+  IndexOptions index;
+  index.observation_window = 32;
+  index.sparsity_levels = {0.0f, 0.9f};
+  auto ingested = kernels->Ingest("ctx", RandomTokens(1200, 128, 5), index, nullptr, nullptr);
+  ASSERT_TRUE(ingested.ok()) << ingested.status();
+  const std::string store = MakeTempDir("backend_store");
+  ASSERT_TRUE(kernels->SaveContext(**ingested, store).ok());
+  auto on_kernels = kernels->LoadContext(store, "ctx");
+  auto on_torch = torch->LoadContext(store, "ctx");
+  ASSERT_TRUE(on_kernels.ok() && on_torch.ok());
+
+  SamplingOptions sampling;
+  sampling.max_new_tokens = 8;
+  sampling.ignore_eos = true;
+  for (bool hierarchical : {false, true}) {
+    for (float sparsity : {0.0f, 0.9f}) {
+      SCOPED_TRACE(::testing::Message() << "hierarchical " << hierarchical << ", sparsity " << sparsity);
+      AttentionOptions attention;
+      attention.sparsity = sparsity;
+      attention.hierarchical = hierarchical;
+      auto a = kernels->StartGeneration(*on_kernels, RandomTokens(30, 128, 6), sampling, attention);
+      auto b = torch->StartGeneration(*on_torch, RandomTokens(30, 128, 6), sampling, attention);
+      ASSERT_TRUE(a.ok() && b.ok());
+      auto first_a = (*a)->Next();
+      auto first_b = (*b)->Next();
+      ASSERT_TRUE(first_a.ok() && first_b.ok());
+      EXPECT_NEAR(first_a->logprob, first_b->logprob, 0.05);
+      EXPECT_NEAR((*a)->stats().kv_fraction_loaded, (*b)->stats().kv_fraction_loaded, 0.02);
+      if (sparsity > 0) EXPECT_LT((*a)->stats().kv_fraction_loaded, 0.9);
+    }
+  }
+  // StepBatch: three generations (flat, hierarchical, dense) until they finish.
+  std::vector<std::unique_ptr<Generation>> generations;
+  for (int i = 0; i < 3; ++i) {
+    AttentionOptions attention;
+    attention.mode = i == 2 ? AttentionMode::kDense : AttentionMode::kSqueezed;
+    attention.sparsity = 0.9f;
+    attention.hierarchical = i == 1;
+    auto g = kernels->StartGeneration(*on_kernels, RandomTokens(10 + i, 128, 30 + i), sampling, attention);
+    ASSERT_TRUE(g.ok()) << g.status();
+    generations.push_back(std::move(*g));
+  }
+  std::vector<Generation*> raw;
+  for (auto& g : generations) raw.push_back(g.get());
+  for (int step = 0; step < sampling.max_new_tokens; ++step) {
+    std::vector<absl::StatusOr<TokenStep>> out;
+    kernels->StepBatch(raw, &out);
+    for (const auto& s : out) ASSERT_TRUE(s.ok()) << s.status();
+  }
+  EXPECT_LT(generations[0]->stats().kv_fraction_loaded, 0.9);
+  EXPECT_EQ(generations[2]->stats().kv_fraction_loaded, 1.0);
+}
+
+}  // namespace
+}  // namespace squeezeserve
