@@ -121,9 +121,10 @@ class TorchGeneration : public Generation {
   absl::StatusOr<TokenStep> CompleteStep(absl::StatusOr<at::Tensor> logits);
 
  private:
-  // Fills stats_.prompt_logprobs from the query prefill's logits [n, vocab] (row i predicts query
-  // token i + 1) and the context's last-token logits (which predict query token 0).
-  absl::Status ScorePrompt(const at::Tensor& query_logits);
+  // Fills stats_.prompt_logprobs from the query prefill's logits [n, vocab] (on the model's device;
+  // row i predicts query token i + 1) and the context's last-token logits (which predict query token
+  // 0), reducing them on the device; returns the last row on the CPU, to sample from.
+  absl::StatusOr<at::Tensor> ScorePrompt(const at::Tensor& query_logits);
 
   TorchEngine* engine_;  // outlives its generations
   std::shared_ptr<const StoredContext> context_;
@@ -195,21 +196,23 @@ class TorchEngine : public Engine {
     c10::InferenceMode inference_mode;
     try {
       at::Tensor logits = model_->Forward(args);
-      if (logits.defined()) logits = logits.to(at::kCPU).contiguous();
+      // Every-token logits stay on the device: the prompt log-probs reduce them there (ScorePrompt).
+      if (logits.defined() && logits.dim() == 1) logits = logits.to(at::kCPU).contiguous();
       return logits;
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
     }
   }
 
-  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry.
+  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry
+  // (every-token logits on the device, as RunForward).
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
     absl::MutexLock lock(&forward_mu_);
     c10::InferenceMode inference_mode;
     try {
       std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
       for (at::Tensor& l : logits) {
-        if (l.defined()) l = l.to(at::kCPU).contiguous();
+        if (l.defined() && l.dim() == 1) l = l.to(at::kCPU).contiguous();
       }
       return logits;
     } catch (const std::exception& e) {
@@ -425,18 +428,25 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   return absl::OkStatus();
 }
 
-absl::Status TorchGeneration::ScorePrompt(const at::Tensor& query_logits) {
+absl::StatusOr<at::Tensor> TorchGeneration::ScorePrompt(const at::Tensor& query_logits) {
   absl::StatusOr<at::Tensor> first = engine_->ContextLastTokenLogits(*context_);
   if (!first.ok()) return first.status();
   const int64_t n = static_cast<int64_t>(query_.size());
   c10::InferenceMode inference_mode;
-  // Row r predicts query token r: the context's last token, then query tokens 0 .. n-2.
-  const at::Tensor predictors = at::cat({first->view({1, -1}), query_logits.narrow(0, 0, n - 1)}, 0);
-  const at::Tensor targets = at::from_blob(query_.data(), {n, 1}, at::kInt).to(at::kLong);
-  const at::Tensor scored = at::log_softmax(predictors, -1).gather(1, targets).view({n}).contiguous();
-  const float* data = scored.data_ptr<float>();
-  stats_.prompt_logprobs.assign(data, data + n);
-  return absl::OkStatus();
+  try {
+    const at::Device device = query_logits.device();
+    // Row r predicts query token r: the context's last token, then query tokens 0 .. n-2.
+    const at::Tensor predictors =
+        at::cat({first->to(device).view({1, -1}), query_logits.narrow(0, 0, n - 1)}, 0);
+    const at::Tensor targets = at::from_blob(query_.data(), {n, 1}, at::kInt).to(device, at::kLong);
+    const at::Tensor scored =
+        at::log_softmax(predictors, -1).gather(1, targets).view({n}).to(at::kCPU).contiguous();
+    const float* data = scored.data_ptr<float>();
+    stats_.prompt_logprobs.assign(data, data + n);
+    return query_logits[n - 1].to(at::kCPU).contiguous();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("prompt log-probs: ", e.what()));
+  }
 }
 
 absl::StatusOr<TokenStep> TorchGeneration::Next() {
@@ -456,11 +466,12 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
     stats_.centroid_comparisons_per_token = lookup_->centroid_comparisons_per_token();
   }
   if (logits->dim() == 2) {  // the query prefill with prompt log-probs: every query token's logits
-    if (absl::Status status = ScorePrompt(*logits); !status.ok()) {
+    absl::StatusOr<at::Tensor> last = ScorePrompt(*logits);
+    if (!last.ok()) {
       finished_ = true;
-      return status;
+      return last.status();
     }
-    *logits = (*logits)[logits->size(0) - 1].contiguous();
+    *logits = *std::move(last);
   }
 
   const SampledToken sampled =
