@@ -118,19 +118,28 @@ def unambiguous_copy(context, prompt):
     return ("\n" + context).count("\n" + signature + "\n") == 1
 
 
-def make_queries(tok, context, pairs, margin, max_answer_tokens=0):
-    """(prompt, answer) pairs -> query dicts with prompt_ids and max_new_tokens."""
-    context_ids = tok.sp.encode(context)
+def usable_pairs(tok, context, pairs, max_answer_tokens):
+    """Drops ambiguous function-copy queries and (with max_answer_tokens) over-long answers."""
     out = []
     for prompt, answer in pairs:
         if prompt.startswith("\n# copy of the function above\n") and not unambiguous_copy(context, prompt):
             continue
+        if max_answer_tokens and tok.count(answer) > max_answer_tokens:
+            continue
+        out.append((prompt, answer))
+    return out
+
+
+def make_queries(tok, context, pairs, margin):
+    """(prompt, answer) pairs -> query dicts with prompt_ids (exact, one tokenization with the context:
+    the slow part) and max_new_tokens."""
+    context_ids = tok.sp.encode(context)
+    out = []
+    for prompt, answer in pairs:
         ids = tok.continuation_ids(context_ids, context, prompt)
         if ids is None:
             continue
         answer_tokens = tok.count(answer)
-        if max_answer_tokens and answer_tokens > max_answer_tokens:
-            continue
         out.append({"prompt": prompt, "answer": answer, "prompt_ids": ids, "answer_tokens": answer_tokens,
                     "max_new_tokens": answer_tokens + margin})
     return 1 + len(context_ids), out  # + BOS
@@ -138,29 +147,31 @@ def make_queries(tok, context, pairs, margin, max_answer_tokens=0):
 
 def sized_retrieval(tok, generate, length, margin, seed_text, max_answer_tokens=0):
     """Calls generate(rng, approx_chars) -> (context, pairs) with a fresh rng of the same seed, scaling
-    approx_chars until context + the longest query fits `length` and fills at least 95% of it. A seed
-    whose document cannot fit (e.g. its first filler paragraph alone is too long for a short length)
-    is replaced by "<seed>/retryN"."""
+    approx_chars until context + the longest query fits `length` and fills at least 95% of it (sized
+    with token counts of the prompts alone, +2 for boundary effects; then checked with the exact
+    prompt_ids). A seed whose document cannot fit (e.g. its first filler paragraph alone is too long for
+    a short length) is replaced by "<seed>/retryN"."""
     for retry in range(8):
         seed = seed_text if retry == 0 else f"{seed_text}/retry{retry}"
         chars = length * 3.0
-        best = None
-        for _ in range(12):
+        slack = 2
+        for _ in range(16):
             context, pairs = generate(random.Random(seed), int(chars))
-            n_ctx, queries = make_queries(tok, context, pairs, margin, max_answer_tokens)
-            if not queries:
+            pairs = usable_pairs(tok, context, pairs, max_answer_tokens)
+            if not pairs:
                 chars *= 0.9
                 continue
-            need = max(len(q["prompt_ids"]) + q["max_new_tokens"] for q in queries)
+            n_ctx = 1 + tok.count(context)
+            need = max(tok.count(p) + tok.count(a) + margin for p, a in pairs) + slack
             budget = length - need
-            if n_ctx <= budget:
-                if best is None or n_ctx > best[0]:
-                    best = (n_ctx, context, queries, seed)
-                if n_ctx >= 0.95 * budget:
-                    break
-            chars *= max(0.5, min(1.6, 0.985 * budget / n_ctx))
-        if best is not None:
-            return best
+            if budget <= 0:
+                break
+            if 0.95 * budget <= n_ctx <= budget:
+                n_ctx, queries = make_queries(tok, context, pairs, margin)
+                if queries and n_ctx + max(len(q["prompt_ids"]) + q["max_new_tokens"] for q in queries) <= length:
+                    return n_ctx, context, queries, seed
+                slack += 8  # the estimate was short: aim lower
+            chars *= max(0.5, min(1.6, 0.975 * budget / n_ctx))
     raise RuntimeError(f"{seed_text}: could not fit a context in {length} tokens")
 
 
@@ -181,8 +192,8 @@ def line_starts(text):
 def perplexity_context(tok, held, rng, length, continuation, seed_text):
     """Context = held-out documents ending with the beginning of a target document, cut at a line
     start; query = the next `continuation` tokens of that document (whole lines' tokens)."""
-    # Targets: documents long enough to hold the continuation well inside them.
-    targets = [p for p in held.paths if tok.count(held.texts[p][:20000]) > 4 * continuation]
+    # Targets: documents long enough to hold the continuation well inside them (~3 chars per token).
+    targets = [p for p in held.paths if len(held.texts[p]) > 12 * continuation]
     if not targets:
         targets = sorted(held.paths, key=lambda p: len(held.texts[p]))[-4:]
     for _ in range(20):
@@ -258,9 +269,11 @@ def main():
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     t0 = time.time()
     lines = 0
-    for task in tasks:
+    # Context-major order: every task and length of context 0 first, so that an evaluation stopped
+    # early (longctx_eval --time_budget_s) still covers every cell.
+    for i in range(args.contexts_per_task):
         for length in lengths:
-            for i in range(args.contexts_per_task):
+            for task in tasks:
                 seed_text = f"eval/{args.seed}/{task}/{length}/{i}"
                 if task == "kv_retrieval":
                     gen = lambda rng, chars: longctx_tasks.kv_retrieval(rng, chars, num_queries=args.queries)
