@@ -201,13 +201,13 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
     const at::Tensor h = RmsNorm(x, layer.post_attention_norm);
     x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
   }
-  // The last token of every sequence that wants logits (every token with logits_of_every_token),
-  // through the head in one matmul.
+  // The last token of every sequence that wants logits, through the head in one matmul.
   std::vector<int64_t> last_rows;
   for (size_t b = 0; b < batch.size(); ++b) {
     const int64_t n = batch[b]->num_tokens;
     batch[b]->cache->length += n;
     if (!batch[b]->compute_logits || n == 0) continue;
+    // logits_of_every_token (prompt log-probs): all of the sequence's rows.
     for (int64_t r = batch[b]->logits_of_every_token ? 0 : n - 1; r < n; ++r) last_rows.push_back(offsets[b] + r);
   }
   std::vector<at::Tensor> logits(batch.size());
