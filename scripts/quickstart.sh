@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds squeezeserve and runs it end to end on the tiny shipped model (CPU): start the server, ingest a
-# document, ask a question, watch the answer stream, stop the server.
-# Usage: scripts/quickstart.sh [MODEL_DIR]
+# Builds squeezeserve and runs it end to end on the small trained model the repo ships (models/small;
+# CPU when there is no GPU): start the server, ingest a document, ask questions whose answers sit deep in
+# it (dense, then Squeezed Attention at 90% sparsity), stream a continuation, stop the server.
+# Usage: scripts/quickstart.sh [MODEL_DIR]   (another model: the questions below suit models/small)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-models/reference/llama-gqa-llama3rope-tied}
+model=${1:-models/small}
 scripts/install_deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target squeezeserve squeezectl
@@ -24,10 +25,17 @@ ctl() { build/client/squeezectl/squeezectl --server "$addr" "$@"; }
 
 echo "== server on $addr"
 ctl info
-echo "== ingest models/tokenizer/README.md as context 'tokenizer-readme'"
-ctl ingest --file models/tokenizer/README.md --id tokenizer-readme
-echo "== generate (streamed)"
-ctl generate --context tokenizer-readme --prompt "Question: how was the tokenizer trained? Answer:" --max_new_tokens 48
+doc=models/small/demo_document.txt
+echo "== ingest $doc (docs/operations.md with three vault pass keys planted in it) as context 'ops-manual'"
+ctl ingest --file "$doc" --id ops-manual
+question=$'\nWhat is the pass key for vault Lyra? The pass key for vault Lyra is'
+echo "== ask for a pass key, dense attention (the document says 90577)"
+ctl generate --context ops-manual --prompt "$question" --max_new_tokens 6 --mode dense
+echo "== the same, Squeezed Attention at 90% sparsity, hierarchical lookup"
+ctl generate --context ops-manual --prompt "$question" --max_new_tokens 6 --mode squeezed --sparsity 0.9 --hierarchical
+echo "== free text after the document, sampled (a 16M-parameter model: fluent-looking, not wise)"
+ctl generate --context ops-manual --prompt $'\n## Summary\n\nThis document explains how to' --max_new_tokens 48 \
+  --temperature 0.7 --top_p 0.9 --seed 3
 echo
 echo "== contexts"
 ctl list

@@ -509,7 +509,20 @@ def verify_export(model, out):
 # ----------------------------------------------------------------------------------------------
 
 
+def export_only(args):
+    """Exports the finished portable checkpoint without building data or touching a GPU."""
+    with open(os.path.join(args.ckpt, "portable", "trainer.json")) as f:
+        saved = json.load(f)
+    if saved["step"] < saved["total_steps"]:
+        sys.exit(f"export_only: checkpoint at step {saved['step']} of {saved['total_steps']}: train it first")
+    model = LlamaForCausalLM(saved["config"])
+    load_sharded(model, os.path.join(args.ckpt, "portable"), "weights")
+    export(model, args, args.tokenizer)
+
+
 def train(args):
+    if args.export_only:
+        return export_only(args)
     t_start = time.time()
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     torch.manual_seed(args.seed)
@@ -582,6 +595,8 @@ def parse_args():
     p.add_argument("--ckpt", required=True, help="checkpoint directory (resumed from if present)")
     p.add_argument("--data_dir", default=None, help="tokenized data cache (default CKPT/data)")
     p.add_argument("--export", default=None, help="write the HF checkpoint here once training is done")
+    p.add_argument("--export_only", action="store_true",
+                   help="write --export from CKPT/portable of a finished run (no data, no training)")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.add_argument("--smoke", action="store_true", help="tiny model, 20 steps, seq 256 (CPU is fine)")
     p.add_argument("--cpu", action="store_true")

@@ -1,6 +1,7 @@
-// The engine against Hugging Face transformers: for every checkpoint under models/reference/ (made
-// on the GPU machine with transformers, see reference.json), ingest the first `split` prompt tokens
-// as the context, generate greedily with the rest as the query, and expect HF's tokens and log-probs.
+// The engine against Hugging Face transformers: for every checkpoint under models/reference/ and the
+// shipped small trained model models/small (made on the GPU machine with transformers, see
+// reference.json), ingest the first `split` prompt tokens as the context, generate greedily with the
+// rest as the query, and expect HF's tokens and log-probs within 1e-3.
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
@@ -28,6 +29,10 @@ TEST(HfReferenceTest, MatchesTransformersGreedyOutputs) {
     if (entry.is_directory() && fs::exists(entry.path() / "reference.json")) checkpoints.push_back(entry.path());
   }
   std::sort(checkpoints.begin(), checkpoints.end());
+  // The shipped small trained model (models/small, issue 7) is checked the same way.
+  const fs::path small_model = fs::path(SQUEEZESERVE_SOURCE_DIR) / "models" / "small";
+  EXPECT_TRUE(fs::exists(small_model / "reference.json")) << "models/small has no reference.json";
+  if (fs::exists(small_model / "reference.json")) checkpoints.push_back(small_model);
   ASSERT_FALSE(checkpoints.empty()) << "no reference checkpoints (with reference.json) under " << root;
 
   for (const fs::path& dir : checkpoints) {
