@@ -118,6 +118,9 @@ struct SamplingOptions {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  // Also score the query: GenerationStats::prompt_logprobs (teacher-forced log-probs of the query
+  // tokens, e.g. for perplexity). Costs a log-softmax over the query prefill's logits.
+  bool prompt_logprobs = false;
 };
 
 struct AttentionOptions {
@@ -142,6 +145,11 @@ struct GenerationStats {
   int64_t completion_tokens = 0;
   double kv_fraction_loaded = 1;  // mean over layers, KV heads and steps
   double centroid_comparisons_per_token = 0;
+  // With SamplingOptions::prompt_logprobs, filled by the first step (the query prefill): entry i is
+  // log p(query[i] | context, query[0..i)) under the generation's attention mode. Entry 0 is
+  // conditioned on the context alone, which both modes compute densely (the stored context was
+  // prefilled densely at ingest). Empty otherwise.
+  std::vector<float> prompt_logprobs;
 };
 
 // The decode state of one request. Not thread-safe: one caller drives it.

@@ -221,8 +221,11 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
   // The last token of every sequence that wants logits, through the head in one matmul.
   std::vector<int64_t> last_rows;
   for (size_t b = 0; b < batch.size(); ++b) {
-    batch[b]->cache->length += batch[b]->num_tokens;
-    if (batch[b]->compute_logits && batch[b]->num_tokens > 0) last_rows.push_back(offsets[b] + batch[b]->num_tokens - 1);
+    const int64_t n = batch[b]->num_tokens;
+    batch[b]->cache->length += n;
+    if (!batch[b]->compute_logits || n == 0) continue;
+    // logits_of_every_token (prompt log-probs): all of the sequence's rows.
+    for (int64_t r = batch[b]->logits_of_every_token ? 0 : n - 1; r < n; ++r) last_rows.push_back(offsets[b] + r);
   }
   std::vector<at::Tensor> logits(batch.size());
   if (last_rows.empty()) return logits;
@@ -231,7 +234,13 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
   const at::Tensor all_logits = at::linear(last, lm_head_).to(at::kFloat);  // [B', vocab]
   int64_t row = 0;
   for (size_t b = 0; b < batch.size(); ++b) {
-    if (batch[b]->compute_logits && batch[b]->num_tokens > 0) logits[b] = all_logits[row++];
+    if (!batch[b]->compute_logits || batch[b]->num_tokens == 0) continue;
+    if (batch[b]->logits_of_every_token) {
+      logits[b] = all_logits.narrow(0, row, batch[b]->num_tokens);
+      row += batch[b]->num_tokens;
+    } else {
+      logits[b] = all_logits[row++];
+    }
   }
   return logits;
 }

@@ -59,6 +59,9 @@ struct ForwardArgs {
   // (context_attention is then set too).
   KernelSequence* kernel = nullptr;
   bool compute_logits = true;  // false at ingest: only the KV is wanted
+  // With compute_logits: the logits of every new token [n, vocab] instead of the last one's [vocab]
+  // (teacher-forced log-probs of a query).
+  bool logits_of_every_token = false;
   // When set, receives per layer the post-RoPE queries [H, n - capture_from, D] of the tokens
   // [capture_from, n) of this call (the calibration queries of the Squeezed index).
   std::vector<at::Tensor>* captured_queries = nullptr;
@@ -73,7 +76,8 @@ class LlamaModel {
                                                             at::Device device, at::ScalarType dtype);
 
   // Runs the tokens through the model; cache->length grows by num_tokens. Returns the float32 logits
-  // [vocab] of the last token, or an undefined tensor when !compute_logits. The caller checks that
+  // [vocab] of the last token ([n, vocab] with logits_of_every_token), or an undefined tensor when
+  // !compute_logits. The caller checks that
   // the cache has room.
   at::Tensor Forward(const ForwardArgs& args) const;
 

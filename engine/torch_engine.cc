@@ -124,6 +124,11 @@ class TorchGeneration : public Generation {
   absl::StatusOr<TokenStep> CompleteStep(absl::StatusOr<at::Tensor> logits);
 
  private:
+  // Fills stats_.prompt_logprobs from the query prefill's logits [n, vocab] (on the model's device;
+  // row i predicts query token i + 1) and the context's last-token logits (which predict query token
+  // 0), reducing them on the device; returns the last row on the CPU, to sample from.
+  absl::StatusOr<at::Tensor> ScorePrompt(const at::Tensor& query_logits);
+
   TorchEngine* engine_;  // outlives its generations
   std::shared_ptr<const StoredContext> context_;
   std::optional<SqueezedLookup> lookup_;
@@ -209,21 +214,23 @@ class TorchEngine : public Engine {
     c10::InferenceMode inference_mode;
     try {
       at::Tensor logits = model_->Forward(args);
-      if (logits.defined()) logits = logits.to(at::kCPU).contiguous();
+      // Every-token logits stay on the device: the prompt log-probs reduce them there (ScorePrompt).
+      if (logits.defined() && logits.dim() == 1) logits = logits.to(at::kCPU).contiguous();
       return logits;
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
     }
   }
 
-  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry.
+  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry
+  // (every-token logits on the device, as RunForward).
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
     absl::MutexLock lock(&forward_mu_);
     c10::InferenceMode inference_mode;
     try {
       std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
       for (at::Tensor& l : logits) {
-        if (l.defined()) l = l.to(at::kCPU).contiguous();
+        if (l.defined() && l.dim() == 1) l = l.to(at::kCPU).contiguous();
       }
       return logits;
     } catch (const std::exception& e) {
@@ -232,6 +239,35 @@ class TorchEngine : public Engine {
   }
 
   void StepBatch(absl::Span<Generation* const> generations, std::vector<absl::StatusOr<TokenStep>>* out) override;
+
+  // The logits [vocab] (CPU, float32) of the context's last token given the tokens before it: what
+  // the dense prefill at ingest computed and did not keep (the first query token's distribution).
+  // One dense single-token forward over the stored KV less its last row (the last context token is
+  // the last row in both KV layouts, stored_context.h).
+  absl::StatusOr<at::Tensor> ContextLastTokenLogits(const StoredContext& context) const {
+    const int64_t S = context.summary().num_tokens;
+    if (S < 1 || static_cast<int64_t>(context.tokens().size()) != S) {
+      return absl::InternalError("prompt log-probs: the context's tokens are not available");
+    }
+    std::vector<at::Tensor> keys, values;
+    for (size_t l = 0; l < context.keys().size(); ++l) {
+      keys.push_back(context.keys()[l].narrow(1, 0, S - 1));
+      values.push_back(context.values()[l].narrow(1, 0, S - 1));
+    }
+    KvCache scratch;
+    try {
+      scratch = model_->NewCache(1);
+    } catch (const std::exception& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("allocating the prompt log-prob KV: ", e.what()));
+    }
+    ForwardArgs args;
+    args.token_ids = &context.tokens().back();
+    args.num_tokens = 1;
+    args.start_position = S - 1;
+    args.prefix = KvPrefix{&keys, &values};
+    args.cache = &scratch;
+    return RunForward(args);
+  }
 
   bool IsStopToken(int32_t token) const {
     for (int32_t eos : config_.eos_token_ids) {
@@ -417,6 +453,7 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   args.num_tokens = first ? static_cast<int64_t>(query_.size()) : 1;
   args.start_position = stats_.cached_tokens + cache_.length;
   args.cache = &cache_;
+  args.logits_of_every_token = first && sampling_.prompt_logprobs;
   if (lookup_) {
     // Prefill: one cluster set for the whole query (as the authors); decode: one per token.
     args.context_attention = [this, first](int64_t layer, const at::Tensor& q) {
@@ -430,6 +467,27 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
     args.prefix = KvPrefix{&context_->keys(), &context_->values()};
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> TorchGeneration::ScorePrompt(const at::Tensor& query_logits) {
+  absl::StatusOr<at::Tensor> first = engine_->ContextLastTokenLogits(*context_);
+  if (!first.ok()) return first.status();
+  const int64_t n = static_cast<int64_t>(query_.size());
+  c10::InferenceMode inference_mode;
+  try {
+    const at::Device device = query_logits.device();
+    // Row r predicts query token r: the context's last token, then query tokens 0 .. n-2.
+    const at::Tensor predictors =
+        at::cat({first->to(device).view({1, -1}), query_logits.narrow(0, 0, n - 1)}, 0);
+    const at::Tensor targets = at::from_blob(query_.data(), {n, 1}, at::kInt).to(device, at::kLong);
+    const at::Tensor scored =
+        at::log_softmax(predictors, -1).gather(1, targets).view({n}).to(at::kCPU).contiguous();
+    const float* data = scored.data_ptr<float>();
+    stats_.prompt_logprobs.assign(data, data + n);
+    return query_logits[n - 1].to(at::kCPU).contiguous();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("prompt log-probs: ", e.what()));
+  }
 }
 
 absl::StatusOr<TokenStep> TorchGeneration::Next() {
@@ -447,6 +505,14 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
     lookup_->FinishStep();
     stats_.kv_fraction_loaded = lookup_->kv_fraction_loaded();
     stats_.centroid_comparisons_per_token = lookup_->centroid_comparisons_per_token();
+  }
+  if (logits->dim() == 2) {  // the query prefill with prompt log-probs: every query token's logits
+    absl::StatusOr<at::Tensor> last = ScorePrompt(*logits);
+    if (!last.ok()) {
+      finished_ = true;
+      return last.status();
+    }
+    *logits = *std::move(last);
   }
 
   const SampledToken sampled =

@@ -69,6 +69,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
       response.set_finish_reason(ToProto(step.finish));
       *response.mutable_usage() = ToUsage(stats, Timings());
       *response.mutable_stats() = ToAttentionStats(stats, attention_);
+      response.mutable_prompt_logprobs()->Add(stats.prompt_logprobs.begin(), stats.prompt_logprobs.end());
       final_stats_ = stats;
       finish_reason_ = step.finish;
     }
@@ -102,6 +103,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     std::shared_ptr<const Context> context = *std::move(stored);
     absl::StatusOr<SamplingOptions> sampling = ToEngineSampling(request.sampling(), limits);
     if (!sampling.ok()) return sampling.status();
+    sampling->prompt_logprobs = request.include_prompt_logprobs();
     absl::StatusOr<AttentionOptions> attention =
         ResolveAttention(request.attention(), context->summary(), core_->config.defaults);
     if (!attention.ok()) return attention.status();

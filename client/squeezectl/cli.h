@@ -53,6 +53,7 @@ struct Cli {
   float sparsity = 0;
   bool hierarchical = false;
   bool logprobs = false;
+  bool prompt_logprobs = false;
 };
 
 int RunIngest(const Cli& cli);

@@ -3,6 +3,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -60,6 +61,7 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
   attention->set_sparsity(cli.sparsity);
   attention->set_hierarchical(cli.hierarchical);
   request.set_include_logprobs(cli.logprobs);
+  request.set_include_prompt_logprobs(cli.prompt_logprobs);
   return request;
 }
 
@@ -100,6 +102,7 @@ int RunGenerate(const Cli& cli) {
         {"usage", nlohmann::json::parse(ToJson(last.usage()))},
         {"stats", nlohmann::json::parse(ToJson(last.stats()))},
     };
+    if (cli.prompt_logprobs) out["prompt_logprobs"] = std::vector<float>(last.prompt_logprobs().begin(), last.prompt_logprobs().end());
     std::cout << out.dump() << "\n";
   } else {
     const pb::Usage& usage = last.usage();

@@ -1,6 +1,5 @@
 // squeezectl ingest: streams a context (text from --file/stdin, or --tokens) in 1 MiB chunks and
 // prints the stored context's id and summary.
-#include <algorithm>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -15,19 +14,6 @@ namespace squeezectl {
 namespace {
 
 namespace pb = squeezeserve::v1;
-
-constexpr size_t kChunkBytes = 1 << 20;
-constexpr size_t kChunkTokens = kChunkBytes / sizeof(int32_t);
-
-// Longest prefix of text[begin, begin + max) that ends on a UTF-8 character boundary: proto3 string
-// fields must hold valid UTF-8, so a chunk may not split a character.
-size_t Utf8ChunkEnd(const std::string& text, size_t begin, size_t max) {
-  size_t end = std::min(text.size(), begin + max);
-  if (end == text.size()) return end;
-  size_t boundary = end;
-  while (boundary > begin && (static_cast<unsigned char>(text[boundary]) & 0xC0) == 0x80) --boundary;
-  return boundary > begin ? boundary : end;
-}
 
 // The first request: id and index options, no content yet.
 std::optional<pb::IngestContextRequest> FirstRequest(const Cli& cli) {
@@ -78,26 +64,15 @@ int RunIngest(const Cli& cli) {
   if (!first) return kExitUsage;
 
   // Content messages, built up front (a context is at most a few MB of text).
-  std::vector<pb::IngestContextRequest> requests = {*first};
+  std::vector<pb::IngestContextRequest> requests;
   if (!cli.tokens.empty()) {
     std::optional<std::vector<int32_t>> ids = ParseTokenIds(cli.tokens);
     if (!ids) return kExitUsage;
-    for (size_t begin = 0; begin < ids->size(); begin += kChunkTokens) {
-      pb::IngestContextRequest chunk;
-      size_t end = std::min(ids->size(), begin + kChunkTokens);
-      chunk.mutable_tokens()->mutable_ids()->Add(ids->begin() + begin, ids->begin() + end);
-      requests.push_back(std::move(chunk));
-    }
+    requests = IngestTokenRequests(*std::move(first), *ids);
   } else {
     std::optional<std::string> text = ReadAll(cli.file.empty() ? "-" : cli.file);
     if (!text) return kExitUsage;
-    for (size_t begin = 0; begin < text->size();) {
-      size_t end = Utf8ChunkEnd(*text, begin, kChunkBytes);
-      pb::IngestContextRequest chunk;
-      chunk.set_text(text->substr(begin, end - begin));
-      requests.push_back(std::move(chunk));
-      begin = end;
-    }
+    requests = IngestTextRequests(*std::move(first), *text);
   }
 
   auto stub = MakeStub(cli);

@@ -53,6 +53,8 @@ ABSL_FLAG(std::string, mode, "", "generate: attention mode dense or squeezed (em
 ABSL_FLAG(float, sparsity, 0, "generate: calibrated sparsity level to use (0 = server default).");
 ABSL_FLAG(bool, hierarchical, false, "generate: use the hierarchical centroid lookup.");
 ABSL_FLAG(bool, logprobs, false, "generate: return per-token log-probabilities (shown with --json).");
+ABSL_FLAG(bool, prompt_logprobs, false,
+          "generate: return the prompt tokens' teacher-forced log-probabilities (shown with --json).");
 
 namespace squeezectl {
 namespace {
@@ -83,10 +85,10 @@ const std::map<std::string, Command>& Commands() {
         "squeezectl generate --context ID (--prompt TEXT | --prompt_file PATH | --tokens 1,2,3)\n"
         "                    [--max_new_tokens N] [--temperature T] [--top_p P] [--top_k K] [--seed S]\n"
         "                    [--stop a,b] [--ignore_eos] [--mode dense|squeezed] [--sparsity X]\n"
-        "                    [--hierarchical] [--logprobs] [--json]\n"
+        "                    [--hierarchical] [--logprobs] [--prompt_logprobs] [--json]\n"
         "  Streams the answer to a query appended to a stored context. Text goes to stdout as it arrives\n"
         "  and a usage line to stderr; --json prints one object with token_ids, logprobs, text,\n"
-        "  finish_reason, usage and stats instead."}},
+        "  finish_reason, usage and stats (and prompt_logprobs with --prompt_logprobs) instead."}},
       {"list", {RunList, "squeezectl list [--json]\n  Lists the stored contexts: id, tokens, indexed or not, tier."}},
       {"get", {RunGet, "squeezectl get ID [--json]\n  Shows one context's summary (NOT_FOUND exits 15)."}},
       {"delete", {RunDelete, "squeezectl delete ID [--json]\n  Deletes a context (NOT_FOUND exits 15)."}},
@@ -141,6 +143,7 @@ Cli ReadFlags(std::vector<std::string> args) {
   cli.sparsity = absl::GetFlag(FLAGS_sparsity);
   cli.hierarchical = absl::GetFlag(FLAGS_hierarchical);
   cli.logprobs = absl::GetFlag(FLAGS_logprobs);
+  cli.prompt_logprobs = absl::GetFlag(FLAGS_prompt_logprobs);
   return cli;
 }
 

@@ -1,5 +1,6 @@
 #include "client/squeezectl/rpc_util.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -130,6 +131,47 @@ std::optional<std::vector<int32_t>> ParseTokenIds(const std::string& arg) {
     ids.push_back(id);
   }
   return ids;
+}
+
+namespace {
+
+constexpr size_t kChunkBytes = 1 << 20;
+constexpr size_t kChunkTokens = kChunkBytes / sizeof(int32_t);
+
+// Longest prefix of text[begin, begin + max) that ends on a UTF-8 character boundary.
+size_t Utf8ChunkEnd(const std::string& text, size_t begin, size_t max) {
+  size_t end = std::min(text.size(), begin + max);
+  if (end == text.size()) return end;
+  size_t boundary = end;
+  while (boundary > begin && (static_cast<unsigned char>(text[boundary]) & 0xC0) == 0x80) --boundary;
+  return boundary > begin ? boundary : end;
+}
+
+}  // namespace
+
+std::vector<squeezeserve::v1::IngestContextRequest> IngestTextRequests(squeezeserve::v1::IngestContextRequest first,
+                                                                      const std::string& text) {
+  std::vector<squeezeserve::v1::IngestContextRequest> requests = {std::move(first)};
+  for (size_t begin = 0; begin < text.size();) {
+    size_t end = Utf8ChunkEnd(text, begin, kChunkBytes);
+    squeezeserve::v1::IngestContextRequest chunk;
+    chunk.set_text(text.substr(begin, end - begin));
+    requests.push_back(std::move(chunk));
+    begin = end;
+  }
+  return requests;
+}
+
+std::vector<squeezeserve::v1::IngestContextRequest> IngestTokenRequests(
+    squeezeserve::v1::IngestContextRequest first, const std::vector<int32_t>& ids) {
+  std::vector<squeezeserve::v1::IngestContextRequest> requests = {std::move(first)};
+  for (size_t begin = 0; begin < ids.size(); begin += kChunkTokens) {
+    squeezeserve::v1::IngestContextRequest chunk;
+    size_t end = std::min(ids.size(), begin + kChunkTokens);
+    chunk.mutable_tokens()->mutable_ids()->Add(ids.begin() + begin, ids.begin() + end);
+    requests.push_back(std::move(chunk));
+  }
+  return requests;
 }
 
 std::optional<std::string> ReadAll(const std::string& path) {

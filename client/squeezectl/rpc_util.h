@@ -1,5 +1,7 @@
 // What every squeezectl subcommand needs around an RPC: the stub, a deadline, the exit code of a
-// status, error printing, JSON of a proto message, and parsing of comma-separated token ids.
+// status, error printing, JSON of a proto message, parsing of comma-separated token ids, and the
+// chunked messages of an IngestContext stream. A library (squeezectl_rpc) that other clients of the
+// public API link too (bench/eval_long_context).
 #pragma once
 
 #include <memory>
@@ -40,5 +42,13 @@ std::optional<std::vector<int32_t>> ParseTokenIds(const std::string& text);
 
 // Reads a whole file ("-" = stdin); nullopt with an error on stderr when unreadable.
 std::optional<std::string> ReadAll(const std::string& path);
+
+// The whole request stream of an IngestContext call: `first` (id and options, no content), then the
+// content in chunks of at most 1 MiB, so a long document never hits gRPC's message size limit. Text
+// chunks never split a UTF-8 character (proto3 strings must be valid UTF-8).
+std::vector<squeezeserve::v1::IngestContextRequest> IngestTextRequests(squeezeserve::v1::IngestContextRequest first,
+                                                                      const std::string& text);
+std::vector<squeezeserve::v1::IngestContextRequest> IngestTokenRequests(
+    squeezeserve::v1::IngestContextRequest first, const std::vector<int32_t>& ids);
 
 }  // namespace squeezectl

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds squeezeserve on the GPU machine (CUDA 13, PyTorch 2.11, no network, no gRPC/Abseil there).
 # Run from the repo root there, with .gpu-deps/ (scripts/gpu/fetch_deps.sh, run here) carried along:
-#   source scripts/gpu/build.sh [cmake args...]
+#   [BUILD_TARGETS="t1 t2"] source scripts/gpu/build.sh [cmake args...]
 # Leaves the build in build-gpu/ and exports LD_LIBRARY_PATH for the unpacked packages.
 set -euo pipefail
 deps=/opt/deps
@@ -19,4 +19,5 @@ torch_prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build-gpu -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DSQUEEZESERVE_CUDA=ON -DOPENSSL_ROOT_DIR="$deps/usr" "$@"
-cmake --build build-gpu -j "$(nproc)"
+# BUILD_TARGETS (space-separated) builds only those, e.g. "squeezeserve longctx_eval"; default all.
+cmake --build build-gpu -j "$(nproc)" ${BUILD_TARGETS:+--target $BUILD_TARGETS}

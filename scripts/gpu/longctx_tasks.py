@@ -7,9 +7,49 @@ document is flattened as context + "".join(prompt + answer) so the LM loss cover
 
 Pure Python (no numpy/torch) so it runs anywhere; randomness comes from the `random.Random` passed in,
 so a seed fully determines a document.
+
+Also here, for the same reason: the training corpus walk (`corpus_files`) and the held-out rule
+(`is_heldout`): training skips held-out files, the evaluation harness takes its natural text and real
+functions only from them.
 """
+import hashlib
+import os
 import random
 import re
+import site
+
+TEXT_SUFFIXES = (".py", ".md", ".rst", ".txt")
+
+
+def corpus_files(max_file_bytes=1 << 20):
+    """Text files present on any Python machine: site-packages + stdlib sources/docs, license texts."""
+    roots = list(site.getsitepackages()) + [os.path.dirname(os.__file__), "/usr/share/common-licenses"]
+    files = set()
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                if (n.endswith(TEXT_SUFFIXES) or n.startswith(("LICENSE", "COPYING")) or
+                        root.endswith("common-licenses")):
+                    try:
+                        if 0 < os.path.getsize(p) <= max_file_bytes:
+                            files.add(os.path.realpath(p))
+                    except OSError:
+                        pass
+    return sorted(files)
+
+
+def is_heldout(path):
+    # ~2% of files, chosen by path hash, are kept out of training for the evaluation harness.
+    return hashlib.md5(path.encode()).digest()[0] < 5
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (UnicodeDecodeError, OSError):
+        return None
 
 _SYLLABLES = ["ka", "lo", "mi", "ran", "tes", "vu", "zor", "pel", "dun", "qui", "bex", "sol", "tra",
               "nim", "gor", "fa", "wen", "hul", "cri", "yo", "mab", "ost", "ri", "sen"]

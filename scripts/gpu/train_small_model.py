@@ -23,13 +23,11 @@ Usage (see models/small/README.md for the exact GPU commands):
 import argparse
 import bisect
 import glob
-import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
 import random
-import site
 import struct
 import sys
 import time
@@ -187,38 +185,10 @@ def model_config(args):
 # Data: natural text token stream + pool of synthetic retrieval documents.
 # ----------------------------------------------------------------------------------------------
 
-TEXT_SUFFIXES = (".py", ".md", ".rst", ".txt")
-
-
-def corpus_files(max_file_bytes=1 << 20):
-    """Text files present on any Python machine: site-packages + stdlib sources/docs, license texts."""
-    roots = list(site.getsitepackages()) + [os.path.dirname(os.__file__), "/usr/share/common-licenses"]
-    files = set()
-    for root in roots:
-        for dirpath, _, names in os.walk(root):
-            for n in names:
-                p = os.path.join(dirpath, n)
-                if (n.endswith(TEXT_SUFFIXES) or n.startswith(("LICENSE", "COPYING")) or
-                        root.endswith("common-licenses")):
-                    try:
-                        if 0 < os.path.getsize(p) <= max_file_bytes:
-                            files.add(os.path.realpath(p))
-                    except OSError:
-                        pass
-    return sorted(files)
-
-
-def is_heldout(path):
-    # ~2% of files, chosen by path hash, are kept out of training for the evaluation harness.
-    return hashlib.md5(path.encode()).digest()[0] < 5
-
-
-def read_text(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (UnicodeDecodeError, OSError):
-        return None
+# The corpus walk and the held-out rule live in longctx_tasks (pure Python) so that the evaluation
+# harness (bench/eval_long_context/make_tasks.py) applies exactly the same split without torch.
+TEXT_SUFFIXES, corpus_files, is_heldout, read_text = (longctx_tasks.TEXT_SUFFIXES, longctx_tasks.corpus_files,
+                                                      longctx_tasks.is_heldout, longctx_tasks.read_text)
 
 
 _SP = None

@@ -1,5 +1,6 @@
 // Model-level tests on tiny random checkpoints written by the test itself: attention merging,
 // chunked prefill, ingest + generate vs one whole-sequence run, concurrent generations, bad inputs.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -172,6 +173,33 @@ Output WholeSequenceGreedy(const std::string& dir, const std::vector<int32_t>& s
   return out;
 }
 
+// Teacher-forced log p(sequence[i] | sequence[0..i)) for i in [from, size): the sequence fed one
+// token at a time through one cache, each step's last-token logits scoring the next token (no
+// context/request split, no every-token logits).
+std::vector<float> TeacherForcedLogprobs(const std::string& dir, const std::vector<int32_t>& sequence, size_t from) {
+  c10::InferenceMode guard;
+  std::ifstream in(dir + "/config.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto config = ParseModelConfig(text);
+  auto weights = SafetensorsCheckpoint::Open(dir);
+  auto model = LlamaModel::Create(*config, **weights, at::Device(at::kCPU), at::kFloat);
+  EXPECT_TRUE(model.ok()) << model.status();
+  KvCache cache = (*model)->NewCache(static_cast<int64_t>(sequence.size()));
+  std::vector<float> out;
+  for (size_t i = 0; i + 1 < sequence.size(); ++i) {
+    ForwardArgs step;
+    step.token_ids = &sequence[i];
+    step.num_tokens = 1;
+    step.start_position = static_cast<int64_t>(i);
+    step.cache = &cache;
+    const at::Tensor logits = (*model)->Forward(step);
+    if (i + 1 >= from) {
+      out.push_back(LogSoftmaxAt(absl::MakeConstSpan(logits.data_ptr<float>(), logits.numel()), sequence[i + 1]));
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Architectures: the equivalences must hold for each.
 
@@ -282,6 +310,77 @@ TEST_P(ModelVariantTest, InterleavedGenerationsMatchSoloRuns) {
   EXPECT_EQ((*gen_b)->stats().prompt_tokens, 5);
   EXPECT_EQ((*gen_b)->stats().cached_tokens, 30);
   EXPECT_EQ((*gen_b)->stats().completion_tokens, 7);
+}
+
+// SamplingOptions::prompt_logprobs: the query's teacher-forced log-probs equal a whole-sequence
+// forward of context + query, for a dense-only context, an indexed one read densely (cluster-sorted
+// KV) and squeezed with every cluster kept; one at a time and in a batch beside a plain generation;
+// and asking for them changes nothing else.
+TEST_P(ModelVariantTest, PromptLogprobsEqualWholeSequenceForward) {
+  auto engine = LoadEngine(dir_, /*chunk=*/16);
+  ASSERT_TRUE(engine);
+  const int64_t vocab = GetParam().spec.vocab_size;
+  const auto context_tokens = Tokens(40, vocab, 8);
+  const auto query = Tokens(7, vocab, 9);
+  std::vector<int32_t> sequence = context_tokens;
+  sequence.insert(sequence.end(), query.begin(), query.end());
+  const std::vector<float> reference = TeacherForcedLogprobs(dir_, sequence, context_tokens.size());
+  ASSERT_EQ(reference.size(), query.size());
+
+  auto dense_only = IngestOrDie(*engine, context_tokens, /*window=*/10);
+  IndexOptions index;
+  index.observation_window = 10;
+  index.levels = 1;
+  index.sparsity_levels = {0.0f, 0.9f};
+  auto indexed = engine->Ingest("indexed", context_tokens, index, nullptr, nullptr);
+  ASSERT_TRUE(indexed.ok()) << indexed.status();
+  ASSERT_TRUE((*indexed)->summary().has_index);
+  AttentionOptions keep_all;
+  keep_all.mode = AttentionMode::kSqueezed;
+  keep_all.sparsity = 0.0f;
+  AttentionOptions pruned = keep_all;
+  pruned.sparsity = 0.9f;
+
+  SamplingOptions plain = Greedy(3);
+  SamplingOptions scored = plain;
+  scored.prompt_logprobs = true;
+  const std::vector<std::pair<std::shared_ptr<const Context>, AttentionOptions>> cases = {
+      {dense_only, DenseAttention()}, {*indexed, DenseAttention()}, {*indexed, keep_all}};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const auto& [context, attention] = cases[c];
+    auto with = engine->StartGeneration(context, query, scored, attention);
+    auto without = engine->StartGeneration(context, query, plain, attention);
+    ASSERT_TRUE(with.ok() && without.ok()) << with.status() << without.status();
+    for (int i = 0; i < 3; ++i) {
+      auto a = (*with)->Next();
+      auto b = (*without)->Next();
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+      EXPECT_EQ(a->token, b->token) << "case " << c << " step " << i;
+      EXPECT_NEAR(a->logprob, b->logprob, 1e-5) << "case " << c << " step " << i;
+    }
+    const std::vector<float>& got = (*with)->stats().prompt_logprobs;
+    ASSERT_EQ(got.size(), query.size()) << "case " << c;
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], reference[i], 1e-4) << "case " << c << " token " << i;
+    EXPECT_TRUE((*without)->stats().prompt_logprobs.empty());
+  }
+
+  // Batched (one forward for both) beside a plain generation, and squeezed with pruning.
+  auto with = engine->StartGeneration(dense_only, query, scored, DenseAttention());
+  auto other = engine->StartGeneration(dense_only, Tokens(3, vocab, 10), plain, DenseAttention());
+  auto sparse = engine->StartGeneration(*indexed, query, scored, pruned);
+  ASSERT_TRUE(with.ok() && other.ok() && sparse.ok());
+  std::vector<Generation*> batch = {with->get(), other->get(), sparse->get()};
+  std::vector<absl::StatusOr<TokenStep>> steps;
+  engine->StepBatch(batch, &steps);
+  for (const auto& step : steps) ASSERT_TRUE(step.ok()) << step.status();
+  const std::vector<float>& got = (*with)->stats().prompt_logprobs;
+  ASSERT_EQ(got.size(), query.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], reference[i], 1e-4) << "batched token " << i;
+  EXPECT_TRUE((*other)->stats().prompt_logprobs.empty());
+  const std::vector<float>& squeezed = (*sparse)->stats().prompt_logprobs;
+  ASSERT_EQ(squeezed.size(), query.size());
+  EXPECT_NEAR(squeezed[0], reference[0], 1e-4);  // conditioned on the context alone: computed densely
+  for (float lp : squeezed) EXPECT_TRUE(std::isfinite(lp) && lp <= 0) << lp;
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelVariantTest, ::testing::ValuesIn(Variants()),

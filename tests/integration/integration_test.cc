@@ -3,6 +3,7 @@
 // check is that SIGTERM drains it and it exits 0.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <thread>
@@ -277,6 +278,53 @@ TEST_F(IntegrationTest, LogprobsWhenAsked) {
   ASSERT_TRUE(result.status.ok()) << result.status.error_message();
   ASSERT_EQ(result.logprobs.size(), result.tokens.size());
   for (float logprob : result.logprobs) EXPECT_LE(logprob, 1e-4f);
+}
+
+// include_prompt_logprobs: the last message carries one teacher-forced log-prob per prompt token, in
+// every attention configuration a client may ask for (never INVALID_ARGUMENT), for token and text
+// prompts; no other message carries them, and they are absent unless asked.
+TEST_F(IntegrationTest, PromptLogprobsWhenAsked) {
+  const std::vector<int32_t> prompt = {7, 8, 9, 10, 11, 12};
+  std::vector<pb::AttentionOptions> configs;
+  pb::AttentionOptions dense;
+  dense.set_mode(pb::AttentionOptions::DENSE);
+  configs.push_back(dense);
+  for (bool hierarchical : {false, true}) {
+    for (float sparsity : {0.5f, 0.7f, 0.8f, 0.9f}) {
+      pb::AttentionOptions squeezed;
+      squeezed.set_mode(pb::AttentionOptions::SQUEEZED);
+      squeezed.set_sparsity(sparsity);
+      squeezed.set_hierarchical(hierarchical);
+      configs.push_back(squeezed);
+    }
+  }
+  std::vector<float> first_entries;
+  for (const pb::AttentionOptions& attention : configs) {
+    pb::GenerateRequest request = TokenQuery(SharedContext(), prompt, 1);
+    *request.mutable_attention() = attention;
+    request.set_include_prompt_logprobs(true);
+    GenerateResult result = Generate(request);
+    ASSERT_TRUE(result.status.ok()) << attention.ShortDebugString() << ": " << result.status.error_message();
+    ASSERT_EQ(result.last().prompt_logprobs_size(), static_cast<int>(prompt.size())) << attention.ShortDebugString();
+    for (float logprob : result.last().prompt_logprobs()) {
+      EXPECT_TRUE(std::isfinite(logprob) && logprob <= 1e-4f) << logprob;
+    }
+    for (size_t i = 0; i + 1 < result.messages.size(); ++i) EXPECT_EQ(result.messages[i].prompt_logprobs_size(), 0);
+    first_entries.push_back(result.last().prompt_logprobs(0));
+  }
+  // Entry 0 is conditioned on the context alone: the same in every configuration.
+  for (float entry : first_entries) EXPECT_NEAR(entry, first_entries[0], 1e-4);
+
+  pb::GenerateRequest text = TokenQuery(SharedContext(), {}, 2);
+  text.set_text("What happened next?");
+  text.set_include_prompt_logprobs(true);
+  GenerateResult by_text = Generate(text);
+  ASSERT_TRUE(by_text.status.ok()) << by_text.status.error_message();
+  EXPECT_EQ(static_cast<uint32_t>(by_text.last().prompt_logprobs_size()), by_text.last().usage().prompt_tokens());
+
+  GenerateResult unasked = Generate(TokenQuery(SharedContext(), prompt, 1));
+  ASSERT_TRUE(unasked.status.ok());
+  EXPECT_EQ(unasked.last().prompt_logprobs_size(), 0);
 }
 
 TEST_F(IntegrationTest, TextPromptIsAccepted) {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Long-context accuracy of the shipped small model on the GPU machine (issue 7; bench/eval_long_context):
+# builds, makes the task file from THIS machine's held-out files (the machine that trained the model),
+# serves models/small on CUDA and runs longctx_eval over every configuration.
+# Run from the repo root there with .gpu-deps/ carried:
+#   OUT=... [MODEL=models/small] [EVAL_LENGTHS=16384,32768] [TASK_LENGTHS=4K,8K,16K,32K] \
+#     [CONTEXTS=2] [QUERIES=24] [CONCURRENCY=16] [END_BY_S=480] scripts/gpu/eval_long_context.sh
+# END_BY_S: longctx_eval starts no new context once the script has run that long (the device tool's
+# calls end at 600 s; a context takes up to ~1 min), so the results always come back; the JSON says how
+# many contexts were left out ("contexts_left_out_for_time"): run again with EVAL_LENGTHS set to the rest.
+# Leaves in $OUT (6 files): tasks_longctx.jsonl (every TASK_LENGTHS, so the CPU run here can use the
+# same held-out tasks), longctx_<lengths>.json (results), longctx_<lengths>_outputs.jsonl (every
+# generation), eval.log (tables), server.log, build.log.
+set -euo pipefail
+t0=$(date +%s)
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+model=${MODEL:-models/small}
+eval_lengths=${EVAL_LENGTHS:-16384,32768}
+task_lengths=${TASK_LENGTHS:-4K,8K,16K,32K}
+contexts=${CONTEXTS:-2}
+queries=${QUERIES:-24}
+concurrency=${CONCURRENCY:-16}
+end_by=${END_BY_S:-480}
+[ -f "$model/config.json" ] || { echo "no checkpoint in $model (config.json missing)"; exit 1; }
+
+# The tasks (one CPU core, ~30 s) are made while the project builds.
+export PYTHONUNBUFFERED=1
+python3 bench/eval_long_context/make_tasks.py --out "$OUT/tasks_longctx.jsonl" --lengths "$task_lengths" \
+  --contexts_per_task "$contexts" --queries "$queries" --tokenizer "$model/tokenizer.model" \
+  > /tmp/make_tasks.log 2>&1 &
+tasks=$!
+BUILD_TARGETS="squeezeserve longctx_eval" source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF \
+  > "$OUT/build.log" 2>&1 \
+  || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; tail -20 "$OUT/build.log"; exit 1; }
+wait $tasks || { cat /tmp/make_tasks.log; echo "make_tasks.py failed"; exit 1; }
+tail -n 20 /tmp/make_tasks.log
+export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+
+log="$OUT/server.log"
+build-gpu/server/squeezeserve --model "$model" --device cuda --listen 127.0.0.1:0 \
+  --max_concurrent_streams "$concurrency" >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+addr=""
+for _ in $(seq 1 600); do
+  addr=$(sed -n 's/^squeezeserve listening on \(.*\)$/\1/p' "$log"); [ -n "$addr" ] && break; sleep 0.5
+done
+[ -n "$addr" ] || { echo "the server did not start"; tail -20 "$log"; exit 1; }
+name="longctx_$(echo "$eval_lengths" | tr ',' '_')"
+budget=$(( end_by - ($(date +%s) - t0) )); [ "$budget" -ge 30 ] || budget=30
+echo "build + tasks + server start: $(( $(date +%s) - t0 )) s; evaluation budget ${budget} s"
+set +e
+build-gpu/bench/eval_long_context/longctx_eval --server "$addr" --tasks "$OUT/tasks_longctx.jsonl" \
+  --lengths "$eval_lengths" --configs all --concurrency "$concurrency" --timeout 1200 --time_budget_s "$budget" \
+  --out "$OUT/$name.json" --outputs "$OUT/${name}_outputs.jsonl" 2>&1 | tee "$OUT/eval.log"
+status=${PIPESTATUS[0]}
+set -e
+echo "longctx_eval exit status: $status"
+exit "$status"
