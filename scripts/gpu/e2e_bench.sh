@@ -74,7 +74,13 @@ for backend in $backends; do
 done
 python3 - "$results" > "$OUT/e2e_${context_tokens}_${layers}_summary.json" <<'EOF'
 import collections, json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# Concurrent streams append to one file: a line may hold two records when their writes interleave.
+decoder, rows = json.JSONDecoder(), []
+for line in open(sys.argv[1]):
+    at = 0
+    while line[at:].strip():
+        record, at = decoder.raw_decode(line, at + (len(line[at:]) - len(line[at:].lstrip())))
+        rows.append(record)
 groups = collections.OrderedDict()
 for r in rows:
     # rep 1 warms up (first use of a shape, allocator growth) when there are several reps.
