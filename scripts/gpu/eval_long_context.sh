@@ -29,7 +29,7 @@ python3 bench/eval_long_context/make_tasks.py --out "$OUT/tasks_longctx.jsonl" -
   --contexts_per_task "$contexts" --queries "$queries" --tokenizer "$model/tokenizer.model" \
   > /tmp/make_tasks.log 2>&1 &
 tasks=$!
-BUILD_TARGETS="squeezeserve longctx_eval" source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF \
+BUILD_TARGETS="squeezeserve squeezectl longctx_eval" source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF \
   > "$OUT/build.log" 2>&1 \
   || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; tail -20 "$OUT/build.log"; exit 1; }
 wait $tasks || { cat /tmp/make_tasks.log; echo "make_tasks.py failed"; exit 1; }
@@ -46,6 +46,8 @@ for _ in $(seq 1 600); do
   addr=$(sed -n 's/^squeezeserve listening on \(.*\)$/\1/p' "$log"); [ -n "$addr" ] && break; sleep 0.5
 done
 [ -n "$addr" ] || { echo "the server did not start"; tail -20 "$log"; exit 1; }
+# It listens before the model is loaded (health NOT_SERVING, RPCs UNAVAILABLE): wait for it.
+for _ in $(seq 1 600); do build-gpu/client/squeezectl/squeezectl --server "$addr" info >/dev/null 2>&1 && break; sleep 0.5; done
 name="longctx_$(echo "$eval_lengths" | tr ',' '_')"
 budget=$(( end_by - ($(date +%s) - t0) )); [ "$budget" -ge 30 ] || budget=30
 echo "build + tasks + server start: $(( $(date +%s) - t0 )) s; evaluation budget ${budget} s"
