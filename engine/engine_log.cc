@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_format.h"
+
 namespace squeezeserve {
 
 void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window) {
@@ -16,6 +18,38 @@ void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window) {
 
 void LogAttentionBackend(const std::string& chosen, const std::string& reason) {
   spdlog::info("engine: squeezed attention on {} ({})", chosen, reason);
+}
+
+void IngestStageTimer::CloseCurrent(Clock::time_point now) {
+  if (current_.empty()) return;
+  const double seconds = std::chrono::duration<double>(now - stage_started_).count();
+  for (auto& [stage, total] : seconds_) {
+    if (stage == current_) {
+      total += seconds;
+      return;
+    }
+  }
+  seconds_.emplace_back(current_, seconds);
+}
+
+void IngestStageTimer::Enter(const std::string& stage) {
+  if (stage == current_) return;
+  const Clock::time_point now = Clock::now();
+  CloseCurrent(now);
+  current_ = stage;
+  stage_started_ = now;
+}
+
+void IngestStageTimer::LogDone(const std::string& context_id, int64_t tokens) {
+  const Clock::time_point now = Clock::now();
+  CloseCurrent(now);
+  current_.clear();
+  std::string stages;
+  for (const auto& [stage, seconds] : seconds_) {
+    stages += absl::StrFormat("%s%s %.1f s", stages.empty() ? "" : ", ", stage, seconds);
+  }
+  spdlog::info("ingest {}: {} tokens in {:.1f} s: {}", context_id, tokens,
+               std::chrono::duration<double>(now - started_).count(), stages);
 }
 
 }  // namespace squeezeserve

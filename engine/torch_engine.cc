@@ -368,10 +368,16 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
                                                    " tokens exceed the model's max_position_embeddings (",
                                                    config_.max_position_embeddings, ")"));
   }
+  IngestStageTimer timer;
+  const ProgressFn timed_progress = [&timer, &progress](const IngestProgress& p) {
+    timer.Enter(p.stage);
+    if (progress) progress(p);
+  };
   auto context = BuildStoredContext(
       *model_, [this](const ForwardArgs& args) { return RunForward(args); }, std::move(id), std::move(tokens),
-      index, options_.prefill_chunk_tokens, progress, cancelled);
+      index, options_.prefill_chunk_tokens, timed_progress, cancelled);
   if (!context.ok()) return context.status();
+  timer.LogDone((*context)->summary().id, total);
   return std::shared_ptr<const Context>(std::move(*context));
 }
 
