@@ -52,6 +52,10 @@ ABSL_FLAG(std::string, configs, "all",
 ABSL_FLAG(int32_t, concurrency, 8,
           "Generate calls in flight at once (the server batches them; keep <= its --max_concurrent_streams).");
 ABSL_FLAG(double, timeout, 900, "Deadline of each RPC in seconds (ingest included).");
+ABSL_FLAG(double, centroid_fraction, 0,
+          "Index ablation: fine centroids per clustered key at ingest (0 = the server's default, 0.05).");
+ABSL_FLAG(double, coarse_centroid_fraction, 0,
+          "Index ablation: coarse centroids per clustered key (0 = the server's default, 0.01).");
 ABSL_FLAG(double, time_budget_s, 0,
           "Start no new context after this many seconds (0 = no limit); the results say how many were "
           "left out. make_tasks.py writes contexts in context-major order, so every cell gets some.");
@@ -209,6 +213,8 @@ class Evaluator {
     first.set_context_id(cli.context);
     pb::IndexOptions* index = first.mutable_index();
     index->set_levels(2);  // coarse + fine: the flat lookup reads the fine level, hierarchical both
+    index->set_centroid_fraction(static_cast<float>(absl::GetFlag(FLAGS_centroid_fraction)));
+    index->set_coarse_centroid_fraction(static_cast<float>(absl::GetFlag(FLAGS_coarse_centroid_fraction)));
     for (float level : {0.5f, 0.7f, 0.8f, 0.9f}) index->add_sparsity_levels(level);
     std::vector<pb::IngestContextRequest> requests = squeezectl::IngestTextRequests(std::move(first), task.text);
 
@@ -456,6 +462,9 @@ int Main(int argc, char** argv) {
                     {"vocab_size", server->model().vocab_size()}};
     out["device"] = server->device();
     out["dtype"] = server->dtype();
+    out["index"] = {{"levels", 2},
+                    {"centroid_fraction", absl::GetFlag(FLAGS_centroid_fraction)},  // 0 = server default
+                    {"coarse_centroid_fraction", absl::GetFlag(FLAGS_coarse_centroid_fraction)}};
     out["seconds"] = seconds;
     out["contexts"] = evaluator.contexts_json();
     out["rpc_errors"] = evaluator.rpc_errors();

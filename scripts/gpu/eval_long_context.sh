@@ -4,9 +4,11 @@
 # serves models/small on CUDA and runs longctx_eval over every configuration.
 # Run from the repo root there with .gpu-deps/ carried:
 #   OUT=... [MODEL=models/small] [EVAL_LENGTHS=16384,32768] [TASK_LENGTHS=4K,8K,16K,32K] \
-#     [CONTEXTS=2] [QUERIES=24] [CONCURRENCY=16] [END_BY_S=480] scripts/gpu/eval_long_context.sh
-# END_BY_S: longctx_eval starts no new context once the script has run that long (the device tool's
-# calls end at 600 s; a context takes up to ~1 min), so the results always come back; the JSON says how
+#     [CONTEXTS=2] [QUERIES=24] [CONCURRENCY=16] [END_BY_S=300] scripts/gpu/eval_long_context.sh
+# END_BY_S: longctx_eval starts no new context once the script has run that long; a context already
+# started runs to its end (9 configurations x every query: minutes at 32K), and the device tool's calls end
+# at 600 s — on 2026-11-23 a call with all four lengths and END_BY_S=540 was cut at 600 s and returned
+# nothing. So: one length per call, the default 300 s, and results are written only at the end; the JSON says how
 # many contexts were left out ("contexts_left_out_for_time"): run again with EVAL_LENGTHS set to the rest.
 # Leaves in $OUT (6 files): tasks_longctx.jsonl (every TASK_LENGTHS, so the CPU run here can use the
 # same held-out tasks), longctx_<lengths>.json (results), longctx_<lengths>_outputs.jsonl (every
@@ -20,7 +22,7 @@ task_lengths=${TASK_LENGTHS:-4K,8K,16K,32K}
 contexts=${CONTEXTS:-2}
 queries=${QUERIES:-24}
 concurrency=${CONCURRENCY:-16}
-end_by=${END_BY_S:-480}
+end_by=${END_BY_S:-300}
 [ -f "$model/config.json" ] || { echo "no checkpoint in $model (config.json missing)"; exit 1; }
 
 # The tasks (one CPU core, ~30 s) are made while the project builds.
