@@ -51,6 +51,24 @@ CASES = [
 ]
 
 
+def greedy_reference(model, prompt, new_tokens):
+    """Greedy continuation of `prompt` under an HF causal LM: the tokens, the log-softmax of the raw
+    logits at each chosen token, and the smallest top-2 logit margin (how close greedy came to a tie)."""
+    ids = list(prompt)
+    generated, logprobs, margins = [], [], []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            logp = torch.log_softmax(logits, -1)
+            top2 = torch.topk(logits, 2).values
+            token = int(torch.argmax(logits))
+            generated.append(token)
+            logprobs.append(float(logp[token]))
+            margins.append(float(top2[0] - top2[1]))
+            ids.append(token)
+    return dict(generated_ids=generated, logprobs=logprobs, min_top2_margin=min(margins))
+
+
 def make(out_root, name, model_type, extra, dtype, shard):
     torch.manual_seed(1234)
     config = AutoConfig.for_model(model_type, **COMMON, **extra)
@@ -72,24 +90,12 @@ def make(out_root, name, model_type, extra, dtype, shard):
 
     # Reference from the saved checkpoint, in float32 on CPU.
     ref = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    ids = list(PROMPT)
-    generated, logprobs, margins = [], [], []
-    with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            logits = ref(torch.tensor([ids])).logits[0, -1].float()
-            logp = torch.log_softmax(logits, -1)
-            top2 = torch.topk(logits, 2).values
-            token = int(torch.argmax(logits))
-            generated.append(token)
-            logprobs.append(float(logp[token]))
-            margins.append(float(top2[0] - top2[1]))
-            ids.append(token)
     record = dict(name=name, transformers=transformers.__version__, torch=torch.__version__,
-                  prompt_ids=PROMPT, split=SPLIT, generated_ids=generated, logprobs=logprobs,
-                  min_top2_margin=min(margins))
+                  prompt_ids=PROMPT, split=SPLIT, **greedy_reference(ref, PROMPT, NEW_TOKENS))
     json.dump(record, open(os.path.join(out, "reference.json"), "w"))
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    print(f"{name}: {size/1e6:.2f} MB, min top-2 logit margin {min(margins):.4g}, tokens {generated[:10]}...")
+    print(f"{name}: {size/1e6:.2f} MB, min top-2 logit margin {record['min_top2_margin']:.4g}, "
+          f"tokens {record['generated_ids'][:10]}...")
 
 
 def main():

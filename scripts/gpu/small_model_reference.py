@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import longctx_tasks  # noqa: E402
+from make_reference_checkpoints import greedy_reference  # noqa: E402
 
 NEW_TOKENS = 40
 
@@ -33,25 +34,13 @@ def main():
     context_ids = [1] + sp.encode(context)
     prompt = context_ids + sp.encode(queries[0][0])
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    ids = list(prompt)
-    generated, logprobs, margins = [], [], []
-    with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            logits = model(torch.tensor([ids])).logits[0, -1].float()
-            logp = torch.log_softmax(logits, -1)
-            top2 = torch.topk(logits, 2).values
-            token = int(torch.argmax(logits))
-            generated.append(token)
-            logprobs.append(float(logp[token]))
-            margins.append(float(top2[0] - top2[1]))
-            ids.append(token)
     record = dict(name="small", transformers=transformers.__version__, torch=torch.__version__,
-                  prompt_ids=prompt, split=len(context_ids), generated_ids=generated, logprobs=logprobs,
-                  min_top2_margin=min(margins))
+                  prompt_ids=prompt, split=len(context_ids), **greedy_reference(model, prompt, NEW_TOKENS))
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(record, f)
     print(f"reference: {len(prompt)} prompt tokens (context {len(context_ids)}), expected answer "
-          f"{queries[0][1]!r}, greedy text {sp.decode(generated)!r}, min top-2 margin {min(margins):.4g}")
+          f"{queries[0][1]!r}, greedy text {sp.decode(record['generated_ids'])!r}, "
+          f"min top-2 margin {record['min_top2_margin']:.4g}")
 
 
 if __name__ == "__main__":
