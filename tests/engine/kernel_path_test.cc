@@ -49,7 +49,7 @@ constexpr float kKeepNothing = 1e30f;
 constexpr float kKeepAll = -1.0f;
 // Whole-model logits at a calibrated level: a cluster whose score sits right at τ can be kept on one
 // path and not the other, because every layer above the first sees inputs that differ in their last
-// bf16 bits (measured on the H100: 5 of ~300 steps at 0.04-0.16). Such steps may exceed
+// bf16 bits (measured on the H100: 7 of a few hundred steps at 0.03-0.16). Such steps may exceed
 // kLogitsBound, but only a few (kMaxFlippedShare), and none by more than kFlipBound; with a fixed
 // selection (keep-all, keep-nothing) every step must be within kLogitsBound.
 constexpr double kFlipBound = 0.5;
