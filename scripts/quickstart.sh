@@ -22,6 +22,8 @@ for _ in $(seq 1 100); do
 done
 [ -n "$addr" ] || { echo "server did not start"; cat "$log"; exit 1; }
 ctl() { build/client/squeezectl/squeezectl --server "$addr" "$@"; }
+# It listens before the model is loaded (RPCs answer UNAVAILABLE until then): wait for it.
+for _ in $(seq 1 300); do ctl info >/dev/null 2>&1 && break; kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }; sleep 0.2; done
 
 echo "== server on $addr"
 ctl info
