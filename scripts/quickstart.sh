@@ -2,16 +2,23 @@
 # Builds squeezeserve and runs it end to end on the small trained model the repo ships (models/small;
 # CPU when there is no GPU): start the server, ingest a document, ask questions whose answers sit deep in
 # it (dense, then Squeezed Attention at 90% sparsity), stream a continuation, stop the server.
-# Usage: scripts/quickstart.sh [MODEL_DIR]   (another model: the questions below suit models/small)
+# Usage: scripts/quickstart.sh [--no-build] [MODEL_DIR]   (the questions below suit models/small)
+#   --no-build: use the binaries already in $SQUEEZESERVE_BUILD_DIR (default build/); the test suite
+#   runs the demo this way (ctest quickstart_demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build=${SQUEEZESERVE_BUILD_DIR:-build}
+if [ "${1:-}" = "--no-build" ]; then
+  shift
+else
+  scripts/install_deps.sh
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j "$(nproc)" --target squeezeserve squeezectl
+fi
 model=${1:-models/small}
-scripts/install_deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j "$(nproc)" --target squeezeserve squeezectl
 
 log=$(mktemp)
-build/server/squeezeserve --model "$model" --listen 127.0.0.1:0 >"$log" 2>&1 &
+"$build/server/squeezeserve" --model "$model" --listen 127.0.0.1:0 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do
@@ -21,7 +28,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 [ -n "$addr" ] || { echo "server did not start"; cat "$log"; exit 1; }
-ctl() { build/client/squeezectl/squeezectl --server "$addr" "$@"; }
+ctl() { "$build/client/squeezectl/squeezectl" --server "$addr" "$@"; }
 # It listens before the model is loaded (RPCs answer UNAVAILABLE until then): wait for it.
 for _ in $(seq 1 300); do ctl info >/dev/null 2>&1 && break; kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }; sleep 0.2; done
 
