@@ -60,6 +60,19 @@ kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int6
   return view;
 }
 
+// One index level as the kernels read it: bf16 centroids and int32 offsets, kept alive in `storage`.
+// The index's fp32 centroids are replaced by the bf16-rounded values, so that the libtorch path scores
+// exactly the vectors the kernels score.
+std::pair<const uint16_t*, const int32_t*> KernelLevel(at::Tensor* centroids, const at::Tensor& offsets,
+                                                       std::vector<at::Tensor>* storage) {
+  const at::Tensor bf16 = centroids->to(at::kBFloat16).contiguous();
+  *centroids = bf16.to(at::kFloat);
+  const at::Tensor int32 = offsets.to(at::kInt).contiguous();
+  storage->push_back(bf16);
+  storage->push_back(int32);
+  return {Bf16Data(bf16), int32.data_ptr<int32_t>()};
+}
+
 }  // namespace
 
 KernelContextViews BuildKernelContextViews(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
@@ -79,24 +92,12 @@ KernelContextViews BuildKernelContextViews(const std::vector<at::Tensor>& keys, 
     view.keys = Bf16Data(keys[l]);
     view.values = Bf16Data(values[l]);
     view.head_stride = keys[l].stride(0);
-    // bf16 centroids for the kernels; the libtorch path scores the same rounded values.
-    const at::Tensor centroids = layer.centroids.to(at::kBFloat16).contiguous();
-    layer.centroids = centroids.to(at::kFloat);
-    const at::Tensor offsets = layer.cluster_offsets.to(at::kInt).contiguous();
-    view.centroids = Bf16Data(centroids);
-    view.offsets = offsets.data_ptr<int32_t>();
+    std::tie(view.centroids, view.offsets) = KernelLevel(&layer.centroids, layer.cluster_offsets, &views.storage);
     view.num_clusters = static_cast<int32_t>(layer.num_clusters());
-    views.storage.push_back(centroids);
-    views.storage.push_back(offsets);
     if (layer.levels == 2) {
-      const at::Tensor coarse = layer.coarse_centroids.to(at::kBFloat16).contiguous();
-      layer.coarse_centroids = coarse.to(at::kFloat);
-      const at::Tensor coarse_offsets = layer.coarse_offsets.to(at::kInt).contiguous();
-      view.coarse_centroids = Bf16Data(coarse);
-      view.coarse_offsets = coarse_offsets.data_ptr<int32_t>();
+      std::tie(view.coarse_centroids, view.coarse_offsets) =
+          KernelLevel(&layer.coarse_centroids, layer.coarse_offsets, &views.storage);
       view.num_coarse = static_cast<int32_t>(layer.num_coarse_clusters());
-      views.storage.push_back(coarse);
-      views.storage.push_back(coarse_offsets);
     }
     views.layers.push_back(view);
   }

@@ -141,16 +141,24 @@ void ExpectSameOutputs(const Output& a, const Output& b, float tolerance) {
   for (size_t i = 0; i < a.logprobs.size(); ++i) EXPECT_NEAR(a.logprobs[i], b.logprobs[i], tolerance) << i;
 }
 
+// The checkpoint in `dir` as a bare LlamaModel on the CPU in float32 (no engine around it).
+absl::StatusOr<std::unique_ptr<LlamaModel>> LoadCpuModel(const std::string& dir) {
+  std::ifstream in(dir + "/config.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto config = ParseModelConfig(text);
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto weights = SafetensorsCheckpoint::Open(dir);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  auto model = LlamaModel::Create(*config, **weights, at::Device(at::kCPU), at::kFloat);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model;
+}
+
 // The same model run on context + query as one sequence, without the context/request split:
 // one prefill of everything into a single cache, then greedy decode.
 Output WholeSequenceGreedy(const std::string& dir, const std::vector<int32_t>& sequence, int steps) {
   c10::InferenceMode guard;
-  std::ifstream in(dir + "/config.json");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto config = ParseModelConfig(text);
-  auto weights = SafetensorsCheckpoint::Open(dir);
-  auto model = LlamaModel::Create(*config, **weights, at::Device(at::kCPU), at::kFloat);
-  EXPECT_TRUE(model.ok()) << model.status();
+  auto model = LoadCpuModel(dir);
   KvCache cache = (*model)->NewCache(static_cast<int64_t>(sequence.size()) + steps);
   Output out;
   ForwardArgs args;
@@ -178,12 +186,7 @@ Output WholeSequenceGreedy(const std::string& dir, const std::vector<int32_t>& s
 // context/request split, no every-token logits).
 std::vector<float> TeacherForcedLogprobs(const std::string& dir, const std::vector<int32_t>& sequence, size_t from) {
   c10::InferenceMode guard;
-  std::ifstream in(dir + "/config.json");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto config = ParseModelConfig(text);
-  auto weights = SafetensorsCheckpoint::Open(dir);
-  auto model = LlamaModel::Create(*config, **weights, at::Device(at::kCPU), at::kFloat);
-  EXPECT_TRUE(model.ok()) << model.status();
+  auto model = LoadCpuModel(dir);
   KvCache cache = (*model)->NewCache(static_cast<int64_t>(sequence.size()));
   std::vector<float> out;
   for (size_t i = 0; i + 1 < sequence.size(); ++i) {
