@@ -67,6 +67,9 @@ float group_score(const HeadQueries& hq, const Candidate& c, const std::vector<f
   return best;
 }
 
+// Threshold of KV head h: the sequence's per-head array when set, else the launch-wide value.
+float head_tau(const float* per_head, float launch_wide, int h) { return per_head ? per_head[h] : launch_wide; }
+
 }  // namespace
 
 void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* seqs, const float* q,
@@ -77,6 +80,7 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
     const SequenceLayerF32& s = seqs[b];
     for (int h = 0; h < hkv; ++h) {
       const int bh = b * hkv + h;
+      const float tau_fine = head_tau(s.tau_fine, params.tau_fine, h);
       HeadQueries hq{q + static_cast<int64_t>(b) * shape.query_len * shape.num_q_heads * d,
                      shape.query_len, shape.num_q_heads, d, g, h};
       const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
@@ -101,8 +105,9 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         }
         logden = log_denominators(hq, coarse, scale);
         comparisons = s.num_coarse;
+        const float tau_coarse = head_tau(s.tau_coarse, params.tau_coarse, h);
         for (const Candidate& c : coarse) {
-          if (!(group_score(hq, c, logden, scale) > params.tau_coarse)) continue;
+          if (!(group_score(hq, c, logden, scale) > tau_coarse)) continue;
           for (int j = coff[c.id]; j < coff[c.id + 1]; ++j) fine_cands.push_back(fine(j));
         }
         comparisons += static_cast<int>(fine_cands.size());  // only these fine centroids are touched
@@ -110,7 +115,7 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
 
       int count = 0, rows = 0;
       for (const Candidate& c : fine_cands) {
-        if (!(group_score(hq, c, logden, scale) > params.tau_fine)) continue;
+        if (!(group_score(hq, c, logden, scale) > tau_fine)) continue;
         out.cluster_ids[static_cast<int64_t>(bh) * out.capacity + count] = c.id;
         out.row_start[static_cast<int64_t>(bh) * out.capacity + count] = rows;
         ++count;

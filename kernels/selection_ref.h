@@ -7,6 +7,8 @@
 namespace squeezeserve::kernels {
 
 // q: [B][Lq][Hq][D] fp32 (Lq = shape.query_len; decode is Lq = 1). seqs: B host-side views.
+// Thresholds of (sequence b, KV head h): seqs[b].tau_fine[h] / tau_coarse[h] (host arrays) where
+// set, else params.tau_fine / tau_coarse.
 // Writes every field of `out` (host arrays, capacity >= max K) for each (sequence, KV head).
 void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* seqs, const float* q,
                          const SelectionParams& params, Selection& out);

@@ -39,6 +39,12 @@ struct SequenceLayer {
   const T* dense_values = nullptr;
   int64_t dense_head_stride = 0;
   int32_t dense_len = 0;
+
+  // Per-KV-head thresholds of this sequence (device memory on the GPU, host in the CPU reference),
+  // [H_kv] floats each; when non-null they replace SelectionParams::tau_fine / tau_coarse for this
+  // sequence's head h (keep iff score > tau[h]). The engine calibrates one per (layer, KV head).
+  const float* tau_fine = nullptr;
+  const float* tau_coarse = nullptr;   // hierarchical only
 };
 
 using SequenceLayerF32 = SequenceLayer<float>;
@@ -53,6 +59,8 @@ struct AttentionShape {
   int32_t group() const { return num_q_heads / num_kv_heads; }
 };
 
+// Launch-wide thresholds: used for every (sequence, KV head) whose SequenceLayer::tau_fine /
+// tau_coarse is null (sequences of a batch may set them independently).
 struct SelectionParams {
   float tau_fine = 0.f;    // keep a fine (or the only) level cluster iff score > tau_fine
   float tau_coarse = 0.f;  // hierarchical only: keep a coarse cluster iff score > tau_coarse

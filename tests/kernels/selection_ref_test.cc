@@ -93,10 +93,12 @@ INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, FlatSelection,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(8, 1),
                                            std::make_tuple(1, 6), std::make_tuple(4, 5)));
 
-class HierarchicalSelection : public ::testing::TestWithParam<std::tuple<int, int>> {};
+// (group, query_len, per_head): per_head gives every KV head its own (tau_coarse, tau_fine) through
+// SequenceLayer::tau_coarse / tau_fine and makes the launch-wide ones NaN (nothing would pass them).
+class HierarchicalSelection : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
 
 TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
-  const auto [group, lq] = GetParam();
+  const auto [group, lq, per_head] = GetParam();
   SyntheticSpec spec;
   spec.num_kv_heads = 2;
   spec.head_dim = 32;
@@ -127,21 +129,31 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
                                    &den, nullptr);
     heads[h].fine_rows = fine_rows;
   }
-  const double tau_c = [&] {
-    std::vector<double> s(heads[0].coarse);
+  // Thresholds from head 0 for every head, or (per_head) from each head's own scores, with a
+  // different fine quantile per head.
+  std::vector<float> tau_c(spec.num_kv_heads), tau_f(spec.num_kv_heads);
+  for (int h = 0; h < spec.num_kv_heads; ++h) {
+    const PerHead& from = heads[per_head ? h : 0];
+    std::vector<double> s(from.coarse);
     std::sort(s.begin(), s.end());
-    return 0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]);  // between two scores: keeps about half
-  }();
-  const double tau_f = key_quantile(heads[0].fine, heads[0].fine_rows, 0.5);
+    tau_c[h] = static_cast<float>(0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]));  // between two scores: keeps about half
+    tau_f[h] = static_cast<float>(key_quantile(from.fine, from.fine_rows, per_head ? 0.3 + 0.4 * h : 0.5));
+  }
 
   SelectionBuffers buf(spec.num_kv_heads, k);
-  const SequenceLayerF32 view = L.view();
-  select_clusters_ref(shape, &view, q.data(), {static_cast<float>(tau_f), static_cast<float>(tau_c), true}, buf.sel);
+  SequenceLayerF32 view = L.view();
+  SelectionParams params{tau_f[0], tau_c[0], true};
+  if (per_head) {
+    view.tau_fine = tau_f.data();
+    view.tau_coarse = tau_c.data();
+    params.tau_fine = params.tau_coarse = std::nanf("");
+  }
+  select_clusters_ref(shape, &view, q.data(), params, buf.sel);
 
   for (int h = 0; h < spec.num_kv_heads; ++h) {
     const int32_t* coff = &L.coarse_offsets[h * (kc + 1)];
-    const std::vector<int> coarse_keep = expected_keep(heads[h].coarse, tau_c);
-    std::vector<int> keep = expected_keep(heads[h].fine, tau_f);
+    const std::vector<int> coarse_keep = expected_keep(heads[h].coarse, tau_c[h]);
+    std::vector<int> keep = expected_keep(heads[h].fine, tau_f[h]);
     int comparisons = kc, kept_coarse = 0;
     bool ambiguous = false;
     for (int c = 0; c < kc; ++c) {
@@ -163,7 +175,65 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
 }
 
 INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, HierarchicalSelection,
-                         ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(4, 3)));
+                         ::testing::Values(std::make_tuple(1, 1, false), std::make_tuple(4, 1, false),
+                                           std::make_tuple(4, 3, false), std::make_tuple(1, 1, true),
+                                           std::make_tuple(4, 3, true)));
+
+// Per-head thresholds (SequenceLayer::tau_fine) replace the launch-wide one head by head: head 0
+// keeps every non-empty cluster, head 1 none, heads 2 and 3 their own 30% / 80% key quantiles. The
+// batch's second sequence sets none and keeps the launch-wide threshold for every head.
+TEST(Selection, PerHeadThresholdsReplaceTheLaunchWideOne) {
+  for (int lq : {1, 3}) {
+    SyntheticSpec spec;
+    spec.num_kv_heads = 4;
+    spec.head_dim = 32;
+    spec.num_rows = 400;
+    spec.num_clusters = 30;
+    spec.empty_fraction = 0.1f;
+    spec.seed = 71 + lq;
+    const SyntheticLayer L = make_synthetic_layer(spec);
+    AttentionShape shape = shape_for(spec, 2, lq);
+    shape.batch = 2;
+    const int k = spec.num_clusters, hkv = spec.num_kv_heads, d = spec.head_dim;
+    const int64_t q_per_seq = int64_t{lq} * shape.num_q_heads * d;
+    const std::vector<float> q = random_normal(2 * q_per_seq, spec.seed + 3);
+
+    std::vector<std::vector<double>> scores;  // [b * hkv + h]
+    for (int b = 0; b < 2; ++b)
+      for (int h = 0; h < hkv; ++h)
+        scores.push_back(per_key_scores(L, q.data() + b * q_per_seq, lq, shape.num_q_heads, h, k,
+                                        fine_cluster_of_rows(L, h),
+                                        [&](int c) { return &L.centroids[(static_cast<size_t>(h) * k + c) * d]; },
+                                        nullptr, nullptr));
+    const std::vector<float> tau = {-1.f, 2.f,  // p-hat <= 1 with the level's own denominator
+                                    static_cast<float>(key_quantile(scores[2], fine_cluster_of_rows(L, 2), 0.3)),
+                                    static_cast<float>(key_quantile(scores[3], fine_cluster_of_rows(L, 3), 0.8))};
+    const float launch_wide = static_cast<float>(key_quantile(scores[hkv], fine_cluster_of_rows(L, 0), 0.5));
+
+    SequenceLayerF32 views[2] = {L.view(), L.view()};
+    views[0].tau_fine = tau.data();
+    SelectionBuffers buf(2 * hkv, k);
+    select_clusters_ref(shape, views, q.data(), {launch_wide, 0.f, false}, buf.sel);
+
+    for (int b = 0; b < 2; ++b)
+      for (int h = 0; h < hkv; ++h) {
+        const std::vector<int> keep = expected_keep(scores[b * hkv + h], b == 0 ? tau[h] : launch_wide);
+        expect_selection(buf.selected(b * hkv + h), keep, b == 0 ? "per-head tau" : "launch-wide tau");
+      }
+    const int32_t* off0 = &L.offsets[0];
+    int non_empty = 0;
+    for (int j = 0; j < k; ++j) non_empty += off0[j + 1] > off0[j];
+    EXPECT_EQ(buf.counts[0], non_empty) << "keep-all head";
+    EXPECT_EQ(buf.rows[0], spec.num_rows);
+    EXPECT_EQ(buf.counts[1], 0) << "keep-nothing head";
+    EXPECT_EQ(buf.rows[1], 0);
+    EXPECT_GT(buf.counts[3], 0) << "the quantile heads must keep some and prune some";
+    EXPECT_GT(buf.counts[2], buf.counts[3]);
+    EXPECT_LT(buf.counts[2], k);
+    EXPECT_GT(buf.counts[hkv], 0) << "second sequence: launch-wide tau";
+    EXPECT_LT(buf.counts[hkv], k);
+  }
+}
 
 // A key aligned with the query, alone in its cluster, passes a threshold calibrated to keep 10% of keys.
 TEST(Selection, PlantedNeedleIsAlwaysSelectedAt90Percent) {
