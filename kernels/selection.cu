@@ -92,6 +92,14 @@ __device__ int cluster_size(const HeadLevel& v, Level level, int c) {
   return v.fine_off[c + 1] - v.fine_off[c];
 }
 
+// Threshold of KV head h of sequence s at a level: the sequence's per-head array when it has one
+// (SequenceLayer::tau_fine / tau_coarse, device memory), else the launch-wide SelectionParams value.
+__device__ __forceinline__ float head_tau(const SequenceLayerBf16& s, const SelectionParams& params, bool coarse,
+                                          int h) {
+  if (coarse) return s.tau_coarse ? s.tau_coarse[h] : params.tau_coarse;
+  return s.tau_fine ? s.tau_fine[h] : params.tau_fine;
+}
+
 template <int D>
 struct TileSmem {
   static constexpr int kStride = D + 4;  // float4-aligned rows; lane l starts at bank 4l: no conflicts
@@ -225,20 +233,23 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
   }
 }
 
-// Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its keep flag.
+// Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its keep flag
+// (score > the head's threshold of the level: coarse for Level::kCoarse, else fine).
 // Row r = t*g + j; with g | 8 the rows warp w sees all have j = w % g, so each thread sums one
 // group member and warps are combined in a fixed order (deterministic).
 // grid (chunks, H_kv, B).
 template <int D>
-__global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk, float tau,
-                                                         const float* logden, const float* z_in, int z_capacity,
-                                                         uint8_t* flags, float* scores, int capacity) {
+__global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk,
+                                                         SelectionParams params, const float* logden,
+                                                         const float* z_in, int z_capacity, uint8_t* flags,
+                                                         float* scores, int capacity) {
   __shared__ __align__(16) TileSmem<D> sm;
   __shared__ float partial[kWarps][kTile];
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const HeadLevel v = head_level<D>(p, l, b, h);
   const int rows = p.lq * p.g, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
+  const float tau = head_tau(p.seqs[b], params, l.level == Level::kCoarse, h);
   for (int t = 0; t < tiles_per_chunk; ++t) {
     const int c0 = (blockIdx.x * tiles_per_chunk + t) * kTile;
     if (c0 >= v.num_candidates) break;
@@ -511,8 +522,9 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
 
 template <int R>
 __global__ void __launch_bounds__(1024) select_compact_kernel(ProblemArgs p, int num_chunks, int z_capacity,
-                                                              const float* z, const float2* partials, float tau,
-                                                              Selection out, float* scores, int score_capacity) {
+                                                              const float* z, const float2* partials,
+                                                              SelectionParams params, Selection out, float* scores,
+                                                              int score_capacity) {
   __shared__ float logden[R];
   const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
@@ -532,6 +544,7 @@ __global__ void __launch_bounds__(1024) select_compact_kernel(ProblemArgs p, int
   for (int r = 0; r < R; ++r) ld[r] = r < rows ? logden[r] : 0.f;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const float inv_lq = 1.f / static_cast<float>(p.lq);
+  const float tau = head_tau(s, params, false, h);
   // A round covers 1024 * kPer candidates; thread tid owns candidates base + e * 1024 + tid, so each
   // load instruction of a warp reads 32 consecutive candidates (coalesced: the first version gave
   // each thread kPer consecutive candidates, a 128 B lane stride for R = 4, and its L1 wavefronts
@@ -633,7 +646,7 @@ __global__ void __launch_bounds__(1024) select_compact_kernel(ProblemArgs p, int
 //    merged in place (same CTA, fixed order), one float2 per (chunk, row) goes out.
 //  (log_denominator_kernel merges the chunks, as for the general path.)
 //  C tc_flags_kernel: the same GEMM, p = exp(z - logden_r), summed over the rows of each group
-//    member in registers, max over members / Lq = score; flag = score > tau.
+//    member in registers, max over members / Lq = score; flag = score > the head's tau_fine.
 // Then compact_kernel. CTA = 8 warps, each owning 32 candidates whose B fragments (centroid rows)
 // stay in registers (64 regs at D = 128) for the whole pass; query rows stream through smem in
 // 64-row tiles (cp.async, double buffered; Q of a head is L2-resident: 256 KB at 1K tokens) and
@@ -798,8 +811,9 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
 
 // Pass C. grid (strips, H_kv, B), one strip of 256 candidates per CTA.
 template <int D>
-__global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, float tau, const float* logden,
-                                                              uint8_t* flags, float* scores, int capacity) {
+__global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, SelectionParams params,
+                                                              const float* logden, uint8_t* flags, float* scores,
+                                                              int capacity) {
   __shared__ __align__(16) TcSmem<D> sm;
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
@@ -861,6 +875,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, flo
     }
   if (lane < 4) {
     const float inv_lq = 1.f / static_cast<float>(p.lq);
+    const float tau = head_tau(s, params, false, h);
 #pragma unroll
     for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -944,7 +959,7 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
     score_stream_kernel<D, R_><<<grid, kThreads, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z, \
                                                               ws.fast_partials);                          \
     select_compact_kernel<R_><<<heads, 1024, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z,  \
-                                                          ws.fast_partials, params.tau_fine, out, scores_out, \
+                                                          ws.fast_partials, params, out, scores_out,        \
                                                           ws.level_capacity);                             \
     return cudaGetLastError();                                                                             \
   }
@@ -959,7 +974,7 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
     log_denominator_kernel<<<heads, kThreads, 0, stream>>>(p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile),
                                                            ws.tc_chunks, ws.partials, ws.logden);
     tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
-        p, params.tau_fine, ws.logden, ws.flags, scores_out, ws.level_capacity);
+        p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
     compact_kernel<D><<<heads, 1024, 0, stream>>>(p, flat, ws.flags, ws.level_capacity, out, ws.kept, ws.prefix,
                                                  ws.num_kept, ws.num_candidates);
     return cudaGetLastError();
@@ -979,9 +994,8 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
   lse_partials_kernel<D><<<dim3(ws.chunks_a, s.num_kv_heads, s.batch), kThreads, smem_a, stream>>>(
       p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.z, ws.level_capacity);
   log_denominator_kernel<<<heads, kThreads, 0, stream>>>(p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.logden);
-  const float tau_first = params.hierarchical ? params.tau_coarse : params.tau_fine;
   flags_kernel<D><<<dim3(chunks_c, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, first, tiles_c, tau_first, ws.logden, ws.z, ws.level_capacity, ws.flags,
+      p, first, tiles_c, params, ws.logden, ws.z, ws.level_capacity, ws.flags,
       params.hierarchical ? nullptr : scores_out, ws.level_capacity);
   compact_kernel<D><<<heads, 1024, 0, stream>>>(p, first, ws.flags, ws.level_capacity, out, ws.kept, ws.prefix,
                                                ws.num_kept, ws.num_candidates);
@@ -992,7 +1006,7 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
   const int fine_tiles = (lim.max_clusters + kTile - 1) / kTile;
   const int tiles_f = ws.store_z ? 1 : std::max(1, fine_tiles * bh / (4 * 132));
   flags_kernel<D><<<dim3((fine_tiles + tiles_f - 1) / tiles_f, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, children, tiles_f, params.tau_fine, ws.logden, nullptr, 0, ws.flags, scores_out, ws.level_capacity);
+      p, children, tiles_f, params, ws.logden, nullptr, 0, ws.flags, scores_out, ws.level_capacity);
   compact_kernel<D><<<heads, 1024, 0, stream>>>(p, children, ws.flags, ws.level_capacity, out, nullptr, nullptr,
                                                nullptr, nullptr);
   return cudaGetLastError();

@@ -2,7 +2,7 @@
 // Outputs are poisoned (NaN / -1) before each launch; a failure exits non-zero. Prints a table.
 //
 // Selection: GPU and CPU selections must agree except for clusters whose score lies within
-// rounding (relative 2e-3) of the threshold (fp32 sums run in another order). Attention: the CPU
+// rounding (relative 2e-3) of the (sequence, head)'s threshold (fp32 sums run in another order). Attention: the CPU
 // reference runs on the GPU's own selection, and ||out - ref|| / ||ref|| <= 1e-2 (bf16 inputs,
 // bf16 output; bf16 P in prefill), LSE max abs error <= 1e-2, no NaN.
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/kernels/device_layer.h"
@@ -35,6 +36,7 @@ struct Case {
   float empty_fraction;
   float tau_scale;        // tau = tau_scale / N_max (uniform weight = 1/N); <0: -1 (all), >1e3: 2 (none)
   bool use_prefill_kernel = false;  // run a one-token block through the prefill kernel
+  bool per_head_tau = false;  // even sequences get random per-KV-head thresholds (SequenceLayer::tau_*)
 };
 
 struct Result {
@@ -43,6 +45,34 @@ struct Result {
   int selected = 0, candidates = 0, comparisons_ok = 1;
   bool pass = true;
 };
+
+// Per-head thresholds of a sequence: host copies (the CPU views point at them) and device copies.
+struct PerHeadTau {
+  std::vector<std::vector<float>> host;
+  std::vector<float*> dev;
+  PerHeadTau() = default;
+  PerHeadTau(const PerHeadTau&) = delete;
+  PerHeadTau& operator=(const PerHeadTau&) = delete;
+  ~PerHeadTau() {
+    for (float* p : dev) cudaFree(p);
+  }
+  // [hkv] values: `launch_wide` times a log-uniform factor in [1/8, 8], so heads keep very different
+  // shares; points both views at them.
+  void attach(int hkv, float launch_wide, std::mt19937& rng, const float*& host_view, const float*& dev_view) {
+    std::uniform_real_distribution<float> log2_factor(-3.f, 3.f);
+    std::vector<float> tau(hkv);
+    for (float& t : tau) t = launch_wide * std::exp2(log2_factor(rng));
+    dev.push_back(upload(tau));
+    host.push_back(std::move(tau));  // moving keeps the buffer: host_view stays valid
+    host_view = host.back().data();
+    dev_view = dev.back();
+  }
+};
+
+// Fine threshold the selection applies to (sequence view v, KV head h).
+float fine_tau(const SequenceLayerF32& v, const SelectionParams& params, int h) {
+  return v.tau_fine ? v.tau_fine[h] : params.tau_fine;
+}
 
 double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
   double num = 0, den = 0;
@@ -85,13 +115,22 @@ Result run_case(const Case& c, uint64_t seed) {
     max_kc = std::max(max_kc, spec.num_coarse);
     max_n = std::max(max_n, spec.num_rows);
   }
-  SequenceLayerBf16* d_views = upload(dev_views);
-  std::vector<float> q = random_normal(int64_t{batch} * c.lq * shape.num_q_heads * c.d, seed + 7);
-  uint16_t* d_q = upload(round_to_bf16(q));
   SelectionParams params;
   params.hierarchical = c.coarse_ratio > 0;
   params.tau_fine = c.tau_scale < 0 ? -1.f : c.tau_scale > 1e3f ? 2.f : c.tau_scale / max_n;
   params.tau_coarse = c.tau_scale < 0 ? -1.f : c.tau_scale > 1e3f ? 2.f : 1.f / max_n;
+  PerHeadTau per_head;
+  if (c.per_head_tau) {  // odd sequences keep the launch-wide thresholds: both kinds in one launch
+    std::mt19937 rng(static_cast<uint32_t>(seed) + 13);
+    for (int b = 0; b < batch; b += 2) {
+      per_head.attach(c.hkv, params.tau_fine, rng, host_views[b].tau_fine, dev_views[b].tau_fine);
+      if (params.hierarchical)
+        per_head.attach(c.hkv, params.tau_coarse, rng, host_views[b].tau_coarse, dev_views[b].tau_coarse);
+    }
+  }
+  SequenceLayerBf16* d_views = upload(dev_views);
+  std::vector<float> q = random_normal(int64_t{batch} * c.lq * shape.num_q_heads * c.d, seed + 7);
+  uint16_t* d_q = upload(round_to_bf16(q));
   const SelectionLimits limits{max_k, max_kc};
   const int bh = batch * c.hkv;
 
@@ -122,6 +161,8 @@ Result run_case(const Case& c, uint64_t seed) {
   const std::vector<float> g_scores = download(d_scores, size_t(bh) * std::max(max_k, max_kc));
   int mismatches = 0, unexplained = 0;
   for (int x = 0; x < bh; ++x) {
+    const int b = x / c.hkv, h = x % c.hkv;
+    const float tau = fine_tau(host_views[b], params, h);
     std::vector<int> a(g_ids.begin() + int64_t(x) * max_k, g_ids.begin() + int64_t(x) * max_k + std::max(0, g_counts[x]));
     std::vector<int> r(r_ids.begin() + int64_t(x) * max_k, r_ids.begin() + int64_t(x) * max_k + r_counts[x]);
     std::vector<int> diff;
@@ -129,10 +170,9 @@ Result run_case(const Case& c, uint64_t seed) {
     mismatches += static_cast<int>(diff.size());
     for (int id : diff) {
       const float s = params.hierarchical ? NAN : g_scores[int64_t(x) * std::max(max_k, max_kc) + id];
-      if (!(std::abs(s - params.tau_fine) <= 2e-3f * std::abs(params.tau_fine))) ++unexplained;
+      if (!(std::abs(s - tau) <= 2e-3f * std::abs(tau))) ++unexplained;
     }
     // Row bookkeeping must be self-consistent with the ids the GPU chose.
-    const int b = x / c.hkv, h = x % c.hkv;
     const int32_t* off = host_views[b].offsets + int64_t(h) * (host_views[b].num_clusters + 1);
     int run = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -214,8 +254,13 @@ int main(int argc, char** argv) {
       {"prefill d128 g4 lq1",          128, 4, 2, 1, {900},                  20, 0, 10, 0.1f, 1.f, true},
       {"prefill d128 g4 lq257 all",    128, 4, 2, 257, {3000, 77},           20, 0, 100, 0.2f, -1.f},
       {"prefill d64 g2 lq64 batch2",    64, 2, 4, 64, {1500, 2100},          25, 0, 0, 0.1f, 1.f},
+      // Per-KV-head thresholds on sequences 0, 2, ...; the others use the launch-wide ones.
+      {"decode d128 g4 per-head tau",  128, 4, 8, 1, {20011, 5003, 700},      9, 0, 100, 0.1f, 1.f, false, true},
+      {"decode d128 g1 per-head tau",  128, 1, 8, 1, {9007, 4001},            4, 0, 20, 0.1f, 1.f, false, true},
+      {"prefill d128 g4 lq64 per-head", 128, 4, 4, 64, {3001, 1200},          5, 0, 50, 0.1f, 1.f, false, true},
+      {"decode d128 g4 hier per-head", 128, 4, 4, 1, {6007, 3000},            5, 8, 100, 0.1f, 1.5f, false, true},
   };
-  if (small) cases = {cases[1], cases[3], cases[10]};
+  if (small) cases = {cases[1], cases[3], cases[10], cases[15], cases[18]};
   std::printf("%-30s %6s %8s %10s %10s %10s %5s %s\n", "case", "B", "sel/cand", "sel_diff", "attn_rel", "lse_err",
               "cmp", "result");
   bool all = true;
