@@ -379,7 +379,7 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
 
 // ---- decode fast path: flat index, R = Lq * g <= 8 query rows -----------------------------------
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
-// at DRAM speed with every warp loading. Two launches replace the general path's four:
+// at DRAM speed with every warp loading. Three launches replace the general path's four:
 //  K1 score_stream_kernel, grid (ceil(K / 256), H_kv, B), 8 warps x 32 centroids per CTA. A
 //     centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load) and
 //     each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over its
@@ -387,11 +387,21 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
 //     R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z = s*q.c in
 //     fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and K2), and one
 //     LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
-//  K2 select_compact_kernel, grid (H_kv, B), 1024 threads: merges the head's partials into the
-//     log denominators in a fixed order, then scores, thresholds and compacts its candidates in
-//     one ordered pass (z is L2-resident: 3.4 MB for all heads at 512K). No N-sized pass, no host.
+//  K2a select_chunk_kernel, grid (ceil(K / 1024), H_kv, B): every CTA merges the head's K1
+//     partials into the log denominators (the same fixed order in every CTA, so all agree bit for
+//     bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads at
+//     512K) and compacts them in candidate order into a chunk-local list (ids, local row starts)
+//     plus the chunk's totals (clusters, rows).
+//  K2b place_chunk_kernel, same grid: sums the totals of the chunks before its own (integers: exact
+//     in any order) and copies its chunk's list to that offset of the output; the head's last
+//     chunk writes counts / rows / comparisons.
+// The output is the one ordered compaction a single CTA per head would produce (that was K2 until
+// run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
+// host round trip, no atomics.
 constexpr int kStreamChunk = 256;  // candidates per K1 CTA: 8 warps x 32
 constexpr int kMaxFastRows = 8;
+constexpr int kSelectPer = 4;                          // candidates per K2a thread
+constexpr int kSelectChunk = kThreads * kSelectPer;    // candidates per K2a / K2b CTA
 
 template <int R>
 __host__ __device__ constexpr int log2_rows() { return R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3; }
@@ -520,116 +530,203 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
   }
 }
 
+// Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
+// rows <= kMaxFastRows = kWarps). Fixed order: lane-strided, then the warp tree.
 template <int R>
-__global__ void __launch_bounds__(1024) select_compact_kernel(ProblemArgs p, int num_chunks, int z_capacity,
-                                                              const float* z, const float2* partials,
-                                                              SelectionParams params, Selection out, float* scores,
-                                                              int score_capacity) {
-  __shared__ float logden[R];
-  const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
-  const SequenceLayerBf16& s = p.seqs[b];
-  const int K = s.num_clusters, rows = p.lq * p.g, g = p.g;
+__device__ void fast_log_denominators(int bh, int K, int rows, int num_chunks, const float2* partials,
+                                      float (&logden)[R]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int used = (K + kStreamChunk - 1) / kStreamChunk;
-  if (warp < rows) {
-    float2 acc = make_float2(neg_inf(), 0.f);
-    for (int c = lane; c < used; c += 32)
-      acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp]);
-    acc = warp_lse_reduce(acc);
-    if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
+  if (warp >= rows) return;
+  float2 acc = make_float2(neg_inf(), 0.f);
+  for (int c = lane; c < used; c += 32)
+    acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp]);
+  acc = warp_lse_reduce(acc);
+  if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
+}
+
+// The R logits of one candidate (z[bh][i][R], written by K1: read through L2, not L1).
+template <int R>
+__device__ __forceinline__ void load_logits(const float* zi, float (&z)[R]) {
+  if constexpr (R == 1) {
+    z[0] = __ldcg(zi);
+  } else if constexpr (R == 2) {
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(zi));
+    z[0] = v.x, z[1] = v.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < R; k += 4) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(zi + k));
+      z[k] = v.x, z[k + 1] = v.y, z[k + 2] = v.z, z[k + 3] = v.w;
+    }
+  }
+}
+
+// score = max over group members j of the mean over tokens of p(row t*g + j). member[r] = r % g
+// (-1 past the rows) is computed once per thread, so no integer modulo runs per candidate; each
+// member's sum runs in ascending r (the order of the CPU reference and of earlier versions).
+template <int R>
+__device__ __forceinline__ float group_score(const float (&pr)[R], const int (&member)[R], int g, float inv_lq) {
+  float best = neg_inf();
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    if (j >= g) break;
+    float sum = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (member[r] == j) sum += pr[r];
+    best = fmaxf(best, sum * inv_lq);
+  }
+  return best;
+}
+
+// Warp-inclusive scan of (clusters, rows) pairs.
+__device__ __forceinline__ int2 warp_inclusive_scan(int2 v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int x = __shfl_up_sync(0xffffffffu, v.x, o), y = __shfl_up_sync(0xffffffffu, v.y, o);
+    if (lane >= o) v.x += x, v.y += y;
+  }
+  return v;
+}
+
+// Ordered exclusive scan of a K2a CTA's (keep, rows) pairs, candidate e * 256 + tid owning x[e]:
+// returns in at[e] the pair's position among the chunk's kept candidates (and rows before it), and
+// the chunk's totals. One warp scan per e, then warp 0 scans the 32 warp sums in (e, warp) order.
+__device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSelectPer]) {
+  static_assert(kSelectPer * kWarps == 32, "warp 0 scans one warp sum per lane");
+  __shared__ int2 base[kSelectPer * kWarps];
+  __shared__ int2 total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int2 inc = warp_inclusive_scan(x[e]);
+    at[e] = make_int2(inc.x - x[e].x, inc.y - x[e].y);
+    if (lane == 31) base[e * kWarps + warp] = inc;
   }
   __syncthreads();
-  float ld[R];
+  if (warp == 0) {
+    const int2 sum = base[lane];
+    const int2 inc = warp_inclusive_scan(sum);
+    base[lane] = make_int2(inc.x - sum.x, inc.y - sum.y);
+    if (lane == 31) total = inc;
+  }
+  __syncthreads();
 #pragma unroll
-  for (int r = 0; r < R; ++r) ld[r] = r < rows ? logden[r] : 0.f;
+  for (int e = 0; e < kSelectPer; ++e) {
+    at[e].x += base[e * kWarps + warp].x;
+    at[e].y += base[e * kWarps + warp].y;
+  }
+  return total;
+}
+
+// K2a. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
+// first + e * 256 + tid (each warp load reads 32 consecutive candidates). `capacity` (the level
+// capacity) is the per-head stride of z, of the chunk lists and of `scores`.
+template <int R>
+__global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, SelectionParams params,
+                                                                 int num_stream_chunks, int capacity,
+                                                                 const float* z, const float2* partials,
+                                                                 int32_t* local_ids, int32_t* local_starts,
+                                                                 int2* chunk_totals, int num_select_chunks,
+                                                                 float* scores) {
+  __shared__ float logden[R];
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const int K = s.num_clusters, rows = p.lq * p.g;
+  const int first = chunk * kSelectChunk;
+  if (first >= K) return;  // past this sequence's K: K2b never reads this chunk
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+
+  // Every candidate load of the CTA first, then the (small) denominator merge under their latency.
+  int lo[kSelectPer], hi[kSelectPer];
+  float zz[kSelectPer][R];
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int i = first + e * kThreads + threadIdx.x;
+    const bool in = i < K;
+    lo[e] = in ? __ldg(off + i) : 0;
+    hi[e] = in ? __ldg(off + i + 1) : 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) zz[e][r] = 0.f;
+    if (in) load_logits<R>(z + (static_cast<int64_t>(bh) * capacity + i) * R, zz[e]);
+  }
+  fast_log_denominators<R>(bh, K, rows, num_stream_chunks, partials, logden);
+  int member[R];  // group member of row r = t * g + j, -1 for padding rows
+#pragma unroll
+  for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
   const float tau = head_tau(s, params, false, h);
-  // A round covers 1024 * kPer candidates; thread tid owns candidates base + e * 1024 + tid, so each
-  // load instruction of a warp reads 32 consecutive candidates (coalesced: the first version gave
-  // each thread kPer consecutive candidates, a 128 B lane stride for R = 4, and its L1 wavefronts
-  // made GQA selection ~100 us). Order is restored by kPer scans done together (3 barriers/round).
-  constexpr int kPer = R == 8 ? 4 : 8;  // kPer x R logits within the 64 registers of 1024 threads
-  __shared__ int2 warp_sums[32][kPer];
-  int count = 0, total_rows = 0;
-  for (int base = 0; base < K; base += 1024 * kPer) {
-    int lo[kPer], hi[kPer];
-    float zz[kPer][R];
+  __syncthreads();  // logden
+
+  int2 keep[kSelectPer];  // (1, rows) of a kept candidate, else (0, 0)
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) {  // every load of the round before any arithmetic or store
-      const int i = base + e * 1024 + threadIdx.x;
-      const bool in = i < K;
-      lo[e] = in ? __ldg(off + i) : 0;
-      hi[e] = in ? __ldg(off + i + 1) : 0;
-      const float* zi = z + (static_cast<int64_t>(bh) * z_capacity + i) * R;
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int i = first + e * kThreads + threadIdx.x;
+    float pr[R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) zz[e][r] = in ? __ldcg(zi + r) : 0.f;  // written by K1: skip L1
-    }
-    int2 inc[kPer];
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const int i = base + e * 1024 + threadIdx.x;
-      const int n = hi[e] - lo[e];
-      float pr[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) pr[r] = r < rows ? __expf(zz[e][r] - ld[r]) : 0.f;
-      // score = max over group members j of the mean over tokens t of p(row t*g + j).
-      float best = neg_inf();
-#pragma unroll
-      for (int j = 0; j < R; ++j) {
-        if (j >= g) break;
-        float sum = 0.f;
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-          if (r < rows && r % g == j) sum += pr[r];
-        best = fmaxf(best, sum * inv_lq);
-      }
-      const bool live = i < K && n > 0, keep = live && best > tau;
-      if (scores && i < K) scores[static_cast<int64_t>(bh) * score_capacity + i] = live ? best : neg_inf();
-      inc[e] = keep ? make_int2(1, n) : make_int2(0, 0);
-    }
-    // kPer inclusive warp scans, then a scan of the warp sums by warp 0.
-    int2 mine[kPer];
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      mine[e] = inc[e];
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int x = __shfl_up_sync(0xffffffffu, inc[e].x, o), y = __shfl_up_sync(0xffffffffu, inc[e].y, o);
-        if (lane >= o) inc[e].x += x, inc[e].y += y;
-      }
-      if (lane == 31) warp_sums[warp][e] = inc[e];
-    }
-    __syncthreads();
-    if (warp == 0) {
-#pragma unroll
-      for (int e = 0; e < kPer; ++e) {
-        int2 w = warp_sums[lane][e];
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-          const int x = __shfl_up_sync(0xffffffffu, w.x, o), y = __shfl_up_sync(0xffffffffu, w.y, o);
-          if (lane >= o) w.x += x, w.y += y;
-        }
-        warp_sums[lane][e] = w;  // inclusive over warps
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const int2 before = warp > 0 ? warp_sums[warp - 1][e] : make_int2(0, 0);
-      if (mine[e].x) {
-        const int64_t slot = static_cast<int64_t>(bh) * out.capacity + count + before.x + inc[e].x - 1;
-        out.cluster_ids[slot] = base + e * 1024 + threadIdx.x;
-        out.row_start[slot] = total_rows + before.y + inc[e].y - mine[e].y;
-      }
-      count += warp_sums[31][e].x;
-      total_rows += warp_sums[31][e].y;
-    }
-    __syncthreads();  // warp_sums reused by the next round
+    for (int r = 0; r < R; ++r) pr[r] = member[r] >= 0 ? __expf(zz[e][r] - logden[r]) : 0.f;
+    const float best = group_score<R>(pr, member, p.g, inv_lq);
+    const int n = hi[e] - lo[e];
+    const bool live = i < K && n > 0;
+    if (scores && i < K) scores[static_cast<int64_t>(bh) * capacity + i] = live ? best : neg_inf();
+    keep[e] = live && best > tau ? make_int2(1, n) : make_int2(0, 0);
   }
-  if (threadIdx.x == 0) {
-    out.counts[bh] = count;
-    out.rows[bh] = total_rows;
+  int2 at[kSelectPer];
+  const int2 total = chunk_exclusive_scan(keep, at);
+  const int64_t list = static_cast<int64_t>(bh) * capacity + first;  // the chunk's slice of the lists
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    if (!keep[e].x) continue;
+    local_ids[list + at[e].x] = first + e * kThreads + threadIdx.x;
+    local_starts[list + at[e].x] = at[e].y;
+  }
+  if (threadIdx.x == 0) chunk_totals[static_cast<int64_t>(bh) * num_select_chunks + chunk] = total;
+}
+
+// Sum of an int2 over the CTA (integer: exact in any order). Result valid in every thread.
+__device__ int2 block_sum(int2 v) {
+  __shared__ int2 warp_sum[kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+  }
+  if (lane == 0) warp_sum[warp] = v;
+  __syncthreads();
+  int2 sum = make_int2(0, 0);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum.x += warp_sum[w].x, sum.y += warp_sum[w].y;
+  return sum;
+}
+
+// K2b. grid (select chunks, H_kv, B), 256 threads. A head with K = 0 has no K2a chunk; its chunk 0
+// still runs here and writes the zero counts.
+__global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, int list_capacity,
+                                                               const int32_t* local_ids, const int32_t* local_starts,
+                                                               const int2* chunk_totals, int num_select_chunks,
+                                                               Selection out) {
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const int K = p.seqs[b].num_clusters;
+  const int used = (K + kSelectChunk - 1) / kSelectChunk;
+  const int last = max(used, 1) - 1;
+  if (chunk > last) return;
+  const int2* totals = chunk_totals + static_cast<int64_t>(bh) * num_select_chunks;
+  int2 mine = make_int2(0, 0);
+  for (int c = threadIdx.x; c < chunk; c += kThreads) mine = make_int2(mine.x + totals[c].x, mine.y + totals[c].y);
+  const int2 before = block_sum(mine);  // clusters and rows selected by the chunks before this one
+  const int2 own = chunk < used ? totals[chunk] : make_int2(0, 0);
+  const int64_t src = static_cast<int64_t>(bh) * list_capacity + static_cast<int64_t>(chunk) * kSelectChunk;
+  const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
+  for (int i = threadIdx.x; i < own.x; i += kThreads) {
+    out.cluster_ids[dst + i] = local_ids[src + i];
+    out.row_start[dst + i] = before.y + local_starts[src + i];
+  }
+  if (chunk == last && threadIdx.x == 0) {
+    out.counts[bh] = before.x + own.x;
+    out.rows[bh] = before.y + own.y;
     out.comparisons[bh] = K;
   }
 }
@@ -904,8 +1001,10 @@ struct Workspace {
   float* z;
   uint8_t* flags;
   int32_t *kept, *prefix, *num_kept, *num_candidates;
-  // Decode fast path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r].
-  int fast_r, fast_chunks;
+  // Decode fast path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
+  // chunk_totals [bh][select_chunks]; its chunk-local lists reuse kept / prefix (general path only).
+  int fast_r, fast_chunks, select_chunks;
+  int2* chunk_totals;
   // Tensor-core prefill path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped
   // into tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
   int tc_strips, tc_strips_per_chunk, tc_chunks;
@@ -938,11 +1037,28 @@ struct Workspace {
     num_candidates = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
     fast_r = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : rows <= kMaxFastRows ? 8 : 0;
     fast_chunks = (std::max(lim.max_clusters, 1) + kStreamChunk - 1) / kStreamChunk;
+    select_chunks = (std::max(lim.max_clusters, 1) + kSelectChunk - 1) / kSelectChunk;
     fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
+    chunk_totals = fast_r ? reinterpret_cast<int2*>(take(sizeof(int2) * bh * select_chunks)) : nullptr;
     bytes = off;
   }
 };
+
+// Decode fast path: K1, K2a, K2b (see "decode fast path" above).
+template <int D, int R>
+cudaError_t run_fast_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
+  score_stream_kernel<D, R><<<dim3(ws.fast_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+      p, ws.fast_chunks, ws.level_capacity, ws.fast_z, ws.fast_partials);
+  const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
+  select_chunk_kernel<R><<<chunks, kThreads, 0, stream>>>(p, params, ws.fast_chunks, ws.level_capacity, ws.fast_z,
+                                                         ws.fast_partials, ws.kept, ws.prefix, ws.chunk_totals,
+                                                         ws.select_chunks, scores_out);
+  place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.chunk_totals,
+                                                      ws.select_chunks, out);
+  return cudaGetLastError();
+}
 
 template <int D>
 cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs, const void* q,
@@ -953,18 +1069,12 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
                       s.group(), 1.f / sqrtf(static_cast<float>(D))};
   const int bh = s.batch * s.num_kv_heads;
   if (!params.hierarchical && ws.fast_r > 0) {
-    const dim3 grid(ws.fast_chunks, s.num_kv_heads, s.batch), heads(s.num_kv_heads, s.batch);
-#define SQZ_FAST_CASE(R_)                                                                                   \
-  if (ws.fast_r == R_) {                                                                                   \
-    score_stream_kernel<D, R_><<<grid, kThreads, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z, \
-                                                              ws.fast_partials);                          \
-    select_compact_kernel<R_><<<heads, 1024, 0, stream>>>(p, ws.fast_chunks, ws.level_capacity, ws.fast_z,  \
-                                                          ws.fast_partials, params, out, scores_out,        \
-                                                          ws.level_capacity);                             \
-    return cudaGetLastError();                                                                             \
-  }
-    SQZ_FAST_CASE(1) SQZ_FAST_CASE(2) SQZ_FAST_CASE(4) SQZ_FAST_CASE(8)
-#undef SQZ_FAST_CASE
+    switch (ws.fast_r) {
+      case 1: return run_fast_selection<D, 1>(s, p, params, ws, out, scores_out, stream);
+      case 2: return run_fast_selection<D, 2>(s, p, params, ws, out, scores_out, stream);
+      case 4: return run_fast_selection<D, 4>(s, p, params, ws, out, scores_out, stream);
+      default: return run_fast_selection<D, 8>(s, p, params, ws, out, scores_out, stream);
+    }
   }
   if (!params.hierarchical) {  // prefill block (rows > kMaxFastRows), flat: tensor-core passes
     const dim3 heads(s.num_kv_heads, s.batch);

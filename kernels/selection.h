@@ -4,8 +4,10 @@
 //
 // Everything stays on the device: outputs are worst-case sized (Selection::capacity) and the
 // attention kernels read counts from device memory, so a decode step can be captured in a graph.
-// Launches (fixed grids): flat with Lq * g <= 8 query rows (decode) = 2 launches: one stream over
-// the bf16 centroids (logits + LSE partials) and one select/compact CTA per (sequence, KV head).
+// Launches (fixed grids): flat with Lq * g <= 8 query rows (decode) = 3 launches: one stream over
+// the bf16 centroids (logits + LSE partials), then per chunk of 1024 candidates of each (sequence,
+// KV head) one CTA that scores, thresholds and compacts the chunk and one that places the chunk's
+// list at its offset (deterministic, in candidate order).
 // Otherwise (prefill blocks, hierarchical): lse partials -> log denominators -> flags -> compaction;
 // hierarchical runs that chain on the coarse level, then flags + compaction over the children of
 // the kept coarse clusters only (their fine centroids are the only ones read).

@@ -237,30 +237,33 @@ Result run_case(const Case& c, uint64_t seed) {
 
 int main(int argc, char** argv) {
   const bool small = argc > 1 && std::string(argv[1]) == "--small";  // for compute-sanitizer
+  // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
+  // and an odd K on some sequence.
   std::vector<Case> cases = {
       // name                          d   g  hkv lq  rows per sequence      csz coarse dense empty tau
-      {"decode d128 g1",               128, 1, 4, 1, {1000},                 20, 0, 37, 0.1f, 1.f},
-      {"decode d128 g4 batch3",        128, 4, 2, 1, {777, 1501, 64},        20, 0, 5, 0.1f, 1.f},
-      {"decode d64 g8 batch2",          64, 8, 2, 1, {2049, 333},            16, 0, 100, 0.2f, 1.5f},
+      {"decode d128 g1",               128, 1, 4, 1, {9005},                  4, 0, 37, 0.1f, 1.f},
+      {"decode d128 g4 batch3",        128, 4, 2, 1, {3077, 1501, 64},        3, 0, 5, 0.1f, 1.f},
+      {"decode d64 g8 batch2",          64, 8, 2, 1, {4099, 333},             2, 0, 100, 0.2f, 1.5f},
       {"decode d128 g4 hier",          128, 4, 2, 1, {3001, 1200},           20, 8, 100, 0.1f, 1.5f},
       {"decode d64 g1 hier",            64, 1, 3, 1, {999},                  10, 5, 3, 0.3f, 1.f},
-      {"decode empty selection",       128, 4, 2, 1, {500, 700},             20, 0, 9, 0.1f, 1e9f},
-      {"decode all selected",           64, 1, 2, 1, {1234},                 20, 0, 1, 0.3f, -1.f},
+      {"decode empty selection",       128, 4, 2, 1, {2503, 700},             2, 0, 9, 0.1f, 1e9f},
+      {"decode all selected",           64, 1, 2, 1, {4103},                  2, 0, 1, 0.3f, -1.f},
       {"decode one huge cluster",      128, 8, 1, 1, {20000},            20000, 0, 100, 0.f, -1.f},
-      {"decode batch8 d128 g4",        128, 4, 8, 1, {20000, 9000, 17, 4096, 30011, 100, 2500, 12345}, 20, 0, 100, 0.05f, 2.f},
+      {"decode batch8 d128 g4",        128, 4, 8, 1, {20000, 9000, 17, 4096, 30011, 100, 2500, 12345}, 9, 0, 100, 0.05f, 2.f},
       {"prefill d128 g1 lq100",        128, 1, 2, 100, {1000, 433},          20, 0, 50, 0.1f, 1.f},
       {"prefill d64 g4 lq37 hier",      64, 4, 2, 37, {2500},                20, 6, 100, 0.1f, 1.f},
       {"prefill d128 g8 empty sel",    128, 8, 1, 128, {800},                20, 0, 100, 0.1f, 1e9f},
-      {"prefill d128 g4 lq1",          128, 4, 2, 1, {900},                  20, 0, 10, 0.1f, 1.f, true},
+      {"prefill d128 g4 lq1",          128, 4, 2, 1, {2703},                  2, 0, 10, 0.1f, 1.f, true},
       {"prefill d128 g4 lq257 all",    128, 4, 2, 257, {3000, 77},           20, 0, 100, 0.2f, -1.f},
       {"prefill d64 g2 lq64 batch2",    64, 2, 4, 64, {1500, 2100},          25, 0, 0, 0.1f, 1.f},
+      {"prefill d64 g2 lq3 fast sel",   64, 2, 2, 3, {4103, 900},             2, 0, 20, 0.1f, 1.f},  // 6 rows: decode path, 2 padded
       // Per-KV-head thresholds on sequences 0, 2, ...; the others use the launch-wide ones.
       {"decode d128 g4 per-head tau",  128, 4, 8, 1, {20011, 5003, 700},      9, 0, 100, 0.1f, 1.f, false, true},
       {"decode d128 g1 per-head tau",  128, 1, 8, 1, {9007, 4001},            4, 0, 20, 0.1f, 1.f, false, true},
       {"prefill d128 g4 lq64 per-head", 128, 4, 4, 64, {3001, 1200},          5, 0, 50, 0.1f, 1.f, false, true},
       {"decode d128 g4 hier per-head", 128, 4, 4, 1, {6007, 3000},            5, 8, 100, 0.1f, 1.5f, false, true},
   };
-  if (small) cases = {cases[1], cases[3], cases[10], cases[15], cases[18]};
+  if (small) cases = {cases[1], cases[3], cases[10], cases[15], cases[16], cases[19]};
   std::printf("%-30s %6s %8s %10s %10s %10s %5s %s\n", "case", "B", "sel/cand", "sel_diff", "attn_rel", "lse_err",
               "cmp", "result");
   bool all = true;
