@@ -1,12 +1,14 @@
 // kernels_bench: sparse decode and prefill (selection + attention) on synthetic clustered layers,
 // timed as one CUDA graph per step, L2 flushed (256 MB write) before every timed replay, median of
-// the replays. Writes JSON (--out FILE). Dense baselines: sdpa_baseline.py (PyTorch SDPA flash /
+// the replays. The selection step is also split per launch (select_split: each kernel of its
+// graph replayed alone). Writes JSON (--out FILE). Dense baselines: sdpa_baseline.py (PyTorch SDPA flash /
 // cuDNN) on the same shapes; it merges both files into the comparison table.
 //
 // Synthetic clustering: cluster sizes uniform in [10, 30] (mean 20 -> c = 5%), random centroids and
 // queries; the threshold is bisected on the device until the kept fraction of clustered keys is
 // 1 - sparsity (one global tau, so heads keep different amounts, as with calibrated thresholds).
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cmath>
 #include <cstring>
@@ -124,15 +126,80 @@ Timing time_graph(cudaGraphExec_t graph, cudaStream_t s, void* flush, size_t flu
 }
 
 template <typename F>
-cudaGraphExec_t capture(cudaStream_t s, F&& body) {
+cudaGraph_t capture_graph(cudaStream_t s, F&& body) {
   cudaGraph_t g;
-  cudaGraphExec_t exec;
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   body();
   CUDA_OK(cudaStreamEndCapture(s, &g));
+  return g;
+}
+
+template <typename F>
+cudaGraphExec_t capture(cudaStream_t s, F&& body) {
+  cudaGraph_t g = capture_graph(s, body);
+  cudaGraphExec_t exec;
   CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
   CUDA_OK(cudaGraphDestroy(g));
   return exec;
+}
+
+// Kernel name from cudaFuncGetName's (Itanium-mangled) name: the last identifier of the nested
+// name, e.g. "score_stream_kernel" (template arguments dropped).
+std::string short_kernel_name(const char* mangled) {
+  const std::string m = mangled ? mangled : "?";
+  if (m.rfind("_ZN", 0) != 0) return m;
+  std::string last = m;
+  for (size_t i = 3; i < m.size() && std::isdigit(static_cast<unsigned char>(m[i]));) {
+    size_t len = 0;
+    while (i < m.size() && std::isdigit(static_cast<unsigned char>(m[i]))) len = len * 10 + (m[i++] - '0');
+    last = m.substr(i, len);
+    i += len;
+  }
+  return last;
+}
+
+struct LaunchTiming {
+  std::string kernel;
+  Timing t;
+};
+
+// Each kernel of a graph captured on one stream, in launch order, replayed alone (the others
+// disabled in the same executable graph) after the usual L2 flush, on the buffers the full replays
+// left behind. Every part carries its own launch latency, so the parts add up to more than the step.
+std::vector<LaunchTiming> time_launches(cudaGraph_t graph, cudaStream_t s, void* flush, size_t flush_bytes, int reps) {
+  std::vector<cudaGraphNode_t> chain;
+  size_t n = 1;
+  cudaGraphNode_t node = nullptr;
+  CUDA_OK(cudaGraphGetRootNodes(graph, &node, &n));
+  while (n == 1) {  // one-stream capture: a chain
+    chain.push_back(node);
+#if CUDART_VERSION >= 13000
+    CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), nullptr, nullptr, &n));
+    if (n == 1) CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), &node, nullptr, &n));
+#else
+    CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), nullptr, &n));
+    if (n == 1) CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), &node, &n));
+#endif
+  }
+  std::vector<cudaGraphNode_t> kernels;
+  for (cudaGraphNode_t c : chain) {
+    cudaGraphNodeType type;
+    CUDA_OK(cudaGraphNodeGetType(c, &type));
+    if (type == cudaGraphNodeTypeKernel) kernels.push_back(c);
+  }
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  std::vector<LaunchTiming> out;
+  for (cudaGraphNode_t k : kernels) {
+    for (cudaGraphNode_t other : kernels) CUDA_OK(cudaGraphNodeSetEnabled(exec, other, other == k));
+    cudaKernelNodeParams params{};
+    CUDA_OK(cudaGraphKernelNodeGetParams(k, &params));
+    const char* name = nullptr;
+    if (cudaFuncGetName(&name, params.func) != cudaSuccess) name = nullptr;
+    out.push_back({short_kernel_name(name), time_graph(exec, s, flush, flush_bytes, reps)});
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  return out;
 }
 
 struct Config {
@@ -231,15 +298,19 @@ int main(int argc, char** argv) {
         if (c.prefill) CUDA_OK(sparse_prefill_attention(shape, d_views, q, sel.sel, out, nullptr, s));
         else CUDA_OK(sparse_decode_attention(shape, d_views, q, sel.sel, out, nullptr, dws, launch, s));
       };
-      cudaGraphExec_t g_sel = capture(s, select), g_att = capture(s, attend);
+      cudaGraph_t sel_graph = capture_graph(s, select);
+      cudaGraphExec_t g_sel, g_att = capture(s, attend);
+      CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
       cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
       const int reps = c.prefill ? 10 : 30;
       const Timing t_sel = time_graph(g_sel, s, flush, flush_bytes, reps);
       const Timing t_att = time_graph(g_att, s, flush, flush_bytes, reps);
       const Timing t_all = time_graph(g_all, s, flush, flush_bytes, reps);
+      const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, flush_bytes, reps);
       cudaGraphExecDestroy(g_sel);
       cudaGraphExecDestroy(g_att);
       cudaGraphExecDestroy(g_all);
+      cudaGraphDestroy(sel_graph);
       // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once.
       const double kv_bytes = (double(kept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2;
       const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
@@ -248,14 +319,24 @@ int main(int argc, char** argv) {
       std::printf("%-10s %6d %2d %-7s %5.2f %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
                   c.prefill ? "prefill" : "decode", sparsity, t_sel.median_us, t_att.median_us, t_all.median_us,
                   bytes / 1e6, bytes / (t_all.median_us * 1e-6) / 1e12, frac);
+      std::printf("    select split (us, each launch alone):");
+      for (const LaunchTiming& l : split) std::printf(" %s %.1f", l.kernel.c_str(), l.t.median_us);
+      std::printf("\n");
+      std::string split_json;
+      for (const LaunchTiming& l : split) {
+        char item[160];
+        std::snprintf(item, sizeof item, "%s{\"kernel\": \"%s\", \"us\": %.2f}", split_json.empty() ? "" : ", ",
+                      l.kernel.c_str(), l.t.median_us);
+        split_json += item;
+      }
       std::fprintf(json,
                    "%s  {\"model\": \"%s\", \"hq\": %d, \"hkv\": %d, \"d\": %d, \"context\": %d, \"batch\": %d, "
                    "\"mode\": \"%s\", \"query_len\": %d, \"sparsity\": %.2f, \"kept_fraction\": %.4f, \"tau\": %.4e, "
                    "\"select_us\": %.2f, \"attend_us\": %.2f, \"total_us\": %.2f, \"total_min_us\": %.2f, "
-                   "\"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
+                   "\"select_split\": [%s], \"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
                    first_row ? "" : ",\n", c.model, c.hq, c.hkv, c.d, c.context, c.batch,
                    c.prefill ? "prefill" : "decode", lq, sparsity, frac, params.tau_fine, t_sel.median_us,
-                   t_att.median_us, t_all.median_us, t_all.min_us, bytes, centroid_bytes,
+                   t_att.median_us, t_all.median_us, t_all.min_us, split_json.c_str(), bytes, centroid_bytes,
                    bytes / (t_all.median_us * 1e-6) / 1e12);
       first_row = false;
       std::fflush(json);
