@@ -2,9 +2,9 @@
 // Outputs are poisoned (NaN / -1) before each launch; a failure exits non-zero. Prints a table.
 //
 // Selection: GPU and CPU selections must agree except for clusters whose score lies within
-// rounding (relative 2e-3) of the (sequence, head)'s threshold (fp32 sums run in another order). Attention: the CPU
-// reference runs on the GPU's own selection, and ||out - ref|| / ||ref|| <= 1e-2 (bf16 inputs,
-// bf16 output; bf16 P in prefill), LSE max abs error <= 1e-2, no NaN.
+// rounding (relative 2e-3) of the threshold of their (sequence, KV head) (fp32 sums run in another
+// order). Attention: the CPU reference runs on the GPU's own selection, and ||out - ref|| / ||ref||
+// <= 1e-2 (bf16 inputs, bf16 output; bf16 P in prefill), LSE max abs error <= 1e-2, no NaN.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
