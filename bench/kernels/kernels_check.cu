@@ -256,7 +256,8 @@ int main(int argc, char** argv) {
       {"prefill d128 g4 lq1",          128, 4, 2, 1, {2703},                  2, 0, 10, 0.1f, 1.f, true},
       {"prefill d128 g4 lq257 all",    128, 4, 2, 257, {3000, 77},           20, 0, 100, 0.2f, -1.f},
       {"prefill d64 g2 lq64 batch2",    64, 2, 4, 64, {1500, 2100},          25, 0, 0, 0.1f, 1.f},
-      {"prefill d64 g2 lq3 fast sel",   64, 2, 2, 3, {4103, 900},             2, 0, 20, 0.1f, 1.f},  // 6 rows: decode path, 2 padded
+      // 6 query rows: the decode (fast) selection path with 2 padding rows and a 3-token mean.
+      {"prefill d64 g2 lq3 fast sel",   64, 2, 2, 3, {4103, 900},             2, 0, 20, 0.1f, 1.f},
       // Per-KV-head thresholds on sequences 0, 2, ...; the others use the launch-wide ones.
       {"decode d128 g4 per-head tau",  128, 4, 8, 1, {20011, 5003, 700},      9, 0, 100, 0.1f, 1.f, false, true},
       {"decode d128 g1 per-head tau",  128, 1, 8, 1, {9007, 4001},            4, 0, 20, 0.1f, 1.f, false, true},

@@ -136,7 +136,8 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
     const PerHead& from = heads[per_head ? h : 0];
     std::vector<double> s(from.coarse);
     std::sort(s.begin(), s.end());
-    tau_c[h] = static_cast<float>(0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]));  // between two scores: keeps about half
+    // Between two scores: keeps about half.
+    tau_c[h] = static_cast<float>(0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]));
     tau_f[h] = static_cast<float>(key_quantile(from.fine, from.fine_rows, per_head ? 0.3 + 0.4 * h : 0.5));
   }
 
