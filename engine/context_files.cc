@@ -1,6 +1,7 @@
 #include "engine/context_files.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
@@ -24,6 +25,18 @@ namespace fs = std::filesystem;
 constexpr char kManifest[] = "manifest.json";
 constexpr char kTensors[] = "tensors.safetensors";
 // Temporaries start with '.', which valid context ids never do (IsValidContextId).
+// Deletes `path` and everything under it, best effort (a temporary or trash directory). Not
+// std::filesystem::remove_all: libtorch.so of the PyTorch 2.x wheels exports its own copy of it, the
+// dynamic linker binds our calls to that copy, and it jumps to a null pointer (a SIGSEGV whenever
+// a context was replaced, on the GPU build). nftw is plain libc.
+void RemoveTree(const fs::path& path) {
+  const auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) {
+    ::remove(entry);  // files, then their (now empty) directories: FTW_DEPTH visits children first
+    return 0;         // go on past an entry that cannot be removed
+  };
+  nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 constexpr char kTempPrefix[] = ".tmp-";
 constexpr char kTrashPrefix[] = ".trash-";
 
@@ -75,7 +88,7 @@ absl::Status PublishContextDir(const std::string& store_dir, const std::string& 
   fs::create_directory(temp, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", temp.string(), ": ", ec.message()));
   auto fail = [&](absl::Status status) {
-    fs::remove_all(temp, ec);
+    RemoveTree(temp);
     return status;
   };
 
@@ -101,7 +114,7 @@ absl::Status PublishContextDir(const std::string& store_dir, const std::string& 
     if (renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) != 0) {
       return fail(absl::InternalError(absl::StrCat("cannot replace ", final_dir.string())));
     }
-    fs::remove_all(temp, ec);
+    RemoveTree(temp);
   } else {
     fs::rename(temp, final_dir, ec);
     if (ec) return fail(absl::InternalError(absl::StrCat("cannot publish ", final_dir.string(), ": ", ec.message())));
@@ -185,7 +198,7 @@ absl::Status RemoveContextDir(const std::string& store_dir, const std::string& i
   const fs::path trash = store / absl::StrCat(kTrashPrefix, id, "-", UniqueSuffix());
   fs::rename(dir, trash, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot remove ", dir.string(), ": ", ec.message()));
-  fs::remove_all(trash, ec);
+  RemoveTree(trash);
   return FsyncPath(store, true);
 }
 
@@ -195,7 +208,7 @@ int RemoveStaleTemporaries(const std::string& store_dir) {
   for (const auto& entry : fs::directory_iterator(store_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (absl::StartsWith(name, kTempPrefix) || absl::StartsWith(name, kTrashPrefix)) {
-      fs::remove_all(entry.path(), ec);
+      RemoveTree(entry.path());
       ++removed;
     }
   }
