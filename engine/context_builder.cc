@@ -87,6 +87,7 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   const int64_t total = summary.num_tokens;
   squeeze::CalibrationOptions calibration;
   calibration.sparsity_levels = options.sparsity_levels;
+  calibration.head_floor_share = options.head_floor_share;
   squeeze::Calibrator calibrator(calibration);
   std::vector<squeeze::LayerIndex> index;
   for (int64_t l = 0; l < layers; ++l) {
@@ -111,6 +112,9 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   auto calibrated = calibrator.Finish();
   if (!calibrated.ok()) return calibrated.status();
 
+  for (int64_t l = 0; l < layers; ++l) {
+    index[l].head_thresholds = calibrated->HeadThresholdsOfLayer(l).to(index[l].centroids.device());
+  }
   summary.has_index = true;
   summary.sparsity_levels = calibrated->Summary();
   const squeeze::LayerIndex& first = index.front();

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +12,7 @@
 #include "engine/context_files.h"
 #include "engine/context_summary_json.h"
 #include "engine/safetensors.h"
+#include "engine/squeeze/calibration.h"
 
 namespace squeezeserve {
 namespace {
@@ -81,6 +83,8 @@ class TensorReader {
     return out;
   }
 
+  bool Has(const std::string& name) const { return file_.Find(name) != nullptr; }
+
   absl::Status Loss(const std::string& what) const {
     return absl::DataLossError(absl::StrCat("context '", id_, "': ", what));
   }
@@ -116,6 +120,21 @@ absl::Status CheckThresholds(const ContextSummary& summary, int levels, const Te
   return absl::OkStatus();
 }
 
+// LayerIndex::head_thresholds for contexts saved before there were per-head thresholds: every head
+// gets its level's global thresholds, which is what the lookup applied when they were saved.
+at::Tensor HeadThresholdsFromSummary(const ContextSummary& summary, int64_t heads) {
+  std::vector<float> values;
+  for (const SparsityLevelInfo& level : summary.sparsity_levels) {
+    for (const auto& [set, one_level] : {std::pair{&level.thresholds, level.one_level_threshold},
+                                         std::pair{&level.decode_thresholds, level.decode_one_level_threshold}}) {
+      const bool two = set->size() == 2;
+      values.insert(values.end(), {one_level, two ? (*set)[0] : squeeze::kKeepAll, two ? (*set)[1] : squeeze::kKeepAll});
+    }
+  }
+  const int64_t S = static_cast<int64_t>(summary.sparsity_levels.size());
+  return at::tensor(values, at::kFloat).view({S, 2, 3, 1}).expand({S, 2, 3, heads}).contiguous();
+}
+
 struct Layout {
   int64_t num_layers = 0;
   int levels = 0;  // 0 without index
@@ -141,9 +160,18 @@ absl::StatusOr<squeeze::LayerIndex> ReadLayerIndex(const TensorReader& reader, i
   auto offsets = reader.Read(LayerName(layer, "cluster_offsets"), {DType::kI32}, {H, K + 1});
   if (!offsets.ok()) return offsets.status();
   if (!ValidOffsets(*offsets, N)) return reader.Loss(absl::StrCat("layer ", layer, ": cluster offsets are invalid"));
+  const int64_t S = static_cast<int64_t>(summary.sparsity_levels.size());
+  at::Tensor head_thresholds = HeadThresholdsFromSummary(summary, H);
+  if (reader.Has(LayerName(layer, "head_thresholds"))) {
+    auto stored = reader.Read(LayerName(layer, "head_thresholds"), {DType::kF32}, {S, 2, 3, H});
+    if (!stored.ok()) return stored.status();
+    if (!AllFinite(*stored)) return reader.Loss("per-head thresholds are not finite");
+    head_thresholds = *stored;
+  }
   index.perm = perm->to(device);
   index.centroids = centroids->to(device);
   index.cluster_offsets = offsets->to(device);
+  index.head_thresholds = head_thresholds.to(device);
   if (layout.levels == 2) {
     const int64_t Kc = summary.centroids_per_level.front();
     auto coarse = reader.Read(LayerName(layer, "coarse_centroids"), {DType::kF32}, {H, Kc, D});
@@ -267,6 +295,7 @@ absl::Status SaveStoredContext(const StoredContext& context, const std::string& 
         named.emplace_back(LayerName(l, "perm"), index.perm);
         named.emplace_back(LayerName(l, "centroids"), index.centroids);
         named.emplace_back(LayerName(l, "cluster_offsets"), index.cluster_offsets);
+        if (index.head_thresholds.defined()) named.emplace_back(LayerName(l, "head_thresholds"), index.head_thresholds);
         if (index.levels == 2) {
           named.emplace_back(LayerName(l, "coarse_centroids"), index.coarse_centroids);
           named.emplace_back(LayerName(l, "coarse_offsets"), index.coarse_offsets);
@@ -332,6 +361,7 @@ std::shared_ptr<StoredContext> CopyStoredContext(const StoredContext& context, a
     to.cluster_offsets = CopyTo(from.cluster_offsets, device);
     to.coarse_centroids = CopyTo(from.coarse_centroids, device);
     to.coarse_offsets = CopyTo(from.coarse_offsets, device);
+    to.head_thresholds = CopyTo(from.head_thresholds, device);
     // The index's KV stays a view of the layer's KV (stored once), as at ingest and load.
     const int64_t N = from.num_clustered();
     to.keys = keys.back().narrow(1, 0, N);

@@ -228,7 +228,8 @@ std::string ContentAddress(std::string_view model_fingerprint, absl::Span<const 
   field("tokens", std::string_view(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t)));
   std::string options = absl::StrCat(index.centroid_fraction, ",", index.observation_window, ",",
                                      index.max_iterations, ",", index.seed, ",", index.levels, ",",
-                                     index.coarse_centroid_fraction, ",", index.dense_only);
+                                     index.coarse_centroid_fraction, ",", index.dense_only, ",",
+                                     index.head_floor_share);
   for (float level : index.sparsity_levels) absl::StrAppend(&options, ",", level);
   field("index", options);
   return sha.HexDigest();

@@ -24,6 +24,7 @@ nlohmann::json SummaryToJson(const ContextSummary& s) {
             {"levels", o.levels},
             {"coarse_centroid_fraction", o.coarse_centroid_fraction},
             {"sparsity_levels", o.sparsity_levels},
+            {"head_floor_share", o.head_floor_share},
             {"dense_only", o.dense_only}}},
           {"has_index", s.has_index},
           {"sparsity_levels", levels},
@@ -47,6 +48,7 @@ absl::StatusOr<ContextSummary> SummaryFromJson(const nlohmann::json& j) {
     s.index.coarse_centroid_fraction = o.at("coarse_centroid_fraction").get<float>();
     s.index.sparsity_levels = o.at("sparsity_levels").get<std::vector<float>>();
     s.index.dense_only = o.at("dense_only").get<bool>();
+    s.index.head_floor_share = o.value("head_floor_share", 0.0f);  // older manifests: one global τ
     s.has_index = j.at("has_index").get<bool>();
     for (const auto& level : j.at("sparsity_levels")) {
       SparsityLevelInfo info;

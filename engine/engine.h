@@ -59,6 +59,10 @@ struct IndexOptions {
   int levels = 2;
   float coarse_centroid_fraction = 0.01f;
   std::vector<float> sparsity_levels = {0.5f, 0.7f, 0.8f, 0.9f};
+  // Every (layer, KV head) keeps at least this share of a level's budget (1 − sparsity) of its own
+  // keys on the calibration queries; 0 = one global threshold per level, as the authors
+  // (docs/index_layout.md "Per-head floor"; the default is the measured best on bench/eval_long_context).
+  float head_floor_share = 0.5f;
   bool dense_only = false;
 };
 

@@ -48,10 +48,25 @@ kernels::SelectionParams ParamsFor(const KernelSequence& seq, bool decode) {
   return p;
 }
 
+// The layer's calibrated per-KV-head thresholds (LayerIndex::head_thresholds), when the context has them.
+const at::Tensor* HeadThresholds(const KernelSequence& seq, int64_t layer) {
+  const at::Tensor& t = seq.context->index()[layer].head_thresholds;
+  return t.defined() ? &t : nullptr;
+}
+
 // The kernel view of one sequence at one layer: the context's clustered part plus its dense part
-// (window + own tokens), `dense_tokens` rows after the window.
-kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t own_tokens) {
+// (window + own tokens), `dense_tokens` rows after the window, and the per-head thresholds of the
+// step (prefill or decode set of the request's level).
+kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t own_tokens, bool decode) {
   kernels::SequenceLayerBf16 view = seq.context->kernel_views().layers[layer];
+  if (const at::Tensor* t = HeadThresholds(seq, layer)) {
+    if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != at::kFloat) {
+      throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
+    }
+    const at::Tensor set = (*t)[seq.thresholds.level][decode ? 1 : 0];  // [3, H_kv]
+    view.tau_fine = set[seq.hierarchical ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
+    if (seq.hierarchical) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+  }
   const at::Tensor& k = seq.dense_keys[layer];
   view.dense_keys = Bf16Data(k);
   view.dense_values = Bf16Data(seq.dense_values[layer]);
@@ -285,7 +300,7 @@ void KernelAttention::RunPrefill(int64_t layer, const at::Tensor& q_all, const F
   const c10::cuda::CUDAGuard guard(device_);
   KernelSequence& seq = *args.kernel;
   const int64_t n = args.num_tokens, H = num_q_heads_, D = head_dim_;
-  const kernels::SequenceLayerBf16 view = ViewOf(seq, layer, args.cache->length + n);
+  const kernels::SequenceLayerBf16 view = ViewOf(seq, layer, args.cache->length + n, /*decode=*/false);
   const at::Tensor views = Upload({view}, device_);
   const at::Tensor q = q_all.narrow(1, offset, n).transpose(0, 1).contiguous();  // [n, H, D]
 
@@ -318,11 +333,13 @@ void KernelAttention::RunDecode(int64_t layer, const at::Tensor& q_all, const st
                                 std::vector<at::Tensor>* outputs) {
   const c10::cuda::CUDAGuard guard(device_);
   const int64_t H = num_q_heads_, Hkv = num_kv_heads_, D = head_dim_;
-  // select_clusters takes one (hierarchical, τ) per launch: sequences sharing them are made
-  // contiguous and selected together; the attention then runs over all of them at once.
+  // select_clusters takes one (hierarchical, launch-wide τ) per launch: sequences sharing them are
+  // made contiguous and selected together (sequences with per-head thresholds ignore the launch-wide
+  // τ, so all of them share one launch); the attention then runs over all of them at once.
   auto key = [&](size_t b) {
     const kernels::SelectionParams p = ParamsFor(*batch[b]->kernel, /*decode=*/true);
-    return std::make_tuple(p.hierarchical, p.tau_coarse, p.tau_fine);
+    const bool per_head = HeadThresholds(*batch[b]->kernel, layer) != nullptr;
+    return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
   };
   std::stable_sort(members.begin(), members.end(), [&](size_t a, size_t b) { return key(a) < key(b); });
   const int64_t B = static_cast<int64_t>(members.size());
@@ -334,7 +351,7 @@ void KernelAttention::RunDecode(int64_t layer, const at::Tensor& q_all, const st
   bool in_order = B == q_all.size(1);
   for (int64_t i = 0; i < B; ++i) {
     const ForwardArgs& args = *batch[members[i]];
-    views.push_back(ViewOf(*args.kernel, layer, args.cache->length + 1));
+    views.push_back(ViewOf(*args.kernel, layer, args.cache->length + 1, /*decode=*/true));
     max_clusters = std::max(max_clusters, views.back().num_clusters);
     if (args.kernel->hierarchical) max_coarse = std::max(max_coarse, views.back().num_coarse);
     q_rows.push_back(offsets[members[i]]);

@@ -34,9 +34,11 @@ absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, co
     return absl::InvalidArgumentError(absl::StrCat("attention.hierarchical: context \"", summary.id,
                                                    "\" has a 1-level index"));
   }
-  for (const SparsityLevelInfo& level : summary.sparsity_levels) {
+  for (size_t i = 0; i < summary.sparsity_levels.size(); ++i) {
+    const SparsityLevelInfo& level = summary.sparsity_levels[i];
     if (std::fabs(level.sparsity - attention.sparsity) > kSparsityTolerance) continue;
     LookupThresholds t;
+    t.level = static_cast<int>(i);
     t.prefill = FromSummary(level.thresholds, level.one_level_threshold, attention.hierarchical);
     t.decode = FromSummary(level.decode_thresholds, level.decode_one_level_threshold, attention.hierarchical);
     return t;
@@ -59,6 +61,7 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   squeeze::SelectionOptions options = selection_;
   options.per_token = per_token;
   options.thresholds = per_token ? thresholds_.decode : thresholds_.prefill;
+  if (index.head_thresholds.defined()) options.head_thresholds = index.head_thresholds[thresholds_.level][per_token ? 1 : 0];
   squeeze::ContextAttention attended = squeeze::SparseContextAttention(index, queries, options);
 
   // kept_keys, centroid_comparisons: [H_kv, T'] (T' selections of this call); one host sync per

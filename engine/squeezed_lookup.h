@@ -22,6 +22,7 @@ namespace squeezeserve {
 struct LookupThresholds {
   squeeze::Thresholds prefill;
   squeeze::Thresholds decode;
+  int level = 0;  // index of the level in the summary: picks LayerIndex::head_thresholds[level]
 };
 
 // The thresholds of the calibrated level `attention.sparsity` names. FailedPrecondition when the

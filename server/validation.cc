@@ -119,6 +119,12 @@ absl::StatusOr<IndexOptions> ToEngineIndexOptions(const pb::IndexOptions& proto)
     }
     out.sparsity_levels = std::move(levels);
   }
+  if (proto.has_head_floor_share()) {
+    if (!(proto.head_floor_share() >= 0 && proto.head_floor_share() <= 1)) {
+      return FieldError("index.head_floor_share", absl::StrCat("must be in [0, 1], got ", proto.head_floor_share()));
+    }
+    out.head_floor_share = proto.head_floor_share();
+  }
   out.dense_only = proto.dense_only();
   return out;
 }

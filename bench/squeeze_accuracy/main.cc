@@ -224,7 +224,10 @@ int Run(const Args& a) {
         auto& per_layer = sums[{level, hierarchical}];
         per_layer.resize(layers);
         for (int64_t l = 0; l < layers; ++l) {
-          per_layer[l].Add(MeasureLookup((*context)->index()[l], queries[l], options));
+          const squeeze::LayerIndex& index = (*context)->index()[l];
+          // The per-head thresholds of the level replace the global ones, as in the engine.
+          options.head_thresholds = index.head_thresholds[static_cast<int64_t>(level)][a.per_token ? 1 : 0];
+          per_layer[l].Add(MeasureLookup(index, queries[l], options));
         }
       }
     }

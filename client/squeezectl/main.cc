@@ -38,6 +38,9 @@ ABSL_FLAG(uint32_t, max_iterations, 0, "ingest: k-means iteration cap (0 = defau
 ABSL_FLAG(uint64_t, index_seed, 0, "ingest: k-means seed.");
 ABSL_FLAG(uint32_t, levels, 0, "ingest: index levels, 1 = flat, 2 = hierarchical (0 = default).");
 ABSL_FLAG(float, coarse_centroid_fraction, 0, "ingest: coarse-level centroid fraction (0 = default).");
+ABSL_FLAG(float, head_floor_share, -1,
+          "ingest: share of each level's budget every KV head keeps of its own keys, in [0, 1] (0 = one "
+          "global threshold, as the paper; -1 = server default).");
 ABSL_FLAG(std::vector<std::string>, sparsity_levels, {}, "ingest: comma-separated sparsity levels to calibrate.");
 ABSL_FLAG(bool, dense_only, false, "ingest: build no index (dense attention only).");
 // Generate.
@@ -79,7 +82,7 @@ const std::map<std::string, Command>& Commands() {
         "  the context id and summary. Without --id the id is a content address: ingesting the same\n"
         "  content with the same options again returns the same id.\n"
         "  Index flags: --centroid_fraction --observation_window --max_iterations --index_seed --levels\n"
-        "  --coarse_centroid_fraction --sparsity_levels 0.5,0.7,0.9 --dense_only"}},
+        "  --coarse_centroid_fraction --head_floor_share --sparsity_levels 0.5,0.7,0.9 --dense_only"}},
       {"generate",
        {RunGenerate,
         "squeezectl generate --context ID (--prompt TEXT | --prompt_file PATH | --tokens 1,2,3)\n"
@@ -129,6 +132,7 @@ Cli ReadFlags(std::vector<std::string> args) {
   cli.index_seed = absl::GetFlag(FLAGS_index_seed);
   cli.levels = absl::GetFlag(FLAGS_levels);
   cli.coarse_centroid_fraction = absl::GetFlag(FLAGS_coarse_centroid_fraction);
+  cli.head_floor_share = absl::GetFlag(FLAGS_head_floor_share);
   cli.sparsity_levels = absl::GetFlag(FLAGS_sparsity_levels);
   cli.dense_only = absl::GetFlag(FLAGS_dense_only);
   cli.context = absl::GetFlag(FLAGS_context);

@@ -12,45 +12,113 @@
 namespace squeezeserve::squeeze {
 namespace {
 
+// Thresholds that keep nothing: keep iff score > τ, and scores are finite or −inf.
+constexpr float kKeepNone = std::numeric_limits<float>::max();
+
 // τ such that the keys with score <= τ carry at least `sparsity` of the total weight (a weighted
-// lower quantile: each cluster's score counts once per key). Entries of weight 0 are ignored. If
-// the quantile lands on −inf (keys already pruned by an upper level), nothing more needs pruning
-// and τ = kKeepAll.
-float WeightedQuantile(const at::Tensor& scores, const at::Tensor& weights, float sparsity) {
-  if (sparsity <= 0) return kKeepAll;
-  const at::Tensor present = weights > 0;
-  auto [sorted, order] = scores.masked_select(present).sort();
-  const at::Tensor cum = weights.masked_select(present).to(at::kDouble).index_select(0, order).cumsum(0);
-  const double target = double{sparsity} * cum[-1].item<double>();
-  const int64_t i = std::min<int64_t>(
-      at::searchsorted(cum, at::scalar_tensor(target, cum.options()).reshape({1})).item<int64_t>(),
-      cum.size(0) - 1);
-  const float tau = sorted[i].item<float>();
-  return std::isinf(tau) && tau < 0 ? kKeepAll : tau;
+// lower quantile: each cluster's score counts once per key), for each row of scores/weights
+// [R, E] -> [R]. Entries of weight 0 never decide τ. If the quantile lands on −inf (keys already
+// pruned by an upper level) nothing more needs pruning: τ = kKeepAll; on +inf (keys the per-head
+// floor keeps anyway): τ = kKeepNone.
+at::Tensor RowQuantile(const at::Tensor& scores, const at::Tensor& weights, float sparsity) {
+  const int64_t rows = scores.size(0), E = scores.size(1);
+  if (sparsity <= 0 || E == 0) return at::full({rows}, kKeepAll, scores.options());
+  auto [sorted, order] = scores.sort(1);
+  const at::Tensor cum = weights.to(at::kDouble).gather(1, order).cumsum(1);
+  const at::Tensor target = cum.narrow(1, E - 1, 1) * double{sparsity};
+  const at::Tensor i = at::searchsorted(cum, target).clamp_max(E - 1);
+  at::Tensor tau = sorted.gather(1, i).squeeze(1);
+  tau = tau.masked_fill(at::isinf(tau) & (tau < 0), kKeepAll);
+  return tau.masked_fill(at::isinf(tau) & (tau > 0), kKeepNone);
 }
 
-// Kept fraction of keys: Σ sizes over kept clusters / Σ sizes.
-float KeptFraction(const at::Tensor& keep, const at::Tensor& sizes) {
-  return static_cast<float>((sizes * keep.to(sizes.scalar_type())).sum().item<double>() /
-                            std::max(1.0, sizes.sum().item<double>()));
+float KeptWeight(const at::Tensor& keep, const at::Tensor& weights) {
+  return static_cast<float>((weights * keep.to(weights.scalar_type())).sum().item<double>());
 }
 
-// Thresholds of one sparsity level from pooled per-cluster scores.
-std::pair<Thresholds, std::pair<float, float>> ThresholdsFor(const CalibrationScores& p, float sparsity,
-                                                             float coarse_scale, int levels) {
-  Thresholds t;
-  t.one_level = WeightedQuantile(p.one_level, p.weights, sparsity);
-  const float kept_one = KeptFraction(p.one_level > t.one_level, p.weights);
-  float kept_hier = 0;
-  if (levels == 2) {
-    t.coarse = WeightedQuantile(p.coarse_of_fine, p.weights, sparsity * coarse_scale);
-    const at::Tensor coarse_kept = p.coarse_of_fine > t.coarse;
-    // Fine keys under pruned coarse clusters count as pruned (−inf) in the fine quantile.
-    const at::Tensor masked = p.fine_hier.masked_fill(~coarse_kept, -std::numeric_limits<float>::infinity());
-    t.fine = WeightedQuantile(masked, p.weights, sparsity);
-    kept_hier = KeptFraction(coarse_kept & (p.fine_hier > t.fine), p.weights);
+// One score kind over the layers that have data (scores[l] [H, E], undefined otherwise): each
+// head's floor τ (its own quantile at 1 − floor_share·(1 − sparsity)), then the global τ over all
+// keys the floors do not already keep, and per layer min(global, floor) [H].
+struct Floored {
+  float global = kKeepAll;
+  std::vector<at::Tensor> per_head;  // [H] per layer; undefined where the layer has no data
+};
+Floored FloorAndGlobal(const std::vector<at::Tensor>& scores, const std::vector<CalibrationScores>& layers,
+                       float sparsity, float floor_share) {
+  Floored f;
+  std::vector<at::Tensor> rest, weights;
+  std::vector<at::Tensor> floors(scores.size());
+  for (size_t l = 0; l < scores.size(); ++l) {
+    if (!scores[l].defined()) continue;
+    const at::Tensor& w = layers[l].weights;
+    floors[l] = floor_share > 0 ? RowQuantile(scores[l], w, 1 - floor_share * (1 - sparsity))
+                                : at::full({scores[l].size(0)}, kKeepNone, scores[l].options());
+    // Keys a floor keeps are out of the global quantile's reach (+inf), but keep their weight.
+    rest.push_back(scores[l].masked_fill(scores[l] > floors[l].unsqueeze(1), std::numeric_limits<float>::infinity())
+                       .reshape({1, -1}));
+    weights.push_back(w.reshape({1, -1}));
   }
-  return {t, {kept_one, kept_hier}};
+  f.global = RowQuantile(at::cat(rest, 1), at::cat(weights, 1), sparsity).item<float>();
+  f.per_head.resize(scores.size());
+  for (size_t l = 0; l < scores.size(); ++l) {
+    if (floors[l].defined()) f.per_head[l] = floors[l].clamp_max(f.global);
+  }
+  return f;
+}
+
+// All thresholds of one sparsity level from the per-layer scores; kept fractions on the same data.
+struct LevelThresholds {
+  Thresholds global;
+  at::Tensor per_head;  // [L, 3, H]
+  float kept_one_level = 0, kept_hierarchical = 0;
+};
+LevelThresholds ThresholdsFor(const std::vector<CalibrationScores>& layers, int levels, float sparsity,
+                              const CalibrationOptions& options) {
+  const size_t L = layers.size();
+  std::vector<at::Tensor> one(L), coarse(L);
+  for (size_t l = 0; l < L; ++l) {
+    one[l] = layers[l].one_level;
+    coarse[l] = layers[l].coarse_of_fine;
+  }
+  LevelThresholds t;
+  const Floored flat = FloorAndGlobal(one, layers, sparsity, options.head_floor_share);
+  t.global.one_level = flat.global;
+  Floored coarse_t, fine_t;
+  std::vector<at::Tensor> coarse_kept(L), fine(L);
+  if (levels == 2) {
+    coarse_t = FloorAndGlobal(coarse, layers, sparsity * options.coarse_sparsity_scale, options.head_floor_share);
+    for (size_t l = 0; l < L; ++l) {
+      if (!coarse[l].defined()) continue;
+      coarse_kept[l] = coarse[l] > coarse_t.per_head[l].unsqueeze(1);
+      // Fine keys under pruned coarse clusters count as pruned (−inf) in the fine quantile.
+      fine[l] = layers[l].fine_hier.masked_fill(~coarse_kept[l], -std::numeric_limits<float>::infinity());
+    }
+    fine_t = FloorAndGlobal(fine, layers, sparsity, options.head_floor_share);
+    t.global.coarse = coarse_t.global;
+    t.global.fine = fine_t.global;
+  }
+  std::vector<at::Tensor> per_layer;
+  double total = 0, kept_one = 0, kept_hier = 0;
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t H = layers[l].heads;
+    at::Tensor tau = at::full({3, H}, kKeepAll, at::kFloat);
+    if (one[l].defined()) {
+      const at::Tensor& w = layers[l].weights;
+      total += w.sum().item<double>();
+      tau[kOneLevel].copy_(flat.per_head[l]);
+      kept_one += KeptWeight(one[l] > flat.per_head[l].unsqueeze(1), w);
+      if (levels == 2) {
+        tau[kCoarse].copy_(coarse_t.per_head[l]);
+        tau[kFine].copy_(fine_t.per_head[l]);
+        kept_hier += KeptWeight(coarse_kept[l] & (layers[l].fine_hier > fine_t.per_head[l].unsqueeze(1)), w);
+      }
+    }
+    per_layer.push_back(tau);
+  }
+  t.per_head = at::stack(per_layer);
+  t.kept_one_level = static_cast<float>(kept_one / std::max(1.0, total));
+  t.kept_hierarchical = levels == 2 ? static_cast<float>(kept_hier / std::max(1.0, total)) : 0.f;
+  return t;
 }
 
 bool Finite(const Thresholds& t) {
@@ -70,9 +138,11 @@ absl::Status Calibrator::AddLayer(const LayerIndex& index, const at::Tensor& win
   if (!window_queries.defined() || window_queries.dim() != 3) {
     return absl::InvalidArgumentError("window_queries must be [H_q, W, D]");
   }
-  if (K == 0 || window_queries.size(1) == 0) {  // nothing to score; keeps layer numbering for per-layer τ
-    layers_.push_back(CalibrationScores{});
-    decode_layers_.push_back(CalibrationScores{});
+  if (K == 0 || window_queries.size(1) == 0) {  // nothing to score; keeps the layer numbering
+    CalibrationScores none;
+    none.heads = H;
+    layers_.push_back(none);
+    decode_layers_.push_back(none);
     return absl::OkStatus();
   }
   if (window_queries.dim() != 3 || window_queries.size(0) % H != 0 ||
@@ -96,47 +166,26 @@ absl::Status Calibrator::AddLayer(const LayerIndex& index, const at::Tensor& win
 }
 
 CalibrationScores Calibrator::ScoreLayer(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale) {
-  // q: grouped queries [H, T', M, D]; every score below is [H, T', K], flattened.
+  // q: grouped queries [H, T', M, D]; every score below is [H, T', K], kept as [H, T'·K].
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor sizes = FineSizes(index);                              // [H, K]
   const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
   CalibrationScores s;
+  s.heads = H;
   // Each of the T' selections sees every key once: weight n_j / T' keeps one layer's total = its keys.
-  s.weights = (sizes.to(at::kFloat) / static_cast<double>(Tp)).unsqueeze(1).expand({H, Tp, K}).reshape({-1}).cpu();
-  s.one_level = GroupScore(z, LogDenominator(z, sizes), G).reshape({-1}).cpu();
+  s.weights = (sizes.to(at::kFloat) / static_cast<double>(Tp)).unsqueeze(1).expand({H, Tp, K}).reshape({H, -1}).cpu();
+  s.one_level = GroupScore(z, LogDenominator(z, sizes), G).reshape({H, -1}).cpu();
   if (index.levels == 2) {
     const at::Tensor coarse_sizes = CoarseSizes(index);
     const at::Tensor zc = CentroidLogits(q, index.coarse_centroids, coarse_sizes, scale);
     const at::Tensor coarse_logden = LogDenominator(zc, coarse_sizes);
     const at::Tensor coarse_score = GroupScore(zc, coarse_logden, G);  // [H, T', Kc]
     const at::Tensor parent = CoarseParent(index).unsqueeze(1).expand({H, Tp, K});
-    s.coarse_of_fine = coarse_score.gather(2, parent).reshape({-1}).cpu();
+    s.coarse_of_fine = coarse_score.gather(2, parent).reshape({H, -1}).cpu();
     // Fine scores with the coarse denominator, as the hierarchical lookup computes them.
-    s.fine_hier = GroupScore(z, coarse_logden, G).reshape({-1}).cpu();
+    s.fine_hier = GroupScore(z, coarse_logden, G).reshape({H, -1}).cpu();
   }
   return s;
-}
-
-CalibrationScores Calibrator::Pool(const std::vector<CalibrationScores>& layers, size_t begin, size_t end) const {
-  std::vector<at::Tensor> weights, one, coarse, fine;
-  for (size_t l = begin; l < end; ++l) {
-    if (!layers[l].weights.defined()) continue;
-    weights.push_back(layers[l].weights);
-    one.push_back(layers[l].one_level);
-    if (levels_ == 2) {
-      coarse.push_back(layers[l].coarse_of_fine);
-      fine.push_back(layers[l].fine_hier);
-    }
-  }
-  CalibrationScores p;
-  if (weights.empty()) return p;
-  p.weights = at::cat(weights);
-  p.one_level = at::cat(one);
-  if (levels_ == 2) {
-    p.coarse_of_fine = at::cat(coarse);
-    p.fine_hier = at::cat(fine);
-  }
-  return p;
 }
 
 absl::StatusOr<CalibrationResult> Calibrator::Finish() const {
@@ -148,39 +197,39 @@ absl::StatusOr<CalibrationResult> Calibrator::Finish() const {
   for (float q : options_.sparsity_levels) {
     if (!(q >= 0 && q < 1)) return absl::InvalidArgumentError(absl::StrCat("sparsity level ", q, " not in [0, 1)"));
   }
-  const float scale = options_.coarse_sparsity_scale;
+  if (!(options_.head_floor_share >= 0 && options_.head_floor_share <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("head_floor_share ", options_.head_floor_share, " not in [0, 1]"));
+  }
   CalibrationResult result;
   result.levels = levels_;
-  const CalibrationScores all = Pool(layers_, 0, layers_.size());
-  const CalibrationScores all_decode = Pool(decode_layers_, 0, decode_layers_.size());
   for (float q : options_.sparsity_levels) {
     CalibratedLevel level;
     level.sparsity = q;
-    auto [t, kept] = ThresholdsFor(all, q, scale, levels_);
-    level.global = t;
-    level.kept_fraction_one_level = kept.first;
-    level.kept_fraction_hierarchical = kept.second;
-    auto [td, kept_d] = ThresholdsFor(all_decode, q, scale, levels_);
-    level.decode = td;
-    level.decode_kept_fraction_one_level = kept_d.first;
-    level.decode_kept_fraction_hierarchical = kept_d.second;
-    if (!Finite(t) || !Finite(td)) return absl::InternalError(absl::StrCat("non-finite threshold at sparsity ", q));
-    if (options_.per_layer_thresholds) {
-      for (size_t l = 0; l < layers_.size(); ++l) {
-        // A layer without clustered keys keeps the defaults (nothing to select).
-        Thresholds lt, ld;
-        if (layers_[l].weights.defined()) {
-          lt = ThresholdsFor(Pool(layers_, l, l + 1), q, scale, levels_).first;
-          ld = ThresholdsFor(Pool(decode_layers_, l, l + 1), q, scale, levels_).first;
-        }
-        if (!Finite(lt) || !Finite(ld)) return absl::InternalError(absl::StrCat("non-finite threshold at layer ", l));
-        level.per_layer.push_back(lt);
-        level.decode_per_layer.push_back(ld);
-      }
+    LevelThresholds prefill = ThresholdsFor(layers_, levels_, q, options_);
+    LevelThresholds decode = ThresholdsFor(decode_layers_, levels_, q, options_);
+    if (!Finite(prefill.global) || !Finite(decode.global) || !at::isfinite(prefill.per_head).all().item<bool>() ||
+        !at::isfinite(decode.per_head).all().item<bool>()) {
+      return absl::InternalError(absl::StrCat("non-finite threshold at sparsity ", q));
     }
+    level.global = prefill.global;
+    level.per_head = prefill.per_head;
+    level.kept_fraction_one_level = prefill.kept_one_level;
+    level.kept_fraction_hierarchical = prefill.kept_hierarchical;
+    level.decode = decode.global;
+    level.decode_per_head = decode.per_head;
+    level.decode_kept_fraction_one_level = decode.kept_one_level;
+    level.decode_kept_fraction_hierarchical = decode.kept_hierarchical;
     result.levels_info.push_back(std::move(level));
   }
   return result;
+}
+
+at::Tensor CalibrationResult::HeadThresholdsOfLayer(int64_t layer) const {
+  std::vector<at::Tensor> per_level;
+  for (const CalibratedLevel& l : levels_info) {
+    per_level.push_back(at::stack({l.per_head[layer], l.decode_per_head[layer]}));  // [2, 3, H]
+  }
+  return at::stack(per_level);
 }
 
 std::vector<SparsityLevelInfo> CalibrationResult::Summary() const {

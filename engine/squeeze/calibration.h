@@ -6,8 +6,8 @@
 //    per query head, max over the GQA group). A single query's p̂ is far more peaked/spread than a
 //    W-query mean, so the prefill τ applied per token keeps much more than 1 − sparsity.
 // A key's score is its cluster's. Thresholds are quantiles over ALL layers × KV heads × keys (× the
-// calibration queries, for decode), or per layer behind an option. Use: AddLayer() after each
-// layer's index is built, Finish() at the end.
+// calibration queries, for decode), with an optional per-head floor (head_floor_share). Use:
+// AddLayer() after each layer's index is built, Finish() at the end.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,8 +32,13 @@ struct Thresholds {
 
 struct CalibrationOptions {
   std::vector<float> sparsity_levels = {0.5f, 0.7f, 0.8f, 0.9f};  // fractions pruned, each in [0, 1)
-  // Also compute one set of thresholds per layer (the global ones are always computed).
-  bool per_layer_thresholds = false;
+  // Per-head floor: every (layer, KV head) keeps at least head_floor_share × (1 − sparsity) of its
+  // own keys on the calibration queries, whatever the global τ says; the global τ is then raised so
+  // that the total kept stays 1 − sparsity. 0 = one global τ (the authors'); 1 = every head keeps
+  // exactly its share. Why: a global τ starves heads whose estimated scores are flat (their
+  // best cluster's p̂ sits below τ) although their exact attention may be peaked on one key that its
+  // cluster's centroid under-estimates (docs/index_layout.md "Per-head floor").
+  float head_floor_share = 0.0f;
   // Hierarchical: the coarse level alone prunes sparsity × coarse_sparsity_scale of the keys; τ_fine
   // is then the quantile that brings the total pruned fraction (coarse OR fine) to `sparsity`.
   // Lower = safer coarse filter, higher = fewer fine centroids expanded. To be tuned by measurement.
@@ -47,19 +52,24 @@ struct CalibrationOptions {
   int64_t decode_scores_per_layer = int64_t{1} << 20;
 };
 
+// The thresholds a lookup applies, per layer and KV head: [L, 3, H_kv] float32 on the CPU, the
+// middle index a ThresholdKind. Each is min(global τ, the head's floor τ). Layers without clustered
+// keys hold kKeepAll.
+enum ThresholdKind : int64_t { kOneLevel = 0, kCoarse = 1, kFine = 2 };
+
 struct CalibratedLevel {
   float sparsity = 0;
-  Thresholds global;
-  // Kept fraction of the clustered keys on the calibration queries with the global thresholds.
+  Thresholds global;  // the global τ of each kind (the per-head thresholds are at most these)
+  at::Tensor per_head;  // [L, 3, H_kv], see ThresholdKind
+  // Kept fraction of the clustered keys on the calibration queries with the per-head thresholds.
   float kept_fraction_one_level = 0;
   float kept_fraction_hierarchical = 0;  // 0 when the index has one level
-  std::vector<Thresholds> per_layer;     // one per AddLayer call, only with per_layer_thresholds
   // Per-token (decode) selection: thresholds on single-query scores and the mean kept fraction of
   // one calibration query with them.
   Thresholds decode;
+  at::Tensor decode_per_head;  // [L, 3, H_kv]
   float decode_kept_fraction_one_level = 0;
   float decode_kept_fraction_hierarchical = 0;  // 0 when the index has one level
-  std::vector<Thresholds> decode_per_layer;     // only with per_layer_thresholds
 };
 
 struct CalibrationResult {
@@ -70,11 +80,16 @@ struct CalibrationResult {
   // otherwise) and the matching kept fraction; one_level_threshold is always set (a 2-level index
   // can also be queried 1-level). The same for the decode set (decode_*).
   std::vector<SparsityLevelInfo> Summary() const;
+
+  // Layer `layer`'s thresholds of every level, as LayerIndex::head_thresholds stores them:
+  // [levels_info.size(), 2 (prefill, decode), 3 (ThresholdKind), H_kv].
+  at::Tensor HeadThresholdsOfLayer(int64_t layer) const;
 };
 
-// Flattened [H_kv, T', K] cluster scores of one layer (or several, concatenated), on the CPU;
-// T' selections: 1 for prefill, W' for decode. Internal to the Calibrator.
+// One layer's cluster scores, [H_kv, E] with E = T'·K (T' selections: 1 for prefill, W' for
+// decode), on the CPU; undefined when the layer has nothing to score. Internal to the Calibrator.
 struct CalibrationScores {
+  int64_t heads = 0;
   at::Tensor weights;         // keys per fine cluster / T': each key of a layer weighs 1 in total
   at::Tensor one_level;       // score with the fine denominator
   at::Tensor coarse_of_fine;  // score of the fine cluster's coarse parent (levels == 2)
@@ -98,7 +113,6 @@ class Calibrator {
  private:
   static CalibrationScores ScoreLayer(const LayerIndex& index, const at::Tensor& grouped_queries, int64_t G,
                                       double scale);
-  CalibrationScores Pool(const std::vector<CalibrationScores>& layers, size_t begin, size_t end) const;
 
   CalibrationOptions options_;
   int levels_ = 0;

@@ -26,6 +26,10 @@ struct LayerIndex {
   at::Tensor coarse_offsets;    // [H, Kc+1] int32 into the fine cluster ids (levels == 2)
   at::Tensor window_keys;       // [H, W, D] last W tokens, original order
   at::Tensor window_values;     // [H, W, Dv]
+  // Calibrated thresholds per KV head (calibration.h): [S, 2, 3, H] float32 on the index device,
+  // S = the context's sparsity levels in summary order, then prefill/decode, then ThresholdKind.
+  // Undefined until calibrated.
+  at::Tensor head_thresholds;
 
   int64_t num_heads() const { return keys.size(0); }
   int64_t num_clustered() const { return keys.size(1); }

@@ -11,9 +11,19 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// The threshold of `kind` per KV head as [H, 1, 1], broadcasting over [H, T', K] scores.
+at::Tensor HeadTau(const SelectionOptions& options, ThresholdKind kind, int64_t H, const at::Tensor& like) {
+  if (options.head_thresholds.defined()) {
+    return options.head_thresholds[kind].to(like.device(), at::kFloat).view({H, 1, 1});
+  }
+  const Thresholds& t = options.thresholds;
+  const float tau = kind == kOneLevel ? t.one_level : kind == kCoarse ? t.coarse : t.fine;
+  return at::full({H, 1, 1}, tau, like.options().dtype(at::kFloat));
+}
+
 // 1-level lookup: every fine centroid is scored with the fine denominator.
 ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                float tau) {
+                                const at::Tensor& tau) {
   const at::Tensor sizes = FineSizes(index);
   const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
   const at::Tensor score = GroupScore(z, LogDenominator(z, sizes), G);    // [H, T', K]
@@ -26,7 +36,7 @@ ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, in
 // Hierarchical lookup with a real expansion: the coarse level is scored in full, then only the
 // fine children of kept coarse clusters are gathered and scored, against the coarse denominator.
 ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                    float tau_coarse, float tau_fine) {
+                                    const at::Tensor& tau_coarse, const at::Tensor& tau_fine) {
   TORCH_CHECK(index.levels == 2, "hierarchical lookup needs a 2-level index");
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor coarse_sizes = CoarseSizes(index);
@@ -67,9 +77,9 @@ ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queri
     sel.centroid_comparisons = at::zeros({H, Tp}, q.options().dtype(at::kLong));
   } else {
     const double scale = SoftmaxScale(options.softmax_scale, index.centroids.size(2));
-    sel = options.hierarchical
-              ? SelectHierarchical(index, q, G, scale, options.thresholds.coarse, options.thresholds.fine)
-              : SelectOneLevel(index, q, G, scale, options.thresholds.one_level);
+    sel = options.hierarchical ? SelectHierarchical(index, q, G, scale, HeadTau(options, kCoarse, H, q),
+                                                    HeadTau(options, kFine, H, q))
+                               : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q));
   }
   sel.kept_keys = (FineSizes(index).unsqueeze(1) * sel.selected.to(at::kLong)).sum(-1);
   return sel;

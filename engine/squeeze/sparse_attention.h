@@ -20,6 +20,9 @@ struct SelectionOptions {
   // for small T.
   bool per_token = false;
   Thresholds thresholds;      // one_level, or coarse + fine when hierarchical
+  // Per-KV-head thresholds [3, H_kv] (ThresholdKind order, float32, any device): when defined they
+  // replace `thresholds` (a calibrated level's LayerIndex::head_thresholds slice).
+  at::Tensor head_thresholds;
   double softmax_scale = 0;   // 0 = 1/sqrt(D)
 };
 

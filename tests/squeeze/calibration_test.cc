@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -64,12 +65,15 @@ TEST(Calibration, ThresholdsStayFiniteWithHugeLogits) {
 // Kept fraction, pooled over layers and heads, when each layer is queried with held-out queries
 // (one selection for the W queries, as in prefill).
 // per_token: one selection per held-out query (decode), the kept fraction averaged over them.
+// per_head: [L, 3, H] per-head thresholds (CalibratedLevel::per_head), replacing `t` when defined.
 double HeldOutKeptFraction(const std::vector<LayerIndex>& indexes, const std::vector<Layer>& layers,
-                           const Thresholds& t, bool hierarchical, bool per_token = false) {
+                           const Thresholds& t, bool hierarchical, bool per_token = false,
+                           const at::Tensor& per_head = {}) {
   double kept = 0, total = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     SelectionOptions so;
     so.thresholds = t;
+    if (per_head.defined()) so.head_thresholds = per_head[static_cast<int64_t>(i)];
     so.hierarchical = hierarchical;
     so.per_token = per_token;
     const ClusterSelection sel = SelectClusters(indexes[i], DrawQueries(layers[i], kW, 1000 + i), so);
@@ -171,35 +175,82 @@ TEST(Calibration, DecodeSubsamplingWithinBudgetStaysNearTheLevel) {
   }
 }
 
-TEST(Calibration, PerLayerThresholdsPruneEachLayerToTheLevel) {
-  CalibrationOptions o;
-  o.per_layer_thresholds = true;
-  o.sparsity_levels = {0.8f};
-  Calibrator cal(o);
+// Two layers with very different key scales: one global τ keeps most of one layer's keys and
+// starves the other's heads. The per-head floor gives every head at least share × (1 − sparsity)
+// of its keys and still keeps 1 − sparsity in total.
+struct TwoScales {
   std::vector<Layer> layers;
   std::vector<LayerIndex> indexes;
-  for (uint64_t l = 0; l < 2; ++l) {
-    // Layers with very different key scales: a global τ prunes them differently.
-    layers.push_back(MakeLayer(20 + l, l == 0 ? 1.0 : 6.0));
-    auto idx = BuildLayerIndex(layers.back().keys, layers.back().values, Options(1));
-    ASSERT_TRUE(idx.ok());
-    indexes.push_back(*idx);
-  }
   std::vector<at::Tensor> window_q;
-  for (size_t l = 0; l < 2; ++l) {
-    window_q.push_back(DrawQueries(layers[l], kW, 60 + l));
-    ASSERT_TRUE(cal.AddLayer(indexes[l], window_q[l]).ok());
+};
+TwoScales MakeTwoScales() {
+  TwoScales t;
+  for (uint64_t l = 0; l < 2; ++l) {
+    t.layers.push_back(MakeLayer(20 + l, l == 0 ? 1.0 : 6.0));
+    auto idx = BuildLayerIndex(t.layers.back().keys, t.layers.back().values, Options(2));
+    EXPECT_TRUE(idx.ok());
+    t.indexes.push_back(*std::move(idx));
+    t.window_q.push_back(DrawQueries(t.layers[l], kW, 60 + l));
   }
+  return t;
+}
+CalibratedLevel CalibrateAt80(const TwoScales& t, float share) {
+  CalibrationOptions o;
+  o.sparsity_levels = {0.8f};
+  o.head_floor_share = share;
+  Calibrator cal(o);
+  for (size_t l = 0; l < 2; ++l) EXPECT_TRUE(cal.AddLayer(t.indexes[l], t.window_q[l]).ok());
   auto result = cal.Finish();
-  ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_EQ(result->levels_info[0].per_layer.size(), 2u);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.ok() ? result->levels_info[0] : CalibratedLevel{};
+}
+// Kept fraction of each (layer, KV head) on the calibration (window) queries, one prefill selection.
+std::vector<double> KeptPerHead(const TwoScales& t, const at::Tensor& per_head, bool hierarchical) {
+  std::vector<double> kept;
   for (size_t l = 0; l < 2; ++l) {
     SelectionOptions so;
-    so.thresholds = result->levels_info[0].per_layer[l];
-    const ClusterSelection sel = SelectClusters(indexes[l], window_q[l], so);
-    const double kept = sel.kept_keys.sum().item<double>() / (kHkv * (kS - kW));
-    EXPECT_NEAR(kept, 0.2, 0.03) << "layer " << l;
+    so.hierarchical = hierarchical;
+    so.head_thresholds = per_head[static_cast<int64_t>(l)];
+    const ClusterSelection sel = SelectClusters(t.indexes[l], t.window_q[l], so);
+    for (int64_t h = 0; h < kHkv; ++h) kept.push_back(sel.kept_keys[h][0].item<double>() / (kS - kW));
   }
+  return kept;
+}
+
+TEST(Calibration, HeadFloorKeepsEveryHeadItsShareAndTheTotalAtTheLevel) {
+  const TwoScales t = MakeTwoScales();
+  const CalibratedLevel global_only = CalibrateAt80(t, 0.0f);
+  const std::vector<double> starved = KeptPerHead(t, global_only.per_head, false);
+  EXPECT_LT(*std::min_element(starved.begin(), starved.end()), 0.5 * 0.2)
+      << "test data must starve a head under one global τ";
+  for (float share : {0.5f, 1.0f}) {
+    const CalibratedLevel level = CalibrateAt80(t, share);
+    for (bool hierarchical : {false, true}) {
+      const std::vector<double> kept = KeptPerHead(t, level.per_head, hierarchical);
+      double total = 0;
+      for (size_t i = 0; i < kept.size(); ++i) {
+        EXPECT_GE(kept[i], share * 0.2 - 0.02) << "share " << share << ", head " << i << ", hier " << hierarchical;
+        total += kept[i] / static_cast<double>(kept.size());
+      }
+      EXPECT_NEAR(total, 0.2, 0.03) << "share " << share << ", hier " << hierarchical;
+      EXPECT_NEAR(hierarchical ? level.kept_fraction_hierarchical : level.kept_fraction_one_level, total, 0.02);
+    }
+    // Per-head thresholds never exceed the global one, and the floor raises the global one.
+    EXPECT_TRUE((level.per_head.select(1, kOneLevel) <= level.global.one_level).all().item<bool>());
+    EXPECT_GT(level.global.one_level, global_only.global.one_level);
+    // Decode: single held-out queries keep 1 − sparsity on average with the decode set.
+    EXPECT_NEAR(HeldOutKeptFraction(t.indexes, t.layers, {}, false, true, level.decode_per_head), 0.2, 0.04);
+  }
+}
+
+// share = 0 is the authors' rule: every head's threshold is the global one.
+TEST(Calibration, ZeroHeadFloorIsOneGlobalThreshold) {
+  const TwoScales t = MakeTwoScales();
+  const CalibratedLevel level = CalibrateAt80(t, 0.0f);
+  ASSERT_EQ(level.per_head.sizes(), (std::vector<int64_t>{2, 3, kHkv}));
+  EXPECT_TRUE((level.per_head.select(1, kOneLevel) == level.global.one_level).all().item<bool>());
+  EXPECT_TRUE((level.per_head.select(1, kCoarse) == level.global.coarse).all().item<bool>());
+  EXPECT_TRUE((level.decode_per_head.select(1, kFine) == level.decode.fine).all().item<bool>());
 }
 
 TEST(Calibration, RejectsBadInput) {
@@ -213,6 +264,11 @@ TEST(Calibration, RejectsBadInput) {
   ASSERT_TRUE(idx.ok());
   ASSERT_TRUE(cal.AddLayer(*idx, DrawQueries(l, kW, 1)).ok());
   EXPECT_EQ(cal.Finish().status().code(), absl::StatusCode::kInvalidArgument);
+  CalibrationOptions bad_floor;
+  bad_floor.head_floor_share = 1.5f;
+  Calibrator floor_cal(bad_floor);
+  ASSERT_TRUE(floor_cal.AddLayer(*idx, DrawQueries(l, kW, 1)).ok());
+  EXPECT_EQ(floor_cal.Finish().status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
