@@ -1,38 +1,70 @@
 // Split-K sparse decode attention. Contract: decode_attention.h, reference: attention_ref.cc.
 //
-// Thread layout (FlashInfer-style CUDA-core decode): a KV row of D bf16 is read by TX = D/8
-// threads, 16 B each; TY = 256/TX rows are processed at once. Every thread keeps the online-softmax
-// state (max, sum, 8 output dims) of all G query heads of the group, so each K/V row loaded from
-// DRAM serves the whole group. Logits are in the log2 domain (exp2f), everything fp32.
+// Work split. The virtual rows of every (sequence, KV head) are laid end to end (a head without
+// rows still takes one masked row, so that its output is written) and cut into one equal,
+// contiguous range per CTA. The grid is what the device holds at once, so all CTAs stream the same
+// number of rows at the same time. A CTA's range is one piece per head it overlaps (mostly one or
+// two); each piece writes an fp32 partial (o, max, sum) of the G query heads of the group, and the
+// head's last piece to finish merges its partials in order (deterministic log-sum-exp merge).
+//
+// Streaming. Inside a piece every warp takes a contiguous quarter and streams it 16 rows at a time
+// through three cp.async stages of its own, computing on exactly the rows it copied: no CTA barrier
+// per tile. Rows are mapped to physical rows by a window of 32 selected segments held in registers
+// (lane j: segment base + j), searched with shuffles and reloaded only when a tile runs past it
+// (every ~30 clusters). Why: run 3c's kernel had four __syncthreads and two dependent global loads
+// (segment window, then the clusters' offsets) on every 64-row tile's critical path, plus a
+// 12-load binary search per work item; at the measured 410 us (MHA) that is ~4 us per tile per
+// CTA, i.e. those loaded round trips, not bandwidth, set the pace (2.1 TB/s MHA, 0.96 TB/s GQA).
+//
+// Math on tensor cores for every group size: S = Q K^T and O += P V with mma.sync m16n8k16, the
+// group's G query heads as rows 0..G-1 of the A operand (rows G..15 zero), a warp tile's 16 keys as
+// N (then K of P V). Softmax state in fp32, log2 domain; P is rounded to bf16 for P V (as in
+// prefill). Also for G = 1 and 2: one code path, and per row fewer instructions than run 3c's
+// CUDA-core loop at G = 1 (there each row took 16 lanes x (8 FMA + 4 shuffles + 4 adds) for q.k and
+// every exp2 was repeated on those 16 lanes; here a 16-row tile is 32 MMAs, 16 ldmatrix and 5 exp2
+// per lane).
 #include <algorithm>
+#include <climits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
+#include "kernels/mma.cuh"
 
 namespace squeezeserve::kernels {
 namespace detail {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kTileRows = 64;
-constexpr int kStages = 3;
-constexpr int kItemsPerCta = 4;  // work items per CTA on average: balance vs partial traffic
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileRows = 16;  // KV rows per warp tile
+constexpr int kStages = 3;     // per warp
+// Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
+constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
 constexpr int kMaxHeads = 2048;  // B * H_kv
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
+// reads fall in distinct banks.
+template <int D>
+constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
+template <int D>
+constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D>;
+
 struct DecodeWorkspace {
-  float* partial_o;   // [max_items][G][D], unnormalised (relative to the item's max)
-  float2* partial_ml;  // [max_items][G] (max in log2 units, sum)
-  int* tickets;       // [B*H_kv] finished items per head
+  float* partial_o;    // [max_pieces][G][D], unnormalised (relative to the piece's max)
+  float2* partial_ml;  // [max_pieces][G] (max in log2 units, sum)
+  int* tickets;        // [B*H_kv] finished pieces per head
   size_t bytes;
+  // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
+  // CTA range or a new head (or both), so c + bh grows strictly; a head's slots are consecutive.
   DecodeWorkspace(const AttentionShape& s, int num_ctas, void* base) {
-    const size_t max_items = size_t(num_ctas) * kItemsPerCta + size_t(s.batch) * s.num_kv_heads;
+    const size_t max_pieces = size_t(num_ctas) + size_t(s.batch) * s.num_kv_heads;
     auto up = [](size_t x) { return (x + 255) & ~size_t{255}; };
     char* p = static_cast<char*>(base);
     partial_o = reinterpret_cast<float*>(p);
-    size_t off = up(sizeof(float) * max_items * s.num_q_heads / s.num_kv_heads * s.head_dim);
+    size_t off = up(sizeof(float) * max_pieces * s.num_q_heads / s.num_kv_heads * s.head_dim);
     partial_ml = reinterpret_cast<float2*>(p + off);
-    off += up(sizeof(float2) * max_items * s.num_q_heads / s.num_kv_heads);
+    off += up(sizeof(float2) * max_pieces * s.num_q_heads / s.num_kv_heads);
     tickets = reinterpret_cast<int*>(p + off);
     off += up(sizeof(int) * s.batch * s.num_kv_heads);
     bytes = off;
@@ -50,331 +82,400 @@ struct DecodeArgs {
   float scale_log2;
 };
 
-template <int D, int G>
-// Two CTAs per SM for G <= 4 (caps registers at 128: G=4 used 170 -> 1 CTA, 8 warps per SM, too few
-// to cover the per-tile barriers); G=8 keeps one (its 8x8 accumulators do not fit in 128).
-__global__ void __launch_bounds__(kThreads, G <= 4 ? 2 : 1) decode_kernel(DecodeArgs a) {
-  constexpr int TX = D / 8, TY = kThreads / TX, kRowsPerThread = kTileRows / TY;
-  constexpr int kStageElems = kTileRows * D;  // bf16 per K (or V) stage
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* k_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* v_smem = k_smem + kStages * kStageElems;
-  __shared__ int item_start[kMaxHeads + 1];
-  __shared__ int rows_per_item, merge_flag;
-  __shared__ int64_t tile_rows[kStages][kTileRows];  // physical row of each row of a stage
-  __shared__ int win_vstart[kTileRows + 1], win_phys[kTileRows + 1];  // segment window of a tile
-  __shared__ int next_hint;
+// Rows head bh takes in the flat split: selected + dense rows, at least one (masked).
+__device__ __forceinline__ int head_rows(const DecodeArgs& a, int bh) {
+  return max(1, a.sel.rows[bh] + a.seqs[bh / a.hkv].dense_len);
+}
 
-  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+// A warp's window of 32 consecutive selected segments: lane j holds segment base + j, its first
+// virtual row `start` (INT_MAX past the last segment) and `shift` = physical - virtual row in it.
+// Rows in [start of lane 0, end) lie in the window's segments 0..30 (or any, when it holds the
+// last segment: end = INT_MAX).
+struct SegmentWindow {
+  int base, start, shift, end;
+
+  // Two dependent round trips: row_start + ids, then the clusters' offsets.
+  __device__ void load(const VirtualRows& vr, int first, int lane) {
+    base = first;
+    const int s = first + lane;
+    start = INT_MAX;
+    shift = 0;
+    if (s < vr.count) {
+      start = __ldg(vr.row_start + s);
+      shift = __ldg(vr.offsets + __ldg(vr.ids + s)) - start;
+    }
+    end = __shfl_sync(0xffffffffu, start, 31);
+  }
+
+  // First window for sparse row v: 32-way search of row_start down to 32 candidate segments (one
+  // round trip per round: 2 rounds up to 32K segments), which become the window.
+  __device__ void seek(const VirtualRows& vr, int v, int lane) {
+    int lo = 0, n = vr.count;  // v's segment is in [lo, lo + n), and row_start[lo] <= v
+    while (n > 32) {
+      const int stride = (n + 31) / 32, idx = lo + lane * stride;
+      const bool le = idx < lo + n && __ldg(vr.row_start + idx) <= v;
+      const int k = 31 - __clz(__ballot_sync(0xffffffffu, le));  // lane 0 always qualifies
+      lo += k * stride;
+      n = min(stride, n - k * stride);
+    }
+    load(vr, lo, lane);
+  }
+
+  // Window index of the segment holding row x (last lane with start <= x), for start(0) <= x.
+  // Every lane passes its own x.
+  __device__ int find(int x) const {
+    int j = 0;
+#pragma unroll
+    for (int step = 16; step > 0; step >>= 1)
+      if (__shfl_sync(0xffffffffu, start, j + step) <= x) j += step;
+    return j;
+  }
+};
+
+// One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
+// A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads), m, l (this lane's
+// partial sum; the quad holds the row's four parts). Uses `smem`, the warp's stage buffers.
+template <int D>
+__device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
+                                            __nv_bfloat16* smem, float scale_log2, int lane, float (&o)[D / 8][4],
+                                            float& m, float& l) {
+  constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
+  constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
+  const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
+  SegmentWindow win;
+  if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
+
+  // Tile t: lanes i and i + 16 resolve row i, then each lane copies kTileRows / kRowsPerPass
+  // 16-byte chunks of K and of V.
+  auto load_tile = [&](int t) {
+    const int v = w0 + t * kTileRows, x = v + (lane & (kTileRows - 1));
+    int shift = 0;
+    if (v < vr.sparse_rows) {  // warp-uniform
+      // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
+      const int last = min(min(v + kTileRows, w1), vr.sparse_rows) - 1;
+      if (last >= win.end) win.load(vr, win.base + win.find(v), lane);
+      shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
+    }
+    // Source of row x: clustered row (>= 0), dense row d as -2 - d, -1 past the range (zero-fill).
+    const int src = x >= w1 ? -1 : x >= vr.sparse_rows ? -2 - (x - vr.sparse_rows) : x + shift;
+    __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
+    __nv_bfloat16* vs = ks + kTileElems;
+#pragma unroll
+    for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
+      const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
+      const int r = __shfl_sync(0xffffffffu, src, row);
+      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;  // any valid address for a zero-fill
+      if (r >= 0) {
+        kg = vr.keys + static_cast<int64_t>(r) * D + col;
+        vg = vr.values + static_cast<int64_t>(r) * D + col;
+      } else if (r <= -2) {
+        kg = vr.dense_keys + static_cast<int64_t>(-2 - r) * D + col;
+        vg = vr.dense_values + static_cast<int64_t>(-2 - r) * D + col;
+      }
+      const int bytes = r == -1 ? 0 : 16;
+      cp_async_16(ks + row * kStride + col, kg, bytes);
+      cp_async_16(vs + row * kStride + col, vg, bytes);
+    }
+  };
+
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    if (t < num_tiles) load_tile(t);
+    cp_async_commit();
+  }
+  for (int t = 0; t < num_tiles; ++t) {
+    __syncwarp();  // all lanes are done reading stage (t - 1) % kStages, refilled here
+    if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();  // tile t landed, the other lanes' chunks included
+    const __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
+    const __nv_bfloat16* vs = ks + kTileElems;
+
+    // S = Q K^T: 16 (padded) heads x 16 keys, two n-tiles of 8 keys.
+    float s[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; kc += 2) {
+        uint32_t kb[4];  // b0,b1 of k-chunk kc, then of kc + 1
+        ldmatrix_x4(kb, ks + (n * 8 + (lane & 7)) * kStride + kc * 16 + (lane >> 3) * 8);
+        mma_bf16_16816(s[n], qa[kc], kb[0], kb[1]);
+        mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
+      }
+    }
+    // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
+    const int v = w0 + t * kTileRows;
+    float tile_max = neg_inf();
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[n][e] = v + n * 8 + 2 * (lane & 3) + e < w1 ? s[n][e] * scale_log2 : neg_inf();
+        tile_max = fmaxf(tile_max, s[n][e]);
+      }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(m, tile_max);
+    const float corr = m_new == neg_inf() ? 1.f : exp2f(m - m_new);
+    m = m_new;
+    l *= corr;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= corr;
+      o[n][1] *= corr;
+    }
+    float p[2][2];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - m);
+        l += p[n][e];
+      }
+    const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
+    // O += P V: ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      uint32_t vb[4];  // b0,b1 of dims dn*16..+7, then of dn*16+8..+15
+      ldmatrix_x4_trans(vb, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
+      mma_bf16_16816(o[2 * dn], pa, vb[0], vb[1]);
+      mma_bf16_16816(o[2 * dn + 1], pa, vb[2], vb[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncwarp();  // the stage buffers are free for the caller
+}
+
+// Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
+// output quad; writes out and lse.
+template <int D, int G>
+__device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
+  for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
+    const int j = idx / (D / 4), d = idx % (D / 4) * 4;
+    float M = neg_inf(), L = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int it = 0; it < n; it += 8) {
+      float2 ml[8];
+      float4 po[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int64_t slot_head = static_cast<int64_t>(first + it + u) * G + j;
+        const bool in = it + u < n;
+        ml[u] = in ? __ldcg(a.ws.partial_ml + slot_head) : make_float2(neg_inf(), 0.f);
+        po[u] = in ? __ldcg(reinterpret_cast<const float4*>(a.ws.partial_o + slot_head * D + d))
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const float mx = fmaxf(M, ml[u].x);
+        if (mx == neg_inf()) continue;  // nothing attended so far
+        const float keep = exp2f(M - mx), add = exp2f(ml[u].x - mx);
+        L = L * keep + ml[u].y * add;
+        acc.x = acc.x * keep + po[u].x * add;
+        acc.y = acc.y * keep + po[u].y * add;
+        acc.z = acc.z * keep + po[u].z * add;
+        acc.w = acc.w * keep + po[u].w * add;
+        M = mx;
+      }
+    }
+    const int64_t hq = static_cast<int64_t>(bh) * G + j;
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(a.out + hq * D + d);
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+    dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
+    if (d == 0 && a.lse) a.lse[hq] = L > 0.f ? (M + log2f(L)) / kLog2e : neg_inf();
+  }
+}
+
+template <int D, int G>
+// Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
+// needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ long long warp_rows[kWarps];
+  __shared__ long long first_head_start;
+  __shared__ int first_head, merge_flag;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_heads = a.batch * a.hkv;
 
-  // Work list, computed identically by every CTA from the device-side counts: head bh owns items
-  // [item_start[bh], item_start[bh+1]), each covering rows_per_item virtual rows (>= 1 item, so
-  // every head's output is written even when it has nothing to attend to).
-  {
-    long long total = 0;
-    for (int bh = tid; bh < num_heads; bh += kThreads) {
-      const int rows = a.sel.rows[bh] + a.seqs[bh / a.hkv].dense_len;
-      item_start[bh + 1] = rows;
-      total += rows;
-    }
-    __shared__ long long block_total;
-    if (tid == 0) block_total = 0;
-    __syncthreads();
-    atomicAdd(reinterpret_cast<unsigned long long*>(&block_total), static_cast<unsigned long long>(total));
-    __syncthreads();
-    if (tid == 0) {
-      const long long per = (block_total + gridDim.x * kItemsPerCta - 1) / (gridDim.x * kItemsPerCta);
-      const long long rounded = (per + kTileRows - 1) / kTileRows * kTileRows;
-      const int r = static_cast<int>(rounded > kTileRows ? rounded : kTileRows);
-      rows_per_item = r;
-      item_start[0] = 0;
-      for (int bh = 0; bh < num_heads; ++bh)
-        item_start[bh + 1] = item_start[bh] + max(1, (item_start[bh + 1] + r - 1) / r);
-    }
-    __syncthreads();
+  // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
+  // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
+  const int per_thread = (num_heads + kThreads - 1) / kThreads;
+  const int h_lo = min(tid * per_thread, num_heads), h_hi = min(h_lo + per_thread, num_heads);
+  long long mine = 0;
+  for (int x = h_lo; x < h_hi; ++x) mine += head_rows(a, x);
+  long long incl = mine;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const long long y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
   }
-  const int R = rows_per_item, num_items = item_start[num_heads];
-
-  for (int item = blockIdx.x; item < num_items; item += gridDim.x) {
-    int bh = 0;
-    {
-      int lo = 0, hi = num_heads;
-      while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (item_start[mid] <= item) lo = mid;
-        else hi = mid;
+  if (lane == 31) warp_rows[warp] = incl;
+  __syncthreads();
+  long long total = 0, chunk_start = incl - mine;
+  for (int w = 0; w < kWarps; ++w) {
+    total += warp_rows[w];
+    if (w < warp) chunk_start += warp_rows[w];
+  }
+  const long long per_cta = max((total + gridDim.x - 1) / gridDim.x, static_cast<long long>(kMinCtaRows));
+  const long long f0 = blockIdx.x * per_cta;
+  if (f0 >= total) return;  // CTA-uniform: no rows left for this CTA
+  const long long f1 = min(f0 + per_cta, total);
+  if (chunk_start <= f0 && f0 < chunk_start + mine) {  // exactly one thread holds f0's head
+    for (int x = h_lo;; ++x) {
+      const int rows = head_rows(a, x);
+      if (f0 < chunk_start + rows) {
+        first_head = x;
+        first_head_start = chunk_start;
+        break;
       }
-      bh = lo;
+      chunk_start += rows;
     }
+  }
+  __syncthreads();
+
+  __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
+  int bh = first_head;
+  for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
     const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
-    const int v_begin = (item - item_start[bh]) * R, v_end = min(v_begin + R, vr.total());
-    const int seg0 = v_begin < vr.sparse_rows ? find_segment(vr, v_begin, 0, vr.count) : 0;
+    const int len = max(1, vr.total());  // = head_rows(a, bh)
+    // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
+    const int r0 = static_cast<int>(max(f0, head_start) - head_start);
+    const int r1 = static_cast<int>(min(f1, head_start + len) - head_start);
+    const int first_cta = static_cast<int>(head_start / per_cta);
+    const int num_pieces = static_cast<int>((head_start + len - 1) / per_cta) - first_cta + 1;
+    const int slot = blockIdx.x + bh;
+    head_start += len;
 
-    // Query heads of the group, this thread's 8 dims, pre-scaled into log2 units.
-    float q[G][8];
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(a.q + (static_cast<int64_t>(b) * a.hkv * G + h * G + j) * D + tx * 8);
-      bf16x8_to_float(raw, q[j]);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) q[j][e] *= a.scale_log2;
-    }
-    float m[G], l[G], o[G][8];
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      m[j] = neg_inf();
-      l[j] = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[j][e] = 0.f;
-    }
+    // Warp ranges: consecutive whole tiles, clipped to the head's real rows.
+    const int per_warp = ((r1 - r0 + kWarps - 1) / kWarps + kTileRows - 1) / kTileRows * kTileRows;
+    const int w0 = min(r0 + warp * per_warp, r1);
+    const int w1 = min(min(w0 + per_warp, r1), vr.total());
 
-    const int num_tiles = (v_end - v_begin + kTileRows - 1) / kTileRows;
-    // Row addresses of a tile. The previous version binary-searched row_start in global memory for
-    // each of the 64 rows (~9 dependent L2 round trips per tile, exposed on every tile because the
-    // copies wait for it). Now: tiles are loaded in order, and a 64-row tile spans at most 64
-    // segments after the segment `seg_hint` of the previous tile's last row, so 65 threads stage
-    // that window (virtual start, physical start) into smem with 2 dependent loads in parallel,
-    // and each row resolves itself by a search in smem.
-    int seg_hint = seg0;  // same value in every thread (each ran the same search)
-    auto load_tile = [&](int t) {
-      const int stage = t % kStages;
-      const int vt = v_begin + t * kTileRows;
-      const bool sparse_tile = vt < vr.sparse_rows;  // uniform across the CTA
-      if (sparse_tile && tid <= kTileRows) {
-        const int j = seg_hint + tid;
-        if (j < vr.count) {
-          win_vstart[tid] = __ldg(vr.row_start + j);
-          win_phys[tid] = __ldg(vr.offsets + __ldg(vr.ids + j));
-        } else {
-          win_vstart[tid] = 0x7fffffff;
-        }
-      }
-      if (sparse_tile) __syncthreads();
-      if (tid < kTileRows) {
-        const int v = vt + tid;
-        int64_t r = -1;  // -1: past the item (zero-fill); dense rows are stored as -(2 + index)
-        if (v < v_end) {
-          if (v >= vr.sparse_rows) {
-            r = -2 - static_cast<int64_t>(v - vr.sparse_rows);
-          } else {
-            int lo = 0, hi = kTileRows + 1;  // last window entry with start <= v
-            while (hi - lo > 1) {
-              const int mid = (lo + hi) >> 1;
-              if (win_vstart[mid] <= v) lo = mid;
-              else hi = mid;
-            }
-            r = static_cast<int64_t>(win_phys[lo]) + (v - win_vstart[lo]);
-            if (tid == kTileRows - 1) next_hint = seg_hint + lo;
-          }
-        }
-        tile_rows[stage][tid] = r;
-      }
-      __syncthreads();
-      seg_hint = next_hint;  // written before the barrier; rewritten only after the next one
-      for (int c = tid; c < kTileRows * TX; c += kThreads) {
-        const int row = c / TX, col = (c % TX) * 8;
-        const int64_t r = tile_rows[stage][row];
-        const __nv_bfloat16 *ks = vr.keys, *vs = vr.values;  // any valid address for zero-fill
-        if (r >= 0) {
-          ks = vr.keys + r * D + col;
-          vs = vr.values + r * D + col;
-        } else if (r <= -2) {
-          ks = vr.dense_keys + (-2 - r) * D + col;
-          vs = vr.dense_values + (-2 - r) * D + col;
-        }
-        const int bytes = r == -1 ? 0 : 16;
-        cp_async_16(k_smem + stage * kStageElems + row * D + col, ks, bytes);
-        cp_async_16(v_smem + stage * kStageElems + row * D + col, vs, bytes);
-      }
-    };
+    // Q as A fragments: row lane / 4 = query head g of the group (a0: dims 2*(lane&3)+{0,1} of
+    // the 16-dim chunk, a2: the same + 8); rows >= G and 8..15 (a1, a3) are zero.
+    const int g = lane >> 2;
+    uint32_t qa[D / 16][4];
+    {
+      const __nv_bfloat16* q = a.q + (static_cast<int64_t>(bh) * G + min(g, G - 1)) * D + 2 * (lane & 3);
 #pragma unroll
-    for (int t = 0; t < kStages - 1; ++t) {
-      if (t < num_tiles) load_tile(t);
-      cp_async_commit();
+      for (int kc = 0; kc < D / 16; ++kc) {
+        qa[kc][0] = g < G ? __ldg(reinterpret_cast<const unsigned*>(q + kc * 16)) : 0u;
+        qa[kc][1] = 0u;
+        qa[kc][2] = g < G ? __ldg(reinterpret_cast<const unsigned*>(q + kc * 16 + 8)) : 0u;
+        qa[kc][3] = 0u;
+      }
     }
-    for (int t = 0; t < num_tiles; ++t) {
-      if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
-      cp_async_commit();
-      cp_async_wait<kStages - 1>();
-      __syncthreads();
-      const __nv_bfloat16* ks = k_smem + (t % kStages) * kStageElems;
-      const __nv_bfloat16* vs = v_smem + (t % kStages) * kStageElems;
-      float s[kRowsPerThread][G];
+    float o[D / 8][4];
 #pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) {
-        const int row = ty + TY * i;
-        const uint4 raw = *reinterpret_cast<const uint4*>(ks + row * D + tx * 8);
-        float k[8];
-        bf16x8_to_float(raw, k);
-        const bool valid = v_begin + t * kTileRows + row < v_end;
+    for (int n = 0; n < D / 8; ++n)
 #pragma unroll
-        for (int j = 0; j < G; ++j) {
-          float acc = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc += q[j][e] * k[e];
-#pragma unroll
-          for (int off = TX / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-          s[i][j] = valid ? acc : neg_inf();
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-        float tile_max = s[0][j];
-#pragma unroll
-        for (int i = 1; i < kRowsPerThread; ++i) tile_max = fmaxf(tile_max, s[i][j]);
-        const float m_new = fmaxf(m[j], tile_max);
-        if (m_new == neg_inf()) continue;  // nothing valid seen yet
-        const float corr = exp2f(m[j] - m_new);
-        m[j] = m_new;
-        l[j] *= corr;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[j][e] *= corr;
-      }
-#pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) {
-        const int row = ty + TY * i;
-        const uint4 raw = *reinterpret_cast<const uint4*>(vs + row * D + tx * 8);
-        float v[8];
-        bf16x8_to_float(raw, v);
-#pragma unroll
-        for (int j = 0; j < G; ++j) {
-          const float p = s[i][j] == neg_inf() ? 0.f : exp2f(s[i][j] - m[j]);
-          l[j] += p;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) o[j][e] += p * v[e];
-        }
-      }
-      __syncthreads();  // stage (t % kStages) is refilled next iteration
-    }
-    cp_async_wait<0>();
-    __syncthreads();
+      for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+    float m = neg_inf(), l = 0.f;
+    attend_rows<D>(vr, w0, w1, qa, warp_smem, a.scale_log2, lane, o, m, l);
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
 
-    // Combine the TY row groups of this CTA (reusing the stage buffers), then write the item's
-    // partial: o relative to the item max M, and (M, L).
-    float* red_o = reinterpret_cast<float*>(smem_raw);                  // [TY][G][D]
-    float2* red_ml = reinterpret_cast<float2*>(red_o + TY * G * D);     // [TY][G]
+    // Combine the warps: each stores (o, m, l) in its own stage buffers (free after attend_rows),
+    // then the CTA writes the piece's partial relative to the piece max M.
+    {
+      float* red_o = reinterpret_cast<float*>(warp_smem);           // [G][D]
+      float2* red_ml = reinterpret_cast<float2*>(red_o + G * D);  // [G]
+      if (g < G) {
 #pragma unroll
-    for (int j = 0; j < G; ++j) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) red_o[(ty * G + j) * D + tx * 8 + e] = o[j][e];
-      if (tx == 0) red_ml[ty * G + j] = make_float2(m[j], l[j]);
+        for (int n = 0; n < D / 8; ++n)
+          *reinterpret_cast<float2*>(red_o + g * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][0], o[n][1]);
+        if ((lane & 3) == 0) red_ml[g] = make_float2(m, l);
+      }
     }
     __syncthreads();
-    for (int idx = tid; idx < G * D; idx += kThreads) {
-      const int j = idx / D, d = idx % D;
+    for (int idx = tid; idx < G * D / 4; idx += kThreads) {
+      const int j = idx / (D / 4), d = idx % (D / 4) * 4;
+      // Warp w's stored (o, m, l), as written above from its warp_smem.
+      auto warp_o = [&](int w) { return reinterpret_cast<const float*>(smem_raw) + w * (kWarpSmemElems<D> / 2); };
+      auto warp_ml = [&](int w) { return reinterpret_cast<const float2*>(warp_o(w) + G * D)[j]; };
       float M = neg_inf();
-      for (int y = 0; y < TY; ++y) M = fmaxf(M, red_ml[y * G + j].x);
-      float L = 0.f, acc = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_ml(w).x);
+      float L = 0.f;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
       if (M != neg_inf()) {
-        for (int y = 0; y < TY; ++y) {
-          const float2 ml = red_ml[y * G + j];
-          const float w = ml.x == neg_inf() ? 0.f : exp2f(ml.x - M);
-          L += ml.y * w;
-          acc += red_o[(y * G + j) * D + d] * w;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          const float2 ml = warp_ml(w);
+          const float wt = ml.x == neg_inf() ? 0.f : exp2f(ml.x - M);
+          const float4 ow = *reinterpret_cast<const float4*>(warp_o(w) + j * D + d);
+          L += ml.y * wt;
+          acc.x += ow.x * wt;
+          acc.y += ow.y * wt;
+          acc.z += ow.z * wt;
+          acc.w += ow.w * wt;
         }
       }
-      a.ws.partial_o[(static_cast<int64_t>(item) * G + j) * D + d] = acc;
-      if (d == 0) a.ws.partial_ml[static_cast<int64_t>(item) * G + j] = make_float2(M, L);
+      *reinterpret_cast<float4*>(a.ws.partial_o + (static_cast<int64_t>(slot) * G + j) * D + d) = acc;
+      if (d == 0) a.ws.partial_ml[static_cast<int64_t>(slot) * G + j] = make_float2(M, L);
     }
 
-    // The head's last item to finish merges all of them, in item order.
+    // The head's last piece to finish merges all of them. (The barriers here also order this
+    // piece's smem reads before the next piece's copies.)
     __threadfence();
     __syncthreads();
-    if (tid == 0) {
-      const int n = item_start[bh + 1] - item_start[bh];
-      merge_flag = atomicAdd(a.ws.tickets + bh, 1) == n - 1;
-    }
+    if (tid == 0) merge_flag = atomicAdd(a.ws.tickets + bh, 1) == num_pieces - 1;
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      // Merge of the head's n items. The first version looped over the items serially per output
-      // (2n dependent-looking L2 loads per thread, n ~ 100+ for GQA: a ~100 us tail on the CTA that
-      // merges). Now: (1) the n*G (max, sum) pairs are loaded in parallel into smem (the stage
-      // buffers are free), (2) warp j computes M_j, the item weights w = 2^(m - M_j) and L_j in a
-      // fixed order, (3) each output sums w * o over items with 8 loads in flight. Deterministic.
-      const int first = item_start[bh], n = item_start[bh + 1] - item_start[bh];
-      float2* ml_s = reinterpret_cast<float2*>(smem_raw);  // [n][G] (max, sum), 8 B aligned first
-      float* w_s = reinterpret_cast<float*>(ml_s + n * G);   // [n][G] weights
-      float* stat_s = w_s + n * G;                           // [G] M, [G] L
-      for (int x = tid; x < n * G; x += kThreads) ml_s[x] = __ldcg(&a.ws.partial_ml[static_cast<int64_t>(first) * G + x]);
-      __syncthreads();
-      const int warp = tid >> 5, lane = tid & 31;
-      for (int j = warp; j < G; j += kThreads / 32) {
-        float M = neg_inf();
-        for (int it = lane; it < n; it += 32) M = fmaxf(M, ml_s[it * G + j].x);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        float L = 0.f;
-        for (int it = lane; it < n; it += 32) {
-          const float2 ml = ml_s[it * G + j];
-          const float w = (M == neg_inf() || ml.x == neg_inf()) ? 0.f : exp2f(ml.x - M);
-          w_s[it * G + j] = w;
-          L += ml.y * w;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-        if (lane == 0) {
-          stat_s[j] = M;
-          stat_s[G + j] = L;
-        }
-      }
-      __syncthreads();
-      for (int idx = tid; idx < G * D; idx += kThreads) {
-        const int j = idx / D, d = idx % D;
-        const float M = stat_s[j], L = stat_s[G + j];
-        const float* po = a.ws.partial_o + (static_cast<int64_t>(first) * G + j) * D + d;
-        float acc = 0.f;
-        int it = 0;
-        for (; it + 8 <= n; it += 8) {
-          float v[8];
-#pragma unroll
-          for (int u = 0; u < 8; ++u) v[u] = __ldcg(po + static_cast<int64_t>(it + u) * G * D);
-#pragma unroll
-          for (int u = 0; u < 8; ++u) acc += v[u] * w_s[(it + u) * G + j];
-        }
-        for (; it < n; ++it) acc += __ldcg(po + static_cast<int64_t>(it) * G * D) * w_s[it * G + j];
-        const int64_t hq = static_cast<int64_t>(b) * a.hkv * G + h * G + j;
-        a.out[hq * D + d] = __float2bfloat16(L > 0.f ? acc / L : 0.f);
-        if (d == 0 && a.lse) a.lse[hq] = L > 0.f ? (M + log2f(L)) / kLog2e : neg_inf();
-      }
+      merge_head<D, G>(a, bh, first_cta + bh, num_pieces);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (also reset by the launcher)
     }
-    __syncthreads();  // smem reused by the next item
   }
 }
 
-template <int D, int G>
-cudaError_t launch_decode(const DecodeArgs& a, int num_ctas, cudaStream_t stream) {
-  constexpr int TX = D / 8, TY = kThreads / TX;
-  const size_t stage_bytes = size_t(2) * kStages * kTileRows * D * sizeof(__nv_bfloat16);
-  const size_t reduce_bytes = sizeof(float) * TY * G * D + sizeof(float2) * TY * G;
-  // The merge keeps (max, sum) and a weight per item of one head in smem: a head has at most
-  // kItemsPerCta * num_ctas + 1 items (item_start rounding adds at most one per head).
-  const size_t merge_bytes = (size_t(kItemsPerCta) * num_ctas + 1) * G * (sizeof(float) + sizeof(float2)) +
-                             2 * G * sizeof(float);
-  const size_t smem = std::max({stage_bytes, reduce_bytes, merge_bytes});
-  cudaError_t err = cudaFuncSetAttribute(decode_kernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  decode_kernel<D, G><<<num_ctas, kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+using DecodeKernel = void (*)(DecodeArgs);
+
+DecodeKernel kernel_for(int head_dim, int group) {
+#define SQZ_DECODE_CASE(D_, G_) \
+  if (head_dim == D_ && group == G_) return decode_kernel<D_, G_>;
+  SQZ_DECODE_CASE(64, 1) SQZ_DECODE_CASE(64, 2) SQZ_DECODE_CASE(64, 4) SQZ_DECODE_CASE(64, 8)
+  SQZ_DECODE_CASE(128, 1) SQZ_DECODE_CASE(128, 2) SQZ_DECODE_CASE(128, 4) SQZ_DECODE_CASE(128, 8)
+#undef SQZ_DECODE_CASE
+  return nullptr;
 }
 
-int default_ctas() {
-  int dev = 0, sms = 132;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return 2 * sms;
+size_t smem_bytes(int head_dim) { return head_dim == 64 ? kSmemBytes<64> : kSmemBytes<128>; }
+
+// Sets the kernel's smem limits and picks the grid: launch.num_ctas, or every CTA the device holds
+// at once (the flat split gives each CTA an equal share, so a second wave would double the time).
+cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& launch, int* ctas) {
+  const size_t smem = smem_bytes(head_dim);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
+  if (launch.num_ctas > 0) {
+    *ctas = launch.num_ctas;
+    return cudaSuccess;
+  }
+  int dev = 0, sms = 0, per_sm = 0;
+  err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  *ctas = std::max(1, per_sm) * std::max(1, sms);
+  return err;
 }
 
 }  // namespace
 }  // namespace detail
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch) {
-  const int ctas = launch.num_ctas > 0 ? launch.num_ctas : detail::default_ctas();
-  return detail::DecodeWorkspace(shape, ctas, nullptr).bytes;
+  using namespace detail;
+  // Unsupported shapes (the launch rejects them) and failed queries fall back to launch.num_ctas or 1.
+  int ctas = std::max(1, launch.num_ctas);
+  if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group())) configure(kernel, shape.head_dim, launch, &ctas);
+  return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
@@ -382,21 +483,21 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
                             const DecodeLaunch& launch, void* stream) {
   using namespace detail;
   const int g = shape.group();
-  if (shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads || shape.batch * shape.num_kv_heads > kMaxHeads)
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g);
+  if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
+      shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
-  const int ctas = launch.num_ctas > 0 ? launch.num_ctas : default_ctas();
+  int ctas = 0;
+  cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
+  if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
-  const cudaError_t err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
+  err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
   if (err != cudaSuccess) return err;
-#define SQZ_DECODE_CASE(D_, G_) \
-  if (shape.head_dim == D_ && g == G_) return launch_decode<D_, G_>(a, ctas, st);
-  SQZ_DECODE_CASE(64, 1) SQZ_DECODE_CASE(64, 2) SQZ_DECODE_CASE(64, 4) SQZ_DECODE_CASE(64, 8)
-  SQZ_DECODE_CASE(128, 1) SQZ_DECODE_CASE(128, 2) SQZ_DECODE_CASE(128, 4) SQZ_DECODE_CASE(128, 8)
-#undef SQZ_DECODE_CASE
-  return cudaErrorInvalidValue;
+  kernel<<<ctas, kThreads, smem_bytes(shape.head_dim), st>>>(a);
+  return cudaGetLastError();
 }
 
 }  // namespace squeezeserve::kernels

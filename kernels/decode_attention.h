@@ -2,11 +2,12 @@
 // selected cluster segments and the dense part (window + own tokens, all preceding: no mask).
 // Plain C++ header; CPU reference with the same contract: attention_ref.h (query_len = 1).
 //
-// One persistent launch: the selected rows of every (sequence, KV head) plus its dense rows are cut
-// into equal work items (split-K) that a fixed grid walks round-robin, so heads with very different
-// kept counts balance; each item loads its rows once for the whole GQA group and writes an fp32
-// partial (o, max, sum); the last item of a head to finish merges the head's partials in item
-// order (deterministic log-sum-exp merge). Counts are read from device memory: no host round trip.
+// One launch, split-K: the selected rows of every (sequence, KV head) plus its dense rows are laid
+// end to end and cut into one equal contiguous range per CTA, so heads with very different kept
+// counts balance; each range loads its rows once for the whole GQA group (tensor cores, the group's
+// query heads as matrix rows) and writes an fp32 partial (o, max, sum) per head it overlaps; the
+// last piece of a head to finish merges the head's partials in order (deterministic log-sum-exp
+// merge). Counts are read from device memory: no host round trip.
 #pragma once
 
 #include <cstddef>
@@ -17,7 +18,7 @@
 namespace squeezeserve::kernels {
 
 struct DecodeLaunch {
-  int32_t num_ctas = 0;  // persistent grid size; 0 = 2 per SM of the current device
+  int32_t num_ctas = 0;  // grid size; 0 = as many CTAs as the current device holds at once
 };
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);

@@ -4,7 +4,7 @@
 // Selection: GPU and CPU selections must agree except for clusters whose score lies within
 // rounding (relative 2e-3) of the threshold of their (sequence, KV head) (fp32 sums run in another
 // order). Attention: the CPU reference runs on the GPU's own selection, and ||out - ref|| / ||ref||
-// <= 1e-2 (bf16 inputs, bf16 output; bf16 P in prefill), LSE max abs error <= 1e-2, no NaN.
+// <= 1e-2 (bf16 inputs, bf16 output, bf16 P in the P V products), LSE max abs error <= 1e-2, no NaN.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +37,7 @@ struct Case {
   float tau_scale;        // tau = tau_scale / N_max (uniform weight = 1/N); <0: -1 (all), >1e3: 2 (none)
   bool use_prefill_kernel = false;  // run a one-token block through the prefill kernel
   bool per_head_tau = false;  // even sequences get random per-KV-head thresholds (SequenceLayer::tau_*)
+  int decode_ctas = 0;        // DecodeLaunch::num_ctas (0 = the default grid)
 };
 
 struct Result {
@@ -197,7 +198,7 @@ Result run_case(const Case& c, uint64_t seed) {
   CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
   void* dws = nullptr;
   if (c.lq == 1 && !c.use_prefill_kernel) {
-    const DecodeLaunch launch{};
+    const DecodeLaunch launch{c.decode_ctas};
     CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
     CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr));
   } else {
@@ -263,8 +264,18 @@ int main(int argc, char** argv) {
       {"decode d128 g1 per-head tau",  128, 1, 8, 1, {9007, 4001},            4, 0, 20, 0.1f, 1.f, false, true},
       {"prefill d128 g4 lq64 per-head", 128, 4, 4, 64, {3001, 1200},          5, 0, 50, 0.1f, 1.f, false, true},
       {"decode d128 g4 hier per-head", 128, 4, 4, 1, {6007, 3000},            5, 8, 100, 0.1f, 1.5f, false, true},
+      // Every decode (D, G) pair; different N per sequence.
+      {"decode d64 g4 batch3",          64, 4, 2, 1, {5003, 1200, 40},         3, 0, 30, 0.1f, 1.f},
+      {"decode d128 g8 batch3",        128, 8, 2, 1, {6007, 2100, 300},        5, 0, 50, 0.1f, 1.f},
+      {"decode d128 g2 batch2",        128, 2, 4, 1, {8009, 3005},             4, 0, 20, 0.1f, 1.f},
+      {"decode d64 g2 empty selection", 64, 2, 2, 1, {3004, 500},              3, 0, 7, 0.1f, 1e9f},
+      // Few CTAs: long per-warp ranges over 2-row clusters (the segment window is reloaded every
+      // ~60 rows), CTA ranges spanning several heads, a 17-row sequence inside one range.
+      {"decode d64 g4 3 ctas",          64, 4, 4, 1, {9001, 2002, 17},         2, 0, 40, 0.2f, 1.f, false, false, 3},
+      {"decode d128 g1 1 cta",         128, 1, 4, 1, {6003, 100},              2, 0, 10, 0.1f, 1.f, false, false, 1},
+      {"decode d128 g8 2 ctas all",    128, 8, 1, 1, {20014},                  3, 0, 100, 0.1f, -1.f, false, false, 2},
   };
-  if (small) cases = {cases[1], cases[3], cases[10], cases[15], cases[16], cases[19]};
+  if (small) cases = {cases[1], cases[3], cases[10], cases[15], cases[16], cases[19], cases[20], cases[24], cases[26]};
   std::printf("%-30s %6s %8s %10s %10s %10s %5s %s\n", "case", "B", "sel/cand", "sel_diff", "attn_rel", "lse_err",
               "cmp", "result");
   bool all = true;
