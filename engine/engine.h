@@ -62,7 +62,7 @@ struct IndexOptions {
   // Every (layer, KV head) keeps at least this share of a level's budget (1 − sparsity) of its own
   // keys on the calibration queries; 0 = one global threshold per level, as the authors
   // (docs/index_layout.md "Per-head floor"; the default is the measured best on bench/eval_long_context).
-  float head_floor_share = 0.5f;
+  float head_floor_share = 1.0f;
   bool dense_only = false;
 };
 

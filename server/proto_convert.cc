@@ -10,7 +10,7 @@ pb::IndexOptions ToProto(const IndexOptions& index) {
   out.set_seed(index.seed);
   out.set_levels(static_cast<uint32_t>(index.levels));
   out.set_coarse_centroid_fraction(index.coarse_centroid_fraction);
-  out.set_head_floor_share(index.head_floor_share);
+  out.set_head_floor_share(index.head_floor_share > 0 ? index.head_floor_share : -1.0f);  // -1: no floor
   for (float level : index.sparsity_levels) out.add_sparsity_levels(level);
   out.set_dense_only(index.dense_only);
   return out;

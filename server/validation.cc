@@ -119,9 +119,12 @@ absl::StatusOr<IndexOptions> ToEngineIndexOptions(const pb::IndexOptions& proto)
     }
     out.sparsity_levels = std::move(levels);
   }
-  if (proto.has_head_floor_share()) {
-    if (!(proto.head_floor_share() >= 0 && proto.head_floor_share() <= 1)) {
-      return FieldError("index.head_floor_share", absl::StrCat("must be in [0, 1], got ", proto.head_floor_share()));
+  if (proto.head_floor_share() < 0) {
+    out.head_floor_share = 0;  // no floor
+  } else if (proto.head_floor_share() != 0) {
+    if (!(proto.head_floor_share() <= 1)) {  // also rejects NaN
+      return FieldError("index.head_floor_share",
+                        absl::StrCat("must be in (0, 1] (or < 0 for no floor), got ", proto.head_floor_share()));
     }
     out.head_floor_share = proto.head_floor_share();
   }

@@ -56,9 +56,9 @@ ABSL_FLAG(double, centroid_fraction, 0,
           "Index ablation: fine centroids per clustered key at ingest (0 = the server's default, 0.05).");
 ABSL_FLAG(double, coarse_centroid_fraction, 0,
           "Index ablation: coarse centroids per clustered key (0 = the server's default, 0.01).");
-ABSL_FLAG(double, head_floor_share, -1,
-          "Index ablation: per-head floor of the calibration, in [0, 1] (0 = one global threshold as the "
-          "paper; -1 = the server's default).");
+ABSL_FLAG(double, head_floor_share, 0,
+          "Index ablation: per-head floor of the calibration, in (0, 1] (0 = the server's default; negative "
+          "= no floor, one global threshold per level as the paper).");
 ABSL_FLAG(double, time_budget_s, 0,
           "Start no new context after this many seconds (0 = no limit); the results say how many were "
           "left out. make_tasks.py writes contexts in context-major order, so every cell gets some.");
@@ -218,9 +218,7 @@ class Evaluator {
     index->set_levels(2);  // coarse + fine: the flat lookup reads the fine level, hierarchical both
     index->set_centroid_fraction(static_cast<float>(absl::GetFlag(FLAGS_centroid_fraction)));
     index->set_coarse_centroid_fraction(static_cast<float>(absl::GetFlag(FLAGS_coarse_centroid_fraction)));
-    if (absl::GetFlag(FLAGS_head_floor_share) >= 0) {
-      index->set_head_floor_share(static_cast<float>(absl::GetFlag(FLAGS_head_floor_share)));
-    }
+    index->set_head_floor_share(static_cast<float>(absl::GetFlag(FLAGS_head_floor_share)));
     for (float level : {0.5f, 0.7f, 0.8f, 0.9f}) index->add_sparsity_levels(level);
     std::vector<pb::IngestContextRequest> requests = squeezectl::IngestTextRequests(std::move(first), task.text);
 
@@ -471,7 +469,7 @@ int Main(int argc, char** argv) {
     out["index"] = {{"levels", 2},
                     {"centroid_fraction", absl::GetFlag(FLAGS_centroid_fraction)},  // 0 = server default
                     {"coarse_centroid_fraction", absl::GetFlag(FLAGS_coarse_centroid_fraction)},
-                    {"head_floor_share", absl::GetFlag(FLAGS_head_floor_share)}};  // -1 = server default
+                    {"head_floor_share", absl::GetFlag(FLAGS_head_floor_share)}};  // 0 = server default
     out["seconds"] = seconds;
     out["contexts"] = evaluator.contexts_json();
     out["rpc_errors"] = evaluator.rpc_errors();

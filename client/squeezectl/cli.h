@@ -37,7 +37,7 @@ struct Cli {
   uint64_t index_seed = 0;
   uint32_t levels = 0;
   float coarse_centroid_fraction = 0;
-  float head_floor_share = -1;  // < 0: server default
+  float head_floor_share = 0;  // 0: server default; < 0: no floor
   std::vector<std::string> sparsity_levels;
   bool dense_only = false;
 

@@ -27,7 +27,7 @@ std::optional<pb::IngestContextRequest> FirstRequest(const Cli& cli) {
   index->set_seed(cli.index_seed);
   index->set_levels(cli.levels);
   index->set_coarse_centroid_fraction(cli.coarse_centroid_fraction);
-  if (cli.head_floor_share >= 0) index->set_head_floor_share(cli.head_floor_share);
+  index->set_head_floor_share(cli.head_floor_share);
   index->set_dense_only(cli.dense_only);
   for (const std::string& level : cli.sparsity_levels) {
     float value = 0;

@@ -38,9 +38,9 @@ ABSL_FLAG(uint32_t, max_iterations, 0, "ingest: k-means iteration cap (0 = defau
 ABSL_FLAG(uint64_t, index_seed, 0, "ingest: k-means seed.");
 ABSL_FLAG(uint32_t, levels, 0, "ingest: index levels, 1 = flat, 2 = hierarchical (0 = default).");
 ABSL_FLAG(float, coarse_centroid_fraction, 0, "ingest: coarse-level centroid fraction (0 = default).");
-ABSL_FLAG(float, head_floor_share, -1,
-          "ingest: share of each level's budget every KV head keeps of its own keys, in [0, 1] (0 = one "
-          "global threshold, as the paper; -1 = server default).");
+ABSL_FLAG(float, head_floor_share, 0,
+          "ingest: share of each level's budget every KV head keeps of its own keys, in (0, 1] (0 = server "
+          "default; negative = no floor, one global threshold per level as the paper).");
 ABSL_FLAG(std::vector<std::string>, sparsity_levels, {}, "ingest: comma-separated sparsity levels to calibrate.");
 ABSL_FLAG(bool, dense_only, false, "ingest: build no index (dense attention only).");
 // Generate.

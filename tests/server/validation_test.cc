@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "server/proto_convert.h"
+
 namespace squeezeserve::server {
 namespace {
 
@@ -128,7 +130,24 @@ TEST(ToEngineIndexOptions, ZeroMeansDefault) {
   EXPECT_EQ(index->observation_window, defaults.observation_window);
   EXPECT_EQ(index->levels, defaults.levels);
   EXPECT_EQ(index->sparsity_levels, defaults.sparsity_levels);
+  EXPECT_EQ(index->head_floor_share, defaults.head_floor_share);
   EXPECT_FALSE(index->dense_only);
+}
+
+TEST(ToEngineIndexOptions, HeadFloorShareNegativeMeansNoFloor) {
+  pb::IndexOptions proto;
+  proto.set_head_floor_share(-1.0f);
+  EXPECT_EQ(ToEngineIndexOptions(proto)->head_floor_share, 0.0f);
+  proto.set_head_floor_share(0.25f);
+  EXPECT_EQ(ToEngineIndexOptions(proto)->head_floor_share, 0.25f);
+  proto.set_head_floor_share(1.5f);
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.head_floor_share");
+  proto.set_head_floor_share(std::nanf(""));
+  ExpectInvalid(ToEngineIndexOptions(proto).status(), "index.head_floor_share");
+  // The summary's options go back over the wire with "no floor" as -1, not as 0 (= default).
+  IndexOptions none;
+  none.head_floor_share = 0;
+  EXPECT_EQ(ToEngineIndexOptions(ToProto(none))->head_floor_share, 0.0f);
 }
 
 TEST(ToEngineIndexOptions, RejectsOutOfRangeFields) {
