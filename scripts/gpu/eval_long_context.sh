@@ -39,7 +39,8 @@ python3 bench/eval_long_context/make_tasks.py --out "$OUT/tasks_longctx.jsonl" -
   --contexts_per_task "$contexts" --queries "$queries" --tokenizer "$model/tokenizer.model" \
   > /tmp/make_tasks.log 2>&1 &
 tasks=$!
-BUILD_TARGETS="squeezeserve squeezectl longctx_eval" source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF \
+# BENCH=ON explicitly: kernel_path_check.sh caches it OFF in build-gpu/.
+BUILD_TARGETS="squeezeserve squeezectl longctx_eval" source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=ON \
   > "$OUT/build.log" 2>&1 \
   || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; tail -20 "$OUT/build.log"; exit 1; }
 wait $tasks || { cat /tmp/make_tasks.log; echo "make_tasks.py failed"; exit 1; }
