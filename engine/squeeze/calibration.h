@@ -87,7 +87,8 @@ struct CalibrationResult {
 };
 
 // One layer's cluster scores, [H_kv, E] with E = T'·K (T' selections: 1 for prefill, W' for
-// decode), on the CPU; undefined when the layer has nothing to score. Internal to the Calibrator.
+// decode), on the index's device; undefined when the layer has nothing to score. Internal to the
+// Calibrator.
 struct CalibrationScores {
   int64_t heads = 0;
   at::Tensor weights;         // keys per fine cluster / T': each key of a layer weighs 1 in total
@@ -102,7 +103,8 @@ class Calibrator {
 
   // window_queries: the post-RoPE queries of the layer's W window tokens, [H_q, W, D]. Layers must
   // be added in order and all have the same number of index levels. Keeps only per-cluster scores
-  // (K floats per head for prefill, W'·K for decode), on the CPU.
+  // (K floats per head for prefill, W'·K for decode), on the index's device (a few hundred MB at
+  // most for 32 layers with the default decode_scores_per_layer; freed when the ingest ends).
   absl::Status AddLayer(const LayerIndex& index, const at::Tensor& window_queries);
 
   // Thresholds for every sparsity level. FailedPrecondition without calibration data (no clustered
