@@ -128,7 +128,8 @@ at::Tensor HeadThresholdsFromSummary(const ContextSummary& summary, int64_t head
     for (const auto& [set, one_level] : {std::pair{&level.thresholds, level.one_level_threshold},
                                          std::pair{&level.decode_thresholds, level.decode_one_level_threshold}}) {
       const bool two = set->size() == 2;
-      values.insert(values.end(), {one_level, two ? (*set)[0] : squeeze::kKeepAll, two ? (*set)[1] : squeeze::kKeepAll});
+      values.insert(values.end(),
+                    {one_level, two ? (*set)[0] : squeeze::kKeepAll, two ? (*set)[1] : squeeze::kKeepAll});
     }
   }
   const int64_t S = static_cast<int64_t>(summary.sparsity_levels.size());

@@ -61,7 +61,9 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   squeeze::SelectionOptions options = selection_;
   options.per_token = per_token;
   options.thresholds = per_token ? thresholds_.decode : thresholds_.prefill;
-  if (index.head_thresholds.defined()) options.head_thresholds = index.head_thresholds[thresholds_.level][per_token ? 1 : 0];
+  if (index.head_thresholds.defined()) {
+    options.head_thresholds = index.head_thresholds[thresholds_.level][per_token ? 1 : 0];
+  }
   squeeze::ContextAttention attended = squeeze::SparseContextAttention(index, queries, options);
 
   // kept_keys, centroid_comparisons: [H_kv, T'] (T' selections of this call); one host sync per

@@ -66,13 +66,8 @@ Floored FloorAndGlobal(const std::vector<at::Tensor>& scores, const std::vector<
   return f;
 }
 
-// All thresholds of one sparsity level from the per-layer scores; kept fractions on the same data.
-struct LevelThresholds {
-  Thresholds global;
-  at::Tensor per_head;  // [L, 3, H]
-  float kept_one_level = 0, kept_hierarchical = 0;
-};
-LevelThresholds ThresholdsFor(const std::vector<CalibrationScores>& layers, int levels, float sparsity,
+// One threshold set of a sparsity level from the per-layer scores; kept fractions on the same data.
+ThresholdSet ThresholdsFor(const std::vector<CalibrationScores>& layers, int levels, float sparsity,
                               const CalibrationOptions& options) {
   const size_t L = layers.size();
   std::vector<at::Tensor> one(L), coarse(L);
@@ -80,7 +75,7 @@ LevelThresholds ThresholdsFor(const std::vector<CalibrationScores>& layers, int 
     one[l] = layers[l].one_level;
     coarse[l] = layers[l].coarse_of_fine;
   }
-  LevelThresholds t;
+  ThresholdSet t;
   const Floored flat = FloorAndGlobal(one, layers, sparsity, options.head_floor_share);
   t.global.one_level = flat.global;
   Floored coarse_t, fine_t;
@@ -207,20 +202,13 @@ absl::StatusOr<CalibrationResult> Calibrator::Finish() const {
   for (float q : options_.sparsity_levels) {
     CalibratedLevel level;
     level.sparsity = q;
-    LevelThresholds prefill = ThresholdsFor(layers_, levels_, q, options_);
-    LevelThresholds decode = ThresholdsFor(decode_layers_, levels_, q, options_);
-    if (!Finite(prefill.global) || !Finite(decode.global) || !at::isfinite(prefill.per_head).all().item<bool>() ||
-        !at::isfinite(decode.per_head).all().item<bool>()) {
-      return absl::InternalError(absl::StrCat("non-finite threshold at sparsity ", q));
+    level.prefill = ThresholdsFor(layers_, levels_, q, options_);
+    level.decode = ThresholdsFor(decode_layers_, levels_, q, options_);
+    for (const ThresholdSet* set : {&level.prefill, &level.decode}) {
+      if (!Finite(set->global) || !at::isfinite(set->per_head).all().item<bool>()) {
+        return absl::InternalError(absl::StrCat("non-finite threshold at sparsity ", q));
+      }
     }
-    level.global = prefill.global;
-    level.per_head = prefill.per_head;
-    level.kept_fraction_one_level = prefill.kept_one_level;
-    level.kept_fraction_hierarchical = prefill.kept_hierarchical;
-    level.decode = decode.global;
-    level.decode_per_head = decode.per_head;
-    level.decode_kept_fraction_one_level = decode.kept_one_level;
-    level.decode_kept_fraction_hierarchical = decode.kept_hierarchical;
     result.levels_info.push_back(std::move(level));
   }
   return result;
@@ -229,7 +217,7 @@ absl::StatusOr<CalibrationResult> Calibrator::Finish() const {
 at::Tensor CalibrationResult::HeadThresholdsOfLayer(int64_t layer) const {
   std::vector<at::Tensor> per_level;
   for (const CalibratedLevel& l : levels_info) {
-    per_level.push_back(at::stack({l.per_head[layer], l.decode_per_head[layer]}));  // [2, 3, H]
+    per_level.push_back(at::stack({l.prefill.per_head[layer], l.decode.per_head[layer]}));  // [2, 3, H]
   }
   return at::stack(per_level);
 }
@@ -239,19 +227,19 @@ std::vector<SparsityLevelInfo> CalibrationResult::Summary() const {
   for (const CalibratedLevel& l : levels_info) {
     SparsityLevelInfo info;
     info.sparsity = l.sparsity;
-    info.one_level_threshold = l.global.one_level;
+    info.one_level_threshold = l.prefill.global.one_level;
+    info.decode_one_level_threshold = l.decode.global.one_level;
     if (levels == 2) {
-      info.thresholds = {l.global.coarse, l.global.fine};
-      info.kept_fraction = l.kept_fraction_hierarchical;
-      info.decode_thresholds = {l.decode.coarse, l.decode.fine};
-      info.decode_kept_fraction = l.decode_kept_fraction_hierarchical;
+      info.thresholds = {l.prefill.global.coarse, l.prefill.global.fine};
+      info.kept_fraction = l.prefill.kept_hierarchical;
+      info.decode_thresholds = {l.decode.global.coarse, l.decode.global.fine};
+      info.decode_kept_fraction = l.decode.kept_hierarchical;
     } else {
-      info.thresholds = {l.global.one_level};
-      info.kept_fraction = l.kept_fraction_one_level;
-      info.decode_thresholds = {l.decode.one_level};
-      info.decode_kept_fraction = l.decode_kept_fraction_one_level;
+      info.thresholds = {l.prefill.global.one_level};
+      info.kept_fraction = l.prefill.kept_one_level;
+      info.decode_thresholds = {l.decode.global.one_level};
+      info.decode_kept_fraction = l.decode.kept_one_level;
     }
-    info.decode_one_level_threshold = l.decode.one_level;
     out.push_back(info);
   }
   return out;

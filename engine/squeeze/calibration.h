@@ -57,19 +57,20 @@ struct CalibrationOptions {
 // keys hold kKeepAll.
 enum ThresholdKind : int64_t { kOneLevel = 0, kCoarse = 1, kFine = 2 };
 
+// One threshold set (prefill or decode) of a level.
+struct ThresholdSet {
+  Thresholds global;    // the global τ of each kind (the per-head thresholds are at most these)
+  at::Tensor per_head;  // [L, 3, H_kv], see ThresholdKind
+  // Kept fraction of the clustered keys on the calibration queries with the per-head thresholds
+  // (decode: the mean over single calibration queries).
+  float kept_one_level = 0;
+  float kept_hierarchical = 0;  // 0 when the index has one level
+};
+
 struct CalibratedLevel {
   float sparsity = 0;
-  Thresholds global;  // the global τ of each kind (the per-head thresholds are at most these)
-  at::Tensor per_head;  // [L, 3, H_kv], see ThresholdKind
-  // Kept fraction of the clustered keys on the calibration queries with the per-head thresholds.
-  float kept_fraction_one_level = 0;
-  float kept_fraction_hierarchical = 0;  // 0 when the index has one level
-  // Per-token (decode) selection: thresholds on single-query scores and the mean kept fraction of
-  // one calibration query with them.
-  Thresholds decode;
-  at::Tensor decode_per_head;  // [L, 3, H_kv]
-  float decode_kept_fraction_one_level = 0;
-  float decode_kept_fraction_hierarchical = 0;  // 0 when the index has one level
+  ThresholdSet prefill;  // one selection for the query's tokens (p̂ averaged over them)
+  ThresholdSet decode;   // one selection per token: thresholds on single-query scores
 };
 
 struct CalibrationResult {

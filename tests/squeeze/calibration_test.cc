@@ -55,10 +55,10 @@ TEST(Calibration, ThresholdsStayFiniteWithHugeLogits) {
   auto result = cal.Finish();
   ASSERT_TRUE(result.ok()) << result.status();
   for (const CalibratedLevel& level : result->levels_info) {
-    EXPECT_TRUE(std::isfinite(level.global.one_level));
-    EXPECT_TRUE(std::isfinite(level.global.coarse));
-    EXPECT_TRUE(std::isfinite(level.global.fine));
-    EXPECT_GT(level.kept_fraction_one_level, 0.0f) << "something must survive at " << level.sparsity;
+    EXPECT_TRUE(std::isfinite(level.prefill.global.one_level));
+    EXPECT_TRUE(std::isfinite(level.prefill.global.coarse));
+    EXPECT_TRUE(std::isfinite(level.prefill.global.fine));
+    EXPECT_GT(level.prefill.kept_one_level, 0.0f) << "something must survive at " << level.sparsity;
   }
 }
 
@@ -115,14 +115,14 @@ TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
   float previous = 2;
   for (const CalibratedLevel& level : result->levels_info) {
     const double target = 1.0 - level.sparsity;
-    EXPECT_NEAR(level.kept_fraction_one_level, target, 0.03) << "calibration set, " << level.sparsity;
-    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.global, false), target, 0.03)
+    EXPECT_NEAR(level.prefill.kept_one_level, target, 0.03) << "calibration set, " << level.sparsity;
+    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.prefill.global, false), target, 0.03)
         << "one level, sparsity " << level.sparsity;
-    EXPECT_LE(level.kept_fraction_hierarchical, target + 1e-6);
-    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.global, true), target, 0.03)
+    EXPECT_LE(level.prefill.kept_hierarchical, target + 1e-6);
+    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.prefill.global, true), target, 0.03)
         << "hierarchical, sparsity " << level.sparsity;
-    EXPECT_LT(level.kept_fraction_one_level, previous);
-    previous = level.kept_fraction_one_level;
+    EXPECT_LT(level.prefill.kept_one_level, previous);
+    previous = level.prefill.kept_one_level;
   }
   const std::vector<SparsityLevelInfo> summary = result->Summary();
   ASSERT_EQ(summary.size(), 4u);
@@ -138,22 +138,22 @@ TEST(Calibration, HeldOutSingleQueriesHitTheAskedSparsityWithDecodeThresholds) {
   ASSERT_EQ(c.result.levels_info.size(), 4u);
   for (const CalibratedLevel& level : c.result.levels_info) {
     const double target = 1.0 - level.sparsity;
-    EXPECT_NEAR(level.decode_kept_fraction_one_level, target, 0.03) << "calibration set, " << level.sparsity;
-    EXPECT_LE(level.decode_kept_fraction_hierarchical, target + 1e-6);
-    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode, false, /*per_token=*/true), target, 0.03)
+    EXPECT_NEAR(level.decode.kept_one_level, target, 0.03) << "calibration set, " << level.sparsity;
+    EXPECT_LE(level.decode.kept_hierarchical, target + 1e-6);
+    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode.global, false, /*per_token=*/true), target, 0.03)
         << "one level, sparsity " << level.sparsity;
-    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode, true, /*per_token=*/true), target, 0.03)
+    EXPECT_NEAR(HeldOutKeptFraction(c.indexes, c.layers, level.decode.global, true, /*per_token=*/true), target, 0.03)
         << "hierarchical, sparsity " << level.sparsity;
   }
   // The problem the decode set solves, on this data: per token, the prefill τ misses 90% (0.18).
   const CalibratedLevel& l90 = c.result.levels_info[3];
-  const double prefill_tau_per_token = HeldOutKeptFraction(c.indexes, c.layers, l90.global, false, true);
+  const double prefill_tau_per_token = HeldOutKeptFraction(c.indexes, c.layers, l90.prefill.global, false, true);
   std::printf("90%%: per-token kept with prefill tau %.3f, with decode tau %.3f\n", prefill_tau_per_token,
-              HeldOutKeptFraction(c.indexes, c.layers, l90.decode, false, true));
+              HeldOutKeptFraction(c.indexes, c.layers, l90.decode.global, false, true));
   EXPECT_GT(prefill_tau_per_token, 0.1 + 0.05);  // misses the ±3 points the decode τ meets
   const std::vector<SparsityLevelInfo> summary = c.result.Summary();
-  EXPECT_EQ(summary[3].decode_thresholds[0], l90.decode.coarse);
-  EXPECT_EQ(summary[3].decode_one_level_threshold, l90.decode.one_level);
+  EXPECT_EQ(summary[3].decode_thresholds[0], l90.decode.global.coarse);
+  EXPECT_EQ(summary[3].decode_one_level_threshold, l90.decode.global.one_level);
 }
 
 // With a tiny score budget the decode calibration subsamples the window queries (one per layer,
@@ -167,10 +167,10 @@ TEST(Calibration, DecodeSubsamplingWithinBudgetStaysNearTheLevel) {
   for (size_t i = 0; i < 4; ++i) {
     const CalibratedLevel& level = sub.result.levels_info[i];
     // Prefill thresholds do not depend on the decode budget.
-    EXPECT_EQ(level.global.one_level, full.result.levels_info[i].global.one_level);
-    EXPECT_NE(level.decode.one_level, full.result.levels_info[i].decode.one_level);
+    EXPECT_EQ(level.prefill.global.one_level, full.result.levels_info[i].prefill.global.one_level);
+    EXPECT_NE(level.decode.global.one_level, full.result.levels_info[i].decode.global.one_level);
     // 3 queries in all: looser than the ±3 points of the full window.
-    EXPECT_NEAR(HeldOutKeptFraction(sub.indexes, sub.layers, level.decode, false, true), 1.0 - level.sparsity, 0.08)
+    EXPECT_NEAR(HeldOutKeptFraction(sub.indexes, sub.layers, level.decode.global, false, true), 1.0 - level.sparsity, 0.08)
         << "sparsity " << level.sparsity;
   }
 }
@@ -220,26 +220,26 @@ std::vector<double> KeptPerHead(const TwoScales& t, const at::Tensor& per_head, 
 TEST(Calibration, HeadFloorKeepsEveryHeadItsShareAndTheTotalAtTheLevel) {
   const TwoScales t = MakeTwoScales();
   const CalibratedLevel global_only = CalibrateAt80(t, 0.0f);
-  const std::vector<double> starved = KeptPerHead(t, global_only.per_head, false);
+  const std::vector<double> starved = KeptPerHead(t, global_only.prefill.per_head, false);
   EXPECT_LT(*std::min_element(starved.begin(), starved.end()), 0.5 * 0.2)
       << "test data must starve a head under one global τ";
   for (float share : {0.5f, 1.0f}) {
     const CalibratedLevel level = CalibrateAt80(t, share);
     for (bool hierarchical : {false, true}) {
-      const std::vector<double> kept = KeptPerHead(t, level.per_head, hierarchical);
+      const std::vector<double> kept = KeptPerHead(t, level.prefill.per_head, hierarchical);
       double total = 0;
       for (size_t i = 0; i < kept.size(); ++i) {
         EXPECT_GE(kept[i], share * 0.2 - 0.02) << "share " << share << ", head " << i << ", hier " << hierarchical;
         total += kept[i] / static_cast<double>(kept.size());
       }
       EXPECT_NEAR(total, 0.2, 0.03) << "share " << share << ", hier " << hierarchical;
-      EXPECT_NEAR(hierarchical ? level.kept_fraction_hierarchical : level.kept_fraction_one_level, total, 0.02);
+      EXPECT_NEAR(hierarchical ? level.prefill.kept_hierarchical : level.prefill.kept_one_level, total, 0.02);
     }
     // Per-head thresholds never exceed the global one, and the floor raises the global one.
-    EXPECT_TRUE((level.per_head.select(1, kOneLevel) <= level.global.one_level).all().item<bool>());
-    EXPECT_GT(level.global.one_level, global_only.global.one_level);
+    EXPECT_TRUE((level.prefill.per_head.select(1, kOneLevel) <= level.prefill.global.one_level).all().item<bool>());
+    EXPECT_GT(level.prefill.global.one_level, global_only.prefill.global.one_level);
     // Decode: single held-out queries keep 1 − sparsity on average with the decode set.
-    EXPECT_NEAR(HeldOutKeptFraction(t.indexes, t.layers, {}, false, true, level.decode_per_head), 0.2, 0.04);
+    EXPECT_NEAR(HeldOutKeptFraction(t.indexes, t.layers, {}, false, true, level.decode.per_head), 0.2, 0.04);
   }
 }
 
@@ -247,10 +247,10 @@ TEST(Calibration, HeadFloorKeepsEveryHeadItsShareAndTheTotalAtTheLevel) {
 TEST(Calibration, ZeroHeadFloorIsOneGlobalThreshold) {
   const TwoScales t = MakeTwoScales();
   const CalibratedLevel level = CalibrateAt80(t, 0.0f);
-  ASSERT_EQ(level.per_head.sizes(), (std::vector<int64_t>{2, 3, kHkv}));
-  EXPECT_TRUE((level.per_head.select(1, kOneLevel) == level.global.one_level).all().item<bool>());
-  EXPECT_TRUE((level.per_head.select(1, kCoarse) == level.global.coarse).all().item<bool>());
-  EXPECT_TRUE((level.decode_per_head.select(1, kFine) == level.decode.fine).all().item<bool>());
+  ASSERT_EQ(level.prefill.per_head.sizes(), (std::vector<int64_t>{2, 3, kHkv}));
+  EXPECT_TRUE((level.prefill.per_head.select(1, kOneLevel) == level.prefill.global.one_level).all().item<bool>());
+  EXPECT_TRUE((level.prefill.per_head.select(1, kCoarse) == level.prefill.global.coarse).all().item<bool>());
+  EXPECT_TRUE((level.decode.per_head.select(1, kFine) == level.decode.global.fine).all().item<bool>());
 }
 
 TEST(Calibration, RejectsBadInput) {

@@ -89,7 +89,7 @@ class Needles : public ::testing::Test {
       ASSERT_TRUE(cal.AddLayer(*idx, synth::Randn({2 * kH, kW, kD}, gen)).ok());
       auto result = cal.Finish();
       ASSERT_TRUE(result.ok());
-      thresholds_[levels - 1] = result->levels_info.back().global;  // 90%
+      thresholds_[levels - 1] = result->levels_info.back().prefill.global;  // 90%
       EXPECT_FLOAT_EQ(result->levels_info.back().sparsity, 0.9f);
       index_[levels - 1] = *std::move(idx);
     }
