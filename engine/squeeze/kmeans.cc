@@ -104,6 +104,9 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
   at::Tensor seeds = at::empty({H, K, D}, x.options());
   at::Tensor weight = w.to(at::kDouble);  // first draw: uniform over valid points
   at::Tensor nearest = at::full({H, N}, std::numeric_limits<double>::infinity(), weight.options());
+  // ‖x − s‖² = ‖x‖² + ‖s‖² − 2·x·s: one matrix-vector product per step reads x once, where
+  // (x − s).pow(2).sum(-1) wrote and re-read two [H, N, D] temporaries (most of an ingest's seeding time).
+  const at::Tensor x_norm = x.pow(2).sum(-1);  // [H, N]
   for (int64_t k = 0; k < K; ++k) {
     const at::Tensor cdf = weight.cumsum(-1);
     const at::Tensor target = (u.narrow(1, k, 1) * cdf.narrow(1, N - 1, 1)).contiguous();
@@ -111,7 +114,9 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
     const at::Tensor pick = at::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).clamp_max(N - 1);
     const at::Tensor seed = GatherRows(x, pick);  // [H, 1, D]
     seeds.narrow(1, k, 1).copy_(seed);
-    nearest = at::minimum(nearest, (x - seed).pow(2).sum(-1).to(at::kDouble));
+    const at::Tensor cross = at::bmm(x, seed.transpose(1, 2)).squeeze(-1);                     // [H, N]
+    const at::Tensor distance = (x_norm + seed.pow(2).sum(-1) - 2 * cross).clamp_min(0);  // [H, 1] broadcast
+    nearest = at::minimum(nearest, distance.to(at::kDouble));
     weight = nearest * w;
   }
   return seeds;
