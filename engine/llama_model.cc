@@ -9,6 +9,16 @@
 #include "engine/attention.h"
 #include "engine/kernel_attention.h"
 
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <stdexcept>
+
+#include "kernels/norm_rope.h"
+#endif
+
 namespace squeezeserve {
 namespace {
 
@@ -42,15 +52,60 @@ absl::StatusOr<at::Tensor> LoadWeight(const SafetensorsCheckpoint& weights, cons
   return host.to(device, dtype);
 }
 
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+constexpr bool kFusedKernelsCompiled = true;
+
+const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
+uint16_t* Bf16Data(at::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); }
+
+void CheckLaunch(int err, const char* what) {
+  if (err != 0) {
+    throw std::runtime_error(
+        absl::StrCat(what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err))));
+  }
+}
+
+// x: contiguous bf16 [N, hidden] on `device`.
+at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight, float eps, at::Device device) {
+  const c10::cuda::CUDAGuard guard(device);
+  at::Tensor out = at::empty_like(x);
+  CheckLaunch(kernels::rms_norm_bf16(Bf16Data(x), Bf16Data(weight), Bf16Data(out), static_cast<int>(x.size(0)),
+                                     static_cast<int>(x.size(1)), eps,
+                                     c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+              "rms_norm_bf16");
+  return out;
+}
+
+// x: bf16 [n, heads·D] with unit column stride; cos, sin: contiguous bf16 [n, D]. Returns [heads, n, D].
+at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                     at::Device device) {
+  const c10::cuda::CUDAGuard guard(device);
+  const int64_t n = x.size(0), heads = x.size(1) / head_dim;
+  at::Tensor out = at::empty({heads, n, head_dim}, x.options());
+  CheckLaunch(kernels::rope_bf16(Bf16Data(x), Bf16Data(out), Bf16Data(cos), Bf16Data(sin), static_cast<int>(n),
+                                 static_cast<int>(heads), static_cast<int>(head_dim), x.stride(0),
+                                 c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+              "rope_bf16");
+  return out;
+}
+#else
+constexpr bool kFusedKernelsCompiled = false;
+#endif
+
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype)
-    : config_(config), device_(device), dtype_(dtype) {}
+LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype,
+                       const LlamaModelOptions& options)
+    : config_(config),
+      device_(device),
+      dtype_(dtype),
+      fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {}
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig& config,
                                                                const SafetensorsCheckpoint& weights,
-                                                               at::Device device, at::ScalarType dtype) {
-  std::unique_ptr<LlamaModel> model(new LlamaModel(config, device, dtype));
+                                                               at::Device device, at::ScalarType dtype,
+                                                               const LlamaModelOptions& options) {
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, device, dtype, options));
   const int64_t hidden = config.hidden_size, inter = config.intermediate_size, dim = config.head_dim;
   const int64_t q_out = config.num_attention_heads * dim, kv_out = config.num_kv_heads * dim;
   absl::Status status;
@@ -110,6 +165,11 @@ KvCache LlamaModel::NewCache(int64_t capacity) const {
 }
 
 at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (fused_ && x.dim() == 2 && x.is_contiguous()) {
+    return FusedRmsNorm(x, weight, static_cast<float>(config_.rms_norm_eps), device_);
+  }
+#endif
   // As HF: normalize in float32, cast back, then scale.
   const at::Tensor x32 = x.to(at::kFloat);
   const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config_.rms_norm_eps);
@@ -117,6 +177,9 @@ at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) co
 }
 
 at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (fused_ && x.stride(1) == 1) return FusedRope(x, cos.contiguous(), sin.contiguous(), config_.head_dim, device_);
+#endif
   const int64_t n = x.size(0), dim = config_.head_dim;
   const at::Tensor heads = x.view({n, -1, dim}).transpose(0, 1);  // [heads, n, D]
   // rotate_half: (x1, x2) → (−x2, x1) on the two halves of the head dimension.

@@ -68,12 +68,21 @@ struct ForwardArgs {
   int64_t capture_from = 0;
 };
 
+struct LlamaModelOptions {
+  // RMSNorm and RoPE as one fused CUDA kernel each (kernels/norm_rope.h) instead of ~11 libtorch ops
+  // each, with the same bf16 rounding; taken on a bf16 CUDA model in a build with the kernels. At
+  // decode, libtorch's per-op dispatch rather than GPU work sets the step time. false = always
+  // libtorch (tests compare the two).
+  bool fused_norm_rope = true;
+};
+
 class LlamaModel {
  public:
   // Converts the checkpoint's weights to `dtype` on `device` (float32 on CPU, bfloat16 on CUDA).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const ModelConfig& config,
                                                             const SafetensorsCheckpoint& weights,
-                                                            at::Device device, at::ScalarType dtype);
+                                                            at::Device device, at::ScalarType dtype,
+                                                            const LlamaModelOptions& options = {});
 
   // Runs the tokens through the model; cache->length grows by num_tokens. Returns the float32 logits
   // [vocab] of the last token ([n, vocab] with logits_of_every_token), or an undefined tensor when
@@ -94,6 +103,8 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
+  // Whether RmsNorm and ApplyRope run the fused CUDA kernels (LlamaModelOptions::fused_norm_rope).
+  bool fused_norm_rope() const { return fused_; }
 
  private:
   struct Layer {
@@ -103,7 +114,7 @@ class LlamaModel {
     at::Tensor gate_proj, up_proj, down_proj;
   };
 
-  LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+  LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype, const LlamaModelOptions& options);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   // x [n, D·heads] → [heads, n, D] with the rotary embedding applied.
   at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
@@ -115,6 +126,7 @@ class LlamaModel {
   ModelConfig config_;
   at::Device device_;
   at::ScalarType dtype_;
+  bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;
