@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <ostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -162,6 +163,19 @@ TEST_P(FusedOpsTest, BatchLogitsMatchLibtorch) {
     }
   }
 }
+
+}  // namespace
+}  // namespace squeezeserve
+
+namespace squeezeserve::testing {
+// Readable parameter in test listings (ctest names), found by argument-dependent lookup.
+void PrintTo(const TinyModelSpec& spec, std::ostream* os) {
+  *os << "hidden " << spec.hidden_size << ", head_dim " << spec.head_dim;
+}
+}  // namespace squeezeserve::testing
+
+namespace squeezeserve {
+namespace {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FusedOpsTest,
                          ::testing::Values(Spec(128, 8, 2, 64), Spec(100, 4, 4, 128)),
