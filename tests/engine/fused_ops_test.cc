@@ -18,12 +18,15 @@
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
+#include "tests/engine/gpu_compare.h"
 #include "tests/engine/tiny_checkpoint.h"
 
 namespace squeezeserve {
 namespace {
 
 using testing::MakeTempDir;
+using testing::RelativeError;
+using testing::SmallModelSpec;
 using testing::TinyModelSpec;
 using testing::WriteTinyCheckpoint;
 
@@ -33,10 +36,6 @@ using testing::WriteTinyCheckpoint;
 // path's logits are held to (kernel_path_test.cc): 1e-2.
 constexpr double kLogitsBound = 1e-2;
 
-double RelativeError(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor g = got.to(at::kCPU, at::kDouble), w = want.to(at::kCPU, at::kDouble);
-  return (g - w).norm().item<double>() / std::max(1e-12, w.norm().item<double>());
-}
 
 struct Models {
   std::unique_ptr<LlamaModel> fused, libtorch;
@@ -79,17 +78,7 @@ std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint64_t seed) {
 // hidden 128 reads rows as 16-byte words; hidden 100 (not a multiple of 8) takes the scalar RMSNorm
 // path. head_dim 64 with GQA group 4; head_dim 128 with q/k/v wider than hidden.
 TinyModelSpec Spec(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim) {
-  TinyModelSpec spec;
-  spec.hidden_size = hidden;
-  spec.intermediate_size = 256;
-  spec.num_layers = 2;
-  spec.num_heads = heads;
-  spec.num_kv_heads = kv_heads;
-  spec.head_dim = head_dim;
-  spec.vocab_size = 128;
-  spec.max_position_embeddings = 4096;
-  spec.seed = 11;
-  return spec;
+  return SmallModelSpec(hidden, heads, kv_heads, head_dim, /*seed=*/11);
 }
 
 class FusedOpsTest : public ::testing::TestWithParam<TinyModelSpec> {

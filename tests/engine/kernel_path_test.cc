@@ -29,12 +29,15 @@
 #include "engine/safetensors.h"
 #include "engine/squeezed_lookup.h"
 #include "engine/stored_context.h"
+#include "tests/engine/gpu_compare.h"
 #include "tests/engine/tiny_checkpoint.h"
 
 namespace squeezeserve {
 namespace {
 
 using testing::MakeTempDir;
+using testing::RelativeError;
+using testing::SmallModelSpec;
 using testing::TinyModelSpec;
 using testing::WriteTinyCheckpoint;
 
@@ -71,23 +74,9 @@ std::string WhyNoKernels() {
     if (!why_.empty()) GTEST_SKIP() << why_;       \
   } while (0)
 
-double RelativeError(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor g = got.to(at::kCPU, at::kDouble), w = want.to(at::kCPU, at::kDouble);
-  return (g - w).norm().item<double>() / std::max(1e-12, w.norm().item<double>());
-}
 
 TinyModelSpec Spec(int64_t head_dim, int64_t heads, int64_t kv_heads) {
-  TinyModelSpec spec;
-  spec.hidden_size = 128;
-  spec.intermediate_size = 256;
-  spec.num_layers = 2;
-  spec.num_heads = heads;
-  spec.num_kv_heads = kv_heads;
-  spec.head_dim = head_dim;
-  spec.vocab_size = 128;
-  spec.max_position_embeddings = 4096;
-  spec.seed = 7;
-  return spec;
+  return SmallModelSpec(/*hidden=*/128, heads, kv_heads, head_dim, /*seed=*/7);
 }
 
 // A model on the GPU with two ingested contexts (2-level index: flat and hierarchical lookups).
