@@ -131,6 +131,10 @@ struct AttentionOptions {
   AttentionMode mode = AttentionMode::kSqueezed;
   float sparsity = 0.7f;
   bool hierarchical = false;
+  // Squeezed: pruned clusters still attend, each as one key (centroid, size, mean value) instead
+  // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). The CUDA
+  // kernel path implements only dropping: with true, squeezed generations run on libtorch.
+  bool estimate_pruned = true;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kEos, kCancelled };

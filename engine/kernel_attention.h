@@ -16,6 +16,9 @@
 // contexts) run as one sparse_decode_attention launch; their selections as one select_clusters
 // launch per distinct (hierarchical, thresholds) — the kernel takes one τ per launch. A query
 // prefill runs alone (batch 1: the prefill kernels take one query length per launch).
+//
+// The kernels drop pruned clusters (the paper's rule): generations that estimate them
+// (AttentionOptions::estimate_pruned, the default) take the libtorch path instead.
 #pragma once
 
 #include <cstdint>

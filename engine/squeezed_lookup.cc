@@ -50,10 +50,11 @@ absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, co
                                                  "\"; its levels are [", absl::StrJoin(calibrated, ", "), "]"));
 }
 
-SqueezedLookup::SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical,
+SqueezedLookup::SqueezedLookup(std::shared_ptr<const StoredContext> context, const AttentionOptions& attention,
                                LookupThresholds thresholds)
     : context_(std::move(context)), thresholds_(thresholds) {
-  selection_.hierarchical = hierarchical;
+  selection_.hierarchical = attention.hierarchical;
+  selection_.estimate_pruned = attention.estimate_pruned;
 }
 
 AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, bool per_token) {
@@ -69,7 +70,12 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   // kept_keys, centroid_comparisons: [H_kv, T'] (T' selections of this call); one host sync per
   // layer for the statistics, acceptable on the CPU reference path.
   const double context_tokens = static_cast<double>(context_->summary().num_tokens);
-  const at::Tensor loaded = attended.selection.kept_keys.to(at::kDouble) + static_cast<double>(index.window());
+  at::Tensor loaded = attended.selection.kept_keys.to(at::kDouble) + static_cast<double>(index.window());
+  if (attended.selection.pruned_logits.defined()) {
+    // A pruned cluster's estimate reads its mean value: half a KV row (its key is the centroid,
+    // read by the selection already).
+    loaded = loaded + 0.5 * at::isfinite(attended.selection.pruned_logits.select(2, 0)).sum(-1).to(at::kDouble);
+  }
   step_fraction_ += (loaded / context_tokens).mean().item<double>();
   step_comparisons_ += attended.selection.centroid_comparisons.to(at::kDouble).mean().item<double>();
   step_samples_ += 1;

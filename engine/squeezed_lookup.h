@@ -32,7 +32,9 @@ absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, co
 
 class SqueezedLookup {
  public:
-  SqueezedLookup(std::shared_ptr<const StoredContext> context, bool hierarchical, LookupThresholds thresholds);
+  // Uses attention.hierarchical and attention.estimate_pruned.
+  SqueezedLookup(std::shared_ptr<const StoredContext> context, const AttentionOptions& attention,
+                 LookupThresholds thresholds);
 
   // queries [H, n, D] of layer `layer`. per_token = false: one cluster set shared by the n tokens
   // with the prefill thresholds (prefill, as the authors); true: one set per token with the decode
@@ -51,7 +53,9 @@ class SqueezedLookup {
   // statistics into the means.
   void FinishStep();
 
-  // Mean over layers, KV heads and steps of (selected clustered keys + window keys) / context tokens.
+  bool estimate_pruned() const { return selection_.estimate_pruned; }
+  // Mean over layers, KV heads and steps of (selected clustered keys + window keys + half a row per
+  // pruned cluster whose mean value the estimate reads) / context tokens.
   double kv_fraction_loaded() const { return steps_ == 0 ? 1.0 : kv_fraction_sum_ / steps_; }
   // Mean over steps of the centroid comparisons per layer and KV head.
   double centroid_comparisons_per_token() const { return steps_ == 0 ? 0.0 : comparisons_sum_ / steps_; }

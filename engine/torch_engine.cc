@@ -420,14 +420,15 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   if (attention.mode == AttentionMode::kSqueezed) {
     auto thresholds = ThresholdsFor(stored->summary(), attention);
     if (!thresholds.ok()) return thresholds.status();
-    lookup.emplace(stored, attention.hierarchical, *thresholds);
+    lookup.emplace(stored, attention, *thresholds);
   }
 
   KvCache cache;
   std::unique_ptr<KernelSequence> kernel;
   try {
     const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
-    if (lookup && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
+    // The kernels drop pruned clusters; the estimate runs on libtorch only (for now).
+    if (lookup && !lookup->estimate_pruned() && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
       kernel = std::make_unique<KernelSequence>();
       kernel->context = stored;
       kernel->hierarchical = lookup->hierarchical();

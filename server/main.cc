@@ -94,6 +94,10 @@ ABSL_FLAG(std::string, default_mode, "squeezed",
 ABSL_FLAG(float, default_sparsity, 0.7f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
           "of the context is used).");
+ABSL_FLAG(std::string, default_pruned, "estimated",
+          "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
+          "(each still attends as one key: its centroid, weighing its size, with its mean value; runs on "
+          "libtorch) or dropped (left out, as the paper; the CUDA kernel path on the GPU).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
 ABSL_FLAG(std::string, log_level, "info", "Log level on stderr: trace, debug, info, warn, error, critical, off.");
 
@@ -146,6 +150,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
   if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
+  if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned); pruned == "estimated" || pruned == "dropped") {
+    config.defaults.estimate_pruned = pruned == "estimated";
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be estimated or dropped, got ", pruned));
+  }
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);
   config.max_host_context_bytes = absl::GetFlag(FLAGS_max_host_context_bytes);

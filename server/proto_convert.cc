@@ -110,6 +110,9 @@ pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const Attentio
   out.set_centroid_comparisons_per_token(static_cast<float>(stats.centroid_comparisons_per_token));
   out.set_sparsity(attention.sparsity);
   out.set_hierarchical(attention.hierarchical);
+  if (attention.mode == AttentionMode::kSqueezed) {
+    out.set_pruned(attention.estimate_pruned ? pb::AttentionOptions::ESTIMATED : pb::AttentionOptions::DROPPED);
+  }
   return out;
 }
 

@@ -24,6 +24,7 @@ struct ServerLimits {
 struct ServerDefaults {
   AttentionMode mode = AttentionMode::kSqueezed;
   float sparsity = 0.7f;
+  bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
 };
 
 struct ServerConfig {

@@ -206,9 +206,23 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
     default:
       return FieldError("attention.mode", absl::StrCat("unknown mode ", static_cast<int>(proto.mode())));
   }
+  switch (proto.pruned()) {
+    case pb::AttentionOptions::PRUNED_UNSPECIFIED:
+      out.estimate_pruned = defaults.estimate_pruned;
+      break;
+    case pb::AttentionOptions::ESTIMATED:
+      out.estimate_pruned = true;
+      break;
+    case pb::AttentionOptions::DROPPED:
+      out.estimate_pruned = false;
+      break;
+    default:
+      return FieldError("attention.pruned", absl::StrCat("unknown value ", static_cast<int>(proto.pruned())));
+  }
   if (out.mode == AttentionMode::kDense) {
     out.sparsity = 0;
     out.hierarchical = false;
+    out.estimate_pruned = false;
     return out;
   }
 

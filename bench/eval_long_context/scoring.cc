@@ -17,7 +17,9 @@ namespace {
 constexpr int kSparsityPercents[] = {50, 70, 80, 90};
 const char* const kTaskOrder[] = {"kv_retrieval", "passkey", "function_copy"};
 
-Config MakeConfig(bool squeezed, int percent, bool hierarchical) {
+constexpr absl::string_view kDroppedSuffix = "-dropped";
+
+Config MakeConfig(bool squeezed, int percent, bool hierarchical, bool dropped = false) {
   Config c;
   c.squeezed = squeezed;
   if (!squeezed) {
@@ -26,8 +28,10 @@ Config MakeConfig(bool squeezed, int percent, bool hierarchical) {
   }
   c.sparsity = static_cast<float>(percent) / 100.0f;
   c.hierarchical = hierarchical;
-  c.name = absl::StrCat(hierarchical ? "hier" : "flat", percent);
-  c.label = absl::StrCat(hierarchical ? "hierarchical " : "squeezed 1-level ", percent, "%");
+  c.dropped = dropped;
+  c.name = absl::StrCat(hierarchical ? "hier" : "flat", percent, dropped ? kDroppedSuffix : "");
+  c.label = absl::StrCat(hierarchical ? "hierarchical " : "squeezed 1-level ", percent, "%",
+                         dropped ? ", pruned dropped" : "");
   return c;
 }
 
@@ -49,9 +53,11 @@ std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::st
     return out;
   }
   for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipWhitespace())) {
-    const std::string name(absl::StripAsciiWhitespace(part));
+    absl::string_view stripped = absl::StripAsciiWhitespace(part);
+    const bool dropped = absl::ConsumeSuffix(&stripped, kDroppedSuffix);
+    const std::string name(stripped);
     int percent = 0;
-    if (name == "dense") {
+    if (name == "dense" && !dropped) {
       out.push_back(MakeConfig(false, 0, false));
     } else if ((absl::StartsWith(name, "flat") && absl::SimpleAtoi(name.substr(4), &percent)) ||
                (absl::StartsWith(name, "hier") && absl::SimpleAtoi(name.substr(4), &percent))) {
@@ -59,10 +65,11 @@ std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::st
         *error = absl::StrCat("--configs: ", name, ": the sparsity must be a percentage in (0, 100)");
         return std::nullopt;
       }
-      out.push_back(MakeConfig(true, percent, absl::StartsWith(name, "hier")));
+      out.push_back(MakeConfig(true, percent, absl::StartsWith(name, "hier"), dropped));
     } else {
-      *error = absl::StrCat("--configs: unknown configuration \"", name,
-                            "\" (dense, flatNN, hierNN with NN a sparsity percentage, or all)");
+      *error = absl::StrCat("--configs: unknown configuration \"", part,
+                            "\" (dense, flatNN, hierNN with NN a sparsity percentage and an optional "
+                            "-dropped suffix, or all)");
       return std::nullopt;
     }
   }
@@ -208,7 +215,8 @@ nlohmann::json Results::ToJson() const {
                        {"label", c.label},
                        {"mode", c.squeezed ? "squeezed" : "dense"},
                        {"sparsity", c.sparsity},
-                       {"hierarchical", c.hierarchical}});
+                       {"hierarchical", c.hierarchical},
+                       {"pruned", !c.squeezed ? "" : c.dropped ? "dropped" : "server default"}});
   }
   return {{"configs", configs}, {"results", results}, {"summary", summary}};
 }

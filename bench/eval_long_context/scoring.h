@@ -20,10 +20,13 @@ struct Config {
   bool squeezed = false;
   float sparsity = 0;
   bool hierarchical = false;
+  bool dropped = false;  // AttentionOptions.pruned = DROPPED (the paper) instead of the server default
 };
 
 // "all" (dense + flat and hierarchical at 50/70/80/90%), or a comma-separated list of names:
-// "dense", "flatNN", "hierNN" with NN a sparsity percentage. nullopt (message in *error) otherwise.
+// "dense", "flatNN", "hierNN" with NN a sparsity percentage, each squeezed one optionally with the
+// suffix "-dropped" (pruned clusters left out, as the paper; default: the server's, which
+// estimates them). nullopt (message in *error) otherwise.
 std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::string* error);
 
 // The scoring rule: the answer counts as correct iff, after removing leading and trailing whitespace

@@ -44,6 +44,21 @@ TEST(Configs, AllIsDensePlusFlatAndHierarchicalAtFourLevels) {
   EXPECT_FALSE(ParseConfigs("flat100", &error));
 }
 
+TEST(Configs, DroppedSuffixAsksThePapersPruning) {
+  std::string error;
+  auto configs = ParseConfigs("flat90,flat90-dropped,hier90-dropped", &error);
+  ASSERT_TRUE(configs) << error;
+  ASSERT_EQ(configs->size(), 3u);
+  EXPECT_FALSE((*configs)[0].dropped);
+  EXPECT_TRUE((*configs)[1].dropped);
+  EXPECT_EQ((*configs)[1].name, "flat90-dropped");
+  EXPECT_EQ((*configs)[1].label, "squeezed 1-level 90%, pruned dropped");
+  EXPECT_NE((*configs)[0].name, (*configs)[1].name);  // distinct cells in the results
+  EXPECT_TRUE((*configs)[2].hierarchical && (*configs)[2].dropped);
+  EXPECT_FALSE(ParseConfigs("dense-dropped", &error));
+  EXPECT_NE(error.find("dense-dropped"), std::string::npos);
+}
+
 TEST(Results, TableHasOneRowPerConfigAndATaskColumnEach) {
   std::string error;
   Results results(*ParseConfigs("dense,flat90", &error));

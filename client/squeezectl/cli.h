@@ -53,6 +53,7 @@ struct Cli {
   std::string mode;  // "", "dense", "squeezed"
   float sparsity = 0;
   bool hierarchical = false;
+  std::string pruned;  // "", "estimated", "dropped"
   bool logprobs = false;
   bool prompt_logprobs = false;
 };

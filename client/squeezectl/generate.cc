@@ -60,6 +60,14 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
   }
   attention->set_sparsity(cli.sparsity);
   attention->set_hierarchical(cli.hierarchical);
+  if (cli.pruned == "estimated") {
+    attention->set_pruned(pb::AttentionOptions::ESTIMATED);
+  } else if (cli.pruned == "dropped") {
+    attention->set_pruned(pb::AttentionOptions::DROPPED);
+  } else if (!cli.pruned.empty()) {
+    UsageError("generate: --pruned must be estimated or dropped");
+    return std::nullopt;
+  }
   request.set_include_logprobs(cli.logprobs);
   request.set_include_prompt_logprobs(cli.prompt_logprobs);
   return request;

@@ -54,6 +54,22 @@ at::Tensor CoarseSizes(const LayerIndex& index) {
   return SizesFromOffsets(key_offsets);
 }
 
+void AddClusterMeanValues(LayerIndex* index) {
+  const int64_t N = index->num_clustered(), K = index->num_clusters();
+  const at::Tensor values = index->values.to(at::kFloat);
+  const at::Tensor sums = BatchedSegmentSum(SegmentOfPosition(index->cluster_offsets, N), values, K);  // [H, K, Dv]
+  const at::Tensor sizes = FineSizes(*index).to(at::kFloat).unsqueeze(-1);
+  index->cluster_values = (sums / sizes.clamp_min(1)).to(index->values.scalar_type());
+  if (index->levels == 2) {
+    // Coarse sums from the fine sums of each coarse cluster's (contiguous) children.
+    const int64_t Kc = index->num_coarse_clusters();
+    const at::Tensor parent = CoarseParent(*index);
+    const at::Tensor coarse_sums = BatchedSegmentSum(parent, sums, Kc);
+    const at::Tensor coarse_sizes = CoarseSizes(*index).to(at::kFloat).unsqueeze(-1);
+    index->coarse_values = (coarse_sums / coarse_sizes.clamp_min(1)).to(index->values.scalar_type());
+  }
+}
+
 absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Tensor& values,
                                            const IndexOptions& options, const ClusteringProgressFn& progress) {
   if (absl::Status s = ValidateBuildInput(keys, values, options); !s.ok()) return s;
@@ -79,6 +95,7 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
       index.coarse_centroids = index.centroids.clone();
       index.coarse_offsets = index.cluster_offsets.clone();
     }
+    AddClusterMeanValues(&index);
     return index;
   }
 
@@ -121,6 +138,7 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   index.values = GatherRows(values_c, perm);
   index.centroids = centroids.contiguous();
   index.cluster_offsets = OffsetsFromSizes(sizes);
+  AddClusterMeanValues(&index);
   return index;
 }
 

@@ -21,22 +21,33 @@ at::Tensor HeadTau(const SelectionOptions& options, ThresholdKind kind, int64_t 
   return at::full({H, 1, 1}, tau, like.options().dtype(at::kFloat));
 }
 
+// A pruned cluster's logit as one key standing for its n keys: z + log n, −inf where `kept`
+// (or empty: z is −inf there already). z [H, T', M, C]; sizes, kept [H, T', C].
+at::Tensor PrunedLogits(const at::Tensor& z, const at::Tensor& sizes, const at::Tensor& kept) {
+  return (z + sizes.to(at::kFloat).log().unsqueeze(2)).masked_fill(kept.unsqueeze(2), kNegInf);
+}
+
 // 1-level lookup: every fine centroid is scored with the fine denominator.
 ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                const at::Tensor& tau) {
+                                const at::Tensor& tau, bool estimate_pruned) {
+  const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor sizes = FineSizes(index);
   const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
   const at::Tensor score = GroupScore(z, LogDenominator(z, sizes), G);    // [H, T', K]
   ClusterSelection sel;
   sel.selected = (score > tau) & (sizes > 0).unsqueeze(1);
-  sel.centroid_comparisons = at::full({q.size(0), q.size(1)}, index.num_clusters(), sizes.options());
+  sel.centroid_comparisons = at::full({H, Tp}, K, sizes.options());
+  if (estimate_pruned) {
+    sel.pruned_logits = PrunedLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}), sel.selected);
+    sel.pruned_ids = at::arange(K, sizes.options()).view({1, 1, K}).expand({H, Tp, K});
+  }
   return sel;
 }
 
 // Hierarchical lookup with a real expansion: the coarse level is scored in full, then only the
 // fine children of kept coarse clusters are gathered and scored, against the coarse denominator.
 ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                    const at::Tensor& tau_coarse, const at::Tensor& tau_fine) {
+                                    const at::Tensor& tau_coarse, const at::Tensor& tau_fine, bool estimate_pruned) {
   TORCH_CHECK(index.levels == 2, "hierarchical lookup needs a 2-level index");
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor coarse_sizes = CoarseSizes(index);
@@ -54,6 +65,11 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
   ClusterSelection sel;
   sel.selected = at::zeros({H, Tp, K}, expand.options());
   sel.centroid_comparisons = index.num_coarse_clusters() + cand.count;
+  if (estimate_pruned) {  // pruned coarse clusters: ids K + c into cat(cluster_values, coarse_values)
+    const int64_t Kc = index.num_coarse_clusters();
+    sel.pruned_logits = PrunedLogits(zc, coarse_sizes.unsqueeze(1).expand({H, Tp, Kc}), coarse_kept);
+    sel.pruned_ids = (K + at::arange(Kc, sizes.options())).view({1, 1, Kc}).expand({H, Tp, Kc});
+  }
   if (C == 0) return sel;
   const int64_t D = index.centroids.size(2);
   const at::Tensor cand_centroids =
@@ -62,6 +78,11 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
   const at::Tensor z = CentroidLogits(q, cand_centroids, cand_sizes, scale);  // [H, T', M, C]
   const at::Tensor keep = (GroupScore(z, logden, G) > tau_fine) & cand.valid;
   sel.selected.scatter_(2, cand.index, keep);  // cand.index is a permutation prefix: no collisions
+  if (estimate_pruned) {  // expanded but pruned fine clusters (padding is −inf: empty size 0 → log 0)
+    const at::Tensor fine_logits = PrunedLogits(z, cand_sizes * cand.valid.to(at::kLong), keep);
+    sel.pruned_logits = at::cat({sel.pruned_logits, fine_logits}, -1);
+    sel.pruned_ids = at::cat({sel.pruned_ids, cand.index}, -1);
+  }
   return sel;
 }
 
@@ -77,9 +98,12 @@ ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queri
     sel.centroid_comparisons = at::zeros({H, Tp}, q.options().dtype(at::kLong));
   } else {
     const double scale = SoftmaxScale(options.softmax_scale, index.centroids.size(2));
-    sel = options.hierarchical ? SelectHierarchical(index, q, G, scale, HeadTau(options, kCoarse, H, q),
-                                                    HeadTau(options, kFine, H, q))
-                               : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q));
+    TORCH_CHECK(!options.estimate_pruned || index.cluster_values.defined(),
+                "estimate_pruned needs the index's cluster mean values (AddClusterMeanValues)");
+    sel = options.hierarchical
+              ? SelectHierarchical(index, q, G, scale, HeadTau(options, kCoarse, H, q), HeadTau(options, kFine, H, q),
+                                   options.estimate_pruned)
+              : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q), options.estimate_pruned);
   }
   sel.kept_keys = (FineSizes(index).unsqueeze(1) * sel.selected.to(at::kLong)).sum(-1);
   return sel;
@@ -112,11 +136,23 @@ ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queri
   const at::Tensor valid = at::cat({rows.valid, at::ones({H, Tp, W}, rows.valid.options())}, 2);
 
   // Exact softmax attention, fp32; padded rows are −inf.
-  const at::Tensor logits =
+  at::Tensor logits =
       (at::matmul(q, k_all.transpose(-1, -2)) * scale).masked_fill(~valid.unsqueeze(2), kNegInf);  // [H,T',M,R+W]
+  at::Tensor v_attended = v_all;
+  if (selection.pruned_logits.defined() && selection.pruned_logits.size(-1) > 0) {
+    // The pruned clusters' estimate: one more key per pruned cluster (its logit already includes
+    // log n), its mean value.
+    const at::Tensor means = index.levels == 2 ? at::cat({index.cluster_values, index.coarse_values}, 1)
+                                               : index.cluster_values;
+    const int64_t P = selection.pruned_ids.size(2);
+    const at::Tensor v_pruned =
+        GatherRows(means.to(at::kFloat), selection.pruned_ids.reshape({H, Tp * P})).view({H, Tp, P, Dv});
+    logits = at::cat({logits, selection.pruned_logits}, -1);
+    v_attended = at::cat({v_all, v_pruned}, 2);
+  }
   const at::Tensor lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);
   const at::Tensor shift = at::where(at::isinf(lse), at::zeros_like(lse), lse);  // all −inf: weights 0
-  const at::Tensor out = at::matmul((logits - shift).exp(), v_all);               // [H, T', M, Dv]
+  const at::Tensor out = at::matmul((logits - shift).exp(), v_attended);          // [H, T', M, Dv]
 
   ContextAttention result;
   result.out = UngroupQueries(out, G, per_token);

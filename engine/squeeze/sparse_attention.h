@@ -24,6 +24,13 @@ struct SelectionOptions {
   // replace `thresholds` (a calibrated level's LayerIndex::head_thresholds slice).
   at::Tensor head_thresholds;
   double softmax_scale = 0;   // 0 = 1/sqrt(D)
+  // Pruned clusters still attend, each as ONE key: its centroid, with logit s·q·c + log n (n keys
+  // of weight exp(s·q·c) each) and its mean value (LayerIndex::cluster_values; hierarchical: a
+  // pruned coarse cluster as one key too). The selected clusters stay exact. Why: the paper drops
+  // pruned clusters; in a small model many heads spread their attention over thousands of keys,
+  // and dropping 90% of that mass derails the hidden state (docs/index_layout.md "Pruned-cluster
+  // estimate"). Costs no extra centroid comparisons: the logits are the selection's.
+  bool estimate_pruned = false;
 };
 
 struct ClusterSelection {
@@ -32,6 +39,11 @@ struct ClusterSelection {
   // [H_kv, T'] int64: centroid vectors scored per KV head and selection (one-level: K;
   // hierarchical: Kc + the children of the kept coarse clusters).
   at::Tensor centroid_comparisons;
+  // With SelectionOptions::estimate_pruned (else undefined): the pruned clusters as one key each,
+  // logits [H_kv, T', M, P] (s·q·c + log n; −inf for padding) and [H_kv, T', P] int64 ids of their
+  // mean values in cat(cluster_values, coarse_values) along the cluster dimension.
+  at::Tensor pruned_logits;
+  at::Tensor pruned_ids;
 };
 
 struct ContextAttention {
@@ -43,7 +55,8 @@ struct ContextAttention {
 // queries: post-RoPE [H_q, T, D] of the current tokens. Requires levels == 2 for hierarchical.
 ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queries, const SelectionOptions& options);
 
-// Exact attention of `queries` over the rows of the selected clusters plus the window.
+// Exact attention of `queries` over the rows of the selected clusters plus the window, plus the
+// pruned clusters' estimate when the selection carries one.
 ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queries, const ClusterSelection& selection,
                                 double softmax_scale = 0);
 

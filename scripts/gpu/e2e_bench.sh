@@ -36,7 +36,7 @@ ingested=0
 for backend in $backends; do
   log="$OUT/server_$backend.log"
   # The context is ingested once (first backend) and loaded from the shared store by the others.
-  build-gpu/server/squeezeserve --model $model --device cuda --attention_backend "$backend" --store "$store" \
+  build-gpu/server/squeezeserve --model $model --device cuda --default_pruned dropped --attention_backend "$backend" --store "$store" \
     --listen 127.0.0.1:0 --max_new_tokens 4096 --max_query_tokens 8192 >"$log" 2>&1 &
   server=$!
   addr=""

@@ -219,7 +219,10 @@ std::unique_ptr<Sequence> StartSequence(GpuSetup& setup, const std::shared_ptr<c
                                         const Case& c, bool kernels, int64_t capacity) {
   auto seq = std::make_unique<Sequence>();
   seq->context = context;
-  seq->lookup.emplace(context, c.hierarchical, c.thresholds);
+  AttentionOptions attention;
+  attention.hierarchical = c.hierarchical;
+  attention.estimate_pruned = false;  // what the kernels compute: pruned clusters dropped
+  seq->lookup.emplace(context, attention, c.thresholds);
   if (kernels) {
     seq->kernel = std::make_unique<KernelSequence>();
     seq->kernel->context = context;
@@ -468,6 +471,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
       AttentionOptions attention;
       attention.sparsity = sparsity;
       attention.hierarchical = hierarchical;
+      attention.estimate_pruned = false;  // the kernels' rule (an estimating generation runs on libtorch)
       auto a = kernels->StartGeneration(*on_kernels, RandomTokens(30, 128, 6), sampling, attention);
       auto b = torch->StartGeneration(*on_torch, RandomTokens(30, 128, 6), sampling, attention);
       ASSERT_TRUE(a.ok() && b.ok());
@@ -487,6 +491,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
     attention.mode = i == 2 ? AttentionMode::kDense : AttentionMode::kSqueezed;
     attention.sparsity = 0.9f;
     attention.hierarchical = i == 1;
+    attention.estimate_pruned = false;
     auto g = kernels->StartGeneration(*on_kernels, RandomTokens(10 + i, 128, 30 + i), sampling, attention);
     ASSERT_TRUE(g.ok()) << g.status();
     generations.push_back(std::move(*g));

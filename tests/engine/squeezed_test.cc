@@ -2,6 +2,7 @@
 // builds and calibrates the index, squeezed generation with every cluster kept equals dense, 90%
 // sparsity prunes, contexts survive SaveContext/LoadContext, and bad options or files are refused.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -197,6 +198,48 @@ TEST(SqueezedEngineTest, NinetyPercentPrunesAndHierarchicalComparesFewerCentroid
   // Fewer keys at 90% than at 50%.
   const Output half = Generate(*engine, context, ref.query, 4, Squeezed(0.5f, false));
   EXPECT_LT(one_level.stats.kv_fraction_loaded, half.stats.kv_fraction_loaded);
+}
+
+// The pruned-cluster estimate (default) must stay closer to dense than dropping the pruned clusters
+// (the paper): teacher-forced log-probs of a query at 90% on the random-weight reference model, whose
+// attention is spread (the case the estimate is for). It also reads the pruned clusters' mean values:
+// more KV counted than dropping.
+TEST(SqueezedEngineTest, PrunedEstimateStaysCloserToDenseThanDropping) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  auto context = IngestOrDie(*engine, LongContext(ref, 1500), TestIndex(1, {0.9f}));
+  ASSERT_TRUE(context);
+  const std::vector<int32_t> query = LongContext(ref, 40);
+  SamplingOptions sampling;
+  sampling.max_new_tokens = 4;
+  sampling.ignore_eos = true;
+  sampling.prompt_logprobs = true;
+  auto run = [&](const AttentionOptions& attention) {
+    auto generation = engine->StartGeneration(context, query, sampling, attention);
+    EXPECT_TRUE(generation.ok()) << generation.status();
+    if (!generation.ok()) return GenerationStats();
+    for (int i = 0; i < sampling.max_new_tokens; ++i) EXPECT_TRUE((*generation)->Next().ok());
+    return (*generation)->stats();
+  };
+  const GenerationStats dense = run(Dense());
+  AttentionOptions estimated = Squeezed(0.9f, false);
+  ASSERT_TRUE(estimated.estimate_pruned) << "the default";
+  AttentionOptions dropped = estimated;
+  dropped.estimate_pruned = false;
+  const GenerationStats with_estimate = run(estimated), without = run(dropped);
+  ASSERT_EQ(dense.prompt_logprobs.size(), query.size());
+  ASSERT_EQ(with_estimate.prompt_logprobs.size(), query.size());
+  ASSERT_EQ(without.prompt_logprobs.size(), query.size());
+  double error_estimated = 0, error_dropped = 0;
+  for (size_t i = 1; i < query.size(); ++i) {  // token 0 is conditioned on the context alone (dense)
+    error_estimated += std::fabs(with_estimate.prompt_logprobs[i] - dense.prompt_logprobs[i]);
+    error_dropped += std::fabs(without.prompt_logprobs[i] - dense.prompt_logprobs[i]);
+  }
+  EXPECT_GT(error_dropped, 0.0) << "90% must prune something";
+  EXPECT_LT(error_estimated, 0.5 * error_dropped) << "estimated " << error_estimated << ", dropped " << error_dropped;
+  EXPECT_GT(with_estimate.kv_fraction_loaded, without.kv_fraction_loaded);
+  EXPECT_LT(with_estimate.kv_fraction_loaded, 0.5);
 }
 
 TEST(SqueezedEngineTest, IngestStagesCancelAndShortContexts) {

@@ -271,6 +271,26 @@ TEST_F(IntegrationTest, GenerateStreamsOneMessagePerTokenWithUsageOnTheLast) {
   EXPECT_TRUE(result.logprobs.empty()) << "no logprobs unless asked";
 }
 
+// attention.pruned over the wire: unset = the server default (ESTIMATED), DROPPED on request; the
+// stats say which ran, and the two read different amounts of KV (the estimate reads mean values).
+TEST_F(IntegrationTest, PrunedClustersEstimatedByDefaultOrDroppedOnRequest) {
+  pb::GenerateRequest request = TokenQuery(SharedContext(), {5, 6, 7}, 4);
+  request.mutable_attention()->set_mode(pb::AttentionOptions::SQUEEZED);
+  request.mutable_attention()->set_sparsity(0.9f);
+  GenerateResult by_default = Generate(request);
+  ASSERT_TRUE(by_default.status.ok()) << by_default.status.error_message();
+  EXPECT_EQ(by_default.last().stats().pruned(), pb::AttentionOptions::ESTIMATED);
+  request.mutable_attention()->set_pruned(pb::AttentionOptions::DROPPED);
+  GenerateResult dropped = Generate(request);
+  ASSERT_TRUE(dropped.status.ok()) << dropped.status.error_message();
+  EXPECT_EQ(dropped.last().stats().pruned(), pb::AttentionOptions::DROPPED);
+  EXPECT_GT(by_default.last().stats().kv_fraction_loaded(), dropped.last().stats().kv_fraction_loaded());
+  request.mutable_attention()->set_pruned(static_cast<pb::AttentionOptions::Pruned>(9));
+  GenerateResult bad = Generate(request);
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.status.error_message().find("attention.pruned"), std::string::npos) << bad.status.error_message();
+}
+
 TEST_F(IntegrationTest, LogprobsWhenAsked) {
   pb::GenerateRequest request = TokenQuery(SharedContext(), {10, 11}, 6);
   request.set_include_logprobs(true);

@@ -202,6 +202,23 @@ TEST(ResolveAttention, UnspecifiedTakesTheServerDefault) {
   EXPECT_FLOAT_EQ(attention->sparsity, 0.7f);
 }
 
+TEST(ResolveAttention, PrunedClustersFollowTheRequestOrTheServerDefault) {
+  ServerDefaults defaults;
+  EXPECT_TRUE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_pruned);
+  defaults.estimate_pruned = false;
+  EXPECT_FALSE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_pruned);
+  pb::AttentionOptions proto;
+  proto.set_pruned(pb::AttentionOptions::ESTIMATED);
+  EXPECT_TRUE(ResolveAttention(proto, IndexedContext(), defaults)->estimate_pruned);
+  proto.set_pruned(pb::AttentionOptions::DROPPED);
+  EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), ServerDefaults())->estimate_pruned);
+  proto.set_pruned(static_cast<pb::AttentionOptions::Pruned>(7));
+  ExpectInvalid(ResolveAttention(proto, IndexedContext(), defaults).status(), "attention.pruned");
+  proto.set_pruned(pb::AttentionOptions::ESTIMATED);  // dense: nothing is pruned
+  proto.set_mode(pb::AttentionOptions::DENSE);
+  EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), defaults)->estimate_pruned);
+}
+
 TEST(ResolveAttention, DefaultSparsitySnapsToTheNearestCalibratedLevel) {
   ServerDefaults defaults;
   defaults.sparsity = 0.85f;

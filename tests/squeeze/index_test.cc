@@ -88,6 +88,16 @@ TEST(IndexBuilder, TwoLevelInvariants) {
   EXPECT_TRUE(at::allclose(idx->coarse_centroids, means, 1e-4, 1e-4));
   const at::Tensor coarse_norm = idx->coarse_centroids.norm(2, {-1});
   EXPECT_TRUE((coarse_norm.masked_select(CoarseSizes(*idx) > 0) > 0).all().item<bool>());
+
+  // Mean values: of each fine cluster's rows, and of all rows under each coarse cluster.
+  const at::Tensor row_cluster = SegmentOfPosition(idx->cluster_offsets, idx->num_clustered());  // [H, N]
+  const at::Tensor in_fine = at::one_hot(row_cluster, K).to(at::kFloat);                          // [H, N, K]
+  const at::Tensor fine_means = at::bmm(in_fine.transpose(1, 2), idx->values) / in_fine.sum(1).clamp_min(1).unsqueeze(-1);
+  EXPECT_TRUE(at::allclose(idx->cluster_values, fine_means, 1e-4, 1e-5));
+  const at::Tensor in_coarse = at::one_hot(parent.gather(1, row_cluster), Kc).to(at::kFloat);     // [H, N, Kc]
+  const at::Tensor coarse_means =
+      at::bmm(in_coarse.transpose(1, 2), idx->values) / in_coarse.sum(1).clamp_min(1).unsqueeze(-1);
+  EXPECT_TRUE(at::allclose(idx->coarse_values, coarse_means, 1e-4, 1e-5));
 }
 
 TEST(IndexBuilder, ContextNoLongerThanWindowIsAllWindow) {

@@ -31,6 +31,7 @@ TEST(SparseAttention, NothingPrunedEqualsDenseAttention) {
         SelectionOptions so;
         so.hierarchical = hierarchical;
         so.per_token = per_token;
+        so.estimate_pruned = per_token;  // nothing is pruned: the estimate must add nothing
         const ContextAttention a = SparseContextAttention(*idx, q, so);
         EXPECT_TRUE(at::allclose(a.out, dense_out, 1e-5, 1e-5)) << "T=" << T << " h=" << hierarchical;
         EXPECT_TRUE(at::allclose(a.lse, dense_lse, 1e-5, 1e-5)) << "T=" << T << " h=" << hierarchical;
@@ -62,6 +63,52 @@ TEST(SparseAttention, EmptyContextGivesMinusInfLse) {
   const ContextAttention a = SparseContextAttention(*idx, synth::Randn({1, 2, 8}, synth::Rng(8)), {});
   EXPECT_TRUE((a.lse == -std::numeric_limits<float>::infinity()).all().item<bool>());
   EXPECT_TRUE((a.out == 0).all().item<bool>());
+}
+
+// When every cluster holds one key repeated, a pruned cluster's estimate (its centroid as one key
+// weighing its size, its mean value) is exact: the output is dense attention's however much the
+// lookup prunes, for both lookups, shared and per-token selections, with GQA. Dropping the pruned
+// clusters instead must change the output (the test can fail).
+TEST(SparseAttention, PrunedEstimateIsExactForClustersOfRepeatedKeys) {
+  constexpr int64_t kH = 2, kDistinct = 40, kRepeats = 20, kD = 16, kW = 10;
+  at::Generator gen = synth::Rng(21);
+  const at::Tensor distinct = synth::Randn({kH, kDistinct, kD}, gen) * 2.0;
+  at::Tensor keys = distinct.repeat_interleave(kRepeats, 1);  // [H, 800, D]
+  keys = keys.index_select(1, at::randperm(keys.size(1), gen, at::kLong));
+  keys = at::cat({keys, synth::Randn({kH, kW, kD}, gen)}, 1);  // + the window
+  const at::Tensor values = synth::Randn({kH, keys.size(1), kD}, gen);
+  IndexOptions o = Options(2, kW);
+  o.centroid_fraction = 1.0 / kRepeats;  // K = 40: one cluster per distinct key
+  o.coarse_centroid_fraction = 8.0 / (kDistinct * kRepeats);
+  auto idx = BuildLayerIndex(keys, values, o);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  ASSERT_EQ(idx->num_clusters(), kDistinct);
+  ASSERT_TRUE((FineSizes(*idx) == kRepeats).all().item<bool>()) << "k-means must find the repeated keys";
+  for (int64_t T : {1, 3}) {
+    const at::Tensor q = synth::Randn({2 * kH, T, kD}, synth::Rng(22 + T));
+    const auto [dense_out, dense_lse] = synth::DenseAttention(q, keys, values);
+    for (bool hierarchical : {false, true}) {
+      for (bool per_token : {false, true}) {
+        SelectionOptions so;
+        so.hierarchical = hierarchical;
+        so.per_token = per_token;
+        // Prunes most fine clusters; keeps every coarse one (a coarse cluster's estimate would
+        // merge several distinct keys and is not exact).
+        so.thresholds = {0.01f, kKeepAll, 0.01f};
+        so.estimate_pruned = true;
+        const ContextAttention a = SparseContextAttention(*idx, q, so);
+        const std::string where = "T=" + std::to_string(T) + " hierarchical=" + std::to_string(hierarchical) +
+                                  " per_token=" + std::to_string(per_token);
+        EXPECT_LT(a.selection.kept_keys.sum().item<double>(), 0.5 * a.selection.kept_keys.numel() * 800) << where;
+        EXPECT_TRUE(at::allclose(a.out, dense_out, 1e-4, 1e-5)) << where;
+        EXPECT_TRUE(at::allclose(a.lse, dense_lse, 1e-4, 1e-5)) << where;
+        so.estimate_pruned = false;
+        const ContextAttention dropped = SparseContextAttention(*idx, q, so);
+        EXPECT_FALSE(at::allclose(dropped.out, dense_out, 1e-2, 1e-2)) << where;
+        EXPECT_TRUE((dropped.lse < dense_lse).all().item<bool>()) << where;
+      }
+    }
+  }
 }
 
 // Planted needles: a few keys strongly aligned with the query, at random positions, among random
