@@ -132,8 +132,8 @@ struct AttentionOptions {
   float sparsity = 0.7f;
   bool hierarchical = false;
   // Squeezed: pruned clusters still attend, each as one key (centroid, size, mean value) instead
-  // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). The CUDA
-  // kernel path implements only dropping: with true, squeezed generations run on libtorch.
+  // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). On the GPU
+  // kernel path one-level lookups add it after the kernels; hierarchical ones run on libtorch.
   bool estimate_pruned = true;
 };
 

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/squeeze/scoring.h"
+#include "engine/squeeze/sparse_attention.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
@@ -210,23 +213,65 @@ void KernelAttention::FinishForward() {
   const int32_t* counts = host.data_ptr<int32_t>();
   int64_t base = 0;
   for (const PendingStats& p : pending_) {
-    const int64_t bh = p.counts.size(0) / 2;
+    const int64_t bh = p.counts.size(0) / 3;
     for (size_t i = 0; i < p.seqs.size(); ++i) {
       KernelSequence* seq = p.seqs[i];
       if (seq->stats == nullptr) continue;
       double rows = 0, comparisons = 0;
       for (int64_t h = 0; h < num_kv_heads_; ++h) {
-        rows += counts[base + static_cast<int64_t>(i) * num_kv_heads_ + h];
-        comparisons += counts[base + bh + static_cast<int64_t>(i) * num_kv_heads_ + h];
+        const int64_t pair = static_cast<int64_t>(i) * num_kv_heads_ + h;
+        // An estimated pruned cluster reads its mean value: half a row (as SqueezedLookup counts).
+        rows += counts[base + pair] + 0.5 * counts[base + 2 * bh + pair];
+        comparisons += counts[base + bh + pair];
       }
       const double tokens = static_cast<double>(seq->context->summary().num_tokens);
       seq->stats->AddSample((rows / num_kv_heads_ + static_cast<double>(seq->window)) / tokens,
                             comparisons / num_kv_heads_);
     }
-    base += 2 * bh;
+    base += 3 * bh;
   }
   pending_.clear();
 }
+
+namespace {
+
+// The pruned-cluster estimate of `bc` sequences on one context at one layer (one-level lookup), in
+// place: the kernels' out [bc, n, H, D] (bf16) and lse [bc, n, H] (fp32) cover the selected
+// clusters and the dense part; the context's other non-empty fine clusters join as one key each —
+// logit s·q·c + log size, value the cluster's mean — merged by log-sum-exp. The n query tokens of a
+// sequence share its selection (ids [bc·H_kv, capacity], counts [bc·H_kv], int32). Writes the pruned
+// cluster count of each (sequence, KV head) to pruned [bc·H_kv] (int32, for the statistics).
+[[maybe_unused]] void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, const at::Tensor& ids,
+                       const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse, at::Tensor pruned) {
+  const int64_t bc = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t Hkv = index.num_heads(), G = H / Hkv, K = index.num_clusters(), capacity = ids.size(1);
+  if (K == 0) return;
+  const at::Tensor sizes = squeeze::FineSizes(index);  // [H_kv, K]
+  const at::Tensor valid = at::arange(capacity, counts.options()).unsqueeze(0) < counts.unsqueeze(1);
+  const at::Tensor slot = at::where(valid, ids, at::full({}, static_cast<int32_t>(K), ids.options())).to(at::kLong);
+  const at::Tensor selected = at::zeros({bc * Hkv, K + 1}, sizes.options().dtype(at::kBool))
+                                  .scatter_(1, slot, true)
+                                  .narrow(1, 0, K)
+                                  .view({bc, Hkv, K});
+  const at::Tensor kept_out = selected | (sizes <= 0).unsqueeze(0);  // [bc, H_kv, K]
+  pruned.copy_((~kept_out).sum(-1).view({bc * Hkv}));
+  // Queries grouped per KV head: [bc, H_kv, n·G, D] (Llama order: KV head h serves h·G … h·G+G−1).
+  const at::Tensor qg = q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({0, 2, 1, 3, 4}).reshape({bc, Hkv, n * G, D});
+  const double scale = squeeze::SoftmaxScale(0, D);
+  const at::Tensor z = (at::matmul(qg, index.centroids.to(at::kFloat).transpose(1, 2).unsqueeze(0)) * scale +
+                        sizes.to(at::kFloat).log().view({1, Hkv, 1, K}))
+                           .masked_fill(kept_out.unsqueeze(2), -std::numeric_limits<float>::infinity());
+  const at::Tensor z_lse = at::logsumexp(z, {-1}, /*keepdim=*/true);  // [bc, H_kv, n·G, 1]
+  const at::Tensor shift = at::where(at::isinf(z_lse), at::zeros_like(z_lse), z_lse);
+  const at::Tensor z_out = at::matmul((z - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(0));
+  const int64_t Dv = z_out.size(-1);
+  const at::Tensor est_out = z_out.view({bc, Hkv, n, G, Dv}).permute({0, 2, 1, 3, 4}).reshape({bc, n, H, Dv});
+  const at::Tensor est_lse = z_lse.view({bc, Hkv, n, G}).permute({0, 2, 1, 3}).reshape({bc, n, H});
+  const auto [merged, merged_lse] = squeeze::MergeAttention(out.to(at::kFloat), lse, est_out, est_lse);
+  out.copy_(merged);
+}
+
+}  // namespace
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 namespace {
@@ -261,11 +306,15 @@ struct SelectionBuffers {
   kernels::Selection selection;
   int64_t bh = 0, rows_at = 0;
 
+  int64_t counts_at = 0;
+
+  // rows, comparisons and the estimate's pruned-cluster counts are adjacent: Counts() is one slice.
   SelectionBuffers(int64_t pairs, int32_t capacity, at::Device device) : bh(pairs) {
     const int64_t ids = Aligned(bh * capacity);
-    const int64_t counts_at = 2 * ids;
+    counts_at = 2 * ids;
     rows_at = counts_at + Aligned(bh);
-    data = at::empty({rows_at + 2 * bh}, at::TensorOptions().dtype(at::kInt).device(device));
+    data = at::empty({rows_at + 3 * bh}, at::TensorOptions().dtype(at::kInt).device(device));
+    PrunedCounts().zero_();  // stays 0 for pairs whose pruned clusters are dropped
     int32_t* p = data.data_ptr<int32_t>();
     selection.cluster_ids = p;
     selection.row_start = p + ids;
@@ -285,7 +334,13 @@ struct SelectionBuffers {
     s.comparisons += pair;
     return s;
   }
-  at::Tensor Counts() const { return data.narrow(0, rows_at, 2 * bh); }
+  at::Tensor Counts() const { return data.narrow(0, rows_at, 3 * bh); }
+  // Pairs [first, first + n): selected fine-cluster ids [n, H_kv... as n pairs, capacity] and counts.
+  at::Tensor ClusterIds(int64_t first, int64_t n) const {
+    return data.narrow(0, first * selection.capacity, n * selection.capacity).view({n, selection.capacity});
+  }
+  at::Tensor ClusterCounts(int64_t first, int64_t n) const { return data.narrow(0, counts_at + first, n); }
+  at::Tensor PrunedCounts() const { return data.narrow(0, rows_at + 2 * bh, bh); }
 };
 
 at::Tensor DeviceBytes(size_t bytes, at::Device device) {
@@ -321,9 +376,15 @@ void KernelAttention::RunPrefill(int64_t layer, const at::Tensor& q_all, const F
                                  workspace.data_ptr(), nullptr, stream),
         "select_clusters (prefill)");
   at::Tensor out = at::empty({n, H, D}, q.options());
+  const at::Tensor lse = seq.estimate_pruned ? at::empty({n, H}, q.options().dtype(at::kFloat)) : at::Tensor();
   Check(kernels::sparse_prefill_attention(shape, Views(views), q.data_ptr(), selection.selection, out.data_ptr(),
-                                          nullptr, stream),
+                                          seq.estimate_pruned ? lse.data_ptr<float>() : nullptr, stream),
         "sparse_prefill_attention");
+  if (seq.estimate_pruned) {
+    AddPrunedEstimate(seq.context->index()[layer], q.unsqueeze(0), selection.ClusterIds(0, num_kv_heads_),
+                      selection.ClusterCounts(0, num_kv_heads_), out.unsqueeze(0), lse.unsqueeze(0),
+                      selection.PrunedCounts());
+  }
   *output = out.view({n, H * D});
   pending_.push_back(PendingStats{selection.Counts(), {&seq}});
 }
@@ -406,12 +467,29 @@ void KernelAttention::RunDecode(int64_t layer, const at::Tensor& q_all, const st
   }
   at::Tensor out = at::empty({B, H, D}, q.options());
   uint16_t* out_data = static_cast<uint16_t*>(out.data_ptr());
+  const bool any_estimate =
+      std::any_of(seqs.begin(), seqs.end(), [](const KernelSequence* s) { return s->estimate_pruned; });
+  const at::Tensor lse = any_estimate ? at::empty({B, H}, q.options().dtype(at::kFloat)) : at::Tensor();
   for (int64_t first = 0; first < B; first += chunk) {
     shape.batch = static_cast<int32_t>(std::min(chunk, B - first));
     Check(kernels::sparse_decode_attention(shape, Views(device_views) + first, q_data + first * H * D,
-                                           selection.From(first, Hkv), out_data + first * H * D, nullptr,
+                                           selection.From(first, Hkv), out_data + first * H * D,
+                                           any_estimate ? lse.data_ptr<float>() + first * H : nullptr,
                                            workspace.data_ptr(), launch, stream),
           "sparse_decode_attention");
+  }
+  // The estimate, one batched pass per run of consecutive estimating sequences on one context.
+  for (int64_t first = 0; first < B;) {
+    int64_t end = first + 1;
+    if (seqs[first]->estimate_pruned) {
+      while (end < B && seqs[end]->estimate_pruned && seqs[end]->context == seqs[first]->context) ++end;
+      const int64_t bc = end - first;
+      AddPrunedEstimate(seqs[first]->context->index()[layer], q.narrow(0, first, bc).unsqueeze(1),
+                        selection.ClusterIds(first * Hkv, bc * Hkv), selection.ClusterCounts(first * Hkv, bc * Hkv),
+                        out.narrow(0, first, bc).unsqueeze(1), lse.narrow(0, first, bc).unsqueeze(1),
+                        selection.PrunedCounts().narrow(0, first * Hkv, bc * Hkv));
+    }
+    first = end;
   }
   for (int64_t i = 0; i < B; ++i) (*outputs)[members[i]] = out[i].view({1, H * D});
   pending_.push_back(PendingStats{selection.Counts(), std::move(seqs)});

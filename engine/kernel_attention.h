@@ -17,8 +17,11 @@
 // launch per distinct (hierarchical, thresholds) — the kernel takes one τ per launch. A query
 // prefill runs alone (batch 1: the prefill kernels take one query length per launch).
 //
-// The kernels drop pruned clusters (the paper's rule): generations that estimate them
-// (AttentionOptions::estimate_pruned, the default) take the libtorch path instead.
+// Pruned-cluster estimate (AttentionOptions::estimate_pruned, docs/index_layout.md): the kernels
+// attend the selected clusters and the dense part and return their log-sum-exp; the context's other
+// non-empty fine clusters are then added as one key each (centroid logit + log size, mean value) by
+// a few batched libtorch ops per layer (sequences on one context together) and merged by LSE — the
+// libtorch path's result. One-level lookups only: hierarchical estimating generations run on libtorch.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +47,7 @@ struct KernelSequence {
   KernelAttention* runner = nullptr;
   std::shared_ptr<const StoredContext> context;
   bool hierarchical = false;
+  bool estimate_pruned = false;  // one-level only (see above)
   LookupThresholds thresholds;
   SqueezedLookup* stats = nullptr;  // receives the per-layer statistics (nullable)
   // Per layer [H_kv, W + capacity, D]: the context window, then the generation's own tokens.
@@ -93,7 +97,8 @@ class KernelAttention {
 
  private:
   struct PendingStats {
-    at::Tensor counts;  // device int32 [2, B·H_kv]: selected rows, centroids scored
+    // device int32 [3, B·H_kv]: selected rows, centroids scored, pruned clusters estimated
+    at::Tensor counts;
     std::vector<KernelSequence*> seqs;
   };
   void RunDecode(int64_t layer, const at::Tensor& q_all, const std::vector<const ForwardArgs*>& batch,

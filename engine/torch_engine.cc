@@ -427,11 +427,13 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   std::unique_ptr<KernelSequence> kernel;
   try {
     const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
-    // The kernels drop pruned clusters; the estimate runs on libtorch only (for now).
-    if (lookup && !lookup->estimate_pruned() && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
+    // The kernel path estimates pruned clusters for one-level lookups only (kernel_attention.h).
+    const bool kernels_fit = !(lookup && lookup->estimate_pruned() && lookup->hierarchical());
+    if (lookup && kernels_fit && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
       kernel = std::make_unique<KernelSequence>();
       kernel->context = stored;
       kernel->hierarchical = lookup->hierarchical();
+      kernel->estimate_pruned = lookup->estimate_pruned();
       kernel->thresholds = lookup->thresholds();
       cache = kernels_->NewCache(*stored, capacity, kernel.get());
     } else {

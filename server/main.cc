@@ -96,8 +96,8 @@ ABSL_FLAG(float, default_sparsity, 0.7f,
           "of the context is used).");
 ABSL_FLAG(std::string, default_pruned, "estimated",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
-          "(each still attends as one key: its centroid, weighing its size, with its mean value; runs on "
-          "libtorch) or dropped (left out, as the paper; the CUDA kernel path on the GPU).");
+          "(each still attends as one key: its centroid, weighing its size, with its mean value) or dropped "
+          "(left out, as the paper; the fastest GPU path).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
 ABSL_FLAG(std::string, log_level, "info", "Log level on stderr: trace, debug, info, warn, error, critical, off.");
 

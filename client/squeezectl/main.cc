@@ -57,7 +57,7 @@ ABSL_FLAG(float, sparsity, 0, "generate: calibrated sparsity level to use (0 = s
 ABSL_FLAG(bool, hierarchical, false, "generate: use the hierarchical centroid lookup.");
 ABSL_FLAG(std::string, pruned, "",
           "generate: what becomes of pruned clusters, estimated (each attends as one key: centroid, size, "
-          "mean value) or dropped (as the paper; the GPU kernel path); empty = server default (estimated).");
+          "mean value) or dropped (as the paper; the fastest GPU path); empty = server default (estimated).");
 ABSL_FLAG(bool, logprobs, false, "generate: return per-token log-probabilities (shown with --json).");
 ABSL_FLAG(bool, prompt_logprobs, false,
           "generate: return the prompt tokens' teacher-forced log-probabilities (shown with --json).");

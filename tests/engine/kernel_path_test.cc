@@ -157,6 +157,7 @@ struct Case {
   bool hierarchical = false;
   LookupThresholds thresholds;
   bool fixed_selection = false;  // keep-all / keep-nothing: no score can sit at τ
+  bool estimate_pruned = false;  // pruned clusters as one key each (one-level only on the kernels)
 };
 
 // Logits errors of both paths, checked as kFlipBound above explains.
@@ -181,7 +182,8 @@ class LogitsErrors {
   int flipped_ = 0;
 };
 
-// Calibrated levels 0, 0.5, 0.9, then keep-nothing and keep-all; flat (0-4), then hierarchical (5-9).
+// Calibrated levels 0, 0.5, 0.9, then keep-nothing and keep-all; flat (0-4), then hierarchical (5-9);
+// then flat 0.9 and keep-nothing with the pruned-cluster estimate (10-11).
 std::vector<Case> Cases(const StoredContext& context) {
   std::vector<Case> cases;
   for (bool hierarchical : {false, true}) {
@@ -203,6 +205,12 @@ std::vector<Case> Cases(const StoredContext& context) {
       cases.push_back(fixed);
     }
   }
+  for (size_t flat : {size_t{2}, size_t{3}}) {  // flat 0.9, flat keep-nothing
+    Case estimated = cases[flat];
+    estimated.name += " estimated";
+    estimated.estimate_pruned = true;
+    cases.push_back(estimated);
+  }
   return cases;
 }
 
@@ -221,12 +229,13 @@ std::unique_ptr<Sequence> StartSequence(GpuSetup& setup, const std::shared_ptr<c
   seq->context = context;
   AttentionOptions attention;
   attention.hierarchical = c.hierarchical;
-  attention.estimate_pruned = false;  // what the kernels compute: pruned clusters dropped
+  attention.estimate_pruned = c.estimate_pruned;
   seq->lookup.emplace(context, attention, c.thresholds);
   if (kernels) {
     seq->kernel = std::make_unique<KernelSequence>();
     seq->kernel->context = context;
     seq->kernel->hierarchical = c.hierarchical;
+    seq->kernel->estimate_pruned = c.estimate_pruned;
     seq->kernel->thresholds = c.thresholds;
     seq->kernel->stats = &*seq->lookup;
     seq->cache = setup.runner->NewCache(*context, capacity, seq->kernel.get());
@@ -359,8 +368,9 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
   std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
   for (size_t i = 0; i < setup->contexts.size(); ++i) {
     const std::vector<Case> cases = Cases(*setup->contexts[i]);
-    // flat 0.5, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, hierarchical keep-nothing
-    for (size_t pick : {size_t{1}, size_t{2}, size_t{2}, size_t{4}, size_t{7}, size_t{8}}) {
+    // flat 0.5, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9 estimated
+    // twice (one estimate for both), flat keep-nothing estimated, hierarchical keep-nothing
+    for (size_t pick : {1, 2, 2, 4, 7, 10, 10, 11, 8}) {
       if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
     }
   }
