@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
 #include <tuple>
 #include <utility>
@@ -242,32 +241,34 @@ namespace {
 // sequence share its selection (ids [bc·H_kv, capacity], counts [bc·H_kv], int32). Writes the pruned
 // cluster count of each (sequence, KV head) to pruned [bc·H_kv] (int32, for the statistics).
 [[maybe_unused]] void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, const at::Tensor& ids,
-                       const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse, at::Tensor pruned) {
+                                        const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse,
+                                        at::Tensor pruned) {
   const int64_t bc = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Hkv = index.num_heads(), G = H / Hkv, K = index.num_clusters(), capacity = ids.size(1);
   if (K == 0) return;
   const at::Tensor sizes = squeeze::FineSizes(index);  // [H_kv, K]
+  // The selections as masks [H_kv, bc, K] (T' = bc: one selection per sequence, as the lookup's).
   const at::Tensor valid = at::arange(capacity, counts.options()).unsqueeze(0) < counts.unsqueeze(1);
   const at::Tensor slot = at::where(valid, ids, at::full({}, static_cast<int32_t>(K), ids.options())).to(at::kLong);
   const at::Tensor selected = at::zeros({bc * Hkv, K + 1}, sizes.options().dtype(at::kBool))
                                   .scatter_(1, slot, true)
                                   .narrow(1, 0, K)
-                                  .view({bc, Hkv, K});
-  const at::Tensor kept_out = selected | (sizes <= 0).unsqueeze(0);  // [bc, H_kv, K]
-  pruned.copy_((~kept_out).sum(-1).view({bc * Hkv}));
-  // Queries grouped per KV head: [bc, H_kv, n·G, D] (Llama order: KV head h serves h·G … h·G+G−1).
-  const at::Tensor qg = q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({0, 2, 1, 3, 4}).reshape({bc, Hkv, n * G, D});
-  const double scale = squeeze::SoftmaxScale(0, D);
-  const at::Tensor z = (at::matmul(qg, index.centroids.to(at::kFloat).transpose(1, 2).unsqueeze(0)) * scale +
-                        sizes.to(at::kFloat).log().view({1, Hkv, 1, K}))
-                           .masked_fill(kept_out.unsqueeze(2), -std::numeric_limits<float>::infinity());
-  const at::Tensor z_lse = at::logsumexp(z, {-1}, /*keepdim=*/true);  // [bc, H_kv, n·G, 1]
-  const at::Tensor shift = at::where(at::isinf(z_lse), at::zeros_like(z_lse), z_lse);
-  const at::Tensor z_out = at::matmul((z - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(0));
-  const int64_t Dv = z_out.size(-1);
-  const at::Tensor est_out = z_out.view({bc, Hkv, n, G, Dv}).permute({0, 2, 1, 3, 4}).reshape({bc, n, H, Dv});
-  const at::Tensor est_lse = z_lse.view({bc, Hkv, n, G}).permute({0, 2, 1, 3}).reshape({bc, n, H});
-  const auto [merged, merged_lse] = squeeze::MergeAttention(out.to(at::kFloat), lse, est_out, est_lse);
+                                  .view({bc, Hkv, K})
+                                  .transpose(0, 1);
+  pruned.copy_((~selected & (sizes > 0).unsqueeze(1)).sum(-1).transpose(0, 1).reshape({bc * Hkv}));
+  // Grouped queries [H_kv, bc, n·G, D] (Llama order: KV head h serves query heads h·G … h·G+G−1).
+  const at::Tensor qg =
+      q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({2, 0, 1, 3, 4}).reshape({Hkv, bc, n * G, D});
+  const at::Tensor z = squeeze::CentroidLogits(qg, index.centroids, sizes, squeeze::SoftmaxScale(0, D));
+  const at::Tensor logits = squeeze::PrunedClusterLogits(z, sizes.unsqueeze(1).expand({Hkv, bc, K}), selected);
+  const at::Tensor est_lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);  // [H_kv, bc, n·G, 1]
+  const at::Tensor shift = at::where(at::isinf(est_lse), at::zeros_like(est_lse), est_lse);
+  const at::Tensor est_out = at::matmul((logits - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(1));
+  const int64_t Dv = est_out.size(-1);
+  const auto [merged, merged_lse] = squeeze::MergeAttention(
+      out.to(at::kFloat), lse,
+      est_out.view({Hkv, bc, n, G, Dv}).permute({1, 2, 0, 3, 4}).reshape({bc, n, H, Dv}),
+      est_lse.view({Hkv, bc, n, G}).permute({1, 2, 0, 3}).reshape({bc, n, H}));
   out.copy_(merged);
 }
 

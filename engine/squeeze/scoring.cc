@@ -47,6 +47,10 @@ at::Tensor GroupScore(const at::Tensor& logits, const at::Tensor& logden, int64_
   return std::get<0>(p.reshape({H, Tp, group_size, M / group_size, K}).mean(3).max(2));
 }
 
+at::Tensor PrunedClusterLogits(const at::Tensor& z, const at::Tensor& sizes, const at::Tensor& kept) {
+  return (z + sizes.to(at::kFloat).log().unsqueeze(2)).masked_fill(kept.unsqueeze(2), -std::numeric_limits<float>::infinity());
+}
+
 double SoftmaxScale(double scale, int64_t head_dim) {
   return scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }

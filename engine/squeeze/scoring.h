@@ -41,6 +41,11 @@ at::Tensor LogDenominator(const at::Tensor& logits, const at::Tensor& sizes);
 // would). logits [H_kv, T', G·Tg, K], logden [H_kv, T', G·Tg] -> [H_kv, T', K].
 at::Tensor GroupScore(const at::Tensor& logits, const at::Tensor& logden, int64_t group_size);
 
+// The pruned-cluster estimate's logits (docs/index_layout.md "Pruned-cluster estimate"): a cluster
+// as ONE key standing for its n keys, z + log n; −inf where `kept` (and for empty clusters, whose z
+// is −inf). z [H_kv, T', M, C] (CentroidLogits); sizes, kept [H_kv, T', C].
+at::Tensor PrunedClusterLogits(const at::Tensor& z, const at::Tensor& sizes, const at::Tensor& kept);
+
 // 1/sqrt(D) unless `scale` > 0.
 double SoftmaxScale(double scale, int64_t head_dim);
 

@@ -21,12 +21,6 @@ at::Tensor HeadTau(const SelectionOptions& options, ThresholdKind kind, int64_t 
   return at::full({H, 1, 1}, tau, like.options().dtype(at::kFloat));
 }
 
-// A pruned cluster's logit as one key standing for its n keys: z + log n, −inf where `kept`
-// (or empty: z is −inf there already). z [H, T', M, C]; sizes, kept [H, T', C].
-at::Tensor PrunedLogits(const at::Tensor& z, const at::Tensor& sizes, const at::Tensor& kept) {
-  return (z + sizes.to(at::kFloat).log().unsqueeze(2)).masked_fill(kept.unsqueeze(2), kNegInf);
-}
-
 // 1-level lookup: every fine centroid is scored with the fine denominator.
 ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
                                 const at::Tensor& tau, bool estimate_pruned) {
@@ -38,7 +32,7 @@ ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, in
   sel.selected = (score > tau) & (sizes > 0).unsqueeze(1);
   sel.centroid_comparisons = at::full({H, Tp}, K, sizes.options());
   if (estimate_pruned) {
-    sel.pruned_logits = PrunedLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}), sel.selected);
+    sel.pruned_logits = PrunedClusterLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}), sel.selected);
     sel.pruned_ids = at::arange(K, sizes.options()).view({1, 1, K}).expand({H, Tp, K});
   }
   return sel;
@@ -67,7 +61,7 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
   sel.centroid_comparisons = index.num_coarse_clusters() + cand.count;
   if (estimate_pruned) {  // pruned coarse clusters: ids K + c into cat(cluster_values, coarse_values)
     const int64_t Kc = index.num_coarse_clusters();
-    sel.pruned_logits = PrunedLogits(zc, coarse_sizes.unsqueeze(1).expand({H, Tp, Kc}), coarse_kept);
+    sel.pruned_logits = PrunedClusterLogits(zc, coarse_sizes.unsqueeze(1).expand({H, Tp, Kc}), coarse_kept);
     sel.pruned_ids = (K + at::arange(Kc, sizes.options())).view({1, 1, Kc}).expand({H, Tp, Kc});
   }
   if (C == 0) return sel;
@@ -79,7 +73,7 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
   const at::Tensor keep = (GroupScore(z, logden, G) > tau_fine) & cand.valid;
   sel.selected.scatter_(2, cand.index, keep);  // cand.index is a permutation prefix: no collisions
   if (estimate_pruned) {  // expanded but pruned fine clusters (padding is −inf: empty size 0 → log 0)
-    const at::Tensor fine_logits = PrunedLogits(z, cand_sizes * cand.valid.to(at::kLong), keep);
+    const at::Tensor fine_logits = PrunedClusterLogits(z, cand_sizes * cand.valid.to(at::kLong), keep);
     sel.pruned_logits = at::cat({sel.pruned_logits, fine_logits}, -1);
     sel.pruned_ids = at::cat({sel.pruned_ids, cand.index}, -1);
   }
