@@ -9,6 +9,13 @@
 namespace squeezeserve::squeeze {
 namespace {
 
+SelectionOptions Lookup(bool hierarchical, bool per_token) {
+  SelectionOptions so;
+  so.hierarchical = hierarchical;
+  so.per_token = per_token;
+  return so;
+}
+
 IndexOptions Options(int levels, int window) {
   IndexOptions o;
   o.levels = levels;
@@ -28,9 +35,7 @@ TEST(SparseAttention, NothingPrunedEqualsDenseAttention) {
     const auto [dense_out, dense_lse] = synth::DenseAttention(q, keys, values);
     for (bool hierarchical : {false, true}) {
       for (bool per_token : {false, true}) {
-        SelectionOptions so;
-        so.hierarchical = hierarchical;
-        so.per_token = per_token;
+        SelectionOptions so = Lookup(hierarchical, per_token);
         so.estimate_pruned = per_token;  // nothing is pruned: the estimate must add nothing
         const ContextAttention a = SparseContextAttention(*idx, q, so);
         EXPECT_TRUE(at::allclose(a.out, dense_out, 1e-5, 1e-5)) << "T=" << T << " h=" << hierarchical;
@@ -89,9 +94,7 @@ TEST(SparseAttention, PrunedEstimateIsExactForClustersOfRepeatedKeys) {
     const auto [dense_out, dense_lse] = synth::DenseAttention(q, keys, values);
     for (bool hierarchical : {false, true}) {
       for (bool per_token : {false, true}) {
-        SelectionOptions so;
-        so.hierarchical = hierarchical;
-        so.per_token = per_token;
+        SelectionOptions so = Lookup(hierarchical, per_token);
         // Prunes most fine clusters; keeps every coarse one (a coarse cluster's estimate would
         // merge several distinct keys and is not exact).
         so.thresholds = {0.01f, kKeepAll, 0.01f};
