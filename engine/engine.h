@@ -135,6 +135,10 @@ struct AttentionOptions {
   // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). On the GPU
   // kernel path one-level lookups add it after the kernels; hierarchical ones run on libtorch.
   bool estimate_pruned = true;
+  // Squeezed: each query head that concentrates on one context key also loads, at the next step,
+  // the cluster holding the key after it (squeeze/read_ahead.h: copying and induction heads read
+  // consecutive positions). Not in the GPU kernels yet: such generations run on libtorch there.
+  bool read_ahead = true;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kEos, kCancelled };

@@ -427,8 +427,10 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   std::unique_ptr<KernelSequence> kernel;
   try {
     const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
-    // The kernel path estimates pruned clusters for one-level lookups only (kernel_attention.h).
-    const bool kernels_fit = !(lookup && lookup->estimate_pruned() && lookup->hierarchical());
+    // The kernel path estimates pruned clusters for one-level lookups only and has no read-ahead
+    // yet (kernel_attention.h).
+    const bool kernels_fit =
+        !(lookup && (lookup->read_ahead() || (lookup->estimate_pruned() && lookup->hierarchical())));
     if (lookup && kernels_fit && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
       kernel = std::make_unique<KernelSequence>();
       kernel->context = stored;

@@ -25,6 +25,7 @@ struct ServerDefaults {
   AttentionMode mode = AttentionMode::kSqueezed;
   float sparsity = 0.7f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
+  bool read_ahead = true;       // attention.read_ahead unset: ON (true) or OFF
 };
 
 struct ServerConfig {
