@@ -32,6 +32,8 @@ struct ModelInfo {
   int32_t eos_token_id = -1;
   std::string device;  // "cpu", "cuda:0"
   std::string dtype;   // compute dtype: "float32", "bfloat16"
+  // Whether the CUDA kernels serve squeezed attention (EngineOptions::attention_backend resolved).
+  bool squeezed_attention_on_kernels = false;
 };
 
 struct EngineOptions {
@@ -137,7 +139,8 @@ struct AttentionOptions {
   bool estimate_pruned = true;
   // Squeezed: each query head that concentrates on one context key also loads, at the next step,
   // the cluster holding the key after it (squeeze/read_ahead.h: copying and induction heads read
-  // consecutive positions). Not in the GPU kernels yet: such generations run on libtorch there.
+  // consecutive positions). Not in the GPU kernels yet: such generations run on libtorch there
+  // (the server's default is off where the kernels serve squeezed attention).
   bool read_ahead = true;
 };
 

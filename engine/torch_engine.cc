@@ -351,6 +351,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids[0];
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
+  info.squeezed_attention_on_kernels = *use_kernels;
   LogEngineLoaded(info, c.sliding_window);
   LogAttentionBackend(*use_kernels ? "kernels" : "torch", backend_reason);
   return std::unique_ptr<Engine>(std::move(engine));
