@@ -123,10 +123,11 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   summary.centroids_per_level.push_back(first.num_clusters());
   summary.index_bytes = 0;
   for (const squeeze::LayerIndex& layer : index) {
-    // Resident bytes (the tier limits count them): the derived mean values too.
+    // Resident bytes (the tier limits count them): the derived tensors too.
     summary.index_bytes += Bytes(layer.perm) + Bytes(layer.centroids) + Bytes(layer.cluster_offsets) +
                            Bytes(layer.coarse_centroids) + Bytes(layer.coarse_offsets) +
-                           Bytes(layer.cluster_values) + Bytes(layer.coarse_values);
+                           Bytes(layer.cluster_values) + Bytes(layer.coarse_values) +
+                           Bytes(layer.cluster_of_position);
   }
   if (progress) progress(IngestProgress{"calibrating", 1.0f, total, total});
   return index;

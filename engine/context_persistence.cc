@@ -190,7 +190,7 @@ absl::StatusOr<squeeze::LayerIndex> ReadLayerIndex(const TensorReader& reader, i
   index.values = values.narrow(1, 0, N);
   index.window_keys = keys.narrow(1, N, layout.window_tokens);
   index.window_values = values.narrow(1, N, layout.window_tokens);
-  squeeze::AddClusterMeanValues(&index);  // derived, not stored
+  squeeze::AddDerivedTensors(&index);  // derived, not stored
   return index;
 }
 
@@ -366,6 +366,7 @@ std::shared_ptr<StoredContext> CopyStoredContext(const StoredContext& context, a
     to.head_thresholds = CopyTo(from.head_thresholds, device);
     to.cluster_values = CopyTo(from.cluster_values, device);
     to.coarse_values = CopyTo(from.coarse_values, device);
+    to.cluster_of_position = CopyTo(from.cluster_of_position, device);
     // The index's KV stays a view of the layer's KV (stored once), as at ingest and load.
     const int64_t N = from.num_clustered();
     to.keys = keys.back().narrow(1, 0, N);

@@ -32,6 +32,8 @@ struct ModelInfo {
   int32_t eos_token_id = -1;
   std::string device;  // "cpu", "cuda:0"
   std::string dtype;   // compute dtype: "float32", "bfloat16"
+  // Whether the CUDA kernels serve squeezed attention (EngineOptions::attention_backend resolved).
+  bool squeezed_attention_on_kernels = false;
 };
 
 struct EngineOptions {
@@ -135,6 +137,11 @@ struct AttentionOptions {
   // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). On the GPU
   // kernel path one-level lookups add it after the kernels; hierarchical ones run on libtorch.
   bool estimate_pruned = true;
+  // Squeezed: each query head that concentrates on one context key also loads, at the next step,
+  // the cluster holding the key after it (squeeze/read_ahead.h: copying and induction heads read
+  // consecutive positions). Not in the GPU kernels yet: such generations run on libtorch there
+  // (the server's default is off where the kernels serve squeezed attention).
+  bool read_ahead = true;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kEos, kCancelled };

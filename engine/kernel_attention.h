@@ -22,6 +22,8 @@
 // non-empty fine clusters are then added as one key each (centroid logit + log size, mean value) by
 // a few batched libtorch ops per layer (sequences on one context together) and merged by LSE — the
 // libtorch path's result. One-level lookups only: hierarchical estimating generations run on libtorch.
+// Read-ahead (AttentionOptions::read_ahead, squeeze/read_ahead.h) is not in the kernels yet: such
+// generations run on libtorch.
 #pragma once
 
 #include <cstdint>

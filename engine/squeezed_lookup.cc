@@ -55,6 +55,8 @@ SqueezedLookup::SqueezedLookup(std::shared_ptr<const StoredContext> context, con
     : context_(std::move(context)), thresholds_(thresholds) {
   selection_.hierarchical = attention.hierarchical;
   selection_.estimate_pruned = attention.estimate_pruned;
+  selection_.read_ahead = attention.read_ahead;
+  if (attention.read_ahead) read_ahead_.resize(context_->index().size());
 }
 
 AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, bool per_token) {
@@ -65,7 +67,11 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   if (index.head_thresholds.defined()) {
     options.head_thresholds = index.head_thresholds[thresholds_.level][per_token ? 1 : 0];
   }
+  if (options.read_ahead) options.read_ahead_positions = read_ahead_[layer].next_position;
   squeeze::ContextAttention attended = squeeze::SparseContextAttention(index, queries, options);
+  if (options.read_ahead) {
+    read_ahead_[layer] = squeeze::AdvanceReadAhead(read_ahead_[layer], attended.top_position, attended.top_share);
+  }
 
   // kept_keys, centroid_comparisons: [H_kv, T'] (T' selections of this call); one host sync per
   // layer for the statistics, acceptable on the CPU reference path.

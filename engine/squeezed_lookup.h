@@ -5,12 +5,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
 #include "engine/attention.h"
 #include "engine/engine.h"
+#include "engine/squeeze/read_ahead.h"
 #include "engine/squeeze/sparse_attention.h"
 #include "engine/stored_context.h"
 
@@ -32,13 +34,13 @@ absl::StatusOr<LookupThresholds> ThresholdsFor(const ContextSummary& summary, co
 
 class SqueezedLookup {
  public:
-  // Uses attention.hierarchical and attention.estimate_pruned.
+  // Uses attention.hierarchical, attention.estimate_pruned and attention.read_ahead.
   SqueezedLookup(std::shared_ptr<const StoredContext> context, const AttentionOptions& attention,
                  LookupThresholds thresholds);
 
   // queries [H, n, D] of layer `layer`. per_token = false: one cluster set shared by the n tokens
   // with the prefill thresholds (prefill, as the authors); true: one set per token with the decode
-  // thresholds (decode).
+  // thresholds (decode). Calls come in token order (read-ahead follows the generation).
   AttentionPart Attend(int64_t layer, const at::Tensor& queries, bool per_token);
 
   bool hierarchical() const { return selection_.hierarchical; }
@@ -54,6 +56,7 @@ class SqueezedLookup {
   void FinishStep();
 
   bool estimate_pruned() const { return selection_.estimate_pruned; }
+  bool read_ahead() const { return selection_.read_ahead; }
   // Mean over layers, KV heads and steps of (selected clustered keys + window keys + half a row per
   // pruned cluster whose mean value the estimate reads) / context tokens.
   double kv_fraction_loaded() const { return steps_ == 0 ? 1.0 : kv_fraction_sum_ / steps_; }
@@ -64,6 +67,7 @@ class SqueezedLookup {
   std::shared_ptr<const StoredContext> context_;
   squeeze::SelectionOptions selection_;  // thresholds unset: chosen per call
   LookupThresholds thresholds_;
+  std::vector<squeeze::ReadAheadCursor> read_ahead_;  // per layer (with attention.read_ahead)
   // Sums over the layers (and the selections of a per-token call) of the current step.
   double step_fraction_ = 0, step_comparisons_ = 0;
   int64_t step_samples_ = 0;

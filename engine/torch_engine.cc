@@ -351,6 +351,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids[0];
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
+  info.squeezed_attention_on_kernels = *use_kernels;
   LogEngineLoaded(info, c.sliding_window);
   LogAttentionBackend(*use_kernels ? "kernels" : "torch", backend_reason);
   return std::unique_ptr<Engine>(std::move(engine));
@@ -427,8 +428,10 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   std::unique_ptr<KernelSequence> kernel;
   try {
     const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
-    // The kernel path estimates pruned clusters for one-level lookups only (kernel_attention.h).
-    const bool kernels_fit = !(lookup && lookup->estimate_pruned() && lookup->hierarchical());
+    // The kernel path estimates pruned clusters for one-level lookups only and has no read-ahead
+    // yet (kernel_attention.h).
+    const bool kernels_fit =
+        !(lookup && (lookup->read_ahead() || (lookup->estimate_pruned() && lookup->hierarchical())));
     if (lookup && kernels_fit && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
       kernel = std::make_unique<KernelSequence>();
       kernel->context = stored;

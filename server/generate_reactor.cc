@@ -105,7 +105,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     if (!sampling.ok()) return sampling.status();
     sampling->prompt_logprobs = request.include_prompt_logprobs();
     absl::StatusOr<AttentionOptions> attention =
-        ResolveAttention(request.attention(), context->summary(), core_->config.defaults);
+        ResolveAttention(request.attention(), context->summary(), core_->defaults);
     if (!attention.ok()) return attention.status();
     attention_ = *attention;
 

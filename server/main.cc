@@ -98,6 +98,11 @@ ABSL_FLAG(std::string, default_pruned, "estimated",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
           "(each still attends as one key: its centroid, weighing its size, with its mean value) or dropped "
           "(left out, as the paper; the fastest GPU path).");
+ABSL_FLAG(std::string, default_read_ahead, "auto",
+          "Read-ahead for squeezed requests that leave attention.read_ahead unset: on (a query head that "
+          "concentrates on one context key also loads the cluster of the key after it at the next token; "
+          "keeps copying on track), off (the paper's lookup), or auto: on, unless the CUDA kernels serve "
+          "squeezed attention (they have no read-ahead yet; a request asking for it runs on libtorch).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
 ABSL_FLAG(std::string, log_level, "info", "Log level on stderr: trace, debug, info, warn, error, critical, off.");
 
@@ -154,6 +159,13 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     config.defaults.estimate_pruned = pruned == "estimated";
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be estimated or dropped, got ", pruned));
+  }
+  if (const std::string ahead = absl::GetFlag(FLAGS_default_read_ahead);
+      ahead == "auto" || ahead == "on" || ahead == "off") {
+    config.defaults.read_ahead_auto = ahead == "auto";
+    config.defaults.read_ahead = ahead != "off";
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--default_read_ahead must be auto, on or off, got ", ahead));
   }
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);

@@ -112,6 +112,7 @@ pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const Attentio
   out.set_hierarchical(attention.hierarchical);
   if (attention.mode == AttentionMode::kSqueezed) {
     out.set_pruned(attention.estimate_pruned ? pb::AttentionOptions::ESTIMATED : pb::AttentionOptions::DROPPED);
+    out.set_read_ahead(attention.read_ahead ? pb::AttentionOptions::READ_AHEAD_ON : pb::AttentionOptions::READ_AHEAD_OFF);
   }
   return out;
 }

@@ -25,6 +25,12 @@ struct ServerDefaults {
   AttentionMode mode = AttentionMode::kSqueezed;
   float sparsity = 0.7f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
+  // attention.read_ahead unset: ON (true) or OFF. With read_ahead_auto (--default_read_ahead auto)
+  // it is set when the model has loaded (SqueezeserveService::SetEngine): on, unless the CUDA
+  // kernels serve squeezed attention (they have no read-ahead yet; on would send every squeezed
+  // generation to libtorch).
+  bool read_ahead = true;
+  bool read_ahead_auto = true;
 };
 
 struct ServerConfig {

@@ -35,6 +35,11 @@ SqueezeserveService::~SqueezeserveService() = default;
 
 void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
   engine_ = std::move(engine);
+  ServerDefaults& defaults = core_.defaults;
+  if (defaults.read_ahead_auto) {
+    defaults.read_ahead = !engine_->model_info().squeezed_attention_on_kernels;
+    spdlog::info("read-ahead by default: {}", defaults.read_ahead ? "on" : "off (the CUDA kernels have none yet)");
+  }
   core_.store.AttachDirectory(engine_.get(), core_.config.store_dir);
   core_.store.SetResidentLimit(core_.config.max_resident_context_bytes);
   core_.store.SetHostLimit(core_.config.max_host_context_bytes);

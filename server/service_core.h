@@ -23,6 +23,7 @@ namespace squeezeserve::server {
 struct ServiceCore {
   explicit ServiceCore(ServerConfig server_config)
       : config(std::move(server_config)),
+        defaults(config.defaults),
         auth(config.auth_tokens),
         pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams, config.limits.max_queued_requests)),
         scheduler(MakeScheduler()) {}
@@ -63,6 +64,10 @@ struct ServiceCore {
   }
 
   const ServerConfig config;
+  // What requests that leave a field unset get: config.defaults, with its "auto" values resolved
+  // against the engine by SqueezeserveService::SetEngine before the engine is published (RPCs read
+  // it only once they see the engine).
+  ServerDefaults defaults;
   StatusCounter counter;
   const TokenAuthenticator auth;
   ServerMetrics metrics;

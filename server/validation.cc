@@ -219,10 +219,24 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
     default:
       return FieldError("attention.pruned", absl::StrCat("unknown value ", static_cast<int>(proto.pruned())));
   }
+  switch (proto.read_ahead()) {
+    case pb::AttentionOptions::READ_AHEAD_UNSPECIFIED:
+      out.read_ahead = defaults.read_ahead;
+      break;
+    case pb::AttentionOptions::READ_AHEAD_ON:
+      out.read_ahead = true;
+      break;
+    case pb::AttentionOptions::READ_AHEAD_OFF:
+      out.read_ahead = false;
+      break;
+    default:
+      return FieldError("attention.read_ahead", absl::StrCat("unknown value ", static_cast<int>(proto.read_ahead())));
+  }
   if (out.mode == AttentionMode::kDense) {
     out.sparsity = 0;
     out.hierarchical = false;
     out.estimate_pruned = false;
+    out.read_ahead = false;
     return out;
   }
 

@@ -48,8 +48,9 @@ ABSL_FLAG(std::string, lengths, "",
           "Only contexts of these target lengths, comma-separated tokens (e.g. 4096,8192; empty = all).");
 ABSL_FLAG(std::string, configs, "all",
           "Configurations: all, or a comma-separated list of dense, flatNN, hierNN (NN = sparsity %, "
-          "e.g. dense,flat90,hier90); a squeezed one with the suffix -dropped (flat90-dropped) leaves "
-          "pruned clusters out as the paper, otherwise the server's default (it estimates them).");
+          "e.g. dense,flat90,hier90); a squeezed one with the suffixes -noahead (read-ahead off) and "
+          "-dropped (pruned clusters left out), in that order (flat90-noahead-dropped = the paper's lookup); "
+          "otherwise the server's defaults (read-ahead on, pruned clusters estimated).");
 ABSL_FLAG(int32_t, concurrency, 8,
           "Generate calls in flight at once (the server batches them; keep <= its --max_concurrent_streams).");
 ABSL_FLAG(double, timeout, 900, "Deadline of each RPC in seconds (ingest included).");
@@ -270,6 +271,7 @@ class Evaluator {
     attention->set_sparsity(config.sparsity);
     attention->set_hierarchical(config.hierarchical);
     if (config.dropped) attention->set_pruned(pb::AttentionOptions::DROPPED);
+    if (config.no_read_ahead) attention->set_read_ahead(pb::AttentionOptions::READ_AHEAD_OFF);
     request.set_include_prompt_logprobs(query.answer.empty());
 
     Outcome outcome;

@@ -18,8 +18,9 @@ constexpr int kSparsityPercents[] = {50, 70, 80, 90};
 const char* const kTaskOrder[] = {"kv_retrieval", "passkey", "function_copy"};
 
 constexpr absl::string_view kDroppedSuffix = "-dropped";
+constexpr absl::string_view kNoAheadSuffix = "-noahead";
 
-Config MakeConfig(bool squeezed, int percent, bool hierarchical, bool dropped = false) {
+Config MakeConfig(bool squeezed, int percent, bool hierarchical, bool dropped = false, bool no_read_ahead = false) {
   Config c;
   c.squeezed = squeezed;
   if (!squeezed) {
@@ -29,9 +30,11 @@ Config MakeConfig(bool squeezed, int percent, bool hierarchical, bool dropped = 
   c.sparsity = static_cast<float>(percent) / 100.0f;
   c.hierarchical = hierarchical;
   c.dropped = dropped;
-  c.name = absl::StrCat(hierarchical ? "hier" : "flat", percent, dropped ? kDroppedSuffix : "");
+  c.no_read_ahead = no_read_ahead;
+  c.name = absl::StrCat(hierarchical ? "hier" : "flat", percent, no_read_ahead ? kNoAheadSuffix : "",
+                        dropped ? kDroppedSuffix : "");
   c.label = absl::StrCat(hierarchical ? "hierarchical " : "squeezed 1-level ", percent, "%",
-                         dropped ? ", pruned dropped" : "");
+                         no_read_ahead ? ", no read-ahead" : "", dropped ? ", pruned dropped" : "");
   return c;
 }
 
@@ -55,9 +58,10 @@ std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::st
   for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipWhitespace())) {
     absl::string_view stripped = absl::StripAsciiWhitespace(part);
     const bool dropped = absl::ConsumeSuffix(&stripped, kDroppedSuffix);
+    const bool no_read_ahead = absl::ConsumeSuffix(&stripped, kNoAheadSuffix);
     const std::string name(stripped);
     int percent = 0;
-    if (name == "dense" && !dropped) {
+    if (name == "dense" && !dropped && !no_read_ahead) {
       out.push_back(MakeConfig(false, 0, false));
     } else if ((absl::StartsWith(name, "flat") && absl::SimpleAtoi(name.substr(4), &percent)) ||
                (absl::StartsWith(name, "hier") && absl::SimpleAtoi(name.substr(4), &percent))) {
@@ -65,11 +69,11 @@ std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::st
         *error = absl::StrCat("--configs: ", name, ": the sparsity must be a percentage in (0, 100)");
         return std::nullopt;
       }
-      out.push_back(MakeConfig(true, percent, absl::StartsWith(name, "hier"), dropped));
+      out.push_back(MakeConfig(true, percent, absl::StartsWith(name, "hier"), dropped, no_read_ahead));
     } else {
       *error = absl::StrCat("--configs: unknown configuration \"", part,
-                            "\" (dense, flatNN, hierNN with NN a sparsity percentage and an optional "
-                            "-dropped suffix, or all)");
+                            "\" (dense, flatNN, hierNN with NN a sparsity percentage and the optional "
+                            "suffixes -noahead and -dropped in that order, or all)");
       return std::nullopt;
     }
   }
@@ -216,7 +220,8 @@ nlohmann::json Results::ToJson() const {
                        {"mode", c.squeezed ? "squeezed" : "dense"},
                        {"sparsity", c.sparsity},
                        {"hierarchical", c.hierarchical},
-                       {"pruned", !c.squeezed ? "" : c.dropped ? "dropped" : "server default"}});
+                       {"pruned", !c.squeezed ? "" : c.dropped ? "dropped" : "server default"},
+                       {"read_ahead", !c.squeezed ? "" : c.no_read_ahead ? "off" : "server default"}});
   }
   return {{"configs", configs}, {"results", results}, {"summary", summary}};
 }

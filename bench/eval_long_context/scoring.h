@@ -21,12 +21,14 @@ struct Config {
   float sparsity = 0;
   bool hierarchical = false;
   bool dropped = false;  // AttentionOptions.pruned = DROPPED (the paper) instead of the server default
+  bool no_read_ahead = false;  // AttentionOptions.read_ahead = OFF (the paper) instead of the server default
 };
 
 // "all" (dense + flat and hierarchical at 50/70/80/90%), or a comma-separated list of names:
 // "dense", "flatNN", "hierNN" with NN a sparsity percentage, each squeezed one optionally with the
-// suffix "-dropped" (pruned clusters left out, as the paper; default: the server's, which
-// estimates them). nullopt (message in *error) otherwise.
+// suffixes "-noahead" (no read-ahead) and "-dropped" (pruned clusters left out), in that order:
+// "flat90-noahead-dropped" is the paper's lookup; without them, the server's defaults (read-ahead
+// on, pruned clusters estimated). nullopt (message in *error) otherwise.
 std::optional<std::vector<Config>> ParseConfigs(const std::string& spec, std::string* error);
 
 // The scoring rule: the answer counts as correct iff, after removing leading and trailing whitespace

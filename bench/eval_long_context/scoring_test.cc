@@ -59,6 +59,21 @@ TEST(Configs, DroppedSuffixAsksThePapersPruning) {
   EXPECT_NE(error.find("dense-dropped"), std::string::npos);
 }
 
+TEST(Configs, NoAheadSuffixTurnsReadAheadOffAndCombinesWithDropped) {
+  std::string error;
+  auto configs = ParseConfigs("flat90-noahead,hier90-noahead-dropped", &error);
+  ASSERT_TRUE(configs) << error;
+  ASSERT_EQ(configs->size(), 2u);
+  EXPECT_TRUE((*configs)[0].no_read_ahead && !(*configs)[0].dropped);
+  EXPECT_EQ((*configs)[0].name, "flat90-noahead");
+  EXPECT_EQ((*configs)[0].label, "squeezed 1-level 90%, no read-ahead");
+  EXPECT_TRUE((*configs)[1].no_read_ahead && (*configs)[1].dropped && (*configs)[1].hierarchical);
+  EXPECT_EQ((*configs)[1].name, "hier90-noahead-dropped");
+  EXPECT_FALSE((*ParseConfigs("flat90", &error))[0].no_read_ahead);
+  EXPECT_FALSE(ParseConfigs("dense-noahead", &error));
+  EXPECT_FALSE(ParseConfigs("flat90-dropped-noahead", &error));  // one order only
+}
+
 TEST(Results, TableHasOneRowPerConfigAndATaskColumnEach) {
   std::string error;
   Results results(*ParseConfigs("dense,flat90", &error));

@@ -54,6 +54,7 @@ struct Cli {
   float sparsity = 0;
   bool hierarchical = false;
   std::string pruned;  // "", "estimated", "dropped"
+  std::string read_ahead;  // "", "on", "off"
   bool logprobs = false;
   bool prompt_logprobs = false;
 };

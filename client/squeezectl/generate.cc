@@ -68,6 +68,14 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
     UsageError("generate: --pruned must be estimated or dropped");
     return std::nullopt;
   }
+  if (cli.read_ahead == "on") {
+    attention->set_read_ahead(pb::AttentionOptions::READ_AHEAD_ON);
+  } else if (cli.read_ahead == "off") {
+    attention->set_read_ahead(pb::AttentionOptions::READ_AHEAD_OFF);
+  } else if (!cli.read_ahead.empty()) {
+    UsageError("generate: --read_ahead must be on or off");
+    return std::nullopt;
+  }
   request.set_include_logprobs(cli.logprobs);
   request.set_include_prompt_logprobs(cli.prompt_logprobs);
   return request;

@@ -58,6 +58,9 @@ ABSL_FLAG(bool, hierarchical, false, "generate: use the hierarchical centroid lo
 ABSL_FLAG(std::string, pruned, "",
           "generate: what becomes of pruned clusters, estimated (each attends as one key: centroid, size, "
           "mean value) or dropped (as the paper; the fastest GPU path); empty = server default (estimated).");
+ABSL_FLAG(std::string, read_ahead, "",
+          "generate: read-ahead on (a query head that concentrates on one context key also loads the cluster "
+          "of the key after it at the next token) or off (the paper's lookup); empty = server default (on).");
 ABSL_FLAG(bool, logprobs, false, "generate: return per-token log-probabilities (shown with --json).");
 ABSL_FLAG(bool, prompt_logprobs, false,
           "generate: return the prompt tokens' teacher-forced log-probabilities (shown with --json).");
@@ -91,8 +94,8 @@ const std::map<std::string, Command>& Commands() {
         "squeezectl generate --context ID (--prompt TEXT | --prompt_file PATH | --tokens 1,2,3)\n"
         "                    [--max_new_tokens N] [--temperature T] [--top_p P] [--top_k K] [--seed S]\n"
         "                    [--stop a,b] [--ignore_eos] [--mode dense|squeezed] [--sparsity X]\n"
-        "                    [--hierarchical] [--pruned estimated|dropped] [--logprobs] [--prompt_logprobs]\n"
-        "                    [--json]\n"
+        "                    [--hierarchical] [--pruned estimated|dropped] [--read_ahead on|off]\n"
+        "                    [--logprobs] [--prompt_logprobs] [--json]\n"
         "  Streams the answer to a query appended to a stored context. Text goes to stdout as it arrives\n"
         "  and a usage line to stderr; --json prints one object with token_ids, logprobs, text,\n"
         "  finish_reason, usage and stats (and prompt_logprobs with --prompt_logprobs) instead."}},
@@ -151,6 +154,7 @@ Cli ReadFlags(std::vector<std::string> args) {
   cli.sparsity = absl::GetFlag(FLAGS_sparsity);
   cli.hierarchical = absl::GetFlag(FLAGS_hierarchical);
   cli.pruned = absl::GetFlag(FLAGS_pruned);
+  cli.read_ahead = absl::GetFlag(FLAGS_read_ahead);
   cli.logprobs = absl::GetFlag(FLAGS_logprobs);
   cli.prompt_logprobs = absl::GetFlag(FLAGS_prompt_logprobs);
   return cli;

@@ -54,10 +54,14 @@ at::Tensor CoarseSizes(const LayerIndex& index) {
   return SizesFromOffsets(key_offsets);
 }
 
-void AddClusterMeanValues(LayerIndex* index) {
+void AddDerivedTensors(LayerIndex* index) {
   const int64_t N = index->num_clustered(), K = index->num_clusters();
+  const at::Tensor cluster_of_row = SegmentOfPosition(index->cluster_offsets, N);  // [H, N]
+  index->cluster_of_position =
+      at::empty_like(cluster_of_row, cluster_of_row.options().dtype(at::kInt))
+          .scatter_(1, index->perm.to(at::kLong), cluster_of_row.to(at::kInt));
   const at::Tensor values = index->values.to(at::kFloat);
-  const at::Tensor sums = BatchedSegmentSum(SegmentOfPosition(index->cluster_offsets, N), values, K);  // [H, K, Dv]
+  const at::Tensor sums = BatchedSegmentSum(cluster_of_row, values, K);  // [H, K, Dv]
   const at::Tensor sizes = FineSizes(*index).to(at::kFloat).unsqueeze(-1);
   index->cluster_values = (sums / sizes.clamp_min(1)).to(index->values.scalar_type());
   if (index->levels == 2) {
@@ -95,7 +99,7 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
       index.coarse_centroids = index.centroids.clone();
       index.coarse_offsets = index.cluster_offsets.clone();
     }
-    AddClusterMeanValues(&index);
+    AddDerivedTensors(&index);
     return index;
   }
 
@@ -138,7 +142,7 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   index.values = GatherRows(values_c, perm);
   index.centroids = centroids.contiguous();
   index.cluster_offsets = OffsetsFromSizes(sizes);
-  AddClusterMeanValues(&index);
+  AddDerivedTensors(&index);
   return index;
 }
 

@@ -25,10 +25,13 @@ struct LayerIndex {
   at::Tensor coarse_centroids;  // [H, Kc, D] float32 (levels == 2): mean of member fine centroids
   at::Tensor coarse_offsets;    // [H, Kc+1] int32 into the fine cluster ids (levels == 2)
   // Mean value of each cluster's keys, in the dtype of `values` (derived from values and offsets
-  // by AddClusterMeanValues, not stored in the index files): a pruned cluster can then still
+  // by AddDerivedTensors, not stored in the index files): a pruned cluster can then still
   // attend as one key, its centroid, weighing its size (SelectionOptions::estimate_pruned).
   at::Tensor cluster_values;   // [H, K, Dv]
   at::Tensor coarse_values;    // [H, Kc, Dv] (levels == 2): over all keys of the coarse cluster
+  // Fine cluster of each clustered position p in [0, N) (derived by AddDerivedTensors, not stored):
+  // read-ahead (read_ahead.h) loads the cluster holding a given position.
+  at::Tensor cluster_of_position;  // [H, N] int32
   at::Tensor window_keys;       // [H, W, D] last W tokens, original order
   at::Tensor window_values;     // [H, W, Dv]
   // Calibrated thresholds per KV head (calibration.h): [S, 2, 3, H] float32 on the index device,
@@ -48,9 +51,10 @@ at::Tensor FineSizes(const LayerIndex& index);     // [H, K] int64 keys per fine
 at::Tensor CoarseSizes(const LayerIndex& index);   // [H, Kc] int64 keys per coarse cluster
 at::Tensor CoarseParent(const LayerIndex& index);  // [H, K] int64 coarse cluster of each fine one
 
-// Sets index->cluster_values (and coarse_values) from its sorted values and offsets: one segment
-// sum over the clustered rows, in fp32, stored in the values' dtype. Empty clusters get zeros.
-void AddClusterMeanValues(LayerIndex* index);
+// Sets the tensors derived from the stored ones: cluster_values (and coarse_values) from the sorted
+// values and offsets (one segment sum over the clustered rows, in fp32, stored in the values'
+// dtype; empty clusters get zeros), and cluster_of_position from perm and the offsets.
+void AddDerivedTensors(LayerIndex* index);
 
 // (stage: "fine" or "coarse", Lloyd iteration, fraction of labels changed)
 using ClusteringProgressFn = std::function<void(std::string_view, int, double)>;

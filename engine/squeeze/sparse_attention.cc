@@ -3,6 +3,7 @@
 #include <limits>
 #include <utility>
 
+#include "engine/squeeze/read_ahead.h"
 #include "engine/squeeze/scoring.h"
 #include "engine/squeeze/tensor_util.h"
 
@@ -22,14 +23,16 @@ at::Tensor HeadTau(const SelectionOptions& options, ThresholdKind kind, int64_t 
 }
 
 // 1-level lookup: every fine centroid is scored with the fine denominator.
+// `forced` [H, K] bool (or undefined): clusters selected whatever their score (read-ahead).
 ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                const at::Tensor& tau, bool estimate_pruned) {
+                                const at::Tensor& tau, const at::Tensor& forced, bool estimate_pruned) {
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor sizes = FineSizes(index);
   const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
   const at::Tensor score = GroupScore(z, LogDenominator(z, sizes), G);    // [H, T', K]
   ClusterSelection sel;
   sel.selected = (score > tau) & (sizes > 0).unsqueeze(1);
+  if (forced.defined()) sel.selected.logical_or_(forced.unsqueeze(1));
   sel.centroid_comparisons = at::full({H, Tp}, K, sizes.options());
   if (estimate_pruned) {
     sel.pruned_logits = PrunedClusterLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}), sel.selected);
@@ -41,17 +44,24 @@ ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, in
 // Hierarchical lookup with a real expansion: the coarse level is scored in full, then only the
 // fine children of kept coarse clusters are gathered and scored, against the coarse denominator.
 ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                    const at::Tensor& tau_coarse, const at::Tensor& tau_fine, bool estimate_pruned) {
+                                    const at::Tensor& tau_coarse, const at::Tensor& tau_fine, const at::Tensor& forced,
+                                    bool estimate_pruned) {
   TORCH_CHECK(index.levels == 2, "hierarchical lookup needs a 2-level index");
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor coarse_sizes = CoarseSizes(index);
   const at::Tensor zc = CentroidLogits(q, index.coarse_centroids, coarse_sizes, scale);  // [H, T', M, Kc]
   const at::Tensor logden = LogDenominator(zc, coarse_sizes);                             // [H, T', M]
-  const at::Tensor coarse_kept = GroupScore(zc, logden, G) > tau_coarse;                  // [H, T', Kc]
+  at::Tensor coarse_kept = GroupScore(zc, logden, G) > tau_coarse;                        // [H, T', Kc]
+  const at::Tensor parent_of = CoarseParent(index);                                       // [H, K]
+  if (forced.defined()) {  // a forced fine cluster's parent is expanded
+    const at::Tensor forced_parent = at::zeros({H, index.num_coarse_clusters()}, parent_of.options())
+                                         .scatter_reduce_(1, parent_of, forced.to(at::kLong), "amax", true);
+    coarse_kept.logical_or_((forced_parent > 0).unsqueeze(1));
+  }
 
   // Fine clusters to expand: children of kept coarse clusters, non-empty.
   const at::Tensor sizes = FineSizes(index);
-  const at::Tensor parent = CoarseParent(index).unsqueeze(1).expand({H, Tp, K});
+  const at::Tensor parent = parent_of.unsqueeze(1).expand({H, Tp, K});
   const at::Tensor expand = coarse_kept.gather(2, parent) & (sizes > 0).unsqueeze(1);  // [H, T', K]
   const Compacted cand = CompactMask(expand);  // candidate fine ids packed first, [H, T', C]
   const int64_t C = cand.index.size(2);
@@ -70,7 +80,9 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
       GatherRows(index.centroids, cand.index.reshape({H, Tp * C})).view({H, Tp, C, D});
   const at::Tensor cand_sizes = sizes.gather(1, cand.index.reshape({H, Tp * C})).view({H, Tp, C});
   const at::Tensor z = CentroidLogits(q, cand_centroids, cand_sizes, scale);  // [H, T', M, C]
-  const at::Tensor keep = (GroupScore(z, logden, G) > tau_fine) & cand.valid;
+  at::Tensor keep = GroupScore(z, logden, G) > tau_fine;
+  if (forced.defined()) keep.logical_or_(forced.unsqueeze(1).expand({H, Tp, K}).gather(2, cand.index));
+  keep = keep & cand.valid;
   sel.selected.scatter_(2, cand.index, keep);  // cand.index is a permutation prefix: no collisions
   if (estimate_pruned) {  // expanded but pruned fine clusters (padding is −inf: empty size 0 → log 0)
     const at::Tensor fine_logits = PrunedClusterLogits(z, cand_sizes * cand.valid.to(at::kLong), keep);
@@ -93,18 +105,21 @@ ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queri
   } else {
     const double scale = SoftmaxScale(options.softmax_scale, index.centroids.size(2));
     TORCH_CHECK(!options.estimate_pruned || index.cluster_values.defined(),
-                "estimate_pruned needs the index's cluster mean values (AddClusterMeanValues)");
+                "estimate_pruned needs the index's cluster mean values (AddDerivedTensors)");
+    const at::Tensor forced = options.read_ahead && options.read_ahead_positions.defined()
+                                  ? ClustersAtPositions(index, options.read_ahead_positions)
+                                  : at::Tensor();
     sel = options.hierarchical
               ? SelectHierarchical(index, q, G, scale, HeadTau(options, kCoarse, H, q), HeadTau(options, kFine, H, q),
-                                   options.estimate_pruned)
-              : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q), options.estimate_pruned);
+                                   forced, options.estimate_pruned)
+              : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q), forced, options.estimate_pruned);
   }
   sel.kept_keys = (FineSizes(index).unsqueeze(1) * sel.selected.to(at::kLong)).sum(-1);
   return sel;
 }
 
 ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queries, const ClusterSelection& selection,
-                                double softmax_scale) {
+                                double softmax_scale, bool locate_top) {
   const int64_t H = index.num_heads(), G = queries.size(0) / H, N = index.num_clustered();
   const int64_t D = index.keys.size(2), Dv = index.values.size(2), W = index.window();
   // One selection for all tokens (T' = 1) or one per token (T' = T); for T = 1 both layouts agree.
@@ -152,12 +167,28 @@ ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queri
   result.out = UngroupQueries(out, G, per_token);
   result.lse = UngroupQueries(lse, G, per_token).squeeze(-1);
   result.selection = selection;
+  if (locate_top) {
+    // The most attended selected row per (selection, query row), its share, and its position.
+    const at::Tensor share = (logits.narrow(-1, 0, R) - shift).exp();  // [H, T', M, R]
+    at::Tensor best = at::zeros({H, Tp, q.size(2)}, share.options());
+    at::Tensor position = at::full({H, Tp, q.size(2)}, -1, rows.index.options());
+    if (R > 0) {
+      const auto [top, arg] = share.max(-1);
+      const at::Tensor row = rows.index.gather(2, arg);  // [H, T', M] sorted row
+      best = top;
+      position = at::where(top > 0, index.perm.to(at::kLong).gather(1, row.reshape({H, -1})).view_as(row),
+                           at::full_like(row, -1));
+    }
+    result.top_position = UngroupQueries(position.unsqueeze(-1), G, per_token).squeeze(-1);
+    result.top_share = UngroupQueries(best.unsqueeze(-1), G, per_token).squeeze(-1);
+  }
   return result;
 }
 
 ContextAttention SparseContextAttention(const LayerIndex& index, const at::Tensor& queries,
                                         const SelectionOptions& options) {
-  return AttendSelected(index, queries, SelectClusters(index, queries, options), options.softmax_scale);
+  return AttendSelected(index, queries, SelectClusters(index, queries, options), options.softmax_scale,
+                        options.read_ahead);
 }
 
 std::pair<at::Tensor, at::Tensor> MergeAttention(const at::Tensor& out_a, const at::Tensor& lse_a,

@@ -31,6 +31,11 @@ struct SelectionOptions {
   // and dropping 90% of that mass derails the hidden state (docs/index_layout.md "Pruned-cluster
   // estimate"). Costs no extra centroid comparisons: the logits are the selection's.
   bool estimate_pruned = false;
+  // Read-ahead (read_ahead.h): the fine clusters holding these context positions ([H_q] int64,
+  // −1 = none; undefined = none) are selected whatever their score (hierarchical: their coarse
+  // parents expanded too), and AttendSelected reports each query head's most attended key.
+  bool read_ahead = false;
+  at::Tensor read_ahead_positions;
 };
 
 struct ClusterSelection {
@@ -50,6 +55,11 @@ struct ContextAttention {
   at::Tensor out;  // [H_q, T, Dv] float32, normalized over the selected keys + window
   at::Tensor lse;  // [H_q, T] float32 natural-log sum of exp(s·q·k); −inf when nothing attended
   ClusterSelection selection;
+  // With locate_top (read-ahead; else undefined): per query head and token, the context position
+  // of its most attended key among the selected clusters (−1 when none) and that key's share of
+  // the head's context attention (selected + window + pruned estimate). [H_q, T] int64 / float32.
+  at::Tensor top_position;
+  at::Tensor top_share;
 };
 
 // queries: post-RoPE [H_q, T, D] of the current tokens. Requires levels == 2 for hierarchical.
@@ -58,9 +68,9 @@ ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queri
 // Exact attention of `queries` over the rows of the selected clusters plus the window, plus the
 // pruned clusters' estimate when the selection carries one.
 ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queries, const ClusterSelection& selection,
-                                double softmax_scale = 0);
+                                double softmax_scale = 0, bool locate_top = false);
 
-// SelectClusters + AttendSelected.
+// SelectClusters + AttendSelected (locating the top keys with options.read_ahead).
 ContextAttention SparseContextAttention(const LayerIndex& index, const at::Tensor& queries,
                                         const SelectionOptions& options);
 

@@ -5,7 +5,8 @@
 # Run from the repo root there with .gpu-deps/ carried:
 #   OUT=... [MODEL=models/small] [EVAL_LENGTHS=16384,32768] [TASK_LENGTHS=4K,8K,16K,32K] \
 #     [CONTEXTS=2] [QUERIES=24] [CONCURRENCY=16] [END_BY_S=300] [CONFIGS=all] [FLOOR_SHARES=0] \
-#     [TASKS_ONLY=kv_retrieval,passkey] scripts/gpu/eval_long_context.sh
+#     [TASKS_ONLY=kv_retrieval,passkey] [SEED=0] scripts/gpu/eval_long_context.sh
+# SEED: make_tasks.py --seed (another seed = another held-out draw of the same kind of tasks).
 # TASKS_ONLY: evaluate only these tasks (function_copy's long outputs dominate the time: the small
 # model's group of 3 query heads per KV head is not a kernel shape, so squeezed decode runs on libtorch).
 # FLOOR_SHARES: one evaluation per value of longctx_eval --head_floor_share (0 = the server's default,
@@ -36,7 +37,7 @@ floor_shares=${FLOOR_SHARES:-0}
 # The tasks (one CPU core, ~30 s) are made while the project builds.
 export PYTHONUNBUFFERED=1
 python3 bench/eval_long_context/make_tasks.py --out "$OUT/tasks_longctx.jsonl" --lengths "$task_lengths" \
-  --contexts_per_task "$contexts" --queries "$queries" --tokenizer "$model/tokenizer.model" \
+  --contexts_per_task "$contexts" --queries "$queries" --tokenizer "$model/tokenizer.model" --seed "${SEED:-0}" \
   > /tmp/make_tasks.log 2>&1 &
 tasks=$!
 # BENCH=ON explicitly: kernel_path_check.sh caches it OFF in build-gpu/.

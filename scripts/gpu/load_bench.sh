@@ -9,7 +9,7 @@ duration=${1:-10}
 source scripts/gpu/build.sh -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF > "$OUT/build.log" 2>&1 \
   || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; exit 1; }
 log="$OUT/server.log"
-build-gpu/server/squeezeserve --model models/reference/llama-gqa-llama3rope-tied --device cuda --default_pruned dropped \
+build-gpu/server/squeezeserve --model models/reference/llama-gqa-llama3rope-tied --device cuda --default_pruned dropped --default_read_ahead off \
   --listen 127.0.0.1:50987 --max_concurrent_streams=32 --max_queued_requests=64 --log_level=warn >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

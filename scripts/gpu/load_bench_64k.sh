@@ -10,7 +10,7 @@ OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 model=/tmp/llama2-7b-shape-4
 [ -f $model/config.json ] || python3 scripts/gpu/make_random_checkpoint.py $model --layers 4 --shape llama2-7b
-build-gpu/server/squeezeserve --model $model --device cuda --default_pruned dropped --listen 127.0.0.1:50990 --max_concurrent_streams 16 \
+build-gpu/server/squeezeserve --model $model --device cuda --default_pruned dropped --default_read_ahead off --listen 127.0.0.1:50990 --max_concurrent_streams 16 \
   --max_query_tokens 8192 --log_level warn > "$OUT/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

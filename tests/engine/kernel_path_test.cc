@@ -230,6 +230,7 @@ std::unique_ptr<Sequence> StartSequence(GpuSetup& setup, const std::shared_ptr<c
   AttentionOptions attention;
   attention.hierarchical = c.hierarchical;
   attention.estimate_pruned = c.estimate_pruned;
+  attention.read_ahead = false;  // not in the kernels: both sides without it
   seq->lookup.emplace(context, attention, c.thresholds);
   if (kernels) {
     seq->kernel = std::make_unique<KernelSequence>();
@@ -482,6 +483,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
       attention.sparsity = sparsity;
       attention.hierarchical = hierarchical;
       attention.estimate_pruned = false;  // the kernels' rule (an estimating generation runs on libtorch)
+      attention.read_ahead = false;       // likewise
       auto a = kernels->StartGeneration(*on_kernels, RandomTokens(30, 128, 6), sampling, attention);
       auto b = torch->StartGeneration(*on_torch, RandomTokens(30, 128, 6), sampling, attention);
       ASSERT_TRUE(a.ok() && b.ok());
@@ -502,6 +504,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
     attention.sparsity = 0.9f;
     attention.hierarchical = i == 1;
     attention.estimate_pruned = false;
+    attention.read_ahead = false;
     auto g = kernels->StartGeneration(*on_kernels, RandomTokens(10 + i, 128, 30 + i), sampling, attention);
     ASSERT_TRUE(g.ok()) << g.status();
     generations.push_back(std::move(*g));

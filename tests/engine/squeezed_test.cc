@@ -16,6 +16,8 @@
 #include "engine/context_files.h"
 #include "engine/engine.h"
 #include "engine/safetensors.h"
+#include "engine/squeezed_lookup.h"
+#include "engine/stored_context.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/tiny_checkpoint.h"
 
@@ -240,6 +242,48 @@ TEST(SqueezedEngineTest, PrunedEstimateStaysCloserToDenseThanDropping) {
   EXPECT_LT(error_estimated, 0.5 * error_dropped) << "estimated " << error_estimated << ", dropped " << error_dropped;
   EXPECT_GT(with_estimate.kv_fraction_loaded, without.kv_fraction_loaded);
   EXPECT_LT(with_estimate.kv_fraction_loaded, 0.5);
+}
+
+// Read-ahead through a generation's lookup: after a query prefill whose every query head points at
+// context position 100, the next (decode) step — pointed elsewhere — also loads the cluster holding
+// position 101: more keys than the same two steps without read-ahead, by at most one cluster per KV
+// head (its query heads all point at the same position).
+TEST(SqueezedEngineTest, ReadAheadLoadsTheClusterAfterAConcentratedKeyAtTheNextStep) {
+  const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
+  auto engine = LoadEngine(ref.dir);
+  ASSERT_TRUE(engine);
+  auto stored = std::dynamic_pointer_cast<const StoredContext>(
+      IngestOrDie(*engine, LongContext(ref, 600), TestIndex(1, {0.9f})));
+  ASSERT_TRUE(stored);
+  const squeeze::LayerIndex& index = stored->index()[0];
+  const int64_t H = index.num_heads(), G = engine->model_info().num_attention_heads / H;
+  ASSERT_GT(index.num_clustered(), 400);
+  auto aimed_at = [&](int64_t position) {  // [H_q, 1, D]: every query head points at `position`
+    std::vector<at::Tensor> rows;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t row = (index.perm[h] == position).nonzero().item<int64_t>();
+      const at::Tensor key = index.keys[h][row].to(at::kFloat);
+      for (int64_t g = 0; g < G; ++g) rows.push_back(200.0 * key / key.norm());
+    }
+    return at::stack(rows).unsqueeze(1);
+  };
+  AttentionOptions attention = Squeezed(0.9f, false);
+  attention.estimate_pruned = false;  // kv_fraction_loaded then counts selected keys + window only
+  auto thresholds = ThresholdsFor(stored->summary(), attention);
+  ASSERT_TRUE(thresholds.ok()) << thresholds.status();
+  auto loaded = [&](bool read_ahead) {
+    attention.read_ahead = read_ahead;
+    SqueezedLookup lookup(stored, attention, *thresholds);
+    lookup.Attend(0, aimed_at(100), /*per_token=*/false);
+    lookup.FinishStep();
+    lookup.Attend(0, aimed_at(400), /*per_token=*/true);
+    lookup.FinishStep();
+    return lookup.kv_fraction_loaded();
+  };
+  const double extra = 2 * (loaded(true) - loaded(false));  // the decode step's (the prefill's is equal)
+  const double largest_cluster = squeeze::FineSizes(index).max().item<double>();
+  EXPECT_GT(extra, 0.0);
+  EXPECT_LE(extra, largest_cluster / stored->summary().num_tokens + 1e-9);
 }
 
 TEST(SqueezedEngineTest, IngestStagesCancelAndShortContexts) {

@@ -291,6 +291,23 @@ TEST_F(IntegrationTest, PrunedClustersEstimatedByDefaultOrDroppedOnRequest) {
   EXPECT_NE(bad.status.error_message().find("attention.pruned"), std::string::npos) << bad.status.error_message();
 }
 
+TEST_F(IntegrationTest, ReadAheadOnByDefaultOrOffOnRequest) {
+  pb::GenerateRequest request = TokenQuery(SharedContext(), {5, 6, 7}, 4);
+  request.mutable_attention()->set_mode(pb::AttentionOptions::SQUEEZED);
+  request.mutable_attention()->set_sparsity(0.9f);
+  GenerateResult by_default = Generate(request);
+  ASSERT_TRUE(by_default.status.ok()) << by_default.status.error_message();
+  EXPECT_EQ(by_default.last().stats().read_ahead(), pb::AttentionOptions::READ_AHEAD_ON);
+  request.mutable_attention()->set_read_ahead(pb::AttentionOptions::READ_AHEAD_OFF);
+  GenerateResult off = Generate(request);
+  ASSERT_TRUE(off.status.ok()) << off.status.error_message();
+  EXPECT_EQ(off.last().stats().read_ahead(), pb::AttentionOptions::READ_AHEAD_OFF);
+  request.mutable_attention()->set_read_ahead(static_cast<pb::AttentionOptions::ReadAhead>(9));
+  GenerateResult bad = Generate(request);
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.status.error_message().find("attention.read_ahead"), std::string::npos) << bad.status.error_message();
+}
+
 TEST_F(IntegrationTest, LogprobsWhenAsked) {
   pb::GenerateRequest request = TokenQuery(SharedContext(), {10, 11}, 6);
   request.set_include_logprobs(true);

@@ -219,6 +219,23 @@ TEST(ResolveAttention, PrunedClustersFollowTheRequestOrTheServerDefault) {
   EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), defaults)->estimate_pruned);
 }
 
+TEST(ResolveAttention, ReadAheadFollowsTheRequestOrTheServerDefault) {
+  ServerDefaults defaults;
+  EXPECT_TRUE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->read_ahead);
+  defaults.read_ahead = false;
+  EXPECT_FALSE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->read_ahead);
+  pb::AttentionOptions proto;
+  proto.set_read_ahead(pb::AttentionOptions::READ_AHEAD_ON);
+  EXPECT_TRUE(ResolveAttention(proto, IndexedContext(), defaults)->read_ahead);
+  proto.set_read_ahead(pb::AttentionOptions::READ_AHEAD_OFF);
+  EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), ServerDefaults())->read_ahead);
+  proto.set_read_ahead(static_cast<pb::AttentionOptions::ReadAhead>(5));
+  ExpectInvalid(ResolveAttention(proto, IndexedContext(), defaults).status(), "attention.read_ahead");
+  proto.set_read_ahead(pb::AttentionOptions::READ_AHEAD_ON);  // dense reads every key anyway
+  proto.set_mode(pb::AttentionOptions::DENSE);
+  EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), defaults)->read_ahead);
+}
+
 TEST(ResolveAttention, DefaultSparsitySnapsToTheNearestCalibratedLevel) {
   ServerDefaults defaults;
   defaults.sparsity = 0.85f;

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
+#include "engine/squeeze/read_ahead.h"
 #include "tests/squeeze/synthetic.h"
 
 namespace squeezeserve::squeeze {
@@ -68,6 +70,102 @@ TEST(SparseAttention, EmptyContextGivesMinusInfLse) {
   const ContextAttention a = SparseContextAttention(*idx, synth::Randn({1, 2, 8}, synth::Rng(8)), {});
   EXPECT_TRUE((a.lse == -std::numeric_limits<float>::infinity()).all().item<bool>());
   EXPECT_TRUE((a.out == 0).all().item<bool>());
+}
+
+// The fine cluster holding context position p of KV head h, from the stored permutation and offsets.
+int64_t ClusterOfPosition(const LayerIndex& idx, int64_t h, int64_t p) {
+  const int64_t row = (idx.perm[h] == p).nonzero().item<int64_t>();
+  return (idx.cluster_offsets[h].narrow(0, 1, idx.num_clusters()) <= row).sum().item<int64_t>();
+}
+
+TEST(ReadAhead, CursorFollowsEachHeadsLastConcentratedToken) {
+  const auto kLong = at::TensorOptions().dtype(at::kLong);
+  // A 3-token prefill, 3 query heads: head 0 concentrates at token 1 (position 10), head 1 never
+  // (its 0.9 has no position), head 2 at tokens 0 and 2 (positions 5, 20).
+  const at::Tensor position = at::tensor({0, 10, 11, -1, 7, 8, 5, 6, 20}, kLong).view({3, 3});
+  const at::Tensor share = at::tensor({0.1f, 0.5f, 0.2f, 0.9f, 0.29f, 0.1f, 0.8f, 0.1f, 0.3f}).view({3, 3});
+  ReadAheadCursor cursor = AdvanceReadAhead({}, position, share);
+  EXPECT_EQ(cursor.next_position[0].item<int64_t>(), 12);  // token 1 read 10; the token after the call reads 12
+  EXPECT_EQ(cursor.next_position[1].item<int64_t>(), -1);
+  EXPECT_EQ(cursor.next_position[2].item<int64_t>(), 21);
+  // Decode steps where no head concentrates: each cursor moves one position per token, and is
+  // dropped once its head last concentrated more than kReadAheadMaxAge tokens ago.
+  const at::Tensor unsure_position = at::full({3, 1}, 3, kLong), unsure_share = at::full({3, 1}, 0.05f);
+  std::vector<int64_t> head0, head2;
+  for (int step = 0; step < 4; ++step) {
+    cursor = AdvanceReadAhead(cursor, unsure_position, unsure_share);
+    head0.push_back(cursor.next_position[0].item<int64_t>());
+    head2.push_back(cursor.next_position[2].item<int64_t>());
+    EXPECT_EQ(cursor.next_position[1].item<int64_t>(), -1);
+  }
+  static_assert(kReadAheadMaxAge == 3, "the expectations below assume 3");
+  EXPECT_EQ(head0, (std::vector<int64_t>{13, 14, -1, -1}));
+  EXPECT_EQ(head2, (std::vector<int64_t>{22, 23, 24, -1}));
+  // A head that concentrates again starts a new cursor.
+  cursor = AdvanceReadAhead(cursor, at::tensor({3, 40, 3}, kLong).view({3, 1}), at::tensor({0.f, 0.6f, 0.f}).view({3, 1}));
+  EXPECT_EQ(cursor.next_position[1].item<int64_t>(), 41);
+  EXPECT_EQ(cursor.next_position[0].item<int64_t>(), -1);
+}
+
+TEST(ReadAhead, ClustersAtPositionsMarksTheClusterHoldingEachClusteredPosition) {
+  const at::Tensor keys = synth::Randn({2, 300, 8}, synth::Rng(40));
+  auto idx = BuildLayerIndex(keys, keys, Options(1, 50));  // N = 250 clustered, window [250, 300)
+  ASSERT_TRUE(idx.ok());
+  // Query heads 0, 1 on KV head 0; 2, 3 on KV head 1 (window and none: nothing to load).
+  const at::Tensor marked = ClustersAtPositions(*idx, at::tensor({7, 249, 250, -1}, at::kLong));
+  ASSERT_EQ(marked.sizes(), (std::vector<int64_t>{2, idx->num_clusters()}));
+  at::Tensor expected = at::zeros_like(marked);
+  expected[0][ClusterOfPosition(*idx, 0, 7)] = true;
+  expected[0][ClusterOfPosition(*idx, 0, 249)] = true;
+  EXPECT_TRUE(at::equal(marked, expected));
+}
+
+// With every cluster pruned (τ = +inf), read-ahead still loads exactly the cluster holding the
+// asked position — one-level, and hierarchical (its coarse parent expanded) — and nothing without it.
+TEST(SparseAttention, ReadAheadLoadsTheClusterOfAPositionWhateverItsScore) {
+  const at::Tensor keys = synth::PlantedClusters(2, 600, 16, 8, 0.8, 3.0, 41).points;
+  auto idx = BuildLayerIndex(keys, keys, Options(2, 32));
+  ASSERT_TRUE(idx.ok());
+  const at::Tensor q = synth::Randn({4, 1, 16}, synth::Rng(42));
+  const int64_t target = ClusterOfPosition(*idx, 1, 123);
+  const int64_t target_size = FineSizes(*idx)[1][target].item<int64_t>();
+  for (bool hierarchical : {false, true}) {
+    SelectionOptions so = Lookup(hierarchical, /*per_token=*/true);
+    const float inf = std::numeric_limits<float>::infinity();
+    so.thresholds = Thresholds{inf, inf, inf};
+    so.read_ahead_positions = at::tensor({-1, -1, -1, 123}, at::kLong);  // query head 3 is on KV head 1
+    so.read_ahead = false;
+    EXPECT_EQ(SelectClusters(*idx, q, so).kept_keys.sum().item<int64_t>(), 0) << hierarchical;
+    so.read_ahead = true;
+    const ClusterSelection sel = SelectClusters(*idx, q, so);
+    EXPECT_EQ(sel.selected[0].sum().item<int64_t>(), 0) << hierarchical;
+    EXPECT_EQ(sel.selected[1][0].sum().item<int64_t>(), 1) << hierarchical;
+    EXPECT_TRUE(sel.selected[1][0][target].item<bool>()) << hierarchical;
+    EXPECT_EQ(sel.kept_keys[1][0].item<int64_t>(), target_size) << hierarchical;
+    if (hierarchical) {  // the parent's children were scored: more than the coarse level alone
+      EXPECT_GT(sel.centroid_comparisons[1][0].item<int64_t>(), idx->num_coarse_clusters());
+    }
+  }
+}
+
+// With every cluster kept, each query head's top key is dense attention's most attended clustered
+// position, with its exact share of the context attention (shared and per-token selections, GQA).
+TEST(SparseAttention, TopKeyIsDenseAttentionsMostAttendedClusteredKey) {
+  const at::Tensor keys = 2.0 * synth::Randn({2, 400, 16}, synth::Rng(43));
+  const at::Tensor values = synth::Randn({2, 400, 16}, synth::Rng(44));
+  auto idx = BuildLayerIndex(keys, values, Options(1, 40));  // N = 360
+  ASSERT_TRUE(idx.ok());
+  const at::Tensor q = 2.0 * synth::Randn({4, 3, 16}, synth::Rng(45));
+  const at::Tensor logits =
+      at::matmul(q, keys.repeat_interleave(2, 0).transpose(1, 2)) / std::sqrt(16.0);  // [4, 3, 400]
+  const auto [share, position] = at::softmax(logits, -1).narrow(-1, 0, 360).max(-1);
+  for (bool per_token : {false, true}) {
+    SelectionOptions so = Lookup(false, per_token);
+    so.read_ahead = true;
+    const ContextAttention a = SparseContextAttention(*idx, q, so);
+    EXPECT_TRUE(at::equal(a.top_position, position)) << per_token;
+    EXPECT_TRUE(at::allclose(a.top_share, share, 1e-5, 1e-6)) << per_token;
+  }
 }
 
 // When every cluster holds one key repeated, a pruned cluster's estimate (its centroid as one key
