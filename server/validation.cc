@@ -19,6 +19,16 @@ absl::Status FieldError(std::string_view field, std::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(AsAbsl(field), ": ", AsAbsl(problem)));
 }
 
+// A two-way enum field whose 0 (UNSPECIFIED) means the server's default: true for `on`, false for
+// `off`; any other value is INVALID_ARGUMENT naming the field.
+template <typename Enum>
+absl::StatusOr<bool> OnOffField(Enum value, Enum on, Enum off, bool server_default, std::string_view field) {
+  if (static_cast<int>(value) == 0) return server_default;
+  if (value == on) return true;
+  if (value == off) return false;
+  return FieldError(field, absl::StrCat("unknown value ", static_cast<int>(value)));
+}
+
 // Written so that NaN fails every range check.
 bool InOpenClosed(float x, float lo, float hi) { return x > lo && x <= hi; }
 bool InOpen(float x, float lo, float hi) { return x > lo && x < hi; }
@@ -206,32 +216,16 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
     default:
       return FieldError("attention.mode", absl::StrCat("unknown mode ", static_cast<int>(proto.mode())));
   }
-  switch (proto.pruned()) {
-    case pb::AttentionOptions::PRUNED_UNSPECIFIED:
-      out.estimate_pruned = defaults.estimate_pruned;
-      break;
-    case pb::AttentionOptions::ESTIMATED:
-      out.estimate_pruned = true;
-      break;
-    case pb::AttentionOptions::DROPPED:
-      out.estimate_pruned = false;
-      break;
-    default:
-      return FieldError("attention.pruned", absl::StrCat("unknown value ", static_cast<int>(proto.pruned())));
-  }
-  switch (proto.read_ahead()) {
-    case pb::AttentionOptions::READ_AHEAD_UNSPECIFIED:
-      out.read_ahead = defaults.read_ahead;
-      break;
-    case pb::AttentionOptions::READ_AHEAD_ON:
-      out.read_ahead = true;
-      break;
-    case pb::AttentionOptions::READ_AHEAD_OFF:
-      out.read_ahead = false;
-      break;
-    default:
-      return FieldError("attention.read_ahead", absl::StrCat("unknown value ", static_cast<int>(proto.read_ahead())));
-  }
+  absl::StatusOr<bool> estimate_pruned =
+      OnOffField(proto.pruned(), pb::AttentionOptions::ESTIMATED, pb::AttentionOptions::DROPPED,
+                 defaults.estimate_pruned, "attention.pruned");
+  if (!estimate_pruned.ok()) return estimate_pruned.status();
+  out.estimate_pruned = *estimate_pruned;
+  absl::StatusOr<bool> read_ahead =
+      OnOffField(proto.read_ahead(), pb::AttentionOptions::READ_AHEAD_ON, pb::AttentionOptions::READ_AHEAD_OFF,
+                 defaults.read_ahead, "attention.read_ahead");
+  if (!read_ahead.ok()) return read_ahead.status();
+  out.read_ahead = *read_ahead;
   if (out.mode == AttentionMode::kDense) {
     out.sparsity = 0;
     out.hierarchical = false;
