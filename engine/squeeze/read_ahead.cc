@@ -29,7 +29,7 @@ at::Tensor ClustersAtPositions(const LayerIndex& index, const at::Tensor& positi
   at::Tensor marked = at::zeros({H, K}, p.options());
   if (N == 0) return marked.to(at::kBool);
   const at::Tensor inside = (p >= 0) & (p < N);
-  const at::Tensor cluster = index.cluster_of_position.to(at::kLong).gather(1, p.clamp(0, N - 1));
+  const at::Tensor cluster = index.cluster_of_position.gather(1, p.clamp(0, N - 1)).to(at::kLong);
   return marked.scatter_reduce_(1, cluster, inside.to(at::kLong), "amax", /*include_self=*/true) > 0;
 }
 

@@ -161,7 +161,8 @@ ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queri
   }
   const at::Tensor lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);
   const at::Tensor shift = at::where(at::isinf(lse), at::zeros_like(lse), lse);  // all −inf: weights 0
-  const at::Tensor out = at::matmul((logits - shift).exp(), v_attended);          // [H, T', M, Dv]
+  const at::Tensor weights = (logits - shift).exp();                                // [H, T', M, R+W(+P)]
+  const at::Tensor out = at::matmul(weights, v_attended);                           // [H, T', M, Dv]
 
   ContextAttention result;
   result.out = UngroupQueries(out, G, per_token);
@@ -169,14 +170,14 @@ ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queri
   result.selection = selection;
   if (locate_top) {
     // The most attended selected row per (selection, query row), its share, and its position.
-    const at::Tensor share = (logits.narrow(-1, 0, R) - shift).exp();  // [H, T', M, R]
+    const at::Tensor share = weights.narrow(-1, 0, R);  // [H, T', M, R]
     at::Tensor best = at::zeros({H, Tp, q.size(2)}, share.options());
     at::Tensor position = at::full({H, Tp, q.size(2)}, -1, rows.index.options());
     if (R > 0) {
       const auto [top, arg] = share.max(-1);
       const at::Tensor row = rows.index.gather(2, arg);  // [H, T', M] sorted row
       best = top;
-      position = at::where(top > 0, index.perm.to(at::kLong).gather(1, row.reshape({H, -1})).view_as(row),
+      position = at::where(top > 0, index.perm.gather(1, row.reshape({H, -1})).to(at::kLong).view_as(row),
                            at::full_like(row, -1));
     }
     result.top_position = UngroupQueries(position.unsqueeze(-1), G, per_token).squeeze(-1);
