@@ -9,7 +9,7 @@ ReadAheadCursor AdvanceReadAhead(const ReadAheadCursor& cursor, const at::Tensor
   // Index of each head's last confident token, −1 when none.
   const at::Tensor token = at::arange(T, top_position.options()).unsqueeze(0).expand_as(top_position);
   const at::Tensor last = at::where(confident, token, at::full_like(token, -1)).amax(1);  // [H_q]
-  const at::Tensor found = last >= 0;
+  at::Tensor found = last >= 0;  // widened below by a live older cursor
   const at::Tensor seen = top_position.gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1);
   // Token `last` read position `seen`; the token after this call reads seen + (T − last).
   at::Tensor next = seen + (T - last);
