@@ -3,6 +3,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -14,6 +15,22 @@ namespace squeezectl {
 namespace {
 
 namespace pb = squeezeserve::v1;
+
+// A flag naming one of two enum values; empty leaves *out at 0 (unset: the server's default).
+// False after a usage error on stderr.
+template <typename Enum>
+bool ParseChoice(const char* flag, const std::string& value, std::pair<const char*, Enum> first,
+                 std::pair<const char*, Enum> second, Enum* out) {
+  if (value.empty()) return true;
+  for (const auto& [name, choice] : {first, second}) {
+    if (value == name) {
+      *out = choice;
+      return true;
+    }
+  }
+  UsageError(std::string("generate: ") + flag + " must be " + first.first + " or " + second.first);
+  return false;
+}
 
 // Builds the request from the flags; nullopt after a usage error on stderr.
 std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
@@ -50,32 +67,22 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
   sampling->set_ignore_eos(cli.ignore_eos);
 
   pb::AttentionOptions* attention = request.mutable_attention();
-  if (cli.mode == "dense") {
-    attention->set_mode(pb::AttentionOptions::DENSE);
-  } else if (cli.mode == "squeezed") {
-    attention->set_mode(pb::AttentionOptions::SQUEEZED);
-  } else if (!cli.mode.empty()) {
-    UsageError("generate: --mode must be dense or squeezed");
+  using Attention = pb::AttentionOptions;
+  Attention::Mode mode{};
+  Attention::Pruned pruned{};
+  Attention::ReadAhead read_ahead{};
+  if (!ParseChoice("--mode", cli.mode, {"dense", Attention::DENSE}, {"squeezed", Attention::SQUEEZED}, &mode) ||
+      !ParseChoice("--pruned", cli.pruned, {"estimated", Attention::ESTIMATED}, {"dropped", Attention::DROPPED},
+                   &pruned) ||
+      !ParseChoice("--read_ahead", cli.read_ahead, {"on", Attention::READ_AHEAD_ON}, {"off", Attention::READ_AHEAD_OFF},
+                   &read_ahead)) {
     return std::nullopt;
   }
+  attention->set_mode(mode);
   attention->set_sparsity(cli.sparsity);
   attention->set_hierarchical(cli.hierarchical);
-  if (cli.pruned == "estimated") {
-    attention->set_pruned(pb::AttentionOptions::ESTIMATED);
-  } else if (cli.pruned == "dropped") {
-    attention->set_pruned(pb::AttentionOptions::DROPPED);
-  } else if (!cli.pruned.empty()) {
-    UsageError("generate: --pruned must be estimated or dropped");
-    return std::nullopt;
-  }
-  if (cli.read_ahead == "on") {
-    attention->set_read_ahead(pb::AttentionOptions::READ_AHEAD_ON);
-  } else if (cli.read_ahead == "off") {
-    attention->set_read_ahead(pb::AttentionOptions::READ_AHEAD_OFF);
-  } else if (!cli.read_ahead.empty()) {
-    UsageError("generate: --read_ahead must be on or off");
-    return std::nullopt;
-  }
+  attention->set_pruned(pruned);
+  attention->set_read_ahead(read_ahead);
   request.set_include_logprobs(cli.logprobs);
   request.set_include_prompt_logprobs(cli.prompt_logprobs);
   return request;
