@@ -48,6 +48,10 @@ struct EngineOptions {
   // group 1/2/4/8; libtorch otherwise), "torch" (always libtorch, for A/B) or "kernels" (the
   // kernels or Load fails).
   std::string attention_backend = "auto";
+  // Chunked query prefill: a generation whose query is longer than this feeds it through the model
+  // over several steps of at most this many tokens (so that a batching scheduler can interleave a
+  // long prompt with the decode steps of other streams); 0 = the whole query in one step.
+  int query_prefill_chunk_tokens = 0;
 };
 
 enum class AttentionMode { kDense, kSqueezed };
@@ -152,6 +156,9 @@ struct TokenStep {
   float logprob = 0;            // log-softmax of the raw logits at the chosen token
   std::string text_delta;       // decoded text newly complete after this token (may be empty)
   FinishReason finish = FinishReason::kNone;  // set on the last step
+  // A chunk of the query was prefilled and no token sampled yet (EngineOptions::
+  // query_prefill_chunk_tokens): token is -1, text_delta empty; the client sees nothing of it.
+  bool prefill_only = false;
 };
 
 struct GenerationStats {
@@ -171,12 +178,14 @@ struct GenerationStats {
 class Generation {
  public:
   virtual ~Generation() = default;
-  // Runs the query prefill on the first call, then one decode step per call. After a step with
-  // finish != kNone, further calls return FailedPrecondition.
+  // Runs the query prefill on the first call (or, with EngineOptions::query_prefill_chunk_tokens,
+  // one chunk of it per call, each returning a prefill_only step until the last chunk samples the
+  // first token), then one decode step per call. After a step with finish != kNone, further calls
+  // return FailedPrecondition.
   virtual absl::StatusOr<TokenStep> Next() = 0;
   virtual const GenerationStats& stats() const = 0;
-  // Tokens the next step feeds through the model: the whole query before the first step, then 1.
-  // A batching scheduler budgets the prefill work of one step with it.
+  // Tokens the next step feeds through the model: the query (or its next chunk) while prefilling,
+  // then 1. A batching scheduler budgets the prefill work of one step with it.
   virtual int64_t next_step_tokens() const { return 1; }
 };
 

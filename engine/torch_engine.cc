@@ -96,7 +96,7 @@ class TorchGeneration : public Generation {
   // `lookup` is set for a squeezed generation, absent for a dense one.
   TorchGeneration(TorchEngine* engine, std::shared_ptr<const StoredContext> context, std::vector<int32_t> query,
                   const SamplingOptions& sampling, KvCache cache, std::optional<TextStream> text,
-                  std::optional<SqueezedLookup> lookup, std::unique_ptr<KernelSequence> kernel = nullptr)
+                  std::optional<SqueezedLookup> lookup, std::unique_ptr<KernelSequence> kernel, int64_t prefill_chunk)
       : engine_(engine),
         context_(std::move(context)),
         lookup_(std::move(lookup)),
@@ -105,7 +105,8 @@ class TorchGeneration : public Generation {
         sampler_(SamplerOptions{sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed}),
         cache_(std::move(cache)),
         text_(std::move(text)),
-        kernel_(std::move(kernel)) {
+        kernel_(std::move(kernel)),
+        prefill_chunk_(prefill_chunk > 0 ? prefill_chunk : static_cast<int64_t>(query_.size())) {
     if (kernel_ && lookup_) kernel_->stats = &*lookup_;
     stats_.prompt_tokens = static_cast<int64_t>(query_.size());
     stats_.cached_tokens = context_->summary().num_tokens;
@@ -113,9 +114,7 @@ class TorchGeneration : public Generation {
 
   absl::StatusOr<TokenStep> Next() override;
   const GenerationStats& stats() const override { return stats_; }
-  int64_t next_step_tokens() const override {
-    return cache_.length == 0 ? static_cast<int64_t>(query_.size()) : 1;
-  }
+  int64_t next_step_tokens() const override { return prefilling() ? NextChunk() : 1; }
 
   // Next() in two halves around the forward pass, so that TorchEngine::StepBatch can run the passes
   // of many generations as one. PrepareStep fills `args` (FailedPrecondition once finished);
@@ -129,6 +128,9 @@ class TorchGeneration : public Generation {
   // 0), reducing them on the device; returns the last row on the CPU, to sample from.
   absl::StatusOr<at::Tensor> ScorePrompt(const at::Tensor& query_logits);
 
+  bool prefilling() const { return prefilled_ < static_cast<int64_t>(query_.size()); }
+  int64_t NextChunk() const { return std::min(prefill_chunk_, static_cast<int64_t>(query_.size()) - prefilled_); }
+
   TorchEngine* engine_;  // outlives its generations
   std::shared_ptr<const StoredContext> context_;
   std::optional<SqueezedLookup> lookup_;
@@ -139,6 +141,10 @@ class TorchGeneration : public Generation {
   std::optional<TextStream> text_;  // absent when the model has no tokenizer
   std::unique_ptr<KernelSequence> kernel_;  // squeezed on the CUDA kernel path (kernel_attention.h)
   GenerationStats stats_;
+  int64_t prefill_chunk_;          // query tokens per prefill step (the whole query when not chunked)
+  int64_t prefilled_ = 0;          // query tokens fed through the model so far
+  int64_t step_tokens_ = 0;        // tokens of the step in flight (PrepareStep to CompleteStep)
+  at::Tensor predictor_of_next_;   // prompt log-probs: the logits row predicting the next chunk's first token
   int32_t last_token_ = -1;
   bool finished_ = false;
 };
@@ -452,20 +458,24 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   }
   return std::unique_ptr<Generation>(std::make_unique<TorchGeneration>(
       this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup),
-      std::move(kernel)));
+      std::move(kernel), options_.query_prefill_chunk_tokens));
 }
 
 absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   if (finished_) return absl::FailedPreconditionError("the generation has already finished");
-  const bool first = cache_.length == 0;
+  const bool first = prefilling();  // a chunk of the query (all of it unless chunked)
+  step_tokens_ = first ? NextChunk() : 1;
   // Positions continue after the context: query token i sits at num_tokens + i.
   ForwardArgs& args = *out;
   args = ForwardArgs();
-  args.token_ids = first ? query_.data() : &last_token_;
-  args.num_tokens = first ? static_cast<int64_t>(query_.size()) : 1;
+  args.token_ids = first ? query_.data() + prefilled_ : &last_token_;
+  args.num_tokens = step_tokens_;
   args.start_position = stats_.cached_tokens + cache_.length;
   args.cache = &cache_;
   args.logits_of_every_token = first && sampling_.prompt_logprobs;
+  // A chunk before the query's last one samples nothing: its logits are wanted only for scoring.
+  const bool last_chunk = !first || prefilled_ + step_tokens_ == static_cast<int64_t>(query_.size());
+  args.compute_logits = last_chunk || args.logits_of_every_token;
   if (lookup_) {
     // Prefill: one cluster set for the whole query (as the authors); decode: one per token.
     args.context_attention = [this, first](int64_t layer, const at::Tensor& q) {
@@ -481,22 +491,28 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> TorchGeneration::ScorePrompt(const at::Tensor& query_logits) {
-  absl::StatusOr<at::Tensor> first = engine_->ContextLastTokenLogits(*context_);
-  if (!first.ok()) return first.status();
-  const int64_t n = static_cast<int64_t>(query_.size());
+absl::StatusOr<at::Tensor> TorchGeneration::ScorePrompt(const at::Tensor& chunk_logits) {
+  // The chunk holds query tokens [prefilled_, prefilled_ + n); its row r predicts token
+  // prefilled_ + r + 1. Its first token is predicted by the row kept from the chunk before, or for
+  // the first chunk by the context's last token.
+  const int64_t n = chunk_logits.size(0), begin = prefilled_;
+  if (begin == 0) {
+    absl::StatusOr<at::Tensor> first = engine_->ContextLastTokenLogits(*context_);
+    if (!first.ok()) return first.status();
+    predictor_of_next_ = *std::move(first);
+  }
   c10::InferenceMode inference_mode;
   try {
-    const at::Device device = query_logits.device();
-    // Row r predicts query token r: the context's last token, then query tokens 0 .. n-2.
+    const at::Device device = chunk_logits.device();
     const at::Tensor predictors =
-        at::cat({first->to(device).view({1, -1}), query_logits.narrow(0, 0, n - 1)}, 0);
-    const at::Tensor targets = at::from_blob(query_.data(), {n, 1}, at::kInt).to(device, at::kLong);
+        at::cat({predictor_of_next_.to(device).view({1, -1}), chunk_logits.narrow(0, 0, n - 1)}, 0);
+    const at::Tensor targets = at::from_blob(query_.data() + begin, {n, 1}, at::kInt).to(device, at::kLong);
     const at::Tensor scored =
         at::log_softmax(predictors, -1).gather(1, targets).view({n}).to(at::kCPU).contiguous();
     const float* data = scored.data_ptr<float>();
-    stats_.prompt_logprobs.assign(data, data + n);
-    return query_logits[n - 1].to(at::kCPU).contiguous();
+    stats_.prompt_logprobs.insert(stats_.prompt_logprobs.end(), data, data + n);
+    predictor_of_next_ = chunk_logits[n - 1];
+    return chunk_logits[n - 1].to(at::kCPU).contiguous();
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("prompt log-probs: ", e.what()));
   }
@@ -518,13 +534,20 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
     stats_.kv_fraction_loaded = lookup_->kv_fraction_loaded();
     stats_.centroid_comparisons_per_token = lookup_->centroid_comparisons_per_token();
   }
-  if (logits->dim() == 2) {  // the query prefill with prompt log-probs: every query token's logits
+  const bool prefill_step = prefilling();
+  if (logits->defined() && logits->dim() == 2) {  // a query chunk with prompt log-probs: every row
     absl::StatusOr<at::Tensor> last = ScorePrompt(*logits);
     if (!last.ok()) {
       finished_ = true;
       return last.status();
     }
     *logits = *std::move(last);
+  }
+  if (prefill_step) prefilled_ += step_tokens_;
+  if (prefilling()) {  // more of the query to feed: no token yet
+    TokenStep step;
+    step.prefill_only = true;
+    return step;
   }
 
   const SampledToken sampled =

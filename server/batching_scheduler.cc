@@ -113,7 +113,6 @@ void BatchingScheduler::Step() {
 
   for (size_t i = 0; i < batch.size(); ++i) {
     Stream& stream = *batch[i];
-    stream.prefilled = true;
     const absl::StatusOr<TokenStep>& step = i < results.size()
                                                 ? results[i]
                                                 : absl::StatusOr<TokenStep>(absl::InternalError("no step result"));
@@ -121,6 +120,8 @@ void BatchingScheduler::Step() {
       Leave(stream, step.status());
       continue;
     }
+    if (step->prefill_only) continue;  // a chunk of a long query: it stays a prefill
+    stream.prefilled = true;
     stream.sink->OnToken(*step, stream.generation->stats());
     if (step->finish != FinishReason::kNone) Leave(stream, absl::OkStatus());
   }

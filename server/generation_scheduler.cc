@@ -16,6 +16,7 @@ void RunGeneration(Generation& generation, GenerationSink& sink) {
       sink.OnFinish(step.status());
       return;
     }
+    if (step->prefill_only) continue;  // a chunk of a long query: nothing to stream yet
     sink.OnToken(*step, generation.stats());
     if (step->finish != FinishReason::kNone) {
       sink.OnFinish(absl::OkStatus());

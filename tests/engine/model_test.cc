@@ -74,10 +74,11 @@ TEST(AttentionTest, MergingPartsEqualsAttendingTheUnion) {
 // ---------------------------------------------------------------------------------------------
 // Engine-level helpers.
 
-std::unique_ptr<Engine> LoadEngine(const std::string& dir, int chunk = 512) {
+std::unique_ptr<Engine> LoadEngine(const std::string& dir, int chunk = 512, int query_chunk = 0) {
   EngineOptions options;
   options.model_dir = dir;
   options.prefill_chunk_tokens = chunk;
+  options.query_prefill_chunk_tokens = query_chunk;
   auto engine = Engine::Load(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? std::move(*engine) : nullptr;
@@ -384,6 +385,63 @@ TEST_P(ModelVariantTest, PromptLogprobsEqualWholeSequenceForward) {
   ASSERT_EQ(squeezed.size(), query.size());
   EXPECT_NEAR(squeezed[0], reference[0], 1e-4);  // conditioned on the context alone: computed densely
   for (float lp : squeezed) EXPECT_TRUE(std::isfinite(lp) && lp <= 0) << lp;
+}
+
+// EngineOptions::query_prefill_chunk_tokens: a 7-token query fed 3 tokens per step takes two
+// prefill_only steps (no token, no text) and samples its first token on the third, with the same
+// tokens, log-probs and prompt log-probs as the whole query in one step; alone and in a batch.
+TEST_P(ModelVariantTest, ChunkedQueryPrefillEqualsOneStep) {
+  auto whole = LoadEngine(dir_, /*chunk=*/16);
+  auto chunked = LoadEngine(dir_, /*chunk=*/16, /*query_chunk=*/3);
+  ASSERT_TRUE(whole && chunked);
+  const int64_t vocab = GetParam().spec.vocab_size;
+  const auto context_tokens = Tokens(40, vocab, 8);
+  const auto query = Tokens(7, vocab, 9);
+  auto context_a = IngestOrDie(*whole, context_tokens, /*window=*/10);
+  auto context_b = IngestOrDie(*chunked, context_tokens, /*window=*/10);
+  SamplingOptions sampling = Greedy(4);
+  sampling.prompt_logprobs = true;
+  auto reference = whole->StartGeneration(context_a, query, sampling, DenseAttention());
+  auto alone = chunked->StartGeneration(context_b, query, sampling, DenseAttention());
+  auto batched = chunked->StartGeneration(context_b, query, sampling, DenseAttention());
+  auto neighbour = chunked->StartGeneration(context_b, Tokens(2, vocab, 5), Greedy(8), DenseAttention());
+  ASSERT_TRUE(reference.ok() && alone.ok() && batched.ok() && neighbour.ok());
+  EXPECT_EQ((*alone)->next_step_tokens(), 3);
+  for (int expected_chunk : {3, 1}) {  // after the first chunk: 3 more, then the last 1
+    auto step = (*alone)->Next();
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_TRUE(step->prefill_only);
+    EXPECT_EQ(step->token, -1);
+    EXPECT_TRUE(step->text_delta.empty());
+    EXPECT_EQ((*alone)->next_step_tokens(), expected_chunk);
+  }
+  // The batch: the neighbour decodes while the long query is fed chunk by chunk.
+  std::vector<Generation*> batch = {batched->get(), neighbour->get()};
+  std::vector<absl::StatusOr<TokenStep>> steps;
+  for (int i = 0; i < 2; ++i) {
+    chunked->StepBatch(batch, &steps);
+    ASSERT_TRUE(steps[0].ok() && steps[1].ok()) << steps[0].status() << steps[1].status();
+    EXPECT_TRUE(steps[0]->prefill_only);
+    EXPECT_FALSE(steps[1]->prefill_only);
+  }
+  for (int i = 0; i < 4; ++i) {
+    auto want = (*reference)->Next();
+    auto got = (*alone)->Next();
+    chunked->StepBatch(batch, &steps);
+    ASSERT_TRUE(want.ok() && got.ok() && steps[0].ok()) << got.status() << steps[0].status();
+    EXPECT_FALSE(got->prefill_only);
+    EXPECT_EQ(got->token, want->token) << "step " << i;
+    EXPECT_NEAR(got->logprob, want->logprob, 1e-5) << "step " << i;
+    EXPECT_EQ(steps[0]->token, want->token) << "batched step " << i;
+    EXPECT_NEAR(steps[0]->logprob, want->logprob, 1e-5) << "batched step " << i;
+  }
+  const std::vector<float>& expected = (*reference)->stats().prompt_logprobs;
+  ASSERT_EQ(expected.size(), query.size());
+  for (const auto* generation : {alone->get(), batched->get()}) {
+    const std::vector<float>& got = generation->stats().prompt_logprobs;
+    ASSERT_EQ(got.size(), query.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-5) << "token " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelVariantTest, ::testing::ValuesIn(Variants()),
