@@ -18,62 +18,9 @@ namespace {
 constexpr float kPrefillShare = 0.5f;
 constexpr float kClusteringShare = 0.45f;
 
-struct PrefillResult {
-  KvCache kv;                               // per layer [H_kv, S, D], original order
-  std::vector<at::Tensor> window_queries;   // per layer [H, W, D] (undefined when W = 0)
-};
-
-absl::StatusOr<PrefillResult> ChunkedPrefill(const LlamaModel& model, const ForwardFn& forward,
-                                             const std::vector<int32_t>& tokens, int64_t window,
-                                             int64_t chunk, float progress_share, const ProgressFn& progress,
-                                             const CancelFn& cancelled) {
-  const ModelConfig& config = model.config();
-  const int64_t total = static_cast<int64_t>(tokens.size());
-  PrefillResult result;
-  try {
-    result.kv = model.NewCache(total);
-  } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("allocating the context KV: ", e.what()));
-  }
-  const int64_t window_start = total - window;
-  std::vector<std::vector<at::Tensor>> window_query_chunks(config.num_layers);
-  for (int64_t start = 0; start < total; start += chunk) {
-    if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
-    const int64_t n = std::min(chunk, total - start);
-    // Part (a): the context before this chunk; part (b): this chunk, written at [start, start + n).
-    std::vector<at::Tensor> prefix_keys, prefix_values;
-    KvCache chunk_cache;
-    for (int64_t l = 0; l < config.num_layers; ++l) {
-      prefix_keys.push_back(result.kv.keys[l].narrow(1, 0, start));
-      prefix_values.push_back(result.kv.values[l].narrow(1, 0, start));
-      chunk_cache.keys.push_back(result.kv.keys[l].narrow(1, start, total - start));
-      chunk_cache.values.push_back(result.kv.values[l].narrow(1, start, total - start));
-    }
-    ForwardArgs args;
-    args.token_ids = tokens.data() + start;
-    args.num_tokens = n;
-    args.start_position = start;
-    args.prefix = KvPrefix{&prefix_keys, &prefix_values};
-    args.cache = &chunk_cache;
-    args.compute_logits = false;
-    std::vector<at::Tensor> captured;
-    if (start + n > window_start) {
-      args.captured_queries = &captured;
-      args.capture_from = std::max<int64_t>(0, window_start - start);
-    }
-    auto status = forward(args);
-    if (!status.ok()) return status.status();
-    for (size_t l = 0; l < captured.size(); ++l) window_query_chunks[l].push_back(captured[l]);
-    if (progress) {
-      const float done = static_cast<float>(start + n) / static_cast<float>(total);
-      progress(IngestProgress{"prefill", progress_share * done, start + n, total});
-    }
-  }
-  result.kv.length = total;
-  for (auto& chunks : window_query_chunks) {
-    result.window_queries.push_back(chunks.empty() ? at::Tensor() : at::cat(chunks, 1));
-  }
-  return result;
+// Waits for the device's queued work (a stage's wall time is then its own).
+void WaitForDevice(const at::Tensor& any) {
+  if (any.defined() && any.is_cuda() && any.numel() > 0) any.flatten()[0].item<float>();
 }
 
 uint64_t Bytes(const at::Tensor& t) { return t.defined() ? static_cast<uint64_t>(t.nbytes()) : 0; }
@@ -90,11 +37,11 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   calibration.head_floor_share = options.head_floor_share;
   squeeze::Calibrator calibrator(calibration);
   std::vector<squeeze::LayerIndex> index;
+  if (progress) progress(IngestProgress{"clustering", kPrefillShare, total, total});
   for (int64_t l = 0; l < layers; ++l) {
     if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
     auto layer = squeeze::BuildLayerIndex(kv.keys[l], kv.values[l], options);
     if (!layer.ok()) return layer.status();
-    if (auto s = calibrator.AddLayer(*layer, window_queries[l]); !s.ok()) return s;
     const int64_t n = layer->num_clustered(), w = layer->window();
     kv.keys[l] = at::cat({layer->keys, layer->window_keys}, 1);
     kv.values[l] = at::cat({layer->values, layer->window_values}, 1);
@@ -108,7 +55,11 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
       progress(IngestProgress{"clustering", kPrefillShare + kClusteringShare * done, total, total});
     }
   }
+  WaitForDevice(kv.keys.back());
   if (progress) progress(IngestProgress{"calibrating", kPrefillShare + kClusteringShare, total, total});
+  for (int64_t l = 0; l < layers; ++l) {
+    if (auto s = calibrator.AddLayer(index[l], window_queries[l]); !s.ok()) return s;
+  }
   auto calibrated = calibrator.Finish();
   if (!calibrated.ok()) return calibrated.status();
 
@@ -168,20 +119,27 @@ bool ShouldBuildIndex(int64_t num_tokens, const IndexOptions& index) {
   return window >= 1 && clustered >= min_clustered;
 }
 
-absl::StatusOr<std::shared_ptr<StoredContext>> BuildStoredContext(const LlamaModel& model, const ForwardFn& forward,
-                                                                  std::string id, std::vector<int32_t> tokens,
+absl::StatusOr<std::shared_ptr<StoredContext>> BuildStoredContext(const LlamaModel& model, std::string id,
+                                                                  std::vector<int32_t> tokens,
                                                                   const IndexOptions& index,
-                                                                  int64_t prefill_chunk_tokens,
-                                                                  const ProgressFn& progress,
-                                                                  const CancelFn& cancelled) {
+                                                                  const PrefillControl& control,
+                                                                  const ProgressFn& progress) {
   if (auto s = ValidateIndexOptions(index); !s.ok()) return s;
   c10::InferenceMode inference_mode;  // clustering and calibration need no autograd bookkeeping
   const int64_t total = static_cast<int64_t>(tokens.size());
   const bool indexed = ShouldBuildIndex(total, index);
   const int64_t window = std::min<int64_t>(index.observation_window, total);
-  auto prefill = ChunkedPrefill(model, forward, tokens, window, prefill_chunk_tokens,
-                                indexed ? kPrefillShare : 1.0f, progress, cancelled);
+  PrefillControl prefill_control = control;
+  const float prefill_share = indexed ? kPrefillShare : 1.0f;
+  prefill_control.progress = [&](double done) {
+    if (progress) {
+      progress(IngestProgress{"prefill", prefill_share * static_cast<float>(done),
+                              static_cast<int64_t>(std::llround(done * static_cast<double>(total))), total});
+    }
+  };
+  auto prefill = model.Prefill(tokens, window, prefill_control);
   if (!prefill.ok()) return prefill.status();
+  WaitForDevice(prefill->kv.keys.back());
 
   ContextSummary summary;
   summary.id = std::move(id);
@@ -198,9 +156,10 @@ absl::StatusOr<std::shared_ptr<StoredContext>> BuildStoredContext(const LlamaMod
   std::vector<squeeze::LayerIndex> layer_index;
   if (indexed) {
     try {
-      auto built = BuildIndex(prefill->kv, prefill->window_queries, index, summary, progress, cancelled);
+      auto built = BuildIndex(prefill->kv, prefill->window_queries, index, summary, progress, control.cancelled);
       if (!built.ok()) return built.status();
       layer_index = std::move(*built);
+      WaitForDevice(prefill->kv.keys.back());
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("building the Squeezed index: ", e.what()));
     }

@@ -39,8 +39,9 @@ struct ModelInfo {
 struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
-  // Context tokens prefilled per forward pass at ingest; bounds the attention score memory.
-  int prefill_chunk_tokens = 512;
+  // Tokens per unit of ingest prefill work (LlamaModel::Prefill; each unit holds the forward lock
+  // on its own, so generation steps interleave with a long ingest); 0 = 16384 on a GPU, 512 on the CPU.
+  int prefill_chunk_tokens = 0;
   // Intra-op threads for CPU math; 0 keeps libtorch's default.
   int num_threads = 0;
   // Squeezed lookup + attention of generate: "auto" (the CUDA kernels of kernels/ when the engine
@@ -48,6 +49,10 @@ struct EngineOptions {
   // group 1/2/4/8; libtorch otherwise), "torch" (always libtorch, for A/B) or "kernels" (the
   // kernels or Load fails).
   std::string attention_backend = "auto";
+  // Dense attention on a GPU (attention.h): "auto" (libtorch's fused cuDNN kernel, else its
+  // FlashAttention kernel, whichever first passes a check against the reference), "cudnn", "flash"
+  // or "reference" (the blocked libtorch code; for comparisons).
+  std::string dense_attention = "auto";
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a
   // long prompt with the decode steps of other streams); 0 = the whole query in one step.
@@ -167,6 +172,10 @@ struct GenerationStats {
   int64_t completion_tokens = 0;
   double kv_fraction_loaded = 1;  // mean over layers, KV heads and steps
   double centroid_comparisons_per_token = 0;
+  // What serves the generation's attention: "kernels" (the CUDA kernels) or "torch" (libtorch), and
+  // why it is not the fast path when it is not (empty otherwise).
+  std::string attention_backend;
+  std::string attention_note;
   // With SamplingOptions::prompt_logprobs, filled by the first step (the query prefill): entry i is
   // log p(query[i] | context, query[0..i)) under the generation's attention mode. Entry 0 is
   // conditioned on the context alone, which both modes compute densely (the stored context was

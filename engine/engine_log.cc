@@ -20,6 +20,10 @@ void LogAttentionBackend(const std::string& chosen, const std::string& reason) {
   spdlog::info("engine: squeezed attention on {} ({})", chosen, reason);
 }
 
+void LogEngineInfo(const std::string& message) { spdlog::info("engine: {}", message); }
+
+void LogEngineWarning(const std::string& message) { spdlog::warn("engine: {}", message); }
+
 void IngestStageTimer::CloseCurrent(Clock::time_point now) {
   if (current_.empty()) return;
   const double seconds = std::chrono::duration<double>(now - stage_started_).count();

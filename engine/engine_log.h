@@ -15,6 +15,10 @@ namespace squeezeserve {
 void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window);
 // Which path runs the Squeezed lookup + attention of generate (EngineOptions::attention_backend).
 void LogAttentionBackend(const std::string& chosen, const std::string& reason);
+// One-off engine facts and warnings (the fused attention kernel chosen, a generation that left
+// the fast path, a CUDA graph that could not be captured).
+void LogEngineInfo(const std::string& message);
+void LogEngineWarning(const std::string& message);
 
 // Wall time of each ingest stage, taken from the progress callbacks, logged once the ingest is done
 // ("ingest ctx: 65536 tokens in 66.4 s: prefill 9.1 s, clustering 51.0 s, calibrating 6.3 s"). Timed on

@@ -7,14 +7,17 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/attention.h"
 #include "engine/squeeze/scoring.h"
 #include "engine/squeeze/sparse_attention.h"
+#include "kernels/squeeze_types.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include "kernels/append_kv.h"
 #include "kernels/decode_attention.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
@@ -33,15 +36,122 @@ bool IsKernelShape(const ModelConfig& c) {
 
 // select_clusters takes at most this many query rows (query_len × group) per launch.
 constexpr int64_t kMaxSelectionRows = 16384;
+// sparse_decode_attention takes at most this many (sequence, KV head) pairs per launch.
+constexpr int64_t kMaxDecodePairs = 2048;
 
 const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
 
-// The thresholds of a step: the prefill set for the query prefill, the decode set per decode token.
+int64_t Aligned(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The pruned-cluster estimate of `bc` sequences on one context at one layer (one-level lookup), in
+// place: the kernels' out [bc, n, H, D] (bf16) and lse [bc, n, H] (fp32) cover the selected
+// clusters and the dense part; the context's other non-empty fine clusters join as one key each —
+// logit s·q·c + log size, value the cluster's mean — merged by log-sum-exp. The n query tokens of a
+// sequence share its selection (ids [bc·H_kv, capacity], counts [bc·H_kv], int32). Writes the pruned
+// cluster count of each (sequence, KV head) to pruned [bc·H_kv] (int32, for the statistics).
+void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, const at::Tensor& ids,
+                                        const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse,
+                                        at::Tensor pruned) {
+  const int64_t bc = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t Hkv = index.num_heads(), G = H / Hkv, K = index.num_clusters(), capacity = ids.size(1);
+  if (K == 0) return;
+  const at::Tensor sizes = squeeze::FineSizes(index);  // [H_kv, K]
+  // The selections as masks [H_kv, bc, K] (T' = bc: one selection per sequence, as the lookup's).
+  const at::Tensor valid = at::arange(capacity, counts.options()).unsqueeze(0) < counts.unsqueeze(1);
+  const at::Tensor slot = at::where(valid, ids, at::full({}, static_cast<int32_t>(K), ids.options())).to(at::kLong);
+  const at::Tensor selected = at::zeros({bc * Hkv, K + 1}, sizes.options().dtype(at::kBool))
+                                  .scatter_(1, slot, true)
+                                  .narrow(1, 0, K)
+                                  .view({bc, Hkv, K})
+                                  .transpose(0, 1);
+  pruned.copy_((~selected & (sizes > 0).unsqueeze(1)).sum(-1).transpose(0, 1).reshape({bc * Hkv}));
+  // Grouped queries [H_kv, bc, n·G, D] (Llama order: KV head h serves query heads h·G … h·G+G−1).
+  const at::Tensor qg =
+      q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({2, 0, 1, 3, 4}).reshape({Hkv, bc, n * G, D});
+  const at::Tensor z = squeeze::CentroidLogits(qg, index.centroids, sizes, squeeze::SoftmaxScale(0, D));
+  const at::Tensor logits = squeeze::PrunedClusterLogits(z, sizes.unsqueeze(1).expand({Hkv, bc, K}), selected);
+  const at::Tensor est_lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);  // [H_kv, bc, n·G, 1]
+  const at::Tensor shift = at::where(at::isinf(est_lse), at::zeros_like(est_lse), est_lse);
+  const at::Tensor est_out = at::matmul((logits - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(1));
+  const int64_t Dv = est_out.size(-1);
+  const auto [merged, merged_lse] = squeeze::MergeAttention(
+      out.to(at::kFloat), lse,
+      est_out.view({Hkv, bc, n, G, Dv}).permute({1, 2, 0, 3, 4}).reshape({bc, n, H, Dv}),
+      est_lse.view({Hkv, bc, n, G}).permute({1, 2, 0, 3}).reshape({bc, n, H}));
+  out.copy_(merged);
+}
+
+}  // namespace
+
+// What the kernels read of one context, per layer: the squeezed view (clustered part + index) and
+// the dense view (the same clustered rows as ONE cluster, which a dense decode selects whole).
+struct KernelAttention::ContextViews {
+  int64_t window = 0;     // W: rows [N, S) of the stored KV, copied into each sequence's dense part
+  int64_t clustered = 0;  // N
+  int32_t max_clusters = 1, max_coarse = 0;
+  std::vector<kernels::SequenceLayerBf16> squeezed;  // empty without an index
+  std::vector<kernels::SequenceLayerBf16> dense;
+  std::vector<at::Tensor> storage;  // the bf16 centroids and int32 offsets the views point at
+};
+
+namespace {
+
+// One index level as the kernels read it: bf16 centroids (the index rounds them to bf16 values at
+// build on a bf16 model, so the conversion is exact) and int32 offsets, kept alive in `storage`.
+std::pair<const uint16_t*, const int32_t*> KernelLevel(const at::Tensor& centroids, const at::Tensor& offsets,
+                                                       std::vector<at::Tensor>* storage) {
+  const at::Tensor bf16 = centroids.to(at::kBFloat16).contiguous();
+  const at::Tensor int32 = offsets.to(at::kInt).contiguous();
+  storage->push_back(bf16);
+  storage->push_back(int32);
+  return {Bf16Data(bf16), int32.data_ptr<int32_t>()};
+}
+
+// Why the kernels cannot read `context` at all (empty: they can).
+std::string WhyContextNotOnKernels(const StoredContext& context) {
+  for (size_t l = 0; l < context.keys().size(); ++l) {
+    for (const at::Tensor* t : {&context.keys()[l], &context.values()[l]}) {
+      if (!t->is_cuda() || t->scalar_type() != at::kBFloat16 || !t->is_contiguous() || t->dim() != 3) {
+        return "the context's KV is not contiguous bf16 in GPU memory";
+      }
+    }
+  }
+  return "";
+}
+
+class KernelSequence : public SequenceAttention {
+ public:
+  KernelSequence(KernelAttention& backend, std::shared_ptr<const StoredContext> context,
+                 std::shared_ptr<const KernelAttention::ContextViews> views, bool squeezed)
+      : backend_(backend), context_(std::move(context)), views_(std::move(views)), squeezed_(squeezed) {}
+
+  AttentionBackend& backend() const override { return backend_; }
+  int64_t length() const override { return length_; }
+  int64_t capacity() const override { return capacity_; }
+  const LookupStats& stats() const override { return stats_; }
+
+  KernelAttention& backend_;
+  std::shared_ptr<const StoredContext> context_;
+  std::shared_ptr<const KernelAttention::ContextViews> views_;
+  bool squeezed_;
+  bool hierarchical_ = false;
+  bool estimate_pruned_ = false;
+  LookupThresholds thresholds_;
+  // Per layer [H_kv, W + capacity, D]: the context window, then the own tokens.
+  std::vector<at::Tensor> dense_keys_, dense_values_;
+  int64_t capacity_ = 0, length_ = 0;
+  LookupStats stats_;
+};
+
+KernelSequence& Member(const SequenceStep& step) { return static_cast<KernelSequence&>(*step.sequence); }
+bool IsDecode(const SequenceStep& step) { return !step.query_prefill && step.num_tokens == 1; }
+
+// The launch-wide thresholds of a step: the prefill set for a query chunk, the decode set per token.
 kernels::SelectionParams ParamsFor(const KernelSequence& seq, bool decode) {
-  const squeeze::Thresholds& t = decode ? seq.thresholds.decode : seq.thresholds.prefill;
+  const squeeze::Thresholds& t = decode ? seq.thresholds_.decode : seq.thresholds_.prefill;
   kernels::SelectionParams p;
-  p.hierarchical = seq.hierarchical;
-  if (seq.hierarchical) {
+  p.hierarchical = seq.hierarchical_;
+  if (seq.hierarchical_) {
     p.tau_coarse = t.coarse;
     p.tau_fine = t.fine;
   } else {
@@ -52,74 +162,74 @@ kernels::SelectionParams ParamsFor(const KernelSequence& seq, bool decode) {
 
 // The layer's calibrated per-KV-head thresholds (LayerIndex::head_thresholds), when the context has them.
 const at::Tensor* HeadThresholds(const KernelSequence& seq, int64_t layer) {
-  const at::Tensor& t = seq.context->index()[layer].head_thresholds;
+  const at::Tensor& t = seq.context_->index()[layer].head_thresholds;
   return t.defined() ? &t : nullptr;
 }
 
-// The kernel view of one sequence at one layer: the context's clustered part plus its dense part
-// (window + own tokens), `dense_tokens` rows after the window, and the per-head thresholds of the
-// step (prefill or decode set of the request's level).
-kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t own_tokens, bool decode) {
-  kernels::SequenceLayerBf16 view = seq.context->kernel_views().layers[layer];
-  if (const at::Tensor* t = HeadThresholds(seq, layer)) {
-    if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != at::kFloat) {
-      throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
-    }
-    const at::Tensor set = (*t)[seq.thresholds.level][decode ? 1 : 0];  // [3, H_kv]
-    view.tau_fine = set[seq.hierarchical ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
-    if (seq.hierarchical) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
-  }
-  const at::Tensor& k = seq.dense_keys[layer];
-  view.dense_keys = Bf16Data(k);
-  view.dense_values = Bf16Data(seq.dense_values[layer]);
-  view.dense_head_stride = k.stride(0);
-  view.dense_len = static_cast<int32_t>(seq.window + own_tokens);
-  return view;
+// Sequences whose decode selections can share one select_clusters launch sort together.
+std::tuple<bool, bool, float, float> SelectionKey(const KernelSequence& seq) {
+  const kernels::SelectionParams p = ParamsFor(seq, /*decode=*/true);
+  const bool per_head = HeadThresholds(seq, 0) != nullptr;
+  return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
 }
 
-// One index level as the kernels read it: bf16 centroids and int32 offsets, kept alive in `storage`.
-// The index's fp32 centroids are replaced by the bf16-rounded values, so that the libtorch path scores
-// exactly the vectors the kernels score.
-std::pair<const uint16_t*, const int32_t*> KernelLevel(at::Tensor* centroids, const at::Tensor& offsets,
-                                                       std::vector<at::Tensor>* storage) {
-  const at::Tensor bf16 = centroids->to(at::kBFloat16).contiguous();
-  *centroids = bf16.to(at::kFloat);
-  const at::Tensor int32 = offsets.to(at::kInt).contiguous();
-  storage->push_back(bf16);
-  storage->push_back(int32);
-  return {Bf16Data(bf16), int32.data_ptr<int32_t>()};
+// The kernel view of a sequence at one layer: the context's squeezed or dense view plus the
+// sequence's dense part holding `new_tokens` more rows, and the per-head thresholds of the step.
+kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t new_tokens, bool decode) {
+  kernels::SequenceLayerBf16 view = seq.squeezed_ ? seq.views_->squeezed[layer] : seq.views_->dense[layer];
+  if (seq.squeezed_) {
+    if (const at::Tensor* t = HeadThresholds(seq, layer)) {
+      if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != at::kFloat) {
+        throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
+      }
+      const at::Tensor set = (*t)[seq.thresholds_.level][decode ? 1 : 0];  // [3, H_kv]
+      view.tau_fine = set[seq.hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
+      if (seq.hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+    }
+  }
+  const at::Tensor& k = seq.dense_keys_[layer];
+  view.dense_keys = Bf16Data(k);
+  view.dense_values = Bf16Data(seq.dense_values_[layer]);
+  view.dense_head_stride = k.stride(0);
+  view.dense_len = static_cast<int32_t>(seq.views_->window + seq.length_ + new_tokens);
+  return view;
 }
 
 }  // namespace
 
-KernelContextViews BuildKernelContextViews(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
-                                           std::vector<squeeze::LayerIndex>& index) {
-  KernelContextViews views;
-  if (index.empty() || index.size() != keys.size() || values.size() != keys.size()) return views;
-  for (size_t l = 0; l < keys.size(); ++l) {
-    for (const at::Tensor* t : {&keys[l], &values[l]}) {
-      if (!t->is_cuda() || t->scalar_type() != at::kBFloat16 || !t->is_contiguous() || t->dim() != 3) return views;
-    }
-    if (index[l].num_clusters() < 1 || index[l].window() != index[0].window()) return views;
+// Persistent buffers of a step, grown to the largest step seen (KernelAttention::buffers_version).
+// Member i of the step (in launch order) owns (sequence, KV head) pairs [i·H_kv, (i+1)·H_kv) of
+// every per-pair array.
+struct KernelAttention::Buffers {
+  int64_t steps = 0, pairs = 0, capacity = 0, layers = 0, workspace_bytes = 0;
+  // Staging, uploaded once per step (host pinned → device): views [layers][steps], then the dense
+  // selection's rows [pairs] int32, then source rows [steps] int64 (the stacked row of each
+  // member's first new token, in launch order).
+  int64_t views_at = 0, dense_rows_at = 0, source_rows_at = 0, staging_bytes = 0;
+  at::Tensor staging_host, staging_device;
+  // Selection of squeezed members: cluster ids and row starts [pairs][capacity], counts [pairs]
+  // (shared by the layers); statistics [layers][3][pairs]: rows, centroids scored, pruned clusters
+  // estimated (also the rows and comparisons the kernels write).
+  at::Tensor selection, stats;
+  // The dense members' constant selection: cluster 0, starting at row 0, one cluster, 0 comparisons.
+  at::Tensor dense_constants;  // [3][pairs] int32: ids (0), counts (1), comparisons (0)
+  at::Tensor workspace;
+};
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+namespace {
+
+void Check(int err, const char* what) {
+  if (err != 0) {
+    throw std::runtime_error(
+        absl::StrCat("kernel attention: ", what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err))));
   }
-  views.window = index[0].window();
-  for (size_t l = 0; l < keys.size(); ++l) {
-    squeeze::LayerIndex& layer = index[l];
-    kernels::SequenceLayerBf16 view;
-    view.keys = Bf16Data(keys[l]);
-    view.values = Bf16Data(values[l]);
-    view.head_stride = keys[l].stride(0);
-    std::tie(view.centroids, view.offsets) = KernelLevel(&layer.centroids, layer.cluster_offsets, &views.storage);
-    view.num_clusters = static_cast<int32_t>(layer.num_clusters());
-    if (layer.levels == 2) {
-      std::tie(view.coarse_centroids, view.coarse_offsets) =
-          KernelLevel(&layer.coarse_centroids, layer.coarse_offsets, &views.storage);
-      view.num_coarse = static_cast<int32_t>(layer.num_coarse_clusters());
-    }
-    views.layers.push_back(view);
-  }
-  return views;
 }
+
+void* CurrentStream(at::Device device) { return c10::cuda::getCurrentCUDAStream(device.index()).stream(); }
+
+}  // namespace
+#endif
 
 absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const ModelConfig& config, at::Device device,
                                          at::ScalarType dtype, std::string* reason) {
@@ -156,18 +266,77 @@ bool KernelAttention::Compiled() {
 }
 
 KernelAttention::KernelAttention(const ModelConfig& config, at::Device device)
-    : num_q_heads_(config.num_attention_heads),
+    : num_layers_(config.num_layers),
+      num_q_heads_(config.num_attention_heads),
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
       device_(device) {}
 
-KvCache KernelAttention::NewCache(const StoredContext& context, int64_t capacity, KernelSequence* seq) {
-  const int64_t window = context.kernel_views().window;
-  seq->runner = this;
-  seq->window = window;
-  seq->dense_keys.clear();
-  seq->dense_values.clear();
-  KvCache cache;
+KernelAttention::~KernelAttention() = default;
+
+std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const AttentionOptions& attention) {
+  if (std::string why = WhyContextNotOnKernels(context); !why.empty()) return why;
+  if (!context.summary().has_index || context.index().empty()) return "the context has no Squeezed index";
+  if (attention.read_ahead) return "read-ahead is not in the CUDA kernels yet";
+  if (attention.estimate_pruned && attention.hierarchical) {
+    return "the pruned-cluster estimate of hierarchical lookups is not in the CUDA kernels yet";
+  }
+  const int64_t window = context.index()[0].window();
+  for (const squeeze::LayerIndex& layer : context.index()) {
+    if (layer.num_clusters() < 1 || layer.window() != window) return "a layer of the index has no clusters";
+  }
+  return "";
+}
+
+std::shared_ptr<const KernelAttention::ContextViews> KernelAttention::ViewsOf(
+    const std::shared_ptr<const StoredContext>& context) {
+  std::lock_guard<std::mutex> lock(views_mu_);
+  for (auto it = views_.begin(); it != views_.end();) {  // forget contexts that are gone
+    it = it->second.first.expired() ? views_.erase(it) : std::next(it);
+  }
+  auto found = views_.find(context.get());
+  if (found != views_.end()) return found->second.second;
+
+  auto views = std::make_shared<ContextViews>();
+  const bool indexed = context->summary().has_index && !context->index().empty();
+  views->window = indexed ? context->index()[0].window() : 0;
+  const int64_t total = context->summary().num_tokens;
+  views->clustered = total - views->window;
+  // The dense view's one cluster: rows [0, N) of every head.
+  const std::vector<int32_t> bounds = {0, static_cast<int32_t>(views->clustered)};
+  const at::Tensor one_cluster =
+      at::tensor(at::ArrayRef<int32_t>(bounds), at::kInt).repeat({num_kv_heads_}).to(device_);
+  views->storage.push_back(one_cluster);
+  for (size_t l = 0; l < context->keys().size(); ++l) {
+    kernels::SequenceLayerBf16 view;
+    view.keys = Bf16Data(context->keys()[l]);
+    view.values = Bf16Data(context->values()[l]);
+    view.head_stride = context->keys()[l].stride(0);
+    kernels::SequenceLayerBf16 dense = view;
+    dense.offsets = one_cluster.data_ptr<int32_t>();
+    dense.num_clusters = 1;
+    views->dense.push_back(dense);
+    if (!indexed) continue;
+    const squeeze::LayerIndex& layer = context->index()[l];
+    std::tie(view.centroids, view.offsets) = KernelLevel(layer.centroids, layer.cluster_offsets, &views->storage);
+    view.num_clusters = static_cast<int32_t>(layer.num_clusters());
+    views->max_clusters = std::max(views->max_clusters, view.num_clusters);
+    if (layer.levels == 2) {
+      std::tie(view.coarse_centroids, view.coarse_offsets) =
+          KernelLevel(layer.coarse_centroids, layer.coarse_offsets, &views->storage);
+      view.num_coarse = static_cast<int32_t>(layer.num_coarse_clusters());
+      views->max_coarse = std::max(views->max_coarse, view.num_coarse);
+    }
+    views->squeezed.push_back(view);
+  }
+  views_[context.get()] = {context, views};
+  return views;
+}
+
+namespace {
+
+// The sequence's dense part per layer, with the context window copied in front.
+void AllocateDenseParts(const StoredContext& context, int64_t window, int64_t capacity, KernelSequence* seq) {
   for (size_t l = 0; l < context.keys().size(); ++l) {
     const at::Tensor& keys = context.keys()[l];
     const at::Tensor& values = context.values()[l];
@@ -176,337 +345,377 @@ KvCache KernelAttention::NewCache(const StoredContext& context, int64_t capacity
     at::Tensor v = at::empty({values.size(0), window + capacity, values.size(2)}, values.options());
     k.narrow(1, 0, window).copy_(keys.narrow(1, stored - window, window));
     v.narrow(1, 0, window).copy_(values.narrow(1, stored - window, window));
-    cache.keys.push_back(k.narrow(1, window, capacity));
-    cache.values.push_back(v.narrow(1, window, capacity));
-    seq->dense_keys.push_back(std::move(k));
-    seq->dense_values.push_back(std::move(v));
+    seq->dense_keys_.push_back(std::move(k));
+    seq->dense_values_.push_back(std::move(v));
   }
-  return cache;
-}
-
-bool KernelAttention::Accepts(const KernelSequence& seq, int64_t num_tokens) const {
-  if (seq.runner != this || num_tokens < 1) return false;
-  if (!seq.prefill) return num_tokens == 1;
-  return num_tokens * (num_q_heads_ / num_kv_heads_) <= kMaxSelectionRows;
-}
-
-void KernelAttention::Run(int64_t layer, const at::Tensor& q_all, const std::vector<const ForwardArgs*>& batch,
-                          const std::vector<int64_t>& offsets, const std::vector<size_t>& members,
-                          std::vector<at::Tensor>* outputs) {
-  std::vector<size_t> decode;
-  for (size_t b : members) {
-    if (batch[b]->kernel->prefill) {
-      RunPrefill(layer, q_all, *batch[b], offsets[b], &(*outputs)[b]);
-    } else {
-      decode.push_back(b);
-    }
-  }
-  if (!decode.empty()) RunDecode(layer, q_all, batch, offsets, std::move(decode), outputs);
-}
-
-void KernelAttention::FinishForward() {
-  if (pending_.empty()) return;
-  std::vector<at::Tensor> parts;
-  for (const PendingStats& p : pending_) parts.push_back(p.counts);
-  const at::Tensor host = at::cat(parts).to(at::kCPU);  // one copy for the whole forward
-  const int32_t* counts = host.data_ptr<int32_t>();
-  int64_t base = 0;
-  for (const PendingStats& p : pending_) {
-    const int64_t bh = p.counts.size(0) / 3;
-    for (size_t i = 0; i < p.seqs.size(); ++i) {
-      KernelSequence* seq = p.seqs[i];
-      if (seq->stats == nullptr) continue;
-      double rows = 0, comparisons = 0;
-      for (int64_t h = 0; h < num_kv_heads_; ++h) {
-        const int64_t pair = static_cast<int64_t>(i) * num_kv_heads_ + h;
-        // An estimated pruned cluster reads its mean value: half a row (as SqueezedLookup counts).
-        rows += counts[base + pair] + 0.5 * counts[base + 2 * bh + pair];
-        comparisons += counts[base + bh + pair];
-      }
-      const double tokens = static_cast<double>(seq->context->summary().num_tokens);
-      seq->stats->AddSample((rows / num_kv_heads_ + static_cast<double>(seq->window)) / tokens,
-                            comparisons / num_kv_heads_);
-    }
-    base += 3 * bh;
-  }
-  pending_.clear();
-}
-
-namespace {
-
-// The pruned-cluster estimate of `bc` sequences on one context at one layer (one-level lookup), in
-// place: the kernels' out [bc, n, H, D] (bf16) and lse [bc, n, H] (fp32) cover the selected
-// clusters and the dense part; the context's other non-empty fine clusters join as one key each —
-// logit s·q·c + log size, value the cluster's mean — merged by log-sum-exp. The n query tokens of a
-// sequence share its selection (ids [bc·H_kv, capacity], counts [bc·H_kv], int32). Writes the pruned
-// cluster count of each (sequence, KV head) to pruned [bc·H_kv] (int32, for the statistics).
-[[maybe_unused]] void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, const at::Tensor& ids,
-                                        const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse,
-                                        at::Tensor pruned) {
-  const int64_t bc = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
-  const int64_t Hkv = index.num_heads(), G = H / Hkv, K = index.num_clusters(), capacity = ids.size(1);
-  if (K == 0) return;
-  const at::Tensor sizes = squeeze::FineSizes(index);  // [H_kv, K]
-  // The selections as masks [H_kv, bc, K] (T' = bc: one selection per sequence, as the lookup's).
-  const at::Tensor valid = at::arange(capacity, counts.options()).unsqueeze(0) < counts.unsqueeze(1);
-  const at::Tensor slot = at::where(valid, ids, at::full({}, static_cast<int32_t>(K), ids.options())).to(at::kLong);
-  const at::Tensor selected = at::zeros({bc * Hkv, K + 1}, sizes.options().dtype(at::kBool))
-                                  .scatter_(1, slot, true)
-                                  .narrow(1, 0, K)
-                                  .view({bc, Hkv, K})
-                                  .transpose(0, 1);
-  pruned.copy_((~selected & (sizes > 0).unsqueeze(1)).sum(-1).transpose(0, 1).reshape({bc * Hkv}));
-  // Grouped queries [H_kv, bc, n·G, D] (Llama order: KV head h serves query heads h·G … h·G+G−1).
-  const at::Tensor qg =
-      q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({2, 0, 1, 3, 4}).reshape({Hkv, bc, n * G, D});
-  const at::Tensor z = squeeze::CentroidLogits(qg, index.centroids, sizes, squeeze::SoftmaxScale(0, D));
-  const at::Tensor logits = squeeze::PrunedClusterLogits(z, sizes.unsqueeze(1).expand({Hkv, bc, K}), selected);
-  const at::Tensor est_lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);  // [H_kv, bc, n·G, 1]
-  const at::Tensor shift = at::where(at::isinf(est_lse), at::zeros_like(est_lse), est_lse);
-  const at::Tensor est_out = at::matmul((logits - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(1));
-  const int64_t Dv = est_out.size(-1);
-  const auto [merged, merged_lse] = squeeze::MergeAttention(
-      out.to(at::kFloat), lse,
-      est_out.view({Hkv, bc, n, G, Dv}).permute({1, 2, 0, 3, 4}).reshape({bc, n, H, Dv}),
-      est_lse.view({Hkv, bc, n, G}).permute({1, 2, 0, 3}).reshape({bc, n, H}));
-  out.copy_(merged);
+  seq->capacity_ = capacity;
 }
 
 }  // namespace
 
-#ifdef SQUEEZESERVE_CUDA_KERNELS
-namespace {
+std::unique_ptr<SequenceAttention> KernelAttention::NewDense(std::shared_ptr<const StoredContext> context,
+                                                             int64_t capacity) {
+  if (std::string why = WhyContextNotOnKernels(*context); !why.empty()) {
+    throw std::logic_error(absl::StrCat("kernel attention: ", why));
+  }
+  auto views = ViewsOf(context);
+  auto seq = std::make_unique<KernelSequence>(*this, context, views, /*squeezed=*/false);
+  AllocateDenseParts(*context, views->window, capacity, seq.get());
+  return seq;
+}
 
-void Check(int err, const char* what) {
-  if (err != 0) {
-    throw std::runtime_error(
-        absl::StrCat("kernel attention: ", what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err))));
+std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<const StoredContext> context,
+                                                                const AttentionOptions& attention,
+                                                                LookupThresholds thresholds, int64_t capacity) {
+  if (std::string why = WhyNotOnKernels(*context, attention); !why.empty()) {
+    throw std::logic_error(absl::StrCat("kernel attention: ", why));
+  }
+  auto views = ViewsOf(context);
+  auto seq = std::make_unique<KernelSequence>(*this, context, views, /*squeezed=*/true);
+  seq->hierarchical_ = attention.hierarchical;
+  seq->estimate_pruned_ = attention.estimate_pruned;
+  seq->thresholds_ = thresholds;
+  AllocateDenseParts(*context, views->window, capacity, seq.get());
+  return seq;
+}
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+
+void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
+  const c10::cuda::CUDAGuard guard(device_);
+  // Launch order: query chunks, then dense decode tokens, then squeezed decode tokens grouped by
+  // their selection launch.
+  std::vector<SequenceStep> ordered;
+  for (const SequenceStep& s : steps) if (!IsDecode(s)) ordered.push_back(s);
+  for (const SequenceStep& s : steps) if (IsDecode(s) && !Member(s).squeezed_) ordered.push_back(s);
+  const size_t first_squeezed = ordered.size();
+  for (const SequenceStep& s : steps) if (IsDecode(s) && Member(s).squeezed_) ordered.push_back(s);
+  first_squeezed_ = static_cast<int64_t>(first_squeezed);
+  first_decode_ = 0;
+  for (const SequenceStep& s : steps) first_decode_ += IsDecode(s) ? 0 : 1;
+  std::stable_sort(ordered.begin() + static_cast<std::ptrdiff_t>(first_squeezed), ordered.end(),
+                   [](const SequenceStep& a, const SequenceStep& b) {
+                     return SelectionKey(Member(a)) < SelectionKey(Member(b));
+                   });
+
+  // Sizes of this step; the buffers grow to them.
+  const int64_t B = static_cast<int64_t>(ordered.size()), Hkv = num_kv_heads_, L = num_layers_;
+  int64_t capacity = 1, workspace = 256;
+  int32_t max_coarse = 0;
+  for (const SequenceStep& s : ordered) {
+    const KernelSequence& seq = Member(s);
+    if (seq.length_ + s.num_tokens > seq.capacity_) throw std::logic_error("kernel attention: no room for the step");
+    if (!seq.squeezed_) continue;
+    capacity = std::max<int64_t>(capacity, seq.views_->max_clusters);
+    if (seq.hierarchical_) max_coarse = std::max(max_coarse, seq.views_->max_coarse);
+  }
+  kernels::AttentionShape shape;
+  shape.num_q_heads = static_cast<int32_t>(num_q_heads_);
+  shape.num_kv_heads = static_cast<int32_t>(Hkv);
+  shape.head_dim = static_cast<int32_t>(head_dim_);
+  kernels::SelectionLimits limits;
+  limits.max_clusters = static_cast<int32_t>(capacity);
+  limits.max_coarse = max_coarse;
+  for (const SequenceStep& s : ordered) {
+    if (!Member(s).squeezed_) continue;
+    shape.batch = IsDecode(s) ? static_cast<int32_t>(B) : 1;
+    shape.query_len = static_cast<int32_t>(s.num_tokens);
+    workspace = std::max<int64_t>(workspace, static_cast<int64_t>(kernels::selection_workspace_bytes(shape, limits)));
+  }
+  shape.query_len = 1;
+  shape.batch = static_cast<int32_t>(std::min<int64_t>(B, kMaxDecodePairs / Hkv));
+  workspace = std::max<int64_t>(
+      workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
+
+  Buffers* b = buffers_.get();
+  if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L) {
+    auto grown = std::make_unique<Buffers>();
+    grown->steps = std::max<int64_t>(B, b ? b->steps : 0);
+    grown->pairs = grown->steps * Hkv;
+    grown->capacity = std::max<int64_t>(capacity, b ? b->capacity : 0);
+    grown->workspace_bytes = std::max<int64_t>(workspace, b ? b->workspace_bytes : 0);
+    grown->layers = L;
+    grown->views_at = 0;
+    grown->dense_rows_at =
+        Aligned(static_cast<int64_t>(sizeof(kernels::SequenceLayerBf16)) * L * grown->steps);
+    grown->source_rows_at = grown->dense_rows_at + Aligned(4 * grown->pairs);
+    grown->staging_bytes = grown->source_rows_at + Aligned(8 * grown->steps);
+    const auto bytes = at::TensorOptions().dtype(at::kByte);
+    grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
+    grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
+    const auto ints = at::TensorOptions().dtype(at::kInt).device(device_);
+    grown->selection = at::empty({2 * grown->pairs * grown->capacity + grown->pairs}, ints);
+    grown->stats = at::zeros({L, 3, grown->pairs}, ints);
+    grown->dense_constants = at::zeros({3, grown->pairs}, ints);
+    grown->dense_constants[1].fill_(1);
+    grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
+    buffers_ = std::move(grown);
+    b = buffers_.get();
+    ++buffers_version_;
+  }
+
+  // Staging: every layer's views, the dense members' rows, the members' source rows.
+  uint8_t* host = b->staging_host.data_ptr<uint8_t>();
+  auto* views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->views_at);
+  auto* dense_rows = reinterpret_cast<int32_t*>(host + b->dense_rows_at);
+  auto* source_rows = reinterpret_cast<int64_t*>(host + b->source_rows_at);
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t i = 0; i < B; ++i) {
+      views[l * B + i] = ViewOf(Member(ordered[i]), l, ordered[i].num_tokens, IsDecode(ordered[i]));
+    }
+  }
+  for (int64_t i = 0; i < B; ++i) {
+    for (int64_t h = 0; h < Hkv; ++h) dense_rows[i * Hkv + h] = static_cast<int32_t>(Member(ordered[i]).views_->clustered);
+    source_rows[i] = ordered[i].offset;
+  }
+  // The staging buffer is reused by the next step only after this one's logits reached the host
+  // (every forward ends with that copy), so the upload has long finished by then.
+  b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
+  b->stats.narrow(1, 2, 1).zero_();  // estimated-cluster counts: only estimating members write them
+  steps_ = std::move(ordered);
+  order_of_.clear();
+  for (const SequenceStep& s : steps_) {
+    size_t original = 0;
+    while (original < steps.size() && steps[original].sequence != s.sequence) ++original;
+    order_of_.push_back(original);
   }
 }
 
-void* CurrentStream(at::Device device) { return c10::cuda::getCurrentCUDAStream(device.index()).stream(); }
+namespace {
 
-// The views as a device array (one small pinned host-to-device copy on the current stream).
-at::Tensor Upload(const std::vector<kernels::SequenceLayerBf16>& views, at::Device device) {
-  const int64_t bytes = static_cast<int64_t>(sizeof(kernels::SequenceLayerBf16) * views.size());
-  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), views.data(), static_cast<size_t>(bytes));
+// A Selection over the per-pair arrays of `buffers` at `layer`, from pair `first_pair` on.
+kernels::Selection SqueezedSelection(const KernelAttention::Buffers& b, int64_t layer, int64_t first_pair) {
+  int32_t* sel = b.selection.data_ptr<int32_t>();
+  int32_t* stats = b.stats[layer].data_ptr<int32_t>();  // [3][pairs]
+  kernels::Selection s;
+  s.capacity = static_cast<int32_t>(b.capacity);
+  s.cluster_ids = sel + first_pair * b.capacity;
+  s.row_start = sel + b.pairs * b.capacity + first_pair * b.capacity;
+  s.counts = sel + 2 * b.pairs * b.capacity + first_pair;
+  s.rows = stats + first_pair;
+  s.comparisons = stats + b.pairs + first_pair;
+  return s;
+}
+
+// The dense members' selection: their clustered part as cluster 0, whole.
+kernels::Selection DenseSelection(const KernelAttention::Buffers& b, int64_t first_pair) {
+  int32_t* constants = b.dense_constants.data_ptr<int32_t>();
+  kernels::Selection s;
+  s.capacity = 1;
+  s.cluster_ids = constants + first_pair;  // 0
+  s.row_start = constants + first_pair;    // 0
+  s.counts = constants + b.pairs + first_pair;  // 1
+  s.comparisons = constants + 2 * b.pairs + first_pair;  // 0
+  s.rows = reinterpret_cast<int32_t*>(b.staging_device.data_ptr<uint8_t>() + b.dense_rows_at) + first_pair;
+  return s;
+}
+
+at::Tensor ClusterIdsOf(const KernelAttention::Buffers& b, int64_t first_pair, int64_t n) {
+  return b.selection.narrow(0, first_pair * b.capacity, n * b.capacity).view({n, b.capacity});
+}
+at::Tensor ClusterCountsOf(const KernelAttention::Buffers& b, int64_t first_pair, int64_t n) {
+  return b.selection.narrow(0, 2 * b.pairs * b.capacity + first_pair, n);
+}
+at::Tensor PrunedCountsOf(const KernelAttention::Buffers& b, int64_t layer, int64_t first_pair, int64_t n) {
+  return b.stats[layer][2].narrow(0, first_pair, n);
+}
+
+// One view, uploaded on its own (a query chunk: eager, never in a graph).
+at::Tensor UploadView(const kernels::SequenceLayerBf16& view, at::Device device) {
+  at::Tensor host = at::empty({static_cast<int64_t>(sizeof(view))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), &view, sizeof(view));
   return host.to(device, at::kByte, /*non_blocking=*/true);
 }
 
-const kernels::SequenceLayerBf16* Views(const at::Tensor& uploaded) {
-  return static_cast<const kernels::SequenceLayerBf16*>(uploaded.data_ptr());
-}
-
-int64_t Aligned(int64_t n) { return (n + 63) / 64 * 64; }  // int32 elements: 256-byte starts
-
-// Device storage of a kernels::Selection for bh (sequence, KV head) pairs, worst-case sized; rows
-// and comparisons are adjacent so that the statistics are one slice.
-struct SelectionBuffers {
-  at::Tensor data;
-  kernels::Selection selection;
-  int64_t bh = 0, rows_at = 0;
-
-  int64_t counts_at = 0;
-
-  // rows, comparisons and the estimate's pruned-cluster counts are adjacent: Counts() is one slice.
-  SelectionBuffers(int64_t pairs, int32_t capacity, at::Device device) : bh(pairs) {
-    const int64_t ids = Aligned(bh * capacity);
-    counts_at = 2 * ids;
-    rows_at = counts_at + Aligned(bh);
-    data = at::empty({rows_at + 3 * bh}, at::TensorOptions().dtype(at::kInt).device(device));
-    PrunedCounts().zero_();  // stays 0 for pairs whose pruned clusters are dropped
-    int32_t* p = data.data_ptr<int32_t>();
-    selection.cluster_ids = p;
-    selection.row_start = p + ids;
-    selection.counts = p + counts_at;
-    selection.rows = p + rows_at;
-    selection.comparisons = p + rows_at + bh;
-    selection.capacity = capacity;
-  }
-  // The selection of the sequences from `first` on (a sub-batch launch).
-  kernels::Selection From(int64_t first, int64_t kv_heads) const {
-    kernels::Selection s = selection;
-    const int64_t pair = first * kv_heads;
-    s.cluster_ids += pair * selection.capacity;
-    s.row_start += pair * selection.capacity;
-    s.counts += pair;
-    s.rows += pair;
-    s.comparisons += pair;
-    return s;
-  }
-  at::Tensor Counts() const { return data.narrow(0, rows_at, 3 * bh); }
-  // Pairs [first, first + n): selected fine-cluster ids [n, H_kv... as n pairs, capacity] and counts.
-  at::Tensor ClusterIds(int64_t first, int64_t n) const {
-    return data.narrow(0, first * selection.capacity, n * selection.capacity).view({n, selection.capacity});
-  }
-  at::Tensor ClusterCounts(int64_t first, int64_t n) const { return data.narrow(0, counts_at + first, n); }
-  at::Tensor PrunedCounts() const { return data.narrow(0, rows_at + 2 * bh, bh); }
-};
-
-at::Tensor DeviceBytes(size_t bytes, at::Device device) {
-  return at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 256))},
-                   at::TensorOptions().dtype(at::kByte).device(device));
-}
-
 }  // namespace
 
-void KernelAttention::RunPrefill(int64_t layer, const at::Tensor& q_all, const ForwardArgs& args, int64_t offset,
-                                 at::Tensor* output) {
+std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v) {
   const c10::cuda::CUDAGuard guard(device_);
-  KernelSequence& seq = *args.kernel;
-  const int64_t n = args.num_tokens, H = num_q_heads_, D = head_dim_;
-  const kernels::SequenceLayerBf16 view = ViewOf(seq, layer, args.cache->length + n, /*decode=*/false);
-  const at::Tensor views = Upload({view}, device_);
-  const at::Tensor q = q_all.narrow(1, offset, n).transpose(0, 1).contiguous();  // [n, H, D]
-
-  kernels::AttentionShape shape;
-  shape.batch = 1;
-  shape.num_q_heads = static_cast<int32_t>(H);
-  shape.num_kv_heads = static_cast<int32_t>(num_kv_heads_);
-  shape.head_dim = static_cast<int32_t>(D);
-  shape.query_len = static_cast<int32_t>(n);
-  const kernels::SelectionParams params = ParamsFor(seq, /*decode=*/false);
-  kernels::SelectionLimits limits;
-  limits.max_clusters = view.num_clusters;
-  limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
-  SelectionBuffers selection(num_kv_heads_, std::max(1, view.num_clusters), device_);
-  const at::Tensor workspace = DeviceBytes(kernels::selection_workspace_bytes(shape, limits), device_);
+  const Buffers& b = *buffers_;
+  const int64_t B = static_cast<int64_t>(steps_.size()), H = num_q_heads_, Hkv = num_kv_heads_, D = head_dim_;
+  const int64_t G = H / Hkv;
   void* stream = CurrentStream(device_);
-  Check(kernels::select_clusters(shape, Views(views), q.data_ptr(), params, limits, selection.selection,
-                                 workspace.data_ptr(), nullptr, stream),
-        "select_clusters (prefill)");
-  at::Tensor out = at::empty({n, H, D}, q.options());
-  const at::Tensor lse = seq.estimate_pruned ? at::empty({n, H}, q.options().dtype(at::kFloat)) : at::Tensor();
-  Check(kernels::sparse_prefill_attention(shape, Views(views), q.data_ptr(), selection.selection, out.data_ptr(),
-                                          seq.estimate_pruned ? lse.data_ptr<float>() : nullptr, stream),
-        "sparse_prefill_attention");
-  if (seq.estimate_pruned) {
-    AddPrunedEstimate(seq.context->index()[layer], q.unsqueeze(0), selection.ClusterIds(0, num_kv_heads_),
-                      selection.ClusterCounts(0, num_kv_heads_), out.unsqueeze(0), lse.unsqueeze(0),
-                      selection.PrunedCounts());
-  }
-  *output = out.view({n, H * D});
-  pending_.push_back(PendingStats{selection.Counts(), {&seq}});
-}
-
-void KernelAttention::RunDecode(int64_t layer, const at::Tensor& q_all, const std::vector<const ForwardArgs*>& batch,
-                                const std::vector<int64_t>& offsets, std::vector<size_t> members,
-                                std::vector<at::Tensor>* outputs) {
-  const c10::cuda::CUDAGuard guard(device_);
-  const int64_t H = num_q_heads_, Hkv = num_kv_heads_, D = head_dim_;
-  // select_clusters takes one (hierarchical, launch-wide τ) per launch: sequences sharing them are
-  // made contiguous and selected together (sequences with per-head thresholds ignore the launch-wide
-  // τ, so all of them share one launch); the attention then runs over all of them at once.
-  auto key = [&](size_t b) {
-    const kernels::SelectionParams p = ParamsFor(*batch[b]->kernel, /*decode=*/true);
-    const bool per_head = HeadThresholds(*batch[b]->kernel, layer) != nullptr;
-    return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
-  };
-  std::stable_sort(members.begin(), members.end(), [&](size_t a, size_t b) { return key(a) < key(b); });
-  const int64_t B = static_cast<int64_t>(members.size());
-
-  std::vector<kernels::SequenceLayerBf16> views;
-  std::vector<int64_t> q_rows;
-  std::vector<KernelSequence*> seqs;
-  int32_t max_clusters = 1, max_coarse = 0;
-  bool in_order = B == q_all.size(1);
-  for (int64_t i = 0; i < B; ++i) {
-    const ForwardArgs& args = *batch[members[i]];
-    views.push_back(ViewOf(*args.kernel, layer, args.cache->length + 1, /*decode=*/true));
-    max_clusters = std::max(max_clusters, views.back().num_clusters);
-    if (args.kernel->hierarchical) max_coarse = std::max(max_coarse, views.back().num_coarse);
-    q_rows.push_back(offsets[members[i]]);
-    in_order = in_order && q_rows.back() == i;
-    seqs.push_back(args.kernel);
-  }
-  const at::Tensor device_views = Upload(views, device_);
-  // q as [B, H, D] (the decode token of each sequence).
-  const at::Tensor q =
-      in_order ? q_all.transpose(0, 1).contiguous()
-               : q_all.index_select(1, at::tensor(at::ArrayRef<int64_t>(q_rows), at::kLong).to(device_))
-                     .transpose(0, 1)
-                     .contiguous();
-
+  std::vector<at::Tensor> outputs(B);
   kernels::AttentionShape shape;
   shape.num_q_heads = static_cast<int32_t>(H);
   shape.num_kv_heads = static_cast<int32_t>(Hkv);
   shape.head_dim = static_cast<int32_t>(D);
-  shape.query_len = 1;
-  // Groups of equal selection parameters, and attention launches of at most 2048 (sequence, KV
-  // head) pairs (sparse_decode_attention's limit).
-  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, end)
-  for (int64_t i = 0; i < B; ++i) {
-    if (i == 0 || key(members[i]) != key(members[i - 1])) groups.emplace_back(i, i);
-    groups.back().second = i + 1;
-  }
-  const int64_t chunk = std::max<int64_t>(1, 2048 / Hkv);
-  kernels::SelectionLimits limits;
-  limits.max_clusters = max_clusters;
-  limits.max_coarse = max_coarse;
-  const kernels::DecodeLaunch launch;
-  size_t workspace_bytes = 0;
-  for (const auto& [first, end] : groups) {
-    shape.batch = static_cast<int32_t>(end - first);
-    workspace_bytes = std::max(workspace_bytes, kernels::selection_workspace_bytes(shape, limits));
-  }
-  shape.batch = static_cast<int32_t>(std::min(B, chunk));
-  workspace_bytes = std::max(workspace_bytes, kernels::decode_attention_workspace_bytes(shape, launch));
-  const at::Tensor workspace = DeviceBytes(workspace_bytes, device_);
-  SelectionBuffers selection(B * Hkv, max_clusters, device_);
-  void* stream = CurrentStream(device_);
-  const uint16_t* q_data = Bf16Data(q);
 
-  for (const auto& [first, end] : groups) {
-    shape.batch = static_cast<int32_t>(end - first);
-    const kernels::SelectionParams params = ParamsFor(*seqs[first], /*decode=*/true);
-    kernels::SelectionLimits group_limits = limits;
-    if (!params.hierarchical) group_limits.max_coarse = 0;
-    Check(kernels::select_clusters(shape, Views(device_views) + first, q_data + first * H * D, params, group_limits,
-                                   selection.From(first, Hkv), workspace.data_ptr(), nullptr, stream),
-          "select_clusters (decode)");
+  // Query chunks, one at a time (eager).
+  for (int64_t i = 0; i < first_decode_; ++i) {
+    const SequenceStep& step = steps_[i];
+    KernelSequence& seq = Member(step);
+    const int64_t n = step.num_tokens, W = seq.views_->window;
+    seq.dense_keys_[layer].narrow(1, W + seq.length_, n).copy_(k.narrow(1, step.offset, n));
+    seq.dense_values_[layer].narrow(1, W + seq.length_, n).copy_(v.narrow(1, step.offset, n));
+    const at::Tensor qs = q.narrow(1, step.offset, n);
+    if (!seq.squeezed_) {
+      // Dense: libtorch's fused attention over the stored context (all of it, no mask) and over the
+      // own tokens (causal), merged.
+      const AttentionPart own = AttendWithLse(qs, seq.dense_keys_[layer].narrow(1, W, seq.length_ + n),
+                                              seq.dense_values_[layer].narrow(1, W, seq.length_ + n), seq.length_);
+      const AttentionPart context = AttendWithLse(qs, seq.context_->keys()[layer], seq.context_->values()[layer], -1);
+      outputs[order_of_[i]] = MergeLse(context, own).out.to(q.scalar_type()).transpose(0, 1).reshape({n, H * D});
+      continue;
+    }
+    // Squeezed: blocks of at most kMaxSelectionRows query rows, each selecting its clusters.
+    std::vector<at::Tensor> blocks;
+    const int64_t block = std::max<int64_t>(1, kMaxSelectionRows / G);
+    for (int64_t a = 0; a < n; a += block) {
+      const int64_t m = std::min(block, n - a);
+      const at::Tensor q_block = qs.narrow(1, a, m).transpose(0, 1).contiguous();  // [m, H, D]
+      kernels::SequenceLayerBf16 view = ViewOf(seq, layer, a + m, /*decode=*/false);
+      const at::Tensor view_device = UploadView(view, device_);
+      const auto* views = reinterpret_cast<const kernels::SequenceLayerBf16*>(view_device.data_ptr());
+      shape.batch = 1;
+      shape.query_len = static_cast<int32_t>(m);
+      const kernels::SelectionParams params = ParamsFor(seq, /*decode=*/false);
+      kernels::SelectionLimits limits;
+      limits.max_clusters = view.num_clusters;
+      limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
+      const kernels::Selection selection = SqueezedSelection(b, layer, i * Hkv);
+      Check(kernels::select_clusters(shape, views, q_block.data_ptr(), params, limits, selection,
+                                     b.workspace.data_ptr(), nullptr, stream),
+            "select_clusters (prefill)");
+      at::Tensor out = at::empty({m, H, D}, q_block.options());
+      const at::Tensor lse = seq.estimate_pruned_ ? at::empty({m, H}, q.options().dtype(at::kFloat)) : at::Tensor();
+      Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
+                                              seq.estimate_pruned_ ? lse.data_ptr<float>() : nullptr, stream),
+            "sparse_prefill_attention");
+      if (seq.estimate_pruned_) {
+        AddPrunedEstimate(seq.context_->index()[layer], q_block.unsqueeze(0), ClusterIdsOf(b, i * Hkv, Hkv),
+                          ClusterCountsOf(b, i * Hkv, Hkv), out.unsqueeze(0), lse.unsqueeze(0),
+                          PrunedCountsOf(b, layer, i * Hkv, Hkv));
+      }
+      blocks.push_back(out.view({m, H * D}));
+    }
+    outputs[order_of_[i]] = blocks.size() == 1 ? blocks[0] : at::cat(blocks, 0);
   }
-  at::Tensor out = at::empty({B, H, D}, q.options());
-  uint16_t* out_data = static_cast<uint16_t*>(out.data_ptr());
-  const bool any_estimate =
-      std::any_of(seqs.begin(), seqs.end(), [](const KernelSequence* s) { return s->estimate_pruned; });
-  const at::Tensor lse = any_estimate ? at::empty({B, H}, q.options().dtype(at::kFloat)) : at::Tensor();
-  for (int64_t first = 0; first < B; first += chunk) {
-    shape.batch = static_cast<int32_t>(std::min(chunk, B - first));
-    Check(kernels::sparse_decode_attention(shape, Views(device_views) + first, q_data + first * H * D,
-                                           selection.From(first, Hkv), out_data + first * H * D,
-                                           any_estimate ? lse.data_ptr<float>() + first * H : nullptr,
-                                           workspace.data_ptr(), launch, stream),
-          "sparse_decode_attention");
-  }
-  // The estimate, one batched pass per run of consecutive estimating sequences on one context.
-  for (int64_t first = 0; first < B;) {
+  if (first_decode_ == B) return outputs;
+
+  // Decode tokens: every operation reads device memory only (CUDA-graph safe).
+  const int64_t Bd = B - first_decode_;
+  const auto* views =
+      reinterpret_cast<const kernels::SequenceLayerBf16*>(b.staging_device.data_ptr<uint8_t>() + b.views_at) +
+      layer * B;
+  const at::Tensor source_rows =
+      b.staging_device.narrow(0, b.source_rows_at, 8 * B).view(at::kLong).narrow(0, first_decode_, Bd);
+  const at::Tensor qd = q.index_select(1, source_rows).transpose(0, 1).contiguous();  // [Bd, H, D]
+  shape.batch = static_cast<int32_t>(Bd);
+  shape.query_len = 1;
+  kernels::NewKv source;
+  source.keys = Bf16Data(k);
+  source.values = Bf16Data(v);
+  source.key_head_stride = k.stride(0);
+  source.key_row_stride = k.stride(1);
+  source.value_head_stride = v.stride(0);
+  source.value_row_stride = v.stride(1);
+  Check(kernels::append_dense_kv(shape, views + first_decode_, source, source_rows.data_ptr<int64_t>(), stream),
+        "append_dense_kv");
+
+  const uint16_t* q_data = Bf16Data(qd);
+  at::Tensor out = at::empty({Bd, H, D}, qd.options());
+  auto* out_data = static_cast<uint16_t*>(out.data_ptr());
+  const bool any_estimate = std::any_of(steps_.begin() + first_squeezed_, steps_.end(),
+                                        [](const SequenceStep& s) { return Member(s).estimate_pruned_; });
+  const at::Tensor lse = any_estimate ? at::empty({Bd, H}, q.options().dtype(at::kFloat)) : at::Tensor();
+  const int64_t chunk = std::max<int64_t>(1, kMaxDecodePairs / Hkv);
+  const kernels::DecodeLaunch launch;
+  // Attention of members [first, end), in launches of at most kMaxDecodePairs pairs.
+  auto attend = [&](int64_t first, int64_t end, bool dense) {
+    for (int64_t c = first; c < end; c += chunk) {
+      shape.batch = static_cast<int32_t>(std::min(chunk, end - c));
+      const int64_t row = c - first_decode_;  // row of qd / out
+      const kernels::Selection selection = dense ? DenseSelection(b, c * Hkv) : SqueezedSelection(b, layer, c * Hkv);
+      Check(kernels::sparse_decode_attention(shape, views + c, q_data + row * H * D, selection,
+                                             out_data + row * H * D,
+                                             !dense && any_estimate ? lse.data_ptr<float>() + row * H : nullptr,
+                                             b.workspace.data_ptr(), launch, stream),
+            "sparse_decode_attention");
+    }
+  };
+  if (first_squeezed_ > first_decode_) attend(first_decode_, first_squeezed_, /*dense=*/true);
+  // Selections: one launch per run of members sharing (hierarchical, thresholds).
+  for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
-    if (seqs[first]->estimate_pruned) {
-      while (end < B && seqs[end]->estimate_pruned && seqs[end]->context == seqs[first]->context) ++end;
-      const int64_t bc = end - first;
-      AddPrunedEstimate(seqs[first]->context->index()[layer], q.narrow(0, first, bc).unsqueeze(1),
-                        selection.ClusterIds(first * Hkv, bc * Hkv), selection.ClusterCounts(first * Hkv, bc * Hkv),
-                        out.narrow(0, first, bc).unsqueeze(1), lse.narrow(0, first, bc).unsqueeze(1),
-                        selection.PrunedCounts().narrow(0, first * Hkv, bc * Hkv));
+    while (end < B && SelectionKey(Member(steps_[end])) == SelectionKey(Member(steps_[first]))) ++end;
+    const KernelSequence& lead = Member(steps_[first]);
+    const kernels::SelectionParams params = ParamsFor(lead, /*decode=*/true);
+    kernels::SelectionLimits limits;
+    limits.max_clusters = static_cast<int32_t>(b.capacity);
+    for (int64_t i = first; i < end; ++i) {
+      if (params.hierarchical) limits.max_coarse = std::max(limits.max_coarse, Member(steps_[i]).views_->max_coarse);
+    }
+    shape.batch = static_cast<int32_t>(end - first);
+    Check(kernels::select_clusters(shape, views + first, q_data + (first - first_decode_) * H * D, params, limits,
+                                   SqueezedSelection(b, layer, first * Hkv), b.workspace.data_ptr(), nullptr, stream),
+          "select_clusters (decode)");
+    first = end;
+  }
+  if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
+  // The estimate, one batched pass per run of consecutive estimating members on one context.
+  for (int64_t first = first_squeezed_; first < B;) {
+    int64_t end = first + 1;
+    const KernelSequence& lead = Member(steps_[first]);
+    if (lead.estimate_pruned_) {
+      while (end < B && Member(steps_[end]).estimate_pruned_ && Member(steps_[end]).context_ == lead.context_) ++end;
+      const int64_t bc = end - first, row = first - first_decode_;
+      AddPrunedEstimate(lead.context_->index()[layer], qd.narrow(0, row, bc).unsqueeze(1),
+                        ClusterIdsOf(b, first * Hkv, bc * Hkv), ClusterCountsOf(b, first * Hkv, bc * Hkv),
+                        out.narrow(0, row, bc).unsqueeze(1), lse.narrow(0, row, bc).unsqueeze(1),
+                        PrunedCountsOf(b, layer, first * Hkv, bc * Hkv));
     }
     first = end;
   }
-  for (int64_t i = 0; i < B; ++i) (*outputs)[members[i]] = out[i].view({1, H * D});
-  pending_.push_back(PendingStats{selection.Counts(), std::move(seqs)});
+  for (int64_t i = first_decode_; i < B; ++i) outputs[order_of_[i]] = out[i - first_decode_].view({1, H * D});
+  return outputs;
+}
+
+void KernelAttention::Finish() {
+  const int64_t B = static_cast<int64_t>(steps_.size()), Hkv = num_kv_heads_;
+  const bool any_squeezed =
+      std::any_of(steps_.begin(), steps_.end(), [](const SequenceStep& s) { return Member(s).squeezed_; });
+  if (any_squeezed) {
+    // One copy of every layer's statistics: [L][3][B·H_kv].
+    const at::Tensor host = buffers_->stats.narrow(2, 0, B * Hkv).contiguous().to(at::kCPU);
+    const int32_t* counts = host.data_ptr<int32_t>();
+    for (int64_t i = 0; i < B; ++i) {
+      KernelSequence& seq = Member(steps_[i]);
+      if (!seq.squeezed_) continue;
+      const double tokens = static_cast<double>(seq.context_->summary().num_tokens);
+      for (int64_t l = 0; l < num_layers_; ++l) {
+        const int32_t* layer = counts + l * 3 * B * Hkv;
+        double rows = 0, comparisons = 0;
+        for (int64_t h = 0; h < Hkv; ++h) {
+          const int64_t pair = i * Hkv + h;
+          // An estimated pruned cluster reads its mean value: half a row (as SqueezedLookup counts).
+          rows += layer[pair] + 0.5 * layer[2 * B * Hkv + pair];
+          comparisons += layer[B * Hkv + pair];
+        }
+        seq.stats_.AddLayer((rows / Hkv + static_cast<double>(seq.views_->window)) / tokens, comparisons / Hkv);
+      }
+      seq.stats_.FinishStep();
+    }
+  }
+  for (const SequenceStep& step : steps_) Member(step).length_ += step.num_tokens;
+  steps_.clear();
 }
 
 #else  // !SQUEEZESERVE_CUDA_KERNELS: never constructed (ChooseKernelBackend says libtorch).
 
-void KernelAttention::RunPrefill(int64_t, const at::Tensor&, const ForwardArgs&, int64_t, at::Tensor*) {
+void KernelAttention::Plan(const std::vector<SequenceStep>&) {
   throw std::logic_error("kernel attention: this build has no CUDA kernels");
 }
 
-void KernelAttention::RunDecode(int64_t, const at::Tensor&, const std::vector<const ForwardArgs*>&,
-                                const std::vector<int64_t>&, std::vector<size_t>, std::vector<at::Tensor>*) {
+std::vector<at::Tensor> KernelAttention::Attend(int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   throw std::logic_error("kernel attention: this build has no CUDA kernels");
 }
+
+void KernelAttention::Finish() { steps_.clear(); }
 
 #endif
+
+void KernelAttention::Abandon() { steps_.clear(); }
 
 }  // namespace squeezeserve

@@ -1,13 +1,16 @@
 #include "engine/llama_model.h"
 
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/attention.h"
-#include "engine/kernel_attention.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
@@ -116,6 +119,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
     if (tensor.ok()) out = *tensor;
     else status = tensor.status();
   };
+  // Loads weights and stacks them along the output dimension (one matmul instead of several).
+  auto load_stacked = [&](at::Tensor& out, const std::vector<std::pair<std::string, std::vector<int64_t>>>& parts) {
+    std::vector<at::Tensor> loaded(parts.size());
+    for (size_t i = 0; i < parts.size(); ++i) load(loaded[i], parts[i].first, parts[i].second);
+    if (status.ok()) out = at::cat(loaded, 0);
+  };
   try {
     load(model->embed_tokens_, "model.embed_tokens.weight", {config.vocab_size, hidden});
     load(model->final_norm_, "model.norm.weight", {hidden});
@@ -131,18 +140,18 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
       const std::string prefix = absl::StrCat("model.layers.", i, ".");
       load(layer.input_norm, prefix + "input_layernorm.weight", {hidden});
       load(layer.post_attention_norm, prefix + "post_attention_layernorm.weight", {hidden});
-      load(layer.q_proj, prefix + "self_attn.q_proj.weight", {q_out, hidden});
-      load(layer.k_proj, prefix + "self_attn.k_proj.weight", {kv_out, hidden});
-      load(layer.v_proj, prefix + "self_attn.v_proj.weight", {kv_out, hidden});
-      load(layer.o_proj, prefix + "self_attn.o_proj.weight", {hidden, q_out});
+      load_stacked(layer.qkv_proj, {{prefix + "self_attn.q_proj.weight", {q_out, hidden}},
+                                    {prefix + "self_attn.k_proj.weight", {kv_out, hidden}},
+                                    {prefix + "self_attn.v_proj.weight", {kv_out, hidden}}});
       if (config.qkv_bias) {
-        load(layer.q_bias, prefix + "self_attn.q_proj.bias", {q_out});
-        load(layer.k_bias, prefix + "self_attn.k_proj.bias", {kv_out});
-        load(layer.v_bias, prefix + "self_attn.v_proj.bias", {kv_out});
+        load_stacked(layer.qkv_bias, {{prefix + "self_attn.q_proj.bias", {q_out}},
+                                      {prefix + "self_attn.k_proj.bias", {kv_out}},
+                                      {prefix + "self_attn.v_proj.bias", {kv_out}}});
       }
+      load(layer.o_proj, prefix + "self_attn.o_proj.weight", {hidden, q_out});
       if (config.o_bias) load(layer.o_bias, prefix + "self_attn.o_proj.bias", {hidden});
-      load(layer.gate_proj, prefix + "mlp.gate_proj.weight", {inter, hidden});
-      load(layer.up_proj, prefix + "mlp.up_proj.weight", {inter, hidden});
+      load_stacked(layer.gate_up_proj, {{prefix + "mlp.gate_proj.weight", {inter, hidden}},
+                                        {prefix + "mlp.up_proj.weight", {inter, hidden}}});
       load(layer.down_proj, prefix + "mlp.down_proj.weight", {hidden, inter});
     }
     const std::vector<float> inv_freq = RopeInverseFrequencies(config.rope, dim);
@@ -187,114 +196,135 @@ at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos, con
   return (heads * cos + rotated * sin).contiguous();
 }
 
-at::Tensor LlamaModel::Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x,
-                                 const at::Tensor& cos, const at::Tensor& sin,
-                                 const std::vector<const ForwardArgs*>& batch,
-                                 const std::vector<int64_t>& offsets) const {
-  const int64_t total = x.size(0);
-  const at::Tensor q_all = ApplyRope(at::linear(x, layer.q_proj, layer.q_bias), cos, sin);  // [H, N, D]
-  const at::Tensor k_all = ApplyRope(at::linear(x, layer.k_proj, layer.k_bias), cos, sin);  // [H_kv, N, D]
-  const at::Tensor v_all =
-      at::linear(x, layer.v_proj, layer.v_bias).view({total, -1, config_.head_dim}).transpose(0, 1);
+std::pair<at::Tensor, at::Tensor> LlamaModel::RopeTables(const at::Tensor& positions) const {
+  // Computed in float32 as HF does.
+  const at::Tensor freqs = at::outer(positions.to(at::kFloat), inv_freq_);  // [N, D/2]
+  const at::Tensor angles = at::cat({freqs, freqs}, -1);                    // [N, D]
+  return {angles.cos().to(dtype_), angles.sin().to(dtype_)};
+}
 
-  std::vector<at::Tensor> outputs(batch.size());
-  // Sequences whose attention the CUDA kernels compute, all in one call after this loop.
-  std::vector<size_t> kernel_members;
-  KernelAttention* kernels = nullptr;
-  for (size_t b = 0; b < batch.size(); ++b) {
-    const ForwardArgs& args = *batch[b];
-    const int64_t n = args.num_tokens;
-    // A lone sequence keeps the tensors as they are (the one-at-a-time path, bit for bit as before).
-    const bool alone = batch.size() == 1;
-    const at::Tensor k = alone ? k_all : k_all.narrow(1, offsets[b], n);
-    const at::Tensor v = alone ? v_all : v_all.narrow(1, offsets[b], n);
+LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos,
+                                          const at::Tensor& sin) const {
+  const int64_t total = normed.size(0), dim = config_.head_dim;
+  const int64_t q_out = config_.num_attention_heads * dim, kv_out = config_.num_kv_heads * dim;
+  const at::Tensor qkv = at::linear(normed, layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
+  Projected p;
+  p.q = ApplyRope(qkv.narrow(1, 0, q_out), cos, sin);       // [H, N, D]
+  p.k = ApplyRope(qkv.narrow(1, q_out, kv_out), cos, sin);  // [H_kv, N, D]
+  p.v = qkv.narrow(1, q_out + kv_out, kv_out).reshape({total, -1, dim}).transpose(0, 1);
+  return p;
+}
 
-    KvCache& cache = *args.cache;
-    cache.keys[layer_index].narrow(1, cache.length, n).copy_(k);
-    cache.values[layer_index].narrow(1, cache.length, n).copy_(v);
-    if (args.kernel != nullptr && args.captured_queries == nullptr && args.kernel->runner->Accepts(*args.kernel, n)) {
-      kernel_members.push_back(b);
-      kernels = args.kernel->runner;
-      continue;
-    }
-    const at::Tensor q = alone ? q_all : q_all.narrow(1, offsets[b], n).contiguous();
-    if (args.captured_queries != nullptr && args.capture_from < n) {
-      (*args.captured_queries)[layer_index] = q.narrow(1, args.capture_from, n - args.capture_from).clone();
-    }
-
-    // Part (b): the sequence's own tokens so far, causal; new token i sits at row cache.length + i.
-    const int64_t own_len = cache.length + n;
-    AttentionPart attended = AttendWithLse(q, cache.keys[layer_index].narrow(1, 0, own_len),
-                                           cache.values[layer_index].narrow(1, 0, own_len), cache.length);
-    // Part (a): the stored context, through the caller's lookup or as a read-only prefix, no mask.
-    if (args.context_attention) {
-      attended = MergeLse(args.context_attention(layer_index, q), attended);
-    } else if (args.prefix.keys != nullptr && (*args.prefix.keys)[layer_index].size(1) > 0) {
-      const AttentionPart prefix = AttendWithLse(q, (*args.prefix.keys)[layer_index],
-                                                 (*args.prefix.values)[layer_index], /*causal_offset=*/-1);
-      attended = MergeLse(prefix, attended);
-    }
-    outputs[b] = attended.out.to(dtype_).transpose(0, 1).reshape({n, -1});  // [n, H·D]
-  }
-  if (kernels != nullptr) kernels->Run(layer_index, q_all, batch, offsets, kernel_members, &outputs);
-  const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
-  return at::linear(merged, layer.o_proj, layer.o_bias);
+at::Tensor LlamaModel::Mlp(const Layer& layer, const at::Tensor& normed) const {
+  const int64_t inter = config_.intermediate_size;
+  const at::Tensor gate_up = at::linear(normed, layer.gate_up_proj);  // [N, 2·intermediate]
+  return at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter), layer.down_proj);
 }
 
 at::Tensor LlamaModel::Forward(const ForwardArgs& args) const { return ForwardBatch({&args})[0]; }
 
+PlannedStep LlamaModel::PlanStep(const std::vector<const ForwardArgs*>& batch) const {
+  PlannedStep plan;
+  std::vector<std::vector<SequenceStep>> steps;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const ForwardArgs& args = *batch[b];
+    if (args.attention == nullptr) throw std::logic_error("ForwardArgs::attention is not set");
+    plan.offsets.push_back(plan.total_tokens);
+    AttentionBackend* backend = &args.attention->backend();
+    size_t g = 0;
+    while (g < plan.backends.size() && plan.backends[g] != backend) ++g;
+    if (g == plan.backends.size()) {
+      plan.backends.push_back(backend);
+      plan.members.emplace_back();
+      steps.emplace_back();
+    }
+    plan.members[g].push_back(b);
+    steps[g].push_back(SequenceStep{args.attention, plan.total_tokens, args.num_tokens, args.query_prefill});
+    plan.total_tokens += args.num_tokens;
+  }
+  for (size_t g = 0; g < plan.backends.size(); ++g) {
+    try {
+      plan.backends[g]->Plan(steps[g]);
+    } catch (...) {
+      for (size_t done = 0; done < g; ++done) plan.backends[done]->Abandon();
+      throw;
+    }
+  }
+  return plan;
+}
+
+at::Tensor LlamaModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const PlannedStep& plan,
+                                 const std::vector<const ForwardArgs*>& batch) const {
+  const auto [cos, sin] = RopeTables(positions);
+  for (const ForwardArgs* args : batch) {
+    if (args->captured_queries != nullptr) args->captured_queries->assign(config_.num_layers, at::Tensor());
+  }
+  at::Tensor x = at::embedding(embed_tokens_, ids);  // [N, hidden]
+  std::vector<at::Tensor> outputs(batch.size());
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    const Projected p = Project(layer, RmsNorm(x, layer.input_norm), cos, sin);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      if (batch[b]->captured_queries != nullptr) {
+        (*batch[b]->captured_queries)[l] = p.q.narrow(1, plan.offsets[b], batch[b]->num_tokens).clone();
+      }
+    }
+    for (size_t g = 0; g < plan.backends.size(); ++g) {
+      std::vector<at::Tensor> attended = plan.backends[g]->Attend(l, p.q, p.k, p.v);
+      for (size_t i = 0; i < attended.size(); ++i) outputs[plan.members[g][i]] = std::move(attended[i]);
+    }
+    const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
+    x = x + at::linear(merged, layer.o_proj, layer.o_bias);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_attention_norm));
+  }
+  return RmsNorm(x, final_norm_);
+}
+
+void LlamaModel::FinishStep(const PlannedStep& plan) const {
+  for (AttentionBackend* backend : plan.backends) backend->Finish();
+}
+
+void LlamaModel::AbandonStep(const PlannedStep& plan) const {
+  for (AttentionBackend* backend : plan.backends) backend->Abandon();
+}
+
+at::Tensor LlamaModel::Logits(const at::Tensor& normed) const { return at::linear(normed, lm_head_).to(at::kFloat); }
+
 std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
-  std::vector<int64_t> offsets;
   std::vector<at::Tensor> ids, positions;
-  int64_t total = 0;
   for (const ForwardArgs* args : batch) {
     const int64_t n = args->num_tokens;
-    offsets.push_back(total);
-    total += n;
     ids.push_back(at::from_blob(const_cast<int32_t*>(args->token_ids), {n}, at::kInt).to(device_, at::kLong));
     positions.push_back(at::arange(args->start_position, args->start_position + n,
                                    at::TensorOptions().dtype(at::kLong).device(device_)));
   }
-  if (total == 0) return std::vector<at::Tensor>(batch.size());
+  const PlannedStep plan = PlanStep(batch);
+  if (plan.total_tokens == 0) {
+    AbandonStep(plan);
+    return std::vector<at::Tensor>(batch.size());
+  }
   const bool alone = batch.size() == 1;
-  // RoPE tables for every stacked token's own position, computed in float32 as HF does.
-  const at::Tensor position = (alone ? positions[0] : at::cat(positions, 0)).to(at::kFloat);
-  const at::Tensor freqs = at::outer(position, inv_freq_);  // [N, D/2]
-  const at::Tensor angles = at::cat({freqs, freqs}, -1);    // [N, D]
-  const at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
-
-  for (const ForwardArgs* args : batch) {
-    if (args->captured_queries != nullptr) args->captured_queries->assign(config_.num_layers, at::Tensor());
+  at::Tensor normed;
+  try {
+    normed = RunLayers(alone ? ids[0] : at::cat(ids, 0), alone ? positions[0] : at::cat(positions, 0), plan, batch);
+  } catch (...) {
+    AbandonStep(plan);
+    throw;
   }
-  // The CUDA kernel runner of the batch's kernel-path sequences (one per engine), if any.
-  KernelAttention* kernels = nullptr;
-  for (const ForwardArgs* args : batch) {
-    if (args->kernel != nullptr) kernels = args->kernel->runner;
-  }
-  if (kernels != nullptr) kernels->BeginForward();
-  at::Tensor x = at::embedding(embed_tokens_, alone ? ids[0] : at::cat(ids, 0));  // [N, hidden]
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    const Layer& layer = layers_[i];
-    x = x + Attention(i, layer, RmsNorm(x, layer.input_norm), cos, sin, batch, offsets);
-    const at::Tensor h = RmsNorm(x, layer.post_attention_norm);
-    x = x + at::linear(at::silu(at::linear(h, layer.gate_proj)) * at::linear(h, layer.up_proj), layer.down_proj);
-  }
-  // The kernel path's selection statistics of this forward, to the sequences' lookups.
-  if (kernels != nullptr) kernels->FinishForward();
-  // The last token of every sequence that wants logits, through the head in one matmul.
-  std::vector<int64_t> last_rows;
+  FinishStep(plan);
+  // The rows whose logits are wanted (the last token of each sequence, or all of its tokens),
+  // through the head in one matmul.
+  std::vector<int64_t> rows;
   for (size_t b = 0; b < batch.size(); ++b) {
     const int64_t n = batch[b]->num_tokens;
-    batch[b]->cache->length += n;
     if (!batch[b]->compute_logits || n == 0) continue;
-    // logits_of_every_token (prompt log-probs): all of the sequence's rows.
-    for (int64_t r = batch[b]->logits_of_every_token ? 0 : n - 1; r < n; ++r) last_rows.push_back(offsets[b] + r);
+    for (int64_t r = batch[b]->logits_of_every_token ? 0 : n - 1; r < n; ++r) rows.push_back(plan.offsets[b] + r);
   }
   std::vector<at::Tensor> logits(batch.size());
-  if (last_rows.empty()) return logits;
-  const at::Tensor rows = at::tensor(last_rows, at::kLong).to(device_);
-  const at::Tensor last = RmsNorm(x.index_select(0, rows), final_norm_);
-  const at::Tensor all_logits = at::linear(last, lm_head_).to(at::kFloat);  // [B', vocab]
+  if (rows.empty()) return logits;
+  const bool all_rows = static_cast<int64_t>(rows.size()) == plan.total_tokens;
+  const at::Tensor all_logits =
+      Logits(all_rows ? normed : normed.index_select(0, at::tensor(rows, at::kLong).to(device_)));  // [B', vocab]
   int64_t row = 0;
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!batch[b]->compute_logits || batch[b]->num_tokens == 0) continue;
@@ -306,6 +336,85 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
     }
   }
   return logits;
+}
+
+absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& tokens, int64_t window,
+                                                  const PrefillControl& control) const {
+  c10::InferenceMode inference_mode;
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  const int64_t block = std::max<int64_t>(1, control.block_tokens);
+  const int64_t heads = config_.num_attention_heads, dim = config_.head_dim;
+  window = std::min(window, total);
+  PrefillResult result;
+  try {
+    result.kv = NewCache(total);
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("allocating the context KV: ", e.what()));
+  }
+  // Runs fn over [start, start + n) blocks of the sequence, each under the engine's lock. Units:
+  // the embedding, then three passes per layer, each over every block.
+  const int64_t blocks = (total + block - 1) / block;
+  const double units = static_cast<double>(blocks * (1 + 3 * config_.num_layers));
+  int64_t done = 0;
+  auto in_blocks = [&](const std::function<void(int64_t, int64_t)>& fn) -> absl::Status {
+    for (int64_t start = 0; start < total; start += block) {
+      if (control.cancelled && control.cancelled()) return absl::CancelledError("ingest cancelled");
+      const int64_t n = std::min(block, total - start);
+      control.exclusive([&] { fn(start, n); });
+      if (control.progress) control.progress(static_cast<double>(++done) / units);
+    }
+    return absl::OkStatus();
+  };
+  try {
+    at::Tensor x, queries, attended;  // [S, hidden] residual stream, [H, S, D], [S, H·D]
+    absl::Status status = in_blocks([&](int64_t start, int64_t n) {
+      if (!x.defined()) {
+        x = at::empty({total, config_.hidden_size}, at::TensorOptions().dtype(dtype_).device(device_));
+        queries = at::empty({heads, total, dim}, x.options());
+        attended = at::empty({total, heads * dim}, x.options());
+      }
+      const at::Tensor ids = at::from_blob(const_cast<int32_t*>(tokens.data()) + start, {n}, at::kInt);
+      x.narrow(0, start, n).copy_(at::embedding(embed_tokens_, ids.to(device_, at::kLong)));
+    });
+    for (int64_t l = 0; status.ok() && l < config_.num_layers; ++l) {
+      const Layer& layer = layers_[l];
+      at::Tensor& keys = result.kv.keys[l];
+      at::Tensor& values = result.kv.values[l];
+      // Token-wise: norm, q/k/v, RoPE; K/V into the context KV.
+      status = in_blocks([&](int64_t start, int64_t n) {
+        const at::Tensor positions = at::arange(start, start + n, at::TensorOptions().dtype(at::kLong).device(device_));
+        const auto [cos, sin] = RopeTables(positions);
+        const Projected p = Project(layer, RmsNorm(x.narrow(0, start, n), layer.input_norm), cos, sin);
+        queries.narrow(1, start, n).copy_(p.q);
+        keys.narrow(1, start, n).copy_(p.k);
+        values.narrow(1, start, n).copy_(p.v);
+      });
+      // Causal attention, a block of queries at a time over the keys up to its end.
+      if (status.ok()) {
+        status = in_blocks([&](int64_t start, int64_t n) {
+          const AttentionPart part = AttendWithLse(queries.narrow(1, start, n), keys.narrow(1, 0, start + n),
+                                                   values.narrow(1, 0, start + n), /*causal_offset=*/start);
+          attended.narrow(0, start, n).copy_(part.out.transpose(0, 1).reshape({n, heads * dim}));
+        });
+      }
+      // Token-wise: output projection and MLP on the residual stream.
+      if (status.ok()) {
+        status = in_blocks([&](int64_t start, int64_t n) {
+          at::Tensor rows = x.narrow(0, start, n);
+          const at::Tensor h = rows + at::linear(attended.narrow(0, start, n), layer.o_proj, layer.o_bias);
+          rows.copy_(h + Mlp(layer, RmsNorm(h, layer.post_attention_norm)));
+        });
+      }
+      if (status.ok()) {
+        result.window_queries.push_back(window > 0 ? queries.narrow(1, total - window, window).clone() : at::Tensor());
+      }
+    }
+    if (!status.ok()) return status;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("ingest prefill failed: ", e.what()));
+  }
+  result.kv.length = total;
+  return result;
 }
 
 }  // namespace squeezeserve

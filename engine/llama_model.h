@@ -1,11 +1,16 @@
 // The Llama-family decoder (Llama, Mistral, Qwen2) in libtorch: RMSNorm, RoPE (HF rotate_half
-// convention), GQA attention, SwiGLU MLP, optional tied embeddings and q/k/v(/o) biases.
+// convention), GQA attention, SwiGLU MLP, optional tied embeddings and q/k/v(/o) biases. The q/k/v
+// projections are one matmul (their weights stacked at load), as are gate and up.
 //
-// Attention reads two KV parts and merges them by log-sum-exp (attention.h):
-//   (a) a read-only prefix — the stored fixed context, attended without mask since it all precedes
-//       the new tokens; the Squeezed index will replace it by the selected clusters;
-//   (b) the sequence's own KV cache, into which the new tokens' K/V are written, attended causally.
-// The two are never concatenated (that would copy a long context on every step).
+// Two ways through it:
+//  - Prefill: the ingest of a fixed context, layer by layer over the whole sequence (causal
+//    self-attention on libtorch's fused kernels on a GPU), in units of work small enough to
+//    interleave with generation steps.
+//  - ForwardBatch: the steps of generations (a query prefill or a decode token each), their tokens
+//    stacked so that the token-wise work is one matmul, each sequence attending through its
+//    SequenceAttention (attention_backend.h). Its three phases (PlanStep, RunLayers, FinishStep)
+//    are public so that a decode step can be captured and replayed as a CUDA graph
+//    (decode_graphs.h): RunLayers is device work only.
 //
 // Not applied: Mistral/Qwen2 sliding-window attention (ModelConfig::sliding_window is recorded only),
 // so sequences longer than the window differ from HF.
@@ -19,53 +24,27 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
-#include "engine/attention.h"
+#include "engine/attention_backend.h"
+#include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 
 namespace squeezeserve {
 
-struct KernelSequence;  // kernel_attention.h
-
-// K/V buffers of one sequence: per layer [H_kv, capacity, D]; rows [0, length) are filled.
-struct KvCache {
-  std::vector<at::Tensor> keys;
-  std::vector<at::Tensor> values;
-  int64_t length = 0;
-
-  int64_t capacity() const { return keys.empty() ? 0 : keys[0].size(1); }
-};
-
-// Read-only KV attended without mask, per layer [H_kv, P, D] (may be views of a larger buffer).
-struct KvPrefix {
-  const std::vector<at::Tensor>* keys = nullptr;
-  const std::vector<at::Tensor>* values = nullptr;
-};
-
-// Part (a) computed by the caller instead of dense attention over a prefix: receives the layer and
-// the post-RoPE queries [H, n, D] of the new tokens, returns their attention over the stored
-// context (the Squeezed lookup: selected clusters + window).
-using ContextAttentionFn = std::function<AttentionPart(int64_t layer, const at::Tensor& queries)>;
-
 struct ForwardArgs {
   const int32_t* token_ids = nullptr;
   int64_t num_tokens = 0;
   int64_t start_position = 0;  // position id of the first token (RoPE)
-  KvPrefix prefix;             // part (a); empty = none
-  ContextAttentionFn context_attention;  // part (a) when set (then `prefix` is ignored)
-  KvCache* cache = nullptr;    // part (b); the new K/V are written at [length, length + n)
-  // When set (a squeezed generation on the GPU kernel path, kernel_attention.h) and the step fits
-  // the kernels, parts (a) and (b) are computed together by the CUDA kernels; otherwise as above
-  // (context_attention is then set too).
-  KernelSequence* kernel = nullptr;
-  bool compute_logits = true;  // false at ingest: only the KV is wanted
+  // What the new tokens attend to (the stored context, dense or squeezed) and where their K/V go.
+  SequenceAttention* attention = nullptr;
+  bool query_prefill = false;  // SequenceStep::query_prefill
+  bool compute_logits = true;
   // With compute_logits: the logits of every new token [n, vocab] instead of the last one's [vocab]
   // (teacher-forced log-probs of a query).
   bool logits_of_every_token = false;
-  // When set, receives per layer the post-RoPE queries [H, n - capture_from, D] of the tokens
-  // [capture_from, n) of this call (the calibration queries of the Squeezed index).
+  // When set, receives per layer the post-RoPE queries [H, n, D] of this call's tokens (the
+  // accuracy bench measures lookups on them).
   std::vector<at::Tensor>* captured_queries = nullptr;
-  int64_t capture_from = 0;
 };
 
 struct LlamaModelOptions {
@@ -76,6 +55,31 @@ struct LlamaModelOptions {
   bool fused_norm_rope = true;
 };
 
+// How the ingest prefill shares the engine: each unit of work (a chunk of tokens through the
+// token-wise matmuls, or a block of queries through attention) runs inside `exclusive`, which holds
+// the engine's forward lock, so that generation steps run between units; `cancelled` is polled
+// between units.
+struct PrefillControl {
+  int64_t block_tokens = 512;  // tokens per unit of work
+  std::function<void(const std::function<void()>&)> exclusive = [](const std::function<void()>& f) { f(); };
+  CancelFn cancelled;
+  // The share of the prefill done, in (0, 1], after each unit of work.
+  std::function<void(double)> progress;
+};
+
+struct PrefillResult {
+  KvCache kv;                              // per layer [H_kv, S, D], token order, length S
+  std::vector<at::Tensor> window_queries;  // per layer [H, W, D] (undefined when W = 0)
+};
+
+// The attention groups of one planned step: per backend, the batch entries it serves.
+struct PlannedStep {
+  std::vector<AttentionBackend*> backends;
+  std::vector<std::vector<size_t>> members;  // members[g]: entries of `batch` served by backends[g]
+  std::vector<int64_t> offsets;              // first stacked row of each entry
+  int64_t total_tokens = 0;
+};
+
 class LlamaModel {
  public:
   // Converts the checkpoint's weights to `dtype` on `device` (float32 on CPU, bfloat16 on CUDA).
@@ -84,18 +88,36 @@ class LlamaModel {
                                                             at::Device device, at::ScalarType dtype,
                                                             const LlamaModelOptions& options = {});
 
-  // Runs the tokens through the model; cache->length grows by num_tokens. Returns the float32 logits
-  // [vocab] of the last token ([n, vocab] with logits_of_every_token), or an undefined tensor when
-  // !compute_logits. The caller checks that
-  // the cache has room.
+  // The ingest prefill of `tokens` at positions 0 .. S-1 (causal). Keeps the post-RoPE queries of
+  // the last `window` tokens of every layer (the calibration queries of the Squeezed index).
+  // Cancelled when control.cancelled says so, ResourceExhausted when the KV does not fit, Internal
+  // when a libtorch op fails.
+  absl::StatusOr<PrefillResult> Prefill(const std::vector<int32_t>& tokens, int64_t window,
+                                        const PrefillControl& control) const;
+
+  // Runs the tokens through the model; the sequence's own length grows by num_tokens. Returns the
+  // float32 logits [vocab] of the last token ([n, vocab] with logits_of_every_token), or an
+  // undefined tensor when !compute_logits. The caller checks that the sequence has room.
   at::Tensor Forward(const ForwardArgs& args) const;
 
   // Several sequences in one pass (continuous batching): their tokens are stacked so that the
   // token-wise work (embedding, norms, projections, MLP, lm_head) is one matmul over all of them,
-  // while attention runs per sequence over its own part (a) and part (b). Each entry is what
-  // Forward would do with it alone; returns one logits tensor per entry (undefined when that entry
-  // has !compute_logits).
+  // while each attends through its own SequenceAttention. Each entry is what Forward would do with
+  // it alone; returns one logits tensor per entry (undefined when that entry has !compute_logits).
   std::vector<at::Tensor> ForwardBatch(const std::vector<const ForwardArgs*>& batch) const;
+
+  // ForwardBatch in phases. PlanStep groups the entries by backend and plans each (host work);
+  // RunLayers runs every layer over the stacked tokens — token ids and position ids as int64
+  // tensors [N] on the model's device — and returns the hidden states [N, hidden] after the final
+  // norm (device work only: no host synchronisation, no host data); FinishStep advances the
+  // sequences. AbandonStep instead, when RunLayers threw.
+  PlannedStep PlanStep(const std::vector<const ForwardArgs*>& batch) const;
+  at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const PlannedStep& plan,
+                       const std::vector<const ForwardArgs*>& batch) const;
+  void FinishStep(const PlannedStep& plan) const;
+  void AbandonStep(const PlannedStep& plan) const;
+  // float32 logits [rows, vocab] of normed hidden states [rows, hidden].
+  at::Tensor Logits(const at::Tensor& normed) const;
 
   // Empty K/V buffers for `capacity` tokens of every layer.
   KvCache NewCache(int64_t capacity) const;
@@ -109,19 +131,26 @@ class LlamaModel {
  private:
   struct Layer {
     at::Tensor input_norm, post_attention_norm;
-    at::Tensor q_proj, k_proj, v_proj, o_proj;  // [out, in]
-    at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when the model has none
-    at::Tensor gate_proj, up_proj, down_proj;
+    at::Tensor qkv_proj;  // [q_out + 2·kv_out, hidden]: q, k and v stacked
+    at::Tensor qkv_bias;  // undefined when the model has none
+    at::Tensor o_proj, o_bias;
+    at::Tensor gate_up_proj;  // [2·intermediate, hidden]: gate, then up
+    at::Tensor down_proj;
+  };
+  struct Projected {
+    at::Tensor q, k, v;  // post-RoPE q [H, N, D], k [H_kv, N, D]; v [H_kv, N, D]
   };
 
   LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype, const LlamaModelOptions& options);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   // x [n, D·heads] → [heads, n, D] with the rotary embedding applied.
   at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
-  // x: the stacked normed tokens [N, hidden] of `batch`, sequence b at rows [offsets[b], +n_b).
-  at::Tensor Attention(int64_t layer_index, const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
-                       const at::Tensor& sin, const std::vector<const ForwardArgs*>& batch,
-                       const std::vector<int64_t>& offsets) const;
+  // cos, sin [N, D] in the model dtype for position ids [N] (int64, on the device).
+  std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
+  // The normed tokens x [N, hidden] through q/k/v and RoPE.
+  Projected Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos, const at::Tensor& sin) const;
+  // The MLP's contribution for normed tokens [N, hidden].
+  at::Tensor Mlp(const Layer& layer, const at::Tensor& normed) const;
 
   ModelConfig config_;
   at::Device device_;

@@ -82,25 +82,9 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
     // read by the selection already).
     loaded = loaded + 0.5 * at::isfinite(attended.selection.pruned_logits.select(2, 0)).sum(-1).to(at::kDouble);
   }
-  step_fraction_ += (loaded / context_tokens).mean().item<double>();
-  step_comparisons_ += attended.selection.centroid_comparisons.to(at::kDouble).mean().item<double>();
-  step_samples_ += 1;
+  stats_.AddLayer((loaded / context_tokens).mean().item<double>(),
+                  attended.selection.centroid_comparisons.to(at::kDouble).mean().item<double>());
   return AttentionPart{attended.out, attended.lse};
-}
-
-void SqueezedLookup::AddSample(double kv_fraction, double comparisons) {
-  step_fraction_ += kv_fraction;
-  step_comparisons_ += comparisons;
-  step_samples_ += 1;
-}
-
-void SqueezedLookup::FinishStep() {
-  if (step_samples_ == 0) return;
-  kv_fraction_sum_ += step_fraction_ / step_samples_;
-  comparisons_sum_ += step_comparisons_ / step_samples_;
-  ++steps_;
-  step_fraction_ = step_comparisons_ = 0;
-  step_samples_ = 0;
 }
 
 }  // namespace squeezeserve

@@ -1,6 +1,7 @@
-// Part (a) of a generation's attention through the Squeezed index: for every layer, the cluster
-// lookup with the request's thresholds, exact attention over the selected clusters + window, and
-// the statistics GenerationStats reports. One per Generation; not thread-safe. libtorch; internal.
+// A generation's attention to its stored context through the Squeezed index, on libtorch (the
+// reference implementation; torch_attention.h): for every layer, the cluster lookup with the
+// request's thresholds, exact attention over the selected clusters + window, and the statistics
+// GenerationStats reports. One per generation; not thread-safe. Internal to engine/.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/attention.h"
+#include "engine/attention_backend.h"
 #include "engine/engine.h"
 #include "engine/squeeze/read_ahead.h"
 #include "engine/squeeze/sparse_attention.h"
@@ -46,33 +48,21 @@ class SqueezedLookup {
   bool hierarchical() const { return selection_.hierarchical; }
   const LookupThresholds& thresholds() const { return thresholds_; }
 
-  // One layer's statistics measured by the CUDA kernel path (kernel_attention.h), counted as Attend
-  // counts its own: the mean over KV heads of (selected clustered keys + window) / context tokens,
-  // and of the centroid vectors scored.
-  void AddSample(double kv_fraction, double comparisons);
-
-  // Closes one step (a prefill or a decode token) after all layers ran: folds its per-layer
-  // statistics into the means.
-  void FinishStep();
+  // Closes one step (a prefill chunk or a decode token) after all layers ran.
+  void FinishStep() { stats_.FinishStep(); }
 
   bool estimate_pruned() const { return selection_.estimate_pruned; }
   bool read_ahead() const { return selection_.read_ahead; }
-  // Mean over layers, KV heads and steps of (selected clustered keys + window keys + half a row per
-  // pruned cluster whose mean value the estimate reads) / context tokens.
-  double kv_fraction_loaded() const { return steps_ == 0 ? 1.0 : kv_fraction_sum_ / steps_; }
-  // Mean over steps of the centroid comparisons per layer and KV head.
-  double centroid_comparisons_per_token() const { return steps_ == 0 ? 0.0 : comparisons_sum_ / steps_; }
+  // Per layer and KV head: (selected clustered keys + window keys + half a row per pruned cluster
+  // whose mean value the estimate reads) / context tokens, and the centroid vectors scored.
+  const LookupStats& stats() const { return stats_; }
 
  private:
   std::shared_ptr<const StoredContext> context_;
   squeeze::SelectionOptions selection_;  // thresholds unset: chosen per call
   LookupThresholds thresholds_;
   std::vector<squeeze::ReadAheadCursor> read_ahead_;  // per layer (with attention.read_ahead)
-  // Sums over the layers (and the selections of a per-token call) of the current step.
-  double step_fraction_ = 0, step_comparisons_ = 0;
-  int64_t step_samples_ = 0;
-  double kv_fraction_sum_ = 0, comparisons_sum_ = 0;
-  int64_t steps_ = 0;
+  LookupStats stats_;
 };
 
 }  // namespace squeezeserve

@@ -10,27 +10,8 @@
 
 #include "engine/engine.h"
 #include "engine/squeeze/index_builder.h"
-#include "kernels/squeeze_types.h"
 
 namespace squeezeserve {
-
-// What the CUDA kernels (kernels/, docs/index_layout.md) read of a context: per layer a
-// SequenceLayerBf16 whose clustered part points into the stored bf16 KV (rows [0, N) of each
-// head, head stride S·D) and at bf16 copies of the centroids; its dense_* fields are left unset
-// (the window is copied into each generation's own KV, kernel_attention.h). Built once per context
-// (ingest or load) when the KV is bf16 on CUDA and the context has an index; empty otherwise.
-struct KernelContextViews {
-  std::vector<kernels::SequenceLayerBf16> layers;
-  std::vector<at::Tensor> storage;  // the bf16 centroids and int32 offsets the views point at
-  int64_t window = 0;               // W: rows [N, S) of the stored KV
-  bool empty() const { return layers.empty(); }
-};
-
-// Builds the views (kernel_attention.cc). On CUDA bf16 it also rounds the index's fp32 centroids
-// to bf16 values, so that the libtorch path scores exactly the vectors the kernels score (layout
-// doc: centroids are bf16 on the GPU, rounded once from the fp32 mean).
-KernelContextViews BuildKernelContextViews(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
-                                           std::vector<squeeze::LayerIndex>& index);
 
 class StoredContext : public Context {
  public:
@@ -42,8 +23,7 @@ class StoredContext : public Context {
         keys_(std::move(keys)),
         values_(std::move(values)),
         window_queries_(std::move(window_queries)),
-        index_(std::move(index)),
-        kernel_views_(BuildKernelContextViews(keys_, values_, index_)) {}
+        index_(std::move(index)) {}
 
   const ContextSummary& summary() const override { return summary_; }
   const std::vector<int32_t>& tokens() const override { return tokens_; }
@@ -59,8 +39,6 @@ class StoredContext : public Context {
   // One per layer when summary().has_index, else empty. Their keys/values/window tensors are views
   // of keys()/values() (the KV is stored once).
   const std::vector<squeeze::LayerIndex>& index() const { return index_; }
-  // Device views for the CUDA kernels; empty on CPU, without index, or when the KV is not bf16.
-  const KernelContextViews& kernel_views() const { return kernel_views_; }
 
  private:
   ContextSummary summary_;
@@ -69,7 +47,6 @@ class StoredContext : public Context {
   std::vector<at::Tensor> values_;
   std::vector<at::Tensor> window_queries_;
   std::vector<squeeze::LayerIndex> index_;
-  KernelContextViews kernel_views_;
 };
 
 }  // namespace squeezeserve

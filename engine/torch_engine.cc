@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/context_builder.h"
 #include "engine/context_persistence.h"
+#include "engine/attention.h"
 #include "engine/context_store.h"
 #include "engine/engine.h"
 #include "engine/engine_log.h"
@@ -34,6 +35,7 @@
 #include "engine/stored_context.h"
 #include "engine/text_stream.h"
 #include "engine/tokenizer.h"
+#include "engine/torch_attention.h"
 
 namespace squeezeserve {
 namespace {
@@ -93,28 +95,28 @@ class TorchEngine;
 
 class TorchGeneration : public Generation {
  public:
-  // `lookup` is set for a squeezed generation, absent for a dense one.
+  // `attention` serves the generation (made by the backend chosen at its start).
   TorchGeneration(TorchEngine* engine, std::shared_ptr<const StoredContext> context, std::vector<int32_t> query,
-                  const SamplingOptions& sampling, KvCache cache, std::optional<TextStream> text,
-                  std::optional<SqueezedLookup> lookup, std::unique_ptr<KernelSequence> kernel, int64_t prefill_chunk)
+                  const SamplingOptions& sampling, std::unique_ptr<SequenceAttention> attention, bool squeezed,
+                  std::optional<TextStream> text, int64_t prefill_chunk)
       : engine_(engine),
         context_(std::move(context)),
-        lookup_(std::move(lookup)),
+        attention_(std::move(attention)),
+        squeezed_(squeezed),
         query_(std::move(query)),
         sampling_(sampling),
         sampler_(SamplerOptions{sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed}),
-        cache_(std::move(cache)),
         text_(std::move(text)),
-        kernel_(std::move(kernel)),
         prefill_chunk_(prefill_chunk > 0 ? prefill_chunk : static_cast<int64_t>(query_.size())) {
-    if (kernel_ && lookup_) kernel_->stats = &*lookup_;
     stats_.prompt_tokens = static_cast<int64_t>(query_.size());
     stats_.cached_tokens = context_->summary().num_tokens;
+    stats_.attention_backend = attention_->backend().name();
   }
 
   absl::StatusOr<TokenStep> Next() override;
   const GenerationStats& stats() const override { return stats_; }
   int64_t next_step_tokens() const override { return prefilling() ? NextChunk() : 1; }
+  void set_attention_note(std::string note) { stats_.attention_note = std::move(note); }
 
   // Next() in two halves around the forward pass, so that TorchEngine::StepBatch can run the passes
   // of many generations as one. PrepareStep fills `args` (FailedPrecondition once finished);
@@ -133,13 +135,12 @@ class TorchGeneration : public Generation {
 
   TorchEngine* engine_;  // outlives its generations
   std::shared_ptr<const StoredContext> context_;
-  std::optional<SqueezedLookup> lookup_;
+  std::unique_ptr<SequenceAttention> attention_;  // own KV (query + generated tokens) and the lookup
+  bool squeezed_;
   std::vector<int32_t> query_;
   SamplingOptions sampling_;
   Sampler sampler_;
-  KvCache cache_;  // query + generated tokens
   std::optional<TextStream> text_;  // absent when the model has no tokenizer
-  std::unique_ptr<KernelSequence> kernel_;  // squeezed on the CUDA kernel path (kernel_attention.h)
   GenerationStats stats_;
   int64_t prefill_chunk_;          // query tokens per prefill step (the whole query when not chunked)
   int64_t prefilled_ = 0;          // query tokens fed through the model so far
@@ -255,14 +256,14 @@ class TorchEngine : public Engine {
     if (S < 1 || static_cast<int64_t>(context.tokens().size()) != S) {
       return absl::InternalError("prompt log-probs: the context's tokens are not available");
     }
-    std::vector<at::Tensor> keys, values;
+    KvPrefix prefix;
     for (size_t l = 0; l < context.keys().size(); ++l) {
-      keys.push_back(context.keys()[l].narrow(1, 0, S - 1));
-      values.push_back(context.values()[l].narrow(1, 0, S - 1));
+      prefix.keys.push_back(context.keys()[l].narrow(1, 0, S - 1));
+      prefix.values.push_back(context.values()[l].narrow(1, 0, S - 1));
     }
-    KvCache scratch;
+    std::unique_ptr<SequenceAttention> scratch;
     try {
-      scratch = model_->NewCache(1);
+      scratch = torch_attention_.NewDense(std::move(prefix), model_->NewCache(1));
     } catch (const std::exception& e) {
       return absl::ResourceExhaustedError(absl::StrCat("allocating the prompt log-prob KV: ", e.what()));
     }
@@ -270,8 +271,7 @@ class TorchEngine : public Engine {
     args.token_ids = &context.tokens().back();
     args.num_tokens = 1;
     args.start_position = S - 1;
-    args.prefix = KvPrefix{&keys, &values};
-    args.cache = &scratch;
+    args.attention = scratch.get();
     return RunForward(args);
   }
 
@@ -288,16 +288,19 @@ class TorchEngine : public Engine {
   ModelInfo info_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LlamaModel> model_;
-  // Squeezed attention on the CUDA kernels; null = libtorch (EngineOptions::attention_backend).
+  // The attention backends (attention_backend.h): libtorch always; the CUDA kernels when
+  // EngineOptions::attention_backend chose them (null otherwise).
+  mutable TorchAttention torch_attention_;
   std::unique_ptr<KernelAttention> kernels_;
+  int64_t prefill_block_tokens_ = 512;
   mutable absl::Mutex forward_mu_;
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions& options) {
   auto engine = std::make_unique<TorchEngine>();
   engine->options_ = options;
-  if (options.prefill_chunk_tokens <= 0) {
-    return absl::InvalidArgumentError("prefill_chunk_tokens must be positive");
+  if (options.prefill_chunk_tokens < 0) {
+    return absl::InvalidArgumentError("prefill_chunk_tokens must be >= 0 (0 = the device's default)");
   }
   if (options.num_threads > 0) at::set_num_threads(options.num_threads);
   auto device = ParseDevice(options.device);
@@ -338,6 +341,12 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
   if (*use_kernels) engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
+  // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run
+  // at speed; a 16K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit
+  // holds the forward lock, and generation steps wait for it).
+  engine->prefill_block_tokens_ =
+      options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 16384 : 512);
+  SetFusedAttentionPreference(options.dense_attention);
 
   ModelInfo& info = engine->info_;
   const ModelConfig& c = engine->config_;
@@ -380,9 +389,16 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
     timer.Enter(p.stage);
     if (progress) progress(p);
   };
-  auto context = BuildStoredContext(
-      *model_, [this](const ForwardArgs& args) { return RunForward(args); }, std::move(id), std::move(tokens),
-      index, options_.prefill_chunk_tokens, timed_progress, cancelled);
+  PrefillControl control;
+  control.block_tokens = prefill_block_tokens_;
+  // Each unit of prefill work holds the forward lock on its own, so that generation steps run between units.
+  control.exclusive = [this](const std::function<void()>& unit) {
+    absl::MutexLock lock(&forward_mu_);
+    c10::InferenceMode inference_mode;
+    unit();
+  };
+  control.cancelled = cancelled;
+  auto context = BuildStoredContext(*model_, std::move(id), std::move(tokens), index, control, timed_progress);
   if (!context.ok()) return context.status();
   timer.LogDone((*context)->summary().id, total);
   return std::shared_ptr<const Context>(std::move(*context));
@@ -423,42 +439,50 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   if (!(attention.sparsity >= 0 && attention.sparsity <= 1)) {
     return absl::InvalidArgumentError("attention.sparsity must be in [0, 1]");
   }
-  std::optional<SqueezedLookup> lookup;
-  if (attention.mode == AttentionMode::kSqueezed) {
-    auto thresholds = ThresholdsFor(stored->summary(), attention);
-    if (!thresholds.ok()) return thresholds.status();
-    lookup.emplace(stored, attention, *thresholds);
+  const bool squeezed = attention.mode == AttentionMode::kSqueezed;
+  LookupThresholds thresholds;
+  if (squeezed) {
+    auto found = ThresholdsFor(stored->summary(), attention);
+    if (!found.ok()) return found.status();
+    thresholds = *found;
   }
-
-  KvCache cache;
-  std::unique_ptr<KernelSequence> kernel;
+  // The backend is chosen once, here: the kernels when they can serve this generation, else
+  // libtorch — and a squeezed generation that leaves the kernels says why (stats and log).
+  std::string off_kernels;
+  if (kernels_ != nullptr) {
+    off_kernels = squeezed ? KernelAttention::WhyNotOnKernels(*stored, attention) : "";
+    if (!squeezed && !stored->keys().empty() && !stored->keys()[0].is_cuda()) {
+      off_kernels = "the context's KV is not in GPU memory";
+    }
+  }
+  std::unique_ptr<SequenceAttention> sequence;
   try {
     const int64_t capacity = static_cast<int64_t>(query.size()) + sampling.max_new_tokens;
-    // The kernel path estimates pruned clusters for one-level lookups only and has no read-ahead
-    // yet (kernel_attention.h).
-    const bool kernels_fit =
-        !(lookup && (lookup->read_ahead() || (lookup->estimate_pruned() && lookup->hierarchical())));
-    if (lookup && kernels_fit && kernels_ != nullptr && KernelAttention::SupportsContext(*stored)) {
-      kernel = std::make_unique<KernelSequence>();
-      kernel->context = stored;
-      kernel->hierarchical = lookup->hierarchical();
-      kernel->estimate_pruned = lookup->estimate_pruned();
-      kernel->thresholds = lookup->thresholds();
-      cache = kernels_->NewCache(*stored, capacity, kernel.get());
+    if (kernels_ != nullptr && off_kernels.empty()) {
+      sequence = squeezed ? kernels_->NewSqueezed(stored, attention, thresholds, capacity)
+                          : kernels_->NewDense(stored, capacity);
+    } else if (squeezed) {
+      sequence = torch_attention_.NewSqueezed(SqueezedLookup(stored, attention, thresholds), model_->NewCache(capacity));
     } else {
-      cache = model_->NewCache(capacity);
+      sequence = torch_attention_.NewDense(KvPrefix{stored->keys(), stored->values()}, model_->NewCache(capacity));
     }
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(absl::StrCat("allocating the generation KV: ", e.what()));
+  }
+  if (!off_kernels.empty()) {
+    LogEngineWarning(absl::StrCat("a ", squeezed ? "squeezed" : "dense", " generation on context \"",
+                                  stored->summary().id, "\" runs on libtorch, off the CUDA kernels: ", off_kernels));
   }
   std::optional<TextStream> text;
   if (tokenizer_ != nullptr) {
     text.emplace([this](const std::vector<int32_t>& ids) { return tokenizer_->Decode(ids.data(), ids.size()); },
                  sampling.stop);
   }
-  return std::unique_ptr<Generation>(std::make_unique<TorchGeneration>(
-      this, std::move(stored), std::move(query), sampling, std::move(cache), std::move(text), std::move(lookup),
-      std::move(kernel), options_.query_prefill_chunk_tokens));
+  auto generation = std::make_unique<TorchGeneration>(this, std::move(stored), std::move(query), sampling,
+                                                      std::move(sequence), squeezed, std::move(text),
+                                                      options_.query_prefill_chunk_tokens);
+  if (!off_kernels.empty()) generation->set_attention_note(absl::StrCat("off the CUDA kernels: ", off_kernels));
+  return std::unique_ptr<Generation>(std::move(generation));
 }
 
 absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
@@ -470,24 +494,13 @@ absl::Status TorchGeneration::PrepareStep(ForwardArgs* out) {
   args = ForwardArgs();
   args.token_ids = first ? query_.data() + prefilled_ : &last_token_;
   args.num_tokens = step_tokens_;
-  args.start_position = stats_.cached_tokens + cache_.length;
-  args.cache = &cache_;
+  args.start_position = stats_.cached_tokens + attention_->length();
+  args.attention = attention_.get();
+  args.query_prefill = first;
   args.logits_of_every_token = first && sampling_.prompt_logprobs;
   // A chunk before the query's last one samples nothing: its logits are wanted only for scoring.
   const bool last_chunk = !first || prefilled_ + step_tokens_ == static_cast<int64_t>(query_.size());
   args.compute_logits = last_chunk || args.logits_of_every_token;
-  if (lookup_) {
-    // Prefill: one cluster set for the whole query (as the authors); decode: one per token.
-    args.context_attention = [this, first](int64_t layer, const at::Tensor& q) {
-      return lookup_->Attend(layer, q, /*per_token=*/!first);
-    };
-    if (kernel_) {
-      kernel_->prefill = first;
-      args.kernel = kernel_.get();
-    }
-  } else {
-    args.prefix = KvPrefix{&context_->keys(), &context_->values()};
-  }
   return absl::OkStatus();
 }
 
@@ -529,10 +542,9 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
     finished_ = true;
     return logits.status();
   }
-  if (lookup_) {
-    lookup_->FinishStep();
-    stats_.kv_fraction_loaded = lookup_->kv_fraction_loaded();
-    stats_.centroid_comparisons_per_token = lookup_->centroid_comparisons_per_token();
+  if (squeezed_) {
+    stats_.kv_fraction_loaded = attention_->stats().kv_fraction_loaded();
+    stats_.centroid_comparisons_per_token = attention_->stats().centroid_comparisons_per_token();
   }
   const bool prefill_step = prefilling();
   if (logits->defined() && logits->dim() == 2) {  // a query chunk with prompt log-probs: every row

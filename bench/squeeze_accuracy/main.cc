@@ -28,6 +28,7 @@
 #include "bench/squeeze_accuracy/accuracy_metrics.h"
 #include "engine/context_builder.h"
 #include "engine/llama_model.h"
+#include "engine/torch_attention.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
@@ -181,12 +182,11 @@ int Run(const Args& a) {
     if (!absl::SimpleAtof(s, &v)) Fail("--sparsity needs comma-separated numbers");
     index.sparsity_levels.push_back(v);
   }
-  const ForwardFn forward = [&](const ForwardArgs& args) -> absl::StatusOr<at::Tensor> {
-    return (*model)->Forward(args);
-  };
-  auto context = BuildStoredContext(**model, forward, "bench",
+  PrefillControl control;
+  control.block_tokens = a.chunk;
+  auto context = BuildStoredContext(**model, "bench",
                                     std::vector<int32_t>(tokens.begin(), tokens.begin() + a.context_tokens), index,
-                                    a.chunk, nullptr, nullptr);
+                                    control, nullptr);
   if (!context.ok()) Fail(std::string(context.status().message()));
   const ContextSummary& summary = (*context)->summary();
   if (!summary.has_index) Fail("the context got no index (too short for the window?)");
@@ -196,13 +196,14 @@ int Run(const Args& a) {
   const int64_t layers = config->num_layers;
   std::map<std::pair<size_t, bool>, std::vector<Sum>> sums;
   for (int64_t w = 0; w < a.num_queries; ++w) {
-    KvCache cache = (*model)->NewCache(a.query_tokens);
+    TorchAttention backend;
+    auto own = backend.NewDense(KvPrefix{(*context)->keys(), (*context)->values()}, (*model)->NewCache(a.query_tokens));
     ForwardArgs args;
     args.token_ids = tokens.data() + a.context_tokens + w * a.query_tokens;
     args.num_tokens = a.query_tokens;
     args.start_position = a.context_tokens;
-    args.prefix = KvPrefix{&(*context)->keys(), &(*context)->values()};
-    args.cache = &cache;
+    args.attention = own.get();
+    args.query_prefill = true;
     args.compute_logits = false;
     std::vector<at::Tensor> queries;
     args.captured_queries = &queries;

@@ -35,6 +35,14 @@ int64_t ClusterCount(float fraction, int64_t n, int64_t cap) {
   return std::clamp<int64_t>(std::llround(double{fraction} * n), 1, cap);
 }
 
+// Centroids are scored as they are stored: in the KV's dtype on a bf16 model (the GPU kernels read
+// bf16 centroids; docs/index_layout.md), so the fp32 means are rounded to it once here, and every
+// path (kernels, libtorch, calibration) scores the same vectors.
+at::Tensor RoundLike(const at::Tensor& centroids, const at::Tensor& keys) {
+  if (keys.scalar_type() != at::kBFloat16 && keys.scalar_type() != at::kHalf) return centroids;
+  return centroids.to(keys.scalar_type()).to(at::kFloat);
+}
+
 std::function<void(int, double)> Stage(const ClusteringProgressFn& progress, std::string_view stage) {
   if (!progress) return nullptr;
   return [progress, stage](int it, double changed) { progress(stage, it, changed); };
@@ -140,7 +148,8 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   index.perm = perm.to(at::kInt);
   index.keys = GatherRows(keys_c, perm);
   index.values = GatherRows(values_c, perm);
-  index.centroids = centroids.contiguous();
+  index.centroids = RoundLike(centroids, keys).contiguous();
+  if (index.levels == 2) index.coarse_centroids = RoundLike(index.coarse_centroids, keys);
   index.cluster_offsets = OffsetsFromSizes(sizes);
   AddDerivedTensors(&index);
   return index;

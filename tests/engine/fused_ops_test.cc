@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/llama_model.h"
+#include "engine/torch_attention.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "tests/engine/gpu_compare.h"
@@ -99,16 +100,19 @@ TEST_P(FusedOpsTest, PrefillAndDecodeLogitsMatchLibtorch) {
   c10::InferenceMode guard;
   const int64_t vocab = GetParam().vocab_size;
   const std::vector<int32_t> tokens = RandomTokens(45, vocab, 3);
-  KvCache fused_cache = models_.fused->NewCache(64), libtorch_cache = models_.libtorch->NewCache(64);
+  TorchAttention backend;
+  auto fused_own = backend.NewDense(KvPrefix{}, models_.fused->NewCache(64));
+  auto libtorch_own = backend.NewDense(KvPrefix{}, models_.libtorch->NewCache(64));
   int64_t done = 0;
   for (int64_t n : {37, 1, 1, 1, 1, 1, 1, 1, 1}) {
     ForwardArgs args;
     args.token_ids = tokens.data() + done;
     args.num_tokens = n;
     args.start_position = done;
-    args.cache = &fused_cache;
+    args.query_prefill = n > 1;
+    args.attention = fused_own.get();
     const at::Tensor got = models_.fused->Forward(args);
-    args.cache = &libtorch_cache;
+    args.attention = libtorch_own.get();
     const at::Tensor want = models_.libtorch->Forward(args);
     EXPECT_LT(RelativeError(got, want), kLogitsBound) << "tokens [" << done << ", " << done + n << ")";
     done += n;
@@ -121,16 +125,21 @@ TEST_P(FusedOpsTest, BatchLogitsMatchLibtorch) {
   c10::InferenceMode guard;
   const int64_t vocab = GetParam().vocab_size;
   const std::vector<int32_t> a = RandomTokens(20, vocab, 5), b = RandomTokens(5, vocab, 6);
-  KvCache fused_caches[2] = {models_.fused->NewCache(32), models_.fused->NewCache(32)};
-  KvCache libtorch_caches[2] = {models_.libtorch->NewCache(32), models_.libtorch->NewCache(32)};
+  TorchAttention backend;
+  std::unique_ptr<SequenceAttention> fused_own[2], libtorch_own[2];
+  for (int s = 0; s < 2; ++s) {
+    fused_own[s] = backend.NewDense(KvPrefix{}, models_.fused->NewCache(32));
+    libtorch_own[s] = backend.NewDense(KvPrefix{}, models_.libtorch->NewCache(32));
+  }
   // Sequence a's first 16 tokens alone in both models.
-  for (KvCache* cache : {&fused_caches[0], &libtorch_caches[0]}) {
+  for (int m = 0; m < 2; ++m) {
     ForwardArgs args;
     args.token_ids = a.data();
     args.num_tokens = 16;
-    args.cache = cache;
+    args.query_prefill = true;
+    args.attention = m == 0 ? fused_own[0].get() : libtorch_own[0].get();
     args.compute_logits = false;
-    (cache == &fused_caches[0] ? models_.fused : models_.libtorch)->Forward(args);
+    (m == 0 ? models_.fused : models_.libtorch)->Forward(args);
   }
   for (int step = 0; step < 4; ++step) {
     // a decodes token 16 + step; b prefills its 5 tokens, then decodes.
@@ -143,8 +152,9 @@ TEST_P(FusedOpsTest, BatchLogitsMatchLibtorch) {
     args[1].start_position = step == 0 ? 0 : 4 + step;
     std::vector<at::Tensor> logits[2];
     for (int m = 0; m < 2; ++m) {
-      args[0].cache = m == 0 ? &fused_caches[0] : &libtorch_caches[0];
-      args[1].cache = m == 0 ? &fused_caches[1] : &libtorch_caches[1];
+      args[0].attention = m == 0 ? fused_own[0].get() : libtorch_own[0].get();
+      args[1].attention = m == 0 ? fused_own[1].get() : libtorch_own[1].get();
+      args[1].query_prefill = step == 0;
       logits[m] = (m == 0 ? models_.fused : models_.libtorch)->ForwardBatch({&args[0], &args[1]});
     }
     for (int s = 0; s < 2; ++s) {

@@ -29,6 +29,7 @@
 #include "engine/safetensors.h"
 #include "engine/squeezed_lookup.h"
 #include "engine/stored_context.h"
+#include "engine/torch_attention.h"
 #include "tests/engine/gpu_compare.h"
 #include "tests/engine/tiny_checkpoint.h"
 
@@ -124,19 +125,19 @@ std::unique_ptr<GpuSetup> MakeSetup(const TinyModelSpec& spec) {
   index.centroid_fraction = 0.05f;
   index.coarse_centroid_fraction = 0.01f;
   index.sparsity_levels = {0.0f, 0.5f, 0.9f};
-  const LlamaModel* m = setup->model.get();
-  const ForwardFn forward = [m](const ForwardArgs& args) -> absl::StatusOr<at::Tensor> {
-    c10::InferenceMode guard;
-    return m->Forward(args);
-  };
+  PrefillControl control;
+  control.block_tokens = 256;
   int id = 0;
   for (int64_t tokens : {1500, 1100}) {
-    auto context = BuildStoredContext(*setup->model, forward, "ctx" + std::to_string(id), RandomTokens(tokens, spec.vocab_size, id),
-                                      index, 256, nullptr, nullptr);
+    auto context = BuildStoredContext(*setup->model, "ctx" + std::to_string(id),
+                                      RandomTokens(tokens, spec.vocab_size, id), index, control, nullptr);
     EXPECT_TRUE(context.ok()) << context.status();
     if (!context.ok()) return nullptr;
     EXPECT_TRUE((*context)->summary().has_index);
-    EXPECT_FALSE((*context)->kernel_views().empty()) << "no kernel views on a bf16 CUDA context";
+    AttentionOptions paper;
+    paper.read_ahead = false;
+    paper.estimate_pruned = false;
+    EXPECT_EQ(KernelAttention::WhyNotOnKernels(**context, paper), "");
     setup->contexts.push_back(*context);
     ++id;
   }
@@ -154,9 +155,10 @@ GpuSetup* GetSetup(int which) {
 
 struct Case {
   std::string name;
+  bool dense = false;  // dense attention: the kernels select every row as one cluster
   bool hierarchical = false;
   LookupThresholds thresholds;
-  bool fixed_selection = false;  // keep-all / keep-nothing: no score can sit at τ
+  bool fixed_selection = false;  // dense / keep-all / keep-nothing: no score can sit at τ
   bool estimate_pruned = false;  // pruned clusters as one key each (one-level only on the kernels)
 };
 
@@ -183,7 +185,7 @@ class LogitsErrors {
 };
 
 // Calibrated levels 0, 0.5, 0.9, then keep-nothing and keep-all; flat (0-4), then hierarchical (5-9);
-// then flat 0.9 and keep-nothing with the pruned-cluster estimate (10-11).
+// then flat 0.9 and keep-nothing with the pruned-cluster estimate (10-11); then dense (12).
 std::vector<Case> Cases(const StoredContext& context) {
   std::vector<Case> cases;
   for (bool hierarchical : {false, true}) {
@@ -194,11 +196,12 @@ std::vector<Case> Cases(const StoredContext& context) {
       auto t = ThresholdsFor(context.summary(), attention);
       EXPECT_TRUE(t.ok()) << t.status();
       if (!t.ok()) continue;
-      cases.push_back(Case{(hierarchical ? "hierarchical " : "flat ") + std::to_string(sparsity), hierarchical, *t});
+      cases.push_back(Case{(hierarchical ? "hierarchical " : "flat ") + std::to_string(sparsity), false, hierarchical,
+                           *t});
     }
     for (float tau : {kKeepNothing, kKeepAll}) {
       Case fixed{std::string(hierarchical ? "hierarchical " : "flat ") + (tau == kKeepAll ? "keep-all" : "keep-nothing"),
-                 hierarchical, {}, /*fixed_selection=*/true};
+                 false, hierarchical, {}, /*fixed_selection=*/true};
       for (squeeze::Thresholds* t : {&fixed.thresholds.prefill, &fixed.thresholds.decode}) {
         t->one_level = t->coarse = t->fine = tau;
       }
@@ -211,63 +214,62 @@ std::vector<Case> Cases(const StoredContext& context) {
     estimated.estimate_pruned = true;
     cases.push_back(estimated);
   }
+  Case dense{"dense", /*dense=*/true};
+  dense.fixed_selection = true;
+  cases.push_back(dense);
   return cases;
 }
 
-// One squeezed generation driven by hand, as TorchGeneration::PrepareStep drives it (held by pointer:
-// the kernel sequence points at the lookup).
+// One generation's attention on one backend, driven by hand as TorchGeneration drives it.
 struct Sequence {
   std::shared_ptr<const StoredContext> context;
-  std::optional<SqueezedLookup> lookup;
-  std::unique_ptr<KernelSequence> kernel;  // null: the libtorch path
-  KvCache cache;
+  std::unique_ptr<SequenceAttention> attention;
 };
 
 std::unique_ptr<Sequence> StartSequence(GpuSetup& setup, const std::shared_ptr<const StoredContext>& context,
                                         const Case& c, bool kernels, int64_t capacity) {
+  static TorchAttention* torch = new TorchAttention();
   auto seq = std::make_unique<Sequence>();
   seq->context = context;
   AttentionOptions attention;
   attention.hierarchical = c.hierarchical;
   attention.estimate_pruned = c.estimate_pruned;
   attention.read_ahead = false;  // not in the kernels: both sides without it
-  seq->lookup.emplace(context, attention, c.thresholds);
   if (kernels) {
-    seq->kernel = std::make_unique<KernelSequence>();
-    seq->kernel->context = context;
-    seq->kernel->hierarchical = c.hierarchical;
-    seq->kernel->estimate_pruned = c.estimate_pruned;
-    seq->kernel->thresholds = c.thresholds;
-    seq->kernel->stats = &*seq->lookup;
-    seq->cache = setup.runner->NewCache(*context, capacity, seq->kernel.get());
+    seq->attention = c.dense ? setup.runner->NewDense(context, capacity)
+                             : setup.runner->NewSqueezed(context, attention, c.thresholds, capacity);
+  } else if (c.dense) {
+    seq->attention = torch->NewDense(KvPrefix{context->keys(), context->values()}, setup.model->NewCache(capacity));
   } else {
-    seq->cache = setup.model->NewCache(capacity);
+    seq->attention = torch->NewSqueezed(SqueezedLookup(context, attention, c.thresholds), setup.model->NewCache(capacity));
   }
   return seq;
 }
 
-ForwardArgs StepArgs(Sequence& seq, const int32_t* ids, int64_t n) {
-  const bool first = seq.cache.length == 0;
+ForwardArgs StepArgs(Sequence& seq, const int32_t* ids, int64_t n, bool query_prefill) {
   ForwardArgs args;
   args.token_ids = ids;
   args.num_tokens = n;
-  args.start_position = seq.context->summary().num_tokens + seq.cache.length;
-  args.cache = &seq.cache;
-  Sequence* s = &seq;
-  args.context_attention = [s, first](int64_t layer, const at::Tensor& q) {
-    return s->lookup->Attend(layer, q, /*per_token=*/!first);
-  };
-  if (seq.kernel) {
-    seq.kernel->prefill = first;
-    args.kernel = seq.kernel.get();
-  }
+  args.start_position = seq.context->summary().num_tokens + seq.attention->length();
+  args.attention = seq.attention.get();
+  args.query_prefill = query_prefill;
   return args;
+}
+
+// One layer of one step through a sequence's backend (Plan, Attend at `layer`, Finish).
+at::Tensor AttendOneLayer(Sequence& seq, int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          bool query_prefill) {
+  AttentionBackend& backend = seq.attention->backend();
+  backend.Plan({SequenceStep{seq.attention.get(), 0, q.size(1), query_prefill}});
+  at::Tensor out = backend.Attend(layer, q, k, v)[0];
+  backend.Finish();
+  return out;
 }
 
 class KernelPathTest : public ::testing::TestWithParam<int> {};
 
-// One layer's attention of the kernels (selected clusters + window + own tokens, one call) against
-// the libtorch parts merged by log-sum-exp, for a decode token and a 37-token prefill block.
+// One layer's attention of the kernels (selected clusters + window + own tokens) against libtorch,
+// for a decode token and a 37-token prefill block after 5 own tokens.
 TEST_P(KernelPathTest, LayerAttentionMatchesLibtorch) {
   SKIP_WITHOUT_KERNELS();
   GpuSetup* setup = GetSetup(GetParam());
@@ -281,43 +283,21 @@ TEST_P(KernelPathTest, LayerAttentionMatchesLibtorch) {
     for (int64_t n : {int64_t{1}, int64_t{37}}) {
       for (int64_t layer = 0; layer < cfg.num_layers; ++layer) {
         SCOPED_TRACE(::testing::Message() << c.name << ", " << n << " query tokens, layer " << layer);
-        const bool prefill = n > 1;
-        const int64_t earlier = 5;  // own tokens already in the cache
+        const int64_t earlier = 5;  // own tokens already stored
         auto kernel_seq = StartSequence(*setup, context, c, /*kernels=*/true, 64);
         auto torch_seq = StartSequence(*setup, context, c, /*kernels=*/false, 64);
-        // The same own K/V in both caches: rows [0, earlier + n).
-        const at::Tensor k = at::randn({cfg.num_kv_heads, earlier + n, cfg.head_dim}, bf16);
-        const at::Tensor v = at::randn({cfg.num_kv_heads, earlier + n, cfg.head_dim}, bf16);
-        for (Sequence* s : {kernel_seq.get(), torch_seq.get()}) {
-          s->cache.keys[layer].narrow(1, 0, earlier + n).copy_(k);
-          s->cache.values[layer].narrow(1, 0, earlier + n).copy_(v);
-          s->cache.length = earlier;
-        }
+        const at::Tensor q0 = at::randn({cfg.num_attention_heads, earlier, cfg.head_dim}, bf16);
+        const at::Tensor k0 = at::randn({cfg.num_kv_heads, earlier, cfg.head_dim}, bf16);
+        const at::Tensor v0 = at::randn({cfg.num_kv_heads, earlier, cfg.head_dim}, bf16);
         const at::Tensor q = at::randn({cfg.num_attention_heads, n, cfg.head_dim}, bf16) * 2;
-
-        ForwardArgs args;
-        args.num_tokens = n;
-        args.cache = &kernel_seq->cache;
-        args.kernel = kernel_seq->kernel.get();
-        args.kernel->prefill = prefill;
-        ASSERT_TRUE(setup->runner->Accepts(*args.kernel, n));
-        std::vector<at::Tensor> outputs(1);
-        setup->runner->Run(layer, q, {&args}, {0}, {0}, &outputs);
-        setup->runner->FinishForward();
-        kernel_seq->lookup->FinishStep();
-
-        const at::Tensor own_k = torch_seq->cache.keys[layer].narrow(1, 0, earlier + n);
-        const at::Tensor own_v = torch_seq->cache.values[layer].narrow(1, 0, earlier + n);
-        const AttentionPart own = AttendWithLse(q, own_k, own_v, earlier);
-        const AttentionPart stored = torch_seq->lookup->Attend(layer, q, /*per_token=*/!prefill);
-        torch_seq->lookup->FinishStep();
-        const at::Tensor want = MergeLse(stored, own).out.to(at::kBFloat16).transpose(0, 1).reshape({n, -1});
-
-        ASSERT_TRUE(outputs[0].defined());
-        ASSERT_EQ(outputs[0].sizes(), want.sizes());
-        EXPECT_LT(RelativeError(outputs[0], want), kAttentionBound);
-        // The same clusters were selected (up to ties): the same share of the KV was read.
-        EXPECT_NEAR(kernel_seq->lookup->kv_fraction_loaded(), torch_seq->lookup->kv_fraction_loaded(), 0.02);
+        const at::Tensor k = at::randn({cfg.num_kv_heads, n, cfg.head_dim}, bf16);
+        const at::Tensor v = at::randn({cfg.num_kv_heads, n, cfg.head_dim}, bf16);
+        for (Sequence* s : {kernel_seq.get(), torch_seq.get()}) AttendOneLayer(*s, layer, q0, k0, v0, true);
+        const at::Tensor got = AttendOneLayer(*kernel_seq, layer, q, k, v, /*query_prefill=*/n > 1);
+        const at::Tensor want = AttendOneLayer(*torch_seq, layer, q, k, v, /*query_prefill=*/n > 1);
+        ASSERT_TRUE(got.defined());
+        ASSERT_EQ(got.sizes(), want.sizes());
+        EXPECT_LT(RelativeError(got, want), kAttentionBound);
       }
     }
   }
@@ -341,26 +321,23 @@ TEST_P(KernelPathTest, LogitsMatchLibtorch) {
         SCOPED_TRACE(::testing::Message() << "step " << step);
         const int32_t* ids = step == 0 ? query.data() : &decode[step - 1];
         const int64_t n = step == 0 ? static_cast<int64_t>(query.size()) : 1;
-        const ForwardArgs kernel_args = StepArgs(*kernel_seq, ids, n);
-        const ForwardArgs torch_args = StepArgs(*torch_seq, ids, n);
-        const at::Tensor got = setup->model->Forward(kernel_args);
-        const at::Tensor want = setup->model->Forward(torch_args);
-        kernel_seq->lookup->FinishStep();
-        torch_seq->lookup->FinishStep();
+        const at::Tensor got = setup->model->Forward(StepArgs(*kernel_seq, ids, n, step == 0));
+        const at::Tensor want = setup->model->Forward(StepArgs(*torch_seq, ids, n, step == 0));
         errors.Add(c, RelativeError(got, want), absl::StrCat(context->summary().id, " step ", step));
       }
-      EXPECT_NEAR(kernel_seq->lookup->kv_fraction_loaded(), torch_seq->lookup->kv_fraction_loaded(), 0.02);
-      EXPECT_NEAR(kernel_seq->lookup->centroid_comparisons_per_token(),
-                  torch_seq->lookup->centroid_comparisons_per_token(),
+      const LookupStats& a = kernel_seq->attention->stats();
+      const LookupStats& b = torch_seq->attention->stats();
+      EXPECT_NEAR(a.kv_fraction_loaded(), b.kv_fraction_loaded(), 0.02);
+      EXPECT_NEAR(a.centroid_comparisons_per_token(), b.centroid_comparisons_per_token(),
                   // The kernels also count empty children of kept coarse clusters.
-                  0.15 * torch_seq->lookup->centroid_comparisons_per_token() + 2);
+                  0.15 * b.centroid_comparisons_per_token() + 2);
     }
   }
 }
 
 // A batch of decode steps on different contexts and thresholds (one attention launch, one
-// selection launch per distinct threshold set), including a query prefill in the same forward:
-// each sequence's logits equal its libtorch logits alone.
+// selection launch per distinct threshold set, dense members beside squeezed ones), including a
+// query prefill in the same forward: each sequence's logits equal its libtorch logits alone.
 TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
   SKIP_WITHOUT_KERNELS();
   GpuSetup* setup = GetSetup(GetParam());
@@ -369,9 +346,9 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
   std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
   for (size_t i = 0; i < setup->contexts.size(); ++i) {
     const std::vector<Case> cases = Cases(*setup->contexts[i]);
-    // flat 0.5, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9 estimated
-    // twice (one estimate for both), flat keep-nothing estimated, hierarchical keep-nothing
-    for (size_t pick : {1, 2, 2, 4, 7, 10, 10, 11, 8}) {
+    // flat 0.5, dense, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9
+    // estimated twice (one estimate for both), flat keep-nothing estimated, dense, hierarchical keep-nothing
+    for (size_t pick : {1, 12, 2, 2, 4, 7, 10, 10, 11, 12, 8}) {
       if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
     }
   }
@@ -391,11 +368,11 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
     std::vector<size_t> stepped;
     for (size_t i = 0; i < members.size(); ++i) {
       if (i == late && step == 0) continue;
-      const bool first = kernel_seqs[i]->cache.length == 0;
+      const bool first = kernel_seqs[i]->attention->length() == 0;
       const int32_t* ids = first ? query.data() : &decode[step - 1];
       const int64_t n = first ? static_cast<int64_t>(query.size()) : 1;
-      kernel_args.push_back(StepArgs(*kernel_seqs[i], ids, n));
-      torch_args.push_back(StepArgs(*torch_seqs[i], ids, n));
+      kernel_args.push_back(StepArgs(*kernel_seqs[i], ids, n, first));
+      torch_args.push_back(StepArgs(*torch_seqs[i], ids, n, first));
       stepped.push_back(i);
     }
     std::vector<const ForwardArgs*> batch;
@@ -405,12 +382,11 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
       const at::Tensor want = setup->model->Forward(torch_args[j]);
       errors.Add(members[stepped[j]].second, RelativeError(got[j], want),
                  absl::StrCat("member ", stepped[j], " step ", step));
-      kernel_seqs[stepped[j]]->lookup->FinishStep();
-      torch_seqs[stepped[j]]->lookup->FinishStep();
     }
   }
   for (size_t i = 0; i < members.size(); ++i) {
-    EXPECT_NEAR(kernel_seqs[i]->lookup->kv_fraction_loaded(), torch_seqs[i]->lookup->kv_fraction_loaded(), 0.02)
+    EXPECT_NEAR(kernel_seqs[i]->attention->stats().kv_fraction_loaded(),
+                torch_seqs[i]->attention->stats().kv_fraction_loaded(), 0.02)
         << "member " << i;
   }
 }

@@ -278,7 +278,7 @@ TEST(SqueezedEngineTest, ReadAheadLoadsTheClusterAfterAConcentratedKeyAtTheNextS
     lookup.FinishStep();
     lookup.Attend(0, aimed_at(400), /*per_token=*/true);
     lookup.FinishStep();
-    return lookup.kv_fraction_loaded();
+    return lookup.stats().kv_fraction_loaded();
   };
   const double extra = 2 * (loaded(true) - loaded(false));  // the decode step's (the prefill's is equal)
   const double largest_cluster = squeeze::FineSizes(index).max().item<double>();
@@ -297,17 +297,25 @@ TEST(SqueezedEngineTest, IngestStagesCancelAndShortContexts) {
   const auto count = [&](const std::string& stage) {
     return std::count_if(reports.begin(), reports.end(), [&](const IngestProgress& p) { return p.stage == stage; });
   };
-  EXPECT_EQ(count("prefill"), 4);     // 240 tokens in chunks of 64
-  EXPECT_EQ(count("clustering"), 2);  // one per layer
+  EXPECT_EQ(count("prefill"), 4 * (1 + 3 * 2));  // 240 tokens in units of 64: embedding + 3 passes per layer
+  EXPECT_EQ(count("clustering"), 1 + 2);          // its start, then one per layer
   EXPECT_GE(count("calibrating"), 1);
   for (size_t i = 1; i < reports.size(); ++i) EXPECT_GE(reports[i].fraction, reports[i - 1].fraction);
   EXPECT_FLOAT_EQ(reports.back().fraction, 1.0f);
 
-  // Cancelled at the first poll after the prefill: between clustering layers.
-  int polls = 0;
-  auto cancelled = engine->Ingest("cancelled", ref.context, TestIndex(2), nullptr, [&] { return ++polls > 4; });
+  // Cancelled once the clustering has started: between clustering layers, nothing calibrated.
+  bool clustering = false;
+  std::vector<std::string> stages;
+  auto cancelled = engine->Ingest(
+      "cancelled", ref.context, TestIndex(2),
+      [&](const IngestProgress& p) {
+        clustering = clustering || p.stage == "clustering";
+        stages.push_back(p.stage);
+      },
+      [&] { return clustering; });
   EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(polls, 5);
+  EXPECT_EQ(std::count(stages.begin(), stages.end(), "clustering"), 1);
+  EXPECT_EQ(std::count(stages.begin(), stages.end(), "calibrating"), 0);
 
   // Too short to cluster (10 tokens past a 16-token window): a dense context, no error.
   auto short_context = IngestOrDie(*engine, std::vector<int32_t>(ref.context.begin(), ref.context.begin() + 26),
