@@ -53,6 +53,9 @@ struct EngineOptions {
   // FlashAttention kernel, whichever first passes a check against the reference), "cudnn", "flash"
   // or "reference" (the blocked libtorch code; for comparisons).
   std::string dense_attention = "auto";
+  // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
+  // dispatched op by op (for comparisons).
+  bool cuda_graphs = true;
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a
   // long prompt with the decode steps of other streams); 0 = the whole query in one step.

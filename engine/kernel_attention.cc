@@ -86,6 +86,7 @@ void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, co
 // What the kernels read of one context, per layer: the squeezed view (clustered part + index) and
 // the dense view (the same clustered rows as ONE cluster, which a dense decode selects whole).
 struct KernelAttention::ContextViews {
+  uint64_t serial = 0;    // unique per views ever built: names the context in launch signatures
   int64_t window = 0;     // W: rows [N, S) of the stored KV, copied into each sequence's dense part
   int64_t clustered = 0;  // N
   int32_t max_clusters = 1, max_coarse = 0;
@@ -298,6 +299,7 @@ std::shared_ptr<const KernelAttention::ContextViews> KernelAttention::ViewsOf(
   if (found != views_.end()) return found->second.second;
 
   auto views = std::make_shared<ContextViews>();
+  views->serial = ++next_context_serial_;
   const bool indexed = context->summary().has_index && !context->index().empty();
   views->window = indexed ? context->index()[0].window() : 0;
   const int64_t total = context->summary().num_tokens;
@@ -472,6 +474,22 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   // (every forward ends with that copy), so the upload has long finished by then.
   b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
   b->stats.narrow(1, 2, 1).zero_();  // estimated-cluster counts: only estimating members write them
+  // The launch structure Attend will follow for the decode tokens (graph key, see the header).
+  signature_ = absl::StrCat("B", B, " d", first_decode_, " s", first_squeezed_, " c", b->capacity);
+  for (int64_t first = first_squeezed_; first < B;) {
+    int64_t end = first + 1;
+    const auto key = SelectionKey(Member(ordered[first]));
+    while (end < B && SelectionKey(Member(ordered[end])) == key) ++end;
+    int32_t group_coarse = 0;
+    for (int64_t i = first; i < end; ++i) group_coarse = std::max(group_coarse, Member(ordered[i]).views_->max_coarse);
+    absl::StrAppend(&signature_, " g", first, "-", end, ":", std::get<0>(key), std::get<1>(key), ":",
+                    std::get<2>(key), ":", std::get<3>(key), ":", group_coarse);
+    for (int64_t i = first; i < end; ++i) {
+      const KernelSequence& seq = Member(ordered[i]);
+      if (seq.estimate_pruned_) absl::StrAppend(&signature_, " e", i, ":", seq.views_->serial);
+    }
+    first = end;
+  }
   steps_ = std::move(ordered);
   order_of_.clear();
   for (const SequenceStep& s : steps_) {

@@ -79,6 +79,11 @@ class KernelAttention : public AttentionBackend {
   void Finish() override;
   void Abandon() override;
 
+  // What a CUDA graph of the planned step's layers bakes in besides the persistent buffers (valid
+  // between Plan and Finish): the launch structure (batch sizes, selection launches and their
+  // launch-wide parameters) and the contexts of the estimate's libtorch ops. Two steps with the same
+  // signature and buffers_version() can replay one graph (decode_graphs.h).
+  const std::string& launch_signature() const { return signature_; }
   // Bumped whenever Plan reallocates a persistent buffer: a CUDA graph captured under an older
   // value reads freed memory and must be captured again.
   int64_t buffers_version() const { return buffers_version_; }
@@ -100,6 +105,8 @@ class KernelAttention : public AttentionBackend {
   std::vector<SequenceStep> steps_;
   std::vector<size_t> order_of_;  // order_of_[i]: index in Plan's argument of steps_[i]
   int64_t first_decode_ = 0, first_squeezed_ = 0;
+  std::string signature_;
+  uint64_t next_context_serial_ = 0;  // ContextViews::serial (guarded by views_mu_)
   std::unique_ptr<Buffers> buffers_;
   int64_t buffers_version_ = 0;
 };

@@ -24,6 +24,7 @@
 #include "engine/context_persistence.h"
 #include "engine/attention.h"
 #include "engine/context_store.h"
+#include "engine/decode_graphs.h"
 #include "engine/engine.h"
 #include "engine/engine_log.h"
 #include "engine/kernel_attention.h"
@@ -234,6 +235,16 @@ class TorchEngine : public Engine {
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
     absl::MutexLock lock(&forward_mu_);
     c10::InferenceMode inference_mode;
+    if (graphs_ != nullptr && graphs_->Eligible(batch)) {
+      try {
+        return graphs_->Run(batch);
+      } catch (const std::exception& e) {
+        // The step has not advanced: it runs eagerly below, and so do all later ones.
+        LogEngineWarning(absl::StrCat("CUDA graph of a decode step failed, decoding without graphs from now on: ",
+                                      e.what()));
+        graphs_.reset();
+      }
+    }
     try {
       std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
       for (at::Tensor& l : logits) {
@@ -292,6 +303,9 @@ class TorchEngine : public Engine {
   // EngineOptions::attention_backend chose them (null otherwise).
   mutable TorchAttention torch_attention_;
   std::unique_ptr<KernelAttention> kernels_;
+  // Decode steps on the kernels replayed as CUDA graphs (EngineOptions::cuda_graphs; null when off
+  // or after a capture failed).
+  mutable std::unique_ptr<DecodeGraphs> graphs_;
   int64_t prefill_block_tokens_ = 512;
   mutable absl::Mutex forward_mu_;
 };
@@ -340,7 +354,12 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
-  if (*use_kernels) engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
+  if (*use_kernels) {
+    engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
+    if (options.cuda_graphs && DecodeGraphs::Compiled()) {
+      engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);
+    }
+  }
   // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run
   // at speed; a 16K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit
   // holds the forward lock, and generation steps wait for it).

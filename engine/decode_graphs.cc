@@ -1,0 +1,146 @@
+#include "engine/decode_graphs.h"
+
+#include <torch/version.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace squeezeserve {
+
+struct DecodeGraphs::Graph {
+  std::string key;
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  at::cuda::CUDAGraph graph;
+#endif
+  at::Tensor inputs;  // device int64 [2, B]: token ids, then position ids (the graph reads them)
+  at::Tensor logits;  // device float32 [B, vocab] (the graph writes them)
+};
+
+bool DecodeGraphs::Compiled() {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+DecodeGraphs::DecodeGraphs(const LlamaModel& model, KernelAttention& kernels, size_t max_graphs)
+    : model_(model), kernels_(kernels), max_graphs_(std::max<size_t>(1, max_graphs)) {}
+
+DecodeGraphs::~DecodeGraphs() = default;
+
+bool DecodeGraphs::Eligible(const std::vector<const ForwardArgs*>& batch) const {
+  if (batch.empty()) return false;
+  for (const ForwardArgs* args : batch) {
+    if (args->attention == nullptr || &args->attention->backend() != &kernels_) return false;
+    if (args->num_tokens != 1 || args->query_prefill || !args->compute_logits || args->logits_of_every_token ||
+        args->captured_queries != nullptr) {
+      return false;
+    }
+  }
+  return true;
+}
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+
+namespace {
+
+// Captures the layers of the planned step into graph.graph (on a side stream, after one eager
+// warm-up run there: libraries initialise lazily on first use, which a capture forbids), then
+// replays it once on the current stream. The warm-up stores the step's K/V exactly as the replay
+// does, so running the step twice changes nothing.
+void Capture(const LlamaModel& model, const PlannedStep& plan, const std::vector<const ForwardArgs*>& batch,
+             at::Device device, at::Tensor* logits, at::cuda::CUDAGraph* graph, const at::Tensor& inputs) {
+  const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(device.index());
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
+  at::cuda::CUDAEvent ready;
+  ready.record(current);
+  ready.block(side);
+  {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    const at::Tensor ids = inputs[0], positions = inputs[1];
+    model.RunLayers(ids, positions, plan, batch);  // warm-up
+#if TORCH_VERSION_MAJOR >= 2
+    // Thread-local: an ingest on another thread keeps allocating and launching meanwhile.
+    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+#else
+    graph->capture_begin();
+#endif
+    try {
+      *logits = model.Logits(model.RunLayers(ids, positions, plan, batch));
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(side.stream(), &broken);  // leave the stream usable
+      if (broken != nullptr) cudaGraphDestroy(broken);
+      throw;
+    }
+    graph->capture_end();
+  }
+  at::cuda::CUDAEvent captured;
+  captured.record(side);
+  captured.block(current);
+  graph->replay();
+}
+
+}  // namespace
+
+std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
+  const int64_t B = static_cast<int64_t>(batch.size());
+  const at::Device device = model_.device();
+  const c10::cuda::CUDAGuard guard(device);
+  at::Tensor host = at::empty({2, B}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* values = host.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    values[b] = batch[b]->token_ids[0];
+    values[B + b] = batch[b]->start_position;
+  }
+  const PlannedStep plan = model_.PlanStep(batch);
+  try {
+    const std::string key = absl::StrCat(kernels_.launch_signature(), " v", kernels_.buffers_version());
+    auto found = graphs_.begin();
+    while (found != graphs_.end() && (*found)->key != key) ++found;
+    if (found != graphs_.end()) {
+      graphs_.splice(graphs_.begin(), graphs_, found);  // most recently used first
+      Graph& graph = *graphs_.front();
+      graph.inputs.copy_(host, /*non_blocking=*/true);
+      graph.graph.replay();
+    } else {
+      auto graph = std::make_unique<Graph>();
+      graph->key = key;
+      graph->inputs = at::empty({2, B}, at::TensorOptions().dtype(at::kLong).device(device));
+      graph->inputs.copy_(host, /*non_blocking=*/true);
+      Capture(model_, plan, batch, device, &graph->logits, &graph->graph, graph->inputs);
+      graphs_.push_front(std::move(graph));
+      while (graphs_.size() > max_graphs_) graphs_.pop_back();
+    }
+    const at::Tensor logits = graphs_.front()->logits.to(at::kCPU);  // waits for the step
+    model_.FinishStep(plan);
+    std::vector<at::Tensor> out;
+    for (int64_t b = 0; b < B; ++b) out.push_back(logits[b]);
+    return out;
+  } catch (...) {
+    model_.AbandonStep(plan);
+    throw;
+  }
+}
+
+#else  // !SQUEEZESERVE_CUDA_KERNELS: never constructed (the engine makes graphs with the kernels only).
+
+std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
+  throw std::logic_error("decode graphs: this build has no CUDA support");
+}
+
+#endif
+
+}  // namespace squeezeserve

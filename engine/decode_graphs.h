@@ -1,0 +1,54 @@
+// Decode steps replayed as CUDA graphs (docs/attention.md "CUDA graphs"). At batch 1 a 32-layer
+// decode step launches ~25 kernels per layer; dispatched one by one from the host they take longer
+// than the GPU needs to run them. A step whose sequences all decode one token on the CUDA kernels
+// is captured once — every layer, the final norm and the lm_head — and replayed: the host plans the
+// step (KernelAttention::Plan writes the views into persistent buffers), copies the token ids and
+// positions into the graph's input buffers, and launches the graph.
+//
+// A graph is keyed by the step's launch signature (KernelAttention::launch_signature: batch size,
+// selection launches, contexts of the estimate's libtorch ops) and the kernels' buffers version, so
+// a batch of dense and squeezed sequences replays one graph whatever contexts they read; a new key
+// is captured on first use (after one eager warm-up run of the same step). libtorch; internal.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "engine/kernel_attention.h"
+#include "engine/llama_model.h"
+
+namespace squeezeserve {
+
+class DecodeGraphs {
+ public:
+  // Whether this build can capture graphs (a CUDA build).
+  static bool Compiled();
+
+  // `max_graphs`: captured graphs kept (least recently used evicted).
+  DecodeGraphs(const LlamaModel& model, KernelAttention& kernels, size_t max_graphs = 32);
+  ~DecodeGraphs();
+
+  // Whether the forward of `batch` can be a graph: every entry one decode token of a sequence on the
+  // CUDA kernels, wanting its last-token logits and nothing else.
+  bool Eligible(const std::vector<const ForwardArgs*>& batch) const;
+
+  // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the CPU.
+  // Throws on failure (the caller may run the step eagerly instead: the sequences have not advanced).
+  std::vector<at::Tensor> Run(const std::vector<const ForwardArgs*>& batch);
+
+  size_t captured() const { return graphs_.size(); }
+
+ private:
+  struct Graph;
+  const LlamaModel& model_;
+  KernelAttention& kernels_;
+  size_t max_graphs_;
+  std::list<std::unique_ptr<Graph>> graphs_;  // most recently used first
+};
+
+}  // namespace squeezeserve
