@@ -44,15 +44,18 @@ void IngestStageTimer::Enter(const std::string& stage) {
   stage_started_ = now;
 }
 
-void IngestStageTimer::LogDone(const std::string& context_id, int64_t tokens) {
+void IngestStageTimer::LogDone(const std::string& context_id, int64_t tokens, int64_t peak_device_bytes) {
   const Clock::time_point now = Clock::now();
   CloseCurrent(now);
   current_.clear();
   std::string stages;
   for (const auto& [stage, seconds] : seconds_) {
-    stages += absl::StrFormat("%s%s %.1f s", stages.empty() ? "" : ", ", stage, seconds);
+    stages += absl::StrFormat("%s%s %.2f s", stages.empty() ? "" : ", ", stage, seconds);
   }
-  spdlog::info("ingest {}: {} tokens in {:.1f} s: {}", context_id, tokens,
+  if (peak_device_bytes >= 0) {
+    stages += absl::StrFormat("; peak device memory %.2f GB", static_cast<double>(peak_device_bytes) / 1e9);
+  }
+  spdlog::info("ingest {}: {} tokens in {:.2f} s: {}", context_id, tokens,
                std::chrono::duration<double>(now - started_).count(), stages);
 }
 

@@ -26,7 +26,8 @@ void LogEngineWarning(const std::string& message);
 class IngestStageTimer {
  public:
   void Enter(const std::string& stage);
-  void LogDone(const std::string& context_id, int64_t tokens);
+  // peak_device_bytes < 0: unknown (not logged).
+  void LogDone(const std::string& context_id, int64_t tokens, int64_t peak_device_bytes = -1);
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -25,6 +25,7 @@
 #include "engine/attention.h"
 #include "engine/context_store.h"
 #include "engine/decode_graphs.h"
+#include "engine/device_memory.h"
 #include "engine/engine.h"
 #include "engine/engine_log.h"
 #include "engine/kernel_attention.h"
@@ -77,6 +78,17 @@ absl::StatusOr<DeviceChoice> ParseDevice(const std::string& device) {
     return absl::FailedPreconditionError(absl::StrCat("device \"", device, "\": ", e.what_without_backtrace()));
   }
   return DeviceChoice{cuda, at::kBFloat16, absl::StrCat("cuda:", index)};
+}
+
+// The context length from which a squeezed decode step on the kernels beats a dense one: it saves
+// reading ~80% of the context KV (the 90%-sparsity lookup keeps ~10% and reads the centroids, 5% at
+// half a row each), and costs a fixed time per layer — the selection launches and the
+// pruned-cluster estimate's libtorch ops inside the step's CUDA graph.
+int64_t SqueezedBreakEvenTokens(const ModelConfig& c) {
+  constexpr double kFixedSecondsPerLayer = 40e-6;  // measured on the H200 (docs/attention.md)
+  constexpr double kBytesPerSecond = 4.0e12;
+  const double saved_per_token = 0.8 * 2.0 * c.num_kv_heads * c.head_dim * 2 /*bf16*/ / kBytesPerSecond;
+  return static_cast<int64_t>(std::ceil(kFixedSecondsPerLayer / saved_per_token / 1024.0)) * 1024;
 }
 
 const char* DTypeLabel(at::ScalarType dtype) { return dtype == at::kBFloat16 ? "bfloat16" : "float32"; }
@@ -386,6 +398,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
   info.squeezed_attention_on_kernels = *use_kernels;
+  info.squeezed_min_context_tokens = *use_kernels ? SqueezedBreakEvenTokens(c) : -1;
   LogEngineLoaded(info, c.sliding_window);
   LogAttentionBackend(*use_kernels ? "kernels" : "torch", backend_reason);
   return std::unique_ptr<Engine>(std::move(engine));
@@ -404,6 +417,7 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
                                                    config_.max_position_embeddings, ")"));
   }
   IngestStageTimer timer;
+  ResetPeakDeviceMemory(model_->device());
   const ProgressFn timed_progress = [&timer, &progress](const IngestProgress& p) {
     timer.Enter(p.stage);
     if (progress) progress(p);
@@ -419,7 +433,7 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
   control.cancelled = cancelled;
   auto context = BuildStoredContext(*model_, std::move(id), std::move(tokens), index, control, timed_progress);
   if (!context.ok()) return context.status();
-  timer.LogDone((*context)->summary().id, total);
+  timer.LogDone((*context)->summary().id, total, PeakDeviceMemory(model_->device()));
   return std::shared_ptr<const Context>(std::move(*context));
 }
 

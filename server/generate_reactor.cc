@@ -68,7 +68,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     if (step.finish != FinishReason::kNone) {
       response.set_finish_reason(ToProto(step.finish));
       *response.mutable_usage() = ToUsage(stats, Timings());
-      *response.mutable_stats() = ToAttentionStats(stats, attention_);
+      *response.mutable_stats() = ToAttentionStats(stats, attention_, attention_note_);
       response.mutable_prompt_logprobs()->Add(stats.prompt_logprobs.begin(), stats.prompt_logprobs.end());
       final_stats_ = stats;
       finish_reason_ = step.finish;
@@ -105,7 +105,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     if (!sampling.ok()) return sampling.status();
     sampling->prompt_logprobs = request.include_prompt_logprobs();
     absl::StatusOr<AttentionOptions> attention =
-        ResolveAttention(request.attention(), context->summary(), core_->defaults);
+        ResolveAttention(request.attention(), context->summary(), core_->defaults, &attention_note_);
     if (!attention.ok()) return attention.status();
     attention_ = *attention;
 
@@ -183,6 +183,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
   ServiceCore* const core_;
   bool include_logprobs_ = false;
   AttentionOptions attention_;
+  std::string attention_note_;  // why the default mode chose what it chose (AttentionStats.note)
   // Written by the scheduler thread only.
   const Clock::time_point arrival_;
   Clock::time_point started_ = arrival_;

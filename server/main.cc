@@ -90,9 +90,11 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "File of bearer tokens, one per line ('#' comments). Squeezeserve RPCs must then send "
           "'authorization: Bearer <token>' or get UNAUTHENTICATED; the gRPC health service and reflection "
           "stay open for probes. Use with TLS: tokens are otherwise sent in clear text.");
-ABSL_FLAG(std::string, default_mode, "squeezed",
-          "Attention mode for requests that leave attention.mode unset: dense or squeezed (contexts without "
-          "an index always use dense).");
+ABSL_FLAG(std::string, default_mode, "auto",
+          "Attention mode for requests that leave attention.mode unset: dense, squeezed, or auto: squeezed "
+          "where the context is long enough for the index to pay for itself on this engine (logged at "
+          "start; never on the CPU), dense otherwise. Contexts without an index always use dense; the "
+          "response's stats say which mode served and why.");
 ABSL_FLAG(float, default_sparsity, 0.7f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
           "of the context is used).");
@@ -133,12 +135,13 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError("--default_max_new_tokens must be in [1, --max_new_tokens]");
   }
   const std::string mode = absl::GetFlag(FLAGS_default_mode);
+  config.defaults.mode_auto = mode == "auto";
   if (mode == "dense") {
     config.defaults.mode = AttentionMode::kDense;
-  } else if (mode == "squeezed") {
+  } else if (mode == "squeezed" || mode == "auto") {
     config.defaults.mode = AttentionMode::kSqueezed;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--default_mode must be dense or squeezed, got ", mode));
+    return absl::InvalidArgumentError(absl::StrCat("--default_mode must be auto, dense or squeezed, got ", mode));
   }
   if (const std::string backend = absl::GetFlag(FLAGS_attention_backend);
       backend != "auto" && backend != "torch" && backend != "kernels") {

@@ -103,8 +103,13 @@ pb::Usage ToUsage(const GenerationStats& stats, const GenerationTimings& timings
   return out;
 }
 
-pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const AttentionOptions& attention) {
+pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const AttentionOptions& attention,
+                                    const std::string& resolution_note) {
   pb::AttentionStats out;
+  out.set_backend(stats.attention_backend);
+  std::string note = resolution_note;
+  if (!stats.attention_note.empty()) note += (note.empty() ? "" : "; ") + stats.attention_note;
+  out.set_note(note);
   out.set_mode(ToProto(attention.mode));
   out.set_kv_fraction_loaded(static_cast<float>(stats.kv_fraction_loaded));
   out.set_centroid_comparisons_per_token(static_cast<float>(stats.centroid_comparisons_per_token));

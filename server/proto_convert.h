@@ -27,6 +27,9 @@ struct GenerationTimings {
 };
 
 pb::Usage ToUsage(const GenerationStats& stats, const GenerationTimings& timings);
-pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const AttentionOptions& attention);
+// `resolution_note`: why the server's default mode chose the mode (ResolveAttention), or empty;
+// joined with the engine's note (GenerationStats::attention_note) into AttentionStats.note.
+pb::AttentionStats ToAttentionStats(const GenerationStats& stats, const AttentionOptions& attention,
+                                    const std::string& resolution_note = "");
 
 }  // namespace squeezeserve::server

@@ -22,7 +22,12 @@ struct ServerLimits {
 };
 
 struct ServerDefaults {
+  // attention.mode unset: `mode`, or with mode_auto (--default_mode auto) squeezed where the
+  // context has an index and at least squeezed_min_context_tokens tokens (ModelInfo: from there the
+  // index pays for itself on this engine; -1 = never, e.g. the CPU), dense otherwise.
   AttentionMode mode = AttentionMode::kSqueezed;
+  bool mode_auto = true;
+  int64_t squeezed_min_context_tokens = -1;
   float sparsity = 0.7f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
   // attention.read_ahead unset: ON (true) or OFF. With read_ahead_auto (--default_read_ahead auto)

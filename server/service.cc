@@ -36,6 +36,15 @@ SqueezeserveService::~SqueezeserveService() = default;
 void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
   engine_ = std::move(engine);
   ServerDefaults& defaults = core_.defaults;
+  defaults.squeezed_min_context_tokens = engine_->model_info().squeezed_min_context_tokens;
+  if (defaults.mode_auto) {
+    if (defaults.squeezed_min_context_tokens < 0) {
+      spdlog::info("attention mode by default: dense (the Squeezed index does not pay for itself on this engine)");
+    } else {
+      spdlog::info("attention mode by default: squeezed from {} context tokens, dense below",
+                   defaults.squeezed_min_context_tokens);
+    }
+  }
   if (defaults.read_ahead_auto) {
     defaults.read_ahead = !engine_->model_info().squeezed_attention_on_kernels;
     spdlog::info("read-ahead by default: {}", defaults.read_ahead ? "on" : "off (the CUDA kernels have none yet)");

@@ -190,7 +190,7 @@ absl::Status ValidatePromptLength(int64_t num_tokens, const ServerLimits& limits
 }
 
 absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& proto, const ContextSummary& context,
-                                                  const ServerDefaults& defaults) {
+                                                  const ServerDefaults& defaults, std::string* note) {
   AttentionOptions out;
   out.hierarchical = proto.hierarchical();
   const float sparsity = proto.sparsity();
@@ -212,6 +212,16 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
       break;
     case pb::AttentionOptions::MODE_UNSPECIFIED:
       out.mode = context.has_index ? defaults.mode : AttentionMode::kDense;
+      if (defaults.mode_auto && context.has_index) {
+        const int64_t from = defaults.squeezed_min_context_tokens;
+        const bool pays = from >= 0 && context.num_tokens >= from;
+        out.mode = pays ? AttentionMode::kSqueezed : AttentionMode::kDense;
+        if (!pays && note != nullptr) {
+          *note = from < 0 ? "auto: dense, the Squeezed index does not pay for itself on this engine"
+                           : absl::StrCat("auto: dense, the context's ", context.num_tokens,
+                                          " tokens are below the ", from, " from which the index pays for itself here");
+        }
+      }
       break;
     default:
       return FieldError("attention.mode", absl::StrCat("unknown mode ", static_cast<int>(proto.mode())));

@@ -39,7 +39,9 @@ absl::Status ValidatePromptLength(int64_t num_tokens, const ServerLimits& limits
 //   without an index, while an explicit SQUEEZED there is FAILED_PRECONDITION.
 // - sparsity 0 takes the calibrated level nearest to the server default; an explicit sparsity must be
 //   one of the context's calibrated levels.
+// `note` (nullable) receives why the default mode chose what it chose when that was not the
+// request's own choice (auto mode), for AttentionStats.note.
 absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& proto, const ContextSummary& context,
-                                                  const ServerDefaults& defaults);
+                                                  const ServerDefaults& defaults, std::string* note = nullptr);
 
 }  // namespace squeezeserve::server

@@ -12,8 +12,12 @@
 namespace squeezeserve::squeeze {
 namespace {
 
-// The [H, chunk, K] score block of one assignment step stays below this many elements.
-constexpr int64_t kAssignBlockElements = int64_t{1} << 24;
+// The [H, chunk, K] score block of one assignment step stays below this many elements: small on
+// the CPU (cache), large on a GPU (each block is a matmul launch; 2^28 bf16 scores are 512 MB).
+constexpr int64_t kAssignBlockElementsCpu = int64_t{1} << 24;
+constexpr int64_t kAssignBlockElementsGpu = int64_t{1} << 28;
+// Seeds are drawn in at most this many rounds (batched k-means++, see SeedKMeansPlusPlus).
+constexpr int64_t kSeedingRounds = 16;
 
 at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }
 
@@ -24,16 +28,24 @@ struct Assignment {
   at::Tensor best;    // [H, N] float: x·c − ½‖c‖² of the chosen centroid
 };
 
+// On a GPU the scores are bf16 matmuls on the tensor cores (the points are unit vectors: their dot
+// products need no more precision to pick the nearest centroid, and the objective and centroids are
+// still computed in float32); on the CPU float32.
 Assignment Assign(const at::Tensor& x, const at::Tensor& c) {
   const int64_t H = x.size(0), N = x.size(1), K = c.size(1);
-  const at::Tensor half_norm = 0.5 * c.pow(2).sum(-1).unsqueeze(1);  // [H, 1, K]
-  const at::Tensor ct = c.transpose(1, 2);                             // [H, D, K]
-  const int64_t chunk = std::max<int64_t>(1, kAssignBlockElements / std::max<int64_t>(1, H * K));
+  const bool gpu = x.is_cuda();
+  const auto score_type = gpu ? at::kBFloat16 : at::kFloat;
+  const at::Tensor half_norm = (0.5 * c.pow(2).sum(-1).unsqueeze(1)).to(score_type);  // [H, 1, K]
+  const at::Tensor ct = c.transpose(1, 2).to(score_type);                              // [H, D, K]
+  const at::Tensor xs = x.to(score_type);
+  const int64_t budget = gpu ? kAssignBlockElementsGpu : kAssignBlockElementsCpu;
+  const int64_t chunk = std::max<int64_t>(1, budget / std::max<int64_t>(1, H * K));
   std::vector<at::Tensor> labels, best;
   for (int64_t start = 0; start < N; start += chunk) {
-    at::Tensor scores = at::bmm(x.narrow(1, start, std::min(chunk, N - start)), ct) - half_norm;
+    at::Tensor scores = at::baddbmm(-half_norm.expand({H, std::min(chunk, N - start), K}),
+                                    xs.narrow(1, start, std::min(chunk, N - start)), ct);
     auto [value, index] = scores.max(-1);
-    best.push_back(value);
+    best.push_back(value.to(at::kFloat));
     labels.push_back(index);
   }
   return {at::cat(labels, 1), at::cat(best, 1)};
@@ -93,10 +105,13 @@ LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, int ma
   return {c, a, it};
 }
 
-// k-means++ seeding (Arthur & Vassilvitskii 2007), batched over heads: the first centroid is a
-// random valid point, each next one a point drawn with probability ∝ its squared distance to the
-// nearest centroid so far. This loop over the K seeds is inherently sequential; each step is a few
-// [H, N] tensor ops, so the whole seeding costs about one Lloyd iteration of arithmetic.
+// k-means++ seeding (Arthur & Vassilvitskii 2007), batched over heads and over seeds: the first
+// seed is a random valid point, then each round draws a batch of seeds, each point with probability
+// ∝ its squared distance to the nearest seed so far. With K <= kSeedingRounds every round draws
+// one seed (exact k-means++); with more, K / kSeedingRounds per round, so that the sequential
+// part is kSeedingRounds steps and the arithmetic one [N×D]·[D×K] product in all, whatever K is
+// (one seed per round would be K dependent steps: minutes at a 512K-token context). A batch may
+// draw a point twice: that seed starts an empty cluster, which Lloyd re-seeds.
 at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t K, at::Generator& gen) {
   const int64_t H = x.size(0), N = x.size(1), D = x.size(2);
   // All uniforms drawn at once from the seeded CPU generator: reproducible and device-independent.
@@ -104,20 +119,19 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
   at::Tensor seeds = at::empty({H, K, D}, x.options());
   at::Tensor weight = w.to(at::kDouble);  // first draw: uniform over valid points
   at::Tensor nearest = at::full({H, N}, std::numeric_limits<double>::infinity(), weight.options());
-  // ‖x − s‖² = ‖x‖² + ‖s‖² − 2·x·s: one matrix-vector product per step reads x once, where
-  // (x − s).pow(2).sum(-1) wrote and re-read two [H, N, D] temporaries (most of an ingest's seeding time).
-  const at::Tensor x_norm = x.pow(2).sum(-1);  // [H, N]
-  for (int64_t k = 0; k < K; ++k) {
+  const int64_t per_round = std::max<int64_t>(1, (K - 1 + kSeedingRounds - 1) / kSeedingRounds);
+  for (int64_t k = 0; k < K;) {
+    const int64_t m = k == 0 ? 1 : std::min(per_round, K - k);
     const at::Tensor cdf = weight.cumsum(-1);
-    const at::Tensor target = (u.narrow(1, k, 1) * cdf.narrow(1, N - 1, 1)).contiguous();
+    const at::Tensor target = (u.narrow(1, k, m) * cdf.narrow(1, N - 1, 1)).contiguous();
     // Right-sided search never lands on a zero-weight point (valid mask, or already a seed).
     const at::Tensor pick = at::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).clamp_max(N - 1);
-    const at::Tensor seed = GatherRows(x, pick);  // [H, 1, D]
-    seeds.narrow(1, k, 1).copy_(seed);
-    const at::Tensor cross = at::bmm(x, seed.transpose(1, 2)).squeeze(-1);                     // [H, N]
-    const at::Tensor distance = (x_norm + seed.pow(2).sum(-1) - 2 * cross).clamp_min(0);  // [H, 1] broadcast
-    nearest = at::minimum(nearest, distance.to(at::kDouble));
+    const at::Tensor batch = GatherRows(x, pick);  // [H, m, D]
+    seeds.narrow(1, k, m).copy_(batch);
+    // Each point's distance to its nearest new seed: one (blocked) assignment to the batch.
+    nearest = at::minimum(nearest, SquaredDistance(x, Assign(x, batch)).to(at::kDouble));
     weight = nearest * w;
+    k += m;
   }
   return seeds;
 }

@@ -1,8 +1,9 @@
 // Batched k-means over the KV heads of one layer, as the Squeezed Attention authors cluster keys
 // (DESIGN.md §2): Lloyd iterations on L2-normalized points (cosine-like clusters; centroids are not
-// re-normalized, like cuML on unit vectors), k-means++ seeding, empty clusters re-seeded from the
-// farthest points while iterating, and the stored centroid is the mean of the RAW points.
-// Runs on the device of its input with tensor ops only; deterministic for a fixed seed on CPU.
+// re-normalized, like cuML on unit vectors), k-means++ seeding (batched: kmeans.cc), empty
+// clusters re-seeded from the farthest points while iterating, and the stored centroid is the mean
+// of the RAW points. Runs on the device of its input with tensor ops only (the assignment's scores
+// in bf16 on a GPU); deterministic for a fixed seed on CPU.
 #pragma once
 
 #include <ATen/ATen.h>

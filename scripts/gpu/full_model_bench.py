@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""The full-size benchmark (docs/performance.md): a whole random-weight Llama model through the real
+server on the GPU machine, every figure next to its physical limit measured in the same run and next
+to HF transformers (SDPA) on the same checkpoint.
+
+For one model shape and one context length it measures
+  - the limits: device-to-device copy bandwidth (bytes read + written per second) and the bf16 matmul
+    rate (8192^3), each the median of 10 runs;
+  - ingest through squeezeserve: wall time and its stages (prefill / clustering / calibrating from the
+    engine's log line, store = the rest), peak device memory; prefill FLOPs / matmul rate = its limit;
+  - TTFT and time per output token (TPOT) per attention mode and batch size (B concurrent streams on
+    the same context), with the bytes one decode step must read (weights + the KV each sequence reads
+    + the centroids scored) / the copy bandwidth = its limit;
+  - HF transformers with SDPA on the same checkpoint (with --hf): prefill time and TPOT at batch 1.
+Writes OUT/full_<shape>_<context>.json and prints a markdown table.
+
+  python3 scripts/gpu/full_model_bench.py --shape llama3-8b --context 32768 --out $OUT [--hf] [--batches 1,8]
+Needs build-gpu/ (scripts/gpu/build.sh) and the .deb libraries it unpacked (LD_LIBRARY_PATH).
+"""
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVER = os.path.join(ROOT, "build-gpu/server/squeezeserve")
+CTL = os.path.join(ROOT, "build-gpu/client/squeezectl/squeezectl")
+
+# name -> squeezectl generate arguments. "default" sends no attention option: the server's defaults.
+MODES = {
+    "dense": ["--mode", "dense"],
+    "default": [],
+    "squeezed-0.7": ["--mode", "squeezed", "--sparsity", "0.7"],
+    "squeezed-0.9": ["--mode", "squeezed", "--sparsity", "0.9"],
+    "paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "off"],
+    "hier-paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--hierarchical", "--pruned", "dropped",
+                       "--read_ahead", "off"],
+    "read-ahead-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--read_ahead", "on"],
+}
+SHAPES = {  # what a decode step reads besides the KV: every weight but the embedding table
+    "llama2-7b": dict(layers=32, hidden=4096, inter=11008, heads=32, kv_heads=32, vocab=32000),
+    "llama3-8b": dict(layers=32, hidden=4096, inter=14336, heads=32, kv_heads=8, vocab=128256),
+}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def median_time(fn, reps=10, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def measure_limits():
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = median_time(lambda: dst.copy_(src))
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_s = median_time(lambda: a @ b)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"copy_bytes_per_s": 2 * (2 << 30) / copy_s, "bf16_flops_per_s": 2 * 8192 ** 3 / mm_s}
+
+
+def weight_bytes(s):
+    per_layer = (s["hidden"] * (s["heads"] + 2 * s["kv_heads"]) * 128 + s["hidden"] * s["heads"] * 128
+                 + 3 * s["hidden"] * s["inter"] + 2 * s["hidden"])
+    return 2 * (s["layers"] * per_layer + s["vocab"] * s["hidden"] + s["hidden"])
+
+
+def kv_bytes_per_token(s):
+    return 2 * s["layers"] * s["kv_heads"] * 128 * 2
+
+
+def prefill_flops(s, n):
+    # matmuls: 2 per parameter per token; attention: QK^T and PV over the causal half, per layer
+    params = weight_bytes(s) / 2
+    return 2 * params * n + 2 * s["layers"] * s["heads"] * 128 * n * n
+
+
+def make_checkpoint(shape, context):
+    path = f"/tmp/ckpt-{shape}-{context}"
+    if not os.path.exists(os.path.join(path, "config.json")):
+        max_pos = ((context + 16384 + 65535) // 65536) * 65536
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts/gpu/make_random_checkpoint.py"), path,
+                        "--layers", "32", "--shape", shape, "--max_pos", str(max_pos)], check=True)
+    return path
+
+
+class Server:
+    def __init__(self, model, store, log_path, context):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [SERVER, "--model", model, "--device", "cuda", "--listen", "127.0.0.1:0", "--store", store,
+             "--max_new_tokens", "4096", "--max_query_tokens", "8192", "--max_context_tokens", str(context),
+             "--max_context_bytes", str(16 * context + (1 << 20)), "--max_message_bytes", str(64 << 20)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.addr = None
+        for _ in range(1200):
+            text = open(log_path).read()
+            m = re.search(r"squeezeserve listening on (\S+)", text)
+            if m:
+                self.addr = m.group(1)
+            if self.addr and self.ctl(["info"], check=False).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + text[-3000:])
+            time.sleep(0.5)
+        raise RuntimeError("server did not start")
+
+    def ctl(self, args, check=True, capture=True):
+        return subprocess.run([CTL, "--server", self.addr, "--timeout", "3600"] + args, check=check,
+                              capture_output=capture, text=True)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def ingest(server, context, token_file):
+    start = time.time()
+    out = server.ctl(["ingest", "--id", "ctx", "--tokens", "@" + token_file, "--json"])
+    wall = time.time() - start
+    text = open(server.log_path).read()
+    stages = {}
+    m = re.findall(r"ingest ctx: \d+ tokens in ([\d.]+) s: (.*)", text)
+    if m:
+        for part in m[-1][1].split(","):
+            mm = re.match(r"\s*(\w+) ([\d.]+) s", part)
+            if mm:
+                stages[mm.group(1)] = float(mm.group(2))
+    peak = re.findall(r"peak device memory ([\d.]+) GB", text)
+    engine_s = sum(stages.values())
+    return {"wall_s": wall, "stages_s": stages, "store_and_rpc_s": max(0.0, wall - engine_s),
+            "peak_device_gb": float(peak[-1]) if peak else None, "info": json.loads(out.stdout)}
+
+
+def generate(server, mode, batch, new_tokens, vocab):
+    procs = []
+    for stream in range(batch):
+        r = random.Random(stream + 1)
+        query = ",".join(str(r.randrange(3, vocab)) for _ in range(64))
+        procs.append(subprocess.Popen(
+            [CTL, "--server", server.addr, "--timeout", "3600", "generate", "--json", "--context", "ctx",
+             "--tokens", query, "--max_new_tokens", str(new_tokens), "--ignore_eos"] + MODES[mode],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rows = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"generate {mode} failed: {err.strip()[-500:]}")
+        rows.append(json.loads(out))
+    mean = lambda f: statistics.mean(f(r) for r in rows)
+    usage = lambda r, k: float(r["usage"].get(k, 0))
+    stats = lambda r, k, d=0.0: r["stats"].get(k, d)
+    return {
+        "ttft_ms": mean(lambda r: usage(r, "time_to_first_token_ms")),
+        "tpot_ms": mean(lambda r: usage(r, "time_per_output_token_ms")),
+        "kv_fraction_loaded": mean(lambda r: float(stats(r, "kv_fraction_loaded", 1.0))),
+        "centroid_comparisons": mean(lambda r: float(stats(r, "centroid_comparisons_per_token", 0.0))),
+        "served_mode": rows[0]["stats"].get("mode"),
+        "backend": rows[0]["stats"].get("backend"),
+        "note": rows[0]["stats"].get("note"),
+    }
+
+
+def decode_step_bytes(s, context, batch, kv_fraction, comparisons, new_tokens):
+    # The KV each sequence reads (its share of the context, plus its own ~64 + new_tokens/2 tokens),
+    # the bf16 centroids its lookup scores, and the weights once for the batch.
+    own = 64 + new_tokens / 2
+    kv = kv_bytes_per_token(s) * (kv_fraction * context + own)
+    centroids = comparisons * 128 * 2 * s["kv_heads"] * s["layers"]
+    return weight_bytes(s) + batch * (kv + centroids)
+
+
+def hf_peer(model, context, vocab, new_tokens, batches):
+    """HF transformers, SDPA, same checkpoint: prefill time of the context, then TPOT."""
+    code = f"""
+import json, statistics, time, torch, random
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({model!r}, torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+r = random.Random(0)
+ids = torch.tensor([[r.randrange(3, {vocab}) for _ in range({context})]], device="cuda")
+out = {{}}
+with torch.inference_mode():
+    for rep in range(2):  # the first warms up
+        torch.cuda.synchronize(); t = time.time()
+        res = m(ids, use_cache=True, logits_to_keep=1)
+        torch.cuda.synchronize(); out["prefill_s"] = time.time() - t
+    for batch in {batches!r}:
+        past = res.past_key_values
+        if batch > 1:
+            for layer in range(len(past.layers) if hasattr(past, "layers") else 0):
+                l = past.layers[layer]; l.keys = l.keys.expand(batch, -1, -1, -1).contiguous(); l.values = l.values.expand(batch, -1, -1, -1).contiguous()
+        tok = torch.full((batch, 1), 5, device="cuda")
+        times = []
+        for i in range({new_tokens}):
+            torch.cuda.synchronize(); t = time.time()
+            step = m(tok, past_key_values=past, use_cache=True)
+            past = step.past_key_values
+            tok = step.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize(); times.append(time.time() - t)
+        out[f"tpot_ms_b{{batch}}"] = 1e3 * statistics.median(times[2:])
+        if batch == 1: res = m(ids, use_cache=True, logits_to_keep=1)
+print(json.dumps(out))
+"""
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        if p.returncode != 0:
+            return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="llama3-8b", choices=SHAPES)
+    p.add_argument("--context", type=int, default=32768)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--modes", default="dense,default,squeezed-0.9,squeezed-0.7,paper-0.9,hier-paper-0.9,read-ahead-0.9")
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--hf", action="store_true")
+    p.add_argument("--hf_batches", default="1")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = p.parse_args()
+    s = SHAPES[a.shape]
+    batches = [int(b) for b in a.batches.split(",") if b]
+    result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0)}
+    result["limits"] = limits = measure_limits()
+    log(f"limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 {limits['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    model = make_checkpoint(a.shape, a.context)
+    token_file = tempfile.mktemp(suffix=".ids")
+    r = random.Random(0)
+    open(token_file, "w").write(",".join(str(r.randrange(3, s["vocab"])) for _ in range(a.context)))
+    store = tempfile.mkdtemp(prefix="store-")
+    server = Server(model, store, os.path.join(a.out, f"server_{a.shape}_{a.context}.log"), a.context)
+    try:
+        ing = ingest(server, a.context, token_file)
+        flops = prefill_flops(s, a.context)
+        ing["prefill_limit_s"] = flops / limits["bf16_flops_per_s"]
+        result["ingest"] = ing
+        log(f"ingest {a.context}: {ing['wall_s']:.1f} s {ing['stages_s']} (prefill limit {ing['prefill_limit_s']:.2f} s)")
+        rows = []
+        for mode in [m for m in a.modes.split(",") if m]:
+            for batch in batches:
+                # read-ahead runs on libtorch (off the kernels): a few tokens suffice to time it
+                n = 8 if mode == "read-ahead-0.9" else a.new_tokens
+                if mode == "read-ahead-0.9" and batch > 1:
+                    continue
+                try:
+                    row = generate(server, mode, batch, n, s["vocab"])
+                except RuntimeError as e:
+                    rows.append({"mode": mode, "batch": batch, "error": str(e)})
+                    log(f"{mode} b{batch}: {e}")
+                    continue
+                step_bytes = decode_step_bytes(s, a.context, batch, row["kv_fraction_loaded"],
+                                               row["centroid_comparisons"], n)
+                row.update(mode=mode, batch=batch, new_tokens=n, step_bytes=step_bytes,
+                           tpot_limit_ms=1e3 * step_bytes / limits["copy_bytes_per_s"])
+                row["tpot_over_limit"] = row["tpot_ms"] / row["tpot_limit_ms"]
+                rows.append(row)
+                log(f"{mode:15s} b{batch}: ttft {row['ttft_ms']:8.1f} ms  tpot {row['tpot_ms']:7.2f} ms "
+                    f"(limit {row['tpot_limit_ms']:.2f}, x{row['tpot_over_limit']:.2f})  kv {row['kv_fraction_loaded']:.3f} "
+                    f"{row['backend']} {row['note'] or ''}")
+        result["decode"] = rows
+    finally:
+        server.stop()
+    if a.hf:
+        result["hf_sdpa"] = hf_peer(model, a.context, s["vocab"], 16, [int(b) for b in a.hf_batches.split(",")])
+        log(f"HF SDPA: {result['hf_sdpa']}")
+    path = os.path.join(a.out, f"full_{a.shape}_{a.context}.json")
+    json.dump(result, open(path, "w"), indent=1)
+    print_table(result)
+
+
+def print_table(res):
+    lim = res["limits"]
+    ing = res.get("ingest", {})
+    hf = res.get("hf_sdpa", {})
+    print(f"### {res['shape']}, {res['context']} tokens ({res['device']}; copy {lim['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+          f"bf16 {lim['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s)")
+    if ing:
+        st = ing["stages_s"]
+        print(f"ingest {ing['wall_s']:.2f} s: prefill {st.get('prefill', 0):.2f} s (limit {ing['prefill_limit_s']:.2f} s, "
+              f"HF SDPA {hf.get('prefill_s', float('nan')):.2f} s), clustering {st.get('clustering', 0):.2f} s, "
+              f"calibrating {st.get('calibrating', 0):.2f} s, store+rpc {ing['store_and_rpc_s']:.2f} s, "
+              f"peak {ing.get('peak_device_gb')} GB")
+    print("| mode | batch | served | TTFT ms | TPOT ms | limit ms | × limit | KV read | note |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    for r in res.get("decode", []):
+        if "error" in r:
+            print(f"| {r['mode']} | {r['batch']} | error | | | | | | {r['error'][:80]} |")
+            continue
+        print(f"| {r['mode']} | {r['batch']} | {r['served_mode']}/{r['backend']} | {r['ttft_ms']:.1f} | "
+              f"{r['tpot_ms']:.2f} | {r['tpot_limit_ms']:.2f} | {r['tpot_over_limit']:.2f} | "
+              f"{r['kv_fraction_loaded']:.3f} | {r['note'] or ''} |")
+    if hf:
+        print(f"HF SDPA: {hf}")
+
+
+if __name__ == "__main__":
+    main()
