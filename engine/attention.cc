@@ -118,7 +118,9 @@ AttentionPart CallFused(FusedKind kind, const at::Tensor& q, const at::Tensor& k
   }
 #endif
   if (!out.defined()) throw std::logic_error("no fused attention op in this libtorch");
-  return {out[0].to(at::kFloat), lse.reshape({heads, n}).to(at::kFloat)};
+  // out stays in the inputs' dtype: a caller that merges parts converts it (MergeLse), one that
+  // does not (the ingest prefill's first block) copies it as it is.
+  return {out[0], lse.reshape({heads, n}).to(at::kFloat)};
 }
 
 // AttendWithLse's contract on one fused kernel: a causal call splits into the keys before the

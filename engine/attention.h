@@ -14,8 +14,9 @@
 
 namespace squeezeserve {
 
-// Partial attention result: out [H, n, D] (float32) normalized over this part's keys, lse [H, n]
-// (float32) = log Σ_j exp(s·q·k_j) over the same keys; -inf (and out = 0) for a row with no keys.
+// Partial attention result: out [H, n, D] normalized over this part's keys (float32; in the inputs'
+// dtype when one fused kernel computed the part alone), lse [H, n] (float32) = log Σ_j exp(s·q·k_j)
+// over the same keys; -inf (and out = 0) for a row with no keys. MergeLse returns float32.
 struct AttentionPart {
   at::Tensor out;
   at::Tensor lse;

@@ -492,11 +492,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   }
   steps_ = std::move(ordered);
   order_of_.clear();
-  for (const SequenceStep& s : steps_) {
+  in_batch_order_ = first_decode_ == 0;
+  for (size_t i = 0; i < steps_.size(); ++i) {
     size_t original = 0;
-    while (original < steps.size() && steps[original].sequence != s.sequence) ++original;
+    while (original < steps.size() && steps[original].sequence != steps_[i].sequence) ++original;
     order_of_.push_back(original);
+    in_batch_order_ = in_batch_order_ && steps_[i].offset == static_cast<int64_t>(i);
   }
+  absl::StrAppend(&signature_, in_batch_order_ ? " o" : " r");
 }
 
 namespace {
@@ -619,7 +622,8 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       layer * B;
   const at::Tensor source_rows =
       b.staging_device.narrow(0, b.source_rows_at, 8 * B).view(at::kLong).narrow(0, first_decode_, Bd);
-  const at::Tensor qd = q.index_select(1, source_rows).transpose(0, 1).contiguous();  // [Bd, H, D]
+  // [Bd, H, D]: the decode tokens' queries in launch order (no gather when that is the batch order).
+  const at::Tensor qd = (in_batch_order_ ? q : q.index_select(1, source_rows)).transpose(0, 1).contiguous();
   shape.batch = static_cast<int32_t>(Bd);
   shape.query_len = 1;
   kernels::NewKv source;

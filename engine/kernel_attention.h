@@ -104,6 +104,7 @@ class KernelAttention : public AttentionBackend {
   // first_squeezed_), squeezed decode tokens grouped by selection launch [first_squeezed_, end).
   std::vector<SequenceStep> steps_;
   std::vector<size_t> order_of_;  // order_of_[i]: index in Plan's argument of steps_[i]
+  bool in_batch_order_ = false;   // every step a decode token, steps_[i] at stacked row i
   int64_t first_decode_ = 0, first_squeezed_ = 0;
   std::string signature_;
   uint64_t next_context_serial_ = 0;  // ContextViews::serial (guarded by views_mu_)

@@ -215,10 +215,17 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
   return p;
 }
 
-at::Tensor LlamaModel::Mlp(const Layer& layer, const at::Tensor& normed) const {
+at::Tensor LlamaModel::AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const {
   const int64_t inter = config_.intermediate_size;
   const at::Tensor gate_up = at::linear(normed, layer.gate_up_proj);  // [N, 2·intermediate]
-  return at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter), layer.down_proj);
+  const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)).mul_(gate_up.narrow(1, inter, inter));
+  return at::addmm(residual, act, layer.down_proj.t());  // the residual add inside the matmul
+}
+
+at::Tensor LlamaModel::AddAttentionOutput(const Layer& layer, const at::Tensor& residual,
+                                          const at::Tensor& attended) const {
+  if (layer.o_bias.defined()) return residual + at::linear(attended, layer.o_proj, layer.o_bias);
+  return at::addmm(residual, attended, layer.o_proj.t());
 }
 
 at::Tensor LlamaModel::Forward(const ForwardArgs& args) const { return ForwardBatch({&args})[0]; }
@@ -274,8 +281,8 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& ids, const at::Tensor& positi
       for (size_t i = 0; i < attended.size(); ++i) outputs[plan.members[g][i]] = std::move(attended[i]);
     }
     const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
-    x = x + at::linear(merged, layer.o_proj, layer.o_bias);
-    x = x + Mlp(layer, RmsNorm(x, layer.post_attention_norm));
+    x = AddAttentionOutput(layer, x, merged);
+    x = AddMlp(layer, x, RmsNorm(x, layer.post_attention_norm));
   }
   return RmsNorm(x, final_norm_);
 }
@@ -401,8 +408,8 @@ absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& to
       if (status.ok()) {
         status = in_blocks([&](int64_t start, int64_t n) {
           at::Tensor rows = x.narrow(0, start, n);
-          const at::Tensor h = rows + at::linear(attended.narrow(0, start, n), layer.o_proj, layer.o_bias);
-          rows.copy_(h + Mlp(layer, RmsNorm(h, layer.post_attention_norm)));
+          const at::Tensor h = AddAttentionOutput(layer, rows, attended.narrow(0, start, n));
+          rows.copy_(AddMlp(layer, h, RmsNorm(h, layer.post_attention_norm)));
         });
       }
       if (status.ok()) {

@@ -149,8 +149,10 @@ class LlamaModel {
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
   // The normed tokens x [N, hidden] through q/k/v and RoPE.
   Projected Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos, const at::Tensor& sin) const;
-  // The MLP's contribution for normed tokens [N, hidden].
-  at::Tensor Mlp(const Layer& layer, const at::Tensor& normed) const;
+  // residual + the MLP of normed tokens [N, hidden]; residual + the output projection of the
+  // attention [N, H·D] (the adds fused into the matmuls where there is no bias).
+  at::Tensor AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const;
+  at::Tensor AddAttentionOutput(const Layer& layer, const at::Tensor& residual, const at::Tensor& attended) const;
 
   ModelConfig config_;
   at::Device device_;

@@ -373,10 +373,10 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     }
   }
   // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run
-  // at speed; a 16K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit
+  // at speed; a 32K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit
   // holds the forward lock, and generation steps wait for it).
   engine->prefill_block_tokens_ =
-      options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 16384 : 512);
+      options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 32768 : 512);
   SetFusedAttentionPreference(options.dense_attention);
 
   ModelInfo& info = engine->info_;

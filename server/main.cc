@@ -57,7 +57,7 @@ ABSL_FLAG(std::string, attention_backend, "auto",
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit holds the forward lock on its own, so generation "
-          "steps run between units); 0 = 16384 on a GPU, 512 on the CPU.");
+          "steps run between units); 0 = 32768 on a GPU, 512 on the CPU.");
 ABSL_FLAG(int64_t, max_context_tokens, 1 << 20, "Largest context IngestContext accepts, in tokens.");
 ABSL_FLAG(int64_t, max_context_bytes, 0,
           "Largest IngestContext upload in bytes of text or token ids (0 = 32 x max_context_tokens).");

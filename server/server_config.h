@@ -26,7 +26,7 @@ struct ServerDefaults {
   // context has an index and at least squeezed_min_context_tokens tokens (ModelInfo: from there the
   // index pays for itself on this engine; -1 = never, e.g. the CPU), dense otherwise.
   AttentionMode mode = AttentionMode::kSqueezed;
-  bool mode_auto = true;
+  bool mode_auto = false;  // --default_mode auto (the flag's default) sets it
   int64_t squeezed_min_context_tokens = -1;
   float sparsity = 0.7f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED

@@ -17,7 +17,7 @@ namespace {
 constexpr int64_t kAssignBlockElementsCpu = int64_t{1} << 24;
 constexpr int64_t kAssignBlockElementsGpu = int64_t{1} << 28;
 // Seeds are drawn in at most this many rounds (batched k-means++, see SeedKMeansPlusPlus).
-constexpr int64_t kSeedingRounds = 16;
+constexpr int64_t kSeedingRounds = 64;
 
 at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }
 

@@ -144,13 +144,14 @@ std::unique_ptr<GpuSetup> MakeSetup(const TinyModelSpec& spec) {
   return setup;
 }
 
-// One setup per model shape, built once for the whole binary.
+// One setup per model shape, built once for the whole binary and never destroyed: its CUDA
+// tensors must not be freed after the CUDA runtime has shut down at exit.
 GpuSetup* GetSetup(int which) {
-  static std::unique_ptr<GpuSetup> setups[2];
-  if (!setups[which]) {
-    setups[which] = which == 0 ? MakeSetup(Spec(64, 8, 2)) : MakeSetup(Spec(128, 4, 4));
+  static GpuSetup* setups[2] = {nullptr, nullptr};
+  if (setups[which] == nullptr) {
+    setups[which] = (which == 0 ? MakeSetup(Spec(64, 8, 2)) : MakeSetup(Spec(128, 4, 4))).release();
   }
-  return setups[which].get();
+  return setups[which];
 }
 
 struct Case {
@@ -550,9 +551,11 @@ TEST(AttentionBackendTest, GpuEngineMatchesCpuEngine) {
     auto x = (*a)->Next();
     auto y = (*b)->Next();
     ASSERT_TRUE(x.ok() && y.ok()) << x.status() << y.status();
-    // Greedy paths may part where two logits tie within bf16 error: compare until they do.
+    // Greedy paths may part where two logits tie within bf16 error: compare until they do. bf16
+    // activations over 1000 context tokens and two layers move a log-prob by up to ~0.15 here
+    // (measured on the H200); a wrong RoPE, mask or KV row moves it by whole units.
     if (x->token != y->token) break;
-    EXPECT_NEAR(x->logprob, y->logprob, 0.1) << "step " << step;
+    EXPECT_NEAR(x->logprob, y->logprob, 0.25) << "step " << step;
   }
 }
 

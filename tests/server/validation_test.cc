@@ -202,6 +202,31 @@ TEST(ResolveAttention, UnspecifiedTakesTheServerDefault) {
   EXPECT_FLOAT_EQ(attention->sparsity, 0.7f);
 }
 
+// --default_mode auto: squeezed from the engine's break-even context length, dense below it and
+// where the index never pays (-1), with a note saying why; an explicit mode is never overridden.
+TEST(ResolveAttention, AutoModeServesSqueezedWhereTheIndexPays) {
+  ServerDefaults defaults;
+  defaults.mode_auto = true;
+  ContextSummary context = IndexedContext();
+  context.num_tokens = 4096;
+  std::string note;
+  defaults.squeezed_min_context_tokens = 4096;
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), context, defaults, &note)->mode, AttentionMode::kSqueezed);
+  EXPECT_EQ(note, "");
+  defaults.squeezed_min_context_tokens = 4097;
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), context, defaults, &note)->mode, AttentionMode::kDense);
+  EXPECT_NE(note.find("4097"), std::string::npos) << note;
+  defaults.squeezed_min_context_tokens = -1;
+  note.clear();
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), context, defaults, &note)->mode, AttentionMode::kDense);
+  EXPECT_NE(note.find("does not pay"), std::string::npos) << note;
+  pb::AttentionOptions squeezed;
+  squeezed.set_mode(pb::AttentionOptions::SQUEEZED);
+  note.clear();
+  EXPECT_EQ(ResolveAttention(squeezed, context, defaults, &note)->mode, AttentionMode::kSqueezed);
+  EXPECT_EQ(note, "");
+}
+
 TEST(ResolveAttention, PrunedClustersFollowTheRequestOrTheServerDefault) {
   ServerDefaults defaults;
   EXPECT_TRUE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_pruned);

@@ -235,9 +235,11 @@ TEST(Calibration, HeadFloorKeepsEveryHeadItsShareAndTheTotalAtTheLevel) {
       EXPECT_NEAR(total, 0.2, 0.03) << "share " << share << ", hier " << hierarchical;
       EXPECT_NEAR(hierarchical ? level.prefill.kept_hierarchical : level.prefill.kept_one_level, total, 0.02);
     }
-    // Per-head thresholds never exceed the global one, and the floor raises the global one.
+    // Per-head thresholds never exceed the global one, and the floor raises the global one (at
+    // share 0.5 it may add too few keys to move the quantile; at 1 it must).
     EXPECT_TRUE((level.prefill.per_head.select(1, kOneLevel) <= level.prefill.global.one_level).all().item<bool>());
-    EXPECT_GT(level.prefill.global.one_level, global_only.prefill.global.one_level);
+    EXPECT_GE(level.prefill.global.one_level, global_only.prefill.global.one_level);
+    if (share == 1.0f) EXPECT_GT(level.prefill.global.one_level, global_only.prefill.global.one_level);
     // Decode: single held-out queries keep 1 − sparsity on average with the decode set.
     EXPECT_NEAR(HeldOutKeptFraction(t.indexes, t.layers, {}, false, true, level.decode.per_head), 0.2, 0.04);
   }
