@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/engine_log.h"
 #include "engine/squeeze/calibration.h"
 #include "engine/squeeze/index_builder.h"
@@ -41,12 +42,14 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   if (progress) progress(IngestProgress{"clustering", kPrefillShare, total, total});
   // Lloyd iterations run per level, for the log (the clustering's cost is about proportional to them).
   int64_t fine_iterations = 0, coarse_iterations = 0;
+  squeeze::IndexBuildTimes first_layer_times;  // where layer 0's build spends its time (logged)
   const squeeze::ClusteringProgressFn count_iterations = [&](std::string_view stage, int, double) {
     ++(stage == "fine" ? fine_iterations : coarse_iterations);
   };
   for (int64_t l = 0; l < layers; ++l) {
     if (cancelled && cancelled()) return absl::CancelledError("ingest cancelled");
-    auto layer = squeeze::BuildLayerIndex(kv.keys[l], kv.values[l], options, count_iterations);
+    auto layer = squeeze::BuildLayerIndex(kv.keys[l], kv.values[l], options, count_iterations,
+                                          l == 0 ? &first_layer_times : nullptr);
     if (!layer.ok()) return layer.status();
     const int64_t n = layer->num_clustered(), w = layer->window();
     kv.keys[l] = at::cat({layer->keys, layer->window_keys}, 1);
@@ -65,7 +68,11 @@ absl::StatusOr<std::vector<squeeze::LayerIndex>> BuildIndex(KvCache& kv, const s
   LogEngineInfo(absl::StrCat("clustering: ", fine_iterations / std::max<int64_t>(1, layers), " Lloyd iterations per layer",
                              index.empty() || index[0].levels < 2
                                  ? std::string()
-                                 : absl::StrCat(" (coarse level: ", coarse_iterations / layers, ")")));
+                                 : absl::StrCat(" (coarse level: ", coarse_iterations / layers, ")"),
+                             absl::StrFormat("; layer 0: seeding %.1f ms, Lloyd %.1f ms, coarse level %.1f ms, "
+                                             "layout %.1f ms",
+                                             1e3 * first_layer_times.fine_seeding, 1e3 * first_layer_times.fine_lloyd,
+                                             1e3 * first_layer_times.coarse, 1e3 * first_layer_times.layout)));
   if (progress) progress(IngestProgress{"calibrating", kPrefillShare + kClusteringShare, total, total});
   for (int64_t l = 0; l < layers; ++l) {
     if (auto s = calibrator.AddLayer(index[l], window_queries[l]); !s.ok()) return s;

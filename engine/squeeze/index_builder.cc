@@ -1,6 +1,7 @@
 #include "engine/squeeze/index_builder.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -89,7 +90,8 @@ void AddDerivedTensors(LayerIndex* index) {
 }
 
 absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Tensor& values,
-                                           const IndexOptions& options, const ClusteringProgressFn& progress) {
+                                           const IndexOptions& options, const ClusteringProgressFn& progress,
+                                           IndexBuildTimes* times) {
   if (absl::Status s = ValidateBuildInput(keys, values, options); !s.ok()) return s;
   const int64_t H = keys.size(0), S = keys.size(1), D = keys.size(2);
   const int64_t W = std::min<int64_t>(options.observation_window, S);
@@ -124,7 +126,13 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   km.tolerance = kLloydTolerance;
   km.seed = options.seed;
   km.progress = Stage(progress, "fine");
+  km.timed = times != nullptr;
   KMeansResult fine = KMeans(keys_c, km);
+  auto started = std::chrono::steady_clock::now();
+  if (times != nullptr) {
+    times->fine_seeding = fine.seconds_seeding;
+    times->fine_lloyd = fine.seconds_lloyd;
+  }
   at::Tensor labels = fine.labels;        // [H, N]
   at::Tensor centroids = fine.centroids;  // [H, K, D]
   at::Tensor sizes = fine.sizes;          // [H, K]
@@ -148,6 +156,11 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
     const at::Tensor children = BatchedBincount(parent, at::ones({H, K}, long_opts), km.num_clusters);
     index.coarse_offsets = OffsetsFromSizes(children);
     index.coarse_centroids = coarse.centroids;
+    if (times != nullptr) {
+      if (centroids.is_cuda()) centroids.flatten()[0].item<float>();
+      times->coarse = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      started = std::chrono::steady_clock::now();
+    }
   }
 
   // Sort the rows by cluster id; the stable sort keeps original order inside a cluster.
@@ -159,6 +172,10 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   if (index.levels == 2) index.coarse_centroids = RoundLike(index.coarse_centroids, keys);
   index.cluster_offsets = OffsetsFromSizes(sizes);
   AddDerivedTensors(&index);
+  if (times != nullptr) {
+    if (index.keys.is_cuda()) index.cluster_values.flatten()[0].item<float>();
+    times->layout = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
   return index;
 }
 

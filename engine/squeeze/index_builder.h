@@ -64,8 +64,16 @@ using ClusteringProgressFn = std::function<void(std::string_view, int, double)>;
 // max_iterations, seed, levels (1 or 2) and coarse_centroid_fraction of `options`.
 // K = clamp(round(centroid_fraction·N), 1, N), Kc = clamp(round(coarse_centroid_fraction·N), 1, K).
 // S <= W gives an index with N = 0 and K = 0: everything is window. InvalidArgument on bad input.
+// Where one layer's index build spends its time (wall seconds, the device waited for at the end of
+// each part): for the ingest's diagnostic log line.
+struct IndexBuildTimes {
+  double fine_seeding = 0, fine_lloyd = 0, coarse = 0, layout = 0;
+};
+
+// `times` (nullable) asks for the parts' times; it costs a device synchronisation per part.
 absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Tensor& values,
                                            const IndexOptions& options,
-                                           const ClusteringProgressFn& progress = nullptr);
+                                           const ClusteringProgressFn& progress = nullptr,
+                                           IndexBuildTimes* times = nullptr);
 
 }  // namespace squeezeserve::squeeze

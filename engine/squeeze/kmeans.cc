@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -147,11 +148,20 @@ KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, cons
   const at::Tensor x = UnitRows(raw);
   const at::Tensor w = valid.defined() ? valid.to(raw.options()) : at::ones({H, N}, raw.options());
 
+  // Wall seconds since `since`, after the device finished the work queued on `t` (timed only).
+  const auto clock = [&options](const at::Tensor& t, std::chrono::steady_clock::time_point since) {
+    if (!options.timed) return 0.0;
+    if (t.is_cuda()) t.flatten()[0].item<double>();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+  };
+  KMeansResult result;
+  auto started = std::chrono::steady_clock::now();
   at::Generator gen = at::detail::createCPUGenerator(options.seed);
   const at::Tensor seeds = SeedKMeansPlusPlus(x, w, K, gen);
-
-  KMeansResult result;
   result.seed_objective = Objective(x, w, Assign(x, seeds));
+  result.seconds_seeding = clock(result.seed_objective, started);
+
+  started = std::chrono::steady_clock::now();
   LloydResult lloyd = Lloyd(x, w, seeds, options.max_iterations, options.tolerance, options.progress);
   result.final_objective = Objective(x, w, lloyd.assignment);
   result.iterations = lloyd.iterations;
@@ -164,6 +174,7 @@ KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, cons
   const at::Tensor sums = BatchedSegmentSum(result.labels, raw * w.unsqueeze(-1), K);
   result.centroids = at::where((mass > 0).unsqueeze(-1), sums / mass.clamp_min(1e-30).unsqueeze(-1),
                                at::zeros_like(sums));
+  result.seconds_lloyd = clock(result.centroids, started);
   return result;
 }
 

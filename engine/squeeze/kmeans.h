@@ -21,6 +21,9 @@ struct KMeansOptions {
   uint64_t seed = 0;
   // Called after every Lloyd iteration: (iteration, starting at 1; fraction of labels changed).
   std::function<void(int, double)> progress;
+  // Measure the wall time of the seeding and of the Lloyd iterations (KMeansResult::seconds_*),
+  // waiting for the device at their ends: for the ingest's diagnostic log line only.
+  bool timed = false;
 };
 
 struct KMeansResult {
@@ -32,6 +35,7 @@ struct KMeansResult {
   at::Tensor seed_objective;
   at::Tensor final_objective;
   int iterations = 0;  // Lloyd iterations run
+  double seconds_seeding = 0, seconds_lloyd = 0;  // with KMeansOptions::timed
 };
 
 // points: [H, N, D] (any float dtype, any device). valid: optional [H, N] bool; invalid points are
