@@ -17,8 +17,11 @@ namespace {
 // the CPU (cache), large on a GPU (each block is a matmul launch; 2^28 bf16 scores are 512 MB).
 constexpr int64_t kAssignBlockElementsCpu = int64_t{1} << 24;
 constexpr int64_t kAssignBlockElementsGpu = int64_t{1} << 28;
-// Seeds are drawn in at most this many rounds (batched k-means++, see SeedKMeansPlusPlus).
-constexpr int64_t kSeedingRounds = 64;
+// Seeds are drawn one per round up to this many clusters (exact k-means++), else in this many
+// rounds (batched k-means++, see SeedKMeansPlusPlus): each round costs ~25 libtorch ops of host
+// dispatch, which at 64 rounds was half of a 32K-token context's clustering time.
+constexpr int64_t kExactSeedingClusters = 64;
+constexpr int64_t kSeedingRounds = 16;
 
 at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }
 
@@ -108,8 +111,8 @@ LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, int ma
 
 // k-means++ seeding (Arthur & Vassilvitskii 2007), batched over heads and over seeds: the first
 // seed is a random valid point, then each round draws a batch of seeds, each point with probability
-// ∝ its squared distance to the nearest seed so far. With K <= kSeedingRounds every round draws
-// one seed (exact k-means++); with more, K / kSeedingRounds per round, so that the sequential
+// ∝ its squared distance to the nearest seed so far. With K <= kExactSeedingClusters every round
+// draws one seed (exact k-means++); with more, K / kSeedingRounds per round, so that the sequential
 // part is kSeedingRounds steps and the arithmetic one [N×D]·[D×K] product in all, whatever K is
 // (one seed per round would be K dependent steps: minutes at a 512K-token context). A batch may
 // draw a point twice: that seed starts an empty cluster, which Lloyd re-seeds.
@@ -120,7 +123,8 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
   at::Tensor seeds = at::empty({H, K, D}, x.options());
   at::Tensor weight = w.to(at::kDouble);  // first draw: uniform over valid points
   at::Tensor nearest = at::full({H, N}, std::numeric_limits<double>::infinity(), weight.options());
-  const int64_t per_round = std::max<int64_t>(1, (K - 1 + kSeedingRounds - 1) / kSeedingRounds);
+  const int64_t per_round =
+      K <= kExactSeedingClusters ? 1 : std::max<int64_t>(1, (K - 1 + kSeedingRounds - 1) / kSeedingRounds);
   for (int64_t k = 0; k < K;) {
     const int64_t m = k == 0 ? 1 : std::min(per_round, K - k);
     const at::Tensor cdf = weight.cumsum(-1);
