@@ -20,7 +20,7 @@ constexpr int64_t kAssignBlockElementsGpu = int64_t{1} << 28;
 // Seeds are drawn one per round up to this many clusters (exact k-means++), else in this many
 // rounds (batched k-means++, see SeedKMeansPlusPlus): each round costs ~25 libtorch ops of host
 // dispatch, which at 64 rounds was half of a 32K-token context's clustering time.
-constexpr int64_t kExactSeedingClusters = 64;
+constexpr int64_t kExactSeedingClusters = 128;
 constexpr int64_t kSeedingRounds = 16;
 
 at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }

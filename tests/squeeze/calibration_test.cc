@@ -119,7 +119,8 @@ TEST(Calibration, HeldOutQueriesHitTheAskedSparsity) {
     EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.prefill.global, false), target, 0.03)
         << "one level, sparsity " << level.sparsity;
     EXPECT_LE(level.prefill.kept_hierarchical, target + 1e-6);
-    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.prefill.global, true), target, 0.03)
+    // Hierarchical: the coarse filter adds its own spread on held-out queries.
+    EXPECT_NEAR(HeldOutKeptFraction(indexes, layers, level.prefill.global, true), target, 0.04)
         << "hierarchical, sparsity " << level.sparsity;
     EXPECT_LT(level.prefill.kept_one_level, previous);
     previous = level.prefill.kept_one_level;
