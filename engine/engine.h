@@ -34,9 +34,10 @@ struct ModelInfo {
   std::string dtype;   // compute dtype: "float32", "bfloat16"
   // Whether the CUDA kernels serve squeezed attention (EngineOptions::attention_backend resolved).
   bool squeezed_attention_on_kernels = false;
-  // Context length from which the default squeezed lookup (pruned-cluster estimate) decodes faster
-  // than dense on this engine (docs/attention.md "When the index pays"); -1 = never (the CPU, or
-  // libtorch on a GPU: the libtorch lookup costs more than it saves). The server's auto mode reads it.
+  // Context length from which the server's default squeezed lookup (70%, pruned clusters dropped on
+  // the kernels) decodes faster than dense on this engine (docs/performance.md); -1 = never (the
+  // CPU, or libtorch on a GPU: the libtorch lookup costs more than it saves). The server's auto
+  // mode reads it.
   int64_t squeezed_min_context_tokens = -1;
 };
 

@@ -140,6 +140,9 @@ class KernelSequence : public SequenceAttention {
   LookupThresholds thresholds_;
   // Per layer [H_kv, W + capacity, D]: the context window, then the own tokens.
   std::vector<at::Tensor> dense_keys_, dense_values_;
+  // Per layer, the view of a query chunk [0] and of a decode token [1] with everything but the
+  // dense length filled in (BuildViews): a step only copies them.
+  std::vector<kernels::SequenceLayerBf16> views_of_step_[2];
   int64_t capacity_ = 0, length_ = 0;
   LookupStats stats_;
 };
@@ -174,24 +177,36 @@ std::tuple<bool, bool, float, float> SelectionKey(const KernelSequence& seq) {
   return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
 }
 
-// The kernel view of a sequence at one layer: the context's squeezed or dense view plus the
-// sequence's dense part holding `new_tokens` more rows, and the per-head thresholds of the step.
-kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t new_tokens, bool decode) {
-  kernels::SequenceLayerBf16 view = seq.squeezed_ ? seq.views_->squeezed[layer] : seq.views_->dense[layer];
-  if (seq.squeezed_) {
-    if (const at::Tensor* t = HeadThresholds(seq, layer)) {
-      if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != at::kFloat) {
-        throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
+// The kernel views of a sequence, once: per layer the context's squeezed or dense view, the
+// sequence's dense part and the per-head thresholds of query chunks and of decode tokens.
+void BuildViews(KernelSequence* seq) {
+  for (int decode = 0; decode < 2; ++decode) {
+    std::vector<kernels::SequenceLayerBf16>& views = seq->views_of_step_[decode];
+    views.clear();
+    for (size_t layer = 0; layer < seq->dense_keys_.size(); ++layer) {
+      kernels::SequenceLayerBf16 view = seq->squeezed_ ? seq->views_->squeezed[layer] : seq->views_->dense[layer];
+      if (seq->squeezed_) {
+        if (const at::Tensor* t = HeadThresholds(*seq, static_cast<int64_t>(layer))) {
+          if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != at::kFloat) {
+            throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
+          }
+          const at::Tensor set = (*t)[seq->thresholds_.level][decode];  // [3, H_kv]
+          view.tau_fine = set[seq->hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
+          if (seq->hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+        }
       }
-      const at::Tensor set = (*t)[seq.thresholds_.level][decode ? 1 : 0];  // [3, H_kv]
-      view.tau_fine = set[seq.hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
-      if (seq.hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+      const at::Tensor& k = seq->dense_keys_[layer];
+      view.dense_keys = Bf16Data(k);
+      view.dense_values = Bf16Data(seq->dense_values_[layer]);
+      view.dense_head_stride = k.stride(0);
+      views.push_back(view);
     }
   }
-  const at::Tensor& k = seq.dense_keys_[layer];
-  view.dense_keys = Bf16Data(k);
-  view.dense_values = Bf16Data(seq.dense_values_[layer]);
-  view.dense_head_stride = k.stride(0);
+}
+
+// The kernel view of a sequence at one layer for a step of `new_tokens` more rows in its dense part.
+kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int64_t new_tokens, bool decode) {
+  kernels::SequenceLayerBf16 view = seq.views_of_step_[decode ? 1 : 0][layer];
   view.dense_len = static_cast<int32_t>(seq.views_->window + seq.length_ + new_tokens);
   return view;
 }
@@ -363,6 +378,7 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewDense(std::shared_ptr<con
   auto views = ViewsOf(context);
   auto seq = std::make_unique<KernelSequence>(*this, context, views, /*squeezed=*/false);
   AllocateDenseParts(*context, views->window, capacity, seq.get());
+  BuildViews(seq.get());
   return seq;
 }
 
@@ -378,6 +394,7 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<
   seq->estimate_pruned_ = attention.estimate_pruned;
   seq->thresholds_ = thresholds;
   AllocateDenseParts(*context, views->window, capacity, seq.get());
+  BuildViews(seq.get());
   return seq;
 }
 

@@ -25,6 +25,9 @@
 namespace squeezeserve {
 namespace {
 
+// The ingest prefill's largest attention unit on a GPU (LlamaModel::Prefill).
+constexpr int64_t kMaxAttentionBlock = 131072;
+
 absl::StatusOr<at::ScalarType> FloatScalarType(DType dtype) {
   switch (dtype) {
     case DType::kF32: return at::kFloat;
@@ -208,9 +211,11 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
   const int64_t total = normed.size(0), dim = config_.head_dim;
   const int64_t q_out = config_.num_attention_heads * dim, kv_out = config_.num_kv_heads * dim;
   const at::Tensor qkv = at::linear(normed, layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
+  // q and k are adjacent columns: one RoPE pass over both heads, [H + H_kv, N, D].
+  const at::Tensor qk = ApplyRope(qkv.narrow(1, 0, q_out + kv_out), cos, sin);
   Projected p;
-  p.q = ApplyRope(qkv.narrow(1, 0, q_out), cos, sin);       // [H, N, D]
-  p.k = ApplyRope(qkv.narrow(1, q_out, kv_out), cos, sin);  // [H_kv, N, D]
+  p.q = qk.narrow(0, 0, config_.num_attention_heads);                      // [H, N, D]
+  p.k = qk.narrow(0, config_.num_attention_heads, config_.num_kv_heads);  // [H_kv, N, D]
   p.v = qkv.narrow(1, q_out + kv_out, kv_out).reshape({total, -1, dim}).transpose(0, 1);
   return p;
 }
@@ -358,15 +363,24 @@ absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& to
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(absl::StrCat("allocating the context KV: ", e.what()));
   }
+  // On a GPU attention runs in query blocks of up to 128K tokens: one fused causal call per layer up
+  // to that length (libtorch's kernels run a whole square fastest; a block after the first splits
+  // into an unmasked part over the keys before it and a causal square, merged), each well under a
+  // second of an 8B model.
+  const int64_t attention_block =
+      device_.is_cuda() ? std::max(block, std::min<int64_t>(total, kMaxAttentionBlock)) : block;
   // Runs fn over [start, start + n) blocks of the sequence, each under the engine's lock. Units:
-  // the embedding, then three passes per layer, each over every block.
-  const int64_t blocks = (total + block - 1) / block;
-  const double units = static_cast<double>(blocks * (1 + 3 * config_.num_layers));
+  // the embedding, then per layer the token-wise passes before and after attention over every
+  // block, and attention over every attention block.
+  const auto blocks = [total](int64_t size) { return (total + size - 1) / size; };
+  const double units = static_cast<double>(blocks(block) * (1 + 2 * config_.num_layers) +
+                                           blocks(attention_block) * config_.num_layers);
   int64_t done = 0;
-  auto in_blocks = [&](const std::function<void(int64_t, int64_t)>& fn) -> absl::Status {
-    for (int64_t start = 0; start < total; start += block) {
+  auto in_blocks = [&](const std::function<void(int64_t, int64_t)>& fn, int64_t size = 0) -> absl::Status {
+    size = size > 0 ? size : block;
+    for (int64_t start = 0; start < total; start += size) {
       if (control.cancelled && control.cancelled()) return absl::CancelledError("ingest cancelled");
-      const int64_t n = std::min(block, total - start);
+      const int64_t n = std::min(size, total - start);
       control.exclusive([&] { fn(start, n); });
       if (control.progress) control.progress(static_cast<double>(++done) / units);
     }
@@ -402,7 +416,7 @@ absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& to
           const AttentionPart part = AttendWithLse(queries.narrow(1, start, n), keys.narrow(1, 0, start + n),
                                                    values.narrow(1, 0, start + n), /*causal_offset=*/start);
           attended.narrow(0, start, n).copy_(part.out.transpose(0, 1).reshape({n, heads * dim}));
-        });
+        }, attention_block);
       }
       // Token-wise: output projection and MLP on the residual stream.
       if (status.ok()) {

@@ -98,10 +98,12 @@ ABSL_FLAG(std::string, default_mode, "auto",
 ABSL_FLAG(float, default_sparsity, 0.7f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
           "of the context is used).");
-ABSL_FLAG(std::string, default_pruned, "estimated",
+ABSL_FLAG(std::string, default_pruned, "auto",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
-          "(each still attends as one key: its centroid, weighing its size, with its mean value) or dropped "
-          "(left out, as the paper; the fastest GPU path).");
+          "(each still attends as one key: its centroid, weighing its size, with its mean value), dropped "
+          "(left out, as the paper), or auto: estimated, unless the CUDA kernels serve squeezed attention "
+          "(there the estimate is a libtorch pass per layer that costs more than the keys it saves; dropped "
+          "keeps squeezed decoding faster than dense).");
 ABSL_FLAG(std::string, default_read_ahead, "auto",
           "Read-ahead for squeezed requests that leave attention.read_ahead unset: on (a query head that "
           "concentrates on one context key also loads the cluster of the key after it at the next token; "
@@ -160,10 +162,12 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
   if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
-  if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned); pruned == "estimated" || pruned == "dropped") {
-    config.defaults.estimate_pruned = pruned == "estimated";
+  if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned);
+      pruned == "estimated" || pruned == "dropped" || pruned == "auto") {
+    config.defaults.estimate_pruned = pruned != "dropped";
+    config.defaults.estimate_pruned_auto = pruned == "auto";
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be estimated or dropped, got ", pruned));
+    return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be auto, estimated or dropped, got ", pruned));
   }
   if (const std::string ahead = absl::GetFlag(FLAGS_default_read_ahead);
       ahead == "auto" || ahead == "on" || ahead == "off") {

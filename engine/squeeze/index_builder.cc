@@ -124,6 +124,7 @@ absl::StatusOr<LayerIndex> BuildLayerIndex(const at::Tensor& keys, const at::Ten
   km.num_clusters = K;
   km.max_iterations = options.max_iterations;
   km.tolerance = kLloydTolerance;
+  km.seed_objective = false;
   km.seed = options.seed;
   km.progress = Stage(progress, "fine");
   km.timed = times != nullptr;

@@ -69,9 +69,12 @@ at::Tensor Objective(const at::Tensor& x, const at::Tensor& w, const Assignment&
 // dead centroid. Vectorized: the e-th empty cluster of a head takes the e-th farthest point.
 at::Tensor ReseedEmpty(const at::Tensor& x, const at::Tensor& w, at::Tensor c, const at::Tensor& empty,
                        const Assignment& a) {
-  const int64_t N = x.size(1), K = c.size(1);
+  // Only as many of the farthest points as the most empty clusters of a head: a top-K over every
+  // point would cost more than the iteration's assignment at a long context.
+  const int64_t N = x.size(1), most_empty = empty.sum(-1).max().item<int64_t>();
+  if (most_empty == 0) return c;
   const at::Tensor dist = SquaredDistance(x, a).masked_fill(w <= 0, -1);
-  auto [far_dist, far_index] = dist.topk(std::min(K, N), -1);  // [H, R], farthest first
+  auto [far_dist, far_index] = dist.topk(std::min(most_empty, N), -1);  // [H, R], farthest first
   const int64_t R = far_index.size(1);
   const at::Tensor rank = (empty.to(at::kLong).cumsum(-1) - 1).clamp(0, R - 1);  // [H, K]
   // Only move onto a point that is actually away from its centroid: a duplicate would just tie.
@@ -162,8 +165,8 @@ KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, cons
   auto started = std::chrono::steady_clock::now();
   at::Generator gen = at::detail::createCPUGenerator(options.seed);
   const at::Tensor seeds = SeedKMeansPlusPlus(x, w, K, gen);
-  result.seed_objective = Objective(x, w, Assign(x, seeds));
-  result.seconds_seeding = clock(result.seed_objective, started);
+  if (options.seed_objective) result.seed_objective = Objective(x, w, Assign(x, seeds));
+  result.seconds_seeding = clock(seeds, started);
 
   started = std::chrono::steady_clock::now();
   LloydResult lloyd = Lloyd(x, w, seeds, options.max_iterations, options.tolerance, options.progress);

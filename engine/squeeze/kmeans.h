@@ -21,6 +21,8 @@ struct KMeansOptions {
   uint64_t seed = 0;
   // Called after every Lloyd iteration: (iteration, starting at 1; fraction of labels changed).
   std::function<void(int, double)> progress;
+  // Compute KMeansResult::seed_objective (one more assignment pass; the ingest skips it).
+  bool seed_objective = true;
   // Measure the wall time of the seeding and of the Lloyd iterations (KMeansResult::seconds_*),
   // waiting for the device at their ends: for the ingest's diagnostic log line only.
   bool timed = false;
@@ -31,7 +33,8 @@ struct KMeansResult {
   at::Tensor centroids;  // [H, K, D] float32: mean of the RAW valid points of each cluster; 0 if empty
   at::Tensor sizes;      // [H, K] int64: valid points per cluster; 0 marks an empty cluster
   // Σ over valid points of ‖x̂ − ĉ‖² in the normalized space, per head (float64): for the seeding
-  // alone and after the Lloyd iterations (never larger).
+  // alone (undefined unless KMeansOptions::seed_objective) and after the Lloyd iterations (never
+  // larger).
   at::Tensor seed_objective;
   at::Tensor final_objective;
   int iterations = 0;  // Lloyd iterations run

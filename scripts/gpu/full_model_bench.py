@@ -42,6 +42,7 @@ MODES = {
     "squeezed-0.7": ["--mode", "squeezed", "--sparsity", "0.7"],
     "squeezed-0.9": ["--mode", "squeezed", "--sparsity", "0.9"],
     "paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "off"],
+    "estimated-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "estimated"],
     "hier-paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--hierarchical", "--pruned", "dropped",
                        "--read_ahead", "off"],
     "read-ahead-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--read_ahead", "on"],
@@ -249,7 +250,8 @@ def main():
     p.add_argument("--shape", default="llama3-8b", choices=SHAPES)
     p.add_argument("--context", type=int, default=32768)
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--modes", default="dense,default,squeezed-0.9,squeezed-0.7,paper-0.9,hier-paper-0.9,read-ahead-0.9")
+    p.add_argument("--modes", default="dense,default,squeezed-0.9,squeezed-0.7,paper-0.9,estimated-0.9,hier-paper-0.9,"
+                                      "read-ahead-0.9")
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--hf", action="store_true")
     p.add_argument("--no_store", action="store_true", help="contexts in memory only (no store stage)")
