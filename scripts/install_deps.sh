@@ -8,6 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev openssl
   libcpp-httplib-dev                 # /metrics and /healthz (server/metrics_http)
+  prometheus-cpp-dev                 # metric families and the exposition format (server/server_metrics)
   clang libclang-rt-14-dev           # tests/fuzz (libFuzzer + sanitizers)
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -3,7 +3,7 @@
 # would otherwise only show up as a crash-looping pod). Usage: chart_flags_exist.sh SQUEEZESERVE CHART_DIR
 set -euo pipefail
 server=$1 chart=$2
-known=$( ("$server" --helpfull 2>&1 || true) | grep -oE '^\s+--[a-z_0-9]+' | tr -d ' ' | sort -u)
+known=$("$server" --help | grep -oE '^  --[a-z_0-9]+' | tr -d ' ' | sort -u)
 used=$(grep -hoE '^\s+- --[a-z_0-9]+' "$chart"/templates/*.yaml | sed 's/.*- //' | sort -u)
 [ -n "$used" ] || { echo "no server flags found in $chart/templates"; exit 1; }
 missing=$(comm -13 <(echo "$known") <(echo "$used"))
