@@ -34,7 +34,7 @@ std::string PickReplica(const Cli& cli) {
   return replicas[squeezeserve::routing::RingHashRouter(replicas).Pick(key)];
 }
 
-std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
+std::shared_ptr<grpc::Channel> MakeChannel(const Cli& cli) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
@@ -45,8 +45,11 @@ std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
     ssl.pem_private_key = cli.tls_key_pem;
     credentials = grpc::SslCredentials(ssl);
   }
-  auto channel = grpc::CreateCustomChannel(PickReplica(cli), credentials, args);
-  return squeezeserve::v1::Squeezeserve::NewStub(channel);
+  return grpc::CreateCustomChannel(PickReplica(cli), credentials, args);
+}
+
+std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
+  return squeezeserve::v1::Squeezeserve::NewStub(MakeChannel(cli));
 }
 
 bool LoadSecurityFiles(Cli& cli) {
