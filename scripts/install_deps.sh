@@ -14,6 +14,8 @@ packages=(
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-sentencepiece python3-numpy
   python3-yaml python3-jsonschema python3-matplotlib yamllint
 )
+# Node.js and npm run the Helm chart checks (tests/deploy); a machine may have them from elsewhere.
+command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
