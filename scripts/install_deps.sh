@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages squeezeserve builds and tests with (CPU build; no GPU needed).
 set -euo pipefail
+# The libraries squeezeserve builds against: the list the images and the GPU machine use too.
+read -ra build_packages <<< "$(sed 's/#.*//' "$(dirname "$0")/../deploy/build-packages.txt" | tr '\n' ' ')"
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev
   libopenblas0-openmp                # libtorch's BLAS: ~10x the CPU matmul speed of the reference libblas3
-  libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
-  libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev openssl
-  libcpp-httplib-dev                 # /metrics and /healthz (server/metrics_http)
+  "${build_packages[@]}" openssl
   clang libclang-rt-14-dev           # tests/fuzz (libFuzzer + sanitizers)
-  libsentencepiece-dev sentencepiece
+  sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-sentencepiece python3-numpy
   python3-yaml python3-jsonschema python3-matplotlib yamllint
 )
+# Node.js and npm run the Helm chart checks (tests/deploy); a machine may have them from elsewhere.
+command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -101,6 +101,7 @@ void BatchingScheduler::Step() {
     batch.push_back(prefills[i]);
   }
 
+  if (options_.on_step) options_.on_step(batch.size());
   std::vector<Generation*> generations;
   for (Stream* stream : batch) generations.push_back(stream->generation.get());
   std::vector<absl::StatusOr<TokenStep>> results;

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -40,6 +41,8 @@ namespace squeezeserve::server {
 struct BatchingOptions {
   // Query-prefill tokens admitted into one step (beyond the first prefill, which always runs).
   int64_t max_prefill_tokens_per_step = 512;
+  // Called with the number of streams of every step (the batch-size metric); may be empty.
+  std::function<void(size_t)> on_step;
 };
 
 class BatchingScheduler : public GenerationScheduler {

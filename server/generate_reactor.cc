@@ -38,9 +38,6 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     absl::Status started = Start(request);
     if (!started.ok()) {
       spdlog::debug("request {}: Generate refused: {}", request_id_, std::string(started.message()));
-      if (started.code() == absl::StatusCode::kResourceExhausted) {
-        context->AddTrailingMetadata("retry-after-ms", std::to_string(kRetryAfterMs));
-      }
       FinishAfterWrites(ToGrpcStatus(started));
     }
   }

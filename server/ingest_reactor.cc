@@ -73,7 +73,6 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
       return;
     }
     if (!core_->pool->TrySubmit([this] { RunOnWorker(); })) {
-      context()->AddTrailingMetadata("retry-after-ms", std::to_string(kRetryAfterMs));
       FinishAfterWrites(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                      "all workers are busy (max_concurrent_streams); retry later"));
     }

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -21,18 +22,22 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "server/access_log.h"
 #include "server/auth.h"
+#include "server/flag_help.h"
+#include "server/logging.h"
 #include "server/metrics_http.h"
+#include "server/native_log_capture.h"
+#include "server/reflection_v1.h"
 #include "server/service.h"
 #include "server/tls.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, model, "", "Model checkpoint directory (config.json, *.safetensors, tokenizer.model). Required.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Name of the model in metrics (the `model` label of every series); empty = the --model directory's name.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT to listen on. Port 0 picks a free port; the chosen address is printed on stdout as "
           "'squeezeserve listening on HOST:PORT'.");
@@ -66,10 +71,10 @@ ABSL_FLAG(int32_t, max_new_tokens, 4096, "Largest sampling.max_new_tokens a requ
 ABSL_FLAG(int32_t, default_max_new_tokens, 64, "Tokens generated when a request leaves max_new_tokens at 0.");
 ABSL_FLAG(int32_t, max_concurrent_streams, 16,
           "Ingest and Generate streams doing model work at once; more are refused with RESOURCE_EXHAUSTED "
-          "and trailing metadata retry-after-ms.");
+          "and trailing metadata grpc-retry-pushback-ms (the key gRPC retry policies read).");
 ABSL_FLAG(int32_t, max_queued_requests, 64,
           "Generate requests that wait (highest priority first, then FIFO) when max_concurrent_streams are "
-          "busy; beyond that they are refused with RESOURCE_EXHAUSTED and retry-after-ms. A waiting request's "
+          "busy; beyond that they are refused with RESOURCE_EXHAUSTED and grpc-retry-pushback-ms. A waiting request's "
           "deadline and cancellation are honoured. 0 = no queue.");
 ABSL_FLAG(std::string, scheduler, "batching",
           "How Generate streams share the model: batching (continuous batching: one loop steps every running "
@@ -110,7 +115,13 @@ ABSL_FLAG(std::string, default_read_ahead, "auto",
           "keeps copying on track), off (the paper's lookup), or auto: on, unless the CUDA kernels serve "
           "squeezed attention (they have no read-ahead yet; a request asking for it runs on libtorch).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
-ABSL_FLAG(std::string, log_level, "info", "Log level on stderr: trace, debug, info, warn, error, critical, off.");
+ABSL_FLAG(std::string, log_level, "info",
+          "Log level on stderr: trace, debug, info (one access line per API call), warn, error, critical, off.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, or json (one object per line: time, level, logger, msg; access lines "
+          "carry method, code, duration_ms, peer, request_id, context_id and token counts as fields). Lines "
+          "that libtorch, gRPC or sentencepiece print themselves go through the same logger (logger "
+          "\"native\").");
 
 namespace squeezeserve::server {
 namespace {
@@ -182,6 +193,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   if (!(config.defaults.sparsity > 0 && config.defaults.sparsity < 1)) {
     return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
   }
+  config.model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (config.model_name.empty()) {  // the directory's name, as the engine names the model
+    const std::filesystem::path dir = std::filesystem::path(absl::GetFlag(FLAGS_model)).lexically_normal();
+    config.model_name = (dir.has_filename() ? dir : dir.parent_path()).filename().string();
+  }
   if (const std::string token_file = absl::GetFlag(FLAGS_auth_token_file); !token_file.empty()) {
     absl::StatusOr<std::vector<std::string>> tokens = ReadTokenFile(token_file);
     if (!tokens.ok()) return tokens.status();
@@ -200,7 +216,7 @@ int Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) config = absl::InvalidArgumentError("--model DIR is required");
   if (!config.ok()) {
-    std::cerr << "squeezeserve: " << config.status().message() << "\n" << "Try --help.\n";
+    spdlog::error("{} (try --help)", std::string(config.status().message()));
     return 1;
   }
 
@@ -215,18 +231,23 @@ int Run() {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(
       {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
   if (!credentials.ok()) {
-    std::cerr << "squeezeserve: " << credentials.status().message() << "\n";
+    spdlog::error("{}", std::string(credentials.status().message()));
     return 1;
   }
 
   SqueezeserveService service(*config);
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // v1alpha, for older tools
+  std::vector<std::string> services = StandardServiceNames();
+  services.insert(services.begin(), ::squeezeserve::v1::Squeezeserve::service_full_name());
+  ReflectionV1Service reflection(services);
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, *credentials, &port);
   builder.RegisterService(&service);
+  builder.RegisterService(&reflection);
+  builder.experimental().SetInterceptorCreators(AccessLogInterceptors());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config->limits.max_message_bytes));
   // Long streams: let clients keep the connection alive with pings.
@@ -307,24 +328,33 @@ int Run() {
 }  // namespace
 }  // namespace squeezeserve::server
 
-// --help lists the flags defined in this file (absl's default looks for a file named after the binary).
-void ConfigureHelp() {
-  absl::FlagsUsageConfig config;
-  config.contains_help_flags = [](absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); };
-  config.contains_helpshort_flags = config.contains_help_flags;
-  absl::SetFlagsUsageConfig(config);
-}
-
 int main(int argc, char** argv) {
-  ConfigureHelp();
-  absl::SetProgramUsageMessage(
+  using squeezeserve::server::NativeLogCapture;
+  constexpr char kUsage[] =
       "squeezeserve --model DIR [--listen HOST:PORT] [--device cpu|cuda] [flags]\n"
       "Serves squeezeserve.v1.Squeezeserve (Squeezed Attention over a stored long context), the gRPC "
-      "health service and server reflection. Prints 'squeezeserve listening on HOST:PORT' on stdout once "
-      "listening; logs go to stderr. SIGTERM/SIGINT drain and exit 0.");
+      "health service (grpc.health.v1, open without credentials) and server reflection (v1 and v1alpha). "
+      "Prints 'squeezeserve listening on HOST:PORT' on stdout once listening; logs go to stderr. "
+      "SIGTERM/SIGINT drain and exit 0. See README.md and docs/operations.md.";
+  if (squeezeserve::server::WantsHelp(argc, argv)) {
+    std::cout << squeezeserve::server::FlagsHelp(kUsage, "server/main.cc");
+    return 0;
+  }
+  absl::SetProgramUsageMessage(kUsage);
   absl::ParseCommandLine(argc, argv);
-  auto logger = spdlog::stderr_color_mt("squeezeserve");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
-  return squeezeserve::server::Run();
+  absl::StatusOr<squeezeserve::server::LogFormat> format =
+      squeezeserve::server::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  const spdlog::level::level_enum level = spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
+  if (!format.ok()) {
+    std::cerr << "squeezeserve: " << format.status().message() << "\nTry --help.\n";
+    return 1;
+  }
+  // Libraries' own stderr lines go through the logger from here on; the logger writes to the real stderr.
+  absl::StatusOr<std::unique_ptr<NativeLogCapture>> capture = NativeLogCapture::Start();
+  squeezeserve::server::ConfigureLogging(*format, level, capture.ok() ? (*capture)->original() : stderr);
+  if (!capture.ok()) spdlog::warn("library output stays unformatted on stderr: {}", std::string(capture.status().message()));
+  const int exit_code = squeezeserve::server::Run();
+  spdlog::default_logger()->flush();
+  if (capture.ok()) capture->reset();  // logs the library lines still in the pipe
+  return exit_code;
 }

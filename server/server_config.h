@@ -45,6 +45,8 @@ struct ServerConfig {
   ServerLimits limits;
   ServerDefaults defaults;
   std::string version = "0.1.0";
+  // The served model's name: the `model` label of every metric (--served_model_name).
+  std::string model_name;
   // Context store directory; empty = contexts live in memory only and are lost on restart.
   std::string store_dir;
   // With store_dir: resident KV + index bytes at most (0 = no limit); see ContextStore.

@@ -1,32 +1,52 @@
-// The metrics squeezeserve exports, named after vLLM's `vllm:*` set with a `squeezeserve_` prefix
-// (research/serving_anchors.md §3) so dashboards and autoscalers carry over. Handlers record request
-// latencies and token counts here; state that lives elsewhere (status counts, running and waiting
-// streams, contexts per tier, model state) is read at scrape time by collectors.
+// The metrics squeezeserve exports, on prometheus-cpp (Debian's prometheus-cpp-dev). Names follow
+// vLLM's `vllm:*` set with a `squeezeserve_` prefix so dashboards and autoscalers carry over; every
+// series carries a `model` label (the served model's name). Handlers record latencies, token counts
+// and batch sizes here; state that lives elsewhere (status counts, running and waiting streams,
+// contexts and their bytes per tier, model state) is read at scrape time from MetricSources, so each
+// value has one source of truth.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "server/metrics_registry.h"
 #include "server/status_map.h"
+
+namespace prometheus {
+class Counter;
+class Histogram;
+template <typename T>
+class Family;
+class Registry;
+}  // namespace prometheus
 
 namespace squeezeserve::server {
 
+// One stored context as the memory-tier metrics see it.
+struct ContextUsage {
+  std::string tier;  // "device", "host" or "disk"
+  uint64_t kv_bytes = 0;
+  uint64_t index_bytes = 0;
+};
+
 // What the collectors read at scrape time; each source is optional (empty = not exported).
 struct MetricSources {
+  std::string model;                    // the `model` label of every series
   const StatusCounter* status_counter = nullptr;
   std::function<int()> running;         // streams doing model work
   std::function<int()> queued;          // streams waiting for a worker
-  std::function<std::vector<std::string>()> context_tiers;  // one entry per stored context
+  std::function<std::vector<ContextUsage>()> contexts;  // one entry per stored context
   std::function<std::string()> state;   // "loading", "serving" or "draining"
 };
 
 class ServerMetrics {
  public:
   ServerMetrics();
+  ~ServerMetrics();
 
-  // Registers the scrape-time collectors; call once, before serving /metrics.
+  // Registers the scrape-time sources; call once, before serving /metrics.
   void AddSources(MetricSources sources);
 
   // One finished generation (any status); seconds; negative = not measured (e.g. no token sent).
@@ -41,25 +61,33 @@ class ServerMetrics {
     std::string finished_reason;  // "stop", "length", "eos", "cancelled", "error"
   };
   void RecordGeneration(const Generation& generation);
-  void RecordInterTokenLatency(double seconds) { inter_token_latency_.With().Observe(seconds); }
+  void RecordInterTokenLatency(double seconds);
   void RecordIngest(double seconds, int64_t tokens, bool ok);
+  // Streams stepped together in one engine step (the batching scheduler's batch).
+  void RecordBatchSize(size_t streams);
 
-  std::string Render() const { return registry_.Render(); }
-  metrics::Registry& registry() { return registry_; }
+  // Everything, in the Prometheus text exposition format 0.0.4.
+  std::string Render() const;
 
  private:
-  metrics::Registry registry_;
-  metrics::HistogramFamily& queue_time_;
-  metrics::HistogramFamily& time_to_first_token_;
-  metrics::HistogramFamily& time_per_output_token_;
-  metrics::HistogramFamily& inter_token_latency_;
-  metrics::HistogramFamily& e2e_latency_;
-  metrics::HistogramFamily& kv_fraction_loaded_;
-  metrics::Family<metrics::Counter>& prompt_tokens_;
-  metrics::Family<metrics::Counter>& generation_tokens_;
-  metrics::Family<metrics::Counter>& request_success_;
-  metrics::HistogramFamily& ingest_duration_;
-  metrics::Family<metrics::Counter>& ingested_tokens_;
+  class Sources;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<const Sources> sources_;  // set once by AddSources, before the first scrape
+  // Children without labels (or with a fixed label set), created once: an observation is one call.
+  prometheus::Histogram& queue_time_;
+  prometheus::Histogram& time_to_first_token_;
+  prometheus::Histogram& time_per_output_token_;
+  prometheus::Histogram& inter_token_latency_;
+  prometheus::Histogram& e2e_latency_;
+  prometheus::Histogram& kv_fraction_loaded_;
+  prometheus::Histogram& batch_size_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& generation_tokens_;
+  prometheus::Family<prometheus::Counter>& request_success_;  // by finished_reason
+  prometheus::Family<prometheus::Histogram>& ingest_duration_;  // by result
+  prometheus::Histogram& ingest_ok_;
+  prometheus::Histogram& ingest_error_;
+  prometheus::Counter& ingested_tokens_;
 };
 
 }  // namespace squeezeserve::server

@@ -19,13 +19,16 @@ namespace pb = ::squeezeserve::v1;
 
 SqueezeserveService::SqueezeserveService(ServerConfig config) : core_(std::move(config)) {
   MetricSources sources;
+  sources.model = core_.config.model_name;
   sources.status_counter = &core_.counter;
   sources.running = [this] { return core_.pool->busy(); };
   sources.queued = [this] { return core_.pool->queued(); };
-  sources.context_tiers = [this] {
-    std::vector<std::string> tiers;
-    for (const ContextSummary& summary : core_.store.List()) tiers.push_back(summary.tier);
-    return tiers;
+  sources.contexts = [this] {
+    std::vector<ContextUsage> contexts;
+    for (const ContextSummary& summary : core_.store.List()) {
+      contexts.push_back({summary.tier, summary.kv_bytes, summary.index_bytes});
+    }
+    return contexts;
   };
   sources.state = [this] { return std::string(core_.state()); };
   core_.metrics.AddSources(std::move(sources));

@@ -60,7 +60,9 @@ struct ServiceCore {
     if (config.scheduler == ServerConfig::Scheduler::kThreadPerStream) {
       return std::make_unique<ThreadPerStreamScheduler>(pool.get());
     }
-    return std::make_unique<BatchingScheduler>(pool.get(), &engine, BatchingOptions{config.batch_prefill_tokens});
+    return std::make_unique<BatchingScheduler>(
+        pool.get(), &engine,
+        BatchingOptions{config.batch_prefill_tokens, [this](size_t streams) { metrics.RecordBatchSize(streams); }});
   }
 
   const ServerConfig config;
@@ -77,8 +79,5 @@ struct ServiceCore {
   std::atomic<Engine*> engine{nullptr};  // set once, when the model has loaded
   std::atomic<bool> draining{false};
 };
-
-// Milliseconds a client should wait before retrying a RESOURCE_EXHAUSTED (trailing "retry-after-ms").
-inline constexpr int kRetryAfterMs = 250;
 
 }  // namespace squeezeserve::server

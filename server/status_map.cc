@@ -30,6 +30,13 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
 }
 
+void AddRetryHint(const grpc::Status& status, std::multimap<std::string, std::string>* trailers) {
+  if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED || trailers == nullptr) return;
+  if (trailers->find(kRetryPushbackKey) == trailers->end()) {
+    trailers->emplace(kRetryPushbackKey, std::to_string(kRetryPushbackMs));
+  }
+}
+
 void StatusCounter::Count(const std::string& method, grpc::StatusCode code) {
   absl::MutexLock lock(&mu_);
   ++counts_[{method, static_cast<int>(code)}];

@@ -1,5 +1,6 @@
-// The one place where engine statuses (absl::Status) become gRPC statuses, and where every status an
-// RPC returns is counted (a plain counter map now; a Prometheus exporter reads it later).
+// The one place where engine statuses (absl::Status) become gRPC statuses, where every status an RPC
+// returns is counted (squeezeserve_requests_total reads the counts), and where an overload answer gets
+// its retry hint.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,13 @@ namespace squeezeserve::server {
 // absl and gRPC share the canonical code numbering; this maps code for code and keeps the message.
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// RESOURCE_EXHAUSTED carries trailing `grpc-retry-pushback-ms`: the key gRPC's retry policies read (a
+// client with a retryPolicy for RESOURCE_EXHAUSTED waits that long before its next attempt).
+inline constexpr char kRetryPushbackKey[] = "grpc-retry-pushback-ms";
+inline constexpr int kRetryPushbackMs = 250;
+// Adds the retry hint to `trailers` when `status` asks for one.
+void AddRetryHint(const grpc::Status& status, std::multimap<std::string, std::string>* trailers);
 
 // Counts the statuses returned, per RPC method and code. Thread-safe.
 class StatusCounter {

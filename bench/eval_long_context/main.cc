@@ -298,7 +298,7 @@ class Evaluator {
       }
       int retry_ms = 200;
       const auto& trailers = context.GetServerTrailingMetadata();
-      if (auto it = trailers.find("retry-after-ms"); it != trailers.end()) {
+      if (auto it = trailers.find("grpc-retry-pushback-ms"); it != trailers.end()) {
         int hinted = 0;
         if (absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &hinted)) {
           retry_ms = std::clamp(hinted, 10, 5000);

@@ -1,40 +1,51 @@
 #include "client/common/router.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 
 namespace squeezeserve::routing {
 
-uint64_t StableHash64(absl::string_view key) {
-  uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
-  for (unsigned char c : key) {
-    h ^= c;
-    h *= 1099511628211ull;
+uint64_t RingHash64(absl::string_view key) { return XXH64(key.data(), key.size(), 0); }
+
+std::string HostOf(absl::string_view replica) {
+  if (!replica.empty() && replica.front() == '[') {  // [v6]:port
+    const size_t close = replica.find(']');
+    return std::string(replica.substr(1, close == absl::string_view::npos ? absl::string_view::npos : close - 1));
   }
-  // splitmix64 finaliser: FNV alone clusters similar short keys ("ctx-1", "ctx-2") on the ring.
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ull;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebull;
-  h ^= h >> 31;
-  return h;
+  const size_t colon = replica.rfind(':');
+  if (colon == absl::string_view::npos || replica.find(':') != colon) return std::string(replica);  // no port, bare v6
+  return std::string(replica.substr(0, colon));
 }
 
-RingHashRouter::RingHashRouter(const std::vector<std::string>& replicas, int virtual_nodes) {
-  // Points are derived from the replica *name*, not its index, so removing one replica leaves the
-  // others' points where they were.
+RingHashRouter::RingHashRouter(const std::vector<std::string>& replicas, uint64_t minimum_ring_size,
+                               uint64_t maximum_ring_size) {
+  if (replicas.empty()) return;
+  // Envoy's arithmetic, step for step and in doubles, so the number of points per host matches
+  // exactly: equal weights normalised to 1/N, a scale that gives the lightest host
+  // ceil(weight * minimum) points, and running sums across hosts.
+  const double weight = 1.0 / static_cast<double>(replicas.size());
+  const double scale = std::min(std::ceil(weight * static_cast<double>(minimum_ring_size)) / weight,
+                                static_cast<double>(maximum_ring_size));
+  uint64_t current_hashes = 0;
+  double target_hashes = 0;
   for (size_t r = 0; r < replicas.size(); ++r) {
-    for (int v = 0; v < virtual_nodes; ++v) {
-      ring_.emplace_back(StableHash64(absl::StrCat(replicas[r], "#", v)), r);
+    const std::string prefix = absl::StrCat(HostOf(replicas[r]), "_");
+    target_hashes += scale * weight;
+    for (uint64_t i = 0; static_cast<double>(current_hashes) < target_hashes; ++i, ++current_hashes) {
+      ring_.emplace_back(RingHash64(absl::StrCat(prefix, i)), r);
     }
   }
-  std::sort(ring_.begin(), ring_.end());
+  std::sort(ring_.begin(), ring_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
 }
 
 size_t RingHashRouter::Pick(absl::string_view context_id) {
-  const uint64_t h = StableHash64(context_id);
-  auto it = std::lower_bound(ring_.begin(), ring_.end(), std::make_pair(h, size_t{0}));
+  const uint64_t h = RingHash64(context_id);
+  auto it = std::lower_bound(ring_.begin(), ring_.end(), h,
+                             [](const std::pair<uint64_t, size_t>& point, uint64_t hash) { return point.first < hash; });
   if (it == ring_.end()) it = ring_.begin();  // wrap around the ring
   return it->second;
 }

@@ -1,11 +1,14 @@
-// Client-side routing of requests to replicas by context id (squeezectl and squeezeload).
+// Client-side routing of requests to replicas by context id (squeezectl and squeezeload), with the
+// same consistent hash as the Envoy router of the Helm chart (deploy/helm/squeezeserve, templates/
+// envoy.yaml): Envoy's RING_HASH load balancer with xxHash64 and `use_hostname_for_hashing`. Given
+// the same replica host names (the StatefulSet's stable pod DNS names, never pod IPs) in the same
+// order, a client routing itself and a client going through Envoy reach the same replica for a context,
+// and a restarted pod keeps its place on the ring.
 //
-// ring_hash keeps every request for a context on one replica (where its KV cache is warm), and when a
-// replica leaves only that replica's contexts move: each replica owns `virtual_nodes` points on a
-// 64-bit ring and a key goes to the first point at or after its hash. round_robin ignores the key and
-// is there for comparison (it needs the context on every replica, or a shared store).
-// The hash is FNV-1a + a splitmix64 finaliser: stable across processes and platforms, unlike
-// std::hash / absl::Hash, so two squeezeload runs (or squeezectl) agree on placement.
+// The ring, as Envoy builds it: every host gets ceil(minimum_ring_size / N) points (equal weights),
+// point i of host H at xxHash64("H_i"); a request goes to the first point at or after
+// xxHash64(context id), wrapping around. When a replica leaves, only its contexts move.
+// round_robin ignores the key and is there for comparison.
 #pragma once
 
 #include <atomic>
@@ -20,7 +23,17 @@
 
 namespace squeezeserve::routing {
 
-uint64_t StableHash64(absl::string_view key);
+// The request header Envoy hashes on (its route's hash_policy); clients set it to the context id.
+inline constexpr char kContextIdHeader[] = "x-context-id";
+// Envoy's defaults for RING_HASH, which the chart keeps (values.yaml routing.minimumRingSize).
+inline constexpr uint64_t kMinimumRingSize = 1024;
+inline constexpr uint64_t kMaximumRingSize = 8 * 1024 * 1024;
+
+// xxHash64 with seed 0, as Envoy's HashUtil::xxHash64.
+uint64_t RingHash64(absl::string_view key);
+
+// The host part of "HOST:PORT" or "[V6]:PORT": what Envoy hashes with use_hostname_for_hashing.
+std::string HostOf(absl::string_view replica);
 
 class Router {
  public:
@@ -31,11 +44,15 @@ class Router {
 
 class RingHashRouter : public Router {
  public:
-  RingHashRouter(const std::vector<std::string>& replicas, int virtual_nodes = 160);
+  // `replicas`: HOST:PORT, in the order Envoy's cluster lists them (pod 0, 1, ...).
+  explicit RingHashRouter(const std::vector<std::string>& replicas, uint64_t minimum_ring_size = kMinimumRingSize,
+                          uint64_t maximum_ring_size = kMaximumRingSize);
   size_t Pick(absl::string_view context_id) override;
+  // (point, replica index), sorted by point.
+  const std::vector<std::pair<uint64_t, size_t>>& ring() const { return ring_; }
 
  private:
-  std::vector<std::pair<uint64_t, size_t>> ring_;  // (point, replica index), sorted by point
+  std::vector<std::pair<uint64_t, size_t>> ring_;
 };
 
 class RoundRobinRouter : public Router {

@@ -1,10 +1,11 @@
-// squeezectl list | get | delete | info: the unary RPCs, as human text or --json.
+// squeezectl list | get | delete | info: the unary RPCs, as human text or --json; health: grpc.health.v1.
 #include <functional>
 #include <iostream>
 #include <string>
 
 #include "client/squeezectl/cli.h"
 #include "client/squeezectl/rpc_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace squeezectl {
 namespace {
@@ -71,6 +72,24 @@ int RunDelete(const Cli& cli) {
 int RunInfo(const Cli& cli) {
   return CallUnary<pb::GetServerInfoRequest, pb::ServerInfo>(cli, pb::GetServerInfoRequest(), &Stub::GetServerInfo,
                                                               [](const pb::ServerInfo& info) { PrintDebugString(info); });
+}
+
+int RunHealth(const Cli& cli) {
+  namespace health = grpc::health::v1;
+  auto stub = health::Health::NewStub(MakeChannel(cli));
+  grpc::ClientContext context;
+  ApplyCallOptions(cli, &context);  // the health service is open: a token is ignored there
+  health::HealthCheckRequest request;
+  request.set_service(cli.args.empty() ? "" : cli.args[0]);
+  health::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) return ReportStatus(status);
+  if (cli.json) {
+    std::cout << ToJson(response) << "\n";
+  } else {
+    std::cout << health::HealthCheckResponse::ServingStatus_Name(response.status()) << "\n";
+  }
+  return response.status() == health::HealthCheckResponse::SERVING ? kExitOk : kExitNotServing;
 }
 
 }  // namespace squeezectl

@@ -10,6 +10,7 @@ namespace squeezectl {
 // Exit codes: 0 OK, 1 usage error, 10 + gRPC status code for an RPC error (e.g. 15 = NOT_FOUND).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitUsage = 1;
+inline constexpr int kExitNotServing = 2;  // health: the server answered, but not SERVING
 inline constexpr int kExitRpcBase = 10;
 
 struct Cli {
@@ -65,5 +66,6 @@ int RunList(const Cli& cli);
 int RunGet(const Cli& cli);
 int RunDelete(const Cli& cli);
 int RunInfo(const Cli& cli);
+int RunHealth(const Cli& cli);
 
 }  // namespace squeezectl

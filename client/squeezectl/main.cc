@@ -1,5 +1,5 @@
 // squeezectl: command-line client of squeezeserve.
-//   squeezectl --server HOST:PORT <ingest|generate|list|get|delete|info> [flags] [args]
+//   squeezectl --server HOST:PORT <ingest|generate|list|get|delete|info|health> [flags] [args]
 // Flags are global (absl flags) and each subcommand reads the ones it documents in `squeezectl help CMD`.
 #include <iostream>
 #include <map>
@@ -69,7 +69,7 @@ namespace squeezectl {
 namespace {
 
 constexpr char kExitCodes[] =
-    "Exit codes: 0 success; 1 usage error; 10 + gRPC status code on an RPC error "
+    "Exit codes: 0 success; 1 usage error; 2 health: not serving; 10 + gRPC status code on an RPC error "
     "(13 INVALID_ARGUMENT, 14 DEADLINE_EXCEEDED, 15 NOT_FOUND, 18 RESOURCE_EXHAUSTED, "
     "19 FAILED_PRECONDITION, 24 UNAVAILABLE, ...).";
 
@@ -104,6 +104,12 @@ const std::map<std::string, Command>& Commands() {
       {"delete", {RunDelete, "squeezectl delete ID [--json]\n  Deletes a context (NOT_FOUND exits 15)."}},
       {"info",
        {RunInfo, "squeezectl info [--json]\n  Shows the server's model, device, dtype, limits and attention modes."}},
+      {"health",
+       {RunHealth,
+        "squeezectl health [SERVICE] [--json]\n"
+        "  Asks grpc.health.v1 (open without a token, so it suits container health checks) whether the\n"
+        "  server (or SERVICE, e.g. squeezeserve.v1.Squeezeserve) serves: prints SERVING and exits 0, or\n"
+        "  prints NOT_SERVING (model loading, draining) and exits 2."}},
   };
   return *commands;
 }
@@ -111,7 +117,7 @@ const std::map<std::string, Command>& Commands() {
 std::string GeneralHelp() {
   std::string text =
       "squeezectl --server HOST:PORT <command> [flags]\n"
-      "Commands: ingest, generate, list, get, delete, info. 'squeezectl help <command>' explains one.\n"
+      "Commands: ingest, generate, list, get, delete, info, health. 'squeezectl help <command>' explains one.\n"
       "Common flags: --server HOST:PORT, --timeout SECONDS, --json, --tls_ca FILE, --tls_cert FILE, "
       "--tls_key FILE, --token_file FILE.\n";
   return text + kExitCodes;

@@ -30,11 +30,11 @@ std::string PickReplica(const Cli& cli) {
   if (replicas.size() <= 1) return cli.server;
   const std::string key = RouteKey(cli);
   if (key.empty()) return replicas.front();  // list, info, content-addressed ingest
-  // Same ring as squeezeload and Envoy's ring hash in spirit: a context stays on one replica.
+  // The ring of squeezeload and of the chart's Envoy (client/common/router.h): a context stays on one replica.
   return replicas[squeezeserve::routing::RingHashRouter(replicas).Pick(key)];
 }
 
-std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
+std::shared_ptr<grpc::Channel> MakeChannel(const Cli& cli) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
@@ -45,8 +45,11 @@ std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
     ssl.pem_private_key = cli.tls_key_pem;
     credentials = grpc::SslCredentials(ssl);
   }
-  auto channel = grpc::CreateCustomChannel(PickReplica(cli), credentials, args);
-  return squeezeserve::v1::Squeezeserve::NewStub(channel);
+  return grpc::CreateCustomChannel(PickReplica(cli), credentials, args);
+}
+
+std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli) {
+  return squeezeserve::v1::Squeezeserve::NewStub(MakeChannel(cli));
 }
 
 bool LoadSecurityFiles(Cli& cli) {
@@ -83,8 +86,8 @@ bool LoadSecurityFiles(Cli& cli) {
 
 void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context) {
   if (!cli.token.empty()) context->AddMetadata("authorization", "Bearer " + cli.token);
-  // Lets an L7 proxy (deploy/envoy: ring hash on this header) keep a context on one replica.
-  if (const std::string key = RouteKey(cli); !key.empty()) context->AddMetadata("x-context-id", key);
+  // Lets an L7 proxy (the chart's Envoy: ring hash on this header) keep a context on one replica.
+  if (const std::string key = RouteKey(cli); !key.empty()) context->AddMetadata(squeezeserve::routing::kContextIdHeader, key);
   if (cli.timeout_s > 0) {
     auto timeout = std::chrono::duration_cast<std::chrono::system_clock::duration>(
         std::chrono::duration<double>(cli.timeout_s));

@@ -22,6 +22,7 @@ std::string RouteKey(const Cli& cli);
 // --server may list several replicas (comma-separated): a call about a context goes to the replica
 // that owns the context on a consistent-hash ring (client/common/router.h); others go to the first.
 std::string PickReplica(const Cli& cli);
+std::shared_ptr<grpc::Channel> MakeChannel(const Cli& cli);
 std::unique_ptr<squeezeserve::v1::Squeezeserve::Stub> MakeStub(const Cli& cli);
 // Applies --timeout as the call's deadline and --token_file as its authorization metadata.
 void ApplyCallOptions(const Cli& cli, grpc::ClientContext* context);

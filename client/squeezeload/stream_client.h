@@ -1,5 +1,5 @@
 // The two RPCs squeezeload drives, timed on the client with a monotonic clock. Both set the
-// `x-context-id` request header, which Envoy's ring-hash route hashes on (deploy/envoy/envoy.yaml).
+// `x-context-id` request header, which the chart's Envoy hashes on (deploy/helm/squeezeserve, client/common/router.h).
 #pragma once
 
 #include <cstdint>

@@ -16,6 +16,10 @@ export LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu"
 export CPATH="$deps/usr/include:$deps/usr/include/x86_64-linux-gnu"
 export PATH="$deps/usr/bin:$PATH"
 torch_prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+# One libtorch for the GPU validation and the CUDA image (Dockerfile TORCH_VERSION).
+torch_here=$(python3 -c 'import torch;print(torch.__version__.split("+")[0])')
+torch_image=$(sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
+[ "$torch_here" = "$torch_image" ] || echo "build.sh: warning: PyTorch $torch_here here, the CUDA image pins $torch_image" >&2
 cmake -S . -B build-gpu -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DSQUEEZESERVE_CUDA=ON -DOPENSSL_ROOT_DIR="$deps/usr" "$@"

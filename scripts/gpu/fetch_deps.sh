@@ -5,10 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .gpu-deps && cd .gpu-deps
-pkgs=(libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51 protobuf-compiler-grpc libabsl-dev libabsl20220623
-      libre2-9 libre2-dev libc-ares2 libc-ares-dev libprotoc32 libsentencepiece-dev libsentencepiece0
-      nlohmann-json3-dev libgtest-dev libgmock-dev googletest libcpp-httplib-dev libcpp-httplib0.11 libbrotli1 libbrotli-dev
-      libssl-dev libssl3 zlib1g-dev zlib1g)
+# The build's libraries: the list CI and the images use (deploy/build-packages.txt), minus what the GPU
+# machine has (protobuf, spdlog); then the Debian 12 libraries those link (the GPU machine runs them
+# from /opt/deps) and the test framework.
+read -ra build_packages <<< "$(sed 's/#.*//' ../deploy/build-packages.txt | tr '\n' ' ')"
+pkgs=()
+for p in "${build_packages[@]}"; do
+  case "$p" in protobuf-compiler|libprotobuf-dev|libspdlog-dev) ;; *) pkgs+=("$p") ;; esac
+done
+# (prometheus-cpp-dev's CMake config checks that the pull and push libraries exist, though only core is linked.)
+pkgs+=(libgrpc-dev libgrpc29 libgrpc++1.51 libabsl20220623 libre2-9 libre2-dev libc-ares2 libc-ares-dev libprotoc32
+       libsentencepiece0 libcpp-httplib0.11 libbrotli1 libbrotli-dev libprometheus-cpp-core1.0
+       libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 libxxhash0 libssl3 zlib1g-dev zlib1g
+       libgtest-dev libgmock-dev googletest)
 missing=()
 for p in "${pkgs[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] || apt-get download "${missing[@]}"

@@ -539,7 +539,7 @@ TEST_F(IntegrationTest, OverloadIsResourceExhaustedWithARetryHint) {
   grpc::Status status = extra->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
   const auto& trailers = extra_context.GetServerTrailingMetadata();
-  EXPECT_NE(trailers.find("retry-after-ms"), trailers.end());
+  EXPECT_NE(trailers.find("grpc-retry-pushback-ms"), trailers.end());
   for (auto& context : contexts) context->TryCancel();
   for (auto& stream : streams) {
     while (stream->Read(&response)) {

@@ -233,11 +233,12 @@ std::string Scrape(const std::string& metrics_address, const std::string& path =
 }
 
 // The value of an unlabelled sample, or -1.
+// The value of the series `name` (with whatever labels: every series carries the model label).
 double MetricValue(const std::string& text, const std::string& name) {
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (absl::StartsWith(line, name + " ")) {
+    if (absl::StartsWith(line, name + " ") || absl::StartsWith(line, name + "{")) {
       double value = -1;
-      if (absl::SimpleAtod(line.substr(name.size() + 1), &value)) return value;
+      if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) return value;
     }
   }
   return -1;
@@ -267,7 +268,7 @@ class Stream {
       pb::GenerateResponse response;
       while (reader->Read(&response)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
       status_ = reader->Finish();
-      auto retry = context_.GetServerTrailingMetadata().find("retry-after-ms");
+      auto retry = context_.GetServerTrailingMetadata().find("grpc-retry-pushback-ms");
       has_retry_hint_ = retry != context_.GetServerTrailingMetadata().end();
     });
   }
@@ -340,11 +341,16 @@ TEST(Admission, BurstBeyondTheQueueIsRefusedAndCancelledWaitersFreeTheirSlots) {
   // The server stays healthy; the refusals are counted by code.
   EXPECT_EQ(Health(channel), HealthStatus::SERVING);
   const std::string metrics = Scrape(server.metrics_address());
-  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_requests_total{method=\"Generate\",code=\"RESOURCE_EXHAUSTED\"} 4"))
+  const std::string model = "model=\"llama-gqa-llama3rope-tied\"";
+  EXPECT_TRUE(absl::StrContains(
+      metrics, "squeezeserve_requests_total{" + model + ",method=\"Generate\",code=\"RESOURCE_EXHAUSTED\"} 4"))
       << metrics;
   EXPECT_TRUE(absl::StrContains(metrics, "# TYPE squeezeserve_time_to_first_token_seconds histogram")) << metrics;
-  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_contexts{tier=")) << metrics;
-  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_model_load_state{state=\"serving\"} 1")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_contexts{" + model + ",tier=")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_context_bytes{" + model + ",tier=\"device\",kind=\"kv\"}"))
+      << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "squeezeserve_model_load_state{" + model + ",state=\"serving\"} 1"))
+      << metrics;
 
   for (auto& stream : accepted) stream->Cancel();
   for (auto& stream : accepted) stream->Join();

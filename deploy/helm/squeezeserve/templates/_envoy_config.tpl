@@ -1,13 +1,10 @@
-# Envoy in front of squeezeserve replicas: every RPC carrying the same x-context-id header goes to the
-# same replica (ring hash), so a context's KV cache stays warm on one replica. When replicas come or
-# go only ~1/N of contexts move, and their new owner loads them from the shared store.
-# Standalone version (address: the chart's headless Service for release "squeezeserve"); the chart
-# renders the same config in templates/envoy.yaml. Checked by tests/deploy/check_manifests.py.
+{{/* Envoy's configuration (templates/envoy.yaml puts it in a ConfigMap; its checksum rolls the pods). */}}
+{{- define "squeezeserve.envoyConfig" -}}
 static_resources:
   listeners:
     - name: grpc
       address:
-        socket_address: {address: 0.0.0.0, port_value: 8080}
+        socket_address: {address: 0.0.0.0, port_value: {{ .Values.envoy.port }}}
       filter_chains:
         - filters:
             - name: envoy.filters.network.http_connection_manager
@@ -29,17 +26,31 @@ static_resources:
                             timeout: 0s  # streaming RPCs: no whole-request timeout (clients set deadlines)
                             hash_policy:
                               - header: {header_name: x-context-id}
+                            # A refused or unreachable call moves to the next replica on the ring
+                            # (streams are retried only before any response reached the client).
+                            retry_policy:
+                              retry_on: {{ .Values.envoy.retries.retryOn | quote }}
+                              num_retries: {{ .Values.envoy.retries.numRetries }}
+                              retry_host_predicate:
+                                - name: envoy.retry_host_predicates.previous_hosts
+                                  typed_config:
+                                    "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                              host_selection_retry_max_attempts: 3
                 http_filters:
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
     - name: squeezeserve
-      type: STRICT_DNS  # the headless Service resolves to every ready pod
+      type: STRICT_DNS
       dns_lookup_family: V4_ONLY
       dns_refresh_rate: 5s
       lb_policy: RING_HASH
-      ring_hash_lb_config: {minimum_ring_size: 1024}
+      ring_hash_lb_config:
+        minimum_ring_size: {{ .Values.routing.minimumRingSize }}
+        hash_function: XX_HASH
+      common_lb_config:
+        consistent_hashing_lb_config: {use_hostname_for_hashing: true}
       typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -52,13 +63,24 @@ static_resources:
           unhealthy_threshold: 2
           healthy_threshold: 1
           grpc_health_check: {service_name: ""}
+      # A replica that keeps failing is ejected for a while; its contexts go to the next on the ring.
+      outlier_detection:
+        consecutive_5xx: {{ .Values.envoy.outlierDetection.consecutive5xx }}
+        interval: {{ .Values.envoy.outlierDetection.interval }}
+        base_ejection_time: {{ .Values.envoy.outlierDetection.baseEjectionTime }}
+        max_ejection_percent: {{ .Values.envoy.outlierDetection.maxEjectionPercent }}
       load_assignment:
         cluster_name: squeezeserve
         endpoints:
           - lb_endpoints:
+              {{- range $index := until (int (include "squeezeserve.maxReplicas" .)) }}
+              {{- $host := include "squeezeserve.podHost" (dict "root" $ "index" $index) }}
               - endpoint:
+                  hostname: {{ $host }}
                   address:
-                    socket_address: {address: squeezeserve-headless, port_value: 50051}
+                    socket_address: {address: {{ $host }}, port_value: {{ $.Values.server.port }}}
+              {{- end }}
 admin:
   address:
-    socket_address: {address: 127.0.0.1, port_value: 9901}
+    socket_address: {address: 127.0.0.1, port_value: {{ .Values.envoy.adminPort }}}
+{{- end }}
