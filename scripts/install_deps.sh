@@ -10,6 +10,7 @@ packages=(
   libcpp-httplib-dev                 # /metrics and /healthz (server/metrics_http)
   clang libclang-rt-14-dev           # tests/fuzz (libFuzzer + sanitizers)
   libsentencepiece-dev sentencepiece
+  libpcre2-dev libutf8proc-dev       # tokenizer.json: split regexes, Unicode normalization (engine/tokenizer_json*)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-sentencepiece python3-numpy
   python3-yaml python3-jsonschema python3-matplotlib yamllint

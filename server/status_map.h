@@ -18,6 +18,8 @@ namespace squeezeserve::server {
 // absl and gRPC share the canonical code numbering; this maps code for code and keeps the message.
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// The HTTP status of the OpenAI-compatible endpoints (server/openai_http.h) for a code.
+int ToHttpStatus(absl::StatusCode code);
 
 // Counts the statuses returned, per RPC method and code. Thread-safe.
 class StatusCounter {
