@@ -295,6 +295,7 @@ void OpenAiHttpServer::Generate(const httplib::Request& http_request, httplib::R
         auto write = [&](const std::string& data) {
           if (out.write(data.data(), data.size())) return true;
           sink->Cancel();  // the client went away: stop within a step; the sink frees itself
+          core->counter.Count(method, grpc::StatusCode::CANCELLED);
           return false;
         };
         if (!event.finished.has_value()) {

@@ -143,3 +143,31 @@ test('tokenize and detokenize over HTTP', async () => {
     method: 'POST', headers, body: JSON.stringify({ tokens: tok.tokens }) })).json();
   assert.equal(detok.prompt, 'Hello world');
 });
+
+// The value of a Prometheus sample line that starts with `prefix` (0 when absent).
+async function metric(prefix) {
+  const text = await (await fetch(server.metrics)).text();
+  const line = text.split('\n').find((l) => l.startsWith(prefix));
+  return line ? Number(line.slice(prefix.length).trim()) : 0;
+}
+
+test('a client that goes away mid-stream is cancelled, counted in the same metrics', async () => {
+  const cancelled = 'squeezeserve_request_success_total{finished_reason="cancelled"}';
+  const before = await metric(cancelled);
+  for (let i = 0; i < 3; ++i) {
+    const stream = await client.completions.create({
+      model: MODEL, prompt: 'The license', max_tokens: 4000, ignore_eos: true, temperature: 0, stream: true });
+    for await (const chunk of stream) {
+      if (chunk.choices.length > 0 && chunk.choices[0].text) break;  // leaving the loop aborts the request
+    }
+  }
+  let now = before;
+  for (let i = 0; i < 100 && now < before + 3; ++i) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    now = await metric(cancelled);
+  }
+  assert.equal(now, before + 3, 'each abandoned generation stops as cancelled, not after its 4000 tokens');
+  const after = await client.completions.create({ ...greedy, prompt: 'Hello' });
+  assert.equal(after.usage.completion_tokens, 8);
+  assert.ok(await metric('squeezeserve_requests_total{method="OpenAI.Completions",code="OK"}') >= 1);
+});

@@ -25,17 +25,18 @@ function modelDir() {
   return dir;
 }
 
-// Resolves to { grpc: 'HOST:PORT', openai: 'http://HOST:PORT/v1', stop() } once the model has loaded.
+// Resolves to { grpc: 'HOST:PORT', openai: 'http://HOST:PORT/v1', metrics: URL, stop() } once the model has loaded.
 export async function startServer() {
   const dir = modelDir();
   const child = spawn(process.env.SQUEEZESERVE_BIN, [
     '--model', dir, '--listen', '127.0.0.1:0', '--openai_listen', '127.0.0.1:0', '--served_model_name', MODEL,
     '--threads', '1', '--log_level', 'warn', '--auth_token_file', path.join(dir, 'tokens.txt'),
-    '--max_concurrent_streams', '4'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    '--max_concurrent_streams', '4', '--metrics_listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = readline.createInterface({ input: child.stdout });
   const addresses = {};
   for await (const line of lines) {
     if (line.startsWith('squeezeserve openai on ')) addresses.openai = line.slice('squeezeserve openai on '.length);
+    if (line.startsWith('squeezeserve metrics on ')) addresses.metrics = line.slice('squeezeserve metrics on '.length);
     if (line.startsWith('squeezeserve listening on ')) {
       addresses.grpc = line.slice('squeezeserve listening on '.length);
       break;
@@ -53,6 +54,7 @@ export async function startServer() {
     grpc: addresses.grpc,
     openai: `${base}/v1`,
     base,
+    metrics: `http://${addresses.metrics}/metrics`,
     async stop() {
       child.kill('SIGTERM');
       const code = await exited;
