@@ -16,6 +16,12 @@
 
 namespace squeezeserve {
 
+// The checkpoint's chat template and the special tokens it refers to (tokenizer_config.json).
+struct ChatTemplateInfo {
+  std::string chat_template;  // Jinja source; "" when the checkpoint has none
+  std::string bos_token, eos_token;
+};
+
 struct ModelInfo {
   std::string name;          // directory name of the checkpoint
   std::string architecture;  // e.g. "LlamaForCausalLM"
@@ -28,6 +34,8 @@ struct ModelInfo {
   int64_t hidden_size = 0;
   int64_t max_position_embeddings = 0;
   bool has_tokenizer = false;
+  std::string tokenizer_source;  // "tokenizer.json", "tokenizer.model" or "" (token ids only)
+  ChatTemplateInfo chat;
   int32_t bos_token_id = -1;  // -1 when the model has none
   int32_t eos_token_id = -1;
   std::string device;  // "cpu", "cuda:0"
@@ -215,9 +223,15 @@ class Engine {
 
   virtual const ModelInfo& model_info() const = 0;
 
-  // FailedPrecondition when the checkpoint has no tokenizer.model.
+  // FailedPrecondition when the checkpoint has no tokenizer (tokenizer.json or tokenizer.model).
   virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_bos) const = 0;
   virtual std::string Decode(absl::Span<const int32_t> ids) const = 0;
+  // Decode, with special tokens (BOS, EOS, chat markers) kept unless skip_special_tokens (Decode
+  // leaves them out). Engines without that distinction decode as Decode does.
+  virtual std::string DecodeTokens(absl::Span<const int32_t> ids, bool skip_special_tokens) const {
+    (void)skip_special_tokens;
+    return Decode(ids);
+  }
 
   // Prefills `tokens` once and builds the index asked for. `id` is recorded in the summary.
   virtual absl::StatusOr<std::shared_ptr<const Context>> Ingest(std::string id, std::vector<int32_t> tokens,
@@ -226,7 +240,8 @@ class Engine {
                                                                 const CancelFn& cancelled) = 0;
 
   // Validates the options against the context (InvalidArgument naming the field) and returns the
-  // generation; the work happens in Generation::Next.
+  // generation; the work happens in Generation::Next. A null `context` is a prompt-only request:
+  // dense attention over the query alone, as any server (attention.mode is then ignored).
   virtual absl::StatusOr<std::unique_ptr<Generation>> StartGeneration(std::shared_ptr<const Context> context,
                                                                       std::vector<int32_t> query,
                                                                       const SamplingOptions& sampling,

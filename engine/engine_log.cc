@@ -10,8 +10,16 @@ void LogEngineLoaded(const ModelInfo& info, int64_t sliding_window) {
   spdlog::info("engine: loaded {} ({}, {} layers, {} q / {} kv heads, head_dim {}) on {} as {}", info.name,
                info.architecture, info.num_layers, info.num_attention_heads, info.num_kv_heads, info.head_dim,
                info.device, info.dtype);
+  if (info.has_tokenizer) {
+    spdlog::info("engine: tokenizer from {}{}", info.tokenizer_source,
+                 info.chat.chat_template.empty() ? " (no chat template)" : ", with a chat template");
+  } else {
+    spdlog::warn("engine: {} has neither tokenizer.json nor tokenizer.model: requests must send token ids "
+                 "(text, chat and the OpenAI endpoints answer FAILED_PRECONDITION)", info.name);
+  }
   if (sliding_window > 0) {
-    spdlog::warn("engine: sliding_window={} is not applied; sequences longer than it differ from the reference",
+    spdlog::warn("engine: sliding-window attention is not implemented: sequences are limited to the window "
+                 "({} tokens), where it equals full attention",
                  sliding_window);
   }
 }

@@ -173,6 +173,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
     ASSIGN_OR_RETURN_CONFIG(use_sliding_window, BoolField(config, "use_sliding_window", false));
   }
   if (use_sliding_window) ASSIGN_OR_RETURN_CONFIG(c.sliding_window, IntField(config, "sliding_window", 0));
+  // Sliding-window attention is not implemented. Up to the window every token sees every earlier one,
+  // which is what the engine computes, so sequences are limited to the window: exact outputs, and
+  // longer requests get INVALID_ARGUMENT instead of silently different attention.
+  if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings) {
+    c.max_position_embeddings = c.sliding_window;
+  }
 
   if (auto status = ParseRope(config, c.rope); !status.ok()) return status;
   if (!(c.rope.theta > 0)) return ConfigError("rope_theta must be > 0");

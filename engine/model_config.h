@@ -36,7 +36,8 @@ struct ModelConfig {
   bool o_bias = false;    // bias on o_proj (Llama's attention_bias only)
   int32_t bos_token_id = -1;
   std::vector<int32_t> eos_token_ids;  // every id that ends a generation; the first is "the" eos
-  int64_t sliding_window = 0;          // 0 = none; recorded, not applied (see llama_model.h)
+  // 0 = none. Not applied: max_position_embeddings is lowered to it (engine/model_config.cc).
+  int64_t sliding_window = 0;
   RopeConfig rope;
 
   int64_t queries_per_kv_head() const { return num_attention_heads / num_kv_heads; }

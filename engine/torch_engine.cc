@@ -105,6 +105,20 @@ absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab, const
   return absl::OkStatus();
 }
 
+// The context of a prompt-only generation (StartGeneration without one): no tokens, no index, and
+// per layer an empty [H_kv, 0, D] KV, so every step attends densely over the prompt and its output.
+std::shared_ptr<const StoredContext> MakeEmptyContext(const ModelConfig& c, at::Device device, at::ScalarType dtype) {
+  std::vector<at::Tensor> keys, values;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    keys.push_back(at::empty({c.num_kv_heads, 0, c.head_dim}, at::TensorOptions().device(device).dtype(dtype)));
+    values.push_back(at::empty({c.num_kv_heads, 0, c.head_dim}, at::TensorOptions().device(device).dtype(dtype)));
+  }
+  ContextSummary summary;
+  summary.index.dense_only = true;
+  return std::make_shared<const StoredContext>(summary, std::vector<int32_t>(), std::move(keys), std::move(values),
+                                               std::vector<at::Tensor>(c.num_layers), std::vector<squeeze::LayerIndex>());
+}
+
 class TorchEngine;
 
 class TorchGeneration : public Generation {
@@ -172,13 +186,17 @@ class TorchEngine : public Engine {
 
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_bos) const override {
     if (tokenizer_ == nullptr) {
-      return absl::FailedPreconditionError("the model has no tokenizer.model; send token ids instead of text");
+      return absl::FailedPreconditionError(
+          "the model has no tokenizer (tokenizer.json or tokenizer.model); send token ids instead of text");
     }
     return tokenizer_->Encode(text, add_bos, config_.bos_token_id);
   }
 
   std::string Decode(absl::Span<const int32_t> ids) const override {
     return tokenizer_ == nullptr ? std::string() : tokenizer_->Decode(ids.data(), ids.size());
+  }
+  std::string DecodeTokens(absl::Span<const int32_t> ids, bool skip_special_tokens) const override {
+    return tokenizer_ == nullptr ? std::string() : tokenizer_->Decode(ids.data(), ids.size(), skip_special_tokens);
   }
 
   absl::StatusOr<std::shared_ptr<const Context>> Ingest(std::string id, std::vector<int32_t> tokens,
@@ -311,6 +329,7 @@ class TorchEngine : public Engine {
   ModelConfig config_;
   ModelInfo info_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<const StoredContext> empty_context_;  // what a prompt-only generation attends to
   std::unique_ptr<LlamaModel> model_;
   // The attention backends (attention_backend.h): libtorch always; the CUDA kernels when
   // EngineOptions::attention_backend chose them (null otherwise).
@@ -349,16 +368,10 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     const std::string header = file->header_bytes();
     absl::StrAppend(&fingerprint_input, fs::path(file->path()).filename().string(), ":", header.size(), ":", header);
   }
-  const fs::path tokenizer_path = dir / "tokenizer.model";
-  std::error_code ec;
-  if (fs::exists(tokenizer_path, ec)) {
-    auto tokenizer_bytes = ReadFile(tokenizer_path);
-    if (!tokenizer_bytes.ok()) return tokenizer_bytes.status();
-    auto tokenizer = Tokenizer::Load(tokenizer_path.string());
-    if (!tokenizer.ok()) return tokenizer.status();
-    engine->tokenizer_ = std::move(*tokenizer);
-    absl::StrAppend(&fingerprint_input, "tokenizer.model:", tokenizer_bytes->size(), ":", *tokenizer_bytes);
-  }
+  auto tokenizer = LoadCheckpointTokenizer(dir.string());  // tokenizer.json, else tokenizer.model, else none
+  if (!tokenizer.ok()) return tokenizer.status();
+  engine->tokenizer_ = std::move(tokenizer->tokenizer);
+  absl::StrAppend(&fingerprint_input, tokenizer->fingerprint_input);
 
   auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype);
   if (!model.ok()) return model.status();
@@ -379,6 +392,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   engine->prefill_block_tokens_ =
       options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 32768 : 512);
   SetFusedAttentionPreference(options.dense_attention);
+  engine->empty_context_ = MakeEmptyContext(engine->config_, device->device, device->dtype);
 
   ModelInfo& info = engine->info_;
   const ModelConfig& c = engine->config_;
@@ -394,6 +408,8 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.hidden_size = c.hidden_size;
   info.max_position_embeddings = c.max_position_embeddings;
   info.has_tokenizer = engine->tokenizer_ != nullptr;
+  info.tokenizer_source = tokenizer->source;
+  info.chat = {tokenizer->config.chat_template, tokenizer->config.bos_token, tokenizer->config.eos_token};
   info.bos_token_id = c.bos_token_id;
   info.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids[0];
   info.device = device->name;
@@ -442,7 +458,8 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
                                                                          std::vector<int32_t> query,
                                                                          const SamplingOptions& sampling,
                                                                          const AttentionOptions& attention) {
-  auto stored = std::dynamic_pointer_cast<const StoredContext>(context);
+  const bool prompt_only = context == nullptr;  // no stored context: dense attention over the prompt alone
+  auto stored = prompt_only ? empty_context_ : std::dynamic_pointer_cast<const StoredContext>(context);
   if (stored == nullptr) return absl::InvalidArgumentError("context_id: the context was not built by this engine");
   if (query.empty()) return absl::InvalidArgumentError("prompt: the query must not be empty");
   if (auto status = CheckTokenIds(query, config_.vocab_size, "prompt.tokens"); !status.ok()) return status;
@@ -473,7 +490,8 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   if (!(attention.sparsity >= 0 && attention.sparsity <= 1)) {
     return absl::InvalidArgumentError("attention.sparsity must be in [0, 1]");
   }
-  const bool squeezed = attention.mode == AttentionMode::kSqueezed;
+  // A prompt-only generation attends densely to its own tokens (an empty context).
+  const bool squeezed = attention.mode == AttentionMode::kSqueezed && !prompt_only;
   LookupThresholds thresholds;
   if (squeezed) {
     auto found = ThresholdsFor(stored->summary(), attention);

@@ -18,7 +18,7 @@ fi
 model=${1:-models/small}
 
 log=$(mktemp)
-"$build/server/squeezeserve" --model "$model" --listen 127.0.0.1:0 >"$log" 2>&1 &
+"$build/server/squeezeserve" --model "$model" --listen 127.0.0.1:0 --openai_listen 127.0.0.1:0 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do
@@ -46,5 +46,21 @@ echo "== free text after the document, sampled (a 16M-parameter model: fluent-lo
 ctl generate --context ops-manual --prompt $'\n## Summary\n\nThis document explains how to' --max_new_tokens 48 \
   --temperature 0.7 --top_p 0.9 --seed 3
 echo
+echo "== the OpenAI-compatible API on the same server: a chat (no stored context; the model's chat template)"
+openai=$(sed -n 's/^squeezeserve openai on \(.*\)$/\1/p' "$log")
+python3 - "$openai" <<'EOF'
+import json, sys, urllib.error, urllib.request
+def post(path, body):
+    request = urllib.request.Request(f"http://{sys.argv[1]}/v1/{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(request, timeout=120))
+try:
+    chat = post("chat/completions", {"messages": [{"role": "user", "content": "What is a vault?"}],
+                                     "max_tokens": 24, "temperature": 0})
+    print(chat["choices"][0]["message"]["content"])
+    print("usage:", chat["usage"])
+except urllib.error.HTTPError as error:  # e.g. a checkpoint without a chat template
+    print(error.code, error.read().decode())
+EOF
 echo "== contexts"
 ctl list

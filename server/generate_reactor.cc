@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/outbox_reactor.h"
+#include "server/prompt_text.h"
 #include "server/proto_convert.h"
 #include "server/request_id.h"
 #include "server/validation.h"
@@ -94,19 +95,26 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     const ModelInfo& model = engine->model_info();
     const ServerLimits& limits = core_->config.limits;
 
-    if (absl::Status id = ValidateContextId(request.context_id(), "context_id"); !id.ok()) return id;
-    absl::StatusOr<std::shared_ptr<const Context>> stored = core_->store.Get(request.context_id());
-    if (!stored.ok()) return stored.status();
-    std::shared_ptr<const Context> context = *std::move(stored);
+    // No context_id: a prompt-only request, dense over the prompt alone (engine.h StartGeneration).
+    std::shared_ptr<const Context> context;
+    if (!request.context_id().empty()) {
+      if (absl::Status id = ValidateContextId(request.context_id(), "context_id"); !id.ok()) return id;
+      absl::StatusOr<std::shared_ptr<const Context>> stored = core_->store.Get(request.context_id());
+      if (!stored.ok()) return stored.status();
+      context = *std::move(stored);
+    }
     absl::StatusOr<SamplingOptions> sampling = ToEngineSampling(request.sampling(), limits);
     if (!sampling.ok()) return sampling.status();
     sampling->prompt_logprobs = request.include_prompt_logprobs();
-    absl::StatusOr<AttentionOptions> attention =
-        ResolveAttention(request.attention(), context->summary(), core_->defaults, &attention_note_);
-    if (!attention.ok()) return attention.status();
-    attention_ = *attention;
+    attention_.mode = AttentionMode::kDense;
+    if (context != nullptr) {
+      absl::StatusOr<AttentionOptions> attention =
+          ResolveAttention(request.attention(), context->summary(), core_->defaults, &attention_note_);
+      if (!attention.ok()) return attention.status();
+      attention_ = *attention;
+    }
 
-    absl::StatusOr<std::vector<int32_t>> query = PromptTokens(request, *engine);
+    absl::StatusOr<std::vector<int32_t>> query = PromptTokens(request, *engine, /*starts_sequence=*/context == nullptr);
     if (!query.ok()) return query.status();
     if (absl::Status length = ValidatePromptLength(static_cast<int64_t>(query->size()), limits); !length.ok()) {
       return length;
@@ -118,8 +126,10 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     return core_->scheduler->Submit(*std::move(generation), this);
   }
 
-  // The query as token ids: text is encoded without BOS (it continues the context).
-  absl::StatusOr<std::vector<int32_t>> PromptTokens(const pb::GenerateRequest& request, const Engine& engine) {
+  // The query as token ids: text continuing a context is encoded without BOS, a prompt-only text with
+  // the tokenizer's special tokens; messages are rendered with the chat template (which has them).
+  absl::StatusOr<std::vector<int32_t>> PromptTokens(const pb::GenerateRequest& request, const Engine& engine,
+                                                    bool starts_sequence) {
     const ServerLimits& limits = core_->config.limits;
     switch (request.prompt_case()) {
       case pb::GenerateRequest::kTokens: {
@@ -140,8 +150,10 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
                                                          limits.max_query_tokens, ") allows"));
         }
         if (request.text().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
-        return engine.Encode(request.text(), /*add_bos=*/false);
+        return engine.Encode(request.text(), /*add_bos=*/starts_sequence);
       }
+      case pb::GenerateRequest::kMessages:
+        return EncodeChat(engine, ToJson(request.messages()), !request.messages().no_generation_prompt());
       case pb::GenerateRequest::PROMPT_NOT_SET:
         break;
     }

@@ -30,6 +30,7 @@
 #include "server/logging.h"
 #include "server/metrics_http.h"
 #include "server/native_log_capture.h"
+#include "server/openai_http.h"
 #include "server/reflection_v1.h"
 #include "server/service.h"
 #include "server/tls.h"
@@ -37,7 +38,8 @@
 
 ABSL_FLAG(std::string, model, "", "Model checkpoint directory (config.json, *.safetensors, tokenizer.model). Required.");
 ABSL_FLAG(std::string, served_model_name, "",
-          "Name of the model in metrics (the `model` label of every series); empty = the --model directory's name.");
+          "Name of the served model: the `model` label of every metric series and the model the OpenAI "
+          "endpoints answer to; empty = the --model directory's name.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT to listen on. Port 0 picks a free port; the chosen address is printed on stdout as "
           "'squeezeserve listening on HOST:PORT'.");
@@ -87,6 +89,9 @@ ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the HTTP server for Prometheus (/metrics) and plain probes (/healthz); empty = off. "
           "Port 0 picks a free port, printed on stdout as 'squeezeserve metrics on HOST:PORT'.");
+ABSL_FLAG(std::string, openai_listen, "",
+          "HOST:PORT of the OpenAI-compatible HTTP endpoints (/v1/completions, /v1/chat/completions, /v1/models; "
+          "docs/openai.md); off when empty. Port 0 picks one, printed as 'squeezeserve openai on HOST:PORT'.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -275,6 +280,17 @@ int Run() {
     }
     std::cout << "squeezeserve metrics on " << *bound << std::endl;
   }
+  std::unique_ptr<OpenAiHttpServer> openai_http;
+  if (const std::string openai_listen = absl::GetFlag(FLAGS_openai_listen); !openai_listen.empty()) {
+    openai_http = std::make_unique<OpenAiHttpServer>(service.core(), absl::GetFlag(FLAGS_served_model_name));
+    absl::StatusOr<std::string> bound = openai_http->Start(openai_listen);
+    if (!bound.ok()) {
+      spdlog::error("{}", std::string(bound.status().message()));
+      server->Shutdown();
+      return 1;
+    }
+    std::cout << "squeezeserve openai on " << *bound << std::endl;
+  }
   std::cout << "squeezeserve listening on " << BoundAddress(listen, port) << std::endl;
   spdlog::info("security: {}{}{}", absl::GetFlag(FLAGS_tls_cert).empty() ? "plaintext" : "TLS",
                absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " with client certificates (mTLS)",
@@ -317,6 +333,7 @@ int Run() {
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s));
   server->Shutdown(deadline);
   server->Wait();
+  if (openai_http != nullptr) openai_http->Stop();  // its running streams drained with the gRPC ones
   if (metrics_http != nullptr) metrics_http->Stop();
   for (const auto& [key, count] : service.counter().Snapshot()) {
     spdlog::info("status count: {} {} = {}", key.first, key.second, count);

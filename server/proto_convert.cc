@@ -54,6 +54,8 @@ pb::ModelInfo ToProto(const ModelInfo& model) {
   out.set_has_tokenizer(model.has_tokenizer);
   out.set_bos_token_id(model.bos_token_id);
   out.set_eos_token_id(model.eos_token_id);
+  out.set_tokenizer(model.tokenizer_source);
+  out.set_has_chat_template(!model.chat.chat_template.empty());
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/generate_reactor.h"
 #include "server/ingest_reactor.h"
+#include "server/prompt_text.h"
 #include "server/proto_convert.h"
 #include "server/request_id.h"
 #include "server/status_map.h"
@@ -143,6 +144,22 @@ grpc::ServerUnaryReactor* SqueezeserveService::GetServerInfo(grpc::CallbackServe
   absl::Status status = core_.Admit(*context);
   if (status.ok()) *response = BuildServerInfo(engine_->model_info(), core_.config);
   return FinishUnary(context, "GetServerInfo", status);
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::Tokenize(grpc::CallbackServerContext* context,
+                                                        const pb::TokenizeRequest* request,
+                                                        pb::TokenizeResponse* response) {
+  absl::Status status = core_.Admit(*context);
+  if (status.ok()) status = server::Tokenize(*engine_, *request, response);
+  return FinishUnary(context, "Tokenize", status);
+}
+
+grpc::ServerUnaryReactor* SqueezeserveService::Detokenize(grpc::CallbackServerContext* context,
+                                                          const pb::DetokenizeRequest* request,
+                                                          pb::DetokenizeResponse* response) {
+  absl::Status status = core_.Admit(*context);
+  if (status.ok()) status = server::Detokenize(*engine_, *request, response);
+  return FinishUnary(context, "Detokenize", status);
 }
 
 }  // namespace squeezeserve::server

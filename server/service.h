@@ -44,6 +44,16 @@ class SqueezeserveService final : public ::squeezeserve::v1::Squeezeserve::Callb
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const ::squeezeserve::v1::GetServerInfoRequest* request,
                                           ::squeezeserve::v1::ServerInfo* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const ::squeezeserve::v1::TokenizeRequest* request,
+                                     ::squeezeserve::v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
+                                       const ::squeezeserve::v1::DetokenizeRequest* request,
+                                       ::squeezeserve::v1::DetokenizeResponse* response) override;
+
+  // For the OpenAI-compatible endpoints (server/openai_http.h), which share admission, auth,
+  // scheduling and metrics with the RPCs.
+  ServiceCore* core() { return &core_; }
 
  private:
   // Counts `status` under `method` and finishes the unary call with it.

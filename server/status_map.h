@@ -19,6 +19,8 @@ namespace squeezeserve::server {
 // absl and gRPC share the canonical code numbering; this maps code for code and keeps the message.
 grpc::StatusCode ToGrpcCode(absl::StatusCode code);
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// The HTTP status of the OpenAI-compatible endpoints (server/openai_http.h) for a code.
+int ToHttpStatus(absl::StatusCode code);
 
 // RESOURCE_EXHAUSTED carries trailing `grpc-retry-pushback-ms`: the key gRPC's retry policies read (a
 // client with a retryPolicy for RESOURCE_EXHAUSTED waits that long before its next attempt).

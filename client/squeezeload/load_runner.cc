@@ -7,6 +7,7 @@
 
 #include "absl/time/clock.h"
 #include "client/squeezeload/arrivals.h"
+#include "client/squeezeload/openai_client.h"
 #include "client/squeezeload/stream_client.h"
 #include "client/squeezeload/synthetic.h"
 
@@ -19,6 +20,7 @@ std::vector<RequestRecord> RunPhase(Target& target, int workers, ArrivalSchedule
   RequestSampler sampler(target.workload, seed);
   std::mutex mu;  // guards sampler and records
   std::vector<RequestRecord> records;
+  const absl::Time phase_start = absl::Now();
   auto worker = [&] {
     while (std::optional<absl::Time> at = schedule.Next()) {
       absl::SleepFor(*at - absl::Now());  // no-op when the arrival is already due
@@ -28,10 +30,25 @@ std::vector<RequestRecord> RunPhase(Target& target, int workers, ArrivalSchedule
         spec = sampler.Next();
       }
       const std::string& context_id = target.workload.contexts[size_t(spec.context_index)].id;
-      const auto query = SyntheticTokens(spec.query_tokens, target.vocab_size, spec.seed);
-      Replica& replica = target.replicas[target.router->Pick(context_id)];
-      RequestRecord record = RunGenerate(*replica.stub, context_id, spec, query, timeout);
-      if (!record.ok) spdlog::debug("{}: request failed: {}", replica.address, record.error);
+      const std::string question =
+          spec.question_index >= 0 ? target.workload.questions[size_t(spec.question_index)].text : "";
+      const double sent_s = absl::ToDoubleSeconds(absl::Now() - phase_start);
+      RequestRecord record;
+      if (target.openai) {
+        std::string prompt = question.empty() ? SyntheticText(spec.query_tokens, spec.seed) : question;
+        if (target.openai_inline) prompt = target.context_texts[size_t(spec.context_index)] + prompt;
+        record = RunOpenAiCompletion(*target.openai, prompt, target.openai_inline ? "" : context_id, spec, timeout);
+        if (!record.ok) spdlog::debug("{}: request failed: {}", target.openai->base_url, record.error);
+      } else {
+        const auto query = question.empty() ? SyntheticTokens(spec.query_tokens, target.vocab_size, spec.seed)
+                                            : std::vector<int32_t>();
+        Replica& replica = target.replicas[target.router->Pick(context_id)];
+        record = RunGenerate(*replica.stub, context_id, spec, query, question, timeout);
+        if (!record.ok) spdlog::debug("{}: request failed: {}", replica.address, record.error);
+      }
+      record.context_id = context_id;
+      record.question_index = spec.question_index;
+      record.sent_s = sent_s;
       std::lock_guard<std::mutex> lock(mu);
       records.push_back(std::move(record));
     }

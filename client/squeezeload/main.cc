@@ -1,6 +1,8 @@
 // squeezeload: load generator for squeezeserve. Ingests a workload's contexts, drives Generate streams
-// closed-loop (--concurrency) or open-loop (--rate, Poisson), and reports TTFT/TPOT/ITL/E2EL,
-// throughput and goodput as a table and as vLLM-style JSON. See docs/operations.md.
+// (or an OpenAI-compatible server's /v1/completions, --openai) closed-loop (--concurrency) or open-loop
+// (--rate, Poisson), on synthetic tokens or a text dataset (documents + questions), and reports
+// TTFT/TPOT/ITL/E2EL percentiles, throughput and goodput as a table, vLLM-style JSON and per-request
+// JSON lines. See docs/operations.md.
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -34,6 +36,18 @@ ABSL_FLAG(std::string, json_out, "", "Write results as JSON here (a sweep writes
 ABSL_FLAG(uint64_t, seed, 1, "Seed of request sampling and Poisson arrivals");
 ABSL_FLAG(bool, skip_ingest, false, "Assume the workload's contexts are already stored");
 ABSL_FLAG(bool, verbose, false, "Log every failed request");
+ABSL_FLAG(std::string, openai, "",
+          "Send requests to this OpenAI-compatible server (http://HOST:PORT; /v1/completions, streamed) instead of "
+          "the Generate RPC: squeezeserve --openai_listen, or another server on the same workload");
+ABSL_FLAG(std::string, openai_model, "", "The \"model\" of OpenAI requests (default: the first of GET /v1/models)");
+ABSL_FLAG(std::string, openai_api_key, "", "Bearer token of OpenAI requests");
+ABSL_FLAG(std::string, openai_context, "inline",
+          "OpenAI mode: inline (each prompt carries its context's text: any server) or id (squeezeserve: the "
+          "contexts are ingested over gRPC at --server and named by the context_id extension)");
+ABSL_FLAG(std::string, percentiles, "50,90,99", "Latency percentiles to report, e.g. 50,90,99,99.9");
+ABSL_FLAG(std::string, requests_out, "",
+          "Write every measured request here, one JSON object per line (send time, context, question, TTFT, "
+          "ITL, E2EL, token counts, error)");
 
 namespace {
 
@@ -82,12 +96,39 @@ int main(int argc, char** argv) {
                                         : squeezeload::LoadWorkloadFile(workload_path);
   if (!workload.ok()) return Fail(workload.status());
 
+  auto percentiles = squeezeload::ParsePercentiles(absl::GetFlag(FLAGS_percentiles));
+  if (!percentiles.ok()) return Fail(percentiles.status());
+
   const std::vector<std::string> servers =
       absl::StrSplit(absl::GetFlag(FLAGS_server), ',', absl::SkipWhitespace());
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_request_timeout));
-  auto target = squeezeload::ConnectAndIngest(servers, absl::GetFlag(FLAGS_routing), *std::move(workload),
-                                              absl::GetFlag(FLAGS_skip_ingest), timeout);
+  const std::string openai = absl::GetFlag(FLAGS_openai);
+  const std::string openai_context = absl::GetFlag(FLAGS_openai_context);
+  if (openai_context != "inline" && openai_context != "id") {
+    return Fail(absl::InvalidArgumentError("--openai_context must be inline or id"));
+  }
+  absl::StatusOr<std::unique_ptr<squeezeload::Target>> target;
+  if (!openai.empty() && openai_context == "inline") {  // no gRPC at all: any OpenAI-compatible server
+    target = std::make_unique<squeezeload::Target>();
+    (*target)->workload = *std::move(workload);
+    (*target)->routing = "openai";
+  } else {
+    target = squeezeload::ConnectAndIngest(servers, absl::GetFlag(FLAGS_routing), *std::move(workload),
+                                           absl::GetFlag(FLAGS_skip_ingest), timeout);
+  }
   if (!target.ok()) return Fail(target.status());
+  if (!openai.empty()) {
+    squeezeload::OpenAiEndpoint endpoint{openai, absl::GetFlag(FLAGS_openai_model), absl::GetFlag(FLAGS_openai_api_key)};
+    if (absl::Status attached = squeezeload::AttachOpenAi(**target, endpoint, openai_context == "inline", timeout);
+        !attached.ok()) {
+      return Fail(attached);
+    }
+  }
+  std::ofstream requests_out;
+  if (const std::string path = absl::GetFlag(FLAGS_requests_out); !path.empty()) {
+    requests_out.open(path);
+    if (!requests_out) return Fail(absl::InternalError("cannot write " + path));
+  }
 
   squeezeload::RunLimits limits;
   limits.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
@@ -100,7 +141,14 @@ int main(int argc, char** argv) {
   for (int concurrency : *concurrencies) {
     const squeezeload::LoadLevel level{concurrency, absl::GetFlag(FLAGS_rate)};
     const squeezeload::LevelResult run = squeezeload::RunLevel(**target, level, limits);
-    squeezeload::LoadSummary summary = squeezeload::Summarize(run.records, run.duration_s, *slo);
+    squeezeload::LoadSummary summary = squeezeload::Summarize(run.records, run.duration_s, *slo, *percentiles);
+    if (requests_out.is_open()) {
+      for (const squeezeload::RequestRecord& record : run.records) {
+        nlohmann::json line = squeezeload::RequestJson(record);
+        line["concurrency"] = level.concurrency;
+        requests_out << line.dump() << "\n";
+      }
+    }
     summary.concurrency = level.concurrency;
     summary.request_rate = level.request_rate;
     summary.routing = (*target)->routing;

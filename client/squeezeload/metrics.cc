@@ -56,9 +56,23 @@ bool MeetsSlo(const RequestRecord& r, const Slo& slo) {
   return true;
 }
 
-LatencyStats ComputeStats(const std::vector<double>& values) {
+absl::StatusOr<std::vector<double>> ParsePercentiles(const std::string& spec) {
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipWhitespace())) {
+    double p = 0;
+    if (!absl::SimpleAtod(part, &p) || !(p >= 0 && p <= 100)) {
+      return absl::InvalidArgumentError(absl::StrCat("--percentiles: expected numbers in [0, 100], got '", part, "'"));
+    }
+    out.push_back(p);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("--percentiles: give at least one, e.g. 50,90,99");
+  return out;
+}
+
+LatencyStats ComputeStats(const std::vector<double>& values, const std::vector<double>& percentiles) {
   LatencyStats s;
   s.count = values.size();
+  for (double p : percentiles) s.percentiles.emplace_back(p, values.empty() ? 0 : Percentile(values, p));
   if (values.empty()) return s;
   s.mean = std::accumulate(values.begin(), values.end(), 0.0) / double(values.size());
   double sq = 0;
@@ -70,7 +84,8 @@ LatencyStats ComputeStats(const std::vector<double>& values) {
   return s;
 }
 
-LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration_s, const Slo& slo) {
+LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration_s, const Slo& slo,
+                      const std::vector<double>& percentiles) {
   LoadSummary out;
   out.duration_s = duration_s;
   out.slo = slo;
@@ -97,10 +112,10 @@ LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration
     out.total_token_throughput = double(out.total_input_tokens + out.total_output_tokens) / duration_s;
     if (!slo.empty()) out.request_goodput = double(good) / duration_s;
   }
-  out.ttft = ComputeStats(ttft);
-  out.tpot = ComputeStats(tpot);
-  out.itl = ComputeStats(itl);
-  out.e2el = ComputeStats(e2el);
+  out.ttft = ComputeStats(ttft, percentiles);
+  out.tpot = ComputeStats(tpot, percentiles);
+  out.itl = ComputeStats(itl, percentiles);
+  out.e2el = ComputeStats(e2el, percentiles);
   return out;
 }
 

@@ -28,6 +28,10 @@ struct RequestRecord {
   int input_tokens = 0;         // query tokens (the context is not recomputed)
   int output_tokens = 0;
   bool dense = false;
+  // For the per-request export (--requests_out).
+  std::string context_id;
+  int question_index = -1;
+  double sent_s = 0;  // send time, seconds after the start of the measured phase
 };
 
 // Linear interpolation between closest ranks (numpy.percentile's default). `values` need not be sorted.
@@ -48,8 +52,14 @@ bool MeetsSlo(const RequestRecord& r, const Slo& slo);
 struct LatencyStats {
   double mean = 0, median = 0, std = 0, p50 = 0, p90 = 0, p99 = 0;
   size_t count = 0;
+  std::vector<std::pair<double, double>> percentiles;  // (p, value) for each asked percentile
 };
-LatencyStats ComputeStats(const std::vector<double>& values);
+// The percentiles reported (--percentiles); vLLM's names: p50, p99, p99.9.
+inline const std::vector<double> kDefaultPercentiles = {50, 90, 99};
+LatencyStats ComputeStats(const std::vector<double>& values,
+                          const std::vector<double>& percentiles = kDefaultPercentiles);
+// "50,90,99.9" -> {50, 90, 99.9}; each in [0, 100].
+absl::StatusOr<std::vector<double>> ParsePercentiles(const std::string& spec);
 
 struct LoadSummary {
   // The load level.
@@ -67,6 +77,7 @@ struct LoadSummary {
   LatencyStats ttft, tpot, itl, e2el;
 };
 
-LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration_s, const Slo& slo);
+LoadSummary Summarize(const std::vector<RequestRecord>& records, double duration_s, const Slo& slo,
+                      const std::vector<double>& percentiles = kDefaultPercentiles);
 
 }  // namespace squeezeload

@@ -2,22 +2,26 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace squeezeload {
 namespace {
 
+// vLLM's key names: p99, p99.9 (no trailing zeros).
+std::string PercentileName(double p) { return absl::StrCat("p", p); }
+
 void AddStats(nlohmann::json& j, const std::string& metric, const LatencyStats& s) {
   j["mean_" + metric + "_ms"] = s.mean;
   j["median_" + metric + "_ms"] = s.median;
   j["std_" + metric + "_ms"] = s.std;
-  j["p50_" + metric + "_ms"] = s.p50;
-  j["p90_" + metric + "_ms"] = s.p90;
-  j["p99_" + metric + "_ms"] = s.p99;
+  for (const auto& [p, value] : s.percentiles) j[PercentileName(p) + "_" + metric + "_ms"] = value;
 }
 
 void PrintStats(std::ostream& out, const char* title, const LatencyStats& s) {
-  out << absl::StrFormat("%-6s %10.2f %10.2f %10.2f %10.2f %8zu\n", title, s.mean, s.p50, s.p90, s.p99, s.count);
+  out << absl::StrFormat("%-6s %10.2f", title, s.mean);
+  for (const auto& [p, value] : s.percentiles) out << absl::StrFormat(" %10.2f", value);
+  out << absl::StrFormat(" %8zu\n", s.count);
 }
 
 }  // namespace
@@ -61,11 +65,26 @@ void PrintTable(const LoadSummary& s, std::ostream& out) {
   if (s.request_goodput) out << absl::StrFormat("request goodput      %10.2f req/s\n", *s.request_goodput);
   out << absl::StrFormat("output throughput    %10.2f tok/s\n", s.output_throughput);
   out << absl::StrFormat("total tok throughput %10.2f tok/s\n", s.total_token_throughput);
-  out << absl::StrFormat("%-6s %10s %10s %10s %10s %8s\n", "(ms)", "mean", "p50", "p90", "p99", "n");
+  out << absl::StrFormat("%-6s %10s", "(ms)", "mean");
+  for (const auto& [p, value] : s.ttft.percentiles) out << absl::StrFormat(" %10s", PercentileName(p));
+  out << absl::StrFormat(" %8s\n", "n");
   PrintStats(out, "TTFT", s.ttft);
   PrintStats(out, "TPOT", s.tpot);
   PrintStats(out, "ITL", s.itl);
   PrintStats(out, "E2EL", s.e2el);
+}
+
+nlohmann::json RequestJson(const RequestRecord& r) {
+  nlohmann::json j = {{"sent_s", r.sent_s},         {"context_id", r.context_id}, {"ok", r.ok},
+                      {"ttft_ms", r.ttft_ms},       {"e2el_ms", r.e2el_ms},       {"itl_ms", r.itl_ms},
+                      {"input_tokens", r.input_tokens}, {"output_tokens", r.output_tokens}, {"dense", r.dense}};
+  if (auto tpot = Tpot(r)) j["tpot_ms"] = *tpot;
+  if (r.question_index >= 0) j["question_index"] = r.question_index;
+  if (!r.ok) {
+    j["status_code"] = r.status_code;
+    j["error"] = r.error;
+  }
+  return j;
 }
 
 }  // namespace squeezeload

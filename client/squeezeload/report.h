@@ -13,5 +13,7 @@ namespace squeezeload {
 
 nlohmann::json ToJson(const LoadSummary& summary);
 void PrintTable(const LoadSummary& summary, std::ostream& out);
+// One request of the measured phase, a line of --requests_out (JSON lines).
+nlohmann::json RequestJson(const RequestRecord& record);
 
 }  // namespace squeezeload

@@ -29,10 +29,15 @@ void PrepareContext(grpc::ClientContext& ctx, const std::string& context_id, abs
 }  // namespace
 
 RequestRecord RunGenerate(pb::Squeezeserve::Stub& stub, const std::string& context_id, const RequestSpec& spec,
-                          const std::vector<int32_t>& query_tokens, absl::Duration timeout) {
+                          const std::vector<int32_t>& query_tokens, const std::string& query_text,
+                          absl::Duration timeout) {
   pb::GenerateRequest request;
   request.set_context_id(context_id);
-  request.mutable_tokens()->mutable_ids()->Assign(query_tokens.begin(), query_tokens.end());
+  if (!query_text.empty()) {
+    request.set_text(query_text);
+  } else {
+    request.mutable_tokens()->mutable_ids()->Assign(query_tokens.begin(), query_tokens.end());
+  }
   request.mutable_sampling()->set_max_new_tokens(uint32_t(spec.output_tokens));
   request.mutable_sampling()->set_ignore_eos(true);
   request.mutable_sampling()->set_seed(spec.seed);

@@ -16,9 +16,10 @@ namespace squeezeload {
 
 // Sends one Generate request for `spec` (query = `query_tokens`, exactly spec.output_tokens generated:
 // ignore_eos is set so output lengths follow the workload) and times its stream.
+// A non-empty `query_text` (dataset mode) is sent as text instead of `query_tokens`.
 RequestRecord RunGenerate(squeezeserve::v1::Squeezeserve::Stub& stub, const std::string& context_id,
                           const RequestSpec& spec, const std::vector<int32_t>& query_tokens,
-                          absl::Duration timeout);
+                          const std::string& query_text, absl::Duration timeout);
 
 // Content of one context, exactly one of the two set.
 struct ContextContent {

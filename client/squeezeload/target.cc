@@ -100,4 +100,26 @@ absl::StatusOr<std::unique_ptr<Target>> ConnectAndIngest(const std::vector<std::
   return target;
 }
 
+absl::Status AttachOpenAi(Target& target, OpenAiEndpoint endpoint, bool inline_contexts, absl::Duration timeout) {
+  if (endpoint.model.empty()) endpoint.model = FirstOpenAiModel(endpoint, timeout);
+  if (endpoint.model.empty()) {
+    return absl::UnavailableError(absl::StrCat(endpoint.base_url, ": GET /v1/models gave no model (set --openai_model)"));
+  }
+  spdlog::info("openai endpoint {}: model {}", endpoint.base_url, endpoint.model);
+  target.openai = std::move(endpoint);
+  target.openai_inline = inline_contexts;
+  if (!inline_contexts) return absl::OkStatus();
+  const Workload& w = target.workload;
+  for (size_t i = 0; i < w.contexts.size(); ++i) {
+    if (w.contexts[i].synthetic_tokens > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("context ", w.contexts[i].id,
+                                                     ": OpenAI prompts are text; use \"file\" or \"synthetic_words\""));
+    }
+    auto content = LoadContent(w.contexts[i], 0, w.seed + i);
+    if (!content.ok()) return content.status();
+    target.context_texts.push_back(content->text);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace squeezeload

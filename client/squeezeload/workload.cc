@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -64,6 +65,53 @@ absl::StatusOr<ContextSource> ParseContext(const json& j, size_t index) {
   return c;
 }
 
+// `path` as given when it exists from the working directory, else relative to `base_dir`.
+std::string Resolve(const std::string& path, const std::string& base_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (base_dir.empty() || fs::path(path).is_absolute() || fs::exists(path, ec)) return path;
+  return (fs::path(base_dir) / path).string();
+}
+
+// "questions": a JSON-lines file (or an inline array) of {"context": <context id>, "question": text}.
+absl::StatusOr<std::vector<Question>> ParseQuestions(const json& spec, const std::vector<ContextSource>& contexts,
+                                                     const std::string& base_dir) {
+  std::vector<json> lines;
+  if (spec.is_string()) {
+    const std::string path = Resolve(spec.get<std::string>(), base_dir);
+    std::ifstream in(path);
+    if (!in) return FieldError("questions", absl::StrCat("cannot read ", path));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json q = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (q.is_discarded()) return FieldError("questions", absl::StrCat(path, ": line ", lines.size() + 1, " is not JSON"));
+      lines.push_back(std::move(q));
+    }
+  } else if (spec.is_array()) {
+    lines.assign(spec.begin(), spec.end());
+  } else {
+    return FieldError("questions", "must be a JSON-lines file name or an array");
+  }
+  std::vector<Question> out;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const json& q = lines[i];
+    const std::string field = absl::StrCat("questions[", i, "]");
+    if (!q.is_object() || !q.contains("question") || !q["question"].is_string() || q["question"].get<std::string>().empty()) {
+      return FieldError(field, "needs a non-empty \"question\"");
+    }
+    Question question;
+    question.text = q["question"].get<std::string>();
+    const std::string context = q.value("context", contexts.size() == 1 ? contexts[0].id : "");
+    auto it = std::find_if(contexts.begin(), contexts.end(), [&](const ContextSource& c) { return c.id == context; });
+    if (it == contexts.end()) return FieldError(field, absl::StrCat("context \"", context, "\" is not among the contexts"));
+    question.context_index = int(it - contexts.begin());
+    out.push_back(std::move(question));
+  }
+  if (out.empty()) return FieldError("questions", "no questions");
+  return out;
+}
+
 }  // namespace
 
 int LengthDist::Sample(std::mt19937_64& rng) const {
@@ -76,7 +124,7 @@ int LengthDist::Sample(std::mt19937_64& rng) const {
   return int(std::lround(std::clamp(x, min, max)));
 }
 
-absl::StatusOr<Workload> ParseWorkload(const json& j) {
+absl::StatusOr<Workload> ParseWorkload(const json& j, const std::string& base_dir) {
   if (!j.is_object()) return FieldError("<root>", "must be an object");
   Workload w;
   try {
@@ -102,6 +150,14 @@ absl::StatusOr<Workload> ParseWorkload(const json& j) {
       if (!(s > 0 && s < 1)) return FieldError("sparsity_levels", "each level must be in (0, 1)");
     }
     w.observation_window = j.value("observation_window", uint32_t{0});
+    for (ContextSource& c : w.contexts) {
+      if (!c.file.empty()) c.file = Resolve(c.file, base_dir);
+    }
+    if (j.contains("questions")) {
+      auto questions = ParseQuestions(j["questions"], w.contexts, base_dir);
+      if (!questions.ok()) return questions.status();
+      w.questions = *std::move(questions);
+    }
   } catch (const json::exception& e) {
     return FieldError("<root>", e.what());  // wrong JSON types
   }
@@ -113,12 +169,16 @@ absl::StatusOr<Workload> LoadWorkloadFile(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("workload: cannot open ", path));
   json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("workload: ", path, " is not valid JSON"));
-  return ParseWorkload(j);
+  return ParseWorkload(j, std::filesystem::path(path).parent_path().string());
 }
 
 RequestSpec RequestSampler::Next() {
   RequestSpec r;
   r.context_index = std::uniform_int_distribution<int>(0, int(workload_.contexts.size()) - 1)(rng_);
+  if (!workload_.questions.empty()) {
+    r.question_index = std::uniform_int_distribution<int>(0, int(workload_.questions.size()) - 1)(rng_);
+    r.context_index = workload_.questions[size_t(r.question_index)].context_index;
+  }
   r.query_tokens = workload_.query_tokens.Sample(rng_);
   r.output_tokens = workload_.output_tokens.Sample(rng_);
   r.dense = std::uniform_real_distribution<double>(0, 1)(rng_) < workload_.dense_fraction;

@@ -31,9 +31,18 @@ struct ContextSource {
   int64_t synthetic_words = 0;   // random words, sent as text
 };
 
+// A dataset question: real text asked against one of the contexts (sent as text, so the server's
+// tokenizer is part of what is measured).
+struct Question {
+  int context_index = 0;
+  std::string text;
+};
+
 struct Workload {
   uint64_t seed = 1;
   std::vector<ContextSource> contexts;
+  // Dataset mode: requests draw a question (and so its context) instead of a synthetic query.
+  std::vector<Question> questions;
   LengthDist query_tokens;
   LengthDist output_tokens;
   double dense_fraction = 0;          // share of requests asking for dense attention
@@ -49,9 +58,12 @@ struct RequestSpec {
   bool dense = false;
   float sparsity = 0;  // 0 = server default (squeezed requests only)
   uint64_t seed = 0;   // seeds this request's synthetic query
+  int question_index = -1;  // dataset mode: the question asked (query_tokens is then unused)
 };
 
-absl::StatusOr<Workload> ParseWorkload(const nlohmann::json& json);
+// `base_dir`: relative context files and the questions file are looked up there when they are not
+// found from the working directory (LoadWorkloadFile passes the workload file's directory).
+absl::StatusOr<Workload> ParseWorkload(const nlohmann::json& json, const std::string& base_dir = "");
 absl::StatusOr<Workload> LoadWorkloadFile(const std::string& path);
 
 // Deterministic stream of RequestSpecs for a workload. Not thread-safe: callers serialise Next().

@@ -1,7 +1,8 @@
 // The engine against Hugging Face transformers: for every checkpoint under models/reference/ and the
 // shipped small trained model models/small (made on the GPU machine with transformers, see
 // reference.json), ingest the first `split` prompt tokens as the context, generate greedily with the
-// rest as the query, and expect HF's tokens and log-probs within 1e-3.
+// rest as the query, and expect HF's tokens and log-probs within 1e-3; the same for a prompt-only
+// generation (no stored context) over the whole prompt.
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
@@ -78,6 +79,18 @@ TEST(HfReferenceTest, MatchesTransformersGreedyOutputs) {
       streamed_text += step->text_delta;
       if (step->token != expected_ids[i]) break;  // later steps would diverge anyway
     }
+
+    // A prompt-only generation (no stored context) over the whole prompt is the same computation.
+    auto prompt_only = (*engine)->StartGeneration(nullptr, prompt, sampling, attention);
+    ASSERT_TRUE(prompt_only.ok()) << prompt_only.status();
+    for (size_t i = 0; i < expected_ids.size(); ++i) {
+      auto step = (*prompt_only)->Next();
+      ASSERT_TRUE(step.ok()) << step.status();
+      EXPECT_EQ(step->token, expected_ids[i]) << "prompt-only token " << i;
+      EXPECT_NEAR(step->logprob, expected_logprobs[i], kLogprobTolerance) << "prompt-only token " << i;
+      if (step->token != expected_ids[i]) break;
+    }
+    EXPECT_EQ((*prompt_only)->stats().cached_tokens, 0);
 
     // The real tokenizer: the streamed pieces add up to the decode of the whole continuation, and
     // plain text survives a round trip.

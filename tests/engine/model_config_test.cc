@@ -139,5 +139,33 @@ TEST(RopeTest, DefaultLinearAndLlama3Frequencies) {
   EXPECT_GT(high, 0);
 }
 
+// Sliding-window attention is not implemented: sequences are limited to the window, where it equals
+// full attention (exact outputs, longer requests refused instead of silently different).
+TEST(ModelConfigTest, SlidingWindowLimitsPositionsToTheWindow) {
+  const std::string mistral = R"({
+    "architectures": ["MistralForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 100,
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "sliding_window": 128})";
+  auto windowed = ParseModelConfig(mistral);
+  ASSERT_TRUE(windowed.ok()) << windowed.status();
+  EXPECT_EQ(windowed->sliding_window, 128);
+  EXPECT_EQ(windowed->max_position_embeddings, 128);
+  std::string no_window = mistral;
+  no_window.replace(no_window.find("128}"), 4, "null}");
+  auto full = ParseModelConfig(no_window);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->max_position_embeddings, 512);
+  // Qwen2 applies its window only with use_sliding_window.
+  std::string qwen = mistral;
+  qwen.replace(qwen.find("MistralForCausalLM"), 18, "Qwen2ForCausalLM");
+  auto off = ParseModelConfig(qwen);
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->max_position_embeddings, 512);
+  qwen.replace(qwen.find("\"sliding_window\""), 0, "\"use_sliding_window\": true, ");
+  auto on = ParseModelConfig(qwen);
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_EQ(on->max_position_embeddings, 128);
+}
+
 }  // namespace
 }  // namespace squeezeserve

@@ -234,5 +234,42 @@ TEST(RoundRobin, Cycles) {
   EXPECT_FALSE(MakeRouter("ring_hash", {}).ok());
 }
 
+TEST(SqueezeloadTest, DatasetQuestionsPickTheirContext) {
+  auto w = ParseWorkload(nlohmann::json::parse(R"({
+    "contexts": [{"id": "a", "synthetic_words": 10}, {"id": "b", "synthetic_words": 10}],
+    "questions": [{"context": "b", "question": "why?"}, {"context": "a", "question": "how?"}]})"));
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_EQ(w->questions.size(), 2u);
+  RequestSampler sampler(*w, 3);
+  std::set<int> asked;
+  for (int i = 0; i < 50; ++i) {
+    const RequestSpec r = sampler.Next();
+    ASSERT_GE(r.question_index, 0);
+    EXPECT_EQ(r.context_index, w->questions[size_t(r.question_index)].context_index);
+    asked.insert(r.question_index);
+  }
+  EXPECT_EQ(asked.size(), 2u);
+  EXPECT_FALSE(ParseWorkload(nlohmann::json::parse(R"({"contexts": [{"id": "a", "synthetic_words": 1}],
+    "questions": [{"context": "zzz", "question": "?"}]})")).ok());
+}
+
+TEST(SqueezeloadTest, ShippedDatasetLoads) {
+  auto w = LoadWorkloadFile(std::string(SQUEEZELOAD_SOURCE_DIR) + "/client/squeezeload/datasets/ops_manual/workload.json");
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->contexts.size(), 2u);
+  EXPECT_GE(w->questions.size(), 10u);
+}
+
+TEST(SqueezeloadTest, ConfigurablePercentiles) {
+  auto p = ParsePercentiles("50, 99.9");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const LatencyStats s = ComputeStats({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, *p);
+  ASSERT_EQ(s.percentiles.size(), 2u);
+  EXPECT_DOUBLE_EQ(s.percentiles[0].second, 5.5);
+  EXPECT_NEAR(s.percentiles[1].second, 9.991, 1e-9);
+  EXPECT_FALSE(ParsePercentiles("101").ok());
+  EXPECT_FALSE(ParsePercentiles("").ok());
+}
+
 }  // namespace
 }  // namespace squeezeload
