@@ -180,8 +180,9 @@ void OpenAiHttpServer::Fail(httplib::Response& response, const char* method, con
   const OpenAiError error = ToOpenAiError(status);
   response.status = error.http_status;
   if (status.code() == absl::StatusCode::kResourceExhausted) {
+    // HTTP's standard header (whole seconds), and the same hint as gRPC's pushback in milliseconds.
     response.set_header("Retry-After", "1");
-    response.set_header("retry-after-ms", std::to_string(kRetryAfterMs));
+    response.set_header("retry-after-ms", std::to_string(kRetryPushbackMs));
   }
   response.set_content(error.body.dump(), "application/json");
 }
