@@ -252,9 +252,17 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
     if (nbytes > 0) ok = ok && std::fwrite(t.data, 1, nbytes, out) == nbytes;
   }
   ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
-  std::string error = ok ? "" : ErrnoText();
-  ok = (std::fclose(out) == 0) && ok;
-  if (!ok) return absl::InternalError(absl::StrCat(path, ": write failed: ", error));
+  int error = ok ? 0 : errno;
+  if (std::fclose(out) != 0 && ok) {
+    ok = false;
+    error = errno;
+  }
+  if (!ok) {
+    // A full disk (or quota, or file size limit) is the caller's to report as such.
+    const std::string message = absl::StrCat(path, ": write failed: ", std::strerror(error));
+    if (error == ENOSPC || error == EDQUOT || error == EFBIG) return absl::ResourceExhaustedError(message);
+    return absl::InternalError(message);
+  }
   return absl::OkStatus();
 }
 

@@ -4,6 +4,10 @@
 #include <utility>
 
 namespace squeezeserve::server {
+namespace {
+// How often a loop whose every stream is paused looks at their output buffers again.
+constexpr absl::Duration kPausedPoll = absl::Milliseconds(5);
+}  // namespace
 
 BatchingScheduler::BatchingScheduler(WorkerPool* pool, const std::atomic<Engine*>* engine, BatchingOptions options)
     : pool_(pool), engine_(engine), options_(options) {
@@ -74,22 +78,48 @@ void BatchingScheduler::Loop() {
         running_.back().sink->OnStart();
       }
     }
-    Step();
+    if (!Step()) {
+      // Every stream waits for its client: idle briefly (new streams still wake the loop).
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](BatchingScheduler* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+                                 return s->stopping_ || !s->joining_.empty();
+                               },
+                               this),
+                           kPausedPoll);
+    }
   }
 }
 
-void BatchingScheduler::Step() {
-  // Cancellation and deadlines: end those streams before spending a forward pass on them.
+bool BatchingScheduler::Step() {
+  // Cancellation, deadlines and stalled clients: end those streams before spending a forward pass on
+  // them; pause those whose output buffer is full.
+  const absl::Time now = absl::Now();
+  std::vector<Stream*> ready;
   for (Stream& stream : running_) {
-    if (stream.sink->cancelled()) Leave(stream, absl::CancelledError("generation cancelled"));
+    if (stream.sink->cancelled()) {
+      Leave(stream, absl::CancelledError("generation cancelled"));
+      continue;
+    }
+    if (stream.sink->backlog() < static_cast<size_t>(options_.max_backlog_messages)) {
+      stream.paused_since = absl::InfiniteFuture();
+      ready.push_back(&stream);
+      continue;
+    }
+    if (stream.paused_since == absl::InfiniteFuture()) stream.paused_since = now;
+    if (now - stream.paused_since >= options_.stall_timeout) {
+      Leave(stream, StalledStatus(StallPolicy{options_.max_backlog_messages, options_.stall_timeout}));
+    }
   }
-  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
-                 running_.end());
-  if (running_.empty()) return;
+  if (ready.empty()) {
+    running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
+                   running_.end());
+    return false;
+  }
 
   // Every decoding stream, then prefills by priority and join order within the token budget.
   std::vector<Stream*> batch, prefills;
-  for (Stream& stream : running_) (stream.prefilled ? batch : prefills).push_back(&stream);
+  for (Stream* stream : ready) (stream->prefilled ? batch : prefills).push_back(stream);
   std::stable_sort(prefills.begin(), prefills.end(), [](const Stream* a, const Stream* b) {
     return a->sink->priority() > b->sink->priority();
   });
@@ -127,6 +157,7 @@ void BatchingScheduler::Step() {
   }
   running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
                  running_.end());
+  return true;
 }
 
 }  // namespace squeezeserve::server

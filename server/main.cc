@@ -27,6 +27,7 @@
 #include "engine/engine.h"
 #include "server/auth.h"
 #include "server/metrics_http.h"
+#include "server/request_codec.h"
 #include "server/service.h"
 #include "server/tls.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -74,8 +75,17 @@ ABSL_FLAG(std::string, scheduler, "batching",
           "stream in one forward pass) or thread_per_stream (each stream on its own worker, one forward at a "
           "time; kept for comparison).");
 ABSL_FLAG(int64_t, batch_prefill_tokens, 512,
-          "With --scheduler=batching: query-prefill tokens added to one step beyond the first query (bounds "
-          "how long new queries stall the running streams' next token).");
+          "Query-prefill tokens per step: a longer query is prefilled in chunks of this size, and with "
+          "--scheduler=batching one step takes prefill chunks up to this many tokens besides its decode tokens "
+          "(bounds how long new queries stall the running streams' next token). 0 = whole queries.");
+ABSL_FLAG(int64_t, max_stream_backlog, 64,
+          "Generate messages buffered for a client that is not reading before its stream is paused (the other "
+          "streams go on).");
+ABSL_FLAG(int64_t, stream_stall_timeout_ms, 20000,
+          "A Generate stream paused this long for a client that does not read is cancelled and its slot freed.");
+ABSL_FLAG(int64_t, store_revalidate_ms, 1000,
+          "With --store shared by replicas: a context in memory is served this long before the store is checked "
+          "for a delete or replacement by another replica (the staleness bound; 0 = check on every request).");
 ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or sent, in bytes.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the HTTP server for Prometheus (/metrics) and plain probes (/healthz); empty = off. "
@@ -85,8 +95,10 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require every client to present a certificate signed by it (mutual TLS).");
 ABSL_FLAG(std::string, auth_token_file, "",
-          "File of bearer tokens, one per line ('#' comments). Squeezeserve RPCs must then send "
-          "'authorization: Bearer <token>' or get UNAUTHENTICATED; the gRPC health service and reflection "
+          "File of bearer tokens, one per line ('#' comments): TOKEN [tenant=NAME] [scopes=read,generate,ingest,"
+          "admin], plus 'quota NAME [contexts=N] [bytes=N]' lines (docs/operations.md \"Tenants\"). Squeezeserve "
+          "RPCs must then send 'authorization: Bearer <token>' or get UNAUTHENTICATED; each tenant sees only its "
+          "own contexts. The gRPC health service and reflection "
           "stay open for probes. Use with TLS: tokens are otherwise sent in clear text.");
 ABSL_FLAG(std::string, default_mode, "squeezed",
           "Attention mode for requests that leave attention.mode unset: dense or squeezed (contexts without "
@@ -154,6 +166,13 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   }
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
   if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
+  config.max_stream_backlog = absl::GetFlag(FLAGS_max_stream_backlog);
+  config.stream_stall_timeout_ms = absl::GetFlag(FLAGS_stream_stall_timeout_ms);
+  config.store_revalidate_ms = absl::GetFlag(FLAGS_store_revalidate_ms);
+  if (config.max_stream_backlog <= 0 || config.stream_stall_timeout_ms <= 0 || config.store_revalidate_ms < 0) {
+    return absl::InvalidArgumentError(
+        "--max_stream_backlog and --stream_stall_timeout_ms must be positive, --store_revalidate_ms >= 0");
+  }
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
   if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned); pruned == "estimated" || pruned == "dropped") {
     config.defaults.estimate_pruned = pruned == "estimated";
@@ -174,9 +193,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError("--default_sparsity must be in (0, 1)");
   }
   if (const std::string token_file = absl::GetFlag(FLAGS_auth_token_file); !token_file.empty()) {
-    absl::StatusOr<std::vector<std::string>> tokens = ReadTokenFile(token_file);
+    absl::StatusOr<TokenFile> tokens = ReadTokenFile(token_file);
     if (!tokens.ok()) return tokens.status();
-    config.auth_tokens = *std::move(tokens);
+    config.auth = *std::move(tokens);
   }
   return config;
 }
@@ -202,6 +221,8 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGUSR1);  // the loader's "load failed"
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A file size limit (RLIMIT_FSIZE) must fail the store write that hits it (EFBIG), not kill us.
+  signal(SIGXFSZ, SIG_IGN);
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(
       {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
@@ -248,7 +269,7 @@ int Run() {
   std::cout << "squeezeserve listening on " << BoundAddress(listen, port) << std::endl;
   spdlog::info("security: {}{}{}", absl::GetFlag(FLAGS_tls_cert).empty() ? "plaintext" : "TLS",
                absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " with client certificates (mTLS)",
-               config->auth_tokens.empty() ? "" : absl::StrCat(", ", config->auth_tokens.size(), " bearer token(s)"));
+               config->auth.tokens.empty() ? "" : absl::StrCat(", ", config->auth.tokens.size(), " bearer token(s)"));
   spdlog::info("listening on {}; loading model {} on {}", BoundAddress(listen, port), model_dir,
                absl::GetFlag(FLAGS_device));
 
@@ -260,6 +281,7 @@ int Run() {
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
+    options.query_prefill_chunk_tokens = static_cast<int>(config->batch_prefill_tokens);
     auto started = std::chrono::steady_clock::now();
     absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(options);
     if (!engine.ok()) {
@@ -281,10 +303,14 @@ int Run() {
   loader.join();
   if (signal_number != SIGUSR1) spdlog::info("signal {}: draining", signal_number);
 
-  // Drain: tell load balancers first, then refuse new calls and give running streams the grace period.
+  // Drain: tell load balancers first, then refuse new work (UNAVAILABLE) and give running streams the
+  // grace period while the port stays open, so health checks get NOT_SERVING rather than errors.
   health->Shutdown();
   service.BeginDrain();
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s));
+  while (!service.idle() && std::chrono::system_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   server->Shutdown(deadline);
   server->Wait();
   if (metrics_http != nullptr) metrics_http->Stop();
@@ -317,5 +343,6 @@ int main(int argc, char** argv) {
   auto logger = spdlog::stderr_color_mt("squeezeserve");
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  squeezeserve::server::RouteProtobufLogsToDebug();  // a client's malformed strings must not flood the log
   return squeezeserve::server::Run();
 }
