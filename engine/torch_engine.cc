@@ -216,7 +216,13 @@ class TorchEngine : public Engine {
 
   // One forward pass, serialized with every other one. Returns the logits (undefined when not asked).
   absl::StatusOr<at::Tensor> RunForward(const ForwardArgs& args) const {
+    StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
+    waiting.Acquired();
+    return RunForwardLocked(args);
+  }
+
+  absl::StatusOr<at::Tensor> RunForwardLocked(const ForwardArgs& args) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(forward_mu_) {
     c10::InferenceMode inference_mode;
     try {
       at::Tensor logits = model_->Forward(args);
@@ -228,10 +234,24 @@ class TorchEngine : public Engine {
     }
   }
 
+  // An ingest prefill chunk: takes the forward lock only while no generation step waits for it
+  // (absl::Mutex is not fair: an ingest re-taking the lock chunk after chunk starved the batching
+  // loop for seconds), so generation steps and ingest chunks alternate.
+  absl::StatusOr<at::Tensor> RunIngestForward(const ForwardArgs& args) const {
+    forward_mu_.LockWhen(absl::Condition(
+        +[](const std::atomic<int>* waiting) { return waiting->load() == 0; },
+        static_cast<const std::atomic<int>*>(&steps_waiting_)));
+    absl::StatusOr<at::Tensor> logits = RunForwardLocked(args);
+    forward_mu_.Unlock();
+    return logits;
+  }
+
   // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry
   // (every-token logits on the device, as RunForward).
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
+    StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
+    waiting.Acquired();
     c10::InferenceMode inference_mode;
     try {
       std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
@@ -291,6 +311,20 @@ class TorchEngine : public Engine {
   // Squeezed attention on the CUDA kernels; null = libtorch (EngineOptions::attention_backend).
   std::unique_ptr<KernelAttention> kernels_;
   mutable absl::Mutex forward_mu_;
+  // Generation forward passes waiting for forward_mu_ (RunIngestForward lets them go first).
+  mutable std::atomic<int> steps_waiting_{0};
+  class StepWaiting {
+   public:
+    explicit StepWaiting(const TorchEngine* engine) : engine_(engine) { engine_->steps_waiting_.fetch_add(1); }
+    void Acquired() {
+      if (engine_ != nullptr) engine_->steps_waiting_.fetch_sub(1);
+      engine_ = nullptr;
+    }
+    ~StepWaiting() { Acquired(); }
+
+   private:
+    const TorchEngine* engine_;
+  };
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions& options) {
@@ -381,7 +415,7 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
     if (progress) progress(p);
   };
   auto context = BuildStoredContext(
-      *model_, [this](const ForwardArgs& args) { return RunForward(args); }, std::move(id), std::move(tokens),
+      *model_, [this](const ForwardArgs& args) { return RunIngestForward(args); }, std::move(id), std::move(tokens),
       index, options_.prefill_chunk_tokens, timed_progress, cancelled);
   if (!context.ok()) return context.status();
   timer.LogDone((*context)->summary().id, total);

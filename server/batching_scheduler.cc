@@ -117,7 +117,9 @@ bool BatchingScheduler::Step() {
     return false;
   }
 
-  // Every decoding stream, then prefills by priority and join order within the token budget.
+  // Every decoding stream, then prefill chunks by priority and join order within the token budget:
+  // the first always runs; later ones run while they fit, so a short new query is not held behind
+  // the chunks of a long one (which keeps its turn: it is first until it is done).
   std::vector<Stream*> batch, prefills;
   for (Stream* stream : ready) (stream->prefilled ? batch : prefills).push_back(stream);
   std::stable_sort(prefills.begin(), prefills.end(), [](const Stream* a, const Stream* b) {
@@ -126,7 +128,7 @@ bool BatchingScheduler::Step() {
   int64_t budget = options_.max_prefill_tokens_per_step;
   for (size_t i = 0; i < prefills.size(); ++i) {
     const int64_t tokens = prefills[i]->generation->next_step_tokens();
-    if (i > 0 && tokens > budget) break;  // keep the order: no later query overtakes this one
+    if (i > 0 && tokens > budget) continue;
     budget -= tokens;
     batch.push_back(prefills[i]);
   }

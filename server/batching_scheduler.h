@@ -14,12 +14,13 @@
 //   3. pauses the streams whose client stopped reading (their output buffer holds max_backlog
 //      messages): they sit out the step while the others go on, and one paused longer than the stall
 //      timeout is ended (StalledStatus) with its KV and slot freed. OnToken never blocks the loop;
-//   4. picks the batch: every stream already decoding (one token each) plus query prefills, highest
-//      priority first then join order, while their tokens fit in max_prefill_tokens_per_step (always
-//      at least one). A long query runs in chunks (EngineOptions::query_prefill_chunk_tokens, set to
-//      the same budget by the server), one per step, interleaved with the decode steps of the
-//      others, as vLLM's chunked prefill: a long prompt delays the running streams' tokens by one
-//      chunk's work per step, never by its whole prefill;
+//   4. picks the batch: every stream already decoding (one token each) plus query prefill chunks,
+//      highest priority first then join order: the first always runs, later ones while their tokens
+//      fit in max_prefill_tokens_per_step (a short query is not held behind a long one). A long
+//      query runs in chunks (EngineOptions::query_prefill_chunk_tokens, set by the server), one per
+//      step, interleaved with the decode steps of the others, as vLLM's chunked prefill: a long
+//      prompt delays the running streams' tokens by one chunk's work per step, never by its whole
+//      prefill;
 //   5. runs it as one StepBatch and delivers each stream's TokenStep; finished or failed streams
 //      leave the batch (generation freed, then the slot).
 #pragma once

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -75,9 +76,9 @@ ABSL_FLAG(std::string, scheduler, "batching",
           "stream in one forward pass) or thread_per_stream (each stream on its own worker, one forward at a "
           "time; kept for comparison).");
 ABSL_FLAG(int64_t, batch_prefill_tokens, 512,
-          "Query-prefill tokens per step: a longer query is prefilled in chunks of this size, and with "
+          "Query-prefill tokens per step: a query is prefilled in chunks of half this size, and with "
           "--scheduler=batching one step takes prefill chunks up to this many tokens besides its decode tokens "
-          "(bounds how long new queries stall the running streams' next token). 0 = whole queries.");
+          "(bounds how long a long prompt stalls the running streams' next token).");
 ABSL_FLAG(int64_t, max_stream_backlog, 64,
           "Generate messages buffered for a client that is not reading before its stream is paused (the other "
           "streams go on).");
@@ -165,7 +166,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
         absl::StrCat("--scheduler must be batching or thread_per_stream, got ", scheduler));
   }
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
-  if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
+  if (config.batch_prefill_tokens < 1) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 1");
   config.max_stream_backlog = absl::GetFlag(FLAGS_max_stream_backlog);
   config.stream_stall_timeout_ms = absl::GetFlag(FLAGS_stream_stall_timeout_ms);
   config.store_revalidate_ms = absl::GetFlag(FLAGS_store_revalidate_ms);
@@ -281,7 +282,8 @@ int Run() {
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
-    options.query_prefill_chunk_tokens = static_cast<int>(config->batch_prefill_tokens);
+    // Half the step budget, so a new short query fits in a step beside a long query's chunk.
+    options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();
     absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(options);
     if (!engine.ok()) {
