@@ -101,8 +101,8 @@ std::string UniqueGeneration() {
 }
 
 // Reads <dir>/manifest.json and checks it against manifest.sha256, the id and the namespace.
-absl::StatusOr<nlohmann::json> ReadVerifiedManifest(const fs::path& dir, const std::string& id,
-                                                    const std::string& store_dir) {
+absl::StatusOr<nlohmann::json> ReadVerifiedManifestUnguarded(const fs::path& dir, const std::string& id,
+                                                             const std::string& store_dir) {
   auto text = ReadWholeFile(dir / kManifest);
   if (!text.ok()) return absl::DataLossError(absl::StrCat("context '", id, "': manifest.json is missing"));
   nlohmann::json manifest = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
@@ -128,6 +128,21 @@ absl::StatusOr<nlohmann::json> ReadVerifiedManifest(const fs::path& dir, const s
                                             "': the manifest names another context (a copied directory?)"));
   }
   return manifest;
+}
+
+// A manifest field of the wrong JSON type makes nlohmann::json throw: that is damage, not a crash.
+template <typename Fn>
+auto GuardJson(const std::string& id, Fn fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const nlohmann::json::exception&) {
+    return absl::DataLossError(absl::StrCat("context '", id, "': the manifest has a field of the wrong type"));
+  }
+}
+
+absl::StatusOr<nlohmann::json> ReadVerifiedManifest(const fs::path& dir, const std::string& id,
+                                                    const std::string& store_dir) {
+  return GuardJson(id, [&] { return ReadVerifiedManifestUnguarded(dir, id, store_dir); });
 }
 
 }  // namespace
@@ -195,8 +210,9 @@ absl::Status PublishContextDir(const std::string& store_dir, const std::string& 
   return FsyncPath(store, true);
 }
 
-absl::StatusOr<ContextDir> OpenContextDir(const std::string& store_dir, const std::string& id,
-                                          const std::string& model_fingerprint) {
+namespace {
+absl::StatusOr<ContextDir> OpenContextDirUnguarded(const std::string& store_dir, const std::string& id,
+                                                   const std::string& model_fingerprint) {
   if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
   const fs::path dir = fs::path(store_dir) / id;
   if (!fs::is_directory(dir)) return absl::NotFoundError(absl::StrCat("context '", id, "' is not in the store"));
@@ -233,6 +249,12 @@ absl::StatusOr<ContextDir> OpenContextDir(const std::string& store_dir, const st
   if (!tensors.ok()) return absl::DataLossError(absl::StrCat("context '", id, "': the tensors file does not parse"));
   out.tensors = std::move(*tensors);
   return out;
+}
+}  // namespace
+
+absl::StatusOr<ContextDir> OpenContextDir(const std::string& store_dir, const std::string& id,
+                                          const std::string& model_fingerprint) {
+  return GuardJson(id, [&] { return OpenContextDirUnguarded(store_dir, id, model_fingerprint); });
 }
 
 absl::StatusOr<nlohmann::json> ReadContextManifest(const std::string& store_dir, const std::string& id) {

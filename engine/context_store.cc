@@ -35,9 +35,13 @@ std::string WrittenGeneration(const std::string& dir, const ContextSummary& summ
   absl::StatusOr<nlohmann::json> manifest = ReadContextManifest(dir, summary.id);
   absl::StatusOr<std::string> after = ReadContextGeneration(dir, summary.id);
   if (!before.ok() || !manifest.ok() || !after.ok() || *before != *after) return "";
-  const nlohmann::json& written = manifest->value("summary", nlohmann::json::object());
-  if (written.value("created_unix_ms", int64_t{-1}) != summary.created_unix_ms ||
-      written.value("num_tokens", int64_t{-1}) != summary.num_tokens) {
+  try {
+    const nlohmann::json& written = manifest->at("summary");
+    if (written.at("created_unix_ms").get<int64_t>() != summary.created_unix_ms ||
+        written.at("num_tokens").get<int64_t>() != summary.num_tokens) {
+      return "";
+    }
+  } catch (const nlohmann::json::exception&) {
     return "";
   }
   return *before;

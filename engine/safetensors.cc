@@ -111,7 +111,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       }
       continue;
     }
-    auto field_error = [&](const char* what) { return fail(absl::StrCat("tensor ", name, ": ", what)); };
+    // (An init-capture: clang before 16 cannot capture a structured binding, which the fuzz build needs.)
+    auto field_error = [&, tensor = std::string(name)](const char* what) {
+      return fail(absl::StrCat("tensor ", tensor, ": ", what));
+    };
     if (!entry.is_object()) return field_error("entry is not an object");
     auto dtype_it = entry.find("dtype");
     auto shape_it = entry.find("shape");

@@ -75,10 +75,11 @@ ABSL_FLAG(std::string, scheduler, "batching",
           "How Generate streams share the model: batching (continuous batching: one loop steps every running "
           "stream in one forward pass) or thread_per_stream (each stream on its own worker, one forward at a "
           "time; kept for comparison).");
-ABSL_FLAG(int64_t, batch_prefill_tokens, 512,
+ABSL_FLAG(int64_t, batch_prefill_tokens, 0,
           "Query-prefill tokens per step: a query is prefilled in chunks of half this size, and with "
           "--scheduler=batching one step takes prefill chunks up to this many tokens besides its decode tokens "
-          "(bounds how long a long prompt stalls the running streams' next token).");
+          "(bounds how long a long prompt stalls the running streams' next token). 0 = by device: 64 on cpu "
+          "(docs/operations.md \"Isolation\"), 1024 on cuda.");
 ABSL_FLAG(int64_t, max_stream_backlog, 64,
           "Generate messages buffered for a client that is not reading before its stream is paused (the other "
           "streams go on).");
@@ -166,7 +167,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
         absl::StrCat("--scheduler must be batching or thread_per_stream, got ", scheduler));
   }
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
-  if (config.batch_prefill_tokens < 1) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 1");
+  if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
+  if (config.batch_prefill_tokens == 0) {
+    config.batch_prefill_tokens = absl::StartsWith(absl::GetFlag(FLAGS_device), "cuda") ? 1024 : 64;
+  }
   config.max_stream_backlog = absl::GetFlag(FLAGS_max_stream_backlog);
   config.stream_stall_timeout_ms = absl::GetFlag(FLAGS_stream_stall_timeout_ms);
   config.store_revalidate_ms = absl::GetFlag(FLAGS_store_revalidate_ms);

@@ -43,9 +43,11 @@ class OutboxReactor : public Base {
   // It may call FinishAfterWrites (as its last touch of the reactor). At most one message with a
   // `written` callback may be outstanding at a time.
   void Send(const Response& message, bool replaceable = false, Written written = nullptr) {
+    bool dropped = false;
     {
       absl::MutexLock lock(&mu_);
-      if (!broken_ && !finish_requested_) {
+      dropped = broken_ || finish_requested_;
+      if (!dropped) {
         if (write_in_flight_) {
           if (replaceable && written == nullptr && !queue_.empty() && queue_.back().replaceable) {
             queue_.back().bytes = SerializeMessage(message);
@@ -60,8 +62,8 @@ class OutboxReactor : public Base {
         written = nullptr;
       }
     }
-    if (written != nullptr) {  // dropped: the stream is broken or finishing
-      written(false);
+    if (dropped) {  // the stream is broken or finishing; a fence learns it outside the lock
+      if (written != nullptr) written(false);
       return;
     }
     this->StartWrite(&in_flight_);

@@ -134,13 +134,13 @@ void Healthy(pb::Squeezeserve::Stub* stub, int index, int vocab, const std::atom
 
 // Never reads: a 256-byte stream window and no bandwidth probing; holds its stream unread for the
 // whole phase (the server pauses it and, past its stall timeout, cancels it).
-void SlowReader(const std::string& address, int vocab, const std::atomic<bool>* stop) {
+void SlowReader(const std::string& address, int vocab, int max_new_tokens, const std::atomic<bool>* stop) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 256);
   auto stub = pb::Squeezeserve::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
   auto context = Deadline(3600);
-  auto reader = stub->Generate(context.get(), Request("ctx", RandomTokens(16, vocab, 7), 4000));
+  auto reader = stub->Generate(context.get(), Request("ctx", RandomTokens(16, vocab, 7), max_new_tokens));
   while (!stop->load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   context->TryCancel();
   pb::GenerateResponse response;
@@ -221,6 +221,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool dense = absl::GetFlag(FLAGS_mode) == "dense";
+  // The slow reader asks for as many tokens as the model's positions allow (up to 4000).
+  const int slow_tokens = static_cast<int>(std::min<int64_t>(
+      {4000, info.limits().max_new_tokens(),
+       static_cast<int64_t>(info.model().max_position_embeddings()) - absl::GetFlag(FLAGS_context_tokens) - 17}));
   if (grpc::Status ingested = Ingest(*stub, "ctx", RandomTokens(absl::GetFlag(FLAGS_context_tokens), vocab, 1), dense);
       !ingested.ok()) {
     std::cerr << "isolation_load: ingest failed: " << ingested.error_message() << "\n";
@@ -233,7 +237,7 @@ int main(int argc, char** argv) {
     std::atomic<int> long_sent{0}, long_failed{0}, ingests{0};
     std::vector<std::thread> threads;
     if (loaded) {
-      if (absl::GetFlag(FLAGS_slow_reader)) threads.emplace_back(SlowReader, *address, vocab, &stop);
+      if (absl::GetFlag(FLAGS_slow_reader)) threads.emplace_back(SlowReader, *address, vocab, slow_tokens, &stop);
       if (absl::GetFlag(FLAGS_long_prompts)) {
         threads.emplace_back(LongPrompts, stub.get(), long_prompt, vocab, &stop, &long_sent, &long_failed);
       }
