@@ -1,5 +1,9 @@
 #include "server/ingest_reactor.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -33,6 +37,17 @@ pb::IngestContextProgress Progress(std::string stage, float fraction, int64_t do
 }
 
 using IngestBase = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+// An ingest's clustering and calibration run beside the generation steps on the same cores; at a lower
+// CPU priority (nice 10) they take what the steps leave instead of stretching their gaps. Per thread
+// on Linux, and inherited by the math threads this worker starts. Worker threads run only ingests'
+// model work under the batching scheduler, so the setting is never undone.
+void YieldCpuToGeneration() {
+  static thread_local bool done = false;
+  if (done) return;
+  done = true;
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+}
 
 class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextProgress> {
  public:
@@ -96,6 +111,7 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
   }
 
   void RunOnWorker() {
+    YieldCpuToGeneration();
     const auto started = std::chrono::steady_clock::now();
     absl::Status status = Ingest();
     core_->metrics.RecordIngest(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),

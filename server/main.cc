@@ -2,6 +2,7 @@
 // UNAVAILABLE) and prints the listening line, loads the model on a thread, flips health to SERVING,
 // then waits for SIGTERM/SIGINT and drains: NOT_SERVING, no new calls, running streams get a grace
 // period, exit 0.
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -57,7 +58,9 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the kernels, or the model "
           "fails to load). Dense generation always uses libtorch.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
-ABSL_FLAG(int32_t, prefill_chunk, 512, "Context tokens prefilled per forward pass at ingest.");
+ABSL_FLAG(int32_t, prefill_chunk, 0,
+          "Context tokens prefilled per forward pass at ingest; generation steps run between two of them. "
+          "0 = by device: 128 on cpu (faster there, and a step waits for one chunk at most), 512 on cuda.");
 ABSL_FLAG(int64_t, max_context_tokens, 1 << 20, "Largest context IngestContext accepts, in tokens.");
 ABSL_FLAG(int64_t, max_context_bytes, 0,
           "Largest IngestContext upload in bytes of text or token ids (0 = 32 x max_context_tokens).");
@@ -78,7 +81,7 @@ ABSL_FLAG(std::string, scheduler, "batching",
 ABSL_FLAG(int64_t, batch_prefill_tokens, 0,
           "Query-prefill tokens per step: a query is prefilled in chunks of half this size, and with "
           "--scheduler=batching one step takes prefill chunks up to this many tokens besides its decode tokens "
-          "(bounds how long a long prompt stalls the running streams' next token). 0 = by device: 64 on cpu "
+          "(bounds how long a long prompt stalls the running streams' next token). 0 = by device: 32 on cpu "
           "(docs/operations.md \"Isolation\"), 1024 on cuda.");
 ABSL_FLAG(int64_t, max_stream_backlog, 64,
           "Generate messages buffered for a client that is not reading before its stream is paused (the other "
@@ -169,7 +172,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
   if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
   if (config.batch_prefill_tokens == 0) {
-    config.batch_prefill_tokens = absl::StartsWith(absl::GetFlag(FLAGS_device), "cuda") ? 1024 : 64;
+    config.batch_prefill_tokens = absl::StartsWith(absl::GetFlag(FLAGS_device), "cuda") ? 1024 : 32;
   }
   config.max_stream_backlog = absl::GetFlag(FLAGS_max_stream_backlog);
   config.stream_stall_timeout_ms = absl::GetFlag(FLAGS_stream_stall_timeout_ms);
@@ -228,6 +231,11 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A file size limit (RLIMIT_FSIZE) must fail the store write that hits it (EFBIG), not kill us.
   signal(SIGXFSZ, SIG_IGN);
+  // libtorch's CPU tensors come from malloc, which by default hands large freed blocks back to the
+  // kernel; the next step's tensors then fault in fresh zeroed pages. On the CPU that was most of a
+  // long query's prefill time (4-10x; docs/isolation.md). Keep freed memory in the process.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(
       {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
@@ -284,6 +292,9 @@ int Run() {
     options.model_dir = model_dir;
     options.device = absl::GetFlag(FLAGS_device);
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
+    if (options.prefill_chunk_tokens == 0) {
+      options.prefill_chunk_tokens = absl::StartsWith(options.device, "cuda") ? 512 : 128;
+    }
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.

@@ -52,7 +52,7 @@ struct ServerConfig {
   Scheduler scheduler = Scheduler::kBatching;
   // Query-prefill tokens admitted into one step (--batch_prefill_tokens, resolved by device); the
   // engine prefills queries in chunks of half of it.
-  int64_t batch_prefill_tokens = 64;
+  int64_t batch_prefill_tokens = 32;
   // A Generate stream's output buffer: past this many messages the client is not taking, the stream
   // is paused (the batch goes on without it); paused longer than the stall timeout, it is cancelled
   // and its slot freed (--max_stream_backlog, --stream_stall_timeout_ms).

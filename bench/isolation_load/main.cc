@@ -117,10 +117,6 @@ void Healthy(pb::Squeezeserve::Stub* stub, int index, int vocab, const std::atom
       if (response.token_ids_size() == 0) continue;
       const Clock::time_point now = Clock::now();
       if (!first) local.push_back(std::chrono::duration<double, std::milli>(now - last).count());
-      if (!first && local.back() > 1000 && std::getenv("ISOLATION_LOAD_VERBOSE") != nullptr) {
-        std::cerr << "isolation_load: gap of " << local.back() << " ms ending at "
-                  << std::fixed << std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() << "\n";
-      }
       first = false;
       last = now;
     }

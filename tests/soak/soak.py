@@ -237,6 +237,8 @@ class Soak:
         """One acknowledged / deleted / damaged context against the book."""
         with self.lock:
             acked, deleted, damaged = self.acked.get(cid), cid in self.deleted, cid in self.damaged
+            if cid in self.indeterminate:  # a call on it died with the server: its owner deletes it first
+                return
         if acked is None and not deleted:
             return
         try:
