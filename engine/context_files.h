@@ -1,6 +1,13 @@
-// On-disk form of a stored context (DESIGN.md §5): a directory per context holding manifest.json and
-// tensors.safetensors. Directories are published atomically — written under a temporary name,
-// fsynced, then renamed into place — so a crash mid-write never leaves a half-written context visible.
+// On-disk form of a stored context (docs/index_layout.md "On disk"): a directory per context holding
+// manifest.json, manifest.sha256 (the manifest's own checksum) and tensors.safetensors (whose checksum
+// the manifest holds). Directories are published atomically — written under a temporary name, fsynced,
+// then renamed into place — so a crash mid-write never leaves a half-written context visible.
+//
+// The manifest records the context id and the namespace (a tenant's directory "@NAME" of the store, or
+// "" at its top), so a directory copied under another name or into another tenant's namespace does not
+// verify; and a generation, unique per publication, so the manifest's checksum names one version of a
+// context: replicas sharing a store compare it to learn that a context was replaced or deleted
+// (ReadContextGeneration). Messages never carry server paths (they reach clients).
 // Plain C++ (no libtorch): the engine turns its tensors into TensorToWrite and back.
 #pragma once
 
@@ -16,27 +23,37 @@
 
 namespace squeezeserve {
 
-// Bumped whenever the tensor names or their meaning change; older directories are refused with
-// FAILED_PRECONDITION.
-inline constexpr int kContextFormatVersion = 1;
+// Bumped whenever the files, tensor names or their meaning change; older directories are refused with
+// FAILED_PRECONDITION. 2: manifest.sha256, "namespace" and "generation" in the manifest.
+inline constexpr int kContextFormatVersion = 2;
 
 struct ContextDir {
   nlohmann::json manifest;  // as written by the engine, plus "format", "format_version", "files"
   std::unique_ptr<SafetensorsFile> tensors;
 };
 
-// Writes <store_dir>/<id>/{manifest.json, tensors.safetensors}. `manifest` must carry
-// "model_fingerprint". Replaces an existing directory of the same id.
+// Writes <store_dir>/<id>/{manifest.json, manifest.sha256, tensors.safetensors}. `manifest` must carry
+// "model_fingerprint". Replaces an existing directory of the same id. RESOURCE_EXHAUSTED when the
+// disk (or a quota or file size limit) has no room; nothing is left behind on any failure.
 absl::Status PublishContextDir(const std::string& store_dir, const std::string& id, nlohmann::json manifest,
                                const std::vector<TensorToWrite>& tensors);
 
 // Opens <store_dir>/<id>: NotFound when absent; FailedPrecondition when built for another model
-// fingerprint or format version; DataLoss when a checksum, size or the manifest does not verify.
+// fingerprint or format version; DataLoss when a checksum, size or the manifest does not verify (the
+// manifest's own checksum, its id and namespace included).
 absl::StatusOr<ContextDir> OpenContextDir(const std::string& store_dir, const std::string& id,
                                           const std::string& model_fingerprint);
 
-// Parses <store_dir>/<id>/manifest.json only (no checksum pass): for listing without loading.
+// Parses and verifies <store_dir>/<id>/manifest.json (its checksum, id and namespace) without the
+// tensors' checksum pass: for listing without loading.
 absl::StatusOr<nlohmann::json> ReadContextManifest(const std::string& store_dir, const std::string& id);
+
+// The generation of <store_dir>/<id> (its manifest's checksum): changes with every publication.
+// NotFound when the context is not in the store. Reads one small file.
+absl::StatusOr<std::string> ReadContextGeneration(const std::string& store_dir, const std::string& id);
+
+// The namespace a store directory holds: "NAME" for a tenant's "<store>/@NAME", "" otherwise.
+std::string NamespaceOfStoreDir(const std::string& store_dir);
 
 // Ids of the published context directories (sorted); temporaries are skipped.
 std::vector<std::string> ListContextDirs(const std::string& store_dir);

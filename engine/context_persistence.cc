@@ -249,6 +249,9 @@ absl::StatusOr<std::shared_ptr<StoredContext>> Rebuild(const ContextDir& dir, co
     if (!k.ok()) return k.status();
     auto v = reader.Read(LayerName(l, "values"), kv_dtypes, {H, S, D});
     if (!v.ok()) return v.status();
+    // A NaN or infinity under a matching checksum (written so, or crafted) would turn every
+    // generation over this context into noise: refuse it like any other damage.
+    if (!AllFinite(*k) || !AllFinite(*v)) return reader.Loss(absl::StrCat("layer ", l, ": keys or values are not finite"));
     keys.push_back(k->to(device, dtype));
     values.push_back(v->to(device, dtype));
     at::Tensor queries;
@@ -256,6 +259,7 @@ absl::StatusOr<std::shared_ptr<StoredContext>> Rebuild(const ContextDir& dir, co
       const int64_t W = view->shape.size() == 3 ? view->shape[1] : -1;  // any other rank fails the shape check
       auto q = reader.Read(LayerName(l, "window_queries"), kv_dtypes, {config.num_attention_heads, W, D});
       if (!q.ok()) return q.status();
+      if (!AllFinite(*q)) return reader.Loss(absl::StrCat("layer ", l, ": window queries are not finite"));
       queries = q->to(device, dtype);
     }
     window_queries.push_back(queries);

@@ -3,68 +3,153 @@
 #include <openssl/evp.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
+#include <optional>
+#include <set>
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "engine/context_files.h"
 #include "engine/context_summary_json.h"
 
 namespace squeezeserve {
 
-void ContextStore::AttachDirectory(const Engine* engine, std::string store_dir) {
-  engine_ = engine;
-  store_dir_ = std::move(store_dir);
-  if (!store_dir_.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(store_dir_, ec);
-    RemoveStaleTemporaries(store_dir_);
-  }
-}
-
-absl::Status ContextStore::Put(std::shared_ptr<const Context> context) {
-  if (!store_dir_.empty()) {
-    if (absl::Status saved = engine_->SaveContext(*context, store_dir_); !saved.ok()) return saved;
-  }
-  const std::string id = context->summary().id;
-  absl::MutexLock load_lock(&load_mu_);
-  {
-    absl::MutexLock lock(&mu_);
-    contexts_[id] = Resident{std::move(context), ++tick_, MemoryTier::kDevice};
-  }
-  RebalanceTiers(id);
-  return absl::OkStatus();
-}
-
 namespace {
+
 uint64_t ResidentBytes(const Context& context) {
   return context.summary().kv_bytes + context.summary().index_bytes;
 }
+
+absl::Status NoContext(const ContextKey& key) {
+  return absl::NotFoundError(absl::StrCat("context_id: no context \"", key.id, "\""));
+}
+
+// The generation of the copy of `summary`'s context just written to `dir`, or "" when it cannot be
+// told apart from a version another replica wrote at the same moment ("" never matches the store, so
+// the next check reloads from disk instead of serving a version that is not the store's).
+std::string WrittenGeneration(const std::string& dir, const ContextSummary& summary) {
+  absl::StatusOr<std::string> before = ReadContextGeneration(dir, summary.id);
+  absl::StatusOr<nlohmann::json> manifest = ReadContextManifest(dir, summary.id);
+  absl::StatusOr<std::string> after = ReadContextGeneration(dir, summary.id);
+  if (!before.ok() || !manifest.ok() || !after.ok() || *before != *after) return "";
+  try {
+    const nlohmann::json& written = manifest->at("summary");
+    if (written.at("created_unix_ms").get<int64_t>() != summary.created_unix_ms ||
+        written.at("num_tokens").get<int64_t>() != summary.num_tokens) {
+      return "";
+    }
+  } catch (const nlohmann::json::exception&) {
+    return "";
+  }
+  return *before;
+}
+
 }  // namespace
+
+ContextStore::KeyLocks::Held::Held(KeyLocks* locks, ContextKey key) : locks_(locks), key_(std::move(key)) {
+  {
+    absl::MutexLock lock(&locks_->mu_);
+    Entry& entry = locks_->entries_[key_];  // std::map: the entry stays put while it has users
+    ++entry.users;
+    mu_ = &entry.mu;
+  }
+  mu_->Lock();
+}
+
+ContextStore::KeyLocks::Held::~Held() {
+  mu_->Unlock();
+  absl::MutexLock lock(&locks_->mu_);
+  auto it = locks_->entries_.find(key_);
+  if (--it->second.users == 0) locks_->entries_.erase(it);
+}
+
+void ContextStore::AttachDirectory(const Engine* engine, std::string store_dir) {
+  engine_ = engine;
+  store_dir_ = std::move(store_dir);
+  if (store_dir_.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(store_dir_, ec);
+  RemoveStaleTemporaries(store_dir_);
+  for (const auto& entry : std::filesystem::directory_iterator(store_dir_, ec)) {
+    if (entry.is_directory() && entry.path().filename().string().rfind('@', 0) == 0) {
+      RemoveStaleTemporaries(entry.path().string());
+    }
+  }
+}
+
+std::string ContextStore::TenantDir(const std::string& tenant) const {
+  return tenant.empty() ? store_dir_ : absl::StrCat(store_dir_, "/@", tenant);
+}
+
+absl::Status ContextStore::CheckRoom(const ContextKey& key, const TenantLimits& limits) const {
+  if (limits.max_contexts <= 0) return absl::OkStatus();
+  const std::map<std::string, ContextSummary> existing = SummariesOf(key.tenant);
+  const int64_t after = static_cast<int64_t>(existing.size()) + (existing.count(key.id) ? 0 : 1);
+  if (after > limits.max_contexts) {
+    return absl::ResourceExhaustedError(absl::StrCat("the tenant's quota allows ", limits.max_contexts,
+                                                     " stored contexts; delete one first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ContextStore::Put(const std::string& tenant, std::shared_ptr<const Context> context,
+                               const TenantLimits& limits) {
+  const ContextKey key{tenant, context->summary().id};
+  // Quotas are checked under the tenant's lock (the key with no id), so two ingests cannot both pass.
+  std::optional<KeyLocks::Held> tenant_lock;
+  if (limits.max_contexts > 0 || limits.max_bytes > 0) {
+    tenant_lock.emplace(&key_locks_, ContextKey{tenant, ""});
+    if (absl::Status room = CheckRoom(key, limits); !room.ok()) return room;
+    if (limits.max_bytes > 0) {
+      uint64_t bytes = ResidentBytes(*context);
+      for (const auto& [id, summary] : SummariesOf(tenant)) {
+        if (id != key.id) bytes += summary.kv_bytes + summary.index_bytes;
+      }
+      if (bytes > limits.max_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("the tenant's quota allows ", limits.max_bytes,
+                                                         " bytes of stored contexts; this one would make ", bytes));
+      }
+    }
+  }
+  KeyLocks::Held key_lock(&key_locks_, key);
+  std::string generation;
+  if (!store_dir_.empty()) {
+    if (absl::Status saved = engine_->SaveContext(*context, TenantDir(tenant)); !saved.ok()) return saved;
+    generation = WrittenGeneration(TenantDir(tenant), context->summary());
+  }
+  absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    contexts_[key] = Resident{std::move(context), ++tick_, MemoryTier::kDevice, generation, absl::Now()};
+  }
+  RebalanceTiers(key);
+  return absl::OkStatus();
+}
 
 uint64_t ContextStore::TierBytesLocked(MemoryTier tier) const {
   uint64_t total = 0;
-  for (const auto& [id, resident] : contexts_) {
+  for (const auto& [key, resident] : contexts_) {
     if (resident.tier == tier) total += ResidentBytes(*resident.context);
   }
   return total;
 }
 
-void ContextStore::RebalanceTiers(const std::string& keep) const {
+void ContextStore::RebalanceTiers(const ContextKey& keep) const {
   if (resident_limit_ == 0 || store_dir_.empty()) return;
   for (;;) {
-    std::string victim_id;
+    ContextKey victim_key;
     std::shared_ptr<const Context> victim;
     {
       absl::MutexLock lock(&mu_);
       if (TierBytesLocked(MemoryTier::kDevice) <= resident_limit_) break;
       uint64_t oldest = 0;
-      for (const auto& [id, resident] : contexts_) {
-        if (id == keep || resident.tier != MemoryTier::kDevice) continue;
+      for (const auto& [key, resident] : contexts_) {
+        if ((!(key < keep) && !(keep < key)) || resident.tier != MemoryTier::kDevice) continue;
         if (victim == nullptr || resident.last_use < oldest) {
-          victim_id = id;
+          victim_key = key;
           victim = resident.context;
           oldest = resident.last_use;
         }
@@ -76,7 +161,7 @@ void ContextStore::RebalanceTiers(const std::string& keep) const {
         host_limit_ > 0 ? engine_->MoveContext(*victim, MemoryTier::kHost)
                         : absl::StatusOr<std::shared_ptr<const Context>>(absl::CancelledError("no host tier"));
     absl::MutexLock lock(&mu_);
-    auto it = contexts_.find(victim_id);
+    auto it = contexts_.find(victim_key);
     if (it == contexts_.end() || it->second.context != victim) continue;
     if (parked.ok()) {
       it->second.context = *std::move(parked);
@@ -102,76 +187,125 @@ void ContextStore::RebalanceTiers(const std::string& keep) const {
   }
 }
 
-absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const std::string& id) const {
+std::shared_ptr<const Context> ContextStore::FreshResidentLocked(const ContextKey& key) const {
+  auto it = contexts_.find(key);
+  if (it == contexts_.end() || it->second.tier != MemoryTier::kDevice) return nullptr;
+  if (!store_dir_.empty() && absl::Now() - it->second.validated >= revalidate_interval_) return nullptr;
+  it->second.last_use = ++tick_;
+  return it->second.context;
+}
+
+absl::StatusOr<std::shared_ptr<const Context>> ContextStore::Get(const ContextKey& key) const {
   {
     absl::MutexLock lock(&mu_);
-    auto it = contexts_.find(id);
-    if (it != contexts_.end() && it->second.tier == MemoryTier::kDevice) {
-      it->second.last_use = ++tick_;
-      return it->second.context;
-    }
+    if (std::shared_ptr<const Context> fresh = FreshResidentLocked(key)) return fresh;
   }
-  if (store_dir_.empty()) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
-  absl::MutexLock load_lock(&load_mu_);
+  if (store_dir_.empty()) {
+    absl::MutexLock lock(&mu_);
+    auto it = contexts_.find(key);
+    if (it == contexts_.end()) return NoContext(key);
+    return it->second.context;
+  }
+  KeyLocks::Held key_lock(&key_locks_, key);
+  return LoadLocked(key);
+}
+
+absl::StatusOr<std::shared_ptr<const Context>> ContextStore::LoadLocked(const ContextKey& key) const {
+  const std::string dir = TenantDir(key.tenant);
+  // The store's version now (read before loading: if it changes during the load, the next check
+  // sees a difference and reloads, never the other way round).
+  absl::StatusOr<std::string> generation = ReadContextGeneration(dir, key.id);
   std::shared_ptr<const Context> parked;
   {
-    absl::MutexLock lock(&mu_);  // brought back by the request we waited for?
-    auto it = contexts_.find(id);
-    if (it != contexts_.end() && it->second.tier == MemoryTier::kDevice) {
-      it->second.last_use = ++tick_;
-      return it->second.context;
+    absl::MutexLock lock(&mu_);
+    auto it = contexts_.find(key);
+    if (it != contexts_.end()) {
+      if (!generation.ok() || *generation != it->second.generation) {
+        contexts_.erase(it);  // deleted or replaced by another replica (or under our feet)
+      } else if (it->second.tier == MemoryTier::kDevice) {
+        it->second.validated = absl::Now();
+        it->second.last_use = ++tick_;
+        return it->second.context;
+      } else {
+        parked = it->second.context;
+      }
     }
-    if (it != contexts_.end()) parked = it->second.context;
   }
+  if (!generation.ok()) return NoContext(key);
+  absl::MutexLock load_lock(&load_mu_);
   absl::StatusOr<std::shared_ptr<const Context>> loaded =
-      parked != nullptr ? engine_->MoveContext(*parked, MemoryTier::kDevice) : engine_->LoadContext(store_dir_, id);
+      parked != nullptr ? engine_->MoveContext(*parked, MemoryTier::kDevice) : engine_->LoadContext(dir, key.id);
   if (!loaded.ok()) {
-    if (absl::IsNotFound(loaded.status())) {
-      return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
-    }
+    if (absl::IsNotFound(loaded.status())) return NoContext(key);
     return loaded.status();
   }
   {
     absl::MutexLock lock(&mu_);
-    auto it = contexts_.find(id);
-    // Deleted while it was being copied (Delete does not wait for moves): serve this copy, keep none.
-    if (parked != nullptr && (it == contexts_.end() || it->second.context != parked)) return *loaded;
-    contexts_[id] = Resident{*loaded, ++tick_, MemoryTier::kDevice};
+    contexts_[key] = Resident{*loaded, ++tick_, MemoryTier::kDevice, *generation, absl::Now()};
   }
-  RebalanceTiers(id);
+  RebalanceTiers(key);
   return *loaded;
 }
 
-std::vector<ContextSummary> ContextStore::List() const {
+std::map<std::string, ContextSummary> ContextStore::SummariesOf(const std::string& tenant) const {
   std::map<std::string, ContextSummary> summaries;
   if (!store_dir_.empty()) {
-    for (const std::string& id : ListContextDirs(store_dir_)) {
-      absl::StatusOr<nlohmann::json> manifest = ReadContextManifest(store_dir_, id);
-      if (!manifest.ok() || !manifest->contains("summary")) continue;  // unreadable: Get reports why
+    // The store is the truth: a context resident here but deleted by another replica is not listed.
+    for (const std::string& id : ListContextDirs(TenantDir(tenant))) {
+      absl::StatusOr<nlohmann::json> manifest = ReadContextManifest(TenantDir(tenant), id);
+      if (!manifest.ok() || !manifest->contains("summary")) continue;  // damaged: Get reports why
       absl::StatusOr<ContextSummary> summary = SummaryFromJson((*manifest)["summary"]);
-      if (summary.ok()) summaries[id] = *std::move(summary);
+      if (!summary.ok()) continue;
+      summary->id = id;
+      summary->tier = "disk";
+      summaries[id] = *std::move(summary);
     }
   }
   absl::MutexLock lock(&mu_);
-  for (const auto& [id, resident] : contexts_) summaries[id] = resident.context->summary();
+  for (auto it = contexts_.lower_bound(ContextKey{tenant, ""}); it != contexts_.end() && it->first.tenant == tenant;
+       ++it) {
+    if (!store_dir_.empty() && !summaries.count(it->first.id)) continue;
+    summaries[it->first.id] = it->second.context->summary();
+  }
+  return summaries;
+}
+
+std::vector<ContextSummary> ContextStore::List(const std::string& tenant) const {
   std::vector<ContextSummary> out;
-  out.reserve(summaries.size());
-  for (auto& [id, summary] : summaries) out.push_back(std::move(summary));
+  for (auto& [id, summary] : SummariesOf(tenant)) out.push_back(std::move(summary));
   return out;
 }
 
-absl::Status ContextStore::Delete(const std::string& id) {
+std::vector<ContextSummary> ContextStore::ListAll() const {
+  std::set<std::string> tenants = {""};
+  if (!store_dir_.empty()) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(store_dir_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_directory() && name.size() > 1 && name[0] == '@') tenants.insert(name.substr(1));
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, resident] : contexts_) tenants.insert(key.tenant);
+  }
+  std::vector<ContextSummary> out;
+  for (const std::string& tenant : tenants) {
+    for (ContextSummary& summary : List(tenant)) out.push_back(std::move(summary));
+  }
+  return out;
+}
+
+absl::Status ContextStore::Delete(const ContextKey& key) {
+  KeyLocks::Held key_lock(&key_locks_, key);
   bool in_memory = false;
   {
     absl::MutexLock lock(&mu_);
-    in_memory = contexts_.erase(id) > 0;
+    in_memory = contexts_.erase(key) > 0;
   }
-  if (store_dir_.empty()) {
-    return in_memory ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
-  }
-  absl::Status removed = RemoveContextDir(store_dir_, id);
-  if (absl::IsNotFound(removed) && in_memory) return absl::OkStatus();
-  if (absl::IsNotFound(removed)) return absl::NotFoundError(absl::StrCat("context_id: no context \"", id, "\""));
+  if (store_dir_.empty()) return in_memory ? absl::OkStatus() : NoContext(key);
+  absl::Status removed = RemoveContextDir(TenantDir(key.tenant), key.id);
+  if (absl::IsNotFound(removed)) return NoContext(key);  // another replica deleted it first
   return removed;
 }
 
@@ -216,7 +350,7 @@ absl::StatusOr<std::string> Sha256FileHex(const std::string& path) {
 }
 
 std::string ContentAddress(std::string_view model_fingerprint, absl::Span<const int32_t> tokens,
-                           const IndexOptions& index) {
+                           const IndexOptions& index, std::string_view tenant) {
   Sha256 sha;
   // Every field is written with an explicit tag so that two different inputs never hash alike.
   auto field = [&sha](std::string_view tag, std::string_view value) {
@@ -232,6 +366,7 @@ std::string ContentAddress(std::string_view model_fingerprint, absl::Span<const 
                                      index.head_floor_share);
   for (float level : index.sparsity_levels) absl::StrAppend(&options, ",", level);
   field("index", options);
+  if (!tenant.empty()) field("tenant", tenant);  // the default tenant keeps the addresses it always had
   return sha.HexDigest();
 }
 

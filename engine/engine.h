@@ -53,7 +53,7 @@ struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   // Tokens per unit of ingest prefill work (LlamaModel::Prefill; each unit holds the forward lock
-  // on its own, so generation steps interleave with a long ingest); 0 = 32768 on a GPU, 512 on the CPU.
+  // on its own, so generation steps interleave with a long ingest); 0 = 32768 on a GPU, 128 on the CPU.
   int prefill_chunk_tokens = 0;
   // Intra-op threads for CPU math; 0 keeps libtorch's default.
   int num_threads = 0;

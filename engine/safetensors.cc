@@ -111,7 +111,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       }
       continue;
     }
-    auto field_error = [&](const char* what) { return fail(absl::StrCat("tensor ", name, ": ", what)); };
+    // (An init-capture: clang before 16 cannot capture a structured binding, which the fuzz build needs.)
+    auto field_error = [&, tensor = std::string(name)](const char* what) {
+      return fail(absl::StrCat("tensor ", tensor, ": ", what));
+    };
     if (!entry.is_object()) return field_error("entry is not an object");
     auto dtype_it = entry.find("dtype");
     auto shape_it = entry.find("shape");
@@ -252,9 +255,17 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
     if (nbytes > 0) ok = ok && std::fwrite(t.data, 1, nbytes, out) == nbytes;
   }
   ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
-  std::string error = ok ? "" : ErrnoText();
-  ok = (std::fclose(out) == 0) && ok;
-  if (!ok) return absl::InternalError(absl::StrCat(path, ": write failed: ", error));
+  int error = ok ? 0 : errno;
+  if (std::fclose(out) != 0 && ok) {
+    ok = false;
+    error = errno;
+  }
+  if (!ok) {
+    // A full disk (or quota, or file size limit) is the caller's to report as such.
+    const std::string message = absl::StrCat(path, ": write failed: ", std::strerror(error));
+    if (error == ENOSPC || error == EDQUOT || error == EFBIG) return absl::ResourceExhaustedError(message);
+    return absl::InternalError(message);
+  }
   return absl::OkStatus();
 }
 

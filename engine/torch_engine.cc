@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -249,7 +250,13 @@ class TorchEngine : public Engine {
 
   // One forward pass, serialized with every other one. Returns the logits (undefined when not asked).
   absl::StatusOr<at::Tensor> RunForward(const ForwardArgs& args) const {
+    StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
+    waiting.Acquired();
+    return RunForwardLocked(args);
+  }
+
+  absl::StatusOr<at::Tensor> RunForwardLocked(const ForwardArgs& args) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(forward_mu_) {
     c10::InferenceMode inference_mode;
     try {
       at::Tensor logits = model_->Forward(args);
@@ -264,7 +271,9 @@ class TorchEngine : public Engine {
   // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry
   // (every-token logits on the device, as RunForward).
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
+    StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
+    waiting.Acquired();
     c10::InferenceMode inference_mode;
     if (graphs_ != nullptr && graphs_->Eligible(batch)) {
       try {
@@ -340,6 +349,20 @@ class TorchEngine : public Engine {
   mutable std::unique_ptr<DecodeGraphs> graphs_;
   int64_t prefill_block_tokens_ = 512;
   mutable absl::Mutex forward_mu_;
+  // Generation forward passes waiting for forward_mu_ (ingest prefill units let them go first).
+  mutable std::atomic<int> steps_waiting_{0};
+  class StepWaiting {
+   public:
+    explicit StepWaiting(const TorchEngine* engine) : engine_(engine) { engine_->steps_waiting_.fetch_add(1); }
+    void Acquired() {
+      if (engine_ != nullptr) engine_->steps_waiting_.fetch_sub(1);
+      engine_ = nullptr;
+    }
+    ~StepWaiting() { Acquired(); }
+
+   private:
+    const TorchEngine* engine_;
+  };
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions& options) {
@@ -390,7 +413,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   // at speed; a 32K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit
   // holds the forward lock, and generation steps wait for it).
   engine->prefill_block_tokens_ =
-      options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 32768 : 512);
+      options.prefill_chunk_tokens > 0 ? options.prefill_chunk_tokens : (device->device.is_cuda() ? 32768 : 128);
   SetFusedAttentionPreference(options.dense_attention);
   engine->empty_context_ = MakeEmptyContext(engine->config_, device->device, device->dtype);
 
@@ -441,9 +464,14 @@ absl::StatusOr<std::shared_ptr<const Context>> TorchEngine::Ingest(std::string i
   };
   PrefillControl control;
   control.block_tokens = prefill_block_tokens_;
-  // Each unit of prefill work holds the forward lock on its own, so that generation steps run between units.
+  // Each unit of prefill work holds the forward lock on its own, and takes it only while no generation
+  // step waits for it (absl::Mutex is not fair: an ingest re-taking the lock unit after unit starved
+  // the batching loop for seconds), so generation steps and ingest units alternate.
   control.exclusive = [this](const std::function<void()>& unit) {
-    absl::MutexLock lock(&forward_mu_);
+    forward_mu_.LockWhen(absl::Condition(
+        +[](const std::atomic<int>* waiting) { return waiting->load() == 0; },
+        static_cast<const std::atomic<int>*>(&steps_waiting_)));
+    absl::Cleanup unlock = [this] { forward_mu_.Unlock(); };
     c10::InferenceMode inference_mode;
     unit();
   };

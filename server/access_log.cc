@@ -10,6 +10,7 @@
 #include "grpc_code_name.h"
 #include "nlohmann/json.hpp"
 #include "server/logging.h"
+#include "server/request_codec.h"
 #include "server/request_id.h"
 #include "server/status_map.h"
 #include "spdlog/spdlog.h"
@@ -56,18 +57,27 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
   }
 
  private:
-  // The API's messages, by method (the interceptor sees them untyped).
+  // The API's messages, by method. Every Squeezeserve method is registered raw (server/service.h), so
+  // the interceptor sees the wire bytes (a grpc::ByteBuffer) and parses what it logs; a message that
+  // does not parse is the handler's INVALID_ARGUMENT and logs nothing here.
+  template <typename Message>
+  static bool Parse(const void* raw, Message* message) {
+    return ParseMessage(*static_cast<const grpc::ByteBuffer*>(raw), message).ok();
+  }
+
   void OnRequest(const void* message) {
     if (message == nullptr || !api_) return;
     const absl::string_view name = absl::string_view(record_.method).substr(kApiPrefix.size());
     if (name == "Generate") {
-      record_.context_id = static_cast<const pb::GenerateRequest*>(message)->context_id();
+      if (pb::GenerateRequest request; Parse(message, &request)) record_.context_id = request.context_id();
     } else if (name == "GetContext") {
-      record_.context_id = static_cast<const pb::GetContextRequest*>(message)->context_id();
+      if (pb::GetContextRequest request; Parse(message, &request)) record_.context_id = request.context_id();
     } else if (name == "DeleteContext") {
-      record_.context_id = static_cast<const pb::DeleteContextRequest*>(message)->context_id();
-    } else if (name == "IngestContext" && record_.context_id.empty()) {
-      record_.context_id = static_cast<const pb::IngestContextRequest*>(message)->context_id();
+      if (pb::DeleteContextRequest request; Parse(message, &request)) record_.context_id = request.context_id();
+    } else if (name == "IngestContext" && !ingest_request_seen_) {
+      // Only the first message names the context; the rest are the document's chunks.
+      ingest_request_seen_ = true;
+      if (pb::IngestContextRequest request; Parse(message, &request)) record_.context_id = request.context_id();
     }
   }
 
@@ -75,14 +85,14 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
     if (message == nullptr || !api_) return;
     const absl::string_view name = absl::string_view(record_.method).substr(kApiPrefix.size());
     if (name == "Generate") {
-      const auto& response = *static_cast<const pb::GenerateResponse*>(message);
-      if (response.has_usage()) {
+      pb::GenerateResponse response;
+      if (Parse(message, &response) && response.has_usage()) {
         record_.prompt_tokens = response.usage().prompt_tokens();
         record_.completion_tokens = response.usage().completion_tokens();
       }
     } else if (name == "IngestContext") {
-      const auto& progress = *static_cast<const pb::IngestContextProgress*>(message);
-      if (progress.has_context()) {
+      pb::IngestContextProgress progress;
+      if (Parse(message, &progress) && progress.has_context()) {
         record_.context_id = progress.context().context_id();  // the content address when none was given
         record_.context_tokens = static_cast<int64_t>(progress.context().num_tokens());
       }
@@ -107,6 +117,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
   grpc::experimental::ServerRpcInfo* const info_;
   const std::chrono::steady_clock::time_point started_;
   bool api_ = false;
+  bool ingest_request_seen_ = false;
   AccessRecord record_;
 };
 

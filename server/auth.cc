@@ -3,8 +3,6 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#include <fstream>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,26 +23,12 @@ absl::Status Unauthenticated() {
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> ReadTokenFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("--auth_token_file: cannot read ", path));
-  std::vector<std::string> tokens;
-  std::string line;
-  while (std::getline(in, line)) {
-    std::string token(absl::StripAsciiWhitespace(line));
-    if (token.empty() || token[0] == '#') continue;
-    tokens.push_back(std::move(token));
-  }
-  if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth_token_file: no tokens in ", path));
-  return tokens;
+TokenAuthenticator::TokenAuthenticator(const std::vector<TokenEntry>& tokens) {
+  for (const TokenEntry& entry : tokens) entries_.push_back(Entry{Digest(entry.token), entry.principal});
 }
 
-TokenAuthenticator::TokenAuthenticator(const std::vector<std::string>& tokens) {
-  for (const std::string& token : tokens) digests_.push_back(Digest(token));
-}
-
-absl::Status TokenAuthenticator::CheckAuthorization(std::string_view header) const {
-  if (!enabled()) return absl::OkStatus();
+absl::StatusOr<Principal> TokenAuthenticator::CheckAuthorization(std::string_view header) const {
+  if (!enabled()) return Principal();
   constexpr std::string_view kScheme = "Bearer ";
   absl::string_view value(header.data(), header.size());
   if (value.size() <= kScheme.size() ||
@@ -53,15 +37,18 @@ absl::Status TokenAuthenticator::CheckAuthorization(std::string_view header) con
   }
   absl::string_view token = absl::StripAsciiWhitespace(value.substr(kScheme.size()));
   const std::array<unsigned char, 32> presented = Digest(std::string_view(token.data(), token.size()));
-  bool match = false;
-  for (const auto& digest : digests_) {  // no early exit: every token is compared
-    match |= CRYPTO_memcmp(presented.data(), digest.data(), digest.size()) == 0;
+  const Entry* match = nullptr;
+  for (const Entry& entry : entries_) {  // no early exit: every token is compared
+    const bool equal = CRYPTO_memcmp(presented.data(), entry.digest.data(), entry.digest.size()) == 0;
+    if (equal) match = &entry;
   }
-  return match ? absl::OkStatus() : Unauthenticated();
+  if (match == nullptr) return Unauthenticated();
+  return match->principal;
 }
 
-absl::Status TokenAuthenticator::Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
-  if (!enabled()) return absl::OkStatus();
+absl::StatusOr<Principal> TokenAuthenticator::Check(
+    const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
+  if (!enabled()) return Principal();
   auto [begin, end] = metadata.equal_range("authorization");
   if (begin == end || std::next(begin) != end) return Unauthenticated();
   return CheckAuthorization(std::string_view(begin->second.data(), begin->second.size()));

@@ -6,6 +6,8 @@
 // grpc probes send no metadata and must keep working. grpc.health.v1 and server reflection (the
 // schema only, no data) therefore stay open; everything that touches contexts or the model needs a
 // token. Tokens travel in clear text unless --tls_cert is set: use TLS outside a trusted network.
+// A token maps to a tenant and scopes (server/tenants.h); the handlers check the scope each RPC needs
+// and keep to the tenant's namespace of contexts.
 #pragma once
 
 #include <array>
@@ -18,28 +20,29 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/tenants.h"
 
 namespace squeezeserve::server {
 
-// One token per line; surrounding whitespace trimmed, empty lines and lines starting with '#'
-// ignored. An unreadable file or one without tokens is an error (the server refuses to start).
-absl::StatusOr<std::vector<std::string>> ReadTokenFile(const std::string& path);
-
 class TokenAuthenticator {
  public:
-  // No tokens = authentication off (every call passes).
-  explicit TokenAuthenticator(const std::vector<std::string>& tokens);
+  // No tokens = authentication off (every call passes as the default tenant with every scope).
+  explicit TokenAuthenticator(const std::vector<TokenEntry>& tokens);
 
-  bool enabled() const { return !digests_.empty(); }
-  // The value of an "authorization" header: OK for "Bearer <token>" with a known token, otherwise
-  // UNAUTHENTICATED. Compares SHA-256 digests in constant time against every token, so neither the
-  // position of the first differing byte nor the token's length leaks through timing.
-  absl::Status CheckAuthorization(std::string_view header) const;
+  bool enabled() const { return !entries_.empty(); }
+  // The value of an "authorization" header: the token's principal for "Bearer <token>" with a known
+  // token, otherwise UNAUTHENTICATED. Compares SHA-256 digests in constant time against every token,
+  // so neither the position of the first differing byte nor the token's length leaks through timing.
+  absl::StatusOr<Principal> CheckAuthorization(std::string_view header) const;
   // The call's metadata (exactly one authorization header).
-  absl::Status Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
+  absl::StatusOr<Principal> Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
 
  private:
-  std::vector<std::array<unsigned char, 32>> digests_;
+  struct Entry {
+    std::array<unsigned char, 32> digest;
+    Principal principal;
+  };
+  std::vector<Entry> entries_;
 };
 
 }  // namespace squeezeserve::server

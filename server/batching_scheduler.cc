@@ -4,6 +4,10 @@
 #include <utility>
 
 namespace squeezeserve::server {
+namespace {
+// How often a loop whose every stream is paused looks at their output buffers again.
+constexpr absl::Duration kPausedPoll = absl::Milliseconds(5);
+}  // namespace
 
 BatchingScheduler::BatchingScheduler(WorkerPool* pool, const std::atomic<Engine*>* engine, BatchingOptions options)
     : pool_(pool), engine_(engine), options_(options) {
@@ -74,29 +78,57 @@ void BatchingScheduler::Loop() {
         running_.back().sink->OnStart();
       }
     }
-    Step();
+    if (!Step()) {
+      // Every stream waits for its client: idle briefly (new streams still wake the loop).
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](BatchingScheduler* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+                                 return s->stopping_ || !s->joining_.empty();
+                               },
+                               this),
+                           kPausedPoll);
+    }
   }
 }
 
-void BatchingScheduler::Step() {
-  // Cancellation and deadlines: end those streams before spending a forward pass on them.
+bool BatchingScheduler::Step() {
+  // Cancellation, deadlines and stalled clients: end those streams before spending a forward pass on
+  // them; pause those whose output buffer is full.
+  const absl::Time now = absl::Now();
+  std::vector<Stream*> ready;
   for (Stream& stream : running_) {
-    if (stream.sink->cancelled()) Leave(stream, absl::CancelledError("generation cancelled"));
+    if (stream.sink->cancelled()) {
+      Leave(stream, absl::CancelledError("generation cancelled"));
+      continue;
+    }
+    if (stream.sink->backlog() < static_cast<size_t>(options_.max_backlog_messages)) {
+      stream.paused_since = absl::InfiniteFuture();
+      ready.push_back(&stream);
+      continue;
+    }
+    if (stream.paused_since == absl::InfiniteFuture()) stream.paused_since = now;
+    if (now - stream.paused_since >= options_.stall_timeout) {
+      Leave(stream, StalledStatus(StallPolicy{options_.max_backlog_messages, options_.stall_timeout}));
+    }
   }
-  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
-                 running_.end());
-  if (running_.empty()) return;
+  if (ready.empty()) {
+    running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
+                   running_.end());
+    return false;
+  }
 
-  // Every decoding stream, then prefills by priority and join order within the token budget.
+  // Every decoding stream, then prefill chunks by priority and join order within the token budget:
+  // the first always runs; later ones run while they fit, so a short new query is not held behind
+  // the chunks of a long one (which keeps its turn: it is first until it is done).
   std::vector<Stream*> batch, prefills;
-  for (Stream& stream : running_) (stream.prefilled ? batch : prefills).push_back(&stream);
+  for (Stream* stream : ready) (stream->prefilled ? batch : prefills).push_back(stream);
   std::stable_sort(prefills.begin(), prefills.end(), [](const Stream* a, const Stream* b) {
     return a->sink->priority() > b->sink->priority();
   });
   int64_t budget = options_.max_prefill_tokens_per_step;
   for (size_t i = 0; i < prefills.size(); ++i) {
     const int64_t tokens = prefills[i]->generation->next_step_tokens();
-    if (i > 0 && tokens > budget) break;  // keep the order: no later query overtakes this one
+    if (i > 0 && tokens > budget) continue;
     budget -= tokens;
     batch.push_back(prefills[i]);
   }
@@ -128,6 +160,7 @@ void BatchingScheduler::Step() {
   }
   running_.erase(std::remove_if(running_.begin(), running_.end(), [](const Stream& s) { return !s.generation; }),
                  running_.end());
+  return true;
 }
 
 }  // namespace squeezeserve::server

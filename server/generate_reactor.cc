@@ -9,6 +9,7 @@
 #include "server/outbox_reactor.h"
 #include "server/prompt_text.h"
 #include "server/proto_convert.h"
+#include "server/request_codec.h"
 #include "server/request_id.h"
 #include "server/validation.h"
 #include "spdlog/spdlog.h"
@@ -23,20 +24,15 @@ double MillisBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double, std::milli>(to - from).count();
 }
 
-// Tokens a slow client may fall behind before the worker waits for it.
-constexpr size_t kMaxQueuedResponses = 256;
-
-class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::GenerateResponse>, pb::GenerateResponse>,
+class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>, pb::GenerateResponse>,
                               public GenerationSink {
  public:
-  GenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
+  GenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw_request)
       : OutboxReactor(context, "Generate", &core->counter),
         core_(core),
         arrival_(Clock::now()),
         request_id_(AssignRequestId(context)) {
-    include_logprobs_ = request.include_logprobs();
-    priority_ = request.priority();
-    absl::Status started = Start(request);
+    absl::Status started = Start(raw_request);
     if (!started.ok()) {
       spdlog::debug("request {}: Generate refused: {}", request_id_, std::string(started.message()));
       FinishAfterWrites(ToGrpcStatus(started));
@@ -71,14 +67,21 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
       final_stats_ = stats;
       finish_reason_ = step.finish;
     }
-    Send(std::move(response));
-    WaitForRoom(kMaxQueuedResponses);
+    Send(response);
+  }
+
+  size_t backlog() const override { return OutboxReactor::backlog(); }
+  bool WaitForBacklogBelow(size_t bound, absl::Duration timeout) override {
+    return OutboxReactor::WaitForBacklogBelow(bound, timeout);
   }
 
   void OnFinish(const absl::Status& status) override {
     if (!status.ok() && !cancelled()) {
       spdlog::warn("request {}: Generate failed: {}", request_id_, std::string(status.message()));
     }
+    // The scheduler gave up on a client that stopped reading: its queued messages would never be
+    // written, so cancel the call rather than wait for the client to go away.
+    if (IsStalled(status)) AbortCall();
     RecordMetrics(status);
     spdlog::debug("request {}: Generate finished ({}, {} tokens)", request_id_, status.ok() ? "ok" : "error",
                   tokens_sent_);
@@ -89,8 +92,13 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
   void OnDone() override { delete this; }
 
   // Validation and hand-off; any error becomes the RPC's status.
-  absl::Status Start(const pb::GenerateRequest& request) {
-    if (absl::Status admitted = core_->Admit(*context()); !admitted.ok()) return admitted;
+  absl::Status Start(const grpc::ByteBuffer& raw_request) {
+    absl::StatusOr<Principal> principal = core_->Admit(*context(), kScopeGenerate, "Generate");
+    if (!principal.ok()) return principal.status();
+    pb::GenerateRequest request;
+    if (absl::Status parsed = ParseMessage(raw_request, &request); !parsed.ok()) return parsed;
+    include_logprobs_ = request.include_logprobs();
+    priority_ = request.priority();
     Engine* engine = core_->engine.load();
     const ModelInfo& model = engine->model_info();
     const ServerLimits& limits = core_->config.limits;
@@ -99,7 +107,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
     std::shared_ptr<const Context> context;
     if (!request.context_id().empty()) {
       if (absl::Status id = ValidateContextId(request.context_id(), "context_id"); !id.ok()) return id;
-      absl::StatusOr<std::shared_ptr<const Context>> stored = core_->store.Get(request.context_id());
+      absl::StatusOr<std::shared_ptr<const Context>> stored = core_->store.Get(ContextKey{principal->tenant, request.context_id()});
       if (!stored.ok()) return stored.status();
       context = *std::move(stored);
     }
@@ -207,9 +215,8 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<pb::
 
 }  // namespace
 
-grpc::ServerWriteReactor<pb::GenerateResponse>* NewGenerateReactor(ServiceCore* core,
-                                                                   grpc::CallbackServerContext* context,
-                                                                   const pb::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* NewGenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context,
+                                                               const grpc::ByteBuffer* request) {
   return new GenerateReactor(core, context, *request);
 }
 

@@ -10,7 +10,9 @@
 
 namespace squeezeserve::server {
 
-grpc::ServerWriteReactor<::squeezeserve::v1::GenerateResponse>* NewGenerateReactor(
-    ServiceCore* core, grpc::CallbackServerContext* context, const ::squeezeserve::v1::GenerateRequest* request);
+// `request` is a GenerateRequest's raw bytes and responses are written as raw bytes
+// (server/request_codec.h): a request that does not parse is answered INVALID_ARGUMENT.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* NewGenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context,
+                                                               const grpc::ByteBuffer* request);
 
 }  // namespace squeezeserve::server

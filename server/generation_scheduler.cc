@@ -2,9 +2,25 @@
 
 #include <utility>
 
-namespace squeezeserve::server {
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 
-void RunGeneration(Generation& generation, GenerationSink& sink) {
+namespace squeezeserve::server {
+namespace {
+constexpr char kStalledPayload[] = "squeezeserve/stalled-output";
+}  // namespace
+
+absl::Status StalledStatus(const StallPolicy& policy) {
+  absl::Status status = absl::ResourceExhaustedError(
+      absl::StrCat("the client took no output for ", absl::FormatDuration(policy.timeout), " while ",
+                   policy.max_backlog, " messages waited: the stream was ended (read your stream)"));
+  status.SetPayload(kStalledPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsStalled(const absl::Status& status) { return status.GetPayload(kStalledPayload).has_value(); }
+
+void RunGeneration(Generation& generation, GenerationSink& sink, const StallPolicy& stall) {
   sink.OnStart();
   while (true) {
     if (sink.cancelled()) {
@@ -22,6 +38,10 @@ void RunGeneration(Generation& generation, GenerationSink& sink) {
       sink.OnFinish(absl::OkStatus());
       return;
     }
+    if (!sink.WaitForBacklogBelow(static_cast<size_t>(stall.max_backlog), stall.timeout)) {
+      sink.OnFinish(StalledStatus(stall));
+      return;
+    }
   }
 }
 
@@ -29,7 +49,7 @@ absl::Status ThreadPerStreamScheduler::Submit(std::unique_ptr<Generation> genera
   // std::function needs a copyable callable: share the generation with the job.
   std::shared_ptr<Generation> shared(std::move(generation));
   QueuedJob job;
-  job.run = [shared, sink] { RunGeneration(*shared, *sink); };
+  job.run = [shared, sink, stall = stall_] { RunGeneration(*shared, *sink, stall); };
   job.abandoned = [sink] { return sink->cancelled(); };
   job.withdrawn = [sink] { sink->OnFinish(absl::CancelledError("cancelled while queued")); };
   job.priority = sink->priority();

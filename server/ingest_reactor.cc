@@ -1,5 +1,9 @@
 #include "server/ingest_reactor.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -10,6 +14,7 @@
 #include "server/ingest_accumulator.h"
 #include "server/outbox_reactor.h"
 #include "server/proto_convert.h"
+#include "server/request_codec.h"
 #include "server/request_id.h"
 #include "spdlog/spdlog.h"
 
@@ -31,38 +36,64 @@ pb::IngestContextProgress Progress(std::string stage, float fraction, int64_t do
   return progress;
 }
 
-using IngestBase = grpc::ServerBidiReactor<pb::IngestContextRequest, pb::IngestContextProgress>;
+using IngestBase = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+// An ingest's clustering and calibration run beside the generation steps on the same cores; at a lower
+// CPU priority (nice 10) they take what the steps leave instead of stretching their gaps. Per thread
+// on Linux, and inherited by the math threads this worker starts. Worker threads run only ingests'
+// model work under the batching scheduler, so the setting is never undone.
+void YieldCpuToGeneration() {
+  static thread_local bool done = false;
+  if (done) return;
+  done = true;
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+}
 
 class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextProgress> {
  public:
   IngestReactor(ServiceCore* core, grpc::CallbackServerContext* context)
       : OutboxReactor(context, "IngestContext", &core->counter), core_(core), request_id_(AssignRequestId(context)) {
-    if (absl::Status admitted = core_->Admit(*context); !admitted.ok()) {
-      FinishAfterWrites(ToGrpcStatus(admitted));
+    absl::StatusOr<Principal> principal = core_->Admit(*context, kScopeIngest, "IngestContext");
+    if (!principal.ok()) {
+      FinishAfterWrites(ToGrpcStatus(principal.status()));
       return;
     }
+    tenant_ = principal->tenant;
     engine_ = core_->engine.load();
     accumulator_.emplace(core_->config.limits, engine_->model_info().vocab_size);
-    StartRead(&request_);
+    StartRead(&raw_request_);
   }
 
  private:
+  // A failed read is the client's half-close or a broken stream; gRPC reports both the same way, so
+  // a fence tells them apart: a message written after the last read reaches only a live call (a reset
+  // stream cancels the call, and every later write on it fails). Requests arrive as raw bytes, so a
+  // message that does not parse is an error here, never an early end of the stream.
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client finished sending (or went away)
-      if (cancelled()) {
-        FinishAfterWrites(grpc::Status::CANCELLED);
-      } else {
-        StartWork();
-      }
+    if (!ok) {
+      Send(Progress("received", 0, accumulator_->received_units(), 0), /*replaceable=*/false, [this](bool written) {
+        if (written && !cancelled()) {
+          StartWork();
+        } else {
+          FinishAfterWrites(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke before the client ended it"));
+        }
+      });
       return;
     }
-    if (absl::Status added = accumulator_->Add(request_); !added.ok()) {
+    absl::Status added = ParseMessage(raw_request_, &request_);
+    raw_request_.Clear();
+    if (!added.ok()) {
+      added = absl::InvalidArgumentError(absl::StrCat("stream message ", accumulator_->messages(), ": ", added.message()));
+    } else {
+      added = accumulator_->Add(request_);
+    }
+    if (!added.ok()) {
       FinishAfterWrites(ToGrpcStatus(added));
       return;
     }
     request_.Clear();
     Send(Progress("receiving", 0, accumulator_->received_units(), 0), /*replaceable=*/true);
-    StartRead(&request_);
+    StartRead(&raw_request_);
   }
 
   void OnDone() override { delete this; }
@@ -79,6 +110,7 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
   }
 
   void RunOnWorker() {
+    YieldCpuToGeneration();
     const auto started = std::chrono::steady_clock::now();
     absl::Status status = Ingest();
     core_->metrics.RecordIngest(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
@@ -112,13 +144,16 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
     const IndexOptions& index = accumulator_->index();
     std::string id = accumulator_->context_id();
     if (id.empty()) {
-      id = ContentAddress(model.fingerprint, tokens, index);
+      id = ContentAddress(model.fingerprint, tokens, index, tenant_);
       // Same tokens, options and model: the stored context is the answer (idempotent ingest).
-      if (absl::StatusOr<std::shared_ptr<const Context>> existing = core_->store.Get(id); existing.ok()) {
+      if (absl::StatusOr<std::shared_ptr<const Context>> existing = core_->store.Get(ContextKey{tenant_, id});
+          existing.ok()) {
         SendDone(**existing);
         return absl::OkStatus();
       }
     }
+    const TenantLimits limits = core_->LimitsOf(tenant_);
+    if (absl::Status room = core_->store.CheckRoom(ContextKey{tenant_, id}, limits); !room.ok()) return room;
 
     const int64_t total = static_cast<int64_t>(tokens.size());
     Send(Progress("prefill", kEngineStart, 0, total), /*replaceable=*/true);
@@ -131,7 +166,9 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
         engine_->Ingest(id, std::move(tokens), index, on_progress, is_cancelled);
     if (!context.ok()) return context.status();
     Send(Progress("storing", 0.99f, total, total), /*replaceable=*/true);
-    if (absl::Status stored = core_->store.Put(*context); !stored.ok()) return stored;
+    // A client that went away meanwhile gets nothing stored in its name.
+    if (cancelled()) return absl::CancelledError("cancelled by the client");
+    if (absl::Status stored = core_->store.Put(tenant_, *context, limits); !stored.ok()) return stored;
     ingested_tokens_ = (*context)->summary().num_tokens;
     spdlog::info("request {}: ingested context {} ({} tokens, index: {})", request_id_, id, (*context)->summary().num_tokens,
                  (*context)->summary().has_index ? "yes" : "dense only");
@@ -143,11 +180,13 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
     const ContextSummary& summary = context.summary();
     pb::IngestContextProgress done = Progress("done", 1, summary.num_tokens, summary.num_tokens);
     *done.mutable_context() = ToProto(summary, engine_->model_info().fingerprint);
-    Send(std::move(done));
+    Send(done);
   }
 
   ServiceCore* const core_;
   Engine* engine_ = nullptr;
+  std::string tenant_;  // the caller's namespace
+  grpc::ByteBuffer raw_request_;
   pb::IngestContextRequest request_;
   std::optional<IngestAccumulator> accumulator_;
   const std::string request_id_;
@@ -156,7 +195,7 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
 
 }  // namespace
 
-grpc::ServerBidiReactor<pb::IngestContextRequest, pb::IngestContextProgress>* NewIngestReactor(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewIngestReactor(
     ServiceCore* core, grpc::CallbackServerContext* context) {
   return new IngestReactor(core, context);
 }

@@ -9,7 +9,7 @@
 
 namespace squeezeserve::server {
 
-grpc::ServerBidiReactor<::squeezeserve::v1::IngestContextRequest, ::squeezeserve::v1::IngestContextProgress>*
-NewIngestReactor(ServiceCore* core, grpc::CallbackServerContext* context);
+// Messages travel as raw bytes (server/request_codec.h): IngestContextRequest in, IngestContextProgress out.
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewIngestReactor(ServiceCore* core, grpc::CallbackServerContext* context);
 
 }  // namespace squeezeserve::server

@@ -2,10 +2,12 @@
 // UNAVAILABLE) and prints the listening line, loads the model on a thread, flips health to SERVING,
 // then waits for SIGTERM/SIGINT and drains: NOT_SERVING, no new calls, running streams get a grace
 // period, exit 0.
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +24,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
 #include "server/access_log.h"
@@ -32,6 +35,7 @@
 #include "server/native_log_capture.h"
 #include "server/openai_http.h"
 #include "server/reflection_v1.h"
+#include "server/request_codec.h"
 #include "server/service.h"
 #include "server/tls.h"
 #include "spdlog/spdlog.h"
@@ -63,8 +67,9 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "fails to load). Dense generation always uses libtorch.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
-          "Tokens per unit of ingest prefill work (each unit holds the forward lock on its own, so generation "
-          "steps run between units); 0 = 32768 on a GPU, 512 on the CPU.");
+          "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
+          "no generation step waits for it, so generation steps run between units); 0 = 32768 on a GPU, 128 "
+          "on the CPU (docs/isolation.md \"Ingest\").");
 ABSL_FLAG(int64_t, max_context_tokens, 1 << 20, "Largest context IngestContext accepts, in tokens.");
 ABSL_FLAG(int64_t, max_context_bytes, 0,
           "Largest IngestContext upload in bytes of text or token ids (0 = 32 x max_context_tokens).");
@@ -82,9 +87,19 @@ ABSL_FLAG(std::string, scheduler, "batching",
           "How Generate streams share the model: batching (continuous batching: one loop steps every running "
           "stream in one forward pass) or thread_per_stream (each stream on its own worker, one forward at a "
           "time; kept for comparison).");
-ABSL_FLAG(int64_t, batch_prefill_tokens, 512,
-          "With --scheduler=batching: query-prefill tokens added to one step beyond the first query (bounds "
-          "how long new queries stall the running streams' next token).");
+ABSL_FLAG(int64_t, batch_prefill_tokens, 0,
+          "Query-prefill tokens per step: a query is prefilled in chunks of half this size, and with "
+          "--scheduler=batching one step takes prefill chunks up to this many tokens besides its decode tokens "
+          "(bounds how long a long prompt stalls the running streams' next token). 0 = by device: 32 on cpu "
+          "(docs/operations.md \"Isolation\"), 1024 on cuda.");
+ABSL_FLAG(int64_t, max_stream_backlog, 64,
+          "Generate messages buffered for a client that is not reading before its stream is paused (the other "
+          "streams go on).");
+ABSL_FLAG(int64_t, stream_stall_timeout_ms, 20000,
+          "A Generate stream paused this long for a client that does not read is cancelled and its slot freed.");
+ABSL_FLAG(int64_t, store_revalidate_ms, 1000,
+          "With --store shared by replicas: a context in memory is served this long before the store is checked "
+          "for a delete or replacement by another replica (the staleness bound; 0 = check on every request).");
 ABSL_FLAG(int64_t, max_message_bytes, 8 << 20, "Largest gRPC message received or sent, in bytes.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the HTTP server for Prometheus (/metrics) and plain probes (/healthz); empty = off. "
@@ -97,8 +112,10 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require every client to present a certificate signed by it (mutual TLS).");
 ABSL_FLAG(std::string, auth_token_file, "",
-          "File of bearer tokens, one per line ('#' comments). Squeezeserve RPCs must then send "
-          "'authorization: Bearer <token>' or get UNAUTHENTICATED; the gRPC health service and reflection "
+          "File of bearer tokens, one per line ('#' comments): TOKEN [tenant=NAME] [scopes=read,generate,ingest,"
+          "admin], plus 'quota NAME [contexts=N] [bytes=N]' lines (docs/operations.md \"Tenants\"). Squeezeserve "
+          "RPCs must then send 'authorization: Bearer <token>' or get UNAUTHENTICATED; each tenant sees only its "
+          "own contexts. The gRPC health service and reflection "
           "stay open for probes. Use with TLS: tokens are otherwise sent in clear text.");
 ABSL_FLAG(std::string, default_mode, "auto",
           "Attention mode for requests that leave attention.mode unset: dense, squeezed, or auto: squeezed "
@@ -177,6 +194,16 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   }
   config.batch_prefill_tokens = absl::GetFlag(FLAGS_batch_prefill_tokens);
   if (config.batch_prefill_tokens < 0) return absl::InvalidArgumentError("--batch_prefill_tokens must be >= 0");
+  if (config.batch_prefill_tokens == 0) {
+    config.batch_prefill_tokens = absl::StartsWith(absl::GetFlag(FLAGS_device), "cuda") ? 1024 : 32;
+  }
+  config.max_stream_backlog = absl::GetFlag(FLAGS_max_stream_backlog);
+  config.stream_stall_timeout_ms = absl::GetFlag(FLAGS_stream_stall_timeout_ms);
+  config.store_revalidate_ms = absl::GetFlag(FLAGS_store_revalidate_ms);
+  if (config.max_stream_backlog <= 0 || config.stream_stall_timeout_ms <= 0 || config.store_revalidate_ms < 0) {
+    return absl::InvalidArgumentError(
+        "--max_stream_backlog and --stream_stall_timeout_ms must be positive, --store_revalidate_ms >= 0");
+  }
   config.defaults.sparsity = absl::GetFlag(FLAGS_default_sparsity);
   if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned);
       pruned == "estimated" || pruned == "dropped" || pruned == "auto") {
@@ -204,9 +231,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     config.model_name = (dir.has_filename() ? dir : dir.parent_path()).filename().string();
   }
   if (const std::string token_file = absl::GetFlag(FLAGS_auth_token_file); !token_file.empty()) {
-    absl::StatusOr<std::vector<std::string>> tokens = ReadTokenFile(token_file);
+    absl::StatusOr<TokenFile> tokens = ReadTokenFile(token_file);
     if (!tokens.ok()) return tokens.status();
-    config.auth_tokens = *std::move(tokens);
+    config.auth = *std::move(tokens);
   }
   return config;
 }
@@ -232,6 +259,13 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGUSR1);  // the loader's "load failed"
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A file size limit (RLIMIT_FSIZE) must fail the store write that hits it (EFBIG), not kill us.
+  signal(SIGXFSZ, SIG_IGN);
+  // libtorch's CPU tensors come from malloc, which by default hands large freed blocks back to the
+  // kernel; the next step's tensors then fault in fresh zeroed pages. On the CPU that was most of a
+  // long query's prefill time (4-10x; docs/isolation.md). Keep freed memory in the process.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(
       {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
@@ -294,7 +328,7 @@ int Run() {
   std::cout << "squeezeserve listening on " << BoundAddress(listen, port) << std::endl;
   spdlog::info("security: {}{}{}", absl::GetFlag(FLAGS_tls_cert).empty() ? "plaintext" : "TLS",
                absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " with client certificates (mTLS)",
-               config->auth_tokens.empty() ? "" : absl::StrCat(", ", config->auth_tokens.size(), " bearer token(s)"));
+               config->auth.tokens.empty() ? "" : absl::StrCat(", ", config->auth.tokens.size(), " bearer token(s)"));
   spdlog::info("listening on {}; loading model {} on {}", BoundAddress(listen, port), model_dir,
                absl::GetFlag(FLAGS_device));
 
@@ -306,6 +340,8 @@ int Run() {
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
+    // Half the step budget, so a new short query fits in a step beside a long query's chunk.
+    options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();
     absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(options);
     if (!engine.ok()) {
@@ -327,10 +363,14 @@ int Run() {
   loader.join();
   if (signal_number != SIGUSR1) spdlog::info("signal {}: draining", signal_number);
 
-  // Drain: tell load balancers first, then refuse new calls and give running streams the grace period.
+  // Drain: tell load balancers first, then refuse new work (UNAVAILABLE) and give running streams the
+  // grace period while the port stays open, so health checks get NOT_SERVING rather than errors.
   health->Shutdown();
   service.BeginDrain();
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s));
+  while (!service.idle() && std::chrono::system_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   server->Shutdown(deadline);
   server->Wait();
   if (openai_http != nullptr) openai_http->Stop();  // its running streams drained with the gRPC ones
@@ -370,6 +410,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<NativeLogCapture>> capture = NativeLogCapture::Start();
   squeezeserve::server::ConfigureLogging(*format, level, capture.ok() ? (*capture)->original() : stderr);
   if (!capture.ok()) spdlog::warn("library output stays unformatted on stderr: {}", std::string(capture.status().message()));
+  squeezeserve::server::RouteProtobufLogsToDebug();  // a client's malformed strings must not flood the log
   const int exit_code = squeezeserve::server::Run();
   spdlog::default_logger()->flush();
   if (capture.ok()) capture->reset();  // logs the library lines still in the pipe

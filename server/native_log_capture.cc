@@ -1,6 +1,7 @@
 #include "server/native_log_capture.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -70,7 +71,14 @@ absl::StatusOr<std::unique_ptr<NativeLogCapture>> NativeLogCapture::Start() {
 NativeLogCapture::NativeLogCapture(int original_fd, int read_fd)
     : original_fd_(original_fd), read_fd_(read_fd), original_(fdopen(original_fd, "w")) {
   setvbuf(original_, nullptr, _IOLBF, 0);
+  // The reader never takes a process signal: it starts before main() blocks SIGTERM/SIGINT for its
+  // sigwait, and a thread with them unblocked would die of a second SIGTERM sent during a drain.
+  // Threads inherit the creator's mask, so block everything around the thread's creation.
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &previous);
   reader_ = std::thread([this] { ReadLines(); });
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
 NativeLogCapture::~NativeLogCapture() {

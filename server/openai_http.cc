@@ -52,15 +52,15 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const Engine& engine, const OpenA
 }
 
 // The same checks and defaults as the Generate RPC (server/generate_reactor.cc), in OpenAI's names.
-absl::StatusOr<std::unique_ptr<Generation>> PrepareGeneration(ServiceCore& core, Engine& engine,
-                                                              const OpenAiRequest& request) {
+absl::StatusOr<std::unique_ptr<Generation>> PrepareGeneration(ServiceCore& core, const Principal& principal,
+                                                              Engine& engine, const OpenAiRequest& request) {
   const ServerLimits& limits = core.config.limits;
   std::shared_ptr<const Context> context;
   AttentionOptions attention;
   attention.mode = AttentionMode::kDense;
   if (!request.context_id.empty()) {
     if (absl::Status id = ValidateContextId(request.context_id, "context_id"); !id.ok()) return id;
-    absl::StatusOr<std::shared_ptr<const Context>> stored = core.store.Get(request.context_id);
+    absl::StatusOr<std::shared_ptr<const Context>> stored = core.store.Get(ContextKey{principal.tenant, request.context_id});
     if (!stored.ok()) return stored.status();
     context = *std::move(stored);
     absl::StatusOr<AttentionOptions> resolved = ResolveAttention(request.attention, context->summary(), core.defaults);
@@ -162,13 +162,12 @@ void OpenAiHttpServer::Stop() {
   }
 }
 
-absl::StatusOr<Engine*> OpenAiHttpServer::Admit(const httplib::Request& request) const {
-  if (core_->auth.enabled()) {
-    absl::Status authenticated = core_->auth.CheckAuthorization(request.get_header_value("Authorization"));
-    if (!authenticated.ok()) return authenticated;
-  }
-  if (absl::Status serving = core_->CheckServing(); !serving.ok()) return serving;
-  return core_->engine.load();
+absl::StatusOr<OpenAiHttpServer::Admitted> OpenAiHttpServer::Admit(const httplib::Request& request, uint32_t scope,
+                                                                    std::string_view what) const {
+  absl::StatusOr<Principal> principal =
+      core_->AdmitAuthorization(request.get_header_value("Authorization"), scope, what);
+  if (!principal.ok()) return principal.status();
+  return Admitted{*std::move(principal), core_->engine.load()};
 }
 
 std::string OpenAiHttpServer::ModelName(const Engine& engine) const {
@@ -188,19 +187,21 @@ void OpenAiHttpServer::Fail(httplib::Response& response, const char* method, con
 }
 
 void OpenAiHttpServer::Models(const httplib::Request& request, httplib::Response& response) {
-  absl::StatusOr<Engine*> engine = Admit(request);
-  if (!engine.ok()) return Fail(response, "OpenAI.Models", engine.status());
+  absl::StatusOr<Admitted> admitted = Admit(request, /*scope=*/0, "OpenAI.Models");
+  if (!admitted.ok()) return Fail(response, "OpenAI.Models", admitted.status());
+  Engine& engine = *admitted->engine;
   core_->counter.Count("OpenAI.Models", grpc::StatusCode::OK);
-  response.set_content(ModelsResponse(ModelName(**engine), std::time(nullptr),
-                                      (*engine)->model_info().max_position_embeddings)
+  response.set_content(ModelsResponse(ModelName(engine), std::time(nullptr),
+                                      engine.model_info().max_position_embeddings)
                            .dump(),
                        "application/json");
 }
 
 void OpenAiHttpServer::Tokenize(const httplib::Request& request, httplib::Response& response, bool detokenize) {
   const char* method = detokenize ? "OpenAI.Detokenize" : "OpenAI.Tokenize";
-  absl::StatusOr<Engine*> engine = Admit(request);
-  if (!engine.ok()) return Fail(response, method, engine.status());
+  absl::StatusOr<Admitted> admitted = Admit(request, /*scope=*/0, method);
+  if (!admitted.ok()) return Fail(response, method, admitted.status());
+  Engine& engine = *admitted->engine;
   const Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object()) {
     return Fail(response, method, absl::InvalidArgumentError("body: must be a JSON object"));
@@ -213,7 +214,7 @@ void OpenAiHttpServer::Tokenize(const httplib::Request& request, httplib::Respon
       for (const Json& id : body.value("tokens", Json::array())) rpc.add_ids(id.get<int32_t>());
       rpc.set_skip_special_tokens(body.value("skip_special_tokens", false));
       pb::DetokenizeResponse result;
-      status = server::Detokenize(**engine, rpc, &result);
+      status = server::Detokenize(engine, rpc, &result);
       out = {{"prompt", result.text()}};
     } else {
       pb::TokenizeRequest rpc;
@@ -229,9 +230,9 @@ void OpenAiHttpServer::Tokenize(const httplib::Request& request, httplib::Respon
         rpc.set_add_special_tokens(body.value("add_special_tokens", true));
       }
       pb::TokenizeResponse result;
-      status = server::Tokenize(**engine, rpc, &result);
+      status = server::Tokenize(engine, rpc, &result);
       out = {{"count", result.ids_size()},
-             {"max_model_len", (*engine)->model_info().max_position_embeddings},
+             {"max_model_len", engine.model_info().max_position_embeddings},
              {"tokens", Json(std::vector<int32_t>(result.ids().begin(), result.ids().end()))}};
       if (rpc.has_messages()) out["prompt"] = result.prompt();
     }
@@ -245,18 +246,19 @@ void OpenAiHttpServer::Tokenize(const httplib::Request& request, httplib::Respon
 
 void OpenAiHttpServer::Generate(const httplib::Request& http_request, httplib::Response& response, bool chat) {
   const char* method = chat ? "OpenAI.ChatCompletions" : "OpenAI.Completions";
-  absl::StatusOr<Engine*> engine = Admit(http_request);
-  if (!engine.ok()) return Fail(response, method, engine.status());
+  absl::StatusOr<Admitted> admitted = Admit(http_request, kScopeGenerate, method);
+  if (!admitted.ok()) return Fail(response, method, admitted.status());
+  Engine& engine = *admitted->engine;
   absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(http_request.body, chat);
   if (!parsed.ok()) return Fail(response, method, parsed.status());
   auto request = std::make_shared<OpenAiRequest>(*std::move(parsed));
-  const std::string model = ModelName(**engine);
+  const std::string model = ModelName(engine);
   if (!request->model.empty() && request->model != model) {
     return Fail(response, method,
                 absl::NotFoundError(absl::StrCat("model: '", request->model, "' does not exist; this server serves '",
                                                  model, "'")));
   }
-  absl::StatusOr<std::unique_ptr<Generation>> generation = PrepareGeneration(*core_, **engine, *request);
+  absl::StatusOr<std::unique_ptr<Generation>> generation = PrepareGeneration(*core_, admitted->principal, engine, *request);
   if (!generation.ok()) return Fail(response, method, generation.status());
   absl::StatusOr<std::shared_ptr<HttpGeneration>> running =
       HttpGeneration::Start(*std::move(generation), *core_->scheduler, &core_->metrics);
@@ -265,7 +267,7 @@ void OpenAiHttpServer::Generate(const httplib::Request& http_request, httplib::R
   const std::string id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", NewRequestId());
   const int64_t created = std::time(nullptr);
   std::shared_ptr<HttpGeneration> sink = *std::move(running);
-  const Engine* model_engine = *engine;
+  const Engine* model_engine = &engine;
   ServiceCore* core = core_;
 
   if (!request->stream) {

@@ -40,8 +40,13 @@ class OpenAiHttpServer {
   void Models(const httplib::Request& request, httplib::Response& response);
   void Generate(const httplib::Request& request, httplib::Response& response, bool chat);
   void Tokenize(const httplib::Request& request, httplib::Response& response, bool detokenize);
-  // Auth, then serving state; the engine when both pass.
-  absl::StatusOr<Engine*> Admit(const httplib::Request& request) const;
+  // Auth (with `scope`), then serving state (ServiceCore::AdmitAuthorization); the caller and the
+  // engine when both pass.
+  struct Admitted {
+    Principal principal;
+    Engine* engine;
+  };
+  absl::StatusOr<Admitted> Admit(const httplib::Request& request, uint32_t scope, std::string_view what) const;
   std::string ModelName(const Engine& engine) const;
   void Fail(httplib::Response& response, const char* method, const absl::Status& status);
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "server/tenants.h"
 
 namespace squeezeserve::server {
 
@@ -52,14 +53,24 @@ struct ServerConfig {
   // With store_dir: resident KV + index bytes at most (0 = no limit); see ContextStore.
   uint64_t max_resident_context_bytes = 0;
   uint64_t max_host_context_bytes = 0;
-  // Bearer tokens a Squeezeserve RPC must present (--auth_token_file); empty = no authentication.
-  std::vector<std::string> auth_tokens;
+  // Bearer tokens a Squeezeserve RPC must present, their tenants and scopes, and tenant quotas
+  // (--auth_token_file, server/tenants.h); no tokens = no authentication (one default tenant).
+  TokenFile auth;
   // How Generate streams reach the engine (--scheduler): continuous batching, or one worker thread
   // per stream taking turns on the engine (kept for comparison).
   enum class Scheduler { kBatching, kThreadPerStream };
   Scheduler scheduler = Scheduler::kBatching;
-  // Batching: query-prefill tokens admitted into one step (--batch_prefill_tokens).
-  int64_t batch_prefill_tokens = 512;
+  // Query-prefill tokens admitted into one step (--batch_prefill_tokens, resolved by device); the
+  // engine prefills queries in chunks of half of it.
+  int64_t batch_prefill_tokens = 32;
+  // A Generate stream's output buffer: past this many messages the client is not taking, the stream
+  // is paused (the batch goes on without it); paused longer than the stall timeout, it is cancelled
+  // and its slot freed (--max_stream_backlog, --stream_stall_timeout_ms).
+  int64_t max_stream_backlog = 64;
+  int64_t stream_stall_timeout_ms = 20000;
+  // Replicas sharing --store: how long a resident context is served before its store copy is checked
+  // for a delete or replacement by another replica (--store_revalidate_ms; the staleness bound).
+  int64_t store_revalidate_ms = 1000;
 };
 
 }  // namespace squeezeserve::server

@@ -1,5 +1,8 @@
 // squeezeserve.v1.Squeezeserve on gRPC's callback API. Streaming RPCs live in their reactors
 // (ingest_reactor, generate_reactor); the unary store and info RPCs are answered here directly.
+// Every method is registered raw (bytes in, bytes out) and parses its request itself
+// (server/request_codec.h): gRPC's typed handlers answer an unparseable request UNIMPLEMENTED with no
+// message, or take a failed read of a client stream for its end.
 #pragma once
 
 #include <memory>
@@ -13,7 +16,16 @@
 
 namespace squeezeserve::server {
 
-class SqueezeserveService final : public ::squeezeserve::v1::Squeezeserve::CallbackService {
+namespace internal {
+namespace pb = ::squeezeserve::v1;
+using RawCallbackService = pb::Squeezeserve::WithRawCallbackMethod_IngestContext<
+    pb::Squeezeserve::WithRawCallbackMethod_Generate<pb::Squeezeserve::WithRawCallbackMethod_GetContext<
+        pb::Squeezeserve::WithRawCallbackMethod_ListContexts<pb::Squeezeserve::WithRawCallbackMethod_DeleteContext<
+            pb::Squeezeserve::WithRawCallbackMethod_GetServerInfo<pb::Squeezeserve::WithRawCallbackMethod_Tokenize<
+                pb::Squeezeserve::WithRawCallbackMethod_Detokenize<pb::Squeezeserve::Service>>>>>>>>;
+}  // namespace internal
+
+class SqueezeserveService final : public internal::RawCallbackService {
  public:
   explicit SqueezeserveService(ServerConfig config);
   // Waits for running model work; the gRPC server must be shut down first.
@@ -27,35 +39,37 @@ class SqueezeserveService final : public ::squeezeserve::v1::Squeezeserve::Callb
   // The Prometheus metrics (/metrics) and whether RPCs are being served (/healthz).
   const ServerMetrics& metrics() const { return core_.metrics; }
   bool serving() const { return core_.CheckServing().ok(); }
+  // No ingest or generation running or waiting (a drain can close the port).
+  bool idle() const { return core_.pool->busy() == 0 && core_.pool->queued() == 0; }
 
-  grpc::ServerBidiReactor<::squeezeserve::v1::IngestContextRequest, ::squeezeserve::v1::IngestContextProgress>*
-  IngestContext(grpc::CallbackServerContext* context) override;
-  grpc::ServerWriteReactor<::squeezeserve::v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const ::squeezeserve::v1::GenerateRequest* request) override;
-  grpc::ServerUnaryReactor* GetContext(grpc::CallbackServerContext* context,
-                                       const ::squeezeserve::v1::GetContextRequest* request,
-                                       ::squeezeserve::v1::ContextInfo* response) override;
-  grpc::ServerUnaryReactor* ListContexts(grpc::CallbackServerContext* context,
-                                         const ::squeezeserve::v1::ListContextsRequest* request,
-                                         ::squeezeserve::v1::ListContextsResponse* response) override;
-  grpc::ServerUnaryReactor* DeleteContext(grpc::CallbackServerContext* context,
-                                          const ::squeezeserve::v1::DeleteContextRequest* request,
-                                          ::squeezeserve::v1::DeleteContextResponse* response) override;
-  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-                                          const ::squeezeserve::v1::GetServerInfoRequest* request,
-                                          ::squeezeserve::v1::ServerInfo* response) override;
-  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const ::squeezeserve::v1::TokenizeRequest* request,
-                                     ::squeezeserve::v1::TokenizeResponse* response) override;
-  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
-                                       const ::squeezeserve::v1::DetokenizeRequest* request,
-                                       ::squeezeserve::v1::DetokenizeResponse* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* IngestContext(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* GetContext(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListContexts(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DeleteContext(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
   // For the OpenAI-compatible endpoints (server/openai_http.h), which share admission, auth,
   // scheduling and metrics with the RPCs.
   ServiceCore* core() { return &core_; }
 
  private:
+  // A unary RPC: admission (with `scope`), parsing, `handler(principal, request, &response)`,
+  // serialization, and the status counted under `method`.
+  template <typename Request, typename Response, typename Handler>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method, uint32_t scope,
+                                  const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response,
+                                  Handler handler);
   // Counts `status` under `method` and finishes the unary call with it.
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const char* method,
                                         const absl::Status& status);

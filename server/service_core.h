@@ -24,7 +24,7 @@ struct ServiceCore {
   explicit ServiceCore(ServerConfig server_config)
       : config(std::move(server_config)),
         defaults(config.defaults),
-        auth(config.auth_tokens),
+        auth(config.auth.tokens),
         pool(std::make_unique<WorkerPool>(config.limits.max_concurrent_streams, config.limits.max_queued_requests)),
         scheduler(MakeScheduler()) {}
 
@@ -42,12 +42,33 @@ struct ServiceCore {
   }
 
   // The gate every Squeezeserve RPC passes first: UNAUTHENTICATED without a valid token (checked
-  // before anything about the server's state is revealed), then CheckServing.
-  absl::Status Admit(const grpc::CallbackServerContext& context) const {
-    if (absl::Status authenticated = auth.Check(context.client_metadata()); !authenticated.ok()) {
-      return authenticated;
+  // before anything about the server's state is revealed), PERMISSION_DENIED without `scope`, then
+  // CheckServing. Returns who is calling (the default tenant with every scope when authentication is
+  // off). `scope` 0: any valid token will do.
+  absl::StatusOr<Principal> Admit(const grpc::CallbackServerContext& context, uint32_t scope = 0,
+                                  std::string_view what = "") const {
+    return AdmitPrincipal(auth.Check(context.client_metadata()), scope, what);
+  }
+  // The same gate for an HTTP request's Authorization header (the OpenAI-compatible endpoints).
+  absl::StatusOr<Principal> AdmitAuthorization(std::string_view header, uint32_t scope = 0,
+                                               std::string_view what = "") const {
+    return AdmitPrincipal(auth.CheckAuthorization(header), scope, what);
+  }
+  absl::StatusOr<Principal> AdmitPrincipal(absl::StatusOr<Principal> principal, uint32_t scope,
+                                           std::string_view what) const {
+    if (!principal.ok()) return principal.status();
+    if (scope != 0) {
+      if (absl::Status allowed = principal->Require(static_cast<Scope>(scope), what); !allowed.ok()) return allowed;
     }
-    return CheckServing();
+    if (absl::Status serving = CheckServing(); !serving.ok()) return serving;
+    return principal;
+  }
+
+  // The quota of `tenant` (--auth_token_file "quota" lines); no caps when it has none.
+  TenantLimits LimitsOf(const std::string& tenant) const {
+    auto it = config.auth.quotas.find(tenant);
+    if (it == config.auth.quotas.end()) return {};
+    return TenantLimits{it->second.max_contexts, it->second.max_bytes};
   }
 
   // "loading", "serving" or "draining" (the model_load_state metric).
@@ -58,11 +79,15 @@ struct ServiceCore {
 
   std::unique_ptr<GenerationScheduler> MakeScheduler() {
     if (config.scheduler == ServerConfig::Scheduler::kThreadPerStream) {
-      return std::make_unique<ThreadPerStreamScheduler>(pool.get());
+      return std::make_unique<ThreadPerStreamScheduler>(
+          pool.get(), StallPolicy{config.max_stream_backlog, absl::Milliseconds(config.stream_stall_timeout_ms)});
     }
-    return std::make_unique<BatchingScheduler>(
-        pool.get(), &engine,
-        BatchingOptions{config.batch_prefill_tokens, [this](size_t streams) { metrics.RecordBatchSize(streams); }});
+    BatchingOptions options;
+    options.max_prefill_tokens_per_step = config.batch_prefill_tokens;
+    options.max_backlog_messages = config.max_stream_backlog;
+    options.stall_timeout = absl::Milliseconds(config.stream_stall_timeout_ms);
+    options.on_step = [this](size_t streams) { metrics.RecordBatchSize(streams); };
+    return std::make_unique<BatchingScheduler>(pool.get(), &engine, options);
   }
 
   const ServerConfig config;

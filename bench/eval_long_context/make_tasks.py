@@ -9,12 +9,12 @@ Tasks (generators shared with training: scripts/gpu/longctx_tasks.py):
   perplexity     held-out natural text: context = N tokens, query = the next --continuation tokens,
                  scored by teacher-forced log-probs (GenerateRequest.include_prompt_logprobs)
 
-Natural text (passkey filler, perplexity) and functions come only from HELD-OUT files: the training
-corpus walk and held-out rule (`longctx_tasks.corpus_files`, `longctx_tasks.is_heldout`, which
-scripts/gpu/train_small_model.py uses too), minus any held-out file that has a training twin (same
-file name and size). The split is by path, so run this on the machine (and with the python3) that
-trained the model. Document seeds are strings ("eval/<seed>/<task>/<length>/<i>"), disjoint from
-training's integer seeds.
+Natural text (passkey filler, perplexity) and functions come only from the HELD-OUT corpus shipped with
+the evaluation, bench/eval_long_context/heldout/ (a frozen snapshot of this repository's own docs and
+Python scripts: never part of the training corpus, which walked the training machine's site-packages,
+stdlib and license texts; heldout/README.md). Nothing is read from the host, so the same command writes
+the same tasks on any machine. Document seeds are strings ("eval/<seed>/<task>/<length>/<i>"),
+disjoint from training's integer seeds.
 
 Every context is sized with the tokenizer so that context (with BOS) + the longest query + its
 max_new_tokens fits in the length L: a "32K" task uses at most 32768 positions. Queries carry
@@ -27,6 +27,7 @@ Pure Python + sentencepiece (no torch): runs on the GPU machine's python3 and on
   make_tasks.py --out tasks.jsonl [--lengths 4K,8K,16K,32K] [--contexts_per_task 2] [--queries 24]
                 [--tasks kv_retrieval,passkey,function_copy,perplexity] [--seed 0]
                 [--tokenizer models/small/tokenizer.model] [--continuation 256] [--max_answer_tokens 0]
+                [--heldout bench/eval_long_context/heldout]
 """
 import argparse
 import hashlib
@@ -42,6 +43,7 @@ import longctx_tasks  # noqa: E402
 
 ALL_TASKS = ("kv_retrieval", "passkey", "function_copy", "perplexity")
 DEFAULT_TOKENIZER = os.path.join(REPO, "models", "small", "tokenizer.model")
+DEFAULT_HELDOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heldout")
 
 
 def parse_length(text):
@@ -79,32 +81,29 @@ class Tok:
 # ------------------------------------------------------------------------------------------------
 
 class HeldOut:
-    def __init__(self, min_files=4):
-        t0 = time.time()
-        files = longctx_tasks.corpus_files()
-        heldout = [p for p in files if longctx_tasks.is_heldout(p)]
-        # A held-out path whose file also exists under a training path (same name and size: vendored
-        # copies, the same module in two trees) is not held out in content: drop it.
-        trained = {(os.path.basename(p), os.path.getsize(p)) for p in files if not longctx_tasks.is_heldout(p)}
-        self.files = [p for p in heldout if (os.path.basename(p), os.path.getsize(p)) not in trained]
+    """The held-out corpus: every *.txt document of `directory` (heldout/README.md excluded), sorted by
+    name; documents named *.py.txt are Python sources and also give functions for function_copy."""
+
+    def __init__(self, directory, min_files=4):
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".txt"))
         self.texts = {}
-        for p in self.files:
-            t = longctx_tasks.read_text(p)
-            if t and t.strip():
-                self.texts[p] = t
+        for name in names:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                text = f.read()
+            if text.strip():
+                self.texts[name] = text
         self.paths = sorted(self.texts)
         if len(self.paths) < min_files:
-            sys.exit(f"make_tasks: only {len(self.paths)} usable held-out files found; need {min_files}")
+            sys.exit(f"make_tasks: only {len(self.paths)} held-out documents in {directory}; need {min_files}")
         self.filler = []
         self.functions = []
         for p in self.paths:
             t = self.texts[p]
             self.filler += [c for c in t.split("\n\n") if 40 < len(c) < 2000]
-            if p.endswith(".py"):
+            if p.endswith(".py.txt"):
                 self.functions += longctx_tasks.extract_functions(t)
-        print(f"make_tasks: {len(files)} corpus files, {len(heldout)} held out, {len(heldout) - len(self.files)} "
-              f"dropped as training twins; {len(self.paths)} readable: {len(self.filler)} paragraphs, "
-              f"{len(self.functions)} functions ({time.time() - t0:.1f}s)", file=sys.stderr)
+        print(f"make_tasks: {len(self.paths)} held-out documents in {directory}: {len(self.filler)} paragraphs, "
+              f"{len(self.functions)} functions", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,12 +148,15 @@ def sized_retrieval(tok, generate, length, margin, seed_text, max_answer_tokens=
     """Calls generate(rng, approx_chars) -> (context, pairs) with a fresh rng of the same seed, scaling
     approx_chars until context + the longest query fits `length` and fills at least 95% of it (sized
     with token counts of the prompts alone, +2 for boundary effects; then checked with the exact
-    prompt_ids). A seed whose document cannot fit (e.g. its first filler paragraph alone is too long for
-    a short length) is replaced by "<seed>/retryN"."""
+    prompt_ids). Documents grow by whole paragraphs or functions, so at short lengths no size may land
+    in that band: the fullest document that fits (at least half the budget) is taken then. A seed whose
+    document cannot fit at all (e.g. its first filler paragraph alone is too long for a short length) is
+    replaced by "<seed>/retryN"."""
     for retry in range(8):
         seed = seed_text if retry == 0 else f"{seed_text}/retry{retry}"
         chars = length * 3.0
         slack = 2
+        fallback = None  # (n_ctx, chars) of the fullest document under budget
         for _ in range(16):
             context, pairs = generate(random.Random(seed), int(chars))
             pairs = usable_pairs(tok, context, pairs, max_answer_tokens)
@@ -166,13 +168,30 @@ def sized_retrieval(tok, generate, length, margin, seed_text, max_answer_tokens=
             budget = length - need
             if budget <= 0:
                 break
+            if 0.5 * budget <= n_ctx <= budget and (fallback is None or n_ctx > fallback[0]):
+                fallback = (n_ctx, int(chars))
             if 0.95 * budget <= n_ctx <= budget:
-                n_ctx, queries = make_queries(tok, context, pairs, margin)
-                if queries and n_ctx + max(len(q["prompt_ids"]) + q["max_new_tokens"] for q in queries) <= length:
-                    return n_ctx, context, queries, seed
+                found = fitted(tok, context, pairs, margin, length)
+                if found:
+                    return found + (seed,)
                 slack += 8  # the estimate was short: aim lower
             chars *= max(0.5, min(1.6, 0.975 * budget / n_ctx))
+        if fallback is not None:
+            context, pairs = generate(random.Random(seed), fallback[1])
+            found = fitted(tok, context, usable_pairs(tok, context, pairs, max_answer_tokens), margin, length)
+            if found:
+                return found + (seed,)
     raise RuntimeError(f"{seed_text}: could not fit a context in {length} tokens")
+
+
+def fitted(tok, context, pairs, margin, length):
+    """(n_ctx, context, queries) when context + every exact query fits `length`, else None."""
+    if not pairs:
+        return None
+    n_ctx, queries = make_queries(tok, context, pairs, margin)
+    if queries and n_ctx + max(len(q["prompt_ids"]) + q["max_new_tokens"] for q in queries) <= length:
+        return n_ctx, context, queries
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,6 +269,7 @@ def main():
     p.add_argument("--tasks", default=",".join(ALL_TASKS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
+    p.add_argument("--heldout", default=DEFAULT_HELDOUT, help="directory of the held-out corpus (*.txt)")
     p.add_argument("--margin_tokens", type=int, default=8, help="max_new_tokens = answer tokens + this")
     p.add_argument("--continuation", type=int, default=256, help="perplexity: scored tokens per context")
     p.add_argument("--max_answer_tokens", type=int, default=0,
@@ -262,7 +282,7 @@ def main():
         if t not in ALL_TASKS:
             sys.exit(f"make_tasks: unknown task {t!r} (known: {', '.join(ALL_TASKS)})")
     tok = Tok(args.tokenizer)
-    held = HeldOut()
+    held = HeldOut(args.heldout)
     if "function_copy" in tasks and len(held.functions) < 8:
         sys.exit("make_tasks: too few held-out functions for function_copy")
 

@@ -68,11 +68,12 @@ bool LoadSecurityFiles(Cli& cli) {
   if (!cli.token_file.empty()) {
     std::optional<std::string> contents = ReadAll(cli.token_file);
     if (!contents) return false;
-    // The first non-empty, non-comment line (the server's token file format).
+    // The first word of the first non-empty, non-comment line (the server's token file format, whose
+    // lines may go on with tenant= and scopes=).
     for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
       line = absl::StripAsciiWhitespace(line);
       if (!line.empty() && line[0] != '#') {
-        cli.token = std::string(line);
+        cli.token = std::string(line.substr(0, line.find_first_of(" \t")));
         break;
       }
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long-context accuracy of the shipped small model on the GPU machine (issue 7; bench/eval_long_context):
-# builds, makes the task file from THIS machine's held-out files (the machine that trained the model),
+# builds, makes the task file from the held-out corpus shipped in bench/eval_long_context/heldout/
 # serves models/small on CUDA and runs longctx_eval over every configuration.
 # Run from the repo root there with .gpu-deps/ carried:
 #   OUT=... [MODEL=models/small] [EVAL_LENGTHS=16384,32768] [TASK_LENGTHS=4K,8K,16K,32K] \

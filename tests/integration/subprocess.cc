@@ -132,6 +132,10 @@ int ServerProcess::Stop(int timeout_s) {
   return -1;  // the destructor kills it
 }
 
+void ServerProcess::Signal(int signal_number) {
+  if (pid_ > 0) kill(pid_, signal_number);
+}
+
 void ServerProcess::Kill() {
   if (pid_ <= 0) return;
   kill(pid_, SIGKILL);

@@ -29,6 +29,8 @@ class ServerProcess {
   int Stop(int timeout_s);
   // SIGKILL, as a crash would; waits for the process to be gone.
   void Kill();
+  // Sends `signal_number` and returns at once (Stop or Kill reap the process later).
+  void Signal(int signal_number);
   // Everything the server printed on stdout up to its listening line (e.g. the metrics line).
   const std::string& startup_output() const { return startup_output_; }
 

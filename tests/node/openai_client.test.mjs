@@ -144,11 +144,18 @@ test('tokenize and detokenize over HTTP', async () => {
   assert.equal(detok.prompt, 'Hello world');
 });
 
-// The value of a Prometheus sample line that starts with `prefix` (0 when absent).
-async function metric(prefix) {
+// The value of the Prometheus sample `name{labels}` whose labels include every one given (in any
+// order, beside others such as `model`), 0 when absent: metric('x{a="1"}').
+async function metric(selector) {
+  const [, name, wanted] = selector.match(/^([^{]+)\{(.*)\}$/);
   const text = await (await fetch(server.metrics)).text();
-  const line = text.split('\n').find((l) => l.startsWith(prefix));
-  return line ? Number(line.slice(prefix.length).trim()) : 0;
+  for (const line of text.split('\n')) {
+    const sample = line.match(/^([^{ ]+)\{(.*)\} (\S+)$/);
+    if (!sample || sample[1] !== name) continue;
+    const labels = new Set(sample[2].split(','));
+    if (wanted.split(',').every((label) => labels.has(label))) return Number(sample[3]);
+  }
+  return 0;
 }
 
 test('a client that goes away mid-stream is cancelled, counted in the same metrics', async () => {

@@ -10,32 +10,91 @@
 namespace squeezeserve::server {
 namespace {
 
+std::vector<TokenEntry> Tokens(std::initializer_list<const char*> tokens) {
+  std::vector<TokenEntry> out;
+  for (const char* token : tokens) out.push_back(TokenEntry{token, Principal()});
+  return out;
+}
+
 TEST(TokenAuthenticator, AcceptsOnlyKnownBearerTokens) {
-  TokenAuthenticator auth({"alpha-token", "beta"});
+  TokenAuthenticator auth(Tokens({"alpha-token", "beta"}));
   EXPECT_TRUE(auth.enabled());
   EXPECT_TRUE(auth.CheckAuthorization("Bearer alpha-token").ok());
   EXPECT_TRUE(auth.CheckAuthorization("bearer beta").ok()) << "the scheme is case-insensitive";
   for (const char* bad : {"", "Bearer", "Bearer ", "Bearer alpha", "Bearer alpha-token-x", "Basic alpha-token",
                           "alpha-token", "Bearer gamma"}) {
-    absl::Status status = auth.CheckAuthorization(bad);
+    absl::Status status = auth.CheckAuthorization(bad).status();
     EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << bad;
   }
 }
 
 TEST(TokenAuthenticator, MetadataNeedsExactlyOneAuthorizationHeader) {
-  TokenAuthenticator auth({"t"});
+  TokenAuthenticator auth(Tokens({"t"}));
   std::multimap<grpc::string_ref, grpc::string_ref> metadata;
-  EXPECT_EQ(auth.Check(metadata).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.Check(metadata).status().code(), absl::StatusCode::kUnauthenticated);
   metadata.emplace("authorization", "Bearer t");
   EXPECT_TRUE(auth.Check(metadata).ok());
   metadata.emplace("authorization", "Bearer t");
-  EXPECT_EQ(auth.Check(metadata).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.Check(metadata).status().code(), absl::StatusCode::kUnauthenticated);
 }
 
-TEST(TokenAuthenticator, NoTokensMeansOff) {
+TEST(TokenAuthenticator, NoTokensMeansOffAsTheDefaultTenantWithEveryScope) {
   TokenAuthenticator auth({});
   EXPECT_FALSE(auth.enabled());
-  EXPECT_TRUE(auth.CheckAuthorization("").ok());
+  absl::StatusOr<Principal> principal = auth.CheckAuthorization("");
+  ASSERT_TRUE(principal.ok());
+  EXPECT_EQ(principal->tenant, "");
+  EXPECT_EQ(principal->scopes, kAllScopes);
+}
+
+TEST(TokenAuthenticator, EachTokenMapsToItsTenantAndScopes) {
+  absl::StatusOr<TokenFile> file = ParseTokenFile(
+      "reader-a tenant=acme scopes=read\n"
+      "writer-a tenant=acme scopes=ingest,generate\n"
+      "boss-b tenant=globex scopes=admin\n"
+      "legacy\n");
+  ASSERT_TRUE(file.ok()) << file.status();
+  TokenAuthenticator auth(file->tokens);
+  absl::StatusOr<Principal> reader = auth.CheckAuthorization("Bearer reader-a");
+  ASSERT_TRUE(reader.ok());
+  EXPECT_EQ(reader->tenant, "acme");
+  EXPECT_TRUE(reader->Has(kScopeRead));
+  EXPECT_FALSE(reader->Has(kScopeGenerate));
+  absl::Status denied = reader->Require(kScopeIngest, "IngestContext");
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(denied.message().find("'ingest'"), std::string::npos) << denied;
+  absl::StatusOr<Principal> writer = auth.CheckAuthorization("Bearer writer-a");
+  ASSERT_TRUE(writer.ok());
+  EXPECT_TRUE(writer->Has(kScopeIngest) && writer->Has(kScopeGenerate));
+  EXPECT_FALSE(writer->Has(kScopeAdmin)) << "deleting needs admin";
+  absl::StatusOr<Principal> boss = auth.CheckAuthorization("Bearer boss-b");
+  ASSERT_TRUE(boss.ok());
+  EXPECT_EQ(boss->tenant, "globex");
+  for (Scope scope : {kScopeRead, kScopeGenerate, kScopeIngest, kScopeAdmin}) EXPECT_TRUE(boss->Has(scope));
+  absl::StatusOr<Principal> legacy = auth.CheckAuthorization("Bearer legacy");
+  ASSERT_TRUE(legacy.ok());
+  EXPECT_EQ(legacy->tenant, "") << "a bare token is the default tenant";
+  EXPECT_EQ(legacy->scopes, kAllScopes);
+}
+
+TEST(ParseTokenFile, ReadsQuotasAndNamesTheLineOfEachMistake) {
+  absl::StatusOr<TokenFile> file =
+      ParseTokenFile("# comment\nt1 tenant=acme\nquota acme contexts=3 bytes=1000\nquota default contexts=9\n");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->quotas.at("acme").max_contexts, 3);
+  EXPECT_EQ(file->quotas.at("acme").max_bytes, 1000u);
+  EXPECT_EQ(file->quotas.at("").max_contexts, 9) << "'default' names the default tenant";
+  for (const auto& [text, line] : std::vector<std::pair<std::string, std::string>>{
+           {"t1 tenant=a/b\n", "line 1"},
+           {"t1\nt2 scopes=read,fly\n", "line 2"},
+           {"t1\nt1\n", "line 2"},
+           {"t1 color=blue\n", "line 1"},
+           {"t1\n\nquota acme contexts=-1\n", "line 3"},
+           {"quota acme contexts=1\n", "no tokens"}}) {
+    absl::StatusOr<TokenFile> bad = ParseTokenFile(text);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(bad.status().message().find(line), std::string::npos) << text << " -> " << bad.status();
+  }
 }
 
 TEST(ReadTokenFile, SkipsCommentsAndBlankLinesAndRefusesEmptyFiles) {
@@ -46,7 +105,9 @@ TEST(ReadTokenFile, SkipsCommentsAndBlankLinesAndRefusesEmptyFiles) {
   }
   auto tokens = ReadTokenFile(path);
   ASSERT_TRUE(tokens.ok()) << tokens.status();
-  EXPECT_EQ(*tokens, (std::vector<std::string>{"first", "second"}));
+  ASSERT_EQ(tokens->tokens.size(), 2u);
+  EXPECT_EQ(tokens->tokens[0].token, "first");
+  EXPECT_EQ(tokens->tokens[1].token, "second");
   {
     std::ofstream out(path);
     out << "# nothing\n";
