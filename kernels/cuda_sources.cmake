@@ -4,4 +4,6 @@ set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/norm_rope.cu
-  ${CMAKE_CURRENT_LIST_DIR}/append_kv.cu)
+  ${CMAKE_CURRENT_LIST_DIR}/append_kv.cu
+  ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid.cu
+  ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid_wgmma.cu)

@@ -1,0 +1,138 @@
+// What the two nearest-centroid kernels (nearest_centroid.cu: mma.sync, nearest_centroid_wgmma.cu:
+// wgmma) share: the CTA shape, the shared-memory image of a centroid tile, the A fragments of the
+// points, and the per-point running (max, argmax).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+
+namespace squeezeserve::kernels::detail::nearest {
+
+constexpr int kThreads = 256;        // 8 warps: both kernels
+constexpr int kCtaPoints = 256;      // points per CTA (32 per warp)
+constexpr int kTileCentroids = 64;   // centroids per shared-memory stage
+constexpr int kStages = 4;
+
+// Smem: kStages centroid tiles (kTileCentroids x D bf16 each, 1 KB-aligned), then kStages arrays of
+// kTileCentroids half norms (fp32).
+template <int D>
+constexpr int kTileElems = kTileCentroids * D;
+template <int D>
+constexpr size_t kSmemBytes = kStages * (sizeof(__nv_bfloat16) * kTileElems<D> + sizeof(float) * kTileCentroids);
+
+struct Args {
+  const __nv_bfloat16* x;          // [H][N][D]
+  const __nv_bfloat16* centroids;  // [H][K][D]
+  const float* half_norms;         // [H][K]
+  int64_t* labels;                 // [H][N]
+  float* best;                     // [H][N] or null
+  int64_t n;
+  int k;
+};
+
+// 4-byte asynchronous global->shared copy (the half norms: a row of K floats is only 4-byte aligned).
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+
+// A centroid tile in smem is laid out in 8x8 "core matrices" (8 centroids x 8 bf16 = 128
+// contiguous bytes): centroid j, elements 8c..8c+7 at element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8.
+// Both readers want exactly this: every ldmatrix (mma.sync kernel) reads one core matrix, so the
+// reads are free of bank conflicts without padding, and it is the non-swizzled K-major layout a
+// wgmma descriptor describes (K-adjacent core matrices 128 B apart, 8-centroid groups 16·D B apart).
+//
+// Loads centroids [first, first + kTileCentroids) of the head: rows past k are zero-filled and
+// their half norm set to +inf, so their score is −inf and never wins (no masking in the epilogues).
+// One commit group is NOT issued here: the caller commits.
+template <int D>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* tile, float* half_norms_tile, const __nv_bfloat16* centroids,
+                                          const float* half_norms, int first, int k, int tid) {
+  constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+  constexpr int kChunks = kTileCentroids * kChunksPerRow;
+  static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    // Chunk index = smem position / 8: lanes 0-7 fill one core matrix (8 centroids, same chunk
+    // column), so a warp reads 64 contiguous bytes from each of 8 centroid rows.
+    const int chunk = i * kThreads + tid;
+    const int row_in_group = chunk & 7, column = (chunk >> 3) % kChunksPerRow, group = (chunk >> 3) / kChunksPerRow;
+    const int j = first + group * 8 + row_in_group;
+    const bool in_range = j < k;
+    const __nv_bfloat16* src = in_range ? centroids + static_cast<int64_t>(j) * D + column * 8 : centroids;
+    cp_async_16(tile + chunk * 8, src, in_range ? 16 : 0);
+  }
+  if (tid < kTileCentroids) {
+    const int j = first + tid;
+    if (j < k) cp_async_4(half_norms_tile + tid, half_norms + j);
+    else half_norms_tile[tid] = __int_as_float(0x7f800000);  // +inf: visible after the stage's barrier
+  }
+}
+
+// A fragments (mma.sync m16n8k16 / wgmma m64nNk16 register layout, identical per warp) of 16
+// points starting at row0: a[s] covers elements 16s..16s+15. lane = 4 * g + q holds rows g and
+// g + 8, elements 2q, 2q+1 (regs 0, 1) and 2q+8, 2q+9 (regs 2, 3). Rows past n are zero.
+template <int D>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[D / 16][4], const __nv_bfloat16* x, int64_t row0,
+                                                 int64_t n, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const int64_t r0 = row0 + g, r1 = r0 + 8;
+  const uint32_t* p0 = reinterpret_cast<const uint32_t*>(x + r0 * D);
+  const uint32_t* p1 = reinterpret_cast<const uint32_t*>(x + r1 * D);
+#pragma unroll
+  for (int s = 0; s < D / 16; ++s) {
+    a[s][0] = r0 < n ? __ldg(p0 + 8 * s + q) : 0u;
+    a[s][1] = r1 < n ? __ldg(p1 + 8 * s + q) : 0u;
+    a[s][2] = r0 < n ? __ldg(p0 + 8 * s + 4 + q) : 0u;
+    a[s][3] = r1 < n ? __ldg(p1 + 8 * s + 4 + q) : 0u;
+  }
+}
+
+// Running (max, argmax) of one point over the columns one lane sees. Columns arrive in increasing
+// order and only a strictly larger score replaces the max, so ties keep the smallest column; NaN
+// never compares larger.
+struct RunningBest {
+  float value;
+  int index;
+  __device__ __forceinline__ void reset() {
+    value = neg_inf();
+    index = 0;
+  }
+  __device__ __forceinline__ void consider(float score, int column) {
+    if (score > value) {
+      value = score;
+      index = column;
+    }
+  }
+  // Merge over the 4 lanes of a quad (they hold the same point, different columns): larger score,
+  // then smaller column.
+  __device__ __forceinline__ void reduce_quad() {
+#pragma unroll
+    for (int offset = 1; offset <= 2; offset <<= 1) {
+      const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+      const int other_index = __shfl_xor_sync(0xffffffffu, index, offset);
+      if (other_value > value || (other_value == value && other_index < index)) {
+        value = other_value;
+        index = other_index;
+      }
+    }
+  }
+  // After reduce_quad: lane q == 0 of the quad writes point `row` of the head.
+  __device__ __forceinline__ void store(const Args& a, int64_t head_offset, int64_t row, int lane) const {
+    if ((lane & 3) == 0 && row < a.n) {
+      a.labels[head_offset + row] = index;
+      if (a.best) a.best[head_offset + row] = value;
+    }
+  }
+};
+
+// Launchers (cudaError_t values); the wgmma one returns cudaErrorNotSupported where unavailable.
+int launch_mma_sync(const Args& a, int heads, int d, cudaStream_t stream);
+int launch_wgmma(const Args& a, int heads, int d, cudaStream_t stream);
+bool wgmma_available();
+
+}  // namespace squeezeserve::kernels::detail::nearest

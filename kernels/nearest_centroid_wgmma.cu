@@ -1,0 +1,257 @@
+// Nearest-centroid assignment on Hopper's warpgroup MMA (wgmma, sm_90a): mma.sync runs at a
+// fraction of the H100/H200 tensor-core rate, wgmma at all of it. Contract: nearest_centroid.h;
+// the shared tile layout and running argmax: nearest_centroid_common.cuh.
+//
+// A CTA is 2 warpgroups and 256 points of one head; warpgroup w owns points 128w..128w+127 as two
+// m64 halves, their A fragments in registers (wgmma's register-A form: 64 registers at D = 128).
+// Centroids stream through the same 4 cp.async stages of 64 as the mma.sync kernel, in the same
+// core-matrix layout, which a non-swizzled K-major wgmma descriptor reads directly. Per stage a
+// warpgroup issues 2 x D/16 wgmma m64n64k16 (bf16 in, fp32 out).
+//
+// Overlap: two accumulator sets (2 x 2 x 32 registers). After the stage barrier of tile t, each
+// warpgroup issues tile t + 1's wgmmas into one set, waits only for tile t's (wgmma.wait_group 1)
+// and runs tile t's argmax epilogue on the other set while the tensor cores work on t + 1.
+// cp.async writes through the generic proxy and wgmma reads shared memory through the async
+// proxy, hence fence.proxy.async between a stage's arrival and the barrier that publishes it.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/nearest_centroid_common.cuh"
+
+namespace squeezeserve::kernels::detail::nearest {
+namespace {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SQZ_NEAREST_HAS_WGMMA 1
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pins accumulator registers in program order around the asynchronous wgmma (the compiler sees
+// the asm as writing them at issue; this keeps every read after the wait).
+__device__ __forceinline__ void fence_operands(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between
+// K-adjacent core matrices), stride byte offset (between 8-row groups), all in 16-byte units.
+__device__ __forceinline__ uint64_t smem_descriptor(uint32_t address, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (static_cast<uint64_t>((leading & 0x3ffff) >> 4) << 16) |
+         (static_cast<uint64_t>((stride & 0x3ffff) >> 4) << 32);
+}
+
+// d (+)= a · b: a = 64 x 16 from registers (this warp's 16 rows), b = 16 x 64 K-major in smem.
+// accumulate = 0 ignores d's old value.
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// Scores of the warpgroup's 128 points against the 64 centroids of the tile at smem `tile`
+// (core-matrix layout, nearest_centroid_common.cuh): one commit group.
+template <int D>
+__device__ __forceinline__ void issue_tile(float (&acc)[2][32], const uint32_t (&afrag)[2][D / 16][4], uint32_t tile) {
+  constexpr uint32_t kLeading = 128;     // chunk c -> c + 1 (the next 8 elements of D)
+  constexpr uint32_t kStride = 16 * D;   // centroid group i -> i + 1 (D / 8 core matrices of 128 B)
+  __syncwarp();  // the loader's half-norm branch diverged; wgmma is .aligned
+  fence_operands(acc[0]);
+  fence_operands(acc[1]);
+  wgmma_fence();
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
+      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
+  wgmma_commit();
+  fence_operands(acc[0]);
+  fence_operands(acc[1]);
+}
+#endif  // wgmma
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
+#ifdef SQZ_NEAREST_HAS_WGMMA
+  extern __shared__ __align__(1024) unsigned char smem[];
+  __nv_bfloat16* tiles = reinterpret_cast<__nv_bfloat16*>(smem);
+  float* tile_norms = reinterpret_cast<float*>(smem + kStages * sizeof(__nv_bfloat16) * kTileElems<D>);
+  const uint32_t tiles_address = static_cast<uint32_t>(__cvta_generic_to_shared(tiles));
+  constexpr uint32_t kTileBytes = sizeof(__nv_bfloat16) * kTileElems<D>;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int head = blockIdx.y;
+  const __nv_bfloat16* centroids = a.centroids + static_cast<int64_t>(head) * a.k * D;
+  const float* half_norms = a.half_norms + static_cast<int64_t>(head) * a.k;
+  const int num_tiles = (a.k + kTileCentroids - 1) / kTileCentroids;
+
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    if (t < num_tiles)
+      load_tile<D>(tiles + t * kTileElems<D>, tile_norms + t * kTileCentroids, centroids, half_norms,
+                   t * kTileCentroids, a.k, tid);
+    cp_async_commit();
+  }
+
+  // Warp w of warpgroup g holds rows 16w..16w+15 of each m64 half of the group's 128 points.
+  const int64_t head_offset = static_cast<int64_t>(head) * a.n;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kCtaPoints + (warp >> 2) * 128 + (warp & 3) * 16;
+  uint32_t afrag[2][D / 16][4];
+  load_a_fragments<D>(afrag[0], a.x + head_offset * D, row0, a.n, lane);
+  load_a_fragments<D>(afrag[1], a.x + head_offset * D, row0 + 64, a.n, lane);
+
+  RunningBest best[2][2];  // [half][row g, row g + 8]
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    best[half][0].reset();
+    best[half][1].reset();
+  }
+  float acc_even[2][32], acc_odd[2][32];  // tiles 0, 2, 4, ... and 1, 3, 5, ...
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc_even[half][i] = acc_odd[half][i] = 0.f;
+
+  cp_async_wait<kStages - 2>();
+  fence_proxy_async();
+  __syncthreads();
+  issue_tile<D>(acc_even, afrag, tiles_address);
+
+  // Tile t: its wgmmas are in flight in `acc` (issued one step earlier); `next` takes tile t + 1
+  // when there is one (issue_next: known at compile time, see the loop below).
+  auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
+    cp_async_wait<kStages - 3>();  // this thread's copies of tile t + 1 landed
+    fence_proxy_async();           // ... and are visible to wgmma (async proxy)
+    __syncthreads();               // everyone's; both warpgroups finished tile t - 1's wgmmas
+    const int refill = t + kStages - 1;  // into the stage of tile t - 1
+    if (refill < num_tiles)
+      load_tile<D>(tiles + (refill % kStages) * kTileElems<D>, tile_norms + (refill % kStages) * kTileCentroids,
+                   centroids, half_norms, refill * kTileCentroids, a.k, tid);
+    cp_async_commit();
+    if constexpr (decltype(issue_next)::value) {
+      issue_tile<D>(next, afrag, tiles_address + ((t + 1) % kStages) * kTileBytes);
+      wgmma_wait<1>();  // tile t's group is done, tile t + 1's runs on
+    } else {
+      wgmma_wait<0>();
+    }
+    fence_operands(acc[0]);
+    fence_operands(acc[1]);
+
+    // Accumulator block j (registers 4j..4j+3): row g, columns 8j + 2q, +1; then row g + 8.
+    const float* norms = tile_norms + (t % kStages) * kTileCentroids;
+    const int column0 = t * kTileCentroids + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < kTileCentroids / 8; ++j) {
+      const float2 norm = *reinterpret_cast<const float2*>(norms + j * 8 + 2 * (lane & 3));
+      const int column = column0 + j * 8;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        best[half][0].consider(acc[half][4 * j + 0] - norm.x, column);
+        best[half][0].consider(acc[half][4 * j + 1] - norm.y, column + 1);
+        best[half][1].consider(acc[half][4 * j + 2] - norm.x, column);
+        best[half][1].consider(acc[half][4 * j + 3] - norm.y, column + 1);
+      }
+    }
+  };
+  // No branch around an issue inside the loop: a conditional issue makes the compiler merge two
+  // versions of the in-flight accumulators at the back edge (register moves), and ptxas then
+  // serializes every wgmma (C7514). The last one or two tiles run after the loop.
+  const std::true_type more;
+  const std::false_type last;
+  int t = 0;
+  for (; t + 2 < num_tiles; t += 2) {
+    step(t, acc_even, acc_odd, more);
+    step(t + 1, acc_odd, acc_even, more);
+  }
+  if (t + 1 < num_tiles) {
+    step(t, acc_even, acc_odd, more);
+    step(t + 1, acc_odd, acc_even, last);
+  } else {
+    step(t, acc_even, acc_odd, last);
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      best[half][r].reduce_quad();
+      best[half][r].store(a, head_offset, row0 + half * 64 + r * 8 + (lane >> 2), lane);
+    }
+#else
+  __trap();  // launched only where wgmma_available()
+#endif
+}
+
+template <int D>
+int launch(const Args& a, int heads, cudaStream_t stream) {
+  const auto kernel = wgmma_kernel<D>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmemBytes<D>));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>((a.n + kCtaPoints - 1) / kCtaPoints), static_cast<unsigned>(heads));
+  kernel<<<grid, kThreads, kSmemBytes<D>, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Whether the current device runs wgmma_kernel from sm_90a code: an sm_90 device and a binary
+// built for it from sm_90a PTX (a kernel JIT-compiled from compute_80 PTX has no wgmma body).
+bool query_available() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, wgmma_kernel<128>) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left for the caller's next cudaGetLastError()
+    return false;
+  }
+  return attributes.binaryVersion == 90 && attributes.ptxVersion == 90;
+}
+
+}  // namespace
+
+bool wgmma_available() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  int state = known[device].load(std::memory_order_relaxed);
+  if (state == 0) {
+    state = query_available() ? 2 : 1;
+    known[device].store(state, std::memory_order_relaxed);
+  }
+  return state == 2;
+}
+
+int launch_wgmma(const Args& a, int heads, int d, cudaStream_t stream) {
+  if (!wgmma_available()) return cudaErrorNotSupported;
+  return d == 64 ? launch<64>(a, heads, stream) : launch<128>(a, heads, stream);
+}
+
+}  // namespace squeezeserve::kernels::detail::nearest
