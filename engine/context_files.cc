@@ -170,21 +170,20 @@ absl::Status PublishContextDir(const std::string& store_dir, const std::string& 
     return status;
   };
 
-  if (auto s = WriteSafetensors((temp / kTensors).string(), tensors); !s.ok()) {
+  std::string digest;  // of the bytes written, hashed while writing: no second pass over a many-GB file
+  if (auto s = WriteSafetensors((temp / kTensors).string(), tensors, {}, &digest); !s.ok()) {
     // The writer's message names the file; keep only the kind of failure.
     return fail(absl::IsResourceExhausted(s)
                     ? absl::ResourceExhaustedError(absl::StrCat("the context store is out of space while writing "
                                                                 "context '", id, "'"))
                     : absl::InternalError(absl::StrCat("the context store failed while writing context '", id, "'")));
   }
-  auto digest = FileSha256(temp / kTensors);
-  if (!digest.ok()) return fail(absl::InternalError(absl::StrCat("cannot checksum context '", id, "'")));
   manifest["format"] = "squeezeserve-context";
   manifest["format_version"] = kContextFormatVersion;
   manifest["context_id"] = id;
   manifest["namespace"] = NamespaceOfStoreDir(store_dir);
   manifest["generation"] = UniqueGeneration();
-  manifest["files"] = {{kTensors, {{"sha256", *digest}, {"bytes", fs::file_size(temp / kTensors, ec)}}}};
+  manifest["files"] = {{kTensors, {{"sha256", digest}, {"bytes", fs::file_size(temp / kTensors, ec)}}}};
   const std::string manifest_text = manifest.dump(2);
   if (auto s = WriteFile(temp / kManifest, manifest_text); !s.ok()) return fail(s);
   if (auto s = WriteFile(temp / kManifestChecksum, Sha256Hex(manifest_text) + "\n"); !s.ok()) return fail(s);

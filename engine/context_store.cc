@@ -1,7 +1,5 @@
 #include "engine/context_store.h"
 
-#include <openssl/evp.h>
-
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/context_files.h"
 #include "engine/context_summary_json.h"
+#include "engine/sha256.h"
 
 namespace squeezeserve {
 
@@ -309,26 +308,6 @@ absl::Status ContextStore::Delete(const ContextKey& key) {
   return removed;
 }
 
-
-namespace {
-
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
-  std::string HexDigest() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int size = 0;
-    EVP_DigestFinal_ex(ctx_, digest, &size);
-    return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
-
-}  // namespace
 
 std::string Sha256Hex(std::string_view bytes) {
   Sha256 sha;

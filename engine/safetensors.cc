@@ -13,9 +13,13 @@
 #include <limits>
 #include <set>
 #include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/sha256.h"
 #include "nlohmann/json.hpp"
 
 namespace squeezeserve {
@@ -216,7 +220,7 @@ const TensorView* SafetensorsCheckpoint::Find(const std::string& name) const {
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+                              const std::map<std::string, std::string>& metadata, std::string* sha256_hex) {
   // nlohmann::ordered_json keeps the tensors in the order given, so offsets grow monotonically.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -241,25 +245,38 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   std::string header_text = header.dump();
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
 
-  FILE* out = std::fopen(path.c_str(), "wb");
-  if (out == nullptr) return absl::InternalError(absl::StrCat(path, ": ", ErrnoText()));
-  bool ok = true;
+  // The file as a list of byte ranges: the length, the header, every tensor's data.
   unsigned char length[8];
   uint64_t header_size = header_text.size();
   for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(header_size >> (8 * i));
-  ok = ok && std::fwrite(length, 1, 8, out) == 8;
-  ok = ok && std::fwrite(header_text.data(), 1, header_text.size(), out) == header_text.size();
+  std::vector<std::pair<const char*, uint64_t>> pieces = {{reinterpret_cast<const char*>(length), 8},
+                                                          {header_text.data(), header_text.size()}};
   for (const TensorToWrite& t : tensors) {
     uint64_t nbytes = DTypeSize(t.dtype);
     for (int64_t d : t.shape) nbytes *= static_cast<uint64_t>(d);
-    if (nbytes > 0) ok = ok && std::fwrite(t.data, 1, nbytes, out) == nbytes;
+    if (nbytes > 0) pieces.emplace_back(static_cast<const char*>(t.data), nbytes);
   }
+
+  FILE* out = std::fopen(path.c_str(), "wb");
+  if (out == nullptr) return absl::InternalError(absl::StrCat(path, ": ", ErrnoText()));
+  // The hash reads the same (read-only) bytes as the writes, in the same order, on its own thread.
+  std::thread hasher;
+  if (sha256_hex != nullptr) {
+    hasher = std::thread([&pieces, sha256_hex] {
+      Sha256 sha;
+      for (const auto& [data, size] : pieces) sha.Update(data, size);
+      *sha256_hex = sha.HexDigest();
+    });
+  }
+  bool ok = true;
+  for (const auto& [data, size] : pieces) ok = ok && std::fwrite(data, 1, size, out) == size;
   ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
   int error = ok ? 0 : errno;
   if (std::fclose(out) != 0 && ok) {
     ok = false;
     error = errno;
   }
+  if (hasher.joinable()) hasher.join();
   if (!ok) {
     // A full disk (or quota, or file size limit) is the caller's to report as such.
     const std::string message = absl::StrCat(path, ": write failed: ", std::strerror(error));

@@ -85,9 +85,13 @@ struct TensorToWrite {
 };
 
 // Writes a .safetensors file (tensors in the given order, header padded to 8 bytes as the reference
-// implementation does). InvalidArgument on duplicate or empty names; Internal on I/O failure.
+// implementation does) and fsyncs it. InvalidArgument on duplicate or empty names; ResourceExhausted
+// on a full disk, quota or file size limit; Internal on other I/O failures. With `sha256_hex`, also
+// the hex SHA-256 of exactly the bytes written, hashed on a second thread while the first writes (a
+// stored context is many GB: hashing after writing cost a second pass over the file).
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                              const std::map<std::string, std::string>& metadata = {});
+                              const std::map<std::string, std::string>& metadata = {},
+                              std::string* sha256_hex = nullptr);
 
 // IEEE half / bfloat16 conversions (round to nearest even), used by tests and the writer's callers.
 uint16_t FloatToHalf(float value);

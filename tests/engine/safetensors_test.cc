@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/context_store.h"
 #include "tests/engine/tiny_checkpoint.h"
 
 namespace squeezeserve {
@@ -65,6 +66,37 @@ TEST(SafetensorsTest, RoundTripsEveryDtypeAndMetadata) {
   EXPECT_EQ(first, int64_t{1} << 40);
   EXPECT_EQ((*file)->Find("f.empty")->nbytes, 0u);
   EXPECT_EQ((*file)->Find("missing"), nullptr);
+}
+
+// The digest hashed while writing (on a second thread) is the file's own: a large tensor, a small one,
+// an empty one and metadata, compared with a second read of the file.
+TEST(SafetensorsTest, DigestWhileWritingIsTheFilesSha256) {
+  const std::string dir = testing::MakeTempDir("safetensors_digest");
+  std::vector<uint16_t> big(9'000'003);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint16_t>(i * 2654435761u >> 13);
+  std::vector<float> small = {1.0f, -2.0f, 3.5f};
+  std::string digest;
+  ASSERT_TRUE(WriteSafetensors(dir + "/t.safetensors",
+                               {{"big", DType::kBF16, {3, 3'000'001}, big.data()},
+                                {"none", DType::kF32, {0}, nullptr},
+                                {"small", DType::kF32, {3}, small.data()}},
+                               {{"k", "v"}}, &digest)
+                  .ok());
+  auto reread = Sha256FileHex(dir + "/t.safetensors");
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_EQ(digest.size(), 64u);
+  EXPECT_EQ(digest, *reread);
+  // A different byte gives a different digest (the hash covers the tensor data, not only the header).
+  big[4'500'000] ^= 1;
+  std::string other;
+  ASSERT_TRUE(WriteSafetensors(dir + "/u.safetensors",
+                               {{"big", DType::kBF16, {3, 3'000'001}, big.data()},
+                                {"none", DType::kF32, {0}, nullptr},
+                                {"small", DType::kF32, {3}, small.data()}},
+                               {{"k", "v"}}, &other)
+                  .ok());
+  EXPECT_NE(other, digest);
+  EXPECT_EQ(other, *Sha256FileHex(dir + "/u.safetensors"));
 }
 
 TEST(SafetensorsTest, HalfConversionsAreExactOnRepresentableValues) {
