@@ -29,6 +29,8 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
 #include "kernels/mma.cuh"
+#include "kernels/softmax_state.cuh"
+#include "kernels/virtual_rows.cuh"
 
 namespace squeezeserve::kernels {
 namespace detail {
@@ -41,7 +43,6 @@ constexpr int kStages = 3;     // per warp
 // Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
 constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
 constexpr int kMaxHeads = 2048;  // B * H_kv
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
 // reads fall in distinct banks.
@@ -133,12 +134,12 @@ struct SegmentWindow {
 };
 
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
-// A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads), m, l (this lane's
-// partial sum; the quad holds the row's four parts). Uses `smem`, the warp's stage buffers.
+// A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
+// lane's partial sum; the quad holds the row's four parts). Uses `smem`, the warp's stage buffers.
 template <int D>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
                                             __nv_bfloat16* smem, float scale_log2, int lane, float (&o)[D / 8][4],
-                                            float& m, float& l) {
+                                            SoftmaxState& st) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
@@ -156,25 +157,16 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       if (last >= win.end) win.load(vr, win.base + win.find(v), lane);
       shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
     }
-    // Source of row x: clustered row (>= 0), dense row d as -2 - d, -1 past the range (zero-fill).
-    const int src = x >= w1 ? -1 : x >= vr.sparse_rows ? -2 - (x - vr.sparse_rows) : x + shift;
+    // Row code of row x (virtual_rows.cuh).
+    const int code = x >= w1 ? kNoRow : x >= vr.sparse_rows ? dense_code(x - vr.sparse_rows) : x + shift;
     __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
 #pragma unroll
     for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
       const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
-      const int r = __shfl_sync(0xffffffffu, src, row);
-      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;  // any valid address for a zero-fill
-      if (r >= 0) {
-        kg = vr.keys + static_cast<int64_t>(r) * D + col;
-        vg = vr.values + static_cast<int64_t>(r) * D + col;
-      } else if (r <= -2) {
-        kg = vr.dense_keys + static_cast<int64_t>(-2 - r) * D + col;
-        vg = vr.dense_values + static_cast<int64_t>(-2 - r) * D + col;
-      }
-      const int bytes = r == -1 ? 0 : 16;
-      cp_async_16(ks + row * kStride + col, kg, bytes);
-      cp_async_16(vs + row * kStride + col, vg, bytes);
+      const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, row), col);
+      cp_async_16(ks + row * kStride + col, src.key, src.bytes);
+      cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
 
@@ -218,10 +210,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float m_new = fmaxf(m, tile_max);
-    const float corr = m_new == neg_inf() ? 1.f : exp2f(m - m_new);
-    m = m_new;
-    l *= corr;
+    const float corr = st.rescale(fmaxf(st.m, tile_max));
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       o[n][0] *= corr;
@@ -232,8 +221,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - m);
-        l += p[n][e];
+        p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st.m);
+        st.l += p[n][e];
       }
     const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
     // O += P V: ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
@@ -255,7 +244,7 @@ template <int D, int G>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
   for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
     const int j = idx / (D / 4), d = idx % (D / 4) * 4;
-    float M = neg_inf(), L = 0.f;
+    SoftmaxState st = SoftmaxState::empty();
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int it = 0; it < n; it += 8) {
       float2 ml[8];
@@ -270,23 +259,19 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
       }
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const float mx = fmaxf(M, ml[u].x);
-        if (mx == neg_inf()) continue;  // nothing attended so far
-        const float keep = exp2f(M - mx), add = exp2f(ml[u].x - mx);
-        L = L * keep + ml[u].y * add;
-        acc.x = acc.x * keep + po[u].x * add;
-        acc.y = acc.y * keep + po[u].y * add;
-        acc.z = acc.z * keep + po[u].z * add;
-        acc.w = acc.w * keep + po[u].w * add;
-        M = mx;
+        const float2 w = st.merge({ml[u].x, ml[u].y});  // (keep, add)
+        acc.x = acc.x * w.x + po[u].x * w.y;
+        acc.y = acc.y * w.x + po[u].y * w.y;
+        acc.z = acc.z * w.x + po[u].z * w.y;
+        acc.w = acc.w * w.x + po[u].w * w.y;
       }
     }
     const int64_t hq = static_cast<int64_t>(bh) * G + j;
     __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(a.out + hq * D + d);
-    const float inv = L > 0.f ? 1.f / L : 0.f;
+    const float inv = st.l > 0.f ? 1.f / st.l : 0.f;
     dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
     dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
-    if (d == 0 && a.lse) a.lse[hq] = L > 0.f ? (M + log2f(L)) / kLog2e : neg_inf();
+    if (d == 0 && a.lse) a.lse[hq] = st.lse();
   }
 }
 
@@ -375,10 +360,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-    float m = neg_inf(), l = 0.f;
-    attend_rows<D>(vr, w0, w1, qa, warp_smem, a.scale_log2, lane, o, m, l);
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    SoftmaxState st = SoftmaxState::empty();
+    attend_rows<D>(vr, w0, w1, qa, warp_smem, a.scale_log2, lane, o, st);
+    st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
+    st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
 
     // Combine the warps: each stores (o, m, l) in its own stage buffers (free after attend_rows),
     // then the CTA writes the piece's partial relative to the piece max M.
@@ -389,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
           *reinterpret_cast<float2*>(red_o + g * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][0], o[n][1]);
-        if ((lane & 3) == 0) red_ml[g] = make_float2(m, l);
+        if ((lane & 3) == 0) red_ml[g] = make_float2(st.m, st.l);
       }
     }
     __syncthreads();
@@ -407,7 +392,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
           const float2 ml = warp_ml(w);
-          const float wt = ml.x == neg_inf() ? 0.f : exp2f(ml.x - M);
+          const float wt = SoftmaxState{ml.x, ml.y}.weight_at(M);
           const float4 ow = *reinterpret_cast<const float4*>(warp_o(w) + j * D + d);
           L += ml.y * wt;
           acc.x += ow.x * wt;

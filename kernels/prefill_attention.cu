@@ -14,6 +14,8 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/prefill_attention.h"
+#include "kernels/softmax_state.cuh"
+#include "kernels/virtual_rows.cuh"
 
 #include <climits>
 
@@ -26,7 +28,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileM = 16 * kWarps;  // 128 query rows
 constexpr int kTileN = 64;           // KV rows per tile
 constexpr int kStages = 3;
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct PrefillArgs {
   const SequenceLayerBf16* seqs;
@@ -90,8 +91,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   int wseg = 0;
   auto load_tile = [&](int t) {
     const int v0 = t * kTileN;
-    // Resolve: physical row (>= 0), dense row d as -(d + 1), past the end as INT_MIN.
-    int phys = INT_MIN;
+    // Resolve: the row code (virtual_rows.cuh) of resolver lane k's row.
+    int code = kNoRow;
     if (v0 < vr.sparse_rows) {  // warp-uniform
       int rs[4];
 #pragma unroll
@@ -112,31 +113,22 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       const int v = v0 + res_row;
       if (lane < 8 && v < vr.sparse_rows) {
         const int id = __ldg(vr.ids + my_seg), start = __ldg(vr.row_start + my_seg);
-        phys = __ldg(vr.offsets + id) + (v - start);
+        code = __ldg(vr.offsets + id) + (v - start);
       } else if (lane < 8 && v < total) {
-        phys = -(v - vr.sparse_rows) - 1;
+        code = dense_code(v - vr.sparse_rows);
       }
       wseg = next_wseg;
     } else if (lane < 8 && v0 + res_row < total) {
-      phys = -(v0 + res_row - vr.sparse_rows) - 1;
+      code = dense_code(v0 + res_row - vr.sparse_rows);
     }
     __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int pr = __shfl_sync(0xffffffffu, phys, i * kRpw + lane / kCpr);
       const int row = warp * kRpw + lane / kCpr + kRowsPerPass * i, col = (lane % kCpr) * 8;
-      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;
-      int bytes = 0;
-      if (pr != INT_MIN) {
-        const bool dense = pr < 0;
-        const int64_t r = dense ? -static_cast<int64_t>(pr) - 1 : pr;
-        kg = (dense ? vr.dense_keys : vr.keys) + r * D + col;
-        vg = (dense ? vr.dense_values : vr.values) + r * D + col;
-        bytes = 16;
-      }
-      cp_async_16(ks + row * kStride + col, kg, bytes);
-      cp_async_16(vs + row * kStride + col, vg, bytes);
+      const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, i * kRpw + lane / kCpr), col);
+      cp_async_16(ks + row * kStride + col, src.key, src.bytes);
+      cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
   // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
@@ -159,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   for (int n = 0; n < D / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-  float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
+  SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // st[i].l: this thread's part
   uint32_t qa[D / 16][4];
 
   for (int t = 0; t < num_tiles; ++t) {
@@ -206,10 +198,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     for (int i = 0; i < 2; ++i) {
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-      const float m_new = fmaxf(row_max[i], tile_max[i]);
-      corr[i] = m_new == neg_inf() ? 1.f : exp2f(row_max[i] - m_new);
-      row_max[i] = m_new;
-      row_sum[i] *= corr[i];
+      corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
     }
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
@@ -222,8 +211,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e >> 1;
-        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - row_max[i]);
-        row_sum[i] += p[e];
+        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st[i].m);
+        st[i].l += p[e];
       }
       pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
@@ -245,12 +234,12 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   // Row sums live spread over the 4 threads of a quad: reduce, normalise, write.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+    st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 1);
+    st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 2);
     const int m = m0 + r_lo + 8 * i;
     if (m >= rows_m) continue;
     const int64_t head_row = (static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G;
-    const float inv = row_sum[i] > 0.f ? 1.f / row_sum[i] : 0.f;
+    const float inv = st[i].l > 0.f ? 1.f / st[i].l : 0.f;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int d = n * 8 + (lane & 3) * 2;
@@ -258,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
           __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
     }
     if (a.lse && (lane & 3) == 0)
-      a.lse[head_row] = row_sum[i] > 0.f ? (row_max[i] + log2f(row_sum[i])) / kLog2e : neg_inf();
+      a.lse[head_row] = st[i].lse();
   }
 }
 
