@@ -43,6 +43,7 @@ constexpr int kStages = 3;     // per warp
 // Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
 constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
 constexpr int kMaxHeads = 2048;  // B * H_kv
+constexpr int kMaxGroup = 8;     // query heads per KV head: rows 0..7 of the MMA tile
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
 // reads fall in distinct banks.
@@ -79,7 +80,7 @@ struct DecodeArgs {
   __nv_bfloat16* out;
   float* lse;
   DecodeWorkspace ws;
-  int batch, hkv;
+  int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
 };
 
@@ -240,8 +241,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
 
 // Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
 // output quad; writes out and lse.
-template <int D, int G>
+template <int D>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
+  const int G = a.g;
   for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
     const int j = idx / (D / 4), d = idx % (D / 4) * 4;
     SoftmaxState st = SoftmaxState::empty();
@@ -275,7 +277,7 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
   }
 }
 
-template <int D, int G>
+template <int D>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -284,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __shared__ long long first_head_start;
   __shared__ int first_head, merge_flag;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int num_heads = a.batch * a.hkv;
+  const int num_heads = a.batch * a.hkv, G = a.g;
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
   // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
@@ -413,7 +415,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      merge_head<D, G>(a, bh, first_cta + bh, num_pieces);
+      merge_head<D>(a, bh, first_cta + bh, num_pieces);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (also reset by the launcher)
     }
   }
@@ -421,12 +423,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 
 using DecodeKernel = void (*)(DecodeArgs);
 
+// The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
+// tile, so it changes no loop the streaming depends on).
 DecodeKernel kernel_for(int head_dim, int group) {
-#define SQZ_DECODE_CASE(D_, G_) \
-  if (head_dim == D_ && group == G_) return decode_kernel<D_, G_>;
-  SQZ_DECODE_CASE(64, 1) SQZ_DECODE_CASE(64, 2) SQZ_DECODE_CASE(64, 4) SQZ_DECODE_CASE(64, 8)
-  SQZ_DECODE_CASE(128, 1) SQZ_DECODE_CASE(128, 2) SQZ_DECODE_CASE(128, 4) SQZ_DECODE_CASE(128, 8)
-#undef SQZ_DECODE_CASE
+  if (group < 1 || group > kMaxGroup) return nullptr;
+  if (head_dim == 64) return decode_kernel<64>;
+  if (head_dim == 128) return decode_kernel<128>;
   return nullptr;
 }
 
@@ -477,7 +479,7 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
-               DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads,
+               DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
   err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
   if (err != cudaSuccess) return err;

@@ -25,7 +25,7 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
 
 // seqs: device array of B views. q, out: device bf16 [B][Hq][D]. lse: nullable device fp32 [B][Hq]
 // (natural log). selection: device arrays from select_clusters(). Requires head_dim in {64, 128},
-// group in {1, 2, 4, 8}, B * H_kv <= 2048. Returns a cudaError_t value.
+// any group 1..8 (3, 5, 6, 7 included), B * H_kv <= 2048. Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                             const Selection& selection, void* out, float* lse, void* workspace,
                             const DecodeLaunch& launch, void* stream);

@@ -269,7 +269,7 @@ int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf1
                              const Selection& selection, void* out, float* lse, void* stream) {
   using namespace detail;
   const int g = shape.group();
-  if ((g != 1 && g != 2 && g != 4 && g != 8) || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
+  if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
     return cudaErrorInvalidValue;
   const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
                       shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim))};

@@ -30,7 +30,7 @@ size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLim
 
 // seqs: device array of shape.batch views (bf16 KV and bf16 centroids). q: device bf16
 // [B][Lq][Hq][D]. out: device arrays. workspace: device, selection_workspace_bytes() long.
-// Requires head_dim in {64, 128}, group in {1, 2, 4, 8}, query_len * group <= 16384.
+// Requires head_dim in {64, 128}, any group 1..8, query_len * group <= 16384.
 // Thresholds: seqs[b].tau_fine / tau_coarse ([H_kv] floats in device memory) where non-null, else
 // params.tau_fine / tau_coarse, per (sequence b, KV head h) at every level and on every path; so
 // one launch serves sequences with different (or per-head) thresholds.

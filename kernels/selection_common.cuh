@@ -26,6 +26,7 @@ constexpr int kTile = 32;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = kTile / kWarps;  // 4
+constexpr int kMaxGroup = 8;                  // query heads per KV head (select_clusters' limit)
 
 // Decode path (selection_decode.cu): candidates per centroid-stream CTA, per compaction CTA.
 constexpr int kStreamChunk = 256;                    // 8 warps x 32

@@ -193,8 +193,8 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
 
 // Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its keep flag
 // (score > the head's threshold of the level: coarse for Level::kCoarse, else fine).
-// Row r = t*g + j; with g | 8 the rows warp w sees all have j = w % g, so each thread sums one
-// group member and warps are combined in a fixed order (deterministic).
+// Row r = t*g + j: each thread sums its rows' p into one slot per group member j (smem, private to
+// the thread), and the warps' slots are combined in a fixed order (deterministic).
 // grid (chunks, H_kv, B).
 template <int D>
 __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk,
@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
                                                          const float* z_in, int z_capacity, uint8_t* flags,
                                                          float* scores, int capacity) {
   __shared__ __align__(16) TileSmem<D> sm;
-  __shared__ float partial[kWarps][kTile];
+  __shared__ float partial[kWarps][kMaxGroup][kTile];
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const HeadLevel v = head_level<D>(p, l, b, h);
   const int rows = p.lq * p.g, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -213,7 +213,11 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
     if (c0 >= v.num_candidates) break;
     __syncthreads();
     load_candidate_tile<D>(sm, v, l.level, c0, z_in == nullptr);
-    float acc = 0.f;
+    for (int j = 0; j < p.g; ++j) partial[warp][j][lane] = 0.f;
+    int member[kRowsPerWarp];  // group member (r % g) of row r = r0 + warp + kWarps * i, kept up to date
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) member[i] = (warp + kWarps * i) % p.g;
+    const int member_step = kTile % p.g;
     for (int r0 = 0; r0 < rows; r0 += kTile) {
       float z[kRowsPerWarp];
       if (z_in) {
@@ -231,17 +235,18 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
         const int r = r0 + warp + kWarps * i;
-        if (r < rows && sm.log_size[lane] != neg_inf()) acc += __expf(z[i] - ld[r]);
+        if (r < rows && sm.log_size[lane] != neg_inf()) partial[warp][member[i]][lane] += __expf(z[i] - ld[r]);
+        member[i] += member_step;
+        if (member[i] >= p.g) member[i] -= p.g;
       }
       if (!z_in) __syncthreads();
     }
-    partial[warp][lane] = acc;
     __syncthreads();
     if (warp == 0 && c0 + lane < v.num_candidates) {
       float best = neg_inf();
       for (int j = 0; j < p.g; ++j) {
         float sum = 0.f;
-        for (int w = j; w < kWarps; w += p.g) sum += partial[w][lane];
+        for (int w = 0; w < kWarps; ++w) sum += partial[w][j][lane];
         best = fmaxf(best, sum / p.lq);
       }
       const bool live = sm.log_size[lane] != neg_inf();

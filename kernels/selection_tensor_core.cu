@@ -18,6 +18,10 @@ namespace {
 //  (log_denominator_kernel merges the chunks, as for the generic path.)
 //  C tc_flags_kernel: the same GEMM, p = exp(z - logden_r), summed over the rows of each group
 //    member in registers, max over members / Lq = score; flag = score > the head's tau_fine.
+//    Pass C orders the rows member-major (all tokens of member 0, then of member 1, ...), each
+//    member's tokens padded to a multiple of 16, so that every 16-row sub-tile belongs to one group
+//    member whatever the group size: a thread's per-column sums are then one member's, combined
+//    over the warp's lanes once per member.
 // Then compact_kernel. CTA = 8 warps, each owning 32 candidates whose B fragments (centroid rows)
 // stay in registers (64 regs at D = 128) for the whole pass; query rows stream through smem in
 // 64-row tiles (cp.async, double buffered; Q of a head is L2-resident: 256 KB at 1K tokens) and
@@ -36,16 +40,31 @@ struct TcSmem {
   float2 red[kTcWarps][kTcRows];         // pass A: per-warp (max2, sum) of the tile's rows
 };
 
-// Async copy of query rows [r0, r0 + 64) of (b, h) into stage `buf` (zero rows past R).
+// The query row (token t, group member j) at tile row r: token-major (r = t*g + j, pass A) when
+// member_rows == 0, else member-major with member_rows rows per member (r = j*member_rows + t,
+// pass C). False for padding rows.
+__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
+  if (member_rows == 0) {
+    t = r / p.g;
+    j = r % p.g;
+    return r < p.lq * p.g;
+  }
+  j = r / member_rows;
+  t = r % member_rows;
+  return j < p.g && t < p.lq;
+}
+
+// Async copy of tile rows [r0, r0 + 64) of (b, h) into stage `buf` (zero for padding rows).
 template <int D>
-__device__ __forceinline__ void tc_load_q(TcSmem<D>& sm, int buf, const ProblemArgs& p, int b, int h, int r0) {
-  const int rows = p.lq * p.g;
+__device__ __forceinline__ void tc_load_q(TcSmem<D>& sm, int buf, const ProblemArgs& p, int b, int h, int r0,
+                                          int member_rows) {
   for (int c = threadIdx.x; c < kTcRows * D / 8; c += kTcThreads) {
-    const int row = c / (D / 8), col = (c % (D / 8)) * 8, r = r0 + row;
+    const int row = c / (D / 8), col = (c % (D / 8)) * 8;
+    int t, j;
     const __nv_bfloat16* src = p.q;
     int bytes = 0;
-    if (r < rows) {
-      src = p.q + ((static_cast<int64_t>(b) * p.lq + r / p.g) * p.hq + h * p.g + r % p.g) * D + col;
+    if (tc_query_row(p, r0 + row, member_rows, t, j)) {
+      src = p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + col;
       bytes = 16;
     }
     cp_async_16(&sm.q[buf][row * TcSmem<D>::kStride + col], src, bytes);
@@ -107,7 +126,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
     const int c_first = (chunk * strips_per_chunk + st) * kTcStrip;
     if (c_first >= K) break;  // uniform: past this sequence's K
     __syncthreads();          // previous strip done with smem
-    tc_load_q<D>(sm, 0, p, b, h, 0);
+    tc_load_q<D>(sm, 0, p, b, h, 0, 0);
     cp_async_commit();
     {
       const int c = c_first + tid;
@@ -125,7 +144,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
 
     for (int rt = 0; rt < num_row_tiles; ++rt) {
       const int buf = rt & 1;
-      if (rt + 1 < num_row_tiles) tc_load_q<D>(sm, buf ^ 1, p, b, h, (rt + 1) * kTcRows);
+      if (rt + 1 < num_row_tiles) tc_load_q<D>(sm, buf ^ 1, p, b, h, (rt + 1) * kTcRows, 0);
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();  // stage buf landed for all threads
@@ -183,7 +202,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   __shared__ __align__(16) TcSmem<D> sm;
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
-  const int K = s.num_clusters, rows = p.lq * p.g, G = p.g;
+  const int K = s.num_clusters, rows = p.lq * p.g;
   const int c_first = blockIdx.x * kTcStrip;
   if (c_first >= K) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -191,15 +210,17 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const float scale2 = p.scale * kLog2e;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
-  const int num_row_tiles = (rows + kTcRows - 1) / kTcRows;
+  // Member-major rows: member j owns tile rows [j * member_rows, (j + 1) * member_rows).
+  const int member_rows = (p.lq + 15) / 16 * 16, member_tiles = member_rows / 16;
+  const int num_row_tiles = (p.g * member_rows + kTcRows - 1) / kTcRows;
 
   // Q tile plus its rows' log denominators in log2 units (row_in = logden * log2e).
   auto load = [&](int buf, int r0) {
-    tc_load_q<D>(sm, buf, p, b, h, r0);
+    tc_load_q<D>(sm, buf, p, b, h, r0, member_rows);
     if (tid < kTcRows) {
-      const int r = r0 + tid;
-      const float l = r < rows ? ld[r] : neg_inf();
-      // Rows past R and rows without any non-empty cluster contribute nothing: +inf.
+      int t, j;
+      const float l = tc_query_row(p, r0 + tid, member_rows, t, j) ? ld[t * p.g + j] : neg_inf();
+      // Padding rows and rows without any non-empty cluster contribute nothing: +inf.
       sm.row_in[buf][tid] = l == neg_inf() ? __int_as_float(0x7f800000) : l * kLog2e;
     }
   };
@@ -207,9 +228,11 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   cp_async_commit();
   uint32_t bf[4][D / 16][2];
   tc_load_b<D>(bf, cent, c_first + warp * kTcPerWarp, K);
-  // Thread's rows within a 16-row sub-tile are lane/4 and lane/4 + 8: both group member
-  // (lane/4) % G (G | 8, tiles start at multiples of 64), so per-member sums need no bookkeeping.
-  float colsum[4][2] = {};
+  // colsum: this thread's part of the current member's per-column sums (its rows lane/4 and
+  // lane/4 + 8 of each of the member's sub-tiles); best: the max over the members done so far.
+  float colsum[4][2] = {}, best[4][2];
+#pragma unroll
+  for (int n = 0; n < 4; ++n) best[n][0] = best[n][1] = neg_inf();
   for (int rt = 0; rt < num_row_tiles; ++rt) {
     const int buf = rt & 1;
     if (rt + 1 < num_row_tiles) load(buf ^ 1, (rt + 1) * kTcRows);
@@ -218,6 +241,8 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
     __syncthreads();
 #pragma unroll 1
     for (int sub = 0; sub < kTcRows / 16; ++sub) {
+      const int tile = rt * (kTcRows / 16) + sub;  // global 16-row sub-tile: member tile / member_tiles
+      if (tile >= p.g * member_tiles) break;       // warp-uniform: past the last member
       float acc[4][4];
       tc_tile<D>(sm, buf, sub, bf, acc);
       const float l0 = sm.row_in[buf][sub * 16 + (lane >> 2)], l1 = sm.row_in[buf][sub * 16 + (lane >> 2) + 8];
@@ -225,20 +250,22 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
       for (int n = 0; n < 4; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) colsum[n][e & 1] += exp2f(fmaf(acc[n][e], scale2, -((e >> 1) ? l1 : l0)));
+      if ((tile + 1) % member_tiles == 0) {  // the member's last sub-tile: sum its 8 row lanes, max
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = colsum[n][e];
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+            best[n][e] = fmaxf(best[n][e], x);
+            colsum[n][e] = 0.f;
+          }
+      }
     }
     __syncthreads();  // stage buf is refilled by the next iteration's load
   }
   cp_async_wait<0>();
-  // Sum over the lanes holding the same member (lane/4 equal mod G), then max over members.
-#pragma unroll
-  for (int n = 0; n < 4; ++n)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float x = colsum[n][e];
-      for (int o = 16; o >= 4 * G; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-      for (int o = 4; o < 4 * G; o <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-      colsum[n][e] = x;
-    }
   if (lane < 4) {
     const float inv_lq = 1.f / static_cast<float>(p.lq);
     const float tau = head_tau(s, params, false, h);
@@ -249,7 +276,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
         const int c = c_first + warp * kTcPerWarp + n * 8 + 2 * lane + e;
         if (c >= K) continue;
         const bool live = off[c + 1] > off[c];
-        const float score = colsum[n][e] * inv_lq;
+        const float score = best[n][e] * inv_lq;
         const int64_t at = static_cast<int64_t>(bh) * capacity + c;
         flags[at] = live && score > tau;
         if (scores) scores[at] = live ? score : neg_inf();

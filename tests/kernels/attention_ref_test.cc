@@ -131,7 +131,8 @@ TEST_P(SparseAttention, EmptySelectionGivesDensePartOnly) {
 
 INSTANTIATE_TEST_SUITE_P(DecodeAndPrefill, SparseAttention,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(8, 1),
-                                           std::make_tuple(1, 7), std::make_tuple(4, 5)));
+                                           std::make_tuple(1, 7), std::make_tuple(4, 5), std::make_tuple(3, 1),
+                                           std::make_tuple(6, 4), std::make_tuple(7, 1)));
 
 // The reported LSE is the log of the softmax denominator over exactly the attended logits.
 TEST(SparseAttentionLse, MatchesBruteForce) {

@@ -89,9 +89,11 @@ TEST_P(FlatSelection, MatchesPerKeyDefinition) {
   EXPECT_LT(buf.counts[0], spec.num_clusters);
 }
 
+// Groups 3, 6 and 7 too (the shipped small model has 3, Qwen2-7B 7).
 INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, FlatSelection,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(8, 1),
-                                           std::make_tuple(1, 6), std::make_tuple(4, 5)));
+                                           std::make_tuple(1, 6), std::make_tuple(4, 5), std::make_tuple(3, 1),
+                                           std::make_tuple(3, 4), std::make_tuple(6, 1), std::make_tuple(7, 3)));
 
 // (group, query_len, per_head): per_head gives every KV head its own (tau_coarse, tau_fine) through
 // SequenceLayer::tau_coarse / tau_fine and makes the launch-wide ones NaN (nothing would pass them).
@@ -178,7 +180,8 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
 INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, HierarchicalSelection,
                          ::testing::Values(std::make_tuple(1, 1, false), std::make_tuple(4, 1, false),
                                            std::make_tuple(4, 3, false), std::make_tuple(1, 1, true),
-                                           std::make_tuple(4, 3, true)));
+                                           std::make_tuple(4, 3, true), std::make_tuple(3, 1, false),
+                                           std::make_tuple(7, 2, true)));
 
 // Per-head thresholds (SequenceLayer::tau_fine) replace the launch-wide one head by head: head 0
 // keeps every non-empty cluster, head 1 none, heads 2 and 3 their own 30% / 80% key quantiles. The
