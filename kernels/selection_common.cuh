@@ -6,7 +6,9 @@
 //   selection_generic.cu       CUDA-core passes for any level (hierarchical), plus the log-denominator
 //                              merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
-// r % g) against the candidates of a level. Scores are fp32, denominators max-shifted.
+// r % g) against the candidates of a level. Scores are fp32, denominators max-shifted. The cap on
+// log p-hat (kMaxLogScore) is applied where it can bite: the generic path's children level (fine
+// centroids over the coarse denominator); with a level's own denominator log p-hat <= 0.
 #pragma once
 
 #include <cuda_runtime.h>

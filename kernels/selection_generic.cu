@@ -235,7 +235,8 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
         const int r = r0 + warp + kWarps * i;
-        if (r < rows && sm.log_size[lane] != neg_inf()) partial[warp][member[i]][lane] += __expf(z[i] - ld[r]);
+        if (r < rows && sm.log_size[lane] != neg_inf())
+          partial[warp][member[i]][lane] += __expf(fminf(z[i] - ld[r], kMaxLogScore));
         member[i] += member_step;
         if (member[i] >= p.g) member[i] -= p.g;
       }

@@ -60,7 +60,7 @@ float group_score(const HeadQueries& hq, const Candidate& c, const std::vector<f
     float sum = 0.f;
     for (int t = 0; t < hq.lq; ++t) {
       const int r = t * hq.g + j;
-      sum += std::exp(scaled_dot(hq.row(r), c.centroid, hq.d, scale) - logden[r]);
+      sum += std::exp(std::min(scaled_dot(hq.row(r), c.centroid, hq.d, scale) - logden[r], kMaxLogScore));
     }
     best = std::max(best, sum / hq.lq);
   }

@@ -50,6 +50,11 @@ struct SequenceLayer {
 using SequenceLayerF32 = SequenceLayer<float>;
 using SequenceLayerBf16 = SequenceLayer<uint16_t>;
 
+// log p-hat = z - logden is capped here before exp (docs/index_layout.md, "Constants"): with its
+// own level's denominator p-hat <= 1 anyway; a fine centroid scored over the coarse denominator
+// (hierarchical) can exceed it by far, and exp would overflow to inf.
+constexpr float kMaxLogScore = 40.f;
+
 struct AttentionShape {
   int32_t batch = 1;
   int32_t num_q_heads = 32;

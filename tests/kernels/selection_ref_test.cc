@@ -305,5 +305,45 @@ TEST(Selection, EmptyClustersAreNeverSelected) {
   }
 }
 
+// log p-hat is capped at kMaxLogScore (docs/index_layout.md "Constants"): a fine centroid scored over
+// the coarse denominator can sit e^100 above it. Coarse cluster 0's children are +A u and -A u, so
+// its centroid (their mean) is 0 and the coarse denominator stays small while the child +A u has
+// s q.c = 100: its score is e^40 (2.4e17), not inf, so a threshold of 1e30 prunes it and 1e17 keeps it.
+TEST(Selection, LogScoreIsCappedOverTheCoarseDenominator) {
+  SyntheticSpec spec;
+  spec.num_kv_heads = 1;
+  spec.head_dim = 16;
+  spec.num_rows = 40;
+  spec.num_clusters = 4;
+  spec.num_coarse = 2;
+  spec.seed = 3;
+  SyntheticLayer L = make_synthetic_layer(spec);
+  const int d = spec.head_dim;
+  L.offsets = {0, 10, 20, 30, 40};
+  L.coarse_offsets = {0, 2, 4};
+  std::vector<float> u(d, 0.f);
+  u[0] = 1.f;
+  const float a = 100.f;  // s q.(a u) = 100 with q = sqrt(d) u, s = 1/sqrt(d)
+  for (int r = 0; r < spec.num_rows; ++r)
+    for (int i = 0; i < d; ++i) {
+      float& k = L.keys[static_cast<size_t>(r) * d + i];
+      if (r < 10) k = a * u[i];
+      else if (r < 20) k = -a * u[i];
+      else k = 0.01f * k;
+    }
+  L.recompute_centroids();
+  std::vector<float> q(d, 0.f);
+  q[0] = std::sqrt(static_cast<float>(d));
+  const AttentionShape shape = shape_for(spec, 1, 1);
+  const SequenceLayerF32 view = L.view();
+  for (const float tau : {1e30f, 1e17f}) {
+    SelectionBuffers buf(1, spec.num_clusters);
+    select_clusters_ref(shape, &view, q.data(), {tau, -1.f, true}, buf.sel);
+    const std::vector<int> got = buf.selected(0);
+    const bool kept = std::find(got.begin(), got.end(), 0) != got.end();
+    EXPECT_EQ(kept, tau < 1e18f) << "tau " << tau;
+  }
+}
+
 }  // namespace
 }  // namespace squeezeserve::kernels::testing
