@@ -23,6 +23,12 @@
 // CUDA-core loop at G = 1 (there each row took 16 lanes x (8 FMA + 4 shuffles + 4 adds) for q.k and
 // every exp2 was repeated on those 16 lanes; here a 16-row tile is 32 MMAs, 16 ldmatrix and 5 exp2
 // per lane).
+//
+// Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
+// (virtual_rows.cuh): their centroid is the key, their mean the value, and log2 of their key count
+// is added to the logit (a per-row bias the resolving lane writes to smem beside the tile).
+// Read-ahead's top key (TopKeys, kernel variant kTop): per query head, the most attended selected
+// row and the softmax sum over the context rows, merged across warps and pieces like (m, l).
 #include <algorithm>
 #include <climits>
 
@@ -46,27 +52,35 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 constexpr int kMaxGroup = 8;     // query heads per KV head: rows 0..7 of the MMA tile
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
-// reads fall in distinct banks.
+// reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows logit biases
+// (log2 n of estimated clusters, 0 for other rows of a tile that holds some).
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
+constexpr int kWarpBiases = kStages * kTileRows;
 template <int D>
-constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D>;
+constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> + sizeof(float) * kWarps * kWarpBiases;
 
+// A piece's softmax statistics of one query head: (m, l) of the SoftmaxState, l_ctx = the sum over
+// the context rows relative to the same m, and the top key's logit; its row is stored beside.
 struct DecodeWorkspace {
-  float* partial_o;    // [max_pieces][G][D], unnormalised (relative to the piece's max)
-  float2* partial_ml;  // [max_pieces][G] (max in log2 units, sum)
-  int* tickets;        // [B*H_kv] finished pieces per head
+  float* partial_o;     // [max_pieces][G][D], unnormalised (relative to the piece's max)
+  float4* partial_st;   // [max_pieces][G] (m in log2 units, l, l_ctx, top logit)
+  int* partial_top;     // [max_pieces][G] top key's virtual row, -1 = none (kTop only)
+  int* tickets;         // [B*H_kv] finished pieces per head
   size_t bytes;
   // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
   // CTA range or a new head (or both), so c + bh grows strictly; a head's slots are consecutive.
   DecodeWorkspace(const AttentionShape& s, int num_ctas, void* base) {
     const size_t max_pieces = size_t(num_ctas) + size_t(s.batch) * s.num_kv_heads;
+    const size_t heads = max_pieces * s.num_q_heads / s.num_kv_heads;
     auto up = [](size_t x) { return (x + 255) & ~size_t{255}; };
     char* p = static_cast<char*>(base);
     partial_o = reinterpret_cast<float*>(p);
-    size_t off = up(sizeof(float) * max_pieces * s.num_q_heads / s.num_kv_heads * s.head_dim);
-    partial_ml = reinterpret_cast<float2*>(p + off);
-    off += up(sizeof(float2) * max_pieces * s.num_q_heads / s.num_kv_heads);
+    size_t off = up(sizeof(float) * heads * s.head_dim);
+    partial_st = reinterpret_cast<float4*>(p + off);
+    off += up(sizeof(float4) * heads);
+    partial_top = reinterpret_cast<int*>(p + off);
+    off += up(sizeof(int) * heads);
     tickets = reinterpret_cast<int*>(p + off);
     off += up(sizeof(int) * s.batch * s.num_kv_heads);
     bytes = off;
@@ -79,14 +93,18 @@ struct DecodeArgs {
   Selection sel;
   __nv_bfloat16* out;
   float* lse;
+  TopKeys top;
   DecodeWorkspace ws;
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
 };
 
-// Rows head bh takes in the flat split: selected + dense rows, at least one (masked).
+// Rows head bh takes in the flat split: selected + estimated + dense rows, at least one (masked).
+// Equals max(1, virtual_rows(...).total()).
 __device__ __forceinline__ int head_rows(const DecodeArgs& a, int bh) {
-  return max(1, a.sel.rows[bh] + a.seqs[bh / a.hkv].dense_len);
+  const SequenceLayerBf16& s = a.seqs[bh / a.hkv];
+  const int estimated = a.sel.estimated != nullptr && s.cluster_values != nullptr ? a.sel.estimated[bh] : 0;
+  return max(1, a.sel.rows[bh] + estimated + s.dense_len);
 }
 
 // A warp's window of 32 consecutive selected segments: lane j holds segment base + j, its first
@@ -136,14 +154,18 @@ struct SegmentWindow {
 
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
-// lane's partial sum; the quad holds the row's four parts). Uses `smem`, the warp's stage buffers.
-template <int D>
+// lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
+// context sum and its top key. Uses `smem` and `bias`, the warp's stage buffers.
+template <int D, bool kTop>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
-                                            __nv_bfloat16* smem, float scale_log2, int lane, float (&o)[D / 8][4],
-                                            SoftmaxState& st) {
+                                            __nv_bfloat16* smem, float* bias, float scale_log2, int lane,
+                                            float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
+  const int ctx_end = vr.context_rows();
+  // Whether tile [v, v + 16) holds estimated rows (warp-uniform): only those tiles carry biases.
+  auto has_estimate = [&](int v) { return v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows; };
   SegmentWindow win;
   if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
 
@@ -159,7 +181,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
     }
     // Row code of row x (virtual_rows.cuh).
-    const int code = x >= w1 ? kNoRow : x >= vr.sparse_rows ? dense_code(x - vr.sparse_rows) : x + shift;
+    const int code = x >= w1 ? kNoRow : x < vr.sparse_rows ? x + shift : unselected_row_code(vr, x);
+    if (has_estimate(v) && lane < kTileRows)
+      bias[(t % kStages) * kTileRows + lane] = is_estimate_code(code) ? estimate_log2_size(vr, code) : 0.f;
     __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
 #pragma unroll
@@ -181,7 +205,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
     cp_async_commit();
     cp_async_wait<kStages - 1>();
-    __syncwarp();  // tile t landed, the other lanes' chunks included
+    __syncwarp();  // tile t landed, the other lanes' chunks (and biases) included
     const __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     const __nv_bfloat16* vs = ks + kTileElems;
 
@@ -201,17 +225,23 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     }
     // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
     const int v = w0 + t * kTileRows;
+    const float* tile_bias = has_estimate(v) ? bias + (t % kStages) * kTileRows : nullptr;
     float tile_max = neg_inf();
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[n][e] = v + n * 8 + 2 * (lane & 3) + e < w1 ? s[n][e] * scale_log2 : neg_inf();
-        tile_max = fmaxf(tile_max, s[n][e]);
+        const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
+        float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
+        if (tile_bias && key < w1) x += tile_bias[col];
+        if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
+        s[n][e] = x;
+        tile_max = fmaxf(tile_max, x);
       }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
     const float corr = st.rescale(fmaxf(st.m, tile_max));
+    if (kTop) ctx *= corr;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       o[n][0] *= corr;
@@ -224,6 +254,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st.m);
         st.l += p[n][e];
+        if (kTop && v + n * 8 + 2 * (lane & 3) + e < ctx_end) ctx += p[n][e];
       }
     const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
     // O += P V: ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
@@ -239,29 +270,49 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   __syncwarp();  // the stage buffers are free for the caller
 }
 
-// Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
-// output quad; writes out and lse.
+// Head j's (l_ctx, top) outputs of read-ahead from its merged statistics.
 template <int D>
+__device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
+  const int b = bh / a.hkv, h = bh % a.hkv;
+  float share = 0.f;
+  int position = -1;
+  if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
+  if (share > 0.f) {
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
+    const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
+    position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top.v));
+  }
+  if (a.top.share) a.top.share[hq] = share;
+  if (a.top.position) a.top.position[hq] = position;
+}
+
+// Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
+// output quad; writes out, lse and (kTop) the top keys.
+template <int D, bool kTop>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
   const int G = a.g;
   for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
     const int j = idx / (D / 4), d = idx % (D / 4) * 4;
     SoftmaxState st = SoftmaxState::empty();
+    float ctx = 0.f;
+    TopKey top = TopKey::none();
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int it = 0; it < n; it += 8) {
-      float2 ml[8];
+      float4 ps[8];
       float4 po[8];
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         const int64_t slot_head = static_cast<int64_t>(first + it + u) * G + j;
         const bool in = it + u < n;
-        ml[u] = in ? __ldcg(a.ws.partial_ml + slot_head) : make_float2(neg_inf(), 0.f);
+        ps[u] = in ? __ldcg(a.ws.partial_st + slot_head) : make_float4(neg_inf(), 0.f, 0.f, neg_inf());
         po[u] = in ? __ldcg(reinterpret_cast<const float4*>(a.ws.partial_o + slot_head * D + d))
                    : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (kTop && d == 0 && in) top.offer(ps[u].w, __ldcg(a.ws.partial_top + slot_head));
       }
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const float2 w = st.merge({ml[u].x, ml[u].y});  // (keep, add)
+        const float2 w = st.merge({ps[u].x, ps[u].y});  // (keep, add)
+        if (kTop) ctx = ctx * w.x + ps[u].z * w.y;
         acc.x = acc.x * w.x + po[u].x * w.y;
         acc.y = acc.y * w.x + po[u].y * w.y;
         acc.z = acc.z * w.x + po[u].z * w.y;
@@ -274,10 +325,11 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
     dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
     dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
     if (d == 0 && a.lse) a.lse[hq] = st.lse();
+    if (kTop && d == 0) write_top<D>(a, bh, hq, st, ctx, top);
   }
 }
 
-template <int D>
+template <int D, bool kTop>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -325,10 +377,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __syncthreads();
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
+  float* warp_bias =
+      reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>) + warp * kWarpBiases;
   int bh = first_head;
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
-    const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
     const int len = max(1, vr.total());  // = head_rows(a, bh)
     // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
     const int r0 = static_cast<int>(max(f0, head_start) - head_start);
@@ -363,40 +417,54 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
     SoftmaxState st = SoftmaxState::empty();
-    attend_rows<D>(vr, w0, w1, qa, warp_smem, a.scale_log2, lane, o, st);
+    float ctx = 0.f;
+    TopKey top = TopKey::none();
+    attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
+    if (kTop) {
+      ctx += __shfl_xor_sync(0xffffffffu, ctx, 1);
+      ctx += __shfl_xor_sync(0xffffffffu, ctx, 2);
+      top.quad_reduce();
+    }
 
-    // Combine the warps: each stores (o, m, l) in its own stage buffers (free after attend_rows),
-    // then the CTA writes the piece's partial relative to the piece max M.
+    // Combine the warps: each stores (o, statistics) in its own stage buffers (free after
+    // attend_rows), then the CTA writes the piece's partial relative to the piece max M.
     {
-      float* red_o = reinterpret_cast<float*>(warp_smem);           // [G][D]
-      float2* red_ml = reinterpret_cast<float2*>(red_o + G * D);  // [G]
+      float* red_o = reinterpret_cast<float*>(warp_smem);             // [G][D]
+      float4* red_st = reinterpret_cast<float4*>(red_o + G * D);      // [G] (m, l, l_ctx, top logit)
+      int* red_top = reinterpret_cast<int*>(red_st + G);              // [G]
       if (g < G) {
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
           *reinterpret_cast<float2*>(red_o + g * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][0], o[n][1]);
-        if ((lane & 3) == 0) red_ml[g] = make_float2(st.m, st.l);
+        if ((lane & 3) == 0) {
+          red_st[g] = make_float4(st.m, st.l, ctx, top.s);
+          red_top[g] = top.v;
+        }
       }
     }
     __syncthreads();
     for (int idx = tid; idx < G * D / 4; idx += kThreads) {
       const int j = idx / (D / 4), d = idx % (D / 4) * 4;
-      // Warp w's stored (o, m, l), as written above from its warp_smem.
+      // Warp w's stored (o, statistics), as written above from its warp_smem.
       auto warp_o = [&](int w) { return reinterpret_cast<const float*>(smem_raw) + w * (kWarpSmemElems<D> / 2); };
-      auto warp_ml = [&](int w) { return reinterpret_cast<const float2*>(warp_o(w) + G * D)[j]; };
+      auto warp_st = [&](int w) { return reinterpret_cast<const float4*>(warp_o(w) + G * D)[j]; };
+      auto warp_top = [&](int w) { return reinterpret_cast<const int*>(reinterpret_cast<const float4*>(warp_o(w) + G * D) + G)[j]; };
       float M = neg_inf();
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_ml(w).x);
-      float L = 0.f;
+      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_st(w).x);
+      float L = 0.f, C = 0.f;
+      TopKey T = TopKey::none();
       float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
       if (M != neg_inf()) {
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
-          const float2 ml = warp_ml(w);
-          const float wt = SoftmaxState{ml.x, ml.y}.weight_at(M);
+          const float4 sw = warp_st(w);
+          const float wt = SoftmaxState{sw.x, sw.y}.weight_at(M);
           const float4 ow = *reinterpret_cast<const float4*>(warp_o(w) + j * D + d);
-          L += ml.y * wt;
+          L += sw.y * wt;
+          if (kTop) C += sw.z * wt;
           acc.x += ow.x * wt;
           acc.y += ow.y * wt;
           acc.z += ow.z * wt;
@@ -404,7 +472,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
         }
       }
       *reinterpret_cast<float4*>(a.ws.partial_o + (static_cast<int64_t>(slot) * G + j) * D + d) = acc;
-      if (d == 0) a.ws.partial_ml[static_cast<int64_t>(slot) * G + j] = make_float2(M, L);
+      if (d == 0) {
+        if (kTop) {
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) T.offer(warp_st(w).w, warp_top(w));
+          a.ws.partial_top[static_cast<int64_t>(slot) * G + j] = T.v;
+        }
+        a.ws.partial_st[static_cast<int64_t>(slot) * G + j] = make_float4(M, L, C, T.s);
+      }
     }
 
     // The head's last piece to finish merges all of them. (The barriers here also order this
@@ -415,7 +490,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      merge_head<D>(a, bh, first_cta + bh, num_pieces);
+      merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (also reset by the launcher)
     }
   }
@@ -425,10 +500,10 @@ using DecodeKernel = void (*)(DecodeArgs);
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
 // tile, so it changes no loop the streaming depends on).
-DecodeKernel kernel_for(int head_dim, int group) {
+DecodeKernel kernel_for(int head_dim, int group, bool top) {
   if (group < 1 || group > kMaxGroup) return nullptr;
-  if (head_dim == 64) return decode_kernel<64>;
-  if (head_dim == 128) return decode_kernel<128>;
+  if (head_dim == 64) return top ? decode_kernel<64, true> : decode_kernel<64, false>;
+  if (head_dim == 128) return top ? decode_kernel<128, true> : decode_kernel<128, false>;
   return nullptr;
 }
 
@@ -460,17 +535,23 @@ cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& lau
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch) {
   using namespace detail;
   // Unsupported shapes (the launch rejects them) and failed queries fall back to launch.num_ctas or 1.
+  // The grid of either variant (with and without TopKeys) fits.
   int ctas = std::max(1, launch.num_ctas);
-  if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group())) configure(kernel, shape.head_dim, launch, &ctas);
+  for (const bool top : {false, true}) {
+    int variant = ctas;
+    if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top))
+      configure(kernel, shape.head_dim, launch, &variant);
+    ctas = std::max(ctas, variant);
+  }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                             const Selection& selection, void* out, float* lse, void* workspace,
-                            const DecodeLaunch& launch, void* stream) {
+                            const DecodeLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  const DecodeKernel kernel = kernel_for(shape.head_dim, g);
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, top.position != nullptr || top.share != nullptr);
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
@@ -478,7 +559,7 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
-  DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
+  DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
   err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);

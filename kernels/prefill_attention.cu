@@ -11,6 +11,10 @@
 // Gather addressing: a 64-row tile's physical rows are resolved once per row (segment search in
 // the selection's row_start), by 8 resolver lanes per warp, and handed to the lanes that copy the
 // row with a shuffle; the 64-row version ran the search once per 16-byte chunk (16x per row).
+// Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
+// (virtual_rows.cuh), unmasked, with log2 of their key count added to the logit (a per-row bias
+// the resolver lanes write to smem beside the tile). Read-ahead's top key (kernel variant kTop):
+// per query row, the most attended selected row and the softmax sum over the context rows.
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/prefill_attention.h"
@@ -35,11 +39,16 @@ struct PrefillArgs {
   Selection sel;
   __nv_bfloat16* out;
   float* lse;
+  TopKeys top;
   int lq, hkv, g;
   float scale_log2;
 };
 
 template <int D>
+constexpr size_t kSmemBytes =
+    sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8) + sizeof(float) * kStages * kTileN;
+
+template <int D, bool kTop>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   constexpr int kStride = D + 8;
   constexpr int kTileElems = kTileN * kStride;
@@ -47,11 +56,12 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   __nv_bfloat16* q_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTileM][kStride]
   __nv_bfloat16* k_smem = q_smem + kTileM * kStride;                    // [kStages][kTileN][kStride]
   __nv_bfloat16* v_smem = k_smem + kStages * kTileElems;
+  float* bias_smem = reinterpret_cast<float*>(v_smem + kStages * kTileElems);  // [kStages][kTileN]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
   const int rows_m = a.lq * a.g, G = a.g;
-  const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
+  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
 
   // Q tile: packed row m -> token m / G, head h * G + m % G (rows past the block are zero).
   for (int c = tid; c < kTileM * D / 8; c += kThreads) {
@@ -69,8 +79,11 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   // Causal bound: the last token of this tile sees dense rows < dense_len - Lq + t_last + 1.
   const int t_last = (min(m0 + kTileM, rows_m) - 1) / G;
   const int dense_visible = max(0, min(vr.dense_len, vr.dense_len - a.lq + t_last + 1));
-  const int total = vr.sparse_rows + dense_visible;
+  const int clustered = vr.clustered(), ctx_end = vr.context_rows();
+  const int total = clustered + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
+  // Whether tile t holds estimated rows (CTA-uniform): only those tiles carry biases.
+  auto has_estimate = [&](int t) { return t * kTileN < clustered && (t + 1) * kTileN > vr.sparse_rows; };
 
   // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
   // c % kCpr, so lane L of warp w copies rows w * kRpw + L / kCpr + kRowsPerPass * i. The warp's
@@ -115,12 +128,14 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         const int id = __ldg(vr.ids + my_seg), start = __ldg(vr.row_start + my_seg);
         code = __ldg(vr.offsets + id) + (v - start);
       } else if (lane < 8 && v < total) {
-        code = dense_code(v - vr.sparse_rows);
+        code = unselected_row_code(vr, v);
       }
       wseg = next_wseg;
     } else if (lane < 8 && v0 + res_row < total) {
-      code = dense_code(v0 + res_row - vr.sparse_rows);
+      code = unselected_row_code(vr, v0 + res_row);
     }
+    if (has_estimate(t) && lane < 8)
+      bias_smem[(t % kStages) * kTileN + res_row] = is_estimate_code(code) ? estimate_log2_size(vr, code) : 0.f;
     __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
 #pragma unroll
@@ -146,6 +161,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     const int m = m0 + r_lo + 8 * i;
     dense_limit[i] = m < rows_m ? vr.dense_len - a.lq + m / G + 1 : 0;
   }
+  float ctx[2] = {0.f, 0.f};  // kTop: this thread's part of each row's context sum
+  TopKey top[2] = {TopKey::none(), TopKey::none()};
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n)
@@ -182,16 +199,20 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
       }
     }
-    // Scale, mask (tile tail; causal over dense rows), online softmax.
+    // Scale, bias (estimated rows), mask (tile tail; causal over dense rows), online softmax.
+    const float* tile_bias = has_estimate(t) ? bias_smem + (t % kStages) * kTileN : nullptr;
     float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int n = 0; n < kTileN / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int v = t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1), i = e >> 1;
-        const bool visible = v < total && (v < vr.sparse_rows || v - vr.sparse_rows < dense_limit[i]);
-        s[n][e] = visible ? s[n][e] * a.scale_log2 : neg_inf();
-        tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+        const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
+        const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
+        float x = visible ? s[n][e] * a.scale_log2 : neg_inf();
+        if (tile_bias && visible) x += tile_bias[col];
+        if (kTop && v < vr.sparse_rows) top[i].offer(x, v);
+        s[n][e] = x;
+        tile_max[i] = fmaxf(tile_max[i], x);
       }
     float corr[2];
 #pragma unroll
@@ -199,6 +220,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
       corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
+      if (kTop) ctx[i] *= corr[i];
     }
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
@@ -213,6 +235,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         const int i = e >> 1;
         p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st[i].m);
         st[i].l += p[e];
+        if (kTop && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
       }
       pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
@@ -236,6 +259,11 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   for (int i = 0; i < 2; ++i) {
     st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 1);
     st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 2);
+    if (kTop) {
+      ctx[i] += __shfl_xor_sync(0xffffffffu, ctx[i], 1);
+      ctx[i] += __shfl_xor_sync(0xffffffffu, ctx[i], 2);
+      top[i].quad_reduce();
+    }
     const int m = m0 + r_lo + 8 * i;
     if (m >= rows_m) continue;
     const int64_t head_row = (static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G;
@@ -248,30 +276,45 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     }
     if (a.lse && (lane & 3) == 0)
       a.lse[head_row] = st[i].lse();
+    if (kTop && (lane & 3) == 0) {  // read-ahead's top key of this row (TopKeys)
+      const float share = top[i].v >= 0 && ctx[i] > 0.f ? exp2f(top[i].s - st[i].m) / ctx[i] : 0.f;
+      int position = -1;
+      if (share > 0.f) {
+        const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
+        position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top[i].v));
+      }
+      if (a.top.share) a.top.share[head_row] = share;
+      if (a.top.position) a.top.position[head_row] = position;
+    }
   }
+}
+
+template <int D, bool kTop>
+cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D, kTop>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmemBytes<D>));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
+  prefill_kernel<D, kTop><<<grid, kThreads, kSmemBytes<D>, stream>>>(a);
+  return cudaGetLastError();
 }
 
 template <int D>
 cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
-  const size_t smem = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8);
-  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  const bool top = a.top.position != nullptr || a.top.share != nullptr;
+  return top ? launch_prefill<D, true>(a, batch, stream) : launch_prefill<D, false>(a, batch, stream);
 }
 
 }  // namespace
 }  // namespace detail
 
 int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
-                             const Selection& selection, void* out, float* lse, void* stream) {
+                             const Selection& selection, void* out, float* lse, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
   if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
     return cudaErrorInvalidValue;
-  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
+  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                       shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
   const auto st = static_cast<cudaStream_t>(stream);
   switch (shape.head_dim) {

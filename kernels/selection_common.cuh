@@ -72,6 +72,52 @@ __device__ __forceinline__ float head_tau(const SequenceLayerBf16& s, const Sele
   return s.tau_fine ? s.tau_fine[h] : params.tau_fine;
 }
 
+// Flags of a level's candidates (generic and tensor-core paths): bit 0 = kept (score above the
+// threshold, or forced by read-ahead), bit 1 = live (a non-empty cluster: it was scored, and it is
+// estimated when not kept).
+constexpr uint8_t kFlagKeep = 1, kFlagLive = 2;
+
+// Whether the pruned-cluster estimate runs for sequence s in a launch writing `out`.
+__device__ __forceinline__ bool estimate_on(const SequenceLayerBf16& s, const Selection& out) {
+  return out.estimated != nullptr && s.cluster_values != nullptr;
+}
+
+// Read-ahead: the clusters of KV head h of sequence s kept whatever their score, one per query
+// head of the group (SequenceLayer::read_ahead), -1 = none; at the coarse level their parents.
+// Every thread computes the same values (a few loads per CTA).
+struct ForcedClusters {
+  int id[kMaxGroup];
+
+  __device__ __forceinline__ void load(const SequenceLayerBf16& s, int h, int g, bool coarse) {
+    const int K = s.num_clusters;
+    const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+    const int n = s.read_ahead ? off[K] : 0;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      int c = -1;
+      const int pos = j < g && s.read_ahead ? s.read_ahead[h * g + j] : -1;
+      if (pos >= 0 && pos < n) c = s.cluster_of_position[static_cast<int64_t>(h) * n + pos];
+      if (c >= 0 && coarse) {  // the coarse cluster whose children [coff[i], coff[i+1]) hold c
+        const int32_t* coff = s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1);
+        int lo = 0, hi = s.num_coarse;
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) >> 1;
+          if (coff[mid] <= c) lo = mid;
+          else hi = mid;
+        }
+        c = lo;
+      }
+      id[j] = c;
+    }
+  }
+  __device__ __forceinline__ bool contains(int c) const {
+    bool hit = false;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) hit |= id[j] == c;
+    return hit;
+  }
+};
+
 inline size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
 
 // Scratch layout; every buffer is sized for the worst case so launches never depend on data.
@@ -84,9 +130,11 @@ struct Workspace {
   uint8_t* flags;
   int32_t *kept, *prefix, *num_kept, *num_candidates;
   // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
-  // chunk_totals [bh][select_chunks]; its chunk-local lists reuse kept / prefix (general path only).
+  // chunk_totals [bh][select_chunks] (clusters, rows, estimated, 0); its chunk-local lists reuse
+  // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap].
   int fast_r, fast_chunks, select_chunks;
-  int2* chunk_totals;
+  int4* chunk_totals;
+  int32_t* local_estimate;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
   int tc_strips, tc_strips_per_chunk, tc_chunks;
@@ -122,7 +170,8 @@ struct Workspace {
     select_chunks = (std::max(lim.max_clusters, 1) + kSelectChunk - 1) / kSelectChunk;
     fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
-    chunk_totals = fast_r ? reinterpret_cast<int2*>(take(sizeof(int2) * bh * select_chunks)) : nullptr;
+    chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
+    local_estimate = fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity)) : nullptr;
     bytes = off;
   }
 };

@@ -17,11 +17,13 @@ namespace {
 //  K2a select_chunk_kernel, grid (ceil(K / 1024), H_kv, B): every CTA merges the head's K1
 //     partials into the log denominators (the same fixed order in every CTA, so all agree bit for
 //     bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads at
-//     512K) and compacts them in candidate order into a chunk-local list (ids, local row starts)
-//     plus the chunk's totals (clusters, rows).
+//     512K; read-ahead's forced clusters are kept whatever their score) and compacts them in
+//     candidate order into a chunk-local list (ids, local row starts), the pruned non-empty ones
+//     into a second list when the estimate is on, plus the chunk's totals (clusters, rows,
+//     estimated).
 //  K2b place_chunk_kernel, same grid: sums the totals of the chunks before its own (integers: exact
-//     in any order) and copies its chunk's list to that offset of the output; the head's last
-//     chunk writes counts / rows / comparisons.
+//     in any order) and copies its chunk's lists to those offsets of the output; the head's last
+//     chunk writes counts / rows / comparisons / estimated.
 // The output is the one ordered compaction a single CTA per head would produce (that was K2 until
 // run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
 // host round trip, no atomics.
@@ -252,7 +254,8 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
                                                                  int num_stream_chunks, int capacity,
                                                                  const float* z, const float2* partials,
                                                                  int32_t* local_ids, int32_t* local_starts,
-                                                                 int2* chunk_totals, int num_select_chunks,
+                                                                 int32_t* local_estimate, bool estimate_launch,
+                                                                 int4* chunk_totals, int num_select_chunks,
                                                                  float* scores) {
   __shared__ float logden[R];
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
@@ -281,9 +284,14 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
   for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
   const float tau = head_tau(s, params, false, h);
+  const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_launch && s.cluster_values != nullptr;
+  ForcedClusters forced;
+  if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
   __syncthreads();  // logden
 
-  int2 keep[kSelectPer];  // (1, rows) of a kept candidate, else (0, 0)
+  // Per candidate: x = kept + (estimated << 16) (a chunk holds 1024 candidates: the two counts
+  // never carry into each other), y = rows of a kept candidate.
+  int2 keep[kSelectPer];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     const int i = first + e * kThreads + threadIdx.x;
@@ -294,34 +302,41 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
     const int n = hi[e] - lo[e];
     const bool live = i < K && n > 0;
     if (scores && i < K) scores[static_cast<int64_t>(bh) * capacity + i] = live ? best : neg_inf();
-    keep[e] = live && best > tau ? make_int2(1, n) : make_int2(0, 0);
+    const bool kept = live && (best > tau || (read_ahead && forced.contains(i)));
+    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(estimate && live && !kept) << 16, kept ? n : 0);
   }
   int2 at[kSelectPer];
   const int2 total = chunk_exclusive_scan(keep, at);
   const int64_t list = static_cast<int64_t>(bh) * capacity + first;  // the chunk's slice of the lists
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
-    if (!keep[e].x) continue;
-    local_ids[list + at[e].x] = first + e * kThreads + threadIdx.x;
-    local_starts[list + at[e].x] = at[e].y;
+    const int i = first + e * kThreads + threadIdx.x;
+    if (keep[e].x & 0xffff) {
+      local_ids[list + (at[e].x & 0xffff)] = i;
+      local_starts[list + (at[e].x & 0xffff)] = at[e].y;
+    } else if (keep[e].x) {
+      local_estimate[list + (at[e].x >> 16)] = i;
+    }
   }
-  if (threadIdx.x == 0) chunk_totals[static_cast<int64_t>(bh) * num_select_chunks + chunk] = total;
+  if (threadIdx.x == 0)
+    chunk_totals[static_cast<int64_t>(bh) * num_select_chunks + chunk] = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
 }
 
-// Sum of an int2 over the CTA (integer: exact in any order). Result valid in every thread.
-__device__ int2 block_sum(int2 v) {
-  __shared__ int2 warp_sum[kWarps];
+// Sum of (x, y, z) over the CTA (integer: exact in any order). Result valid in every thread.
+__device__ int4 block_sum(int4 v) {
+  __shared__ int4 warp_sum[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
     v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, o);
   }
   if (lane == 0) warp_sum[warp] = v;
   __syncthreads();
-  int2 sum = make_int2(0, 0);
+  int4 sum = make_int4(0, 0, 0, 0);
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) sum.x += warp_sum[w].x, sum.y += warp_sum[w].y;
+  for (int w = 0; w < kWarps; ++w) sum.x += warp_sum[w].x, sum.y += warp_sum[w].y, sum.z += warp_sum[w].z;
   return sum;
 }
 
@@ -329,28 +344,35 @@ __device__ int2 block_sum(int2 v) {
 // still runs here and writes the zero counts.
 __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, int list_capacity,
                                                                const int32_t* local_ids, const int32_t* local_starts,
-                                                               const int2* chunk_totals, int num_select_chunks,
+                                                               const int32_t* local_estimate,
+                                                               const int4* chunk_totals, int num_select_chunks,
                                                                Selection out) {
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const int K = p.seqs[b].num_clusters;
   const int used = (K + kSelectChunk - 1) / kSelectChunk;
   const int last = max(used, 1) - 1;
   if (chunk > last) return;
-  const int2* totals = chunk_totals + static_cast<int64_t>(bh) * num_select_chunks;
-  int2 mine = make_int2(0, 0);
-  for (int c = threadIdx.x; c < chunk; c += kThreads) mine = make_int2(mine.x + totals[c].x, mine.y + totals[c].y);
-  const int2 before = block_sum(mine);  // clusters and rows selected by the chunks before this one
-  const int2 own = chunk < used ? totals[chunk] : make_int2(0, 0);
+  const int4* totals = chunk_totals + static_cast<int64_t>(bh) * num_select_chunks;
+  int4 mine = make_int4(0, 0, 0, 0);
+  for (int c = threadIdx.x; c < chunk; c += kThreads)
+    mine = make_int4(mine.x + totals[c].x, mine.y + totals[c].y, mine.z + totals[c].z, 0);
+  const int4 before = block_sum(mine);  // clusters, rows and estimated clusters of the chunks before
+  const int4 own = chunk < used ? totals[chunk] : make_int4(0, 0, 0, 0);
   const int64_t src = static_cast<int64_t>(bh) * list_capacity + static_cast<int64_t>(chunk) * kSelectChunk;
   const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
   for (int i = threadIdx.x; i < own.x; i += kThreads) {
     out.cluster_ids[dst + i] = local_ids[src + i];
     out.row_start[dst + i] = before.y + local_starts[src + i];
   }
+  if (own.z > 0) {  // only when the estimate is on (out.estimate_ids set)
+    const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + before.z;
+    for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = local_estimate[src + i];
+  }
   if (chunk == last && threadIdx.x == 0) {
     out.counts[bh] = before.x + own.x;
     out.rows[bh] = before.y + own.y;
     out.comparisons[bh] = K;
+    if (out.estimated) out.estimated[bh] = before.z + own.z;
   }
 }
 
@@ -362,10 +384,11 @@ void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionPara
       p, ws.fast_chunks, ws.level_capacity, ws.fast_z, ws.fast_partials);
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   select_chunk_kernel<R><<<chunks, kThreads, 0, stream>>>(p, params, ws.fast_chunks, ws.level_capacity, ws.fast_z,
-                                                         ws.fast_partials, ws.kept, ws.prefix, ws.chunk_totals,
-                                                         ws.select_chunks, scores_out);
-  place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.chunk_totals,
-                                                      ws.select_chunks, out);
+                                                         ws.fast_partials, ws.kept, ws.prefix, ws.local_estimate,
+                                                         out.estimated != nullptr, ws.chunk_totals, ws.select_chunks,
+                                                         scores_out);
+  place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.local_estimate,
+                                                      ws.chunk_totals, ws.select_chunks, out);
 }
 
 }  // namespace

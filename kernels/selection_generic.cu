@@ -191,8 +191,9 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
   }
 }
 
-// Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its keep flag
-// (score > the head's threshold of the level: coarse for Level::kCoarse, else fine).
+// Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its flags
+// (kFlagLive: non-empty; kFlagKeep: live and score > the head's threshold of the level, coarse for
+// Level::kCoarse, else fine, or forced by read-ahead).
 // Row r = t*g + j: each thread sums its rows' p into one slot per group member j (smem, private to
 // the thread), and the warps' slots are combined in a fixed order (deterministic).
 // grid (chunks, H_kv, B).
@@ -208,6 +209,9 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
   const int rows = p.lq * p.g, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
   const float tau = head_tau(p.seqs[b], params, l.level == Level::kCoarse, h);
+  const bool read_ahead = p.seqs[b].read_ahead != nullptr;
+  ForcedClusters forced;
+  if (read_ahead && warp == 0) forced.load(p.seqs[b], h, p.g, l.level == Level::kCoarse);
   for (int t = 0; t < tiles_per_chunk; ++t) {
     const int c0 = (blockIdx.x * tiles_per_chunk + t) * kTile;
     if (c0 >= v.num_candidates) break;
@@ -251,8 +255,9 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
         best = fmaxf(best, sum / p.lq);
       }
       const bool live = sm.log_size[lane] != neg_inf();
+      const bool keep = live && (best > tau || (read_ahead && forced.contains(sm.cluster[lane])));
       const int64_t at = static_cast<int64_t>(bh) * capacity + c0 + lane;
-      flags[at] = live && best > tau;
+      flags[at] = (live ? kFlagLive : 0) | (keep ? kFlagKeep : 0);
       if (scores) scores[at] = live ? best : neg_inf();
     }
   }
@@ -288,7 +293,9 @@ __device__ int2 block_exclusive_scan(int2 x, int2& total) {
 
 // Pass 3: ordered compaction of the flags of one (b, h). Final level: selected ids, their row
 // starts, counts, rows, comparisons. Coarse level: kept coarse ids and the prefix of their child
-// counts, which define the candidates of the children level. grid (H_kv, B), 1024 threads.
+// counts, which define the candidates of the children level. With the estimate on, the live but
+// not kept candidates of each level too (estimate_ids: the coarse level's as K + c first, then the
+// fine ones). grid (H_kv, B), 1024 threads.
 template <int D>
 __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs l, const uint8_t* flags, int capacity,
                                                        Selection out, int32_t* kept_out, int32_t* prefix_out,
@@ -296,47 +303,63 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
   const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
   const HeadLevel v = head_level<D>(p, l, b, h);
   const bool coarse = l.level == Level::kCoarse;
-  // Each thread owns kPer consecutive candidates per step, so one block scan covers 8192 of them.
+  const bool estimate = estimate_on(p.seqs[b], out);
+  // The children's estimated clusters follow the coarse level's (written by its compaction).
+  const int estimate_base = estimate && l.level == Level::kChildren ? out.estimated[bh] : 0;
+  int32_t* estimate_ids = estimate ? out.estimate_ids + static_cast<int64_t>(bh) * out.estimate_capacity : nullptr;
+  // Each thread owns kPer consecutive candidates per step, so one block scan covers 8192 of them:
+  // x = kept + (pruned << 16) never carries, y = rows of the kept ones.
   constexpr int kPer = 8;
-  int count = 0, rows = 0;
+  int count = 0, rows = 0, pruned = 0;
   for (int base = 0; base < v.num_candidates; base += 1024 * kPer) {
     int cluster[kPer], weight[kPer];
+    bool kept[kPer];
     int2 mine = make_int2(0, 0);
 #pragma unroll
     for (int e = 0; e < kPer; ++e) {
       const int i = base + threadIdx.x * kPer + e;
-      const bool keep = i < v.num_candidates && flags[static_cast<int64_t>(bh) * capacity + i];
-      cluster[e] = keep ? candidate_cluster(v, l.level, i) : -1;
-      weight[e] = !keep ? 0
+      const uint8_t f = i < v.num_candidates ? flags[static_cast<int64_t>(bh) * capacity + i] : 0;
+      kept[e] = f & kFlagKeep;
+      const bool dropped = f == kFlagLive;  // live, not kept: estimated (when on)
+      cluster[e] = kept[e] || (dropped && estimate) ? candidate_cluster(v, l.level, i) : -1;
+      weight[e] = !kept[e] ? 0
                   : coarse ? v.coarse_off[cluster[e] + 1] - v.coarse_off[cluster[e]]
                            : v.fine_off[cluster[e] + 1] - v.fine_off[cluster[e]];
-      mine.x += keep;
+      mine.x += static_cast<int>(kept[e]) + (static_cast<int>(dropped) << 16);
       mine.y += weight[e];
     }
     int2 total;
-    int2 at = block_exclusive_scan(mine, total);
-    at.x += count;
-    at.y += rows;
+    const int2 at = block_exclusive_scan(mine, total);
+    int kept_at = count + (at.x & 0xffff), pruned_at = pruned + (at.x >> 16), row_at = rows + at.y;
 #pragma unroll
     for (int e = 0; e < kPer; ++e) {
       if (cluster[e] < 0) continue;
-      const int64_t slot = static_cast<int64_t>(bh) * (coarse ? capacity : out.capacity) + at.x;
-      (coarse ? kept_out : out.cluster_ids)[slot] = cluster[e];
-      (coarse ? prefix_out : out.row_start)[slot] = at.y;
-      ++at.x;
-      at.y += weight[e];
+      if (kept[e]) {
+        const int64_t slot = static_cast<int64_t>(bh) * (coarse ? capacity : out.capacity) + kept_at;
+        (coarse ? kept_out : out.cluster_ids)[slot] = cluster[e];
+        (coarse ? prefix_out : out.row_start)[slot] = row_at;
+        ++kept_at;
+        row_at += weight[e];
+      } else {
+        estimate_ids[estimate_base + pruned_at] = coarse ? p.seqs[b].num_clusters + cluster[e] : cluster[e];
+        ++pruned_at;
+      }
     }
-    count += total.x;
+    count += total.x & 0xffff;
+    pruned += total.x >> 16;
     rows += total.y;
   }
+  __syncthreads();  // every thread has read out.estimated[bh] before thread 0 rewrites it
   if (threadIdx.x != 0) return;
+  if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
   if (coarse) {
     num_kept_out[bh] = count;
     num_candidates_out[bh] = rows;
   } else {
     out.counts[bh] = count;
     out.rows[bh] = rows;
-    out.comparisons[bh] = l.level == Level::kChildren ? p.seqs[b].num_coarse + v.num_candidates : v.num_candidates;
+    // Scored: every fine centroid (one level), or the non-empty children of the kept coarse clusters.
+    out.comparisons[bh] = l.level == Level::kChildren ? p.seqs[b].num_coarse + count + pruned : v.num_candidates;
   }
 }
 

@@ -17,7 +17,8 @@ namespace {
 //    merged in place (same CTA, fixed order), one float2 per (chunk, row) goes out.
 //  (log_denominator_kernel merges the chunks, as for the generic path.)
 //  C tc_flags_kernel: the same GEMM, p = exp(z - logden_r), summed over the rows of each group
-//    member in registers, max over members / Lq = score; flag = score > the head's tau_fine.
+//    member in registers, max over members / Lq = score; flags: live (non-empty), kept (score >
+//    the head's tau_fine, or forced by read-ahead).
 //    Pass C orders the rows member-major (all tokens of member 0, then of member 1, ...), each
 //    member's tokens padded to a multiple of 16, so that every 16-row sub-tile belongs to one group
 //    member whatever the group size: a thread's per-column sums are then one member's, combined
@@ -269,6 +270,9 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   if (lane < 4) {
     const float inv_lq = 1.f / static_cast<float>(p.lq);
     const float tau = head_tau(s, params, false, h);
+    const bool read_ahead = s.read_ahead != nullptr;
+    ForcedClusters forced;
+    if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
 #pragma unroll
     for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -277,8 +281,9 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
         if (c >= K) continue;
         const bool live = off[c + 1] > off[c];
         const float score = best[n][e] * inv_lq;
+        const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
         const int64_t at = static_cast<int64_t>(bh) * capacity + c;
-        flags[at] = live && score > tau;
+        flags[at] = (live ? kFlagLive : 0) | (keep ? kFlagKeep : 0);
         if (scores) scores[at] = live ? score : neg_inf();
       }
   }

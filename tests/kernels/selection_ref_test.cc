@@ -162,7 +162,8 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
     for (int c = 0; c < kc; ++c) {
       ambiguous |= coarse_keep[c] < 0;
       kept_coarse += coarse_keep[c] == 1;
-      if (coarse_keep[c] == 1) comparisons += coff[c + 1] - coff[c];
+      // Scored: the non-empty children of a kept coarse cluster (engine/squeeze's centroid_comparisons).
+      for (int j = coff[c]; coarse_keep[c] == 1 && j < coff[c + 1]; ++j) comparisons += heads[h].fine[j] >= 0;
       if (coarse_keep[c] == 0)
         for (int j = coff[c]; j < coff[c + 1]; ++j) keep[j] = 0;  // never scored, never selected
     }
