@@ -49,14 +49,14 @@ constexpr int kStages = 3;     // per warp
 // Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
 constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
 constexpr int kMaxHeads = 2048;  // B * H_kv
-constexpr int kMaxGroup = 8;     // query heads per KV head: rows 0..7 of the MMA tile
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
-// reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows logit biases
-// (log2 n of estimated clusters, 0 for other rows of a tile that holds some).
+// reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows x kMaxGroup
+// logit offsets (log2 units) of a tile's rows per query head: for an estimated cluster log2 n, plus
+// its whole logit when the selection provides it (its key row is then zero); 0 for other rows.
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
-constexpr int kWarpBiases = kStages * kTileRows;
+constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
 template <int D>
 constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> + sizeof(float) * kWarps * kWarpBiases;
 
@@ -182,15 +182,31 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     }
     // Row code of row x (virtual_rows.cuh).
     const int code = x >= w1 ? kNoRow : x < vr.sparse_rows ? x + shift : unselected_row_code(vr, x);
-    if (has_estimate(v) && lane < kTileRows)
-      bias[(t % kStages) * kTileRows + lane] = is_estimate_code(code) ? estimate_log2_size(vr, code) : 0.f;
+    if (has_estimate(v) && lane < kTileRows) {  // row `lane`'s logit offsets per query head
+      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+      if (is_estimate_code(code)) {
+        const float log2_size = estimate_log2_size(vr, code);
+        lo = hi = make_float4(log2_size, log2_size, log2_size, log2_size);
+        if (vr.est_logits) {  // + the selection's logit s q.c, in log2 units
+          const float4* z = reinterpret_cast<const float4*>(vr.est_logits + static_cast<int64_t>(x - vr.sparse_rows) * kMaxGroup);
+          const float4 z0 = __ldg(z), z1 = __ldg(z + 1);
+          lo = make_float4(fmaf(z0.x, kLog2e, log2_size), fmaf(z0.y, kLog2e, log2_size), fmaf(z0.z, kLog2e, log2_size),
+                           fmaf(z0.w, kLog2e, log2_size));
+          hi = make_float4(fmaf(z1.x, kLog2e, log2_size), fmaf(z1.y, kLog2e, log2_size), fmaf(z1.z, kLog2e, log2_size),
+                           fmaf(z1.w, kLog2e, log2_size));
+        }
+      }
+      float4* to = reinterpret_cast<float4*>(bias + ((t % kStages) * kTileRows + lane) * kMaxGroup);
+      to[0] = lo;
+      to[1] = hi;
+    }
     __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
 #pragma unroll
     for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
       const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
       const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, row), col);
-      cp_async_16(ks + row * kStride + col, src.key, src.bytes);
+      cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
       cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
@@ -233,7 +249,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
-        if (tile_bias && key < w1) x += tile_bias[col];
+        if (tile_bias && key < w1) x += tile_bias[col * kMaxGroup + (lane >> 2)];
         if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
@@ -278,7 +294,7 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
   int position = -1;
   if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
   if (share > 0.f) {
-    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
     const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
     position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top.v));
   }
@@ -382,7 +398,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   int bh = first_head;
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
-    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
     const int len = max(1, vr.total());  // = head_rows(a, bh)
     // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
     const int r0 = static_cast<int>(max(f0, head_start) - head_start);

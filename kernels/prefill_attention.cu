@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
   const int rows_m = a.lq * a.g, G = a.g;
-  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv);
+  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/false);
 
   // Q tile: packed row m -> token m / G, head h * G + m % G (rows past the block are zero).
   for (int c = tid; c < kTileM * D / 8; c += kThreads) {
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     for (int i = 0; i < kIters; ++i) {
       const int row = warp * kRpw + lane / kCpr + kRowsPerPass * i, col = (lane % kCpr) * 8;
       const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, i * kRpw + lane / kCpr), col);
-      cp_async_16(ks + row * kStride + col, src.key, src.bytes);
+      cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
       cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };

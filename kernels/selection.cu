@@ -38,7 +38,7 @@ int select_clusters(const AttentionShape& shape, const SequenceLayerBf16* seqs, 
                     const SelectionParams& params, const SelectionLimits& limits, const Selection& out,
                     void* workspace, float* scores_out, void* stream) {
   const int g = shape.group();
-  if (g < 1 || g > detail::kMaxGroup || shape.query_len * g > 16384 || shape.num_q_heads != g * shape.num_kv_heads)
+  if (g < 1 || g > kMaxGroup || shape.query_len * g > 16384 || shape.num_q_heads != g * shape.num_kv_heads)
     return cudaErrorInvalidValue;
   if (params.hierarchical && limits.max_coarse <= 0) return cudaErrorInvalidValue;
   const auto st = static_cast<cudaStream_t>(stream);

@@ -28,7 +28,6 @@ constexpr int kTile = 32;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = kTile / kWarps;  // 4
-constexpr int kMaxGroup = 8;                  // query heads per KV head (select_clusters' limit)
 
 // Decode path (selection_decode.cu): candidates per centroid-stream CTA, per compaction CTA.
 constexpr int kStreamChunk = 256;                    // 8 warps x 32
@@ -82,6 +81,11 @@ __device__ __forceinline__ bool estimate_on(const SequenceLayerBf16& s, const Se
   return out.estimated != nullptr && s.cluster_values != nullptr;
 }
 
+// Whether this launch writes Selection::estimate_logits: decode (one query row per group member).
+__device__ __forceinline__ bool estimate_logits_on(const Selection& out, const ProblemArgs& p) {
+  return out.estimate_logits != nullptr && p.lq == 1;
+}
+
 // Read-ahead: the clusters of KV head h of sequence s kept whatever their score, one per query
 // head of the group (SequenceLayer::read_ahead), -1 = none; at the coarse level their parents.
 // Every thread computes the same values (a few loads per CTA).
@@ -131,10 +135,12 @@ struct Workspace {
   int32_t *kept, *prefix, *num_kept, *num_candidates;
   // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
   // chunk_totals [bh][select_chunks] (clusters, rows, estimated, 0); its chunk-local lists reuse
-  // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap].
+  // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap] and
+  // local_logits [bh][cap][kMaxGroup] (Selection::estimate_logits).
   int fast_r, fast_chunks, select_chunks;
   int4* chunk_totals;
   int32_t* local_estimate;
+  float* local_logits;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
   int tc_strips, tc_strips_per_chunk, tc_chunks;
@@ -172,6 +178,7 @@ struct Workspace {
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
     chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
     local_estimate = fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity)) : nullptr;
+    local_logits = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * kMaxGroup)) : nullptr;
     bytes = off;
   }
 };
@@ -197,12 +204,12 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
 
 // selection_generic.cu, shared with the tensor-core path: the per-row log denominators from chunk
 // partials (tiles_per_chunk tiles of kTile candidates per chunk), and the ordered compaction of a
-// level's flags (grid (H_kv, B)).
+// level's flags (grid (H_kv, B)); z: the level's logits [bh][rows][capacity] when kept, else null.
 void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, int tiles_per_chunk,
                              int num_chunks, const float2* partials, float* logden, cudaStream_t stream);
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const Selection& out, int32_t* kept_out, int32_t* prefix_out, int32_t* num_kept_out,
-                    int32_t* num_candidates_out, cudaStream_t stream);
+                    int capacity, const float* z, const Selection& out, int32_t* kept_out, int32_t* prefix_out,
+                    int32_t* num_kept_out, int32_t* num_candidates_out, cudaStream_t stream);
 
 }  // namespace squeezeserve::kernels::detail

@@ -254,9 +254,9 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
                                                                  int num_stream_chunks, int capacity,
                                                                  const float* z, const float2* partials,
                                                                  int32_t* local_ids, int32_t* local_starts,
-                                                                 int32_t* local_estimate, bool estimate_launch,
-                                                                 int4* chunk_totals, int num_select_chunks,
-                                                                 float* scores) {
+                                                                 int32_t* local_estimate, float* local_logits,
+                                                                 Selection out, int4* chunk_totals,
+                                                                 int num_select_chunks, float* scores) {
   __shared__ float logden[R];
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
   for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
   const float tau = head_tau(s, params, false, h);
-  const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_launch && s.cluster_values != nullptr;
+  const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_on(s, out);
   ForcedClusters forced;
   if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
   __syncthreads();  // logden
@@ -316,6 +316,11 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
       local_starts[list + (at[e].x & 0xffff)] = at[e].y;
     } else if (keep[e].x) {
       local_estimate[list + (at[e].x >> 16)] = i;
+      if (estimate_logits_on(out, p)) {  // decode: row r is group member r (zeros past R)
+        float* to = local_logits + (list + (at[e].x >> 16)) * kMaxGroup;
+#pragma unroll
+        for (int r = 0; r < kMaxGroup; ++r) to[r] = r < R ? zz[e][r < R ? r : 0] : 0.f;
+      }
     }
   }
   if (threadIdx.x == 0)
@@ -344,7 +349,7 @@ __device__ int4 block_sum(int4 v) {
 // still runs here and writes the zero counts.
 __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, int list_capacity,
                                                                const int32_t* local_ids, const int32_t* local_starts,
-                                                               const int32_t* local_estimate,
+                                                               const int32_t* local_estimate, const float* local_logits,
                                                                const int4* chunk_totals, int num_select_chunks,
                                                                Selection out) {
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
@@ -367,6 +372,9 @@ __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, in
   if (own.z > 0) {  // only when the estimate is on (out.estimate_ids set)
     const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + before.z;
     for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = local_estimate[src + i];
+    if (estimate_logits_on(out, p))
+      for (int i = threadIdx.x; i < own.z * kMaxGroup; i += kThreads)
+        out.estimate_logits[to * kMaxGroup + i] = local_logits[src * kMaxGroup + i];
   }
   if (chunk == last && threadIdx.x == 0) {
     out.counts[bh] = before.x + own.x;
@@ -385,10 +393,10 @@ void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionPara
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   select_chunk_kernel<R><<<chunks, kThreads, 0, stream>>>(p, params, ws.fast_chunks, ws.level_capacity, ws.fast_z,
                                                          ws.fast_partials, ws.kept, ws.prefix, ws.local_estimate,
-                                                         out.estimated != nullptr, ws.chunk_totals, ws.select_chunks,
+                                                         ws.local_logits, out, ws.chunk_totals, ws.select_chunks,
                                                          scores_out);
   place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.local_estimate,
-                                                      ws.chunk_totals, ws.select_chunks, out);
+                                                      ws.local_logits, ws.chunk_totals, ws.select_chunks, out);
 }
 
 }  // namespace

@@ -200,8 +200,8 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
 template <int D>
 __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk,
                                                          SelectionParams params, const float* logden,
-                                                         const float* z_in, int z_capacity, uint8_t* flags,
-                                                         float* scores, int capacity) {
+                                                         const float* z_in, float* z_out, int z_capacity,
+                                                         uint8_t* flags, float* scores, int capacity) {
   __shared__ __align__(16) TileSmem<D> sm;
   __shared__ float partial[kWarps][kMaxGroup][kTile];
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
@@ -235,6 +235,14 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
         load_query_tile<D>(sm, p, b, h, r0);
         __syncthreads();
         tile_logits<D>(sm, p.scale, z);
+        if (z_out) {  // kept for the compaction (Selection::estimate_logits)
+#pragma unroll
+          for (int i = 0; i < kRowsPerWarp; ++i) {
+            const int r = r0 + warp + kWarps * i;
+            if (r < rows && c0 + lane < v.num_candidates)
+              z_out[(static_cast<int64_t>(bh) * rows + r) * z_capacity + c0 + lane] = z[i];
+          }
+        }
       }
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
@@ -295,11 +303,13 @@ __device__ int2 block_exclusive_scan(int2 x, int2& total) {
 // starts, counts, rows, comparisons. Coarse level: kept coarse ids and the prefix of their child
 // counts, which define the candidates of the children level. With the estimate on, the live but
 // not kept candidates of each level too (estimate_ids: the coarse level's as K + c first, then the
-// fine ones). grid (H_kv, B), 1024 threads.
+// fine ones), with their logits from z ([bh][rows][capacity], the level's) for decode launches
+// that ask (Selection::estimate_logits). grid (H_kv, B), 1024 threads.
 template <int D>
 __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs l, const uint8_t* flags, int capacity,
-                                                       Selection out, int32_t* kept_out, int32_t* prefix_out,
-                                                       int32_t* num_kept_out, int32_t* num_candidates_out) {
+                                                       const float* z, Selection out, int32_t* kept_out,
+                                                       int32_t* prefix_out, int32_t* num_kept_out,
+                                                       int32_t* num_candidates_out) {
   const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
   const HeadLevel v = head_level<D>(p, l, b, h);
   const bool coarse = l.level == Level::kCoarse;
@@ -307,6 +317,10 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
   // The children's estimated clusters follow the coarse level's (written by its compaction).
   const int estimate_base = estimate && l.level == Level::kChildren ? out.estimated[bh] : 0;
   int32_t* estimate_ids = estimate ? out.estimate_ids + static_cast<int64_t>(bh) * out.estimate_capacity : nullptr;
+  float* estimate_logits = estimate && z && estimate_logits_on(out, p)
+                               ? out.estimate_logits + static_cast<int64_t>(bh) * out.estimate_capacity * kMaxGroup
+                               : nullptr;
+  const int rows_q = p.lq * p.g;  // = g for decode: row j is group member j
   // Each thread owns kPer consecutive candidates per step, so one block scan covers 8192 of them:
   // x = kept + (pruned << 16) never carries, y = rows of the kept ones.
   constexpr int kPer = 8;
@@ -342,6 +356,13 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
         row_at += weight[e];
       } else {
         estimate_ids[estimate_base + pruned_at] = coarse ? p.seqs[b].num_clusters + cluster[e] : cluster[e];
+        if (estimate_logits) {
+          const int i = base + threadIdx.x * kPer + e;
+#pragma unroll
+          for (int j = 0; j < kMaxGroup; ++j)
+            estimate_logits[static_cast<int64_t>(estimate_base + pruned_at) * kMaxGroup + j] =
+                j < rows_q ? z[(static_cast<int64_t>(bh) * rows_q + j) * capacity + i] : 0.f;
+        }
         ++pruned_at;
       }
     }
@@ -385,9 +406,9 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
       p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.z, ws.level_capacity);
   launch_log_denominators(s, p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.logden, stream);
   flags_kernel<D><<<dim3(chunks_c, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, first, tiles_c, params, ws.logden, ws.z, ws.level_capacity, ws.flags,
+      p, first, tiles_c, params, ws.logden, ws.z, nullptr, ws.level_capacity, ws.flags,
       params.hierarchical ? nullptr : scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, out, ws.kept, ws.prefix, ws.num_kept,
+  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, ws.z, out, ws.kept, ws.prefix, ws.num_kept,
                     ws.num_candidates, stream);
   if (!params.hierarchical) return cudaSuccess;
 
@@ -396,8 +417,10 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
   const int fine_tiles = (lim.max_clusters + kTile - 1) / kTile;
   const int tiles_f = ws.store_z ? 1 : std::max(1, fine_tiles * bh / (4 * 132));
   flags_kernel<D><<<dim3((fine_tiles + tiles_f - 1) / tiles_f, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, children, tiles_f, params, ws.logden, nullptr, 0, ws.flags, scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, out, nullptr, nullptr, nullptr, nullptr, stream);
+      p, children, tiles_f, params, ws.logden, nullptr, ws.z, ws.level_capacity, ws.flags, scores_out,
+      ws.level_capacity);  // the children's logits overwrite the coarse ones, compacted by now
+  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, ws.z, out, nullptr, nullptr, nullptr, nullptr,
+                    stream);
   return cudaSuccess;
 }
 
@@ -409,10 +432,10 @@ void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, cons
 
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const Selection& out, int32_t* kept_out, int32_t* prefix_out, int32_t* num_kept_out,
-                    int32_t* num_candidates_out, cudaStream_t stream) {
-  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, out, kept_out, prefix_out,
-                                                                       num_kept_out, num_candidates_out);
+                    int capacity, const float* z, const Selection& out, int32_t* kept_out, int32_t* prefix_out,
+                    int32_t* num_kept_out, int32_t* num_candidates_out, cudaStream_t stream) {
+  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, z, out, kept_out,
+                                                                       prefix_out, num_kept_out, num_candidates_out);
 }
 
 #define SQZ_INSTANTIATE(D_)                                                                                           \
@@ -420,7 +443,8 @@ void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelAr
                                                  const SelectionLimits&, const Workspace&, const Selection&, float*, \
                                                  cudaStream_t);                                                      \
   template void launch_compact<D_>(const AttentionShape&, const ProblemArgs&, const LevelArgs&, const uint8_t*, int, \
-                                   const Selection&, int32_t*, int32_t*, int32_t*, int32_t*, cudaStream_t);
+                                   const float*, const Selection&, int32_t*, int32_t*, int32_t*, int32_t*,        \
+                                   cudaStream_t);
 SQZ_INSTANTIATE(64)
 SQZ_INSTANTIATE(128)
 #undef SQZ_INSTANTIATE

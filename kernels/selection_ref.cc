@@ -158,6 +158,15 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         if (!estimate) estimated.clear();
         out.estimated[bh] = static_cast<int32_t>(estimated.size());
         std::copy(estimated.begin(), estimated.end(), out.estimate_ids + static_cast<int64_t>(bh) * out.estimate_capacity);
+        // Decode: each estimated cluster's logit per group member (Selection::estimate_logits).
+        for (size_t e = 0; out.estimate_logits && shape.query_len == 1 && e < estimated.size(); ++e) {
+          const int id = estimated[e];
+          const float* centroid =
+              id < s.num_clusters ? s.centroids + (static_cast<int64_t>(h) * s.num_clusters + id) * d
+                                  : s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + id - s.num_clusters) * d;
+          float* to = out.estimate_logits + (static_cast<int64_t>(bh) * out.estimate_capacity + e) * kMaxGroup;
+          for (int j = 0; j < kMaxGroup; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) : 0.f;
+        }
       }
     }
   }

@@ -302,8 +302,8 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
                           ws.logden, stream);
   tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
       p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, out, ws.kept, ws.prefix, ws.num_kept, ws.num_candidates,
-                    stream);
+  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, nullptr, out, ws.kept, ws.prefix, ws.num_kept,
+                    ws.num_candidates, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,

@@ -80,6 +80,9 @@ using SequenceLayerBf16 = SequenceLayer<uint16_t>;
 // (hierarchical) can exceed it by far, and exp would overflow to inf.
 constexpr float kMaxLogScore = 40.f;
 
+// Most query heads per KV head the kernels take (the GQA group; Selection::estimate_logits stride).
+constexpr int kMaxGroup = 8;
+
 struct AttentionShape {
   int32_t batch = 1;
   int32_t num_q_heads = 32;
@@ -116,6 +119,12 @@ struct Selection {
   int32_t* estimate_ids = nullptr;  // [B*H_kv][estimate_capacity]
   int32_t* estimated = nullptr;     // [B*H_kv]
   int32_t estimate_capacity = 0;    // >= max over the batch of K (one-level) or K + Kc (hierarchical)
+  // Optional, decode (query_len 1) only: each estimated cluster's logit s·q·c for each query head j
+  // of the group, [B*H_kv][estimate_capacity][kMaxGroup] fp32 at [...][j], written by the decode
+  // selection (one level and hierarchical) when set. sparse_decode_attention then takes the
+  // estimated clusters' logits from here and reads only their mean values (no centroid re-read:
+  // half the estimate's bytes). Prefill launches neither write nor read it.
+  float* estimate_logits = nullptr;
 };
 
 // Read-ahead's output of the attention kernels beside out and lse (null = not computed): per query

@@ -44,6 +44,9 @@ struct VirtualRows {
   const __nv_bfloat16* coarse_centroids;  // [Kc][D]
   const __nv_bfloat16* coarse_values;     // [Kc][D]
   const int32_t* coarse_offsets;          // [Kc + 1]
+  // Decode, when the selection provides them (Selection::estimate_logits): each estimated
+  // cluster's logit per group member, [est][kMaxGroup]; its centroid is then not read.
+  const float* est_logits;
   int num_clusters;                       // K
   int est_count;
   int window_len;  // dense rows [0, window_len) are the context window (read-ahead's top share)
@@ -54,9 +57,11 @@ struct VirtualRows {
   __device__ int context_rows() const { return clustered() + min(max(window_len, 0), dense_len); }
 };
 
+// decode: whether the estimated clusters' logits may come from Selection::estimate_logits (only
+// decode selections write them).
 template <int D>
 __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, const Selection& sel, int b, int h,
-                                                    int num_kv_heads) {
+                                                    int num_kv_heads, bool decode) {
   const int bh = b * num_kv_heads + h;
   VirtualRows v;
   v.keys = as_bf16(s.keys) + h * s.head_stride;
@@ -74,6 +79,9 @@ __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, 
   const bool estimate = sel.estimated != nullptr && s.cluster_values != nullptr;
   v.est_count = estimate ? sel.estimated[bh] : 0;
   v.est_ids = estimate ? sel.estimate_ids + static_cast<int64_t>(bh) * sel.estimate_capacity : nullptr;
+  v.est_logits = estimate && decode && sel.estimate_logits
+                     ? sel.estimate_logits + static_cast<int64_t>(bh) * sel.estimate_capacity * kMaxGroup
+                     : nullptr;
   v.centroids = as_bf16(s.centroids) + static_cast<int64_t>(h) * s.num_clusters * D;
   v.cluster_values = estimate ? as_bf16(s.cluster_values) + static_cast<int64_t>(h) * s.num_clusters * D : nullptr;
   const bool coarse = s.coarse_offsets != nullptr;
@@ -108,28 +116,32 @@ __device__ __forceinline__ float estimate_log2_size(const VirtualRows& vr, int c
 }
 
 // Where 16-byte column `col` of a coded row's key and value lives; bytes = 0 (a zero-fill by
-// cp.async, from any valid address) for kNoRow.
+// cp.async, from any valid address) for kNoRow, and key_bytes = 0 for an estimated cluster whose
+// logit the selection provides (est_logits: its key is not needed).
 struct RowSource {
   const __nv_bfloat16* key;
   const __nv_bfloat16* value;
-  int bytes;
+  int bytes, key_bytes;
 };
 
 template <int D>
 __device__ __forceinline__ RowSource row_source(const VirtualRows& vr, int code, int col) {
-  if (code >= 0) return {vr.keys + static_cast<int64_t>(code) * D + col, vr.values + static_cast<int64_t>(code) * D + col, 16};
-  if (code == kNoRow) return {vr.keys, vr.values, 0};
-  if (!is_estimate_code(code)) {
-    const int64_t d = -2 - static_cast<int64_t>(code);
-    return {vr.dense_keys + d * D + col, vr.dense_values + d * D + col, 16};
+  if (code >= 0) {
+    const int64_t at = static_cast<int64_t>(code) * D + col;
+    return {vr.keys + at, vr.values + at, 16, 16};
   }
-  const int id = code - INT_MIN;
+  if (code == kNoRow) return {vr.keys, vr.values, 0, 0};
+  if (!is_estimate_code(code)) {
+    const int64_t at = (-2 - static_cast<int64_t>(code)) * D + col;
+    return {vr.dense_keys + at, vr.dense_values + at, 16, 16};
+  }
+  const int id = code - INT_MIN, key_bytes = vr.est_logits ? 0 : 16;
   if (id < vr.num_clusters) {
     const int64_t at = static_cast<int64_t>(id) * D + col;
-    return {vr.centroids + at, vr.cluster_values + at, 16};
+    return {vr.centroids + at, vr.cluster_values + at, 16, key_bytes};
   }
   const int64_t at = static_cast<int64_t>(id - vr.num_clusters) * D + col;
-  return {vr.coarse_centroids + at, vr.coarse_values + at, 16};
+  return {vr.coarse_centroids + at, vr.coarse_values + at, 16, key_bytes};
 }
 
 // Physical (cluster-sorted) row of selected virtual row v < sparse_rows: binary search of its

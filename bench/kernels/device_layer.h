@@ -103,11 +103,12 @@ struct DeviceLayer {
   DeviceLayer& operator=(const DeviceLayer&) = delete;
 };
 
-// Device storage behind a Selection; estimate_capacity > 0 adds the estimate's arrays.
+// Device storage behind a Selection; estimate_capacity > 0 adds the estimate's arrays (and, with
+// logits, Selection::estimate_logits).
 struct DeviceSelection {
   Selection sel{};
   int bh = 0;
-  DeviceSelection(int num_heads, int capacity, int estimate_capacity = 0) : bh(num_heads) {
+  DeviceSelection(int num_heads, int capacity, int estimate_capacity = 0, bool logits = false) : bh(num_heads) {
     sel.capacity = capacity;
     CUDA_OK(cudaMalloc(&sel.cluster_ids, sizeof(int32_t) * num_heads * capacity));
     CUDA_OK(cudaMalloc(&sel.row_start, sizeof(int32_t) * num_heads * capacity));
@@ -118,6 +119,7 @@ struct DeviceSelection {
       sel.estimate_capacity = estimate_capacity;
       CUDA_OK(cudaMalloc(&sel.estimate_ids, sizeof(int32_t) * num_heads * estimate_capacity));
       CUDA_OK(cudaMalloc(&sel.estimated, sizeof(int32_t) * num_heads));
+      if (logits) CUDA_OK(cudaMalloc(&sel.estimate_logits, sizeof(float) * num_heads * estimate_capacity * kMaxGroup));
     }
   }
   ~DeviceSelection() {
@@ -128,6 +130,7 @@ struct DeviceSelection {
     cudaFree(sel.comparisons);
     cudaFree(sel.estimate_ids);
     cudaFree(sel.estimated);
+    cudaFree(sel.estimate_logits);
   }
   DeviceSelection(const DeviceSelection&) = delete;
   DeviceSelection& operator=(const DeviceSelection&) = delete;

@@ -8,8 +8,9 @@
 // queries; the threshold is bisected on the device until the kept fraction of clustered keys is
 // 1 - sparsity (one global tau, so heads keep different amounts, as with calibrated thresholds).
 // At 90% every config is also timed with the accurate lookup (lookup "accurate", else "paper"):
-// the pruned-cluster estimate on (one key per pruned cluster) and read-ahead (one forced position
-// per query head, TopKeys out), at the same tau.
+// the pruned-cluster estimate on (one key per pruned cluster; decode takes its logits from the
+// selection, Selection::estimate_logits) and read-ahead (one forced position per query head,
+// TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -273,7 +274,7 @@ int main(int argc, char** argv) {
   FILE* json = std::fopen(out_path.c_str(), "w");
   std::fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"results\": [\n", prop.name, prop.multiProcessorCount);
   bool first_row = true;
-  std::printf("%-10s %6s %2s %-7s %5s %-8s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "spars", "lookup",
+  std::printf("%-10s %6s %2s %-7s %5s %-18s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "spars", "lookup",
               "select_us", "attend_us", "total_us", "MB_moved", "TB/s", "kept");
   for (const Config& c : configs) {
     const int n = c.context - kWindow;
@@ -346,12 +347,15 @@ int main(int argc, char** argv) {
         if (ls.sel.estimated)
           for (int e : download(ls.sel.estimated, bh)) estimated += e;
         // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once, and per
-        // estimated cluster its centroid and mean value (a K+V row's worth).
-        const double kv_bytes = (double(lkept) + double(estimated) + double(bh) * (kWindow + lq)) * c.d * 2 * 2;
+        // estimated cluster its mean value and its centroid (a K+V row's worth) or, when decode
+        // takes the logits from the selection, its kMaxGroup fp32 logits.
+        const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill;
+        const double estimate_bytes = double(estimated) * (logits ? c.d * 2.0 + 4.0 * kMaxGroup : c.d * 4.0);
+        const double kv_bytes = (double(lkept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2 + estimate_bytes;
         const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
         const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
         const double frac = double(lkept) / (double(n) * bh);
-        std::printf("%-10s %6d %2d %-7s %5.2f %-8s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
+        std::printf("%-10s %6d %2d %-7s %5.2f %-18s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
                     c.prefill ? "prefill" : "decode", sparsity, lookup, t_sel.median_us, t_att.median_us,
                     t_all.median_us, bytes / 1e6, bytes / (t_all.median_us * 1e-6) / 1e12, frac);
         std::printf("    select split (us, each launch alone):");
@@ -391,11 +395,17 @@ int main(int argc, char** argv) {
           acc_views.push_back(ctxs[b]->accurate_view(kWindow + lq, positions.back()));
         }
         SequenceLayerBf16* d_acc = upload(acc_views);
-        DeviceSelection acc_sel(bh, max_k, max_k);
         TopKeys top;
         top.position = dev_alloc<int32_t>(size_t(c.batch) * lq * c.hq);
         top.share = dev_alloc<float>(size_t(c.batch) * lq * c.hq);
-        run("accurate", d_acc, acc_sel, top);
+        {
+          DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
+          run("accurate", d_acc, acc_sel, top);
+        }
+        if (!c.prefill) {
+          DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);
+          run("accurate-centroids", d_acc, acc_sel, top);
+        }
         cudaFree(top.position);
         cudaFree(top.share);
         cudaFree(d_acc);

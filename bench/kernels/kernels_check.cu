@@ -54,11 +54,13 @@ struct Case {
   // Pruned-cluster estimate / read-ahead (with TopKeys): 0 off, 1 every sequence, 2 even sequences
   // only (one launch mixes sequences with and without).
   int estimate = 0, read_ahead = 0;
+  bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
 };
 
-Case with_lookup(Case c, int estimate, int read_ahead) {
+Case with_lookup(Case c, int estimate, int read_ahead, bool logits = false) {
   c.estimate = estimate;
   c.read_ahead = read_ahead;
+  c.logits = logits;
   return c;
 }
 
@@ -187,7 +189,7 @@ Result run_case(const Case& c, uint64_t seed) {
 
   // ---- selection ----
   const int est_cap = c.estimate ? max_k + max_kc : 0;
-  DeviceSelection dsel(bh, max_k, est_cap);
+  DeviceSelection dsel(bh, max_k, est_cap, c.logits);
   void* ws = nullptr;
   CUDA_OK(cudaMalloc(&ws, selection_workspace_bytes(shape, limits)));
   float* d_scores = nullptr;
@@ -200,6 +202,8 @@ Result run_case(const Case& c, uint64_t seed) {
     CUDA_OK(cudaMemset(dsel.sel.estimate_ids, 0xff, sizeof(int32_t) * bh * est_cap));
     CUDA_OK(cudaMemset(dsel.sel.estimated, 0xff, sizeof(int32_t) * bh));
   }
+  if (dsel.sel.estimate_logits)  // NaN: a logit the selection failed to write poisons the output
+    CUDA_OK(cudaMemset(dsel.sel.estimate_logits, 0xff, sizeof(float) * bh * est_cap * kMaxGroup));
   CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
@@ -631,6 +635,16 @@ int main(int argc, char** argv) {
       with_lookup({"prefill d128 g6 lq37 mixed per-head", 128, 6, 2, 37, {2001, 800},    10, 0, 30, 0.1f, 1.f, false, true}, 2, 2),
       with_lookup({"prefill d128 g7 lq1 est ra",  128, 7, 2, 1, {2703},                   2, 0, 10, 0.1f, 1.f, true}, 1, 1),
       with_lookup({"prefill d128 g8 lq128 est none sel", 128, 8, 1, 128, {800},          20, 0, 100, 0.1f, 1e9f}, 1, 1),
+      // The same with Selection::estimate_logits: decode takes the estimate's logits from the
+      // selection (fast path and hierarchical children); prefill must ignore them.
+      with_lookup({"decode d128 g4 est logits batch3", 128, 4, 2, 1, {3077, 1501, 64},   3, 0, 5, 0.1f, 1.f}, 1, 0, true),
+      with_lookup({"decode d64 g3 est ra logits",   64, 3, 4, 1, {5003, 1200},            3, 0, 30, 0.1f, 1.f}, 1, 1, true),
+      with_lookup({"decode d128 g8 hier est ra logits", 128, 8, 2, 1, {4001, 900},       10, 6, 50, 0.1f, 1.5f}, 1, 1, true),
+      with_lookup({"decode d64 g1 hier est logits", 64, 1, 3, 1, {999},                  10, 5, 3, 0.3f, 1.f}, 1, 0, true),
+      with_lookup({"decode d128 g7 est logits 3 ctas", 128, 7, 2, 1, {9001, 2002, 17},    2, 0, 40, 0.1f, 1.f, false, false, 3}, 1, 1, true),
+      with_lookup({"decode d128 g6 mixed logits batch4", 128, 6, 2, 1, {6007, 333, 2500, 1200}, 4, 0, 20, 0.1f, 1.f}, 2, 2, true),
+      with_lookup({"decode d64 g5 hier per-head logits", 64, 5, 2, 1, {4000, 2000},       6, 8, 60, 0.1f, 1.5f, false, true}, 1, 1, true),
+      with_lookup({"prefill d128 g4 lq64 est ra logits", 128, 4, 2, 64, {3001, 1200},     5, 0, 50, 0.1f, 1.f}, 1, 1, true),
   };
   if (small) {  // compute-sanitizer: one case per path and feature, small shapes
     const std::vector<std::string> names = {
@@ -638,7 +652,8 @@ int main(int argc, char** argv) {
         "decode d128 g4 per-head tau", "decode d128 g4 hier per-head", "decode d64 g4 batch3", "decode d64 g4 3 ctas",
         "decode d128 g8 2 ctas all", "decode d64 g3", "prefill d128 g7 lq33", "decode d64 g6 hier",
         "decode d128 g8 hier est ra", "decode d128 g7 est ra 3 ctas", "decode d128 g4 mixed batch4",
-        "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head"};
+        "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
+        "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);

@@ -100,11 +100,14 @@ SequenceLayerF32 KernelView(const Layer& L) {
 struct KernelSelection {
   SelectionBuffers buf;
   std::vector<int32_t> estimate_ids, estimated;
+  std::vector<float> estimate_logits;
   KernelSelection(int bh, int capacity, int estimate_capacity)
-      : buf(bh, capacity), estimate_ids(static_cast<size_t>(bh) * estimate_capacity, -1), estimated(bh, -1) {
+      : buf(bh, capacity), estimate_ids(static_cast<size_t>(bh) * estimate_capacity, -1), estimated(bh, -1),
+        estimate_logits(static_cast<size_t>(bh) * estimate_capacity * kMaxGroup, NAN) {
     buf.sel.estimate_ids = estimate_ids.data();
     buf.sel.estimated = estimated.data();
     buf.sel.estimate_capacity = estimate_capacity;
+    buf.sel.estimate_logits = estimate_logits.data();
   }
   std::set<int> estimate(int bh) const {
     const int64_t at = static_cast<int64_t>(bh) * buf.sel.estimate_capacity;
@@ -206,6 +209,21 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
       if (std::isfinite(logits[p].item<float>())) pruned.insert(static_cast<int>(ids[p].item<int64_t>()));
     EXPECT_EQ(ks.estimate(h), pruned) << "estimated clusters, head " << h;
     EXPECT_FALSE(pruned.empty());
+    // Decode: the estimate's logits per group member are libtorch's minus log n.
+    for (int64_t p = 0; lq == 1 && p < ids.size(0); ++p) {
+      if (!std::isfinite(logits[p].item<float>())) continue;
+      const int id = static_cast<int>(ids[p].item<int64_t>());
+      const int64_t at = std::find(ks.estimate_ids.begin() + h * estimate_capacity,
+                                   ks.estimate_ids.begin() + h * estimate_capacity + ks.estimated[h], id) -
+                         ks.estimate_ids.begin();
+      const int32_t* off = &L.synthetic.offsets[static_cast<size_t>(h) * (K + 1)];
+      const int32_t* coff = levels == 2 ? &L.synthetic.coarse_offsets[static_cast<size_t>(h) * (spec.num_coarse + 1)] : off;
+      const int size = id < K ? off[id + 1] - off[id] : off[coff[id - K + 1]] - off[coff[id - K]];
+      for (int j = 0; j < group; ++j)
+        EXPECT_NEAR(ks.estimate_logits[at * kMaxGroup + j],
+                    ref.selection.pruned_logits[h][0][j][p].item<float>() - std::log(static_cast<float>(size)), 1e-4)
+            << "head " << h << " cluster " << id << " member " << j;
+    }
   }
 
   // Attention. The kernels' dense part is the window then the block's own tokens (causal); the
