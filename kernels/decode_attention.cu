@@ -59,6 +59,9 @@ constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
 template <int D>
 constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> + sizeof(float) * kWarps * kWarpBiases;
+// Where (stage, tile row, query head)'s logit offset lies in a warp's bias buffer: the one index
+// the resolving lanes write by and the computing lanes read by.
+__device__ __forceinline__ int bias_at(int stage, int row, int head) { return (stage * kTileRows + row) * kMaxGroup + head; }
 
 // A piece's softmax statistics of one query head: (m, l) of the SoftmaxState, l_ctx = the sum over
 // the context rows relative to the same m, and the top key's logit; its row is stored beside.
@@ -165,7 +168,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
   const int ctx_end = vr.context_rows();
   // Whether tile [v, v + 16) holds estimated rows (warp-uniform): only those tiles carry biases.
-  auto has_estimate = [&](int v) { return v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows; };
+  auto has_estimate = [&](int v) {
+    return vr.est_count > 0 && v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows;
+  };
   SegmentWindow win;
   if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
 
@@ -196,7 +201,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
                            fmaf(z1.w, kLog2e, log2_size));
         }
       }
-      float4* to = reinterpret_cast<float4*>(bias + ((t % kStages) * kTileRows + lane) * kMaxGroup);
+      float4* to = reinterpret_cast<float4*>(bias + bias_at(t % kStages, lane, 0));
       to[0] = lo;
       to[1] = hi;
     }
@@ -241,7 +246,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     }
     // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
     const int v = w0 + t * kTileRows;
-    const float* tile_bias = has_estimate(v) ? bias + (t % kStages) * kTileRows : nullptr;
+    const bool tile_bias = has_estimate(v);
     float tile_max = neg_inf();
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -249,7 +254,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
-        if (tile_bias && key < w1) x += tile_bias[col * kMaxGroup + (lane >> 2)];
+        if (tile_bias && key < w1) x += bias[bias_at(t % kStages, col, lane >> 2)];
         if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);

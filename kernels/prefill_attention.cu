@@ -83,7 +83,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int total = clustered + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
   // Whether tile t holds estimated rows (CTA-uniform): only those tiles carry biases.
-  auto has_estimate = [&](int t) { return t * kTileN < clustered && (t + 1) * kTileN > vr.sparse_rows; };
+  auto has_estimate = [&](int t) {
+    return vr.est_count > 0 && t * kTileN < clustered && (t + 1) * kTileN > vr.sparse_rows;
+  };
 
   // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
   // c % kCpr, so lane L of warp w copies rows w * kRpw + L / kCpr + kRowsPerPass * i. The warp's

@@ -71,6 +71,7 @@ struct Result {
   int forced = 0, forced_missing = 0;           // read-ahead clusters, and those not selected
   int top_rows = 0, top_mismatch = 0;           // read-ahead's top keys: rows checked, unexplained
   double share_err = 0;
+  double logit_err = 0;  // Selection::estimate_logits against the CPU's, where the lists agree
   bool pass = true;
 };
 
@@ -212,15 +213,20 @@ Result run_case(const Case& c, uint64_t seed) {
   const std::vector<int32_t> g_cmp = download(dsel.sel.comparisons, bh);
 
   std::vector<int32_t> g_est_ids, g_est;
+  std::vector<float> g_logits;
   if (est_cap) {
     g_est_ids = download(dsel.sel.estimate_ids, size_t(bh) * est_cap);
     g_est = download(dsel.sel.estimated, bh);
   }
+  const bool check_logits = dsel.sel.estimate_logits != nullptr && c.lq == 1;  // decode writes them
+  if (check_logits) g_logits = download(dsel.sel.estimate_logits, size_t(bh) * est_cap * kMaxGroup);
 
   std::vector<int32_t> r_ids(size_t(bh) * max_k), r_start(r_ids.size()), r_counts(bh), r_rows(bh), r_cmp(bh);
   std::vector<int32_t> r_est_ids(size_t(bh) * std::max(est_cap, 1)), r_est(bh);
+  std::vector<float> r_logits(check_logits ? size_t(bh) * est_cap * kMaxGroup : 0);
   Selection rsel{r_ids.data(), r_start.data(), r_counts.data(), r_rows.data(), r_cmp.data(), max_k};
   if (est_cap) rsel.estimate_ids = r_est_ids.data(), rsel.estimated = r_est.data(), rsel.estimate_capacity = est_cap;
+  if (check_logits) rsel.estimate_logits = r_logits.data();
   select_clusters_ref(shape, host_views.data(), q.data(), params, rsel);
 
   // Set difference, forgiving only clusters on the threshold. The GPU scores are in candidate
@@ -287,6 +293,13 @@ Result run_case(const Case& c, uint64_t seed) {
       }
       std::vector<int> re(r_est_ids.begin() + int64_t(x) * est_cap, r_est_ids.begin() + int64_t(x) * est_cap + r_est[x]);
       if (diff.empty() && ge != re) res.estimate_diff += 1000;  // same selection: the very same list, in order
+      // The decode selection's logits of the estimated clusters (group members < g), same lists only.
+      for (int e = 0; check_logits && ge == re && e < g_est[x]; ++e)
+        for (int j = 0; j < c.g; ++j) {
+          const size_t at = (size_t(x) * est_cap + e) * kMaxGroup + j;
+          const double err = std::abs(double(g_logits[at]) - r_logits[at]) / (1.0 + std::abs(double(r_logits[at])));
+          res.logit_err = std::isfinite(g_logits[at]) ? std::max(res.logit_err, err) : INFINITY;
+        }
       std::sort(ge.begin(), ge.end());
       std::sort(re.begin(), re.end());
       std::vector<int> ediff;
@@ -302,7 +315,8 @@ Result run_case(const Case& c, uint64_t seed) {
     }
   }
   res.sel_mismatch = mismatches;
-  if (unexplained > 0 || !res.comparisons_ok || res.forced_missing > 0 || res.estimate_diff > 0) res.pass = false;
+  if (unexplained > 0 || !res.comparisons_ok || res.forced_missing > 0 || res.estimate_diff > 0 || !(res.logit_err <= 1e-4))
+    res.pass = false;
   if (garbage) {
     std::fprintf(stderr, "%s: out-of-range selection counts or ids; attention not checked\n", c.name.c_str());
     res.attn_rel = res.lse_err = INFINITY;
@@ -511,10 +525,11 @@ int main(int argc, char** argv) {
     cases = picked;
   }
   // Columns: est = clusters estimated (GPU) and est_diff (estimate lists not explained by the
-  // selection difference); forced = read-ahead clusters missing from the selection / forced; top =
-  // top-key rows failing the check / rows, share_err = max |share - ref|.
-  std::printf("%-36s %2s %12s %8s %8s %5s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand", "sel_diff", "est",
-              "e_dif", "attn_rel", "lse_err", "forced", "top", "share_err", "cmp", "result");
+  // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
+  // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
+  // failing the check / rows, share_err = max |share - ref|.
+  std::printf("%-36s %2s %12s %8s %8s %5s %8s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand", "sel_diff",
+              "est", "e_dif", "logit", "attn_rel", "lse_err", "forced", "top", "share_err", "cmp", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -530,9 +545,9 @@ int main(int argc, char** argv) {
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
       std::snprintf(top, sizeof top, "%d/%d", r.top_mismatch, r.top_rows);
-      std::printf("%2zu %12s %8.0f %8s %5lld %9.2e %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(), frac, r.sel_mismatch,
-                  est, r.estimate_diff, r.attn_rel, r.lse_err, forced, top, r.share_err, r.comparisons_ok ? "ok" : "BAD",
-                  r.pass ? "PASS" : "FAIL");
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(), frac,
+                  r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, r.lse_err, forced, top, r.share_err,
+                  r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
   }
