@@ -1,6 +1,9 @@
 # CUDA sources of squeezeserve_kernels_cuda; shared with the standalone bench/kernels project.
 set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/selection.cu
+  ${CMAKE_CURRENT_LIST_DIR}/selection_decode.cu
+  ${CMAKE_CURRENT_LIST_DIR}/selection_tensor_core.cu
+  ${CMAKE_CURRENT_LIST_DIR}/selection_generic.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/norm_rope.cu

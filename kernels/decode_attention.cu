@@ -23,12 +23,20 @@
 // CUDA-core loop at G = 1 (there each row took 16 lanes x (8 FMA + 4 shuffles + 4 adds) for q.k and
 // every exp2 was repeated on those 16 lanes; here a 16-row tile is 32 MMAs, 16 ldmatrix and 5 exp2
 // per lane).
+//
+// Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
+// (virtual_rows.cuh): their centroid is the key, their mean the value, and log2 of their key count
+// is added to the logit (a per-row bias the resolving lane writes to smem beside the tile).
+// Read-ahead's top key (TopKeys, kernel variant kTop): per query head, the most attended selected
+// row and the softmax sum over the context rows, merged across warps and pieces like (m, l).
 #include <algorithm>
 #include <climits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
 #include "kernels/mma.cuh"
+#include "kernels/softmax_state.cuh"
+#include "kernels/virtual_rows.cuh"
 
 namespace squeezeserve::kernels {
 namespace detail {
@@ -41,30 +49,41 @@ constexpr int kStages = 3;     // per warp
 // Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
 constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
 constexpr int kMaxHeads = 2048;  // B * H_kv
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
-// reads fall in distinct banks.
+// reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows x kMaxGroup
+// logit offsets (log2 units) of a tile's rows per query head: for an estimated cluster log2 n, plus
+// its whole logit when the selection provides it (its key row is then zero); 0 for other rows.
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
+constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
 template <int D>
-constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D>;
+constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> + sizeof(float) * kWarps * kWarpBiases;
+// Where (stage, tile row, query head)'s logit offset lies in a warp's bias buffer: the one index
+// the resolving lanes write by and the computing lanes read by.
+__device__ __forceinline__ int bias_at(int stage, int row, int head) { return (stage * kTileRows + row) * kMaxGroup + head; }
 
+// A piece's softmax statistics of one query head: (m, l) of the SoftmaxState, l_ctx = the sum over
+// the context rows relative to the same m, and the top key's logit; its row is stored beside.
 struct DecodeWorkspace {
-  float* partial_o;    // [max_pieces][G][D], unnormalised (relative to the piece's max)
-  float2* partial_ml;  // [max_pieces][G] (max in log2 units, sum)
-  int* tickets;        // [B*H_kv] finished pieces per head
+  float* partial_o;     // [max_pieces][G][D], unnormalised (relative to the piece's max)
+  float4* partial_st;   // [max_pieces][G] (m in log2 units, l, l_ctx, top logit)
+  int* partial_top;     // [max_pieces][G] top key's virtual row, -1 = none (kTop only)
+  int* tickets;         // [B*H_kv] finished pieces per head
   size_t bytes;
   // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
   // CTA range or a new head (or both), so c + bh grows strictly; a head's slots are consecutive.
   DecodeWorkspace(const AttentionShape& s, int num_ctas, void* base) {
     const size_t max_pieces = size_t(num_ctas) + size_t(s.batch) * s.num_kv_heads;
+    const size_t heads = max_pieces * s.num_q_heads / s.num_kv_heads;
     auto up = [](size_t x) { return (x + 255) & ~size_t{255}; };
     char* p = static_cast<char*>(base);
     partial_o = reinterpret_cast<float*>(p);
-    size_t off = up(sizeof(float) * max_pieces * s.num_q_heads / s.num_kv_heads * s.head_dim);
-    partial_ml = reinterpret_cast<float2*>(p + off);
-    off += up(sizeof(float2) * max_pieces * s.num_q_heads / s.num_kv_heads);
+    size_t off = up(sizeof(float) * heads * s.head_dim);
+    partial_st = reinterpret_cast<float4*>(p + off);
+    off += up(sizeof(float4) * heads);
+    partial_top = reinterpret_cast<int*>(p + off);
+    off += up(sizeof(int) * heads);
     tickets = reinterpret_cast<int*>(p + off);
     off += up(sizeof(int) * s.batch * s.num_kv_heads);
     bytes = off;
@@ -77,14 +96,18 @@ struct DecodeArgs {
   Selection sel;
   __nv_bfloat16* out;
   float* lse;
+  TopKeys top;
   DecodeWorkspace ws;
-  int batch, hkv;
+  int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
 };
 
-// Rows head bh takes in the flat split: selected + dense rows, at least one (masked).
+// Rows head bh takes in the flat split: selected + estimated + dense rows, at least one (masked).
+// Equals max(1, virtual_rows(...).total()).
 __device__ __forceinline__ int head_rows(const DecodeArgs& a, int bh) {
-  return max(1, a.sel.rows[bh] + a.seqs[bh / a.hkv].dense_len);
+  const SequenceLayerBf16& s = a.seqs[bh / a.hkv];
+  const int estimated = a.sel.estimated != nullptr && s.cluster_values != nullptr ? a.sel.estimated[bh] : 0;
+  return max(1, a.sel.rows[bh] + estimated + s.dense_len);
 }
 
 // A warp's window of 32 consecutive selected segments: lane j holds segment base + j, its first
@@ -133,15 +156,21 @@ struct SegmentWindow {
 };
 
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
-// A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads), m, l (this lane's
-// partial sum; the quad holds the row's four parts). Uses `smem`, the warp's stage buffers.
-template <int D>
+// A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
+// lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
+// context sum and its top key. Uses `smem` and `bias`, the warp's stage buffers.
+template <int D, bool kTop>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
-                                            __nv_bfloat16* smem, float scale_log2, int lane, float (&o)[D / 8][4],
-                                            float& m, float& l) {
+                                            __nv_bfloat16* smem, float* bias, float scale_log2, int lane,
+                                            float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
+  const int ctx_end = vr.context_rows();
+  // Whether tile [v, v + 16) holds estimated rows (warp-uniform): only those tiles carry biases.
+  auto has_estimate = [&](int v) {
+    return vr.est_count > 0 && v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows;
+  };
   SegmentWindow win;
   if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
 
@@ -156,25 +185,34 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       if (last >= win.end) win.load(vr, win.base + win.find(v), lane);
       shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
     }
-    // Source of row x: clustered row (>= 0), dense row d as -2 - d, -1 past the range (zero-fill).
-    const int src = x >= w1 ? -1 : x >= vr.sparse_rows ? -2 - (x - vr.sparse_rows) : x + shift;
+    // Row code of row x (virtual_rows.cuh).
+    const int code = x >= w1 ? kNoRow : x < vr.sparse_rows ? x + shift : unselected_row_code(vr, x);
+    if (has_estimate(v) && lane < kTileRows) {  // row `lane`'s logit offsets per query head
+      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+      if (is_estimate_code(code)) {
+        const float log2_size = estimate_log2_size(vr, code);
+        lo = hi = make_float4(log2_size, log2_size, log2_size, log2_size);
+        if (vr.est_logits) {  // + the selection's logit s q.c, in log2 units
+          const float4* z = reinterpret_cast<const float4*>(vr.est_logits + static_cast<int64_t>(x - vr.sparse_rows) * kMaxGroup);
+          const float4 z0 = __ldg(z), z1 = __ldg(z + 1);
+          lo = make_float4(fmaf(z0.x, kLog2e, log2_size), fmaf(z0.y, kLog2e, log2_size), fmaf(z0.z, kLog2e, log2_size),
+                           fmaf(z0.w, kLog2e, log2_size));
+          hi = make_float4(fmaf(z1.x, kLog2e, log2_size), fmaf(z1.y, kLog2e, log2_size), fmaf(z1.z, kLog2e, log2_size),
+                           fmaf(z1.w, kLog2e, log2_size));
+        }
+      }
+      float4* to = reinterpret_cast<float4*>(bias + bias_at(t % kStages, lane, 0));
+      to[0] = lo;
+      to[1] = hi;
+    }
     __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
 #pragma unroll
     for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
       const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
-      const int r = __shfl_sync(0xffffffffu, src, row);
-      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;  // any valid address for a zero-fill
-      if (r >= 0) {
-        kg = vr.keys + static_cast<int64_t>(r) * D + col;
-        vg = vr.values + static_cast<int64_t>(r) * D + col;
-      } else if (r <= -2) {
-        kg = vr.dense_keys + static_cast<int64_t>(-2 - r) * D + col;
-        vg = vr.dense_values + static_cast<int64_t>(-2 - r) * D + col;
-      }
-      const int bytes = r == -1 ? 0 : 16;
-      cp_async_16(ks + row * kStride + col, kg, bytes);
-      cp_async_16(vs + row * kStride + col, vg, bytes);
+      const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, row), col);
+      cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
+      cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
 
@@ -188,7 +226,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
     cp_async_commit();
     cp_async_wait<kStages - 1>();
-    __syncwarp();  // tile t landed, the other lanes' chunks included
+    __syncwarp();  // tile t landed, the other lanes' chunks (and biases) included
     const __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     const __nv_bfloat16* vs = ks + kTileElems;
 
@@ -208,20 +246,23 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     }
     // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
     const int v = w0 + t * kTileRows;
+    const bool tile_bias = has_estimate(v);
     float tile_max = neg_inf();
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[n][e] = v + n * 8 + 2 * (lane & 3) + e < w1 ? s[n][e] * scale_log2 : neg_inf();
-        tile_max = fmaxf(tile_max, s[n][e]);
+        const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
+        float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
+        if (tile_bias && key < w1) x += bias[bias_at(t % kStages, col, lane >> 2)];
+        if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
+        s[n][e] = x;
+        tile_max = fmaxf(tile_max, x);
       }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float m_new = fmaxf(m, tile_max);
-    const float corr = m_new == neg_inf() ? 1.f : exp2f(m - m_new);
-    m = m_new;
-    l *= corr;
+    const float corr = st.rescale(fmaxf(st.m, tile_max));
+    if (kTop) ctx *= corr;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       o[n][0] *= corr;
@@ -232,8 +273,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - m);
-        l += p[n][e];
+        p[n][e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st.m);
+        st.l += p[n][e];
+        if (kTop && v + n * 8 + 2 * (lane & 3) + e < ctx_end) ctx += p[n][e];
       }
     const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
     // O += P V: ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
@@ -249,48 +291,66 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   __syncwarp();  // the stage buffers are free for the caller
 }
 
+// Head j's (l_ctx, top) outputs of read-ahead from its merged statistics.
+template <int D>
+__device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
+  const int b = bh / a.hkv, h = bh % a.hkv;
+  float share = 0.f;
+  int position = -1;
+  if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
+  if (share > 0.f) {
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
+    const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
+    position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top.v));
+  }
+  if (a.top.share) a.top.share[hq] = share;
+  if (a.top.position) a.top.position[hq] = position;
+}
+
 // Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
-// output quad; writes out and lse.
-template <int D, int G>
+// output quad; writes out, lse and (kTop) the top keys.
+template <int D, bool kTop>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
+  const int G = a.g;
   for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
     const int j = idx / (D / 4), d = idx % (D / 4) * 4;
-    float M = neg_inf(), L = 0.f;
+    SoftmaxState st = SoftmaxState::empty();
+    float ctx = 0.f;
+    TopKey top = TopKey::none();
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int it = 0; it < n; it += 8) {
-      float2 ml[8];
+      float4 ps[8];
       float4 po[8];
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         const int64_t slot_head = static_cast<int64_t>(first + it + u) * G + j;
         const bool in = it + u < n;
-        ml[u] = in ? __ldcg(a.ws.partial_ml + slot_head) : make_float2(neg_inf(), 0.f);
+        ps[u] = in ? __ldcg(a.ws.partial_st + slot_head) : make_float4(neg_inf(), 0.f, 0.f, neg_inf());
         po[u] = in ? __ldcg(reinterpret_cast<const float4*>(a.ws.partial_o + slot_head * D + d))
                    : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (kTop && d == 0 && in) top.offer(ps[u].w, __ldcg(a.ws.partial_top + slot_head));
       }
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const float mx = fmaxf(M, ml[u].x);
-        if (mx == neg_inf()) continue;  // nothing attended so far
-        const float keep = exp2f(M - mx), add = exp2f(ml[u].x - mx);
-        L = L * keep + ml[u].y * add;
-        acc.x = acc.x * keep + po[u].x * add;
-        acc.y = acc.y * keep + po[u].y * add;
-        acc.z = acc.z * keep + po[u].z * add;
-        acc.w = acc.w * keep + po[u].w * add;
-        M = mx;
+        const float2 w = st.merge({ps[u].x, ps[u].y});  // (keep, add)
+        if (kTop) ctx = ctx * w.x + ps[u].z * w.y;
+        acc.x = acc.x * w.x + po[u].x * w.y;
+        acc.y = acc.y * w.x + po[u].y * w.y;
+        acc.z = acc.z * w.x + po[u].z * w.y;
+        acc.w = acc.w * w.x + po[u].w * w.y;
       }
     }
     const int64_t hq = static_cast<int64_t>(bh) * G + j;
     __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(a.out + hq * D + d);
-    const float inv = L > 0.f ? 1.f / L : 0.f;
+    const float inv = st.l > 0.f ? 1.f / st.l : 0.f;
     dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
     dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
-    if (d == 0 && a.lse) a.lse[hq] = L > 0.f ? (M + log2f(L)) / kLog2e : neg_inf();
+    if (d == 0 && a.lse) a.lse[hq] = st.lse();
+    if (kTop && d == 0) write_top<D>(a, bh, hq, st, ctx, top);
   }
 }
 
-template <int D, int G>
+template <int D, bool kTop>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -299,7 +359,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __shared__ long long first_head_start;
   __shared__ int first_head, merge_flag;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int num_heads = a.batch * a.hkv;
+  const int num_heads = a.batch * a.hkv, G = a.g;
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
   // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
@@ -338,10 +398,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __syncthreads();
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
+  float* warp_bias =
+      reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>) + warp * kWarpBiases;
   int bh = first_head;
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
-    const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
     const int len = max(1, vr.total());  // = head_rows(a, bh)
     // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
     const int r0 = static_cast<int>(max(f0, head_start) - head_start);
@@ -375,41 +437,55 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-    float m = neg_inf(), l = 0.f;
-    attend_rows<D>(vr, w0, w1, qa, warp_smem, a.scale_log2, lane, o, m, l);
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    SoftmaxState st = SoftmaxState::empty();
+    float ctx = 0.f;
+    TopKey top = TopKey::none();
+    attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
+    st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
+    st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
+    if (kTop) {
+      ctx += __shfl_xor_sync(0xffffffffu, ctx, 1);
+      ctx += __shfl_xor_sync(0xffffffffu, ctx, 2);
+      top.quad_reduce();
+    }
 
-    // Combine the warps: each stores (o, m, l) in its own stage buffers (free after attend_rows),
-    // then the CTA writes the piece's partial relative to the piece max M.
+    // Combine the warps: each stores (o, statistics) in its own stage buffers (free after
+    // attend_rows), then the CTA writes the piece's partial relative to the piece max M.
     {
-      float* red_o = reinterpret_cast<float*>(warp_smem);           // [G][D]
-      float2* red_ml = reinterpret_cast<float2*>(red_o + G * D);  // [G]
+      float* red_o = reinterpret_cast<float*>(warp_smem);             // [G][D]
+      float4* red_st = reinterpret_cast<float4*>(red_o + G * D);      // [G] (m, l, l_ctx, top logit)
+      int* red_top = reinterpret_cast<int*>(red_st + G);              // [G]
       if (g < G) {
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
           *reinterpret_cast<float2*>(red_o + g * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][0], o[n][1]);
-        if ((lane & 3) == 0) red_ml[g] = make_float2(m, l);
+        if ((lane & 3) == 0) {
+          red_st[g] = make_float4(st.m, st.l, ctx, top.s);
+          red_top[g] = top.v;
+        }
       }
     }
     __syncthreads();
     for (int idx = tid; idx < G * D / 4; idx += kThreads) {
       const int j = idx / (D / 4), d = idx % (D / 4) * 4;
-      // Warp w's stored (o, m, l), as written above from its warp_smem.
+      // Warp w's stored (o, statistics), as written above from its warp_smem.
       auto warp_o = [&](int w) { return reinterpret_cast<const float*>(smem_raw) + w * (kWarpSmemElems<D> / 2); };
-      auto warp_ml = [&](int w) { return reinterpret_cast<const float2*>(warp_o(w) + G * D)[j]; };
+      auto warp_st = [&](int w) { return reinterpret_cast<const float4*>(warp_o(w) + G * D)[j]; };
+      auto warp_top = [&](int w) { return reinterpret_cast<const int*>(reinterpret_cast<const float4*>(warp_o(w) + G * D) + G)[j]; };
       float M = neg_inf();
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_ml(w).x);
-      float L = 0.f;
+      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_st(w).x);
+      float L = 0.f, C = 0.f;
+      TopKey T = TopKey::none();
       float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
       if (M != neg_inf()) {
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
-          const float2 ml = warp_ml(w);
-          const float wt = ml.x == neg_inf() ? 0.f : exp2f(ml.x - M);
+          const float4 sw = warp_st(w);
+          const float wt = SoftmaxState{sw.x, sw.y}.weight_at(M);
           const float4 ow = *reinterpret_cast<const float4*>(warp_o(w) + j * D + d);
-          L += ml.y * wt;
+          L += sw.y * wt;
+          if (kTop) C += sw.z * wt;
           acc.x += ow.x * wt;
           acc.y += ow.y * wt;
           acc.z += ow.z * wt;
@@ -417,7 +493,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
         }
       }
       *reinterpret_cast<float4*>(a.ws.partial_o + (static_cast<int64_t>(slot) * G + j) * D + d) = acc;
-      if (d == 0) a.ws.partial_ml[static_cast<int64_t>(slot) * G + j] = make_float2(M, L);
+      if (d == 0) {
+        if (kTop) {
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) T.offer(warp_st(w).w, warp_top(w));
+          a.ws.partial_top[static_cast<int64_t>(slot) * G + j] = T.v;
+        }
+        a.ws.partial_st[static_cast<int64_t>(slot) * G + j] = make_float4(M, L, C, T.s);
+      }
     }
 
     // The head's last piece to finish merges all of them. (The barriers here also order this
@@ -428,7 +511,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      merge_head<D, G>(a, bh, first_cta + bh, num_pieces);
+      merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (also reset by the launcher)
     }
   }
@@ -436,12 +519,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 
 using DecodeKernel = void (*)(DecodeArgs);
 
-DecodeKernel kernel_for(int head_dim, int group) {
-#define SQZ_DECODE_CASE(D_, G_) \
-  if (head_dim == D_ && group == G_) return decode_kernel<D_, G_>;
-  SQZ_DECODE_CASE(64, 1) SQZ_DECODE_CASE(64, 2) SQZ_DECODE_CASE(64, 4) SQZ_DECODE_CASE(64, 8)
-  SQZ_DECODE_CASE(128, 1) SQZ_DECODE_CASE(128, 2) SQZ_DECODE_CASE(128, 4) SQZ_DECODE_CASE(128, 8)
-#undef SQZ_DECODE_CASE
+// The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
+// tile, so it changes no loop the streaming depends on).
+DecodeKernel kernel_for(int head_dim, int group, bool top) {
+  if (group < 1 || group > kMaxGroup) return nullptr;
+  if (head_dim == 64) return top ? decode_kernel<64, true> : decode_kernel<64, false>;
+  if (head_dim == 128) return top ? decode_kernel<128, true> : decode_kernel<128, false>;
   return nullptr;
 }
 
@@ -473,17 +556,23 @@ cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& lau
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch) {
   using namespace detail;
   // Unsupported shapes (the launch rejects them) and failed queries fall back to launch.num_ctas or 1.
+  // The grid of either variant (with and without TopKeys) fits.
   int ctas = std::max(1, launch.num_ctas);
-  if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group())) configure(kernel, shape.head_dim, launch, &ctas);
+  for (const bool top : {false, true}) {
+    int variant = ctas;
+    if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top))
+      configure(kernel, shape.head_dim, launch, &variant);
+    ctas = std::max(ctas, variant);
+  }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                             const Selection& selection, void* out, float* lse, void* workspace,
-                            const DecodeLaunch& launch, void* stream) {
+                            const DecodeLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  const DecodeKernel kernel = kernel_for(shape.head_dim, g);
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, top.position != nullptr || top.share != nullptr);
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
@@ -491,8 +580,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
-  DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
-               DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads,
+  DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
+               DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
   err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
   if (err != cudaSuccess) return err;

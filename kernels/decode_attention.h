@@ -7,7 +7,11 @@
 // counts balance; each range loads its rows once for the whole GQA group (tensor cores, the group's
 // query heads as matrix rows) and writes an fp32 partial (o, max, sum) per head it overlaps; the
 // last piece of a head to finish merges the head's partials in order (deterministic log-sum-exp
-// merge). Counts are read from device memory: no host round trip.
+// merge). Counts are read from device memory: no host round trip. With the pruned-cluster estimate
+// (Selection::estimated) the estimated clusters are rows too (one key each; with
+// Selection::estimate_logits their logits come from the selection and only their mean values are
+// read); with TopKeys, each query head's most attended selected key (read-ahead) is merged beside
+// the LSE.
 #pragma once
 
 #include <cstddef>
@@ -24,10 +28,13 @@ struct DecodeLaunch {
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 
 // seqs: device array of B views. q, out: device bf16 [B][Hq][D]. lse: nullable device fp32 [B][Hq]
-// (natural log). selection: device arrays from select_clusters(). Requires head_dim in {64, 128},
-// group in {1, 2, 4, 8}, B * H_kv <= 2048. Returns a cudaError_t value.
+// (natural log). selection: device arrays from select_clusters(). top: read-ahead's outputs
+// (squeeze_types.h; device [B][Hq]; needs every view's perm and window_len), default none.
+// Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included), B * H_kv <= 2048.
+// The workspace (decode_attention_workspace_bytes) serves launches with and without `top`.
+// Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                             const Selection& selection, void* out, float* lse, void* workspace,
-                            const DecodeLaunch& launch, void* stream);
+                            const DecodeLaunch& launch, void* stream, const TopKeys& top = {});
 
 }  // namespace squeezeserve::kernels

@@ -11,9 +11,15 @@
 // Gather addressing: a 64-row tile's physical rows are resolved once per row (segment search in
 // the selection's row_start), by 8 resolver lanes per warp, and handed to the lanes that copy the
 // row with a shuffle; the 64-row version ran the search once per 16-byte chunk (16x per row).
+// Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
+// (virtual_rows.cuh), unmasked, with log2 of their key count added to the logit (a per-row bias
+// the resolver lanes write to smem beside the tile). Read-ahead's top key (kernel variant kTop):
+// per query row, the most attended selected row and the softmax sum over the context rows.
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/prefill_attention.h"
+#include "kernels/softmax_state.cuh"
+#include "kernels/virtual_rows.cuh"
 
 #include <climits>
 
@@ -26,7 +32,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileM = 16 * kWarps;  // 128 query rows
 constexpr int kTileN = 64;           // KV rows per tile
 constexpr int kStages = 3;
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct PrefillArgs {
   const SequenceLayerBf16* seqs;
@@ -34,11 +39,16 @@ struct PrefillArgs {
   Selection sel;
   __nv_bfloat16* out;
   float* lse;
+  TopKeys top;
   int lq, hkv, g;
   float scale_log2;
 };
 
 template <int D>
+constexpr size_t kSmemBytes =
+    sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8) + sizeof(float) * kStages * kTileN;
+
+template <int D, bool kTop>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   constexpr int kStride = D + 8;
   constexpr int kTileElems = kTileN * kStride;
@@ -46,11 +56,12 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   __nv_bfloat16* q_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTileM][kStride]
   __nv_bfloat16* k_smem = q_smem + kTileM * kStride;                    // [kStages][kTileN][kStride]
   __nv_bfloat16* v_smem = k_smem + kStages * kTileElems;
+  float* bias_smem = reinterpret_cast<float*>(v_smem + kStages * kTileElems);  // [kStages][kTileN]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
   const int rows_m = a.lq * a.g, G = a.g;
-  const VirtualRows vr = virtual_rows(a.seqs[b], a.sel, b, h, a.hkv);
+  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/false);
 
   // Q tile: packed row m -> token m / G, head h * G + m % G (rows past the block are zero).
   for (int c = tid; c < kTileM * D / 8; c += kThreads) {
@@ -68,8 +79,13 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   // Causal bound: the last token of this tile sees dense rows < dense_len - Lq + t_last + 1.
   const int t_last = (min(m0 + kTileM, rows_m) - 1) / G;
   const int dense_visible = max(0, min(vr.dense_len, vr.dense_len - a.lq + t_last + 1));
-  const int total = vr.sparse_rows + dense_visible;
+  const int clustered = vr.clustered(), ctx_end = vr.context_rows();
+  const int total = clustered + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
+  // Whether tile t holds estimated rows (CTA-uniform): only those tiles carry biases.
+  auto has_estimate = [&](int t) {
+    return vr.est_count > 0 && t * kTileN < clustered && (t + 1) * kTileN > vr.sparse_rows;
+  };
 
   // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
   // c % kCpr, so lane L of warp w copies rows w * kRpw + L / kCpr + kRowsPerPass * i. The warp's
@@ -90,8 +106,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   int wseg = 0;
   auto load_tile = [&](int t) {
     const int v0 = t * kTileN;
-    // Resolve: physical row (>= 0), dense row d as -(d + 1), past the end as INT_MIN.
-    int phys = INT_MIN;
+    // Resolve: the row code (virtual_rows.cuh) of resolver lane k's row.
+    int code = kNoRow;
     if (v0 < vr.sparse_rows) {  // warp-uniform
       int rs[4];
 #pragma unroll
@@ -112,31 +128,24 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       const int v = v0 + res_row;
       if (lane < 8 && v < vr.sparse_rows) {
         const int id = __ldg(vr.ids + my_seg), start = __ldg(vr.row_start + my_seg);
-        phys = __ldg(vr.offsets + id) + (v - start);
+        code = __ldg(vr.offsets + id) + (v - start);
       } else if (lane < 8 && v < total) {
-        phys = -(v - vr.sparse_rows) - 1;
+        code = unselected_row_code(vr, v);
       }
       wseg = next_wseg;
     } else if (lane < 8 && v0 + res_row < total) {
-      phys = -(v0 + res_row - vr.sparse_rows) - 1;
+      code = unselected_row_code(vr, v0 + res_row);
     }
+    if (has_estimate(t) && lane < 8)
+      bias_smem[(t % kStages) * kTileN + res_row] = is_estimate_code(code) ? estimate_log2_size(vr, code) : 0.f;
     __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int pr = __shfl_sync(0xffffffffu, phys, i * kRpw + lane / kCpr);
       const int row = warp * kRpw + lane / kCpr + kRowsPerPass * i, col = (lane % kCpr) * 8;
-      const __nv_bfloat16 *kg = vr.keys, *vg = vr.values;
-      int bytes = 0;
-      if (pr != INT_MIN) {
-        const bool dense = pr < 0;
-        const int64_t r = dense ? -static_cast<int64_t>(pr) - 1 : pr;
-        kg = (dense ? vr.dense_keys : vr.keys) + r * D + col;
-        vg = (dense ? vr.dense_values : vr.values) + r * D + col;
-        bytes = 16;
-      }
-      cp_async_16(ks + row * kStride + col, kg, bytes);
-      cp_async_16(vs + row * kStride + col, vg, bytes);
+      const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, i * kRpw + lane / kCpr), col);
+      cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
+      cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
   // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
@@ -154,12 +163,14 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     const int m = m0 + r_lo + 8 * i;
     dense_limit[i] = m < rows_m ? vr.dense_len - a.lq + m / G + 1 : 0;
   }
+  float ctx[2] = {0.f, 0.f};  // kTop: this thread's part of each row's context sum
+  TopKey top[2] = {TopKey::none(), TopKey::none()};
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-  float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
+  SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // st[i].l: this thread's part
   uint32_t qa[D / 16][4];
 
   for (int t = 0; t < num_tiles; ++t) {
@@ -190,26 +201,28 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
       }
     }
-    // Scale, mask (tile tail; causal over dense rows), online softmax.
+    // Scale, bias (estimated rows), mask (tile tail; causal over dense rows), online softmax.
+    const float* tile_bias = has_estimate(t) ? bias_smem + (t % kStages) * kTileN : nullptr;
     float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int n = 0; n < kTileN / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int v = t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1), i = e >> 1;
-        const bool visible = v < total && (v < vr.sparse_rows || v - vr.sparse_rows < dense_limit[i]);
-        s[n][e] = visible ? s[n][e] * a.scale_log2 : neg_inf();
-        tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+        const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
+        const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
+        float x = visible ? s[n][e] * a.scale_log2 : neg_inf();
+        if (tile_bias && visible) x += tile_bias[col];
+        if (kTop && v < vr.sparse_rows) top[i].offer(x, v);
+        s[n][e] = x;
+        tile_max[i] = fmaxf(tile_max[i], x);
       }
     float corr[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
       tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-      const float m_new = fmaxf(row_max[i], tile_max[i]);
-      corr[i] = m_new == neg_inf() ? 1.f : exp2f(row_max[i] - m_new);
-      row_max[i] = m_new;
-      row_sum[i] *= corr[i];
+      corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
+      if (kTop) ctx[i] *= corr[i];
     }
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
@@ -222,8 +235,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e >> 1;
-        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - row_max[i]);
-        row_sum[i] += p[e];
+        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st[i].m);
+        st[i].l += p[e];
+        if (kTop && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
       }
       pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
@@ -245,12 +259,17 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   // Row sums live spread over the 4 threads of a quad: reduce, normalise, write.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+    st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 1);
+    st[i].l += __shfl_xor_sync(0xffffffffu, st[i].l, 2);
+    if (kTop) {
+      ctx[i] += __shfl_xor_sync(0xffffffffu, ctx[i], 1);
+      ctx[i] += __shfl_xor_sync(0xffffffffu, ctx[i], 2);
+      top[i].quad_reduce();
+    }
     const int m = m0 + r_lo + 8 * i;
     if (m >= rows_m) continue;
     const int64_t head_row = (static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G;
-    const float inv = row_sum[i] > 0.f ? 1.f / row_sum[i] : 0.f;
+    const float inv = st[i].l > 0.f ? 1.f / st[i].l : 0.f;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int d = n * 8 + (lane & 3) * 2;
@@ -258,31 +277,46 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
           __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
     }
     if (a.lse && (lane & 3) == 0)
-      a.lse[head_row] = row_sum[i] > 0.f ? (row_max[i] + log2f(row_sum[i])) / kLog2e : neg_inf();
+      a.lse[head_row] = st[i].lse();
+    if (kTop && (lane & 3) == 0) {  // read-ahead's top key of this row (TopKeys)
+      const float share = top[i].v >= 0 && ctx[i] > 0.f ? exp2f(top[i].s - st[i].m) / ctx[i] : 0.f;
+      int position = -1;
+      if (share > 0.f) {
+        const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
+        position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top[i].v));
+      }
+      if (a.top.share) a.top.share[head_row] = share;
+      if (a.top.position) a.top.position[head_row] = position;
+    }
   }
+}
+
+template <int D, bool kTop>
+cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D, kTop>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmemBytes<D>));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
+  prefill_kernel<D, kTop><<<grid, kThreads, kSmemBytes<D>, stream>>>(a);
+  return cudaGetLastError();
 }
 
 template <int D>
 cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
-  const size_t smem = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8);
-  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  const bool top = a.top.position != nullptr || a.top.share != nullptr;
+  return top ? launch_prefill<D, true>(a, batch, stream) : launch_prefill<D, false>(a, batch, stream);
 }
 
 }  // namespace
 }  // namespace detail
 
 int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
-                             const Selection& selection, void* out, float* lse, void* stream) {
+                             const Selection& selection, void* out, float* lse, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  if ((g != 1 && g != 2 && g != 4 && g != 8) || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
+  if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
     return cudaErrorInvalidValue;
-  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse,
+  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                       shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
   const auto st = static_cast<cudaStream_t>(stream);
   switch (shape.head_dim) {

@@ -15,8 +15,12 @@
 namespace squeezeserve::kernels {
 
 // q, out: device bf16 [B][Lq][Hq][D]; lse: nullable device fp32 [B][Lq][Hq] (natural log).
-// Requires head_dim in {64, 128}, group in {1, 2, 4, 8}. Returns a cudaError_t value.
+// With the pruned-cluster estimate (Selection::estimated) the estimated clusters are attended as
+// one key each, unmasked. top: read-ahead's outputs (squeeze_types.h; device [B][Lq][Hq]; needs
+// every view's perm and window_len), default none.
+// Requires head_dim in {64, 128}, any group 1..8. Returns a cudaError_t value.
 int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
-                             const Selection& selection, void* out, float* lse, void* stream);
+                             const Selection& selection, void* out, float* lse, void* stream,
+                             const TopKeys& top = {});
 
 }  // namespace squeezeserve::kernels

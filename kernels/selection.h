@@ -30,10 +30,15 @@ size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLim
 
 // seqs: device array of shape.batch views (bf16 KV and bf16 centroids). q: device bf16
 // [B][Lq][Hq][D]. out: device arrays. workspace: device, selection_workspace_bytes() long.
-// Requires head_dim in {64, 128}, group in {1, 2, 4, 8}, query_len * group <= 16384.
+// Requires head_dim in {64, 128}, any group 1..8, query_len * group <= 16384.
 // Thresholds: seqs[b].tau_fine / tau_coarse ([H_kv] floats in device memory) where non-null, else
 // params.tau_fine / tau_coarse, per (sequence b, KV head h) at every level and on every path; so
 // one launch serves sequences with different (or per-head) thresholds.
+// Read-ahead: seqs[b].read_ahead (device [Hq] int32) keeps the fine cluster of each position whatever
+// its score, and expands its coarse parent (squeeze_types.h). Pruned-cluster estimate: when
+// out.estimate_ids and out.estimated are set (both, or neither), the clusters each sequence with
+// cluster_values estimates are listed there for the attention kernels (0 for the others); a decode
+// launch (query_len 1) also writes their logits to out.estimate_logits when set.
 // `scores_out` (nullable, device, [B*H_kv][capacity] fp32): the group score of each scored
 // candidate of the last level, in candidate order (for diagnostics and checks).
 // Returns a cudaError_t value (0 = success).

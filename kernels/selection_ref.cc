@@ -60,7 +60,7 @@ float group_score(const HeadQueries& hq, const Candidate& c, const std::vector<f
     float sum = 0.f;
     for (int t = 0; t < hq.lq; ++t) {
       const int r = t * hq.g + j;
-      sum += std::exp(scaled_dot(hq.row(r), c.centroid, hq.d, scale) - logden[r]);
+      sum += std::exp(std::min(scaled_dot(hq.row(r), c.centroid, hq.d, scale) - logden[r], kMaxLogScore));
     }
     best = std::max(best, sum / hq.lq);
   }
@@ -69,6 +69,20 @@ float group_score(const HeadQueries& hq, const Candidate& c, const std::vector<f
 
 // Threshold of KV head h: the sequence's per-head array when set, else the launch-wide value.
 float head_tau(const float* per_head, float launch_wide, int h) { return per_head ? per_head[h] : launch_wide; }
+
+// Read-ahead: the fine clusters of KV head h kept whatever their score (SequenceLayer::read_ahead).
+std::vector<int> forced_clusters(const SequenceLayerF32& s, int h, int g) {
+  std::vector<int> forced;
+  if (s.read_ahead == nullptr) return forced;
+  const int n = s.offsets[static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters];
+  for (int j = 0; j < g; ++j) {
+    const int p = s.read_ahead[h * g + j];
+    if (p >= 0 && p < n) forced.push_back(s.cluster_of_position[static_cast<int64_t>(h) * n + p]);
+  }
+  return forced;
+}
+
+bool contains(const std::vector<int>& v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
 }  // namespace
 
@@ -89,6 +103,11 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
                          off[j + 1] - off[j]};
       };
 
+      const std::vector<int> forced = forced_clusters(s, h, g);
+      // The pruned-cluster estimate's list of this (b, h), when on (ids: fine j, coarse K + c).
+      const bool estimate = out.estimated != nullptr && s.cluster_values != nullptr;
+      std::vector<int> estimated;
+
       std::vector<Candidate> fine_cands;  // fine clusters that get scored
       std::vector<float> logden;          // denominator the fine scores use
       int comparisons = 0;
@@ -98,6 +117,9 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         comparisons = s.num_clusters;
       } else {
         const int32_t* coff = s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1);
+        std::vector<int> forced_parents;
+        for (int j : forced)
+          forced_parents.push_back(static_cast<int>(std::upper_bound(coff, coff + s.num_coarse + 1, j) - coff) - 1);
         std::vector<Candidate> coarse;
         for (int c = 0; c < s.num_coarse; ++c) {
           coarse.push_back({c, s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + c) * d,
@@ -107,15 +129,23 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         comparisons = s.num_coarse;
         const float tau_coarse = head_tau(s.tau_coarse, params.tau_coarse, h);
         for (const Candidate& c : coarse) {
-          if (!(group_score(hq, c, logden, scale) > tau_coarse)) continue;
-          for (int j = coff[c.id]; j < coff[c.id + 1]; ++j) fine_cands.push_back(fine(j));
+          if (c.size > 0 && (group_score(hq, c, logden, scale) > tau_coarse || contains(forced_parents, c.id))) {
+            for (int j = coff[c.id]; j < coff[c.id + 1]; ++j) fine_cands.push_back(fine(j));
+          } else if (c.size > 0) {
+            estimated.push_back(s.num_clusters + c.id);
+          }
         }
-        comparisons += static_cast<int>(fine_cands.size());  // only these fine centroids are touched
+        // Only the non-empty expanded fine centroids are scored (empty ones are masked).
+        for (const Candidate& c : fine_cands) comparisons += c.size > 0;
       }
 
       int count = 0, rows = 0;
       for (const Candidate& c : fine_cands) {
-        if (!(group_score(hq, c, logden, scale) > tau_fine)) continue;
+        if (c.size <= 0) continue;
+        if (!(group_score(hq, c, logden, scale) > tau_fine || contains(forced, c.id))) {
+          estimated.push_back(c.id);
+          continue;
+        }
         out.cluster_ids[static_cast<int64_t>(bh) * out.capacity + count] = c.id;
         out.row_start[static_cast<int64_t>(bh) * out.capacity + count] = rows;
         ++count;
@@ -124,6 +154,20 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
       out.counts[bh] = count;
       out.rows[bh] = rows;
       out.comparisons[bh] = comparisons;
+      if (out.estimated != nullptr) {
+        if (!estimate) estimated.clear();
+        out.estimated[bh] = static_cast<int32_t>(estimated.size());
+        std::copy(estimated.begin(), estimated.end(), out.estimate_ids + static_cast<int64_t>(bh) * out.estimate_capacity);
+        // Decode: each estimated cluster's logit per group member (Selection::estimate_logits).
+        for (size_t e = 0; out.estimate_logits && shape.query_len == 1 && e < estimated.size(); ++e) {
+          const int id = estimated[e];
+          const float* centroid =
+              id < s.num_clusters ? s.centroids + (static_cast<int64_t>(h) * s.num_clusters + id) * d
+                                  : s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + id - s.num_clusters) * d;
+          float* to = out.estimate_logits + (static_cast<int64_t>(bh) * out.estimate_capacity + e) * kMaxGroup;
+          for (int j = 0; j < kMaxGroup; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) : 0.f;
+        }
+      }
     }
   }
 }

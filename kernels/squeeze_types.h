@@ -45,10 +45,43 @@ struct SequenceLayer {
   // sequence's head h (keep iff score > tau[h]). The engine calibrates one per (layer, KV head).
   const float* tau_fine = nullptr;
   const float* tau_coarse = nullptr;   // hierarchical only
+
+  // Pruned-cluster estimate (docs/index_layout.md "Pruned-cluster estimate"): on for this sequence
+  // when cluster_values is set (and the launch's Selection has estimate arrays). Every pruned
+  // non-empty cluster then attends as ONE key: its centroid, with logit s·q·c + log n (n = its key
+  // count) and value the mean of its keys. One-level: each non-selected non-empty fine cluster.
+  // Hierarchical: each pruned coarse cluster (coarse centroid, coarse key count, coarse_values)
+  // and each expanded (child of a kept coarse cluster) but not selected non-empty fine cluster.
+  // Null (the default): pruned clusters are dropped, as in the paper.
+  const T* cluster_values = nullptr;  // [H_kv][K][D], element type as values
+  const T* coarse_values = nullptr;   // [H_kv][Kc][D], hierarchical only
+
+  // Read-ahead (docs/index_layout.md "Read-ahead"). read_ahead: [Hq] context positions, one per
+  // query head (KV head h serves query heads h·G … h·G+G−1), −1 = none; null = none. Selection
+  // then keeps the fine cluster holding each position p in [0, N) whatever its score
+  // (cluster_of_position[h][p]; hierarchical: its coarse parent is expanded too). Positions
+  // outside [0, N) (none, or the window, which is always attended) select nothing.
+  // N = offsets[h][K], the clustered rows; cluster_of_position and perm are [H_kv][N] int32.
+  const int32_t* read_ahead = nullptr;
+  const int32_t* cluster_of_position = nullptr;  // required when read_ahead is set
+  // Original context position of each cluster-sorted row: the attention kernels' top-key output
+  // (TopKeys) reports positions through it. Required when TopKeys are asked for.
+  const int32_t* perm = nullptr;
+  // Dense rows [0, window_len) are the stored context's window (the rest: the request's own
+  // tokens). Only the TopKeys share reads it: its denominator is the context attention.
+  int32_t window_len = 0;
 };
 
 using SequenceLayerF32 = SequenceLayer<float>;
 using SequenceLayerBf16 = SequenceLayer<uint16_t>;
+
+// log p-hat = z - logden is capped here before exp (docs/index_layout.md, "Constants"): with its
+// own level's denominator p-hat <= 1 anyway; a fine centroid scored over the coarse denominator
+// (hierarchical) can exceed it by far, and exp would overflow to inf.
+constexpr float kMaxLogScore = 40.f;
+
+// Most query heads per KV head the kernels take (the GQA group; Selection::estimate_logits stride).
+constexpr int kMaxGroup = 8;
 
 struct AttentionShape {
   int32_t batch = 1;
@@ -74,8 +107,34 @@ struct Selection {
   int32_t* row_start = nullptr;    // exclusive prefix sum of the selected clusters' sizes
   int32_t* counts = nullptr;       // [B*H_kv] number of selected clusters
   int32_t* rows = nullptr;         // [B*H_kv] total selected rows
-  int32_t* comparisons = nullptr;  // [B*H_kv] centroid vectors scored (coarse + fine candidates)
+  // [B*H_kv] centroid vectors scored: one-level K; hierarchical Kc + the non-empty children of the
+  // kept coarse clusters (engine/squeeze's centroid_comparisons).
+  int32_t* comparisons = nullptr;
   int32_t capacity = 0;            // >= max K over the batch
+
+  // Pruned-cluster estimate (SequenceLayer::cluster_values); both null = no estimate in this launch.
+  // Per (b, h): the clusters attended as one key each, as ids into the fine level (j < K) or the
+  // coarse level (K + c): hierarchical, the pruned coarse clusters first, then the expanded but
+  // pruned fine ones, each part ascending; and their count (0 for sequences without the estimate).
+  int32_t* estimate_ids = nullptr;  // [B*H_kv][estimate_capacity]
+  int32_t* estimated = nullptr;     // [B*H_kv]
+  int32_t estimate_capacity = 0;    // >= max over the batch of K (one-level) or K + Kc (hierarchical)
+  // Optional, decode (query_len 1) only: each estimated cluster's logit s·q·c for each query head j
+  // of the group, [B*H_kv][estimate_capacity][kMaxGroup] fp32 at [...][j], written by the decode
+  // selection (one level and hierarchical) when set. sparse_decode_attention then takes the
+  // estimated clusters' logits from here and reads only their mean values (no centroid re-read:
+  // half the estimate's bytes). Prefill launches neither write nor read it.
+  float* estimate_logits = nullptr;
+};
+
+// Read-ahead's output of the attention kernels beside out and lse (null = not computed): per query
+// row (b, t, hq), the most attended key among the rows of its selected clusters (the first on
+// ties), as its original context position (SequenceLayer::perm; −1 when no selected row has a
+// weight > 0) and its share of the head's context attention: exp(logit − LSE over the selected
+// rows, the estimate and the window) — not the request's own tokens (engine/squeeze's locate_top).
+struct TopKeys {
+  int32_t* position = nullptr;  // [B][Lq][Hq]
+  float* share = nullptr;       // [B][Lq][Hq]
 };
 
 }  // namespace squeezeserve::kernels

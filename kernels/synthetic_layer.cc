@@ -32,7 +32,53 @@ SequenceLayerF32 SyntheticLayer::view() const {
   v.dense_values = dense_values.data();
   v.dense_head_stride = static_cast<int64_t>(spec.dense_len) * d;
   v.dense_len = spec.dense_len;
+  if (!cluster_values.empty()) {
+    v.cluster_values = cluster_values.data();
+    if (spec.num_coarse > 0) v.coarse_values = coarse_values.data();
+    v.perm = perm.data();
+    v.cluster_of_position = cluster_of_position.data();
+    v.window_len = window_len;
+  }
   return v;
+}
+
+void SyntheticLayer::add_lookup_data(uint64_t seed, int window) {
+  const int h_n = spec.num_kv_heads, d = spec.head_dim, k = spec.num_clusters, n = spec.num_rows;
+  std::mt19937_64 rng(seed);
+  window_len = window;
+  cluster_values.assign(static_cast<size_t>(h_n) * k * d, 0.f);
+  perm.resize(static_cast<size_t>(h_n) * n);
+  cluster_of_position.resize(perm.size());
+  std::vector<double> sums(static_cast<size_t>(d));
+  for (int h = 0; h < h_n; ++h) {
+    const int32_t* off = &offsets[static_cast<size_t>(h) * (k + 1)];
+    int32_t* p = &perm[static_cast<size_t>(h) * n];
+    std::iota(p, p + n, 0);
+    std::shuffle(p, p + n, rng);
+    for (int j = 0; j < k; ++j) {
+      for (int r = off[j]; r < off[j + 1]; ++r) cluster_of_position[static_cast<size_t>(h) * n + p[r]] = j;
+      std::fill(sums.begin(), sums.end(), 0.0);
+      for (int r = off[j]; r < off[j + 1]; ++r)
+        for (int i = 0; i < d; ++i) sums[i] += values[(static_cast<size_t>(h) * n + r) * d + i];
+      for (int i = 0; off[j + 1] > off[j] && i < d; ++i)
+        cluster_values[(static_cast<size_t>(h) * k + j) * d + i] = static_cast<float>(sums[i] / (off[j + 1] - off[j]));
+    }
+  }
+  if (spec.num_coarse == 0) return;
+  const int kc = spec.num_coarse;
+  coarse_values.assign(static_cast<size_t>(h_n) * kc * d, 0.f);
+  for (int h = 0; h < h_n; ++h) {
+    const int32_t* off = &offsets[static_cast<size_t>(h) * (k + 1)];
+    const int32_t* coff = &coarse_offsets[static_cast<size_t>(h) * (kc + 1)];
+    for (int c = 0; c < kc; ++c) {
+      const int lo = off[coff[c]], hi = off[coff[c + 1]];
+      std::fill(sums.begin(), sums.end(), 0.0);
+      for (int r = lo; r < hi; ++r)
+        for (int i = 0; i < d; ++i) sums[i] += values[(static_cast<size_t>(h) * n + r) * d + i];
+      for (int i = 0; hi > lo && i < d; ++i)
+        coarse_values[(static_cast<size_t>(h) * kc + c) * d + i] = static_cast<float>(sums[i] / (hi - lo));
+    }
+  }
 }
 
 void SyntheticLayer::recompute_centroids() {

@@ -15,12 +15,21 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)' 2>
 cmake -S bench/kernels -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   ${TORCH_PREFIX:+-DCMAKE_PREFIX_PATH=$TORCH_PREFIX} >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -5
+# Registers and spills per kernel (ptxas -v of kernels_gpu): one line per entry point.
+awk '/Compiling entry function/ {
+       match($0, /[0-9]+[a-z_]+_kernel/); k = substr($0, RSTART, RLENGTH); rest = substr($0, RSTART + RLENGTH)
+       sub(/^[0-9]+/, "", k); t = ""
+       if (match(rest, /^I(Li[0-9]+E|Lb[01]E)+/)) {
+         t = substr(rest, 2, RLENGTH - 1); gsub(/Li|Lb/, "", t); gsub(/E/, ",", t); t = "<" substr(t, 1, length(t) - 1) ">"
+       }
+       k = k t }
+     /spill stores/ { s = $5 }
+     /Used [0-9]+ registers/ { print k ": " $5 " regs, " s " B spill" }' "$OUT/build.log" | sort -u | tee "$OUT/registers.log"
 
 status=0
 "$BUILD/kernels_check" 2>&1 | tee "$OUT/kernels_check.log" || status=1
 if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/kernels_check" --small >"$OUT/sanitizer.log" 2>&1 \
+  compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/kernels_check" --small --no-fork >"$OUT/sanitizer.log" 2>&1 \
     && echo "compute-sanitizer memcheck: clean" || { echo "compute-sanitizer memcheck: FAILED"; tail -30 "$OUT/sanitizer.log"; status=1; }
 fi
 if [ "$BENCH" = 1 ]; then

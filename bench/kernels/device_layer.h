@@ -55,12 +55,14 @@ std::vector<T> download(const T* d, size_t n) {
 }
 
 // A synthetic layer with its device copy. KV values are rounded to bf16 in the host copy too.
+// lookup_window >= 0 also derives the lookup data (SyntheticLayer::add_lookup_data: mean values,
+// rounded to bf16 like the engine's, perm, cluster_of_position) with that many window rows.
 struct DeviceLayer {
   SyntheticLayer host;
   SequenceLayerBf16 dev{};
   std::vector<void*> allocations;
 
-  explicit DeviceLayer(const SyntheticSpec& spec) : host(make_synthetic_layer(spec)) {
+  explicit DeviceLayer(const SyntheticSpec& spec, int lookup_window = -1) : host(make_synthetic_layer(spec)) {
     auto kv = [&](std::vector<float>& v) {
       uint16_t* p = upload(round_to_bf16(v));
       allocations.push_back(p);
@@ -85,6 +87,14 @@ struct DeviceLayer {
       dev.coarse_offsets = i(host.coarse_offsets);
       dev.num_coarse = h.num_coarse;
     }
+    if (lookup_window >= 0) {
+      host.add_lookup_data(spec.seed * 31 + 7, lookup_window);  // from the bf16-rounded values
+      dev.cluster_values = kv(host.cluster_values);
+      if (h.num_coarse > 0) dev.coarse_values = kv(host.coarse_values);
+      dev.perm = i(host.perm);
+      dev.cluster_of_position = i(host.cluster_of_position);
+      dev.window_len = host.window_len;
+    }
   }
   ~DeviceLayer() {
     for (void* p : allocations) cudaFree(p);
@@ -93,17 +103,24 @@ struct DeviceLayer {
   DeviceLayer& operator=(const DeviceLayer&) = delete;
 };
 
-// Device storage behind a Selection.
+// Device storage behind a Selection; estimate_capacity > 0 adds the estimate's arrays (and, with
+// logits, Selection::estimate_logits).
 struct DeviceSelection {
   Selection sel{};
   int bh = 0;
-  DeviceSelection(int num_heads, int capacity) : bh(num_heads) {
+  DeviceSelection(int num_heads, int capacity, int estimate_capacity = 0, bool logits = false) : bh(num_heads) {
     sel.capacity = capacity;
     CUDA_OK(cudaMalloc(&sel.cluster_ids, sizeof(int32_t) * num_heads * capacity));
     CUDA_OK(cudaMalloc(&sel.row_start, sizeof(int32_t) * num_heads * capacity));
     CUDA_OK(cudaMalloc(&sel.counts, sizeof(int32_t) * num_heads));
     CUDA_OK(cudaMalloc(&sel.rows, sizeof(int32_t) * num_heads));
     CUDA_OK(cudaMalloc(&sel.comparisons, sizeof(int32_t) * num_heads));
+    if (estimate_capacity > 0) {
+      sel.estimate_capacity = estimate_capacity;
+      CUDA_OK(cudaMalloc(&sel.estimate_ids, sizeof(int32_t) * num_heads * estimate_capacity));
+      CUDA_OK(cudaMalloc(&sel.estimated, sizeof(int32_t) * num_heads));
+      if (logits) CUDA_OK(cudaMalloc(&sel.estimate_logits, sizeof(float) * num_heads * estimate_capacity * kMaxGroup));
+    }
   }
   ~DeviceSelection() {
     cudaFree(sel.cluster_ids);
@@ -111,7 +128,12 @@ struct DeviceSelection {
     cudaFree(sel.counts);
     cudaFree(sel.rows);
     cudaFree(sel.comparisons);
+    cudaFree(sel.estimate_ids);
+    cudaFree(sel.estimated);
+    cudaFree(sel.estimate_logits);
   }
+  DeviceSelection(const DeviceSelection&) = delete;
+  DeviceSelection& operator=(const DeviceSelection&) = delete;
 };
 
 }  // namespace squeezeserve::kernels::bench

@@ -7,6 +7,10 @@
 // Synthetic clustering: cluster sizes uniform in [10, 30] (mean 20 -> c = 5%), random centroids and
 // queries; the threshold is bisected on the device until the kept fraction of clustered keys is
 // 1 - sparsity (one global tau, so heads keep different amounts, as with calibrated thresholds).
+// At 90% every config is also timed with the accurate lookup (lookup "accurate", else "paper"):
+// the pruned-cluster estimate on (one key per pruned cluster; decode takes its logits from the
+// selection, Selection::estimate_logits) and read-ahead (one forced position per query head,
+// TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -51,6 +55,10 @@ struct BenchContext {
   __nv_bfloat16 *keys, *values, *dense_k, *dense_v;
   __nv_bfloat16* centroids;  // bf16 on the GPU (docs/index_layout.md)
   int32_t* offsets;
+  // The accurate lookup's data: mean values (random: only timed), the rows in original order
+  // (perm = identity) and the cluster of each position.
+  __nv_bfloat16* means;
+  int32_t *perm, *cluster_of_position;
   BenchContext(int hkv_, int d_, int n_, uint32_t seed) : hkv(hkv_), d(d_), n(n_) {
     std::mt19937 rng(seed);
     std::uniform_int_distribution<int> size(10, 30);
@@ -69,12 +77,22 @@ struct BenchContext {
       for (int s : sizes) off.push_back(at += s);
     }
     offsets = upload(off);
+    std::vector<int32_t> order(size_t(hkv) * n), cluster(order.size());
+    for (int h = 0; h < hkv; ++h) {
+      for (int r = 0; r < n; ++r) order[size_t(h) * n + r] = r;
+      for (int j = 0; j < k; ++j)
+        for (int r = off[size_t(h) * (k + 1) + j]; r < off[size_t(h) * (k + 1) + j + 1]; ++r) cluster[size_t(h) * n + r] = j;
+    }
+    perm = upload(order);
+    cluster_of_position = upload(cluster);
     const size_t kv = size_t(hkv) * n * d, dense = size_t(hkv) * (kWindow + kPrefillTokens) * d;
     keys = dev_alloc<__nv_bfloat16>(kv);
     values = dev_alloc<__nv_bfloat16>(kv);
     dense_k = dev_alloc<__nv_bfloat16>(dense);
     dense_v = dev_alloc<__nv_bfloat16>(dense);
     centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
+    means = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
+    fill_bf16<<<1024, 256>>>(means, size_t(hkv) * k * d, seed * 7 + 6);
     fill_bf16<<<1024, 256>>>(keys, kv, seed * 7 + 1);
     fill_bf16<<<1024, 256>>>(values, kv, seed * 7 + 2);
     fill_bf16<<<1024, 256>>>(dense_k, dense, seed * 7 + 3);
@@ -84,6 +102,7 @@ struct BenchContext {
   }
   ~BenchContext() {
     cudaFree(keys); cudaFree(values); cudaFree(dense_k); cudaFree(dense_v); cudaFree(centroids); cudaFree(offsets);
+    cudaFree(means); cudaFree(perm); cudaFree(cluster_of_position);
   }
   SequenceLayerBf16 view(int dense_len) const {
     SequenceLayerBf16 v;
@@ -97,6 +116,16 @@ struct BenchContext {
     v.dense_values = reinterpret_cast<const uint16_t*>(dense_v);
     v.dense_head_stride = int64_t(kWindow + kPrefillTokens) * d;
     v.dense_len = dense_len;
+    return v;
+  }
+  // The accurate lookup's view: estimate and read-ahead (positions: device [hq]) on.
+  SequenceLayerBf16 accurate_view(int dense_len, const int32_t* read_ahead) const {
+    SequenceLayerBf16 v = view(dense_len);
+    v.cluster_values = reinterpret_cast<const uint16_t*>(means);
+    v.perm = perm;
+    v.cluster_of_position = cluster_of_position;
+    v.window_len = kWindow;
+    v.read_ahead = read_ahead;
     return v;
   }
 };
@@ -245,8 +274,8 @@ int main(int argc, char** argv) {
   FILE* json = std::fopen(out_path.c_str(), "w");
   std::fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"results\": [\n", prop.name, prop.multiProcessorCount);
   bool first_row = true;
-  std::printf("%-10s %6s %2s %-7s %5s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "spars", "select_us",
-              "attend_us", "total_us", "MB_moved", "TB/s", "kept");
+  std::printf("%-10s %6s %2s %-7s %5s %-18s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "spars", "lookup",
+              "select_us", "attend_us", "total_us", "MB_moved", "TB/s", "kept");
   for (const Config& c : configs) {
     const int n = c.context - kWindow;
     const int lq = c.prefill ? kPrefillTokens : 1;
@@ -293,54 +322,95 @@ int main(int argc, char** argv) {
         if (frac > 1 - sparsity) lo = 0.5 * (lo + hi);
         else hi = 0.5 * (lo + hi);
       }
-      auto select = [&] { CUDA_OK(select_clusters(shape, d_views, q, params, limits, sel.sel, sws, nullptr, s)); };
-      auto attend = [&] {
-        if (c.prefill) CUDA_OK(sparse_prefill_attention(shape, d_views, q, sel.sel, out, nullptr, s));
-        else CUDA_OK(sparse_decode_attention(shape, d_views, q, sel.sel, out, nullptr, dws, launch, s));
+      // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
+      auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top) {
+        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, params, limits, ls.sel, sws, nullptr, s)); };
+        auto attend = [&] {
+          if (c.prefill) CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, s, top));
+          else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, launch, s, top));
+        };
+        cudaGraph_t sel_graph = capture_graph(s, select);
+        cudaGraphExec_t g_sel, g_att = capture(s, attend);
+        CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
+        cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
+        const int reps = c.prefill ? 10 : 30;
+        const Timing t_sel = time_graph(g_sel, s, flush, flush_bytes, reps);
+        const Timing t_att = time_graph(g_att, s, flush, flush_bytes, reps);
+        const Timing t_all = time_graph(g_all, s, flush, flush_bytes, reps);
+        const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, flush_bytes, reps);
+        cudaGraphExecDestroy(g_sel);
+        cudaGraphExecDestroy(g_att);
+        cudaGraphExecDestroy(g_all);
+        cudaGraphDestroy(sel_graph);
+        long long lkept = 0, estimated = 0;
+        for (int r : download(ls.sel.rows, bh)) lkept += r;
+        if (ls.sel.estimated)
+          for (int e : download(ls.sel.estimated, bh)) estimated += e;
+        // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once, and per
+        // estimated cluster its mean value and its centroid (a K+V row's worth) or, when decode
+        // takes the logits from the selection, its kMaxGroup fp32 logits.
+        const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill;
+        const double estimate_bytes = double(estimated) * (logits ? c.d * 2.0 + 4.0 * kMaxGroup : c.d * 4.0);
+        const double kv_bytes = (double(lkept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2 + estimate_bytes;
+        const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
+        const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
+        const double frac = double(lkept) / (double(n) * bh);
+        std::printf("%-10s %6d %2d %-7s %5.2f %-18s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
+                    c.prefill ? "prefill" : "decode", sparsity, lookup, t_sel.median_us, t_att.median_us,
+                    t_all.median_us, bytes / 1e6, bytes / (t_all.median_us * 1e-6) / 1e12, frac);
+        std::printf("    select split (us, each launch alone):");
+        for (const LaunchTiming& l : split) std::printf(" %s %.1f", l.kernel.c_str(), l.t.median_us);
+        std::printf("\n");
+        std::string split_json;
+        for (const LaunchTiming& l : split) {
+          char item[160];
+          std::snprintf(item, sizeof item, "%s{\"kernel\": \"%s\", \"us\": %.2f}", split_json.empty() ? "" : ", ",
+                        l.kernel.c_str(), l.t.median_us);
+          split_json += item;
+        }
+        std::fprintf(json,
+                     "%s  {\"model\": \"%s\", \"hq\": %d, \"hkv\": %d, \"d\": %d, \"context\": %d, \"batch\": %d, "
+                     "\"mode\": \"%s\", \"query_len\": %d, \"sparsity\": %.2f, \"lookup\": \"%s\", "
+                     "\"kept_fraction\": %.4f, \"estimated_clusters\": %lld, \"tau\": %.4e, "
+                     "\"select_us\": %.2f, \"attend_us\": %.2f, \"total_us\": %.2f, \"total_min_us\": %.2f, "
+                     "\"select_split\": [%s], \"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
+                     first_row ? "" : ",\n", c.model, c.hq, c.hkv, c.d, c.context, c.batch,
+                     c.prefill ? "prefill" : "decode", lq, sparsity, lookup, frac, estimated, params.tau_fine,
+                     t_sel.median_us, t_att.median_us, t_all.median_us, t_all.min_us, split_json.c_str(), bytes,
+                     centroid_bytes, bytes / (t_all.median_us * 1e-6) / 1e12);
+        first_row = false;
+        std::fflush(json);
+        std::fflush(stdout);
       };
-      cudaGraph_t sel_graph = capture_graph(s, select);
-      cudaGraphExec_t g_sel, g_att = capture(s, attend);
-      CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
-      cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
-      const int reps = c.prefill ? 10 : 30;
-      const Timing t_sel = time_graph(g_sel, s, flush, flush_bytes, reps);
-      const Timing t_att = time_graph(g_att, s, flush, flush_bytes, reps);
-      const Timing t_all = time_graph(g_all, s, flush, flush_bytes, reps);
-      const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, flush_bytes, reps);
-      cudaGraphExecDestroy(g_sel);
-      cudaGraphExecDestroy(g_att);
-      cudaGraphExecDestroy(g_all);
-      cudaGraphDestroy(sel_graph);
-      // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once.
-      const double kv_bytes = (double(kept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2;
-      const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
-      const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
-      const double frac = double(kept) / (double(n) * bh);
-      std::printf("%-10s %6d %2d %-7s %5.2f %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
-                  c.prefill ? "prefill" : "decode", sparsity, t_sel.median_us, t_att.median_us, t_all.median_us,
-                  bytes / 1e6, bytes / (t_all.median_us * 1e-6) / 1e12, frac);
-      std::printf("    select split (us, each launch alone):");
-      for (const LaunchTiming& l : split) std::printf(" %s %.1f", l.kernel.c_str(), l.t.median_us);
-      std::printf("\n");
-      std::string split_json;
-      for (const LaunchTiming& l : split) {
-        char item[160];
-        std::snprintf(item, sizeof item, "%s{\"kernel\": \"%s\", \"us\": %.2f}", split_json.empty() ? "" : ", ",
-                      l.kernel.c_str(), l.t.median_us);
-        split_json += item;
+      run("paper", d_views, sel, TopKeys{});
+      if (sparsity > 0.85f) {
+        std::vector<SequenceLayerBf16> acc_views;
+        std::vector<int32_t*> positions;
+        std::mt19937 rng(77);
+        std::uniform_int_distribution<int> pos(0, n - 1);
+        for (int b = 0; b < c.batch; ++b) {
+          std::vector<int32_t> p(c.hq);
+          for (int32_t& x : p) x = pos(rng);
+          positions.push_back(upload(p));
+          acc_views.push_back(ctxs[b]->accurate_view(kWindow + lq, positions.back()));
+        }
+        SequenceLayerBf16* d_acc = upload(acc_views);
+        TopKeys top;
+        top.position = dev_alloc<int32_t>(size_t(c.batch) * lq * c.hq);
+        top.share = dev_alloc<float>(size_t(c.batch) * lq * c.hq);
+        {
+          DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
+          run("accurate", d_acc, acc_sel, top);
+        }
+        if (!c.prefill) {
+          DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);
+          run("accurate-centroids", d_acc, acc_sel, top);
+        }
+        cudaFree(top.position);
+        cudaFree(top.share);
+        cudaFree(d_acc);
+        for (int32_t* p : positions) cudaFree(p);
       }
-      std::fprintf(json,
-                   "%s  {\"model\": \"%s\", \"hq\": %d, \"hkv\": %d, \"d\": %d, \"context\": %d, \"batch\": %d, "
-                   "\"mode\": \"%s\", \"query_len\": %d, \"sparsity\": %.2f, \"kept_fraction\": %.4f, \"tau\": %.4e, "
-                   "\"select_us\": %.2f, \"attend_us\": %.2f, \"total_us\": %.2f, \"total_min_us\": %.2f, "
-                   "\"select_split\": [%s], \"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
-                   first_row ? "" : ",\n", c.model, c.hq, c.hkv, c.d, c.context, c.batch,
-                   c.prefill ? "prefill" : "decode", lq, sparsity, frac, params.tau_fine, t_sel.median_us,
-                   t_att.median_us, t_all.median_us, t_all.min_us, split_json.c_str(), bytes, centroid_bytes,
-                   bytes / (t_all.median_us * 1e-6) / 1e12);
-      first_row = false;
-      std::fflush(json);
-      std::fflush(stdout);
     }
     cudaFree(sws);
     cudaFree(dws);

@@ -72,11 +72,12 @@ def main():
                      "speedup_vs_cudnn": (base["cudnn"] or float("nan")) / r["total_us"]})
     json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "sparse_device": sparse["device"],
                "results": rows}, open(args.out, "w"), indent=1)
-    print(f"{'model':10} {'ctx':>7} {'B':>2} {'mode':7} {'spars':>5} {'sparse_us':>9} {'sel_us':>7} {'TB/s':>5} "
-          f"{'flash_us':>9} {'cudnn_us':>9} {'x_best':>6} {'x_flash':>7}")
+    print(f"{'model':10} {'ctx':>7} {'B':>2} {'mode':7} {'spars':>5} {'lookup':18} {'sparse_us':>9} {'sel_us':>7} "
+          f"{'TB/s':>5} {'flash_us':>9} {'cudnn_us':>9} {'x_best':>6} {'x_flash':>7}")
     for r in rows:
         f = lambda x: f"{x:9.1f}" if x is not None else "      n/a"
         print(f"{r['model']:10} {r['context']:7d} {r['batch']:2d} {r['mode']:7} {r['sparsity']:5.2f} "
+              f"{r.get('lookup', 'paper'):18} "
               f"{r['total_us']:9.1f} {r['select_us']:7.1f} {r['tbps']:5.2f} {f(r['flash_us'])} {f(r['cudnn_us'])} "
               f"{r['speedup_vs_best_dense']:6.2f} {r['speedup_vs_flash']:7.2f}")
 

@@ -131,7 +131,8 @@ TEST_P(SparseAttention, EmptySelectionGivesDensePartOnly) {
 
 INSTANTIATE_TEST_SUITE_P(DecodeAndPrefill, SparseAttention,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(8, 1),
-                                           std::make_tuple(1, 7), std::make_tuple(4, 5)));
+                                           std::make_tuple(1, 7), std::make_tuple(4, 5), std::make_tuple(3, 1),
+                                           std::make_tuple(6, 4), std::make_tuple(7, 1)));
 
 // The reported LSE is the log of the softmax denominator over exactly the attended logits.
 TEST(SparseAttentionLse, MatchesBruteForce) {
@@ -157,6 +158,44 @@ TEST(SparseAttentionLse, MatchesBruteForce) {
         add(&p.layer.dense_keys[(static_cast<size_t>(h) * p.layer.spec.dense_len + i) * d]);
       EXPECT_NEAR(lse[t * p.shape.num_q_heads + hq], std::log(den), 1e-4);
     }
+}
+
+// The pruned-cluster estimate attends each pruned cluster as one key (centroid, logit + log n, mean
+// value): when a cluster's keys are all equal that is exact, so attention with the estimate over a
+// partial selection equals dense attention over every row.
+TEST(SparseAttentionEstimate, ExactForClustersOfRepeatedKeys) {
+  for (const int lq : {1, 4}) {
+    Problem p = make_problem(3, lq, 4, 300 + lq);
+    SyntheticLayer& L = p.layer;
+    const int d = L.spec.head_dim, k = L.spec.num_clusters, n = L.spec.num_rows;
+    for (int h = 0; h < L.spec.num_kv_heads; ++h)
+      for (int j = 0; j < k; ++j)
+        for (int r = L.offsets[h * (k + 1) + j]; r < L.offsets[h * (k + 1) + j + 1]; ++r)
+          for (int x = 0; x < d; ++x)
+            L.keys[(static_cast<size_t>(h) * n + r) * d + x] = L.keys[(static_cast<size_t>(h) * n + L.offsets[h * (k + 1) + j]) * d + x];
+    L.recompute_centroids();
+    L.add_lookup_data(7, 4);
+    const SequenceLayerF32 view = L.view();
+    SelectionBuffers buf(p.shape.num_kv_heads, k);
+    std::vector<int32_t> estimate_ids(static_cast<size_t>(p.shape.num_kv_heads) * k), estimated(p.shape.num_kv_heads);
+    buf.sel.estimate_ids = estimate_ids.data();
+    buf.sel.estimated = estimated.data();
+    buf.sel.estimate_capacity = k;
+    select_clusters_ref(p.shape, &view, p.q.data(), {1.5f / n, 0.f, false}, buf.sel);
+    for (int h = 0; h < p.shape.num_kv_heads; ++h) {
+      ASSERT_GT(buf.counts[h], 0);
+      ASSERT_GT(estimated[h], 0) << "the threshold must prune something";
+    }
+    std::vector<float> out(p.q.size(), NAN);
+    sparse_attention_ref(p.shape, &view, p.q.data(), buf.sel, out.data(), nullptr);
+    std::vector<int> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_LE(max_abs_diff(p, out, [&](int) { return all; }), 1e-5) << "lq " << lq;
+    // Without the estimate the pruned clusters are missing: the test can fail.
+    buf.sel.estimated = nullptr;
+    sparse_attention_ref(p.shape, &view, p.q.data(), buf.sel, out.data(), nullptr);
+    EXPECT_GT(max_abs_diff(p, out, [&](int) { return all; }), 1e-3) << "lq " << lq;
+  }
 }
 
 }  // namespace

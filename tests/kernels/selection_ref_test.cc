@@ -89,9 +89,11 @@ TEST_P(FlatSelection, MatchesPerKeyDefinition) {
   EXPECT_LT(buf.counts[0], spec.num_clusters);
 }
 
+// Groups 3, 6 and 7 too (the shipped small model has 3, Qwen2-7B 7).
 INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, FlatSelection,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(4, 1), std::make_tuple(8, 1),
-                                           std::make_tuple(1, 6), std::make_tuple(4, 5)));
+                                           std::make_tuple(1, 6), std::make_tuple(4, 5), std::make_tuple(3, 1),
+                                           std::make_tuple(3, 4), std::make_tuple(6, 1), std::make_tuple(7, 3)));
 
 // (group, query_len, per_head): per_head gives every KV head its own (tau_coarse, tau_fine) through
 // SequenceLayer::tau_coarse / tau_fine and makes the launch-wide ones NaN (nothing would pass them).
@@ -160,7 +162,8 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
     for (int c = 0; c < kc; ++c) {
       ambiguous |= coarse_keep[c] < 0;
       kept_coarse += coarse_keep[c] == 1;
-      if (coarse_keep[c] == 1) comparisons += coff[c + 1] - coff[c];
+      // Scored: the non-empty children of a kept coarse cluster (engine/squeeze's centroid_comparisons).
+      for (int j = coff[c]; coarse_keep[c] == 1 && j < coff[c + 1]; ++j) comparisons += heads[h].fine[j] >= 0;
       if (coarse_keep[c] == 0)
         for (int j = coff[c]; j < coff[c + 1]; ++j) keep[j] = 0;  // never scored, never selected
     }
@@ -178,7 +181,8 @@ TEST_P(HierarchicalSelection, EqualsFlatRestrictedToKeptCoarseChildren) {
 INSTANTIATE_TEST_SUITE_P(GroupsAndBlocks, HierarchicalSelection,
                          ::testing::Values(std::make_tuple(1, 1, false), std::make_tuple(4, 1, false),
                                            std::make_tuple(4, 3, false), std::make_tuple(1, 1, true),
-                                           std::make_tuple(4, 3, true)));
+                                           std::make_tuple(4, 3, true), std::make_tuple(3, 1, false),
+                                           std::make_tuple(7, 2, true)));
 
 // Per-head thresholds (SequenceLayer::tau_fine) replace the launch-wide one head by head: head 0
 // keeps every non-empty cluster, head 1 none, heads 2 and 3 their own 30% / 80% key quantiles. The
@@ -299,6 +303,46 @@ TEST(Selection, EmptyClustersAreNeverSelected) {
       EXPECT_EQ(buf.selected(h), non_empty) << "hierarchical=" << hierarchical;
       EXPECT_EQ(buf.rows[h], spec.num_rows);
     }
+  }
+}
+
+// log p-hat is capped at kMaxLogScore (docs/index_layout.md "Constants"): a fine centroid scored over
+// the coarse denominator can sit e^100 above it. Coarse cluster 0's children are +A u and -A u, so
+// its centroid (their mean) is 0 and the coarse denominator stays small while the child +A u has
+// s q.c = 100: its score is e^40 (2.4e17), not inf, so a threshold of 1e30 prunes it and 1e17 keeps it.
+TEST(Selection, LogScoreIsCappedOverTheCoarseDenominator) {
+  SyntheticSpec spec;
+  spec.num_kv_heads = 1;
+  spec.head_dim = 16;
+  spec.num_rows = 40;
+  spec.num_clusters = 4;
+  spec.num_coarse = 2;
+  spec.seed = 3;
+  SyntheticLayer L = make_synthetic_layer(spec);
+  const int d = spec.head_dim;
+  L.offsets = {0, 10, 20, 30, 40};
+  L.coarse_offsets = {0, 2, 4};
+  std::vector<float> u(d, 0.f);
+  u[0] = 1.f;
+  const float a = 100.f;  // s q.(a u) = 100 with q = sqrt(d) u, s = 1/sqrt(d)
+  for (int r = 0; r < spec.num_rows; ++r)
+    for (int i = 0; i < d; ++i) {
+      float& k = L.keys[static_cast<size_t>(r) * d + i];
+      if (r < 10) k = a * u[i];
+      else if (r < 20) k = -a * u[i];
+      else k = 0.01f * k;
+    }
+  L.recompute_centroids();
+  std::vector<float> q(d, 0.f);
+  q[0] = std::sqrt(static_cast<float>(d));
+  const AttentionShape shape = shape_for(spec, 1, 1);
+  const SequenceLayerF32 view = L.view();
+  for (const float tau : {1e30f, 1e17f}) {
+    SelectionBuffers buf(1, spec.num_clusters);
+    select_clusters_ref(shape, &view, q.data(), {tau, -1.f, true}, buf.sel);
+    const std::vector<int> got = buf.selected(0);
+    const bool kept = std::find(got.begin(), got.end(), 0) != got.end();
+    EXPECT_EQ(kept, tau < 1e18f) << "tau " << tau;
   }
 }
 

@@ -1,0 +1,215 @@
+// Internal to the selection sources (not a public header): the problem every pass reads, the scratch
+// layout, and the entry point of each path. Contract: selection.h; reference: selection_ref.cc.
+//   selection.cu               host launcher: validation, scratch layout, which path runs
+//   selection_decode.cu        flat index, R = Lq * g <= 8 query rows: one centroid stream + chunked compaction
+//   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
+//   selection_generic.cu       CUDA-core passes for any level (hierarchical), plus the log-denominator
+//                              merge and the ordered compaction the tensor-core path reuses
+// Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
+// r % g) against the candidates of a level. Scores are fp32, denominators max-shifted. The cap on
+// log p-hat (kMaxLogScore) is applied where it can bite: the generic path's children level (fine
+// centroids over the coarse denominator); with a level's own denominator log p-hat <= 0.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/selection.h"
+#include "kernels/softmax_state.cuh"
+
+namespace squeezeserve::kernels::detail {
+
+// CTA shape of the CUDA-core passes and the decode path: 8 warps.
+constexpr int kTile = 32;
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerWarp = kTile / kWarps;  // 4
+
+// Decode path (selection_decode.cu): candidates per centroid-stream CTA, per compaction CTA.
+constexpr int kStreamChunk = 256;                    // 8 warps x 32
+constexpr int kMaxFastRows = 8;
+constexpr int kSelectPer = 4;                        // candidates per compaction thread
+constexpr int kSelectChunk = kThreads * kSelectPer;  // candidates per compaction CTA
+
+// Tensor-core path (selection_tensor_core.cu): candidates per strip (one CTA of pass C).
+constexpr int kTcWarps = 8;
+constexpr int kTcThreads = kTcWarps * 32;
+constexpr int kTcPerWarp = 32;                   // candidates per warp (4 n-tiles of 8)
+constexpr int kTcStrip = kTcWarps * kTcPerWarp;  // 256
+
+// Which clusters a level's candidates are. kChildren: the fine clusters under the kept coarse
+// clusters, numbered consecutively (candidate i -> kept coarse s with child_prefix[s] <= i).
+enum class Level : int { kFlat = 0, kCoarse = 1, kChildren = 2 };
+
+struct LevelArgs {
+  Level level;
+  // kChildren only: per bh, the kept coarse ids, the exclusive prefix of their child counts, and
+  // how many there are; n_candidates = total children.
+  const int32_t* kept_coarse;
+  const int32_t* child_prefix;
+  const int32_t* num_kept;
+  const int32_t* num_candidates;
+  int coarse_capacity;
+};
+
+struct ProblemArgs {
+  const SequenceLayerBf16* seqs;
+  const __nv_bfloat16* q;  // [B][Lq][Hq][D]
+  int lq, hq, hkv, g;
+  float scale;
+};
+
+// Threshold of KV head h of sequence s at a level: the sequence's per-head array when it has one
+// (SequenceLayer::tau_fine / tau_coarse, device memory), else the launch-wide SelectionParams value.
+__device__ __forceinline__ float head_tau(const SequenceLayerBf16& s, const SelectionParams& params, bool coarse,
+                                          int h) {
+  if (coarse) return s.tau_coarse ? s.tau_coarse[h] : params.tau_coarse;
+  return s.tau_fine ? s.tau_fine[h] : params.tau_fine;
+}
+
+// Flags of a level's candidates (generic and tensor-core paths): bit 0 = kept (score above the
+// threshold, or forced by read-ahead), bit 1 = live (a non-empty cluster: it was scored, and it is
+// estimated when not kept).
+constexpr uint8_t kFlagKeep = 1, kFlagLive = 2;
+
+// Whether the pruned-cluster estimate runs for sequence s in a launch writing `out`.
+__device__ __forceinline__ bool estimate_on(const SequenceLayerBf16& s, const Selection& out) {
+  return out.estimated != nullptr && s.cluster_values != nullptr;
+}
+
+// Whether this launch writes Selection::estimate_logits: decode (one query row per group member).
+__device__ __forceinline__ bool estimate_logits_on(const Selection& out, const ProblemArgs& p) {
+  return out.estimate_logits != nullptr && p.lq == 1;
+}
+
+// Read-ahead: the clusters of KV head h of sequence s kept whatever their score, one per query
+// head of the group (SequenceLayer::read_ahead), -1 = none; at the coarse level their parents.
+// Every thread computes the same values (a few loads per CTA).
+struct ForcedClusters {
+  int id[kMaxGroup];
+
+  __device__ __forceinline__ void load(const SequenceLayerBf16& s, int h, int g, bool coarse) {
+    const int K = s.num_clusters;
+    const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+    const int n = s.read_ahead ? off[K] : 0;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      int c = -1;
+      const int pos = j < g && s.read_ahead ? s.read_ahead[h * g + j] : -1;
+      if (pos >= 0 && pos < n) c = s.cluster_of_position[static_cast<int64_t>(h) * n + pos];
+      if (c >= 0 && coarse) {  // the coarse cluster whose children [coff[i], coff[i+1]) hold c
+        const int32_t* coff = s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1);
+        int lo = 0, hi = s.num_coarse;
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) >> 1;
+          if (coff[mid] <= c) lo = mid;
+          else hi = mid;
+        }
+        c = lo;
+      }
+      id[j] = c;
+    }
+  }
+  __device__ __forceinline__ bool contains(int c) const {
+    bool hit = false;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) hit |= id[j] == c;
+    return hit;
+  }
+};
+
+inline size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
+
+// Scratch layout; every buffer is sized for the worst case so launches never depend on data.
+struct Workspace {
+  int rows, level_capacity, tiles_a, chunks_a;
+  bool store_z;
+  float2* partials;
+  float* logden;
+  float* z;
+  uint8_t* flags;
+  int32_t *kept, *prefix, *num_kept, *num_candidates;
+  // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
+  // chunk_totals [bh][select_chunks] (clusters, rows, estimated, 0); its chunk-local lists reuse
+  // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap] and
+  // local_logits [bh][cap][kMaxGroup] (Selection::estimate_logits).
+  int fast_r, fast_chunks, select_chunks;
+  int4* chunk_totals;
+  int32_t* local_estimate;
+  float* local_logits;
+  // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
+  // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
+  int tc_strips, tc_strips_per_chunk, tc_chunks;
+  float* fast_z;
+  float2* fast_partials;
+  size_t bytes;
+
+  Workspace(const AttentionShape& s, const SelectionLimits& lim, void* base) {
+    const int bh = s.batch * s.num_kv_heads;
+    rows = s.query_len * s.group();
+    level_capacity = std::max(lim.max_clusters, lim.max_coarse);
+    const int tiles = (level_capacity + kTile - 1) / kTile;
+    // Pass 1 writes one (m, s) per row per chunk: keep that under ~64 MB for prefill blocks.
+    const long long max_chunks = std::max(1LL, (64LL << 20) / (8LL * bh * rows));
+    tiles_a = static_cast<int>(std::max(1LL, (tiles + max_chunks - 1) / max_chunks));
+    chunks_a = (tiles + tiles_a - 1) / tiles_a;
+    store_z = rows <= kTile;
+    tc_strips = (level_capacity + kTcStrip - 1) / kTcStrip;
+    tc_strips_per_chunk = static_cast<int>(std::max(1LL, (tc_strips + max_chunks - 1) / max_chunks));
+    tc_chunks = (tc_strips + tc_strips_per_chunk - 1) / tc_strips_per_chunk;
+    size_t off = 0;
+    auto take = [&](size_t n) { const size_t at = off; off += align_up(n); return static_cast<char*>(base) + at; };
+    partials = reinterpret_cast<float2*>(take(sizeof(float2) * bh * std::max(chunks_a, tc_chunks) * rows));
+    logden = reinterpret_cast<float*>(take(sizeof(float) * bh * rows));
+    z = store_z ? reinterpret_cast<float*>(take(sizeof(float) * bh * rows * level_capacity)) : nullptr;
+    flags = reinterpret_cast<uint8_t*>(take(size_t(bh) * level_capacity));
+    kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
+    prefix = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
+    num_kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
+    num_candidates = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
+    fast_r = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : rows <= kMaxFastRows ? 8 : 0;
+    fast_chunks = (std::max(lim.max_clusters, 1) + kStreamChunk - 1) / kStreamChunk;
+    select_chunks = (std::max(lim.max_clusters, 1) + kSelectChunk - 1) / kSelectChunk;
+    fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
+    fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
+    chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
+    local_estimate = fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity)) : nullptr;
+    local_logits = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * kMaxGroup)) : nullptr;
+    bytes = off;
+  }
+};
+
+// ---- the paths (each launches on `stream` and leaves error checks to the caller) --------------
+
+// selection_decode.cu: flat index, ws.fast_r > 0.
+template <int D>
+void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                          const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+
+// selection_tensor_core.cu: flat index, rows > kMaxFastRows.
+template <int D>
+void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+
+// selection_generic.cu: any index on CUDA cores (used for hierarchical ones). Returns the error
+// of its kernel attribute call.
+template <int D>
+cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                                  const SelectionLimits& lim, const Workspace& ws, const Selection& out,
+                                  float* scores_out, cudaStream_t stream);
+
+// selection_generic.cu, shared with the tensor-core path: the per-row log denominators from chunk
+// partials (tiles_per_chunk tiles of kTile candidates per chunk), and the ordered compaction of a
+// level's flags (grid (H_kv, B)); z: the level's logits [bh][rows][capacity] when kept, else null.
+void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, int tiles_per_chunk,
+                             int num_chunks, const float2* partials, float* logden, cudaStream_t stream);
+template <int D>
+void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
+                    int capacity, const float* z, const Selection& out, int32_t* kept_out, int32_t* prefix_out,
+                    int32_t* num_kept_out, int32_t* num_candidates_out, cudaStream_t stream);
+
+}  // namespace squeezeserve::kernels::detail

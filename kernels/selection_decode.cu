@@ -1,0 +1,420 @@
+// Selection for a flat index with R = Lq * g <= 8 query rows: decode steps, and prefill blocks
+// that small (selection_common.cuh lists the paths).
+#include "kernels/selection_common.cuh"
+
+namespace squeezeserve::kernels::detail {
+namespace {
+
+// Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
+// at DRAM speed with every warp loading. Three launches replace the general path's four:
+//  K1 score_stream_kernel, grid (ceil(K / 256), H_kv, B), 8 warps x 32 centroids per CTA. A
+//     centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load) and
+//     each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over its
+//     L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32 for
+//     R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z = s*q.c in
+//     fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and K2), and one
+//     LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
+//  K2a select_chunk_kernel, grid (ceil(K / 1024), H_kv, B): every CTA merges the head's K1
+//     partials into the log denominators (the same fixed order in every CTA, so all agree bit for
+//     bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads at
+//     512K; read-ahead's forced clusters are kept whatever their score) and compacts them in
+//     candidate order into a chunk-local list (ids, local row starts), the pruned non-empty ones
+//     into a second list when the estimate is on, plus the chunk's totals (clusters, rows,
+//     estimated).
+//  K2b place_chunk_kernel, same grid: sums the totals of the chunks before its own (integers: exact
+//     in any order) and copies its chunk's lists to those offsets of the output; the head's last
+//     chunk writes counts / rows / comparisons / estimated.
+// The output is the one ordered compaction a single CTA per head would produce (that was K2 until
+// run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
+// host round trip, no atomics.
+
+template <int R>
+__host__ __device__ constexpr int log2_rows() { return R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3; }
+
+// Butterfly sum of v[0..R) over the L lanes of a centroid; returns the full sum of row
+// sum_s bit_s(lane) * R >> (s+1), with bit_s = lane & (L >> (s+1)).
+template <int R, int L>
+__device__ __forceinline__ float butterfly_rows(float (&v)[R], int lane) {
+#pragma unroll
+  for (int half = R / 2, o = L / 2; half >= 1; half /= 2, o /= 2) {
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float send = upper ? v[i] : v[i + half];  // the half the partner keeps
+      const float keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+  float x = v[0];
+#pragma unroll
+  for (int o = (L >> log2_rows<R>()) / 2; o >= 1; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int D, int R>
+__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, int num_chunks, int z_capacity,
+                                                                float* z_out, float2* partials) {
+  constexpr int L = D / 8, CPW = 32 / L;
+  constexpr int kPerWarp = kStreamChunk / kWarps;
+  constexpr int kSteps = kPerWarp / CPW;
+  constexpr int kUnroll = 4;
+  constexpr int kLogR = log2_rows<R>();
+  static_assert(R <= L, "butterfly needs at least R lanes per centroid");
+  __shared__ float log_size[kStreamChunk];
+  __shared__ float2 red[kWarps * CPW][R];
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const int K = s.num_clusters;
+  const int c_first = chunk * kStreamChunk;
+  if (c_first >= K) return;  // past this sequence's K (sequences of a batch differ); never read
+  const int rows = p.lq * p.g;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
+  const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
+  const int warp_first = c_first + warp * kPerWarp;
+
+  // Issue the first centroid loads before anything else: they are the long pole.
+  uint4 raw[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int c = warp_first + u * CPW + slot;
+    raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
+                   : make_uint4(0u, 0u, 0u, 0u);
+  }
+  {
+    const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+    const int c = c_first + tid;
+    const int n = c < K ? off[c + 1] - off[c] : 0;
+    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
+  }
+  // This lane's 8 dims of every query row (rows >= `rows` are zero padding).
+  float q[R][8];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    uint4 qr = make_uint4(0u, 0u, 0u, 0u);
+    if (r < rows) {
+      const int t = r / p.g, j = r % p.g;
+      qr = *reinterpret_cast<const uint4*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + sub * 8);
+    }
+    bf16x8_to_float(qr, q[r]);
+  }
+  int my_row = 0;
+#pragma unroll
+  for (int st = 0; st < kLogR; ++st)
+    if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
+  const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
+  float run_m = neg_inf(), run_s = 0.f;
+  __syncthreads();  // log_size
+
+#pragma unroll 1
+  for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
+    uint4 cur[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
+    if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
+        raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
+                       : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = warp_first + (st0 + u) * CPW + slot;
+      float k[8];
+      bf16x8_to_float(cur[u], k);
+      float v[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc = fmaf(q[r][e], k[e], acc);
+        v[r] = acc;
+      }
+      const float z = butterfly_rows<R, L>(v, lane) * p.scale;
+      if (owner && c < K) {
+        z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
+        const float x = z + log_size[c - c_first];
+        if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
+          if (x > run_m) {
+            run_s = run_s * __expf(run_m - x) + 1.f;
+            run_m = x;
+          } else {
+            run_s += __expf(x - run_m);
+          }
+        }
+      }
+    }
+  }
+  if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
+  __syncthreads();
+  if (tid < R && tid < rows) {  // fixed merge order: deterministic
+    float2 acc = make_float2(neg_inf(), 0.f);
+    for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
+    partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+  }
+}
+
+// Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
+// rows <= kMaxFastRows = kWarps). Fixed order: lane-strided, then the warp tree.
+template <int R>
+__device__ void fast_log_denominators(int bh, int K, int rows, int num_chunks, const float2* partials,
+                                      float (&logden)[R]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int used = (K + kStreamChunk - 1) / kStreamChunk;
+  if (warp >= rows) return;
+  float2 acc = make_float2(neg_inf(), 0.f);
+  for (int c = lane; c < used; c += 32)
+    acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp]);
+  acc = warp_lse_reduce(acc);
+  if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
+}
+
+// The R logits of one candidate (z[bh][i][R], written by K1: read through L2, not L1).
+template <int R>
+__device__ __forceinline__ void load_logits(const float* zi, float (&z)[R]) {
+  if constexpr (R == 1) {
+    z[0] = __ldcg(zi);
+  } else if constexpr (R == 2) {
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(zi));
+    z[0] = v.x, z[1] = v.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < R; k += 4) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(zi + k));
+      z[k] = v.x, z[k + 1] = v.y, z[k + 2] = v.z, z[k + 3] = v.w;
+    }
+  }
+}
+
+// score = max over group members j of the mean over tokens of p(row t*g + j). member[r] = r % g
+// (-1 past the rows) is computed once per thread, so no integer modulo runs per candidate; each
+// member's sum runs in ascending r (the order of the CPU reference and of earlier versions).
+template <int R>
+__device__ __forceinline__ float group_score(const float (&pr)[R], const int (&member)[R], int g, float inv_lq) {
+  float best = neg_inf();
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    if (j >= g) break;
+    float sum = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (member[r] == j) sum += pr[r];
+    best = fmaxf(best, sum * inv_lq);
+  }
+  return best;
+}
+
+// Warp-inclusive scan of (clusters, rows) pairs.
+__device__ __forceinline__ int2 warp_inclusive_scan(int2 v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int x = __shfl_up_sync(0xffffffffu, v.x, o), y = __shfl_up_sync(0xffffffffu, v.y, o);
+    if (lane >= o) v.x += x, v.y += y;
+  }
+  return v;
+}
+
+// Ordered exclusive scan of a K2a CTA's (keep, rows) pairs, candidate e * 256 + tid owning x[e]:
+// returns in at[e] the pair's position among the chunk's kept candidates (and rows before it), and
+// the chunk's totals. One warp scan per e, then warp 0 scans the 32 warp sums in (e, warp) order.
+__device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSelectPer]) {
+  static_assert(kSelectPer * kWarps == 32, "warp 0 scans one warp sum per lane");
+  __shared__ int2 base[kSelectPer * kWarps];
+  __shared__ int2 total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int2 inc = warp_inclusive_scan(x[e]);
+    at[e] = make_int2(inc.x - x[e].x, inc.y - x[e].y);
+    if (lane == 31) base[e * kWarps + warp] = inc;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int2 sum = base[lane];
+    const int2 inc = warp_inclusive_scan(sum);
+    base[lane] = make_int2(inc.x - sum.x, inc.y - sum.y);
+    if (lane == 31) total = inc;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    at[e].x += base[e * kWarps + warp].x;
+    at[e].y += base[e * kWarps + warp].y;
+  }
+  return total;
+}
+
+// K2a. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
+// first + e * 256 + tid (each warp load reads 32 consecutive candidates). `capacity` (the level
+// capacity) is the per-head stride of z, of the chunk lists and of `scores`.
+template <int R>
+__global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, SelectionParams params,
+                                                                 int num_stream_chunks, int capacity,
+                                                                 const float* z, const float2* partials,
+                                                                 int32_t* local_ids, int32_t* local_starts,
+                                                                 int32_t* local_estimate, float* local_logits,
+                                                                 Selection out, int4* chunk_totals,
+                                                                 int num_select_chunks, float* scores) {
+  __shared__ float logden[R];
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const int K = s.num_clusters, rows = p.lq * p.g;
+  const int first = chunk * kSelectChunk;
+  if (first >= K) return;  // past this sequence's K: K2b never reads this chunk
+  const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+
+  // Every candidate load of the CTA first, then the (small) denominator merge under their latency.
+  int lo[kSelectPer], hi[kSelectPer];
+  float zz[kSelectPer][R];
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int i = first + e * kThreads + threadIdx.x;
+    const bool in = i < K;
+    lo[e] = in ? __ldg(off + i) : 0;
+    hi[e] = in ? __ldg(off + i + 1) : 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) zz[e][r] = 0.f;
+    if (in) load_logits<R>(z + (static_cast<int64_t>(bh) * capacity + i) * R, zz[e]);
+  }
+  fast_log_denominators<R>(bh, K, rows, num_stream_chunks, partials, logden);
+  int member[R];  // group member of row r = t * g + j, -1 for padding rows
+#pragma unroll
+  for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
+  const float inv_lq = 1.f / static_cast<float>(p.lq);
+  const float tau = head_tau(s, params, false, h);
+  const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_on(s, out);
+  ForcedClusters forced;
+  if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
+  __syncthreads();  // logden
+
+  // Per candidate: x = kept + (estimated << 16) (a chunk holds 1024 candidates: the two counts
+  // never carry into each other), y = rows of a kept candidate.
+  int2 keep[kSelectPer];
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int i = first + e * kThreads + threadIdx.x;
+    float pr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) pr[r] = member[r] >= 0 ? __expf(zz[e][r] - logden[r]) : 0.f;
+    const float best = group_score<R>(pr, member, p.g, inv_lq);
+    const int n = hi[e] - lo[e];
+    const bool live = i < K && n > 0;
+    if (scores && i < K) scores[static_cast<int64_t>(bh) * capacity + i] = live ? best : neg_inf();
+    const bool kept = live && (best > tau || (read_ahead && forced.contains(i)));
+    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(estimate && live && !kept) << 16, kept ? n : 0);
+  }
+  int2 at[kSelectPer];
+  const int2 total = chunk_exclusive_scan(keep, at);
+  const int64_t list = static_cast<int64_t>(bh) * capacity + first;  // the chunk's slice of the lists
+#pragma unroll
+  for (int e = 0; e < kSelectPer; ++e) {
+    const int i = first + e * kThreads + threadIdx.x;
+    if (keep[e].x & 0xffff) {
+      local_ids[list + (at[e].x & 0xffff)] = i;
+      local_starts[list + (at[e].x & 0xffff)] = at[e].y;
+    } else if (keep[e].x) {
+      local_estimate[list + (at[e].x >> 16)] = i;
+      if (estimate_logits_on(out, p)) {  // decode: row r is group member r (zeros past R)
+        float* to = local_logits + (list + (at[e].x >> 16)) * kMaxGroup;
+#pragma unroll
+        for (int r = 0; r < kMaxGroup; ++r) to[r] = r < R ? zz[e][r < R ? r : 0] : 0.f;
+      }
+    }
+  }
+  if (threadIdx.x == 0)
+    chunk_totals[static_cast<int64_t>(bh) * num_select_chunks + chunk] = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
+}
+
+// Sum of (x, y, z) over the CTA (integer: exact in any order). Result valid in every thread.
+__device__ int4 block_sum(int4 v) {
+  __shared__ int4 warp_sum[kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, o);
+  }
+  if (lane == 0) warp_sum[warp] = v;
+  __syncthreads();
+  int4 sum = make_int4(0, 0, 0, 0);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum.x += warp_sum[w].x, sum.y += warp_sum[w].y, sum.z += warp_sum[w].z;
+  return sum;
+}
+
+// K2b. grid (select chunks, H_kv, B), 256 threads. A head with K = 0 has no K2a chunk; its chunk 0
+// still runs here and writes the zero counts.
+__global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, int list_capacity,
+                                                               const int32_t* local_ids, const int32_t* local_starts,
+                                                               const int32_t* local_estimate, const float* local_logits,
+                                                               const int4* chunk_totals, int num_select_chunks,
+                                                               Selection out) {
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
+  const int K = p.seqs[b].num_clusters;
+  const int used = (K + kSelectChunk - 1) / kSelectChunk;
+  const int last = max(used, 1) - 1;
+  if (chunk > last) return;
+  const int4* totals = chunk_totals + static_cast<int64_t>(bh) * num_select_chunks;
+  int4 mine = make_int4(0, 0, 0, 0);
+  for (int c = threadIdx.x; c < chunk; c += kThreads)
+    mine = make_int4(mine.x + totals[c].x, mine.y + totals[c].y, mine.z + totals[c].z, 0);
+  const int4 before = block_sum(mine);  // clusters, rows and estimated clusters of the chunks before
+  const int4 own = chunk < used ? totals[chunk] : make_int4(0, 0, 0, 0);
+  const int64_t src = static_cast<int64_t>(bh) * list_capacity + static_cast<int64_t>(chunk) * kSelectChunk;
+  const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
+  for (int i = threadIdx.x; i < own.x; i += kThreads) {
+    out.cluster_ids[dst + i] = local_ids[src + i];
+    out.row_start[dst + i] = before.y + local_starts[src + i];
+  }
+  if (own.z > 0) {  // only when the estimate is on (out.estimate_ids set)
+    const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + before.z;
+    for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = local_estimate[src + i];
+    if (estimate_logits_on(out, p))
+      for (int i = threadIdx.x; i < own.z * kMaxGroup; i += kThreads)
+        out.estimate_logits[to * kMaxGroup + i] = local_logits[src * kMaxGroup + i];
+  }
+  if (chunk == last && threadIdx.x == 0) {
+    out.counts[bh] = before.x + own.x;
+    out.rows[bh] = before.y + own.y;
+    out.comparisons[bh] = K;
+    if (out.estimated) out.estimated[bh] = before.z + own.z;
+  }
+}
+
+// K1, K2a, K2b.
+template <int D, int R>
+void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& ws,
+              const Selection& out, float* scores_out, cudaStream_t stream) {
+  score_stream_kernel<D, R><<<dim3(ws.fast_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+      p, ws.fast_chunks, ws.level_capacity, ws.fast_z, ws.fast_partials);
+  const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
+  select_chunk_kernel<R><<<chunks, kThreads, 0, stream>>>(p, params, ws.fast_chunks, ws.level_capacity, ws.fast_z,
+                                                         ws.fast_partials, ws.kept, ws.prefix, ws.local_estimate,
+                                                         ws.local_logits, out, ws.chunk_totals, ws.select_chunks,
+                                                         scores_out);
+  place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.local_estimate,
+                                                      ws.local_logits, ws.chunk_totals, ws.select_chunks, out);
+}
+
+}  // namespace
+
+template <int D>
+void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                          const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
+  switch (ws.fast_r) {
+    case 1: return run_rows<D, 1>(s, p, params, ws, out, scores_out, stream);
+    case 2: return run_rows<D, 2>(s, p, params, ws, out, scores_out, stream);
+    case 4: return run_rows<D, 4>(s, p, params, ws, out, scores_out, stream);
+    default: return run_rows<D, 8>(s, p, params, ws, out, scores_out, stream);
+  }
+}
+
+template void run_decode_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
+                                       const Workspace&, const Selection&, float*, cudaStream_t);
+template void run_decode_selection<128>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
+                                        const Workspace&, const Selection&, float*, cudaStream_t);
+
+}  // namespace squeezeserve::kernels::detail
