@@ -10,6 +10,17 @@
 
 #include "engine/squeeze/tensor_util.h"
 
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/nearest_centroid.h"
+#endif
+
 namespace squeezeserve::squeeze {
 namespace {
 
@@ -32,10 +43,44 @@ struct Assignment {
   at::Tensor best;    // [H, N] float: x·c − ½‖c‖² of the chosen centroid
 };
 
-// On a GPU the scores are bf16 matmuls on the tensor cores (the points are unit vectors: their dot
-// products need no more precision to pick the nearest centroid, and the objective and centroids are
-// still computed in float32); on the CPU float32.
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+// Whether the fused kernel (kernels/nearest_centroid.h) assigns these points: on a GPU, for the head
+// dims it has (the Squeezed keys: 64 or 128).
+bool FusedAssignment(const at::Tensor& x) {
+  return x.is_cuda() && (x.size(2) == 64 || x.size(2) == 128) && x.size(0) <= 65535 && x.size(1) > 0;
+}
+
+// The scores x·c − ½‖c‖² on the tensor cores with each point's running maximum kept in registers:
+// the [H, N, K] scores are never written (at a 512K-token context they are 220 GB of bf16 per pass),
+// and the products are summed in fp32 (more exact than the bf16 scores of the libtorch path below).
+Assignment AssignFused(const at::Tensor& x, const at::Tensor& c) {
+  const int64_t H = x.size(0), N = x.size(1), K = c.size(1), D = x.size(2);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xs = x.to(at::kBFloat16).contiguous();
+  const at::Tensor cs = c.to(at::kBFloat16).contiguous();
+  const at::Tensor half_norm = (0.5 * c.to(at::kFloat).pow(2).sum(-1)).contiguous();  // [H, K] fp32
+  at::Tensor labels = at::empty({H, N}, x.options().dtype(at::kLong));
+  at::Tensor best = at::empty({H, N}, x.options().dtype(at::kFloat));
+  const int err = kernels::nearest_centroid_bf16(
+      static_cast<const uint16_t*>(xs.data_ptr()), static_cast<const uint16_t*>(cs.data_ptr()),
+      half_norm.data_ptr<float>(), static_cast<int>(H), N, static_cast<int>(K), static_cast<int>(D),
+      labels.data_ptr<int64_t>(), best.data_ptr<float>(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  if (err != 0) {
+    throw std::runtime_error(std::string("nearest_centroid_bf16 failed: ") +
+                             cudaGetErrorString(static_cast<cudaError_t>(err)));
+  }
+  return {labels, best};
+}
+#endif
+
+// On a GPU the fused kernel above where it applies; elsewhere on a GPU the scores are bf16 matmuls
+// on the tensor cores (the points are unit vectors: their dot products need no more precision to
+// pick the nearest centroid, and the objective and centroids are still computed in float32); on the
+// CPU float32.
 Assignment Assign(const at::Tensor& x, const at::Tensor& c) {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (FusedAssignment(x)) return AssignFused(x, c);
+#endif
   const int64_t H = x.size(0), N = x.size(1), K = c.size(1);
   const bool gpu = x.is_cuda();
   const auto score_type = gpu ? at::kBFloat16 : at::kFloat;
@@ -145,6 +190,10 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
 }
 
 }  // namespace
+
+at::Tensor NearestCentroids(const at::Tensor& points, const at::Tensor& centroids) {
+  return Assign(points, centroids).labels;
+}
 
 KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, const at::Tensor& valid) {
   TORCH_CHECK(points.dim() == 3, "KMeans: points must be [H, N, D]");

@@ -46,4 +46,10 @@ struct KMeansResult {
 // clusters when clustering centroids into a coarse level).
 KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, const at::Tensor& valid = {});
 
+// The assignment step of KMeans on its own: the nearest of `centroids` [H, K, D] for every point of
+// `points` [H, N, D] (same device), as [H, N] int64. On a GPU with D = 64 or 128 in a build with the
+// CUDA kernels it runs the fused kernel (kernels/nearest_centroid.h), elsewhere libtorch (bf16 scores
+// on a GPU, float32 on the CPU).
+at::Tensor NearestCentroids(const at::Tensor& points, const at::Tensor& centroids);
+
 }  // namespace squeezeserve::squeeze

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <vector>
+
 #include "tests/squeeze/synthetic.h"
 
 namespace squeezeserve::squeeze {
@@ -77,6 +80,53 @@ TEST(KMeans, InvalidPointsAndDuplicatesLeaveEmptyClustersAtZero) {
   EXPECT_GE(empty.sum().item<int64_t>(), 3);
   EXPECT_TRUE((r.centroids.abs().sum(-1).masked_select(empty) == 0).all().item<bool>());
   EXPECT_TRUE((r.centroids.abs().sum(-1).masked_select(~empty) > 0).all().item<bool>());
+}
+
+
+// Squared distances of every point to every centroid, in float64 on the CPU: the ground truth.
+at::Tensor ExactDistances(const at::Tensor& x, const at::Tensor& c) {
+  const at::Tensor xd = x.to(at::kCPU).to(at::kDouble), cd = c.to(at::kCPU).to(at::kDouble);
+  return (xd.unsqueeze(2) - cd.unsqueeze(1)).pow(2).sum(-1);  // [H, N, K]
+}
+
+TEST(KMeans, NearestCentroidsIsTheExactArgminOnTheCpu) {
+  const at::Tensor x = synth::Randn({3, 257, 24}, synth::Rng(21));
+  const at::Tensor c = synth::Randn({3, 19, 24}, synth::Rng(22));
+  const at::Tensor labels = NearestCentroids(x, c);
+  EXPECT_TRUE(at::equal(labels, ExactDistances(x, c).argmin(-1)));
+}
+
+// On a GPU (fused kernel for head dims 64 and 128, bf16 libtorch scores otherwise): every label the
+// exact argmin disagrees with must be a near-tie, within what bf16 inputs can tell apart.
+TEST(KMeans, NearestCentroidsOnTheGpuPicksTheNearestUpToBf16Ties) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (int64_t d : {64, 128, 32}) {
+    at::Tensor x = synth::Randn({8, 3001, d}, synth::Rng(23 + d));
+    x = x / x.norm(2, {-1}, true);
+    const at::Tensor c = x.narrow(1, 0, 301) + 0.05 * synth::Randn({8, 301, d}, synth::Rng(24 + d));
+    const at::Tensor labels = NearestCentroids(x.to(at::kCUDA), c.to(at::kCUDA)).to(at::kCPU);
+    ASSERT_EQ(labels.sizes(), (std::vector<int64_t>{8, 3001}));
+    ASSERT_TRUE(((labels >= 0) & (labels < 301)).all().item<bool>()) << "d " << d;
+    const at::Tensor dist = ExactDistances(x, c);
+    const at::Tensor chosen = dist.gather(2, labels.unsqueeze(-1)).squeeze(-1);
+    const at::Tensor best = std::get<0>(dist.min(-1));
+    const double worst = (chosen - best).max().item<double>();
+    EXPECT_LE(worst, 2e-2) << "d " << d << ": a label far from the nearest centroid";
+    EXPECT_GT((labels == dist.argmin(-1)).to(at::kDouble).mean().item<double>(), 0.97) << "d " << d;
+  }
+}
+
+// The whole k-means on a GPU lands as well as on the CPU (same seeding draws, bf16/fused scores).
+TEST(KMeans, GpuObjectiveMatchesTheCpuObjective) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const at::Tensor x = PlantedClusters(4, 4000, 128, 40, 0.6, 4.0, 31).points;
+  KMeansOptions o;
+  o.num_clusters = 200;
+  o.seed = 5;
+  const KMeansResult cpu = KMeans(x, o), gpu = KMeans(x.to(at::kCUDA), o);
+  const double a = cpu.final_objective.sum().item<double>(), b = gpu.final_objective.to(at::kCPU).sum().item<double>();
+  EXPECT_LT(std::abs(a - b), 0.02 * a) << "cpu " << a << " gpu " << b;
+  EXPECT_EQ(gpu.sizes.to(at::kCPU).sum().item<int64_t>(), 4 * 4000);
 }
 
 }  // namespace
