@@ -1,4 +1,4 @@
-// A StoredContext to and from its store directory (engine/context_files.h, DESIGN.md §5). Tensors
+// A StoredContext to and from its store directory (engine/context_files.h, docs/index_layout.md "On disk"). Tensors
 // (docs/index_layout.md "On disk"): "tokens"; per layer l "layers.l.keys"/"layers.l.values"
 // (the whole context KV as held in memory: cluster-sorted rows then the window when indexed),
 // "layers.l.window_queries" and, when indexed, "layers.l.perm", ".centroids", ".cluster_offsets",

@@ -77,7 +77,7 @@ struct EngineOptions {
 
 enum class AttentionMode { kDense, kSqueezed };
 
-// Options of the Squeezed Attention index (DESIGN.md §2).
+// Options of the Squeezed Attention index (docs/index_layout.md).
 struct IndexOptions {
   float centroid_fraction = 0.05f;
   int observation_window = 100;

@@ -85,11 +85,9 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
     if (message == nullptr || !api_) return;
     const absl::string_view name = absl::string_view(record_.method).substr(kApiPrefix.size());
     if (name == "Generate") {
-      pb::GenerateResponse response;
-      if (Parse(message, &response) && response.has_usage()) {
-        record_.prompt_tokens = response.usage().prompt_tokens();
-        record_.completion_tokens = response.usage().completion_tokens();
-      }
+      // Usage rides on the last message: keep a reference to it (a slice ref, not a copy of the
+      // bytes) and parse only that one, when the status is sent — not one parse per token.
+      last_generate_response_ = *static_cast<const grpc::ByteBuffer*>(message);
     } else if (name == "IngestContext") {
       pb::IngestContextProgress progress;
       if (Parse(message, &progress) && progress.has_context()) {
@@ -100,6 +98,13 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
   }
 
   void Log(const grpc::Status& status) {
+    if (last_generate_response_.Valid()) {
+      pb::GenerateResponse response;
+      if (Parse(&last_generate_response_, &response) && response.has_usage()) {
+        record_.prompt_tokens = response.usage().prompt_tokens();
+        record_.completion_tokens = response.usage().completion_tokens();
+      }
+    }
     record_.code = GrpcCodeName(status.error_code());
     if (!status.ok()) record_.error = status.error_message();
     record_.duration_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started_).count();
@@ -118,6 +123,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
   const std::chrono::steady_clock::time_point started_;
   bool api_ = false;
   bool ingest_request_seen_ = false;
+  grpc::ByteBuffer last_generate_response_;  // the latest Generate message sent (its usage, at the end)
   AccessRecord record_;
 };
 

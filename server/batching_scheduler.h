@@ -1,4 +1,4 @@
-// Continuous batching (DESIGN.md §3, serving_anchors.md §1): one loop thread steps every running
+// Continuous batching (docs/operations.md "Generation scheduling", docs/isolation.md): one loop thread steps every running
 // generation together, one Engine::StepBatch per step, instead of one worker thread per stream
 // taking turns on the engine's forward lock.
 //

@@ -41,7 +41,7 @@ namespace fs = std::filesystem;
 struct Args {
   std::string model_dir;
   std::string tokens_file;  // whitespace-separated token ids; else the text files, tokenized
-  std::string text_files;   // comma-separated; default: /usr/share/common-licenses/*
+  std::string text_files;   // comma-separated; default: the repo's held-out corpus (bench/eval_long_context/heldout)
   int64_t context_tokens = 8192;
   int64_t query_tokens = 64;
   int64_t num_queries = 8;
@@ -111,11 +111,12 @@ std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_
   } else {
     std::vector<fs::path> files;
     if (a.text_files.empty()) {
-      for (const auto& e : fs::directory_iterator("/usr/share/common-licenses")) {
-        if (e.is_regular_file()) files.push_back(e.path());
+      // Text shipped in the repo, so the same command reads the same tokens on every machine.
+      for (const auto& e : fs::directory_iterator(SQUEEZESERVE_HELDOUT_DIR)) {
+        if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
       }
       std::sort(files.begin(), files.end());
-      *source = "/usr/share/common-licenses/* (sorted, concatenated)";
+      *source = "bench/eval_long_context/heldout/*.txt (sorted, concatenated)";
     } else {
       for (const auto& f : absl::StrSplit(a.text_files, ',')) files.emplace_back(std::string(f));
       *source = a.text_files;

@@ -1,5 +1,5 @@
 // Request records and their summary, with the definitions of vLLM's benchmark_serving
-// (research/serving_anchors.md §3):
+// (docs/operations.md "Metrics (vLLM benchmark_serving definitions)"):
 //   TTFT  send -> first streamed message carrying tokens
 //   ITL   every gap between successive token-carrying messages, pooled over requests
 //   TPOT  per request (E2EL - TTFT) / (output_tokens - 1); requests with one output token are left out

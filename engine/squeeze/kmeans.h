@@ -1,5 +1,5 @@
 // Batched k-means over the KV heads of one layer, as the Squeezed Attention authors cluster keys
-// (DESIGN.md §2): Lloyd iterations on L2-normalized points (cosine-like clusters; centroids are not
+// (docs/index_layout.md): Lloyd iterations on L2-normalized points (cosine-like clusters; centroids are not
 // re-normalized, like cuML on unit vectors), k-means++ seeding (batched: kmeans.cc), empty
 // clusters re-seeded from the farthest points while iterating, and the stored centroid is the mean
 // of the RAW points. Runs on the device of its input with tensor ops only (the assignment's scores

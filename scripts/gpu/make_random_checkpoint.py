@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a randomly initialised Llama checkpoint of a given shape (safetensors, bf16) for speed runs.
 
-Random weights are fine for timing (DESIGN.md §6): attention cost depends on shapes, not values.
+Random weights are fine for timing (docs/performance.md): attention cost depends on shapes, not values.
 Usage: make_random_checkpoint.py OUT_DIR [--layers 32] [--shape llama2-7b|llama3-8b] [--max_pos 131072]
 """
 import argparse
