@@ -5,11 +5,13 @@
 # Leaves the build in build-gpu/ and exports LD_LIBRARY_PATH for the unpacked packages.
 set -euo pipefail
 deps=/opt/deps
-if [ ! -d "$deps/usr" ]; then
-  for deb in .gpu-deps/*.deb; do dpkg -x "$deb" "$deps"; done
-  # The packages' pkg-config files say prefix=/usr; point them at where they were unpacked.
-  sed -i "s|^prefix=/usr|prefix=$deps/usr|" "$deps"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$deps"/usr/share/pkgconfig/*.pc 2>/dev/null || true
-fi
+# Each package once per machine (a warm machine keeps /opt/deps; a package added since is unpacked too).
+mkdir -p "$deps/.unpacked"
+for deb in .gpu-deps/*.deb; do
+  [ -e "$deps/.unpacked/$(basename "$deb")" ] || { dpkg -x "$deb" "$deps" && touch "$deps/.unpacked/$(basename "$deb")"; }
+done
+# The packages' pkg-config files say prefix=/usr; point them at where they were unpacked.
+sed -i "s|^prefix=/usr|prefix=$deps/usr|" "$deps"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$deps"/usr/share/pkgconfig/*.pc 2>/dev/null || true
 export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
 export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu"

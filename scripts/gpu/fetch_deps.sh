@@ -17,7 +17,7 @@ done
 pkgs+=(libgrpc-dev libgrpc29 libgrpc++1.51 libabsl20220623 libre2-9 libre2-dev libc-ares2 libc-ares-dev libprotoc32
        libsentencepiece0 libcpp-httplib0.11 libbrotli1 libbrotli-dev libprometheus-cpp-core1.0
        libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 libxxhash0 libssl3 zlib1g-dev zlib1g
-       libgtest-dev libgmock-dev googletest)
+       libpcre2-8-0 libutf8proc2 libcivetweb-dev libcivetweb1 civetweb libcurl4-openssl-dev libcurl4 libgtest-dev libgmock-dev googletest)
 missing=()
 for p in "${pkgs[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] || apt-get download "${missing[@]}"

@@ -32,8 +32,10 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SERVER = os.path.join(ROOT, "build-gpu/server/squeezeserve")
-CTL = os.path.join(ROOT, "build-gpu/client/squeezectl/squeezectl")
+# SQUEEZESERVE_BIN: a folder holding squeezeserve and squeezectl built earlier (else build-gpu/).
+BIN = os.environ.get("SQUEEZESERVE_BIN")
+SERVER = os.path.join(BIN, "squeezeserve") if BIN else os.path.join(ROOT, "build-gpu/server/squeezeserve")
+CTL = os.path.join(BIN, "squeezectl") if BIN else os.path.join(ROOT, "build-gpu/client/squeezectl/squeezectl")
 
 # name -> squeezectl generate arguments. "default" sends no attention option: the server's defaults.
 MODES = {
@@ -161,10 +163,16 @@ def ingest(server, context, token_file, context_id="ctx"):
                 stages[mm.group(1)] = float(mm.group(2))
     peak = re.findall(r"peak device memory ([\d.]+) GB", text)
     iterations = re.findall(r"clustering: (\d+) Lloyd iterations per layer", text)
+    coarse = re.findall(r"Lloyd iterations per layer \(coarse level: (\d+)\)", text)
+    layer0 = re.findall(r"layer 0: seeding ([\d.]+) ms, Lloyd ([\d.]+) ms, coarse level ([\d.]+) ms, layout ([\d.]+) ms", text)
     engine_s = sum(stages.values())
     return {"wall_s": wall, "stages_s": stages, "store_and_rpc_s": max(0.0, wall - engine_s),
             "peak_device_gb": float(peak[-1]) if peak else None,
-            "lloyd_iterations_per_layer": int(iterations[-1]) if iterations else None, "info": json.loads(out.stdout)}
+            "lloyd_iterations_per_layer": int(iterations[-1]) if iterations else None,
+            "coarse_lloyd_iterations_per_layer": int(coarse[-1]) if coarse else None,
+            "clustering_layer0_ms": dict(zip(("seeding", "lloyd", "coarse", "layout"), map(float, layer0[-1])))
+            if layer0 else None,
+            "info": json.loads(out.stdout)}
 
 
 def generate(server, mode, batch, new_tokens, vocab):
@@ -205,7 +213,7 @@ def decode_step_bytes(s, context, batch, kv_fraction, comparisons, new_tokens):
     return weight_bytes(s) + batch * (kv + centroids)
 
 
-def hf_peer(model, context, vocab, new_tokens, batches):
+def hf_peer(model, context, vocab, new_tokens, batches, reps):
     """HF transformers, SDPA, same checkpoint: prefill time of the context, then TPOT."""
     code = f"""
 import json, statistics, time, torch, random
@@ -215,7 +223,7 @@ r = random.Random(0)
 ids = torch.tensor([[r.randrange(3, {vocab}) for _ in range({context})]], device="cuda")
 out = {{}}
 with torch.inference_mode():
-    for rep in range(2):  # the first warms up
+    for rep in range({reps}):  # the first warms up (where there are two)
         torch.cuda.synchronize(); t = time.time()
         res = m(ids, use_cache=True, logits_to_keep=1)
         torch.cuda.synchronize(); out["prefill_s"] = time.time() - t
@@ -256,6 +264,8 @@ def main():
     p.add_argument("--hf", action="store_true")
     p.add_argument("--no_store", action="store_true", help="contexts in memory only (no store stage)")
     p.add_argument("--hf_batches", default="1")
+    p.add_argument("--hf_reps", type=int, default=2,
+                   help="HF prefills run, the last timed (1 at 512K: a warm-up prefill there costs minutes)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args()
     s = SHAPES[a.shape]
@@ -309,7 +319,8 @@ def main():
     finally:
         server.stop()
     if a.hf:
-        result["hf_sdpa"] = hf_peer(model, a.context, s["vocab"], 16, [int(b) for b in a.hf_batches.split(",")])
+        result["hf_sdpa"] = hf_peer(model, a.context, s["vocab"], 16, [int(b) for b in a.hf_batches.split(",")],
+                                    a.hf_reps)
         log(f"HF SDPA: {result['hf_sdpa']}")
     path = os.path.join(a.out, f"full_{a.shape}_{a.context}.json")
     json.dump(result, open(path, "w"), indent=1)
