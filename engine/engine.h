@@ -59,7 +59,7 @@ struct EngineOptions {
   int num_threads = 0;
   // Squeezed lookup + attention of generate: "auto" (the CUDA kernels of kernels/ when the engine
   // runs on a GPU, was built with them and the model's shape suits them: head_dim 64 or 128, GQA
-  // group 1/2/4/8; libtorch otherwise), "torch" (always libtorch, for A/B) or "kernels" (the
+  // group 1 to 8; libtorch otherwise), "torch" (always libtorch, for A/B) or "kernels" (the
   // kernels or Load fails).
   std::string attention_backend = "auto";
   // Dense attention on a GPU (attention.h): "auto" (libtorch's fused cuDNN kernel, else its

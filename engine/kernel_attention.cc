@@ -8,8 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attention.h"
-#include "engine/squeeze/scoring.h"
-#include "engine/squeeze/sparse_attention.h"
 #include "kernels/squeeze_types.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
@@ -31,7 +29,7 @@ bool IsKernelShape(const ModelConfig& c) {
   if (c.head_dim != 64 && c.head_dim != 128) return false;
   if (c.num_kv_heads <= 0 || c.num_attention_heads % c.num_kv_heads != 0) return false;
   const int64_t g = c.num_attention_heads / c.num_kv_heads;
-  return g == 1 || g == 2 || g == 4 || g == 8;
+  return g >= 1 && g <= kernels::kMaxGroup;
 }
 
 // select_clusters takes at most this many query rows (query_len × group) per launch.
@@ -42,44 +40,6 @@ constexpr int64_t kMaxDecodePairs = 2048;
 const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
 
 int64_t Aligned(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
-// The pruned-cluster estimate of `bc` sequences on one context at one layer (one-level lookup), in
-// place: the kernels' out [bc, n, H, D] (bf16) and lse [bc, n, H] (fp32) cover the selected
-// clusters and the dense part; the context's other non-empty fine clusters join as one key each —
-// logit s·q·c + log size, value the cluster's mean — merged by log-sum-exp. The n query tokens of a
-// sequence share its selection (ids [bc·H_kv, capacity], counts [bc·H_kv], int32). Writes the pruned
-// cluster count of each (sequence, KV head) to pruned [bc·H_kv] (int32, for the statistics).
-void AddPrunedEstimate(const squeeze::LayerIndex& index, const at::Tensor& q, const at::Tensor& ids,
-                                        const at::Tensor& counts, const at::Tensor& out, const at::Tensor& lse,
-                                        at::Tensor pruned) {
-  const int64_t bc = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
-  const int64_t Hkv = index.num_heads(), G = H / Hkv, K = index.num_clusters(), capacity = ids.size(1);
-  if (K == 0) return;
-  const at::Tensor sizes = squeeze::FineSizes(index);  // [H_kv, K]
-  // The selections as masks [H_kv, bc, K] (T' = bc: one selection per sequence, as the lookup's).
-  const at::Tensor valid = at::arange(capacity, counts.options()).unsqueeze(0) < counts.unsqueeze(1);
-  const at::Tensor slot = at::where(valid, ids, at::full({}, static_cast<int32_t>(K), ids.options())).to(at::kLong);
-  const at::Tensor selected = at::zeros({bc * Hkv, K + 1}, sizes.options().dtype(at::kBool))
-                                  .scatter_(1, slot, true)
-                                  .narrow(1, 0, K)
-                                  .view({bc, Hkv, K})
-                                  .transpose(0, 1);
-  pruned.copy_((~selected & (sizes > 0).unsqueeze(1)).sum(-1).transpose(0, 1).reshape({bc * Hkv}));
-  // Grouped queries [H_kv, bc, n·G, D] (Llama order: KV head h serves query heads h·G … h·G+G−1).
-  const at::Tensor qg =
-      q.to(at::kFloat).view({bc, n, Hkv, G, D}).permute({2, 0, 1, 3, 4}).reshape({Hkv, bc, n * G, D});
-  const at::Tensor z = squeeze::CentroidLogits(qg, index.centroids, sizes, squeeze::SoftmaxScale(0, D));
-  const at::Tensor logits = squeeze::PrunedClusterLogits(z, sizes.unsqueeze(1).expand({Hkv, bc, K}), selected);
-  const at::Tensor est_lse = at::logsumexp(logits, {-1}, /*keepdim=*/true);  // [H_kv, bc, n·G, 1]
-  const at::Tensor shift = at::where(at::isinf(est_lse), at::zeros_like(est_lse), est_lse);
-  const at::Tensor est_out = at::matmul((logits - shift).exp(), index.cluster_values.to(at::kFloat).unsqueeze(1));
-  const int64_t Dv = est_out.size(-1);
-  const auto [merged, merged_lse] = squeeze::MergeAttention(
-      out.to(at::kFloat), lse,
-      est_out.view({Hkv, bc, n, G, Dv}).permute({1, 2, 0, 3, 4}).reshape({bc, n, H, Dv}),
-      est_lse.view({Hkv, bc, n, G}).permute({1, 2, 0, 3}).reshape({bc, n, H}));
-  out.copy_(merged);
-}
 
 }  // namespace
 
@@ -177,6 +137,15 @@ std::tuple<bool, bool, float, float> SelectionKey(const KernelSequence& seq) {
   return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
 }
 
+// A level's cluster mean values [H_kv, K, D] as the estimate reads them (the index keeps them bf16,
+// contiguous, beside the KV).
+const uint16_t* EstimateValues(const at::Tensor& values) {
+  if (!values.defined() || !values.is_cuda() || values.scalar_type() != at::kBFloat16 || !values.is_contiguous()) {
+    throw std::logic_error("kernel attention: the index's cluster values must be contiguous bf16 on the GPU");
+  }
+  return Bf16Data(values);
+}
+
 // The kernel views of a sequence, once: per layer the context's squeezed or dense view, the
 // sequence's dense part and the per-head thresholds of query chunks and of decode tokens.
 void BuildViews(KernelSequence* seq) {
@@ -193,6 +162,12 @@ void BuildViews(KernelSequence* seq) {
           const at::Tensor set = (*t)[seq->thresholds_.level][decode];  // [3, H_kv]
           view.tau_fine = set[seq->hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
           if (seq->hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+        }
+        if (seq->estimate_pruned_) {
+          // The estimate is on for this sequence where its view has the clusters' mean values.
+          const squeeze::LayerIndex& index = seq->context_->index()[layer];
+          view.cluster_values = EstimateValues(index.cluster_values);
+          if (seq->hierarchical_) view.coarse_values = EstimateValues(index.coarse_values);
         }
       }
       const at::Tensor& k = seq->dense_keys_[layer];
@@ -218,6 +193,8 @@ kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int6
 // every per-pair array.
 struct KernelAttention::Buffers {
   int64_t steps = 0, pairs = 0, capacity = 0, layers = 0, workspace_bytes = 0;
+  // Room for the pruned-cluster estimate's list per pair (0: no estimating member seen yet).
+  int64_t estimate_capacity = 0;
   // Staging, uploaded once per step (host pinned → device): views [layers][steps], then the dense
   // selection's rows [pairs] int32, then source rows [steps] int64 (the stacked row of each
   // member's first new token, in launch order).
@@ -230,6 +207,13 @@ struct KernelAttention::Buffers {
   // The dense members' constant selection: cluster 0, starting at row 0, one cluster, 0 comparisons.
   at::Tensor dense_constants;  // [3][pairs] int32: ids (0), counts (1), comparisons (0)
   at::Tensor workspace;
+  // The estimate (kernels::Selection): the clusters each pair attends as one key,
+  // [pairs][estimate_capacity] int32, and their logits per query head of the group (decode),
+  // [pairs][estimate_capacity][kMaxGroup] fp32. Their counts are stats [layers][2][pairs].
+  at::Tensor estimate_ids, estimate_logits;
+  // Whether the planned step has an estimating member: then every squeezed launch of the step
+  // carries the estimate arrays (the others' counts are written 0).
+  bool estimating = false;
 };
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
@@ -264,7 +248,8 @@ absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const Model
     why = "libtorch: the KV is not bfloat16";
   } else if (!IsKernelShape(config)) {
     why = absl::StrCat("libtorch: head_dim ", config.head_dim, ", ", config.num_attention_heads, " query / ",
-                       config.num_kv_heads, " KV heads is not a kernel shape (head_dim 64 or 128, group 1, 2, 4 or 8)");
+                       config.num_kv_heads, " KV heads is not a kernel shape (head_dim 64 or 128, group 1 to ",
+                       kernels::kMaxGroup, ")");
   }
   if (backend == "kernels" && !why.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("attention_backend kernels: ", why));
@@ -294,9 +279,6 @@ std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const
   if (std::string why = WhyContextNotOnKernels(context); !why.empty()) return why;
   if (!context.summary().has_index || context.index().empty()) return "the context has no Squeezed index";
   if (attention.read_ahead) return "read-ahead is not in the CUDA kernels yet";
-  if (attention.estimate_pruned && attention.hierarchical) {
-    return "the pruned-cluster estimate of hierarchical lookups is not in the CUDA kernels yet";
-  }
   const int64_t window = context.index()[0].window();
   for (const squeeze::LayerIndex& layer : context.index()) {
     if (layer.num_clusters() < 1 || layer.window() != window) return "a layer of the index has no clusters";
@@ -432,6 +414,18 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   shape.num_q_heads = static_cast<int32_t>(num_q_heads_);
   shape.num_kv_heads = static_cast<int32_t>(Hkv);
   shape.head_dim = static_cast<int32_t>(head_dim_);
+  // The estimate lists a sequence's pruned clusters: at most K (one level) or K + Kc (hierarchical).
+  // In a step with an estimating member every squeezed launch carries the lists, sized for all.
+  const bool estimating = std::any_of(ordered.begin(), ordered.end(), [](const SequenceStep& s) {
+    return Member(s).squeezed_ && Member(s).estimate_pruned_;
+  });
+  int64_t estimate_capacity = 0;
+  for (const SequenceStep& s : ordered) {
+    const KernelSequence& seq = Member(s);
+    if (estimating && seq.squeezed_) {
+      estimate_capacity = std::max<int64_t>(estimate_capacity, seq.views_->max_clusters + seq.views_->max_coarse);
+    }
+  }
   kernels::SelectionLimits limits;
   limits.max_clusters = static_cast<int32_t>(capacity);
   limits.max_coarse = max_coarse;
@@ -447,7 +441,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
 
   Buffers* b = buffers_.get();
-  if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L) {
+  if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L ||
+      b->estimate_capacity < estimate_capacity) {
     auto grown = std::make_unique<Buffers>();
     grown->steps = std::max<int64_t>(B, b ? b->steps : 0);
     grown->pairs = grown->steps * Hkv;
@@ -468,6 +463,12 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_constants = at::zeros({3, grown->pairs}, ints);
     grown->dense_constants[1].fill_(1);
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
+    grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
+    if (grown->estimate_capacity > 0) {
+      grown->estimate_ids = at::empty({grown->pairs * grown->estimate_capacity}, ints);
+      grown->estimate_logits =
+          at::empty({grown->pairs * grown->estimate_capacity * kernels::kMaxGroup}, ints.dtype(at::kFloat));
+    }
     buffers_ = std::move(grown);
     b = buffers_.get();
     ++buffers_version_;
@@ -490,9 +491,12 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   // The staging buffer is reused by the next step only after this one's logits reached the host
   // (every forward ends with that copy), so the upload has long finished by then.
   b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
-  b->stats.narrow(1, 2, 1).zero_();  // estimated-cluster counts: only estimating members write them
+  b->estimating = estimating;
+  // Estimated-cluster counts: the selection writes them in a step with an estimating member.
+  if (!b->estimating) b->stats.narrow(1, 2, 1).zero_();
   // The launch structure Attend will follow for the decode tokens (graph key, see the header).
-  signature_ = absl::StrCat("B", B, " d", first_decode_, " s", first_squeezed_, " c", b->capacity);
+  signature_ = absl::StrCat("B", B, " d", first_decode_, " s", first_squeezed_, " c", b->capacity,
+                            b->estimating ? absl::StrCat(" e", b->estimate_capacity) : std::string());
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
     const auto key = SelectionKey(Member(ordered[first]));
@@ -501,10 +505,6 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     for (int64_t i = first; i < end; ++i) group_coarse = std::max(group_coarse, Member(ordered[i]).views_->max_coarse);
     absl::StrAppend(&signature_, " g", first, "-", end, ":", std::get<0>(key), std::get<1>(key), ":",
                     std::get<2>(key), ":", std::get<3>(key), ":", group_coarse);
-    for (int64_t i = first; i < end; ++i) {
-      const KernelSequence& seq = Member(ordered[i]);
-      if (seq.estimate_pruned_) absl::StrAppend(&signature_, " e", i, ":", seq.views_->serial);
-    }
     first = end;
   }
   steps_ = std::move(ordered);
@@ -521,8 +521,10 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
 
 namespace {
 
-// A Selection over the per-pair arrays of `buffers` at `layer`, from pair `first_pair` on.
-kernels::Selection SqueezedSelection(const KernelAttention::Buffers& b, int64_t layer, int64_t first_pair) {
+// A Selection over the per-pair arrays of `buffers` at `layer`, from pair `first_pair` on; with the
+// estimate's arrays in a step that estimates (the logits for decode launches only).
+kernels::Selection SqueezedSelection(const KernelAttention::Buffers& b, int64_t layer, int64_t first_pair,
+                                     bool decode) {
   int32_t* sel = b.selection.data_ptr<int32_t>();
   int32_t* stats = b.stats[layer].data_ptr<int32_t>();  // [3][pairs]
   kernels::Selection s;
@@ -532,6 +534,12 @@ kernels::Selection SqueezedSelection(const KernelAttention::Buffers& b, int64_t 
   s.counts = sel + 2 * b.pairs * b.capacity + first_pair;
   s.rows = stats + first_pair;
   s.comparisons = stats + b.pairs + first_pair;
+  if (b.estimating) {
+    s.estimate_capacity = static_cast<int32_t>(b.estimate_capacity);
+    s.estimate_ids = b.estimate_ids.data_ptr<int32_t>() + first_pair * b.estimate_capacity;
+    s.estimated = stats + 2 * b.pairs + first_pair;
+    if (decode) s.estimate_logits = b.estimate_logits.data_ptr<float>() + first_pair * b.estimate_capacity * kernels::kMaxGroup;
+  }
   return s;
 }
 
@@ -546,16 +554,6 @@ kernels::Selection DenseSelection(const KernelAttention::Buffers& b, int64_t fir
   s.comparisons = constants + 2 * b.pairs + first_pair;  // 0
   s.rows = reinterpret_cast<int32_t*>(b.staging_device.data_ptr<uint8_t>() + b.dense_rows_at) + first_pair;
   return s;
-}
-
-at::Tensor ClusterIdsOf(const KernelAttention::Buffers& b, int64_t first_pair, int64_t n) {
-  return b.selection.narrow(0, first_pair * b.capacity, n * b.capacity).view({n, b.capacity});
-}
-at::Tensor ClusterCountsOf(const KernelAttention::Buffers& b, int64_t first_pair, int64_t n) {
-  return b.selection.narrow(0, 2 * b.pairs * b.capacity + first_pair, n);
-}
-at::Tensor PrunedCountsOf(const KernelAttention::Buffers& b, int64_t layer, int64_t first_pair, int64_t n) {
-  return b.stats[layer][2].narrow(0, first_pair, n);
 }
 
 // One view, uploaded on its own (a query chunk: eager, never in a graph).
@@ -612,20 +610,14 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       kernels::SelectionLimits limits;
       limits.max_clusters = view.num_clusters;
       limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
-      const kernels::Selection selection = SqueezedSelection(b, layer, i * Hkv);
+      const kernels::Selection selection = SqueezedSelection(b, layer, i * Hkv, /*decode=*/false);
       Check(kernels::select_clusters(shape, views, q_block.data_ptr(), params, limits, selection,
                                      b.workspace.data_ptr(), nullptr, stream),
             "select_clusters (prefill)");
       at::Tensor out = at::empty({m, H, D}, q_block.options());
-      const at::Tensor lse = seq.estimate_pruned_ ? at::empty({m, H}, q.options().dtype(at::kFloat)) : at::Tensor();
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
-                                              seq.estimate_pruned_ ? lse.data_ptr<float>() : nullptr, stream),
+                                              /*lse=*/nullptr, stream),
             "sparse_prefill_attention");
-      if (seq.estimate_pruned_) {
-        AddPrunedEstimate(seq.context_->index()[layer], q_block.unsqueeze(0), ClusterIdsOf(b, i * Hkv, Hkv),
-                          ClusterCountsOf(b, i * Hkv, Hkv), out.unsqueeze(0), lse.unsqueeze(0),
-                          PrunedCountsOf(b, layer, i * Hkv, Hkv));
-      }
       blocks.push_back(out.view({m, H * D}));
     }
     outputs[order_of_[i]] = blocks.size() == 1 ? blocks[0] : at::cat(blocks, 0);
@@ -656,9 +648,6 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   const uint16_t* q_data = Bf16Data(qd);
   at::Tensor out = at::empty({Bd, H, D}, qd.options());
   auto* out_data = static_cast<uint16_t*>(out.data_ptr());
-  const bool any_estimate = std::any_of(steps_.begin() + first_squeezed_, steps_.end(),
-                                        [](const SequenceStep& s) { return Member(s).estimate_pruned_; });
-  const at::Tensor lse = any_estimate ? at::empty({Bd, H}, q.options().dtype(at::kFloat)) : at::Tensor();
   const int64_t chunk = std::max<int64_t>(1, kMaxDecodePairs / Hkv);
   const kernels::DecodeLaunch launch;
   // Attention of members [first, end), in launches of at most kMaxDecodePairs pairs.
@@ -666,11 +655,11 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     for (int64_t c = first; c < end; c += chunk) {
       shape.batch = static_cast<int32_t>(std::min(chunk, end - c));
       const int64_t row = c - first_decode_;  // row of qd / out
-      const kernels::Selection selection = dense ? DenseSelection(b, c * Hkv) : SqueezedSelection(b, layer, c * Hkv);
+      const kernels::Selection selection =
+          dense ? DenseSelection(b, c * Hkv) : SqueezedSelection(b, layer, c * Hkv, /*decode=*/true);
       Check(kernels::sparse_decode_attention(shape, views + c, q_data + row * H * D, selection,
-                                             out_data + row * H * D,
-                                             !dense && any_estimate ? lse.data_ptr<float>() + row * H : nullptr,
-                                             b.workspace.data_ptr(), launch, stream),
+                                             out_data + row * H * D, /*lse=*/nullptr, b.workspace.data_ptr(), launch,
+                                             stream),
             "sparse_decode_attention");
     }
   };
@@ -688,25 +677,12 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     }
     shape.batch = static_cast<int32_t>(end - first);
     Check(kernels::select_clusters(shape, views + first, q_data + (first - first_decode_) * H * D, params, limits,
-                                   SqueezedSelection(b, layer, first * Hkv), b.workspace.data_ptr(), nullptr, stream),
+                                   SqueezedSelection(b, layer, first * Hkv, /*decode=*/true), b.workspace.data_ptr(),
+                                   nullptr, stream),
           "select_clusters (decode)");
     first = end;
   }
   if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
-  // The estimate, one batched pass per run of consecutive estimating members on one context.
-  for (int64_t first = first_squeezed_; first < B;) {
-    int64_t end = first + 1;
-    const KernelSequence& lead = Member(steps_[first]);
-    if (lead.estimate_pruned_) {
-      while (end < B && Member(steps_[end]).estimate_pruned_ && Member(steps_[end]).context_ == lead.context_) ++end;
-      const int64_t bc = end - first, row = first - first_decode_;
-      AddPrunedEstimate(lead.context_->index()[layer], qd.narrow(0, row, bc).unsqueeze(1),
-                        ClusterIdsOf(b, first * Hkv, bc * Hkv), ClusterCountsOf(b, first * Hkv, bc * Hkv),
-                        out.narrow(0, row, bc).unsqueeze(1), lse.narrow(0, row, bc).unsqueeze(1),
-                        PrunedCountsOf(b, layer, first * Hkv, bc * Hkv));
-    }
-    first = end;
-  }
   for (int64_t i = first_decode_; i < B; ++i) outputs[order_of_[i]] = out[i - first_decode_].view({1, H * D});
   return outputs;
 }

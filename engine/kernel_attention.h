@@ -22,11 +22,11 @@
 // their selections as one select_clusters launch per distinct (hierarchical, threshold kind); a
 // query prefill runs alone (the prefill kernels take one query length per launch).
 //
-// Pruned-cluster estimate (AttentionOptions::estimate_pruned): the kernels attend the selected
-// clusters and the dense part and return their log-sum-exp; the context's other non-empty fine
-// clusters are then added as one key each by a few batched libtorch ops per layer. One-level
-// lookups only (hierarchical estimating generations run on libtorch). Read-ahead is not in the
-// kernels yet: such generations run on libtorch (WhyNotOnKernels says so).
+// Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
+// hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their
+// logits) and the attention kernels fold each in as one key (its mean value) in the same online
+// softmax (kernels/squeeze_types.h). Read-ahead is not wired to the kernels yet: such generations
+// run on libtorch (WhyNotOnKernels says so).
 #pragma once
 
 #include <cstdint>
@@ -49,7 +49,7 @@ namespace squeezeserve {
 // Which backend serves generations, decided once per engine from EngineOptions::attention_backend
 // ("auto", "torch", "kernels"): true = kernels. `reason` says why (for the log). InvalidArgument
 // for an unknown value; FailedPrecondition when "kernels" is asked and cannot be had (CPU device, a
-// build without the kernels, head_dim not 64/128, group not 1/2/4/8, KV not bf16).
+// build without the kernels, head_dim not 64/128, GQA group above 8, KV not bf16).
 absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const ModelConfig& config, at::Device device,
                                          at::ScalarType dtype, std::string* reason);
 

@@ -128,9 +128,7 @@ ABSL_FLAG(float, default_sparsity, 0.7f,
 ABSL_FLAG(std::string, default_pruned, "auto",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
           "(each still attends as one key: its centroid, weighing its size, with its mean value), dropped "
-          "(left out, as the paper), or auto: estimated, unless the CUDA kernels serve squeezed attention "
-          "(there the estimate is a libtorch pass per layer that costs more than the keys it saves; dropped "
-          "keeps squeezed decoding faster than dense).");
+          "(left out, as the paper), or auto: estimated (on the CUDA kernels and on libtorch alike).");
 ABSL_FLAG(std::string, default_read_ahead, "auto",
           "Read-ahead for squeezed requests that leave attention.read_ahead unset: on (a query head that "
           "concentrates on one context key also loads the cluster of the key after it at the next token; "
@@ -208,7 +206,6 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned);
       pruned == "estimated" || pruned == "dropped" || pruned == "auto") {
     config.defaults.estimate_pruned = pruned != "dropped";
-    config.defaults.estimate_pruned_auto = pruned == "auto";
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be auto, estimated or dropped, got ", pruned));
   }

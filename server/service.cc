@@ -50,11 +50,6 @@ void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
                    defaults.squeezed_min_context_tokens);
     }
   }
-  if (defaults.estimate_pruned_auto) {
-    defaults.estimate_pruned = !engine_->model_info().squeezed_attention_on_kernels;
-    spdlog::info("pruned clusters by default: {}",
-                 defaults.estimate_pruned ? "estimated" : "dropped (the estimate is not in the CUDA kernels yet)");
-  }
   if (defaults.read_ahead_auto) {
     defaults.read_ahead = !engine_->model_info().squeezed_attention_on_kernels;
     spdlog::info("read-ahead by default: {}", defaults.read_ahead ? "on" : "off (the CUDA kernels have none yet)");

@@ -33,6 +33,13 @@ constexpr int64_t kAssignBlockElementsGpu = int64_t{1} << 28;
 // dispatch, which at 64 rounds was half of a 32K-token context's clustering time.
 constexpr int64_t kExactSeedingClusters = 128;
 constexpr int64_t kSeedingRounds = 16;
+// Seeding and Lloyd's iterations run on a uniform sample of this many points per cluster (at least
+// kMinSampledPoints) when there are more, and every point is assigned once at the end: at the
+// ingest's 20 keys per cluster that is 40% of the keys, and the assignments over all keys, whose
+// cost grows with N·K (quadratic in the context), fall from ~6 per layer to ~2.4. The final means
+// are taken over every key. Index quality against full Lloyd: docs/performance.md (squeeze_accuracy).
+constexpr int64_t kSampledPointsPerCluster = 8;
+constexpr int64_t kMinSampledPoints = 2048;
 
 at::Tensor UnitRows(const at::Tensor& x) { return x / x.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12); }
 
@@ -134,10 +141,9 @@ struct LloydResult {
 };
 
 // Weighted Lloyd iterations: update (weighted means by scatter-add), re-seed empties, re-assign.
-LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, int max_iterations, double tolerance,
-                  const std::function<void(int, double)>& progress) {
+LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, Assignment a, int max_iterations,
+                  double tolerance, const std::function<void(int, double)>& progress) {
   const int64_t K = c.size(1);
-  Assignment a = Assign(x, c);
   const at::Tensor counted = w > 0;
   const double num_valid = std::max<double>(1, counted.sum().item<double>());
   int it = 0;
@@ -164,13 +170,19 @@ LloydResult Lloyd(const at::Tensor& x, const at::Tensor& w, at::Tensor c, int ma
 // part is kSeedingRounds steps and the arithmetic one [N×D]·[D×K] product in all, whatever K is
 // (one seed per round would be K dependent steps: minutes at a 512K-token context). A batch may
 // draw a point twice: that seed starts an empty cluster, which Lloyd re-seeds.
-at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t K, at::Generator& gen) {
+struct Seeding {
+  at::Tensor seeds;       // [H, K, D]
+  Assignment assignment;  // of every point to its nearest seed (tracked while drawing: no extra pass)
+};
+
+Seeding SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t K, at::Generator& gen) {
   const int64_t H = x.size(0), N = x.size(1), D = x.size(2);
   // All uniforms drawn at once from the seeded CPU generator: reproducible and device-independent.
   const at::Tensor u = at::rand({H, K}, gen, at::TensorOptions().dtype(at::kDouble)).to(x.device());
   at::Tensor seeds = at::empty({H, K, D}, x.options());
   at::Tensor weight = w.to(at::kDouble);  // first draw: uniform over valid points
   at::Tensor nearest = at::full({H, N}, std::numeric_limits<double>::infinity(), weight.options());
+  Assignment all;  // nearest seed so far: the first batch's, then replaced where a later one is nearer
   const int64_t per_round =
       K <= kExactSeedingClusters ? 1 : std::max<int64_t>(1, (K - 1 + kSeedingRounds - 1) / kSeedingRounds);
   for (int64_t k = 0; k < K;) {
@@ -182,11 +194,19 @@ at::Tensor SeedKMeansPlusPlus(const at::Tensor& x, const at::Tensor& w, int64_t 
     const at::Tensor batch = GatherRows(x, pick);  // [H, m, D]
     seeds.narrow(1, k, m).copy_(batch);
     // Each point's distance to its nearest new seed: one (blocked) assignment to the batch.
-    nearest = at::minimum(nearest, SquaredDistance(x, Assign(x, batch)).to(at::kDouble));
+    Assignment a = Assign(x, batch);
+    if (k == 0) {
+      all = a;
+    } else {
+      const at::Tensor nearer = a.best > all.best;  // ties keep the earlier seed, as one argmax would
+      all.labels = at::where(nearer, a.labels + k, all.labels);
+      all.best = at::where(nearer, a.best, all.best);
+    }
+    nearest = at::minimum(nearest, SquaredDistance(x, a).to(at::kDouble));
     weight = nearest * w;
     k += m;
   }
-  return seeds;
+  return {seeds, all};
 }
 
 }  // namespace
@@ -213,18 +233,34 @@ KMeansResult KMeans(const at::Tensor& points, const KMeansOptions& options, cons
   KMeansResult result;
   auto started = std::chrono::steady_clock::now();
   at::Generator gen = at::detail::createCPUGenerator(options.seed);
-  const at::Tensor seeds = SeedKMeansPlusPlus(x, w, K, gen);
-  if (options.seed_objective) result.seed_objective = Objective(x, w, Assign(x, seeds));
-  result.seconds_seeding = clock(seeds, started);
+  // The points seeding and Lloyd run on: a uniform sample (the same positions in every head) where
+  // there are many points per cluster and all are valid (kSampledPointsPerCluster), else all.
+  const int64_t sampled = std::max(kMinSampledPoints, kSampledPointsPerCluster * K);
+  const bool sampling = !valid.defined() && N > sampled;
+  at::Tensor xs = x, ws = w;
+  if (sampling) {
+    const at::Tensor order = at::randperm(N, gen, at::TensorOptions().dtype(at::kLong));
+    const at::Tensor rows = std::get<0>(order.narrow(0, 0, sampled).sort()).to(x.device());
+    xs = x.index_select(1, rows);
+    ws = w.index_select(1, rows);
+  }
+  Seeding seeding = SeedKMeansPlusPlus(xs, ws, K, gen);
+  if (options.seed_objective) {
+    result.seed_objective = Objective(x, w, sampling ? Assign(x, seeding.seeds) : seeding.assignment);
+  }
+  result.seconds_seeding = clock(seeding.seeds, started);
 
   started = std::chrono::steady_clock::now();
-  LloydResult lloyd = Lloyd(x, w, seeds, options.max_iterations, options.tolerance, options.progress);
-  result.final_objective = Objective(x, w, lloyd.assignment);
+  LloydResult lloyd = Lloyd(xs, ws, seeding.seeds, std::move(seeding.assignment), options.max_iterations,
+                            options.tolerance, options.progress);
+  // Every point's nearest centroid (the sample's labels are already that, without sampling).
+  const Assignment final_assignment = sampling ? Assign(x, lloyd.centroids) : lloyd.assignment;
+  result.final_objective = Objective(x, w, final_assignment);
   result.iterations = lloyd.iterations;
 
   // Final labels are the last assignment; sizes and raw means are taken from exactly those labels,
   // so the three always agree.
-  result.labels = lloyd.assignment.labels;
+  result.labels = final_assignment.labels;
   const at::Tensor mass = BatchedBincount(result.labels, w, K);
   result.sizes = mass.round().to(at::kLong);
   const at::Tensor sums = BatchedSegmentSum(result.labels, raw * w.unsqueeze(-1), K);

@@ -2,7 +2,8 @@
 // (docs/index_layout.md): Lloyd iterations on L2-normalized points (cosine-like clusters; centroids are not
 // re-normalized, like cuML on unit vectors), k-means++ seeding (batched: kmeans.cc), empty
 // clusters re-seeded from the farthest points while iterating, and the stored centroid is the mean
-// of the RAW points. Runs on the device of its input with tensor ops only (the assignment's scores
+// of the RAW points. With many points per cluster the seeding and the iterations run on a uniform
+// sample of 8 points per cluster and every point is assigned once at the end (kmeans.cc). Runs on the device of its input with tensor ops only (the assignment's scores
 // in bf16 on a GPU); deterministic for a fixed seed on CPU.
 #pragma once
 

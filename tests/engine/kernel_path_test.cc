@@ -147,9 +147,13 @@ std::unique_ptr<GpuSetup> MakeSetup(const TinyModelSpec& spec) {
 // One setup per model shape, built once for the whole binary and never destroyed: its CUDA
 // tensors must not be freed after the CUDA runtime has shut down at exit.
 GpuSetup* GetSetup(int which) {
-  static GpuSetup* setups[2] = {nullptr, nullptr};
+  static GpuSetup* setups[3] = {nullptr, nullptr, nullptr};
   if (setups[which] == nullptr) {
-    setups[which] = (which == 0 ? MakeSetup(Spec(64, 8, 2)) : MakeSetup(Spec(128, 4, 4))).release();
+    // GQA group 4, no GQA, and group 3 (the shipped small model's: not a power of two).
+    setups[which] = (which == 0   ? MakeSetup(Spec(64, 8, 2))
+                     : which == 1 ? MakeSetup(Spec(128, 4, 4))
+                                  : MakeSetup(Spec(64, 6, 2)))
+                        .release();
   }
   return setups[which];
 }
@@ -160,7 +164,7 @@ struct Case {
   bool hierarchical = false;
   LookupThresholds thresholds;
   bool fixed_selection = false;  // dense / keep-all / keep-nothing: no score can sit at τ
-  bool estimate_pruned = false;  // pruned clusters as one key each (one-level only on the kernels)
+  bool estimate_pruned = false;  // pruned clusters as one key each
 };
 
 // Logits errors of both paths, checked as kFlipBound above explains.
@@ -186,7 +190,8 @@ class LogitsErrors {
 };
 
 // Calibrated levels 0, 0.5, 0.9, then keep-nothing and keep-all; flat (0-4), then hierarchical (5-9);
-// then flat 0.9 and keep-nothing with the pruned-cluster estimate (10-11); then dense (12).
+// then flat and hierarchical 0.9 and keep-nothing with the pruned-cluster estimate (10-13); then
+// dense (14).
 std::vector<Case> Cases(const StoredContext& context) {
   std::vector<Case> cases;
   for (bool hierarchical : {false, true}) {
@@ -209,8 +214,8 @@ std::vector<Case> Cases(const StoredContext& context) {
       cases.push_back(fixed);
     }
   }
-  for (size_t flat : {size_t{2}, size_t{3}}) {  // flat 0.9, flat keep-nothing
-    Case estimated = cases[flat];
+  for (size_t lookup : {size_t{2}, size_t{3}, size_t{7}, size_t{8}}) {  // 0.9, keep-nothing; flat, hierarchical
+    Case estimated = cases[lookup];
     estimated.name += " estimated";
     estimated.estimate_pruned = true;
     cases.push_back(estimated);
@@ -392,8 +397,10 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1), [](const auto& info) {
-  return info.param == 0 ? std::string("HeadDim64Group4") : std::string("HeadDim128Group1");
+INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](const auto& info) {
+  return info.param == 0 ? std::string("HeadDim64Group4")
+         : info.param == 1 ? std::string("HeadDim128Group1")
+                           : std::string("HeadDim64Group3");
 });
 
 // Through the public engine: the backend option is validated, and on a GPU a squeezed generation
@@ -456,12 +463,14 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
   sampling.ignore_eos = true;
   for (bool hierarchical : {false, true}) {
     for (float sparsity : {0.0f, 0.9f}) {
-      SCOPED_TRACE(::testing::Message() << "hierarchical " << hierarchical << ", sparsity " << sparsity);
+     for (bool estimate : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "hierarchical " << hierarchical << ", sparsity " << sparsity
+                                        << ", estimate " << estimate);
       AttentionOptions attention;
       attention.sparsity = sparsity;
       attention.hierarchical = hierarchical;
-      attention.estimate_pruned = false;  // the kernels' rule (an estimating generation runs on libtorch)
-      attention.read_ahead = false;       // likewise
+      attention.estimate_pruned = estimate;
+      attention.read_ahead = false;  // not on the kernels (such a generation runs on libtorch)
       auto a = kernels->StartGeneration(*on_kernels, RandomTokens(30, 128, 6), sampling, attention);
       auto b = torch->StartGeneration(*on_torch, RandomTokens(30, 128, 6), sampling, attention);
       ASSERT_TRUE(a.ok() && b.ok());
@@ -472,6 +481,8 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
       EXPECT_NEAR(first_a->logprob, first_b->logprob, sparsity == 0 ? 0.05 : 0.25);
       EXPECT_NEAR((*a)->stats().kv_fraction_loaded, (*b)->stats().kv_fraction_loaded, 0.02);
       if (sparsity > 0) EXPECT_LT((*a)->stats().kv_fraction_loaded, 0.9);
+      EXPECT_EQ((*a)->stats().attention_backend, "kernels") << (*a)->stats().attention_note;
+     }
     }
   }
   // StepBatch: three generations (flat, hierarchical, dense) until they finish.
