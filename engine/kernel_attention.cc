@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attention.h"
+#include "engine/squeeze/read_ahead.h"
+#include "kernels/read_ahead.h"
 #include "kernels/squeeze_types.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
@@ -90,6 +92,8 @@ class KernelSequence : public SequenceAttention {
   int64_t length() const override { return length_; }
   int64_t capacity() const override { return capacity_; }
   const LookupStats& stats() const override { return stats_; }
+  // The read-ahead cursor advances in place (kernels/read_ahead.h): such steps run eagerly.
+  bool step_repeatable() const override { return !read_ahead_; }
 
   KernelAttention& backend_;
   std::shared_ptr<const StoredContext> context_;
@@ -97,6 +101,10 @@ class KernelSequence : public SequenceAttention {
   bool squeezed_;
   bool hierarchical_ = false;
   bool estimate_pruned_ = false;
+  bool read_ahead_ = false;
+  // With read_ahead_: per layer the cursor the selection reads (next position per query head) and
+  // its age, [L][2][H_q] int32 on the GPU; advanced on the device after each attention.
+  at::Tensor cursor_;
   LookupThresholds thresholds_;
   // Per layer [H_kv, W + capacity, D]: the context window, then the own tokens.
   std::vector<at::Tensor> dense_keys_, dense_values_;
@@ -146,6 +154,14 @@ const uint16_t* EstimateValues(const at::Tensor& values) {
   return Bf16Data(values);
 }
 
+// An index's int32 map (perm, cluster_of_position) as the kernels read it.
+const int32_t* Int32Data(const at::Tensor& t) {
+  if (!t.defined() || !t.is_cuda() || t.scalar_type() != at::kInt || !t.is_contiguous()) {
+    throw std::logic_error("kernel attention: the index's position maps must be contiguous int32 on the GPU");
+  }
+  return t.data_ptr<int32_t>();
+}
+
 // The kernel views of a sequence, once: per layer the context's squeezed or dense view, the
 // sequence's dense part and the per-head thresholds of query chunks and of decode tokens.
 void BuildViews(KernelSequence* seq) {
@@ -163,12 +179,18 @@ void BuildViews(KernelSequence* seq) {
           view.tau_fine = set[seq->hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
           if (seq->hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
         }
+        const squeeze::LayerIndex& index = seq->context_->index()[layer];
         if (seq->estimate_pruned_) {
           // The estimate is on for this sequence where its view has the clusters' mean values.
-          const squeeze::LayerIndex& index = seq->context_->index()[layer];
           view.cluster_values = EstimateValues(index.cluster_values);
           if (seq->hierarchical_) view.coarse_values = EstimateValues(index.coarse_values);
         }
+        // Every squeezed view can sit in a launch that reports top keys (read-ahead of another
+        // member): the row positions and window length they need; the cursor for its own.
+        view.perm = Int32Data(index.perm);
+        view.cluster_of_position = Int32Data(index.cluster_of_position);
+        view.window_len = static_cast<int32_t>(seq->views_->window);
+        if (seq->read_ahead_) view.read_ahead = seq->cursor_[static_cast<int64_t>(layer)][0].data_ptr<int32_t>();
       }
       const at::Tensor& k = seq->dense_keys_[layer];
       view.dense_keys = Bf16Data(k);
@@ -199,6 +221,12 @@ struct KernelAttention::Buffers {
   // selection's rows [pairs] int32, then source rows [steps] int64 (the stacked row of each
   // member's first new token, in launch order).
   int64_t views_at = 0, dense_rows_at = 0, source_rows_at = 0, staging_bytes = 0;
+  // Read-ahead: staging also holds every layer's cursors [layers][steps] (null for members that do
+  // not read ahead), and the decode attention's top keys land in top_position / top_share
+  // [steps][H_q] before the cursors advance.
+  int64_t cursors_at = 0;
+  at::Tensor top_position, top_share;
+  bool reading_ahead = false;
   at::Tensor staging_host, staging_device;
   // Selection of squeezed members: cluster ids and row starts [pairs][capacity], counts [pairs]
   // (shared by the layers); statistics [layers][3][pairs]: rows, centroids scored, pruned clusters
@@ -278,7 +306,6 @@ KernelAttention::~KernelAttention() = default;
 std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const AttentionOptions& attention) {
   if (std::string why = WhyContextNotOnKernels(context); !why.empty()) return why;
   if (!context.summary().has_index || context.index().empty()) return "the context has no Squeezed index";
-  if (attention.read_ahead) return "read-ahead is not in the CUDA kernels yet";
   const int64_t window = context.index()[0].window();
   for (const squeeze::LayerIndex& layer : context.index()) {
     if (layer.num_clusters() < 1 || layer.window() != window) return "a layer of the index has no clusters";
@@ -374,6 +401,12 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<
   auto seq = std::make_unique<KernelSequence>(*this, context, views, /*squeezed=*/true);
   seq->hierarchical_ = attention.hierarchical;
   seq->estimate_pruned_ = attention.estimate_pruned;
+  seq->read_ahead_ = attention.read_ahead;
+  if (seq->read_ahead_) {
+    seq->cursor_ = at::empty({num_layers_, 2, num_q_heads_}, at::TensorOptions().dtype(at::kInt).device(device_));
+    seq->cursor_.select(1, 0).fill_(-1);  // no position to read ahead yet
+    seq->cursor_.select(1, 1).zero_();
+  }
   seq->thresholds_ = thresholds;
   AllocateDenseParts(*context, views->window, capacity, seq.get());
   BuildViews(seq.get());
@@ -453,7 +486,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_rows_at =
         Aligned(static_cast<int64_t>(sizeof(kernels::SequenceLayerBf16)) * L * grown->steps);
     grown->source_rows_at = grown->dense_rows_at + Aligned(4 * grown->pairs);
-    grown->staging_bytes = grown->source_rows_at + Aligned(8 * grown->steps);
+    grown->cursors_at = grown->source_rows_at + Aligned(8 * grown->steps);
+    grown->staging_bytes =
+        grown->cursors_at + Aligned(static_cast<int64_t>(sizeof(kernels::ReadAheadCursor)) * L * grown->steps);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
     grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
@@ -463,6 +498,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_constants = at::zeros({3, grown->pairs}, ints);
     grown->dense_constants[1].fill_(1);
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
+    grown->top_position = at::empty({grown->steps * num_q_heads_}, ints);
+    grown->top_share = at::empty({grown->steps * num_q_heads_}, ints.dtype(at::kFloat));
     grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
     if (grown->estimate_capacity > 0) {
       grown->estimate_ids = at::empty({grown->pairs * grown->estimate_capacity}, ints);
@@ -488,6 +525,19 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     for (int64_t h = 0; h < Hkv; ++h) dense_rows[i * Hkv + h] = static_cast<int32_t>(Member(ordered[i]).views_->clustered);
     source_rows[i] = ordered[i].offset;
   }
+  b->reading_ahead = false;
+  auto* cursors = reinterpret_cast<kernels::ReadAheadCursor*>(host + b->cursors_at);
+  for (int64_t i = 0; i < B; ++i) {
+    KernelSequence& seq = Member(ordered[i]);
+    const bool reads = seq.squeezed_ && seq.read_ahead_;
+    b->reading_ahead = b->reading_ahead || (reads && IsDecode(ordered[i]));
+    int32_t* cursor = reads ? seq.cursor_.data_ptr<int32_t>() : nullptr;  // [L][2][H_q]
+    for (int64_t l = 0; l < L; ++l) {
+      kernels::ReadAheadCursor& c = cursors[l * B + i];
+      c.next = reads ? cursor + (2 * l) * num_q_heads_ : nullptr;
+      c.age = reads ? cursor + (2 * l + 1) * num_q_heads_ : nullptr;
+    }
+  }
   // The staging buffer is reused by the next step only after this one's logits reached the host
   // (every forward ends with that copy), so the upload has long finished by then.
   b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
@@ -496,7 +546,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   if (!b->estimating) b->stats.narrow(1, 2, 1).zero_();
   // The launch structure Attend will follow for the decode tokens (graph key, see the header).
   signature_ = absl::StrCat("B", B, " d", first_decode_, " s", first_squeezed_, " c", b->capacity,
-                            b->estimating ? absl::StrCat(" e", b->estimate_capacity) : std::string());
+                            b->estimating ? absl::StrCat(" e", b->estimate_capacity) : std::string(),
+                            b->reading_ahead ? " ra" : "");
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
     const auto key = SelectionKey(Member(ordered[first]));
@@ -556,6 +607,25 @@ kernels::Selection DenseSelection(const KernelAttention::Buffers& b, int64_t fir
   return s;
 }
 
+// engine/squeeze's read-ahead constants (read_ahead.h) for the cursor kernel.
+kernels::ReadAheadRule CursorRule() {
+  kernels::ReadAheadRule rule;
+  rule.min_share = static_cast<float>(squeeze::kReadAheadShare);
+  rule.max_age = static_cast<int32_t>(squeeze::kReadAheadMaxAge);
+  return rule;
+}
+
+// One sequence's cursor at `layer`, uploaded on its own (a query chunk: eager, never in a graph).
+at::Tensor UploadCursor(KernelSequence& seq, int64_t layer, at::Device device) {
+  int32_t* base = seq.cursor_.data_ptr<int32_t>();  // [L][2][H_q]
+  const int64_t H = seq.cursor_.size(2);
+  const kernels::ReadAheadCursor cursor{base + 2 * layer * H, base + (2 * layer + 1) * H};
+  at::Tensor host =
+      at::empty({static_cast<int64_t>(sizeof(cursor))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), &cursor, sizeof(cursor));
+  return host.to(device, at::kByte, /*non_blocking=*/true);
+}
+
 // One view, uploaded on its own (a query chunk: eager, never in a graph).
 at::Tensor UploadView(const kernels::SequenceLayerBf16& view, at::Device device) {
   at::Tensor host = at::empty({static_cast<int64_t>(sizeof(view))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
@@ -595,9 +665,14 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       outputs[order_of_[i]] = MergeLse(context, own).out.to(q.scalar_type()).transpose(0, 1).reshape({n, H * D});
       continue;
     }
-    // Squeezed: blocks of at most kMaxSelectionRows query rows, each selecting its clusters.
+    // Squeezed: blocks of at most kMaxSelectionRows query rows, each selecting its clusters (with
+    // read-ahead, every block forces the cursor's clusters and reports its top keys; the cursor
+    // advances once over the whole chunk, as the libtorch lookup's does).
     std::vector<at::Tensor> blocks;
     const int64_t block = std::max<int64_t>(1, kMaxSelectionRows / G);
+    const at::TensorOptions ints = q.options().dtype(at::kInt);
+    const at::Tensor top_position = seq.read_ahead_ ? at::empty({n, H}, ints) : at::Tensor();
+    const at::Tensor top_share = seq.read_ahead_ ? at::empty({n, H}, ints.dtype(at::kFloat)) : at::Tensor();
     for (int64_t a = 0; a < n; a += block) {
       const int64_t m = std::min(block, n - a);
       const at::Tensor q_block = qs.narrow(1, a, m).transpose(0, 1).contiguous();  // [m, H, D]
@@ -615,10 +690,20 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
                                      b.workspace.data_ptr(), nullptr, stream),
             "select_clusters (prefill)");
       at::Tensor out = at::empty({m, H, D}, q_block.options());
+      kernels::TopKeys top;
+      if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
-                                              /*lse=*/nullptr, stream),
+                                              /*lse=*/nullptr, stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
+    }
+    if (seq.read_ahead_) {
+      const at::Tensor cursor = UploadCursor(seq, layer, device_);
+      Check(kernels::advance_read_ahead(1, static_cast<int>(n), static_cast<int>(H),
+                                        reinterpret_cast<const kernels::ReadAheadCursor*>(cursor.data_ptr()),
+                                        {top_position.data_ptr<int32_t>(), top_share.data_ptr<float>()},
+                                        CursorRule(), stream),
+            "advance_read_ahead (prefill)");
     }
     outputs[order_of_[i]] = blocks.size() == 1 ? blocks[0] : at::cat(blocks, 0);
   }
@@ -657,9 +742,13 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       const int64_t row = c - first_decode_;  // row of qd / out
       const kernels::Selection selection =
           dense ? DenseSelection(b, c * Hkv) : SqueezedSelection(b, layer, c * Hkv, /*decode=*/true);
+      kernels::TopKeys top;  // read-ahead's top keys of the squeezed members, [row][H_q]
+      if (!dense && b.reading_ahead) {
+        top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
+      }
       Check(kernels::sparse_decode_attention(shape, views + c, q_data + row * H * D, selection,
                                              out_data + row * H * D, /*lse=*/nullptr, b.workspace.data_ptr(), launch,
-                                             stream),
+                                             stream, top),
             "sparse_decode_attention");
     }
   };
@@ -683,6 +772,19 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     first = end;
   }
   if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
+  if (b.reading_ahead && B > first_squeezed_) {
+    // The squeezed members' cursors move on from their top keys (members without read-ahead have
+    // null cursors and are skipped), on the device: the next step's selection reads them.
+    const auto* cursors =
+        reinterpret_cast<const kernels::ReadAheadCursor*>(b.staging_device.data_ptr<uint8_t>() + b.cursors_at) +
+        layer * B + first_squeezed_;
+    const int64_t row = first_squeezed_ - first_decode_;
+    Check(kernels::advance_read_ahead(static_cast<int>(B - first_squeezed_), 1, static_cast<int>(H), cursors,
+                                      {b.top_position.data_ptr<int32_t>() + row * H,
+                                       b.top_share.data_ptr<float>() + row * H},
+                                      CursorRule(), stream),
+          "advance_read_ahead");
+  }
   for (int64_t i = first_decode_; i < B; ++i) outputs[order_of_[i]] = out[i - first_decode_].view({1, H * D});
   return outputs;
 }

@@ -25,8 +25,14 @@
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their
 // logits) and the attention kernels fold each in as one key (its mean value) in the same online
-// softmax (kernels/squeeze_types.h). Read-ahead is not wired to the kernels yet: such generations
-// run on libtorch (WhyNotOnKernels says so).
+// softmax (kernels/squeeze_types.h).
+//
+// Read-ahead (AttentionOptions::read_ahead): each squeezed sequence keeps per layer a cursor on the
+// GPU (next position per query head and its age); the selection forces the cluster at the cursor,
+// the attention kernels report each query head's top key, and kernels/read_ahead.h advances the
+// cursor on the device, in place. A graph's capture runs a step twice (an eager warm-up, then the
+// replay), which would advance the cursor twice: such sequences' steps run eagerly
+// (step_repeatable); double-buffered cursors would let them replay.
 #pragma once
 
 #include <cstdint>

@@ -128,12 +128,15 @@ ABSL_FLAG(float, default_sparsity, 0.7f,
 ABSL_FLAG(std::string, default_pruned, "auto",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
           "(each still attends as one key: its centroid, weighing its size, with its mean value), dropped "
-          "(left out, as the paper), or auto: estimated (on the CUDA kernels and on libtorch alike).");
+          "(left out, as the paper), or auto: estimated, unless the CUDA kernels serve squeezed attention "
+          "(their estimate runs inside the attention kernels but at batch 8 costs more than the keys it "
+          "saves: dropped keeps squeezed decoding faster than dense there).");
 ABSL_FLAG(std::string, default_read_ahead, "auto",
           "Read-ahead for squeezed requests that leave attention.read_ahead unset: on (a query head that "
           "concentrates on one context key also loads the cluster of the key after it at the next token; "
           "keeps copying on track), off (the paper's lookup), or auto: on, unless the CUDA kernels serve "
-          "squeezed attention (they have no read-ahead yet; a request asking for it runs on libtorch).");
+          "squeezed attention (they run it on request; its decode cost there is not yet measured at full "
+          "size).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level on stderr: trace, debug, info (one access line per API call), warn, error, critical, off.");
@@ -206,6 +209,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned);
       pruned == "estimated" || pruned == "dropped" || pruned == "auto") {
     config.defaults.estimate_pruned = pruned != "dropped";
+    config.defaults.estimate_pruned_auto = pruned == "auto";
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be auto, estimated or dropped, got ", pruned));
   }

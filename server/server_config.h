@@ -31,6 +31,9 @@ struct ServerDefaults {
   int64_t squeezed_min_context_tokens = -1;
   float sparsity = 0.7f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
+  // --default_pruned auto: set when the model has loaded (SqueezeserveService::SetEngine):
+  // estimated, unless the CUDA kernels serve squeezed attention.
+  bool estimate_pruned_auto = false;
   // attention.read_ahead unset: ON (true) or OFF. With read_ahead_auto (--default_read_ahead auto)
   // it is set when the model has loaded (SqueezeserveService::SetEngine): on, unless the CUDA
   // kernels serve squeezed attention (they have no read-ahead yet; on would send every squeezed

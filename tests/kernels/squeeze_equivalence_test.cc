@@ -16,7 +16,9 @@
 
 #include "engine/squeeze/index_builder.h"
 #include "engine/squeeze/sparse_attention.h"
+#include "engine/squeeze/read_ahead.h"
 #include "kernels/attention_ref.h"
+#include "kernels/read_ahead_ref.h"
 #include "kernels/selection_ref.h"
 #include "tests/kernels/brute_force.h"
 
@@ -263,6 +265,58 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
 INSTANTIATE_TEST_SUITE_P(LevelsAndBlocks, Equivalence,
                          ::testing::Values(std::make_tuple(1, 1), std::make_tuple(2, 1), std::make_tuple(1, 5),
                                            std::make_tuple(2, 4)));
+
+// Read-ahead's cursor (read_ahead_ref.h) against engine/squeeze's AdvanceReadAhead: two sequences
+// (one without read-ahead), over a chain of decode tokens and prefill blocks whose top keys are
+// random — confident or not, none (−1), at the share threshold exactly — so that cursors start,
+// advance, age out and restart.
+TEST(ReadAheadCursor, AdvancesAsTheLibtorchLookup) {
+  const int Hq = 6;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> pos(-1, 500);
+  std::uniform_int_distribution<int> pick(0, 5);
+  std::vector<int32_t> next(Hq, -1), age(Hq, 0);
+  squeeze::ReadAheadCursor want;  // undefined: as a generation starts
+  ReadAheadRule rule;
+  rule.min_share = static_cast<float>(squeeze::kReadAheadShare);
+  rule.max_age = static_cast<int32_t>(squeeze::kReadAheadMaxAge);
+  int live = 0, dropped = 0;
+  for (int step = 0; step < 60; ++step) {
+    const int T = step % 7 == 3 ? 1 + pick(rng) * 3 : 1;  // mostly decode tokens, some prefill blocks
+    // Top keys [batch = 2][T][Hq]: sequence 0 reads ahead, sequence 1 has no cursor (skipped).
+    std::vector<int32_t> position(2 * T * Hq);
+    std::vector<float> share(2 * T * Hq);
+    for (size_t i = 0; i < position.size(); ++i) {
+      position[i] = pos(rng);
+      const int kind = pick(rng);
+      share[i] = kind == 0 ? rule.min_share : kind < 3 ? 0.9f : 0.05f;
+      if (step % 11 > 6) share[i] = 0.05f;  // stretches without a copying key: cursors age out
+    }
+    ReadAheadCursor cursors[2];
+    cursors[0].next = next.data();
+    cursors[0].age = age.data();
+    TopKeys top{position.data(), share.data()};
+    advance_read_ahead_ref(2, T, Hq, cursors, top, rule);
+
+    // libtorch: [Hq, T] int64 / float of sequence 0.
+    at::Tensor p = at::empty({Hq, T}, at::kLong), sh = at::empty({Hq, T}, at::kFloat);
+    for (int t = 0; t < T; ++t) {
+      for (int h = 0; h < Hq; ++h) {
+        p[h][t] = position[t * Hq + h];
+        sh[h][t] = share[t * Hq + h];
+      }
+    }
+    want = squeeze::AdvanceReadAhead(want, p, sh);
+    for (int h = 0; h < Hq; ++h) {
+      ASSERT_EQ(next[h], want.next_position[h].item<int64_t>()) << "step " << step << " head " << h;
+      ASSERT_EQ(age[h], want.age[h].item<int64_t>()) << "step " << step << " head " << h;
+      live += next[h] >= 0;
+      dropped += next[h] < 0 && want.age[h].item<int64_t>() > rule.max_age;
+    }
+  }
+  EXPECT_GT(live, 20) << "cursors should be live often";
+  EXPECT_GT(dropped, 5) << "and age out sometimes";
+}
 
 }  // namespace
 }  // namespace squeezeserve::kernels::testing
