@@ -36,8 +36,8 @@ struct ServerDefaults {
   bool estimate_pruned_auto = false;
   // attention.read_ahead unset: ON (true) or OFF. With read_ahead_auto (--default_read_ahead auto)
   // it is set when the model has loaded (SqueezeserveService::SetEngine): on, unless the CUDA
-  // kernels serve squeezed attention (they have no read-ahead yet; on would send every squeezed
-  // generation to libtorch).
+  // kernels serve squeezed attention (they run it on request, with eager decode steps; its cost
+  // there is not yet measured at full size).
   bool read_ahead = true;
   bool read_ahead_auto = true;
 };

@@ -293,7 +293,7 @@ def main():
         rows = []
         for mode in [m for m in a.modes.split(",") if m]:
             for batch in batches:
-                # read-ahead runs on libtorch (off the kernels): a few tokens suffice to time it
+                # read-ahead decodes eagerly (no CUDA graph): a few tokens suffice to time it
                 n = 8 if mode == "read-ahead-0.9" else a.new_tokens
                 if mode == "read-ahead-0.9" and batch > 1:
                     continue
