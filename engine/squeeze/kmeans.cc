@@ -36,7 +36,7 @@ constexpr int64_t kSeedingRounds = 16;
 // Seeding and Lloyd's iterations run on a uniform sample of this many points per cluster (at least
 // kMinSampledPoints) when there are more, and every point is assigned once at the end: at the
 // ingest's 20 keys per cluster that is 40% of the keys, and the assignments over all keys, whose
-// cost grows with N·K (quadratic in the context), fall from ~6 per layer to ~2.4. The final means
+// cost grows with N·K (quadratic in the context), fall from ~6 per layer to ~3. The final means
 // are taken over every key. Index quality against full Lloyd: docs/performance.md (squeeze_accuracy).
 constexpr int64_t kSampledPointsPerCluster = 8;
 constexpr int64_t kMinSampledPoints = 2048;
