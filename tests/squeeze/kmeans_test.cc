@@ -82,6 +82,25 @@ TEST(KMeans, InvalidPointsAndDuplicatesLeaveEmptyClustersAtZero) {
   EXPECT_TRUE((r.centroids.abs().sum(-1).masked_select(~empty) > 0).all().item<bool>());
 }
 
+// Many points per cluster: seeding and Lloyd run on a sample (2048 of 16384 points here), then every
+// point is assigned once. The planted clusters are still found, and labels, sizes and raw means
+// describe all the points, not the sample.
+TEST(KMeans, SampledLloydStillRecoversPlantedClustersOverEveryPoint) {
+  const int64_t H = 2, N = 16384, P = 24;
+  const auto data = PlantedClusters(H, N, 32, P, 0.05, 3.0, 13);
+  KMeansOptions o;
+  o.num_clusters = P;
+  const KMeansResult r = KMeans(data.points, o);
+  const at::Tensor pair = data.planted * P + r.labels;
+  for (int64_t h = 0; h < H; ++h) {
+    EXPECT_EQ(std::get<0>(at::_unique(pair[h])).numel(), P) << "head " << h;
+  }
+  EXPECT_TRUE(at::equal(r.sizes.sum(-1), at::full({H}, N, at::kLong)));
+  const at::Tensor onehot = at::one_hot(r.labels, P).to(at::kFloat);  // [H, N, K]
+  EXPECT_TRUE(at::equal(onehot.sum(1).to(at::kLong), r.sizes));
+  const at::Tensor means = at::bmm(onehot.transpose(1, 2), data.points) / onehot.sum(1).clamp_min(1).unsqueeze(-1);
+  EXPECT_TRUE(at::allclose(r.centroids, means, 1e-4, 1e-4));
+}
 
 // Squared distances of every point to every centroid, in float64 on the CPU: the ground truth.
 at::Tensor ExactDistances(const at::Tensor& x, const at::Tensor& c) {
