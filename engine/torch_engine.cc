@@ -553,6 +553,13 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
     LogEngineWarning(absl::StrCat("a ", squeezed ? "squeezed" : "dense", " generation on context \"",
                                   stored->summary().id, "\" runs on libtorch, off the CUDA kernels: ", off_kernels));
   }
+  // On the kernels but off the CUDA graphs: read-ahead's cursor advances in place, which a graph's
+  // capture (a warm-up run, then the replay) would do twice (decode_graphs.h).
+  std::string off_graphs;
+  if (off_kernels.empty() && kernels_ != nullptr && squeezed && attention.read_ahead) {
+    off_graphs = "read-ahead: decode steps run without CUDA graphs (its cursor advances in place)";
+    LogEngineWarning(absl::StrCat("a squeezed generation on context \"", stored->summary().id, "\": ", off_graphs));
+  }
   std::optional<TextStream> text;
   if (tokenizer_ != nullptr) {
     text.emplace([this](const std::vector<int32_t>& ids) { return tokenizer_->Decode(ids.data(), ids.size()); },
@@ -561,7 +568,11 @@ absl::StatusOr<std::unique_ptr<Generation>> TorchEngine::StartGeneration(std::sh
   auto generation = std::make_unique<TorchGeneration>(this, std::move(stored), std::move(query), sampling,
                                                       std::move(sequence), squeezed, std::move(text),
                                                       options_.query_prefill_chunk_tokens);
-  if (!off_kernels.empty()) generation->set_attention_note(absl::StrCat("off the CUDA kernels: ", off_kernels));
+  if (!off_kernels.empty()) {
+    generation->set_attention_note(absl::StrCat("off the CUDA kernels: ", off_kernels));
+  } else if (!off_graphs.empty()) {
+    generation->set_attention_note(off_graphs);
+  }
   return std::unique_ptr<Generation>(std::move(generation));
 }
 
