@@ -12,6 +12,25 @@ namespace {
 
 using synth::PlantedClusters;
 
+// A perfect recovery is a bijection between planted and found clusters: the pair (planted, found)
+// takes exactly P distinct values per head, and P clusters are found.
+void ExpectRecovers(const at::Tensor& planted, const at::Tensor& labels, int64_t P) {
+  const at::Tensor pair = planted * P + labels;
+  for (int64_t h = 0; h < labels.size(0); ++h) {
+    EXPECT_EQ(std::get<0>(at::_unique(pair[h])).numel(), P) << "head " << h;
+    EXPECT_EQ(std::get<0>(at::_unique(labels[h])).numel(), P) << "head " << h;
+  }
+}
+
+// Sizes count the labels and centroids are the means of the raw points of each label.
+void ExpectSizesAndRawMeans(const KMeansResult& r, const at::Tensor& points, int64_t K) {
+  const at::Tensor onehot = at::one_hot(r.labels, K).to(at::kFloat);  // [H, N, K]
+  const at::Tensor counts = onehot.sum(1);
+  EXPECT_TRUE(at::equal(counts.to(at::kLong), r.sizes));
+  const at::Tensor means = at::bmm(onehot.transpose(1, 2), points) / counts.clamp_min(1).unsqueeze(-1);
+  EXPECT_TRUE(at::allclose(r.centroids, means, 1e-4, 1e-4));
+}
+
 TEST(KMeans, SameSeedGivesIdenticalLabels) {
   const at::Tensor x = PlantedClusters(3, 500, 16, 12, 0.8, 4.0, 1).points;
   KMeansOptions o;
@@ -42,14 +61,7 @@ TEST(KMeans, RecoversWellSeparatedPlantedClusters) {
   const auto data = PlantedClusters(H, N, 32, P, 0.05, 3.0, 5);
   KMeansOptions o;
   o.num_clusters = P;
-  const KMeansResult r = KMeans(data.points, o);
-  // A perfect recovery is a bijection between planted and found clusters: the pair (planted,
-  // found) takes exactly P distinct values per head.
-  const at::Tensor pair = data.planted * P + r.labels;
-  for (int64_t h = 0; h < H; ++h) {
-    EXPECT_EQ(std::get<0>(at::_unique(pair[h])).numel(), P) << "head " << h;
-    EXPECT_EQ(std::get<0>(at::_unique(r.labels[h])).numel(), P) << "head " << h;
-  }
+  ExpectRecovers(data.planted, KMeans(data.points, o).labels, P);
 }
 
 TEST(KMeans, CentroidsAreMeansOfRawPointsAndSizesCount) {
@@ -57,11 +69,7 @@ TEST(KMeans, CentroidsAreMeansOfRawPointsAndSizesCount) {
   KMeansOptions o;
   o.num_clusters = 7;
   const KMeansResult r = KMeans(x, o);
-  const at::Tensor onehot = at::one_hot(r.labels, 7).to(at::kFloat);  // [H, N, K]
-  const at::Tensor counts = onehot.sum(1);
-  EXPECT_TRUE(at::equal(counts.to(at::kLong), r.sizes));
-  const at::Tensor means = at::bmm(onehot.transpose(1, 2), x) / counts.clamp_min(1).unsqueeze(-1);
-  EXPECT_TRUE(at::allclose(r.centroids, means, 1e-4, 1e-4));
+  ExpectSizesAndRawMeans(r, x, 7);
   // Raw means: the norms are the keys' magnitude (~10), not unit.
   EXPECT_GT(r.centroids.norm(2, {-1}).mean().item<double>(), 3.0);
 }
@@ -91,15 +99,9 @@ TEST(KMeans, SampledLloydStillRecoversPlantedClustersOverEveryPoint) {
   KMeansOptions o;
   o.num_clusters = P;
   const KMeansResult r = KMeans(data.points, o);
-  const at::Tensor pair = data.planted * P + r.labels;
-  for (int64_t h = 0; h < H; ++h) {
-    EXPECT_EQ(std::get<0>(at::_unique(pair[h])).numel(), P) << "head " << h;
-  }
+  ExpectRecovers(data.planted, r.labels, P);
   EXPECT_TRUE(at::equal(r.sizes.sum(-1), at::full({H}, N, at::kLong)));
-  const at::Tensor onehot = at::one_hot(r.labels, P).to(at::kFloat);  // [H, N, K]
-  EXPECT_TRUE(at::equal(onehot.sum(1).to(at::kLong), r.sizes));
-  const at::Tensor means = at::bmm(onehot.transpose(1, 2), data.points) / onehot.sum(1).clamp_min(1).unsqueeze(-1);
-  EXPECT_TRUE(at::allclose(r.centroids, means, 1e-4, 1e-4));
+  ExpectSizesAndRawMeans(r, data.points, P);
 }
 
 // Squared distances of every point to every centroid, in float64 on the CPU: the ground truth.
