@@ -256,6 +256,21 @@ void Check(int err, const char* what) {
 
 void* CurrentStream(at::Device device) { return c10::cuda::getCurrentCUDAStream(device.index()).stream(); }
 
+// A reading-ahead sequence's cursor at `layer`: rows (layer, 0) and (layer, 1) of its [L][2][H_q] cursor_.
+kernels::ReadAheadCursor CursorOf(KernelSequence& seq, int64_t layer) {
+  int32_t* base = seq.cursor_.data_ptr<int32_t>();
+  const int64_t H = seq.cursor_.size(2);
+  return {base + 2 * layer * H, base + (2 * layer + 1) * H};
+}
+
+// `bytes` of host data in device memory, through a pinned buffer (eager work only, never in a graph).
+at::Tensor Upload(const void* data, size_t bytes, at::Device device) {
+  at::Tensor host =
+      at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), data, bytes);
+  return host.to(device, at::kByte, /*non_blocking=*/true);
+}
+
 }  // namespace
 #endif
 
@@ -531,12 +546,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     KernelSequence& seq = Member(ordered[i]);
     const bool reads = seq.squeezed_ && seq.read_ahead_;
     b->reading_ahead = b->reading_ahead || (reads && IsDecode(ordered[i]));
-    int32_t* cursor = reads ? seq.cursor_.data_ptr<int32_t>() : nullptr;  // [L][2][H_q]
-    for (int64_t l = 0; l < L; ++l) {
-      kernels::ReadAheadCursor& c = cursors[l * B + i];
-      c.next = reads ? cursor + (2 * l) * num_q_heads_ : nullptr;
-      c.age = reads ? cursor + (2 * l + 1) * num_q_heads_ : nullptr;
-    }
+    for (int64_t l = 0; l < L; ++l) cursors[l * B + i] = reads ? CursorOf(seq, l) : kernels::ReadAheadCursor{};
   }
   // The staging buffer is reused by the next step only after this one's logits reached the host
   // (every forward ends with that copy), so the upload has long finished by then.
@@ -615,24 +625,6 @@ kernels::ReadAheadRule CursorRule() {
   return rule;
 }
 
-// One sequence's cursor at `layer`, uploaded on its own (a query chunk: eager, never in a graph).
-at::Tensor UploadCursor(KernelSequence& seq, int64_t layer, at::Device device) {
-  int32_t* base = seq.cursor_.data_ptr<int32_t>();  // [L][2][H_q]
-  const int64_t H = seq.cursor_.size(2);
-  const kernels::ReadAheadCursor cursor{base + 2 * layer * H, base + (2 * layer + 1) * H};
-  at::Tensor host =
-      at::empty({static_cast<int64_t>(sizeof(cursor))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), &cursor, sizeof(cursor));
-  return host.to(device, at::kByte, /*non_blocking=*/true);
-}
-
-// One view, uploaded on its own (a query chunk: eager, never in a graph).
-at::Tensor UploadView(const kernels::SequenceLayerBf16& view, at::Device device) {
-  at::Tensor host = at::empty({static_cast<int64_t>(sizeof(view))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), &view, sizeof(view));
-  return host.to(device, at::kByte, /*non_blocking=*/true);
-}
-
 }  // namespace
 
 std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
@@ -677,7 +669,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       const int64_t m = std::min(block, n - a);
       const at::Tensor q_block = qs.narrow(1, a, m).transpose(0, 1).contiguous();  // [m, H, D]
       kernels::SequenceLayerBf16 view = ViewOf(seq, layer, a + m, /*decode=*/false);
-      const at::Tensor view_device = UploadView(view, device_);
+      const at::Tensor view_device = Upload(&view, sizeof(view), device_);  // a query chunk: eager
       const auto* views = reinterpret_cast<const kernels::SequenceLayerBf16*>(view_device.data_ptr());
       shape.batch = 1;
       shape.query_len = static_cast<int32_t>(m);
@@ -698,7 +690,8 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       blocks.push_back(out.view({m, H * D}));
     }
     if (seq.read_ahead_) {
-      const at::Tensor cursor = UploadCursor(seq, layer, device_);
+      const kernels::ReadAheadCursor own = CursorOf(seq, layer);
+      const at::Tensor cursor = Upload(&own, sizeof(own), device_);
       Check(kernels::advance_read_ahead(1, static_cast<int>(n), static_cast<int>(H),
                                         reinterpret_cast<const kernels::ReadAheadCursor*>(cursor.data_ptr()),
                                         {top_position.data_ptr<int32_t>(), top_share.data_ptr<float>()},
