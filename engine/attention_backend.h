@@ -74,10 +74,6 @@ class SequenceAttention {
   virtual int64_t length() const = 0;
   virtual int64_t capacity() const = 0;
   virtual const LookupStats& stats() const = 0;
-  // Whether running this sequence's decode step twice leaves the same state as running it once, as
-  // a CUDA graph's capture does (decode_graphs.h: an eager warm-up, then the captured replay).
-  // Read-ahead on the kernels is not: its cursor advances once per run.
-  virtual bool step_repeatable() const { return true; }
 };
 
 // One sequence's part of a forward: its new tokens are rows [offset, offset + num_tokens) of the

@@ -44,7 +44,6 @@ bool DecodeGraphs::Eligible(const std::vector<const ForwardArgs*>& batch) const 
   if (batch.empty()) return false;
   for (const ForwardArgs* args : batch) {
     if (args->attention == nullptr || &args->attention->backend() != &kernels_) return false;
-    if (!args->attention->step_repeatable()) return false;  // the capture runs the step twice
     if (args->num_tokens != 1 || args->query_prefill || !args->compute_logits || args->logits_of_every_token ||
         args->captured_queries != nullptr) {
       return false;

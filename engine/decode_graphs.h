@@ -34,8 +34,7 @@ class DecodeGraphs {
   ~DecodeGraphs();
 
   // Whether the forward of `batch` can be a graph: every entry one decode token of a sequence on the
-  // CUDA kernels whose step is repeatable (SequenceAttention::step_repeatable), wanting its
-  // last-token logits and nothing else.
+  // CUDA kernels, wanting its last-token logits and nothing else.
   bool Eligible(const std::vector<const ForwardArgs*>& batch) const;
 
   // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the CPU.

@@ -40,10 +40,8 @@ struct ModelInfo {
   int32_t eos_token_id = -1;
   std::string device;  // "cpu", "cuda:0"
   std::string dtype;   // compute dtype: "float32", "bfloat16"
-  // Whether the CUDA kernels serve squeezed attention (EngineOptions::attention_backend resolved).
-  bool squeezed_attention_on_kernels = false;
-  // Context length from which the server's default squeezed lookup (70%, pruned clusters dropped on
-  // the kernels) decodes faster than dense on this engine (docs/performance.md); -1 = never (the
+  // Context length from which the server's default squeezed lookup (90%, pruned clusters estimated,
+  // read-ahead) decodes faster than dense on this engine (docs/performance.md); -1 = never (the
   // CPU, or libtorch on a GPU: the libtorch lookup costs more than it saves). The server's auto
   // mode reads it.
   int64_t squeezed_min_context_tokens = -1;

@@ -92,8 +92,6 @@ class KernelSequence : public SequenceAttention {
   int64_t length() const override { return length_; }
   int64_t capacity() const override { return capacity_; }
   const LookupStats& stats() const override { return stats_; }
-  // The read-ahead cursor advances in place (kernels/read_ahead.h): such steps run eagerly.
-  bool step_repeatable() const override { return !read_ahead_; }
 
   KernelAttention& backend_;
   std::shared_ptr<const StoredContext> context_;
@@ -103,7 +101,9 @@ class KernelSequence : public SequenceAttention {
   bool estimate_pruned_ = false;
   bool read_ahead_ = false;
   // With read_ahead_: per layer the cursor the selection reads (next position per query head) and
-  // its age, [L][2][H_q] int32 on the GPU; advanced on the device after each attention.
+  // its age, [2][L][2][H_q] int32 on the GPU. Slot 0 is current (the selection reads it), slot 1 the
+  // advanced cursor the attention's top keys give (written on the device, so that a step run twice —
+  // a CUDA graph's capture — advances once); Finish makes slot 1 current.
   at::Tensor cursor_;
   LookupThresholds thresholds_;
   // Per layer [H_kv, W + capacity, D]: the context window, then the own tokens.
@@ -190,7 +190,7 @@ void BuildViews(KernelSequence* seq) {
         view.perm = Int32Data(index.perm);
         view.cluster_of_position = Int32Data(index.cluster_of_position);
         view.window_len = static_cast<int32_t>(seq->views_->window);
-        if (seq->read_ahead_) view.read_ahead = seq->cursor_[static_cast<int64_t>(layer)][0].data_ptr<int32_t>();
+        if (seq->read_ahead_) view.read_ahead = seq->cursor_[0][static_cast<int64_t>(layer)][0].data_ptr<int32_t>();
       }
       const at::Tensor& k = seq->dense_keys_[layer];
       view.dense_keys = Bf16Data(k);
@@ -221,9 +221,12 @@ struct KernelAttention::Buffers {
   // selection's rows [pairs] int32, then source rows [steps] int64 (the stacked row of each
   // member's first new token, in launch order).
   int64_t views_at = 0, dense_rows_at = 0, source_rows_at = 0, staging_bytes = 0;
-  // Read-ahead: staging also holds every layer's cursors [layers][steps] (null for members that do
-  // not read ahead), and the decode attention's top keys land in top_position / top_share
-  // [steps][H_q] before the cursors advance.
+  // decode_rows_at: [steps] int64, the launch row (in the decode queries / outputs) of each decode
+  // token, in batch order; the decode outputs are gathered by it back to batch order.
+  int64_t decode_rows_at = 0;
+  // Read-ahead: staging also holds every layer's cursors [2][layers][steps] (current, then advanced;
+  // null for members that do not read ahead), and the decode attention's top keys land in
+  // top_position / top_share [steps][H_q] before the cursors advance.
   int64_t cursors_at = 0;
   at::Tensor top_position, top_share;
   bool reading_ahead = false;
@@ -256,11 +259,14 @@ void Check(int err, const char* what) {
 
 void* CurrentStream(at::Device device) { return c10::cuda::getCurrentCUDAStream(device.index()).stream(); }
 
-// A reading-ahead sequence's cursor at `layer`: rows (layer, 0) and (layer, 1) of its [L][2][H_q] cursor_.
-kernels::ReadAheadCursor CursorOf(KernelSequence& seq, int64_t layer) {
+// A reading-ahead sequence's cursor at `layer`, slot 0 (current) or 1 (advanced): rows (slot, layer,
+// 0) and (slot, layer, 1) of its [2][L][2][H_q] cursor_.
+// Pointer arithmetic, not tensor indexing: Plan calls it 2·L times per member and step.
+kernels::ReadAheadCursor CursorOf(KernelSequence& seq, int64_t slot, int64_t layer) {
   int32_t* base = seq.cursor_.data_ptr<int32_t>();
-  const int64_t H = seq.cursor_.size(2);
-  return {base + 2 * layer * H, base + (2 * layer + 1) * H};
+  const int64_t L = seq.cursor_.size(1), H = seq.cursor_.size(3);
+  int32_t* next = base + ((slot * L + layer) * 2) * H;
+  return {next, next + H};
 }
 
 // `bytes` of host data in device memory, through a pinned buffer (eager work only, never in a graph).
@@ -418,9 +424,9 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<
   seq->estimate_pruned_ = attention.estimate_pruned;
   seq->read_ahead_ = attention.read_ahead;
   if (seq->read_ahead_) {
-    seq->cursor_ = at::empty({num_layers_, 2, num_q_heads_}, at::TensorOptions().dtype(at::kInt).device(device_));
-    seq->cursor_.select(1, 0).fill_(-1);  // no position to read ahead yet
-    seq->cursor_.select(1, 1).zero_();
+    seq->cursor_ = at::empty({2, num_layers_, 2, num_q_heads_}, at::TensorOptions().dtype(at::kInt).device(device_));
+    seq->cursor_.select(2, 0).fill_(-1);  // no position to read ahead yet
+    seq->cursor_.select(2, 1).zero_();
   }
   seq->thresholds_ = thresholds;
   AllocateDenseParts(*context, views->window, capacity, seq.get());
@@ -501,9 +507,10 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_rows_at =
         Aligned(static_cast<int64_t>(sizeof(kernels::SequenceLayerBf16)) * L * grown->steps);
     grown->source_rows_at = grown->dense_rows_at + Aligned(4 * grown->pairs);
-    grown->cursors_at = grown->source_rows_at + Aligned(8 * grown->steps);
+    grown->decode_rows_at = grown->source_rows_at + Aligned(8 * grown->steps);
+    grown->cursors_at = grown->decode_rows_at + Aligned(8 * grown->steps);
     grown->staging_bytes =
-        grown->cursors_at + Aligned(static_cast<int64_t>(sizeof(kernels::ReadAheadCursor)) * L * grown->steps);
+        grown->cursors_at + Aligned(static_cast<int64_t>(sizeof(kernels::ReadAheadCursor)) * 2 * L * grown->steps);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
     grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
@@ -546,11 +553,12 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     KernelSequence& seq = Member(ordered[i]);
     const bool reads = seq.squeezed_ && seq.read_ahead_;
     b->reading_ahead = b->reading_ahead || (reads && IsDecode(ordered[i]));
-    for (int64_t l = 0; l < L; ++l) cursors[l * B + i] = reads ? CursorOf(seq, l) : kernels::ReadAheadCursor{};
+    for (int64_t slot = 0; slot < 2; ++slot) {
+      for (int64_t l = 0; l < L; ++l) {
+        cursors[(slot * L + l) * B + i] = reads ? CursorOf(seq, slot, l) : kernels::ReadAheadCursor{};
+      }
+    }
   }
-  // The staging buffer is reused by the next step only after this one's logits reached the host
-  // (every forward ends with that copy), so the upload has long finished by then.
-  b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
   b->estimating = estimating;
   // Estimated-cluster counts: the selection writes them in a step with an estimating member.
   if (!b->estimating) b->stats.narrow(1, 2, 1).zero_();
@@ -578,6 +586,20 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     in_batch_order_ = in_batch_order_ && steps_[i].offset == static_cast<int64_t>(i);
   }
   absl::StrAppend(&signature_, in_batch_order_ ? " o" : " r");
+  // The decode tokens' launch rows, in batch order.
+  decode_in_batch_order_.clear();
+  for (size_t original = 0; original < steps.size(); ++original) {
+    if (IsDecode(steps[original])) decode_in_batch_order_.push_back(original);
+  }
+  auto* decode_rows = reinterpret_cast<int64_t*>(host + b->decode_rows_at);
+  for (size_t k = 0; k < decode_in_batch_order_.size(); ++k) {
+    int64_t i = first_decode_;
+    while (order_of_[i] != decode_in_batch_order_[k]) ++i;
+    decode_rows[k] = i - first_decode_;
+  }
+  // The staging buffer is reused by the next step only after this one's logits reached the host
+  // (every forward ends with that copy), so the upload has long finished by then.
+  b->staging_device.copy_(b->staging_host, /*non_blocking=*/true);
 }
 
 namespace {
@@ -690,10 +712,10 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       blocks.push_back(out.view({m, H * D}));
     }
     if (seq.read_ahead_) {
-      const kernels::ReadAheadCursor own = CursorOf(seq, layer);
-      const at::Tensor cursor = Upload(&own, sizeof(own), device_);
-      Check(kernels::advance_read_ahead(1, static_cast<int>(n), static_cast<int>(H),
-                                        reinterpret_cast<const kernels::ReadAheadCursor*>(cursor.data_ptr()),
+      const kernels::ReadAheadCursor own[2] = {CursorOf(seq, 0, layer), CursorOf(seq, 1, layer)};
+      const at::Tensor cursor = Upload(own, sizeof(own), device_);
+      const auto* current = reinterpret_cast<const kernels::ReadAheadCursor*>(cursor.data_ptr());
+      Check(kernels::advance_read_ahead(1, static_cast<int>(n), static_cast<int>(H), current, current + 1,
                                         {top_position.data_ptr<int32_t>(), top_share.data_ptr<float>()},
                                         CursorRule(), stream),
             "advance_read_ahead (prefill)");
@@ -766,19 +788,25 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   }
   if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
   if (b.reading_ahead && B > first_squeezed_) {
-    // The squeezed members' cursors move on from their top keys (members without read-ahead have
-    // null cursors and are skipped), on the device: the next step's selection reads them.
+    // The squeezed members' advanced cursors from their top keys (members without read-ahead have
+    // null cursors and are skipped), on the device: Finish makes them current for the next step.
     const auto* cursors =
-        reinterpret_cast<const kernels::ReadAheadCursor*>(b.staging_device.data_ptr<uint8_t>() + b.cursors_at) +
-        layer * B + first_squeezed_;
+        reinterpret_cast<const kernels::ReadAheadCursor*>(b.staging_device.data_ptr<uint8_t>() + b.cursors_at);
     const int64_t row = first_squeezed_ - first_decode_;
-    Check(kernels::advance_read_ahead(static_cast<int>(B - first_squeezed_), 1, static_cast<int>(H), cursors,
+    Check(kernels::advance_read_ahead(static_cast<int>(B - first_squeezed_), 1, static_cast<int>(H),
+                                      cursors + layer * B + first_squeezed_, cursors + (num_layers_ + layer) * B + first_squeezed_,
                                       {b.top_position.data_ptr<int32_t>() + row * H,
                                        b.top_share.data_ptr<float>() + row * H},
                                       CursorRule(), stream),
           "advance_read_ahead");
   }
-  for (int64_t i = first_decode_; i < B; ++i) outputs[order_of_[i]] = out[i - first_decode_].view({1, H * D});
+  // Back to batch order on the device: a captured graph replays for any order of dense and squeezed
+  // members with the same launch signature, so which output row is whose must not be baked in.
+  const at::Tensor in_order =
+      in_batch_order_ ? out
+                      : out.index_select(
+                            0, b.staging_device.narrow(0, b.decode_rows_at, 8 * Bd).view(at::kLong));
+  for (int64_t k = 0; k < Bd; ++k) outputs[decode_in_batch_order_[k]] = in_order[k].view({1, H * D});
   return outputs;
 }
 
@@ -808,7 +836,12 @@ void KernelAttention::Finish() {
       seq.stats_.FinishStep();
     }
   }
-  for (const SequenceStep& step : steps_) Member(step).length_ += step.num_tokens;
+  for (const SequenceStep& step : steps_) {
+    KernelSequence& seq = Member(step);
+    seq.length_ += step.num_tokens;
+    // The step's advanced read-ahead cursors become current (stream-ordered after the step).
+    if (seq.squeezed_ && seq.read_ahead_) seq.cursor_[0].copy_(seq.cursor_[1], /*non_blocking=*/true);
+  }
   steps_.clear();
 }
 

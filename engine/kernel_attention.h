@@ -29,10 +29,10 @@
 //
 // Read-ahead (AttentionOptions::read_ahead): each squeezed sequence keeps per layer a cursor on the
 // GPU (next position per query head and its age); the selection forces the cluster at the cursor,
-// the attention kernels report each query head's top key, and kernels/read_ahead.h advances the
-// cursor on the device, in place. A graph's capture runs a step twice (an eager warm-up, then the
-// replay), which would advance the cursor twice: such sequences' steps run eagerly
-// (step_repeatable); double-buffered cursors would let them replay.
+// the attention kernels report each query head's top key, and kernels/read_ahead.h writes the
+// advanced cursor, on the device, into a second buffer that Finish makes current. A step thus reads
+// only what it does not write, and runs twice as once: a CUDA graph's capture (an eager warm-up,
+// then the replay) keeps read-ahead steps on the graphs.
 #pragma once
 
 #include <cstdint>
@@ -110,6 +110,10 @@ class KernelAttention : public AttentionBackend {
   // first_squeezed_), squeezed decode tokens grouped by selection launch [first_squeezed_, end).
   std::vector<SequenceStep> steps_;
   std::vector<size_t> order_of_;  // order_of_[i]: index in Plan's argument of steps_[i]
+  // The decode tokens' indices in Plan's argument, ascending: their outputs are gathered back to
+  // that order on the device (Buffers::decode_rows_at), so the host mapping of a graph's outputs
+  // does not depend on where dense and squeezed members sit in the batch.
+  std::vector<size_t> decode_in_batch_order_;
   bool in_batch_order_ = false;   // every step a decode token, steps_[i] at stacked row i
   int64_t first_decode_ = 0, first_squeezed_ = 0;
   std::string signature_;

@@ -8,24 +8,24 @@ namespace squeezeserve::kernels {
 namespace {
 
 __global__ void advance_read_ahead_kernel(int batch, int query_len, int num_q_heads, const ReadAheadCursor* cursors,
-                                          TopKeys top, ReadAheadRule rule) {
+                                          const ReadAheadCursor* advanced, TopKeys top, ReadAheadRule rule) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= batch * num_q_heads) return;
   const int b = i / num_q_heads, h = i % num_q_heads;
   const ReadAheadCursor c = cursors[b];
   if (c.next == nullptr) return;
-  detail::advance_one(b, h, query_len, num_q_heads, c, top, rule);
+  detail::advance_one(b, h, query_len, num_q_heads, c, advanced[b], top, rule);
 }
 
 }  // namespace
 
 int advance_read_ahead(int batch, int query_len, int num_q_heads, const ReadAheadCursor* cursors,
-                       const TopKeys& top, const ReadAheadRule& rule, void* stream) {
+                       const ReadAheadCursor* advanced, const TopKeys& top, const ReadAheadRule& rule, void* stream) {
   if (batch < 0 || query_len < 1 || num_q_heads < 1) return static_cast<int>(cudaErrorInvalidValue);
   if (batch == 0) return 0;
   const int threads = 128, total = batch * num_q_heads;
   advance_read_ahead_kernel<<<(total + threads - 1) / threads, threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      batch, query_len, num_q_heads, cursors, top, rule);
+      batch, query_len, num_q_heads, cursors, advanced, top, rule);
   return static_cast<int>(cudaGetLastError());
 }
 

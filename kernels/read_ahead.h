@@ -2,8 +2,10 @@
 // kernels reported each query head's most attended selected key (TopKeys), every sequence's cursor —
 // the context position whose cluster the next step's selection forces (SequenceLayer::read_ahead) —
 // moves on, as engine/squeeze's AdvanceReadAhead does. Device work only, one launch per layer for a
-// batch, in place (running it twice advances twice). Plain C++ header; CPU reference with the same
-// contract: read_ahead_ref.h.
+// batch. It reads one cursor and writes the advanced one to another, so that a step which runs twice
+// (a CUDA graph's capture: an eager warm-up, then the replay) leaves the same state as running once;
+// the caller makes the advanced cursor current between steps. Plain C++ header; CPU reference with
+// the same contract: read_ahead_ref.h.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +28,13 @@ struct ReadAheadRule {
 };
 
 // For each sequence b < batch whose cursors[b].next is set, each query head h < num_q_heads, over
-// its query_len tokens' top keys (top.position / top.share [batch][query_len][num_q_heads]): from
+// its query_len tokens' top keys, writes advanced[b]'s next and age (both always; advanced[b] may be
+// cursors[b] itself: in place) (top.position / top.share [batch][query_len][num_q_heads]): from
 // the last token t with share >= min_share and position >= 0, next = position + (query_len − t) and
 // age = query_len − 1 − t; without one, a live cursor (next >= 0) advances by query_len and ages by
-// query_len. A cursor older than max_age becomes −1 (its age is kept). cursors: device array.
-// Returns a cudaError_t value.
+// query_len. A cursor older than max_age becomes −1 (its age is kept). cursors, advanced: device
+// arrays. Returns a cudaError_t value.
 int advance_read_ahead(int batch, int query_len, int num_q_heads, const ReadAheadCursor* cursors,
-                       const TopKeys& top, const ReadAheadRule& rule, void* stream);
+                       const ReadAheadCursor* advanced, const TopKeys& top, const ReadAheadRule& rule, void* stream);
 
 }  // namespace squeezeserve::kernels

@@ -6,6 +6,6 @@
 namespace squeezeserve::kernels {
 
 void advance_read_ahead_ref(int batch, int query_len, int num_q_heads, const ReadAheadCursor* cursors,
-                            const TopKeys& top, const ReadAheadRule& rule);
+                            const ReadAheadCursor* advanced, const TopKeys& top, const ReadAheadRule& rule);
 
 }  // namespace squeezeserve::kernels

@@ -14,10 +14,11 @@
 
 namespace squeezeserve::kernels::detail {
 
-// Advances cursor (next, age) of sequence b, query head h over its query_len tokens' top keys.
+// Advances cursor c (next, age) of sequence b, query head h over its query_len tokens' top keys into
+// `to` (which may be c).
 SQUEEZESERVE_HOST_DEVICE inline void advance_one(int b, int h, int query_len, int num_q_heads,
-                                                 const ReadAheadCursor& c, const TopKeys& top,
-                                                 const ReadAheadRule& rule) {
+                                                 const ReadAheadCursor& c, const ReadAheadCursor& to,
+                                                 const TopKeys& top, const ReadAheadRule& rule) {
   int last = -1;
   for (int t = query_len - 1; t >= 0 && last < 0; --t) {
     const int64_t at = (static_cast<int64_t>(b) * query_len + t) * num_q_heads + h;
@@ -35,8 +36,8 @@ SQUEEZESERVE_HOST_DEVICE inline void advance_one(int b, int h, int query_len, in
     next = c.next[h] + query_len;
     age = c.age[h] + query_len;
   }
-  c.next[h] = found && age <= rule.max_age ? next : -1;
-  c.age[h] = age;
+  to.next[h] = found && age <= rule.max_age ? next : -1;
+  to.age[h] = age;
 }
 
 }  // namespace squeezeserve::kernels::detail

@@ -61,10 +61,10 @@ ABSL_FLAG(std::string, store, "",
           "only.");
 ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, attention_backend, "auto",
-          "What runs the squeezed lookup + attention of Generate: auto (the CUDA kernels when --device is a GPU, "
-          "the build has them and the model's head_dim is 64 or 128 with a GQA group of 1, 2, 4 or 8; libtorch "
-          "otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the kernels, or the model "
-          "fails to load). Dense generation always uses libtorch.");
+          "What runs the attention of Generate (squeezed and dense): auto (the CUDA kernels when --device is a "
+          "GPU, the build has them, the model is bfloat16 and its head_dim is 64 or 128 with a GQA group of 1 "
+          "to 8; libtorch otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the "
+          "kernels, or the model fails to load). Ingest prefill always uses libtorch's fused attention.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -122,21 +122,20 @@ ABSL_FLAG(std::string, default_mode, "auto",
           "where the context is long enough for the index to pay for itself on this engine (logged at "
           "start; never on the CPU), dense otherwise. Contexts without an index always use dense; the "
           "response's stats say which mode served and why.");
-ABSL_FLAG(float, default_sparsity, 0.7f,
+ABSL_FLAG(float, default_sparsity, 0.9f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
-          "of the context is used).");
-ABSL_FLAG(std::string, default_pruned, "auto",
+          "of the context is used). 0.9 with the default lookup (pruned clusters estimated, read-ahead on) "
+          "retrieves as dense does on the long-context evaluation and decodes faster than dense at every "
+          "measured size (docs/performance.md).");
+ABSL_FLAG(std::string, default_pruned, "estimated",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
-          "(each still attends as one key: its centroid, weighing its size, with its mean value), dropped "
-          "(left out, as the paper), or auto: estimated, unless the CUDA kernels serve squeezed attention "
-          "(their estimate runs inside the attention kernels but at batch 8 costs more than the keys it "
-          "saves: dropped keeps squeezed decoding faster than dense there).");
-ABSL_FLAG(std::string, default_read_ahead, "auto",
+          "(each still attends as one key: its centroid, weighing its size, with its mean value; what keeps "
+          "retrieval at dense accuracy at 90%) or dropped (left out, as the paper; a little faster, much "
+          "less accurate). auto = estimated (kept for existing deployments).");
+ABSL_FLAG(std::string, default_read_ahead, "on",
           "Read-ahead for squeezed requests that leave attention.read_ahead unset: on (a query head that "
           "concentrates on one context key also loads the cluster of the key after it at the next token; "
-          "keeps copying on track), off (the paper's lookup), or auto: on, unless the CUDA kernels serve "
-          "squeezed attention (they run it on request; its decode cost there is not yet measured at full "
-          "size).");
+          "keeps copying on track) or off (the paper's lookup). auto = on (kept for existing deployments).");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level on stderr: trace, debug, info (one access line per API call), warn, error, critical, off.");
@@ -209,16 +208,14 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   if (const std::string pruned = absl::GetFlag(FLAGS_default_pruned);
       pruned == "estimated" || pruned == "dropped" || pruned == "auto") {
     config.defaults.estimate_pruned = pruned != "dropped";
-    config.defaults.estimate_pruned_auto = pruned == "auto";
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be auto, estimated or dropped, got ", pruned));
+    return absl::InvalidArgumentError(absl::StrCat("--default_pruned must be estimated, dropped or auto, got ", pruned));
   }
   if (const std::string ahead = absl::GetFlag(FLAGS_default_read_ahead);
       ahead == "auto" || ahead == "on" || ahead == "off") {
-    config.defaults.read_ahead_auto = ahead == "auto";
     config.defaults.read_ahead = ahead != "off";
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--default_read_ahead must be auto, on or off, got ", ahead));
+    return absl::InvalidArgumentError(absl::StrCat("--default_read_ahead must be on, off or auto, got ", ahead));
   }
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.max_resident_context_bytes = absl::GetFlag(FLAGS_max_resident_context_bytes);

@@ -29,17 +29,9 @@ struct ServerDefaults {
   AttentionMode mode = AttentionMode::kSqueezed;
   bool mode_auto = false;  // --default_mode auto (the flag's default) sets it
   int64_t squeezed_min_context_tokens = -1;
-  float sparsity = 0.7f;
+  float sparsity = 0.9f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
-  // --default_pruned auto: set when the model has loaded (SqueezeserveService::SetEngine):
-  // estimated, unless the CUDA kernels serve squeezed attention.
-  bool estimate_pruned_auto = false;
-  // attention.read_ahead unset: ON (true) or OFF. With read_ahead_auto (--default_read_ahead auto)
-  // it is set when the model has loaded (SqueezeserveService::SetEngine): on, unless the CUDA
-  // kernels serve squeezed attention (they run it on request, with eager decode steps; its cost
-  // there is not yet measured at full size).
-  bool read_ahead = true;
-  bool read_ahead_auto = true;
+  bool read_ahead = true;       // attention.read_ahead unset: ON (true) or OFF
 };
 
 struct ServerConfig {

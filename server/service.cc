@@ -50,17 +50,6 @@ void SqueezeserveService::SetEngine(std::unique_ptr<Engine> engine) {
                    defaults.squeezed_min_context_tokens);
     }
   }
-  if (defaults.estimate_pruned_auto) {
-    defaults.estimate_pruned = !engine_->model_info().squeezed_attention_on_kernels;
-    spdlog::info("pruned clusters by default: {}",
-                 defaults.estimate_pruned ? "estimated"
-                                          : "dropped (the CUDA kernels' estimate costs more than it saves at batch 8)");
-  }
-  if (defaults.read_ahead_auto) {
-    defaults.read_ahead = !engine_->model_info().squeezed_attention_on_kernels;
-    spdlog::info("read-ahead by default: {}",
-                 defaults.read_ahead ? "on" : "off (on the CUDA kernels on request only: not yet measured at full size)");
-  }
   core_.store.AttachDirectory(engine_.get(), core_.config.store_dir);
   core_.store.SetResidentLimit(core_.config.max_resident_context_bytes);
   core_.store.SetHostLimit(core_.config.max_host_context_bytes);

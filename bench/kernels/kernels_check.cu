@@ -10,7 +10,8 @@
 // P V products), LSE max abs error <= 1e-2, no NaN. Top keys (read-ahead cases): the position of
 // every query row equals the reference's unless both are rows with shares within 2e-3 relative
 // (a near tie), and |share - ref| <= 1e-3 + 1e-3 * ref.
-// Fused RMSNorm / RoPE: a second table (norm_rope_check.cu).
+// Fused RMSNorm / RoPE: a second table (norm_rope_check.cu); read-ahead's cursor: a third
+// (read_ahead_check.cu).
 // Every case runs in a child process of its own (the parent never touches CUDA), so that a kernel
 // fault (sticky for its context) fails that case only and the later ones still report.
 #include <sys/wait.h>
@@ -27,6 +28,7 @@
 
 #include "bench/kernels/device_layer.h"
 #include "bench/kernels/norm_rope_check.h"
+#include "bench/kernels/read_ahead_check.h"
 #include "kernels/attention_ref.h"
 #include "kernels/decode_attention.h"
 #include "kernels/prefill_attention.h"
@@ -552,6 +554,7 @@ int main(int argc, char** argv) {
     });
   }
   all &= isolated([&] { return run_norm_rope_checks(seed); });
+  all &= isolated([&] { return run_read_ahead_checks(seed + 1000); });
   std::printf("%s\n", all ? "ALL PASS" : "SOME FAILED");
   return all ? 0 : 1;
 }

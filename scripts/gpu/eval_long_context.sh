@@ -5,7 +5,9 @@
 # Run from the repo root there with .gpu-deps/ carried:
 #   OUT=... [MODEL=models/small] [EVAL_LENGTHS=16384,32768] [TASK_LENGTHS=4K,8K,16K,32K] \
 #     [CONTEXTS=2] [QUERIES=24] [CONCURRENCY=16] [END_BY_S=300] [CONFIGS=all] [FLOOR_SHARES=0] \
-#     [TASKS_ONLY=kv_retrieval,passkey] [SEED=0] scripts/gpu/eval_long_context.sh
+#     [TASKS_ONLY=kv_retrieval,passkey] [SEED=0] [SERVER_ARGS="--default_pruned estimated"] \
+#     scripts/gpu/eval_long_context.sh
+# SERVER_ARGS: more squeezeserve flags (e.g. the defaults a flatNN configuration gets).
 # SEED: make_tasks.py --seed (another seed = another held-out draw of the same kind of tasks).
 # TASKS_ONLY: evaluate only these tasks (function_copy's long outputs dominate the time: the small
 # model's group of 3 query heads per KV head is not a kernel shape, so squeezed decode runs on libtorch).
@@ -58,7 +60,7 @@ export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 
 log="$OUT/server.log"
 build-gpu/server/squeezeserve --model "$model" --device cuda --listen 127.0.0.1:0 \
-  --max_concurrent_streams "$concurrency" >"$log" 2>&1 &
+  --max_concurrent_streams "$concurrency" ${SERVER_ARGS:-} >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 addr=""

@@ -269,9 +269,11 @@ INSTANTIATE_TEST_SUITE_P(LevelsAndBlocks, Equivalence,
 // Read-ahead's cursor (read_ahead_ref.h) against engine/squeeze's AdvanceReadAhead: two sequences
 // (one without read-ahead), over a chain of decode tokens and prefill blocks whose top keys are
 // random — confident or not, none (−1), at the share threshold exactly — so that cursors start,
-// advance, age out and restart.
+// advance, age out and restart; each step writes every advanced value and leaves the current cursor
+// as it was.
 TEST(ReadAheadCursor, AdvancesAsTheLibtorchLookup) {
   const int Hq = 6;
+  constexpr int32_t kPoison = 0x7eadbeef;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> pos(-1, 500);
   std::uniform_int_distribution<int> pick(0, 5);
@@ -292,11 +294,20 @@ TEST(ReadAheadCursor, AdvancesAsTheLibtorchLookup) {
       share[i] = kind == 0 ? rule.min_share : kind < 3 ? 0.9f : 0.05f;
       if (step % 11 > 6) share[i] = 0.05f;  // stretches without a copying key: cursors age out
     }
-    ReadAheadCursor cursors[2];
-    cursors[0].next = next.data();
-    cursors[0].age = age.data();
+    // Into a poisoned second cursor (as the engine double-buffers), twice: the current one is only
+    // read, so running the step again (a CUDA graph's capture) gives the same advanced cursor.
+    std::vector<int32_t> next_out(Hq, kPoison), age_out(Hq, kPoison);
+    ReadAheadCursor cursors[2], advanced[2];
+    cursors[0] = {next.data(), age.data()};
+    advanced[0] = {next_out.data(), age_out.data()};
     TopKeys top{position.data(), share.data()};
-    advance_read_ahead_ref(2, T, Hq, cursors, top, rule);
+    advance_read_ahead_ref(2, T, Hq, cursors, advanced, top, rule);
+    const std::vector<int32_t> first_next = next_out, first_age = age_out;
+    advance_read_ahead_ref(2, T, Hq, cursors, advanced, top, rule);
+    ASSERT_EQ(next_out, first_next) << "step " << step;
+    ASSERT_EQ(age_out, first_age) << "step " << step;
+    next = next_out;  // the advanced cursor becomes current between steps
+    age = age_out;
 
     // libtorch: [Hq, T] int64 / float of sequence 0.
     at::Tensor p = at::empty({Hq, T}, at::kLong), sh = at::empty({Hq, T}, at::kFloat);

@@ -195,11 +195,13 @@ ContextSummary IndexedContext() {
 }
 
 TEST(ResolveAttention, UnspecifiedTakesTheServerDefault) {
-  ServerDefaults defaults;  // squeezed, 0.7
+  ServerDefaults defaults;  // squeezed, 0.9, the accurate lookup (pruned clusters estimated, read-ahead)
   absl::StatusOr<AttentionOptions> attention = ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults);
   ASSERT_TRUE(attention.ok()) << attention.status();
   EXPECT_EQ(attention->mode, AttentionMode::kSqueezed);
-  EXPECT_FLOAT_EQ(attention->sparsity, 0.7f);
+  EXPECT_FLOAT_EQ(attention->sparsity, 0.9f);
+  EXPECT_TRUE(attention->estimate_pruned);
+  EXPECT_TRUE(attention->read_ahead);
 }
 
 // --default_mode auto: squeezed from the engine's break-even context length, dense below it and
