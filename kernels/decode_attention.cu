@@ -52,8 +52,9 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
 // reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows x kMaxGroup
-// logit offsets (log2 units) of a tile's rows per query head: for an estimated cluster log2 n, plus
-// its whole logit when the selection provides it (its key row is then zero); 0 for other rows.
+// logit offsets (log2 units) of a tile's rows per query head: for an estimated cluster log2 n, or
+// its whole logit (ln n included) when the selection provides it (its key row is then zero); 0 for
+// other rows.
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
@@ -189,17 +190,17 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     const int code = x >= w1 ? kNoRow : x < vr.sparse_rows ? x + shift : unselected_row_code(vr, x);
     if (has_estimate(v) && lane < kTileRows) {  // row `lane`'s logit offsets per query head
       float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
-      if (is_estimate_code(code)) {
+      // An estimated row (= is_estimate_code(code), known from x alone: its logits load in parallel
+      // with its id's).
+      const bool estimated = x < w1 && x >= vr.sparse_rows && x < vr.clustered();
+      if (estimated && vr.est_logits) {  // the selection's logit s q.c + ln n, in log2 units
+        const float4* z = reinterpret_cast<const float4*>(vr.est_logits + static_cast<int64_t>(x - vr.sparse_rows) * kMaxGroup);
+        const float4 z0 = __ldg(z), z1 = __ldg(z + 1);
+        lo = make_float4(z0.x * kLog2e, z0.y * kLog2e, z0.z * kLog2e, z0.w * kLog2e);
+        hi = make_float4(z1.x * kLog2e, z1.y * kLog2e, z1.z * kLog2e, z1.w * kLog2e);
+      } else if (estimated) {  // the key is its centroid: only the size's log2 is added
         const float log2_size = estimate_log2_size(vr, code);
         lo = hi = make_float4(log2_size, log2_size, log2_size, log2_size);
-        if (vr.est_logits) {  // + the selection's logit s q.c, in log2 units
-          const float4* z = reinterpret_cast<const float4*>(vr.est_logits + static_cast<int64_t>(x - vr.sparse_rows) * kMaxGroup);
-          const float4 z0 = __ldg(z), z1 = __ldg(z + 1);
-          lo = make_float4(fmaf(z0.x, kLog2e, log2_size), fmaf(z0.y, kLog2e, log2_size), fmaf(z0.z, kLog2e, log2_size),
-                           fmaf(z0.w, kLog2e, log2_size));
-          hi = make_float4(fmaf(z1.x, kLog2e, log2_size), fmaf(z1.y, kLog2e, log2_size), fmaf(z1.z, kLog2e, log2_size),
-                           fmaf(z1.w, kLog2e, log2_size));
-        }
       }
       float4* to = reinterpret_cast<float4*>(bias + bias_at(t % kStages, lane, 0));
       to[0] = lo;

@@ -318,8 +318,9 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, S
       local_estimate[list + (at[e].x >> 16)] = i;
       if (estimate_logits_on(out, p)) {  // decode: row r is group member r (zeros past R)
         float* to = local_logits + (list + (at[e].x >> 16)) * kMaxGroup;
+        const float log_n = __logf(static_cast<float>(hi[e] - lo[e]));  // the keys it stands for
 #pragma unroll
-        for (int r = 0; r < kMaxGroup; ++r) to[r] = r < R ? zz[e][r < R ? r : 0] : 0.f;
+        for (int r = 0; r < kMaxGroup; ++r) to[r] = r < R ? zz[e][r < R ? r : 0] + log_n : 0.f;
       }
     }
   }

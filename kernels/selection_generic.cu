@@ -358,10 +358,11 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
         estimate_ids[estimate_base + pruned_at] = coarse ? p.seqs[b].num_clusters + cluster[e] : cluster[e];
         if (estimate_logits) {
           const int i = base + threadIdx.x * kPer + e;
+          const float log_n = __logf(static_cast<float>(cluster_size(v, l.level, cluster[e])));
 #pragma unroll
           for (int j = 0; j < kMaxGroup; ++j)
             estimate_logits[static_cast<int64_t>(estimate_base + pruned_at) * kMaxGroup + j] =
-                j < rows_q ? z[(static_cast<int64_t>(bh) * rows_q + j) * capacity + i] : 0.f;
+                j < rows_q ? z[(static_cast<int64_t>(bh) * rows_q + j) * capacity + i] + log_n : 0.f;
         }
         ++pruned_at;
       }

@@ -161,11 +161,17 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         // Decode: each estimated cluster's logit per group member (Selection::estimate_logits).
         for (size_t e = 0; out.estimate_logits && shape.query_len == 1 && e < estimated.size(); ++e) {
           const int id = estimated[e];
+          const bool fine_id = id < s.num_clusters;
           const float* centroid =
-              id < s.num_clusters ? s.centroids + (static_cast<int64_t>(h) * s.num_clusters + id) * d
-                                  : s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + id - s.num_clusters) * d;
+              fine_id ? s.centroids + (static_cast<int64_t>(h) * s.num_clusters + id) * d
+                      : s.coarse_centroids + (static_cast<int64_t>(h) * s.num_coarse + id - s.num_clusters) * d;
+          // Its key count: a fine cluster's, or a coarse one's contiguous children's.
+          const int32_t* coff =
+              fine_id ? nullptr : s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1) + (id - s.num_clusters);
+          const int size = fine_id ? off[id + 1] - off[id] : off[coff[1]] - off[coff[0]];
+          const float log_n = std::log(static_cast<float>(size));
           float* to = out.estimate_logits + (static_cast<int64_t>(bh) * out.estimate_capacity + e) * kMaxGroup;
-          for (int j = 0; j < kMaxGroup; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) : 0.f;
+          for (int j = 0; j < kMaxGroup; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) + log_n : 0.f;
         }
       }
     }

@@ -119,11 +119,12 @@ struct Selection {
   int32_t* estimate_ids = nullptr;  // [B*H_kv][estimate_capacity]
   int32_t* estimated = nullptr;     // [B*H_kv]
   int32_t estimate_capacity = 0;    // >= max over the batch of K (one-level) or K + Kc (hierarchical)
-  // Optional, decode (query_len 1) only: each estimated cluster's logit s·q·c for each query head j
-  // of the group, [B*H_kv][estimate_capacity][kMaxGroup] fp32 at [...][j], written by the decode
-  // selection (one level and hierarchical) when set. sparse_decode_attention then takes the
-  // estimated clusters' logits from here and reads only their mean values (no centroid re-read:
-  // half the estimate's bytes). Prefill launches neither write nor read it.
+  // Optional, decode (query_len 1) only: each estimated cluster's logit s·q·c + ln n (n: the keys it
+  // stands for) for each query head j of the group, [B*H_kv][estimate_capacity][kMaxGroup] fp32 at
+  // [...][j], written by the decode selection (one level and hierarchical) when set.
+  // sparse_decode_attention then takes the estimated clusters' logits from here and reads only
+  // their mean values (no centroid re-read: half the estimate's bytes; no size lookup: one
+  // dependent load less per estimated row). Prefill launches neither write nor read it.
   float* estimate_logits = nullptr;
 };
 

@@ -45,7 +45,7 @@ struct VirtualRows {
   const __nv_bfloat16* coarse_values;     // [Kc][D]
   const int32_t* coarse_offsets;          // [Kc + 1]
   // Decode, when the selection provides them (Selection::estimate_logits): each estimated
-  // cluster's logit per group member, [est][kMaxGroup]; its centroid is then not read.
+  // cluster's logit + ln n per group member, [est][kMaxGroup]; its centroid is then not read.
   const float* est_logits;
   int num_clusters;                       // K
   int est_count;
