@@ -25,8 +25,11 @@
 // per lane).
 //
 // Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
-// (virtual_rows.cuh): their centroid is the key, their mean the value, and log2 of their key count
-// is added to the logit (a per-row bias the resolving lane writes to smem beside the tile).
+// (virtual_rows.cuh): their mean is the value and their logit a per-row bias in smem beside the
+// tile — the selection's s q.c + ln n (Selection::estimate_logits), copied by cp.async with the
+// tile, or ln n over the centroid as the key. A row's cluster id (which its value address needs) is
+// loaded one tile ahead: loaded when the tile was resolved, it stalled the warp on every estimated
+// tile (1.6-1.8x the paper lookup's time at 90%, against 1.4x with the prefetch; docs/performance.md).
 // Read-ahead's top key (TopKeys, kernel variant kTop): per query head, the most attended selected
 // row and the softmax sum over the context rows, merged across warps and pieces like (m, l).
 #include <algorithm>
@@ -52,9 +55,9 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
 // reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows x kMaxGroup
-// logit offsets (log2 units) of a tile's rows per query head: for an estimated cluster log2 n, or
-// its whole logit (ln n included) when the selection provides it (its key row is then zero); 0 for
-// other rows.
+// logit offsets (natural log units) of a tile's rows per query head: for an estimated cluster ln n,
+// or its whole logit (ln n included) when the selection provides it (its key row is then zero,
+// and the logits arrive by cp.async with the tile); 0 for other rows.
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
@@ -175,10 +178,23 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   SegmentWindow win;
   if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
 
-  // Tile t: lanes i and i + 16 resolve row i, then each lane copies kTileRows / kRowsPerPass
-  // 16-byte chunks of K and of V.
+  // An estimated row's cluster id, loaded one tile ahead (pending_id): the id is what the row's
+  // value address depends on, and a load issued when the tile is resolved would stall the warp there
+  // (estimated tiles cost twice a selected one's time when it did). -1: not an estimated row.
+  auto estimated_row = [&](int x) { return x < w1 && x >= vr.sparse_rows && x < vr.clustered(); };
+  auto est_id_for = [&](int t) {
+    const int x = w0 + t * kTileRows + (lane & (kTileRows - 1));
+    return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
+  };
+  int pending_id = num_tiles > 0 && vr.est_count > 0 ? est_id_for(0) : -1;
+
+  // Tile t (called for t = 0, 1, 2, ... in order): lanes i and i + 16 resolve row i, then each lane
+  // copies kTileRows / kRowsPerPass 16-byte chunks of K and of V, and in a tile with estimated rows
+  // one 16-byte half of a row's logit offsets.
   auto load_tile = [&](int t) {
     const int v = w0 + t * kTileRows, x = v + (lane & (kTileRows - 1));
+    const int my_id = pending_id;
+    if (vr.est_count > 0) pending_id = est_id_for(t + 1);
     int shift = 0;
     if (v < vr.sparse_rows) {  // warp-uniform
       // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
@@ -187,24 +203,24 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
     }
     // Row code of row x (virtual_rows.cuh).
-    const int code = x >= w1 ? kNoRow : x < vr.sparse_rows ? x + shift : unselected_row_code(vr, x);
-    if (has_estimate(v) && lane < kTileRows) {  // row `lane`'s logit offsets per query head
-      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
-      // An estimated row (= is_estimate_code(code), known from x alone: its logits load in parallel
-      // with its id's).
-      const bool estimated = x < w1 && x >= vr.sparse_rows && x < vr.clustered();
-      if (estimated && vr.est_logits) {  // the selection's logit s q.c + ln n, in log2 units
-        const float4* z = reinterpret_cast<const float4*>(vr.est_logits + static_cast<int64_t>(x - vr.sparse_rows) * kMaxGroup);
-        const float4 z0 = __ldg(z), z1 = __ldg(z + 1);
-        lo = make_float4(z0.x * kLog2e, z0.y * kLog2e, z0.z * kLog2e, z0.w * kLog2e);
-        hi = make_float4(z1.x * kLog2e, z1.y * kLog2e, z1.z * kLog2e, z1.w * kLog2e);
-      } else if (estimated) {  // the key is its centroid: only the size's log2 is added
-        const float log2_size = estimate_log2_size(vr, code);
-        lo = hi = make_float4(log2_size, log2_size, log2_size, log2_size);
+    const int code = x >= w1                   ? kNoRow
+                     : x < vr.sparse_rows      ? x + shift
+                     : estimated_row(x)        ? estimate_code(my_id)
+                                               : dense_code(x - vr.clustered());
+    if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
+      float* to = bias + bias_at(t % kStages, 0, 0);
+      if (vr.est_logits) {
+        // The selection's logits s q.c + ln n: row lane / 2, half lane % 2 (a row is 2 x 16 bytes),
+        // zero for the tile's rows that are not estimated.
+        const int row = lane >> 1, xr = v + row;
+        const float* src = estimated_row(xr) ? vr.est_logits + static_cast<int64_t>(xr - vr.sparse_rows) * kMaxGroup
+                                             : vr.est_logits;
+        cp_async_16(to + row * kMaxGroup + (lane & 1) * 4, src + (lane & 1) * 4, estimated_row(xr) ? 16 : 0);
+      } else if (lane < kTileRows) {  // the key is its centroid: only ln n is added
+        const float log_size = estimated_row(x) ? estimate_log2_size(vr, code) / kLog2e : 0.f;
+        float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
+        row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
       }
-      float4* to = reinterpret_cast<float4*>(bias + bias_at(t % kStages, lane, 0));
-      to[0] = lo;
-      to[1] = hi;
     }
     __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
@@ -255,7 +271,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
-        if (tile_bias && key < w1) x += bias[bias_at(t % kStages, col, lane >> 2)];
+        if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, lane >> 2)], kLog2e, x);
         if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
