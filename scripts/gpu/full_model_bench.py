@@ -36,6 +36,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("SQUEEZESERVE_BIN")
 SERVER = os.path.join(BIN, "squeezeserve") if BIN else os.path.join(ROOT, "build-gpu/server/squeezeserve")
 CTL = os.path.join(BIN, "squeezectl") if BIN else os.path.join(ROOT, "build-gpu/client/squeezectl/squeezectl")
+# The libraries scripts/gpu/build.sh unpacked: its LD_LIBRARY_PATH export reaches only the shell that
+# sourced it (a build in a background subshell left the server unable to start), so set it here.
+DEPS_LIB = "/opt/deps/usr/lib/x86_64-linux-gnu"
+if os.path.isdir(DEPS_LIB) and DEPS_LIB not in os.environ.get("LD_LIBRARY_PATH", ""):
+    os.environ["LD_LIBRARY_PATH"] = DEPS_LIB + ":" + os.environ.get("LD_LIBRARY_PATH", "")
 
 # name -> squeezectl generate arguments. "default" sends no attention option: the server's defaults.
 MODES = {
