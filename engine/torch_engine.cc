@@ -81,17 +81,19 @@ absl::StatusOr<DeviceChoice> ParseDevice(const std::string& device) {
   return DeviceChoice{cuda, at::kBFloat16, absl::StrCat("cuda:", index)};
 }
 
-// The context length from which the server's default squeezed decode step on the kernels (70%
-// sparsity, pruned clusters dropped: ~35% of the context KV read with the centroids and the window)
-// beats a dense one: it saves reading ~60% of the KV and costs a fixed time per layer, the
-// selection's launches inside the step's CUDA graph. Llama-3-8B shape on the H200: 24K tokens.
+// The context length from which the server's default squeezed decode step on the kernels beats a
+// dense one at batch 1: it saves reading most of the KV and costs a fixed time per layer (the
+// selection's launches inside the step's CUDA graph, the estimate's rows). Larger batches gain
+// sooner (the weights' read is shared), so this is the conservative point.
 int64_t SqueezedBreakEvenTokens(const ModelConfig& c) {
-  // Measured on the H200 (docs/performance.md): 32 layers at 32K tokens, dense 7.59 ms, 90% 7.18 ms;
-  // 0.6 = the share of the KV bytes the default lookup saves net of its selection and estimate
-  // (conservative: the 90% lookup reads ~12% of the keys plus ~2.5% for the centroids).
-  constexpr double kFixedSecondsPerLayer = 15e-6;
+  // The default lookup (90%, estimate, read-ahead) reads ~15% of the context's KV bytes (~12% of the
+  // keys and ~2.5% for the centroids) and costs a fixed time per layer and step: measured on the
+  // H200 at batch 1 (docs/performance.md), Llama-3-8B shape, 32 layers: 64K dense 9.33 ms against
+  // 8.88 ms, 512K 24.47 against 12.11 ms — ~45 us per layer beyond the bytes saved. Llama-3-8B's
+  // break-even is thus ~52K tokens, Llama-2-7B's (4x the KV per token) ~13K.
+  constexpr double kFixedSecondsPerLayer = 45e-6;
   constexpr double kBytesPerSecond = 4.0e12;
-  const double saved_per_token = 0.6 * 2.0 * c.num_kv_heads * c.head_dim * 2 /*bf16*/ / kBytesPerSecond;
+  const double saved_per_token = 0.85 * 2.0 * c.num_kv_heads * c.head_dim * 2 /*bf16*/ / kBytesPerSecond;
   return static_cast<int64_t>(std::ceil(kFixedSecondsPerLayer / saved_per_token / 1024.0)) * 1024;
 }
 
