@@ -7,13 +7,16 @@
 // three stages. S = Q K^T and O += P V on tensor cores; softmax state in fp32, log2 domain.
 // Why 128 rows and 3 stages: each gathered K/V tile now feeds twice the MMAs (the gather, not
 // the math, limited the 64-row version: ~70 TFLOP/s), and at 178 registers/thread only one
-// 256-thread CTA fits an SM anyway, so its smem (139 KB at D = 128) buys a deeper pipeline.
-// Gather addressing: a 64-row tile's physical rows are resolved once per row (segment search in
-// the selection's row_start), by 8 resolver lanes per warp, and handed to the lanes that copy the
-// row with a shuffle; the 64-row version ran the search once per 16-byte chunk (16x per row).
+// 256-thread CTA fits an SM anyway, so its smem (169 KB at D = 128) buys a deeper pipeline.
+// Gather addressing: the rows' codes (virtual_rows.cuh) are resolved for 2048 rows (32 tiles) at
+// a time into smem by the whole CTA: one window of segment starts, one search per thread, the
+// estimate's ids and sizes loaded by all threads at once. A tile's loader then reads its row's code
+// from smem. Resolving per tile (a chain of three dependent global loads before each tile's copies
+// could be issued) stalled the CTA, the only one on its SM, for most of each tile: the attention ran
+// at ~110 TFLOP/s.
 // Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
 // (virtual_rows.cuh), unmasked, with log2 of their key count added to the logit (a per-row bias
-// the resolver lanes write to smem beside the tile). Read-ahead's top key (kernel variant kTop):
+// the resolver computes and the loader copies beside the tile). Read-ahead's top key (kernel variant kTop):
 // per query row, the most attended selected row and the softmax sum over the context rows.
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
@@ -22,6 +25,7 @@
 #include "kernels/virtual_rows.cuh"
 
 #include <climits>
+#include <type_traits>
 
 namespace squeezeserve::kernels {
 namespace detail {
@@ -32,6 +36,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileM = 16 * kWarps;  // 128 query rows
 constexpr int kTileN = 64;           // KV rows per tile
 constexpr int kStages = 3;
+constexpr int kChunkRows = 2048;                 // rows resolved at a time (32 tiles)
+constexpr int kRowsPerThread = kChunkRows / kThreads;
+constexpr int kWindow = kChunkRows + 8;          // segment starts: a chunk's rows lie in kChunkRows + 1
 
 struct PrefillArgs {
   const SequenceLayerBf16* seqs;
@@ -45,8 +52,9 @@ struct PrefillArgs {
 };
 
 template <int D>
-constexpr size_t kSmemBytes =
-    sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8) + sizeof(float) * kStages * kTileN;
+constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8) +
+                              sizeof(float) * kStages * kTileN +
+                              sizeof(int) * (2 * kWindow + 2 * kChunkRows + 4);  // resolver (below)
 
 template <int D, bool kTop>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
@@ -57,6 +65,11 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   __nv_bfloat16* k_smem = q_smem + kTileM * kStride;                    // [kStages][kTileN][kStride]
   __nv_bfloat16* v_smem = k_smem + kStages * kTileElems;
   float* bias_smem = reinterpret_cast<float*>(v_smem + kStages * kTileElems);  // [kStages][kTileN]
+  int* win_start = reinterpret_cast<int*>(bias_smem + kStages * kTileN);  // [kWindow] row_start from seg_lo
+  int* win_base = win_start + kWindow;             // [kWindow] offsets[id] - row_start of those segments
+  int* chunk_code = win_base + kWindow;            // [kChunkRows] row codes of the resolved chunk
+  float* chunk_bias = reinterpret_cast<float*>(chunk_code + kChunkRows);  // [kChunkRows] estimate log2 n
+  int* next_seg = reinterpret_cast<int*>(chunk_bias + kChunkRows);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
@@ -82,72 +95,83 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int clustered = vr.clustered(), ctx_end = vr.context_rows();
   const int total = clustered + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
-  // Whether tile t holds estimated rows (CTA-uniform): only those tiles carry biases.
-  auto has_estimate = [&](int t) {
-    return vr.est_count > 0 && t * kTileN < clustered && (t + 1) * kTileN > vr.sparse_rows;
-  };
+  // Tiles below unmasked_end need no mask: every row of the CTA sees all their rows (padding
+  // rows past the block may see more: their outputs are not written).
+  const int unmasked_end = min(total, clustered + max(0, vr.dense_len - a.lq + m0 / G + 1));
 
+  // Resolver: the codes of virtual rows [r0, r0 + kChunkRows) into chunk_code (and each estimated
+  // row's log2 key count into chunk_bias). seg_lo is a segment at or before that of row r0 (every
+  // segment has >= 1 row, so the chunk's rows lie in the kChunkRows + 1 segments from it); the
+  // segment of the chunk's last selected row is the next chunk's. Thread tid resolves the
+  // consecutive rows r0 + kRowsPerThread * tid + k: one binary search in the window, then a walk.
+  int chunk_r0 = 0, seg_lo = 0;
+  auto resolve_chunk = [&](int r0) {
+    __syncthreads();  // every loader read of the previous chunk is done
+    chunk_r0 = r0;
+    const int sel_end = min(r0 + kChunkRows, vr.sparse_rows);
+    if (r0 < sel_end) {  // CTA-uniform
+      for (int i = tid; i < kWindow; i += kThreads) {
+        const int sg = seg_lo + i;
+        int start = INT_MAX, base = 0;
+        if (sg < vr.count) {
+          start = __ldg(vr.row_start + sg);
+          if (start < sel_end) base = __ldg(vr.offsets + __ldg(vr.ids + sg)) - start;
+        }
+        win_start[i] = start;
+        win_base[i] = base;
+      }
+      __syncthreads();
+    }
+    const int first = r0 + kRowsPerThread * tid;
+    int w = 0;  // window index of the current row's segment
+    if (first < sel_end) {
+      int hi = kWindow;  // last w with win_start[w] <= first (win_start[0] <= r0 <= first)
+      while (hi - w > 1) {
+        const int mid = (w + hi) >> 1;
+        if (win_start[mid] <= first) w = mid;
+        else hi = mid;
+      }
+    }
+    int code[kRowsPerThread];
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int v = first + k;
+      if (v < sel_end) {
+        while (w + 1 < kWindow && win_start[w + 1] <= v) ++w;
+        code[k] = win_base[w] + v;
+        if (v == sel_end - 1) *next_seg = seg_lo + w;
+      } else {
+        code[k] = v < total ? unselected_row_code(vr, v) : kNoRow;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      chunk_code[kRowsPerThread * tid + k] = code[k];
+      chunk_bias[kRowsPerThread * tid + k] = is_estimate_code(code[k]) ? estimate_log2_size(vr, code[k]) : 0.f;
+    }
+    __syncthreads();
+    if (r0 < sel_end) seg_lo = *next_seg;
+  };
   // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
-  // c % kCpr, so lane L of warp w copies rows w * kRpw + L / kCpr + kRowsPerPass * i. The warp's
-  // kRpw * kIters = 8 rows are resolved by its lanes k < 8 (row w*kRpw + k % kRpw + kRowsPerPass *
-  // (k / kRpw)), which keep a lower bound `seg` on the segment of the next tile's rows.
+  // c % kCpr; the row's code comes from the resolved chunk (the caller resolves the chunk first).
   constexpr int kCpr = D / 8;                       // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kCpr;     // 16 (D=128) / 32 (D=64)
   constexpr int kIters = kTileN / kRowsPerPass;     // 4 / 2
-  constexpr int kRpw = 32 / kCpr;                   // rows per warp per pass: 2 / 4
-  static_assert(kRpw * kIters == 8, "8 resolver lanes per warp");
-  const int res_row = warp * kRpw + (lane % kRpw) + kRowsPerPass * ((lane & 7) / kRpw);
-  // Segment search without a chain of dependent loads: the warp loads a window of 128 row_start
-  // entries from `wseg` (a lower bound on the segment of every row of this and later tiles: the
-  // segment of the warp's last row of the previous tile; rows of this tile are < 128 rows past it
-  // and every segment has >= 1 row, so their segments lie in the window). The segment of row v is
-  // wseg - 1 + #(window entries <= v): four ballots. Then ids / row_start, then offsets: three
-  // round trips per tile instead of ~10 for a binary search.
-  int wseg = 0;
   auto load_tile = [&](int t) {
-    const int v0 = t * kTileN;
-    // Resolve: the row code (virtual_rows.cuh) of resolver lane k's row.
-    int code = kNoRow;
-    if (v0 < vr.sparse_rows) {  // warp-uniform
-      int rs[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int sg = wseg + u * 32 + lane;
-        rs[u] = sg < vr.count ? __ldg(vr.row_start + sg) : INT_MAX;
-      }
-      int my_seg = 0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int v = v0 + warp * kRpw + k % kRpw + kRowsPerPass * (k / kRpw);
-        int cnt = 0;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) cnt += __popc(__ballot_sync(0xffffffffu, rs[u] <= v));
-        if (lane == k) my_seg = wseg + cnt - 1;
-      }
-      const int next_wseg = __shfl_sync(0xffffffffu, my_seg, 7);  // resolver 7 has the warp's last row
-      const int v = v0 + res_row;
-      if (lane < 8 && v < vr.sparse_rows) {
-        const int id = __ldg(vr.ids + my_seg), start = __ldg(vr.row_start + my_seg);
-        code = __ldg(vr.offsets + id) + (v - start);
-      } else if (lane < 8 && v < total) {
-        code = unselected_row_code(vr, v);
-      }
-      wseg = next_wseg;
-    } else if (lane < 8 && v0 + res_row < total) {
-      code = unselected_row_code(vr, v0 + res_row);
-    }
-    if (has_estimate(t) && lane < 8)
-      bias_smem[(t % kStages) * kTileN + res_row] = is_estimate_code(code) ? estimate_log2_size(vr, code) : 0.f;
+    const int c0 = t * kTileN - chunk_r0;
+    if (tid < kTileN) bias_smem[(t % kStages) * kTileN + tid] = chunk_bias[c0 + tid];
     __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int row = warp * kRpw + lane / kCpr + kRowsPerPass * i, col = (lane % kCpr) * 8;
-      const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, i * kRpw + lane / kCpr), col);
+      const int row = tid / kCpr + kRowsPerPass * i, col = (tid % kCpr) * 8;
+      const RowSource src = row_source<D>(vr, chunk_code[c0 + row], col);
       cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
       cp_async_16(vs + row * kStride + col, src.value, src.bytes);
     }
   };
+  constexpr int kTilesPerChunk = kChunkRows / kTileN;
+  resolve_chunk(0);
   // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
@@ -163,8 +187,13 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     const int m = m0 + r_lo + 8 * i;
     dense_limit[i] = m < rows_m ? vr.dense_len - a.lq + m / G + 1 : 0;
   }
-  float ctx[2] = {0.f, 0.f};  // kTop: this thread's part of each row's context sum
+  // kTop: this thread's part of each row's context sum (it is the row sum l until the tile t_ctx
+  // that reaches past the context rows); each row's top key among this thread's columns, and the
+  // row's max logit over the selected rows of the tiles offered so far.
+  float ctx[2] = {0.f, 0.f};
+  const int t_ctx = ctx_end / kTileN;
   TopKey top[2] = {TopKey::none(), TopKey::none()};
+  float row_best[2] = {neg_inf(), neg_inf()};
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n)
@@ -175,7 +204,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
 
   for (int t = 0; t < num_tiles; ++t) {
     // Stage (t + 2) % 3 was consumed in iteration t - 1 (closed by its barrier): refill it.
-    if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
+    if (t + kStages - 1 < num_tiles) {
+      if ((t + kStages - 1) % kTilesPerChunk == 0) resolve_chunk((t + kStages - 1) * kTileN);
+      load_tile(t + kStages - 1);
+    }
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
     __syncthreads();
@@ -201,21 +233,30 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
       }
     }
-    // Scale, bias (estimated rows), mask (tile tail; causal over dense rows), online softmax.
-    const float* tile_bias = has_estimate(t) ? bias_smem + (t % kStages) * kTileN : nullptr;
+    // Scale and bias (log2 n of estimated rows, 0 elsewhere: one FMA), then the mask, only on
+    // tiles that need one: the tail and the causal dense rows (CTA-uniform). The unmasked tiles
+    // (all but a few) spend ~5 instructions per logit; the masked version ~15.
+    const float* tile_bias = bias_smem + (t % kStages) * kTileN;
     float tile_max[2] = {neg_inf(), neg_inf()};
+    auto scale_mask = [&](auto masked) {
 #pragma unroll
-    for (int n = 0; n < kTileN / 8; ++n)
+      for (int n = 0; n < kTileN / 8; ++n) {
+        const float2 bias = *reinterpret_cast<const float2*>(tile_bias + n * 8 + (lane & 3) * 2);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
-        const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
-        float x = visible ? s[n][e] * a.scale_log2 : neg_inf();
-        if (tile_bias && visible) x += tile_bias[col];
-        if (kTop && v < vr.sparse_rows) top[i].offer(x, v);
-        s[n][e] = x;
-        tile_max[i] = fmaxf(tile_max[i], x);
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
+          float x = fmaf(s[n][e], a.scale_log2, (e & 1) ? bias.y : bias.x);
+          if constexpr (decltype(masked)::value) {
+            const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
+            x = visible ? x : neg_inf();
+          }
+          s[n][e] = x;
+          tile_max[i] = fmaxf(tile_max[i], x);
+        }
       }
+    };
+    if ((t + 1) * kTileN > unmasked_end) scale_mask(std::true_type{});
+    else scale_mask(std::false_type{});
     float corr[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -224,10 +265,42 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
       if (kTop) ctx[i] *= corr[i];
     }
+    if (kTop) {
+      // Top key: a tile of selected rows only can hold a new top only where its row max beats the
+      // row's best so far (ties keep the lower row, seen earlier), so its logits are offered only
+      // then (a few percent of tiles, after the first); the tile where the selected rows end
+      // always is, per logit.
+      const int v0 = t * kTileN;
+      const bool pure = v0 + kTileN <= vr.sparse_rows;  // CTA-uniform
+      const bool offer = pure ? __any_sync(0xffffffffu, tile_max[0] > row_best[0] || tile_max[1] > row_best[1])
+                              : v0 < vr.sparse_rows;
+      if (offer) {
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
+        for (int n = 0; n < kTileN / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
+          for (int e = 0; e < 4; ++e) {
+            const int v = v0 + n * 8 + (lane & 3) * 2 + (e & 1);
+            if (v < vr.sparse_rows) top[e >> 1].offer(s[n][e], v);
+          }
+      }
+      if (pure) {
+        row_best[0] = fmaxf(row_best[0], tile_max[0]);
+        row_best[1] = fmaxf(row_best[1], tile_max[1]);
+      }
+      if (t == t_ctx) {  // the context rows so far are all the rows so far
+        ctx[0] = st[0].l;
+        ctx[1] = st[1].l;
+      }
+    }
+    // The output only needs rescaling where a row's max moved (rare after the first tiles).
+    if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
+    }
+    // A row with nothing visible yet has m = -inf: subtract 0 there (its logits are -inf: p = 0).
+    const float m_use[2] = {st[0].m == neg_inf() ? 0.f : st[0].m, st[1].m == neg_inf() ? 0.f : st[1].m};
     uint32_t pa[kTileN / 16][4];  // P as A fragments: n-tiles 2kk, 2kk+1 form k-chunk kk
 #pragma unroll
     for (int n = 0; n < kTileN / 8; ++n) {
@@ -235,9 +308,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e >> 1;
-        p[e] = s[n][e] == neg_inf() ? 0.f : exp2f(s[n][e] - st[i].m);
+        p[e] = exp2_ftz(s[n][e] - m_use[i]);
         st[i].l += p[e];
-        if (kTop && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
+        if (kTop && t == t_ctx && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
       }
       pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
@@ -255,6 +328,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     __syncthreads();  // stage t % 3 is refilled two iterations from now
   }
   cp_async_wait<0>();
+  if (kTop && num_tiles <= t_ctx) {  // every tile was context
+    ctx[0] = st[0].l;
+    ctx[1] = st[1].l;
+  }
 
   // Row sums live spread over the 4 threads of a quad: reduce, normalise, write.
 #pragma unroll

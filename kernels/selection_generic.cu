@@ -173,22 +173,26 @@ __global__ void __launch_bounds__(kThreads) lse_partials_kernel(ProblemArgs p, L
     partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * rows + r] = row_state[r];
 }
 
-// Pass 1b: log denominators, one warp per query row, chunks merged in a fixed tree order.
-// grid (H_kv, B).
+// Pass 1b: log denominators, one thread per query row, its chunks merged in chunk order (fixed:
+// deterministic). Consecutive threads read consecutive rows of a chunk (coalesced); one warp per
+// row with lanes over the chunks read a 32-byte sector per 8-byte partial and, with one CTA per
+// (sequence, head), left most of the GPU idle: 0.46 ms (1.8 ms at 4K rows, Llama-3 GQA) per
+// 1K-token prefill block at 512K.
+// grid (ceil(rows / kThreads), H_kv, B).
 __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk,
                                                                    int num_chunks, const float2* partials,
                                                                    float* logden) {
-  const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
+  const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
   const int num = l.level == Level::kCoarse ? s.num_coarse : s.num_clusters;
   const int used = min(num_chunks, (num + tiles_per_chunk * kTile - 1) / (tiles_per_chunk * kTile));
-  const int rows = p.lq * p.g, lane = threadIdx.x & 31;
-  for (int r = threadIdx.x >> 5; r < rows; r += kWarps) {
-    float2 acc = make_float2(neg_inf(), 0.f);
-    for (int c = lane; c < used; c += 32) acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * rows + r]);
-    acc = warp_lse_reduce(acc);
-    if (lane == 0) logden[static_cast<int64_t>(bh) * rows + r] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
-  }
+  const int rows = p.lq * p.g, r = blockIdx.x * kThreads + threadIdx.x;
+  if (r >= rows) return;
+  const float2* part = partials + static_cast<int64_t>(bh) * num_chunks * rows + r;
+  float2 acc = make_float2(neg_inf(), 0.f);
+#pragma unroll 8
+  for (int c = 0; c < used; ++c) acc = lse_merge(acc, part[static_cast<int64_t>(c) * rows]);
+  logden[static_cast<int64_t>(bh) * rows + r] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
 }
 
 // Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its flags
@@ -427,8 +431,9 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
 
 void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, int tiles_per_chunk,
                              int num_chunks, const float2* partials, float* logden, cudaStream_t stream) {
-  log_denominator_kernel<<<dim3(s.num_kv_heads, s.batch), kThreads, 0, stream>>>(p, l, tiles_per_chunk, num_chunks,
-                                                                                partials, logden);
+  const int rows = s.query_len * s.group();
+  log_denominator_kernel<<<dim3((rows + kThreads - 1) / kThreads, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+      p, l, tiles_per_chunk, num_chunks, partials, logden);
 }
 
 template <int D>

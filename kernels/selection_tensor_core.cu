@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
         for (int n = 0; n < 4; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            acc[n][e] = ls[n][e & 1] == neg_inf() ? neg_inf() : fmaf(acc[n][e], scale2, ls[n][e & 1]);
+            acc[n][e] = fmaf(acc[n][e], scale2, ls[n][e & 1]);  // -inf for empty clusters
             m[e >> 1] = fmaxf(m[e >> 1], acc[n][e]);
           }
         float sum[2] = {0.f, 0.f};
@@ -167,11 +167,11 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
           m[i] = fmaxf(m[i], __shfl_xor_sync(0xffffffffu, m[i], 1));
           m[i] = fmaxf(m[i], __shfl_xor_sync(0xffffffffu, m[i], 2));
         }
+        const float m_use[2] = {m[0] == neg_inf() ? 0.f : m[0], m[1] == neg_inf() ? 0.f : m[1]};
 #pragma unroll
         for (int n = 0; n < 4; ++n)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (m[e >> 1] != neg_inf()) sum[e >> 1] += exp2f(acc[n][e] - m[e >> 1]);
+          for (int e = 0; e < 4; ++e) sum[e >> 1] += exp2_ftz(acc[n][e] - m_use[e >> 1]);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) colsum[n][e & 1] += exp2f(fmaf(acc[n][e], scale2, -((e >> 1) ? l1 : l0)));
+        for (int e = 0; e < 4; ++e) colsum[n][e & 1] += exp2_ftz(fmaf(acc[n][e], scale2, -((e >> 1) ? l1 : l0)));
       if ((tile + 1) % member_tiles == 0) {  // the member's last sub-tile: sum its 8 row lanes, max
 #pragma unroll
         for (int n = 0; n < 4; ++n)

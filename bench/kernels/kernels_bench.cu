@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -244,10 +245,12 @@ struct Config {
 int main(int argc, char** argv) {
   std::string out_path = "kernels_bench.json";
   bool quick = false, prefill_only = false;
+  int only_context = 0;  // --context N: only that context length (profiling runs)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--prefill-only")) prefill_only = true;  // skip the decode configs
+    if (!std::strcmp(argv[i], "--context") && i + 1 < argc) only_context = std::atoi(argv[++i]);
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -257,7 +260,8 @@ int main(int argc, char** argv) {
   void* flush = dev_alloc<char>(flush_bytes);
 
   std::vector<Config> configs;
-  for (int ctx : {32768, 131072, 524288})
+  for (int ctx : {32768, 131072, 524288}) {
+    if (only_context != 0 && ctx != only_context) continue;
     for (auto [model, hq, hkv] : {std::make_tuple("llama2-7b", 32, 32), std::make_tuple("llama3-8b", 32, 8)}) {
       for (int batch : {1, 8}) {
         // 8 distinct 512K MHA contexts do not fit in 80 GB: skipped (reported as missing).
@@ -266,6 +270,7 @@ int main(int argc, char** argv) {
       }
       configs.push_back({model, hq, hkv, 128, ctx, 1, true});
     }
+  }
   if (prefill_only)
     configs.erase(std::remove_if(configs.begin(), configs.end(), [](const Config& c) { return !c.prefill; }),
                   configs.end());

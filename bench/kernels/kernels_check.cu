@@ -502,6 +502,12 @@ int main(int argc, char** argv) {
       with_lookup({"prefill d128 g6 lq37 mixed per-head", 128, 6, 2, 37, {2001, 800},    10, 0, 30, 0.1f, 1.f, false, true}, 2, 2),
       with_lookup({"prefill d128 g7 lq1 est ra",  128, 7, 2, 1, {2703},                   2, 0, 10, 0.1f, 1.f, true}, 1, 1),
       with_lookup({"prefill d128 g8 lq128 est none sel", 128, 8, 1, 128, {800},          20, 0, 100, 0.1f, 1e9f}, 1, 1),
+      // Beyond one 2048-row resolver chunk of the prefill kernel: thousands of selected segments
+      // (1-3 rows) and estimated clusters spanning several chunks, and one segment spanning ten.
+      with_lookup({"prefill d128 g4 lq64 est ra chunks", 128, 4, 2, 64, {20011, 5003},   2, 0, 50, 0.1f, 1.5f}, 1, 1),
+      with_lookup({"prefill d64 g3 lq40 hier est chunks", 64, 3, 2, 40, {12007},          3, 4, 30, 0.1f, 1.f}, 1, 0),
+      {"prefill d128 g1 lq50 all chunks", 128, 1, 2, 50, {9001, 4100},                     2, 0, 20, 0.1f, -1.f},
+      {"prefill d64 g2 lq17 huge cluster", 64, 2, 1, 17, {20000},                      20000, 0, 30, 0.f, -1.f},
       // The same with Selection::estimate_logits: decode takes the estimate's logits from the
       // selection (fast path and hierarchical children); prefill must ignore them.
       with_lookup({"decode d128 g4 est logits batch3", 128, 4, 2, 1, {3077, 1501, 64},   3, 0, 5, 0.1f, 1.f}, 1, 0, true),
@@ -520,7 +526,8 @@ int main(int argc, char** argv) {
         "decode d128 g8 2 ctas all", "decode d64 g3", "prefill d128 g7 lq33", "decode d64 g6 hier",
         "decode d128 g8 hier est ra", "decode d128 g7 est ra 3 ctas", "decode d128 g4 mixed batch4",
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
-        "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas"};
+        "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
+        "prefill d64 g3 lq40 hier est chunks"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
