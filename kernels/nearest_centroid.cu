@@ -167,7 +167,7 @@ int nearest_centroid_bf16_with(NearestCentroidKernel kernel, const uint16_t* x, 
     case NearestCentroidKernel::kAuto:
       break;
   }
-  return wgmma_available() ? launch_wgmma(a, heads, d, s) : launch_mma_sync(a, heads, d, s);
+  return detail::wgmma_available() ? launch_wgmma(a, heads, d, s) : launch_mma_sync(a, heads, d, s);
 }
 
 int nearest_centroid_bf16(const uint16_t* x, const uint16_t* centroids, const float* half_norms, int heads, int64_t n,

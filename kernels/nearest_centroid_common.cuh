@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace squeezeserve::kernels::detail::nearest {
 
@@ -34,12 +35,6 @@ struct Args {
   int k;
 };
 
-// 4-byte asynchronous global->shared copy (the half norms: a row of K floats is only 4-byte aligned).
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
-}
-
 // A centroid tile in smem is laid out in 8x8 "core matrices" (8 centroids x 8 bf16 = 128
 // contiguous bytes): centroid j, elements 8c..8c+7 at element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8.
 // Both readers want exactly this: every ldmatrix (mma.sync kernel) reads one core matrix, so the
@@ -52,20 +47,7 @@ __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
 template <int D>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* tile, float* half_norms_tile, const __nv_bfloat16* centroids,
                                           const float* half_norms, int first, int k, int tid) {
-  constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
-  constexpr int kChunks = kTileCentroids * kChunksPerRow;
-  static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    // Chunk index = smem position / 8: lanes 0-7 fill one core matrix (8 centroids, same chunk
-    // column), so a warp reads 64 contiguous bytes from each of 8 centroid rows.
-    const int chunk = i * kThreads + tid;
-    const int row_in_group = chunk & 7, column = (chunk >> 3) % kChunksPerRow, group = (chunk >> 3) / kChunksPerRow;
-    const int j = first + group * 8 + row_in_group;
-    const bool in_range = j < k;
-    const __nv_bfloat16* src = in_range ? centroids + static_cast<int64_t>(j) * D + column * 8 : centroids;
-    cp_async_16(tile + chunk * 8, src, in_range ? 16 : 0);
-  }
+  copy_core_tile<D, kTileCentroids, kThreads>(tile, centroids, first, k, tid);
   if (tid < kTileCentroids) {
     const int j = first + tid;
     if (j < k) cp_async_4(half_norms_tile + tid, half_norms + j);
@@ -133,6 +115,5 @@ struct RunningBest {
 // Launchers (cudaError_t values); the wgmma one returns cudaErrorNotSupported where unavailable.
 int launch_mma_sync(const Args& a, int heads, int d, cudaStream_t stream);
 int launch_wgmma(const Args& a, int heads, int d, cudaStream_t stream);
-bool wgmma_available();
 
 }  // namespace squeezeserve::kernels::detail::nearest

@@ -20,53 +20,12 @@
 #include <type_traits>
 
 #include "kernels/nearest_centroid_common.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace squeezeserve::kernels::detail::nearest {
 namespace {
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define SQZ_NEAREST_HAS_WGMMA 1
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Pins accumulator registers in program order around the asynchronous wgmma (the compiler sees
-// the asm as writing them at issue; this keeps every read after the wait).
-__device__ __forceinline__ void fence_operands(float (&d)[32]) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// Shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between
-// K-adjacent core matrices), stride byte offset (between 8-row groups), all in 16-byte units.
-__device__ __forceinline__ uint64_t smem_descriptor(uint32_t address, uint32_t leading, uint32_t stride) {
-  return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (static_cast<uint64_t>((leading & 0x3ffff) >> 4) << 16) |
-         (static_cast<uint64_t>((stride & 0x3ffff) >> 4) << 32);
-}
-
-// d (+)= a · b: a = 64 x 16 from registers (this warp's 16 rows), b = 16 x 64 K-major in smem.
-// accumulate = 0 ignores d's old value.
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-}
+#ifdef SQZ_HAS_WGMMA
 
 // Scores of the warpgroup's 128 points against the 64 centroids of the tile at smem `tile`
 // (core-matrix layout, nearest_centroid_common.cuh): one commit group.
@@ -87,11 +46,11 @@ __device__ __forceinline__ void issue_tile(float (&acc)[2][32], const uint32_t (
   fence_operands(acc[0]);
   fence_operands(acc[1]);
 }
-#endif  // wgmma
+#endif  // SQZ_HAS_WGMMA
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
-#ifdef SQZ_NEAREST_HAS_WGMMA
+#ifdef SQZ_HAS_WGMMA
   extern __shared__ __align__(1024) unsigned char smem[];
   __nv_bfloat16* tiles = reinterpret_cast<__nv_bfloat16*>(smem);
   float* tile_norms = reinterpret_cast<float*>(smem + kStages * sizeof(__nv_bfloat16) * kTileElems<D>);
@@ -233,6 +192,15 @@ bool query_available() {
 
 }  // namespace
 
+int launch_wgmma(const Args& a, int heads, int d, cudaStream_t stream) {
+  if (!wgmma_available()) return cudaErrorNotSupported;
+  return d == 64 ? launch<64>(a, heads, stream) : launch<128>(a, heads, stream);
+}
+
+}  // namespace squeezeserve::kernels::detail::nearest
+
+namespace squeezeserve::kernels::detail {
+
 bool wgmma_available() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> known[kMaxDevices] = {};  // 0 unknown, 1 no, 2 yes
@@ -243,15 +211,10 @@ bool wgmma_available() {
   }
   int state = known[device].load(std::memory_order_relaxed);
   if (state == 0) {
-    state = query_available() ? 2 : 1;
+    state = nearest::query_available() ? 2 : 1;
     known[device].store(state, std::memory_order_relaxed);
   }
   return state == 2;
 }
 
-int launch_wgmma(const Args& a, int heads, int d, cudaStream_t stream) {
-  if (!wgmma_available()) return cudaErrorNotSupported;
-  return d == 64 ? launch<64>(a, heads, stream) : launch<128>(a, heads, stream);
-}
-
-}  // namespace squeezeserve::kernels::detail::nearest
+}  // namespace squeezeserve::kernels::detail

@@ -144,10 +144,29 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
         code[k] = v < total ? unselected_row_code(vr, v) : kNoRow;
       }
     }
+    // The estimated rows' key counts (estimate_log2_size), each round of loads issued for all rows
+    // before any is used: a coarse cluster's fine range, then the two offsets.
+    int lo[kRowsPerThread], hi[kRowsPerThread];
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int id = code[k] - INT_MIN;
+      lo[k] = hi[k] = 0;
+      if (is_estimate_code(code[k])) {
+        const bool coarse = id >= vr.num_clusters;
+        lo[k] = coarse ? __ldg(vr.coarse_offsets + (id - vr.num_clusters)) : id;
+        hi[k] = coarse ? __ldg(vr.coarse_offsets + (id - vr.num_clusters) + 1) : id + 1;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k)
+      if (is_estimate_code(code[k])) {
+        lo[k] = __ldg(vr.offsets + lo[k]);
+        hi[k] = __ldg(vr.offsets + hi[k]);
+      }
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
       chunk_code[kRowsPerThread * tid + k] = code[k];
-      chunk_bias[kRowsPerThread * tid + k] = is_estimate_code(code[k]) ? estimate_log2_size(vr, code[k]) : 0.f;
+      chunk_bias[kRowsPerThread * tid + k] = is_estimate_code(code[k]) ? log2f(static_cast<float>(hi[k] - lo[k])) : 0.f;
     }
     __syncthreads();
     if (r0 < sel_end) seg_lo = *next_seg;

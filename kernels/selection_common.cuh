@@ -3,6 +3,7 @@
 //   selection.cu               host launcher: validation, scratch layout, which path runs
 //   selection_decode.cu        flat index, R = Lq * g <= 8 query rows: one centroid stream + chunked compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
+//   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
 //   selection_generic.cu       CUDA-core passes for any level (hierarchical), plus the log-denominator
 //                              merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
@@ -194,6 +195,13 @@ void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const S
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                                const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+
+// selection_lse_wgmma.cu: the tensor-core path's pass A on wgmma, chunks of chunk_tiles x 64
+// candidates (their partials at chunk index < ws.tc_chunks). False (nothing launched) where the
+// device or the build has no wgmma.
+template <int D>
+bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
+                      cudaStream_t stream);
 
 // selection_generic.cu: any index on CUDA cores (used for hierarchical ones). Returns the error
 // of its kernel attribute call.

@@ -3,6 +3,8 @@
 #include "kernels/mma.cuh"
 #include "kernels/selection_common.cuh"
 
+#include <algorithm>
+
 namespace squeezeserve::kernels::detail {
 namespace {
 
@@ -36,7 +38,7 @@ template <int D>
 struct TcSmem {
   static constexpr int kStride = D + 8;  // bf16; ldmatrix rows land in distinct banks
   __nv_bfloat16 q[2][kTcRows * kStride];
-  float row_in[2][kTcRows];              // pass C: log2 denominators of the tile's rows (+inf = padding)
+  float row_in[2][kTcRows];              // pass C: log denominators of the tile's rows (-inf = padding)
   float log2_size[kTcStrip];             // pass A: log2 n_c, -inf for empty / past K
   float2 red[kTcWarps][kTcRows];         // pass A: per-warp (max2, sum) of the tile's rows
 };
@@ -215,16 +217,19 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   const int member_rows = (p.lq + 15) / 16 * 16, member_tiles = member_rows / 16;
   const int num_row_tiles = (p.g * member_rows + kTcRows - 1) / kTcRows;
 
-  // Q tile plus its rows' log denominators in log2 units (row_in = logden * log2e).
+  // Q tile plus its rows' log denominators, both by cp.async (a plain load here stalled two warps,
+  // and at the stage barrier all eight, for a global latency per row tile).
   auto load = [&](int buf, int r0) {
     tc_load_q<D>(sm, buf, p, b, h, r0, member_rows);
     if (tid < kTcRows) {
       int t, j;
-      const float l = tc_query_row(p, r0 + tid, member_rows, t, j) ? ld[t * p.g + j] : neg_inf();
-      // Padding rows and rows without any non-empty cluster contribute nothing: +inf.
-      sm.row_in[buf][tid] = l == neg_inf() ? __int_as_float(0x7f800000) : l * kLog2e;
+      if (tc_query_row(p, r0 + tid, member_rows, t, j)) cp_async_4(&sm.row_in[buf][tid], ld + t * p.g + j);
+      else sm.row_in[buf][tid] = neg_inf();  // padding: visible after the stage's barrier
     }
   };
+  // A row's log denominator in log2 units, negated; rows without any non-empty cluster (and
+  // padding) have -inf and contribute nothing: -(+inf).
+  auto neg_log2_den = [](float l) { return l == neg_inf() ? neg_inf() : -l * kLog2e; };
   load(0, 0);
   cp_async_commit();
   uint32_t bf[4][D / 16][2];
@@ -246,11 +251,12 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
       if (tile >= p.g * member_tiles) break;       // warp-uniform: past the last member
       float acc[4][4];
       tc_tile<D>(sm, buf, sub, bf, acc);
-      const float l0 = sm.row_in[buf][sub * 16 + (lane >> 2)], l1 = sm.row_in[buf][sub * 16 + (lane >> 2) + 8];
+      const float l0 = neg_log2_den(sm.row_in[buf][sub * 16 + (lane >> 2)]);
+      const float l1 = neg_log2_den(sm.row_in[buf][sub * 16 + (lane >> 2) + 8]);
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) colsum[n][e & 1] += exp2_ftz(fmaf(acc[n][e], scale2, -((e >> 1) ? l1 : l0)));
+        for (int e = 0; e < 4; ++e) colsum[n][e & 1] += exp2_ftz(fmaf(acc[n][e], scale2, (e >> 1) ? l1 : l0));
       if ((tile + 1) % member_tiles == 0) {  // the member's last sub-tile: sum its 8 row lanes, max
 #pragma unroll
         for (int n = 0; n < 4; ++n)
@@ -296,10 +302,25 @@ template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                                const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
   const LevelArgs flat{Level::kFlat, nullptr, nullptr, nullptr, nullptr, 0};
-  tc_lse_kernel<D><<<dim3(ws.tc_chunks, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
-      p, ws.tc_strips_per_chunk, ws.tc_chunks, ws.partials);
-  launch_log_denominators(s, p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile), ws.tc_chunks, ws.partials,
-                          ws.logden, stream);
+  // Pass A on wgmma where the device has it (selection_lse_wgmma.cu): chunks of candidates sized
+  // for ~4 waves of one-CTA-per-SM work, never more chunks than the partials hold (tc_chunks).
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    sms = 132;
+  }
+  const int ctas_per_chunk = (s.query_len * s.group() + 255) / 256 * s.batch * s.num_kv_heads;
+  const int cap_tiles = (ws.level_capacity + 63) / 64;
+  const int chunks = std::max(1, (4 * sms + ctas_per_chunk - 1) / ctas_per_chunk);
+  const int chunk_tiles = std::max({8, 4 * ws.tc_strips_per_chunk, (cap_tiles + chunks - 1) / chunks});
+  if (launch_lse_wgmma<D>(s, p, ws, chunk_tiles, stream)) {
+    launch_log_denominators(s, p, flat, chunk_tiles * (64 / kTile), ws.tc_chunks, ws.partials, ws.logden, stream);
+  } else {
+    tc_lse_kernel<D><<<dim3(ws.tc_chunks, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
+        p, ws.tc_strips_per_chunk, ws.tc_chunks, ws.partials);
+    launch_log_denominators(s, p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile), ws.tc_chunks, ws.partials,
+                            ws.logden, stream);
+  }
   tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
       p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
   launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, nullptr, out, ws.kept, ws.prefix, ws.num_kept,

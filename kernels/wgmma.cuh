@@ -1,0 +1,93 @@
+// Hopper warpgroup MMA (wgmma, sm_90a) building blocks shared by the kernels that use it
+// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu). SQZ_HAS_WGMMA is defined when the code is
+// compiled for sm_90a (the device pass of an sm_90a target); kernels built without it trap, and
+// the host only launches them where wgmma_available().
+//
+// Operands: A from registers (the mma.sync m16n8k16 A-fragment layout, per warp of the
+// warpgroup: 16 of the 64 rows), B from shared memory in 8x8 "core matrices" (8 rows x 8 bf16 =
+// 128 contiguous bytes) without swizzle, K-major: row j, elements 8c..8c+7 of a [rows][D] tile at
+// element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8 (copy_core_tile below writes it).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+
+namespace squeezeserve::kernels::detail {
+
+// Whether the current device runs this build's sm_90a kernels (an sm_90 device and a binary built
+// for it from sm_90a code); cached per device. nearest_centroid_wgmma.cu.
+bool wgmma_available();
+
+// Copies rows [first, first + kRows) of a [k][D] bf16 matrix into a core-matrix tile with cp.async
+// (rows past k zero-filled), kThreadsCopying threads, this one `tid`. The caller commits.
+template <int D, int kRows, int kThreadsCopying>
+__device__ __forceinline__ void copy_core_tile(__nv_bfloat16* tile, const __nv_bfloat16* rows, int first, int k,
+                                               int tid) {
+  constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+  constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kChunks % kThreadsCopying == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreadsCopying; ++i) {
+    // Chunk index = smem position / 8: lanes 0-7 fill one core matrix (8 rows, same chunk column),
+    // so a warp reads 64 contiguous bytes from each of 8 rows.
+    const int chunk = i * kThreadsCopying + tid;
+    const int row_in_group = chunk & 7, column = (chunk >> 3) % kChunksPerRow, group = (chunk >> 3) / kChunksPerRow;
+    const int j = first + group * 8 + row_in_group;
+    const bool in_range = j < k;
+    const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + column * 8 : rows;
+    cp_async_16(tile + chunk * 8, src, in_range ? 16 : 0);
+  }
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SQZ_HAS_WGMMA 1
+
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pins accumulator registers in program order around the asynchronous wgmma (the compiler sees
+// the asm as writing them at issue; this keeps every read after the wait).
+__device__ __forceinline__ void fence_operands(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between
+// K-adjacent core matrices), stride byte offset (between 8-row groups), all in 16-byte units.
+__device__ __forceinline__ uint64_t smem_descriptor(uint32_t address, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (static_cast<uint64_t>((leading & 0x3ffff) >> 4) << 16) |
+         (static_cast<uint64_t>((stride & 0x3ffff) >> 4) << 32);
+}
+
+// d (+)= a · b: a = 64 x 16 from registers (this warp's 16 rows), b = 16 x 64 K-major in smem.
+// accumulate = 0 ignores d's old value.
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+#endif  // sm_90a
+
+}  // namespace squeezeserve::kernels::detail
