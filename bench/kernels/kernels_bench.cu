@@ -10,7 +10,9 @@
 // At 90% every config is also timed with the accurate lookup (lookup "accurate", else "paper"):
 // the pruned-cluster estimate on (one key per pruned cluster; decode takes its logits from the
 // selection, Selection::estimate_logits) and read-ahead (one forced position per query head,
-// TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read).
+// TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read)
+// and as "paper-two-level": the paper's lookup over a two-level index (8 fine clusters per coarse
+// one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -35,6 +37,7 @@ namespace {
 
 constexpr int kWindow = 100;
 constexpr int kPrefillTokens = 1024;
+constexpr int kCoarseRatio = 8;  // two-level index: fine clusters per coarse cluster
 
 __global__ void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
@@ -60,6 +63,11 @@ struct BenchContext {
   // (perm = identity) and the cluster of each position.
   __nv_bfloat16* means;
   int32_t *perm, *cluster_of_position;
+  // The two-level index: every kCoarseRatio consecutive fine clusters form a coarse one (random
+  // coarse centroids: only timed).
+  int kc;
+  __nv_bfloat16* coarse_centroids;
+  int32_t* coarse_offsets;
   BenchContext(int hkv_, int d_, int n_, uint32_t seed) : hkv(hkv_), d(d_), n(n_) {
     std::mt19937 rng(seed);
     std::uniform_int_distribution<int> size(10, 30);
@@ -86,12 +94,19 @@ struct BenchContext {
     }
     perm = upload(order);
     cluster_of_position = upload(cluster);
+    kc = (k + kCoarseRatio - 1) / kCoarseRatio;
+    std::vector<int32_t> coff;
+    for (int h = 0; h < hkv; ++h)
+      for (int c = 0; c <= kc; ++c) coff.push_back(std::min(c * kCoarseRatio, k));
+    coarse_offsets = upload(coff);
     const size_t kv = size_t(hkv) * n * d, dense = size_t(hkv) * (kWindow + kPrefillTokens) * d;
     keys = dev_alloc<__nv_bfloat16>(kv);
     values = dev_alloc<__nv_bfloat16>(kv);
     dense_k = dev_alloc<__nv_bfloat16>(dense);
     dense_v = dev_alloc<__nv_bfloat16>(dense);
     centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
+    coarse_centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * kc * d);
+    fill_bf16<<<1024, 256>>>(coarse_centroids, size_t(hkv) * kc * d, seed * 7 + 8);
     means = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
     fill_bf16<<<1024, 256>>>(means, size_t(hkv) * k * d, seed * 7 + 6);
     fill_bf16<<<1024, 256>>>(keys, kv, seed * 7 + 1);
@@ -103,7 +118,7 @@ struct BenchContext {
   }
   ~BenchContext() {
     cudaFree(keys); cudaFree(values); cudaFree(dense_k); cudaFree(dense_v); cudaFree(centroids); cudaFree(offsets);
-    cudaFree(means); cudaFree(perm); cudaFree(cluster_of_position);
+    cudaFree(means); cudaFree(perm); cudaFree(cluster_of_position); cudaFree(coarse_centroids); cudaFree(coarse_offsets);
   }
   SequenceLayerBf16 view(int dense_len) const {
     SequenceLayerBf16 v;
@@ -117,6 +132,14 @@ struct BenchContext {
     v.dense_values = reinterpret_cast<const uint16_t*>(dense_v);
     v.dense_head_stride = int64_t(kWindow + kPrefillTokens) * d;
     v.dense_len = dense_len;
+    return v;
+  }
+  // The two-level index's view (the paper's lookup over it).
+  SequenceLayerBf16 two_level_view(int dense_len) const {
+    SequenceLayerBf16 v = view(dense_len);
+    v.coarse_centroids = reinterpret_cast<const uint16_t*>(coarse_centroids);
+    v.coarse_offsets = coarse_offsets;
+    v.num_coarse = kc;
     return v;
   }
   // The accurate lookup's view: estimate and read-ahead (positions: device [hq]) on.
@@ -328,8 +351,9 @@ int main(int argc, char** argv) {
         else hi = 0.5 * (lo + hi);
       }
       // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
-      auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top) {
-        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, params, limits, ls.sel, sws, nullptr, s)); };
+      auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
+                     const SelectionParams& ps, const SelectionLimits& lim, void* ws) {
+        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
         auto attend = [&] {
           if (c.prefill) CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, s, top));
           else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, launch, s, top));
@@ -347,17 +371,18 @@ int main(int argc, char** argv) {
         cudaGraphExecDestroy(g_att);
         cudaGraphExecDestroy(g_all);
         cudaGraphDestroy(sel_graph);
-        long long lkept = 0, estimated = 0;
+        long long lkept = 0, estimated = 0, scored = 0;
         for (int r : download(ls.sel.rows, bh)) lkept += r;
+        for (int c : download(ls.sel.comparisons, bh)) scored += c;
         if (ls.sel.estimated)
           for (int e : download(ls.sel.estimated, bh)) estimated += e;
-        // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids once, and per
+        // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids scored, and per
         // estimated cluster its mean value and its centroid (a K+V row's worth) or, when decode
         // takes the logits from the selection, its kMaxGroup fp32 logits.
         const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill;
         const double estimate_bytes = double(estimated) * (logits ? c.d * 2.0 + 4.0 * kMaxGroup : c.d * 4.0);
         const double kv_bytes = (double(lkept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2 + estimate_bytes;
-        const double centroid_bytes = double(bh) * max_k * c.d * 2.0;
+        const double centroid_bytes = double(scored) * c.d * 2.0;
         const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
         const double frac = double(lkept) / (double(n) * bh);
         std::printf("%-10s %6d %2d %-7s %5.2f %-18s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
@@ -380,14 +405,48 @@ int main(int argc, char** argv) {
                      "\"select_us\": %.2f, \"attend_us\": %.2f, \"total_us\": %.2f, \"total_min_us\": %.2f, "
                      "\"select_split\": [%s], \"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
                      first_row ? "" : ",\n", c.model, c.hq, c.hkv, c.d, c.context, c.batch,
-                     c.prefill ? "prefill" : "decode", lq, sparsity, lookup, frac, estimated, params.tau_fine,
+                     c.prefill ? "prefill" : "decode", lq, sparsity, lookup, frac, estimated, ps.tau_fine,
                      t_sel.median_us, t_att.median_us, t_all.median_us, t_all.min_us, split_json.c_str(), bytes,
                      centroid_bytes, bytes / (t_all.median_us * 1e-6) / 1e12);
         first_row = false;
         std::fflush(json);
         std::fflush(stdout);
       };
-      run("paper", d_views, sel, TopKeys{});
+      run("paper", d_views, sel, TopKeys{}, params, limits, sws);
+      if (sparsity > 0.85f && !c.prefill) {
+        // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
+        // (their children's rows, every child kept), then tau_fine is bisected as above.
+        std::vector<SequenceLayerBf16> two;
+        int max_kc = 0;
+        for (int b = 0; b < c.batch; ++b) {
+          two.push_back(ctxs[b]->two_level_view(kWindow + lq));
+          max_kc = std::max(max_kc, ctxs[b]->kc);
+        }
+        SequenceLayerBf16* d_two = upload(two);
+        const SelectionLimits two_limits{max_k, max_kc};
+        void* two_ws = dev_alloc<char>(selection_workspace_bytes(shape, two_limits));
+        DeviceSelection two_sel(bh, max_k);
+        SelectionParams two_params;
+        two_params.hierarchical = true;
+        auto bisect = [&](float& tau, double target) {
+          double lo2 = -30, hi2 = 0;
+          for (int it = 0; it < 28; ++it) {
+            tau = static_cast<float>(std::exp(0.5 * (lo2 + hi2)));
+            CUDA_OK(select_clusters(shape, d_two, q, two_params, two_limits, two_sel.sel, two_ws, nullptr, s));
+            CUDA_OK(cudaStreamSynchronize(s));
+            long long k2 = 0;
+            for (int r : download(two_sel.sel.rows, bh)) k2 += r;
+            if (double(k2) / (double(n) * bh) > target) lo2 = 0.5 * (lo2 + hi2);
+            else hi2 = 0.5 * (lo2 + hi2);
+          }
+        };
+        two_params.tau_fine = 0.f;
+        bisect(two_params.tau_coarse, 0.3);
+        bisect(two_params.tau_fine, 1 - sparsity);
+        run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
+        cudaFree(two_ws);
+        cudaFree(d_two);
+      }
       if (sparsity > 0.85f) {
         std::vector<SequenceLayerBf16> acc_views;
         std::vector<int32_t*> positions;
@@ -405,11 +464,11 @@ int main(int argc, char** argv) {
         top.share = dev_alloc<float>(size_t(c.batch) * lq * c.hq);
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
-          run("accurate", d_acc, acc_sel, top);
+          run("accurate", d_acc, acc_sel, top, params, limits, sws);
         }
         if (!c.prefill) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);
-          run("accurate-centroids", d_acc, acc_sel, top);
+          run("accurate-centroids", d_acc, acc_sel, top, params, limits, sws);
         }
         cudaFree(top.position);
         cudaFree(top.share);
