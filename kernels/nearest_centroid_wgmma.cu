@@ -25,29 +25,6 @@
 namespace squeezeserve::kernels::detail::nearest {
 namespace {
 
-#ifdef SQZ_HAS_WGMMA
-
-// Scores of the warpgroup's 128 points against the 64 centroids of the tile at smem `tile`
-// (core-matrix layout, nearest_centroid_common.cuh): one commit group.
-template <int D>
-__device__ __forceinline__ void issue_tile(float (&acc)[2][32], const uint32_t (&afrag)[2][D / 16][4], uint32_t tile) {
-  constexpr uint32_t kLeading = 128;     // chunk c -> c + 1 (the next 8 elements of D)
-  constexpr uint32_t kStride = 16 * D;   // centroid group i -> i + 1 (D / 8 core matrices of 128 B)
-  __syncwarp();  // the loader's half-norm branch diverged; wgmma is .aligned
-  fence_operands(acc[0]);
-  fence_operands(acc[1]);
-  wgmma_fence();
-#pragma unroll
-  for (int half = 0; half < 2; ++half)
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
-      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
-  wgmma_commit();
-  fence_operands(acc[0]);
-  fence_operands(acc[1]);
-}
-#endif  // SQZ_HAS_WGMMA
-
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
 #ifdef SQZ_HAS_WGMMA
@@ -92,7 +69,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
   cp_async_wait<kStages - 2>();
   fence_proxy_async();
   __syncthreads();
-  issue_tile<D>(acc_even, afrag, tiles_address);
+  wgmma_two_halves_x64<D>(acc_even, afrag, tiles_address);
 
   // Tile t: its wgmmas are in flight in `acc` (issued one step earlier); `next` takes tile t + 1
   // when there is one (issue_next: known at compile time, see the loop below).
@@ -106,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
                    centroids, half_norms, refill * kTileCentroids, a.k, tid);
     cp_async_commit();
     if constexpr (decltype(issue_next)::value) {
-      issue_tile<D>(next, afrag, tiles_address + ((t + 1) % kStages) * kTileBytes);
+      wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kStages) * kTileBytes);
       wgmma_wait<1>();  // tile t's group is done, tile t + 1's runs on
     } else {
       wgmma_wait<0>();

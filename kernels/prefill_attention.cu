@@ -6,7 +6,7 @@
 // with cp.async into padded smem (row stride D + 8 bf16: ldmatrix rows fall in distinct banks),
 // three stages. S = Q K^T and O += P V on tensor cores; softmax state in fp32, log2 domain.
 // Why 128 rows and 3 stages: each gathered K/V tile now feeds twice the MMAs (the gather, not
-// the math, limited the 64-row version: ~70 TFLOP/s), and at 178 registers/thread only one
+// the math, limited the 64-row version: ~70 TFLOP/s), and at ~250 registers/thread only one
 // 256-thread CTA fits an SM anyway, so its smem (169 KB at D = 128) buys a deeper pipeline.
 // Gather addressing: the rows' codes (virtual_rows.cuh) are resolved for 2048 rows (32 tiles) at
 // a time into smem by the whole CTA: one window of segment starts, one search per thread, the

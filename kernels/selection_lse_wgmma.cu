@@ -55,27 +55,6 @@ __device__ __forceinline__ void load_query_fragments(uint32_t (&a)[D / 16][4], c
   }
 }
 
-#ifdef SQZ_HAS_WGMMA
-// z (unscaled) of the warpgroup's 128 rows against the 64 candidates of the tile at smem `tile`:
-// one commit group.
-template <int D>
-__device__ __forceinline__ void issue_tile(float (&acc)[2][32], const uint32_t (&afrag)[2][D / 16][4], uint32_t tile) {
-  constexpr uint32_t kLeading = 128;    // chunk c -> c + 1 (the next 8 elements of D)
-  constexpr uint32_t kStride = 16 * D;  // candidate group i -> i + 1 (D / 8 core matrices of 128 B)
-  __syncwarp();  // the size loads diverged; wgmma is .aligned
-  fence_operands(acc[0]);
-  fence_operands(acc[1]);
-  wgmma_fence();
-#pragma unroll
-  for (int half = 0; half < 2; ++half)
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s)
-      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
-  wgmma_commit();
-  fence_operands(acc[0]);
-  fence_operands(acc[1]);
-}
-#endif
 
 // grid (ceil(rows / 256), chunks, B * H_kv); chunk c covers candidates [c, c + 1) * chunk_tiles * 64.
 // partials[(bh * num_chunks + c) * rows + r], natural-log max.
@@ -147,7 +126,7 @@ __global__ void __launch_bounds__(kLseThreads, 1) lse_wgmma_kernel(ProblemArgs p
   fence_proxy_async();
   __syncthreads();
   make_sizes(0);
-  issue_tile<D>(acc_even, afrag, tiles_address);
+  wgmma_two_halves_x64<D>(acc_even, afrag, tiles_address);
 
   auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
     cp_async_wait<kLseStages - 3>();  // this thread's copies of tile t + 1 landed
@@ -157,7 +136,7 @@ __global__ void __launch_bounds__(kLseThreads, 1) lse_wgmma_kernel(ProblemArgs p
     load(refill);
     make_sizes(t + 1);
     if constexpr (decltype(issue_next)::value) {
-      issue_tile<D>(next, afrag, tiles_address + ((t + 1) % kLseStages) * kTileBytes);
+      wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kLseStages) * kTileBytes);
       wgmma_wait<1>();
     } else {
       wgmma_wait<0>();

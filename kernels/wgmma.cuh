@@ -88,6 +88,28 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
+// acc[half] = the warpgroup's two m64 halves of rows (A fragments in registers) times the 64 rows
+// of the core-matrix tile at smem address `tile` (as columns): 2 x D/16 wgmma m64n64k16, one
+// commit group. Callers wait with wgmma_wait before reading acc.
+template <int D>
+__device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const uint32_t (&afrag)[2][D / 16][4],
+                                                     uint32_t tile) {
+  constexpr uint32_t kLeading = 128;    // chunk c -> c + 1 (the next 8 elements of D)
+  constexpr uint32_t kStride = 16 * D;  // row group i -> i + 1 (D / 8 core matrices of 128 B)
+  __syncwarp();  // the callers' loaders diverge; wgmma is .aligned
+  fence_operands(acc[0]);
+  fence_operands(acc[1]);
+  wgmma_fence();
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
+      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
+  wgmma_commit();
+  fence_operands(acc[0]);
+  fence_operands(acc[1]);
+}
+
 #endif  // sm_90a
 
 }  // namespace squeezeserve::kernels::detail
