@@ -43,18 +43,16 @@ constexpr int kTcPerWarp = 32;                   // candidates per warp (4 n-til
 constexpr int kTcStrip = kTcWarps * kTcPerWarp;  // 256
 
 // Which clusters a level's candidates are. kChildren: the fine clusters under the kept coarse
-// clusters, numbered consecutively (candidate i -> kept coarse s with child_prefix[s] <= i).
+// clusters, numbered consecutively in coarse order (the coarse compaction writes their ids).
 enum class Level : int { kFlat = 0, kCoarse = 1, kChildren = 2 };
 
 struct LevelArgs {
   Level level;
-  // kChildren only: per bh, the kept coarse ids, the exclusive prefix of their child counts, and
-  // how many there are; n_candidates = total children.
-  const int32_t* kept_coarse;
-  const int32_t* child_prefix;
-  const int32_t* num_kept;
+  // kChildren only: per bh, the fine cluster id of each candidate ([bh][capacity], written by the
+  // coarse level's compaction) and how many there are.
+  const int32_t* children;
   const int32_t* num_candidates;
-  int coarse_capacity;
+  int capacity;
 };
 
 struct ProblemArgs {
@@ -133,7 +131,8 @@ struct Workspace {
   float* logden;
   float* z;
   uint8_t* flags;
-  int32_t *kept, *prefix, *num_kept, *num_candidates;
+  // kept: the children level's cluster ids (hierarchical); num_candidates: their count.
+  int32_t *kept, *prefix, *num_candidates;
   // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
   // chunk_totals [bh][select_chunks] (clusters, rows, estimated, 0); its chunk-local lists reuse
   // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap] and
@@ -170,7 +169,6 @@ struct Workspace {
     flags = reinterpret_cast<uint8_t*>(take(size_t(bh) * level_capacity));
     kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
     prefix = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
-    num_kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
     num_candidates = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
     fast_r = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : rows <= kMaxFastRows ? 8 : 0;
     fast_chunks = (std::max(lim.max_clusters, 1) + kStreamChunk - 1) / kStreamChunk;
@@ -215,9 +213,10 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
 // level's flags (grid (H_kv, B)); z: the level's logits [bh][rows][capacity] when kept, else null.
 void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, int tiles_per_chunk,
                              int num_chunks, const float2* partials, float* logden, cudaStream_t stream);
+// Coarse level: children_out [bh][capacity] and num_candidates_out [bh] define the children level.
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const float* z, const Selection& out, int32_t* kept_out, int32_t* prefix_out,
-                    int32_t* num_kept_out, int32_t* num_candidates_out, cudaStream_t stream);
+                    int capacity, const float* z, const Selection& out, int32_t* children_out,
+                    int32_t* num_candidates_out, cudaStream_t stream);
 
 }  // namespace squeezeserve::kernels::detail

@@ -13,9 +13,7 @@ struct HeadLevel {
   const int32_t* coarse_off;  // [Kc+1] of this head (null for one-level indexes)
   int num_level;              // clusters in the level (K or Kc)
   int num_candidates;         // candidates scored at this level for this bh
-  int kept;                   // kChildren: number of kept coarse clusters
-  const int32_t* kept_coarse;
-  const int32_t* child_prefix;
+  const int32_t* children;    // kChildren: fine cluster id of each candidate
 };
 
 template <int D>
@@ -34,23 +32,15 @@ __device__ HeadLevel head_level(const ProblemArgs& p, const LevelArgs& l, int b,
   if (l.level == Level::kChildren) {
     const int bh = b * p.hkv + h;
     v.num_candidates = l.num_candidates[bh];
-    v.kept = l.num_kept[bh];
-    v.kept_coarse = l.kept_coarse + static_cast<int64_t>(bh) * l.coarse_capacity;
-    v.child_prefix = l.child_prefix + static_cast<int64_t>(bh) * l.coarse_capacity;
+    v.children = l.children + static_cast<int64_t>(bh) * l.capacity;
   }
   return v;
 }
 
-// Cluster id of candidate i (< num_candidates).
+// Cluster id of candidate i (< num_candidates): one load for a child (it was a binary search over
+// the kept coarse clusters, ~12 dependent loads, in every candidate tile and compaction step).
 __device__ int candidate_cluster(const HeadLevel& v, Level level, int i) {
-  if (level != Level::kChildren) return i;
-  int lo = 0, hi = v.kept;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (v.child_prefix[mid] <= i) lo = mid;
-    else hi = mid;
-  }
-  return v.coarse_off[v.kept_coarse[lo]] + (i - v.child_prefix[lo]);
+  return level == Level::kChildren ? v.children[i] : i;
 }
 
 // Keys a cluster stands for: fine sizes, or the sum over a coarse cluster's contiguous children.
@@ -304,15 +294,14 @@ __device__ int2 block_exclusive_scan(int2 x, int2& total) {
 }
 
 // Pass 3: ordered compaction of the flags of one (b, h). Final level: selected ids, their row
-// starts, counts, rows, comparisons. Coarse level: kept coarse ids and the prefix of their child
-// counts, which define the candidates of the children level. With the estimate on, the live but
-// not kept candidates of each level too (estimate_ids: the coarse level's as K + c first, then the
-// fine ones), with their logits from z ([bh][rows][capacity], the level's) for decode launches
-// that ask (Selection::estimate_logits). grid (H_kv, B), 1024 threads.
+// starts, counts, rows, comparisons. Coarse level: the ids of the kept coarse clusters' children,
+// in order, and their count: the candidates of the children level. With the estimate on, the
+// live but not kept candidates of each level too (estimate_ids: the coarse level's as K + c
+// first, then the fine ones), with their logits from z ([bh][rows][capacity], the level's) for
+// decode launches that ask (Selection::estimate_logits). grid (H_kv, B), 1024 threads.
 template <int D>
 __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs l, const uint8_t* flags, int capacity,
-                                                       const float* z, Selection out, int32_t* kept_out,
-                                                       int32_t* prefix_out, int32_t* num_kept_out,
+                                                       const float* z, Selection out, int32_t* children_out,
                                                        int32_t* num_candidates_out) {
   const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
   const HeadLevel v = head_level<D>(p, l, b, h);
@@ -353,9 +342,14 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
     for (int e = 0; e < kPer; ++e) {
       if (cluster[e] < 0) continue;
       if (kept[e]) {
-        const int64_t slot = static_cast<int64_t>(bh) * (coarse ? capacity : out.capacity) + kept_at;
-        (coarse ? kept_out : out.cluster_ids)[slot] = cluster[e];
-        (coarse ? prefix_out : out.row_start)[slot] = row_at;
+        if (coarse) {  // its children are candidates row_at .. row_at + weight - 1
+          int32_t* to = children_out + static_cast<int64_t>(bh) * capacity + row_at;
+          for (int k = 0; k < weight[e]; ++k) to[k] = v.coarse_off[cluster[e]] + k;
+        } else {
+          const int64_t slot = static_cast<int64_t>(bh) * out.capacity + kept_at;
+          out.cluster_ids[slot] = cluster[e];
+          out.row_start[slot] = row_at;
+        }
         ++kept_at;
         row_at += weight[e];
       } else {
@@ -379,7 +373,6 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
   if (threadIdx.x != 0) return;
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
   if (coarse) {
-    num_kept_out[bh] = count;
     num_candidates_out[bh] = rows;
   } else {
     out.counts[bh] = count;
@@ -406,26 +399,24 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
   if (err != cudaSuccess) return err;
 
   // First level: flat, or coarse for a hierarchical index.
-  const LevelArgs first{params.hierarchical ? Level::kCoarse : Level::kFlat, nullptr, nullptr, nullptr, nullptr, 0};
+  const LevelArgs first{params.hierarchical ? Level::kCoarse : Level::kFlat, nullptr, nullptr, 0};
   lse_partials_kernel<D><<<dim3(ws.chunks_a, s.num_kv_heads, s.batch), kThreads, smem_a, stream>>>(
       p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.z, ws.level_capacity);
   launch_log_denominators(s, p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.logden, stream);
   flags_kernel<D><<<dim3(chunks_c, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
       p, first, tiles_c, params, ws.logden, ws.z, nullptr, ws.level_capacity, ws.flags,
       params.hierarchical ? nullptr : scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, ws.z, out, ws.kept, ws.prefix, ws.num_kept,
-                    ws.num_candidates, stream);
+  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, ws.z, out, ws.kept, ws.num_candidates, stream);
   if (!params.hierarchical) return cudaSuccess;
 
   // Children of the kept coarse clusters, scored with the coarse denominator (never the others).
-  const LevelArgs children{Level::kChildren, ws.kept, ws.prefix, ws.num_kept, ws.num_candidates, ws.level_capacity};
+  const LevelArgs children{Level::kChildren, ws.kept, ws.num_candidates, ws.level_capacity};
   const int fine_tiles = (lim.max_clusters + kTile - 1) / kTile;
   const int tiles_f = ws.store_z ? 1 : std::max(1, fine_tiles * bh / (4 * 132));
   flags_kernel<D><<<dim3((fine_tiles + tiles_f - 1) / tiles_f, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
       p, children, tiles_f, params, ws.logden, nullptr, ws.z, ws.level_capacity, ws.flags, scores_out,
       ws.level_capacity);  // the children's logits overwrite the coarse ones, compacted by now
-  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, ws.z, out, nullptr, nullptr, nullptr, nullptr,
-                    stream);
+  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, ws.z, out, nullptr, nullptr, stream);
   return cudaSuccess;
 }
 
@@ -438,10 +429,10 @@ void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, cons
 
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const float* z, const Selection& out, int32_t* kept_out, int32_t* prefix_out,
-                    int32_t* num_kept_out, int32_t* num_candidates_out, cudaStream_t stream) {
-  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, z, out, kept_out,
-                                                                       prefix_out, num_kept_out, num_candidates_out);
+                    int capacity, const float* z, const Selection& out, int32_t* children_out,
+                    int32_t* num_candidates_out, cudaStream_t stream) {
+  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, z, out, children_out,
+                                                                       num_candidates_out);
 }
 
 #define SQZ_INSTANTIATE(D_)                                                                                           \
@@ -449,8 +440,7 @@ void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelAr
                                                  const SelectionLimits&, const Workspace&, const Selection&, float*, \
                                                  cudaStream_t);                                                      \
   template void launch_compact<D_>(const AttentionShape&, const ProblemArgs&, const LevelArgs&, const uint8_t*, int, \
-                                   const float*, const Selection&, int32_t*, int32_t*, int32_t*, int32_t*,        \
-                                   cudaStream_t);
+                                   const float*, const Selection&, int32_t*, int32_t*, cudaStream_t);
 SQZ_INSTANTIATE(64)
 SQZ_INSTANTIATE(128)
 #undef SQZ_INSTANTIATE

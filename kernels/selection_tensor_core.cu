@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                                const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
-  const LevelArgs flat{Level::kFlat, nullptr, nullptr, nullptr, nullptr, 0};
+  const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
   // Pass A on wgmma where the device has it (selection_lse_wgmma.cu): chunks of candidates sized
   // for ~4 waves of one-CTA-per-SM work, never more chunks than the partials hold (tc_chunks).
   int device = 0, sms = 132;
@@ -323,8 +323,7 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
   }
   tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
       p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, nullptr, out, ws.kept, ws.prefix, ws.num_kept,
-                    ws.num_candidates, stream);
+  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, nullptr, out, nullptr, nullptr, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
