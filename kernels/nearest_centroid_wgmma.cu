@@ -107,22 +107,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
       }
     }
   };
-  // No branch around an issue inside the loop: a conditional issue makes the compiler merge two
-  // versions of the in-flight accumulators at the back edge (register moves), and ptxas then
-  // serializes every wgmma (C7514). The last one or two tiles run after the loop.
-  const std::true_type more;
-  const std::false_type last;
-  int t = 0;
-  for (; t + 2 < num_tiles; t += 2) {
-    step(t, acc_even, acc_odd, more);
-    step(t + 1, acc_odd, acc_even, more);
-  }
-  if (t + 1 < num_tiles) {
-    step(t, acc_even, acc_odd, more);
-    step(t + 1, acc_odd, acc_even, last);
-  } else {
-    step(t, acc_even, acc_odd, last);
-  }
+  wgmma_ping_pong(num_tiles, acc_even, acc_odd, step);
   cp_async_wait<0>();
 
 #pragma unroll

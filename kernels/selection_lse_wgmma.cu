@@ -180,20 +180,7 @@ __global__ void __launch_bounds__(kLseThreads, 1) lse_wgmma_kernel(ProblemArgs p
 #pragma unroll
         for (int e = 0; e < 4; ++e) run_s[half][e >> 1] += exp2_ftz(acc[half][4 * j + e] - m_use[half][e >> 1]);
   };
-  // No branch around an issue inside the loop (nearest_centroid_wgmma.cu says why).
-  const std::true_type more;
-  const std::false_type last;
-  int t = 0;
-  for (; t + 2 < num_tiles; t += 2) {
-    step(t, acc_even, acc_odd, more);
-    step(t + 1, acc_odd, acc_even, more);
-  }
-  if (t + 1 < num_tiles) {
-    step(t, acc_even, acc_odd, more);
-    step(t + 1, acc_odd, acc_even, last);
-  } else {
-    step(t, acc_even, acc_odd, last);
-  }
+  wgmma_ping_pong(num_tiles, acc_even, acc_odd, step);
   cp_async_wait<0>();
 
   // Merge the quad's columns (fixed order: deterministic), natural-log max, one partial per row.

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 
@@ -108,6 +109,29 @@ __device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const 
   wgmma_commit();
   fence_operands(acc[0]);
   fence_operands(acc[1]);
+}
+
+// Runs step(t, acc, next, issue_next) for tiles t < num_tiles with two accumulator sets in turn:
+// tile t's wgmmas are in flight in `acc`, and step issues tile t + 1's into `next` when
+// issue_next (std::true_type) says there is one. No branch around an issue inside the loop: a
+// conditional issue makes the compiler merge two versions of the in-flight accumulators at the
+// back edge (register moves), and ptxas then serializes every wgmma (C7514). The last one or two
+// tiles run after the loop.
+template <typename Acc, typename Step>
+__device__ __forceinline__ void wgmma_ping_pong(int num_tiles, Acc& acc_even, Acc& acc_odd, Step&& step) {
+  const std::true_type more;
+  const std::false_type last;
+  int t = 0;
+  for (; t + 2 < num_tiles; t += 2) {
+    step(t, acc_even, acc_odd, more);
+    step(t + 1, acc_odd, acc_even, more);
+  }
+  if (t + 1 < num_tiles) {
+    step(t, acc_even, acc_odd, more);
+    step(t + 1, acc_odd, acc_even, last);
+  } else {
+    step(t, acc_even, acc_odd, last);
+  }
 }
 
 #endif  // sm_90a
