@@ -215,8 +215,9 @@ kernels::SequenceLayerBf16 ViewOf(const KernelSequence& seq, int64_t layer, int6
 // every per-pair array.
 struct KernelAttention::Buffers {
   int64_t steps = 0, pairs = 0, capacity = 0, layers = 0, workspace_bytes = 0;
-  // Room for the pruned-cluster estimate's list per pair (0: no estimating member seen yet).
-  int64_t estimate_capacity = 0;
+  // Room for the pruned-cluster estimate's list per pair (0: no estimating member seen yet), and
+  // the floats per estimated cluster of its logits (kernels::estimate_logit_stride of the group).
+  int64_t estimate_capacity = 0, logit_stride = 1;
   // Staging, uploaded once per step (host pinned → device): views [layers][steps], then the dense
   // selection's rows [pairs] int32, then source rows [steps] int64 (the stacked row of each
   // member's first new token, in launch order).
@@ -240,7 +241,7 @@ struct KernelAttention::Buffers {
   at::Tensor workspace;
   // The estimate (kernels::Selection): the clusters each pair attends as one key,
   // [pairs][estimate_capacity] int32, and their logits per query head of the group (decode),
-  // [pairs][estimate_capacity][kMaxGroup] fp32. Their counts are stats [layers][2][pairs].
+  // [pairs][estimate_capacity][logit_stride] fp32. Their counts are stats [layers][2][pairs].
   at::Tensor estimate_ids, estimate_logits;
   // Whether the planned step has an estimating member: then every squeezed launch of the step
   // carries the estimate arrays (the others' counts are written 0).
@@ -525,8 +526,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
     if (grown->estimate_capacity > 0) {
       grown->estimate_ids = at::empty({grown->pairs * grown->estimate_capacity}, ints);
+      grown->logit_stride = kernels::estimate_logit_stride(static_cast<int>(num_q_heads_ / num_kv_heads_));
       grown->estimate_logits =
-          at::empty({grown->pairs * grown->estimate_capacity * kernels::kMaxGroup}, ints.dtype(at::kFloat));
+          at::empty({grown->pairs * grown->estimate_capacity * grown->logit_stride}, ints.dtype(at::kFloat));
     }
     buffers_ = std::move(grown);
     b = buffers_.get();
@@ -621,7 +623,8 @@ kernels::Selection SqueezedSelection(const KernelAttention::Buffers& b, int64_t 
     s.estimate_capacity = static_cast<int32_t>(b.estimate_capacity);
     s.estimate_ids = b.estimate_ids.data_ptr<int32_t>() + first_pair * b.estimate_capacity;
     s.estimated = stats + 2 * b.pairs + first_pair;
-    if (decode) s.estimate_logits = b.estimate_logits.data_ptr<float>() + first_pair * b.estimate_capacity * kernels::kMaxGroup;
+    if (decode)
+      s.estimate_logits = b.estimate_logits.data_ptr<float>() + first_pair * b.estimate_capacity * b.logit_stride;
   }
   return s;
 }

@@ -39,10 +39,16 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int by
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
-// 4-byte asynchronous global->shared copy (single floats or ints of an array).
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
+// 4-byte asynchronous global->shared copy (single floats or ints of an array); `bytes` = 0
+// zero-fills.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, int bytes = 4) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+// 8-byte asynchronous global->shared copy; `bytes` = 0 zero-fills.
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem, int bytes = 8) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>

@@ -57,7 +57,8 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 // reads fall in distinct banks. After all warps' tiles: per warp kStages x kTileRows x kMaxGroup
 // logit offsets (natural log units) of a tile's rows per query head: for an estimated cluster ln n,
 // or its whole logit (ln n included) when the selection provides it (its key row is then zero,
-// and the logits arrive by cp.async with the tile); 0 for other rows.
+// and the logits arrive by cp.async with the tile); 0 for other rows. Heads past the selection's
+// stride (estimate_logit_stride(G): padding heads only) are never written; they read head S - 1.
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
@@ -105,6 +106,13 @@ struct DecodeArgs {
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
 };
+
+// w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
+__device__ __forceinline__ void cp_async_floats(float* smem, const float* gmem, int w, bool copy) {
+  if (w == 4) cp_async_16(smem, gmem, copy ? 16 : 0);
+  else if (w == 2) cp_async_8(smem, gmem, copy ? 8 : 0);
+  else cp_async_4(smem, gmem, copy ? 4 : 0);
+}
 
 // Rows head bh takes in the flat split: selected + estimated + dense rows, at least one (masked).
 // Equals max(1, virtual_rows(...).total()).
@@ -171,6 +179,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
   const int ctx_end = vr.context_rows();
+  // This lane's query head in the bias rows; padding heads past the stride read head S - 1's.
+  const int bias_head = min(lane >> 2, vr.est_stride - 1);
   // Whether tile [v, v + 16) holds estimated rows (warp-uniform): only those tiles carry biases.
   auto has_estimate = [&](int v) {
     return vr.est_count > 0 && v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows;
@@ -210,12 +220,17 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
       float* to = bias + bias_at(t % kStages, 0, 0);
       if (vr.est_logits) {
-        // The selection's logits s q.c + ln n: row lane / 2, half lane % 2 (a row is 2 x 16 bytes),
-        // zero for the tile's rows that are not estimated.
-        const int row = lane >> 1, xr = v + row;
-        const float* src = estimated_row(xr) ? vr.est_logits + static_cast<int64_t>(xr - vr.sparse_rows) * kMaxGroup
-                                             : vr.est_logits;
-        cp_async_16(to + row * kMaxGroup + (lane & 1) * 4, src + (lane & 1) * 4, estimated_row(xr) ? 16 : 0);
+        // The selection's logits s q.c + ln n, S = est_stride floats per row, copied in pieces of
+        // w = min(S, 4) floats (a row is one piece, or two for S = 8): one piece per lane,
+        // zero-filled for the tile's rows that are not estimated.
+        const int S = vr.est_stride, w = min(S, 4), per_row = S / w;
+        if (lane < kTileRows * per_row) {
+          const int row = lane / per_row, part = lane % per_row, xr = v + row;
+          const float* src = estimated_row(xr)
+                                 ? vr.est_logits + static_cast<int64_t>(xr - vr.sparse_rows) * S + part * w
+                                 : vr.est_logits;
+          cp_async_floats(to + row * kMaxGroup + part * w, src, w, estimated_row(xr));
+        }
       } else if (lane < kTileRows) {  // the key is its centroid: only ln n is added
         const float log_size = estimated_row(x) ? estimate_log2_size(vr, code) / kLog2e : 0.f;
         float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
@@ -271,7 +286,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
-        if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, lane >> 2)], kLog2e, x);
+        if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
         if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
@@ -316,7 +331,7 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
   int position = -1;
   if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
   if (share > 0.f) {
-    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
     const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
     position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top.v));
   }
@@ -420,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   int bh = first_head;
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
-    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/true);
+    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
     const int len = max(1, vr.total());  // = head_rows(a, bh)
     // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
     const int r0 = static_cast<int>(max(f0, head_start) - head_start);

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
   const int rows_m = a.lq * a.g, G = a.g;
-  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode=*/false);
+  const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/0);
 
   // Q tile: packed row m -> token m / G, head h * G + m % G (rows past the block are zero).
   for (int c = tid; c < kTileM * D / 8; c += kThreads) {

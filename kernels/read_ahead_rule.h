@@ -6,12 +6,6 @@
 
 #include "kernels/read_ahead.h"
 
-#ifdef __CUDACC__
-#define SQUEEZESERVE_HOST_DEVICE __host__ __device__
-#else
-#define SQUEEZESERVE_HOST_DEVICE
-#endif
-
 namespace squeezeserve::kernels::detail {
 
 // Advances cursor c (next, age) of sequence b, query head h over its query_len tokens' top keys into

@@ -16,9 +16,9 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
   const Workspace ws(s, lim, workspace);
   const ProblemArgs p{seqs, static_cast<const __nv_bfloat16*>(q), s.query_len, s.num_q_heads, s.num_kv_heads,
                       s.group(), 1.f / sqrtf(static_cast<float>(D))};
-  if (!params.hierarchical && ws.fast_r > 0) {
+  if (ws.fast_r > 0) {  // decode: rows <= kMaxFastRows, flat or hierarchical
     run_decode_selection<D>(s, p, params, ws, out, scores_out, stream);
-  } else if (!params.hierarchical) {  // prefill block (rows > kMaxFastRows), flat
+  } else if (!params.hierarchical) {  // prefill block, flat
     run_tensor_core_selection<D>(s, p, params, ws, out, scores_out, stream);
   } else {
     const cudaError_t err = run_generic_selection<D>(s, p, params, lim, ws, out, scores_out, stream);

@@ -1,11 +1,12 @@
 // Internal to the selection sources (not a public header): the problem every pass reads, the scratch
 // layout, and the entry point of each path. Contract: selection.h; reference: selection_ref.cc.
 //   selection.cu               host launcher: validation, scratch layout, which path runs
-//   selection_decode.cu        flat index, R = Lq * g <= 8 query rows: one centroid stream + chunked compaction
+//   selection_decode.cu        R = Lq * g <= 8 query rows (decode), flat or two-level: per level one
+//                              centroid stream + chunked compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
-//   selection_generic.cu       CUDA-core passes for any level (hierarchical), plus the log-denominator
-//                              merge and the ordered compaction the tensor-core path reuses
+//   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
+//                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
 // r % g) against the candidates of a level. Scores are fp32, denominators max-shifted. The cap on
 // log p-hat (kMaxLogScore) is applied where it can bite: the generic path's children level (fine
@@ -70,6 +71,50 @@ __device__ __forceinline__ float head_tau(const SequenceLayerBf16& s, const Sele
   return s.tau_fine ? s.tau_fine[h] : params.tau_fine;
 }
 
+// One (sequence, KV head)'s view of a level: what every path reads of its candidates.
+struct HeadLevel {
+  const __nv_bfloat16* centroids;  // of this head and level (bf16, docs/index_layout.md); children: the fine level
+  const int32_t* fine_off;         // [K+1] of this head
+  const int32_t* coarse_off;       // [Kc+1] of this head (null for one-level indexes)
+  int num_candidates;              // candidates scored at this level for this bh
+  const int32_t* children;         // kChildren: fine cluster id of each candidate
+};
+
+__device__ __forceinline__ HeadLevel head_level(const ProblemArgs& p, const LevelArgs& l, int b, int h, int d) {
+  const SequenceLayerBf16& s = p.seqs[b];
+  HeadLevel v{};
+  v.fine_off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
+  v.coarse_off = s.coarse_offsets ? s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1) : nullptr;
+  if (l.level == Level::kCoarse) {
+    v.centroids = as_bf16(s.coarse_centroids) + static_cast<int64_t>(h) * s.num_coarse * d;
+    v.num_candidates = s.num_coarse;
+  } else {
+    v.centroids = as_bf16(s.centroids) + static_cast<int64_t>(h) * s.num_clusters * d;
+    v.num_candidates = s.num_clusters;
+  }
+  if (l.level == Level::kChildren) {
+    const int bh = b * p.hkv + h;
+    v.num_candidates = l.num_candidates[bh];
+    v.children = l.children + static_cast<int64_t>(bh) * l.capacity;
+  }
+  return v;
+}
+
+// Cluster id of candidate i (< num_candidates): one load for a child (it was a binary search over
+// the kept coarse clusters, ~12 dependent loads, in every candidate tile and compaction step).
+__device__ __forceinline__ int candidate_cluster(const HeadLevel& v, Level level, int i) {
+  return level == Level::kChildren ? v.children[i] : i;
+}
+
+// Keys a cluster stands for: fine sizes, or the sum over a coarse cluster's contiguous children.
+__device__ __forceinline__ int cluster_size(const HeadLevel& v, Level level, int c) {
+  if (level == Level::kCoarse) return v.fine_off[v.coarse_off[c + 1]] - v.fine_off[v.coarse_off[c]];
+  return v.fine_off[c + 1] - v.fine_off[c];
+}
+
+// Fine clusters under coarse cluster c (the candidates its keeping adds to the children level).
+__device__ __forceinline__ int num_children(const HeadLevel& v, int c) { return v.coarse_off[c + 1] - v.coarse_off[c]; }
+
 // Flags of a level's candidates (generic and tensor-core paths): bit 0 = kept (score above the
 // threshold, or forced by read-ahead), bit 1 = live (a non-empty cluster: it was scored, and it is
 // estimated when not kept).
@@ -131,15 +176,18 @@ struct Workspace {
   float* logden;
   float* z;
   uint8_t* flags;
-  // kept: the children level's cluster ids (hierarchical); num_candidates: their count.
-  int32_t *kept, *prefix, *num_candidates;
-  // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r], partials [bh][fast_chunks][fast_r],
-  // chunk_totals [bh][select_chunks] (clusters, rows, estimated, 0); its chunk-local lists reuse
-  // kept / prefix (generic path only) and, for the estimate, local_estimate [bh][cap] and
-  // local_logits [bh][cap][kMaxGroup] (Selection::estimate_logits).
-  int fast_r, fast_chunks, select_chunks;
+  // Hierarchical: the children level's cluster ids [bh][cap] (written by the coarse level's
+  // compaction) and their count [bh].
+  int32_t *children, *num_candidates;
+  // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r]; LSE partials [bh][chunks][fast_r] of
+  // the flat level (fast_chunks of kStreamChunk) or the coarse one (coarse_chunks); chunk_totals
+  // [bh][select_chunks] (kept, their rows or children, live but not kept, 0); the chunk-local lists
+  // local_ids / local_starts / local_estimate [bh][cap] and local_logits [bh][cap][fast_r]
+  // (Selection::estimate_logits); coarse_estimated [bh]: the coarse level's estimated clusters
+  // (the children's estimate list starts after them).
+  int fast_r, fast_chunks, coarse_chunks, select_chunks;
   int4* chunk_totals;
-  int32_t* local_estimate;
+  int32_t *local_ids, *local_starts, *local_estimate, *coarse_estimated;
   float* local_logits;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
@@ -167,24 +215,28 @@ struct Workspace {
     logden = reinterpret_cast<float*>(take(sizeof(float) * bh * rows));
     z = store_z ? reinterpret_cast<float*>(take(sizeof(float) * bh * rows * level_capacity)) : nullptr;
     flags = reinterpret_cast<uint8_t*>(take(size_t(bh) * level_capacity));
-    kept = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
-    prefix = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
+    children = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity));
     num_candidates = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh));
     fast_r = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : rows <= kMaxFastRows ? 8 : 0;
-    fast_chunks = (std::max(lim.max_clusters, 1) + kStreamChunk - 1) / kStreamChunk;
-    select_chunks = (std::max(lim.max_clusters, 1) + kSelectChunk - 1) / kSelectChunk;
+    fast_chunks = (std::max(level_capacity, 1) + kStreamChunk - 1) / kStreamChunk;
+    coarse_chunks = (std::max(lim.max_coarse, 1) + kStreamChunk - 1) / kStreamChunk;
+    select_chunks = (std::max(level_capacity, 1) + kSelectChunk - 1) / kSelectChunk;
+    auto take_ints = [&](size_t n) { return fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n)) : nullptr; };
     fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
     chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
-    local_estimate = fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * bh * level_capacity)) : nullptr;
-    local_logits = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * kMaxGroup)) : nullptr;
+    local_ids = take_ints(size_t(bh) * level_capacity);
+    local_starts = take_ints(size_t(bh) * level_capacity);
+    local_estimate = take_ints(size_t(bh) * level_capacity);
+    coarse_estimated = take_ints(bh);
+    local_logits = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     bytes = off;
   }
 };
 
 // ---- the paths (each launches on `stream` and leaves error checks to the caller) --------------
 
-// selection_decode.cu: flat index, ws.fast_r > 0.
+// selection_decode.cu: ws.fast_r > 0, flat or hierarchical.
 template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                           const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
@@ -201,7 +253,7 @@ template <int D>
 bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
                       cudaStream_t stream);
 
-// selection_generic.cu: any index on CUDA cores (used for hierarchical ones). Returns the error
+// selection_generic.cu: any index on CUDA cores (used for hierarchical prefill blocks). Returns the error
 // of its kernel attribute call.
 template <int D>
 cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
@@ -210,13 +262,13 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
 
 // selection_generic.cu, shared with the tensor-core path: the per-row log denominators from chunk
 // partials (tiles_per_chunk tiles of kTile candidates per chunk), and the ordered compaction of a
-// level's flags (grid (H_kv, B)); z: the level's logits [bh][rows][capacity] when kept, else null.
+// level's flags (grid (H_kv, B)).
 void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, int tiles_per_chunk,
                              int num_chunks, const float2* partials, float* logden, cudaStream_t stream);
 // Coarse level: children_out [bh][capacity] and num_candidates_out [bh] define the children level.
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const float* z, const Selection& out, int32_t* children_out,
+                    int capacity, const Selection& out, int32_t* children_out,
                     int32_t* num_candidates_out, cudaStream_t stream);
 
 }  // namespace squeezeserve::kernels::detail

@@ -1,32 +1,40 @@
-// Selection for a flat index with R = Lq * g <= 8 query rows: decode steps, and prefill blocks
-// that small (selection_common.cuh lists the paths).
+// Selection with R = Lq * g <= 8 query rows: decode steps, and prefill blocks that small
+// (selection_common.cuh lists the paths). Flat or two-level indexes.
 #include "kernels/selection_common.cuh"
 
 namespace squeezeserve::kernels::detail {
 namespace {
 
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
-// at DRAM speed with every warp loading. Three launches replace the general path's four:
-//  K1 score_stream_kernel, grid (ceil(K / 256), H_kv, B), 8 warps x 32 centroids per CTA. A
-//     centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load) and
-//     each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over its
-//     L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32 for
-//     R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z = s*q.c in
-//     fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and K2), and one
-//     LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
-//  K2a select_chunk_kernel, grid (ceil(K / 1024), H_kv, B): every CTA merges the head's K1
-//     partials into the log denominators (the same fixed order in every CTA, so all agree bit for
-//     bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads at
-//     512K; read-ahead's forced clusters are kept whatever their score) and compacts them in
-//     candidate order into a chunk-local list (ids, local row starts), the pruned non-empty ones
-//     into a second list when the estimate is on, plus the chunk's totals (clusters, rows,
-//     estimated).
+// at DRAM speed with every warp loading. Three launches per level:
+//  K1 score_stream_kernel, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
+//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
+//     and each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over
+//     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
+//     for R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z =
+//     s*q.c in fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and
+//     K2), and one LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
+//  K2a select_chunk_kernel, grid (ceil(candidates / 1024), H_kv, B): every CTA merges the head's
+//     K1 partials into the log denominators (the same fixed order in every CTA, so all agree bit
+//     for bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads
+//     at 512K; read-ahead's forced clusters are kept whatever their score) and compacts them in
+//     candidate order into a chunk-local list (ids, local row starts), the live but pruned ones
+//     into a second list (the estimate's, when on), plus the chunk's totals.
 //  K2b place_chunk_kernel, same grid: sums the totals of the chunks before its own (integers: exact
 //     in any order) and copies its chunk's lists to those offsets of the output; the head's last
 //     chunk writes counts / rows / comparisons / estimated.
 // The output is the one ordered compaction a single CTA per head would produce (that was K2 until
 // run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
 // host round trip, no atomics.
+//
+// Two-level indexes run the three launches twice. The coarse level (Level::kCoarse) keeps coarse
+// clusters; its K2b writes the fine ids of their children (the children level's candidates, in
+// order) instead of a selection. The children level (Level::kChildren) streams only those fine
+// centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
+// partials); its K2b writes the selection. The estimate lists the pruned coarse clusters (as
+// K + c) first, then the pruned children. This replaced the CUDA-core passes of
+// selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
+// two levels read 58% fewer centroid bytes.
 
 template <int R>
 __host__ __device__ constexpr int log2_rows() { return R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3; }
@@ -51,39 +59,52 @@ __device__ __forceinline__ float butterfly_rows(float (&v)[R], int lane) {
   return x;
 }
 
-template <int D, int R>
-__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, int num_chunks, int z_capacity,
-                                                                float* z_out, float2* partials) {
+// The level's view with its kind known at compile time (head_level's branches fold away).
+template <Level LV>
+__device__ __forceinline__ HeadLevel level_view(const ProblemArgs& p, const LevelArgs& l, int b, int h, int d) {
+  return head_level(p, LevelArgs{LV, l.children, l.num_candidates, l.capacity}, b, h, d);
+}
+
+template <int D, int R, Level LV>
+__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
+                                                                int z_capacity, float* z_out, float2* partials) {
   constexpr int L = D / 8, CPW = 32 / L;
   constexpr int kPerWarp = kStreamChunk / kWarps;
   constexpr int kSteps = kPerWarp / CPW;
   constexpr int kUnroll = 4;
   constexpr int kLogR = log2_rows<R>();
+  constexpr bool kPartials = LV != Level::kChildren;  // the children use the coarse denominators
   static_assert(R <= L, "butterfly needs at least R lanes per centroid");
   __shared__ float log_size[kStreamChunk];
+  __shared__ int centroid_of[kStreamChunk];  // kChildren: the fine cluster of each candidate
   __shared__ float2 red[kWarps * CPW][R];
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
-  const SequenceLayerBf16& s = p.seqs[b];
-  const int K = s.num_clusters;
+  const HeadLevel v = level_view<LV>(p, l, b, h, D);
+  const int K = v.num_candidates;
   const int c_first = chunk * kStreamChunk;
-  if (c_first >= K) return;  // past this sequence's K (sequences of a batch differ); never read
+  if (c_first >= K) return;  // past this (sequence, head)'s candidates (they differ); never read
   const int rows = p.lq * p.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
-  const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
   const int warp_first = c_first + warp * kPerWarp;
+  if constexpr (LV == Level::kChildren) {
+    centroid_of[tid] = c_first + tid < K ? v.children[c_first + tid] : 0;
+    __syncthreads();
+  }
+  auto centroid_row = [&](int c) {  // c: a candidate of this CTA, < K
+    const int id = LV == Level::kChildren ? centroid_of[c - c_first] : c;
+    return reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + sub * 8);
+  };
 
   // Issue the first centroid loads before anything else: they are the long pole.
   uint4 raw[kUnroll];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int c = warp_first + u * CPW + slot;
-    raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
-                   : make_uint4(0u, 0u, 0u, 0u);
+    raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
   }
-  {
-    const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+  if constexpr (kPartials) {
     const int c = c_first + tid;
-    const int n = c < K ? off[c + 1] - off[c] : 0;
+    const int n = c < K ? cluster_size(v, LV, c) : 0;
     log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
   }
   // This lane's 8 dims of every query row (rows >= `rows` are zero padding).
@@ -103,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
     if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
   const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
   float run_m = neg_inf(), run_s = 0.f;
-  __syncthreads();  // log_size
+  if constexpr (kPartials) __syncthreads();  // log_size
 
 #pragma unroll 1
   for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
@@ -114,8 +135,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
-        raw[u] = c < K ? __ldg(reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c) * D + sub * 8))
-                       : make_uint4(0u, 0u, 0u, 0u);
+        raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
       }
     }
 #pragma unroll
@@ -123,18 +143,18 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
       const int c = warp_first + (st0 + u) * CPW + slot;
       float k[8];
       bf16x8_to_float(cur[u], k);
-      float v[R];
+      float dot[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float acc = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc = fmaf(q[r][e], k[e], acc);
-        v[r] = acc;
+        dot[r] = acc;
       }
-      const float z = butterfly_rows<R, L>(v, lane) * p.scale;
+      const float z = butterfly_rows<R, L>(dot, lane) * p.scale;
       if (owner && c < K) {
         z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
-        const float x = z + log_size[c - c_first];
+        const float x = kPartials ? z + log_size[c - c_first] : neg_inf();
         if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
           if (x > run_m) {
             run_s = run_s * __expf(run_m - x) + 1.f;
@@ -146,6 +166,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, i
       }
     }
   }
+  if constexpr (!kPartials) return;
   if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
   __syncthreads();
   if (tid < R && tid < rows) {  // fixed merge order: deterministic
@@ -246,86 +267,96 @@ __device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSe
   return total;
 }
 
+// The scratch the three launches of a level pass along (Workspace, selection_common.cuh).
+struct StreamScratch {
+  int capacity;          // per-head stride of z, of the chunk lists, of `children` and of `scores`
+  float* z;              // [bh][capacity][R]
+  float2* partials;      // [bh][den_chunks][R]: the flat level's, or the coarse one's
+  int den_chunks;
+  int32_t *local_ids, *local_starts, *local_estimate;
+  float* local_logits;   // [bh][capacity][R] (R = estimate_logit_stride(g) where they are written)
+  int4* chunk_totals;    // [bh][select_chunks]
+  int select_chunks;
+  int32_t *children, *num_children, *coarse_estimated;
+};
+
 // K2a. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
-// first + e * 256 + tid (each warp load reads 32 consecutive candidates). `capacity` (the level
-// capacity) is the per-head stride of z, of the chunk lists and of `scores`.
-template <int R>
-__global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, SelectionParams params,
-                                                                 int num_stream_chunks, int capacity,
-                                                                 const float* z, const float2* partials,
-                                                                 int32_t* local_ids, int32_t* local_starts,
-                                                                 int32_t* local_estimate, float* local_logits,
-                                                                 Selection out, int4* chunk_totals,
-                                                                 int num_select_chunks, float* scores) {
+// first + e * 256 + tid (each warp load reads 32 consecutive candidates).
+template <int R, Level LV>
+__global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
+                                                                StreamScratch ws, Selection out, float* scores) {
   __shared__ float logden[R];
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
-  const int K = s.num_clusters, rows = p.lq * p.g;
+  const HeadLevel v = level_view<LV>(p, l, b, h, 0);  // no centroids read here
+  const int K = v.num_candidates, rows = p.lq * p.g;
   const int first = chunk * kSelectChunk;
-  if (first >= K) return;  // past this sequence's K: K2b never reads this chunk
-  const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
+  if (first >= K) return;  // past this (sequence, head)'s candidates: K2b never reads this chunk
 
   // Every candidate load of the CTA first, then the (small) denominator merge under their latency.
-  int lo[kSelectPer], hi[kSelectPer];
+  // n: the keys a candidate stands for; weight: what keeping it adds (rows, or coarse children).
+  int cluster[kSelectPer], n[kSelectPer], weight[kSelectPer];
   float zz[kSelectPer][R];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     const int i = first + e * kThreads + threadIdx.x;
     const bool in = i < K;
-    lo[e] = in ? __ldg(off + i) : 0;
-    hi[e] = in ? __ldg(off + i + 1) : 0;
+    cluster[e] = in ? candidate_cluster(v, LV, i) : 0;
+    n[e] = in ? cluster_size(v, LV, cluster[e]) : 0;
+    weight[e] = LV == Level::kCoarse && in ? num_children(v, cluster[e]) : n[e];
 #pragma unroll
     for (int r = 0; r < R; ++r) zz[e][r] = 0.f;
-    if (in) load_logits<R>(z + (static_cast<int64_t>(bh) * capacity + i) * R, zz[e]);
+    if (in) load_logits<R>(ws.z + (static_cast<int64_t>(bh) * ws.capacity + i) * R, zz[e]);
   }
-  fast_log_denominators<R>(bh, K, rows, num_stream_chunks, partials, logden);
+  fast_log_denominators<R>(bh, LV == Level::kFlat ? s.num_clusters : s.num_coarse, rows, ws.den_chunks, ws.partials,
+                           logden);
   int member[R];  // group member of row r = t * g + j, -1 for padding rows
 #pragma unroll
   for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
-  const float tau = head_tau(s, params, false, h);
+  const float tau = head_tau(s, params, LV == Level::kCoarse, h);
   const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_on(s, out);
   ForcedClusters forced;
-  if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
+  if (read_ahead) forced.load(s, h, p.g, LV == Level::kCoarse);
   __syncthreads();  // logden
 
-  // Per candidate: x = kept + (estimated << 16) (a chunk holds 1024 candidates: the two counts
-  // never carry into each other), y = rows of a kept candidate.
+  // Per candidate: x = kept + (live but not kept << 16) (a chunk holds 1024 candidates: the two
+  // counts never carry into each other), y = the weight of a kept candidate.
   int2 keep[kSelectPer];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     const int i = first + e * kThreads + threadIdx.x;
-    float pr[R];
+    float pr[R];  // capped: a child over the coarse denominator can exceed p-hat = 1 by far
 #pragma unroll
-    for (int r = 0; r < R; ++r) pr[r] = member[r] >= 0 ? __expf(zz[e][r] - logden[r]) : 0.f;
+    for (int r = 0; r < R; ++r) pr[r] = member[r] >= 0 ? __expf(fminf(zz[e][r] - logden[r], kMaxLogScore)) : 0.f;
     const float best = group_score<R>(pr, member, p.g, inv_lq);
-    const int n = hi[e] - lo[e];
-    const bool live = i < K && n > 0;
-    if (scores && i < K) scores[static_cast<int64_t>(bh) * capacity + i] = live ? best : neg_inf();
-    const bool kept = live && (best > tau || (read_ahead && forced.contains(i)));
-    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(estimate && live && !kept) << 16, kept ? n : 0);
+    const bool live = i < K && n[e] > 0;
+    if (scores && i < K) scores[static_cast<int64_t>(bh) * ws.capacity + i] = live ? best : neg_inf();
+    const bool kept = live && (best > tau || (read_ahead && forced.contains(cluster[e])));
+    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(live && !kept) << 16, kept ? weight[e] : 0);
   }
   int2 at[kSelectPer];
   const int2 total = chunk_exclusive_scan(keep, at);
-  const int64_t list = static_cast<int64_t>(bh) * capacity + first;  // the chunk's slice of the lists
+  const int64_t list = static_cast<int64_t>(bh) * ws.capacity + first;  // the chunk's slice of the lists
+  const bool logits = estimate && estimate_logits_on(out, p);
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
-    const int i = first + e * kThreads + threadIdx.x;
     if (keep[e].x & 0xffff) {
-      local_ids[list + (at[e].x & 0xffff)] = i;
-      local_starts[list + (at[e].x & 0xffff)] = at[e].y;
-    } else if (keep[e].x) {
-      local_estimate[list + (at[e].x >> 16)] = i;
-      if (estimate_logits_on(out, p)) {  // decode: row r is group member r (zeros past R)
-        float* to = local_logits + (list + (at[e].x >> 16)) * kMaxGroup;
-        const float log_n = __logf(static_cast<float>(hi[e] - lo[e]));  // the keys it stands for
+      ws.local_ids[list + (at[e].x & 0xffff)] = cluster[e];
+      ws.local_starts[list + (at[e].x & 0xffff)] = at[e].y;
+    } else if (keep[e].x && estimate) {
+      const int64_t to = list + (at[e].x >> 16);
+      ws.local_estimate[to] = LV == Level::kCoarse ? s.num_clusters + cluster[e] : cluster[e];
+      if (logits) {  // decode: row r is group member r; R = the stride (estimate_logit_stride)
+        const float log_n = __logf(static_cast<float>(n[e]));  // the keys it stands for
 #pragma unroll
-        for (int r = 0; r < kMaxGroup; ++r) to[r] = r < R ? zz[e][r < R ? r : 0] + log_n : 0.f;
+        for (int r = 0; r < R; ++r) ws.local_logits[to * R + r] = member[r] >= 0 ? zz[e][r] + log_n : 0.f;
       }
     }
   }
   if (threadIdx.x == 0)
-    chunk_totals[static_cast<int64_t>(bh) * num_select_chunks + chunk] = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
+    ws.chunk_totals[static_cast<int64_t>(bh) * ws.select_chunks + chunk] =
+        make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
 }
 
 // Sum of (x, y, z) over the CTA (integer: exact in any order). Result valid in every thread.
@@ -346,58 +377,90 @@ __device__ int4 block_sum(int4 v) {
   return sum;
 }
 
-// K2b. grid (select chunks, H_kv, B), 256 threads. A head with K = 0 has no K2a chunk; its chunk 0
-// still runs here and writes the zero counts.
-__global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, int list_capacity,
-                                                               const int32_t* local_ids, const int32_t* local_starts,
-                                                               const int32_t* local_estimate, const float* local_logits,
-                                                               const int4* chunk_totals, int num_select_chunks,
+// K2b. grid (select chunks, H_kv, B), 256 threads. A head with no candidates has no K2a chunk;
+// its chunk 0 still runs here and writes the zero counts.
+template <Level LV>
+__global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws,
                                                                Selection out) {
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
-  const int K = p.seqs[b].num_clusters;
-  const int used = (K + kSelectChunk - 1) / kSelectChunk;
+  const SequenceLayerBf16& s = p.seqs[b];
+  const HeadLevel v = level_view<LV>(p, l, b, h, 0);
+  const int used = (v.num_candidates + kSelectChunk - 1) / kSelectChunk;
   const int last = max(used, 1) - 1;
   if (chunk > last) return;
-  const int4* totals = chunk_totals + static_cast<int64_t>(bh) * num_select_chunks;
+  const int4* totals = ws.chunk_totals + static_cast<int64_t>(bh) * ws.select_chunks;
   int4 mine = make_int4(0, 0, 0, 0);
   for (int c = threadIdx.x; c < chunk; c += kThreads)
     mine = make_int4(mine.x + totals[c].x, mine.y + totals[c].y, mine.z + totals[c].z, 0);
-  const int4 before = block_sum(mine);  // clusters, rows and estimated clusters of the chunks before
+  const int4 before = block_sum(mine);  // kept, weight, live-not-kept of the chunks before
   const int4 own = chunk < used ? totals[chunk] : make_int4(0, 0, 0, 0);
-  const int64_t src = static_cast<int64_t>(bh) * list_capacity + static_cast<int64_t>(chunk) * kSelectChunk;
-  const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
-  for (int i = threadIdx.x; i < own.x; i += kThreads) {
-    out.cluster_ids[dst + i] = local_ids[src + i];
-    out.row_start[dst + i] = before.y + local_starts[src + i];
+  const int64_t src = static_cast<int64_t>(bh) * ws.capacity + static_cast<int64_t>(chunk) * kSelectChunk;
+  if (LV == Level::kCoarse) {  // the kept clusters' children, in order: the next level's candidates
+    int32_t* to = ws.children + static_cast<int64_t>(bh) * ws.capacity + before.y;
+    for (int i = threadIdx.x; i < own.x; i += kThreads) {
+      const int c = ws.local_ids[src + i], start = ws.local_starts[src + i], first_child = v.coarse_off[c];
+      for (int k = 0; k < num_children(v, c); ++k) to[start + k] = first_child + k;
+    }
+  } else {
+    const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
+    for (int i = threadIdx.x; i < own.x; i += kThreads) {
+      out.cluster_ids[dst + i] = ws.local_ids[src + i];
+      out.row_start[dst + i] = before.y + ws.local_starts[src + i];
+    }
   }
-  if (own.z > 0) {  // only when the estimate is on (out.estimate_ids set)
-    const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + before.z;
-    for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = local_estimate[src + i];
-    if (estimate_logits_on(out, p))
-      for (int i = threadIdx.x; i < own.z * kMaxGroup; i += kThreads)
-        out.estimate_logits[to * kMaxGroup + i] = local_logits[src * kMaxGroup + i];
+  // The estimate's list: the children's follows the coarse level's.
+  const bool estimate = estimate_on(s, out);
+  const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
+  if (estimate && own.z > 0) {
+    const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + estimate_base + before.z;
+    for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = ws.local_estimate[src + i];
+    if (estimate_logits_on(out, p)) {
+      const int stride = estimate_logit_stride(p.g);  // = K2a's R (decode: R rows = the group, rounded up)
+      for (int i = threadIdx.x; i < own.z * stride; i += kThreads)
+        out.estimate_logits[to * stride + i] = ws.local_logits[src * stride + i];
+    }
   }
-  if (chunk == last && threadIdx.x == 0) {
-    out.counts[bh] = before.x + own.x;
-    out.rows[bh] = before.y + own.y;
-    out.comparisons[bh] = K;
-    if (out.estimated) out.estimated[bh] = before.z + own.z;
+  if (chunk != last || threadIdx.x != 0) return;
+  const int kept = before.x + own.x, weight = before.y + own.y, pruned = before.z + own.z;
+  if (LV == Level::kCoarse) {
+    ws.num_children[bh] = weight;
+    ws.coarse_estimated[bh] = estimate ? pruned : 0;
+    return;
   }
+  out.counts[bh] = kept;
+  out.rows[bh] = weight;
+  // Scored: every fine centroid (one level), or the coarse ones and the non-empty children.
+  out.comparisons[bh] = LV == Level::kChildren ? s.num_coarse + kept + pruned : v.num_candidates;
+  if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
 }
 
-// K1, K2a, K2b.
-template <int D, int R>
-void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& ws,
-              const Selection& out, float* scores_out, cudaStream_t stream) {
-  score_stream_kernel<D, R><<<dim3(ws.fast_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, ws.fast_chunks, ws.level_capacity, ws.fast_z, ws.fast_partials);
+// K1, K2a, K2b of one level.
+template <int D, int R, Level LV>
+void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const SelectionParams& params,
+               int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
+               cudaStream_t stream) {
+  score_stream_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+      p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
-  select_chunk_kernel<R><<<chunks, kThreads, 0, stream>>>(p, params, ws.fast_chunks, ws.level_capacity, ws.fast_z,
-                                                         ws.fast_partials, ws.kept, ws.prefix, ws.local_estimate,
-                                                         ws.local_logits, out, ws.chunk_totals, ws.select_chunks,
-                                                         scores_out);
-  place_chunk_kernel<<<chunks, kThreads, 0, stream>>>(p, ws.level_capacity, ws.kept, ws.prefix, ws.local_estimate,
-                                                      ws.local_logits, ws.chunk_totals, ws.select_chunks, out);
+  select_chunk_kernel<R, LV><<<chunks, kThreads, 0, stream>>>(p, l, params, ws, out, scores_out);
+  place_chunk_kernel<LV><<<chunks, kThreads, 0, stream>>>(p, l, ws, out);
+}
+
+template <int D, int R>
+void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
+              const Selection& out, float* scores_out, cudaStream_t stream) {
+  StreamScratch ws{w.level_capacity, w.fast_z, w.fast_partials, w.fast_chunks, w.local_ids, w.local_starts,
+                   w.local_estimate, w.local_logits, w.chunk_totals, w.select_chunks, w.children,
+                   w.num_candidates, w.coarse_estimated};
+  if (!params.hierarchical) {
+    const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
+    return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, stream);
+  }
+  ws.den_chunks = w.coarse_chunks;
+  const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
+  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, stream);
+  const LevelArgs children{Level::kChildren, w.children, w.num_candidates, w.level_capacity};
+  run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, stream);
 }
 
 }  // namespace

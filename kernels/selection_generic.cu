@@ -1,53 +1,12 @@
-// CUDA-core selection passes for any level (selection_common.cuh lists the paths): hierarchical
-// indexes run here, and so do the log-denominator merge and the ordered compaction that the
-// tensor-core path reuses. Every kernel tiles 32 candidates (one per lane) x 32 query rows (four
-// per warp, 8 warps).
+// CUDA-core selection passes for any level (selection_common.cuh lists the paths): the prefill
+// blocks of hierarchical indexes run here, and so do the log-denominator merge and the ordered
+// compaction that the tensor-core path reuses. Every kernel tiles 32 candidates (one per lane) x 32
+// query rows (four per warp, 8 warps).
 #include "kernels/selection_common.cuh"
 
 namespace squeezeserve::kernels::detail {
 namespace {
 
-struct HeadLevel {
-  const __nv_bfloat16* centroids;  // of this head and level (bf16, docs/index_layout.md)
-  const int32_t* fine_off;    // [K+1] of this head
-  const int32_t* coarse_off;  // [Kc+1] of this head (null for one-level indexes)
-  int num_level;              // clusters in the level (K or Kc)
-  int num_candidates;         // candidates scored at this level for this bh
-  const int32_t* children;    // kChildren: fine cluster id of each candidate
-};
-
-template <int D>
-__device__ HeadLevel head_level(const ProblemArgs& p, const LevelArgs& l, int b, int h) {
-  const SequenceLayerBf16& s = p.seqs[b];
-  HeadLevel v{};
-  v.fine_off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
-  v.coarse_off = s.coarse_offsets ? s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1) : nullptr;
-  if (l.level == Level::kCoarse) {
-    v.centroids = as_bf16(s.coarse_centroids) + static_cast<int64_t>(h) * s.num_coarse * D;
-    v.num_level = v.num_candidates = s.num_coarse;
-  } else {
-    v.centroids = as_bf16(s.centroids) + static_cast<int64_t>(h) * s.num_clusters * D;
-    v.num_level = v.num_candidates = s.num_clusters;
-  }
-  if (l.level == Level::kChildren) {
-    const int bh = b * p.hkv + h;
-    v.num_candidates = l.num_candidates[bh];
-    v.children = l.children + static_cast<int64_t>(bh) * l.capacity;
-  }
-  return v;
-}
-
-// Cluster id of candidate i (< num_candidates): one load for a child (it was a binary search over
-// the kept coarse clusters, ~12 dependent loads, in every candidate tile and compaction step).
-__device__ int candidate_cluster(const HeadLevel& v, Level level, int i) {
-  return level == Level::kChildren ? v.children[i] : i;
-}
-
-// Keys a cluster stands for: fine sizes, or the sum over a coarse cluster's contiguous children.
-__device__ int cluster_size(const HeadLevel& v, Level level, int c) {
-  if (level == Level::kCoarse) return v.fine_off[v.coarse_off[c + 1]] - v.fine_off[v.coarse_off[c]];
-  return v.fine_off[c + 1] - v.fine_off[c];
-}
 template <int D>
 struct TileSmem {
   static constexpr int kStride = D + 4;  // float4-aligned rows; lane l starts at bank 4l: no conflicts
@@ -130,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) lse_partials_kernel(ProblemArgs p, L
   TileSmem<D>& sm = *reinterpret_cast<TileSmem<D>*>(smem_raw);
   float2* row_state = reinterpret_cast<float2*>(smem_raw + sizeof(TileSmem<D>));
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
-  const HeadLevel v = head_level<D>(p, l, b, h);
+  const HeadLevel v = head_level(p, l, b, h, D);
   const int rows = p.lq * p.g, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int first = chunk * tiles_per_chunk * kTile;
   if (first >= v.num_candidates) return;  // chunks past this sequence's level are never read
@@ -194,12 +153,12 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
 template <int D>
 __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArgs l, int tiles_per_chunk,
                                                          SelectionParams params, const float* logden,
-                                                         const float* z_in, float* z_out, int z_capacity,
-                                                         uint8_t* flags, float* scores, int capacity) {
+                                                         const float* z_in, int z_capacity, uint8_t* flags,
+                                                         float* scores, int capacity) {
   __shared__ __align__(16) TileSmem<D> sm;
   __shared__ float partial[kWarps][kMaxGroup][kTile];
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
-  const HeadLevel v = head_level<D>(p, l, b, h);
+  const HeadLevel v = head_level(p, l, b, h, D);
   const int rows = p.lq * p.g, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
   const float tau = head_tau(p.seqs[b], params, l.level == Level::kCoarse, h);
@@ -229,14 +188,6 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
         load_query_tile<D>(sm, p, b, h, r0);
         __syncthreads();
         tile_logits<D>(sm, p.scale, z);
-        if (z_out) {  // kept for the compaction (Selection::estimate_logits)
-#pragma unroll
-          for (int i = 0; i < kRowsPerWarp; ++i) {
-            const int r = r0 + warp + kWarps * i;
-            if (r < rows && c0 + lane < v.num_candidates)
-              z_out[(static_cast<int64_t>(bh) * rows + r) * z_capacity + c0 + lane] = z[i];
-          }
-        }
       }
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
@@ -297,23 +248,19 @@ __device__ int2 block_exclusive_scan(int2 x, int2& total) {
 // starts, counts, rows, comparisons. Coarse level: the ids of the kept coarse clusters' children,
 // in order, and their count: the candidates of the children level. With the estimate on, the
 // live but not kept candidates of each level too (estimate_ids: the coarse level's as K + c
-// first, then the fine ones), with their logits from z ([bh][rows][capacity], the level's) for
-// decode launches that ask (Selection::estimate_logits). grid (H_kv, B), 1024 threads.
+// first, then the fine ones). Prefill blocks only (decode selections write the estimate's logits:
+// selection_decode.cu). grid (H_kv, B), 1024 threads.
 template <int D>
 __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs l, const uint8_t* flags, int capacity,
-                                                       const float* z, Selection out, int32_t* children_out,
+                                                       Selection out, int32_t* children_out,
                                                        int32_t* num_candidates_out) {
   const int b = blockIdx.y, h = blockIdx.x, bh = b * p.hkv + h;
-  const HeadLevel v = head_level<D>(p, l, b, h);
+  const HeadLevel v = head_level(p, l, b, h, D);
   const bool coarse = l.level == Level::kCoarse;
   const bool estimate = estimate_on(p.seqs[b], out);
   // The children's estimated clusters follow the coarse level's (written by its compaction).
   const int estimate_base = estimate && l.level == Level::kChildren ? out.estimated[bh] : 0;
   int32_t* estimate_ids = estimate ? out.estimate_ids + static_cast<int64_t>(bh) * out.estimate_capacity : nullptr;
-  float* estimate_logits = estimate && z && estimate_logits_on(out, p)
-                               ? out.estimate_logits + static_cast<int64_t>(bh) * out.estimate_capacity * kMaxGroup
-                               : nullptr;
-  const int rows_q = p.lq * p.g;  // = g for decode: row j is group member j
   // Each thread owns kPer consecutive candidates per step, so one block scan covers 8192 of them:
   // x = kept + (pruned << 16) never carries, y = rows of the kept ones.
   constexpr int kPer = 8;
@@ -329,9 +276,7 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
       kept[e] = f & kFlagKeep;
       const bool dropped = f == kFlagLive;  // live, not kept: estimated (when on)
       cluster[e] = kept[e] || (dropped && estimate) ? candidate_cluster(v, l.level, i) : -1;
-      weight[e] = !kept[e] ? 0
-                  : coarse ? v.coarse_off[cluster[e] + 1] - v.coarse_off[cluster[e]]
-                           : v.fine_off[cluster[e] + 1] - v.fine_off[cluster[e]];
+      weight[e] = !kept[e] ? 0 : coarse ? num_children(v, cluster[e]) : cluster_size(v, l.level, cluster[e]);
       mine.x += static_cast<int>(kept[e]) + (static_cast<int>(dropped) << 16);
       mine.y += weight[e];
     }
@@ -354,14 +299,6 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
         row_at += weight[e];
       } else {
         estimate_ids[estimate_base + pruned_at] = coarse ? p.seqs[b].num_clusters + cluster[e] : cluster[e];
-        if (estimate_logits) {
-          const int i = base + threadIdx.x * kPer + e;
-          const float log_n = __logf(static_cast<float>(cluster_size(v, l.level, cluster[e])));
-#pragma unroll
-          for (int j = 0; j < kMaxGroup; ++j)
-            estimate_logits[static_cast<int64_t>(estimate_base + pruned_at) * kMaxGroup + j] =
-                j < rows_q ? z[(static_cast<int64_t>(bh) * rows_q + j) * capacity + i] + log_n : 0.f;
-        }
         ++pruned_at;
       }
     }
@@ -404,19 +341,18 @@ cudaError_t run_generic_selection(const AttentionShape& s, const ProblemArgs& p,
       p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.z, ws.level_capacity);
   launch_log_denominators(s, p, first, ws.tiles_a, ws.chunks_a, ws.partials, ws.logden, stream);
   flags_kernel<D><<<dim3(chunks_c, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, first, tiles_c, params, ws.logden, ws.z, nullptr, ws.level_capacity, ws.flags,
+      p, first, tiles_c, params, ws.logden, ws.z, ws.level_capacity, ws.flags,
       params.hierarchical ? nullptr : scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, ws.z, out, ws.kept, ws.num_candidates, stream);
+  launch_compact<D>(s, p, first, ws.flags, ws.level_capacity, out, ws.children, ws.num_candidates, stream);
   if (!params.hierarchical) return cudaSuccess;
 
   // Children of the kept coarse clusters, scored with the coarse denominator (never the others).
-  const LevelArgs children{Level::kChildren, ws.kept, ws.num_candidates, ws.level_capacity};
+  const LevelArgs children{Level::kChildren, ws.children, ws.num_candidates, ws.level_capacity};
   const int fine_tiles = (lim.max_clusters + kTile - 1) / kTile;
   const int tiles_f = ws.store_z ? 1 : std::max(1, fine_tiles * bh / (4 * 132));
   flags_kernel<D><<<dim3((fine_tiles + tiles_f - 1) / tiles_f, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, children, tiles_f, params, ws.logden, nullptr, ws.z, ws.level_capacity, ws.flags, scores_out,
-      ws.level_capacity);  // the children's logits overwrite the coarse ones, compacted by now
-  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, ws.z, out, nullptr, nullptr, stream);
+      p, children, tiles_f, params, ws.logden, nullptr, ws.level_capacity, ws.flags, scores_out, ws.level_capacity);
+  launch_compact<D>(s, p, children, ws.flags, ws.level_capacity, out, nullptr, nullptr, stream);
   return cudaSuccess;
 }
 
@@ -429,9 +365,9 @@ void launch_log_denominators(const AttentionShape& s, const ProblemArgs& p, cons
 
 template <int D>
 void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const uint8_t* flags,
-                    int capacity, const float* z, const Selection& out, int32_t* children_out,
+                    int capacity, const Selection& out, int32_t* children_out,
                     int32_t* num_candidates_out, cudaStream_t stream) {
-  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, z, out, children_out,
+  compact_kernel<D><<<dim3(s.num_kv_heads, s.batch), 1024, 0, stream>>>(p, l, flags, capacity, out, children_out,
                                                                        num_candidates_out);
 }
 
@@ -440,7 +376,7 @@ void launch_compact(const AttentionShape& s, const ProblemArgs& p, const LevelAr
                                                  const SelectionLimits&, const Workspace&, const Selection&, float*, \
                                                  cudaStream_t);                                                      \
   template void launch_compact<D_>(const AttentionShape&, const ProblemArgs&, const LevelArgs&, const uint8_t*, int, \
-                                   const float*, const Selection&, int32_t*, int32_t*, cudaStream_t);
+                                   const Selection&, int32_t*, int32_t*, cudaStream_t);
 SQZ_INSTANTIATE(64)
 SQZ_INSTANTIATE(128)
 #undef SQZ_INSTANTIATE

@@ -170,8 +170,9 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
               fine_id ? nullptr : s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1) + (id - s.num_clusters);
           const int size = fine_id ? off[id + 1] - off[id] : off[coff[1]] - off[coff[0]];
           const float log_n = std::log(static_cast<float>(size));
-          float* to = out.estimate_logits + (static_cast<int64_t>(bh) * out.estimate_capacity + e) * kMaxGroup;
-          for (int j = 0; j < kMaxGroup; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) + log_n : 0.f;
+          const int stride = estimate_logit_stride(g);
+          float* to = out.estimate_logits + (static_cast<int64_t>(bh) * out.estimate_capacity + e) * stride;
+          for (int j = 0; j < stride; ++j) to[j] = j < g ? scaled_dot(hq.row(j), centroid, d, scale) + log_n : 0.f;
         }
       }
     }

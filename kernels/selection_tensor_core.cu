@@ -323,7 +323,7 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
   }
   tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
       p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
-  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, nullptr, out, nullptr, nullptr, stream);
+  launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, out, nullptr, nullptr, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,

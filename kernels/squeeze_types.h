@@ -8,6 +8,13 @@
 
 #include <cstdint>
 
+// Functions both the CUDA kernels and their CPU references (or the engine) call.
+#ifdef __CUDACC__
+#define SQUEEZESERVE_HOST_DEVICE __host__ __device__
+#else
+#define SQUEEZESERVE_HOST_DEVICE
+#endif
+
 namespace squeezeserve::kernels {
 
 // Element type of keys, values and centroids: `float` in the CPU references, bf16 bits
@@ -80,8 +87,15 @@ using SequenceLayerBf16 = SequenceLayer<uint16_t>;
 // (hierarchical) can exceed it by far, and exp would overflow to inf.
 constexpr float kMaxLogScore = 40.f;
 
-// Most query heads per KV head the kernels take (the GQA group; Selection::estimate_logits stride).
+// Most query heads per KV head the kernels take (the GQA group).
 constexpr int kMaxGroup = 8;
+
+// Floats per estimated cluster in Selection::estimate_logits: the group rounded up to a power of
+// two (1, 2, 4, 8). The decode selection writes that list, places it and the attention reads it
+// once per layer and step; with a stride of kMaxGroup an MHA model moved 8x the bytes it uses.
+SQUEEZESERVE_HOST_DEVICE constexpr int estimate_logit_stride(int group) {
+  return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+}
 
 struct AttentionShape {
   int32_t batch = 1;
@@ -120,8 +134,9 @@ struct Selection {
   int32_t* estimated = nullptr;     // [B*H_kv]
   int32_t estimate_capacity = 0;    // >= max over the batch of K (one-level) or K + Kc (hierarchical)
   // Optional, decode (query_len 1) only: each estimated cluster's logit s·q·c + ln n (n: the keys it
-  // stands for) for each query head j of the group, [B*H_kv][estimate_capacity][kMaxGroup] fp32 at
-  // [...][j], written by the decode selection (one level and hierarchical) when set.
+  // stands for) for each query head j of the group, [B*H_kv][estimate_capacity][S] fp32 at [...][j]
+  // (S = estimate_logit_stride(group); entries g..S-1 are 0), written by the decode selection (one
+  // level and hierarchical) when set.
   // sparse_decode_attention then takes the estimated clusters' logits from here and reads only
   // their mean values (no centroid re-read: half the estimate's bytes; no size lookup: one
   // dependent load less per estimated row). Prefill launches neither write nor read it.

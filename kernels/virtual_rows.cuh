@@ -45,8 +45,9 @@ struct VirtualRows {
   const __nv_bfloat16* coarse_values;     // [Kc][D]
   const int32_t* coarse_offsets;          // [Kc + 1]
   // Decode, when the selection provides them (Selection::estimate_logits): each estimated
-  // cluster's logit + ln n per group member, [est][kMaxGroup]; its centroid is then not read.
+  // cluster's logit + ln n per group member, [est][est_stride]; its centroid is then not read.
   const float* est_logits;
+  int est_stride;                         // estimate_logit_stride(group)
   int num_clusters;                       // K
   int est_count;
   int window_len;  // dense rows [0, window_len) are the context window (read-ahead's top share)
@@ -57,11 +58,11 @@ struct VirtualRows {
   __device__ int context_rows() const { return clustered() + min(max(window_len, 0), dense_len); }
 };
 
-// decode: whether the estimated clusters' logits may come from Selection::estimate_logits (only
-// decode selections write them).
+// decode_group: the group when the estimated clusters' logits may come from
+// Selection::estimate_logits (decode: only decode selections write them), else 0.
 template <int D>
 __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, const Selection& sel, int b, int h,
-                                                    int num_kv_heads, bool decode) {
+                                                    int num_kv_heads, int decode_group) {
   const int bh = b * num_kv_heads + h;
   VirtualRows v;
   v.keys = as_bf16(s.keys) + h * s.head_stride;
@@ -79,8 +80,9 @@ __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, 
   const bool estimate = sel.estimated != nullptr && s.cluster_values != nullptr;
   v.est_count = estimate ? sel.estimated[bh] : 0;
   v.est_ids = estimate ? sel.estimate_ids + static_cast<int64_t>(bh) * sel.estimate_capacity : nullptr;
-  v.est_logits = estimate && decode && sel.estimate_logits
-                     ? sel.estimate_logits + static_cast<int64_t>(bh) * sel.estimate_capacity * kMaxGroup
+  v.est_stride = estimate_logit_stride(decode_group);
+  v.est_logits = estimate && decode_group > 0 && sel.estimate_logits
+                     ? sel.estimate_logits + static_cast<int64_t>(bh) * sel.estimate_capacity * v.est_stride
                      : nullptr;
   v.centroids = as_bf16(s.centroids) + static_cast<int64_t>(h) * s.num_clusters * D;
   v.cluster_values = estimate ? as_bf16(s.cluster_values) + static_cast<int64_t>(h) * s.num_clusters * D : nullptr;

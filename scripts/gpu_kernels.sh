@@ -2,13 +2,13 @@
 # On the GPU machine, from the repo root: build bench/kernels (standalone, CUDA only), run
 # kernels_check (and once under compute-sanitizer on small shapes), then kernels_bench and the
 # PyTorch SDPA baselines. Logs and JSON go to $OUT (default ./gpu-out).
-#   scripts/gpu_kernels.sh [--quick] [--no-bench] [--prefill-only]
+#   scripts/gpu_kernels.sh [--quick] [--no-bench] [--prefill-only | --decode-only]
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 QUICK=""; BENCH=1; ONLY=""
 for a in "$@"; do
-  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; --prefill-only) ONLY=--prefill-only ;; esac
+  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; --prefill-only) ONLY=--prefill-only ;; --decode-only) ONLY=--decode-only ;; esac
 done
 BUILD=${BUILD:-/tmp/build-kernels-gpu}
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)

@@ -13,6 +13,8 @@
 // TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read)
 // and as "paper-two-level": the paper's lookup over a two-level index (8 fine clusters per coarse
 // one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
+// Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
+// --decode-only.
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -267,12 +269,13 @@ struct Config {
 
 int main(int argc, char** argv) {
   std::string out_path = "kernels_bench.json";
-  bool quick = false, prefill_only = false;
+  bool quick = false, prefill_only = false, decode_only = false;
   int only_context = 0;  // --context N: only that context length (profiling runs)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--prefill-only")) prefill_only = true;  // skip the decode configs
+    if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;    // skip the prefill configs
     if (!std::strcmp(argv[i], "--context") && i + 1 < argc) only_context = std::atoi(argv[++i]);
   }
   cudaDeviceProp prop;
@@ -294,8 +297,9 @@ int main(int argc, char** argv) {
       configs.push_back({model, hq, hkv, 128, ctx, 1, true});
     }
   }
-  if (prefill_only)
-    configs.erase(std::remove_if(configs.begin(), configs.end(), [](const Config& c) { return !c.prefill; }),
+  if (prefill_only || decode_only)
+    configs.erase(std::remove_if(configs.begin(), configs.end(),
+                                 [&](const Config& c) { return prefill_only ? !c.prefill : c.prefill; }),
                   configs.end());
   if (quick) configs.resize(std::min<size_t>(configs.size(), 4));
 
@@ -378,9 +382,10 @@ int main(int argc, char** argv) {
           for (int e : download(ls.sel.estimated, bh)) estimated += e;
         // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids scored, and per
         // estimated cluster its mean value and its centroid (a K+V row's worth) or, when decode
-        // takes the logits from the selection, its kMaxGroup fp32 logits.
+        // takes the logits from the selection, its estimate_logit_stride(g) fp32 logits.
         const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill;
-        const double estimate_bytes = double(estimated) * (logits ? c.d * 2.0 + 4.0 * kMaxGroup : c.d * 4.0);
+        const double estimate_bytes =
+            double(estimated) * (logits ? c.d * 2.0 + 4.0 * estimate_logit_stride(c.hq / c.hkv) : c.d * 4.0);
         const double kv_bytes = (double(lkept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2 + estimate_bytes;
         const double centroid_bytes = double(scored) * c.d * 2.0;
         const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;

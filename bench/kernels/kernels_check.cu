@@ -298,7 +298,7 @@ Result run_case(const Case& c, uint64_t seed) {
       // The decode selection's logits of the estimated clusters (group members < g), same lists only.
       for (int e = 0; check_logits && ge == re && e < g_est[x]; ++e)
         for (int j = 0; j < c.g; ++j) {
-          const size_t at = (size_t(x) * est_cap + e) * kMaxGroup + j;
+          const size_t at = (size_t(x) * est_cap + e) * estimate_logit_stride(c.g) + j;
           const double err = std::abs(double(g_logits[at]) - r_logits[at]) / (1.0 + std::abs(double(r_logits[at])));
           res.logit_err = std::isfinite(g_logits[at]) ? std::max(res.logit_err, err) : INFINITY;
         }
@@ -517,7 +517,15 @@ int main(int argc, char** argv) {
       with_lookup({"decode d128 g7 est logits 3 ctas", 128, 7, 2, 1, {9001, 2002, 17},    2, 0, 40, 0.1f, 1.f, false, false, 3}, 1, 1, true),
       with_lookup({"decode d128 g6 mixed logits batch4", 128, 6, 2, 1, {6007, 333, 2500, 1200}, 4, 0, 20, 0.1f, 1.f}, 2, 2, true),
       with_lookup({"decode d64 g5 hier per-head logits", 64, 5, 2, 1, {4000, 2000},       6, 8, 60, 0.1f, 1.5f, false, true}, 1, 1, true),
+      with_lookup({"decode d64 g2 est ra logits batch2", 64, 2, 3, 1, {5003, 777},       3, 0, 20, 0.1f, 1.f}, 1, 1, true),
+      with_lookup({"decode d128 g1 est logits batch2", 128, 1, 4, 1, {9001, 2002},       3, 0, 30, 0.1f, 1.f}, 1, 0, true),
       with_lookup({"prefill d128 g4 lq64 est ra logits", 128, 4, 2, 64, {3001, 1200},     5, 0, 50, 0.1f, 1.f}, 1, 1, true),
+      // Two-level decode past one chunk at both levels (coarse: several 256-centroid stream CTAs
+      // and 1024-candidate compaction CTAs; children: thousands of candidates over several chunks),
+      // sequences of different sizes in one launch, everything kept (every coarse cluster expanded).
+      with_lookup({"decode d128 g4 hier chunks batch2", 128, 4, 2, 1, {40003, 9001},     2, 4, 50, 0.1f, 1.f}, 1, 1, true),
+      with_lookup({"decode d64 g1 hier chunks all",  64, 1, 2, 1, {30011},                3, 6, 20, 0.1f, -1.f}, 1, 0, true),
+      with_lookup({"decode d128 g7 hier chunks mixed", 128, 7, 2, 1, {25007, 333, 12001},  2, 5, 40, 0.1f, 1.5f, false, true}, 2, 2, true),
   };
   if (small) {  // compute-sanitizer: one case per path and feature, small shapes
     const std::vector<std::string> names = {
@@ -527,7 +535,7 @@ int main(int argc, char** argv) {
         "decode d128 g8 hier est ra", "decode d128 g7 est ra 3 ctas", "decode d128 g4 mixed batch4",
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
-        "prefill d64 g3 lq40 hier est chunks"};
+        "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);

@@ -105,7 +105,7 @@ struct KernelSelection {
   std::vector<float> estimate_logits;
   KernelSelection(int bh, int capacity, int estimate_capacity)
       : buf(bh, capacity), estimate_ids(static_cast<size_t>(bh) * estimate_capacity, -1), estimated(bh, -1),
-        estimate_logits(static_cast<size_t>(bh) * estimate_capacity * kMaxGroup, NAN) {
+        estimate_logits(static_cast<size_t>(bh) * estimate_capacity * kMaxGroup, NAN) {  // room for any stride
     buf.sel.estimate_ids = estimate_ids.data();
     buf.sel.estimated = estimated.data();
     buf.sel.estimate_capacity = estimate_capacity;
@@ -219,7 +219,8 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
                                    ks.estimate_ids.begin() + h * estimate_capacity + ks.estimated[h], id) -
                          ks.estimate_ids.begin();
       for (int j = 0; j < group; ++j)
-        EXPECT_NEAR(ks.estimate_logits[at * kMaxGroup + j], ref.selection.pruned_logits[h][0][j][p].item<float>(), 1e-4)
+        EXPECT_NEAR(ks.estimate_logits[at * estimate_logit_stride(group) + j],
+                    ref.selection.pruned_logits[h][0][j][p].item<float>(), 1e-4)
             << "head " << h << " cluster " << id << " member " << j;
     }
   }
