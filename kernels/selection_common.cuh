@@ -9,8 +9,8 @@
 //                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
 // r % g) against the candidates of a level. Scores are fp32, denominators max-shifted. The cap on
-// log p-hat (kMaxLogScore) is applied where it can bite: the generic path's children level (fine
-// centroids over the coarse denominator); with a level's own denominator log p-hat <= 0.
+// log p-hat (kMaxLogScore) bites only at the children level (fine centroids over the coarse
+// denominator); with a level's own denominator log p-hat <= 0 (the decode path caps every level).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -73,7 +73,7 @@ __device__ __forceinline__ float head_tau(const SequenceLayerBf16& s, const Sele
 
 // One (sequence, KV head)'s view of a level: what every path reads of its candidates.
 struct HeadLevel {
-  const __nv_bfloat16* centroids;  // of this head and level (bf16, docs/index_layout.md); children: the fine level
+  const __nv_bfloat16* centroids;  // this head's, of the level (children: the fine level); bf16
   const int32_t* fine_off;         // [K+1] of this head
   const int32_t* coarse_off;       // [Kc+1] of this head (null for one-level indexes)
   int num_candidates;              // candidates scored at this level for this bh
