@@ -7,8 +7,26 @@
 
 namespace squeezeserve::bench {
 
+namespace {
+
+// The selection with only `fraction` of each selection's pruned clusters still estimated: those of
+// the largest estimated mass (their logit s q·c + ln n, the max over the group's query heads).
+squeeze::ClusterSelection KeepLargestEstimates(squeeze::ClusterSelection sel, double fraction) {
+  if (fraction >= 1.0) return sel;
+  const at::Tensor mass = sel.pruned_logits.amax(2);                  // [H, T', P]; -inf: padding
+  const at::Tensor count = at::isfinite(mass).sum(-1, /*keepdim=*/true);  // pruned clusters per selection
+  const at::Tensor keep_n = (count.to(at::kDouble) * fraction).ceil().to(at::kLong);
+  const at::Tensor order = std::get<1>(mass.sort(-1, /*descending=*/true));
+  const at::Tensor rank = at::empty_like(order).scatter_(-1, order, at::arange(mass.size(-1), order.options()).expand_as(order));
+  const at::Tensor keep = rank < keep_n;                                // [H, T', P]
+  sel.pruned_logits = sel.pruned_logits.masked_fill(~keep.unsqueeze(2), -std::numeric_limits<float>::infinity());
+  return sel;
+}
+
+}  // namespace
+
 LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor& queries,
-                             const squeeze::SelectionOptions& options) {
+                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions) {
   const int64_t H = index.num_heads(), N = index.num_clustered(), W = index.window();
   const int64_t Hq = queries.size(0), T = queries.size(1), D = queries.size(2), G = Hq / H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -44,6 +62,16 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
   if (Tp == 1) {
     const at::Tensor library = squeeze::AttendSelected(index, queries, sel).out;
     result.library_deviation = (library - sparse_out).abs().max().item<double>();
+  }
+  if (!estimate_fractions.empty()) {
+    squeeze::SelectionOptions estimating = options;
+    estimating.estimate_pruned = true;
+    const squeeze::ClusterSelection with_estimate = squeeze::SelectClusters(index, queries, estimating);
+    for (const double fraction : estimate_fractions) {
+      const at::Tensor out = squeeze::AttendSelected(index, queries, KeepLargestEstimates(with_estimate, fraction)).out;
+      result.estimate_errors.push_back(
+          ((out.to(at::kFloat) - dense_out).norm() / dense_out.norm().clamp_min(1e-30)).item<double>());
+    }
   }
   return result;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -25,10 +26,16 @@ struct LookupAccuracy {
   double centroid_comparisons = 0;
   // max |out − SparseContextAttention(...).out| (shared selections only, else −1): a self-check.
   double library_deviation = -1;
+  // With the pruned-cluster estimate, per entry of `estimate_fractions`: the relative error (as
+  // relative_error) when only that fraction of each selection's pruned clusters is estimated, those
+  // of the largest estimated mass (n e^(s q·c), the max over the group's query heads); 1 = all of
+  // them, as served.
+  std::vector<double> estimate_errors;
 };
 
-// queries: post-RoPE [H_q, T, D] of the query tokens at this layer.
+// queries: post-RoPE [H_q, T, D] of the query tokens at this layer. estimate_fractions: see
+// LookupAccuracy::estimate_errors (empty: not measured; needs the index's cluster values).
 LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor& queries,
-                             const squeeze::SelectionOptions& options);
+                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions = {});
 
 }  // namespace squeezeserve::bench

@@ -8,6 +8,8 @@
 //
 //   squeeze_accuracy --model_dir=models/reference/llama-gqa-llama3rope-tied --context_tokens=8192
 //                    --max_position_override=16384 [--json_out=results.json]
+//                    [--estimate_fractions=1,0.25,0.1: the pruned-cluster estimate's error, all or
+//                    only the largest of the pruned clusters estimated]
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -52,6 +54,9 @@ struct Args {
   bool per_token = false;
   int64_t chunk = 512;
   std::string json_out;
+  // The pruned-cluster estimate's error when only these fractions of the pruned clusters are
+  // estimated (those of the largest estimated mass; 1 = all, as served); empty = not measured.
+  std::vector<double> estimate_fractions;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -84,6 +89,13 @@ Args ParseArgs(int argc, char** argv) {
     else if (name == "per_token") a.per_token = value == "1" || value == "true";
     else if (name == "chunk") integer(&a.chunk);
     else if (name == "json_out") a.json_out = value;
+    else if (name == "estimate_fractions") {
+      for (const auto& f : absl::StrSplit(value, ',')) {
+        double v = 0;
+        if (!absl::SimpleAtod(f, &v) || !(v > 0 && v <= 1)) Fail("--estimate_fractions needs numbers in (0, 1]");
+        a.estimate_fractions.push_back(v);
+      }
+    }
     else Fail("unknown flag --" + name);
   }
   if (a.model_dir.empty()) Fail("--model_dir is required");
@@ -139,6 +151,7 @@ std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_
 
 struct Sum {
   double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
+  std::vector<double> estimate_errors;  // per estimate fraction
   int64_t n = 0;
   void Add(const LookupAccuracy& m) {
     recall += m.recall;
@@ -146,12 +159,18 @@ struct Sum {
     kv += m.kv_fraction;
     comparisons += m.centroid_comparisons;
     deviation = std::max(deviation, m.library_deviation);
+    AddErrors(m.estimate_errors);
     ++n;
   }
   Sum& operator+=(const Sum& o) {
     recall += o.recall, error += o.error, kv += o.kv, comparisons += o.comparisons, n += o.n;
     deviation = std::max(deviation, o.deviation);
+    AddErrors(o.estimate_errors);
     return *this;
+  }
+  void AddErrors(const std::vector<double>& e) {
+    estimate_errors.resize(std::max(estimate_errors.size(), e.size()), 0.0);
+    for (size_t i = 0; i < e.size(); ++i) estimate_errors[i] += e[i];
   }
 };
 
@@ -229,7 +248,7 @@ int Run(const Args& a) {
           const squeeze::LayerIndex& index = (*context)->index()[l];
           // The per-head thresholds of the level replace the global ones, as in the engine.
           options.head_thresholds = index.head_thresholds[static_cast<int64_t>(level)][a.per_token ? 1 : 0];
-          per_layer[l].Add(MeasureLookup(index, queries[l], options));
+          per_layer[l].Add(MeasureLookup(index, queries[l], options, a.estimate_fractions));
         }
       }
     }
@@ -254,8 +273,10 @@ int Run(const Args& a) {
               static_cast<long long>(a.num_queries), static_cast<long long>(a.query_tokens),
               a.per_token ? "per token" : "shared per query window (prefill, as the authors)");
   std::printf("ingest %.1f s, measurement %.1f s\n\n", seconds(t0, t_ingest), seconds(t_ingest, t_done));
-  std::printf("%-8s %-12s %-5s %9s %9s %9s %12s %10s\n", "sparsity", "lookup", "layer", "recall", "rel_err",
+  std::printf("%-8s %-12s %-5s %9s %9s %9s %12s %10s", "sparsity", "lookup", "layer", "recall", "rel_err",
               "kv_loaded", "centroids/kvh", "calib_kept");
+  for (const double f : a.estimate_fractions) std::printf(" %9s", ("est" + std::to_string(static_cast<int>(std::lround(100 * f))) + "%").c_str());
+  std::printf("\n");
 
   nlohmann::json results = nlohmann::json::array();
   double max_deviation = 0;
@@ -265,16 +286,23 @@ int Run(const Args& a) {
     Sum all;
     auto emit = [&](const std::string& layer, const Sum& s) {
       const double n = static_cast<double>(std::max<int64_t>(s.n, 1));
-      std::printf("%-8.2f %-12s %-5s %9.4f %9.4f %9.4f %12.1f %10.4f\n", info.sparsity, lookup, layer.c_str(),
+      std::printf("%-8.2f %-12s %-5s %9.4f %9.4f %9.4f %12.1f %10.4f", info.sparsity, lookup, layer.c_str(),
                   s.recall / n, s.error / n, s.kv / n, s.comparisons / n,
                   a.per_token ? info.decode_kept_fraction : info.kept_fraction);
+      nlohmann::json estimate = nlohmann::json::array();
+      for (size_t i = 0; i < s.estimate_errors.size(); ++i) {
+        std::printf(" %9.4f", s.estimate_errors[i] / n);
+        estimate.push_back({{"fraction_estimated", a.estimate_fractions[i]}, {"relative_error", s.estimate_errors[i] / n}});
+      }
+      std::printf("\n");
       results.push_back({{"sparsity", info.sparsity},
                          {"lookup", lookup},
                          {"layer", layer},
                          {"attention_mass_recall", s.recall / n},
                          {"relative_error", s.error / n},
                          {"kv_fraction_loaded", s.kv / n},
-                         {"centroid_comparisons_per_kv_head", s.comparisons / n}});
+                         {"centroid_comparisons_per_kv_head", s.comparisons / n},
+                         {"estimate", estimate}});
     };
     for (int64_t l = 0; l < layers; ++l) {
       emit(std::to_string(l), per_layer[l]);
@@ -286,7 +314,9 @@ int Run(const Args& a) {
   if (!a.per_token) std::printf("\nself-check: max |out - SparseContextAttention out| = %.3g\n", max_deviation);
   std::printf("(calib_kept: kept fraction of the clustered keys on the calibration queries with the %s\n"
               " threshold set; hierarchical for a 2-level index. rel_err: ||out_sparse - out_dense|| /\n"
-              " ||out_dense|| of the context attention.)\n",
+              " ||out_dense|| of the context attention, pruned clusters dropped (the paper's lookup); estN%%:\n"
+              " the same with the pruned-cluster estimate over the N%% of pruned clusters of the largest\n"
+              " estimated mass.)\n",
               a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {
@@ -305,6 +335,7 @@ int Run(const Args& a) {
                           {"ingest_seconds", seconds(t0, t_ingest)},
                           {"measure_seconds", seconds(t_ingest, t_done)},
                           {"library_max_deviation", max_deviation},
+                          {"estimate_fractions", a.estimate_fractions},
                           {"results", results}};
     std::ofstream(a.json_out) << out.dump(2) << "\n";
   }
