@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "engine/squeeze/calibration.h"
+#include "engine/squeeze/scoring.h"
 #include "engine/squeeze/tensor_util.h"
 
 namespace squeezeserve::bench {
@@ -23,10 +25,22 @@ squeeze::ClusterSelection KeepLargestEstimates(squeeze::ClusterSelection sel, do
   return sel;
 }
 
+// The one-level selection's cluster scores [H, T', K] (p̂, as SelectClusters computes them).
+at::Tensor OneLevelScores(const squeeze::LayerIndex& index, const at::Tensor& queries,
+                          const squeeze::SelectionOptions& options) {
+  const int64_t H = index.num_heads(), G = queries.size(0) / H;
+  const at::Tensor q = squeeze::GroupQueries(queries, H, options.per_token);
+  const at::Tensor sizes = squeeze::FineSizes(index);
+  const at::Tensor z = squeeze::CentroidLogits(q, index.centroids, sizes,
+                                               squeeze::SoftmaxScale(options.softmax_scale, index.centroids.size(2)));
+  return squeeze::GroupScore(z, squeeze::LogDenominator(z, sizes), G);
+}
+
 }  // namespace
 
 LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor& queries,
-                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions) {
+                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions,
+                             const std::vector<double>& estimate_floors) {
   const int64_t H = index.num_heads(), N = index.num_clustered(), W = index.window();
   const int64_t Hq = queries.size(0), T = queries.size(1), D = queries.size(2), G = Hq / H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -63,14 +77,30 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
     const at::Tensor library = squeeze::AttendSelected(index, queries, sel).out;
     result.library_deviation = (library - sparse_out).abs().max().item<double>();
   }
-  if (!estimate_fractions.empty()) {
-    squeeze::SelectionOptions estimating = options;
-    estimating.estimate_pruned = true;
-    const squeeze::ClusterSelection with_estimate = squeeze::SelectClusters(index, queries, estimating);
-    for (const double fraction : estimate_fractions) {
-      const at::Tensor out = squeeze::AttendSelected(index, queries, KeepLargestEstimates(with_estimate, fraction)).out;
-      result.estimate_errors.push_back(
-          ((out.to(at::kFloat) - dense_out).norm() / dense_out.norm().clamp_min(1e-30)).item<double>());
+  if (estimate_fractions.empty() && (estimate_floors.empty() || options.hierarchical)) return result;
+  squeeze::SelectionOptions estimating = options;
+  estimating.estimate_pruned = true;
+  const squeeze::ClusterSelection with_estimate = squeeze::SelectClusters(index, queries, estimating);
+  auto error_of = [&](const squeeze::ClusterSelection& s) {
+    const at::Tensor out = squeeze::AttendSelected(index, queries, s).out.to(at::kFloat);
+    return ((out - dense_out).norm() / dense_out.norm().clamp_min(1e-30)).item<double>();
+  };
+  for (const double fraction : estimate_fractions)
+    result.estimate_errors.push_back(error_of(KeepLargestEstimates(with_estimate, fraction)));
+  if (!estimate_floors.empty() && !options.hierarchical) {
+    // One level: pruned slot p is cluster p (pruned_ids = arange(K)), so scores align with it.
+    const at::Tensor score = OneLevelScores(index, queries, options);  // [H, T', K]
+    const at::Tensor tau = options.head_thresholds.defined()
+                               ? options.head_thresholds[squeeze::kOneLevel].to(at::kFloat).view({H, 1, 1})
+                               : at::full({H, 1, 1}, options.thresholds.one_level, score.options());
+    const at::Tensor pruned = at::isfinite(with_estimate.pruned_logits.amax(2));  // [H, T', K]
+    const double num_pruned = std::max(1.0, pruned.sum().item<double>());
+    for (const double floor : estimate_floors) {
+      squeeze::ClusterSelection s = with_estimate;
+      const at::Tensor keep = score >= tau * floor;
+      s.pruned_logits = s.pruned_logits.masked_fill(~keep.unsqueeze(2), -std::numeric_limits<float>::infinity());
+      result.floor_errors.push_back(error_of(s));
+      result.floor_shares.push_back((pruned & keep).sum().item<double>() / num_pruned);
     }
   }
   return result;

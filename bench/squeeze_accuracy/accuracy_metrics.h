@@ -31,11 +31,16 @@ struct LookupAccuracy {
   // of the largest estimated mass (n e^(s q·c), the max over the group's query heads); 1 = all of
   // them, as served.
   std::vector<double> estimate_errors;
+  // One-level lookups, per entry of `estimate_floors`: the same with the pruned clusters estimated
+  // only where their score (the selection's p̂) reaches floor × the head's threshold, and the
+  // share of the pruned clusters that is.
+  std::vector<double> floor_errors, floor_shares;
 };
 
-// queries: post-RoPE [H_q, T, D] of the query tokens at this layer. estimate_fractions: see
-// LookupAccuracy::estimate_errors (empty: not measured; needs the index's cluster values).
+// queries: post-RoPE [H_q, T, D] of the query tokens at this layer. estimate_fractions,
+// estimate_floors: see LookupAccuracy (empty: not measured; they need the index's cluster values).
 LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor& queries,
-                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions = {});
+                             const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions = {},
+                             const std::vector<double>& estimate_floors = {});
 
 }  // namespace squeezeserve::bench

@@ -10,6 +10,8 @@
 //                    --max_position_override=16384 [--json_out=results.json]
 //                    [--estimate_fractions=1,0.25,0.1: the pruned-cluster estimate's error, all or
 //                    only the largest of the pruned clusters estimated]
+//                    [--estimate_floors=0.25,0.0625: the same, estimating only the pruned clusters
+//                    whose score reaches that fraction of the head's threshold (one-level lookups)]
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -57,6 +59,9 @@ struct Args {
   // The pruned-cluster estimate's error when only these fractions of the pruned clusters are
   // estimated (those of the largest estimated mass; 1 = all, as served); empty = not measured.
   std::vector<double> estimate_fractions;
+  // One-level lookups: the same with the pruned clusters estimated only where their score reaches
+  // these fractions of the head's threshold.
+  std::vector<double> estimate_floors;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -89,11 +94,11 @@ Args ParseArgs(int argc, char** argv) {
     else if (name == "per_token") a.per_token = value == "1" || value == "true";
     else if (name == "chunk") integer(&a.chunk);
     else if (name == "json_out") a.json_out = value;
-    else if (name == "estimate_fractions") {
+    else if (name == "estimate_fractions" || name == "estimate_floors") {
       for (const auto& f : absl::StrSplit(value, ',')) {
         double v = 0;
-        if (!absl::SimpleAtod(f, &v) || !(v > 0 && v <= 1)) Fail("--estimate_fractions needs numbers in (0, 1]");
-        a.estimate_fractions.push_back(v);
+        if (!absl::SimpleAtod(f, &v) || !(v > 0 && v <= 1)) Fail("--" + name + " needs numbers in (0, 1]");
+        (name == "estimate_floors" ? a.estimate_floors : a.estimate_fractions).push_back(v);
       }
     }
     else Fail("unknown flag --" + name);
@@ -151,7 +156,8 @@ std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_
 
 struct Sum {
   double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
-  std::vector<double> estimate_errors;  // per estimate fraction
+  std::vector<double> estimate_errors;             // per estimate fraction
+  std::vector<double> floor_errors, floor_shares;  // per estimate floor
   int64_t n = 0;
   void Add(const LookupAccuracy& m) {
     recall += m.recall;
@@ -159,18 +165,22 @@ struct Sum {
     kv += m.kv_fraction;
     comparisons += m.centroid_comparisons;
     deviation = std::max(deviation, m.library_deviation);
-    AddErrors(m.estimate_errors);
+    Accumulate(estimate_errors, m.estimate_errors);
+    Accumulate(floor_errors, m.floor_errors);
+    Accumulate(floor_shares, m.floor_shares);
     ++n;
   }
   Sum& operator+=(const Sum& o) {
     recall += o.recall, error += o.error, kv += o.kv, comparisons += o.comparisons, n += o.n;
     deviation = std::max(deviation, o.deviation);
-    AddErrors(o.estimate_errors);
+    Accumulate(estimate_errors, o.estimate_errors);
+    Accumulate(floor_errors, o.floor_errors);
+    Accumulate(floor_shares, o.floor_shares);
     return *this;
   }
-  void AddErrors(const std::vector<double>& e) {
-    estimate_errors.resize(std::max(estimate_errors.size(), e.size()), 0.0);
-    for (size_t i = 0; i < e.size(); ++i) estimate_errors[i] += e[i];
+  static void Accumulate(std::vector<double>& into, const std::vector<double>& e) {
+    into.resize(std::max(into.size(), e.size()), 0.0);
+    for (size_t i = 0; i < e.size(); ++i) into[i] += e[i];
   }
 };
 
@@ -248,7 +258,7 @@ int Run(const Args& a) {
           const squeeze::LayerIndex& index = (*context)->index()[l];
           // The per-head thresholds of the level replace the global ones, as in the engine.
           options.head_thresholds = index.head_thresholds[static_cast<int64_t>(level)][a.per_token ? 1 : 0];
-          per_layer[l].Add(MeasureLookup(index, queries[l], options, a.estimate_fractions));
+          per_layer[l].Add(MeasureLookup(index, queries[l], options, a.estimate_fractions, a.estimate_floors));
         }
       }
     }
@@ -276,6 +286,7 @@ int Run(const Args& a) {
   std::printf("%-8s %-12s %-5s %9s %9s %9s %12s %10s", "sparsity", "lookup", "layer", "recall", "rel_err",
               "kv_loaded", "centroids/kvh", "calib_kept");
   for (const double f : a.estimate_fractions) std::printf(" %9s", ("est" + std::to_string(static_cast<int>(std::lround(100 * f))) + "%").c_str());
+  for (const double f : a.estimate_floors) std::printf(" %16s", ("floor " + std::to_string(f).substr(0, 6)).c_str());
   std::printf("\n");
 
   nlohmann::json results = nlohmann::json::array();
@@ -293,6 +304,12 @@ int Run(const Args& a) {
       for (size_t i = 0; i < s.estimate_errors.size(); ++i) {
         std::printf(" %9.4f", s.estimate_errors[i] / n);
         estimate.push_back({{"fraction_estimated", a.estimate_fractions[i]}, {"relative_error", s.estimate_errors[i] / n}});
+      }
+      for (size_t i = 0; i < s.floor_errors.size(); ++i) {
+        std::printf(" %8.4f (%4.2f)", s.floor_errors[i] / n, s.floor_shares[i] / n);
+        estimate.push_back({{"floor_of_tau", a.estimate_floors[i]},
+                            {"share_estimated", s.floor_shares[i] / n},
+                            {"relative_error", s.floor_errors[i] / n}});
       }
       std::printf("\n");
       results.push_back({{"sparsity", info.sparsity},
@@ -316,7 +333,8 @@ int Run(const Args& a) {
               " threshold set; hierarchical for a 2-level index. rel_err: ||out_sparse - out_dense|| /\n"
               " ||out_dense|| of the context attention, pruned clusters dropped (the paper's lookup); estN%%:\n"
               " the same with the pruned-cluster estimate over the N%% of pruned clusters of the largest\n"
-              " estimated mass.)\n",
+              " estimated mass; floor f: over the pruned clusters whose score reaches f x the head's\n"
+              " threshold (one-level lookups), with the share of the pruned clusters that is.)\n",
               a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {
@@ -336,6 +354,7 @@ int Run(const Args& a) {
                           {"measure_seconds", seconds(t_ingest, t_done)},
                           {"library_max_deviation", max_deviation},
                           {"estimate_fractions", a.estimate_fractions},
+                          {"estimate_floors", a.estimate_floors},
                           {"results", results}};
     std::ofstream(a.json_out) << out.dump(2) << "\n";
   }
