@@ -10,7 +10,8 @@ For one model shape and one context length it measures
     engine's log line, store = the rest), peak device memory; prefill FLOPs / matmul rate = its limit;
   - TTFT and time per output token (TPOT) per attention mode and batch size (B concurrent streams on
     the same context), with the bytes one decode step must read (weights + the KV each sequence reads
-    + the centroids scored) / the copy bandwidth = its limit;
+    + the centroids scored) / the copy bandwidth = the TPOT's limit, and the 64-token questions'
+    prefill (those bytes / copy rate or its FLOPs / matmul rate, the larger) = the TTFT's;
   - HF transformers with SDPA on the same checkpoint (with --hf): prefill time and TPOT at batch 1.
 Writes OUT/full_<shape>_<context>.json and prints a markdown table.
 
@@ -187,7 +188,7 @@ def generate(server, mode, batch, new_tokens, vocab):
     procs = []
     for stream in range(batch):
         r = random.Random(stream + 1)
-        query = ",".join(str(r.randrange(3, vocab)) for _ in range(64))
+        query = ",".join(str(r.randrange(3, vocab)) for _ in range(QUESTION_TOKENS))
         procs.append(subprocess.Popen(
             [CTL, "--server", server.addr, "--timeout", "3600", "generate", "--json", "--context", "ctx",
              "--tokens", query, "--max_new_tokens", str(new_tokens), "--ignore_eos"] + MODES[mode],
@@ -219,6 +220,21 @@ def decode_step_bytes(s, context, batch, kv_fraction, comparisons, new_tokens):
     kv = kv_bytes_per_token(s) * (kv_fraction * context + own)
     centroids = comparisons * 128 * 2 * s["kv_heads"] * s["layers"]
     return weight_bytes(s) + batch * (kv + centroids)
+
+
+QUESTION_TOKENS = 64  # generate() sends a 64-token question
+
+
+def question_limit_s(s, context, batch, kv_fraction, comparisons, limits):
+    """The time to first token's floor: the questions' prefill (then one step's sampling, ignored), the
+    larger of its bytes over the copy rate (the weights once, each sequence's selected KV and scored
+    centroids) and its FLOPs over the matmul rate (2 per parameter per token, and QK^T and PV over the
+    selected context keys and the question's own causal half)."""
+    q = QUESTION_TOKENS
+    step = decode_step_bytes(s, context, batch, kv_fraction, comparisons, 0)
+    keys = kv_fraction * context + q / 2
+    flops = batch * (2 * weight_bytes(s) / 2 * q + 4 * s["layers"] * s["heads"] * 128 * q * keys)
+    return max(step / limits["copy_bytes_per_s"], flops / limits["bf16_flops_per_s"])
 
 
 def hf_peer(model, context, vocab, new_tokens, batches, reps):
@@ -314,10 +330,13 @@ def main():
                 step_bytes = decode_step_bytes(s, a.context, batch, row["kv_fraction_loaded"],
                                                row["centroid_comparisons"], n)
                 row.update(mode=mode, batch=batch, new_tokens=n, step_bytes=step_bytes,
-                           tpot_limit_ms=1e3 * step_bytes / limits["copy_bytes_per_s"])
+                           tpot_limit_ms=1e3 * step_bytes / limits["copy_bytes_per_s"],
+                           ttft_limit_ms=1e3 * question_limit_s(s, a.context, batch, row["kv_fraction_loaded"],
+                                                                row["centroid_comparisons"], limits))
                 row["tpot_over_limit"] = row["tpot_ms"] / row["tpot_limit_ms"]
+                row["ttft_over_limit"] = row["ttft_ms"] / row["ttft_limit_ms"]
                 rows.append(row)
-                log(f"{mode:15s} b{batch}: ttft {row['ttft_ms']:8.1f} ms  tpot {row['tpot_ms']:7.2f} ms "
+                log(f"{mode:15s} b{batch}: ttft {row['ttft_ms']:8.1f} ms (limit {row['ttft_limit_ms']:.1f})  tpot {row['tpot_ms']:7.2f} ms "
                     f"(limit {row['tpot_limit_ms']:.2f}, x{row['tpot_over_limit']:.2f})  kv {row['kv_fraction_loaded']:.3f} "
                     f"{row['backend']} {row['note'] or ''}")
         result["decode"] = rows
@@ -344,14 +363,14 @@ def print_table(res):
               f"HF SDPA {hf.get('prefill_s', float('nan')):.2f} s), clustering {st.get('clustering', 0):.2f} s, "
               f"calibrating {st.get('calibrating', 0):.2f} s, store+rpc {ing['store_and_rpc_s']:.2f} s, "
               f"peak {ing.get('peak_device_gb')} GB")
-    print("| mode | batch | served | TTFT ms | TPOT ms | limit ms | × limit | KV read | note |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    print("| mode | batch | served | TTFT ms | limit ms | × limit | TPOT ms | limit ms | × limit | KV read | note |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in res.get("decode", []):
         if "error" in r:
-            print(f"| {r['mode']} | {r['batch']} | error | | | | | | {r['error'][:80]} |")
+            print(f"| {r['mode']} | {r['batch']} | error | | | | | | | | {r['error'][:80]} |")
             continue
         print(f"| {r['mode']} | {r['batch']} | {r['served_mode']}/{r['backend']} | {r['ttft_ms']:.1f} | "
-              f"{r['tpot_ms']:.2f} | {r['tpot_limit_ms']:.2f} | {r['tpot_over_limit']:.2f} | "
+              f"{r['ttft_limit_ms']:.2f} | {r['ttft_over_limit']:.1f} | {r['tpot_ms']:.2f} | {r['tpot_limit_ms']:.2f} | {r['tpot_over_limit']:.2f} | "
               f"{r['kv_fraction_loaded']:.3f} | {r['note'] or ''} |")
     if hf:
         print(f"HF SDPA: {hf}")
