@@ -437,6 +437,18 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 
+namespace {
+
+// Query tokens per prefill block (selection + attention launch) at GQA group `group`.
+int64_t PrefillBlockTokens(int64_t group) { return std::max<int64_t>(1, kMaxSelectionRows / group); }
+// Split-K for short query blocks (kernels/prefill_attention.h): {0} = as the launch chooses.
+// Kept at one split until kernels_check has run the split kernel on a GPU (it was written on a
+// machine without one): then this becomes {0} and a 64-token question's attention spreads over
+// every SM instead of 2 x H_kv CTAs.
+constexpr kernels::PrefillLaunch kPrefillLaunch{1};
+
+}  // namespace
+
 void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   const c10::cuda::CUDAGuard guard(device_);
   // Launch order: query chunks, then dense decode tokens, then squeezed decode tokens grouped by
@@ -489,6 +501,16 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     shape.batch = IsDecode(s) ? static_cast<int32_t>(B) : 1;
     shape.query_len = static_cast<int32_t>(s.num_tokens);
     workspace = std::max<int64_t>(workspace, static_cast<int64_t>(kernels::selection_workspace_bytes(shape, limits)));
+    if (IsDecode(s)) continue;
+    // The prefill attention's split partials reuse the selection's scratch once the block's
+    // selection is done: sized for the chunk's whole blocks and its last one.
+    const int64_t block = PrefillBlockTokens(num_q_heads_ / Hkv);
+    for (const int64_t tokens : {std::min<int64_t>(block, s.num_tokens), s.num_tokens % block}) {
+      if (tokens == 0) continue;
+      shape.query_len = static_cast<int32_t>(tokens);
+      workspace = std::max<int64_t>(
+          workspace, static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, kPrefillLaunch)));
+    }
   }
   shape.query_len = 1;
   shape.batch = static_cast<int32_t>(std::min<int64_t>(B, kMaxDecodePairs / Hkv));
@@ -686,7 +708,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     // read-ahead, every block forces the cursor's clusters and reports its top keys; the cursor
     // advances once over the whole chunk, as the libtorch lookup's does).
     std::vector<at::Tensor> blocks;
-    const int64_t block = std::max<int64_t>(1, kMaxSelectionRows / G);
+    const int64_t block = PrefillBlockTokens(G);
     const at::TensorOptions ints = q.options().dtype(at::kInt);
     const at::Tensor top_position = seq.read_ahead_ ? at::empty({n, H}, ints) : at::Tensor();
     const at::Tensor top_share = seq.read_ahead_ ? at::empty({n, H}, ints.dtype(at::kFloat)) : at::Tensor();
@@ -710,7 +732,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       kernels::TopKeys top;
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
-                                              /*lse=*/nullptr, stream, top),
+                                              /*lse=*/nullptr, b.workspace.data_ptr(), kPrefillLaunch, stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
     }

@@ -18,12 +18,17 @@
 // (virtual_rows.cuh), unmasked, with log2 of their key count added to the logit (a per-row bias
 // the resolver computes and the loader copies beside the tile). Read-ahead's top key (kernel variant kTop):
 // per query row, the most attended selected row and the softmax sum over the context rows.
+// Split-K (prefill_attention.h): CTA (tile, split) runs key tiles [t_begin, t_end) of its row
+// tile; it finds the segment of its first row with a CTA-wide 256-way search, resolves from there
+// in 2048-row chunks as the whole range does, and writes partials that merge_splits_kernel combines.
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/prefill_attention.h"
+#include "kernels/prefill_mma.cuh"
 #include "kernels/softmax_state.cuh"
 #include "kernels/virtual_rows.cuh"
 
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -49,17 +54,40 @@ struct PrefillArgs {
   TopKeys top;
   int lq, hkv, g;
   float scale_log2;
+  // Split-K (splits > 1): partials per (output row [B][Lq][Hq], split): unnormalised output
+  // [D], (max, sum, context sum, top logit) in log2 units, and the top key's context position.
+  int splits;
+  float* part_o;
+  float4* part_stat;
+  int* part_pos;
 };
+
+// The selected segment holding virtual row r (< vr.sparse_rows): the last s with row_start[s] <= r,
+// by the whole CTA (every thread calls; the result is CTA-uniform), 256 candidates a round, so a
+// head's ~26K segments take two rounds of one load per thread instead of ~15 dependent loads.
+__device__ int segment_of_row(const VirtualRows& vr, int r) {
+  int lo = 0, n = vr.count;  // the segment lies in [lo, lo + n); row_start[lo] <= r
+  while (n > 1) {
+    const int step = (n + kThreads - 1) / kThreads;
+    const int k = static_cast<int>(threadIdx.x) * step;
+    const bool at_or_before = k < n && __ldg(vr.row_start + lo + k) <= r;
+    const int samples = __syncthreads_count(at_or_before);  // a prefix (row_start ascends), >= 1
+    lo += (samples - 1) * step;
+    n = min(step, n - (samples - 1) * step);
+  }
+  return lo;
+}
 
 template <int D>
 constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kTileN) * (D + 8) +
                               sizeof(float) * kStages * kTileN +
                               sizeof(int) * (2 * kWindow + 2 * kChunkRows + 4);  // resolver (below)
 
-template <int D, bool kTop>
+template <int D, bool kTop, bool kWgmma>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
-  constexpr int kStride = D + 8;
-  constexpr int kTileElems = kTileN * kStride;
+  using Tiles = std::conditional_t<kWgmma, WgmmaTiles<D, kTileN>, MmaSyncTiles<D, kTileN>>;
+  constexpr int kStride = D + 8;  // Q's rows (ldmatrix builds its A fragments for both cores)
+  constexpr int kTileElems = Tiles::kTileElems;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* q_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kTileM][kStride]
   __nv_bfloat16* k_smem = q_smem + kTileM * kStride;                    // [kStages][kTileN][kStride]
@@ -72,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   int* next_seg = reinterpret_cast<int*>(chunk_bias + kChunkRows);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kTileM;
+  const int b = blockIdx.z, h = blockIdx.y, split = blockIdx.x % a.splits, m0 = (blockIdx.x / a.splits) * kTileM;
   const int rows_m = a.lq * a.g, G = a.g;
   const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/0);
 
@@ -95,6 +123,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   const int clustered = vr.clustered(), ctx_end = vr.context_rows();
   const int total = clustered + dense_visible;
   const int num_tiles = (total + kTileN - 1) / kTileN;
+  const int t_begin = split * num_tiles / a.splits, t_end = (split + 1) * num_tiles / a.splits;
   // Tiles below unmasked_end need no mask: every row of the CTA sees all their rows (padding
   // rows past the block may see more: their outputs are not written).
   const int unmasked_end = min(total, clustered + max(0, vr.dense_len - a.lq + m0 / G + 1));
@@ -171,11 +200,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     __syncthreads();
     if (r0 < sel_end) seg_lo = *next_seg;
   };
-  // Loader: chunk c = tid + kThreads * i (i < kIters) of a tile is row c / kCpr, 16 B column
-  // c % kCpr; the row's code comes from the resolved chunk (the caller resolves the chunk first).
-  constexpr int kCpr = D / 8;                       // 16-byte chunks per row
-  constexpr int kRowsPerPass = kThreads / kCpr;     // 16 (D=128) / 32 (D=64)
-  constexpr int kIters = kTileN / kRowsPerPass;     // 4 / 2
+  // Loader: 16-byte chunk q = tid + kThreads * i (i < kIters) of a tile lies at the row and
+  // column the core's layout gives; the row's code comes from the resolved chunk (the caller
+  // resolves the chunk first).
+  constexpr int kIters = kTileN * D / 8 / kThreads;  // 4 (D = 128) / 2
   auto load_tile = [&](int t) {
     const int c0 = t * kTileN - chunk_r0;
     if (tid < kTileN) bias_smem[(t % kStages) * kTileN + tid] = chunk_bias[c0 + tid];
@@ -183,18 +211,19 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int row = tid / kCpr + kRowsPerPass * i, col = (tid % kCpr) * 8;
+      const int q = tid + kThreads * i, row = Tiles::row_of(q), col = Tiles::col_of(q);
       const RowSource src = row_source<D>(vr, chunk_code[c0 + row], col);
-      cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
-      cp_async_16(vs + row * kStride + col, src.value, src.bytes);
+      cp_async_16(ks + Tiles::offset(row, col), src.key, src.key_bytes);
+      cp_async_16(vs + Tiles::offset(row, col), src.value, src.bytes);
     }
   };
   constexpr int kTilesPerChunk = kChunkRows / kTileN;
-  resolve_chunk(0);
+  if (t_begin * kTileN < vr.sparse_rows) seg_lo = segment_of_row(vr, t_begin * kTileN);  // CTA-uniform
+  resolve_chunk(t_begin * kTileN);
   // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) {
-    if (t < num_tiles) load_tile(t);
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (t_begin + i < t_end) load_tile(t_begin + i);
     cp_async_commit();
   }
 
@@ -221,16 +250,18 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // st[i].l: this thread's part
   uint32_t qa[D / 16][4];
 
-  for (int t = 0; t < num_tiles; ++t) {
+  for (int t = t_begin; t < t_end; ++t) {
     // Stage (t + 2) % 3 was consumed in iteration t - 1 (closed by its barrier): refill it.
-    if (t + kStages - 1 < num_tiles) {
-      if ((t + kStages - 1) % kTilesPerChunk == 0) resolve_chunk((t + kStages - 1) * kTileN);
-      load_tile(t + kStages - 1);
+    const int next = t + kStages - 1;
+    if (next < t_end) {
+      if ((next - t_begin) % kTilesPerChunk == 0) resolve_chunk(next * kTileN);
+      load_tile(next);
     }
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
+    Tiles::publish_copies();
     __syncthreads();
-    if (t == 0) {
+    if (t == t_begin) {
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc)
         ldmatrix_x4(qa[kc], q_smem + (warp * 16 + (lane & 15)) * kStride + kc * 16 + (lane >> 4) * 8);
@@ -240,18 +271,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
 
     // S = Q K^T: 16 rows x 64 keys per warp, 8 n-tiles of 8 keys.
     float s[kTileN / 8][4];
-#pragma unroll
-    for (int n = 0; n < kTileN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
-#pragma unroll
-      for (int kc = 0; kc < D / 16; kc += 2) {
-        uint32_t kb[4];  // b0,b1 of k-chunk kc, then of kc + 1
-        ldmatrix_x4(kb, ks + (n * 8 + (lane & 7)) * kStride + kc * 16 + (lane >> 3) * 8);
-        mma_bf16_16816(s[n], qa[kc], kb[0], kb[1]);
-        mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
-      }
-    }
+    Tiles::qk(s, qa, ks, lane);
     // Scale and bias (log2 n of estimated rows, 0 elsewhere: one FMA), then the mask, only on
     // tiles that need one: the tail and the causal dense rows (CTA-uniform). The unmasked tiles
     // (all but a few) spend ~5 instructions per logit; the masked version ~15.
@@ -334,20 +354,11 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
       pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
     }
-    // O += P V: V rows are keys (k), columns dims (n): ldmatrix.trans gives the B fragments.
-#pragma unroll
-    for (int kk = 0; kk < kTileN / 16; ++kk)
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t vb[4];  // b0,b1 of dims dn*16..+7, then of dn*16+8..+15
-        ldmatrix_x4_trans(vb, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
-        mma_bf16_16816(o[2 * dn], pa[kk], vb[0], vb[1]);
-        mma_bf16_16816(o[2 * dn + 1], pa[kk], vb[2], vb[3]);
-      }
+    Tiles::pv(o, pa, vs, lane);  // O += P V
     __syncthreads();  // stage t % 3 is refilled two iterations from now
   }
   cp_async_wait<0>();
-  if (kTop && num_tiles <= t_ctx) {  // every tile was context
+  if (kTop && t_end <= t_ctx) {  // every tile was context (none when t_begin > t_ctx: ctx stays 0)
     ctx[0] = st[0].l;
     ctx[1] = st[1].l;
   }
@@ -365,6 +376,22 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     const int m = m0 + r_lo + 8 * i;
     if (m >= rows_m) continue;
     const int64_t head_row = (static_cast<int64_t>(b) * a.lq + m / G) * a.hkv * G + h * G + m % G;
+    if (a.splits > 1) {  // this range's partial (merge_splits_kernel)
+      const int64_t at = head_row * a.splits + split;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<float2*>(a.part_o + at * D + n * 8 + (lane & 3) * 2) = make_float2(o[n][2 * i], o[n][2 * i + 1]);
+      if ((lane & 3) == 0) {
+        a.part_stat[at] = make_float4(st[i].m, st[i].l, kTop ? ctx[i] : 0.f, kTop ? top[i].s : neg_inf());
+        int position = -1;
+        if (kTop && top[i].v >= 0) {
+          const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
+          position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top[i].v));
+        }
+        a.part_pos[at] = position;
+      }
+      continue;
+    }
     const float inv = st[i].l > 0.f ? 1.f / st[i].l : 0.f;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
@@ -387,37 +414,118 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
   }
 }
 
-template <int D, bool kTop>
+// Merges the splits' partials of every output row (one warp per row, in split order): the
+// log-sum-exp merge of the outputs and sums; the top key is the highest logit, the earliest split
+// on ties (its rows come first, as a scan in row order keeps the lower row).
+template <int D>
+__global__ void __launch_bounds__(256) merge_splits_kernel(PrefillArgs a, int64_t out_rows) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= out_rows) return;
+  constexpr int kPerLane = D / 32;  // 4 (D = 128) or 2 (D = 64) consecutive dims
+  const float4* stat = a.part_stat + row * a.splits;
+  float M = neg_inf();
+  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, stat[s].x);
+  float l = 0.f, ctx = 0.f, top_s = neg_inf(), acc[kPerLane] = {};
+  int top_position = -1;
+  for (int s = 0; s < a.splits; ++s) {
+    const float4 st = stat[s];
+    const float w = SoftmaxState{st.x, st.y}.weight_at(M);
+    l += st.y * w;
+    ctx += st.z * w;
+    const float* o = a.part_o + (row * a.splits + s) * D + lane * kPerLane;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) acc[k] += o[k] * w;
+    const int position = a.part_pos[row * a.splits + s];
+    if (position >= 0 && (top_position < 0 || st.w > top_s)) {
+      top_s = st.w;
+      top_position = position;
+    }
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerLane; k += 2)
+    *reinterpret_cast<__nv_bfloat162*>(a.out + row * D + lane * kPerLane + k) =
+        __floats2bfloat162_rn(acc[k] * inv, acc[k + 1] * inv);
+  if (lane != 0) return;
+  if (a.lse) a.lse[row] = SoftmaxState{M, l}.lse();
+  const float share = top_position >= 0 && ctx > 0.f ? exp2f(top_s - M) / ctx : 0.f;
+  if (a.top.share) a.top.share[row] = share;
+  if (a.top.position) a.top.position[row] = share > 0.f ? top_position : -1;
+}
+
+template <int D, bool kTop, bool kWgmma>
 cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<D, kTop>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const auto kernel = prefill_kernel<D, kTop, kWgmma>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kSmemBytes<D>));
   if (err != cudaSuccess) return err;
-  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM, a.hkv, batch);
-  prefill_kernel<D, kTop><<<grid, kThreads, kSmemBytes<D>, stream>>>(a);
+  const dim3 grid((a.lq * a.g + kTileM - 1) / kTileM * a.splits, a.hkv, batch);
+  kernel<<<grid, kThreads, kSmemBytes<D>, stream>>>(a);
+  if (a.splits == 1) return cudaGetLastError();
+  const int64_t out_rows = static_cast<int64_t>(batch) * a.lq * a.hkv * a.g;
+  merge_splits_kernel<D><<<static_cast<unsigned>((out_rows + 7) / 8), 256, 0, stream>>>(a, out_rows);
   return cudaGetLastError();
 }
 
 template <int D>
-cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
+cudaError_t launch_prefill(const PrefillArgs& a, int batch, bool wgmma, cudaStream_t stream) {
   const bool top = a.top.position != nullptr || a.top.share != nullptr;
-  return top ? launch_prefill<D, true>(a, batch, stream) : launch_prefill<D, false>(a, batch, stream);
+  if (wgmma)
+    return top ? launch_prefill<D, true, true>(a, batch, stream) : launch_prefill<D, false, true>(a, batch, stream);
+  return top ? launch_prefill<D, true, false>(a, batch, stream) : launch_prefill<D, false, false>(a, batch, stream);
 }
+
+// Key ranges per (row tile, KV head) for this launch (see PrefillLaunch).
+int prefill_splits(const AttentionShape& shape, const PrefillLaunch& launch) {
+  if (launch.splits > 0) return std::min(launch.splits, kMaxPrefillSplits);
+  const int64_t ctas = static_cast<int64_t>(shape.batch) * shape.num_kv_heads *
+                       ((static_cast<int64_t>(shape.query_len) * shape.group() + kTileM - 1) / kTileM);
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 1;
+  // One ~250-register, 256-thread CTA fits an SM at a time; 2 per SM evens out the ranges' ends.
+  return static_cast<int>(std::clamp<int64_t>(2 * sms / std::max<int64_t>(ctas, 1), 1, kMaxPrefillSplits));
+}
+
+// Partial bytes per (output row, split): the output, the stats and the position.
+size_t partial_bytes(int head_dim) { return sizeof(float) * head_dim + sizeof(float4) + sizeof(int); }
 
 }  // namespace
 }  // namespace detail
 
+size_t prefill_attention_workspace_bytes(const AttentionShape& shape, const PrefillLaunch& launch) {
+  const int splits = detail::prefill_splits(shape, launch);
+  if (splits <= 1) return 0;
+  const size_t rows = static_cast<size_t>(shape.batch) * shape.query_len * shape.num_q_heads;
+  return rows * splits * detail::partial_bytes(shape.head_dim);
+}
+
 int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
-                             const Selection& selection, void* out, float* lse, void* stream, const TopKeys& top) {
+                             const Selection& selection, void* out, float* lse, void* workspace,
+                             const PrefillLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
   if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
     return cudaErrorInvalidValue;
-  const PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
-                      shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
+  PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
+                shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
+                /*splits=*/1, nullptr, nullptr, nullptr};
+  if (workspace != nullptr) a.splits = prefill_splits(shape, launch);
+  if (a.splits > 1) {  // workspace: part_o [rows][splits][D] fp32, part_stat [rows][splits], part_pos
+    const size_t parts = static_cast<size_t>(shape.batch) * shape.query_len * shape.num_q_heads * a.splits;
+    a.part_o = static_cast<float*>(workspace);
+    a.part_stat = reinterpret_cast<float4*>(a.part_o + parts * shape.head_dim);
+    a.part_pos = reinterpret_cast<int*>(a.part_stat + parts);
+  }
+  // kAuto: mma.sync until the wgmma kernel has passed kernels_check on a GPU (prefill_attention.h).
+  const bool wgmma = launch.kernel == PrefillKernel::kWgmma;
+  if (wgmma && !wgmma_available()) return cudaErrorNotSupported;
   const auto st = static_cast<cudaStream_t>(stream);
   switch (shape.head_dim) {
-    case 64: return launch_prefill<64>(a, shape.batch, st);
-    case 128: return launch_prefill<128>(a, shape.batch, st);
+    case 64: return launch_prefill<64>(a, shape.batch, wgmma, st);
+    case 128: return launch_prefill<128>(a, shape.batch, wgmma, st);
     default: return cudaErrorInvalidValue;
   }
 }

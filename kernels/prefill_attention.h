@@ -3,24 +3,51 @@
 // the block's tokens, in one online softmax (equivalent to the log-sum-exp merge of the two).
 // Plain C++ header; CPU reference with the same contract: attention_ref.h.
 //
-// Tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate; sm_80+). The GQA group is packed into
-// the M dimension: row m of a 64-row tile is token m / G, query head h * G + m % G, so every K/V
+// Tensor cores (bf16, fp32 accumulate; PrefillKernel below). The GQA group is packed into
+// the M dimension: row m of a 128-row tile is token m / G, query head h * G + m % G, so every K/V
 // tile gathered from the selected segments serves the whole group.
+//
+// Split-K for short blocks: a block of few query rows gives few CTAs (a 64-token question at the
+// Llama-3-8B shape: 2 row tiles x 8 KV heads = 16 CTAs on 132 SMs, each streaming its head's whole
+// selection). With a workspace, each (row tile, KV head) is cut into up to kMaxPrefillSplits
+// contiguous ranges of its key tiles, one CTA each, writing fp32 partials (unnormalised output,
+// max, sum, read-ahead's context sum and top key) that a second kernel merges in range order
+// (deterministic).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/squeeze_types.h"
 
 namespace squeezeserve::kernels {
 
+constexpr int32_t kMaxPrefillSplits = 16;
+
+// The tile loop's tensor-core instructions (kernels/prefill_mma.cuh): mma.sync (sm_80+) or Hopper's
+// wgmma (sm_90a builds on an sm_90 device; cudaErrorNotSupported elsewhere). kAuto is mma.sync:
+// the wgmma kernel was written on a machine without a GPU and becomes the default on Hopper once
+// kernels_check has passed it there.
+enum class PrefillKernel : int32_t { kAuto, kMmaSync, kWgmma };
+
+struct PrefillLaunch {
+  // Key ranges per (row tile, KV head): 0 = as many as give the current device ~2 CTAs per SM
+  // (1 when the row tiles already do), n = min(n, kMaxPrefillSplits). A null workspace means 1.
+  int32_t splits = 0;
+  PrefillKernel kernel = PrefillKernel::kAuto;
+};
+
+// Bytes of workspace a launch of this shape needs (0 when it runs unsplit).
+size_t prefill_attention_workspace_bytes(const AttentionShape& shape, const PrefillLaunch& launch);
+
 // q, out: device bf16 [B][Lq][Hq][D]; lse: nullable device fp32 [B][Lq][Hq] (natural log).
 // With the pruned-cluster estimate (Selection::estimated) the estimated clusters are attended as
 // one key each, unmasked. top: read-ahead's outputs (squeeze_types.h; device [B][Lq][Hq]; needs
-// every view's perm and window_len), default none.
+// every view's perm and window_len), default none. workspace: prefill_attention_workspace_bytes
+// (null: unsplit).
 // Requires head_dim in {64, 128}, any group 1..8. Returns a cudaError_t value.
 int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
-                             const Selection& selection, void* out, float* lse, void* stream,
-                             const TopKeys& top = {});
+                             const Selection& selection, void* out, float* lse, void* workspace,
+                             const PrefillLaunch& launch, void* stream, const TopKeys& top = {});
 
 }  // namespace squeezeserve::kernels

@@ -3,6 +3,7 @@
 # kernels_check (and once under compute-sanitizer on small shapes), then kernels_bench and the
 # PyTorch SDPA baselines. Logs and JSON go to $OUT (default ./gpu-out).
 #   scripts/gpu_kernels.sh [--quick] [--no-bench] [--prefill-only | --decode-only]
+# FLUSH=write: the bench's older L2 flush (a 256 MB write; default: a read).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -33,7 +34,7 @@ if command -v compute-sanitizer >/dev/null; then
     && echo "compute-sanitizer memcheck: clean" || { echo "compute-sanitizer memcheck: FAILED"; tail -30 "$OUT/sanitizer.log"; status=1; }
 fi
 if [ "$BENCH" = 1 ]; then
-  "$BUILD/kernels_bench" $QUICK $ONLY --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
+  "$BUILD/kernels_bench" $QUICK $ONLY ${FLUSH:+--flush $FLUSH} --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
   python3 bench/kernels/sdpa_baseline.py --sparse "$OUT/kernels_bench_sparse.json" --out "$OUT/kernels_bench.json" \
     2>&1 | tee "$OUT/sdpa_baseline.log" || status=1
 fi

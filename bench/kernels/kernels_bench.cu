@@ -1,6 +1,7 @@
 // kernels_bench: sparse decode and prefill (selection + attention) on synthetic clustered layers,
-// timed as one CUDA graph per step, L2 flushed (256 MB write) before every timed replay, median of
-// the replays. The selection step is also split per launch (select_split: each kernel of its
+// timed as one CUDA graph per step, L2 flushed before every timed replay, median of the replays.
+// The flush reads 256 MB (--flush write: writes them, the older method, which left ~50 MB of dirty
+// lines that every timed step first wrote back to HBM); the JSON records which ("flush"). The selection step is also split per launch (select_split: each kernel of its
 // graph replayed alone). Writes JSON (--out FILE). Dense baselines: sdpa_baseline.py (PyTorch SDPA flash /
 // cuDNN) on the same shapes; it merges both files into the comparison table.
 //
@@ -13,8 +14,12 @@
 // TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read)
 // and as "paper-two-level": the paper's lookup over a two-level index (8 fine clusters per coarse
 // one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
+// Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
+// query after the fixed context: few row tiles, so the attention runs split-K), also timed
+// unsplit (lookup "paper-unsplit") to show what the split buys. On Hopper every prefill row is also
+// timed with the wgmma attention ("paper-wgmma", "accurate-wgmma"; PrefillKernel::kWgmma).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
-// --decode-only.
+// --decode-only, --flush read|write.
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -39,6 +44,7 @@ namespace {
 
 constexpr int kWindow = 100;
 constexpr int kPrefillTokens = 1024;
+constexpr int kQuestionTokens = 64;
 constexpr int kCoarseRatio = 8;  // two-level index: fine clusters per coarse cluster
 
 __global__ void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
@@ -158,14 +164,41 @@ struct BenchContext {
 
 struct Timing { double median_us = 0, min_us = 0; };
 
+// Reads every 16 bytes of the flush buffer; the xor is stored only if it equals a value it never
+// takes on the buffer's contents (zeros), so the loads cannot be dropped and nothing is dirtied.
+__global__ void read_flush_kernel(const uint4* p, size_t n, uint4* sink) {
+  uint4 x = make_uint4(0, 0, 0, 0);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    x.x ^= v.x; x.y ^= v.y; x.z ^= v.z; x.w ^= v.w;
+  }
+  if (x.x == 0x9e3779b9u && x.y == 0x7f4a7c15u) *sink = x;
+}
+
+// Evicts the L2 before a timed replay: by reading (default) or writing the flush buffer.
+struct L2Flush {
+  void* buffer = nullptr;
+  size_t bytes = 256u << 20;
+  bool write = false;
+  void operator()(cudaStream_t s, int i) const {
+    if (write) {
+      CUDA_OK(cudaMemsetAsync(buffer, i & 0xff, bytes, s));
+      return;
+    }
+    const auto* p = static_cast<const uint4*>(buffer);
+    read_flush_kernel<<<1024, 256, 0, s>>>(p, bytes / sizeof(uint4) - 1, static_cast<uint4*>(buffer) + bytes / sizeof(uint4) - 1);
+    CUDA_OK(cudaGetLastError());
+  }
+};
+
 // Median over replays of `graph`, each after an L2 flush that is not timed.
-Timing time_graph(cudaGraphExec_t graph, cudaStream_t s, void* flush, size_t flush_bytes, int reps) {
+Timing time_graph(cudaGraphExec_t graph, cudaStream_t s, const L2Flush& flush, int reps) {
   cudaEvent_t a, b;
   CUDA_OK(cudaEventCreate(&a));
   CUDA_OK(cudaEventCreate(&b));
   std::vector<double> us;
   for (int i = 0; i < reps + 3; ++i) {
-    CUDA_OK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, s));
+    flush(s, i);
     CUDA_OK(cudaEventRecord(a, s));
     CUDA_OK(cudaGraphLaunch(graph, s));
     CUDA_OK(cudaEventRecord(b, s));
@@ -221,7 +254,7 @@ struct LaunchTiming {
 // Each kernel of a graph captured on one stream, in launch order, replayed alone (the others
 // disabled in the same executable graph) after the usual L2 flush, on the buffers the full replays
 // left behind. Every part carries its own launch latency, so the parts add up to more than the step.
-std::vector<LaunchTiming> time_launches(cudaGraph_t graph, cudaStream_t s, void* flush, size_t flush_bytes, int reps) {
+std::vector<LaunchTiming> time_launches(cudaGraph_t graph, cudaStream_t s, const L2Flush& flush, int reps) {
   std::vector<cudaGraphNode_t> chain;
   size_t n = 1;
   cudaGraphNode_t node = nullptr;
@@ -251,7 +284,7 @@ std::vector<LaunchTiming> time_launches(cudaGraph_t graph, cudaStream_t s, void*
     CUDA_OK(cudaGraphKernelNodeGetParams(k, &params));
     const char* name = nullptr;
     if (cudaFuncGetName(&name, params.func) != cudaSuccess) name = nullptr;
-    out.push_back({short_kernel_name(name), time_graph(exec, s, flush, flush_bytes, reps)});
+    out.push_back({short_kernel_name(name), time_graph(exec, s, flush, reps)});
   }
   CUDA_OK(cudaGraphExecDestroy(exec));
   return out;
@@ -262,7 +295,8 @@ struct Config {
   int hq, hkv, d;
   int context;  // tokens of the fixed context (clustered N = context - window)
   int batch;
-  bool prefill;
+  int query_len;  // 1 = decode
+  bool prefill() const { return query_len > 1; }
 };
 
 }  // namespace
@@ -271,7 +305,9 @@ int main(int argc, char** argv) {
   std::string out_path = "kernels_bench.json";
   bool quick = false, prefill_only = false, decode_only = false;
   int only_context = 0;  // --context N: only that context length (profiling runs)
+  L2Flush flush;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--flush") && i + 1 < argc) flush.write = !std::strcmp(argv[++i], "write");
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--prefill-only")) prefill_only = true;  // skip the decode configs
@@ -282,8 +318,8 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  const size_t flush_bytes = 256u << 20;
-  void* flush = dev_alloc<char>(flush_bytes);
+  flush.buffer = dev_alloc<char>(flush.bytes);
+  CUDA_OK(cudaMemset(flush.buffer, 0, flush.bytes));
 
   std::vector<Config> configs;
   for (int ctx : {32768, 131072, 524288}) {
@@ -292,25 +328,27 @@ int main(int argc, char** argv) {
       for (int batch : {1, 8}) {
         // 8 distinct 512K MHA contexts do not fit in 80 GB: skipped (reported as missing).
         if (double(batch) * hkv * ctx * 128 * 4 > 40e9) continue;
-        configs.push_back({model, hq, hkv, 128, ctx, batch, false});
+        configs.push_back({model, hq, hkv, 128, ctx, batch, 1});
       }
-      configs.push_back({model, hq, hkv, 128, ctx, 1, true});
+      configs.push_back({model, hq, hkv, 128, ctx, 1, kPrefillTokens});
+      if (ctx >= 131072) configs.push_back({model, hq, hkv, 128, ctx, 1, kQuestionTokens});
     }
   }
   if (prefill_only || decode_only)
     configs.erase(std::remove_if(configs.begin(), configs.end(),
-                                 [&](const Config& c) { return prefill_only ? !c.prefill : c.prefill; }),
+                                 [&](const Config& c) { return prefill_only ? !c.prefill() : c.prefill(); }),
                   configs.end());
   if (quick) configs.resize(std::min<size_t>(configs.size(), 4));
 
   FILE* json = std::fopen(out_path.c_str(), "w");
-  std::fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"results\": [\n", prop.name, prop.multiProcessorCount);
+  std::fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"flush\": \"%s\", \"results\": [\n", prop.name,
+               prop.multiProcessorCount, flush.write ? "write" : "read");
   bool first_row = true;
-  std::printf("%-10s %6s %2s %-7s %5s %-18s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "spars", "lookup",
-              "select_us", "attend_us", "total_us", "MB_moved", "TB/s", "kept");
+  std::printf("%-10s %6s %2s %-7s %4s %5s %-18s %9s %9s %9s %9s %7s %8s\n", "model", "ctx", "B", "mode", "lq", "spars",
+              "lookup", "select_us", "attend_us", "total_us", "MB_moved", "TB/s", "kept");
   for (const Config& c : configs) {
     const int n = c.context - kWindow;
-    const int lq = c.prefill ? kPrefillTokens : 1;
+    const int lq = c.query_len;
     std::vector<std::unique_ptr<BenchContext>> ctxs;
     std::vector<SequenceLayerBf16> views;
     int max_k = 0;
@@ -336,7 +374,8 @@ int main(int argc, char** argv) {
     const SelectionLimits limits{max_k, 0};
     void* sws = dev_alloc<char>(selection_workspace_bytes(shape, limits));
     const DecodeLaunch launch{};
-    void* dws = dev_alloc<char>(decode_attention_workspace_bytes(shape, launch));
+    void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, launch),
+                                         prefill_attention_workspace_bytes(shape, PrefillLaunch{})));
     for (float sparsity : {0.7f, 0.9f}) {
       // Bisect tau (log scale) on the device until the kept fraction of clustered keys matches.
       SelectionParams params;
@@ -356,21 +395,23 @@ int main(int argc, char** argv) {
       }
       // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
-                     const SelectionParams& ps, const SelectionLimits& lim, void* ws) {
+                     const SelectionParams& ps, const SelectionLimits& lim, void* ws, PrefillLaunch pl = {},
+                     bool split_k = true) {
         auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
         auto attend = [&] {
-          if (c.prefill) CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, s, top));
+          if (c.prefill())
+            CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));
           else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, launch, s, top));
         };
         cudaGraph_t sel_graph = capture_graph(s, select);
         cudaGraphExec_t g_sel, g_att = capture(s, attend);
         CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
         cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
-        const int reps = c.prefill ? 10 : 30;
-        const Timing t_sel = time_graph(g_sel, s, flush, flush_bytes, reps);
-        const Timing t_att = time_graph(g_att, s, flush, flush_bytes, reps);
-        const Timing t_all = time_graph(g_all, s, flush, flush_bytes, reps);
-        const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, flush_bytes, reps);
+        const int reps = c.prefill() ? 10 : 30;
+        const Timing t_sel = time_graph(g_sel, s, flush, reps);
+        const Timing t_att = time_graph(g_att, s, flush, reps);
+        const Timing t_all = time_graph(g_all, s, flush, reps);
+        const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, reps);
         cudaGraphExecDestroy(g_sel);
         cudaGraphExecDestroy(g_att);
         cudaGraphExecDestroy(g_all);
@@ -383,15 +424,15 @@ int main(int argc, char** argv) {
         // Bytes the step must move: selected K+V rows, dense part, the bf16 centroids scored, and per
         // estimated cluster its mean value and its centroid (a K+V row's worth) or, when decode
         // takes the logits from the selection, its estimate_logit_stride(g) fp32 logits.
-        const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill;
+        const bool logits = ls.sel.estimate_logits != nullptr && !c.prefill();
         const double estimate_bytes =
             double(estimated) * (logits ? c.d * 2.0 + 4.0 * estimate_logit_stride(c.hq / c.hkv) : c.d * 4.0);
         const double kv_bytes = (double(lkept) + double(bh) * (kWindow + lq)) * c.d * 2 * 2 + estimate_bytes;
         const double centroid_bytes = double(scored) * c.d * 2.0;
         const double bytes = kv_bytes + centroid_bytes + 2.0 * q_n * 2;
         const double frac = double(lkept) / (double(n) * bh);
-        std::printf("%-10s %6d %2d %-7s %5.2f %-18s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context, c.batch,
-                    c.prefill ? "prefill" : "decode", sparsity, lookup, t_sel.median_us, t_att.median_us,
+        std::printf("%-10s %6d %2d %-7s %4d %5.2f %-18s %9.1f %9.1f %9.1f %9.1f %7.2f %8.3f\n", c.model, c.context,
+                    c.batch, c.prefill() ? "prefill" : "decode", lq, sparsity, lookup, t_sel.median_us, t_att.median_us,
                     t_all.median_us, bytes / 1e6, bytes / (t_all.median_us * 1e-6) / 1e12, frac);
         std::printf("    select split (us, each launch alone):");
         for (const LaunchTiming& l : split) std::printf(" %s %.1f", l.kernel.c_str(), l.t.median_us);
@@ -410,7 +451,7 @@ int main(int argc, char** argv) {
                      "\"select_us\": %.2f, \"attend_us\": %.2f, \"total_us\": %.2f, \"total_min_us\": %.2f, "
                      "\"select_split\": [%s], \"bytes\": %.0f, \"centroid_bytes\": %.0f, \"tbps\": %.3f}",
                      first_row ? "" : ",\n", c.model, c.hq, c.hkv, c.d, c.context, c.batch,
-                     c.prefill ? "prefill" : "decode", lq, sparsity, lookup, frac, estimated, ps.tau_fine,
+                     c.prefill() ? "prefill" : "decode", lq, sparsity, lookup, frac, estimated, ps.tau_fine,
                      t_sel.median_us, t_att.median_us, t_all.median_us, t_all.min_us, split_json.c_str(), bytes,
                      centroid_bytes, bytes / (t_all.median_us * 1e-6) / 1e12);
         first_row = false;
@@ -418,7 +459,16 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
-      if (sparsity > 0.85f && !c.prefill) {
+      if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
+        run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, PrefillLaunch{}, /*split_k=*/false);
+      // The wgmma prefill attention (PrefillKernel::kWgmma) beside the default, where the device has it.
+      PrefillLaunch wgmma_launch;
+      wgmma_launch.kernel = PrefillKernel::kWgmma;
+      const bool wgmma = c.prefill() && sparse_prefill_attention(shape, d_views, q, sel.sel, out, nullptr, dws,
+                                                                 wgmma_launch, s) == cudaSuccess;
+      CUDA_OK(cudaStreamSynchronize(s));
+      if (wgmma) run("paper-wgmma", d_views, sel, TopKeys{}, params, limits, sws, wgmma_launch);
+      if (sparsity > 0.85f && !c.prefill()) {
         // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
         // (their children's rows, every child kept), then tau_fine is bisected as above.
         std::vector<SequenceLayerBf16> two;
@@ -470,8 +520,9 @@ int main(int argc, char** argv) {
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
+          if (wgmma) run("accurate-wgmma", d_acc, acc_sel, top, params, limits, sws, wgmma_launch);
         }
-        if (!c.prefill) {
+        if (!c.prefill()) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);
           run("accurate-centroids", d_acc, acc_sel, top, params, limits, sws);
         }

@@ -74,6 +74,8 @@ struct Result {
   int top_rows = 0, top_mismatch = 0;           // read-ahead's top keys: rows checked, unexplained
   double share_err = 0;
   double logit_err = 0;  // Selection::estimate_logits against the CPU's, where the lists agree
+  double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
+  double wgmma_rel = -1;    // prefill: the wgmma kernel's (split as chosen); -2: not a Hopper device/build
   bool pass = true;
 };
 
@@ -327,32 +329,7 @@ Result run_case(const Case& c, uint64_t seed) {
 
   // ---- attention, on the GPU's selection for both sides ----
   const size_t out_n = size_t(batch) * c.lq * shape.num_q_heads * c.d;
-  uint16_t* d_out = nullptr;
-  float* d_lse = nullptr;
-  CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * out_n));
-  CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * out_n / c.d));
-  CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
-  CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
-  TopKeys d_top;
-  if (c.read_ahead) {
-    CUDA_OK(cudaMalloc(&d_top.position, sizeof(int32_t) * out_n / c.d));
-    CUDA_OK(cudaMalloc(&d_top.share, sizeof(float) * out_n / c.d));
-    CUDA_OK(cudaMemset(d_top.position, 0x7f, sizeof(int32_t) * out_n / c.d));  // poison: a huge position
-    CUDA_OK(cudaMemset(d_top.share, 0xff, sizeof(float) * out_n / c.d));
-  }
-  void* dws = nullptr;
-  if (c.lq == 1 && !c.use_prefill_kernel) {
-    const DecodeLaunch launch{c.decode_ctas};
-    CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
-    CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
-  } else {
-    CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, nullptr, d_top));
-  }
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<uint16_t> out_bits = download(d_out, out_n);
-  const std::vector<float> lse = download(d_lse, out_n / c.d);
-  std::vector<float> out(out_n), ref(out_n), ref_lse(out_n / c.d);
-  for (size_t i = 0; i < out_n; ++i) out[i] = from_bf16_bits(out_bits[i]);
+  std::vector<float> ref(out_n), ref_lse(out_n / c.d);
   std::vector<int32_t> ids = g_ids, starts = g_start, counts = g_counts, rows = g_rows, cmp = g_cmp;
   std::vector<int32_t> est_ids = g_est_ids, est = g_est;
   Selection gsel{ids.data(), starts.data(), counts.data(), rows.data(), cmp.data(), max_k};
@@ -361,34 +338,98 @@ Result run_case(const Case& c, uint64_t seed) {
   std::vector<float> ref_share(out_n / c.d, NAN);
   const TopKeys h_top = c.read_ahead ? TopKeys{ref_position.data(), ref_share.data()} : TopKeys{};
   sparse_attention_ref(shape, host_views.data(), q.data(), gsel, ref.data(), ref_lse.data(), h_top);
-  if (c.read_ahead) {
-    const std::vector<int32_t> position = download(d_top.position, out_n / c.d);
-    const std::vector<float> share = download(d_top.share, out_n / c.d);
-    for (size_t i = 0; i < position.size(); ++i) {
-      ++res.top_rows;
-      const double err = std::abs(double(share[i]) - ref_share[i]);
-      res.share_err = std::isfinite(share[i]) ? std::max(res.share_err, err) : INFINITY;
-      const bool share_ok = err <= 1e-3 + 1e-3 * ref_share[i];
-      const bool near_tie = position[i] >= 0 && ref_position[i] >= 0 && err <= 2e-3 * ref_share[i];
-      if (!share_ok || (position[i] != ref_position[i] && !near_tie)) ++res.top_mismatch;
-    }
-    cudaFree(d_top.position);
-    cudaFree(d_top.share);
-    if (res.top_mismatch > 0) res.pass = false;
-  }
-  bool nan = false;
-  res.attn_rel = rel_error(out, ref, nan);
-  for (size_t i = 0; i < lse.size(); ++i) {
-    if (std::isnan(lse[i])) nan = true;
-    if (std::isinf(ref_lse[i]) || std::isinf(lse[i])) {
-      if (lse[i] != ref_lse[i]) res.lse_err = INFINITY;
-      continue;
-    }
-    res.lse_err = std::max(res.lse_err, static_cast<double>(std::abs(lse[i] - ref_lse[i])));
-  }
-  if (nan || !(res.attn_rel <= 1e-2) || !(res.lse_err <= 1e-2)) res.pass = false;
 
-  cudaFree(dws);
+  uint16_t* d_out = nullptr;
+  float* d_lse = nullptr;
+  CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * out_n));
+  CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * out_n / c.d));
+  TopKeys d_top;
+  if (c.read_ahead) {
+    CUDA_OK(cudaMalloc(&d_top.position, sizeof(int32_t) * out_n / c.d));
+    CUDA_OK(cudaMalloc(&d_top.share, sizeof(float) * out_n / c.d));
+  }
+  // One launch on poisoned outputs, checked against the reference: the relative output error, and
+  // the LSE and top-key columns of the result. Prefill: `kernel`, with the key ranges split as the
+  // launch chooses (`split`: these small grids split) or unsplit (no workspace).
+  struct AttentionCheck {
+    double rel = 0, lse_err = 0, share_err = 0;
+    int top_rows = 0, top_mismatch = 0;
+    bool pass = true, supported = true;
+  };
+  auto check_attention = [&](bool split, PrefillKernel kernel) {
+    AttentionCheck r;
+    CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
+    CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
+    if (c.read_ahead) {
+      CUDA_OK(cudaMemset(d_top.position, 0x7f, sizeof(int32_t) * out_n / c.d));  // poison: a huge position
+      CUDA_OK(cudaMemset(d_top.share, 0xff, sizeof(float) * out_n / c.d));
+    }
+    void* dws = nullptr;
+    if (c.lq == 1 && !c.use_prefill_kernel) {
+      const DecodeLaunch launch{c.decode_ctas};
+      CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
+      CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
+    } else {
+      PrefillLaunch launch;
+      launch.kernel = kernel;
+      const size_t bytes = split ? prefill_attention_workspace_bytes(shape, launch) : 0;
+      if (bytes) CUDA_OK(cudaMalloc(&dws, bytes));
+      const int rc = sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top);
+      if (rc == cudaErrorNotSupported && kernel == PrefillKernel::kWgmma) {  // not a Hopper (sm_90a) build/device
+        cudaFree(dws);
+        r.supported = false;
+        return r;
+      }
+      CUDA_OK(rc);
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    cudaFree(dws);
+    const std::vector<uint16_t> out_bits = download(d_out, out_n);
+    const std::vector<float> lse = download(d_lse, out_n / c.d);
+    std::vector<float> out(out_n);
+    for (size_t i = 0; i < out_n; ++i) out[i] = from_bf16_bits(out_bits[i]);
+    if (c.read_ahead) {
+      const std::vector<int32_t> position = download(d_top.position, out_n / c.d);
+      const std::vector<float> share = download(d_top.share, out_n / c.d);
+      for (size_t i = 0; i < position.size(); ++i) {
+        ++r.top_rows;
+        const double err = std::abs(double(share[i]) - ref_share[i]);
+        r.share_err = std::isfinite(share[i]) ? std::max(r.share_err, err) : INFINITY;
+        const bool share_ok = err <= 1e-3 + 1e-3 * ref_share[i];
+        const bool near_tie = position[i] >= 0 && ref_position[i] >= 0 && err <= 2e-3 * ref_share[i];
+        if (!share_ok || (position[i] != ref_position[i] && !near_tie)) ++r.top_mismatch;
+      }
+    }
+    bool nan = false;
+    r.rel = rel_error(out, ref, nan);
+    for (size_t i = 0; i < lse.size(); ++i) {
+      if (std::isnan(lse[i])) nan = true;
+      if (std::isinf(ref_lse[i]) || std::isinf(lse[i])) {
+        if (lse[i] != ref_lse[i]) r.lse_err = INFINITY;
+        continue;
+      }
+      r.lse_err = std::max(r.lse_err, static_cast<double>(std::abs(lse[i] - ref_lse[i])));
+    }
+    r.pass = !nan && r.rel <= 1e-2 && r.lse_err <= 1e-2 && r.top_mismatch == 0;
+    return r;
+  };
+  const AttentionCheck chosen = check_attention(/*split=*/true, PrefillKernel::kAuto);
+  res.attn_rel = chosen.rel;
+  res.lse_err = chosen.lse_err;
+  res.top_rows = chosen.top_rows;
+  res.top_mismatch = chosen.top_mismatch;
+  res.share_err = chosen.share_err;
+  if (!chosen.pass) res.pass = false;
+  if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit, and on wgmma: the same checks
+    const AttentionCheck unsplit = check_attention(/*split=*/false, PrefillKernel::kAuto);
+    res.unsplit_rel = unsplit.pass ? unsplit.rel : INFINITY;
+    const AttentionCheck wgmma = check_attention(/*split=*/true, PrefillKernel::kWgmma);
+    res.wgmma_rel = !wgmma.supported ? -2 : wgmma.pass ? wgmma.rel : INFINITY;
+    if (!unsplit.pass || !wgmma.pass) res.pass = false;
+  }
+
+  cudaFree(d_top.position);
+  cudaFree(d_top.share);
   cudaFree(d_out);
   cudaFree(d_lse);
   cudaFree(ws);
@@ -544,9 +585,12 @@ int main(int argc, char** argv) {
   // Columns: est = clusters estimated (GPU) and est_diff (estimate lists not explained by the
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
-  // failing the check / rows, share_err = max |share - ref|.
-  std::printf("%-36s %2s %12s %8s %8s %5s %8s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand", "sel_diff",
-              "est", "e_dif", "logit", "attn_rel", "lse_err", "forced", "top", "share_err", "cmp", "result");
+  // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
+  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, wg_rel of the
+  // wgmma kernel (PrefillKernel::kWgmma; n/a off Hopper); inf: one of that launch's checks failed.
+  std::printf("%-36s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "wg_rel", "lse_err", "forced", "top",
+              "share_err", "cmp", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -557,14 +601,16 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24];
+      char frac[32], est[24], forced[24], top[24], one[24], wg[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
       std::snprintf(top, sizeof top, "%d/%d", r.top_mismatch, r.top_rows);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(), frac,
-                  r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, r.lse_err, forced, top, r.share_err,
-                  r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
+      std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
+      std::snprintf(wg, sizeof wg, r.wgmma_rel == -1 ? "-" : r.wgmma_rel == -2 ? "n/a" : "%.2e", r.wgmma_rel);
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
+                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, wg, r.lse_err, forced,
+                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
   }
