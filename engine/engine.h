@@ -157,13 +157,15 @@ struct AttentionOptions {
   float sparsity = 0.7f;
   bool hierarchical = false;
   // Squeezed: pruned clusters still attend, each as one key (centroid, size, mean value) instead
-  // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned). On the GPU
-  // kernel path one-level lookups add it after the kernels; hierarchical ones run on libtorch.
+  // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned); on the GPU inside
+  // the kernels, one level and hierarchical.
   bool estimate_pruned = true;
+  // With estimate_pruned: only the pruned clusters scoring at least this fraction of their
+  // threshold are estimated (squeeze::SelectionOptions::estimate_floor); 0 = all of them.
+  float estimate_floor = 0;
   // Squeezed: each query head that concentrates on one context key also loads, at the next step,
   // the cluster holding the key after it (squeeze/read_ahead.h: copying and induction heads read
-  // consecutive positions). Not in the GPU kernels yet: such generations run on libtorch there
-  // (the server's default is off where the kernels serve squeezed attention).
+  // consecutive positions); on the GPU inside the kernels.
   bool read_ahead = true;
 };
 

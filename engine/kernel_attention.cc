@@ -99,6 +99,7 @@ class KernelSequence : public SequenceAttention {
   bool squeezed_;
   bool hierarchical_ = false;
   bool estimate_pruned_ = false;
+  float estimate_floor_ = 0;  // AttentionOptions::estimate_floor
   bool read_ahead_ = false;
   // With read_ahead_: per layer the cursor the selection reads (next position per query head) and
   // its age, [2][L][2][H_q] int32 on the GPU. Slot 0 is current (the selection reads it), slot 1 the
@@ -123,6 +124,7 @@ kernels::SelectionParams ParamsFor(const KernelSequence& seq, bool decode) {
   const squeeze::Thresholds& t = decode ? seq.thresholds_.decode : seq.thresholds_.prefill;
   kernels::SelectionParams p;
   p.hierarchical = seq.hierarchical_;
+  p.estimate_floor = seq.estimate_floor_;
   if (seq.hierarchical_) {
     p.tau_coarse = t.coarse;
     p.tau_fine = t.fine;
@@ -139,10 +141,11 @@ const at::Tensor* HeadThresholds(const KernelSequence& seq, int64_t layer) {
 }
 
 // Sequences whose decode selections can share one select_clusters launch sort together.
-std::tuple<bool, bool, float, float> SelectionKey(const KernelSequence& seq) {
+std::tuple<bool, bool, float, float, float> SelectionKey(const KernelSequence& seq) {
   const kernels::SelectionParams p = ParamsFor(seq, /*decode=*/true);
   const bool per_head = HeadThresholds(seq, 0) != nullptr;
-  return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine);
+  return std::make_tuple(p.hierarchical, per_head, per_head ? 0.f : p.tau_coarse, per_head ? 0.f : p.tau_fine,
+                         p.estimate_floor);
 }
 
 // A level's cluster mean values [H_kv, K, D] as the estimate reads them (the index keeps them bf16,
@@ -423,6 +426,7 @@ std::unique_ptr<SequenceAttention> KernelAttention::NewSqueezed(std::shared_ptr<
   auto seq = std::make_unique<KernelSequence>(*this, context, views, /*squeezed=*/true);
   seq->hierarchical_ = attention.hierarchical;
   seq->estimate_pruned_ = attention.estimate_pruned;
+  seq->estimate_floor_ = attention.estimate_pruned ? attention.estimate_floor : 0.f;
   seq->read_ahead_ = attention.read_ahead;
   if (seq->read_ahead_) {
     seq->cursor_ = at::empty({2, num_layers_, 2, num_q_heads_}, at::TensorOptions().dtype(at::kInt).device(device_));
@@ -597,7 +601,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     int32_t group_coarse = 0;
     for (int64_t i = first; i < end; ++i) group_coarse = std::max(group_coarse, Member(ordered[i]).views_->max_coarse);
     absl::StrAppend(&signature_, " g", first, "-", end, ":", std::get<0>(key), std::get<1>(key), ":",
-                    std::get<2>(key), ":", std::get<3>(key), ":", group_coarse);
+                    std::get<2>(key), ":", std::get<3>(key), ":", std::get<4>(key), ":", group_coarse);
     first = end;
   }
   steps_ = std::move(ordered);

@@ -55,6 +55,7 @@ SqueezedLookup::SqueezedLookup(std::shared_ptr<const StoredContext> context, con
     : context_(std::move(context)), thresholds_(thresholds) {
   selection_.hierarchical = attention.hierarchical;
   selection_.estimate_pruned = attention.estimate_pruned;
+  selection_.estimate_floor = attention.estimate_floor;
   selection_.read_ahead = attention.read_ahead;
   if (attention.read_ahead) read_ahead_.resize(context_->index().size());
 }

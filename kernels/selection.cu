@@ -41,6 +41,7 @@ int select_clusters(const AttentionShape& shape, const SequenceLayerBf16* seqs, 
   if (g < 1 || g > kMaxGroup || shape.query_len * g > 16384 || shape.num_q_heads != g * shape.num_kv_heads)
     return cudaErrorInvalidValue;
   if (params.hierarchical && limits.max_coarse <= 0) return cudaErrorInvalidValue;
+  if (!(params.estimate_floor >= 0.f && params.estimate_floor <= 1.f)) return cudaErrorInvalidValue;
   const auto st = static_cast<cudaStream_t>(stream);
   switch (shape.head_dim) {
     case 64: return detail::run_selection<64>(shape, seqs, q, params, limits, out, workspace, scores_out, st);

@@ -38,8 +38,9 @@ size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLim
 // Read-ahead: seqs[b].read_ahead (device [Hq] int32) keeps the fine cluster of each position whatever
 // its score, and expands its coarse parent (squeeze_types.h). Pruned-cluster estimate: when
 // out.estimate_ids and out.estimated are set (both, or neither), the clusters each sequence with
-// cluster_values estimates are listed there for the attention kernels (0 for the others); a decode
-// launch (query_len 1) also writes their logits to out.estimate_logits when set.
+// cluster_values estimates are listed there for the attention kernels (0 for the others): its pruned
+// non-empty clusters at or above params.estimate_floor (in [0, 1]) of their level's threshold; a
+// decode launch (query_len 1) also writes their logits to out.estimate_logits when set.
 // `scores_out` (nullable, device, [B*H_kv][capacity] fp32): the group score of each scored
 // candidate of the last level, in candidate order (for diagnostics and checks).
 // Returns a cudaError_t value (0 = success).

@@ -116,9 +116,21 @@ __device__ __forceinline__ int cluster_size(const HeadLevel& v, Level level, int
 __device__ __forceinline__ int num_children(const HeadLevel& v, int c) { return v.coarse_off[c + 1] - v.coarse_off[c]; }
 
 // Flags of a level's candidates (generic and tensor-core paths): bit 0 = kept (score above the
-// threshold, or forced by read-ahead), bit 1 = live (a non-empty cluster: it was scored, and it is
-// estimated when not kept).
-constexpr uint8_t kFlagKeep = 1, kFlagLive = 2;
+// threshold, or forced by read-ahead), bit 1 = live (a non-empty cluster: it was scored), bit 2 =
+// live, not kept and at or above the estimate floor (estimated when the estimate is on).
+constexpr uint8_t kFlagKeep = 1, kFlagLive = 2, kFlagEstimate = 4;
+
+// Whether a live, not kept candidate with this score is one of the estimate's
+// (SelectionParams::estimate_floor of its level's threshold tau).
+__device__ __forceinline__ bool above_estimate_floor(float score, float tau, const SelectionParams& params) {
+  return score >= params.estimate_floor * tau;
+}
+
+__device__ __forceinline__ uint8_t candidate_flags(bool live, bool keep, float score, float tau,
+                                                   const SelectionParams& params) {
+  const bool estimate = live && !keep && above_estimate_floor(score, tau, params);
+  return (live ? kFlagLive : 0) | (keep ? kFlagKeep : 0) | (estimate ? kFlagEstimate : 0);
+}
 
 // Whether the pruned-cluster estimate runs for sequence s in a launch writing `out`.
 __device__ __forceinline__ bool estimate_on(const SequenceLayerBf16& s, const Selection& out) {

@@ -320,8 +320,8 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, L
   if (read_ahead) forced.load(s, h, p.g, LV == Level::kCoarse);
   __syncthreads();  // logden
 
-  // Per candidate: x = kept + (live but not kept << 16) (a chunk holds 1024 candidates: the two
-  // counts never carry into each other), y = the weight of a kept candidate.
+  // Per candidate: x = kept + (estimated: live, not kept, above the floor << 16) (a chunk holds
+  // 1024 candidates: the two counts never carry into each other), y = the weight of a kept candidate.
   int2 keep[kSelectPer];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
@@ -333,7 +333,8 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, L
     const bool live = i < K && n[e] > 0;
     if (scores && i < K) scores[static_cast<int64_t>(bh) * ws.capacity + i] = live ? best : neg_inf();
     const bool kept = live && (best > tau || (read_ahead && forced.contains(cluster[e])));
-    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(live && !kept) << 16, kept ? weight[e] : 0);
+    const bool estimated = live && !kept && above_estimate_floor(best, tau, params);
+    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(estimated) << 16, kept ? weight[e] : 0);
   }
   int2 at[kSelectPer];
   const int2 total = chunk_exclusive_scan(keep, at);

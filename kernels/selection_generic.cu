@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) log_denominator_kernel(ProblemArgs p
 
 // Pass 2: group score of each candidate, score = max_j mean_t exp(z - logden), and its flags
 // (kFlagLive: non-empty; kFlagKeep: live and score > the head's threshold of the level, coarse for
-// Level::kCoarse, else fine, or forced by read-ahead).
+// Level::kCoarse, else fine, or forced by read-ahead; kFlagEstimate: candidate_flags).
 // Row r = t*g + j: each thread sums its rows' p into one slot per group member j (smem, private to
 // the thread), and the warps' slots are combined in a fixed order (deterministic).
 // grid (chunks, H_kv, B).
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) flags_kernel(ProblemArgs p, LevelArg
       const bool live = sm.log_size[lane] != neg_inf();
       const bool keep = live && (best > tau || (read_ahead && forced.contains(sm.cluster[lane])));
       const int64_t at = static_cast<int64_t>(bh) * capacity + c0 + lane;
-      flags[at] = (live ? kFlagLive : 0) | (keep ? kFlagKeep : 0);
+      flags[at] = candidate_flags(live, keep, best, tau, params);
       if (scores) scores[at] = live ? best : neg_inf();
     }
   }
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(1024) compact_kernel(ProblemArgs p, LevelArgs 
       const int i = base + threadIdx.x * kPer + e;
       const uint8_t f = i < v.num_candidates ? flags[static_cast<int64_t>(bh) * capacity + i] : 0;
       kept[e] = f & kFlagKeep;
-      const bool dropped = f == kFlagLive;  // live, not kept: estimated (when on)
+      const bool dropped = f & kFlagEstimate;  // live, not kept, above the floor: estimated (when on)
       cluster[e] = kept[e] || (dropped && estimate) ? candidate_cluster(v, l.level, i) : -1;
       weight[e] = !kept[e] ? 0 : coarse ? num_children(v, cluster[e]) : cluster_size(v, l.level, cluster[e]);
       mine.x += static_cast<int>(kept[e]) + (static_cast<int>(dropped) << 16);

@@ -129,9 +129,11 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
         comparisons = s.num_coarse;
         const float tau_coarse = head_tau(s.tau_coarse, params.tau_coarse, h);
         for (const Candidate& c : coarse) {
-          if (c.size > 0 && (group_score(hq, c, logden, scale) > tau_coarse || contains(forced_parents, c.id))) {
+          if (c.size <= 0) continue;
+          const float score = group_score(hq, c, logden, scale);
+          if (score > tau_coarse || contains(forced_parents, c.id)) {
             for (int j = coff[c.id]; j < coff[c.id + 1]; ++j) fine_cands.push_back(fine(j));
-          } else if (c.size > 0) {
+          } else if (score >= params.estimate_floor * tau_coarse) {
             estimated.push_back(s.num_clusters + c.id);
           }
         }
@@ -142,8 +144,9 @@ void select_clusters_ref(const AttentionShape& shape, const SequenceLayerF32* se
       int count = 0, rows = 0;
       for (const Candidate& c : fine_cands) {
         if (c.size <= 0) continue;
-        if (!(group_score(hq, c, logden, scale) > tau_fine || contains(forced, c.id))) {
-          estimated.push_back(c.id);
+        const float score = group_score(hq, c, logden, scale);
+        if (!(score > tau_fine || contains(forced, c.id))) {
+          if (score >= params.estimate_floor * tau_fine) estimated.push_back(c.id);
           continue;
         }
         out.cluster_ids[static_cast<int64_t>(bh) * out.capacity + count] = c.id;

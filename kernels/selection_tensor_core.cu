@@ -20,7 +20,7 @@ namespace {
 //  (log_denominator_kernel merges the chunks, as for the generic path.)
 //  C tc_flags_kernel: the same GEMM, p = exp(z - logden_r), summed over the rows of each group
 //    member in registers, max over members / Lq = score; flags: live (non-empty), kept (score >
-//    the head's tau_fine, or forced by read-ahead).
+//    the head's tau_fine, or forced by read-ahead), estimated (candidate_flags).
 //    Pass C orders the rows member-major (all tokens of member 0, then of member 1, ...), each
 //    member's tokens padded to a multiple of 16, so that every 16-row sub-tile belongs to one group
 //    member whatever the group size: a thread's per-column sums are then one member's, combined
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
         const float score = best[n][e] * inv_lq;
         const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
         const int64_t at = static_cast<int64_t>(bh) * capacity + c;
-        flags[at] = (live ? kFlagLive : 0) | (keep ? kFlagKeep : 0);
+        flags[at] = candidate_flags(live, keep, score, tau, params);
         if (scores) scores[at] = live ? score : neg_inf();
       }
   }

@@ -112,6 +112,10 @@ struct SelectionParams {
   float tau_fine = 0.f;    // keep a fine (or the only) level cluster iff score > tau_fine
   float tau_coarse = 0.f;  // hierarchical only: keep a coarse cluster iff score > tau_coarse
   bool hierarchical = false;
+  // The pruned-cluster estimate (SequenceLayer::cluster_values) lists only the pruned non-empty
+  // clusters whose score reaches this fraction of their level's threshold (score >= floor * tau);
+  // the rest are dropped. 0 = every pruned non-empty cluster (docs/index_layout.md).
+  float estimate_floor = 0.f;
 };
 
 // Per (sequence, KV head) selection, worst-case sized so it can live in a CUDA graph.

@@ -231,6 +231,7 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
                  defaults.estimate_pruned, "attention.pruned");
   if (!estimate_pruned.ok()) return estimate_pruned.status();
   out.estimate_pruned = *estimate_pruned;
+  out.estimate_floor = *estimate_pruned ? defaults.estimate_floor : 0.f;
   absl::StatusOr<bool> read_ahead =
       OnOffField(proto.read_ahead(), pb::AttentionOptions::READ_AHEAD_ON, pb::AttentionOptions::READ_AHEAD_OFF,
                  defaults.read_ahead, "attention.read_ahead");
@@ -240,6 +241,7 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
     out.sparsity = 0;
     out.hierarchical = false;
     out.estimate_pruned = false;
+    out.estimate_floor = 0;
     out.read_ahead = false;
     return out;
   }

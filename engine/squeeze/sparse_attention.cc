@@ -22,10 +22,17 @@ at::Tensor HeadTau(const SelectionOptions& options, ThresholdKind kind, int64_t 
   return at::full({H, 1, 1}, tau, like.options().dtype(at::kFloat));
 }
 
+// The clusters left out of the pruned-cluster estimate: the kept ones, and those scoring below the
+// estimate floor (SelectionOptions::estimate_floor) of their threshold.
+at::Tensor NotEstimated(const at::Tensor& kept, const at::Tensor& score, const at::Tensor& tau, float floor) {
+  return floor > 0 ? kept | (score < tau * floor) : kept;
+}
+
 // 1-level lookup: every fine centroid is scored with the fine denominator.
 // `forced` [H, K] bool (or undefined): clusters selected whatever their score (read-ahead).
 ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
-                                const at::Tensor& tau, const at::Tensor& forced, bool estimate_pruned) {
+                                const at::Tensor& tau, const at::Tensor& forced, bool estimate_pruned,
+                                float estimate_floor) {
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor sizes = FineSizes(index);
   const at::Tensor z = CentroidLogits(q, index.centroids, sizes, scale);  // [H, T', M, K]
@@ -35,7 +42,8 @@ ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, in
   if (forced.defined()) sel.selected.logical_or_(forced.unsqueeze(1));
   sel.centroid_comparisons = at::full({H, Tp}, K, sizes.options());
   if (estimate_pruned) {
-    sel.pruned_logits = PrunedClusterLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}), sel.selected);
+    sel.pruned_logits = PrunedClusterLogits(z, sizes.unsqueeze(1).expand({H, Tp, K}),
+                                            NotEstimated(sel.selected, score, tau, estimate_floor));
     sel.pruned_ids = at::arange(K, sizes.options()).view({1, 1, K}).expand({H, Tp, K});
   }
   return sel;
@@ -45,13 +53,14 @@ ClusterSelection SelectOneLevel(const LayerIndex& index, const at::Tensor& q, in
 // fine children of kept coarse clusters are gathered and scored, against the coarse denominator.
 ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q, int64_t G, double scale,
                                     const at::Tensor& tau_coarse, const at::Tensor& tau_fine, const at::Tensor& forced,
-                                    bool estimate_pruned) {
+                                    bool estimate_pruned, float estimate_floor) {
   TORCH_CHECK(index.levels == 2, "hierarchical lookup needs a 2-level index");
   const int64_t H = q.size(0), Tp = q.size(1), K = index.num_clusters();
   const at::Tensor coarse_sizes = CoarseSizes(index);
   const at::Tensor zc = CentroidLogits(q, index.coarse_centroids, coarse_sizes, scale);  // [H, T', M, Kc]
   const at::Tensor logden = LogDenominator(zc, coarse_sizes);                             // [H, T', M]
-  at::Tensor coarse_kept = GroupScore(zc, logden, G) > tau_coarse;                        // [H, T', Kc]
+  const at::Tensor coarse_score = GroupScore(zc, logden, G);                              // [H, T', Kc]
+  at::Tensor coarse_kept = coarse_score > tau_coarse;
   const at::Tensor parent_of = CoarseParent(index);                                       // [H, K]
   if (forced.defined()) {  // a forced fine cluster's parent is expanded
     const at::Tensor forced_parent = at::zeros({H, index.num_coarse_clusters()}, parent_of.options())
@@ -71,7 +80,8 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
   sel.centroid_comparisons = index.num_coarse_clusters() + cand.count;
   if (estimate_pruned) {  // pruned coarse clusters: ids K + c into cat(cluster_values, coarse_values)
     const int64_t Kc = index.num_coarse_clusters();
-    sel.pruned_logits = PrunedClusterLogits(zc, coarse_sizes.unsqueeze(1).expand({H, Tp, Kc}), coarse_kept);
+    sel.pruned_logits = PrunedClusterLogits(zc, coarse_sizes.unsqueeze(1).expand({H, Tp, Kc}),
+                                            NotEstimated(coarse_kept, coarse_score, tau_coarse, estimate_floor));
     sel.pruned_ids = (K + at::arange(Kc, sizes.options())).view({1, 1, Kc}).expand({H, Tp, Kc});
   }
   if (C == 0) return sel;
@@ -80,12 +90,14 @@ ClusterSelection SelectHierarchical(const LayerIndex& index, const at::Tensor& q
       GatherRows(index.centroids, cand.index.reshape({H, Tp * C})).view({H, Tp, C, D});
   const at::Tensor cand_sizes = sizes.gather(1, cand.index.reshape({H, Tp * C})).view({H, Tp, C});
   const at::Tensor z = CentroidLogits(q, cand_centroids, cand_sizes, scale);  // [H, T', M, C]
-  at::Tensor keep = GroupScore(z, logden, G) > tau_fine;
+  const at::Tensor fine_score = GroupScore(z, logden, G);
+  at::Tensor keep = fine_score > tau_fine;
   if (forced.defined()) keep.logical_or_(forced.unsqueeze(1).expand({H, Tp, K}).gather(2, cand.index));
   keep = keep & cand.valid;
   sel.selected.scatter_(2, cand.index, keep);  // cand.index is a permutation prefix: no collisions
   if (estimate_pruned) {  // expanded but pruned fine clusters (padding is −inf: empty size 0 → log 0)
-    const at::Tensor fine_logits = PrunedClusterLogits(z, cand_sizes * cand.valid.to(at::kLong), keep);
+    const at::Tensor fine_logits = PrunedClusterLogits(z, cand_sizes * cand.valid.to(at::kLong),
+                                                       NotEstimated(keep, fine_score, tau_fine, estimate_floor));
     sel.pruned_logits = at::cat({sel.pruned_logits, fine_logits}, -1);
     sel.pruned_ids = at::cat({sel.pruned_ids, cand.index}, -1);
   }
@@ -106,13 +118,15 @@ ClusterSelection SelectClusters(const LayerIndex& index, const at::Tensor& queri
     const double scale = SoftmaxScale(options.softmax_scale, index.centroids.size(2));
     TORCH_CHECK(!options.estimate_pruned || index.cluster_values.defined(),
                 "estimate_pruned needs the index's cluster mean values (AddDerivedTensors)");
+    TORCH_CHECK(options.estimate_floor >= 0 && options.estimate_floor <= 1, "estimate_floor must be in [0, 1]");
     const at::Tensor forced = options.read_ahead && options.read_ahead_positions.defined()
                                   ? ClustersAtPositions(index, options.read_ahead_positions)
                                   : at::Tensor();
     sel = options.hierarchical
               ? SelectHierarchical(index, q, G, scale, HeadTau(options, kCoarse, H, q), HeadTau(options, kFine, H, q),
-                                   forced, options.estimate_pruned)
-              : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q), forced, options.estimate_pruned);
+                                   forced, options.estimate_pruned, options.estimate_floor)
+              : SelectOneLevel(index, q, G, scale, HeadTau(options, kOneLevel, H, q), forced, options.estimate_pruned,
+                               options.estimate_floor);
   }
   sel.kept_keys = (FineSizes(index).unsqueeze(1) * sel.selected.to(at::kLong)).sum(-1);
   return sel;

@@ -31,6 +31,11 @@ struct SelectionOptions {
   // and dropping 90% of that mass derails the hidden state (docs/index_layout.md "Pruned-cluster
   // estimate"). Costs no extra centroid comparisons: the logits are the selection's.
   bool estimate_pruned = false;
+  // With estimate_pruned: only the pruned clusters whose score reaches this fraction of their
+  // level's threshold (score >= floor × τ) are estimated; the rest are dropped. 0 = all of them.
+  // Why: the estimate's rows are most of what the accurate lookup adds to a decode step, and the
+  // clusters far below τ carry little of the pruned mass (docs/index_layout.md "Estimate floor").
+  float estimate_floor = 0;
   // Read-ahead (read_ahead.h): the fine clusters holding these context positions ([H_q] int64,
   // −1 = none; undefined = none) are selected whatever their score (hierarchical: their coarse
   // parents expanded too), and AttendSelected reports each query head's most attended key.

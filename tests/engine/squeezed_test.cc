@@ -206,7 +206,7 @@ TEST(SqueezedEngineTest, NinetyPercentPrunesAndHierarchicalComparesFewerCentroid
 // (the paper): teacher-forced log-probs of a query at 90% on the random-weight reference model, whose
 // attention is spread (the case the estimate is for). It also reads the pruned clusters' mean values:
 // more KV counted than dropping.
-TEST(SqueezedEngineTest, PrunedEstimateStaysCloserToDenseThanDropping) {
+TEST(SqueezedEngineTest, PrunedEstimateStaysCloserToDenseThanDroppingAndItsFloorReachesTheLookup) {
   const Reference ref = LoadReference(ReferenceRoot() / "llama-gqa-llama3rope-tied");
   auto engine = LoadEngine(ref.dir);
   ASSERT_TRUE(engine);
@@ -242,6 +242,16 @@ TEST(SqueezedEngineTest, PrunedEstimateStaysCloserToDenseThanDropping) {
   EXPECT_LT(error_estimated, 0.5 * error_dropped) << "estimated " << error_estimated << ", dropped " << error_dropped;
   EXPECT_GT(with_estimate.kv_fraction_loaded, without.kv_fraction_loaded);
   EXPECT_LT(with_estimate.kv_fraction_loaded, 0.5);
+
+  // The estimate floor reaches the lookup: at 1 (score >= tau: kept already) nothing is estimated,
+  // so the generation is the dropped one (which clusters a floor leaves out, against the kernels'
+  // contract: tests/kernels/squeeze_equivalence_test.cc).
+  AttentionOptions floored = estimated;
+  floored.estimate_floor = 1.f;
+  const GenerationStats at_one = run(floored);
+  ASSERT_EQ(at_one.prompt_logprobs.size(), query.size());
+  for (size_t i = 0; i < query.size(); ++i) EXPECT_NEAR(at_one.prompt_logprobs[i], without.prompt_logprobs[i], 1e-5);
+  EXPECT_DOUBLE_EQ(at_one.kv_fraction_loaded, without.kv_fraction_loaded);
 }
 
 // Read-ahead through a generation's lookup: after a query prefill whose every query head points at

@@ -133,10 +133,11 @@ std::vector<int32_t> ReadAheadPositions(const Layer& L, const std::vector<int>& 
   return positions;
 }
 
-class Equivalence : public ::testing::TestWithParam<std::tuple<int, int>> {};  // (levels, query_len)
+// (levels, query_len, estimate floor)
+class Equivalence : public ::testing::TestWithParam<std::tuple<int, int, float>> {};
 
 TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) {
-  const auto [levels, lq] = GetParam();
+  const auto [levels, lq, floor] = GetParam();
   const int group = 3, window = 6;
   const Layer L = MakeLayer(levels, window, lq, 17 + 5 * levels + lq);
   const SyntheticSpec& spec = L.synthetic.spec;
@@ -154,13 +155,16 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
   so.per_token = false;  // one selection for the block (prefill); for one token the same as per-token
   so.estimate_pruned = true;
   so.thresholds = {1.5f / N, 1.f / N, 1.5f / N};
-  const SelectionParams params{1.5f / N, 1.f / N, levels == 2};
+  so.estimate_floor = floor;
+  SelectionParams params{1.5f / N, 1.f / N, levels == 2};
+  SelectionParams every_pruned = params;  // the estimate of every pruned cluster
+  params.estimate_floor = floor;
 
   // First without read-ahead, to find clusters the score prunes.
   SequenceLayerF32 view = KernelView(L);
   const int capacity = K, estimate_capacity = K + spec.num_coarse;
   KernelSelection plain(H, capacity, estimate_capacity);
-  select_clusters_ref(shape, &view, q.data(), params, plain.buf.sel);
+  select_clusters_ref(shape, &view, q.data(), every_pruned, plain.buf.sel);
   std::vector<int> pruned_fine(H, -1);
   for (int h = 0; h < H; ++h) {
     for (int id : plain.estimate(h)) {
@@ -188,8 +192,17 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
   const squeeze::ContextAttention ref = squeeze::SparseContextAttention(L.index, queries, so);
 
   // kernels' references, on the same selection contract.
-  KernelSelection ks(H, capacity, estimate_capacity);
+  KernelSelection ks(H, capacity, estimate_capacity), all(H, capacity, estimate_capacity);
   select_clusters_ref(shape, &view, q.data(), params, ks.buf.sel);
+  select_clusters_ref(shape, &view, q.data(), every_pruned, all.buf.sel);
+  int dropped_by_floor = 0;  // pruned clusters the floor leaves out of the estimate (its list is a subset)
+  for (int h = 0; h < H; ++h) {
+    const std::set<int> with = ks.estimate(h), without = all.estimate(h);
+    EXPECT_TRUE(std::includes(without.begin(), without.end(), with.begin(), with.end())) << "head " << h;
+    dropped_by_floor += static_cast<int>(without.size() - with.size());
+  }
+  if (floor > 0) EXPECT_GT(dropped_by_floor, 0) << "the floor must leave some pruned cluster out";
+  else EXPECT_EQ(dropped_by_floor, 0);
   const std::vector<int64_t> kept_keys = ToVector<int64_t>(ref.selection.kept_keys);
   const std::vector<int64_t> comparisons = ToVector<int64_t>(ref.selection.centroid_comparisons);
   for (int h = 0; h < H; ++h) {
@@ -260,8 +273,10 @@ TEST_P(Equivalence, SelectionEstimateAttentionAndTopKeysMatchTheLibtorchLookup) 
 }
 
 INSTANTIATE_TEST_SUITE_P(LevelsAndBlocks, Equivalence,
-                         ::testing::Values(std::make_tuple(1, 1), std::make_tuple(2, 1), std::make_tuple(1, 5),
-                                           std::make_tuple(2, 4)));
+                         ::testing::Values(std::make_tuple(1, 1, 0.f), std::make_tuple(2, 1, 0.f),
+                                           std::make_tuple(1, 5, 0.f), std::make_tuple(2, 4, 0.f),
+                                           std::make_tuple(1, 1, 0.8f), std::make_tuple(2, 1, 0.8f),
+                                           std::make_tuple(1, 5, 0.8f), std::make_tuple(2, 4, 0.8f)));
 
 // Read-ahead's cursor (read_ahead_ref.h) against engine/squeeze's AdvanceReadAhead: two sequences
 // (one without read-ahead), over a chain of decode tokens and prefill blocks whose top keys are

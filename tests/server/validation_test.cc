@@ -246,6 +246,19 @@ TEST(ResolveAttention, PrunedClustersFollowTheRequestOrTheServerDefault) {
   EXPECT_FALSE(ResolveAttention(proto, IndexedContext(), defaults)->estimate_pruned);
 }
 
+TEST(ResolveAttention, TheEstimateFloorIsTheServersWhereClustersAreEstimated) {
+  ServerDefaults defaults;
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_floor, 0.f);
+  defaults.estimate_floor = 0.0625f;
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_floor, 0.0625f);
+  pb::AttentionOptions proto;
+  proto.set_pruned(pb::AttentionOptions::DROPPED);  // nothing estimated: no floor
+  EXPECT_EQ(ResolveAttention(proto, IndexedContext(), defaults)->estimate_floor, 0.f);
+  proto.set_pruned(pb::AttentionOptions::ESTIMATED);
+  proto.set_mode(pb::AttentionOptions::DENSE);
+  EXPECT_EQ(ResolveAttention(proto, IndexedContext(), defaults)->estimate_floor, 0.f);
+}
+
 TEST(ResolveAttention, ReadAheadFollowsTheRequestOrTheServerDefault) {
   ServerDefaults defaults;
   EXPECT_TRUE(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->read_ahead);
