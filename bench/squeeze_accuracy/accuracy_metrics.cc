@@ -4,7 +4,6 @@
 #include <limits>
 
 #include "engine/squeeze/calibration.h"
-#include "engine/squeeze/scoring.h"
 #include "engine/squeeze/tensor_util.h"
 
 namespace squeezeserve::bench {
@@ -23,17 +22,6 @@ squeeze::ClusterSelection KeepLargestEstimates(squeeze::ClusterSelection sel, do
   const at::Tensor keep = rank < keep_n;                                // [H, T', P]
   sel.pruned_logits = sel.pruned_logits.masked_fill(~keep.unsqueeze(2), -std::numeric_limits<float>::infinity());
   return sel;
-}
-
-// The one-level selection's cluster scores [H, T', K] (p̂, as SelectClusters computes them).
-at::Tensor OneLevelScores(const squeeze::LayerIndex& index, const at::Tensor& queries,
-                          const squeeze::SelectionOptions& options) {
-  const int64_t H = index.num_heads(), G = queries.size(0) / H;
-  const at::Tensor q = squeeze::GroupQueries(queries, H, options.per_token);
-  const at::Tensor sizes = squeeze::FineSizes(index);
-  const at::Tensor z = squeeze::CentroidLogits(q, index.centroids, sizes,
-                                               squeeze::SoftmaxScale(options.softmax_scale, index.centroids.size(2)));
-  return squeeze::GroupScore(z, squeeze::LogDenominator(z, sizes), G);
 }
 
 }  // namespace
@@ -77,7 +65,7 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
     const at::Tensor library = squeeze::AttendSelected(index, queries, sel).out;
     result.library_deviation = (library - sparse_out).abs().max().item<double>();
   }
-  if (estimate_fractions.empty() && (estimate_floors.empty() || options.hierarchical)) return result;
+  if (estimate_fractions.empty() && estimate_floors.empty()) return result;
   squeeze::SelectionOptions estimating = options;
   estimating.estimate_pruned = true;
   const squeeze::ClusterSelection with_estimate = squeeze::SelectClusters(index, queries, estimating);
@@ -85,23 +73,19 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
     const at::Tensor out = squeeze::AttendSelected(index, queries, s).out.to(at::kFloat);
     return ((out - dense_out).norm() / dense_out.norm().clamp_min(1e-30)).item<double>();
   };
+  // Pruned clusters the estimate takes (a finite logit for some query head of the group).
+  auto estimated = [](const squeeze::ClusterSelection& s) {
+    return at::isfinite(s.pruned_logits.amax(2)).sum().item<double>();
+  };
   for (const double fraction : estimate_fractions)
     result.estimate_errors.push_back(error_of(KeepLargestEstimates(with_estimate, fraction)));
-  if (!estimate_floors.empty() && !options.hierarchical) {
-    // One level: pruned slot p is cluster p (pruned_ids = arange(K)), so scores align with it.
-    const at::Tensor score = OneLevelScores(index, queries, options);  // [H, T', K]
-    const at::Tensor tau = options.head_thresholds.defined()
-                               ? options.head_thresholds[squeeze::kOneLevel].to(at::kFloat).view({H, 1, 1})
-                               : at::full({H, 1, 1}, options.thresholds.one_level, score.options());
-    const at::Tensor pruned = at::isfinite(with_estimate.pruned_logits.amax(2));  // [H, T', K]
-    const double num_pruned = std::max(1.0, pruned.sum().item<double>());
-    for (const double floor : estimate_floors) {
-      squeeze::ClusterSelection s = with_estimate;
-      const at::Tensor keep = score >= tau * floor;
-      s.pruned_logits = s.pruned_logits.masked_fill(~keep.unsqueeze(2), -std::numeric_limits<float>::infinity());
-      result.floor_errors.push_back(error_of(s));
-      result.floor_shares.push_back((pruned & keep).sum().item<double>() / num_pruned);
-    }
+  const double num_pruned = std::max(1.0, estimated(with_estimate));
+  for (const double floor : estimate_floors) {  // the library's own rule (SelectionOptions::estimate_floor)
+    squeeze::SelectionOptions floored = estimating;
+    floored.estimate_floor = static_cast<float>(floor);
+    const squeeze::ClusterSelection s = squeeze::SelectClusters(index, queries, floored);
+    result.floor_errors.push_back(error_of(s));
+    result.floor_shares.push_back(estimated(s) / num_pruned);
   }
   return result;
 }

@@ -31,9 +31,9 @@ struct LookupAccuracy {
   // of the largest estimated mass (n e^(s q·c), the max over the group's query heads); 1 = all of
   // them, as served.
   std::vector<double> estimate_errors;
-  // One-level lookups, per entry of `estimate_floors`: the same with the pruned clusters estimated
-  // only where their score (the selection's p̂) reaches floor × the head's threshold, and the
-  // share of the pruned clusters that is.
+  // Per entry of `estimate_floors`: the same with the pruned clusters estimated only where their
+  // score reaches floor × their threshold (SelectionOptions::estimate_floor), and the share of the
+  // pruned clusters that is.
   std::vector<double> floor_errors, floor_shares;
 };
 

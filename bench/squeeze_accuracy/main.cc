@@ -11,7 +11,7 @@
 //                    [--estimate_fractions=1,0.25,0.1: the pruned-cluster estimate's error, all or
 //                    only the largest of the pruned clusters estimated]
 //                    [--estimate_floors=0.25,0.0625: the same, estimating only the pruned clusters
-//                    whose score reaches that fraction of the head's threshold (one-level lookups)]
+//                    whose score reaches that fraction of their threshold: --estimate_floor)]
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -333,8 +333,8 @@ int Run(const Args& a) {
               " threshold set; hierarchical for a 2-level index. rel_err: ||out_sparse - out_dense|| /\n"
               " ||out_dense|| of the context attention, pruned clusters dropped (the paper's lookup); estN%%:\n"
               " the same with the pruned-cluster estimate over the N%% of pruned clusters of the largest\n"
-              " estimated mass; floor f: over the pruned clusters whose score reaches f x the head's\n"
-              " threshold (one-level lookups), with the share of the pruned clusters that is.)\n",
+              " estimated mass; floor f: over the pruned clusters whose score reaches f x their\n"
+              " threshold (--estimate_floor), with the share of the pruned clusters that is.)\n",
               a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {
