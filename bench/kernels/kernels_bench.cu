@@ -11,7 +11,8 @@
 // At 90% every config is also timed with the accurate lookup (lookup "accurate", else "paper"):
 // the pruned-cluster estimate on (one key per pruned cluster; decode takes its logits from the
 // selection, Selection::estimate_logits) and read-ahead (one forced position per query head,
-// TopKeys out), at the same tau; decode also as "accurate-centroids" (the estimate's keys re-read)
+// TopKeys out), at the same tau, and as "accurate-floor16" (only the pruned clusters scoring at
+// least tau / 16 estimated); decode also as "accurate-centroids" (the estimate's keys re-read)
 // and as "paper-two-level": the paper's lookup over a two-level index (8 fine clusters per coarse
 // one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
@@ -521,6 +522,11 @@ int main(int argc, char** argv) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
           if (wgmma) run("accurate-wgmma", d_acc, acc_sel, top, params, limits, sws, wgmma_launch);
+          // The estimate floor (SelectionParams::estimate_floor): only the pruned clusters scoring
+          // at least tau / 16 estimated (docs/index_layout.md "Estimate floor").
+          SelectionParams floored = params;
+          floored.estimate_floor = 0.0625f;
+          run("accurate-floor16", d_acc, acc_sel, top, floored, limits, sws);
         }
         if (!c.prefill()) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);

@@ -123,7 +123,7 @@ def make_checkpoint(shape, context):
 
 
 class Server:
-    def __init__(self, model, store, log_path, context):
+    def __init__(self, model, store, log_path, context, extra_args=()):
         # store None: contexts in memory only (the ingest then has no store stage)
         self.log_path = log_path
         self.log = open(log_path, "w")
@@ -131,7 +131,8 @@ class Server:
             [SERVER, "--model", model, "--device", "cuda", "--listen", "127.0.0.1:0"] +
             (["--store", store] if store else []) + [
              "--max_new_tokens", "4096", "--max_query_tokens", "8192", "--max_context_tokens", str(context),
-             "--max_context_bytes", str(16 * context + (1 << 20)), "--max_message_bytes", str(64 << 20)],
+             "--max_context_bytes", str(16 * context + (1 << 20)), "--max_message_bytes", str(64 << 20)] +
+            list(extra_args),
             stdout=self.log, stderr=subprocess.STDOUT)
         self.addr = None
         for _ in range(1200):
@@ -291,10 +292,13 @@ def main():
     p.add_argument("--hf_reps", type=int, default=2,
                    help="HF prefills run, the last timed (1 at 512K: a warm-up prefill there costs minutes)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--server_args", default="",
+                   help="more squeezeserve flags, space-separated (e.g. '--estimate_floor 0.0625'); recorded in the JSON")
     a = p.parse_args()
     s = SHAPES[a.shape]
     batches = [int(b) for b in a.batches.split(",") if b]
-    result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0)}
+    result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0),
+              "server_args": a.server_args}
     result["limits"] = limits = measure_limits()
     log(f"limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 {limits['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s")
     model = make_checkpoint(a.shape, a.context)
@@ -302,7 +306,8 @@ def main():
     r = random.Random(0)
     open(token_file, "w").write(",".join(str(r.randrange(3, s["vocab"])) for _ in range(a.context)))
     store = None if a.no_store else tempfile.mkdtemp(prefix="store-")
-    server = Server(model, store, os.path.join(a.out, f"server_{a.shape}_{a.context}.log"), a.context)
+    server = Server(model, store, os.path.join(a.out, f"server_{a.shape}_{a.context}.log"), a.context,
+                    a.server_args.split())
     try:
         if a.context <= 32768:
             # A first ingest of the same length builds libtorch's attention plans for these shapes (a
