@@ -5,6 +5,7 @@
 //                              centroid stream + chunked compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
+//   selection_flags_wgmma.cu   its second (scores and flags) on wgmma (SelectionLaunch::flags)
 //   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
 //                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
@@ -62,6 +63,20 @@ struct ProblemArgs {
   int lq, hq, hkv, g;
   float scale;
 };
+
+// Tensor-core path: the query row (token t, group member j) at tile row r: token-major
+// (r = t*g + j, pass A) when member_rows == 0, else member-major with member_rows rows per member
+// (r = j*member_rows + t, pass C). False for padding rows.
+__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
+  if (member_rows == 0) {
+    t = r / p.g;
+    j = r % p.g;
+    return r < p.lq * p.g;
+  }
+  j = r / member_rows;
+  t = r % member_rows;
+  return j < p.g && t < p.lq;
+}
 
 // Threshold of KV head h of sequence s at a level: the sequence's per-head array when it has one
 // (SequenceLayer::tau_fine / tau_coarse, device memory), else the launch-wide SelectionParams value.
@@ -253,10 +268,11 @@ template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                           const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
 
-// selection_tensor_core.cu: flat index, rows > kMaxFastRows.
+// selection_tensor_core.cu: flat index, rows > kMaxFastRows; launch.flags picks pass C's kernel.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+                               const Workspace& ws, const Selection& out, float* scores_out,
+                               const SelectionLaunch& launch, cudaStream_t stream);
 
 // selection_lse_wgmma.cu: the tensor-core path's pass A on wgmma, chunks of chunk_tiles x 64
 // candidates (their partials at chunk index < ws.tc_chunks). False (nothing launched) where the
@@ -264,6 +280,12 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
 template <int D>
 bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
                       cudaStream_t stream);
+
+// selection_flags_wgmma.cu: the tensor-core path's pass C on wgmma (ws.flags, scores_out as
+// tc_flags_kernel). False (nothing launched) where the device or the build has no wgmma.
+template <int D>
+bool launch_flags_wgmma(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                        const Workspace& ws, float* scores_out, cudaStream_t stream);
 
 // selection_generic.cu: any index on CUDA cores (used for hierarchical prefill blocks). Returns the error
 // of its kernel attribute call.

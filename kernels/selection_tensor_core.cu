@@ -43,20 +43,6 @@ struct TcSmem {
   float2 red[kTcWarps][kTcRows];         // pass A: per-warp (max2, sum) of the tile's rows
 };
 
-// The query row (token t, group member j) at tile row r: token-major (r = t*g + j, pass A) when
-// member_rows == 0, else member-major with member_rows rows per member (r = j*member_rows + t,
-// pass C). False for padding rows.
-__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
-  if (member_rows == 0) {
-    t = r / p.g;
-    j = r % p.g;
-    return r < p.lq * p.g;
-  }
-  j = r / member_rows;
-  t = r % member_rows;
-  return j < p.g && t < p.lq;
-}
-
 // Async copy of tile rows [r0, r0 + 64) of (b, h) into stage `buf` (zero for padding rows).
 template <int D>
 __device__ __forceinline__ void tc_load_q(TcSmem<D>& sm, int buf, const ProblemArgs& p, int b, int h, int r0,
@@ -300,7 +286,8 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
 // Pass A, the log-denominator merge, pass C, then the ordered compaction.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
+                               const Workspace& ws, const Selection& out, float* scores_out,
+                               const SelectionLaunch& launch, cudaStream_t stream) {
   const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
   // Pass A on wgmma where the device has it (selection_lse_wgmma.cu): chunks of candidates sized
   // for ~4 waves of one-CTA-per-SM work, never more chunks than the partials hold (tc_chunks).
@@ -321,14 +308,20 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
     launch_log_denominators(s, p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile), ws.tc_chunks, ws.partials,
                             ws.logden, stream);
   }
-  tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
-      p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
+  const bool wgmma_flags = launch.flags == SelectionKernel::kWgmma &&
+                           launch_flags_wgmma<D>(s, p, params, ws, scores_out, stream);
+  if (!wgmma_flags) {
+    tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
+        p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
+  }
   launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, out, nullptr, nullptr, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                            const Workspace&, const Selection&, float*, cudaStream_t);
+                                            const Workspace&, const Selection&, float*, const SelectionLaunch&,
+                                            cudaStream_t);
 template void run_tensor_core_selection<128>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                             const Workspace&, const Selection&, float*, cudaStream_t);
+                                             const Workspace&, const Selection&, float*, const SelectionLaunch&,
+                                             cudaStream_t);
 
 }  // namespace squeezeserve::kernels::detail

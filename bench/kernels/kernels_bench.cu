@@ -18,7 +18,8 @@
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
 // unsplit (lookup "paper-unsplit") to show what the split buys. On Hopper every prefill row is also
-// timed with the wgmma attention ("paper-wgmma", "accurate-wgmma"; PrefillKernel::kWgmma).
+// timed with the attention and the selection's pass C on wgmma ("paper-wgmma", "accurate-wgmma";
+// PrefillKernel::kWgmma, SelectionKernel::kWgmma; select_split shows pass C's kernel alone).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write.
 #include <algorithm>
@@ -398,7 +399,10 @@ int main(int argc, char** argv) {
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
                      const SelectionParams& ps, const SelectionLimits& lim, void* ws, PrefillLaunch pl = {},
                      bool split_k = true) {
-        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
+        // The wgmma attention comes with pass C of the selection on wgmma (SelectionLaunch).
+        SelectionLaunch sl;
+        if (pl.kernel == PrefillKernel::kWgmma) sl.flags = SelectionKernel::kWgmma;
+        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s, sl)); };
         auto attend = [&] {
           if (c.prefill())
             CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));

@@ -58,6 +58,7 @@ struct Case {
   int estimate = 0, read_ahead = 0;
   bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
   float estimate_floor = 0.f;  // SelectionParams::estimate_floor
+  bool wgmma_flags = false;    // SelectionLaunch::flags = kWgmma (pass C on wgmma; Hopper only)
 };
 
 Case with_floor(Case c, float floor) {
@@ -216,7 +217,9 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   if (dsel.sel.estimate_logits)  // NaN: a logit the selection failed to write poisons the output
     CUDA_OK(cudaMemset(dsel.sel.estimate_logits, 0xff, sizeof(float) * bh * est_cap * kMaxGroup));
-  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr));
+  SelectionLaunch selection_launch;
+  if (c.wgmma_flags) selection_launch.flags = SelectionKernel::kWgmma;
+  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr, selection_launch));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
   const std::vector<int32_t> g_start = download(dsel.sel.row_start, size_t(bh) * max_k);
@@ -608,13 +611,22 @@ int main(int argc, char** argv) {
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
     cases = picked;
   }
+  // Every flat prefill case with more than 8 query rows (the tensor-core selection) once more with
+  // pass C on wgmma (SelectionLaunch; on a device without wgmma the launcher runs mma.sync).
+  for (size_t i = 0, n = cases.size(); i < n; ++i) {
+    if (cases[i].lq * cases[i].g <= 8 || cases[i].coarse_ratio > 0) continue;
+    Case c = cases[i];
+    c.name += " wgC";
+    c.wgmma_flags = true;
+    cases.push_back(c);
+  }
   // Columns: est = clusters estimated (GPU) and est_diff (estimate lists not explained by the
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
   // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, wg_rel of the
   // wgmma kernel (PrefillKernel::kWgmma; n/a off Hopper); inf: one of that launch's checks failed.
-  std::printf("%-36s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
               "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "wg_rel", "lse_err", "forced", "top",
               "share_err", "cmp", "result");
   bool all = true;
@@ -623,7 +635,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--seed") seed = std::stoull(argv[i + 1]);  // to replay a run
   std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
   for (const Case& c : cases) {
-    std::printf("%-36s ", c.name.c_str());  // before the run: a crash still names its case
+    std::printf("%-40s ", c.name.c_str());  // before the run: a crash still names its case
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
