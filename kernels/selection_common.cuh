@@ -193,6 +193,30 @@ struct ForcedClusters {
   }
 };
 
+// The flat level's verdict on its candidates (both tensor-core pass C kernels): candidate c < K of
+// (b, h) with group score `score` gets its flags (kept: above the head's threshold or forced by
+// read-ahead; candidate_flags) and, when asked, its score.
+struct FlatVerdict {
+  const int32_t* off;
+  float tau;
+  bool read_ahead;
+  ForcedClusters forced;
+
+  __device__ __forceinline__ FlatVerdict(const SequenceLayerBf16& s, const SelectionParams& params, int h, int g)
+      : off(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1)),
+        tau(head_tau(s, params, false, h)),
+        read_ahead(s.read_ahead != nullptr) {
+    if (read_ahead) forced.load(s, h, g, /*coarse=*/false);
+  }
+  __device__ __forceinline__ void write(int c, float score, const SelectionParams& params, int64_t at, uint8_t* flags,
+                                        float* scores) const {
+    const bool live = off[c + 1] > off[c];
+    const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
+    flags[at] = candidate_flags(live, keep, score, tau, params);
+    if (scores) scores[at] = live ? score : neg_inf();
+  }
+};
+
 inline size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
 
 // Scratch layout; every buffer is sized for the worst case so launches never depend on data.

@@ -69,7 +69,6 @@ __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemAr
   const int c_first = blockIdx.x * kTcStrip;
   if (c_first >= K) return;
   const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
-  const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const float scale2 = p.scale * kLog2e;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
   // Member-major rows: member j owns padded rows [j * member_rows, (j + 1) * member_rows).
@@ -179,22 +178,13 @@ __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemAr
 
   if ((lane & 3) == 0) {
     const float inv_lq = 1.f / static_cast<float>(p.lq);
-    const float tau = head_tau(s, params, false, h);
-    const bool read_ahead = s.read_ahead != nullptr;
-    ForcedClusters forced;
-    if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
+    const FlatVerdict verdict(s, params, h, p.g);
 #pragma unroll
     for (int half = 0; half < 2; ++half)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int c = cand0 + half * 64 + (lane >> 2) + 8 * i;
-        if (c >= K) continue;
-        const bool live = off[c + 1] > off[c];
-        const float score = best[half][i] * inv_lq;
-        const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
-        const int64_t at = static_cast<int64_t>(bh) * capacity + c;
-        flags[at] = candidate_flags(live, keep, score, tau, params);
-        if (scores) scores[at] = live ? score : neg_inf();
+        if (c < K) verdict.write(c, best[half][i] * inv_lq, params, static_cast<int64_t>(bh) * capacity + c, flags, scores);
       }
   }
 #else

@@ -196,7 +196,6 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   if (c_first >= K) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
-  const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const float scale2 = p.scale * kLog2e;
   const float* ld = logden + static_cast<int64_t>(bh) * rows;
   // Member-major rows: member j owns tile rows [j * member_rows, (j + 1) * member_rows).
@@ -261,22 +260,13 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
   cp_async_wait<0>();
   if (lane < 4) {
     const float inv_lq = 1.f / static_cast<float>(p.lq);
-    const float tau = head_tau(s, params, false, h);
-    const bool read_ahead = s.read_ahead != nullptr;
-    ForcedClusters forced;
-    if (read_ahead) forced.load(s, h, p.g, /*coarse=*/false);
+    const FlatVerdict verdict(s, params, h, p.g);
 #pragma unroll
     for (int n = 0; n < 4; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = c_first + warp * kTcPerWarp + n * 8 + 2 * lane + e;
-        if (c >= K) continue;
-        const bool live = off[c + 1] > off[c];
-        const float score = best[n][e] * inv_lq;
-        const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
-        const int64_t at = static_cast<int64_t>(bh) * capacity + c;
-        flags[at] = candidate_flags(live, keep, score, tau, params);
-        if (scores) scores[at] = live ? score : neg_inf();
+        if (c < K) verdict.write(c, best[n][e] * inv_lq, params, static_cast<int64_t>(bh) * capacity + c, flags, scores);
       }
   }
 }
