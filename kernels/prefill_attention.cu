@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     }
   };
   constexpr int kTilesPerChunk = kChunkRows / kTileN;
-  if (t_begin * kTileN < vr.sparse_rows) seg_lo = segment_of_row(vr, t_begin * kTileN);  // CTA-uniform
+  // A later key range starts inside the selected segments: find its first one (CTA-uniform).
+  if (t_begin > 0 && t_begin * kTileN < vr.sparse_rows) seg_lo = segment_of_row(vr, t_begin * kTileN);
   resolve_chunk(t_begin * kTileN);
   // Prologue: the first kStages - 1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
