@@ -67,11 +67,6 @@ struct EngineOptions {
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).
   bool cuda_graphs = true;
-  // The CUDA kernels' variants: "verified" (those kernels_check has passed on a GPU) or "candidate"
-  // (also the ones written since and not yet run there: the wgmma prefill attention and selection
-  // pass C where the device has wgmma, split-K for short query blocks; bench/kernels/NOTES.md), for
-  // the A/B run that promotes them.
-  std::string kernel_variants = "verified";
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a
   // long prompt with the decode steps of other streams); 0 = the whole query in one step.

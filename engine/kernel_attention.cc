@@ -319,13 +319,12 @@ bool KernelAttention::Compiled() {
 #endif
 }
 
-KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, bool candidate_variants)
+KernelAttention::KernelAttention(const ModelConfig& config, at::Device device)
     : num_layers_(config.num_layers),
       num_q_heads_(config.num_attention_heads),
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
-      device_(device),
-      candidate_variants_(candidate_variants) {}
+      device_(device) {}
 
 KernelAttention::~KernelAttention() = default;
 
@@ -446,26 +445,10 @@ namespace {
 
 // Query tokens per prefill block (selection + attention launch) at GQA group `group`.
 int64_t PrefillBlockTokens(int64_t group) { return std::max<int64_t>(1, kMaxSelectionRows / group); }
-// The prefill attention's and the selection's launch variants (EngineOptions::kernel_variants):
-// both run split-K for short query blocks (a 64-token question's attention over every SM instead of
-// 2 x H_kv CTAs: 2.49 -> 0.47 ms a layer at Llama-3 512K on the H200); "candidate" adds the wgmma
-// kernels where the device has them (bench/kernels/NOTES.md).
-kernels::PrefillLaunch PrefillLaunchOf(bool candidate) {
-  kernels::PrefillLaunch launch;
-  launch.splits = 0;  // split-K where the row tiles leave SMs idle (a question's 64 tokens: 8x at 512K)
-  // wgmma on Hopper (this build's sm_90a code runs on sm_90 devices), mma.sync elsewhere.
-  int device = 0, major = 0;
-  const bool hopper = cudaGetDevice(&device) == cudaSuccess &&
-                      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                      major == 9;
-  launch.kernel = candidate && hopper ? kernels::PrefillKernel::kWgmma : kernels::PrefillKernel::kAuto;
-  return launch;
-}
-kernels::SelectionLaunch SelectionLaunchOf(bool candidate) {
-  kernels::SelectionLaunch launch;
-  if (candidate) launch.flags = kernels::SelectionKernel::kWgmma;
-  return launch;
-}
+// The prefill attention's launch: split-K where a block's row tiles leave SMs idle (a 64-token
+// question's attention over every SM instead of 2 x H_kv CTAs: 2.49 -> 0.47 ms a layer at Llama-3
+// 512K on the H200), one key range for the long blocks of a long query.
+constexpr kernels::PrefillLaunch kPrefillLaunch{};
 
 }  // namespace
 
@@ -530,7 +513,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       shape.query_len = static_cast<int32_t>(tokens);
       workspace = std::max<int64_t>(
           workspace,
-          static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(candidate_variants_))));
+          static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, kPrefillLaunch)));
     }
   }
   shape.query_len = 1;
@@ -747,14 +730,14 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
       const kernels::Selection selection = SqueezedSelection(b, layer, i * Hkv, /*decode=*/false);
       Check(kernels::select_clusters(shape, views, q_block.data_ptr(), params, limits, selection,
-                                     b.workspace.data_ptr(), nullptr, stream, SelectionLaunchOf(candidate_variants_)),
+                                     b.workspace.data_ptr(), nullptr, stream),
             "select_clusters (prefill)");
       at::Tensor out = at::empty({m, H, D}, q_block.options());
       kernels::TopKeys top;
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
                                               /*lse=*/nullptr, b.workspace.data_ptr(),
-                                              PrefillLaunchOf(candidate_variants_), stream, top),
+                                              kPrefillLaunch, stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
     }

@@ -64,8 +64,7 @@ class KernelAttention : public AttentionBackend {
   // Whether this build has the CUDA kernels (SQUEEZESERVE_CUDA_KERNELS).
   static bool Compiled();
 
-  // candidate_variants: EngineOptions::kernel_variants == "candidate".
-  KernelAttention(const ModelConfig& config, at::Device device, bool candidate_variants = false);
+  KernelAttention(const ModelConfig& config, at::Device device);
   ~KernelAttention() override;
   const char* name() const override { return "kernels"; }
 
@@ -103,7 +102,6 @@ class KernelAttention : public AttentionBackend {
 
   int64_t num_layers_, num_q_heads_, num_kv_heads_, head_dim_;
   at::Device device_;
-  bool candidate_variants_;  // EngineOptions::kernel_variants == "candidate"
   std::mutex views_mu_;  // guards views_ (sequences start on any thread)
   std::map<const StoredContext*, std::pair<std::weak_ptr<const StoredContext>, std::shared_ptr<const ContextViews>>>
       views_;

@@ -407,17 +407,8 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
-  if (options.kernel_variants != "verified" && options.kernel_variants != "candidate") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kernel_variants \"", options.kernel_variants, "\": expected verified or candidate"));
-  }
   if (*use_kernels) {
-    engine->kernels_ =
-        std::make_unique<KernelAttention>(engine->config_, device->device, options.kernel_variants == "candidate");
-    if (options.kernel_variants == "candidate") {
-      backend_reason += "; candidate kernel variants (wgmma prefill attention and selection, split-K), not yet "
-                        "checked on a GPU";
-    }
+    engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);
     }

@@ -83,9 +83,9 @@ constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * (kTileM + 2 * kStages * kT
                               sizeof(float) * kStages * kTileN +
                               sizeof(int) * (2 * kWindow + 2 * kChunkRows + 4);  // resolver (below)
 
-template <int D, bool kTop, bool kWgmma>
+template <int D, bool kTop>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
-  using Tiles = std::conditional_t<kWgmma, WgmmaTiles<D, kTileN>, MmaSyncTiles<D, kTileN>>;
+  using Tiles = MmaSyncTiles<D, kTileN>;
   constexpr int kStride = D + 8;  // Q's rows (ldmatrix builds its A fragments for both cores)
   constexpr int kTileElems = Tiles::kTileElems;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -260,7 +260,6 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     }
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
-    Tiles::publish_copies();
     __syncthreads();
     if (t == t_begin) {
 #pragma unroll
@@ -455,9 +454,9 @@ __global__ void __launch_bounds__(256) merge_splits_kernel(PrefillArgs a, int64_
   if (a.top.position) a.top.position[row] = share > 0.f ? top_position : -1;
 }
 
-template <int D, bool kTop, bool kWgmma>
+template <int D, bool kTop>
 cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream) {
-  const auto kernel = prefill_kernel<D, kTop, kWgmma>;
+  const auto kernel = prefill_kernel<D, kTop>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kSmemBytes<D>));
   if (err != cudaSuccess) return err;
@@ -467,14 +466,6 @@ cudaError_t launch_prefill(const PrefillArgs& a, int batch, cudaStream_t stream)
   const int64_t out_rows = static_cast<int64_t>(batch) * a.lq * a.hkv * a.g;
   merge_splits_kernel<D><<<static_cast<unsigned>((out_rows + 7) / 8), 256, 0, stream>>>(a, out_rows);
   return cudaGetLastError();
-}
-
-template <int D>
-cudaError_t launch_prefill(const PrefillArgs& a, int batch, bool wgmma, cudaStream_t stream) {
-  const bool top = a.top.position != nullptr || a.top.share != nullptr;
-  if (wgmma)
-    return top ? launch_prefill<D, true, true>(a, batch, stream) : launch_prefill<D, false, true>(a, batch, stream);
-  return top ? launch_prefill<D, true, false>(a, batch, stream) : launch_prefill<D, false, false>(a, batch, stream);
 }
 
 // Key ranges per (row tile, KV head) for this launch (see PrefillLaunch).
@@ -520,13 +511,13 @@ int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf1
     a.part_stat = reinterpret_cast<float4*>(a.part_o + parts * shape.head_dim);
     a.part_pos = reinterpret_cast<int*>(a.part_stat + parts);
   }
-  // kAuto: mma.sync until the wgmma kernel has passed kernels_check on a GPU (prefill_attention.h).
-  const bool wgmma = launch.kernel == PrefillKernel::kWgmma;
-  if (wgmma && !wgmma_available()) return cudaErrorNotSupported;
   const auto st = static_cast<cudaStream_t>(stream);
+  const bool top_keys = top.position != nullptr || top.share != nullptr;
   switch (shape.head_dim) {
-    case 64: return launch_prefill<64>(a, shape.batch, wgmma, st);
-    case 128: return launch_prefill<128>(a, shape.batch, wgmma, st);
+    case 64:
+      return top_keys ? launch_prefill<64, true>(a, shape.batch, st) : launch_prefill<64, false>(a, shape.batch, st);
+    case 128:
+      return top_keys ? launch_prefill<128, true>(a, shape.batch, st) : launch_prefill<128, false>(a, shape.batch, st);
     default: return cudaErrorInvalidValue;
   }
 }

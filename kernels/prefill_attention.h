@@ -3,7 +3,7 @@
 // the block's tokens, in one online softmax (equivalent to the log-sum-exp merge of the two).
 // Plain C++ header; CPU reference with the same contract: attention_ref.h.
 //
-// Tensor cores (bf16, fp32 accumulate; PrefillKernel below). The GQA group is packed into
+// Tensor cores (mma.sync, bf16, fp32 accumulate; kernels/prefill_mma.cuh). The GQA group is packed into
 // the M dimension: row m of a 128-row tile is token m / G, query head h * G + m % G, so every K/V
 // tile gathered from the selected segments serves the whole group.
 //
@@ -24,17 +24,10 @@ namespace squeezeserve::kernels {
 
 constexpr int32_t kMaxPrefillSplits = 16;
 
-// The tile loop's tensor-core instructions (kernels/prefill_mma.cuh): mma.sync (sm_80+) or Hopper's
-// wgmma (sm_90a builds on an sm_90 device; cudaErrorNotSupported elsewhere). kAuto is mma.sync:
-// the wgmma kernel was written on a machine without a GPU and becomes the default on Hopper once
-// kernels_check has passed it there.
-enum class PrefillKernel : int32_t { kAuto, kMmaSync, kWgmma };
-
 struct PrefillLaunch {
   // Key ranges per (row tile, KV head): 0 = as many as give the current device ~2 CTAs per SM
   // (1 when the row tiles already do), n = min(n, kMaxPrefillSplits). A null workspace means 1.
   int32_t splits = 0;
-  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 // Bytes of workspace a launch of this shape needs (0 when it runs unsplit).

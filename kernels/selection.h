@@ -21,16 +21,6 @@
 
 namespace squeezeserve::kernels {
 
-// Pass C of a flat prefill block's tensor-core selection (the scores and flags): kAuto runs
-// mma.sync; kWgmma runs selection_flags_wgmma.cu where the device has wgmma (an sm_90a build on an
-// sm_90 device; mma.sync elsewhere). It was written on a machine without a GPU and becomes the
-// default on Hopper once kernels_check has passed it there. (Pass A already runs on wgmma there.)
-enum class SelectionKernel : int32_t { kAuto, kWgmma };
-
-struct SelectionLaunch {
-  SelectionKernel flags = SelectionKernel::kAuto;
-};
-
 struct SelectionLimits {
   int32_t max_clusters = 0;  // >= every sequence's K (also Selection::capacity)
   int32_t max_coarse = 0;    // >= every sequence's Kc (hierarchical), else 0
@@ -56,6 +46,6 @@ size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLim
 // Returns a cudaError_t value (0 = success).
 int select_clusters(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                     const SelectionParams& params, const SelectionLimits& limits, const Selection& out,
-                    void* workspace, float* scores_out, void* stream, const SelectionLaunch& launch = {});
+                    void* workspace, float* scores_out, void* stream);
 
 }  // namespace squeezeserve::kernels

@@ -5,7 +5,6 @@
 //                              centroid stream + chunked compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
-//   selection_flags_wgmma.cu   its second (scores and flags) on wgmma (SelectionLaunch::flags)
 //   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
 //                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
@@ -63,20 +62,6 @@ struct ProblemArgs {
   int lq, hq, hkv, g;
   float scale;
 };
-
-// Tensor-core path: the query row (token t, group member j) at tile row r: token-major
-// (r = t*g + j, pass A) when member_rows == 0, else member-major with member_rows rows per member
-// (r = j*member_rows + t, pass C). False for padding rows.
-__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
-  if (member_rows == 0) {
-    t = r / p.g;
-    j = r % p.g;
-    return r < p.lq * p.g;
-  }
-  j = r / member_rows;
-  t = r % member_rows;
-  return j < p.g && t < p.lq;
-}
 
 // Threshold of KV head h of sequence s at a level: the sequence's per-head array when it has one
 // (SequenceLayer::tau_fine / tau_coarse, device memory), else the launch-wide SelectionParams value.
@@ -193,30 +178,6 @@ struct ForcedClusters {
   }
 };
 
-// The flat level's verdict on its candidates (both tensor-core pass C kernels): candidate c < K of
-// (b, h) with group score `score` gets its flags (kept: above the head's threshold or forced by
-// read-ahead; candidate_flags) and, when asked, its score.
-struct FlatVerdict {
-  const int32_t* off;
-  float tau;
-  bool read_ahead;
-  ForcedClusters forced;
-
-  __device__ __forceinline__ FlatVerdict(const SequenceLayerBf16& s, const SelectionParams& params, int h, int g)
-      : off(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1)),
-        tau(head_tau(s, params, false, h)),
-        read_ahead(s.read_ahead != nullptr) {
-    if (read_ahead) forced.load(s, h, g, /*coarse=*/false);
-  }
-  __device__ __forceinline__ void write(int c, float score, const SelectionParams& params, int64_t at, uint8_t* flags,
-                                        float* scores) const {
-    const bool live = off[c + 1] > off[c];
-    const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
-    flags[at] = candidate_flags(live, keep, score, tau, params);
-    if (scores) scores[at] = live ? score : neg_inf();
-  }
-};
-
 inline size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
 
 // Scratch layout; every buffer is sized for the worst case so launches never depend on data.
@@ -292,11 +253,10 @@ template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                           const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
 
-// selection_tensor_core.cu: flat index, rows > kMaxFastRows; launch.flags picks pass C's kernel.
+// selection_tensor_core.cu: flat index, rows > kMaxFastRows.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out,
-                               const SelectionLaunch& launch, cudaStream_t stream);
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
 
 // selection_lse_wgmma.cu: the tensor-core path's pass A on wgmma, chunks of chunk_tiles x 64
 // candidates (their partials at chunk index < ws.tc_chunks). False (nothing launched) where the
@@ -304,12 +264,6 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
 template <int D>
 bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
                       cudaStream_t stream);
-
-// selection_flags_wgmma.cu: the tensor-core path's pass C on wgmma (ws.flags, scores_out as
-// tc_flags_kernel). False (nothing launched) where the device or the build has no wgmma.
-template <int D>
-bool launch_flags_wgmma(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                        const Workspace& ws, float* scores_out, cudaStream_t stream);
 
 // selection_generic.cu: any index on CUDA cores (used for hierarchical prefill blocks). Returns the error
 // of its kernel attribute call.

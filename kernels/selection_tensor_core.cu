@@ -34,6 +34,44 @@ namespace {
 constexpr int kTcRows = 64;                         // query rows per smem tile (4 m16 sub-tiles)
 constexpr float kTcLn2 = 0.6931471805599453f;
 
+// Tensor-core path: the query row (token t, group member j) at tile row r: token-major
+// (r = t*g + j, pass A) when member_rows == 0, else member-major with member_rows rows per member
+// (r = j*member_rows + t, pass C). False for padding rows.
+__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
+  if (member_rows == 0) {
+    t = r / p.g;
+    j = r % p.g;
+    return r < p.lq * p.g;
+  }
+  j = r / member_rows;
+  t = r % member_rows;
+  return j < p.g && t < p.lq;
+}
+
+// The flat level's verdict on its candidates (pass C): candidate c < K of
+// (b, h) with group score `score` gets its flags (kept: above the head's threshold or forced by
+// read-ahead; candidate_flags) and, when asked, its score.
+struct FlatVerdict {
+  const int32_t* off;
+  float tau;
+  bool read_ahead;
+  ForcedClusters forced;
+
+  __device__ __forceinline__ FlatVerdict(const SequenceLayerBf16& s, const SelectionParams& params, int h, int g)
+      : off(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1)),
+        tau(head_tau(s, params, false, h)),
+        read_ahead(s.read_ahead != nullptr) {
+    if (read_ahead) forced.load(s, h, g, /*coarse=*/false);
+  }
+  __device__ __forceinline__ void write(int c, float score, const SelectionParams& params, int64_t at, uint8_t* flags,
+                                        float* scores) const {
+    const bool live = off[c + 1] > off[c];
+    const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
+    flags[at] = candidate_flags(live, keep, score, tau, params);
+    if (scores) scores[at] = live ? score : neg_inf();
+  }
+};
+
 template <int D>
 struct TcSmem {
   static constexpr int kStride = D + 8;  // bf16; ldmatrix rows land in distinct banks
@@ -276,8 +314,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
 // Pass A, the log-denominator merge, pass C, then the ordered compaction.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out,
-                               const SelectionLaunch& launch, cudaStream_t stream) {
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
   const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
   // Pass A on wgmma where the device has it (selection_lse_wgmma.cu): chunks of candidates sized
   // for ~4 waves of one-CTA-per-SM work, never more chunks than the partials hold (tc_chunks).
@@ -298,20 +335,14 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
     launch_log_denominators(s, p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile), ws.tc_chunks, ws.partials,
                             ws.logden, stream);
   }
-  const bool wgmma_flags = launch.flags == SelectionKernel::kWgmma &&
-                           launch_flags_wgmma<D>(s, p, params, ws, scores_out, stream);
-  if (!wgmma_flags) {
-    tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
-        p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
-  }
+  tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
+      p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
   launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, out, nullptr, nullptr, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                            const Workspace&, const Selection&, float*, const SelectionLaunch&,
-                                            cudaStream_t);
+                                            const Workspace&, const Selection&, float*, cudaStream_t);
 template void run_tensor_core_selection<128>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                             const Workspace&, const Selection&, float*, const SelectionLaunch&,
-                                             cudaStream_t);
+                                             const Workspace&, const Selection&, float*, cudaStream_t);
 
 }  // namespace squeezeserve::kernels::detail

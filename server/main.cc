@@ -65,11 +65,6 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "GPU, the build has them, the model is bfloat16 and its head_dim is 64 or 128 with a GQA group of 1 "
           "to 8; libtorch otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the "
           "kernels, or the model fails to load). Ingest prefill always uses libtorch's fused attention.");
-ABSL_FLAG(std::string, kernel_variants, "verified",
-          "Which CUDA kernel variants the kernels backend runs: verified (those checked on a GPU) or candidate "
-          "(also the ones written since and not yet checked there: the wgmma prefill attention and selection "
-          "pass on Hopper, split-K for short query blocks; bench/kernels/NOTES.md). For A/B benchmarks; the "
-          "start-up log says which.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -192,9 +187,6 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
       backend != "auto" && backend != "torch" && backend != "kernels") {
     return absl::InvalidArgumentError(
         absl::StrCat("--attention_backend must be auto, torch or kernels, got ", backend));
-  }
-  if (const std::string variants = absl::GetFlag(FLAGS_kernel_variants); variants != "verified" && variants != "candidate") {
-    return absl::InvalidArgumentError(absl::StrCat("--kernel_variants must be verified or candidate, got ", variants));
   }
   const std::string scheduler = absl::GetFlag(FLAGS_scheduler);
   if (scheduler == "batching") {
@@ -356,7 +348,6 @@ int Run() {
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
-    options.kernel_variants = absl::GetFlag(FLAGS_kernel_variants);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

@@ -17,9 +17,7 @@
 // one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
-// unsplit (lookup "paper-unsplit") to show what the split buys. On Hopper every prefill row is also
-// timed with the attention and the selection's pass C on wgmma ("paper-wgmma", "accurate-wgmma";
-// PrefillKernel::kWgmma, SelectionKernel::kWgmma; select_split shows pass C's kernel alone).
+// unsplit (lookup "paper-unsplit") to show what the split buys.
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write.
 #include <algorithm>
@@ -397,12 +395,9 @@ int main(int argc, char** argv) {
       }
       // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
-                     const SelectionParams& ps, const SelectionLimits& lim, void* ws, PrefillLaunch pl = {},
-                     bool split_k = true) {
-        // The wgmma attention comes with pass C of the selection on wgmma (SelectionLaunch).
-        SelectionLaunch sl;
-        if (pl.kernel == PrefillKernel::kWgmma) sl.flags = SelectionKernel::kWgmma;
-        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s, sl)); };
+                     const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true) {
+        const PrefillLaunch pl;
+        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
         auto attend = [&] {
           if (c.prefill())
             CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));
@@ -465,14 +460,7 @@ int main(int argc, char** argv) {
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
-        run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, PrefillLaunch{}, /*split_k=*/false);
-      // The wgmma prefill attention (PrefillKernel::kWgmma) beside the default, where the device has it.
-      PrefillLaunch wgmma_launch;
-      wgmma_launch.kernel = PrefillKernel::kWgmma;
-      const bool wgmma = c.prefill() && sparse_prefill_attention(shape, d_views, q, sel.sel, out, nullptr, dws,
-                                                                 wgmma_launch, s) == cudaSuccess;
-      CUDA_OK(cudaStreamSynchronize(s));
-      if (wgmma) run("paper-wgmma", d_views, sel, TopKeys{}, params, limits, sws, wgmma_launch);
+        run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, /*split_k=*/false);
       if (sparsity > 0.85f && !c.prefill()) {
         // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
         // (their children's rows, every child kept), then tau_fine is bisected as above.
@@ -525,7 +513,6 @@ int main(int argc, char** argv) {
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
-          if (wgmma) run("accurate-wgmma", d_acc, acc_sel, top, params, limits, sws, wgmma_launch);
           // The estimate floor (SelectionParams::estimate_floor): only the pruned clusters scoring
           // at least tau / 16 estimated (docs/index_layout.md "Estimate floor").
           SelectionParams floored = params;

@@ -58,7 +58,6 @@ struct Case {
   int estimate = 0, read_ahead = 0;
   bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
   float estimate_floor = 0.f;  // SelectionParams::estimate_floor
-  bool wgmma_flags = false;    // SelectionLaunch::flags = kWgmma (pass C on wgmma; Hopper only)
 };
 
 Case with_floor(Case c, float floor) {
@@ -83,7 +82,6 @@ struct Result {
   double share_err = 0;
   double logit_err = 0;  // Selection::estimate_logits against the CPU's, where the lists agree
   double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
-  double wgmma_rel = -1;    // prefill: the wgmma kernel's (split as chosen); -2: not a Hopper device/build
   bool pass = true;
 };
 
@@ -217,9 +215,7 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   if (dsel.sel.estimate_logits)  // NaN: a logit the selection failed to write poisons the output
     CUDA_OK(cudaMemset(dsel.sel.estimate_logits, 0xff, sizeof(float) * bh * est_cap * kMaxGroup));
-  SelectionLaunch selection_launch;
-  if (c.wgmma_flags) selection_launch.flags = SelectionKernel::kWgmma;
-  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr, selection_launch));
+  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
   const std::vector<int32_t> g_start = download(dsel.sel.row_start, size_t(bh) * max_k);
@@ -368,14 +364,14 @@ Result run_case(const Case& c, uint64_t seed) {
     CUDA_OK(cudaMalloc(&d_top.share, sizeof(float) * out_n / c.d));
   }
   // One launch on poisoned outputs, checked against the reference: the relative output error, and
-  // the LSE and top-key columns of the result. Prefill: `kernel`, with the key ranges split as the
-  // launch chooses (`split`: these small grids split) or unsplit (no workspace).
+  // the LSE and top-key columns of the result. Prefill: the key ranges split as the launch chooses
+  // (`split`: these small grids split) or unsplit (no workspace).
   struct AttentionCheck {
     double rel = 0, lse_err = 0, share_err = 0;
     int top_rows = 0, top_mismatch = 0;
-    bool pass = true, supported = true;
+    bool pass = true;
   };
-  auto check_attention = [&](bool split, PrefillKernel kernel) {
+  auto check_attention = [&](bool split) {
     AttentionCheck r;
     CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
     CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
@@ -389,17 +385,10 @@ Result run_case(const Case& c, uint64_t seed) {
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
-      PrefillLaunch launch;
-      launch.kernel = kernel;
+      const PrefillLaunch launch;
       const size_t bytes = split ? prefill_attention_workspace_bytes(shape, launch) : 0;
       if (bytes) CUDA_OK(cudaMalloc(&dws, bytes));
-      const int rc = sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top);
-      if (rc == cudaErrorNotSupported && kernel == PrefillKernel::kWgmma) {  // not a Hopper (sm_90a) build/device
-        cudaFree(dws);
-        r.supported = false;
-        return r;
-      }
-      CUDA_OK(rc);
+      CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     }
     CUDA_OK(cudaDeviceSynchronize());
     cudaFree(dws);
@@ -432,19 +421,17 @@ Result run_case(const Case& c, uint64_t seed) {
     r.pass = !nan && r.rel <= 1e-2 && r.lse_err <= 1e-2 && r.top_mismatch == 0;
     return r;
   };
-  const AttentionCheck chosen = check_attention(/*split=*/true, PrefillKernel::kAuto);
+  const AttentionCheck chosen = check_attention(/*split=*/true);
   res.attn_rel = chosen.rel;
   res.lse_err = chosen.lse_err;
   res.top_rows = chosen.top_rows;
   res.top_mismatch = chosen.top_mismatch;
   res.share_err = chosen.share_err;
   if (!chosen.pass) res.pass = false;
-  if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit, and on wgmma: the same checks
-    const AttentionCheck unsplit = check_attention(/*split=*/false, PrefillKernel::kAuto);
+  if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit: the same checks
+    const AttentionCheck unsplit = check_attention(/*split=*/false);
     res.unsplit_rel = unsplit.pass ? unsplit.rel : INFINITY;
-    const AttentionCheck wgmma = check_attention(/*split=*/true, PrefillKernel::kWgmma);
-    res.wgmma_rel = !wgmma.supported ? -2 : wgmma.pass ? wgmma.rel : INFINITY;
-    if (!unsplit.pass || !wgmma.pass) res.pass = false;
+    if (!unsplit.pass) res.pass = false;
   }
 
   cudaFree(d_top.position);
@@ -611,23 +598,14 @@ int main(int argc, char** argv) {
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
     cases = picked;
   }
-  // Every flat prefill case with more than 8 query rows (the tensor-core selection) once more with
-  // pass C on wgmma (SelectionLaunch; on a device without wgmma the launcher runs mma.sync).
-  for (size_t i = 0, n = cases.size(); i < n; ++i) {
-    if (cases[i].lq * cases[i].g <= 8 || cases[i].coarse_ratio > 0) continue;
-    Case c = cases[i];
-    c.name += " wgC";
-    c.wgmma_flags = true;
-    cases.push_back(c);
-  }
   // Columns: est = clusters estimated (GPU) and est_diff (estimate lists not explained by the
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
-  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, wg_rel of the
-  // wgmma kernel (PrefillKernel::kWgmma; n/a off Hopper); inf: one of that launch's checks failed.
-  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
-              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "wg_rel", "lse_err", "forced", "top",
+  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit (inf: one of
+  // that launch's checks failed).
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "lse_err", "forced", "top",
               "share_err", "cmp", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
@@ -639,15 +617,14 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24], wg[24];
+      char frac[32], est[24], forced[24], top[24], one[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
       std::snprintf(top, sizeof top, "%d/%d", r.top_mismatch, r.top_rows);
       std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
-      std::snprintf(wg, sizeof wg, r.wgmma_rel == -1 ? "-" : r.wgmma_rel == -2 ? "n/a" : "%.2e", r.wgmma_rel);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
-                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, wg, r.lse_err, forced,
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
+                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, r.lse_err, forced,
                   top, r.share_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
       return r.pass;
     });

@@ -416,13 +416,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](
 // on the kernels starts with the same first token (the prefill's logits) and reads the same share of
 // the KV as on libtorch; several generations step together through StepBatch.
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, const std::string& device, const std::string& backend,
-                                   absl::Status* status = nullptr, bool cuda_graphs = true,
-                                   const std::string& kernel_variants = "verified") {
+                                   absl::Status* status = nullptr, bool cuda_graphs = true) {
   EngineOptions options;
   options.model_dir = dir;
   options.device = device;
   options.attention_backend = backend;
-  options.kernel_variants = kernel_variants;
   options.prefill_chunk_tokens = 256;
   options.cuda_graphs = cuda_graphs;
   auto engine = Engine::Load(options);
@@ -441,9 +439,6 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto") != nullptr);
   EXPECT_TRUE(LoadEngine(dir, "cpu", "torch") != nullptr);
-  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "bogus") == nullptr);
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
-  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "candidate") != nullptr) << status;
   if (WhyNoKernels().empty()) {
     // A shape the kernels do not take: head_dim 32.
     const std::string odd = MakeTempDir("backend_odd_shape");
@@ -454,16 +449,12 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   }
 }
 
-// Both kernel variant sets (EngineOptions::kernel_variants): "candidate" runs the wgmma prefill
-// attention and selection pass C on Hopper and split-K for these short query blocks (30 tokens x
-// group 4: one row tile per KV head).
-class KernelVariants : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(KernelVariants, EngineGenerationsOnKernelsMatchTorch) {
+// The questions' prefill here runs split-K (30 tokens x group 4: one row tile per KV head).
+TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
   SKIP_WITHOUT_KERNELS();
   const std::string dir = MakeTempDir("backend_engine");
   WriteTinyCheckpoint(dir, Spec(64, 8, 2));
-  auto kernels = LoadEngine(dir, "cuda", "kernels", nullptr, true, GetParam());
+  auto kernels = LoadEngine(dir, "cuda", "kernels");
   auto torch = LoadEngine(dir, "cuda", "torch");
   ASSERT_TRUE(kernels && torch);
   IndexOptions index;
@@ -531,8 +522,6 @@ TEST_P(KernelVariants, EngineGenerationsOnKernelsMatchTorch) {
   EXPECT_LT(generations[0]->stats().kv_fraction_loaded, 0.9);
   EXPECT_EQ(generations[2]->stats().kv_fraction_loaded, 1.0);
 }
-
-INSTANTIATE_TEST_SUITE_P(AttentionBackendTest, KernelVariants, ::testing::Values("verified", "candidate"));
 
 // libtorch's fused attention (attention.h) against the blocked reference on random GQA inputs:
 // group 1, 3 and 4, head_dim 64 and 128, unmasked and causal after earlier keys.
