@@ -31,7 +31,7 @@ struct ServerDefaults {
   int64_t squeezed_min_context_tokens = -1;
   float sparsity = 0.9f;
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
-  float estimate_floor = 0;     // every squeezed request's (AttentionOptions::estimate_floor; --estimate_floor)
+  float estimate_floor = 0.0625f;  // every squeezed request's (AttentionOptions::estimate_floor; --estimate_floor)
   bool read_ahead = true;       // attention.read_ahead unset: ON (true) or OFF
 };
 

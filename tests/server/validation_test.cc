@@ -248,9 +248,9 @@ TEST(ResolveAttention, PrunedClustersFollowTheRequestOrTheServerDefault) {
 
 TEST(ResolveAttention, TheEstimateFloorIsTheServersWhereClustersAreEstimated) {
   ServerDefaults defaults;
-  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_floor, 0.f);
-  defaults.estimate_floor = 0.0625f;
   EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_floor, 0.0625f);
+  defaults.estimate_floor = 0.25f;
+  EXPECT_EQ(ResolveAttention(pb::AttentionOptions(), IndexedContext(), defaults)->estimate_floor, 0.25f);
   pb::AttentionOptions proto;
   proto.set_pruned(pb::AttentionOptions::DROPPED);  // nothing estimated: no floor
   EXPECT_EQ(ResolveAttention(proto, IndexedContext(), defaults)->estimate_floor, 0.f);
