@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/context_store.h"
 
 namespace squeezeserve {
@@ -153,10 +154,31 @@ std::string NamespaceOfStoreDir(const std::string& store_dir) {
   return absl::StartsWith(name, "@") ? name.substr(1) : "";
 }
 
+absl::Status CheckStoreSpace(const std::string& store_dir, uint64_t bytes, const std::string& what) {
+  fs::path at(store_dir);
+  std::error_code ec;
+  while (!at.empty() && !fs::exists(at, ec)) at = at.parent_path();  // the store may not exist yet
+  if (at.empty()) at = ".";
+  const fs::space_info space = fs::space(at, ec);
+  if (ec || space.available >= bytes) return absl::OkStatus();
+  const auto gb = [](uint64_t b) { return absl::StrFormat("%.1f GB", static_cast<double>(b) / 1e9); };
+  return absl::ResourceExhaustedError(absl::StrCat("the context store has ", gb(space.available), " free; ", what,
+                                                   " needs ", gb(bytes), ": delete contexts or enlarge the store"));
+}
+
 absl::Status PublishContextDir(const std::string& store_dir, const std::string& id, nlohmann::json manifest,
-                               const std::vector<TensorToWrite>& tensors) {
+                               const std::vector<TensorToWrite>& tensors, const WriteProgressFn& progress) {
   if (!IsValidContextId(id)) return absl::InvalidArgumentError(absl::StrCat("invalid context id '", id, "'"));
   if (!manifest.contains("model_fingerprint")) return absl::InternalError("manifest lacks model_fingerprint");
+  uint64_t bytes = 0;
+  for (const TensorToWrite& t : tensors) {
+    uint64_t n = DTypeSize(t.dtype);
+    for (int64_t d : t.shape) n *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
+    bytes += n;
+  }
+  if (absl::Status room = CheckStoreSpace(store_dir, bytes, absl::StrCat("context '", id, "'")); !room.ok()) {
+    return room;
+  }
   std::error_code ec;
   fs::create_directories(store_dir, ec);
   if (ec) return IoError(ec.value(), "creating the store directory");
@@ -171,7 +193,7 @@ absl::Status PublishContextDir(const std::string& store_dir, const std::string& 
   };
 
   std::string digest;  // of the bytes written, hashed while writing: no second pass over a many-GB file
-  if (auto s = WriteSafetensors((temp / kTensors).string(), tensors, {}, &digest); !s.ok()) {
+  if (auto s = WriteSafetensors((temp / kTensors).string(), tensors, {}, &digest, progress); !s.ok()) {
     // The writer's message names the file; keep only the kind of failure.
     return fail(absl::IsResourceExhausted(s)
                     ? absl::ResourceExhaustedError(absl::StrCat("the context store is out of space while writing "

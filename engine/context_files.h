@@ -32,11 +32,19 @@ struct ContextDir {
   std::unique_ptr<SafetensorsFile> tensors;
 };
 
+// RESOURCE_EXHAUSTED when the file system holding `store_dir` (or its nearest existing parent) has
+// fewer than `bytes` available, naming both sizes and `what` (e.g. "context 'doc'"); OK when the space
+// cannot be queried (the write itself still reports a full disk).
+absl::Status CheckStoreSpace(const std::string& store_dir, uint64_t bytes, const std::string& what);
+
 // Writes <store_dir>/<id>/{manifest.json, manifest.sha256, tensors.safetensors}. `manifest` must carry
-// "model_fingerprint". Replaces an existing directory of the same id. RESOURCE_EXHAUSTED when the
-// disk (or a quota or file size limit) has no room; nothing is left behind on any failure.
+// "model_fingerprint". Replaces an existing directory of the same id (the old version stays until the
+// new one is complete, so the new one needs its whole size free). RESOURCE_EXHAUSTED when the disk (or
+// a quota or file size limit) has no room, before writing anything where the free space says so
+// (CheckStoreSpace: a 512K-token context is ~76 GB); nothing is left behind on any failure.
+// `progress`: the tensors file's writing (WriteSafetensors).
 absl::Status PublishContextDir(const std::string& store_dir, const std::string& id, nlohmann::json manifest,
-                               const std::vector<TensorToWrite>& tensors);
+                               const std::vector<TensorToWrite>& tensors, const WriteProgressFn& progress = nullptr);
 
 // Opens <store_dir>/<id>: NotFound when absent; FailedPrecondition when built for another model
 // fingerprint or format version; DataLoss when a checksum, size or the manifest does not verify (the

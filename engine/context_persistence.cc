@@ -276,7 +276,7 @@ absl::StatusOr<std::shared_ptr<StoredContext>> Rebuild(const ContextDir& dir, co
 }  // namespace
 
 absl::Status SaveStoredContext(const StoredContext& context, const std::string& store_dir,
-                               const std::string& model_fingerprint) {
+                               const std::string& model_fingerprint, const SaveProgressFn& progress) {
   const ContextSummary& summary = context.summary();
   TensorWriter writer;
   Layout layout;
@@ -318,7 +318,7 @@ absl::Status SaveStoredContext(const StoredContext& context, const std::string& 
                                  {"levels", layout.levels},
                                  {"clustered_tokens", layout.clustered_tokens},
                                  {"window_tokens", layout.window_tokens}}}};
-    return PublishContextDir(store_dir, summary.id, std::move(manifest), writer.tensors());
+    return PublishContextDir(store_dir, summary.id, std::move(manifest), writer.tensors(), progress);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("saving context '", summary.id, "': ", e.what()));
   }

@@ -18,7 +18,7 @@
 namespace squeezeserve {
 
 absl::Status SaveStoredContext(const StoredContext& context, const std::string& store_dir,
-                               const std::string& model_fingerprint);
+                               const std::string& model_fingerprint, const SaveProgressFn& progress = nullptr);
 
 // Copies the mapped tensors onto `device` as `dtype` (KV) after checking every name, dtype, shape
 // and the offsets' invariants against `config` and the manifest: DataLoss on any mismatch, never a

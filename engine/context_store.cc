@@ -83,19 +83,21 @@ std::string ContextStore::TenantDir(const std::string& tenant) const {
   return tenant.empty() ? store_dir_ : absl::StrCat(store_dir_, "/@", tenant);
 }
 
-absl::Status ContextStore::CheckRoom(const ContextKey& key, const TenantLimits& limits) const {
-  if (limits.max_contexts <= 0) return absl::OkStatus();
-  const std::map<std::string, ContextSummary> existing = SummariesOf(key.tenant);
-  const int64_t after = static_cast<int64_t>(existing.size()) + (existing.count(key.id) ? 0 : 1);
-  if (after > limits.max_contexts) {
-    return absl::ResourceExhaustedError(absl::StrCat("the tenant's quota allows ", limits.max_contexts,
-                                                     " stored contexts; delete one first"));
+absl::Status ContextStore::CheckRoom(const ContextKey& key, const TenantLimits& limits, uint64_t stored_bytes) const {
+  if (limits.max_contexts > 0) {
+    const std::map<std::string, ContextSummary> existing = SummariesOf(key.tenant);
+    const int64_t after = static_cast<int64_t>(existing.size()) + (existing.count(key.id) ? 0 : 1);
+    if (after > limits.max_contexts) {
+      return absl::ResourceExhaustedError(absl::StrCat("the tenant's quota allows ", limits.max_contexts,
+                                                       " stored contexts; delete one first"));
+    }
   }
-  return absl::OkStatus();
+  if (stored_bytes == 0 || store_dir_.empty()) return absl::OkStatus();
+  return CheckStoreSpace(TenantDir(key.tenant), stored_bytes, absl::StrCat("context '", key.id, "'"));
 }
 
 absl::Status ContextStore::Put(const std::string& tenant, std::shared_ptr<const Context> context,
-                               const TenantLimits& limits) {
+                               const TenantLimits& limits, const SaveProgressFn& progress) {
   const ContextKey key{tenant, context->summary().id};
   // Quotas are checked under the tenant's lock (the key with no id), so two ingests cannot both pass.
   std::optional<KeyLocks::Held> tenant_lock;
@@ -116,7 +118,7 @@ absl::Status ContextStore::Put(const std::string& tenant, std::shared_ptr<const 
   KeyLocks::Held key_lock(&key_locks_, key);
   std::string generation;
   if (!store_dir_.empty()) {
-    if (absl::Status saved = engine_->SaveContext(*context, TenantDir(tenant)); !saved.ok()) return saved;
+    if (absl::Status saved = engine_->SaveContext(*context, TenantDir(tenant), progress); !saved.ok()) return saved;
     generation = WrittenGeneration(TenantDir(tenant), context->summary());
   }
   absl::MutexLock load_lock(&load_mu_);

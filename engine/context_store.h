@@ -72,11 +72,14 @@ class ContextStore {
   // Persists first (when a directory is attached), then replaces any context of the same key.
   // RESOURCE_EXHAUSTED when the tenant's limits would be exceeded (replacing a context counts its
   // new size only) or the disk is full.
+  // `progress` follows the writing to the directory (Engine::SaveContext).
   absl::Status Put(const std::string& tenant, std::shared_ptr<const Context> context,
-                   const TenantLimits& limits = {});
+                   const TenantLimits& limits = {}, const SaveProgressFn& progress = nullptr);
   // RESOURCE_EXHAUSTED when one more context of the tenant (other than `key.id`, which would be
-  // replaced) would pass its context cap: the cheap check before an ingest's work.
-  absl::Status CheckRoom(const ContextKey& key, const TenantLimits& limits) const;
+  // replaced) would pass its context cap, or when an attached directory's disk has fewer than
+  // `stored_bytes` free (a lower bound of what storing it will write): the cheap check before an
+  // ingest's work, so that a context too large for the disk fails before its prefill, not after.
+  absl::Status CheckRoom(const ContextKey& key, const TenantLimits& limits, uint64_t stored_bytes = 0) const;
   // NotFound when unknown; FailedPrecondition / DataLoss when the stored copy cannot be used.
   absl::StatusOr<std::shared_ptr<const Context>> Get(const ContextKey& key) const;
   // The tenant's contexts, sorted by id; tier "disk" for contexts not resident.

@@ -136,6 +136,8 @@ struct IngestProgress {
   int64_t tokens_total = 0;
 };
 using ProgressFn = std::function<void(const IngestProgress&)>;
+// Storing a context: (bytes written, bytes of its tensors file), as the writing goes.
+using SaveProgressFn = std::function<void(uint64_t bytes_written, uint64_t bytes_total)>;
 // Polled between steps of long work; returns true once the caller has given up (cancel, deadline).
 using CancelFn = std::function<bool()>;
 
@@ -249,7 +251,9 @@ class Engine {
 
   // Writes the context (KV, index, thresholds, summary) to <store_dir>/<id> atomically
   // (engine/context_files.h); the manifest carries the summary (SummaryToJson) and the fingerprint.
-  virtual absl::Status SaveContext(const Context& context, const std::string& store_dir) const = 0;
+  // `progress` (nullable) follows the writing.
+  virtual absl::Status SaveContext(const Context& context, const std::string& store_dir,
+                                   const SaveProgressFn& progress) const = 0;
   // Loads and verifies <store_dir>/<id>: NotFound when absent, FailedPrecondition when built for
   // another model or format version, DataLoss when a checksum or tensor does not verify.
   virtual absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,

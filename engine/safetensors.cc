@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -220,7 +221,8 @@ const TensorView* SafetensorsCheckpoint::Find(const std::string& name) const {
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                              const std::map<std::string, std::string>& metadata, std::string* sha256_hex) {
+                              const std::map<std::string, std::string>& metadata, std::string* sha256_hex,
+                              const WriteProgressFn& progress) {
   // nlohmann::ordered_json keeps the tensors in the order given, so offsets grow monotonically.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -268,8 +270,18 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
       *sha256_hex = sha.HexDigest();
     });
   }
+  uint64_t total = 0, written = 0;
+  for (const auto& piece : pieces) total += piece.second;
+  constexpr uint64_t kStep = uint64_t{64} << 20;
   bool ok = true;
-  for (const auto& [data, size] : pieces) ok = ok && std::fwrite(data, 1, size, out) == size;
+  for (const auto& [data, size] : pieces) {
+    for (uint64_t at = 0; ok && at < size; at += kStep) {
+      const uint64_t n = std::min(kStep, size - at);
+      ok = std::fwrite(data + at, 1, n, out) == n;
+      written += n;
+      if (ok && progress) progress(written, total);
+    }
+  }
   ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
   int error = ok ? 0 : errno;
   if (std::fclose(out) != 0 && ok) {

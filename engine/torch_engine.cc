@@ -213,12 +213,13 @@ class TorchEngine : public Engine {
                                                               const SamplingOptions& sampling,
                                                               const AttentionOptions& attention) override;
 
-  absl::Status SaveContext(const Context& context, const std::string& store_dir) const override {
+  absl::Status SaveContext(const Context& context, const std::string& store_dir,
+                           const SaveProgressFn& progress) const override {
     const auto* stored = dynamic_cast<const StoredContext*>(&context);
     if (stored == nullptr || !FitsModel(*stored)) {
       return absl::InvalidArgumentError("context: not built by this engine's model");
     }
-    return SaveStoredContext(*stored, store_dir, info_.fingerprint);
+    return SaveStoredContext(*stored, store_dir, info_.fingerprint, progress);
   }
 
   absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,

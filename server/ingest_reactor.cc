@@ -24,8 +24,10 @@ namespace {
 namespace pb = ::squeezeserve::v1;
 
 // Share of the whole ingest before the engine starts (receiving + tokenizing); the engine's own
-// progress fills the rest.
+// progress fills the rest up to kStoreStart when a store is attached (its writing takes the last
+// tenth: a 512K-token context is ~76 GB, minutes of writing), else up to the end.
 constexpr float kEngineStart = 0.1f;
+constexpr float kStoreStart = 0.9f;
 
 pb::IngestContextProgress Progress(std::string stage, float fraction, int64_t done, int64_t total) {
   pb::IngestContextProgress progress;
@@ -152,23 +154,33 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
         return absl::OkStatus();
       }
     }
-    const TenantLimits limits = core_->LimitsOf(tenant_);
-    if (absl::Status room = core_->store.CheckRoom(ContextKey{tenant_, id}, limits); !room.ok()) return room;
-
     const int64_t total = static_cast<int64_t>(tokens.size());
+    // Storing writes at least the KV cache (K and V of every layer and token; the index comes on top).
+    const uint64_t kv_bytes = static_cast<uint64_t>(total) * 2 * model.num_layers * model.num_kv_heads *
+                              model.head_dim * (model.dtype == "bfloat16" ? 2 : 4);
+    const TenantLimits limits = core_->LimitsOf(tenant_);
+    if (absl::Status room = core_->store.CheckRoom(ContextKey{tenant_, id}, limits, kv_bytes); !room.ok()) {
+      return room;
+    }
+
     Send(Progress("prefill", kEngineStart, 0, total), /*replaceable=*/true);
-    ProgressFn on_progress = [this](const IngestProgress& p) {
-      float fraction = kEngineStart + (1 - kEngineStart) * std::clamp(p.fraction, 0.0f, 1.0f);
+    const float engine_end = core_->store.store_dir().empty() ? 1.0f : kStoreStart;
+    ProgressFn on_progress = [this, engine_end](const IngestProgress& p) {
+      float fraction = kEngineStart + (engine_end - kEngineStart) * std::clamp(p.fraction, 0.0f, 1.0f);
       Send(Progress(p.stage, std::min(fraction, 0.99f), p.tokens_done, p.tokens_total), /*replaceable=*/true);
     };
     CancelFn is_cancelled = [this] { return cancelled(); };
     absl::StatusOr<std::shared_ptr<const Context>> context =
         engine_->Ingest(id, std::move(tokens), index, on_progress, is_cancelled);
     if (!context.ok()) return context.status();
-    Send(Progress("storing", 0.99f, total, total), /*replaceable=*/true);
+    Send(Progress("storing", std::min(engine_end, 0.99f), total, total), /*replaceable=*/true);
     // A client that went away meanwhile gets nothing stored in its name.
     if (cancelled()) return absl::CancelledError("cancelled by the client");
-    if (absl::Status stored = core_->store.Put(tenant_, *context, limits); !stored.ok()) return stored;
+    SaveProgressFn on_written = [this, total](uint64_t written, uint64_t bytes) {
+      const float share = bytes > 0 ? static_cast<float>(static_cast<double>(written) / bytes) : 1.0f;
+      Send(Progress("storing", kStoreStart + (0.99f - kStoreStart) * share, total, total), /*replaceable=*/true);
+    };
+    if (absl::Status stored = core_->store.Put(tenant_, *context, limits, on_written); !stored.ok()) return stored;
     ingested_tokens_ = (*context)->summary().num_tokens;
     spdlog::info("request {}: ingested context {} ({} tokens, index: {})", request_id_, id, (*context)->summary().num_tokens,
                  (*context)->summary().has_index ? "yes" : "dense only");

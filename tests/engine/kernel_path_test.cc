@@ -463,7 +463,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
   auto ingested = kernels->Ingest("ctx", RandomTokens(1200, 128, 5), index, nullptr, nullptr);
   ASSERT_TRUE(ingested.ok()) << ingested.status();
   const std::string store = MakeTempDir("backend_store");
-  ASSERT_TRUE(kernels->SaveContext(**ingested, store).ok());
+  ASSERT_TRUE(kernels->SaveContext(**ingested, store, nullptr).ok());
   auto on_kernels = kernels->LoadContext(store, "ctx");
   auto on_torch = torch->LoadContext(store, "ctx");
   ASSERT_TRUE(on_kernels.ok() && on_torch.ok());
@@ -600,7 +600,7 @@ TEST(AttentionBackendTest, CudaGraphsEqualEagerDecode) {
   auto ingested = graphs->Ingest("ctx", RandomTokens(1500, 128, 5), index, nullptr, nullptr);
   ASSERT_TRUE(ingested.ok()) << ingested.status();
   const std::string store = MakeTempDir("graphs_store");
-  ASSERT_TRUE(graphs->SaveContext(**ingested, store).ok());
+  ASSERT_TRUE(graphs->SaveContext(**ingested, store, nullptr).ok());
   auto for_eager = eager->LoadContext(store, "ctx");
   ASSERT_TRUE(for_eager.ok());
   struct Member {

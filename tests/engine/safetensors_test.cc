@@ -99,6 +99,27 @@ TEST(SafetensorsTest, DigestWhileWritingIsTheFilesSha256) {
   EXPECT_EQ(other, *Sha256FileHex(dir + "/u.safetensors"));
 }
 
+// Progress: after every piece of the file (length, header, each tensor's data in steps of at most
+// 64 MiB), rising to the file's size.
+TEST(SafetensorsTest, ProgressRisesToTheFileSize) {
+  const std::string dir = testing::MakeTempDir("safetensors_progress");
+  std::vector<uint16_t> big(9'000'003, 7);
+  std::vector<float> small = {1.0f, -2.0f, 3.5f};
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  ASSERT_TRUE(WriteSafetensors(dir + "/p.safetensors",
+                               {{"big", DType::kBF16, {3, 3'000'001}, big.data()},
+                                {"small", DType::kF32, {3}, small.data()}},
+                               {}, nullptr, [&](uint64_t written, uint64_t total) { calls.emplace_back(written, total); })
+                  .ok());
+  ASSERT_EQ(calls.size(), 4u) << "length, header, big, small";
+  const uint64_t size = std::filesystem::file_size(dir + "/p.safetensors");
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].second, size);
+    if (i > 0) EXPECT_GT(calls[i].first, calls[i - 1].first);
+  }
+  EXPECT_EQ(calls.back().first, size);
+}
+
 TEST(SafetensorsTest, HalfConversionsAreExactOnRepresentableValues) {
   for (float v : {0.0f, 1.0f, -2.0f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f}) {
     EXPECT_EQ(HalfToFloat(FloatToHalf(v)), v) << v;

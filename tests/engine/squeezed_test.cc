@@ -416,8 +416,8 @@ TEST(SqueezedEngineTest, SaveLoadRoundTripGivesIdenticalOutputs) {
   auto indexed = IngestOrDie(*engine, LongContext(ref, 600), TestIndex(2, {0.5f, 0.9f}), "indexed");
   auto dense = IngestOrDie(*engine, ref.context, dense_only, "dense-only");
   ASSERT_TRUE(indexed && dense);
-  ASSERT_TRUE(engine->SaveContext(*indexed, store.string()).ok());
-  ASSERT_TRUE(engine->SaveContext(*dense, store.string()).ok());
+  ASSERT_TRUE(engine->SaveContext(*indexed, store.string(), nullptr).ok());
+  ASSERT_TRUE(engine->SaveContext(*dense, store.string(), nullptr).ok());
 
   auto loaded = engine->LoadContext(store.string(), "indexed");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -487,7 +487,7 @@ TEST(SqueezedEngineTest, DecodeUsesItsOwnThresholdsAndOldManifestsFallBackToPref
 
   // The same context with a manifest from before the decode set.
   const fs::path store = testing::MakeTempDir("squeezed-old-manifest");
-  ASSERT_TRUE(engine->SaveContext(*context, store.string()).ok());
+  ASSERT_TRUE(engine->SaveContext(*context, store.string(), nullptr).ok());
   {
     std::ifstream in(store / "decode" / "manifest.json");
     nlohmann::json manifest = nlohmann::json::parse(in);
@@ -525,7 +525,7 @@ TEST(SqueezedEngineTest, DamagedContextFilesAreDataLoss) {
   const fs::path store = testing::MakeTempDir("squeezed-damaged");
   auto context = IngestOrDie(*engine, ref.context, TestIndex(2), "victim");
   ASSERT_TRUE(context);
-  ASSERT_TRUE(engine->SaveContext(*context, store.string()).ok());
+  ASSERT_TRUE(engine->SaveContext(*context, store.string(), nullptr).ok());
   const std::vector<OwnedTensor> pristine = ReadTensors(store / "victim" / "tensors.safetensors");
   ASSERT_FALSE(pristine.empty());
 

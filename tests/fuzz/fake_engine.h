@@ -99,11 +99,12 @@ class FakeEngine : public Engine {
     return std::unique_ptr<Generation>(
         std::make_unique<FakeGeneration>(static_cast<int64_t>(query.size()), std::min(sampling.max_new_tokens, 64)));
   }
-  absl::Status SaveContext(const Context& context, const std::string& store_dir) const override {
+  absl::Status SaveContext(const Context& context, const std::string& store_dir,
+                           const SaveProgressFn& progress) const override {
     const std::vector<int32_t>& tokens = context.tokens();
     nlohmann::json manifest = {{"model_fingerprint", info_.fingerprint}, {"summary", SummaryToJson(context.summary())}};
     return PublishContextDir(store_dir, context.summary().id, manifest,
-                             {{"tokens", DType::kI32, {static_cast<int64_t>(tokens.size())}, tokens.data()}});
+                             {{"tokens", DType::kI32, {static_cast<int64_t>(tokens.size())}, tokens.data()}}, progress);
   }
   absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string& store_dir,
                                                              const std::string& id) const override {

@@ -95,7 +95,7 @@ int MakeSeeds(Engine& engine, const fs::path& out) {
     index.centroid_fraction = 0.1f;
     index.coarse_centroid_fraction = 0.05f;
     auto context = engine.Ingest("ctx", tokens, index, nullptr, nullptr);
-    if (!context.ok() || !engine.SaveContext(**context, store.string()).ok()) {
+    if (!context.ok() || !engine.SaveContext(**context, store.string(), nullptr).ok()) {
       std::cerr << "store_loader_run: could not make seed " << seed.name << "\n";
       return 1;
     }

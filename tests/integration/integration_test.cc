@@ -214,6 +214,7 @@ TEST_F(IntegrationTest, IngestStreamsProgressThenTheContext) {
   for (size_t i = 0; i + 1 < result.messages.size(); ++i) {
     EXPECT_FALSE(result.messages[i].has_context()) << "only the last message carries the context";
     EXPECT_LE(result.messages[i].fraction(), 1.0f);
+    if (i > 0) EXPECT_GE(result.messages[i].fraction(), result.messages[i - 1].fraction()) << "never backwards";
   }
   const pb::IngestContextProgress& last = result.messages.back();
   EXPECT_EQ(last.stage(), "done");

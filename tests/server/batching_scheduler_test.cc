@@ -65,7 +65,7 @@ class FakeEngine : public Engine {
                                                               const AttentionOptions&) override {
     return absl::UnimplementedError("fake");
   }
-  absl::Status SaveContext(const Context&, const std::string&) const override {
+  absl::Status SaveContext(const Context&, const std::string&, const SaveProgressFn&) const override {
     return absl::UnimplementedError("fake");
   }
   absl::StatusOr<std::shared_ptr<const Context>> LoadContext(const std::string&, const std::string&) const override {

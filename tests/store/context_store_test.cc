@@ -232,5 +232,41 @@ TEST_F(ContextStoreTest, AFullDiskIsResourceExhaustedWithoutPathsAndLeavesNothin
   for (const auto& entry : fs::directory_iterator(dir_)) ADD_FAILURE() << "left behind: " << entry.path();
 }
 
+// Put's progress follows the writing of the context's file up to its size.
+TEST_F(ContextStoreTest, PutReportsTheWritingsProgress) {
+  auto store = Replica();
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  ASSERT_TRUE(store->Put("", Ingested("doc", 64), {}, [&](uint64_t written, uint64_t total) {
+                   calls.emplace_back(written, total);
+                 }).ok());
+  ASSERT_FALSE(calls.empty());
+  for (size_t i = 1; i < calls.size(); ++i) EXPECT_GE(calls[i].first, calls[i - 1].first);
+  EXPECT_EQ(calls.back().first, calls.back().second);
+  EXPECT_EQ(calls.back().second, fs::file_size(dir_ / "doc" / "tensors.safetensors"));
+}
+
+// A context larger than the disk's free space fails at once: before an ingest's prefill (CheckRoom
+// with the bytes storing it will at least write) and before PublishContextDir writes a byte.
+TEST_F(ContextStoreTest, TooLittleFreeSpaceFailsBeforeAnyWork) {
+  auto store = Replica();
+  const uint64_t huge = uint64_t{1} << 62;  // more than any disk has free
+  absl::Status room = store->CheckRoom({"acme", "big"}, TenantLimits{}, huge);
+  EXPECT_TRUE(absl::IsResourceExhausted(room)) << room;
+  EXPECT_TRUE(absl::StrContains(room.message(), "GB free")) << room;
+  EXPECT_FALSE(absl::StrContains(room.message(), "/")) << "no server paths: " << room;
+  EXPECT_TRUE(store->CheckRoom({"acme", "big"}, TenantLimits{}, 1).ok());
+  ContextStore memory_only;  // no directory: nothing will be written
+  EXPECT_TRUE(memory_only.CheckRoom({"", "big"}, TenantLimits{}, huge).ok());
+
+  // 2^51 bytes of tensor (data never read: the sizes are checked first).
+  const TensorToWrite keys{"keys", DType::kBF16, {int64_t{1} << 40, 1024}, nullptr};
+  absl::Status published = PublishContextDir(dir_.string(), "big", {{"model_fingerprint", "x"}}, {keys});
+  EXPECT_TRUE(absl::IsResourceExhausted(published)) << published;
+  EXPECT_TRUE(absl::StrContains(published.message(), "context 'big' needs")) << published;
+  if (fs::exists(dir_)) {
+    for (const auto& entry : fs::directory_iterator(dir_)) ADD_FAILURE() << "left behind: " << entry.path();
+  }
+}
+
 }  // namespace
 }  // namespace squeezeserve
