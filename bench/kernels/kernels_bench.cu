@@ -17,7 +17,9 @@
 // one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
-// unsplit (lookup "paper-unsplit") to show what the split buys.
+// unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
+// ranges ("paper-splitsN", against the launch's choice). Decode at 90% also with one CTA per SM
+// ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write.
 #include <algorithm>
@@ -374,8 +376,10 @@ int main(int argc, char** argv) {
     const SelectionLimits limits{max_k, 0};
     void* sws = dev_alloc<char>(selection_workspace_bytes(shape, limits));
     const DecodeLaunch launch{};
+    PrefillLaunch widest;  // the most key ranges any row below asks for
+    widest.splits = kMaxPrefillSplits;
     void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, launch),
-                                         prefill_attention_workspace_bytes(shape, PrefillLaunch{})));
+                                         prefill_attention_workspace_bytes(shape, widest)));
     for (float sparsity : {0.7f, 0.9f}) {
       // Bisect tau (log scale) on the device until the kept fraction of clustered keys matches.
       SelectionParams params;
@@ -395,13 +399,13 @@ int main(int argc, char** argv) {
       }
       // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
-                     const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true) {
-        const PrefillLaunch pl;
+                     const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true,
+                     PrefillLaunch pl = {}, DecodeLaunch dl = {}) {
         auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
         auto attend = [&] {
           if (c.prefill())
             CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));
-          else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, launch, s, top));
+          else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, dl, s, top));
         };
         cudaGraph_t sel_graph = capture_graph(s, select);
         cudaGraphExec_t g_sel, g_att = capture(s, attend);
@@ -461,6 +465,20 @@ int main(int argc, char** argv) {
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
         run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, /*split_k=*/false);
+      if (c.prefill() && lq <= 64 && sparsity > 0.85f) {
+        // The question's key ranges: the launch's choice ("paper") against fixed counts.
+        for (int splits : {4, 8, 16}) {
+          PrefillLaunch fixed;
+          fixed.splits = splits;
+          run(("paper-splits" + std::to_string(splits)).c_str(), d_views, sel, TopKeys{}, params, limits, sws,
+              true, fixed);
+        }
+      }
+      if (!c.prefill() && sparsity > 0.85f) {
+        // The decode grid: every CTA the device holds at once ("paper") against one per SM.
+        run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
+            DecodeLaunch{prop.multiProcessorCount});
+      }
       if (sparsity > 0.85f && !c.prefill()) {
         // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
         // (their children's rows, every child kept), then tau_fine is bisected as above.
