@@ -60,6 +60,7 @@ struct PrefillArgs {
   float* part_o;
   float4* part_stat;
   int* part_pos;
+  bool skip_padding_warps;  // PrefillLaunch::skip_padding_warps
 };
 
 // The selected segment holding virtual row r (< vr.sparse_rows): the last s with row_start[s] <= r,
@@ -250,6 +251,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
   SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // st[i].l: this thread's part
   uint32_t qa[D / 16][4];
+  // Warp-uniform: the warp's rows are all padding (PrefillLaunch::skip_padding_warps).
+  const bool warp_idle = a.skip_padding_warps && m0 + warp * 16 >= rows_m;
 
   for (int t = t_begin; t < t_end; ++t) {
     // Stage (t + 2) % 3 was consumed in iteration t - 1 (closed by its barrier): refill it.
@@ -261,6 +264,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
     __syncthreads();
+    if (warp_idle) {  // nothing to compute; the loop's second barrier, as the others reach it below
+      __syncthreads();
+      continue;
+    }
     if (t == t_begin) {
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc)
@@ -503,7 +510,7 @@ int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf1
     return cudaErrorInvalidValue;
   PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                 shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
-                /*splits=*/1, nullptr, nullptr, nullptr};
+                /*splits=*/1, nullptr, nullptr, nullptr, launch.skip_padding_warps};
   if (workspace != nullptr) a.splits = prefill_splits(shape, launch);
   if (a.splits > 1) {  // workspace: part_o [rows][splits][D] fp32, part_stat [rows][splits], part_pos
     const size_t parts = static_cast<size_t>(shape.batch) * shape.query_len * shape.num_q_heads * a.splits;

@@ -28,6 +28,10 @@ struct PrefillLaunch {
   // Key ranges per (row tile, KV head): 0 = as many as give the current device ~2 CTAs per SM
   // (1 when the row tiles already do), n = min(n, kMaxPrefillSplits). A null workspace means 1.
   int32_t splits = 0;
+  // Warps whose 16 rows all lie past the block (a Llama-2 question's 64 rows fill half a 128-row
+  // tile) skip the products and softmax; they still load and meet every barrier. Off until
+  // kernels_check has passed it on a GPU (bench/kernels/NOTES.md, 2026-12-05).
+  bool skip_padding_warps = false;
 };
 
 // Bytes of workspace a launch of this shape needs (0 when it runs unsplit).

@@ -18,7 +18,8 @@
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
 // unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
-// ranges ("paper-splitsN", against the launch's choice). Decode at 90% also with one CTA per SM
+// ranges ("paper-splitsN", against the launch's choice) and with the warps of padding rows idle
+// ("paper-skip-padding", PrefillLaunch::skip_padding_warps). Decode at 90% also with one CTA per SM
 // ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write.
@@ -473,6 +474,10 @@ int main(int argc, char** argv) {
           run(("paper-splits" + std::to_string(splits)).c_str(), d_views, sel, TopKeys{}, params, limits, sws,
               true, fixed);
         }
+        // Warps of padding rows idle (Llama-2's 64 rows fill half of each 128-row tile).
+        PrefillLaunch skip;
+        skip.skip_padding_warps = true;
+        run("paper-skip-padding", d_views, sel, TopKeys{}, params, limits, sws, true, skip);
       }
       if (!c.prefill() && sparsity > 0.85f) {
         // The decode grid: every CTA the device holds at once ("paper") against one per SM.

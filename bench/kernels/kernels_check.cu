@@ -82,6 +82,7 @@ struct Result {
   double share_err = 0;
   double logit_err = 0;  // Selection::estimate_logits against the CPU's, where the lists agree
   double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
+  double skip_rel = -1;     // prefill: with PrefillLaunch::skip_padding_warps (split as chosen)
   bool pass = true;
 };
 
@@ -365,13 +366,13 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   // One launch on poisoned outputs, checked against the reference: the relative output error, and
   // the LSE and top-key columns of the result. Prefill: the key ranges split as the launch chooses
-  // (`split`: these small grids split) or unsplit (no workspace).
+  // (`split`: these small grids split) or unsplit (no workspace); `skip`: skip_padding_warps.
   struct AttentionCheck {
     double rel = 0, lse_err = 0, share_err = 0;
     int top_rows = 0, top_mismatch = 0;
     bool pass = true;
   };
-  auto check_attention = [&](bool split) {
+  auto check_attention = [&](bool split, bool skip = false) {
     AttentionCheck r;
     CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
     CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
@@ -385,7 +386,8 @@ Result run_case(const Case& c, uint64_t seed) {
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
-      const PrefillLaunch launch;
+      PrefillLaunch launch;
+      launch.skip_padding_warps = skip;
       const size_t bytes = split ? prefill_attention_workspace_bytes(shape, launch) : 0;
       if (bytes) CUDA_OK(cudaMalloc(&dws, bytes));
       CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
@@ -428,10 +430,12 @@ Result run_case(const Case& c, uint64_t seed) {
   res.top_mismatch = chosen.top_mismatch;
   res.share_err = chosen.share_err;
   if (!chosen.pass) res.pass = false;
-  if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit: the same checks
+  if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit, and skipping padding warps
     const AttentionCheck unsplit = check_attention(/*split=*/false);
     res.unsplit_rel = unsplit.pass ? unsplit.rel : INFINITY;
-    if (!unsplit.pass) res.pass = false;
+    const AttentionCheck skip = check_attention(/*split=*/true, /*skip=*/true);
+    res.skip_rel = skip.pass ? skip.rel : INFINITY;
+    if (!unsplit.pass || !skip.pass) res.pass = false;
   }
 
   cudaFree(d_top.position);
@@ -602,10 +606,10 @@ int main(int argc, char** argv) {
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
-  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit (inf: one of
-  // that launch's checks failed).
-  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
-              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "lse_err", "forced", "top",
+  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, skip_rel with
+  // skip_padding_warps (inf: one of that launch's checks failed).
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "lse_err", "forced", "top",
               "share_err", "cmp", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
@@ -617,14 +621,15 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24];
+      char frac[32], est[24], forced[24], top[24], one[24], skip[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
       std::snprintf(top, sizeof top, "%d/%d", r.top_mismatch, r.top_rows);
       std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
-                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, r.lse_err, forced,
+      std::snprintf(skip, sizeof skip, r.skip_rel < 0 ? "-" : "%.2e", r.skip_rel);
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
+                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, r.lse_err, forced,
                   top, r.share_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
