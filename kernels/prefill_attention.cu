@@ -264,104 +264,102 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillArgs a) {
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // tile t (and Q) landed for this thread; barrier: for all
     __syncthreads();
-    if (warp_idle) {  // nothing to compute; the loop's second barrier, as the others reach it below
-      __syncthreads();
-      continue;
-    }
-    if (t == t_begin) {
+    if (!warp_idle) {  // every thread still meets the barrier below
+      if (t == t_begin) {
 #pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc)
-        ldmatrix_x4(qa[kc], q_smem + (warp * 16 + (lane & 15)) * kStride + kc * 16 + (lane >> 4) * 8);
-    }
-    const __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
-    const __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
-
-    // S = Q K^T: 16 rows x 64 keys per warp, 8 n-tiles of 8 keys.
-    float s[kTileN / 8][4];
-    Tiles::qk(s, qa, ks, lane);
-    // Scale and bias (log2 n of estimated rows, 0 elsewhere: one FMA), then the mask, only on
-    // tiles that need one: the tail and the causal dense rows (CTA-uniform). The unmasked tiles
-    // (all but a few) spend ~5 instructions per logit; the masked version ~15.
-    const float* tile_bias = bias_smem + (t % kStages) * kTileN;
-    float tile_max[2] = {neg_inf(), neg_inf()};
-    auto scale_mask = [&](auto masked) {
-#pragma unroll
-      for (int n = 0; n < kTileN / 8; ++n) {
-        const float2 bias = *reinterpret_cast<const float2*>(tile_bias + n * 8 + (lane & 3) * 2);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
-          float x = fmaf(s[n][e], a.scale_log2, (e & 1) ? bias.y : bias.x);
-          if constexpr (decltype(masked)::value) {
-            const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
-            x = visible ? x : neg_inf();
-          }
-          s[n][e] = x;
-          tile_max[i] = fmaxf(tile_max[i], x);
-        }
+        for (int kc = 0; kc < D / 16; ++kc)
+          ldmatrix_x4(qa[kc], q_smem + (warp * 16 + (lane & 15)) * kStride + kc * 16 + (lane >> 4) * 8);
       }
-    };
-    if ((t + 1) * kTileN > unmasked_end) scale_mask(std::true_type{});
-    else scale_mask(std::false_type{});
-    float corr[2];
+      const __nv_bfloat16* ks = k_smem + (t % kStages) * kTileElems;
+      const __nv_bfloat16* vs = v_smem + (t % kStages) * kTileElems;
+
+      // S = Q K^T: 16 rows x 64 keys per warp, 8 n-tiles of 8 keys.
+      float s[kTileN / 8][4];
+      Tiles::qk(s, qa, ks, lane);
+      // Scale and bias (log2 n of estimated rows, 0 elsewhere: one FMA), then the mask, only on
+      // tiles that need one: the tail and the causal dense rows (CTA-uniform). The unmasked tiles
+      // (all but a few) spend ~5 instructions per logit; the masked version ~15.
+      const float* tile_bias = bias_smem + (t % kStages) * kTileN;
+      float tile_max[2] = {neg_inf(), neg_inf()};
+      auto scale_mask = [&](auto masked) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-      corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
-      if (kTop) ctx[i] *= corr[i];
-    }
-    if (kTop) {
-      // Top key: a tile of selected rows only can hold a new top only where its row max beats the
-      // row's best so far (ties keep the lower row, seen earlier), so its logits are offered only
-      // then (a few percent of tiles, after the first); the tile where the selected rows end
-      // always is, per logit.
-      const int v0 = t * kTileN;
-      const bool pure = v0 + kTileN <= vr.sparse_rows;  // CTA-uniform
-      const bool offer = pure ? __any_sync(0xffffffffu, tile_max[0] > row_best[0] || tile_max[1] > row_best[1])
-                              : v0 < vr.sparse_rows;
-      if (offer) {
-#pragma unroll
-        for (int n = 0; n < kTileN / 8; ++n)
+        for (int n = 0; n < kTileN / 8; ++n) {
+          const float2 bias = *reinterpret_cast<const float2*>(tile_bias + n * 8 + (lane & 3) * 2);
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int v = v0 + n * 8 + (lane & 3) * 2 + (e & 1);
-            if (v < vr.sparse_rows) top[e >> 1].offer(s[n][e], v);
+            const int col = n * 8 + (lane & 3) * 2 + (e & 1), v = t * kTileN + col, i = e >> 1;
+            float x = fmaf(s[n][e], a.scale_log2, (e & 1) ? bias.y : bias.x);
+            if constexpr (decltype(masked)::value) {
+              const bool visible = v < total && (v < clustered || v - clustered < dense_limit[i]);
+              x = visible ? x : neg_inf();
+            }
+            s[n][e] = x;
+            tile_max[i] = fmaxf(tile_max[i], x);
           }
+        }
+      };
+      if ((t + 1) * kTileN > unmasked_end) scale_mask(std::true_type{});
+      else scale_mask(std::false_type{});
+      float corr[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+        corr[i] = st[i].rescale(fmaxf(st[i].m, tile_max[i]));
+        if (kTop) ctx[i] *= corr[i];
       }
-      if (pure) {
-        row_best[0] = fmaxf(row_best[0], tile_max[0]);
-        row_best[1] = fmaxf(row_best[1], tile_max[1]);
+      if (kTop) {
+        // Top key: a tile of selected rows only can hold a new top only where its row max beats the
+        // row's best so far (ties keep the lower row, seen earlier), so its logits are offered only
+        // then (a few percent of tiles, after the first); the tile where the selected rows end
+        // always is, per logit.
+        const int v0 = t * kTileN;
+        const bool pure = v0 + kTileN <= vr.sparse_rows;  // CTA-uniform
+        const bool offer = pure ? __any_sync(0xffffffffu, tile_max[0] > row_best[0] || tile_max[1] > row_best[1])
+                                : v0 < vr.sparse_rows;
+        if (offer) {
+#pragma unroll
+          for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int v = v0 + n * 8 + (lane & 3) * 2 + (e & 1);
+              if (v < vr.sparse_rows) top[e >> 1].offer(s[n][e], v);
+            }
+        }
+        if (pure) {
+          row_best[0] = fmaxf(row_best[0], tile_max[0]);
+          row_best[1] = fmaxf(row_best[1], tile_max[1]);
+        }
+        if (t == t_ctx) {  // the context rows so far are all the rows so far
+          ctx[0] = st[0].l;
+          ctx[1] = st[1].l;
+        }
       }
-      if (t == t_ctx) {  // the context rows so far are all the rows so far
-        ctx[0] = st[0].l;
-        ctx[1] = st[1].l;
+      // The output only needs rescaling where a row's max moved (rare after the first tiles).
+      if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
       }
+      // A row with nothing visible yet has m = -inf: subtract 0 there (its logits are -inf: p = 0).
+      const float m_use[2] = {st[0].m == neg_inf() ? 0.f : st[0].m, st[1].m == neg_inf() ? 0.f : st[1].m};
+      uint32_t pa[kTileN / 16][4];  // P as A fragments: n-tiles 2kk, 2kk+1 form k-chunk kk
+#pragma unroll
+      for (int n = 0; n < kTileN / 8; ++n) {
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = e >> 1;
+          p[e] = exp2_ftz(s[n][e] - m_use[i]);
+          st[i].l += p[e];
+          if (kTop && t == t_ctx && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
+        }
+        pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
+        pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
+      }
+      Tiles::pv(o, pa, vs, lane);  // O += P V
     }
-    // The output only needs rescaling where a row's max moved (rare after the first tiles).
-    if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
-    }
-    // A row with nothing visible yet has m = -inf: subtract 0 there (its logits are -inf: p = 0).
-    const float m_use[2] = {st[0].m == neg_inf() ? 0.f : st[0].m, st[1].m == neg_inf() ? 0.f : st[1].m};
-    uint32_t pa[kTileN / 16][4];  // P as A fragments: n-tiles 2kk, 2kk+1 form k-chunk kk
-#pragma unroll
-    for (int n = 0; n < kTileN / 8; ++n) {
-      float p[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = e >> 1;
-        p[e] = exp2_ftz(s[n][e] - m_use[i]);
-        st[i].l += p[e];
-        if (kTop && t == t_ctx && t * kTileN + n * 8 + (lane & 3) * 2 + (e & 1) < ctx_end) ctx[i] += p[e];
-      }
-      pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
-      pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
-    }
-    Tiles::pv(o, pa, vs, lane);  // O += P V
     __syncthreads();  // stage t % 3 is refilled two iterations from now
   }
   cp_async_wait<0>();
