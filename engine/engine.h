@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/safetensors.h"
 
 namespace squeezeserve {
 
@@ -45,6 +46,9 @@ struct ModelInfo {
   // CPU, or libtorch on a GPU: the libtorch lookup costs more than it saves). The server's auto
   // mode reads it.
   int64_t squeezed_min_context_tokens = -1;
+  // KV cache bytes per context token (K and V of every layer, in the compute dtype): what a stored
+  // context holds at least, before its index.
+  uint64_t kv_bytes_per_token = 0;
 };
 
 struct EngineOptions {
@@ -137,7 +141,7 @@ struct IngestProgress {
 };
 using ProgressFn = std::function<void(const IngestProgress&)>;
 // Storing a context: (bytes written, bytes of its tensors file), as the writing goes.
-using SaveProgressFn = std::function<void(uint64_t bytes_written, uint64_t bytes_total)>;
+using SaveProgressFn = WriteProgressFn;
 // Polled between steps of long work; returns true once the caller has given up (cancel, deadline).
 using CancelFn = std::function<bool()>;
 

@@ -442,6 +442,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   info.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids[0];
   info.device = device->name;
   info.dtype = DTypeLabel(device->dtype);
+  info.kv_bytes_per_token = 2ull * c.num_layers * c.num_kv_heads * c.head_dim * at::elementSize(device->dtype);
   info.squeezed_min_context_tokens = *use_kernels ? SqueezedBreakEvenTokens(c) : -1;
   LogEngineLoaded(info, c.sliding_window);
   LogAttentionBackend(*use_kernels ? "kernels" : "torch", backend_reason);

@@ -155,9 +155,8 @@ class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextPr
       }
     }
     const int64_t total = static_cast<int64_t>(tokens.size());
-    // Storing writes at least the KV cache (K and V of every layer and token; the index comes on top).
-    const uint64_t kv_bytes = static_cast<uint64_t>(total) * 2 * model.num_layers * model.num_kv_heads *
-                              model.head_dim * (model.dtype == "bfloat16" ? 2 : 4);
+    // Storing writes at least the KV cache (the index comes on top).
+    const uint64_t kv_bytes = static_cast<uint64_t>(total) * model.kv_bytes_per_token;
     const TenantLimits limits = core_->LimitsOf(tenant_);
     if (absl::Status room = core_->store.CheckRoom(ContextKey{tenant_, id}, limits, kv_bytes); !room.ok()) {
       return room;

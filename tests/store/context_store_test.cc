@@ -255,6 +255,8 @@ TEST_F(ContextStoreTest, TooLittleFreeSpaceFailsBeforeAnyWork) {
   EXPECT_TRUE(absl::StrContains(room.message(), "GB free")) << room;
   EXPECT_FALSE(absl::StrContains(room.message(), "/")) << "no server paths: " << room;
   EXPECT_TRUE(store->CheckRoom({"acme", "big"}, TenantLimits{}, 1).ok());
+  // The engine's per-token KV size is what a context's summary counts (the ingest's lower bound).
+  EXPECT_EQ(TheEngine().model_info().kv_bytes_per_token * 64, Ingested("probe", 64)->summary().kv_bytes);
   ContextStore memory_only;  // no directory: nothing will be written
   EXPECT_TRUE(memory_only.CheckRoom({"", "big"}, TenantLimits{}, huge).ok());
 
