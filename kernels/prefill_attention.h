@@ -32,7 +32,15 @@ struct PrefillLaunch {
   // tile) skip the products and softmax; they still load and meet every barrier. Off until
   // kernels_check has passed it on a GPU (bench/kernels/NOTES.md, 2026-12-05).
   bool skip_padding_warps = false;
+  // At head_dim 128 on Hopper (sm_90a): the warp-specialized kernel (prefill_attention_ws.cu: a
+  // producer warpgroup gathering the tiles, two consumer warpgroups on wgmma taking turns, each
+  // overlapping one tile's softmax with the next tile's products); elsewhere the mma.sync kernel.
+  // Off until kernels_check has passed it on a GPU (bench/kernels/NOTES.md, 2026-12-05).
+  bool warp_specialized = false;
 };
+
+// Whether PrefillLaunch::warp_specialized takes effect on the current device (head_dim 128).
+bool prefill_warp_specialized_available();
 
 // Bytes of workspace a launch of this shape needs (0 when it runs unsplit).
 size_t prefill_attention_workspace_bytes(const AttentionShape& shape, const PrefillLaunch& launch);

@@ -4,7 +4,8 @@
 // mma.sync m16n8k16 on its 16 query rows (S and O as C fragments [n-tile][4], Q and P as A
 // fragments). A warpgroup-MMA (wgmma) version of the same loop measured 1.12-1.19x slower on the
 // H200 (bench/kernels/NOTES.md, 2026-12-05): without a producer warp and two consumer warpgroups
-// overlapping the softmax with the products, the instruction alone does not pay.
+// overlapping the softmax with the products, the instruction alone does not pay (that structure:
+// prefill_attention_ws.cu).
 #pragma once
 
 #include <cuda_bf16.h>

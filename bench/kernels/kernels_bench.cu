@@ -20,7 +20,9 @@
 // unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
 // ranges ("paper-splitsN", against the launch's choice) and with the warps of padding rows idle
 // ("paper-skip-padding", PrefillLaunch::skip_padding_warps). Decode at 90% also with one CTA per SM
-// ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once).
+// ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once). Every
+// prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
+// 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write.
 #include <algorithm>
@@ -464,6 +466,10 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
+      PrefillLaunch ws_launch;  // the warp-specialized prefill kernel, where it runs
+      ws_launch.warp_specialized = true;
+      const bool ws = c.prefill() && c.d == 128 && prefill_warp_specialized_available();
+      if (ws) run("paper-ws", d_views, sel, TopKeys{}, params, limits, sws, true, ws_launch);
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
         run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, /*split_k=*/false);
       if (c.prefill() && lq <= 64 && sparsity > 0.85f) {
@@ -536,6 +542,7 @@ int main(int argc, char** argv) {
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
+          if (ws) run("accurate-ws", d_acc, acc_sel, top, params, limits, sws, true, ws_launch);
           // The estimate floor (SelectionParams::estimate_floor): only the pruned clusters scoring
           // at least tau / 16 estimated (docs/index_layout.md "Estimate floor").
           SelectionParams floored = params;

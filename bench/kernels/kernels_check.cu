@@ -83,6 +83,7 @@ struct Result {
   double logit_err = 0;  // Selection::estimate_logits against the CPU's, where the lists agree
   double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
   double skip_rel = -1;     // prefill: with PrefillLaunch::skip_padding_warps (split as chosen)
+  double ws_rel = -1;       // prefill, D = 128 on sm_90a: the warp-specialized kernel, split as chosen, and unsplit
   bool pass = true;
 };
 
@@ -366,13 +367,14 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   // One launch on poisoned outputs, checked against the reference: the relative output error, and
   // the LSE and top-key columns of the result. Prefill: the key ranges split as the launch chooses
-  // (`split`: these small grids split) or unsplit (no workspace); `skip`: skip_padding_warps.
+  // (`split`: these small grids split) or unsplit (no workspace); `skip`: skip_padding_warps; `ws`:
+  // the warp-specialized kernel.
   struct AttentionCheck {
     double rel = 0, lse_err = 0, share_err = 0;
     int top_rows = 0, top_mismatch = 0;
     bool pass = true;
   };
-  auto check_attention = [&](bool split, bool skip = false) {
+  auto check_attention = [&](bool split, bool skip = false, bool ws = false) {
     AttentionCheck r;
     CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * out_n));  // bf16 0xffff = NaN
     CUDA_OK(cudaMemset(d_lse, 0xff, sizeof(float) * out_n / c.d));
@@ -388,6 +390,7 @@ Result run_case(const Case& c, uint64_t seed) {
     } else {
       PrefillLaunch launch;
       launch.skip_padding_warps = skip;
+      launch.warp_specialized = ws;
       const size_t bytes = split ? prefill_attention_workspace_bytes(shape, launch) : 0;
       if (bytes) CUDA_OK(cudaMalloc(&dws, bytes));
       CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
@@ -436,6 +439,12 @@ Result run_case(const Case& c, uint64_t seed) {
     const AttentionCheck skip = check_attention(/*split=*/true, /*skip=*/true);
     res.skip_rel = skip.pass ? skip.rel : INFINITY;
     if (!unsplit.pass || !skip.pass) res.pass = false;
+    if (c.d == 128 && prefill_warp_specialized_available()) {
+      const AttentionCheck ws = check_attention(/*split=*/true, false, /*ws=*/true);
+      const AttentionCheck ws_one = check_attention(/*split=*/false, false, /*ws=*/true);
+      res.ws_rel = ws.pass && ws_one.pass ? std::max(ws.rel, ws_one.rel) : INFINITY;
+      if (!ws.pass || !ws_one.pass) res.pass = false;
+    }
   }
 
   cudaFree(d_top.position);
@@ -558,6 +567,11 @@ int main(int argc, char** argv) {
       with_lookup({"prefill d128 g4 lq64 est ra chunks", 128, 4, 2, 64, {20011, 5003},   2, 0, 50, 0.1f, 1.5f}, 1, 1),
       with_lookup({"prefill d64 g3 lq40 hier est chunks", 64, 3, 2, 40, {12007},          3, 4, 30, 0.1f, 1.f}, 1, 0),
       {"prefill d128 g1 lq50 all chunks", 128, 1, 2, 50, {9001, 4100},                     2, 0, 20, 0.1f, -1.f},
+      // The warp-specialized kernel's paths (ws_rel): one consumer (64 rows) over a two-level index
+      // with the estimate and top keys; two consumers over hundreds of tiles (the stage ring wraps
+      // many times; chunks of 2048 rows; split ranges).
+      with_lookup({"prefill d128 g1 lq64 hier est ra", 128, 1, 2, 64, {6007, 2500},       8, 4, 40, 0.1f, 1.f}, 1, 1),
+      {"prefill d128 g2 lq100 long",   128, 2, 2, 100, {24001, 7001},                        3, 0, 64, 0.1f, 1.f},
       {"prefill d64 g2 lq17 huge cluster", 64, 2, 1, 17, {20000},                      20000, 0, 30, 0.f, -1.f},
       // The same with Selection::estimate_logits: decode takes the estimate's logits from the
       // selection (fast path and hierarchical children); prefill must ignore them.
@@ -596,7 +610,7 @@ int main(int argc, char** argv) {
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
-        "prefill d128 g4 lq64 est ra floor"};
+        "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
@@ -606,11 +620,12 @@ int main(int argc, char** argv) {
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
-  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, skip_rel with
+  // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, ws_rel the
+  // warp-specialized kernel's (the worse of split and unsplit; D = 128 on sm_90a), skip_rel with
   // skip_padding_warps (inf: one of that launch's checks failed).
-  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
-              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "lse_err", "forced", "top",
-              "share_err", "cmp", "result");
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "ws_rel", "lse_err", "forced",
+              "top", "share_err", "cmp", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -621,15 +636,16 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24], skip[24];
+      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
       std::snprintf(top, sizeof top, "%d/%d", r.top_mismatch, r.top_rows);
       std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
       std::snprintf(skip, sizeof skip, r.skip_rel < 0 ? "-" : "%.2e", r.skip_rel);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
-                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, r.lse_err, forced,
+      std::snprintf(ws, sizeof ws, r.ws_rel < 0 ? "-" : "%.2e", r.ws_rel);
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
+                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, ws, r.lse_err, forced,
                   top, r.share_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
       return r.pass;
     });

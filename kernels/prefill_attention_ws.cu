@@ -1,0 +1,328 @@
+// Sparse prefill attention, warp-specialized on Hopper's warpgroup MMA (FlashAttention-3
+// structure; PrefillLaunch::warp_specialized, head_dim 128, sm_90a). Same contract, grid, row
+// packing, tiles and per-row arithmetic as the mma.sync kernel (prefill_attention.cu,
+// prefill_common.cuh); what differs is who waits for what.
+//
+// Why: the mma.sync kernel runs at ~230 TFLOP/s (bench/kernels/NOTES.md). Its 8 warps load, wait
+// and compute in lockstep behind two CTA barriers a tile, so the tensor cores idle through every
+// softmax and every gather's tail; the same loop on wgmma measured slower still (each product
+// waited for itself). Here:
+//   - warpgroup 0, the producer, resolves the row codes (prefill_common.cuh's resolver, on its own
+//     named barrier) and gathers K, V and the logit bias of each 64-row tile with cp.async into a
+//     4-stage ring; each thread's copies arrive on the stage's "full" mbarrier as they land
+//     (cp.async.mbarrier.arrive.noinc), its bias store with a plain (release) arrive;
+//   - warpgroups 1 and 2, the consumers, own 64 query rows each. A consumer waits for "full",
+//     issues S = Q K^T of tile t and O += P V of tile t - 1 as one batch of wgmma, and runs tile
+//     t's softmax while the batch's second half is still on the tensor cores (intra-warpgroup
+//     overlap); when the products of tile t - 1 are done it releases the stage ("empty", one
+//     arrive per warp);
+//   - the two consumers take turns issuing (two named barriers), so that one's softmax runs while
+//     the other's products are on the tensor cores (ping-pong).
+// Registers: 168 a thread (384 threads), no spills, without setmaxnreg: Q stays in smem (wgmma
+// reads both operands of S from there) and the consumers keep only S, P, O and the row state.
+// Operands: Q and K as K-major core-matrix tiles, V as MN-major B, no swizzle (the K and V
+// descriptors the removed drop-in wgmma kernel proved at D = 128: bench/kernels/NOTES.md,
+// 2026-12-05); P as A fragments in registers (the mma.sync layout, per warp 16 of the 64 rows).
+// A Llama-2 question (64 rows, group 1) leaves the second consumer's rows all padding: it then
+// exits at once and the first runs alone, without turns.
+// If kernels_check fails here with the mma.sync kernel passing, suspect first the visibility of
+// the gathered tiles to wgmma: the consumer fences the async proxy after its mbarrier wait (as
+// FlashAttention-3's cp.async path relies on the wait alone); the alternative is the producer
+// waiting for its copies one stage late (cp.async.wait_group) and fencing before a plain arrive.
+#include "kernels/cuda_common.cuh"
+#include "kernels/prefill_common.cuh"
+#include "kernels/wgmma.cuh"
+
+#include <cstddef>
+
+namespace squeezeserve::kernels::detail {
+namespace {
+
+constexpr int D = 128;
+constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kStages = 4;
+constexpr int kTileN = kPrefillTileN;
+constexpr int kTileElems = kTileN * D;     // a K or V tile in core matrices, no padding
+struct Smem {
+  __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, as K
+  __nv_bfloat16 k[kStages][kTileElems];
+  __nv_bfloat16 v[kStages][kTileElems];
+  float bias[kStages][kTileN];
+  int resolver[resolver_smem_ints(2)];  // two chunks' codes: the next resolved while this one loads
+  uint64_t full[kStages], empty[kStages];
+};
+static_assert(offsetof(Smem, k) % 128 == 0 && offsetof(Smem, v) % 128 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
+              "core matrices are 128-byte aligned");
+
+#ifdef SQZ_HAS_WGMMA
+
+constexpr int kProducerBarrier = 1;        // named barriers: the producer warpgroup's own,
+constexpr int kTurnBarrier = 2;            // consumer c's turn to issue: kTurnBarrier + c,
+constexpr int kQBarrier = 4;               // consumer c's Q landed: kQBarrier + c
+
+// The core-matrix layout of Q and of a K or V tile (wgmma.cuh): 16-byte chunk q of a tile's copy lies at
+// (row, col); lanes 0-7 fill one 128-byte core matrix, so a warp's cp.async writes are contiguous.
+__device__ __forceinline__ int chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
+__device__ __forceinline__ int chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
+__device__ __forceinline__ int core_offset(int row, int col) {
+  return ((row >> 3) * (D / 8) + (col >> 3)) * 64 + (row & 7) * 8;
+}
+
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_address(bar))
+               : "memory");
+}
+// An arrive that fires when this thread's earlier cp.async copies have landed, counted against
+// the barrier's expected arrivals (.noinc).
+__device__ __forceinline__ void mbar_arrive_on_copies(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+// Waits for the completion of the barrier's phase with this parity. A wait that never ends is a
+// bug in the pipeline's accounting: trap (a launch error the caller sees) instead of hanging the
+// GPU (~2^24 polls: well over a second, against microseconds for a real wait).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t address = smem_address(bar);
+  for (uint32_t polls = 0;; ++polls) {
+    uint32_t done;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(address), "r"(parity)
+        : "memory");
+    if (done) return;
+    if (polls == (1u << 24)) __trap();
+  }
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+}
+
+// Producer warpgroup: the tiles [t_begin, t_end) into the ring, tile i of the range in stage
+// i % kStages once both consumers have released that stage's previous tile. Chunk k + 1's codes
+// are resolved into the other buffer as soon as chunk k's first kStages tiles are in flight, while
+// the consumers work through them (the resolve, ~3 rounds of dependent loads, would otherwise
+// leave the ring empty behind it once every 32 tiles). Not inlined: ptxas then allocates the
+// producer's registers apart from the consumers' (inlined, the two roles' peaks met in one
+// allocation and spilled up to 56 bytes in the top-key variant).
+__device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr, const PrefillTiles& p, int tid) {
+  constexpr int kTilesPerChunk = kPrefillChunkRows / kTileN;
+  ChunkResolver<128, NamedSync<kProducerBarrier, 128>, /*kBuffers=*/2, /*kPhasedWindow=*/true> res(sm.resolver);
+  const int n_tiles = p.t_end - p.t_begin;
+  res.start_at(vr, p.t_begin * kTileN, tid);
+  if (n_tiles > 0) res.resolve(vr, p.t_begin * kTileN, p.total, tid, 0);
+  for (int i = 0; i < n_tiles; ++i) {
+    const int t = p.t_begin + i, stage = i % kStages, chunk = i / kTilesPerChunk;
+    if (i % kTilesPerChunk == 0) res.use(chunk & 1);
+    if (i % kTilesPerChunk == min(kStages, kTilesPerChunk - 1) && (chunk + 1) * kTilesPerChunk < n_tiles)
+      res.resolve(vr, (t - i % kTilesPerChunk + kTilesPerChunk) * kTileN, p.total, tid, (chunk + 1) & 1);
+    if (i >= kStages) mbar_wait(&sm.empty[stage], ((i / kStages) - 1) & 1);
+    const int c0 = t * kTileN - res.chunk_r0;
+    if (tid < kTileN) sm.bias[stage][tid] = res.chunk_bias[c0 + tid];
+#pragma unroll
+    for (int j = 0; j < kTileN * D / 8 / 128; ++j) {  // 8 chunks of K and 8 of V per thread
+      const int q = tid + 128 * j, row = chunk_row(q), col = chunk_col(q);
+      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + row], col);
+      cp_async_16(sm.k[stage] + core_offset(row, col), src.key, src.key_bytes);
+      cp_async_16(sm.v[stage] + core_offset(row, col), src.value, src.bytes);
+    }
+    mbar_arrive_on_copies(&sm.full[stage]);
+    mbar_arrive(&sm.full[stage]);  // releases the bias store
+  }
+  cp_async_wait<0>();  // nothing of this thread's in flight when it exits
+}
+
+// S = Q K^T: 8 k-steps of m64n64k16, Q and K both K-major in smem (8-row groups 16 D bytes apart,
+// the two 8-dim halves of a k-step 128 B apart); the first step ignores s's old values. One
+// commit group. Every issue here is unconditional: a wgmma behind a branch, or one whose
+// registers a branch last wrote, makes ptxas serialize them all (C7520).
+__device__ __forceinline__ void issue_qk(float (&s)[kTileN / 8][4], uint32_t q, const __nv_bfloat16* k) {
+  const uint32_t tile = smem_address(k);
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc)
+    wgmma_m64n64k16_ss(s, smem_descriptor(q + 256 * kc, 128, 16 * D), smem_descriptor(tile + 256 * kc, 128, 16 * D),
+                       kc > 0);
+  wgmma_commit();
+}
+// O += P V: 4 k-steps of m64n128k16, P from registers, V as MN-major B (8-key groups 16 D bytes
+// apart, 8-dim columns 128 B apart). One commit group.
+__device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kTileN / 16][4],
+                                         const __nv_bfloat16* v) {
+  const uint32_t tile = smem_address(v);
+#pragma unroll
+  for (int kk = 0; kk < kTileN / 16; ++kk)
+    wgmma_m64n128k16<1>(o, pa[kk], smem_descriptor(tile + 32 * D * kk, 16 * D, 128), 1);
+  wgmma_commit();
+}
+
+// Consumer c (0 or 1): query rows [64 c, 64 c + 64) of the tile. Keeps only the softmax state, S,
+// P and O in registers (Q stays in smem): 168 registers a thread, the most 384 threads may have.
+template <bool kTop>
+__device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, int c, bool turns) {
+  const int wtid = threadIdx.x - 128 * (c + 1), warp = wtid >> 5, lane = wtid & 31;
+  const int m_first = 64 * c + 16 * warp + (lane >> 2);  // this thread's first row in the CTA's tile
+  // Q: this warpgroup's 64 rows into core matrices (packed row m -> token m / G, head h * G + m % G;
+  // rows past the block zero), visible to wgmma's async proxy before any warp of the group issues.
+  {
+    const int G = a.g;
+#pragma unroll
+    for (int i = 0; i < 64 * D / 8 / 128; ++i) {
+      const int chunk = wtid + 128 * i, row = 64 * c + chunk_row(chunk), col = chunk_col(chunk);
+      const int m = p.m0 + row;
+      const __nv_bfloat16* src = a.q;
+      int bytes = 0;
+      if (m < p.rows_m) {
+        src = a.q + ((static_cast<int64_t>(p.b) * a.lq + m / G) * a.hkv * G + p.h * G + m % G) * D + col;
+        bytes = 16;
+      }
+      cp_async_16(sm.q + core_offset(row, col), src, bytes);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    named_sync(kQBarrier + c, 128);
+  }
+  const uint32_t q = smem_address(sm.q + 64 * c * D);  // 8 row groups of 16 D bytes per 64 rows
+
+  PrefillRows<kTop> rows(a, p, m_first);
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+  const int n_tiles = p.t_end - p.t_begin;
+  if (n_tiles > 0) {  // CTA-uniform
+    float s[kTileN / 8][4];
+    uint32_t pa[kTileN / 16][4];
+    // Turns: consumer c issues after the other's last issue (consumer 1 lets 0 go first), so the
+    // two alternate on the tensor cores. Each issues n_tiles + 1 batches and signals after each
+    // but consumer 1's last: every arrive is met by a sync.
+    const int mine = kTurnBarrier + c, other = kTurnBarrier + 1 - c;
+    auto take_turn = [&] {
+      if (turns) named_sync(mine, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if (turns && !(last && c == 1)) named_arrive(other, 256);
+    };
+    auto wait_full = [&](int i) {
+      mbar_wait(&sm.full[i % kStages], (i / kStages) & 1);
+      fence_proxy_async();  // the copies landed through the generic proxy; wgmma reads via the async one
+    };
+    auto release = [&](int i) {  // after the products reading tile i's stage are done
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.empty[i % kStages]);
+    };
+    float corr[2];
+    // Tile 0: S alone.
+    wait_full(0);
+    take_turn();
+    wgmma_fence();
+    issue_qk(s, q, sm.k[0]);
+    pass_turn(false);
+    wgmma_wait<0>();
+    fence_operands(s);
+    rows.softmax_tile(s, p.t_begin, sm.bias[0], a, p, lane, corr);
+    pack_p(s, pa);
+    // Tile i: S of tile i and P V of tile i - 1 in flight together; tile i's softmax while the
+    // second runs. O is rescaled every tile (the factor is 1 where a row's max held): a branch
+    // around it would make the next P V's accumulators depend on a divergent path.
+    for (int i = 1; i < n_tiles; ++i) {
+      wait_full(i);
+      take_turn();
+      wgmma_fence();  // o, pa and s were last written by ordinary instructions
+      issue_qk(s, q, sm.k[i % kStages]);
+      issue_pv(o, pa, sm.v[(i - 1) % kStages]);
+      fence_operands(s);
+      fence_operands(o);
+      pass_turn(false);
+      wgmma_wait<1>();  // S of tile i (the first group)
+      fence_operands(s);
+      rows.softmax_tile(s, p.t_begin + i, sm.bias[i % kStages], a, p, lane, corr);
+      wgmma_wait<0>();  // P V of tile i - 1
+      fence_operands(o);
+      fence_registers(pa);
+      release(i - 1);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] *= corr[e >> 1];
+      pack_p(s, pa);
+    }
+    // The last tile's P V.
+    take_turn();
+    wgmma_fence();
+    issue_pv(o, pa, sm.v[(n_tiles - 1) % kStages]);
+    fence_operands(o);
+    pass_turn(true);
+    wgmma_wait<0>();
+    fence_operands(o);
+    release(n_tiles - 1);
+  }
+  // The epilogue's top-key lookup reads the selection again rather than keeping its pointers live
+  // through the loop.
+  const VirtualRows vr = virtual_rows<D>(a.seqs[p.b], a.sel, p.b, p.h, a.hkv, /*decode_group=*/0);
+  rows.template write<D>(o, a, p, vr, m_first, lane);
+}
+
+#endif  // SQZ_HAS_WGMMA
+
+template <bool kTop>
+__global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(PrefillArgs a) {
+#ifdef SQZ_HAS_WGMMA
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
+  const VirtualRows vr = virtual_rows<D>(a.seqs[blockIdx.z], a.sel, blockIdx.z, blockIdx.y, a.hkv, /*decode_group=*/0);
+  const PrefillTiles p = PrefillTiles::of(a, vr);
+  // The second consumer only when the tile has rows past the first 64 (CTA-uniform).
+  const int consumers = p.rows_m - p.m0 > 64 ? 2 : 1;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&sm.full[s], 2 * 128);        // per producer thread: its copies, its bias store
+      mbar_init(&sm.empty[s], 4 * consumers);  // one arrive per consumer warp
+    }
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) produce(sm, vr, p, threadIdx.x);
+  else if (wg <= consumers) consume<kTop>(sm, a, p, wg - 1, /*turns=*/consumers == 2);
+#else
+  __trap();  // launched only where prefill_ws_available()
+#endif
+}
+
+}  // namespace
+
+bool prefill_ws_available() { return wgmma_available(); }
+
+template <bool kTop>
+cudaError_t launch_prefill_ws(const PrefillArgs& a, int batch, cudaStream_t stream) {
+  if (!prefill_ws_available()) return cudaErrorNotSupported;
+  const auto kernel = prefill_ws_kernel<kTop>;
+  const int bytes = static_cast<int>(sizeof(Smem));
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((a.lq * a.g + kPrefillTileM - 1) / kPrefillTileM * a.splits, a.hkv, batch);
+  kernel<<<grid, kThreads, bytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_prefill_ws<false>(const PrefillArgs&, int, cudaStream_t);
+template cudaError_t launch_prefill_ws<true>(const PrefillArgs&, int, cudaStream_t);
+
+}  // namespace squeezeserve::kernels::detail
