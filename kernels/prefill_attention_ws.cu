@@ -123,7 +123,7 @@ __device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
 // allocation and spilled up to 56 bytes in the top-key variant).
 __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr, const PrefillTiles& p, int tid) {
   constexpr int kTilesPerChunk = kPrefillChunkRows / kTileN;
-  ChunkResolver<128, NamedSync<kProducerBarrier, 128>, /*kBuffers=*/2, /*kPhasedWindow=*/true> res(sm.resolver);
+  ChunkResolver<128, NamedSync<kProducerBarrier, 128>, /*kBuffers=*/2> res(sm.resolver);
   const int n_tiles = p.t_end - p.t_begin;
   res.start_at(vr, p.t_begin * kTileN, tid);
   if (n_tiles > 0) res.resolve(vr, p.t_begin * kTileN, p.total, tid, 0);

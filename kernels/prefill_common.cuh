@@ -107,11 +107,11 @@ constexpr int resolver_smem_ints(int buffers) { return 2 * kPrefillWindow + 2 * 
 // threads at once. A tile's loader then reads its rows' codes (and the estimated rows' log2 key
 // counts, the logit bias) from smem. Resolving per tile (a chain of three dependent global loads
 // before each tile's copies could be issued) stalled the mma.sync kernel for most of each tile.
-// kBuffers = 2 lets a producer resolve the next chunk while the current one's tiles still load
-// (use() switches). kPhasedWindow: the window's loads (a chain of three per segment: its start,
-// id, offset) in three rounds, each issued for all of a thread's segments before any is used,
-// instead of one segment's chain after the other (~17 chains a thread at 128 threads).
-template <int kThreads, typename Sync, int kBuffers = 1, bool kPhasedWindow = false>
+// The window's loads (a chain of three per segment: its start, id, offset) run in three rounds,
+// each issued for all of a thread's segments before any is used, rather than one segment's chain
+// after the other (9 chains a thread at 256 threads, 17 at 128). kBuffers = 2 lets a producer
+// resolve the next chunk while the current one's tiles still load (use() switches).
+template <int kThreads, typename Sync, int kBuffers = 1>
 struct ChunkResolver {
   static constexpr int kRowsPerThread = kPrefillChunkRows / kThreads;
   int* smem;
@@ -165,36 +165,23 @@ struct ChunkResolver {
     float* bias_out = bias_of(buffer);
     const int sel_end = min(r0 + kPrefillChunkRows, vr.sparse_rows);
     if (r0 < sel_end) {  // uniform
-      if constexpr (kPhasedWindow) {
-        constexpr int kPer = (kPrefillWindow + kThreads - 1) / kThreads;
-        int v[kPer];
+      constexpr int kPer = (kPrefillWindow + kThreads - 1) / kThreads;
+      int v[kPer];
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) {  // round 1: the segments' starts
-          const int i = tid + j * kThreads, sg = seg_lo + i;
-          v[j] = i < kPrefillWindow && sg < vr.count ? __ldg(vr.row_start + sg) : INT_MAX;
-        }
+      for (int j = 0; j < kPer; ++j) {  // round 1: the segments' starts
+        const int i = tid + j * kThreads, sg = seg_lo + i;
+        v[j] = i < kPrefillWindow && sg < vr.count ? __ldg(vr.row_start + sg) : INT_MAX;
+      }
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) {  // round 2: the ids of those that start in the chunk
-          const int i = tid + j * kThreads;
-          if (i < kPrefillWindow) win_start()[i] = v[j];
-          v[j] = i < kPrefillWindow && v[j] < sel_end ? __ldg(vr.ids + seg_lo + i) : -1;
-        }
+      for (int j = 0; j < kPer; ++j) {  // round 2: the ids of those that start in the chunk
+        const int i = tid + j * kThreads;
+        if (i < kPrefillWindow) win_start()[i] = v[j];
+        v[j] = i < kPrefillWindow && v[j] < sel_end ? __ldg(vr.ids + seg_lo + i) : -1;
+      }
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) {  // round 3: their offsets
-          const int i = tid + j * kThreads;
-          if (i < kPrefillWindow) win_base()[i] = v[j] >= 0 ? __ldg(vr.offsets + v[j]) - win_start()[i] : 0;
-        }
-      } else {
-        for (int i = tid; i < kPrefillWindow; i += kThreads) {
-          const int sg = seg_lo + i;
-          int start = INT_MAX, base = 0;
-          if (sg < vr.count) {
-            start = __ldg(vr.row_start + sg);
-            if (start < sel_end) base = __ldg(vr.offsets + __ldg(vr.ids + sg)) - start;
-          }
-          win_start()[i] = start;
-          win_base()[i] = base;
-        }
+      for (int j = 0; j < kPer; ++j) {  // round 3: their offsets
+        const int i = tid + j * kThreads;
+        if (i < kPrefillWindow) win_base()[i] = v[j] >= 0 ? __ldg(vr.offsets + v[j]) - win_start()[i] : 0;
       }
       Sync::sync();
     }
