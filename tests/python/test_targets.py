@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""bench/targets.py: its verdicts on the committed H200 results and on made-up rows that must pass,
+fail, or count as not measured."""
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import targets  # noqa: E402
+
+
+def run(*argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        targets.main(list(argv))
+    return out.getvalue()
+
+
+def row(text, prefix):
+    lines = [l for l in text.splitlines() if l.startswith("| " + prefix)]
+    assert len(lines) == 1, (prefix, lines)
+    return [c.strip() for c in lines[0].strip("|").split("|")]
+
+
+def kernel_row(model, mode, context, query_len, lookup, total_us, dense_us, sparsity=0.9):
+    return {"model": model, "mode": mode, "context": context, "query_len": query_len, "batch": 1,
+            "lookup": lookup, "sparsity": sparsity, "total_us": total_us, "flash_us": dense_us * 1.1,
+            "cudnn_us": dense_us}
+
+
+class CommittedResults(unittest.TestCase):
+    def test_the_h200_files_give_every_target_a_verdict(self):
+        text = run()
+        self.assertEqual(row(text, "decode llama3-8b 512K")[2], "MISSED")
+        self.assertIn("3.79x", row(text, "decode llama3-8b 512K")[1])
+        self.assertEqual(row(text, "prefill 1K x 512K, 90% >= 4.5x")[2], "MISSED")
+        self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 8K")[2], "met")
+        self.assertIn("1.16x", row(text, "TPOT default <= 1.1x paper, 512K b1")[1])
+        self.assertEqual(row(text, "TPOT default <= 1.1x paper, 64K b1")[2], "not measured")
+
+
+class MadeUpResults(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def write(self, name, data):
+        path = os.path.join(self.dir.name, name)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        return path
+
+    def test_the_fastest_prefill_kernel_counts_and_missing_rows_are_not_passes(self):
+        rows = [kernel_row("llama2-7b", "prefill", 524288, 1024, "paper", 5000.0, 15000.0),
+                kernel_row("llama2-7b", "prefill", 524288, 1024, "paper-ws", 3000.0, 15000.0),
+                kernel_row("llama2-7b", "prefill", 131072, 1024, "paper", 1000.0, 3400.0)]
+        text = run("--kernels", self.write("k.json", {"results": rows}), "--full", "--accuracy", "")
+        self.assertEqual(row(text, "prefill 1K x 512K, 90% >= 4.5x")[2], "met")   # 15000 / 3000 = 5.0
+        self.assertIn("paper-ws", row(text, "prefill 1K x 512K, 90% >= 4.5x")[3])
+        self.assertEqual(row(text, "prefill 1K x 128K, 90% >= 2x")[2], "MISSED")  # 1.89 / 1.00 ms
+        self.assertEqual(row(text, "prefill 1K x 512K, 90% >= 2x")[2], "met")  # 6.70 / 3.00
+        self.assertEqual(row(text, "decode llama2-7b 512K")[2], "not measured")
+        self.assertEqual(row(text, "two-level index")[2], "not measured")
+        self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 16K")[2], "not measured")
+
+    def test_tpot_and_accuracy_thresholds(self):
+        full = self.write("f.json", {"shape": "llama3-8b", "context": 65536, "decode": [
+            {"mode": "default", "batch": 1, "tpot_ms": 10.5}, {"mode": "paper-0.9", "batch": 1, "tpot_ms": 10.0},
+            {"mode": "default", "batch": 8, "tpot_ms": 12.0}, {"mode": "paper-0.9", "batch": 8, "tpot_ms": 10.0}]})
+        configs = [{"name": "dense", "mode": "dense", "hierarchical": False, "sparsity": 0.0},
+                   {"name": "flat90", "mode": "squeezed", "hierarchical": False, "sparsity": 0.9,
+                    "pruned": "server default", "read_ahead": "server default"}]
+        results = [{"task": "kv_retrieval", "config": "dense", "context_tokens_target": 8192, "accuracy": 0.90},
+                   {"task": "kv_retrieval", "config": "flat90", "context_tokens_target": 8192, "accuracy": 0.895},
+                   {"task": "kv_retrieval", "config": "dense", "context_tokens_target": 16384, "accuracy": 0.80},
+                   {"task": "kv_retrieval", "config": "flat90", "context_tokens_target": 16384, "accuracy": 0.75}]
+        acc = self.write("a.json", {"configs": configs, "results": results, "device": "cuda:0"})
+        text = run("--kernels", "", "--full", full, "--accuracy", acc)
+        self.assertEqual(row(text, "TPOT default <= 1.1x paper, 64K b1")[2], "met")      # 1.05
+        self.assertEqual(row(text, "TPOT default <= 1.1x paper, 64K b8")[2], "MISSED")   # 1.20
+        self.assertEqual(row(text, "TPOT default <= 1.1x paper, 512K b1")[2], "not measured")
+        self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 8K")[2], "met")     # 0.5 pt
+        self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 16K")[2], "MISSED")  # 5 pt
+
+
+if __name__ == "__main__":
+    unittest.main()
