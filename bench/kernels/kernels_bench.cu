@@ -14,7 +14,9 @@
 // TopKeys out), at the same tau, and as "accurate-floor16" (only the pruned clusters scoring at
 // least tau / 16 estimated); decode also as "accurate-centroids" (the estimate's keys re-read)
 // and as "paper-two-level": the paper's lookup over a two-level index (8 fine clusters per coarse
-// one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction).
+// one; tau_coarse expands ~30% of the rows, tau_fine bisected to the same kept fraction), and
+// "accurate-two-level": the accurate lookup over that index at the same thresholds (a pruned coarse
+// cluster estimated as one key: ~3x fewer estimated keys than one level).
 // Prefill: 1K-token blocks at every context, and from 128K on a 64-token question (the user's
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
 // unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
@@ -79,7 +81,7 @@ struct BenchContext {
   // The two-level index: every kCoarseRatio consecutive fine clusters form a coarse one (random
   // coarse centroids: only timed).
   int kc;
-  __nv_bfloat16* coarse_centroids;
+  __nv_bfloat16 *coarse_centroids, *coarse_means;
   int32_t* coarse_offsets;
   BenchContext(int hkv_, int d_, int n_, uint32_t seed) : hkv(hkv_), d(d_), n(n_) {
     std::mt19937 rng(seed);
@@ -120,6 +122,8 @@ struct BenchContext {
     centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
     coarse_centroids = dev_alloc<__nv_bfloat16>(size_t(hkv) * kc * d);
     fill_bf16<<<1024, 256>>>(coarse_centroids, size_t(hkv) * kc * d, seed * 7 + 8);
+    coarse_means = dev_alloc<__nv_bfloat16>(size_t(hkv) * kc * d);
+    fill_bf16<<<1024, 256>>>(coarse_means, size_t(hkv) * kc * d, seed * 7 + 9);
     means = dev_alloc<__nv_bfloat16>(size_t(hkv) * k * d);
     fill_bf16<<<1024, 256>>>(means, size_t(hkv) * k * d, seed * 7 + 6);
     fill_bf16<<<1024, 256>>>(keys, kv, seed * 7 + 1);
@@ -132,6 +136,7 @@ struct BenchContext {
   ~BenchContext() {
     cudaFree(keys); cudaFree(values); cudaFree(dense_k); cudaFree(dense_v); cudaFree(centroids); cudaFree(offsets);
     cudaFree(means); cudaFree(perm); cudaFree(cluster_of_position); cudaFree(coarse_centroids); cudaFree(coarse_offsets);
+    cudaFree(coarse_means);
   }
   SequenceLayerBf16 view(int dense_len) const {
     SequenceLayerBf16 v;
@@ -155,10 +160,12 @@ struct BenchContext {
     v.num_coarse = kc;
     return v;
   }
-  // The accurate lookup's view: estimate and read-ahead (positions: device [hq]) on.
-  SequenceLayerBf16 accurate_view(int dense_len, const int32_t* read_ahead) const {
-    SequenceLayerBf16 v = view(dense_len);
+  // The accurate lookup's view: estimate and read-ahead (positions: device [hq]) on; over the
+  // two-level index, pruned coarse clusters are estimated as one key each (their mean value).
+  SequenceLayerBf16 accurate_view(int dense_len, const int32_t* read_ahead, bool two_level = false) const {
+    SequenceLayerBf16 v = two_level ? two_level_view(dense_len) : view(dense_len);
     v.cluster_values = reinterpret_cast<const uint16_t*>(means);
+    if (two_level) v.coarse_values = reinterpret_cast<const uint16_t*>(coarse_means);
     v.perm = perm;
     v.cluster_of_position = cluster_of_position;
     v.window_len = kWindow;
@@ -490,42 +497,8 @@ int main(int argc, char** argv) {
         run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
             DecodeLaunch{prop.multiProcessorCount});
       }
-      if (sparsity > 0.85f && !c.prefill()) {
-        // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
-        // (their children's rows, every child kept), then tau_fine is bisected as above.
-        std::vector<SequenceLayerBf16> two;
-        int max_kc = 0;
-        for (int b = 0; b < c.batch; ++b) {
-          two.push_back(ctxs[b]->two_level_view(kWindow + lq));
-          max_kc = std::max(max_kc, ctxs[b]->kc);
-        }
-        SequenceLayerBf16* d_two = upload(two);
-        const SelectionLimits two_limits{max_k, max_kc};
-        void* two_ws = dev_alloc<char>(selection_workspace_bytes(shape, two_limits));
-        DeviceSelection two_sel(bh, max_k);
-        SelectionParams two_params;
-        two_params.hierarchical = true;
-        auto bisect = [&](float& tau, double target) {
-          double lo2 = -30, hi2 = 0;
-          for (int it = 0; it < 28; ++it) {
-            tau = static_cast<float>(std::exp(0.5 * (lo2 + hi2)));
-            CUDA_OK(select_clusters(shape, d_two, q, two_params, two_limits, two_sel.sel, two_ws, nullptr, s));
-            CUDA_OK(cudaStreamSynchronize(s));
-            long long k2 = 0;
-            for (int r : download(two_sel.sel.rows, bh)) k2 += r;
-            if (double(k2) / (double(n) * bh) > target) lo2 = 0.5 * (lo2 + hi2);
-            else hi2 = 0.5 * (lo2 + hi2);
-          }
-        };
-        two_params.tau_fine = 0.f;
-        bisect(two_params.tau_coarse, 0.3);
-        bisect(two_params.tau_fine, 1 - sparsity);
-        run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
-        cudaFree(two_ws);
-        cudaFree(d_two);
-      }
       if (sparsity > 0.85f) {
-        std::vector<SequenceLayerBf16> acc_views;
+        // The accurate lookup's read-ahead positions and top keys (flat and two-level rows below).
         std::vector<int32_t*> positions;
         std::mt19937 rng(77);
         std::uniform_int_distribution<int> pos(0, n - 1);
@@ -533,12 +506,57 @@ int main(int argc, char** argv) {
           std::vector<int32_t> p(c.hq);
           for (int32_t& x : p) x = pos(rng);
           positions.push_back(upload(p));
-          acc_views.push_back(ctxs[b]->accurate_view(kWindow + lq, positions.back()));
         }
-        SequenceLayerBf16* d_acc = upload(acc_views);
         TopKeys top;
         top.position = dev_alloc<int32_t>(size_t(c.batch) * lq * c.hq);
         top.share = dev_alloc<float>(size_t(c.batch) * lq * c.hq);
+        if (!c.prefill()) {
+          // The paper's lookup over a two-level index: tau_coarse expands ~30% of the coarse clusters
+          // (their children's rows, every child kept), then tau_fine is bisected as above.
+          std::vector<SequenceLayerBf16> two;
+          int max_kc = 0;
+          for (int b = 0; b < c.batch; ++b) {
+            two.push_back(ctxs[b]->two_level_view(kWindow + lq));
+            max_kc = std::max(max_kc, ctxs[b]->kc);
+          }
+          SequenceLayerBf16* d_two = upload(two);
+          const SelectionLimits two_limits{max_k, max_kc};
+          void* two_ws = dev_alloc<char>(selection_workspace_bytes(shape, two_limits));
+          DeviceSelection two_sel(bh, max_k);
+          SelectionParams two_params;
+          two_params.hierarchical = true;
+          auto bisect = [&](float& tau, double target) {
+            double lo2 = -30, hi2 = 0;
+            for (int it = 0; it < 28; ++it) {
+              tau = static_cast<float>(std::exp(0.5 * (lo2 + hi2)));
+              CUDA_OK(select_clusters(shape, d_two, q, two_params, two_limits, two_sel.sel, two_ws, nullptr, s));
+              CUDA_OK(cudaStreamSynchronize(s));
+              long long k2 = 0;
+              for (int r : download(two_sel.sel.rows, bh)) k2 += r;
+              if (double(k2) / (double(n) * bh) > target) lo2 = 0.5 * (lo2 + hi2);
+              else hi2 = 0.5 * (lo2 + hi2);
+            }
+          };
+          two_params.tau_fine = 0.f;
+          bisect(two_params.tau_coarse, 0.3);
+          bisect(two_params.tau_fine, 1 - sparsity);
+          run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
+          {
+            // The accurate lookup over the same index and thresholds: the pruned coarse clusters
+            // estimated as one key each, the pruned children of the expanded ones one key each.
+            std::vector<SequenceLayerBf16> acc_two;
+            for (int b = 0; b < c.batch; ++b) acc_two.push_back(ctxs[b]->accurate_view(kWindow + lq, positions[b], true));
+            SequenceLayerBf16* d_acc_two = upload(acc_two);
+            DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
+            run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
+            cudaFree(d_acc_two);
+          }
+          cudaFree(two_ws);
+          cudaFree(d_two);
+        }
+        std::vector<SequenceLayerBf16> acc_views;
+        for (int b = 0; b < c.batch; ++b) acc_views.push_back(ctxs[b]->accurate_view(kWindow + lq, positions[b]));
+        SequenceLayerBf16* d_acc = upload(acc_views);
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
