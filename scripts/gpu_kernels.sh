@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repo root: build bench/kernels (standalone, CUDA only), run
 # kernels_check (and once under compute-sanitizer on small shapes), then kernels_bench and the
-# PyTorch SDPA baselines. Logs and JSON go to $OUT (default ./gpu-out).
+# PyTorch SDPA baselines, and prints the targets table (bench/targets.py) with this run's kernel
+# rows. Logs and JSON go to $OUT (default ./gpu-out).
 #   scripts/gpu_kernels.sh [--quick] [--no-bench] [--prefill-only | --decode-only]
 # FLUSH=write: the bench's older L2 flush (a 256 MB write; default: a read).
 set -uo pipefail
@@ -37,5 +38,7 @@ if [ "$BENCH" = 1 ]; then
   "$BUILD/kernels_bench" $QUICK $ONLY ${FLUSH:+--flush $FLUSH} --out "$OUT/kernels_bench_sparse.json" 2>&1 | tee "$OUT/kernels_bench.log" || status=1
   python3 bench/kernels/sdpa_baseline.py --sparse "$OUT/kernels_bench_sparse.json" --out "$OUT/kernels_bench.json" \
     2>&1 | tee "$OUT/sdpa_baseline.log" || status=1
+  # The targets table with this run's kernel rows (the end-to-end and accuracy rows: the committed files).
+  [ -f "$OUT/kernels_bench.json" ] && python3 bench/targets.py --kernels "$OUT/kernels_bench.json" | tee "$OUT/targets.md"
 fi
 exit $status
