@@ -23,8 +23,10 @@
 // Operands: Q and K as K-major core-matrix tiles, V as MN-major B, no swizzle (the K and V
 // descriptors the removed drop-in wgmma kernel proved at D = 128: bench/kernels/NOTES.md,
 // 2026-12-05); P as A fragments in registers (the mma.sync layout, per warp 16 of the 64 rows).
-// A Llama-2 question (64 rows, group 1) leaves the second consumer's rows all padding: it then
-// exits at once and the first runs alone, without turns.
+// A tile of at most 64 rows (a Llama-2 question: 64 rows, group 1) would leave the second
+// consumer's rows all padding: the two then take the same rows over alternate key tiles (no turns)
+// and consumer 0 merges consumer 1's state at the end (Sharing::kSplitKeys; the consumer's code is
+// a separate instantiation: the generic index arithmetic cost 8 bytes of spill).
 // If kernels_check fails here with the mma.sync kernel passing, suspect first the visibility of
 // the gathered tiles to wgmma: the consumer fences the async proxy after its mbarrier wait (as
 // FlashAttention-3's cp.async path relies on the wait alone); the alternative is the producer
@@ -43,6 +45,7 @@ constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
 constexpr int kTileElems = kTileN * D;     // a K or V tile in core matrices, no padding
+static_assert(kStages % 2 == 0, "split keys: a stage's tiles all belong to one consumer");
 struct Smem {
   __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, as K
   __nv_bfloat16 k[kStages][kTileElems];
@@ -58,7 +61,8 @@ static_assert(offsetof(Smem, k) % 128 == 0 && offsetof(Smem, v) % 128 == 0 && of
 
 constexpr int kProducerBarrier = 1;        // named barriers: the producer warpgroup's own,
 constexpr int kTurnBarrier = 2;            // consumer c's turn to issue: kTurnBarrier + c,
-constexpr int kQBarrier = 4;               // consumer c's Q landed: kQBarrier + c
+constexpr int kQBarrier = 4;               // consumer c's Q landed: kQBarrier + c,
+constexpr int kMergeBarrier = 6;           // split keys: both consumers done, then consumer 1's state stored
 
 // The core-matrix layout of Q and of a K or V tile (wgmma.cuh): 16-byte chunk q of a tile's copy lies at
 // (row, col); lanes 0-7 fill one 128-byte core matrix, so a warp's cp.async writes are contiguous.
@@ -171,27 +175,83 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&
   wgmma_commit();
 }
 
-// Consumer c (0 or 1): query rows [64 c, 64 c + 64) of the tile. Keeps only the softmax state, S,
-// P and O in registers (Q stays in smem): 168 registers a thread, the most 384 threads may have.
+// Split keys: consumer 1 hands its rows' state (per thread: O, and per row m, l and with kTop the
+// context sum and top key) to consumer 0 through the K stages, free once both have consumed every
+// tile; consumer 0 folds it in (the log-sum-exp merge; ties of the top key go to the lower row, as
+// in a scan of the tiles in order). Returns whether this consumer writes the output (consumer 0).
+// The thread with the same index in each consumer holds the same rows and columns.
 template <bool kTop>
-__device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, int c, bool turns) {
+__device__ bool merge_split_keys(Smem& sm, PrefillRows<kTop>& rows, float (&o)[D / 8][4], int c, int wtid) {
+  float* buf = reinterpret_cast<float*>(sm.k[0]);  // [element][128 threads]: 64 of O, then 10 of state
+  constexpr int kState = D / 2;
+  static_assert((kState + 10) * 128 * sizeof(float) <= sizeof(Smem::k), "the state fits the K stages");
+  rows.finish_context();
+  named_sync(kMergeBarrier, 256);  // every tile consumed by both: the stages are free
+  if (c == 1) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) buf[(4 * n + e) * 128 + wtid] = o[n][e];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      buf[(kState + 5 * i + 0) * 128 + wtid] = rows.st[i].m;
+      buf[(kState + 5 * i + 1) * 128 + wtid] = rows.st[i].l;
+      buf[(kState + 5 * i + 2) * 128 + wtid] = kTop ? rows.ctx[i] : 0.f;
+      buf[(kState + 5 * i + 3) * 128 + wtid] = kTop ? rows.top[i].s : 0.f;
+      buf[(kState + 5 * i + 4) * 128 + wtid] = __int_as_float(kTop ? rows.top[i].v : -1);
+    }
+    named_arrive(kMergeBarrier, 256);
+    return false;
+  }
+  named_sync(kMergeBarrier, 256);  // consumer 1's state is stored
+  float keep[2], add[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const SoftmaxState other{buf[(kState + 5 * i) * 128 + wtid], buf[(kState + 5 * i + 1) * 128 + wtid]};
+    const float2 w = rows.st[i].merge(other);
+    keep[i] = w.x;
+    add[i] = w.y;
+    if (kTop) {
+      rows.ctx[i] = rows.ctx[i] * keep[i] + buf[(kState + 5 * i + 2) * 128 + wtid] * add[i];
+      rows.top[i].offer(buf[(kState + 5 * i + 3) * 128 + wtid], __float_as_int(buf[(kState + 5 * i + 4) * 128 + wtid]));
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = o[n][e] * keep[e >> 1] + buf[(4 * n + e) * 128 + wtid] * add[e >> 1];
+  return true;
+}
+
+// How the consumers share a CTA's tile: each its own 64 rows, taking turns to issue (kHalves); or,
+// when the tile has at most 64 rows, both the same rows over alternate key tiles, merged at the
+// end (kSplitKeys: a Llama-2 question's 64 rows would otherwise leave one consumer idle); or one
+// consumer alone (a tile of at most 64 rows and fewer than two key tiles).
+enum class Sharing { kHalves, kSplitKeys, kAlone };
+
+// Consumer c (0 or 1). Keeps only the softmax state, S, P and O in registers (Q stays in smem):
+// 168 registers a thread, the most 384 threads may have.
+template <bool kTop, bool kSplitKeys>
+__device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, int c, Sharing sharing) {
   const int wtid = threadIdx.x - 128 * (c + 1), warp = wtid >> 5, lane = wtid & 31;
-  const int m_first = 64 * c + 16 * warp + (lane >> 2);  // this thread's first row in the CTA's tile
-  // Q: this warpgroup's 64 rows into core matrices (packed row m -> token m / G, head h * G + m % G;
-  // rows past the block zero), visible to wgmma's async proxy before any warp of the group issues.
+  const int row_base = sharing == Sharing::kHalves ? 64 * c : 0;  // the consumer's first row in the tile
+  const int m_first = row_base + 16 * warp + (lane >> 2);         // this thread's first row in the tile
+  // Q: the consumer's 64 rows into its half of the Q buffer, in core matrices (packed row m ->
+  // token m / G, head h * G + m % G; rows past the block zero), visible to wgmma's async proxy
+  // before any warp of the group issues.
   {
     const int G = a.g;
 #pragma unroll
     for (int i = 0; i < 64 * D / 8 / 128; ++i) {
-      const int chunk = wtid + 128 * i, row = 64 * c + chunk_row(chunk), col = chunk_col(chunk);
-      const int m = p.m0 + row;
+      const int chunk = wtid + 128 * i, row = chunk_row(chunk), col = chunk_col(chunk);
+      const int m = p.m0 + row_base + row;
       const __nv_bfloat16* src = a.q;
       int bytes = 0;
       if (m < p.rows_m) {
         src = a.q + ((static_cast<int64_t>(p.b) * a.lq + m / G) * a.hkv * G + p.h * G + m % G) * D + col;
         bytes = 16;
       }
-      cp_async_16(sm.q + core_offset(row, col), src, bytes);
+      cp_async_16(sm.q + core_offset(64 * c + row, col), src, bytes);
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -206,13 +266,18 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
   for (int n = 0; n < D / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-  const int n_tiles = p.t_end - p.t_begin;
-  if (n_tiles > 0) {  // CTA-uniform
+  // The consumer's key tiles: every tile of the range, or (split keys) every other one from c.
+  const int n_range = p.t_end - p.t_begin;
+  const int first = kSplitKeys ? c : 0;
+  constexpr int step = kSplitKeys ? 2 : 1;
+  const int n_tiles = n_range > first ? (n_range - first + step - 1) / step : 0;
+  if (n_tiles > 0) {  // uniform over the consumer
+    const bool turns = sharing == Sharing::kHalves;
     float s[kTileN / 8][4];
     uint32_t pa[kTileN / 16][4];
     // Turns: consumer c issues after the other's last issue (consumer 1 lets 0 go first), so the
-    // two alternate on the tensor cores. Each issues n_tiles + 1 batches and signals after each
-    // but consumer 1's last: every arrive is met by a sync.
+    // two alternate on the tensor cores. Each issues n_tiles + 1 batches (both have the same
+    // tiles) and signals after each but consumer 1's last: every arrive is met by a sync.
     const int mine = kTurnBarrier + c, other = kTurnBarrier + 1 - c;
     auto take_turn = [&] {
       if (turns) named_sync(mine, 256);
@@ -220,44 +285,47 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
     auto pass_turn = [&](bool last) {
       if (turns && !(last && c == 1)) named_arrive(other, 256);
     };
-    auto wait_full = [&](int i) {
+    // The range's tile i = first + j * step (j: the consumer's own count).
+    auto wait_full = [&](int j) {
+      const int i = first + j * step;
       mbar_wait(&sm.full[i % kStages], (i / kStages) & 1);
       fence_proxy_async();  // the copies landed through the generic proxy; wgmma reads via the async one
     };
-    auto release = [&](int i) {  // after the products reading tile i's stage are done
+    auto stage_of = [&](int j) { return (first + j * step) % kStages; };
+    auto release = [&](int j) {  // after the products reading that tile's stage are done
       __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.empty[i % kStages]);
+      if (lane == 0) mbar_arrive(&sm.empty[stage_of(j)]);
     };
     float corr[2];
     // Tile 0: S alone.
     wait_full(0);
     take_turn();
     wgmma_fence();
-    issue_qk(s, q, sm.k[0]);
+    issue_qk(s, q, sm.k[stage_of(0)]);
     pass_turn(false);
     wgmma_wait<0>();
     fence_operands(s);
-    rows.softmax_tile(s, p.t_begin, sm.bias[0], a, p, lane, corr);
+    rows.softmax_tile(s, p.t_begin + first, sm.bias[stage_of(0)], a, p, lane, corr);
     pack_p(s, pa);
-    // Tile i: S of tile i and P V of tile i - 1 in flight together; tile i's softmax while the
+    // Tile j: S of tile j and P V of tile j - 1 in flight together; tile j's softmax while the
     // second runs. O is rescaled every tile (the factor is 1 where a row's max held): a branch
     // around it would make the next P V's accumulators depend on a divergent path.
-    for (int i = 1; i < n_tiles; ++i) {
-      wait_full(i);
+    for (int j = 1; j < n_tiles; ++j) {
+      wait_full(j);
       take_turn();
       wgmma_fence();  // o, pa and s were last written by ordinary instructions
-      issue_qk(s, q, sm.k[i % kStages]);
-      issue_pv(o, pa, sm.v[(i - 1) % kStages]);
+      issue_qk(s, q, sm.k[stage_of(j)]);
+      issue_pv(o, pa, sm.v[stage_of(j - 1)]);
       fence_operands(s);
       fence_operands(o);
       pass_turn(false);
-      wgmma_wait<1>();  // S of tile i (the first group)
+      wgmma_wait<1>();  // S of tile j (the first group)
       fence_operands(s);
-      rows.softmax_tile(s, p.t_begin + i, sm.bias[i % kStages], a, p, lane, corr);
-      wgmma_wait<0>();  // P V of tile i - 1
+      rows.softmax_tile(s, p.t_begin + first + j * step, sm.bias[stage_of(j)], a, p, lane, corr);
+      wgmma_wait<0>();  // P V of tile j - 1
       fence_operands(o);
       fence_registers(pa);
-      release(i - 1);
+      release(j - 1);
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
 #pragma unroll
@@ -267,13 +335,14 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
     // The last tile's P V.
     take_turn();
     wgmma_fence();
-    issue_pv(o, pa, sm.v[(n_tiles - 1) % kStages]);
+    issue_pv(o, pa, sm.v[stage_of(n_tiles - 1)]);
     fence_operands(o);
     pass_turn(true);
     wgmma_wait<0>();
     fence_operands(o);
     release(n_tiles - 1);
   }
+  if (kSplitKeys && !merge_split_keys<kTop>(sm, rows, o, c, wtid)) return;
   // The epilogue's top-key lookup reads the selection again rather than keeping its pointers live
   // through the loop.
   const VirtualRows vr = virtual_rows<D>(a.seqs[p.b], a.sel, p.b, p.h, a.hkv, /*decode_group=*/0);
@@ -289,18 +358,23 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(PrefillArgs a) 
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   const VirtualRows vr = virtual_rows<D>(a.seqs[blockIdx.z], a.sel, blockIdx.z, blockIdx.y, a.hkv, /*decode_group=*/0);
   const PrefillTiles p = PrefillTiles::of(a, vr);
-  // The second consumer only when the tile has rows past the first 64 (CTA-uniform).
-  const int consumers = p.rows_m - p.m0 > 64 ? 2 : 1;
+  // CTA-uniform: how the consumers share the tile (Sharing), and the arrives that free a stage
+  // (every tile is read by one consumer when they split the keys).
+  const Sharing sharing = p.rows_m - p.m0 > 64           ? Sharing::kHalves
+                          : p.t_end - p.t_begin >= 2 ? Sharing::kSplitKeys
+                                                     : Sharing::kAlone;
+  const int consumers = sharing == Sharing::kAlone ? 1 : 2;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&sm.full[s], 2 * 128);        // per producer thread: its copies, its bias store
-      mbar_init(&sm.empty[s], 4 * consumers);  // one arrive per consumer warp
+      mbar_init(&sm.empty[s], sharing == Sharing::kHalves ? 8 : 4);  // one arrive per consumer warp reading it
     }
   }
   __syncthreads();
   const int wg = threadIdx.x / 128;
   if (wg == 0) produce(sm, vr, p, threadIdx.x);
-  else if (wg <= consumers) consume<kTop>(sm, a, p, wg - 1, /*turns=*/consumers == 2);
+  else if (wg <= consumers && sharing == Sharing::kSplitKeys) consume<kTop, true>(sm, a, p, wg - 1, sharing);
+  else if (wg <= consumers) consume<kTop, false>(sm, a, p, wg - 1, sharing);
 #else
   __trap();  // launched only where prefill_ws_available()
 #endif

@@ -253,12 +253,16 @@ template <bool kTop>
 struct PrefillRows {
   SoftmaxState st[2];  // st[i].l: this thread's part
   int dense_limit[2];  // dense rows visible to each of the two rows (exclusive)
-  // kTop: this thread's part of each row's context sum (it is the row sum l until the tile t_ctx
-  // that reaches past the context rows); each row's top key among this thread's columns, and the
-  // row's max logit over the selected rows of the tiles offered so far.
+  // kTop: this thread's part of each row's context sum (it is the row sum l until the first tile
+  // it sees at or past t_ctx, the tile that reaches past the context rows: ctx_frozen from then
+  // on); each row's top key among this thread's columns, and the row's max logit over the
+  // selected rows of the tiles offered so far. A thread may see every other tile only (the
+  // warp-specialized kernel's consumers splitting one block's keys): the rule holds for any
+  // ascending subset of the tiles.
   float ctx[2];
   TopKey top[2];
   float row_best[2];
+  bool ctx_frozen = false;
 
   // m_first: the packed row index (in the CTA's tile) of the thread's first row.
   __device__ PrefillRows(const PrefillArgs& a, const PrefillTiles& p, int m_first) {
@@ -332,9 +336,10 @@ struct PrefillRows {
         row_best[0] = fmaxf(row_best[0], tile_max[0]);
         row_best[1] = fmaxf(row_best[1], tile_max[1]);
       }
-      if (t == t_ctx) {  // the context rows so far are all the rows so far
+      if (!ctx_frozen && t >= t_ctx) {  // the context rows so far are all the rows so far
         ctx[0] = st[0].l;
         ctx[1] = st[1].l;
+        ctx_frozen = true;
       }
     }
     // A row with nothing visible yet has m = -inf: subtract 0 there (its logits are -inf: p = 0).
@@ -352,16 +357,23 @@ struct PrefillRows {
     return __any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f);
   }
 
+  // After the last tile seen: if every tile seen was context, ctx is the whole sum l (0 when the
+  // first tile seen was past t_ctx, as then frozen at 0).
+  __device__ __forceinline__ void finish_context() {
+    if (kTop && !ctx_frozen) {
+      ctx[0] = st[0].l;
+      ctx[1] = st[1].l;
+      ctx_frozen = true;
+    }
+  }
+
   // After the last tile: the row sums (spread over the 4 threads of a quad) reduced, the output
   // o (this thread's C fragments of its two rows, unnormalised) normalised and written, or this
   // key range's partial. m_first as in the constructor.
   template <int D>
   __device__ __forceinline__ void write(float (&o)[D / 8][4], const PrefillArgs& a, const PrefillTiles& p,
                                         const VirtualRows& vr, int m_first, int lane) {
-    if (kTop && p.t_end <= p.ctx_end / kPrefillTileN) {  // every tile was context (none when t_begin > t_ctx: ctx stays 0)
-      ctx[0] = st[0].l;
-      ctx[1] = st[1].l;
-    }
+    finish_context();
     const int G = a.g;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
