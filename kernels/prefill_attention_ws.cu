@@ -42,6 +42,14 @@ namespace {
 
 constexpr int D = 128;
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+// A debugging build (-DSQZ_PREFILL_WS_SERIAL) waits for every product before the softmax and
+// drops the turns: the same data flow without any overlap, to tell a hazard of the overlap from
+// a fault of the data (bench/kernels/NOTES.md, run 9).
+#ifdef SQZ_PREFILL_WS_SERIAL
+constexpr bool kSerial = true;
+#else
+constexpr bool kSerial = false;
+#endif
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
 constexpr int kTileElems = kTileN * D;     // a K or V tile in core matrices, no padding
@@ -272,7 +280,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
   constexpr int step = kSplitKeys ? 2 : 1;
   const int n_tiles = n_range > first ? (n_range - first + step - 1) / step : 0;
   if (n_tiles > 0) {  // uniform over the consumer
-    const bool turns = sharing == Sharing::kHalves;
+    const bool turns = sharing == Sharing::kHalves && !kSerial;
     float s[kTileN / 8][4];
     uint32_t pa[kTileN / 16][4];
     // Turns: consumer c issues after the other's last issue (consumer 1 lets 0 go first), so the
@@ -319,6 +327,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
       fence_operands(s);
       fence_operands(o);
       pass_turn(false);
+      if constexpr (kSerial) wgmma_wait<0>();
       wgmma_wait<1>();  // S of tile j (the first group)
       fence_operands(s);
       rows.softmax_tile(s, p.t_begin + first + j * step, sm.bias[stage_of(j)], a, p, lane, corr);

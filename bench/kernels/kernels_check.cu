@@ -489,9 +489,11 @@ bool isolated(F&& body) {
 
 int main(int argc, char** argv) {
   bool small = false;  // --small: the compute-sanitizer subset
+  std::string filter;  // --filter TEXT: only the cases whose name contains TEXT (to iterate on one)
   for (int i = 1; i < argc; ++i) {
     small |= std::string(argv[i]) == "--small";
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
+    if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
   // and an odd K on some sequence.
@@ -616,6 +618,10 @@ int main(int argc, char** argv) {
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
     cases = picked;
   }
+  if (!filter.empty())
+    cases.erase(std::remove_if(cases.begin(), cases.end(),
+                               [&](const Case& c) { return c.name.find(filter) == std::string::npos; }),
+                cases.end());
   // Columns: est = clusters estimated (GPU) and est_diff (estimate lists not explained by the
   // selection difference); logit = max relative error of Selection::estimate_logits (decode logits
   // cases); forced = read-ahead clusters missing from the selection / forced; top = top-key rows
