@@ -118,13 +118,6 @@ __device__ __forceinline__ void named_sync(int id, int threads) {
 __device__ __forceinline__ void named_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-template <int N>
-__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
-}
 
 // Producer warpgroup: the tiles [t_begin, t_end) into the ring, tile i of the range in stage
 // i % kStages once both consumers have released that stage's previous tile. Chunk k + 1's codes
@@ -333,7 +326,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
       rows.softmax_tile(s, p.t_begin + first + j * step, sm.bias[stage_of(j)], a, p, lane, corr);
       wgmma_wait<0>();  // P V of tile j - 1
       fence_operands(o);
-      fence_registers(pa);
+      fence_operands(pa);  // P V of tile j - 1 read them: pack_p may now overwrite
       release(j - 1);
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)

@@ -143,12 +143,21 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(kTransB));
 }
 
+// The same for [N][4] accumulators, and for A fragments in registers (an asynchronous wgmma reads
+// them after its issue: a later write must stay after the wait).
 template <int N>
 __device__ __forceinline__ void fence_operands(float (&d)[N][4]) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
 }
 
 // acc[half] = the warpgroup's two m64 halves of rows (A fragments in registers) times the 64 rows
