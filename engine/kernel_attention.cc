@@ -319,14 +319,26 @@ bool KernelAttention::Compiled() {
 #endif
 }
 
-KernelAttention::KernelAttention(const ModelConfig& config, at::Device device)
+KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill)
     : num_layers_(config.num_layers),
       num_q_heads_(config.num_attention_heads),
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
-      device_(device) {}
+      device_(device),
+      warp_specialized_prefill_(warp_specialized_prefill) {}
 
 KernelAttention::~KernelAttention() = default;
+
+std::string KernelAttention::PrefillKernelNote() const {
+  if (!warp_specialized_prefill_) return "query prefill attention: mma.sync";
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  const c10::cuda::CUDAGuard guard(device_);
+  if (head_dim_ == 128 && kernels::prefill_warp_specialized_available())
+    return "query prefill attention: warp-specialized wgmma";
+#endif
+  return absl::StrCat("query prefill attention: mma.sync (warp_specialized asked: it needs head_dim 128 on an sm_90a "
+                      "device and build; head_dim is ", head_dim_, ")");
+}
 
 std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const AttentionOptions& attention) {
   if (std::string why = WhyContextNotOnKernels(context); !why.empty()) return why;
@@ -447,8 +459,13 @@ namespace {
 int64_t PrefillBlockTokens(int64_t group) { return std::max<int64_t>(1, kMaxSelectionRows / group); }
 // The prefill attention's launch: split-K where a block's row tiles leave SMs idle (a 64-token
 // question's attention over every SM instead of 2 x H_kv CTAs: 2.49 -> 0.47 ms a layer at Llama-3
-// 512K on the H200), one key range for the long blocks of a long query.
-constexpr kernels::PrefillLaunch kPrefillLaunch{};
+// 512K on the H200), one key range for the long blocks of a long query; the kernel as
+// EngineOptions::prefill_kernel asks.
+kernels::PrefillLaunch PrefillLaunchOf(bool warp_specialized) {
+  kernels::PrefillLaunch launch;
+  launch.warp_specialized = warp_specialized;
+  return launch;
+}
 
 }  // namespace
 
@@ -513,7 +530,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       shape.query_len = static_cast<int32_t>(tokens);
       workspace = std::max<int64_t>(
           workspace,
-          static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, kPrefillLaunch)));
+          static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(warp_specialized_prefill_))));
     }
   }
   shape.query_len = 1;
@@ -737,7 +754,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
                                               /*lse=*/nullptr, b.workspace.data_ptr(),
-                                              kPrefillLaunch, stream, top),
+                                              PrefillLaunchOf(warp_specialized_prefill_), stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
     }

@@ -64,9 +64,14 @@ class KernelAttention : public AttentionBackend {
   // Whether this build has the CUDA kernels (SQUEEZESERVE_CUDA_KERNELS).
   static bool Compiled();
 
-  KernelAttention(const ModelConfig& config, at::Device device);
+  // warp_specialized_prefill: EngineOptions::prefill_kernel == "warp_specialized".
+  KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill = false);
   ~KernelAttention() override;
   const char* name() const override { return "kernels"; }
+
+  // For the log: which kernel runs the squeezed query prefill's attention, and why the
+  // warp-specialized one does not where it was asked and cannot run (head_dim, device).
+  std::string PrefillKernelNote() const;
 
   // Empty when a squeezed generation with these options on `context` runs here; otherwise why not
   // (it then runs on libtorch, and its statistics and the log say so).
@@ -102,6 +107,7 @@ class KernelAttention : public AttentionBackend {
 
   int64_t num_layers_, num_q_heads_, num_kv_heads_, head_dim_;
   at::Device device_;
+  bool warp_specialized_prefill_;
   std::mutex views_mu_;  // guards views_ (sequences start on any thread)
   std::map<const StoredContext*, std::pair<std::weak_ptr<const StoredContext>, std::shared_ptr<const ContextViews>>>
       views_;

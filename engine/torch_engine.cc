@@ -408,8 +408,14 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
+  if (options.prefill_kernel != "mma_sync" && options.prefill_kernel != "warp_specialized") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill_kernel \"", options.prefill_kernel, "\": expected mma_sync or warp_specialized"));
+  }
   if (*use_kernels) {
-    engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device);
+    engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device,
+                                                         options.prefill_kernel == "warp_specialized");
+    absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);
     }

@@ -65,6 +65,10 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "GPU, the build has them, the model is bfloat16 and its head_dim is 64 or 128 with a GQA group of 1 "
           "to 8; libtorch otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the "
           "kernels, or the model fails to load). Ingest prefill always uses libtorch's fused attention.");
+ABSL_FLAG(std::string, prefill_kernel, "mma_sync",
+          "With the CUDA kernels: the kernel of a squeezed query prefill's attention: mma_sync (the default) or "
+          "warp_specialized (FlashAttention-3 structure, Hopper and head_dim 128 only; elsewhere mma_sync, as the "
+          "log says). For comparisons until the second is measured (bench/kernels/NOTES.md).");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -187,6 +191,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
       backend != "auto" && backend != "torch" && backend != "kernels") {
     return absl::InvalidArgumentError(
         absl::StrCat("--attention_backend must be auto, torch or kernels, got ", backend));
+  }
+  if (const std::string kernel = absl::GetFlag(FLAGS_prefill_kernel); kernel != "mma_sync" && kernel != "warp_specialized") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefill_kernel must be mma_sync or warp_specialized, got ", kernel));
   }
   const std::string scheduler = absl::GetFlag(FLAGS_scheduler);
   if (scheduler == "batching") {
@@ -348,6 +356,7 @@ int Run() {
     options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
+    options.prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

@@ -416,13 +416,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](
 // on the kernels starts with the same first token (the prefill's logits) and reads the same share of
 // the KV as on libtorch; several generations step together through StepBatch.
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, const std::string& device, const std::string& backend,
-                                   absl::Status* status = nullptr, bool cuda_graphs = true) {
+                                   absl::Status* status = nullptr, bool cuda_graphs = true,
+                                   const std::string& prefill_kernel = "mma_sync") {
   EngineOptions options;
   options.model_dir = dir;
   options.device = device;
   options.attention_backend = backend;
   options.prefill_chunk_tokens = 256;
   options.cuda_graphs = cuda_graphs;
+  options.prefill_kernel = prefill_kernel;
   auto engine = Engine::Load(options);
   if (status != nullptr) *status = engine.status();
   return engine.ok() ? std::move(*engine) : nullptr;
@@ -439,6 +441,11 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto") != nullptr);
   EXPECT_TRUE(LoadEngine(dir, "cpu", "torch") != nullptr);
+  // The prefill kernel: two names; the warp-specialized one is a request that loads anywhere (the
+  // mma.sync kernel runs where it cannot, as the log says).
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "bogus") == nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "warp_specialized") != nullptr) << status;
   if (WhyNoKernels().empty()) {
     // A shape the kernels do not take: head_dim 32.
     const std::string odd = MakeTempDir("backend_odd_shape");
@@ -521,6 +528,53 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
   }
   EXPECT_LT(generations[0]->stats().kv_fraction_loaded, 0.9);
   EXPECT_EQ(generations[2]->stats().kv_fraction_loaded, 1.0);
+}
+
+// The warp-specialized prefill attention (EngineOptions::prefill_kernel; head_dim 128 on Hopper,
+// the mma.sync kernel elsewhere) through the engine: the first token of a squeezed generation
+// matches libtorch's, for a question of 30 tokens x group 4 (one row tile: both consumers on
+// their halves) and of 12 tokens x group 4 (48 rows: the consumers split the keys), with the
+// paper's lookup and with the accurate one (estimate + read-ahead's top keys).
+TEST(AttentionBackendTest, WarpSpecializedPrefillMatchesTorch) {
+  SKIP_WITHOUT_KERNELS();
+  const std::string dir = MakeTempDir("backend_ws_prefill");
+  WriteTinyCheckpoint(dir, Spec(128, 8, 2));
+  auto kernels = LoadEngine(dir, "cuda", "kernels", nullptr, true, "warp_specialized");
+  auto torch = LoadEngine(dir, "cuda", "torch");
+  ASSERT_TRUE(kernels && torch);
+  IndexOptions index;
+  index.observation_window = 32;
+  index.sparsity_levels = {0.0f, 0.9f};
+  auto ingested = kernels->Ingest("ctx", RandomTokens(3000, 128, 7), index, nullptr, nullptr);
+  ASSERT_TRUE(ingested.ok()) << ingested.status();
+  const std::string store = MakeTempDir("backend_ws_store");
+  ASSERT_TRUE(kernels->SaveContext(**ingested, store, nullptr).ok());
+  auto on_kernels = kernels->LoadContext(store, "ctx");
+  auto on_torch = torch->LoadContext(store, "ctx");
+  ASSERT_TRUE(on_kernels.ok() && on_torch.ok());
+  SamplingOptions sampling;
+  sampling.max_new_tokens = 4;
+  sampling.ignore_eos = true;
+  for (int question : {30, 12}) {
+    for (float sparsity : {0.0f, 0.9f}) {
+      for (bool accurate : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "question " << question << ", sparsity " << sparsity << ", accurate "
+                                          << accurate);
+        AttentionOptions attention;
+        attention.sparsity = sparsity;
+        attention.estimate_pruned = accurate;
+        attention.read_ahead = accurate;
+        auto a = kernels->StartGeneration(*on_kernels, RandomTokens(question, 128, 8), sampling, attention);
+        auto b = torch->StartGeneration(*on_torch, RandomTokens(question, 128, 8), sampling, attention);
+        ASSERT_TRUE(a.ok() && b.ok());
+        auto first_a = (*a)->Next();
+        auto first_b = (*b)->Next();
+        ASSERT_TRUE(first_a.ok() && first_b.ok());
+        EXPECT_NEAR(first_a->logprob, first_b->logprob, sparsity == 0 ? 0.05 : kFlipBound);
+        EXPECT_EQ((*a)->stats().attention_backend, "kernels") << (*a)->stats().attention_note;
+      }
+    }
+  }
 }
 
 // libtorch's fused attention (attention.h) against the blocked reference on random GQA inputs:
