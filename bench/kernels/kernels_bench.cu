@@ -26,7 +26,8 @@
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
-// --decode-only, --flush read|write.
+// --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
+// --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it.
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -38,6 +39,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <nvtx3/nvToolsExt.h>
 
 #include "bench/kernels/device_layer.h"
 #include "kernels/decode_attention.h"
@@ -317,6 +320,14 @@ int main(int argc, char** argv) {
   std::string out_path = "kernels_bench.json";
   bool quick = false, prefill_only = false, decode_only = false;
   int only_context = 0;  // --context N: only that context length (profiling runs)
+  // Profiling (scripts/gpu/profile_kernels.sh): --model, --batch, --query-len, --lookup and
+  // --sparsity narrow the rows; --profile replays each remaining row's step once inside the NVTX
+  // range "profiled step" (for `ncu --nvtx --nvtx-include`) instead of timing it, printing the
+  // row's name (its JSON has no rows).
+  std::string only_model, only_lookup;
+  int only_batch = 0, only_query_len = 0;
+  float only_sparsity = 0.f;
+  bool profile = false;
   L2Flush flush;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--flush") && i + 1 < argc) flush.write = !std::strcmp(argv[++i], "write");
@@ -325,6 +336,12 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--prefill-only")) prefill_only = true;  // skip the decode configs
     if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;    // skip the prefill configs
     if (!std::strcmp(argv[i], "--context") && i + 1 < argc) only_context = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--model") && i + 1 < argc) only_model = argv[++i];
+    if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--query-len") && i + 1 < argc) only_query_len = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--lookup") && i + 1 < argc) only_lookup = argv[++i];
+    if (!std::strcmp(argv[i], "--sparsity") && i + 1 < argc) only_sparsity = std::strtof(argv[++i], nullptr);
+    if (!std::strcmp(argv[i], "--profile")) profile = true;
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -350,6 +367,13 @@ int main(int argc, char** argv) {
     configs.erase(std::remove_if(configs.begin(), configs.end(),
                                  [&](const Config& c) { return prefill_only ? !c.prefill() : c.prefill(); }),
                   configs.end());
+  configs.erase(std::remove_if(configs.begin(), configs.end(),
+                               [&](const Config& c) {
+                                 return (!only_model.empty() && only_model != c.model) ||
+                                        (only_batch != 0 && only_batch != c.batch) ||
+                                        (only_query_len != 0 && only_query_len != c.query_len);
+                               }),
+                configs.end());
   if (quick) configs.resize(std::min<size_t>(configs.size(), 4));
 
   FILE* json = std::fopen(out_path.c_str(), "w");
@@ -391,6 +415,7 @@ int main(int argc, char** argv) {
     void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, launch),
                                          prefill_attention_workspace_bytes(shape, widest)));
     for (float sparsity : {0.7f, 0.9f}) {
+      if (only_sparsity > 0.f && std::abs(sparsity - only_sparsity) > 1e-3f) continue;
       // Bisect tau (log scale) on the device until the kept fraction of clustered keys matches.
       SelectionParams params;
       double lo = -30, hi = 0;  // log(tau)
@@ -411,12 +436,28 @@ int main(int argc, char** argv) {
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
                      const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true,
                      PrefillLaunch pl = {}, DecodeLaunch dl = {}) {
+        if (!only_lookup.empty() && only_lookup != lookup) return;
         auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
         auto attend = [&] {
           if (c.prefill())
             CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));
           else CUDA_OK(sparse_decode_attention(shape, lv, q, ls.sel, out, nullptr, dws, dl, s, top));
         };
+        if (profile) {  // one step (after one unprofiled warm-up) inside the NVTX range
+          select();
+          attend();
+          CUDA_OK(cudaStreamSynchronize(s));
+          char name[160];
+          std::snprintf(name, sizeof name, "%s %s ctx%d b%d lq%d %.1f %s", c.model, c.prefill() ? "prefill" : "decode",
+                        c.context, c.batch, lq, sparsity, lookup);
+          nvtxRangePushA("profiled step");  // one fixed name: `ncu --nvtx --nvtx-include "profiled step/"`
+          select();
+          attend();
+          CUDA_OK(cudaStreamSynchronize(s));
+          nvtxRangePop();
+          std::printf("profiled: %s\n", name);
+          return;
+        }
         cudaGraph_t sel_graph = capture_graph(s, select);
         cudaGraphExec_t g_sel, g_att = capture(s, attend);
         CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
