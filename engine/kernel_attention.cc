@@ -530,7 +530,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       shape.query_len = static_cast<int32_t>(tokens);
       workspace = std::max<int64_t>(
           workspace,
-          static_cast<int64_t>(kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(warp_specialized_prefill_))));
+          static_cast<int64_t>(
+              kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(warp_specialized_prefill_))));
     }
   }
   shape.query_len = 1;

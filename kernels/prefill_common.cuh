@@ -391,7 +391,8 @@ struct PrefillRows {
         const int64_t at = head_row * a.splits + p.split;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
-          *reinterpret_cast<float2*>(a.part_o + at * D + n * 8 + (lane & 3) * 2) = make_float2(o[n][2 * i], o[n][2 * i + 1]);
+          *reinterpret_cast<float2*>(a.part_o + at * D + n * 8 + (lane & 3) * 2) =
+              make_float2(o[n][2 * i], o[n][2 * i + 1]);
         if ((lane & 3) == 0) {
           a.part_stat[at] = make_float4(st[i].m, st[i].l, kTop ? ctx[i] : 0.f, kTop ? top[i].s : neg_inf());
           int position = -1;

@@ -1,7 +1,7 @@
 // Hopper warpgroup MMA (wgmma, sm_90a) building blocks shared by the kernels that use it
-// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, prefill_attention_ws.cu). SQZ_HAS_WGMMA is defined when the code is
-// compiled for sm_90a (the device pass of an sm_90a target); kernels built without it trap, and
-// the host only launches them where wgmma_available().
+// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, prefill_attention_ws.cu). SQZ_HAS_WGMMA is
+// defined when the code is compiled for sm_90a (the device pass of an sm_90a target); kernels built
+// without it trap, and the host only launches them where wgmma_available().
 //
 // Operands: A from registers (the mma.sync m16n8k16 A-fragment layout, per warp of the
 // warpgroup: 16 of the 64 rows), B from shared memory in 8x8 "core matrices" (8 rows x 8 bf16 =

@@ -192,7 +192,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--attention_backend must be auto, torch or kernels, got ", backend));
   }
-  if (const std::string kernel = absl::GetFlag(FLAGS_prefill_kernel); kernel != "mma_sync" && kernel != "warp_specialized") {
+  if (const std::string kernel = absl::GetFlag(FLAGS_prefill_kernel);
+      kernel != "mma_sync" && kernel != "warp_specialized") {
     return absl::InvalidArgumentError(
         absl::StrCat("--prefill_kernel must be mma_sync or warp_specialized, got ", kernel));
   }

@@ -586,7 +586,8 @@ int main(int argc, char** argv) {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.
             std::vector<SequenceLayerBf16> acc_two;
-            for (int b = 0; b < c.batch; ++b) acc_two.push_back(ctxs[b]->accurate_view(kWindow + lq, positions[b], true));
+            for (int b = 0; b < c.batch; ++b)
+              acc_two.push_back(ctxs[b]->accurate_view(kWindow + lq, positions[b], /*two_level=*/true));
             SequenceLayerBf16* d_acc_two = upload(acc_two);
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
             run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
