@@ -42,14 +42,6 @@ namespace {
 
 constexpr int D = 128;
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
-// A debugging build (-DSQZ_PREFILL_WS_SERIAL) waits for every product before the softmax and
-// drops the turns: the same data flow without any overlap, to tell a hazard of the overlap from
-// a fault of the data (bench/kernels/NOTES.md, run 9).
-#ifdef SQZ_PREFILL_WS_SERIAL
-constexpr bool kSerial = true;
-#else
-constexpr bool kSerial = false;
-#endif
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
 constexpr int kTileElems = kTileN * D;     // a K or V tile in core matrices, no padding
@@ -67,6 +59,14 @@ static_assert(offsetof(Smem, k) % 128 == 0 && offsetof(Smem, v) % 128 == 0 && of
 
 #ifdef SQZ_HAS_WGMMA
 
+// A debugging build (-DSQZ_PREFILL_WS_SERIAL) waits for every product before the softmax and
+// drops the turns: the same data flow without any overlap, to tell a hazard of the overlap from
+// a fault of the data (bench/kernels/NOTES.md, run 9).
+#ifdef SQZ_PREFILL_WS_SERIAL
+constexpr bool kSerial = true;
+#else
+constexpr bool kSerial = false;
+#endif
 constexpr int kProducerBarrier = 1;        // named barriers: the producer warpgroup's own,
 constexpr int kTurnBarrier = 2;            // consumer c's turn to issue: kTurnBarrier + c,
 constexpr int kQBarrier = 4;               // consumer c's Q landed: kQBarrier + c,
@@ -98,10 +98,12 @@ __device__ __forceinline__ void mbar_arrive_on_copies(uint64_t* bar) {
 }
 // Waits for the completion of the barrier's phase with this parity. A wait that never ends is a
 // bug in the pipeline's accounting: trap (a launch error the caller sees) instead of hanging the
-// GPU (~2^24 polls: well over a second, against microseconds for a real wait).
+// GPU, after 10 s of the GPU's global timer (a real wait takes microseconds; try_wait may suspend
+// the thread for a system-dependent time, so a count of polls bounds nothing).
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t address = smem_address(bar);
-  for (uint32_t polls = 0;; ++polls) {
+  uint64_t since = 0;
+  for (uint32_t polls = 1;; ++polls) {
     uint32_t done;
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
@@ -109,7 +111,12 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
         : "r"(address), "r"(parity)
         : "memory");
     if (done) return;
-    if (polls == (1u << 24)) __trap();
+    if (polls % 1024 == 0) {
+      uint64_t now;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (since == 0) since = now;
+      else if (now - since > 10000000000ull) __trap();
+    }
   }
 }
 __device__ __forceinline__ void named_sync(int id, int threads) {
