@@ -456,24 +456,43 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   }
 }
 
-// The questions' prefill here runs split-K (30 tokens x group 4: one row tile per KV head).
-TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
-  SKIP_WITHOUT_KERNELS();
-  const std::string dir = MakeTempDir("backend_engine");
-  WriteTinyCheckpoint(dir, Spec(64, 8, 2));
-  auto kernels = LoadEngine(dir, "cuda", "kernels");
-  auto torch = LoadEngine(dir, "cuda", "torch");
-  ASSERT_TRUE(kernels && torch);
+// One checkpoint on two GPU engines, the CUDA kernels' (with this prefill kernel) and libtorch's,
+// and one context of `tokens` random tokens ingested by the first (sparsity levels 0 and 0.9),
+// stored, and loaded by both. Empty engines where a step failed (the caller asserts).
+struct KernelsAndTorch {
+  std::unique_ptr<Engine> kernels, torch;
+  std::shared_ptr<const Context> on_kernels, on_torch;
+  bool ok() const { return kernels && torch && on_kernels && on_torch; }
+};
+KernelsAndTorch LoadBothWithContext(const std::string& name, const TinyModelSpec& spec, int tokens, uint64_t seed,
+                                    const std::string& prefill_kernel = "mma_sync") {
+  KernelsAndTorch both;
+  const std::string dir = MakeTempDir(name);
+  WriteTinyCheckpoint(dir, spec);
+  both.kernels = LoadEngine(dir, "cuda", "kernels", nullptr, true, prefill_kernel);
+  both.torch = LoadEngine(dir, "cuda", "torch");
+  if (!both.kernels || !both.torch) return both;
   IndexOptions index;
   index.observation_window = 32;
   index.sparsity_levels = {0.0f, 0.9f};
-  auto ingested = kernels->Ingest("ctx", RandomTokens(1200, 128, 5), index, nullptr, nullptr);
-  ASSERT_TRUE(ingested.ok()) << ingested.status();
-  const std::string store = MakeTempDir("backend_store");
-  ASSERT_TRUE(kernels->SaveContext(**ingested, store, nullptr).ok());
-  auto on_kernels = kernels->LoadContext(store, "ctx");
-  auto on_torch = torch->LoadContext(store, "ctx");
-  ASSERT_TRUE(on_kernels.ok() && on_torch.ok());
+  auto ingested = both.kernels->Ingest("ctx", RandomTokens(tokens, 128, seed), index, nullptr, nullptr);
+  if (!ingested.ok()) return both;
+  const std::string store = MakeTempDir(name + "_store");
+  if (!both.kernels->SaveContext(**ingested, store, nullptr).ok()) return both;
+  auto on_kernels = both.kernels->LoadContext(store, "ctx");
+  auto on_torch = both.torch->LoadContext(store, "ctx");
+  if (on_kernels.ok()) both.on_kernels = *on_kernels;
+  if (on_torch.ok()) both.on_torch = *on_torch;
+  return both;
+}
+
+// The questions' prefill here runs split-K (30 tokens x group 4: one row tile per KV head).
+TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
+  SKIP_WITHOUT_KERNELS();
+  KernelsAndTorch both = LoadBothWithContext("backend_engine", Spec(64, 8, 2), 1200, 5);
+  ASSERT_TRUE(both.ok());
+  auto& kernels = both.kernels;
+  auto& torch = both.torch;
 
   SamplingOptions sampling;
   sampling.max_new_tokens = 8;
@@ -488,8 +507,8 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
       attention.hierarchical = hierarchical;
       attention.estimate_pruned = estimate;
       attention.read_ahead = estimate;  // with the estimate: the accurate lookup
-      auto a = kernels->StartGeneration(*on_kernels, RandomTokens(30, 128, 6), sampling, attention);
-      auto b = torch->StartGeneration(*on_torch, RandomTokens(30, 128, 6), sampling, attention);
+      auto a = kernels->StartGeneration(both.on_kernels, RandomTokens(30, 128, 6), sampling, attention);
+      auto b = torch->StartGeneration(both.on_torch, RandomTokens(30, 128, 6), sampling, attention);
       ASSERT_TRUE(a.ok() && b.ok());
       auto first_a = (*a)->Next();
       auto first_b = (*b)->Next();
@@ -515,7 +534,7 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
     attention.hierarchical = i == 1;
     attention.estimate_pruned = false;
     attention.read_ahead = false;
-    auto g = kernels->StartGeneration(*on_kernels, RandomTokens(10 + i, 128, 30 + i), sampling, attention);
+    auto g = kernels->StartGeneration(both.on_kernels, RandomTokens(10 + i, 128, 30 + i), sampling, attention);
     ASSERT_TRUE(g.ok()) << g.status();
     generations.push_back(std::move(*g));
   }
@@ -537,21 +556,10 @@ TEST(AttentionBackendTest, EngineGenerationsOnKernelsMatchTorch) {
 // paper's lookup and with the accurate one (estimate + read-ahead's top keys).
 TEST(AttentionBackendTest, WarpSpecializedPrefillMatchesTorch) {
   SKIP_WITHOUT_KERNELS();
-  const std::string dir = MakeTempDir("backend_ws_prefill");
-  WriteTinyCheckpoint(dir, Spec(128, 8, 2));
-  auto kernels = LoadEngine(dir, "cuda", "kernels", nullptr, true, "warp_specialized");
-  auto torch = LoadEngine(dir, "cuda", "torch");
-  ASSERT_TRUE(kernels && torch);
-  IndexOptions index;
-  index.observation_window = 32;
-  index.sparsity_levels = {0.0f, 0.9f};
-  auto ingested = kernels->Ingest("ctx", RandomTokens(3000, 128, 7), index, nullptr, nullptr);
-  ASSERT_TRUE(ingested.ok()) << ingested.status();
-  const std::string store = MakeTempDir("backend_ws_store");
-  ASSERT_TRUE(kernels->SaveContext(**ingested, store, nullptr).ok());
-  auto on_kernels = kernels->LoadContext(store, "ctx");
-  auto on_torch = torch->LoadContext(store, "ctx");
-  ASSERT_TRUE(on_kernels.ok() && on_torch.ok());
+  KernelsAndTorch both = LoadBothWithContext("backend_ws_prefill", Spec(128, 8, 2), 3000, 7, "warp_specialized");
+  ASSERT_TRUE(both.ok());
+  auto& kernels = both.kernels;
+  auto& torch = both.torch;
   SamplingOptions sampling;
   sampling.max_new_tokens = 4;
   sampling.ignore_eos = true;
@@ -564,8 +572,8 @@ TEST(AttentionBackendTest, WarpSpecializedPrefillMatchesTorch) {
         attention.sparsity = sparsity;
         attention.estimate_pruned = accurate;
         attention.read_ahead = accurate;
-        auto a = kernels->StartGeneration(*on_kernels, RandomTokens(question, 128, 8), sampling, attention);
-        auto b = torch->StartGeneration(*on_torch, RandomTokens(question, 128, 8), sampling, attention);
+        auto a = kernels->StartGeneration(both.on_kernels, RandomTokens(question, 128, 8), sampling, attention);
+        auto b = torch->StartGeneration(both.on_torch, RandomTokens(question, 128, 8), sampling, attention);
         ASSERT_TRUE(a.ok() && b.ok());
         auto first_a = (*a)->Next();
         auto first_b = (*b)->Next();
