@@ -72,15 +72,6 @@ constexpr int kTurnBarrier = 2;            // consumer c's turn to issue: kTurnB
 constexpr int kQBarrier = 4;               // consumer c's Q landed: kQBarrier + c,
 constexpr int kMergeBarrier = 6;           // split keys: both consumers done, then consumer 1's state stored
 
-// The core-matrix layout of Q and of a K or V tile (wgmma.cuh): 16-byte chunk q of a tile's copy lies at
-// (row, col); lanes 0-7 fill one 128-byte core matrix, so a warp's cp.async writes are contiguous.
-__device__ __forceinline__ int chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
-__device__ __forceinline__ int chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
-__device__ __forceinline__ int core_offset(int row, int col) {
-  return ((row >> 3) * (D / 8) + (col >> 3)) * 64 + (row & 7) * 8;
-}
-
-
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -149,10 +140,10 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr, const Pref
     if (tid < kTileN) sm.bias[stage][tid] = res.chunk_bias[c0 + tid];
 #pragma unroll
     for (int j = 0; j < kTileN * D / 8 / 128; ++j) {  // 8 chunks of K and 8 of V per thread
-      const int q = tid + 128 * j, row = chunk_row(q), col = chunk_col(q);
-      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + row], col);
-      cp_async_16(sm.k[stage] + core_offset(row, col), src.key, src.key_bytes);
-      cp_async_16(sm.v[stage] + core_offset(row, col), src.value, src.bytes);
+      const int q = tid + 128 * j;  // chunk q of the tile (wgmma.cuh: core-matrix order)
+      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + core_chunk_row<D>(q)], core_chunk_col<D>(q));
+      cp_async_16(sm.k[stage] + 8 * q, src.key, src.key_bytes);
+      cp_async_16(sm.v[stage] + 8 * q, src.value, src.bytes);
     }
     mbar_arrive_on_copies(&sm.full[stage]);
     mbar_arrive(&sm.full[stage]);  // releases the bias store
@@ -251,7 +242,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
     const int G = a.g;
 #pragma unroll
     for (int i = 0; i < 64 * D / 8 / 128; ++i) {
-      const int chunk = wtid + 128 * i, row = chunk_row(chunk), col = chunk_col(chunk);
+      const int chunk = wtid + 128 * i, row = core_chunk_row<D>(chunk), col = core_chunk_col<D>(chunk);
       const int m = p.m0 + row_base + row;
       const __nv_bfloat16* src = a.q;
       int bytes = 0;
@@ -259,7 +250,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
         src = a.q + ((static_cast<int64_t>(p.b) * a.lq + m / G) * a.hkv * G + p.h * G + m % G) * D + col;
         bytes = 16;
       }
-      cp_async_16(sm.q + core_offset(64 * c + row, col), src, bytes);
+      cp_async_16(sm.q + 64 * c * D + 8 * chunk, src, bytes);  // the consumer's 64 rows, core-matrix order
     }
     cp_async_commit();
     cp_async_wait<0>();

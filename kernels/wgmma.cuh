@@ -23,6 +23,14 @@ namespace squeezeserve::kernels::detail {
 // for it from sm_90a code); cached per device. nearest_centroid_wgmma.cu.
 bool wgmma_available();
 
+// A core-matrix tile is filled in 16-byte chunks: chunk q lies at element 8 q of the tile and holds
+// elements core_chunk_col(q) .. + 7 of row core_chunk_row(q) (lanes 0-7 fill one core matrix: 8
+// rows, one column of 8 elements, so a warp's cp.async writes are contiguous).
+template <int D>
+__device__ __forceinline__ int core_chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
+template <int D>
+__device__ __forceinline__ int core_chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
+
 // Copies rows [first, first + kRows) of a [k][D] bf16 matrix into a core-matrix tile with cp.async
 // (rows past k zero-filled), kThreadsCopying threads, this one `tid`. The caller commits.
 template <int D, int kRows, int kThreadsCopying>
@@ -33,13 +41,11 @@ __device__ __forceinline__ void copy_core_tile(__nv_bfloat16* tile, const __nv_b
   static_assert(kChunks % kThreadsCopying == 0, "every thread copies the same number of chunks");
 #pragma unroll
   for (int i = 0; i < kChunks / kThreadsCopying; ++i) {
-    // Chunk index = smem position / 8: lanes 0-7 fill one core matrix (8 rows, same chunk column),
-    // so a warp reads 64 contiguous bytes from each of 8 rows.
+    // A warp reads 64 contiguous bytes from each of 8 rows.
     const int chunk = i * kThreadsCopying + tid;
-    const int row_in_group = chunk & 7, column = (chunk >> 3) % kChunksPerRow, group = (chunk >> 3) / kChunksPerRow;
-    const int j = first + group * 8 + row_in_group;
+    const int j = first + core_chunk_row<D>(chunk);
     const bool in_range = j < k;
-    const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + column * 8 : rows;
+    const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + core_chunk_col<D>(chunk) : rows;
     cp_async_16(tile + chunk * 8, src, in_range ? 16 : 0);
   }
 }
