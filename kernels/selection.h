@@ -26,6 +26,14 @@ struct SelectionLimits {
   int32_t max_coarse = 0;    // >= every sequence's Kc (hierarchical), else 0
 };
 
+// How the launch runs (not what it computes: every choice gives the same selection, bit for bit).
+struct SelectionLaunch {
+  // Decode (Lq * g <= 8 rows): the centroid stream stages each CTA's whole chunk in shared memory
+  // by cp.async (true), or keeps 4 loads per lane in flight in registers (false: the kernel measured
+  // before, kept for the A/B in bench/kernels until the staged one is measured on a GPU).
+  bool staged_stream = true;
+};
+
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).
 size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLimits& limits);
 
@@ -46,6 +54,6 @@ size_t selection_workspace_bytes(const AttentionShape& shape, const SelectionLim
 // Returns a cudaError_t value (0 = success).
 int select_clusters(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                     const SelectionParams& params, const SelectionLimits& limits, const Selection& out,
-                    void* workspace, float* scores_out, void* stream);
+                    void* workspace, float* scores_out, void* stream, const SelectionLaunch& launch = {});
 
 }  // namespace squeezeserve::kernels

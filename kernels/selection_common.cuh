@@ -251,7 +251,8 @@ struct Workspace {
 // selection_decode.cu: ws.fast_r > 0, flat or hierarchical.
 template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                          const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+                          const Workspace& ws, const Selection& out, float* scores_out, const SelectionLaunch& launch,
+                          cudaStream_t stream);
 
 // selection_tensor_core.cu: flat index, rows > kMaxFastRows.
 template <int D>

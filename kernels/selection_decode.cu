@@ -8,8 +8,10 @@ namespace {
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
 // at DRAM speed with every warp loading. Three launches per level:
 //  K1 score_stream_kernel, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
-//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
-//     and each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over
+//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load);
+//     the CTA's whole chunk is in flight at once, staged in shared memory by cp.async (see the
+//     kernel; SelectionLaunch::staged_stream = false keeps kUnroll loads per lane in registers, the
+//     kernel measured up to run 9). The R dot products of a centroid are summed over
 //     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
 //     for R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z =
 //     s*q.c in fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and
@@ -65,13 +67,45 @@ __device__ __forceinline__ HeadLevel level_view(const ProblemArgs& p, const Leve
   return head_level(p, LevelArgs{LV, l.children, l.num_candidates, l.capacity}, b, h, d);
 }
 
-template <int D, int R, Level LV>
+// K1's geometry: a lane loads 16 B of one centroid per step; kSteps steps cover its warp's share.
+template <int D>
+struct StreamShape {
+  static constexpr int kLanesPerCentroid = D / 8, kCentroidsPerStep = 32 / kLanesPerCentroid;
+  static constexpr int kSteps = kStreamChunk / kWarps / kCentroidsPerStep;
+  static constexpr int kUnroll = 4;  // steps reduced together (and, staged, one cp.async group)
+  static constexpr int kGroups = kSteps / kUnroll;
+  static_assert(kSteps % kUnroll == 0, "whole groups");
+  // Staged: every lane's kSteps 16-byte loads in shared memory (64 KB a CTA at D = 128).
+  static constexpr size_t kStagedBytes = sizeof(uint4) * kWarps * kSteps * 32;
+};
+
+// cp.async.wait_group with a run-time count (0 .. 7); the clobber keeps the smem reads after it.
+__device__ __forceinline__ void cp_async_wait_pending(int n) {
+  switch (n) {
+#define SQZ_WAIT_CASE(N) \
+  case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
+    SQZ_WAIT_CASE(0) SQZ_WAIT_CASE(1) SQZ_WAIT_CASE(2) SQZ_WAIT_CASE(3)
+    SQZ_WAIT_CASE(4) SQZ_WAIT_CASE(5) SQZ_WAIT_CASE(6) default: asm volatile("cp.async.wait_group 7;\n" ::: "memory");
+#undef SQZ_WAIT_CASE
+  }
+}
+
+// kStaged: the CTA's whole chunk is in flight at once, by cp.async into shared memory (each lane
+// reads back only the 16-byte words it copied itself, so cp.async.wait_group alone orders them: no
+// barrier), instead of kUnroll 16-byte loads per lane in registers. Why: in registers a warp holds
+// 2 KB in flight and an SM (3 CTAs at 80 registers) 48 KB, about the latency-bandwidth product of
+// HBM3e at idle latency, and each CTA's four dependent rounds plus its prologue and epilogue cover
+// just 64 KB: the stream ran at 1.3 TB/s (batch 1) to 2.6 TB/s (batch 8) at Llama-3 512K. Staged,
+// an SM holds 192 KB in flight (3 CTAs by shared memory). Same arithmetic in the same order: the
+// outputs are bit for bit those of the register version.
+template <int D, int R, Level LV, bool kStaged>
 __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
                                                                 int z_capacity, float* z_out, float2* partials) {
-  constexpr int L = D / 8, CPW = 32 / L;
+  using Shape = StreamShape<D>;
+  constexpr int L = Shape::kLanesPerCentroid, CPW = Shape::kCentroidsPerStep;
   constexpr int kPerWarp = kStreamChunk / kWarps;
-  constexpr int kSteps = kPerWarp / CPW;
-  constexpr int kUnroll = 4;
+  constexpr int kSteps = Shape::kSteps;
+  constexpr int kUnroll = Shape::kUnroll;
   constexpr int kLogR = log2_rows<R>();
   constexpr bool kPartials = LV != Level::kChildren;  // the children use the coarse denominators
   static_assert(R <= L, "butterfly needs at least R lanes per centroid");
@@ -95,12 +129,23 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
     return reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + sub * 8);
   };
 
-  // Issue the first centroid loads before anything else: they are the long pole.
-  uint4 raw[kUnroll];
+  // Issue the centroid loads before anything else: they are the long pole.
+  extern __shared__ uint4 staged[];                        // kStaged: [warp][step][lane]
+  uint4* const own = staged + warp * kSteps * 32 + lane;  // this lane's word of step st: own[st * 32]
+  uint4 raw[kStaged ? 1 : kUnroll];
+  if constexpr (kStaged) {
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int c = warp_first + u * CPW + slot;
-    raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
+    for (int st = 0; st < kSteps; ++st) {
+      const int c = warp_first + st * CPW + slot;  // past K: zero-filled (nothing read)
+      cp_async_16(own + st * 32, c < K ? static_cast<const void*>(centroid_row(c)) : v.centroids, c < K ? 16 : 0);
+      if (st % kUnroll == kUnroll - 1) cp_async_commit();
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = warp_first + u * CPW + slot;
+      raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
+    }
   }
   if constexpr (kPartials) {
     const int c = c_first + tid;
@@ -129,13 +174,19 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 #pragma unroll 1
   for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
     uint4 cur[kUnroll];
+    if constexpr (kStaged) {
+      cp_async_wait_pending(Shape::kGroups - 1 - st0 / kUnroll);  // this group has landed
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
-    if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
+      for (int u = 0; u < kUnroll; ++u) cur[u] = own[(st0 + u) * 32];
+    } else {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
-        raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
+      for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
+      if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
+          raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
+        }
       }
     }
 #pragma unroll
@@ -435,13 +486,23 @@ __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, Le
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
 }
 
-// K1, K2a, K2b of one level.
+// K1 (staged or in registers: SelectionLaunch::staged_stream), K2a, K2b of one level.
 template <int D, int R, Level LV>
 void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const SelectionParams& params,
-               int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
+               int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out, bool staged,
                cudaStream_t stream) {
-  score_stream_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-      p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+  const dim3 stream_grid(stream_chunks, s.num_kv_heads, s.batch);
+  if (staged) {
+    const auto kernel = score_stream_kernel<D, R, LV, true>;
+    constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes);
+    // Past the 48 KB default at D = 128; a failure here fails the launch, which the caller checks.
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    kernel<<<stream_grid, kThreads, kBytes, stream>>>(p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+  } else {
+    score_stream_kernel<D, R, LV, false><<<stream_grid, kThreads, 0, stream>>>(p, l, ws.den_chunks, ws.capacity,
+                                                                               ws.z, ws.partials);
+  }
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   select_chunk_kernel<R, LV><<<chunks, kThreads, 0, stream>>>(p, l, params, ws, out, scores_out);
   place_chunk_kernel<LV><<<chunks, kThreads, 0, stream>>>(p, l, ws, out);
@@ -449,37 +510,42 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
-              const Selection& out, float* scores_out, cudaStream_t stream) {
+              const Selection& out, float* scores_out, bool staged, cudaStream_t stream) {
   StreamScratch ws{w.level_capacity, w.fast_z, w.fast_partials, w.fast_chunks, w.local_ids, w.local_starts,
                    w.local_estimate, w.local_logits, w.chunk_totals, w.select_chunks, w.children,
                    w.num_candidates, w.coarse_estimated};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
-    return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, stream);
+    return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, staged, stream);
   }
   ws.den_chunks = w.coarse_chunks;
   const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
-  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, stream);
+  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, staged, stream);
   const LevelArgs children{Level::kChildren, w.children, w.num_candidates, w.level_capacity};
-  run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, stream);
+  run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, staged,
+                                    stream);
 }
 
 }  // namespace
 
 template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                          const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
+                          const Workspace& ws, const Selection& out, float* scores_out, const SelectionLaunch& launch,
+                          cudaStream_t stream) {
+  const bool staged = launch.staged_stream;
   switch (ws.fast_r) {
-    case 1: return run_rows<D, 1>(s, p, params, ws, out, scores_out, stream);
-    case 2: return run_rows<D, 2>(s, p, params, ws, out, scores_out, stream);
-    case 4: return run_rows<D, 4>(s, p, params, ws, out, scores_out, stream);
-    default: return run_rows<D, 8>(s, p, params, ws, out, scores_out, stream);
+    case 1: return run_rows<D, 1>(s, p, params, ws, out, scores_out, staged, stream);
+    case 2: return run_rows<D, 2>(s, p, params, ws, out, scores_out, staged, stream);
+    case 4: return run_rows<D, 4>(s, p, params, ws, out, scores_out, staged, stream);
+    default: return run_rows<D, 8>(s, p, params, ws, out, scores_out, staged, stream);
   }
 }
 
 template void run_decode_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                       const Workspace&, const Selection&, float*, cudaStream_t);
+                                       const Workspace&, const Selection&, float*, const SelectionLaunch&,
+                                       cudaStream_t);
 template void run_decode_selection<128>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                        const Workspace&, const Selection&, float*, cudaStream_t);
+                                        const Workspace&, const Selection&, float*, const SelectionLaunch&,
+                                        cudaStream_t);
 
 }  // namespace squeezeserve::kernels::detail

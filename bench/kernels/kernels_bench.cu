@@ -435,9 +435,9 @@ int main(int argc, char** argv) {
       // One timed lookup: "paper" (views as they are) or "accurate" (estimate + read-ahead, TopKeys).
       auto run = [&](const char* lookup, const SequenceLayerBf16* lv, DeviceSelection& ls, const TopKeys& top,
                      const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true,
-                     PrefillLaunch pl = {}, DecodeLaunch dl = {}) {
+                     PrefillLaunch pl = {}, DecodeLaunch dl = {}, SelectionLaunch sl = {}) {
         if (!only_lookup.empty() && only_lookup != lookup) return;
-        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s)); };
+        auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s, sl)); };
         auto attend = [&] {
           if (c.prefill())
             CUDA_OK(sparse_prefill_attention(shape, lv, q, ls.sel, out, nullptr, split_k ? dws : nullptr, pl, s, top));
@@ -538,6 +538,12 @@ int main(int argc, char** argv) {
         run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
             DecodeLaunch{prop.multiProcessorCount});
       }
+      // The decode selection's centroid stream with its loads in registers (the kernel before the
+      // staged one, SelectionLaunch::staged_stream): the A/B until one of them is removed.
+      SelectionLaunch register_stream;
+      register_stream.staged_stream = false;
+      if (!c.prefill() && sparsity > 0.85f)
+        run("paper-regstream", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, register_stream);
       if (sparsity > 0.85f) {
         // The accurate lookup's read-ahead positions and top keys (flat and two-level rows below).
         std::vector<int32_t*> positions;
@@ -582,6 +588,8 @@ int main(int argc, char** argv) {
           bisect(two_params.tau_coarse, 0.3);
           bisect(two_params.tau_fine, 1 - sparsity);
           run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
+          run("paper-two-level-regstream", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
+              register_stream);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -84,6 +85,7 @@ struct Result {
   double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
   double skip_rel = -1;     // prefill: with PrefillLaunch::skip_padding_warps (split as chosen)
   double ws_rel = -1;       // prefill, D = 128 on sm_90a: the warp-specialized kernel, split as chosen, and unsplit
+  int reg_diff = -1;        // decode selection: words that differ with the register stream (must be 0); -1 n/a
   bool pass = true;
 };
 
@@ -234,6 +236,47 @@ Result run_case(const Case& c, uint64_t seed) {
   const bool check_logits = dsel.sel.estimate_logits != nullptr && c.lq == 1;  // decode writes them
   if (check_logits) g_logits = download(dsel.sel.estimate_logits, size_t(bh) * est_cap * kMaxGroup);
 
+  // The decode selection with the register stream (SelectionLaunch::staged_stream = false) must give
+  // the default launch's outputs bit for bit: the same arithmetic in the same order.
+  if (c.lq * c.g <= 8) {
+    DeviceSelection reg(bh, max_k, est_cap, c.logits);
+    float* reg_scores = nullptr;
+    const size_t n_scores = size_t(bh) * std::max(max_k, max_kc);
+    CUDA_OK(cudaMalloc(&reg_scores, sizeof(float) * n_scores));
+    CUDA_OK(cudaMemcpy(reg_scores, d_scores, sizeof(float) * n_scores, cudaMemcpyDeviceToDevice));  // unscored stay equal
+    SelectionLaunch registers;
+    registers.staged_stream = false;
+    CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, reg.sel, ws, reg_scores, nullptr, registers));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto words_differ = [](const auto& x, const auto& y) {
+      int n = 0;
+      for (size_t i = 0; i < x.size(); ++i) n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
+      return n;
+    };
+    res.reg_diff = words_differ(download(reg.sel.counts, bh), g_counts) + words_differ(download(reg.sel.rows, bh), g_rows) +
+                   words_differ(download(reg.sel.comparisons, bh), g_cmp) +
+                   words_differ(download(reg_scores, n_scores), download(d_scores, n_scores));
+    // The lists up to the counts (past them each launch leaves what was there).
+    auto lists_differ = [&](const std::vector<int32_t>& counts, int cap, int per, const auto& x, const auto& y) {
+      int n = 0;
+      for (int h = 0; h < bh; ++h)
+        for (size_t i = size_t(h) * cap * per, end = i + size_t(std::clamp(counts[h], 0, cap)) * per; i < end; ++i)
+          n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
+      return n;
+    };
+    const size_t lists = size_t(bh) * max_k;
+    res.reg_diff += lists_differ(g_counts, max_k, 1, download(reg.sel.cluster_ids, lists), g_ids) +
+                    lists_differ(g_counts, max_k, 1, download(reg.sel.row_start, lists), g_start);
+    if (est_cap) {
+      res.reg_diff += words_differ(download(reg.sel.estimated, bh), g_est) +
+                      lists_differ(g_est, est_cap, 1, download(reg.sel.estimate_ids, size_t(bh) * est_cap), g_est_ids);
+      if (check_logits)
+        res.reg_diff += lists_differ(g_est, est_cap, estimate_logit_stride(c.g),
+                                     download(reg.sel.estimate_logits, size_t(bh) * est_cap * kMaxGroup), g_logits);
+    }
+    cudaFree(reg_scores);
+  }
+
   std::vector<int32_t> r_ids(size_t(bh) * max_k), r_start(r_ids.size()), r_counts(bh), r_rows(bh), r_cmp(bh);
   std::vector<int32_t> r_est_ids(size_t(bh) * std::max(est_cap, 1)), r_est(bh);
   std::vector<float> r_logits(check_logits ? size_t(bh) * est_cap * kMaxGroup : 0);
@@ -336,7 +379,8 @@ Result run_case(const Case& c, uint64_t seed) {
     }
   }
   res.sel_mismatch = mismatches;
-  if (unexplained > 0 || !res.comparisons_ok || res.forced_missing > 0 || res.estimate_diff > 0 || !(res.logit_err <= 1e-4))
+  if (unexplained > 0 || !res.comparisons_ok || res.forced_missing > 0 || res.estimate_diff > 0 || !(res.logit_err <= 1e-4) ||
+      res.reg_diff > 0)
     res.pass = false;
   if (garbage) {
     std::fprintf(stderr, "%s: out-of-range selection counts or ids; attention not checked\n", c.name.c_str());
@@ -628,10 +672,11 @@ int main(int argc, char** argv) {
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
   // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, ws_rel the
   // warp-specialized kernel's (the worse of split and unsplit; D = 128 on sm_90a), skip_rel with
-  // skip_padding_warps (inf: one of that launch's checks failed).
-  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %s\n", "case", "B", "sel/cand",
+  // skip_padding_warps (inf: one of that launch's checks failed). reg = decode selections only: the
+  // words that differ from the same launch with the register centroid stream (0 to pass).
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %4s %s\n", "case", "B", "sel/cand",
               "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "ws_rel", "lse_err", "forced",
-              "top", "share_err", "cmp", "result");
+              "top", "share_err", "cmp", "reg", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -642,7 +687,7 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24];
+      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24], reg[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
@@ -650,9 +695,10 @@ int main(int argc, char** argv) {
       std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
       std::snprintf(skip, sizeof skip, r.skip_rel < 0 ? "-" : "%.2e", r.skip_rel);
       std::snprintf(ws, sizeof ws, r.ws_rel < 0 ? "-" : "%.2e", r.ws_rel);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %s\n", c.rows.size(),
+      std::snprintf(reg, sizeof reg, r.reg_diff < 0 ? "-" : "%d", r.reg_diff);
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %4s %s\n", c.rows.size(),
                   frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, ws, r.lse_err, forced,
-                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", r.pass ? "PASS" : "FAIL");
+                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", reg, r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
   }
