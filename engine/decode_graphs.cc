@@ -124,7 +124,9 @@ std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>&
       graphs_.push_front(std::move(graph));
       while (graphs_.size() > max_graphs_) graphs_.pop_back();
     }
-    const at::Tensor logits = graphs_.front()->logits.to(at::kCPU);  // waits for the step
+    // A copy on the device, in stream order: the graph's buffer is rewritten by its next replay,
+    // which another generation's step may start before these rows are sampled (SampleLogits).
+    const at::Tensor logits = graphs_.front()->logits.clone();
     model_.FinishStep(plan);
     std::vector<at::Tensor> out;
     for (int64_t b = 0; b < B; ++b) out.push_back(logits[b]);

@@ -37,7 +37,7 @@ class DecodeGraphs {
   // CUDA kernels, wanting its last-token logits and nothing else.
   bool Eligible(const std::vector<const ForwardArgs*>& batch) const;
 
-  // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the CPU.
+  // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the device.
   // Throws on failure (the caller may run the step eagerly instead: the sequences have not advanced).
   std::vector<at::Tensor> Run(const std::vector<const ForwardArgs*>& batch);
 

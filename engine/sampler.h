@@ -1,6 +1,7 @@
 // Picks the next token from a row of logits: greedy, temperature, top-k, top-p, seeded.
-// Plain C++ on a float span so that it is device independent and deterministic: the same seed gives
+// Plain C++ on float spans so that it is device independent and deterministic: the same seed gives
 // the same samples on every machine (the random stream is a std::mt19937_64, mapped to [0, 1) by hand).
+// The engine reduces a row where it lives first (sample_logits.h); Sample() takes a whole host row.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +27,20 @@ class Sampler {
  public:
   explicit Sampler(const SamplerOptions& options);
 
+  // The first maximum is the token (temperature 0, or top_k 1).
+  bool greedy() const { return options_.temperature <= 0 || options_.top_k == 1; }
+  // How many of a row's `vocab` logits a sampled draw considers: top_k, or all of them.
+  int64_t candidates(int64_t vocab) const;
+
   // `logits` must be non-empty. Ties go to the lowest token id.
   SampledToken Sample(absl::Span<const float> logits);
 
- private:
-  int32_t SampleFiltered(absl::Span<const float> logits);
+  // A sampled (not greedy) draw from a row already reduced: the row's first candidates(vocab)
+  // token ids in sampling order (logit descending, ties by lower id), their logits, and
+  // log(sum(exp(logits))) over the whole row (for the logprob). Sample() is this after sorting.
+  SampledToken SampleSorted(absl::Span<const int32_t> ids, absl::Span<const float> logits, double log_normalizer);
 
+ private:
   SamplerOptions options_;
   std::mt19937_64 rng_;
 };

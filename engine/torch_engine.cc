@@ -33,6 +33,7 @@
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
+#include "engine/sample_logits.h"
 #include "engine/sampler.h"
 #include "engine/squeezed_lookup.h"
 #include "engine/stored_context.h"
@@ -160,7 +161,7 @@ class TorchGeneration : public Generation {
  private:
   // Fills stats_.prompt_logprobs from the query prefill's logits [n, vocab] (on the model's device;
   // row i predicts query token i + 1) and the context's last-token logits (which predict query token
-  // 0), reducing them on the device; returns the last row on the CPU, to sample from.
+  // 0), reducing them on the device; returns the last row (on the device), to sample from.
   absl::StatusOr<at::Tensor> ScorePrompt(const at::Tensor& query_logits);
 
   bool prefilling() const { return prefilled_ < static_cast<int64_t>(query_.size()); }
@@ -264,17 +265,16 @@ class TorchEngine : public Engine {
   absl::StatusOr<at::Tensor> RunForwardLocked(const ForwardArgs& args) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(forward_mu_) {
     c10::InferenceMode inference_mode;
     try {
-      at::Tensor logits = model_->Forward(args);
-      // Every-token logits stay on the device: the prompt log-probs reduce them there (ScorePrompt).
-      if (logits.defined() && logits.dim() == 1) logits = logits.to(at::kCPU).contiguous();
-      return logits;
+      // Logits stay on the device: the next token (SampleLogits) and the prompt log-probs
+      // (ScorePrompt) reduce them there.
+      return model_->Forward(args);
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
     }
   }
 
-  // ForwardBatch under the same lock: one pass for the whole batch. Logits on the CPU, per entry
-  // (every-token logits on the device, as RunForward).
+  // ForwardBatch under the same lock: one pass for the whole batch. Logits per entry, on the
+  // device (as RunForward).
   absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
     StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
@@ -291,11 +291,7 @@ class TorchEngine : public Engine {
       }
     }
     try {
-      std::vector<at::Tensor> logits = model_->ForwardBatch(batch);
-      for (at::Tensor& l : logits) {
-        if (l.defined() && l.dim() == 1) l = l.to(at::kCPU).contiguous();
-      }
-      return logits;
+      return model_->ForwardBatch(batch);
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("batched forward pass failed: ", e.what()));
     }
@@ -303,7 +299,7 @@ class TorchEngine : public Engine {
 
   void StepBatch(absl::Span<Generation* const> generations, std::vector<absl::StatusOr<TokenStep>>* out) override;
 
-  // The logits [vocab] (CPU, float32) of the context's last token given the tokens before it: what
+  // The logits [vocab] (float32, on the device) of the context's last token given the tokens before it: what
   // the dense prefill at ingest computed and did not keep (the first query token's distribution).
   // One dense single-token forward over the stored KV less its last row (the last context token is
   // the last row in both KV layouts, stored_context.h).
@@ -616,7 +612,7 @@ absl::StatusOr<at::Tensor> TorchGeneration::ScorePrompt(const at::Tensor& chunk_
     const float* data = scored.data_ptr<float>();
     stats_.prompt_logprobs.insert(stats_.prompt_logprobs.end(), data, data + n);
     predictor_of_next_ = chunk_logits[n - 1];
-    return chunk_logits[n - 1].to(at::kCPU).contiguous();
+    return chunk_logits[n - 1];
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("prompt log-probs: ", e.what()));
   }
@@ -653,8 +649,14 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
     return step;
   }
 
-  const SampledToken sampled =
-      sampler_.Sample(absl::MakeConstSpan(logits->data_ptr<float>(), static_cast<size_t>(logits->numel())));
+  SampledToken sampled;
+  try {
+    c10::InferenceMode inference_mode;
+    sampled = SampleLogits(sampler_, *logits);
+  } catch (const std::exception& e) {
+    finished_ = true;
+    return absl::InternalError(absl::StrCat("sampling the next token: ", e.what()));
+  }
   TokenStep step;
   step.token = last_token_ = sampled.token;
   step.logprob = sampled.logprob;

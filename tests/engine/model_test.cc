@@ -16,6 +16,7 @@
 #include "engine/torch_attention.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
+#include "engine/sample_logits.h"
 #include "engine/sampler.h"
 #include "engine/stored_context.h"
 #include "tests/engine/tiny_checkpoint.h"
@@ -626,5 +627,43 @@ TEST(EngineLoadTest, ClearErrors) {
   EXPECT_EQ(Engine::Load(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Sampling where the logits live (SampleLogits) against the host sampler on the same rows.
+
+TEST(SampleLogitsTest, SameTokensAsTheHostSamplerOnEveryDevice) {
+  c10::InferenceMode inference_mode;
+  std::vector<at::Device> devices = {at::Device(at::kCPU)};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  const std::vector<SamplerOptions> options = {
+      {0.f, 1.f, 0, 1},   {0.7f, 1.f, 0, 2}, {1.f, 0.9f, 0, 3},
+      {0.5f, 1.f, 20, 4}, {5.f, 1.f, 1, 5},  {1.3f, 0.6f, 50, 6},
+  };
+  at::manual_seed(17);
+  for (const int64_t vocab : {7, 1000, 128256}) {
+    // bf16-valued logits, as the model's lm_head gives: ties are common; the row's maximum is tied
+    // on purpose (the lower id must win).
+    at::Tensor row = (at::randn({vocab}) * 3).to(at::kBFloat16).to(at::kFloat);
+    const float top = row.max().item<float>() + 1.f;
+    row[vocab / 2] = top;
+    row[vocab - 1] = top;
+    const std::vector<float> host(row.data_ptr<float>(), row.data_ptr<float>() + vocab);
+    for (const at::Device& device : devices) {
+      const at::Tensor on_device = row.to(device);
+      for (const SamplerOptions& o : options) {
+        Sampler reference(o), reduced(o);
+        for (int draw = 0; draw < 20; ++draw) {
+          const SampledToken want = reference.Sample(host);
+          const SampledToken got = SampleLogits(reduced, on_device);
+          ASSERT_EQ(got.token, want.token) << "vocab " << vocab << " on " << device << ", temperature "
+                                           << o.temperature << " top_p " << o.top_p << " top_k " << o.top_k
+                                           << ", draw " << draw;
+          EXPECT_NEAR(got.logprob, want.logprob, 1e-5);
+        }
+        if (reference.greedy()) EXPECT_EQ(reference.Sample(host).token, vocab / 2);  // the first maximum
+      }
+    }
+  }
+}
 }  // namespace
 }  // namespace squeezeserve
