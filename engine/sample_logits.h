@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "engine/sampler.h"
 
 namespace squeezeserve {
@@ -17,5 +19,9 @@ namespace squeezeserve {
 // the whole row on the host (~25 ms). The same token as Sampler::Sample on the row (logprobs equal
 // to rounding: the log-normalizer is summed in another order). Throws what libtorch throws.
 SampledToken SampleLogits(Sampler& sampler, const at::Tensor& row);
+
+// The greedy draws of several rows ([vocab] float32, one device) in one reduction and one copy
+// back: for each row what SampleLogits gives it with a greedy sampler (a batch step's rows).
+std::vector<SampledToken> SampleGreedyRows(const std::vector<at::Tensor>& rows);
 
 }  // namespace squeezeserve

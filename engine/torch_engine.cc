@@ -157,6 +157,19 @@ class TorchGeneration : public Generation {
   // CompleteStep samples from the logits (or records the forward's failure) and returns the step.
   absl::Status PrepareStep(ForwardArgs* args);
   absl::StatusOr<TokenStep> CompleteStep(absl::StatusOr<at::Tensor> logits);
+  // CompleteStep in two halves around the sampling, so that StepBatch can reduce the greedy rows
+  // of the whole batch at once (SampleGreedyRows). RowToSample records the forward's failure and
+  // the prompt log-probs and returns the row to sample from (on the device), or an undefined
+  // tensor when the step samples nothing (a query chunk before the last); Emit turns the sampled
+  // token into the step.
+  absl::StatusOr<at::Tensor> RowToSample(absl::StatusOr<at::Tensor> logits);
+  absl::StatusOr<TokenStep> SampleAndEmit(const at::Tensor& row);  // SampleLogits, then Emit
+  TokenStep Emit(const SampledToken& sampled);
+  absl::Status Fail(absl::Status status) {
+    finished_ = true;
+    return status;
+  }
+  Sampler& sampler() { return sampler_; }
 
  private:
   // Fills stats_.prompt_logprobs from the query prefill's logits [n, vocab] (on the model's device;
@@ -624,11 +637,31 @@ absl::StatusOr<TokenStep> TorchGeneration::Next() {
   return CompleteStep(engine_->RunForward(args));
 }
 
+// A step that fed a query chunk and samples nothing (more of the query follows).
+TokenStep PrefillOnlyStep() {
+  TokenStep step;
+  step.prefill_only = true;
+  return step;
+}
+
 absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tensor> logits) {
-  if (!logits.ok()) {
-    finished_ = true;
-    return logits.status();
+  absl::StatusOr<at::Tensor> row = RowToSample(std::move(logits));
+  if (!row.ok()) return row.status();
+  if (!row->defined()) return PrefillOnlyStep();
+  return SampleAndEmit(*row);
+}
+
+absl::StatusOr<TokenStep> TorchGeneration::SampleAndEmit(const at::Tensor& row) {
+  try {
+    c10::InferenceMode inference_mode;
+    return Emit(SampleLogits(sampler_, row));
+  } catch (const std::exception& e) {
+    return Fail(absl::InternalError(absl::StrCat("sampling the next token: ", e.what())));
   }
+}
+
+absl::StatusOr<at::Tensor> TorchGeneration::RowToSample(absl::StatusOr<at::Tensor> logits) {
+  if (!logits.ok()) return Fail(logits.status());
   if (squeezed_) {
     stats_.kv_fraction_loaded = attention_->stats().kv_fraction_loaded();
     stats_.centroid_comparisons_per_token = attention_->stats().centroid_comparisons_per_token();
@@ -636,27 +669,15 @@ absl::StatusOr<TokenStep> TorchGeneration::CompleteStep(absl::StatusOr<at::Tenso
   const bool prefill_step = prefilling();
   if (logits->defined() && logits->dim() == 2) {  // a query chunk with prompt log-probs: every row
     absl::StatusOr<at::Tensor> last = ScorePrompt(*logits);
-    if (!last.ok()) {
-      finished_ = true;
-      return last.status();
-    }
+    if (!last.ok()) return Fail(last.status());
     *logits = *std::move(last);
   }
   if (prefill_step) prefilled_ += step_tokens_;
-  if (prefilling()) {  // more of the query to feed: no token yet
-    TokenStep step;
-    step.prefill_only = true;
-    return step;
-  }
+  if (prefilling()) return at::Tensor();  // more of the query to feed: no token yet
+  return *std::move(logits);
+}
 
-  SampledToken sampled;
-  try {
-    c10::InferenceMode inference_mode;
-    sampled = SampleLogits(sampler_, *logits);
-  } catch (const std::exception& e) {
-    finished_ = true;
-    return absl::InternalError(absl::StrCat("sampling the next token: ", e.what()));
-  }
+TokenStep TorchGeneration::Emit(const SampledToken& sampled) {
   TokenStep step;
   step.token = last_token_ = sampled.token;
   step.logprob = sampled.logprob;
@@ -705,9 +726,42 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
   std::vector<const ForwardArgs*> batch;
   for (size_t slot : slots) batch.push_back(&args[slot]);
   absl::StatusOr<std::vector<at::Tensor>> logits = RunForwardBatch(batch);
+  std::vector<absl::StatusOr<at::Tensor>> rows;
   for (size_t m = 0; m < members.size(); ++m) {
-    (*out)[slots[m]] = members[m]->CompleteStep(logits.ok() ? absl::StatusOr<at::Tensor>((*logits)[m])
-                                                            : absl::StatusOr<at::Tensor>(logits.status()));
+    rows.push_back(members[m]->RowToSample(logits.ok() ? absl::StatusOr<at::Tensor>((*logits)[m])
+                                                       : absl::StatusOr<at::Tensor>(logits.status())));
+  }
+  // The greedy rows in one reduction and one copy back; sampled rows one by one.
+  std::vector<size_t> greedy;
+  std::vector<at::Tensor> greedy_rows;
+  for (size_t m = 0; m < members.size(); ++m) {
+    if (rows[m].ok() && rows[m]->defined() && members[m]->sampler().greedy()) {
+      greedy.push_back(m);
+      greedy_rows.push_back(*rows[m]);
+    }
+  }
+  std::vector<SampledToken> greedy_tokens;
+  absl::Status greedy_status;
+  try {
+    c10::InferenceMode inference_mode;
+    if (!greedy_rows.empty()) greedy_tokens = SampleGreedyRows(greedy_rows);
+  } catch (const std::exception& e) {
+    greedy_status = absl::InternalError(absl::StrCat("sampling the next token: ", e.what()));
+  }
+  size_t next_greedy = 0;
+  for (size_t m = 0; m < members.size(); ++m) {
+    absl::StatusOr<TokenStep>& result = (*out)[slots[m]];
+    if (!rows[m].ok()) {
+      result = rows[m].status();
+    } else if (!rows[m]->defined()) {
+      result = PrefillOnlyStep();
+    } else if (next_greedy < greedy.size() && greedy[next_greedy] == m) {
+      ++next_greedy;
+      result = greedy_status.ok() ? absl::StatusOr<TokenStep>(members[m]->Emit(greedy_tokens[next_greedy - 1]))
+                                  : members[m]->Fail(greedy_status);
+    } else {
+      result = members[m]->SampleAndEmit(*rows[m]);
+    }
   }
 }
 

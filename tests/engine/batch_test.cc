@@ -76,9 +76,15 @@ TEST_P(BatchTest, StepBatchEqualsSteppingEachAlone) {
   for (int i = 0; i < 8; ++i) {
     Request r;
     r.context = i % 2 == 0 ? *a : *b;
-    r.query = Tokens(1 + 3 * i, 10 + i, vocab);  // 1 to 22 query tokens
+    // 1 to 19 query tokens, and one of 150 (three chunks of 64: steps that sample nothing).
+    r.query = Tokens(i == 7 ? 150 : 1 + 3 * i, 10 + i, vocab);
     r.sampling.max_new_tokens = 4 + i % 4;        // some finish before the others
     r.sampling.ignore_eos = true;
+    if (i % 3 == 2) {  // sampled beside greedy members (the batch reduces the greedy rows at once)
+      r.sampling.temperature = 0.8f;
+      r.sampling.top_p = 0.95f;
+      r.sampling.seed = 100 + i;
+    }
     r.attention.mode = i % 3 == 0 ? AttentionMode::kDense : AttentionMode::kSqueezed;
     r.attention.sparsity = i % 4 < 2 ? 0.9f : 0.5f;
     r.attention.hierarchical = i % 5 == 1;

@@ -665,5 +665,27 @@ TEST(SampleLogitsTest, SameTokensAsTheHostSamplerOnEveryDevice) {
     }
   }
 }
+
+TEST(SampleLogitsTest, GreedyRowsOfABatchInOneReduction) {
+  c10::InferenceMode inference_mode;
+  std::vector<at::Device> devices = {at::Device(at::kCPU)};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  at::manual_seed(5);
+  const at::Tensor batch = (at::randn({3, 50000}) * 2).to(at::kBFloat16).to(at::kFloat);
+  for (const at::Device& device : devices) {
+    // Rows of one tensor and a row of its own, as the graphs and the eager batch hand them over.
+    const at::Tensor on_device = batch.to(device);
+    const std::vector<SampledToken> got =
+        SampleGreedyRows({on_device[0], on_device[1], on_device[2].clone()});
+    ASSERT_EQ(got.size(), 3u);
+    for (int64_t r = 0; r < 3; ++r) {
+      const at::Tensor row = batch[r].contiguous();
+      Sampler greedy(SamplerOptions{});
+      const SampledToken want = greedy.Sample(absl::MakeConstSpan(row.data_ptr<float>(), row.numel()));
+      EXPECT_EQ(got[r].token, want.token) << "row " << r << " on " << device;
+      EXPECT_NEAR(got[r].logprob, want.logprob, 1e-5);
+    }
+  }
+}
 }  // namespace
 }  // namespace squeezeserve
