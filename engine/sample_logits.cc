@@ -24,15 +24,32 @@ std::vector<SampledToken> SampleGreedyRows(const std::vector<at::Tensor>& rows) 
 
 SampledToken SampleLogits(Sampler& sampler, const at::Tensor& row) {
   if (sampler.greedy()) return SampleGreedyRows({row})[0];
+  // Sampler::Sample's draw (sampler.cc), as tensor operations on the row's device: the candidates
+  // sorted, their temperature softmax in double, the nucleus, and the first candidate whose
+  // cumulative probability exceeds the uniform number times the kept mass.
+  const SamplerOptions& o = sampler.options();
   const at::Tensor logits = row.reshape({-1});
   const at::Tensor log_normalizer = at::logsumexp(logits.to(at::kDouble), 0);  // as LogSoftmaxAt: double
   const int64_t keep = sampler.candidates(logits.numel());
-  const auto sorted = at::sort(logits, /*stable=*/true, /*dim=*/0, /*descending=*/true);
-  const at::Tensor values = std::get<0>(sorted).narrow(0, 0, keep).to(at::kCPU).contiguous();
-  const at::Tensor ids = std::get<1>(sorted).narrow(0, 0, keep).to(at::kInt).to(at::kCPU).contiguous();
-  return sampler.SampleSorted(absl::MakeConstSpan(ids.data_ptr<int32_t>(), static_cast<size_t>(keep)),
-                              absl::MakeConstSpan(values.data_ptr<float>(), static_cast<size_t>(keep)),
-                              log_normalizer.item<double>());
+  const auto sorted = at::sort(logits, /*stable=*/true, /*dim=*/0, /*descending=*/true);  // ties: lower id first
+  const at::Tensor values = std::get<0>(sorted).narrow(0, 0, keep), ids = std::get<1>(sorted).narrow(0, 0, keep);
+  const double inv_t = 1.0 / o.temperature;
+  const at::Tensor scaled = values.to(at::kDouble) * inv_t;
+  at::Tensor probs = at::exp(scaled - scaled[0]);
+  probs = probs / probs.sum();
+  const at::Tensor cumulative = probs.cumsum(0);
+  // Nucleus: the smallest prefix whose mass reaches top_p (at least one candidate).
+  at::Tensor kept = at::scalar_tensor(keep, cumulative.options().dtype(at::kLong));
+  if (o.top_p < 1) kept = at::clamp((cumulative < o.top_p).sum() + 1, 1, keep);
+  const at::Tensor last = kept - 1;
+  const at::Tensor u = cumulative.index_select(0, last.view({1})).squeeze(0) * sampler.NextUniform();
+  const at::Tensor in_nucleus = at::arange(keep, cumulative.options().dtype(at::kLong)) < kept;
+  const at::Tensor chosen = at::minimum((cumulative.le(u) & in_nucleus).sum(), last).view({1});
+  const at::Tensor packed = at::cat({ids.index_select(0, chosen).to(at::kDouble),
+                                     values.index_select(0, chosen).to(at::kDouble), log_normalizer.view({1})})
+                                .to(at::kCPU);  // one copy back
+  const double* v = packed.data_ptr<double>();
+  return SampledToken{static_cast<int32_t>(v[0]), static_cast<float>(v[1] - v[2])};
 }
 
 }  // namespace squeezeserve

@@ -11,13 +11,15 @@
 namespace squeezeserve {
 
 // row: [vocab] float32 logits on any device. A greedy draw reduces the row to its first maximum and
-// its log-normalizer there and copies back three numbers; a sampled draw sorts the row there
-// (stably, descending: ties keep the lower id first, the host's order) and copies back only the
-// sampler's candidates (top_k of them, or all). Why: a 128K-token row is 0.5 MB, and the host's
-// scans of it (argmax, then a double-precision exp of every logit for the logprob) took ~1.4 ms per
-// token and sequence, serially: ~11 ms of every batch-8 step; a sampled draw without top_k sorted
-// the whole row on the host (~25 ms). The same token as Sampler::Sample on the row (logprobs equal
-// to rounding: the log-normalizer is summed in another order). Throws what libtorch throws.
+// its log-normalizer there; a sampled draw makes Sampler::Sample's draw there (the row sorted
+// stably, descending, so that ties keep the host's lower-id-first order; the temperature softmax,
+// the nucleus and the cumulative search in double), taking only the uniform number from the
+// sampler's seeded stream. Either way three numbers come back. Why: a 128K-token row is 0.5 MB, and
+// the host's scans of it (argmax, then a double-precision exp of every logit for the logprob) took
+// ~1.4 ms per token and sequence, serially: ~11 ms of every batch-8 step; a sampled draw without
+// top_k sorted the whole row on the host (~25 ms). The same token as Sampler::Sample on the row but
+// where a cumulative sum, added in another order, lands within rounding of the uniform number;
+// logprobs equal to rounding. Throws what libtorch throws.
 SampledToken SampleLogits(Sampler& sampler, const at::Tensor& row);
 
 // The greedy draws of several rows ([vocab] float32, one device) in one reduction and one copy

@@ -71,8 +71,7 @@ SampledToken Sampler::SampleSorted(absl::Span<const int32_t> ids, absl::Span<con
   double kept_mass = 0;
   for (int64_t i = 0; i < keep; ++i) kept_mass += probs[i];
 
-  // 53 random bits → a double uniform in [0, 1), identical across standard libraries.
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * kept_mass;
+  const double u = NextUniform() * kept_mass;
   int64_t chosen = keep - 1;  // if rounding left u just above the last cumulative sum
   double cumulative = 0;
   for (int64_t i = 0; i < keep; ++i) {

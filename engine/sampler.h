@@ -1,7 +1,8 @@
 // Picks the next token from a row of logits: greedy, temperature, top-k, top-p, seeded.
-// Plain C++ on float spans so that it is device independent and deterministic: the same seed gives
-// the same samples on every machine (the random stream is a std::mt19937_64, mapped to [0, 1) by hand).
-// The engine reduces a row where it lives first (sample_logits.h); Sample() takes a whole host row.
+// Plain C++ on float spans, deterministic: the same seed gives the same samples on every machine
+// (the random stream is a std::mt19937_64, mapped to [0, 1) by hand). Sample() on a host row is the
+// rules' reference; the engine makes the same draw where the logits live (sample_logits.h, held
+// to Sample() by SampleLogitsTest) and takes only the options and the uniform numbers from here.
 #pragma once
 
 #include <cstdint>
@@ -35,12 +36,16 @@ class Sampler {
   // `logits` must be non-empty. Ties go to the lowest token id.
   SampledToken Sample(absl::Span<const float> logits);
 
-  // A sampled (not greedy) draw from a row already reduced: the row's first candidates(vocab)
-  // token ids in sampling order (logit descending, ties by lower id), their logits, and
-  // log(sum(exp(logits))) over the whole row (for the logprob). Sample() is this after sorting.
-  SampledToken SampleSorted(absl::Span<const int32_t> ids, absl::Span<const float> logits, double log_normalizer);
+  // The draw's uniform number in [0, 1) (53 random bits, identical across standard libraries):
+  // one per sampled draw, for a draw made elsewhere (SampleLogits on the device).
+  double NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+  const SamplerOptions& options() const { return options_; }
 
  private:
+  // A sampled draw from the row's first candidates(vocab) token ids in sampling order (logit
+  // descending, ties by lower id), their logits, and log(sum(exp(logits))) over the whole row.
+  SampledToken SampleSorted(absl::Span<const int32_t> ids, absl::Span<const float> logits, double log_normalizer);
+
   SamplerOptions options_;
   std::mt19937_64 rng_;
 };
