@@ -148,6 +148,9 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr, const Pref
     mbar_arrive_on_copies(&sm.full[stage]);
     mbar_arrive(&sm.full[stage]);  // releases the bias store
   }
+  // wait_group counts committed groups only: without the commit the copies (and their .noinc
+  // arrives) could still be in flight when the thread exits.
+  cp_async_commit();
   cp_async_wait<0>();  // nothing of this thread's in flight when it exits
 }
 
@@ -274,9 +277,11 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
     const bool turns = sharing == Sharing::kHalves && !kSerial;
     float s[kTileN / 8][4];
     uint32_t pa[kTileN / 16][4];
-    // Turns: consumer c issues after the other's last issue (consumer 1 lets 0 go first), so the
-    // two alternate on the tensor cores. Each issues n_tiles + 1 batches (both have the same
-    // tiles) and signals after each but consumer 1's last: every arrive is met by a sync.
+    // Turns: consumer c issues after the other's last issue (consumer 1 lets 0 go first: its
+    // arrive below, before anything, opens consumer 0's first turn), so the two alternate on the
+    // tensor cores. Each issues n_tiles + 1 batches (both have the same tiles) and signals after
+    // each but consumer 1's last: consumer 0 syncs n_tiles + 1 times on its barrier and gets the
+    // opening arrive plus n_tiles; consumer 1 syncs n_tiles + 1 times and gets n_tiles + 1.
     const int mine = kTurnBarrier + c, other = kTurnBarrier + 1 - c;
     auto take_turn = [&] {
       if (turns) named_sync(mine, 256);
@@ -288,6 +293,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
     auto wait_full = [&](int j) {
       const int i = first + j * step;
       mbar_wait(&sm.full[i % kStages], (i / kStages) & 1);
+      __syncwarp();  // lanes may leave the polling loop on different polls; bar and wgmma are .aligned
       fence_proxy_async();  // the copies landed through the generic proxy; wgmma reads via the async one
     };
     auto stage_of = [&](int j) { return (first + j * step) % kStages; };
@@ -295,6 +301,7 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
       __syncwarp();
       if (lane == 0) mbar_arrive(&sm.empty[stage_of(j)]);
     };
+    if (turns && c == 1) named_arrive(other, 256);  // opens consumer 0's first turn
     float corr[2];
     // Tile 0: S alone.
     wait_full(0);
