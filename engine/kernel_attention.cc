@@ -148,6 +148,17 @@ std::tuple<bool, bool, float, float, float> SelectionKey(const KernelSequence& s
                          p.estimate_floor);
 }
 
+// Whether the decode selection launch of members [first, end) may score each chunk of centroids
+// once for all of them (kernels::SelectionLaunch::shared_context): two or more members, all on the
+// same context's views (the same index in every layer).
+bool SharesOneIndex(const std::vector<SequenceStep>& steps, int64_t first, int64_t end) {
+  if (end - first < 2) return false;
+  for (int64_t i = first + 1; i < end; ++i) {
+    if (Member(steps[i]).views_.get() != Member(steps[first]).views_.get()) return false;
+  }
+  return true;
+}
+
 // A level's cluster mean values [H_kv, K, D] as the estimate reads them (the index keeps them bf16,
 // contiguous, beside the KV).
 const uint16_t* EstimateValues(const at::Tensor& values) {
@@ -619,7 +630,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     int32_t group_coarse = 0;
     for (int64_t i = first; i < end; ++i) group_coarse = std::max(group_coarse, Member(ordered[i]).views_->max_coarse);
     absl::StrAppend(&signature_, " g", first, "-", end, ":", std::get<0>(key), std::get<1>(key), ":",
-                    std::get<2>(key), ":", std::get<3>(key), ":", std::get<4>(key), ":", group_coarse);
+                    std::get<2>(key), ":", std::get<3>(key), ":", std::get<4>(key), ":", group_coarse,
+                    SharesOneIndex(ordered, first, end) ? " one-index" : "");
     first = end;
   }
   steps_ = std::move(ordered);
@@ -828,9 +840,11 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       if (params.hierarchical) limits.max_coarse = std::max(limits.max_coarse, Member(steps_[i]).views_->max_coarse);
     }
     shape.batch = static_cast<int32_t>(end - first);
+    kernels::SelectionLaunch launch;  // questions on one document: its centroids read once for all
+    launch.shared_context = SharesOneIndex(steps_, first, end);
     Check(kernels::select_clusters(shape, views + first, q_data + (first - first_decode_) * H * D, params, limits,
                                    SqueezedSelection(b, layer, first * Hkv, /*decode=*/true), b.workspace.data_ptr(),
-                                   nullptr, stream),
+                                   nullptr, stream, launch),
           "select_clusters (decode)");
     first = end;
   }

@@ -32,6 +32,12 @@ struct SelectionLaunch {
   // by cp.async (true), or keeps 4 loads per lane in flight in registers (false: the kernel measured
   // before, kept for the A/B in bench/kernels until the staged one is measured on a GPU).
   bool staged_stream = true;
+  // A promise that every sequence of the launch has the same index (the same context: centroids,
+  // offsets, coarse level per head); their queries and thresholds may differ. With the staged
+  // stream, each chunk of centroids is then read once for up to 8 sequences instead of once for
+  // each (a batch of questions on one document). Ignored for one sequence; breaking the promise
+  // scores every sequence against the first one's centroids.
+  bool shared_context = false;
 };
 
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).

@@ -33,6 +33,7 @@ constexpr int kRowsPerWarp = kTile / kWarps;  // 4
 
 // Decode path (selection_decode.cu): candidates per centroid-stream CTA, per compaction CTA.
 constexpr int kStreamChunk = 256;                    // 8 warps x 32
+constexpr int kMaxSharedSequences = 8;               // per centroid-stream CTA (SelectionLaunch::shared_context)
 constexpr int kMaxFastRows = 8;
 constexpr int kSelectPer = 4;                        // candidates per compaction thread
 constexpr int kSelectChunk = kThreads * kSelectPer;  // candidates per compaction CTA

@@ -90,22 +90,168 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
   }
 }
 
-// kStaged: the CTA's whole chunk is in flight at once, by cp.async into shared memory (each lane
+// The CTA's whole chunk is in flight at once, by cp.async into shared memory (each lane
 // reads back only the 16-byte words it copied itself, so cp.async.wait_group alone orders them: no
 // barrier), instead of kUnroll 16-byte loads per lane in registers. Why: in registers a warp holds
 // 2 KB in flight and an SM (3 CTAs at 80 registers) 48 KB, about the latency-bandwidth product of
 // HBM3e at idle latency, and each CTA's four dependent rounds plus its prologue and epilogue cover
 // just 64 KB: the stream ran at 1.3 TB/s (batch 1) to 2.6 TB/s (batch 8) at Llama-3 512K. Staged,
 // an SM holds 192 KB in flight (3 CTAs by shared memory). Same arithmetic in the same order: the
-// outputs are bit for bit those of the register version.
-template <int D, int R, Level LV, bool kStaged>
+// outputs are bit for bit those of the register version (score_stream_registers_kernel, below).
+// shared_batch > 0 (staged, flat or coarse level only): the launch's sequences share one index
+// (SelectionLaunch::shared_context), so a CTA streams its chunk once and scores it for up to
+// kMaxSharedSequences of them in turn (grid z = groups of them), their queries staged in shared
+// memory beside it: the centroid bytes of a batch on one context are read once, not once per
+// sequence. Per sequence the arithmetic is the unshared kernel's, bit for bit.
+template <int D, int R, Level LV>
 __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
-                                                                int z_capacity, float* z_out, float2* partials) {
+                                                                int z_capacity, float* z_out, float2* partials,
+                                                                int shared_batch) {
   using Shape = StreamShape<D>;
   constexpr int L = Shape::kLanesPerCentroid, CPW = Shape::kCentroidsPerStep;
   constexpr int kPerWarp = kStreamChunk / kWarps;
   constexpr int kSteps = Shape::kSteps;
   constexpr int kUnroll = Shape::kUnroll;
+  constexpr int kLogR = log2_rows<R>();
+  constexpr bool kPartials = LV != Level::kChildren;  // the children use the coarse denominators
+  static_assert(R <= L, "butterfly needs at least R lanes per centroid");
+  __shared__ float log_size[kStreamChunk];
+  __shared__ int centroid_of[kStreamChunk];  // kChildren: the fine cluster of each candidate
+  __shared__ float2 red[kWarps * CPW][R];
+  const bool shared = LV != Level::kChildren && shared_batch > 0;
+  const int h = blockIdx.y, chunk = blockIdx.x;
+  const int b_first = shared ? blockIdx.z * kMaxSharedSequences : blockIdx.z;
+  const int b_end = shared ? min(b_first + kMaxSharedSequences, shared_batch) : b_first + 1;
+  const HeadLevel v = level_view<LV>(p, l, b_first, h, D);  // shared: every sequence's (the contract)
+  const int K = v.num_candidates;
+  const int c_first = chunk * kStreamChunk;
+  if (c_first >= K) return;  // past this (sequence, head)'s candidates (they differ); never read
+  const int rows = p.lq * p.g;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
+  const int warp_first = c_first + warp * kPerWarp;
+  if constexpr (LV == Level::kChildren) {
+    centroid_of[tid] = c_first + tid < K ? v.children[c_first + tid] : 0;
+    __syncthreads();
+  }
+  auto centroid_row = [&](int c) {  // c: a candidate of this CTA, < K
+    const int id = LV == Level::kChildren ? centroid_of[c - c_first] : c;
+    return reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + sub * 8);
+  };
+  // Row r of sequence b's queries for head h: 16-byte word w (of D / 8).
+  auto query_word = [&](int b, int r, int w) {
+    const int t = r / p.g, j = r % p.g;
+    return reinterpret_cast<const uint4*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D) + w;
+  };
+
+  // Issue the loads before anything else: they are the long pole. Shared: the group's queries
+  // first (one commit group, [sequence][row][word], rows >= `rows` zero-filled), then the chunk.
+  extern __shared__ uint4 staged[];                        // [warp][step][lane], then the queries
+  uint4* const own = staged + warp * kSteps * 32 + lane;  // this lane's word of step st: own[st * 32]
+  uint4* const staged_q = staged + kWarps * kSteps * 32;
+  if (shared) {
+    for (int i = tid; i < (b_end - b_first) * R * (D / 8); i += kThreads) {
+      const int b = b_first + i / (R * (D / 8)), r = i / (D / 8) % R, w = i % (D / 8);
+      cp_async_16(staged_q + i, r < rows ? static_cast<const void*>(query_word(b, r, w)) : p.q, r < rows ? 16 : 0);
+    }
+    cp_async_commit();
+  }
+#pragma unroll
+  for (int st = 0; st < kSteps; ++st) {
+    const int c = warp_first + st * CPW + slot;  // past K: zero-filled (nothing read)
+    cp_async_16(own + st * 32, c < K ? static_cast<const void*>(centroid_row(c)) : v.centroids, c < K ? 16 : 0);
+    if (st % kUnroll == kUnroll - 1) cp_async_commit();
+  }
+  if constexpr (kPartials) {
+    const int c = c_first + tid;
+    const int n = c < K ? cluster_size(v, LV, c) : 0;
+    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
+  }
+  // This lane's 8 dims of every query row of sequence b (rows >= `rows` are zero padding).
+  float q[R][8];
+  auto load_queries = [&](int b) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      uint4 qr = make_uint4(0u, 0u, 0u, 0u);
+      if (shared) qr = staged_q[((b - b_first) * R + r) * (D / 8) + sub];
+      else if (r < rows) qr = *query_word(b, r, sub);
+      bf16x8_to_float(qr, q[r]);
+    }
+  };
+  if (!shared) load_queries(b_first);  // from global memory, in flight through the barrier
+  int my_row = 0;
+#pragma unroll
+  for (int st = 0; st < kLogR; ++st)
+    if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
+  const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
+  if (shared) cp_async_wait_pending(Shape::kGroups);  // the queries' group (the oldest) has landed
+  if (kPartials || shared) __syncthreads();          // log_size; every thread's query words
+
+  // Sequence b's logits and LSE partials over the chunk.
+  auto score_sequence = [&](int b) {
+    const int bh = b * p.hkv + h;
+    if (shared) load_queries(b);
+    float run_m = neg_inf(), run_s = 0.f;
+
+#pragma unroll 1
+    for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
+      if (b == b_first) cp_async_wait_pending(Shape::kGroups - 1 - st0 / kUnroll);  // this group has landed
+      uint4 cur[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) cur[u] = own[(st0 + u) * 32];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = warp_first + (st0 + u) * CPW + slot;
+        float k[8];
+        bf16x8_to_float(cur[u], k);
+        float dot[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float acc = 0.f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc = fmaf(q[r][e], k[e], acc);
+          dot[r] = acc;
+        }
+        const float z = butterfly_rows<R, L>(dot, lane) * p.scale;
+        if (owner && c < K) {
+          z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
+          const float x = kPartials ? z + log_size[c - c_first] : neg_inf();
+          if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
+            if (x > run_m) {
+              run_s = run_s * __expf(run_m - x) + 1.f;
+              run_m = x;
+            } else {
+              run_s += __expf(x - run_m);
+            }
+          }
+        }
+      }
+    }
+    if constexpr (kPartials) {
+      if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
+      __syncthreads();
+      if (tid < R && tid < rows) {  // fixed merge order: deterministic
+        float2 acc = make_float2(neg_inf(), 0.f);
+        for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
+        partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+      }
+      if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
+    }
+  };
+#pragma unroll 1
+  for (int b = b_first; b < b_end; ++b) score_sequence(b);
+}
+
+// The centroid stream as measured up to run 9 (bench/kernels/NOTES.md): kUnroll 16-byte loads per
+// lane in flight in registers, one sequence per CTA. Kept only as kernels_bench's A/B baseline for
+// the staged kernel above (SelectionLaunch::staged_stream = false); to be deleted once measured.
+template <int D, int R, Level LV>
+__global__ void __launch_bounds__(kThreads) score_stream_registers_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
+                                                                          int z_capacity, float* z_out,
+                                                                          float2* partials) {
+  constexpr int L = D / 8, CPW = 32 / L;
+  constexpr int kPerWarp = kStreamChunk / kWarps;
+  constexpr int kSteps = kPerWarp / CPW;
+  constexpr int kUnroll = 4;
   constexpr int kLogR = log2_rows<R>();
   constexpr bool kPartials = LV != Level::kChildren;  // the children use the coarse denominators
   static_assert(R <= L, "butterfly needs at least R lanes per centroid");
@@ -129,23 +275,12 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
     return reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + sub * 8);
   };
 
-  // Issue the centroid loads before anything else: they are the long pole.
-  extern __shared__ uint4 staged[];                        // kStaged: [warp][step][lane]
-  uint4* const own = staged + warp * kSteps * 32 + lane;  // this lane's word of step st: own[st * 32]
-  uint4 raw[kStaged ? 1 : kUnroll];
-  if constexpr (kStaged) {
+  // Issue the first centroid loads before anything else: they are the long pole.
+  uint4 raw[kUnroll];
 #pragma unroll
-    for (int st = 0; st < kSteps; ++st) {
-      const int c = warp_first + st * CPW + slot;  // past K: zero-filled (nothing read)
-      cp_async_16(own + st * 32, c < K ? static_cast<const void*>(centroid_row(c)) : v.centroids, c < K ? 16 : 0);
-      if (st % kUnroll == kUnroll - 1) cp_async_commit();
-    }
-  } else {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = warp_first + u * CPW + slot;
-      raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
-    }
+  for (int u = 0; u < kUnroll; ++u) {
+    const int c = warp_first + u * CPW + slot;
+    raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
   }
   if constexpr (kPartials) {
     const int c = c_first + tid;
@@ -174,19 +309,13 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 #pragma unroll 1
   for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
     uint4 cur[kUnroll];
-    if constexpr (kStaged) {
-      cp_async_wait_pending(Shape::kGroups - 1 - st0 / kUnroll);  // this group has landed
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) cur[u] = own[(st0 + u) * 32];
-    } else {
+    for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
+    if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) cur[u] = raw[u];
-      if (st0 + kUnroll < kSteps) {  // next group in flight while this one is reduced
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
-          raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = warp_first + (st0 + kUnroll + u) * CPW + slot;
+        raw[u] = c < K ? __ldg(centroid_row(c)) : make_uint4(0u, 0u, 0u, 0u);
       }
     }
 #pragma unroll
@@ -226,6 +355,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
     partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
   }
 }
+
 
 // Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
 // rows <= kMaxFastRows = kWarps). Fixed order: lane-strided, then the warp tree.
@@ -486,22 +616,26 @@ __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, Le
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
 }
 
-// K1 (staged or in registers: SelectionLaunch::staged_stream), K2a, K2b of one level.
+// K1 (staged or in registers, shared or per sequence: SelectionLaunch), K2a, K2b of one level.
 template <int D, int R, Level LV>
 void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const SelectionParams& params,
-               int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out, bool staged,
-               cudaStream_t stream) {
-  const dim3 stream_grid(stream_chunks, s.num_kv_heads, s.batch);
-  if (staged) {
-    const auto kernel = score_stream_kernel<D, R, LV, true>;
-    constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes);
+               int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
+               const SelectionLaunch& launch, cudaStream_t stream) {
+  if (launch.staged_stream) {
+    // The children level's candidates differ per sequence: never shared.
+    const bool shared = launch.shared_context && LV != Level::kChildren && s.batch > 1;
+    const auto kernel = score_stream_kernel<D, R, LV>;
+    constexpr int kChunkBytes = static_cast<int>(StreamShape<D>::kStagedBytes);
+    constexpr int kQueryBytes = kMaxSharedSequences * R * D * 2;
     // Past the 48 KB default at D = 128; a failure here fails the launch, which the caller checks.
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kChunkBytes + kQueryBytes);
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    kernel<<<stream_grid, kThreads, kBytes, stream>>>(p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+    const int groups = shared ? (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences : s.batch;
+    kernel<<<dim3(stream_chunks, s.num_kv_heads, groups), kThreads, kChunkBytes + (shared ? kQueryBytes : 0), stream>>>(
+        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, shared ? s.batch : 0);
   } else {
-    score_stream_kernel<D, R, LV, false><<<stream_grid, kThreads, 0, stream>>>(p, l, ws.den_chunks, ws.capacity,
-                                                                               ws.z, ws.partials);
+    score_stream_registers_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
   }
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   select_chunk_kernel<R, LV><<<chunks, kThreads, 0, stream>>>(p, l, params, ws, out, scores_out);
@@ -510,19 +644,19 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
-              const Selection& out, float* scores_out, bool staged, cudaStream_t stream) {
+              const Selection& out, float* scores_out, const SelectionLaunch& launch, cudaStream_t stream) {
   StreamScratch ws{w.level_capacity, w.fast_z, w.fast_partials, w.fast_chunks, w.local_ids, w.local_starts,
                    w.local_estimate, w.local_logits, w.chunk_totals, w.select_chunks, w.children,
                    w.num_candidates, w.coarse_estimated};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
-    return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, staged, stream);
+    return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);
   }
   ws.den_chunks = w.coarse_chunks;
   const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
-  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, staged, stream);
+  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, launch, stream);
   const LevelArgs children{Level::kChildren, w.children, w.num_candidates, w.level_capacity};
-  run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, staged,
+  run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, launch,
                                     stream);
 }
 
@@ -532,12 +666,11 @@ template <int D>
 void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
                           const Workspace& ws, const Selection& out, float* scores_out, const SelectionLaunch& launch,
                           cudaStream_t stream) {
-  const bool staged = launch.staged_stream;
   switch (ws.fast_r) {
-    case 1: return run_rows<D, 1>(s, p, params, ws, out, scores_out, staged, stream);
-    case 2: return run_rows<D, 2>(s, p, params, ws, out, scores_out, staged, stream);
-    case 4: return run_rows<D, 4>(s, p, params, ws, out, scores_out, staged, stream);
-    default: return run_rows<D, 8>(s, p, params, ws, out, scores_out, staged, stream);
+    case 1: return run_rows<D, 1>(s, p, params, ws, out, scores_out, launch, stream);
+    case 2: return run_rows<D, 2>(s, p, params, ws, out, scores_out, launch, stream);
+    case 4: return run_rows<D, 4>(s, p, params, ws, out, scores_out, launch, stream);
+    default: return run_rows<D, 8>(s, p, params, ws, out, scores_out, launch, stream);
   }
 }
 

@@ -544,6 +544,18 @@ int main(int argc, char** argv) {
       register_stream.staged_stream = false;
       if (!c.prefill() && sparsity > 0.85f)
         run("paper-regstream", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, register_stream);
+      if (!c.prefill() && sparsity > 0.85f && c.batch > 1) {
+        // A batch of questions on one document (the product's case; the rows above give every
+        // sequence its own context): sequence 0's context for all, its centroids scored once per
+        // chunk for all of them (SelectionLaunch::shared_context) against once per sequence.
+        const std::vector<SequenceLayerBf16> one(c.batch, views[0]);
+        SequenceLayerBf16* d_one = upload(one);
+        SelectionLaunch shared;
+        shared.shared_context = true;
+        run("paper-one-context", d_one, sel, TopKeys{}, params, limits, sws);
+        run("paper-one-context-shared", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
+        cudaFree(d_one);
+      }
       if (sparsity > 0.85f) {
         // The accurate lookup's read-ahead positions and top keys (flat and two-level rows below).
         std::vector<int32_t*> positions;

@@ -85,7 +85,7 @@ struct Result {
   double unsplit_rel = -1;  // prefill: the unsplit launch's attn_rel (INFINITY when any check failed); -1 decode
   double skip_rel = -1;     // prefill: with PrefillLaunch::skip_padding_warps (split as chosen)
   double ws_rel = -1;       // prefill, D = 128 on sm_90a: the warp-specialized kernel, split as chosen, and unsplit
-  int reg_diff = -1;        // decode selection: words that differ with the register stream (must be 0); -1 n/a
+  int variant_diff = -1;    // decode selection: words that differ between launch variants (must be 0); -1 n/a
   bool pass = true;
 };
 
@@ -236,45 +236,66 @@ Result run_case(const Case& c, uint64_t seed) {
   const bool check_logits = dsel.sel.estimate_logits != nullptr && c.lq == 1;  // decode writes them
   if (check_logits) g_logits = download(dsel.sel.estimate_logits, size_t(bh) * est_cap * kMaxGroup);
 
-  // The decode selection with the register stream (SelectionLaunch::staged_stream = false) must give
-  // the default launch's outputs bit for bit: the same arithmetic in the same order.
+  // Launch variants of the decode selection must agree bit for bit (the same arithmetic in the same
+  // order): the register centroid stream against the staged one, and on a batch whose sequences all
+  // have sequence 0's index, the shared stream against the per-sequence one.
   if (c.lq * c.g <= 8) {
-    DeviceSelection reg(bh, max_k, est_cap, c.logits);
-    float* reg_scores = nullptr;
     const size_t n_scores = size_t(bh) * std::max(max_k, max_kc);
-    CUDA_OK(cudaMalloc(&reg_scores, sizeof(float) * n_scores));
-    CUDA_OK(cudaMemcpy(reg_scores, d_scores, sizeof(float) * n_scores, cudaMemcpyDeviceToDevice));  // unscored stay equal
+    // Runs `views` with launch a and with launch b; the words of their outputs that differ.
+    auto differing_words = [&](const SequenceLayerBf16* views, const SelectionLaunch& a, const SelectionLaunch& b) {
+      DeviceSelection sa(bh, max_k, est_cap, c.logits), sb(bh, max_k, est_cap, c.logits);
+      float *scores_a = nullptr, *scores_b = nullptr;
+      CUDA_OK(cudaMalloc(&scores_a, sizeof(float) * n_scores));
+      CUDA_OK(cudaMalloc(&scores_b, sizeof(float) * n_scores));
+      CUDA_OK(cudaMemset(scores_a, 0xff, sizeof(float) * n_scores));  // unscored entries stay equal
+      CUDA_OK(cudaMemset(scores_b, 0xff, sizeof(float) * n_scores));
+      CUDA_OK(select_clusters(shape, views, d_q, params, limits, sa.sel, ws, scores_a, nullptr, a));
+      CUDA_OK(select_clusters(shape, views, d_q, params, limits, sb.sel, ws, scores_b, nullptr, b));
+      CUDA_OK(cudaDeviceSynchronize());
+      auto words = [](const auto& x, const auto& y) {
+        int n = 0;
+        for (size_t i = 0; i < x.size(); ++i) n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
+        return n;
+      };
+      // Lists up to a's counts (past them each launch leaves what was there).
+      auto lists = [&](const std::vector<int32_t>& counts, int cap, int per, const auto& x, const auto& y) {
+        int n = 0;
+        for (int h = 0; h < bh; ++h)
+          for (size_t i = size_t(h) * cap * per, e = i + size_t(std::clamp(counts[h], 0, cap)) * per; i < e; ++i)
+            n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
+        return n;
+      };
+      const std::vector<int32_t> counts = download(sa.sel.counts, bh);
+      const size_t list_n = size_t(bh) * max_k;
+      int n = words(counts, download(sb.sel.counts, bh)) + words(download(sa.sel.rows, bh), download(sb.sel.rows, bh)) +
+              words(download(sa.sel.comparisons, bh), download(sb.sel.comparisons, bh)) +
+              words(download(scores_a, n_scores), download(scores_b, n_scores)) +
+              lists(counts, max_k, 1, download(sa.sel.cluster_ids, list_n), download(sb.sel.cluster_ids, list_n)) +
+              lists(counts, max_k, 1, download(sa.sel.row_start, list_n), download(sb.sel.row_start, list_n));
+      if (est_cap) {
+        const std::vector<int32_t> est = download(sa.sel.estimated, bh);
+        const size_t est_n = size_t(bh) * est_cap;
+        n += words(est, download(sb.sel.estimated, bh)) +
+             lists(est, est_cap, 1, download(sa.sel.estimate_ids, est_n), download(sb.sel.estimate_ids, est_n));
+        if (sa.sel.estimate_logits && c.lq == 1)
+          n += lists(est, est_cap, estimate_logit_stride(c.g), download(sa.sel.estimate_logits, est_n * kMaxGroup),
+                     download(sb.sel.estimate_logits, est_n * kMaxGroup));
+      }
+      cudaFree(scores_a);
+      cudaFree(scores_b);
+      return n;
+    };
     SelectionLaunch registers;
     registers.staged_stream = false;
-    CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, reg.sel, ws, reg_scores, nullptr, registers));
-    CUDA_OK(cudaDeviceSynchronize());
-    auto words_differ = [](const auto& x, const auto& y) {
-      int n = 0;
-      for (size_t i = 0; i < x.size(); ++i) n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
-      return n;
-    };
-    res.reg_diff = words_differ(download(reg.sel.counts, bh), g_counts) + words_differ(download(reg.sel.rows, bh), g_rows) +
-                   words_differ(download(reg.sel.comparisons, bh), g_cmp) +
-                   words_differ(download(reg_scores, n_scores), download(d_scores, n_scores));
-    // The lists up to the counts (past them each launch leaves what was there).
-    auto lists_differ = [&](const std::vector<int32_t>& counts, int cap, int per, const auto& x, const auto& y) {
-      int n = 0;
-      for (int h = 0; h < bh; ++h)
-        for (size_t i = size_t(h) * cap * per, end = i + size_t(std::clamp(counts[h], 0, cap)) * per; i < end; ++i)
-          n += std::memcmp(&x[i], &y[i], sizeof(x[i])) != 0;
-      return n;
-    };
-    const size_t lists = size_t(bh) * max_k;
-    res.reg_diff += lists_differ(g_counts, max_k, 1, download(reg.sel.cluster_ids, lists), g_ids) +
-                    lists_differ(g_counts, max_k, 1, download(reg.sel.row_start, lists), g_start);
-    if (est_cap) {
-      res.reg_diff += words_differ(download(reg.sel.estimated, bh), g_est) +
-                      lists_differ(g_est, est_cap, 1, download(reg.sel.estimate_ids, size_t(bh) * est_cap), g_est_ids);
-      if (check_logits)
-        res.reg_diff += lists_differ(g_est, est_cap, estimate_logit_stride(c.g),
-                                     download(reg.sel.estimate_logits, size_t(bh) * est_cap * kMaxGroup), g_logits);
+    res.variant_diff = differing_words(d_views, SelectionLaunch{}, registers);
+    if (batch > 1) {
+      const std::vector<SequenceLayerBf16> same(batch, dev_views[0]);
+      SequenceLayerBf16* d_same = upload(same);
+      SelectionLaunch shared;
+      shared.shared_context = true;
+      res.variant_diff += differing_words(d_same, SelectionLaunch{}, shared);
+      cudaFree(d_same);
     }
-    cudaFree(reg_scores);
   }
 
   std::vector<int32_t> r_ids(size_t(bh) * max_k), r_start(r_ids.size()), r_counts(bh), r_rows(bh), r_cmp(bh);
@@ -380,7 +401,7 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   res.sel_mismatch = mismatches;
   if (unexplained > 0 || !res.comparisons_ok || res.forced_missing > 0 || res.estimate_diff > 0 || !(res.logit_err <= 1e-4) ||
-      res.reg_diff > 0)
+      res.variant_diff > 0)
     res.pass = false;
   if (garbage) {
     std::fprintf(stderr, "%s: out-of-range selection counts or ids; attention not checked\n", c.name.c_str());
@@ -672,11 +693,12 @@ int main(int argc, char** argv) {
   // failing the check / rows, share_err = max |share - ref|. Prefill rows run split-K as the launch
   // chooses (these small grids split); one_rel = attn_rel of the same launch unsplit, ws_rel the
   // warp-specialized kernel's (the worse of split and unsplit; D = 128 on sm_90a), skip_rel with
-  // skip_padding_warps (inf: one of that launch's checks failed). reg = decode selections only: the
-  // words that differ from the same launch with the register centroid stream (0 to pass).
+  // skip_padding_warps (inf: one of that launch's checks failed). var = decode selections only: the
+  // words that differ between launch variants (register vs staged stream; with B > 1, shared vs
+  // per-sequence stream over one index), 0 to pass.
   std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %4s %s\n", "case", "B", "sel/cand",
               "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "ws_rel", "lse_err", "forced",
-              "top", "share_err", "cmp", "reg", "result");
+              "top", "share_err", "cmp", "var", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -687,7 +709,7 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24], reg[24];
+      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24], var[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
@@ -695,10 +717,10 @@ int main(int argc, char** argv) {
       std::snprintf(one, sizeof one, r.unsplit_rel < 0 ? "-" : "%.2e", r.unsplit_rel);
       std::snprintf(skip, sizeof skip, r.skip_rel < 0 ? "-" : "%.2e", r.skip_rel);
       std::snprintf(ws, sizeof ws, r.ws_rel < 0 ? "-" : "%.2e", r.ws_rel);
-      std::snprintf(reg, sizeof reg, r.reg_diff < 0 ? "-" : "%d", r.reg_diff);
+      std::snprintf(var, sizeof var, r.variant_diff < 0 ? "-" : "%d", r.variant_diff);
       std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %4s %s\n", c.rows.size(),
                   frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, ws, r.lse_err, forced,
-                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", reg, r.pass ? "PASS" : "FAIL");
+                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", var, r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
   }
