@@ -353,28 +353,18 @@ TEST_P(KernelPathTest, LogitsMatchLibtorch) {
 // A batch of decode steps on different contexts and thresholds (one attention launch, one
 // selection launch per distinct threshold set, dense members beside squeezed ones), including a
 // query prefill in the same forward: each sequence's logits equal its libtorch logits alone.
-TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
-  SKIP_WITHOUT_KERNELS();
-  GpuSetup* setup = GetSetup(GetParam());
-  ASSERT_NE(setup, nullptr);
-  c10::InferenceMode guard;
-  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
-  for (size_t i = 0; i < setup->contexts.size(); ++i) {
-    const std::vector<Case> cases = Cases(*setup->contexts[i]);
-    // flat 0.5, dense, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9
-    // estimated twice (one estimate for both), flat keep-nothing estimated, dense, hierarchical keep-nothing
-    for (size_t pick : {1, 12, 2, 2, 4, 7, 10, 10, 11, 12, 8}) {
-      if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
-    }
-  }
-  const std::vector<int32_t> query = RandomTokens(24, setup->config.vocab_size, 21);
-  const std::vector<int32_t> decode = RandomTokens(4, setup->config.vocab_size, 22);
+// One batched forward of `members` (a context and a lookup case each) on the kernels against each
+// member's libtorch forward alone: a 24-token query, then 4 decode steps; the last member joins
+// one step late, so its prefill shares a forward with the others' decode.
+void ExpectBatchMatchesLibtorch(GpuSetup& setup,
+                                const std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>>& members) {
+  const std::vector<int32_t> query = RandomTokens(24, setup.config.vocab_size, 21);
+  const std::vector<int32_t> decode = RandomTokens(4, setup.config.vocab_size, 22);
   std::vector<std::unique_ptr<Sequence>> kernel_seqs, torch_seqs;
   for (const auto& [context, c] : members) {
-    kernel_seqs.push_back(StartSequence(*setup, context, c, /*kernels=*/true, 64));
-    torch_seqs.push_back(StartSequence(*setup, context, c, /*kernels=*/false, 64));
+    kernel_seqs.push_back(StartSequence(setup, context, c, /*kernels=*/true, 64));
+    torch_seqs.push_back(StartSequence(setup, context, c, /*kernels=*/false, 64));
   }
-  // The last member joins one step late: its prefill shares a forward with the others' decode.
   const size_t late = members.size() - 1;
   LogitsErrors errors;
   for (size_t step = 0; step <= decode.size(); ++step) {
@@ -392,9 +382,9 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
     }
     std::vector<const ForwardArgs*> batch;
     for (const ForwardArgs& a : kernel_args) batch.push_back(&a);
-    const std::vector<at::Tensor> got = setup->model->ForwardBatch(batch);
+    const std::vector<at::Tensor> got = setup.model->ForwardBatch(batch);
     for (size_t j = 0; j < stepped.size(); ++j) {
-      const at::Tensor want = setup->model->Forward(torch_args[j]);
+      const at::Tensor want = setup.model->Forward(torch_args[j]);
       errors.Add(members[stepped[j]].second, RelativeError(got[j], want),
                  absl::StrCat("member ", stepped[j], " step ", step));
     }
@@ -404,6 +394,40 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
                 torch_seqs[i]->attention->stats().kv_fraction_loaded(), 0.02)
         << "member " << i;
   }
+}
+
+TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
+  for (size_t i = 0; i < setup->contexts.size(); ++i) {
+    const std::vector<Case> cases = Cases(*setup->contexts[i]);
+    // flat 0.5, dense, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9
+    // estimated twice (one estimate for both), flat keep-nothing estimated, dense, hierarchical keep-nothing
+    for (size_t pick : {1, 12, 2, 2, 4, 7, 10, 10, 11, 12, 8}) {
+      if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
+    }
+  }
+  ExpectBatchMatchesLibtorch(*setup, members);
+}
+
+// Questions on one document: every decode selection launch is on one context's index, so its
+// centroids are scored once for all the launch's sequences (kernels::SelectionLaunch::shared_context).
+TEST_P(KernelPathTest, BatchOfQuestionsOnOneContextMatchesLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
+  const std::vector<Case> cases = Cases(*setup->contexts[0]);
+  // flat 0.9 three times, hierarchical 0.9 three times (its coarse level shared), flat 0.9 estimated
+  // twice.
+  for (size_t pick : {2, 2, 2, 7, 7, 7, 10, 10}) {
+    if (pick < cases.size()) members.emplace_back(setup->contexts[0], cases[pick]);
+  }
+  ExpectBatchMatchesLibtorch(*setup, members);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](const auto& info) {
