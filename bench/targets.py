@@ -162,6 +162,34 @@ def tpot_targets(table, paths):
                           verdict(ratio <= 1.1), source)
 
 
+def limit_targets(table, paths):
+    """TPOT against its byte limit (docs/performance.md "Against the targets"): dense <= 1.25x, the
+    squeezed default <= 1.3x, over every shape, context and batch of the runs given (a file named
+    full_<shape>_<context>_<device>.json holds a run's figures; suffixed names are earlier variants
+    and are read only when given explicitly)."""
+    plain = [p for p in paths if len(os.path.basename(p).split("_")) == 4]
+    for mode, bound, what in (("dense", 1.25, "dense"), ("default", 1.3, "squeezed default")):
+        label = "%s TPOT <= %gx its byte limit" % (what, bound)
+        runs = []
+        for path in plain:
+            d = load(path)
+            for r in d.get("decode", []):
+                if r.get("mode") != mode or not r.get("tpot_limit_ms"):
+                    continue
+                if mode == "default" and r.get("served_mode") != "SQUEEZED":
+                    continue  # auto mode served dense below its break-even context
+                runs.append(("%s %dK b%d" % (d["shape"], d["context"] // 1024, r["batch"]),
+                             r["tpot_ms"] / r["tpot_limit_ms"]))
+        if not runs:
+            table.add(label, "-", "not measured", "no full-size JSON")
+            continue
+        missed = sorted((x for x in runs if x[1] > bound), key=lambda x: -x[1])
+        measured = "met in %d of %d runs" % (len(runs) - len(missed), len(runs))
+        if missed:
+            measured += "; over: " + ", ".join("%s %.2fx" % m for m in missed)
+        table.add(label, measured, verdict(not missed), "full_*.json")
+
+
 def accuracy_targets(table, path):
     label = "kv_retrieval at 90%% within 1 pt of dense, %dK (GPU)"
     if not path or not os.path.exists(path):
@@ -196,6 +224,7 @@ def main(argv):
     table = Table()
     kernel_targets(table, args.kernels)
     tpot_targets(table, full)
+    limit_targets(table, full)
     accuracy_targets(table, args.accuracy)
     print(table.text())
     print("\n%d target(s) missed" % table.missed)

@@ -41,6 +41,8 @@ class CommittedResults(unittest.TestCase):
         self.assertEqual(row(text, "prefill 1K x 512K, 90% >= 4.5x")[2], "MISSED")
         self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 8K")[2], "met")
         self.assertIn("1.16x", row(text, "TPOT default <= 1.1x paper, 512K b1")[1])
+        self.assertEqual(row(text, "squeezed default TPOT <= 1.3x its byte limit")[2], "MISSED")
+        self.assertIn("llama3-8b 512K b8 1.99x", row(text, "squeezed default TPOT <= 1.3x its byte limit")[1])
         self.assertEqual(row(text, "TPOT default <= 1.1x paper, 64K b1")[2], "not measured")
 
 
@@ -88,6 +90,23 @@ class MadeUpResults(unittest.TestCase):
         self.assertEqual(row(text, "TPOT default <= 1.1x paper, 512K b1")[2], "not measured")
         self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 8K")[2], "met")     # 0.5 pt
         self.assertEqual(row(text, "kv_retrieval at 90% within 1 pt of dense, 16K")[2], "MISSED")  # 5 pt
+        # No limits in these rows: the byte-limit targets are not measured, never passed.
+        self.assertEqual(row(text, "dense TPOT <= 1.25x its byte limit")[2], "not measured")
+
+    def test_byte_limit_targets(self):
+        full = self.write("full_llama3-8b_65536_h200.json", {"shape": "llama3-8b", "context": 65536, "decode": [
+            {"mode": "dense", "batch": 1, "tpot_ms": 6.0, "tpot_limit_ms": 5.0, "served_mode": "DENSE"},
+            {"mode": "dense", "batch": 8, "tpot_ms": 7.0, "tpot_limit_ms": 5.0, "served_mode": "DENSE"},
+            {"mode": "default", "batch": 1, "tpot_ms": 6.0, "tpot_limit_ms": 5.0, "served_mode": "SQUEEZED"},
+            {"mode": "default", "batch": 8, "tpot_ms": 9.0, "tpot_limit_ms": 5.0, "served_mode": "DENSE"}]})
+        earlier = self.write("full_llama3-8b_65536_h200_old.json", {"shape": "llama3-8b", "context": 65536, "decode": [
+            {"mode": "dense", "batch": 1, "tpot_ms": 60.0, "tpot_limit_ms": 5.0, "served_mode": "DENSE"}]})
+        text = run("--kernels", "", "--full", full, earlier, "--accuracy", "")
+        dense = row(text, "dense TPOT <= 1.25x its byte limit")
+        self.assertEqual(dense[2], "MISSED")  # 1.4x at batch 8; the suffixed (earlier) file is not read
+        self.assertIn("1 of 2", dense[1])
+        self.assertIn("llama3-8b 64K b8 1.40x", dense[1])
+        self.assertEqual(row(text, "squeezed default TPOT <= 1.3x its byte limit")[2], "met")  # 1.2x; b8 served dense
 
 
 if __name__ == "__main__":
