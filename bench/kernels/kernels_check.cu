@@ -249,7 +249,9 @@ Result run_case(const Case& c, uint64_t seed) {
       CUDA_OK(cudaMalloc(&scores_b, sizeof(float) * n_scores));
       CUDA_OK(cudaMemset(scores_a, 0xff, sizeof(float) * n_scores));  // unscored entries stay equal
       CUDA_OK(cudaMemset(scores_b, 0xff, sizeof(float) * n_scores));
+      CUDA_OK(cudaMemset(ws, 0xff, selection_workspace_bytes(shape, limits)));
       CUDA_OK(select_clusters(shape, views, d_q, params, limits, sa.sel, ws, scores_a, nullptr, a));
+      CUDA_OK(cudaMemset(ws, 0x7f, selection_workspace_bytes(shape, limits)));
       CUDA_OK(select_clusters(shape, views, d_q, params, limits, sb.sel, ws, scores_b, nullptr, b));
       CUDA_OK(cudaDeviceSynchronize());
       auto words = [](const auto& x, const auto& y) {
@@ -573,6 +575,10 @@ int main(int argc, char** argv) {
       {"decode all selected",           64, 1, 2, 1, {4103},                  2, 0, 1, 0.3f, -1.f},
       {"decode one huge cluster",      128, 8, 1, 1, {20000},            20000, 0, 100, 0.f, -1.f},
       {"decode batch8 d128 g4",        128, 4, 8, 1, {20000, 9000, 17, 4096, 30011, 100, 2500, 12345}, 9, 0, 100, 0.05f, 2.f},
+      {"decode batch12 d128 g8", 128, 8, 2, 1, {20000, 9000, 17, 4096, 30011, 100, 2500, 12345, 777, 5000, 3001, 64}, 9, 0, 100, 0.05f, 2.f},
+      {"decode batch10 d128 g4 hier", 128, 4, 2, 1, {12007, 3000, 4001, 900, 2500, 7000, 333, 12001, 5003, 1200}, 5, 8, 100, 0.1f, 1.5f},
+      {"decode batch17 d64 g2", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f},
+      {"decode batch9 d128 g1 hier", 128, 1, 4, 1, {30011, 3000, 4001, 900, 2500, 7000, 333, 12001, 5003}, 4, 6, 50, 0.1f, 1.f},
       {"prefill d128 g1 lq100",        128, 1, 2, 100, {1000, 433},          20, 0, 50, 0.1f, 1.f},
       {"prefill d64 g4 lq37 hier",      64, 4, 2, 37, {2500},                20, 6, 100, 0.1f, 1.f},
       {"prefill d128 g8 empty sel",    128, 8, 1, 128, {800},                20, 0, 100, 0.1f, 1e9f},
