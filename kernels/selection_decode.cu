@@ -96,7 +96,8 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
 // 2 KB in flight and an SM (3 CTAs at 80 registers) 48 KB, about the latency-bandwidth product of
 // HBM3e at idle latency, and each CTA's four dependent rounds plus its prologue and epilogue cover
 // just 64 KB: the stream ran at 1.3 TB/s (batch 1) to 2.6 TB/s (batch 8) at Llama-3 512K. Staged,
-// an SM holds 192 KB in flight (3 CTAs by shared memory). Same arithmetic in the same order: the
+// an SM holds 192 KB in flight at D = 128 (3 CTAs by shared memory; 2 at R = 8, by registers, as
+// the register kernel). Same arithmetic in the same order: the
 // outputs are bit for bit those of the register version (score_stream_registers_kernel, below).
 // shared_batch > 0 (staged, flat or coarse level only): the launch's sequences share one index
 // (SelectionLaunch::shared_context), so a CTA streams its chunk once and scores it for up to
