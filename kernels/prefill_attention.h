@@ -29,9 +29,10 @@ struct PrefillLaunch {
   // (1 when the row tiles already do), n = min(n, kMaxPrefillSplits). A null workspace means 1.
   int32_t splits = 0;
   // Warps whose 16 rows all lie past the block (a Llama-2 question's 64 rows fill half a 128-row
-  // tile) skip the products and softmax; they still load and meet every barrier. Off until
-  // kernels_check has passed it on a GPU (bench/kernels/NOTES.md, 2026-12-05).
-  bool skip_padding_warps = false;
+  // tile) skip the products and softmax; they still load and meet every barrier. Measured (H100,
+  // bench/kernels/NOTES.md run 10): the Llama-2 64-token question's attention 24-29% faster, the
+  // others unchanged. false: every warp computes (kept for the A/B row and the check).
+  bool skip_padding_warps = true;
   // At head_dim 128 on Hopper (sm_90a): the warp-specialized kernel (prefill_attention_ws.cu: a
   // producer warpgroup gathering the tiles, two consumer warpgroups on wgmma taking turns, each
   // overlapping one tile's softmax with the next tile's products); elsewhere the mma.sync kernel.

@@ -28,16 +28,15 @@ struct SelectionLimits {
 
 // How the launch runs (not what it computes: every choice gives the same selection, bit for bit).
 struct SelectionLaunch {
-  // Decode (Lq * g <= 8 rows): the centroid stream stages each CTA's whole chunk in shared memory
-  // by cp.async (true), or keeps 4 loads per lane in flight in registers (false: the kernel measured
-  // before, kept for the A/B in bench/kernels until the staged one is measured on a GPU).
-  bool staged_stream = true;
   // A promise that every sequence of the launch has the same index (the same context: centroids,
-  // offsets, coarse level per head); their queries and thresholds may differ. With the staged
-  // stream, each chunk of centroids is then read once for up to 8 sequences instead of once for
-  // each (a batch of questions on one document). Ignored for one sequence; breaking the promise
-  // scores every sequence against the first one's centroids.
+  // offsets, coarse level per head); their queries and thresholds may differ. Decode launches then
+  // stage each chunk of centroids in shared memory once and score it for up to 8 sequences (a
+  // batch of questions on one document), where the per-sequence grid would hold at least
+  // min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the device
+  // better (measured: bench/kernels/NOTES.md, run 10). Ignored for one sequence; breaking the
+  // promise scores every sequence against the first one's centroids.
   bool shared_context = false;
+  int min_shared_ctas_per_sm = 4;
 };
 
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).

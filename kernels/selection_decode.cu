@@ -8,10 +8,9 @@ namespace {
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
 // at DRAM speed with every warp loading. Three launches per level:
 //  K1 score_stream_kernel, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
-//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load);
-//     the CTA's whole chunk is in flight at once, staged in shared memory by cp.async (see the
-//     kernel; SelectionLaunch::staged_stream = false keeps kUnroll loads per lane in registers, the
-//     kernel measured up to run 9). The R dot products of a centroid are summed over
+//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
+//     and each lane keeps kUnroll loads in flight (a launch on one context: score_shared_stream_kernel
+//     reads each chunk once for up to 8 sequences). The R dot products of a centroid are summed over
 //     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
 //     for R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z =
 //     s*q.c in fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and
@@ -90,109 +89,75 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
   }
 }
 
-// The CTA's whole chunk is in flight at once, by cp.async into shared memory (each lane
-// reads back only the 16-byte words it copied itself, so cp.async.wait_group alone orders them: no
-// barrier), instead of kUnroll 16-byte loads per lane in registers. Why: in registers a warp holds
-// 2 KB in flight and an SM (3 CTAs at 80 registers) 48 KB, about the latency-bandwidth product of
-// HBM3e at idle latency, and each CTA's four dependent rounds plus its prologue and epilogue cover
-// just 64 KB: the stream ran at 1.3 TB/s (batch 1) to 2.6 TB/s (batch 8) at Llama-3 512K. Staged,
-// an SM holds 192 KB in flight at D = 128 (3 CTAs by shared memory; 2 at R = 8, by registers, as
-// the register kernel). Same arithmetic in the same order: the
-// outputs are bit for bit those of the register version (score_stream_registers_kernel, below).
-// shared_batch > 0 (staged, flat or coarse level only): the launch's sequences share one index
-// (SelectionLaunch::shared_context), so a CTA streams its chunk once and scores it for up to
-// kMaxSharedSequences of them in turn (grid z = groups of them), their queries staged in shared
-// memory beside it: the centroid bytes of a batch on one context are read once, not once per
-// sequence. Per sequence the arithmetic is the unshared kernel's, bit for bit.
+// K1 for a launch whose sequences share one index (SelectionLaunch::shared_context; flat or coarse
+// level: the children's candidates differ per sequence): a CTA stages its chunk in shared memory
+// by cp.async once (each lane copies, and later reads back, its own 16-byte words: only
+// cp.async.wait_group orders them), with the queries of up to kMaxSharedSequences sequences (grid
+// z = groups of them) staged beside it, then scores the chunk for each of them in turn with
+// score_stream_kernel's per-lane arithmetic, bit for bit. The centroid bytes of a batch of
+// questions on one document are read once instead of once per question; but the CTA's work is
+// the group's, so the launch pays only where the per-sequence grid would be large (run_level).
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
-                                                                int z_capacity, float* z_out, float2* partials,
-                                                                int shared_batch) {
+__global__ void __launch_bounds__(kThreads) score_shared_stream_kernel(ProblemArgs p, int num_chunks, int z_capacity,
+                                                                       float* z_out, float2* partials, int batch) {
+  static_assert(LV != Level::kChildren, "the children level's candidates differ per sequence");
   using Shape = StreamShape<D>;
   constexpr int L = Shape::kLanesPerCentroid, CPW = Shape::kCentroidsPerStep;
   constexpr int kPerWarp = kStreamChunk / kWarps;
   constexpr int kSteps = Shape::kSteps;
   constexpr int kUnroll = Shape::kUnroll;
   constexpr int kLogR = log2_rows<R>();
-  constexpr bool kPartials = LV != Level::kChildren;  // the children use the coarse denominators
   static_assert(R <= L, "butterfly needs at least R lanes per centroid");
   __shared__ float log_size[kStreamChunk];
-  __shared__ int centroid_of[kStreamChunk];  // kChildren: the fine cluster of each candidate
   __shared__ float2 red[kWarps * CPW][R];
-  const bool shared = LV != Level::kChildren && shared_batch > 0;
   const int h = blockIdx.y, chunk = blockIdx.x;
-  const int b_first = shared ? blockIdx.z * kMaxSharedSequences : blockIdx.z;
-  const int b_end = shared ? min(b_first + kMaxSharedSequences, shared_batch) : b_first + 1;
-  const HeadLevel v = level_view<LV>(p, l, b_first, h, D);  // shared: every sequence's (the contract)
+  const int b_first = blockIdx.z * kMaxSharedSequences, b_end = min(b_first + kMaxSharedSequences, batch);
+  const HeadLevel v = level_view<LV>(p, LevelArgs{LV, nullptr, nullptr, 0}, b_first, h, D);  // every sequence's
   const int K = v.num_candidates;
   const int c_first = chunk * kStreamChunk;
-  if (c_first >= K) return;  // past this (sequence, head)'s candidates (they differ); never read
+  if (c_first >= K) return;  // past the level's candidates
   const int rows = p.lq * p.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
   const int warp_first = c_first + warp * kPerWarp;
-  if constexpr (LV == Level::kChildren) {
-    centroid_of[tid] = c_first + tid < K ? v.children[c_first + tid] : 0;
-    __syncthreads();
-  }
-  auto centroid_row = [&](int c) {  // c: a candidate of this CTA, < K
-    const int id = LV == Level::kChildren ? centroid_of[c - c_first] : c;
-    return reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + sub * 8);
-  };
-  // Row r of sequence b's queries for head h: 16-byte word w (of D / 8).
-  auto query_word = [&](int b, int r, int w) {
-    const int t = r / p.g, j = r % p.g;
-    return reinterpret_cast<const uint4*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D) + w;
-  };
 
-  // Issue the loads before anything else: they are the long pole. Shared: the group's queries
-  // first (one commit group, [sequence][row][word], rows >= `rows` zero-filled), then the chunk.
+  // The loads first: the group's queries (one commit group, [sequence][row][word], rows >= `rows`
+  // zero-filled), then the chunk (kSteps / kUnroll groups; candidates >= K zero-filled).
   extern __shared__ uint4 staged[];                        // [warp][step][lane], then the queries
   uint4* const own = staged + warp * kSteps * 32 + lane;  // this lane's word of step st: own[st * 32]
   uint4* const staged_q = staged + kWarps * kSteps * 32;
-  if (shared) {
-    for (int i = tid; i < (b_end - b_first) * R * (D / 8); i += kThreads) {
-      const int b = b_first + i / (R * (D / 8)), r = i / (D / 8) % R, w = i % (D / 8);
-      cp_async_16(staged_q + i, r < rows ? static_cast<const void*>(query_word(b, r, w)) : p.q, r < rows ? 16 : 0);
-    }
-    cp_async_commit();
+  for (int i = tid; i < (b_end - b_first) * R * (D / 8); i += kThreads) {
+    const int b = b_first + i / (R * (D / 8)), r = i / (D / 8) % R, w = i % (D / 8), t = r / p.g, j = r % p.g;
+    const __nv_bfloat16* word = p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + w * 8;
+    cp_async_16(staged_q + i, r < rows ? static_cast<const void*>(word) : p.q, r < rows ? 16 : 0);
   }
+  cp_async_commit();
 #pragma unroll
   for (int st = 0; st < kSteps; ++st) {
-    const int c = warp_first + st * CPW + slot;  // past K: zero-filled (nothing read)
-    cp_async_16(own + st * 32, c < K ? static_cast<const void*>(centroid_row(c)) : v.centroids, c < K ? 16 : 0);
+    const int c = warp_first + st * CPW + slot;
+    const __nv_bfloat16* row = v.centroids + static_cast<int64_t>(min(c, K - 1)) * D + sub * 8;
+    cp_async_16(own + st * 32, row, c < K ? 16 : 0);
     if (st % kUnroll == kUnroll - 1) cp_async_commit();
   }
-  if constexpr (kPartials) {
+  {
     const int c = c_first + tid;
     const int n = c < K ? cluster_size(v, LV, c) : 0;
     log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
   }
-  // This lane's 8 dims of every query row of sequence b (rows >= `rows` are zero padding).
-  float q[R][8];
-  auto load_queries = [&](int b) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      uint4 qr = make_uint4(0u, 0u, 0u, 0u);
-      if (shared) qr = staged_q[((b - b_first) * R + r) * (D / 8) + sub];
-      else if (r < rows) qr = *query_word(b, r, sub);
-      bf16x8_to_float(qr, q[r]);
-    }
-  };
-  if (!shared) load_queries(b_first);  // from global memory, in flight through the barrier
   int my_row = 0;
 #pragma unroll
   for (int st = 0; st < kLogR; ++st)
     if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
   const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
-  if (shared) cp_async_wait_pending(Shape::kGroups);  // the queries' group (the oldest) has landed
-  if (kPartials || shared) __syncthreads();          // log_size; every thread's query words
+  cp_async_wait_pending(Shape::kGroups);  // the queries' group (the oldest) has landed
+  __syncthreads();                        // log_size; every thread's query words
 
-  // Sequence b's logits and LSE partials over the chunk.
-  auto score_sequence = [&](int b) {
+#pragma unroll 1
+  for (int b = b_first; b < b_end; ++b) {
     const int bh = b * p.hkv + h;
-    if (shared) load_queries(b);
+    float q[R][8];  // this lane's 8 dims of every query row (rows >= `rows` are zero)
+#pragma unroll
+    for (int r = 0; r < R; ++r) bf16x8_to_float(staged_q[((b - b_first) * R + r) * (D / 8) + sub], q[r]);
     float run_m = neg_inf(), run_s = 0.f;
-
 #pragma unroll 1
     for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
       if (b == b_first) cp_async_wait_pending(Shape::kGroups - 1 - st0 / kUnroll);  // this group has landed
@@ -215,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
         const float z = butterfly_rows<R, L>(dot, lane) * p.scale;
         if (owner && c < K) {
           z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
-          const float x = kPartials ? z + log_size[c - c_first] : neg_inf();
+          const float x = z + log_size[c - c_first];
           if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
             if (x > run_m) {
               run_s = run_s * __expf(run_m - x) + 1.f;
@@ -227,28 +192,24 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
         }
       }
     }
-    if constexpr (kPartials) {
-      if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
-      __syncthreads();
-      if (tid < R && tid < rows) {  // fixed merge order: deterministic
-        float2 acc = make_float2(neg_inf(), 0.f);
-        for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
-        partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
-      }
-      if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
+    if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
+    __syncthreads();
+    if (tid < R && tid < rows) {  // fixed merge order: deterministic
+      float2 acc = make_float2(neg_inf(), 0.f);
+      for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
+      partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
     }
-  };
-#pragma unroll 1
-  for (int b = b_first; b < b_end; ++b) score_sequence(b);
+    if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
+  }
 }
 
-// The centroid stream as measured up to run 9 (bench/kernels/NOTES.md): kUnroll 16-byte loads per
-// lane in flight in registers, one sequence per CTA. Kept only as kernels_bench's A/B baseline for
-// the staged kernel above (SelectionLaunch::staged_stream = false); to be deleted once measured.
+// K1: one (chunk, KV head, sequence) per CTA, kUnroll 16-byte loads per lane in flight in
+// registers. (Staging the whole chunk in shared memory by cp.async instead measured 5-47% slower on
+// an H100, bench/kernels/NOTES.md run 10: the stream is bound by its instructions per centroid,
+// not by the bytes in flight.)
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_stream_registers_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
-                                                                          int z_capacity, float* z_out,
-                                                                          float2* partials) {
+__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
+                                                                int z_capacity, float* z_out, float2* partials) {
   constexpr int L = D / 8, CPW = 32 / L;
   constexpr int kPerWarp = kStreamChunk / kWarps;
   constexpr int kSteps = kPerWarp / CPW;
@@ -617,27 +578,38 @@ __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, Le
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
 }
 
-// K1 (staged or in registers, shared or per sequence: SelectionLaunch), K2a, K2b of one level.
+// Whether K1's per-sequence grid (stream_chunks x H_kv x B CTAs) would hold at least `per_sm`
+// CTAs per SM of the current device.
+bool grid_fills(int64_t ctas, int per_sm) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return false;
+  return ctas >= static_cast<int64_t>(per_sm) * sms;
+}
+
+// K1 (shared or per sequence: SelectionLaunch), K2a, K2b of one level.
 template <int D, int R, Level LV>
 void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const SelectionParams& params,
                int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
                const SelectionLaunch& launch, cudaStream_t stream) {
-  if (launch.staged_stream) {
-    // The children level's candidates differ per sequence: never shared.
-    const bool shared = launch.shared_context && LV != Level::kChildren && s.batch > 1;
-    const auto kernel = score_stream_kernel<D, R, LV>;
-    constexpr int kChunkBytes = static_cast<int>(StreamShape<D>::kStagedBytes);
-    constexpr int kQueryBytes = kMaxSharedSequences * R * D * 2;
-    // Past the 48 KB default at D = 128; a failure here fails the launch, which the caller checks.
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kChunkBytes + kQueryBytes);
-    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    const int groups = shared ? (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences : s.batch;
-    kernel<<<dim3(stream_chunks, s.num_kv_heads, groups), kThreads, kChunkBytes + (shared ? kQueryBytes : 0), stream>>>(
-        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, shared ? s.batch : 0);
-  } else {
-    score_stream_registers_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+  bool shared = false;
+  if constexpr (LV != Level::kChildren) {  // the children's candidates differ per sequence
+    shared = launch.shared_context && s.batch > 1 &&
+             grid_fills(int64_t{stream_chunks} * s.num_kv_heads * s.batch, launch.min_shared_ctas_per_sm);
+    if (shared) {
+      const auto kernel = score_shared_stream_kernel<D, R, LV>;
+      constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
+      // Past the 48 KB default; a failure here fails the launch, which the caller checks.
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+      const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
+      kernel<<<dim3(stream_chunks, s.num_kv_heads, groups), kThreads, kBytes, stream>>>(p, ws.den_chunks, ws.capacity,
+                                                                                    ws.z, ws.partials, s.batch);
+    }
   }
+  if (!shared)
+    score_stream_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
+        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   select_chunk_kernel<R, LV><<<chunks, kThreads, 0, stream>>>(p, l, params, ws, out, scores_out);
   place_chunk_kernel<LV><<<chunks, kThreads, 0, stream>>>(p, l, ws, out);

@@ -21,7 +21,7 @@
 // query after the fixed context: few row tiles, so the attention runs split-K), also timed
 // unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
 // ranges ("paper-splitsN", against the launch's choice) and with the warps of padding rows idle
-// ("paper-skip-padding", PrefillLaunch::skip_padding_warps). Decode at 90% also with one CTA per SM
+// ("paper-no-skip-padding", PrefillLaunch::skip_padding_warps off). Decode at 90% also with one CTA per SM
 // ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
@@ -528,32 +528,30 @@ int main(int argc, char** argv) {
           run(("paper-splits" + std::to_string(splits)).c_str(), d_views, sel, TopKeys{}, params, limits, sws,
               true, fixed);
         }
-        // Warps of padding rows idle (Llama-2's 64 rows fill half of each 128-row tile).
-        PrefillLaunch skip;
-        skip.skip_padding_warps = true;
-        run("paper-skip-padding", d_views, sel, TopKeys{}, params, limits, sws, true, skip);
+        // Warps of padding rows compute too (Llama-2's 64 rows fill half of each 128-row tile;
+        // by default those warps skip their products).
+        PrefillLaunch no_skip;
+        no_skip.skip_padding_warps = false;
+        run("paper-no-skip-padding", d_views, sel, TopKeys{}, params, limits, sws, true, no_skip);
       }
       if (!c.prefill() && sparsity > 0.85f) {
         // The decode grid: every CTA the device holds at once ("paper") against one per SM.
         run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
             DecodeLaunch{prop.multiProcessorCount});
       }
-      // The decode selection's centroid stream with its loads in registers (the kernel before the
-      // staged one, SelectionLaunch::staged_stream): the A/B until one of them is removed.
-      SelectionLaunch register_stream;
-      register_stream.staged_stream = false;
-      if (!c.prefill() && sparsity > 0.85f)
-        run("paper-regstream", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, register_stream);
       if (!c.prefill() && sparsity > 0.85f && c.batch > 1) {
         // A batch of questions on one document (the product's case; the rows above give every
         // sequence its own context): sequence 0's context for all, its centroids scored once per
-        // chunk for all of them (SelectionLaunch::shared_context) against once per sequence.
+        // chunk for all of them (SelectionLaunch::shared_context, where the grid is large enough;
+        // "-always": at any size) against once per sequence.
         const std::vector<SequenceLayerBf16> one(c.batch, views[0]);
         SequenceLayerBf16* d_one = upload(one);
         SelectionLaunch shared;
         shared.shared_context = true;
         run("paper-one-context", d_one, sel, TopKeys{}, params, limits, sws);
         run("paper-one-context-shared", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
+        shared.min_shared_ctas_per_sm = 0;
+        run("paper-one-context-shared-always", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
         cudaFree(d_one);
       }
       if (sparsity > 0.85f) {
@@ -600,8 +598,6 @@ int main(int argc, char** argv) {
           bisect(two_params.tau_coarse, 0.3);
           bisect(two_params.tau_fine, 1 - sparsity);
           run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
-          run("paper-two-level-regstream", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
-              register_stream);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.
