@@ -31,9 +31,9 @@ struct SelectionLaunch {
   // A promise that every sequence of the launch has the same index (the same context: centroids,
   // offsets, coarse level per head); their queries and thresholds may differ. Decode launches then
   // stage each chunk of centroids in shared memory once and score it for up to 8 sequences (a
-  // batch of questions on one document), where the per-sequence grid would hold at least
-  // min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the device
-  // better (measured: bench/kernels/NOTES.md, run 10). Ignored for one sequence; breaking the
+  // batch of questions on one document), where that grid (chunks x KV heads x groups of 8) holds at
+  // least min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the
+  // device better (measured: bench/kernels/NOTES.md, run 10). Ignored for one sequence; breaking the
   // promise scores every sequence against the first one's centroids.
   bool shared_context = false;
   int min_shared_ctas_per_sm = 4;

@@ -578,8 +578,7 @@ __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, Le
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
 }
 
-// Whether K1's per-sequence grid (stream_chunks x H_kv x B CTAs) would hold at least `per_sm`
-// CTAs per SM of the current device.
+// Whether a grid of `ctas` CTAs holds at least `per_sm` CTAs per SM of the current device.
 bool grid_fills(int64_t ctas, int per_sm) {
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
@@ -594,15 +593,15 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
                const SelectionLaunch& launch, cudaStream_t stream) {
   bool shared = false;
   if constexpr (LV != Level::kChildren) {  // the children's candidates differ per sequence
+    const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
     shared = launch.shared_context && s.batch > 1 &&
-             grid_fills(int64_t{stream_chunks} * s.num_kv_heads * s.batch, launch.min_shared_ctas_per_sm);
+             grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
     if (shared) {
       const auto kernel = score_shared_stream_kernel<D, R, LV>;
       constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
       // Past the 48 KB default; a failure here fails the launch, which the caller checks.
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-      const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
       kernel<<<dim3(stream_chunks, s.num_kv_heads, groups), kThreads, kBytes, stream>>>(p, ws.den_chunks, ws.capacity,
                                                                                     ws.z, ws.partials, s.batch);
     }
