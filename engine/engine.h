@@ -71,7 +71,7 @@ struct EngineOptions {
   // The squeezed query prefill's attention on the CUDA kernels: "mma_sync" (FlashAttention-2
   // structure, kernels/prefill_attention.cu) or "warp_specialized" (FlashAttention-3 structure on
   // Hopper at head_dim 128, kernels/prefill_attention_ws.cu; the mma.sync kernel elsewhere). For
-  // comparisons until the second is measured (bench/kernels/NOTES.md, run 9).
+  // comparisons: measured slower on 64-token questions (bench/kernels/NOTES.md, run 10).
   std::string prefill_kernel = "mma_sync";
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).

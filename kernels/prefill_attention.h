@@ -36,7 +36,8 @@ struct PrefillLaunch {
   // At head_dim 128 on Hopper (sm_90a): the warp-specialized kernel (prefill_attention_ws.cu: a
   // producer warpgroup gathering the tiles, two consumer warpgroups on wgmma taking turns, each
   // overlapping one tile's softmax with the next tile's products); elsewhere the mma.sync kernel.
-  // Off until kernels_check has passed it on a GPU (bench/kernels/NOTES.md, 2026-12-05).
+  // Off: correct on an H100 (kernels_check, compute-sanitizer) but 8-40% slower on 64-token
+  // questions and only 1-7% faster on 1K-token blocks (bench/kernels/NOTES.md run 10).
   bool warp_specialized = false;
 };
 

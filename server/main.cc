@@ -68,7 +68,7 @@ ABSL_FLAG(std::string, attention_backend, "auto",
 ABSL_FLAG(std::string, prefill_kernel, "mma_sync",
           "With the CUDA kernels: the kernel of a squeezed query prefill's attention: mma_sync (the default) or "
           "warp_specialized (FlashAttention-3 structure, Hopper and head_dim 128 only; elsewhere mma_sync, as the "
-          "log says). For comparisons until the second is measured (bench/kernels/NOTES.md).");
+          "log says). For comparisons: measured slower on 64-token questions (bench/kernels/NOTES.md, run 10).");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
