@@ -94,7 +94,9 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
 // by cp.async once (each lane copies, and later reads back, its own 16-byte words: only
 // cp.async.wait_group orders them), with the queries of up to kMaxSharedSequences sequences (grid
 // z = groups of them) staged beside it, then scores the chunk for each of them in turn with
-// score_stream_kernel's per-lane arithmetic, bit for bit. The centroid bytes of a batch of
+// score_stream_kernel's per-lane arithmetic, bit for bit (written out again on purpose: folding
+// both into one helper changed the register kernel's PTX, and that kernel is bound by its
+// instructions and measured as it is). The centroid bytes of a batch of
 // questions on one document are read once instead of once per question; but the CTA's work is
 // the group's, so the launch pays only where the per-sequence grid would be large (run_level).
 template <int D, int R, Level LV>
