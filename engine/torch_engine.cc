@@ -674,6 +674,7 @@ absl::StatusOr<at::Tensor> TorchGeneration::RowToSample(absl::StatusOr<at::Tenso
   }
   if (prefill_step) prefilled_ += step_tokens_;
   if (prefilling()) return at::Tensor();  // more of the query to feed: no token yet
+  if (!logits->defined()) return Fail(absl::InternalError("the forward pass returned no logits to sample from"));
   return *std::move(logits);
 }
 
