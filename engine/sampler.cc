@@ -13,18 +13,13 @@ int32_t ArgMax(absl::Span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-// log(sum(exp(logits))), in double precision.
-double LogNormalizer(absl::Span<const float> logits) {
-  const double max = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (float x : logits) sum += std::exp(static_cast<double>(x) - max);
-  return max + std::log(sum);
-}
-
 }  // namespace
 
 float LogSoftmaxAt(absl::Span<const float> logits, int32_t token) {
-  return static_cast<float>(static_cast<double>(logits[token]) - LogNormalizer(logits));
+  const double max = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float x : logits) sum += std::exp(static_cast<double>(x) - max);
+  return static_cast<float>(static_cast<double>(logits[token]) - max - std::log(sum));
 }
 
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {}
@@ -34,31 +29,28 @@ int64_t Sampler::candidates(int64_t vocab) const {
 }
 
 SampledToken Sampler::Sample(absl::Span<const float> logits) {
-  if (greedy()) {
-    const int32_t token = ArgMax(logits);
-    return SampledToken{token, LogSoftmaxAt(logits, token)};
-  }
+  SampledToken out;
+  out.token = greedy() ? ArgMax(logits) : SampleFiltered(logits);
+  out.logprob = LogSoftmaxAt(logits, out.token);
+  return out;
+}
+
+int32_t Sampler::SampleFiltered(absl::Span<const float> logits) {
+  const int64_t vocab = static_cast<int64_t>(logits.size());
   // Candidates sorted by logit, highest first (ties: lower id first), cut to top_k.
-  const int64_t vocab = static_cast<int64_t>(logits.size()), keep = candidates(vocab);
+  int64_t keep = candidates(vocab);
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   auto higher = [&logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   std::partial_sort(order.begin(), order.begin() + keep, order.end(), higher);
   order.resize(keep);
-  std::vector<float> sorted(keep);
-  for (int64_t i = 0; i < keep; ++i) sorted[i] = logits[order[i]];
-  return SampleSorted(order, sorted, LogNormalizer(logits));
-}
 
-SampledToken Sampler::SampleSorted(absl::Span<const int32_t> ids, absl::Span<const float> logits,
-                                   double log_normalizer) {
-  int64_t keep = static_cast<int64_t>(ids.size());
   // Softmax of the temperature-scaled logits over the candidates.
   const double inv_t = 1.0 / options_.temperature;
-  const double max = logits[0] * inv_t;
+  const double max = logits[order[0]] * inv_t;
   std::vector<double> probs(keep);
   double total = 0;
-  for (int64_t i = 0; i < keep; ++i) total += probs[i] = std::exp(logits[i] * inv_t - max);
+  for (int64_t i = 0; i < keep; ++i) total += probs[i] = std::exp(logits[order[i]] * inv_t - max);
   for (double& p : probs) p /= total;
 
   // Nucleus: the smallest prefix whose mass reaches top_p (always at least one token).
@@ -72,16 +64,12 @@ SampledToken Sampler::SampleSorted(absl::Span<const int32_t> ids, absl::Span<con
   for (int64_t i = 0; i < keep; ++i) kept_mass += probs[i];
 
   const double u = NextUniform() * kept_mass;
-  int64_t chosen = keep - 1;  // if rounding left u just above the last cumulative sum
   double cumulative = 0;
   for (int64_t i = 0; i < keep; ++i) {
     cumulative += probs[i];
-    if (u < cumulative) {
-      chosen = i;
-      break;
-    }
+    if (u < cumulative) return order[i];
   }
-  return SampledToken{ids[chosen], static_cast<float>(static_cast<double>(logits[chosen]) - log_normalizer)};
+  return order[keep - 1];  // rounding left u just above the last cumulative sum
 }
 
 }  // namespace squeezeserve

@@ -36,15 +36,13 @@ class Sampler {
   // `logits` must be non-empty. Ties go to the lowest token id.
   SampledToken Sample(absl::Span<const float> logits);
 
-  // The draw's uniform number in [0, 1) (53 random bits, identical across standard libraries):
-  // one per sampled draw, for a draw made elsewhere (SampleLogits on the device).
+  // The draw's uniform number in [0, 1): 53 random bits, identical across standard libraries.
+  // One per sampled draw; also for a draw made elsewhere (SampleLogits on the device).
   double NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   const SamplerOptions& options() const { return options_; }
 
  private:
-  // A sampled draw from the row's first candidates(vocab) token ids in sampling order (logit
-  // descending, ties by lower id), their logits, and log(sum(exp(logits))) over the whole row.
-  SampledToken SampleSorted(absl::Span<const int32_t> ids, absl::Span<const float> logits, double log_normalizer);
+  int32_t SampleFiltered(absl::Span<const float> logits);
 
   SamplerOptions options_;
   std::mt19937_64 rng_;
