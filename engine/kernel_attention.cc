@@ -253,6 +253,9 @@ struct KernelAttention::Buffers {
   // The dense members' constant selection: cluster 0, starting at row 0, one cluster, 0 comparisons.
   at::Tensor dense_constants;  // [3][pairs] int32: ids (0), counts (1), comparisons (0)
   at::Tensor workspace;
+  // kernels::DecodeLaunch::tickets [kMaxDecodePairs] int32: zero, and left zero by every decode
+  // attention launch, so no memset node stands between the selection and the attention.
+  at::Tensor decode_tickets;
   // The estimate (kernels::Selection): the clusters each pair attends as one key,
   // [pairs][estimate_capacity] int32, and their logits per query head of the group (decode),
   // [pairs][estimate_capacity][logit_stride] fp32. Their counts are stats [layers][2][pairs].
@@ -576,6 +579,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_constants = at::zeros({3, grown->pairs}, ints);
     grown->dense_constants[1].fill_(1);
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
+    grown->decode_tickets = at::zeros({kMaxDecodePairs}, ints);
     grown->top_position = at::empty({grown->steps * num_q_heads_}, ints);
     grown->top_share = at::empty({grown->steps * num_q_heads_}, ints.dtype(at::kFloat));
     grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
@@ -809,7 +813,8 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   at::Tensor out = at::empty({Bd, H, D}, qd.options());
   auto* out_data = static_cast<uint16_t*>(out.data_ptr());
   const int64_t chunk = std::max<int64_t>(1, kMaxDecodePairs / Hkv);
-  const kernels::DecodeLaunch launch;
+  kernels::DecodeLaunch launch;
+  launch.tickets = b.decode_tickets.data_ptr<int32_t>();
   // Attention of members [first, end), in launches of at most kMaxDecodePairs pairs.
   auto attend = [&](int64_t first, int64_t end, bool dense) {
     for (int64_t c = first; c < end; c += chunk) {

@@ -1,8 +1,10 @@
 // Contract: append_kv.h; reference: append_kv_ref.cc. A grid-stride loop over 16-byte chunks: the
-// copy is a few KB per step, so launch latency, not bandwidth, is its cost.
+// copy is a few KB per step, so launch latency, not bandwidth, is its cost: it is launched chained
+// (chained_launch.cuh), the first of the decode step's chain of kernels per layer.
 #include <algorithm>
 
 #include "kernels/append_kv.h"
+#include "kernels/chained_launch.cuh"
 #include "kernels/cuda_common.cuh"
 
 namespace squeezeserve::kernels {
@@ -10,6 +12,8 @@ namespace {
 
 __global__ void append_dense_kv_kernel(const SequenceLayerBf16* seqs, NewKv source, const int64_t* src_rows,
                                        int batch, int kv_heads, int query_len, int head_dim) {
+  detail::allow_next_grid();
+  detail::wait_for_previous_grid();
   const int chunks = head_dim / 8;  // 16-byte chunks per row
   const int64_t total = static_cast<int64_t>(batch) * kv_heads * query_len * chunks * 2;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -43,9 +47,9 @@ int append_dense_kv(const AttentionShape& shape, const SequenceLayerBf16* seqs, 
   if (total == 0) return 0;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 1024));
-  append_dense_kv_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      seqs, source, src_rows, shape.batch, shape.num_kv_heads, shape.query_len, shape.head_dim);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(detail::launch_chained(append_dense_kv_kernel, dim3(blocks), dim3(threads), 0,
+                                                 static_cast<cudaStream_t>(stream), seqs, source, src_rows,
+                                                 shape.batch, shape.num_kv_heads, shape.query_len, shape.head_dim));
 }
 
 }  // namespace squeezeserve::kernels

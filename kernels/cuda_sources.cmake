@@ -10,6 +10,7 @@ set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention_ws.cu
   ${CMAKE_CURRENT_LIST_DIR}/norm_rope.cu
   ${CMAKE_CURRENT_LIST_DIR}/append_kv.cu
+  ${CMAKE_CURRENT_LIST_DIR}/launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/read_ahead.cu
   ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid.cu
   ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid_wgmma.cu)

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/chained_launch.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
 #include "kernels/mma.cuh"
@@ -74,7 +75,7 @@ struct DecodeWorkspace {
   float* partial_o;     // [max_pieces][G][D], unnormalised (relative to the piece's max)
   float4* partial_st;   // [max_pieces][G] (m in log2 units, l, l_ctx, top logit)
   int* partial_top;     // [max_pieces][G] top key's virtual row, -1 = none (kTop only)
-  int* tickets;         // [B*H_kv] finished pieces per head
+  int* tickets;         // [B*H_kv] finished pieces per head (DecodeLaunch::tickets where set)
   size_t bytes;
   // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
   // CTA range or a new head (or both), so c + bh grows strictly; a head's slots are consecutive.
@@ -392,6 +393,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __shared__ int first_head, merge_flag;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_heads = a.batch * a.hkv, G = a.g;
+  allow_next_grid();
+  wait_for_previous_grid();  // everything below reads the selection or writes
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
   // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
@@ -544,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     if (merge_flag) {
       __threadfence();
       merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces);
-      if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (also reset by the launcher)
+      if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (DecodeLaunch::tickets)
     }
   }
 }
@@ -615,10 +618,13 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
-  err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
-  if (err != cudaSuccess) return err;
-  kernel<<<ctas, kThreads, smem_bytes(shape.head_dim), st>>>(a);
-  return cudaGetLastError();
+  if (launch.tickets) {
+    a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
+  } else {
+    err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
+    if (err != cudaSuccess) return err;
+  }
+  return launch_chained(kernel, dim3(ctas), dim3(kThreads), smem_bytes(shape.head_dim), st, a);
 }
 
 }  // namespace squeezeserve::kernels

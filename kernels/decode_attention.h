@@ -23,6 +23,12 @@ namespace squeezeserve::kernels {
 
 struct DecodeLaunch {
   int32_t num_ctas = 0;  // grid size; 0 = as many CTAs as the current device holds at once
+  // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses
+  // it; every launch leaves them zero (each head's last piece resets its own). Unset, the launch
+  // zeroes its workspace's tickets with a memset first, which stands between the selection's last
+  // kernel and this one and so stops them overlapping (launch.h); the workspace cannot hold them
+  // across launches because the selection reuses it.
+  int32_t* tickets = nullptr;
 };
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);

@@ -1,5 +1,7 @@
 // Selection with R = Lq * g <= 8 query rows: decode steps, and prefill blocks that small
 // (selection_common.cuh lists the paths). Flat or two-level indexes.
+#include "kernels/chained_launch.cuh"
+#include "kernels/mma.cuh"
 #include "kernels/selection_common.cuh"
 
 namespace squeezeserve::kernels::detail {
@@ -7,8 +9,9 @@ namespace {
 
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
 // at DRAM speed with every warp loading. Three launches per level:
-//  K1 score_stream_kernel, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
-//     A centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
+//  K1 score_mma_kernel (tensor cores, the default; below), or on CUDA cores score_stream_kernel,
+//     grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
+//     CUDA cores: a centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
 //     and each lane keeps kUnroll loads in flight (a launch on one context: score_shared_stream_kernel
 //     reads each chunk once for up to 8 sequences). The R dot products of a centroid are summed over
 //     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
@@ -112,6 +115,8 @@ __global__ void __launch_bounds__(kThreads) score_shared_stream_kernel(ProblemAr
   static_assert(R <= L, "butterfly needs at least R lanes per centroid");
   __shared__ float log_size[kStreamChunk];
   __shared__ float2 red[kWarps * CPW][R];
+  allow_next_grid();
+  wait_for_previous_grid();  // the queries are the previous kernel's output (chained_launch.cuh)
   const int h = blockIdx.y, chunk = blockIdx.x;
   const int b_first = blockIdx.z * kMaxSharedSequences, b_end = min(b_first + kMaxSharedSequences, batch);
   const HeadLevel v = level_view<LV>(p, LevelArgs{LV, nullptr, nullptr, 0}, b_first, h, D);  // every sequence's
@@ -222,11 +227,18 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
   __shared__ float log_size[kStreamChunk];
   __shared__ int centroid_of[kStreamChunk];  // kChildren: the fine cluster of each candidate
   __shared__ float2 red[kWarps * CPW][R];
+  allow_next_grid();
+  // The children level's candidates are the previous kernel's output; the other levels read only
+  // the index (fixed) until the queries, so their first centroid loads overlap that kernel's end.
+  if constexpr (LV == Level::kChildren) wait_for_previous_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const HeadLevel v = level_view<LV>(p, l, b, h, D);
   const int K = v.num_candidates;
   const int c_first = chunk * kStreamChunk;
-  if (c_first >= K) return;  // past this (sequence, head)'s candidates (they differ); never read
+  if (c_first >= K) {  // past this (sequence, head)'s candidates (they differ); never read
+    wait_for_previous_grid();
+    return;
+  }
   const int rows = p.lq * p.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
   const int warp_first = c_first + warp * kPerWarp;
@@ -251,6 +263,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
     const int n = c < K ? cluster_size(v, LV, c) : 0;
     log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
   }
+  if constexpr (LV != Level::kChildren) wait_for_previous_grid();  // the queries; z and partials are reused
   // This lane's 8 dims of every query row (rows >= `rows` are zero padding).
   float q[R][8];
 #pragma unroll
@@ -320,6 +333,144 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
   }
 }
 
+
+// K1 on tensor cores (the default; SelectionLaunch::tensor_core_stream): the same outputs as the
+// CUDA-core kernels above, z = s q.c per (candidate, row) and one LSE partial per row per CTA, with
+// each warp's 32 centroids as the A operand of mma.sync m16n8k16 (two tiles of 16) and the R <= 8
+// query rows as B (the n = 8 columns, rows >= R zero). The dot products' k order is permuted so that
+// every lane loads whole 16-byte words straight into its fragments: in 32-dim block j, lane
+// (group, quad) loads dims [32j + 8quad, +8) of centroid rows group and group + 8 (and of query row
+// group), and those 8 dims are k-steps 2j (its first 4) and 2j + 1 (its last 4) of the fragment
+// layout (mma.cuh): no shuffles, no conversions, 2 MMAs per 16-byte word where the CUDA-core
+// kernel spends 8 conversions, 8R FMAs and its butterfly. The centroid words stay in registers, so
+// a CTA scores its chunk for a group of sequences on one index (SelectionLaunch::shared_context;
+// group_size > 1, not the children level) by reloading only the queries: per sequence the same
+// instructions as alone, so shared and per-sequence launches agree bit for bit.
+template <int D, int R, Level LV>
+__global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
+                                                             int z_capacity, float* z_out, float2* partials,
+                                                             int batch, int group_size) {
+  constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
+  constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
+  constexpr bool kPartials = LV != Level::kChildren;
+  static_assert(R >= 1 && R <= 8, "the query rows are the 8 columns of one n-tile");
+  __shared__ float log_size[kStreamChunk];
+  __shared__ int centroid_of[kStreamChunk];
+  __shared__ float2 red[kWarps][R];
+  allow_next_grid();
+  if constexpr (LV == Level::kChildren) wait_for_previous_grid();  // the candidates are its output
+  const int h = blockIdx.y, chunk = blockIdx.x;
+  const int b_first = blockIdx.z * group_size, b_end = min(b_first + group_size, batch);
+  const HeadLevel v = level_view<LV>(p, l, b_first, h, D);  // every sequence's (shared: one index)
+  const int K = v.num_candidates;
+  const int c_first = chunk * kStreamChunk;
+  if (c_first >= K) {  // past this (sequence, head)'s candidates; never read
+    wait_for_previous_grid();
+    return;
+  }
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, group = lane >> 2, quad = lane & 3;
+  const int warp_first = c_first + warp * (kTiles * 16);
+  if constexpr (LV == Level::kChildren) {
+    centroid_of[tid] = c_first + tid < K ? v.children[c_first + tid] : 0;
+    __syncthreads();
+  }
+  // This lane's centroid words: tile i, row group (+8 for half 1), block j. Index data only: on
+  // the flat and coarse levels they are loaded before waiting for the previous kernel.
+  uint4 a[kTiles][2][kBlocks];
+#pragma unroll
+  for (int i = 0; i < kTiles; ++i)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int c = warp_first + i * 16 + half * 8 + group;
+      const int id = LV == Level::kChildren ? centroid_of[min(c, K - 1) - c_first] : min(c, K - 1);
+      const uint4* row = reinterpret_cast<const uint4*>(v.centroids + static_cast<int64_t>(id) * D + quad * 8);
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) a[i][half][j] = c < K ? __ldg(row + j * 4) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  if constexpr (kPartials) {
+    const int c = c_first + tid;
+    const int n = c < K ? cluster_size(v, LV, c) : 0;
+    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
+    wait_for_previous_grid();  // the queries; z and the partials are rewritten
+    __syncthreads();           // log_size
+  }
+  const int rows = p.lq * p.g;
+
+#pragma unroll 1
+  for (int b = b_first; b < b_end; ++b) {
+    const int bh = b * p.hkv + h;
+    // B fragments: query row `group` (zero past the rows), the same dims as the centroid words.
+    uint4 qb[kBlocks];
+    {
+      const int t = group / p.g, jm = group % p.g;
+      const uint4* qrow = reinterpret_cast<const uint4*>(
+          p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + jm) * D + quad * 8);
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) qb[j] = group < rows ? qrow[j * 4] : make_uint4(0u, 0u, 0u, 0u);
+    }
+    float2 run[2] = {make_float2(neg_inf(), 0.f), make_float2(neg_inf(), 0.f)};  // rows 2quad, 2quad + 1
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+        const uint4& g0 = a[i][0][j];
+        const uint4& g8 = a[i][1][j];
+        mma_bf16_16816(acc, {g0.x, g8.x, g0.y, g8.y}, qb[j].x, qb[j].y);  // dims 32j + 8quad + 0..3
+        mma_bf16_16816(acc, {g0.z, g8.z, g0.w, g8.w}, qb[j].z, qb[j].w);  // dims 32j + 8quad + 4..7
+      }
+      // acc: (centroid group, rows 2quad, 2quad + 1), then (centroid group + 8, the same rows).
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int c = warp_first + i * 16 + half * 8 + group;
+        const float z0 = acc[2 * half] * p.scale, z1 = acc[2 * half + 1] * p.scale;
+        if (c < K && 2 * quad < R) {
+          float* at = z_out + (static_cast<int64_t>(bh) * z_capacity + c) * R + 2 * quad;
+          if constexpr (R == 1) {
+            at[0] = z0;
+          } else {
+            *reinterpret_cast<float2*>(at) = make_float2(z0, z1);
+          }
+        }
+        if constexpr (kPartials) {
+          if (c < K) {
+            const float ls = log_size[c - c_first];  // -inf for an empty cluster: skipped
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float x = (e ? z1 : z0) + ls;
+              if (2 * quad + e < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
+                if (x > run[e].x) {
+                  run[e].y = run[e].y * __expf(run[e].x - x) + 1.f;
+                  run[e].x = x;
+                } else {
+                  run[e].y += __expf(x - run[e].x);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    if constexpr (kPartials) {
+      // The warp's partial per row: merge the 8 groups holding the same rows (lanes xor 4, 8, 16).
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1)
+          run[e] = lse_merge(run[e], make_float2(__shfl_xor_sync(0xffffffffu, run[e].x, o),
+                                                 __shfl_xor_sync(0xffffffffu, run[e].y, o)));
+        if (group == 0 && 2 * quad + e < R) red[warp][2 * quad + e] = run[e];
+      }
+      __syncthreads();
+      if (tid < R && tid < rows) {  // fixed merge order: deterministic
+        float2 acc = make_float2(neg_inf(), 0.f);
+        for (int w = 0; w < kWarps; ++w) acc = lse_merge(acc, red[w][tid]);
+        partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+      }
+      if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
+    }
+  }
+}
 
 // Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
 // rows <= kMaxFastRows = kWarps). Fixed order: lane-strided, then the warp tree.
@@ -431,6 +582,8 @@ template <int R, Level LV>
 __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
                                                                 StreamScratch ws, Selection out, float* scores) {
   __shared__ float logden[R];
+  allow_next_grid();
+  wait_for_previous_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
   const HeadLevel v = level_view<LV>(p, l, b, h, 0);  // no centroids read here
@@ -528,6 +681,8 @@ __device__ int4 block_sum(int4 v) {
 template <Level LV>
 __global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws,
                                                                Selection out) {
+  allow_next_grid();
+  wait_for_previous_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
   const HeadLevel v = level_view<LV>(p, l, b, h, 0);
@@ -594,26 +749,34 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
                int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
                const SelectionLaunch& launch, cudaStream_t stream) {
   bool shared = false;
+  const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
   if constexpr (LV != Level::kChildren) {  // the children's candidates differ per sequence
-    const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
     shared = launch.shared_context && s.batch > 1 &&
              grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
+  }
+  if (launch.tensor_core_stream) {
+    const int group_size = shared ? kMaxSharedSequences : 1;
+    launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, shared ? groups : s.batch),
+                   dim3(kThreads), 0, stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch,
+                   group_size);
+  } else if constexpr (LV != Level::kChildren) {
     if (shared) {
       const auto kernel = score_shared_stream_kernel<D, R, LV>;
       constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
       // Past the 48 KB default; a failure here fails the launch, which the caller checks.
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-      kernel<<<dim3(stream_chunks, s.num_kv_heads, groups), kThreads, kBytes, stream>>>(p, ws.den_chunks, ws.capacity,
-                                                                                    ws.z, ws.partials, s.batch);
+      launch_chained(kernel, dim3(stream_chunks, s.num_kv_heads, groups), dim3(kThreads), kBytes, stream, p,
+                     ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch);
     }
   }
-  if (!shared)
-    score_stream_kernel<D, R, LV><<<dim3(stream_chunks, s.num_kv_heads, s.batch), kThreads, 0, stream>>>(
-        p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+  // Launch errors reach the caller through cudaGetLastError (run_selection).
+  if (!launch.tensor_core_stream && !shared)
+    launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, s.batch), dim3(kThreads), 0,
+                   stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
-  select_chunk_kernel<R, LV><<<chunks, kThreads, 0, stream>>>(p, l, params, ws, out, scores_out);
-  place_chunk_kernel<LV><<<chunks, kThreads, 0, stream>>>(p, l, ws, out);
+  launch_chained(select_chunk_kernel<R, LV>, chunks, dim3(kThreads), 0, stream, p, l, params, ws, out, scores_out);
+  launch_chained(place_chunk_kernel<LV>, chunks, dim3(kThreads), 0, stream, p, l, ws, out);
 }
 
 template <int D, int R>

@@ -22,7 +22,11 @@
 // unsplit (lookup "paper-unsplit") to show what the split buys, and at 90% with 4, 8 and 16 key
 // ranges ("paper-splitsN", against the launch's choice) and with the warps of padding rows idle
 // ("paper-no-skip-padding", PrefillLaunch::skip_padding_warps off). Decode at 90% also with one CTA per SM
-// ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once). Every
+// ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once), and
+// without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
+// "accurate-two-level-no-pdl"; kernels/launch.h), and with the selection's centroid stream on CUDA
+// cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core",
+// "paper-one-context-shared-cuda-core"; SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
@@ -44,6 +48,7 @@
 
 #include "bench/kernels/device_layer.h"
 #include "kernels/decode_attention.h"
+#include "kernels/launch.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
 
@@ -414,6 +419,9 @@ int main(int argc, char** argv) {
     widest.splits = kMaxPrefillSplits;
     void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, launch),
                                          prefill_attention_workspace_bytes(shape, widest)));
+    // The decode attention's persistent tickets (DecodeLaunch::tickets), as the engine passes them.
+    int32_t* tickets = dev_alloc<int32_t>(bh);
+    CUDA_OK(cudaMemset(tickets, 0, sizeof(int32_t) * bh));
     for (float sparsity : {0.7f, 0.9f}) {
       if (only_sparsity > 0.f && std::abs(sparsity - only_sparsity) > 1e-3f) continue;
       // Bisect tau (log scale) on the device until the kept fraction of clustered keys matches.
@@ -437,6 +445,7 @@ int main(int argc, char** argv) {
                      const SelectionParams& ps, const SelectionLimits& lim, void* ws, bool split_k = true,
                      PrefillLaunch pl = {}, DecodeLaunch dl = {}, SelectionLaunch sl = {}) {
         if (!only_lookup.empty() && only_lookup != lookup) return;
+        if (programmatic_launch_enabled() && !dl.tickets) dl.tickets = tickets;  // else the memset, as before PDL
         auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s, sl)); };
         auto attend = [&] {
           if (c.prefill())
@@ -534,10 +543,21 @@ int main(int argc, char** argv) {
         no_skip.skip_padding_warps = false;
         run("paper-no-skip-padding", d_views, sel, TopKeys{}, params, limits, sws, true, no_skip);
       }
+      // The decode step's kernels launched one after the other as before programmatic dependent
+      // launch (kernels/launch.h), and with the attention's tickets zeroed by a memset.
+      SelectionLaunch cuda_core;  // the decode centroid stream on CUDA cores ("-cuda-core" rows)
+      cuda_core.tensor_core_stream = false;
+      auto without_pdl = [&](auto&& row) {
+        set_programmatic_launch(false);
+        row();
+        set_programmatic_launch(true);
+      };
       if (!c.prefill() && sparsity > 0.85f) {
         // The decode grid: every CTA the device holds at once ("paper") against one per SM.
         run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
             DecodeLaunch{prop.multiProcessorCount});
+        without_pdl([&] { run("paper-no-pdl", d_views, sel, TopKeys{}, params, limits, sws); });
+        run("paper-cuda-core", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, cuda_core);
       }
       if (!c.prefill() && sparsity > 0.85f && c.batch > 1) {
         // A batch of questions on one document (the product's case; the rows above give every
@@ -550,6 +570,10 @@ int main(int argc, char** argv) {
         shared.shared_context = true;
         run("paper-one-context", d_one, sel, TopKeys{}, params, limits, sws);
         run("paper-one-context-shared", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
+        SelectionLaunch shared_cuda_core = shared;
+        shared_cuda_core.tensor_core_stream = false;
+        run("paper-one-context-shared-cuda-core", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {},
+            shared_cuda_core);
         shared.min_shared_ctas_per_sm = 0;
         run("paper-one-context-shared-always", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
         cudaFree(d_one);
@@ -598,6 +622,9 @@ int main(int argc, char** argv) {
           bisect(two_params.tau_coarse, 0.3);
           bisect(two_params.tau_fine, 1 - sparsity);
           run("paper-two-level", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws);
+          without_pdl([&] { run("paper-two-level-no-pdl", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws); });
+          run("paper-two-level-cuda-core", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
+              cuda_core);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.
@@ -607,6 +634,7 @@ int main(int argc, char** argv) {
             SequenceLayerBf16* d_acc_two = upload(acc_two);
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
             run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
+            without_pdl([&] { run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws); });
             cudaFree(d_acc_two);
           }
           cudaFree(two_ws);
@@ -637,6 +665,7 @@ int main(int argc, char** argv) {
     }
     cudaFree(sws);
     cudaFree(dws);
+    cudaFree(tickets);
     cudaFree(q);
     cudaFree(out);
     cudaFree(d_views);

@@ -15,6 +15,8 @@
 // (read_ahead_check.cu).
 // Every case runs in a child process of its own (the parent never touches CUDA), so that a kernel
 // fault (sticky for its context) fails that case only and the later ones still report.
+// Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
+// --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +43,10 @@ using namespace squeezeserve::kernels;
 using namespace squeezeserve::kernels::bench;
 
 namespace {
+
+// The selection launch every case starts from: the defaults, or (--cuda-core-stream) the decode
+// centroid stream on CUDA cores, so that both kernels are held to the same references.
+SelectionLaunch g_base_launch;
 
 struct Case {
   std::string name;
@@ -86,6 +92,8 @@ struct Result {
   double skip_rel = -1;     // prefill: with PrefillLaunch::skip_padding_warps (split as chosen)
   double ws_rel = -1;       // prefill, D = 128 on sm_90a: the warp-specialized kernel, split as chosen, and unsplit
   int variant_diff = -1;    // decode selection, B > 1: words that differ, shared vs per-sequence stream; -1 n/a
+  int chained_diff = -1;    // decode: output words that differ, chained steps vs the checked launch (+1000 per
+                            // ticket left non-zero); -1 n/a
   bool pass = true;
 };
 
@@ -219,7 +227,7 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   if (dsel.sel.estimate_logits)  // NaN: a logit the selection failed to write poisons the output
     CUDA_OK(cudaMemset(dsel.sel.estimate_logits, 0xff, sizeof(float) * bh * est_cap * kMaxGroup));
-  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr));
+  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr, g_base_launch));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
   const std::vector<int32_t> g_start = download(dsel.sel.row_start, size_t(bh) * max_k);
@@ -290,10 +298,10 @@ Result run_case(const Case& c, uint64_t seed) {
     if (batch > 1) {
       const std::vector<SequenceLayerBf16> same(batch, dev_views[0]);
       SequenceLayerBf16* d_same = upload(same);
-      SelectionLaunch shared;
+      SelectionLaunch shared = g_base_launch;
       shared.shared_context = true;
       shared.min_shared_ctas_per_sm = 0;  // these grids are small: share at any size
-      res.variant_diff = differing_words(d_same, SelectionLaunch{}, shared);
+      res.variant_diff = differing_words(d_same, g_base_launch, shared);
       cudaFree(d_same);
     }
   }
@@ -498,6 +506,37 @@ Result run_case(const Case& c, uint64_t seed) {
   res.top_mismatch = chosen.top_mismatch;
   res.share_err = chosen.share_err;
   if (!chosen.pass) res.pass = false;
+  if (c.lq == 1 && !c.use_prefill_kernel) {
+    // The decode step as the engine chains it (kernels/launch.h): selection then attention, two
+    // steps on one stream with no host synchronisation, the attention on persistent tickets
+    // (DecodeLaunch::tickets, zero only before the first step) and, on sm_90+, every kernel
+    // launched while the previous one still runs. The output must equal the checked launch's
+    // (the memset path, fully serialised) bit for bit, and the tickets must be zero again.
+    const std::vector<uint16_t> expect = download(d_out, out_n);
+    DecodeLaunch chained{c.decode_ctas};
+    CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
+    CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
+    void* dws = nullptr;
+    CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, chained)));
+    DeviceSelection csel(bh, max_k, est_cap, c.logits);
+    cudaStream_t st = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    CUDA_OK(cudaDeviceSynchronize());  // the memsets above ran on the legacy stream
+    for (int step = 0; step < 2; ++step) {
+      CUDA_OK(cudaMemsetAsync(d_out, 0xff, sizeof(uint16_t) * out_n, st));  // NaN where a step fails to write
+      CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, csel.sel, ws, nullptr, st, g_base_launch));
+      CUDA_OK(sparse_decode_attention(shape, d_views, d_q, csel.sel, d_out, d_lse, dws, chained, st, d_top));
+    }
+    CUDA_OK(cudaStreamSynchronize(st));
+    const std::vector<uint16_t> got = download(d_out, out_n);
+    res.chained_diff = 0;
+    for (size_t i = 0; i < out_n; ++i) res.chained_diff += got[i] != expect[i];
+    for (int t : download(chained.tickets, bh)) res.chained_diff += t != 0 ? 1000 : 0;
+    if (res.chained_diff != 0) res.pass = false;
+    cudaStreamDestroy(st);
+    cudaFree(dws);
+    cudaFree(chained.tickets);
+  }
   if (c.lq > 1 || c.use_prefill_kernel) {  // the prefill kernel unsplit, and skipping padding warps
     const AttentionCheck unsplit = check_attention(/*split=*/false);
     res.unsplit_rel = unsplit.pass ? unsplit.rel : INFINITY;
@@ -558,6 +597,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     small |= std::string(argv[i]) == "--small";
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
+    if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
@@ -699,10 +739,12 @@ int main(int argc, char** argv) {
   // warp-specialized kernel's (the worse of split and unsplit; D = 128 on sm_90a), skip_rel with
   // skip_padding_warps (inf: one of that launch's checks failed); attn_rel runs without it. var =
   // decode selections of B > 1 only: the words that differ between the shared and the
-  // per-sequence centroid stream over one index, 0 to pass.
-  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %4s %s\n", "case", "B", "sel/cand",
-              "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "ws_rel", "lse_err", "forced",
-              "top", "share_err", "cmp", "var", "result");
+  // per-sequence centroid stream over one index, 0 to pass. chain = decode only: the output words
+  // that differ between two chained steps (selection, attention on persistent tickets; PDL on
+  // sm_90+) and the checked launch, plus 1000 per ticket left non-zero; 0 to pass.
+  std::printf("%-40s %2s %12s %8s %8s %5s %8s %9s %9s %9s %9s %9s %8s %11s %9s %4s %4s %5s %s\n", "case", "B",
+              "sel/cand", "sel_diff", "est", "e_dif", "logit", "attn_rel", "one_rel", "skip_rel", "ws_rel", "lse_err",
+              "forced", "top", "share_err", "cmp", "var", "chain", "result");
   bool all = true;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i + 1 < argc; ++i)
@@ -713,7 +755,7 @@ int main(int argc, char** argv) {
     const uint64_t case_seed = seed++;
     all &= isolated([&] {
       const Result r = run_case(c, case_seed);
-      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24], var[24];
+      char frac[32], est[24], forced[24], top[24], one[24], skip[24], ws[24], var[24], chain[24];
       std::snprintf(frac, sizeof frac, "%d/%d", r.selected, r.candidates);
       std::snprintf(est, sizeof est, r.estimated < 0 ? "-" : "%lld", r.estimated);
       std::snprintf(forced, sizeof forced, "%d/%d", r.forced_missing, r.forced);
@@ -722,9 +764,11 @@ int main(int argc, char** argv) {
       std::snprintf(skip, sizeof skip, r.skip_rel < 0 ? "-" : "%.2e", r.skip_rel);
       std::snprintf(ws, sizeof ws, r.ws_rel < 0 ? "-" : "%.2e", r.ws_rel);
       std::snprintf(var, sizeof var, r.variant_diff < 0 ? "-" : "%d", r.variant_diff);
-      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %4s %s\n", c.rows.size(),
-                  frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, ws, r.lse_err, forced,
-                  top, r.share_err, r.comparisons_ok ? "ok" : "BAD", var, r.pass ? "PASS" : "FAIL");
+      std::snprintf(chain, sizeof chain, r.chained_diff < 0 ? "-" : "%d", r.chained_diff);
+      std::printf("%2zu %12s %8.0f %8s %5lld %8.1e %9.2e %9s %9s %9s %9.2e %8s %11s %9.2e %4s %4s %5s %s\n",
+                  c.rows.size(), frac, r.sel_mismatch, est, r.estimate_diff, r.logit_err, r.attn_rel, one, skip, ws,
+                  r.lse_err, forced, top, r.share_err, r.comparisons_ok ? "ok" : "BAD", var, chain,
+                  r.pass ? "PASS" : "FAIL");
       return r.pass;
     });
   }
