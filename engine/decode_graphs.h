@@ -45,10 +45,12 @@ class DecodeGraphs {
 
  private:
   struct Graph;
+  class ReplayTimer;
   const LlamaModel& model_;
   KernelAttention& kernels_;
   size_t max_graphs_;
   std::list<std::unique_ptr<Graph>> graphs_;  // most recently used first
+  std::unique_ptr<ReplayTimer> timer_;        // null in builds without CUDA
 };
 
 }  // namespace squeezeserve

@@ -327,12 +327,14 @@ def main():
                 try:
                     # A first run captures the step's CUDA graphs (once per batch shape and process);
                     # the next --reps are measured, each figure their median (this machine is shared).
+                    started_ms = time.time() * 1e3
                     generate(server, mode, batch, min(n, 8), s["vocab"])
                     runs = [generate(server, mode, batch, n, s["vocab"]) for _ in range(a.reps)]
                     row = dict(runs[0])
                     for key in ("ttft_ms", "tpot_ms", "kv_fraction_loaded", "centroid_comparisons"):
                         row[key] = statistics.median(r[key] for r in runs)
                     row["reps"] = a.reps
+                    row["window_unix_ms"] = [started_ms, time.time() * 1e3]
                 except RuntimeError as e:
                     rows.append({"mode": mode, "batch": batch, "error": str(e)})
                     log(f"{mode} b{batch}: {e}")
@@ -352,6 +354,7 @@ def main():
         result["decode"] = rows
     finally:
         server.stop()
+    attach_graph_timing(result.get("decode", []), server.log_path)
     if a.hf:
         result["hf_sdpa"] = hf_peer(model, a.context, s["vocab"], 16, [int(b) for b in a.hf_batches.split(",")],
                                     a.hf_reps)
@@ -359,6 +362,31 @@ def main():
     path = os.path.join(a.out, f"full_{a.shape}_{a.context}.json")
     json.dump(result, open(path, "w"), indent=1)
     print_table(result)
+
+
+GRAPH_LINE = re.compile(r"decode graph replays: batch (\d+), (\d+) steps, device ([\d.]+) ms, launch to launch "
+                        r"([\d.]+) ms \(medians\), from (\d+) to (\d+) unix ms")
+
+
+def attach_graph_timing(rows, log_path):
+    """Where each row's TPOT goes: the engine logs, per run of replays of one decode graph, the median
+    time of a replay on the device and from one replay's launch to the next (engine/decode_graphs.cc).
+    A row gets the step-weighted means of the lines of its batch size whose runs overlap its window
+    (its warm-up and measured generations): graph_device_ms and graph_launch_to_launch_ms; their
+    difference is what the host adds per step (planning, sampling, streaming)."""
+    try:
+        lines = [tuple(map(float, m)) for m in GRAPH_LINE.findall(open(log_path).read())]
+    except OSError:
+        return
+    for r in rows:
+        if "window_unix_ms" not in r:
+            continue
+        lo, hi = r["window_unix_ms"]
+        hits = [l for l in lines if int(l[0]) == r["batch"] and l[4] <= hi and l[5] >= lo]
+        steps = sum(l[1] for l in hits)
+        if steps > 0:
+            r["graph_device_ms"] = sum(l[1] * l[2] for l in hits) / steps
+            r["graph_launch_to_launch_ms"] = sum(l[1] * l[3] for l in hits) / steps
 
 
 def print_table(res):
@@ -373,14 +401,16 @@ def print_table(res):
               f"HF SDPA {hf.get('prefill_s', float('nan')):.2f} s), clustering {st.get('clustering', 0):.2f} s, "
               f"calibrating {st.get('calibrating', 0):.2f} s, store+rpc {ing['store_and_rpc_s']:.2f} s, "
               f"peak {ing.get('peak_device_gb')} GB")
-    print("| mode | batch | served | TTFT ms | limit ms | × limit | TPOT ms | limit ms | × limit | KV read | note |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| mode | batch | served | TTFT ms | limit ms | × limit | TPOT ms | limit ms | × limit | graph on GPU ms | "
+          "launch to launch ms | KV read | note |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in res.get("decode", []):
         if "error" in r:
-            print(f"| {r['mode']} | {r['batch']} | error | | | | | | | | {r['error'][:80]} |")
+            print(f"| {r['mode']} | {r['batch']} | error | | | | | | | | | | {r['error'][:80]} |")
             continue
         print(f"| {r['mode']} | {r['batch']} | {r['served_mode']}/{r['backend']} | {r['ttft_ms']:.1f} | "
               f"{r['ttft_limit_ms']:.2f} | {r['ttft_over_limit']:.1f} | {r['tpot_ms']:.2f} | {r['tpot_limit_ms']:.2f} | {r['tpot_over_limit']:.2f} | "
+              f"{r.get('graph_device_ms', float('nan')):.2f} | {r.get('graph_launch_to_launch_ms', float('nan')):.2f} | "
               f"{r['kv_fraction_loaded']:.3f} | {r['note'] or ''} |")
     if hf:
         print(f"HF SDPA: {hf}")
