@@ -37,10 +37,11 @@ struct SelectionLaunch {
   // promise scores every sequence against the first one's centroids.
   bool shared_context = false;
   int min_shared_ctas_per_sm = 4;
-  // The decode centroid stream's dot products on tensor cores (mma.sync); false: on CUDA cores,
-  // the kernels measured before (kept for the A/B rows of kernels_bench). Selections agree with
-  // the CPU reference either way; between the two, scores differ in the last bits (another
-  // summation order), so a cluster within rounding of its threshold may flip.
+  // The decode centroid stream's dot products on tensor cores (mma.sync) where that measured
+  // faster: two or more query rows (GQA decode), or a shared launch; one query row per sequence
+  // (MHA decode) stays on CUDA cores. false: CUDA cores everywhere (the A/B rows of kernels_bench).
+  // Selections agree with the CPU reference either way; between the two, scores differ in the
+  // last bits (another summation order), so a cluster within rounding of its threshold may flip.
   bool tensor_core_stream = true;
 };
 

@@ -754,26 +754,28 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
     shared = launch.shared_context && s.batch > 1 &&
              grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
   }
-  if (launch.tensor_core_stream) {
+  // Tensor cores where they measured faster (run 11, H200): two or more query rows, or a launch
+  // shared by several sequences. One row scored per sequence (MHA decode) uses 1 of the MMA's 8
+  // columns, and there the CUDA-core kernel is 5-8% faster. Launch errors reach the caller
+  // through cudaGetLastError (run_selection).
+  const bool tensor_cores = launch.tensor_core_stream && (R >= 2 || shared);
+  if (tensor_cores) {
     const int group_size = shared ? kMaxSharedSequences : 1;
     launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, shared ? groups : s.batch),
                    dim3(kThreads), 0, stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch,
                    group_size);
-  } else if constexpr (LV != Level::kChildren) {
-    if (shared) {
-      const auto kernel = score_shared_stream_kernel<D, R, LV>;
-      constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
-      // Past the 48 KB default; a failure here fails the launch, which the caller checks.
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-      launch_chained(kernel, dim3(stream_chunks, s.num_kv_heads, groups), dim3(kThreads), kBytes, stream, p,
-                     ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch);
-    }
-  }
-  // Launch errors reach the caller through cudaGetLastError (run_selection).
-  if (!launch.tensor_core_stream && !shared)
+  } else if (!shared) {
     launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, s.batch), dim3(kThreads), 0,
                    stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+  } else if constexpr (LV != Level::kChildren) {  // shared, on CUDA cores
+    const auto kernel = score_shared_stream_kernel<D, R, LV>;
+    constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
+    // Past the 48 KB default; a failure here fails the launch, which the caller checks.
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    launch_chained(kernel, dim3(stream_chunks, s.num_kv_heads, groups), dim3(kThreads), kBytes, stream, p,
+                   ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch);
+  }
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   launch_chained(select_chunk_kernel<R, LV>, chunks, dim3(kThreads), 0, stream, p, l, params, ws, out, scores_out);
   launch_chained(place_chunk_kernel<LV>, chunks, dim3(kThreads), 0, stream, p, l, ws, out);
