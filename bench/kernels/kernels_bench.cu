@@ -282,8 +282,10 @@ std::vector<LaunchTiming> time_launches(cudaGraph_t graph, cudaStream_t s, const
   while (n == 1) {  // one-stream capture: a chain
     chain.push_back(node);
 #if CUDART_VERSION >= 13000
+    // With the edge data: programmatic (PDL) edges refuse introspection without it.
+    cudaGraphEdgeData edge{};
     CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), nullptr, nullptr, &n));
-    if (n == 1) CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), &node, nullptr, &n));
+    if (n == 1) CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), &node, &edge, &n));
 #else
     CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), nullptr, &n));
     if (n == 1) CUDA_OK(cudaGraphNodeGetDependentNodes(chain.back(), &node, &n));
