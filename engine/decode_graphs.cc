@@ -61,6 +61,7 @@ class DecodeGraphs::ReplayTimer {
     const Clock::time_point now = Clock::now();
     if (!device_ms_.empty()) cycle_ms_.push_back(std::chrono::duration<double, std::milli>(now - last_launch_).count());
     if (device_ms_.empty() && cycle_ms_.empty()) first_unix_ms_ = UnixMs();
+    last_unix_ms_ = UnixMs();  // the window ends at its last replay's launch
     last_launch_ = now;
     if (start_ == nullptr && (cudaEventCreate(&start_) != cudaSuccess || cudaEventCreate(&end_) != cudaSuccess)) {
       cudaGetLastError();  // no timing then; the step itself is unaffected
@@ -95,7 +96,6 @@ class DecodeGraphs::ReplayTimer {
     float ms = 0.f;
     if (cudaEventQuery(end_) == cudaSuccess && cudaEventElapsedTime(&ms, start_, end_) == cudaSuccess) {
       device_ms_.push_back(ms);
-      last_unix_ms_ = UnixMs();
     } else {
       cudaGetLastError();
     }
