@@ -4,7 +4,8 @@
 Prints one markdown table: each target, what was measured (with the row it came from), the
 target, and met / MISSED / not measured. Reads only result files, so it runs anywhere:
   --kernels  the kernels bench merged with its dense baselines (bench/kernels/kernels_bench, then
-             bench/kernels/sdpa_baseline.py --sparse ... --out FILE)
+             bench/kernels/sdpa_baseline.py --sparse ... --out FILE), any number: a configuration
+             in a later file replaces that configuration's rows from earlier ones
   --full     full-size end-to-end runs (scripts/gpu/full_model_bench.py), any number
   --accuracy the long-context evaluation (scripts/gpu/eval_long_context.sh)
 Defaults: the H200 files under bench/results/. The targets and the authors' published figures are
@@ -71,14 +72,29 @@ def verdict(ok):
     return "met" if ok else "MISSED"
 
 
-def kernel_targets(table, path):
-    name = os.path.basename(path)
-    if not path or not os.path.exists(path):
+def kernel_results(paths):
+    """The rows of several kernels-bench files; a configuration (model, mode, context, batch, query
+    length) in a later file replaces all of that configuration's rows from earlier files, so that
+    every comparison within a configuration comes from one run. Each row remembers its file."""
+    by_config = {}
+    for path in paths:
+        fresh = {}
+        for r in load(path)["results"]:
+            r = dict(r, file=os.path.basename(path))
+            fresh.setdefault((r["model"], r["mode"], r["context"], r["batch"], r["query_len"]), []).append(r)
+        by_config.update(fresh)
+    return [r for rows in by_config.values() for r in rows]
+
+
+def kernel_targets(table, paths):
+    paths = [p for p in paths if p and os.path.exists(p)]
+    if not paths:
         for t in ("prefill 1K x 512K >= 4.5x best dense", "prefill >= 2x the authors' pipeline",
                   "decode Llama-2 MHA 512K >= 6.5x", "decode Llama-3 GQA 512K >= 5.5x", "two-level >= one-level"):
             table.add(t, "-", "not measured", "no kernels JSON")
         return
-    rows = load(path)["results"]
+    rows = kernel_results(paths)
+    name = " + ".join(os.path.basename(p) for p in paths)
     paper = ("paper", "paper-ws")  # the paper's lookup on either prefill kernel
 
     # Prefill, 1K query tokens over 512K at 90%, against the faster of SDPA cuDNN / flash.
@@ -87,7 +103,7 @@ def kernel_targets(table, path):
     if r and best_dense_us(r):
         x = best_dense_us(r) / r["total_us"]
         table.add("prefill 1K x 512K, 90% >= 4.5x best dense", "%.2fx (%.0f vs %.0f us)" % (x, r["total_us"],
-                  best_dense_us(r)), verdict(x >= 4.5), "%s: %s" % (name, row_name(r)))
+                  best_dense_us(r)), verdict(x >= 4.5), "%s: %s" % (r["file"], row_name(r)))
     else:
         table.add("prefill 1K x 512K, 90% >= 4.5x best dense", "-", "not measured", name)
 
@@ -99,7 +115,7 @@ def kernel_targets(table, path):
         if r:
             x = authors_us / r["total_us"]
             table.add(label, "%.2fx (%.2f ms)" % (x, r["total_us"] / 1e3), verdict(x >= 2.0),
-                      "%s: %s" % (name, row_name(r)))
+                      "%s: %s" % (r["file"], row_name(r)))
         else:
             table.add(label, "-", "not measured", name)
 
@@ -111,7 +127,7 @@ def kernel_targets(table, path):
         if r and best_dense_us(r):
             x = best_dense_us(r) / r["total_us"]
             table.add(label, "%.2fx (%.1f vs %.1f us)" % (x, r["total_us"], best_dense_us(r)), verdict(x >= need),
-                      "%s: %s" % (name, row_name(r)))
+                      "%s: %s" % (r["file"], row_name(r)))
         else:
             table.add(label, "-", "not measured", name)
 
@@ -215,14 +231,19 @@ def accuracy_targets(table, path):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernels", default=os.path.join(RESULTS, "kernels_bench_h200.json"))
+    ap.add_argument("--kernels", nargs="*", default=None,
+                    help="kernels-bench files, later ones replacing earlier configurations (default: "
+                         "bench/results/kernels_bench_h200.json, then kernels_bench_h200_run*.json in name order)")
     ap.add_argument("--full", nargs="*", default=None,
                     help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json)")
     ap.add_argument("--accuracy", default=os.path.join(RESULTS, "longctx_8192_16384_h200_kernels.json"))
     args = ap.parse_args(argv)
     full = args.full if args.full is not None else sorted(glob.glob(os.path.join(RESULTS, "full_*_h200.json")))
+    kernels = args.kernels if args.kernels is not None else (
+        [os.path.join(RESULTS, "kernels_bench_h200.json")] +
+        sorted(glob.glob(os.path.join(RESULTS, "kernels_bench_h200_run*.json"))))
     table = Table()
-    kernel_targets(table, args.kernels)
+    kernel_targets(table, kernels)
     tpot_targets(table, full)
     limit_targets(table, full)
     accuracy_targets(table, args.accuracy)
