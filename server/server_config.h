@@ -33,6 +33,10 @@ struct ServerDefaults {
   bool estimate_pruned = true;  // attention.pruned unset: ESTIMATED (true) or DROPPED
   float estimate_floor = 0.0625f;  // every squeezed request's (AttentionOptions::estimate_floor; --estimate_floor)
   bool read_ahead = true;       // attention.read_ahead unset: ON (true) or OFF
+  // attention.lookup_levels unset (and hierarchical false): two levels where the context's index
+  // has them and the context holds at least this many tokens, else one (-1 = always one level;
+  // --two_level_min_context_tokens).
+  int64_t two_level_min_context_tokens = 262144;
 };
 
 struct ServerConfig {

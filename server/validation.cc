@@ -273,9 +273,25 @@ absl::StatusOr<AttentionOptions> ResolveAttention(const pb::AttentionOptions& pr
     });
     out.sparsity = nearest->sparsity;
   }
-  if (out.hierarchical && context.index.levels < 2) {
-    return FieldError("attention.hierarchical",
+  // Which levels: asked for (lookup_levels, or hierarchical = true), else the server's rule.
+  const pb::AttentionOptions::LookupLevels lookup = proto.lookup_levels();
+  if (lookup != pb::AttentionOptions::LOOKUP_LEVELS_UNSPECIFIED && lookup != pb::AttentionOptions::ONE_LEVEL &&
+      lookup != pb::AttentionOptions::TWO_LEVELS) {
+    return FieldError("attention.lookup_levels", absl::StrCat("unknown value ", static_cast<int>(lookup)));
+  }
+  if (proto.hierarchical() && lookup == pb::AttentionOptions::ONE_LEVEL) {
+    return FieldError("attention.lookup_levels", "ONE_LEVEL contradicts hierarchical = true");
+  }
+  const bool asked_two = proto.hierarchical() || lookup == pb::AttentionOptions::TWO_LEVELS;
+  if (asked_two && context.index.levels < 2) {
+    return FieldError(proto.hierarchical() ? "attention.hierarchical" : "attention.lookup_levels",
                       absl::StrCat("context \"", context.id, "\" has a flat (1-level) index"));
+  }
+  if (asked_two || lookup == pb::AttentionOptions::ONE_LEVEL) {
+    out.hierarchical = asked_two;
+  } else {
+    const int64_t from = defaults.two_level_min_context_tokens;
+    out.hierarchical = context.index.levels >= 2 && from >= 0 && context.num_tokens >= from;
   }
   return out;
 }

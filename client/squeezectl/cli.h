@@ -54,6 +54,7 @@ struct Cli {
   std::string mode;  // "", "dense", "squeezed"
   float sparsity = 0;
   bool hierarchical = false;
+  std::string lookup_levels;  // "", "one", "two"
   std::string pruned;  // "", "estimated", "dropped"
   std::string read_ahead;  // "", "on", "off"
   bool logprobs = false;

@@ -71,7 +71,10 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
   Attention::Mode mode{};
   Attention::Pruned pruned{};
   Attention::ReadAhead read_ahead{};
+  Attention::LookupLevels levels{};
   if (!ParseChoice("--mode", cli.mode, {"dense", Attention::DENSE}, {"squeezed", Attention::SQUEEZED}, &mode) ||
+      !ParseChoice("--lookup_levels", cli.lookup_levels, {"one", Attention::ONE_LEVEL}, {"two", Attention::TWO_LEVELS},
+                   &levels) ||
       !ParseChoice("--pruned", cli.pruned, {"estimated", Attention::ESTIMATED}, {"dropped", Attention::DROPPED},
                    &pruned) ||
       !ParseChoice("--read_ahead", cli.read_ahead, {"on", Attention::READ_AHEAD_ON}, {"off", Attention::READ_AHEAD_OFF},
@@ -81,6 +84,7 @@ std::optional<pb::GenerateRequest> BuildRequest(const Cli& cli) {
   attention->set_mode(mode);
   attention->set_sparsity(cli.sparsity);
   attention->set_hierarchical(cli.hierarchical);
+  attention->set_lookup_levels(levels);
   attention->set_pruned(pruned);
   attention->set_read_ahead(read_ahead);
   request.set_include_logprobs(cli.logprobs);

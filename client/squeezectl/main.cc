@@ -54,7 +54,11 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: comma-separated stop st
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep generating past EOS.");
 ABSL_FLAG(std::string, mode, "", "generate: attention mode dense or squeezed (empty = server default).");
 ABSL_FLAG(float, sparsity, 0, "generate: calibrated sparsity level to use (0 = server default).");
-ABSL_FLAG(bool, hierarchical, false, "generate: use the hierarchical centroid lookup.");
+ABSL_FLAG(bool, hierarchical, false, "generate: use the hierarchical centroid lookup (= --lookup_levels two).");
+ABSL_FLAG(std::string, lookup_levels, "",
+          "generate: look clusters up through one level (the fine one) or two (coarse, then the kept coarse "
+          "clusters' children; needs a two-level index); empty = server default (two from "
+          "--two_level_min_context_tokens context tokens on, else one).");
 ABSL_FLAG(std::string, pruned, "",
           "generate: what becomes of pruned clusters, estimated (each attends as one key: centroid, size, "
           "mean value) or dropped (as the paper; the fastest GPU path); empty = server default (estimated).");
@@ -94,7 +98,8 @@ const std::map<std::string, Command>& Commands() {
         "squeezectl generate --context ID (--prompt TEXT | --prompt_file PATH | --tokens 1,2,3)\n"
         "                    [--max_new_tokens N] [--temperature T] [--top_p P] [--top_k K] [--seed S]\n"
         "                    [--stop a,b] [--ignore_eos] [--mode dense|squeezed] [--sparsity X]\n"
-        "                    [--hierarchical] [--pruned estimated|dropped] [--read_ahead on|off]\n"
+        "                    [--hierarchical | --lookup_levels one|two] [--pruned estimated|dropped]\n"
+        "                    [--read_ahead on|off]\n"
         "                    [--logprobs] [--prompt_logprobs] [--json]\n"
         "  Streams the answer to a query appended to a stored context. Text goes to stdout as it arrives\n"
         "  and a usage line to stderr; --json prints one object with token_ids, logprobs, text,\n"
@@ -159,6 +164,7 @@ Cli ReadFlags(std::vector<std::string> args) {
   cli.mode = absl::GetFlag(FLAGS_mode);
   cli.sparsity = absl::GetFlag(FLAGS_sparsity);
   cli.hierarchical = absl::GetFlag(FLAGS_hierarchical);
+  cli.lookup_levels = absl::GetFlag(FLAGS_lookup_levels);
   cli.pruned = absl::GetFlag(FLAGS_pruned);
   cli.read_ahead = absl::GetFlag(FLAGS_read_ahead);
   cli.logprobs = absl::GetFlag(FLAGS_logprobs);

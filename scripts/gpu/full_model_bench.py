@@ -43,20 +43,25 @@ DEPS_LIB = "/opt/deps/usr/lib/x86_64-linux-gnu"
 if os.path.isdir(DEPS_LIB) and DEPS_LIB not in os.environ.get("LD_LIBRARY_PATH", ""):
     os.environ["LD_LIBRARY_PATH"] = DEPS_LIB + ":" + os.environ.get("LD_LIBRARY_PATH", "")
 
-# name -> squeezectl generate arguments. "default" sends no attention option: the server's defaults.
+# name -> squeezectl generate arguments. "default" sends no attention option: the server's defaults
+# (which look up through both index levels from --two_level_min_context_tokens on); the named
+# squeezed modes pin their levels (one, as before that rule; hier-*: two).
+ONE = ["--lookup_levels", "one"]
 MODES = {
     "dense": ["--mode", "dense"],
     "default": [],
-    "squeezed-0.7": ["--mode", "squeezed", "--sparsity", "0.7"],
-    "squeezed-0.9": ["--mode", "squeezed", "--sparsity", "0.9"],
-    "paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "off"],
-    "estimated-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "estimated", "--read_ahead", "off"],
+    "squeezed-0.7": ["--mode", "squeezed", "--sparsity", "0.7"] + ONE,
+    "squeezed-0.9": ["--mode", "squeezed", "--sparsity", "0.9"] + ONE,
+    "paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "off"] + ONE,
+    "estimated-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "estimated", "--read_ahead", "off"] + ONE,
     "hier-paper-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--hierarchical", "--pruned", "dropped",
                        "--read_ahead", "off"],
-    "read-ahead-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "on"],
+    "read-ahead-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "dropped", "--read_ahead", "on"] + ONE,
     # The accurate lookup: the pruned-cluster estimate and read-ahead, both in the kernels.
-    "accurate-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "estimated", "--read_ahead", "on"],
-    "accurate-0.7": ["--mode", "squeezed", "--sparsity", "0.7", "--pruned", "estimated", "--read_ahead", "on"],
+    "accurate-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--pruned", "estimated", "--read_ahead", "on"] + ONE,
+    "accurate-0.7": ["--mode", "squeezed", "--sparsity", "0.7", "--pruned", "estimated", "--read_ahead", "on"] + ONE,
+    "hier-accurate-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--hierarchical", "--pruned", "estimated",
+                          "--read_ahead", "on"],
 }
 SHAPES = {  # what a decode step reads besides the KV: every weight but the embedding table
     "llama2-7b": dict(layers=32, hidden=4096, inter=11008, heads=32, kv_heads=32, vocab=32000),

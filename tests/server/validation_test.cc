@@ -325,6 +325,40 @@ TEST(ResolveAttention, DenseIgnoresSparsityAndHierarchy) {
   EXPECT_FALSE(attention->hierarchical);
 }
 
+// lookup_levels unset: two levels from --two_level_min_context_tokens on, where the index has them;
+// asked for, never overridden; ONE_LEVEL with hierarchical = true is a contradiction.
+TEST(ResolveAttention, LookupLevelsFollowTheContextLengthUnlessAskedFor) {
+  ServerDefaults defaults;
+  defaults.two_level_min_context_tokens = 262144;
+  ContextSummary context = IndexedContext();
+  context.num_tokens = 262144;
+  EXPECT_TRUE(ResolveAttention(pb::AttentionOptions(), context, defaults)->hierarchical);
+  context.num_tokens = 262143;
+  EXPECT_FALSE(ResolveAttention(pb::AttentionOptions(), context, defaults)->hierarchical);
+  pb::AttentionOptions two;
+  two.set_lookup_levels(pb::AttentionOptions::TWO_LEVELS);
+  EXPECT_TRUE(ResolveAttention(two, context, defaults)->hierarchical);
+  context.num_tokens = 524288;
+  pb::AttentionOptions one;
+  one.set_lookup_levels(pb::AttentionOptions::ONE_LEVEL);
+  EXPECT_FALSE(ResolveAttention(one, context, defaults)->hierarchical);
+  defaults.two_level_min_context_tokens = -1;  // never by default
+  EXPECT_FALSE(ResolveAttention(pb::AttentionOptions(), context, defaults)->hierarchical);
+  defaults.two_level_min_context_tokens = 0;
+  ContextSummary flat = context;
+  flat.index.levels = 1;  // the rule never asks a flat index for two levels
+  EXPECT_FALSE(ResolveAttention(pb::AttentionOptions(), flat, defaults)->hierarchical);
+  ExpectInvalid(ResolveAttention(two, flat, defaults).status(), "attention.lookup_levels");
+  one.set_hierarchical(true);
+  ExpectInvalid(ResolveAttention(one, context, defaults).status(), "attention.lookup_levels");
+  pb::AttentionOptions unknown;
+  unknown.set_lookup_levels(static_cast<pb::AttentionOptions::LookupLevels>(7));
+  ExpectInvalid(ResolveAttention(unknown, context, defaults).status(), "attention.lookup_levels");
+  pb::AttentionOptions dense;  // dense never looks anything up
+  dense.set_mode(pb::AttentionOptions::DENSE);
+  EXPECT_FALSE(ResolveAttention(dense, context, defaults)->hierarchical);
+}
+
 TEST(ResolveAttention, HierarchicalNeedsTwoLevels) {
   ContextSummary flat = IndexedContext();
   flat.index.levels = 1;
