@@ -30,16 +30,17 @@ struct SelectionLimits {
 struct SelectionLaunch {
   // A promise that every sequence of the launch has the same index (the same context: centroids,
   // offsets, coarse level per head); their queries and thresholds may differ. Decode launches then
-  // stage each chunk of centroids in shared memory once and score it for up to 8 sequences (a
-  // batch of questions on one document), where that grid (chunks x KV heads x groups of 8) holds at
-  // least min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the
-  // device better (measured: bench/kernels/NOTES.md, run 10). Ignored for one sequence; breaking the
-  // promise scores every sequence against the first one's centroids.
+  // read each chunk of centroids once and score it for up to 8 sequences (a batch of questions on
+  // one document; the tensor-core stream), where that grid (chunks x KV heads x groups of 8) holds
+  // at least min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the
+  // device better (measured: bench/kernels/NOTES.md, runs 10 and 11). Ignored for one sequence;
+  // breaking the promise scores every sequence against the first one's centroids.
   bool shared_context = false;
   int min_shared_ctas_per_sm = 4;
   // The decode centroid stream's dot products on tensor cores (mma.sync) where that measured
   // faster: two or more query rows (GQA decode), or a shared launch; one query row per sequence
-  // (MHA decode) stays on CUDA cores. false: CUDA cores everywhere (the A/B rows of kernels_bench).
+  // (MHA decode) stays on CUDA cores. false: CUDA cores everywhere, one CTA per (chunk, sequence)
+  // also where the launch could share (the A/B rows of kernels_bench).
   // Selections agree with the CPU reference either way; between the two, scores differ in the
   // last bits (another summation order), so a cluster within rounding of its threshold may flip.
   bool tensor_core_stream = true;

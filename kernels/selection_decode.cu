@@ -9,11 +9,11 @@ namespace {
 
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
 // at DRAM speed with every warp loading. Three launches per level:
-//  K1 score_mma_kernel (tensor cores, the default; below), or on CUDA cores score_stream_kernel,
-//     grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
-//     CUDA cores: a centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids per load)
-//     and each lane keeps kUnroll loads in flight (a launch on one context: score_shared_stream_kernel
-//     reads each chunk once for up to 8 sequences). The R dot products of a centroid are summed over
+//  K1 score_mma_kernel on tensor cores (two or more query rows, or a launch on one context, which
+//     it scores once per chunk for up to 8 sequences; below), else score_stream_kernel on CUDA
+//     cores, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
+//     CUDA cores: a centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids
+//     per load) and each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over
 //     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
 //     for R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z =
 //     s*q.c in fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and
@@ -69,151 +69,10 @@ __device__ __forceinline__ HeadLevel level_view(const ProblemArgs& p, const Leve
   return head_level(p, LevelArgs{LV, l.children, l.num_candidates, l.capacity}, b, h, d);
 }
 
-// K1's geometry: a lane loads 16 B of one centroid per step; kSteps steps cover its warp's share.
-template <int D>
-struct StreamShape {
-  static constexpr int kLanesPerCentroid = D / 8, kCentroidsPerStep = 32 / kLanesPerCentroid;
-  static constexpr int kSteps = kStreamChunk / kWarps / kCentroidsPerStep;
-  static constexpr int kUnroll = 4;  // steps reduced together (and, staged, one cp.async group)
-  static constexpr int kGroups = kSteps / kUnroll;
-  static_assert(kSteps % kUnroll == 0, "whole groups");
-  // Staged: every lane's kSteps 16-byte loads in shared memory (64 KB a CTA at D = 128).
-  static constexpr size_t kStagedBytes = sizeof(uint4) * kWarps * kSteps * 32;
-};
-
-// cp.async.wait_group with a run-time count (0 .. 7); the clobber keeps the smem reads after it.
-__device__ __forceinline__ void cp_async_wait_pending(int n) {
-  switch (n) {
-#define SQZ_WAIT_CASE(N) \
-  case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
-    SQZ_WAIT_CASE(0) SQZ_WAIT_CASE(1) SQZ_WAIT_CASE(2) SQZ_WAIT_CASE(3)
-    SQZ_WAIT_CASE(4) SQZ_WAIT_CASE(5) SQZ_WAIT_CASE(6) default: asm volatile("cp.async.wait_group 7;\n" ::: "memory");
-#undef SQZ_WAIT_CASE
-  }
-}
-
-// K1 for a launch whose sequences share one index (SelectionLaunch::shared_context; flat or coarse
-// level: the children's candidates differ per sequence): a CTA stages its chunk in shared memory
-// by cp.async once (each lane copies, and later reads back, its own 16-byte words: only
-// cp.async.wait_group orders them), with the queries of up to kMaxSharedSequences sequences (grid
-// z = groups of them) staged beside it, then scores the chunk for each of them in turn with
-// score_stream_kernel's per-lane arithmetic, bit for bit (written out again on purpose: folding
-// both into one helper changed the register kernel's PTX, and that kernel is bound by its
-// instructions and measured as it is). The centroid bytes of a batch of
-// questions on one document are read once instead of once per question; but the CTA's work is
-// the group's, so the launch pays only where the per-sequence grid would be large (run_level).
-template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_shared_stream_kernel(ProblemArgs p, int num_chunks, int z_capacity,
-                                                                       float* z_out, float2* partials, int batch) {
-  static_assert(LV != Level::kChildren, "the children level's candidates differ per sequence");
-  using Shape = StreamShape<D>;
-  constexpr int L = Shape::kLanesPerCentroid, CPW = Shape::kCentroidsPerStep;
-  constexpr int kPerWarp = kStreamChunk / kWarps;
-  constexpr int kSteps = Shape::kSteps;
-  constexpr int kUnroll = Shape::kUnroll;
-  constexpr int kLogR = log2_rows<R>();
-  static_assert(R <= L, "butterfly needs at least R lanes per centroid");
-  __shared__ float log_size[kStreamChunk];
-  __shared__ float2 red[kWarps * CPW][R];
-  allow_next_grid();
-  wait_for_previous_grid();  // the queries are the previous kernel's output (chained_launch.cuh)
-  const int h = blockIdx.y, chunk = blockIdx.x;
-  const int b_first = blockIdx.z * kMaxSharedSequences, b_end = min(b_first + kMaxSharedSequences, batch);
-  const HeadLevel v = level_view<LV>(p, LevelArgs{LV, nullptr, nullptr, 0}, b_first, h, D);  // every sequence's
-  const int K = v.num_candidates;
-  const int c_first = chunk * kStreamChunk;
-  if (c_first >= K) return;  // past the level's candidates
-  const int rows = p.lq * p.g;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane % L, slot = lane / L;
-  const int warp_first = c_first + warp * kPerWarp;
-
-  // The loads first: the group's queries (one commit group, [sequence][row][word], rows >= `rows`
-  // zero-filled), then the chunk (kSteps / kUnroll groups; candidates >= K zero-filled).
-  extern __shared__ uint4 staged[];                        // [warp][step][lane], then the queries
-  uint4* const own = staged + warp * kSteps * 32 + lane;  // this lane's word of step st: own[st * 32]
-  uint4* const staged_q = staged + kWarps * kSteps * 32;
-  for (int i = tid; i < (b_end - b_first) * R * (D / 8); i += kThreads) {
-    const int b = b_first + i / (R * (D / 8)), r = i / (D / 8) % R, w = i % (D / 8), t = r / p.g, j = r % p.g;
-    const __nv_bfloat16* word = p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D + w * 8;
-    cp_async_16(staged_q + i, r < rows ? static_cast<const void*>(word) : p.q, r < rows ? 16 : 0);
-  }
-  cp_async_commit();
-#pragma unroll
-  for (int st = 0; st < kSteps; ++st) {
-    const int c = warp_first + st * CPW + slot;
-    const __nv_bfloat16* row = v.centroids + static_cast<int64_t>(min(c, K - 1)) * D + sub * 8;
-    cp_async_16(own + st * 32, row, c < K ? 16 : 0);
-    if (st % kUnroll == kUnroll - 1) cp_async_commit();
-  }
-  {
-    const int c = c_first + tid;
-    const int n = c < K ? cluster_size(v, LV, c) : 0;
-    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
-  }
-  int my_row = 0;
-#pragma unroll
-  for (int st = 0; st < kLogR; ++st)
-    if (lane & (L >> (st + 1))) my_row += R >> (st + 1);
-  const bool owner = (sub & ((L >> kLogR) - 1)) == 0;  // one owner lane per (centroid slot, row)
-  cp_async_wait_pending(Shape::kGroups);  // the queries' group (the oldest) has landed
-  __syncthreads();                        // log_size; every thread's query words
-
-#pragma unroll 1
-  for (int b = b_first; b < b_end; ++b) {
-    const int bh = b * p.hkv + h;
-    float q[R][8];  // this lane's 8 dims of every query row (rows >= `rows` are zero)
-#pragma unroll
-    for (int r = 0; r < R; ++r) bf16x8_to_float(staged_q[((b - b_first) * R + r) * (D / 8) + sub], q[r]);
-    float run_m = neg_inf(), run_s = 0.f;
-#pragma unroll 1
-    for (int st0 = 0; st0 < kSteps; st0 += kUnroll) {
-      if (b == b_first) cp_async_wait_pending(Shape::kGroups - 1 - st0 / kUnroll);  // this group has landed
-      uint4 cur[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) cur[u] = own[(st0 + u) * 32];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = warp_first + (st0 + u) * CPW + slot;
-        float k[8];
-        bf16x8_to_float(cur[u], k);
-        float dot[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          float acc = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc = fmaf(q[r][e], k[e], acc);
-          dot[r] = acc;
-        }
-        const float z = butterfly_rows<R, L>(dot, lane) * p.scale;
-        if (owner && c < K) {
-          z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
-          const float x = z + log_size[c - c_first];
-          if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
-            if (x > run_m) {
-              run_s = run_s * __expf(run_m - x) + 1.f;
-              run_m = x;
-            } else {
-              run_s += __expf(x - run_m);
-            }
-          }
-        }
-      }
-    }
-    if (owner) red[warp * CPW + slot][my_row] = make_float2(run_m, run_s);
-    __syncthreads();
-    if (tid < R && tid < rows) {  // fixed merge order: deterministic
-      float2 acc = make_float2(neg_inf(), 0.f);
-      for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
-      partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
-    }
-    if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
-  }
-}
-
-// K1: one (chunk, KV head, sequence) per CTA, kUnroll 16-byte loads per lane in flight in
-// registers. (Staging the whole chunk in shared memory by cp.async instead measured 5-47% slower on
-// an H100, bench/kernels/NOTES.md run 10: the stream is bound by its instructions per centroid,
-// not by the bytes in flight.)
+// K1 on CUDA cores: one (chunk, KV head, sequence) per CTA, kUnroll 16-byte loads per lane in
+// flight in registers. (Staging the whole chunk in shared memory by cp.async instead measured 5-47%
+// slower on an H100, bench/kernels/NOTES.md run 10: the stream is bound by its instructions per
+// centroid, not by the bytes in flight; run 11 moved them to tensor cores, score_mma_kernel.)
 template <int D, int R, Level LV>
 __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
                                                                 int z_capacity, float* z_out, float2* partials) {
@@ -334,8 +193,8 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 }
 
 
-// K1 on tensor cores (the default; SelectionLaunch::tensor_core_stream): the same outputs as the
-// CUDA-core kernels above, z = s q.c per (candidate, row) and one LSE partial per row per CTA, with
+// K1 on tensor cores (SelectionLaunch::tensor_core_stream; run_level says where): the same outputs
+// as the CUDA-core kernel above, z = s q.c per (candidate, row) and one LSE partial per row per CTA, with
 // each warp's 32 centroids as the A operand of mma.sync m16n8k16 (two tiles of 16) and the R <= 8
 // query rows as B (the n = 8 columns, rows >= R zero). The dot products' k order is permuted so that
 // every lane loads whole 16-byte words straight into its fragments: in 32-dim block j, lane
@@ -764,17 +623,9 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
     launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, shared ? groups : s.batch),
                    dim3(kThreads), 0, stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch,
                    group_size);
-  } else if (!shared) {
+  } else {  // per sequence, also where the launch could share (tensor_core_stream off)
     launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, s.batch), dim3(kThreads), 0,
                    stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
-  } else if constexpr (LV != Level::kChildren) {  // shared, on CUDA cores
-    const auto kernel = score_shared_stream_kernel<D, R, LV>;
-    constexpr int kBytes = static_cast<int>(StreamShape<D>::kStagedBytes) + kMaxSharedSequences * R * D * 2;
-    // Past the 48 KB default; a failure here fails the launch, which the caller checks.
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    launch_chained(kernel, dim3(stream_chunks, s.num_kv_heads, groups), dim3(kThreads), kBytes, stream, p,
-                   ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch);
   }
   const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
   launch_chained(select_chunk_kernel<R, LV>, chunks, dim3(kThreads), 0, stream, p, l, params, ws, out, scores_out);

@@ -25,8 +25,8 @@
 // ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once), and
 // without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
 // "accurate-two-level-no-pdl"; kernels/launch.h), and with the selection's centroid stream on CUDA
-// cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core",
-// "paper-one-context-shared-cuda-core"; SelectionLaunch::tensor_core_stream). Every
+// cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
+// SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
@@ -572,10 +572,6 @@ int main(int argc, char** argv) {
         shared.shared_context = true;
         run("paper-one-context", d_one, sel, TopKeys{}, params, limits, sws);
         run("paper-one-context-shared", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
-        SelectionLaunch shared_cuda_core = shared;
-        shared_cuda_core.tensor_core_stream = false;
-        run("paper-one-context-shared-cuda-core", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {},
-            shared_cuda_core);
         shared.min_shared_ctas_per_sm = 0;
         run("paper-one-context-shared-always", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
         cudaFree(d_one);

@@ -16,7 +16,8 @@
 // Every case runs in a child process of its own (the parent never touches CUDA), so that a kernel
 // fault (sticky for its context) fails that case only and the later ones still report.
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
-// --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores).
+// --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
+// there a launch never shares the stream, so `var` compares two per-sequence launches).
 #include <sys/wait.h>
 #include <unistd.h>
 
