@@ -37,10 +37,9 @@ struct SelectionLaunch {
   // breaking the promise scores every sequence against the first one's centroids.
   bool shared_context = false;
   int min_shared_ctas_per_sm = 4;
-  // The decode centroid stream's dot products on tensor cores (mma.sync) where that measured
-  // faster: two or more query rows (GQA decode), or a shared launch; one query row per sequence
-  // (MHA decode) stays on CUDA cores. false: CUDA cores everywhere, one CTA per (chunk, sequence)
-  // also where the launch could share (the A/B rows of kernels_bench).
+  // The decode centroid stream's dot products on tensor cores (mma.sync). false: on CUDA cores,
+  // one CTA per (chunk, sequence) also where the launch could share (the A/B rows of
+  // kernels_bench; up to 2% faster per step with one query row per sequence, MHA, slower elsewhere).
   // Selections agree with the CPU reference either way; between the two, scores differ in the
   // last bits (another summation order), so a cluster within rounding of its threshold may flip.
   bool tensor_core_stream = true;

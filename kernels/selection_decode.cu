@@ -9,9 +9,9 @@ namespace {
 
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
 // at DRAM speed with every warp loading. Three launches per level:
-//  K1 score_mma_kernel on tensor cores (two or more query rows, or a launch on one context, which
-//     it scores once per chunk for up to 8 sequences; below), else score_stream_kernel on CUDA
-//     cores, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
+//  K1 score_mma_kernel on tensor cores (a launch on one context scores each chunk once for up to 8
+//     sequences; below), or with SelectionLaunch::tensor_core_stream off score_stream_kernel on
+//     CUDA cores, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
 //     CUDA cores: a centroid row is read by L = D/8 lanes, 16 B each (a warp covers 32/L centroids
 //     per load) and each lane keeps kUnroll loads in flight. The R dot products of a centroid are summed over
 //     its L lanes by a halving butterfly: R-1 + log2(L/R) shuffles instead of R*log2(L) (8 vs 32
@@ -613,12 +613,11 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
     shared = launch.shared_context && s.batch > 1 &&
              grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
   }
-  // Tensor cores where they measured faster (run 11, H200): two or more query rows, or a launch
-  // shared by several sequences. One row scored per sequence (MHA decode) uses 1 of the MMA's 8
-  // columns, and there the CUDA-core kernel is 5-8% faster. Launch errors reach the caller
-  // through cudaGetLastError (run_selection).
-  const bool tensor_cores = launch.tensor_core_stream && (R >= 2 || shared);
-  if (tensor_cores) {
+  // Tensor cores for every row count: with one row per sequence (MHA decode) the CUDA-core kernel
+  // measured up to 2% faster per step (run 11, H200), but one kernel keeps a shared launch and a
+  // per-sequence one equal bit for bit. Launch errors reach the caller through cudaGetLastError
+  // (run_selection).
+  if (launch.tensor_core_stream) {
     const int group_size = shared ? kMaxSharedSequences : 1;
     launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, shared ? groups : s.batch),
                    dim3(kThreads), 0, stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch,
