@@ -60,8 +60,8 @@ class DecodeGraphs::ReplayTimer {
     }
     const Clock::time_point now = Clock::now();
     if (!device_ms_.empty()) cycle_ms_.push_back(std::chrono::duration<double, std::milli>(now - last_launch_).count());
-    if (device_ms_.empty() && cycle_ms_.empty()) first_unix_ms_ = UnixMs();
     last_unix_ms_ = UnixMs();  // the window ends at its last replay's launch
+    if (device_ms_.empty() && cycle_ms_.empty()) first_unix_ms_ = last_unix_ms_;
     last_launch_ = now;
     if (start_ == nullptr && (cudaEventCreate(&start_) != cudaSuccess || cudaEventCreate(&end_) != cudaSuccess)) {
       cudaGetLastError();  // no timing then; the step itself is unaffected

@@ -50,7 +50,7 @@ class DecodeGraphs {
   KernelAttention& kernels_;
   size_t max_graphs_;
   std::list<std::unique_ptr<Graph>> graphs_;  // most recently used first
-  std::unique_ptr<ReplayTimer> timer_;        // null in builds without CUDA
+  std::unique_ptr<ReplayTimer> timer_;        // where replayed steps' time goes (logged)
 };
 
 }  // namespace squeezeserve

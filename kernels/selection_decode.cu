@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 }
 
 
-// K1 on tensor cores (SelectionLaunch::tensor_core_stream; run_level says where): the same outputs
+// K1 on tensor cores (SelectionLaunch::tensor_core_stream, the default): the same outputs
 // as the CUDA-core kernel above, z = s q.c per (candidate, row) and one LSE partial per row per CTA, with
 // each warp's 32 centroids as the A operand of mma.sync m16n8k16 (two tiles of 16) and the R <= 8
 // query rows as B (the n = 8 columns, rows >= R zero). The dot products' k order is permuted so that
