@@ -4,10 +4,10 @@
 //
 // Everything stays on the device: outputs are worst-case sized (Selection::capacity) and the
 // attention kernels read counts from device memory, so a decode step can be captured in a graph.
-// Launches (fixed grids): with Lq * g <= 8 query rows (decode), 3 per level: one stream over the
+// Launches (fixed grids): with Lq * g <= 8 query rows (decode), 2 per level: one stream over the
 // level's bf16 centroids (logits + LSE partials), then per chunk of 1024 candidates of each
-// (sequence, KV head) one CTA that scores, thresholds and compacts the chunk and one that places
-// the chunk's list at its offset (deterministic, in candidate order). Hierarchical: the coarse
+// (sequence, KV head) one CTA that scores, thresholds and compacts the chunk and writes its list at
+// the offset the head's earlier chunks publish (deterministic, in candidate order). Hierarchical: the coarse
 // level, then the children of the kept coarse clusters only (their fine centroids are the only
 // ones read), scored with the coarse level's denominators.
 // Prefill blocks: lse partials -> log denominators -> flags -> compaction (hierarchical: that chain

@@ -2,7 +2,7 @@
 // layout, and the entry point of each path. Contract: selection.h; reference: selection_ref.cc.
 //   selection.cu               host launcher: validation, scratch layout, which path runs
 //   selection_decode.cu        R = Lq * g <= 8 query rows (decode), flat or two-level: per level one
-//                              centroid stream + chunked compaction
+//                              centroid stream + one chunked, single-pass compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
 //   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
@@ -193,15 +193,14 @@ struct Workspace {
   // compaction) and their count [bh].
   int32_t *children, *num_candidates;
   // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r]; LSE partials [bh][chunks][fast_r] of
-  // the flat level (fast_chunks of kStreamChunk) or the coarse one (coarse_chunks); chunk_totals
-  // [bh][select_chunks] (kept, their rows or children, live but not kept, 0); the chunk-local lists
-  // local_ids / local_starts / local_estimate [bh][cap] and local_logits [bh][cap][fast_r]
-  // (Selection::estimate_logits); coarse_estimated [bh]: the coarse level's estimated clusters
-  // (the children's estimate list starts after them).
+  // the flat level (fast_chunks of kStreamChunk) or the coarse one (coarse_chunks); per compaction
+  // chunk [bh][select_chunks] its totals (kept, their rows or children, live but not kept, 0) and
+  // the flag that publishes them to the head's later chunks (zeroed by the level's centroid
+  // stream); coarse_estimated [bh]: the coarse level's estimated clusters (the children's estimate
+  // list starts after them).
   int fast_r, fast_chunks, coarse_chunks, select_chunks;
   int4* chunk_totals;
-  int32_t *local_ids, *local_starts, *local_estimate, *coarse_estimated;
-  float* local_logits;
+  int32_t *chunk_flags, *coarse_estimated;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
   int tc_strips, tc_strips_per_chunk, tc_chunks;
@@ -238,11 +237,8 @@ struct Workspace {
     fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
     chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
-    local_ids = take_ints(size_t(bh) * level_capacity);
-    local_starts = take_ints(size_t(bh) * level_capacity);
-    local_estimate = take_ints(size_t(bh) * level_capacity);
+    chunk_flags = take_ints(size_t(bh) * select_chunks);
     coarse_estimated = take_ints(bh);
-    local_logits = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     bytes = off;
   }
 };

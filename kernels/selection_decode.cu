@@ -8,7 +8,7 @@ namespace squeezeserve::kernels::detail {
 namespace {
 
 // Decode selection is a pure stream over the level's bf16 centroids (2D bytes each), so it must run
-// at DRAM speed with every warp loading. Three launches per level:
+// at DRAM speed with every warp loading. Two launches per level:
 //  K1 score_mma_kernel on tensor cores (a launch on one context scores each chunk once for up to 8
 //     sequences; below), or with SelectionLaunch::tensor_core_stream off score_stream_kernel on
 //     CUDA cores, grid (ceil(candidates / 256), H_kv, B), 8 warps x 32 centroids per CTA.
@@ -18,27 +18,50 @@ namespace {
 //     for R = 8, L = 16); afterwards the lane's high bits say which row it holds. Outputs: z =
 //     s*q.c in fp32, candidate-major [bh][cap][R] (4R bytes per 2D read, coalesced for K1 and
 //     K2), and one LSE partial (max, sum n_c*exp(z - max)) per row per CTA.
-//  K2a select_chunk_kernel, grid (ceil(candidates / 1024), H_kv, B): every CTA merges the head's
+//  K2 select_place_kernel, grid (ceil(candidates / 1024), H_kv, B): every CTA merges the head's
 //     K1 partials into the log denominators (the same fixed order in every CTA, so all agree bit
 //     for bit), scores and thresholds its 1024 candidates (z is L2-resident: 3.4 MB for all heads
-//     at 512K; read-ahead's forced clusters are kept whatever their score) and compacts them in
-//     candidate order into a chunk-local list (ids, local row starts), the live but pruned ones
-//     into a second list (the estimate's, when on), plus the chunk's totals.
-//  K2b place_chunk_kernel, same grid: sums the totals of the chunks before its own (integers: exact
-//     in any order) and copies its chunk's lists to those offsets of the output; the head's last
-//     chunk writes counts / rows / comparisons / estimated.
+//     at 512K; read-ahead's forced clusters are kept whatever their score), ranks the kept and the
+//     live but pruned ones (the estimate's, when on) within the chunk, publishes the chunk's totals
+//     and sums those of the head's earlier chunks (decoupled look-back, as CUB's single-pass scan:
+//     a chunk waits only for chunks of lower block index, which the hardware dispatches first), then
+//     writes its lists at those offsets of the output. The head's last chunk writes counts / rows /
+//     comparisons / estimated.
 // The output is the one ordered compaction a single CTA per head would produce (that was K2 until
 // run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
-// host round trip, no atomics.
+// host round trip. Until run 12 the compaction was two launches (chunk-local lists, then a second
+// grid placing them): one dependent launch and one copy of the lists more per level.
 //
-// Two-level indexes run the three launches twice. The coarse level (Level::kCoarse) keeps coarse
-// clusters; its K2b writes the fine ids of their children (the children level's candidates, in
+// Two-level indexes run the two launches twice. The coarse level (Level::kCoarse) keeps coarse
+// clusters; its K2 writes the fine ids of their children (the children level's candidates, in
 // order) instead of a selection. The children level (Level::kChildren) streams only those fine
 // centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
-// partials); its K2b writes the selection. The estimate lists the pruned coarse clusters (as
+// partials); its K2 writes the selection. The estimate lists the pruned coarse clusters (as
 // K + c) first, then the pruned children. This replaced the CUDA-core passes of
 // selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
 // two levels read 58% fewer centroid bytes.
+
+// The scratch a level's launches pass along (Workspace, selection_common.cuh).
+struct StreamScratch {
+  int capacity;          // per-head stride of z, of `children` and of `scores`
+  float* z;              // [bh][capacity][R]
+  float2* partials;      // [bh][den_chunks][R]: the flat level's, or the coarse one's
+  int den_chunks;
+  int4* chunk_totals;    // [bh][select_chunks]: (kept, their weight, live but not kept, 0) per K2 chunk
+  int32_t* chunk_flags;  // [bh][select_chunks]: 1 once the chunk's totals are published
+  int select_chunks;
+  int32_t *children, *num_children, *coarse_estimated;
+};
+
+// K1's grid has one CTA per (sequence, head) past every level's candidates (x = gridDim.x - 1): it
+// zeroes the head's chunk flags for the level's K2. On the early-exit path, apart from the stream:
+// in the stream's CTAs these stores cost the loop registers (+5 to +20 per thread; 5% of the stream
+// at batch 8). After wait_for_previous_grid: the previous kernel may still read them (the coarse
+// level's K2) or share the workspace (the attention).
+__device__ __forceinline__ void clear_chunk_flags(const StreamScratch& ws, int bh) {
+  for (int c = threadIdx.x; c < ws.select_chunks; c += blockDim.x)
+    ws.chunk_flags[static_cast<int64_t>(bh) * ws.select_chunks + c] = 0;
+}
 
 template <int R>
 __host__ __device__ constexpr int log2_rows() { return R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3; }
@@ -74,8 +97,7 @@ __device__ __forceinline__ HeadLevel level_view(const ProblemArgs& p, const Leve
 // slower on an H100, bench/kernels/NOTES.md run 10: the stream is bound by its instructions per
 // centroid, not by the bytes in flight; run 11 moved them to tensor cores, score_mma_kernel.)
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
-                                                                int z_capacity, float* z_out, float2* partials) {
+__global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws) {
   constexpr int L = D / 8, CPW = 32 / L;
   constexpr int kPerWarp = kStreamChunk / kWarps;
   constexpr int kSteps = kPerWarp / CPW;
@@ -96,6 +118,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
   const int c_first = chunk * kStreamChunk;
   if (c_first >= K) {  // past this (sequence, head)'s candidates (they differ); never read
     wait_for_previous_grid();
+    if (blockIdx.x == gridDim.x - 1) clear_chunk_flags(ws, bh);
     return;
   }
   const int rows = p.lq * p.g;
@@ -169,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
       }
       const float z = butterfly_rows<R, L>(dot, lane) * p.scale;
       if (owner && c < K) {
-        z_out[(static_cast<int64_t>(bh) * z_capacity + c) * R + my_row] = z;
+        ws.z[(static_cast<int64_t>(bh) * ws.capacity + c) * R + my_row] = z;
         const float x = kPartials ? z + log_size[c - c_first] : neg_inf();
         if (my_row < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
           if (x > run_m) {
@@ -188,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
   if (tid < R && tid < rows) {  // fixed merge order: deterministic
     float2 acc = make_float2(neg_inf(), 0.f);
     for (int i = 0; i < kWarps * CPW; ++i) acc = lse_merge(acc, red[i][tid]);
-    partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+    ws.partials[(static_cast<int64_t>(bh) * ws.den_chunks + chunk) * R + tid] = acc;
   }
 }
 
@@ -206,9 +229,8 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 // group_size > 1, not the children level) by reloading only the queries: per sequence the same
 // instructions as alone, so shared and per-sequence launches agree bit for bit.
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, LevelArgs l, int num_chunks,
-                                                             int z_capacity, float* z_out, float2* partials,
-                                                             int batch, int group_size) {
+__global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch,
+                                                             int group_size) {
   constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
   constexpr bool kPartials = LV != Level::kChildren;
@@ -225,6 +247,8 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
   const int c_first = chunk * kStreamChunk;
   if (c_first >= K) {  // past this (sequence, head)'s candidates; never read
     wait_for_previous_grid();
+    if (blockIdx.x == gridDim.x - 1)
+      for (int b = b_first; b < b_end; ++b) clear_chunk_flags(ws, b * p.hkv + h);
     return;
   }
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, group = lane >> 2, quad = lane & 3;
@@ -284,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
         const int c = warp_first + i * 16 + half * 8 + group;
         const float z0 = acc[2 * half] * p.scale, z1 = acc[2 * half + 1] * p.scale;
         if (c < K && 2 * quad < R) {
-          float* at = z_out + (static_cast<int64_t>(bh) * z_capacity + c) * R + 2 * quad;
+          float* at = ws.z + (static_cast<int64_t>(bh) * ws.capacity + c) * R + 2 * quad;
           if constexpr (R == 1) {
             at[0] = z0;
           } else {
@@ -324,7 +348,7 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
       if (tid < R && tid < rows) {  // fixed merge order: deterministic
         float2 acc = make_float2(neg_inf(), 0.f);
         for (int w = 0; w < kWarps; ++w) acc = lse_merge(acc, red[w][tid]);
-        partials[(static_cast<int64_t>(bh) * num_chunks + chunk) * R + tid] = acc;
+        ws.partials[(static_cast<int64_t>(bh) * ws.den_chunks + chunk) * R + tid] = acc;
       }
       if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
     }
@@ -422,33 +446,56 @@ __device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSe
   return total;
 }
 
-// The scratch the three launches of a level pass along (Workspace, selection_common.cuh).
-struct StreamScratch {
-  int capacity;          // per-head stride of z, of the chunk lists, of `children` and of `scores`
-  float* z;              // [bh][capacity][R]
-  float2* partials;      // [bh][den_chunks][R]: the flat level's, or the coarse one's
-  int den_chunks;
-  int32_t *local_ids, *local_starts, *local_estimate;
-  float* local_logits;   // [bh][capacity][R] (R = estimate_logit_stride(g) where they are written)
-  int4* chunk_totals;    // [bh][select_chunks]
-  int select_chunks;
-  int32_t *children, *num_children, *coarse_estimated;
-};
+// A chunk's totals flag (StreamScratch::chunk_flags): a release store after the totals, by the
+// thread that wrote them, and an acquire load before reading them.
+__device__ __forceinline__ void publish_flag(int32_t* flag) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(flag), "r"(1) : "memory");
+}
+__device__ __forceinline__ int32_t acquire_flag(const int32_t* flag) {
+  int32_t v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
 
-// K2a. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
-// first + e * 256 + tid (each warp load reads 32 consecutive candidates).
+// The per-head results the last chunk writes from the head's totals (kept, weight, pruned).
+template <Level LV>
+__device__ void finish_head(const SequenceLayerBf16& s, const HeadLevel& v, const StreamScratch& ws,
+                            const Selection& out, int bh, int4 t, bool estimate, int estimate_base) {
+  if (LV == Level::kCoarse) {
+    ws.num_children[bh] = t.y;
+    ws.coarse_estimated[bh] = estimate ? t.z : 0;
+    return;
+  }
+  out.counts[bh] = t.x;
+  out.rows[bh] = t.y;
+  // Scored: every fine centroid (one level), or the coarse ones and the non-empty children.
+  out.comparisons[bh] = LV == Level::kChildren ? s.num_coarse + t.x + t.z : v.num_candidates;
+  if (out.estimated) out.estimated[bh] = estimate ? estimate_base + t.z : 0;
+}
+
+// K2. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
+// first + e * 256 + tid (each warp load reads 32 consecutive candidates). A head with no
+// candidates runs only its chunk 0, which writes the zero counts.
 template <int R, Level LV>
-__global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
+__global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
                                                                 StreamScratch ws, Selection out, float* scores) {
   __shared__ float logden[R];
+  __shared__ int4 earlier_sum;
   allow_next_grid();
   wait_for_previous_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
   const HeadLevel v = level_view<LV>(p, l, b, h, 0);  // no centroids read here
   const int K = v.num_candidates, rows = p.lq * p.g;
+  const int used = (K + kSelectChunk - 1) / kSelectChunk;
+  const bool estimate = estimate_on(s, out);
+  const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
+  if (used == 0) {
+    if (chunk == 0 && threadIdx.x == 0) finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, 0);
+    return;
+  }
+  if (chunk >= used) return;  // past this (sequence, head)'s candidates
   const int first = chunk * kSelectChunk;
-  if (first >= K) return;  // past this (sequence, head)'s candidates: K2b never reads this chunk
 
   // Every candidate load of the CTA first, then the (small) denominator merge under their latency.
   // n: the keys a candidate stands for; weight: what keeping it adds (rows, or coarse children).
@@ -472,7 +519,7 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, L
   for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
   const float tau = head_tau(s, params, LV == Level::kCoarse, h);
-  const bool read_ahead = s.read_ahead != nullptr, estimate = estimate_on(s, out);
+  const bool read_ahead = s.read_ahead != nullptr;
   ForcedClusters forced;
   if (read_ahead) forced.load(s, h, p.g, LV == Level::kCoarse);
   __syncthreads();  // logden
@@ -495,103 +542,64 @@ __global__ void __launch_bounds__(kThreads) select_chunk_kernel(ProblemArgs p, L
   }
   int2 at[kSelectPer];
   const int2 total = chunk_exclusive_scan(keep, at);
-  const int64_t list = static_cast<int64_t>(bh) * ws.capacity + first;  // the chunk's slice of the lists
+  const int4 own = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
+
+  // Publish this chunk's totals, then sum those of the head's earlier chunks (warp 0: a lane per
+  // chunk; integer sums, exact in any order). Chunk c < this one has a lower block index: it was
+  // dispatched first and never waits for this one, so the spin ends.
+  const int64_t head_chunks = static_cast<int64_t>(bh) * ws.select_chunks;
+  if (threadIdx.x == 0) {
+    ws.chunk_totals[head_chunks + chunk] = own;
+    publish_flag(ws.chunk_flags + head_chunks + chunk);
+  }
+  if (threadIdx.x < 32) {
+    int4 sum = make_int4(0, 0, 0, 0);
+    for (int c = threadIdx.x; c < chunk; c += 32) {
+      while (acquire_flag(ws.chunk_flags + head_chunks + c) == 0) {
+      }
+      const int4 t = __ldcg(ws.chunk_totals + head_chunks + c);
+      sum = make_int4(sum.x + t.x, sum.y + t.y, sum.z + t.z, 0);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      sum.x += __shfl_xor_sync(0xffffffffu, sum.x, o);
+      sum.y += __shfl_xor_sync(0xffffffffu, sum.y, o);
+      sum.z += __shfl_xor_sync(0xffffffffu, sum.z, o);
+    }
+    if (threadIdx.x == 0) earlier_sum = sum;
+  }
+  __syncthreads();
+  const int4 before = earlier_sum;  // kept, weight, live-not-kept of the chunks before this one
+
+  // The chunk's lists at their offsets: the kept clusters (or, coarse, their children: the next
+  // level's candidates, in order), then the estimate's (the children's after the coarse level's).
   const bool logits = estimate && estimate_logits_on(out, p);
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     if (keep[e].x & 0xffff) {
-      ws.local_ids[list + (at[e].x & 0xffff)] = cluster[e];
-      ws.local_starts[list + (at[e].x & 0xffff)] = at[e].y;
+      const int start = before.y + at[e].y;
+      if (LV == Level::kCoarse) {
+        int32_t* to = ws.children + static_cast<int64_t>(bh) * ws.capacity + start;
+        const int first_child = v.coarse_off[cluster[e]];
+        for (int k = 0; k < weight[e]; ++k) to[k] = first_child + k;
+      } else {
+        const int64_t to = static_cast<int64_t>(bh) * out.capacity + before.x + (at[e].x & 0xffff);
+        out.cluster_ids[to] = cluster[e];
+        out.row_start[to] = start;
+      }
     } else if (keep[e].x && estimate) {
-      const int64_t to = list + (at[e].x >> 16);
-      ws.local_estimate[to] = LV == Level::kCoarse ? s.num_clusters + cluster[e] : cluster[e];
+      const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + estimate_base + before.z + (at[e].x >> 16);
+      out.estimate_ids[to] = LV == Level::kCoarse ? s.num_clusters + cluster[e] : cluster[e];
       if (logits) {  // decode: row r is group member r; R = the stride (estimate_logit_stride)
         const float log_n = __logf(static_cast<float>(n[e]));  // the keys it stands for
 #pragma unroll
-        for (int r = 0; r < R; ++r) ws.local_logits[to * R + r] = member[r] >= 0 ? zz[e][r] + log_n : 0.f;
+        for (int r = 0; r < R; ++r) out.estimate_logits[to * R + r] = member[r] >= 0 ? zz[e][r] + log_n : 0.f;
       }
     }
   }
-  if (threadIdx.x == 0)
-    ws.chunk_totals[static_cast<int64_t>(bh) * ws.select_chunks + chunk] =
-        make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
-}
-
-// Sum of (x, y, z) over the CTA (integer: exact in any order). Result valid in every thread.
-__device__ int4 block_sum(int4 v) {
-  __shared__ int4 warp_sum[kWarps];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-    v.z += __shfl_xor_sync(0xffffffffu, v.z, o);
-  }
-  if (lane == 0) warp_sum[warp] = v;
-  __syncthreads();
-  int4 sum = make_int4(0, 0, 0, 0);
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) sum.x += warp_sum[w].x, sum.y += warp_sum[w].y, sum.z += warp_sum[w].z;
-  return sum;
-}
-
-// K2b. grid (select chunks, H_kv, B), 256 threads. A head with no candidates has no K2a chunk;
-// its chunk 0 still runs here and writes the zero counts.
-template <Level LV>
-__global__ void __launch_bounds__(kThreads) place_chunk_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws,
-                                                               Selection out) {
-  allow_next_grid();
-  wait_for_previous_grid();
-  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
-  const SequenceLayerBf16& s = p.seqs[b];
-  const HeadLevel v = level_view<LV>(p, l, b, h, 0);
-  const int used = (v.num_candidates + kSelectChunk - 1) / kSelectChunk;
-  const int last = max(used, 1) - 1;
-  if (chunk > last) return;
-  const int4* totals = ws.chunk_totals + static_cast<int64_t>(bh) * ws.select_chunks;
-  int4 mine = make_int4(0, 0, 0, 0);
-  for (int c = threadIdx.x; c < chunk; c += kThreads)
-    mine = make_int4(mine.x + totals[c].x, mine.y + totals[c].y, mine.z + totals[c].z, 0);
-  const int4 before = block_sum(mine);  // kept, weight, live-not-kept of the chunks before
-  const int4 own = chunk < used ? totals[chunk] : make_int4(0, 0, 0, 0);
-  const int64_t src = static_cast<int64_t>(bh) * ws.capacity + static_cast<int64_t>(chunk) * kSelectChunk;
-  if (LV == Level::kCoarse) {  // the kept clusters' children, in order: the next level's candidates
-    int32_t* to = ws.children + static_cast<int64_t>(bh) * ws.capacity + before.y;
-    for (int i = threadIdx.x; i < own.x; i += kThreads) {
-      const int c = ws.local_ids[src + i], start = ws.local_starts[src + i], first_child = v.coarse_off[c];
-      for (int k = 0; k < num_children(v, c); ++k) to[start + k] = first_child + k;
-    }
-  } else {
-    const int64_t dst = static_cast<int64_t>(bh) * out.capacity + before.x;
-    for (int i = threadIdx.x; i < own.x; i += kThreads) {
-      out.cluster_ids[dst + i] = ws.local_ids[src + i];
-      out.row_start[dst + i] = before.y + ws.local_starts[src + i];
-    }
-  }
-  // The estimate's list: the children's follows the coarse level's.
-  const bool estimate = estimate_on(s, out);
-  const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
-  if (estimate && own.z > 0) {
-    const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + estimate_base + before.z;
-    for (int i = threadIdx.x; i < own.z; i += kThreads) out.estimate_ids[to + i] = ws.local_estimate[src + i];
-    if (estimate_logits_on(out, p)) {
-      const int stride = estimate_logit_stride(p.g);  // = K2a's R (decode: R rows = the group, rounded up)
-      for (int i = threadIdx.x; i < own.z * stride; i += kThreads)
-        out.estimate_logits[to * stride + i] = ws.local_logits[src * stride + i];
-    }
-  }
-  if (chunk != last || threadIdx.x != 0) return;
-  const int kept = before.x + own.x, weight = before.y + own.y, pruned = before.z + own.z;
-  if (LV == Level::kCoarse) {
-    ws.num_children[bh] = weight;
-    ws.coarse_estimated[bh] = estimate ? pruned : 0;
-    return;
-  }
-  out.counts[bh] = kept;
-  out.rows[bh] = weight;
-  // Scored: every fine centroid (one level), or the coarse ones and the non-empty children.
-  out.comparisons[bh] = LV == Level::kChildren ? s.num_coarse + kept + pruned : v.num_candidates;
-  if (out.estimated) out.estimated[bh] = estimate ? estimate_base + pruned : 0;
+  if (chunk == used - 1 && threadIdx.x == 0)
+    finish_head<LV>(s, v, ws, out, bh, make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0), estimate,
+                    estimate_base);
 }
 
 // Whether a grid of `ctas` CTAs holds at least `per_sm` CTAs per SM of the current device.
@@ -602,7 +610,7 @@ bool grid_fills(int64_t ctas, int per_sm) {
   return ctas >= static_cast<int64_t>(per_sm) * sms;
 }
 
-// K1 (shared or per sequence: SelectionLaunch), K2a, K2b of one level.
+// K1 (shared or per sequence: SelectionLaunch) and K2 of one level.
 template <int D, int R, Level LV>
 void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l, const SelectionParams& params,
                int stream_chunks, const StreamScratch& ws, const Selection& out, float* scores_out,
@@ -613,30 +621,29 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
     shared = launch.shared_context && s.batch > 1 &&
              grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
   }
+  // K1's grid: the level's chunks of kStreamChunk candidates (stream_chunks * kStreamChunk >= every
+  // sequence's candidates) and one more, which clears K2's flags (clear_chunk_flags).
   // Tensor cores for every row count: with one row per sequence (MHA decode) the CUDA-core kernel
   // measured up to 2% faster per step (run 11, H200), but one kernel keeps a shared launch and a
   // per-sequence one equal bit for bit. Launch errors reach the caller through cudaGetLastError
   // (run_selection).
   if (launch.tensor_core_stream) {
     const int group_size = shared ? kMaxSharedSequences : 1;
-    launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, shared ? groups : s.batch),
-                   dim3(kThreads), 0, stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials, s.batch,
-                   group_size);
+    launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, shared ? groups : s.batch),
+                   dim3(kThreads), 0, stream, p, l, ws, s.batch, group_size);
   } else {  // per sequence, also where the launch could share (tensor_core_stream off)
-    launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks, s.num_kv_heads, s.batch), dim3(kThreads), 0,
-                   stream, p, l, ws.den_chunks, ws.capacity, ws.z, ws.partials);
+    launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, s.batch), dim3(kThreads), 0,
+                   stream, p, l, ws);
   }
-  const dim3 chunks(ws.select_chunks, s.num_kv_heads, s.batch);
-  launch_chained(select_chunk_kernel<R, LV>, chunks, dim3(kThreads), 0, stream, p, l, params, ws, out, scores_out);
-  launch_chained(place_chunk_kernel<LV>, chunks, dim3(kThreads), 0, stream, p, l, ws, out);
+  launch_chained(select_place_kernel<R, LV>, dim3(ws.select_chunks, s.num_kv_heads, s.batch), dim3(kThreads), 0,
+                 stream, p, l, params, ws, out, scores_out);
 }
 
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
               const Selection& out, float* scores_out, const SelectionLaunch& launch, cudaStream_t stream) {
-  StreamScratch ws{w.level_capacity, w.fast_z, w.fast_partials, w.fast_chunks, w.local_ids, w.local_starts,
-                   w.local_estimate, w.local_logits, w.chunk_totals, w.select_chunks, w.children,
-                   w.num_candidates, w.coarse_estimated};
+  StreamScratch ws{w.level_capacity, w.fast_z,         w.fast_partials, w.fast_chunks,    w.chunk_totals,
+                   w.chunk_flags,    w.select_chunks,  w.children,      w.num_candidates, w.coarse_estimated};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
     return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);

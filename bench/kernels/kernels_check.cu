@@ -703,6 +703,10 @@ int main(int argc, char** argv) {
       with_lookup({"decode d128 g4 hier chunks batch2", 128, 4, 2, 1, {40003, 9001},     2, 4, 50, 0.1f, 1.f}, 1, 1, true),
       with_lookup({"decode d64 g1 hier chunks all",  64, 1, 2, 1, {30011},                3, 6, 20, 0.1f, -1.f}, 1, 0, true),
       with_lookup({"decode d128 g7 hier chunks mixed", 128, 7, 2, 1, {25007, 333, 12001},  2, 5, 40, 0.1f, 1.5f, false, true}, 2, 2, true),
+      // Dozens of compaction chunks per head (the look-back's lanes take several chunks each): one
+      // level, and two levels with everything kept (75000 children candidates, 74 chunks).
+      {"decode d64 g2 many chunks",     64, 2, 2, 1, {140001, 3001},            2, 0, 20, 0.1f, 1.f},
+      with_lookup({"decode d128 g4 hier many chunks all", 128, 4, 1, 1, {150001},    2, 4, 30, 0.1f, -1.f}, 1, 0, true),
       // The estimate floor (SelectionParams::estimate_floor): only pruned clusters scoring at least
       // that fraction of the threshold are estimated, on every selection path (decode stream, both
       // levels; tensor-core prefill; generic two-level prefill; the stream for small blocks).
@@ -722,7 +726,7 @@ int main(int argc, char** argv) {
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
-        "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra"};
+        "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
