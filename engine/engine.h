@@ -166,6 +166,7 @@ struct SamplingOptions {
 struct AttentionOptions {
   AttentionMode mode = AttentionMode::kSqueezed;
   float sparsity = 0.7f;
+  // Look up through both levels of a two-level index at decode steps (TwoLevelStep).
   bool hierarchical = false;
   // Squeezed: pruned clusters still attend, each as one key (centroid, size, mean value) instead
   // of being dropped as in the paper (squeeze::SelectionOptions::estimate_pruned); on the GPU inside
@@ -179,6 +180,13 @@ struct AttentionOptions {
   // consecutive positions); on the GPU inside the kernels.
   bool read_ahead = true;
 };
+
+// Whether a step of a lookup with AttentionOptions::hierarchical goes through both index levels:
+// decode steps do; the question's prefill blocks select over the fine level alone, which every
+// two-level index holds whole. The second level cuts the centroid bytes a decoded token reads; a
+// prefill block's selection scores all centroids in one tensor-core GEMM pass, while two levels
+// there run CUDA-core passes (time to first token at 256K, batch 8, H100: 289 against 104 ms).
+inline bool TwoLevelStep(bool hierarchical, bool decode) { return hierarchical && decode; }
 
 enum class FinishReason { kNone, kStop, kLength, kEos, kCancelled };
 

@@ -123,9 +123,9 @@ bool IsDecode(const SequenceStep& step) { return !step.query_prefill && step.num
 kernels::SelectionParams ParamsFor(const KernelSequence& seq, bool decode) {
   const squeeze::Thresholds& t = decode ? seq.thresholds_.decode : seq.thresholds_.prefill;
   kernels::SelectionParams p;
-  p.hierarchical = seq.hierarchical_;
+  p.hierarchical = TwoLevelStep(seq.hierarchical_, decode);
   p.estimate_floor = seq.estimate_floor_;
-  if (seq.hierarchical_) {
+  if (p.hierarchical) {
     p.tau_coarse = t.coarse;
     p.tau_fine = t.fine;
   } else {
@@ -182,6 +182,7 @@ void BuildViews(KernelSequence* seq) {
   for (int decode = 0; decode < 2; ++decode) {
     std::vector<kernels::SequenceLayerBf16>& views = seq->views_of_step_[decode];
     views.clear();
+    const bool two_levels = TwoLevelStep(seq->hierarchical_, decode);
     for (size_t layer = 0; layer < seq->dense_keys_.size(); ++layer) {
       kernels::SequenceLayerBf16 view = seq->squeezed_ ? seq->views_->squeezed[layer] : seq->views_->dense[layer];
       if (seq->squeezed_) {
@@ -190,14 +191,14 @@ void BuildViews(KernelSequence* seq) {
             throw std::logic_error("kernel attention: per-head thresholds must be contiguous float32 on the GPU");
           }
           const at::Tensor set = (*t)[seq->thresholds_.level][decode];  // [3, H_kv]
-          view.tau_fine = set[seq->hierarchical_ ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
-          if (seq->hierarchical_) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
+          view.tau_fine = set[two_levels ? squeeze::kFine : squeeze::kOneLevel].data_ptr<float>();
+          if (two_levels) view.tau_coarse = set[squeeze::kCoarse].data_ptr<float>();
         }
         const squeeze::LayerIndex& index = seq->context_->index()[layer];
         if (seq->estimate_pruned_) {
           // The estimate is on for this sequence where its view has the clusters' mean values.
           view.cluster_values = EstimateValues(index.cluster_values);
-          if (seq->hierarchical_) view.coarse_values = EstimateValues(index.coarse_values);
+          if (two_levels) view.coarse_values = EstimateValues(index.coarse_values);
         }
         // Every squeezed view can sit in a launch that reports top keys (read-ahead of another
         // member): the row positions and window length they need; the cursor for its own.

@@ -64,6 +64,7 @@ AttentionPart SqueezedLookup::Attend(int64_t layer, const at::Tensor& queries, b
   const squeeze::LayerIndex& index = context_->index()[layer];
   squeeze::SelectionOptions options = selection_;
   options.per_token = per_token;
+  options.hierarchical = TwoLevelStep(selection_.hierarchical, /*decode=*/per_token);
   options.thresholds = per_token ? thresholds_.decode : thresholds_.prefill;
   if (index.head_thresholds.defined()) {
     options.head_thresholds = index.head_thresholds[thresholds_.level][per_token ? 1 : 0];

@@ -197,6 +197,27 @@ TEST(SqueezedEngineTest, NinetyPercentPrunesAndHierarchicalComparesFewerCentroid
   EXPECT_LT(hierarchical.stats.kv_fraction_loaded, 1.0);
   EXPECT_GT(hierarchical.stats.centroid_comparisons_per_token, 0.0);
   EXPECT_LT(hierarchical.stats.centroid_comparisons_per_token, one_level.stats.centroid_comparisons_per_token);
+
+  // Through one lookup: a prefill block looks up through the fine level alone (every fine centroid
+  // scored), a decode step through both levels (fewer): TwoLevelStep.
+  auto stored = std::dynamic_pointer_cast<const StoredContext>(context);
+  ASSERT_TRUE(stored);
+  const AttentionOptions two_levels = Squeezed(0.9f, true);
+  auto thresholds = ThresholdsFor(stored->summary(), two_levels);
+  ASSERT_TRUE(thresholds.ok()) << thresholds.status();
+  at::manual_seed(0);
+  const at::Tensor queries =
+      at::randn({engine->model_info().num_attention_heads, 4, stored->index()[0].keys.size(-1)}, at::kFloat);
+  for (const bool decode : {false, true}) {
+    SqueezedLookup lookup(stored, two_levels, *thresholds);
+    lookup.Attend(0, queries, /*per_token=*/decode);
+    lookup.FinishStep();
+    if (decode) {
+      EXPECT_LT(lookup.stats().centroid_comparisons_per_token(), static_cast<double>(fine));
+    } else {
+      EXPECT_EQ(lookup.stats().centroid_comparisons_per_token(), static_cast<double>(fine));
+    }
+  }
   // Fewer keys at 90% than at 50%.
   const Output half = Generate(*engine, context, ref.query, 4, Squeezed(0.5f, false));
   EXPECT_LT(one_level.stats.kv_fraction_loaded, half.stats.kv_fraction_loaded);
