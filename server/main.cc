@@ -146,9 +146,9 @@ ABSL_FLAG(std::string, default_read_ahead, "on",
           "concentrates on one context key also loads the cluster of the key after it at the next token; "
           "keeps copying on track) or off (the paper's lookup). auto = on (kept for existing deployments).");
 ABSL_FLAG(int64_t, two_level_min_context_tokens, 262144,
-          "Squeezed requests that leave attention.lookup_levels unset (and hierarchical false) look clusters "
-          "up through both levels of a two-level index (the ingest default) on contexts of at least this many "
-          "tokens, through the fine level alone below. The default: from 256K tokens the two-level lookup "
+          "Squeezed requests that leave attention.lookup_levels unset (and hierarchical false) decode through "
+          "both levels of a two-level index (the ingest default) on contexts of at least this many tokens, "
+          "through the fine level alone below (the question's prefill always uses the fine level). The default: from 256K tokens the two-level lookup "
           "measured faster on an H200 (25% at batch 8 with the accurate default) and as accurate at 4K-16K "
           "(docs/performance.md); below it, one level is as fast or faster at batch 1. -1 = always one level.");
 ABSL_FLAG(int32_t, grace_period_s, 30, "On SIGTERM/SIGINT, seconds running streams get to finish.");
