@@ -155,14 +155,17 @@ def kernel_targets(table, paths):
 
 
 def tpot_targets(table, paths):
-    """TPOT of the defaults (the accurate lookup) against the paper's lookup, 64K and 512K, b1/b8."""
+    """TPOT of the defaults (the accurate lookup) against the paper's lookup, 64K and 512K, b1/b8: a
+    ratio within one run, so any GPU's run counts (the first file given per shape, context and batch;
+    the label names its GPU)."""
     found = {}
     for path in paths:
         d = load(path)
         by = {(r["mode"], r["batch"]): r for r in d.get("decode", [])}
+        gpu = next((g for g in ("H100", "H200") if g in d.get("device", "")), None)
         for batch in (1, 8):
             if ("default", batch) in by and ("paper-0.9", batch) in by:
-                key = (d["shape"], d["context"], batch)
+                key = (d["shape"] + (", " + gpu if gpu else ""), d["context"], batch)
                 found.setdefault(key, (by[("default", batch)]["tpot_ms"] / by[("paper-0.9", batch)]["tpot_ms"],
                                        os.path.basename(path), by[("default", batch)]["tpot_ms"],
                                        by[("paper-0.9", batch)]["tpot_ms"]))
@@ -235,7 +238,8 @@ def main(argv):
                     help="kernels-bench files, later ones replacing earlier configurations (default: "
                          "bench/results/kernels_bench_h200.json, then kernels_bench_h200_run*.json in name order)")
     ap.add_argument("--full", nargs="*", default=None,
-                    help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json)")
+                    help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json; the "
+                         "TPOT-ratio targets also read full_*_h100.json after them)")
     ap.add_argument("--accuracy", default=os.path.join(RESULTS, "longctx_8192_16384_h200_kernels.json"))
     args = ap.parse_args(argv)
     full = args.full if args.full is not None else sorted(glob.glob(os.path.join(RESULTS, "full_*_h200.json")))
@@ -244,7 +248,8 @@ def main(argv):
         sorted(glob.glob(os.path.join(RESULTS, "kernels_bench_h200_run*.json"))))
     table = Table()
     kernel_targets(table, kernels)
-    tpot_targets(table, full)
+    tpot_targets(table, full if args.full is not None else
+                 full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
     limit_targets(table, full)
     accuracy_targets(table, args.accuracy)
     print(table.text())
