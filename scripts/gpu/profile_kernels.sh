@@ -25,6 +25,8 @@ rows=(
   "decode-llama3-512k-b1-accurate|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.9 --lookup accurate"
   "decode-llama3-512k-b1-paper-two-level|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.9 --lookup paper-two-level"
   "decode-llama3-512k-b1-accurate-two-level|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.9 --lookup accurate-two-level"
+  # The attention's fixed cost (bench/kernels/NOTES.md run 12): almost nothing selected.
+  "decode-llama3-512k-b1-fixed-cost|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.999 --lookup paper"
   "decode-llama2-512k-b1-two-level|--context 524288 --model llama2-7b --batch 1 --query-len 1 --sparsity 0.9 --lookup paper-two-level"
   "prefill-llama2-512k-1k-paper|--context 524288 --model llama2-7b --query-len 1024 --sparsity 0.9 --lookup paper"
   "prefill-llama2-512k-1k-ws|--context 524288 --model llama2-7b --query-len 1024 --sparsity 0.9 --lookup paper-ws"
