@@ -490,8 +490,9 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
   const int used = (K + kSelectChunk - 1) / kSelectChunk;
   const bool estimate = estimate_on(s, out);
   const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
-  if (used == 0) {
-    if (chunk == 0 && threadIdx.x == 0) finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, 0);
+  if (used == 0) {  // the children's estimate still counts the coarse level's (estimate_base)
+    if (chunk == 0 && threadIdx.x == 0)
+      finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, estimate_base);
     return;
   }
   if (chunk >= used) return;  // past this (sequence, head)'s candidates

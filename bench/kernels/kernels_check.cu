@@ -707,6 +707,8 @@ int main(int argc, char** argv) {
       // level, and two levels with everything kept (75000 children candidates, 74 chunks).
       {"decode d64 g2 many chunks",     64, 2, 2, 1, {140001, 3001},            2, 0, 20, 0.1f, 1.f},
       with_lookup({"decode d128 g4 hier many chunks all", 128, 4, 1, 1, {150001},    2, 4, 30, 0.1f, -1.f}, 1, 0, true),
+      // Every coarse cluster pruned: no children candidates, the estimate is the coarse level's alone.
+      with_lookup({"decode d128 g4 hier est none sel", 128, 4, 2, 1, {4001, 900},    10, 6, 50, 0.1f, 1e9f}, 1, 0, true),
       // The estimate floor (SelectionParams::estimate_floor): only pruned clusters scoring at least
       // that fraction of the threshold are estimated, on every selection path (decode stream, both
       // levels; tensor-core prefill; generic two-level prefill; the stream for small blocks).
