@@ -340,47 +340,82 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
   if (a.top.position) a.top.position[hq] = position;
 }
 
-// Merge of head bh's partials (slots first.., n of them) in slot order, 8 loads in flight per
-// output quad; writes out, lse and (kTop) the top keys.
+// Merge of head bh's partials (slots first.., n of them) in slot order; writes out, lse and (kTop)
+// the top keys. The partials go to shared memory (the CTA's stage buffers, free after its piece)
+// by cp.async, as many pieces at a time as fit (25 to 207): one round trip for a head's pieces
+// where loads into registers, 8 pieces at a time, took one per 8 (five at Llama-3 512K batch 1,
+// 33 pieces per head, at the end of the step's critical path). Every thread merges its (query
+// head, 4 dims) items from there, in slot order.
 template <int D, bool kTop>
-__device__ void merge_head(const DecodeArgs& a, int bh, int first, int n) {
-  const int G = a.g;
-  for (int idx = threadIdx.x; idx < G * D / 4; idx += kThreads) {
-    const int j = idx / (D / 4), d = idx % (D / 4) * 4;
-    SoftmaxState st = SoftmaxState::empty();
-    float ctx = 0.f;
-    TopKey top = TopKey::none();
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int it = 0; it < n; it += 8) {
-      float4 ps[8];
-      float4 po[8];
+__device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsigned char* smem) {
+  constexpr int kItems = (kMaxGroup * D / 4 + kThreads - 1) / kThreads;
+  const int G = a.g, items = G * D / 4;
+  const int capacity = static_cast<int>(kSmemBytes<D> / (G * (sizeof(float) * D + sizeof(float4) + sizeof(int))));
+  float* piece_o = reinterpret_cast<float*>(smem);                               // [capacity][G][D]
+  float4* piece_st = reinterpret_cast<float4*>(piece_o + capacity * G * D);      // [capacity][G]
+  int* piece_top = reinterpret_cast<int*>(piece_st + capacity * G);              // [capacity][G]
+  SoftmaxState st[kItems];
+  float ctx[kItems];
+  TopKey top[kItems];
+  float4 acc[kItems];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int64_t slot_head = static_cast<int64_t>(first + it + u) * G + j;
-        const bool in = it + u < n;
-        ps[u] = in ? __ldcg(a.ws.partial_st + slot_head) : make_float4(neg_inf(), 0.f, 0.f, neg_inf());
-        po[u] = in ? __ldcg(reinterpret_cast<const float4*>(a.ws.partial_o + slot_head * D + d))
-                   : make_float4(0.f, 0.f, 0.f, 0.f);
-        if (kTop && d == 0 && in) top.offer(ps[u].w, __ldcg(a.ws.partial_top + slot_head));
-      }
+  for (int k = 0; k < kItems; ++k) {
+    st[k] = SoftmaxState::empty();
+    ctx[k] = 0.f;
+    top[k] = TopKey::none();
+    acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  for (int it = 0; it < n; it += capacity) {
+    const int m = min(capacity, n - it);
+    const int64_t slot0 = first + it;
+    const float* from_o = a.ws.partial_o + slot0 * G * D;
+    for (int c = threadIdx.x; c < m * G * D / 4; c += kThreads) cp_async_16(piece_o + c * 4, from_o + c * 4);
+    for (int c = threadIdx.x; c < m * G; c += kThreads) {
+      cp_async_16(piece_st + c, a.ws.partial_st + slot0 * G + c);
+      if (kTop) piece_top[c] = __ldcg(a.ws.partial_top + slot0 * G + c);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const float2 w = st.merge({ps[u].x, ps[u].y});  // (keep, add)
-        if (kTop) ctx = ctx * w.x + ps[u].z * w.y;
-        acc.x = acc.x * w.x + po[u].x * w.y;
-        acc.y = acc.y * w.x + po[u].y * w.y;
-        acc.z = acc.z * w.x + po[u].z * w.y;
-        acc.w = acc.w * w.x + po[u].w * w.y;
+    for (int k = 0; k < kItems; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      if (idx >= items) break;
+      const int j = idx / (D / 4), d = idx % (D / 4) * 4;
+      for (int u = 0; u < m; ++u) {
+        const float4 ps = piece_st[u * G + j];
+        const float4 po = *reinterpret_cast<const float4*>(piece_o + (u * G + j) * D + d);
+        if (kTop && d == 0) top[k].offer(ps.w, piece_top[u * G + j]);
+        const float2 w = st[k].merge({ps.x, ps.y});  // (keep, add)
+        if (kTop) ctx[k] = ctx[k] * w.x + ps.z * w.y;
+        acc[k].x = acc[k].x * w.x + po.x * w.y;
+        acc[k].y = acc[k].y * w.x + po.y * w.y;
+        acc[k].z = acc[k].z * w.x + po.z * w.y;
+        acc[k].w = acc[k].w * w.x + po.w * w.y;
       }
     }
+    __syncthreads();  // the next batch, or the next piece's tiles, reuses the buffers
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int idx = threadIdx.x + k * kThreads;
+    if (idx >= items) break;
+    const int j = idx / (D / 4), d = idx % (D / 4) * 4;
     const int64_t hq = static_cast<int64_t>(bh) * G + j;
     __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(a.out + hq * D + d);
-    const float inv = st.l > 0.f ? 1.f / st.l : 0.f;
-    dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
-    dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
-    if (d == 0 && a.lse) a.lse[hq] = st.lse();
-    if (kTop && d == 0) write_top<D>(a, bh, hq, st, ctx, top);
+    const float inv = st[k].l > 0.f ? 1.f / st[k].l : 0.f;
+    dst[0] = __floats2bfloat162_rn(acc[k].x * inv, acc[k].y * inv);
+    dst[1] = __floats2bfloat162_rn(acc[k].z * inv, acc[k].w * inv);
+    if (d == 0 && a.lse) a.lse[hq] = st[k].lse();
+    if (kTop && d == 0) write_top<D>(a, bh, hq, st[k], ctx[k], top[k]);
   }
+}
+
+// Brings [p, p + bytes) into this SM's L1, one 128-byte line per thread and round.
+__device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{127}, end = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t line = first + threadIdx.x * 128; line < end; line += kThreads * 128)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }
 
 template <int D, bool kTop>
@@ -394,7 +429,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_heads = a.batch * a.hkv, G = a.g;
   allow_next_grid();
+  // The views are written by the host before the step: into L1 under the selection's tail, since
+  // the split and virtual_rows read them first thing after the wait.
+  prefetch_l1(a.seqs, sizeof(SequenceLayerBf16) * a.batch);
   wait_for_previous_grid();  // everything below reads the selection or writes
+  prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
   // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
@@ -546,7 +585,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     __syncthreads();
     if (merge_flag) {
       __threadfence();
-      merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces);
+      merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces, smem_raw);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (DecodeLaunch::tickets)
     }
   }

@@ -194,13 +194,13 @@ struct Workspace {
   int32_t *children, *num_candidates;
   // Decode path (rows <= kMaxFastRows): z [bh][cap][fast_r]; LSE partials [bh][chunks][fast_r] of
   // the flat level (fast_chunks of kStreamChunk) or the coarse one (coarse_chunks); per compaction
-  // chunk [bh][select_chunks] its totals (kept, their rows or children, live but not kept, 0) and
-  // the flag that publishes them to the head's later chunks (zeroed by the level's centroid
-  // stream); coarse_estimated [bh]: the coarse level's estimated clusters (the children's estimate
-  // list starts after them).
+  // chunk [bh][select_chunks] its totals (kept, their rows or children, live but not kept) packed
+  // with the flag that publishes them to the head's later chunks in one 64-bit word (zeroed by the
+  // level's centroid stream; selection_decode.cu, pack_totals); coarse_estimated [bh]: the coarse
+  // level's estimated clusters (the children's estimate list starts after them).
   int fast_r, fast_chunks, coarse_chunks, select_chunks;
-  int4* chunk_totals;
-  int32_t *chunk_flags, *coarse_estimated;
+  unsigned long long* chunk_words;
+  int32_t* coarse_estimated;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
   int tc_strips, tc_strips_per_chunk, tc_chunks;
@@ -236,8 +236,8 @@ struct Workspace {
     auto take_ints = [&](size_t n) { return fast_r ? reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n)) : nullptr; };
     fast_z = fast_r ? reinterpret_cast<float*>(take(sizeof(float) * bh * level_capacity * fast_r)) : nullptr;
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
-    chunk_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * select_chunks)) : nullptr;
-    chunk_flags = take_ints(size_t(bh) * select_chunks);
+    chunk_words = fast_r ? reinterpret_cast<unsigned long long*>(take(sizeof(unsigned long long) * bh * select_chunks))
+                         : nullptr;
     coarse_estimated = take_ints(bh);
     bytes = off;
   }

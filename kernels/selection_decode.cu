@@ -26,7 +26,9 @@ namespace {
 //     and sums those of the head's earlier chunks (decoupled look-back, as CUB's single-pass scan:
 //     a chunk waits only for chunks of lower block index, which the hardware dispatches first), then
 //     writes its lists at those offsets of the output. The head's last chunk writes counts / rows /
-//     comparisons / estimated.
+//     comparisons / estimated. Its index reads (cluster sizes, thresholds) come before its wait for
+//     K1, so after it the critical path is three round trips: logits + partials, the look-back,
+//     the lists.
 // The output is the one ordered compaction a single CTA per head would produce (that was K2 until
 // run 3: 8 CTAs for 8 KV heads left 124 SMs idle and took ~80 us at GQA 512K). No N-sized pass, no
 // host round trip. Until run 12 the compaction was two launches (chunk-local lists, then a second
@@ -47,20 +49,19 @@ struct StreamScratch {
   float* z;              // [bh][capacity][R]
   float2* partials;      // [bh][den_chunks][R]: the flat level's, or the coarse one's
   int den_chunks;
-  int4* chunk_totals;    // [bh][select_chunks]: (kept, their weight, live but not kept, 0) per K2 chunk
-  int32_t* chunk_flags;  // [bh][select_chunks]: 1 once the chunk's totals are published
+  unsigned long long* chunk_words;  // [bh][select_chunks]: a K2 chunk's totals once published (pack_totals), else 0
   int select_chunks;
   int32_t *children, *num_children, *coarse_estimated;
 };
 
 // K1's grid has one CTA per (sequence, head) past every level's candidates (x = gridDim.x - 1): it
-// zeroes the head's chunk flags for the level's K2. On the early-exit path, apart from the stream:
+// zeroes the head's chunk words (unpublished) for the level's K2. On the early-exit path, apart from the stream:
 // in the stream's CTAs these stores cost the loop registers (+5 to +20 per thread; 5% of the stream
 // at batch 8). After wait_for_previous_grid: the previous kernel may still read them (the coarse
 // level's K2) or share the workspace (the attention).
 __device__ __forceinline__ void clear_chunk_flags(const StreamScratch& ws, int bh) {
   for (int c = threadIdx.x; c < ws.select_chunks; c += blockDim.x)
-    ws.chunk_flags[static_cast<int64_t>(bh) * ws.select_chunks + c] = 0;
+    ws.chunk_words[static_cast<int64_t>(bh) * ws.select_chunks + c] = 0ull;
 }
 
 template <int R>
@@ -228,8 +229,10 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 // a CTA scores its chunk for a group of sequences on one index (SelectionLaunch::shared_context;
 // group_size > 1, not the children level) by reloading only the queries: per sequence the same
 // instructions as alone, so shared and per-sequence launches agree bit for bit.
+// Launch bounds: 2 CTAs per SM at D = 128 and 4 at D = 64, the occupancy it had before the
+// queries were loaded early (their registers are live under the centroid words').
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch,
+__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2) score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch,
                                                              int group_size) {
   constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
@@ -253,7 +256,23 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
   }
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, group = lane >> 2, quad = lane & 3;
   const int warp_first = c_first + warp * (kTiles * 16);
+  const int rows = p.lq * p.g;
+  // B fragments of sequence b: query row `group` (zero past the rows), the same dims as the
+  // centroid words. The queries are the previous kernel's output: loaded right after the wait, so
+  // that their round trip runs under the index loads' (it came after the log_size barrier, one
+  // dependent round trip more per CTA), and (D = 128: registers fit under 2 CTAs per SM; at D = 64
+  // they spill under 4) the next sequence's of a shared launch under this one's MMAs.
+  constexpr bool kNextQ = D == 128;
+  auto load_q = [&](int b, uint4 (&qb)[kBlocks]) {
+    const int t = group / p.g, jm = group % p.g;
+    const uint4* qrow = reinterpret_cast<const uint4*>(
+        p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + jm) * D + quad * 8);
+#pragma unroll
+    for (int j = 0; j < kBlocks; ++j) qb[j] = group < rows ? qrow[j * 4] : make_uint4(0u, 0u, 0u, 0u);
+  };
+  uint4 qb[kBlocks];
   if constexpr (LV == Level::kChildren) {
+    load_q(b_first, qb);
     centroid_of[tid] = c_first + tid < K ? v.children[c_first + tid] : 0;
     __syncthreads();
   }
@@ -273,23 +292,20 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
   if constexpr (kPartials) {
     const int c = c_first + tid;
     const int n = c < K ? cluster_size(v, LV, c) : 0;
-    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
     wait_for_previous_grid();  // the queries; z and the partials are rewritten
-    __syncthreads();           // log_size
+    load_q(b_first, qb);
+    log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
+    __syncthreads();  // log_size
   }
-  const int rows = p.lq * p.g;
 
 #pragma unroll 1
   for (int b = b_first; b < b_end; ++b) {
     const int bh = b * p.hkv + h;
-    // B fragments: query row `group` (zero past the rows), the same dims as the centroid words.
-    uint4 qb[kBlocks];
-    {
-      const int t = group / p.g, jm = group % p.g;
-      const uint4* qrow = reinterpret_cast<const uint4*>(
-          p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + jm) * D + quad * 8);
-#pragma unroll
-      for (int j = 0; j < kBlocks; ++j) qb[j] = group < rows ? qrow[j * 4] : make_uint4(0u, 0u, 0u, 0u);
+    uint4 qn[kNextQ ? kBlocks : 1];
+    if constexpr (kNextQ) {
+      if (b + 1 < b_end) load_q(b + 1, qn);
+    } else if (b > b_first) {
+      load_q(b, qb);
     }
     float2 run[2] = {make_float2(neg_inf(), 0.f), make_float2(neg_inf(), 0.f)};  // rows 2quad, 2quad + 1
 #pragma unroll
@@ -352,20 +368,37 @@ __global__ void __launch_bounds__(kThreads) score_mma_kernel(ProblemArgs p, Leve
       }
       if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
     }
+    if constexpr (kNextQ) {
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) qb[j] = qn[j];
+    }
   }
 }
 
 // Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
-// rows <= kMaxFastRows = kWarps). Fixed order: lane-strided, then the warp tree.
+// rows <= kMaxFastRows = kWarps). Fixed order: lane-strided (chunks lane, lane + 32, ...), then the
+// warp tree. A lane issues up to kBatch loads before it merges: one round trip up to 32 * kBatch
+// chunks (64K candidates), where a load per merge was one round trip per 32 chunks (4 at Llama-3
+// 512K, on the compaction's critical path).
 template <int R>
 __device__ void fast_log_denominators(int bh, int K, int rows, int num_chunks, const float2* partials,
                                       float (&logden)[R]) {
+  constexpr int kBatch = 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int used = (K + kStreamChunk - 1) / kStreamChunk;
   if (warp >= rows) return;
   float2 acc = make_float2(neg_inf(), 0.f);
-  for (int c = lane; c < used; c += 32)
-    acc = lse_merge(acc, partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp]);
+  for (int c0 = lane; c0 < used; c0 += 32 * kBatch) {
+    float2 x[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = c0 + 32 * u;
+      x[u] = c < used ? partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp] : make_float2(neg_inf(), 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u)
+      if (c0 + 32 * u < used) acc = lse_merge(acc, x[u]);
+  }
   acc = warp_lse_reduce(acc);
   if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
 }
@@ -446,15 +479,29 @@ __device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSe
   return total;
 }
 
-// A chunk's totals flag (StreamScratch::chunk_flags): a release store after the totals, by the
-// thread that wrote them, and an acquire load before reading them.
-__device__ __forceinline__ void publish_flag(int32_t* flag) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(flag), "r"(1) : "memory");
+// A chunk's totals (kept, their weight, live but not kept) and the flag that publishes them, as one
+// 64-bit word (StreamScratch::chunk_words): bit 63 = published, kept << 52 and live-not-kept << 41
+// (each <= kSelectChunk = 1024: 11 bits), the weight in bits 0-40 (rows or children, < 2^31). One
+// aligned 64-bit store and load are single-copy atomic, so a relaxed load that sees the flag sees
+// the totals: one round trip per look-back, no release fence before the store (run 12 published an
+// int4, then a flag with a release store, and read them with two dependent loads).
+constexpr unsigned long long kPublished = 1ull << 63;
+__device__ __forceinline__ unsigned long long pack_totals(int4 t) {
+  static_assert(kSelectChunk < (1 << 11), "a chunk's counts fit 11 bits");
+  return kPublished | static_cast<unsigned long long>(t.x) << 52 | static_cast<unsigned long long>(t.z) << 41 |
+         static_cast<unsigned long long>(static_cast<unsigned>(t.y));
 }
-__device__ __forceinline__ int32_t acquire_flag(const int32_t* flag) {
-  int32_t v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-  return v;
+__device__ __forceinline__ int4 unpack_totals(unsigned long long w) {
+  return make_int4(static_cast<int>(w >> 52 & 0x7ff), static_cast<int>(w & ((1ull << 41) - 1)),
+                   static_cast<int>(w >> 41 & 0x7ff), 0);
+}
+__device__ __forceinline__ void store_word(unsigned long long* at, unsigned long long w) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(at), "l"(w) : "memory");
+}
+__device__ __forceinline__ unsigned long long load_word(const unsigned long long* at) {
+  unsigned long long w;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(at) : "memory");
+  return w;
 }
 
 // The per-head results the last chunk writes from the head's totals (kept, weight, pruned).
@@ -482,11 +529,34 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
   __shared__ float logden[R];
   __shared__ int4 earlier_sum;
   allow_next_grid();
-  wait_for_previous_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
-  const HeadLevel v = level_view<LV>(p, l, b, h, 0);  // no centroids read here
-  const int K = v.num_candidates, rows = p.lq * p.g;
+  const int rows = p.lq * p.g;
+  const int first = chunk * kSelectChunk;
+
+  // The chunk's candidates: cluster id, n = the keys it stands for, weight = what keeping it adds
+  // (rows, or coarse children). On the flat and coarse levels that is index data (the views, the
+  // offsets), read before waiting for K1: under its tail, once the launch overlaps it. The
+  // children level's candidates are the coarse compaction's output: read after the wait.
+  HeadLevel v{};
+  int K = 0;
+  int cluster[kSelectPer], n[kSelectPer], weight[kSelectPer];
+  auto load_candidates = [&] {
+    v = level_view<LV>(p, l, b, h, 0);  // no centroids read here
+    K = v.num_candidates;
+#pragma unroll
+    for (int e = 0; e < kSelectPer; ++e) {
+      const int i = first + e * kThreads + threadIdx.x;
+      const bool in = i < K;
+      cluster[e] = in ? candidate_cluster(v, LV, i) : 0;
+      n[e] = in ? cluster_size(v, LV, cluster[e]) : 0;
+      weight[e] = LV == Level::kCoarse && in ? num_children(v, cluster[e]) : n[e];
+    }
+  };
+  if constexpr (LV != Level::kChildren) load_candidates();
+  const float tau = head_tau(s, params, LV == Level::kCoarse, h);  // calibrated at ingest
+  wait_for_previous_grid();
+  if constexpr (LV == Level::kChildren) load_candidates();
   const int used = (K + kSelectChunk - 1) / kSelectChunk;
   const bool estimate = estimate_on(s, out);
   const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
@@ -496,22 +566,15 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
     return;
   }
   if (chunk >= used) return;  // past this (sequence, head)'s candidates
-  const int first = chunk * kSelectChunk;
 
-  // Every candidate load of the CTA first, then the (small) denominator merge under their latency.
-  // n: the keys a candidate stands for; weight: what keeping it adds (rows, or coarse children).
-  int cluster[kSelectPer], n[kSelectPer], weight[kSelectPer];
+  // K1's logits of the chunk, then the (small) denominator merge under their latency.
   float zz[kSelectPer][R];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     const int i = first + e * kThreads + threadIdx.x;
-    const bool in = i < K;
-    cluster[e] = in ? candidate_cluster(v, LV, i) : 0;
-    n[e] = in ? cluster_size(v, LV, cluster[e]) : 0;
-    weight[e] = LV == Level::kCoarse && in ? num_children(v, cluster[e]) : n[e];
 #pragma unroll
     for (int r = 0; r < R; ++r) zz[e][r] = 0.f;
-    if (in) load_logits<R>(ws.z + (static_cast<int64_t>(bh) * ws.capacity + i) * R, zz[e]);
+    if (i < K) load_logits<R>(ws.z + (static_cast<int64_t>(bh) * ws.capacity + i) * R, zz[e]);
   }
   fast_log_denominators<R>(bh, LV == Level::kFlat ? s.num_clusters : s.num_coarse, rows, ws.den_chunks, ws.partials,
                            logden);
@@ -519,7 +582,6 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
 #pragma unroll
   for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
   const float inv_lq = 1.f / static_cast<float>(p.lq);
-  const float tau = head_tau(s, params, LV == Level::kCoarse, h);
   const bool read_ahead = s.read_ahead != nullptr;
   ForcedClusters forced;
   if (read_ahead) forced.load(s, h, p.g, LV == Level::kCoarse);
@@ -549,16 +611,14 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
   // chunk; integer sums, exact in any order). Chunk c < this one has a lower block index: it was
   // dispatched first and never waits for this one, so the spin ends.
   const int64_t head_chunks = static_cast<int64_t>(bh) * ws.select_chunks;
-  if (threadIdx.x == 0) {
-    ws.chunk_totals[head_chunks + chunk] = own;
-    publish_flag(ws.chunk_flags + head_chunks + chunk);
-  }
+  if (threadIdx.x == 0) store_word(ws.chunk_words + head_chunks + chunk, pack_totals(own));
   if (threadIdx.x < 32) {
     int4 sum = make_int4(0, 0, 0, 0);
     for (int c = threadIdx.x; c < chunk; c += 32) {
-      while (acquire_flag(ws.chunk_flags + head_chunks + c) == 0) {
+      unsigned long long w;
+      while (!((w = load_word(ws.chunk_words + head_chunks + c)) & kPublished)) {
       }
-      const int4 t = __ldcg(ws.chunk_totals + head_chunks + c);
+      const int4 t = unpack_totals(w);
       sum = make_int4(sum.x + t.x, sum.y + t.y, sum.z + t.z, 0);
     }
 #pragma unroll
@@ -643,8 +703,8 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
               const Selection& out, float* scores_out, const SelectionLaunch& launch, cudaStream_t stream) {
-  StreamScratch ws{w.level_capacity, w.fast_z,         w.fast_partials, w.fast_chunks,    w.chunk_totals,
-                   w.chunk_flags,    w.select_chunks,  w.children,      w.num_candidates, w.coarse_estimated};
+  StreamScratch ws{w.level_capacity, w.fast_z,          w.fast_partials, w.fast_chunks,    w.chunk_words,
+                   w.select_chunks,  w.children,      w.num_candidates, w.coarse_estimated};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
     return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);

@@ -709,6 +709,10 @@ int main(int argc, char** argv) {
       with_lookup({"decode d128 g4 hier many chunks all", 128, 4, 1, 1, {150001},    2, 4, 30, 0.1f, -1.f}, 1, 0, true),
       // Every coarse cluster pruned: no children candidates, the estimate is the coarse level's alone.
       with_lookup({"decode d128 g4 hier est none sel", 128, 4, 2, 1, {4001, 900},    10, 6, 50, 0.1f, 1e9f}, 1, 0, true),
+      // A head of more pieces than the attention's merge stages in shared memory at once (25 at
+      // D = 128 and G = 8, 27 at D = 64): ~157 pieces in 7 batches, ~235 in 9 (with the top key).
+      {"decode d128 g8 many pieces all", 128, 8, 1, 1, {20014},                 3, 0, 100, 0.1f, -1.f},
+      with_lookup({"decode d64 g8 est ra many pieces", 64, 8, 1, 1, {30011},        3, 0, 40, 0.1f, -1.f}, 1, 1, true),
       // The estimate floor (SelectionParams::estimate_floor): only pruned clusters scoring at least
       // that fraction of the threshold are estimated, on every selection path (decode stream, both
       // levels; tensor-core prefill; generic two-level prefill; the stream for small blocks).
@@ -728,7 +732,7 @@ int main(int argc, char** argv) {
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
-        "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks"};
+        "decode d128 g8 many pieces all", "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
