@@ -76,6 +76,10 @@ struct EngineOptions {
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).
   bool cuda_graphs = true;
+  // The decode step's kernels on sm_90+ launched with programmatic dependent launch (each starts
+  // while the previous one drains, its index reads under that tail: kernels/chained_launch.cuh);
+  // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).
+  bool programmatic_launch = true;
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a
   // long prompt with the decode steps of other streams); 0 = the whole query in one step.

@@ -19,6 +19,7 @@
 
 #include "kernels/append_kv.h"
 #include "kernels/decode_attention.h"
+#include "kernels/launch.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
 #endif
@@ -334,13 +335,20 @@ bool KernelAttention::Compiled() {
 #endif
 }
 
-KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill)
+KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill,
+                                 bool programmatic_launch)
     : num_layers_(config.num_layers),
       num_q_heads_(config.num_attention_heads),
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
       device_(device),
-      warp_specialized_prefill_(warp_specialized_prefill) {}
+      warp_specialized_prefill_(warp_specialized_prefill) {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  kernels::set_programmatic_launch(programmatic_launch);
+#else
+  (void)programmatic_launch;
+#endif
+}
 
 KernelAttention::~KernelAttention() = default;
 

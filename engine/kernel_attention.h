@@ -64,8 +64,10 @@ class KernelAttention : public AttentionBackend {
   // Whether this build has the CUDA kernels (SQUEEZESERVE_CUDA_KERNELS).
   static bool Compiled();
 
-  // warp_specialized_prefill: EngineOptions::prefill_kernel == "warp_specialized".
-  KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill = false);
+  // warp_specialized_prefill: EngineOptions::prefill_kernel == "warp_specialized";
+  // programmatic_launch: EngineOptions::programmatic_launch (sets kernels/launch.h's switch).
+  KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill = false,
+                  bool programmatic_launch = true);
   ~KernelAttention() override;
   const char* name() const override { return "kernels"; }
 

@@ -69,6 +69,10 @@ ABSL_FLAG(std::string, prefill_kernel, "mma_sync",
           "With the CUDA kernels: the kernel of a squeezed query prefill's attention: mma_sync (the default) or "
           "warp_specialized (FlashAttention-3 structure, Hopper and head_dim 128 only; elsewhere mma_sync, as the "
           "log says). For comparisons: measured slower on 64-token questions (bench/kernels/NOTES.md, run 10).");
+ABSL_FLAG(bool, programmatic_launch, true,
+          "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
+          "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
+          "order, for comparisons (bench/kernels/NOTES.md run 13); the log says so.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -369,6 +373,7 @@ int Run() {
     options.num_threads = absl::GetFlag(FLAGS_threads);
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
     options.prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
+    options.programmatic_launch = absl::GetFlag(FLAGS_programmatic_launch);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();
