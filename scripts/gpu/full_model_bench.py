@@ -299,7 +299,8 @@ def main():
                    help="HF prefills run, the last timed (1 at 512K: a warm-up prefill there costs minutes)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--server_args", default="",
-                   help="more squeezeserve flags, space-separated (e.g. '--estimate_floor 0.0625'); recorded in the JSON")
+                   help="more squeezeserve flags, space-separated, given with '=' since the value starts with '--' "
+                        "(e.g. --server_args='--estimate_floor 0.0625'); recorded in the JSON")
     a = p.parse_args()
     s = SHAPES[a.shape]
     batches = [int(b) for b in a.batches.split(",") if b]
