@@ -96,6 +96,31 @@ struct DecodeWorkspace {
   }
 };
 
+#ifdef SQZ_DECODE_TRACE
+// set_decode_trace (decode_attention.h): where thread 0 of each CTA records its phases.
+__device__ unsigned long long* g_trace = nullptr;
+__device__ int g_trace_ctas = 0;
+__device__ __forceinline__ void trace_event(int event) {
+  if (threadIdx.x != 0 || g_trace == nullptr || static_cast<int>(blockIdx.x) >= g_trace_ctas) return;
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  unsigned long long* at = g_trace + (static_cast<size_t>(blockIdx.x) * kDecodeTraceEvents + event) * 2;
+  at[0] = ns;
+  at[1] = static_cast<unsigned long long>(clock64());
+}
+__device__ __forceinline__ void trace_counts(int pieces, int merges) {
+  if (threadIdx.x != 0 || g_trace == nullptr || static_cast<int>(blockIdx.x) >= g_trace_ctas) return;
+  unsigned long long* at = g_trace + (static_cast<size_t>(blockIdx.x) * kDecodeTraceEvents + 7) * 2;
+  at[0] = static_cast<unsigned long long>(pieces);
+  at[1] = static_cast<unsigned long long>(merges);
+}
+#define DECODE_TRACE(event) trace_event(event)
+#define DECODE_TRACE_COUNTS(pieces, merges) trace_counts(pieces, merges)
+#else
+#define DECODE_TRACE(event) ((void)0)
+#define DECODE_TRACE_COUNTS(pieces, merges) ((void)0)
+#endif
+
 struct DecodeArgs {
   const SequenceLayerBf16* seqs;
   const __nv_bfloat16* q;
@@ -429,10 +454,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_heads = a.batch * a.hkv, G = a.g;
   allow_next_grid();
+  DECODE_TRACE(0);
   // The views are written by the host before the step: into L1 under the selection's tail, since
   // the split and virtual_rows read them first thing after the wait.
   prefetch_l1(a.seqs, sizeof(SequenceLayerBf16) * a.batch);
   wait_for_previous_grid();  // everything below reads the selection or writes
+  DECODE_TRACE(1);
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
@@ -456,7 +483,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   }
   const long long per_cta = max((total + gridDim.x - 1) / gridDim.x, static_cast<long long>(kMinCtaRows));
   const long long f0 = blockIdx.x * per_cta;
-  if (f0 >= total) return;  // CTA-uniform: no rows left for this CTA
+  if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
+    DECODE_TRACE(2);
+    DECODE_TRACE(6);
+    return;
+  }
   const long long f1 = min(f0 + per_cta, total);
   if (chunk_start <= f0 && f0 < chunk_start + mine) {  // exactly one thread holds f0's head
     for (int x = h_lo;; ++x) {
@@ -470,11 +501,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     }
   }
   __syncthreads();
+  DECODE_TRACE(2);
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
   float* warp_bias =
       reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>) + warp * kWarpBiases;
   int bh = first_head;
+  [[maybe_unused]] int pieces = 0, merges = 0;  // DECODE_TRACE_COUNTS
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
     const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
@@ -515,6 +548,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     float ctx = 0.f;
     TopKey top = TopKey::none();
     attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
+    if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
     if (kTop) {
@@ -583,12 +617,17 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     __syncthreads();
     if (tid == 0) merge_flag = atomicAdd(a.ws.tickets + bh, 1) == num_pieces - 1;
     __syncthreads();
+    if (pieces == 0) DECODE_TRACE(4);
     if (merge_flag) {
       __threadfence();
       merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces, smem_raw);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (DecodeLaunch::tickets)
+      ++merges;
     }
+    if (pieces++ == 0) DECODE_TRACE(5);
   }
+  DECODE_TRACE(6);
+  DECODE_TRACE_COUNTS(pieces, merges);
 }
 
 using DecodeKernel = void (*)(DecodeArgs);
@@ -626,6 +665,18 @@ cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& lau
 
 }  // namespace
 }  // namespace detail
+
+int set_decode_trace(unsigned long long* trace, int max_ctas) {
+#ifdef SQZ_DECODE_TRACE
+  cudaError_t err = cudaMemcpyToSymbol(detail::g_trace, &trace, sizeof trace);
+  if (err == cudaSuccess) err = cudaMemcpyToSymbol(detail::g_trace_ctas, &max_ctas, sizeof max_ctas);
+  return err;
+#else
+  (void)trace;
+  (void)max_ctas;
+  return cudaErrorNotSupported;
+#endif
+}
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch) {
   using namespace detail;

@@ -43,4 +43,15 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
                             const Selection& selection, void* out, float* lse, void* workspace,
                             const DecodeLaunch& launch, void* stream, const TopKeys& top = {});
 
+// Diagnosis (bench/kernels' kernels_bench --trace, docs in bench/kernels/NOTES.md run 13): in a build
+// with SQZ_DECODE_TRACE defined, every later launch's CTA c < max_ctas writes, at each of its
+// kDecodeTraceEvents phases, the %globaltimer (ns) and its SM's clock64 to
+// trace[(c * kDecodeTraceEvents + event) * 2 + {0, 1}] (device memory); null stops it. Elsewhere it
+// returns cudaErrorNotSupported and the kernel has no trace code. Returns a cudaError_t value.
+// Phases: 0 entry, 1 after the wait for the selection, 2 the CTA's range known (after the split),
+// 3 the first piece's rows attended, 4 its partial written and its ticket taken, 5 its merge done
+// (= 4 when another piece merges), 6 exit; slot 7 holds (pieces, merges) instead of times.
+constexpr int kDecodeTraceEvents = 8;
+int set_decode_trace(unsigned long long* trace, int max_ctas);
+
 }  // namespace squeezeserve::kernels

@@ -31,7 +31,10 @@
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
-// --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it.
+// --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
+// --trace FILE (a build with -DSQZ_DECODE_TRACE=ON) appends each decode row's attention phases per
+// CTA, from three replays of its step after L2 flushes, to FILE (JSON lines; decode_trace.py sums
+// them up).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -335,6 +338,7 @@ int main(int argc, char** argv) {
   int only_batch = 0, only_query_len = 0;
   float only_sparsity = 0.f;
   bool profile = false;
+  const char* trace_path = nullptr;
   L2Flush flush;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--flush") && i + 1 < argc) flush.write = !std::strcmp(argv[++i], "write");
@@ -349,6 +353,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--lookup") && i + 1 < argc) only_lookup = argv[++i];
     if (!std::strcmp(argv[i], "--sparsity") && i + 1 < argc) only_sparsity = std::strtof(argv[++i], nullptr);
     if (!std::strcmp(argv[i], "--profile")) profile = true;
+    if (!std::strcmp(argv[i], "--trace") && i + 1 < argc) trace_path = argv[++i];
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -476,6 +481,7 @@ int main(int argc, char** argv) {
         cudaGraphExec_t g_sel, g_att = capture(s, attend);
         CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
         cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
+        cudaGraphExec_t g_all_traced = trace_path ? capture(s, [&] { select(); attend(); }) : nullptr;
         const int reps = c.prefill() ? 10 : 30;
         const Timing t_sel = time_graph(g_sel, s, flush, reps);
         const Timing t_att = time_graph(g_att, s, flush, reps);
@@ -526,6 +532,39 @@ int main(int argc, char** argv) {
         first_row = false;
         std::fflush(json);
         std::fflush(stdout);
+        if (trace_path && !c.prefill()) {
+          // The attention's phases per CTA (set_decode_trace, decode_attention.h) in three replays
+          // of the whole step, each after an L2 flush, as timed above.
+          constexpr int kMaxTraceCtas = 4096;
+          const size_t words = size_t(kMaxTraceCtas) * kDecodeTraceEvents * 2;
+          unsigned long long* d_trace = dev_alloc<unsigned long long>(words);
+          FILE* tf = std::fopen(trace_path, "a");
+          for (int rep = 0; rep < 3 && tf; ++rep) {
+            CUDA_OK(cudaMemset(d_trace, 0, words * sizeof(unsigned long long)));
+            CUDA_OK(static_cast<cudaError_t>(set_decode_trace(d_trace, kMaxTraceCtas)));
+            flush(s, rep);
+            CUDA_OK(cudaGraphLaunch(g_all_traced, s));
+            CUDA_OK(cudaStreamSynchronize(s));
+            CUDA_OK(static_cast<cudaError_t>(set_decode_trace(nullptr, 0)));
+            const std::vector<unsigned long long> t = download(d_trace, words);
+            std::fprintf(tf, "{\"model\": \"%s\", \"context\": %d, \"batch\": %d, \"sparsity\": %.4g, "
+                             "\"lookup\": \"%s\", \"rep\": %d, \"device\": \"%s\", \"ctas\": [",
+                         c.model, c.context, c.batch, sparsity, lookup, rep, prop.name);
+            bool first_cta = true;
+            for (int cta = 0; cta < kMaxTraceCtas; ++cta) {
+              const unsigned long long* e = t.data() + size_t(cta) * kDecodeTraceEvents * 2;
+              if (e[0] == 0) continue;  // not launched (the grid is smaller)
+              std::fprintf(tf, "%s[", first_cta ? "" : ", ");
+              for (int k = 0; k < kDecodeTraceEvents * 2; ++k) std::fprintf(tf, "%s%llu", k ? ", " : "", e[k]);
+              std::fprintf(tf, "]");
+              first_cta = false;
+            }
+            std::fprintf(tf, "]}\n");
+          }
+          if (tf) std::fclose(tf);
+          CUDA_OK(cudaFree(d_trace));
+        }
+        if (g_all_traced) cudaGraphExecDestroy(g_all_traced);
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
       PrefillLaunch ws_launch;  // the warp-specialized prefill kernel, where it runs
