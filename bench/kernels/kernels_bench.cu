@@ -359,6 +359,10 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  if (trace_path && set_decode_trace(nullptr, 0) == cudaErrorNotSupported) {
+    std::fprintf(stderr, "kernels_bench: --trace needs a build configured with -DSQZ_DECODE_TRACE=ON\n");
+    return 2;
+  }
   flush.buffer = dev_alloc<char>(flush.bytes);
   CUDA_OK(cudaMemset(flush.buffer, 0, flush.bytes));
 
