@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_format.h"
 
 namespace squeezeserve {
@@ -65,6 +68,73 @@ void IngestStageTimer::LogDone(const std::string& context_id, int64_t tokens, in
   }
   spdlog::info("ingest {}: {} tokens in {:.2f} s: {}", context_id, tokens,
                std::chrono::duration<double>(now - started_).count(), stages);
+}
+
+namespace {
+
+int64_t SystemUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double Ms(DecodeStepTimer::Clock::time_point from, DecodeStepTimer::Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+// Median of the non-NaN values; NaN when there are none.
+double Median(std::vector<double> v) {
+  v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return std::isnan(x); }), v.end());
+  if (v.empty()) return std::nan("");
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+DecodeStepTimer::DecodeStepTimer(std::function<void(const std::string&)> log, std::function<int64_t()> unix_ms)
+    : log_(std::move(log)), unix_ms_(unix_ms ? std::move(unix_ms) : SystemUnixMs) {}
+
+DecodeStepTimer::~DecodeStepTimer() { Flush(); }
+
+void DecodeStepTimer::Add(int64_t batch, const Step& step) {
+  const std::lock_guard<std::mutex> lock(mu_);
+  if (batch != batch_ || ms_.size() >= kMaxSteps) {
+    FlushLocked();
+    batch_ = batch;
+  }
+  const double gap = last_end_ && ms_.size() > 0 ? Ms(*last_end_, step.start) : std::nan("");
+  ms_.push_back({gap, Ms(step.start, step.prepared), Ms(step.prepared, step.forwarded), Ms(step.forwarded, step.sampled),
+                 Ms(step.sampled, step.emitted)});
+  last_end_ = step.emitted;
+  last_unix_ms_ = unix_ms_();
+  if (ms_.size() == 1) first_unix_ms_ = last_unix_ms_;
+}
+
+void DecodeStepTimer::Skip() {
+  const std::lock_guard<std::mutex> lock(mu_);
+  last_end_.reset();
+}
+
+void DecodeStepTimer::Flush() {
+  const std::lock_guard<std::mutex> lock(mu_);
+  FlushLocked();
+}
+
+void DecodeStepTimer::FlushLocked() {
+  if (ms_.size() >= kMinSteps) {
+    std::array<double, 5> median;
+    for (size_t k = 0; k < median.size(); ++k) {
+      std::vector<double> column;
+      for (const auto& row : ms_) column.push_back(row[k]);
+      median[k] = Median(std::move(column));
+    }
+    log_(absl::StrFormat("decode step host times: batch %d, %d steps: gap %.3f ms, prepare %.3f ms, forward %.3f ms, "
+                         "sample %.3f ms, emit %.3f ms (medians), from %d to %d unix ms",
+                         batch_, ms_.size(), median[0], median[1], median[2], median[3], median[4], first_unix_ms_,
+                         last_unix_ms_));
+  }
+  ms_.clear();
+  last_end_.reset();
 }
 
 }  // namespace squeezeserve

@@ -2,8 +2,12 @@
 // which breaks spdlog's headers in any file that sees both.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,6 +40,49 @@ class IngestStageTimer {
   std::string current_;
   Clock::time_point started_ = Clock::now();
   Clock::time_point stage_started_ = started_;
+};
+
+// Where the host's time of a batched decode step goes (TorchEngine::StepBatch), beside the decode
+// graph line's device and launch-to-launch times (decode_graphs.cc): per step the wall time of
+// preparing its sequences, of the forward (on a GPU: planning, the graph's launch and the wait for
+// it), of sampling the greedy rows (their kernels and the copy back), of emitting the tokens (other
+// sampled rows and detokenizing), and the gap since the previous decode step ended (the scheduler,
+// the streams' writes). One line per run of at least kMinSteps consecutive steps of one batch size,
+// at most kMaxSteps a line:
+//   "decode step host times: batch 8, 31 steps: gap 0.21 ms, prepare 0.05 ms, forward 26.90 ms,
+//    sample 0.31 ms, emit 0.04 ms (medians), from 1796404422270 to 1796404422641 unix ms"
+// (scripts/gpu/full_model_bench.py attaches them to its rows by time). Thread-safe.
+class DecodeStepTimer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // One step: when it started and when each phase ended.
+  struct Step {
+    Clock::time_point start, prepared, forwarded, sampled, emitted;
+  };
+  static constexpr size_t kMinSteps = 8, kMaxSteps = 256;
+
+  // `log` receives each line (default: the engine's info log); `unix_ms` the wall clock.
+  explicit DecodeStepTimer(std::function<void(const std::string&)> log = LogEngineInfo,
+                           std::function<int64_t()> unix_ms = nullptr);
+  ~DecodeStepTimer();
+  DecodeStepTimer(const DecodeStepTimer&) = delete;
+  DecodeStepTimer& operator=(const DecodeStepTimer&) = delete;
+
+  // A decode step of `batch` sequences.
+  void Add(int64_t batch, const Step& step);
+  // A step that was not a decode step (a prefill chunk, a failed forward): the next decode step's
+  // gap is not counted.
+  void Skip();
+  void Flush();
+
+ private:
+  void FlushLocked();
+  std::function<void(const std::string&)> log_;
+  std::function<int64_t()> unix_ms_;
+  std::mutex mu_;
+  int64_t batch_ = 0, first_unix_ms_ = 0, last_unix_ms_ = 0;
+  std::optional<Clock::time_point> last_end_;
+  std::vector<std::array<double, 5>> ms_;  // gap (NaN: none), prepare, forward, sample, emit
 };
 
 }  // namespace squeezeserve

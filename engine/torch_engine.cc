@@ -361,6 +361,8 @@ class TorchEngine : public Engine {
   // Decode steps on the kernels replayed as CUDA graphs (EngineOptions::cuda_graphs; null when off
   // or after a capture failed).
   mutable std::unique_ptr<DecodeGraphs> graphs_;
+  // Where the host's time of each batched decode step goes (engine_log.h; logged).
+  DecodeStepTimer step_timer_;
   int64_t prefill_block_tokens_ = 512;
   mutable absl::Mutex forward_mu_;
   // Generation forward passes waiting for forward_mu_ (ingest prefill units let them go first).
@@ -704,6 +706,8 @@ TokenStep TorchGeneration::Emit(const SampledToken& sampled) {
 void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
                             std::vector<absl::StatusOr<TokenStep>>* out) {
   out->assign(generations.size(), absl::StatusOr<TokenStep>(absl::UnknownError("not stepped")));
+  DecodeStepTimer::Step times;
+  times.start = DecodeStepTimer::Clock::now();
   std::vector<ForwardArgs> args(generations.size());
   std::vector<TorchGeneration*> members;  // of this engine and ready, in batch order
   std::vector<size_t> slots;              // their index in `generations`
@@ -724,10 +728,19 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
     members.push_back(generation);
     slots.push_back(i);
   }
-  if (members.empty()) return;
+  if (members.empty()) {
+    step_timer_.Skip();
+    return;
+  }
   std::vector<const ForwardArgs*> batch;
-  for (size_t slot : slots) batch.push_back(&args[slot]);
+  bool decode = true;  // every member one token of its answer (not a query chunk): a timed step
+  for (size_t slot : slots) {
+    batch.push_back(&args[slot]);
+    decode = decode && args[slot].num_tokens == 1 && !args[slot].query_prefill;
+  }
+  times.prepared = DecodeStepTimer::Clock::now();
   absl::StatusOr<std::vector<at::Tensor>> logits = RunForwardBatch(batch);
+  times.forwarded = DecodeStepTimer::Clock::now();
   std::vector<absl::StatusOr<at::Tensor>> rows;
   for (size_t m = 0; m < members.size(); ++m) {
     rows.push_back(members[m]->RowToSample(logits.ok() ? absl::StatusOr<at::Tensor>((*logits)[m])
@@ -750,6 +763,7 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
   } catch (const std::exception& e) {
     greedy_status = absl::InternalError(absl::StrCat("sampling the next token: ", e.what()));
   }
+  times.sampled = DecodeStepTimer::Clock::now();
   size_t next_greedy = 0;
   for (size_t m = 0; m < members.size(); ++m) {
     absl::StatusOr<TokenStep>& result = (*out)[slots[m]];
@@ -764,6 +778,12 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
     } else {
       result = members[m]->SampleAndEmit(*rows[m]);
     }
+  }
+  times.emitted = DecodeStepTimer::Clock::now();
+  if (decode && logits.ok()) {
+    step_timer_.Add(static_cast<int64_t>(members.size()), times);
+  } else {
+    step_timer_.Skip();
   }
 }
 

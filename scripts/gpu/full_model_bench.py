@@ -361,6 +361,7 @@ def main():
     finally:
         server.stop()
     attach_graph_timing(result.get("decode", []), server.log_path)
+    attach_host_timing(result.get("decode", []), server.log_path)
     if a.hf:
         result["hf_sdpa"] = hf_peer(model, a.context, s["vocab"], 16, [int(b) for b in a.hf_batches.split(",")],
                                     a.hf_reps)
@@ -372,6 +373,32 @@ def main():
 
 GRAPH_LINE = re.compile(r"decode graph replays: batch (\d+), (\d+) steps, device ([\d.]+) ms, launch to launch "
                         r"([\d.]+) ms \(medians\), from (\d+) to (\d+) unix ms")
+
+
+HOST_LINE = re.compile(r"decode step host times: batch (\d+), (\d+) steps: gap ([\d.na]+) ms, prepare ([\d.]+) ms, "
+                       r"forward ([\d.]+) ms, sample ([\d.]+) ms, emit ([\d.]+) ms \(medians\), from (\d+) to (\d+) unix ms")
+HOST_FIELDS = ("host_gap_ms", "host_prepare_ms", "host_forward_ms", "host_sample_ms", "host_emit_ms")
+
+
+def attach_host_timing(rows, log_path):
+    """The host's side of each row's decode steps (engine/engine_log.h DecodeStepTimer): step-weighted
+    means of the lines of its batch size inside its window, as host_gap_ms (between steps: the
+    scheduler and the streams), host_prepare_ms, host_forward_ms (planning, launch and the wait for
+    the GPU), host_sample_ms and host_emit_ms."""
+    try:
+        lines = [m for m in HOST_LINE.findall(open(log_path).read())]
+    except OSError:
+        return
+    for r in rows:
+        if "window_unix_ms" not in r:
+            continue
+        lo, hi = r["window_unix_ms"]
+        hits = [l for l in lines if int(l[0]) == r["batch"] and float(l[7]) <= hi and float(l[8]) >= lo]
+        for k, name in enumerate(HOST_FIELDS):
+            vals = [(float(l[1]), float(l[2 + k])) for l in hits if l[2 + k] != "nan"]
+            steps = sum(n for n, _ in vals)
+            if steps > 0:
+                r[name] = sum(n * v for n, v in vals) / steps
 
 
 def attach_graph_timing(rows, log_path):
