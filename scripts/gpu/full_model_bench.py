@@ -380,46 +380,51 @@ HOST_LINE = re.compile(r"decode step host times: batch (\d+), (\d+) steps: gap (
 HOST_FIELDS = ("host_gap_ms", "host_prepare_ms", "host_forward_ms", "host_sample_ms", "host_emit_ms")
 
 
-def attach_host_timing(rows, log_path):
-    """The host's side of each row's decode steps (engine/engine_log.h DecodeStepTimer): step-weighted
-    means of the lines of its batch size inside its window, as host_gap_ms (between steps: the
-    scheduler and the streams), host_prepare_ms, host_forward_ms (planning, launch and the wait for
-    the GPU), host_sample_ms and host_emit_ms."""
+def for_each_row_lines(rows, log_path, pattern, attach):
+    """Calls attach(row, lines) with the log lines matching `pattern` (groups: batch, steps, ..., the
+    run's first and last unix ms) of each row's batch size whose runs overlap the row's window (its
+    warm-up and measured generations)."""
     try:
-        lines = [m for m in HOST_LINE.findall(open(log_path).read())]
+        lines = pattern.findall(open(log_path).read())
     except OSError:
         return
     for r in rows:
         if "window_unix_ms" not in r:
             continue
         lo, hi = r["window_unix_ms"]
-        hits = [l for l in lines if int(l[0]) == r["batch"] and float(l[7]) <= hi and float(l[8]) >= lo]
+        attach(r, [l for l in lines if int(l[0]) == r["batch"] and float(l[-2]) <= hi and float(l[-1]) >= lo])
+
+
+def step_weighted(lines, k):
+    """The mean of group k over the lines, weighted by their steps (group 1); None without any."""
+    vals = [(float(l[1]), float(l[k])) for l in lines if l[k] != "nan"]
+    steps = sum(n for n, _ in vals)
+    return sum(n * v for n, v in vals) / steps if steps > 0 else None
+
+
+def attach_host_timing(rows, log_path):
+    """The host's side of each row's decode steps (engine/engine_log.h DecodeStepTimer): host_gap_ms
+    (between steps: the scheduler and the streams), host_prepare_ms, host_forward_ms (planning,
+    launch and the wait for the GPU), host_sample_ms and host_emit_ms."""
+    def attach(r, hits):
         for k, name in enumerate(HOST_FIELDS):
-            vals = [(float(l[1]), float(l[2 + k])) for l in hits if l[2 + k] != "nan"]
-            steps = sum(n for n, _ in vals)
-            if steps > 0:
-                r[name] = sum(n * v for n, v in vals) / steps
+            v = step_weighted(hits, 2 + k)
+            if v is not None:
+                r[name] = v
+    for_each_row_lines(rows, log_path, HOST_LINE, attach)
 
 
 def attach_graph_timing(rows, log_path):
     """Where each row's TPOT goes: the engine logs, per run of replays of one decode graph, the median
-    time of a replay on the device and from one replay's launch to the next (engine/decode_graphs.cc).
-    A row gets the step-weighted means of the lines of its batch size whose runs overlap its window
-    (its warm-up and measured generations): graph_device_ms and graph_launch_to_launch_ms; their
-    difference is what the host adds per step (planning, sampling, streaming)."""
-    try:
-        lines = [tuple(map(float, m)) for m in GRAPH_LINE.findall(open(log_path).read())]
-    except OSError:
-        return
-    for r in rows:
-        if "window_unix_ms" not in r:
-            continue
-        lo, hi = r["window_unix_ms"]
-        hits = [l for l in lines if int(l[0]) == r["batch"] and l[4] <= hi and l[5] >= lo]
-        steps = sum(l[1] for l in hits)
-        if steps > 0:
-            r["graph_device_ms"] = sum(l[1] * l[2] for l in hits) / steps
-            r["graph_launch_to_launch_ms"] = sum(l[1] * l[3] for l in hits) / steps
+    time of a replay on the device and from one replay's launch to the next (engine/decode_graphs.cc):
+    graph_device_ms and graph_launch_to_launch_ms; their difference is what the host adds per step
+    (planning, sampling, streaming)."""
+    def attach(r, hits):
+        device, cycle = step_weighted(hits, 2), step_weighted(hits, 3)
+        if device is not None:
+            r["graph_device_ms"] = device
+            r["graph_launch_to_launch_ms"] = cycle
+    for_each_row_lines(rows, log_path, GRAPH_LINE, attach)
 
 
 def print_table(res):
