@@ -102,9 +102,9 @@ void DecodeStepTimer::Add(int64_t batch, const Step& step) {
     FlushLocked();
     batch_ = batch;
   }
-  const double gap = last_end_ && ms_.size() > 0 ? Ms(*last_end_, step.start) : std::nan("");
-  ms_.push_back({gap, Ms(step.start, step.prepared), Ms(step.prepared, step.forwarded), Ms(step.forwarded, step.sampled),
-                 Ms(step.sampled, step.emitted)});
+  const double gap = last_end_ ? Ms(*last_end_, step.start) : std::nan("");  // none after a flush or Skip
+  ms_.push_back({gap, Ms(step.start, step.prepared), Ms(step.prepared, step.forwarded),
+                 Ms(step.forwarded, step.sampled), Ms(step.sampled, step.emitted)});
   last_end_ = step.emitted;
   last_unix_ms_ = unix_ms_();
   if (ms_.size() == 1) first_unix_ms_ = last_unix_ms_;

@@ -427,7 +427,9 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     engine->kernels_ = std::make_unique<KernelAttention>(
         engine->config_, device->device, options.prefill_kernel == "warp_specialized", options.programmatic_launch);
     absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
-    if (!options.programmatic_launch) absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
+    if (!options.programmatic_launch) {
+      absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
+    }
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);
     }

@@ -438,7 +438,8 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsign
 
 // Brings [p, p + bytes) into this SM's L1, one 128-byte line per thread and round.
 __device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
-  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{127}, end = reinterpret_cast<uintptr_t>(p) + bytes;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{127};
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + bytes;
   for (uintptr_t line = first + threadIdx.x * 128; line < end; line += kThreads * 128)
     asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }

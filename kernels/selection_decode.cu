@@ -232,8 +232,8 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 // Launch bounds: 2 CTAs per SM at D = 128 and 4 at D = 64, the occupancy it had before the
 // queries were loaded early (their registers are live under the centroid words').
 template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2) score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch,
-                                                             int group_size) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
+    score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch, int group_size) {
   constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
   constexpr bool kPartials = LV != Level::kChildren;
