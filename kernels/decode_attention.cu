@@ -100,22 +100,20 @@ struct DecodeWorkspace {
 // set_decode_trace (decode_attention.h): where thread 0 of each CTA records its phases.
 __device__ unsigned long long* g_trace = nullptr;
 __device__ int g_trace_ctas = 0;
-__device__ __forceinline__ void trace_event(int event) {
+// Thread 0 of a traced CTA writes (x, y) to its slot `event`.
+__device__ __forceinline__ void trace_write(int event, unsigned long long x, unsigned long long y) {
   if (threadIdx.x != 0 || g_trace == nullptr || static_cast<int>(blockIdx.x) >= g_trace_ctas) return;
+  unsigned long long* at = g_trace + (static_cast<size_t>(blockIdx.x) * kDecodeTraceEvents + event) * 2;
+  at[0] = x;
+  at[1] = y;
+}
+__device__ __forceinline__ void trace_event(int event) {
   unsigned long long ns;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  unsigned long long* at = g_trace + (static_cast<size_t>(blockIdx.x) * kDecodeTraceEvents + event) * 2;
-  at[0] = ns;
-  at[1] = static_cast<unsigned long long>(clock64());
-}
-__device__ __forceinline__ void trace_counts(int pieces, int merges) {
-  if (threadIdx.x != 0 || g_trace == nullptr || static_cast<int>(blockIdx.x) >= g_trace_ctas) return;
-  unsigned long long* at = g_trace + (static_cast<size_t>(blockIdx.x) * kDecodeTraceEvents + 7) * 2;
-  at[0] = static_cast<unsigned long long>(pieces);
-  at[1] = static_cast<unsigned long long>(merges);
+  trace_write(event, ns, static_cast<unsigned long long>(clock64()));
 }
 #define DECODE_TRACE(event) trace_event(event)
-#define DECODE_TRACE_COUNTS(pieces, merges) trace_counts(pieces, merges)
+#define DECODE_TRACE_COUNTS(pieces, merges) trace_write(7, (pieces), (merges))
 #else
 #define DECODE_TRACE(event) ((void)0)
 #define DECODE_TRACE_COUNTS(pieces, merges) ((void)0)

@@ -485,7 +485,6 @@ int main(int argc, char** argv) {
         cudaGraphExec_t g_sel, g_att = capture(s, attend);
         CUDA_OK(cudaGraphInstantiate(&g_sel, sel_graph, 0));
         cudaGraphExec_t g_all = capture(s, [&] { select(); attend(); });
-        cudaGraphExec_t g_all_traced = trace_path ? capture(s, [&] { select(); attend(); }) : nullptr;
         const int reps = c.prefill() ? 10 : 30;
         const Timing t_sel = time_graph(g_sel, s, flush, reps);
         const Timing t_att = time_graph(g_att, s, flush, reps);
@@ -493,7 +492,6 @@ int main(int argc, char** argv) {
         const std::vector<LaunchTiming> split = time_launches(sel_graph, s, flush, reps);
         cudaGraphExecDestroy(g_sel);
         cudaGraphExecDestroy(g_att);
-        cudaGraphExecDestroy(g_all);
         cudaGraphDestroy(sel_graph);
         long long lkept = 0, estimated = 0, scored = 0;
         for (int r : download(ls.sel.rows, bh)) lkept += r;
@@ -547,7 +545,7 @@ int main(int argc, char** argv) {
             CUDA_OK(cudaMemset(d_trace, 0, words * sizeof(unsigned long long)));
             CUDA_OK(static_cast<cudaError_t>(set_decode_trace(d_trace, kMaxTraceCtas)));
             flush(s, rep);
-            CUDA_OK(cudaGraphLaunch(g_all_traced, s));
+            CUDA_OK(cudaGraphLaunch(g_all, s));
             CUDA_OK(cudaStreamSynchronize(s));
             CUDA_OK(static_cast<cudaError_t>(set_decode_trace(nullptr, 0)));
             const std::vector<unsigned long long> t = download(d_trace, words);
@@ -568,7 +566,7 @@ int main(int argc, char** argv) {
           if (tf) std::fclose(tf);
           CUDA_OK(cudaFree(d_trace));
         }
-        if (g_all_traced) cudaGraphExecDestroy(g_all_traced);
+        cudaGraphExecDestroy(g_all);  // after the trace, which replays it
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
       PrefillLaunch ws_launch;  // the warp-specialized prefill kernel, where it runs
