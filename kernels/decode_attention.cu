@@ -6,6 +6,11 @@
 // number of rows at the same time. A CTA's range is one piece per head it overlaps (mostly one or
 // two); each piece writes an fp32 partial (o, max, sum) of the G query heads of the group, and the
 // head's last piece to finish merges its partials in order (deterministic log-sum-exp merge).
+// Each head's rows are preceded by start_cost rows of nothing (piece_start_cost): a CTA that
+// straddles two heads pays a second piece's dependent round trips mid-stream, under full load
+// (partial, fence, ticket, then the next head's views, window seek and first tiles), and the per-CTA
+// trace (run 14, NOTES.md) showed those CTAs finishing ~20 us after the rest at 512K batch 1: with
+// the charge they stream fewer rows instead.
 //
 // Streaming. Inside a piece every warp takes a contiguous quarter and streams it 16 rows at a time
 // through three cp.async stages of its own, computing on exactly the rows it copied: no CTA barrier
@@ -129,7 +134,26 @@ struct DecodeArgs {
   DecodeWorkspace ws;
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
+  int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0)
 };
+
+// The flat split: rows per CTA and the rows of nothing ahead of each head (the header's "Work
+// split"): start_cost = min(cap, per_cta / 4), per_cta the smallest that covers total rows plus
+// num_heads start costs over `grid` CTAs (at least kMinCtaRows).
+struct FlatSplit {
+  long long per_cta, start_cost;
+};
+__device__ __forceinline__ FlatSplit flat_split(long long total, long long grid, long long num_heads, long long cap) {
+  FlatSplit f{(total + grid - 1) / grid, 0};
+  if (cap > 0 && 4 * grid > num_heads) {
+    // per_cta * (grid - num_heads / 4) >= total covers num_heads charges of per_cta / 4.
+    f.per_cta = (4 * total + 4 * grid - num_heads - 1) / (4 * grid - num_heads);
+    f.start_cost = f.per_cta / 4;
+    if (f.start_cost > cap) f = {(total + cap * num_heads + grid - 1) / grid, cap};
+  }
+  f.per_cta = max(f.per_cta, static_cast<long long>(kMinCtaRows));  // only grows: still covers
+  return f;
+}
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
 __device__ __forceinline__ void cp_async_floats(float* smem, const float* gmem, int w, bool copy) {
@@ -462,7 +486,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
   // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
-  // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1).
+  // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1) of the
+  // heads laid end to end, each as start_cost rows of nothing then its rows.
   const int per_thread = (num_heads + kThreads - 1) / kThreads;
   const int h_lo = min(tid * per_thread, num_heads), h_hi = min(h_lo + per_thread, num_heads);
   long long mine = 0;
@@ -475,12 +500,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   }
   if (lane == 31) warp_rows[warp] = incl;
   __syncthreads();
-  long long total = 0, chunk_start = incl - mine;
+  long long rows_total = 0, rows_before = incl - mine;
   for (int w = 0; w < kWarps; ++w) {
-    total += warp_rows[w];
-    if (w < warp) chunk_start += warp_rows[w];
+    rows_total += warp_rows[w];
+    if (w < warp) rows_before += warp_rows[w];
   }
-  const long long per_cta = max((total + gridDim.x - 1) / gridDim.x, static_cast<long long>(kMinCtaRows));
+  const FlatSplit split = flat_split(rows_total, gridDim.x, num_heads, a.start_cost_cap);
+  const long long per_cta = split.per_cta, start_cost = split.start_cost;
+  const long long total = rows_total + start_cost * num_heads;
   const long long f0 = blockIdx.x * per_cta;
   if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
     DECODE_TRACE(2);
@@ -488,15 +515,16 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     return;
   }
   const long long f1 = min(f0 + per_cta, total);
-  if (chunk_start <= f0 && f0 < chunk_start + mine) {  // exactly one thread holds f0's head
+  long long chunk_start = rows_before + start_cost * h_lo;
+  if (chunk_start <= f0 && f0 < chunk_start + mine + start_cost * (h_hi - h_lo)) {  // one thread holds f0's head
     for (int x = h_lo;; ++x) {
-      const int rows = head_rows(a, x);
-      if (f0 < chunk_start + rows) {
+      const long long extent = start_cost + head_rows(a, x);
+      if (f0 < chunk_start + extent) {
         first_head = x;
         first_head_start = chunk_start;
         break;
       }
-      chunk_start += rows;
+      chunk_start += extent;
     }
   }
   __syncthreads();
@@ -511,13 +539,17 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     const int b = bh / a.hkv, h = bh % a.hkv;
     const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
     const int len = max(1, vr.total());  // = head_rows(a, bh)
-    // This piece: head rows [r0, r1); the head's pieces are CTAs first_cta .. first_cta + n - 1.
-    const int r0 = static_cast<int>(max(f0, head_start) - head_start);
-    const int r1 = static_cast<int>(min(f1, head_start + len) - head_start);
-    const int first_cta = static_cast<int>(head_start / per_cta);
-    const int num_pieces = static_cast<int>((head_start + len - 1) / per_cta) - first_cta + 1;
+    // The head's rows lie at [rows_at, rows_at + len), after its start cost. This piece: head rows
+    // [r0, r1), none when the range only meets the start cost; the head's pieces are the CTAs
+    // whose ranges meet its rows, first_cta .. first_cta + num_pieces - 1.
+    const long long rows_at = head_start + start_cost;
+    head_start = rows_at + len;
+    const int r0 = static_cast<int>(max(f0, rows_at) - rows_at);
+    const int r1 = static_cast<int>(min(f1, rows_at + len) - rows_at);
+    if (r1 <= r0) continue;  // CTA-uniform
+    const int first_cta = static_cast<int>(rows_at / per_cta);
+    const int num_pieces = static_cast<int>((rows_at + len - 1) / per_cta) - first_cta + 1;
     const int slot = blockIdx.x + bh;
-    head_start += len;
 
     // Warp ranges: consecutive whole tiles, clipped to the head's real rows.
     const int per_warp = ((r1 - r0 + kWarps - 1) / kWarps + kTileRows - 1) / kTileRows * kTileRows;
@@ -706,7 +738,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   const auto st = static_cast<cudaStream_t>(stream);
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
-               kLog2e / sqrtf(static_cast<float>(shape.head_dim))};
+               kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
+               launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else {

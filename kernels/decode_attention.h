@@ -3,7 +3,8 @@
 // Plain C++ header; CPU reference with the same contract: attention_ref.h (query_len = 1).
 //
 // One launch, split-K: the selected rows of every (sequence, KV head) plus its dense rows are laid
-// end to end and cut into one equal contiguous range per CTA, so heads with very different kept
+// end to end (each head's start charged as extra rows: DecodeLaunch::piece_start_rows) and cut
+// into one equal contiguous range per CTA, so heads with very different kept
 // counts balance; each range loads its rows once for the whole GQA group (tensor cores, the group's
 // query heads as matrix rows) and writes an fp32 partial (o, max, sum) per head it overlaps; the
 // last piece of a head to finish merges the head's partials in order (deterministic log-sum-exp
@@ -29,7 +30,15 @@ struct DecodeLaunch {
   // kernel and this one and so stops them overlapping (launch.h); the workspace cannot hold them
   // across launches because the selection reuses it.
   int32_t* tickets = nullptr;
+  // The split's charge for starting a piece, in rows (decode_attention.cu "Work split"): each head
+  // counts as min(this, rows per CTA / 4) extra rows, so a CTA that also ends the head before it
+  // streams that many fewer. -1: kDefaultPieceStartRows; 0: the plain equal split.
+  int32_t piece_start_rows = -1;
 };
+// From the sweep of bench/kernels (NOTES.md run 14, H100, 512K): 0 / 192 / 384 / 768 rows took
+// Llama-3 batch 1 from 137.5 to 133.6 / 129.4 / 129.8 us (the cap binds at per_cta / 4 there) and
+// Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
+constexpr int32_t kDefaultPieceStartRows = 768;
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 

@@ -145,7 +145,8 @@ __device__ __forceinline__ bool estimate_logits_on(const Selection& out, const P
 
 // Read-ahead: the clusters of KV head h of sequence s kept whatever their score, one per query
 // head of the group (SequenceLayer::read_ahead), -1 = none; at the coarse level their parents.
-// Every thread computes the same values (a few loads per CTA).
+// Every thread computes the same values (a few loads per CTA). With `coarse`, whole warps call it,
+// converged.
 struct ForcedClusters {
   int id[kMaxGroup];
 
@@ -158,19 +159,45 @@ struct ForcedClusters {
       int c = -1;
       const int pos = j < g && s.read_ahead ? s.read_ahead[h * g + j] : -1;
       if (pos >= 0 && pos < n) c = s.cluster_of_position[static_cast<int64_t>(h) * n + pos];
-      if (c >= 0 && coarse) {  // the coarse cluster whose children [coff[i], coff[i+1]) hold c
-        const int32_t* coff = s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1);
-        int lo = 0, hi = s.num_coarse;
-        while (hi - lo > 1) {
-          const int mid = (lo + hi) >> 1;
-          if (coff[mid] <= c) lo = mid;
-          else hi = mid;
-        }
-        c = lo;
-      }
       id[j] = c;
     }
+    if (coarse) to_coarse_parents(s.coarse_offsets + static_cast<int64_t>(h) * (s.num_coarse + 1), s.num_coarse, g);
   }
+
+  // Each fine id becomes the coarse cluster whose children [coff[i], coff[i + 1]) hold it: the
+  // last i < Kc with coff[i] <= id (empty coarse clusters repeat an offset). The warp's lanes split
+  // into one group of `span` lanes per member, each group a span-ary search: ceil(log_span Kc)
+  // rounds of one load per lane (5 for Kc ~ 5K at g = 4) where a binary search per member took
+  // ~13 dependent loads on the coarse compaction's critical path (NOTES.md run 13).
+  __device__ __forceinline__ void to_coarse_parents(const int32_t* coff, int Kc, int g) {
+    const int lane = threadIdx.x & 31;
+    const int span = 32 >> (32 - __clz(max(g, 1) - 1));  // 32 / (g rounded up to a power of two)
+    const int j = lane / span, r = lane % span;
+    const unsigned group_bits = span == 32 ? 0xffffffffu : ((1u << span) - 1) << (j * span);
+    int c = -1;
+#pragma unroll
+    for (int m = 0; m < kMaxGroup; ++m)
+      if (m == j) c = id[m];
+    // The parent lies in [lo, lo + len), and coff[lo] <= c. Every lane runs the same rounds
+    // (`width` bounds every group's len), so the ballots stay converged.
+    int lo = 0, len = Kc;
+    for (int width = Kc; width > 1; width = (width + span - 1) / span) {
+      const int stride = (len + span - 1) / span, at = lo + r * stride;
+      const bool le = c >= 0 && len > 1 && at < lo + len && __ldg(coff + at) <= c;
+      const unsigned mine = __ballot_sync(0xffffffffu, le) & group_bits;
+      if (len > 1 && mine) {
+        const int k = 31 - __clz(mine) - j * span;  // the group's last lane whose offset is <= c
+        lo += k * stride;
+        len = min(stride, len - k * stride);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kMaxGroup; ++m) {
+      const int parent = __shfl_sync(0xffffffffu, lo, min(m * span, 31));
+      if (id[m] >= 0) id[m] = parent;
+    }
+  }
+
   __device__ __forceinline__ bool contains(int c) const {
     bool hit = false;
 #pragma unroll

@@ -24,7 +24,9 @@
 // ("paper-no-skip-padding", PrefillLaunch::skip_padding_warps off). Decode at 90% also with one CTA per SM
 // ("paper-ctas-per-sm", against the default grid of every CTA the device holds at once), and
 // without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
-// "accurate-two-level-no-pdl"; kernels/launch.h), and with the selection's centroid stream on CUDA
+// "accurate-two-level-no-pdl"; kernels/launch.h), with the split's piece start charge at 0, 192
+// and 384 rows ("paper-start-costN"; the default is kDefaultPieceStartRows; 0 also as
+// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), and with the selection's centroid stream on CUDA
 // cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
 // SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
@@ -603,6 +605,13 @@ int main(int argc, char** argv) {
         run("paper-ctas-per-sm", d_views, sel, TopKeys{}, params, limits, sws, true, {},
             DecodeLaunch{prop.multiProcessorCount});
         without_pdl([&] { run("paper-no-pdl", d_views, sel, TopKeys{}, params, limits, sws); });
+        // The split's piece start charge (DecodeLaunch::piece_start_rows): none, and around the default.
+        for (int rows : {0, 192, 384}) {
+          DecodeLaunch charged;
+          charged.piece_start_rows = rows;
+          run(("paper-start-cost" + std::to_string(rows)).c_str(), d_views, sel, TopKeys{}, params, limits, sws, true,
+              {}, charged);
+        }
         run("paper-cuda-core", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, cuda_core);
       }
       if (!c.prefill() && sparsity > 0.85f && c.batch > 1) {
@@ -677,6 +686,10 @@ int main(int argc, char** argv) {
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
             run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
             without_pdl([&] { run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws); });
+            DecodeLaunch plain;
+            plain.piece_start_rows = 0;
+            run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
+                plain);
             cudaFree(d_acc_two);
           }
           cudaFree(two_ws);

@@ -66,10 +66,16 @@ struct Case {
   int estimate = 0, read_ahead = 0;
   bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
   float estimate_floor = 0.f;  // SelectionParams::estimate_floor
+  int piece_start_rows = -1;   // DecodeLaunch::piece_start_rows (-1 = the default)
 };
 
 Case with_floor(Case c, float floor) {
   c.estimate_floor = floor;
+  return c;
+}
+
+Case with_start_cost(Case c, int rows) {
+  c.piece_start_rows = rows;
   return c;
 }
 
@@ -458,7 +464,8 @@ Result run_case(const Case& c, uint64_t seed) {
     }
     void* dws = nullptr;
     if (c.lq == 1 && !c.use_prefill_kernel) {
-      const DecodeLaunch launch{c.decode_ctas};
+      DecodeLaunch launch{c.decode_ctas};
+      launch.piece_start_rows = c.piece_start_rows;
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
@@ -515,6 +522,7 @@ Result run_case(const Case& c, uint64_t seed) {
     // (the memset path, fully serialised) bit for bit, and the tickets must be zero again.
     const std::vector<uint16_t> expect = download(d_out, out_n);
     DecodeLaunch chained{c.decode_ctas};
+    chained.piece_start_rows = c.piece_start_rows;
     CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
     CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
     void* dws = nullptr;
@@ -722,6 +730,14 @@ int main(int argc, char** argv) {
       with_floor(with_lookup({"prefill d128 g4 lq64 est ra floor", 128, 4, 2, 64, {3001, 1200}, 5, 0, 50, 0.1f, 1.f}, 1, 1), 0.0625f),
       with_floor(with_lookup({"prefill d64 g3 lq40 hier est floor", 64, 3, 2, 40, {12007},   3, 4, 30, 0.1f, 1.f}, 1, 0), 0.25f),
       with_floor(with_lookup({"prefill d64 g2 lq3 fast est floor", 64, 2, 2, 3, {4103, 900}, 2, 0, 20, 0.1f, 1.f}, 1, 1), 0.0625f),
+      // The split's piece start charge (DecodeLaunch::piece_start_rows): the plain equal split; a
+      // charge of a quarter of each small CTA's range (ranges that only meet a charge have no piece
+      // of that head); a charge of one row; many heads on few CTAs (4 * CTAs <= heads: no charge).
+      with_start_cost({"decode batch17 d64 g2 plain split", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f}, 0),
+      with_start_cost({"decode batch10 d128 g4 hier 7 ctas charged", 128, 4, 2, 1, {12007, 3000, 4001, 900, 2500, 7000, 333, 12001, 5003, 1200}, 5, 8, 100, 0.1f, 1.5f, false, false, 7}, 1 << 20),
+      with_start_cost(with_lookup({"decode d128 g7 est ra 5 ctas charged", 128, 7, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 5}, 1, 1, true), 1 << 20),
+      with_start_cost({"decode d64 g4 3 ctas charge 1", 64, 4, 4, 1, {9001, 2002, 17},    2, 0, 40, 0.2f, 1.f, false, false, 3}, 1),
+      with_start_cost({"decode batch17 d64 g2 4 ctas charged", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f, false, false, 4}, 1 << 20),
   };
   if (small) {  // compute-sanitizer: one case per path and feature, small shapes
     const std::vector<std::string> names = {
@@ -732,7 +748,8 @@ int main(int argc, char** argv) {
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
-        "decode d128 g8 many pieces all", "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks"};
+        "decode d128 g8 many pieces all", "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks",
+        "decode batch10 d128 g4 hier 7 ctas charged", "decode d128 g7 est ra 5 ctas charged"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);
