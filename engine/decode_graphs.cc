@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/engine_log.h"
+#include "engine/sample_logits.h"
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 #include <ATen/cuda/CUDAEvent.h>
@@ -88,8 +89,8 @@ class DecodeGraphs::ReplayTimer {
   }
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  // The last replay's device time, once its end event is done (the step's sampling waited for it;
-  // never blocks here).
+  // The last replay's device time, once its end event is done (Run waited for it; never blocks
+  // here).
   void Collect() {
     if (!pending_) return;
     pending_ = false;
@@ -190,9 +191,20 @@ void Capture(const LlamaModel& model, const PlannedStep& plan, const std::vector
   graph->replay();
 }
 
+// The greedy draws of the step's logits (ReduceGreedyRows), issued in stream order right behind the
+// graph and copied into pinned host memory without waiting, so that the GPU runs them straight
+// after the graph while the host goes on to FinishStep; `copied` is recorded behind the copy.
+at::Tensor StartGreedyRows(const at::Tensor& logits, at::cuda::CUDAEvent* copied) {
+  const at::Tensor reduced = ReduceGreedyRows(logits);
+  at::Tensor host = at::empty(reduced.sizes(), reduced.options().device(at::kCPU).pinned_memory(true));
+  host.copy_(reduced, /*non_blocking=*/true);
+  copied->record();
+  return host;
+}
+
 }  // namespace
 
-std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
+StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
   const int64_t B = static_cast<int64_t>(batch.size());
   const at::Device device = model_.device();
   const c10::cuda::CUDAGuard guard(device);
@@ -227,9 +239,15 @@ std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>&
     // A copy on the device, in stream order: the graph's buffer is rewritten by its next replay,
     // which another generation's step may start before these rows are sampled (SampleLogits).
     const at::Tensor logits = graphs_.front()->logits.clone();
+    at::cuda::CUDAEvent greedy_copied;
+    StepLogits out;
+    out.greedy = StartGreedyRows(logits, &greedy_copied);
+    // With a squeezed member FinishStep waits for the step (its blocking copy of the attention
+    // statistics is enqueued behind the greedy copy, on the same stream), and this wait is free;
+    // without one nothing has waited, and this is the step's one wait.
     model_.FinishStep(plan);
-    std::vector<at::Tensor> out;
-    for (int64_t b = 0; b < B; ++b) out.push_back(logits[b]);
+    greedy_copied.synchronize();
+    for (int64_t b = 0; b < B; ++b) out.rows.push_back(logits[b]);
     return out;
   } catch (...) {
     model_.AbandonStep(plan);
@@ -239,7 +257,7 @@ std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>&
 
 #else  // !SQUEEZESERVE_CUDA_KERNELS: never constructed (the engine makes graphs with the kernels only).
 
-std::vector<at::Tensor> DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
+StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
   throw std::logic_error("decode graphs: this build has no CUDA support");
 }
 

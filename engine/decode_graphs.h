@@ -24,6 +24,15 @@
 
 namespace squeezeserve {
 
+// A step's logits as DecodeGraphs::Run hands them over.
+struct StepLogits {
+  std::vector<at::Tensor> rows;  // float32 [vocab] per batch entry, on the device
+  // ReduceGreedyRows (sample_logits.h) of every row, on the host [B, 3]: the greedy draws, reduced
+  // on the device right after the forward and brought back with the step's one wait. Undefined
+  // where the step ran eagerly (LlamaModel::ForwardBatch).
+  at::Tensor greedy;
+};
+
 class DecodeGraphs {
  public:
   // Whether this build can capture graphs (a CUDA build).
@@ -37,9 +46,10 @@ class DecodeGraphs {
   // CUDA kernels, wanting its last-token logits and nothing else.
   bool Eligible(const std::vector<const ForwardArgs*>& batch) const;
 
-  // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the device.
+  // The forward of an eligible batch: the float32 logits [vocab] of each entry, on the device, and
+  // their greedy draws, on the host and ready to read (Run waits for the step).
   // Throws on failure (the caller may run the step eagerly instead: the sequences have not advanced).
-  std::vector<at::Tensor> Run(const std::vector<const ForwardArgs*>& batch);
+  StepLogits Run(const std::vector<const ForwardArgs*>& batch);
 
   size_t captured() const { return graphs_.size(); }
 

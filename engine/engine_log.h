@@ -45,9 +45,10 @@ class IngestStageTimer {
 // Where the host's time of a batched decode step goes (TorchEngine::StepBatch), beside the decode
 // graph line's device and launch-to-launch times (decode_graphs.cc): per step the wall time of
 // preparing its sequences, of the forward (on a GPU: planning, the graph's launch and the wait for
-// it), of sampling the greedy rows (their kernels and the copy back), of emitting the tokens (other
-// sampled rows and detokenizing), and the gap since the previous decode step ended (the scheduler,
-// the streams' writes). One line per run of at least kMinSteps consecutive steps of one batch size,
+// it and for the greedy draws reduced behind it), of sampling the greedy rows (after a graph only
+// reading its draws; else their kernels and the copy back), of emitting the tokens (other sampled
+// rows and detokenizing), and the gap since the previous decode step ended (the scheduler, the
+// streams' writes). One line per run of at least kMinSteps consecutive steps of one batch size,
 // at most kMaxSteps a line:
 //   "decode step host times: batch 8, 31 steps: gap 0.21 ms, prepare 0.05 ms, forward 26.90 ms,
 //    sample 0.31 ms, emit 0.04 ms (medians), from 1796404422270 to 1796404422641 unix ms"

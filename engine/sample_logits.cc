@@ -5,21 +5,26 @@
 
 namespace squeezeserve {
 
+at::Tensor ReduceGreedyRows(const at::Tensor& logits) {
+  const at::Tensor log_normalizer = at::logsumexp(logits.to(at::kDouble), 1);  // as LogSoftmaxAt: double
+  const auto best = logits.max(1);  // (value, index) of each row's first maximum
+  return at::stack({std::get<0>(best).to(at::kDouble), std::get<1>(best).to(at::kDouble), log_normalizer}, 1);
+}
+
+std::vector<SampledToken> GreedyTokens(const at::Tensor& reduced) {
+  const at::Tensor packed = reduced.contiguous();
+  const double* v = packed.data_ptr<double>();
+  std::vector<SampledToken> out;
+  for (int64_t i = 0; i < packed.size(0); ++i, v += 3)
+    out.push_back(SampledToken{static_cast<int32_t>(v[1]), static_cast<float>(v[0] - v[2])});
+  return out;
+}
+
 std::vector<SampledToken> SampleGreedyRows(const std::vector<at::Tensor>& rows) {
   std::vector<at::Tensor> flat;
   for (const at::Tensor& row : rows) flat.push_back(row.reshape({-1}));
-  const at::Tensor logits = at::stack(flat);                                   // [n, vocab]
-  const at::Tensor log_normalizer = at::logsumexp(logits.to(at::kDouble), 1);  // as LogSoftmaxAt: double
-  const auto best = logits.max(1);  // (value, index) of each row's first maximum
-  const at::Tensor packed =
-      at::stack({std::get<0>(best).to(at::kDouble), std::get<1>(best).to(at::kDouble), log_normalizer}, 1)
-          .to(at::kCPU)
-          .contiguous();  // [n, 3]: one copy back (and the one wait for the step)
-  const double* v = packed.data_ptr<double>();
-  std::vector<SampledToken> out;
-  for (size_t i = 0; i < rows.size(); ++i, v += 3)
-    out.push_back(SampledToken{static_cast<int32_t>(v[1]), static_cast<float>(v[0] - v[2])});
-  return out;
+  // One copy back (and the one wait for the step).
+  return GreedyTokens(ReduceGreedyRows(at::stack(flat)).to(at::kCPU));
 }
 
 SampledToken SampleLogits(Sampler& sampler, const at::Tensor& row) {

@@ -24,6 +24,15 @@ SampledToken SampleLogits(Sampler& sampler, const at::Tensor& row);
 
 // The greedy draws of several rows ([vocab] float32, one device) in one reduction and one copy
 // back: for each row what SampleLogits gives it with a greedy sampler (a batch step's rows).
+// GreedyTokens(ReduceGreedyRows(rows stacked) copied to the host).
 std::vector<SampledToken> SampleGreedyRows(const std::vector<at::Tensor>& rows);
+
+// SampleGreedyRows in its two halves, so that a decode step can issue the reduction on the device
+// right after its forward and read the tokens after the step's one wait (DecodeGraphs::Run).
+// ReduceGreedyRows: logits [n, vocab] float32 → [n, 3] double on the same device, issued in stream
+// order without waiting: each row's first maximum, its index, and the row's log-normalizer.
+at::Tensor ReduceGreedyRows(const at::Tensor& logits);
+// GreedyTokens: that [n, 3] tensor, on the host, as the n tokens and their logprobs.
+std::vector<SampledToken> GreedyTokens(const at::Tensor& reduced);
 
 }  // namespace squeezeserve

@@ -158,7 +158,7 @@ class TorchGeneration : public Generation {
   absl::Status PrepareStep(ForwardArgs* args);
   absl::StatusOr<TokenStep> CompleteStep(absl::StatusOr<at::Tensor> logits);
   // CompleteStep in two halves around the sampling, so that StepBatch can reduce the greedy rows
-  // of the whole batch at once (SampleGreedyRows). RowToSample records the forward's failure and
+  // of the whole batch at once (GreedyDraws). RowToSample records the forward's failure and
   // the prompt log-probs and returns the row to sample from (on the device), or an undefined
   // tensor when the step samples nothing (a query chunk before the last); Emit turns the sampled
   // token into the step.
@@ -287,8 +287,8 @@ class TorchEngine : public Engine {
   }
 
   // ForwardBatch under the same lock: one pass for the whole batch. Logits per entry, on the
-  // device (as RunForward).
-  absl::StatusOr<std::vector<at::Tensor>> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
+  // device (as RunForward), and their greedy draws where a decode graph ran the pass.
+  absl::StatusOr<StepLogits> RunForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
     StepWaiting waiting(this);
     absl::MutexLock lock(&forward_mu_);
     waiting.Acquired();
@@ -304,7 +304,7 @@ class TorchEngine : public Engine {
       }
     }
     try {
-      return model_->ForwardBatch(batch);
+      return StepLogits{model_->ForwardBatch(batch), at::Tensor()};
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("batched forward pass failed: ", e.what()));
     }
@@ -705,6 +705,19 @@ TokenStep TorchGeneration::Emit(const SampledToken& sampled) {
   return step;
 }
 
+// The draws of a step's greedy members (`members`: their indices in the batch; `rows`: their rows),
+// in that order: those that the decode graph reduced right behind the forward, where it ran the step
+// (its entries' rows are the members' rows: RowToSample passes a decode step's row on unchanged),
+// else one reduction of the rows and one copy back now.
+std::vector<SampledToken> GreedyDraws(const StepLogits& logits, const std::vector<size_t>& members,
+                                      const std::vector<at::Tensor>& rows) {
+  if (!logits.greedy.defined()) return SampleGreedyRows(rows);
+  const std::vector<SampledToken> every_entry = GreedyTokens(logits.greedy);
+  std::vector<SampledToken> out;
+  for (size_t m : members) out.push_back(every_entry[m]);
+  return out;
+}
+
 void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
                             std::vector<absl::StatusOr<TokenStep>>* out) {
   out->assign(generations.size(), absl::StatusOr<TokenStep>(absl::UnknownError("not stepped")));
@@ -741,14 +754,14 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
     decode = decode && args[slot].num_tokens == 1 && !args[slot].query_prefill;
   }
   times.prepared = DecodeStepTimer::Clock::now();
-  absl::StatusOr<std::vector<at::Tensor>> logits = RunForwardBatch(batch);
+  absl::StatusOr<StepLogits> logits = RunForwardBatch(batch);
   times.forwarded = DecodeStepTimer::Clock::now();
   std::vector<absl::StatusOr<at::Tensor>> rows;
   for (size_t m = 0; m < members.size(); ++m) {
-    rows.push_back(members[m]->RowToSample(logits.ok() ? absl::StatusOr<at::Tensor>((*logits)[m])
+    rows.push_back(members[m]->RowToSample(logits.ok() ? absl::StatusOr<at::Tensor>(logits->rows[m])
                                                        : absl::StatusOr<at::Tensor>(logits.status())));
   }
-  // The greedy rows in one reduction and one copy back; sampled rows one by one.
+  // The greedy rows together (GreedyDraws); sampled rows one by one.
   std::vector<size_t> greedy;
   std::vector<at::Tensor> greedy_rows;
   for (size_t m = 0; m < members.size(); ++m) {
@@ -761,7 +774,7 @@ void TorchEngine::StepBatch(absl::Span<Generation* const> generations,
   absl::Status greedy_status;
   try {
     c10::InferenceMode inference_mode;
-    if (!greedy_rows.empty()) greedy_tokens = SampleGreedyRows(greedy_rows);
+    if (!greedy_rows.empty()) greedy_tokens = GreedyDraws(*logits, greedy, greedy_rows);
   } catch (const std::exception& e) {
     greedy_status = absl::InternalError(absl::StrCat("sampling the next token: ", e.what()));
   }

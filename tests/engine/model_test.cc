@@ -687,5 +687,38 @@ TEST(SampleLogitsTest, GreedyRowsOfABatchInOneReduction) {
     }
   }
 }
+
+// The decode graph's split of SampleGreedyRows: the reduction on the device, the tokens on the host.
+TEST(SampleLogitsTest, GreedyRowsInTwoHalvesAsInOne) {
+  c10::InferenceMode inference_mode;
+  std::vector<at::Device> devices = {at::Device(at::kCPU)};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  at::manual_seed(9);
+  at::Tensor batch = (at::randn({3, 1000}) * 2).to(at::kBFloat16).to(at::kFloat);
+  // Row 0: its maximum tied at ids 300 and 700 (the lower id must win); row 1: masked entries.
+  const float top = batch.max().item<float>() + 1.f;
+  batch[0][700] = top;
+  batch[0][300] = top;
+  batch[1].narrow(0, 0, 500).fill_(-INFINITY);
+  for (const at::Device& device : devices) {
+    const at::Tensor on_device = batch.to(device);
+    const std::vector<SampledToken> halves = GreedyTokens(ReduceGreedyRows(on_device).to(at::kCPU));
+    const std::vector<SampledToken> whole = SampleGreedyRows({on_device[0], on_device[1], on_device[2]});
+    ASSERT_EQ(halves.size(), 3u);
+    ASSERT_EQ(whole.size(), 3u);
+    for (int64_t r = 0; r < 3; ++r) {
+      EXPECT_EQ(halves[r].token, whole[r].token) << "row " << r << " on " << device;
+      EXPECT_EQ(halves[r].logprob, whole[r].logprob) << "row " << r << " on " << device;  // the same bits
+      const at::Tensor row = batch[r].contiguous();
+      Sampler greedy(SamplerOptions{});
+      const SampledToken want = greedy.Sample(absl::MakeConstSpan(row.data_ptr<float>(), row.numel()));
+      EXPECT_EQ(halves[r].token, want.token) << "row " << r << " on " << device;
+      EXPECT_NEAR(halves[r].logprob, want.logprob, 1e-5);
+    }
+    EXPECT_EQ(halves[0].token, 300);
+    EXPECT_GE(halves[1].token, 500);
+    EXPECT_TRUE(std::isfinite(halves[1].logprob));
+  }
+}
 }  // namespace
 }  // namespace squeezeserve
