@@ -371,18 +371,29 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   __syncwarp();  // the stage buffers are free for the caller
 }
 
-// Head j's (l_ctx, top) outputs of read-ahead from its merged statistics.
+// Query head hq's read-ahead outputs (share, position) from its merged statistics. Called by the
+// D / 4 lanes that merged hq (a warp at D = 128, a half warp at D = 64: merge_head's items), which
+// share st and ctx; the top key is the group's first lane's. The group finds the key's physical row
+// together (selected_physical_row_in_group): in the merging CTA's tail, the step's last work, where
+// one lane's binary search was ~12 dependent loads (NOTES.md run 13).
 template <int D>
 __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
+  constexpr int kSpan = D / 4;
+  const int lane = threadIdx.x & 31, r = lane % kSpan, base = lane - r;
+  const unsigned group = kSpan == 32 ? 0xffffffffu : ((1u << kSpan) - 1) << base;
+  top.s = __shfl_sync(group, top.s, base);
+  top.v = __shfl_sync(group, top.v, base);
   const int b = bh / a.hkv, h = bh % a.hkv;
   float share = 0.f;
   int position = -1;
   if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
-  if (share > 0.f) {
+  if (share > 0.f) {  // uniform in the group
     const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
     const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
-    position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + selected_physical_row(vr, top.v));
+    const int row = selected_physical_row_in_group(vr, top.v, kSpan, r, base, group);
+    position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + row);
   }
+  if (r != 0) return;
   if (a.top.share) a.top.share[hq] = share;
   if (a.top.position) a.top.position[hq] = position;
 }
@@ -454,7 +465,7 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsign
     dst[0] = __floats2bfloat162_rn(acc[k].x * inv, acc[k].y * inv);
     dst[1] = __floats2bfloat162_rn(acc[k].z * inv, acc[k].w * inv);
     if (d == 0 && a.lse) a.lse[hq] = st[k].lse();
-    if (kTop && d == 0) write_top<D>(a, bh, hq, st[k], ctx[k], top[k]);
+    if (kTop) write_top<D>(a, bh, hq, st[k], ctx[k], top[k]);  // every lane of item j's group
   }
 }
 
