@@ -28,7 +28,7 @@ class GenerateReactor final : public OutboxReactor<grpc::ServerWriteReactor<grpc
                               public GenerationSink {
  public:
   GenerateReactor(ServiceCore* core, grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw_request)
-      : OutboxReactor(context, "Generate", &core->counter),
+      : OutboxReactor(context, "Generate", &core->counter, &core->writer),
         core_(core),
         arrival_(Clock::now()),
         request_id_(AssignRequestId(context)) {

@@ -5,8 +5,12 @@
 // is kept. The queue is the stream's output buffer: backlog() tells a scheduler how far its client has
 // fallen behind, so it can pause the stream instead of waiting for the client (server/batching_scheduler.h).
 //
+// A write that starts when the stream is idle is started on the WriteThread, not on the producer's
+// thread (server/write_thread.h says why); the next ones start from OnWriteDone, on gRPC's threads.
+//
 // Lifetime rule: FinishAfterWrites() must be the producer's last touch of the reactor; gRPC may delete
-// it (OnDone) right after. Derived classes delete themselves in OnDone().
+// it (OnDone) right after. Derived classes delete themselves in OnDone(). A write posted to the
+// WriteThread keeps the reactor alive: the call cannot finish while a write is in flight.
 #pragma once
 
 #include <atomic>
@@ -23,6 +27,7 @@
 #include "absl/time/time.h"
 #include "server/request_codec.h"
 #include "server/status_map.h"
+#include "server/write_thread.h"
 
 namespace squeezeserve::server {
 
@@ -32,8 +37,9 @@ class OutboxReactor : public Base {
   // Called once a message has been written (true) or dropped because the stream broke (false).
   using Written = std::function<void(bool written)>;
 
-  OutboxReactor(grpc::CallbackServerContext* context, std::string method, StatusCounter* counter)
-      : context_(context), method_(std::move(method)), counter_(counter) {}
+  OutboxReactor(grpc::CallbackServerContext* context, std::string method, StatusCounter* counter,
+                WriteThread* writer)
+      : context_(context), method_(std::move(method)), counter_(counter), writer_(writer) {}
 
   // True once the client cancelled or the deadline passed.
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
@@ -66,7 +72,7 @@ class OutboxReactor : public Base {
       if (written != nullptr) written(false);
       return;
     }
-    this->StartWrite(&in_flight_);
+    writer_->Post([this] { this->StartWrite(&in_flight_); });
   }
 
   // Messages sent and not yet taken by the transport (the one being written included).
@@ -165,6 +171,7 @@ class OutboxReactor : public Base {
   grpc::CallbackServerContext* const context_;
   const std::string method_;
   StatusCounter* const counter_;
+  WriteThread* const writer_;
   std::atomic<bool> cancelled_{false};
 
   mutable absl::Mutex mu_;

@@ -17,6 +17,7 @@
 #include "server/server_metrics.h"
 #include "server/status_map.h"
 #include "server/worker_pool.h"
+#include "server/write_thread.h"
 
 namespace squeezeserve::server {
 
@@ -95,6 +96,9 @@ struct ServiceCore {
   // against the engine by SqueezeserveService::SetEngine before the engine is published (RPCs read
   // it only once they see the engine).
   ServerDefaults defaults;
+  // Starts the streamed responses' writes (OutboxReactor::Send). Declared before the scheduler and
+  // the pool, whose last messages it may still have to start: destroyed after them.
+  WriteThread writer;
   StatusCounter counter;
   const TokenAuthenticator auth;
   ServerMetrics metrics;
