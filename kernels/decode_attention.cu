@@ -6,11 +6,11 @@
 // number of rows at the same time. A CTA's range is one piece per head it overlaps (mostly one or
 // two); each piece writes an fp32 partial (o, max, sum) of the G query heads of the group, and the
 // head's last piece to finish merges its partials in order (deterministic log-sum-exp merge).
-// Each head's rows are preceded by start_cost rows of nothing (piece_start_cost): a CTA that
-// straddles two heads pays a second piece's dependent round trips mid-stream, under full load
-// (partial, fence, ticket, then the next head's views, window seek and first tiles), and the per-CTA
-// trace (run 14, NOTES.md) showed those CTAs finishing ~20 us after the rest at 512K batch 1: with
-// the charge they stream fewer rows instead.
+// Each head's rows are preceded by start_cost rows of nothing (flat_split, DecodeLaunch::
+// piece_start_rows): a CTA that straddles two heads pays a second piece's dependent round trips
+// mid-stream, under full load (partial, fence, ticket, then the next head's views, window seek and
+// first tiles), and the per-CTA trace (bench/kernels/NOTES.md run 14) showed those CTAs finishing
+// ~20 us after the rest at 512K batch 1: with the charge they stream fewer rows instead.
 //
 // Streaming. Inside a piece every warp takes a contiguous quarter and streams it 16 rows at a time
 // through three cp.async stages of its own, computing on exactly the rows it copied: no CTA barrier
