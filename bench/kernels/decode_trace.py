@@ -36,6 +36,16 @@ def summarise(rec):
     last = max(working or ns, key=lambda e: e[6])
     steps = ", ".join(f"{name} {(last[p + 1] - last[p]) / 1e3:.2f}" for p, name in enumerate(PHASES))
     print(f"  last to finish: entry at +{(last[0] - t0) / 1e3:.1f} us; {steps}")
+    # When the CTAs end, those with one piece against those that straddle heads (two or more): the
+    # straddlers pay a second piece's start mid-stream (decode_attention.cu, "Work split").
+    for label, group in (("one piece", [e for e, c in zip(ns, ctas) if c[14] == 1]),
+                         ("2+ pieces", [e for e, c in zip(ns, ctas) if c[14] >= 2])):
+        if not group:
+            continue
+        ends = sorted((e[6] - t0) / 1e3 for e in group)
+        p95 = ends[min(len(ends) - 1, int(0.95 * len(ends)))]
+        print(f"  ends, {len(ends)} CTAs with {label}: first {ends[0]:.1f} us, median {statistics.median(ends):.1f}, "
+              f"95th percentile {p95:.1f}, last {ends[-1]:.1f}")
 
 
 def main():
