@@ -54,7 +54,9 @@ void YieldCpuToGeneration() {
 class IngestReactor final : public OutboxReactor<IngestBase, pb::IngestContextProgress> {
  public:
   IngestReactor(ServiceCore* core, grpc::CallbackServerContext* context)
-      : OutboxReactor(context, "IngestContext", &core->counter, &core->writer), core_(core), request_id_(AssignRequestId(context)) {
+      : OutboxReactor(context, "IngestContext", &core->counter, &core->writer),
+        core_(core),
+        request_id_(AssignRequestId(context)) {
     absl::StatusOr<Principal> principal = core_->Admit(*context, kScopeIngest, "IngestContext");
     if (!principal.ok()) {
       FinishAfterWrites(ToGrpcStatus(principal.status()));
