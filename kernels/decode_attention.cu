@@ -1,25 +1,32 @@
 // Split-K sparse decode attention. Contract: decode_attention.h, reference: attention_ref.cc.
 //
-// Work split. The virtual rows of every (sequence, KV head) are laid end to end (a head without
-// rows still takes one masked row, so that its output is written) and cut into one equal,
-// contiguous range per CTA. The grid is what the device holds at once, so all CTAs stream the same
-// number of rows at the same time. A CTA's range is one piece per head it overlaps (mostly one or
-// two); each piece writes an fp32 partial (o, max, sum) of the G query heads of the group, and the
-// head's last piece to finish merges its partials in order (deterministic log-sum-exp merge).
-// Each head's rows are preceded by start_cost rows of nothing (flat_split, DecodeLaunch::
-// piece_start_rows): a CTA that straddles two heads pays a second piece's dependent round trips
-// mid-stream, under full load (partial, fence, ticket, then the next head's views, window seek and
-// first tiles), and the per-CTA trace (bench/kernels/NOTES.md run 14) showed those CTAs finishing
-// ~20 us after the rest at 512K batch 1: with the charge they stream fewer rows instead.
+// Work split (decode_split.h, proved on the CPU by tests/kernels/decode_split_test.cc). The virtual
+// rows of every (sequence, KV head) are laid end to end (a head without rows still takes one masked
+// row, so that its output is written) and cut into one equal, contiguous range of cost per CTA. The
+// grid is what the device holds at once, so all CTAs stream at the same time. A CTA's range is one
+// piece per head it overlaps (mostly one or two); each piece writes an fp32 partial (o, max, sum) of
+// the G query heads of the group, and the head's last piece to finish merges its partials in order
+// (deterministic log-sum-exp merge).
+// Cost: a selected or dense row is kRowCost units; an estimated row, which reads a mean value and no
+// key, DecodeLaunch::estimated_row_cost (a whole row by default, until measured). Counted as whole
+// rows, the estimate's ~15% more rows raise every CTA's share alike, so the CTAs holding only
+// selected rows stream ~15% more of them and set the step's time: the predicted cause of the
+// estimate's cost at batch 8 (bench/kernels/NOTES.md run 15).
+// Each head's rows are preceded by start_cost units of nothing (DecodeLaunch::piece_start_rows): a
+// CTA that straddles two heads pays a second piece's dependent round trips mid-stream, under full
+// load (partial, fence, ticket, then the next head's views, window seek and first tiles), and the
+// per-CTA trace (NOTES.md run 14) showed those CTAs finishing ~20 us after the rest at 512K batch 1:
+// with the charge they stream fewer rows instead.
 //
-// Streaming. Inside a piece every warp takes a contiguous quarter and streams it 16 rows at a time
-// through three cp.async stages of its own, computing on exactly the rows it copied: no CTA barrier
-// per tile. Rows are mapped to physical rows by a window of 32 selected segments held in registers
-// (lane j: segment base + j), searched with shuffles and reloaded only when a tile runs past it
-// (every ~30 clusters). Why: run 3c's kernel had four __syncthreads and two dependent global loads
-// (segment window, then the clusters' offsets) on every 64-row tile's critical path, plus a
-// 12-load binary search per work item; at the measured 410 us (MHA) that is ~4 us per tile per
-// CTA, i.e. those loaded round trips, not bandwidth, set the pace (2.1 TB/s MHA, 0.96 TB/s GQA).
+// Streaming. Inside a piece every warp takes a contiguous quarter of its cost (whole tiles) and
+// streams it 16 rows at a time through three cp.async stages of its own, computing on exactly the
+// rows it copied: no CTA barrier per tile. Rows are mapped to physical rows by a window of 32
+// selected segments held in registers (lane j: segment base + j), searched with shuffles and
+// reloaded only when a tile runs past it (every ~30 clusters). Why: run 3c's kernel had four
+// __syncthreads and two dependent global loads (segment window, then the clusters' offsets) on
+// every 64-row tile's critical path, plus a 12-load binary search per work item; at the measured
+// 410 us (MHA) that is ~4 us per tile per CTA, i.e. those loaded round trips, not bandwidth, set the
+// pace (2.1 TB/s MHA, 0.96 TB/s GQA).
 //
 // Math on tensor cores for every group size: S = Q K^T and O += P V with mma.sync m16n8k16, the
 // group's G query heads as rows 0..G-1 of the A operand (rows G..15 zero), a warp tile's 16 keys as
@@ -43,6 +50,7 @@
 #include "kernels/chained_launch.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
+#include "kernels/decode_split.h"
 #include "kernels/mma.cuh"
 #include "kernels/softmax_state.cuh"
 #include "kernels/virtual_rows.cuh"
@@ -51,12 +59,12 @@ namespace squeezeserve::kernels {
 namespace detail {
 namespace {
 
-constexpr int kWarps = 4;
+using decode_split::HeadCost;
+using decode_split::kRowCost;
+constexpr int kWarps = decode_split::kWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTileRows = 16;  // KV rows per warp tile
-constexpr int kStages = 3;     // per warp
-// Smallest CTA range (two tiles per warp): tiny launches use fewer CTAs instead of 1-row pieces.
-constexpr int kMinCtaRows = 2 * kWarps * kTileRows;
+constexpr int kTileRows = decode_split::kTileRows;  // KV rows per warp tile
+constexpr int kStages = 3;                           // per warp
 constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
@@ -134,26 +142,9 @@ struct DecodeArgs {
   DecodeWorkspace ws;
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
-  int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0)
+  int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
+  int est_cost;        // DecodeLaunch::estimated_row_cost, resolved (1..kRowCost)
 };
-
-// The flat split: rows per CTA and the rows of nothing ahead of each head (the header's "Work
-// split"): start_cost = min(cap, per_cta / 4), per_cta the smallest that covers total rows plus
-// num_heads start costs over `grid` CTAs (at least kMinCtaRows).
-struct FlatSplit {
-  long long per_cta, start_cost;
-};
-__device__ __forceinline__ FlatSplit flat_split(long long total, long long grid, long long num_heads, long long cap) {
-  FlatSplit f{(total + grid - 1) / grid, 0};
-  if (cap > 0 && 4 * grid > num_heads) {
-    // per_cta * (grid - num_heads / 4) >= total covers num_heads charges of per_cta / 4.
-    f.per_cta = (4 * total + 4 * grid - num_heads - 1) / (4 * grid - num_heads);
-    f.start_cost = f.per_cta / 4;
-    if (f.start_cost > cap) f = {(total + cap * num_heads + grid - 1) / grid, cap};
-  }
-  f.per_cta = max(f.per_cta, static_cast<long long>(kMinCtaRows));  // only grows: still covers
-  return f;
-}
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
 __device__ __forceinline__ void cp_async_floats(float* smem, const float* gmem, int w, bool copy) {
@@ -162,12 +153,12 @@ __device__ __forceinline__ void cp_async_floats(float* smem, const float* gmem, 
   else cp_async_4(smem, gmem, copy ? 4 : 0);
 }
 
-// Rows head bh takes in the flat split: selected + estimated + dense rows, at least one (masked).
-// Equals max(1, virtual_rows(...).total()).
-__device__ __forceinline__ int head_rows(const DecodeArgs& a, int bh) {
+// Head bh's rows in the split (decode_split.h).
+__device__ __forceinline__ HeadCost head_cost(const DecodeArgs& a, int bh) {
   const SequenceLayerBf16& s = a.seqs[bh / a.hkv];
-  const int estimated = a.sel.estimated != nullptr && s.cluster_values != nullptr ? a.sel.estimated[bh] : 0;
-  return max(1, a.sel.rows[bh] + estimated + s.dense_len);
+  const int sel = a.sel.rows[bh];
+  const int est = a.sel.estimated != nullptr && s.cluster_values != nullptr ? a.sel.estimated[bh] : 0;
+  return HeadCost::of(sel, est, s.dense_len, a.est_cost);
 }
 
 // A warp's window of 32 consecutive selected segments: lane j holds segment base + j, its first
@@ -482,7 +473,7 @@ template <int D, bool kTop>
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ long long warp_rows[kWarps];
+  __shared__ long long warp_units[kWarps];
   __shared__ long long first_head_start;
   __shared__ int first_head, merge_flag;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -496,29 +487,29 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   DECODE_TRACE(1);
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
-  // Flat split, computed identically by every CTA from the device-side counts: prefix sums of
-  // head_rows over a contiguous chunk of heads per thread, then this CTA's range [f0, f1) of the
-  // heads laid end to end, each as start_cost rows of nothing then its rows.
+  // Flat split, computed identically by every CTA from the device-side counts: prefix sums of the
+  // heads' cost over a contiguous chunk of heads per thread, then this CTA's range [f0, f1) of the
+  // heads laid end to end, each as start_cost units of nothing then its rows' units.
   const int per_thread = (num_heads + kThreads - 1) / kThreads;
   const int h_lo = min(tid * per_thread, num_heads), h_hi = min(h_lo + per_thread, num_heads);
   long long mine = 0;
-  for (int x = h_lo; x < h_hi; ++x) mine += head_rows(a, x);
+  for (int x = h_lo; x < h_hi; ++x) mine += head_cost(a, x).units();
   long long incl = mine;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
     const long long y = __shfl_up_sync(0xffffffffu, incl, off);
     if (lane >= off) incl += y;
   }
-  if (lane == 31) warp_rows[warp] = incl;
+  if (lane == 31) warp_units[warp] = incl;
   __syncthreads();
-  long long rows_total = 0, rows_before = incl - mine;
+  long long units_total = 0, units_before = incl - mine;
   for (int w = 0; w < kWarps; ++w) {
-    rows_total += warp_rows[w];
-    if (w < warp) rows_before += warp_rows[w];
+    units_total += warp_units[w];
+    if (w < warp) units_before += warp_units[w];
   }
-  const FlatSplit split = flat_split(rows_total, gridDim.x, num_heads, a.start_cost_cap);
+  const decode_split::FlatSplit split = decode_split::flat_split(units_total, gridDim.x, num_heads, a.start_cost_cap);
   const long long per_cta = split.per_cta, start_cost = split.start_cost;
-  const long long total = rows_total + start_cost * num_heads;
+  const long long total = units_total + start_cost * num_heads;
   const long long f0 = blockIdx.x * per_cta;
   if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
     DECODE_TRACE(2);
@@ -526,10 +517,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     return;
   }
   const long long f1 = min(f0 + per_cta, total);
-  long long chunk_start = rows_before + start_cost * h_lo;
+  long long chunk_start = units_before + start_cost * h_lo;
   if (chunk_start <= f0 && f0 < chunk_start + mine + start_cost * (h_hi - h_lo)) {  // one thread holds f0's head
     for (int x = h_lo;; ++x) {
-      const long long extent = start_cost + head_rows(a, x);
+      const long long extent = start_cost + head_cost(a, x).units();
       if (f0 < chunk_start + extent) {
         first_head = x;
         first_head_start = chunk_start;
@@ -549,23 +540,20 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
     const int b = bh / a.hkv, h = bh % a.hkv;
     const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
-    const int len = max(1, vr.total());  // = head_rows(a, bh)
-    // The head's rows lie at [rows_at, rows_at + len), after its start cost. This piece: head rows
-    // [r0, r1), none when the range only meets the start cost; the head's pieces are the CTAs
-    // whose ranges meet its rows, first_cta .. first_cta + num_pieces - 1.
-    const long long rows_at = head_start + start_cost;
-    head_start = rows_at + len;
-    const int r0 = static_cast<int>(max(f0, rows_at) - rows_at);
-    const int r1 = static_cast<int>(min(f1, rows_at + len) - rows_at);
-    if (r1 <= r0) continue;  // CTA-uniform
-    const int first_cta = static_cast<int>(rows_at / per_cta);
-    const int num_pieces = static_cast<int>((rows_at + len - 1) / per_cta) - first_cta + 1;
+    const HeadCost cost = head_cost(a, bh);
+    // The head's units lie at [at, at + units), after its start cost. This piece: head rows [r0,
+    // r1), none when the range only meets the start cost or part of a row; the head's pieces are
+    // first_cta .. first_cta + num_pieces - 1 (decode_split.h).
+    const long long at = head_start + start_cost;
+    head_start = at + cost.units();
+    const decode_split::Piece piece = decode_split::piece_of(cost, at, f0, f1, per_cta);
+    if (piece.r1 <= piece.r0) continue;  // CTA-uniform
+    const int first_cta = piece.first_cta, num_pieces = piece.num_pieces;
     const int slot = blockIdx.x + bh;
 
-    // Warp ranges: consecutive whole tiles, clipped to the head's real rows.
-    const int per_warp = ((r1 - r0 + kWarps - 1) / kWarps + kTileRows - 1) / kTileRows * kTileRows;
-    const int w0 = min(r0 + warp * per_warp, r1);
-    const int w1 = min(min(w0 + per_warp, r1), vr.total());
+    // Warp ranges: equal cost, whole tiles, clipped to the head's real rows.
+    const int w0 = piece.warp_start(cost, warp);
+    const int w1 = min(piece.warp_start(cost, warp + 1), vr.total());
 
     // Q as A fragments: row lane / 4 = query head g of the group (a0: dims 2*(lane&3)+{0,1} of
     // the 16-dim chunk, a2: the same + 8); rows >= G and 8..15 (a1, a3) are zero.
@@ -750,7 +738,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
-               launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows};
+               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
+               launch.estimated_row_cost < 1 ? kDefaultEstimatedRowCost : min(launch.estimated_row_cost, kRowCost)};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else {

@@ -21,10 +21,13 @@ void rms_norm_ref(const float* x, const float* weight, float* out, int rows, int
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + static_cast<int64_t>(r) * hidden;
     float* outr = out + static_cast<int64_t>(r) * hidden;
-    float sum = 0.f;
-    for (int i = 0; i < hidden; ++i) sum += xr[i] * xr[i];
+    // The sum of squares in double, rounded once to fp32: the fp32 sum's best value. A sequential fp32
+    // sum drifts by ~sqrt(N) roundings at N = 8192, more than the kernel's tree order does, and
+    // pushed kernels_check's share of outputs within 1 ulp under its 99.9% bar (NOTES.md run 14).
+    double sum = 0.0;
+    for (int i = 0; i < hidden; ++i) sum += static_cast<double>(xr[i]) * xr[i];
     // libtorch's fp32 mean multiplies the sum by 1/N.
-    const float inv_rms = 1.f / std::sqrt(sum * (1.f / static_cast<float>(hidden)) + eps);
+    const float inv_rms = 1.f / std::sqrt(static_cast<float>(sum) * (1.f / static_cast<float>(hidden)) + eps);
     for (int i = 0; i < hidden; ++i) outr[i] = round_to_bf16(weight[i] * round_to_bf16(xr[i] * inv_rms));
   }
 }

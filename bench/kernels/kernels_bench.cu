@@ -26,7 +26,9 @@
 // without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
 // "accurate-two-level-no-pdl"; kernels/launch.h), with the split's piece start charge at 0, 192
 // and 384 rows ("paper-start-costN"; the default is kDefaultPieceStartRows; 0 also as
-// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), and with the selection's centroid stream on CUDA
+// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), with an estimated row charged 1, 3
+// or 3 quarters of a row in the split ("accurate-two-level-est-costN"; DecodeLaunch::estimated_row_cost),
+// and with the selection's centroid stream on CUDA
 // cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
 // SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
@@ -690,6 +692,14 @@ int main(int argc, char** argv) {
             plain.piece_start_rows = 0;
             run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
                 plain);
+            // What an estimated row costs in the split, in quarters of a row (the default,
+            // kDefaultEstimatedRowCost, charges it as a whole row: the split before run 15).
+            for (int quarters : {1, 2, 3}) {
+              DecodeLaunch weighted;
+              weighted.estimated_row_cost = quarters;
+              run(("accurate-two-level-est-cost" + std::to_string(quarters)).c_str(), d_acc_two, acc_sel, top,
+                  two_params, two_limits, two_ws, true, {}, weighted);
+            }
             cudaFree(d_acc_two);
           }
           cudaFree(two_ws);

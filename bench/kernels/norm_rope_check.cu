@@ -72,9 +72,9 @@ ElementwiseResult check_rms_norm(const NormCase& c, uint64_t seed) {
   for (int r = 0; r < c.rows; ++r) {
     // The reference's bf16(normed) of this row, for the bound (same sum as rms_norm_ref).
     const float* xr = &x[size_t(r) * c.hidden];
-    float sum = 0.f;
-    for (int i = 0; i < c.hidden; ++i) sum += xr[i] * xr[i];
-    const float inv_rms = 1.f / std::sqrt(sum * (1.f / c.hidden) + eps);
+    double sum = 0.0;
+    for (int i = 0; i < c.hidden; ++i) sum += static_cast<double>(xr[i]) * xr[i];
+    const float inv_rms = 1.f / std::sqrt(static_cast<float>(sum) * (1.f / c.hidden) + eps);
     for (int i = 0; i < c.hidden; ++i) {
       const size_t k = size_t(r) * c.hidden + i;
       const double diff = std::abs(double(out[k]) - ref[k]);

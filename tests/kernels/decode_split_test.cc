@@ -1,0 +1,163 @@
+// The decode attention's work split (kernels/decode_split.h) on the CPU: the kernel's own
+// arithmetic, run for every CTA of random launches as decode_attention.cu runs it, must give every
+// row of every head to exactly one piece, in order, name each head's pieces as the CTAs that hold
+// them (the last one to finish merges them by that count and those slots), and split each piece
+// among the warps in order. A wrong count would leave a head unmerged on the GPU (its output never
+// written) or merged early (rows missing): kernels_check would see it, but only on a GPU.
+#include "kernels/decode_split.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace squeezeserve::kernels::decode_split {
+namespace {
+
+struct Launch {
+  std::vector<HeadCost> heads;
+  long long grid = 1, cap = 0;
+};
+
+// Units of head rows [r0, r1).
+long long UnitsOfRows(const HeadCost& h, int r0, int r1) {
+  long long units = 0;
+  for (int r = r0; r < r1; ++r) units += r >= h.sel && r < h.sel + h.est ? h.est_cost : kRowCost;
+  return units;
+}
+
+struct PieceSeen {
+  int cta, r0, r1, first_cta, num_pieces, slot;
+  std::vector<int> warp_starts;  // kWarps + 1 rows
+};
+
+// Runs the split of every CTA as the kernel does (the first head by a scan of the laid-out heads,
+// where the kernel uses per-thread prefix sums of the same extents) and checks the result.
+void CheckLaunch(const Launch& l, const std::string& what) {
+  long long units_total = 0;
+  for (const HeadCost& h : l.heads) units_total += h.units();
+  const long long num_heads = static_cast<long long>(l.heads.size());
+  const FlatSplit split = flat_split(units_total, l.grid, num_heads, l.cap);
+  ASSERT_GE(split.per_cta, kMinCtaUnits) << what;
+  ASSERT_LE(split.start_cost, std::max(l.cap, 0LL)) << what;
+  const long long total = units_total + split.start_cost * num_heads;
+  ASSERT_GE(split.per_cta * l.grid, total) << what << ": the grid does not cover every unit";
+
+  std::map<int, std::vector<PieceSeen>> by_head;
+  std::set<int> slots;
+  for (int cta = 0; cta < l.grid; ++cta) {
+    const long long f0 = cta * split.per_cta;
+    if (f0 >= total) continue;
+    const long long f1 = std::min(f0 + split.per_cta, total);
+    long long head_start = 0;
+    int bh = 0;
+    while (head_start + split.start_cost + l.heads[bh].units() <= f0) {
+      head_start += split.start_cost + l.heads[bh].units();
+      ++bh;
+    }
+    long long rows_cost = 0;
+    for (; head_start < f1; ++bh) {
+      ASSERT_LT(bh, num_heads) << what << ": CTA " << cta << " runs past the last head";
+      const HeadCost& cost = l.heads[bh];
+      const long long at = head_start + split.start_cost;
+      head_start = at + cost.units();
+      const Piece p = piece_of(cost, at, f0, f1, split.per_cta);
+      if (p.r1 <= p.r0) continue;
+      PieceSeen seen{cta, p.r0, p.r1, p.first_cta, p.num_pieces, cta + bh, {}};
+      for (int w = 0; w <= kWarps; ++w) seen.warp_starts.push_back(p.warp_start(cost, w));
+      ASSERT_TRUE(slots.insert(seen.slot).second) << what << ": slot " << seen.slot << " taken twice";
+      ASSERT_LT(seen.slot, l.grid + num_heads) << what << ": slot past the workspace";
+      rows_cost += UnitsOfRows(cost, p.r0, p.r1);
+      by_head[bh].push_back(seen);
+    }
+    // A CTA streams at most its range's units plus one row's (the row whose last unit it holds).
+    EXPECT_LE(rows_cost, split.per_cta + kRowCost) << what << ": CTA " << cta;
+  }
+
+  for (int bh = 0; bh < num_heads; ++bh) {
+    const HeadCost& cost = l.heads[bh];
+    const std::vector<PieceSeen>& pieces = by_head[bh];
+    ASSERT_FALSE(pieces.empty()) << what << ": head " << bh << " has no piece";
+    int next_row = 0;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const PieceSeen& p = pieces[i];
+      EXPECT_EQ(p.r0, next_row) << what << ": head " << bh << " piece " << i;
+      next_row = p.r1;
+      EXPECT_EQ(p.first_cta, pieces[0].cta) << what << ": head " << bh;
+      EXPECT_EQ(p.num_pieces, static_cast<int>(pieces.size())) << what << ": head " << bh;
+      EXPECT_EQ(p.cta, pieces[0].cta + static_cast<int>(i)) << what << ": head " << bh << ": pieces not consecutive";
+      // Warps: in order, from r0 to r1, each start on a whole tile from r0 (or at r1).
+      EXPECT_EQ(p.warp_starts.front(), p.r0);
+      EXPECT_EQ(p.warp_starts.back(), p.r1);
+      for (int w = 0; w < kWarps; ++w) {
+        EXPECT_LE(p.warp_starts[w], p.warp_starts[w + 1]) << what << ": head " << bh << " warp " << w;
+        const int s = p.warp_starts[w + 1];
+        EXPECT_TRUE(s == p.r1 || (s - p.r0) % kTileRows == 0) << what << ": warp " << w + 1 << " starts at " << s;
+      }
+    }
+    EXPECT_EQ(next_row, cost.rows()) << what << ": head " << bh << " rows not all covered";
+  }
+}
+
+TEST(DecodeSplit, RowsBeforeWalksTheRegionsInOrder) {
+  const HeadCost h = HeadCost::of(/*sel=*/3, /*est=*/4, /*dense=*/2, /*est_cost=*/1);
+  EXPECT_EQ(h.units(), 3 * 4 + 4 * 1 + 2 * 4);
+  EXPECT_EQ(h.rows(), 9);
+  const std::vector<int> want = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4, 5, 6, 7, 7, 7, 7, 8, 8, 8, 8, 9};
+  for (int c = 0; c <= h.units(); ++c) EXPECT_EQ(h.rows_before(c), want[c]) << c;
+  EXPECT_EQ(h.first_row_end(), kRowCost);
+  EXPECT_EQ(HeadCost::of(0, 5, 0, 2).first_row_end(), 2);  // only estimated rows
+  const HeadCost empty = HeadCost::of(0, 0, 0, 2);  // no rows: one masked row
+  EXPECT_EQ(empty.rows(), 1);
+  EXPECT_EQ(empty.units(), kRowCost);
+}
+
+TEST(DecodeSplit, EstimatedRowsCountAtTheirCost) {
+  // Two heads of 1000 selected and 1000 estimated rows on 4 CTAs, an estimated row charged half a
+  // row: 6000 units a head, 3000 a CTA. CTA 0 streams head 0's first 750 selected rows; CTA 1 its
+  // last 250 and all 1000 estimated rows, the same cost.
+  Launch l;
+  l.heads = {HeadCost::of(1000, 1000, 0, 2), HeadCost::of(1000, 1000, 0, 2)};
+  l.grid = 4;
+  CheckLaunch(l, "two heads");
+  const FlatSplit split = flat_split(2 * l.heads[0].units(), 4, 2, 0);
+  EXPECT_EQ(split.per_cta, 3000);
+  const Piece first = piece_of(l.heads[0], 0, 0, split.per_cta, split.per_cta);
+  EXPECT_EQ(first.r0, 0);
+  EXPECT_EQ(first.r1, 750);
+  const Piece second = piece_of(l.heads[0], 0, split.per_cta, 2 * split.per_cta, split.per_cta);
+  EXPECT_EQ(second.r0, 750);
+  EXPECT_EQ(second.r1, 2000);
+  EXPECT_EQ(second.first_cta, 0);
+  EXPECT_EQ(second.num_pieces, 2);
+}
+
+TEST(DecodeSplit, RandomLaunchesCoverEveryRowOnce) {
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 3000; ++trial) {
+    Launch l;
+    const int num_heads = pick(1, trial % 10 == 0 ? 300 : 40);
+    const int est_cost = pick(1, kRowCost);
+    const bool big = trial % 50 == 0;  // 512K-sized heads
+    for (int i = 0; i < num_heads; ++i) {
+      const int sel = pick(0, 4) == 0 ? 0 : pick(1, big ? 60000 : 3000);
+      const int est = pick(0, 3) == 0 ? 0 : pick(1, big ? 8000 : 900);
+      const int dense = pick(0, 3) == 0 ? 0 : pick(1, 300);
+      l.heads.push_back(HeadCost::of(sel, est, dense, est_cost));
+    }
+    l.grid = pick(1, trial % 7 == 0 ? 400 : 40);
+    const int caps[] = {0, 1, 7, 768 * kRowCost, 1 << 22};
+    l.cap = caps[pick(0, 4)];
+    CheckLaunch(l, "trial " + std::to_string(trial));
+    if (HasFatalFailure() || HasNonfatalFailure()) return;
+  }
+}
+
+}  // namespace
+}  // namespace squeezeserve::kernels::decode_split
