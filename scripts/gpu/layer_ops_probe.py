@@ -13,8 +13,6 @@ copy rate. Diagnosis only (docs/performance.md); not a result.
 import argparse
 import json
 
-import torch
-
 SHAPES = {
     "llama3-8b": dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, inter=14336, vocab=128256, layers=32),
     "llama2-7b": dict(hidden=4096, heads=32, kv_heads=32, head_dim=128, inter=11008, vocab=32000, layers=32),
@@ -58,6 +56,8 @@ def main():
     p.add_argument("--batches", default="1,8")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    global torch
+    import torch  # here, so that --help runs where PyTorch is not installed
     s = SHAPES[args.shape]
     dev = torch.device("cuda")
     bf = dict(dtype=torch.bfloat16, device=dev)
