@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <nvtx3/nvToolsExt.h>
 #endif
 
 namespace squeezeserve {
@@ -225,7 +226,11 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
       graph.inputs.copy_(host, /*non_blocking=*/true);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
       timer_->Before(stream, key, B);
+      // Named for Nsight Compute (scripts/gpu/profile_decode_graph.sh): one batch size's replays.
+      const std::string range = absl::StrCat("decode_graph_B", B);
+      nvtxRangePushA(range.c_str());
       graph.graph.replay();
+      nvtxRangePop();
       timer_->After(stream);
     } else {
       auto graph = std::make_unique<Graph>();

@@ -37,6 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("SQUEEZESERVE_BIN")
 SERVER = os.path.join(BIN, "squeezeserve") if BIN else os.path.join(ROOT, "build-gpu/server/squeezeserve")
 CTL = os.path.join(BIN, "squeezectl") if BIN else os.path.join(ROOT, "build-gpu/client/squeezectl/squeezectl")
+# SQUEEZESERVE_SERVER_WRAPPER: a command the server runs under, e.g. Nsight Compute
+# (scripts/gpu/profile_decode_graph.sh); its timings are then the profiler's, not results.
+WRAPPER = os.environ.get("SQUEEZESERVE_SERVER_WRAPPER", "").split()
 # The libraries scripts/gpu/build.sh unpacked: its LD_LIBRARY_PATH export reaches only the shell that
 # sourced it (a build in a background subshell left the server unable to start), so set it here.
 DEPS_LIB = "/opt/deps/usr/lib/x86_64-linux-gnu"
@@ -133,7 +136,7 @@ class Server:
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [SERVER, "--model", model, "--device", "cuda", "--listen", "127.0.0.1:0"] +
+            WRAPPER + [SERVER, "--model", model, "--device", "cuda", "--listen", "127.0.0.1:0"] +
             (["--store", store] if store else []) + [
              "--max_new_tokens", "4096", "--max_query_tokens", "8192", "--max_context_tokens", str(context),
              "--max_context_bytes", str(16 * context + (1 << 20)), "--max_message_bytes", str(64 << 20)] +

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Where one replayed decode step's GPU time goes, kernel by kernel, from Nsight Compute's CSV
+(scripts/gpu/profile_decode_graph.sh writes it: every node of the decode graphs of one batch size,
+each timed alone with caches flushed). The nodes repeat once per replay; this takes the first
+replay (the shortest period of the kernel-name sequence), groups its kernels by what they do, and
+prints each group's time and share of the step, with the per-layer figure beside it.
+
+    python3 scripts/gpu/decode_graph_profile.py ncu_decode_graph.csv [--layers 32] [--json FILE]
+"""
+import argparse
+import csv
+import json
+import re
+import sys
+
+# (group, pattern on the kernel's name), first match wins. Ours are the kernels/ entry points;
+# libtorch's are its matmuls (cuBLAS / CUTLASS) and elementwise kernels.
+GROUPS = [
+    ("attention: decode", r"decode_kernel"),
+    ("attention: selection", r"score_|select_|place_kernel|stream_kernel|compact|lse_|flags_kernel"),
+    ("attention: read-ahead", r"read_ahead|advance_"),
+    ("append kv", r"append"),
+    ("norm / rope", r"rms_norm|rope"),
+    ("matmul", r"gemm|gemv|cutlass|xmma|cublas|sm90_|sm80_|splitK|Kernel2"),
+    ("sampling", r"greedy|argmax|reduce_greedy|Greedy"),
+    ("elementwise / copies", r"elementwise|vectorized|unrolled|copy|cat|index|silu|mul|fill|reduce"),
+]
+
+
+def group_of(name):
+    for group, pattern in GROUPS:
+        if re.search(pattern, name):
+            return group
+    return "other"
+
+
+def read_kernels(path):
+    """(kernel name, duration in us) per profiled node, in order."""
+    rows = []
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]  # ncu prints its own lines before the CSV
+    for rec in csv.DictReader(lines):
+        if rec.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        value = float(rec["Metric Value"].replace(",", ""))
+        unit = rec.get("Metric Unit", "nsecond")
+        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}.get(unit, 1e-3)
+        rows.append((rec["Kernel Name"], value * scale))
+    return rows
+
+
+def first_replay(rows):
+    """The rows of one replay: the shortest period p of the kernel-name sequence (names[i] ==
+    names[i + p] wherever both exist, over at least two kernels; the layers alone repeat too, but the
+    step's first and last kernels break their period), or all rows when nothing repeats."""
+    names = [n for n, _ in rows]
+    for p in range(1, len(names) - 1):
+        if all(names[i] == names[i + p] for i in range(len(names) - p)):
+            return rows[:p]
+    return rows
+
+
+def summarize(rows, layers):
+    step = first_replay(rows)
+    total = sum(us for _, us in step)
+    groups = {}
+    for name, us in step:
+        g = groups.setdefault(group_of(name), {"kernels": 0, "us": 0.0, "names": {}})
+        g["kernels"] += 1
+        g["us"] += us
+        g["names"][name] = g["names"].get(name, 0.0) + us
+    return {"kernels": len(step), "total_us": total, "layers": layers, "groups": groups}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("csv")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--json", default="")
+    a = p.parse_args()
+    rows = read_kernels(a.csv)
+    if not rows:
+        sys.exit(f"{a.csv}: no gpu__time_duration.sum rows")
+    s = summarize(rows, a.layers)
+    print(f"one replay: {s['kernels']} kernels, {s['total_us'] / 1e3:.3f} ms (each kernel alone, caches flushed)")
+    print(f"| group | kernels | ms | share | us per layer |")
+    print(f"|---|---:|---:|---:|---:|")
+    for group, g in sorted(s["groups"].items(), key=lambda kv: -kv[1]["us"]):
+        print(f"| {group} | {g['kernels']} | {g['us'] / 1e3:.3f} | {100 * g['us'] / s['total_us']:.1f}% | "
+              f"{g['us'] / a.layers:.1f} |")
+    print("\nlargest kernels:")
+    names = {}
+    for g in s["groups"].values():
+        for n, us in g["names"].items():
+            names[n] = names.get(n, 0.0) + us
+    for n, us in sorted(names.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {us / 1e3:8.3f} ms  {n[:110]}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(s, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
