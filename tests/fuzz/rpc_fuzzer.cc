@@ -14,12 +14,14 @@
 //   op % 5 == 2  IngestContext: token byte, end-mode byte, count byte, then `count % 6` payloads
 //   op % 5 == 3  a valid ingest of context "c<n>" (token byte, n byte, size byte)
 //   op % 5 == 4  a valid Generate on "c<n>" (token byte, n byte, read-mode byte)
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -48,11 +50,30 @@ struct Harness {
   std::unique_ptr<pb::Squeezeserve::Stub> stub;
 };
 
+Harness* g_harness = nullptr;
+std::string g_store;
+
+// At exit, while spdlog's registry still stands: the gRPC server and the service go down in the
+// order main.cc takes them, which joins the batching loop. Left running, a stream finishing
+// during exit logged into the already destroyed registry (AddressSanitizer: heap-use-after-free in
+// GenerateReactor::OnFinish, seen once in a fresh-clone CI run).
+void StopHarness() {
+  if (g_harness == nullptr) return;
+  g_harness->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  g_harness->server->Wait();
+  g_harness->stub.reset();
+  g_harness->channel.reset();
+  g_harness->service.reset();
+  g_harness->server.reset();
+  std::error_code ignored;
+  std::filesystem::remove_all(g_store, ignored);
+}
+
 Harness* TheHarness() {
   static Harness* harness = [] {
     auto* h = new Harness;
     squeezeserve::server::RouteProtobufLogsToDebug();  // every malformed string would be logged
-    spdlog::set_level(spdlog::level::err);
+    spdlog::set_level(spdlog::level::err);  // constructs spdlog's registry before StopHarness is registered
     const std::string store =
         (std::filesystem::temp_directory_path() / ("squeezeserve-rpc-fuzz-" + std::to_string(getpid()))).string();
     std::filesystem::remove_all(store);
@@ -81,6 +102,9 @@ Harness* TheHarness() {
     h->server = builder.BuildAndStart();
     h->channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
     h->stub = pb::Squeezeserve::NewStub(h->channel);
+    g_harness = h;
+    g_store = store;
+    std::atexit(StopHarness);  // runs before the destructors of statics constructed earlier
     return h;
   }();
   return harness;
