@@ -143,10 +143,15 @@ ContextAttention AttendSelected(const LayerIndex& index, const at::Tensor& queri
   const at::Tensor q = GroupQueries(queries, H, per_token);
   const double scale = SoftmaxScale(softmax_scale, D);
 
-  // Rows of the selected clusters, packed per (head, selection) and padded to the largest count.
-  const at::Tensor row_cluster = SegmentOfPosition(index.cluster_offsets, N).unsqueeze(1).expand({H, Tp, N});
+  // Rows of the selected clusters, packed per (head, selection) and padded to the largest count:
+  // each cluster's verdict repeated over its rows (a head's sizes sum to N).
+  const int64_t K = index.num_clusters();
   const at::Tensor row_selected =
-      N == 0 ? at::zeros({H, Tp, 0}, selection.selected.options()) : selection.selected.gather(2, row_cluster);
+      N == 0 ? at::zeros({H, Tp, 0}, selection.selected.options())
+             : at::repeat_interleave(selection.selected.reshape({-1}),
+                                     FineSizes(index).unsqueeze(1).expand({H, Tp, K}).reshape({-1}),
+                                     /*dim=*/0, /*output_size=*/H * Tp * N)
+                   .view({H, Tp, N});
   const Compacted rows = CompactMask(row_selected);
   const int64_t R = rows.index.size(2);
   const at::Tensor flat_rows = rows.index.reshape({H, Tp * R});

@@ -51,6 +51,46 @@ void ExpectValidIndex(const LayerIndex& idx, const at::Tensor& keys, const at::T
   EXPECT_TRUE((norm.masked_select(sizes == 0) == 0).all().item<bool>());
 }
 
+// CompactMask: the order of a stable descending sort of the 0/1 mask (true entries ascending, then
+// the false ones ascending), cut at the largest count; valid and count from the mask.
+TEST(TensorUtil, CompactMaskIsAStableSortOfTheMask) {
+  at::manual_seed(7);
+  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{3, 1, 50}, {2, 4, 7}, {5, 1}, {2, 3, 0}}) {
+    for (const double p : {0.0, 0.1, 0.5, 1.0}) {
+      const at::Tensor mask = at::rand(shape) < p;
+      const Compacted got = CompactMask(mask);
+      const at::Tensor count = mask.sum(-1);
+      const int64_t cmax = mask.size(-1) == 0 ? 0 : count.max().item<int64_t>();
+      const at::Tensor order = std::get<1>(at::sort(mask.to(at::kInt), /*stable=*/true, /*dim=*/-1, /*descending=*/true));
+      EXPECT_TRUE(at::equal(got.index, order.narrow(-1, 0, cmax))) << p;
+      EXPECT_TRUE(at::equal(got.count, count)) << p;
+      EXPECT_TRUE(at::equal(got.valid, at::arange(cmax, at::kLong) < count.unsqueeze(-1))) << p;
+    }
+  }
+}
+
+// GatherRows: rows[h, m] = x[h, index[h, m]], for contiguous and strided x.
+TEST(TensorUtil, GatherRowsTakesEachHeadsRows) {
+  at::manual_seed(8);
+  const at::Tensor x = at::randn({3, 40, 8});
+  const at::Tensor index = at::randint(40, {3, 25}, at::kLong);
+  const at::Tensor want = x.gather(1, index.unsqueeze(-1).expand({3, 25, 8}));
+  EXPECT_TRUE(at::equal(GatherRows(x, index), want));
+  const at::Tensor strided = x.transpose(0, 1).contiguous().transpose(0, 1);  // same values, not contiguous
+  ASSERT_FALSE(strided.is_contiguous());
+  EXPECT_TRUE(at::equal(GatherRows(strided, index), want));
+  // The first 40 rows of longer heads (a context's clustered rows before its window).
+  const at::Tensor longer = at::cat({x, at::randn({3, 9, 8})}, 1).narrow(1, 0, 40);
+  ASSERT_FALSE(longer.is_contiguous());
+  EXPECT_TRUE(at::equal(GatherRows(longer, index), want));
+  // One head at an offset into its storage.
+  const at::Tensor offset = at::cat({at::randn({1, 40, 8}), x}, 0).narrow(0, 1, 3);
+  EXPECT_TRUE(at::equal(GatherRows(offset, index), want));
+  for (int64_t h = 0; h < 3; ++h) {
+    for (int64_t m = 0; m < 25; ++m) EXPECT_TRUE(at::equal(GatherRows(x, index)[h][m], x[h][index[h][m].item<int64_t>()]));
+  }
+}
+
 TEST(IndexBuilder, OneLevelInvariants) {
   const at::Tensor keys = synth::PlantedClusters(2, 700, 16, 9, 0.7, 3.0, 1).points;
   const at::Tensor values = synth::Randn({2, 700, 16}, synth::Rng(2));
