@@ -26,8 +26,9 @@
 // without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
 // "accurate-two-level-no-pdl"; kernels/launch.h), with the split's piece start charge at 0, 192
 // and 384 rows ("paper-start-costN"; the default is kDefaultPieceStartRows; 0 also as
-// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), with an estimated row charged 1, 3
-// or 3 quarters of a row in the split ("accurate-two-level-est-costN"; DecodeLaunch::estimated_row_cost),
+// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), with an estimated row charged 1, 2
+// or 3 quarters of a row in the split ("accurate-two-level-est-costN", and half a row over the flat
+// index, "accurate-est-cost2"; DecodeLaunch::estimated_row_cost),
 // and with the selection's centroid stream on CUDA
 // cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
 // SelectionLaunch::tensor_core_stream). Every
@@ -717,6 +718,11 @@ int main(int argc, char** argv) {
           SelectionParams floored = params;
           floored.estimate_floor = 0.0625f;
           run("accurate-floor16", d_acc, acc_sel, top, floored, limits, sws);
+          if (!c.prefill()) {  // half a row for an estimated row in the split (the flat index: 64K-128K)
+            DecodeLaunch weighted;
+            weighted.estimated_row_cost = 2;
+            run("accurate-est-cost2", d_acc, acc_sel, top, params, limits, sws, true, {}, weighted);
+          }
         }
         if (!c.prefill()) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);
