@@ -98,6 +98,25 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 constexpr bool kFusedKernelsCompiled = false;
 #endif
 
+// x [M, K] times W [N, K] transposed. On the CPU a one-row product (a decode step of one sequence)
+// is a matrix-vector product: BLAS's gemm copies W into its packed layout on every call, which for
+// one row is most of the work (perf, the shipped model decoding on the CPU: 51% of the step in
+// OpenBLAS's sgemm_incopy), where gemv reads W once. On a GPU cuBLAS picks its own kernels for one
+// row, so the products stay at::linear / at::addmm there.
+bool OneRowOnCpu(const at::Tensor& x) { return !x.is_cuda() && x.dim() == 2 && x.size(0) == 1; }
+
+// at::linear(x, w, bias).
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor()) {
+  if (!OneRowOnCpu(x)) return at::linear(x, w, bias);
+  return (bias.defined() ? at::addmv(bias, w, x[0]) : at::mv(w, x[0])).unsqueeze(0);
+}
+
+// residual + x w^T (at::addmm(residual, x, w.t())).
+at::Tensor AddLinear(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w) {
+  if (!OneRowOnCpu(x)) return at::addmm(residual, x, w.t());
+  return at::addmv(residual[0], w, x[0]).unsqueeze(0);
+}
+
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype,
@@ -205,29 +224,6 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::RopeTables(const at::Tensor& posit
   const at::Tensor angles = at::cat({freqs, freqs}, -1);                    // [N, D]
   return {angles.cos().to(dtype_), angles.sin().to(dtype_)};
 }
-
-namespace {
-
-// x [M, K] times W [N, K] transposed. On the CPU a one-row product (a decode step of one sequence)
-// is a matrix-vector product: BLAS's gemm copies W into its packed layout on every call, which for
-// one row is most of the work (perf, the shipped model decoding on the CPU: 51% of the step in
-// OpenBLAS's sgemm_incopy), where gemv reads W once. On a GPU cuBLAS picks its own kernels for one
-// row, so the products stay at::linear / at::addmm there.
-bool OneRowOnCpu(const at::Tensor& x) { return !x.is_cuda() && x.dim() == 2 && x.size(0) == 1; }
-
-// at::linear(x, w, bias).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor()) {
-  if (!OneRowOnCpu(x)) return at::linear(x, w, bias);
-  return (bias.defined() ? at::addmv(bias, w, x[0]) : at::mv(w, x[0])).unsqueeze(0);
-}
-
-// residual + x w^T (at::addmm(residual, x, w.t())).
-at::Tensor AddLinear(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w) {
-  if (!OneRowOnCpu(x)) return at::addmm(residual, x, w.t());
-  return at::addmv(residual[0], w, x[0]).unsqueeze(0);
-}
-
-}  // namespace
 
 LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos,
                                           const at::Tensor& sin) const {
