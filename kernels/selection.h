@@ -43,6 +43,12 @@ struct SelectionLaunch {
   // Selections agree with the CPU reference either way; between the two, scores differ in the
   // last bits (another summation order), so a cluster within rounding of its threshold may flip.
   bool tensor_core_stream = true;
+  // Prefill blocks (flat index, more than 8 query rows): the second scoring GEMM (each candidate's
+  // score and flags) on Hopper's wgmma where the device has it (selection_flags_wgmma.cu), instead
+  // of mma.sync. Off until it has run on a GPU: kernels_check --wgmma-flags holds it to the CPU
+  // reference and kernels_bench times it ("paper-wgmma-flags"); bench/kernels/NOTES.md, run 16.
+  // As above, the two sum in another order.
+  bool wgmma_flags = false;
 };
 
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).

@@ -5,6 +5,7 @@
 //                              centroid stream + one chunked, single-pass compaction
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
+//   selection_flags_wgmma.cu   its second GEMM (the scores and flags) on Hopper's wgmma
 //   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
 //                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
@@ -206,6 +207,30 @@ struct ForcedClusters {
   }
 };
 
+// The flat level's verdict on its candidates (pass C of the tensor-core path): candidate c < K of
+// (b, h) with group score `score` gets its flags (kept: above the head's threshold or forced by
+// read-ahead; candidate_flags) and, when asked, its score.
+struct FlatVerdict {
+  const int32_t* off;
+  float tau;
+  bool read_ahead;
+  ForcedClusters forced;
+
+  __device__ __forceinline__ FlatVerdict(const SequenceLayerBf16& s, const SelectionParams& params, int h, int g)
+      : off(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1)),
+        tau(head_tau(s, params, false, h)),
+        read_ahead(s.read_ahead != nullptr) {
+    if (read_ahead) forced.load(s, h, g, /*coarse=*/false);
+  }
+  __device__ __forceinline__ void write(int c, float score, const SelectionParams& params, int64_t at, uint8_t* flags,
+                                        float* scores) const {
+    const bool live = off[c + 1] > off[c];
+    const bool keep = live && (score > tau || (read_ahead && forced.contains(c)));
+    flags[at] = candidate_flags(live, keep, score, tau, params);
+    if (scores) scores[at] = live ? score : neg_inf();
+  }
+};
+
 inline size_t align_up(size_t x) { return (x + 255) & ~size_t{255}; }
 
 // Scratch layout; every buffer is sized for the worst case so launches never depend on data.
@@ -281,7 +306,8 @@ void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const S
 // selection_tensor_core.cu: flat index, rows > kMaxFastRows.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
+                               const Workspace& ws, const Selection& out, float* scores_out,
+                               const SelectionLaunch& launch, cudaStream_t stream);
 
 // selection_lse_wgmma.cu: the tensor-core path's pass A on wgmma, chunks of chunk_tiles x 64
 // candidates (their partials at chunk index < ws.tc_chunks). False (nothing launched) where the
@@ -289,6 +315,12 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
 template <int D>
 bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
                       cudaStream_t stream);
+
+// selection_flags_wgmma.cu: the tensor-core path's pass C on wgmma (ws.logden in, ws.flags and
+// scores_out out). False (nothing launched) where the device or the build has no wgmma.
+template <int D>
+bool launch_flags_wgmma(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
+                        const Workspace& ws, float* scores_out, cudaStream_t stream);
 
 // selection_generic.cu: any index on CUDA cores (used for hierarchical prefill blocks). Returns the error
 // of its kernel attribute call.

@@ -34,6 +34,8 @@
 // SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
+// Every prefill config also with the selection's pass C on wgmma instead of mma.sync
+// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -578,6 +580,11 @@ int main(int argc, char** argv) {
       ws_launch.warp_specialized = true;
       const bool ws = c.prefill() && c.d == 128 && prefill_warp_specialized_available();
       if (ws) run("paper-ws", d_views, sel, TopKeys{}, params, limits, sws, true, ws_launch);
+      if (c.prefill()) {  // the selection's pass C on wgmma (SelectionLaunch::wgmma_flags)
+        SelectionLaunch wgmma_flags;
+        wgmma_flags.wgmma_flags = true;
+        run("paper-wgmma-flags", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, wgmma_flags);
+      }
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
         run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, /*split_k=*/false);
       if (c.prefill() && lq <= 64 && sparsity > 0.85f) {

@@ -17,7 +17,8 @@
 // fault (sticky for its context) fails that case only and the later ones still report.
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
 // --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
-// there a launch never shares the stream, so `var` compares two per-sequence launches).
+// there a launch never shares the stream, so `var` compares two per-sequence launches),
+// --wgmma-flags (the prefill selection's pass C on wgmma instead of mma.sync, where the device has it).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,7 +47,8 @@ using namespace squeezeserve::kernels::bench;
 namespace {
 
 // The selection launch every case starts from: the defaults, or (--cuda-core-stream) the decode
-// centroid stream on CUDA cores, so that both kernels are held to the same references.
+// centroid stream on CUDA cores, or (--wgmma-flags) the prefill selection's second GEMM on wgmma
+// where the device has it, so that every kernel is held to the same references.
 SelectionLaunch g_base_launch;
 
 struct Case {
@@ -615,6 +617,7 @@ int main(int argc, char** argv) {
     small |= std::string(argv[i]) == "--small";
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
     if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
+    if (std::string(argv[i]) == "--wgmma-flags") g_base_launch.wgmma_flags = true;
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
