@@ -55,25 +55,6 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* tile, float* half_norms
   }
 }
 
-// A fragments (mma.sync m16n8k16 / wgmma m64nNk16 register layout, identical per warp) of 16
-// points starting at row0: a[s] covers elements 16s..16s+15. lane = 4 * g + q holds rows g and
-// g + 8, elements 2q, 2q+1 (regs 0, 1) and 2q+8, 2q+9 (regs 2, 3). Rows past n are zero.
-template <int D>
-__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[D / 16][4], const __nv_bfloat16* x, int64_t row0,
-                                                 int64_t n, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-  const int64_t r0 = row0 + g, r1 = r0 + 8;
-  const uint32_t* p0 = reinterpret_cast<const uint32_t*>(x + r0 * D);
-  const uint32_t* p1 = reinterpret_cast<const uint32_t*>(x + r1 * D);
-#pragma unroll
-  for (int s = 0; s < D / 16; ++s) {
-    a[s][0] = r0 < n ? __ldg(p0 + 8 * s + q) : 0u;
-    a[s][1] = r1 < n ? __ldg(p1 + 8 * s + q) : 0u;
-    a[s][2] = r0 < n ? __ldg(p0 + 8 * s + 4 + q) : 0u;
-    a[s][3] = r1 < n ? __ldg(p1 + 8 * s + 4 + q) : 0u;
-  }
-}
-
 // Running (max, argmax) of one point over the columns one lane sees. Columns arrive in increasing
 // order and only a strictly larger score replaces the max, so ties keep the smallest column; NaN
 // never compares larger.

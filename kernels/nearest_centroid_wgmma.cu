@@ -74,22 +74,13 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
   // Tile t: its wgmmas are in flight in `acc` (issued one step earlier); `next` takes tile t + 1
   // when there is one (issue_next: known at compile time, see the loop below).
   auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
-    cp_async_wait<kStages - 3>();  // this thread's copies of tile t + 1 landed
-    fence_proxy_async();           // ... and are visible to wgmma (async proxy)
-    __syncthreads();               // everyone's; both warpgroups finished tile t - 1's wgmmas
-    const int refill = t + kStages - 1;  // into the stage of tile t - 1
-    if (refill < num_tiles)
-      load_tile<D>(tiles + (refill % kStages) * kTileElems<D>, tile_norms + (refill % kStages) * kTileCentroids,
-                   centroids, half_norms, refill * kTileCentroids, a.k, tid);
-    cp_async_commit();
-    if constexpr (decltype(issue_next)::value) {
-      wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kStages) * kTileBytes);
-      wgmma_wait<1>();  // tile t's group is done, tile t + 1's runs on
-    } else {
-      wgmma_wait<0>();
-    }
-    fence_operands(acc[0]);
-    fence_operands(acc[1]);
+    wgmma_stream_step<D, kStages>(t, acc, next, issue_next, afrag, tiles_address, kTileBytes, [&] {
+      const int refill = t + kStages - 1;  // into the stage of tile t - 1
+      if (refill < num_tiles)
+        load_tile<D>(tiles + (refill % kStages) * kTileElems<D>, tile_norms + (refill % kStages) * kTileCentroids,
+                     centroids, half_norms, refill * kTileCentroids, a.k, tid);
+      cp_async_commit();
+    });
 
     // Accumulator block j (registers 4j..4j+3): row g, columns 8j + 2q, +1; then row g + 8.
     const float* norms = tile_norms + (t % kStages) * kTileCentroids;

@@ -30,29 +30,6 @@ constexpr int kFlagsTileElems = kFlagsTile * D;
 template <int D>
 constexpr size_t kFlagsSmemBytes = kFlagsStages * (sizeof(__nv_bfloat16) * kFlagsTileElems<D> + sizeof(float) * kFlagsTile);
 
-// A fragments of 16 centroid rows starting at c0 (rows >= k zero), the layout of
-// selection_lse_wgmma.cu's load_query_fragments.
-template <int D>
-__device__ __forceinline__ void load_centroid_fragments(uint32_t (&a)[D / 16][4], const __nv_bfloat16* cent, int c0,
-                                                        int k, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-  const uint32_t* src[2];
-  bool live[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int c = c0 + g + 8 * i;
-    live[i] = c < k;
-    src[i] = reinterpret_cast<const uint32_t*>(cent + static_cast<int64_t>(live[i] ? c : 0) * D);
-  }
-#pragma unroll
-  for (int s = 0; s < D / 16; ++s) {
-    a[s][0] = live[0] ? __ldg(src[0] + 8 * s + q) : 0u;
-    a[s][1] = live[1] ? __ldg(src[1] + 8 * s + q) : 0u;
-    a[s][2] = live[0] ? __ldg(src[0] + 8 * s + 4 + q) : 0u;
-    a[s][3] = live[1] ? __ldg(src[1] + 8 * s + 4 + q) : 0u;
-  }
-}
-
 // grid (ceil(capacity / 256), 1, B * H_kv). flags / scores at [bh * capacity + c].
 template <int D>
 __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemArgs p, SelectionParams params,
@@ -107,8 +84,8 @@ __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemAr
   const int row0 = c_first + (warp >> 2) * 128 + (warp & 3) * 16;
   const __nv_bfloat16* cent = as_bf16(s.centroids) + static_cast<int64_t>(h) * K * D;
   uint32_t afrag[2][D / 16][4];
-  load_centroid_fragments<D>(afrag[0], cent, row0, K, lane);
-  load_centroid_fragments<D>(afrag[1], cent, row0 + 64, K, lane);
+  load_a_fragments<D>(afrag[0], cent, row0, K, lane);
+  load_a_fragments<D>(afrag[1], cent, row0 + 64, K, lane);
 
   // sum: this thread's part of the current member's sums of candidates [half][lane / 4 (+ 8)];
   // best: the max over the members finished so far.
@@ -141,18 +118,8 @@ __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemAr
   wgmma_two_halves_x64<D>(acc_even, afrag, tiles_address);
 
   auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
-    cp_async_wait<kFlagsStages - 3>();  // this thread's copies of tile t + 1 landed
-    fence_proxy_async();                // ... and are visible to wgmma (async proxy)
-    __syncthreads();                    // everyone's; both warpgroups done with tile t - 1
-    load(t + kFlagsStages - 1);         // into the stage of tile t - 1
-    if constexpr (decltype(issue_next)::value) {
-      wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kFlagsStages) * kTileBytes);
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
-    }
-    fence_operands(acc[0]);
-    fence_operands(acc[1]);
+    wgmma_stream_step<D, kFlagsStages>(t, acc, next, issue_next, afrag, tiles_address, kTileBytes,
+                                       [&] { load(t + kFlagsStages - 1); });  // into the stage of tile t - 1
 
     // Accumulator block j (registers 4j..4j+3): candidate lane / 4, query rows 8j + 2q, +1; then
     // candidate lane / 4 + 8. Block j's rows all belong to member (64 t + 8 j) / member_rows.

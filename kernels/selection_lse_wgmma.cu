@@ -32,29 +32,18 @@ constexpr size_t kLseSmemBytes =
     kLseStages * (sizeof(__nv_bfloat16) * kLseTileElems<D> + sizeof(float) * kLseTile + sizeof(int) * kLseOffsets);
 
 // A fragments of 16 packed query rows starting at row0 (row r = token r / g, member r % g of head
-// h's group; rows >= rows are zero), layout as nearest_centroid_common.cuh's load_a_fragments.
+// h's group; rows >= rows are zero).
 template <int D>
 __device__ __forceinline__ void load_query_fragments(uint32_t (&a)[D / 16][4], const ProblemArgs& p, int b, int h,
                                                      int row0, int rows, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-  const uint32_t* src[2];
-  bool live[2];
+  const __nv_bfloat16* src[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int r = row0 + g + 8 * i;
-    live[i] = r < rows;
-    const int t = live[i] ? r / p.g : 0, j = live[i] ? r % p.g : 0;
-    src[i] = reinterpret_cast<const uint32_t*>(p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + j) * D);
+    const int r = row0 + (lane >> 2) + 8 * i;
+    src[i] = r < rows ? p.q + ((static_cast<int64_t>(b) * p.lq + r / p.g) * p.hq + h * p.g + r % p.g) * D : nullptr;
   }
-#pragma unroll
-  for (int s = 0; s < D / 16; ++s) {
-    a[s][0] = live[0] ? __ldg(src[0] + 8 * s + q) : 0u;
-    a[s][1] = live[1] ? __ldg(src[1] + 8 * s + q) : 0u;
-    a[s][2] = live[0] ? __ldg(src[0] + 8 * s + 4 + q) : 0u;
-    a[s][3] = live[1] ? __ldg(src[1] + 8 * s + 4 + q) : 0u;
-  }
+  load_a_rows<D>(a, src[0], src[1], lane);
 }
-
 
 // grid (ceil(rows / 256), chunks, B * H_kv); chunk c covers candidates [c, c + 1) * chunk_tiles * 64.
 // partials[(bh * num_chunks + c) * rows + r], natural-log max.
@@ -129,20 +118,10 @@ __global__ void __launch_bounds__(kLseThreads, 1) lse_wgmma_kernel(ProblemArgs p
   wgmma_two_halves_x64<D>(acc_even, afrag, tiles_address);
 
   auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
-    cp_async_wait<kLseStages - 3>();  // this thread's copies of tile t + 1 landed
-    fence_proxy_async();              // ... and are visible to wgmma (async proxy)
-    __syncthreads();                  // everyone's; both warpgroups done with tile t - 1
-    const int refill = t + kLseStages - 1;  // into the stage of tile t - 1
-    load(refill);
-    make_sizes(t + 1);
-    if constexpr (decltype(issue_next)::value) {
-      wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kLseStages) * kTileBytes);
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
-    }
-    fence_operands(acc[0]);
-    fence_operands(acc[1]);
+    wgmma_stream_step<D, kLseStages>(t, acc, next, issue_next, afrag, tiles_address, kTileBytes, [&] {
+      load(t + kLseStages - 1);  // into the stage of tile t - 1
+      make_sizes(t + 1);
+    });
 
     // Accumulator block j (registers 4j..4j+3): row g, columns 8j + 2q, +1; then row g + 8.
     const float* ls = log2_size + (t % kLseStages) * kLseTile + 2 * (lane & 3);

@@ -1,5 +1,6 @@
 // Hopper warpgroup MMA (wgmma, sm_90a) building blocks shared by the kernels that use it
-// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, prefill_attention_ws.cu). SQZ_HAS_WGMMA is
+// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, selection_flags_wgmma.cu,
+// prefill_attention_ws.cu; load_a_fragments also the mma.sync nearest_centroid.cu). SQZ_HAS_WGMMA is
 // defined when the code is compiled for sm_90a (the device pass of an sm_90a target); kernels built
 // without it trap, and the host only launches them where wgmma_available().
 //
@@ -48,6 +49,31 @@ __device__ __forceinline__ void copy_core_tile(__nv_bfloat16* tile, const __nv_b
     const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + core_chunk_col<D>(chunk) : rows;
     cp_async_16(tile + chunk * 8, src, in_range ? 16 : 0);
   }
+}
+
+// A fragments (mma.sync m16n8k16 / wgmma m64nNk16 register layout, identical per warp) of 16 rows
+// of D bf16: a[s] covers elements 16s..16s+15. lane = 4 * g + q holds rows g (row_g) and g + 8
+// (row_g8), elements 2q, 2q+1 (regs 0, 1) and 2q+8, 2q+9 (regs 2, 3); a null row is zero.
+template <int D>
+__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const __nv_bfloat16* row_g,
+                                            const __nv_bfloat16* row_g8, int lane) {
+  const int q = lane & 3;
+  const uint32_t* p0 = reinterpret_cast<const uint32_t*>(row_g);
+  const uint32_t* p1 = reinterpret_cast<const uint32_t*>(row_g8);
+#pragma unroll
+  for (int s = 0; s < D / 16; ++s) {
+    a[s][0] = p0 ? __ldg(p0 + 8 * s + q) : 0u;
+    a[s][1] = p1 ? __ldg(p1 + 8 * s + q) : 0u;
+    a[s][2] = p0 ? __ldg(p0 + 8 * s + 4 + q) : 0u;
+    a[s][3] = p1 ? __ldg(p1 + 8 * s + 4 + q) : 0u;
+  }
+}
+// The same for rows row0 .. row0 + 15 of a [n][D] matrix x (rows past n zero).
+template <int D>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[D / 16][4], const __nv_bfloat16* x, int64_t row0,
+                                                 int64_t n, int lane) {
+  const int64_t r0 = row0 + (lane >> 2), r1 = r0 + 8;
+  load_a_rows<D>(a, r0 < n ? x + r0 * D : nullptr, r1 < n ? x + r1 * D : nullptr, lane);
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -184,6 +210,30 @@ __device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const 
     for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
       wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
   wgmma_commit();
+  fence_operands(acc[0]);
+  fence_operands(acc[1]);
+}
+
+// The head of step t of a stream of 64-row tiles through kStages cp.async stages, one commit group
+// per tile (wgmma_ping_pong's step in nearest_centroid_wgmma.cu and the selection's passes A and
+// C): waits for tile t + 1's copies (this thread's, then everyone's, visible to wgmma; the barrier
+// also means every warp is done with tile t - 1, whose stage refill() may then load), issues tile
+// t + 1's wgmmas into `next` when issue_next says there is one, and returns once tile t's
+// accumulators `acc` are ready.
+template <int D, int kStages, typename IssueNext, typename Refill>
+__device__ __forceinline__ void wgmma_stream_step(int t, float (&acc)[2][32], float (&next)[2][32], IssueNext,
+                                                  const uint32_t (&afrag)[2][D / 16][4], uint32_t tiles_address,
+                                                  uint32_t tile_bytes, Refill&& refill) {
+  cp_async_wait<kStages - 3>();
+  fence_proxy_async();
+  __syncthreads();
+  refill();
+  if constexpr (IssueNext::value) {
+    wgmma_two_halves_x64<D>(next, afrag, tiles_address + ((t + 1) % kStages) * tile_bytes);
+    wgmma_wait<1>();  // tile t's group is done, tile t + 1's runs on
+  } else {
+    wgmma_wait<0>();
+  }
   fence_operands(acc[0]);
   fence_operands(acc[1]);
 }
