@@ -207,6 +207,21 @@ struct ForcedClusters {
   }
 };
 
+// Tensor-core path (selection_tensor_core.cu, selection_flags_wgmma.cu): the query row (token t,
+// group member j) at tile row r: token-major (r = t*g + j, pass A) when member_rows == 0, else
+// member-major with member_rows rows per member (r = j*member_rows + t, pass C). False for
+// padding rows.
+__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
+  if (member_rows == 0) {
+    t = r / p.g;
+    j = r % p.g;
+    return r < p.lq * p.g;
+  }
+  j = r / member_rows;
+  t = r % member_rows;
+  return j < p.g && t < p.lq;
+}
+
 // The flat level's verdict on its candidates (pass C of the tensor-core path): candidate c < K of
 // (b, h) with group score `score` gets its flags (kept: above the head's threshold or forced by
 // read-ahead; candidate_flags) and, when asked, its score.

@@ -60,18 +60,18 @@ __global__ void __launch_bounds__(kFlagsThreads, 1) flags_wgmma_kernel(ProblemAr
       constexpr int kChunks = kFlagsTile * D / 8;
 #pragma unroll
       for (int i = 0; i < kChunks / kFlagsThreads; ++i) {
-        const int chunk = i * kFlagsThreads + tid, r = t * kFlagsTile + core_chunk_row<D>(chunk);
-        const int j = r / member_rows, tok = r - j * member_rows;
-        const bool live = j < p.g && tok < p.lq;
+        const int chunk = i * kFlagsThreads + tid;
+        int tok, j;
+        const bool live = tc_query_row(p, t * kFlagsTile + core_chunk_row<D>(chunk), member_rows, tok, j);
         const __nv_bfloat16* src =
             live ? p.q + ((static_cast<int64_t>(b) * p.lq + tok) * p.hq + h * p.g + j) * D + core_chunk_col<D>(chunk)
                  : p.q;
         cp_async_16(tile + 8 * chunk, src, live ? 16 : 0);
       }
       if (tid < kFlagsTile) {
-        const int r = t * kFlagsTile + tid, j = r / member_rows, tok = r - j * member_rows;
+        int tok, j;
         float* dst = den + (t % kFlagsStages) * kFlagsTile + tid;
-        if (j < p.g && tok < p.lq) cp_async_4(dst, ld + tok * p.g + j);
+        if (tc_query_row(p, t * kFlagsTile + tid, member_rows, tok, j)) cp_async_4(dst, ld + tok * p.g + j);
         else *dst = neg_inf();  // visible after the barrier that precedes its tile's use
       }
     }

@@ -36,20 +36,6 @@ namespace {
 constexpr int kTcRows = 64;                         // query rows per smem tile (4 m16 sub-tiles)
 constexpr float kTcLn2 = 0.6931471805599453f;
 
-// Tensor-core path: the query row (token t, group member j) at tile row r: token-major
-// (r = t*g + j, pass A) when member_rows == 0, else member-major with member_rows rows per member
-// (r = j*member_rows + t, pass C). False for padding rows.
-__device__ __forceinline__ bool tc_query_row(const ProblemArgs& p, int r, int member_rows, int& t, int& j) {
-  if (member_rows == 0) {
-    t = r / p.g;
-    j = r % p.g;
-    return r < p.lq * p.g;
-  }
-  j = r / member_rows;
-  t = r % member_rows;
-  return j < p.g && t < p.lq;
-}
-
 template <int D>
 struct TcSmem {
   static constexpr int kStride = D + 8;  // bf16; ldmatrix rows land in distinct banks
