@@ -49,6 +49,12 @@ struct SelectionLaunch {
   // reference and kernels_bench times it ("paper-wgmma-flags"); bench/kernels/NOTES.md, run 16.
   // As above, the two sum in another order.
   bool wgmma_flags = false;
+  // Two-level decode (tensor_core_stream on): the children level's centroid stream also thresholds
+  // and places its own chunks (selection_decode.cu, kPlace), where a second launch read its logits
+  // back: one launch and one dependent round trip of the chain fewer per step. Off until it has run
+  // on a GPU: kernels_check --fused-children holds it to the CPU reference and kernels_bench times
+  // it ("paper-two-level-fused", "accurate-two-level-fused"); bench/kernels/NOTES.md, run 17.
+  bool fused_children = false;
 };
 
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).

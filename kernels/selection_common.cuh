@@ -3,6 +3,8 @@
 //   selection.cu               host launcher: validation, scratch layout, which path runs
 //   selection_decode.cu        R = Lq * g <= 8 query rows (decode), flat or two-level: per level one
 //                              centroid stream + one chunked, single-pass compaction
+//   selection_place.cuh        that compaction's steps (verdict, look-back, lists), shared by its
+//                              kernel and the two-level children's fused stream
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
 //   selection_flags_wgmma.cu   its second GEMM (the scores and flags) on Hopper's wgmma
@@ -267,6 +269,9 @@ struct Workspace {
   // level's estimated clusters (the children's estimate list starts after them).
   int fast_r, fast_chunks, coarse_chunks, select_chunks;
   unsigned long long* chunk_words;
+  // The same words for the children level's fused stream (SelectionLaunch::fused_children), one
+  // per chunk of kStreamChunk candidates: [bh][fast_chunks], zeroed by the coarse level's stream.
+  unsigned long long* children_words;
   int32_t* coarse_estimated;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
@@ -305,6 +310,8 @@ struct Workspace {
     fast_partials = fast_r ? reinterpret_cast<float2*>(take(sizeof(float2) * bh * fast_chunks * fast_r)) : nullptr;
     chunk_words = fast_r ? reinterpret_cast<unsigned long long*>(take(sizeof(unsigned long long) * bh * select_chunks))
                          : nullptr;
+    children_words = fast_r ? reinterpret_cast<unsigned long long*>(take(sizeof(unsigned long long) * bh * fast_chunks))
+                            : nullptr;
     coarse_estimated = take_ints(bh);
     bytes = off;
   }

@@ -3,6 +3,7 @@
 #include "kernels/chained_launch.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/selection_common.cuh"
+#include "kernels/selection_place.cuh"
 
 namespace squeezeserve::kernels::detail {
 namespace {
@@ -38,30 +39,25 @@ namespace {
 // clusters; its K2 writes the fine ids of their children (the children level's candidates, in
 // order) instead of a selection. The children level (Level::kChildren) streams only those fine
 // centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
-// partials); its K2 writes the selection. The estimate lists the pruned coarse clusters (as
-// K + c) first, then the pruned children. This replaced the CUDA-core passes of
+// partials); its K2 writes the selection (or, SelectionLaunch::fused_children, the children's
+// stream places its own chunks: score_mma_kernel's kPlace, one launch). The estimate lists the
+// pruned coarse clusters (as K + c) first, then the pruned children. This replaced the CUDA-core passes of
 // selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
 // two levels read 58% fewer centroid bytes.
-
-// The scratch a level's launches pass along (Workspace, selection_common.cuh).
-struct StreamScratch {
-  int capacity;          // per-head stride of z, of `children` and of `scores`
-  float* z;              // [bh][capacity][R]
-  float2* partials;      // [bh][den_chunks][R]: the flat level's, or the coarse one's
-  int den_chunks;
-  unsigned long long* chunk_words;  // [bh][select_chunks]: a K2 chunk's totals once published (pack_totals), else 0
-  int select_chunks;
-  int32_t *children, *num_children, *coarse_estimated;
-};
 
 // K1's grid has one CTA per (sequence, head) past every level's candidates (x = gridDim.x - 1): it
 // zeroes the head's chunk words (unpublished) for the level's K2. On the early-exit path, apart from the stream:
 // in the stream's CTAs these stores cost the loop registers (+5 to +20 per thread; 5% of the stream
 // at batch 8). After wait_for_previous_grid: the previous kernel may still read them (the coarse
 // level's K2) or share the workspace (the attention).
-__device__ __forceinline__ void clear_chunk_flags(const StreamScratch& ws, int bh) {
+// The coarse level's also zeroes the words of the children's fused stream (SelectionLaunch::
+// fused_children: that kernel has no extra CTA; everything before the coarse K1 has finished).
+__device__ __forceinline__ void clear_chunk_flags(const StreamScratch& ws, int bh, bool coarse) {
   for (int c = threadIdx.x; c < ws.select_chunks; c += blockDim.x)
     ws.chunk_words[static_cast<int64_t>(bh) * ws.select_chunks + c] = 0ull;
+  if (coarse)
+    for (int c = threadIdx.x; c < ws.children_chunks; c += blockDim.x)
+      ws.children_words[static_cast<int64_t>(bh) * ws.children_chunks + c] = 0ull;
 }
 
 template <int R>
@@ -119,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
   const int c_first = chunk * kStreamChunk;
   if (c_first >= K) {  // past this (sequence, head)'s candidates (they differ); never read
     wait_for_previous_grid();
-    if (blockIdx.x == gridDim.x - 1) clear_chunk_flags(ws, bh);
+    if (blockIdx.x == gridDim.x - 1) clear_chunk_flags(ws, bh, LV == Level::kCoarse);
     return;
   }
   const int rows = p.lq * p.g;
@@ -217,6 +213,34 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 }
 
 
+// The children's fused stream (score_mma_kernel, kPlace), after its MMAs: thread tid places candidate
+// c_first + tid of the chunk (n: its keys) from the logits in zs, as select_place_kernel places
+// its own (selection_place.cuh).
+template <int R>
+__device__ __forceinline__ void place_own_chunk(const ProblemArgs& p, const HeadLevel& v, const StreamScratch& ws,
+                                                const Selection& out, const Placement<R, Level::kChildren>& place,
+                                                const float (*zs)[R], const int* centroid_of, float* scores,
+                                                int c_first, int K, int n) {
+  __syncthreads();  // zs, the log denominators
+  const int tid = threadIdx.x, chunk = blockIdx.x, b = blockIdx.z, bh = b * p.hkv + blockIdx.y;
+  const int i = c_first + tid, used = (K + kStreamChunk - 1) / kStreamChunk;
+  float z[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) z[r] = zs[tid][r];
+  const int cluster = centroid_of[tid];
+  float* score = scores && i < K ? scores + static_cast<int64_t>(bh) * ws.capacity + i : nullptr;
+  const int2 keep[1] = {place.verdict(z, i < K, cluster, n, n, score)};
+  int2 at[1];
+  const int2 total = chunk_exclusive_scan<1>(keep, at);
+  const int4 own = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
+  const int4 before = place.look_back(ws.children_words + static_cast<int64_t>(bh) * ws.children_chunks, chunk, own);
+  place.write(v, ws, out, bh, keep[0], at[0], before, cluster, n, n, z);
+  if (chunk == used - 1 && tid == 0)
+    finish_head<Level::kChildren>(p.seqs[b], v, ws, out, bh,
+                                  make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0), place.estimate,
+                                  place.estimate_base);
+}
+
 // K1 on tensor cores (SelectionLaunch::tensor_core_stream, the default): the same outputs
 // as the CUDA-core kernel above, z = s q.c per (candidate, row) and one LSE partial per row per CTA, with
 // each warp's 32 centroids as the A operand of mma.sync m16n8k16 (two tiles of 16) and the R <= 8
@@ -230,10 +254,19 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 // group_size > 1, not the children level) by reloading only the queries: per sequence the same
 // instructions as alone, so shared and per-sequence launches agree bit for bit.
 // Launch bounds: 2 CTAs per SM at D = 128 and 4 at D = 64, the occupancy it had before the
-// queries were loaded early (their registers are live under the centroid words').
-template <int D, int R, Level LV>
-__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
-    score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch, int group_size) {
+// queries were loaded early (their registers are live under the centroid words'); kPlace at D = 64
+// 3 (80 registers: under 4 its verdict spilled 64-104 bytes).
+//
+// kPlace (the children level only; SelectionLaunch::fused_children): the CTA also places its own
+// chunk, as select_place_kernel would (selection_place.cuh): the logits stay in shared memory, the
+// coarse level's partials are merged into the denominators under the MMAs' loads, and the chunk
+// publishes its totals to the head's later chunks. One launch and one write + read of the logits
+// fewer per step; the look-back runs over chunks of 256 candidates instead of 1024.
+template <int D, int R, Level LV, bool kPlace = false>
+__global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
+    score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch, int group_size, SelectionParams params,
+                     Selection out, float* scores) {
+  static_assert(!kPlace || LV == Level::kChildren, "only the children level places its own chunks");
   constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
   constexpr bool kPartials = LV != Level::kChildren;
@@ -241,6 +274,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
   __shared__ float log_size[kStreamChunk];
   __shared__ int centroid_of[kStreamChunk];
   __shared__ float2 red[kWarps][R];
+  __shared__ float zs[kPlace ? kStreamChunk : 1][R];  // kPlace: the chunk's logits
+  __shared__ float logden[R];                         // kPlace: the coarse level's denominators
   allow_next_grid();
   if constexpr (LV == Level::kChildren) wait_for_previous_grid();  // the candidates are its output
   const int h = blockIdx.y, chunk = blockIdx.x;
@@ -250,8 +285,16 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
   const int c_first = chunk * kStreamChunk;
   if (c_first >= K) {  // past this (sequence, head)'s candidates; never read
     wait_for_previous_grid();
-    if (blockIdx.x == gridDim.x - 1)
-      for (int b = b_first; b < b_end; ++b) clear_chunk_flags(ws, b * p.hkv + h);
+    if constexpr (kPlace) {  // no candidates: chunk 0 writes the zero counts
+      if (K == 0 && chunk == 0 && threadIdx.x == 0) {
+        const SequenceLayerBf16& s = p.seqs[b_first];
+        const bool estimate = estimate_on(s, out);
+        const int bh = b_first * p.hkv + h;
+        finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, estimate ? ws.coarse_estimated[bh] : 0);
+      }
+    } else if (blockIdx.x == gridDim.x - 1) {
+      for (int b = b_first; b < b_end; ++b) clear_chunk_flags(ws, b * p.hkv + h, LV == Level::kCoarse);
+    }
     return;
   }
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, group = lane >> 2, quad = lane & 3;
@@ -262,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
   // that their round trip runs under the index loads' (it came after the log_size barrier, one
   // dependent round trip more per CTA), and (D = 128: registers fit under 2 CTAs per SM; at D = 64
   // they spill under 4) the next sequence's of a shared launch under this one's MMAs.
-  constexpr bool kNextQ = D == 128;
+  constexpr bool kNextQ = D == 128 && !kPlace;
   auto load_q = [&](int b, uint4 (&qb)[kBlocks]) {
     const int t = group / p.g, jm = group % p.g;
     const uint4* qrow = reinterpret_cast<const uint4*>(
@@ -289,6 +332,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) a[i][half][j] = c < K ? __ldg(row + j * 4) : make_uint4(0u, 0u, 0u, 0u);
     }
+  // kPlace: thread tid's candidate (its keys) and what its verdict needs, loaded under the words'.
+  const int bh_first = b_first * p.hkv + h;
+  const int n_own = kPlace && c_first + tid < K ? cluster_size(v, LV, centroid_of[tid]) : 0;
+  if constexpr (kPlace)
+    fast_log_denominators<R>(bh_first, p.seqs[b_first].num_coarse, rows, ws.den_chunks, ws.partials, logden);
+  const std::conditional_t<kPlace, Placement<R, LV>, NoPlacement> place(p.seqs[b_first], params, p, out, ws, logden, h,
+                                                                         bh_first);
   if constexpr (kPartials) {
     const int c = c_first + tid;
     const int n = c < K ? cluster_size(v, LV, c) : 0;
@@ -323,7 +373,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
       for (int half = 0; half < 2; ++half) {
         const int c = warp_first + i * 16 + half * 8 + group;
         const float z0 = acc[2 * half] * p.scale, z1 = acc[2 * half + 1] * p.scale;
-        if (c < K && 2 * quad < R) {
+        if (kPlace && 2 * quad < R) {  // every candidate row of the chunk: read back by its own thread
+          zs[c - c_first][2 * quad] = z0;
+          if constexpr (R > 1) zs[c - c_first][2 * quad + 1] = z1;
+        } else if (c < K && 2 * quad < R) {
           float* at = ws.z + (static_cast<int64_t>(bh) * ws.capacity + c) * R + 2 * quad;
           if constexpr (R == 1) {
             at[0] = z0;
@@ -373,151 +426,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 2)
       for (int j = 0; j < kBlocks; ++j) qb[j] = qn[j];
     }
   }
-}
-
-// Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
-// rows <= kMaxFastRows = kWarps). Fixed order: lane-strided (chunks lane, lane + 32, ...), then the
-// warp tree. A lane issues up to kBatch loads before it merges: one round trip up to 32 * kBatch
-// chunks (64K candidates), where a load per merge was one round trip per 32 chunks (4 at Llama-3
-// 512K, on the compaction's critical path).
-template <int R>
-__device__ void fast_log_denominators(int bh, int K, int rows, int num_chunks, const float2* partials,
-                                      float (&logden)[R]) {
-  constexpr int kBatch = 8;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int used = (K + kStreamChunk - 1) / kStreamChunk;
-  if (warp >= rows) return;
-  float2 acc = make_float2(neg_inf(), 0.f);
-  for (int c0 = lane; c0 < used; c0 += 32 * kBatch) {
-    float2 x[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = c0 + 32 * u;
-      x[u] = c < used ? partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp] : make_float2(neg_inf(), 0.f);
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u)
-      if (c0 + 32 * u < used) acc = lse_merge(acc, x[u]);
-  }
-  acc = warp_lse_reduce(acc);
-  if (lane == 0) logden[warp] = acc.y > 0.f ? acc.x + __logf(acc.y) : neg_inf();
-}
-
-// The R logits of one candidate (z[bh][i][R], written by K1: read through L2, not L1).
-template <int R>
-__device__ __forceinline__ void load_logits(const float* zi, float (&z)[R]) {
-  if constexpr (R == 1) {
-    z[0] = __ldcg(zi);
-  } else if constexpr (R == 2) {
-    const float2 v = __ldcg(reinterpret_cast<const float2*>(zi));
-    z[0] = v.x, z[1] = v.y;
-  } else {
-#pragma unroll
-    for (int k = 0; k < R; k += 4) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(zi + k));
-      z[k] = v.x, z[k + 1] = v.y, z[k + 2] = v.z, z[k + 3] = v.w;
-    }
-  }
-}
-
-// score = max over group members j of the mean over tokens of p(row t*g + j). member[r] = r % g
-// (-1 past the rows) is computed once per thread, so no integer modulo runs per candidate; each
-// member's sum runs in ascending r (the order of the CPU reference and of earlier versions).
-template <int R>
-__device__ __forceinline__ float group_score(const float (&pr)[R], const int (&member)[R], int g, float inv_lq) {
-  float best = neg_inf();
-#pragma unroll
-  for (int j = 0; j < R; ++j) {
-    if (j >= g) break;
-    float sum = 0.f;
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-      if (member[r] == j) sum += pr[r];
-    best = fmaxf(best, sum * inv_lq);
-  }
-  return best;
-}
-
-// Warp-inclusive scan of (clusters, rows) pairs.
-__device__ __forceinline__ int2 warp_inclusive_scan(int2 v) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int x = __shfl_up_sync(0xffffffffu, v.x, o), y = __shfl_up_sync(0xffffffffu, v.y, o);
-    if (lane >= o) v.x += x, v.y += y;
-  }
-  return v;
-}
-
-// Ordered exclusive scan of a K2a CTA's (keep, rows) pairs, candidate e * 256 + tid owning x[e]:
-// returns in at[e] the pair's position among the chunk's kept candidates (and rows before it), and
-// the chunk's totals. One warp scan per e, then warp 0 scans the 32 warp sums in (e, warp) order.
-__device__ int2 chunk_exclusive_scan(const int2 (&x)[kSelectPer], int2 (&at)[kSelectPer]) {
-  static_assert(kSelectPer * kWarps == 32, "warp 0 scans one warp sum per lane");
-  __shared__ int2 base[kSelectPer * kWarps];
-  __shared__ int2 total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int e = 0; e < kSelectPer; ++e) {
-    const int2 inc = warp_inclusive_scan(x[e]);
-    at[e] = make_int2(inc.x - x[e].x, inc.y - x[e].y);
-    if (lane == 31) base[e * kWarps + warp] = inc;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const int2 sum = base[lane];
-    const int2 inc = warp_inclusive_scan(sum);
-    base[lane] = make_int2(inc.x - sum.x, inc.y - sum.y);
-    if (lane == 31) total = inc;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int e = 0; e < kSelectPer; ++e) {
-    at[e].x += base[e * kWarps + warp].x;
-    at[e].y += base[e * kWarps + warp].y;
-  }
-  return total;
-}
-
-// A chunk's totals (kept, their weight, live but not kept) and the flag that publishes them, as one
-// 64-bit word (StreamScratch::chunk_words): bit 63 = published, kept << 52 and live-not-kept << 41
-// (each <= kSelectChunk = 1024: 11 bits), the weight in bits 0-40 (rows or children, < 2^31). One
-// aligned 64-bit store and load are single-copy atomic, so a relaxed load that sees the flag sees
-// the totals: one round trip per look-back, no release fence before the store (run 12 published an
-// int4, then a flag with a release store, and read them with two dependent loads).
-constexpr unsigned long long kPublished = 1ull << 63;
-__device__ __forceinline__ unsigned long long pack_totals(int4 t) {
-  static_assert(kSelectChunk < (1 << 11), "a chunk's counts fit 11 bits");
-  return kPublished | static_cast<unsigned long long>(t.x) << 52 | static_cast<unsigned long long>(t.z) << 41 |
-         static_cast<unsigned long long>(static_cast<unsigned>(t.y));
-}
-__device__ __forceinline__ int4 unpack_totals(unsigned long long w) {
-  return make_int4(static_cast<int>(w >> 52 & 0x7ff), static_cast<int>(w & ((1ull << 41) - 1)),
-                   static_cast<int>(w >> 41 & 0x7ff), 0);
-}
-__device__ __forceinline__ void store_word(unsigned long long* at, unsigned long long w) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(at), "l"(w) : "memory");
-}
-__device__ __forceinline__ unsigned long long load_word(const unsigned long long* at) {
-  unsigned long long w;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(at) : "memory");
-  return w;
-}
-
-// The per-head results the last chunk writes from the head's totals (kept, weight, pruned).
-template <Level LV>
-__device__ void finish_head(const SequenceLayerBf16& s, const HeadLevel& v, const StreamScratch& ws,
-                            const Selection& out, int bh, int4 t, bool estimate, int estimate_base) {
-  if (LV == Level::kCoarse) {
-    ws.num_children[bh] = t.y;
-    ws.coarse_estimated[bh] = estimate ? t.z : 0;
-    return;
-  }
-  out.counts[bh] = t.x;
-  out.rows[bh] = t.y;
-  // Scored: every fine centroid (one level), or the coarse ones and the non-empty children.
-  out.comparisons[bh] = LV == Level::kChildren ? s.num_coarse + t.x + t.z : v.num_candidates;
-  if (out.estimated) out.estimated[bh] = estimate ? estimate_base + t.z : 0;
+  if constexpr (kPlace) place_own_chunk<R>(p, v, ws, out, place, zs, centroid_of, scores, c_first, K, n_own);
 }
 
 // K2. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
@@ -527,7 +436,6 @@ template <int R, Level LV>
 __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
                                                                 StreamScratch ws, Selection out, float* scores) {
   __shared__ float logden[R];
-  __shared__ int4 earlier_sum;
   allow_next_grid();
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];
@@ -554,15 +462,15 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
     }
   };
   if constexpr (LV != Level::kChildren) load_candidates();
-  const float tau = head_tau(s, params, LV == Level::kCoarse, h);  // calibrated at ingest
   wait_for_previous_grid();
   if constexpr (LV == Level::kChildren) load_candidates();
   const int used = (K + kSelectChunk - 1) / kSelectChunk;
-  const bool estimate = estimate_on(s, out);
-  const int estimate_base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
   if (used == 0) {  // the children's estimate still counts the coarse level's (estimate_base)
-    if (chunk == 0 && threadIdx.x == 0)
-      finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, estimate_base);
+    if (chunk == 0 && threadIdx.x == 0) {
+      const bool estimate = estimate_on(s, out);
+      const int base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
+      finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, base);
+    }
     return;
   }
   if (chunk >= used) return;  // past this (sequence, head)'s candidates
@@ -578,89 +486,26 @@ __global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, L
   }
   fast_log_denominators<R>(bh, LV == Level::kFlat ? s.num_clusters : s.num_coarse, rows, ws.den_chunks, ws.partials,
                            logden);
-  int member[R];  // group member of row r = t * g + j, -1 for padding rows
-#pragma unroll
-  for (int r = 0; r < R; ++r) member[r] = r < rows ? r % p.g : -1;
-  const float inv_lq = 1.f / static_cast<float>(p.lq);
-  const bool read_ahead = s.read_ahead != nullptr;
-  ForcedClusters forced;
-  if (read_ahead) forced.load(s, h, p.g, LV == Level::kCoarse);
+  const Placement<R, LV> place(s, params, p, out, ws, logden, h, bh);
   __syncthreads();  // logden
 
-  // Per candidate: x = kept + (estimated: live, not kept, above the floor << 16) (a chunk holds
-  // 1024 candidates: the two counts never carry into each other), y = the weight of a kept candidate.
   int2 keep[kSelectPer];
 #pragma unroll
   for (int e = 0; e < kSelectPer; ++e) {
     const int i = first + e * kThreads + threadIdx.x;
-    float pr[R];  // capped: a child over the coarse denominator can exceed p-hat = 1 by far
-#pragma unroll
-    for (int r = 0; r < R; ++r) pr[r] = member[r] >= 0 ? __expf(fminf(zz[e][r] - logden[r], kMaxLogScore)) : 0.f;
-    const float best = group_score<R>(pr, member, p.g, inv_lq);
-    const bool live = i < K && n[e] > 0;
-    if (scores && i < K) scores[static_cast<int64_t>(bh) * ws.capacity + i] = live ? best : neg_inf();
-    const bool kept = live && (best > tau || (read_ahead && forced.contains(cluster[e])));
-    const bool estimated = live && !kept && above_estimate_floor(best, tau, params);
-    keep[e] = make_int2(static_cast<int>(kept) | static_cast<int>(estimated) << 16, kept ? weight[e] : 0);
+    float* score = scores && i < K ? scores + static_cast<int64_t>(bh) * ws.capacity + i : nullptr;
+    keep[e] = place.verdict(zz[e], i < K, cluster[e], n[e], weight[e], score);
   }
   int2 at[kSelectPer];
-  const int2 total = chunk_exclusive_scan(keep, at);
+  const int2 total = chunk_exclusive_scan<kSelectPer>(keep, at);
   const int4 own = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
-
-  // Publish this chunk's totals, then sum those of the head's earlier chunks (warp 0: a lane per
-  // chunk; integer sums, exact in any order). Chunk c < this one has a lower block index: it was
-  // dispatched first and never waits for this one, so the spin ends.
-  const int64_t head_chunks = static_cast<int64_t>(bh) * ws.select_chunks;
-  if (threadIdx.x == 0) store_word(ws.chunk_words + head_chunks + chunk, pack_totals(own));
-  if (threadIdx.x < 32) {
-    int4 sum = make_int4(0, 0, 0, 0);
-    for (int c = threadIdx.x; c < chunk; c += 32) {
-      unsigned long long w;
-      while (!((w = load_word(ws.chunk_words + head_chunks + c)) & kPublished)) {
-      }
-      const int4 t = unpack_totals(w);
-      sum = make_int4(sum.x + t.x, sum.y + t.y, sum.z + t.z, 0);
-    }
+  const int4 before = place.look_back(ws.chunk_words + static_cast<int64_t>(bh) * ws.select_chunks, chunk, own);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      sum.x += __shfl_xor_sync(0xffffffffu, sum.x, o);
-      sum.y += __shfl_xor_sync(0xffffffffu, sum.y, o);
-      sum.z += __shfl_xor_sync(0xffffffffu, sum.z, o);
-    }
-    if (threadIdx.x == 0) earlier_sum = sum;
-  }
-  __syncthreads();
-  const int4 before = earlier_sum;  // kept, weight, live-not-kept of the chunks before this one
-
-  // The chunk's lists at their offsets: the kept clusters (or, coarse, their children: the next
-  // level's candidates, in order), then the estimate's (the children's after the coarse level's).
-  const bool logits = estimate && estimate_logits_on(out, p);
-#pragma unroll
-  for (int e = 0; e < kSelectPer; ++e) {
-    if (keep[e].x & 0xffff) {
-      const int start = before.y + at[e].y;
-      if (LV == Level::kCoarse) {
-        int32_t* to = ws.children + static_cast<int64_t>(bh) * ws.capacity + start;
-        const int first_child = v.coarse_off[cluster[e]];
-        for (int k = 0; k < weight[e]; ++k) to[k] = first_child + k;
-      } else {
-        const int64_t to = static_cast<int64_t>(bh) * out.capacity + before.x + (at[e].x & 0xffff);
-        out.cluster_ids[to] = cluster[e];
-        out.row_start[to] = start;
-      }
-    } else if (keep[e].x && estimate) {
-      const int64_t to = static_cast<int64_t>(bh) * out.estimate_capacity + estimate_base + before.z + (at[e].x >> 16);
-      out.estimate_ids[to] = LV == Level::kCoarse ? s.num_clusters + cluster[e] : cluster[e];
-      if (logits) {  // decode: row r is group member r; R = the stride (estimate_logit_stride)
-        const float log_n = __logf(static_cast<float>(n[e]));  // the keys it stands for
-#pragma unroll
-        for (int r = 0; r < R; ++r) out.estimate_logits[to * R + r] = member[r] >= 0 ? zz[e][r] + log_n : 0.f;
-      }
-    }
-  }
+  for (int e = 0; e < kSelectPer; ++e)
+    place.write(v, ws, out, bh, keep[e], at[e], before, cluster[e], n[e], weight[e], zz[e]);
   if (chunk == used - 1 && threadIdx.x == 0)
-    finish_head<LV>(s, v, ws, out, bh, make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0), estimate,
-                    estimate_base);
+    finish_head<LV>(s, v, ws, out, bh, make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0),
+                    place.estimate, place.estimate_base);
 }
 
 // Whether a grid of `ctas` CTAs holds at least `per_sm` CTAs per SM of the current device.
@@ -691,7 +536,7 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
   if (launch.tensor_core_stream) {
     const int group_size = shared ? kMaxSharedSequences : 1;
     launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, shared ? groups : s.batch),
-                   dim3(kThreads), 0, stream, p, l, ws, s.batch, group_size);
+                   dim3(kThreads), 0, stream, p, l, ws, s.batch, group_size, params, out, scores_out);
   } else {  // per sequence, also where the launch could share (tensor_core_stream off)
     launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, s.batch), dim3(kThreads), 0,
                    stream, p, l, ws);
@@ -703,8 +548,9 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
               const Selection& out, float* scores_out, const SelectionLaunch& launch, cudaStream_t stream) {
-  StreamScratch ws{w.level_capacity, w.fast_z,          w.fast_partials, w.fast_chunks,    w.chunk_words,
-                   w.select_chunks,  w.children,      w.num_candidates, w.coarse_estimated};
+  StreamScratch ws{w.level_capacity,   w.fast_z,         w.fast_partials,    w.fast_chunks,
+                   w.chunk_words,      w.select_chunks,  w.children,         w.num_candidates,
+                   w.coarse_estimated, w.children_words, w.fast_chunks};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
     return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);
@@ -713,6 +559,11 @@ void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionPara
   const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
   run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, launch, stream);
   const LevelArgs children{Level::kChildren, w.children, w.num_candidates, w.level_capacity};
+  if (launch.fused_children && launch.tensor_core_stream) {  // one launch: stream and place
+    launch_chained(score_mma_kernel<D, R, Level::kChildren, true>, dim3(w.fast_chunks, s.num_kv_heads, s.batch),
+                   dim3(kThreads), 0, stream, p, children, ws, s.batch, 1, params, out, scores_out);
+    return;
+  }
   run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, launch,
                                     stream);
 }

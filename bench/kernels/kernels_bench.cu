@@ -35,7 +35,9 @@
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Every prefill config also with the selection's pass C on wgmma instead of mma.sync
-// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags).
+// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags). Two-level decode also with the children's
+// stream placing its own chunks ("paper-two-level-fused", "accurate-two-level-fused";
+// SelectionLaunch::fused_children).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -686,6 +688,9 @@ int main(int argc, char** argv) {
           without_pdl([&] { run("paper-two-level-no-pdl", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws); });
           run("paper-two-level-cuda-core", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
               cuda_core);
+          SelectionLaunch fused;  // the children's stream places its own chunks (one launch fewer)
+          fused.fused_children = true;
+          run("paper-two-level-fused", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {}, fused);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.
@@ -695,6 +700,8 @@ int main(int argc, char** argv) {
             SequenceLayerBf16* d_acc_two = upload(acc_two);
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
             run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
+            run("accurate-two-level-fused", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, {},
+                fused);
             without_pdl([&] { run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws); });
             DecodeLaunch plain;
             plain.piece_start_rows = 0;

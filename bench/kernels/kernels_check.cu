@@ -18,7 +18,8 @@
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
 // --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
 // there a launch never shares the stream, so `var` compares two per-sequence launches),
-// --wgmma-flags (the prefill selection's pass C on wgmma instead of mma.sync, where the device has it).
+// --wgmma-flags (the prefill selection's pass C on wgmma instead of mma.sync, where the device has it),
+// --fused-children (two-level decode: the children's centroid stream places its own chunks).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,7 +49,8 @@ namespace {
 
 // The selection launch every case starts from: the defaults, or (--cuda-core-stream) the decode
 // centroid stream on CUDA cores, or (--wgmma-flags) the prefill selection's second GEMM on wgmma
-// where the device has it, so that every kernel is held to the same references.
+// where the device has it, or (--fused-children) the two-level decode's fused children stream, so
+// that every kernel is held to the same references.
 SelectionLaunch g_base_launch;
 
 struct Case {
@@ -618,6 +620,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
     if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
     if (std::string(argv[i]) == "--wgmma-flags") g_base_launch.wgmma_flags = true;
+    if (std::string(argv[i]) == "--fused-children") g_base_launch.fused_children = true;
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
