@@ -258,6 +258,9 @@ struct KernelAttention::Buffers {
   // kernels::DecodeLaunch::tickets [kMaxDecodePairs] int32: zero, and left zero by every decode
   // attention launch, so no memset node stands between the selection and the attention.
   at::Tensor decode_tickets;
+  // kernels::SelectionLaunch::head_sync [pairs] int32: zero, and left zero by every decode selection
+  // launch (the fused coarse level's barrier counts).
+  at::Tensor selection_sync;
   // The estimate (kernels::Selection): the clusters each pair attends as one key,
   // [pairs][estimate_capacity] int32, and their logits per query head of the group (decode),
   // [pairs][estimate_capacity][logit_stride] fp32. Their counts are stats [layers][2][pairs].
@@ -589,6 +592,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->dense_constants[1].fill_(1);
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
     grown->decode_tickets = at::zeros({kMaxDecodePairs}, ints);
+    grown->selection_sync = at::zeros({grown->pairs}, ints);
     grown->top_position = at::empty({grown->steps * num_q_heads_}, ints);
     grown->top_share = at::empty({grown->steps * num_q_heads_}, ints.dtype(at::kFloat));
     grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
@@ -856,6 +860,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     shape.batch = static_cast<int32_t>(end - first);
     kernels::SelectionLaunch launch;  // questions on one document: its centroids read once for all
     launch.shared_context = SharesOneIndex(steps_, first, end);
+    launch.head_sync = b.selection_sync.data_ptr<int32_t>();
     Check(kernels::select_clusters(shape, views + first, q_data + (first - first_decode_) * H * D, params, limits,
                                    SqueezedSelection(b, layer, first * Hkv, /*decode=*/true), b.workspace.data_ptr(),
                                    nullptr, stream, launch),

@@ -49,12 +49,18 @@ struct SelectionLaunch {
   // reference and kernels_bench times it ("paper-wgmma-flags"); bench/kernels/NOTES.md, run 16.
   // As above, the two sum in another order.
   bool wgmma_flags = false;
-  // Two-level decode (tensor_core_stream on): the children level's centroid stream also thresholds
-  // and places its own chunks (selection_decode.cu, kPlace), where a second launch read its logits
-  // back: one launch and one dependent round trip of the chain fewer per step. Off until it has run
-  // on a GPU: kernels_check --fused-children holds it to the CPU reference and kernels_bench times
-  // it ("paper-two-level-fused", "accurate-two-level-fused"); bench/kernels/NOTES.md, run 17.
-  bool fused_children = false;
+  // Two-level decode (tensor_core_stream on): each level's centroid stream also thresholds and
+  // places its own chunks (selection_decode.cu, kPlace), where a second launch per level read its
+  // logits back: two launches of the chain fewer per step. The coarse level does so only with
+  // head_sync set, one sequence per CTA (not a shared launch) and a head's chunks all resident at
+  // once on the device; else it runs as two launches. Off until it has run on a GPU: kernels_check
+  // --fused-place holds it to the CPU reference and kernels_bench times it
+  // ("paper-two-level-fused", "accurate-two-level-fused"); bench/kernels/NOTES.md, run 17.
+  bool fused_place = false;
+  // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses it;
+  // every launch leaves them zero (as DecodeLaunch::tickets): the coarse fused stream's barrier
+  // counts (the workspace cannot hold them across launches: the attention reuses it).
+  int32_t* head_sync = nullptr;
 };
 
 // Bytes of scratch the launcher needs for this shape (query_len, group and batch matter).

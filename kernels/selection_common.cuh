@@ -269,9 +269,12 @@ struct Workspace {
   // level's estimated clusters (the children's estimate list starts after them).
   int fast_r, fast_chunks, coarse_chunks, select_chunks;
   unsigned long long* chunk_words;
-  // The same words for the children level's fused stream (SelectionLaunch::fused_children), one
+  // The same words for the children level's fused stream (SelectionLaunch::fused_place), one
   // per chunk of kStreamChunk candidates: [bh][fast_chunks], zeroed by the coarse level's stream.
   unsigned long long* children_words;
+  // The coarse level's fused stream: each chunk's totals [bh][coarse_chunks], written and read
+  // behind its barrier (no flags).
+  int4* coarse_totals;
   int32_t* coarse_estimated;
   // Tensor-core path (rows > kMaxFastRows, flat): strips of kTcStrip candidates, grouped into
   // tc_chunks chunks of tc_strips_per_chunk so its partials stay under the same ~64 MB cap.
@@ -312,6 +315,7 @@ struct Workspace {
                          : nullptr;
     children_words = fast_r ? reinterpret_cast<unsigned long long*>(take(sizeof(unsigned long long) * bh * fast_chunks))
                             : nullptr;
+    coarse_totals = fast_r ? reinterpret_cast<int4*>(take(sizeof(int4) * bh * coarse_chunks)) : nullptr;
     coarse_estimated = take_ints(bh);
     bytes = off;
   }

@@ -39,8 +39,8 @@ namespace {
 // clusters; its K2 writes the fine ids of their children (the children level's candidates, in
 // order) instead of a selection. The children level (Level::kChildren) streams only those fine
 // centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
-// partials); its K2 writes the selection (or, SelectionLaunch::fused_children, the children's
-// stream places its own chunks: score_mma_kernel's kPlace, one launch). The estimate lists the
+// partials); its K2 writes the selection. With SelectionLaunch::fused_place each level's stream
+// places its own chunks (score_mma_kernel's kPlace: one launch per level). The estimate lists the
 // pruned coarse clusters (as K + c) first, then the pruned children. This replaced the CUDA-core passes of
 // selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
 // two levels read 58% fewer centroid bytes.
@@ -51,7 +51,7 @@ namespace {
 // at batch 8). After wait_for_previous_grid: the previous kernel may still read them (the coarse
 // level's K2) or share the workspace (the attention).
 // The coarse level's also zeroes the words of the children's fused stream (SelectionLaunch::
-// fused_children: that kernel has no extra CTA; everything before the coarse K1 has finished).
+// fused_place: that kernel has no extra CTA; everything before the coarse K1 has finished).
 __device__ __forceinline__ void clear_chunk_flags(const StreamScratch& ws, int bh, bool coarse) {
   for (int c = threadIdx.x; c < ws.select_chunks; c += blockDim.x)
     ws.chunk_words[static_cast<int64_t>(bh) * ws.select_chunks + c] = 0ull;
@@ -213,32 +213,53 @@ __global__ void __launch_bounds__(kThreads) score_stream_kernel(ProblemArgs p, L
 }
 
 
-// The children's fused stream (score_mma_kernel, kPlace), after its MMAs: thread tid places candidate
-// c_first + tid of the chunk (n: its keys) from the logits in zs, as select_place_kernel places
-// its own (selection_place.cuh).
-template <int R>
+// A fused stream (score_mma_kernel, kPlace), after its MMAs: thread tid places candidate
+// c_first + tid of the chunk (cluster, n keys, weight) from the logits in zs, as
+// select_place_kernel places its own (selection_place.cuh). The children level has its
+// denominators (the coarse level's) in logden already and finds its offset by look-back. The
+// coarse level first waits for every chunk of the head (head_barrier, SelectionLaunch::head_sync:
+// the head's LSE partials, then the chunks' totals; a third count marks the chunk done and the last
+// one resets the counter for the next launch), so it needs no flags that a launch must clear.
+template <int R, Level LV>
 __device__ __forceinline__ void place_own_chunk(const ProblemArgs& p, const HeadLevel& v, const StreamScratch& ws,
-                                                const Selection& out, const Placement<R, Level::kChildren>& place,
-                                                const float (*zs)[R], const int* centroid_of, float* scores,
-                                                int c_first, int K, int n) {
-  __syncthreads();  // zs, the log denominators
+                                                const Selection& out, int* head_sync, const Placement<R, LV>& place,
+                                                const float (*zs)[R], float (&logden)[R], float* scores, int c_first,
+                                                int K, int cluster, int n, int weight) {
   const int tid = threadIdx.x, chunk = blockIdx.x, b = blockIdx.z, bh = b * p.hkv + blockIdx.y;
   const int i = c_first + tid, used = (K + kStreamChunk - 1) / kStreamChunk;
+  int* sync = LV == Level::kCoarse ? head_sync + bh : nullptr;
+  if constexpr (LV == Level::kCoarse) {  // every chunk's partials, then the head's denominators
+    __threadfence();                     // this chunk's partials
+    head_barrier(sync, used);
+    fast_log_denominators<R>(bh, K, p.lq * p.g, ws.den_chunks, ws.partials, logden);
+  }
+  __syncthreads();  // zs, the log denominators
   float z[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) z[r] = zs[tid][r];
-  const int cluster = centroid_of[tid];
   float* score = scores && i < K ? scores + static_cast<int64_t>(bh) * ws.capacity + i : nullptr;
-  const int2 keep[1] = {place.verdict(z, i < K, cluster, n, n, score)};
+  const int2 keep[1] = {place.verdict(z, i < K, cluster, n, weight, score)};
   int2 at[1];
   const int2 total = chunk_exclusive_scan<1>(keep, at);
   const int4 own = make_int4(total.x & 0xffff, total.y, total.x >> 16, 0);
-  const int4 before = place.look_back(ws.children_words + static_cast<int64_t>(bh) * ws.children_chunks, chunk, own);
-  place.write(v, ws, out, bh, keep[0], at[0], before, cluster, n, n, z);
+  int4 before;
+  if constexpr (LV == Level::kCoarse) {
+    int4* totals = ws.coarse_totals + static_cast<int64_t>(bh) * ws.coarse_chunks;
+    if (tid == 0) {
+      totals[chunk] = own;
+      __threadfence();
+    }
+    head_barrier(sync, 2 * used);
+    before = earlier_totals(totals, chunk);
+  } else {
+    before = place.look_back(ws.children_words + static_cast<int64_t>(bh) * ws.children_chunks, chunk, own);
+  }
+  place.write(v, ws, out, bh, keep[0], at[0], before, cluster, n, weight, z);
   if (chunk == used - 1 && tid == 0)
-    finish_head<Level::kChildren>(p.seqs[b], v, ws, out, bh,
-                                  make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0), place.estimate,
-                                  place.estimate_base);
+    finish_head<LV>(p.seqs[b], v, ws, out, bh, make_int4(before.x + own.x, before.y + own.y, before.z + own.z, 0),
+                    place.estimate, place.estimate_base);
+  // Done with the counter (every chunk read the totals before counting itself out): the last resets it.
+  if (LV == Level::kCoarse && tid == 0 && atomicAdd(sync, 1) == 3 * used - 1) atomicExch(sync, 0);
 }
 
 // K1 on tensor cores (SelectionLaunch::tensor_core_stream, the default): the same outputs
@@ -255,18 +276,20 @@ __device__ __forceinline__ void place_own_chunk(const ProblemArgs& p, const Head
 // instructions as alone, so shared and per-sequence launches agree bit for bit.
 // Launch bounds: 2 CTAs per SM at D = 128 and 4 at D = 64, the occupancy it had before the
 // queries were loaded early (their registers are live under the centroid words'); kPlace at D = 64
-// 3 (80 registers: under 4 its verdict spilled 64-104 bytes).
+// 3 for the children and 2 for the coarse level (its barrier's state: under 3 it spilled 18-46 bytes;
+// under 4 the children's verdict spilled 64-104; 12 remain at R = 8).
 //
-// kPlace (the children level only; SelectionLaunch::fused_children): the CTA also places its own
-// chunk, as select_place_kernel would (selection_place.cuh): the logits stay in shared memory, the
-// coarse level's partials are merged into the denominators under the MMAs' loads, and the chunk
-// publishes its totals to the head's later chunks. One launch and one write + read of the logits
-// fewer per step; the look-back runs over chunks of 256 candidates instead of 1024.
+// kPlace (two-level decode, SelectionLaunch::fused_place; one sequence per CTA): the CTA also
+// places its own chunk, as select_place_kernel would (place_own_chunk): the logits stay in shared
+// memory. The children level merges the coarse level's partials into its denominators under the
+// MMAs' loads and publishes its totals to the head's later chunks (look-back); the coarse level
+// waits for the head's other chunks twice (their partials, their totals). One launch and one write
+// + read of the logits fewer per level; chunks of 256 candidates instead of 1024.
 template <int D, int R, Level LV, bool kPlace = false>
-__global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
+__global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kCoarse ? 2 : 3) : 4) : 2)
     score_mma_kernel(ProblemArgs p, LevelArgs l, StreamScratch ws, int batch, int group_size, SelectionParams params,
-                     Selection out, float* scores) {
-  static_assert(!kPlace || LV == Level::kChildren, "only the children level places its own chunks");
+                     Selection out, float* scores, int* head_sync) {
+  static_assert(!kPlace || LV != Level::kFlat, "the two-level decode's levels place their own chunks");
   constexpr int kBlocks = D / 32;                     // 16-byte words per lane per centroid row
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
   constexpr bool kPartials = LV != Level::kChildren;
@@ -285,12 +308,16 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
   const int c_first = chunk * kStreamChunk;
   if (c_first >= K) {  // past this (sequence, head)'s candidates; never read
     wait_for_previous_grid();
+    if constexpr (kPlace && LV == Level::kCoarse) {  // as the unfused stream's (the extra CTA clears)
+      if (blockIdx.x == gridDim.x - 1) clear_chunk_flags(ws, b_first * p.hkv + h, true);
+    }
     if constexpr (kPlace) {  // no candidates: chunk 0 writes the zero counts
       if (K == 0 && chunk == 0 && threadIdx.x == 0) {
         const SequenceLayerBf16& s = p.seqs[b_first];
         const bool estimate = estimate_on(s, out);
         const int bh = b_first * p.hkv + h;
-        finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, estimate ? ws.coarse_estimated[bh] : 0);
+        const int base = estimate && LV == Level::kChildren ? ws.coarse_estimated[bh] : 0;
+        finish_head<LV>(s, v, ws, out, bh, make_int4(0, 0, 0, 0), estimate, base);
       }
     } else if (blockIdx.x == gridDim.x - 1) {
       for (int b = b_first; b < b_end; ++b) clear_chunk_flags(ws, b * p.hkv + h, LV == Level::kCoarse);
@@ -332,13 +359,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) a[i][half][j] = c < K ? __ldg(row + j * 4) : make_uint4(0u, 0u, 0u, 0u);
     }
-  // kPlace: thread tid's candidate (its keys) and what its verdict needs, loaded under the words'.
+  // kPlace: thread tid's candidate (cluster, keys, weight) and what its verdict needs, loaded under
+  // the words'; the children's denominators are the coarse level's, complete before this launch.
   const int bh_first = b_first * p.hkv + h;
-  const int n_own = kPlace && c_first + tid < K ? cluster_size(v, LV, centroid_of[tid]) : 0;
-  if constexpr (kPlace)
+  const bool own_in = c_first + tid < K;
+  const int own_cluster = LV == Level::kChildren ? centroid_of[tid] : c_first + tid;
+  const int own_n = kPlace && own_in ? cluster_size(v, LV, own_cluster) : 0;
+  const int own_weight = LV == Level::kCoarse ? (kPlace && own_in ? num_children(v, own_cluster) : 0) : own_n;
+  if constexpr (kPlace && LV == Level::kChildren)
     fast_log_denominators<R>(bh_first, p.seqs[b_first].num_coarse, rows, ws.den_chunks, ws.partials, logden);
-  const std::conditional_t<kPlace, Placement<R, LV>, NoPlacement> place(p.seqs[b_first], params, p, out, ws, logden, h,
-                                                                         bh_first);
   if constexpr (kPartials) {
     const int c = c_first + tid;
     const int n = c < K ? cluster_size(v, LV, c) : 0;
@@ -347,6 +376,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
     log_size[tid] = n > 0 ? __logf(static_cast<float>(n)) : neg_inf();
     __syncthreads();  // log_size
   }
+  // After the wait: read-ahead's positions are the previous step's output.
+  const std::conditional_t<kPlace, Placement<R, LV>, NoPlacement> place(p.seqs[b_first], params, p, out, ws, logden, h,
+                                                                         bh_first);
 
 #pragma unroll 1
   for (int b = b_first; b < b_end; ++b) {
@@ -426,7 +458,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? 3 : 4) : 2)
       for (int j = 0; j < kBlocks; ++j) qb[j] = qn[j];
     }
   }
-  if constexpr (kPlace) place_own_chunk<R>(p, v, ws, out, place, zs, centroid_of, scores, c_first, K, n_own);
+  if constexpr (kPlace)
+    place_own_chunk<R, LV>(p, v, ws, out, head_sync, place, zs, logden, scores, c_first, K, own_cluster, own_n,
+                           own_weight);
 }
 
 // K2. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
@@ -536,7 +570,7 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
   if (launch.tensor_core_stream) {
     const int group_size = shared ? kMaxSharedSequences : 1;
     launch_chained(score_mma_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, shared ? groups : s.batch),
-                   dim3(kThreads), 0, stream, p, l, ws, s.batch, group_size, params, out, scores_out);
+                   dim3(kThreads), 0, stream, p, l, ws, s.batch, group_size, params, out, scores_out, nullptr);
   } else {  // per sequence, also where the launch could share (tensor_core_stream off)
     launch_chained(score_stream_kernel<D, R, LV>, dim3(stream_chunks + 1, s.num_kv_heads, s.batch), dim3(kThreads), 0,
                    stream, p, l, ws);
@@ -545,23 +579,45 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
                  stream, p, l, params, ws, out, scores_out);
 }
 
+// Whether the coarse level can run fused (score_mma_kernel, kPlace): one sequence per CTA, a
+// counter per head (SelectionLaunch::head_sync), and every chunk of a head resident at once (its
+// barrier's condition) on the current device.
+template <int D, int R>
+bool coarse_fuses(const AttentionShape& s, const SelectionLaunch& launch, int coarse_chunks) {
+  if (!launch.head_sync || (launch.shared_context && s.batch > 1)) return false;
+  int dev = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, score_mma_kernel<D, R, Level::kCoarse, true>, kThreads,
+                                                    0) != cudaSuccess)
+    return false;
+  return int64_t{per_sm} * sms >= coarse_chunks;
+}
+
 template <int D, int R>
 void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params, const Workspace& w,
               const Selection& out, float* scores_out, const SelectionLaunch& launch, cudaStream_t stream) {
   StreamScratch ws{w.level_capacity,   w.fast_z,         w.fast_partials,    w.fast_chunks,
                    w.chunk_words,      w.select_chunks,  w.children,         w.num_candidates,
-                   w.coarse_estimated, w.children_words, w.fast_chunks};
+                   w.coarse_estimated, w.children_words, w.fast_chunks,      w.coarse_totals,
+                   w.coarse_chunks};
   if (!params.hierarchical) {
     const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
     return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);
   }
   ws.den_chunks = w.coarse_chunks;
+  const bool fused = launch.fused_place && launch.tensor_core_stream;
   const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
-  run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, launch, stream);
+  if (fused && coarse_fuses<D, R>(s, launch, w.coarse_chunks)) {  // one launch: stream, barrier, place
+    launch_chained(score_mma_kernel<D, R, Level::kCoarse, true>, dim3(w.coarse_chunks + 1, s.num_kv_heads, s.batch),
+                   dim3(kThreads), 0, stream, p, coarse, ws, s.batch, 1, params, out, nullptr, launch.head_sync);
+  } else {
+    run_level<D, R, Level::kCoarse>(s, p, coarse, params, w.coarse_chunks, ws, out, nullptr, launch, stream);
+  }
   const LevelArgs children{Level::kChildren, w.children, w.num_candidates, w.level_capacity};
-  if (launch.fused_children && launch.tensor_core_stream) {  // one launch: stream and place
+  if (fused) {  // one launch: stream and place
     launch_chained(score_mma_kernel<D, R, Level::kChildren, true>, dim3(w.fast_chunks, s.num_kv_heads, s.batch),
-                   dim3(kThreads), 0, stream, p, children, ws, s.batch, 1, params, out, scores_out);
+                   dim3(kThreads), 0, stream, p, children, ws, s.batch, 1, params, out, scores_out, nullptr);
     return;
   }
   run_level<D, R, Level::kChildren>(s, p, children, params, w.fast_chunks, ws, out, scores_out, launch,

@@ -2,7 +2,7 @@
 // scores a chunk of a level's candidates against the head's log denominators, thresholds them and
 // writes the kept ones (and the estimate's) in candidate order at the offsets the head's earlier
 // chunks publish (single-pass decoupled look-back). select_place_kernel runs it on K1's logits;
-// the children's stream runs it on its own (SelectionLaunch::fused_children).
+// the children's stream runs it on its own (SelectionLaunch::fused_place).
 #pragma once
 
 #include <type_traits>
@@ -22,9 +22,12 @@ struct StreamScratch {
   int32_t *children, *num_children, *coarse_estimated;
   unsigned long long* children_words;  // [bh][children_chunks]: the children's fused stream's (kStreamChunk each)
   int children_chunks;
+  int4* coarse_totals;  // [bh][coarse_chunks]: the coarse fused stream's chunk totals (behind its barrier)
+  int coarse_chunks;
 };
 
-// Log denominators of the R rows of (b, h) from the K1 partials, into smem (warp r merges row r;
+// Log denominators of the R rows of (b, h) from the K1 partials (read through L2: the coarse fused
+// stream reads them in the launch that wrote them, behind head_barrier), into smem (warp r merges row r;
 // rows <= kMaxFastRows = kWarps). Fixed order: lane-strided (chunks lane, lane + 32, ...), then the
 // warp tree. A lane issues up to kBatch loads before it merges: one round trip up to 32 * kBatch
 // chunks (64K candidates), where a load per merge was one round trip per 32 chunks (4 at Llama-3
@@ -42,7 +45,8 @@ __device__ void fast_log_denominators(int bh, int K, int rows, int num_chunks, c
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int c = c0 + 32 * u;
-      x[u] = c < used ? partials[(static_cast<int64_t>(bh) * num_chunks + c) * R + warp] : make_float2(neg_inf(), 0.f);
+      x[u] = c < used ? __ldcg(partials + (static_cast<int64_t>(bh) * num_chunks + c) * R + warp)
+                      : make_float2(neg_inf(), 0.f);
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u)
@@ -171,9 +175,64 @@ __device__ void finish_head(const SequenceLayerBf16& s, const HeadLevel& v, cons
   if (out.estimated) out.estimated[bh] = estimate ? estimate_base + t.z : 0;
 }
 
+// The coarse fused stream's barrier among a head's chunks (SelectionLaunch::fused_place): thread 0
+// counts this CTA in `counter` (SelectionLaunch::head_sync: zero before the launch) and waits until
+// it reaches `target`; every thread returns after it. The caller fences its writes first
+// (__threadfence), which the other chunks then read through L2. Deadlock-free where every chunk of
+// a head can be resident at once (the launcher checks it): a head's chunks are consecutive block
+// indices, dispatched in order, so the heads before it finish and free their SMs. A wait past 10 s
+// of the global timer is a bug in the counts: trap (a launch error) instead of hanging the GPU.
+__device__ __forceinline__ void head_barrier(int* counter, int target) {
+  __syncthreads();  // every thread's writes fenced
+  if (threadIdx.x == 0) {
+    atomicAdd(counter, 1);
+    uint64_t since = 0;
+    for (uint32_t polls = 1;; ++polls) {
+      int seen;
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+      if (seen >= target) break;
+      if (polls % 1024 == 0) {
+        uint64_t now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (since == 0) since = now;
+        else if (now - since > 10000000000ull) __trap();
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// A warp's sum of its lanes' chunk totals (kept, weight, live-not-kept).
+__device__ __forceinline__ int4 warp_sum_totals(int4 sum) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    sum.x += __shfl_xor_sync(0xffffffffu, sum.x, o);
+    sum.y += __shfl_xor_sync(0xffffffffu, sum.y, o);
+    sum.z += __shfl_xor_sync(0xffffffffu, sum.z, o);
+  }
+  return sum;
+}
+
+// The sum of the totals of chunks [0, chunk) (warp 0, a lane per chunk, through L2; integer sums,
+// exact in any order). Every thread calls it.
+__device__ __forceinline__ int4 earlier_totals(const int4* totals, int chunk) {
+  __shared__ int4 earlier_sum;
+  if (threadIdx.x < 32) {
+    int4 sum = make_int4(0, 0, 0, 0);
+    for (int c = threadIdx.x; c < chunk; c += 32) {
+      const int4 t = __ldcg(totals + c);
+      sum = make_int4(sum.x + t.x, sum.y + t.y, sum.z + t.z, 0);
+    }
+    sum = warp_sum_totals(sum);
+    if (threadIdx.x == 0) earlier_sum = sum;
+  }
+  __syncthreads();
+  return earlier_sum;
+}
+
 // What a compaction CTA holds for its (sequence, KV head) at a level, and the three steps every
 // compaction takes with it (select_place_kernel, and the children's stream when it places its own
-// chunk, SelectionLaunch::fused_children):
+// chunk, SelectionLaunch::fused_place):
 //   verdict   a candidate's group score against the threshold: (kept | estimated << 16, the
 //             kept candidate's weight);
 //   look_back publish the chunk's totals, sum those of the head's earlier chunks;
@@ -238,12 +297,7 @@ struct Placement {
         const int4 t = unpack_totals(w);
         sum = make_int4(sum.x + t.x, sum.y + t.y, sum.z + t.z, 0);
       }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        sum.x += __shfl_xor_sync(0xffffffffu, sum.x, o);
-        sum.y += __shfl_xor_sync(0xffffffffu, sum.y, o);
-        sum.z += __shfl_xor_sync(0xffffffffu, sum.z, o);
-      }
+      sum = warp_sum_totals(sum);
       if (threadIdx.x == 0) earlier_sum = sum;
     }
     __syncthreads();

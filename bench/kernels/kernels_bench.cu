@@ -35,9 +35,9 @@
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Every prefill config also with the selection's pass C on wgmma instead of mma.sync
-// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags). Two-level decode also with the children's
+// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags). Two-level decode also with each level's
 // stream placing its own chunks ("paper-two-level-fused", "accurate-two-level-fused";
-// SelectionLaunch::fused_children).
+// SelectionLaunch::fused_place).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -442,6 +442,8 @@ int main(int argc, char** argv) {
     // The decode attention's persistent tickets (DecodeLaunch::tickets), as the engine passes them.
     int32_t* tickets = dev_alloc<int32_t>(bh);
     CUDA_OK(cudaMemset(tickets, 0, sizeof(int32_t) * bh));
+    int32_t* head_sync = dev_alloc<int32_t>(bh);  // the fused selection's (SelectionLaunch::head_sync)
+    CUDA_OK(cudaMemset(head_sync, 0, sizeof(int32_t) * bh));
     // --sparsity S runs S alone (any value in (0, 1): a sweep separates the attention's fixed cost
     // from its cost per byte); by default 0.7 and 0.9.
     const std::vector<float> sparsities = only_sparsity > 0.f ? std::vector<float>{only_sparsity}
@@ -688,8 +690,9 @@ int main(int argc, char** argv) {
           without_pdl([&] { run("paper-two-level-no-pdl", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws); });
           run("paper-two-level-cuda-core", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
               cuda_core);
-          SelectionLaunch fused;  // the children's stream places its own chunks (one launch fewer)
-          fused.fused_children = true;
+          SelectionLaunch fused;  // each level's stream places its own chunks (two launches fewer)
+          fused.fused_place = true;
+          fused.head_sync = head_sync;
           run("paper-two-level-fused", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {}, fused);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
@@ -751,6 +754,7 @@ int main(int argc, char** argv) {
     cudaFree(sws);
     cudaFree(dws);
     cudaFree(tickets);
+    cudaFree(head_sync);
     cudaFree(q);
     cudaFree(out);
     cudaFree(d_views);

@@ -19,7 +19,7 @@
 // --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
 // there a launch never shares the stream, so `var` compares two per-sequence launches),
 // --wgmma-flags (the prefill selection's pass C on wgmma instead of mma.sync, where the device has it),
-// --fused-children (two-level decode: the children's centroid stream places its own chunks).
+// --fused-place (two-level decode: each level's centroid stream places its own chunks).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,7 +49,7 @@ namespace {
 
 // The selection launch every case starts from: the defaults, or (--cuda-core-stream) the decode
 // centroid stream on CUDA cores, or (--wgmma-flags) the prefill selection's second GEMM on wgmma
-// where the device has it, or (--fused-children) the two-level decode's fused children stream, so
+// where the device has it, or (--fused-place) the two-level decode's fused streams, so
 // that every kernel is held to the same references.
 SelectionLaunch g_base_launch;
 
@@ -110,7 +110,7 @@ struct Result {
   double ws_rel = -1;       // prefill, D = 128 on sm_90a: the warp-specialized kernel, split as chosen, and unsplit
   int variant_diff = -1;    // decode selection, B > 1: words that differ, shared vs per-sequence stream; -1 n/a
   int chained_diff = -1;    // decode: output words that differ, chained steps vs the checked launch (+1000 per
-                            // ticket left non-zero); -1 n/a
+                            // ticket or head counter left non-zero); -1 n/a
   bool pass = true;
 };
 
@@ -244,7 +244,12 @@ Result run_case(const Case& c, uint64_t seed) {
   }
   if (dsel.sel.estimate_logits)  // NaN: a logit the selection failed to write poisons the output
     CUDA_OK(cudaMemset(dsel.sel.estimate_logits, 0xff, sizeof(float) * bh * est_cap * kMaxGroup));
-  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr, g_base_launch));
+  // The launch's head counters (SelectionLaunch::head_sync), zero before the first launch and left
+  // zero by every one (checked after the last; a count left over fails the case as `chain`).
+  SelectionLaunch base_launch = g_base_launch;
+  CUDA_OK(cudaMalloc(&base_launch.head_sync, sizeof(int32_t) * bh));
+  CUDA_OK(cudaMemset(base_launch.head_sync, 0, sizeof(int32_t) * bh));
+  CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, dsel.sel, ws, d_scores, nullptr, base_launch));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> g_ids = download(dsel.sel.cluster_ids, size_t(bh) * max_k);
   const std::vector<int32_t> g_start = download(dsel.sel.row_start, size_t(bh) * max_k);
@@ -315,10 +320,10 @@ Result run_case(const Case& c, uint64_t seed) {
     if (batch > 1) {
       const std::vector<SequenceLayerBf16> same(batch, dev_views[0]);
       SequenceLayerBf16* d_same = upload(same);
-      SelectionLaunch shared = g_base_launch;
+      SelectionLaunch shared = base_launch;
       shared.shared_context = true;
       shared.min_shared_ctas_per_sm = 0;  // these grids are small: share at any size
-      res.variant_diff = differing_words(d_same, g_base_launch, shared);
+      res.variant_diff = differing_words(d_same, base_launch, shared);
       cudaFree(d_same);
     }
   }
@@ -545,7 +550,7 @@ Result run_case(const Case& c, uint64_t seed) {
     CUDA_OK(cudaDeviceSynchronize());  // the memsets above ran on the legacy stream
     for (int step = 0; step < 2; ++step) {
       CUDA_OK(cudaMemsetAsync(d_out, 0xff, sizeof(uint16_t) * out_n, st));  // NaN where a step fails to write
-      CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, csel.sel, ws, nullptr, st, g_base_launch));
+      CUDA_OK(select_clusters(shape, d_views, d_q, params, limits, csel.sel, ws, nullptr, st, base_launch));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, csel.sel, d_out, d_lse, dws, chained, st, d_top));
     }
     CUDA_OK(cudaStreamSynchronize(st));
@@ -553,6 +558,7 @@ Result run_case(const Case& c, uint64_t seed) {
     res.chained_diff = 0;
     for (size_t i = 0; i < out_n; ++i) res.chained_diff += got[i] != expect[i];
     for (int t : download(chained.tickets, bh)) res.chained_diff += t != 0 ? 1000 : 0;
+    for (int t : download(base_launch.head_sync, bh)) res.chained_diff += t != 0 ? 1000 : 0;
     if (res.chained_diff != 0) res.pass = false;
     cudaStreamDestroy(st);
     cudaFree(dws);
@@ -577,6 +583,7 @@ Result run_case(const Case& c, uint64_t seed) {
   cudaFree(d_out);
   cudaFree(d_lse);
   cudaFree(ws);
+  cudaFree(base_launch.head_sync);
   cudaFree(d_scores);
   cudaFree(d_q);
   cudaFree(d_views);
@@ -620,7 +627,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
     if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
     if (std::string(argv[i]) == "--wgmma-flags") g_base_launch.wgmma_flags = true;
-    if (std::string(argv[i]) == "--fused-children") g_base_launch.fused_children = true;
+    if (std::string(argv[i]) == "--fused-place") g_base_launch.fused_place = true;
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
