@@ -465,9 +465,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
 
 // K2. grid (select chunks, H_kv, B), 256 threads; thread tid owns candidates
 // first + e * 256 + tid (each warp load reads 32 consecutive candidates). A head with no
-// candidates runs only its chunk 0, which writes the zero counts.
+// candidates runs only its chunk 0, which writes the zero counts. Launch bounds with one CTA per
+// SM: without a minimum ptxas held some instantiations to 64-80 registers and spilled 2-8 bytes
+// (now 56-108, no spills; the grids are small, 2 CTAs per SM still fit at 108).
 template <int R, Level LV>
-__global__ void __launch_bounds__(kThreads) select_place_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
+__global__ void __launch_bounds__(kThreads, 1) select_place_kernel(ProblemArgs p, LevelArgs l, SelectionParams params,
                                                                 StreamScratch ws, Selection out, float* scores) {
   __shared__ float logden[R];
   allow_next_grid();
