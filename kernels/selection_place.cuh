@@ -2,7 +2,8 @@
 // scores a chunk of a level's candidates against the head's log denominators, thresholds them and
 // writes the kept ones (and the estimate's) in candidate order at the offsets the head's earlier
 // chunks publish (single-pass decoupled look-back). select_place_kernel runs it on K1's logits;
-// the children's stream runs it on its own (SelectionLaunch::fused_place).
+// with SelectionLaunch::fused_place each two-level stream runs it on its own chunk (the coarse
+// level behind a barrier among the head's chunks instead of the look-back).
 #pragma once
 
 #include <type_traits>
@@ -105,7 +106,7 @@ __device__ __forceinline__ int2 warp_inclusive_scan(int2 v) {
 // Ordered exclusive scan of a compaction CTA's (keep, rows) pairs, candidate e * 256 + tid owning
 // x[e]: returns in at[e] the pair's position among the chunk's kept candidates (and rows before it),
 // and the chunk's totals. One warp scan per e, then warp 0 scans the kPer * 8 warp sums in (e, warp)
-// order. kPer = kSelectPer in select_place_kernel, 1 in the children's fused kernel.
+// order. kPer = kSelectPer in select_place_kernel, 1 in the fused streams.
 template <int kPer>
 __device__ int2 chunk_exclusive_scan(const int2 (&x)[kPer], int2 (&at)[kPer]) {
   static_assert(kPer * kWarps <= 32, "warp 0 scans one warp sum per lane");
@@ -231,8 +232,9 @@ __device__ __forceinline__ int4 earlier_totals(const int4* totals, int chunk) {
 }
 
 // What a compaction CTA holds for its (sequence, KV head) at a level, and the three steps every
-// compaction takes with it (select_place_kernel, and the children's stream when it places its own
-// chunk, SelectionLaunch::fused_place):
+// compaction takes with it (select_place_kernel, and a fused stream placing its own chunk,
+// SelectionLaunch::fused_place; the coarse one sums the earlier totals behind its barrier instead
+// of the look-back):
 //   verdict   a candidate's group score against the threshold: (kept | estimated << 16, the
 //             kept candidate's weight);
 //   look_back publish the chunk's totals, sum those of the head's earlier chunks;
