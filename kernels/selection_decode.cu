@@ -583,15 +583,21 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 
 // Whether the coarse level can run fused (score_mma_kernel, kPlace): one sequence per CTA, a
 // counter per head (SelectionLaunch::head_sync), and every chunk of a head resident at once (its
-// barrier's condition) on the current device.
+// barrier's condition) on the current device. The kernel's CTAs per SM are fixed by its build (one
+// sm_90a/sm_80 binary): queried once, not per launch; the SM count per call (devices may differ).
 template <int D, int R>
 bool coarse_fuses(const AttentionShape& s, const SelectionLaunch& launch, int coarse_chunks) {
   if (!launch.head_sync || (launch.shared_context && s.batch > 1)) return false;
-  int dev = 0, sms = 0, per_sm = 0;
+  static const int per_sm = [] {
+    int n = 0;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, score_mma_kernel<D, R, Level::kCoarse, true>, kThreads,
+                                                         0) == cudaSuccess
+               ? n
+               : 0;
+  }();
+  int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, score_mma_kernel<D, R, Level::kCoarse, true>, kThreads,
-                                                    0) != cudaSuccess)
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return false;
   return int64_t{per_sm} * sms >= coarse_chunks;
 }
