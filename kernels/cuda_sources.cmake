@@ -4,7 +4,6 @@ set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/selection_decode.cu
   ${CMAKE_CURRENT_LIST_DIR}/selection_tensor_core.cu
   ${CMAKE_CURRENT_LIST_DIR}/selection_lse_wgmma.cu
-  ${CMAKE_CURRENT_LIST_DIR}/selection_flags_wgmma.cu
   ${CMAKE_CURRENT_LIST_DIR}/selection_generic.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention.cu

@@ -7,11 +7,10 @@
 // piece per head it overlaps (mostly one or two); each piece writes an fp32 partial (o, max, sum) of
 // the G query heads of the group, and the head's last piece to finish merges its partials in order
 // (deterministic log-sum-exp merge).
-// Cost: a selected or dense row is kRowCost units; an estimated row, which reads a mean value and no
-// key, DecodeLaunch::estimated_row_cost (a whole row by default, until measured). Counted as whole
-// rows, the estimate's ~15% more rows raise every CTA's share alike, so the CTAs holding only
-// selected rows stream ~15% more of them and set the step's time: the predicted cause of the
-// estimate's cost at batch 8 (bench/kernels/NOTES.md run 15).
+// Cost: every row, selected, estimated (a mean value and no key) or dense, is kRowCost units. An
+// estimated row moves about half a selected row's bytes, but takes about a selected row's time:
+// charged 1, 2 or 3 quarters of a row, the split made the attention up to 1.9x slower
+// (bench/kernels/NOTES.md run 18).
 // Each head's rows are preceded by start_cost units of nothing (DecodeLaunch::piece_start_rows): a
 // CTA that straddles two heads pays a second piece's dependent round trips mid-stream, under full
 // load (partial, fence, ticket, then the next head's views, window seek and first tiles), and the
@@ -143,7 +142,6 @@ struct DecodeArgs {
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
-  int est_cost;        // DecodeLaunch::estimated_row_cost, resolved (1..kRowCost)
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -158,7 +156,7 @@ __device__ __forceinline__ HeadCost head_cost(const DecodeArgs& a, int bh) {
   const SequenceLayerBf16& s = a.seqs[bh / a.hkv];
   const int sel = a.sel.rows[bh];
   const int est = a.sel.estimated != nullptr && s.cluster_values != nullptr ? a.sel.estimated[bh] : 0;
-  return HeadCost::of(sel, est, s.dense_len, a.est_cost);
+  return HeadCost::of(sel, est, s.dense_len);
 }
 
 // A warp's window of 32 consecutive selected segments: lane j holds segment base + j, its first
@@ -738,8 +736,7 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
-               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
-               launch.estimated_row_cost < 1 ? kDefaultEstimatedRowCost : min(launch.estimated_row_cost, kRowCost)};
+               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows)};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else {

@@ -3,9 +3,8 @@
 // Plain C++ header; CPU reference with the same contract: attention_ref.h (query_len = 1).
 //
 // One launch, split-K: the selected rows of every (sequence, KV head) plus its dense rows are laid
-// end to end (each head's start charged as extra rows: DecodeLaunch::piece_start_rows; an estimated
-// row charged as part of one: DecodeLaunch::estimated_row_cost) and cut into one equal contiguous
-// range of cost per CTA, so heads with very different kept
+// end to end (each head's start charged as extra rows: DecodeLaunch::piece_start_rows) and cut into
+// one equal contiguous range of cost per CTA, so heads with very different kept
 // counts balance; each range loads its rows once for the whole GQA group (tensor cores, the group's
 // query heads as matrix rows) and writes an fp32 partial (o, max, sum) per head it overlaps; the
 // last piece of a head to finish merges the head's partials in order (deterministic log-sum-exp
@@ -35,19 +34,11 @@ struct DecodeLaunch {
   // counts as min(this, rows per CTA / 4) extra rows, so a CTA that also ends the head before it
   // streams that many fewer. -1: kDefaultPieceStartRows; 0: the plain equal split.
   int32_t piece_start_rows = -1;
-  // What an estimated row (a pruned cluster's mean value, no key) costs in the split, in quarters of
-  // a selected row (decode_attention.cu "Work split"): 1..4; -1 or 0: kDefaultEstimatedRowCost.
-  // Its bytes say about 2 (a value and 4-32 bytes of logits against a key and a value); the default
-  // stays the measured whole row until bench/kernels' "accurate-two-level-est-costN" rows have run on
-  // a GPU (NOTES.md run 15).
-  int32_t estimated_row_cost = -1;
 };
 // From the sweep of bench/kernels (NOTES.md run 14, H100, 512K): 0 / 192 / 384 / 768 rows took
 // Llama-3 batch 1 from 137.5 to 133.6 / 129.4 / 129.8 us (the cap binds at per_cta / 4 there) and
 // Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
 constexpr int32_t kDefaultPieceStartRows = 768;
-// A whole row: the split as measured before run 15 (an estimated row counted like a selected one).
-constexpr int32_t kDefaultEstimatedRowCost = 4;
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 

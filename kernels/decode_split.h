@@ -3,9 +3,10 @@
 // which CTA streams which rows, and which piece merges a head, is proved without a GPU.
 //
 // The heads of a launch are laid end to end in cost units, each as `start_cost` units of nothing
-// then its rows: selected and dense rows kRowCost units each, estimated rows `est_cost`
-// (DecodeLaunch::estimated_row_cost). CTA c takes units [c * per_cta, (c + 1) * per_cta). A row goes
-// to the CTA whose range holds its last unit; a CTA's part of one head is a piece.
+// then its rows, kRowCost units each (selected, estimated and dense rows alike: an estimated row
+// charged less streamed slower, bench/kernels/NOTES.md run 18). CTA c takes units
+// [c * per_cta, (c + 1) * per_cta). A row goes to the CTA whose range holds its last unit; a CTA's
+// part of one head is a piece.
 #pragma once
 
 #include <cstdint>
@@ -43,30 +44,22 @@ SQUEEZESERVE_HOST_DEVICE inline FlatSplit flat_split(long long total, long long 
   return f;
 }
 
-// One head's rows in the split: sel selected, est estimated, then rest (its dense rows, or the one
-// masked row of a head without rows), in that order.
+// One head's rows in the split: its selected, estimated and dense rows, or the one masked row of a
+// head without rows.
 struct HeadCost {
-  int sel, est, rest, est_cost;
+  int num_rows;
 
-  // est_cost in 1..kRowCost; a head without rows still takes one (masked) row.
-  SQUEEZESERVE_HOST_DEVICE static HeadCost of(int sel, int est, int dense, int est_cost) {
+  SQUEEZESERVE_HOST_DEVICE static HeadCost of(int sel, int est, int dense) {
     const int total = sel + est + dense;
-    return {sel, est, (total > 0 ? total : 1) - sel - est, est_cost};
+    return {total > 0 ? total : 1};
   }
-  SQUEEZESERVE_HOST_DEVICE int rows() const { return sel + est + rest; }
-  SQUEEZESERVE_HOST_DEVICE long long units() const {
-    return static_cast<long long>(kRowCost) * (sel + rest) + static_cast<long long>(est_cost) * est;
-  }
+  SQUEEZESERVE_HOST_DEVICE int rows() const { return num_rows; }
+  SQUEEZESERVE_HOST_DEVICE long long units() const { return static_cast<long long>(kRowCost) * num_rows; }
   // Rows whose last unit lies before cost offset c (0 <= c <= units()): a range [c0, c1) of the
   // head takes its rows [rows_before(c0), rows_before(c1)).
-  SQUEEZESERVE_HOST_DEVICE int rows_before(long long c) const {
-    const long long a = static_cast<long long>(kRowCost) * sel, b = a + static_cast<long long>(est_cost) * est;
-    if (c <= a) return static_cast<int>(c / kRowCost);
-    if (c <= b) return sel + static_cast<int>((c - a) / est_cost);
-    return sel + est + static_cast<int>((c - b) / kRowCost);
-  }
+  SQUEEZESERVE_HOST_DEVICE int rows_before(long long c) const { return static_cast<int>(c / kRowCost); }
   // The cost offset just past the first row's last unit.
-  SQUEEZESERVE_HOST_DEVICE int first_row_end() const { return sel > 0 || est == 0 ? kRowCost : est_cost; }
+  SQUEEZESERVE_HOST_DEVICE int first_row_end() const { return kRowCost; }
 };
 
 // The piece of the CTA with range [f0, f1) in a head whose units start at `at`: head rows [r0, r1)

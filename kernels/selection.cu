@@ -19,7 +19,7 @@ cudaError_t run_selection(const AttentionShape& s, const SequenceLayerBf16* seqs
   if (ws.fast_r > 0) {  // decode: rows <= kMaxFastRows, flat or hierarchical
     run_decode_selection<D>(s, p, params, ws, out, scores_out, launch, stream);
   } else if (!params.hierarchical) {  // prefill block, flat
-    run_tensor_core_selection<D>(s, p, params, ws, out, scores_out, launch, stream);
+    run_tensor_core_selection<D>(s, p, params, ws, out, scores_out, stream);
   } else {
     const cudaError_t err = run_generic_selection<D>(s, p, params, lim, ws, out, scores_out, stream);
     if (err != cudaSuccess) return err;

@@ -43,20 +43,14 @@ struct SelectionLaunch {
   // Selections agree with the CPU reference either way; between the two, scores differ in the
   // last bits (another summation order), so a cluster within rounding of its threshold may flip.
   bool tensor_core_stream = true;
-  // Prefill blocks (flat index, more than 8 query rows): the second scoring GEMM (each candidate's
-  // score and flags) on Hopper's wgmma where the device has it (selection_flags_wgmma.cu), instead
-  // of mma.sync. Off until it has run on a GPU: kernels_check --wgmma-flags holds it to the CPU
-  // reference and kernels_bench times it ("paper-wgmma-flags"); bench/kernels/NOTES.md, run 16.
-  // As above, the two sum in another order.
-  bool wgmma_flags = false;
   // Two-level decode (tensor_core_stream on): each level's centroid stream also thresholds and
   // places its own chunks (selection_decode.cu, kPlace), where a second launch per level read its
-  // logits back: two launches of the chain fewer per step. The coarse level does so only with
-  // head_sync set, one sequence per CTA (not a shared launch) and a head's chunks all resident at
-  // once on the device; else it runs as two launches. Off until it has run on a GPU: kernels_check
-  // --fused-place holds it to the CPU reference and kernels_bench times it
-  // ("paper-two-level-fused", "accurate-two-level-fused"); bench/kernels/NOTES.md, run 17.
-  bool fused_place = false;
+  // logits back: two launches of the chain fewer per step. Only with head_sync set, one sequence
+  // per CTA (not a shared launch) and the coarse level's whole grid resident at once on the device;
+  // else both levels run as two launches each. Measured on an H100 (bench/kernels/NOTES.md, run
+  // 18), Llama-3 batch 1: 512K 121.7 -> 117.8 us a step, 32K 46.6 -> 43.1 us. false: always two
+  // launches per level (kernels_bench's "*-two-level-unfused" rows).
+  bool fused_place = true;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses it;
   // every launch leaves them zero (as DecodeLaunch::tickets): the coarse fused stream's barrier
   // counts (the workspace cannot hold them across launches: the attention reuses it).

@@ -7,7 +7,6 @@
 //                              kernel and the two-level children's fused stream
 //   selection_tensor_core.cu   flat index, R > 8 rows (prefill blocks): the scoring GEMMs on tensor cores
 //   selection_lse_wgmma.cu     its first GEMM (the LSE partials) on Hopper's wgmma
-//   selection_flags_wgmma.cu   its second GEMM (the scores and flags) on Hopper's wgmma
 //   selection_generic.cu       CUDA-core passes for any level (two-level prefill blocks), plus the
 //                              log-denominator merge and the ordered compaction the tensor-core path reuses
 // Problem of one (sequence b, KV head h): R = Lq * g query rows (row r = token r / g, group member
@@ -209,7 +208,7 @@ struct ForcedClusters {
   }
 };
 
-// Tensor-core path (selection_tensor_core.cu, selection_flags_wgmma.cu): the query row (token t,
+// Tensor-core path (selection_tensor_core.cu, selection_lse_wgmma.cu): the query row (token t,
 // group member j) at tile row r: token-major (r = t*g + j, pass A) when member_rows == 0, else
 // member-major with member_rows rows per member (r = j*member_rows + t, pass C). False for
 // padding rows.
@@ -332,8 +331,7 @@ void run_decode_selection(const AttentionShape& s, const ProblemArgs& p, const S
 // selection_tensor_core.cu: flat index, rows > kMaxFastRows.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out,
-                               const SelectionLaunch& launch, cudaStream_t stream);
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream);
 
 // selection_lse_wgmma.cu: the tensor-core path's pass A on wgmma, chunks of chunk_tiles x 64
 // candidates (their partials at chunk index < ws.tc_chunks). False (nothing launched) where the
@@ -341,12 +339,6 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
 template <int D>
 bool launch_lse_wgmma(const AttentionShape& s, const ProblemArgs& p, const Workspace& ws, int chunk_tiles,
                       cudaStream_t stream);
-
-// selection_flags_wgmma.cu: the tensor-core path's pass C on wgmma (ws.logden in, ws.flags and
-// scores_out out). False (nothing launched) where the device or the build has no wgmma.
-template <int D>
-bool launch_flags_wgmma(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                        const Workspace& ws, float* scores_out, cudaStream_t stream);
 
 // selection_generic.cu: any index on CUDA cores (used for hierarchical prefill blocks). Returns the error
 // of its kernel attribute call.

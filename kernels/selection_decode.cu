@@ -39,9 +39,9 @@ namespace {
 // clusters; its K2 writes the fine ids of their children (the children level's candidates, in
 // order) instead of a selection. The children level (Level::kChildren) streams only those fine
 // centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
-// partials); its K2 writes the selection. With SelectionLaunch::fused_place each level's stream
-// places its own chunks (score_mma_kernel's kPlace: one launch per level). The estimate lists the
-// pruned coarse clusters (as K + c) first, then the pruned children. This replaced the CUDA-core passes of
+// partials); its K2 writes the selection. With SelectionLaunch::fused_place (the default) each
+// level's stream places its own chunks (score_mma_kernel's kPlace: one launch per level). The
+// estimate lists the pruned coarse clusters (as K + c) first, then the pruned children. This replaced the CUDA-core passes of
 // selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
 // two levels read 58% fewer centroid bytes.
 
@@ -582,9 +582,13 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
 }
 
 // Whether the coarse level can run fused (score_mma_kernel, kPlace): one sequence per CTA, a
-// counter per head (SelectionLaunch::head_sync), and every chunk of a head resident at once (its
-// barrier's condition) on the current device. The kernel's CTAs per SM are fixed by its build (one
-// sm_90a/sm_80 binary): queried once, not per launch; the SM count per call (devices may differ).
+// counter per head (SelectionLaunch::head_sync), and the whole grid resident at once on the current
+// device. The barrier itself needs only a head's chunks resident at once, but where the grid takes
+// more than one wave, a head whose chunks straddle two waves spins on its SMs until the first wave
+// drains: Llama-3 512K batch 8 on an H100 (~900 CTAs against 264 slots) took the two-level
+// selection from 114.6 to 130.4 us (NOTES.md run 18), where batch 1 (~110 CTAs) gained. The
+// kernel's CTAs per SM are fixed by its build (one sm_90a/sm_80 binary): queried once, not per
+// launch; the SM count per call (devices may differ).
 template <int D, int R>
 bool coarse_fuses(const AttentionShape& s, const SelectionLaunch& launch, int coarse_chunks) {
   if (!launch.head_sync || (launch.shared_context && s.batch > 1)) return false;
@@ -599,7 +603,7 @@ bool coarse_fuses(const AttentionShape& s, const SelectionLaunch& launch, int co
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return false;
-  return int64_t{per_sm} * sms >= coarse_chunks;
+  return int64_t{per_sm} * sms >= int64_t{coarse_chunks + 1} * s.num_kv_heads * s.batch;  // + the extra CTA
 }
 
 template <int D, int R>
@@ -614,9 +618,13 @@ void run_rows(const AttentionShape& s, const ProblemArgs& p, const SelectionPara
     return run_level<D, R, Level::kFlat>(s, p, flat, params, w.fast_chunks, ws, out, scores_out, launch, stream);
   }
   ws.den_chunks = w.coarse_chunks;
-  const bool fused = launch.fused_place && launch.tensor_core_stream;
+  // Both levels fused or neither: where the coarse grid takes more than one wave, the children's
+  // fused stream lost too (Llama-3 512K batch 8, H100: the selection 113.2 us unfused, 121.1 with
+  // the children fused; NOTES.md run 18).
+  const bool fused =
+      launch.fused_place && launch.tensor_core_stream && coarse_fuses<D, R>(s, launch, w.coarse_chunks);
   const LevelArgs coarse{Level::kCoarse, nullptr, nullptr, 0};
-  if (fused && coarse_fuses<D, R>(s, launch, w.coarse_chunks)) {  // one launch: stream, barrier, place
+  if (fused) {  // one launch: stream, barrier, place
     launch_chained(score_mma_kernel<D, R, Level::kCoarse, true>, dim3(w.coarse_chunks + 1, s.num_kv_heads, s.batch),
                    dim3(kThreads), 0, stream, p, coarse, ws, s.batch, 1, params, out, nullptr, launch.head_sync);
   } else {

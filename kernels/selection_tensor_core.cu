@@ -25,8 +25,8 @@ namespace {
 //    member's tokens padded to a multiple of 16, so that every 16-row sub-tile belongs to one group
 //    member whatever the group size: a thread's per-column sums are then one member's, combined
 //    over the warp's lanes once per member.
-//    On Hopper pass A runs on wgmma (selection_lse_wgmma.cu), and pass C can
-//    (selection_flags_wgmma.cu, SelectionLaunch::wgmma_flags).
+//    On Hopper pass A runs on wgmma (selection_lse_wgmma.cu). Pass C stays on mma.sync: on wgmma
+//    it measured 6% slower (bench/kernels/NOTES.md run 18), and was deleted.
 // Then compact_kernel. CTA = 8 warps, each owning 32 candidates whose B fragments (centroid rows)
 // stay in registers (64 regs at D = 128) for the whole pass; query rows stream through smem in
 // 64-row tiles (cp.async, double buffered; Q of a head is L2-resident: 256 KB at 1K tokens) and
@@ -278,8 +278,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
 // Pass A, the log-denominator merge, pass C, then the ordered compaction.
 template <int D>
 void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, const SelectionParams& params,
-                               const Workspace& ws, const Selection& out, float* scores_out,
-                               const SelectionLaunch& launch, cudaStream_t stream) {
+                               const Workspace& ws, const Selection& out, float* scores_out, cudaStream_t stream) {
   const LevelArgs flat{Level::kFlat, nullptr, nullptr, 0};
   // Pass A on wgmma where the device has it (selection_lse_wgmma.cu): chunks of candidates sized
   // for ~4 waves of one-CTA-per-SM work, never more chunks than the partials hold (tc_chunks).
@@ -300,18 +299,14 @@ void run_tensor_core_selection(const AttentionShape& s, const ProblemArgs& p, co
     launch_log_denominators(s, p, flat, ws.tc_strips_per_chunk * (kTcStrip / kTile), ws.tc_chunks, ws.partials,
                             ws.logden, stream);
   }
-  if (!(launch.wgmma_flags && launch_flags_wgmma<D>(s, p, params, ws, scores_out, stream))) {
-    tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
-        p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
-  }
+  tc_flags_kernel<D><<<dim3(ws.tc_strips, s.num_kv_heads, s.batch), kTcThreads, 0, stream>>>(
+      p, params, ws.logden, ws.flags, scores_out, ws.level_capacity);
   launch_compact<D>(s, p, flat, ws.flags, ws.level_capacity, out, nullptr, nullptr, stream);
 }
 
 template void run_tensor_core_selection<64>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                            const Workspace&, const Selection&, float*, const SelectionLaunch&,
-                                            cudaStream_t);
+                                            const Workspace&, const Selection&, float*, cudaStream_t);
 template void run_tensor_core_selection<128>(const AttentionShape&, const ProblemArgs&, const SelectionParams&,
-                                             const Workspace&, const Selection&, float*, const SelectionLaunch&,
-                                             cudaStream_t);
+                                             const Workspace&, const Selection&, float*, cudaStream_t);
 
 }  // namespace squeezeserve::kernels::detail

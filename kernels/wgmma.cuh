@@ -1,6 +1,6 @@
 // Hopper warpgroup MMA (wgmma, sm_90a) building blocks shared by the kernels that use it
-// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, selection_flags_wgmma.cu,
-// prefill_attention_ws.cu; load_a_fragments also the mma.sync nearest_centroid.cu). SQZ_HAS_WGMMA is
+// (nearest_centroid_wgmma.cu, selection_lse_wgmma.cu, prefill_attention_ws.cu;
+// load_a_fragments also the mma.sync nearest_centroid.cu). SQZ_HAS_WGMMA is
 // defined when the code is compiled for sm_90a (the device pass of an sm_90a target); kernels built
 // without it trap, and the host only launches them where wgmma_available().
 //

@@ -26,18 +26,15 @@
 // without programmatic dependent launch ("paper-no-pdl", "paper-two-level-no-pdl",
 // "accurate-two-level-no-pdl"; kernels/launch.h), with the split's piece start charge at 0, 192
 // and 384 rows ("paper-start-costN"; the default is kDefaultPieceStartRows; 0 also as
-// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), with an estimated row charged 1, 2
-// or 3 quarters of a row in the split ("accurate-two-level-est-costN", and half a row over the flat
-// index, "accurate-est-cost2"; DecodeLaunch::estimated_row_cost),
-// and with the selection's centroid stream on CUDA
+// "accurate-two-level-start-cost0"; DecodeLaunch::piece_start_rows), and with the selection's
+// centroid stream on CUDA
 // cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
 // SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
-// Every prefill config also with the selection's pass C on wgmma instead of mma.sync
-// ("paper-wgmma-flags"; SelectionLaunch::wgmma_flags). Two-level decode also with each level's
-// stream placing its own chunks ("paper-two-level-fused", "accurate-two-level-fused";
-// SelectionLaunch::fused_place).
+// Two-level decode also with each level as a centroid stream and a compaction launch instead of
+// the default fused stream ("paper-two-level-unfused", "accurate-two-level-unfused";
+// SelectionLaunch::fused_place off).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -471,6 +468,7 @@ int main(int argc, char** argv) {
                      PrefillLaunch pl = {}, DecodeLaunch dl = {}, SelectionLaunch sl = {}) {
         if (!only_lookup.empty() && only_lookup != lookup) return;
         if (programmatic_launch_enabled() && !dl.tickets) dl.tickets = tickets;  // else the memset, as before PDL
+        if (!sl.head_sync) sl.head_sync = head_sync;  // as the engine passes it (Buffers::selection_sync)
         auto select = [&] { CUDA_OK(select_clusters(shape, lv, q, ps, lim, ls.sel, ws, nullptr, s, sl)); };
         auto attend = [&] {
           if (c.prefill())
@@ -584,11 +582,6 @@ int main(int argc, char** argv) {
       ws_launch.warp_specialized = true;
       const bool ws = c.prefill() && c.d == 128 && prefill_warp_specialized_available();
       if (ws) run("paper-ws", d_views, sel, TopKeys{}, params, limits, sws, true, ws_launch);
-      if (c.prefill()) {  // the selection's pass C on wgmma (SelectionLaunch::wgmma_flags)
-        SelectionLaunch wgmma_flags;
-        wgmma_flags.wgmma_flags = true;
-        run("paper-wgmma-flags", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, wgmma_flags);
-      }
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)
         run("paper-unsplit", d_views, sel, TopKeys{}, params, limits, sws, /*split_k=*/false);
       if (c.prefill() && lq <= 64 && sparsity > 0.85f) {
@@ -690,10 +683,10 @@ int main(int argc, char** argv) {
           without_pdl([&] { run("paper-two-level-no-pdl", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws); });
           run("paper-two-level-cuda-core", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
               cuda_core);
-          SelectionLaunch fused;  // each level's stream places its own chunks (two launches fewer)
-          fused.fused_place = true;
-          fused.head_sync = head_sync;
-          run("paper-two-level-fused", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {}, fused);
+          SelectionLaunch unfused;  // each level as a stream and a compaction launch
+          unfused.fused_place = false;
+          run("paper-two-level-unfused", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
+              unfused);
           {
             // The accurate lookup over the same index and thresholds: the pruned coarse clusters
             // estimated as one key each, the pruned children of the expanded ones one key each.
@@ -703,21 +696,13 @@ int main(int argc, char** argv) {
             SequenceLayerBf16* d_acc_two = upload(acc_two);
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
             run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
-            run("accurate-two-level-fused", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, {},
-                fused);
+            run("accurate-two-level-unfused", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, {},
+                unfused);
             without_pdl([&] { run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws); });
             DecodeLaunch plain;
             plain.piece_start_rows = 0;
             run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
                 plain);
-            // What an estimated row costs in the split, in quarters of a row (the default,
-            // kDefaultEstimatedRowCost, charges it as a whole row: the split before run 15).
-            for (int quarters : {1, 2, 3}) {
-              DecodeLaunch weighted;
-              weighted.estimated_row_cost = quarters;
-              run(("accurate-two-level-est-cost" + std::to_string(quarters)).c_str(), d_acc_two, acc_sel, top,
-                  two_params, two_limits, two_ws, true, {}, weighted);
-            }
             cudaFree(d_acc_two);
           }
           cudaFree(two_ws);
@@ -735,11 +720,6 @@ int main(int argc, char** argv) {
           SelectionParams floored = params;
           floored.estimate_floor = 0.0625f;
           run("accurate-floor16", d_acc, acc_sel, top, floored, limits, sws);
-          if (!c.prefill()) {  // half a row for an estimated row in the split (the flat index: 64K-128K)
-            DecodeLaunch weighted;
-            weighted.estimated_row_cost = 2;
-            run("accurate-est-cost2", d_acc, acc_sel, top, params, limits, sws, true, {}, weighted);
-          }
         }
         if (!c.prefill()) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);

@@ -18,8 +18,8 @@
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
 // --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
 // there a launch never shares the stream, so `var` compares two per-sequence launches),
-// --wgmma-flags (the prefill selection's pass C on wgmma instead of mma.sync, where the device has it),
-// --fused-place (two-level decode: each level's centroid stream places its own chunks).
+// --unfused-place (two-level decode: each level as a centroid stream and a compaction launch, instead
+// of the default, each stream placing its own chunks).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,9 +48,8 @@ using namespace squeezeserve::kernels::bench;
 namespace {
 
 // The selection launch every case starts from: the defaults, or (--cuda-core-stream) the decode
-// centroid stream on CUDA cores, or (--wgmma-flags) the prefill selection's second GEMM on wgmma
-// where the device has it, or (--fused-place) the two-level decode's fused streams, so
-// that every kernel is held to the same references.
+// centroid stream on CUDA cores, or (--unfused-place) the two-level decode's levels as two launches
+// each, so that every kernel is held to the same references.
 SelectionLaunch g_base_launch;
 
 struct Case {
@@ -71,13 +70,7 @@ struct Case {
   bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
   float estimate_floor = 0.f;  // SelectionParams::estimate_floor
   int piece_start_rows = -1;   // DecodeLaunch::piece_start_rows (-1 = the default)
-  int estimated_row_cost = -1; // DecodeLaunch::estimated_row_cost (-1 = the default)
 };
-
-Case with_estimated_row_cost(Case c, int quarters) {
-  c.estimated_row_cost = quarters;
-  return c;
-}
 
 Case with_floor(Case c, float floor) {
   c.estimate_floor = floor;
@@ -481,7 +474,6 @@ Result run_case(const Case& c, uint64_t seed) {
     if (c.lq == 1 && !c.use_prefill_kernel) {
       DecodeLaunch launch{c.decode_ctas};
       launch.piece_start_rows = c.piece_start_rows;
-      launch.estimated_row_cost = c.estimated_row_cost;
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
@@ -539,7 +531,6 @@ Result run_case(const Case& c, uint64_t seed) {
     const std::vector<uint16_t> expect = download(d_out, out_n);
     DecodeLaunch chained{c.decode_ctas};
     chained.piece_start_rows = c.piece_start_rows;
-    chained.estimated_row_cost = c.estimated_row_cost;
     CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
     CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
     void* dws = nullptr;
@@ -626,8 +617,7 @@ int main(int argc, char** argv) {
     small |= std::string(argv[i]) == "--small";
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
     if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
-    if (std::string(argv[i]) == "--wgmma-flags") g_base_launch.wgmma_flags = true;
-    if (std::string(argv[i]) == "--fused-place") g_base_launch.fused_place = true;
+    if (std::string(argv[i]) == "--unfused-place") g_base_launch.fused_place = false;
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
@@ -759,14 +749,12 @@ int main(int argc, char** argv) {
       with_start_cost(with_lookup({"decode d128 g7 est ra 5 ctas charged", 128, 7, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 5}, 1, 1, true), 1 << 20),
       with_start_cost({"decode d64 g4 3 ctas charge 1", 64, 4, 4, 1, {9001, 2002, 17},    2, 0, 40, 0.2f, 1.f, false, false, 3}, 1),
       with_start_cost({"decode batch17 d64 g2 4 ctas charged", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f, false, false, 4}, 1 << 20),
-      // What an estimated row costs in the split (DecodeLaunch::estimated_row_cost; the default is
-      // a whole row): a quarter (range ends inside the estimate and at its edges fall on partial
-      // rows of cost), a half and three quarters; few CTAs, so each head's estimate spans several
-      // of them, and many, so most ranges are shorter than a head.
-      with_estimated_row_cost(with_lookup({"decode d128 g4 hier est ra 3 ctas cost1", 128, 4, 2, 1, {20011, 4001}, 2, 4, 30, 0.1f, 1.f, false, false, 3}, 1, 1, true), 1),
-      with_estimated_row_cost(with_lookup({"decode d64 g3 est 7 ctas cost3", 64, 3, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 7}, 1, 0, true), 3),
-      with_estimated_row_cost(with_lookup({"decode batch6 d128 g8 est ra cost2", 128, 8, 1, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 0, 20, 0.1f, 1.f}, 2, 2, true), 2),
-      with_estimated_row_cost(with_lookup({"decode batch6 d64 g1 hier est cost1", 64, 1, 2, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 5, 20, 0.1f, 1.f}, 1, 0, true), 1),
+      // The estimate's rows spread over CTAs: few CTAs, so each head's estimate spans several of
+      // them, and many, so most ranges are shorter than a head.
+      with_lookup({"decode d128 g4 hier est ra 3 ctas", 128, 4, 2, 1, {20011, 4001}, 2, 4, 30, 0.1f, 1.f, false, false, 3}, 1, 1, true),
+      with_lookup({"decode d64 g3 est 7 ctas", 64, 3, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 7}, 1, 0, true),
+      with_lookup({"decode batch6 d128 g8 est ra logits", 128, 8, 1, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 0, 20, 0.1f, 1.f}, 2, 2, true),
+      with_lookup({"decode batch6 d64 g1 hier est logits", 64, 1, 2, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 5, 20, 0.1f, 1.f}, 1, 0, true),
   };
   if (small) {  // compute-sanitizer: one case per path and feature, small shapes
     const std::vector<std::string> names = {
@@ -779,7 +767,7 @@ int main(int argc, char** argv) {
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
         "decode d128 g8 many pieces all", "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks",
         "decode batch10 d128 g4 hier 7 ctas charged", "decode d128 g7 est ra 5 ctas charged",
-        "decode d128 g4 hier est ra 3 ctas cost1"};
+        "decode d128 g4 hier est ra 3 ctas"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);

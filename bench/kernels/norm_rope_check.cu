@@ -13,9 +13,12 @@ namespace squeezeserve::kernels::bench {
 namespace {
 
 // RMSNorm: the GPU sums squares in another fp32 order and rsqrtf is approximate, so bf16(normed)
-// can land one bf16 ulp away where it sits at a rounding boundary (rarely). Pass: >= 99.9% of the
-// outputs within 1 bf16 ulp of the reference, and every output within what one ulp of
-// bf16(normed) explains, |w| ulp(normed) + ulp(out) (at most ~1.2% relative; max_rel is printed).
+// can land one bf16 ulp away where it sits at a rounding boundary (rarely). Such flips come in
+// groups: a bf16 input has 128 mantissas, so a row of 384 repeats each ~3 times and one unlucky
+// mantissa moves all its copies (seen on an H100: 3 of 384 off, one by more than an ulp, because
+// |w| > 1). Pass: every output within what one ulp of bf16(normed) explains, |w| ulp(normed) +
+// ulp(out) (at most ~1.2% relative; max_rel is printed), and >= 97% bit-exact, which a systematic
+// error (another rounding mode, a wrong eps) breaks but a few flipped mantissas do not.
 // RoPE: the same fp32 products and bf16 roundings in the same order: bit-exact.
 
 struct NormCase {
@@ -86,7 +89,7 @@ ElementwiseResult check_rms_norm(const NormCase& c, uint64_t seed) {
       if (!(diff <= std::abs(weight[i]) * bf16_ulp(normed) + bf16_ulp(ref[k]))) res.pass = false;
     }
   }
-  if (res.within_ulp < 0.999 * n) res.pass = false;
+  if (res.exact < 0.97 * n) res.pass = false;
   cudaFree(d_x);
   cudaFree(d_w);
   cudaFree(d_out);

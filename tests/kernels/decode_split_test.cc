@@ -24,13 +24,6 @@ struct Launch {
   long long grid = 1, cap = 0;
 };
 
-// Units of head rows [r0, r1).
-long long UnitsOfRows(const HeadCost& h, int r0, int r1) {
-  long long units = 0;
-  for (int r = r0; r < r1; ++r) units += r >= h.sel && r < h.sel + h.est ? h.est_cost : kRowCost;
-  return units;
-}
-
 struct PieceSeen {
   int cta, r0, r1, first_cta, num_pieces, slot;
   std::vector<int> warp_starts;  // kWarps + 1 rows
@@ -72,7 +65,7 @@ void CheckLaunch(const Launch& l, const std::string& what) {
       for (int w = 0; w <= kWarps; ++w) seen.warp_starts.push_back(p.warp_start(cost, w));
       ASSERT_TRUE(slots.insert(seen.slot).second) << what << ": slot " << seen.slot << " taken twice";
       ASSERT_LT(seen.slot, l.grid + num_heads) << what << ": slot past the workspace";
-      rows_cost += UnitsOfRows(cost, p.r0, p.r1);
+      rows_cost += static_cast<long long>(kRowCost) * (p.r1 - p.r0);
       by_head[bh].push_back(seen);
     }
     // A CTA streams at most its range's units plus one row's (the row whose last unit it holds).
@@ -104,37 +97,15 @@ void CheckLaunch(const Launch& l, const std::string& what) {
   }
 }
 
-TEST(DecodeSplit, RowsBeforeWalksTheRegionsInOrder) {
-  const HeadCost h = HeadCost::of(/*sel=*/3, /*est=*/4, /*dense=*/2, /*est_cost=*/1);
-  EXPECT_EQ(h.units(), 3 * 4 + 4 * 1 + 2 * 4);
+TEST(DecodeSplit, EveryRowCostsTheSame) {
+  const HeadCost h = HeadCost::of(/*sel=*/3, /*est=*/4, /*dense=*/2);
+  EXPECT_EQ(h.units(), 9 * kRowCost);
   EXPECT_EQ(h.rows(), 9);
-  const std::vector<int> want = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4, 5, 6, 7, 7, 7, 7, 8, 8, 8, 8, 9};
-  for (int c = 0; c <= h.units(); ++c) EXPECT_EQ(h.rows_before(c), want[c]) << c;
+  for (int c = 0; c <= h.units(); ++c) EXPECT_EQ(h.rows_before(c), c / kRowCost) << c;
   EXPECT_EQ(h.first_row_end(), kRowCost);
-  EXPECT_EQ(HeadCost::of(0, 5, 0, 2).first_row_end(), 2);  // only estimated rows
-  const HeadCost empty = HeadCost::of(0, 0, 0, 2);  // no rows: one masked row
+  const HeadCost empty = HeadCost::of(0, 0, 0);  // no rows: one masked row
   EXPECT_EQ(empty.rows(), 1);
   EXPECT_EQ(empty.units(), kRowCost);
-}
-
-TEST(DecodeSplit, EstimatedRowsCountAtTheirCost) {
-  // Two heads of 1000 selected and 1000 estimated rows on 4 CTAs, an estimated row charged half a
-  // row: 6000 units a head, 3000 a CTA. CTA 0 streams head 0's first 750 selected rows; CTA 1 its
-  // last 250 and all 1000 estimated rows, the same cost.
-  Launch l;
-  l.heads = {HeadCost::of(1000, 1000, 0, 2), HeadCost::of(1000, 1000, 0, 2)};
-  l.grid = 4;
-  CheckLaunch(l, "two heads");
-  const FlatSplit split = flat_split(2 * l.heads[0].units(), 4, 2, 0);
-  EXPECT_EQ(split.per_cta, 3000);
-  const Piece first = piece_of(l.heads[0], 0, 0, split.per_cta, split.per_cta);
-  EXPECT_EQ(first.r0, 0);
-  EXPECT_EQ(first.r1, 750);
-  const Piece second = piece_of(l.heads[0], 0, split.per_cta, 2 * split.per_cta, split.per_cta);
-  EXPECT_EQ(second.r0, 750);
-  EXPECT_EQ(second.r1, 2000);
-  EXPECT_EQ(second.first_cta, 0);
-  EXPECT_EQ(second.num_pieces, 2);
 }
 
 TEST(DecodeSplit, RandomLaunchesCoverEveryRowOnce) {
@@ -143,13 +114,12 @@ TEST(DecodeSplit, RandomLaunchesCoverEveryRowOnce) {
   for (int trial = 0; trial < 3000; ++trial) {
     Launch l;
     const int num_heads = pick(1, trial % 10 == 0 ? 300 : 40);
-    const int est_cost = pick(1, kRowCost);
     const bool big = trial % 50 == 0;  // 512K-sized heads
     for (int i = 0; i < num_heads; ++i) {
       const int sel = pick(0, 4) == 0 ? 0 : pick(1, big ? 60000 : 3000);
       const int est = pick(0, 3) == 0 ? 0 : pick(1, big ? 8000 : 900);
       const int dense = pick(0, 3) == 0 ? 0 : pick(1, 300);
-      l.heads.push_back(HeadCost::of(sel, est, dense, est_cost));
+      l.heads.push_back(HeadCost::of(sel, est, dense));
     }
     l.grid = pick(1, trial % 7 == 0 ? 400 : 40);
     const int caps[] = {0, 1, 7, 768 * kRowCost, 1 << 22};
