@@ -3,10 +3,10 @@
 // which CTA streams which rows, and which piece merges a head, is proved without a GPU.
 //
 // The heads of a launch are laid end to end in cost units, each as `start_cost` units of nothing
-// then its rows, kRowCost units each (selected, estimated and dense rows alike: an estimated row
-// charged less streamed slower, bench/kernels/NOTES.md run 18). CTA c takes units
-// [c * per_cta, (c + 1) * per_cta). A row goes to the CTA whose range holds its last unit; a CTA's
-// part of one head is a piece.
+// then its rows, kRowCost units each: selected, estimated and dense rows alike (an estimated row
+// takes about a selected row's time; charged less, it overloaded its CTAs: bench/kernels/NOTES.md
+// run 18). CTA c takes units [c * per_cta, (c + 1) * per_cta). A row goes to the CTA whose range
+// holds its last unit; a CTA's part of one head is a piece.
 #pragma once
 
 #include <cstdint>
