@@ -672,7 +672,8 @@ DecodeKernel kernel_for(int head_dim, int group, bool top) {
 size_t smem_bytes(int head_dim) { return head_dim == 64 ? kSmemBytes<64> : kSmemBytes<128>; }
 
 // Sets the kernel's smem limits and picks the grid: launch.num_ctas, or every CTA the device holds
-// at once (the flat split gives each CTA an equal share, so a second wave would double the time).
+// at once times launch.waves (the flat split gives each CTA an equal share of 1 / grid: one wave
+// of equal ranges, or several shorter ones that the block scheduler balances).
 cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& launch, int* ctas) {
   const size_t smem = smem_bytes(head_dim);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -687,7 +688,7 @@ cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& lau
   err = cudaGetDevice(&dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  *ctas = std::max(1, per_sm) * std::max(1, sms);
+  *ctas = std::max(1, per_sm) * std::max(1, sms) * std::max(1, launch.waves);
   return err;
 }
 

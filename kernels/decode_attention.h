@@ -23,7 +23,14 @@
 namespace squeezeserve::kernels {
 
 struct DecodeLaunch {
-  int32_t num_ctas = 0;  // grid size; 0 = as many CTAs as the current device holds at once
+  int32_t num_ctas = 0;  // grid size; 0 = as many CTAs as the current device holds at once, times `waves`
+  // With num_ctas = 0, the grid in waves of what the device holds at once, each CTA a range of
+  // 1 / waves the length: the block scheduler then hands the later ranges to the SMs that finish
+  // first. Why: CTAs with equal ranges end up to 20% apart (NOTES.md run 14's trace), and Nsight
+  // Compute put the SMs' active time at 82% of the accurate attention's (Llama-3 128K batch 8,
+  // run 18). Costs: more pieces per head, each a partial to write and merge. kernels_bench times 2
+  // to 4 ("*-wavesN" rows); 1 until they have run on a GPU.
+  int32_t waves = 1;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses
   // it; every launch leaves them zero (each head's last piece resets its own). Unset, the launch
   // zeroes its workspace's tickets with a memset first, which stands between the selection's last

@@ -431,10 +431,11 @@ int main(int argc, char** argv) {
     DeviceSelection sel(bh, max_k);
     const SelectionLimits limits{max_k, 0};
     void* sws = dev_alloc<char>(selection_workspace_bytes(shape, limits));
-    const DecodeLaunch launch{};
+    DecodeLaunch widest_decode;  // the largest grid any row below asks for ("-waves4")
+    widest_decode.waves = 4;
     PrefillLaunch widest;  // the most key ranges any row below asks for
     widest.splits = kMaxPrefillSplits;
-    void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, launch),
+    void* dws = dev_alloc<char>(std::max(decode_attention_workspace_bytes(shape, widest_decode),
                                          prefill_attention_workspace_bytes(shape, widest)));
     // The decode attention's persistent tickets (DecodeLaunch::tickets), as the engine passes them.
     int32_t* tickets = dev_alloc<int32_t>(bh);
@@ -620,6 +621,13 @@ int main(int argc, char** argv) {
               {}, charged);
         }
         run("paper-cuda-core", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, cuda_core);
+        // The grid in waves of shorter ranges (DecodeLaunch::waves), balanced by the block scheduler.
+        for (int waves : {2, 3, 4}) {
+          DecodeLaunch waved;
+          waved.waves = waves;
+          run(("paper-waves" + std::to_string(waves)).c_str(), d_views, sel, TopKeys{}, params, limits, sws, true,
+              {}, waved);
+        }
       }
       if (!c.prefill() && sparsity > 0.85f && c.batch > 1) {
         // A batch of questions on one document (the product's case; the rows above give every
@@ -720,6 +728,14 @@ int main(int argc, char** argv) {
           SelectionParams floored = params;
           floored.estimate_floor = 0.0625f;
           run("accurate-floor16", d_acc, acc_sel, top, floored, limits, sws);
+          if (!c.prefill()) {
+            for (int waves : {2, 4}) {  // DecodeLaunch::waves, as the "paper-wavesN" rows
+              DecodeLaunch waved;
+              waved.waves = waves;
+              run(("accurate-waves" + std::to_string(waves)).c_str(), d_acc, acc_sel, top, params, limits, sws, true,
+                  {}, waved);
+            }
+          }
         }
         if (!c.prefill()) {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/false);

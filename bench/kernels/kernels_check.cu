@@ -732,6 +732,8 @@ int main(int argc, char** argv) {
       // D = 128 and G = 8, 27 at D = 64): ~157 pieces in 7 batches, ~235 in 9 (with the top key).
       {"decode d128 g8 many pieces all", 128, 8, 1, 1, {20014},                 3, 0, 100, 0.1f, -1.f},
       with_lookup({"decode d64 g8 est ra many pieces", 64, 8, 1, 1, {30011},        3, 0, 40, 0.1f, -1.f}, 1, 1, true),
+      // Several waves of CTAs (as DecodeLaunch::waves gives): ~290 rows each, more CTAs than fit.
+      with_lookup({"decode batch4 d128 g4 ra 1100 ctas", 128, 4, 2, 1, {40009, 40009, 40009, 40009}, 3, 0, 40, 0.1f, -1.f, false, false, 1100}, 0, 1),
       // The estimate floor (SelectionParams::estimate_floor): only pruned clusters scoring at least
       // that fraction of the threshold are estimated, on every selection path (decode stream, both
       // levels; tensor-core prefill; generic two-level prefill; the stream for small blocks).

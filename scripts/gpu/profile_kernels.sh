@@ -27,6 +27,10 @@ rows=(
   "decode-llama3-512k-b1-accurate-two-level|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.9 --lookup accurate-two-level"
   # The attention's fixed cost (bench/kernels/NOTES.md run 12): almost nothing selected.
   "decode-llama3-512k-b1-fixed-cost|--context 524288 --model llama3-8b --batch 1 --query-len 1 --sparsity 0.999 --lookup paper"
+  # The accurate lookup over one level (the default below 256K) against the paper's at batch 8:
+  # 29-41% slower for ~20% more bytes (bench/kernels/NOTES.md run 18). Source counters name where.
+  "decode-llama3-128k-b8-paper|--context 131072 --model llama3-8b --batch 8 --query-len 1 --sparsity 0.9 --lookup paper"
+  "decode-llama3-128k-b8-accurate|--context 131072 --model llama3-8b --batch 8 --query-len 1 --sparsity 0.9 --lookup accurate"
   "decode-llama2-512k-b1-two-level|--context 524288 --model llama2-7b --batch 1 --query-len 1 --sparsity 0.9 --lookup paper-two-level"
   "prefill-llama2-512k-1k-paper|--context 524288 --model llama2-7b --query-len 1024 --sparsity 0.9 --lookup paper"
   "prefill-llama2-512k-1k-ws|--context 524288 --model llama2-7b --query-len 1024 --sparsity 0.9 --lookup paper-ws"
