@@ -34,7 +34,9 @@
 // 90% "accurate-ws"; PrefillLaunch::warp_specialized).
 // Two-level decode also with each level as a centroid stream and a compaction launch instead of
 // the default fused stream ("paper-two-level-unfused", "accurate-two-level-unfused";
-// SelectionLaunch::fused_place off).
+// SelectionLaunch::fused_place off). Decode at 90% also with the grid in 2-4 waves of shorter
+// ranges ("paper-wavesN", "accurate-wavesN"; DecodeLaunch::waves) and with the estimated rows'
+// cluster ids loaded 2 or 4 tiles ahead ("accurate-ids-aheadN"; DecodeLaunch::estimate_ids_ahead).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -742,6 +744,13 @@ int main(int argc, char** argv) {
               waved.waves = waves;
               run(("accurate-waves" + std::to_string(waves)).c_str(), d_acc, acc_sel, top, params, limits, sws, true,
                   {}, waved);
+            }
+            // The estimated rows' cluster ids loaded further ahead (DecodeLaunch::estimate_ids_ahead).
+            for (int ahead : {2, 4}) {
+              DecodeLaunch deeper;
+              deeper.estimate_ids_ahead = ahead;
+              run(("accurate-ids-ahead" + std::to_string(ahead)).c_str(), d_acc, acc_sel, top, params, limits, sws,
+                  true, {}, deeper);
             }
           }
         }
