@@ -238,7 +238,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     const int x = w0 + t * kTileRows + (lane & (kTileRows - 1));
     return t < num_tiles && estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
   };
-  int pending[kMaxIdsAhead];  // pending[k]: the id for the (k + 1)-th next tile to load
+  int pending[kMaxIdsAhead];  // pending[k]: this lane's id in tile t + k, t the next tile to load
 #pragma unroll
   for (int k = 0; k < kMaxIdsAhead; ++k) pending[k] = vr.est_count > 0 && k < ids_ahead ? est_id_for(k) : -1;
 
