@@ -23,7 +23,7 @@
 namespace squeezeserve::kernels {
 
 struct DecodeLaunch {
-  int32_t num_ctas = 0;  // grid size; 0 = as many CTAs as the current device holds at once, times `waves`
+  int32_t num_ctas = 0;  // grid size; 0 = the CTAs the current device holds at once, times `waves`
   // With num_ctas = 0, the grid in waves of what the device holds at once, each CTA a range of
   // 1 / waves the length: the block scheduler then hands the later ranges to the SMs that finish
   // first. Why: CTAs with equal ranges end up to 20% apart (NOTES.md run 14's trace), and Nsight
