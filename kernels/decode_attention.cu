@@ -236,7 +236,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   auto estimated_row = [&](int x) { return x < w1 && x >= vr.sparse_rows && x < vr.clustered(); };
   auto est_id_for = [&](int t) {
     const int x = w0 + t * kTileRows + (lane & (kTileRows - 1));
-    return t < num_tiles && estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
+    return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;  // x < w1: tile t exists
   };
   int pending[kMaxIdsAhead];  // pending[k]: this lane's id in tile t + k, t the next tile to load
 #pragma unroll

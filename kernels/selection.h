@@ -48,7 +48,7 @@ struct SelectionLaunch {
   // logits back: two launches of the chain fewer per step. Only with head_sync set, one sequence
   // per CTA (not a shared launch) and the coarse level's whole grid resident at once on the device;
   // else both levels run as two launches each. Measured on an H100 (bench/kernels/NOTES.md, run
-  // 18), Llama-3 batch 1: 512K 121.7 -> 117.8 us a step, 32K 46.6 -> 43.1 us. false: always two
+  // 18), Llama-3 batch 1: 512K 121.8 -> 117.7 us a step, 32K 46.4 -> 43.2 us. false: always two
   // launches per level (kernels_bench's "*-two-level-unfused" rows).
   bool fused_place = true;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses it;

@@ -41,9 +41,9 @@ namespace {
 // centroids, by id, and scores them with the coarse level's denominators (so its K1 writes no
 // partials); its K2 writes the selection. With SelectionLaunch::fused_place (the default) each
 // level's stream places its own chunks (score_mma_kernel's kPlace: one launch per level). The
-// estimate lists the pruned coarse clusters (as K + c) first, then the pruned children. This replaced the CUDA-core passes of
-// selection_generic.cu for decode: 556 us against one level's 328 (Llama-2 512K, 90%), although
-// two levels read 58% fewer centroid bytes.
+// estimate lists the pruned coarse clusters (as K + c) first, then the pruned children. This
+// replaced the CUDA-core passes of selection_generic.cu for decode: 556 us against one level's 328
+// (Llama-2 512K, 90%), although two levels read 58% fewer centroid bytes.
 
 // K1's grid has one CTA per (sequence, head) past every level's candidates (x = gridDim.x - 1): it
 // zeroes the head's chunk words (unpublished) for the level's K2. On the early-exit path, apart from the stream:
