@@ -64,7 +64,6 @@ constexpr int kWarps = decode_split::kWarps;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileRows = decode_split::kTileRows;  // KV rows per warp tile
 constexpr int kStages = 3;                           // per warp
-constexpr int kMaxIdsAhead = 4;                      // DecodeLaunch::estimate_ids_ahead's largest
 constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
@@ -143,7 +142,6 @@ struct DecodeArgs {
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
-  int ids_ahead;       // DecodeLaunch::estimate_ids_ahead, resolved (1..kMaxIdsAhead)
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -212,9 +210,8 @@ struct SegmentWindow {
 // context sum and its top key. Uses `smem` and `bias`, the warp's stage buffers.
 template <int D, bool kTop>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
-                                            __nv_bfloat16* smem, float* bias, float scale_log2, int ids_ahead,
-                                            int lane, float (&o)[D / 8][4], SoftmaxState& st, float& ctx,
-                                            TopKey& top) {
+                                            __nv_bfloat16* smem, float* bias, float scale_log2, int lane,
+                                            float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
@@ -228,32 +225,23 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   SegmentWindow win;
   if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
 
-  // An estimated row's cluster id, loaded ids_ahead (1..kMaxIdsAhead) tiles ahead (pending[]): the
-  // id is what the row's value address depends on, and a load issued when the tile is resolved
-  // would stall the warp there (estimated tiles cost twice a selected one's time when it did).
-  // One tile ahead leaves one tile's compute to cover the load's latency (DecodeLaunch::
-  // estimate_ids_ahead). -1: not an estimated row.
+  // An estimated row's cluster id, loaded one tile ahead (pending_id): the id is what the row's
+  // value address depends on, and a load issued when the tile is resolved would stall the warp there
+  // (estimated tiles cost twice a selected one's time when it did). -1: not an estimated row.
   auto estimated_row = [&](int x) { return x < w1 && x >= vr.sparse_rows && x < vr.clustered(); };
   auto est_id_for = [&](int t) {
     const int x = w0 + t * kTileRows + (lane & (kTileRows - 1));
-    return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;  // x < w1: tile t exists
+    return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
   };
-  int pending[kMaxIdsAhead];  // pending[k]: this lane's id in tile t + k, t the next tile to load
-#pragma unroll
-  for (int k = 0; k < kMaxIdsAhead; ++k) pending[k] = vr.est_count > 0 && k < ids_ahead ? est_id_for(k) : -1;
+  int pending_id = num_tiles > 0 && vr.est_count > 0 ? est_id_for(0) : -1;
 
   // Tile t (called for t = 0, 1, 2, ... in order): lanes i and i + 16 resolve row i, then each lane
   // copies kTileRows / kRowsPerPass 16-byte chunks of K and of V, and in a tile with estimated rows
   // one 16-byte half of a row's logit offsets.
   auto load_tile = [&](int t) {
     const int v = w0 + t * kTileRows, x = v + (lane & (kTileRows - 1));
-    const int my_id = pending[0];
-    if (vr.est_count > 0) {
-      const int next = est_id_for(t + ids_ahead);
-#pragma unroll
-      for (int k = 0; k + 1 < kMaxIdsAhead; ++k) pending[k] = k + 1 < ids_ahead ? pending[k + 1] : next;
-      pending[kMaxIdsAhead - 1] = next;
-    }
+    const int my_id = pending_id;
+    if (vr.est_count > 0) pending_id = est_id_for(t + 1);
     int shift = 0;
     if (v < vr.sparse_rows) {  // warp-uniform
       // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
@@ -587,7 +575,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     SoftmaxState st = SoftmaxState::empty();
     float ctx = 0.f;
     TopKey top = TopKey::none();
-    attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, a.ids_ahead, lane, o, st, ctx, top);
+    attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
@@ -749,8 +737,7 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
-               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
-               std::min(std::max(launch.estimate_ids_ahead, 1), kMaxIdsAhead)};
+               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows)};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else {

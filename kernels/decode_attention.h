@@ -31,12 +31,6 @@ struct DecodeLaunch {
   // run 18). Costs: more pieces per head, each a partial to write and merge. kernels_bench times 2
   // to 4 ("*-wavesN" rows); 1 until they have run on a GPU.
   int32_t waves = 1;
-  // How many tiles ahead a warp loads its estimated rows' cluster ids (1..4), each id being what
-  // the row's value address depends on. One tile ahead leaves one tile's compute to cover the
-  // load's latency: the hypothesis for why an estimated row, with half a selected row's bytes,
-  // takes a selected row's time (bench/kernels/NOTES.md run 18). kernels_bench rows
-  // "accurate-ids-aheadN"; 1 until they have run on a GPU.
-  int32_t estimate_ids_ahead = 1;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses
   // it; every launch leaves them zero (each head's last piece resets its own). Unset, the launch
   // zeroes its workspace's tickets with a memset first, which stands between the selection's last

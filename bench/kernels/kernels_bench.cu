@@ -35,8 +35,9 @@
 // Two-level decode also with each level as a centroid stream and a compaction launch instead of
 // the default fused stream ("paper-two-level-unfused", "accurate-two-level-unfused";
 // SelectionLaunch::fused_place off). Decode at 90% also with the grid in 2-4 waves of shorter
-// ranges ("paper-wavesN", "accurate-wavesN"; DecodeLaunch::waves) and with the estimated rows'
-// cluster ids loaded 2 or 4 tiles ahead ("accurate-ids-aheadN"; DecodeLaunch::estimate_ids_ahead).
+// ranges ("paper-wavesN", "accurate-wavesN", "accurate-two-level-waves4"; DecodeLaunch::waves), and
+// the accurate lookup's parts apart: the estimate without read-ahead's top keys ("accurate-no-top",
+// "accurate-two-level-no-top") and the top keys without the estimate ("accurate-no-estimate").
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -721,6 +722,12 @@ int main(int argc, char** argv) {
             plain.piece_start_rows = 0;
             run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
                 plain);
+            // What the accurate lookup adds, apart: the estimate without the top keys (read-ahead's
+            // kernel variant), and the grid in 4 waves (DecodeLaunch::waves).
+            run("accurate-two-level-no-top", d_acc_two, acc_sel, TopKeys{}, two_params, two_limits, two_ws);
+            DecodeLaunch waved;
+            waved.waves = 4;
+            run("accurate-two-level-waves4", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, waved);
             cudaFree(d_acc_two);
           }
           cudaFree(two_ws);
@@ -732,6 +739,13 @@ int main(int argc, char** argv) {
         {
           DeviceSelection acc_sel(bh, max_k, max_k, /*logits=*/true);
           run("accurate", d_acc, acc_sel, top, params, limits, sws);
+          if (!c.prefill()) {
+            // The accurate lookup's two additions apart: the estimate without read-ahead's top keys
+            // (the kernel variant without them), and the top keys without the estimate.
+            run("accurate-no-top", d_acc, acc_sel, TopKeys{}, params, limits, sws);
+            DeviceSelection plain_sel(bh, max_k);
+            run("accurate-no-estimate", d_acc, plain_sel, top, params, limits, sws);
+          }
           if (ws) run("accurate-ws", d_acc, acc_sel, top, params, limits, sws, true, ws_launch);
           // The estimate floor (SelectionParams::estimate_floor): only the pruned clusters scoring
           // at least tau / 16 estimated (docs/index_layout.md "Estimate floor").
@@ -744,13 +758,6 @@ int main(int argc, char** argv) {
               waved.waves = waves;
               run(("accurate-waves" + std::to_string(waves)).c_str(), d_acc, acc_sel, top, params, limits, sws, true,
                   {}, waved);
-            }
-            // The estimated rows' cluster ids loaded further ahead (DecodeLaunch::estimate_ids_ahead).
-            for (int ahead : {2, 4}) {
-              DecodeLaunch deeper;
-              deeper.estimate_ids_ahead = ahead;
-              run(("accurate-ids-ahead" + std::to_string(ahead)).c_str(), d_acc, acc_sel, top, params, limits, sws,
-                  true, {}, deeper);
             }
           }
         }

@@ -19,15 +19,13 @@
 // --cuda-core-stream (the decode selection's centroid stream on CUDA cores instead of tensor cores;
 // there a launch never shares the stream, so `var` compares two per-sequence launches),
 // --unfused-place (two-level decode: each level as a centroid stream and a compaction launch, instead
-// of the default, each stream placing its own chunks), --ids-ahead N (the decode attention loads
-// estimated rows' cluster ids N tiles ahead: DecodeLaunch::estimate_ids_ahead).
+// of the default, each stream placing its own chunks).
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -53,7 +51,6 @@ namespace {
 // centroid stream on CUDA cores, or (--unfused-place) the two-level decode's levels as two launches
 // each, so that every kernel is held to the same references.
 SelectionLaunch g_base_launch;
-int g_ids_ahead = 1;  // --ids-ahead: DecodeLaunch::estimate_ids_ahead of every decode launch
 
 struct Case {
   std::string name;
@@ -477,7 +474,6 @@ Result run_case(const Case& c, uint64_t seed) {
     if (c.lq == 1 && !c.use_prefill_kernel) {
       DecodeLaunch launch{c.decode_ctas};
       launch.piece_start_rows = c.piece_start_rows;
-      launch.estimate_ids_ahead = g_ids_ahead;
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
@@ -535,7 +531,6 @@ Result run_case(const Case& c, uint64_t seed) {
     const std::vector<uint16_t> expect = download(d_out, out_n);
     DecodeLaunch chained{c.decode_ctas};
     chained.piece_start_rows = c.piece_start_rows;
-    chained.estimate_ids_ahead = g_ids_ahead;
     CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
     CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
     void* dws = nullptr;
@@ -623,7 +618,6 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--no-fork") g_fork = false;
     if (std::string(argv[i]) == "--cuda-core-stream") g_base_launch.tensor_core_stream = false;
     if (std::string(argv[i]) == "--unfused-place") g_base_launch.fused_place = false;
-    if (std::string(argv[i]) == "--ids-ahead" && i + 1 < argc) g_ids_ahead = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--filter" && i + 1 < argc) filter = argv[i + 1];
   }
   // Flat decode cases (but the one-cluster one) have K > 1024 (several selection chunks per head)
