@@ -867,6 +867,9 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
           "select_clusters (decode)");
     first = end;
   }
+  // Wide estimate tiles over flat indexes only (kernels::DecodeLaunch::wide_estimate_tiles).
+  for (int64_t i = first_squeezed_; i < B; ++i)
+    if (TwoLevelStep(Member(steps_[i]).hierarchical_, /*decode=*/true)) launch.wide_estimate_tiles = false;
   if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
   if (b.reading_ahead && B > first_squeezed_) {
     // The squeezed members' advanced cursors from their top keys (members without read-ahead have

@@ -8,8 +8,8 @@
 // the G query heads of the group, and the head's last piece to finish merges its partials in order
 // (deterministic log-sum-exp merge).
 // Cost: every row, selected, estimated (a mean value and no key) or dense, is kRowCost units. An
-// estimated row moves about half a selected row's bytes, but takes about a selected row's time:
-// charged 1, 2 or 3 quarters of a row, the split made the attention up to 1.9x slower
+// estimated row moves about half a selected row's bytes, but in 16-row tiles took about a selected
+// row's time: charged 1, 2 or 3 quarters of a row, the split made the attention up to 1.9x slower
 // (bench/kernels/NOTES.md run 18).
 // Each head's rows are preceded by start_cost units of nothing (DecodeLaunch::piece_start_rows): a
 // CTA that straddles two heads pays a second piece's dependent round trips mid-stream, under full
@@ -41,6 +41,8 @@
 // tile, or ln n over the centroid as the key. A row's cluster id (which its value address needs) is
 // loaded one tile ahead: loaded when the tile was resolved, it stalled the warp on every estimated
 // tile (1.6-1.8x the paper lookup's time at 90%, against 1.4x with the prefetch; docs/performance.md).
+// With the selection's logits and groups up to 4, a warp's run of estimated rows goes 32 to a tile
+// (WarpTiles; DecodeLaunch::wide_estimate_tiles): no key, so the K buffer holds rows 0..15's values.
 // Read-ahead's top key (TopKeys, kernel variant kTop): per query head, the most attended selected
 // row and the softmax sum over the context rows, merged across warps and pieces like (m, l).
 #include <algorithm>
@@ -63,6 +65,7 @@ using decode_split::kRowCost;
 constexpr int kWarps = decode_split::kWarps;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileRows = decode_split::kTileRows;  // KV rows per warp tile
+constexpr int kWideTileRows = 2 * kTileRows;         // estimated rows per wide tile (WarpTiles)
 constexpr int kStages = 3;                           // per warp
 constexpr int kMaxHeads = 2048;  // B * H_kv
 
@@ -204,17 +207,98 @@ struct SegmentWindow {
   }
 };
 
+// A warp's rows [w0, w1) as tiles in order: 16-row tiles, except that a run of estimated rows
+// whose logits the selection computed goes 32 rows to a tile ("wide"), from the first tile
+// boundary past the selected rows, and the rest (under 32 estimated rows, the dense part) in
+// 16-row tiles again. Why: an estimated tile carries no key and no Q K^T, but a 16-row one took
+// about a selected tile's time for half its bytes (the chain of wait, softmax, rescale and P V
+// each warp runs per tile: bench/kernels/NOTES.md runs 18-19); a wide one moves a selected tile's
+// bytes through that chain once. Wide tiles need 32 rows of logits in a stage's bias buffer:
+// est_stride <= 4 (query groups up to 4). The kernel variant without them (kWide false: lookups
+// without the estimate's logits) keeps the narrow loop as it was: with the wide path compiled in,
+// the paper lookup's attention took 2 us longer at batch 1 (run 19).
+template <bool kWide>
+struct WarpTiles {
+  int w0, n0, n1, num;  // n0 narrow tiles from w0, then n1 wide ones, num tiles in all
+
+  __device__ static WarpTiles of(const VirtualRows& vr, int w0, int w1) {
+    if (w1 <= w0) return {w0, 0, 0, 0};
+    const int narrow_end = min(w0 + (max(vr.sparse_rows - w0, 0) + kTileRows - 1) / kTileRows * kTileRows, w1);
+    const int est_end = min(vr.clustered(), w1);
+    const bool wide = kWide && vr.est_logits != nullptr && vr.est_stride * kWideTileRows <= kTileRows * kMaxGroup;
+    const int n1 = wide && est_end > narrow_end ? (est_end - narrow_end) / kWideTileRows : 0;
+    const int wide_end = narrow_end + n1 * kWideTileRows;
+    return {w0, (narrow_end - w0 + kTileRows - 1) / kTileRows, n1,
+            (narrow_end - w0 + kTileRows - 1) / kTileRows + n1 + (w1 - wide_end + kTileRows - 1) / kTileRows};
+  }
+  __device__ bool wide(int t) const { return kWide && t >= n0 && t < n0 + n1; }
+  __device__ int rows(int t) const { return wide(t) ? kWideTileRows : kTileRows; }
+  // Every tile before t counts 16 rows, and each wide one 16 more.
+  __device__ int start(int t) const { return w0 + kTileRows * (kWide ? t + min(max(t - n0, 0), n1) : t); }
+};
+
+// One wide tile (WarpTiles): 32 estimated rows, `vals` their values (32 rows at stride D + 8: the
+// stage's K buffer, then its V buffer), `bias` their logits (natural log, `stride` floats per
+// row), all context rows. Their logit is the selection's, so there is no Q K^T: the online softmax
+// of 2 x 16 keys, then O += P V in two k-steps.
+template <int D, bool kTop>
+__device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, const float* bias, int stride,
+                                                 int bias_head, int lane, float (&o)[D / 8][4], SoftmaxState& st,
+                                                 float& ctx) {
+  constexpr int kStride = D + 8;
+  float x[4][2];  // this lane's head lane / 4, keys n * 8 + 2 * (lane & 3) + e
+  float tile_max = neg_inf();
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      x[n][e] = bias[(n * 8 + 2 * (lane & 3) + e) * stride + bias_head] * kLog2e;
+      tile_max = fmaxf(tile_max, x[n][e]);
+    }
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+  const float corr = st.rescale(fmaxf(st.m, tile_max));
+  if (kTop) ctx *= corr;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    o[n][0] *= corr;
+    o[n][1] *= corr;
+  }
+  float p[4][2];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      p[n][e] = x[n][e] == neg_inf() ? 0.f : exp2f(x[n][e] - st.m);
+      st.l += p[n][e];
+      if (kTop) ctx += p[n][e];
+    }
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {  // keys 16 k .. 16 k + 15
+    const uint32_t pa[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), 0u, pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), 0u};
+    const __nv_bfloat16* vk = vals + 16 * k * kStride;
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, vk + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
+      mma_bf16_16816(o[2 * dn], pa, vb[0], vb[1]);
+      mma_bf16_16816(o[2 * dn + 1], pa, vb[2], vb[3]);
+    }
+  }
+}
+
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
 // lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
 // context sum and its top key. Uses `smem` and `bias`, the warp's stage buffers.
-template <int D, bool kTop>
+template <int D, bool kTop, bool kWide>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
                                             __nv_bfloat16* smem, float* bias, float scale_log2, int lane,
                                             float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
-  const int num_tiles = w1 > w0 ? (w1 - w0 + kTileRows - 1) / kTileRows : 0;
+  const WarpTiles<kWide> tiles = WarpTiles<kWide>::of(vr, w0, w1);
+  const int num_tiles = tiles.num;
   const int ctx_end = vr.context_rows();
   // This lane's query head in the bias rows; padding heads past the stride read head S - 1's.
   const int bias_head = min(lane >> 2, vr.est_stride - 1);
@@ -230,18 +314,34 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   // (estimated tiles cost twice a selected one's time when it did). -1: not an estimated row.
   auto estimated_row = [&](int x) { return x < w1 && x >= vr.sparse_rows && x < vr.clustered(); };
   auto est_id_for = [&](int t) {
-    const int x = w0 + t * kTileRows + (lane & (kTileRows - 1));
+    if (t >= num_tiles) return -1;
+    const int x = tiles.start(t) + (lane & (tiles.rows(t) - 1));
     return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
   };
   int pending_id = num_tiles > 0 && vr.est_count > 0 ? est_id_for(0) : -1;
 
   // Tile t (called for t = 0, 1, 2, ... in order): lanes i and i + 16 resolve row i, then each lane
   // copies kTileRows / kRowsPerPass 16-byte chunks of K and of V, and in a tile with estimated rows
-  // one 16-byte half of a row's logit offsets.
+  // one 16-byte half of a row's logit offsets. A wide tile (WarpTiles): lane i resolves estimated
+  // row i of 32 and copies its logits, and the values of rows 0..31 fill the K and V buffers.
   auto load_tile = [&](int t) {
-    const int v = w0 + t * kTileRows, x = v + (lane & (kTileRows - 1));
+    const int v = tiles.start(t);
     const int my_id = pending_id;
     if (vr.est_count > 0) pending_id = est_id_for(t + 1);
+    if (tiles.wide(t)) {  // warp-uniform; every row is estimated and the logits are the selection's
+      const int code = estimate_code(my_id), S = vr.est_stride;
+      cp_async_floats(bias + bias_at(t % kStages, 0, 0) + lane * S,
+                      vr.est_logits + static_cast<int64_t>(v + lane - vr.sparse_rows) * S, S, true);
+      __nv_bfloat16* rows = smem + (t % kStages) * 2 * kTileElems;  // K buffer, then V: 32 rows
+#pragma unroll
+      for (int i = 0; i < kWideTileRows / kRowsPerPass; ++i) {
+        const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
+        const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, row), col);
+        cp_async_16(rows + row * kStride + col, src.value, src.bytes);
+      }
+      return;
+    }
+    const int x = v + (lane & (kTileRows - 1));
     int shift = 0;
     if (v < vr.sparse_rows) {  // warp-uniform
       // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
@@ -298,6 +398,10 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     __syncwarp();  // tile t landed, the other lanes' chunks (and biases) included
     const __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
     const __nv_bfloat16* vs = ks + kTileElems;
+    if (tiles.wide(t)) {
+      attend_wide_tile<D, kTop>(ks, bias + bias_at(t % kStages, 0, 0), vr.est_stride, bias_head, lane, o, st, ctx);
+      continue;
+    }
 
     // S = Q K^T: 16 (padded) heads x 16 keys, two n-tiles of 8 keys.
     float s[2][4];
@@ -314,7 +418,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       }
     }
     // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
-    const int v = w0 + t * kTileRows;
+    const int v = tiles.start(t);
     const bool tile_bias = has_estimate(v);
     float tile_max = neg_inf();
 #pragma unroll
@@ -466,7 +570,8 @@ __device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }
 
-template <int D, bool kTop>
+// kTop: read-ahead's top keys (TopKeys); kWide: estimated rows in wide tiles (WarpTiles).
+template <int D, bool kTop, bool kWide>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -575,7 +680,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     SoftmaxState st = SoftmaxState::empty();
     float ctx = 0.f;
     TopKey top = TopKey::none();
-    attend_rows<D, kTop>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
+    attend_rows<D, kTop, kWide>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
@@ -662,10 +767,18 @@ using DecodeKernel = void (*)(DecodeArgs);
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
 // tile, so it changes no loop the streaming depends on).
-DecodeKernel kernel_for(int head_dim, int group, bool top) {
+template <int D>
+DecodeKernel kernel_for(bool top, bool wide) {
+  if (wide) return top ? decode_kernel<D, true, true> : decode_kernel<D, false, true>;
+  return top ? decode_kernel<D, true, false> : decode_kernel<D, false, false>;
+}
+
+// wide: the selection provides the estimate's logits and 32 rows of them fit a stage (WarpTiles).
+DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide) {
   if (group < 1 || group > kMaxGroup) return nullptr;
-  if (head_dim == 64) return top ? decode_kernel<64, true> : decode_kernel<64, false>;
-  if (head_dim == 128) return top ? decode_kernel<128, true> : decode_kernel<128, false>;
+  wide = wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
+  if (head_dim == 64) return kernel_for<64>(top, wide);
+  if (head_dim == 128) return kernel_for<128>(top, wide);
   return nullptr;
 }
 
@@ -710,14 +823,15 @@ int set_decode_trace(unsigned long long* trace, int max_ctas) {
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch) {
   using namespace detail;
   // Unsupported shapes (the launch rejects them) and failed queries fall back to launch.num_ctas or 1.
-  // The grid of either variant (with and without TopKeys) fits.
+  // The grid of every variant (with and without TopKeys, wide tiles) fits.
   int ctas = std::max(1, launch.num_ctas);
-  for (const bool top : {false, true}) {
-    int variant = ctas;
-    if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top))
-      configure(kernel, shape.head_dim, launch, &variant);
-    ctas = std::max(ctas, variant);
-  }
+  for (const bool top : {false, true})
+    for (const bool wide : {false, true}) {
+      int variant = ctas;
+      if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide))
+        configure(kernel, shape.head_dim, launch, &variant);
+      ctas = std::max(ctas, variant);
+    }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
@@ -726,7 +840,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
                             const DecodeLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  const DecodeKernel kernel = kernel_for(shape.head_dim, g, top.position != nullptr || top.share != nullptr);
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, top.position != nullptr || top.share != nullptr,
+                                         selection.estimate_logits != nullptr && launch.wide_estimate_tiles);
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;

@@ -31,6 +31,12 @@ struct DecodeLaunch {
   // run 18). Costs: more pieces per head, each a partial to write and merge. kernels_bench times 2
   // to 4 ("*-wavesN" rows); 1 until they have run on a GPU.
   int32_t waves = 1;
+  // Estimated rows whose logits the selection provides go 32 to a warp tile instead of 16 (query
+  // groups up to 4; decode_attention.cu "WarpTiles"): the accurate lookup's attention 3-5% faster
+  // at batch 8 over a flat index, and its end-to-end TPOT at 64K batch 8 1.14x -> 1.05x the paper
+  // lookup's (bench/kernels/NOTES.md run 19). Off over a two-level index (the engine sets it): the
+  // chained step there took 4-7 us longer at batch 1 with them, for reasons not yet known.
+  bool wide_estimate_tiles = true;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses
   // it; every launch leaves them zero (each head's last piece resets its own). Unset, the launch
   // zeroes its workspace's tickets with a memset first, which stands between the selection's last

@@ -37,7 +37,9 @@
 // SelectionLaunch::fused_place off). Decode at 90% also with the grid in 2-4 waves of shorter
 // ranges ("paper-wavesN", "accurate-wavesN", "accurate-two-level-waves4"; DecodeLaunch::waves), and
 // the accurate lookup's parts apart: the estimate without read-ahead's top keys ("accurate-no-top",
-// "accurate-two-level-no-top") and the top keys without the estimate ("accurate-no-estimate").
+// "accurate-two-level-no-top") and the top keys without the estimate ("accurate-no-estimate"). The
+// two-level accurate rows launch as the engine does, without wide estimate tiles, but
+// "accurate-two-level-wide" (DecodeLaunch::wide_estimate_tiles).
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -714,18 +716,24 @@ int main(int argc, char** argv) {
               acc_two.push_back(ctxs[b]->accurate_view(kWindow + lq, positions[b], /*two_level=*/true));
             SequenceLayerBf16* d_acc_two = upload(acc_two);
             DeviceSelection acc_sel(bh, max_k, max_k + max_kc, /*logits=*/true);
-            run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
-            run("accurate-two-level-unfused", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, {},
+            DecodeLaunch narrow;  // as the engine launches it over two levels
+            narrow.wide_estimate_tiles = false;
+            run("accurate-two-level", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, narrow);
+            run("accurate-two-level-wide", d_acc_two, acc_sel, top, two_params, two_limits, two_ws);
+            run("accurate-two-level-unfused", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, narrow,
                 unfused);
-            without_pdl([&] { run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws); });
-            DecodeLaunch plain;
+            without_pdl([&] {
+              run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, narrow);
+            });
+            DecodeLaunch plain = narrow;
             plain.piece_start_rows = 0;
             run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
                 plain);
             // What the accurate lookup adds, apart: the estimate without the top keys (read-ahead's
             // kernel variant), and the grid in 4 waves (DecodeLaunch::waves).
-            run("accurate-two-level-no-top", d_acc_two, acc_sel, TopKeys{}, two_params, two_limits, two_ws);
-            DecodeLaunch waved;
+            run("accurate-two-level-no-top", d_acc_two, acc_sel, TopKeys{}, two_params, two_limits, two_ws, true, {},
+                narrow);
+            DecodeLaunch waved = narrow;
             waved.waves = 4;
             run("accurate-two-level-waves4", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, waved);
             cudaFree(d_acc_two);

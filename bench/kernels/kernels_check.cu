@@ -474,6 +474,7 @@ Result run_case(const Case& c, uint64_t seed) {
     if (c.lq == 1 && !c.use_prefill_kernel) {
       DecodeLaunch launch{c.decode_ctas};
       launch.piece_start_rows = c.piece_start_rows;
+      launch.wide_estimate_tiles = c.coarse_ratio == 0;  // as the engine: flat indexes only
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
     } else {
@@ -531,6 +532,7 @@ Result run_case(const Case& c, uint64_t seed) {
     const std::vector<uint16_t> expect = download(d_out, out_n);
     DecodeLaunch chained{c.decode_ctas};
     chained.piece_start_rows = c.piece_start_rows;
+    chained.wide_estimate_tiles = c.coarse_ratio == 0;
     CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
     CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
     void* dws = nullptr;
@@ -767,7 +769,8 @@ int main(int argc, char** argv) {
         "prefill d128 g4 lq64 est ra", "prefill d64 g3 lq100 hier est ra", "prefill d128 g6 lq37 mixed per-head",
         "decode d128 g8 hier est ra logits", "decode d128 g7 est logits 3 ctas", "prefill d64 g2 lq17 huge cluster",
         "prefill d64 g3 lq40 hier est chunks", "decode d128 g4 hier chunks batch2", "decode d128 g4 est floor",
-        "decode d128 g8 many pieces all", "prefill d128 g4 lq64 est ra floor", "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks",
+        "decode d128 g8 many pieces all", "decode d64 g3 est ra logits", "prefill d128 g4 lq64 est ra floor",
+        "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks",
         "decode batch10 d128 g4 hier 7 ctas charged", "decode d128 g7 est ra 5 ctas charged",
         "decode d128 g4 hier est ra 3 ctas"};
     std::vector<Case> picked;
