@@ -237,24 +237,10 @@ struct WarpTiles {
   __device__ int start(int t) const { return w0 + kTileRows * (kWide ? t + min(max(t - n0, 0), n1) : t); }
 };
 
-// One wide tile (WarpTiles): 32 estimated rows, `vals` their values (32 rows at stride D + 8: the
-// stage's K buffer, then its V buffer), `bias` their logits (natural log, `stride` floats per
-// row), all context rows. Their logit is the selection's, so there is no Q K^T: the online softmax
-// of 2 x 16 keys, then O += P V in two k-steps.
+// The online softmax's step for a tile: raises the state's max to the tile's (this lane's part
+// tile_max, reduced over the quad that holds one query head) and rescales o (and with kTop ctx).
 template <int D, bool kTop>
-__device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, const float* bias, int stride,
-                                                 int bias_head, int lane, float (&o)[D / 8][4], SoftmaxState& st,
-                                                 float& ctx) {
-  constexpr int kStride = D + 8;
-  float x[4][2];  // this lane's head lane / 4, keys n * 8 + 2 * (lane & 3) + e
-  float tile_max = neg_inf();
-#pragma unroll
-  for (int n = 0; n < 4; ++n)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      x[n][e] = bias[(n * 8 + 2 * (lane & 3) + e) * stride + bias_head] * kLog2e;
-      tile_max = fmaxf(tile_max, x[n][e]);
-    }
+__device__ __forceinline__ void rescale_to_tile(float tile_max, SoftmaxState& st, float& ctx, float (&o)[D / 8][4]) {
   tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
   tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
   const float corr = st.rescale(fmaxf(st.m, tile_max));
@@ -264,6 +250,40 @@ __device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, cons
     o[n][0] *= corr;
     o[n][1] *= corr;
   }
+}
+
+// O += P V over 16 keys: pa the A fragment of P (row lane / 4 = query head), vs their 16 value rows
+// at stride D + 8; ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
+template <int D>
+__device__ __forceinline__ void add_pv(const uint32_t (&pa)[4], const __nv_bfloat16* vs, int lane, float (&o)[D / 8][4]) {
+  constexpr int kStride = D + 8;
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) {
+    uint32_t vb[4];  // b0,b1 of dims dn*16..+7, then of dn*16+8..+15
+    ldmatrix_x4_trans(vb, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
+    mma_bf16_16816(o[2 * dn], pa, vb[0], vb[1]);
+    mma_bf16_16816(o[2 * dn + 1], pa, vb[2], vb[3]);
+  }
+}
+
+// One wide tile (WarpTiles): 32 estimated rows, `vals` their values (32 rows at stride D + 8: the
+// stage's K buffer, then its V buffer), `bias` their logits (natural log, `stride` floats per
+// row), all context rows. Their logit is the selection's, so there is no Q K^T: the online softmax
+// of 2 x 16 keys, then O += P V in two k-steps.
+template <int D, bool kTop>
+__device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, const float* bias, int stride,
+                                                 int bias_head, int lane, float (&o)[D / 8][4], SoftmaxState& st,
+                                                 float& ctx) {
+  float x[4][2];  // this lane's head lane / 4, keys n * 8 + 2 * (lane & 3) + e
+  float tile_max = neg_inf();
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      x[n][e] = bias[(n * 8 + 2 * (lane & 3) + e) * stride + bias_head] * kLog2e;
+      tile_max = fmaxf(tile_max, x[n][e]);
+    }
+  rescale_to_tile<D, kTop>(tile_max, st, ctx, o);
   float p[4][2];
 #pragma unroll
   for (int n = 0; n < 4; ++n)
@@ -276,14 +296,7 @@ __device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, cons
 #pragma unroll
   for (int k = 0; k < 2; ++k) {  // keys 16 k .. 16 k + 15
     const uint32_t pa[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), 0u, pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), 0u};
-    const __nv_bfloat16* vk = vals + 16 * k * kStride;
-#pragma unroll
-    for (int dn = 0; dn < D / 16; ++dn) {
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, vk + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
-      mma_bf16_16816(o[2 * dn], pa, vb[0], vb[1]);
-      mma_bf16_16816(o[2 * dn + 1], pa, vb[2], vb[3]);
-    }
+    add_pv<D>(pa, vals + kTileRows * (D + 8) * k, lane, o);
   }
 }
 
@@ -432,15 +445,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
       }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float corr = st.rescale(fmaxf(st.m, tile_max));
-    if (kTop) ctx *= corr;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= corr;
-      o[n][1] *= corr;
-    }
+    rescale_to_tile<D, kTop>(tile_max, st, ctx, o);
     float p[2][2];
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -451,14 +456,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         if (kTop && v + n * 8 + 2 * (lane & 3) + e < ctx_end) ctx += p[n][e];
       }
     const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
-    // O += P V: ldmatrix.trans of the V rows gives the B fragments (keys = k, dims = n).
-#pragma unroll
-    for (int dn = 0; dn < D / 16; ++dn) {
-      uint32_t vb[4];  // b0,b1 of dims dn*16..+7, then of dn*16+8..+15
-      ldmatrix_x4_trans(vb, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + dn * 16 + (lane >> 4) * 8);
-      mma_bf16_16816(o[2 * dn], pa, vb[0], vb[1]);
-      mma_bf16_16816(o[2 * dn + 1], pa, vb[2], vb[3]);
-    }
+    add_pv<D>(pa, vs, lane, o);
   }
   cp_async_wait<0>();
   __syncwarp();  // the stage buffers are free for the caller
