@@ -39,7 +39,9 @@
 // the accurate lookup's parts apart: the estimate without read-ahead's top keys ("accurate-no-top",
 // "accurate-two-level-no-top") and the top keys without the estimate ("accurate-no-estimate"). The
 // two-level accurate rows launch as the engine does, without wide estimate tiles, but
-// "accurate-two-level-wide" (DecodeLaunch::wide_estimate_tiles).
+// "accurate-two-level-wide" (DecodeLaunch::wide_estimate_tiles). At batch > 1 also the accurate
+// lookup over one context for every sequence, with and without wide tiles ("accurate-one-context",
+// "accurate-one-context-narrow").
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
 // --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
@@ -753,6 +755,21 @@ int main(int argc, char** argv) {
             run("accurate-no-top", d_acc, acc_sel, TopKeys{}, params, limits, sws);
             DeviceSelection plain_sel(bh, max_k);
             run("accurate-no-estimate", d_acc, plain_sel, top, params, limits, sws);
+            if (c.batch > 1) {
+              // The product's case, a batch of questions on one document (as "paper-one-context"):
+              // every sequence's estimated rows are then mean values of the same clusters. With
+              // and without wide estimate tiles (DecodeLaunch::wide_estimate_tiles).
+              std::vector<SequenceLayerBf16> one;
+              for (int b = 0; b < c.batch; ++b) one.push_back(ctxs[0]->accurate_view(kWindow + lq, positions[b]));
+              SequenceLayerBf16* d_one = upload(one);
+              SelectionLaunch shared;
+              shared.shared_context = true;
+              run("accurate-one-context", d_one, acc_sel, top, params, limits, sws, true, {}, {}, shared);
+              DecodeLaunch narrow;
+              narrow.wide_estimate_tiles = false;
+              run("accurate-one-context-narrow", d_one, acc_sel, top, params, limits, sws, true, {}, narrow, shared);
+              cudaFree(d_one);
+            }
           }
           if (ws) run("accurate-ws", d_acc, acc_sel, top, params, limits, sws, true, ws_launch);
           // The estimate floor (SelectionParams::estimate_floor): only the pruned clusters scoring
