@@ -9,8 +9,9 @@ For one model shape and one context length it measures
   - ingest through squeezeserve: wall time and its stages (prefill / clustering / calibrating from the
     engine's log line, store = the rest), peak device memory; prefill FLOPs / matmul rate = its limit;
   - TTFT and time per output token (TPOT) per attention mode and batch size (B concurrent streams on
-    the same context), with the bytes one decode step must read (weights + the KV each sequence reads
-    + the centroids scored) / the copy bandwidth = the TPOT's limit, and the 64-token questions'
+    the same context), with the bytes one decode step must read (bench/step_bytes.py: the weights,
+    the shared context's KV the streams read, at most once, their own tokens and the centroids
+    scored) / the copy bandwidth = the TPOT's limit, and the 64-token questions'
     prefill (those bytes / copy rate or its FLOPs / matmul rate, the larger) = the TTFT's;
   - HF transformers with SDPA on the same checkpoint (with --hf): prefill time and TPOT at batch 1.
 Writes OUT/full_<shape>_<context>.json and prints a markdown table.
@@ -33,6 +34,8 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from step_bytes import SHAPES, decode_step_bytes, weight_bytes  # noqa: E402
 # SQUEEZESERVE_BIN: a folder holding squeezeserve and squeezectl built earlier (else build-gpu/).
 BIN = os.environ.get("SQUEEZESERVE_BIN")
 SERVER = os.path.join(BIN, "squeezeserve") if BIN else os.path.join(ROOT, "build-gpu/server/squeezeserve")
@@ -66,10 +69,6 @@ MODES = {
     "hier-accurate-0.9": ["--mode", "squeezed", "--sparsity", "0.9", "--hierarchical", "--pruned", "estimated",
                           "--read_ahead", "on"],
 }
-SHAPES = {  # what a decode step reads besides the KV: every weight but the embedding table
-    "llama2-7b": dict(layers=32, hidden=4096, inter=11008, heads=32, kv_heads=32, vocab=32000),
-    "llama3-8b": dict(layers=32, hidden=4096, inter=14336, heads=32, kv_heads=8, vocab=128256),
-}
 
 
 def log(*args):
@@ -102,16 +101,6 @@ def measure_limits():
     del a, b
     torch.cuda.empty_cache()
     return {"copy_bytes_per_s": 2 * (2 << 30) / copy_s, "bf16_flops_per_s": 2 * 8192 ** 3 / mm_s}
-
-
-def weight_bytes(s):
-    per_layer = (s["hidden"] * (s["heads"] + 2 * s["kv_heads"]) * 128 + s["hidden"] * s["heads"] * 128
-                 + 3 * s["hidden"] * s["inter"] + 2 * s["hidden"])
-    return 2 * (s["layers"] * per_layer + s["vocab"] * s["hidden"] + s["hidden"])
-
-
-def kv_bytes_per_token(s):
-    return 2 * s["layers"] * s["kv_heads"] * 128 * 2
 
 
 def prefill_flops(s, n):
@@ -222,22 +211,12 @@ def generate(server, mode, batch, new_tokens, vocab):
     }
 
 
-def decode_step_bytes(s, context, batch, kv_fraction, comparisons, new_tokens):
-    # The KV each sequence reads (its share of the context, plus its own ~64 + new_tokens/2 tokens),
-    # the bf16 centroids its lookup scores, and the weights once for the batch.
-    own = 64 + new_tokens / 2
-    kv = kv_bytes_per_token(s) * (kv_fraction * context + own)
-    centroids = comparisons * 128 * 2 * s["kv_heads"] * s["layers"]
-    return weight_bytes(s) + batch * (kv + centroids)
-
-
 QUESTION_TOKENS = 64  # generate() sends a 64-token question
 
 
 def question_limit_s(s, context, batch, kv_fraction, comparisons, limits):
     """The time to first token's floor: the questions' prefill (then one step's sampling, ignored), the
-    larger of its bytes over the copy rate (the weights once, each sequence's selected KV and scored
-    centroids) and its FLOPs over the matmul rate (2 per parameter per token, and QK^T and PV over the
+    larger of its bytes over the copy rate (a decode step's, step_bytes.py) and its FLOPs over the matmul rate (2 per parameter per token, and QK^T and PV over the
     selected context keys and the question's own causal half)."""
     q = QUESTION_TOKENS
     step = decode_step_bytes(s, context, batch, kv_fraction, comparisons, 0)
