@@ -228,8 +228,8 @@ struct WarpTiles {
     const bool wide = kWide && vr.est_logits != nullptr && vr.est_stride * kWideTileRows <= kTileRows * kMaxGroup;
     const int n1 = wide && est_end > narrow_end ? (est_end - narrow_end) / kWideTileRows : 0;
     const int wide_end = narrow_end + n1 * kWideTileRows;
-    return {w0, (narrow_end - w0 + kTileRows - 1) / kTileRows, n1,
-            (narrow_end - w0 + kTileRows - 1) / kTileRows + n1 + (w1 - wide_end + kTileRows - 1) / kTileRows};
+    const int n0 = (narrow_end - w0 + kTileRows - 1) / kTileRows;
+    return {w0, n0, n1, n0 + n1 + (w1 - wide_end + kTileRows - 1) / kTileRows};
   }
   __device__ bool wide(int t) const { return kWide && t >= n0 && t < n0 + n1; }
   __device__ int rows(int t) const { return wide(t) ? kWideTileRows : kTileRows; }
