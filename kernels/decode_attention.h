@@ -28,8 +28,9 @@ struct DecodeLaunch {
   // 1 / waves the length: the block scheduler then hands the later ranges to the SMs that finish
   // first. Why: CTAs with equal ranges end up to 20% apart (NOTES.md run 14's trace), and Nsight
   // Compute put the SMs' active time at 82% of the accurate attention's (Llama-3 128K batch 8,
-  // run 18). Costs: more pieces per head, each a partial to write and merge. kernels_bench times 2
-  // to 4 ("*-wavesN" rows); 1 until they have run on a GPU.
+  // run 18). Costs: more pieces per head, each a partial to write and merge. Measured (run 19,
+  // "*-wavesN" rows): 4 waves win only where a CTA's range is long (Llama-3 512K batch 8: 4-13%)
+  // and lose 27-37% at batch 1, so 1 until an H200 run at 512K decides a rule.
   int32_t waves = 1;
   // Estimated rows whose logits the selection provides go 32 to a warp tile instead of 16 (query
   // groups up to 4; decode_attention.cu "WarpTiles"): the accurate lookup's attention 3-5% faster
