@@ -34,8 +34,8 @@ struct DecodeLaunch {
   int32_t waves = 1;
   // Estimated rows whose logits the selection provides go 32 to a warp tile instead of 16 (query
   // groups up to 4; decode_attention.cu "WarpTiles"): the accurate lookup's attention 3-5% faster
-  // at batch 8 over a flat index, and its end-to-end TPOT at 64K batch 8 1.14x -> 1.05x the paper
-  // lookup's (bench/kernels/NOTES.md run 19). Off over a two-level index (the engine sets it): the
+  // at batch 8 over a flat index, and its end-to-end TPOT at 64K batch 8 1.15x -> 1.05-1.08x the
+  // paper lookup's (bench/kernels/NOTES.md run 19). Off over a two-level index (the engine sets it): the
   // chained step there took 4-7 us longer at batch 1 with them, for reasons not yet known.
   bool wide_estimate_tiles = true;
   // Nullable device array of at least B * H_kv ints, all zero before the first launch that uses

@@ -216,8 +216,9 @@ QUESTION_TOKENS = 64  # generate() sends a 64-token question
 
 def question_limit_s(s, context, batch, kv_fraction, comparisons, limits):
     """The time to first token's floor: the questions' prefill (then one step's sampling, ignored), the
-    larger of its bytes over the copy rate (a decode step's, step_bytes.py) and its FLOPs over the matmul rate (2 per parameter per token, and QK^T and PV over the
-    selected context keys and the question's own causal half)."""
+    larger of its bytes over the copy rate (a decode step's, step_bytes.py) and its FLOPs over the
+    matmul rate (2 per parameter per token, and QK^T and PV over the selected context keys and the
+    question's own causal half)."""
     q = QUESTION_TOKENS
     step = decode_step_bytes(s, context, batch, kv_fraction, comparisons, 0)
     keys = kv_fraction * context + q / 2
