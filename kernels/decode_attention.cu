@@ -15,7 +15,9 @@
 // CTA that straddles two heads pays a second piece's dependent round trips mid-stream, under full
 // load (partial, fence, ticket, then the next head's views, window seek and first tiles), and the
 // per-CTA trace (NOTES.md run 14) showed those CTAs finishing ~20 us after the rest at 512K batch 1:
-// with the charge they stream fewer rows instead.
+// with the charge they stream fewer rows instead. Where the grid has 16 or more CTAs per head
+// (batch 1), the heads are aligned to CTA ranges instead and no CTA has two pieces
+// (DecodeLaunch::align_heads, decode_split.h HeadLayout).
 //
 // Streaming. Inside a piece every warp takes a contiguous quarter of its cost (whole tiles) and
 // streams it 16 rows at a time through three cp.async stages of its own, computing on exactly the
@@ -78,8 +80,12 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
+// Then per warp kStages x kTileRows row codes (virtual_rows.cuh), read-ahead's only: the physical
+// row of each selected row a tile offers as its top key (TopKey::v here: see write_top).
+constexpr int kWarpCodes = kStages * kTileRows;
 template <int D>
-constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> + sizeof(float) * kWarps * kWarpBiases;
+constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> +
+                              sizeof(float) * kWarps * kWarpBiases + sizeof(int) * kWarps * kWarpCodes;
 // Where (stage, tile row, query head)'s logit offset lies in a warp's bias buffer: the one index
 // the resolving lanes write by and the computing lanes read by.
 __device__ __forceinline__ int bias_at(int stage, int row, int head) { return (stage * kTileRows + row) * kMaxGroup + head; }
@@ -89,7 +95,7 @@ __device__ __forceinline__ int bias_at(int stage, int row, int head) { return (s
 struct DecodeWorkspace {
   float* partial_o;     // [max_pieces][G][D], unnormalised (relative to the piece's max)
   float4* partial_st;   // [max_pieces][G] (m in log2 units, l, l_ctx, top logit)
-  int* partial_top;     // [max_pieces][G] top key's virtual row, -1 = none (kTop only)
+  int* partial_top;     // [max_pieces][G] top key's physical row, -1 = none (kTop only)
   int* tickets;         // [B*H_kv] finished pieces per head (DecodeLaunch::tickets where set)
   size_t bytes;
   // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
@@ -145,6 +151,7 @@ struct DecodeArgs {
   int batch, hkv, g;  // g: query heads per KV head (1..8)
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
+  bool align_heads;    // DecodeLaunch::align_heads
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -303,10 +310,11 @@ __device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, cons
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
 // lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
-// context sum and its top key. Uses `smem` and `bias`, the warp's stage buffers.
+// context sum and its top key (as a physical row). Uses `smem`, `bias` and `codes`, the warp's
+// stage buffers.
 template <int D, bool kTop, bool kWide>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
-                                            __nv_bfloat16* smem, float* bias, float scale_log2, int lane,
+                                            __nv_bfloat16* smem, float* bias, int* codes, float scale_log2, int lane,
                                             float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
@@ -367,6 +375,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
                      : x < vr.sparse_rows      ? x + shift
                      : estimated_row(x)        ? estimate_code(my_id)
                                                : dense_code(x - vr.clustered());
+    // Read-ahead: the rows' codes, so that a top key is offered as its physical row (write_top).
+    if (kTop && lane < kTileRows) codes[(t % kStages) * kTileRows + lane] = code;
     if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
       float* to = bias + bias_at(t % kStages, 0, 0);
       if (vr.est_logits) {
@@ -441,7 +451,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
         if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
-        if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, key);
+        // A selected row's code is its physical row, in the same order as its virtual row (the
+        // segments are in ascending cluster order): ties still go to the first row.
+        if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, codes[(t % kStages) * kTileRows + col]);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
       }
@@ -462,29 +474,23 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   __syncwarp();  // the stage buffers are free for the caller
 }
 
-// Query head hq's read-ahead outputs (share, position) from its merged statistics. Called by the
-// D / 4 lanes that merged hq (a warp at D = 128, a half warp at D = 64: merge_head's items), which
-// share st and ctx; the top key is the group's first lane's. The group finds the key's physical row
-// together (selected_physical_row_in_group): in the merging CTA's tail, the step's last work, where
-// one lane's binary search was ~12 dependent loads (NOTES.md run 13).
+// Query head hq's read-ahead outputs (share, position) from its merged statistics and top key
+// (TopKey::v: the physical row, which the tiles offer; see attend_rows). Two dependent loads (the
+// head's row count, then the row's position), by the item's first lane (the one that merged the
+// top key), in the merging CTA's tail: the step's last work. Before, the top key was a virtual
+// row whose physical row a search of the selection found here, ~5 dependent loads that made the
+// merge ~10 us of the accurate lookup's 57 us at Llama-3 64K batch 1 (bench/kernels/NOTES.md run 20).
 template <int D>
 __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
-  constexpr int kSpan = D / 4;
-  const int lane = threadIdx.x & 31, r = lane % kSpan, base = lane - r;
-  const unsigned group = kSpan == 32 ? 0xffffffffu : ((1u << kSpan) - 1) << base;
-  top.s = __shfl_sync(group, top.s, base);
-  top.v = __shfl_sync(group, top.v, base);
   const int b = bh / a.hkv, h = bh % a.hkv;
   float share = 0.f;
   int position = -1;
   if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
-  if (share > 0.f) {  // uniform in the group
-    const VirtualRows vr = virtual_rows<D>(a.seqs[b], a.sel, b, h, a.hkv, /*decode_group=*/a.g);
-    const int n = __ldg(vr.offsets + vr.num_clusters);  // N: the perm stride
-    const int row = selected_physical_row_in_group(vr, top.v, kSpan, r, base, group);
-    position = __ldg(a.seqs[b].perm + static_cast<int64_t>(h) * n + row);
+  if (share > 0.f) {
+    const SequenceLayerBf16& s = a.seqs[b];
+    const int n = __ldg(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters);  // N
+    position = __ldg(s.perm + static_cast<int64_t>(h) * n + top.v);
   }
-  if (r != 0) return;
   if (a.top.share) a.top.share[hq] = share;
   if (a.top.position) a.top.position[hq] = position;
 }
@@ -556,7 +562,28 @@ __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsign
     dst[0] = __floats2bfloat162_rn(acc[k].x * inv, acc[k].y * inv);
     dst[1] = __floats2bfloat162_rn(acc[k].z * inv, acc[k].w * inv);
     if (d == 0 && a.lse) a.lse[hq] = st[k].lse();
-    if (kTop) write_top<D>(a, bh, hq, st[k], ctx[k], top[k]);  // every lane of item j's group
+    if (kTop && d == 0) write_top<D>(a, bh, hq, st[k], ctx[k], top[k]);  // the lane that merged the top key
+  }
+}
+
+// Exclusive prefix sum over the CTA's threads, in thread order, and the total (every thread calls
+// it; `warp_sums` is kWarps slots of shared memory, free when it is called).
+__device__ __forceinline__ void block_prefix_sum(long long mine, long long* warp_sums, long long* before,
+                                                 long long* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  long long incl = mine;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const long long y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  *total = 0;
+  *before = incl - mine;
+  for (int w = 0; w < kWarps; ++w) {
+    *total += warp_sums[w];
+    if (w < warp) *before += warp_sums[w];
   }
 }
 
@@ -588,29 +615,27 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   DECODE_TRACE(1);
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
-  // Flat split, computed identically by every CTA from the device-side counts: prefix sums of the
-  // heads' cost over a contiguous chunk of heads per thread, then this CTA's range [f0, f1) of the
-  // heads laid end to end, each as start_cost units of nothing then its rows' units.
+  // The split, computed identically by every CTA from the device-side counts: prefix sums of the
+  // heads' cost over a contiguous chunk of heads per thread give the layout (decode_split.h), then
+  // prefix sums of the heads' extents in it this CTA's range [f0, f1) and the head it starts in.
   const int per_thread = (num_heads + kThreads - 1) / kThreads;
   const int h_lo = min(tid * per_thread, num_heads), h_hi = min(h_lo + per_thread, num_heads);
   long long mine = 0;
   for (int x = h_lo; x < h_hi; ++x) mine += head_cost(a, x).units();
-  long long incl = mine;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const long long y = __shfl_up_sync(0xffffffffu, incl, off);
-    if (lane >= off) incl += y;
+  long long units_before, units_total;
+  block_prefix_sum(mine, warp_units, &units_before, &units_total);
+  const decode_split::HeadLayout layout =
+      decode_split::head_layout(units_total, gridDim.x, num_heads, a.start_cost_cap, a.align_heads);
+  long long chunk_start = units_before + layout.start_cost * h_lo;  // flat: extent = start cost + units
+  long long extents = mine + layout.start_cost * (h_hi - h_lo);
+  long long total = units_total + layout.start_cost * num_heads;
+  if (layout.aligned) {  // CTA-uniform: extents rounded up to whole ranges, a second scan
+    extents = 0;
+    for (int x = h_lo; x < h_hi; ++x) extents += layout.extent(head_cost(a, x).units());
+    __syncthreads();  // every thread has read warp_units
+    block_prefix_sum(extents, warp_units, &chunk_start, &total);
   }
-  if (lane == 31) warp_units[warp] = incl;
-  __syncthreads();
-  long long units_total = 0, units_before = incl - mine;
-  for (int w = 0; w < kWarps; ++w) {
-    units_total += warp_units[w];
-    if (w < warp) units_before += warp_units[w];
-  }
-  const decode_split::FlatSplit split = decode_split::flat_split(units_total, gridDim.x, num_heads, a.start_cost_cap);
-  const long long per_cta = split.per_cta, start_cost = split.start_cost;
-  const long long total = units_total + start_cost * num_heads;
+  const long long per_cta = layout.per_cta;
   const long long f0 = blockIdx.x * per_cta;
   if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
     DECODE_TRACE(2);
@@ -618,10 +643,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     return;
   }
   const long long f1 = min(f0 + per_cta, total);
-  long long chunk_start = units_before + start_cost * h_lo;
-  if (chunk_start <= f0 && f0 < chunk_start + mine + start_cost * (h_hi - h_lo)) {  // one thread holds f0's head
+  if (chunk_start <= f0 && f0 < chunk_start + extents) {  // one thread holds f0's head
     for (int x = h_lo;; ++x) {
-      const long long extent = start_cost + head_cost(a, x).units();
+      const long long extent = layout.extent(head_cost(a, x).units());
       if (f0 < chunk_start + extent) {
         first_head = x;
         first_head_start = chunk_start;
@@ -634,6 +658,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   DECODE_TRACE(2);
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
+  int* warp_codes = reinterpret_cast<int*>(reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) +
+                                                                    kWarps * kWarpSmemElems<D>) +
+                                          kWarps * kWarpBiases) +
+                    warp * kWarpCodes;
   float* warp_bias =
       reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>) + warp * kWarpBiases;
   int bh = first_head;
@@ -645,8 +673,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     // The head's units lie at [at, at + units), after its start cost. This piece: head rows [r0,
     // r1), none when the range only meets the start cost or part of a row; the head's pieces are
     // first_cta .. first_cta + num_pieces - 1 (decode_split.h).
-    const long long at = head_start + start_cost;
-    head_start = at + cost.units();
+    const long long at = head_start + layout.lead();
+    head_start += layout.extent(cost.units());
     const decode_split::Piece piece = decode_split::piece_of(cost, at, f0, f1, per_cta);
     if (piece.r1 <= piece.r0) continue;  // CTA-uniform
     const int first_cta = piece.first_cta, num_pieces = piece.num_pieces;
@@ -678,7 +706,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     SoftmaxState st = SoftmaxState::empty();
     float ctx = 0.f;
     TopKey top = TopKey::none();
-    attend_rows<D, kTop, kWide>(vr, w0, w1, qa, warp_smem, warp_bias, a.scale_log2, lane, o, st, ctx, top);
+    attend_rows<D, kTop, kWide>(vr, w0, w1, qa, warp_smem, warp_bias, warp_codes, a.scale_log2, lane, o, st, ctx,
+                                top);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
@@ -850,7 +879,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
-               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows)};
+               kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
+               launch.align_heads};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else {

@@ -48,6 +48,10 @@ struct DecodeLaunch {
   // counts as min(this, rows per CTA / 4) extra rows, so a CTA that also ends the head before it
   // streams that many fewer. -1: kDefaultPieceStartRows; 0: the plain equal split.
   int32_t piece_start_rows = -1;
+  // Where the grid has at least 16 CTAs per head (batch 1: Llama-3 has 33 a head on an H100), each
+  // head starts at a CTA boundary, so that no CTA has two pieces (decode_split.h HeadLayout);
+  // piece_start_rows then does not apply. false: always the flat split.
+  bool align_heads = true;
 };
 // From the sweep of bench/kernels (NOTES.md run 14, H100, 512K): 0 / 192 / 384 / 768 rows took
 // Llama-3 batch 1 from 137.5 to 133.6 / 129.4 / 129.8 us (the cap binds at per_cta / 4 there) and

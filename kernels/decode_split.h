@@ -6,7 +6,8 @@
 // then its rows, kRowCost units each: selected, estimated and dense rows alike (an estimated row
 // takes about a selected row's time; charged less, it overloaded its CTAs: bench/kernels/NOTES.md
 // run 18). CTA c takes units [c * per_cta, (c + 1) * per_cta). A row goes to the CTA whose range
-// holds its last unit; a CTA's part of one head is a piece.
+// holds its last unit; a CTA's part of one head is a piece. With few heads per CTA the heads are
+// aligned to CTA ranges instead (HeadLayout).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +43,39 @@ SQUEEZESERVE_HOST_DEVICE inline FlatSplit flat_split(long long total, long long 
   }
   f.per_cta = max_ll(f.per_cta, kMinCtaUnits);  // only grows: still covers
   return f;
+}
+
+// Heads whose CTAs start at a CTA boundary (HeadLayout::aligned) when the grid has at least this
+// many CTAs per head: then no CTA holds two pieces, at the price of ranges up to
+// grid / (grid - heads) longer (at most 1 / 16 more). Why: at batch 1 a CTA's range is short
+// (Llama-3 64K: ~230 rows) and a piece's fixed cost long (the head's views, the segment seek, the
+// first tiles' round trips: ~10 us on an H100), so a CTA with two pieces ended ~13 us after the
+// rest, a quarter of the attention (bench/kernels/NOTES.md run 20), which the start cost (capped
+// at a quarter of a range) only partly made up for.
+constexpr long long kAlignMinCtasPerHead = 16;
+
+// How the heads lie end to end in cost units: each head takes extent(units) units, its rows
+// starting lead() units into them.
+struct HeadLayout {
+  long long per_cta, start_cost;
+  bool aligned;  // each head's extent is whole CTA ranges: every CTA has at most one piece
+
+  SQUEEZESERVE_HOST_DEVICE long long lead() const { return aligned ? 0 : start_cost; }
+  SQUEEZESERVE_HOST_DEVICE long long extent(long long units) const {
+    return aligned ? (units + per_cta - 1) / per_cta * per_cta : start_cost + units;
+  }
+};
+
+// The layout of a launch: aligned where `align` and the grid has kAlignMinCtasPerHead CTAs per
+// head (per_cta covers `total` units in grid - num_heads ranges, so the heads' rounded-up extents
+// fit the grid), else flat_split's.
+SQUEEZESERVE_HOST_DEVICE inline HeadLayout head_layout(long long total, long long grid, long long num_heads,
+                                                       long long cap, bool align) {
+  if (align && grid >= kAlignMinCtasPerHead * num_heads) {
+    return {max_ll((total + grid - num_heads - 1) / (grid - num_heads), kMinCtaUnits), 0, true};
+  }
+  const FlatSplit f = flat_split(total, grid, num_heads, cap);
+  return {f.per_cta, f.start_cost, false};
 }
 
 // One head's rows in the split: its selected, estimated and dense rows, or the one masked row of a

@@ -158,33 +158,9 @@ __device__ __forceinline__ int selected_physical_row(const VirtualRows& vr, int 
   return __ldg(vr.offsets + __ldg(vr.ids + lo)) + (v - __ldg(vr.row_start + lo));
 }
 
-// selected_physical_row by the `span` lanes of `group` together (span a power of two <= 32; r this
-// lane's index in it, base the group's first lane; every lane of the group calls it, with the same
-// v): a span-ary search of row_start down to span candidate segments, then their starts and ids in
-// one round: ceil(log_span count) + 2 dependent loads, against log2 count + 3 one lane alone.
-__device__ __forceinline__ int selected_physical_row_in_group(const VirtualRows& vr, int v, int span, int r, int base,
-                                                             unsigned group) {
-  int lo = 0, n = vr.count;  // v's segment is in [lo, lo + n), and row_start[lo] <= v
-  while (n > span) {
-    const int stride = (n + span - 1) / span, idx = lo + r * stride;
-    const bool le = idx < lo + n && __ldg(vr.row_start + idx) <= v;
-    const int k = 31 - __clz(__ballot_sync(group, le) & group) - base;  // r = 0 always qualifies
-    lo += k * stride;
-    n = min(stride, n - k * stride);
-  }
-  int start = INT_MAX, id = 0;
-  if (r < n) {
-    start = __ldg(vr.row_start + lo + r);
-    id = __ldg(vr.ids + lo + r);
-  }
-  const int k = 31 - __clz(__ballot_sync(group, start <= v) & group);  // the segment's lane
-  start = __shfl_sync(group, start, k);
-  id = __shfl_sync(group, id, k);
-  return __ldg(vr.offsets + id) + (v - start);
-}
-
-// Read-ahead's top key: the most attended selected row, (logit in log2 units, virtual row; -1 =
-// none). Ties go to the lower row, so merges in any grouping agree with a scan in row order.
+// Read-ahead's top key: the most attended selected row, (logit in log2 units, row; -1 = none): a
+// virtual row in the prefill kernels, a physical one in the decode kernel (the two orders agree on
+// selected rows). Ties go to the lower row, so merges in any grouping agree with a scan in row order.
 struct TopKey {
   float s;
   int v;

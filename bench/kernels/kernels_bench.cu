@@ -636,6 +636,11 @@ int main(int argc, char** argv) {
               {}, charged);
         }
         run("paper-cuda-core", d_views, sel, TopKeys{}, params, limits, sws, true, {}, {}, cuda_core);
+        // The flat split where the grid would align heads to CTAs (DecodeLaunch::align_heads:
+        // batch 1); elsewhere the same launch as "paper".
+        DecodeLaunch unaligned;
+        unaligned.align_heads = false;
+        run("paper-unaligned", d_views, sel, TopKeys{}, params, limits, sws, true, {}, unaligned);
         // The grid in waves of shorter ranges (DecodeLaunch::waves), balanced by the block scheduler.
         for (int waves : {2, 3, 4}) {
           DecodeLaunch waved;
@@ -706,6 +711,10 @@ int main(int argc, char** argv) {
           without_pdl([&] { run("paper-two-level-no-pdl", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws); });
           run("paper-two-level-cuda-core", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
               cuda_core);
+          DecodeLaunch unaligned;  // as "paper-unaligned"
+          unaligned.align_heads = false;
+          run("paper-two-level-unaligned", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {},
+              unaligned);
           SelectionLaunch unfused;  // each level as a stream and a compaction launch
           unfused.fused_place = false;
           run("paper-two-level-unfused", d_two, two_sel, TopKeys{}, two_params, two_limits, two_ws, true, {}, {},
@@ -727,6 +736,10 @@ int main(int argc, char** argv) {
             without_pdl([&] {
               run("accurate-two-level-no-pdl", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {}, narrow);
             });
+            DecodeLaunch unaligned = narrow;  // as "paper-unaligned"
+            unaligned.align_heads = false;
+            run("accurate-two-level-unaligned", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
+                unaligned);
             DecodeLaunch plain = narrow;
             plain.piece_start_rows = 0;
             run("accurate-two-level-start-cost0", d_acc_two, acc_sel, top, two_params, two_limits, two_ws, true, {},
@@ -753,6 +766,9 @@ int main(int argc, char** argv) {
             // The accurate lookup's two additions apart: the estimate without read-ahead's top keys
             // (the kernel variant without them), and the top keys without the estimate.
             run("accurate-no-top", d_acc, acc_sel, TopKeys{}, params, limits, sws);
+            DecodeLaunch unaligned;  // as "paper-unaligned"
+            unaligned.align_heads = false;
+            run("accurate-unaligned", d_acc, acc_sel, top, params, limits, sws, true, {}, unaligned);
             DeviceSelection plain_sel(bh, max_k);
             run("accurate-no-estimate", d_acc, plain_sel, top, params, limits, sws);
             if (c.batch > 1) {

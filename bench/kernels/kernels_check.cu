@@ -70,7 +70,14 @@ struct Case {
   bool logits = false;  // Selection::estimate_logits (decode: the estimate's logits from the selection)
   float estimate_floor = 0.f;  // SelectionParams::estimate_floor
   int piece_start_rows = -1;   // DecodeLaunch::piece_start_rows (-1 = the default)
+  bool align_heads = true;     // DecodeLaunch::align_heads
 };
+
+// The flat split where the default grid aligns heads to CTAs (few heads: DecodeLaunch::align_heads).
+Case unaligned(Case c) {
+  c.align_heads = false;
+  return c;
+}
 
 Case with_floor(Case c, float floor) {
   c.estimate_floor = floor;
@@ -474,6 +481,7 @@ Result run_case(const Case& c, uint64_t seed) {
     if (c.lq == 1 && !c.use_prefill_kernel) {
       DecodeLaunch launch{c.decode_ctas};
       launch.piece_start_rows = c.piece_start_rows;
+      launch.align_heads = c.align_heads;
       launch.wide_estimate_tiles = c.coarse_ratio == 0;  // as the engine: flat indexes only
       CUDA_OK(cudaMalloc(&dws, decode_attention_workspace_bytes(shape, launch)));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));
@@ -532,6 +540,7 @@ Result run_case(const Case& c, uint64_t seed) {
     const std::vector<uint16_t> expect = download(d_out, out_n);
     DecodeLaunch chained{c.decode_ctas};
     chained.piece_start_rows = c.piece_start_rows;
+    chained.align_heads = c.align_heads;
     chained.wide_estimate_tiles = c.coarse_ratio == 0;
     CUDA_OK(cudaMalloc(&chained.tickets, sizeof(int32_t) * bh));
     CUDA_OK(cudaMemset(chained.tickets, 0, sizeof(int32_t) * bh));
@@ -755,6 +764,10 @@ int main(int argc, char** argv) {
       with_start_cost({"decode batch17 d64 g2 4 ctas charged", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f, false, false, 4}, 1 << 20),
       // The estimate's rows spread over CTAs: few CTAs, so each head's estimate spans several of
       // them, and many, so most ranges are shorter than a head.
+      // Heads aligned to CTAs (the default grid over few heads, DecodeLaunch::align_heads: every
+      // case above without a CTA count) and the flat split over the same many-CTA grid.
+      unaligned(with_lookup({"decode d128 g4 est ra unaligned", 128, 4, 2, 1, {20011, 4001}, 2, 0, 30, 0.1f, 1.f}, 1, 1, true)),
+      unaligned(with_lookup({"decode d64 g1 hier est unaligned", 64, 1, 3, 1, {9001}, 3, 5, 20, 0.1f, 1.f}, 1, 0, true)),
       with_lookup({"decode d128 g4 hier est ra 3 ctas", 128, 4, 2, 1, {20011, 4001}, 2, 4, 30, 0.1f, 1.f, false, false, 3}, 1, 1, true),
       with_lookup({"decode d64 g3 est 7 ctas", 64, 3, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 7}, 1, 0, true),
       with_lookup({"decode batch6 d128 g8 est ra logits", 128, 8, 1, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 0, 20, 0.1f, 1.f}, 2, 2, true),
@@ -772,7 +785,7 @@ int main(int argc, char** argv) {
         "decode d128 g8 many pieces all", "decode d64 g3 est ra logits", "prefill d128 g4 lq64 est ra floor",
         "prefill d128 g1 lq64 hier est ra", "decode d64 g2 many chunks",
         "decode batch10 d128 g4 hier 7 ctas charged", "decode d128 g7 est ra 5 ctas charged",
-        "decode d128 g4 hier est ra 3 ctas"};
+        "decode d128 g4 hier est ra 3 ctas", "decode d128 g4 est ra unaligned"};
     std::vector<Case> picked;
     for (const Case& c : cases)
       if (std::find(names.begin(), names.end(), c.name) != names.end()) picked.push_back(c);

@@ -22,6 +22,7 @@ namespace {
 struct Launch {
   std::vector<HeadCost> heads;
   long long grid = 1, cap = 0;
+  bool align = false;
 };
 
 struct PieceSeen {
@@ -35,11 +36,16 @@ void CheckLaunch(const Launch& l, const std::string& what) {
   long long units_total = 0;
   for (const HeadCost& h : l.heads) units_total += h.units();
   const long long num_heads = static_cast<long long>(l.heads.size());
-  const FlatSplit split = flat_split(units_total, l.grid, num_heads, l.cap);
+  const HeadLayout split = head_layout(units_total, l.grid, num_heads, l.cap, l.align);
+  ASSERT_EQ(split.aligned, l.align && l.grid >= kAlignMinCtasPerHead * num_heads) << what;
   ASSERT_GE(split.per_cta, kMinCtaUnits) << what;
   ASSERT_LE(split.start_cost, std::max(l.cap, 0LL)) << what;
-  const long long total = units_total + split.start_cost * num_heads;
+  long long total = 0;
+  for (const HeadCost& h : l.heads) total += split.extent(h.units());
   ASSERT_GE(split.per_cta * l.grid, total) << what << ": the grid does not cover every unit";
+  if (split.aligned) {  // ranges at most grid / (grid - heads) as long as the plain equal split's
+    EXPECT_LE(split.per_cta, std::max((units_total + l.grid - num_heads - 1) / (l.grid - num_heads), kMinCtaUnits));
+  }
 
   std::map<int, std::vector<PieceSeen>> by_head;
   std::set<int> slots;
@@ -49,16 +55,17 @@ void CheckLaunch(const Launch& l, const std::string& what) {
     const long long f1 = std::min(f0 + split.per_cta, total);
     long long head_start = 0;
     int bh = 0;
-    while (head_start + split.start_cost + l.heads[bh].units() <= f0) {
-      head_start += split.start_cost + l.heads[bh].units();
+    while (head_start + split.extent(l.heads[bh].units()) <= f0) {
+      head_start += split.extent(l.heads[bh].units());
       ++bh;
     }
     long long rows_cost = 0;
+    int pieces = 0;
     for (; head_start < f1; ++bh) {
       ASSERT_LT(bh, num_heads) << what << ": CTA " << cta << " runs past the last head";
       const HeadCost& cost = l.heads[bh];
-      const long long at = head_start + split.start_cost;
-      head_start = at + cost.units();
+      const long long at = head_start + split.lead();
+      head_start += split.extent(cost.units());
       const Piece p = piece_of(cost, at, f0, f1, split.per_cta);
       if (p.r1 <= p.r0) continue;
       PieceSeen seen{cta, p.r0, p.r1, p.first_cta, p.num_pieces, cta + bh, {}};
@@ -67,7 +74,9 @@ void CheckLaunch(const Launch& l, const std::string& what) {
       ASSERT_LT(seen.slot, l.grid + num_heads) << what << ": slot past the workspace";
       rows_cost += static_cast<long long>(kRowCost) * (p.r1 - p.r0);
       by_head[bh].push_back(seen);
+      ++pieces;
     }
+    if (split.aligned) EXPECT_LE(pieces, 1) << what << ": CTA " << cta << " has two pieces in an aligned layout";
     // A CTA streams at most its range's units plus one row's (the row whose last unit it holds).
     EXPECT_LE(rows_cost, split.per_cta + kRowCost) << what << ": CTA " << cta;
   }
@@ -124,9 +133,22 @@ TEST(DecodeSplit, RandomLaunchesCoverEveryRowOnce) {
     l.grid = pick(1, trial % 7 == 0 ? 400 : 40);
     const int caps[] = {0, 1, 7, 768 * kRowCost, 1 << 22};
     l.cap = caps[pick(0, 4)];
+    l.align = pick(0, 1) == 1;
     CheckLaunch(l, "trial " + std::to_string(trial));
     if (HasFatalFailure() || HasNonfatalFailure()) return;
   }
+}
+
+TEST(DecodeSplit, AlignedWhereTheGridHasSixteenCtasPerHead) {
+  // Llama-3 batch 1 on an H100's 264 CTAs: 8 heads, aligned; batch 8: 64 heads, the flat split.
+  EXPECT_TRUE(head_layout(8 * 60000 * kRowCost, 264, 8, 768 * kRowCost, true).aligned);
+  EXPECT_FALSE(head_layout(64 * 60000 * kRowCost, 264, 64, 768 * kRowCost, true).aligned);
+  EXPECT_FALSE(head_layout(8 * 60000 * kRowCost, 264, 8, 768 * kRowCost, false).aligned);
+  // Equal heads on a grid they divide: each takes grid / heads - 1 CTAs or fewer, none shared.
+  const HeadLayout l = head_layout(8 * 33000 * kRowCost, 264, 8, 0, true);
+  EXPECT_EQ(l.lead(), 0);
+  EXPECT_EQ(l.extent(1) , l.per_cta);
+  EXPECT_LE(l.extent(33000 * kRowCost) / l.per_cta, 33);
 }
 
 }  // namespace
