@@ -123,8 +123,14 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 // the consumers work through them (the resolve, ~3 rounds of dependent loads, would otherwise
 // leave the ring empty behind it once every 32 tiles). Not inlined: ptxas then allocates the
 // producer's registers apart from the consumers' (inlined, the two roles' peaks met in one
-// allocation and spilled up to 56 bytes in the top-key variant).
-__device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr, const PrefillTiles& p, int tid) {
+// allocation and spilled up to 56 bytes in the top-key variant). Its view and tile range are copied
+// into registers on entry.
+__device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const PrefillTiles& p_in, int tid) {
+  // Copies in registers: the references point into the caller's stack frame (local memory), which
+  // the loop read from ~16 times a tile (bench/kernels/NOTES.md run 20: 4 GB of local-memory traffic
+  // through the L2 at 1K x 512K).
+  const VirtualRows vr = vr_in;
+  const PrefillTiles p = p_in;
   constexpr int kTilesPerChunk = kPrefillChunkRows / kTileN;
   ChunkResolver<128, NamedSync<kProducerBarrier, 128>, /*kBuffers=*/2> res(sm.resolver);
   const int n_tiles = p.t_end - p.t_begin;
