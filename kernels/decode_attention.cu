@@ -478,8 +478,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
 // (TopKey::v: the physical row, which the tiles offer; see attend_rows). Two dependent loads (the
 // head's row count, then the row's position), by the item's first lane (the one that merged the
 // top key), in the merging CTA's tail: the step's last work. Before, the top key was a virtual
-// row whose physical row a search of the selection found here, ~5 dependent loads that made the
-// merge ~10 us of the accurate lookup's 57 us at Llama-3 64K batch 1 (bench/kernels/NOTES.md run 20).
+// row whose physical row the item's lanes searched for in the selection here (~5 dependent loads;
+// the merging CTAs' merge took ~10 us at Llama-3 64K batch 1), though the step did not measurably
+// change without the search (bench/kernels/NOTES.md run 20).
 template <int D>
 __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
   const int b = bh / a.hkv, h = bh % a.hkv;
@@ -658,12 +659,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   DECODE_TRACE(2);
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
-  int* warp_codes = reinterpret_cast<int*>(reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) +
-                                                                    kWarps * kWarpSmemElems<D>) +
-                                          kWarps * kWarpBiases) +
-                    warp * kWarpCodes;
-  float* warp_bias =
-      reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>) + warp * kWarpBiases;
+  float* biases = reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>);
+  float* warp_bias = biases + warp * kWarpBiases;
+  int* warp_codes = reinterpret_cast<int*>(biases + kWarps * kWarpBiases) + warp * kWarpCodes;
   int bh = first_head;
   [[maybe_unused]] int pieces = 0, merges = 0;  // DECODE_TRACE_COUNTS
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
