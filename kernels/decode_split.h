@@ -45,8 +45,8 @@ SQUEEZESERVE_HOST_DEVICE inline FlatSplit flat_split(long long total, long long 
   return f;
 }
 
-// Heads whose CTAs start at a CTA boundary (HeadLayout::aligned) when the grid has at least this
-// many CTAs per head: then no CTA holds two pieces, at the price of ranges up to
+// Every head starts at a CTA boundary (HeadLayout::aligned) when the grid has at least this many
+// CTAs per head: then no CTA holds two pieces, at the price of ranges up to
 // grid / (grid - heads) longer (at most 1 / 16 more). Why: at batch 1 a CTA's range is short
 // (Llama-3 64K: ~230 rows) and a piece's fixed cost long (the head's views, the segment seek, the
 // first tiles' round trips: ~10 us on an H100), so a CTA with two pieces ended ~13 us after the

@@ -762,12 +762,12 @@ int main(int argc, char** argv) {
       with_start_cost(with_lookup({"decode d128 g7 est ra 5 ctas charged", 128, 7, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 5}, 1, 1, true), 1 << 20),
       with_start_cost({"decode d64 g4 3 ctas charge 1", 64, 4, 4, 1, {9001, 2002, 17},    2, 0, 40, 0.2f, 1.f, false, false, 3}, 1),
       with_start_cost({"decode batch17 d64 g2 4 ctas charged", 64, 2, 2, 1, {9001, 40, 50, 60, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600}, 3, 0, 30, 0.1f, 1.f, false, false, 4}, 1 << 20),
-      // The estimate's rows spread over CTAs: few CTAs, so each head's estimate spans several of
-      // them, and many, so most ranges are shorter than a head.
       // Heads aligned to CTAs (the default grid over few heads, DecodeLaunch::align_heads: every
       // case above without a CTA count) and the flat split over the same many-CTA grid.
       unaligned(with_lookup({"decode d128 g4 est ra unaligned", 128, 4, 2, 1, {20011, 4001}, 2, 0, 30, 0.1f, 1.f}, 1, 1, true)),
       unaligned(with_lookup({"decode d64 g1 hier est unaligned", 64, 1, 3, 1, {9001}, 3, 5, 20, 0.1f, 1.f}, 1, 0, true)),
+      // The estimate's rows spread over CTAs: few CTAs, so each head's estimate spans several of
+      // them, and many, so most ranges are shorter than a head.
       with_lookup({"decode d128 g4 hier est ra 3 ctas", 128, 4, 2, 1, {20011, 4001}, 2, 4, 30, 0.1f, 1.f, false, false, 3}, 1, 1, true),
       with_lookup({"decode d64 g3 est 7 ctas", 64, 3, 2, 1, {9001, 2002, 17}, 2, 0, 40, 0.1f, 1.f, false, false, 7}, 1, 0, true),
       with_lookup({"decode batch6 d128 g8 est ra logits", 128, 8, 1, 1, {6007, 333, 2500, 1200, 50, 9001}, 3, 0, 20, 0.1f, 1.f}, 2, 2, true),

@@ -144,10 +144,10 @@ TEST(DecodeSplit, AlignedWhereTheGridHasSixteenCtasPerHead) {
   EXPECT_TRUE(head_layout(8 * 60000 * kRowCost, 264, 8, 768 * kRowCost, true).aligned);
   EXPECT_FALSE(head_layout(64 * 60000 * kRowCost, 264, 64, 768 * kRowCost, true).aligned);
   EXPECT_FALSE(head_layout(8 * 60000 * kRowCost, 264, 8, 768 * kRowCost, false).aligned);
-  // Equal heads on a grid they divide: each takes grid / heads - 1 CTAs or fewer, none shared.
+  // Equal heads on a grid they divide: at most grid / heads CTAs each, none shared.
   const HeadLayout l = head_layout(8 * 33000 * kRowCost, 264, 8, 0, true);
   EXPECT_EQ(l.lead(), 0);
-  EXPECT_EQ(l.extent(1) , l.per_cta);
+  EXPECT_EQ(l.extent(1), l.per_cta);
   EXPECT_LE(l.extent(33000 * kRowCost) / l.per_cta, 33);
 }
 
