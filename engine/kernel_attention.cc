@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <stdexcept>
 #include <tuple>
 #include <utility>
@@ -20,6 +21,7 @@
 #include "kernels/append_kv.h"
 #include "kernels/decode_attention.h"
 #include "kernels/launch.h"
+#include "kernels/merge_parts.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
 #endif
@@ -160,6 +162,28 @@ bool SharesOneIndex(const std::vector<SequenceStep>& steps, int64_t first, int64
   return true;
 }
 
+// The shared-context bundles of decode members [first, end) of `steps` (dense members:
+// KernelAttention::shared_bundles_): the members on one context in bundles of at most `slots`, in
+// order, each bundle as its members' indices less `first` (their rows in the decode queries).
+// Empty when no bundle would hold two members.
+std::vector<std::vector<int64_t>> SharedContextBundles(const std::vector<SequenceStep>& steps, int64_t first,
+                                                       int64_t end, int64_t slots) {
+  std::vector<std::vector<int64_t>> bundles;
+  if (slots < 2) return bundles;
+  std::map<const void*, size_t> filling;  // a context's views -> the bundle being filled
+  for (int64_t i = first; i < end; ++i) {
+    const void* context = Member(steps[i]).views_.get();
+    auto it = filling.find(context);
+    if (it == filling.end() || static_cast<int64_t>(bundles[it->second].size()) == slots) {
+      it = filling.insert_or_assign(context, bundles.size()).first;
+      bundles.emplace_back();
+    }
+    bundles[it->second].push_back(i - first);
+  }
+  if (static_cast<int64_t>(bundles.size()) == end - first) bundles.clear();
+  return bundles;
+}
+
 // A level's cluster mean values [H_kv, K, D] as the estimate reads them (the index keeps them bf16,
 // contiguous, beside the KV).
 const uint16_t* EstimateValues(const at::Tensor& values) {
@@ -245,6 +269,12 @@ struct KernelAttention::Buffers {
   // null for members that do not read ahead), and the decode attention's top keys land in
   // top_position / top_share [steps][H_q] before the cursors advance.
   int64_t cursors_at = 0;
+  // Shared-context decode (KernelAttention::shared_bundles_): staging also holds per layer the
+  // bundles' views and the dense members' own-token views ([layers][steps] each), the bundles'
+  // context rows per KV head [pairs] int32, each bundle query row's row in the decode queries
+  // [8 x pairs] int64 (bundle, KV head, slot, group head; at most kMaxGroup rows per pair), and each
+  // dense member query row's row in the bundles' output [steps x H_q] int32 (the merge's a_row).
+  int64_t shared_views_at = 0, own_views_at = 0, shared_rows_at = 0, shared_q_rows_at = 0, shared_out_rows_at = 0;
   at::Tensor top_position, top_share;
   bool reading_ahead = false;
   at::Tensor staging_host, staging_device;
@@ -338,25 +368,22 @@ bool KernelAttention::Compiled() {
 #endif
 }
 
-KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill,
-                                 bool programmatic_launch)
+KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, const KernelAttentionOptions& options)
     : num_layers_(config.num_layers),
       num_q_heads_(config.num_attention_heads),
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
       device_(device),
-      warp_specialized_prefill_(warp_specialized_prefill) {
+      options_(options) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  kernels::set_programmatic_launch(programmatic_launch);
-#else
-  (void)programmatic_launch;
+  kernels::set_programmatic_launch(options.programmatic_launch);
 #endif
 }
 
 KernelAttention::~KernelAttention() = default;
 
 std::string KernelAttention::PrefillKernelNote() const {
-  if (!warp_specialized_prefill_) return "query prefill attention: mma.sync";
+  if (!options_.warp_specialized_prefill) return "query prefill attention: mma.sync";
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   const c10::cuda::CUDAGuard guard(device_);
   if (head_dim_ == 128 && kernels::prefill_warp_specialized_available())
@@ -511,6 +538,16 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
                    [](const SequenceStep& a, const SequenceStep& b) {
                      return SelectionKey(Member(a)) < SelectionKey(Member(b));
                    });
+  // The dense decode tokens' shared-context bundles (see the header).
+  const int64_t group = num_q_heads_ / num_kv_heads_;
+  const std::vector<std::vector<int64_t>> bundles =
+      options_.shared_context_decode && (first_squeezed_ - first_decode_) * num_kv_heads_ <= kMaxDecodePairs
+          ? SharedContextBundles(ordered, first_decode_, first_squeezed_, kernels::kMaxGroup / group)
+          : std::vector<std::vector<int64_t>>{};
+  shared_bundles_ = static_cast<int64_t>(bundles.size());
+  shared_slots_ = 0;
+  for (const std::vector<int64_t>& bundle : bundles)
+    shared_slots_ = std::max<int64_t>(shared_slots_, static_cast<int64_t>(bundle.size()));
 
   // Sizes of this step; the buffers grow to them.
   const int64_t B = static_cast<int64_t>(ordered.size()), Hkv = num_kv_heads_, L = num_layers_;
@@ -557,13 +594,20 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       workspace = std::max<int64_t>(
           workspace,
           static_cast<int64_t>(
-              kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(warp_specialized_prefill_))));
+              kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(options_.warp_specialized_prefill))));
     }
   }
   shape.query_len = 1;
   shape.batch = static_cast<int32_t>(std::min<int64_t>(B, kMaxDecodePairs / Hkv));
   workspace = std::max<int64_t>(
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
+  if (shared_bundles_ > 0) {  // the bundles' launch: fewer sequences, more query heads each
+    kernels::AttentionShape bundled = shape;
+    bundled.batch = static_cast<int32_t>(shared_bundles_);
+    bundled.num_q_heads = static_cast<int32_t>(Hkv * group * shared_slots_);
+    workspace = std::max<int64_t>(
+        workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(bundled, kernels::DecodeLaunch{})));
+  }
 
   Buffers* b = buffers_.get();
   if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L ||
@@ -580,8 +624,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->source_rows_at = grown->dense_rows_at + Aligned(4 * grown->pairs);
     grown->decode_rows_at = grown->source_rows_at + Aligned(8 * grown->steps);
     grown->cursors_at = grown->decode_rows_at + Aligned(8 * grown->steps);
-    grown->staging_bytes =
+    const int64_t views_bytes = Aligned(static_cast<int64_t>(sizeof(kernels::SequenceLayerBf16)) * L * grown->steps);
+    grown->shared_views_at =
         grown->cursors_at + Aligned(static_cast<int64_t>(sizeof(kernels::ReadAheadCursor)) * 2 * L * grown->steps);
+    grown->own_views_at = grown->shared_views_at + views_bytes;
+    grown->shared_rows_at = grown->own_views_at + views_bytes;
+    grown->shared_q_rows_at = grown->shared_rows_at + Aligned(4 * grown->pairs);
+    grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kernels::kMaxGroup * grown->pairs);
+    grown->staging_bytes = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
     grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
@@ -621,6 +671,53 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     for (int64_t h = 0; h < Hkv; ++h) dense_rows[i * Hkv + h] = static_cast<int32_t>(Member(ordered[i]).views_->clustered);
     source_rows[i] = ordered[i].offset;
   }
+  if (shared_bundles_ > 0) {
+    auto* shared_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->shared_views_at);
+    auto* own_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->own_views_at);
+    auto* shared_rows = reinterpret_cast<int32_t*>(host + b->shared_rows_at);
+    auto* q_rows = reinterpret_cast<int64_t*>(host + b->shared_q_rows_at);
+    auto* out_rows = reinterpret_cast<int32_t*>(host + b->shared_out_rows_at);
+    const int64_t H = num_q_heads_, slots = shared_slots_, dense_members = first_squeezed_ - first_decode_;
+    for (int64_t l = 0; l < L; ++l) {
+      for (size_t k = 0; k < bundles.size(); ++k) {
+        // The context's clustered rows as one cluster, and its window from the lead member's dense
+        // part (every member holds the same copy).
+        const KernelSequence& lead = Member(ordered[first_decode_ + bundles[k][0]]);
+        kernels::SequenceLayerBf16 view = lead.views_->dense[l];
+        view.dense_keys = Bf16Data(lead.dense_keys_[l]);
+        view.dense_values = Bf16Data(lead.dense_values_[l]);
+        view.dense_head_stride = lead.dense_keys_[l].stride(0);
+        view.dense_len = static_cast<int32_t>(lead.views_->window);
+        shared_views[l * B + static_cast<int64_t>(k)] = view;
+      }
+      for (int64_t i = 0; i < dense_members; ++i) {
+        // A member's own tokens: its dense part past the window, no cluster (OwnTokensSelection).
+        kernels::SequenceLayerBf16 view = views[l * B + first_decode_ + i];
+        const int64_t window = Member(ordered[first_decode_ + i]).views_->window;
+        view.dense_keys += window * head_dim_;
+        view.dense_values += window * head_dim_;
+        view.dense_len -= static_cast<int32_t>(window);
+        own_views[l * B + i] = view;
+      }
+    }
+    for (size_t k = 0; k < bundles.size(); ++k) {
+      const std::vector<int64_t>& bundle = bundles[k];
+      for (int64_t h = 0; h < Hkv; ++h) {
+        shared_rows[static_cast<int64_t>(k) * Hkv + h] =
+            static_cast<int32_t>(Member(ordered[first_decode_ + bundle[0]]).views_->clustered);
+        for (int64_t slot = 0; slot < slots; ++slot) {
+          // A bundle smaller than the launch's slots repeats its last member (the rows are computed
+          // and not read).
+          const int64_t member = bundle[std::min<size_t>(static_cast<size_t>(slot), bundle.size() - 1)];
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t row = ((static_cast<int64_t>(k) * Hkv + h) * slots + slot) * group + g;
+            q_rows[row] = member * H + h * group + g;
+            if (slot < static_cast<int64_t>(bundle.size())) out_rows[member * H + h * group + g] = static_cast<int32_t>(row);
+          }
+        }
+      }
+    }
+  }
   b->reading_ahead = false;
   auto* cursors = reinterpret_cast<kernels::ReadAheadCursor*>(host + b->cursors_at);
   for (int64_t i = 0; i < B; ++i) {
@@ -639,7 +736,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   // The launch structure Attend will follow for the decode tokens (graph key, see the header).
   signature_ = absl::StrCat("B", B, " d", first_decode_, " s", first_squeezed_, " c", b->capacity,
                             b->estimating ? absl::StrCat(" e", b->estimate_capacity) : std::string(),
-                            b->reading_ahead ? " ra" : "");
+                            b->reading_ahead ? " ra" : "",
+                            shared_bundles_ > 0 ? absl::StrCat(" sh", shared_bundles_, "x", shared_slots_) : std::string());
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
     const auto key = SelectionKey(Member(ordered[first]));
@@ -715,6 +813,26 @@ kernels::Selection DenseSelection(const KernelAttention::Buffers& b, int64_t fir
   return s;
 }
 
+// The shared-context bundles' selection: their context's clustered part as cluster 0, whole.
+kernels::Selection SharedContextSelection(const KernelAttention::Buffers& b) {
+  kernels::Selection s = DenseSelection(b, 0);
+  s.rows = reinterpret_cast<int32_t*>(b.staging_device.data_ptr<uint8_t>() + b.shared_rows_at);
+  return s;
+}
+
+// The dense members' own tokens alone: no cluster, no row (the constants' zero rows).
+kernels::Selection OwnTokensSelection(const KernelAttention::Buffers& b) {
+  int32_t* zeros = b.dense_constants.data_ptr<int32_t>();  // ids (0)
+  kernels::Selection s;
+  s.capacity = 1;
+  s.cluster_ids = zeros;
+  s.row_start = zeros;
+  s.counts = zeros;
+  s.comparisons = zeros + 2 * b.pairs;
+  s.rows = zeros + 2 * b.pairs;
+  return s;
+}
+
 // engine/squeeze's read-ahead constants (read_ahead.h) for the cursor kernel.
 kernels::ReadAheadRule CursorRule() {
   kernels::ReadAheadRule rule;
@@ -784,7 +902,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
                                               /*lse=*/nullptr, b.workspace.data_ptr(),
-                                              PrefillLaunchOf(warp_specialized_prefill_), stream, top),
+                                              PrefillLaunchOf(options_.warp_specialized_prefill), stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
     }
@@ -845,7 +963,39 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
             "sparse_decode_attention");
     }
   };
-  if (first_squeezed_ > first_decode_) attend(first_decode_, first_squeezed_, /*dense=*/true);
+  if (shared_bundles_ > 0) {
+    // The dense members in bundles (see the header): the context once per bundle, each member's own
+    // tokens, and their merge into the members' rows of `out` (rows 0 .. dense members - 1).
+    const int64_t dense_members = first_squeezed_ - first_decode_;
+    const int64_t bundle_rows = shared_bundles_ * shared_slots_ * H;
+    const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
+    const at::Tensor q_bundled = qd.view({-1, D}).index_select(
+        0, b.staging_device.narrow(0, b.shared_q_rows_at, 8 * bundle_rows).view(at::kLong));
+    const at::Tensor context_part = at::empty({bundle_rows, D}, qd.options());
+    const at::Tensor own_part = at::empty({dense_members * H, D}, qd.options());
+    const at::Tensor lse = at::empty({bundle_rows + dense_members * H}, qd.options().dtype(at::kFloat));
+    kernels::AttentionShape bundled = shape;
+    bundled.batch = static_cast<int32_t>(shared_bundles_);
+    bundled.num_q_heads = static_cast<int32_t>(H * shared_slots_);
+    Check(kernels::sparse_decode_attention(
+              bundled, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.shared_views_at) + layer * B,
+              Bf16Data(q_bundled), SharedContextSelection(b), context_part.data_ptr(), lse.data_ptr<float>(),
+              b.workspace.data_ptr(), launch, stream),
+          "sparse_decode_attention (shared context)");
+    shape.batch = static_cast<int32_t>(dense_members);
+    Check(kernels::sparse_decode_attention(
+              shape, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
+              OwnTokensSelection(b), own_part.data_ptr(), lse.data_ptr<float>() + bundle_rows,
+              b.workspace.data_ptr(), launch, stream),
+          "sparse_decode_attention (own tokens)");
+    Check(kernels::merge_attention_parts(
+              static_cast<int>(dense_members * H), static_cast<int>(D), context_part.data_ptr(), lse.data_ptr<float>(),
+              reinterpret_cast<const int32_t*>(staged + b.shared_out_rows_at), own_part.data_ptr(),
+              lse.data_ptr<float>() + bundle_rows, out_data, /*lse=*/nullptr, stream),
+          "merge_attention_parts");
+  } else if (first_squeezed_ > first_decode_) {
+    attend(first_decode_, first_squeezed_, /*dense=*/true);
+  }
   // Selections: one launch per run of members sharing (hierarchical, thresholds).
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;

@@ -22,6 +22,14 @@
 // their selections as one select_clusters launch per distinct (hierarchical, threshold kind); a
 // query prefill runs alone (the prefill kernels take one query length per launch).
 //
+// Shared context (KernelAttentionOptions::shared_context_decode): a batch's dense questions on one
+// stored context read it once per bundle of S = kMaxGroup / G of them instead of once each. A
+// bundle is one sequence of a launch whose group is its members' query heads (S x G rows of the
+// kernel's 16-row MMA tile, which holds 8 query rows: S = 2 for Llama-3's group 4, 8 for MHA),
+// attending the context's clustered rows and window; a second launch attends each member's own
+// tokens, and kernels/merge_parts.h merges the two by log-sum-exp. At batch 8 on a 32K context the
+// KV a step reads goes from 8 to 4 copies (Llama-3) or 1 (MHA).
+//
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their
 // logits) and the attention kernels fold each in as one key (its mean value) in the same online
@@ -59,15 +67,18 @@ namespace squeezeserve {
 absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const ModelConfig& config, at::Device device,
                                          at::ScalarType dtype, std::string* reason);
 
+struct KernelAttentionOptions {
+  bool warp_specialized_prefill = false;  // EngineOptions::prefill_kernel == "warp_specialized"
+  bool programmatic_launch = true;        // EngineOptions::programmatic_launch (kernels/launch.h's switch)
+  bool shared_context_decode = true;      // EngineOptions::shared_context_decode (see above)
+};
+
 class KernelAttention : public AttentionBackend {
  public:
   // Whether this build has the CUDA kernels (SQUEEZESERVE_CUDA_KERNELS).
   static bool Compiled();
 
-  // warp_specialized_prefill: EngineOptions::prefill_kernel == "warp_specialized";
-  // programmatic_launch: EngineOptions::programmatic_launch (sets kernels/launch.h's switch).
-  KernelAttention(const ModelConfig& config, at::Device device, bool warp_specialized_prefill = false,
-                  bool programmatic_launch = true);
+  KernelAttention(const ModelConfig& config, at::Device device, const KernelAttentionOptions& options = {});
   ~KernelAttention() override;
   const char* name() const override { return "kernels"; }
 
@@ -109,7 +120,7 @@ class KernelAttention : public AttentionBackend {
 
   int64_t num_layers_, num_q_heads_, num_kv_heads_, head_dim_;
   at::Device device_;
-  bool warp_specialized_prefill_;
+  KernelAttentionOptions options_;
   std::mutex views_mu_;  // guards views_ (sequences start on any thread)
   std::map<const StoredContext*, std::pair<std::weak_ptr<const StoredContext>, std::shared_ptr<const ContextViews>>>
       views_;
@@ -124,6 +135,9 @@ class KernelAttention : public AttentionBackend {
   std::vector<size_t> decode_in_batch_order_;
   bool in_batch_order_ = false;   // every step a decode token, steps_[i] at stacked row i
   int64_t first_decode_ = 0, first_squeezed_ = 0;
+  // The dense decode tokens' shared-context bundles (0: each reads the context on its own) and the
+  // members per bundle (its largest; smaller bundles repeat a member's query in the spare slots).
+  int64_t shared_bundles_ = 0, shared_slots_ = 0;
   std::string signature_;
   uint64_t next_context_serial_ = 0;  // ContextViews::serial (guarded by views_mu_)
   std::unique_ptr<Buffers> buffers_;

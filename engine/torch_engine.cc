@@ -424,11 +424,17 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
         absl::StrCat("prefill_kernel \"", options.prefill_kernel, "\": expected mma_sync or warp_specialized"));
   }
   if (*use_kernels) {
-    engine->kernels_ = std::make_unique<KernelAttention>(
-        engine->config_, device->device, options.prefill_kernel == "warp_specialized", options.programmatic_launch);
+    KernelAttentionOptions kernel_options;
+    kernel_options.warp_specialized_prefill = options.prefill_kernel == "warp_specialized";
+    kernel_options.programmatic_launch = options.programmatic_launch;
+    kernel_options.shared_context_decode = options.shared_context_decode;
+    engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device, kernel_options);
     absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
     if (!options.programmatic_launch) {
       absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
+    }
+    if (!options.shared_context_decode) {
+      absl::StrAppend(&backend_reason, "; dense questions on one context read it once each (shared_context_decode off)");
     }
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);

@@ -73,6 +73,10 @@ ABSL_FLAG(bool, programmatic_launch, true,
           "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
           "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
           "order, for comparisons (bench/kernels/NOTES.md run 13); the log says so.");
+ABSL_FLAG(bool, shared_context_decode, true,
+          "With the CUDA kernels: dense questions decoding together on one stored context read its KV once per "
+          "bundle of up to 8 / G of them (G = query heads per KV head: 2 for Llama-3-8B, 8 for Llama-2-7B) "
+          "instead of once each. false: once each, for comparisons; the log says so.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -374,6 +378,7 @@ int Run() {
     options.attention_backend = absl::GetFlag(FLAGS_attention_backend);
     options.prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
     options.programmatic_launch = absl::GetFlag(FLAGS_programmatic_launch);
+    options.shared_context_decode = absl::GetFlag(FLAGS_shared_context_decode);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

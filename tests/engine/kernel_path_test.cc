@@ -404,9 +404,10 @@ TEST_P(KernelPathTest, BatchOfSequencesOnDifferentContextsMatchesLibtorch) {
   std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
   for (size_t i = 0; i < setup->contexts.size(); ++i) {
     const std::vector<Case> cases = Cases(*setup->contexts[i]);
-    // flat 0.5, dense, flat 0.9 twice (shared thresholds), flat keep-all, hierarchical 0.9, flat 0.9
-    // estimated twice (one estimate for both), flat keep-nothing estimated, dense, hierarchical keep-nothing
-    for (size_t pick : {1, 12, 2, 2, 4, 7, 10, 10, 11, 12, 8}) {
+    // flat 0.5, hierarchical 0.9 estimated, flat 0.9 twice (shared thresholds), flat keep-all,
+    // hierarchical 0.9, flat 0.9 estimated twice (one estimate for both), flat keep-nothing estimated,
+    // hierarchical 0.9 estimated, dense, hierarchical keep-nothing
+    for (size_t pick : {1, 12, 2, 2, 4, 7, 10, 10, 11, 12, 16, 8}) {
       if (pick < cases.size()) members.emplace_back(setup->contexts[i], cases[pick]);
     }
   }
@@ -427,6 +428,26 @@ TEST_P(KernelPathTest, BatchOfQuestionsOnOneContextMatchesLibtorch) {
   for (size_t pick : {2, 2, 2, 7, 7, 7, 10, 10}) {
     if (pick < cases.size()) members.emplace_back(setup->contexts[0], cases[pick]);
   }
+  ExpectBatchMatchesLibtorch(*setup, members);
+}
+
+// Dense questions on one document read it in shared-context bundles of up to 8 / G
+// (KernelAttentionOptions::shared_context_decode): five on the first context (with G = 4 or 3,
+// bundles of two and a short one padded), two on the second, and a squeezed member among them; the
+// late member (dense, second context) joins one step late. Every dense member's logits must be
+// within kLogitsBound of libtorch's at every step.
+TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  const Case dense = Cases(*setup->contexts[0]).back();
+  ASSERT_TRUE(dense.dense);
+  const Case squeezed = Cases(*setup->contexts[0])[2];  // flat 0.9
+  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members = {
+      {setup->contexts[0], dense}, {setup->contexts[0], dense},    {setup->contexts[1], dense},
+      {setup->contexts[0], dense}, {setup->contexts[0], squeezed}, {setup->contexts[0], dense},
+      {setup->contexts[0], dense}, {setup->contexts[1], dense}};
   ExpectBatchMatchesLibtorch(*setup, members);
 }
 
@@ -694,7 +715,7 @@ TEST(AttentionBackendTest, CudaGraphsEqualEagerDecode) {
     int max_new_tokens = 16;
     int joins_at = 0;
   };
-  std::vector<Member> members(5);
+  std::vector<Member> members(7);
   members[0].attention.mode = AttentionMode::kDense;
   members[0].max_new_tokens = 16;
   members[1].attention.sparsity = 0.9f;
@@ -713,6 +734,14 @@ TEST(AttentionBackendTest, CudaGraphsEqualEagerDecode) {
   members[4].attention.read_ahead = true;
   members[4].joins_at = 9;
   members[4].max_new_tokens = 4;
+  // Dense questions beside member 0 on the same context: shared-context bundles of two (group 4),
+  // then two and one padded, whose graphs replay for any order of the members.
+  members[5] = members[0];
+  members[5].joins_at = 2;
+  members[5].max_new_tokens = 12;
+  members[6] = members[0];
+  members[6].joins_at = 5;
+  members[6].max_new_tokens = 8;
   std::vector<std::unique_ptr<Generation>> on_graphs(members.size()), on_eager(members.size());
   for (int step = 0; step < 16; ++step) {
     std::vector<Generation*> batch_a, batch_b;
