@@ -80,7 +80,7 @@ struct EngineOptions {
   // while the previous one drains, its index reads under that tail: kernels/chained_launch.cuh);
   // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).
   bool programmatic_launch = true;
-  // A batch's dense decode tokens on one stored context read it once per bundle of up to 8 / G of
+  // A batch's dense decode tokens on one stored context read it once per bundle of up to 16 / G of
   // them (G = the GQA group) instead of once each, on the CUDA kernels (engine/kernel_attention.h);
   // false = once each (for comparisons).
   bool shared_context_decode = true;

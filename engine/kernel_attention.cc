@@ -41,6 +41,9 @@ bool IsKernelShape(const ModelConfig& c) {
 constexpr int64_t kMaxSelectionRows = 16384;
 // sparse_decode_attention takes at most this many (sequence, KV head) pairs per launch.
 constexpr int64_t kMaxDecodePairs = 2048;
+// Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
+// checked where decode_attention.h is included).
+constexpr int64_t kMaxBundleGroup = 16;
 
 const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
 
@@ -272,7 +275,7 @@ struct KernelAttention::Buffers {
   // Shared-context decode (KernelAttention::shared_bundles_): staging also holds per layer the
   // bundles' views and the dense members' own-token views ([layers][steps] each), the bundles'
   // context rows per KV head [pairs] int32, each bundle query row's row in the decode queries
-  // [8 x pairs] int64 (bundle, KV head, slot, group head; at most kMaxGroup rows per pair), and each
+  // [16 x pairs] int64 (bundle, KV head, slot, group head; at most kMaxBundleGroup rows per pair), and each
   // dense member query row's row in the bundles' output [steps x H_q] int32 (the merge's a_row).
   int64_t shared_views_at = 0, own_views_at = 0, shared_rows_at = 0, shared_q_rows_at = 0, shared_out_rows_at = 0;
   at::Tensor top_position, top_share;
@@ -301,6 +304,7 @@ struct KernelAttention::Buffers {
 };
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
+static_assert(kMaxBundleGroup == kernels::kMaxDecodeGroup, "a bundle's group is the decode kernel's largest");
 namespace {
 
 void Check(int err, const char* what) {
@@ -542,7 +546,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   const int64_t group = num_q_heads_ / num_kv_heads_;
   const std::vector<std::vector<int64_t>> bundles =
       options_.shared_context_decode && (first_squeezed_ - first_decode_) * num_kv_heads_ <= kMaxDecodePairs
-          ? SharedContextBundles(ordered, first_decode_, first_squeezed_, kernels::kMaxGroup / group)
+          ? SharedContextBundles(ordered, first_decode_, first_squeezed_, kMaxBundleGroup / group)
           : std::vector<std::vector<int64_t>>{};
   shared_bundles_ = static_cast<int64_t>(bundles.size());
   shared_slots_ = 0;
@@ -630,7 +634,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->own_views_at = grown->shared_views_at + views_bytes;
     grown->shared_rows_at = grown->own_views_at + views_bytes;
     grown->shared_q_rows_at = grown->shared_rows_at + Aligned(4 * grown->pairs);
-    grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kernels::kMaxGroup * grown->pairs);
+    grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
     grown->staging_bytes = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));

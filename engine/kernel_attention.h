@@ -23,12 +23,12 @@
 // query prefill runs alone (the prefill kernels take one query length per launch).
 //
 // Shared context (KernelAttentionOptions::shared_context_decode): a batch's dense questions on one
-// stored context read it once per bundle of S = kMaxGroup / G of them instead of once each. A
-// bundle is one sequence of a launch whose group is its members' query heads (S x G rows of the
-// kernel's 16-row MMA tile, which holds 8 query rows: S = 2 for Llama-3's group 4, 8 for MHA),
+// stored context read it once per bundle of S = 16 / G of them instead of once each. A bundle is
+// one sequence of a launch whose group is its members' query heads (S x G rows of the decode
+// kernel's 16-row MMA tile, kernels::kMaxDecodeGroup: S = 4 for Llama-3's group 4, 16 for MHA),
 // attending the context's clustered rows and window; a second launch attends each member's own
 // tokens, and kernels/merge_parts.h merges the two by log-sum-exp. At batch 8 on a 32K context the
-// KV a step reads goes from 8 to 4 copies (Llama-3) or 1 (MHA).
+// KV a step reads goes from 8 copies to 2 (Llama-3) or 1 (MHA).
 //
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their

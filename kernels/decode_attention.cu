@@ -148,7 +148,7 @@ struct DecodeArgs {
   float* lse;
   TopKeys top;
   DecodeWorkspace ws;
-  int batch, hkv, g;  // g: query heads per KV head (1..8)
+  int batch, hkv, g;  // g: query heads per KV head (1..16; above 8 the kHigh variant)
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
   bool align_heads;    // DecodeLaunch::align_heads
@@ -246,7 +246,8 @@ struct WarpTiles {
 
 // The online softmax's step for a tile: raises the state's max to the tile's (this lane's part
 // tile_max, reduced over the quad that holds one query head) and rescales o (and with kTop ctx).
-template <int D, bool kTop>
+// kHalf: the query head's rows of the MMA tile, lane / 4 (0: c0, c1) or lane / 4 + 8 (1: c2, c3).
+template <int D, bool kTop, int kHalf = 0>
 __device__ __forceinline__ void rescale_to_tile(float tile_max, SoftmaxState& st, float& ctx, float (&o)[D / 8][4]) {
   tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
   tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
@@ -254,8 +255,8 @@ __device__ __forceinline__ void rescale_to_tile(float tile_max, SoftmaxState& st
   if (kTop) ctx *= corr;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
-    o[n][0] *= corr;
-    o[n][1] *= corr;
+    o[n][2 * kHalf] *= corr;
+    o[n][2 * kHalf + 1] *= corr;
   }
 }
 
@@ -310,12 +311,15 @@ __device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, cons
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
 // lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
-// context sum and its top key (as a physical row). Uses `smem`, `bias` and `codes`, the warp's
-// stage buffers.
-template <int D, bool kTop, bool kWide>
+// context sum and its top key (as a physical row). kHigh (groups above 8: no estimate, no top
+// keys): query heads 8..15 too, rows lane / 4 + 8 of the tile, their state in st_hi. Uses `smem`,
+// `bias` and `codes`, the warp's stage buffers.
+template <int D, bool kTop, bool kWide, bool kHigh>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
                                             __nv_bfloat16* smem, float* bias, int* codes, float scale_log2, int lane,
-                                            float (&o)[D / 8][4], SoftmaxState& st, float& ctx, TopKey& top) {
+                                            float (&o)[D / 8][4], SoftmaxState& st, SoftmaxState& st_hi, float& ctx,
+                                            TopKey& top) {
+  static_assert(!kHigh || (!kTop && !kWide), "query heads 8..15 only without top keys and wide tiles");
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   const WarpTiles<kWide> tiles = WarpTiles<kWide>::of(vr, w0, w1);
@@ -440,7 +444,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         mma_bf16_16816(s[n], qa[kc + 1], kb[2], kb[3]);
       }
     }
-    // This lane's head lane / 4 (c0, c1; c2, c3 are padding rows): keys n * 8 + 2 * (lane & 3) + e.
+    // This lane's head lane / 4 (c0, c1; c2, c3: head lane / 4 + 8 with kHigh, else padding rows):
+    // keys n * 8 + 2 * (lane & 3) + e.
     const int v = tiles.start(t);
     const bool tile_bias = has_estimate(v);
     float tile_max = neg_inf();
@@ -467,7 +472,29 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         st.l += p[n][e];
         if (kTop && v + n * 8 + 2 * (lane & 3) + e < ctx_end) ctx += p[n][e];
       }
-    const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
+    uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
+    if constexpr (kHigh) {  // heads 8..15: the same softmax over c2, c3, P's rows 8..15 (a1, a3)
+      float hi_max = neg_inf(), unused_ctx = 0.f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = v + n * 8 + 2 * (lane & 3) + e;
+          s[n][2 + e] = key < w1 ? s[n][2 + e] * scale_log2 : neg_inf();
+          hi_max = fmaxf(hi_max, s[n][2 + e]);
+        }
+      rescale_to_tile<D, false, 1>(hi_max, st_hi, unused_ctx, o);
+      float q[2][2];
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          q[n][e] = s[n][2 + e] == neg_inf() ? 0.f : exp2f(s[n][2 + e] - st_hi.m);
+          st_hi.l += q[n][e];
+        }
+      pa[1] = pack_bf16(q[0][0], q[0][1]);
+      pa[3] = pack_bf16(q[1][0], q[1][1]);
+    }
     add_pv<D>(pa, vs, lane, o);
   }
   cp_async_wait<0>();
@@ -502,9 +529,9 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
 // where loads into registers, 8 pieces at a time, took one per 8 (five at Llama-3 512K batch 1,
 // 33 pieces per head, at the end of the step's critical path). Every thread merges its (query
 // head, 4 dims) items from there, in slot order.
-template <int D, bool kTop>
+template <int D, bool kTop, bool kHigh>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsigned char* smem) {
-  constexpr int kItems = (kMaxGroup * D / 4 + kThreads - 1) / kThreads;
+  constexpr int kItems = ((kHigh ? kMaxDecodeGroup : kMaxGroup) * D / 4 + kThreads - 1) / kThreads;
   const int G = a.g, items = G * D / 4;
   const int capacity = static_cast<int>(kSmemBytes<D> / (G * (sizeof(float) * D + sizeof(float4) + sizeof(int))));
   float* piece_o = reinterpret_cast<float*>(smem);                               // [capacity][G][D]
@@ -596,8 +623,9 @@ __device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }
 
-// kTop: read-ahead's top keys (TopKeys); kWide: estimated rows in wide tiles (WarpTiles).
-template <int D, bool kTop, bool kWide>
+// kTop: read-ahead's top keys (TopKeys); kWide: estimated rows in wide tiles (WarpTiles); kHigh:
+// groups above 8 (query heads 8..15 in the MMA tile's rows 8..15; neither of the others).
+template <int D, bool kTop, bool kWide, bool kHigh>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -683,17 +711,20 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     const int w1 = min(piece.warp_start(cost, warp + 1), vr.total());
 
     // Q as A fragments: row lane / 4 = query head g of the group (a0: dims 2*(lane&3)+{0,1} of
-    // the 16-dim chunk, a2: the same + 8); rows >= G and 8..15 (a1, a3) are zero.
+    // the 16-dim chunk, a2: the same + 8); rows >= G are zero, and so are rows 8..15 (a1, a3)
+    // but with kHigh, where they are query heads g + 8.
     const int g = lane >> 2;
     uint32_t qa[D / 16][4];
     {
       const __nv_bfloat16* q = a.q + (static_cast<int64_t>(bh) * G + min(g, G - 1)) * D + 2 * (lane & 3);
+      const __nv_bfloat16* q_hi = a.q + (static_cast<int64_t>(bh) * G + min(g + 8, G - 1)) * D + 2 * (lane & 3);
+      const bool hi = kHigh && g + 8 < G;
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc) {
         qa[kc][0] = g < G ? __ldg(reinterpret_cast<const unsigned*>(q + kc * 16)) : 0u;
-        qa[kc][1] = 0u;
+        qa[kc][1] = hi ? __ldg(reinterpret_cast<const unsigned*>(q_hi + kc * 16)) : 0u;
         qa[kc][2] = g < G ? __ldg(reinterpret_cast<const unsigned*>(q + kc * 16 + 8)) : 0u;
-        qa[kc][3] = 0u;
+        qa[kc][3] = hi ? __ldg(reinterpret_cast<const unsigned*>(q_hi + kc * 16 + 8)) : 0u;
       }
     }
     float o[D / 8][4];
@@ -701,14 +732,18 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-    SoftmaxState st = SoftmaxState::empty();
+    SoftmaxState st = SoftmaxState::empty(), st_hi = SoftmaxState::empty();
     float ctx = 0.f;
     TopKey top = TopKey::none();
-    attend_rows<D, kTop, kWide>(vr, w0, w1, qa, warp_smem, warp_bias, warp_codes, a.scale_log2, lane, o, st, ctx,
-                                top);
+    attend_rows<D, kTop, kWide, kHigh>(vr, w0, w1, qa, warp_smem, warp_bias, warp_codes, a.scale_log2, lane, o, st,
+                                       st_hi, ctx, top);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
+    if (kHigh) {
+      st_hi.l += __shfl_xor_sync(0xffffffffu, st_hi.l, 1);
+      st_hi.l += __shfl_xor_sync(0xffffffffu, st_hi.l, 2);
+    }
     if (kTop) {
       ctx += __shfl_xor_sync(0xffffffffu, ctx, 1);
       ctx += __shfl_xor_sync(0xffffffffu, ctx, 2);
@@ -728,6 +763,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
         if ((lane & 3) == 0) {
           red_st[g] = make_float4(st.m, st.l, ctx, top.s);
           red_top[g] = top.v;
+        }
+      }
+      if (kHigh && g + 8 < G) {  // heads 8..15 from c2, c3 (no top keys: ctx and top unused)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+          *reinterpret_cast<float2*>(red_o + (g + 8) * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][2], o[n][3]);
+        if ((lane & 3) == 0) {
+          red_st[g + 8] = make_float4(st_hi.m, st_hi.l, 0.f, neg_inf());
+          red_top[g + 8] = -1;
         }
       }
     }
@@ -778,7 +822,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     if (pieces == 0) DECODE_TRACE(4);
     if (merge_flag) {
       __threadfence();
-      merge_head<D, kTop>(a, bh, first_cta + bh, num_pieces, smem_raw);
+      merge_head<D, kTop, kHigh>(a, bh, first_cta + bh, num_pieces, smem_raw);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (DecodeLaunch::tickets)
       ++merges;
     }
@@ -791,19 +835,22 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 using DecodeKernel = void (*)(DecodeArgs);
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
-// tile, so it changes no loop the streaming depends on).
+// tile, so it changes no loop the streaming depends on); 9..16 take the kHigh variant, which has
+// neither top keys nor wide tiles.
 template <int D>
-DecodeKernel kernel_for(bool top, bool wide) {
-  if (wide) return top ? decode_kernel<D, true, true> : decode_kernel<D, false, true>;
-  return top ? decode_kernel<D, true, false> : decode_kernel<D, false, false>;
+DecodeKernel kernel_for(bool top, bool wide, bool high) {
+  if (high) return top || wide ? nullptr : decode_kernel<D, false, false, true>;
+  if (wide) return top ? decode_kernel<D, true, true, false> : decode_kernel<D, false, true, false>;
+  return top ? decode_kernel<D, true, false, false> : decode_kernel<D, false, false, false>;
 }
 
 // wide: the selection provides the estimate's logits and 32 rows of them fit a stage (WarpTiles).
 DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide) {
-  if (group < 1 || group > kMaxGroup) return nullptr;
-  wide = wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
-  if (head_dim == 64) return kernel_for<64>(top, wide);
-  if (head_dim == 128) return kernel_for<128>(top, wide);
+  if (group < 1 || group > kMaxDecodeGroup) return nullptr;
+  const bool high = group > kMaxGroup;
+  wide = !high && wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
+  if (head_dim == 64) return kernel_for<64>(top, wide, high);
+  if (head_dim == 128) return kernel_for<128>(top, wide, high);
   return nullptr;
 }
 
@@ -869,6 +916,9 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
                                          selection.estimate_logits != nullptr && launch.wide_estimate_tiles);
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
+    return cudaErrorInvalidValue;
+  // Groups above 8 have no bias rows for heads 8..15: no pruned-cluster estimate.
+  if (g > kMaxGroup && (selection.estimated != nullptr || selection.estimate_ids != nullptr))
     return cudaErrorInvalidValue;
   int ctas = 0;
   cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);

@@ -58,12 +58,19 @@ struct DecodeLaunch {
 // Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
 constexpr int32_t kDefaultPieceStartRows = 768;
 
+// A launch without the pruned-cluster estimate and without TopKeys takes groups of up to 16 query
+// heads per KV head: every row of the kernel's 16-row MMA tile (up to kMaxGroup, rows 8..15 are
+// padding). The engine's shared-context bundles use them: several dense questions' query heads as
+// one group over the context they share (engine/kernel_attention.h).
+constexpr int kMaxDecodeGroup = 16;
+
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 
 // seqs: device array of B views. q, out: device bf16 [B][Hq][D]. lse: nullable device fp32 [B][Hq]
 // (natural log). selection: device arrays from select_clusters(). top: read-ahead's outputs
 // (squeeze_types.h; device [B][Hq]; needs every view's perm and window_len), default none.
-// Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included), B * H_kv <= 2048.
+// Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate
+// and TopKeys, 9..kMaxDecodeGroup; B * H_kv <= 2048.
 // The workspace (decode_attention_workspace_bytes) serves launches with and without `top`.
 // Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,

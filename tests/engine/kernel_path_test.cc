@@ -431,9 +431,10 @@ TEST_P(KernelPathTest, BatchOfQuestionsOnOneContextMatchesLibtorch) {
   ExpectBatchMatchesLibtorch(*setup, members);
 }
 
-// Dense questions on one document read it in shared-context bundles of up to 8 / G
-// (KernelAttentionOptions::shared_context_decode): five on the first context (with G = 4 or 3,
-// bundles of two and a short one padded), two on the second, and a squeezed member among them; the
+// Dense questions on one document read it in shared-context bundles of up to 16 / G
+// (KernelAttentionOptions::shared_context_decode): five on the first context (G = 4: a bundle of
+// four, the decode kernel's groups above 8, and one of one padded to four; G = 3: one of five; G = 1:
+// one of five, a group of 5), two on the second, and a squeezed member among them; the
 // late member (dense, second context) joins one step late. Every dense member's logits must be
 // within kLogitsBound of libtorch's at every step.
 TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
@@ -734,8 +735,8 @@ TEST(AttentionBackendTest, CudaGraphsEqualEagerDecode) {
   members[4].attention.read_ahead = true;
   members[4].joins_at = 9;
   members[4].max_new_tokens = 4;
-  // Dense questions beside member 0 on the same context: shared-context bundles of two (group 4),
-  // then two and one padded, whose graphs replay for any order of the members.
+  // Dense questions beside member 0 on the same context: shared-context bundles of two, then three
+  // (group 12: the decode kernel's rows 8..15), whose graphs replay for any order of the members.
   members[5] = members[0];
   members[5].joins_at = 2;
   members[5].max_new_tokens = 12;

@@ -1,0 +1,167 @@
+#include "bench/kernels/bundle_check.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/kernels/device_layer.h"
+#include "kernels/attention_ref.h"
+#include "kernels/decode_attention.h"
+
+namespace squeezeserve::kernels::bench {
+namespace {
+
+// Groups above kMaxGroup have no selection kernel (the engine's bundles are dense: its context as
+// one selected cluster, or no cluster for the own tokens), so the selection here is made on the
+// host: each (sequence, KV head) keeps every cluster (`keep` 1), a random share of them, or none
+// (0: the dense rows only). The launch runs on poisoned outputs; pass: ||out - ref|| / ||ref|| <=
+// 1e-2, LSE max abs error <= 1e-2 (kernels_check's bounds), no NaN; and a launch of the same group
+// that carries the estimate's arrays is refused (cudaErrorInvalidValue), as is group 17.
+struct BundleCase {
+  std::string name;
+  int d, g, hkv;
+  std::vector<int> rows;  // N per sequence
+  int cluster_size, dense_len;
+  float keep;
+  int ctas;  // DecodeLaunch::num_ctas (0: the device's)
+};
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) nan = true;
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+bool check_case(const BundleCase& c, uint64_t seed) {
+  const int batch = static_cast<int>(c.rows.size());
+  AttentionShape shape;
+  shape.batch = batch;
+  shape.num_kv_heads = c.hkv;
+  shape.num_q_heads = c.hkv * c.g;
+  shape.head_dim = c.d;
+  shape.query_len = 1;
+  std::vector<std::unique_ptr<DeviceLayer>> layers;
+  std::vector<SequenceLayerF32> host_views;
+  std::vector<SequenceLayerBf16> dev_views;
+  int capacity = 1;
+  for (int b = 0; b < batch; ++b) {
+    SyntheticSpec spec;
+    spec.num_kv_heads = c.hkv;
+    spec.head_dim = c.d;
+    spec.num_rows = c.rows[b];
+    spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
+    spec.dense_len = c.dense_len;
+    spec.empty_fraction = 0.1f;
+    spec.seed = seed * 1000 + b;
+    layers.push_back(std::make_unique<DeviceLayer>(spec));
+    host_views.push_back(layers.back()->host.view());
+    dev_views.push_back(layers.back()->dev);
+    capacity = std::max(capacity, spec.num_clusters);
+  }
+  // The host selection: kept clusters in ascending order, their rows laid end to end.
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  const int heads = batch * c.hkv;
+  std::vector<int32_t> ids(static_cast<size_t>(heads) * capacity, 0), starts(ids.size(), 0), counts(heads), rows(heads),
+      cmp(heads, 0);
+  for (int b = 0; b < batch; ++b)
+    for (int h = 0; h < c.hkv; ++h) {
+      const int x = b * c.hkv + h, k = host_views[b].num_clusters;
+      const int32_t* off = host_views[b].offsets + static_cast<int64_t>(h) * (k + 1);
+      int n = 0, r = 0;
+      for (int j = 0; j < k; ++j) {
+        if (off[j + 1] == off[j] || !(c.keep >= 1.f || u(rng) < c.keep)) continue;
+        ids[static_cast<size_t>(x) * capacity + n] = j;
+        starts[static_cast<size_t>(x) * capacity + n] = r;
+        r += off[j + 1] - off[j];
+        ++n;
+      }
+      counts[x] = n;
+      rows[x] = r;
+    }
+  const Selection host_sel{ids.data(), starts.data(), counts.data(), rows.data(), cmp.data(), capacity};
+  const std::vector<float> qf = random_normal(static_cast<int64_t>(batch) * shape.num_q_heads * c.d, seed + 5, 1.5f);
+  std::vector<float> q = qf;
+  const std::vector<uint16_t> q_bits = round_to_bf16(q);
+  const size_t out_n = q.size();
+  std::vector<float> ref(out_n), ref_lse(out_n / c.d);
+  sparse_attention_ref(shape, host_views.data(), q.data(), host_sel, ref.data(), ref_lse.data());
+
+  DeviceSelection dsel(heads, capacity);
+  CUDA_OK(cudaMemcpy(dsel.sel.cluster_ids, ids.data(), sizeof(int32_t) * ids.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dsel.sel.row_start, starts.data(), sizeof(int32_t) * starts.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dsel.sel.counts, counts.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dsel.sel.rows, rows.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dsel.sel.comparisons, cmp.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+  SequenceLayerBf16* d_views = upload(dev_views);
+  uint16_t* d_q = upload(q_bits);
+  uint16_t* d_out = upload(std::vector<uint16_t>(out_n, 0xffff));  // bf16 NaN
+  float* d_lse = upload(std::vector<float>(out_n / c.d, NAN));
+  DecodeLaunch launch;
+  launch.num_ctas = c.ctas;
+  void* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
+  CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> out_bits = download(d_out, out_n);
+  const std::vector<float> lse = download(d_lse, out_n / c.d);
+  std::vector<float> out(out_n);
+  for (size_t i = 0; i < out_n; ++i) out[i] = from_bf16_bits(out_bits[i]);
+  bool nan = false;
+  const double rel = rel_error(out, ref, nan);
+  double lse_err = 0;
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isnan(lse[i])) nan = true;
+    lse_err = std::isinf(ref_lse[i]) || std::isinf(lse[i]) ? (lse[i] == ref_lse[i] ? lse_err : INFINITY)
+                                                           : std::max(lse_err, std::fabs(double(lse[i]) - ref_lse[i]));
+  }
+  // Refused: the estimate's arrays at a group above 8, and a group above 16.
+  DeviceSelection with_estimate(heads, capacity, capacity);
+  const bool refuses_estimate =
+      sparse_decode_attention(shape, d_views, d_q, with_estimate.sel, d_out, d_lse, ws, launch, nullptr) ==
+      cudaErrorInvalidValue;
+  AttentionShape too_many = shape;
+  too_many.num_q_heads = c.hkv * (kMaxDecodeGroup + 1);
+  const bool refuses_17 =
+      sparse_decode_attention(too_many, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr) ==
+      cudaErrorInvalidValue;
+  int kept = 0, total = 0;
+  for (int x = 0; x < heads; ++x) kept += rows[x];
+  for (int b = 0; b < batch; ++b) total += c.rows[b] * c.hkv;
+  const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && refuses_estimate && refuses_17;
+  std::printf("%-40s %3d %12s %10.2e %10.2e %8s %s\n", c.name.c_str(), c.g,
+              (std::to_string(kept) + "/" + std::to_string(total)).c_str(), rel, lse_err,
+              refuses_estimate && refuses_17 ? "yes" : "NO", pass ? "PASS" : "FAIL");
+  for (void* p : std::vector<void*>{d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  return pass;
+}
+
+}  // namespace
+
+bool run_bundle_checks(uint64_t seed) {
+  const std::vector<BundleCase> cases = {
+      // name                                     d   g  hkv rows                 csz dense keep  ctas
+      {"bundle d128 g16 Llama-3 x4 whole",       128, 16, 8, {9001},               1, 100, 1.f,  0},
+      {"bundle d128 g16 batch2 subset",          128, 16, 2, {6007, 700},          7,  30, 0.3f, 0},
+      {"bundle d64 g12 batch3 3 ctas",            64, 12, 2, {2000, 17, 900},      5,  20, 0.5f, 3},
+      {"bundle d128 g9 1 cta",                   128,  9, 2, {4003},               3,  11, 0.4f, 1},
+      {"bundle d64 g15 no dense rows",            64, 15, 2, {3001, 1500},         4,   0, 1.f,  0},
+      {"bundle d128 g16 own tokens only",        128, 16, 4, {1000, 500},          4,  37, 0.f,  0},
+      {"bundle d128 g16 many pieces",            128, 16, 1, {30011},              2,  64, 0.6f, 0},
+  };
+  std::printf("\n%-40s %3s %12s %10s %10s %8s %s\n", "case", "G", "rows", "attn_rel", "lse_err", "refuses",
+              "result");
+  bool all = true;
+  for (const BundleCase& c : cases) all &= check_case(c, seed++);
+  return all;
+}
+
+}  // namespace squeezeserve::kernels::bench
