@@ -254,7 +254,7 @@ def main(argv):
     ap.add_argument("--full", nargs="*", default=None,
                     help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json; the "
                          "TPOT-ratio targets also read full_*_h100.json after them)")
-    ap.add_argument("--accuracy", default=os.path.join(RESULTS, "longctx_8192_16384_h100_kernels.json"))
+    ap.add_argument("--accuracy", default=os.path.join(RESULTS, "longctx_8192_16384_h100_run21_shared_dense.json"))
     args = ap.parse_args(argv)
     full = args.full if args.full is not None else sorted(glob.glob(os.path.join(RESULTS, "full_*_h200.json")))
     kernels = args.kernels if args.kernels is not None else (

@@ -37,7 +37,7 @@ struct DecodeGraphs::Graph {
 // streaming of the step added). Logged per run of replays of one graph, when another graph
 // replays, after kMaxSteps replays, or at shutdown, as one line:
 //   "decode graph replays: batch 8, 31 steps, device 11.02 ms, launch to launch 11.85 ms (medians),
-//    from 1796404422270 to 1796404422641 unix ms"
+//    from 1796404422270 to 1796404422641 unix ms[; <KernelAttention::SharedContextNote()>]"
 // (scripts/gpu/full_model_bench.py attributes the lines to its rows by time). Runs shorter than
 // kMinSteps are not logged (a server under varied load changes graphs nearly every step).
 class DecodeGraphs::ReplayTimer {
@@ -53,12 +53,13 @@ class DecodeGraphs::ReplayTimer {
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   // Around graph.replay() on `stream`.
-  void Before(cudaStream_t stream, const std::string& key, int64_t batch) {
+  void Before(cudaStream_t stream, const std::string& key, int64_t batch, const std::string& note) {
     Collect();
     if (key != key_ || device_ms_.size() >= kMaxSteps) {
       Flush();
       key_ = key;
       batch_ = batch;
+      note_ = note;
     }
     const Clock::time_point now = Clock::now();
     if (!device_ms_.empty()) cycle_ms_.push_back(std::chrono::duration<double, std::milli>(now - last_launch_).count());
@@ -108,8 +109,9 @@ class DecodeGraphs::ReplayTimer {
     if (device_ms_.size() >= kMinSteps && !cycle_ms_.empty()) {
       LogEngineInfo(absl::StrFormat(
           "decode graph replays: batch %d, %d steps, device %.2f ms, launch to launch %.2f ms (medians), "
-          "from %d to %d unix ms",
-          batch_, device_ms_.size(), Median(device_ms_), Median(cycle_ms_), first_unix_ms_, last_unix_ms_));
+          "from %d to %d unix ms%s",
+          batch_, device_ms_.size(), Median(device_ms_), Median(cycle_ms_), first_unix_ms_, last_unix_ms_,
+          note_.empty() ? "" : "; " + note_));
     }
     device_ms_.clear();
     cycle_ms_.clear();
@@ -119,7 +121,7 @@ class DecodeGraphs::ReplayTimer {
   cudaEvent_t start_ = nullptr, end_ = nullptr;
 #endif
   bool pending_ = false;
-  std::string key_;
+  std::string key_, note_;
   int64_t batch_ = 0, first_unix_ms_ = 0, last_unix_ms_ = 0;
   std::vector<double> device_ms_, cycle_ms_;
   Clock::time_point last_launch_;
@@ -225,7 +227,7 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
       Graph& graph = *graphs_.front();
       graph.inputs.copy_(host, /*non_blocking=*/true);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-      timer_->Before(stream, key, B);
+      timer_->Before(stream, key, B, kernels_.SharedContextNote());
       // Named for Nsight Compute (scripts/gpu/profile_decode_graph.sh): one batch size's replays.
       const std::string range = absl::StrCat("decode_graph_B", B);
       nvtxRangePushA(range.c_str());

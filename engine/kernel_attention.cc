@@ -397,6 +397,12 @@ std::string KernelAttention::PrefillKernelNote() const {
                       "device and build; head_dim is ", head_dim_, ")");
 }
 
+std::string KernelAttention::SharedContextNote() const {
+  if (shared_bundles_ == 0) return "";
+  return absl::StrCat("dense questions in ", shared_bundles_, " shared-context bundle", shared_bundles_ > 1 ? "s" : "",
+                      " of up to ", shared_slots_);
+}
+
 std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const AttentionOptions& attention) {
   if (std::string why = WhyContextNotOnKernels(context); !why.empty()) return why;
   if (!context.summary().has_index || context.index().empty()) return "the context has no Squeezed index";

@@ -108,6 +108,9 @@ class KernelAttention : public AttentionBackend {
   // launch-wide parameters) and the contexts of the estimate's libtorch ops. Two steps with the same
   // signature and buffers_version() can replay one graph (decode_graphs.h).
   const std::string& launch_signature() const { return signature_; }
+  // For the log, between Plan and Finish: how the planned step's dense decode tokens share their
+  // contexts ("dense questions in 2 shared-context bundles of up to 4"); empty when they do not.
+  std::string SharedContextNote() const;
   // Bumped whenever Plan reallocates a persistent buffer: a CUDA graph captured under an older
   // value reads freed memory and must be captured again.
   int64_t buffers_version() const { return buffers_version_; }
