@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/attention.h"
 #include "engine/squeeze/read_ahead.h"
 #include "kernels/read_ahead.h"
 #include "kernels/squeeze_types.h"
@@ -590,10 +589,11 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   limits.max_clusters = static_cast<int32_t>(capacity);
   limits.max_coarse = max_coarse;
   for (const SequenceStep& s : ordered) {
-    if (!Member(s).squeezed_) continue;
     shape.batch = IsDecode(s) ? static_cast<int32_t>(B) : 1;
     shape.query_len = static_cast<int32_t>(s.num_tokens);
-    workspace = std::max<int64_t>(workspace, static_cast<int64_t>(kernels::selection_workspace_bytes(shape, limits)));
+    if (Member(s).squeezed_) {
+      workspace = std::max<int64_t>(workspace, static_cast<int64_t>(kernels::selection_workspace_bytes(shape, limits)));
+    }
     if (IsDecode(s)) continue;
     // The prefill attention's split partials reuse the selection's scratch once the block's
     // selection is done: sized for the chunk's whole blocks and its last one.
@@ -874,18 +874,12 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     seq.dense_keys_[layer].narrow(1, W + seq.length_, n).copy_(k.narrow(1, step.offset, n));
     seq.dense_values_[layer].narrow(1, W + seq.length_, n).copy_(v.narrow(1, step.offset, n));
     const at::Tensor qs = q.narrow(1, step.offset, n);
-    if (!seq.squeezed_) {
-      // Dense: libtorch's fused attention over the stored context (all of it, no mask) and over the
-      // own tokens (causal), merged.
-      const AttentionPart own = AttendWithLse(qs, seq.dense_keys_[layer].narrow(1, W, seq.length_ + n),
-                                              seq.dense_values_[layer].narrow(1, W, seq.length_ + n), seq.length_);
-      const AttentionPart context = AttendWithLse(qs, seq.context_->keys()[layer], seq.context_->values()[layer], -1);
-      outputs[order_of_[i]] = MergeLse(context, own).out.to(q.scalar_type()).transpose(0, 1).reshape({n, H * D});
-      continue;
-    }
-    // Squeezed: blocks of at most kMaxSelectionRows query rows, each selecting its clusters (with
-    // read-ahead, every block forces the cursor's clusters and reports its top keys; the cursor
-    // advances once over the whole chunk, as the libtorch lookup's does).
+    // Blocks of at most kMaxSelectionRows query rows through the prefill attention: a squeezed
+    // chunk's blocks each select their clusters first (with read-ahead, every block forces the
+    // cursor's clusters and reports its top keys; the cursor advances once over the whole chunk, as
+    // the libtorch lookup's does); a dense chunk attends its whole context as one cluster, as its
+    // decode tokens do (split-K over every SM: libtorch's fused attention gave a 64-token question's
+    // ~32 row tiles one CTA each).
     std::vector<at::Tensor> blocks;
     const int64_t block = PrefillBlockTokens(G);
     const at::TensorOptions ints = q.options().dtype(at::kInt);
@@ -899,14 +893,17 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       const auto* views = reinterpret_cast<const kernels::SequenceLayerBf16*>(view_device.data_ptr());
       shape.batch = 1;
       shape.query_len = static_cast<int32_t>(m);
-      const kernels::SelectionParams params = ParamsFor(seq, /*decode=*/false);
-      kernels::SelectionLimits limits;
-      limits.max_clusters = view.num_clusters;
-      limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
-      const kernels::Selection selection = SqueezedSelection(b, layer, i * Hkv, /*decode=*/false);
-      Check(kernels::select_clusters(shape, views, q_block.data_ptr(), params, limits, selection,
-                                     b.workspace.data_ptr(), nullptr, stream),
-            "select_clusters (prefill)");
+      const kernels::Selection selection =
+          seq.squeezed_ ? SqueezedSelection(b, layer, i * Hkv, /*decode=*/false) : DenseSelection(b, i * Hkv);
+      if (seq.squeezed_) {
+        const kernels::SelectionParams params = ParamsFor(seq, /*decode=*/false);
+        kernels::SelectionLimits limits;
+        limits.max_clusters = view.num_clusters;
+        limits.max_coarse = params.hierarchical ? view.num_coarse : 0;
+        Check(kernels::select_clusters(shape, views, q_block.data_ptr(), params, limits, selection,
+                                       b.workspace.data_ptr(), nullptr, stream),
+              "select_clusters (prefill)");
+      }
       at::Tensor out = at::empty({m, H, D}, q_block.options());
       kernels::TopKeys top;
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};

@@ -10,8 +10,9 @@
 // built once by this backend. The kernels' dense part is one buffer per KV head — the context's
 // window, then the sequence's own tokens — so a sequence's own KV is [H_kv, W + capacity, D] per
 // layer with the window copied in front once.
-// Dense generations run the same decode kernel with the whole clustered part as one selected
-// cluster (docs/attention.md), and their query prefill on libtorch's fused attention.
+// Dense generations run the same kernels with the whole clustered part as one selected cluster
+// (docs/attention.md): their decode tokens on the decode kernel, their query prefill on the
+// prefill kernel.
 //
 // A step: Plan writes every layer's views of every sequence into one pinned staging buffer and
 // uploads it once; the layers then only launch kernels that read device memory (the selection's
