@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <stdexcept>
 #include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/shared_context_plan.h"
 #include "engine/squeeze/read_ahead.h"
 #include "kernels/read_ahead.h"
 #include "kernels/squeeze_types.h"
@@ -162,28 +162,6 @@ bool SharesOneIndex(const std::vector<SequenceStep>& steps, int64_t first, int64
     if (Member(steps[i]).views_.get() != Member(steps[first]).views_.get()) return false;
   }
   return true;
-}
-
-// The shared-context bundles of decode members [first, end) of `steps` (dense members:
-// KernelAttention::shared_bundles_): the members on one context in bundles of at most `slots`, in
-// order, each bundle as its members' indices less `first` (their rows in the decode queries).
-// Empty when no bundle would hold two members.
-std::vector<std::vector<int64_t>> SharedContextBundles(const std::vector<SequenceStep>& steps, int64_t first,
-                                                       int64_t end, int64_t slots) {
-  std::vector<std::vector<int64_t>> bundles;
-  if (slots < 2) return bundles;
-  std::map<const void*, size_t> filling;  // a context's views -> the bundle being filled
-  for (int64_t i = first; i < end; ++i) {
-    const void* context = Member(steps[i]).views_.get();
-    auto it = filling.find(context);
-    if (it == filling.end() || static_cast<int64_t>(bundles[it->second].size()) == slots) {
-      it = filling.insert_or_assign(context, bundles.size()).first;
-      bundles.emplace_back();
-    }
-    bundles[it->second].push_back(i - first);
-  }
-  if (static_cast<int64_t>(bundles.size()) == end - first) bundles.clear();
-  return bundles;
 }
 
 // A level's cluster mean values [H_kv, K, D] as the estimate reads them (the index keeps them bf16,
@@ -549,14 +527,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
                    });
   // The dense decode tokens' shared-context bundles (see the header).
   const int64_t group = num_q_heads_ / num_kv_heads_;
-  const std::vector<std::vector<int64_t>> bundles =
-      options_.shared_context_decode && (first_squeezed_ - first_decode_) * num_kv_heads_ <= kMaxDecodePairs
-          ? SharedContextBundles(ordered, first_decode_, first_squeezed_, kMaxBundleGroup / group)
-          : std::vector<std::vector<int64_t>>{};
-  shared_bundles_ = static_cast<int64_t>(bundles.size());
-  shared_slots_ = 0;
-  for (const std::vector<int64_t>& bundle : bundles)
-    shared_slots_ = std::max<int64_t>(shared_slots_, static_cast<int64_t>(bundle.size()));
+  SharedContextPlan shared;
+  if (options_.shared_context_decode && (first_squeezed_ - first_decode_) * num_kv_heads_ <= kMaxDecodePairs) {
+    std::vector<const void*> contexts;
+    for (int64_t i = first_decode_; i < first_squeezed_; ++i) contexts.push_back(Member(ordered[i]).views_.get());
+    shared = PlanSharedContext(contexts, num_kv_heads_, group, kMaxBundleGroup);
+  }
+  shared_bundles_ = static_cast<int64_t>(shared.bundles.size());
+  shared_slots_ = shared.slots;
 
   // Sizes of this step; the buffers grow to them.
   const int64_t B = static_cast<int64_t>(ordered.size()), Hkv = num_kv_heads_, L = num_layers_;
@@ -681,18 +659,16 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     for (int64_t h = 0; h < Hkv; ++h) dense_rows[i * Hkv + h] = static_cast<int32_t>(Member(ordered[i]).views_->clustered);
     source_rows[i] = ordered[i].offset;
   }
-  if (shared_bundles_ > 0) {
+  if (!shared.empty()) {
     auto* shared_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->shared_views_at);
     auto* own_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->own_views_at);
     auto* shared_rows = reinterpret_cast<int32_t*>(host + b->shared_rows_at);
-    auto* q_rows = reinterpret_cast<int64_t*>(host + b->shared_q_rows_at);
-    auto* out_rows = reinterpret_cast<int32_t*>(host + b->shared_out_rows_at);
-    const int64_t H = num_q_heads_, slots = shared_slots_, dense_members = first_squeezed_ - first_decode_;
+    const int64_t dense_members = first_squeezed_ - first_decode_;
     for (int64_t l = 0; l < L; ++l) {
-      for (size_t k = 0; k < bundles.size(); ++k) {
+      for (size_t k = 0; k < shared.bundles.size(); ++k) {
         // The context's clustered rows as one cluster, and its window from the lead member's dense
         // part (every member holds the same copy).
-        const KernelSequence& lead = Member(ordered[first_decode_ + bundles[k][0]]);
+        const KernelSequence& lead = Member(ordered[first_decode_ + shared.bundles[k][0]]);
         kernels::SequenceLayerBf16 view = lead.views_->dense[l];
         view.dense_keys = Bf16Data(lead.dense_keys_[l]);
         view.dense_values = Bf16Data(lead.dense_values_[l]);
@@ -710,23 +686,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
         own_views[l * B + i] = view;
       }
     }
-    for (size_t k = 0; k < bundles.size(); ++k) {
-      const std::vector<int64_t>& bundle = bundles[k];
+    for (size_t k = 0; k < shared.bundles.size(); ++k) {
       for (int64_t h = 0; h < Hkv; ++h) {
         shared_rows[static_cast<int64_t>(k) * Hkv + h] =
-            static_cast<int32_t>(Member(ordered[first_decode_ + bundle[0]]).views_->clustered);
-        for (int64_t slot = 0; slot < slots; ++slot) {
-          // A bundle smaller than the launch's slots repeats its last member (the rows are computed
-          // and not read).
-          const int64_t member = bundle[std::min<size_t>(static_cast<size_t>(slot), bundle.size() - 1)];
-          for (int64_t g = 0; g < group; ++g) {
-            const int64_t row = ((static_cast<int64_t>(k) * Hkv + h) * slots + slot) * group + g;
-            q_rows[row] = member * H + h * group + g;
-            if (slot < static_cast<int64_t>(bundle.size())) out_rows[member * H + h * group + g] = static_cast<int32_t>(row);
-          }
-        }
+            static_cast<int32_t>(Member(ordered[first_decode_ + shared.bundles[k][0]]).views_->clustered);
       }
     }
+    std::memcpy(host + b->shared_q_rows_at, shared.query_rows.data(), sizeof(int64_t) * shared.query_rows.size());
+    std::memcpy(host + b->shared_out_rows_at, shared.output_rows.data(), sizeof(int32_t) * shared.output_rows.size());
   }
   b->reading_ahead = false;
   auto* cursors = reinterpret_cast<kernels::ReadAheadCursor*>(host + b->cursors_at);

@@ -30,16 +30,6 @@ struct BundleCase {
   int ctas;  // DecodeLaunch::num_ctas (0: the device's)
 };
 
-double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) nan = true;
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
 bool check_case(const BundleCase& c, uint64_t seed) {
   const int batch = static_cast<int>(c.rows.size());
   AttentionShape shape;

@@ -6,6 +6,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -38,6 +40,17 @@ inline std::vector<uint16_t> round_to_bf16(std::vector<float>& v) {
     v[i] = from_bf16_bits(bits[i]);
   }
   return bits;
+}
+
+// ||got - ref|| / ||ref|| (the checks' error measure); sets `nan` when got has a non-finite value.
+inline double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) nan = true;
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 template <typename T>

@@ -157,16 +157,6 @@ std::vector<int32_t> read_ahead_positions(int hq, int n, std::mt19937& rng) {
   return p;
 }
 
-double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool& nan) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) nan = true;
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
 Result run_case(const Case& c, uint64_t seed) {
   Result res;
   res.name = c.name;
