@@ -80,9 +80,10 @@ struct EngineOptions {
   // while the previous one drains, its index reads under that tail: kernels/chained_launch.cuh);
   // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).
   bool programmatic_launch = true;
-  // A batch's dense decode tokens on one stored context read it once per bundle of up to 16 / G of
-  // them (G = the GQA group) instead of once each, on the CUDA kernels (engine/kernel_attention.h);
-  // false = once each (for comparisons).
+  // A batch's dense questions on one stored context read it together instead of once each: on the
+  // CUDA kernels their decode tokens in bundles of up to 16 / G (G = the GQA group;
+  // engine/kernel_attention.h), on libtorch all their rows of a step in one call
+  // (engine/torch_attention.h); false = once each (for comparisons).
   bool shared_context_decode = true;
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a

@@ -1,5 +1,7 @@
 #include "engine/torch_attention.h"
 
+#include <map>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 
@@ -20,8 +22,9 @@ class TorchSequence : public SequenceAttention {
 
   // Attention of the step's n new tokens (queries [H, n, D], keys/values [H_kv, n, D]) at `layer`,
   // after storing their K/V at rows [length, length + n) of the own KV. [n, H·D] in the model dtype.
+  // prefix_part: their attention over the prefix, computed with other sequences' (dense only).
   at::Tensor Attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    bool query_prefill) {
+                    bool query_prefill, const AttentionPart* prefix_part = nullptr) {
     const int64_t n = q.size(1), length = own_.length;
     own_.keys[layer].narrow(1, length, n).copy_(k);
     own_.values[layer].narrow(1, length, n).copy_(v);
@@ -31,11 +34,19 @@ class TorchSequence : public SequenceAttention {
     if (lookup_) {
       // Prefill: one cluster set for the whole chunk (as the authors); decode: one per token.
       attended = MergeLse(lookup_->Attend(layer, q, /*per_token=*/!query_prefill), attended);
-    } else if (!prefix_.keys.empty() && prefix_.keys[layer].size(1) > 0) {
+    } else if (prefix_part != nullptr) {
+      attended = MergeLse(*prefix_part, attended);
+    } else if (HasPrefix(layer)) {
       attended = MergeLse(AttendWithLse(q, prefix_.keys[layer], prefix_.values[layer], /*causal_offset=*/-1), attended);
     }
     return attended.out.to(q.scalar_type()).transpose(0, 1).reshape({n, -1});
   }
+
+  // The prefix this dense sequence attends to at `layer` unmasked (null: squeezed, or none), which
+  // identifies it among the step's sequences.
+  bool HasPrefix(int64_t layer) const { return !prefix_.keys.empty() && prefix_.keys[layer].size(1) > 0; }
+  const void* DensePrefix(int64_t layer) const { return !lookup_ && HasPrefix(layer) ? prefix_.keys[layer].data_ptr() : nullptr; }
+  const KvPrefix& prefix() const { return prefix_; }
 
   void Advance(int64_t n) {
     own_.length += n;
@@ -64,15 +75,37 @@ std::unique_ptr<SequenceAttention> TorchAttention::NewSqueezed(SqueezedLookup lo
 
 std::vector<at::Tensor> TorchAttention::Attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v) {
+  // Dense sequences on one prefix: their rows' attention over it in one call, then split.
+  std::vector<std::optional<AttentionPart>> shared(steps_.size());
+  if (shared_prefix_ && steps_.size() > 1) {
+    std::map<const void*, std::vector<size_t>> on_prefix;
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      if (const void* prefix = Member(steps_[i]).DensePrefix(layer)) on_prefix[prefix].push_back(i);
+    }
+    for (const auto& [prefix, members] : on_prefix) {
+      if (members.size() < 2) continue;
+      std::vector<at::Tensor> rows;
+      for (size_t i : members) rows.push_back(q.narrow(1, steps_[i].offset, steps_[i].num_tokens));
+      const KvPrefix& kv = Member(steps_[members[0]]).prefix();
+      const AttentionPart part = AttendWithLse(at::cat(rows, 1), kv.keys[layer], kv.values[layer], /*causal_offset=*/-1);
+      int64_t at = 0;
+      for (size_t i : members) {
+        const int64_t n = steps_[i].num_tokens;
+        shared[i] = AttentionPart{part.out.narrow(1, at, n), part.lse.narrow(1, at, n)};
+        at += n;
+      }
+    }
+  }
   std::vector<at::Tensor> outputs;
   outputs.reserve(steps_.size());
-  for (const SequenceStep& step : steps_) {
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    const SequenceStep& step = steps_[i];
     // A lone sequence keeps the tensors as they are (bit for bit the one-at-a-time path).
     const bool whole = step.offset == 0 && step.num_tokens == q.size(1);
     const at::Tensor qs = whole ? q : q.narrow(1, step.offset, step.num_tokens).contiguous();
     const at::Tensor ks = whole ? k : k.narrow(1, step.offset, step.num_tokens);
     const at::Tensor vs = whole ? v : v.narrow(1, step.offset, step.num_tokens);
-    outputs.push_back(Member(step).Attend(layer, qs, ks, vs, step.query_prefill));
+    outputs.push_back(Member(step).Attend(layer, qs, ks, vs, step.query_prefill, shared[i] ? &*shared[i] : nullptr));
   }
   return outputs;
 }

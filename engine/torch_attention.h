@@ -2,7 +2,10 @@
 // model shape. Dense sequences attend to a stored prefix (the context's KV, every row, no mask);
 // squeezed ones to the Squeezed lookup's selection (squeezed_lookup.h); both merge it by
 // log-sum-exp with causal attention over their own tokens (attention.h: libtorch's fused kernels
-// on a GPU, the blocked reference on the CPU). One sequence after another, per layer.
+// on a GPU, the blocked reference on the CPU). One sequence after another, per layer, except that
+// dense sequences on one stored prefix attend to it in one call (their rows stacked: the prefix
+// is unmasked, so the rows of several sequences are rows of one query), as the kernels' bundles do
+// (docs/attention.md "Questions on one document").
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,9 @@ class TorchAttention : public AttentionBackend {
  public:
   const char* name() const override { return "torch"; }
 
+  // EngineOptions::shared_context_decode: false = every sequence attends to its prefix alone.
+  void set_shared_prefix(bool shared) { shared_prefix_ = shared; }
+
   // A sequence attending densely to `prefix` (empty vectors: no stored part) and to its own tokens
   // in `own` (length 0).
   std::unique_ptr<SequenceAttention> NewDense(KvPrefix prefix, KvCache own);
@@ -42,6 +48,7 @@ class TorchAttention : public AttentionBackend {
 
  private:
   std::vector<SequenceStep> steps_;
+  bool shared_prefix_ = true;
 };
 
 }  // namespace squeezeserve

@@ -423,6 +423,10 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     return absl::InvalidArgumentError(
         absl::StrCat("prefill_kernel \"", options.prefill_kernel, "\": expected mma_sync or warp_specialized"));
   }
+  engine->torch_attention_.set_shared_prefix(options.shared_context_decode);
+  if (!options.shared_context_decode) {
+    absl::StrAppend(&backend_reason, "; dense questions on one context read it once each (shared_context_decode off)");
+  }
   if (*use_kernels) {
     KernelAttentionOptions kernel_options;
     kernel_options.warp_specialized_prefill = options.prefill_kernel == "warp_specialized";
@@ -432,9 +436,6 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
     if (!options.programmatic_launch) {
       absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
-    }
-    if (!options.shared_context_decode) {
-      absl::StrAppend(&backend_reason, "; dense questions on one context read it once each (shared_context_decode off)");
     }
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);

@@ -74,9 +74,10 @@ ABSL_FLAG(bool, programmatic_launch, true,
           "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
           "order, for comparisons (bench/kernels/NOTES.md run 13); the log says so.");
 ABSL_FLAG(bool, shared_context_decode, true,
-          "With the CUDA kernels: dense questions decoding together on one stored context read its KV once per "
-          "bundle of up to 16 / G of them (G = query heads per KV head: 4 for Llama-3-8B, 16 for Llama-2-7B) "
-          "instead of once each. false: once each, for comparisons; the log says so.");
+          "Dense questions stepping together on one stored context read its KV together instead of once each: "
+          "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
+          "KV head: 4 for Llama-3-8B, 16 for Llama-2-7B), on libtorch all their rows of a step in one call. "
+          "false: once each, for comparisons; the log says so.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "

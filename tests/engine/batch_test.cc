@@ -91,6 +91,19 @@ TEST_P(BatchTest, StepBatchEqualsSteppingEachAlone) {
     r.join_step = i < 4 ? 0 : i - 2;  // later ones prefill while earlier ones decode
     requests.push_back(r);
   }
+  // Questions on one document: two more dense requests on `a` step with request 0, one joining
+  // late (libtorch attends to their shared prefix once for all their rows, a query chunk's and
+  // decode tokens' alike: engine/torch_attention.h).
+  for (int i = 0; i < 2; ++i) {
+    Request r;
+    r.context = *a;
+    r.query = Tokens(5 + 4 * i, 40 + i, vocab);
+    r.sampling.max_new_tokens = 6;
+    r.sampling.ignore_eos = true;
+    r.attention.mode = AttentionMode::kDense;
+    r.join_step = i;
+    requests.push_back(r);
+  }
 
   std::vector<Output> alone(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
