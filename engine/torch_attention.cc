@@ -42,9 +42,10 @@ class TorchSequence : public SequenceAttention {
     return attended.out.to(q.scalar_type()).transpose(0, 1).reshape({n, -1});
   }
 
-  // The prefix this dense sequence attends to at `layer` unmasked (null: squeezed, or none), which
-  // identifies it among the step's sequences.
+  // Whether this sequence has stored prefix rows at `layer` (a squeezed one reads its lookup instead).
   bool HasPrefix(int64_t layer) const { return !prefix_.keys.empty() && prefix_.keys[layer].size(1) > 0; }
+  // What identifies the prefix a dense sequence attends to unmasked at `layer` among the step's
+  // sequences (its keys' storage); null for a squeezed sequence or an empty prefix.
   const void* DensePrefix(int64_t layer) const { return !lookup_ && HasPrefix(layer) ? prefix_.keys[layer].data_ptr() : nullptr; }
   const KvPrefix& prefix() const { return prefix_; }
 
