@@ -860,9 +860,9 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       const auto* views = reinterpret_cast<const kernels::SequenceLayerBf16*>(view_device.data_ptr());
       shape.batch = 1;
       shape.query_len = static_cast<int32_t>(m);
-      const kernels::Selection selection =
-          seq.squeezed_ ? SqueezedSelection(b, layer, i * Hkv, /*decode=*/false) : DenseSelection(b, i * Hkv);
+      kernels::Selection selection = DenseSelection(b, i * Hkv);
       if (seq.squeezed_) {
+        selection = SqueezedSelection(b, layer, i * Hkv, /*decode=*/false);
         const kernels::SelectionParams params = ParamsFor(seq, /*decode=*/false);
         kernels::SelectionLimits limits;
         limits.max_clusters = view.num_clusters;
