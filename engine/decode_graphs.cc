@@ -262,11 +262,24 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
   }
 }
 
+EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>& batch) {
+  const bool prefill = std::any_of(batch.begin(), batch.end(), [](const ForwardArgs* args) {
+    return args->num_tokens > 1 || args->query_prefill;
+  });
+  const std::string name = absl::StrCat(prefill ? "query_prefill_B" : "eager_decode_B", batch.size());
+  nvtxRangePushA(name.c_str());
+}
+
+EagerStepRange::~EagerStepRange() { nvtxRangePop(); }
+
 #else  // !SQUEEZESERVE_CUDA_KERNELS: never constructed (the engine makes graphs with the kernels only).
 
 StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
   throw std::logic_error("decode graphs: this build has no CUDA support");
 }
+
+EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>&) {}
+EagerStepRange::~EagerStepRange() = default;
 
 #endif
 

@@ -63,4 +63,16 @@ class DecodeGraphs {
   std::unique_ptr<ReplayTimer> timer_;        // where replayed steps' time goes (logged)
 };
 
+// An NVTX range around a step that runs eagerly, for Nsight Compute (scripts/gpu/profile_decode_graph.sh
+// --step prefill): "query_prefill_B<n>" where a member feeds query tokens (the questions' prefill,
+// whose time is the time to first token), else "eager_decode_B<n>" (a decode step before its graph
+// is captured). Nothing in a build without CUDA.
+class EagerStepRange {
+ public:
+  explicit EagerStepRange(const std::vector<const ForwardArgs*>& batch);
+  ~EagerStepRange();
+  EagerStepRange(const EagerStepRange&) = delete;
+  EagerStepRange& operator=(const EagerStepRange&) = delete;
+};
+
 }  // namespace squeezeserve

@@ -304,6 +304,7 @@ class TorchEngine : public Engine {
       }
     }
     try {
+      const EagerStepRange range(batch);
       return StepLogits{model_->ForwardBatch(batch), at::Tensor()};
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("batched forward pass failed: ", e.what()));

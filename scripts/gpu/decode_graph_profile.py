@@ -3,9 +3,11 @@
 (scripts/gpu/profile_decode_graph.sh writes it: every node of the decode graphs of one batch size,
 each timed alone with caches flushed). The nodes repeat once per replay; this takes the first
 replay (the shortest period of the kernel-name sequence), groups its kernels by what they do, and
-prints each group's time and share of the step, with the per-layer figure beside it.
+prints each group's time and share of the step, with the per-layer figure beside it. With --all
+every profiled kernel counts (the query prefill steps, which do not repeat), divided by --rounds.
 
     python3 scripts/gpu/decode_graph_profile.py ncu_decode_graph.csv [--layers 32] [--json FILE]
+                                                [--all [--rounds N]]
 """
 import argparse
 import csv
@@ -17,6 +19,8 @@ import sys
 # libtorch's are its matmuls (cuBLAS / CUTLASS) and elementwise kernels.
 GROUPS = [
     ("attention: decode", r"decode_kernel"),
+    ("attention: prefill", r"prefill_kernel|prefill_ws_kernel"),
+    ("attention: merges", r"merge_parts|merge_splits"),
     ("attention: selection", r"score_|select_|place_kernel|stream_kernel|compact|lse_|flags_kernel"),
     ("attention: read-ahead", r"read_ahead|advance_"),
     ("append kv", r"append"),
@@ -60,16 +64,18 @@ def first_replay(rows):
     return rows
 
 
-def summarize(rows, layers):
-    step = first_replay(rows)
-    total = sum(us for _, us in step)
+def summarize(rows, layers, rounds=0):
+    """One replay's kernels by group; with `rounds`, every row divided into that many rounds."""
+    step = first_replay(rows) if rounds == 0 else rows
+    per = 1.0 / rounds if rounds else 1.0
+    total = per * sum(us for _, us in step)
     groups = {}
     for name, us in step:
         g = groups.setdefault(group_of(name), {"kernels": 0, "us": 0.0, "names": {}})
         g["kernels"] += 1
-        g["us"] += us
-        g["names"][name] = g["names"].get(name, 0.0) + us
-    return {"kernels": len(step), "total_us": total, "layers": layers, "groups": groups}
+        g["us"] += per * us
+        g["names"][name] = g["names"].get(name, 0.0) + per * us
+    return {"kernels": len(step), "total_us": total, "layers": layers, "rounds": rounds, "groups": groups}
 
 
 def main():
@@ -77,12 +83,15 @@ def main():
     p.add_argument("csv")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--json", default="")
+    p.add_argument("--all", action="store_true", help="every profiled kernel, not one replay")
+    p.add_argument("--rounds", type=int, default=1, help="with --all: the figures per round of this many")
     a = p.parse_args()
     rows = read_kernels(a.csv)
     if not rows:
         sys.exit(f"{a.csv}: no gpu__time_duration.sum rows")
-    s = summarize(rows, a.layers)
-    print(f"one replay: {s['kernels']} kernels, {s['total_us'] / 1e3:.3f} ms (each kernel alone, caches flushed)")
+    s = summarize(rows, a.layers, max(1, a.rounds) if a.all else 0)
+    what = f"all profiled kernels, per round of {s['rounds']}" if a.all else "one replay"
+    print(f"{what}: {s['kernels']} kernels, {s['total_us'] / 1e3:.3f} ms (each kernel alone, caches flushed)")
     print(f"| group | kernels | ms | share | us per layer |")
     print(f"|---|---:|---:|---:|---:|")
     for group, g in sorted(s["groups"].items(), key=lambda kv: -kv[1]["us"]):

@@ -36,13 +36,13 @@ def csv_text(replays, layers):
 
 
 class Summary(unittest.TestCase):
-    def run_on(self, text, layers):
+    def run_on(self, text, layers, extra=()):
         with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
             f.write(text)
         out, js = io.StringIO(), f.name + ".json"
         try:
             with contextlib.redirect_stdout(out):
-                sys.argv = ["decode_graph_profile.py", f.name, "--layers", str(layers), "--json", js]
+                sys.argv = ["decode_graph_profile.py", f.name, "--layers", str(layers), "--json", js] + list(extra)
                 decode_graph_profile.main()
             with open(js) as j:
                 return out.getvalue(), json.load(j)
@@ -70,6 +70,16 @@ class Summary(unittest.TestCase):
         cut = "".join(full.splitlines(keepends=True)[:-4])  # the profiler stopped mid-replay
         _, s = self.run_on(cut, layers=3)
         self.assertEqual(s["kernels"], 3 * len(LAYER) + 4)
+
+    def test_all_rows_in_rounds(self):
+        # The query prefill's steps do not repeat as replays do: --all sums them, per round.
+        text, s = self.run_on(csv_text(replays=2, layers=2), layers=2, extra=("--all", "--rounds", "2"))
+        self.assertEqual(s["kernels"], 2 * (2 * len(LAYER) + 4))
+        self.assertAlmostEqual(s["total_us"], (2 * sum(ns for _, ns in LAYER) + 259000) / 1e3)
+        self.assertAlmostEqual(s["groups"]["matmul"]["us"], 2 * 104.0 + 250.0)
+        self.assertIn("per round of 2", text)
+        self.assertEqual(decode_graph_profile.group_of("prefill_kernel<128, 4>"), "attention: prefill")
+        self.assertEqual(decode_graph_profile.group_of("merge_parts_kernel"), "attention: merges")
 
 
 if __name__ == "__main__":
