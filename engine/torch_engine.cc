@@ -440,6 +440,8 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     }
     if (options.cuda_graphs && DecodeGraphs::Compiled()) {
       engine->graphs_ = std::make_unique<DecodeGraphs>(*engine->model_, *engine->kernels_);
+    } else if (!options.cuda_graphs) {
+      absl::StrAppend(&backend_reason, "; decode steps dispatched op by op (no CUDA graphs)");
     }
   }
   // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run

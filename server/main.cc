@@ -73,6 +73,10 @@ ABSL_FLAG(bool, programmatic_launch, true,
           "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
           "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
           "order, for comparisons (bench/kernels/NOTES.md run 13); the log says so.");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "With the CUDA kernels: decode steps captured once per batch shape and replayed as CUDA graphs. false: "
+          "every step dispatched op by op, for comparisons and for profiling a step's kernels one by one "
+          "(scripts/gpu/profile_decode_graph.sh --step eager_decode).");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
           "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
@@ -380,6 +384,7 @@ int Run() {
     options.prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
     options.programmatic_launch = absl::GetFlag(FLAGS_programmatic_launch);
     options.shared_context_decode = absl::GetFlag(FLAGS_shared_context_decode);
+    options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

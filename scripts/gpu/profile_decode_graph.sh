@@ -5,18 +5,19 @@
 # only the total is known (docs/performance.md).
 #   --step decode (default): the nodes of the replayed decode graphs of one batch size (the NVTX
 #     range "decode_graph_B<n>" that engine/decode_graphs.cc opens around each replay); one replay
-#     is kept.
+#     is kept. --step eager_decode: the same steps with the graphs off (--cuda_graphs=false), each
+#     dispatched op by op under the range "eager_decode_B<n>" (where graph nodes cannot be profiled).
 #   --step prefill: the eager steps that feed the questions' tokens (the range "query_prefill_B<k>",
 #     k <= n, engine/decode_graphs.h EagerStepRange): what the time to first token holds. Every such
 #     step of the run is summed: the warm-up's questions and the measured ones' (two rounds).
 #   scripts/gpu/profile_decode_graph.sh [--shape llama3-8b] [--context 32768] [--batch 8] [--mode default]
-#                                       [--step decode|prefill]
+#                                       [--step decode|eager_decode|prefill]
 # Leaves in $OUT (default ./gpu-out): ncu_decode_graph.csv, decode_graph_profile.{txt,json}.
 # The end-to-end figures of this run are the profiler's (every kernel serialised): not results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-SHAPE=llama3-8b CONTEXT=32768 BATCH=8 MODE=default STEP=decode
+SHAPE=llama3-8b CONTEXT=32768 BATCH=8 MODE=default STEP=decode SERVER_ARGS=""
 while [ $# -gt 0 ]; do
   case $1 in
     --shape) SHAPE=$2; shift 2 ;; --context) CONTEXT=$2; shift 2 ;;
@@ -29,15 +30,16 @@ NCU=${NCU:-$(command -v ncu || echo /opt/nvidia/nsight-compute/ncu)}
 case $STEP in
   # Two replays' nodes (~20 kernels a layer): decode_graph_profile.py keeps the first.
   decode) RANGES="--graph-profiling node --nvtx-include decode_graph_B$BATCH/" COUNT=2000 SUMMARY="" ;;
+  eager_decode) RANGES="--nvtx-include eager_decode_B$BATCH/" COUNT=2000 SUMMARY="" SERVER_ARGS="--cuda_graphs=false" ;;
   # A query prefill step of k questions, k up to the batch (they may arrive over several steps).
   prefill) RANGES="" COUNT=6000 SUMMARY="--all --rounds 2"
     for k in $(seq 1 "$BATCH"); do RANGES="$RANGES --nvtx-include query_prefill_B$k/"; done ;;
-  *) echo "--step is decode or prefill" >&2; exit 2 ;;
+  *) echo "--step is decode, eager_decode or prefill" >&2; exit 2 ;;
 esac
 export SQUEEZESERVE_SERVER_WRAPPER="$NCU --clock-control none --nvtx $RANGES \
   --launch-count $COUNT --metrics gpu__time_duration.sum --csv --log-file $OUT/ncu_decode_graph.csv"
 python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
-  --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" >"$OUT/profile_run.log" 2>&1 \
+  --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" --server_args="$SERVER_ARGS" >"$OUT/profile_run.log" 2>&1 \
   || { tail -20 "$OUT/profile_run.log"; exit 1; }
 python3 scripts/gpu/decode_graph_profile.py "$OUT/ncu_decode_graph.csv" $SUMMARY --json "$OUT/decode_graph_profile.json" \
   | tee "$OUT/decode_graph_profile.txt"
