@@ -90,4 +90,16 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
   return result;
 }
 
+BundleRows BundleReadRows(const std::vector<at::Tensor>& selections, const at::Tensor& cluster_offsets) {
+  BundleRows rows;
+  if (selections.empty()) return rows;
+  const at::Tensor offsets = cluster_offsets.to(at::kLong);
+  const int64_t K = offsets.size(1) - 1;
+  const at::Tensor sizes = (offsets.narrow(1, 1, K) - offsets.narrow(1, 0, K)).to(at::kDouble).unsqueeze(1);  // [H, 1, K]
+  const at::Tensor members = at::stack(selections, 0);  // [S, H, T', K]
+  rows.union_rows = (members.any(0).to(at::kDouble) * sizes).sum().item<double>();
+  rows.member_rows = (members.to(at::kDouble) * sizes.unsqueeze(0)).sum().item<double>();
+  return rows;
+}
+
 }  // namespace squeezeserve::bench

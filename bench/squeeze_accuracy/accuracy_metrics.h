@@ -43,4 +43,15 @@ LookupAccuracy MeasureLookup(const squeeze::LayerIndex& index, const at::Tensor&
                              const squeeze::SelectionOptions& options, const std::vector<double>& estimate_fractions = {},
                              const std::vector<double>& estimate_floors = {});
 
+// The clustered rows a shared-context bundle of questions would read at one layer (the union of its
+// members' selections, each row once) against the rows its members read one by one (the sum of
+// their selections): `selections` holds the members' ClusterSelection::selected, [H_kv, T', K]
+// bool each, token t of every member stepping together; `cluster_offsets` [H_kv, K+1]. Summed over
+// KV heads and tokens.
+struct BundleRows {
+  double union_rows = 0;
+  double member_rows = 0;
+};
+BundleRows BundleReadRows(const std::vector<at::Tensor>& selections, const at::Tensor& cluster_offsets);
+
 }  // namespace squeezeserve::bench

@@ -12,10 +12,14 @@
 //                    only the largest of the pruned clusters estimated]
 //                    [--estimate_floors=0.25,0.0625: the same, estimating only the pruned clusters
 //                    whose score reaches that fraction of their threshold: --estimate_floor)]
+//                    [--bundle=N: the query windows in bundles of N consecutive ones, as questions on
+//                    one document stepping together: the rows a bundle's shared read would move,
+//                    the union of its members' selections, over the rows they move one by one]
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -55,6 +59,7 @@ struct Args {
   int64_t max_position_override = 0;
   bool per_token = false;
   int64_t chunk = 512;
+  int64_t bundle = 0;  // questions per shared-context bundle (consecutive query windows); 0 = not measured
   std::string json_out;
   // The pruned-cluster estimate's error when only these fractions of the pruned clusters are
   // estimated (those of the largest estimated mass; 1 = all, as served); empty = not measured.
@@ -93,6 +98,7 @@ Args ParseArgs(int argc, char** argv) {
     else if (name == "max_position_override") integer(&a.max_position_override);
     else if (name == "per_token") a.per_token = value == "1" || value == "true";
     else if (name == "chunk") integer(&a.chunk);
+    else if (name == "bundle") integer(&a.bundle);
     else if (name == "json_out") a.json_out = value;
     else if (name == "estimate_fractions" || name == "estimate_floors") {
       for (const auto& f : absl::StrSplit(value, ',')) {
@@ -107,6 +113,7 @@ Args ParseArgs(int argc, char** argv) {
   if (a.context_tokens <= a.window || a.query_tokens < 1 || a.num_queries < 1 || a.chunk < 1) {
     Fail("need context_tokens > window, query_tokens >= 1, num_queries >= 1, chunk >= 1");
   }
+  if (a.bundle == 1 || a.bundle < 0 || a.bundle > a.num_queries) Fail("--bundle is 0 (off) or 2 .. num_queries");
   return a;
 }
 
@@ -156,6 +163,7 @@ std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_
 
 struct Sum {
   double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
+  BundleRows bundle;  // summed over the complete bundles
   std::vector<double> estimate_errors;             // per estimate fraction
   std::vector<double> floor_errors, floor_shares;  // per estimate floor
   int64_t n = 0;
@@ -172,6 +180,7 @@ struct Sum {
   }
   Sum& operator+=(const Sum& o) {
     recall += o.recall, error += o.error, kv += o.kv, comparisons += o.comparisons, n += o.n;
+    bundle.union_rows += o.bundle.union_rows, bundle.member_rows += o.bundle.member_rows;
     deviation = std::max(deviation, o.deviation);
     Accumulate(estimate_errors, o.estimate_errors);
     Accumulate(floor_errors, o.floor_errors);
@@ -225,6 +234,8 @@ int Run(const Args& a) {
   // (level, hierarchical) -> per layer sums.
   const int64_t layers = config->num_layers;
   std::map<std::pair<size_t, bool>, std::vector<Sum>> sums;
+  // With --bundle: the selections of the current bundle's members so far, per lookup and layer.
+  std::map<std::pair<size_t, bool>, std::vector<std::vector<at::Tensor>>> members;
   for (int64_t w = 0; w < a.num_queries; ++w) {
     TorchAttention backend;
     auto own = backend.NewDense(KvPrefix{(*context)->keys(), (*context)->values()}, (*model)->NewCache(a.query_tokens));
@@ -259,6 +270,17 @@ int Run(const Args& a) {
           // The per-head thresholds of the level replace the global ones, as in the engine.
           options.head_thresholds = index.head_thresholds[static_cast<int64_t>(level)][a.per_token ? 1 : 0];
           per_layer[l].Add(MeasureLookup(index, queries[l], options, a.estimate_fractions, a.estimate_floors));
+          if (a.bundle > 0) {
+            auto& bundle = members[{level, hierarchical}];
+            bundle.resize(layers);
+            bundle[l].push_back(squeeze::SelectClusters(index, queries[l], options).selected);
+            if (static_cast<int64_t>(bundle[l].size()) == a.bundle) {
+              const BundleRows rows = BundleReadRows(bundle[l], index.cluster_offsets);
+              per_layer[l].bundle.union_rows += rows.union_rows;
+              per_layer[l].bundle.member_rows += rows.member_rows;
+              bundle[l].clear();
+            }
+          }
         }
       }
     }
@@ -287,6 +309,7 @@ int Run(const Args& a) {
               "kv_loaded", "centroids/kvh", "calib_kept");
   for (const double f : a.estimate_fractions) std::printf(" %9s", ("est" + std::to_string(static_cast<int>(std::lround(100 * f))) + "%").c_str());
   for (const double f : a.estimate_floors) std::printf(" %16s", ("floor " + std::to_string(f).substr(0, 6)).c_str());
+  if (a.bundle > 0) std::printf(" %9s", ("bundle" + std::to_string(a.bundle)).c_str());
   std::printf("\n");
 
   nlohmann::json results = nlohmann::json::array();
@@ -311,6 +334,9 @@ int Run(const Args& a) {
                             {"share_estimated", s.floor_shares[i] / n},
                             {"relative_error", s.floor_errors[i] / n}});
       }
+      const double bundle_share =
+          s.bundle.member_rows > 0 ? s.bundle.union_rows / s.bundle.member_rows : std::nan("");
+      if (a.bundle > 0) std::printf(" %9.4f", bundle_share);
       std::printf("\n");
       results.push_back({{"sparsity", info.sparsity},
                          {"lookup", lookup},
@@ -320,6 +346,7 @@ int Run(const Args& a) {
                          {"kv_fraction_loaded", s.kv / n},
                          {"centroid_comparisons_per_kv_head", s.comparisons / n},
                          {"estimate", estimate}});
+      if (a.bundle > 0) results.back()["bundle_rows_share"] = bundle_share;
     };
     for (int64_t l = 0; l < layers; ++l) {
       emit(std::to_string(l), per_layer[l]);
@@ -334,7 +361,9 @@ int Run(const Args& a) {
               " ||out_dense|| of the context attention, pruned clusters dropped (the paper's lookup); estN%%:\n"
               " the same with the pruned-cluster estimate over the N%% of pruned clusters of the largest\n"
               " estimated mass; floor f: over the pruned clusters whose score reaches f x their\n"
-              " threshold (--estimate_floor), with the share of the pruned clusters that is.)\n",
+              " threshold (--estimate_floor), with the share of the pruned clusters that is. bundleN: the\n"
+              " clustered rows a bundle of N questions reads, the union of their selections, over the rows\n"
+              " they read one by one; 1/N = the same rows, 1 = no row in common.)\n",
               a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {
@@ -355,6 +384,7 @@ int Run(const Args& a) {
                           {"library_max_deviation", max_deviation},
                           {"estimate_fractions", a.estimate_fractions},
                           {"estimate_floors", a.estimate_floors},
+                          {"bundle", a.bundle},
                           {"results", results}};
     std::ofstream(a.json_out) << out.dump(2) << "\n";
   }
