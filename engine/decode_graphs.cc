@@ -17,11 +17,44 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <nvtx3/nvToolsExt.h>
+
+#include <cstdlib>
 #endif
 
 namespace squeezeserve {
+
+// A step's NVTX range, for Nsight Compute. Where the environment names it
+// (SQUEEZESERVE_PROFILE_RANGE=<prefix of the range's name>), the step also runs between
+// cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off` profiles those
+// steps alone (scripts/gpu/profile_decode_graph.sh), whatever ran before them (the ingest).
+// Nothing in a build without CUDA.
+class StepRange {
+ public:
+  explicit StepRange(const std::string& name) {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+    static const char* const profiled = std::getenv("SQUEEZESERVE_PROFILE_RANGE");
+    profiling_ = profiled != nullptr && *profiled != '\0' && name.rfind(profiled, 0) == 0;
+    nvtxRangePushA(name.c_str());
+    if (profiling_) cudaProfilerStart();
+#else
+    (void)name;
+#endif
+  }
+  ~StepRange() {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+    if (profiling_) cudaProfilerStop();
+    nvtxRangePop();
+#endif
+  }
+  StepRange(const StepRange&) = delete;
+  StepRange& operator=(const StepRange&) = delete;
+
+ private:
+  bool profiling_ = false;
+};
 
 struct DecodeGraphs::Graph {
   std::string key;
@@ -228,11 +261,11 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
       graph.inputs.copy_(host, /*non_blocking=*/true);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
       timer_->Before(stream, key, B, kernels_.SharedContextNote());
-      // Named for Nsight Compute (scripts/gpu/profile_decode_graph.sh): one batch size's replays.
-      const std::string range = absl::StrCat("decode_graph_B", B);
-      nvtxRangePushA(range.c_str());
-      graph.graph.replay();
-      nvtxRangePop();
+      {
+        // Named for Nsight Compute (scripts/gpu/profile_decode_graph.sh): one batch size's replays.
+        const StepRange range(absl::StrCat("decode_graph_B", B));
+        graph.graph.replay();
+      }
       timer_->After(stream);
     } else {
       auto graph = std::make_unique<Graph>();
@@ -262,25 +295,21 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>& batch) {
   }
 }
 
-EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>& batch) {
-  const bool prefill = std::any_of(batch.begin(), batch.end(), [](const ForwardArgs* args) {
-    return args->num_tokens > 1 || args->query_prefill;
-  });
-  const std::string name = absl::StrCat(prefill ? "query_prefill_B" : "eager_decode_B", batch.size());
-  nvtxRangePushA(name.c_str());
-}
-
-EagerStepRange::~EagerStepRange() { nvtxRangePop(); }
-
 #else  // !SQUEEZESERVE_CUDA_KERNELS: never constructed (the engine makes graphs with the kernels only).
 
 StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
   throw std::logic_error("decode graphs: this build has no CUDA support");
 }
 
-EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>&) {}
-EagerStepRange::~EagerStepRange() = default;
-
 #endif
+
+EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>& batch) {
+  const bool prefill = std::any_of(batch.begin(), batch.end(), [](const ForwardArgs* args) {
+    return args->num_tokens > 1 || args->query_prefill;
+  });
+  range_ = std::make_unique<StepRange>(absl::StrCat(prefill ? "query_prefill_B" : "eager_decode_B", batch.size()));
+}
+
+EagerStepRange::~EagerStepRange() = default;
 
 }  // namespace squeezeserve

@@ -63,16 +63,23 @@ class DecodeGraphs {
   std::unique_ptr<ReplayTimer> timer_;        // where replayed steps' time goes (logged)
 };
 
+class StepRange;
+
 // An NVTX range around a step that runs eagerly, for Nsight Compute (scripts/gpu/profile_decode_graph.sh
 // --step prefill): "query_prefill_B<n>" where a member feeds query tokens (the questions' prefill,
 // whose time is the time to first token), else "eager_decode_B<n>" (a decode step before its graph
-// is captured). Nothing in a build without CUDA.
+// is captured, or every decode step with EngineOptions::cuda_graphs off). Where the environment's
+// SQUEEZESERVE_PROFILE_RANGE is a prefix of the name, the step runs between cudaProfilerStart and
+// cudaProfilerStop (as the graphs' replays "decode_graph_B<n>" do). Nothing in a build without CUDA.
 class EagerStepRange {
  public:
   explicit EagerStepRange(const std::vector<const ForwardArgs*>& batch);
   ~EagerStepRange();
   EagerStepRange(const EagerStepRange&) = delete;
   EagerStepRange& operator=(const EagerStepRange&) = delete;
+
+ private:
+  std::unique_ptr<StepRange> range_;
 };
 
 }  // namespace squeezeserve

@@ -3,10 +3,10 @@
 # the server's steps, each kernel timed alone with caches flushed, then the time by group
 # (scripts/gpu/decode_graph_profile.py): the whole model's step, kernel by kernel, where end to end
 # only the total is known (docs/performance.md).
-#   --step decode (default): the nodes of the replayed decode graphs of one batch size (the NVTX
-#     range "decode_graph_B<n>" that engine/decode_graphs.cc opens around each replay); one replay
-#     is kept. --step eager_decode: the same steps with the graphs off (--cuda_graphs=false), each
-#     dispatched op by op under the range "eager_decode_B<n>" (where graph nodes cannot be profiled).
+#   --step decode (default): the nodes of the replayed decode graphs of one batch size (the range
+#     "decode_graph_B<n>" that engine/decode_graphs.cc opens around each replay); one replay is kept.
+#   --step eager_decode: the same steps with the graphs off (--cuda_graphs=false), each dispatched
+#     op by op under the range "eager_decode_B<n>".
 #   --step prefill: the eager steps that feed the questions' tokens (the range "query_prefill_B<k>",
 #     k <= n, engine/decode_graphs.h EagerStepRange): what the time to first token holds. Every such
 #     step of the run is summed: the warm-up's questions and the measured ones' (two rounds).
@@ -27,16 +27,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 NCU=${NCU:-$(command -v ncu || echo /opt/nvidia/nsight-compute/ncu)}
+# The server runs the named steps between cudaProfilerStart and cudaProfilerStop
+# (SQUEEZESERVE_PROFILE_RANGE, a prefix of their NVTX range's name: engine/decode_graphs.cc), and
+# Nsight Compute profiles only there (--profile-from-start off): not the ingest before them.
 case $STEP in
   # Two replays' nodes (~20 kernels a layer): decode_graph_profile.py keeps the first.
-  decode) RANGES="--graph-profiling node --nvtx-include decode_graph_B$BATCH/" COUNT=2000 SUMMARY="" ;;
-  eager_decode) RANGES="--nvtx-include eager_decode_B$BATCH/" COUNT=2000 SUMMARY="" SERVER_ARGS="--cuda_graphs=false" ;;
+  decode) RANGE="decode_graph_B$BATCH" NODES="--graph-profiling node" COUNT=2000 SUMMARY="" ;;
+  eager_decode) RANGE="eager_decode_B$BATCH" NODES="" COUNT=2000 SUMMARY="" SERVER_ARGS="--cuda_graphs=false" ;;
   # A query prefill step of k questions, k up to the batch (they may arrive over several steps).
-  prefill) RANGES="" COUNT=6000 SUMMARY="--all --rounds 2"
-    for k in $(seq 1 "$BATCH"); do RANGES="$RANGES --nvtx-include query_prefill_B$k/"; done ;;
+  prefill) RANGE="query_prefill_B" NODES="" COUNT=6000 SUMMARY="--all --rounds 2" ;;
   *) echo "--step is decode, eager_decode or prefill" >&2; exit 2 ;;
 esac
-export SQUEEZESERVE_SERVER_WRAPPER="$NCU --clock-control none --nvtx $RANGES \
+export SQUEEZESERVE_PROFILE_RANGE=$RANGE
+export SQUEEZESERVE_SERVER_WRAPPER="$NCU --clock-control none --profile-from-start off $NODES \
   --launch-count $COUNT --metrics gpu__time_duration.sum --csv --log-file $OUT/ncu_decode_graph.csv"
 python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
   --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" --server_args="$SERVER_ARGS" >"$OUT/profile_run.log" 2>&1 \
