@@ -149,11 +149,38 @@ class Server:
                               capture_output=capture, text=True)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        # Under a wrapper, the server itself gets the signal: Nsight Compute writes its results when
+        # the program it profiles exits, and a SIGTERM to the profiler left them unwritten.
+        target = server_under(self.proc.pid) if WRAPPER else self.proc.pid
+        os.kill(target or self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(60)
+            self.proc.wait(300 if WRAPPER else 60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def server_under(pid):
+    """The pid of the squeezeserve process below `pid` (the wrapper's), or None."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    todo, server = list(children.get(pid, [])), os.path.realpath(SERVER)
+    while todo:
+        p = todo.pop()
+        try:
+            if os.path.realpath(f"/proc/{p}/exe") == server:
+                return p
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return None
 
 
 def ingest(server, context, token_file, context_id="ctx"):
