@@ -102,4 +102,13 @@ BundleRows BundleReadRows(const std::vector<at::Tensor>& selections, const at::T
   return rows;
 }
 
+double DroppedPrunedError(const squeeze::LayerIndex& index, const at::Tensor& queries, const at::Tensor& selected) {
+  squeeze::ClusterSelection some, all;
+  some.selected = selected;
+  all.selected = at::ones_like(selected);  // every cluster: dense attention over the stored context
+  const at::Tensor out = squeeze::AttendSelected(index, queries, some).out.to(at::kFloat);
+  const at::Tensor dense = squeeze::AttendSelected(index, queries, all).out.to(at::kFloat);
+  return ((out - dense).norm() / dense.norm().clamp_min(1e-30)).item<double>();
+}
+
 }  // namespace squeezeserve::bench

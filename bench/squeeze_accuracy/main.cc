@@ -164,6 +164,10 @@ std::vector<int32_t> LoadTokens(const Args& a, const ModelConfig& config, int64_
 struct Sum {
   double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
   BundleRows bundle;  // summed over the complete bundles
+  // Over the members of the complete bundles: the paper lookup's error with each member's own
+  // selection and with the bundle's union (DroppedPrunedError), and how many members.
+  double own_error = 0, union_error = 0;
+  int64_t bundle_members = 0;
   std::vector<double> estimate_errors;             // per estimate fraction
   std::vector<double> floor_errors, floor_shares;  // per estimate floor
   int64_t n = 0;
@@ -181,6 +185,7 @@ struct Sum {
   Sum& operator+=(const Sum& o) {
     recall += o.recall, error += o.error, kv += o.kv, comparisons += o.comparisons, n += o.n;
     bundle.union_rows += o.bundle.union_rows, bundle.member_rows += o.bundle.member_rows;
+    own_error += o.own_error, union_error += o.union_error, bundle_members += o.bundle_members;
     deviation = std::max(deviation, o.deviation);
     Accumulate(estimate_errors, o.estimate_errors);
     Accumulate(floor_errors, o.floor_errors);
@@ -234,8 +239,9 @@ int Run(const Args& a) {
   // (level, hierarchical) -> per layer sums.
   const int64_t layers = config->num_layers;
   std::map<std::pair<size_t, bool>, std::vector<Sum>> sums;
-  // With --bundle: the selections of the current bundle's members so far, per lookup and layer.
-  std::map<std::pair<size_t, bool>, std::vector<std::vector<at::Tensor>>> members;
+  // With --bundle: the selections of the current bundle's members so far and their queries, per
+  // lookup and layer.
+  std::map<std::pair<size_t, bool>, std::vector<std::vector<at::Tensor>>> members, member_queries;
   for (int64_t w = 0; w < a.num_queries; ++w) {
     TorchAttention backend;
     auto own = backend.NewDense(KvPrefix{(*context)->keys(), (*context)->values()}, (*model)->NewCache(a.query_tokens));
@@ -272,13 +278,24 @@ int Run(const Args& a) {
           per_layer[l].Add(MeasureLookup(index, queries[l], options, a.estimate_fractions, a.estimate_floors));
           if (a.bundle > 0) {
             auto& bundle = members[{level, hierarchical}];
+            auto& bundle_queries = member_queries[{level, hierarchical}];
             bundle.resize(layers);
+            bundle_queries.resize(layers);
             bundle[l].push_back(squeeze::SelectClusters(index, queries[l], options).selected);
+            bundle_queries[l].push_back(queries[l]);
             if (static_cast<int64_t>(bundle[l].size()) == a.bundle) {
+              Sum& into = per_layer[l];
               const BundleRows rows = BundleReadRows(bundle[l], index.cluster_offsets);
-              per_layer[l].bundle.union_rows += rows.union_rows;
-              per_layer[l].bundle.member_rows += rows.member_rows;
+              into.bundle.union_rows += rows.union_rows;
+              into.bundle.member_rows += rows.member_rows;
+              const at::Tensor all = at::stack(bundle[l], 0).any(0);
+              for (size_t m = 0; m < bundle[l].size(); ++m) {
+                into.own_error += DroppedPrunedError(index, bundle_queries[l][m], bundle[l][m]);
+                into.union_error += DroppedPrunedError(index, bundle_queries[l][m], all);
+                ++into.bundle_members;
+              }
               bundle[l].clear();
+              bundle_queries[l].clear();
             }
           }
         }
@@ -309,7 +326,7 @@ int Run(const Args& a) {
               "kv_loaded", "centroids/kvh", "calib_kept");
   for (const double f : a.estimate_fractions) std::printf(" %9s", ("est" + std::to_string(static_cast<int>(std::lround(100 * f))) + "%").c_str());
   for (const double f : a.estimate_floors) std::printf(" %16s", ("floor " + std::to_string(f).substr(0, 6)).c_str());
-  if (a.bundle > 0) std::printf(" %9s", ("bundle" + std::to_string(a.bundle)).c_str());
+  if (a.bundle > 0) std::printf(" %9s %9s %9s", ("bundle" + std::to_string(a.bundle)).c_str(), "own_err", "union_err");
   std::printf("\n");
 
   nlohmann::json results = nlohmann::json::array();
@@ -336,7 +353,10 @@ int Run(const Args& a) {
       }
       const double bundle_share =
           s.bundle.member_rows > 0 ? s.bundle.union_rows / s.bundle.member_rows : std::nan("");
-      if (a.bundle > 0) std::printf(" %9.4f", bundle_share);
+      const double members = static_cast<double>(std::max<int64_t>(s.bundle_members, 1));
+      if (a.bundle > 0) {
+        std::printf(" %9.4f %9.4f %9.4f", bundle_share, s.own_error / members, s.union_error / members);
+      }
       std::printf("\n");
       results.push_back({{"sparsity", info.sparsity},
                          {"lookup", lookup},
@@ -346,7 +366,11 @@ int Run(const Args& a) {
                          {"kv_fraction_loaded", s.kv / n},
                          {"centroid_comparisons_per_kv_head", s.comparisons / n},
                          {"estimate", estimate}});
-      if (a.bundle > 0) results.back()["bundle_rows_share"] = bundle_share;
+      if (a.bundle > 0) {
+        results.back()["bundle_rows_share"] = bundle_share;
+        results.back()["bundle_member_error_own"] = s.own_error / members;
+        results.back()["bundle_member_error_union"] = s.union_error / members;
+      }
     };
     for (int64_t l = 0; l < layers; ++l) {
       emit(std::to_string(l), per_layer[l]);
@@ -363,7 +387,8 @@ int Run(const Args& a) {
               " estimated mass; floor f: over the pruned clusters whose score reaches f x their\n"
               " threshold (--estimate_floor), with the share of the pruned clusters that is. bundleN: the\n"
               " clustered rows a bundle of N questions reads, the union of their selections, over the rows\n"
-              " they read one by one; 1/N = the same rows, 1 = no row in common.)\n",
+              " they read one by one; 1/N = the same rows, 1 = no row in common. own_err / union_err: a\n"
+              " member's rel_err, pruned clusters dropped, over its own selection / over the union.)\n",
               a.per_token ? "decode (single-query)" : "prefill (window-averaged)");
 
   if (!a.json_out.empty()) {

@@ -1,8 +1,10 @@
-// bench/squeeze_accuracy's BundleReadRows: what a shared-context bundle of questions reads (each
-// selected cluster's rows once) against its members one by one.
+// bench/squeeze_accuracy's bundle metrics: what a shared-context bundle of questions reads (each
+// selected cluster's rows once) against its members one by one, and a member's error over a
+// selection.
 #include <gtest/gtest.h>
 
 #include "bench/squeeze_accuracy/accuracy_metrics.h"
+#include "tests/squeeze/synthetic.h"
 
 namespace squeezeserve::bench {
 namespace {
@@ -18,6 +20,27 @@ TEST(BundleReadRows, UnionCountsEachClusterOnceAndMembersEachTheirOwn) {
   EXPECT_DOUBLE_EQ(rows.member_rows, (2 + 3 + 4) + (3 + 4));
   EXPECT_DOUBLE_EQ(BundleReadRows({a}, offsets).union_rows, 9);
   EXPECT_DOUBLE_EQ(BundleReadRows({}, offsets).member_rows, 0);
+}
+
+TEST(DroppedPrunedError, ZeroOverEveryClusterAndNoLessOverASubset) {
+  const at::Tensor keys = squeeze::synth::PlantedClusters(2, 700, 16, 8, 0.8, 3.0, 1).points;
+  const at::Tensor values = squeeze::synth::Randn({2, 700, 16}, squeeze::synth::Rng(2));
+  IndexOptions options;
+  options.levels = 1;
+  options.observation_window = 64;
+  auto index = squeeze::BuildLayerIndex(keys, values, options);
+  ASSERT_TRUE(index.ok());
+  const at::Tensor q = squeeze::synth::Randn({4, 3, 16}, squeeze::synth::Rng(3));  // GQA 2, 3 tokens
+  const int64_t K = index->cluster_offsets.size(1) - 1;
+  const at::Tensor every = at::ones({2, 1, K}, at::kBool);
+  EXPECT_LT(DroppedPrunedError(*index, q, every), 1e-6);
+  at::Tensor half = every.clone();
+  half.narrow(2, 0, K / 2).fill_(false);
+  const at::Tensor fewer = half.clone();
+  fewer.narrow(2, K / 2, K / 4).fill_(false);
+  const double e_half = DroppedPrunedError(*index, q, half), e_fewer = DroppedPrunedError(*index, q, fewer);
+  EXPECT_GT(e_half, 1e-3);
+  EXPECT_GT(e_fewer, e_half);  // nested selections: dropping more moves further from dense
 }
 
 }  // namespace
