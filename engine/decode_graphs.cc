@@ -304,10 +304,14 @@ StepLogits DecodeGraphs::Run(const std::vector<const ForwardArgs*>&) {
 #endif
 
 EagerStepRange::EagerStepRange(const std::vector<const ForwardArgs*>& batch) {
+#ifdef SQUEEZESERVE_CUDA_KERNELS  // else no range: nothing to name on every step
   const bool prefill = std::any_of(batch.begin(), batch.end(), [](const ForwardArgs* args) {
     return args->num_tokens > 1 || args->query_prefill;
   });
   range_ = std::make_unique<StepRange>(absl::StrCat(prefill ? "query_prefill_B" : "eager_decode_B", batch.size()));
+#else
+  (void)batch;
+#endif
 }
 
 EagerStepRange::~EagerStepRange() = default;

@@ -102,13 +102,20 @@ BundleRows BundleReadRows(const std::vector<at::Tensor>& selections, const at::T
   return rows;
 }
 
-double DroppedPrunedError(const squeeze::LayerIndex& index, const at::Tensor& queries, const at::Tensor& selected) {
-  squeeze::ClusterSelection some, all;
-  some.selected = selected;
-  all.selected = at::ones_like(selected);  // every cluster: dense attention over the stored context
-  const at::Tensor out = squeeze::AttendSelected(index, queries, some).out.to(at::kFloat);
+std::vector<double> DroppedPrunedErrors(const squeeze::LayerIndex& index, const at::Tensor& queries,
+                                        const std::vector<at::Tensor>& selections) {
+  std::vector<double> errors;
+  if (selections.empty()) return errors;
+  squeeze::ClusterSelection all;
+  all.selected = at::ones_like(selections[0]);  // every cluster: dense attention over the stored context
   const at::Tensor dense = squeeze::AttendSelected(index, queries, all).out.to(at::kFloat);
-  return ((out - dense).norm() / dense.norm().clamp_min(1e-30)).item<double>();
+  for (const at::Tensor& selected : selections) {
+    squeeze::ClusterSelection some;
+    some.selected = selected;
+    const at::Tensor out = squeeze::AttendSelected(index, queries, some).out.to(at::kFloat);
+    errors.push_back(((out - dense).norm() / dense.norm().clamp_min(1e-30)).item<double>());
+  }
+  return errors;
 }
 
 }  // namespace squeezeserve::bench

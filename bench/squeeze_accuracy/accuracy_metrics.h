@@ -55,9 +55,10 @@ struct BundleRows {
 BundleRows BundleReadRows(const std::vector<at::Tensor>& selections, const at::Tensor& cluster_offsets);
 
 // ‖out − out_dense‖ / ‖out_dense‖ of the context attention of `queries` ([H_q, T, D]) over the
-// clusters `selected` marks ([H_kv, T', K] bool) plus the window, the pruned clusters dropped (the
-// paper's lookup): with a bundle's union in place of a member's own selection, what attending the
-// union does to that member's error.
-double DroppedPrunedError(const squeeze::LayerIndex& index, const at::Tensor& queries, const at::Tensor& selected);
+// clusters each of `selections` marks ([H_kv, T', K] bool) plus the window, the pruned clusters
+// dropped (the paper's lookup), one error per selection (the dense output computed once): with a
+// bundle's union beside a member's own selection, what attending the union does to its error.
+std::vector<double> DroppedPrunedErrors(const squeeze::LayerIndex& index, const at::Tensor& queries,
+                                        const std::vector<at::Tensor>& selections);
 
 }  // namespace squeezeserve::bench

@@ -165,7 +165,7 @@ struct Sum {
   double recall = 0, error = 0, kv = 0, comparisons = 0, deviation = 0;
   BundleRows bundle;  // summed over the complete bundles
   // Over the members of the complete bundles: the paper lookup's error with each member's own
-  // selection and with the bundle's union (DroppedPrunedError), and how many members.
+  // selection and with the bundle's union (DroppedPrunedErrors), and how many members.
   double own_error = 0, union_error = 0;
   int64_t bundle_members = 0;
   std::vector<double> estimate_errors;             // per estimate fraction
@@ -290,8 +290,9 @@ int Run(const Args& a) {
               into.bundle.member_rows += rows.member_rows;
               const at::Tensor all = at::stack(bundle[l], 0).any(0);
               for (size_t m = 0; m < bundle[l].size(); ++m) {
-                into.own_error += DroppedPrunedError(index, bundle_queries[l][m], bundle[l][m]);
-                into.union_error += DroppedPrunedError(index, bundle_queries[l][m], all);
+                const std::vector<double> errors = DroppedPrunedErrors(index, bundle_queries[l][m], {bundle[l][m], all});
+                into.own_error += errors[0];
+                into.union_error += errors[1];
                 ++into.bundle_members;
               }
               bundle[l].clear();

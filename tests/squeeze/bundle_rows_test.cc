@@ -22,7 +22,7 @@ TEST(BundleReadRows, UnionCountsEachClusterOnceAndMembersEachTheirOwn) {
   EXPECT_DOUBLE_EQ(BundleReadRows({}, offsets).member_rows, 0);
 }
 
-TEST(DroppedPrunedError, ZeroOverEveryClusterAndNoLessOverASubset) {
+TEST(DroppedPrunedErrors, ZeroOverEveryClusterAndNoLessOverASubset) {
   const at::Tensor keys = squeeze::synth::PlantedClusters(2, 700, 16, 8, 0.8, 3.0, 1).points;
   const at::Tensor values = squeeze::synth::Randn({2, 700, 16}, squeeze::synth::Rng(2));
   IndexOptions options;
@@ -33,12 +33,14 @@ TEST(DroppedPrunedError, ZeroOverEveryClusterAndNoLessOverASubset) {
   const at::Tensor q = squeeze::synth::Randn({4, 3, 16}, squeeze::synth::Rng(3));  // GQA 2, 3 tokens
   const int64_t K = index->cluster_offsets.size(1) - 1;
   const at::Tensor every = at::ones({2, 1, K}, at::kBool);
-  EXPECT_LT(DroppedPrunedError(*index, q, every), 1e-6);
   at::Tensor half = every.clone();
   half.narrow(2, 0, K / 2).fill_(false);
   const at::Tensor fewer = half.clone();
   fewer.narrow(2, K / 2, K / 4).fill_(false);
-  const double e_half = DroppedPrunedError(*index, q, half), e_fewer = DroppedPrunedError(*index, q, fewer);
+  const std::vector<double> errors = DroppedPrunedErrors(*index, q, {every, half, fewer});
+  ASSERT_EQ(errors.size(), 3u);
+  EXPECT_LT(errors[0], 1e-6);
+  const double e_half = errors[1], e_fewer = errors[2];
   EXPECT_GT(e_half, 1e-3);
   EXPECT_GT(e_fewer, e_half);  // nested selections: dropping more moves further from dense
 }
