@@ -45,7 +45,12 @@ class StepRange {
   }
   ~StepRange() {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-    if (profiling_) cudaProfilerStop();
+    // The step's kernels finish inside the range: a tracer (nsys) that stops collecting at
+    // cudaProfilerStop would otherwise lose those still queued.
+    if (profiling_) {
+      cudaDeviceSynchronize();
+      cudaProfilerStop();
+    }
     nvtxRangePop();
 #endif
   }

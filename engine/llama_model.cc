@@ -20,6 +20,7 @@
 #include <stdexcept>
 
 #include "kernels/norm_rope.h"
+#include "kernels/skinny_gemm.h"
 #endif
 
 namespace squeezeserve {
@@ -94,6 +95,44 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
               "rope_bf16");
   return out;
 }
+
+// x [M, K] (or [M, 2K] gate, up with kSiluMul) times W [N, K] transposed, plus bias [N] and
+// residual [M, N] where defined, on kernels::skinny_gemm: the decode batch's products (M <= 8),
+// which cuBLAS reads the weights of well below the copy rate (kernels/skinny_gemm.h). Undefined
+// when the kernel does not take the operands (more rows, other dtypes or layouts): the caller then
+// runs libtorch's.
+at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
+                         kernels::SkinnyInput input, const at::Tensor& workspace) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
+  if (!workspace.defined() || !x.is_cuda() || !bf16 || x.dim() != 2 || x.size(0) > kernels::kSkinnyMaxRows ||
+      x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous()) {
+    return {};
+  }
+  const int64_t m = x.size(0), n = w.size(0), k = w.size(1);
+  if (x.size(1) != (input == kernels::SkinnyInput::kSiluMul ? 2 * k : k)) return {};
+  if (bias.defined() && (bias.scalar_type() != at::kBFloat16 || !bias.is_contiguous() || bias.numel() != n)) return {};
+  if (residual.defined() && (residual.scalar_type() != at::kBFloat16 || !residual.is_contiguous() ||
+                             residual.dim() != 2 || residual.size(0) != m || residual.size(1) != n)) {
+    return {};
+  }
+  at::Tensor out = at::empty({m, n}, x.options());
+  kernels::SkinnyGemm g;
+  g.m = static_cast<int>(m);
+  g.n = static_cast<int>(n);
+  g.k = static_cast<int>(k);
+  g.x = x.data_ptr();
+  g.x_stride = x.stride(0);
+  g.input = input;
+  g.w = w.data_ptr();
+  g.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  g.residual = residual.defined() ? residual.data_ptr() : nullptr;
+  g.out = out.data_ptr();
+  if (!kernels::skinny_gemm_supports(g)) return {};
+  const c10::cuda::CUDAGuard guard(x.device());
+  CheckLaunch(kernels::skinny_gemm(g, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),
+              "skinny_gemm");
+  return out;
+}
 #else
 constexpr bool kFusedKernelsCompiled = false;
 #endif
@@ -101,21 +140,8 @@ constexpr bool kFusedKernelsCompiled = false;
 // x [M, K] times W [N, K] transposed. On the CPU a one-row product (a decode step of one sequence)
 // is a matrix-vector product: BLAS's gemm copies W into its packed layout on every call, which for
 // one row is most of the work (perf, the shipped model decoding on the CPU: 51% of the step in
-// OpenBLAS's sgemm_incopy), where gemv reads W once. On a GPU cuBLAS picks its own kernels for one
-// row, so the products stay at::linear / at::addmm there.
+// OpenBLAS's sgemm_incopy), where gemv reads W once.
 bool OneRowOnCpu(const at::Tensor& x) { return !x.is_cuda() && x.dim() == 2 && x.size(0) == 1; }
-
-// at::linear(x, w, bias).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor()) {
-  if (!OneRowOnCpu(x)) return at::linear(x, w, bias);
-  return (bias.defined() ? at::addmv(bias, w, x[0]) : at::mv(w, x[0])).unsqueeze(0);
-}
-
-// residual + x w^T (at::addmm(residual, x, w.t())).
-at::Tensor AddLinear(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w) {
-  if (!OneRowOnCpu(x)) return at::addmm(residual, x, w.t());
-  return at::addmv(residual[0], w, x[0]).unsqueeze(0);
-}
 
 }  // namespace
 
@@ -124,7 +150,47 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
     : config_(config),
       device_(device),
       dtype_(dtype),
-      fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {}
+      fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
+  if (fused_ && options.skinny_gemm) {
+    skinny_workspace_ = at::zeros({static_cast<int64_t>(kernels::kSkinnyGemmWorkspaceBytes)},
+                                  at::TensorOptions().device(device).dtype(at::kByte));
+  }
+#endif
+}
+
+at::Tensor LlamaModel::Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                              const at::Tensor& residual) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (at::Tensor out = SkinnyProduct(x, w, bias, residual, kernels::SkinnyInput::kPlain, skinny_workspace_);
+      out.defined()) {
+    return out;
+  }
+#endif
+  if (OneRowOnCpu(x)) {
+    if (residual.defined() && !bias.defined()) return at::addmv(residual[0], w, x[0]).unsqueeze(0);
+    at::Tensor y = (bias.defined() ? at::addmv(bias, w, x[0]) : at::mv(w, x[0])).unsqueeze(0);
+    return residual.defined() ? residual + y : y;
+  }
+  if (!residual.defined()) return at::linear(x, w, bias);
+  if (bias.defined()) return residual + at::linear(x, w, bias);
+  return at::addmm(residual, x, w.t());  // the residual add inside the matmul
+}
+
+at::Tensor LlamaModel::AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up,
+                                     const at::Tensor& w) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (at::Tensor out = SkinnyProduct(gate_up, w, at::Tensor(), residual, kernels::SkinnyInput::kSiluMul,
+                                     skinny_workspace_);
+      out.defined()) {
+    return out;
+  }
+#endif
+  const int64_t inter = w.size(1);
+  const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)).mul_(gate_up.narrow(1, inter, inter));
+  return Linear(act, w, at::Tensor(), residual);
+}
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig& config,
                                                                const SafetensorsCheckpoint& weights,
@@ -240,16 +306,13 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
 }
 
 at::Tensor LlamaModel::AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const {
-  const int64_t inter = config_.intermediate_size;
   const at::Tensor gate_up = Linear(normed, layer.gate_up_proj);  // [N, 2·intermediate]
-  const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)).mul_(gate_up.narrow(1, inter, inter));
-  return AddLinear(residual, act, layer.down_proj);  // the residual add inside the matmul
+  return AddSwiGluDown(residual, gate_up, layer.down_proj);
 }
 
 at::Tensor LlamaModel::AddAttentionOutput(const Layer& layer, const at::Tensor& residual,
                                           const at::Tensor& attended) const {
-  if (layer.o_bias.defined()) return residual + Linear(attended, layer.o_proj, layer.o_bias);
-  return AddLinear(residual, attended, layer.o_proj);
+  return Linear(attended, layer.o_proj, layer.o_bias, residual);
 }
 
 at::Tensor LlamaModel::Forward(const ForwardArgs& args) const { return ForwardBatch({&args})[0]; }

@@ -53,6 +53,10 @@ struct LlamaModelOptions {
   // decode, libtorch's per-op dispatch rather than GPU work sets the step time. false = always
   // libtorch (tests compare the two).
   bool fused_norm_rope = true;
+  // The weight products of steps of up to 8 tokens (the decode batch) on kernels/skinny_gemm.h,
+  // with the residual add and SiLU * up inside, instead of libtorch's cuBLAS calls and elementwise
+  // ops; taken where fused_norm_rope is. false = libtorch (comparisons: EngineOptions::skinny_gemm).
+  bool skinny_gemm = true;
 };
 
 // How the ingest prefill shares the engine: each unit of work (a chunk of tokens through the
@@ -127,6 +131,8 @@ class LlamaModel {
   at::ScalarType dtype() const { return dtype_; }
   // Whether RmsNorm and ApplyRope run the fused CUDA kernels (LlamaModelOptions::fused_norm_rope).
   bool fused_norm_rope() const { return fused_; }
+  // Whether the decode batch's products run kernels/skinny_gemm.h (LlamaModelOptions::skinny_gemm).
+  bool skinny_gemm() const { return skinny_workspace_.defined(); }
 
  private:
   struct Layer {
@@ -153,11 +159,18 @@ class LlamaModel {
   // attention [N, H·D] (the adds fused into the matmuls where there is no bias).
   at::Tensor AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const;
   at::Tensor AddAttentionOutput(const Layer& layer, const at::Tensor& residual, const at::Tensor& attended) const;
+  // x [M, K] times w [N, K] transposed, plus bias [N] and residual [M, N] where defined (the adds
+  // inside the product where the kernels or BLAS allow).
+  at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor(),
+                    const at::Tensor& residual = at::Tensor()) const;
+  // residual + (silu(gate) * up) w^T of gate_up [M, 2·intermediate] (gate, then up).
+  at::Tensor AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up, const at::Tensor& w) const;
 
   ModelConfig config_;
   at::Device device_;
   at::ScalarType dtype_;
   bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
+  at::Tensor skinny_workspace_;  // kernels::skinny_gemm's where the products run it, else undefined
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;

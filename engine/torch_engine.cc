@@ -413,7 +413,9 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   engine->tokenizer_ = std::move(tokenizer->tokenizer);
   absl::StrAppend(&fingerprint_input, tokenizer->fingerprint_input);
 
-  auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype);
+  LlamaModelOptions model_options;
+  model_options.skinny_gemm = options.skinny_gemm;
+  auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype, model_options);
   if (!model.ok()) return model.status();
   engine->model_ = std::move(*model);
   std::string backend_reason;
@@ -443,6 +445,12 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     } else if (!options.cuda_graphs) {
       absl::StrAppend(&backend_reason, "; decode steps dispatched op by op (no CUDA graphs)");
     }
+  }
+  if (engine->model_->skinny_gemm()) {
+    absl::StrAppend(&backend_reason, "; decode-batch weight products on the skinny GEMM kernel");
+  } else if (device->device.is_cuda()) {
+    absl::StrAppend(&backend_reason, "; decode-batch weight products on libtorch (cuBLAS)",
+                    options.skinny_gemm ? "" : ": skinny_gemm off");
   }
   // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run
   // at speed; a 32K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit

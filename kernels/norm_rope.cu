@@ -1,7 +1,9 @@
 // Fused RMSNorm and RoPE (norm_rope.h). Both are memory-bound and tiny at decode; what matters is
 // one launch each and libtorch's rounding: every fp32 result that libtorch stores as a bf16 tensor
 // is rounded to bf16 here at the same point, and the fp32 ops are the same ones (explicit _rn
-// intrinsics where nvcc could otherwise contract a multiply and an add into one FMA).
+// intrinsics where nvcc could otherwise contract a multiply and an add into one FMA). Both are
+// launched with programmatic dependent launch (chained_launch.cuh): at decode the weight product
+// after each starts streaming its weights while it runs (kernels/skinny_gemm.h).
 #include "kernels/norm_rope.h"
 
 #include <cuda_bf16.h>
@@ -9,6 +11,7 @@
 
 #include <cstdint>
 
+#include "kernels/chained_launch.cuh"
 #include "kernels/cuda_common.cuh"
 
 namespace squeezeserve::kernels {
@@ -32,6 +35,8 @@ template <bool kVec>
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const uint16_t* x_bits, const uint16_t* weight_bits, uint16_t* out_bits, int hidden,
                     float inv_hidden, float eps) {
+  detail::allow_next_grid();
+  detail::wait_for_previous_grid();  // x is the previous kernel's output
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* x = as_bf16(x_bits) + row * hidden;
   const __nv_bfloat16* weight = as_bf16(weight_bits);
@@ -91,6 +96,8 @@ __device__ __forceinline__ __nv_bfloat16 rope_element(float x, float c, float r,
 // Consecutive threads take consecutive i, so reads of a token's row and writes of a head's row coalesce.
 __global__ void rope_kernel(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint16_t* sin, int tokens,
                             int heads, int head_dim, int64_t in_row_stride) {
+  detail::allow_next_grid();
+  detail::wait_for_previous_grid();  // in is the previous kernel's output
   const int half = head_dim / 2;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= static_cast<int64_t>(tokens) * heads * half) return;
@@ -117,12 +124,9 @@ int rms_norm_bf16(const uint16_t* x, const uint16_t* weight, uint16_t* out, int 
   if (rows == 0) return cudaSuccess;
   const auto st = static_cast<cudaStream_t>(stream);
   const float inv_hidden = 1.f / static_cast<float>(hidden);
-  if (hidden % 8 == 0 && aligned16(x) && aligned16(weight) && aligned16(out)) {
-    rms_norm_kernel<true><<<rows, kNormThreads, 0, st>>>(x, weight, out, hidden, inv_hidden, eps);
-  } else {
-    rms_norm_kernel<false><<<rows, kNormThreads, 0, st>>>(x, weight, out, hidden, inv_hidden, eps);
-  }
-  return cudaGetLastError();
+  const bool vec = hidden % 8 == 0 && aligned16(x) && aligned16(weight) && aligned16(out);
+  return detail::launch_chained(vec ? rms_norm_kernel<true> : rms_norm_kernel<false>, dim3(rows), dim3(kNormThreads), 0,
+                                st, x, weight, out, hidden, inv_hidden, eps);
 }
 
 int rope_bf16(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint16_t* sin, int tokens, int heads,
@@ -134,9 +138,8 @@ int rope_bf16(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint
   if (threads == 0) return cudaSuccess;
   constexpr int kBlock = 256;
   const auto blocks = static_cast<unsigned>((threads + kBlock - 1) / kBlock);
-  rope_kernel<<<blocks, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(in, out, cos, sin, tokens, heads, head_dim,
-                                                                       in_row_stride);
-  return cudaGetLastError();
+  return detail::launch_chained(rope_kernel, dim3(blocks), dim3(kBlock), 0, static_cast<cudaStream_t>(stream), in, out,
+                                cos, sin, tokens, heads, head_dim, in_row_stride);
 }
 
 }  // namespace squeezeserve::kernels

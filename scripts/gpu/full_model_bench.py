@@ -312,6 +312,7 @@ def main():
                    help="more squeezeserve flags, space-separated, given with '=' since the value starts with '--' "
                         "(e.g. --server_args='--estimate_floor 0.0625'); recorded in the JSON")
     a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
     s = SHAPES[a.shape]
     batches = [int(b) for b in a.batches.split(",") if b]
     result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0),

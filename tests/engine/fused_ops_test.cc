@@ -1,4 +1,5 @@
-// The fused RMSNorm / RoPE CUDA kernels (LlamaModelOptions::fused_norm_rope, kernels/norm_rope.h)
+// Our CUDA kernels for the token-wise ops (LlamaModelOptions::fused_norm_rope: kernels/norm_rope.h,
+// and ::skinny_gemm: kernels/skinny_gemm.h for the products of steps of up to 8 tokens)
 // against the libtorch ops they replace: the same random bf16 model with and without them, logits
 // of a prefill and decode steps fed the same tokens, one sequence and a batch of two (stacked rows
 // at different positions). Needs a GPU and a build with the kernels; skips otherwise (CI).
@@ -31,8 +32,8 @@ using testing::SmallModelSpec;
 using testing::TinyModelSpec;
 using testing::WriteTinyCheckpoint;
 
-// RoPE is bit-exact; RMSNorm differs from libtorch in the fp32 sum's order, which moves a few
-// tenths of a percent of its bf16 outputs by one ulp (2^-8 relative). Through two layers of bf16
+// RoPE is bit-exact; RMSNorm and the products differ from libtorch in the fp32 sums' order, which
+// moves a few tenths of a percent of their bf16 outputs by one ulp (2^-8 relative). Through two layers of bf16
 // activations that stays far below the 3e-2 (relative L2 over the vocabulary) that the kernel
 // path's logits are held to (kernel_path_test.cc): 1e-2.
 constexpr double kLogitsBound = 1e-2;
@@ -57,12 +58,14 @@ Models LoadBoth(const TinyModelSpec& spec) {
   const at::Device cuda(at::kCUDA, 0);
   LlamaModelOptions without;
   without.fused_norm_rope = false;
+  without.skinny_gemm = false;
   auto fused = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16);
   auto libtorch = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16, without);
   EXPECT_TRUE(fused.ok()) << fused.status();
   EXPECT_TRUE(libtorch.ok()) << libtorch.status();
   if (!fused.ok() || !libtorch.ok()) return {};
   EXPECT_FALSE((*libtorch)->fused_norm_rope());
+  EXPECT_FALSE((*libtorch)->skinny_gemm());
   return {std::move(*fused), std::move(*libtorch)};
 }
 
