@@ -76,8 +76,8 @@ struct EngineOptions {
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).
   bool cuda_graphs = true;
-  // The weight products of decode steps (up to 8 tokens) on our kernel (kernels/skinny_gemm.h:
-  // the weights streamed near the copy rate, the residual add and SiLU * up inside) on a bf16 GPU
+  // The weight products of decode steps of 2 to 8 tokens on our kernel (kernels/skinny_gemm.h:
+  // the weights streamed near the copy rate, the residual add inside, SiLU * up one launch) on a bf16 GPU
   // model in a build with the kernels; false = libtorch's cuBLAS calls (for comparisons).
   bool skinny_gemm = true;
   // The decode step's kernels on sm_90+ launched with programmatic dependent launch (each starts

@@ -96,20 +96,18 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return out;
 }
 
-// x [M, K] (or [M, 2K] gate, up with kSiluMul) times W [N, K] transposed, plus bias [N] and
-// residual [M, N] where defined, on kernels::skinny_gemm: the decode batch's products (M <= 8),
-// which cuBLAS reads the weights of well below the copy rate (kernels/skinny_gemm.h). Undefined
-// when the kernel does not take the operands (more rows, other dtypes or layouts): the caller then
-// runs libtorch's.
+// x [M, K] times W [N, K] transposed, plus bias [N] and residual [M, N] where defined, on
+// kernels::skinny_gemm: the decode batch's products (M <= 8), which cuBLAS reads the weights of
+// well below the copy rate (kernels/skinny_gemm.h). Undefined when the kernel does not take the
+// operands (more rows, other dtypes or layouts): the caller then runs libtorch's.
 at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
-                         kernels::SkinnyInput input, const at::Tensor& workspace) {
+                         const at::Tensor& workspace) {
   const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
   if (!workspace.defined() || !x.is_cuda() || !bf16 || x.dim() != 2 || x.size(0) > kernels::kSkinnyMaxRows ||
-      x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous()) {
+      x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous() || x.size(1) != w.size(1)) {
     return {};
   }
   const int64_t m = x.size(0), n = w.size(0), k = w.size(1);
-  if (x.size(1) != (input == kernels::SkinnyInput::kSiluMul ? 2 * k : k)) return {};
   if (bias.defined() && (bias.scalar_type() != at::kBFloat16 || !bias.is_contiguous() || bias.numel() != n)) return {};
   if (residual.defined() && (residual.scalar_type() != at::kBFloat16 || !residual.is_contiguous() ||
                              residual.dim() != 2 || residual.size(0) != m || residual.size(1) != n)) {
@@ -122,7 +120,6 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
   g.k = static_cast<int>(k);
   g.x = x.data_ptr();
   g.x_stride = x.stride(0);
-  g.input = input;
   g.w = w.data_ptr();
   g.bias = bias.defined() ? bias.data_ptr() : nullptr;
   g.residual = residual.defined() ? residual.data_ptr() : nullptr;
@@ -132,6 +129,20 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
   CheckLaunch(kernels::skinny_gemm(g, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),
               "skinny_gemm");
   return out;
+}
+
+// silu(gate) * up of gate_up [M, 2·inter] (bf16, unit column stride) in one launch
+// (kernels::silu_mul_bf16); undefined where the kernel does not take it.
+at::Tensor FusedSiluMul(const at::Tensor& gate_up, int64_t inter) {
+  const int64_t rows = gate_up.size(0);
+  at::Tensor act = at::empty({rows, inter}, gate_up.options());
+  const c10::cuda::CUDAGuard guard(gate_up.device());
+  const int err = kernels::silu_mul_bf16(gate_up.data_ptr(), gate_up.stride(0), act.data_ptr(), static_cast<int>(rows),
+                                         static_cast<int>(inter),
+                                         c10::cuda::getCurrentCUDAStream(gate_up.device().index()).stream());
+  if (err == cudaErrorInvalidValue) return {};
+  CheckLaunch(err, "silu_mul_bf16");
+  return act;
 }
 #else
 constexpr bool kFusedKernelsCompiled = false;
@@ -153,6 +164,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
       fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
+  skinny_min_rows_ = options.skinny_min_rows;
   if (fused_ && options.skinny_gemm) {
     skinny_workspace_ = at::zeros({static_cast<int64_t>(kernels::kSkinnyGemmWorkspaceBytes)},
                                   at::TensorOptions().device(device).dtype(at::kByte));
@@ -160,12 +172,21 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
 #endif
 }
 
+bool LlamaModel::SkinnyRows(const at::Tensor& x) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  return skinny_workspace_.defined() && x.dim() == 2 && x.size(0) >= skinny_min_rows_ &&
+         x.size(0) <= kernels::kSkinnyMaxRows;
+#else
+  (void)x;
+  return false;
+#endif
+}
+
 at::Tensor LlamaModel::Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                               const at::Tensor& residual) const {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  if (at::Tensor out = SkinnyProduct(x, w, bias, residual, kernels::SkinnyInput::kPlain, skinny_workspace_);
-      out.defined()) {
-    return out;
+  if (SkinnyRows(x)) {
+    if (at::Tensor out = SkinnyProduct(x, w, bias, residual, skinny_workspace_); out.defined()) return out;
   }
 #endif
   if (OneRowOnCpu(x)) {
@@ -180,14 +201,17 @@ at::Tensor LlamaModel::Linear(const at::Tensor& x, const at::Tensor& w, const at
 
 at::Tensor LlamaModel::AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up,
                                      const at::Tensor& w) const {
+  const int64_t inter = w.size(1);
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  if (at::Tensor out = SkinnyProduct(gate_up, w, at::Tensor(), residual, kernels::SkinnyInput::kSiluMul,
-                                     skinny_workspace_);
-      out.defined()) {
-    return out;
+  // Where the down product runs on our kernel: SiLU * up in one launch, not libtorch's two.
+  if (SkinnyRows(gate_up) && gate_up.scalar_type() == at::kBFloat16 && gate_up.stride(1) == 1) {
+    const at::Tensor act = FusedSiluMul(gate_up, inter);
+    if (act.defined()) {
+      if (at::Tensor out = SkinnyProduct(act, w, at::Tensor(), residual, skinny_workspace_); out.defined()) return out;
+      return Linear(act, w, at::Tensor(), residual);
+    }
   }
 #endif
-  const int64_t inter = w.size(1);
   const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)).mul_(gate_up.narrow(1, inter, inter));
   return Linear(act, w, at::Tensor(), residual);
 }

@@ -54,9 +54,16 @@ struct LlamaModelOptions {
   // libtorch (tests compare the two).
   bool fused_norm_rope = true;
   // The weight products of steps of up to 8 tokens (the decode batch) on kernels/skinny_gemm.h,
-  // with the residual add and SiLU * up inside, instead of libtorch's cuBLAS calls and elementwise
-  // ops; taken where fused_norm_rope is. false = libtorch (comparisons: EngineOptions::skinny_gemm).
+  // with the residual add inside and SiLU * up in one launch, instead of libtorch's cuBLAS calls and
+  // elementwise ops; taken where fused_norm_rope is. false = libtorch (comparisons:
+  // EngineOptions::skinny_gemm).
   bool skinny_gemm = true;
+  // ... for steps of at least this many tokens. 2: at batch 1 the whole step was slower with them,
+  // though the products alone were faster (H100, Llama-3-8B 32K: TPOT dense 8.81 vs 8.49 ms, the
+  // paper's lookup 7.78 vs 7.43 ms; the step's products alone 5.19 vs 5.73 ms), and at batch 8
+  // faster (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md run 23. Until the batch-1
+  // step is profiled, one token stays on cuBLAS. Tests set 1.
+  int skinny_min_rows = 2;
 };
 
 // How the ingest prefill shares the engine: each unit of work (a chunk of tokens through the
@@ -163,6 +170,9 @@ class LlamaModel {
   // inside the product where the kernels or BLAS allow).
   at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor(),
                     const at::Tensor& residual = at::Tensor()) const;
+  // Whether a product of x's rows runs kernels/skinny_gemm.h (LlamaModelOptions::skinny_gemm and
+  // skinny_min_rows; the kernel then still checks the operands).
+  bool SkinnyRows(const at::Tensor& x) const;
   // residual + (silu(gate) * up) w^T of gate_up [M, 2·intermediate] (gate, then up).
   at::Tensor AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up, const at::Tensor& w) const;
 
@@ -171,6 +181,7 @@ class LlamaModel {
   at::ScalarType dtype_;
   bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
   at::Tensor skinny_workspace_;  // kernels::skinny_gemm's where the products run it, else undefined
+  int skinny_min_rows_ = 2;      // LlamaModelOptions::skinny_min_rows
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;

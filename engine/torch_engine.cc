@@ -447,7 +447,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     }
   }
   if (engine->model_->skinny_gemm()) {
-    absl::StrAppend(&backend_reason, "; decode-batch weight products on the skinny GEMM kernel");
+    absl::StrAppend(&backend_reason, "; decode steps of 2-8 tokens: weight products on the skinny GEMM kernel");
   } else if (device->device.is_cuda()) {
     absl::StrAppend(&backend_reason, "; decode-batch weight products on libtorch (cuBLAS)",
                     options.skinny_gemm ? "" : ": skinny_gemm off");

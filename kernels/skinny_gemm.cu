@@ -50,7 +50,7 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
 
 __device__ __forceinline__ uint4 zero4() { return make_uint4(0u, 0u, 0u, 0u); }
 
-// bf16(bf16(silu(g)) * u) for the two bf16 of each word, as libtorch rounds at::silu then mul_.
+// bf16(bf16(silu(g)) * u) for the two bf16 of each word, as libtorch's CUDA at::silu then mul_.
 __device__ __forceinline__ uint32_t silu_mul(uint32_t g2, uint32_t u2) {
   const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&g2));
   const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u2));
@@ -60,24 +60,19 @@ __device__ __forceinline__ uint32_t silu_mul(uint32_t g2, uint32_t u2) {
 }
 
 // One chunk's operands of this lane: weights of features r and r + 8, x of row r (words 0..7:
-// the 16 elements from 16c; with kSiluMul the gate's, and `up` beside them). SiLU * up is applied
-// when the chunk is multiplied, not when it is loaded: applied at the load, it made every load
-// group wait for x there, and the down projection took 1.37x cuBLAS's time (H100).
-template <bool kSiluMul>
+// the 16 elements from 16c).
 struct ChunkRegs {
   uint4 w[2][2];
   uint4 x[2];
-  uint4 up[kSiluMul ? 2 : 1];
 };
 
-template <bool kSiluMul>
 struct Lane {
   const __nv_bfloat16* w0;  // feature row0 + r at k = 16c, or null past n
   const __nv_bfloat16* w1;  // feature row0 + r + 8
-  const __nv_bfloat16* x;   // x row r at k = 16c (the gate with kSiluMul), or null past m
+  const __nv_bfloat16* x;   // x row r at k = 16c, or null past m
   int k, c;
 
-  __device__ void load_weights(int chunk, ChunkRegs<kSiluMul>& regs) const {
+  __device__ void load_weights(int chunk, ChunkRegs& regs) const {
     const int at = chunk * kChunk + 16 * c;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -87,15 +82,12 @@ struct Lane {
     }
   }
 
-  __device__ void load_x(int chunk, ChunkRegs<kSiluMul>& regs) const {
+  __device__ void load_x(int chunk, ChunkRegs& regs) const {
     const int at = chunk * kChunk + 16 * c;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const bool in = x != nullptr && at + 8 * h < k;
       regs.x[h] = in ? __ldg(reinterpret_cast<const uint4*>(x + chunk * kChunk + 8 * h)) : zero4();
-      if constexpr (kSiluMul) {
-        regs.up[h] = in ? __ldg(reinterpret_cast<const uint4*>(x + k + chunk * kChunk + 8 * h)) : zero4();
-      }
     }
   }
 };
@@ -106,21 +98,12 @@ __device__ __forceinline__ uint32_t word(const uint4 (&v)[2], int i) {
   return j == 0 ? h.x : j == 1 ? h.y : j == 2 ? h.z : h.w;
 }
 
-template <bool kSiluMul>
-__device__ __forceinline__ void mma_chunk(const ChunkRegs<kSiluMul>& regs, float (&acc)[4]) {
-  uint4 x[2] = {regs.x[0], regs.x[1]};
-  if constexpr (kSiluMul) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 g = regs.x[h], u = regs.up[h];
-      x[h] = make_uint4(silu_mul(g.x, u.x), silu_mul(g.y, u.y), silu_mul(g.z, u.z), silu_mul(g.w, u.w));
-    }
-  }
+__device__ __forceinline__ void mma_chunk(const ChunkRegs& regs, float (&acc)[4]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const uint32_t a[4] = {word(regs.w[0], 2 * j), word(regs.w[1], 2 * j), word(regs.w[0], 2 * j + 1),
                            word(regs.w[1], 2 * j + 1)};
-    mma_bf16_16816(acc, a, word(x, 2 * j), word(x, 2 * j + 1));
+    mma_bf16_16816(acc, a, word(regs.x, 2 * j), word(regs.x, 2 * j + 1));
   }
 }
 
@@ -133,7 +116,6 @@ __device__ __forceinline__ void write_out(const SkinnyGemm& g, int t, int f, flo
   static_cast<__nv_bfloat16*>(g.out)[at] = __float2bfloat16(v);
 }
 
-template <bool kSiluMul>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   __shared__ float reduce[kWarps][kTile * 8];
   __shared__ int last;
@@ -150,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   const int c0 = s0 + (s1 - s0) * warp / kWarps, c1 = s0 + (s1 - s0) * (warp + 1) / kWarps;
 
   const auto* w = static_cast<const __nv_bfloat16*>(g.w);
-  Lane<kSiluMul> ln;
+  Lane ln;
   ln.k = g.k;
   ln.c = c;
   ln.w0 = row0 + r < g.n ? w + static_cast<int64_t>(row0 + r) * g.k + 16 * c : nullptr;
@@ -158,28 +140,28 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   ln.x = r < g.m ? static_cast<const __nv_bfloat16*>(g.x) + static_cast<int64_t>(r) * g.x_stride + 16 * c : nullptr;
 
   // Group i holds chunks c0 + kGroup i ..; a chunk at or past c1 loads nothing (zeros).
-  auto load_group_weights = [&](int first, ChunkRegs<kSiluMul> (&regs)[kGroup]) {
+  auto load_group_weights = [&](int first, ChunkRegs (&regs)[kGroup]) {
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       if (first + u < c1) ln.load_weights(first + u, regs[u]);
       else regs[u].w[0][0] = regs[u].w[0][1] = regs[u].w[1][0] = regs[u].w[1][1] = zero4();
     }
   };
-  auto load_group_x = [&](int first, ChunkRegs<kSiluMul> (&regs)[kGroup]) {
+  auto load_group_x = [&](int first, ChunkRegs (&regs)[kGroup]) {
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       if (first + u < c1) ln.load_x(first + u, regs[u]);
-      else regs[u].x[0] = regs[u].x[1] = regs[u].up[0] = regs[u].up[kSiluMul ? 1 : 0] = zero4();
+      else regs[u].x[0] = regs[u].x[1] = zero4();
     }
   };
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  ChunkRegs<kSiluMul> cur[kGroup];
+  ChunkRegs cur[kGroup];
   load_group_weights(c0, cur);  // the weights do not depend on the previous kernel
   wait_for_previous_grid();     // x, the residual, the workspace and out may
   load_group_x(c0, cur);
   for (int first = c0; first < c1; first += kGroup) {
-    ChunkRegs<kSiluMul> next[kGroup];
+    ChunkRegs next[kGroup];
     load_group_weights(first + kGroup, next);
     load_group_x(first + kGroup, next);
 #pragma unroll
@@ -222,8 +204,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// CTAs of a variant the device holds at once (cached per device and variant).
-template <bool kSiluMul>
+// CTAs of the kernel the device holds at once (cached per device).
 int resident_ctas() {
   static int cached[64] = {};
   int dev = 0;
@@ -231,12 +212,27 @@ int resident_ctas() {
   if (cached[dev] == 0) {
     int sms = 0, per_sm = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, skinny_gemm_kernel<kSiluMul>, kThreads, 0) !=
-            cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, skinny_gemm_kernel, kThreads, 0) != cudaSuccess)
       return 0;
     cached[dev] = std::max(1, sms * per_sm);
   }
   return cached[dev];
+}
+
+// Eight elements of act per thread: 16-byte loads of gate and up, one 16-byte store.
+__global__ void silu_mul_kernel(const __nv_bfloat16* gate_up, int64_t stride, __nv_bfloat16* act, int rows,
+                                int inter) {
+  allow_next_grid();
+  wait_for_previous_grid();  // gate_up is the previous kernel's output
+  const int per_row = inter / 8;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(rows) * per_row) return;
+  const int64_t row = idx / per_row;
+  const int j = static_cast<int>(idx % per_row) * 8;
+  const uint4 g = *reinterpret_cast<const uint4*>(gate_up + row * stride + j);
+  const uint4 u = *reinterpret_cast<const uint4*>(gate_up + row * stride + inter + j);
+  *reinterpret_cast<uint4*>(act + row * inter + j) =
+      make_uint4(silu_mul(g.x, u.x), silu_mul(g.y, u.y), silu_mul(g.z, u.z), silu_mul(g.w, u.w));
 }
 
 }  // namespace
@@ -244,9 +240,8 @@ int resident_ctas() {
 
 bool skinny_gemm_supports(const SkinnyGemm& g) {
   using detail::aligned16;
-  const int64_t row = g.input == SkinnyInput::kSiluMul ? 2 * int64_t{g.k} : g.k;
   return g.m >= 1 && g.m <= kSkinnyMaxRows && g.n >= 1 && g.k >= 8 && g.k % 8 == 0 && g.x_stride % 8 == 0 &&
-         (g.m == 1 || g.x_stride >= row) && g.x && g.w && g.out && aligned16(g.x) && aligned16(g.w) &&
+         (g.m == 1 || g.x_stride >= g.k) && g.x && g.w && g.out && aligned16(g.x) && aligned16(g.w) &&
          aligned16(g.out) && (g.residual == nullptr || aligned16(g.residual));
 }
 
@@ -259,8 +254,7 @@ int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const Skinny
   // chunks per warp, and as far as the workspace holds the partials and tickets.
   int ksplit = launch.ksplit;
   if (ksplit <= 0) {
-    const int resident =
-        g.input == SkinnyInput::kSiluMul ? resident_ctas<true>() : resident_ctas<false>();
+    const int resident = resident_ctas();
     ksplit = resident > tiles ? resident / tiles : 1;
     ksplit = std::min(ksplit, std::max(1, chunks / (2 * kWarps)));
   }
@@ -271,9 +265,21 @@ int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const Skinny
   }
   char* base = static_cast<char*>(workspace);
   const Args a{g, reinterpret_cast<int*>(base), reinterpret_cast<float*>(base + kPartialsOffset), ksplit, chunks};
-  const auto kernel = g.input == SkinnyInput::kSiluMul ? skinny_gemm_kernel<true> : skinny_gemm_kernel<false>;
-  return launch_chained(kernel, dim3(tiles, ksplit), dim3(kThreads), 0, static_cast<cudaStream_t>(stream),
+  return launch_chained(skinny_gemm_kernel, dim3(tiles, ksplit), dim3(kThreads), 0, static_cast<cudaStream_t>(stream),
                         a);
+}
+
+int silu_mul_bf16(const void* gate_up, int64_t stride, void* act, int rows, int inter, void* stream) {
+  using namespace detail;
+  if (rows < 0 || inter <= 0 || inter % 8 != 0 || stride % 8 != 0 || stride < 2 * int64_t{inter} ||
+      !aligned16(gate_up) || !aligned16(act))
+    return cudaErrorInvalidValue;
+  const int64_t threads = static_cast<int64_t>(rows) * (inter / 8);
+  if (threads == 0) return cudaSuccess;
+  constexpr int kBlock = 256;
+  return launch_chained(silu_mul_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), 0,
+                        static_cast<cudaStream_t>(stream), static_cast<const __nv_bfloat16*>(gate_up), stride,
+                        static_cast<__nv_bfloat16*>(act), rows, inter);
 }
 
 }  // namespace squeezeserve::kernels

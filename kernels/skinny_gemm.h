@@ -11,9 +11,12 @@
 // them to four m16n8k16 MMAs, the tokens' x in the same order as B), split over K across the
 // CTA's warps and, where the tiles alone would not fill the device, across CTAs (each writes an
 // fp32 partial; the tile's last CTA sums them in split order: deterministic). The residual and
-// bias are added in the epilogue, SiLU * up is applied as x is loaded (SkinnyInput::kSiluMul),
-// and the first weights are loaded before the kernel waits for its predecessor (programmatic
-// dependent launch, kernels/launch.h): the weights do not depend on it.
+// bias are added in the epilogue, SiLU * up is one launch of its own (silu_mul_bf16), and the
+// first weights are loaded before the kernel waits for its predecessor (programmatic dependent
+// launch, kernels/launch.h): the weights do not depend on it.
+// SiLU * up inside the product (applied to x as it was loaded) cost more than it saved: every
+// 16-feature tile recomputed it for all of x, and the down projection took 1.3-4.4x cuBLAS's
+// time (bench/kernels/NOTES.md run 23).
 #pragma once
 
 #include <cstddef>
@@ -24,18 +27,10 @@ namespace squeezeserve::kernels {
 // Rows of x one launch takes: the MMA's N dimension (8 tokens).
 constexpr int kSkinnyMaxRows = 8;
 
-// How x's rows are read.
-enum class SkinnyInput {
-  kPlain,    // x [m][k] (row stride x_stride)
-  kSiluMul,  // x [m][2k] (row stride x_stride): the product's input is bf16(bf16(silu(gate)) * up)
-             // of gate = x[:, :k], up = x[:, k:], rounded as libtorch's CUDA at::silu(gate).mul_(up)
-};
-
 struct SkinnyGemm {
   int m = 0, n = 0, k = 0;  // rows of x (1..kSkinnyMaxRows), output features, inner dimension
-  const void* x = nullptr;  // device bf16, see SkinnyInput
-  int64_t x_stride = 0;     // elements between rows of x
-  SkinnyInput input = SkinnyInput::kPlain;
+  const void* x = nullptr;  // device bf16 [m][k], rows x_stride elements apart
+  int64_t x_stride = 0;
   const void* w = nullptr;         // device bf16 [n][k], contiguous
   const void* bias = nullptr;      // nullable device bf16 [n]
   const void* residual = nullptr;  // nullable device bf16 [m][n], contiguous; may be `out`
@@ -52,12 +47,20 @@ struct SkinnyLaunch {
 };
 
 // Whether skinny_gemm takes this problem: 1 <= m <= kSkinnyMaxRows, n >= 1, k a positive multiple
-// of 8, x_stride a multiple of 8 (>= k, or 2k for kSiluMul), and x, w, out, residual 16-byte
+// of 8, x_stride a multiple of 8 (>= k), and x, w, out, residual 16-byte
 // aligned. The caller falls back to a general GEMM otherwise.
 bool skinny_gemm_supports(const SkinnyGemm& g);
 
 // Returns a cudaError_t value (cudaErrorInvalidValue where !skinny_gemm_supports). Launched with
 // programmatic dependent launch where it is on (kernels/chained_launch.cuh's contract).
 int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const SkinnyLaunch& launch = {});
+
+// SwiGLU's activation between the gate/up and the down products: act[i][j] =
+// bf16(bf16(silu(gate)) * up) of gate = gate_up[i][j], up = gate_up[i][inter + j] (rows of
+// gate_up `stride` elements apart; act [rows][inter] contiguous), rounded as libtorch's CUDA
+// at::silu(gate).mul_(up) on bf16 tensors (fp32 math, a bf16 result per op): one launch for
+// libtorch's two. Needs inter and stride multiples of 8 and 16-byte aligned pointers. Launched
+// with programmatic dependent launch. Returns a cudaError_t value.
+int silu_mul_bf16(const void* gate_up, int64_t stride, void* act, int rows, int inter, void* stream);
 
 }  // namespace squeezeserve::kernels

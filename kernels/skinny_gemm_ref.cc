@@ -1,7 +1,6 @@
 #include "kernels/skinny_gemm_ref.h"
 
 #include <cmath>
-#include <vector>
 
 #include "kernels/norm_rope_ref.h"
 
@@ -13,12 +12,10 @@ float silu_mul_ref(float gate, float up) {
   return round_to_bf16(silu * up);
 }
 
-void skinny_gemm_ref(int m, int n, int k, const float* x, int64_t x_stride, SkinnyInput input, const float* w,
-                     const float* bias, const float* residual, float* out) {
-  std::vector<float> row(k);
+void skinny_gemm_ref(int m, int n, int k, const float* x, int64_t x_stride, const float* w, const float* bias,
+                     const float* residual, float* out) {
   for (int i = 0; i < m; ++i) {
-    const float* xi = x + i * x_stride;
-    for (int j = 0; j < k; ++j) row[j] = input == SkinnyInput::kSiluMul ? silu_mul_ref(xi[j], xi[k + j]) : xi[j];
+    const float* row = x + i * x_stride;
     for (int f = 0; f < n; ++f) {
       const float* wf = w + static_cast<int64_t>(f) * k;
       double dot = 0.0;

@@ -78,9 +78,10 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "every step dispatched op by op, for comparisons and for profiling a step's kernels one by one "
           "(scripts/gpu/profile_decode_graph.sh --step eager_decode).");
 ABSL_FLAG(bool, skinny_gemm, true,
-          "On a GPU with the CUDA kernels: the weight products of decode steps (up to 8 tokens) on our kernel, "
-          "which streams the weights near the copy rate with the residual add and SiLU * up inside "
-          "(kernels/skinny_gemm.h). false: libtorch's cuBLAS calls, for comparisons; the log says so.");
+          "On a GPU with the CUDA kernels: the weight products of decode steps of 2 to 8 tokens on our kernel, "
+          "which streams the weights near the copy rate with the residual add inside and SiLU * up in one launch "
+          "(kernels/skinny_gemm.h; one-token steps stay on cuBLAS, faster end to end there: bench/kernels/NOTES.md "
+          "run 23). false: libtorch's cuBLAS calls, for comparisons; the log says so.");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
           "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "

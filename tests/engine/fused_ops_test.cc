@@ -59,7 +59,9 @@ Models LoadBoth(const TinyModelSpec& spec) {
   LlamaModelOptions without;
   without.fused_norm_rope = false;
   without.skinny_gemm = false;
-  auto fused = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16);
+  LlamaModelOptions with;
+  with.skinny_min_rows = 1;  // the one-token steps too
+  auto fused = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16, with);
   auto libtorch = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16, without);
   EXPECT_TRUE(fused.ok()) << fused.status();
   EXPECT_TRUE(libtorch.ok()) << libtorch.status();

@@ -46,27 +46,32 @@ TEST(SkinnyGemmRef, SiluMulRoundsTwice) {
   EXPECT_GE(exact, n - n / 1000);
 }
 
-// m rows of x at a stride wider than k, bias and residual, against libtorch in fp32 rounded once.
+// m rows of x at a stride wider than k, bias and residual, against libtorch in fp32 rounded once;
+// x is also SiLU * up of a gate_up (silu_mul_ref per element against libtorch's CUDA rounding,
+// emulated in fp32 ops).
 TEST(SkinnyGemmRef, ProductMatchesLibtorch) {
   const int m = 3, n = 37, k = 72;
   const int64_t stride = k + 8;
-  for (const SkinnyInput input : {SkinnyInput::kPlain, SkinnyInput::kSiluMul}) {
-    const bool silu = input == SkinnyInput::kSiluMul;
-    const int64_t x_stride = silu ? stride + k : stride;
-    const std::vector<float> x = RandomBf16(m * x_stride, 1.f, 3);
+  for (const bool silu : {false, true}) {
+    std::vector<float> x = RandomBf16(m * stride, 1.f, 3);
+    const std::vector<float> gate_up = RandomBf16(m * 2 * k, 2.f, 7);
+    if (silu) {
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < k; ++j) x[i * stride + j] = silu_mul_ref(gate_up[i * 2 * k + j], gate_up[i * 2 * k + k + j]);
+    }
     const std::vector<float> w = RandomBf16(n * k, 0.1f, 4), bias = RandomBf16(n, 1.f, 5),
                              residual = RandomBf16(m * n, 1.f, 6);
     std::vector<float> got(m * n);
-    skinny_gemm_ref(m, n, k, x.data(), x_stride, input, w.data(), bias.data(), residual.data(), got.data());
+    skinny_gemm_ref(m, n, k, x.data(), stride, w.data(), bias.data(), residual.data(), got.data());
 
-    at::Tensor rows = at::from_blob(const_cast<float*>(x.data()), {m, silu ? 2 * k : k}, {x_stride, 1}, at::kFloat);
+    at::Tensor rows = at::from_blob(x.data(), {m, k}, {stride, 1}, at::kFloat);
     if (silu) {  // libtorch's CUDA rounding, in fp32 ops here
-      const at::Tensor g = rows.narrow(1, 0, k);
+      const at::Tensor gu = Tensor(gate_up, {m, 2 * k});
+      const at::Tensor g = gu.narrow(1, 0, k);
       const at::Tensor s = (g / (1 + at::exp(-g))).to(at::kBFloat16).to(at::kFloat);
-      rows = (s * rows.narrow(1, k, k)).to(at::kBFloat16).to(at::kFloat);
+      rows = (s * gu.narrow(1, k, k)).to(at::kBFloat16).to(at::kFloat);
     }
-    const at::Tensor want = at::addmm(Tensor(residual, {m, n}) + Tensor(bias, {n}), rows,
-                                      Tensor(w, {n, k}).t())
+    const at::Tensor want = at::addmm(Tensor(residual, {m, n}) + Tensor(bias, {n}), rows, Tensor(w, {n, k}).t())
                                 .to(at::kBFloat16)
                                 .to(at::kFloat);
     const float* wp = want.data_ptr<float>();
@@ -81,7 +86,7 @@ TEST(SkinnyGemmRef, WithoutBiasAndResidual) {
   // x = [1, 2], W = [[1, 0], [3, -1], [0.5, 0.25]]: x W^T = [1, 1, 1].
   const std::vector<float> x = {1.f, 2.f}, w = {1.f, 0.f, 3.f, -1.f, 0.5f, 0.25f};
   std::vector<float> out(3, -7.f);
-  skinny_gemm_ref(1, 3, 2, x.data(), 2, SkinnyInput::kPlain, w.data(), nullptr, nullptr, out.data());
+  skinny_gemm_ref(1, 3, 2, x.data(), 2, w.data(), nullptr, nullptr, out.data());
   EXPECT_EQ(out, (std::vector<float>{1.f, 1.f, 1.f}));
 }
 
