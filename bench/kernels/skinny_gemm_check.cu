@@ -273,21 +273,16 @@ __nv_bfloat16* device_bf16(int64_t n, uint64_t seed, float scale, cudaStream_t s
   return p;
 }
 
-// Median of `reps` replays of a graph of what `record` launches, in ms.
-double graph_ms(const std::function<void()>& record, cudaStream_t stream, int reps = 15) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  record();
-  CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+// Median time of `reps` runs of `launch` on the stream (events around each; two more first, not
+// counted), in ms.
+double median_ms(const std::function<void()>& launch, cudaStream_t stream, int reps) {
   cudaEvent_t a, b;
   CUDA_OK(cudaEventCreate(&a));
   CUDA_OK(cudaEventCreate(&b));
   std::vector<float> ms;
   for (int r = 0; r < reps + 2; ++r) {
     CUDA_OK(cudaEventRecord(a, stream));
-    CUDA_OK(cudaGraphLaunch(exec, stream));
+    launch();
     CUDA_OK(cudaEventRecord(b, stream));
     CUDA_OK(cudaEventSynchronize(b));
     float t = 0;
@@ -296,10 +291,22 @@ double graph_ms(const std::function<void()>& record, cudaStream_t stream, int re
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+// Median of 15 replays of a graph of what `record` launches, in ms.
+double graph_ms(const std::function<void()>& record, cudaStream_t stream) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  record();
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = median_ms([&] { CUDA_OK(cudaGraphLaunch(exec, stream)); }, stream, 15);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms;
 }
 
 // Device-to-device copy rate (bytes read + written per second), 2 GiB, median of 10.
@@ -309,25 +316,11 @@ double copy_rate(cudaStream_t stream) {
   CUDA_OK(cudaMalloc(&a, bytes));
   CUDA_OK(cudaMalloc(&b, bytes));
   CUDA_OK(cudaMemsetAsync(a, 1, bytes, stream));
-  cudaEvent_t e0, e1;
-  CUDA_OK(cudaEventCreate(&e0));
-  CUDA_OK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < 12; ++r) {
-    CUDA_OK(cudaEventRecord(e0, stream));
-    CUDA_OK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
-    CUDA_OK(cudaEventRecord(e1, stream));
-    CUDA_OK(cudaEventSynchronize(e1));
-    float t = 0;
-    CUDA_OK(cudaEventElapsedTime(&t, e0, e1));
-    if (r >= 2) ms.push_back(t);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  const double ms =
+      median_ms([&] { CUDA_OK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream)); }, stream, 10);
   cudaFree(a);
   cudaFree(b);
-  std::sort(ms.begin(), ms.end());
-  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+  return 2.0 * bytes / (ms * 1e-3);
 }
 
 struct Shape {
