@@ -163,8 +163,8 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
       dtype_(dtype),
       fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
   skinny_min_rows_ = options.skinny_min_rows;
+  // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
   if (fused_ && options.skinny_gemm) {
     skinny_workspace_ = at::zeros({static_cast<int64_t>(kernels::kSkinnyGemmWorkspaceBytes)},
                                   at::TensorOptions().device(device).dtype(at::kByte));
@@ -205,11 +205,7 @@ at::Tensor LlamaModel::AddSwiGluDown(const at::Tensor& residual, const at::Tenso
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   // Where the down product runs on our kernel: SiLU * up in one launch, not libtorch's two.
   if (SkinnyRows(gate_up) && gate_up.scalar_type() == at::kBFloat16 && gate_up.stride(1) == 1) {
-    const at::Tensor act = FusedSiluMul(gate_up, inter);
-    if (act.defined()) {
-      if (at::Tensor out = SkinnyProduct(act, w, at::Tensor(), residual, skinny_workspace_); out.defined()) return out;
-      return Linear(act, w, at::Tensor(), residual);
-    }
+    if (const at::Tensor act = FusedSiluMul(gate_up, inter); act.defined()) return Linear(act, w, at::Tensor(), residual);
   }
 #endif
   const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)).mul_(gate_up.narrow(1, inter, inter));
