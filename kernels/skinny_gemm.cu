@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "kernels/chained_launch.cuh"
 #include "kernels/mma.cuh"
@@ -204,19 +205,20 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// CTAs of the kernel the device holds at once (cached per device).
+// CTAs of the kernel the device holds at once (cached per device; threads may race to fill it
+// with the same value).
 int resident_ctas() {
-  static int cached[64] = {};
+  static std::atomic<int> cached[64] = {};
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (cached[dev] == 0) {
+  if (cached[dev].load(std::memory_order_relaxed) == 0) {
     int sms = 0, per_sm = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, skinny_gemm_kernel, kThreads, 0) != cudaSuccess)
       return 0;
-    cached[dev] = std::max(1, sms * per_sm);
+    cached[dev].store(std::max(1, sms * per_sm), std::memory_order_relaxed);
   }
-  return cached[dev];
+  return cached[dev].load(std::memory_order_relaxed);
 }
 
 // Eight elements of act per thread: 16-byte loads of gate and up, one 16-byte store.
