@@ -97,14 +97,13 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 }
 
 // x [M, K] times W [N, K] transposed, plus bias [N] and residual [M, N] where defined, on
-// kernels::skinny_gemm: the decode batch's products (M <= 8), which cuBLAS reads the weights of
-// well below the copy rate (kernels/skinny_gemm.h). Undefined when the kernel does not take the
-// operands (more rows, other dtypes or layouts): the caller then runs libtorch's.
+// kernels::skinny_gemm: the decode batch's products (LlamaModel::SkinnyRows chose the rows), which
+// cuBLAS reads the weights of well below the copy rate (kernels/skinny_gemm.h). Undefined when the
+// kernel does not take the operands (other dtypes or layouts): the caller then runs libtorch's.
 at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
                          const at::Tensor& workspace) {
   const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
-  if (!workspace.defined() || !x.is_cuda() || !bf16 || x.dim() != 2 || x.size(0) > kernels::kSkinnyMaxRows ||
-      x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous() || x.size(1) != w.size(1)) {
+  if (!x.is_cuda() || !bf16 || x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous() || x.size(1) != w.size(1)) {
     return {};
   }
   const int64_t m = x.size(0), n = w.size(0), k = w.size(1);

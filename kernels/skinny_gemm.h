@@ -14,9 +14,9 @@
 // bias are added in the epilogue, SiLU * up is one launch of its own (silu_mul_bf16), and the
 // first weights are loaded before the kernel waits for its predecessor (programmatic dependent
 // launch, kernels/launch.h): the weights do not depend on it.
-// SiLU * up inside the product (applied to x as it was loaded) cost more than it saved: every
-// 16-feature tile recomputed it for all of x, and the down projection took 1.3-4.4x cuBLAS's
-// time (bench/kernels/NOTES.md run 23).
+// SiLU * up inside the product cost more than it saved: applied as x was loaded, every load group
+// waited for x; applied at the MMA, every 16-feature tile recomputed it for all of x. The down
+// projection took 1.4x and 4.4x cuBLAS's time (bench/kernels/NOTES.md run 23).
 #pragma once
 
 #include <cstddef>
