@@ -76,10 +76,11 @@ struct EngineOptions {
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).
   bool cuda_graphs = true;
-  // The weight products of decode steps of 2 to 8 tokens on our kernel (kernels/skinny_gemm.h:
-  // the weights streamed near the copy rate, the residual add inside, SiLU * up one launch) on a bf16 GPU
-  // model in a build with the kernels; false = libtorch's cuBLAS calls (for comparisons).
-  bool skinny_gemm = true;
+  // The weight products of decode steps of at least this many tokens (up to 8) on our kernel
+  // (kernels/skinny_gemm.h: the weights streamed near the copy rate, the residual add inside, SiLU *
+  // up one launch) on a bf16 GPU model in a build with the kernels; 0 = libtorch's cuBLAS calls
+  // throughout (for comparisons). 0..8, else Load fails. Default: llama_model.h skinny_min_rows.
+  int skinny_gemm_min_rows = 2;
   // The decode step's kernels on sm_90+ launched with programmatic dependent launch (each starts
   // while the previous one drains, its index reads under that tail: kernels/chained_launch.cuh);
   // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).

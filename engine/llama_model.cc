@@ -100,8 +100,10 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // kernels::skinny_gemm: the decode batch's products (LlamaModel::SkinnyRows chose the rows), which
 // cuBLAS reads the weights of well below the copy rate (kernels/skinny_gemm.h). Undefined when the
 // kernel does not take the operands (other dtypes or layouts): the caller then runs libtorch's.
+// With `norm` defined, x goes through the RMSNorm with that weight and `eps` first (inside the
+// product: SkinnyGemm::norm_weight).
 at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
-                         const at::Tensor& workspace) {
+                         const at::Tensor& workspace, const at::Tensor& norm = at::Tensor(), float eps = 0.f) {
   const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
   if (!x.is_cuda() || !bf16 || x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous() || x.size(1) != w.size(1)) {
     return {};
@@ -112,6 +114,7 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
                              residual.dim() != 2 || residual.size(0) != m || residual.size(1) != n)) {
     return {};
   }
+  if (norm.defined() && (norm.scalar_type() != at::kBFloat16 || !norm.is_contiguous() || norm.numel() != k)) return {};
   at::Tensor out = at::empty({m, n}, x.options());
   kernels::SkinnyGemm g;
   g.m = static_cast<int>(m);
@@ -123,6 +126,8 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
   g.bias = bias.defined() ? bias.data_ptr() : nullptr;
   g.residual = residual.defined() ? residual.data_ptr() : nullptr;
   g.out = out.data_ptr();
+  g.norm_weight = norm.defined() ? norm.data_ptr() : nullptr;
+  g.norm_eps = eps;
   if (!kernels::skinny_gemm_supports(g)) return {};
   const c10::cuda::CUDAGuard guard(x.device());
   CheckLaunch(kernels::skinny_gemm(g, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),
@@ -153,7 +158,23 @@ constexpr bool kFusedKernelsCompiled = false;
 // OpenBLAS's sgemm_incopy), where gemv reads W once.
 bool OneRowOnCpu(const at::Tensor& x) { return !x.is_cuda() && x.dim() == 2 && x.size(0) == 1; }
 
+
 }  // namespace
+
+at::Tensor JoinRows(const std::vector<at::Tensor>& parts) {
+  if (parts.size() <= 1) return parts.empty() ? at::Tensor() : parts[0];
+  const at::Tensor& first = parts[0];
+  const int64_t width = first.size(1);
+  int64_t rows = 0;
+  for (const at::Tensor& part : parts) {
+    if (!part.is_contiguous() || part.size(1) != width || !part.is_alias_of(first) ||
+        part.storage_offset() != first.storage_offset() + rows * width) {
+      return at::cat(parts, 0);
+    }
+    rows += part.size(0);
+  }
+  return first.as_strided({rows, width}, {width, 1}, first.storage_offset());
+}
 
 LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype,
                        const LlamaModelOptions& options)
@@ -163,8 +184,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
       fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   skinny_min_rows_ = options.skinny_min_rows;
+  fold_norms_ = options.fold_norms;
   // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
-  if (fused_ && options.skinny_gemm) {
+  if (fused_ && options.skinny_min_rows > 0) {
     skinny_workspace_ = at::zeros({static_cast<int64_t>(kernels::kSkinnyGemmWorkspaceBytes)},
                                   at::TensorOptions().device(device).dtype(at::kByte));
   }
@@ -196,6 +218,19 @@ at::Tensor LlamaModel::Linear(const at::Tensor& x, const at::Tensor& w, const at
   if (!residual.defined()) return at::linear(x, w, bias);
   if (bias.defined()) return residual + at::linear(x, w, bias);
   return at::addmm(residual, x, w.t());  // the residual add inside the matmul
+}
+
+at::Tensor LlamaModel::NormedLinear(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& w,
+                                    const at::Tensor& bias) const {
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+  if (fold_norms_ && SkinnyRows(x)) {
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    if (at::Tensor out = SkinnyProduct(x, w, bias, at::Tensor(), skinny_workspace_, norm, eps); out.defined()) {
+      return out;
+    }
+  }
+#endif
+  return Linear(RmsNorm(x, norm), w, bias);
 }
 
 at::Tensor LlamaModel::AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up,
@@ -310,11 +345,11 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::RopeTables(const at::Tensor& posit
   return {angles.cos().to(dtype_), angles.sin().to(dtype_)};
 }
 
-LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos,
+LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
                                           const at::Tensor& sin) const {
-  const int64_t total = normed.size(0), dim = config_.head_dim;
+  const int64_t total = x.size(0), dim = config_.head_dim;
   const int64_t q_out = config_.num_attention_heads * dim, kv_out = config_.num_kv_heads * dim;
-  const at::Tensor qkv = Linear(normed, layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
+  const at::Tensor qkv = NormedLinear(x, layer.input_norm, layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
   // q and k are adjacent columns: one RoPE pass over both heads, [H + H_kv, N, D].
   const at::Tensor qk = ApplyRope(qkv.narrow(1, 0, q_out + kv_out), cos, sin);
   Projected p;
@@ -324,9 +359,9 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
   return p;
 }
 
-at::Tensor LlamaModel::AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const {
-  const at::Tensor gate_up = Linear(normed, layer.gate_up_proj);  // [N, 2·intermediate]
-  return AddSwiGluDown(residual, gate_up, layer.down_proj);
+at::Tensor LlamaModel::AddMlp(const Layer& layer, const at::Tensor& x) const {
+  const at::Tensor gate_up = NormedLinear(x, layer.post_attention_norm, layer.gate_up_proj);  // [N, 2·intermediate]
+  return AddSwiGluDown(x, gate_up, layer.down_proj);
 }
 
 at::Tensor LlamaModel::AddAttentionOutput(const Layer& layer, const at::Tensor& residual,
@@ -376,7 +411,7 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& ids, const at::Tensor& positi
   std::vector<at::Tensor> outputs(batch.size());
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    const Projected p = Project(layer, RmsNorm(x, layer.input_norm), cos, sin);
+    const Projected p = Project(layer, x, cos, sin);
     for (size_t b = 0; b < batch.size(); ++b) {
       if (batch[b]->captured_queries != nullptr) {
         (*batch[b]->captured_queries)[l] = p.q.narrow(1, plan.offsets[b], batch[b]->num_tokens).clone();
@@ -386,11 +421,11 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& ids, const at::Tensor& positi
       std::vector<at::Tensor> attended = plan.backends[g]->Attend(l, p.q, p.k, p.v);
       for (size_t i = 0; i < attended.size(); ++i) outputs[plan.members[g][i]] = std::move(attended[i]);
     }
-    const at::Tensor merged = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H·D]
+    const at::Tensor merged = JoinRows(outputs);  // [N, H·D]
     x = AddAttentionOutput(layer, x, merged);
-    x = AddMlp(layer, x, RmsNorm(x, layer.post_attention_norm));
+    x = AddMlp(layer, x);
   }
-  return RmsNorm(x, final_norm_);
+  return x;
 }
 
 void LlamaModel::FinishStep(const PlannedStep& plan) const {
@@ -401,7 +436,9 @@ void LlamaModel::AbandonStep(const PlannedStep& plan) const {
   for (AttentionBackend* backend : plan.backends) backend->Abandon();
 }
 
-at::Tensor LlamaModel::Logits(const at::Tensor& normed) const { return Linear(normed, lm_head_).to(at::kFloat); }
+at::Tensor LlamaModel::Logits(const at::Tensor& hidden) const {
+  return NormedLinear(hidden, final_norm_, lm_head_).to(at::kFloat);
+}
 
 std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const ForwardArgs*>& batch) const {
   std::vector<at::Tensor> ids, positions;
@@ -417,9 +454,9 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
     return std::vector<at::Tensor>(batch.size());
   }
   const bool alone = batch.size() == 1;
-  at::Tensor normed;
+  at::Tensor hidden;
   try {
-    normed = RunLayers(alone ? ids[0] : at::cat(ids, 0), alone ? positions[0] : at::cat(positions, 0), plan, batch);
+    hidden = RunLayers(alone ? ids[0] : at::cat(ids, 0), alone ? positions[0] : at::cat(positions, 0), plan, batch);
   } catch (...) {
     AbandonStep(plan);
     throw;
@@ -437,7 +474,7 @@ std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const Forward
   if (rows.empty()) return logits;
   const bool all_rows = static_cast<int64_t>(rows.size()) == plan.total_tokens;
   const at::Tensor all_logits =
-      Logits(all_rows ? normed : normed.index_select(0, at::tensor(rows, at::kLong).to(device_)));  // [B', vocab]
+      Logits(all_rows ? hidden : hidden.index_select(0, at::tensor(rows, at::kLong).to(device_)));  // [B', vocab]
   int64_t row = 0;
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!batch[b]->compute_logits || batch[b]->num_tokens == 0) continue;
@@ -506,7 +543,7 @@ absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& to
       status = in_blocks([&](int64_t start, int64_t n) {
         const at::Tensor positions = at::arange(start, start + n, at::TensorOptions().dtype(at::kLong).device(device_));
         const auto [cos, sin] = RopeTables(positions);
-        const Projected p = Project(layer, RmsNorm(x.narrow(0, start, n), layer.input_norm), cos, sin);
+        const Projected p = Project(layer, x.narrow(0, start, n), cos, sin);
         queries.narrow(1, start, n).copy_(p.q);
         keys.narrow(1, start, n).copy_(p.k);
         values.narrow(1, start, n).copy_(p.v);
@@ -524,7 +561,7 @@ absl::StatusOr<PrefillResult> LlamaModel::Prefill(const std::vector<int32_t>& to
         status = in_blocks([&](int64_t start, int64_t n) {
           at::Tensor rows = x.narrow(0, start, n);
           const at::Tensor h = AddAttentionOutput(layer, rows, attended.narrow(0, start, n));
-          rows.copy_(AddMlp(layer, h, RmsNorm(h, layer.post_attention_norm)));
+          rows.copy_(AddMlp(layer, h));
         });
       }
       if (status.ok()) {

@@ -47,23 +47,31 @@ struct ForwardArgs {
   std::vector<at::Tensor>* captured_queries = nullptr;
 };
 
+// The batch's attention outputs ([n_i, width] each, in batch order) as one [N, width]: a view where
+// they already lie end to end in one buffer (the kernel backend hands out its decode rows as views
+// of one tensor), else a copy. Why: at::cat is one more kernel a layer, ~3 us of a batch-8 decode
+// step's layer (bench/kernels/NOTES.md run 24). Used by LlamaModel::RunLayers.
+at::Tensor JoinRows(const std::vector<at::Tensor>& parts);
+
 struct LlamaModelOptions {
   // RMSNorm and RoPE as one fused CUDA kernel each (kernels/norm_rope.h) instead of ~11 libtorch ops
   // each, with the same bf16 rounding; taken on a bf16 CUDA model in a build with the kernels. At
   // decode, libtorch's per-op dispatch rather than GPU work sets the step time. false = always
   // libtorch (tests compare the two).
   bool fused_norm_rope = true;
-  // The weight products of steps of up to 8 tokens (the decode batch) on kernels/skinny_gemm.h,
-  // with the residual add inside and SiLU * up in one launch, instead of libtorch's cuBLAS calls and
-  // elementwise ops; taken where fused_norm_rope is. false = libtorch (comparisons:
-  // EngineOptions::skinny_gemm).
-  bool skinny_gemm = true;
-  // ... for steps of at least this many tokens. 2: at batch 1 the whole step was slower with them,
-  // though the products alone were faster (H100, Llama-3-8B 32K: TPOT dense 8.81 vs 8.49 ms, the
-  // paper's lookup 7.78 vs 7.43 ms; the step's products alone 5.19 vs 5.73 ms), and at batch 8
-  // faster (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md run 23. Until the batch-1
-  // step is profiled, one token stays on cuBLAS. Tests set 1.
+  // The weight products of steps of at least this many tokens, up to 8 (the decode batch), on
+  // kernels/skinny_gemm.h, with the residual add inside and SiLU * up in one launch, instead of
+  // libtorch's cuBLAS calls and elementwise ops; taken where fused_norm_rope is. 0 = never
+  // (comparisons: EngineOptions::skinny_gemm_min_rows). 2: at batch 1 the whole step was slower
+  // with them, though the products alone were faster (H100, Llama-3-8B 32K: TPOT dense 8.81 vs
+  // 8.49 ms, the paper's lookup 7.78 vs 7.43 ms; the step's products alone 5.19 vs 5.73 ms), and at
+  // batch 8 faster (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md run 23. Tests set 1.
   int skinny_min_rows = 2;
+  // The RMSNorm before qkv, gate/up and the lm_head inside those products where they run the
+  // skinny kernel (kernels/skinny_gemm.h SkinnyGemm::norm_weight): 65 launches fewer a Llama-3-8B
+  // step, at one rounding of x's terms apart from the norm kernel's. Off until it has run on a GPU:
+  // built and checked on the CPU only (bench/kernels/NOTES.md run 24); tests on a GPU set it.
+  bool fold_norms = false;
 };
 
 // How the ingest prefill shares the engine: each unit of work (a chunk of tokens through the
@@ -119,7 +127,7 @@ class LlamaModel {
 
   // ForwardBatch in phases. PlanStep groups the entries by backend and plans each (host work);
   // RunLayers runs every layer over the stacked tokens — token ids and position ids as int64
-  // tensors [N] on the model's device — and returns the hidden states [N, hidden] after the final
+  // tensors [N] on the model's device — and returns the hidden states [N, hidden] before the final
   // norm (device work only: no host synchronisation, no host data); FinishStep advances the
   // sequences. AbandonStep instead, when RunLayers threw.
   PlannedStep PlanStep(const std::vector<const ForwardArgs*>& batch) const;
@@ -127,8 +135,9 @@ class LlamaModel {
                        const std::vector<const ForwardArgs*>& batch) const;
   void FinishStep(const PlannedStep& plan) const;
   void AbandonStep(const PlannedStep& plan) const;
-  // float32 logits [rows, vocab] of normed hidden states [rows, hidden].
-  at::Tensor Logits(const at::Tensor& normed) const;
+  // float32 logits [rows, vocab] of hidden states [rows, hidden] (RunLayers's): the final norm,
+  // then the lm_head.
+  at::Tensor Logits(const at::Tensor& hidden) const;
 
   // Empty K/V buffers for `capacity` tokens of every layer.
   KvCache NewCache(int64_t capacity) const;
@@ -138,7 +147,7 @@ class LlamaModel {
   at::ScalarType dtype() const { return dtype_; }
   // Whether RmsNorm and ApplyRope run the fused CUDA kernels (LlamaModelOptions::fused_norm_rope).
   bool fused_norm_rope() const { return fused_; }
-  // Whether the decode batch's products run kernels/skinny_gemm.h (LlamaModelOptions::skinny_gemm).
+  // Whether the decode batch's products run kernels/skinny_gemm.h (LlamaModelOptions::skinny_min_rows).
   bool skinny_gemm() const { return skinny_workspace_.defined(); }
 
  private:
@@ -160,18 +169,22 @@ class LlamaModel {
   at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   // cos, sin [N, D] in the model dtype for position ids [N] (int64, on the device).
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
-  // The normed tokens x [N, hidden] through q/k/v and RoPE.
-  Projected Project(const Layer& layer, const at::Tensor& normed, const at::Tensor& cos, const at::Tensor& sin) const;
-  // residual + the MLP of normed tokens [N, hidden]; residual + the output projection of the
+  // The residual stream x [N, hidden] through the input norm, q/k/v and RoPE.
+  Projected Project(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  // x + the MLP of x's post-attention norm [N, hidden]; residual + the output projection of the
   // attention [N, H·D] (the adds fused into the matmuls where there is no bias).
-  at::Tensor AddMlp(const Layer& layer, const at::Tensor& residual, const at::Tensor& normed) const;
+  at::Tensor AddMlp(const Layer& layer, const at::Tensor& x) const;
   at::Tensor AddAttentionOutput(const Layer& layer, const at::Tensor& residual, const at::Tensor& attended) const;
   // x [M, K] times w [N, K] transposed, plus bias [N] and residual [M, N] where defined (the adds
   // inside the product where the kernels or BLAS allow).
   at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor(),
                     const at::Tensor& residual = at::Tensor()) const;
-  // Whether a product of x's rows runs kernels/skinny_gemm.h (LlamaModelOptions::skinny_gemm and
-  // skinny_min_rows; the kernel then still checks the operands).
+  // RmsNorm(x, norm) times w transposed (+ bias): one launch of kernels/skinny_gemm.h with the norm
+  // folded in where LlamaModelOptions::fold_norms and SkinnyRows(x), else the norm, then Linear.
+  at::Tensor NormedLinear(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& w,
+                          const at::Tensor& bias = at::Tensor()) const;
+  // Whether a product of x's rows runs kernels/skinny_gemm.h (LlamaModelOptions::skinny_min_rows;
+  // the kernel then still checks the operands).
   bool SkinnyRows(const at::Tensor& x) const;
   // residual + (silu(gate) * up) w^T of gate_up [M, 2·intermediate] (gate, then up).
   at::Tensor AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up, const at::Tensor& w) const;
@@ -182,6 +195,7 @@ class LlamaModel {
   bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
   at::Tensor skinny_workspace_;  // kernels::skinny_gemm's where the products run it, else undefined
   int skinny_min_rows_ = 2;      // LlamaModelOptions::skinny_min_rows
+  bool fold_norms_ = false;      // LlamaModelOptions::fold_norms
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;

@@ -413,8 +413,12 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   engine->tokenizer_ = std::move(tokenizer->tokenizer);
   absl::StrAppend(&fingerprint_input, tokenizer->fingerprint_input);
 
+  if (options.skinny_gemm_min_rows < 0 || options.skinny_gemm_min_rows > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("skinny_gemm_min_rows ", options.skinny_gemm_min_rows, ": expected 0 (off) to 8"));
+  }
   LlamaModelOptions model_options;
-  model_options.skinny_gemm = options.skinny_gemm;
+  model_options.skinny_min_rows = options.skinny_gemm_min_rows;
   auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype, model_options);
   if (!model.ok()) return model.status();
   engine->model_ = std::move(*model);
@@ -447,10 +451,11 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     }
   }
   if (engine->model_->skinny_gemm()) {
-    absl::StrAppend(&backend_reason, "; decode steps of 2-8 tokens: weight products on the skinny GEMM kernel");
+    absl::StrAppend(&backend_reason, "; decode steps of ", options.skinny_gemm_min_rows,
+                    "-8 tokens: weight products on the skinny GEMM kernel");
   } else if (device->device.is_cuda()) {
     absl::StrAppend(&backend_reason, "; decode-batch weight products on libtorch (cuBLAS)",
-                    options.skinny_gemm ? "" : ": skinny_gemm off");
+                    options.skinny_gemm_min_rows > 0 ? "" : ": skinny_gemm_min_rows 0");
   }
   // Ingest prefill units: large on a GPU (the fused attention and the matmuls need big blocks to run
   // at speed; a 32K-token unit of an 8B model is a fraction of a second), small on the CPU (a unit

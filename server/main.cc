@@ -77,11 +77,12 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "With the CUDA kernels: decode steps captured once per batch shape and replayed as CUDA graphs. false: "
           "every step dispatched op by op, for comparisons and for profiling a step's kernels one by one "
           "(scripts/gpu/profile_decode_graph.sh --step eager_decode).");
-ABSL_FLAG(bool, skinny_gemm, true,
-          "On a GPU with the CUDA kernels: the weight products of decode steps of 2 to 8 tokens on our kernel, "
-          "which streams the weights near the copy rate with the residual add inside and SiLU * up in one launch "
-          "(kernels/skinny_gemm.h; one-token steps stay on cuBLAS, faster end to end there: bench/kernels/NOTES.md "
-          "run 23). false: libtorch's cuBLAS calls, for comparisons; the log says so.");
+ABSL_FLAG(int32_t, skinny_gemm_min_rows, 2,
+          "On a GPU with the CUDA kernels: decode steps of at least this many tokens (up to 8) run their weight "
+          "products on our kernel, which streams the weights near the copy rate with the residual add inside and "
+          "SiLU * up in one launch (kernels/skinny_gemm.h). 2: one-token steps stay on cuBLAS, faster end to end "
+          "there (bench/kernels/NOTES.md run 23). 0: libtorch's cuBLAS calls throughout, for comparisons; the log "
+          "says which.");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
           "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
@@ -390,7 +391,7 @@ int Run() {
     options.programmatic_launch = absl::GetFlag(FLAGS_programmatic_launch);
     options.shared_context_decode = absl::GetFlag(FLAGS_shared_context_decode);
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
-    options.skinny_gemm = absl::GetFlag(FLAGS_skinny_gemm);
+    options.skinny_gemm_min_rows = absl::GetFlag(FLAGS_skinny_gemm_min_rows);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

@@ -58,6 +58,27 @@ TEST(AttentionTest, BlockedCausalGqaMatchesNaive) {
   }
 }
 
+// The batch's attention rows: a view where they lie end to end in one buffer (no copy), else a
+// concatenation; the same values either way.
+TEST(JoinRowsTest, ConsecutiveRowsOfOneBufferAreAViewElseACopy) {
+  const at::Tensor base = at::arange(24, at::kFloat).view({6, 4});
+  const at::Tensor joined = JoinRows({base.narrow(0, 0, 2), base.narrow(0, 2, 1), base.narrow(0, 3, 3)});
+  EXPECT_EQ(joined.data_ptr(), base.data_ptr());
+  EXPECT_TRUE(at::equal(joined, base));
+  const at::Tensor tail = JoinRows({base.narrow(0, 4, 1), base.narrow(0, 5, 1)});
+  EXPECT_EQ(tail.data_ptr(), base.narrow(0, 4, 1).data_ptr());
+  EXPECT_TRUE(at::equal(tail, base.narrow(0, 4, 2)));
+  // Out of order, a gap, or separate buffers: copies.
+  for (const std::vector<at::Tensor>& parts :
+       {std::vector<at::Tensor>{base.narrow(0, 2, 2), base.narrow(0, 0, 2)},
+        std::vector<at::Tensor>{base.narrow(0, 0, 2), base.narrow(0, 3, 2)},
+        std::vector<at::Tensor>{base.narrow(0, 0, 2), base.narrow(0, 2, 2).clone()}}) {
+    const at::Tensor copy = JoinRows(parts);
+    EXPECT_FALSE(copy.is_alias_of(base));
+    EXPECT_TRUE(at::equal(copy, at::cat(parts, 0)));
+  }
+}
+
 TEST(AttentionTest, MergingPartsEqualsAttendingTheUnion) {
   at::manual_seed(1);
   const at::Tensor q = at::randn({6, 3, 16}), k = at::randn({3, 20, 16}), v = at::randn({3, 20, 16});
