@@ -158,7 +158,6 @@ constexpr bool kFusedKernelsCompiled = false;
 // OpenBLAS's sgemm_incopy), where gemv reads W once.
 bool OneRowOnCpu(const at::Tensor& x) { return !x.is_cuda() && x.dim() == 2 && x.size(0) == 1; }
 
-
 }  // namespace
 
 at::Tensor JoinRows(const std::vector<at::Tensor>& parts) {

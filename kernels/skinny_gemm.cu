@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
     load_group_x(first + kGroup, next);
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
-      if (kNorm) norm_chunk(g, first + u, c, cur[u], sumsq);
+      if (kNorm && first + u < c1) norm_chunk(g, first + u, c, cur[u], sumsq);
       mma_chunk(cur[u], acc);
     }
 #pragma unroll
