@@ -378,6 +378,12 @@ struct ProductRun {
   void* workspace;
   cublasHandle_t blas;
 
+  // x's RMSNorm as a launch of its own (rms_norm_bf16), into act.
+  const __nv_bfloat16* norm_into_act(cudaStream_t stream) const {
+    CUDA_OK(rms_norm_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(gamma),
+                          reinterpret_cast<uint16_t*>(act), m, p.k, kNormEps, stream));
+    return act;
+  }
   // fold: a normed product's RMSNorm inside it (SkinnyGemm::norm_weight), else rms_norm_bf16 first.
   void ours(cudaStream_t stream, int layer, int ksplit = 0, bool fold = true) const {
     SkinnyGemm g;
@@ -394,9 +400,7 @@ struct ProductRun {
       g.norm_weight = gamma;
       g.norm_eps = kNormEps;
     } else if (p.normed) {
-      CUDA_OK(rms_norm_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(gamma),
-                            reinterpret_cast<uint16_t*>(act), m, p.k, kNormEps, stream));
-      g.x = act;
+      g.x = norm_into_act(stream);
     }
     g.w = weights[layer];
     g.residual = p.residual ? residual : nullptr;
@@ -407,11 +411,7 @@ struct ProductRun {
   }
   void cublas(cudaStream_t stream, int layer) const {
     const __nv_bfloat16* in = x;
-    if (p.normed) {
-      CUDA_OK(rms_norm_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(gamma),
-                            reinterpret_cast<uint16_t*>(act), m, p.k, kNormEps, stream));
-      in = act;
-    }
+    if (p.normed) in = norm_into_act(stream);
     if (p.silu) {
       silu_mul_kernel<<<std::max(1, m * p.k / 1024), 256, 0, stream>>>(x, act, m, p.k);
       in = act;
