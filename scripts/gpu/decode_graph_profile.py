@@ -38,26 +38,36 @@ def group_of(name):
     return "other"
 
 
+TIME_SCALE = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}  # to us
+BYTE_SCALE = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}
+
+
 def read_kernels(path):
-    """(kernel name, duration in us) per profiled node, in order."""
-    rows = []
+    """(kernel name, duration in us, DRAM bytes read or None) per profiled node, in order. The
+    bytes come from dram__bytes_read.sum where the profile collected it (they show whether a
+    kernel's reads came from DRAM or from L2)."""
+    by_id = {}
     with open(path, newline="") as f:
         lines = [line for line in f if line.startswith('"')]  # ncu prints its own lines before the CSV
     for rec in csv.DictReader(lines):
-        if rec.get("Metric Name") != "gpu__time_duration.sum":
+        metric = rec.get("Metric Name")
+        if metric not in ("gpu__time_duration.sum", "dram__bytes_read.sum"):
             continue
         value = float(rec["Metric Value"].replace(",", ""))
-        unit = rec.get("Metric Unit", "nsecond")
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}.get(unit, 1e-3)
-        rows.append((rec["Kernel Name"], value * scale))
-    return rows
+        unit = rec.get("Metric Unit", "")
+        row = by_id.setdefault(rec.get("ID", len(by_id)), [rec["Kernel Name"], None, None])
+        if metric == "gpu__time_duration.sum":
+            row[1] = value * TIME_SCALE.get(unit or "nsecond", 1e-3)
+        else:
+            row[2] = value * BYTE_SCALE.get(unit or "byte", 1.0)
+    return [tuple(r) for r in by_id.values() if r[1] is not None]
 
 
 def first_replay(rows):
     """The rows of one replay: the shortest period p of the kernel-name sequence (names[i] ==
     names[i + p] wherever both exist, over at least two kernels; the layers alone repeat too, but the
     step's first and last kernels break their period), or all rows when nothing repeats."""
-    names = [n for n, _ in rows]
+    names = [r[0] for r in rows]
     for p in range(1, len(names) - 1):
         if all(names[i] == names[i + p] for i in range(len(names) - p)):
             return rows[:p]
@@ -68,12 +78,13 @@ def summarize(rows, layers, rounds=0):
     """One replay's kernels by group; with `rounds`, every row divided into that many rounds."""
     step = first_replay(rows) if rounds == 0 else rows
     per = 1.0 / rounds if rounds else 1.0
-    total = per * sum(us for _, us in step)
+    total = per * sum(us for _, us, _ in step)
     groups = {}
-    for name, us in step:
-        g = groups.setdefault(group_of(name), {"kernels": 0, "us": 0.0, "names": {}})
+    for name, us, dram in step:
+        g = groups.setdefault(group_of(name), {"kernels": 0, "us": 0.0, "dram_bytes": 0.0, "names": {}})
         g["kernels"] += 1
         g["us"] += per * us
+        g["dram_bytes"] += per * (dram or 0.0)
         g["names"][name] = g["names"].get(name, 0.0) + per * us
     return {"kernels": len(step), "total_us": total, "layers": layers, "rounds": rounds, "groups": groups}
 
@@ -92,11 +103,13 @@ def main():
     s = summarize(rows, a.layers, max(1, a.rounds) if a.all else 0)
     what = f"all profiled kernels, per round of {s['rounds']}" if a.all else "one replay"
     print(f"{what}: {s['kernels']} kernels, {s['total_us'] / 1e3:.3f} ms (each kernel alone, caches flushed)")
-    print(f"| group | kernels | ms | share | us per layer |")
-    print(f"|---|---:|---:|---:|---:|")
+    print(f"| group | kernels | ms | share | us per layer | DRAM MB read per layer | TB/s |")
+    print(f"|---|---:|---:|---:|---:|---:|---:|")
     for group, g in sorted(s["groups"].items(), key=lambda kv: -kv[1]["us"]):
+        mb = g["dram_bytes"] / a.layers / 1e6
+        rate = g["dram_bytes"] / g["us"] / 1e6 if g["us"] else 0.0
         print(f"| {group} | {g['kernels']} | {g['us'] / 1e3:.3f} | {100 * g['us'] / s['total_us']:.1f}% | "
-              f"{g['us'] / a.layers:.1f} |")
+              f"{g['us'] / a.layers:.1f} | {mb:.1f} | {rate:.2f} |")
     print("\nlargest kernels:")
     names = {}
     for g in s["groups"].values():

@@ -40,7 +40,7 @@ case $STEP in
 esac
 export SQUEEZESERVE_PROFILE_RANGE=$RANGE
 export SQUEEZESERVE_SERVER_WRAPPER="$NCU --clock-control none --profile-from-start off $NODES \
-  --launch-count $COUNT --metrics gpu__time_duration.sum --csv --log-file $OUT/ncu_decode_graph.csv"
+  --launch-count $COUNT --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --log-file $OUT/ncu_decode_graph.csv"
 python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
   --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" --server_args="$SERVER_ARGS" >"$OUT/profile_run.log" 2>&1 \
   || { tail -20 "$OUT/profile_run.log"; exit 1; }

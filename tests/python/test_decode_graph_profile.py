@@ -25,12 +25,16 @@ FIRST = [("indexSelectLargeIndex", 2000)]  # the embedding
 LAST = [("rms_norm_kernel", 3000), ("sm90_xmma_gemm_bf16bf16_bf16f32", 250000), ("reduce_greedy_rows_kernel", 4000)]
 
 
-def csv_text(replays, layers):
+def csv_text(replays, layers, dram=False):
+    """With dram, each kernel also reads 1 MB from DRAM per us (as Mbyte rows)."""
     lines, i = ["==PROF== Connected to process 1\n", HEADER], 0
+    row = '"{i}","1","squeezeserve","h","{name}","1","7","(128, 1, 1)","(264, 1, 1)","0","9.0",' \
+          '"Command line profiler metrics","{metric}","{unit}","{value}"\n'
     for _ in range(replays):
         for name, ns in FIRST + LAYER * layers + LAST:
-            lines.append(f'"{i}","1","squeezeserve","h","{name}","1","7","(128, 1, 1)","(264, 1, 1)","0","9.0",'
-                         f'"Command line profiler metrics","gpu__time_duration.sum","nsecond","{ns:,}"\n')
+            lines.append(row.format(i=i, name=name, metric="gpu__time_duration.sum", unit="nsecond", value=f"{ns:,}"))
+            if dram:
+                lines.append(row.format(i=i, name=name, metric="dram__bytes_read.sum", unit="Mbyte", value=ns / 1e3))
             i += 1
     return "".join(lines)
 
@@ -50,6 +54,15 @@ class Summary(unittest.TestCase):
             os.unlink(f.name)
             if os.path.exists(js):
                 os.unlink(js)
+
+    def test_dram_bytes_summed_by_group(self):
+        text, s = self.run_on(csv_text(replays=2, layers=2, dram=True), layers=2)
+        self.assertEqual(s["kernels"], 2 * len(LAYER) + 4)  # one row per kernel, not per metric
+        g = s["groups"]
+        self.assertAlmostEqual(g["attention: decode"]["dram_bytes"], 2 * 80e6)
+        self.assertAlmostEqual(g["matmul"]["dram_bytes"], (2 * 104.0 + 250.0) * 1e6)
+        self.assertIn("| attention: decode | 2 | 0.160 | ", text)
+        self.assertIn("| 80.0 | 1.00 |", text)  # MB per layer, TB/s
 
     def test_one_replay_grouped(self):
         text, s = self.run_on(csv_text(replays=2, layers=2), layers=2)
