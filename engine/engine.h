@@ -80,7 +80,7 @@ struct EngineOptions {
   // (kernels/skinny_gemm.h: the weights streamed near the copy rate, the residual add inside, SiLU *
   // up one launch) on a bf16 GPU model in a build with the kernels; 0 = libtorch's cuBLAS calls
   // throughout (for comparisons). 0..8, else Load fails. Default: llama_model.h skinny_min_rows.
-  int skinny_gemm_min_rows = 2;
+  int skinny_gemm_min_rows = 1;
   // The RMSNorms before qkv, gate/up and the lm_head inside those skinny products
   // (LlamaModelOptions::fold_norms): off by default until measured on a GPU.
   bool fold_norms = false;

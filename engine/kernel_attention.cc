@@ -19,6 +19,7 @@
 
 #include "kernels/append_kv.h"
 #include "kernels/decode_attention.h"
+#include "kernels/decode_split.h"
 #include "kernels/launch.h"
 #include "kernels/merge_parts.h"
 #include "kernels/prefill_attention.h"
@@ -43,6 +44,19 @@ constexpr int64_t kMaxDecodePairs = 2048;
 // Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
 // checked where decode_attention.h is included).
 constexpr int64_t kMaxBundleGroup = 16;
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+// The own tokens' launch over `heads` (member, KV head) pairs: 16 CTAs a head, so that the split
+// aligns heads to CTA ranges of the smallest length (kernels/decode_split.h head_layout): a head of
+// up to 128 own tokens is one CTA's, and the CTAs past the last head return at once. With the
+// device-sized grid the ~100-row heads straddled CTAs, two pieces and a merge each, and the launch
+// took 26 us a layer at Llama-3-8B batch 8 (one CTA a head: -0.34 ms a step; bench/kernels/NOTES.md
+// runs 24-25). The grid is fixed for the CUDA graphs; the rows are the device's.
+kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch, int64_t heads) {
+  launch.num_ctas = static_cast<int32_t>(kernels::decode_split::kAlignMinCtasPerHead * heads);
+  return launch;
+}
+#endif
 
 const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
 
@@ -589,7 +603,11 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   shape.batch = static_cast<int32_t>(std::min<int64_t>(B, kMaxDecodePairs / Hkv));
   workspace = std::max<int64_t>(
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
-  if (shared_bundles_ > 0) {  // the bundles' launch: fewer sequences, more query heads each
+  if (shared_bundles_ > 0) {
+    workspace = std::max<int64_t>(  // the own tokens' launch (shape's sequences: every member)
+        workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
+                       shape, OwnTokensLaunch(kernels::DecodeLaunch{}, int64_t{shape.batch} * Hkv))));
+    // The bundles' launch: fewer sequences, more query heads each.
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
     bundled.num_q_heads = static_cast<int32_t>(Hkv * group * shared_slots_);
@@ -960,7 +978,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     Check(kernels::sparse_decode_attention(
               shape, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
               OwnTokensSelection(b), own_part.data_ptr(), lse.data_ptr<float>() + bundle_rows,
-              b.workspace.data_ptr(), launch, stream),
+              b.workspace.data_ptr(), OwnTokensLaunch(launch, dense_members * Hkv), stream),
           "sparse_decode_attention (own tokens)");
     Check(kernels::merge_attention_parts(
               static_cast<int>(dense_members * H), static_cast<int>(D), context_part.data_ptr(), lse.data_ptr<float>(),

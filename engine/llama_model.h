@@ -62,11 +62,11 @@ struct LlamaModelOptions {
   // The weight products of steps of at least this many tokens, up to 8 (the decode batch), on
   // kernels/skinny_gemm.h, with the residual add inside and SiLU * up in one launch, instead of
   // libtorch's cuBLAS calls and elementwise ops; taken where fused_norm_rope is. 0 = never
-  // (comparisons: EngineOptions::skinny_gemm_min_rows). 2: at batch 1 the whole step was slower
-  // with them, though the products alone were faster (H100, Llama-3-8B 32K: TPOT dense 8.81 vs
-  // 8.49 ms, the paper's lookup 7.78 vs 7.43 ms; the step's products alone 5.19 vs 5.73 ms), and at
-  // batch 8 faster (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md run 23. Tests set 1.
-  int skinny_min_rows = 2;
+  // (comparisons: EngineOptions::skinny_gemm_min_rows). 1: faster than cuBLAS at batch 1 too since
+  // the product lets the next kernel launch only after its stream (kernels/skinny_gemm.cu; H100,
+  // Llama-3-8B 33K TPOT dense 8.25 vs 8.58 ms, the paper's lookup 7.05 vs 7.45 ms) and at batch 8
+  // (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md runs 23-25.
+  int skinny_min_rows = 1;
   // The RMSNorm before qkv, gate/up and the lm_head inside those products where they run the
   // skinny kernel (kernels/skinny_gemm.h SkinnyGemm::norm_weight): 65 launches fewer a Llama-3-8B
   // step, at one rounding of x's terms apart from the norm kernel's. Off until it has run on a GPU:
@@ -194,7 +194,7 @@ class LlamaModel {
   at::ScalarType dtype_;
   bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
   at::Tensor skinny_workspace_;  // kernels::skinny_gemm's where the products run it, else undefined
-  int skinny_min_rows_ = 2;      // LlamaModelOptions::skinny_min_rows
+  int skinny_min_rows_ = 1;      // LlamaModelOptions::skinny_min_rows
   bool fold_norms_ = false;      // LlamaModelOptions::fold_norms
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;

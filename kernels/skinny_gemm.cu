@@ -10,6 +10,11 @@
 // the order of its terms, so the MMAs see the chunk's 64 k in a permuted order and no weight goes
 // through shared memory. Loads run one group of chunks ahead of the MMAs (registers, double
 // buffered), and the first group's weights are loaded before the wait for the previous kernel.
+// The next kernel may launch (allow_next_grid) only once the CTA has streamed its weights, not
+// first thing as the rest of the decode chain does: launched early, the next kernel's CTAs sat on
+// the SMs beside the streaming product and batch 1 lost 0.5-0.7 ms a step with our products
+// against cuBLAS's; triggered after the main loop, it gained 0.33-0.40 ms on them (H100,
+// Llama-3-8B 33K; bench/kernels/NOTES.md runs 24-25).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -145,7 +150,6 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   __shared__ float reduce[kWarps][kTile * 8];
   __shared__ float squares[kWarps][8];  // kNorm: each warp's sum of squares per token
   __shared__ int last;
-  allow_next_grid();
   const SkinnyGemm& g = a.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int r = lane >> 2, c = lane & 3;
@@ -199,6 +203,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) cur[u] = next[u];
   }
+  allow_next_grid();  // after the stream (see the top of this file)
 
   // The warps' sums: C fragment c0, c1 = (feature r, tokens 2c, 2c + 1), c2, c3 = feature r + 8.
   reduce[warp][r * 8 + 2 * c] = acc[0];

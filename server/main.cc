@@ -77,12 +77,12 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "With the CUDA kernels: decode steps captured once per batch shape and replayed as CUDA graphs. false: "
           "every step dispatched op by op, for comparisons and for profiling a step's kernels one by one "
           "(scripts/gpu/profile_decode_graph.sh --step eager_decode).");
-ABSL_FLAG(int32_t, skinny_gemm_min_rows, 2,
+ABSL_FLAG(int32_t, skinny_gemm_min_rows, 1,
           "On a GPU with the CUDA kernels: decode steps of at least this many tokens (up to 8) run their weight "
           "products on our kernel, which streams the weights near the copy rate with the residual add inside and "
-          "SiLU * up in one launch (kernels/skinny_gemm.h). 2: one-token steps stay on cuBLAS, faster end to end "
-          "there (bench/kernels/NOTES.md run 23). 0: libtorch's cuBLAS calls throughout, for comparisons; the log "
-          "says which.");
+          "SiLU * up in one launch (kernels/skinny_gemm.h); 1, the default: every decode step, faster than cuBLAS "
+          "end to end at batch 1 and 8 (bench/kernels/NOTES.md runs 23-25). 0: libtorch's cuBLAS calls "
+          "throughout, for comparisons; the log says which.");
 ABSL_FLAG(bool, fold_norms, false,
           "Experimental, off: where --skinny_gemm_min_rows puts a decode step's products on our kernel, run the "
           "RMSNorm before qkv, gate/up and the lm_head inside them (65 launches fewer a Llama-3-8B step; each term "
