@@ -81,9 +81,6 @@ struct EngineOptions {
   // up one launch) on a bf16 GPU model in a build with the kernels; 0 = libtorch's cuBLAS calls
   // throughout (for comparisons). 0..8, else Load fails. Default: llama_model.h skinny_min_rows.
   int skinny_gemm_min_rows = 1;
-  // The RMSNorms before qkv, gate/up and the lm_head inside those skinny products
-  // (LlamaModelOptions::fold_norms): off by default until measured on a GPU.
-  bool fold_norms = false;
   // The decode step's kernels on sm_90+ launched with programmatic dependent launch (each starts
   // while the previous one drains, its index reads under that tail: kernels/chained_launch.cuh);
   // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).

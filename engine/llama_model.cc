@@ -100,10 +100,8 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // kernels::skinny_gemm: the decode batch's products (LlamaModel::SkinnyRows chose the rows), which
 // cuBLAS reads the weights of well below the copy rate (kernels/skinny_gemm.h). Undefined when the
 // kernel does not take the operands (other dtypes or layouts): the caller then runs libtorch's.
-// With `norm` defined, x goes through the RMSNorm with that weight and `eps` first (inside the
-// product: SkinnyGemm::norm_weight).
 at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& residual,
-                         const at::Tensor& workspace, const at::Tensor& norm = at::Tensor(), float eps = 0.f) {
+                         const at::Tensor& workspace) {
   const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
   if (!x.is_cuda() || !bf16 || x.stride(1) != 1 || w.dim() != 2 || !w.is_contiguous() || x.size(1) != w.size(1)) {
     return {};
@@ -114,7 +112,6 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
                              residual.dim() != 2 || residual.size(0) != m || residual.size(1) != n)) {
     return {};
   }
-  if (norm.defined() && (norm.scalar_type() != at::kBFloat16 || !norm.is_contiguous() || norm.numel() != k)) return {};
   at::Tensor out = at::empty({m, n}, x.options());
   kernels::SkinnyGemm g;
   g.m = static_cast<int>(m);
@@ -126,8 +123,6 @@ at::Tensor SkinnyProduct(const at::Tensor& x, const at::Tensor& w, const at::Ten
   g.bias = bias.defined() ? bias.data_ptr() : nullptr;
   g.residual = residual.defined() ? residual.data_ptr() : nullptr;
   g.out = out.data_ptr();
-  g.norm_weight = norm.defined() ? norm.data_ptr() : nullptr;
-  g.norm_eps = eps;
   if (!kernels::skinny_gemm_supports(g)) return {};
   const c10::cuda::CUDAGuard guard(x.device());
   CheckLaunch(kernels::skinny_gemm(g, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),
@@ -183,7 +178,6 @@ LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarT
       fused_(kFusedKernelsCompiled && options.fused_norm_rope && device.is_cuda() && dtype == at::kBFloat16) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   skinny_min_rows_ = options.skinny_min_rows;
-  fold_norms_ = options.fold_norms;
   // Zero before the first product, as every product leaves it (kernels/skinny_gemm.h).
   if (fused_ && options.skinny_min_rows > 0) {
     skinny_workspace_ = at::zeros({static_cast<int64_t>(kernels::kSkinnyGemmWorkspaceBytes)},
@@ -217,19 +211,6 @@ at::Tensor LlamaModel::Linear(const at::Tensor& x, const at::Tensor& w, const at
   if (!residual.defined()) return at::linear(x, w, bias);
   if (bias.defined()) return residual + at::linear(x, w, bias);
   return at::addmm(residual, x, w.t());  // the residual add inside the matmul
-}
-
-at::Tensor LlamaModel::NormedLinear(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& w,
-                                    const at::Tensor& bias) const {
-#ifdef SQUEEZESERVE_CUDA_KERNELS
-  if (fold_norms_ && SkinnyRows(x)) {
-    const float eps = static_cast<float>(config_.rms_norm_eps);
-    if (at::Tensor out = SkinnyProduct(x, w, bias, at::Tensor(), skinny_workspace_, norm, eps); out.defined()) {
-      return out;
-    }
-  }
-#endif
-  return Linear(RmsNorm(x, norm), w, bias);
 }
 
 at::Tensor LlamaModel::AddSwiGluDown(const at::Tensor& residual, const at::Tensor& gate_up,
@@ -348,7 +329,7 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
                                           const at::Tensor& sin) const {
   const int64_t total = x.size(0), dim = config_.head_dim;
   const int64_t q_out = config_.num_attention_heads * dim, kv_out = config_.num_kv_heads * dim;
-  const at::Tensor qkv = NormedLinear(x, layer.input_norm, layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
+  const at::Tensor qkv = Linear(RmsNorm(x, layer.input_norm), layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
   // q and k are adjacent columns: one RoPE pass over both heads, [H + H_kv, N, D].
   const at::Tensor qk = ApplyRope(qkv.narrow(1, 0, q_out + kv_out), cos, sin);
   Projected p;
@@ -359,7 +340,7 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
 }
 
 at::Tensor LlamaModel::AddMlp(const Layer& layer, const at::Tensor& x) const {
-  const at::Tensor gate_up = NormedLinear(x, layer.post_attention_norm, layer.gate_up_proj);  // [N, 2·intermediate]
+  const at::Tensor gate_up = Linear(RmsNorm(x, layer.post_attention_norm), layer.gate_up_proj);  // [N, 2·intermediate]
   return AddSwiGluDown(x, gate_up, layer.down_proj);
 }
 
@@ -436,7 +417,7 @@ void LlamaModel::AbandonStep(const PlannedStep& plan) const {
 }
 
 at::Tensor LlamaModel::Logits(const at::Tensor& hidden) const {
-  return NormedLinear(hidden, final_norm_, lm_head_).to(at::kFloat);
+  return Linear(RmsNorm(hidden, final_norm_), lm_head_).to(at::kFloat);
 }
 
 std::vector<at::Tensor> LlamaModel::ForwardBatch(const std::vector<const ForwardArgs*>& batch) const {

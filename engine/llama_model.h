@@ -67,11 +67,6 @@ struct LlamaModelOptions {
   // Llama-3-8B 33K TPOT dense 8.25 vs 8.58 ms, the paper's lookup 7.05 vs 7.45 ms) and at batch 8
   // (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md runs 23-25.
   int skinny_min_rows = 1;
-  // The RMSNorm before qkv, gate/up and the lm_head inside those products where they run the
-  // skinny kernel (kernels/skinny_gemm.h SkinnyGemm::norm_weight): 65 launches fewer a Llama-3-8B
-  // step, at one rounding of x's terms apart from the norm kernel's. Off until it has run on a GPU:
-  // built and checked on the CPU only (bench/kernels/NOTES.md run 24); tests on a GPU set it.
-  bool fold_norms = false;
 };
 
 // How the ingest prefill shares the engine: each unit of work (a chunk of tokens through the
@@ -179,10 +174,6 @@ class LlamaModel {
   // inside the product where the kernels or BLAS allow).
   at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor(),
                     const at::Tensor& residual = at::Tensor()) const;
-  // RmsNorm(x, norm) times w transposed (+ bias): one launch of kernels/skinny_gemm.h with the norm
-  // folded in where LlamaModelOptions::fold_norms and SkinnyRows(x), else the norm, then Linear.
-  at::Tensor NormedLinear(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& w,
-                          const at::Tensor& bias = at::Tensor()) const;
   // Whether a product of x's rows runs kernels/skinny_gemm.h (LlamaModelOptions::skinny_min_rows;
   // the kernel then still checks the operands).
   bool SkinnyRows(const at::Tensor& x) const;
@@ -195,7 +186,6 @@ class LlamaModel {
   bool fused_;  // RmsNorm / ApplyRope on the fused kernels, decided once at construction
   at::Tensor skinny_workspace_;  // kernels::skinny_gemm's where the products run it, else undefined
   int skinny_min_rows_ = 1;      // LlamaModelOptions::skinny_min_rows
-  bool fold_norms_ = false;      // LlamaModelOptions::fold_norms
   at::Tensor inv_freq_;  // float32 [D/2]
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;

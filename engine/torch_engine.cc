@@ -419,7 +419,6 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   }
   LlamaModelOptions model_options;
   model_options.skinny_min_rows = options.skinny_gemm_min_rows;
-  model_options.fold_norms = options.fold_norms;
   auto model = LlamaModel::Create(engine->config_, **weights, device->device, device->dtype, model_options);
   if (!model.ok()) return model.status();
   engine->model_ = std::move(*model);
@@ -453,8 +452,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   }
   if (engine->model_->skinny_gemm()) {
     absl::StrAppend(&backend_reason, "; decode steps of ", options.skinny_gemm_min_rows,
-                    "-8 tokens: weight products on the skinny GEMM kernel",
-                    options.fold_norms ? ", the RMSNorms inside them" : "");
+                    "-8 tokens: weight products on the skinny GEMM kernel");
   } else if (device->device.is_cuda()) {
     absl::StrAppend(&backend_reason, "; decode-batch weight products on libtorch (cuBLAS)",
                     options.skinny_gemm_min_rows > 0 ? "" : ": skinny_gemm_min_rows 0");

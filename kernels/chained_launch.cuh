@@ -8,7 +8,8 @@
 // What it may do before: compute indices, read its arguments and data no kernel of the step
 // writes (the index: centroids, cluster sizes). allow_next_grid() lets the next kernel start
 // launching; it only schedules, the next kernel's wait still waits for this whole grid, so each
-// kernel calls it first thing.
+// kernel calls it first thing, but the weight products, which call it after streaming their
+// weights (kernels/skinny_gemm.cu says why).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -113,28 +113,6 @@ __device__ __forceinline__ void mma_chunk(const ChunkRegs& regs, float (&acc)[4]
   }
 }
 
-// RMSNorm on the way in (SkinnyGemm::norm_weight): adds the squares of this lane's 16 elements of x
-// (token r, chunk `chunk`) to sumsq and replaces them by bf16(x * weight) for the MMA; the row's
-// 1 / rms scales the sum in the epilogue. Elements past k are zero in x and stay zero.
-__device__ __forceinline__ void norm_chunk(const SkinnyGemm& g, int chunk, int c, ChunkRegs& regs, float& sumsq) {
-  const int at = chunk * kChunk + 16 * c;
-  const auto* weight = static_cast<const __nv_bfloat16*>(g.norm_weight);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint4 gw = at + 8 * h < g.k ? __ldg(reinterpret_cast<const uint4*>(weight + at + 8 * h)) : zero4();
-    uint32_t* xs = reinterpret_cast<uint32_t*>(&regs.x[h]);
-    const uint32_t* ws = reinterpret_cast<const uint32_t*>(&gw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&xs[i]));
-      sumsq = fmaf(v.x, v.x, fmaf(v.y, v.y, sumsq));
-      const __nv_bfloat162 scaled = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&xs[i]),
-                                            *reinterpret_cast<const __nv_bfloat162*>(&ws[i]));
-      xs[i] = *reinterpret_cast<const uint32_t*>(&scaled);
-    }
-  }
-}
-
 // out[t][f] = bf16(v + bias[f] + residual[t][f]) for token t < m, feature f < n.
 __device__ __forceinline__ void write_out(const SkinnyGemm& g, int t, int f, float v) {
   if (t >= g.m || f >= g.n) return;
@@ -144,11 +122,8 @@ __device__ __forceinline__ void write_out(const SkinnyGemm& g, int t, int f, flo
   static_cast<__nv_bfloat16*>(g.out)[at] = __float2bfloat16(v);
 }
 
-// kNorm: SkinnyGemm::norm_weight set (one split: the CTA sees all of K).
-template <bool kNorm>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   __shared__ float reduce[kWarps][kTile * 8];
-  __shared__ float squares[kWarps][8];  // kNorm: each warp's sum of squares per token
   __shared__ int last;
   const SkinnyGemm& g = a.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -186,7 +161,6 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   };
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  float sumsq = 0.f;  // kNorm: this lane's part of token r's sum of squares
   ChunkRegs cur[kGroup];
   load_group_weights(c0, cur);  // the weights do not depend on the previous kernel
   wait_for_previous_grid();     // x, the residual, the workspace and out may
@@ -196,10 +170,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
     load_group_weights(first + kGroup, next);
     load_group_x(first + kGroup, next);
 #pragma unroll
-    for (int u = 0; u < kGroup; ++u) {
-      if (kNorm && first + u < c1) norm_chunk(g, first + u, c, cur[u], sumsq);
-      mma_chunk(cur[u], acc);
-    }
+    for (int u = 0; u < kGroup; ++u) mma_chunk(cur[u], acc);
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) cur[u] = next[u];
   }
@@ -210,11 +181,6 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   reduce[warp][r * 8 + 2 * c + 1] = acc[1];
   reduce[warp][(r + 8) * 8 + 2 * c] = acc[2];
   reduce[warp][(r + 8) * 8 + 2 * c + 1] = acc[3];
-  if (kNorm) {
-    sumsq += __shfl_xor_sync(0xffffffffu, sumsq, 1);
-    sumsq += __shfl_xor_sync(0xffffffffu, sumsq, 2);
-    if (c == 0) squares[warp][r] = sumsq;
-  }
   __syncthreads();
   // Thread tid: token tid / 16, feature row0 + tid % 16 (16 consecutive features a token: 32-byte
   // stores).
@@ -222,13 +188,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
   float v = 0.f;
 #pragma unroll
   for (int q = 0; q < kWarps; ++q) v += reduce[q][f * 8 + t];
-  if (kNorm) {
-    float ss = 0.f;
-#pragma unroll
-    for (int q = 0; q < kWarps; ++q) ss += squares[q][t];
-    v *= 1.f / sqrtf(ss * (1.f / static_cast<float>(g.k)) + g.norm_eps);
-  }
-  if (kNorm || a.ksplit == 1) {
+  if (a.ksplit == 1) {
     write_out(g, t, row0 + f, v);
     return;
   }
@@ -259,7 +219,7 @@ int resident_ctas() {
   if (cached[dev].load(std::memory_order_relaxed) == 0) {
     int sms = 0, per_sm = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, skinny_gemm_kernel<false>, kThreads, 0) != cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, skinny_gemm_kernel, kThreads, 0) != cudaSuccess)
       return 0;
     cached[dev].store(std::max(1, sms * per_sm), std::memory_order_relaxed);
   }
@@ -289,8 +249,7 @@ bool skinny_gemm_supports(const SkinnyGemm& g) {
   using detail::aligned16;
   return g.m >= 1 && g.m <= kSkinnyMaxRows && g.n >= 1 && g.k >= 8 && g.k % 8 == 0 && g.x_stride % 8 == 0 &&
          (g.m == 1 || g.x_stride >= g.k) && g.x && g.w && g.out && aligned16(g.x) && aligned16(g.w) &&
-         aligned16(g.out) && (g.residual == nullptr || aligned16(g.residual)) &&
-         (g.norm_weight == nullptr || aligned16(g.norm_weight));
+         aligned16(g.out) && (g.residual == nullptr || aligned16(g.residual));
 }
 
 int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const SkinnyLaunch& launch) {
@@ -298,11 +257,9 @@ int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const Skinny
   if (!skinny_gemm_supports(g) || workspace == nullptr) return cudaErrorInvalidValue;
   const int tiles = (g.n + kTile - 1) / kTile;
   const int chunks = (g.k + kChunk - 1) / kChunk;
-  const bool norm = g.norm_weight != nullptr;
-  if (norm && launch.ksplit > 1) return cudaErrorInvalidValue;
   // Split K only where the tiles leave CTAs the device could hold idle, keeping at least two
   // chunks per warp, and as far as the workspace holds the partials and tickets.
-  int ksplit = norm ? 1 : launch.ksplit;
+  int ksplit = launch.ksplit;
   if (ksplit <= 0) {
     const int resident = resident_ctas();
     ksplit = resident > tiles ? resident / tiles : 1;
@@ -315,8 +272,8 @@ int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const Skinny
   }
   char* base = static_cast<char*>(workspace);
   const Args a{g, reinterpret_cast<int*>(base), reinterpret_cast<float*>(base + kPartialsOffset), ksplit, chunks};
-  return launch_chained(norm ? skinny_gemm_kernel<true> : skinny_gemm_kernel<false>, dim3(tiles, ksplit),
-                        dim3(kThreads), 0, static_cast<cudaStream_t>(stream), a);
+  return launch_chained(skinny_gemm_kernel, dim3(tiles, ksplit), dim3(kThreads), 0, static_cast<cudaStream_t>(stream),
+                        a);
 }
 
 int silu_mul_bf16(const void* gate_up, int64_t stride, void* act, int rows, int inter, void* stream) {

@@ -17,6 +17,11 @@
 // SiLU * up inside the product cost more than it saved: applied as x was loaded, every load group
 // waited for x; applied at the MMA, every 16-feature tile recomputed it for all of x. The down
 // projection took 1.4x and 4.4x cuBLAS's time (bench/kernels/NOTES.md run 23).
+// The RMSNorm before qkv, gate/up and the lm_head stays a launch of its own too: folded into the
+// product (x * weight on the way in, the row's scale in the epilogue, no split over CTAs) it was
+// slower on an H100 (Llama-3-8B 33K TPOT 9.04 vs 8.76 ms at batch 1, 13.61 vs 13.24 at batch 8;
+// the step's products and norms 5.53 vs 5.38 ms) and less accurate (a tiny model's logits 1.1-1.4%
+// off libtorch's, over tests/engine/fused_ops_test.cc's 1%), so it was removed.
 #pragma once
 
 #include <cstddef>
@@ -35,14 +40,6 @@ struct SkinnyGemm {
   const void* bias = nullptr;      // nullable device bf16 [n]
   const void* residual = nullptr;  // nullable device bf16 [m][n], contiguous; may be `out`
   void* out = nullptr;             // device bf16 [m][n], contiguous
-  // Nullable device bf16 [k]: x goes through RMSNorm with this weight first (the norm before qkv,
-  // gate/up and the lm_head, one launch fewer each), as
-  //   out[t][f] = bf16(s_t * sum_k bf16(x[t][k] * norm_weight[k]) * W[f][k] + bias + residual),
-  //   s_t = 1 / sqrt(mean_k(x[t][k]^2) + norm_eps),
-  // in fp32: the row's scale after the sum, where the norm kernel (norm_rope.h) rounds x * s_t
-  // before the weight, so the two differ by a rounding of x's terms. One CTA then takes all of K.
-  const void* norm_weight = nullptr;
-  float norm_eps = 0.f;
 };
 
 // Device memory a launch uses besides its operands: the split-K partials and the tiles' tickets.
@@ -55,12 +52,11 @@ struct SkinnyLaunch {
 };
 
 // Whether skinny_gemm takes this problem: 1 <= m <= kSkinnyMaxRows, n >= 1, k a positive multiple
-// of 8, x_stride a multiple of 8 (>= k), and x, w, out, residual, norm_weight 16-byte
+// of 8, x_stride a multiple of 8 (>= k), and x, w, out, residual 16-byte
 // aligned. The caller falls back to a general GEMM otherwise.
 bool skinny_gemm_supports(const SkinnyGemm& g);
 
-// Returns a cudaError_t value (cudaErrorInvalidValue where !skinny_gemm_supports, or a ksplit above
-// 1 with norm_weight). Launched with
+// Returns a cudaError_t value (cudaErrorInvalidValue where !skinny_gemm_supports). Launched with
 // programmatic dependent launch where it is on (kernels/chained_launch.cuh's contract).
 int skinny_gemm(const SkinnyGemm& g, void* workspace, void* stream, const SkinnyLaunch& launch = {});
 

@@ -12,10 +12,9 @@
 namespace squeezeserve::kernels {
 
 // x: rows of k at x + i * x_stride; w: [n][k]; bias: nullable [n]; residual: nullable [m][n];
-// out: [m][n]; norm_weight: nullable [k] (SkinnyGemm::norm_weight: the row's sum of squares in
-// double, its scale in fp32 as rms_norm_ref, the terms bf16(x * norm_weight)).
+// out: [m][n].
 void skinny_gemm_ref(int m, int n, int k, const float* x, int64_t x_stride, const float* w, const float* bias,
-                     const float* residual, float* out, const float* norm_weight = nullptr, float norm_eps = 0.f);
+                     const float* residual, float* out);
 
 // bf16(bf16(silu(gate)) * up).
 float silu_mul_ref(float gate, float up);

@@ -83,11 +83,6 @@ ABSL_FLAG(int32_t, skinny_gemm_min_rows, 1,
           "SiLU * up in one launch (kernels/skinny_gemm.h); 1, the default: every decode step, faster than cuBLAS "
           "end to end at batch 1 and 8 (bench/kernels/NOTES.md runs 23-25). 0: libtorch's cuBLAS calls "
           "throughout, for comparisons; the log says which.");
-ABSL_FLAG(bool, fold_norms, false,
-          "Experimental, off: where --skinny_gemm_min_rows puts a decode step's products on our kernel, run the "
-          "RMSNorm before qkv, gate/up and the lm_head inside them (65 launches fewer a Llama-3-8B step; each term "
-          "of the product rounded once instead of twice). Checked on the CPU only so far (bench/kernels/NOTES.md "
-          "run 24); the log says when it is on.");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
           "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
@@ -397,7 +392,6 @@ int Run() {
     options.shared_context_decode = absl::GetFlag(FLAGS_shared_context_decode);
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     options.skinny_gemm_min_rows = absl::GetFlag(FLAGS_skinny_gemm_min_rows);
-    options.fold_norms = absl::GetFlag(FLAGS_fold_norms);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
     options.query_prefill_chunk_tokens = static_cast<int>(std::max<int64_t>(1, config->batch_prefill_tokens / 2));
     auto started = std::chrono::steady_clock::now();

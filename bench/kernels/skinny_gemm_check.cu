@@ -10,10 +10,8 @@
 // wrong fragment or k order is off by whole terms), the guard untouched, and the workspace's
 // tickets zero again after the launch. Cases: m 1..8, n and k not multiples of the tile and
 // chunk (k a multiple of 8), the split-K path forced (ksplit 2, 3, 7) and chosen, bias, residual
-// (also in place: residual == out), and the RMSNorm folded in (SkinnyGemm::norm_weight: odd k,
-// bias, residual, full sizes; the allowance then counts the terms bf16(x * weight) times the row's
-// scale). SiLU * up (silu_mul_bf16) against silu_mul_ref: poisoned, guarded, every element within
-// one bf16 ulp and at least 99.9% of them the same bits.
+// (also in place: residual == out). SiLU * up (silu_mul_bf16) against silu_mul_ref: poisoned,
+// guarded, every element within one bf16 ulp and at least 99.9% of them the same bits.
 //
 // Timing (not with --small): Llama-3-8B and Llama-2-7B's products at M = 1 and 8, each over 32
 // layers' own weights (the weights do not fit the L2, as in a decode step), captured in one CUDA
@@ -22,10 +20,8 @@
 // engine's libtorch code does (cublasGemmEx; for a residual, a copy of it into the output first);
 // the down projection's row includes SiLU * up before it on both sides (ours silu_mul_bf16, the
 // cuBLAS side an equivalent kernel of this file: libtorch launches two); at M = 1 the smaller
-// products also with the split over K forced to 1..4. The products after a norm (qkv, gate/up,
-// lm_head) run it too: ours with it folded in, and beside that with rms_norm_bf16 as a launch of
-// its own; cuBLAS's side with rms_norm_bf16 first. Then the whole step's products, every layer's
-// four and the lm_head, in one graph: ours (norms folded in, and apart) against cuBLAS's.
+// products also with the split over K forced to 1..4. Then the whole step's products, every
+// layer's four and the lm_head, in one graph: ours against cuBLAS's.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -41,8 +37,6 @@
 
 #include "bench/kernels/device_layer.h"
 #include "kernels/launch.h"
-#include "kernels/norm_rope.h"
-#include "kernels/norm_rope_ref.h"
 #include "kernels/skinny_gemm.h"
 #include "kernels/skinny_gemm_ref.h"
 
@@ -84,13 +78,12 @@ struct CheckCase {
   bool bias, residual, in_place;
   int ksplit;  // 0: chosen by the launcher
   bool small;
-  bool norm = false;  // SkinnyGemm::norm_weight (the RMSNorm folded in)
 };
 
 std::string case_name(const CheckCase& c) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "m%d n%d k%d%s%s%s%s split %s", c.m, c.n, c.k, c.norm ? " norm" : "",
-                c.bias ? " bias" : "", c.residual ? " residual" : "", c.in_place ? " (in place)" : "",
+  std::snprintf(buf, sizeof buf, "m%d n%d k%d%s%s%s split %s", c.m, c.n, c.k, c.bias ? " bias" : "",
+                c.residual ? " residual" : "", c.in_place ? " (in place)" : "",
                 c.ksplit ? std::to_string(c.ksplit).c_str() : "auto");
   return buf;
 }
@@ -103,12 +96,9 @@ bool run_case(const CheckCase& c, uint64_t seed, void* workspace, cudaStream_t s
   std::vector<float> w = random_bf16(int64_t{c.n} * c.k, 1.f / std::sqrt(static_cast<float>(c.k)), rng);
   std::vector<float> bias = c.bias ? random_bf16(c.n, 1.f, rng) : std::vector<float>();
   std::vector<float> residual = c.residual ? random_bf16(int64_t{c.m} * c.n, 1.f, rng) : std::vector<float>();
-  std::vector<float> gamma = c.norm ? random_bf16(c.k, 1.f, rng) : std::vector<float>();
-  constexpr float kEps = 1e-5f;
   std::vector<float> ref(int64_t{c.m} * c.n);
   skinny_gemm_ref(c.m, c.n, c.k, x.data(), x_stride, w.data(), c.bias ? bias.data() : nullptr,
-                  c.residual ? residual.data() : nullptr, ref.data(), c.norm ? gamma.data() : nullptr, kEps);
-  uint16_t* dgamma = c.norm ? upload(round_to_bf16(gamma)) : nullptr;
+                  c.residual ? residual.data() : nullptr, ref.data());
 
   uint16_t* dx = upload(round_to_bf16(x));
   uint16_t* dw = upload(round_to_bf16(w));
@@ -132,8 +122,6 @@ bool run_case(const CheckCase& c, uint64_t seed, void* workspace, cudaStream_t s
   g.bias = dbias;
   g.residual = c.in_place ? dout : dres;
   g.out = dout;
-  g.norm_weight = dgamma;
-  g.norm_eps = kEps;
   SkinnyLaunch launch;
   launch.ksplit = c.ksplit;
   const int err = skinny_gemm(g, workspace, stream, launch);
@@ -144,21 +132,11 @@ bool run_case(const CheckCase& c, uint64_t seed, void* workspace, cudaStream_t s
   // The magnitude of each output's terms, for the sum-order allowance.
   int bad = 0, exact = 0, nan = 0;
   double worst = 0;
-  std::vector<float> terms(c.k);  // with the norm: the product's terms bf16(x * gamma), times scale
   for (int i = 0; i < c.m; ++i) {
     const float* act = x.data() + i * x_stride;
-    double scale = 1;
-    if (c.norm) {
-      double sum = 0;
-      for (int j = 0; j < c.k; ++j) sum += double{act[j]} * act[j];
-      scale = 1 / std::sqrt(sum / c.k + kEps);
-      for (int j = 0; j < c.k; ++j) terms[j] = round_to_bf16(act[j] * gamma[j]);
-      act = terms.data();
-    }
     for (int f = 0; f < c.n; ++f) {
       double mag = 0;
       for (int j = 0; j < c.k; ++j) mag += std::fabs(double{act[j]} * w[int64_t{f} * c.k + j]);
-      mag *= scale;
       const int64_t at = int64_t{i} * c.n + f;
       if (c.bias) mag += std::fabs(bias[f]);
       if (c.residual) mag += std::fabs(residual[at]);
@@ -191,7 +169,7 @@ bool run_case(const CheckCase& c, uint64_t seed, void* workspace, cudaStream_t s
                 double(exact) / total, bad, nan, guard_hit, tickets_left, err);
   json += item;
   for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dbias),
-                  static_cast<void*>(dout), static_cast<void*>(dres), static_cast<void*>(dgamma)})
+                  static_cast<void*>(dout), static_cast<void*>(dres)})
     cudaFree(p);
   return pass;
 }
@@ -248,13 +226,6 @@ bool run_checks(bool small, uint64_t seed, void* workspace, cudaStream_t stream,
       {8, 4096, 14336, false, true, false, 0, false},
       {1, 4096, 11008, false, true, false, 3, false},
       {4, 32000, 4096, false, false, false, 0, false},
-      // The RMSNorm folded in: odd k (partial chunks, idle warps), bias, residual; full sizes.
-      {1, 16, 8, false, false, false, 0, true, true},
-      {3, 37, 200, true, false, false, 0, true, true},
-      {8, 100, 1000, false, true, false, 0, true, true},
-      {1, 6144, 4096, false, false, false, 0, false, true},
-      {8, 28672, 4096, false, false, false, 0, false, true},
-      {5, 12288, 4096, true, false, false, 0, false, true},
   };
   std::printf("skinny_gemm against skinny_gemm_ref (allowed: 1 bf16 ulp + 2^-16 of the terms' magnitudes)\n");
   json += "\"checks\": [";
@@ -364,9 +335,7 @@ struct Product {
   int n, k;
   bool silu;  // x is SiLU * up of a [m][2k] gate_up, computed first
   bool residual;
-  bool normed = false;  // x goes through an RMSNorm first (the products after the step's norms)
 };
-constexpr float kNormEps = 1e-5f;
 
 // One product at M rows over `layers` weight copies: our launch or cuBLAS's (with libtorch's extra
 // kernels), recorded into the stream.
@@ -374,18 +343,11 @@ struct ProductRun {
   Product p;
   int m;
   std::vector<__nv_bfloat16*> weights;
-  __nv_bfloat16 *x, *act, *residual, *out, *gamma;
+  __nv_bfloat16 *x, *act, *residual, *out;
   void* workspace;
   cublasHandle_t blas;
 
-  // x's RMSNorm as a launch of its own (rms_norm_bf16), into act.
-  const __nv_bfloat16* norm_into_act(cudaStream_t stream) const {
-    CUDA_OK(rms_norm_bf16(reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(gamma),
-                          reinterpret_cast<uint16_t*>(act), m, p.k, kNormEps, stream));
-    return act;
-  }
-  // fold: a normed product's RMSNorm inside it (SkinnyGemm::norm_weight), else rms_norm_bf16 first.
-  void ours(cudaStream_t stream, int layer, int ksplit = 0, bool fold = true) const {
+  void ours(cudaStream_t stream, int layer, int ksplit = 0) const {
     SkinnyGemm g;
     g.m = m;
     g.n = p.n;
@@ -396,12 +358,6 @@ struct ProductRun {
       CUDA_OK(silu_mul_bf16(x, 2 * int64_t{p.k}, act, m, p.k, stream));
       g.x = act;
     }
-    if (p.normed && fold) {
-      g.norm_weight = gamma;
-      g.norm_eps = kNormEps;
-    } else if (p.normed) {
-      g.x = norm_into_act(stream);
-    }
     g.w = weights[layer];
     g.residual = p.residual ? residual : nullptr;
     g.out = out;
@@ -411,7 +367,6 @@ struct ProductRun {
   }
   void cublas(cudaStream_t stream, int layer) const {
     const __nv_bfloat16* in = x;
-    if (p.normed) in = norm_into_act(stream);
     if (p.silu) {
       silu_mul_kernel<<<std::max(1, m * p.k / 1024), 256, 0, stream>>>(x, act, m, p.k);
       in = act;
@@ -440,11 +395,11 @@ bool run_bench(void* workspace, cudaStream_t stream, std::string& json) {
   std::string items, chains;
   uint64_t seed = 1;
   for (const Shape& s : kShapes) {
-    const std::vector<Product> products = {{"norm, qkv", s.qkv, s.hidden, false, false, true},
+    const std::vector<Product> products = {{"qkv", s.qkv, s.hidden, false, false},
                                            {"o_proj + residual", s.hidden, s.hidden, false, true},
-                                           {"norm, gate_up", 2 * s.inter, s.hidden, false, false, true},
+                                           {"gate_up", 2 * s.inter, s.hidden, false, false},
                                            {"silu*up, down + residual", s.hidden, s.inter, true, true},
-                                           {"norm, lm_head", s.vocab, s.hidden, false, false, true}};
+                                           {"lm_head", s.vocab, s.hidden, false, false}};
     // Every layer's weights (the lm_head once), resident together for the whole-step chain.
     std::vector<std::vector<__nv_bfloat16*>> weights(products.size());
     for (size_t i = 0; i < products.size(); ++i) {
@@ -457,11 +412,10 @@ bool run_bench(void* workspace, cudaStream_t stream, std::string& json) {
     __nv_bfloat16* act = device_bf16(kSkinnyMaxRows * widest, seed++, 1.f, stream);
     __nv_bfloat16* residual = device_bf16(kSkinnyMaxRows * widest, seed++, 1.f, stream);
     __nv_bfloat16* out = device_bf16(kSkinnyMaxRows * widest, seed++, 1.f, stream);
-    __nv_bfloat16* gamma = device_bf16(s.hidden, seed++, 1.f, stream);
     for (const int m : {1, 8}) {
       std::vector<ProductRun> runs;
       for (size_t i = 0; i < products.size(); ++i)
-        runs.push_back({products[i], m, weights[i], x, act, residual, out, gamma, workspace, blas});
+        runs.push_back({products[i], m, weights[i], x, act, residual, out, workspace, blas});
       std::printf("%s, M = %d: per product, median of a graph of %d layers' launches\n", s.name, m, kLayers);
       std::printf("  %-26s %10s %10s %9s %9s %9s\n", "product", "ours us", "cuBLAS us", "bytes us", "ours/lim",
                   "ours/cuBLAS");
@@ -481,16 +435,8 @@ bool run_bench(void* workspace, cudaStream_t stream, std::string& json) {
                       items.empty() ? "" : ",", s.name, m, r.p.name, r.p.n, r.p.k, ours * 1e3, theirs * 1e3, bytes,
                       limit_ms * 1e3, ours / limit_ms, theirs / limit_ms, ours / theirs);
         items += buf;
-        if (r.p.normed) {
-          const double apart =
-              graph_ms([&] { for (int l = 0; l < copies; ++l) r.ours(stream, l, 0, false); }, stream) / copies;
-          std::printf("    the norm apart (rms_norm_bf16, then the product): %.1f us\n", apart * 1e3);
-          std::snprintf(buf, sizeof buf, ",\n  {\"shape\": \"%s\", \"m\": %d, \"product\": \"%s, norm apart\", \"ours_us\": %.2f}",
-                        s.name, m, r.p.name, apart * 1e3);
-          items += buf;
-        }
         // The split over K, where the launcher chose to split: each forced from 1 to 4.
-        if (m == 1 && r.p.n <= 2 * s.hidden && !r.p.normed) {
+        if (m == 1 && r.p.n <= 2 * s.hidden) {
           std::printf("    ksplit 1..4:");
           for (int ks = 1; ks <= 4; ++ks)
             std::printf(" %.1f", graph_ms([&] { for (int l = 0; l < copies; ++l) r.ours(stream, l, ks); }, stream) /
@@ -499,34 +445,28 @@ bool run_bench(void* workspace, cudaStream_t stream, std::string& json) {
         }
       }
       // The whole step's products in order, every layer then the lm_head.
-      // mode 0: ours with the norms folded in, 1: ours with the norms apart, 2: cuBLAS (norms apart).
-      auto chain = [&](int mode) {
-        auto one = [&](const ProductRun& r, int l) { mode == 2 ? r.cublas(stream, l) : r.ours(stream, l, 0, mode == 0); };
+      auto chain = [&](bool mine) {
         return graph_ms([&] {
           for (int l = 0; l < kLayers; ++l)
-            for (size_t i = 0; i + 1 < runs.size(); ++i) one(runs[i], l);
-          one(runs.back(), 0);
+            for (size_t i = 0; i + 1 < runs.size(); ++i) mine ? runs[i].ours(stream, l) : runs[i].cublas(stream, l);
+          mine ? runs.back().ours(stream, 0) : runs.back().cublas(stream, 0);
         }, stream);
       };
       double bytes = 0;
       for (const ProductRun& r : runs) bytes += 2.0 * r.p.n * r.p.k * r.weights.size();
-      const double ours = chain(0), apart = chain(1), theirs = chain(2), limit_ms = bytes / rate * 1e3;
+      const double ours = chain(true), theirs = chain(false), limit_ms = bytes / rate * 1e3;
       std::printf("  %-26s %10.3f %10.3f %9.3f %9.2f %9.2f   (ms: the step's %.2f GB of weights)\n", "whole step", ours,
                   theirs, limit_ms, ours / limit_ms, ours / theirs, bytes / 1e9);
-      std::printf("  %-26s %10.3f   (ms: ours with the three norms as their own launches)\n", "whole step, norms apart",
-                  apart);
       std::snprintf(buf, sizeof buf,
-                    "%s\n  {\"shape\": \"%s\", \"m\": %d, \"ours_ms\": %.4f, \"ours_norms_apart_ms\": %.4f, "
-                    "\"cublas_ms\": %.4f, \"weight_bytes\": %.0f, "
+                    "%s\n  {\"shape\": \"%s\", \"m\": %d, \"ours_ms\": %.4f, \"cublas_ms\": %.4f, \"weight_bytes\": %.0f, "
                     "\"limit_ms\": %.4f, \"ours_over_limit\": %.3f, \"cublas_over_limit\": %.3f, \"ours_over_cublas\": %.3f}",
-                    chains.empty() ? "" : ",", s.name, m, ours, apart, theirs, bytes, limit_ms, ours / limit_ms,
+                    chains.empty() ? "" : ",", s.name, m, ours, theirs, bytes, limit_ms, ours / limit_ms,
                     theirs / limit_ms, ours / theirs);
       chains += buf;
     }
     for (auto& per : weights)
       for (__nv_bfloat16* p : per) cudaFree(p);
-    for (void* p : {static_cast<void*>(x), static_cast<void*>(act), static_cast<void*>(residual), static_cast<void*>(out),
-                    static_cast<void*>(gamma)})
+    for (void* p : {static_cast<void*>(x), static_cast<void*>(act), static_cast<void*>(residual), static_cast<void*>(out)})
       cudaFree(p);
   }
   json += items + "\n],\n\"whole_step\": [" + chains + "\n]";

@@ -1,6 +1,5 @@
 // Our CUDA kernels for the token-wise ops (LlamaModelOptions::fused_norm_rope: kernels/norm_rope.h,
-// and ::skinny_min_rows, ::fold_norms: kernels/skinny_gemm.h for the products of steps of up to 8
-// tokens, with the RMSNorms before qkv, gate/up and the lm_head inside them)
+// and ::skinny_min_rows: kernels/skinny_gemm.h for the products of steps of up to 8 tokens)
 // against the libtorch ops they replace: the same random bf16 model with and without them, logits
 // of a prefill and decode steps fed the same tokens, one sequence and a batch of two (stacked rows
 // at different positions). Needs a GPU and a build with the kernels; skips otherwise (CI).
@@ -34,10 +33,9 @@ using testing::TinyModelSpec;
 using testing::WriteTinyCheckpoint;
 
 // RoPE is bit-exact; RMSNorm and the products differ from libtorch in the fp32 sums' order, which
-// moves a few tenths of a percent of their bf16 outputs by one ulp (2^-8 relative), and with the
-// norms folded into the products each term is rounded once (bf16(x * weight)) instead of twice.
-// Through two layers of bf16 activations that stays far below the 3e-2 (relative L2 over the
-// vocabulary) that the kernel path's logits are held to (kernel_path_test.cc): 1e-2.
+// moves a few tenths of a percent of their bf16 outputs by one ulp (2^-8 relative). Through two layers of bf16
+// activations that stays far below the 3e-2 (relative L2 over the vocabulary) that the kernel
+// path's logits are held to (kernel_path_test.cc): 1e-2.
 constexpr double kLogitsBound = 1e-2;
 
 
@@ -63,7 +61,6 @@ Models LoadBoth(const TinyModelSpec& spec) {
   without.skinny_min_rows = 0;
   LlamaModelOptions with;
   with.skinny_min_rows = 1;  // the one-token steps too
-  with.fold_norms = true;    // the norms inside the products (the product's terms rounded once)
   auto fused = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16, with);
   auto libtorch = LlamaModel::Create(*config, **weights, cuda, at::kBFloat16, without);
   EXPECT_TRUE(fused.ok()) << fused.status();
