@@ -1,0 +1,197 @@
+// The shared-context bundle launch alone (engine/kernel_attention.h "Shared context"): eight dense
+// questions decoding on one stored context, launched as the engine launches them (bundles of
+// 16 / G questions' query heads, one sequence each) and as before bundles (one sequence per
+// question), each timed alone with the L2 flushed. The engine's step profile shows only the sum;
+// this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
+// the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
+// `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
+//   bundle_bench [--context N] [--out FILE] [--trace]
+// --trace (a build configured with -DSQZ_DECODE_TRACE=ON): each row's per-CTA phases from the
+// decode kernel's trace (kernels/decode_attention.h set_decode_trace): when the CTAs finish
+// streaming, how long the partials and the heads' merges take, when the last one ends.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench/kernels/device_layer.h"
+#include "kernels/decode_attention.h"
+
+namespace squeezeserve::kernels::bench {
+namespace {
+
+constexpr int kQuestions = 8;
+constexpr int kReps = 20;
+constexpr size_t kFlushBytes = size_t{256} << 20;  // past the L2 of an H100 / H200
+constexpr int kMaxTracedCtas = 4096;
+
+struct Row {
+  const char* model;
+  int hkv, g_model;
+  const char* layout;
+  int sequences, group;  // the launch: sequences of `group` query heads per KV head
+};
+
+double quantile(std::vector<double> v, double f) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(f * (v.size() - 1))];
+}
+
+// Phases per CTA (decode_attention.cu DECODE_TRACE: 0 start, 2 split done, 3 first piece
+// streamed, 4 its partial written, 5 its merge done, 6 end), relative to the first CTA's start.
+void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
+  auto at = [&](int c, int e) { return tr[(static_cast<size_t>(c) * kDecodeTraceEvents + e) * 2]; };
+  unsigned long long t0 = ~0ull, t_end = 0;
+  for (int c = 0; c < ctas; ++c)
+    if (at(c, 0) != 0) t0 = std::min(t0, at(c, 0)), t_end = std::max(t_end, at(c, 6));
+  std::vector<double> streamed, partial, merge, end;
+  for (int c = 0; c < ctas; ++c) {
+    if (at(c, 0) == 0 || at(c, 3) == 0) continue;  // no piece
+    streamed.push_back((at(c, 3) - t0) / 1e3);
+    partial.push_back((at(c, 4) - at(c, 3)) / 1e3);
+    merge.push_back((at(c, 5) - at(c, 4)) / 1e3);
+    end.push_back((at(c, 6) - t0) / 1e3);
+  }
+  std::printf("    trace (us): %zu CTAs with a piece; streamed median %.1f, last %.1f; partial median %.1f; "
+              "merge longest %.1f; end median %.1f, last %.1f (span %.1f)\n",
+              streamed.size(), quantile(streamed, 0.5), quantile(streamed, 1), quantile(partial, 0.5),
+              quantile(merge, 1), quantile(end, 0.5), quantile(end, 1), (t_end - t0) / 1e3);
+}
+
+}  // namespace
+}  // namespace squeezeserve::kernels::bench
+
+int main(int argc, char** argv) {
+  using namespace squeezeserve::kernels;
+  using namespace squeezeserve::kernels::bench;
+  int context = 33000;
+  std::string out_path = "bundle_bench.json";
+  bool trace = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--context") && i + 1 < argc) context = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--trace")) trace = true;
+    else {
+      std::fprintf(stderr, "usage: bundle_bench [--context N >= 1024] [--out FILE] [--trace]\n");
+      return 2;
+    }
+  }
+  if (context < 1024) {
+    std::fprintf(stderr, "bundle_bench: --context must be at least 1024\n");
+    return 2;
+  }
+  unsigned long long* trace_buf = nullptr;
+  if (trace) {
+    if (set_decode_trace(nullptr, 0) == cudaErrorNotSupported) {
+      std::fprintf(stderr, "bundle_bench: --trace needs a build configured with -DSQZ_DECODE_TRACE=ON\n");
+      return 2;
+    }
+    CUDA_OK(cudaMalloc(&trace_buf, sizeof(unsigned long long) * kMaxTracedCtas * kDecodeTraceEvents * 2));
+    CUDA_OK(cudaMemset(trace_buf, 0, sizeof(unsigned long long) * kMaxTracedCtas * kDecodeTraceEvents * 2));
+  }
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  void* flush = nullptr;
+  CUDA_OK(cudaMalloc(&flush, kFlushBytes));
+
+  // The engine's bundles: 16 / G questions each (kernel_attention.cc kMaxBundleGroup).
+  const std::vector<Row> rows = {
+      {"llama3-8b", 8, 4, "bundles (engine)", 2, 16},
+      {"llama3-8b", 8, 4, "one bundle alone", 1, 16},
+      {"llama3-8b", 8, 4, "one sequence each", kQuestions, 4},
+      {"llama2-7b", 32, 1, "bundles (engine)", 1, 8},
+      {"llama2-7b", 32, 1, "one sequence each", kQuestions, 1},
+  };
+  FILE* json = std::fopen(out_path.c_str(), "w");
+  if (json == nullptr) {
+    std::fprintf(stderr, "bundle_bench: cannot write %s\n", out_path.c_str());
+    return 2;
+  }
+  std::fprintf(json, "{\"device\": \"%s\", \"context\": %d, \"questions\": %d, \"rows\": [\n", prop.name, context,
+               kQuestions);
+  std::printf("%s, %d context rows, %d dense questions; each launch alone, L2 flushed, median of %d\n", prop.name,
+              context, kQuestions, kReps);
+  std::printf("%-10s %-18s %4s %3s %10s %10s %10s\n", "model", "layout", "seqs", "G", "median us", "min us",
+              "TB/s once");
+  const char* last_model = "";
+  DeviceLayer* layer = nullptr;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Row& row = rows[r];
+    if (std::strcmp(row.model, last_model) != 0) {  // one context per model: the questions share it
+      delete layer;
+      SyntheticSpec spec;
+      spec.num_kv_heads = row.hkv;
+      spec.head_dim = 128;
+      spec.num_rows = context;
+      spec.num_clusters = 1;  // the engine's dense bundle: the context as one selected cluster
+      spec.dense_len = 0;     // the own tokens are their own launch
+      spec.seed = 3;
+      layer = new DeviceLayer(spec);
+      last_model = row.model;
+    }
+    AttentionShape shape;
+    shape.batch = row.sequences;
+    shape.num_kv_heads = row.hkv;
+    shape.num_q_heads = row.hkv * row.group;
+    shape.head_dim = 128;
+    shape.query_len = 1;
+    const int heads = row.sequences * row.hkv;
+    std::vector<SequenceLayerBf16> views(row.sequences, layer->dev);  // every sequence: the same KV
+    const std::vector<int32_t> zeros(heads, 0), ones(heads, 1), all_rows(heads, context);
+    DeviceSelection sel(heads, 1);
+    CUDA_OK(cudaMemcpy(sel.sel.cluster_ids, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sel.sel.row_start, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sel.sel.counts, ones.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sel.sel.rows, all_rows.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sel.sel.comparisons, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    SequenceLayerBf16* d_views = upload(views);
+    std::vector<float> q = random_normal(static_cast<int64_t>(heads) * row.group * 128, 7 + r, 1.f);
+    uint16_t* d_q = upload(round_to_bf16(q));
+    uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
+    float* d_lse = upload(std::vector<float>(q.size() / 128, 0.f));
+    const DecodeLaunch launch;  // the engine's bundles: the default grid and split
+    void* ws = nullptr;
+    CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
+    cudaEvent_t e0, e1;
+    CUDA_OK(cudaEventCreate(&e0));
+    CUDA_OK(cudaEventCreate(&e1));
+    std::vector<double> us;
+    for (int rep = 0; rep < kReps + 3; ++rep) {  // 3 warm-up launches
+      CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
+      const bool traced = trace && rep == kReps + 2;
+      if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
+      CUDA_OK(cudaEventRecord(e0));
+      CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel.sel, d_out, d_lse, ws, launch, nullptr));
+      CUDA_OK(cudaEventRecord(e1));
+      CUDA_OK(cudaEventSynchronize(e1));
+      if (traced) CUDA_OK(set_decode_trace(nullptr, 0));
+      float ms = 0;
+      CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+      if (rep >= 3) us.push_back(1e3 * ms);
+    }
+    const double kv_bytes = 2.0 * context * row.hkv * 128 * 2;  // K and V of one layer, once
+    const double median = quantile(us, 0.5), best = quantile(us, 0);
+    std::printf("%-10s %-18s %4d %3d %10.1f %10.1f %10.2f\n", row.model, row.layout, row.sequences, row.group, median,
+                best, kv_bytes / (median * 1e-6) / 1e12);
+    std::fprintf(json,
+                 "%s  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"median_us\": %.2f, "
+                 "\"min_us\": %.2f, \"kv_bytes_once\": %.0f}",
+                 r ? ",\n" : "", row.model, row.layout, row.sequences, row.group, median, best, kv_bytes);
+    if (trace) {
+      print_trace(download(trace_buf, static_cast<size_t>(kMaxTracedCtas) * kDecodeTraceEvents * 2), kMaxTracedCtas);
+      CUDA_OK(cudaMemset(trace_buf, 0, sizeof(unsigned long long) * kMaxTracedCtas * kDecodeTraceEvents * 2));
+    }
+    CUDA_OK(cudaEventDestroy(e0));
+    CUDA_OK(cudaEventDestroy(e1));
+    for (void* p : std::vector<void*>{d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  }
+  delete layer;
+  std::fprintf(json, "\n]}\n");
+  std::fclose(json);
+  CUDA_OK(cudaFree(flush));
+  if (trace_buf) CUDA_OK(cudaFree(trace_buf));
+  return 0;
+}
