@@ -62,10 +62,10 @@ struct LlamaModelOptions {
   // The weight products of steps of at least this many tokens, up to 8 (the decode batch), on
   // kernels/skinny_gemm.h, with the residual add inside and SiLU * up in one launch, instead of
   // libtorch's cuBLAS calls and elementwise ops; taken where fused_norm_rope is. 0 = never
-  // (comparisons: EngineOptions::skinny_gemm_min_rows). 1: faster than cuBLAS at batch 1 too since
-  // the product lets the next kernel launch only after its stream (kernels/skinny_gemm.cu; H100,
-  // Llama-3-8B 33K TPOT dense 8.25 vs 8.58 ms, the paper's lookup 7.05 vs 7.45 ms) and at batch 8
-  // (10.61 vs 11.61, 8.57 vs 9.53 ms): bench/kernels/NOTES.md runs 23-25.
+  // (comparisons: EngineOptions::skinny_gemm_min_rows). 1: faster than cuBLAS at batch 8 (H100,
+  // Llama-3-8B 32K TPOT dense 10.61 vs 11.61 ms, the paper's lookup 8.57 vs 9.53 ms; run 23) and,
+  // since the product lets the next kernel launch only after its stream (kernels/skinny_gemm.cu),
+  // at batch 1 (33K: 8.25 vs 8.58 ms, 7.05 vs 7.45 ms; run 25): bench/kernels/NOTES.md.
   int skinny_min_rows = 1;
 };
 

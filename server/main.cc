@@ -80,9 +80,9 @@ ABSL_FLAG(bool, cuda_graphs, true,
 ABSL_FLAG(int32_t, skinny_gemm_min_rows, 1,
           "On a GPU with the CUDA kernels: decode steps of at least this many tokens (up to 8) run their weight "
           "products on our kernel, which streams the weights near the copy rate with the residual add inside and "
-          "SiLU * up in one launch (kernels/skinny_gemm.h); 1, the default: every decode step, faster than cuBLAS "
-          "end to end at batch 1 and 8 (bench/kernels/NOTES.md runs 23-25). 0: libtorch's cuBLAS calls "
-          "throughout, for comparisons; the log says which.");
+          "SiLU * up in one launch (kernels/skinny_gemm.h); 1, the default: every decode step (measured faster than "
+          "cuBLAS end to end at batch 8 in run 23 and at batch 1 in run 25: bench/kernels/NOTES.md). 0: libtorch's "
+          "cuBLAS calls throughout, for comparisons; the log says which.");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
           "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
