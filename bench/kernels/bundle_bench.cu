@@ -5,7 +5,9 @@
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
 // the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
 // `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
-//   bundle_bench [--context N] [--out FILE] [--trace]
+//   bundle_bench [--context N] [--ctas N] [--out FILE] [--trace]
+// --ctas N: every launch on N CTAs (DecodeLaunch::num_ctas) instead of the device's (fewer, longer
+// pieces per head: fewer partials to merge, fewer warps streaming).
 // --trace (a build configured with -DSQZ_DECODE_TRACE=ON): each row's per-CTA phases from the
 // decode kernel's trace (kernels/decode_attention.h set_decode_trace): when the CTAs finish
 // streaming, how long the partials and the heads' merges take, when the last one ends.
@@ -67,20 +69,22 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
 int main(int argc, char** argv) {
   using namespace squeezeserve::kernels;
   using namespace squeezeserve::kernels::bench;
-  int context = 33000;
+  int context = 33000, ctas = 0;
   std::string out_path = "bundle_bench.json";
   bool trace = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--context") && i + 1 < argc) context = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--ctas") && i + 1 < argc) ctas = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--trace")) trace = true;
     else {
-      std::fprintf(stderr, "usage: bundle_bench [--context N >= 1024] [--out FILE] [--trace]\n");
+      std::fprintf(stderr, "usage: bundle_bench [--context N >= 1024] [--ctas N >= 0] [--out FILE] [--trace]\n");
       return 2;
     }
   }
-  if (context < 1024) {
-    std::fprintf(stderr, "bundle_bench: --context must be at least 1024\n");
+  if (context < 1024 || ctas < 0 || ctas > kMaxTracedCtas) {
+    std::fprintf(stderr, "bundle_bench: --context must be at least 1024 and --ctas 0 (the device's) to %d\n",
+                 kMaxTracedCtas);
     return 2;
   }
   unsigned long long* trace_buf = nullptr;
@@ -110,8 +114,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bundle_bench: cannot write %s\n", out_path.c_str());
     return 2;
   }
-  std::fprintf(json, "{\"device\": \"%s\", \"context\": %d, \"questions\": %d, \"rows\": [\n", prop.name, context,
-               kQuestions);
+  std::fprintf(json, "{\"device\": \"%s\", \"context\": %d, \"questions\": %d, \"ctas\": %d, \"rows\": [\n",
+               prop.name, context, kQuestions, ctas);
   std::printf("%s, %d context rows, %d dense questions; each launch alone, L2 flushed, median of %d\n", prop.name,
               context, kQuestions, kReps);
   std::printf("%-10s %-18s %4s %3s %10s %10s %10s\n", "model", "layout", "seqs", "G", "median us", "min us",
@@ -152,7 +156,8 @@ int main(int argc, char** argv) {
     uint16_t* d_q = upload(round_to_bf16(q));
     uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
     float* d_lse = upload(std::vector<float>(q.size() / 128, 0.f));
-    const DecodeLaunch launch;  // the engine's bundles: the default grid and split
+    DecodeLaunch launch;  // the engine's bundles: the default grid and split
+    launch.num_ctas = ctas;
     void* ws = nullptr;
     CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
     cudaEvent_t e0, e1;
