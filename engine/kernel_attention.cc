@@ -51,9 +51,13 @@ constexpr int64_t kMaxBundleGroup = 16;
 // up to 128 own tokens is one CTA's, and the CTAs past the last head return at once. With the
 // device-sized grid the ~100-row heads straddled CTAs, two pieces and a merge each, and the launch
 // took 26 us a layer at Llama-3-8B batch 8 (one CTA a head: -0.34 ms a step; bench/kernels/NOTES.md
-// runs 24-25). The grid is fixed for the CUDA graphs; the rows are the device's.
+// runs 24-25). The grid is fixed for the CUDA graphs; the rows are the device's. Up to 128 heads
+// (2048 CTAs) only: every CTA scans all the heads' costs before it knows it has none, and larger
+// grids (Llama-2 at batch 8 has 256 heads) are unmeasured, so they keep the device-sized grid.
+constexpr int64_t kOwnTokensMaxAlignedHeads = 128;
 kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch, int64_t heads) {
-  launch.num_ctas = static_cast<int32_t>(kernels::decode_split::kAlignMinCtasPerHead * heads);
+  if (heads <= kOwnTokensMaxAlignedHeads)
+    launch.num_ctas = static_cast<int32_t>(kernels::decode_split::kAlignMinCtasPerHead * heads);
   return launch;
 }
 #endif
@@ -604,9 +608,12 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   workspace = std::max<int64_t>(
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
   if (shared_bundles_ > 0) {
-    workspace = std::max<int64_t>(  // the own tokens' launch (shape's sequences: every member)
+    // The own tokens' launch: its grid for as many heads as any step's dense members can have
+    // (shape's sequences: every member), its pieces for all of them.
+    const int64_t own_heads = std::min<int64_t>(int64_t{shape.batch} * Hkv, kOwnTokensMaxAlignedHeads);
+    workspace = std::max<int64_t>(
         workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
-                       shape, OwnTokensLaunch(kernels::DecodeLaunch{}, int64_t{shape.batch} * Hkv))));
+                       shape, OwnTokensLaunch(kernels::DecodeLaunch{}, own_heads))));
     // The bundles' launch: fewer sequences, more query heads each.
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
