@@ -33,9 +33,9 @@ using testing::TinyModelSpec;
 using testing::WriteTinyCheckpoint;
 
 // RoPE is bit-exact; RMSNorm and the products differ from libtorch in the fp32 sums' order, which
-// moves a few tenths of a percent of their bf16 outputs by one ulp (2^-8 relative). Through two layers of bf16
-// activations that stays far below the 3e-2 (relative L2 over the vocabulary) that the kernel
-// path's logits are held to (kernel_path_test.cc): 1e-2.
+// moves a few tenths of a percent of their bf16 outputs by one ulp (2^-8 relative). Through two
+// layers of bf16 activations that stays far below the 3e-2 (relative L2 over the vocabulary) that
+// the kernel path's logits are held to (kernel_path_test.cc): 1e-2.
 constexpr double kLogitsBound = 1e-2;
 
 
