@@ -21,7 +21,6 @@
 #include "kernels/decode_attention.h"
 #include "kernels/decode_split.h"
 #include "kernels/launch.h"
-#include "kernels/merge_parts.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
 #endif
@@ -970,28 +969,31 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
     const at::Tensor q_bundled = qd.view({-1, D}).index_select(
         0, b.staging_device.narrow(0, b.shared_q_rows_at, 8 * bundle_rows).view(at::kLong));
-    const at::Tensor context_part = at::empty({bundle_rows, D}, qd.options());
     const at::Tensor own_part = at::empty({dense_members * H, D}, qd.options());
-    const at::Tensor lse = at::empty({bundle_rows + dense_members * H}, qd.options().dtype(at::kFloat));
+    const at::Tensor own_lse = at::empty({dense_members * H}, qd.options().dtype(at::kFloat));
+    // The own tokens first: the bundles' launch leaves its pieces in the workspace for the merge.
+    kernels::AttentionShape own = shape;
+    own.batch = static_cast<int32_t>(dense_members);
+    Check(kernels::sparse_decode_attention(
+              own, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
+              OwnTokensSelection(b), own_part.data_ptr(), own_lse.data_ptr<float>(), b.workspace.data_ptr(),
+              OwnTokensLaunch(launch, dense_members * Hkv), stream),
+          "sparse_decode_attention (own tokens)");
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
     bundled.num_q_heads = static_cast<int32_t>(H * shared_slots_);
+    kernels::DecodeLaunch deferred = launch;
+    deferred.defer_merge = true;
     Check(kernels::sparse_decode_attention(
               bundled, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.shared_views_at) + layer * B,
-              Bf16Data(q_bundled), SharedContextSelection(b), context_part.data_ptr(), lse.data_ptr<float>(),
-              b.workspace.data_ptr(), launch, stream),
+              Bf16Data(q_bundled), SharedContextSelection(b), /*out=*/nullptr, /*lse=*/nullptr,
+              b.workspace.data_ptr(), deferred, stream),
           "sparse_decode_attention (shared context)");
-    shape.batch = static_cast<int32_t>(dense_members);
-    Check(kernels::sparse_decode_attention(
-              shape, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
-              OwnTokensSelection(b), own_part.data_ptr(), lse.data_ptr<float>() + bundle_rows,
-              b.workspace.data_ptr(), OwnTokensLaunch(launch, dense_members * Hkv), stream),
-          "sparse_decode_attention (own tokens)");
-    Check(kernels::merge_attention_parts(
-              static_cast<int>(dense_members * H), static_cast<int>(D), context_part.data_ptr(), lse.data_ptr<float>(),
-              reinterpret_cast<const int32_t*>(staged + b.shared_out_rows_at), own_part.data_ptr(),
-              lse.data_ptr<float>() + bundle_rows, out_data, /*lse=*/nullptr, stream),
-          "merge_attention_parts");
+    Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(dense_members * H),
+                                       reinterpret_cast<const int32_t*>(staged + b.shared_out_rows_at),
+                                       own_part.data_ptr(), own_lse.data_ptr<float>(), out_data, /*lse=*/nullptr,
+                                       stream),
+          "merge_decode_pieces");
   } else if (first_squeezed_ > first_decode_) {
     attend(first_decode_, first_squeezed_, /*dense=*/true);
   }

@@ -27,9 +27,10 @@
 // stored context read it once per bundle of S = 16 / G of them instead of once each. A bundle is
 // one sequence of a launch whose group is its members' query heads (S x G rows of the decode
 // kernel's 16-row MMA tile, kernels::kMaxDecodeGroup: S = 4 for Llama-3's group 4, 16 for MHA),
-// attending the context's clustered rows and window; a second launch attends each member's own
-// tokens, and kernels/merge_parts.h merges the two by log-sum-exp. At batch 8 on a 32K context the
-// KV a step reads goes from 8 copies to 2 (Llama-3) or 1 (MHA).
+// attending the context's clustered rows and window; a launch before it attends each member's own
+// tokens, and kernels::merge_decode_pieces merges the bundles' pieces (left unmerged by their
+// launch: DecodeLaunch::defer_merge) with the own tokens' part by log-sum-exp, on many CTAs at
+// once. At batch 8 on a 32K context the KV a step reads goes from 8 copies to 2 (Llama-3) or 1 (MHA).
 //
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their

@@ -97,6 +97,7 @@ struct DecodeWorkspace {
   float4* partial_st;   // [max_pieces][G] (m in log2 units, l, l_ctx, top logit)
   int* partial_top;     // [max_pieces][G] top key's physical row, -1 = none (kTop only)
   int* tickets;         // [B*H_kv] finished pieces per head (DecodeLaunch::tickets where set)
+  int2* head_pieces;    // [B*H_kv] (first slot, pieces) per head: DecodeLaunch::defer_merge only
   size_t bytes;
   // Piece (CTA c, head bh) uses slot c + bh: along the flat row order every new piece starts a new
   // CTA range or a new head (or both), so c + bh grows strictly; a head's slots are consecutive.
@@ -113,6 +114,8 @@ struct DecodeWorkspace {
     off += up(sizeof(int) * heads);
     tickets = reinterpret_cast<int*>(p + off);
     off += up(sizeof(int) * s.batch * s.num_kv_heads);
+    head_pieces = reinterpret_cast<int2*>(p + off);
+    off += up(sizeof(int2) * s.batch * s.num_kv_heads);
     bytes = off;
   }
 };
@@ -152,6 +155,7 @@ struct DecodeArgs {
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
   bool align_heads;    // DecodeLaunch::align_heads
+  bool defer_merge;    // DecodeLaunch::defer_merge
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -813,8 +817,17 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
       }
     }
 
-    // The head's last piece to finish merges all of them. (The barriers here also order this
-    // piece's smem reads before the next piece's copies.)
+    // The head's last piece to finish merges all of them, or merge_decode_pieces does. (The
+    // barriers here also order this piece's smem reads before the next piece's copies.)
+    if (a.defer_merge) {
+      if (tid == 0) a.ws.head_pieces[bh] = make_int2(first_cta + bh, num_pieces);  // every piece: the same
+      __syncthreads();
+      if (pieces++ == 0) {
+        DECODE_TRACE(4);
+        DECODE_TRACE(5);
+      }
+      continue;
+    }
     __threadfence();
     __syncthreads();
     if (tid == 0) merge_flag = atomicAdd(a.ws.tickets + bh, 1) == num_pieces - 1;
@@ -833,6 +846,78 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 }
 
 using DecodeKernel = void (*)(DecodeArgs);
+
+// merge_decode_pieces: one warp per output row, lane l holding dims [4l, 4l + 4). A row's pieces
+// are loaded kMergeAhead at a time (independent L2 loads in flight) and merged in slot order with
+// the same operations as merge_head, then with part B as merge_parts.cu does.
+constexpr int kMergeWarps = 8;
+constexpr int kMergeAhead = 8;
+
+struct MergePiecesArgs {
+  DecodeWorkspace ws;
+  int rows, g;
+  const int32_t* a_row;
+  const __nv_bfloat16* b_out;
+  const float* b_lse;
+  __nv_bfloat16* out;
+  float* lse;
+};
+
+template <int D>
+__global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePiecesArgs m) {
+  allow_next_grid();
+  const int r = blockIdx.x * kMergeWarps + static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
+  wait_for_previous_grid();  // the pieces are the previous kernel's output
+  if (r >= m.rows) return;
+  const int64_t ar = m.a_row != nullptr ? m.a_row[r] : r;
+  const int bh = static_cast<int>(ar / m.g), j = static_cast<int>(ar % m.g);
+  const int2 hp = __ldcg(m.ws.head_pieces + bh);  // (first slot, pieces)
+  const bool mine = lane < D / 4;
+  SoftmaxState st = SoftmaxState::empty();
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int u0 = 0; u0 < hp.y; u0 += kMergeAhead) {
+    float4 ps[kMergeAhead], po[kMergeAhead];
+#pragma unroll
+    for (int k = 0; k < kMergeAhead; ++k) {
+      const int64_t at = static_cast<int64_t>(hp.x + min(u0 + k, hp.y - 1)) * m.g + j;
+      ps[k] = __ldcg(m.ws.partial_st + at);
+      po[k] = mine ? __ldcg(reinterpret_cast<const float4*>(m.ws.partial_o + at * D) + lane)
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int k = 0; k < kMergeAhead; ++k) {
+      if (u0 + k >= hp.y) break;
+      const float2 w = st.merge({ps[k].x, ps[k].y});  // (keep, add)
+      acc.x = acc.x * w.x + po[k].x * w.y;
+      acc.y = acc.y * w.x + po[k].y * w.y;
+      acc.z = acc.z * w.x + po[k].z * w.y;
+      acc.w = acc.w * w.x + po[k].w * w.y;
+    }
+  }
+  // Part A normalized, then the two parts weighted by their LSEs (natural log).
+  const float la = st.lse(), inv_l = st.l > 0.f ? 1.f / st.l : 0.f;
+  const float lb = m.b_out != nullptr ? m.b_lse[r] : neg_inf();
+  const float mx = fmaxf(la, lb);
+  float wa = la == neg_inf() ? 0.f : __expf(la - mx);
+  float wb = lb == neg_inf() ? 0.f : __expf(lb - mx);
+  const float sum = wa + wb;
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  wa *= inv * inv_l;
+  wb *= inv;
+  if (mine) {
+    float4 b = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (wb > 0.f) {  // an empty part's output is never read
+      const uint2 bits = *reinterpret_cast<const uint2*>(m.b_out + static_cast<int64_t>(r) * D + lane * 4);
+      const float2 b01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.x));
+      const float2 b23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.y));
+      b = make_float4(b01.x, b01.y, b23.x, b23.y);
+    }
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(m.out + static_cast<int64_t>(r) * D + lane * 4);
+    dst[0] = __floats2bfloat162_rn(wa * acc.x + wb * b.x, wa * acc.y + wb * b.y);
+    dst[1] = __floats2bfloat162_rn(wa * acc.z + wb * b.z, wa * acc.w + wb * b.w);
+  }
+  if (m.lse != nullptr && lane == 0) m.lse[r] = sum > 0.f ? mx + __logf(sum) : neg_inf();
+}
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
 // tile, so it changes no loop the streaming depends on); 9..16 take the kHigh variant, which has
@@ -924,18 +1009,50 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
+  const bool with_top = top.position != nullptr || top.share != nullptr;
+  // Deferred: no top keys (the merge writes them) and no estimate logits (the wide-tile variant's
+  // grid could differ from the one merge_decode_pieces finds the pieces by).
+  if (launch.defer_merge && (with_top || selection.estimate_logits != nullptr)) return cudaErrorInvalidValue;
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
                kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
-               launch.align_heads};
+               launch.align_heads, launch.defer_merge};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
-  } else {
+  } else if (!launch.defer_merge) {  // a deferred launch takes no tickets
     err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
     if (err != cudaSuccess) return err;
   }
   return launch_chained(kernel, dim3(ctas), dim3(kThreads), smem_bytes(shape.head_dim), st, a);
+}
+
+int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,
+                        const int32_t* a_row, const void* b_out, const float* b_lse, void* out, float* lse,
+                        void* stream) {
+  using namespace detail;
+  const int g = shape.group();
+  // The launch's grid, hence where its workspace holds the pieces: every variant's grid without
+  // TopKeys (deferred launches have none) is the same at one head_dim.
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, /*top=*/false, /*wide=*/false);
+  if (!kernel || rows < 0 || shape.num_q_heads != g * shape.num_kv_heads || (b_out != nullptr && b_lse == nullptr))
+    return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  int ctas = 0;
+  const cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
+  if (err != cudaSuccess) return err;
+  const MergePiecesArgs m{DecodeWorkspace(shape, ctas, const_cast<void*>(workspace)),
+                          rows,
+                          g,
+                          a_row,
+                          static_cast<const __nv_bfloat16*>(b_out),
+                          b_lse,
+                          static_cast<__nv_bfloat16*>(out),
+                          lse};
+  const dim3 grid((rows + kMergeWarps - 1) / kMergeWarps), block(kMergeWarps * 32);
+  const auto st = static_cast<cudaStream_t>(stream);
+  return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64>, grid, block, 0, st, m)
+                              : launch_chained(merge_pieces_kernel<128>, grid, block, 0, st, m);
 }
 
 }  // namespace squeezeserve::kernels

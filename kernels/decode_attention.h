@@ -52,6 +52,12 @@ struct DecodeLaunch {
   // head starts at a CTA boundary, so that no CTA has two pieces (decode_split.h HeadLayout);
   // piece_start_rows then does not apply. false: always the flat split.
   bool align_heads = true;
+  // Leaves each head's pieces unmerged in the workspace (out and lse are not written) for
+  // merge_decode_pieces below, which merges every head at once on many CTAs. Why: a head's last
+  // piece merged its 16-33 partials on one CTA while the rest of the device idled, up to 11-20 us at
+  // the end of the shared-context bundles' launch (bench/kernels/NOTES.md run 25). Not with TopKeys
+  // or the selection's estimate logits.
+  bool defer_merge = false;
 };
 // From the sweep of bench/kernels (NOTES.md run 14, H100, 512K): 0 / 192 / 384 / 768 rows took
 // Llama-3 batch 1 from 137.5 to 133.6 / 129.4 / 129.8 us (the cap binds at per_cta / 4 there) and
@@ -76,6 +82,17 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
                             const Selection& selection, void* out, float* lse, void* workspace,
                             const DecodeLaunch& launch, void* stream, const TopKeys& top = {});
+
+// After a launch with DecodeLaunch::defer_merge (the same shape, launch and workspace, on the same
+// stream, before the workspace's next use): for each query row r < rows, out[r] = the attention over
+// the keys of that launch's query row a_row[r] (a_row null: r; a row is sequence * H_q + query head,
+// as the launch's `out`), united with part B's keys for row r where b_out is set (part B as
+// merge_parts.h's: bf16 [rows][head_dim] normalized over its keys, natural-log LSE, -inf = no keys).
+// A head's pieces merge in order, as the launch would have merged them. out: bf16 [rows][head_dim];
+// lse: nullable fp32 [rows]. Returns a cudaError_t value.
+int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,
+                        const int32_t* a_row, const void* b_out, const float* b_lse, void* out, float* lse,
+                        void* stream);
 
 // Diagnosis (bench/kernels' kernels_bench --trace, docs in bench/kernels/NOTES.md run 13): in a build
 // with SQZ_DECODE_TRACE defined, every later launch's CTA c < max_ctas writes, at each of its

@@ -1,7 +1,8 @@
 // The shared-context bundle launch alone (engine/kernel_attention.h "Shared context"): eight dense
 // questions decoding on one stored context, launched as the engine launches them (bundles of
 // 16 / G questions' query heads, one sequence each) and as before bundles (one sequence per
-// question), each timed alone with the L2 flushed. The engine's step profile shows only the sum;
+// question), each timed alone with the L2 flushed; the bundles also with their merge deferred
+// (DecodeLaunch::defer_merge + merge_decode_pieces), and one question alone (batch 1's launch). The engine's step profile shows only the sum;
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
 // the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
 // `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
@@ -34,6 +35,7 @@ struct Row {
   int hkv, g_model;
   const char* layout;
   int sequences, group;  // the launch: sequences of `group` query heads per KV head
+  bool deferred;         // DecodeLaunch::defer_merge, then merge_decode_pieces (timed together)
 };
 
 double quantile(std::vector<double> v, double f) {
@@ -49,17 +51,20 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
   unsigned long long t0 = ~0ull, t_end = 0;
   for (int c = 0; c < ctas; ++c)
     if (at(c, 0) != 0) t0 = std::min(t0, at(c, 0)), t_end = std::max(t_end, at(c, 6));
-  std::vector<double> streamed, partial, merge, end;
+  std::vector<double> started, split, streamed, partial, merge, end;
   for (int c = 0; c < ctas; ++c) {
     if (at(c, 0) == 0 || at(c, 3) == 0) continue;  // no piece
+    started.push_back((at(c, 0) - t0) / 1e3);
+    split.push_back((at(c, 2) - at(c, 0)) / 1e3);
     streamed.push_back((at(c, 3) - t0) / 1e3);
     partial.push_back((at(c, 4) - at(c, 3)) / 1e3);
     merge.push_back((at(c, 5) - at(c, 4)) / 1e3);
     end.push_back((at(c, 6) - t0) / 1e3);
   }
-  std::printf("    trace (us): %zu CTAs with a piece; streamed median %.1f, last %.1f; partial median %.1f; "
-              "merge longest %.1f; end median %.1f, last %.1f (span %.1f)\n",
-              streamed.size(), quantile(streamed, 0.5), quantile(streamed, 1), quantile(partial, 0.5),
+  std::printf("    trace (us): %zu CTAs with a piece; started last %.1f; split median %.1f; streamed median %.1f, "
+              "last %.1f; partial median %.1f; merge longest %.1f; end median %.1f, last %.1f (span %.1f)\n",
+              streamed.size(), quantile(started, 1), quantile(split, 0.5), quantile(streamed, 0.5),
+              quantile(streamed, 1), quantile(partial, 0.5),
               quantile(merge, 1), quantile(end, 0.5), quantile(end, 1), (t_end - t0) / 1e3);
 }
 
@@ -102,12 +107,18 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaMalloc(&flush, kFlushBytes));
 
   // The engine's bundles: 16 / G questions each (kernel_attention.cc kMaxBundleGroup).
+  // "merged after": the bundles' launch with its merge deferred to merge_decode_pieces (the engine's
+  // since run 26); "one question": batch 1's dense launch, for comparison.
   const std::vector<Row> rows = {
-      {"llama3-8b", 8, 4, "bundles (engine)", 2, 16},
-      {"llama3-8b", 8, 4, "one bundle alone", 1, 16},
-      {"llama3-8b", 8, 4, "one sequence each", kQuestions, 4},
-      {"llama2-7b", 32, 1, "bundles (engine)", 1, 8},
-      {"llama2-7b", 32, 1, "one sequence each", kQuestions, 1},
+      {"llama3-8b", 8, 4, "bundles, merged in", 2, 16, false},
+      {"llama3-8b", 8, 4, "bundles, merged after", 2, 16, true},
+      {"llama3-8b", 8, 4, "one bundle alone", 1, 16, false},
+      {"llama3-8b", 8, 4, "one sequence each", kQuestions, 4, false},
+      {"llama3-8b", 8, 4, "one question", 1, 4, false},
+      {"llama2-7b", 32, 1, "bundles, merged in", 1, 8, false},
+      {"llama2-7b", 32, 1, "bundles, merged after", 1, 8, true},
+      {"llama2-7b", 32, 1, "one sequence each", kQuestions, 1, false},
+      {"llama2-7b", 32, 1, "one question", 1, 1, false},
   };
   FILE* json = std::fopen(out_path.c_str(), "w");
   if (json == nullptr) {
@@ -118,7 +129,7 @@ int main(int argc, char** argv) {
                prop.name, context, kQuestions, ctas);
   std::printf("%s, %d context rows, %d dense questions; each launch alone, L2 flushed, median of %d\n", prop.name,
               context, kQuestions, kReps);
-  std::printf("%-10s %-18s %4s %3s %10s %10s %10s\n", "model", "layout", "seqs", "G", "median us", "min us",
+  std::printf("%-10s %-22s %4s %3s %10s %10s %10s\n", "model", "layout", "seqs", "G", "median us", "min us",
               "TB/s once");
   const char* last_model = "";
   DeviceLayer* layer = nullptr;
@@ -158,6 +169,7 @@ int main(int argc, char** argv) {
     float* d_lse = upload(std::vector<float>(q.size() / 128, 0.f));
     DecodeLaunch launch;  // the engine's bundles: the default grid and split
     launch.num_ctas = ctas;
+    launch.defer_merge = row.deferred;
     void* ws = nullptr;
     CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
     cudaEvent_t e0, e1;
@@ -170,6 +182,10 @@ int main(int argc, char** argv) {
       if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
       CUDA_OK(cudaEventRecord(e0));
       CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel.sel, d_out, d_lse, ws, launch, nullptr));
+      if (row.deferred) {
+        CUDA_OK(merge_decode_pieces(shape, launch, ws, heads * row.group, nullptr, nullptr, nullptr, d_out, d_lse,
+                                    nullptr));
+      }
       CUDA_OK(cudaEventRecord(e1));
       CUDA_OK(cudaEventSynchronize(e1));
       if (traced) CUDA_OK(set_decode_trace(nullptr, 0));
@@ -179,7 +195,7 @@ int main(int argc, char** argv) {
     }
     const double kv_bytes = 2.0 * context * row.hkv * 128 * 2;  // K and V of one layer, once
     const double median = quantile(us, 0.5), best = quantile(us, 0);
-    std::printf("%-10s %-18s %4d %3d %10.1f %10.1f %10.2f\n", row.model, row.layout, row.sequences, row.group, median,
+    std::printf("%-10s %-22s %4d %3d %10.1f %10.1f %10.2f\n", row.model, row.layout, row.sequences, row.group, median,
                 best, kv_bytes / (median * 1e-6) / 1e12);
     std::fprintf(json,
                  "%s  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"median_us\": %.2f, "

@@ -20,7 +20,9 @@ namespace {
 // host: each (sequence, KV head) keeps every cluster (`keep` 1), a random share of them, or none
 // (0: the dense rows only). The launch runs on poisoned outputs; pass: ||out - ref|| / ||ref|| <=
 // 1e-2, LSE max abs error <= 1e-2 (kernels_check's bounds), no NaN; and a launch of the same group
-// that carries the estimate's arrays is refused (cudaErrorInvalidValue), as is group 17.
+// that carries the estimate's arrays is refused (cudaErrorInvalidValue) above group 8, as is group
+// 17; and the same launch with its merge deferred passes check_deferred. Two cases of groups up
+// to 8 check the deferred merge there.
 struct BundleCase {
   std::string name;
   int d, g, hkv;
@@ -29,6 +31,61 @@ struct BundleCase {
   float keep;
   int ctas;  // DecodeLaunch::num_ctas (0: the device's)
 };
+
+// The same launch with DecodeLaunch::defer_merge, then merge_decode_pieces, on poisoned outputs:
+// (1) alone, against the reference; (2) rows permuted (a_row) and merged with part B = the
+// in-kernel merged output of the permuted row again, whose union doubles every sum: the output
+// must be the reference's and the LSE the reference's + ln 2. Pass: the check_case bounds on both.
+bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_views, const uint16_t* d_q,
+                    const Selection& sel, void* ws, DecodeLaunch launch, const std::vector<uint16_t>& merged_bits,
+                    const std::vector<float>& merged_lse, const std::vector<float>& ref,
+                    const std::vector<float>& ref_lse, double* rel_out, double* lse_out) {
+  const int rows = shape.batch * shape.num_q_heads, d = shape.head_dim;
+  launch.defer_merge = true;
+  std::vector<int32_t> perm(rows);
+  for (int r = 0; r < rows; ++r) perm[r] = rows - 1 - r;  // every row moved (but a middle one)
+  std::vector<uint16_t> b_bits(merged_bits.size());
+  std::vector<float> b_lse(rows), want(ref.size()), want_lse(rows);
+  for (int r = 0; r < rows; ++r) {
+    std::copy_n(merged_bits.begin() + int64_t{perm[r]} * d, d, b_bits.begin() + int64_t{r} * d);
+    std::copy_n(ref.begin() + int64_t{perm[r]} * d, d, want.begin() + int64_t{r} * d);
+    b_lse[r] = merged_lse[perm[r]];
+    want_lse[r] = ref_lse[perm[r]] + std::log(2.0f);
+  }
+  int32_t* d_perm = upload(perm);
+  uint16_t* d_b = upload(b_bits);
+  float* d_b_lse = upload(b_lse);
+  uint16_t* d_out = upload(std::vector<uint16_t>(merged_bits.size(), 0xffff));
+  float* d_lse = upload(std::vector<float>(rows, NAN));
+  bool nan = false;
+  double rel = 0, lse_err = 0;
+  auto score = [&](const std::vector<float>& r_out, const std::vector<float>& r_lse) {
+    const std::vector<uint16_t> bits = download(d_out, merged_bits.size());
+    const std::vector<float> lse = download(d_lse, rows);
+    std::vector<float> got(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) got[i] = from_bf16_bits(bits[i]);
+    rel = std::max(rel, rel_error(got, r_out, nan));
+    for (int i = 0; i < rows; ++i) {
+      if (std::isnan(lse[i])) nan = true;
+      lse_err = std::isinf(r_lse[i]) || std::isinf(lse[i]) ? (lse[i] == r_lse[i] ? lse_err : INFINITY)
+                                                           : std::max(lse_err, std::fabs(double(lse[i]) - r_lse[i]));
+    }
+  };
+  CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
+  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, nullptr, nullptr, nullptr, d_out, d_lse, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  score(ref, ref_lse);
+  CUDA_OK(cudaMemcpy(d_out, std::vector<uint16_t>(merged_bits.size(), 0xffff).data(), 2 * merged_bits.size(),
+                     cudaMemcpyHostToDevice));
+  CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
+  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, d_perm, d_b, d_b_lse, d_out, d_lse, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  score(want, want_lse);
+  for (void* p : std::vector<void*>{d_perm, d_b, d_b_lse, d_out, d_lse}) CUDA_OK(cudaFree(p));
+  *rel_out = rel;
+  *lse_out = lse_err;
+  return !nan && rel <= 1e-2 && lse_err <= 1e-2;
+}
 
 bool check_case(const BundleCase& c, uint64_t seed) {
   const int batch = static_cast<int>(c.rows.size());
@@ -116,6 +173,7 @@ bool check_case(const BundleCase& c, uint64_t seed) {
   // Refused: the estimate's arrays at a group above 8, and a group above 16.
   DeviceSelection with_estimate(heads, capacity, capacity);
   const bool refuses_estimate =
+      c.g <= kMaxGroup ||  // groups up to 8 take the estimate
       sparse_decode_attention(shape, d_views, d_q, with_estimate.sel, d_out, d_lse, ws, launch, nullptr) ==
       cudaErrorInvalidValue;
   AttentionShape too_many = shape;
@@ -123,12 +181,15 @@ bool check_case(const BundleCase& c, uint64_t seed) {
   const bool refuses_17 =
       sparse_decode_attention(too_many, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr) ==
       cudaErrorInvalidValue;
+  double deferred_rel = 0, deferred_lse = 0;
+  const bool deferred = check_deferred(shape, d_views, d_q, dsel.sel, ws, launch, out_bits, lse, ref, ref_lse,
+                                       &deferred_rel, &deferred_lse);
   int kept = 0, total = 0;
   for (int x = 0; x < heads; ++x) kept += rows[x];
   for (int b = 0; b < batch; ++b) total += c.rows[b] * c.hkv;
-  const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && refuses_estimate && refuses_17;
-  std::printf("%-40s %3d %12s %10.2e %10.2e %8s %s\n", c.name.c_str(), c.g,
-              (std::to_string(kept) + "/" + std::to_string(total)).c_str(), rel, lse_err,
+  const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && refuses_estimate && refuses_17 && deferred;
+  std::printf("%-40s %3d %12s %10.2e %10.2e %10.2e %10.2e %8s %s\n", c.name.c_str(), c.g,
+              (std::to_string(kept) + "/" + std::to_string(total)).c_str(), rel, lse_err, deferred_rel, deferred_lse,
               refuses_estimate && refuses_17 ? "yes" : "NO", pass ? "PASS" : "FAIL");
   for (void* p : std::vector<void*>{d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
   return pass;
@@ -146,9 +207,11 @@ bool run_bundle_checks(uint64_t seed) {
       {"bundle d64 g15 no dense rows",            64, 15, 2, {3001, 1500},         4,   0, 1.f,  0},
       {"bundle d128 g16 own tokens only",        128, 16, 4, {1000, 500},          4,  37, 0.f,  0},
       {"bundle d128 g16 many pieces",            128, 16, 1, {30011},              2,  64, 0.6f, 0},
+      {"d128 g4 (merge deferred as bundles)",    128,  4, 8, {20011, 300},         9,  40, 0.5f, 0},
+      {"d64 g1 5 ctas",                           64,  1, 3, {3000, 1001, 77},     3,  12, 0.7f, 5},
   };
-  std::printf("\n%-40s %3s %12s %10s %10s %8s %s\n", "case", "G", "rows", "attn_rel", "lse_err", "refuses",
-              "result");
+  std::printf("\n%-40s %3s %12s %10s %10s %10s %10s %8s %s\n", "case", "G", "rows", "attn_rel", "lse_err",
+              "deferred", "def_lse", "refuses", "result");
   bool all = true;
   for (const BundleCase& c : cases) all &= check_case(c, seed++);
   return all;
