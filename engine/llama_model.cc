@@ -6,6 +6,8 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -83,17 +85,21 @@ at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight, float eps
   return out;
 }
 
-// x: bf16 [n, heads·D] with unit column stride; cos, sin: contiguous bf16 [n, D]. Returns [heads, n, D].
-at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
-                     at::Device device) {
+// x: bf16 [n, heads·D] with unit column stride; cos, sin: contiguous bf16 [n, D]. The first q_heads
+// heads as q [q_heads, n, D] over token-major memory ([n, q_heads, D]: the attention kernels' query
+// layout, so their transposing copy is gone), the others as k [heads - q_heads, n, D].
+std::pair<at::Tensor, at::Tensor> FusedRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                            int64_t head_dim, int64_t q_heads, at::Device device) {
   const c10::cuda::CUDAGuard guard(device);
   const int64_t n = x.size(0), heads = x.size(1) / head_dim;
-  at::Tensor out = at::empty({heads, n, head_dim}, x.options());
+  at::Tensor out = at::empty({heads * n * head_dim}, x.options());
   CheckLaunch(kernels::rope_bf16(Bf16Data(x), Bf16Data(out), Bf16Data(cos), Bf16Data(sin), static_cast<int>(n),
                                  static_cast<int>(heads), static_cast<int>(head_dim), x.stride(0),
-                                 c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+                                 static_cast<int>(q_heads), c10::cuda::getCurrentCUDAStream(device.index()).stream()),
               "rope_bf16");
-  return out;
+  const int64_t q_elems = n * q_heads * head_dim;
+  return {out.narrow(0, 0, q_elems).view({n, q_heads, head_dim}).transpose(0, 1),
+          out.narrow(0, q_elems, out.numel() - q_elems).view({heads - q_heads, n, head_dim})};
 }
 
 // x [M, K] times W [N, K] transposed, plus bias [N] and residual [M, N] where defined, on
@@ -307,15 +313,20 @@ at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) co
   return weight * normed.to(x.scalar_type());
 }
 
-at::Tensor LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+std::pair<at::Tensor, at::Tensor> LlamaModel::ApplyRope(const at::Tensor& x, const at::Tensor& cos,
+                                                        const at::Tensor& sin) const {
+  const int64_t q_heads = config_.num_attention_heads;
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-  if (fused_ && x.stride(1) == 1) return FusedRope(x, cos.contiguous(), sin.contiguous(), config_.head_dim, device_);
+  if (fused_ && x.stride(1) == 1) {
+    return FusedRope(x, cos.contiguous(), sin.contiguous(), config_.head_dim, q_heads, device_);
+  }
 #endif
   const int64_t n = x.size(0), dim = config_.head_dim;
   const at::Tensor heads = x.view({n, -1, dim}).transpose(0, 1);  // [heads, n, D]
   // rotate_half: (x1, x2) → (−x2, x1) on the two halves of the head dimension.
   const at::Tensor rotated = at::cat({-heads.narrow(-1, dim / 2, dim / 2), heads.narrow(-1, 0, dim / 2)}, -1);
-  return (heads * cos + rotated * sin).contiguous();
+  const at::Tensor roped = (heads * cos + rotated * sin).contiguous();
+  return {roped.narrow(0, 0, q_heads), roped.narrow(0, q_heads, roped.size(0) - q_heads)};
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::RopeTables(const at::Tensor& positions) const {
@@ -330,11 +341,9 @@ LlamaModel::Projected LlamaModel::Project(const Layer& layer, const at::Tensor& 
   const int64_t total = x.size(0), dim = config_.head_dim;
   const int64_t q_out = config_.num_attention_heads * dim, kv_out = config_.num_kv_heads * dim;
   const at::Tensor qkv = Linear(RmsNorm(x, layer.input_norm), layer.qkv_proj, layer.qkv_bias);  // [N, q_out + 2·kv_out]
-  // q and k are adjacent columns: one RoPE pass over both heads, [H + H_kv, N, D].
-  const at::Tensor qk = ApplyRope(qkv.narrow(1, 0, q_out + kv_out), cos, sin);
+  // q and k are adjacent columns: one RoPE pass over both heads.
   Projected p;
-  p.q = qk.narrow(0, 0, config_.num_attention_heads);                      // [H, N, D]
-  p.k = qk.narrow(0, config_.num_attention_heads, config_.num_kv_heads);  // [H_kv, N, D]
+  std::tie(p.q, p.k) = ApplyRope(qkv.narrow(1, 0, q_out + kv_out), cos, sin);
   p.v = qkv.narrow(1, q_out + kv_out, kv_out).reshape({total, -1, dim}).transpose(0, 1);
   return p;
 }
@@ -394,7 +403,8 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& ids, const at::Tensor& positi
     const Projected p = Project(layer, x, cos, sin);
     for (size_t b = 0; b < batch.size(); ++b) {
       if (batch[b]->captured_queries != nullptr) {
-        (*batch[b]->captured_queries)[l] = p.q.narrow(1, plan.offsets[b], batch[b]->num_tokens).clone();
+        (*batch[b]->captured_queries)[l] =
+            p.q.narrow(1, plan.offsets[b], batch[b]->num_tokens).clone(at::MemoryFormat::Contiguous);
       }
     }
     for (size_t g = 0; g < plan.backends.size(); ++g) {

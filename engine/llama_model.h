@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -155,13 +156,15 @@ class LlamaModel {
     at::Tensor down_proj;
   };
   struct Projected {
-    at::Tensor q, k, v;  // post-RoPE q [H, N, D], k [H_kv, N, D]; v [H_kv, N, D]
+    // post-RoPE q [H, N, D] (on the GPU a view of token-major [N, H, D] memory), k [H_kv, N, D];
+    // v [H_kv, N, D] (a view of the projection's columns)
+    at::Tensor q, k, v;
   };
 
   LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype, const LlamaModelOptions& options);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
-  // x [n, D·heads] → [heads, n, D] with the rotary embedding applied.
-  at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  // x [n, D·(H + H_kv)] → (q [H, n, D], k [H_kv, n, D]) with the rotary embedding applied.
+  std::pair<at::Tensor, at::Tensor> ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   // cos, sin [N, D] in the model dtype for position ids [N] (int64, on the device).
   std::pair<at::Tensor, at::Tensor> RopeTables(const at::Tensor& positions) const;
   // The residual stream x [N, hidden] through the input norm, q/k/v and RoPE.

@@ -95,7 +95,7 @@ __device__ __forceinline__ __nv_bfloat16 rope_element(float x, float c, float r,
 // One thread per (token, head, i < half): the pair (x[i], x[i + half]) that rotate_half mixes.
 // Consecutive threads take consecutive i, so reads of a token's row and writes of a head's row coalesce.
 __global__ void rope_kernel(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint16_t* sin, int tokens,
-                            int heads, int head_dim, int64_t in_row_stride) {
+                            int heads, int head_dim, int64_t in_row_stride, int token_major_heads) {
   detail::allow_next_grid();
   detail::wait_for_previous_grid();  // in is the previous kernel's output
   const int half = head_dim / 2;
@@ -108,7 +108,9 @@ __global__ void rope_kernel(const uint16_t* in, uint16_t* out, const uint16_t* c
   const __nv_bfloat16* x = as_bf16(in) + t * in_row_stride + static_cast<int64_t>(h) * head_dim;
   const __nv_bfloat16* c = as_bf16(cos) + t * head_dim;
   const __nv_bfloat16* s = as_bf16(sin) + t * head_dim;
-  __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(out) + (static_cast<int64_t>(h) * tokens + t) * head_dim;
+  const int64_t tm = token_major_heads;
+  __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(out) +
+                     (h < tm ? t * tm + h : tokens * tm + (h - tm) * tokens + t) * head_dim;
   const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
   o[i] = rope_element(x1, __bfloat162float(c[i]), -x2, __bfloat162float(s[i]));
   o[i + half] = rope_element(x2, __bfloat162float(c[i + half]), x1, __bfloat162float(s[i + half]));
@@ -130,8 +132,9 @@ int rms_norm_bf16(const uint16_t* x, const uint16_t* weight, uint16_t* out, int 
 }
 
 int rope_bf16(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint16_t* sin, int tokens, int heads,
-              int head_dim, int64_t in_row_stride, void* stream) {
-  if (tokens < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || in_row_stride < int64_t{heads} * head_dim) {
+              int head_dim, int64_t in_row_stride, int token_major_heads, void* stream) {
+  if (tokens < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || in_row_stride < int64_t{heads} * head_dim ||
+      token_major_heads < 0 || token_major_heads > heads) {
     return cudaErrorInvalidValue;
   }
   const int64_t threads = static_cast<int64_t>(tokens) * heads * (head_dim / 2);
@@ -139,7 +142,7 @@ int rope_bf16(const uint16_t* in, uint16_t* out, const uint16_t* cos, const uint
   constexpr int kBlock = 256;
   const auto blocks = static_cast<unsigned>((threads + kBlock - 1) / kBlock);
   return detail::launch_chained(rope_kernel, dim3(blocks), dim3(kBlock), 0, static_cast<cudaStream_t>(stream), in, out,
-                                cos, sin, tokens, heads, head_dim, in_row_stride);
+                                cos, sin, tokens, heads, head_dim, in_row_stride, token_major_heads);
 }
 
 }  // namespace squeezeserve::kernels

@@ -33,14 +33,15 @@ void rms_norm_ref(const float* x, const float* weight, float* out, int rows, int
 }
 
 void rope_ref(const float* in, float* out, const float* cos, const float* sin, int tokens, int heads,
-              int head_dim, int64_t in_row_stride) {
+              int head_dim, int64_t in_row_stride, int token_major_heads) {
+  const int64_t tm = token_major_heads;
   const int half = head_dim / 2;
   for (int t = 0; t < tokens; ++t) {
     const float* c = cos + static_cast<int64_t>(t) * head_dim;
     const float* s = sin + static_cast<int64_t>(t) * head_dim;
     for (int h = 0; h < heads; ++h) {
       const float* x = in + t * in_row_stride + static_cast<int64_t>(h) * head_dim;
-      float* o = out + (static_cast<int64_t>(h) * tokens + t) * head_dim;
+      float* o = out + (h < tm ? t * tm + h : tokens * tm + (h - tm) * tokens + t) * head_dim;
       for (int i = 0; i < head_dim; ++i) {
         const float rotated = i < half ? -x[i + half] : x[i - half];
         o[i] = round_to_bf16(round_to_bf16(x[i] * c[i]) + round_to_bf16(rotated * s[i]));

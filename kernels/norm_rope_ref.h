@@ -16,11 +16,13 @@ float round_to_bf16(float x);
 //   out    = bf16(weight * bf16(normed))
 void rms_norm_ref(const float* x, const float* weight, float* out, int rows, int hidden, float eps);
 
-// in: [tokens] rows of heads * head_dim, row r at in + r * in_row_stride; out: [heads][tokens][head_dim];
-// cos, sin: [tokens][head_dim]. As LlamaModel::ApplyRope on bf16 (HF rotate_half, half = head_dim / 2):
+// in: [tokens] rows of heads * head_dim, row r at in + r * in_row_stride; cos, sin: [tokens][head_dim];
+// out: the first token_major_heads heads as [tokens][token_major_heads][head_dim], then the others as
+// [heads - token_major_heads][tokens][head_dim]. As LlamaModel::ApplyRope on bf16 (HF rotate_half,
+// half = head_dim / 2):
 //   rotated = (-x[half:], x[:half])
 //   out     = bf16(bf16(x * cos) + bf16(rotated * sin))
 void rope_ref(const float* in, float* out, const float* cos, const float* sin, int tokens, int heads,
-              int head_dim, int64_t in_row_stride);
+              int head_dim, int64_t in_row_stride, int token_major_heads);
 
 }  // namespace squeezeserve::kernels

@@ -28,6 +28,7 @@ struct NormCase {
 struct RopeCase {
   std::string name;
   int tokens, heads, head_dim, row_padding;  // input row stride = heads * head_dim + row_padding
+  int token_major_heads = 0;                 // rope_bf16's (the engine's: the query heads)
 };
 struct ElementwiseResult {
   size_t elements = 0, exact = 0, within_ulp = 0;
@@ -117,11 +118,11 @@ ElementwiseResult check_rope(const RopeCase& c, uint64_t seed) {
   uint16_t* d_out = nullptr;
   CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * n));
   CUDA_OK(cudaMemset(d_out, 0xff, sizeof(uint16_t) * n));  // bf16 0xffff = NaN
-  CUDA_OK(rope_bf16(d_in, d_out, d_cos, d_sin, c.tokens, c.heads, c.head_dim, stride, nullptr));
+  CUDA_OK(rope_bf16(d_in, d_out, d_cos, d_sin, c.tokens, c.heads, c.head_dim, stride, c.token_major_heads, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> out = gpu_output(d_out, n);
   std::vector<float> ref(n);
-  rope_ref(in.data(), ref.data(), cos.data(), sin.data(), c.tokens, c.heads, c.head_dim, stride);
+  rope_ref(in.data(), ref.data(), cos.data(), sin.data(), c.tokens, c.heads, c.head_dim, stride, c.token_major_heads);
 
   ElementwiseResult res;
   res.elements = n;
@@ -151,6 +152,10 @@ bool run_norm_rope_checks(uint64_t seed) {
       {"rope d128 h32 t1", 1, 32, 128, 0},      {"rope d128 h8 t37 padded", 37, 8, 128, 256},
       {"rope d64 h12 t257", 257, 12, 64, 0},    {"rope d64 h3 t5 padded", 5, 3, 64, 7},
       {"rope d128 h32 t1001", 1001, 32, 128, 0},
+      // The engine's q and k in one pass: Llama-3's 32 + 8 heads, the query heads token-major.
+      {"rope d128 h40 t8 q token-major", 8, 40, 128, 1024, 32},
+      {"rope d64 h12 t257 q token-major", 257, 12, 64, 0, 9},
+      {"rope d128 h3 t5 all token-major", 5, 3, 128, 0, 3},
   };
   std::printf("\n%-30s %10s %10s %10s %10s %s\n", "case", "elements", "exact", "<=1ulp", "max_rel", "result");
   bool all = true;

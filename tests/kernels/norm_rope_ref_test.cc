@@ -95,9 +95,10 @@ TEST(RmsNormRef, MatchesDoubleFormula) {
 // bf16 equals rounding their exact sum: the reference must equal the double formula bit for bit.
 TEST(RopeRef, MatchesDoubleFormula) {
   struct Shape {
-    int tokens, heads, head_dim, row_padding;
+    int tokens, heads, head_dim, row_padding, token_major_heads;
   };
-  for (const Shape& s : {Shape{5, 3, 64, 0}, Shape{9, 2, 128, 40}, Shape{1, 7, 128, 0}, Shape{3, 1, 6, 2}}) {
+  for (const Shape& s : {Shape{5, 3, 64, 0, 0}, Shape{9, 2, 128, 40, 0}, Shape{1, 7, 128, 0, 0}, Shape{3, 1, 6, 2, 0},
+                         Shape{9, 7, 128, 40, 4}, Shape{5, 3, 64, 0, 3}, Shape{3, 2, 6, 2, 1}}) {
     const int64_t stride = int64_t{s.heads} * s.head_dim + s.row_padding;
     const std::vector<float> in = RandomBf16(static_cast<size_t>(s.tokens) * stride, 2.0, s.head_dim + s.tokens);
     // cos/sin of real angles (position t, frequencies spread as RoPE's), rounded to bf16 as the engine does.
@@ -111,7 +112,13 @@ TEST(RopeRef, MatchesDoubleFormula) {
       }
     }
     std::vector<float> out(static_cast<size_t>(s.heads) * s.tokens * s.head_dim, NAN);
-    rope_ref(in.data(), out.data(), cos.data(), sin.data(), s.tokens, s.heads, s.head_dim, stride);
+    rope_ref(in.data(), out.data(), cos.data(), sin.data(), s.tokens, s.heads, s.head_dim, stride,
+             s.token_major_heads);
+    // Where head h of token t lies: the first heads token-major [tokens][token_major][D], the rest [heads][tokens][D].
+    const int tm = s.token_major_heads;
+    auto at = [&](int h, int t) {
+      return static_cast<size_t>(h < tm ? t * tm + h : s.tokens * tm + (h - tm) * s.tokens + t) * s.head_dim;
+    };
     for (int h = 0; h < s.heads; ++h) {
       for (int t = 0; t < s.tokens; ++t) {
         const float* x = &in[t * stride + h * s.head_dim];
@@ -119,7 +126,7 @@ TEST(RopeRef, MatchesDoubleFormula) {
           const double rotated = i < half ? -static_cast<double>(x[i + half]) : x[i - half];
           const double want = Bf16(Bf16(x[i] * static_cast<double>(cos[t * s.head_dim + i])) +
                                    Bf16(rotated * sin[t * s.head_dim + i]));
-          ASSERT_EQ(out[(static_cast<size_t>(h) * s.tokens + t) * s.head_dim + i], want)
+          ASSERT_EQ(out[at(h, t) + i], want)
               << "head " << h << " token " << t << " i " << i << " head_dim " << s.head_dim;
         }
       }
