@@ -19,7 +19,6 @@
 
 #include "kernels/append_kv.h"
 #include "kernels/decode_attention.h"
-#include "kernels/decode_split.h"
 #include "kernels/launch.h"
 #include "kernels/prefill_attention.h"
 #include "kernels/selection.h"
@@ -45,18 +44,11 @@ constexpr int64_t kMaxDecodePairs = 2048;
 constexpr int64_t kMaxBundleGroup = 16;
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
-// The own tokens' launch over `heads` (member, KV head) pairs: 16 CTAs a head, so that the split
-// aligns heads to CTA ranges of the smallest length (kernels/decode_split.h head_layout): a head of
-// up to 128 own tokens is one CTA's, and the CTAs past the last head return at once. With the
-// device-sized grid the ~100-row heads straddled CTAs, two pieces and a merge each, and the launch
-// took 26 us a layer at Llama-3-8B batch 8 (one CTA a head: -0.34 ms a step; bench/kernels/NOTES.md
-// runs 24-25). The grid is fixed for the CUDA graphs; the rows are the device's. Up to 128 heads
-// (2048 CTAs) only: every CTA scans all the heads' costs before it knows it has none, and larger
-// grids (Llama-2 at batch 8 has 256 heads) are unmeasured, so they keep the device-sized grid.
-constexpr int64_t kOwnTokensMaxAlignedHeads = 128;
-kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch, int64_t heads) {
-  if (heads <= kOwnTokensMaxAlignedHeads)
-    launch.num_ctas = static_cast<int32_t>(kernels::decode_split::kAlignMinCtasPerHead * heads);
+// The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
+// device (kernels::DecodeLaunch::one_wave_per_heads says why).
+kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch) {
+  launch.one_wave_per_heads = true;
+  launch.static_selection = true;  // OwnTokensSelection: constants
   return launch;
 }
 #endif
@@ -607,12 +599,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   workspace = std::max<int64_t>(
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
   if (shared_bundles_ > 0) {
-    // The own tokens' launch: its grid for as many heads as any step's dense members can have
-    // (shape's sequences: every member), its pieces for all of them.
-    const int64_t own_heads = std::min<int64_t>(int64_t{shape.batch} * Hkv, kOwnTokensMaxAlignedHeads);
-    workspace = std::max<int64_t>(
-        workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
-                       shape, OwnTokensLaunch(kernels::DecodeLaunch{}, own_heads))));
+    // (The own tokens' launch fits the line above: at most one wave of the device, as its default grid.)
     // The bundles' launch: fewer sequences, more query heads each.
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
@@ -955,9 +942,11 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       if (!dense && b.reading_ahead) {
         top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
       }
+      kernels::DecodeLaunch this_launch = launch;
+      this_launch.static_selection = dense;  // staged by the host, as the views
       Check(kernels::sparse_decode_attention(shape, views + c, q_data + row * H * D, selection,
-                                             out_data + row * H * D, /*lse=*/nullptr, b.workspace.data_ptr(), launch,
-                                             stream, top),
+                                             out_data + row * H * D, /*lse=*/nullptr, b.workspace.data_ptr(),
+                                             this_launch, stream, top),
             "sparse_decode_attention");
     }
   };
@@ -977,13 +966,14 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     Check(kernels::sparse_decode_attention(
               own, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
               OwnTokensSelection(b), own_part.data_ptr(), own_lse.data_ptr<float>(), b.workspace.data_ptr(),
-              OwnTokensLaunch(launch, dense_members * Hkv), stream),
+              OwnTokensLaunch(launch), stream),
           "sparse_decode_attention (own tokens)");
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
     bundled.num_q_heads = static_cast<int32_t>(H * shared_slots_);
     kernels::DecodeLaunch deferred = launch;
     deferred.defer_merge = true;
+    deferred.static_selection = true;  // SharedContextSelection: staged by the host
     Check(kernels::sparse_decode_attention(
               bundled, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.shared_views_at) + layer * B,
               Bf16Data(q_bundled), SharedContextSelection(b), /*out=*/nullptr, /*lse=*/nullptr,

@@ -12,7 +12,6 @@ set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/append_kv.cu
   ${CMAKE_CURRENT_LIST_DIR}/launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/read_ahead.cu
-  ${CMAKE_CURRENT_LIST_DIR}/merge_parts.cu
   ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid.cu
   ${CMAKE_CURRENT_LIST_DIR}/nearest_centroid_wgmma.cu
   ${CMAKE_CURRENT_LIST_DIR}/skinny_gemm.cu)

@@ -155,7 +155,9 @@ struct DecodeArgs {
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
   bool align_heads;    // DecodeLaunch::align_heads
+  int align_min_ctas;  // CTAs a head from which heads align (decode_split.h head_layout)
   bool defer_merge;    // DecodeLaunch::defer_merge
+  bool static_selection;  // DecodeLaunch::static_selection
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -644,7 +646,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   // The views are written by the host before the step: into L1 under the selection's tail, since
   // the split and virtual_rows read them first thing after the wait.
   prefetch_l1(a.seqs, sizeof(SequenceLayerBf16) * a.batch);
-  wait_for_previous_grid();  // everything below reads the selection or writes
+  // Everything below reads the selection or writes; a static selection (DecodeLaunch) is read
+  // before the wait, which then comes after the split.
+  if (!a.static_selection) wait_for_previous_grid();
   DECODE_TRACE(1);
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
@@ -658,7 +662,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   long long units_before, units_total;
   block_prefix_sum(mine, warp_units, &units_before, &units_total);
   const decode_split::HeadLayout layout =
-      decode_split::head_layout(units_total, gridDim.x, num_heads, a.start_cost_cap, a.align_heads);
+      decode_split::head_layout(units_total, gridDim.x, num_heads, a.start_cost_cap, a.align_heads, a.align_min_ctas);
   long long chunk_start = units_before + layout.start_cost * h_lo;  // flat: extent = start cost + units
   long long extents = mine + layout.start_cost * (h_hi - h_lo);
   long long total = units_total + layout.start_cost * num_heads;
@@ -670,6 +674,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   }
   const long long per_cta = layout.per_cta;
   const long long f0 = blockIdx.x * per_cta;
+  if (a.static_selection) wait_for_previous_grid();  // the queries, the dense rows' last row, the outputs
   if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
     DECODE_TRACE(2);
     DECODE_TRACE(6);
@@ -849,7 +854,7 @@ using DecodeKernel = void (*)(DecodeArgs);
 
 // merge_decode_pieces: one warp per output row, lane l holding dims [4l, 4l + 4). A row's pieces
 // are loaded kMergeAhead at a time (independent L2 loads in flight) and merged in slot order with
-// the same operations as merge_head, then with part B as merge_parts.cu does.
+// the same operations as merge_head, then with part B (merge_parts_ref.h's formula).
 constexpr int kMergeWarps = 8;
 constexpr int kMergeAhead = 8;
 
@@ -941,24 +946,34 @@ DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide) {
 
 size_t smem_bytes(int head_dim) { return head_dim == 64 ? kSmemBytes<64> : kSmemBytes<128>; }
 
-// Sets the kernel's smem limits and picks the grid: launch.num_ctas, or every CTA the device holds
-// at once times launch.waves (the flat split gives each CTA an equal share of 1 / grid: one wave
-// of equal ranges, or several shorter ones that the block scheduler balances).
-cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& launch, int* ctas) {
+// The grid of a launch and the CTAs a head from which its heads align.
+struct Grid {
+  int ctas = 1;
+  int align_min_ctas = static_cast<int>(decode_split::kAlignMinCtasPerHead);
+};
+
+// Sets the kernel's smem limits and picks the grid for `heads` (sequence, KV head) pairs:
+// launch.num_ctas, or with one_wave_per_heads k CTAs a head (DecodeLaunch), or every CTA the
+// device holds at once times launch.waves (the flat split gives each CTA an equal share of 1 /
+// grid: one wave of equal ranges, or several shorter ones that the block scheduler balances).
+cudaError_t configure(DecodeKernel kernel, int head_dim, const DecodeLaunch& launch, int heads, Grid* grid) {
   const size_t smem = smem_bytes(head_dim);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err == cudaSuccess)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   if (err != cudaSuccess) return err;
   if (launch.num_ctas > 0) {
-    *ctas = launch.num_ctas;
+    grid->ctas = launch.num_ctas;
     return cudaSuccess;
   }
   int dev = 0, sms = 0, per_sm = 0;
   err = cudaGetDevice(&dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  *ctas = std::max(1, per_sm) * std::max(1, sms) * std::max(1, launch.waves);
+  const int wave = std::max(1, per_sm) * std::max(1, sms);
+  grid->ctas = wave * std::max(1, launch.waves);
+  const int per_head = std::min(wave / std::max(1, heads), static_cast<int>(decode_split::kAlignMinCtasPerHead));
+  if (launch.one_wave_per_heads && per_head >= 2) *grid = {per_head * heads, per_head};  // never above `wave`
   return err;
 }
 
@@ -984,10 +999,10 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
   int ctas = std::max(1, launch.num_ctas);
   for (const bool top : {false, true})
     for (const bool wide : {false, true}) {
-      int variant = ctas;
+      Grid variant{ctas};
       if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide))
-        configure(kernel, shape.head_dim, launch, &variant);
-      ctas = std::max(ctas, variant);
+        configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &variant);
+      ctas = std::max(ctas, variant.ctas);
     }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
@@ -1005,8 +1020,8 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   // Groups above 8 have no bias rows for heads 8..15: no pruned-cluster estimate.
   if (g > kMaxGroup && (selection.estimated != nullptr || selection.estimate_ids != nullptr))
     return cudaErrorInvalidValue;
-  int ctas = 0;
-  cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
+  Grid grid;
+  cudaError_t err = configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &grid);
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
   const bool with_top = top.position != nullptr || top.share != nullptr;
@@ -1014,17 +1029,17 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   // grid could differ from the one merge_decode_pieces finds the pieces by).
   if (launch.defer_merge && (with_top || selection.estimate_logits != nullptr)) return cudaErrorInvalidValue;
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
-               DecodeWorkspace(shape, ctas, workspace), shape.batch, shape.num_kv_heads, g,
+               DecodeWorkspace(shape, grid.ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
                kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
-               launch.align_heads, launch.defer_merge};
+               launch.align_heads, grid.align_min_ctas, launch.defer_merge, launch.static_selection};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else if (!launch.defer_merge) {  // a deferred launch takes no tickets
     err = cudaMemsetAsync(a.ws.tickets, 0, sizeof(int) * shape.batch * shape.num_kv_heads, st);
     if (err != cudaSuccess) return err;
   }
-  return launch_chained(kernel, dim3(ctas), dim3(kThreads), smem_bytes(shape.head_dim), st, a);
+  return launch_chained(kernel, dim3(grid.ctas), dim3(kThreads), smem_bytes(shape.head_dim), st, a);
 }
 
 int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,
@@ -1038,10 +1053,10 @@ int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch,
   if (!kernel || rows < 0 || shape.num_q_heads != g * shape.num_kv_heads || (b_out != nullptr && b_lse == nullptr))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  int ctas = 0;
-  const cudaError_t err = configure(kernel, shape.head_dim, launch, &ctas);
+  Grid grid;
+  const cudaError_t err = configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &grid);
   if (err != cudaSuccess) return err;
-  const MergePiecesArgs m{DecodeWorkspace(shape, ctas, const_cast<void*>(workspace)),
+  const MergePiecesArgs m{DecodeWorkspace(shape, grid.ctas, const_cast<void*>(workspace)),
                           rows,
                           g,
                           a_row,
@@ -1049,10 +1064,10 @@ int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch,
                           b_lse,
                           static_cast<__nv_bfloat16*>(out),
                           lse};
-  const dim3 grid((rows + kMergeWarps - 1) / kMergeWarps), block(kMergeWarps * 32);
+  const dim3 ctas((rows + kMergeWarps - 1) / kMergeWarps), block(kMergeWarps * 32);
   const auto st = static_cast<cudaStream_t>(stream);
-  return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64>, grid, block, 0, st, m)
-                              : launch_chained(merge_pieces_kernel<128>, grid, block, 0, st, m);
+  return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64>, ctas, block, 0, st, m)
+                              : launch_chained(merge_pieces_kernel<128>, ctas, block, 0, st, m);
 }
 
 }  // namespace squeezeserve::kernels

@@ -52,6 +52,19 @@ struct DecodeLaunch {
   // head starts at a CTA boundary, so that no CTA has two pieces (decode_split.h HeadLayout);
   // piece_start_rows then does not apply. false: always the flat split.
   bool align_heads = true;
+  // For a launch of many short heads (the shared-context bundles' own tokens: ~100 rows a head):
+  // the grid is k CTAs a head, k = what one wave of the device holds a head (2..16; fewer than 2:
+  // the device-sized grid), each head aligned to CTA ranges (so a head of up to ~128 rows is one
+  // CTA's; longer ones spread over up to k), the CTAs without rows returning after the split. Why:
+  // the device-sized grid made the ~100-row heads straddle CTAs (two pieces and a merge each: 26 us
+  // a layer at Llama-3-8B batch 8, run 24), and 16 CTAs a head (run 25) ran the idle CTAs in four
+  // waves of ~3 us (the split, which every CTA computes): 17 us. num_ctas, where set, comes first.
+  bool one_wave_per_heads = false;
+  // The selection's arrays and the views are not written by the kernels before this launch on its
+  // stream (the engine's dense selections, staged by the host before the step): every CTA computes
+  // its split (~3 us on an H100: bench/kernels/NOTES.md run 26) before it waits for the previous
+  // kernel, under that kernel's tail (programmatic dependent launch, kernels/launch.h).
+  bool static_selection = false;
   // Leaves each head's pieces unmerged in the workspace (out and lse are not written) for
   // merge_decode_pieces below, which merges every head at once on many CTAs. Why: a head's last
   // piece merged its 16-33 partials on one CTA while the rest of the device idled, up to 11-20 us at
@@ -86,8 +99,9 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
 // After a launch with DecodeLaunch::defer_merge (the same shape, launch and workspace, on the same
 // stream, before the workspace's next use): for each query row r < rows, out[r] = the attention over
 // the keys of that launch's query row a_row[r] (a_row null: r; a row is sequence * H_q + query head,
-// as the launch's `out`), united with part B's keys for row r where b_out is set (part B as
-// merge_parts.h's: bf16 [rows][head_dim] normalized over its keys, natural-log LSE, -inf = no keys).
+// as the launch's `out`), united with part B's keys for row r where b_out is set (part B: bf16
+// [rows][head_dim] normalized over its keys, b_lse its natural-log LSE, -inf = no keys; CPU
+// reference of the merge: merge_parts_ref.h).
 // A head's pieces merge in order, as the launch would have merged them. out: bf16 [rows][head_dim];
 // lse: nullable fp32 [rows]. Returns a cudaError_t value.
 int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,

@@ -66,12 +66,14 @@ struct HeadLayout {
   }
 };
 
-// The layout of a launch: aligned where `align` and the grid has kAlignMinCtasPerHead CTAs per
-// head (per_cta covers `total` units in grid - num_heads ranges, so the heads' rounded-up extents
-// fit the grid), else flat_split's.
+// The layout of a launch: aligned where `align` and the grid has min_ctas_per_head (at least 2)
+// CTAs per head (per_cta covers `total` units in grid - num_heads ranges, so the heads' rounded-up
+// extents fit the grid), else flat_split's. A launch of short heads sets the minimum to its grid's
+// CTAs per head (DecodeLaunch::one_wave_per_heads).
 SQUEEZESERVE_HOST_DEVICE inline HeadLayout head_layout(long long total, long long grid, long long num_heads,
-                                                       long long cap, bool align) {
-  if (align && grid >= kAlignMinCtasPerHead * num_heads) {
+                                                       long long cap, bool align,
+                                                       long long min_ctas_per_head = kAlignMinCtasPerHead) {
+  if (align && min_ctas_per_head >= 2 && grid >= min_ctas_per_head * num_heads) {
     return {max_ll((total + grid - num_heads - 1) / (grid - num_heads), kMinCtaUnits), 0, true};
   }
   const FlatSplit f = flat_split(total, grid, num_heads, cap);

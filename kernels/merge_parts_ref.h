@@ -1,4 +1,9 @@
-// CPU reference of merge_parts.h (same contract, host memory, fp32 outputs).
+// CPU reference of the exact merge of two attention parts over disjoint key sets (the log-sum-exp
+// merge every split here rests on): kernels::merge_decode_pieces (decode_attention.h) merges a
+// deferred launch's pieces with a part B this way. Host memory, fp32.
+// For each row r < rows: out[r] = the attention over part A's keys of row a_row[r] (a_row null: r)
+// united with part B's keys of row r; a part is its normalized output [*][head_dim] and the
+// natural-log LSE of its scaled logits (-inf: no keys, output not read). lse: nullable [rows].
 #pragma once
 
 #include <cstdint>

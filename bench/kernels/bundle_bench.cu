@@ -2,7 +2,8 @@
 // questions decoding on one stored context, launched as the engine launches them (bundles of
 // 16 / G questions' query heads, one sequence each) and as before bundles (one sequence per
 // question), each timed alone with the L2 flushed; the bundles also with their merge deferred
-// (DecodeLaunch::defer_merge + merge_decode_pieces), and one question alone (batch 1's launch). The engine's step profile shows only the sum;
+// (DecodeLaunch::defer_merge + merge_decode_pieces), one question alone (batch 1's launch), and
+// the own tokens' launch (96 rows a question) on one wave, 16 CTAs a head and the device's grid. The engine's step profile shows only the sum;
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
 // the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
 // `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
@@ -36,6 +37,9 @@ struct Row {
   const char* layout;
   int sequences, group;  // the launch: sequences of `group` query heads per KV head
   bool deferred;         // DecodeLaunch::defer_merge, then merge_decode_pieces (timed together)
+  int rows = 0;          // rows a sequence (0: --context)
+  int ctas = -1;         // DecodeLaunch::num_ctas (-1: --ctas)
+  bool one_wave = false; // DecodeLaunch::one_wave_per_heads
 };
 
 double quantile(std::vector<double> v, double f) {
@@ -119,6 +123,10 @@ int main(int argc, char** argv) {
       {"llama2-7b", 32, 1, "bundles, merged after", 1, 8, true},
       {"llama2-7b", 32, 1, "one sequence each", kQuestions, 1, false},
       {"llama2-7b", 32, 1, "one question", 1, 1, false},
+      // The own tokens' launch (the engine's, before the bundles'): 8 questions of 96 rows each.
+      {"llama3-8b", 8, 4, "own tokens, one wave", kQuestions, 4, false, 96, 0, true},
+      {"llama3-8b", 8, 4, "own tokens, 16 a head", kQuestions, 4, false, 96, 16 * kQuestions * 8},
+      {"llama3-8b", 8, 4, "own tokens, device grid", kQuestions, 4, false, 96, 0},
   };
   FILE* json = std::fopen(out_path.c_str(), "w");
   if (json == nullptr) {
@@ -132,20 +140,23 @@ int main(int argc, char** argv) {
   std::printf("%-10s %-22s %4s %3s %10s %10s %10s\n", "model", "layout", "seqs", "G", "median us", "min us",
               "TB/s once");
   const char* last_model = "";
+  int last_rows = 0;
   DeviceLayer* layer = nullptr;
   for (size_t r = 0; r < rows.size(); ++r) {
     const Row& row = rows[r];
-    if (std::strcmp(row.model, last_model) != 0) {  // one context per model: the questions share it
+    const int n = row.rows > 0 ? row.rows : context;
+    if (std::strcmp(row.model, last_model) != 0 || n != last_rows) {  // one context per model: the questions share it
       delete layer;
       SyntheticSpec spec;
       spec.num_kv_heads = row.hkv;
       spec.head_dim = 128;
-      spec.num_rows = context;
+      spec.num_rows = n;
       spec.num_clusters = 1;  // the engine's dense bundle: the context as one selected cluster
       spec.dense_len = 0;     // the own tokens are their own launch
       spec.seed = 3;
       layer = new DeviceLayer(spec);
       last_model = row.model;
+      last_rows = n;
     }
     AttentionShape shape;
     shape.batch = row.sequences;
@@ -155,7 +166,7 @@ int main(int argc, char** argv) {
     shape.query_len = 1;
     const int heads = row.sequences * row.hkv;
     std::vector<SequenceLayerBf16> views(row.sequences, layer->dev);  // every sequence: the same KV
-    const std::vector<int32_t> zeros(heads, 0), ones(heads, 1), all_rows(heads, context);
+    const std::vector<int32_t> zeros(heads, 0), ones(heads, 1), all_rows(heads, n);
     DeviceSelection sel(heads, 1);
     CUDA_OK(cudaMemcpy(sel.sel.cluster_ids, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(sel.sel.row_start, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
@@ -168,8 +179,9 @@ int main(int argc, char** argv) {
     uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
     float* d_lse = upload(std::vector<float>(q.size() / 128, 0.f));
     DecodeLaunch launch;  // the engine's bundles: the default grid and split
-    launch.num_ctas = ctas;
+    launch.num_ctas = row.ctas >= 0 ? row.ctas : ctas;
     launch.defer_merge = row.deferred;
+    launch.one_wave_per_heads = row.one_wave;
     void* ws = nullptr;
     CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
     cudaEvent_t e0, e1;
@@ -193,14 +205,14 @@ int main(int argc, char** argv) {
       CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
       if (rep >= 3) us.push_back(1e3 * ms);
     }
-    const double kv_bytes = 2.0 * context * row.hkv * 128 * 2;  // K and V of one layer, once
+    const double kv_bytes = 2.0 * n * row.hkv * 128 * 2;  // K and V of one layer, once
     const double median = quantile(us, 0.5), best = quantile(us, 0);
     std::printf("%-10s %-22s %4d %3d %10.1f %10.1f %10.2f\n", row.model, row.layout, row.sequences, row.group, median,
                 best, kv_bytes / (median * 1e-6) / 1e12);
     std::fprintf(json,
-                 "%s  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"median_us\": %.2f, "
-                 "\"min_us\": %.2f, \"kv_bytes_once\": %.0f}",
-                 r ? ",\n" : "", row.model, row.layout, row.sequences, row.group, median, best, kv_bytes);
+                 "%s  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"rows\": %d, "
+                 "\"median_us\": %.2f, \"min_us\": %.2f, \"kv_bytes_once\": %.0f}",
+                 r ? ",\n" : "", row.model, row.layout, row.sequences, row.group, n, median, best, kv_bytes);
     if (trace) {
       print_trace(download(trace_buf, static_cast<size_t>(kMaxTracedCtas) * kDecodeTraceEvents * 2), kMaxTracedCtas);
       CUDA_OK(cudaMemset(trace_buf, 0, sizeof(unsigned long long) * kMaxTracedCtas * kDecodeTraceEvents * 2));

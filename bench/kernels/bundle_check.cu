@@ -11,6 +11,7 @@
 #include "bench/kernels/device_layer.h"
 #include "kernels/attention_ref.h"
 #include "kernels/decode_attention.h"
+#include "kernels/merge_parts_ref.h"
 
 namespace squeezeserve::kernels::bench {
 namespace {
@@ -30,37 +31,42 @@ struct BundleCase {
   int cluster_size, dense_len;
   float keep;
   int ctas;  // DecodeLaunch::num_ctas (0: the device's)
+  bool one_wave = false;  // DecodeLaunch::one_wave_per_heads (the engine's own-tokens launch)
 };
 
 // The same launch with DecodeLaunch::defer_merge, then merge_decode_pieces, on poisoned outputs:
-// (1) alone, against the reference; (2) rows permuted (a_row) and merged with part B = the
-// in-kernel merged output of the permuted row again, whose union doubles every sum: the output
-// must be the reference's and the LSE the reference's + ln 2. Pass: the check_case bounds on both.
+// (1) alone, against the reference; (2) rows permuted (a_row) and merged with a random part B
+// (bf16 outputs, LSEs near the reference's, an eighth of the rows empty: -inf), against the CPU
+// reference of the two-part merge (merge_parts_ref.h) over the reference attention and that B.
+// Pass: the check_case bounds on both.
 bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_views, const uint16_t* d_q,
-                    const Selection& sel, void* ws, DecodeLaunch launch, const std::vector<uint16_t>& merged_bits,
-                    const std::vector<float>& merged_lse, const std::vector<float>& ref,
-                    const std::vector<float>& ref_lse, double* rel_out, double* lse_out) {
+                    const Selection& sel, void* ws, DecodeLaunch launch, const std::vector<float>& ref,
+                    const std::vector<float>& ref_lse, uint64_t seed, double* rel_out, double* lse_out) {
   const int rows = shape.batch * shape.num_q_heads, d = shape.head_dim;
   launch.defer_merge = true;
   std::vector<int32_t> perm(rows);
   for (int r = 0; r < rows; ++r) perm[r] = rows - 1 - r;  // every row moved (but a middle one)
-  std::vector<uint16_t> b_bits(merged_bits.size());
+  std::vector<float> b_out = random_normal(static_cast<int64_t>(rows) * d, seed + 11, 1.f);
+  const std::vector<uint16_t> b_bits = round_to_bf16(b_out);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> near(-2.f, 2.f);
   std::vector<float> b_lse(rows), want(ref.size()), want_lse(rows);
   for (int r = 0; r < rows; ++r) {
-    std::copy_n(merged_bits.begin() + int64_t{perm[r]} * d, d, b_bits.begin() + int64_t{r} * d);
-    std::copy_n(ref.begin() + int64_t{perm[r]} * d, d, want.begin() + int64_t{r} * d);
-    b_lse[r] = merged_lse[perm[r]];
-    want_lse[r] = ref_lse[perm[r]] + std::log(2.0f);
+    const float a = ref_lse[perm[r]];
+    b_lse[r] = r % 8 == 5 ? -INFINITY : (std::isinf(a) ? 0.f : a) + near(rng);
   }
+  merge_attention_parts_ref(rows, d, ref.data(), ref_lse.data(), perm.data(), b_out.data(), b_lse.data(), want.data(),
+                            want_lse.data());
   int32_t* d_perm = upload(perm);
   uint16_t* d_b = upload(b_bits);
   float* d_b_lse = upload(b_lse);
-  uint16_t* d_out = upload(std::vector<uint16_t>(merged_bits.size(), 0xffff));
+  const std::vector<uint16_t> poison(ref.size(), 0xffff);  // bf16 NaN
+  uint16_t* d_out = upload(poison);
   float* d_lse = upload(std::vector<float>(rows, NAN));
   bool nan = false;
   double rel = 0, lse_err = 0;
   auto score = [&](const std::vector<float>& r_out, const std::vector<float>& r_lse) {
-    const std::vector<uint16_t> bits = download(d_out, merged_bits.size());
+    const std::vector<uint16_t> bits = download(d_out, ref.size());
     const std::vector<float> lse = download(d_lse, rows);
     std::vector<float> got(bits.size());
     for (size_t i = 0; i < bits.size(); ++i) got[i] = from_bf16_bits(bits[i]);
@@ -75,8 +81,7 @@ bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_view
   CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, nullptr, nullptr, nullptr, d_out, d_lse, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   score(ref, ref_lse);
-  CUDA_OK(cudaMemcpy(d_out, std::vector<uint16_t>(merged_bits.size(), 0xffff).data(), 2 * merged_bits.size(),
-                     cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_out, poison.data(), 2 * poison.size(), cudaMemcpyHostToDevice));
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
   CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, d_perm, d_b, d_b_lse, d_out, d_lse, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
@@ -154,6 +159,8 @@ bool check_case(const BundleCase& c, uint64_t seed) {
   float* d_lse = upload(std::vector<float>(out_n / c.d, NAN));
   DecodeLaunch launch;
   launch.num_ctas = c.ctas;
+  launch.one_wave_per_heads = c.one_wave;
+  launch.static_selection = c.one_wave;  // as the engine's own tokens (the split before the wait)
   void* ws = nullptr;
   CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr));
@@ -182,8 +189,8 @@ bool check_case(const BundleCase& c, uint64_t seed) {
       sparse_decode_attention(too_many, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr) ==
       cudaErrorInvalidValue;
   double deferred_rel = 0, deferred_lse = 0;
-  const bool deferred = check_deferred(shape, d_views, d_q, dsel.sel, ws, launch, out_bits, lse, ref, ref_lse,
-                                       &deferred_rel, &deferred_lse);
+  const bool deferred =
+      check_deferred(shape, d_views, d_q, dsel.sel, ws, launch, ref, ref_lse, seed, &deferred_rel, &deferred_lse);
   int kept = 0, total = 0;
   for (int x = 0; x < heads; ++x) kept += rows[x];
   for (int b = 0; b < batch; ++b) total += c.rows[b] * c.hkv;
@@ -209,6 +216,10 @@ bool run_bundle_checks(uint64_t seed) {
       {"bundle d128 g16 many pieces",            128, 16, 1, {30011},              2,  64, 0.6f, 0},
       {"d128 g4 (merge deferred as bundles)",    128,  4, 8, {20011, 300},         9,  40, 0.5f, 0},
       {"d64 g1 5 ctas",                           64,  1, 3, {3000, 1001, 77},     3,  12, 0.7f, 5},
+      // The own tokens' launch: many short heads, a few CTAs each in one wave.
+      {"own tokens g4 x8 one wave",              128,  4, 8, {64, 64, 64, 64, 64, 64, 64, 64}, 4, 100, 0.f, 0, true},
+      {"own tokens g4 x3 one wave long",         128,  4, 8, {64, 64, 64},         4, 2000, 0.f, 0, true},
+      {"one wave g4 x2 with context",             64,  4, 2, {5000, 300},          5,  60, 0.5f, 0, true},
   };
   std::printf("\n%-40s %3s %12s %10s %10s %10s %10s %8s %s\n", "case", "G", "rows", "attn_rel", "lse_err",
               "deferred", "def_lse", "refuses", "result");

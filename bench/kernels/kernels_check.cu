@@ -12,8 +12,8 @@
 // every query row equals the reference's unless both are rows with shares within 2e-3 relative
 // (a near tie), and |share - ref| <= 1e-3 + 1e-3 * ref.
 // Fused RMSNorm / RoPE: a second table (norm_rope_check.cu); read-ahead's cursor: a third
-// (read_ahead_check.cu); the two-part merge: a fourth (merge_check.cu); groups above 8 (the
-// engine's shared-context bundles): a fifth (bundle_check.cu).
+// (read_ahead_check.cu); groups above 8 (the engine's shared-context bundles), the deferred merge
+// (merge_decode_pieces, with a part B) and the own tokens' one-wave grid: a fourth (bundle_check.cu).
 // Every case runs in a child process of its own (the parent never touches CUDA), so that a kernel
 // fault (sticky for its context) fails that case only and the later ones still report.
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
@@ -36,7 +36,6 @@
 
 #include "bench/kernels/bundle_check.h"
 #include "bench/kernels/device_layer.h"
-#include "bench/kernels/merge_check.h"
 #include "bench/kernels/norm_rope_check.h"
 #include "bench/kernels/read_ahead_check.h"
 #include "kernels/attention_ref.h"
@@ -831,7 +830,6 @@ int main(int argc, char** argv) {
   }
   all &= isolated([&] { return run_norm_rope_checks(seed); });
   all &= isolated([&] { return run_read_ahead_checks(seed + 1000); });
-  all &= isolated([&] { return run_merge_checks(seed + 2000); });
   all &= isolated([&] { return run_bundle_checks(seed + 3000); });
   std::printf("%s\n", all ? "ALL PASS" : "SOME FAILED");
   return all ? 0 : 1;

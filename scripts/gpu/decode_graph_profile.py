@@ -20,7 +20,7 @@ import sys
 GROUPS = [
     ("attention: decode", r"decode_kernel"),
     ("attention: prefill", r"prefill_kernel|prefill_ws_kernel"),
-    ("attention: merges", r"merge_parts|merge_splits"),
+    ("attention: merges", r"merge_parts|merge_pieces|merge_splits"),
     ("attention: selection", r"score_|select_|place_kernel|stream_kernel|compact|lse_|flags_kernel"),
     ("attention: read-ahead", r"read_ahead|advance_"),
     ("append kv", r"append"),

@@ -23,6 +23,7 @@ struct Launch {
   std::vector<HeadCost> heads;
   long long grid = 1, cap = 0;
   bool align = false;
+  long long min_ctas_per_head = kAlignMinCtasPerHead;
 };
 
 struct PieceSeen {
@@ -36,8 +37,8 @@ void CheckLaunch(const Launch& l, const std::string& what) {
   long long units_total = 0;
   for (const HeadCost& h : l.heads) units_total += h.units();
   const long long num_heads = static_cast<long long>(l.heads.size());
-  const HeadLayout split = head_layout(units_total, l.grid, num_heads, l.cap, l.align);
-  ASSERT_EQ(split.aligned, l.align && l.grid >= kAlignMinCtasPerHead * num_heads) << what;
+  const HeadLayout split = head_layout(units_total, l.grid, num_heads, l.cap, l.align, l.min_ctas_per_head);
+  ASSERT_EQ(split.aligned, l.align && l.min_ctas_per_head >= 2 && l.grid >= l.min_ctas_per_head * num_heads) << what;
   ASSERT_GE(split.per_cta, kMinCtaUnits) << what;
   ASSERT_LE(split.start_cost, std::max(l.cap, 0LL)) << what;
   long long total = 0;
@@ -134,6 +135,7 @@ TEST(DecodeSplit, RandomLaunchesCoverEveryRowOnce) {
     const int caps[] = {0, 1, 7, 768 * kRowCost, 1 << 22};
     l.cap = caps[pick(0, 4)];
     l.align = pick(0, 1) == 1;
+    if (trial % 3 == 0) l.min_ctas_per_head = pick(0, 5);  // one_wave_per_heads' thresholds (and 0, 1: never)
     CheckLaunch(l, "trial " + std::to_string(trial));
     if (HasFatalFailure() || HasNonfatalFailure()) return;
   }
@@ -149,6 +151,19 @@ TEST(DecodeSplit, AlignedWhereTheGridHasSixteenCtasPerHead) {
   EXPECT_EQ(l.lead(), 0);
   EXPECT_EQ(l.extent(1), l.per_cta);
   EXPECT_LE(l.extent(33000 * kRowCost) / l.per_cta, 33);
+}
+
+TEST(DecodeSplit, ShortHeadsAlignedOnAFewCtasEach) {
+  // The own tokens of Llama-3 at batch 8 (64 heads of ~100 rows) on one wave of an H100's 264 CTAs:
+  // 4 CTAs a head, each head in one CTA, no CTA with two pieces; heads of 2000 rows take 3 each.
+  const HeadLayout l = head_layout(64 * 100 * kRowCost, 256, 64, 768 * kRowCost, true, 4);
+  EXPECT_TRUE(l.aligned);
+  EXPECT_EQ(l.extent(100 * kRowCost), l.per_cta);
+  const HeadLayout long_heads = head_layout(64 * 2000 * kRowCost, 256, 64, 768 * kRowCost, true, 4);
+  EXPECT_TRUE(long_heads.aligned);
+  EXPECT_EQ(long_heads.extent(2000 * kRowCost) / long_heads.per_cta, 3);
+  EXPECT_FALSE(head_layout(64 * 100 * kRowCost, 256, 64, 768 * kRowCost, true, 5).aligned);  // 4 a head only
+  EXPECT_FALSE(head_layout(64 * 100 * kRowCost, 64, 64, 768 * kRowCost, true, 1).aligned);   // needs 2 a head
 }
 
 }  // namespace

@@ -93,6 +93,8 @@ class Summary(unittest.TestCase):
         self.assertIn("per round of 2", text)
         self.assertEqual(decode_graph_profile.group_of("prefill_kernel<128, 4>"), "attention: prefill")
         self.assertEqual(decode_graph_profile.group_of("merge_parts_kernel"), "attention: merges")
+        self.assertEqual(decode_graph_profile.group_of("void detail::merge_pieces_kernel<128>(MergePiecesArgs)"),
+                         "attention: merges")
 
 
 if __name__ == "__main__":
