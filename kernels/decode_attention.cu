@@ -6,7 +6,8 @@
 // grid is what the device holds at once, so all CTAs stream at the same time. A CTA's range is one
 // piece per head it overlaps (mostly one or two); each piece writes an fp32 partial (o, max, sum) of
 // the G query heads of the group, and the head's last piece to finish merges its partials in order
-// (deterministic log-sum-exp merge).
+// (deterministic log-sum-exp merge), or, with DecodeLaunch::defer_merge, merge_decode_pieces does
+// after the launch, one warp per query row.
 // Cost: every row, selected, estimated (a mean value and no key) or dense, is kRowCost units. An
 // estimated row moves about half a selected row's bytes, but in 16-row tiles took about a selected
 // row's time: charged 1, 2 or 3 quarters of a row, the split made the attention up to 1.9x slower

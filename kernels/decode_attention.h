@@ -8,7 +8,7 @@
 // counts balance; each range loads its rows once for the whole GQA group (tensor cores, the group's
 // query heads as matrix rows) and writes an fp32 partial (o, max, sum) per head it overlaps; the
 // last piece of a head to finish merges the head's partials in order (deterministic log-sum-exp
-// merge). Counts are read from device memory: no host round trip. With the pruned-cluster estimate
+// merge), or merge_decode_pieces does after the launch (DecodeLaunch::defer_merge). Counts are read from device memory: no host round trip. With the pruned-cluster estimate
 // (Selection::estimated) the estimated clusters are rows too (one key each; with
 // Selection::estimate_logits their logits come from the selection and only their mean values are
 // read); with TopKeys, each query head's most attended selected key (read-ahead) is merged beside
