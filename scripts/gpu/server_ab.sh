@@ -4,25 +4,28 @@
 # scripts/gpu/full_model_bench.py (the new tree's, for both) run alternately (base, new, base, new)
 # on the same GPU, so the comparison is a ratio within one run: whole-model figures differ by ~10%
 # between H100s (docs/performance.md, run 25), and a change of a few percent is only seen this way.
-#   here:  scripts/gpu/server_ab.sh prepare <base-commit>    (exports it to .ab/server_base)
+#   here:  scripts/gpu/server_ab.sh prepare <base-commit>    (exports it to .ab/server_base.tar.xz)
 #   there: scripts/gpu/server_ab.sh run [full_model_bench args]    (run tool: carry [".gpu-deps", ".ab"])
 #          e.g. run --shape llama3-8b --context 33000 --modes dense,paper-0.9 --batches 1,8
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
-# (default 2): base/new pairs. $OUT gets server_ab.tar.gz (logs, every run's JSON) and stdout the
-# summary (scripts/gpu/server_ab_summary.py: TPOT / TTFT medians per mode and batch, new / base).
+# (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).
+# $OUT gets server_ab.tar.gz (logs, every run's JSON) and stdout the summary
+# (scripts/gpu/server_ab_summary.py: TPOT / TTFT medians per mode and batch, new / base).
 set -uo pipefail
 case ${1:-} in
   prepare)
     base=$(git rev-parse "${2:?base commit}") || exit 2
-    # What building the server reads (not the models, tests and results: `run` carries at most 64 MiB).
-    rm -rf .ab/server_base && mkdir -p .ab/server_base &&
-      git archive "$base" CMakeLists.txt Dockerfile proto kernels engine server client scripts | tar -x -C .ab/server_base
-    echo "$base" > .ab/server_base/COMMIT
-    echo "base $base in .ab/server_base"; exit 0 ;;
+    # What building the server reads (not the models, tests and results), compressed: `run` carries
+    # at most 64 MiB, and the tracked tree with .gpu-deps leaves ~2 MB of it.
+    rm -rf .ab && mkdir -p .ab &&
+      git archive --prefix=server_base/ "$base" CMakeLists.txt Dockerfile proto kernels engine server client scripts |
+      xz -9 > .ab/server_base.tar.xz && echo "$base" > .ab/COMMIT
+    echo "base $base in .ab/server_base.tar.xz ($(du -h .ab/server_base.tar.xz | cut -f1))"; exit 0 ;;
   run) shift ;;
   *) sed -n 2,13p "$0"; exit 2 ;;
 esac
-[ -f .ab/server_base/COMMIT ] || { echo "no .ab/server_base: run 'prepare' here and carry .ab"; exit 2; }
+[ -f .ab/COMMIT ] || { echo "no .ab/COMMIT: run 'prepare' here and carry .ab"; exit 2; }
+rm -rf .ab/server_base && tar -xJf .ab/server_base.tar.xz -C .ab || exit 2
 [ -d .gpu-deps ] || { echo "no .gpu-deps: run scripts/gpu/fetch_deps.sh here and carry it"; exit 2; }
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -42,14 +45,16 @@ install_bin . new || exit 1
 install_bin .ab/server_base base || exit 1
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 status=0
-timeout 300 build-gpu/tests/engine/engine_model_tests --gtest_filter='*FusedOps*:*KernelPath*:JoinRows*' \
-  >"$W/tests.log" 2>&1 || status=1
-echo "engine GPU tests (new tree): $(grep -E '^\[  (PASSED|FAILED)  \]' "$W/tests.log" | tr '\n' ' ')"
+if [ "${AB_TESTS:-1}" = 1 ]; then
+  timeout 300 build-gpu/tests/engine/engine_model_tests --gtest_filter='*FusedOps*:*KernelPath*:JoinRows*' \
+    >"$W/tests.log" 2>&1 || status=1
+  echo "engine GPU tests (new tree): $(grep -E '^\[  (PASSED|FAILED)  \]' "$W/tests.log" | tr '\n' ' ')"
+fi
 for i in $(seq 1 "${ROUNDS:-2}"); do
   for tree in base new; do
     SQUEEZESERVE_BIN="$W/bin_$tree" timeout 900 python3 scripts/gpu/full_model_bench.py \
       --new_tokens 32 --reps 3 --no_store "$@" --out "$W/${tree}_$i" >"$W/${tree}_$i.log" 2>&1 || status=1
   done
 done
-python3 scripts/gpu/server_ab_summary.py "$W" "$(cat .ab/server_base/COMMIT)"
+python3 scripts/gpu/server_ab_summary.py "$W" "$(cat .ab/COMMIT)"
 exit $status
