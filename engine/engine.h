@@ -86,7 +86,7 @@ struct EngineOptions {
   // false = plain stream order (for comparisons; process-wide, as kernels/launch.h).
   bool programmatic_launch = true;
   // A batch's dense questions on one stored context read it together instead of once each: on the
-  // CUDA kernels their decode tokens in bundles of up to 16 / G (G = the GQA group;
+  // CUDA kernels their decode tokens in bundles of up to 32 / G (G = the GQA group;
   // engine/kernel_attention.h), on libtorch all their rows of a step in one call
   // (engine/torch_attention.h); false = once each (for comparisons).
   bool shared_context_decode = true;

@@ -41,7 +41,7 @@ constexpr int64_t kMaxSelectionRows = 16384;
 constexpr int64_t kMaxDecodePairs = 2048;
 // Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
 // checked where decode_attention.h is included).
-constexpr int64_t kMaxBundleGroup = 16;
+constexpr int64_t kMaxBundleGroup = 32;
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
@@ -261,7 +261,7 @@ struct KernelAttention::Buffers {
   // Shared-context decode (KernelAttention::shared_bundles_): staging also holds per layer the
   // bundles' views and the dense members' own-token views ([layers][steps] each), the bundles'
   // context rows per KV head [pairs] int32, each bundle query row's row in the decode queries
-  // [16 x pairs] int64 (bundle, KV head, slot, group head; at most kMaxBundleGroup rows per pair), and each
+  // [kMaxBundleGroup x pairs] int64 (bundle, KV head, slot, group head), and each
   // dense member query row's row in the bundles' output [steps x H_q] int32 (the merge's a_row).
   int64_t shared_views_at = 0, own_views_at = 0, shared_rows_at = 0, shared_q_rows_at = 0, shared_out_rows_at = 0;
   at::Tensor top_position, top_share;

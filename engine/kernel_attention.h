@@ -24,13 +24,13 @@
 // query prefill runs alone (the prefill kernels take one query length per launch).
 //
 // Shared context (KernelAttentionOptions::shared_context_decode): a batch's dense questions on one
-// stored context read it once per bundle of S = 16 / G of them instead of once each. A bundle is
-// one sequence of a launch whose group is its members' query heads (S x G rows of the decode
-// kernel's 16-row MMA tile, kernels::kMaxDecodeGroup: S = 4 for Llama-3's group 4, 16 for MHA),
+// stored context read it once per bundle of S = 32 / G of them instead of once each. A bundle is
+// one sequence of a launch whose group is its members' query heads (S x G <= kernels::kMaxDecodeGroup
+// rows: S = 8 for Llama-3's group 4, 32 for MHA; above 16 rows two warps share each tile),
 // attending the context's clustered rows and window; a launch before it attends each member's own
 // tokens, and kernels::merge_decode_pieces merges the bundles' pieces (left unmerged by their
 // launch: DecodeLaunch::defer_merge) with the own tokens' part by log-sum-exp, on many CTAs at
-// once. At batch 8 on a 32K context the KV a step reads goes from 8 copies to 2 (Llama-3) or 1 (MHA).
+// once. At batch 8 on a 32K context the KV a step reads goes from 8 copies to 1.
 //
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their
@@ -111,7 +111,7 @@ class KernelAttention : public AttentionBackend {
   // signature and buffers_version() can replay one graph (decode_graphs.h).
   const std::string& launch_signature() const { return signature_; }
   // For the log, between Plan and Finish: how the planned step's dense decode tokens share their
-  // contexts ("dense questions in 2 shared-context bundles of up to 4"); empty when they do not.
+  // contexts ("dense questions in 2 shared-context bundles of up to 8"); empty when they do not.
   std::string SharedContextNote() const;
   // Bumped whenever Plan reallocates a persistent buffer: a CUDA graph captured under an older
   // value reads freed memory and must be captured again.

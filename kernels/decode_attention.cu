@@ -38,6 +38,10 @@
 // every exp2 was repeated on those 16 lanes; here a 16-row tile is 32 MMAs, 16 ldmatrix and 5 exp2
 // per lane).
 //
+// Groups above 16 (the engine's shared-context bundles: a batch's questions on one context as one
+// group) take two MMA tiles, which one warp has no registers for: two warps share each tile of
+// keys, 16 query heads each (kPair, attend_rows), so the context streams once for the batch.
+//
 // Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
 // (virtual_rows.cuh): their mean is the value and their logit a per-row bias in smem beside the
 // tile — the selection's s q.c + ln n (Selection::estimate_logits), copied by cp.async with the
@@ -70,6 +74,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileRows = decode_split::kTileRows;  // KV rows per warp tile
 constexpr int kWideTileRows = 2 * kTileRows;         // estimated rows per wide tile (WarpTiles)
 constexpr int kStages = 3;                           // per warp
+constexpr int kMmaRows = 16;                         // query heads in one MMA tile's rows
 constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
@@ -152,7 +157,7 @@ struct DecodeArgs {
   float* lse;
   TopKeys top;
   DecodeWorkspace ws;
-  int batch, hkv, g;  // g: query heads per KV head (1..16; above 8 the kHigh variant)
+  int batch, hkv, g;  // g: query heads per KV head (1..32; above 8 the kHigh variant, above 16 kPair)
   float scale_log2;
   int start_cost_cap;  // DecodeLaunch::piece_start_rows, resolved (>= 0), in cost units
   bool align_heads;    // DecodeLaunch::align_heads
@@ -234,21 +239,26 @@ struct SegmentWindow {
 template <bool kWide>
 struct WarpTiles {
   int w0, n0, n1, num;  // n0 narrow tiles from w0, then n1 wide ones, num tiles in all
+  int step;             // kTileRows x the tiles between two of this warp's (1: contiguous)
 
+  // Interleaved: this warp's tiles are every step-th of the piece, from w0 (narrow tiles only).
+  __device__ static WarpTiles interleaved(int w0, int w1, int step) {
+    return {w0, 0, 0, w1 <= w0 ? 0 : (w1 - w0 + kTileRows * step - 1) / (kTileRows * step), step};
+  }
   __device__ static WarpTiles of(const VirtualRows& vr, int w0, int w1) {
-    if (w1 <= w0) return {w0, 0, 0, 0};
+    if (w1 <= w0) return {w0, 0, 0, 0, 1};
     const int narrow_end = min(w0 + (max(vr.sparse_rows - w0, 0) + kTileRows - 1) / kTileRows * kTileRows, w1);
     const int est_end = min(vr.clustered(), w1);
     const bool wide = kWide && vr.est_logits != nullptr && vr.est_stride * kWideTileRows <= kTileRows * kMaxGroup;
     const int n1 = wide && est_end > narrow_end ? (est_end - narrow_end) / kWideTileRows : 0;
     const int wide_end = narrow_end + n1 * kWideTileRows;
     const int n0 = (narrow_end - w0 + kTileRows - 1) / kTileRows;
-    return {w0, n0, n1, n0 + n1 + (w1 - wide_end + kTileRows - 1) / kTileRows};
+    return {w0, n0, n1, n0 + n1 + (w1 - wide_end + kTileRows - 1) / kTileRows, 1};
   }
   __device__ bool wide(int t) const { return kWide && t >= n0 && t < n0 + n1; }
   __device__ int rows(int t) const { return wide(t) ? kWideTileRows : kTileRows; }
-  // Every tile before t counts 16 rows, and each wide one 16 more.
-  __device__ int start(int t) const { return w0 + kTileRows * (kWide ? t + min(max(t - n0, 0), n1) : t); }
+  // Every tile before t counts 16 rows (step of them interleaved), and each wide one 16 more.
+  __device__ int start(int t) const { return w0 + kTileRows * (kWide ? t + min(max(t - n0, 0), n1) : t * step); }
 };
 
 // The online softmax's step for a tile: raises the state's max to the tile's (this lane's part
@@ -315,21 +325,42 @@ __device__ __forceinline__ void attend_wide_tile(const __nv_bfloat16* vals, cons
   }
 }
 
+// The two warps of pair `pair` (warps 2 pair, 2 pair + 1) wait for each other: named barrier 1 + pair
+// (0 is __syncthreads'), with the ordering of shared memory that __syncthreads gives.
+// (Immediate ids: with an id in a register, ptxas reserves all 16 of the CTA's barriers.)
+__device__ __forceinline__ void pair_sync(int pair) {
+  static_assert(kWarps == 4, "two pairs");
+  if (pair == 0) asm volatile("bar.sync 1, 64;" ::: "memory");
+  else asm volatile("bar.sync 2, 64;" ::: "memory");
+}
+
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
 // lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
 // context sum and its top key (as a physical row). kHigh (groups above 8: no estimate, no top
 // keys): query heads 8..15 too, rows lane / 4 + 8 of the tile, their state in st_hi. Uses `smem`,
 // `bias` and `codes`, the warp's stage buffers.
-template <int D, bool kTop, bool kWide, bool kHigh>
-__device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1, const uint32_t (&qa)[D / 16][4],
-                                            __nv_bfloat16* smem, float* bias, int* codes, float scale_log2, int lane,
+// kPair (groups above 16, kHigh's too): the warp is half `half` of a pair that streams the same
+// tiles through the pair's stage buffers (`smem`: both warps' buffers, 2 kStages stages), each
+// warp copying half of a tile's rows and attending with its own 16 query heads (qa). One pair
+// barrier a tile: the partner's half of tile t has landed and the partner is done with tile t - 1,
+// whose stage is then refilled. So the context streams once for up to 32 query heads a KV head.
+template <int D, bool kTop, bool kWide, bool kHigh, bool kPair>
+__device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1,
+                                            const uint32_t (&qa)[D / 16][4], __nv_bfloat16* smem, float* bias,
+                                            int* codes, float scale_log2, int lane, int pair, int half,
                                             float (&o)[D / 8][4], SoftmaxState& st, SoftmaxState& st_hi, float& ctx,
                                             TopKey& top) {
   static_assert(!kHigh || (!kTop && !kWide), "query heads 8..15 only without top keys and wide tiles");
+  static_assert(!kPair || kHigh, "a pair's warps attend 16 query heads each");
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
-  const WarpTiles<kWide> tiles = WarpTiles<kWide>::of(vr, w0, w1);
+  constexpr int kStageCount = kPair ? 2 * kStages : kStages;
+  // Rows of a tile this warp copies: all, or its half's (kPair).
+  constexpr int kCopyRows = kPair ? kTileRows / 2 : kTileRows;
+  const int copy_row0 = kPair ? half * kCopyRows : 0;
+  const WarpTiles<kWide> tiles =
+      kPair ? WarpTiles<kWide>::interleaved(w0, w1, kWarps / 2) : WarpTiles<kWide>::of(vr, w0, w1);
   const int num_tiles = tiles.num;
   const int ctx_end = vr.context_rows();
   // This lane's query head in the bias rows; padding heads past the stride read head S - 1's.
@@ -364,7 +395,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       const int code = estimate_code(my_id), S = vr.est_stride;
       cp_async_floats(bias + bias_at(t % kStages, 0, 0) + lane * S,
                       vr.est_logits + static_cast<int64_t>(v + lane - vr.sparse_rows) * S, S, true);
-      __nv_bfloat16* rows = smem + (t % kStages) * 2 * kTileElems;  // K buffer, then V: 32 rows
+      __nv_bfloat16* rows = smem + (t % kStageCount) * 2 * kTileElems;  // K buffer, then V: 32 rows
 #pragma unroll
       for (int i = 0; i < kWideTileRows / kRowsPerPass; ++i) {
         const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
@@ -378,7 +409,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (v < vr.sparse_rows) {  // warp-uniform
       // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
       const int last = min(min(v + kTileRows, w1), vr.sparse_rows) - 1;
-      if (last >= win.end) win.load(vr, win.base + win.find(v), lane);
+      // (Interleaved tiles, kPair, skip rows: a skip past the window moves it 31 segments at a time.)
+      while (last >= win.end) win.load(vr, win.base + win.find(v), lane);
       shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
     }
     // Row code of row x (virtual_rows.cuh).
@@ -408,11 +440,11 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
       }
     }
-    __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
+    __nv_bfloat16* ks = smem + (t % kStageCount) * 2 * kTileElems;
     __nv_bfloat16* vs = ks + kTileElems;
 #pragma unroll
-    for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
-      const int row = i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
+    for (int i = 0; i < kCopyRows / kRowsPerPass; ++i) {
+      const int row = copy_row0 + i * kRowsPerPass + lane / kChunks, col = (lane % kChunks) * 8;
       const RowSource src = row_source<D>(vr, __shfl_sync(0xffffffffu, code, row), col);
       cp_async_16(ks + row * kStride + col, src.key, src.key_bytes);
       cp_async_16(vs + row * kStride + col, src.value, src.bytes);
@@ -420,17 +452,24 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   };
 
 #pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) {
+  for (int t = 0; t < kStageCount - 1; ++t) {
     if (t < num_tiles) load_tile(t);
     cp_async_commit();
   }
   for (int t = 0; t < num_tiles; ++t) {
-    __syncwarp();  // all lanes are done reading stage (t - 1) % kStages, refilled here
-    if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
-    cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    __syncwarp();  // tile t landed, the other lanes' chunks (and biases) included
-    const __nv_bfloat16* ks = smem + (t % kStages) * 2 * kTileElems;
+    if constexpr (kPair) {
+      cp_async_wait<kStageCount - 2>();  // this warp's half of tile t landed
+      pair_sync(pair);  // and the partner's; both are done reading stage (t - 1) % kStageCount
+      if (t + kStageCount - 1 < num_tiles) load_tile(t + kStageCount - 1);
+      cp_async_commit();
+    } else {
+      __syncwarp();  // all lanes are done reading stage (t - 1) % kStages, refilled here
+      if (t + kStages - 1 < num_tiles) load_tile(t + kStages - 1);
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
+      __syncwarp();  // tile t landed, the other lanes' chunks (and biases) included
+    }
+    const __nv_bfloat16* ks = smem + (t % kStageCount) * 2 * kTileElems;
     const __nv_bfloat16* vs = ks + kTileElems;
     if (tiles.wide(t)) {
       attend_wide_tile<D, kTop>(ks, bias + bias_at(t % kStages, 0, 0), vr.est_stride, bias_head, lane, o, st, ctx);
@@ -506,6 +545,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   }
   cp_async_wait<0>();
   __syncwarp();  // the stage buffers are free for the caller
+  if (kPair) pair_sync(pair);  // the partner's too: the caller reuses this warp's half of them
 }
 
 // Query head hq's read-ahead outputs (share, position) from its merged statistics and top key
@@ -536,9 +576,9 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
 // where loads into registers, 8 pieces at a time, took one per 8 (five at Llama-3 512K batch 1,
 // 33 pieces per head, at the end of the step's critical path). Every thread merges its (query
 // head, 4 dims) items from there, in slot order.
-template <int D, bool kTop, bool kHigh>
+template <int D, bool kTop, int kMaxRows>
 __device__ void merge_head(const DecodeArgs& a, int bh, int first, int n, unsigned char* smem) {
-  constexpr int kItems = ((kHigh ? kMaxDecodeGroup : kMaxGroup) * D / 4 + kThreads - 1) / kThreads;
+  constexpr int kItems = (kMaxRows * D / 4 + kThreads - 1) / kThreads;
   const int G = a.g, items = G * D / 4;
   const int capacity = static_cast<int>(kSmemBytes<D> / (G * (sizeof(float) * D + sizeof(float4) + sizeof(int))));
   float* piece_o = reinterpret_cast<float*>(smem);                               // [capacity][G][D]
@@ -631,8 +671,9 @@ __device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
 }
 
 // kTop: read-ahead's top keys (TopKeys); kWide: estimated rows in wide tiles (WarpTiles); kHigh:
-// groups above 8 (query heads 8..15 in the MMA tile's rows 8..15; neither of the others).
-template <int D, bool kTop, bool kWide, bool kHigh>
+// groups above 8 (query heads 8..15 in the MMA tile's rows 8..15; neither of the others); kPair:
+// groups above 16 (kHigh's too), each pair of warps streaming tiles for 2 x 16 query heads.
+template <int D, bool kTop, bool kWide, bool kHigh, bool kPair>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
 // needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
@@ -697,6 +738,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   DECODE_TRACE(2);
 
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
+  // kPair: a pair's stage buffers are its two warps' (consecutive), 2 kStages stages.
+  const int pair = warp >> 1, half = warp & 1;
+  __nv_bfloat16* pair_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + 2 * pair * kWarpSmemElems<D>;
   float* biases = reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>);
   float* warp_bias = biases + warp * kWarpBiases;
   int* warp_codes = reinterpret_cast<int*>(biases + kWarps * kWarpBiases) + warp * kWarpCodes;
@@ -716,14 +760,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     const int first_cta = piece.first_cta, num_pieces = piece.num_pieces;
     const int slot = blockIdx.x + bh;
 
-    // Warp ranges: equal cost, whole tiles, clipped to the head's real rows.
-    const int w0 = piece.warp_start(cost, warp);
-    const int w1 = min(piece.warp_start(cost, warp + 1), vr.total());
+    // Warp ranges: equal cost, whole tiles, clipped to the head's real rows; kPair: the piece's
+    // tiles dealt to the pairs in turn, both warps of a pair the same tiles.
+    const int w0 = kPair ? piece.r0 + pair * kTileRows : piece.warp_start(cost, warp);
+    const int w1 = min(kPair ? piece.r1 : piece.warp_start(cost, warp + 1), vr.total());
 
     // Q as A fragments: row lane / 4 = query head g of the group (a0: dims 2*(lane&3)+{0,1} of
     // the 16-dim chunk, a2: the same + 8); rows >= G are zero, and so are rows 8..15 (a1, a3)
-    // but with kHigh, where they are query heads g + 8.
-    const int g = lane >> 2;
+    // but with kHigh, where they are query heads g + 8. kPair: query heads 16 half + those.
+    const int g = lane >> 2 | (kPair ? half * 16 : 0);
     uint32_t qa[D / 16][4];
     {
       const __nv_bfloat16* q = a.q + (static_cast<int64_t>(bh) * G + min(g, G - 1)) * D + 2 * (lane & 3);
@@ -745,8 +790,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     SoftmaxState st = SoftmaxState::empty(), st_hi = SoftmaxState::empty();
     float ctx = 0.f;
     TopKey top = TopKey::none();
-    attend_rows<D, kTop, kWide, kHigh>(vr, w0, w1, qa, warp_smem, warp_bias, warp_codes, a.scale_log2, lane, o, st,
-                                       st_hi, ctx, top);
+    attend_rows<D, kTop, kWide, kHigh, kPair>(vr, w0, w1, qa, kPair ? pair_smem : warp_smem,
+                                              warp_bias, warp_codes, a.scale_log2, lane, pair, half, o, st, st_hi,
+                                              ctx, top);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
@@ -792,15 +838,19 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
       auto warp_o = [&](int w) { return reinterpret_cast<const float*>(smem_raw) + w * (kWarpSmemElems<D> / 2); };
       auto warp_st = [&](int w) { return reinterpret_cast<const float4*>(warp_o(w) + G * D)[j]; };
       auto warp_top = [&](int w) { return reinterpret_cast<const int*>(reinterpret_cast<const float4*>(warp_o(w) + G * D) + G)[j]; };
+      // The warps that attended row j: all, or (kPair) the warps of half j / 16.
+      constexpr int kStreams = kPair ? kWarps / 2 : kWarps;
+      auto owner = [&](int k) { return kPair ? 2 * k + j / 16 : k; };
       float M = neg_inf();
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_st(w).x);
+      for (int k = 0; k < kStreams; ++k) M = fmaxf(M, warp_st(owner(k)).x);
       float L = 0.f, C = 0.f;
       TopKey T = TopKey::none();
       float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
       if (M != neg_inf()) {
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
+        for (int k = 0; k < kStreams; ++k) {
+          const int w = owner(k);
           const float4 sw = warp_st(w);
           const float wt = SoftmaxState{sw.x, sw.y}.weight_at(M);
           const float4 ow = *reinterpret_cast<const float4*>(warp_o(w) + j * D + d);
@@ -841,7 +891,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     if (pieces == 0) DECODE_TRACE(4);
     if (merge_flag) {
       __threadfence();
-      merge_head<D, kTop, kHigh>(a, bh, first_cta + bh, num_pieces, smem_raw);
+      merge_head<D, kTop, kPair ? 2 * kMmaRows : kHigh ? kMmaRows : kMaxGroup>(a, bh, first_cta + bh, num_pieces,
+                                                                               smem_raw);
       if (tid == 0) a.ws.tickets[bh] = 0;  // ready for the next launch (DecodeLaunch::tickets)
       ++merges;
     }
@@ -926,22 +977,22 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePie
 }
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
-// tile, so it changes no loop the streaming depends on); 9..16 take the kHigh variant, which has
-// neither top keys nor wide tiles.
+// tile, so it changes no loop the streaming depends on); 9..16 take the kHigh variant and 17..32
+// the kPair one, which have neither top keys nor wide tiles.
 template <int D>
-DecodeKernel kernel_for(bool top, bool wide, bool high) {
-  if (high) return top || wide ? nullptr : decode_kernel<D, false, false, true>;
-  if (wide) return top ? decode_kernel<D, true, true, false> : decode_kernel<D, false, true, false>;
-  return top ? decode_kernel<D, true, false, false> : decode_kernel<D, false, false, false>;
+DecodeKernel kernel_for(bool top, bool wide, bool high, bool pair) {
+  if (high) return top || wide ? nullptr : pair ? decode_kernel<D, false, false, true, true> : decode_kernel<D, false, false, true, false>;
+  if (wide) return top ? decode_kernel<D, true, true, false, false> : decode_kernel<D, false, true, false, false>;
+  return top ? decode_kernel<D, true, false, false, false> : decode_kernel<D, false, false, false, false>;
 }
 
 // wide: the selection provides the estimate's logits and 32 rows of them fit a stage (WarpTiles).
 DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide) {
   if (group < 1 || group > kMaxDecodeGroup) return nullptr;
-  const bool high = group > kMaxGroup;
+  const bool high = group > kMaxGroup, pair = group > kMmaRows;
   wide = !high && wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
-  if (head_dim == 64) return kernel_for<64>(top, wide, high);
-  if (head_dim == 128) return kernel_for<128>(top, wide, high);
+  if (head_dim == 64) return kernel_for<64>(top, wide, high, pair);
+  if (head_dim == 128) return kernel_for<128>(top, wide, high, pair);
   return nullptr;
 }
 

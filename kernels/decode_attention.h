@@ -77,11 +77,12 @@ struct DecodeLaunch {
 // Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
 constexpr int32_t kDefaultPieceStartRows = 768;
 
-// A launch without the pruned-cluster estimate and without TopKeys takes groups of up to 16 query
+// A launch without the pruned-cluster estimate and without TopKeys takes groups of up to 32 query
 // heads per KV head: every row of the kernel's 16-row MMA tile (up to kMaxGroup, rows 8..15 are
-// padding). The engine's shared-context bundles use them: several dense questions' query heads as
-// one group over the context they share (engine/kernel_attention.h).
-constexpr int kMaxDecodeGroup = 16;
+// padding), and above 16 two warps that share each tile, 16 query heads each. The engine's
+// shared-context bundles use them: several dense questions' query heads as one group over the
+// context they share (engine/kernel_attention.h), which streams once for all of them.
+constexpr int kMaxDecodeGroup = 32;
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 

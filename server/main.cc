@@ -85,8 +85,8 @@ ABSL_FLAG(int32_t, skinny_gemm_min_rows, 1,
           "cuBLAS calls throughout, for comparisons; the log says which.");
 ABSL_FLAG(bool, shared_context_decode, true,
           "Dense questions stepping together on one stored context read its KV together instead of once each: "
-          "with the CUDA kernels their decode tokens once per bundle of up to 16 / G of them (G = query heads per "
-          "KV head: 4 for Llama-3-8B, 16 for Llama-2-7B), on libtorch all their rows of a step in one call. "
+          "with the CUDA kernels their decode tokens once per bundle of up to 32 / G of them (G = query heads per "
+          "KV head: 4 for Llama-3-8B, 1 for Llama-2-7B), on libtorch all their rows of a step in one call. "
           "false: once each, for comparisons; the log says so.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,

@@ -1,6 +1,6 @@
 // The shared-context bundle launch alone (engine/kernel_attention.h "Shared context"): eight dense
 // questions decoding on one stored context, launched as the engine launches them (bundles of
-// 16 / G questions' query heads, one sequence each) and as before bundles (one sequence per
+// 32 / G questions' query heads, one sequence each; before, 16 / G) and as before bundles (one sequence per
 // question), each timed alone with the L2 flushed; the bundles also with their merge deferred
 // (DecodeLaunch::defer_merge + merge_decode_pieces), one question alone (batch 1's launch), and
 // the own tokens' launch (96 rows a question) on one wave, 16 CTAs a head and the device's grid. The engine's step profile shows only the sum;
@@ -110,13 +110,16 @@ int main(int argc, char** argv) {
   void* flush = nullptr;
   CUDA_OK(cudaMalloc(&flush, kFlushBytes));
 
-  // The engine's bundles: 16 / G questions each (kernel_attention.cc kMaxBundleGroup).
+  // The engine's bundles: 32 / G questions each (kernel_attention.cc kMaxBundleGroup): "one bundle
+  // of 8" (pairs of warps, 32 query heads a KV head); before, 16 / G ("bundles", two for Llama-3).
   // "merged after": the bundles' launch with its merge deferred to merge_decode_pieces (the engine's
   // since run 26); "one question": batch 1's dense launch, for comparison.
   const std::vector<Row> rows = {
       {"llama3-8b", 8, 4, "bundles, merged in", 2, 16, false},
       {"llama3-8b", 8, 4, "bundles, merged after", 2, 16, true},
       {"llama3-8b", 8, 4, "one bundle alone", 1, 16, false},
+      {"llama3-8b", 8, 4, "one bundle of 8, after", 1, 32, true},
+      {"llama3-8b", 8, 4, "one bundle of 8, in", 1, 32, false},
       {"llama3-8b", 8, 4, "one sequence each", kQuestions, 4, false},
       {"llama3-8b", 8, 4, "one question", 1, 4, false},
       {"llama2-7b", 32, 1, "bundles, merged in", 1, 8, false},

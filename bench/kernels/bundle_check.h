@@ -1,4 +1,4 @@
-// The decode attention at groups 9..16 (kernels/decode_attention.h kMaxDecodeGroup: the engine's
+// The decode attention at groups 9..32 (kernels/decode_attention.h kMaxDecodeGroup: the engine's
 // shared-context bundles) against the CPU reference (attention_ref.h): part of kernels_check.
 #pragma once
 

@@ -431,10 +431,10 @@ TEST_P(KernelPathTest, BatchOfQuestionsOnOneContextMatchesLibtorch) {
   ExpectBatchMatchesLibtorch(*setup, members);
 }
 
-// Dense questions on one document read it in shared-context bundles of up to 16 / G
-// (KernelAttentionOptions::shared_context_decode): five on the first context (G = 4: a bundle of
-// four, the decode kernel's groups above 8, and one of one padded to four; G = 3: one of five; G = 1:
-// one of five, a group of 5), two on the second, and a squeezed member among them; the
+// Dense questions on one document read it in shared-context bundles of up to 32 / G
+// (KernelAttentionOptions::shared_context_decode): five on the first context (G = 4: one bundle, a
+// group of 20, the decode kernel's pairs of warps; G = 3: a group of 15, its groups above 8; G = 1:
+// a group of 5), two on the second, and a squeezed member among them; the
 // late member (dense, second context) joins one step late. Every dense member's logits must be
 // within kLogitsBound of libtorch's at every step.
 TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
