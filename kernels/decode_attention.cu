@@ -239,7 +239,7 @@ struct SegmentWindow {
 template <bool kWide>
 struct WarpTiles {
   int w0, n0, n1, num;  // n0 narrow tiles from w0, then n1 wide ones, num tiles in all
-  int step;             // kTileRows x the tiles between two of this warp's (1: contiguous)
+  int step;             // tiles from one of this warp's to its next (1: contiguous; kPair: 2)
 
   // Interleaved: this warp's tiles are every step-th of the piece, from w0 (narrow tiles only).
   __device__ static WarpTiles interleaved(int w0, int w1, int step) {
@@ -981,7 +981,10 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePie
 // the kPair one, which have neither top keys nor wide tiles.
 template <int D>
 DecodeKernel kernel_for(bool top, bool wide, bool high, bool pair) {
-  if (high) return top || wide ? nullptr : pair ? decode_kernel<D, false, false, true, true> : decode_kernel<D, false, false, true, false>;
+  if (high) {
+    if (top || wide) return nullptr;
+    return pair ? decode_kernel<D, false, false, true, true> : decode_kernel<D, false, false, true, false>;
+  }
   if (wide) return top ? decode_kernel<D, true, true, false, false> : decode_kernel<D, false, true, false, false>;
   return top ? decode_kernel<D, true, false, false, false> : decode_kernel<D, false, false, false, false>;
 }

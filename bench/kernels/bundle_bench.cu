@@ -1,7 +1,7 @@
 // The shared-context bundle launch alone (engine/kernel_attention.h "Shared context"): eight dense
 // questions decoding on one stored context, launched as the engine launches them (bundles of
-// 32 / G questions' query heads, one sequence each; before, 16 / G) and as before bundles (one sequence per
-// question), each timed alone with the L2 flushed; the bundles also with their merge deferred
+// 32 / G questions' query heads, one sequence each; before, 16 / G) and as before bundles (one
+// sequence per question), each timed alone with the L2 flushed; the bundles also with their merge deferred
 // (DecodeLaunch::defer_merge + merge_decode_pieces), one question alone (batch 1's launch), and
 // the own tokens' launch (96 rows a question) on one wave, 16 CTAs a head and the device's grid. The engine's step profile shows only the sum;
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
