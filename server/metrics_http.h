@@ -5,15 +5,10 @@
 #pragma once
 
 #include <functional>
-#include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/statusor.h"
-
-namespace httplib {
-class Server;
-}
+#include "server/http_listener.h"
 
 namespace squeezeserve::server {
 
@@ -30,8 +25,7 @@ class MetricsHttpServer {
  private:
   std::function<std::string()> render_;
   std::function<bool()> serving_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;
+  HttpListener http_;  // last: stopped before the members its handlers use go
 };
 
 }  // namespace squeezeserve::server

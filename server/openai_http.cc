@@ -122,45 +122,25 @@ void Collect(const Engine& engine, const OpenAiRequest& request, const TokenStep
 }  // namespace
 
 OpenAiHttpServer::OpenAiHttpServer(ServiceCore* core, std::string served_model_name)
-    : core_(core), served_model_name_(std::move(served_model_name)), http_(std::make_unique<httplib::Server>()) {
-  http_->Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
-  http_->Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, false); });
-  http_->Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, true); });
-  http_->Post("/v1/tokenize", [this](const httplib::Request& q, httplib::Response& r) { Tokenize(q, r, false); });
-  http_->Post("/v1/detokenize", [this](const httplib::Request& q, httplib::Response& r) { Tokenize(q, r, true); });
-  http_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
-    const bool serving = core_->CheckServing().ok();
-    r.status = serving ? 200 : 503;
-    r.set_content(serving ? "ok\n" : "not serving\n", "text/plain");
+    : core_(core), served_model_name_(std::move(served_model_name)) {
+  httplib::Server& routes = http_.routes();
+  routes.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
+  routes.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, false); });
+  routes.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, true); });
+  routes.Post("/v1/tokenize", [this](const httplib::Request& q, httplib::Response& r) { Tokenize(q, r, false); });
+  routes.Post("/v1/detokenize", [this](const httplib::Request& q, httplib::Response& r) { Tokenize(q, r, true); });
+  routes.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+    AnswerHealth(core_->CheckServing().ok(), r);
   });
 }
 
 OpenAiHttpServer::~OpenAiHttpServer() { Stop(); }
 
 absl::StatusOr<std::string> OpenAiHttpServer::Start(const std::string& listen) {
-  const size_t colon = listen.rfind(':');
-  int port = -1;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--openai_listen must be HOST:PORT, got '", listen, "'"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (port == 0) {
-    port = http_->bind_to_any_port(host);
-  } else if (!http_->bind_to_port(host, port)) {
-    port = -1;
-  }
-  if (port <= 0) return absl::UnavailableError(absl::StrCat("openai: could not listen on ", listen));
-  thread_ = std::thread([this] { http_->listen_after_bind(); });
-  return absl::StrCat(listen.substr(0, colon), ":", port);
+  return http_.Start(listen, "--openai_listen", "openai");
 }
 
-void OpenAiHttpServer::Stop() {
-  if (thread_.joinable()) {
-    http_->stop();
-    thread_.join();
-  }
-}
+void OpenAiHttpServer::Stop() { http_.Stop(); }
 
 absl::StatusOr<OpenAiHttpServer::Admitted> OpenAiHttpServer::Admit(const httplib::Request& request, uint32_t scope,
                                                                     std::string_view what) const {

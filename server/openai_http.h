@@ -11,15 +11,13 @@
 // (server/openai_protocol.h). docs/openai.md has the details.
 #pragma once
 
-#include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/statusor.h"
+#include "server/http_listener.h"
 #include "server/service_core.h"
 
 namespace httplib {
-class Server;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -52,8 +50,7 @@ class OpenAiHttpServer {
 
   ServiceCore* core_;
   std::string served_model_name_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;
+  HttpListener http_;  // last: stopped before the members its handlers use go
 };
 
 }  // namespace squeezeserve::server
