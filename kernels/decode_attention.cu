@@ -20,15 +20,19 @@
 // (batch 1), the heads are aligned to CTA ranges instead and no CTA has two pieces
 // (DecodeLaunch::align_heads, decode_split.h HeadLayout).
 //
-// Streaming. Inside a piece every warp takes a contiguous quarter of its cost (whole tiles) and
-// streams it 16 rows at a time through three cp.async stages of its own, computing on exactly the
-// rows it copied: no CTA barrier per tile. Rows are mapped to physical rows by a window of 32
+// Streaming. Inside a piece the tiles go to the CTA's four warps in turn (tile t to warp t % 4),
+// and every warp streams its tiles 16 rows at a time through three cp.async stages of its own,
+// computing on exactly the rows it copied: no CTA barrier per tile. Dealt in turn, the CTA reads
+// one stream of rows instead of four: on an H200 Llama-2's launches took 3.6-3.8% less than with a
+// contiguous quarter a warp, Llama-3's within noise (bench/kernels/NOTES.md run 28). Wide tiles and
+// read-ahead's top keys keep the quarters (WarpTiles::of), which the split's cost per warp
+// (decode_split.h Piece::warp_start) divides. Rows are mapped to physical rows by a window of 32
 // selected segments held in registers (lane j: segment base + j), searched with shuffles and
 // reloaded only when a tile runs past it (every ~30 clusters). Why: run 3c's kernel had four
 // __syncthreads and two dependent global loads (segment window, then the clusters' offsets) on
 // every 64-row tile's critical path, plus a 12-load binary search per work item; at the measured
-// 410 us (MHA) that is ~4 us per tile per CTA, i.e. those loaded round trips, not bandwidth, set the
-// pace (2.1 TB/s MHA, 0.96 TB/s GQA).
+// 410 us (MHA) that is ~4 us per tile per CTA, i.e. those loaded round trips, not bandwidth, set
+// the pace (2.1 TB/s MHA, 0.96 TB/s GQA).
 //
 // Math on tensor cores for every group size: S = Q K^T and O += P V with mma.sync m16n8k16, the
 // group's G query heads as rows 0..G-1 of the A operand (rows G..15 zero), a warp tile's 16 keys as
@@ -75,6 +79,10 @@ constexpr int kTileRows = decode_split::kTileRows;  // KV rows per warp tile
 constexpr int kWideTileRows = 2 * kTileRows;         // estimated rows per wide tile (WarpTiles)
 constexpr int kStages = 3;                           // per warp
 constexpr int kMmaRows = 16;                         // query heads in one MMA tile's rows
+// Whether a variant deals a piece's tiles to its warps in turn ("Streaming" above); the others
+// stream a contiguous quarter of its cost each.
+template <bool kWide, bool kTop>
+constexpr bool kTilesInTurn = !kWide && !kTop;
 constexpr int kMaxHeads = 2048;  // B * H_kv
 
 // Per warp: kStages x (K tile, V tile), rows padded to D + 8 bf16 so that the 8 rows an ldmatrix
@@ -239,7 +247,7 @@ struct SegmentWindow {
 template <bool kWide>
 struct WarpTiles {
   int w0, n0, n1, num;  // n0 narrow tiles from w0, then n1 wide ones, num tiles in all
-  int step;             // tiles from one of this warp's to its next (1: contiguous; kPair: 2)
+  int step;             // tiles from one of this warp's to its next (1: contiguous; kPair: 2; in turn: 4)
 
   // Interleaved: this warp's tiles are every step-th of the piece, from w0 (narrow tiles only).
   __device__ static WarpTiles interleaved(int w0, int w1, int step) {
@@ -356,11 +364,13 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   constexpr int kStageCount = kPair ? 2 * kStages : kStages;
+  constexpr bool kInTurn = kTilesInTurn<kWide, kTop>;
   // Rows of a tile this warp copies: all, or its half's (kPair).
   constexpr int kCopyRows = kPair ? kTileRows / 2 : kTileRows;
   const int copy_row0 = kPair ? half * kCopyRows : 0;
-  const WarpTiles<kWide> tiles =
-      kPair ? WarpTiles<kWide>::interleaved(w0, w1, kWarps / 2) : WarpTiles<kWide>::of(vr, w0, w1);
+  const WarpTiles<kWide> tiles = kPair     ? WarpTiles<kWide>::interleaved(w0, w1, kWarps / 2)
+                                 : kInTurn ? WarpTiles<kWide>::interleaved(w0, w1, kWarps)
+                                           : WarpTiles<kWide>::of(vr, w0, w1);
   const int num_tiles = tiles.num;
   const int ctx_end = vr.context_rows();
   // This lane's query head in the bias rows; padding heads past the stride read head S - 1's.
@@ -740,6 +750,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __nv_bfloat16* warp_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kWarpSmemElems<D>;
   // kPair: a pair's stage buffers are its two warps' (consecutive), 2 kStages stages.
   const int pair = warp >> 1, half = warp & 1;
+  constexpr bool kInTurn = kTilesInTurn<kWide, kTop>;
   __nv_bfloat16* pair_smem = reinterpret_cast<__nv_bfloat16*>(smem_raw) + 2 * pair * kWarpSmemElems<D>;
   float* biases = reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>);
   float* warp_bias = biases + warp * kWarpBiases;
@@ -760,10 +771,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     const int first_cta = piece.first_cta, num_pieces = piece.num_pieces;
     const int slot = blockIdx.x + bh;
 
-    // Warp ranges: equal cost, whole tiles, clipped to the head's real rows; kPair: the piece's
-    // tiles dealt to the pairs in turn, both warps of a pair the same tiles.
-    const int w0 = kPair ? piece.r0 + pair * kTileRows : piece.warp_start(cost, warp);
-    const int w1 = min(kPair ? piece.r1 : piece.warp_start(cost, warp + 1), vr.total());
+    // Warp ranges, clipped to the head's real rows: kInTurn, from the warp's first tile to the
+    // piece's end (every kWarps-th tile); kPair, the same for the pair (both warps of a pair the
+    // same tiles); else equal cost, whole tiles.
+    const int w0 = kPair     ? piece.r0 + pair * kTileRows
+                   : kInTurn ? piece.r0 + warp * kTileRows
+                             : piece.warp_start(cost, warp);
+    const int w1 = min(kPair || kInTurn ? piece.r1 : piece.warp_start(cost, warp + 1), vr.total());
 
     // Q as A fragments: row lane / 4 = query head g of the group (a0: dims 2*(lane&3)+{0,1} of
     // the 16-dim chunk, a2: the same + 8); rows >= G are zero, and so are rows 8..15 (a1, a3)
