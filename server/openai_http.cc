@@ -5,7 +5,6 @@
 #include <ctime>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/http_generation.h"
 #include "server/openai_protocol.h"
