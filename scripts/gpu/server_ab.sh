@@ -5,10 +5,15 @@
 # on the same GPU, so the comparison is a ratio within one run: whole-model figures differ by ~10%
 # between H100s (docs/performance.md, run 25), and a change of a few percent is only seen this way.
 #   here:  scripts/gpu/server_ab.sh prepare <base-commit>    (exports it to .ab/server_base.tar.xz)
-#   there: scripts/gpu/server_ab.sh run [full_model_bench args]    (run tool: carry [".gpu-deps", ".ab"])
+#   there: scripts/gpu/server_ab.sh run [full_model_bench args]
+#          (run tool: carry [".gpu-deps", ".ab"]; the tracked tree and .gpu-deps leave ~2 MB of the
+#          64 MiB, so .ab holds compressed trees only: kernels_ab.sh's base may travel beside it)
 #          e.g. run --shape llama3-8b --context 33000 --modes dense,paper-0.9 --batches 1,8
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
 # (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).
+# Both builds stay in the machine's ignored build folders (build-gpu/, build-ab/: a warm machine
+# keeps them between calls), so a call of AB_BUILD_ONLY=1 (both trees built, ~4-5 min) and a `run`
+# right after it (builds up to date, ~1 min a bench) split what one 600 s call cannot hold.
 # $OUT gets server_ab.tar.gz (logs, every run's JSON) and stdout the summary
 # (scripts/gpu/server_ab_summary.py: TPOT / TTFT medians per mode and batch, new / base).
 set -uo pipefail
@@ -17,7 +22,7 @@ case ${1:-} in
     base=$(git rev-parse "${2:?base commit}") || exit 2
     # What building the server reads (not the models, tests and results), compressed: `run` carries
     # at most 64 MiB, and the tracked tree with .gpu-deps leaves ~2 MB of it.
-    rm -rf .ab && mkdir -p .ab &&
+    rm -f .ab/server_base.tar.xz .ab/COMMIT && mkdir -p .ab &&
       git archive --prefix=server_base/ "$base" CMakeLists.txt Dockerfile proto kernels engine server client scripts |
       xz -9 > .ab/server_base.tar.xz && echo "$base" > .ab/COMMIT
     echo "base $base in .ab/server_base.tar.xz ($(du -h .ab/server_base.tar.xz | cut -f1))"; exit 0 ;;
@@ -25,7 +30,12 @@ case ${1:-} in
   *) sed -n 2,13p "$0"; exit 2 ;;
 esac
 [ -f .ab/COMMIT ] || { echo "no .ab/COMMIT: run 'prepare' here and carry .ab"; exit 2; }
-rm -rf .ab/server_base && tar -xJf .ab/server_base.tar.xz -C .ab || exit 2
+# The base tree outside .ab (which each call's carry replaces), re-extracted only for another commit,
+# so that its build folder survives to the next call on a warm machine.
+base_tree=build-ab/server_base
+if [ "$(cat build-ab/COMMIT 2>/dev/null)" != "$(cat .ab/COMMIT)" ]; then
+  rm -rf build-ab && mkdir -p build-ab && tar -xJf .ab/server_base.tar.xz -C build-ab && cp .ab/COMMIT build-ab/COMMIT || exit 2
+fi
 [ -d .gpu-deps ] || { echo "no .gpu-deps: run scripts/gpu/fetch_deps.sh here and carry it"; exit 2; }
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -38,11 +48,12 @@ install_bin() {  # tree root, tree name
     -DSQUEEZESERVE_BUILD_TESTS=ON -DSQUEEZESERVE_BUILD_BENCH=OFF ) >"$W/build_new.log" 2>&1 \
   || { tail -30 "$W/build_new.log"; exit 1; }
 install_bin . new || exit 1
-( cd .ab/server_base && ln -sfn "$PWD/../../.gpu-deps" .gpu-deps &&
+( cd "$base_tree" && ln -sfn "$PWD/../../.gpu-deps" .gpu-deps &&
   BUILD_TARGETS="squeezeserve squeezectl" source scripts/gpu/build.sh \
     -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF ) >"$W/build_base.log" 2>&1 \
   || { tail -30 "$W/build_base.log"; exit 1; }
-install_bin .ab/server_base base || exit 1
+install_bin "$base_tree" base || exit 1
+[ "${AB_BUILD_ONLY:-0}" = 1 ] && { echo "built: new and base $(cat .ab/COMMIT)"; exit 0; }
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 status=0
 if [ "${AB_TESTS:-1}" = 1 ]; then
