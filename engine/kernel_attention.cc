@@ -46,9 +46,12 @@ constexpr int64_t kMaxBundleGroup = 32;
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
 // device (kernels::DecodeLaunch::one_wave_per_heads says why).
+// It runs beside the bundles' launch before it (kernels::DecodeLaunch::beside_previous), on a
+// workspace of its own after the bundles' (OwnTokensWorkspaceAt).
 kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch) {
   launch.one_wave_per_heads = true;
   launch.static_selection = true;  // OwnTokensSelection: constants
+  launch.beside_previous = true;
   return launch;
 }
 #endif
@@ -56,6 +59,14 @@ kernels::DecodeLaunch OwnTokensLaunch(kernels::DecodeLaunch launch) {
 const uint16_t* Bf16Data(const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
 
 int64_t Aligned(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+#ifdef SQUEEZESERVE_CUDA_KERNELS
+// Where the own tokens' workspace starts: after the region of the bundles' launch (shape
+// `bundled`), which their merge reads after both.
+int64_t OwnTokensWorkspaceAt(const kernels::AttentionShape& bundled) {
+  return Aligned(static_cast<int64_t>(kernels::decode_attention_workspace_bytes(bundled, kernels::DecodeLaunch{})));
+}
+#endif
 
 }  // namespace
 
@@ -599,13 +610,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   workspace = std::max<int64_t>(
       workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(shape, kernels::DecodeLaunch{})));
   if (shared_bundles_ > 0) {
-    // (The own tokens' launch fits the line above: at most one wave of the device, as its default grid.)
-    // The bundles' launch: fewer sequences, more query heads each.
+    // The bundles' launch (fewer sequences, more query heads each), then beside it the own tokens'
+    // after its region: as the line above (at most one wave of the device, as its default grid).
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
     bundled.num_q_heads = static_cast<int32_t>(Hkv * group * shared_slots_);
     workspace = std::max<int64_t>(
-        workspace, static_cast<int64_t>(kernels::decode_attention_workspace_bytes(bundled, kernels::DecodeLaunch{})));
+        workspace, OwnTokensWorkspaceAt(bundled) + static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
+                                                       shape, kernels::DecodeLaunch{})));
   }
 
   Buffers* b = buffers_.get();
@@ -954,31 +966,31 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     // The dense members in bundles (see the header): the context once per bundle, each member's own
     // tokens, and their merge into the members' rows of `out` (rows 0 .. dense members - 1).
     const int64_t dense_members = first_squeezed_ - first_decode_;
-    const int64_t bundle_rows = shared_bundles_ * shared_slots_ * H;
     const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
-    const at::Tensor q_bundled = qd.view({-1, D}).index_select(
-        0, b.staging_device.narrow(0, b.shared_q_rows_at, 8 * bundle_rows).view(at::kLong));
     const at::Tensor own_part = at::empty({dense_members * H, D}, qd.options());
     const at::Tensor own_lse = at::empty({dense_members * H}, qd.options().dtype(at::kFloat));
-    // The own tokens first: the bundles' launch leaves its pieces in the workspace for the merge.
-    kernels::AttentionShape own = shape;
-    own.batch = static_cast<int32_t>(dense_members);
-    Check(kernels::sparse_decode_attention(
-              own, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
-              OwnTokensSelection(b), own_part.data_ptr(), own_lse.data_ptr<float>(), b.workspace.data_ptr(),
-              OwnTokensLaunch(launch), stream),
-          "sparse_decode_attention (own tokens)");
+    // The bundles leave their pieces in the workspace for the merge; the own tokens run beside
+    // them, in their tail, on the workspace after theirs (kernels::DecodeLaunch::next_beside).
     kernels::AttentionShape bundled = shape;
     bundled.batch = static_cast<int32_t>(shared_bundles_);
     bundled.num_q_heads = static_cast<int32_t>(H * shared_slots_);
     kernels::DecodeLaunch deferred = launch;
     deferred.defer_merge = true;
     deferred.static_selection = true;  // SharedContextSelection: staged by the host
+    deferred.next_beside = true;
+    deferred.q_rows = reinterpret_cast<const int64_t*>(staged + b.shared_q_rows_at);  // the members' rows of q
     Check(kernels::sparse_decode_attention(
               bundled, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.shared_views_at) + layer * B,
-              Bf16Data(q_bundled), SharedContextSelection(b), /*out=*/nullptr, /*lse=*/nullptr,
-              b.workspace.data_ptr(), deferred, stream),
+              q_data, SharedContextSelection(b), /*out=*/nullptr, /*lse=*/nullptr, b.workspace.data_ptr(), deferred,
+              stream),
           "sparse_decode_attention (shared context)");
+    kernels::AttentionShape own = shape;
+    own.batch = static_cast<int32_t>(dense_members);
+    Check(kernels::sparse_decode_attention(
+              own, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.own_views_at) + layer * B, q_data,
+              OwnTokensSelection(b), own_part.data_ptr(), own_lse.data_ptr<float>(),
+              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled), OwnTokensLaunch(launch), stream),
+          "sparse_decode_attention (own tokens)");
     Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(dense_members * H),
                                        reinterpret_cast<const int32_t*>(staged + b.shared_out_rows_at),
                                        own_part.data_ptr(), own_lse.data_ptr<float>(), out_data, /*lse=*/nullptr,

@@ -27,10 +27,11 @@
 // stored context read it once per bundle of S = 32 / G of them instead of once each. A bundle is
 // one sequence of a launch whose group is its members' query heads (S x G <= kernels::kMaxDecodeGroup
 // rows: S = 8 for Llama-3's group 4, 32 for MHA; above 16 rows two warps share each tile),
-// attending the context's clustered rows and window; a launch before it attends each member's own
-// tokens, and kernels::merge_decode_pieces merges the bundles' pieces (left unmerged by their
-// launch: DecodeLaunch::defer_merge) with the own tokens' part by log-sum-exp, on many CTAs at
-// once. At batch 8 on a 32K context the KV a step reads goes from 8 copies to 1.
+// attending the context's clustered rows and window; a launch beside it (in its tail:
+// DecodeLaunch::next_beside) attends each member's own tokens, and kernels::merge_decode_pieces
+// merges the bundles' pieces (left unmerged by their launch: DecodeLaunch::defer_merge) with the
+// own tokens' part by log-sum-exp, on many CTAs at once. At batch 8 on a 32K context the KV a step
+// reads goes from 8 copies to 1.
 //
 // Pruned-cluster estimate (AttentionOptions::estimate_pruned): inside the kernels, flat and
 // hierarchical — the selection lists each sequence's pruned non-empty clusters (and, decoding, their

@@ -5,6 +5,8 @@
 // before its first read of anything an earlier kernel of the stream may still be writing and before
 // its first global write (the previous kernel may still be reading a buffer this one reuses), and
 // before it returns (so that its completion implies its predecessor's, for the kernel after it).
+// The one exception, a launch beside the previous one (decode_attention.h DecodeLaunch::next_beside
+// / beside_previous), waits only before it returns; its predecessor allows it after its own wait.
 // What it may do before: compute indices, read its arguments and data no kernel of the step
 // writes (the index: centroids, cluster sizes). allow_next_grid() lets the next kernel start
 // launching; it only schedules, the next kernel's wait still waits for this whole grid, so each

@@ -172,6 +172,9 @@ struct DecodeArgs {
   int align_min_ctas;  // CTAs a head from which heads align (decode_split.h head_layout)
   bool defer_merge;    // DecodeLaunch::defer_merge
   bool static_selection;  // DecodeLaunch::static_selection
+  bool next_beside;       // DecodeLaunch::next_beside
+  bool beside_previous;   // DecodeLaunch::beside_previous
+  const int64_t* q_rows;  // DecodeLaunch::q_rows (nullable)
 };
 
 // w (1, 2 or 4) floats from global to shared by cp.async (w * 4-byte aligned), or zeros.
@@ -693,14 +696,16 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   __shared__ int first_head, merge_flag;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_heads = a.batch * a.hkv, G = a.g;
-  allow_next_grid();
+  if (!a.next_beside) allow_next_grid();
   DECODE_TRACE(0);
   // The views are written by the host before the step: into L1 under the selection's tail, since
   // the split and virtual_rows read them first thing after the wait.
   prefetch_l1(a.seqs, sizeof(SequenceLayerBf16) * a.batch);
   // Everything below reads the selection or writes; a static selection (DecodeLaunch) is read
   // before the wait, which then comes after the split.
-  if (!a.static_selection) wait_for_previous_grid();
+  // Beside the previous launch (DecodeLaunch::beside_previous, static selections only): no wait
+  // until the end.
+  if (!a.static_selection && !a.beside_previous) wait_for_previous_grid();
   DECODE_TRACE(1);
   prefetch_l1(a.sel.counts, sizeof(int32_t) * num_heads);  // virtual_rows; rows / estimated: the split
 
@@ -726,10 +731,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   }
   const long long per_cta = layout.per_cta;
   const long long f0 = blockIdx.x * per_cta;
-  if (a.static_selection) wait_for_previous_grid();  // the queries, the dense rows' last row, the outputs
+  if (a.static_selection && !a.beside_previous) wait_for_previous_grid();  // the queries, the dense rows' last row, the outputs
+  // The next launch runs beside this one (DecodeLaunch::next_beside): scheduled only now, so that
+  // the kernels before this one are complete when its CTAs start on the SMs this one's leave.
+  if (a.next_beside) allow_next_grid();
   if (f0 >= total) {  // CTA-uniform: no rows left for this CTA
     DECODE_TRACE(2);
     DECODE_TRACE(6);
+    if (a.beside_previous) wait_for_previous_grid();  // this launch's end implies the previous one's
     return;
   }
   const long long f1 = min(f0 + per_cta, total);
@@ -785,8 +794,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
     const int g = lane >> 2 | (kPair ? half * 16 : 0);
     uint32_t qa[D / 16][4];
     {
-      const __nv_bfloat16* q = a.q + (static_cast<int64_t>(bh) * G + min(g, G - 1)) * D + 2 * (lane & 3);
-      const __nv_bfloat16* q_hi = a.q + (static_cast<int64_t>(bh) * G + min(g + 8, G - 1)) * D + 2 * (lane & 3);
+      int64_t row = static_cast<int64_t>(bh) * G + min(g, G - 1), row_hi = static_cast<int64_t>(bh) * G + min(g + 8, G - 1);
+      if (a.q_rows) {
+        row = __ldg(a.q_rows + row);
+        row_hi = __ldg(a.q_rows + row_hi);
+      }
+      const __nv_bfloat16* q = a.q + row * D + 2 * (lane & 3);
+      const __nv_bfloat16* q_hi = a.q + row_hi * D + 2 * (lane & 3);
       const bool hi = kHigh && g + 8 < G;
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc) {
@@ -914,6 +928,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   }
   DECODE_TRACE(6);
   DECODE_TRACE_COUNTS(pieces, merges);
+  if (a.beside_previous) wait_for_previous_grid();  // this launch's end implies the previous one's
 }
 
 using DecodeKernel = void (*)(DecodeArgs);
@@ -1097,11 +1112,16 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   // Deferred: no top keys (the merge writes them) and no estimate logits (the wide-tile variant's
   // grid could differ from the one merge_decode_pieces finds the pieces by).
   if (launch.defer_merge && (with_top || selection.estimate_logits != nullptr)) return cudaErrorInvalidValue;
+  // Beside the previous launch: what it reads must be staged by the host, and no ticket memset may
+  // stand between the two (it would wait for the previous launch to end).
+  if (launch.beside_previous && (!launch.static_selection || (!launch.tickets && !launch.defer_merge)))
+    return cudaErrorInvalidValue;
   DecodeArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                DecodeWorkspace(shape, grid.ctas, workspace), shape.batch, shape.num_kv_heads, g,
                kLog2e / sqrtf(static_cast<float>(shape.head_dim)),
                kRowCost * (launch.piece_start_rows < 0 ? kDefaultPieceStartRows : launch.piece_start_rows),
-               launch.align_heads, grid.align_min_ctas, launch.defer_merge, launch.static_selection};
+               launch.align_heads, grid.align_min_ctas, launch.defer_merge, launch.static_selection,
+               launch.next_beside, launch.beside_previous, launch.q_rows};
   if (launch.tickets) {
     a.ws.tickets = launch.tickets;  // zero, as every launch leaves them: no memset between selection and this
   } else if (!launch.defer_merge) {  // a deferred launch takes no tickets

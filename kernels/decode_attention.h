@@ -71,6 +71,25 @@ struct DecodeLaunch {
   // the end of the shared-context bundles' launch (bench/kernels/NOTES.md run 25). Not with TopKeys
   // or the selection's estimate logits.
   bool defer_merge = false;
+  // The next launch on the stream runs beside this one: it reads nothing this launch writes and
+  // writes nothing this launch reads (made with beside_previous). This launch lets it be scheduled
+  // only after its own wait for the previous kernel, so that everything before this launch is
+  // complete when the next one's CTAs start, on the SMs this launch's CTAs leave. Why: the
+  // shared-context bundles' launch ends unevenly (~10 us between its CTAs' ends, bench/kernels/NOTES.md
+  // run 26) and their members' own tokens are a latency-bound launch of ~15 us (run 27); run one
+  // after the other they added up, beside each other the own tokens fill the bundles' tail.
+  bool next_beside = false;
+  // This launch runs beside the previous one (made with next_beside): it waits for it only before
+  // returning, so that its end still implies the previous one's for the kernel after it. Needs a
+  // static selection (the host staged what it reads) and tickets (or defer_merge): a memset of the
+  // tickets between the two would wait for the previous launch's end.
+  bool beside_previous = false;
+  // Nullable device int64 [B * H_q]: the launch's query row r (sequence * H_q + query head) is row
+  // q_rows[r] of q (the outputs keep the launch's rows). Why: the shared-context bundles' query rows
+  // are the members' rows regrouped (a bundle's KV head takes every member's group), and gathering
+  // them into a copy first took a kernel (3.5 us a layer at Llama-3-8B batch 8, bench/kernels/NOTES.md
+  // run 26) that also stood between the RoPE kernel and this launch's split.
+  const int64_t* q_rows = nullptr;
 };
 // From the sweep of bench/kernels (NOTES.md run 14, H100, 512K): 0 / 192 / 384 / 768 rows took
 // Llama-3 batch 1 from 137.5 to 133.6 / 129.4 / 129.8 us (the cap binds at per_cta / 4 there) and
@@ -86,7 +105,8 @@ constexpr int kMaxDecodeGroup = 32;
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
 
-// seqs: device array of B views. q, out: device bf16 [B][Hq][D]. lse: nullable device fp32 [B][Hq]
+// seqs: device array of B views. q, out: device bf16 [B][Hq][D] (q: its rows where
+// DecodeLaunch::q_rows says). lse: nullable device fp32 [B][Hq]
 // (natural log). selection: device arrays from select_clusters(). top: read-ahead's outputs
 // (squeeze_types.h; device [B][Hq]; needs every view's perm and window_len), default none.
 // Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate

@@ -2,8 +2,10 @@
 // questions decoding on one stored context, launched as the engine launches them (bundles of
 // 32 / G questions' query heads, one sequence each; before, 16 / G) and as before bundles (one
 // sequence per question), each timed alone with the L2 flushed; the bundles also with their merge deferred
-// (DecodeLaunch::defer_merge + merge_decode_pieces), one question alone (batch 1's launch), and
-// the own tokens' launch (96 rows a question) on one wave, 16 CTAs a head and the device's grid. The engine's step profile shows only the sum;
+// (DecodeLaunch::defer_merge + merge_decode_pieces), one question alone (batch 1's launch), the
+// own tokens' launch (96 rows a question) on one wave, 16 CTAs a head and the device's grid, and
+// the engine's whole layer at batch 8 with the own tokens before or beside the bundle
+// (time_layer). The engine's step profile shows only the sum;
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
 // the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
 // `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
@@ -42,6 +44,34 @@ struct Row {
   bool one_wave = false; // DecodeLaunch::one_wave_per_heads
 };
 
+// A select-all dense selection of `heads` heads of n rows each (the engine's context as cluster 0), or
+// of none (n = 0: the own tokens' launch attends the dense rows alone).
+struct DenseHeads {
+  DeviceSelection dev;
+  const Selection& sel() const { return dev.sel; }
+  DenseHeads(int heads, int n) : dev(heads, 1) {
+    const std::vector<int32_t> zeros(heads, 0), counts(heads, n > 0 ? 1 : 0), rows(heads, n);
+    CUDA_OK(cudaMemcpy(dev.sel.cluster_ids, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dev.sel.row_start, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dev.sel.counts, counts.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dev.sel.rows, rows.data(), 4 * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dev.sel.comparisons, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+  }
+};
+
+// A dense layer of `rows` rows a KV head at D = 128: the engine's dense bundle reads its context as
+// one selected cluster; the own tokens are their own launch (no dense rows).
+SyntheticSpec dense_layer_spec(int hkv, int rows, uint64_t seed) {
+  SyntheticSpec spec;
+  spec.num_kv_heads = hkv;
+  spec.head_dim = 128;
+  spec.num_rows = rows;
+  spec.num_clusters = 1;
+  spec.dense_len = 0;
+  spec.seed = seed;
+  return spec;
+}
+
 double quantile(std::vector<double> v, double f) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -73,6 +103,91 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
 }
 
 }  // namespace
+// The engine's attention of one layer at batch 8, Llama-3-8B (engine/kernel_attention.cc): the 8
+// dense questions' bundle over the context (32 query heads a KV head, merge deferred), their own
+// tokens (96 rows each; here a selected cluster, as the rows above), then merge_decode_pieces with
+// the own tokens as part B. "before": the own tokens first, then the bundle over a gathered copy
+// of the queries (the engine's gather kernel, 3.5 us, not included), each launch waiting for the
+// one before; "beside": the bundle reading the questions' rows through DecodeLaunch::q_rows, then
+// the own tokens beside it on a workspace of their own (DecodeLaunch::next_beside /
+// beside_previous). One stream, L2 flushed, the three launches timed together; us per rep.
+std::vector<double> time_layer(const DeviceLayer& context, int context_rows, const DeviceLayer& own_tokens, bool beside,
+                               int ctas, void* flush) {
+  constexpr int kHkv = 8, kG = 4, kD = 128, kRows = kQuestions * kHkv * kG;
+  AttentionShape bundled{}, own{};
+  bundled.batch = 1;
+  bundled.num_kv_heads = own.num_kv_heads = kHkv;
+  bundled.num_q_heads = kHkv * kG * kQuestions;
+  own.batch = kQuestions;
+  own.num_q_heads = kHkv * kG;
+  bundled.head_dim = own.head_dim = kD;
+  bundled.query_len = own.query_len = 1;
+  const DenseHeads context_sel(kHkv, context_rows), own_sel(kQuestions * kHkv, 96);
+  SequenceLayerBf16* d_context = upload(std::vector<SequenceLayerBf16>{context.dev});
+  SequenceLayerBf16* d_own_views = upload(std::vector<SequenceLayerBf16>(kQuestions, own_tokens.dev));
+  std::vector<int32_t> a_row;
+  std::vector<int64_t> q_rows;
+  bundle_row_maps(kQuestions, kHkv, kG, &a_row, &q_rows);
+  std::vector<float> q = random_normal(static_cast<int64_t>(kRows) * kD, 11, 1.f);
+  const std::vector<uint16_t> q_bits = round_to_bf16(q);
+  std::vector<uint16_t> gathered(q_bits.size());
+  for (int br = 0; br < kRows; ++br) std::copy_n(q_bits.begin() + q_rows[br] * kD, kD, gathered.begin() + br * kD);
+  uint16_t* d_q = upload(q_bits);
+  uint16_t* d_q_gathered = upload(gathered);
+  int64_t* d_q_rows = upload(q_rows);
+  int32_t* d_a_row = upload(a_row);
+  int32_t* d_tickets = upload(std::vector<int32_t>(kQuestions * kHkv, 0));
+  uint16_t* d_own_out = upload(std::vector<uint16_t>(q.size(), 0));
+  uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
+  float* d_own_lse = upload(std::vector<float>(kRows, 0.f));
+  DecodeLaunch bundle_launch, own_launch;
+  bundle_launch.num_ctas = ctas;
+  bundle_launch.defer_merge = true;
+  bundle_launch.static_selection = true;
+  own_launch.one_wave_per_heads = true;
+  own_launch.static_selection = true;
+  own_launch.tickets = d_tickets;
+  if (beside) {
+    bundle_launch.next_beside = true;
+    bundle_launch.q_rows = d_q_rows;
+    own_launch.beside_previous = true;
+  }
+  const size_t own_at = (decode_attention_workspace_bytes(bundled, bundle_launch) + 255) / 256 * 256;
+  unsigned char* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, own_at + decode_attention_workspace_bytes(own, own_launch)));
+  cudaStream_t st;
+  CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CUDA_OK(cudaEventCreate(&e0));
+  CUDA_OK(cudaEventCreate(&e1));
+  std::vector<double> us;
+  for (int rep = 0; rep < kReps + 3; ++rep) {  // 3 warm-up reps
+    CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes, st));
+    CUDA_OK(cudaEventRecord(e0, st));
+    auto own_launch_now = [&] {
+      CUDA_OK(sparse_decode_attention(own, d_own_views, d_q, own_sel.sel(), d_own_out, d_own_lse, ws + own_at,
+                                      own_launch, st));
+    };
+    if (!beside) own_launch_now();
+    CUDA_OK(sparse_decode_attention(bundled, d_context, beside ? d_q : d_q_gathered, context_sel.sel(), nullptr, nullptr,
+                                    ws, bundle_launch, st));
+    if (beside) own_launch_now();
+    CUDA_OK(merge_decode_pieces(bundled, bundle_launch, ws, kRows, d_a_row, d_own_out, d_own_lse, d_out, nullptr, st));
+    CUDA_OK(cudaEventRecord(e1, st));
+    CUDA_OK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+    if (rep >= 3) us.push_back(1e3 * ms);
+  }
+  CUDA_OK(cudaEventDestroy(e0));
+  CUDA_OK(cudaEventDestroy(e1));
+  CUDA_OK(cudaStreamDestroy(st));
+  for (void* p : std::vector<void*>{d_context, d_own_views, d_q, d_q_gathered, d_q_rows, d_a_row, d_tickets, d_own_out,
+                                    d_out, d_own_lse, ws})
+    CUDA_OK(cudaFree(p));
+  return us;
+}
+
 }  // namespace squeezeserve::kernels::bench
 
 int main(int argc, char** argv) {
@@ -150,14 +265,7 @@ int main(int argc, char** argv) {
     const int n = row.rows > 0 ? row.rows : context;
     if (std::strcmp(row.model, last_model) != 0 || n != last_rows) {  // one context per model: the questions share it
       delete layer;
-      SyntheticSpec spec;
-      spec.num_kv_heads = row.hkv;
-      spec.head_dim = 128;
-      spec.num_rows = n;
-      spec.num_clusters = 1;  // the engine's dense bundle: the context as one selected cluster
-      spec.dense_len = 0;     // the own tokens are their own launch
-      spec.seed = 3;
-      layer = new DeviceLayer(spec);
+      layer = new DeviceLayer(dense_layer_spec(row.hkv, n, 3));
       last_model = row.model;
       last_rows = n;
     }
@@ -169,13 +277,7 @@ int main(int argc, char** argv) {
     shape.query_len = 1;
     const int heads = row.sequences * row.hkv;
     std::vector<SequenceLayerBf16> views(row.sequences, layer->dev);  // every sequence: the same KV
-    const std::vector<int32_t> zeros(heads, 0), ones(heads, 1), all_rows(heads, n);
-    DeviceSelection sel(heads, 1);
-    CUDA_OK(cudaMemcpy(sel.sel.cluster_ids, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(sel.sel.row_start, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(sel.sel.counts, ones.data(), 4 * heads, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(sel.sel.rows, all_rows.data(), 4 * heads, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(sel.sel.comparisons, zeros.data(), 4 * heads, cudaMemcpyHostToDevice));
+    const DenseHeads sel(heads, n);
     SequenceLayerBf16* d_views = upload(views);
     std::vector<float> q = random_normal(static_cast<int64_t>(heads) * row.group * 128, 7 + r, 1.f);
     uint16_t* d_q = upload(round_to_bf16(q));
@@ -196,7 +298,7 @@ int main(int argc, char** argv) {
       const bool traced = trace && rep == kReps + 2;
       if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
       CUDA_OK(cudaEventRecord(e0));
-      CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel.sel, d_out, d_lse, ws, launch, nullptr));
+      CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel.sel(), d_out, d_lse, ws, launch, nullptr));
       if (row.deferred) {
         CUDA_OK(merge_decode_pieces(shape, launch, ws, heads * row.group, nullptr, nullptr, nullptr, d_out, d_lse,
                                     nullptr));
@@ -225,6 +327,21 @@ int main(int argc, char** argv) {
     for (void* p : std::vector<void*>{d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
   }
   delete layer;
+  // The engine's layer at batch 8, before and beside (time_layer), alternated twice.
+  {
+    const DeviceLayer context_layer(dense_layer_spec(8, context, 3)), own_layer(dense_layer_spec(8, 96, 4));
+    for (int round = 0; round < 2; ++round)
+      for (const bool beside : {false, true}) {
+        const std::vector<double> us = time_layer(context_layer, context, own_layer, beside, ctas, flush);
+        const char* layout = beside ? "layer b8, own beside" : "layer b8, own before";
+        const double median = quantile(us, 0.5), best = quantile(us, 0);
+        std::printf("%-10s %-22s %4d %3d %10.1f %10.1f %10s\n", "llama3-8b", layout, kQuestions, 4, median, best, "-");
+        std::fprintf(json,
+                     ",\n  {\"model\": \"llama3-8b\", \"layout\": \"%s\", \"sequences\": %d, \"group\": 4, "
+                     "\"rows\": %d, \"round\": %d, \"median_us\": %.2f, \"min_us\": %.2f}",
+                     layout, kQuestions, context, round, median, best);
+      }
+  }
   std::fprintf(json, "\n]}\n");
   std::fclose(json);
   CUDA_OK(cudaFree(flush));

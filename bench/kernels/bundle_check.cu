@@ -34,6 +34,23 @@ struct BundleCase {
   bool one_wave = false;  // DecodeLaunch::one_wave_per_heads (the engine's own-tokens launch)
 };
 
+// Max relative error of bf16 outputs against out and max abs error of lse against ref_lse
+// (infinities must match); nan: any NaN seen.
+void score_against(const uint16_t* d_out, const float* d_lse, const std::vector<float>& ref,
+                   const std::vector<float>& ref_lse, bool& nan, double* rel, double* lse_err) {
+  const std::vector<uint16_t> bits = download(d_out, ref.size());
+  const std::vector<float> lse = download(d_lse, ref_lse.size());
+  std::vector<float> got(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) got[i] = from_bf16_bits(bits[i]);
+  *rel = std::max(*rel, rel_error(got, ref, nan));
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isnan(lse[i])) nan = true;
+    *lse_err = std::isinf(ref_lse[i]) || std::isinf(lse[i])
+                   ? (lse[i] == ref_lse[i] ? *lse_err : INFINITY)
+                   : std::max(*lse_err, std::fabs(double(lse[i]) - ref_lse[i]));
+  }
+}
+
 // The same launch with DecodeLaunch::defer_merge, then merge_decode_pieces, on poisoned outputs:
 // (1) alone, against the reference; (2) rows permuted (a_row) and merged with a random part B
 // (bf16 outputs, LSEs near the reference's, an eighth of the rows empty: -inf), against the CPU
@@ -66,16 +83,7 @@ bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_view
   bool nan = false;
   double rel = 0, lse_err = 0;
   auto score = [&](const std::vector<float>& r_out, const std::vector<float>& r_lse) {
-    const std::vector<uint16_t> bits = download(d_out, ref.size());
-    const std::vector<float> lse = download(d_lse, rows);
-    std::vector<float> got(bits.size());
-    for (size_t i = 0; i < bits.size(); ++i) got[i] = from_bf16_bits(bits[i]);
-    rel = std::max(rel, rel_error(got, r_out, nan));
-    for (int i = 0; i < rows; ++i) {
-      if (std::isnan(lse[i])) nan = true;
-      lse_err = std::isinf(r_lse[i]) || std::isinf(lse[i]) ? (lse[i] == r_lse[i] ? lse_err : INFINITY)
-                                                           : std::max(lse_err, std::fabs(double(lse[i]) - r_lse[i]));
-    }
+    score_against(d_out, d_lse, r_out, r_lse, nan, &rel, &lse_err);
   };
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
   CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, nullptr, nullptr, nullptr, d_out, d_lse, nullptr));
@@ -92,68 +100,98 @@ bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_view
   return !nan && rel <= 1e-2 && lse_err <= 1e-2;
 }
 
-bool check_case(const BundleCase& c, uint64_t seed) {
-  const int batch = static_cast<int>(c.rows.size());
+// A case's inputs: its synthetic layers, the host selection (each (sequence, KV head) keeps every
+// cluster, a random share or none; kept clusters ascending, their rows end to end) and the same
+// on the device.
+struct CaseData {
   AttentionShape shape;
-  shape.batch = batch;
-  shape.num_kv_heads = c.hkv;
-  shape.num_q_heads = c.hkv * c.g;
-  shape.head_dim = c.d;
-  shape.query_len = 1;
   std::vector<std::unique_ptr<DeviceLayer>> layers;
   std::vector<SequenceLayerF32> host_views;
   std::vector<SequenceLayerBf16> dev_views;
+  std::vector<int32_t> ids, starts, counts, rows, cmp;
   int capacity = 1;
-  for (int b = 0; b < batch; ++b) {
-    SyntheticSpec spec;
-    spec.num_kv_heads = c.hkv;
-    spec.head_dim = c.d;
-    spec.num_rows = c.rows[b];
-    spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
-    spec.dense_len = c.dense_len;
-    spec.empty_fraction = 0.1f;
-    spec.seed = seed * 1000 + b;
-    layers.push_back(std::make_unique<DeviceLayer>(spec));
-    host_views.push_back(layers.back()->host.view());
-    dev_views.push_back(layers.back()->dev);
-    capacity = std::max(capacity, spec.num_clusters);
-  }
-  // The host selection: kept clusters in ascending order, their rows laid end to end.
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::uniform_real_distribution<float> u(0.f, 1.f);
-  const int heads = batch * c.hkv;
-  std::vector<int32_t> ids(static_cast<size_t>(heads) * capacity, 0), starts(ids.size(), 0), counts(heads), rows(heads),
-      cmp(heads, 0);
-  for (int b = 0; b < batch; ++b)
-    for (int h = 0; h < c.hkv; ++h) {
-      const int x = b * c.hkv + h, k = host_views[b].num_clusters;
-      const int32_t* off = host_views[b].offsets + static_cast<int64_t>(h) * (k + 1);
-      int n = 0, r = 0;
-      for (int j = 0; j < k; ++j) {
-        if (off[j + 1] == off[j] || !(c.keep >= 1.f || u(rng) < c.keep)) continue;
-        ids[static_cast<size_t>(x) * capacity + n] = j;
-        starts[static_cast<size_t>(x) * capacity + n] = r;
-        r += off[j + 1] - off[j];
-        ++n;
-      }
-      counts[x] = n;
-      rows[x] = r;
+  std::unique_ptr<DeviceSelection> dsel;
+  SequenceLayerBf16* d_views = nullptr;
+
+  CaseData(const BundleCase& c, uint64_t seed) {
+    const int batch = static_cast<int>(c.rows.size());
+    shape.batch = batch;
+    shape.num_kv_heads = c.hkv;
+    shape.num_q_heads = c.hkv * c.g;
+    shape.head_dim = c.d;
+    shape.query_len = 1;
+    for (int b = 0; b < batch; ++b) {
+      SyntheticSpec spec;
+      spec.num_kv_heads = c.hkv;
+      spec.head_dim = c.d;
+      spec.num_rows = c.rows[b];
+      spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
+      spec.dense_len = c.dense_len;
+      spec.empty_fraction = 0.1f;
+      spec.seed = seed * 1000 + b;
+      layers.push_back(std::make_unique<DeviceLayer>(spec));
+      host_views.push_back(layers.back()->host.view());
+      dev_views.push_back(layers.back()->dev);
+      capacity = std::max(capacity, spec.num_clusters);
     }
-  const Selection host_sel{ids.data(), starts.data(), counts.data(), rows.data(), cmp.data(), capacity};
-  const std::vector<float> qf = random_normal(static_cast<int64_t>(batch) * shape.num_q_heads * c.d, seed + 5, 1.5f);
-  std::vector<float> q = qf;
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    const int heads = batch * c.hkv;
+    ids.assign(static_cast<size_t>(heads) * capacity, 0);
+    starts.assign(ids.size(), 0);
+    counts.assign(heads, 0);
+    rows.assign(heads, 0);
+    cmp.assign(heads, 0);
+    for (int b = 0; b < batch; ++b)
+      for (int h = 0; h < c.hkv; ++h) {
+        const int x = b * c.hkv + h, k = host_views[b].num_clusters;
+        const int32_t* off = host_views[b].offsets + static_cast<int64_t>(h) * (k + 1);
+        int n = 0, r = 0;
+        for (int j = 0; j < k; ++j) {
+          if (off[j + 1] == off[j] || !(c.keep >= 1.f || u(rng) < c.keep)) continue;
+          ids[static_cast<size_t>(x) * capacity + n] = j;
+          starts[static_cast<size_t>(x) * capacity + n] = r;
+          r += off[j + 1] - off[j];
+          ++n;
+        }
+        counts[x] = n;
+        rows[x] = r;
+      }
+    dsel = std::make_unique<DeviceSelection>(heads, capacity);
+    CUDA_OK(cudaMemcpy(dsel->sel.cluster_ids, ids.data(), sizeof(int32_t) * ids.size(), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsel->sel.row_start, starts.data(), sizeof(int32_t) * starts.size(), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsel->sel.counts, counts.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsel->sel.rows, rows.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsel->sel.comparisons, cmp.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
+    d_views = upload(dev_views);
+  }
+  ~CaseData() { cudaFree(d_views); }
+  CaseData(const CaseData&) = delete;
+  CaseData& operator=(const CaseData&) = delete;
+
+  Selection host_sel() { return {ids.data(), starts.data(), counts.data(), rows.data(), cmp.data(), capacity}; }
+  // The CPU reference over queries q (float, bf16-rounded): out [rows][D], lse [rows].
+  void reference(const std::vector<float>& q, std::vector<float>* out, std::vector<float>* lse) {
+    out->assign(q.size(), 0.f);
+    lse->assign(q.size() / shape.head_dim, 0.f);
+    const Selection sel = host_sel();
+    sparse_attention_ref(shape, host_views.data(), q.data(), sel, out->data(), lse->data());
+  }
+};
+
+bool check_case(const BundleCase& c, uint64_t seed) {
+  CaseData data(c, seed);
+  const AttentionShape& shape = data.shape;
+  const int heads = shape.batch * c.hkv, capacity = data.capacity;
+  const std::vector<int32_t>& rows = data.rows;
+  const SequenceLayerBf16* d_views = data.d_views;
+  const DeviceSelection& dsel = *data.dsel;
+  std::vector<float> q = random_normal(static_cast<int64_t>(shape.batch) * shape.num_q_heads * c.d, seed + 5, 1.5f);
   const std::vector<uint16_t> q_bits = round_to_bf16(q);
   const size_t out_n = q.size();
-  std::vector<float> ref(out_n), ref_lse(out_n / c.d);
-  sparse_attention_ref(shape, host_views.data(), q.data(), host_sel, ref.data(), ref_lse.data());
+  std::vector<float> ref, ref_lse;
+  data.reference(q, &ref, &ref_lse);
 
-  DeviceSelection dsel(heads, capacity);
-  CUDA_OK(cudaMemcpy(dsel.sel.cluster_ids, ids.data(), sizeof(int32_t) * ids.size(), cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(dsel.sel.row_start, starts.data(), sizeof(int32_t) * starts.size(), cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(dsel.sel.counts, counts.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(dsel.sel.rows, rows.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemcpy(dsel.sel.comparisons, cmp.data(), sizeof(int32_t) * heads, cudaMemcpyHostToDevice));
-  SequenceLayerBf16* d_views = upload(dev_views);
   uint16_t* d_q = upload(q_bits);
   uint16_t* d_out = upload(std::vector<uint16_t>(out_n, 0xffff));  // bf16 NaN
   float* d_lse = upload(std::vector<float>(out_n / c.d, NAN));
@@ -165,18 +203,9 @@ bool check_case(const BundleCase& c, uint64_t seed) {
   CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, ws, launch, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<uint16_t> out_bits = download(d_out, out_n);
-  const std::vector<float> lse = download(d_lse, out_n / c.d);
-  std::vector<float> out(out_n);
-  for (size_t i = 0; i < out_n; ++i) out[i] = from_bf16_bits(out_bits[i]);
   bool nan = false;
-  const double rel = rel_error(out, ref, nan);
-  double lse_err = 0;
-  for (size_t i = 0; i < lse.size(); ++i) {
-    if (std::isnan(lse[i])) nan = true;
-    lse_err = std::isinf(ref_lse[i]) || std::isinf(lse[i]) ? (lse[i] == ref_lse[i] ? lse_err : INFINITY)
-                                                           : std::max(lse_err, std::fabs(double(lse[i]) - ref_lse[i]));
-  }
+  double rel = 0, lse_err = 0;
+  score_against(d_out, d_lse, ref, ref_lse, nan, &rel, &lse_err);
   // Refused: the estimate's arrays at a group above 8, and a group above kMaxDecodeGroup.
   DeviceSelection with_estimate(heads, capacity, capacity);
   const bool refuses_estimate =
@@ -193,12 +222,99 @@ bool check_case(const BundleCase& c, uint64_t seed) {
       check_deferred(shape, d_views, d_q, dsel.sel, ws, launch, ref, ref_lse, seed, &deferred_rel, &deferred_lse);
   int kept = 0, total = 0;
   for (int x = 0; x < heads; ++x) kept += rows[x];
-  for (int b = 0; b < batch; ++b) total += c.rows[b] * c.hkv;
+  for (int b = 0; b < shape.batch; ++b) total += c.rows[b] * c.hkv;
   const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && refuses_estimate && refuses_too_many && deferred;
   std::printf("%-40s %3d %12s %10.2e %10.2e %10.2e %10.2e %8s %s\n", c.name.c_str(), c.g,
               (std::to_string(kept) + "/" + std::to_string(total)).c_str(), rel, lse_err, deferred_rel, deferred_lse,
               refuses_estimate && refuses_too_many ? "yes" : "NO", pass ? "PASS" : "FAIL");
-  for (void* p : std::vector<void*>{d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  for (void* p : std::vector<void*>{d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  return pass;
+}
+
+// The engine's dense bundles (engine/kernel_attention.cc): `members` questions' context in one
+// bundle launch (G = g x members, merge deferred, DecodeLaunch::next_beside, its query rows picked
+// from the members' by DecodeLaunch::q_rows), their own tokens
+// beside it on a workspace after the bundle's (one wave, tickets, DecodeLaunch::beside_previous),
+// then merge_decode_pieces of the bundle's pieces (each member's rows picked by a_row) with the own
+// tokens as part B, on one stream, `reps` times on poisoned outputs. Pass: the check_case bounds
+// against the CPU reference of the two-part merge over the two references, and a launch beside its
+// previous without a static selection, or without tickets, refused. (What it cannot show: that
+// the own tokens wait long enough. Here what they read was written before the stream began; in the
+// engine the queries come from the RoPE kernel two launches earlier, so the engine GPU tests
+// against libtorch's logits, DenseQuestionsSharing, are that check.)
+bool check_beside(int d, int g, int hkv, int members, uint64_t seed, int reps) {
+  CaseData bundle({"", d, g * members, hkv, {9001}, 1, 0, 1.f, 0}, seed);
+  CaseData mine({"", d, g, hkv, std::vector<int>(members, 64), 4, 100, 0.f, 0, true}, seed + 1);
+  const int rows = members * hkv * g;
+  std::vector<float> q = random_normal(static_cast<int64_t>(rows) * d, seed + 5, 1.5f);
+  const std::vector<uint16_t> q_bits = round_to_bf16(q);
+  std::vector<int32_t> a_row;
+  std::vector<int64_t> q_rows;
+  bundle_row_maps(members, hkv, g, &a_row, &q_rows);
+  std::vector<float> q_bundle(q.size());
+  for (int br = 0; br < rows; ++br)
+    std::copy_n(q.begin() + q_rows[br] * d, d, q_bundle.begin() + static_cast<int64_t>(br) * d);
+  std::vector<float> ctx_ref, ctx_lse, own_ref, own_lse, want(q.size()), want_lse(rows);
+  bundle.reference(q_bundle, &ctx_ref, &ctx_lse);
+  mine.reference(q, &own_ref, &own_lse);
+  merge_attention_parts_ref(rows, d, ctx_ref.data(), ctx_lse.data(), a_row.data(), own_ref.data(), own_lse.data(),
+                            want.data(), want_lse.data());
+
+  DecodeLaunch bundled;
+  bundled.defer_merge = true;
+  bundled.static_selection = true;
+  bundled.next_beside = true;
+  int64_t* d_q_rows = upload(q_rows);
+  bundled.q_rows = d_q_rows;
+  DecodeLaunch beside;
+  beside.one_wave_per_heads = true;
+  beside.static_selection = true;
+  beside.beside_previous = true;
+  int32_t* d_tickets = upload(std::vector<int32_t>(members * hkv, 0));
+  beside.tickets = d_tickets;
+  const size_t own_at = (decode_attention_workspace_bytes(bundle.shape, bundled) + 255) / 256 * 256;
+  unsigned char* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, own_at + decode_attention_workspace_bytes(mine.shape, beside)));
+  uint16_t* d_q = upload(q_bits);
+  int32_t* d_a_row = upload(a_row);
+  const std::vector<uint16_t> poison(q.size(), 0xffff);  // bf16 NaN
+  const std::vector<float> poison_lse(rows, NAN);
+  uint16_t* d_own = upload(poison);
+  uint16_t* d_out = upload(poison);
+  float* d_own_lse = upload(poison_lse);
+  float* d_lse = upload(poison_lse);
+  cudaStream_t st;
+  CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  bool nan = false;
+  double rel = 0, lse_err = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    for (uint16_t* p : {d_own, d_out}) CUDA_OK(cudaMemcpyAsync(p, poison.data(), 2 * poison.size(), cudaMemcpyHostToDevice, st));
+    for (float* p : {d_own_lse, d_lse})
+      CUDA_OK(cudaMemcpyAsync(p, poison_lse.data(), 4 * poison_lse.size(), cudaMemcpyHostToDevice, st));
+    CUDA_OK(sparse_decode_attention(bundle.shape, bundle.d_views, d_q, bundle.dsel->sel, nullptr, nullptr, ws, bundled,
+                                    st));
+    CUDA_OK(sparse_decode_attention(mine.shape, mine.d_views, d_q, mine.dsel->sel, d_own, d_own_lse, ws + own_at,
+                                    beside, st));
+    CUDA_OK(merge_decode_pieces(bundle.shape, bundled, ws, rows, d_a_row, d_own, d_own_lse, d_out, d_lse, st));
+    CUDA_OK(cudaStreamSynchronize(st));
+    score_against(d_out, d_lse, want, want_lse, nan, &rel, &lse_err);
+  }
+  DecodeLaunch not_static = beside, no_tickets = beside;
+  not_static.static_selection = false;
+  no_tickets.tickets = nullptr;
+  const bool refuses =
+      sparse_decode_attention(mine.shape, mine.d_views, d_q, mine.dsel->sel, d_own, d_own_lse, ws + own_at, not_static,
+                              st) == cudaErrorInvalidValue &&
+      sparse_decode_attention(mine.shape, mine.d_views, d_q, mine.dsel->sel, d_own, d_own_lse, ws + own_at, no_tickets,
+                              st) == cudaErrorInvalidValue;
+  CUDA_OK(cudaStreamDestroy(st));
+  for (void* p : std::vector<void*>{d_tickets, d_q_rows, ws, d_q, d_a_row, d_own, d_out, d_own_lse, d_lse})
+    CUDA_OK(cudaFree(p));
+  const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && refuses;
+  const std::string name = "own tokens beside a bundle d" + std::to_string(d) + " g" + std::to_string(g) + " x" +
+                           std::to_string(members) + " (" + std::to_string(reps) + " reps)";
+  std::printf("%-40s %3d %12s %10.2e %10.2e %10s %10s %8s %s\n", name.c_str(), g * members, "-", rel, lse_err, "-",
+              "-", refuses ? "yes" : "NO", pass ? "PASS" : "FAIL");
   return pass;
 }
 
@@ -233,6 +349,8 @@ bool run_bundle_checks(uint64_t seed) {
               "deferred", "def_lse", "refuses", "result");
   bool all = true;
   for (const BundleCase& c : cases) all &= check_case(c, seed++);
+  all &= check_beside(128, 4, 8, 8, seed++, 20);  // Llama-3's batch of 8: one bundle, the pair kernel
+  all &= check_beside(64, 2, 4, 3, seed++, 20);   // D = 64, a bundle of G 6 (the variant of groups up to 8)
   return all;
 }
 

@@ -116,6 +116,22 @@ struct DeviceLayer {
   DeviceLayer& operator=(const DeviceLayer&) = delete;
 };
 
+// The engine's shared-context bundle of `members` questions (engine/shared_context_plan.h): member
+// m's query head (KV head h, group head j) is the bundle's query row (h x members + m) x g + j.
+// Fills, per member row, its bundle row (merge_decode_pieces' a_row) and, per bundle row, its
+// member row (DecodeLaunch::q_rows).
+inline void bundle_row_maps(int members, int hkv, int g, std::vector<int32_t>* a_row, std::vector<int64_t>* q_rows) {
+  a_row->assign(static_cast<size_t>(members) * hkv * g, 0);
+  q_rows->assign(a_row->size(), 0);
+  for (int m = 0; m < members; ++m)
+    for (int h = 0; h < hkv; ++h)
+      for (int j = 0; j < g; ++j) {
+        const int r = (m * hkv + h) * g + j, br = (h * members + m) * g + j;
+        (*a_row)[r] = br;
+        (*q_rows)[br] = r;
+      }
+}
+
 // Device storage behind a Selection; estimate_capacity > 0 adds the estimate's arrays (and, with
 // logits, Selection::estimate_logits).
 struct DeviceSelection {

@@ -13,7 +13,8 @@
 // (a near tie), and |share - ref| <= 1e-3 + 1e-3 * ref.
 // Fused RMSNorm / RoPE: a second table (norm_rope_check.cu); read-ahead's cursor: a third
 // (read_ahead_check.cu); groups above 8 (the engine's shared-context bundles), the deferred merge
-// (merge_decode_pieces, with a part B) and the own tokens' one-wave grid: a fourth (bundle_check.cu).
+// (merge_decode_pieces, with a part B), the own tokens' one-wave grid and their launch beside the
+// bundle's: a fourth (bundle_check.cu).
 // Every case runs in a child process of its own (the parent never touches CUDA), so that a kernel
 // fault (sticky for its context) fails that case only and the later ones still report.
 // Flags: --small (the compute-sanitizer subset), --no-fork, --filter TEXT, --seed N,
