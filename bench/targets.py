@@ -212,15 +212,17 @@ def limit_targets(table, paths):
                 if mode == "default" and r.get("served_mode") != "SQUEEZED":
                     continue  # auto mode served dense below its break-even context
                 runs.append(("%s %dK b%d" % (d["shape"], d["context"] // 1024, r["batch"]),
-                             r["tpot_ms"] / tpot_limit_ms(d, r)))
+                             r["tpot_ms"] / tpot_limit_ms(d, r), os.path.basename(path)))
         if not runs:
             table.add(label, "-", "not measured", "no full-size JSON")
             continue
+        # Each figure names its file: a configuration's plain-named file is its latest run on that
+        # GPU, which may be several sessions old (docs/performance.md dates each run).
         missed = sorted((x for x in runs if x[1] > bound), key=lambda x: -x[1])
         measured = "met in %d of %d runs" % (len(runs) - len(missed), len(runs))
         if missed:
-            measured += "; over: " + ", ".join("%s %.2fx" % m for m in missed)
-        table.add(label, measured, verdict(not missed), "full_*.json")
+            measured += "; over: " + ", ".join("%s %.2fx (%s)" % m for m in missed)
+        table.add(label, measured, verdict(not missed), ", ".join(sorted({x[2] for x in runs})))
 
 
 def accuracy_targets(table, path):
