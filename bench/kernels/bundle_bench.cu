@@ -61,16 +61,7 @@ struct DenseHeads {
 
 // A dense layer of `rows` rows a KV head at D = 128: the engine's dense bundle reads its context as
 // one selected cluster; the own tokens are their own launch (no dense rows).
-SyntheticSpec dense_layer_spec(int hkv, int rows, uint64_t seed) {
-  SyntheticSpec spec;
-  spec.num_kv_heads = hkv;
-  spec.head_dim = 128;
-  spec.num_rows = rows;
-  spec.num_clusters = 1;
-  spec.dense_len = 0;
-  spec.seed = seed;
-  return spec;
-}
+SyntheticSpec dense_layer_spec(int hkv, int rows, uint64_t seed) { return layer_spec(hkv, 128, rows, rows, 0, seed); }
 
 double quantile(std::vector<double> v, double f) {
   if (v.empty()) return 0;

@@ -121,14 +121,8 @@ struct CaseData {
     shape.head_dim = c.d;
     shape.query_len = 1;
     for (int b = 0; b < batch; ++b) {
-      SyntheticSpec spec;
-      spec.num_kv_heads = c.hkv;
-      spec.head_dim = c.d;
-      spec.num_rows = c.rows[b];
-      spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
-      spec.dense_len = c.dense_len;
+      SyntheticSpec spec = layer_spec(c.hkv, c.d, c.rows[b], c.cluster_size, c.dense_len, seed * 1000 + b);
       spec.empty_fraction = 0.1f;
-      spec.seed = seed * 1000 + b;
       layers.push_back(std::make_unique<DeviceLayer>(spec));
       host_views.push_back(layers.back()->host.view());
       dev_views.push_back(layers.back()->dev);

@@ -116,6 +116,19 @@ struct DeviceLayer {
   DeviceLayer& operator=(const DeviceLayer&) = delete;
 };
 
+// A synthetic layer of `rows` rows a KV head in clusters of ~cluster_size rows (at least one), then
+// dense_len dense rows; the other fields as SyntheticSpec's defaults.
+inline SyntheticSpec layer_spec(int hkv, int head_dim, int rows, int cluster_size, int dense_len, uint64_t seed) {
+  SyntheticSpec spec;
+  spec.num_kv_heads = hkv;
+  spec.head_dim = head_dim;
+  spec.num_rows = rows;
+  spec.num_clusters = std::max(1, rows / cluster_size);
+  spec.dense_len = dense_len;
+  spec.seed = seed;
+  return spec;
+}
+
 // The engine's shared-context bundle of `members` questions (engine/shared_context_plan.h): member
 // m's query head (KV head h, group head j) is the bundle's query row (h x members + m) x g + j.
 // Fills, per member row, its bundle row (merge_decode_pieces' a_row) and, per bundle row, its

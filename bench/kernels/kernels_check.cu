@@ -176,15 +176,9 @@ Result run_case(const Case& c, uint64_t seed) {
   const bool lookup = c.estimate || c.read_ahead;
   int max_k = 1, max_kc = 0, max_n = 1;
   for (int b = 0; b < batch; ++b) {
-    SyntheticSpec spec;
-    spec.num_kv_heads = c.hkv;
-    spec.head_dim = c.d;
-    spec.num_rows = c.rows[b];
-    spec.num_clusters = std::max(1, c.rows[b] / c.cluster_size);
+    SyntheticSpec spec = layer_spec(c.hkv, c.d, c.rows[b], c.cluster_size, c.dense_extra + c.lq, seed * 1000 + b);
     spec.num_coarse = c.coarse_ratio ? std::max(1, spec.num_clusters / c.coarse_ratio) : 0;
-    spec.dense_len = c.dense_extra + c.lq;
     spec.empty_fraction = c.empty_fraction;
-    spec.seed = seed * 1000 + b;
     // The window: the dense rows before the block (the block's tokens are the request's own).
     layers.push_back(std::make_unique<DeviceLayer>(spec, lookup ? c.dense_extra : -1));
     host_views.push_back(layers.back()->host.view());
