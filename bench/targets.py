@@ -8,7 +8,8 @@ target, and met / MISSED / not measured. Reads only result files, so it runs any
              in a later file replaces that configuration's rows from earlier ones
   --full     full-size end-to-end runs (scripts/gpu/full_model_bench.py), any number
   --accuracy the long-context evaluation (scripts/gpu/eval_long_context.sh)
-Defaults: the H200 files under bench/results/. The targets and the authors' published figures are
+Defaults: the H200 files under bench/results/, and for the end-to-end rows the H100 runs of record
+after them (each figure names its GPU: the two differ, docs/performance.md). The targets and the authors' published figures are
 the ones docs/performance.md "Against the targets" quotes; a row missing from the files is "not
 measured", never a pass.
 
@@ -211,7 +212,8 @@ def limit_targets(table, paths):
                     continue
                 if mode == "default" and r.get("served_mode") != "SQUEEZED":
                     continue  # auto mode served dense below its break-even context
-                runs.append(("%s %dK b%d" % (d["shape"], d["context"] // 1024, r["batch"]),
+                gpu = next((" " + g for g in ("H100", "H200") if g in d.get("device", "")), "")
+                runs.append(("%s %dK b%d%s" % (d["shape"], d["context"] // 1024, r["batch"], gpu),
                              r["tpot_ms"] / tpot_limit_ms(d, r), os.path.basename(path)))
         if not runs:
             table.add(label, "-", "not measured", "no full-size JSON")
@@ -254,8 +256,8 @@ def main(argv):
                     help="kernels-bench files, later ones replacing earlier configurations (default: "
                          "bench/results/kernels_bench_h200.json, then kernels_bench_h200_run*.json in name order)")
     ap.add_argument("--full", nargs="*", default=None,
-                    help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json; the "
-                         "TPOT-ratio targets also read full_*_h100.json after them)")
+                    help="full_model_bench.py JSON files (default: bench/results/full_*_h200.json, then "
+                         "full_*_h100.json: each figure names its GPU and file)")
     ap.add_argument("--accuracy", default=os.path.join(RESULTS, "longctx_8192_16384_h100_run21_shared_dense.json"))
     args = ap.parse_args(argv)
     full = args.full if args.full is not None else sorted(glob.glob(os.path.join(RESULTS, "full_*_h200.json")))
@@ -266,7 +268,8 @@ def main(argv):
     kernel_targets(table, kernels)
     tpot_targets(table, full if args.full is not None else
                  full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
-    limit_targets(table, full)
+    limit_targets(table, full if args.full is not None else
+                  full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
     accuracy_targets(table, args.accuracy)
     print(table.text())
     print("\n%d target(s) missed" % table.missed)

@@ -20,6 +20,8 @@ def runs_of(folder, tree):
     folders without a result."""
     rows, missing = {}, []
     for run in sorted(glob.glob(os.path.join(folder, tree + "_*"))):
+        if not os.path.isdir(run):
+            continue  # the run's log beside its folder (server_ab.sh: <tree>_<i>.log)
         files = glob.glob(os.path.join(run, "full_*.json"))
         if not files:
             missing.append(os.path.basename(run))

@@ -27,6 +27,8 @@ class ServerAbSummaryTest(unittest.TestCase):
             write_run(d, "new_1", (7.9, 9.8))
             write_run(d, "base_2", (8.2, 10.3))
             write_run(d, "new_2", (8.1, 9.9), ttft=90.0)
+            for name in ("base_1", "new_1", "base_2", "new_2"):  # server_ab.sh's logs beside the folders
+                open(os.path.join(d, name + ".log"), "w").close()
             text = server_ab_summary.summary(d, "3e538c0aaaa")
         self.assertIn("base 3e538c0", text)
         rows = [line for line in text.splitlines() if line.startswith("| llama3-8b")]
@@ -38,6 +40,7 @@ class ServerAbSummaryTest(unittest.TestCase):
         self.assertEqual(cells[6], f"{9.85 / 10.25:.3f}")
         self.assertEqual(cells[9], "95.0")  # the new runs' TTFT median
         self.assertEqual(cells[10], "2 + 2")
+        self.assertNotIn("no result", text)  # a log is not a run
 
     def test_a_run_without_result_is_named(self):
         with tempfile.TemporaryDirectory() as d:
