@@ -31,12 +31,15 @@ struct SelectionLaunch {
   // A promise that every sequence of the launch has the same index (the same context: centroids,
   // offsets, coarse level per head); their queries and thresholds may differ. Decode launches then
   // read each chunk of centroids once and score it for up to 8 sequences (a batch of questions on
-  // one document; the tensor-core stream), where that grid (chunks x KV heads x groups of 8) holds
-  // at least min_shared_ctas_per_sm CTAs per SM: below that, one CTA per (chunk, sequence) fills the
-  // device better (measured: bench/kernels/NOTES.md, runs 10 and 11). Ignored for one sequence;
-  // breaking the promise scores every sequence against the first one's centroids.
+  // one document; the tensor-core stream), where that grid (chunks x KV heads x groups of 8) has
+  // at least min_shared_sm_fraction CTAs per SM: below that, one CTA per (chunk, sequence) fills the
+  // device better. Measured with batch 8 on an H100 (bench/kernels/NOTES.md run 30, the sequences
+  // packed into the MMA's columns): shared 23.8 against 21.8 us at Llama-3 32K (64 CTAs for 132
+  // SMs), 25.6 against 30.6 at 64K (104 CTAs), 33.9 against 50.7 at 128K, 18.5 against 41.6 at
+  // Llama-2 32K. Ignored for one sequence; breaking the promise scores every sequence against the
+  // first one's centroids. 0: share at any size.
   bool shared_context = false;
-  int min_shared_ctas_per_sm = 4;
+  float min_shared_sm_fraction = 0.75f;
   // The decode centroid stream's dot products on tensor cores (mma.sync). false: on CUDA cores,
   // one CTA per (chunk, sequence) also where the launch could share (the A/B rows of
   // kernels_bench; up to 2% faster per step with one query row per sequence, MHA, slower elsewhere).

@@ -274,6 +274,14 @@ __device__ __forceinline__ void place_own_chunk(const ProblemArgs& p, const Head
 // a CTA scores its chunk for a group of sequences on one index (SelectionLaunch::shared_context;
 // group_size > 1, not the children level) by reloading only the queries: per sequence the same
 // instructions as alone, so shared and per-sequence launches agree bit for bit.
+// Packed columns: with R <= 4 rows a sequence, the n-tile's 8 columns take kPack = 8 / R sequences
+// of the group at once (column col: sequence b + col / R, row col % R), so a shared CTA runs
+// ceil(group / kPack) passes instead of one per sequence. A column's dot products and its online
+// (max, sum) are the same instructions in the same order whichever column it is, so the outputs stay
+// those of a per-sequence launch bit for bit. Why: a shared CTA's passes are serial (each a chain
+// of MMAs, exp and a CTA barrier for the partials), so scoring a batch of 8 Llama-3 questions (R 4)
+// once per chunk took about as long as scoring each question's chunks on CTAs of their own (47 vs
+// 51 us at 128K, bench/kernels/NOTES.md run 18), and those read the centroids 8 times.
 // Launch bounds: 2 CTAs per SM at D = 128 and 4 at D = 64, the occupancy it had before the
 // queries were loaded early (their registers are live under the centroid words'); kPlace at D = 64
 // 3 for the children and 2 for the coarse level (its barrier's state: under 3 it spilled 18-46 bytes;
@@ -294,9 +302,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
   constexpr int kTiles = kStreamChunk / kWarps / 16;  // 16-centroid MMA tiles per warp (2)
   constexpr bool kPartials = LV != Level::kChildren;
   static_assert(R >= 1 && R <= 8, "the query rows are the 8 columns of one n-tile");
+  // Sequences per pass (packed columns above); one where the CTA places its chunk (one sequence).
+  constexpr int kPack = kPlace ? 1 : 8 / R;
   __shared__ float log_size[kStreamChunk];
   __shared__ int centroid_of[kStreamChunk];
-  __shared__ float2 red[kWarps][R];
+  __shared__ float2 red[kWarps][kPack * R];  // per column
   __shared__ float zs[kPlace ? kStreamChunk : 1][R];  // kPlace: the chunk's logits
   __shared__ float logden[R];                         // kPlace: the coarse level's denominators
   allow_next_grid();
@@ -327,18 +337,27 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, group = lane >> 2, quad = lane & 3;
   const int warp_first = c_first + warp * (kTiles * 16);
   const int rows = p.lq * p.g;
-  // B fragments of sequence b: query row `group` (zero past the rows), the same dims as the
-  // centroid words. The queries are the previous kernel's output: loaded right after the wait, so
-  // that their round trip runs under the index loads' (it came after the log_size barrier, one
+  // Column col of the pass from sequence b: sequence b + col / R, query row col % R; whether that
+  // is a row of the group (columns past the rows or the group's sequences are zero and unused).
+  // (Unpacked, the pass's one sequence is b < b_end: the same tests as before packing, whose
+  // registers the fused placement's variants have no room for.)
+  auto column_seq = [&](int b, int col) { return kPack == 1 ? b : b + col / R; };
+  auto column_used = [&](int b, int col) {
+    return kPack == 1 ? col < rows : col < kPack * R && column_seq(b, col) < b_end && col % R < rows;
+  };
+  // B fragments of the pass from sequence b: column `group` (zero where unused), the same dims as
+  // the centroid words. The queries are the previous kernel's output: loaded right after the wait,
+  // so that their round trip runs under the index loads' (it came after the log_size barrier, one
   // dependent round trip more per CTA), and (D = 128: registers fit under 2 CTAs per SM; at D = 64
-  // they spill under 4) the next sequence's of a shared launch under this one's MMAs.
+  // they spill under 4) the next pass's of a shared launch under this one's MMAs.
   constexpr bool kNextQ = D == 128 && !kPlace;
   auto load_q = [&](int b, uint4 (&qb)[kBlocks]) {
-    const int t = group / p.g, jm = group % p.g;
+    const bool used = column_used(b, group);
+    const int row = kPack == 1 ? group : group % R, t = row / p.g, jm = row % p.g;
     const uint4* qrow = reinterpret_cast<const uint4*>(
-        p.q + ((static_cast<int64_t>(b) * p.lq + t) * p.hq + h * p.g + jm) * D + quad * 8);
+        p.q + ((static_cast<int64_t>(used ? column_seq(b, group) : b) * p.lq + t) * p.hq + h * p.g + jm) * D + quad * 8);
 #pragma unroll
-    for (int j = 0; j < kBlocks; ++j) qb[j] = group < rows ? qrow[j * 4] : make_uint4(0u, 0u, 0u, 0u);
+    for (int j = 0; j < kBlocks; ++j) qb[j] = used ? qrow[j * 4] : make_uint4(0u, 0u, 0u, 0u);
   };
   uint4 qb[kBlocks];
   if constexpr (LV == Level::kChildren) {
@@ -381,15 +400,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
                                                                          bh_first);
 
 #pragma unroll 1
-  for (int b = b_first; b < b_end; ++b) {
-    const int bh = b * p.hkv + h;
+  for (int b = b_first; b < b_end; b += kPack) {
     uint4 qn[kNextQ ? kBlocks : 1];
     if constexpr (kNextQ) {
-      if (b + 1 < b_end) load_q(b + 1, qn);
+      if (b + kPack < b_end) load_q(b + kPack, qn);
     } else if (b > b_first) {
       load_q(b, qb);
     }
-    float2 run[2] = {make_float2(neg_inf(), 0.f), make_float2(neg_inf(), 0.f)};  // rows 2quad, 2quad + 1
+    float2 run[2] = {make_float2(neg_inf(), 0.f), make_float2(neg_inf(), 0.f)};  // columns 2quad, 2quad + 1
 #pragma unroll
     for (int i = 0; i < kTiles; ++i) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -408,10 +426,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
         if (kPlace && 2 * quad < R) {  // every candidate row of the chunk: read back by its own thread
           zs[c - c_first][2 * quad] = z0;
           if constexpr (R > 1) zs[c - c_first][2 * quad + 1] = z1;
-        } else if (c < K && 2 * quad < R) {
-          float* at = ws.z + (static_cast<int64_t>(bh) * ws.capacity + c) * R + 2 * quad;
-          if constexpr (R == 1) {
+        } else if (c < K && 2 * quad < kPack * R && (kPack == 1 || column_seq(b, 2 * quad) < b_end)) {
+          // rows (2quad, 2quad + 1) % R of their sequences, all R of a sequence's (as unpacked)
+          const int64_t col_bh = static_cast<int64_t>(column_seq(b, 2 * quad)) * p.hkv + h;
+          float* at = ws.z + (col_bh * ws.capacity + c) * R + (kPack == 1 ? 2 * quad : 2 * quad % R);
+          if constexpr (R == 1) {  // the two columns are two sequences
             at[0] = z0;
+            if (column_seq(b, 2 * quad + 1) < b_end)  // the next sequence's (b, KV head) row
+              ws.z[(col_bh + p.hkv) * ws.capacity + c] = z1;
           } else {
             *reinterpret_cast<float2*>(at) = make_float2(z0, z1);
           }
@@ -422,7 +444,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const float x = (e ? z1 : z0) + ls;
-              if (2 * quad + e < rows && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
+              if (column_used(b, 2 * quad + e) && x != neg_inf()) {  // online (max, sum) of n_c * exp(z)
                 if (x > run[e].x) {
                   run[e].y = run[e].y * __expf(run[e].x - x) + 1.f;
                   run[e].x = x;
@@ -443,15 +465,16 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
         for (int o = 4; o < 32; o <<= 1)
           run[e] = lse_merge(run[e], make_float2(__shfl_xor_sync(0xffffffffu, run[e].x, o),
                                                  __shfl_xor_sync(0xffffffffu, run[e].y, o)));
-        if (group == 0 && 2 * quad + e < R) red[warp][2 * quad + e] = run[e];
+        if (group == 0 && (kPack > 1 || 2 * quad + e < R)) red[warp][2 * quad + e] = run[e];
       }
       __syncthreads();
-      if (tid < R && tid < rows) {  // fixed merge order: deterministic
+      if (tid < 8 && column_used(b, tid)) {  // column tid; fixed merge order: deterministic
         float2 acc = make_float2(neg_inf(), 0.f);
         for (int w = 0; w < kWarps; ++w) acc = lse_merge(acc, red[w][tid]);
-        ws.partials[(static_cast<int64_t>(bh) * ws.den_chunks + chunk) * R + tid] = acc;
+        const int64_t col_row = static_cast<int64_t>(column_seq(b, tid)) * p.hkv + h;
+        ws.partials[(col_row * ws.den_chunks + chunk) * R + (kPack == 1 ? tid : tid % R)] = acc;
       }
-      if (b + 1 < b_end) __syncthreads();  // red is rewritten by the next sequence
+      if (b + kPack < b_end) __syncthreads();  // red is rewritten by the next pass
     }
     if constexpr (kNextQ) {
 #pragma unroll
@@ -544,12 +567,12 @@ __global__ void __launch_bounds__(kThreads, 1) select_place_kernel(ProblemArgs p
                     place.estimate, place.estimate_base);
 }
 
-// Whether a grid of `ctas` CTAs holds at least `per_sm` CTAs per SM of the current device.
-bool grid_fills(int64_t ctas, int per_sm) {
+// Whether a grid of `ctas` CTAs has at least `per_sm` CTAs per SM of the current device.
+bool grid_fills(int64_t ctas, float per_sm) {
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return false;
-  return ctas >= static_cast<int64_t>(per_sm) * sms;
+  return static_cast<double>(ctas) >= static_cast<double>(per_sm) * sms;
 }
 
 // K1 (shared or per sequence: SelectionLaunch) and K2 of one level.
@@ -561,7 +584,7 @@ void run_level(const AttentionShape& s, const ProblemArgs& p, const LevelArgs& l
   const int groups = (s.batch + kMaxSharedSequences - 1) / kMaxSharedSequences;
   if constexpr (LV != Level::kChildren) {  // the children's candidates differ per sequence
     shared = launch.shared_context && s.batch > 1 &&
-             grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_ctas_per_sm);
+             grid_fills(int64_t{stream_chunks} * s.num_kv_heads * groups, launch.min_shared_sm_fraction);
   }
   // K1's grid: the level's chunks of kStreamChunk candidates (stream_chunks * kStreamChunk >= every
   // sequence's candidates) and one more, which clears K2's flags (clear_chunk_flags).

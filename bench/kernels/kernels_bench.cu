@@ -660,7 +660,7 @@ int main(int argc, char** argv) {
         shared.shared_context = true;
         run("paper-one-context", d_one, sel, TopKeys{}, params, limits, sws);
         run("paper-one-context-shared", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
-        shared.min_shared_ctas_per_sm = 0;
+        shared.min_shared_sm_fraction = 0.f;
         run("paper-one-context-shared-always", d_one, sel, TopKeys{}, params, limits, sws, true, {}, {}, shared);
         cudaFree(d_one);
       }

@@ -309,7 +309,7 @@ Result run_case(const Case& c, uint64_t seed) {
       SequenceLayerBf16* d_same = upload(same);
       SelectionLaunch shared = base_launch;
       shared.shared_context = true;
-      shared.min_shared_ctas_per_sm = 0;  // these grids are small: share at any size
+      shared.min_shared_sm_fraction = 0.f;  // these grids are small: share at any size
       res.variant_diff = differing_words(d_same, base_launch, shared);
       cudaFree(d_same);
     }
