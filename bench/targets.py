@@ -227,6 +227,31 @@ def limit_targets(table, paths):
         table.add(label, measured, verdict(not missed), ", ".join(sorted({x[2] for x in runs})))
 
 
+def default_vs_dense_target(table, paths):
+    """The default never slower than dense (docs/performance.md "Against the targets"): in each run of
+    record holding both, where the default served the squeezed lookup, its TPOT over dense's at the
+    same batch (a ratio within one run, so any GPU's run counts; labelled with its GPU)."""
+    label = "default TPOT <= dense TPOT (same run)"
+    runs = []
+    for path in [p for p in paths if len(os.path.basename(p).split("_")) == 4]:
+        d = load(path)
+        by = {(r["mode"], r["batch"]): r for r in d.get("decode", [])}
+        gpu = next((" " + g for g in ("H100", "H200") if g in d.get("device", "")), "")
+        for (mode, batch), r in sorted(by.items()):
+            if mode != "default" or r.get("served_mode") != "SQUEEZED" or ("dense", batch) not in by:
+                continue
+            runs.append(("%s %dK b%d%s" % (d["shape"], d["context"] // 1024, batch, gpu),
+                         r["tpot_ms"] / by[("dense", batch)]["tpot_ms"], os.path.basename(path)))
+    if not runs:
+        table.add(label, "-", "not measured", "no full-size JSON with both")
+        return
+    slower = sorted((x for x in runs if x[1] > 1.0), key=lambda x: -x[1])
+    measured = "met in %d of %d runs" % (len(runs) - len(slower), len(runs))
+    if slower:
+        measured += "; slower: " + ", ".join("%s %.2fx (%s)" % x for x in slower)
+    table.add(label, measured, verdict(not slower), ", ".join(sorted({x[2] for x in runs})))
+
+
 def accuracy_targets(table, path):
     label = "kv_retrieval at 90%% within 1 pt of dense, %dK (GPU)"
     if not path or not os.path.exists(path):
@@ -268,8 +293,9 @@ def main(argv):
     kernel_targets(table, kernels)
     tpot_targets(table, full if args.full is not None else
                  full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
-    limit_targets(table, full if args.full is not None else
-                  full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
+    records = full if args.full is not None else full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json")))
+    limit_targets(table, records)
+    default_vs_dense_target(table, records)
     accuracy_targets(table, args.accuracy)
     print(table.text())
     print("\n%d target(s) missed" % table.missed)

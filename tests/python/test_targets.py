@@ -49,6 +49,9 @@ class CommittedResults(unittest.TestCase):
         # The H100 runs of record count too, each figure labelled with its GPU and file.
         self.assertIn("llama3-8b 256K b8 H100 1.35x (full_llama3-8b_262144_h100.json)",
                       row(text, "squeezed default TPOT <= 1.3x its byte limit")[1])
+        # Since the dense bundles, the default is slower than dense at batch 8 (run 30's H100 records).
+        self.assertEqual(row(text, "default TPOT <= dense TPOT (same run)")[2], "MISSED")
+        self.assertIn("llama3-8b 128K b8 H100 1.05x", row(text, "default TPOT <= dense TPOT (same run)")[1])
         # 64K was measured on an H100 only (a ratio within one run: it counts, labelled with its GPU).
         self.assertEqual(row(text, "TPOT default <= 1.1x paper, 64K b1 (llama3-8b, H100)")[2], "met")
         self.assertIn("full_llama3-8b_65536_h100.json", row(text, "TPOT default <= 1.1x paper, 64K b8")[3])
@@ -127,6 +130,22 @@ class MadeUpResults(unittest.TestCase):
         self.assertIn("1 of 2", dense[1])
         self.assertIn("llama3-8b 64K b8 1.40x", dense[1])
         self.assertEqual(row(text, "squeezed default TPOT <= 1.3x its byte limit")[2], "met")  # 1.2x; b8 served dense
+        # The default against dense in the same run: batch 1 equal (met), batch 8 served dense (not counted).
+        against = row(text, "default TPOT <= dense TPOT (same run)")
+        self.assertEqual(against[2], "met")
+        self.assertIn("1 of 1", against[1])
+
+    def test_a_default_slower_than_dense_is_missed(self):
+        full = self.write("full_llama2-7b_32768_h100.json", {"shape": "llama2-7b", "context": 32768,
+                                                              "device": "NVIDIA H100 80GB HBM3", "decode": [
+            {"mode": "dense", "batch": 1, "tpot_ms": 11.7, "served_mode": "DENSE"},
+            {"mode": "dense", "batch": 8, "tpot_ms": 12.4, "served_mode": "DENSE"},
+            {"mode": "default", "batch": 1, "tpot_ms": 7.7, "served_mode": "SQUEEZED"},
+            {"mode": "default", "batch": 8, "tpot_ms": 13.6, "served_mode": "SQUEEZED"}]})
+        against = row(run("--kernels", "", "--full", full, "--accuracy", ""), "default TPOT <= dense TPOT (same run)")
+        self.assertEqual(against[2], "MISSED")
+        self.assertIn("llama2-7b 32K b8 H100 1.10x", against[1])
+        self.assertIn("1 of 2", against[1])
 
     def test_a_shared_context_is_charged_once(self):
         # Batch 8 on one 64K context, dense: the limit is the weights, the context's KV once and each
