@@ -84,8 +84,12 @@ absl::StatusOr<DeviceChoice> ParseDevice(const std::string& device) {
 
 // The context length from which the server's default squeezed decode step on the kernels beats a
 // dense one at batch 1: it saves reading most of the KV and costs a fixed time per layer (the
-// selection's launches inside the step's CUDA graph, the estimate's rows). Larger batches gain
-// sooner (the weights' read is shared), so this is the conservative point.
+// selection's launches inside the step's CUDA graph, the estimate's rows). Not the point for a
+// batch of questions on one context: their dense steps read the context once for the batch (the
+// shared-context bundles, engine/kernel_attention.h) while each squeezed question reads its own
+// selected rows, so there the default is slower than dense well past this point (one H100, batch
+// 8: Llama-2 32K 1.10x, Llama-3 128K 1.05x; docs/performance.md run 30) until squeezed questions
+// share their reads too.
 int64_t SqueezedBreakEvenTokens(const ModelConfig& c) {
   // The default lookup (90%, estimate, read-ahead) reads ~15% of the context's KV bytes (~12% of the
   // keys and ~2.5% for the centroids) and costs a fixed time per layer and step: measured on the
