@@ -311,12 +311,17 @@ def main():
     p.add_argument("--server_args", default="",
                    help="more squeezeserve flags, space-separated, given with '=' since the value starts with '--' "
                         "(e.g. --server_args='--estimate_floor 0.0625'); recorded in the JSON")
+    p.add_argument("--run", default="",
+                   help="what was measured (the engine's commit, the command), recorded in the JSON's run field "
+                        "(the GPU machine's copy of the tree may have no git history to take it from)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     s = SHAPES[a.shape]
     batches = [int(b) for b in a.batches.split(",") if b]
     result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0),
               "server_args": a.server_args}
+    if a.run:
+        result["run"] = {"note": a.run}
     result["limits"] = limits = measure_limits()
     log(f"limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 {limits['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s")
     model = make_checkpoint(a.shape, a.context)

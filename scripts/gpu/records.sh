@@ -6,7 +6,9 @@
 # the earlier records, the default and the paper's lookup only: the squeezed targets), batch 1 and 8.
 #   scripts/gpu/records.sh llama3-8b:33000 llama2-7b:32768 llama3-8b:131072 ...
 # (run tool: carry [".gpu-deps"]; a 512K run takes ~5 minutes, a 32K one under one.) $OUT gets the
-# JSON and each run's log; stdout the tables. MODES overrides the modes; BENCH_ARGS adds arguments.
+# JSON and each run's log; stdout the tables. MODES overrides the modes; BENCH_ARGS adds arguments;
+# RECORD_COMMIT (the tree's commit: the GPU machine's copy may have no git history) goes with the command
+# into each JSON's run field.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 ( BUILD_TARGETS="squeezeserve squeezectl" source scripts/gpu/build.sh \
@@ -19,7 +21,8 @@ for run in "$@"; do
   modes=${MODES:-$([ "$context" -gt 131072 ] && echo default,paper-0.9 || echo dense,default,paper-0.9)}
   start=$(date +%s)
   timeout 580 python3 scripts/gpu/full_model_bench.py --shape "$shape" --context "$context" --modes "$modes" \
-    --batches 1,8 --no_store ${BENCH_ARGS:-} --out "$OUT" >"$OUT/${shape}_${context}.log" 2>&1 || status=1
+    --batches 1,8 --no_store ${BENCH_ARGS:-} --out "$OUT" \
+    --run "engine ${RECORD_COMMIT:-unknown}: scripts/gpu/records.sh $*" >"$OUT/${shape}_${context}.log" 2>&1 || status=1
   echo "## $shape $context ($modes): $(( $(date +%s) - start )) s, exit $status"
   grep -E '^\|' "$OUT/${shape}_${context}.log" | tail -8
 done
