@@ -5,12 +5,14 @@
 // overlap, and between two replays of a decode graph the GPU waits for the host.
 //
 // The CUDA driver loads the library named by CUDA_INJECTION64_PATH at cuInit and calls
-// InitializeInjection. Collection starts at the process's first cudaProfilerStart (the server calls
-// it around the steps named by SQUEEZESERVE_PROFILE_RANGE: engine/decode_graphs.cc StepRange) and
-// stops at its SQZ_TRACE_WINDOWS-th cudaProfilerStop (default 2: two replays and the host's work
-// between them). At exit the records go to SQZ_TRACE_OUT.<pid>.csv (default /tmp/sqz_trace), one
+// InitializeInjection. The records kept lie in the window from the process's first
+// cudaProfilerStart (the server calls it around the steps named by SQUEEZESERVE_PROFILE_RANGE:
+// engine/decode_graphs.cc StepRange) to its SQZ_TRACE_WINDOWS-th cudaProfilerStop (default 2: two
+// replays and the host's work between them). The GPU's kinds are traced from the start, since a
+// graph instantiated before the window must already be traced node by node; the runtime calls only
+// in the window. At exit the records go to SQZ_TRACE_OUT.<pid>.csv (default /tmp/sqz_trace), one
 // line each: kind (kernel, memcpy, memset, api), start ns, end ns, stream (api: thread), graph node
-// (0: none), name. A process that never started collecting writes nothing.
+// (0: none), name. A process whose window never opened writes nothing.
 //   g++ -std=c++17 -O2 -shared -fPIC -I$CUDA/include cupti_trace.cc -L$CUPTI_LIB -lcupti -o libsqz_cupti_trace.so
 // (scripts/gpu/profile_decode_graph.sh --timeline builds and uses it.)
 #include <cupti.h>
@@ -19,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -39,11 +42,20 @@ struct Record {
 std::mutex g_mutex;
 std::vector<Record> g_records;
 std::atomic<int> g_stops{0};
-std::atomic<bool> g_collecting{false};
+// The window, CUPTI timestamps (ns): 0 = not opened yet; the end UINT64_MAX until it closes.
+std::atomic<uint64_t> g_window_start{0};
+std::atomic<uint64_t> g_window_end{UINT64_MAX};
 int g_windows = 2;
 
-constexpr CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                         CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME};
+constexpr CUpti_ActivityKind kGpuKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                            CUPTI_ACTIVITY_KIND_MEMSET};
+
+// Whether work that ran over [start, end] touches the window. A record completed before the window
+// opened ended before it (its buffer was handed over earlier), so 0 drops it.
+bool InWindow(uint64_t start, uint64_t end) {
+  const uint64_t from = g_window_start.load();
+  return from != 0 && end >= from && start <= g_window_end.load();
+}
 
 void Check(CUptiResult r, const char* what) {
   if (r == CUPTI_SUCCESS) return;
@@ -63,6 +75,7 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size
   std::vector<Record> got;
   CUpti_Activity* record = nullptr;
   while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+    const size_t before = got.size();
     switch (record->kind) {
       case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
       case CUPTI_ACTIVITY_KIND_KERNEL: {
@@ -92,26 +105,32 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size
       default:
         break;
     }
+    if (got.size() > before && !InWindow(got.back().start, got.back().end)) got.pop_back();
   }
   std::free(buffer);
   const std::lock_guard<std::mutex> lock(g_mutex);
   for (Record& r : got) g_records.push_back(std::move(r));
 }
 
-// Collection between the first cudaProfilerStart and the g_windows-th cudaProfilerStop.
+// The window: opened at the first cudaProfilerStart, closed at the g_windows-th cudaProfilerStop.
 void CUPTIAPI OnRuntimeCall(void*, CUpti_CallbackDomain, CUpti_CallbackId cbid, const void* data) {
   const auto* info = static_cast<const CUpti_CallbackData*>(data);
+  uint64_t now = 0;
   if (cbid == CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStart_v4000 && info->callbackSite == CUPTI_API_EXIT &&
-      !g_collecting.exchange(true) && g_stops.load() == 0) {
-    for (CUpti_ActivityKind kind : kKinds) Check(cuptiActivityEnable(kind), "enabling an activity kind");
-  } else if (cbid == CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStop_v4000 && info->callbackSite == CUPTI_API_ENTER &&
-             g_collecting.load() && ++g_stops == g_windows) {
-    for (CUpti_ActivityKind kind : kKinds) Check(cuptiActivityDisable(kind), "disabling an activity kind");
+      g_window_start.load() == 0) {
+    Check(cuptiGetTimestamp(&now), "reading the clock");
+    g_window_start = now;
+    Check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME), "enabling the runtime calls");
+  } else if (cbid == CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStop_v4000 && info->callbackSite == CUPTI_API_EXIT &&
+             g_window_start.load() != 0 && ++g_stops == g_windows) {
+    Check(cuptiGetTimestamp(&now), "reading the clock");
+    g_window_end = now;
+    Check(cuptiActivityDisable(CUPTI_ACTIVITY_KIND_RUNTIME), "disabling the runtime calls");
   }
 }
 
 void WriteRecords() {
-  if (!g_collecting.load()) return;
+  if (g_window_start.load() == 0) return;
   Check(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "flushing");
   const char* prefix = std::getenv("SQZ_TRACE_OUT");
   const std::string path = std::string(prefix ? prefix : "/tmp/sqz_trace") + "." + std::to_string(getpid()) + ".csv";
@@ -138,6 +157,7 @@ void WriteRecords() {
 extern "C" int InitializeInjection(void) {
   if (const char* w = std::getenv("SQZ_TRACE_WINDOWS")) g_windows = std::max(1, std::atoi(w));
   Check(cuptiActivityRegisterCallbacks(BufferRequested, BufferCompleted), "registering the buffers");
+  for (CUpti_ActivityKind kind : kGpuKinds) Check(cuptiActivityEnable(kind), "enabling an activity kind");
   CUpti_SubscriberHandle subscriber;
   Check(cuptiSubscribe(&subscriber, reinterpret_cast<CUpti_CallbackFunc>(OnRuntimeCall), nullptr), "subscribing");
   Check(cuptiEnableCallback(1, subscriber, CUPTI_CB_DOMAIN_RUNTIME_API, CUPTI_RUNTIME_TRACE_CBID_cudaProfilerStart_v4000),
