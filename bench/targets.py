@@ -51,6 +51,22 @@ def fastest(rows, lookups):
     return min(candidates, key=lambda r: r["total_us"]) if candidates else None
 
 
+def gpu_of(run):
+    """The GPU a full_model_bench.py run names ("H100", "H200"), or None."""
+    return next((g for g in ("H100", "H200") if g in run.get("device", "")), None)
+
+
+def runs_of_record(paths):
+    """The runs of record among full_model_bench.py files: full_<shape>_<context>_<device>.json holds a
+    configuration's latest run on that GPU; suffixed names are earlier variants."""
+    return [p for p in paths if len(os.path.basename(p).split("_")) == 4]
+
+
+def run_label(run, batch):
+    gpu = gpu_of(run)
+    return "%s %dK b%d%s" % (run["shape"], run["context"] // 1024, batch, " " + gpu if gpu else "")
+
+
 def row_name(r):
     return "%s %s %dK x%d b%d %s" % (r["model"], r["mode"], r["context"] // 1024, r["query_len"], r["batch"],
                                       r["lookup"])
@@ -165,7 +181,7 @@ def tpot_targets(table, paths):
     for path in paths:
         d = load(path)
         by = {(r["mode"], r["batch"]): r for r in d.get("decode", [])}
-        gpu = next((g for g in ("H100", "H200") if g in d.get("device", "")), None)
+        gpu = gpu_of(d)
         for batch in (1, 8):
             if ("default", batch) in by and ("paper-0.9", batch) in by:
                 key = (d["shape"] + (", " + gpu if gpu else ""), d["context"], batch)
@@ -201,7 +217,7 @@ def limit_targets(table, paths):
     squeezed default <= 1.3x, over every shape, context and batch of the runs given (a file named
     full_<shape>_<context>_<device>.json holds a run's figures; suffixed names are earlier variants
     and are read only when given explicitly)."""
-    plain = [p for p in paths if len(os.path.basename(p).split("_")) == 4]
+    plain = runs_of_record(paths)
     for mode, bound, what in (("dense", 1.25, "dense"), ("default", 1.3, "squeezed default")):
         label = "%s TPOT <= %gx its byte limit" % (what, bound)
         runs = []
@@ -212,9 +228,7 @@ def limit_targets(table, paths):
                     continue
                 if mode == "default" and r.get("served_mode") != "SQUEEZED":
                     continue  # auto mode served dense below its break-even context
-                gpu = next((" " + g for g in ("H100", "H200") if g in d.get("device", "")), "")
-                runs.append(("%s %dK b%d%s" % (d["shape"], d["context"] // 1024, r["batch"], gpu),
-                             r["tpot_ms"] / tpot_limit_ms(d, r), os.path.basename(path)))
+                runs.append((run_label(d, r["batch"]), r["tpot_ms"] / tpot_limit_ms(d, r), os.path.basename(path)))
         if not runs:
             table.add(label, "-", "not measured", "no full-size JSON")
             continue
@@ -233,15 +247,13 @@ def default_vs_dense_target(table, paths):
     same batch (a ratio within one run, so any GPU's run counts; labelled with its GPU)."""
     label = "default TPOT <= dense TPOT (same run)"
     runs = []
-    for path in [p for p in paths if len(os.path.basename(p).split("_")) == 4]:
+    for path in runs_of_record(paths):
         d = load(path)
         by = {(r["mode"], r["batch"]): r for r in d.get("decode", [])}
-        gpu = next((" " + g for g in ("H100", "H200") if g in d.get("device", "")), "")
         for (mode, batch), r in sorted(by.items()):
             if mode != "default" or r.get("served_mode") != "SQUEEZED" or ("dense", batch) not in by:
                 continue
-            runs.append(("%s %dK b%d%s" % (d["shape"], d["context"] // 1024, batch, gpu),
-                         r["tpot_ms"] / by[("dense", batch)]["tpot_ms"], os.path.basename(path)))
+            runs.append((run_label(d, batch), r["tpot_ms"] / by[("dense", batch)]["tpot_ms"], os.path.basename(path)))
     if not runs:
         table.add(label, "-", "not measured", "no full-size JSON with both")
         return
@@ -291,9 +303,8 @@ def main(argv):
         sorted(glob.glob(os.path.join(RESULTS, "kernels_bench_h200_run*.json"))))
     table = Table()
     kernel_targets(table, kernels)
-    tpot_targets(table, full if args.full is not None else
-                 full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json"))))
     records = full if args.full is not None else full + sorted(glob.glob(os.path.join(RESULTS, "full_*_h100.json")))
+    tpot_targets(table, records)
     limit_targets(table, records)
     default_vs_dense_target(table, records)
     accuracy_targets(table, args.accuracy)

@@ -22,8 +22,10 @@ for run in "$@"; do
   start=$(date +%s)
   timeout 580 python3 scripts/gpu/full_model_bench.py --shape "$shape" --context "$context" --modes "$modes" \
     --batches 1,8 --no_store ${BENCH_ARGS:-} --out "$OUT" \
-    --run "engine ${RECORD_COMMIT:-unknown}: scripts/gpu/records.sh $*" >"$OUT/${shape}_${context}.log" 2>&1 || status=1
-  echo "## $shape $context ($modes): $(( $(date +%s) - start )) s, exit $status"
+    --run "engine ${RECORD_COMMIT:-unknown}: scripts/gpu/records.sh $*" >"$OUT/${shape}_${context}.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || status=1
+  echo "## $shape $context ($modes): $(( $(date +%s) - start )) s, exit $rc"
   grep -E '^\|' "$OUT/${shape}_${context}.log" | tail -8
 done
 exit $status
