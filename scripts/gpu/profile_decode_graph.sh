@@ -46,6 +46,12 @@ case $STEP in
   *) echo "--step is decode, eager_decode or prefill" >&2; exit 2 ;;
 esac
 export SQUEEZESERVE_PROFILE_RANGE=$RANGE
+# The server's run that the profiler watches (set up by the environment before the call).
+profiled_run() {
+  python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
+    --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" --server_args="$SERVER_ARGS" >"$OUT/profile_run.log" 2>&1 \
+    || { tail -20 "$OUT/profile_run.log"; exit 1; }
+}
 if [ "$TIMELINE" = 1 ]; then
   # CUPTI's header and library: the toolkit's, else the pip wheel's that PyTorch loads.
   find_one() { find /usr/local/cuda* /usr/lib/python3* /usr/local/lib/python3* -name "$1" 2>/dev/null | head -1; }
@@ -55,10 +61,7 @@ if [ "$TIMELINE" = 1 ]; then
   g++ -std=c++17 -O2 -shared -fPIC -I"$(dirname "$HEADER")" ${CUDA_INC:+-I"$CUDA_INC"} scripts/gpu/cupti_trace.cc \
     "$LIB" -Wl,-rpath,"$(dirname "$LIB")" -o "$OUT/libsqz_cupti_trace.so" || exit 1
   rm -f "$OUT"/trace.*.csv
-  CUDA_INJECTION64_PATH="$OUT/libsqz_cupti_trace.so" SQZ_TRACE_OUT="$OUT/trace" SQZ_TRACE_WINDOWS=2 \
-    python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
-    --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" >"$OUT/profile_run.log" 2>&1 \
-    || { tail -20 "$OUT/profile_run.log"; exit 1; }
+  CUDA_INJECTION64_PATH="$OUT/libsqz_cupti_trace.so" SQZ_TRACE_OUT="$OUT/trace" SQZ_TRACE_WINDOWS=2 profiled_run
   TRACE=$(ls -S "$OUT"/trace.*.csv 2>/dev/null | head -1)  # the server's (other processes trace nothing)
   [ -n "$TRACE" ] || { echo "no trace written (see $OUT/profile_run.log)" >&2; exit 1; }
   mv "$TRACE" "$OUT/step_timeline.csv" && rm -f "$OUT"/trace.*.csv "$OUT/libsqz_cupti_trace.so"
@@ -67,8 +70,6 @@ if [ "$TIMELINE" = 1 ]; then
 fi
 export SQUEEZESERVE_SERVER_WRAPPER="$NCU --clock-control none --profile-from-start off $NODES \
   --launch-count $COUNT --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --log-file $OUT/ncu_decode_graph.csv"
-python3 scripts/gpu/full_model_bench.py --shape "$SHAPE" --context "$CONTEXT" --modes "$MODE" \
-  --batches "$BATCH" --new_tokens 8 --reps 1 --no_store --out "$OUT" --server_args="$SERVER_ARGS" >"$OUT/profile_run.log" 2>&1 \
-  || { tail -20 "$OUT/profile_run.log"; exit 1; }
+profiled_run
 python3 scripts/gpu/decode_graph_profile.py "$OUT/ncu_decode_graph.csv" $SUMMARY --json "$OUT/decode_graph_profile.json" \
   | tee "$OUT/decode_graph_profile.txt"
