@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
                                                                          bh_first);
 
 #pragma unroll 1
-  for (int b = b_first; b < b_end; b += kPack) {
+  for (int b = b_first, bh = bh_first; b < b_end; b += kPack, bh += kPack * p.hkv) {
     uint4 qn[kNextQ ? kBlocks : 1];
     if constexpr (kNextQ) {
       if (b + kPack < b_end) load_q(b + kPack, qn);
@@ -428,7 +428,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
           if constexpr (R > 1) zs[c - c_first][2 * quad + 1] = z1;
         } else if (c < K && 2 * quad < kPack * R && (kPack == 1 || column_seq(b, 2 * quad) < b_end)) {
           // rows (2quad, 2quad + 1) % R of their sequences, all R of a sequence's (as unpacked)
-          const int64_t col_bh = static_cast<int64_t>(column_seq(b, 2 * quad)) * p.hkv + h;
+          // (Unpacked: the pass's bh, which the fused placement's variants hold without spilling.)
+          const int64_t col_bh = kPack == 1 ? bh : static_cast<int64_t>(column_seq(b, 2 * quad)) * p.hkv + h;
           float* at = ws.z + (col_bh * ws.capacity + c) * R + (kPack == 1 ? 2 * quad : 2 * quad % R);
           if constexpr (R == 1) {  // the two columns are two sequences
             at[0] = z0;
@@ -471,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? (kPlace ? (LV == Level::kC
       if (tid < 8 && column_used(b, tid)) {  // column tid; fixed merge order: deterministic
         float2 acc = make_float2(neg_inf(), 0.f);
         for (int w = 0; w < kWarps; ++w) acc = lse_merge(acc, red[w][tid]);
-        const int64_t col_row = static_cast<int64_t>(column_seq(b, tid)) * p.hkv + h;
+        const int64_t col_row = kPack == 1 ? bh : static_cast<int64_t>(column_seq(b, tid)) * p.hkv + h;
         ws.partials[(col_row * ws.den_chunks + chunk) * R + (kPack == 1 ? tid : tid % R)] = acc;
       }
       if (b + kPack < b_end) __syncthreads();  // red is rewritten by the next pass
