@@ -21,11 +21,15 @@ struct KeyRow {
 
 // The keys every query token of the block attends to before the dense part: the selected
 // clusters' rows in selection order, then one key per estimated cluster.
-std::vector<KeyRow> clustered_keys(const SequenceLayerF32& s, const Selection& sel, int bh, int h, int d) {
+// `member`: the query head's member of a squeezed bundle (Selection::member_masks), which attends
+// only the clusters with its bit.
+std::vector<KeyRow> clustered_keys(const SequenceLayerF32& s, const Selection& sel, int bh, int h, int d, int member) {
   std::vector<KeyRow> keys;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
   for (int i = 0; i < sel.counts[bh]; ++i) {
-    const int j = sel.cluster_ids[static_cast<int64_t>(bh) * sel.capacity + i];
+    const int64_t at = static_cast<int64_t>(bh) * sel.capacity + i;
+    if (sel.member_masks != nullptr && !((sel.member_masks[at] >> member) & 1u)) continue;
+    const int j = sel.cluster_ids[at];
     for (int r = off[j]; r < off[j + 1]; ++r) {
       keys.push_back({s.keys + h * s.head_stride + static_cast<int64_t>(r) * d,
                       s.values + h * s.head_stride + static_cast<int64_t>(r) * d, 0.f, r});
@@ -60,7 +64,8 @@ void sparse_attention_ref(const AttentionShape& shape, const SequenceLayerF32* s
     for (int hq = 0; hq < hq_n; ++hq) {
       const int h = hq / g, bh = b * shape.num_kv_heads + h;
       // Shared by every query token of the block; the dense rows follow per token.
-      std::vector<KeyRow> keys = clustered_keys(s, selection, bh, h, d);
+      const int member = selection.member_masks != nullptr ? hq % g / selection.member_group : 0;
+      std::vector<KeyRow> keys = clustered_keys(s, selection, bh, h, d, member);
       const size_t num_clustered = keys.size();
       for (int t = 0; t < lq; ++t) {
         // Causal over the dense part: the block's token t is dense row dense_len - lq + t.
@@ -95,6 +100,7 @@ void sparse_attention_ref(const AttentionShape& shape, const SequenceLayerF32* s
           for (int k = 0; k < d; ++k) o[k] /= denom;
         }
         if (lse) lse[row] = denom > 0.f ? m + std::log(denom) : kNegInf;
+        if (top.context_lse) top.context_lse[row] = context > 0.f ? m + std::log(context) : kNegInf;
         if (top.position != nullptr || top.share != nullptr) {
           // The first most attended row of a selected cluster; its share of the context softmax.
           int best = -1;

@@ -3,6 +3,7 @@
 // pruned-cluster estimate when the selection carries one (one key per estimated cluster: centroid,
 // logit + log n, mean value; no mask), then the dense part (window + own tokens) with a causal mask
 // for the query block, in one softmax (which is what the GPU kernels' log-sum-exp merge computes).
+// In a squeezed bundle (Selection::member_masks) a query head attends only its member's clusters.
 // Same contract as decode_attention.h / prefill_attention.h; float math.
 #pragma once
 

@@ -6,6 +6,7 @@ set(SQUEEZESERVE_KERNELS_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/selection_lse_wgmma.cu
   ${CMAKE_CURRENT_LIST_DIR}/selection_generic.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/bundle_selection.cu
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/prefill_attention_ws.cu
   ${CMAKE_CURRENT_LIST_DIR}/norm_rope.cu

@@ -45,6 +45,9 @@
 // Groups above 16 (the engine's shared-context bundles: a batch's questions on one context as one
 // group) take two MMA tiles, which one warp has no registers for: two warps share each tile of
 // keys, 16 query heads each (kPair, attend_rows), so the context streams once for the batch.
+// Squeezed bundles (kernels/bundle_selection.h) take these variants at any group, with a member
+// mask per selected cluster (kMasked: the heads of members that did not select it get -inf) and
+// read-ahead's top keys; the other variants compile without the masks.
 //
 // Pruned-cluster estimate: the estimated clusters are virtual rows after the selected ones
 // (virtual_rows.cuh): their mean is the value and their logit a per-row bias in smem beside the
@@ -94,12 +97,18 @@ constexpr int kMaxHeads = 2048;  // B * H_kv
 template <int D>
 constexpr int kWarpSmemElems = kStages * 2 * kTileRows * (D + 8);
 constexpr int kWarpBiases = kStages * kTileRows * kMaxGroup;
-// Then per warp kStages x kTileRows row codes (virtual_rows.cuh), read-ahead's only: the physical
-// row of each selected row a tile offers as its top key (TopKey::v here: see write_top).
-constexpr int kWarpCodes = kStages * kTileRows;
+// Then per warp, for each of a pair's 2 kStages stages, kTileRows row codes (virtual_rows.cuh),
+// read-ahead's only: the physical row of each selected row a tile offers as its top key
+// (TopKey::v here: see write_top).
+constexpr int kWarpCodes = 2 * kStages * kTileRows;
+// Then per warp, in a squeezed bundle's launch (Selection::member_masks), the member mask of each
+// row of a tile, for each of a pair's 2 kStages stages (the warp's own copy: both warps of a pair
+// resolve every row of a tile).
+constexpr int kWarpMasks = 2 * kStages * kTileRows;
 template <int D>
 constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D> +
-                              sizeof(float) * kWarps * kWarpBiases + sizeof(int) * kWarps * kWarpCodes;
+                              sizeof(float) * kWarps * kWarpBiases + sizeof(int) * kWarps * kWarpCodes +
+                              sizeof(uint32_t) * kWarps * kWarpMasks;
 // Where (stage, tile row, query head)'s logit offset lies in a warp's bias buffer: the one index
 // the resolving lanes write by and the computing lanes read by.
 __device__ __forceinline__ int bias_at(int stage, int row, int head) { return (stage * kTileRows + row) * kMaxGroup + head; }
@@ -198,15 +207,19 @@ __device__ __forceinline__ HeadCost head_cost(const DecodeArgs& a, int bh) {
 // last segment: end = INT_MAX).
 struct SegmentWindow {
   int base, start, shift, end;
+  uint32_t mask;  // the segment's member mask (squeezed bundles; all ones without)
 
-  // Two dependent round trips: row_start + ids, then the clusters' offsets.
+  // Two dependent round trips: row_start + ids (+ kMasked: the mask), then the clusters' offsets.
+  template <bool kMasked>
   __device__ void load(const VirtualRows& vr, int first, int lane) {
     base = first;
     const int s = first + lane;
     start = INT_MAX;
     shift = 0;
+    mask = ~0u;
     if (s < vr.count) {
       start = __ldg(vr.row_start + s);
+      if (kMasked) mask = __ldg(vr.masks + s);
       shift = __ldg(vr.offsets + __ldg(vr.ids + s)) - start;
     }
     end = __shfl_sync(0xffffffffu, start, 31);
@@ -214,6 +227,7 @@ struct SegmentWindow {
 
   // First window for sparse row v: 32-way search of row_start down to 32 candidate segments (one
   // round trip per round: 2 rounds up to 32K segments), which become the window.
+  template <bool kMasked>
   __device__ void seek(const VirtualRows& vr, int v, int lane) {
     int lo = 0, n = vr.count;  // v's segment is in [lo, lo + n), and row_start[lo] <= v
     while (n > 32) {
@@ -223,7 +237,7 @@ struct SegmentWindow {
       lo += k * stride;
       n = min(stride, n - k * stride);
     }
-    load(vr, lo, lane);
+    load<kMasked>(vr, lo, lane);
   }
 
   // Window index of the segment holding row x (last lane with start <= x), for start(0) <= x.
@@ -348,22 +362,27 @@ __device__ __forceinline__ void pair_sync(int pair) {
 // One warp attends its rows [w0, w1) of a head: online softmax of the group's query heads (qa:
 // A fragments of Q, row lane / 4 = head) into o (C fragments, rows = heads) and st (st.l is this
 // lane's partial sum; the quad holds the row's four parts), and with kTop the lane's part of the
-// context sum and its top key (as a physical row). kHigh (groups above 8: no estimate, no top
-// keys): query heads 8..15 too, rows lane / 4 + 8 of the tile, their state in st_hi. Uses `smem`,
-// `bias` and `codes`, the warp's stage buffers.
+// context sum and its top key (as a physical row). kHigh (groups above 8, and squeezed bundles:
+// no estimate): query heads 8..15 too, rows lane / 4 + 8 of the tile, their state in st_hi (and
+// with kTop ctx_hi, top_hi). Uses `smem`, `bias`, `codes` and `masks`, the warp's stage buffers.
+// kMasked (a squeezed bundle's launch, Selection::member_masks; kHigh's variants only): the rows
+// of a selected cluster whose member mask lacks bit `member` (this lane's query head lane / 4's
+// member; member_hi: head lane / 4 + 8's) have logit -inf for that head (and are never its top key).
 // kPair (groups above 16, kHigh's too): the warp is half `half` of a pair that streams the same
 // tiles through the pair's stage buffers (`smem`: both warps' buffers, 2 kStages stages), each
 // warp copying half of a tile's rows and attending with its own 16 query heads (qa). One pair
 // barrier a tile: the partner's half of tile t has landed and the partner is done with tile t - 1,
 // whose stage is then refilled. So the context streams once for up to 32 query heads a KV head.
-template <int D, bool kTop, bool kWide, bool kHigh, bool kPair>
+template <int D, bool kTop, bool kWide, bool kHigh, bool kPair, bool kMasked>
 __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w1,
                                             const uint32_t (&qa)[D / 16][4], __nv_bfloat16* smem, float* bias,
-                                            int* codes, float scale_log2, int lane, int pair, int half,
+                                            int* codes, uint32_t* masks, int member, int member_hi,
+                                            float scale_log2, int lane, int pair, int half,
                                             float (&o)[D / 8][4], SoftmaxState& st, SoftmaxState& st_hi, float& ctx,
-                                            TopKey& top) {
-  static_assert(!kHigh || (!kTop && !kWide), "query heads 8..15 only without top keys and wide tiles");
+                                            TopKey& top, float& ctx_hi, TopKey& top_hi) {
+  static_assert(!kHigh || !kWide, "query heads 8..15 only without wide tiles");
   static_assert(!kPair || kHigh, "a pair's warps attend 16 query heads each");
+  static_assert(!kMasked || kHigh, "the squeezed bundles take the variants of groups above 8");
   constexpr int kStride = D + 8, kTileElems = kTileRows * kStride;
   constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks;  // 16-byte chunks per row
   constexpr int kStageCount = kPair ? 2 * kStages : kStages;
@@ -383,7 +402,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     return vr.est_count > 0 && v < min(vr.clustered(), w1) && v + kTileRows > vr.sparse_rows;
   };
   SegmentWindow win;
-  if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek(vr, w0, lane);
+  if (num_tiles > 0 && w0 < vr.sparse_rows) win.seek<kMasked>(vr, w0, lane);
 
   // An estimated row's cluster id, loaded one tile ahead (pending_id): the id is what the row's
   // value address depends on, and a load issued when the tile is resolved would stall the warp there
@@ -419,20 +438,25 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     }
     const int x = v + (lane & (kTileRows - 1));
     int shift = 0;
+    uint32_t row_mask = ~0u;
     if (v < vr.sparse_rows) {  // warp-uniform
       // Segments have >= 1 row, so a window based at v's segment covers the tile's <= 16 segments.
       const int last = min(min(v + kTileRows, w1), vr.sparse_rows) - 1;
       // (Interleaved tiles, kPair, skip rows: a skip past the window moves it 31 segments at a time.)
-      while (last >= win.end) win.load(vr, win.base + win.find(v), lane);
-      shift = __shfl_sync(0xffffffffu, win.shift, win.find(x));
+      while (last >= win.end) win.load<kMasked>(vr, win.base + win.find(v), lane);
+      const int segment = win.find(x);
+      shift = __shfl_sync(0xffffffffu, win.shift, segment);
+      if (kMasked) row_mask = __shfl_sync(0xffffffffu, win.mask, segment);
     }
+    // A squeezed bundle's rows: the members that attend each (every member: the dense rows).
+    if (kMasked && lane < kTileRows) masks[(t % kStageCount) * kTileRows + lane] = x < vr.sparse_rows ? row_mask : ~0u;
     // Row code of row x (virtual_rows.cuh).
     const int code = x >= w1                   ? kNoRow
                      : x < vr.sparse_rows      ? x + shift
                      : estimated_row(x)        ? estimate_code(my_id)
                                                : dense_code(x - vr.clustered());
     // Read-ahead: the rows' codes, so that a top key is offered as its physical row (write_top).
-    if (kTop && lane < kTileRows) codes[(t % kStages) * kTileRows + lane] = code;
+    if (kTop && lane < kTileRows) codes[(t % kStageCount) * kTileRows + lane] = code;
     if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
       float* to = bias + bias_at(t % kStages, 0, 0);
       if (vr.est_logits) {
@@ -507,17 +531,21 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     // keys n * 8 + 2 * (lane & 3) + e.
     const int v = tiles.start(t);
     const bool tile_bias = has_estimate(v);
+    const uint32_t* tile_masks = masks + (t % kStageCount) * kTileRows;
+    // Whether this lane's head of member `m` attends the tile's row col (squeezed bundles).
+    auto attends = [&](int col, int m) { return !kMasked || ((tile_masks[col] >> m) & 1u) != 0u; };
     float tile_max = neg_inf();
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
-        float x = key < w1 ? s[n][e] * scale_log2 : neg_inf();
+        float x = key < w1 && attends(col, member) ? s[n][e] * scale_log2 : neg_inf();
         if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
         // A selected row's code is its physical row, in the same order as its virtual row (the
         // segments are in ascending cluster order): ties still go to the first row.
-        if (kTop && key < vr.sparse_rows && key < w1) top.offer(x, codes[(t % kStages) * kTileRows + col]);
+        if (kTop && key < vr.sparse_rows && key < w1 && x != neg_inf())
+          top.offer(x, codes[(t % kStageCount) * kTileRows + col]);
         s[n][e] = x;
         tile_max = fmaxf(tile_max, x);
       }
@@ -533,16 +561,18 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       }
     uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), 0u, pack_bf16(p[1][0], p[1][1]), 0u};
     if constexpr (kHigh) {  // heads 8..15: the same softmax over c2, c3, P's rows 8..15 (a1, a3)
-      float hi_max = neg_inf(), unused_ctx = 0.f;
+      float hi_max = neg_inf();
 #pragma unroll
       for (int n = 0; n < 2; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int key = v + n * 8 + 2 * (lane & 3) + e;
-          s[n][2 + e] = key < w1 ? s[n][2 + e] * scale_log2 : neg_inf();
+          const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
+          s[n][2 + e] = key < w1 && attends(col, member_hi) ? s[n][2 + e] * scale_log2 : neg_inf();
+          if (kTop && key < vr.sparse_rows && key < w1 && s[n][2 + e] != neg_inf())
+            top_hi.offer(s[n][2 + e], codes[(t % kStageCount) * kTileRows + col]);
           hi_max = fmaxf(hi_max, s[n][2 + e]);
         }
-      rescale_to_tile<D, false, 1>(hi_max, st_hi, unused_ctx, o);
+      rescale_to_tile<D, kTop, 1>(hi_max, st_hi, ctx_hi, o);
       float q[2][2];
 #pragma unroll
       for (int n = 0; n < 2; ++n)
@@ -550,6 +580,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         for (int e = 0; e < 2; ++e) {
           q[n][e] = s[n][2 + e] == neg_inf() ? 0.f : exp2f(s[n][2 + e] - st_hi.m);
           st_hi.l += q[n][e];
+          if (kTop && v + n * 8 + 2 * (lane & 3) + e < ctx_end) ctx_hi += q[n][e];
         }
       pa[1] = pack_bf16(q[0][0], q[0][1]);
       pa[3] = pack_bf16(q[1][0], q[1][1]);
@@ -581,6 +612,7 @@ __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const Softmax
   }
   if (a.top.share) a.top.share[hq] = share;
   if (a.top.position) a.top.position[hq] = position;
+  if (a.top.context_lse) a.top.context_lse[hq] = ctx > 0.f ? (st.m + log2f(ctx)) / kLog2e : neg_inf();
 }
 
 // Merge of head bh's partials (slots first.., n of them) in slot order; writes out, lse and (kTop)
@@ -684,12 +716,14 @@ __device__ __forceinline__ void prefetch_l1(const void* p, size_t bytes) {
 }
 
 // kTop: read-ahead's top keys (TopKeys); kWide: estimated rows in wide tiles (WarpTiles); kHigh:
-// groups above 8 (query heads 8..15 in the MMA tile's rows 8..15; neither of the others); kPair:
-// groups above 16 (kHigh's too), each pair of warps streaming tiles for 2 x 16 query heads.
-template <int D, bool kTop, bool kWide, bool kHigh, bool kPair>
+// groups above 8 (query heads 8..15 in the MMA tile's rows 8..15; no wide tiles), or a squeezed
+// bundle's at any group; kPair: groups above 16 (kHigh's too), each pair of warps streaming tiles
+// for 2 x 16 query heads; kMasked: a squeezed bundle's (Selection::member_masks; kHigh's).
+template <int D, bool kTop, bool kWide, bool kHigh, bool kPair, bool kMasked>
 // Two CTAs per SM at D = 128 (smem: 102 KB each; ~180 registers fit). D = 64 has smem for four but
-// needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight.
-__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(DecodeArgs a) {
+// needs ~136 registers (a cap of 128 spilled), so three: 12 warps, up to ~96 KB of copies in flight;
+// two with top keys for query heads 8..15 as well (a squeezed bundle's), which spill under three.
+__global__ void __launch_bounds__(kThreads, D == 64 && !(kTop && kHigh) ? 3 : 2) decode_kernel(DecodeArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ long long warp_units[kWarps];
   __shared__ long long first_head_start;
@@ -764,6 +798,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
   float* biases = reinterpret_cast<float*>(reinterpret_cast<__nv_bfloat16*>(smem_raw) + kWarps * kWarpSmemElems<D>);
   float* warp_bias = biases + warp * kWarpBiases;
   int* warp_codes = reinterpret_cast<int*>(biases + kWarps * kWarpBiases) + warp * kWarpCodes;
+  uint32_t* warp_masks =
+      reinterpret_cast<uint32_t*>(reinterpret_cast<int*>(biases + kWarps * kWarpBiases) + kWarps * kWarpCodes) +
+      warp * kWarpMasks;
   int bh = first_head;
   [[maybe_unused]] int pieces = 0, merges = 0;  // DECODE_TRACE_COUNTS
   for (long long head_start = first_head_start; head_start < f1; ++bh) {
@@ -816,11 +853,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
     SoftmaxState st = SoftmaxState::empty(), st_hi = SoftmaxState::empty();
-    float ctx = 0.f;
-    TopKey top = TopKey::none();
-    attend_rows<D, kTop, kWide, kHigh, kPair>(vr, w0, w1, qa, kPair ? pair_smem : warp_smem,
-                                              warp_bias, warp_codes, a.scale_log2, lane, pair, half, o, st, st_hi,
-                                              ctx, top);
+    float ctx = 0.f, ctx_hi = 0.f;
+    TopKey top = TopKey::none(), top_hi = TopKey::none();
+    // A squeezed bundle's members of this lane's query heads g and g + 8 (Selection::member_masks).
+    const int mg = max(a.sel.member_group, 1);
+    attend_rows<D, kTop, kWide, kHigh, kPair, kMasked>(vr, w0, w1, qa, kPair ? pair_smem : warp_smem, warp_bias, warp_codes,
+                                              warp_masks, min(g / mg, 31), min((g + 8) / mg, 31), a.scale_log2, lane,
+                                              pair, half, o, st, st_hi, ctx, top, ctx_hi, top_hi);
     if (pieces == 0) DECODE_TRACE(3);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
     st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
@@ -832,6 +871,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
       ctx += __shfl_xor_sync(0xffffffffu, ctx, 1);
       ctx += __shfl_xor_sync(0xffffffffu, ctx, 2);
       top.quad_reduce();
+      if (kHigh) {
+        ctx_hi += __shfl_xor_sync(0xffffffffu, ctx_hi, 1);
+        ctx_hi += __shfl_xor_sync(0xffffffffu, ctx_hi, 2);
+        top_hi.quad_reduce();
+      }
     }
 
     // Combine the warps: each stores (o, statistics) in its own stage buffers (free after
@@ -849,13 +893,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
           red_top[g] = top.v;
         }
       }
-      if (kHigh && g + 8 < G) {  // heads 8..15 from c2, c3 (no top keys: ctx and top unused)
+      if (kHigh && g + 8 < G) {  // heads 8..15 from c2, c3
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
           *reinterpret_cast<float2*>(red_o + (g + 8) * D + n * 8 + 2 * (lane & 3)) = make_float2(o[n][2], o[n][3]);
         if ((lane & 3) == 0) {
-          red_st[g + 8] = make_float4(st_hi.m, st_hi.l, 0.f, neg_inf());
-          red_top[g + 8] = -1;
+          red_st[g + 8] = make_float4(st_hi.m, st_hi.l, ctx_hi, top_hi.s);
+          red_top[g + 8] = top_hi.v;
         }
       }
     }
@@ -894,7 +938,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 2) decode_kernel(Decod
       if (d == 0) {
         if (kTop) {
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w) T.offer(warp_st(w).w, warp_top(w));
+          for (int k = 0; k < kStreams; ++k) T.offer(warp_st(owner(k)).w, warp_top(owner(k)));
           a.ws.partial_top[static_cast<int64_t>(slot) * G + j] = T.v;
         }
         a.ws.partial_st[static_cast<int64_t>(slot) * G + j] = make_float4(M, L, C, T.s);
@@ -947,9 +991,16 @@ struct MergePiecesArgs {
   const float* b_lse;
   __nv_bfloat16* out;
   float* lse;
+  // kTop: the launch's views (perm, offsets), its KV heads, part B's context LSE and the outputs.
+  const SequenceLayerBf16* seqs;
+  int hkv;
+  const float* b_context_lse;
+  TopKeys top;
 };
 
-template <int D>
+// kTop: also read-ahead's top key of each row, from the pieces' (slot order, as merge_head) and
+// their context sums with part B's (merge_decode_pieces).
+template <int D, bool kTop>
 __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePiecesArgs m) {
   allow_next_grid();
   const int r = blockIdx.x * kMergeWarps + static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -961,19 +1012,25 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePie
   const bool mine = lane < D / 4;
   SoftmaxState st = SoftmaxState::empty();
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float ctx = 0.f;
+  TopKey top = TopKey::none();
   for (int u0 = 0; u0 < hp.y; u0 += kMergeAhead) {
     float4 ps[kMergeAhead], po[kMergeAhead];
+    int pt[kMergeAhead];
 #pragma unroll
     for (int k = 0; k < kMergeAhead; ++k) {
       const int64_t at = static_cast<int64_t>(hp.x + min(u0 + k, hp.y - 1)) * m.g + j;
       ps[k] = __ldcg(m.ws.partial_st + at);
       po[k] = mine ? __ldcg(reinterpret_cast<const float4*>(m.ws.partial_o + at * D) + lane)
                    : make_float4(0.f, 0.f, 0.f, 0.f);
+      if (kTop) pt[k] = __ldcg(m.ws.partial_top + at);
     }
 #pragma unroll
     for (int k = 0; k < kMergeAhead; ++k) {
       if (u0 + k >= hp.y) break;
+      if (kTop) top.offer(ps[k].w, pt[k]);
       const float2 w = st.merge({ps[k].x, ps[k].y});  // (keep, add)
+      if (kTop) ctx = ctx * w.x + ps[k].z * w.y;
       acc.x = acc.x * w.x + po[k].x * w.y;
       acc.y = acc.y * w.x + po[k].y * w.y;
       acc.z = acc.z * w.x + po[k].z * w.y;
@@ -1003,28 +1060,57 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePie
     dst[1] = __floats2bfloat162_rn(wa * acc.z + wb * b.z, wa * acc.w + wb * b.w);
   }
   if (m.lse != nullptr && lane == 0) m.lse[r] = sum > 0.f ? mx + __logf(sum) : neg_inf();
+  if constexpr (kTop) {
+    if (lane != 0) return;
+    // The context sum relative to part A's max (log2 units): A's, plus part B's (its estimate and
+    // window: the squeezed bundles' members) where given.
+    const float cb = m.b_context_lse != nullptr ? m.b_context_lse[r] : neg_inf();
+    if (cb != neg_inf()) ctx += st.m == neg_inf() ? INFINITY : exp2f(cb * kLog2e - st.m);
+    float share = 0.f;
+    int position = -1;
+    if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
+    if (share > 0.f) {
+      const SequenceLayerBf16& s = m.seqs[bh / m.hkv];
+      const int h = bh % m.hkv;
+      const int n = __ldg(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters);  // N
+      position = __ldg(s.perm + static_cast<int64_t>(h) * n + top.v);
+    }
+    if (m.top.share) m.top.share[r] = share;
+    if (m.top.position) m.top.position[r] = position;
+    if (m.top.context_lse) {
+      m.top.context_lse[r] = ctx > 0.f && st.m != neg_inf() ? (st.m + log2f(ctx)) / kLog2e : cb;
+    }
+  }
 }
 
 // The group size is a kernel argument (any 1..8: the group's heads are rows of one 16-row MMA
 // tile, so it changes no loop the streaming depends on); 9..16 take the kHigh variant and 17..32
-// the kPair one, which have neither top keys nor wide tiles.
+// the kPair one, which have no wide tiles and top keys only for squeezed bundles (masked). A
+// squeezed bundle takes them at any group; without top keys its variants have the dense bundles'
+// launch bounds (so the same grid: merge_decode_pieces finds the pieces of either).
 template <int D>
-DecodeKernel kernel_for(bool top, bool wide, bool high, bool pair) {
-  if (high) {
-    if (top || wide) return nullptr;
-    return pair ? decode_kernel<D, false, false, true, true> : decode_kernel<D, false, false, true, false>;
+DecodeKernel kernel_for(bool top, bool wide, bool high, bool pair, bool masked) {
+  if (masked) {
+    if (top) return pair ? decode_kernel<D, true, false, true, true, true> : decode_kernel<D, true, false, true, false, true>;
+    return pair ? decode_kernel<D, false, false, true, true, true> : decode_kernel<D, false, false, true, false, true>;
   }
-  if (wide) return top ? decode_kernel<D, true, true, false, false> : decode_kernel<D, false, true, false, false>;
-  return top ? decode_kernel<D, true, false, false, false> : decode_kernel<D, false, false, false, false>;
+  if (high) {
+    if (wide || top) return nullptr;
+    return pair ? decode_kernel<D, false, false, true, true, false> : decode_kernel<D, false, false, true, false, false>;
+  }
+  if (wide)
+    return top ? decode_kernel<D, true, true, false, false, false> : decode_kernel<D, false, true, false, false, false>;
+  return top ? decode_kernel<D, true, false, false, false, false> : decode_kernel<D, false, false, false, false, false>;
 }
 
 // wide: the selection provides the estimate's logits and 32 rows of them fit a stage (WarpTiles).
-DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide) {
+// masked: a squeezed bundle's launch (Selection::member_masks).
+DecodeKernel kernel_for(int head_dim, int group, bool top, bool wide, bool masked = false) {
   if (group < 1 || group > kMaxDecodeGroup) return nullptr;
   const bool high = group > kMaxGroup, pair = group > kMmaRows;
-  wide = !high && wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
-  if (head_dim == 64) return kernel_for<64>(top, wide, high, pair);
-  if (head_dim == 128) return kernel_for<128>(top, wide, high, pair);
+  wide = !high && !masked && wide && estimate_logit_stride(group) * kWideTileRows <= kTileRows * kMaxGroup;
+  if (head_dim == 64) return kernel_for<64>(top, wide, high, pair, masked);
+  if (head_dim == 128) return kernel_for<128>(top, wide, high, pair, masked);
   return nullptr;
 }
 
@@ -1082,12 +1168,13 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
   // The grid of every variant (with and without TopKeys, wide tiles) fits.
   int ctas = std::max(1, launch.num_ctas);
   for (const bool top : {false, true})
-    for (const bool wide : {false, true}) {
-      Grid variant{ctas};
-      if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide))
-        configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &variant);
-      ctas = std::max(ctas, variant.ctas);
-    }
+    for (const bool wide : {false, true})
+      for (const bool masked : {false, true}) {
+        Grid variant{ctas};
+        if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide, masked))
+          configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &variant);
+        ctas = std::max(ctas, variant.ctas);
+      }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
@@ -1096,22 +1183,29 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
                             const DecodeLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  const DecodeKernel kernel = kernel_for(shape.head_dim, g, top.position != nullptr || top.share != nullptr,
-                                         selection.estimate_logits != nullptr && launch.wide_estimate_tiles);
+  const bool with_top = top.position != nullptr || top.share != nullptr || top.context_lse != nullptr;
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, with_top,
+                                         selection.estimate_logits != nullptr && launch.wide_estimate_tiles,
+                                         selection.member_masks != nullptr);
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
   // Groups above 8 have no bias rows for heads 8..15: no pruned-cluster estimate.
-  if (g > kMaxGroup && (selection.estimated != nullptr || selection.estimate_ids != nullptr))
+  const bool estimate =
+      selection.estimated != nullptr || selection.estimate_ids != nullptr || selection.estimate_logits != nullptr;
+  if (g > kMaxGroup && estimate) return cudaErrorInvalidValue;
+  // A squeezed bundle: whole members in the group, at most 32 (a mask bit each), no estimate.
+  if (selection.member_masks != nullptr &&
+      (selection.member_group < 1 || g % selection.member_group != 0 || g / selection.member_group > 32 || estimate))
     return cudaErrorInvalidValue;
   Grid grid;
   cudaError_t err = configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &grid);
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
-  const bool with_top = top.position != nullptr || top.share != nullptr;
-  // Deferred: no top keys (the merge writes them) and no estimate logits (the wide-tile variant's
-  // grid could differ from the one merge_decode_pieces finds the pieces by).
-  if (launch.defer_merge && (with_top || selection.estimate_logits != nullptr)) return cudaErrorInvalidValue;
+  // Deferred: no estimate logits (the wide-tile variant's grid could differ from the one
+  // merge_decode_pieces finds the pieces by); top keys are the merge's to write, and it must be
+  // told (its `top`), for the same reason.
+  if (launch.defer_merge && selection.estimate_logits != nullptr) return cudaErrorInvalidValue;
   // Beside the previous launch: what it reads must be staged by the host, and no ticket memset may
   // stand between the two (it would wait for the previous launch to end).
   if (launch.beside_previous && (!launch.static_selection || (!launch.tickets && !launch.defer_merge)))
@@ -1133,13 +1227,16 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
 
 int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,
                         const int32_t* a_row, const void* b_out, const float* b_lse, void* out, float* lse,
-                        void* stream) {
+                        void* stream, const SequenceLayerBf16* seqs, const TopKeys& top, const float* b_context_lse,
+                        bool masked) {
   using namespace detail;
   const int g = shape.group();
-  // The launch's grid, hence where its workspace holds the pieces: every variant's grid without
-  // TopKeys (deferred launches have none) is the same at one head_dim.
-  const DecodeKernel kernel = kernel_for(shape.head_dim, g, /*top=*/false, /*wide=*/false);
-  if (!kernel || rows < 0 || shape.num_q_heads != g * shape.num_kv_heads || (b_out != nullptr && b_lse == nullptr))
+  const bool with_top = top.position != nullptr || top.share != nullptr || top.context_lse != nullptr;
+  // The launch's grid, hence where its workspace holds the pieces: its variant's (deferred launches
+  // have no wide tiles).
+  const DecodeKernel kernel = kernel_for(shape.head_dim, g, with_top, /*wide=*/false, masked);
+  if (!kernel || rows < 0 || shape.num_q_heads != g * shape.num_kv_heads || (b_out != nullptr && b_lse == nullptr) ||
+      (with_top && seqs == nullptr))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   Grid grid;
@@ -1152,11 +1249,19 @@ int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch,
                           static_cast<const __nv_bfloat16*>(b_out),
                           b_lse,
                           static_cast<__nv_bfloat16*>(out),
-                          lse};
+                          lse,
+                          seqs,
+                          shape.num_kv_heads,
+                          b_context_lse,
+                          top};
   const dim3 ctas((rows + kMergeWarps - 1) / kMergeWarps), block(kMergeWarps * 32);
   const auto st = static_cast<cudaStream_t>(stream);
-  return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64>, ctas, block, 0, st, m)
-                              : launch_chained(merge_pieces_kernel<128>, ctas, block, 0, st, m);
+  if (with_top) {
+    return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64, true>, ctas, block, 0, st, m)
+                                : launch_chained(merge_pieces_kernel<128, true>, ctas, block, 0, st, m);
+  }
+  return shape.head_dim == 64 ? launch_chained(merge_pieces_kernel<64, false>, ctas, block, 0, st, m)
+                              : launch_chained(merge_pieces_kernel<128, false>, ctas, block, 0, st, m);
 }
 
 }  // namespace squeezeserve::kernels

@@ -68,8 +68,8 @@ struct DecodeLaunch {
   // Leaves each head's pieces unmerged in the workspace (out and lse are not written) for
   // merge_decode_pieces below, which merges every head at once on many CTAs. Why: a head's last
   // piece merged its 16-33 partials on one CTA while the rest of the device idled, up to 11-20 us at
-  // the end of the shared-context bundles' launch (bench/kernels/NOTES.md run 25). Not with TopKeys
-  // or the selection's estimate logits.
+  // the end of the shared-context bundles' launch (bench/kernels/NOTES.md run 25). Not with the
+  // selection's estimate logits; with TopKeys the merge writes them (and must be given them).
   bool defer_merge = false;
   // The next launch on the stream runs beside this one: it reads nothing this launch writes and
   // writes nothing this launch reads (made with beside_previous). This launch lets it be scheduled
@@ -96,7 +96,7 @@ struct DecodeLaunch {
 // Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
 constexpr int32_t kDefaultPieceStartRows = 768;
 
-// A launch without the pruned-cluster estimate and without TopKeys takes groups of up to 32 query
+// A launch without the pruned-cluster estimate takes groups of up to 32 query
 // heads per KV head: every row of the kernel's 16-row MMA tile (up to kMaxGroup, rows 8..15 are
 // padding), and above 16 two warps that share each tile, 16 query heads each. The engine's
 // shared-context bundles use them: several dense questions' query heads as one group over the
@@ -109,8 +109,10 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
 // DecodeLaunch::q_rows says). lse: nullable device fp32 [B][Hq]
 // (natural log). selection: device arrays from select_clusters(). top: read-ahead's outputs
 // (squeeze_types.h; device [B][Hq]; needs every view's perm and window_len), default none.
-// Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate
-// and TopKeys, 9..kMaxDecodeGroup; B * H_kv <= 2048.
+// Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate,
+// 9..kMaxDecodeGroup; B * H_kv <= 2048. A squeezed bundles' launch
+// (Selection::member_masks; its union from bundle_selections) needs member_group to divide the
+// group and no estimate arrays.
 // The workspace (decode_attention_workspace_bytes) serves launches with and without `top`.
 // Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,
@@ -124,10 +126,16 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
 // [rows][head_dim] normalized over its keys, b_lse its natural-log LSE, -inf = no keys; CPU
 // reference of the merge: merge_parts_ref.h).
 // A head's pieces merge in order, as the launch would have merged them. out: bf16 [rows][head_dim];
-// lse: nullable fp32 [rows]. Returns a cudaError_t value.
+// lse: nullable fp32 [rows].
+// top: read-ahead's outputs of row r ([rows]; none by default), for a launch that had top keys
+// (the same `seqs`): the top key of a_row[r]'s pieces, its share over their context sum and part
+// B's (b_context_lse [rows], natural log, nullable: B's TopKeys::context_lse, e.g. a squeezed
+// bundle member's estimate and window). masked: the launch's selection had member masks (a
+// squeezed bundles' launch: its variant's grid). Returns a cudaError_t value.
 int merge_decode_pieces(const AttentionShape& shape, const DecodeLaunch& launch, const void* workspace, int rows,
                         const int32_t* a_row, const void* b_out, const float* b_lse, void* out, float* lse,
-                        void* stream);
+                        void* stream, const SequenceLayerBf16* seqs = nullptr, const TopKeys& top = {},
+                        const float* b_context_lse = nullptr, bool masked = false);
 
 // Diagnosis (bench/kernels' kernels_bench --trace, docs in bench/kernels/NOTES.md run 13): in a build
 // with SQZ_DECODE_TRACE defined, every later launch's CTA c < max_ctas writes, at each of its

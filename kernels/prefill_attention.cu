@@ -241,7 +241,9 @@ int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf1
                              const PrefillLaunch& launch, void* stream, const TopKeys& top) {
   using namespace detail;
   const int g = shape.group();
-  if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1)
+  // (Squeezed bundles, Selection::member_masks, are decode steps'.)
+  if (g < 1 || g > 8 || shape.num_q_heads != g * shape.num_kv_heads || shape.query_len < 1 ||
+      selection.member_masks != nullptr || top.context_lse != nullptr)
     return cudaErrorInvalidValue;
   PrefillArgs a{seqs, static_cast<const __nv_bfloat16*>(q), selection, static_cast<__nv_bfloat16*>(out), lse, top,
                 shape.query_len, shape.num_kv_heads, g, kLog2e / sqrtf(static_cast<float>(shape.head_dim)),

@@ -145,6 +145,17 @@ struct Selection {
   // their mean values (no centroid re-read: half the estimate's bytes; no size lookup: one
   // dependent load less per estimated row). Prefill launches neither write nor read it.
   float* estimate_logits = nullptr;
+
+  // Squeezed bundles (decode only; kernels/bundle_selection.h): where set, each (b, h) of the
+  // launch is a bundle of up to 32 members' questions on one context, its selected clusters the
+  // union of the members' selections, and bit m of member_masks[bh * capacity + i] says whether
+  // member m selected cluster i. Member m's query heads are m * member_group ... + member_group - 1
+  // of the launch's group: for the rows of a cluster without its bit their logits are -inf (the
+  // member does not attend them). The dense rows (the window) are every member's. Null: every
+  // query head attends every selected cluster. No estimate in such a launch (each member's
+  // estimated clusters are attended beside it, with its own tokens).
+  const uint32_t* member_masks = nullptr;
+  int32_t member_group = 0;
 };
 
 // Read-ahead's output of the attention kernels beside out and lse (null = not computed): per query
@@ -155,6 +166,11 @@ struct Selection {
 struct TopKeys {
   int32_t* position = nullptr;  // [B][Lq][Hq]
   float* share = nullptr;       // [B][Lq][Hq]
+  // Decode only, optional: the natural-log LSE of the scaled logits over those context rows, -inf
+  // where there are none. A squeezed bundle's members (bundle_selection.h) attend their estimate
+  // and window beside the bundle's selected rows; the merge needs that part's context sum for the
+  // share.
+  float* context_lse = nullptr;  // [B][Lq][Hq]
 };
 
 }  // namespace squeezeserve::kernels

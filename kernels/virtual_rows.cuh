@@ -33,6 +33,7 @@ struct VirtualRows {
   const int32_t* ids;        // selected cluster ids of this (b, h)
   const int32_t* row_start;  // their virtual start rows
   const int32_t* offsets;    // fine offsets of head h, [K + 1]
+  const uint32_t* masks;     // their member masks (Selection::member_masks; decode), null = none
   int count;                 // selected clusters
   int sparse_rows;           // selected rows
   int dense_len;
@@ -72,6 +73,7 @@ __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, 
   v.ids = sel.cluster_ids + static_cast<int64_t>(bh) * sel.capacity;
   v.row_start = sel.row_start + static_cast<int64_t>(bh) * sel.capacity;
   v.offsets = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
+  v.masks = sel.member_masks != nullptr ? sel.member_masks + static_cast<int64_t>(bh) * sel.capacity : nullptr;
   v.count = sel.counts[bh];
   v.sparse_rows = sel.rows[bh];
   v.dense_len = s.dense_len;

@@ -9,7 +9,12 @@
 // this shows whether a change to the bundles moves their launch (bench/kernels/NOTES.md run 25:
 // the bundles are bound by their tail, not by DRAM, which Nsight Compute over this program shows:
 // `ncu --kernel-name regex:decode_kernel --metrics gpu__time_duration.sum,dram__bytes_read.sum`).
-//   bundle_bench [--context N] [--ctas N] [--out FILE] [--trace]
+//   bundle_bench [--context N] [--ctas N] [--out FILE] [--trace] [--squeezed F]
+// --squeezed F (default 0.12; 0: none): also the squeezed questions' attention at batch 8 (kernels/
+// bundle_selection.h), each question keeping a random share F of the clusters (~20 rows each) of
+// each KV head, independently (as on this repo's random-weight checkpoints): one sequence per
+// question over its own rows (the engine's today) against the union of their selections
+// (bundle_selections) and one masked bundle launch over it, the union's time also alone.
 // --ctas N: every launch on N CTAs (DecodeLaunch::num_ctas) instead of the device's (fewer, longer
 // pieces per head: fewer partials to merge, fewer warps streaming).
 // --trace (a build configured with -DSQZ_DECODE_TRACE=ON): each row's per-CTA phases from the
@@ -19,10 +24,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "bench/kernels/device_layer.h"
+#include "kernels/bundle_selection.h"
 #include "kernels/decode_attention.h"
 
 namespace squeezeserve::kernels::bench {
@@ -91,6 +98,122 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
               streamed.size(), quantile(started, 1), quantile(split, 0.5), quantile(streamed, 0.5),
               quantile(streamed, 1), quantile(partial, 0.5),
               quantile(merge, 1), quantile(end, 0.5), quantile(end, 1), (t_end - t0) / 1e3);
+}
+
+
+// Random selections of `questions` sequences x hkv heads keeping a share `keep` of the clusters of
+// `view` (host offsets), ascending; returns the rows each (sequence, head) selected.
+std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions, int hkv, float keep, uint64_t seed,
+                                     DeviceSelection* dev) {
+  const int K = view.num_clusters;
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<int32_t> ids(static_cast<size_t>(questions) * hkv * K, 0), starts(ids.size(), 0),
+      counts(questions * hkv), rows(questions * hkv), zeros(questions * hkv, 0);
+  for (int x = 0; x < questions * hkv; ++x) {
+    const auto [n, r] = pick_clusters(view.offsets + static_cast<int64_t>(x % hkv) * (K + 1), K,
+                                      [&](int) { return u(rng) < keep; }, &ids[static_cast<size_t>(x) * K],
+                                      &starts[static_cast<size_t>(x) * K]);
+    counts[x] = n;
+    rows[x] = r;
+  }
+  CUDA_OK(cudaMemcpy(dev->sel.cluster_ids, ids.data(), 4 * ids.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dev->sel.row_start, starts.data(), 4 * starts.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dev->sel.counts, counts.data(), 4 * counts.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dev->sel.rows, rows.data(), 4 * rows.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dev->sel.comparisons, zeros.data(), 4 * zeros.size(), cudaMemcpyHostToDevice));
+  return rows;
+}
+
+// The squeezed questions of one layer at batch 8 (see --squeezed): "own rows" (one sequence per
+// question), "union alone" (bundle_selections of one bundle of 8), "union + bundle of 8" (it, the
+// masked launch of that bundle, G = 8 g, merge deferred, and merge_decode_pieces, as the engine's
+// dense bundles), and "unions + 2 bundles of 4" (G = 4 g: a single warp's 16 query rows at
+// Llama-3's group, where 32 take pairs of warps). One stream, L2 flushed before each rep, median
+// us; prints and appends JSON rows with the rows read (the unions', or the questions' own added up).
+void time_squeezed(const char* model, int hkv, int g, int context, float keep, void* flush, FILE* json) {
+  const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5));
+  const SequenceLayerF32 host_view = layer.host.view();
+  const int K = host_view.num_clusters;
+  DeviceSelection own(kQuestions * hkv, K), un(2 * hkv, K);
+  const std::vector<int32_t> own_rows = random_squeezed(host_view, kQuestions, hkv, keep, 17, &own);
+  std::vector<int32_t> slots(kQuestions);
+  for (int m = 0; m < kQuestions; ++m) slots[m] = m;
+  int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4
+  uint32_t* d_masks = upload(std::vector<uint32_t>(static_cast<size_t>(2 * hkv) * K, 0u));
+  SequenceLayerBf16* d_views = upload(std::vector<SequenceLayerBf16>(kQuestions, layer.dev));
+  AttentionShape each{}, bundled{}, halves{};
+  each.batch = kQuestions;
+  bundled.batch = 1;
+  halves.batch = 2;
+  each.num_kv_heads = bundled.num_kv_heads = halves.num_kv_heads = hkv;
+  each.num_q_heads = hkv * g;
+  bundled.num_q_heads = hkv * g * kQuestions;
+  halves.num_q_heads = hkv * g * kQuestions / 2;
+  each.head_dim = bundled.head_dim = halves.head_dim = 128;
+  std::vector<float> q = random_normal(static_cast<int64_t>(kQuestions) * hkv * g * 128, 9, 1.f);
+  uint16_t* d_q = upload(round_to_bf16(q));
+  uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
+  float* d_lse = upload(std::vector<float>(q.size() / 128, 0.f));
+  DecodeLaunch launch, deferred;
+  deferred.defer_merge = true;
+  void* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, std::max({decode_attention_workspace_bytes(each, launch),
+                                    decode_attention_workspace_bytes(bundled, deferred),
+                                    decode_attention_workspace_bytes(halves, deferred)})));
+  Selection masked = un.sel;
+  masked.member_masks = d_masks;
+  masked.member_group = g;
+  const BundleMembers members{d_slots, 1, kQuestions}, pairs_of_4{d_slots, 2, kQuestions / 2};
+  cudaEvent_t e0, e1;
+  CUDA_OK(cudaEventCreate(&e0));
+  CUDA_OK(cudaEventCreate(&e1));
+  const char* layouts[] = {"squeezed, own rows", "squeezed, union alone", "squeezed, union + bundle of 8",
+                           "squeezed, unions + 2 bundles of 4"};
+  const int rows_out = kQuestions * hkv * g;
+  for (int layout = 0; layout < 4; ++layout) {
+    const AttentionShape& shape = layout == 3 ? halves : bundled;
+    std::vector<double> us;
+    for (int rep = 0; rep < kReps + 3; ++rep) {
+      CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
+      CUDA_OK(cudaEventRecord(e0));
+      if (layout == 0) {
+        CUDA_OK(sparse_decode_attention(each, d_views, d_q, own.sel, d_out, d_lse, ws, launch, nullptr));
+      } else {
+        CUDA_OK(bundle_selections(layout == 3 ? pairs_of_4 : members, hkv, d_views, own.sel, un.sel, d_masks, nullptr));
+        if (layout >= 2) {
+          CUDA_OK(sparse_decode_attention(shape, d_views, d_q, masked, nullptr, nullptr, ws, deferred, nullptr));
+          CUDA_OK(merge_decode_pieces(shape, deferred, ws, rows_out, nullptr, nullptr, nullptr, d_out, d_lse, nullptr,
+                                      nullptr, {}, nullptr, /*masked=*/true));
+        }
+      }
+      CUDA_OK(cudaEventRecord(e1));
+      CUDA_OK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CUDA_OK(cudaEventElapsedTime(&ms, e0, e1));
+      if (rep >= 3) us.push_back(1e3 * ms);
+    }
+    long long rows_read = 0;
+    if (layout == 0) {
+      for (int32_t r : own_rows) rows_read += r;
+    } else {
+      for (int32_t r : download(un.sel.rows, (layout == 3 ? 2 : 1) * hkv)) rows_read += r;
+    }
+    const double bytes = 2.0 * 128 * 2 * rows_read, median = quantile(us, 0.5);
+    const int seqs = layout == 0 ? kQuestions : layout == 3 ? 2 : 1, group = g * kQuestions / seqs;
+    std::printf("%-10s %-33s %4d %3d %10.1f %10.1f %10.2f  (%.3f of the context's rows)\n", model, layouts[layout],
+                seqs, group, median, quantile(us, 0),
+                layout == 1 ? 0.0 : bytes / (median * 1e-6) / 1e12,
+                double(rows_read) / (double(context) * hkv));
+    std::fprintf(json,
+                 ",\n  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"rows\": %d, "
+                 "\"keep\": %.3f, \"rows_read\": %lld, \"median_us\": %.2f, \"min_us\": %.2f}",
+                 model, layouts[layout], seqs, group, context, keep, rows_read,
+                 median, quantile(us, 0));
+  }
+  CUDA_OK(cudaEventDestroy(e0));
+  CUDA_OK(cudaEventDestroy(e1));
+  for (void* p : std::vector<void*>{d_slots, d_masks, d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
 }
 
 }  // namespace
@@ -187,17 +310,20 @@ int main(int argc, char** argv) {
   int context = 33000, ctas = 0;
   std::string out_path = "bundle_bench.json";
   bool trace = false;
+  float squeezed = 0.12f;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--context") && i + 1 < argc) context = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--ctas") && i + 1 < argc) ctas = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--trace")) trace = true;
+    else if (!std::strcmp(argv[i], "--squeezed") && i + 1 < argc) squeezed = std::strtof(argv[++i], nullptr);
     else {
-      std::fprintf(stderr, "usage: bundle_bench [--context N >= 1024] [--ctas N >= 0] [--out FILE] [--trace]\n");
+      std::fprintf(stderr, "usage: bundle_bench [--context N >= 1024] [--ctas N >= 0] [--out FILE] [--trace] "
+                           "[--squeezed F in [0, 1]]\n");
       return 2;
     }
   }
-  if (context < 1024 || ctas < 0 || ctas > kMaxTracedCtas) {
+  if (context < 1024 || ctas < 0 || ctas > kMaxTracedCtas || !(squeezed >= 0.f && squeezed <= 1.f)) {
     std::fprintf(stderr, "bundle_bench: --context must be at least 1024 and --ctas 0 (the device's) to %d\n",
                  kMaxTracedCtas);
     return 2;
@@ -332,6 +458,10 @@ int main(int argc, char** argv) {
                      "\"rows\": %d, \"round\": %d, \"median_us\": %.2f, \"min_us\": %.2f}",
                      layout, kQuestions, context, round, median, best);
       }
+  }
+  if (squeezed > 0.f) {
+    time_squeezed("llama3-8b", 8, 4, context, squeezed, flush, json);
+    time_squeezed("llama2-7b", 32, 1, context, squeezed, flush, json);
   }
   std::fprintf(json, "\n]}\n");
   std::fclose(json);

@@ -10,6 +10,8 @@
 
 #include "bench/kernels/device_layer.h"
 #include "kernels/attention_ref.h"
+#include "kernels/bundle_selection.h"
+#include "kernels/bundle_selection_ref.h"
 #include "kernels/decode_attention.h"
 #include "kernels/merge_parts_ref.h"
 
@@ -86,12 +88,15 @@ bool check_deferred(const AttentionShape& shape, const SequenceLayerBf16* d_view
     score_against(d_out, d_lse, r_out, r_lse, nan, &rel, &lse_err);
   };
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
-  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, nullptr, nullptr, nullptr, d_out, d_lse, nullptr));
+  const bool masked = sel.member_masks != nullptr;  // a squeezed bundles' launch: its variant's grid
+  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, nullptr, nullptr, nullptr, d_out, d_lse, nullptr, nullptr, {},
+                              nullptr, masked));
   CUDA_OK(cudaDeviceSynchronize());
   score(ref, ref_lse);
   CUDA_OK(cudaMemcpy(d_out, poison.data(), 2 * poison.size(), cudaMemcpyHostToDevice));
   CUDA_OK(sparse_decode_attention(shape, d_views, d_q, sel, nullptr, nullptr, ws, launch, nullptr));
-  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, d_perm, d_b, d_b_lse, d_out, d_lse, nullptr));
+  CUDA_OK(merge_decode_pieces(shape, launch, ws, rows, d_perm, d_b, d_b_lse, d_out, d_lse, nullptr, nullptr, {},
+                              nullptr, masked));
   CUDA_OK(cudaDeviceSynchronize());
   score(want, want_lse);
   for (void* p : std::vector<void*>{d_perm, d_b, d_b_lse, d_out, d_lse}) CUDA_OK(cudaFree(p));
@@ -140,14 +145,9 @@ struct CaseData {
       for (int h = 0; h < c.hkv; ++h) {
         const int x = b * c.hkv + h, k = host_views[b].num_clusters;
         const int32_t* off = host_views[b].offsets + static_cast<int64_t>(h) * (k + 1);
-        int n = 0, r = 0;
-        for (int j = 0; j < k; ++j) {
-          if (off[j + 1] == off[j] || !(c.keep >= 1.f || u(rng) < c.keep)) continue;
-          ids[static_cast<size_t>(x) * capacity + n] = j;
-          starts[static_cast<size_t>(x) * capacity + n] = r;
-          r += off[j + 1] - off[j];
-          ++n;
-        }
+        const auto [n, r] = pick_clusters(
+            off, k, [&](int j) { return off[j + 1] != off[j] && (c.keep >= 1.f || u(rng) < c.keep); },
+            &ids[static_cast<size_t>(x) * capacity], &starts[static_cast<size_t>(x) * capacity]);
         counts[x] = n;
         rows[x] = r;
       }
@@ -312,6 +312,306 @@ bool check_beside(int d, int g, int hkv, int members, uint64_t seed, int reps) {
   return pass;
 }
 
+
+// Squeezed bundles (kernels/bundle_selection.h): `members` questions (group g each) on one context,
+// in bundles of `slots` (the last bundle's spare slots unused: -1), each member keeping a random
+// share `keep` of the clusters of each KV head and estimating half of the rest. One layer: its
+// dense rows are the context's window (the first `window`), then the questions' own tokens.
+struct SqueezedCase {
+  int d, g, hkv, members, slots, window;
+  int bundles, G, K;
+  std::unique_ptr<DeviceLayer> layer;
+  SequenceLayerF32 host_view;
+  // The members' selections (host; `dev` on the device), with the estimate's lists.
+  std::vector<int32_t> ids, starts, counts, sel_rows, cmp, est_ids, estimated;
+  std::unique_ptr<DeviceSelection> dev;
+  // The union (host reference) and the bundles' slots.
+  std::vector<int32_t> slot_of, u_ids, u_starts, u_counts, u_rows, u_cmp;
+  std::vector<uint32_t> u_masks;
+
+  SqueezedCase(int d_, int g_, int hkv_, int members_, int slots_, int rows, int csz, int dense_len, float keep,
+               uint64_t seed)
+      : d(d_), g(g_), hkv(hkv_), members(members_), slots(slots_), window(std::min(dense_len, 5)) {
+    bundles = (members + slots - 1) / slots;
+    G = slots * g;
+    layer = std::make_unique<DeviceLayer>(layer_spec(hkv, d, rows, csz, dense_len, seed), window);
+    host_view = layer->host.view();
+    K = host_view.num_clusters;
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    const int heads = members * hkv;
+    ids.assign(static_cast<size_t>(heads) * K, 0);
+    starts.assign(ids.size(), 0);
+    est_ids.assign(ids.size(), 0);
+    counts.assign(heads, 0);
+    sel_rows.assign(heads, 0);
+    cmp.assign(heads, 0);
+    estimated.assign(heads, 0);
+    for (int x = 0; x < heads; ++x) {
+      const int32_t* off = host_view.offsets + static_cast<int64_t>(x % hkv) * (K + 1);
+      const float share = x % 11 == 4 ? 0.f : keep;  // some heads keep nothing
+      int e = 0;
+      const auto [n, r] = pick_clusters(
+          off, K,
+          [&](int j) {
+            if (u(rng) < share) return true;
+            if (off[j + 1] > off[j] && u(rng) < 0.5f) est_ids[static_cast<size_t>(x) * K + e++] = j;
+            return false;
+          },
+          &ids[static_cast<size_t>(x) * K], &starts[static_cast<size_t>(x) * K]);
+      counts[x] = n;
+      sel_rows[x] = r;
+      estimated[x] = e;
+    }
+    dev = std::make_unique<DeviceSelection>(heads, K, K);
+    auto put = [](int32_t* to, const std::vector<int32_t>& v) {
+      CUDA_OK(cudaMemcpy(to, v.data(), 4 * v.size(), cudaMemcpyHostToDevice));
+    };
+    put(dev->sel.cluster_ids, ids);
+    put(dev->sel.row_start, starts);
+    put(dev->sel.counts, counts);
+    put(dev->sel.rows, sel_rows);
+    put(dev->sel.comparisons, cmp);
+    put(dev->sel.estimate_ids, est_ids);
+    put(dev->sel.estimated, estimated);
+    slot_of.assign(static_cast<size_t>(bundles) * slots, -1);
+    for (int m = 0; m < members; ++m) slot_of[m] = m;
+    const int uh = bundles * hkv;
+    u_ids.assign(static_cast<size_t>(uh) * K, -5);
+    u_starts.assign(u_ids.size(), -5);
+    u_counts.assign(uh, -5);
+    u_rows.assign(uh, -5);
+    u_cmp.assign(uh, 0);
+    u_masks.assign(u_ids.size(), 0xdeadbeefu);
+    const std::vector<SequenceLayerF32> views(bundles, host_view);
+    bundle_selections_ref(BundleMembers{slot_of.data(), bundles, slots}, hkv, views.data(), host_members(false),
+                          host_union(false), u_masks.data());
+  }
+  Selection host_members(bool estimate) {
+    Selection s{ids.data(), starts.data(), counts.data(), sel_rows.data(), cmp.data(), K};
+    if (estimate) {
+      s.estimate_ids = est_ids.data();
+      s.estimated = estimated.data();
+      s.estimate_capacity = K;
+    }
+    return s;
+  }
+  Selection host_union(bool masked) {
+    Selection s{u_ids.data(), u_starts.data(), u_counts.data(), u_rows.data(), u_cmp.data(), K};
+    if (masked) {
+      s.member_masks = u_masks.data();
+      s.member_group = g;
+    }
+    return s;
+  }
+  AttentionShape bundle_shape() const {
+    AttentionShape s;
+    s.batch = bundles;
+    s.num_kv_heads = hkv;
+    s.num_q_heads = hkv * G;
+    s.head_dim = d;
+    return s;
+  }
+  // The bundles' view: the context's clustered rows and its window (`with_own`: every dense row).
+  SequenceLayerBf16 bundle_view(bool with_own) const {
+    SequenceLayerBf16 v = layer->dev;
+    if (!with_own) v.dense_len = window;
+    return v;
+  }
+};
+
+// bundle_selections on the device against bundle_selections_ref (every array equal, on poisoned
+// outputs), then the masked decode launch (group slots x g, Selection::member_masks) over the union
+// and every dense row on poisoned outputs against the CPU reference with the masks
+// (tests/kernels/bundle_selection_ref_test.cc proves it each member's own attention), with
+// read-ahead's top keys (positions equal, shares within 1e-3 absolute), and with the merge
+// deferred (check_deferred). Pass: check_case's bounds, and a
+// masked launch with the estimate's arrays or a member group not dividing the group refused.
+bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
+  const int heads = c.bundles * c.hkv, d = c.d;
+  int32_t* d_slots = upload(c.slot_of);
+  SequenceLayerBf16* d_views = upload(std::vector<SequenceLayerBf16>(c.bundles, c.bundle_view(true)));
+  DeviceSelection dunion(heads, c.K);
+  uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0xdeadbeefu));
+  const std::vector<int32_t> poison(c.u_ids.size(), -9);
+  for (int32_t* p : {dunion.sel.cluster_ids, dunion.sel.row_start})
+    CUDA_OK(cudaMemcpy(p, poison.data(), 4 * poison.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_views, c.dev->sel, dunion.sel,
+                            d_masks, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  bool union_equal = download(dunion.sel.counts, heads) == c.u_counts && download(dunion.sel.rows, heads) == c.u_rows;
+  const std::vector<int32_t> g_ids = download(dunion.sel.cluster_ids, c.u_ids.size()),
+                             g_starts = download(dunion.sel.row_start, c.u_ids.size());
+  const std::vector<uint32_t> g_masks = download(d_masks, c.u_masks.size());
+  for (int x = 0; x < heads && union_equal; ++x)
+    for (int i = 0; i < c.u_counts[x]; ++i) {
+      const size_t at = static_cast<size_t>(x) * c.K + i;
+      union_equal &= g_ids[at] == c.u_ids[at] && g_starts[at] == c.u_starts[at] && g_masks[at] == c.u_masks[at];
+    }
+
+  const AttentionShape shape = c.bundle_shape();
+  Selection dev_masked = dunion.sel;
+  dev_masked.member_masks = d_masks;
+  dev_masked.member_group = c.g;
+  std::vector<float> q = random_normal(static_cast<int64_t>(c.bundles) * shape.num_q_heads * d, seed + 5, 1.5f);
+  const std::vector<uint16_t> q_bits = round_to_bf16(q);
+  const int out_rows = c.bundles * shape.num_q_heads;
+  std::vector<float> ref(q.size()), ref_lse(out_rows), ref_share(out_rows);
+  std::vector<int32_t> ref_pos(out_rows);
+  const std::vector<SequenceLayerF32> host_views(c.bundles, c.host_view);
+  sparse_attention_ref(shape, host_views.data(), q.data(), c.host_union(true), ref.data(), ref_lse.data(),
+                       TopKeys{ref_pos.data(), ref_share.data()});
+  uint16_t* d_q = upload(q_bits);
+  uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0xffff));
+  float* d_lse = upload(std::vector<float>(out_rows, NAN));
+  int32_t* d_pos = upload(std::vector<int32_t>(out_rows, -7));
+  float* d_share = upload(std::vector<float>(out_rows, NAN));
+  DecodeLaunch launch;
+  void* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, decode_attention_workspace_bytes(shape, launch)));
+  CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dev_masked, d_out, d_lse, ws, launch, nullptr,
+                                  TopKeys{d_pos, d_share}));
+  CUDA_OK(cudaDeviceSynchronize());
+  bool nan = false;
+  double rel = 0, lse_err = 0, deferred_rel = 0, deferred_lse = 0, share_err = 0;
+  score_against(d_out, d_lse, ref, ref_lse, nan, &rel, &lse_err);
+  bool top_equal = true;
+  const std::vector<int32_t> pos = download(d_pos, out_rows);
+  const std::vector<float> share = download(d_share, out_rows);
+  for (int r = 0; r < out_rows; ++r) {
+    top_equal &= pos[r] == ref_pos[r];
+    share_err = std::max(share_err, std::fabs(double(share[r]) - ref_share[r]));
+  }
+  const bool deferred =
+      check_deferred(shape, d_views, d_q, dev_masked, ws, launch, ref, ref_lse, seed, &deferred_rel, &deferred_lse);
+  // Refused: the estimate's arrays beside the masks; a member group that does not divide the group.
+  DeviceSelection with_estimate(heads, c.K, c.K);
+  Selection masked_estimate = with_estimate.sel;
+  masked_estimate.member_masks = d_masks;
+  masked_estimate.member_group = c.g;
+  Selection bad_group = dev_masked;
+  bad_group.member_group = c.G + 1;
+  const bool refuses =
+      sparse_decode_attention(shape, d_views, d_q, masked_estimate, d_out, d_lse, ws, launch, nullptr) ==
+          cudaErrorInvalidValue &&
+      sparse_decode_attention(shape, d_views, d_q, bad_group, d_out, d_lse, ws, launch, nullptr) == cudaErrorInvalidValue;
+  long long asked = 0, read = 0;
+  for (int32_t r : c.sel_rows) asked += r;
+  for (int32_t r : c.u_rows) read += r;
+  const bool pass = union_equal && !nan && rel <= 1e-2 && lse_err <= 1e-2 && top_equal && share_err <= 1e-3 &&
+                    deferred && refuses;
+  std::printf("%-40s %3d %12s %10.2e %10.2e %10.2e %10.2e %8s %s  (union %s, top %s, share %.1e)\n", name, c.G,
+              (std::to_string(read) + "/" + std::to_string(asked)).c_str(), rel, lse_err, deferred_rel, deferred_lse,
+              refuses ? "yes" : "NO", pass ? "PASS" : "FAIL", union_equal ? "equal" : "DIFFERS",
+              top_equal ? "equal" : "DIFFERS", share_err);
+  for (void* p : std::vector<void*>{d_slots, d_views, d_masks, d_q, d_out, d_lse, d_pos, d_share, ws}) CUDA_OK(cudaFree(p));
+  return pass;
+}
+
+// The members' whole attention as the engine would run it: part A, the bundles' masked launch over
+// the union and the window (merge deferred, top keys), reading each member's query rows through
+// DecodeLaunch::q_rows; part B, the members' own launch over their estimated clusters and own
+// tokens only (no selected rows, TopKeys::context_lse); then merge_decode_pieces of A with B and
+// the top keys. On poisoned outputs, against the CPU reference of each member alone over its
+// selection, estimate, window and own tokens: out and LSE within check_case's bounds, top key
+// positions equal, shares within 1e-3.
+bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed) {
+  const int d = c.d, hq = c.hkv * c.g, rows = c.members * hq;
+  AttentionShape each;
+  each.batch = c.members;
+  each.num_kv_heads = c.hkv;
+  each.num_q_heads = hq;
+  each.head_dim = d;
+  std::vector<float> q = random_normal(static_cast<int64_t>(rows) * d, seed + 7, 1.5f);
+  const std::vector<uint16_t> q_bits = round_to_bf16(q);
+  std::vector<float> want(q.size()), want_lse(rows), want_share(rows);
+  std::vector<int32_t> want_pos(rows);
+  const std::vector<SequenceLayerF32> member_views(c.members, c.host_view);
+  sparse_attention_ref(each, member_views.data(), q.data(), c.host_members(true), want.data(), want_lse.data(),
+                       TopKeys{want_pos.data(), want_share.data()});
+  // Row maps: member row (b, h, j) <-> bundle row (k, h, slot, j); a spare slot's rows read row 0
+  // (computed, never read).
+  const AttentionShape bundled = c.bundle_shape();
+  std::vector<int64_t> q_rows(static_cast<size_t>(c.bundles) * bundled.num_q_heads, 0);
+  std::vector<int32_t> a_row(rows);
+  for (int b = 0; b < c.members; ++b)
+    for (int h = 0; h < c.hkv; ++h)
+      for (int j = 0; j < c.g; ++j) {
+        const int k = b / c.slots, m = b % c.slots, r = (b * c.hkv + h) * c.g + j;
+        const int br = (k * c.hkv + h) * c.G + m * c.g + j;
+        a_row[r] = br;
+        q_rows[br] = r;
+      }
+  int32_t* d_slots = upload(c.slot_of);
+  SequenceLayerBf16* d_bundle_views = upload(std::vector<SequenceLayerBf16>(c.bundles, c.bundle_view(false)));
+  SequenceLayerBf16 own = c.layer->dev;  // part B: the own tokens after the window, no window
+  own.dense_keys += static_cast<int64_t>(c.window) * d;
+  own.dense_values += static_cast<int64_t>(c.window) * d;
+  own.dense_len -= c.window;
+  own.window_len = 0;
+  SequenceLayerBf16* d_own_views = upload(std::vector<SequenceLayerBf16>(c.members, own));
+  DeviceSelection dunion(c.bundles * c.hkv, c.K);
+  uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0u));
+  int32_t* d_zeros = upload(std::vector<int32_t>(c.members * c.hkv, 0));
+  int64_t* d_q_rows = upload(q_rows);
+  int32_t* d_a_row = upload(a_row);
+  uint16_t* d_q = upload(q_bits);
+  const std::vector<uint16_t> poison(q.size(), 0xffff);
+  uint16_t* d_b = upload(poison);
+  uint16_t* d_out = upload(poison);
+  float* d_b_lse = upload(std::vector<float>(rows, NAN));
+  float* d_b_ctx = upload(std::vector<float>(rows, NAN));
+  float* d_lse = upload(std::vector<float>(rows, NAN));
+  int32_t* d_pos = upload(std::vector<int32_t>(rows, -7));
+  float* d_share = upload(std::vector<float>(rows, NAN));
+  DecodeLaunch a_launch;
+  a_launch.defer_merge = true;
+  a_launch.q_rows = d_q_rows;
+  DecodeLaunch b_launch;
+  const size_t b_at = (decode_attention_workspace_bytes(bundled, a_launch) + 255) / 256 * 256;
+  unsigned char* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, b_at + decode_attention_workspace_bytes(each, b_launch)));
+  Selection a_sel = dunion.sel;
+  a_sel.member_masks = d_masks;
+  a_sel.member_group = c.g;
+  Selection b_sel = c.dev->sel;  // the estimate's lists; no selected rows
+  b_sel.counts = d_zeros;
+  b_sel.rows = d_zeros;
+  const TopKeys top{d_pos, d_share};
+  CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_bundle_views, c.dev->sel, dunion.sel,
+                            d_masks, nullptr));
+  CUDA_OK(sparse_decode_attention(bundled, d_bundle_views, d_q, a_sel, nullptr, nullptr, ws, a_launch, nullptr, top));
+  CUDA_OK(sparse_decode_attention(each, d_own_views, d_q, b_sel, d_b, d_b_lse, ws + b_at, b_launch, nullptr,
+                                  TopKeys{nullptr, nullptr, d_b_ctx}));
+  CUDA_OK(merge_decode_pieces(bundled, a_launch, ws, rows, d_a_row, d_b, d_b_lse, d_out, d_lse, nullptr,
+                              d_bundle_views, top, d_b_ctx, /*masked=*/true));
+  CUDA_OK(cudaDeviceSynchronize());
+  bool nan = false;
+  double rel = 0, lse_err = 0, share_err = 0;
+  score_against(d_out, d_lse, want, want_lse, nan, &rel, &lse_err);
+  int top_diff = 0;
+  const std::vector<int32_t> pos = download(d_pos, rows);
+  const std::vector<float> share = download(d_share, rows);
+  for (int r = 0; r < rows; ++r) {
+    top_diff += pos[r] != want_pos[r];
+    share_err = std::max(share_err, std::fabs(double(share[r]) - want_share[r]));
+  }
+  const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && top_diff == 0 && share_err <= 1e-3;
+  std::printf("%-40s %3d %12s %10.2e %10.2e %10s %10s %8s %s  (top %d/%d differ, share %.1e)\n", name, c.G, "-", rel,
+              lse_err, "-", "-", "-", pass ? "PASS" : "FAIL", top_diff, rows, share_err);
+  for (void* p : std::vector<void*>{d_slots, d_bundle_views, d_own_views, d_masks, d_zeros, d_q_rows, d_a_row, d_q,
+                                    d_b, d_out, d_b_lse, d_b_ctx, d_lse, d_pos, d_share, ws})
+    CUDA_OK(cudaFree(p));
+  return pass;
+}
+
+bool check_squeezed_bundle(const char* name, int d, int g, int hkv, int members, int slots, int rows, int csz,
+                           int dense_len, float keep, uint64_t seed) {
+  SqueezedCase c(d, g, hkv, members, slots, rows, csz, dense_len, keep, seed);
+  const bool union_ok = check_squeezed_union(name, c, seed);
+  return check_squeezed_two_parts((std::string(name) + ", two parts").c_str(), c, seed) && union_ok;
+}
+
 }  // namespace
 
 bool run_bundle_checks(uint64_t seed) {
@@ -345,6 +645,15 @@ bool run_bundle_checks(uint64_t seed) {
   for (const BundleCase& c : cases) all &= check_case(c, seed++);
   all &= check_beside(128, 4, 8, 8, seed++, 20);  // Llama-3's batch of 8: one bundle, the pair kernel
   all &= check_beside(64, 2, 4, 3, seed++, 20);   // D = 64, a bundle of G 6 (the variant of groups up to 8)
+  // Squeezed bundles: the rows (read/asked) are the union's against the members' own.
+  //                              name                                 d   g hkv  mem slots  rows csz dense keep
+  all &= check_squeezed_bundle("squeezed Llama-3 x8 (pair)",          128, 4, 8,   8,  8,  9001, 19, 16, 0.12f, seed++);
+  all &= check_squeezed_bundle("squeezed Llama-2 x8 (g8, top keys)",  128, 1, 4,   8,  8,  5003, 21, 16, 0.12f, seed++);
+  all &= check_squeezed_bundle("squeezed g4 x4 (high) 2 bundles",     128, 4, 2,   7,  4,  3001,  9,  5, 0.3f,  seed++);
+  all &= check_squeezed_bundle("squeezed d64 g3 x2 (top keys) odd",    64, 3, 3,   5,  2,  1999,  7,  3, 0.5f,  seed++);
+  all &= check_squeezed_bundle("squeezed d64 g1 x32 (pair) all kept",  64, 1, 2,  32, 32,  2047, 11,  8, 1.f,   seed++);
+  all &= check_squeezed_bundle("squeezed d128 g2 x5 none kept",       128, 2, 2,   5,  5,   777,  5,  4, 0.f,   seed++);
+  all &= check_squeezed_bundle("squeezed d128 g4 x8 large K",         128, 4, 1,   8,  8, 40000,  3, 16, 0.1f,  seed++);
   return all;
 }
 

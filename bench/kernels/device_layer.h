@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "kernels/synthetic_layer.h"
@@ -143,6 +144,22 @@ inline void bundle_row_maps(int members, int hkv, int g, std::vector<int32_t>* a
         (*a_row)[r] = br;
         (*q_rows)[br] = r;
       }
+}
+
+// A host selection of one (sequence, KV head): the clusters j < K of `off` (its offsets, [K + 1])
+// for which keep(j), ascending, written to ids / starts (their rows end to end); returns (clusters,
+// rows).
+template <typename Keep>
+std::pair<int, int> pick_clusters(const int32_t* off, int K, Keep keep, int32_t* ids, int32_t* starts) {
+  int n = 0, r = 0;
+  for (int j = 0; j < K; ++j) {
+    if (!keep(j)) continue;
+    ids[n] = j;
+    starts[n] = r;
+    r += off[j + 1] - off[j];
+    ++n;
+  }
+  return {n, r};
 }
 
 // Device storage behind a Selection; estimate_capacity > 0 adds the estimate's arrays (and, with
