@@ -132,7 +132,8 @@ int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const Sequ
                       const Selection& members, const Selection& out, uint32_t* masks, void* stream) {
   using namespace detail;
   if (bundles.bundles < 0 || bundles.slots < 1 || bundles.slots > kMaxSlots || num_kv_heads < 1 ||
-      bundles.members == nullptr || masks == nullptr || out.cluster_ids == nullptr || out.row_start == nullptr ||
+      bundles.members == nullptr || bundle_seqs == nullptr || members.cluster_ids == nullptr ||
+      members.counts == nullptr || masks == nullptr || out.cluster_ids == nullptr || out.row_start == nullptr ||
       out.counts == nullptr || out.rows == nullptr || out.capacity < 1)
     return cudaErrorInvalidValue;
   if (bundles.bundles == 0) return cudaSuccess;

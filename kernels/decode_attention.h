@@ -96,11 +96,12 @@ struct DecodeLaunch {
 // Llama-2 batch 1 from 413.1 to 410.4 / 408.2 / 406.0 us; batch 8 within noise of all of them.
 constexpr int32_t kDefaultPieceStartRows = 768;
 
-// A launch without the pruned-cluster estimate takes groups of up to 32 query
-// heads per KV head: every row of the kernel's 16-row MMA tile (up to kMaxGroup, rows 8..15 are
-// padding), and above 16 two warps that share each tile, 16 query heads each. The engine's
-// shared-context bundles use them: several dense questions' query heads as one group over the
-// context they share (engine/kernel_attention.h), which streams once for all of them.
+// A launch without the pruned-cluster estimate takes groups of up to 32 query heads per KV head:
+// every row of the kernel's 16-row MMA tile (up to kMaxGroup, rows 8..15 are padding), and above 16
+// two warps that share each tile, 16 query heads each. The engine's shared-context bundles use
+// them: several dense questions' query heads as one group over the context they share
+// (engine/kernel_attention.h), which streams once for all of them; so do squeezed bundles
+// (kernels/bundle_selection.h).
 constexpr int kMaxDecodeGroup = 32;
 
 size_t decode_attention_workspace_bytes(const AttentionShape& shape, const DecodeLaunch& launch);
@@ -110,9 +111,9 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
 // (natural log). selection: device arrays from select_clusters(). top: read-ahead's outputs
 // (squeeze_types.h; device [B][Hq]; needs every view's perm and window_len), default none.
 // Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate,
-// 9..kMaxDecodeGroup; B * H_kv <= 2048. A squeezed bundles' launch
-// (Selection::member_masks; its union from bundle_selections) needs member_group to divide the
-// group and no estimate arrays.
+// 9..kMaxDecodeGroup (there with TopKeys only a squeezed bundles' launch); B * H_kv <= 2048. A
+// squeezed bundles' launch (Selection::member_masks; its union from bundle_selections) needs
+// member_group to divide the group and no estimate arrays.
 // The workspace (decode_attention_workspace_bytes) serves launches with and without `top`.
 // Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,

@@ -6,8 +6,9 @@
 # between H100s (docs/performance.md, run 25), and a change of a few percent is only seen this way.
 #   here:  scripts/gpu/server_ab.sh prepare <base-commit>    (exports it to .ab/server_base.tar.xz)
 #   there: scripts/gpu/server_ab.sh run [full_model_bench args]
-#          (run tool: carry [".gpu-deps", ".ab"]; the tracked tree and .gpu-deps leave ~2 MB of the
-#          64 MiB, so .ab holds compressed trees only: kernels_ab.sh's base may travel beside it)
+#          (run tool: carry [".gpu-deps", ".ab"]; the tracked tree and .gpu-deps leave under 2 MB of
+#          the 64 MiB, so .ab holds compressed trees only; on 2026-12-07 the server's base (0.37 MB)
+#          and kernels_ab.sh's (0.2 MB) together were refused as too large: carry one at a time)
 #          e.g. run --shape llama3-8b --context 33000 --modes dense,paper-0.9 --batches 1,8
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
 # (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).
@@ -21,7 +22,7 @@ case ${1:-} in
   prepare)
     base=$(git rev-parse "${2:?base commit}") || exit 2
     # What building the server reads (not the models, tests and results), compressed: `run` carries
-    # at most 64 MiB, and the tracked tree with .gpu-deps leaves ~2 MB of it.
+    # at most 64 MiB, and the tracked tree with .gpu-deps leaves under 2 MB of it.
     rm -f .ab/server_base.tar.xz .ab/COMMIT && mkdir -p .ab &&
       git archive --prefix=server_base/ "$base" CMakeLists.txt Dockerfile proto kernels engine server client scripts |
       xz -9 > .ab/server_base.tar.xz && echo "$base" > .ab/COMMIT
