@@ -1,11 +1,16 @@
 // The squeezed bundles' union selection. Contract: bundle_selection.h; reference:
 // bundle_selection_ref.cc.
 //
-// One CTA per (KV head, bundle). The cluster ids run in chunks of kChunk: each slot's selected ids
-// of the chunk (found by a binary search of its ascending list) set their slot's bit in a mask per
-// cluster in shared memory; then each thread takes kPerThread consecutive clusters of the chunk,
-// counts the selected ones and their rows, and a CTA prefix sum places them after the chunks
-// before. Shared memory stays kChunk masks whatever K (1M tokens: K ~ 52K clusters).
+// One CTA per (KV head, bundle). The cluster ids run in chunks of kChunk: the chunk's cluster sizes
+// go to shared memory (the first chunk's before the wait for the selection: index data, under its
+// tail); each slot's selected ids of the chunk (all of them when one chunk holds every cluster,
+// else a binary search of its ascending list) set their slot's bit in a mask per cluster in shared
+// memory, the CTA's threads taking the slots' ids in turn, kBatch loads in flight each; then each
+// thread takes kPerThread consecutive clusters, counts the selected ones and their rows, and a CTA
+// prefix sum places them after the chunks before. Shared memory stays two kChunk arrays whatever
+// K (1M tokens: K ~ 52K clusters). Why: the first version (a warp per slot, binary searches always)
+// took 19 us at 32K and 31 us at 128K on an H100, for a few KB of ids (bench/kernels/NOTES.md run
+// 31): chains of dependent loads.
 #include <cuda_runtime.h>
 
 #include "kernels/bundle_selection.h"
@@ -17,8 +22,9 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kPerThread = 16;
-constexpr int kChunk = kThreads * kPerThread;  // clusters per round (32 KB of masks)
+constexpr int kChunk = kThreads * kPerThread;  // clusters per round
 constexpr int kMaxSlots = 32;
+constexpr int kBatch = 4;  // ids a thread loads before it sets their bits
 
 struct UnionArgs {
   BundleMembers bundles;
@@ -40,45 +46,88 @@ __device__ __forceinline__ int lower_bound(const int32_t* ids, int n, int x) {
   return lo;
 }
 
+struct UnionSmem {
+  uint32_t mask[kChunk];
+  int size[kChunk];  // rows of the chunk's clusters
+  int2 warp_sums[kThreads / 32];
+  int2 carried;  // (clusters, rows) placed by the chunks before
+  const int32_t* slot_ids[kMaxSlots];
+  int slot_count[kMaxSlots];
+  int slot_first[kMaxSlots];
+  int slot_end[kMaxSlots + 1];  // the chunk's entries of slots < m, end to end (exclusive: [m])
+};
+
+// The sizes of clusters [c0, c0 + kChunk) of `off` (0 past K), into smem.
+__device__ __forceinline__ void load_sizes(int* size, const int32_t* off, int c0, int K) {
+  for (int i = threadIdx.x; i < kChunk; i += kThreads) {
+    const int c = c0 + i;
+    size[i] = c < K ? __ldg(off + c + 1) - __ldg(off + c) : 0;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
-  __shared__ uint32_t mask[kChunk];
-  __shared__ int2 warp_sums[kThreads / 32];
-  __shared__ int2 carried;  // (clusters, rows) placed by the chunks before
-  __shared__ int slot_b[kMaxSlots], slot_count[kMaxSlots];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  UnionSmem& sm = *reinterpret_cast<UnionSmem*>(smem_raw);
   allow_next_grid();
   const int h = blockIdx.x, k = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const SequenceLayerBf16& s = a.seqs[k];
+  const int slots = a.bundles.slots;
+  const SequenceLayerBf16& s = a.seqs[k];  // staged by the host: read before the wait
   const int K = s.num_clusters;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const int64_t kh = static_cast<int64_t>(k) * a.hkv + h;
+  load_sizes(sm.size, off, 0, K);
+  int b = -1;
+  if (tid < slots) b = a.bundles.members[static_cast<int64_t>(k) * slots + tid];
   wait_for_previous_grid();  // the members' selections are the previous kernel's output
-  if (tid < a.bundles.slots) {
-    const int b = a.bundles.members[static_cast<int64_t>(k) * a.bundles.slots + tid];
-    slot_b[tid] = b;
-    slot_count[tid] = b >= 0 ? a.members.counts[static_cast<int64_t>(b) * a.hkv + h] : 0;
+  if (tid < slots) {
+    const int64_t bh = static_cast<int64_t>(b) * a.hkv + h;
+    sm.slot_ids[tid] = b >= 0 ? a.members.cluster_ids + bh * a.members.capacity : nullptr;
+    sm.slot_count[tid] = b >= 0 ? a.members.counts[bh] : 0;
   }
-  if (tid == 0) carried = make_int2(0, 0);
-  __syncthreads();
+  if (tid == 0) sm.carried = make_int2(0, 0);
   for (int c0 = 0; c0 < K; c0 += kChunk) {
-    for (int i = tid; i < kChunk; i += kThreads) mask[i] = 0u;
-    __syncthreads();
-    // Slot m's ids in [c0, c0 + kChunk): one warp per slot in turn, its lanes over the entries.
-    for (int m = warp; m < a.bundles.slots; m += kThreads / 32) {
-      if (slot_b[m] < 0) continue;
-      const int32_t* ids = a.members.cluster_ids + (static_cast<int64_t>(slot_b[m]) * a.hkv + h) * a.members.capacity;
-      const int n = slot_count[m];
-      const int first = lower_bound(ids, n, c0), end = lower_bound(ids, n, c0 + kChunk);
-      for (int i = first + lane; i < end; i += 32) atomicOr(&mask[__ldg(ids + i) - c0], 1u << m);
+    if (c0 > 0) load_sizes(sm.size, off, c0, K);
+    for (int i = tid; i < kChunk; i += kThreads) sm.mask[i] = 0u;
+    __syncthreads();  // slot_ids and counts (first round), the sizes, the cleared masks
+    if (tid < slots) {  // the slot's entries in this chunk
+      const int n = sm.slot_count[tid];
+      const bool all = c0 == 0 && K <= kChunk;  // one chunk holds every cluster: no search
+      sm.slot_first[tid] = all || c0 == 0 ? 0 : lower_bound(sm.slot_ids[tid], n, c0);
+      sm.slot_end[tid + 1] = all ? n : lower_bound(sm.slot_ids[tid], n, c0 + kChunk);
     }
     __syncthreads();
-    const int mine = c0 + tid * kPerThread;
+    if (tid == 0) {  // entries end to end: slot m's are [slot_end[m], slot_end[m + 1])
+      sm.slot_end[0] = 0;
+      for (int m = 0; m < slots; ++m) sm.slot_end[m + 1] = sm.slot_end[m] + sm.slot_end[m + 1] - sm.slot_first[m];
+    }
+    __syncthreads();
+    const int total = sm.slot_end[slots];
+    for (int e0 = tid; e0 < total; e0 += kThreads * kBatch) {
+      int id[kBatch], slot[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int e = e0 + u * kThreads;
+        slot[u] = -1;
+        id[u] = 0;
+        if (e < total) {
+          int m = 0;
+          while (sm.slot_end[m + 1] <= e) ++m;
+          slot[u] = m;
+          id[u] = __ldg(sm.slot_ids[m] + sm.slot_first[m] + (e - sm.slot_end[m]));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u)
+        if (slot[u] >= 0) atomicOr(&sm.mask[id[u] - c0], 1u << slot[u]);
+    }
+    __syncthreads();
+    const int mine = tid * kPerThread;
     int2 own = make_int2(0, 0);  // (clusters, rows) of this thread's run
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int c = mine + j;
-      if (c < K && mask[c - c0] != 0u) {
+      if (sm.mask[mine + j] != 0u) {
         own.x += 1;
-        own.y += __ldg(off + c + 1) - __ldg(off + c);
+        own.y += sm.size[mine + j];
       }
     }
     // Exclusive prefix over the CTA, in thread order.
@@ -91,37 +140,35 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
         incl.y += y;
       }
     }
-    if (lane == 31) warp_sums[warp] = incl;
+    if (lane == 31) sm.warp_sums[warp] = incl;
     __syncthreads();
-    int2 before = make_int2(carried.x + incl.x - own.x, carried.y + incl.y - own.y), total = carried;
+    int2 before = make_int2(sm.carried.x + incl.x - own.x, sm.carried.y + incl.y - own.y), total_placed = sm.carried;
     for (int w = 0; w < kThreads / 32; ++w) {
-      total.x += warp_sums[w].x;
-      total.y += warp_sums[w].y;
+      total_placed.x += sm.warp_sums[w].x;
+      total_placed.y += sm.warp_sums[w].y;
       if (w < warp) {
-        before.x += warp_sums[w].x;
-        before.y += warp_sums[w].y;
+        before.x += sm.warp_sums[w].x;
+        before.y += sm.warp_sums[w].y;
       }
     }
     for (int j = 0; j < kPerThread; ++j) {
-      const int c = mine + j;
-      if (c < K && mask[c - c0] != 0u) {
+      const uint32_t mask = sm.mask[mine + j];
+      if (mask != 0u) {
         const int64_t at = kh * a.out.capacity + before.x;
-        a.out.cluster_ids[at] = c;
+        a.out.cluster_ids[at] = c0 + mine + j;
         a.out.row_start[at] = before.y;
-        a.masks[at] = mask[c - c0];
+        a.masks[at] = mask;
         before.x += 1;
-        before.y += __ldg(off + c + 1) - __ldg(off + c);
+        before.y += sm.size[mine + j];
       }
     }
-    __syncthreads();  // every thread has read carried, warp_sums and the masks
-    if (tid == 0) carried = total;
-    // (The next round's clearing of the masks comes after this barrier's reads; carried is read
-    // after the next round's barriers.)
+    __syncthreads();  // every thread has read carried, warp_sums, the masks and the sizes
+    if (tid == 0) sm.carried = total_placed;
   }
   __syncthreads();
   if (tid == 0) {
-    a.out.counts[kh] = carried.x;
-    a.out.rows[kh] = carried.y;
+    a.out.counts[kh] = sm.carried.x;
+    a.out.rows[kh] = sm.carried.y;
   }
 }
 
@@ -137,7 +184,10 @@ int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const Sequ
       out.counts == nullptr || out.rows == nullptr || out.capacity < 1)
     return cudaErrorInvalidValue;
   if (bundles.bundles == 0) return cudaSuccess;
-  return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles), dim3(kThreads), 0,
+  const cudaError_t err = cudaFuncSetAttribute(bundle_union_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(sizeof(UnionSmem)));
+  if (err != cudaSuccess) return err;
+  return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles), dim3(kThreads), sizeof(UnionSmem),
                         static_cast<cudaStream_t>(stream), UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks});
 }
 

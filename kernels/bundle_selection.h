@@ -28,7 +28,8 @@ struct BundleMembers {
 // every bundle view's num_clusters. Nothing else of `out` is written. Device arrays; `bundle_seqs`
 // one view per bundle (its offsets and num_clusters are read). Launched as a kernel of the decode
 // chain (chained_launch.cuh): it waits for the previous kernel (the members' selection) before
-// reading it. Returns a cudaError_t value.
+// reading it, and reads the views, their offsets and bundles.members before that wait (written by
+// the host before the step, as the index). Returns a cudaError_t value.
 int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const SequenceLayerBf16* bundle_seqs,
                       const Selection& members, const Selection& out, uint32_t* masks, void* stream);
 
