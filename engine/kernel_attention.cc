@@ -18,6 +18,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/append_kv.h"
+#include "kernels/bundle_selection.h"
 #include "kernels/decode_attention.h"
 #include "kernels/launch.h"
 #include "kernels/prefill_attention.h"
@@ -275,6 +276,15 @@ struct KernelAttention::Buffers {
   // [kMaxBundleGroup x pairs] int64 (bundle, KV head, slot, group head), and each
   // dense member query row's row in the bundles' output [steps x H_q] int32 (the merge's a_row).
   int64_t shared_views_at = 0, own_views_at = 0, shared_rows_at = 0, shared_q_rows_at = 0, shared_out_rows_at = 0;
+  // Squeezed bundles (KernelAttention::squeezed_runs_): staging also holds per layer the bundles'
+  // views and every squeezed member's estimate-and-own-tokens view ([layers][steps] each), the
+  // bundles' slot tables [steps x kMaxBundleGroup] int32, their query rows [kMaxBundleGroup x pairs]
+  // int64 and the members' rows in their output [steps x H_q] int32; `squeezed_union` holds the
+  // bundles' union selection: ids, row starts and member masks [pairs][capacity], counts and rows
+  // [pairs] int32.
+  int64_t squeezed_views_at = 0, squeezed_own_views_at = 0, squeezed_slots_at = 0, squeezed_q_rows_at = 0,
+          squeezed_out_rows_at = 0;
+  at::Tensor squeezed_union;
   at::Tensor top_position, top_share;
   bool reading_ahead = false;
   at::Tensor staging_host, staging_device;
@@ -395,9 +405,16 @@ std::string KernelAttention::PrefillKernelNote() const {
 }
 
 std::string KernelAttention::SharedContextNote() const {
-  if (shared_bundles_ == 0) return "";
-  return absl::StrCat("dense questions in ", shared_bundles_, " shared-context bundle", shared_bundles_ > 1 ? "s" : "",
-                      " of up to ", shared_slots_);
+  std::string note;
+  if (shared_bundles_ > 0) {
+    note = absl::StrCat("dense questions in ", shared_bundles_, " shared-context bundle", shared_bundles_ > 1 ? "s" : "",
+                        " of up to ", shared_slots_);
+  }
+  for (const SqueezedRun& run : squeezed_runs_) {
+    absl::StrAppend(&note, note.empty() ? "" : "; ", run.end - run.first, " squeezed questions in ", run.bundles,
+                    " bundle", run.bundles > 1 ? "s" : "", " of up to ", run.slots);
+  }
+  return note;
 }
 
 std::string KernelAttention::WhyNotOnKernels(const StoredContext& context, const AttentionOptions& attention) {
@@ -555,6 +572,28 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   }
   shared_bundles_ = static_cast<int64_t>(shared.bundles.size());
   shared_slots_ = shared.slots;
+  // The squeezed decode tokens' bundles: per selection launch on one context (see the header).
+  squeezed_runs_.clear();
+  std::vector<SharedContextPlan> squeezed_plans;
+  if (options_.squeezed_bundles) {
+    const int64_t B = static_cast<int64_t>(ordered.size());
+    for (int64_t first = first_squeezed_, end = first; first < B; first = end) {
+      end = first + 1;
+      while (end < B && SelectionKey(Member(ordered[end])) == SelectionKey(Member(ordered[first]))) ++end;
+      if (!SharesOneIndex(ordered, first, end) || (end - first) * num_kv_heads_ > kMaxDecodePairs) continue;
+      std::vector<const void*> contexts;
+      for (int64_t i = first; i < end; ++i) contexts.push_back(Member(ordered[i]).views_.get());
+      SharedContextPlan plan = PlanSharedContext(contexts, num_kv_heads_, group, kMaxBundleGroup);
+      if (plan.empty()) continue;
+      SqueezedRun run;
+      run.first = first;
+      run.end = end;
+      run.bundles = static_cast<int64_t>(plan.bundles.size());
+      run.slots = plan.slots;
+      squeezed_runs_.push_back(run);
+      squeezed_plans.push_back(std::move(plan));
+    }
+  }
 
   // Sizes of this step; the buffers grow to them.
   const int64_t B = static_cast<int64_t>(ordered.size()), Hkv = num_kv_heads_, L = num_layers_;
@@ -619,10 +658,21 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
         workspace, OwnTokensWorkspaceAt(bundled) + static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
                                                        shape, kernels::DecodeLaunch{})));
   }
+  for (const SqueezedRun& run : squeezed_runs_) {
+    // The squeezed bundles' launch, then the members' estimate and own tokens after its region.
+    kernels::AttentionShape bundled = shape;
+    bundled.batch = static_cast<int32_t>(run.bundles);
+    bundled.num_q_heads = static_cast<int32_t>(Hkv * group * run.slots);
+    kernels::AttentionShape members = shape;
+    members.batch = static_cast<int32_t>(run.end - run.first);
+    workspace = std::max<int64_t>(
+        workspace, OwnTokensWorkspaceAt(bundled) + static_cast<int64_t>(kernels::decode_attention_workspace_bytes(
+                                                       members, kernels::DecodeLaunch{})));
+  }
 
   Buffers* b = buffers_.get();
   if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L ||
-      b->estimate_capacity < estimate_capacity) {
+      b->estimate_capacity < estimate_capacity || (!squeezed_runs_.empty() && !b->squeezed_union.defined())) {
     auto grown = std::make_unique<Buffers>();
     grown->steps = std::max<int64_t>(B, b ? b->steps : 0);
     grown->pairs = grown->steps * Hkv;
@@ -642,7 +692,12 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->shared_rows_at = grown->own_views_at + views_bytes;
     grown->shared_q_rows_at = grown->shared_rows_at + Aligned(4 * grown->pairs);
     grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
-    grown->staging_bytes = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
+    grown->squeezed_views_at = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
+    grown->squeezed_own_views_at = grown->squeezed_views_at + views_bytes;
+    grown->squeezed_slots_at = grown->squeezed_own_views_at + views_bytes;
+    grown->squeezed_q_rows_at = grown->squeezed_slots_at + Aligned(4 * kMaxBundleGroup * grown->steps);
+    grown->squeezed_out_rows_at = grown->squeezed_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
+    grown->staging_bytes = grown->squeezed_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
     grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
@@ -654,6 +709,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
     grown->decode_tickets = at::zeros({kMaxDecodePairs}, ints);
     grown->selection_sync = at::zeros({grown->pairs}, ints);
+    if (options_.squeezed_bundles) {
+      grown->squeezed_union = at::empty({3 * grown->pairs * grown->capacity + 2 * grown->pairs}, ints);
+    }
     grown->top_position = at::empty({grown->steps * num_q_heads_}, ints);
     grown->top_share = at::empty({grown->steps * num_q_heads_}, ints.dtype(at::kFloat));
     grown->estimate_capacity = std::max<int64_t>(estimate_capacity, b ? b->estimate_capacity : 0);
@@ -718,6 +776,54 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     std::memcpy(host + b->shared_q_rows_at, shared.query_rows.data(), sizeof(int64_t) * shared.query_rows.size());
     std::memcpy(host + b->shared_out_rows_at, shared.output_rows.data(), sizeof(int32_t) * shared.output_rows.size());
   }
+  if (!squeezed_runs_.empty()) {
+    auto* bundle_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->squeezed_views_at);
+    auto* own_views = reinterpret_cast<kernels::SequenceLayerBf16*>(host + b->squeezed_own_views_at);
+    auto* slot_table = reinterpret_cast<int32_t*>(host + b->squeezed_slots_at);
+    auto* q_rows = reinterpret_cast<int64_t*>(host + b->squeezed_q_rows_at);
+    auto* out_rows = reinterpret_cast<int32_t*>(host + b->squeezed_out_rows_at);
+    int64_t views_at = 0, slots_at = 0, q_rows_at = 0, out_rows_at = 0;
+    for (size_t r = 0; r < squeezed_runs_.size(); ++r) {
+      SqueezedRun& run = squeezed_runs_[r];
+      const SharedContextPlan& plan = squeezed_plans[r];
+      run.views_at = views_at;
+      run.slots_at = slots_at;
+      run.q_rows_at = q_rows_at;
+      run.out_rows_at = out_rows_at;
+      for (int64_t l = 0; l < L; ++l) {
+        for (int64_t k = 0; k < run.bundles; ++k) {
+          // The lead member's squeezed view with its dense part cut to the window (every member
+          // holds the same copy): the bundle attends the union's rows and the window.
+          kernels::SequenceLayerBf16 view = views[l * B + run.first + plan.bundles[k][0]];
+          view.dense_len = static_cast<int32_t>(Member(ordered[run.first + plan.bundles[k][0]]).views_->window);
+          bundle_views[l * B + views_at + k] = view;
+        }
+        for (int64_t i = run.first; i < run.end; ++i) {
+          // A member's estimate and own tokens: its dense part past the window, which is the bundle's.
+          kernels::SequenceLayerBf16 view = views[l * B + i];
+          const int64_t window = Member(ordered[i]).views_->window;
+          view.dense_keys += window * head_dim_;
+          view.dense_values += window * head_dim_;
+          view.dense_len -= static_cast<int32_t>(window);
+          view.window_len = 0;
+          own_views[l * B + i] = view;
+        }
+      }
+      for (int64_t k = 0; k < run.bundles; ++k) {
+        for (int64_t m = 0; m < run.slots; ++m) {
+          const auto& members = plan.bundles[k];
+          slot_table[slots_at + k * run.slots + m] =
+              m < static_cast<int64_t>(members.size()) ? static_cast<int32_t>(members[m]) : -1;
+        }
+      }
+      std::memcpy(q_rows + q_rows_at, plan.query_rows.data(), sizeof(int64_t) * plan.query_rows.size());
+      std::memcpy(out_rows + out_rows_at, plan.output_rows.data(), sizeof(int32_t) * plan.output_rows.size());
+      views_at += run.bundles;
+      slots_at += run.bundles * run.slots;
+      q_rows_at += static_cast<int64_t>(plan.query_rows.size());
+      out_rows_at += static_cast<int64_t>(plan.output_rows.size());
+    }
+  }
   b->reading_ahead = false;
   auto* cursors = reinterpret_cast<kernels::ReadAheadCursor*>(host + b->cursors_at);
   for (int64_t i = 0; i < B; ++i) {
@@ -738,6 +844,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
                             b->estimating ? absl::StrCat(" e", b->estimate_capacity) : std::string(),
                             b->reading_ahead ? " ra" : "",
                             shared_bundles_ > 0 ? absl::StrCat(" sh", shared_bundles_, "x", shared_slots_) : std::string());
+  for (const SqueezedRun& run : squeezed_runs_) {
+    absl::StrAppend(&signature_, " qb", run.first, "-", run.end, ":", run.bundles, "x", run.slots);
+  }
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
     const auto key = SelectionKey(Member(ordered[first]));
@@ -830,6 +939,21 @@ kernels::Selection OwnTokensSelection(const KernelAttention::Buffers& b) {
   s.counts = zeros;
   s.comparisons = zeros + 2 * b.pairs;
   s.rows = zeros + 2 * b.pairs;
+  return s;
+}
+
+// The squeezed bundles' union selection (Buffers::squeezed_union), with its member masks.
+kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group) {
+  int32_t* u = b.squeezed_union.data_ptr<int32_t>();
+  kernels::Selection s;
+  s.capacity = static_cast<int32_t>(b.capacity);
+  s.cluster_ids = u;
+  s.row_start = u + b.pairs * b.capacity;
+  s.member_masks = reinterpret_cast<const uint32_t*>(u + 2 * b.pairs * b.capacity);
+  s.member_group = static_cast<int32_t>(group);
+  s.counts = u + 3 * b.pairs * b.capacity;
+  s.rows = s.counts + b.pairs;
+  s.comparisons = s.counts;  // not read by the attention
   return s;
 }
 
@@ -999,6 +1123,58 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   } else if (first_squeezed_ > first_decode_) {
     attend(first_decode_, first_squeezed_, /*dense=*/true);
   }
+  // Wide estimate tiles over flat indexes only (kernels::DecodeLaunch::wide_estimate_tiles).
+  for (int64_t i = first_squeezed_; i < B; ++i)
+    if (TwoLevelStep(Member(steps_[i]).hierarchical_, /*decode=*/true)) launch.wide_estimate_tiles = false;
+  // A run's squeezed bundles (see the header): the union of their members' selections, the bundles
+  // over it and the window (pieces left for the merge), the members' estimate and own tokens, and
+  // the merge of the two into the members' rows of `out` (and of the read-ahead buffers).
+  const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
+  auto attend_bundles = [&](const SqueezedRun& run) {
+    const int64_t n = run.end - run.first, row = run.first - first_decode_;
+    kernels::AttentionShape bundled = shape, members = shape;
+    bundled.batch = static_cast<int32_t>(run.bundles);
+    bundled.num_q_heads = static_cast<int32_t>(H * run.slots);
+    members.batch = static_cast<int32_t>(n);
+    const kernels::Selection own = SqueezedSelection(b, layer, run.first * Hkv, /*decode=*/true);
+    const kernels::Selection united = UnionSelection(b, G);
+    const auto* bundle_views =
+        reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_views_at) + layer * B + run.views_at;
+    const kernels::BundleMembers slots{reinterpret_cast<const int32_t*>(staged + b.squeezed_slots_at) + run.slots_at,
+                                       static_cast<int32_t>(run.bundles), static_cast<int32_t>(run.slots)};
+    Check(kernels::bundle_selections(slots, static_cast<int>(Hkv), bundle_views, own, united,
+                                     const_cast<uint32_t*>(united.member_masks), stream),
+          "bundle_selections");
+    kernels::TopKeys top;  // the members' rows of the read-ahead buffers
+    if (b.reading_ahead) top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
+    kernels::DecodeLaunch deferred = launch;
+    deferred.defer_merge = true;
+    deferred.q_rows = reinterpret_cast<const int64_t*>(staged + b.squeezed_q_rows_at) + run.q_rows_at;
+    Check(kernels::sparse_decode_attention(bundled, bundle_views, q_data + row * H * D, united, /*out=*/nullptr,
+                                           /*lse=*/nullptr, b.workspace.data_ptr(), deferred, stream, top),
+          "sparse_decode_attention (squeezed bundles)");
+    // The members' part: their estimate lists, no selected rows (the constants' zeros).
+    kernels::Selection rest = own;
+    rest.counts = rest.rows = b.dense_constants.data_ptr<int32_t>();  // row 0: zeros
+    const at::Tensor part = at::empty({n * H, D}, qd.options());
+    const at::Tensor part_lse = at::empty({n * H}, qd.options().dtype(at::kFloat));
+    const at::Tensor context_lse = at::empty({b.reading_ahead ? n * H : 0}, qd.options().dtype(at::kFloat));
+    kernels::TopKeys rest_top;
+    if (b.reading_ahead) rest_top.context_lse = context_lse.data_ptr<float>();
+    Check(kernels::sparse_decode_attention(
+              members, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_own_views_at) +
+                           layer * B + run.first,
+              q_data + row * H * D, rest, part.data_ptr(), part_lse.data_ptr<float>(),
+              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled), launch, stream, rest_top),
+          "sparse_decode_attention (squeezed members' estimate and own tokens)");
+    Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(n * H),
+                                       reinterpret_cast<const int32_t*>(staged + b.squeezed_out_rows_at) +
+                                           run.out_rows_at,
+                                       part.data_ptr(), part_lse.data_ptr<float>(), out_data + row * H * D,
+                                       /*lse=*/nullptr, stream, bundle_views, top,
+                                       b.reading_ahead ? context_lse.data_ptr<float>() : nullptr, /*masked=*/true),
+          "merge_decode_pieces (squeezed bundles)");
+  };
   // Selections: one launch per run of members sharing (hierarchical, thresholds).
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
@@ -1018,12 +1194,15 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
                                    SqueezedSelection(b, layer, first * Hkv, /*decode=*/true), b.workspace.data_ptr(),
                                    nullptr, stream, launch),
           "select_clusters (decode)");
+    if (!squeezed_runs_.empty()) {  // each run's attention after its selection: bundled or not
+      const auto run = std::find_if(squeezed_runs_.begin(), squeezed_runs_.end(),
+                                    [&](const SqueezedRun& r) { return r.first == first; });
+      if (run != squeezed_runs_.end()) attend_bundles(*run);
+      else attend(first, end, /*dense=*/false);
+    }
     first = end;
   }
-  // Wide estimate tiles over flat indexes only (kernels::DecodeLaunch::wide_estimate_tiles).
-  for (int64_t i = first_squeezed_; i < B; ++i)
-    if (TwoLevelStep(Member(steps_[i]).hierarchical_, /*decode=*/true)) launch.wide_estimate_tiles = false;
-  if (B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
+  if (squeezed_runs_.empty() && B > first_squeezed_) attend(first_squeezed_, B, /*dense=*/false);
   if (b.reading_ahead && B > first_squeezed_) {
     // The squeezed members' advanced cursors from their top keys (members without read-ahead have
     // null cursors and are skipped), on the device: Finish makes them current for the next step.

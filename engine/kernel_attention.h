@@ -44,6 +44,14 @@
 // advanced cursor, on the device, into a second buffer that Finish makes current. A step thus reads
 // only what it does not write, and runs twice as once: a CUDA graph's capture (an eager warm-up,
 // then the replay) keeps read-ahead steps on the graphs.
+//
+// Squeezed bundles (KernelAttentionOptions::squeezed_bundles): the squeezed decode tokens of one
+// selection launch on one context go in bundles of up to 32 / G (engine/shared_context_plan.h, as
+// the dense bundles), each bundle reading the union of its members' selected clusters once
+// (kernels/bundle_selection.h) with a member mask per cluster, and its window; each member's
+// estimated clusters and own tokens are a launch of their own, and merge_decode_pieces merges the
+// two parts (read-ahead's top keys included) into the members' rows. Each member attends exactly
+// its own selection: its output does not depend on its batch.
 #pragma once
 
 #include <cstdint>
@@ -74,6 +82,10 @@ struct KernelAttentionOptions {
   bool warp_specialized_prefill = false;  // EngineOptions::prefill_kernel == "warp_specialized"
   bool programmatic_launch = true;        // EngineOptions::programmatic_launch (kernels/launch.h's switch)
   bool shared_context_decode = true;      // EngineOptions::shared_context_decode (see above)
+  // Squeezed decode tokens on one context in bundles (see above "Squeezed bundles"). Not yet an
+  // engine or server option: off until a GPU run has checked it (tests/engine/kernel_path_test.cc
+  // SqueezedQuestionsInBundlesMatchLibtorch) and timed it end to end (bench/kernels/NOTES.md run 31).
+  bool squeezed_bundles = false;
 };
 
 class KernelAttention : public AttentionBackend {
@@ -144,6 +156,17 @@ class KernelAttention : public AttentionBackend {
   // The dense decode tokens' shared-context bundles (0: each reads the context on its own) and the
   // members per bundle (its largest; smaller bundles repeat a member's query in the spare slots).
   int64_t shared_bundles_ = 0, shared_slots_ = 0;
+  // The squeezed bundles of the planned step: per selection launch of members [first, end) that
+  // bundles, its bundles and slots and where its staged arrays start (Buffers' squeezed regions,
+  // in elements).
+  struct SqueezedRun {
+    int64_t first = 0, end = 0, bundles = 0, slots = 0;
+    int64_t views_at = 0;     // its bundle views: [layer][views_at + k]
+    int64_t slots_at = 0;     // its slot table [bundles][slots] int32 (member - first, or -1)
+    int64_t q_rows_at = 0;    // its bundle query rows int64 (PlanSharedContext::query_rows)
+    int64_t out_rows_at = 0;  // its members' rows in the bundles' output int32 (output_rows)
+  };
+  std::vector<SqueezedRun> squeezed_runs_;
   std::string signature_;
   uint64_t next_context_serial_ = 0;  // ContextViews::serial (guarded by views_mu_)
   std::unique_ptr<Buffers> buffers_;

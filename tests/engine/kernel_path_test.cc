@@ -452,6 +452,32 @@ TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
   ExpectBatchMatchesLibtorch(*setup, members);
 }
 
+// Squeezed questions on one document in bundles (KernelAttentionOptions::squeezed_bundles): three
+// paper lookups, two with the estimate, three with read-ahead and two two-level ones on the first
+// context (each selection launch its own bundles: G = 4 eight a bundle, G = 1 and 3 up to 32 and
+// 10), a dense one beside, and a read-ahead one joining a step late (its bundle grows). Every
+// member's logits must be within kLogitsBound of libtorch's at every step, as unbundled.
+TEST_P(KernelPathTest, SqueezedQuestionsInBundlesMatchLibtorch) {
+  SKIP_WITHOUT_KERNELS();
+  GpuSetup* setup = GetSetup(GetParam());
+  ASSERT_NE(setup, nullptr);
+  c10::InferenceMode guard;
+  KernelAttentionOptions bundling;
+  bundling.squeezed_bundles = true;
+  std::unique_ptr<KernelAttention> runner =
+      std::make_unique<KernelAttention>(setup->config, at::Device(at::kCUDA, 0), bundling);
+  std::swap(setup->runner, runner);  // StartSequence starts the kernel sequences on setup->runner
+  const std::vector<Case> cases = Cases(*setup->contexts[0]);
+  std::vector<std::pair<std::shared_ptr<const StoredContext>, Case>> members;
+  // flat 0.9 three times, flat 0.9 estimated twice, flat 0.9 read-ahead three times, hierarchical
+  // 0.9 twice, dense, and flat 0.9 read-ahead late.
+  for (size_t pick : {2, 2, 2, 10, 10, 14, 14, 14, 7, 7, 16, 14}) {
+    if (pick < cases.size()) members.emplace_back(setup->contexts[0], cases[pick]);
+  }
+  ExpectBatchMatchesLibtorch(*setup, members);
+  std::swap(setup->runner, runner);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](const auto& info) {
   return info.param == 0 ? std::string("HeadDim64Group4")
          : info.param == 1 ? std::string("HeadDim128Group1")
