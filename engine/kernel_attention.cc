@@ -692,12 +692,14 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->shared_rows_at = grown->own_views_at + views_bytes;
     grown->shared_q_rows_at = grown->shared_rows_at + Aligned(4 * grown->pairs);
     grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
+    // The squeezed bundles' regions only where they may run: the whole buffer is uploaded each step.
+    const int64_t bundling = options_.squeezed_bundles ? 1 : 0;
     grown->squeezed_views_at = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
-    grown->squeezed_own_views_at = grown->squeezed_views_at + views_bytes;
-    grown->squeezed_slots_at = grown->squeezed_own_views_at + views_bytes;
-    grown->squeezed_q_rows_at = grown->squeezed_slots_at + Aligned(4 * kMaxBundleGroup * grown->steps);
-    grown->squeezed_out_rows_at = grown->squeezed_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
-    grown->staging_bytes = grown->squeezed_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
+    grown->squeezed_own_views_at = grown->squeezed_views_at + bundling * views_bytes;
+    grown->squeezed_slots_at = grown->squeezed_own_views_at + bundling * views_bytes;
+    grown->squeezed_q_rows_at = grown->squeezed_slots_at + bundling * Aligned(4 * kMaxBundleGroup * grown->steps);
+    grown->squeezed_out_rows_at = grown->squeezed_q_rows_at + bundling * Aligned(8 * kMaxBundleGroup * grown->pairs);
+    grown->staging_bytes = grown->squeezed_out_rows_at + bundling * Aligned(4 * grown->steps * num_q_heads_);
     const auto bytes = at::TensorOptions().dtype(at::kByte);
     grown->staging_host = at::empty({grown->staging_bytes}, bytes.pinned_memory(true));
     grown->staging_device = at::empty({grown->staging_bytes}, bytes.device(device_));
