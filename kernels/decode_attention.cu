@@ -1167,14 +1167,15 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
   // Unsupported shapes (the launch rejects them) and failed queries fall back to launch.num_ctas or 1.
   // The grid of every variant (with and without TopKeys, wide tiles) fits.
   int ctas = std::max(1, launch.num_ctas);
+  // (The masked variants' grids are never larger: their launch bounds are the unmasked high
+  // variants', or two CTAs a SM where those have three; the engine's Plan calls this every step.)
   for (const bool top : {false, true})
-    for (const bool wide : {false, true})
-      for (const bool masked : {false, true}) {
-        Grid variant{ctas};
-        if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide, masked))
-          configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &variant);
-        ctas = std::max(ctas, variant.ctas);
-      }
+    for (const bool wide : {false, true}) {
+      Grid variant{ctas};
+      if (const DecodeKernel kernel = kernel_for(shape.head_dim, shape.group(), top, wide))
+        configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &variant);
+      ctas = std::max(ctas, variant.ctas);
+    }
   return DecodeWorkspace(shape, ctas, nullptr).bytes;
 }
 
