@@ -82,10 +82,7 @@ struct KernelAttentionOptions {
   bool warp_specialized_prefill = false;  // EngineOptions::prefill_kernel == "warp_specialized"
   bool programmatic_launch = true;        // EngineOptions::programmatic_launch (kernels/launch.h's switch)
   bool shared_context_decode = true;      // EngineOptions::shared_context_decode (see above)
-  // Squeezed decode tokens on one context in bundles (see above "Squeezed bundles"). Not yet an
-  // engine or server option: off until a GPU run has checked it (tests/engine/kernel_path_test.cc
-  // SqueezedQuestionsInBundlesMatchLibtorch) and timed it end to end (bench/kernels/NOTES.md run 31).
-  bool squeezed_bundles = false;
+  bool squeezed_bundles = false;         // EngineOptions::squeezed_bundles (see above "Squeezed bundles")
 };
 
 class KernelAttention : public AttentionBackend {

@@ -443,8 +443,12 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     kernel_options.warp_specialized_prefill = options.prefill_kernel == "warp_specialized";
     kernel_options.programmatic_launch = options.programmatic_launch;
     kernel_options.shared_context_decode = options.shared_context_decode;
+    kernel_options.squeezed_bundles = options.squeezed_bundles;
     engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device, kernel_options);
     absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
+    if (options.squeezed_bundles) {
+      absl::StrAppend(&backend_reason, "; squeezed questions on one context read their selected clusters' union in bundles");
+    }
     if (!options.programmatic_launch) {
       absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
     }

@@ -88,6 +88,11 @@ ABSL_FLAG(bool, shared_context_decode, true,
           "with the CUDA kernels their decode tokens once per bundle of up to 32 / G of them (G = query heads per "
           "KV head: 4 for Llama-3-8B, 1 for Llama-2-7B), on libtorch all their rows of a step in one call. "
           "false: once each, for comparisons; the log says so.");
+ABSL_FLAG(bool, squeezed_bundles, false,
+          "With the CUDA kernels: squeezed questions stepping together on one stored context read the union of "
+          "their selected clusters once per bundle (up to 32 / G of them), each still attending only its own "
+          "clusters, so an answer never depends on its batch (docs/attention.md \"Questions on one document\"). "
+          "Off by default until measured end to end; the log says when it is on.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "
@@ -390,6 +395,7 @@ int Run() {
     options.prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
     options.programmatic_launch = absl::GetFlag(FLAGS_programmatic_launch);
     options.shared_context_decode = absl::GetFlag(FLAGS_shared_context_decode);
+    options.squeezed_bundles = absl::GetFlag(FLAGS_squeezed_bundles);
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     options.skinny_gemm_min_rows = absl::GetFlag(FLAGS_skinny_gemm_min_rows);
     // Half the step budget, so a new short query fits in a step beside a long query's chunk.
