@@ -12,6 +12,8 @@
 #          e.g. run --shape llama3-8b --context 33000 --modes dense,paper-0.9 --batches 1,8
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
 # (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).
+# AB_SERVER_ARGS="--flag ..." instead compares the new tree with and without those server flags
+# (one build, no base commit, no .ab), e.g. AB_SERVER_ARGS=--squeezed_bundles.
 # Both builds stay in the machine's ignored build folders (build-gpu/, build-ab/: a warm machine
 # keeps them between calls), so a call of AB_BUILD_ONLY=1 (both trees built, ~4-5 min) and a `run`
 # right after it (builds up to date, ~1 min a bench) split what one 600 s call cannot hold.
@@ -30,11 +32,17 @@ case ${1:-} in
   run) shift ;;
   *) sed -n 2,13p "$0"; exit 2 ;;
 esac
-[ -f .ab/COMMIT ] || { echo "no .ab/COMMIT: run 'prepare' here and carry .ab"; exit 2; }
+flags=${AB_SERVER_ARGS:-}
+if [ -n "$flags" ]; then
+  base_label="this tree without $flags"
+else
+  [ -f .ab/COMMIT ] || { echo "no .ab/COMMIT: run 'prepare' here and carry .ab"; exit 2; }
+  base_label=$(cat .ab/COMMIT)
+fi
 # The base tree outside .ab (which each call's carry replaces), re-extracted only for another commit,
 # so that its build folder survives to the next call on a warm machine.
 base_tree=build-ab/server_base
-if [ "$(cat build-ab/COMMIT 2>/dev/null)" != "$(cat .ab/COMMIT)" ]; then
+if [ -z "$flags" ] && [ "$(cat build-ab/COMMIT 2>/dev/null)" != "$(cat .ab/COMMIT)" ]; then
   rm -rf build-ab && mkdir -p build-ab && tar -xJf .ab/server_base.tar.xz -C build-ab && cp .ab/COMMIT build-ab/COMMIT || exit 2
 fi
 [ -d .gpu-deps ] || { echo "no .gpu-deps: run scripts/gpu/fetch_deps.sh here and carry it"; exit 2; }
@@ -49,12 +57,16 @@ install_bin() {  # tree root, tree name
     -DSQUEEZESERVE_BUILD_TESTS=ON -DSQUEEZESERVE_BUILD_BENCH=OFF ) >"$W/build_new.log" 2>&1 \
   || { tail -30 "$W/build_new.log"; exit 1; }
 install_bin . new || exit 1
-( cd "$base_tree" && ln -sfn "$PWD/../../.gpu-deps" .gpu-deps &&
-  BUILD_TARGETS="squeezeserve squeezectl" source scripts/gpu/build.sh \
-    -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF ) >"$W/build_base.log" 2>&1 \
-  || { tail -30 "$W/build_base.log"; exit 1; }
-install_bin "$base_tree" base || exit 1
-[ "${AB_BUILD_ONLY:-0}" = 1 ] && { echo "built: new and base $(cat .ab/COMMIT)"; exit 0; }
+if [ -n "$flags" ]; then
+  install_bin . base || exit 1
+else
+  ( cd "$base_tree" && ln -sfn "$PWD/../../.gpu-deps" .gpu-deps &&
+    BUILD_TARGETS="squeezeserve squeezectl" source scripts/gpu/build.sh \
+      -DSQUEEZESERVE_BUILD_TESTS=OFF -DSQUEEZESERVE_BUILD_BENCH=OFF ) >"$W/build_base.log" 2>&1 \
+    || { tail -30 "$W/build_base.log"; exit 1; }
+  install_bin "$base_tree" base || exit 1
+fi
+[ "${AB_BUILD_ONLY:-0}" = 1 ] && { echo "built: new and base ($base_label)"; exit 0; }
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 status=0
 if [ "${AB_TESTS:-1}" = 1 ]; then
@@ -64,9 +76,10 @@ if [ "${AB_TESTS:-1}" = 1 ]; then
 fi
 for i in $(seq 1 "${ROUNDS:-2}"); do
   for tree in base new; do
+    extra=(); [ "$tree" = new ] && [ -n "$flags" ] && extra=("--server_args=$flags")
     SQUEEZESERVE_BIN="$W/bin_$tree" timeout 900 python3 scripts/gpu/full_model_bench.py \
-      --new_tokens 32 --reps 3 --no_store "$@" --out "$W/${tree}_$i" >"$W/${tree}_$i.log" 2>&1 || status=1
+      --new_tokens 32 --reps 3 --no_store "$@" "${extra[@]}" --out "$W/${tree}_$i" >"$W/${tree}_$i.log" 2>&1 || status=1
   done
 done
-python3 scripts/gpu/server_ab_summary.py "$W" "$(cat .ab/COMMIT)"
+python3 scripts/gpu/server_ab_summary.py "$W" "$base_label"
 exit $status
