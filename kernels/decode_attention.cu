@@ -592,6 +592,24 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   if (kPair) pair_sync(pair);  // the partner's too: the caller reuses this warp's half of them
 }
 
+// Row r's read-ahead outputs: the top key's share of the context sum (ctx, relative to the max m,
+// log2 units) and its position (the row's entry of perm), and the context LSE (natural log), or
+// `empty_context_lse` where the context part is empty. One formula for the merging CTA's tail
+// (write_top) and merge_decode_pieces' (where part B's context sum has been added to ctx).
+__device__ void write_read_ahead(const TopKeys& out, int64_t r, const SequenceLayerBf16& s, int h, float m, float ctx,
+                                 TopKey top, float empty_context_lse) {
+  float share = 0.f;
+  int position = -1;
+  if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - m) / ctx;
+  if (share > 0.f) {
+    const int n = __ldg(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters);  // N
+    position = __ldg(s.perm + static_cast<int64_t>(h) * n + top.v);
+  }
+  if (out.share) out.share[r] = share;
+  if (out.position) out.position[r] = position;
+  if (out.context_lse) out.context_lse[r] = ctx > 0.f && m != neg_inf() ? (m + log2f(ctx)) / kLog2e : empty_context_lse;
+}
+
 // Query head hq's read-ahead outputs (share, position) from its merged statistics and top key
 // (TopKey::v: the physical row, which the tiles offer; see attend_rows). Two dependent loads (the
 // head's row count, then the row's position), by the item's first lane (the one that merged the
@@ -601,18 +619,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
 // change without the search (bench/kernels/NOTES.md run 20).
 template <int D>
 __device__ void write_top(const DecodeArgs& a, int bh, int64_t hq, const SoftmaxState& st, float ctx, TopKey top) {
-  const int b = bh / a.hkv, h = bh % a.hkv;
-  float share = 0.f;
-  int position = -1;
-  if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
-  if (share > 0.f) {
-    const SequenceLayerBf16& s = a.seqs[b];
-    const int n = __ldg(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters);  // N
-    position = __ldg(s.perm + static_cast<int64_t>(h) * n + top.v);
-  }
-  if (a.top.share) a.top.share[hq] = share;
-  if (a.top.position) a.top.position[hq] = position;
-  if (a.top.context_lse) a.top.context_lse[hq] = ctx > 0.f ? (st.m + log2f(ctx)) / kLog2e : neg_inf();
+  write_read_ahead(a.top, hq, a.seqs[bh / a.hkv], bh % a.hkv, st.m, ctx, top, neg_inf());
 }
 
 // Merge of head bh's partials (slots first.., n of them) in slot order; writes out, lse and (kTop)
@@ -1066,20 +1073,7 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_pieces_kernel(MergePie
     // window: the squeezed bundles' members) where given.
     const float cb = m.b_context_lse != nullptr ? m.b_context_lse[r] : neg_inf();
     if (cb != neg_inf()) ctx += st.m == neg_inf() ? INFINITY : exp2f(cb * kLog2e - st.m);
-    float share = 0.f;
-    int position = -1;
-    if (top.v >= 0 && ctx > 0.f) share = exp2f(top.s - st.m) / ctx;
-    if (share > 0.f) {
-      const SequenceLayerBf16& s = m.seqs[bh / m.hkv];
-      const int h = bh % m.hkv;
-      const int n = __ldg(s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1) + s.num_clusters);  // N
-      position = __ldg(s.perm + static_cast<int64_t>(h) * n + top.v);
-    }
-    if (m.top.share) m.top.share[r] = share;
-    if (m.top.position) m.top.position[r] = position;
-    if (m.top.context_lse) {
-      m.top.context_lse[r] = ctx > 0.f && st.m != neg_inf() ? (st.m + log2f(ctx)) / kLog2e : cb;
-    }
+    write_read_ahead(m.top, r, m.seqs[bh / m.hkv], bh % m.hkv, st.m, ctx, top, cb);
   }
 }
 
