@@ -43,6 +43,11 @@ constexpr int64_t kMaxDecodePairs = 2048;
 // Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
 // checked where decode_attention.h is included).
 constexpr int64_t kMaxBundleGroup = 32;
+// A squeezed bundle's at most: 16, one warp's MMA tile (the decode kernel's kHigh variant). Above
+// 16 two warps share each tile (kPair), which streamed at ~2.0 TB/s against a question's own 2.5
+// on an H100, and Llama-3's bundle of 8 (group 32) was slower than its members one by one; its
+// bundles of 4 are group 16 (bench/kernels/NOTES.md run 31).
+constexpr int64_t kMaxSqueezedBundleGroup = 16;
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
@@ -583,7 +588,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       if (!SharesOneIndex(ordered, first, end) || (end - first) * num_kv_heads_ > kMaxDecodePairs) continue;
       std::vector<const void*> contexts;
       for (int64_t i = first; i < end; ++i) contexts.push_back(Member(ordered[i]).views_.get());
-      SharedContextPlan plan = PlanSharedContext(contexts, num_kv_heads_, group, kMaxBundleGroup);
+      SharedContextPlan plan = PlanSharedContext(contexts, num_kv_heads_, group, kMaxSqueezedBundleGroup);
       if (plan.empty()) continue;
       SqueezedRun run;
       run.first = first;

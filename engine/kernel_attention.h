@@ -46,7 +46,7 @@
 // then the replay) keeps read-ahead steps on the graphs.
 //
 // Squeezed bundles (KernelAttentionOptions::squeezed_bundles): the squeezed decode tokens of one
-// selection launch on one context go in bundles of up to 32 / G (engine/shared_context_plan.h, as
+// selection launch on one context go in bundles of up to 16 / G (engine/shared_context_plan.h, as
 // the dense bundles), each bundle reading the union of its members' selected clusters once
 // (kernels/bundle_selection.h) with a member mask per cluster, and its window; each member's
 // estimated clusters and own tokens are a launch of their own, and merge_decode_pieces merges the

@@ -90,8 +90,9 @@ ABSL_FLAG(bool, shared_context_decode, true,
           "false: once each, for comparisons; the log says so.");
 ABSL_FLAG(bool, squeezed_bundles, false,
           "With the CUDA kernels: squeezed questions stepping together on one stored context read the union of "
-          "their selected clusters once per bundle (up to 32 / G of them), each still attending only its own "
-          "clusters, so an answer never depends on its batch (docs/attention.md \"Questions on one document\"). "
+          "their selected clusters once per bundle (up to 16 / G of them: one warp's 16 query heads), each still "
+          "attending only its own clusters, so an answer never depends on its batch (docs/attention.md \"Questions "
+          "on one document\"). "
           "Off by default until measured end to end; the log says when it is on.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,

@@ -454,8 +454,8 @@ TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
 
 // Squeezed questions on one document in bundles (KernelAttentionOptions::squeezed_bundles): three
 // paper lookups, two with the estimate, three with read-ahead and two two-level ones on the first
-// context (each selection launch its own bundles: G = 4 eight a bundle, G = 1 and 3 up to 32 and
-// 10), a dense one beside, and a read-ahead one joining a step late (its bundle grows). Every
+// context (each selection launch its own bundles of up to 16 / G: G = 4 four a bundle, G = 1 and 3
+// up to 16 and 5), a dense one beside, and a read-ahead one joining a step late (its bundle grows). Every
 // member's logits must be within kLogitsBound of libtorch's at every step, as unbundled.
 TEST_P(KernelPathTest, SqueezedQuestionsInBundlesMatchLibtorch) {
   SKIP_WITHOUT_KERNELS();
