@@ -1156,6 +1156,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     if (b.reading_ahead) top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
     kernels::DecodeLaunch deferred = launch;
     deferred.defer_merge = true;
+    deferred.next_beside = true;  // the members' part runs in its tail (below)
     deferred.q_rows = reinterpret_cast<const int64_t*>(staged + b.squeezed_q_rows_at) + run.q_rows_at;
     Check(kernels::sparse_decode_attention(bundled, bundle_views, q_data + row * H * D, united, /*out=*/nullptr,
                                            /*lse=*/nullptr, b.workspace.data_ptr(), deferred, stream, top),
@@ -1168,11 +1169,18 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     const at::Tensor context_lse = at::empty({b.reading_ahead ? n * H : 0}, qd.options().dtype(at::kFloat));
     kernels::TopKeys rest_top;
     if (b.reading_ahead) rest_top.context_lse = context_lse.data_ptr<float>();
+    // Beside the bundles, on the SMs their CTAs leave (as the dense bundles' own tokens): it reads
+    // the selection's estimate lists, complete once the bundles' launch has waited for the union
+    // (which waited for the selection), and writes nothing the bundles read. Run after them, its
+    // ~60 us a layer (Llama-2-7B 32K batch 8, H100) added up (bench/kernels/NOTES.md run 32).
+    kernels::DecodeLaunch beside = launch;
+    beside.beside_previous = true;
+    beside.static_selection = true;
     Check(kernels::sparse_decode_attention(
               members, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_own_views_at) +
                            layer * B + run.first,
               q_data + row * H * D, rest, part.data_ptr(), part_lse.data_ptr<float>(),
-              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled), launch, stream, rest_top),
+              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled), beside, stream, rest_top),
           "sparse_decode_attention (squeezed members' estimate and own tokens)");
     Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(n * H),
                                        reinterpret_cast<const int32_t*>(staged + b.squeezed_out_rows_at) +

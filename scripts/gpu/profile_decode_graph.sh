@@ -23,7 +23,7 @@
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-SHAPE=llama3-8b CONTEXT=32768 BATCH=8 MODE=default STEP=decode SERVER_ARGS="" TIMELINE=0
+SHAPE=llama3-8b CONTEXT=32768 BATCH=8 MODE=default STEP=decode SERVER_ARGS=${SERVER_ARGS:-} TIMELINE=0
 while [ $# -gt 0 ]; do
   case $1 in
     --shape) SHAPE=$2; shift 2 ;; --context) CONTEXT=$2; shift 2 ;;
