@@ -286,10 +286,11 @@ struct KernelAttention::Buffers {
   // bundles' slot tables [steps x kMaxBundleGroup] int32, their query rows [kMaxBundleGroup x pairs]
   // int64 and the members' rows in their output [steps x H_q] int32; `squeezed_union` holds the
   // bundles' union selection: ids, row starts and member masks [pairs][capacity], counts and rows
-  // [pairs] int32.
+  // [pairs] int32; `squeezed_estimate` the union of their estimate lists (one-level indexes): ids
+  // and member masks [pairs][estimate_capacity], counts [pairs] int32.
   int64_t squeezed_views_at = 0, squeezed_own_views_at = 0, squeezed_slots_at = 0, squeezed_q_rows_at = 0,
           squeezed_out_rows_at = 0;
-  at::Tensor squeezed_union;
+  at::Tensor squeezed_union, squeezed_estimate;
   at::Tensor top_position, top_share;
   bool reading_ahead = false;
   at::Tensor staging_host, staging_device;
@@ -677,7 +678,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
 
   Buffers* b = buffers_.get();
   if (b == nullptr || b->steps < B || b->capacity < capacity || b->workspace_bytes < workspace || b->layers != L ||
-      b->estimate_capacity < estimate_capacity || (!squeezed_runs_.empty() && !b->squeezed_union.defined())) {
+      b->estimate_capacity < estimate_capacity || (!squeezed_runs_.empty() && !b->squeezed_union.defined()) ||
+      (!squeezed_runs_.empty() && estimating && !b->squeezed_estimate.defined())) {
     auto grown = std::make_unique<Buffers>();
     grown->steps = std::max<int64_t>(B, b ? b->steps : 0);
     grown->pairs = grown->steps * Hkv;
@@ -727,6 +729,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       grown->logit_stride = kernels::estimate_logit_stride(static_cast<int>(num_q_heads_ / num_kv_heads_));
       grown->estimate_logits =
           at::empty({grown->pairs * grown->estimate_capacity * grown->logit_stride}, ints.dtype(at::kFloat));
+      if (options_.squeezed_bundles) {
+        grown->squeezed_estimate = at::empty({2 * grown->pairs * grown->estimate_capacity + grown->pairs}, ints);
+      }
     }
     buffers_ = std::move(grown);
     b = buffers_.get();
@@ -949,8 +954,9 @@ kernels::Selection OwnTokensSelection(const KernelAttention::Buffers& b) {
   return s;
 }
 
-// The squeezed bundles' union selection (Buffers::squeezed_union), with its member masks.
-kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group) {
+// The squeezed bundles' union selection (Buffers::squeezed_union), with its member masks, and with
+// `estimate` the union of the members' estimate lists (Buffers::squeezed_estimate) and its masks.
+kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group, bool estimate) {
   int32_t* u = b.squeezed_union.data_ptr<int32_t>();
   kernels::Selection s;
   s.capacity = static_cast<int32_t>(b.capacity);
@@ -961,6 +967,13 @@ kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t gro
   s.counts = u + 3 * b.pairs * b.capacity;
   s.rows = s.counts + b.pairs;
   s.comparisons = s.counts;  // not read by the attention
+  if (estimate) {
+    int32_t* e = b.squeezed_estimate.data_ptr<int32_t>();
+    s.estimate_capacity = static_cast<int32_t>(b.estimate_capacity);
+    s.estimate_ids = e;
+    s.estimate_masks = reinterpret_cast<const uint32_t*>(e + b.pairs * b.estimate_capacity);
+    s.estimated = e + 2 * b.pairs * b.estimate_capacity;
+  }
   return s;
 }
 
@@ -1139,18 +1152,23 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
   auto attend_bundles = [&](const SqueezedRun& run) {
     const int64_t n = run.end - run.first, row = run.first - first_decode_;
+    // One-level indexes estimate in the bundle (each cluster's centroid and mean value read once
+    // for its members, Selection::estimate_masks); two-level ones (coarse ids in the lists) beside
+    // it, each member its own, with its own tokens.
+    const bool estimate_in_bundle = b.estimating && !Member(steps_[run.first]).hierarchical_;
     kernels::AttentionShape bundled = shape, members = shape;
     bundled.batch = static_cast<int32_t>(run.bundles);
     bundled.num_q_heads = static_cast<int32_t>(H * run.slots);
     members.batch = static_cast<int32_t>(n);
     const kernels::Selection own = SqueezedSelection(b, layer, run.first * Hkv, /*decode=*/true);
-    const kernels::Selection united = UnionSelection(b, G);
+    const kernels::Selection united = UnionSelection(b, G, estimate_in_bundle);
     const auto* bundle_views =
         reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_views_at) + layer * B + run.views_at;
     const kernels::BundleMembers slots{reinterpret_cast<const int32_t*>(staged + b.squeezed_slots_at) + run.slots_at,
                                        static_cast<int32_t>(run.bundles), static_cast<int32_t>(run.slots)};
     Check(kernels::bundle_selections(slots, static_cast<int>(Hkv), bundle_views, own, united,
-                                     const_cast<uint32_t*>(united.member_masks), stream),
+                                     const_cast<uint32_t*>(united.member_masks),
+                                     const_cast<uint32_t*>(united.estimate_masks), stream),
           "bundle_selections");
     kernels::TopKeys top;  // the members' rows of the read-ahead buffers
     if (b.reading_ahead) top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
@@ -1161,18 +1179,27 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     Check(kernels::sparse_decode_attention(bundled, bundle_views, q_data + row * H * D, united, /*out=*/nullptr,
                                            /*lse=*/nullptr, b.workspace.data_ptr(), deferred, stream, top),
           "sparse_decode_attention (squeezed bundles)");
-    // The members' part: their estimate lists, no selected rows (the constants' zeros).
+    // The members' part: their own tokens, and their estimate where the bundle does not take it;
+    // no selected rows (the constants' zeros).
     kernels::Selection rest = own;
     rest.counts = rest.rows = b.dense_constants.data_ptr<int32_t>();  // row 0: zeros
+    if (estimate_in_bundle) {
+      rest.estimate_ids = rest.estimated = nullptr;
+      rest.estimate_logits = nullptr;
+    }
+    const bool rest_estimates = rest.estimated != nullptr;
     const at::Tensor part = at::empty({n * H, D}, qd.options());
     const at::Tensor part_lse = at::empty({n * H}, qd.options().dtype(at::kFloat));
-    const at::Tensor context_lse = at::empty({b.reading_ahead ? n * H : 0}, qd.options().dtype(at::kFloat));
+    // The context LSE of the members' part (their estimate) for read-ahead's share: none without it.
+    const bool part_context = b.reading_ahead && rest_estimates;
+    const at::Tensor context_lse = at::empty({part_context ? n * H : 0}, qd.options().dtype(at::kFloat));
     kernels::TopKeys rest_top;
-    if (b.reading_ahead) rest_top.context_lse = context_lse.data_ptr<float>();
+    if (part_context) rest_top.context_lse = context_lse.data_ptr<float>();
     // Beside the bundles, on the SMs their CTAs leave (as the dense bundles' own tokens): it reads
     // the selection's estimate lists, complete once the bundles' launch has waited for the union
     // (which waited for the selection), and writes nothing the bundles read. Run after them, its
-    // ~60 us a layer (Llama-2-7B 32K batch 8, H100) added up (bench/kernels/NOTES.md run 32).
+    // ~60 us a layer (Llama-2-7B 32K batch 8, H100) added up (bench/kernels/NOTES.md run 32). Own
+    // tokens only: short heads, the own tokens' launch (one wave).
     kernels::DecodeLaunch beside = launch;
     beside.beside_previous = true;
     beside.static_selection = true;
@@ -1180,14 +1207,15 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
               members, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_own_views_at) +
                            layer * B + run.first,
               q_data + row * H * D, rest, part.data_ptr(), part_lse.data_ptr<float>(),
-              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled), beside, stream, rest_top),
-          "sparse_decode_attention (squeezed members' estimate and own tokens)");
+              b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled),
+              rest_estimates ? beside : OwnTokensLaunch(launch), stream, rest_top),
+          "sparse_decode_attention (squeezed members' own tokens)");
     Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(n * H),
                                        reinterpret_cast<const int32_t*>(staged + b.squeezed_out_rows_at) +
                                            run.out_rows_at,
                                        part.data_ptr(), part_lse.data_ptr<float>(), out_data + row * H * D,
                                        /*lse=*/nullptr, stream, bundle_views, top,
-                                       b.reading_ahead ? context_lse.data_ptr<float>() : nullptr, /*masked=*/true),
+                                       part_context ? context_lse.data_ptr<float>() : nullptr, /*masked=*/true),
           "merge_decode_pieces (squeezed bundles)");
   };
   // Selections: one launch per run of members sharing (hierarchical, thresholds).

@@ -21,8 +21,8 @@ struct KeyRow {
 
 // The keys every query token of the block attends to before the dense part: the selected
 // clusters' rows in selection order, then one key per estimated cluster.
-// `member`: the query head's member of a squeezed bundle (Selection::member_masks), which attends
-// only the clusters with its bit.
+// `member`: the query head's member of a squeezed bundle (Selection::member_masks,
+// estimate_masks), which attends and estimates only the clusters with its bit.
 std::vector<KeyRow> clustered_keys(const SequenceLayerF32& s, const Selection& sel, int bh, int h, int d, int member) {
   std::vector<KeyRow> keys;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
@@ -37,7 +37,9 @@ std::vector<KeyRow> clustered_keys(const SequenceLayerF32& s, const Selection& s
   }
   const int estimated = sel.estimated != nullptr && s.cluster_values != nullptr ? sel.estimated[bh] : 0;
   for (int i = 0; i < estimated; ++i) {
-    const int id = sel.estimate_ids[static_cast<int64_t>(bh) * sel.estimate_capacity + i];
+    const int64_t at = static_cast<int64_t>(bh) * sel.estimate_capacity + i;
+    if (sel.estimate_masks != nullptr && !((sel.estimate_masks[at] >> member) & 1u)) continue;
+    const int id = sel.estimate_ids[at];
     if (id < s.num_clusters) {
       const int64_t at = (static_cast<int64_t>(h) * s.num_clusters + id) * d;
       keys.push_back({s.centroids + at, s.cluster_values + at, std::log(static_cast<float>(off[id + 1] - off[id])), -1});

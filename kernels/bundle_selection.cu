@@ -10,7 +10,8 @@
 // prefix sum places them after the chunks before. Shared memory stays two kChunk arrays whatever
 // K (1M tokens: K ~ 52K clusters). Why: the first version (a warp per slot, binary searches always)
 // took 19 us at 32K and 31 us at 128K on an H100, for a few KB of ids (bench/kernels/NOTES.md run
-// 31): chains of dependent loads.
+// 31): chains of dependent loads. With the estimate's union (estimate_masks), blockIdx.z = 1 does
+// the same over the members' estimate lists, beside the selections' CTAs (no sizes, no rows).
 #include <cuda_runtime.h>
 
 #include "kernels/bundle_selection.h"
@@ -33,6 +34,7 @@ struct UnionArgs {
   Selection members;
   Selection out;
   uint32_t* masks;
+  uint32_t* estimate_masks;  // null: no estimate union (gridDim.z = 1)
 };
 
 // First index i in [0, n) with ids[i] >= x (n if none).
@@ -70,23 +72,29 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
   UnionSmem& sm = *reinterpret_cast<UnionSmem*>(smem_raw);
   allow_next_grid();
   const int h = blockIdx.x, k = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const bool est = blockIdx.z == 1;  // CTA-uniform: the estimate lists' union (no sizes, no rows)
   const int slots = a.bundles.slots;
   const SequenceLayerBf16& s = a.seqs[k];  // staged by the host: read before the wait
   const int K = s.num_clusters;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const int64_t kh = static_cast<int64_t>(k) * a.hkv + h;
-  load_sizes(sm.size, off, 0, K);
+  if (!est) load_sizes(sm.size, off, 0, K);
   int b = -1;
   if (tid < slots) b = a.bundles.members[static_cast<int64_t>(k) * slots + tid];
   wait_for_previous_grid();  // the members' selections are the previous kernel's output
   if (tid < slots) {
     const int64_t bh = static_cast<int64_t>(b) * a.hkv + h;
-    sm.slot_ids[tid] = b >= 0 ? a.members.cluster_ids + bh * a.members.capacity : nullptr;
-    sm.slot_count[tid] = b >= 0 ? a.members.counts[bh] : 0;
+    if (est) {
+      sm.slot_ids[tid] = b >= 0 ? a.members.estimate_ids + bh * a.members.estimate_capacity : nullptr;
+      sm.slot_count[tid] = b >= 0 && a.members.estimated != nullptr ? a.members.estimated[bh] : 0;
+    } else {
+      sm.slot_ids[tid] = b >= 0 ? a.members.cluster_ids + bh * a.members.capacity : nullptr;
+      sm.slot_count[tid] = b >= 0 ? a.members.counts[bh] : 0;
+    }
   }
   if (tid == 0) sm.carried = make_int2(0, 0);
   for (int c0 = 0; c0 < K; c0 += kChunk) {
-    if (c0 > 0) load_sizes(sm.size, off, c0, K);
+    if (c0 > 0 && !est) load_sizes(sm.size, off, c0, K);
     for (int i = tid; i < kChunk; i += kThreads) sm.mask[i] = 0u;
     __syncthreads();  // slot_ids and counts (first round), the sizes, the cleared masks
     if (tid < slots) {  // the slot's entries in this chunk
@@ -118,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u)
-        if (slot[u] >= 0) atomicOr(&sm.mask[id[u] - c0], 1u << slot[u]);
+        if (slot[u] >= 0 && id[u] < K) atomicOr(&sm.mask[id[u] - c0], 1u << slot[u]);  // (one-level ids: < K)
     }
     __syncthreads();
     const int mine = tid * kPerThread;
@@ -127,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
     for (int j = 0; j < kPerThread; ++j) {
       if (sm.mask[mine + j] != 0u) {
         own.x += 1;
-        own.y += sm.size[mine + j];
+        own.y += est ? 0 : sm.size[mine + j];
       }
     }
     // Exclusive prefix over the CTA, in thread order.
@@ -153,7 +161,12 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
     }
     for (int j = 0; j < kPerThread; ++j) {
       const uint32_t mask = sm.mask[mine + j];
-      if (mask != 0u) {
+      if (mask != 0u && est) {
+        const int64_t at = kh * a.out.estimate_capacity + before.x;
+        a.out.estimate_ids[at] = c0 + mine + j;
+        a.estimate_masks[at] = mask;
+        before.x += 1;
+      } else if (mask != 0u) {
         const int64_t at = kh * a.out.capacity + before.x;
         a.out.cluster_ids[at] = c0 + mine + j;
         a.out.row_start[at] = before.y;
@@ -166,7 +179,9 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
     if (tid == 0) sm.carried = total_placed;
   }
   __syncthreads();
-  if (tid == 0) {
+  if (tid == 0 && est) {
+    a.out.estimated[kh] = sm.carried.x;
+  } else if (tid == 0) {
     a.out.counts[kh] = sm.carried.x;
     a.out.rows[kh] = sm.carried.y;
   }
@@ -176,19 +191,24 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
 }  // namespace detail
 
 int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const SequenceLayerBf16* bundle_seqs,
-                      const Selection& members, const Selection& out, uint32_t* masks, void* stream) {
+                      const Selection& members, const Selection& out, uint32_t* masks, uint32_t* estimate_masks,
+                      void* stream) {
   using namespace detail;
   if (bundles.bundles < 0 || bundles.slots < 1 || bundles.slots > kMaxSlots || num_kv_heads < 1 ||
       bundles.members == nullptr || bundle_seqs == nullptr || members.cluster_ids == nullptr ||
       members.counts == nullptr || masks == nullptr || out.cluster_ids == nullptr || out.row_start == nullptr ||
       out.counts == nullptr || out.rows == nullptr || out.capacity < 1)
     return cudaErrorInvalidValue;
+  if (estimate_masks != nullptr && (members.estimate_ids == nullptr || out.estimate_ids == nullptr ||
+                                    out.estimated == nullptr || out.estimate_capacity < 1))
+    return cudaErrorInvalidValue;
   if (bundles.bundles == 0) return cudaSuccess;
   const cudaError_t err = cudaFuncSetAttribute(bundle_union_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(sizeof(UnionSmem)));
   if (err != cudaSuccess) return err;
-  return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles), dim3(kThreads), sizeof(UnionSmem),
-                        static_cast<cudaStream_t>(stream), UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks});
+  return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles, estimate_masks != nullptr ? 2 : 1),
+                        dim3(kThreads), sizeof(UnionSmem), static_cast<cudaStream_t>(stream),
+                        UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks, estimate_masks});
 }
 
 }  // namespace squeezeserve::kernels

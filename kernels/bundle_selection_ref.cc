@@ -6,18 +6,33 @@ namespace squeezeserve::kernels {
 
 template <typename T>
 void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const SequenceLayer<T>* bundle_seqs,
-                           const Selection& members, const Selection& out, uint32_t* masks) {
+                           const Selection& members, const Selection& out, uint32_t* masks,
+                           uint32_t* estimate_masks) {
   for (int k = 0; k < bundles.bundles; ++k) {
     const SequenceLayer<T>& s = bundle_seqs[k];
     for (int h = 0; h < num_kv_heads; ++h) {
-      std::map<int32_t, uint32_t> mask_of;  // cluster id -> slots that selected it, ascending ids
+      // cluster id -> slots that selected (estimated) it, ascending ids
+      std::map<int32_t, uint32_t> mask_of, estimate_mask_of;
       for (int m = 0; m < bundles.slots; ++m) {
         const int b = bundles.members[static_cast<int64_t>(k) * bundles.slots + m];
         if (b < 0) continue;
         const int64_t bh = static_cast<int64_t>(b) * num_kv_heads + h;
         for (int i = 0; i < members.counts[bh]; ++i) mask_of[members.cluster_ids[bh * members.capacity + i]] |= 1u << m;
+        const int estimated = estimate_masks != nullptr && members.estimated != nullptr ? members.estimated[bh] : 0;
+        for (int i = 0; i < estimated; ++i) {
+          estimate_mask_of[members.estimate_ids[bh * members.estimate_capacity + i]] |= 1u << m;
+        }
       }
       const int64_t kh = static_cast<int64_t>(k) * num_kv_heads + h;
+      if (estimate_masks != nullptr) {
+        int count = 0;
+        for (const auto& [id, mask] : estimate_mask_of) {
+          const int64_t at = kh * out.estimate_capacity + count++;
+          out.estimate_ids[at] = id;
+          estimate_masks[at] = mask;
+        }
+        out.estimated[kh] = count;
+      }
       const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
       int count = 0, rows = 0;
       for (const auto& [id, mask] : mask_of) {
@@ -34,8 +49,8 @@ void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const
 }
 
 template void bundle_selections_ref<float>(const BundleMembers&, int, const SequenceLayer<float>*, const Selection&,
-                                           const Selection&, uint32_t*);
+                                           const Selection&, uint32_t*, uint32_t*);
 template void bundle_selections_ref<uint16_t>(const BundleMembers&, int, const SequenceLayer<uint16_t>*,
-                                              const Selection&, const Selection&, uint32_t*);
+                                              const Selection&, const Selection&, uint32_t*, uint32_t*);
 
 }  // namespace squeezeserve::kernels

@@ -10,6 +10,7 @@ namespace squeezeserve::kernels {
 
 template <typename T>
 void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const SequenceLayer<T>* bundle_seqs,
-                           const Selection& members, const Selection& out, uint32_t* masks);
+                           const Selection& members, const Selection& out, uint32_t* masks,
+                           uint32_t* estimate_masks = nullptr);
 
 }  // namespace squeezeserve::kernels

@@ -414,6 +414,14 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     return estimated_row(x) ? __ldg(vr.est_ids + (x - vr.sparse_rows)) : -1;
   };
   int pending_id = num_tiles > 0 && vr.est_count > 0 ? est_id_for(0) : -1;
+  // kMasked with the estimate in the bundle (Selection::estimate_masks): an estimated row's member
+  // mask, loaded one tile ahead as its id (the resolving lanes store it with the tile's masks).
+  auto est_mask_for = [&](int t) {
+    if (!kMasked || t >= num_tiles || vr.est_masks == nullptr) return ~0u;
+    const int x = tiles.start(t) + (lane & (tiles.rows(t) - 1));
+    return estimated_row(x) ? __ldg(vr.est_masks + (x - vr.sparse_rows)) : ~0u;
+  };
+  uint32_t pending_mask = kMasked && num_tiles > 0 && vr.est_count > 0 ? est_mask_for(0) : ~0u;
 
   // Tile t (called for t = 0, 1, 2, ... in order): lanes i and i + 16 resolve row i, then each lane
   // copies kTileRows / kRowsPerPass 16-byte chunks of K and of V, and in a tile with estimated rows
@@ -422,7 +430,11 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
   auto load_tile = [&](int t) {
     const int v = tiles.start(t);
     const int my_id = pending_id;
-    if (vr.est_count > 0) pending_id = est_id_for(t + 1);
+    const uint32_t my_est_mask = pending_mask;
+    if (vr.est_count > 0) {
+      pending_id = est_id_for(t + 1);
+      if (kMasked) pending_mask = est_mask_for(t + 1);
+    }
     if (tiles.wide(t)) {  // warp-uniform; every row is estimated and the logits are the selection's
       const int code = estimate_code(my_id), S = vr.est_stride;
       cp_async_floats(bias + bias_at(t % kStages, 0, 0) + lane * S,
@@ -448,8 +460,11 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       shift = __shfl_sync(0xffffffffu, win.shift, segment);
       if (kMasked) row_mask = __shfl_sync(0xffffffffu, win.mask, segment);
     }
-    // A squeezed bundle's rows: the members that attend each (every member: the dense rows).
-    if (kMasked && lane < kTileRows) masks[(t % kStageCount) * kTileRows + lane] = x < vr.sparse_rows ? row_mask : ~0u;
+    // A squeezed bundle's rows: the members that attend each (the selected rows' and estimated
+    // clusters' masks; every member: the dense rows).
+    if (kMasked && lane < kTileRows) {
+      masks[(t % kStageCount) * kTileRows + lane] = x < vr.sparse_rows ? row_mask : estimated_row(x) ? my_est_mask : ~0u;
+    }
     // Row code of row x (virtual_rows.cuh).
     const int code = x >= w1                   ? kNoRow
                      : x < vr.sparse_rows      ? x + shift
@@ -568,6 +583,9 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         for (int e = 0; e < 2; ++e) {
           const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
           s[n][2 + e] = key < w1 && attends(col, member_hi) ? s[n][2 + e] * scale_log2 : neg_inf();
+          // An estimated cluster's ln n, the same for every head (only a squeezed bundle has an
+          // estimate here, and it takes no estimate logits).
+          if (kMasked && tile_bias && key < w1) s[n][2 + e] = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, s[n][2 + e]);
           if (kTop && key < vr.sparse_rows && key < w1 && s[n][2 + e] != neg_inf())
             top_hi.offer(s[n][2 + e], codes[(t % kStageCount) * kTileRows + col]);
           hi_max = fmaxf(hi_max, s[n][2 + e]);
@@ -1185,14 +1203,20 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   if (!kernel || shape.query_len != 1 || shape.num_q_heads != g * shape.num_kv_heads ||
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
-  // Groups above 8 have no bias rows for heads 8..15: no pruned-cluster estimate.
+  // Groups above 8 have no bias rows for heads 8..15: the pruned-cluster estimate only where its
+  // bias is ln n for every head, a squeezed bundle's (estimate_masks; no estimate logits).
   const bool estimate =
       selection.estimated != nullptr || selection.estimate_ids != nullptr || selection.estimate_logits != nullptr;
-  if (g > kMaxGroup && estimate) return cudaErrorInvalidValue;
-  // A squeezed bundle: whole members in the group, at most 32 (a mask bit each), no estimate.
+  const bool bundle_estimate = selection.member_masks != nullptr && selection.estimate_masks != nullptr &&
+                               selection.estimate_logits == nullptr;
+  if (g > kMaxGroup && estimate && !bundle_estimate) return cudaErrorInvalidValue;
+  // A squeezed bundle: whole members in the group, at most 32 (a mask bit each); an estimate only
+  // with the members' masks for it.
   if (selection.member_masks != nullptr &&
-      (selection.member_group < 1 || g % selection.member_group != 0 || g / selection.member_group > 32 || estimate))
+      (selection.member_group < 1 || g % selection.member_group != 0 || g / selection.member_group > 32 ||
+       (estimate && !bundle_estimate)))
     return cudaErrorInvalidValue;
+  if (selection.estimate_masks != nullptr && selection.member_masks == nullptr) return cudaErrorInvalidValue;
   Grid grid;
   cudaError_t err = configure(kernel, shape.head_dim, launch, shape.batch * shape.num_kv_heads, &grid);
   if (err != cudaSuccess) return err;

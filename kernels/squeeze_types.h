@@ -152,10 +152,17 @@ struct Selection {
   // member m selected cluster i. Member m's query heads are m * member_group ... + member_group - 1
   // of the launch's group: for the rows of a cluster without its bit their logits are -inf (the
   // member does not attend them). The dense rows (the window) are every member's. Null: every
-  // query head attends every selected cluster. No estimate in such a launch (each member's
-  // estimated clusters are attended beside it, with its own tokens).
+  // query head attends every selected cluster.
   const uint32_t* member_masks = nullptr;
   int32_t member_group = 0;
+  // A squeezed bundle's estimate (one-level indexes): the estimate lists above are the union of
+  // its members' (ascending fine ids), and bit m of estimate_masks[bh * estimate_capacity + i]
+  // says whether member m estimates cluster i; the estimated clusters without a head's member bit
+  // have logit -inf for it, as the selected ones. No estimate_logits then: the bundle scores each
+  // cluster's centroid against every member's queries itself (each mean value and centroid read
+  // once per bundle, where each member's own launch read its mean values: bench/kernels/NOTES.md
+  // run 32). Null with member_masks: no estimate in the bundle (each member's goes beside it).
+  const uint32_t* estimate_masks = nullptr;
 };
 
 // Read-ahead's output of the attention kernels beside out and lse (null = not computed): per query

@@ -48,6 +48,9 @@ struct VirtualRows {
   // Decode, when the selection provides them (Selection::estimate_logits): each estimated
   // cluster's logit + ln n per group member, [est][est_stride]; its centroid is then not read.
   const float* est_logits;
+  // A squeezed bundle's (Selection::estimate_masks; decode): the members that estimate each
+  // estimated cluster, [est]; null = every query head.
+  const uint32_t* est_masks;
   int est_stride;                         // estimate_logit_stride(group)
   int num_clusters;                       // K
   int est_count;
@@ -82,6 +85,9 @@ __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, 
   const bool estimate = sel.estimated != nullptr && s.cluster_values != nullptr;
   v.est_count = estimate ? sel.estimated[bh] : 0;
   v.est_ids = estimate ? sel.estimate_ids + static_cast<int64_t>(bh) * sel.estimate_capacity : nullptr;
+  v.est_masks = estimate && sel.estimate_masks != nullptr
+                    ? sel.estimate_masks + static_cast<int64_t>(bh) * sel.estimate_capacity
+                    : nullptr;
   v.est_stride = estimate_logit_stride(decode_group);
   v.est_logits = estimate && decode_group > 0 && sel.estimate_logits
                      ? sel.estimate_logits + static_cast<int64_t>(bh) * sel.estimate_capacity * v.est_stride

@@ -180,7 +180,8 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
       if (layout == 0) {
         CUDA_OK(sparse_decode_attention(each, d_views, d_q, own.sel, d_out, d_lse, ws, launch, nullptr));
       } else {
-        CUDA_OK(bundle_selections(layout == 3 ? pairs_of_4 : members, hkv, d_views, own.sel, un.sel, d_masks, nullptr));
+        CUDA_OK(bundle_selections(layout == 3 ? pairs_of_4 : members, hkv, d_views, own.sel, un.sel, d_masks, nullptr,
+                                  nullptr));
         if (layout >= 2) {
           CUDA_OK(sparse_decode_attention(shape, d_views, d_q, masked, nullptr, nullptr, ws, deferred, nullptr));
           CUDA_OK(merge_decode_pieces(shape, deferred, ws, rows_out, nullptr, nullptr, nullptr, d_out, d_lse, nullptr,

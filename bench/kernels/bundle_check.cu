@@ -326,8 +326,8 @@ struct SqueezedCase {
   std::vector<int32_t> ids, starts, counts, sel_rows, cmp, est_ids, estimated;
   std::unique_ptr<DeviceSelection> dev;
   // The union (host reference) and the bundles' slots.
-  std::vector<int32_t> slot_of, u_ids, u_starts, u_counts, u_rows, u_cmp;
-  std::vector<uint32_t> u_masks;
+  std::vector<int32_t> slot_of, u_ids, u_starts, u_counts, u_rows, u_cmp, u_est_ids, u_estimated;
+  std::vector<uint32_t> u_masks, u_est_masks;
 
   SqueezedCase(int d_, int g_, int hkv_, int members_, int slots_, int rows, int csz, int dense_len, float keep,
                uint64_t seed)
@@ -383,9 +383,12 @@ struct SqueezedCase {
     u_rows.assign(uh, -5);
     u_cmp.assign(uh, 0);
     u_masks.assign(u_ids.size(), 0xdeadbeefu);
+    u_est_ids.assign(u_ids.size(), -5);
+    u_estimated.assign(uh, -5);
+    u_est_masks.assign(u_ids.size(), 0xdeadbeefu);
     const std::vector<SequenceLayerF32> views(bundles, host_view);
-    bundle_selections_ref(BundleMembers{slot_of.data(), bundles, slots}, hkv, views.data(), host_members(false),
-                          host_union(false), u_masks.data());
+    bundle_selections_ref(BundleMembers{slot_of.data(), bundles, slots}, hkv, views.data(), host_members(true),
+                          host_union(false, true), u_masks.data(), u_est_masks.data());
   }
   Selection host_members(bool estimate) {
     Selection s{ids.data(), starts.data(), counts.data(), sel_rows.data(), cmp.data(), K};
@@ -396,11 +399,18 @@ struct SqueezedCase {
     }
     return s;
   }
-  Selection host_union(bool masked) {
+  // `estimate`: the bundles' estimate (the union of the members' lists, Selection::estimate_masks).
+  Selection host_union(bool masked, bool estimate = false) {
     Selection s{u_ids.data(), u_starts.data(), u_counts.data(), u_rows.data(), u_cmp.data(), K};
     if (masked) {
       s.member_masks = u_masks.data();
       s.member_group = g;
+    }
+    if (estimate) {
+      s.estimate_ids = u_est_ids.data();
+      s.estimated = u_estimated.data();
+      s.estimate_capacity = K;
+      if (masked) s.estimate_masks = u_est_masks.data();
     }
     return s;
   }
@@ -420,39 +430,53 @@ struct SqueezedCase {
   }
 };
 
-// bundle_selections on the device against bundle_selections_ref (every array equal, on poisoned
-// outputs), then the masked decode launch (group slots x g, Selection::member_masks) over the union
-// and every dense row on poisoned outputs against the CPU reference with the masks
-// (tests/kernels/bundle_selection_ref_test.cc proves it each member's own attention), with
-// read-ahead's top keys (positions equal, shares within 1e-3 absolute), and with the merge
-// deferred (check_deferred). Pass: check_case's bounds, and a
-// masked launch with the estimate's arrays or a member group not dividing the group refused.
+// bundle_selections on the device against bundle_selections_ref (every array equal, the estimate
+// lists' union included, on poisoned outputs), then the masked decode launch (group slots x g,
+// Selection::member_masks) over the union and every dense row on poisoned outputs against the CPU
+// reference with the masks (tests/kernels/bundle_selection_ref_test.cc proves it each member's own
+// attention), with read-ahead's top keys (positions equal, shares within 1e-3 absolute), with the
+// merge deferred (check_deferred), and with the estimate in the bundle (Selection::estimate_masks:
+// out, LSE, top keys). Pass: check_case's bounds, and a masked launch with the estimate's arrays
+// but no estimate masks, or a member group not dividing the group, refused.
 bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
   const int heads = c.bundles * c.hkv, d = c.d;
   int32_t* d_slots = upload(c.slot_of);
   SequenceLayerBf16* d_views = upload(std::vector<SequenceLayerBf16>(c.bundles, c.bundle_view(true)));
-  DeviceSelection dunion(heads, c.K);
+  DeviceSelection dunion(heads, c.K, c.K);
   uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0xdeadbeefu));
+  uint32_t* d_est_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0xdeadbeefu));
   const std::vector<int32_t> poison(c.u_ids.size(), -9);
-  for (int32_t* p : {dunion.sel.cluster_ids, dunion.sel.row_start})
+  for (int32_t* p : {dunion.sel.cluster_ids, dunion.sel.row_start, dunion.sel.estimate_ids})
     CUDA_OK(cudaMemcpy(p, poison.data(), 4 * poison.size(), cudaMemcpyHostToDevice));
   CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_views, c.dev->sel, dunion.sel,
-                            d_masks, nullptr));
+                            d_masks, d_est_masks, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  bool union_equal = download(dunion.sel.counts, heads) == c.u_counts && download(dunion.sel.rows, heads) == c.u_rows;
+  bool union_equal = download(dunion.sel.counts, heads) == c.u_counts && download(dunion.sel.rows, heads) == c.u_rows &&
+                     download(dunion.sel.estimated, heads) == c.u_estimated;
   const std::vector<int32_t> g_ids = download(dunion.sel.cluster_ids, c.u_ids.size()),
-                             g_starts = download(dunion.sel.row_start, c.u_ids.size());
-  const std::vector<uint32_t> g_masks = download(d_masks, c.u_masks.size());
-  for (int x = 0; x < heads && union_equal; ++x)
+                             g_starts = download(dunion.sel.row_start, c.u_ids.size()),
+                             g_est_ids = download(dunion.sel.estimate_ids, c.u_ids.size());
+  const std::vector<uint32_t> g_masks = download(d_masks, c.u_masks.size()),
+                              g_est_masks = download(d_est_masks, c.u_masks.size());
+  for (int x = 0; x < heads && union_equal; ++x) {
     for (int i = 0; i < c.u_counts[x]; ++i) {
       const size_t at = static_cast<size_t>(x) * c.K + i;
       union_equal &= g_ids[at] == c.u_ids[at] && g_starts[at] == c.u_starts[at] && g_masks[at] == c.u_masks[at];
     }
+    for (int i = 0; i < c.u_estimated[x]; ++i) {
+      const size_t at = static_cast<size_t>(x) * c.K + i;
+      union_equal &= g_est_ids[at] == c.u_est_ids[at] && g_est_masks[at] == c.u_est_masks[at];
+    }
+  }
 
   const AttentionShape shape = c.bundle_shape();
   Selection dev_masked = dunion.sel;
   dev_masked.member_masks = d_masks;
   dev_masked.member_group = c.g;
+  Selection dev_estimating = dev_masked;  // the estimate in the bundle
+  dev_estimating.estimate_masks = d_est_masks;
+  dev_masked.estimate_ids = nullptr;
+  dev_masked.estimated = nullptr;
   std::vector<float> q = random_normal(static_cast<int64_t>(c.bundles) * shape.num_q_heads * d, seed + 5, 1.5f);
   const std::vector<uint16_t> q_bits = round_to_bf16(q);
   const int out_rows = c.bundles * shape.num_q_heads;
@@ -484,11 +508,29 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
   }
   const bool deferred =
       check_deferred(shape, d_views, d_q, dev_masked, ws, launch, ref, ref_lse, seed, &deferred_rel, &deferred_lse);
-  // Refused: the estimate's arrays beside the masks; a member group that does not divide the group.
-  DeviceSelection with_estimate(heads, c.K, c.K);
-  Selection masked_estimate = with_estimate.sel;
-  masked_estimate.member_masks = d_masks;
-  masked_estimate.member_group = c.g;
+  // The estimate in the bundle: each member's estimated clusters (mean values, centroids scored by
+  // the bundle) beside its selected rows, on poisoned outputs.
+  std::vector<float> est_ref(q.size()), est_ref_lse(out_rows), est_ref_share(out_rows);
+  std::vector<int32_t> est_ref_pos(out_rows);
+  sparse_attention_ref(shape, host_views.data(), q.data(), c.host_union(true, true), est_ref.data(), est_ref_lse.data(),
+                       TopKeys{est_ref_pos.data(), est_ref_share.data()});
+  CUDA_OK(cudaMemcpy(d_out, std::vector<uint16_t>(q.size(), 0xffff).data(), 2 * q.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(d_pos, std::vector<int32_t>(out_rows, -7).data(), 4 * out_rows, cudaMemcpyHostToDevice));
+  CUDA_OK(sparse_decode_attention(shape, d_views, d_q, dev_estimating, d_out, d_lse, ws, launch, nullptr,
+                                  TopKeys{d_pos, d_share}));
+  CUDA_OK(cudaDeviceSynchronize());
+  double est_rel = 0, est_lse = 0;
+  score_against(d_out, d_lse, est_ref, est_ref_lse, nan, &est_rel, &est_lse);
+  const std::vector<int32_t> est_pos = download(d_pos, out_rows);
+  const std::vector<float> est_share = download(d_share, out_rows);
+  for (int r = 0; r < out_rows; ++r) {
+    top_equal &= est_pos[r] == est_ref_pos[r];
+    share_err = std::max(share_err, std::fabs(double(est_share[r]) - est_ref_share[r]));
+  }
+  // Refused: the estimate's arrays beside the masks without the estimate's masks; a member group
+  // that does not divide the group.
+  Selection masked_estimate = dev_estimating;
+  masked_estimate.estimate_masks = nullptr;
   Selection bad_group = dev_masked;
   bad_group.member_group = c.G + 1;
   const bool refuses =
@@ -498,13 +540,15 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
   long long asked = 0, read = 0;
   for (int32_t r : c.sel_rows) asked += r;
   for (int32_t r : c.u_rows) read += r;
-  const bool pass = union_equal && !nan && rel <= 1e-2 && lse_err <= 1e-2 && top_equal && share_err <= 1e-3 &&
-                    deferred && refuses;
-  std::printf("%-40s %3d %12s %10.2e %10.2e %10.2e %10.2e %8s %s  (union %s, top %s, share %.1e)\n", name, c.G,
-              (std::to_string(read) + "/" + std::to_string(asked)).c_str(), rel, lse_err, deferred_rel, deferred_lse,
-              refuses ? "yes" : "NO", pass ? "PASS" : "FAIL", union_equal ? "equal" : "DIFFERS",
-              top_equal ? "equal" : "DIFFERS", share_err);
-  for (void* p : std::vector<void*>{d_slots, d_views, d_masks, d_q, d_out, d_lse, d_pos, d_share, ws}) CUDA_OK(cudaFree(p));
+  const bool pass = union_equal && !nan && rel <= 1e-2 && lse_err <= 1e-2 && est_rel <= 1e-2 && est_lse <= 1e-2 &&
+                    top_equal && share_err <= 1e-3 && deferred && refuses;
+  std::printf("%-40s %3d %12s %10.2e %10.2e %10.2e %10.2e %8s %s  (union %s, top %s, share %.1e; estimate "
+              "in the bundle %.2e, lse %.2e)\n",
+              name, c.G, (std::to_string(read) + "/" + std::to_string(asked)).c_str(), rel, lse_err, deferred_rel,
+              deferred_lse, refuses ? "yes" : "NO", pass ? "PASS" : "FAIL", union_equal ? "equal" : "DIFFERS",
+              top_equal ? "equal" : "DIFFERS", share_err, est_rel, est_lse);
+  for (void* p : std::vector<void*>{d_slots, d_views, d_masks, d_est_masks, d_q, d_out, d_lse, d_pos, d_share, ws})
+    CUDA_OK(cudaFree(p));
   return pass;
 }
 
@@ -512,10 +556,11 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
 // the union and the window (merge deferred, top keys), reading each member's query rows through
 // DecodeLaunch::q_rows; part B, the members' own launch over their estimated clusters and own
 // tokens only (no selected rows, TopKeys::context_lse); then merge_decode_pieces of A with B and
-// the top keys. On poisoned outputs, against the CPU reference of each member alone over its
-// selection, estimate, window and own tokens: out and LSE within check_case's bounds, top key
-// positions equal, shares within 1e-3.
-bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed) {
+// the top keys. `estimate_in_bundle`: the estimate goes in part A (the union of the members'
+// lists, Selection::estimate_masks), part B holds the own tokens only. On poisoned outputs, against
+// the CPU reference of each member alone over its selection, estimate, window and own tokens: out
+// and LSE within check_case's bounds, top key positions equal, shares within 1e-3.
+bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed, bool estimate_in_bundle) {
   const int d = c.d, hq = c.hkv * c.g, rows = c.members * hq;
   AttentionShape each;
   each.batch = c.members;
@@ -550,8 +595,9 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed) 
   own.dense_len -= c.window;
   own.window_len = 0;
   SequenceLayerBf16* d_own_views = upload(std::vector<SequenceLayerBf16>(c.members, own));
-  DeviceSelection dunion(c.bundles * c.hkv, c.K);
+  DeviceSelection dunion(c.bundles * c.hkv, c.K, c.K);
   uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0u));
+  uint32_t* d_est_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0u));
   int32_t* d_zeros = upload(std::vector<int32_t>(c.members * c.hkv, 0));
   int64_t* d_q_rows = upload(q_rows);
   int32_t* d_a_row = upload(a_row);
@@ -574,12 +620,20 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed) 
   Selection a_sel = dunion.sel;
   a_sel.member_masks = d_masks;
   a_sel.member_group = c.g;
-  Selection b_sel = c.dev->sel;  // the estimate's lists; no selected rows
+  Selection b_sel = c.dev->sel;  // the estimate's lists (or none); no selected rows
   b_sel.counts = d_zeros;
   b_sel.rows = d_zeros;
+  if (estimate_in_bundle) {
+    a_sel.estimate_masks = d_est_masks;
+    b_sel.estimate_ids = nullptr;
+    b_sel.estimated = nullptr;
+  } else {
+    a_sel.estimate_ids = nullptr;
+    a_sel.estimated = nullptr;
+  }
   const TopKeys top{d_pos, d_share};
   CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_bundle_views, c.dev->sel, dunion.sel,
-                            d_masks, nullptr));
+                            d_masks, estimate_in_bundle ? d_est_masks : nullptr, nullptr));
   CUDA_OK(sparse_decode_attention(bundled, d_bundle_views, d_q, a_sel, nullptr, nullptr, ws, a_launch, nullptr, top));
   CUDA_OK(sparse_decode_attention(each, d_own_views, d_q, b_sel, d_b, d_b_lse, ws + b_at, b_launch, nullptr,
                                   TopKeys{nullptr, nullptr, d_b_ctx}));
@@ -599,8 +653,8 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed) 
   const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && top_diff == 0 && share_err <= 1e-3;
   std::printf("%-40s %3d %12s %10.2e %10.2e %10s %10s %8s %s  (top %d/%d differ, share %.1e)\n", name, c.G, "-", rel,
               lse_err, "-", "-", "-", pass ? "PASS" : "FAIL", top_diff, rows, share_err);
-  for (void* p : std::vector<void*>{d_slots, d_bundle_views, d_own_views, d_masks, d_zeros, d_q_rows, d_a_row, d_q,
-                                    d_b, d_out, d_b_lse, d_b_ctx, d_lse, d_pos, d_share, ws})
+  for (void* p : std::vector<void*>{d_slots, d_bundle_views, d_own_views, d_masks, d_est_masks, d_zeros, d_q_rows,
+                                    d_a_row, d_q, d_b, d_out, d_b_lse, d_b_ctx, d_lse, d_pos, d_share, ws})
     CUDA_OK(cudaFree(p));
   return pass;
 }
@@ -609,7 +663,8 @@ bool check_squeezed_bundle(const char* name, int d, int g, int hkv, int members,
                            int dense_len, float keep, uint64_t seed) {
   SqueezedCase c(d, g, hkv, members, slots, rows, csz, dense_len, keep, seed);
   const bool union_ok = check_squeezed_union(name, c, seed);
-  return check_squeezed_two_parts((std::string(name) + ", two parts").c_str(), c, seed) && union_ok;
+  const bool beside = check_squeezed_two_parts((std::string(name) + ", two parts").c_str(), c, seed, false);
+  return check_squeezed_two_parts((std::string(name) + ", estimate in A").c_str(), c, seed, true) && beside && union_ok;
 }
 
 }  // namespace

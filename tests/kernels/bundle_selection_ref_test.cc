@@ -39,10 +39,39 @@ SelectionBuffers random_selections(int members, int hkv, const std::vector<int32
   return buf;
 }
 
+// Estimate lists for `sel` (each cluster a (member, head) did not select, kept with probability
+// 0.7, as the estimate floor drops some; member 1's none at all), ascending, into sel.sel's estimate
+// arrays (kept alive in `ids` and `counts`).
+void random_estimates(SelectionBuffers& sel, int members, int hkv, int K, uint64_t seed, std::vector<int32_t>* ids,
+                      std::vector<int32_t>* counts) {
+  ids->assign(static_cast<size_t>(members) * hkv * K, -1);
+  counts->assign(static_cast<size_t>(members) * hkv, 0);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  for (int bh = 0; bh < members * hkv; ++bh) {
+    if (bh / hkv == 1) continue;
+    const std::vector<int> own = sel.selected(bh);
+    for (int c = 0; c < K; ++c) {
+      if (std::find(own.begin(), own.end(), c) != own.end() || u(rng) >= 0.7f) continue;
+      (*ids)[static_cast<size_t>(bh) * K + (*counts)[bh]++] = c;
+    }
+  }
+  sel.sel.estimate_ids = ids->data();
+  sel.sel.estimated = counts->data();
+  sel.sel.estimate_capacity = K;
+}
+
 struct UnionOut {
   SelectionBuffers buf;
-  std::vector<uint32_t> masks;
-  UnionOut(int heads, int capacity) : buf(heads, capacity), masks(static_cast<size_t>(heads) * capacity, 0xdeadbeefu) {}
+  std::vector<uint32_t> masks, estimate_masks;
+  std::vector<int32_t> estimate_ids, estimated;
+  UnionOut(int heads, int capacity)
+      : buf(heads, capacity), masks(static_cast<size_t>(heads) * capacity, 0xdeadbeefu),
+        estimate_masks(masks.size(), 0xdeadbeefu), estimate_ids(masks.size(), -1), estimated(heads, -1) {
+    buf.sel.estimate_ids = estimate_ids.data();
+    buf.sel.estimated = estimated.data();
+    buf.sel.estimate_capacity = capacity;
+  }
 };
 
 TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
@@ -53,26 +82,36 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
   spec.empty_fraction = 0.2f;
   const SyntheticLayer layer = make_synthetic_layer(spec);
   const int K = spec.num_clusters, hkv = spec.num_kv_heads, members = 7;
-  const SelectionBuffers sel = random_selections(members, hkv, layer.offsets, K, 5);
+  SelectionBuffers sel = random_selections(members, hkv, layer.offsets, K, 5);
+  std::vector<int32_t> est_ids, est_counts;
+  random_estimates(sel, members, hkv, K, 6, &est_ids, &est_counts);
   // Two bundles: slots 0..3 of members 0..3 and 4, 5, 6 with an unused slot (-1) between.
   const std::vector<int32_t> slots = {0, 1, 2, 3, 4, -1, 5, 6};
   const BundleMembers bundles{slots.data(), 2, 4};
   const SequenceLayerF32 views[2] = {layer.view(), layer.view()};
   UnionOut out(2 * hkv, K);
-  bundle_selections_ref(bundles, hkv, views, sel.sel, out.buf.sel, out.masks.data());
+  bundle_selections_ref(bundles, hkv, views, sel.sel, out.buf.sel, out.masks.data(), out.estimate_masks.data());
   for (int k = 0; k < 2; ++k)
     for (int h = 0; h < hkv; ++h) {
       const int kh = k * hkv + h;
-      std::vector<std::pair<int, uint32_t>> want;  // (cluster, mask) by cluster
+      std::vector<std::pair<int, uint32_t>> want, want_estimate;  // (cluster, mask) by cluster
       for (int c = 0; c < K; ++c) {
-        uint32_t mask = 0;
+        uint32_t mask = 0, estimate_mask = 0;
         for (int m = 0; m < 4; ++m) {
           const int b = slots[k * 4 + m];
           if (b < 0) continue;
           const std::vector<int> own = sel.selected(b * hkv + h);
           if (std::find(own.begin(), own.end(), c) != own.end()) mask |= 1u << m;
+          const int32_t* est = &est_ids[static_cast<size_t>(b * hkv + h) * K];
+          if (std::find(est, est + est_counts[b * hkv + h], c) != est + est_counts[b * hkv + h]) estimate_mask |= 1u << m;
         }
         if (mask != 0) want.emplace_back(c, mask);
+        if (estimate_mask != 0) want_estimate.emplace_back(c, estimate_mask);
+      }
+      ASSERT_EQ(out.estimated[kh], static_cast<int>(want_estimate.size())) << "bundle " << k << " head " << h;
+      for (size_t i = 0; i < want_estimate.size(); ++i) {
+        EXPECT_EQ(out.estimate_ids[static_cast<size_t>(kh) * K + i], want_estimate[i].first);
+        EXPECT_EQ(out.estimate_masks[static_cast<size_t>(kh) * K + i], want_estimate[i].second);
       }
       ASSERT_EQ(out.buf.counts[kh], static_cast<int>(want.size())) << "bundle " << k << " head " << h;
       int rows = 0;
@@ -90,11 +129,13 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
 
 // A bundle of S members (group G each) as one sequence of group S x G over the union: each member's
 // rows of the output, LSE, top keys and context LSE (TopKeys::context_lse) equal those of its own
-// launch bit for bit (the same keys in the same order: the union skips the clusters without its bit).
-class BundledAttention : public ::testing::TestWithParam<std::tuple<int, int>> {};
+// launch bit for bit (the same keys in the same order: the union skips the clusters without its
+// bit). With the estimate in the bundle (Selection::estimate_masks), each member's estimated
+// clusters too.
+class BundledAttention : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
 
 TEST_P(BundledAttention, EachMemberGetsExactlyItsOwnAttention) {
-  const auto [group, members] = GetParam();
+  const auto [group, members, estimate] = GetParam();
   SyntheticSpec spec;
   spec.num_kv_heads = 2;
   spec.head_dim = 64;
@@ -106,12 +147,15 @@ TEST_P(BundledAttention, EachMemberGetsExactlyItsOwnAttention) {
   SyntheticLayer layer = make_synthetic_layer(spec);
   layer.add_lookup_data(23, /*window=*/4);
   const int hkv = spec.num_kv_heads, K = spec.num_clusters, d = spec.head_dim;
-  const SelectionBuffers own = random_selections(members, hkv, layer.offsets, K, 29 + members);
-  const SequenceLayerF32 view = layer.view();
-  // The estimate is not a bundle's (each member's goes beside it): views without the lookup's values.
-  SequenceLayerF32 plain = view;
-  plain.cluster_values = nullptr;
-  plain.coarse_values = nullptr;
+  SelectionBuffers own = random_selections(members, hkv, layer.offsets, K, 29 + members);
+  std::vector<int32_t> est_ids, est_counts;
+  if (estimate) random_estimates(own, members, hkv, K, 41 + members, &est_ids, &est_counts);
+  // Without the estimate in the bundle (each member's goes beside it): views without the lookup's values.
+  SequenceLayerF32 plain = layer.view();
+  if (!estimate) {
+    plain.cluster_values = nullptr;
+    plain.coarse_values = nullptr;
+  }
 
   AttentionShape each;
   each.batch = members;
@@ -129,10 +173,17 @@ TEST_P(BundledAttention, EachMemberGetsExactlyItsOwnAttention) {
   std::vector<int32_t> slots(members);
   for (int m = 0; m < members; ++m) slots[m] = m;
   UnionOut un(hkv, K);
-  bundle_selections_ref(BundleMembers{slots.data(), 1, members}, hkv, &plain, own.sel, un.buf.sel, un.masks.data());
+  bundle_selections_ref(BundleMembers{slots.data(), 1, members}, hkv, &plain, own.sel, un.buf.sel, un.masks.data(),
+                        estimate ? un.estimate_masks.data() : nullptr);
   Selection bundled = un.buf.sel;
   bundled.member_masks = un.masks.data();
   bundled.member_group = group;
+  if (estimate) {
+    bundled.estimate_masks = un.estimate_masks.data();
+  } else {
+    bundled.estimate_ids = nullptr;
+    bundled.estimated = nullptr;
+  }
   AttentionShape shape = each;
   shape.batch = 1;
   shape.num_q_heads = hkv * members * group;
@@ -161,8 +212,10 @@ TEST_P(BundledAttention, EachMemberGetsExactlyItsOwnAttention) {
 }
 
 INSTANTIATE_TEST_SUITE_P(GroupsAndMembers, BundledAttention,
-                         ::testing::Values(std::make_tuple(1, 8), std::make_tuple(4, 8), std::make_tuple(3, 5),
-                                           std::make_tuple(1, 32)));
+                         ::testing::Values(std::make_tuple(1, 8, false), std::make_tuple(4, 8, false),
+                                           std::make_tuple(3, 5, false), std::make_tuple(1, 32, false),
+                                           std::make_tuple(1, 8, true), std::make_tuple(4, 4, true),
+                                           std::make_tuple(3, 5, true), std::make_tuple(1, 32, true)));
 
 }  // namespace
 }  // namespace squeezeserve::kernels::testing
