@@ -102,7 +102,9 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
 
 
 // Random selections of `questions` sequences x hkv heads keeping a share `keep` of the clusters of
-// `view` (host offsets), ascending; returns the rows each (sequence, head) selected.
+// `view` (host offsets), ascending; returns the rows each (sequence, head) selected. Where `dev`
+// has the estimate's arrays, every pruned non-empty cluster is estimated (estimate floor 0), with
+// random logits.
 std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions, int hkv, float keep, uint64_t seed,
                                      DeviceSelection* dev) {
   const int K = view.num_clusters;
@@ -110,12 +112,27 @@ std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions
   std::uniform_real_distribution<float> u(0.f, 1.f);
   std::vector<int32_t> ids(static_cast<size_t>(questions) * hkv * K, 0), starts(ids.size(), 0),
       counts(questions * hkv), rows(questions * hkv), zeros(questions * hkv, 0);
+  std::vector<int32_t> est_ids(ids.size(), 0), estimated(counts.size(), 0);
   for (int x = 0; x < questions * hkv; ++x) {
-    const auto [n, r] = pick_clusters(view.offsets + static_cast<int64_t>(x % hkv) * (K + 1), K,
-                                      [&](int) { return u(rng) < keep; }, &ids[static_cast<size_t>(x) * K],
-                                      &starts[static_cast<size_t>(x) * K]);
+    const int32_t* off = view.offsets + static_cast<int64_t>(x % hkv) * (K + 1);
+    int e = 0;
+    const auto [n, r] = pick_clusters(
+        off, K,
+        [&](int j) {
+          if (u(rng) < keep) return true;
+          if (off[j + 1] > off[j]) est_ids[static_cast<size_t>(x) * K + e++] = j;
+          return false;
+        },
+        &ids[static_cast<size_t>(x) * K], &starts[static_cast<size_t>(x) * K]);
     counts[x] = n;
     rows[x] = r;
+    estimated[x] = e;
+  }
+  if (dev->sel.estimate_ids != nullptr) {
+    CUDA_OK(cudaMemcpy(dev->sel.estimate_ids, est_ids.data(), 4 * est_ids.size(), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dev->sel.estimated, estimated.data(), 4 * estimated.size(), cudaMemcpyHostToDevice));
+    const std::vector<float> logits = random_normal(static_cast<int64_t>(est_ids.size()) * kMaxGroup, seed + 1);
+    CUDA_OK(cudaMemcpy(dev->sel.estimate_logits, logits.data(), 4 * logits.size(), cudaMemcpyHostToDevice));
   }
   CUDA_OK(cudaMemcpy(dev->sel.cluster_ids, ids.data(), 4 * ids.size(), cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(dev->sel.row_start, starts.data(), 4 * starts.size(), cudaMemcpyHostToDevice));
@@ -129,14 +146,19 @@ std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions
 // question), "union alone" (bundle_selections of one bundle of 8), "union + bundle of 8" (it, the
 // masked launch of that bundle, G = 8 g, merge deferred, and merge_decode_pieces, as the engine's
 // dense bundles), and "unions + 2 bundles of 4" (G = 4 g: a single warp's 16 query rows at
-// Llama-3's group, where 32 take pairs of warps). One stream, L2 flushed before each rep, median
-// us; prints and appends JSON rows with the rows read (the unions', or the questions' own added up).
+// Llama-3's group, where 32 take pairs of warps); then the same three with the pruned-cluster
+// estimate (every pruned non-empty cluster, as the default lookup with estimate floor 0): each
+// question's own launch with its estimate logits (the wide tiles), against the bundles with the
+// estimate in them (Selection::estimate_masks: each cluster's centroid and mean value read once
+// per bundle). One stream, L2 flushed before each rep, median us; prints and appends JSON rows
+// with the rows read (the unions', or the questions' own added up; estimated clusters not counted).
 void time_squeezed(const char* model, int hkv, int g, int context, float keep, void* flush, FILE* json) {
-  const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5));
+  const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5), /*lookup_window=*/0);
   const SequenceLayerF32 host_view = layer.host.view();
   const int K = host_view.num_clusters;
-  DeviceSelection own(kQuestions * hkv, K), un(2 * hkv, K);
+  DeviceSelection own(kQuestions * hkv, K, K, /*logits=*/true), un(2 * hkv, K, K);
   const std::vector<int32_t> own_rows = random_squeezed(host_view, kQuestions, hkv, keep, 17, &own);
+  uint32_t* d_est_masks = upload(std::vector<uint32_t>(static_cast<size_t>(2 * hkv) * K, 0u));
   std::vector<int32_t> slots(kQuestions);
   for (int m = 0; m < kQuestions; ++m) slots[m] = m;
   int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4
@@ -161,29 +183,38 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   CUDA_OK(cudaMalloc(&ws, std::max({decode_attention_workspace_bytes(each, launch),
                                     decode_attention_workspace_bytes(bundled, deferred),
                                     decode_attention_workspace_bytes(halves, deferred)})));
-  Selection masked = un.sel;
-  masked.member_masks = d_masks;
-  masked.member_group = g;
+  Selection masked = un.sel, estimating = un.sel, plain = own.sel;
+  masked.member_masks = estimating.member_masks = d_masks;
+  masked.member_group = estimating.member_group = g;
+  masked.estimate_ids = masked.estimated = nullptr;
+  estimating.estimate_masks = d_est_masks;
+  plain.estimate_ids = plain.estimated = nullptr;
+  plain.estimate_logits = nullptr;
   const BundleMembers members{d_slots, 1, kQuestions}, pairs_of_4{d_slots, 2, kQuestions / 2};
   cudaEvent_t e0, e1;
   CUDA_OK(cudaEventCreate(&e0));
   CUDA_OK(cudaEventCreate(&e1));
-  const char* layouts[] = {"squeezed, own rows", "squeezed, union alone", "squeezed, union + bundle of 8",
-                           "squeezed, unions + 2 bundles of 4"};
+  const char* layouts[] = {"squeezed, own rows",          "squeezed, union alone",
+                           "squeezed, union + bundle of 8", "squeezed, unions + 2 bundles of 4",
+                           "estimate, own rows",          "estimate, union alone",
+                           "estimate, union + bundle of 8", "estimate, unions + 2 bundles of 4"};
   const int rows_out = kQuestions * hkv * g;
-  for (int layout = 0; layout < 4; ++layout) {
-    const AttentionShape& shape = layout == 3 ? halves : bundled;
+  for (int layout = 0; layout < 8; ++layout) {
+    const int kind = layout % 4;
+    const bool est = layout >= 4;
+    const AttentionShape& shape = kind == 3 ? halves : bundled;
     std::vector<double> us;
     for (int rep = 0; rep < kReps + 3; ++rep) {
       CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
       CUDA_OK(cudaEventRecord(e0));
-      if (layout == 0) {
-        CUDA_OK(sparse_decode_attention(each, d_views, d_q, own.sel, d_out, d_lse, ws, launch, nullptr));
+      if (kind == 0) {
+        CUDA_OK(sparse_decode_attention(each, d_views, d_q, est ? own.sel : plain, d_out, d_lse, ws, launch, nullptr));
       } else {
-        CUDA_OK(bundle_selections(layout == 3 ? pairs_of_4 : members, hkv, d_views, own.sel, un.sel, d_masks, nullptr,
-                                  nullptr));
-        if (layout >= 2) {
-          CUDA_OK(sparse_decode_attention(shape, d_views, d_q, masked, nullptr, nullptr, ws, deferred, nullptr));
+        CUDA_OK(bundle_selections(kind == 3 ? pairs_of_4 : members, hkv, d_views, est ? own.sel : plain, un.sel,
+                                  d_masks, est ? d_est_masks : nullptr, nullptr));
+        if (kind >= 2) {
+          CUDA_OK(sparse_decode_attention(shape, d_views, d_q, est ? estimating : masked, nullptr, nullptr, ws, deferred,
+                                          nullptr));
           CUDA_OK(merge_decode_pieces(shape, deferred, ws, rows_out, nullptr, nullptr, nullptr, d_out, d_lse, nullptr,
                                       nullptr, {}, nullptr, /*masked=*/true));
         }
@@ -195,16 +226,16 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
       if (rep >= 3) us.push_back(1e3 * ms);
     }
     long long rows_read = 0;
-    if (layout == 0) {
+    if (kind == 0) {
       for (int32_t r : own_rows) rows_read += r;
     } else {
-      for (int32_t r : download(un.sel.rows, (layout == 3 ? 2 : 1) * hkv)) rows_read += r;
+      for (int32_t r : download(un.sel.rows, (kind == 3 ? 2 : 1) * hkv)) rows_read += r;
     }
     const double bytes = 2.0 * 128 * 2 * rows_read, median = quantile(us, 0.5);
-    const int seqs = layout == 0 ? kQuestions : layout == 3 ? 2 : 1, group = g * kQuestions / seqs;
+    const int seqs = kind == 0 ? kQuestions : kind == 3 ? 2 : 1, group = g * kQuestions / seqs;
     std::printf("%-10s %-33s %4d %3d %10.1f %10.1f %10.2f  (%.3f of the context's rows)\n", model, layouts[layout],
                 seqs, group, median, quantile(us, 0),
-                layout == 1 ? 0.0 : bytes / (median * 1e-6) / 1e12,
+                kind == 1 ? 0.0 : bytes / (median * 1e-6) / 1e12,
                 double(rows_read) / (double(context) * hkv));
     std::fprintf(json,
                  ",\n  {\"model\": \"%s\", \"layout\": \"%s\", \"sequences\": %d, \"group\": %d, \"rows\": %d, "
@@ -214,7 +245,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   }
   CUDA_OK(cudaEventDestroy(e0));
   CUDA_OK(cudaEventDestroy(e1));
-  for (void* p : std::vector<void*>{d_slots, d_masks, d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  for (void* p : std::vector<void*>{d_slots, d_masks, d_est_masks, d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
 }
 
 }  // namespace
