@@ -48,10 +48,12 @@
 // Squeezed bundles (KernelAttentionOptions::squeezed_bundles): the squeezed decode tokens of one
 // selection launch on one context go in bundles of up to 16 / G (engine/shared_context_plan.h, as
 // the dense bundles), each bundle reading the union of its members' selected clusters once
-// (kernels/bundle_selection.h) with a member mask per cluster, and its window; each member's
-// estimated clusters and own tokens are a launch of their own, and merge_decode_pieces merges the
-// two parts (read-ahead's top keys included) into the members' rows. Each member attends exactly
-// its own selection: its output does not depend on its batch.
+// (kernels/bundle_selection.h) with a member mask per cluster, its window and, over one-level
+// indexes, the union of their estimated clusters (a mask each: each centroid and mean value read
+// once per bundle); each member's own tokens (and, over two-level indexes, its estimate) are a
+// launch of their own beside the bundles', and merge_decode_pieces merges the two parts
+// (read-ahead's top keys included) into the members' rows. Each member attends exactly its own
+// selection and estimate: its output does not depend on its batch.
 #pragma once
 
 #include <cstdint>
