@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The squeezed bundles' GPU check and end-to-end A/B in one device call (~8 minutes on an H100),
+# from the repo root there with .gpu-deps carried (docs/attention.md "Questions on one document";
+# bench/kernels/NOTES.md run 32):
+#   1. bench/kernels (kernels_check, bundle_bench) and the server with the engine's GPU tests, built
+#      side by side;
+#   2. kernels_check --filter decode (the bundle cases run too) and compute-sanitizer on --small;
+#   3. bundle_bench --context 32768 (the squeezed rows, with and without the estimate);
+#   4. engine_model_tests: the kernel path's squeezed and shared-context cases;
+#   5. the A/B of --squeezed_bundles (scripts/gpu/server_ab.sh, AB_SERVER_ARGS) with what is left.
+#   OUT=... scripts/gpu/squeezed_bundles_check.sh [full_model_bench args, default
+#       --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8]
+# Everything lands in $OUT/squeezed_bundles_check.tar.gz (the device tool brings back few files);
+# stdout has the verdicts and tables.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+W=$(mktemp -d)
+trap 'tar -czf "$OUT/squeezed_bundles_check.tar.gz" -C "$W" .' EXIT
+start=$(date +%s)
+elapsed() { echo "[$(( $(date +%s) - start )) s]"; }
+nvidia-smi --query-gpu=name --format=csv,noheader
+( BUILD_TARGETS="squeezeserve squeezectl engine_model_tests" source scripts/gpu/build.sh \
+    -DSQUEEZESERVE_BUILD_TESTS=ON -DSQUEEZESERVE_BUILD_BENCH=OFF > "$W/server_build.log" 2>&1
+  echo "server build rc=$?" >> "$W/server_build.log" ) &
+server=$!
+{ cmake -S bench/kernels -B build-gk -DCMAKE_BUILD_TYPE=Release &&
+  cmake --build build-gk -j10 --target kernels_check bundle_bench; } > "$W/kernels_build.log" 2>&1 ||
+  { tail -30 "$W/kernels_build.log"; exit 1; }
+echo "kernels built $(elapsed)"
+timeout 150 build-gk/kernels_check --filter decode > "$W/kernels_check_decode.txt" 2>&1
+echo "kernels_check rc=$? $(elapsed): $(grep -c PASS "$W/kernels_check_decode.txt") PASS, $(grep -c FAIL "$W/kernels_check_decode.txt") FAIL"
+grep -E "FAIL|^squeezed" "$W/kernels_check_decode.txt" | head -40
+timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 build-gk/kernels_check --small --no-fork \
+  > "$W/sanitizer.txt" 2>&1
+echo "compute-sanitizer rc=$? $(elapsed): $(grep -E 'ERROR SUMMARY' "$W/sanitizer.txt" | tail -1)"
+timeout 120 build-gk/bundle_bench --context 32768 --out "$W/bundle_bench_32768.json" > "$W/bundle_bench_32768.txt" 2>&1
+echo "bundle_bench rc=$? $(elapsed)"
+grep -E "squeezed|estimate" "$W/bundle_bench_32768.txt"
+wait $server
+tail -1 "$W/server_build.log"
+grep -q "rc=0" "$W/server_build.log" || { grep -E "error" -A3 "$W/server_build.log" | head -40; exit 1; }
+export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+timeout 120 build-gpu/tests/engine/engine_model_tests --gtest_filter='*KernelPath*Squeezed*:*KernelPath*Sharing*' \
+  > "$W/kernel_path.log" 2>&1
+echo "engine tests rc=$? $(elapsed): $(grep -E '^\[  (PASSED|FAILED)  \]' "$W/kernel_path.log" | tr '\n' ' ')"
+grep -E -A8 "Failure$" "$W/kernel_path.log" | head -40
+left=$(( 580 - $(date +%s) + start ))
+[ $left -lt 120 ] && { echo "no time left for the A/B ($left s)"; exit 0; }
+[ $# -eq 0 ] && set -- --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8
+AB_TESTS=0 ROUNDS=${ROUNDS:-1} AB_SERVER_ARGS=--squeezed_bundles OUT="$W" timeout "$left" \
+  scripts/gpu/server_ab.sh run "$@" 2>&1 | grep -v "^logs and JSON"
+echo "done $(elapsed)"
