@@ -808,6 +808,13 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
           // holds the same copy): the bundle attends the union's rows and the window.
           kernels::SequenceLayerBf16 view = views[l * B + run.first + plan.bundles[k][0]];
           view.dense_len = static_cast<int32_t>(Member(ordered[run.first + plan.bundles[k][0]]).views_->window);
+          // The mean values wherever a member estimates (one context: the same arrays), since the
+          // bundle estimates for its members (a member without the estimate has no mask bits).
+          for (const int64_t m : plan.bundles[k]) {
+            const kernels::SequenceLayerBf16& member = views[l * B + run.first + m];
+            if (view.cluster_values == nullptr) view.cluster_values = member.cluster_values;
+            if (view.coarse_values == nullptr) view.coarse_values = member.coarse_values;
+          }
           bundle_views[l * B + views_at + k] = view;
         }
         for (int64_t i = run.first; i < run.end; ++i) {
