@@ -457,6 +457,8 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     } else if (!options.cuda_graphs) {
       absl::StrAppend(&backend_reason, "; decode steps dispatched op by op (no CUDA graphs)");
     }
+  } else if (options.squeezed_bundles) {
+    absl::StrAppend(&backend_reason, "; squeezed_bundles has no effect on libtorch attention (the kernels' only)");
   }
   if (engine->model_->skinny_gemm()) {
     absl::StrAppend(&backend_reason, "; decode steps of ", options.skinny_gemm_min_rows,
