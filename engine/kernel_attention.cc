@@ -1206,16 +1206,15 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     // the selection's estimate lists, complete once the bundles' launch has waited for the union
     // (which waited for the selection), and writes nothing the bundles read. Run after them, its
     // ~60 us a layer (Llama-2-7B 32K batch 8, H100) added up (bench/kernels/NOTES.md run 32). Own
-    // tokens only: short heads, the own tokens' launch (one wave).
-    kernels::DecodeLaunch beside = launch;
-    beside.beside_previous = true;
-    beside.static_selection = true;
+    // tokens only: short heads, one wave of the device; with the estimate, the device-sized grid.
+    kernels::DecodeLaunch beside = OwnTokensLaunch(launch);
+    beside.one_wave_per_heads = !rest_estimates;
     Check(kernels::sparse_decode_attention(
               members, reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_own_views_at) +
                            layer * B + run.first,
               q_data + row * H * D, rest, part.data_ptr(), part_lse.data_ptr<float>(),
               b.workspace.data_ptr<uint8_t>() + OwnTokensWorkspaceAt(bundled),
-              rest_estimates ? beside : OwnTokensLaunch(launch), stream, rest_top),
+              beside, stream, rest_top),
           "sparse_decode_attention (squeezed members' own tokens)");
     Check(kernels::merge_decode_pieces(bundled, deferred, b.workspace.data_ptr(), static_cast<int>(n * H),
                                        reinterpret_cast<const int32_t*>(staged + b.squeezed_out_rows_at) +

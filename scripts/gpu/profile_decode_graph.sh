@@ -17,6 +17,8 @@
 #     default gives what each kernel costs alone.
 #   scripts/gpu/profile_decode_graph.sh [--shape llama3-8b] [--context 32768] [--batch 8] [--mode default]
 #                                       [--step decode|eager_decode|prefill] [--timeline]
+# SERVER_ARGS (environment): more squeezeserve flags for the profiled server, e.g.
+# SERVER_ARGS=--squeezed_bundles.
 # Leaves in $OUT (default ./gpu-out): ncu_decode_graph.csv, decode_graph_profile.{txt,json}; with
 # --timeline step_timeline.{csv,txt,json}.
 # The end-to-end figures of this run are the profiler's (every kernel serialised): not results.
@@ -40,7 +42,7 @@ NCU=${NCU:-$(command -v ncu || echo /opt/nvidia/nsight-compute/ncu)}
 case $STEP in
   # Two replays' nodes (~20 kernels a layer): decode_graph_profile.py keeps the first.
   decode) RANGE="decode_graph_B$BATCH" NODES="--graph-profiling node" COUNT=2000 SUMMARY="" ;;
-  eager_decode) RANGE="eager_decode_B$BATCH" NODES="" COUNT=2000 SUMMARY="" SERVER_ARGS="--cuda_graphs=false" ;;
+  eager_decode) RANGE="eager_decode_B$BATCH" NODES="" COUNT=2000 SUMMARY="" SERVER_ARGS="$SERVER_ARGS --cuda_graphs=false" ;;
   # A query prefill step of k questions, k up to the batch (they may arrive over several steps).
   prefill) RANGE="query_prefill_B" NODES="" COUNT=6000 SUMMARY="--all --rounds 2" ;;
   *) echo "--step is decode, eager_decode or prefill" >&2; exit 2 ;;
