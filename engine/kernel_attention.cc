@@ -43,11 +43,12 @@ constexpr int64_t kMaxDecodePairs = 2048;
 // Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
 // checked where decode_attention.h is included).
 constexpr int64_t kMaxBundleGroup = 32;
-// A squeezed bundle's at most: 16, one warp's MMA tile (the decode kernel's kHigh variant). Above
-// 16 two warps share each tile (kPair), which streamed at ~2.0 TB/s against a question's own 2.5
-// on an H100, and Llama-3's bundle of 8 (group 32) was slower than its members one by one; its
-// bundles of 4 are group 16 (bench/kernels/NOTES.md run 31).
-constexpr int64_t kMaxSqueezedBundleGroup = 16;
+// A squeezed bundle's at most: 8 query heads a KV head, no more MMA rows than a question's own
+// launch pads its group to. Larger bundles read fewer bytes but do more work per byte: Llama-3's
+// bundle of 8 (group 32, pairs of warps) and its bundles of 4 (group 16) were slower than its
+// members one by one (bundle_bench at 32K; end to end at 33K and 128K batch 8, 1.00-1.16x the
+// TPOT), while Llama-2's bundle of 8 (group 8) gains (bench/kernels/NOTES.md runs 31 and 33).
+constexpr int64_t kMaxSqueezedBundleGroup = 8;
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the

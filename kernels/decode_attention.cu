@@ -112,6 +112,11 @@ constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * kWarps * kWarpSmemElems<D>
 // Where (stage, tile row, query head)'s logit offset lies in a warp's bias buffer: the one index
 // the resolving lanes write by and the computing lanes read by.
 __device__ __forceinline__ int bias_at(int stage, int row, int head) { return (stage * kTileRows + row) * kMaxGroup + head; }
+// A squeezed bundle's (kMasked) estimated rows have one offset for every head, ln n: one float a
+// row, for each of a pair's 2 kStages stages (bias_at's kStages would not hold a pair's ring, whose
+// loads run 2 kStages - 1 tiles ahead).
+__device__ __forceinline__ int row_bias_at(int stage, int row) { return stage * kTileRows + row; }
+static_assert(2 * kStages * kTileRows <= kWarpBiases, "a pair's per-row offsets fit the warp's bias buffer");
 
 // A piece's softmax statistics of one query head: (m, l) of the SoftmaxState, l_ctx = the sum over
 // the context rows relative to the same m, and the top key's logit; its row is stored beside.
@@ -474,7 +479,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (kTop && lane < kTileRows) codes[(t % kStageCount) * kTileRows + lane] = code;
     if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
       float* to = bias + bias_at(t % kStages, 0, 0);
-      if (vr.est_logits) {
+      if (!kMasked && vr.est_logits) {  // (the launcher gives a squeezed bundle no logits)
         // The selection's logits s q.c + ln n, S = est_stride floats per row, copied in pieces of
         // w = min(S, 4) floats (a row is one piece, or two for S = 8): one piece per lane,
         // zero-filled for the tile's rows that are not estimated.
@@ -488,8 +493,12 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         }
       } else if (lane < kTileRows) {  // the key is its centroid: only ln n is added
         const float log_size = estimated_row(x) ? estimate_log2_size(vr, code) / kLog2e : 0.f;
-        float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
-        row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
+        if constexpr (kMasked) {
+          bias[row_bias_at(t % kStageCount, lane)] = log_size;
+        } else {
+          float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
+          row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
+        }
       }
     }
     __nv_bfloat16* ks = smem + (t % kStageCount) * 2 * kTileElems;
@@ -547,6 +556,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     const int v = tiles.start(t);
     const bool tile_bias = has_estimate(v);
     const uint32_t* tile_masks = masks + (t % kStageCount) * kTileRows;
+    const float* row_bias = bias + row_bias_at(t % kStageCount, 0);  // kMasked's ln n per row
     // Whether this lane's head of member `m` attends the tile's row col (squeezed bundles).
     auto attends = [&](int col, int m) { return !kMasked || ((tile_masks[col] >> m) & 1u) != 0u; };
     float tile_max = neg_inf();
@@ -556,7 +566,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
       for (int e = 0; e < 2; ++e) {
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 && attends(col, member) ? s[n][e] * scale_log2 : neg_inf();
-        if (tile_bias && key < w1) x = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
+        if (tile_bias && key < w1)
+          x = fmaf(kMasked ? row_bias[col] : bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
         // A selected row's code is its physical row, in the same order as its virtual row (the
         // segments are in ascending cluster order): ties still go to the first row.
         if (kTop && key < vr.sparse_rows && key < w1 && x != neg_inf())
@@ -585,7 +596,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
           s[n][2 + e] = key < w1 && attends(col, member_hi) ? s[n][2 + e] * scale_log2 : neg_inf();
           // An estimated cluster's ln n, the same for every head (only a squeezed bundle has an
           // estimate here, and it takes no estimate logits).
-          if (kMasked && tile_bias && key < w1) s[n][2 + e] = fmaf(bias[bias_at(t % kStages, col, bias_head)], kLog2e, s[n][2 + e]);
+          if (kMasked && tile_bias && key < w1)
+            s[n][2 + e] = fmaf(row_bias[col], kLog2e, s[n][2 + e]);
           if (kTop && key < vr.sparse_rows && key < w1 && s[n][2 + e] != neg_inf())
             top_hi.offer(s[n][2 + e], codes[(t % kStageCount) * kTileRows + col]);
           hi_max = fmaxf(hi_max, s[n][2 + e]);

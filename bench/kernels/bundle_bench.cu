@@ -145,8 +145,9 @@ std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions
 // The squeezed questions of one layer at batch 8 (see --squeezed): "own rows" (one sequence per
 // question), "union alone" (bundle_selections of one bundle of 8), "union + bundle of 8" (it, the
 // masked launch of that bundle, G = 8 g, merge deferred, and merge_decode_pieces, as the engine's
-// dense bundles), and "unions + 2 bundles of 4" (G = 4 g: a single warp's 16 query rows at
-// Llama-3's group, where 32 take pairs of warps); then the same three with the pruned-cluster
+// dense bundles), "unions + 2 bundles of 4" (G = 4 g: a single warp's 16 query rows at Llama-3's
+// group, where 32 take pairs of warps) and "unions + 4 bundles of 2" (G = 2 g: 8 query rows at
+// Llama-3's group, no more MMA work than a question's own); then the same with the pruned-cluster
 // estimate (every pruned non-empty cluster, as the default lookup with estimate floor 0): each
 // question's own launch with its estimate logits (the wide tiles), against the bundles with the
 // estimate in them (Selection::estimate_masks: each cluster's centroid and mean value read once
@@ -156,23 +157,26 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5), /*lookup_window=*/0);
   const SequenceLayerF32 host_view = layer.host.view();
   const int K = host_view.num_clusters;
-  DeviceSelection own(kQuestions * hkv, K, K, /*logits=*/true), un(2 * hkv, K, K);
+  DeviceSelection own(kQuestions * hkv, K, K, /*logits=*/true), un(4 * hkv, K, K);
   const std::vector<int32_t> own_rows = random_squeezed(host_view, kQuestions, hkv, keep, 17, &own);
-  uint32_t* d_est_masks = upload(std::vector<uint32_t>(static_cast<size_t>(2 * hkv) * K, 0u));
+  uint32_t* d_est_masks = upload(std::vector<uint32_t>(static_cast<size_t>(4 * hkv) * K, 0u));
   std::vector<int32_t> slots(kQuestions);
   for (int m = 0; m < kQuestions; ++m) slots[m] = m;
-  int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4
-  uint32_t* d_masks = upload(std::vector<uint32_t>(static_cast<size_t>(2 * hkv) * K, 0u));
+  int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4 or four of 2
+  uint32_t* d_masks = upload(std::vector<uint32_t>(static_cast<size_t>(4 * hkv) * K, 0u));
   SequenceLayerBf16* d_views = upload(std::vector<SequenceLayerBf16>(kQuestions, layer.dev));
-  AttentionShape each{}, bundled{}, halves{};
+  // Each question on its own, then one bundle of 8, two of 4, four of 2.
+  AttentionShape each{}, bundles[3]{};
   each.batch = kQuestions;
-  bundled.batch = 1;
-  halves.batch = 2;
-  each.num_kv_heads = bundled.num_kv_heads = halves.num_kv_heads = hkv;
+  each.num_kv_heads = hkv;
   each.num_q_heads = hkv * g;
-  bundled.num_q_heads = hkv * g * kQuestions;
-  halves.num_q_heads = hkv * g * kQuestions / 2;
-  each.head_dim = bundled.head_dim = halves.head_dim = 128;
+  each.head_dim = 128;
+  for (int i = 0; i < 3; ++i) {
+    bundles[i].batch = 1 << i;
+    bundles[i].num_kv_heads = hkv;
+    bundles[i].num_q_heads = hkv * g * (kQuestions >> i);
+    bundles[i].head_dim = 128;
+  }
   std::vector<float> q = random_normal(static_cast<int64_t>(kQuestions) * hkv * g * 128, 9, 1.f);
   uint16_t* d_q = upload(round_to_bf16(q));
   uint16_t* d_out = upload(std::vector<uint16_t>(q.size(), 0));
@@ -181,8 +185,9 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   deferred.defer_merge = true;
   void* ws = nullptr;
   CUDA_OK(cudaMalloc(&ws, std::max({decode_attention_workspace_bytes(each, launch),
-                                    decode_attention_workspace_bytes(bundled, deferred),
-                                    decode_attention_workspace_bytes(halves, deferred)})));
+                                    decode_attention_workspace_bytes(bundles[0], deferred),
+                                    decode_attention_workspace_bytes(bundles[1], deferred),
+                                    decode_attention_workspace_bytes(bundles[2], deferred)})));
   Selection masked = un.sel, estimating = un.sel, plain = own.sel;
   masked.member_masks = estimating.member_masks = d_masks;
   masked.member_group = estimating.member_group = g;
@@ -190,19 +195,23 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   estimating.estimate_masks = d_est_masks;
   plain.estimate_ids = plain.estimated = nullptr;
   plain.estimate_logits = nullptr;
-  const BundleMembers members{d_slots, 1, kQuestions}, pairs_of_4{d_slots, 2, kQuestions / 2};
+  const BundleMembers members[3] = {{d_slots, 1, kQuestions}, {d_slots, 2, kQuestions / 2}, {d_slots, 4, kQuestions / 4}};
   cudaEvent_t e0, e1;
   CUDA_OK(cudaEventCreate(&e0));
   CUDA_OK(cudaEventCreate(&e1));
+  constexpr int kKinds = 5;
   const char* layouts[] = {"squeezed, own rows",          "squeezed, union alone",
                            "squeezed, union + bundle of 8", "squeezed, unions + 2 bundles of 4",
+                           "squeezed, unions + 4 bundles of 2",
                            "estimate, own rows",          "estimate, union alone",
-                           "estimate, union + bundle of 8", "estimate, unions + 2 bundles of 4"};
+                           "estimate, union + bundle of 8", "estimate, unions + 2 bundles of 4",
+                           "estimate, unions + 4 bundles of 2"};
   const int rows_out = kQuestions * hkv * g;
-  for (int layout = 0; layout < 8; ++layout) {
-    const int kind = layout % 4;
-    const bool est = layout >= 4;
-    const AttentionShape& shape = kind == 3 ? halves : bundled;
+  for (int layout = 0; layout < 2 * kKinds; ++layout) {
+    const int kind = layout % kKinds;
+    const bool est = layout >= kKinds;
+    const int split = kind >= 2 ? kind - 2 : 0;  // bundles of 8 >> split
+    const AttentionShape& shape = bundles[split];
     std::vector<double> us;
     for (int rep = 0; rep < kReps + 3; ++rep) {
       CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
@@ -210,7 +219,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
       if (kind == 0) {
         CUDA_OK(sparse_decode_attention(each, d_views, d_q, est ? own.sel : plain, d_out, d_lse, ws, launch, nullptr));
       } else {
-        CUDA_OK(bundle_selections(kind == 3 ? pairs_of_4 : members, hkv, d_views, est ? own.sel : plain, un.sel,
+        CUDA_OK(bundle_selections(members[split], hkv, d_views, est ? own.sel : plain, un.sel,
                                   d_masks, est ? d_est_masks : nullptr, nullptr));
         if (kind >= 2) {
           CUDA_OK(sparse_decode_attention(shape, d_views, d_q, est ? estimating : masked, nullptr, nullptr, ws, deferred,
@@ -229,10 +238,10 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
     if (kind == 0) {
       for (int32_t r : own_rows) rows_read += r;
     } else {
-      for (int32_t r : download(un.sel.rows, (kind == 3 ? 2 : 1) * hkv)) rows_read += r;
+      for (int32_t r : download(un.sel.rows, (1 << split) * hkv)) rows_read += r;
     }
     const double bytes = 2.0 * 128 * 2 * rows_read, median = quantile(us, 0.5);
-    const int seqs = kind == 0 ? kQuestions : kind == 3 ? 2 : 1, group = g * kQuestions / seqs;
+    const int seqs = kind == 0 ? kQuestions : 1 << split, group = g * kQuestions / seqs;
     std::printf("%-10s %-33s %4d %3d %10.1f %10.1f %10.2f  (%.3f of the context's rows)\n", model, layouts[layout],
                 seqs, group, median, quantile(us, 0),
                 kind == 1 ? 0.0 : bytes / (median * 1e-6) / 1e12,
