@@ -93,8 +93,9 @@ struct EngineOptions {
   // With the CUDA kernels: a step's squeezed questions on one stored context read the union of
   // their selected clusters once per bundle, each still attending only its own clusters (so a
   // question's output does not depend on its batch; engine/kernel_attention.h "Squeezed
-  // bundles"). Off until the end-to-end A/B says where it pays (bench/kernels/NOTES.md run 31).
-  bool squeezed_bundles = false;
+  // bundles"). "auto": where it pays (one query head a KV head, 4+ questions on the paper's
+  // lookup; bench/kernels/NOTES.md run 33); "on": every run of 2+; "off": never.
+  std::string squeezed_bundles = "auto";
   // Chunked query prefill: a generation whose query is longer than this feeds it through the model
   // over several steps of at most this many tokens (so that a batching scheduler can interleave a
   // long prompt with the decode steps of other streams); 0 = the whole query in one step.

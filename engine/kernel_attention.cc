@@ -43,12 +43,17 @@ constexpr int64_t kMaxDecodePairs = 2048;
 // Query heads per KV head of a shared-context bundle's launch at most (kernels::kMaxDecodeGroup,
 // checked where decode_attention.h is included).
 constexpr int64_t kMaxBundleGroup = 32;
-// A squeezed bundle's at most: 8 query heads a KV head, no more MMA rows than a question's own
-// launch pads its group to. Larger bundles read fewer bytes but do more work per byte: Llama-3's
-// bundle of 8 (group 32, pairs of warps) and its bundles of 4 (group 16) were slower than its
-// members one by one (bundle_bench at 32K; end to end at 33K and 128K batch 8, 1.00-1.16x the
-// TPOT), while Llama-2's bundle of 8 (group 8) gains (bench/kernels/NOTES.md runs 31 and 33).
+// A squeezed bundle's at most: 8 query heads a KV head, the MMA rows a question's own launch pads
+// its group to anyway. Larger bundles read fewer bytes but do more work per byte: Llama-3's bundle
+// of 8 (group 32, pairs of warps) and its bundles of 4 (group 16) were slower than its members one
+// by one (bundle_bench at 32K; end to end at 33K and 128K batch 8, 1.00-1.16x the TPOT), while
+// Llama-2's bundle of 8 (group 8) gains (bench/kernels/NOTES.md runs 31 and 33).
 constexpr int64_t kMaxSqueezedBundleGroup = 8;
+
+// SqueezedBundles::kWherePays: the model's group (checked once) and a run's size and estimate
+// (checked per step); engine/kernel_attention.h "Squeezed bundles" says why.
+bool BundlesPayForGroup(int64_t group) { return group == 1; }
+bool BundlesPayForRun(int64_t members, bool estimating) { return members >= 4 && !estimating; }
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
@@ -392,7 +397,10 @@ KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, c
       num_kv_heads_(config.num_kv_heads),
       head_dim_(config.head_dim),
       device_(device),
-      options_(options) {
+      options_(options),
+      bundling_(options.squeezed_bundles == SqueezedBundles::kAlways ||
+                (options.squeezed_bundles == SqueezedBundles::kWherePays &&
+                 BundlesPayForGroup(config.num_attention_heads / config.num_kv_heads))) {
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   kernels::set_programmatic_launch(options.programmatic_launch);
 #endif
@@ -409,6 +417,23 @@ std::string KernelAttention::PrefillKernelNote() const {
 #endif
   return absl::StrCat("query prefill attention: mma.sync (warp_specialized asked: it needs head_dim 128 on an sm_90a "
                       "device and build; head_dim is ", head_dim_, ")");
+}
+
+std::string KernelAttention::SqueezedBundlesNote() const {
+  switch (options_.squeezed_bundles) {
+    case SqueezedBundles::kOff:
+      return "squeezed questions on one context read their clusters once each (squeezed_bundles off)";
+    case SqueezedBundles::kAlways:
+      return "squeezed questions on one context read their selected clusters' union in bundles (squeezed_bundles on)";
+    case SqueezedBundles::kWherePays:
+      break;
+  }
+  if (!bundling_) {
+    return absl::StrCat("squeezed questions on one context read their clusters once each (squeezed_bundles auto: ",
+                        num_q_heads_ / num_kv_heads_, " query heads a KV head, where bundles were slower)");
+  }
+  return "squeezed questions on one context read their selected clusters' union in bundles where 4 or more of them "
+         "use the paper's lookup (squeezed_bundles auto)";
 }
 
 std::string KernelAttention::SharedContextNote() const {
@@ -582,12 +607,16 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
   // The squeezed decode tokens' bundles: per selection launch on one context (see the header).
   squeezed_runs_.clear();
   std::vector<SharedContextPlan> squeezed_plans;
-  if (options_.squeezed_bundles) {
+  if (bundling_) {
     const int64_t B = static_cast<int64_t>(ordered.size());
     for (int64_t first = first_squeezed_, end = first; first < B; first = end) {
       end = first + 1;
       while (end < B && SelectionKey(Member(ordered[end])) == SelectionKey(Member(ordered[first]))) ++end;
       if (!SharesOneIndex(ordered, first, end) || (end - first) * num_kv_heads_ > kMaxDecodePairs) continue;
+      const bool run_estimates = std::any_of(ordered.begin() + first, ordered.begin() + end,
+                                             [](const SequenceStep& s) { return Member(s).estimate_pruned_; });
+      if (options_.squeezed_bundles == SqueezedBundles::kWherePays && !BundlesPayForRun(end - first, run_estimates))
+        continue;
       std::vector<const void*> contexts;
       for (int64_t i = first; i < end; ++i) contexts.push_back(Member(ordered[i]).views_.get());
       SharedContextPlan plan = PlanSharedContext(contexts, num_kv_heads_, group, kMaxSqueezedBundleGroup);
@@ -701,7 +730,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->shared_q_rows_at = grown->shared_rows_at + Aligned(4 * grown->pairs);
     grown->shared_out_rows_at = grown->shared_q_rows_at + Aligned(8 * kMaxBundleGroup * grown->pairs);
     // The squeezed bundles' regions only where they may run: the whole buffer is uploaded each step.
-    const int64_t bundling = options_.squeezed_bundles ? 1 : 0;
+    const int64_t bundling = bundling_ ? 1 : 0;
     grown->squeezed_views_at = grown->shared_out_rows_at + Aligned(4 * grown->steps * num_q_heads_);
     grown->squeezed_own_views_at = grown->squeezed_views_at + bundling * views_bytes;
     grown->squeezed_slots_at = grown->squeezed_own_views_at + bundling * views_bytes;
@@ -719,7 +748,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
     grown->workspace = at::empty({grown->workspace_bytes}, bytes.device(device_));
     grown->decode_tickets = at::zeros({kMaxDecodePairs}, ints);
     grown->selection_sync = at::zeros({grown->pairs}, ints);
-    if (options_.squeezed_bundles) {
+    if (bundling_) {
       grown->squeezed_union = at::empty({3 * grown->pairs * grown->capacity + 2 * grown->pairs}, ints);
     }
     grown->top_position = at::empty({grown->steps * num_q_heads_}, ints);
@@ -730,7 +759,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       grown->logit_stride = kernels::estimate_logit_stride(static_cast<int>(num_q_heads_ / num_kv_heads_));
       grown->estimate_logits =
           at::empty({grown->pairs * grown->estimate_capacity * grown->logit_stride}, ints.dtype(at::kFloat));
-      if (options_.squeezed_bundles) {
+      if (bundling_) {
         grown->squeezed_estimate = at::empty({2 * grown->pairs * grown->estimate_capacity + grown->pairs}, ints);
       }
     }

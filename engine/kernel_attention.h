@@ -46,14 +46,18 @@
 // then the replay) keeps read-ahead steps on the graphs.
 //
 // Squeezed bundles (KernelAttentionOptions::squeezed_bundles): the squeezed decode tokens of one
-// selection launch on one context go in bundles of up to 16 / G (engine/shared_context_plan.h, as
+// selection launch on one context go in bundles of up to 8 / G (engine/shared_context_plan.h, as
 // the dense bundles), each bundle reading the union of its members' selected clusters once
 // (kernels/bundle_selection.h) with a member mask per cluster, its window and, over one-level
 // indexes, the union of their estimated clusters (a mask each: each centroid and mean value read
 // once per bundle); each member's own tokens (and, over two-level indexes, its estimate) are a
 // launch of their own beside the bundles', and merge_decode_pieces merges the two parts
 // (read-ahead's top keys included) into the members' rows. Each member attends exactly its own
-// selection and estimate: its output does not depend on its batch.
+// selection and estimate: its output does not depend on its batch. By default only where they
+// pay (SqueezedBundles::kWherePays, measured on an H100: bench/kernels/NOTES.md run 33): one query
+// head a KV head (Llama-2's MHA; a GQA group's bundles do more MMA work per byte saved and were
+// slower), four or more questions in the run (a bundle of 2 read 0.9 of its members' rows and was
+// slower) and none estimating (the estimate in the bundle lost 3% end to end at 64K).
 #pragma once
 
 #include <cstdint>
@@ -80,11 +84,15 @@ namespace squeezeserve {
 absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const ModelConfig& config, at::Device device,
                                          at::ScalarType dtype, std::string* reason);
 
+// Squeezed bundles: never, where they pay (see above), or for every run of two or more (for
+// comparisons and tests).
+enum class SqueezedBundles { kOff, kWherePays, kAlways };
+
 struct KernelAttentionOptions {
   bool warp_specialized_prefill = false;  // EngineOptions::prefill_kernel == "warp_specialized"
   bool programmatic_launch = true;        // EngineOptions::programmatic_launch (kernels/launch.h's switch)
   bool shared_context_decode = true;      // EngineOptions::shared_context_decode (see above)
-  bool squeezed_bundles = false;         // EngineOptions::squeezed_bundles (see above "Squeezed bundles")
+  SqueezedBundles squeezed_bundles = SqueezedBundles::kWherePays;  // EngineOptions::squeezed_bundles
 };
 
 class KernelAttention : public AttentionBackend {
@@ -99,6 +107,8 @@ class KernelAttention : public AttentionBackend {
   // For the log: which kernel runs the squeezed query prefill's attention, and why the
   // warp-specialized one does not where it was asked and cannot run (head_dim, device).
   std::string PrefillKernelNote() const;
+  // For the log: whether squeezed questions on one context may go in bundles, and where not why.
+  std::string SqueezedBundlesNote() const;
 
   // Empty when a squeezed generation with these options on `context` runs here; otherwise why not
   // (it then runs on libtorch, and its statistics and the log say so).
@@ -138,6 +148,9 @@ class KernelAttention : public AttentionBackend {
   int64_t num_layers_, num_q_heads_, num_kv_heads_, head_dim_;
   at::Device device_;
   KernelAttentionOptions options_;
+  // Whether squeezed bundles may run at all (options_.squeezed_bundles and the model's group): the
+  // buffers have their regions only then.
+  bool bundling_ = false;
   std::mutex views_mu_;  // guards views_ (sequences start on any thread)
   std::map<const StoredContext*, std::pair<std::weak_ptr<const StoredContext>, std::shared_ptr<const ContextViews>>>
       views_;

@@ -434,6 +434,15 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     return absl::InvalidArgumentError(
         absl::StrCat("prefill_kernel \"", options.prefill_kernel, "\": expected mma_sync or warp_specialized"));
   }
+  SqueezedBundles squeezed_bundles = SqueezedBundles::kWherePays;
+  if (options.squeezed_bundles == "on") {
+    squeezed_bundles = SqueezedBundles::kAlways;
+  } else if (options.squeezed_bundles == "off") {
+    squeezed_bundles = SqueezedBundles::kOff;
+  } else if (options.squeezed_bundles != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("squeezed_bundles \"", options.squeezed_bundles, "\": expected auto, on or off"));
+  }
   engine->torch_attention_.set_shared_prefix(options.shared_context_decode);
   if (!options.shared_context_decode) {
     absl::StrAppend(&backend_reason, "; dense questions on one context read it once each (shared_context_decode off)");
@@ -443,12 +452,10 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     kernel_options.warp_specialized_prefill = options.prefill_kernel == "warp_specialized";
     kernel_options.programmatic_launch = options.programmatic_launch;
     kernel_options.shared_context_decode = options.shared_context_decode;
-    kernel_options.squeezed_bundles = options.squeezed_bundles;
+    kernel_options.squeezed_bundles = squeezed_bundles;
     engine->kernels_ = std::make_unique<KernelAttention>(engine->config_, device->device, kernel_options);
-    absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote());
-    if (options.squeezed_bundles) {
-      absl::StrAppend(&backend_reason, "; squeezed questions on one context read their selected clusters' union in bundles");
-    }
+    absl::StrAppend(&backend_reason, "; ", engine->kernels_->PrefillKernelNote(), "; ",
+                    engine->kernels_->SqueezedBundlesNote());
     if (!options.programmatic_launch) {
       absl::StrAppend(&backend_reason, "; decode kernels in plain stream order (no PDL)");
     }
@@ -457,7 +464,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
     } else if (!options.cuda_graphs) {
       absl::StrAppend(&backend_reason, "; decode steps dispatched op by op (no CUDA graphs)");
     }
-  } else if (options.squeezed_bundles) {
+  } else if (squeezed_bundles == SqueezedBundles::kAlways) {
     absl::StrAppend(&backend_reason, "; squeezed_bundles has no effect on libtorch attention (the kernels' only)");
   }
   if (engine->model_->skinny_gemm()) {

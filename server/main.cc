@@ -88,12 +88,13 @@ ABSL_FLAG(bool, shared_context_decode, true,
           "with the CUDA kernels their decode tokens once per bundle of up to 32 / G of them (G = query heads per "
           "KV head: 4 for Llama-3-8B, 1 for Llama-2-7B), on libtorch all their rows of a step in one call. "
           "false: once each, for comparisons; the log says so.");
-ABSL_FLAG(bool, squeezed_bundles, false,
+ABSL_FLAG(std::string, squeezed_bundles, "auto",
           "With the CUDA kernels: squeezed questions stepping together on one stored context read the union of "
-          "their selected clusters once per bundle (up to 16 / G of them: one warp's 16 query heads), each still "
+          "their selected clusters once per bundle (up to 8 / G of them, G = query heads per KV head), each still "
           "attending only its own clusters, so an answer never depends on its batch (docs/attention.md \"Questions "
-          "on one document\"). "
-          "Off by default until measured end to end; the log says when it is on.");
+          "on one document\"). auto: where it was measured to pay (G = 1, as Llama-2-7B; 4 or more questions on the "
+          "paper's lookup, no pruned-cluster estimate); on: every run of 2 or more (for comparisons); off: never. "
+          "The log says which.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads of the engine (0 = libtorch default).");
 ABSL_FLAG(int32_t, prefill_chunk, 0,
           "Tokens per unit of ingest prefill work (each unit takes the forward lock on its own, and only while "

@@ -454,16 +454,17 @@ TEST_P(KernelPathTest, DenseQuestionsSharingTheirContextMatchLibtorch) {
 
 // Squeezed questions on one document in bundles (KernelAttentionOptions::squeezed_bundles): three
 // paper lookups, two with the estimate, three with read-ahead and two two-level ones on the first
-// context (each selection launch its own bundles of up to 16 / G: G = 4 four a bundle, G = 1 and 3
-// up to 16 and 5), a dense one beside, and a read-ahead one joining a step late (its bundle grows). Every
-// member's logits must be within kLogitsBound of libtorch's at every step, as unbundled.
+// context (SqueezedBundles::kAlways: each selection launch its own bundles of up to 8 / G, G = 4 and
+// 3 two a bundle, G = 1 up to 8), a dense one beside, and a read-ahead one joining a step late (its
+// bundle grows). Every member's logits must be within kLogitsBound of libtorch's at every step, as
+// unbundled.
 TEST_P(KernelPathTest, SqueezedQuestionsInBundlesMatchLibtorch) {
   SKIP_WITHOUT_KERNELS();
   GpuSetup* setup = GetSetup(GetParam());
   ASSERT_NE(setup, nullptr);
   c10::InferenceMode guard;
   KernelAttentionOptions bundling;
-  bundling.squeezed_bundles = true;
+  bundling.squeezed_bundles = SqueezedBundles::kAlways;
   std::unique_ptr<KernelAttention> runner =
       std::make_unique<KernelAttention>(setup->config, at::Device(at::kCUDA, 0), bundling);
   std::swap(setup->runner, runner);  // StartSequence starts the kernel sequences on setup->runner
@@ -518,6 +519,16 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "bogus") == nullptr);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "warp_specialized") != nullptr) << status;
+  // Squeezed bundles: auto, on or off (on libtorch they have no effect, and load).
+  EngineOptions bundles;
+  bundles.model_dir = dir;
+  bundles.device = "cpu";
+  for (const char* value : {"auto", "on", "off"}) {
+    bundles.squeezed_bundles = value;
+    EXPECT_TRUE(Engine::Load(bundles).ok()) << value;
+  }
+  bundles.squeezed_bundles = "sometimes";
+  EXPECT_EQ(Engine::Load(bundles).status().code(), absl::StatusCode::kInvalidArgument);
   if (WhyNoKernels().empty()) {
     // A shape the kernels do not take: head_dim 32.
     const std::string odd = MakeTempDir("backend_odd_shape");
