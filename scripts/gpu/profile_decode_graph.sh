@@ -18,7 +18,7 @@
 #   scripts/gpu/profile_decode_graph.sh [--shape llama3-8b] [--context 32768] [--batch 8] [--mode default]
 #                                       [--step decode|eager_decode|prefill] [--timeline]
 # SERVER_ARGS (environment): more squeezeserve flags for the profiled server, e.g.
-# SERVER_ARGS=--squeezed_bundles.
+# SERVER_ARGS=--squeezed_bundles=off.
 # Leaves in $OUT (default ./gpu-out): ncu_decode_graph.csv, decode_graph_profile.{txt,json}; with
 # --timeline step_timeline.{csv,txt,json}.
 # The end-to-end figures of this run are the profiler's (every kernel serialised): not results.

@@ -13,7 +13,7 @@
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
 # (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).
 # AB_SERVER_ARGS="--flag ..." instead compares the new tree with and without those server flags
-# (one build, no base commit, no .ab), e.g. AB_SERVER_ARGS=--squeezed_bundles.
+# (one build, no base commit, no .ab), e.g. AB_SERVER_ARGS=--squeezed_bundles=off.
 # Both builds stay in the machine's ignored build folders (build-gpu/, build-ab/: a warm machine
 # keeps them between calls), so a call of AB_BUILD_ONLY=1 (both trees built, ~4-5 min) and a `run`
 # right after it (builds up to date, ~1 min a bench) split what one 600 s call cannot hold.

@@ -7,7 +7,8 @@
 #   2. kernels_check --filter decode (the bundle cases run too) and compute-sanitizer on --small;
 #   3. bundle_bench --context 32768 (the squeezed rows, with and without the estimate);
 #   4. engine_model_tests: the kernel path's squeezed and shared-context cases;
-#   5. the A/B of --squeezed_bundles (scripts/gpu/server_ab.sh, AB_SERVER_ARGS) with what is left.
+#   5. the A/B of the default (--squeezed_bundles auto) against AB_SERVER_ARGS (default
+#      --squeezed_bundles=off; scripts/gpu/server_ab.sh) with what is left.
 #   OUT=... scripts/gpu/squeezed_bundles_check.sh [full_model_bench args, default
 #       --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8]
 # Everything lands in $OUT/squeezed_bundles_check.tar.gz (the device tool brings back few files);
@@ -47,6 +48,6 @@ grep -E -A8 "Failure$" "$W/kernel_path.log" | head -40
 left=$(( 580 - $(date +%s) + start ))
 [ $left -lt 120 ] && { echo "no time left for the A/B ($left s)"; exit 0; }
 [ $# -eq 0 ] && set -- --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8
-AB_TESTS=0 ROUNDS=${ROUNDS:-1} AB_SERVER_ARGS=--squeezed_bundles OUT="$W" timeout "$left" \
+AB_TESTS=0 ROUNDS=${ROUNDS:-1} AB_SERVER_ARGS=${AB_SERVER_ARGS:---squeezed_bundles=off} OUT="$W" timeout "$left" \
   scripts/gpu/server_ab.sh run "$@" 2>&1 | grep -v "^logs and JSON"
 echo "done $(elapsed)"
