@@ -12,7 +12,7 @@
 #   OUT=... scripts/gpu/squeezed_bundles_check.sh [full_model_bench args, default
 #       --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8]
 # Everything lands in $OUT/squeezed_bundles_check.tar.gz (the device tool brings back few files);
-# stdout has the verdicts and tables.
+# stdout has the verdicts and tables. CHECK_SECONDS (default 580): the A/B gets what is left of it.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -45,7 +45,7 @@ timeout 120 build-gpu/tests/engine/engine_model_tests --gtest_filter='*KernelPat
   > "$W/kernel_path.log" 2>&1
 echo "engine tests rc=$? $(elapsed): $(grep -E '^\[  (PASSED|FAILED)  \]' "$W/kernel_path.log" | tr '\n' ' ')"
 grep -E -A8 "Failure$" "$W/kernel_path.log" | head -40
-left=$(( 580 - $(date +%s) + start ))
+left=$(( ${CHECK_SECONDS:-580} - $(date +%s) + start ))
 [ $left -lt 120 ] && { echo "no time left for the A/B ($left s)"; exit 0; }
 [ $# -eq 0 ] && set -- --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8
 AB_TESTS=0 ROUNDS=${ROUNDS:-1} AB_SERVER_ARGS=${AB_SERVER_ARGS:---squeezed_bundles=off} OUT="$W" timeout "$left" \
