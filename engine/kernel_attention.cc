@@ -293,11 +293,10 @@ struct KernelAttention::Buffers {
   // int64 and the members' rows in their output [steps x H_q] int32; `squeezed_union` holds the
   // bundles' union selection: ids, row starts and member masks [pairs][capacity], counts and rows
   // [pairs] int32; `squeezed_estimate` the union of their estimate lists (one-level indexes): ids
-  // and member masks [pairs][estimate_capacity], counts [pairs] int32; `squeezed_logits` its
-  // members' logits [pairs][estimate_capacity][kMaxGroup] fp32 (kernels/bundle_selection.h).
+  // and member masks [pairs][estimate_capacity], counts [pairs] int32.
   int64_t squeezed_views_at = 0, squeezed_own_views_at = 0, squeezed_slots_at = 0, squeezed_q_rows_at = 0,
           squeezed_out_rows_at = 0;
-  at::Tensor squeezed_union, squeezed_estimate, squeezed_logits;
+  at::Tensor squeezed_union, squeezed_estimate;
   at::Tensor top_position, top_share;
   bool reading_ahead = false;
   at::Tensor staging_host, staging_device;
@@ -762,8 +761,6 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
           at::empty({grown->pairs * grown->estimate_capacity * grown->logit_stride}, ints.dtype(at::kFloat));
       if (bundling_) {
         grown->squeezed_estimate = at::empty({2 * grown->pairs * grown->estimate_capacity + grown->pairs}, ints);
-        grown->squeezed_logits =
-            at::empty({grown->pairs * grown->estimate_capacity * kernels::kMaxGroup}, ints.dtype(at::kFloat));
       }
     }
     buffers_ = std::move(grown);
@@ -995,9 +992,8 @@ kernels::Selection OwnTokensSelection(const KernelAttention::Buffers& b) {
 }
 
 // The squeezed bundles' union selection (Buffers::squeezed_union), with its member masks, and with
-// `estimate` the union of the members' estimate lists (Buffers::squeezed_estimate) and its masks,
-// with `logits` their logits too (Buffers::squeezed_logits).
-kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group, bool estimate, bool logits) {
+// `estimate` the union of the members' estimate lists (Buffers::squeezed_estimate) and its masks.
+kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group, bool estimate) {
   int32_t* u = b.squeezed_union.data_ptr<int32_t>();
   kernels::Selection s;
   s.capacity = static_cast<int32_t>(b.capacity);
@@ -1014,7 +1010,6 @@ kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t gro
     s.estimate_ids = e;
     s.estimate_masks = reinterpret_cast<const uint32_t*>(e + b.pairs * b.estimate_capacity);
     s.estimated = e + 2 * b.pairs * b.estimate_capacity;
-    if (logits) s.estimate_logits = b.squeezed_logits.data_ptr<float>();
   }
   return s;
 }
@@ -1194,19 +1189,16 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
   const uint8_t* staged = b.staging_device.data_ptr<uint8_t>();
   auto attend_bundles = [&](const SqueezedRun& run) {
     const int64_t n = run.end - run.first, row = run.first - first_decode_;
-    // One-level indexes estimate in the bundle (each cluster's mean value read once for its
-    // members, Selection::estimate_masks, with the members' logits from their selection where the
-    // bundle's group fits the bias rows, else its centroid scored by the bundle); two-level ones
-    // (coarse ids in the lists) beside it, each member its own, with its own tokens.
+    // One-level indexes estimate in the bundle (each cluster's centroid and mean value read once
+    // for its members, Selection::estimate_masks); two-level ones (coarse ids in the lists) beside
+    // it, each member its own, with its own tokens.
     const bool estimate_in_bundle = b.estimating && !Member(steps_[run.first]).hierarchical_;
     kernels::AttentionShape bundled = shape, members = shape;
     bundled.batch = static_cast<int32_t>(run.bundles);
     bundled.num_q_heads = static_cast<int32_t>(H * run.slots);
     members.batch = static_cast<int32_t>(n);
     const kernels::Selection own = SqueezedSelection(b, layer, run.first * Hkv, /*decode=*/true);
-    const bool bundle_logits =
-        estimate_in_bundle && own.estimate_logits != nullptr && G * run.slots <= kernels::kMaxGroup;
-    const kernels::Selection united = UnionSelection(b, G, estimate_in_bundle, bundle_logits);
+    const kernels::Selection united = UnionSelection(b, G, estimate_in_bundle);
     const auto* bundle_views =
         reinterpret_cast<const kernels::SequenceLayerBf16*>(staged + b.squeezed_views_at) + layer * B + run.views_at;
     const kernels::BundleMembers slots{reinterpret_cast<const int32_t*>(staged + b.squeezed_slots_at) + run.slots_at,

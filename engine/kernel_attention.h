@@ -49,8 +49,8 @@
 // selection launch on one context go in bundles of up to 8 / G (engine/shared_context_plan.h, as
 // the dense bundles), each bundle reading the union of its members' selected clusters once
 // (kernels/bundle_selection.h) with a member mask per cluster, its window and, over one-level
-// indexes, the union of their estimated clusters (a mask each, and each member's logits from its
-// selection: each mean value read once per bundle); each member's own tokens (and, over two-level indexes, its estimate) are a
+// indexes, the union of their estimated clusters (a mask each: each centroid and mean value read
+// once per bundle); each member's own tokens (and, over two-level indexes, its estimate) are a
 // launch of their own beside the bundles', and merge_decode_pieces merges the two parts
 // (read-ahead's top keys included) into the members' rows. Each member attends exactly its own
 // selection and estimate: its output does not depend on its batch. By default only where they

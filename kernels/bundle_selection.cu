@@ -11,15 +11,11 @@
 // K (1M tokens: K ~ 52K clusters). Why: the first version (a warp per slot, binary searches always)
 // took 19 us at 32K and 31 us at 128K on an H100, for a few KB of ids (bench/kernels/NOTES.md run
 // 31): chains of dependent loads. With the estimate's union (estimate_masks), blockIdx.z = 1 does
-// the same over the members' estimate lists, beside the selections' CTAs (no sizes, no rows); with
-// the union's logits (out.estimate_logits) each placed entry's row is filled (-inf, 0 past the
-// group) and, after a barrier, a second pass over the chunk's entries copies each member's logits
-// into its columns, the entry's place found in shared memory (the sizes' array, free there).
+// the same over the members' estimate lists, beside the selections' CTAs (no sizes, no rows).
 #include <cuda_runtime.h>
 
 #include "kernels/bundle_selection.h"
 #include "kernels/chained_launch.cuh"
-#include "kernels/cuda_common.cuh"
 
 namespace squeezeserve::kernels {
 namespace detail {
@@ -39,7 +35,6 @@ struct UnionArgs {
   Selection out;
   uint32_t* masks;
   uint32_t* estimate_masks;  // null: no estimate union (gridDim.z = 1)
-  int member_stride, bundle_stride;  // estimate_logit_stride of the members' and the bundle's groups
 };
 
 // First index i in [0, n) with ids[i] >= x (n if none).
@@ -59,7 +54,6 @@ struct UnionSmem {
   int2 warp_sums[kThreads / 32];
   int2 carried;  // (clusters, rows) placed by the chunks before
   const int32_t* slot_ids[kMaxSlots];
-  const float* slot_logits[kMaxSlots];  // the member's estimate logits (out.estimate_logits only)
   int slot_count[kMaxSlots];
   int slot_first[kMaxSlots];
   int slot_end[kMaxSlots + 1];  // the chunk's entries of slots < m, end to end (exclusive: [m])
@@ -92,9 +86,6 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
     const int64_t bh = static_cast<int64_t>(b) * a.hkv + h;
     if (est) {
       sm.slot_ids[tid] = b >= 0 ? a.members.estimate_ids + bh * a.members.estimate_capacity : nullptr;
-      sm.slot_logits[tid] = b >= 0 && a.out.estimate_logits != nullptr
-                                ? a.members.estimate_logits + bh * a.members.estimate_capacity * a.member_stride
-                                : nullptr;
       sm.slot_count[tid] = b >= 0 && a.members.estimated != nullptr ? a.members.estimated[bh] : 0;
     } else {
       sm.slot_ids[tid] = b >= 0 ? a.members.cluster_ids + bh * a.members.capacity : nullptr;
@@ -168,17 +159,12 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
         before.y += sm.warp_sums[w].y;
       }
     }
-    const int group = a.out.member_group * slots;  // the bundle's query heads a KV head
     for (int j = 0; j < kPerThread; ++j) {
       const uint32_t mask = sm.mask[mine + j];
       if (mask != 0u && est) {
         const int64_t at = kh * a.out.estimate_capacity + before.x;
         a.out.estimate_ids[at] = c0 + mine + j;
-        if (a.estimate_masks != nullptr) a.estimate_masks[at] = mask;
-        if (a.out.estimate_logits != nullptr) {
-          sm.size[mine + j] = before.x;  // the entry's place, for the members' logits below
-          for (int c = 0; c < a.bundle_stride; ++c) a.out.estimate_logits[at * a.bundle_stride + c] = c < group ? neg_inf() : 0.f;
-        }
+        a.estimate_masks[at] = mask;
         before.x += 1;
       } else if (mask != 0u) {
         const int64_t at = kh * a.out.capacity + before.x;
@@ -190,20 +176,6 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
       }
     }
     __syncthreads();  // every thread has read carried, warp_sums, the masks and the sizes
-    if (est && a.out.estimate_logits != nullptr) {  // the members' logits into their columns
-      const int g = a.out.member_group;
-      for (int e = tid; e < total; e += kThreads) {
-        int m = 0;
-        while (sm.slot_end[m + 1] <= e) ++m;
-        const int i = sm.slot_first[m] + (e - sm.slot_end[m]);
-        const int id = __ldg(sm.slot_ids[m] + i);
-        if (id >= K) continue;
-        const int64_t at = kh * a.out.estimate_capacity + sm.size[id - c0];
-        for (int c = 0; c < g; ++c)
-          a.out.estimate_logits[at * a.bundle_stride + m * g + c] = __ldg(sm.slot_logits[m] + i * a.member_stride + c);
-      }
-      __syncthreads();  // slot_first and slot_end are the next chunk's after this
-    }
     if (tid == 0) sm.carried = total_placed;
   }
   __syncthreads();
@@ -230,20 +202,13 @@ int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const Sequ
   if (estimate_masks != nullptr && (members.estimate_ids == nullptr || out.estimate_ids == nullptr ||
                                     out.estimated == nullptr || out.estimate_capacity < 1))
     return cudaErrorInvalidValue;
-  // The union's logits: with its masks, from the members' logits, the bundle's group within the
-  // bias rows (kMaxGroup).
-  if (out.estimate_logits != nullptr &&
-      (estimate_masks == nullptr || members.estimate_logits == nullptr || out.member_group < 1 ||
-       out.member_group * bundles.slots > kMaxGroup))
-    return cudaErrorInvalidValue;
   if (bundles.bundles == 0) return cudaSuccess;
   const cudaError_t err = cudaFuncSetAttribute(bundle_union_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(sizeof(UnionSmem)));
   if (err != cudaSuccess) return err;
   return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles, estimate_masks != nullptr ? 2 : 1),
                         dim3(kThreads), sizeof(UnionSmem), static_cast<cudaStream_t>(stream),
-                        UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks, estimate_masks,
-                                  estimate_logit_stride(out.member_group), estimate_logit_stride(out.member_group * bundles.slots)});
+                        UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks, estimate_masks});
 }
 
 }  // namespace squeezeserve::kernels

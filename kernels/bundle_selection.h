@@ -29,11 +29,7 @@ struct BundleMembers {
 // members.estimated, out.estimate_ids and out.estimated set): the same union of the members'
 // estimate lists into out.estimate_ids and out.estimated, with estimate_masks[bh *
 // out.estimate_capacity + i] (Selection::estimate_masks); a member without the estimate (estimated
-// null, or 0) adds nothing. With out.estimate_logits too (the members' estimate_logits set,
-// out.member_group = the members' group g, g x slots <= kMaxGroup): each union entry's logits at
-// stride estimate_logit_stride(g x slots), slot m's columns m g .. m g + g - 1 its member's own
-// logits for that cluster, -inf where it does not estimate it, 0 past g x slots. Nothing else of
-// `out` is written. Device arrays; `bundle_seqs` one view
+// null, or 0) adds nothing. Nothing else of `out` is written. Device arrays; `bundle_seqs` one view
 // per bundle (its offsets and num_clusters are read). Launched as a kernel of the decode chain
 // (chained_launch.cuh): it waits for the previous kernel (the members' selection) before reading
 // it, and reads the views, their offsets and bundles.members before that wait (written by the host

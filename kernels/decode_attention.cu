@@ -479,9 +479,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
     if (kTop && lane < kTileRows) codes[(t % kStageCount) * kTileRows + lane] = code;
     if (has_estimate(v)) {  // the tile's logit offsets per (row, query head), natural log units
       float* to = bias + bias_at(t % kStages, 0, 0);
-      // (A squeezed bundle's logits only at groups up to kMaxGroup, launcher-checked: no pair, so
-      // t % kStages is the tile's stage.)
-      if (vr.est_logits) {
+      if (!kMasked && vr.est_logits) {  // (the launcher gives a squeezed bundle no logits)
         // The selection's logits s q.c + ln n, S = est_stride floats per row, copied in pieces of
         // w = min(S, 4) floats (a row is one piece, or two for S = 8): one piece per lane,
         // zero-filled for the tile's rows that are not estimated.
@@ -495,7 +493,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         }
       } else if (lane < kTileRows) {  // the key is its centroid: only ln n is added
         const float log_size = estimated_row(x) ? estimate_log2_size(vr, code) / kLog2e : 0.f;
-        if constexpr (kMasked) {  // (a squeezed bundle without the members' logits)
+        if constexpr (kMasked) {
           bias[row_bias_at(t % kStageCount, lane)] = log_size;
         } else {
           float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
@@ -569,7 +567,7 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
         const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
         float x = key < w1 && attends(col, member) ? s[n][e] * scale_log2 : neg_inf();
         if (tile_bias && key < w1)
-          x = fmaf(kMasked && !vr.est_logits ? row_bias[col] : bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
+          x = fmaf(kMasked ? row_bias[col] : bias[bias_at(t % kStages, col, bias_head)], kLog2e, x);
         // A selected row's code is its physical row, in the same order as its virtual row (the
         // segments are in ascending cluster order): ties still go to the first row.
         if (kTop && key < vr.sparse_rows && key < w1 && x != neg_inf())
@@ -597,8 +595,8 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
           const int col = n * 8 + 2 * (lane & 3) + e, key = v + col;
           s[n][2 + e] = key < w1 && attends(col, member_hi) ? s[n][2 + e] * scale_log2 : neg_inf();
           // An estimated cluster's ln n, the same for every head (only a squeezed bundle has an
-          // estimate here; with its logits the group is at most 8 and heads 8..15 are padding).
-          if (kMasked && tile_bias && key < w1 && !vr.est_logits)
+          // estimate here, and it takes no estimate logits).
+          if (kMasked && tile_bias && key < w1)
             s[n][2 + e] = fmaf(row_bias[col], kLog2e, s[n][2 + e]);
           if (kTop && key < vr.sparse_rows && key < w1 && s[n][2 + e] != neg_inf())
             top_hi.offer(s[n][2 + e], codes[(t % kStageCount) * kTileRows + col]);
@@ -1218,12 +1216,11 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
       shape.batch * shape.num_kv_heads > kMaxHeads)
     return cudaErrorInvalidValue;
   // Groups above 8 have no bias rows for heads 8..15: the pruned-cluster estimate only where its
-  // bias is ln n for every head, a squeezed bundle's (estimate_masks; no estimate logits), or in a
-  // bundle of up to 8 query heads a KV head with the members' logits.
+  // bias is ln n for every head, a squeezed bundle's (estimate_masks; no estimate logits).
   const bool estimate =
       selection.estimated != nullptr || selection.estimate_ids != nullptr || selection.estimate_logits != nullptr;
   const bool bundle_estimate = selection.member_masks != nullptr && selection.estimate_masks != nullptr &&
-                               (selection.estimate_logits == nullptr || g <= kMaxGroup);
+                               selection.estimate_logits == nullptr;
   if (g > kMaxGroup && estimate && !bundle_estimate) return cudaErrorInvalidValue;
   // A squeezed bundle: whole members in the group, at most 32 (a mask bit each); an estimate only
   // with the members' masks for it.
@@ -1237,10 +1234,9 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   if (err != cudaSuccess) return err;
   const auto st = static_cast<cudaStream_t>(stream);
   // Deferred: no estimate logits (the wide-tile variant's grid could differ from the one
-  // merge_decode_pieces finds the pieces by; a squeezed bundle's take the masked variant, no wide
-  // tiles); top keys are the merge's to write, and it must be told (its `top`), for the same reason.
-  if (launch.defer_merge && selection.estimate_logits != nullptr && selection.member_masks == nullptr)
-    return cudaErrorInvalidValue;
+  // merge_decode_pieces finds the pieces by); top keys are the merge's to write, and it must be
+  // told (its `top`), for the same reason.
+  if (launch.defer_merge && selection.estimate_logits != nullptr) return cudaErrorInvalidValue;
   // Beside the previous launch: what it reads must be staged by the host, and no ticket memset may
   // stand between the two (it would wait for the previous launch to end).
   if (launch.beside_previous && (!launch.static_selection || (!launch.tickets && !launch.defer_merge)))

@@ -158,13 +158,10 @@ struct Selection {
   // A squeezed bundle's estimate (one-level indexes): the estimate lists above are the union of
   // its members' (ascending fine ids), and bit m of estimate_masks[bh * estimate_capacity + i]
   // says whether member m estimates cluster i; the estimated clusters without a head's member bit
-  // have logit -inf for it, as the selected ones. Without estimate_logits the bundle scores each
+  // have logit -inf for it, as the selected ones. No estimate_logits then: the bundle scores each
   // cluster's centroid against every member's queries itself (each mean value and centroid read
   // once per bundle, where each member's own launch read its mean values: bench/kernels/NOTES.md
-  // run 32); with them (groups up to kMaxGroup; bundle_selections writes them from the members'
-  // own, -inf in a member's columns where it does not estimate the cluster) it reads only the
-  // mean values and the logits, as a question's own launch (run 34). Null with member_masks: no
-  // estimate in the bundle (each member's goes beside it).
+  // run 32). Null with member_masks: no estimate in the bundle (each member's goes beside it).
   const uint32_t* estimate_masks = nullptr;
 };
 

@@ -151,9 +151,7 @@ std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions
 // estimate (every pruned non-empty cluster, as the default lookup with estimate floor 0): each
 // question's own launch with its estimate logits (the wide tiles), against the bundles with the
 // estimate in them (Selection::estimate_masks: each cluster's centroid and mean value read once
-// per bundle), and where the bundle's group is at most 8 the bundles with the members' logits in
-// them ("estimate logits": bundle_selections copies each member's logits, and the bundle reads the
-// mean values and the logits, no centroids). One stream, L2 flushed before each rep, median us; prints and appends JSON rows
+// per bundle). One stream, L2 flushed before each rep, median us; prints and appends JSON rows
 // with the rows read (the unions', or the questions' own added up; estimated clusters not counted).
 void time_squeezed(const char* model, int hkv, int g, int context, float keep, void* flush, FILE* json) {
   const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5), /*lookup_window=*/0);
@@ -162,7 +160,6 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   DeviceSelection own(kQuestions * hkv, K, K, /*logits=*/true), un(4 * hkv, K, K);
   const std::vector<int32_t> own_rows = random_squeezed(host_view, kQuestions, hkv, keep, 17, &own);
   uint32_t* d_est_masks = upload(std::vector<uint32_t>(static_cast<size_t>(4 * hkv) * K, 0u));
-  float* d_union_logits = upload(std::vector<float>(static_cast<size_t>(4 * hkv) * K * kMaxGroup, 0.f));
   std::vector<int32_t> slots(kQuestions);
   for (int m = 0; m < kQuestions; ++m) slots[m] = m;
   int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4 or four of 2
@@ -191,9 +188,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
                                     decode_attention_workspace_bytes(bundles[0], deferred),
                                     decode_attention_workspace_bytes(bundles[1], deferred),
                                     decode_attention_workspace_bytes(bundles[2], deferred)})));
-  Selection masked = un.sel, estimating = un.sel, plain = own.sel, union_logits = un.sel;
-  union_logits.estimate_logits = d_union_logits;
-  union_logits.member_group = g;
+  Selection masked = un.sel, estimating = un.sel, plain = own.sel;
   masked.member_masks = estimating.member_masks = d_masks;
   masked.member_group = estimating.member_group = g;
   masked.estimate_ids = masked.estimated = nullptr;
@@ -210,19 +205,13 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
                            "squeezed, unions + 4 bundles of 2",
                            "estimate, own rows",          "estimate, union alone",
                            "estimate, union + bundle of 8", "estimate, unions + 2 bundles of 4",
-                           "estimate, unions + 4 bundles of 2",
-                           "estimate logits, union + bundle of 8", "estimate logits, unions + 2 bundles of 4",
-                           "estimate logits, unions + 4 bundles of 2"};
+                           "estimate, unions + 4 bundles of 2"};
   const int rows_out = kQuestions * hkv * g;
-  for (int layout = 0; layout < 2 * kKinds + 3; ++layout) {
-    const bool logits = layout >= 2 * kKinds;
-    const int kind = logits ? 2 + layout - 2 * kKinds : layout % kKinds;
+  for (int layout = 0; layout < 2 * kKinds; ++layout) {
+    const int kind = layout % kKinds;
     const bool est = layout >= kKinds;
     const int split = kind >= 2 ? kind - 2 : 0;  // bundles of 8 >> split
     const AttentionShape& shape = bundles[split];
-    if (logits && shape.group() > kMaxGroup) continue;  // (refused: no bias rows past 8 heads)
-    Selection with_logits = estimating;
-    with_logits.estimate_logits = d_union_logits;
     std::vector<double> us;
     for (int rep = 0; rep < kReps + 3; ++rep) {
       CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
@@ -230,11 +219,11 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
       if (kind == 0) {
         CUDA_OK(sparse_decode_attention(each, d_views, d_q, est ? own.sel : plain, d_out, d_lse, ws, launch, nullptr));
       } else {
-        CUDA_OK(bundle_selections(members[split], hkv, d_views, est ? own.sel : plain, logits ? union_logits : un.sel,
+        CUDA_OK(bundle_selections(members[split], hkv, d_views, est ? own.sel : plain, un.sel,
                                   d_masks, est ? d_est_masks : nullptr, nullptr));
         if (kind >= 2) {
-          CUDA_OK(sparse_decode_attention(shape, d_views, d_q, logits ? with_logits : est ? estimating : masked, nullptr,
-                                          nullptr, ws, deferred, nullptr));
+          CUDA_OK(sparse_decode_attention(shape, d_views, d_q, est ? estimating : masked, nullptr, nullptr, ws, deferred,
+                                          nullptr));
           CUDA_OK(merge_decode_pieces(shape, deferred, ws, rows_out, nullptr, nullptr, nullptr, d_out, d_lse, nullptr,
                                       nullptr, {}, nullptr, /*masked=*/true));
         }
@@ -265,8 +254,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   }
   CUDA_OK(cudaEventDestroy(e0));
   CUDA_OK(cudaEventDestroy(e1));
-  for (void* p : std::vector<void*>{d_slots, d_masks, d_est_masks, d_union_logits, d_views, d_q, d_out, d_lse, ws})
-    CUDA_OK(cudaFree(p));
+  for (void* p : std::vector<void*>{d_slots, d_masks, d_est_masks, d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
 }
 
 }  // namespace

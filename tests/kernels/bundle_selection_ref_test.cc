@@ -127,62 +127,6 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
     }
 }
 
-// With the union's logits (out.estimate_logits): slot m's columns are its member's own logits for
-// the cluster, -inf where the member does not estimate it, 0 past the bundle's group.
-class BundledLogits : public ::testing::TestWithParam<std::pair<int, int>> {};
-
-TEST_P(BundledLogits, UnionCarriesEachMembersOwnLogits) {
-  const auto [group, members] = GetParam();
-  SyntheticSpec spec;
-  spec.num_kv_heads = 2;
-  spec.num_rows = 157;
-  spec.num_clusters = 29;
-  spec.empty_fraction = 0.1f;
-  const SyntheticLayer layer = make_synthetic_layer(spec);
-  const int K = spec.num_clusters, hkv = spec.num_kv_heads;
-  SelectionBuffers sel = random_selections(members, hkv, layer.offsets, K, 3 + group);
-  std::vector<int32_t> est_ids, est_counts;
-  random_estimates(sel, members, hkv, K, 9 + members, &est_ids, &est_counts);
-  const int member_stride = estimate_logit_stride(group), stride = estimate_logit_stride(group * members);
-  std::vector<float> own_logits = random_normal(static_cast<int64_t>(members) * hkv * K * member_stride, 13);
-  sel.sel.estimate_logits = own_logits.data();
-  std::vector<int32_t> slots(members);
-  for (int m = 0; m < members; ++m) slots[m] = m;
-  const SequenceLayerF32 view = layer.view();
-  UnionOut out(hkv, K);
-  std::vector<float> logits(static_cast<size_t>(hkv) * K * stride, NAN);
-  out.buf.sel.estimate_logits = logits.data();
-  out.buf.sel.member_group = group;
-  bundle_selections_ref(BundleMembers{slots.data(), 1, members}, hkv, &view, sel.sel, out.buf.sel, out.masks.data(),
-                        out.estimate_masks.data());
-  int finite = 0;
-  for (int h = 0; h < hkv; ++h) {
-    for (int i = 0; i < out.estimated[h]; ++i) {
-      const int c = out.estimate_ids[static_cast<size_t>(h) * K + i];
-      const float* row = &logits[(static_cast<size_t>(h) * K + i) * stride];
-      for (int m = 0; m < members; ++m) {
-        const int bh = m * hkv + h;
-        const int32_t* est = &est_ids[static_cast<size_t>(bh) * K];
-        const int at = static_cast<int>(std::find(est, est + est_counts[bh], c) - est);
-        for (int j = 0; j < group; ++j) {
-          if (at < est_counts[bh]) {
-            EXPECT_EQ(row[m * group + j], own_logits[(static_cast<size_t>(bh) * K + at) * member_stride + j]);
-            ++finite;
-          } else {
-            EXPECT_EQ(row[m * group + j], -INFINITY) << "member " << m << " cluster " << c;
-          }
-        }
-      }
-      for (int j = group * members; j < stride; ++j) EXPECT_EQ(row[j], 0.f);
-    }
-  }
-  EXPECT_GT(finite, 0);
-}
-
-INSTANTIATE_TEST_SUITE_P(GroupsAndMembers, BundledLogits,
-                         ::testing::Values(std::make_pair(1, 8), std::make_pair(2, 3), std::make_pair(4, 2),
-                                           std::make_pair(1, 5)));
-
 // A bundle of S members (group G each) as one sequence of group S x G over the union: each member's
 // rows of the output, LSE, top keys and context LSE (TopKeys::context_lse) equal those of its own
 // launch bit for bit (the same keys in the same order: the union skips the clusters without its
