@@ -19,7 +19,8 @@
 // pieces per head: fewer partials to merge, fewer warps streaming).
 // --trace (a build configured with -DSQZ_DECODE_TRACE=ON): each row's per-CTA phases from the
 // decode kernel's trace (kernels/decode_attention.h set_decode_trace): when the CTAs finish
-// streaming, how long the partials and the heads' merges take, when the last one ends.
+// streaming, how long the partials and the heads' merges take, when the last one ends (the
+// squeezed rows too: their decode launch of the last rep).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -153,7 +154,10 @@ std::vector<int32_t> random_squeezed(const SequenceLayerF32& view, int questions
 // estimate in them (Selection::estimate_masks: each cluster's centroid and mean value read once
 // per bundle). One stream, L2 flushed before each rep, median us; prints and appends JSON rows
 // with the rows read (the unions', or the questions' own added up; estimated clusters not counted).
-void time_squeezed(const char* model, int hkv, int g, int context, float keep, void* flush, FILE* json) {
+// trace_buf (--trace): each layout's decode launch of its last rep traced (print_trace: whether
+// some CTAs stream much longer than the median, e.g. those holding a head's estimated rows).
+void time_squeezed(const char* model, int hkv, int g, int context, float keep, void* flush, FILE* json,
+                   unsigned long long* trace_buf) {
   const DeviceLayer layer(layer_spec(hkv, 128, context, 20, 0, 5), /*lookup_window=*/0);
   const SequenceLayerF32 host_view = layer.host.view();
   const int K = host_view.num_clusters;
@@ -215,15 +219,20 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
     std::vector<double> us;
     for (int rep = 0; rep < kReps + 3; ++rep) {
       CUDA_OK(cudaMemsetAsync(flush, rep, kFlushBytes));
+      const bool traced = trace_buf != nullptr && rep == kReps + 2;
       CUDA_OK(cudaEventRecord(e0));
       if (kind == 0) {
+        if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
         CUDA_OK(sparse_decode_attention(each, d_views, d_q, est ? own.sel : plain, d_out, d_lse, ws, launch, nullptr));
+        if (traced) CUDA_OK(set_decode_trace(nullptr, 0));
       } else {
         CUDA_OK(bundle_selections(members[split], hkv, d_views, est ? own.sel : plain, un.sel,
                                   d_masks, est ? d_est_masks : nullptr, nullptr));
         if (kind >= 2) {
+          if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
           CUDA_OK(sparse_decode_attention(shape, d_views, d_q, est ? estimating : masked, nullptr, nullptr, ws, deferred,
                                           nullptr));
+          if (traced) CUDA_OK(set_decode_trace(nullptr, 0));
           CUDA_OK(merge_decode_pieces(shape, deferred, ws, rows_out, nullptr, nullptr, nullptr, d_out, d_lse, nullptr,
                                       nullptr, {}, nullptr, /*masked=*/true));
         }
@@ -251,6 +260,10 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
                  "\"keep\": %.3f, \"rows_read\": %lld, \"median_us\": %.2f, \"min_us\": %.2f}",
                  model, layouts[layout], seqs, group, context, keep, rows_read,
                  median, quantile(us, 0));
+    if (trace_buf != nullptr && kind != 1) {
+      print_trace(download(trace_buf, static_cast<size_t>(kMaxTracedCtas) * kDecodeTraceEvents * 2), kMaxTracedCtas);
+      CUDA_OK(cudaMemset(trace_buf, 0, sizeof(unsigned long long) * kMaxTracedCtas * kDecodeTraceEvents * 2));
+    }
   }
   CUDA_OK(cudaEventDestroy(e0));
   CUDA_OK(cudaEventDestroy(e1));
@@ -501,8 +514,8 @@ int main(int argc, char** argv) {
       }
   }
   if (squeezed > 0.f) {
-    time_squeezed("llama3-8b", 8, 4, context, squeezed, flush, json);
-    time_squeezed("llama2-7b", 32, 1, context, squeezed, flush, json);
+    time_squeezed("llama3-8b", 8, 4, context, squeezed, flush, json, trace_buf);
+    time_squeezed("llama2-7b", 32, 1, context, squeezed, flush, json, trace_buf);
   }
   std::fprintf(json, "\n]}\n");
   std::fclose(json);
