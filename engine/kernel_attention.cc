@@ -292,8 +292,8 @@ struct KernelAttention::Buffers {
   // bundles' slot tables [steps x kMaxBundleGroup] int32, their query rows [kMaxBundleGroup x pairs]
   // int64 and the members' rows in their output [steps x H_q] int32; `squeezed_union` holds the
   // bundles' union selection: ids, row starts and member masks [pairs][capacity], counts and rows
-  // [pairs] int32; `squeezed_estimate` the union of their estimate lists (one-level indexes): ids
-  // and member masks [pairs][estimate_capacity], counts [pairs] int32.
+  // [pairs] int32; `squeezed_estimate` the union of their estimate lists (one-level indexes): ids,
+  // member masks and ln n (fp32) [pairs][estimate_capacity], counts [pairs] int32.
   int64_t squeezed_views_at = 0, squeezed_own_views_at = 0, squeezed_slots_at = 0, squeezed_q_rows_at = 0,
           squeezed_out_rows_at = 0;
   at::Tensor squeezed_union, squeezed_estimate;
@@ -626,6 +626,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       run.end = end;
       run.bundles = static_cast<int64_t>(plan.bundles.size());
       run.slots = plan.slots;
+      run.estimates = run_estimates;
       squeezed_runs_.push_back(run);
       squeezed_plans.push_back(std::move(plan));
     }
@@ -760,7 +761,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       grown->estimate_logits =
           at::empty({grown->pairs * grown->estimate_capacity * grown->logit_stride}, ints.dtype(at::kFloat));
       if (bundling_) {
-        grown->squeezed_estimate = at::empty({2 * grown->pairs * grown->estimate_capacity + grown->pairs}, ints);
+        grown->squeezed_estimate = at::empty({3 * grown->pairs * grown->estimate_capacity + grown->pairs}, ints);
       }
     }
     buffers_ = std::move(grown);
@@ -894,7 +895,8 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
                             b->reading_ahead ? " ra" : "",
                             shared_bundles_ > 0 ? absl::StrCat(" sh", shared_bundles_, "x", shared_slots_) : std::string());
   for (const SqueezedRun& run : squeezed_runs_) {
-    absl::StrAppend(&signature_, " qb", run.first, "-", run.end, ":", run.bundles, "x", run.slots);
+    absl::StrAppend(&signature_, " qb", run.first, "-", run.end, ":", run.bundles, "x", run.slots,
+                    run.estimates ? "e" : "");
   }
   for (int64_t first = first_squeezed_; first < B;) {
     int64_t end = first + 1;
@@ -992,7 +994,8 @@ kernels::Selection OwnTokensSelection(const KernelAttention::Buffers& b) {
 }
 
 // The squeezed bundles' union selection (Buffers::squeezed_union), with its member masks, and with
-// `estimate` the union of the members' estimate lists (Buffers::squeezed_estimate) and its masks.
+// `estimate` the union of the members' estimate lists (Buffers::squeezed_estimate), its masks and
+// sizes.
 kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t group, bool estimate) {
   int32_t* u = b.squeezed_union.data_ptr<int32_t>();
   kernels::Selection s;
@@ -1009,7 +1012,8 @@ kernels::Selection UnionSelection(const KernelAttention::Buffers& b, int64_t gro
     s.estimate_capacity = static_cast<int32_t>(b.estimate_capacity);
     s.estimate_ids = e;
     s.estimate_masks = reinterpret_cast<const uint32_t*>(e + b.pairs * b.estimate_capacity);
-    s.estimated = e + 2 * b.pairs * b.estimate_capacity;
+    s.estimate_log_sizes = reinterpret_cast<const float*>(e + 2 * b.pairs * b.estimate_capacity);
+    s.estimated = e + 3 * b.pairs * b.estimate_capacity;
   }
   return s;
 }
@@ -1192,7 +1196,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     // One-level indexes estimate in the bundle (each cluster's centroid and mean value read once
     // for its members, Selection::estimate_masks); two-level ones (coarse ids in the lists) beside
     // it, each member its own, with its own tokens.
-    const bool estimate_in_bundle = b.estimating && !Member(steps_[run.first]).hierarchical_;
+    const bool estimate_in_bundle = run.estimates && !Member(steps_[run.first]).hierarchical_;
     kernels::AttentionShape bundled = shape, members = shape;
     bundled.batch = static_cast<int32_t>(run.bundles);
     bundled.num_q_heads = static_cast<int32_t>(H * run.slots);
@@ -1205,7 +1209,8 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
                                        static_cast<int32_t>(run.bundles), static_cast<int32_t>(run.slots)};
     Check(kernels::bundle_selections(slots, static_cast<int>(Hkv), bundle_views, own, united,
                                      const_cast<uint32_t*>(united.member_masks),
-                                     const_cast<uint32_t*>(united.estimate_masks), stream),
+                                     const_cast<uint32_t*>(united.estimate_masks),
+                                     const_cast<float*>(united.estimate_log_sizes), stream),
           "bundle_selections");
     kernels::TopKeys top;  // the members' rows of the read-ahead buffers
     if (b.reading_ahead) top = {b.top_position.data_ptr<int32_t>() + row * H, b.top_share.data_ptr<float>() + row * H};
@@ -1220,7 +1225,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
     // no selected rows (the constants' zeros).
     kernels::Selection rest = own;
     rest.counts = rest.rows = b.dense_constants.data_ptr<int32_t>();  // row 0: zeros
-    if (estimate_in_bundle) {
+    if (estimate_in_bundle || !run.estimates) {
       rest.estimate_ids = rest.estimated = nullptr;
       rest.estimate_logits = nullptr;
     }

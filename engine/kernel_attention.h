@@ -177,6 +177,9 @@ class KernelAttention : public AttentionBackend {
     int64_t slots_at = 0;     // its slot table [bundles][slots] int32 (member - first, or -1)
     int64_t q_rows_at = 0;    // its bundle query rows int64 (PlanSharedContext::query_rows)
     int64_t out_rows_at = 0;  // its members' rows in the bundles' output int32 (output_rows)
+    // Whether a member estimates: only then do the bundles and the members' part carry the
+    // estimate's arrays (a step may estimate for another run).
+    bool estimates = false;
   };
   std::vector<SqueezedRun> squeezed_runs_;
   std::string signature_;

@@ -11,7 +11,8 @@
 // K (1M tokens: K ~ 52K clusters). Why: the first version (a warp per slot, binary searches always)
 // took 19 us at 32K and 31 us at 128K on an H100, for a few KB of ids (bench/kernels/NOTES.md run
 // 31): chains of dependent loads. With the estimate's union (estimate_masks), blockIdx.z = 1 does
-// the same over the members' estimate lists, beside the selections' CTAs (no sizes, no rows).
+// the same over the members' estimate lists, beside the selections' CTAs (no rows; each estimated
+// cluster's ln n beside its mask, for the attention to copy with its tile).
 #include <cuda_runtime.h>
 
 #include "kernels/bundle_selection.h"
@@ -35,6 +36,7 @@ struct UnionArgs {
   Selection out;
   uint32_t* masks;
   uint32_t* estimate_masks;  // null: no estimate union (gridDim.z = 1)
+  float* estimate_log_sizes;  // with estimate_masks
 };
 
 // First index i in [0, n) with ids[i] >= x (n if none).
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
   const int K = s.num_clusters;
   const int32_t* off = s.offsets + static_cast<int64_t>(h) * (K + 1);
   const int64_t kh = static_cast<int64_t>(k) * a.hkv + h;
-  if (!est) load_sizes(sm.size, off, 0, K);
+  load_sizes(sm.size, off, 0, K);
   int b = -1;
   if (tid < slots) b = a.bundles.members[static_cast<int64_t>(k) * slots + tid];
   wait_for_previous_grid();  // the members' selections are the previous kernel's output
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
   }
   if (tid == 0) sm.carried = make_int2(0, 0);
   for (int c0 = 0; c0 < K; c0 += kChunk) {
-    if (c0 > 0 && !est) load_sizes(sm.size, off, c0, K);
+    if (c0 > 0) load_sizes(sm.size, off, c0, K);
     for (int i = tid; i < kChunk; i += kThreads) sm.mask[i] = 0u;
     __syncthreads();  // slot_ids and counts (first round), the sizes, the cleared masks
     if (tid < slots) {  // the slot's entries in this chunk
@@ -165,6 +167,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
         const int64_t at = kh * a.out.estimate_capacity + before.x;
         a.out.estimate_ids[at] = c0 + mine + j;
         a.estimate_masks[at] = mask;
+        a.estimate_log_sizes[at] = logf(static_cast<float>(sm.size[mine + j]));
         before.x += 1;
       } else if (mask != 0u) {
         const int64_t at = kh * a.out.capacity + before.x;
@@ -192,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
 
 int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const SequenceLayerBf16* bundle_seqs,
                       const Selection& members, const Selection& out, uint32_t* masks, uint32_t* estimate_masks,
-                      void* stream) {
+                      float* estimate_log_sizes, void* stream) {
   using namespace detail;
   if (bundles.bundles < 0 || bundles.slots < 1 || bundles.slots > kMaxSlots || num_kv_heads < 1 ||
       bundles.members == nullptr || bundle_seqs == nullptr || members.cluster_ids == nullptr ||
@@ -200,7 +203,8 @@ int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const Sequ
       out.counts == nullptr || out.rows == nullptr || out.capacity < 1)
     return cudaErrorInvalidValue;
   if (estimate_masks != nullptr && (members.estimate_ids == nullptr || out.estimate_ids == nullptr ||
-                                    out.estimated == nullptr || out.estimate_capacity < 1))
+                                    out.estimated == nullptr || out.estimate_capacity < 1 ||
+                                    estimate_log_sizes == nullptr))
     return cudaErrorInvalidValue;
   if (bundles.bundles == 0) return cudaSuccess;
   const cudaError_t err = cudaFuncSetAttribute(bundle_union_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -208,7 +212,8 @@ int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const Sequ
   if (err != cudaSuccess) return err;
   return launch_chained(bundle_union_kernel, dim3(num_kv_heads, bundles.bundles, estimate_masks != nullptr ? 2 : 1),
                         dim3(kThreads), sizeof(UnionSmem), static_cast<cudaStream_t>(stream),
-                        UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks, estimate_masks});
+                        UnionArgs{bundles, num_kv_heads, bundle_seqs, members, out, masks, estimate_masks,
+                                  estimate_log_sizes});
 }
 
 }  // namespace squeezeserve::kernels

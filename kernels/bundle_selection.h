@@ -28,14 +28,15 @@ struct BundleMembers {
 // every bundle view's num_clusters. With estimate_masks (one-level indexes; members.estimate_ids,
 // members.estimated, out.estimate_ids and out.estimated set): the same union of the members'
 // estimate lists into out.estimate_ids and out.estimated, with estimate_masks[bh *
-// out.estimate_capacity + i] (Selection::estimate_masks); a member without the estimate (estimated
-// null, or 0) adds nothing. Nothing else of `out` is written. Device arrays; `bundle_seqs` one view
+// out.estimate_capacity + i] (Selection::estimate_masks) and estimate_log_sizes[same] = ln of the
+// cluster's rows (Selection::estimate_log_sizes; required with estimate_masks); a member without
+// the estimate (estimated null, or 0) adds nothing. Nothing else of `out` is written. Device arrays; `bundle_seqs` one view
 // per bundle (its offsets and num_clusters are read). Launched as a kernel of the decode chain
 // (chained_launch.cuh): it waits for the previous kernel (the members' selection) before reading
 // it, and reads the views, their offsets and bundles.members before that wait (written by the host
 // before the step, as the index). Returns a cudaError_t value.
 int bundle_selections(const BundleMembers& bundles, int num_kv_heads, const SequenceLayerBf16* bundle_seqs,
                       const Selection& members, const Selection& out, uint32_t* masks, uint32_t* estimate_masks,
-                      void* stream);
+                      float* estimate_log_sizes, void* stream);
 
 }  // namespace squeezeserve::kernels

@@ -1,5 +1,6 @@
 #include "kernels/bundle_selection_ref.h"
 
+#include <cmath>
 #include <map>
 
 namespace squeezeserve::kernels {
@@ -7,7 +8,7 @@ namespace squeezeserve::kernels {
 template <typename T>
 void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const SequenceLayer<T>* bundle_seqs,
                            const Selection& members, const Selection& out, uint32_t* masks,
-                           uint32_t* estimate_masks) {
+                           uint32_t* estimate_masks, float* estimate_log_sizes) {
   for (int k = 0; k < bundles.bundles; ++k) {
     const SequenceLayer<T>& s = bundle_seqs[k];
     for (int h = 0; h < num_kv_heads; ++h) {
@@ -24,16 +25,17 @@ void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const
         }
       }
       const int64_t kh = static_cast<int64_t>(k) * num_kv_heads + h;
+      const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
       if (estimate_masks != nullptr) {
         int count = 0;
         for (const auto& [id, mask] : estimate_mask_of) {
           const int64_t at = kh * out.estimate_capacity + count++;
           out.estimate_ids[at] = id;
           estimate_masks[at] = mask;
+          estimate_log_sizes[at] = std::log(static_cast<float>(off[id + 1] - off[id]));
         }
         out.estimated[kh] = count;
       }
-      const int32_t* off = s.offsets + static_cast<int64_t>(h) * (s.num_clusters + 1);
       int count = 0, rows = 0;
       for (const auto& [id, mask] : mask_of) {
         const int64_t at = kh * out.capacity + count++;
@@ -49,8 +51,8 @@ void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const
 }
 
 template void bundle_selections_ref<float>(const BundleMembers&, int, const SequenceLayer<float>*, const Selection&,
-                                           const Selection&, uint32_t*, uint32_t*);
+                                           const Selection&, uint32_t*, uint32_t*, float*);
 template void bundle_selections_ref<uint16_t>(const BundleMembers&, int, const SequenceLayer<uint16_t>*,
-                                              const Selection&, const Selection&, uint32_t*, uint32_t*);
+                                              const Selection&, const Selection&, uint32_t*, uint32_t*, float*);
 
 }  // namespace squeezeserve::kernels

@@ -11,6 +11,6 @@ namespace squeezeserve::kernels {
 template <typename T>
 void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const SequenceLayer<T>* bundle_seqs,
                            const Selection& members, const Selection& out, uint32_t* masks,
-                           uint32_t* estimate_masks = nullptr);
+                           uint32_t* estimate_masks = nullptr, float* estimate_log_sizes = nullptr);
 
 }  // namespace squeezeserve::kernels

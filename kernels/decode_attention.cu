@@ -491,14 +491,15 @@ __device__ __forceinline__ void attend_rows(const VirtualRows& vr, int w0, int w
                                  : vr.est_logits;
           cp_async_floats(to + row * kMaxGroup + part * w, src, w, estimated_row(xr));
         }
+      } else if (kMasked && lane < kTileRows) {
+        // The key is its centroid: only ln n is added, from the union's sizes (Selection::
+        // estimate_log_sizes), copied with the tile (0 for its other rows).
+        cp_async_4(bias + row_bias_at(t % kStageCount, lane),
+                   vr.est_log_sizes + (estimated_row(x) ? x - vr.sparse_rows : 0), estimated_row(x) ? 4 : 0);
       } else if (lane < kTileRows) {  // the key is its centroid: only ln n is added
         const float log_size = estimated_row(x) ? estimate_log2_size(vr, code) / kLog2e : 0.f;
-        if constexpr (kMasked) {
-          bias[row_bias_at(t % kStageCount, lane)] = log_size;
-        } else {
-          float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
-          row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
-        }
+        float4* row = reinterpret_cast<float4*>(to + lane * kMaxGroup);
+        row[0] = row[1] = make_float4(log_size, log_size, log_size, log_size);
       }
     }
     __nv_bfloat16* ks = smem + (t % kStageCount) * 2 * kTileElems;
@@ -1220,7 +1221,7 @@ int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16
   const bool estimate =
       selection.estimated != nullptr || selection.estimate_ids != nullptr || selection.estimate_logits != nullptr;
   const bool bundle_estimate = selection.member_masks != nullptr && selection.estimate_masks != nullptr &&
-                               selection.estimate_logits == nullptr;
+                               selection.estimate_log_sizes != nullptr && selection.estimate_logits == nullptr;
   if (g > kMaxGroup && estimate && !bundle_estimate) return cudaErrorInvalidValue;
   // A squeezed bundle: whole members in the group, at most 32 (a mask bit each); an estimate only
   // with the members' masks for it.

@@ -163,6 +163,11 @@ struct Selection {
   // once per bundle, where each member's own launch read its mean values: bench/kernels/NOTES.md
   // run 32). Null with member_masks: no estimate in the bundle (each member's goes beside it).
   const uint32_t* estimate_masks = nullptr;
+  // With estimate_masks: ln n of each estimated cluster (n: its keys), [B*H_kv][estimate_capacity]
+  // fp32, written by bundle_selections beside the masks. The attention copies a tile's sizes
+  // asynchronously with its rows; looking them up in the index was two loads that stalled the warp
+  // on each estimated tile (bench/kernels/NOTES.md run 34).
+  const float* estimate_log_sizes = nullptr;
 };
 
 // Read-ahead's output of the attention kernels beside out and lse (null = not computed): per query

@@ -51,6 +51,7 @@ struct VirtualRows {
   // A squeezed bundle's (Selection::estimate_masks; decode): the members that estimate each
   // estimated cluster, [est]; null = every query head.
   const uint32_t* est_masks;
+  const float* est_log_sizes;  // its ln n per estimated cluster, [est] (Selection::estimate_log_sizes)
   int est_stride;                         // estimate_logit_stride(group)
   int num_clusters;                       // K
   int est_count;
@@ -88,6 +89,8 @@ __device__ __forceinline__ VirtualRows virtual_rows(const SequenceLayerBf16& s, 
   v.est_masks = estimate && sel.estimate_masks != nullptr
                     ? sel.estimate_masks + static_cast<int64_t>(bh) * sel.estimate_capacity
                     : nullptr;
+  v.est_log_sizes = v.est_masks != nullptr ? sel.estimate_log_sizes + static_cast<int64_t>(bh) * sel.estimate_capacity
+                                           : nullptr;
   v.est_stride = estimate_logit_stride(decode_group);
   v.est_logits = estimate && decode_group > 0 && sel.estimate_logits
                      ? sel.estimate_logits + static_cast<int64_t>(bh) * sel.estimate_capacity * v.est_stride

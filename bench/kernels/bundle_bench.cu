@@ -95,10 +95,12 @@ void print_trace(const std::vector<unsigned long long>& tr, int ctas) {
     end.push_back((at(c, 6) - t0) / 1e3);
   }
   std::printf("    trace (us): %zu CTAs with a piece; started last %.1f; split median %.1f; streamed median %.1f, "
-              "last %.1f; partial median %.1f; merge longest %.1f; end median %.1f, last %.1f (span %.1f)\n",
+              "last %.1f; partial median %.1f; merge longest %.1f; end median %.1f, p75 %.1f, p90 %.1f, last %.1f "
+              "(span %.1f)\n",
               streamed.size(), quantile(started, 1), quantile(split, 0.5), quantile(streamed, 0.5),
               quantile(streamed, 1), quantile(partial, 0.5),
-              quantile(merge, 1), quantile(end, 0.5), quantile(end, 1), (t_end - t0) / 1e3);
+              quantile(merge, 1), quantile(end, 0.5), quantile(end, 0.75), quantile(end, 0.9), quantile(end, 1),
+              (t_end - t0) / 1e3);
 }
 
 
@@ -164,6 +166,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   DeviceSelection own(kQuestions * hkv, K, K, /*logits=*/true), un(4 * hkv, K, K);
   const std::vector<int32_t> own_rows = random_squeezed(host_view, kQuestions, hkv, keep, 17, &own);
   uint32_t* d_est_masks = upload(std::vector<uint32_t>(static_cast<size_t>(4 * hkv) * K, 0u));
+  float* d_est_log_sizes = upload(std::vector<float>(static_cast<size_t>(4 * hkv) * K, 0.f));
   std::vector<int32_t> slots(kQuestions);
   for (int m = 0; m < kQuestions; ++m) slots[m] = m;
   int32_t* d_slots = upload(slots);  // one bundle of 8, or (the same array) two of 4 or four of 2
@@ -197,6 +200,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   masked.member_group = estimating.member_group = g;
   masked.estimate_ids = masked.estimated = nullptr;
   estimating.estimate_masks = d_est_masks;
+  estimating.estimate_log_sizes = d_est_log_sizes;
   plain.estimate_ids = plain.estimated = nullptr;
   plain.estimate_logits = nullptr;
   const BundleMembers members[3] = {{d_slots, 1, kQuestions}, {d_slots, 2, kQuestions / 2}, {d_slots, 4, kQuestions / 4}};
@@ -227,7 +231,7 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
         if (traced) CUDA_OK(set_decode_trace(nullptr, 0));
       } else {
         CUDA_OK(bundle_selections(members[split], hkv, d_views, est ? own.sel : plain, un.sel,
-                                  d_masks, est ? d_est_masks : nullptr, nullptr));
+                                  d_masks, est ? d_est_masks : nullptr, est ? d_est_log_sizes : nullptr, nullptr));
         if (kind >= 2) {
           if (traced) CUDA_OK(set_decode_trace(trace_buf, kMaxTracedCtas));
           CUDA_OK(sparse_decode_attention(shape, d_views, d_q, est ? estimating : masked, nullptr, nullptr, ws, deferred,

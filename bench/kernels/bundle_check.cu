@@ -328,6 +328,7 @@ struct SqueezedCase {
   // The union (host reference) and the bundles' slots.
   std::vector<int32_t> slot_of, u_ids, u_starts, u_counts, u_rows, u_cmp, u_est_ids, u_estimated;
   std::vector<uint32_t> u_masks, u_est_masks;
+  std::vector<float> u_est_log_sizes;
 
   SqueezedCase(int d_, int g_, int hkv_, int members_, int slots_, int rows, int csz, int dense_len, float keep,
                uint64_t seed)
@@ -386,9 +387,10 @@ struct SqueezedCase {
     u_est_ids.assign(u_ids.size(), -5);
     u_estimated.assign(uh, -5);
     u_est_masks.assign(u_ids.size(), 0xdeadbeefu);
+    u_est_log_sizes.assign(u_ids.size(), NAN);
     const std::vector<SequenceLayerF32> views(bundles, host_view);
     bundle_selections_ref(BundleMembers{slot_of.data(), bundles, slots}, hkv, views.data(), host_members(true),
-                          host_union(false, true), u_masks.data(), u_est_masks.data());
+                          host_union(false, true), u_masks.data(), u_est_masks.data(), u_est_log_sizes.data());
   }
   Selection host_members(bool estimate) {
     Selection s{ids.data(), starts.data(), counts.data(), sel_rows.data(), cmp.data(), K};
@@ -410,7 +412,10 @@ struct SqueezedCase {
       s.estimate_ids = u_est_ids.data();
       s.estimated = u_estimated.data();
       s.estimate_capacity = K;
-      if (masked) s.estimate_masks = u_est_masks.data();
+      if (masked) {
+        s.estimate_masks = u_est_masks.data();
+        s.estimate_log_sizes = u_est_log_sizes.data();
+      }
     }
     return s;
   }
@@ -445,11 +450,12 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
   DeviceSelection dunion(heads, c.K, c.K);
   uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0xdeadbeefu));
   uint32_t* d_est_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0xdeadbeefu));
+  float* d_est_log_sizes = upload(std::vector<float>(c.u_masks.size(), NAN));
   const std::vector<int32_t> poison(c.u_ids.size(), -9);
   for (int32_t* p : {dunion.sel.cluster_ids, dunion.sel.row_start, dunion.sel.estimate_ids})
     CUDA_OK(cudaMemcpy(p, poison.data(), 4 * poison.size(), cudaMemcpyHostToDevice));
   CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_views, c.dev->sel, dunion.sel,
-                            d_masks, d_est_masks, nullptr));
+                            d_masks, d_est_masks, d_est_log_sizes, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   bool union_equal = download(dunion.sel.counts, heads) == c.u_counts && download(dunion.sel.rows, heads) == c.u_rows &&
                      download(dunion.sel.estimated, heads) == c.u_estimated;
@@ -458,6 +464,7 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
                              g_est_ids = download(dunion.sel.estimate_ids, c.u_ids.size());
   const std::vector<uint32_t> g_masks = download(d_masks, c.u_masks.size()),
                               g_est_masks = download(d_est_masks, c.u_masks.size());
+  const std::vector<float> g_est_log_sizes = download(d_est_log_sizes, c.u_masks.size());
   for (int x = 0; x < heads && union_equal; ++x) {
     for (int i = 0; i < c.u_counts[x]; ++i) {
       const size_t at = static_cast<size_t>(x) * c.K + i;
@@ -465,7 +472,8 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
     }
     for (int i = 0; i < c.u_estimated[x]; ++i) {
       const size_t at = static_cast<size_t>(x) * c.K + i;
-      union_equal &= g_est_ids[at] == c.u_est_ids[at] && g_est_masks[at] == c.u_est_masks[at];
+      union_equal &= g_est_ids[at] == c.u_est_ids[at] && g_est_masks[at] == c.u_est_masks[at] &&
+                     std::fabs(g_est_log_sizes[at] - c.u_est_log_sizes[at]) <= 1e-6f * (1.f + c.u_est_log_sizes[at]);
     }
   }
 
@@ -475,6 +483,7 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
   dev_masked.member_group = c.g;
   Selection dev_estimating = dev_masked;  // the estimate in the bundle
   dev_estimating.estimate_masks = d_est_masks;
+  dev_estimating.estimate_log_sizes = d_est_log_sizes;
   dev_masked.estimate_ids = nullptr;
   dev_masked.estimated = nullptr;
   std::vector<float> q = random_normal(static_cast<int64_t>(c.bundles) * shape.num_q_heads * d, seed + 5, 1.5f);
@@ -527,14 +536,17 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
     top_equal &= est_pos[r] == est_ref_pos[r];
     share_err = std::max(share_err, std::fabs(double(est_share[r]) - est_ref_share[r]));
   }
-  // Refused: the estimate's arrays beside the masks without the estimate's masks; a member group
-  // that does not divide the group.
-  Selection masked_estimate = dev_estimating;
+  // Refused: the estimate's arrays beside the masks without the estimate's masks, or without its
+  // sizes; a member group that does not divide the group.
+  Selection masked_estimate = dev_estimating, unsized_estimate = dev_estimating;
   masked_estimate.estimate_masks = nullptr;
+  unsized_estimate.estimate_log_sizes = nullptr;
   Selection bad_group = dev_masked;
   bad_group.member_group = c.G + 1;
   const bool refuses =
       sparse_decode_attention(shape, d_views, d_q, masked_estimate, d_out, d_lse, ws, launch, nullptr) ==
+          cudaErrorInvalidValue &&
+      sparse_decode_attention(shape, d_views, d_q, unsized_estimate, d_out, d_lse, ws, launch, nullptr) ==
           cudaErrorInvalidValue &&
       sparse_decode_attention(shape, d_views, d_q, bad_group, d_out, d_lse, ws, launch, nullptr) == cudaErrorInvalidValue;
   long long asked = 0, read = 0;
@@ -547,7 +559,8 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
               name, c.G, (std::to_string(read) + "/" + std::to_string(asked)).c_str(), rel, lse_err, deferred_rel,
               deferred_lse, refuses ? "yes" : "NO", pass ? "PASS" : "FAIL", union_equal ? "equal" : "DIFFERS",
               top_equal ? "equal" : "DIFFERS", share_err, est_rel, est_lse);
-  for (void* p : std::vector<void*>{d_slots, d_views, d_masks, d_est_masks, d_q, d_out, d_lse, d_pos, d_share, ws})
+  for (void* p :
+       std::vector<void*>{d_slots, d_views, d_masks, d_est_masks, d_est_log_sizes, d_q, d_out, d_lse, d_pos, d_share, ws})
     CUDA_OK(cudaFree(p));
   return pass;
 }
@@ -598,6 +611,7 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed, 
   DeviceSelection dunion(c.bundles * c.hkv, c.K, c.K);
   uint32_t* d_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0u));
   uint32_t* d_est_masks = upload(std::vector<uint32_t>(c.u_masks.size(), 0u));
+  float* d_est_log_sizes = upload(std::vector<float>(c.u_masks.size(), NAN));
   int32_t* d_zeros = upload(std::vector<int32_t>(c.members * c.hkv, 0));
   int64_t* d_q_rows = upload(q_rows);
   int32_t* d_a_row = upload(a_row);
@@ -625,6 +639,7 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed, 
   b_sel.rows = d_zeros;
   if (estimate_in_bundle) {
     a_sel.estimate_masks = d_est_masks;
+    a_sel.estimate_log_sizes = d_est_log_sizes;
     b_sel.estimate_ids = nullptr;
     b_sel.estimated = nullptr;
   } else {
@@ -633,7 +648,8 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed, 
   }
   const TopKeys top{d_pos, d_share};
   CUDA_OK(bundle_selections(BundleMembers{d_slots, c.bundles, c.slots}, c.hkv, d_bundle_views, c.dev->sel, dunion.sel,
-                            d_masks, estimate_in_bundle ? d_est_masks : nullptr, nullptr));
+                            d_masks, estimate_in_bundle ? d_est_masks : nullptr,
+                            estimate_in_bundle ? d_est_log_sizes : nullptr, nullptr));
   CUDA_OK(sparse_decode_attention(bundled, d_bundle_views, d_q, a_sel, nullptr, nullptr, ws, a_launch, nullptr, top));
   CUDA_OK(sparse_decode_attention(each, d_own_views, d_q, b_sel, d_b, d_b_lse, ws + b_at, b_launch, nullptr,
                                   TopKeys{nullptr, nullptr, d_b_ctx}));
@@ -653,7 +669,7 @@ bool check_squeezed_two_parts(const char* name, SqueezedCase& c, uint64_t seed, 
   const bool pass = !nan && rel <= 1e-2 && lse_err <= 1e-2 && top_diff == 0 && share_err <= 1e-3;
   std::printf("%-40s %3d %12s %10.2e %10.2e %10s %10s %8s %s  (top %d/%d differ, share %.1e)\n", name, c.G, "-", rel,
               lse_err, "-", "-", "-", pass ? "PASS" : "FAIL", top_diff, rows, share_err);
-  for (void* p : std::vector<void*>{d_slots, d_bundle_views, d_own_views, d_masks, d_est_masks, d_zeros, d_q_rows,
+  for (void* p : std::vector<void*>{d_slots, d_bundle_views, d_own_views, d_masks, d_est_masks, d_est_log_sizes, d_zeros, d_q_rows,
                                     d_a_row, d_q, d_b, d_out, d_b_lse, d_b_ctx, d_lse, d_pos, d_share, ws})
     CUDA_OK(cudaFree(p));
   return pass;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <set>
 #include <vector>
@@ -64,10 +65,12 @@ void random_estimates(SelectionBuffers& sel, int members, int hkv, int K, uint64
 struct UnionOut {
   SelectionBuffers buf;
   std::vector<uint32_t> masks, estimate_masks;
+  std::vector<float> estimate_log_sizes;
   std::vector<int32_t> estimate_ids, estimated;
   UnionOut(int heads, int capacity)
       : buf(heads, capacity), masks(static_cast<size_t>(heads) * capacity, 0xdeadbeefu),
-        estimate_masks(masks.size(), 0xdeadbeefu), estimate_ids(masks.size(), -1), estimated(heads, -1) {
+        estimate_masks(masks.size(), 0xdeadbeefu), estimate_log_sizes(masks.size(), NAN),
+        estimate_ids(masks.size(), -1), estimated(heads, -1) {
     buf.sel.estimate_ids = estimate_ids.data();
     buf.sel.estimated = estimated.data();
     buf.sel.estimate_capacity = capacity;
@@ -90,7 +93,8 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
   const BundleMembers bundles{slots.data(), 2, 4};
   const SequenceLayerF32 views[2] = {layer.view(), layer.view()};
   UnionOut out(2 * hkv, K);
-  bundle_selections_ref(bundles, hkv, views, sel.sel, out.buf.sel, out.masks.data(), out.estimate_masks.data());
+  bundle_selections_ref(bundles, hkv, views, sel.sel, out.buf.sel, out.masks.data(), out.estimate_masks.data(),
+                        out.estimate_log_sizes.data());
   for (int k = 0; k < 2; ++k)
     for (int h = 0; h < hkv; ++h) {
       const int kh = k * hkv + h;
@@ -109,9 +113,13 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
         if (estimate_mask != 0) want_estimate.emplace_back(c, estimate_mask);
       }
       ASSERT_EQ(out.estimated[kh], static_cast<int>(want_estimate.size())) << "bundle " << k << " head " << h;
+      const int32_t* off = &layer.offsets[static_cast<size_t>(h) * (K + 1)];
       for (size_t i = 0; i < want_estimate.size(); ++i) {
-        EXPECT_EQ(out.estimate_ids[static_cast<size_t>(kh) * K + i], want_estimate[i].first);
+        const int c = want_estimate[i].first;
+        EXPECT_EQ(out.estimate_ids[static_cast<size_t>(kh) * K + i], c);
         EXPECT_EQ(out.estimate_masks[static_cast<size_t>(kh) * K + i], want_estimate[i].second);
+        EXPECT_FLOAT_EQ(out.estimate_log_sizes[static_cast<size_t>(kh) * K + i],
+                        std::log(static_cast<float>(off[c + 1] - off[c])));
       }
       ASSERT_EQ(out.buf.counts[kh], static_cast<int>(want.size())) << "bundle " << k << " head " << h;
       int rows = 0;
@@ -174,12 +182,14 @@ TEST_P(BundledAttention, EachMemberGetsExactlyItsOwnAttention) {
   for (int m = 0; m < members; ++m) slots[m] = m;
   UnionOut un(hkv, K);
   bundle_selections_ref(BundleMembers{slots.data(), 1, members}, hkv, &plain, own.sel, un.buf.sel, un.masks.data(),
-                        estimate ? un.estimate_masks.data() : nullptr);
+                        estimate ? un.estimate_masks.data() : nullptr,
+                        estimate ? un.estimate_log_sizes.data() : nullptr);
   Selection bundled = un.buf.sel;
   bundled.member_masks = un.masks.data();
   bundled.member_group = group;
   if (estimate) {
     bundled.estimate_masks = un.estimate_masks.data();
+    bundled.estimate_log_sizes = un.estimate_log_sizes.data();
   } else {
     bundled.estimate_ids = nullptr;
     bundled.estimated = nullptr;
