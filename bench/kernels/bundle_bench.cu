@@ -271,7 +271,8 @@ void time_squeezed(const char* model, int hkv, int g, int context, float keep, v
   }
   CUDA_OK(cudaEventDestroy(e0));
   CUDA_OK(cudaEventDestroy(e1));
-  for (void* p : std::vector<void*>{d_slots, d_masks, d_est_masks, d_views, d_q, d_out, d_lse, ws}) CUDA_OK(cudaFree(p));
+  for (void* p : std::vector<void*>{d_slots, d_masks, d_est_masks, d_est_log_sizes, d_views, d_q, d_out, d_lse, ws})
+    CUDA_OK(cudaFree(p));
 }
 
 }  // namespace
