@@ -3,9 +3,12 @@
 # by side and run alternately (base, new, base, new) on the same GPU, so the comparison is a ratio
 # within one run (the machine is shared and noisy); the new tree's kernels_check (decode cases,
 # both centroid streams) and compute-sanitizer run first.
-#   here:  scripts/gpu/kernels_ab.sh prepare <base-commit>      (its kernels to .ab/kernels_base.tar.xz)
-#   there: scripts/gpu/kernels_ab.sh run [kernels_bench args]   (run tool: carry [".ab"])
+#   here:  scripts/gpu/kernels_ab.sh prepare <base-commit>   (.ab/kernels_base.patch: base -> this tree)
+#   there: scripts/gpu/kernels_ab.sh run [kernels_bench args]   (run tool: carry [".ab/kernels_base.patch"])
 #          e.g. run --decode-only --context 524288 --model llama3-8b
+#          scripts/gpu/kernels_ab.sh unpack   (only the base tree, to build-ab/kernels_base: for other scripts)
+# The base travels as a reverse patch of kernels/ and bench/kernels/ (a few KB): the device call's
+# tree, tracked files and carried paths together, is at most 64 MiB, and .gpu-deps alone is 13 MB.
 # $OUT gets one archive, kernels_ab${AB_TAG}.tar.gz (logs, both runs' JSON), and the summary on
 # stdout: per row the medians of each tree and new / base. AB_CHECKS=0 skips the checks (a second
 # run in the same call, e.g. another --context, on trees the first run checked).
@@ -13,15 +16,22 @@ set -uo pipefail
 case ${1:-} in
   prepare)
     base=$(git rev-parse "${2:?base commit}") || exit 2
-    # Compressed (~150 KB): what the device call carries is at most 64 MiB (server_ab.sh).
-    rm -rf .ab/base && mkdir -p .ab && git archive --prefix=kernels_base/ "$base" kernels bench/kernels |
-      xz -9 > .ab/kernels_base.tar.xz && echo "$base" > .ab/KERNELS_COMMIT
-    echo "base $base in .ab/kernels_base.tar.xz"; exit 0 ;;
-  run) shift ;;
-  *) sed -n 2,10p "$0"; exit 2 ;;
+    # The first line names the base; the diff is from it to the working tree as it will travel.
+    mkdir -p .ab && { echo "base $base"; git diff --no-color --binary "$base" -- kernels bench/kernels; } \
+      > .ab/kernels_base.patch || exit 2
+    echo "base $base: .ab/kernels_base.patch ($(wc -c < .ab/kernels_base.patch) bytes)"; exit 0 ;;
+  run|unpack) ;;
+  *) sed -n 2,13p "$0"; exit 2 ;;
 esac
-[ -f .ab/KERNELS_COMMIT ] || { echo "no .ab/KERNELS_COMMIT: run 'prepare' here and carry .ab"; exit 2; }
-rm -rf build-ab/kernels_base && mkdir -p build-ab && tar -xJf .ab/kernels_base.tar.xz -C build-ab || exit 2
+[ -f .ab/kernels_base.patch ] || { echo "no .ab/kernels_base.patch: run 'prepare' here and carry it"; exit 2; }
+base=$(sed -n '1s/^base //p' .ab/kernels_base.patch)
+rm -rf build-ab/kernels_base && mkdir -p build-ab/kernels_base/bench &&
+  cp -r kernels build-ab/kernels_base/ && cp -r bench/kernels build-ab/kernels_base/bench/ &&
+  (cd build-ab/kernels_base && tail -n +2 ../../.ab/kernels_base.patch | patch -s -R -E -p1) ||
+  { echo "the base $base does not unpack: the tree moved since 'prepare'?"; exit 2; }
+echo "base ${base:0:7} in build-ab/kernels_base"
+[ "$1" = unpack ] && exit 0
+shift
 OUT=${OUT:-$PWD/gpu-out}
 W=$(mktemp -d)
 build() {  # source dir, build dir, targets...
@@ -48,7 +58,7 @@ for i in 1 2; do
     timeout 300 "/tmp/ab_$tree/kernels_bench" "$@" --out "$W/${tree}_$i.json" >"$W/${tree}_$i.log" 2>&1 || status=1
   done
 done
-python3 - "$W" "$(cat .ab/KERNELS_COMMIT)" <<'PY'
+python3 - "$W" "$base" <<'PY'
 import json, os, statistics, sys
 w, base = sys.argv[1], sys.argv[2]
 def rows(tree):

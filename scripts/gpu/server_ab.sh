@@ -8,7 +8,8 @@
 #   there: scripts/gpu/server_ab.sh run [full_model_bench args]
 #          (run tool: carry [".gpu-deps", ".ab"]; the tracked tree and .gpu-deps leave under 2 MB of
 #          the 64 MiB, so .ab holds compressed trees only; on 2026-12-07 the server's base (0.37 MB)
-#          and kernels_ab.sh's (0.2 MB) together were refused as too large: carry one at a time)
+#          and a kernels base together were refused as too large: kernels_ab.sh's base is now a
+#          patch, carried alone as .ab/kernels_base.patch)
 #          e.g. run --shape llama3-8b --context 33000 --modes dense,paper-0.9 --batches 1,8
 # The bench gets --new_tokens 32 --reps 3 --no_store unless the arguments say otherwise. ROUNDS
 # (default 2): base/new pairs; AB_TESTS=0 skips the engine GPU tests (where the call ran them).

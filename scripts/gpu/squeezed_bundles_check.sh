@@ -13,6 +13,13 @@
 #       --shape llama2-7b --context 32768 --modes default,paper-0.9 --batches 8]
 # Everything lands in $OUT/squeezed_bundles_check.tar.gz (the device tool brings back few files);
 # stdout has the verdicts and tables. CHECK_SECONDS (default 580): the A/B gets what is left of it.
+# Options (environment):
+#   TRACE=1          bench/kernels built with -DSQZ_DECODE_TRACE=ON, bundle_bench --trace (each
+#                    layout's CTA phases: when the split's pieces start and end);
+#   a carried .ab/kernels_base.patch (scripts/gpu/kernels_ab.sh prepare <base>, here): the base's
+#                    bundle_bench built beside this tree's and the two run alternately, base first;
+#   ENGINE_FILTER    the engine tests' gtest filter (default the squeezed and sharing kernel-path
+#                    cases; '*KernelPath*:*AttentionBackend*' runs all of them).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -24,25 +31,47 @@ nvidia-smi --query-gpu=name --format=csv,noheader
     -DSQUEEZESERVE_BUILD_TESTS=ON -DSQUEEZESERVE_BUILD_BENCH=OFF > "$W/server_build.log" 2>&1
   echo "server build rc=$?" >> "$W/server_build.log" ) &
 server=$!
-{ cmake -S bench/kernels -B build-gk -DCMAKE_BUILD_TYPE=Release &&
-  cmake --build build-gk -j10 --target kernels_check bundle_bench; } > "$W/kernels_build.log" 2>&1 ||
+trace=${TRACE:-0}
+kernels_build() {  # source, build dir, targets...
+  cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DSQZ_DECODE_TRACE=$([ "$trace" = 1 ] && echo ON || echo OFF) &&
+    cmake --build "$2" -j8 --target "${@:3}"
+}
+base=""
+if [ -f .ab/kernels_base.patch ]; then
+  scripts/gpu/kernels_ab.sh unpack || exit 1
+  base=$(sed -n '1s/^base //p' .ab/kernels_base.patch | cut -c1-7)
+  kernels_build build-ab/kernels_base/bench/kernels build-gk-base bundle_bench > "$W/kernels_base_build.log" 2>&1 &
+  base_build=$!
+fi
+kernels_build bench/kernels build-gk kernels_check bundle_bench > "$W/kernels_build.log" 2>&1 ||
   { tail -30 "$W/kernels_build.log"; exit 1; }
 echo "kernels built $(elapsed)"
+if [ -n "$base" ]; then
+  wait $base_build || { echo "the base's bundle_bench did not build"; tail -30 "$W/kernels_base_build.log"; base=""; }
+fi
 timeout 150 build-gk/kernels_check --filter decode > "$W/kernels_check_decode.txt" 2>&1
 echo "kernels_check rc=$? $(elapsed): $(grep -c PASS "$W/kernels_check_decode.txt") PASS, $(grep -c FAIL "$W/kernels_check_decode.txt") FAIL"
 grep -E "FAIL|^squeezed" "$W/kernels_check_decode.txt" | head -40
 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 build-gk/kernels_check --small --no-fork \
   > "$W/sanitizer.txt" 2>&1
 echo "compute-sanitizer rc=$? $(elapsed): $(grep -E 'ERROR SUMMARY' "$W/sanitizer.txt" | tail -1)"
-timeout 120 build-gk/bundle_bench --context 32768 --out "$W/bundle_bench_32768.json" > "$W/bundle_bench_32768.txt" 2>&1
-echo "bundle_bench rc=$? $(elapsed)"
-grep -E "squeezed|estimate" "$W/bundle_bench_32768.txt"
+bench_flags=(--context 32768); [ "$trace" = 1 ] && bench_flags+=(--trace)
+rounds=1; [ -n "$base" ] && rounds=2  # alternated: base, new, base, new
+for round in $(seq $rounds); do
+  for tree in ${base:+base} new; do
+    bin=build-gk/bundle_bench; [ "$tree" = base ] && bin=build-gk-base/bundle_bench
+    name="bundle_bench_32768_${tree}_$round"
+    timeout 120 "$bin" "${bench_flags[@]}" --out "$W/$name.json" > "$W/$name.txt" 2>&1
+    echo "bundle_bench $tree${base:+ (base $base)} round $round rc=$? $(elapsed)"
+    grep -E -A"$trace" "squeezed|estimate" "$W/$name.txt" | grep -v "^--$"  # a row, then its trace
+  done
+done
 wait $server
 tail -1 "$W/server_build.log"
 grep -q "rc=0" "$W/server_build.log" || { grep -E "error" -A3 "$W/server_build.log" | head -40; exit 1; }
 export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-timeout 120 build-gpu/tests/engine/engine_model_tests --gtest_filter='*KernelPath*Squeezed*:*KernelPath*Sharing*' \
-  > "$W/kernel_path.log" 2>&1
+timeout 240 build-gpu/tests/engine/engine_model_tests \
+  --gtest_filter="${ENGINE_FILTER:-*KernelPath*Squeezed*:*KernelPath*Sharing*}" > "$W/kernel_path.log" 2>&1
 echo "engine tests rc=$? $(elapsed): $(grep -E '^\[  (PASSED|FAILED)  \]' "$W/kernel_path.log" | tr '\n' ' ')"
 grep -E -A8 "Failure$" "$W/kernel_path.log" | head -40
 left=$(( ${CHECK_SECONDS:-580} - $(date +%s) + start ))
