@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) bundle_union_kernel(UnionArgs a) {
   UnionSmem& sm = *reinterpret_cast<UnionSmem*>(smem_raw);
   allow_next_grid();
   const int h = blockIdx.x, k = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const bool est = blockIdx.z == 1;  // CTA-uniform: the estimate lists' union (no sizes, no rows)
+  const bool est = blockIdx.z == 1;  // CTA-uniform: the estimate lists' union (ln n of each cluster, no rows)
   const int slots = a.bundles.slots;
   const SequenceLayerBf16& s = a.seqs[k];  // staged by the host: read before the wait
   const int K = s.num_clusters;

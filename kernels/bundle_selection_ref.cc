@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <stdexcept>
 
 namespace squeezeserve::kernels {
 
@@ -9,6 +10,8 @@ template <typename T>
 void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const SequenceLayer<T>* bundle_seqs,
                            const Selection& members, const Selection& out, uint32_t* masks,
                            uint32_t* estimate_masks, float* estimate_log_sizes) {
+  if (estimate_masks != nullptr && estimate_log_sizes == nullptr)  // as bundle_selections refuses it
+    throw std::invalid_argument("bundle_selections_ref: estimate_masks without estimate_log_sizes");
   for (int k = 0; k < bundles.bundles; ++k) {
     const SequenceLayer<T>& s = bundle_seqs[k];
     for (int h = 0; h < num_kv_heads; ++h) {
@@ -20,8 +23,9 @@ void bundle_selections_ref(const BundleMembers& bundles, int num_kv_heads, const
         const int64_t bh = static_cast<int64_t>(b) * num_kv_heads + h;
         for (int i = 0; i < members.counts[bh]; ++i) mask_of[members.cluster_ids[bh * members.capacity + i]] |= 1u << m;
         const int estimated = estimate_masks != nullptr && members.estimated != nullptr ? members.estimated[bh] : 0;
-        for (int i = 0; i < estimated; ++i) {
-          estimate_mask_of[members.estimate_ids[bh * members.estimate_capacity + i]] |= 1u << m;
+        for (int i = 0; i < estimated; ++i) {  // one-level ids (< K) only, as the kernel's union
+          const int32_t id = members.estimate_ids[bh * members.estimate_capacity + i];
+          if (id < s.num_clusters) estimate_mask_of[id] |= 1u << m;
         }
       }
       const int64_t kh = static_cast<int64_t>(k) * num_kv_heads + h;

@@ -113,7 +113,8 @@ size_t decode_attention_workspace_bytes(const AttentionShape& shape, const Decod
 // Requires head_dim in {64, 128}, any group 1..8 (3, 5, 6, 7 included) or, without the estimate,
 // 9..kMaxDecodeGroup (there with TopKeys only a squeezed bundles' launch); B * H_kv <= 2048. A
 // squeezed bundles' launch (Selection::member_masks; its union from bundle_selections) needs
-// member_group to divide the group and no estimate arrays.
+// member_group to divide the group; its estimate, if any, is the union's (estimate_masks with
+// estimate_log_sizes, no estimate_logits), and any other estimate arrays are refused.
 // The workspace (decode_attention_workspace_bytes) serves launches with and without `top`.
 // Returns a cudaError_t value.
 int sparse_decode_attention(const AttentionShape& shape, const SequenceLayerBf16* seqs, const void* q,

@@ -473,7 +473,9 @@ bool check_squeezed_union(const char* name, SqueezedCase& c, uint64_t seed) {
     for (int i = 0; i < c.u_estimated[x]; ++i) {
       const size_t at = static_cast<size_t>(x) * c.K + i;
       union_equal &= g_est_ids[at] == c.u_est_ids[at] && g_est_masks[at] == c.u_est_masks[at] &&
-                     std::fabs(g_est_log_sizes[at] - c.u_est_log_sizes[at]) <= 1e-6f * (1.f + c.u_est_log_sizes[at]);
+                     (g_est_log_sizes[at] == c.u_est_log_sizes[at] ||  // an empty cluster's -inf
+                      std::fabs(g_est_log_sizes[at] - c.u_est_log_sizes[at]) <=
+                          1e-6f * (1.f + std::fabs(c.u_est_log_sizes[at])));
     }
   }
 

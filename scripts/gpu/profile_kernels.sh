@@ -8,6 +8,9 @@
 # Leaves in $OUT (default ./gpu-out): ncu_<tag>.txt (the report, details page) per row, and the
 # kernels_bench log. ncu needs a Firecracker machine (KINDS.md); clocks are left alone
 # (--clock-control none, METHOD.md); caches are flushed between ncu's passes (its default).
+# NCU_ARGS replaces "--set detailed --page details", e.g. the per-instruction view that names the
+# SASS lines with excess sectors or bank conflicts: NCU_ARGS="--set detailed --section
+# SourceCounters --page source --print-source sass" (long: grep it for LDGSTS).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -43,7 +46,7 @@ for row in "${rows[@]}"; do
   [ -n "${ROWS:-}" ] && [[ "$tag" != *"$ROWS"* ]] && continue
   echo "== $tag"
   # shellcheck disable=SC2086
-  "$NCU" --clock-control none --nvtx --nvtx-include "profiled step/" --set detailed --page details \
+  "$NCU" --clock-control none --nvtx --nvtx-include "profiled step/" ${NCU_ARGS:---set detailed --page details} \
     "$BUILD/kernels_bench" --profile --out /dev/null $args >"$OUT/ncu_$tag.txt" 2>&1 || status=1
   # The headline of each kernel: its name, duration, and throughput against the hardware's.
   grep -E "^  [a-z_]+_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy" \

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/attention_ref.h"
@@ -133,6 +134,10 @@ TEST(BundleSelectionRef, UnionHoldsEveryMembersClustersWithTheirMasks) {
       }
       EXPECT_EQ(out.buf.rows[kh], rows);
     }
+  // The estimate's union without its ln n is refused, as the kernel refuses it.
+  EXPECT_THROW(bundle_selections_ref(bundles, hkv, views, sel.sel, out.buf.sel, out.masks.data(),
+                                     out.estimate_masks.data(), nullptr),
+               std::invalid_argument);
 }
 
 // A bundle of S members (group G each) as one sequence of group S x G over the union: each member's
