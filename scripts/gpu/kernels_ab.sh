@@ -11,7 +11,8 @@
 # tree, tracked files and carried paths together, is at most 64 MiB, and .gpu-deps alone is 13 MB.
 # $OUT gets one archive, kernels_ab${AB_TAG}.tar.gz (logs, both runs' JSON), and the summary on
 # stdout: per row the medians of each tree and new / base. AB_CHECKS=0 skips the checks (a second
-# run in the same call, e.g. another --context, on trees the first run checked).
+# run in the same call, e.g. another --context, on trees the first run checked); AB_CHECK_FILTER
+# (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change.
 set -uo pipefail
 case ${1:-} in
   prepare)
@@ -43,10 +44,11 @@ build build-ab/kernels_base/bench/kernels /tmp/ab_base kernels_bench & b=$!
 wait $n || { tail -30 "$W/build_ab_new.log"; exit 1; }
 wait $b || { tail -30 "$W/build_ab_base.log"; exit 1; }
 status=0
+check=${AB_CHECK_FILTER:-decode}  # kernels_check --filter: the cases the change touches
 if [ "${AB_CHECKS:-1}" = 1 ]; then
   for stream in "" --cuda-core-stream; do
-    timeout 300 /tmp/ab_new/kernels_check --filter decode $stream >"$W/check${stream}.log" 2>&1 || status=1
-    echo "kernels_check decode ${stream:-(tensor-core stream)}: $(grep -c " PASS$" "$W/check${stream}.log") passed," \
+    timeout 300 /tmp/ab_new/kernels_check --filter "$check" $stream >"$W/check${stream}.log" 2>&1 || status=1
+    echo "kernels_check $check ${stream:-(tensor-core stream)}: $(grep -c " PASS$" "$W/check${stream}.log") passed," \
       "$(grep -cE " FAIL$|SOME FAILED|CHILD FAILED" "$W/check${stream}.log") failed"
   done
   timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/ab_new/kernels_check --small --no-fork \
