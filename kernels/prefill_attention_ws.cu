@@ -146,7 +146,8 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const P
     if (tid < kTileN) sm.bias[stage][tid] = res.chunk_bias[c0 + tid];
 #pragma unroll
     for (int j = 0; j < kTileN * D / 8 / 128; ++j) {  // 8 chunks of K and 8 of V per thread
-      const int q = tid + 128 * j;  // chunk q of the tile (wgmma.cuh: core-matrix order)
+      // Chunk q of the tile (wgmma.cuh: core-matrix order), whole sectors per quarter-warp.
+      const int q = (tid & ~31) + sector_pair_chunk(tid & 31) + 128 * j;
       const RowSource src = row_source<D>(vr, res.chunk_code[c0 + core_chunk_row<D>(q)], core_chunk_col<D>(q));
       cp_async_16(sm.k[stage] + 8 * q, src.key, src.key_bytes);
       cp_async_16(sm.v[stage] + 8 * q, src.value, src.bytes);

@@ -31,6 +31,15 @@ template <int D>
 __device__ __forceinline__ int core_chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
 template <int D>
 __device__ __forceinline__ int core_chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
+// The chunk of a warp's 32 (4 core matrices: 8 rows, 4 columns of 8 elements) that `lane` copies
+// when each quarter-warp is to read whole 32-byte sectors: lanes 8p .. 8p + 7 take rows 4 (p & 1)
+// .. + 3, columns 2 (p >> 1) and 2 (p >> 1) + 1, i.e. 32 contiguous bytes of each of 4 rows. The
+// identity order (lanes 0-7: one column of 8 rows) reads half a sector per lane, which is whole
+// sectors only if the memory system merges the quarter-warps' requests; its shared-memory writes
+// are conflict-free where this order's are 2-way (bench/kernels/NOTES.md run 35).
+__device__ __forceinline__ int sector_pair_chunk(int lane) {
+  return ((lane & 1) + ((lane >> 4) & 1) * 2) * 8 + ((lane >> 1) & 3) + ((lane >> 3) & 1) * 4;
+}
 
 // Copies rows [first, first + kRows) of a [k][D] bf16 matrix into a core-matrix tile with cp.async
 // (rows past k zero-filled), kThreadsCopying threads, this one `tid`. The caller commits.
