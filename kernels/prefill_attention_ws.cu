@@ -20,14 +20,17 @@
 //     the other's products are on the tensor cores (ping-pong).
 // Registers: 168 a thread (384 threads), no spills, without setmaxnreg: Q stays in smem (wgmma
 // reads both operands of S from there) and the consumers keep only S, P, O and the row state.
-// Operands: Q and K as K-major core-matrix tiles, V as MN-major B, no swizzle (the K and V
-// descriptors the removed drop-in wgmma kernel proved at D = 128: bench/kernels/NOTES.md,
-// 2026-12-05); P as A fragments in registers (the mma.sync layout, per warp 16 of the 64 rows).
+// Operands: Q as K-major core matrices without swizzle (the descriptor the removed drop-in wgmma
+// kernel proved at D = 128: bench/kernels/NOTES.md, 2026-12-05); K (K-major) and V (MN-major B) in
+// the 128-byte swizzle (wgmma.cuh sw128_element; run 35: the unswizzled tiles' gathers read half
+// sectors, 2x the K/V bytes through the L2 at 1K x 512K); P as A fragments in registers (the
+// mma.sync layout, per warp 16 of the 64 rows).
 // A tile of at most 64 rows (a Llama-2 question: 64 rows, group 1) would leave the second
 // consumer's rows all padding: the two then take the same rows over alternate key tiles (no turns)
 // and consumer 0 merges consumer 1's state at the end (Sharing::kSplitKeys; the consumer's code is
 // a separate instantiation: the generic index arithmetic cost 8 bytes of spill).
-// If kernels_check fails here with the mma.sync kernel passing, suspect first the visibility of
+// If kernels_check fails here with the mma.sync kernel passing, suspect first the swizzled K and V
+// descriptors (written without a GPU, run 35: issue_qk, issue_pv), then the visibility of
 // the gathered tiles to wgmma: the consumer fences the async proxy after its mbarrier wait (as
 // FlashAttention-3's cp.async path relies on the wait alone); the alternative is the producer
 // waiting for its copies one stage late (cp.async.wait_group) and fencing before a plain arrive.
@@ -44,18 +47,20 @@ constexpr int D = 128;
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
-constexpr int kTileElems = kTileN * D;     // a K or V tile in core matrices, no padding
+constexpr int kTileElems = kTileN * D;     // a K or V tile: two atom columns of the 128-byte swizzle
+constexpr int kAtomColumn = kTileN * 64;   // elements of one (dimensions 64a .. 64a + 63 of every row)
 static_assert(kStages % 2 == 0, "split keys: a stage's tiles all belong to one consumer");
 struct Smem {
-  __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, as K
-  __nv_bfloat16 k[kStages][kTileElems];
+  __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, no swizzle
+  __nv_bfloat16 k[kStages][kTileElems];  // wgmma.cuh sw128_element, per atom column
   __nv_bfloat16 v[kStages][kTileElems];
   float bias[kStages][kTileN];
   int resolver[resolver_smem_ints(2)];  // two chunks' codes: the next resolved while this one loads
   uint64_t full[kStages], empty[kStages];
 };
-static_assert(offsetof(Smem, k) % 128 == 0 && offsetof(Smem, v) % 128 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
-              "core matrices are 128-byte aligned");
+static_assert(offsetof(Smem, k) % 1024 == 0 && offsetof(Smem, v) % 1024 == 0 && kTileElems * 2 % 1024 == 0 &&
+                  kAtomColumn * 2 % 1024 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
+              "the swizzled K and V tiles and their atom columns start 1024-byte aligned (Q's core matrices 128)");
 
 #ifdef SQZ_HAS_WGMMA
 
@@ -146,11 +151,13 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const P
     if (tid < kTileN) sm.bias[stage][tid] = res.chunk_bias[c0 + tid];
 #pragma unroll
     for (int j = 0; j < kTileN * D / 8 / 128; ++j) {  // 8 chunks of K and 8 of V per thread
-      // Chunk q of the tile (wgmma.cuh: core-matrix order), whole sectors per quarter-warp.
-      const int q = (tid & ~31) + sector_pair_chunk(tid & 31) + 128 * j;
-      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + core_chunk_row<D>(q)], core_chunk_col<D>(q));
-      cp_async_16(sm.k[stage] + 8 * q, src.key, src.key_bytes);
-      cp_async_16(sm.v[stage] + 8 * q, src.value, src.bytes);
+      // Chunk l of the tile: row l / 16, chunk l % 8 of atom column (l / 8) % 2. A quarter-warp
+      // copies one row's 128 contiguous bytes (4 whole sectors) into one swizzled 128-byte row.
+      const int l = tid + 128 * j, row = l >> 4, column = (l >> 3) & 1, chunk = l & 7;
+      const int at = column * kAtomColumn + sw128_element(row, chunk);
+      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + row], 64 * column + 8 * chunk);
+      cp_async_16(sm.k[stage] + at, src.key, src.key_bytes);
+      cp_async_16(sm.v[stage] + at, src.value, src.bytes);
     }
     mbar_arrive_on_copies(&sm.full[stage]);
     mbar_arrive(&sm.full[stage]);  // releases the bias store
@@ -161,26 +168,28 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const P
   cp_async_wait<0>();  // nothing of this thread's in flight when it exits
 }
 
-// S = Q K^T: 8 k-steps of m64n64k16, Q and K both K-major in smem (8-row groups 16 D bytes apart,
-// the two 8-dim halves of a k-step 128 B apart); the first step ignores s's old values. One
-// commit group. Every issue here is unconditional: a wgmma behind a branch, or one whose
-// registers a branch last wrote, makes ptxas serialize them all (C7520).
+// S = Q K^T: 8 k-steps of m64n64k16, both K-major in smem: Q in core matrices (8-row groups 16 D
+// bytes apart, the two 8-dim halves of a k-step 128 B apart), K swizzled (k-step kc: atom column
+// kc / 4, 32 bytes per step within its rows; 8-key groups 1024 B apart); the first step ignores s's
+// old values. One commit group. Every issue here is unconditional: a wgmma behind a branch, or one
+// whose registers a branch last wrote, makes ptxas serialize them all (C7520).
 __device__ __forceinline__ void issue_qk(float (&s)[kTileN / 8][4], uint32_t q, const __nv_bfloat16* k) {
   const uint32_t tile = smem_address(k);
 #pragma unroll
   for (int kc = 0; kc < D / 16; ++kc)
-    wgmma_m64n64k16_ss(s, smem_descriptor(q + 256 * kc, 128, 16 * D), smem_descriptor(tile + 256 * kc, 128, 16 * D),
-                       kc > 0);
+    wgmma_m64n64k16_ss(s, smem_descriptor(q + 256 * kc, 128, 16 * D),
+                       smem_descriptor_sw128(tile + (kc / 4) * (2 * kAtomColumn) + (kc % 4) * 32, 16, 1024), kc > 0);
   wgmma_commit();
 }
-// O += P V: 4 k-steps of m64n128k16, P from registers, V as MN-major B (8-key groups 16 D bytes
-// apart, 8-dim columns 128 B apart). One commit group.
+// O += P V: 4 k-steps of m64n128k16, P from registers, V swizzled as MN-major B (k-step kk: keys
+// 16 kk .. + 15, 2048 bytes further; 8-key groups 1024 B apart, the second 64 dimensions one atom
+// column further). One commit group.
 __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kTileN / 16][4],
                                          const __nv_bfloat16* v) {
   const uint32_t tile = smem_address(v);
 #pragma unroll
   for (int kk = 0; kk < kTileN / 16; ++kk)
-    wgmma_m64n128k16<1>(o, pa[kk], smem_descriptor(tile + 32 * D * kk, 16 * D, 128), 1);
+    wgmma_m64n128k16<1>(o, pa[kk], smem_descriptor_sw128(tile + 16 * 128 * kk, 2 * kAtomColumn, 1024), 1);
   wgmma_commit();
 }
 
@@ -368,8 +377,9 @@ __device__ void consume(Smem& sm, const PrefillArgs& a, const PrefillTiles& p, i
 template <bool kTop>
 __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(PrefillArgs a) {
 #ifdef SQZ_HAS_WGMMA
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
+  if (smem_address(smem_raw) % 1024 != 0) __trap();  // the swizzle reads address bits 7-9
   const VirtualRows vr = virtual_rows<D>(a.seqs[blockIdx.z], a.sel, blockIdx.z, blockIdx.y, a.hkv, /*decode_group=*/0);
   const PrefillTiles p = PrefillTiles::of(a, vr);
   // CTA-uniform: how the consumers share the tile (Sharing), and the arrives that free a stage

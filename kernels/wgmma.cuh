@@ -31,15 +31,14 @@ template <int D>
 __device__ __forceinline__ int core_chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
 template <int D>
 __device__ __forceinline__ int core_chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
-// The chunk of a warp's 32 (4 core matrices: 8 rows, 4 columns of 8 elements) that `lane` copies
-// when each quarter-warp is to read whole 32-byte sectors: lanes 8p .. 8p + 7 take rows 4 (p & 1)
-// .. + 3, columns 2 (p >> 1) and 2 (p >> 1) + 1, i.e. 32 contiguous bytes of each of 4 rows. The
-// identity order (lanes 0-7: one column of 8 rows) reads half a sector per lane, which is whole
-// sectors only if the memory system merges the quarter-warps' requests; its shared-memory writes
-// are conflict-free where this order's are 2-way (bench/kernels/NOTES.md run 35).
-__device__ __forceinline__ int sector_pair_chunk(int lane) {
-  return ((lane & 1) + ((lane >> 4) & 1) * 2) * 8 + ((lane >> 1) & 3) + ((lane >> 3) & 1) * 4;
-}
+
+// The 128-byte swizzle (wgmma's SWIZZLE_128B, FlashAttention-3's K and V tiles): a tile of rows of
+// 64 bf16 (128 bytes, one "atom column"; D = 128 is two, 64 x rows elements apart) whose 16-byte
+// chunk c of row r lies at chunk c ^ (r % 8) of the row's 128 bytes. A quarter-warp copying one
+// row's 8 chunks then reads 4 whole 32-byte sectors and writes 8 distinct banks; in the unswizzled
+// core matrices above it is one or the other (bench/kernels/NOTES.md run 35). The tile must start
+// 1024-byte aligned: the hardware applies the XOR to address bits 4-6 from bits 7-9.
+__device__ __forceinline__ int sw128_element(int row, int chunk) { return row * 64 + ((chunk ^ (row & 7)) << 3); }
 
 // Copies rows [first, first + kRows) of a [k][D] bf16 matrix into a core-matrix tile with cp.async
 // (rows past k zero-filled), kThreadsCopying threads, this one `tid`. The caller commits.
@@ -109,6 +108,13 @@ __device__ __forceinline__ void fence_operands(float (&d)[32]) {
 __device__ __forceinline__ uint64_t smem_descriptor(uint32_t address, uint32_t leading, uint32_t stride) {
   return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (static_cast<uint64_t>((leading & 0x3ffff) >> 4) << 16) |
          (static_cast<uint64_t>((stride & 0x3ffff) >> 4) << 32);
+}
+// The same with the 128-byte swizzle (layout type 1, bits 62-63; sw128_element's tiles). K-major:
+// the stride offset steps 8 rows (1024 bytes in a dense atom column), the leading one is unused; a
+// k-step of 16 elements starts 32 bytes further within the 128-byte rows. MN-major: the leading
+// offset steps 64 columns (the next atom column), the stride offset 8 k-rows.
+__device__ __forceinline__ uint64_t smem_descriptor_sw128(uint32_t address, uint32_t leading, uint32_t stride) {
+  return smem_descriptor(address, leading, stride) | (1ull << 62);
 }
 
 // d (+)= a · b: a = 64 x 16 from registers (this warp's 16 rows), b = 16 x 64 K-major in smem.
