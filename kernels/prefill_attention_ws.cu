@@ -23,8 +23,8 @@
 // Operands: Q as K-major core matrices without swizzle (the descriptor the removed drop-in wgmma
 // kernel proved at D = 128: bench/kernels/NOTES.md, 2026-12-05); K (K-major) and V (MN-major B) in
 // the 128-byte swizzle (wgmma.cuh sw128_element; run 35: the unswizzled tiles' gathers read half
-// sectors, 2x the K/V bytes through the L2 at 1K x 512K); P as A fragments in registers (the
-// mma.sync layout, per warp 16 of the 64 rows).
+// sectors a quarter-warp, the likely cause of run 20's 2x K/V sectors through the L2 at 1K x
+// 512K); P as A fragments in registers (the mma.sync layout, per warp 16 of the 64 rows).
 // A tile of at most 64 rows (a Llama-2 question: 64 rows, group 1) would leave the second
 // consumer's rows all padding: the two then take the same rows over alternate key tiles (no turns)
 // and consumer 0 merges consumer 1's state at the end (Sharing::kSplitKeys; the consumer's code is
