@@ -379,7 +379,12 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(PrefillArgs a) 
 #ifdef SQZ_HAS_WGMMA
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
-  if (smem_address(smem_raw) % 1024 != 0) __trap();  // the swizzle reads address bits 7-9
+  {  // The swizzle reads address bits 7-9. The check goes through an asm copy: with the array's
+     // declared alignment the compiler would fold `address % 1024` to 0 and drop the trap.
+    uint32_t base;
+    asm volatile("mov.u32 %0, %1;" : "=r"(base) : "r"(smem_address(smem_raw)));
+    if (base % 1024 != 0) __trap();
+  }
   const VirtualRows vr = virtual_rows<D>(a.seqs[blockIdx.z], a.sel, blockIdx.z, blockIdx.y, a.hkv, /*decode_group=*/0);
   const PrefillTiles p = PrefillTiles::of(a, vr);
   // CTA-uniform: how the consumers share the tile (Sharing), and the arrives that free a stage

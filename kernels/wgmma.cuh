@@ -7,7 +7,8 @@
 // Operands: A from registers (the mma.sync m16n8k16 A-fragment layout, per warp of the
 // warpgroup: 16 of the 64 rows), B from shared memory in 8x8 "core matrices" (8 rows x 8 bf16 =
 // 128 contiguous bytes) without swizzle, K-major: row j, elements 8c..8c+7 of a [rows][D] tile at
-// element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8 (copy_core_tile below writes it).
+// element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8 (copy_core_tile below writes it); or, in the
+// warp-specialized prefill, K and V in the 128-byte swizzle (sw128_element, smem_descriptor_sw128).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -161,8 +162,9 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t a,
 
 // d (+)= a · b, d = [16][4] (n-tile j of 8 columns: the mma.sync C fragment layout), a = 64 x 16
 // from registers, b = 16 x 128 in smem: K-major (kTransB = 0) or MN-major (kTransB = 1: each core
-// matrix 8 columns x 8 k-rows with the columns contiguous; the descriptor's leading offset steps 8
-// k-rows, its stride offset 8 columns). accumulate = 0 ignores d's old value.
+// matrix 8 columns x 8 k-rows with the columns contiguous; without swizzle the descriptor's leading
+// offset steps 8 k-rows and its stride offset 8 columns; with the 128-byte swizzle the meanings
+// swap: smem_descriptor_sw128). accumulate = 0 ignores d's old value.
 template <int kTransB>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int accumulate) {
   asm volatile(
