@@ -26,12 +26,21 @@ namespace squeezeserve::kernels::detail {
 bool wgmma_available();
 
 // A core-matrix tile is filled in 16-byte chunks: chunk q lies at element 8 q of the tile and holds
-// elements core_chunk_col(q) .. + 7 of row core_chunk_row(q) (lanes 0-7 fill one core matrix: 8
-// rows, one column of 8 elements, so a warp's cp.async writes are contiguous).
+// elements core_chunk_col(q) .. + 7 of row core_chunk_row(q) (8 consecutive chunks make one core
+// matrix: 8 rows, one column of 8 elements).
 template <int D>
 __device__ __forceinline__ int core_chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
 template <int D>
 __device__ __forceinline__ int core_chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
+// Which of its warp's 32 consecutive chunks (4 core matrices: 8 rows, 4 columns) `lane` copies:
+// lanes 8p .. 8p + 7 take rows 4 (p & 1) .. + 3 at columns 2 (p >> 1) and + 1, i.e. 32 contiguous
+// bytes of each of 4 rows. A 16-byte-per-lane access is likely served a quarter-warp at a time
+// (bench/kernels/NOTES.md run 35): in chunk order lanes 0-7 would take half a sector of each of 8
+// rows, and the next quarter-warp would come back for the other halves. The price: the shared
+// writes of a quarter-warp fall 2 to a bank group (a row's chunks all share one in core matrices).
+__device__ __forceinline__ int sector_pair_chunk(int lane) {
+  return ((lane & 1) + ((lane >> 4) & 1) * 2) * 8 + ((lane >> 1) & 3) + ((lane >> 3) & 1) * 4;
+}
 
 // The 128-byte swizzle (wgmma's SWIZZLE_128B, FlashAttention-3's K and V tiles): a tile of rows of
 // 64 bf16 (128 bytes, one "atom column"; D = 128 is two, 64 x rows elements apart) whose 16-byte
@@ -48,11 +57,12 @@ __device__ __forceinline__ void copy_core_tile(__nv_bfloat16* tile, const __nv_b
                                                int tid) {
   constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
   constexpr int kChunks = kRows * kChunksPerRow;
-  static_assert(kChunks % kThreadsCopying == 0, "every thread copies the same number of chunks");
+  static_assert(kChunks % kThreadsCopying == 0 && kThreadsCopying % 32 == 0,
+                "every thread copies the same number of chunks, whole warps 32 consecutive ones");
 #pragma unroll
   for (int i = 0; i < kChunks / kThreadsCopying; ++i) {
-    // A warp reads 64 contiguous bytes from each of 8 rows.
-    const int chunk = i * kThreadsCopying + tid;
+    // A warp reads 64 contiguous bytes from each of 8 rows, a quarter-warp 32 from each of 4.
+    const int chunk = i * kThreadsCopying + (tid & ~31) + sector_pair_chunk(tid & 31);
     const int j = first + core_chunk_row<D>(chunk);
     const bool in_range = j < k;
     const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + core_chunk_col<D>(chunk) : rows;

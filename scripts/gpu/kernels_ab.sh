@@ -12,7 +12,8 @@
 # $OUT gets one archive, kernels_ab${AB_TAG}.tar.gz (logs, both runs' JSON), and the summary on
 # stdout: per row the medians of each tree and new / base. AB_CHECKS=0 skips the checks (a second
 # run in the same call, e.g. another --context, on trees the first run checked); AB_CHECK_FILTER
-# (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change.
+# (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change;
+# AB_NEAREST=1 also checks and times the nearest-centroid kernels (nearest_centroid_check) of both.
 set -uo pipefail
 case ${1:-} in
   prepare)
@@ -39,8 +40,9 @@ build() {  # source dir, build dir, targets...
   cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
     cmake --build "$2" -j"$(( $(nproc) / 2 ))" --target "${@:3}" >"$W/build_$(basename "$2").log" 2>&1
 }
-build bench/kernels /tmp/ab_new kernels_check kernels_bench & n=$!
-build build-ab/kernels_base/bench/kernels /tmp/ab_base kernels_bench & b=$!
+nearest=""; [ "${AB_NEAREST:-0}" = 1 ] && nearest=nearest_centroid_check
+build bench/kernels /tmp/ab_new kernels_check kernels_bench $nearest & n=$!
+build build-ab/kernels_base/bench/kernels /tmp/ab_base kernels_bench $nearest & b=$!
 wait $n || { tail -30 "$W/build_ab_new.log"; exit 1; }
 wait $b || { tail -30 "$W/build_ab_base.log"; exit 1; }
 status=0
@@ -54,6 +56,15 @@ if [ "${AB_CHECKS:-1}" = 1 ]; then
   timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/ab_new/kernels_check --small --no-fork \
     >"$W/sanitizer.log" 2>&1 || status=1
   echo "compute-sanitizer: $(grep "ERROR SUMMARY" "$W/sanitizer.log")"
+fi
+if [ -n "$nearest" ]; then  # the nearest-centroid kernels: checked, then timed base, new, base, new
+  for i in 1 2; do
+    for tree in base new; do
+      timeout 200 "/tmp/ab_$tree/nearest_centroid_check" >"$W/nearest_${tree}_$i.log" 2>&1 || status=1
+      echo "nearest_centroid_check $tree $i: $(tail -1 "$W/nearest_${tree}_$i.log")"
+      grep -E "^N=.* ms \(min" "$W/nearest_${tree}_$i.log" | cut -c1-60
+    done
+  done
 fi
 for i in 1 2; do
   for tree in base new; do
