@@ -80,17 +80,20 @@ def rows(tree):
         try:
             for r in json.load(open(os.path.join(w, f"{tree}_{i}.json")))["results"]:
                 key = (r["model"], r["context"], r["batch"], r["mode"], r["query_len"], r["sparsity"], r["lookup"])
-                out.setdefault(key, []).append(r["total_us"])
+                out.setdefault(key, []).append((r["select_us"], r["attend_us"], r["total_us"]))
         except (OSError, ValueError, KeyError) as e:
             print(f"{tree} run {i}: {e}")
     return out
 b, n = rows("base"), rows("new")
-print(f"total µs per step, median of the alternated runs (base {base[:7]})")
-print("| model | context | batch | mode | sparsity | lookup | base | new | new / base |\n|---|---:|---:|---|---:|---|---:|---:|---:|")
+print(f"µs per step (selection, attention, total), medians of the alternated runs (base {base[:7]})")
+print("| model | context | batch | mode | sparsity | lookup | select base / new | attend base / new "
+      "| total base / new | new / base |\n|---|---:|---:|---|---:|---|---:|---:|---:|---:|")
 for k in n:
     if k in b:
-        mb, mn = statistics.median(b[k]), statistics.median(n[k])
-        print(f"| {k[0]} | {k[1] // 1024}K | {k[2]} | {k[3]} x{k[4]} | {k[5]} | {k[6]} | {mb:.1f} | {mn:.1f} | {mn / mb:.3f} |")
+        mb = [statistics.median(x[i] for x in b[k]) for i in range(3)]
+        mn = [statistics.median(x[i] for x in n[k]) for i in range(3)]
+        print(f"| {k[0]} | {k[1] // 1024}K | {k[2]} | {k[3]} x{k[4]} | {k[5]} | {k[6]} | {mb[0]:.1f} / {mn[0]:.1f} "
+              f"| {mb[1]:.1f} / {mn[1]:.1f} | {mb[2]:.1f} / {mn[2]:.1f} | {mn[2] / mb[2]:.3f} |")
 PY
 tar -czf "$OUT/kernels_ab${AB_TAG:-}.tar.gz" -C "$W" . && echo "logs and JSON: $OUT/kernels_ab${AB_TAG:-}.tar.gz"
 exit $status
