@@ -33,7 +33,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 server=$!
 trace=${TRACE:-0}
 kernels_build() {  # source, build dir, targets...
-  cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DSQZ_DECODE_TRACE=$([ "$trace" = 1 ] && echo ON || echo OFF) &&
+  cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DSQZ_DECODE_TRACE="$([ "$trace" = 1 ] && echo ON || echo OFF)" &&
     cmake --build "$2" -j8 --target "${@:3}"
 }
 base=""
