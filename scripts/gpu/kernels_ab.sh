@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A kernel change against a base commit, in one device call: both trees' kernels_bench built side
 # by side and run alternately (base, new, base, new) on the same GPU, so the comparison is a ratio
-# within one run (the machine is shared and noisy); the new tree's kernels_check (decode cases,
+# within one run (the machine is shared and noisy); the new tree's kernels_check (AB_CHECK_FILTER's cases,
 # both centroid streams) and compute-sanitizer run first.
 #   here:  scripts/gpu/kernels_ab.sh prepare <base-commit>   (.ab/kernels_base.patch: base -> this tree)
 #   there: scripts/gpu/kernels_ab.sh run [kernels_bench args]   (run tool: carry [".ab/kernels_base.patch"])
@@ -13,7 +13,8 @@
 # stdout: per row the medians of each tree and new / base. AB_CHECKS=0 skips the checks (a second
 # run in the same call, e.g. another --context, on trees the first run checked); AB_CHECK_FILTER
 # (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change;
-# AB_NEAREST=1 also checks and times the nearest-centroid kernels (nearest_centroid_check) of both.
+# AB_NEAREST=1 also checks and times the nearest-centroid kernels (nearest_centroid_check) of both,
+# once each (~1 minute a tree).
 set -uo pipefail
 case ${1:-} in
   prepare)
@@ -21,20 +22,22 @@ case ${1:-} in
     # The first line names the base; the diff is from it to the working tree as it will travel.
     mkdir -p .ab && { echo "base $base"; git diff --no-color --binary "$base" -- kernels bench/kernels; } \
       > .ab/kernels_base.patch || exit 2
+    untracked=$(git ls-files --others --exclude-standard kernels bench/kernels)
+    [ -n "$untracked" ] && echo "warning: untracked files travel into both trees: $untracked"
     echo "base $base: .ab/kernels_base.patch ($(wc -c < .ab/kernels_base.patch) bytes)"; exit 0 ;;
   run|unpack) ;;
-  *) sed -n 2,13p "$0"; exit 2 ;;
+  *) sed -n '2,/^set /p' "$0" | grep '^#'; exit 2 ;;
 esac
 [ -f .ab/kernels_base.patch ] || { echo "no .ab/kernels_base.patch: run 'prepare' here and carry it"; exit 2; }
 base=$(sed -n '1s/^base //p' .ab/kernels_base.patch)
 rm -rf build-ab/kernels_base && mkdir -p build-ab/kernels_base/bench &&
   cp -r kernels build-ab/kernels_base/ && cp -r bench/kernels build-ab/kernels_base/bench/ &&
-  (cd build-ab/kernels_base && tail -n +2 ../../.ab/kernels_base.patch | patch -s -R -E -p1) ||
+  (cd build-ab/kernels_base && tail -n +2 ../../.ab/kernels_base.patch | patch -s -R -E -p1 --fuzz=0) ||
   { echo "the base $base does not unpack: the tree moved since 'prepare'?"; exit 2; }
 echo "base ${base:0:7} in build-ab/kernels_base"
 [ "$1" = unpack ] && exit 0
 shift
-OUT=${OUT:-$PWD/gpu-out}
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
 build() {  # source dir, build dir, targets...
   cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
@@ -50,20 +53,18 @@ check=${AB_CHECK_FILTER:-decode}  # kernels_check --filter: the cases the change
 if [ "${AB_CHECKS:-1}" = 1 ]; then
   for stream in "" --cuda-core-stream; do
     timeout 300 /tmp/ab_new/kernels_check --filter "$check" $stream >"$W/check${stream}.log" 2>&1 || status=1
-    echo "kernels_check $check ${stream:-(tensor-core stream)}: $(grep -c " PASS$" "$W/check${stream}.log") passed," \
-      "$(grep -cE " FAIL$|SOME FAILED|CHILD FAILED" "$W/check${stream}.log") failed"
+    echo "kernels_check $check ${stream:-(tensor-core stream)}: $(grep -E " PASS$" "$W/check${stream}.log" |
+      grep -vc "ALL PASS") passed, $(grep -cE " FAIL$|CHILD FAILED" "$W/check${stream}.log") failed"
   done
   timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/ab_new/kernels_check --small --no-fork \
     >"$W/sanitizer.log" 2>&1 || status=1
   echo "compute-sanitizer: $(grep "ERROR SUMMARY" "$W/sanitizer.log")"
 fi
-if [ -n "$nearest" ]; then  # the nearest-centroid kernels: checked, then timed base, new, base, new
-  for i in 1 2; do
-    for tree in base new; do
-      timeout 200 "/tmp/ab_$tree/nearest_centroid_check" >"$W/nearest_${tree}_$i.log" 2>&1 || status=1
-      echo "nearest_centroid_check $tree $i: $(tail -1 "$W/nearest_${tree}_$i.log")"
-      grep -E "^N=.* ms \(min" "$W/nearest_${tree}_$i.log" | cut -c1-60
-    done
+if [ -n "$nearest" ]; then  # the nearest-centroid kernels: checked, then timed, base then new
+  for tree in base new; do
+    timeout 200 "/tmp/ab_$tree/nearest_centroid_check" >"$W/nearest_$tree.log" 2>&1 || status=1
+    echo "nearest_centroid_check $tree: $(tail -1 "$W/nearest_$tree.log")"
+    grep -E "^N=.* ms \(min" "$W/nearest_$tree.log" | cut -c1-60
   done
 fi
 for i in 1 2; do
@@ -95,5 +96,6 @@ for k in n:
         print(f"| {k[0]} | {k[1] // 1024}K | {k[2]} | {k[3]} x{k[4]} | {k[5]} | {k[6]} | {mb[0]:.1f} / {mn[0]:.1f} "
               f"| {mb[1]:.1f} / {mn[1]:.1f} | {mb[2]:.1f} / {mn[2]:.1f} | {mn[2] / mb[2]:.3f} |")
 PY
-tar -czf "$OUT/kernels_ab${AB_TAG:-}.tar.gz" -C "$W" . && echo "logs and JSON: $OUT/kernels_ab${AB_TAG:-}.tar.gz"
+tar -czf "$OUT/kernels_ab${AB_TAG:-}.tar.gz" -C "$W" . && echo "logs and JSON: $OUT/kernels_ab${AB_TAG:-}.tar.gz" ||
+  status=1
 exit $status
