@@ -6,12 +6,12 @@
 #   scripts/gpu/profile_kernels.sh            all rows below
 #   ROWS="decode-llama3" scripts/gpu/profile_kernels.sh   only the rows whose tag contains the text
 # Leaves in $OUT (default ./gpu-out): ncu_<tag>.txt per row (the report, details page, after
-# kernels_bench's own output), and the build's logs. ncu needs a Firecracker machine (KINDS.md); clocks are left alone
-# (--clock-control none, METHOD.md); caches are flushed between ncu's passes (its default).
-# NCU_ARGS (split on spaces, no quoting) replaces "--set detailed --page details", e.g. the
-# per-instruction view that names the
-# SASS lines with excess sectors or bank conflicts: NCU_ARGS="--set detailed --section
-# SourceCounters --page source --print-source sass" (long: grep it for LDGSTS).
+# kernels_bench's own output), and the build's logs. ncu needs a Firecracker machine (KINDS.md);
+# clocks are left alone (--clock-control none, METHOD.md); caches are flushed between ncu's passes
+# (its default). NCU_ARGS (split on spaces, no quoting) replaces "--set detailed --page details",
+# e.g. the per-instruction view that names the SASS lines with excess sectors or bank conflicts:
+# NCU_ARGS="--set detailed --section SourceCounters --page source --print-source sass" (long: grep
+# it for LDGSTS).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
