@@ -22,7 +22,7 @@
 // reads both operands of S from there) and the consumers keep only S, P, O and the row state.
 // Operands: Q as K-major core matrices without swizzle (the descriptor the removed drop-in wgmma
 // kernel proved at D = 128: bench/kernels/NOTES.md, 2026-12-05); K (K-major) and V (MN-major B) in
-// the 128-byte swizzle (wgmma.cuh sw128_element; run 35: the unswizzled tiles' gathers read half
+// the 128-byte swizzle (smem_layout.h; run 35: the unswizzled tiles' gathers read half
 // sectors a quarter-warp, the likely cause of run 20's 2x K/V sectors through the L2 at 1K x
 // 512K); P as A fragments in registers (the mma.sync layout, per warp 16 of the 64 rows).
 // A tile of at most 64 rows (a Llama-2 question: 64 rows, group 1) would leave the second
@@ -48,18 +48,19 @@ constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
 constexpr int kTileElems = kTileN * D;     // a K or V tile: two atom columns of the 128-byte swizzle
-constexpr int kAtomColumn = kTileN * 64;   // elements of one (dimensions 64a .. 64a + 63 of every row)
+static_assert(D == ws_layout::kD && kTileN == ws_layout::kKeys && kTileElems * 2 == 2 * ws_layout::kAtomColumnBytes,
+              "smem_layout.h ws_layout describes this kernel's tiles");
 static_assert(kStages % 2 == 0, "split keys: a stage's tiles all belong to one consumer");
 struct Smem {
   __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, no swizzle
-  __nv_bfloat16 k[kStages][kTileElems];  // wgmma.cuh sw128_element, per atom column
+  __nv_bfloat16 k[kStages][kTileElems];  // smem_layout.h ws_layout::copy_element
   __nv_bfloat16 v[kStages][kTileElems];
   float bias[kStages][kTileN];
   int resolver[resolver_smem_ints(2)];  // two chunks' codes: the next resolved while this one loads
   uint64_t full[kStages], empty[kStages];
 };
 static_assert(offsetof(Smem, k) % 1024 == 0 && offsetof(Smem, v) % 1024 == 0 && kTileElems * 2 % 1024 == 0 &&
-                  kAtomColumn * 2 % 1024 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
+                  ws_layout::kAtomColumnBytes % 1024 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
               "the swizzled K and V tiles and their atom columns start 1024-byte aligned (Q's core matrices 128)");
 
 #ifdef SQZ_HAS_WGMMA
@@ -151,11 +152,10 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const P
     if (tid < kTileN) sm.bias[stage][tid] = res.chunk_bias[c0 + tid];
 #pragma unroll
     for (int j = 0; j < kTileN * D / 8 / 128; ++j) {  // 8 chunks of K and 8 of V per thread
-      // Chunk l of the tile: row l / 16, chunk l % 8 of atom column (l / 8) % 2. A quarter-warp
-      // copies one row's 128 contiguous bytes (4 whole sectors) into one swizzled 128-byte row.
-      const int l = tid + 128 * j, row = l >> 4, column = (l >> 3) & 1, chunk = l & 7;
-      const int at = column * kAtomColumn + sw128_element(row, chunk);
-      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + row], 64 * column + 8 * chunk);
+      // A quarter-warp copies one row's 128 contiguous bytes (4 whole sectors) into one swizzled
+      // 128-byte row (smem_layout.h).
+      const int l = tid + 128 * j, at = ws_layout::copy_element(l);
+      const RowSource src = row_source<D>(vr, res.chunk_code[c0 + ws_layout::copy_row(l)], ws_layout::copy_dim(l));
       cp_async_16(sm.k[stage] + at, src.key, src.key_bytes);
       cp_async_16(sm.v[stage] + at, src.value, src.bytes);
     }
@@ -168,28 +168,30 @@ __device__ __noinline__ void produce(Smem& sm, const VirtualRows& vr_in, const P
   cp_async_wait<0>();  // nothing of this thread's in flight when it exits
 }
 
-// S = Q K^T: 8 k-steps of m64n64k16, both K-major in smem: Q in core matrices (8-row groups 16 D
-// bytes apart, the two 8-dim halves of a k-step 128 B apart), K swizzled (k-step kc: atom column
-// kc / 4, 32 bytes per step within its rows; 8-key groups 1024 B apart); the first step ignores s's
-// old values. One commit group. Every issue here is unconditional: a wgmma behind a branch, or one
-// whose registers a branch last wrote, makes ptxas serialize them all (C7520).
+// S = Q K^T: 8 k-steps of m64n64k16, both K-major in smem: Q in core matrices, K swizzled
+// (smem_layout.h ws_layout::q_step, k_step); the first step ignores s's old values. One commit
+// group. Every issue here is unconditional: a wgmma behind a branch, or one whose registers a
+// branch last wrote, makes ptxas serialize them all (C7520).
 __device__ __forceinline__ void issue_qk(float (&s)[kTileN / 8][4], uint32_t q, const __nv_bfloat16* k) {
   const uint32_t tile = smem_address(k);
 #pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc)
-    wgmma_m64n64k16_ss(s, smem_descriptor(q + 256 * kc, 128, 16 * D),
-                       smem_descriptor_sw128(tile + (kc / 4) * (2 * kAtomColumn) + (kc % 4) * 32, 16, 1024), kc > 0);
+  for (int kc = 0; kc < D / 16; ++kc) {
+    const OperandStep a = ws_layout::q_step(kc), b = ws_layout::k_step(kc);
+    wgmma_m64n64k16_ss(s, smem_descriptor(q + a.start, a.leading, a.stride),
+                       smem_descriptor_sw128(tile + b.start, b.leading, b.stride), kc > 0);
+  }
   wgmma_commit();
 }
-// O += P V: 4 k-steps of m64n128k16, P from registers, V swizzled as MN-major B (k-step kk: keys
-// 16 kk .. + 15, 2048 bytes further; 8-key groups 1024 B apart, the second 64 dimensions one atom
-// column further). One commit group.
+// O += P V: 4 k-steps of m64n128k16, P from registers, V swizzled as MN-major B (smem_layout.h
+// ws_layout::v_step). One commit group.
 __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kTileN / 16][4],
                                          const __nv_bfloat16* v) {
   const uint32_t tile = smem_address(v);
 #pragma unroll
-  for (int kk = 0; kk < kTileN / 16; ++kk)
-    wgmma_m64n128k16<1>(o, pa[kk], smem_descriptor_sw128(tile + 16 * 128 * kk, 2 * kAtomColumn, 1024), 1);
+  for (int kk = 0; kk < kTileN / 16; ++kk) {
+    const OperandStep b = ws_layout::v_step(kk);
+    wgmma_m64n128k16<1>(o, pa[kk], smem_descriptor_sw128(tile + b.start, b.leading, b.stride), 1);
+  }
   wgmma_commit();
 }
 

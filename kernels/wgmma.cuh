@@ -8,7 +8,8 @@
 // warpgroup: 16 of the 64 rows), B from shared memory in 8x8 "core matrices" (8 rows x 8 bf16 =
 // 128 contiguous bytes) without swizzle, K-major: row j, elements 8c..8c+7 of a [rows][D] tile at
 // element ((j / 8) * (D / 8) + c) * 64 + (j % 8) * 8 (copy_core_tile below writes it); or, in the
-// warp-specialized prefill, K and V in the 128-byte swizzle (sw128_element, smem_descriptor_sw128).
+// warp-specialized prefill, K and V in the 128-byte swizzle (smem_layout.h, which the CPU test
+// tests/kernels/smem_layout_test.cc checks against the hardware's canonical layouts).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,37 +19,13 @@
 #include <type_traits>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/smem_layout.h"
 
 namespace squeezeserve::kernels::detail {
 
 // Whether the current device runs this build's sm_90a kernels (an sm_90 device and a binary built
 // for it from sm_90a code); cached per device. nearest_centroid_wgmma.cu.
 bool wgmma_available();
-
-// A core-matrix tile is filled in 16-byte chunks: chunk q lies at element 8 q of the tile and holds
-// elements core_chunk_col(q) .. + 7 of row core_chunk_row(q) (8 consecutive chunks make one core
-// matrix: 8 rows, one column of 8 elements).
-template <int D>
-__device__ __forceinline__ int core_chunk_row(int q) { return ((q >> 3) / (D / 8)) * 8 + (q & 7); }
-template <int D>
-__device__ __forceinline__ int core_chunk_col(int q) { return ((q >> 3) % (D / 8)) * 8; }
-// Which of its warp's 32 consecutive chunks (4 core matrices: 8 rows, 4 columns) `lane` copies:
-// lanes 8p .. 8p + 7 take rows 4 (p & 1) .. + 3 at columns 2 (p >> 1) and + 1, i.e. 32 contiguous
-// bytes of each of 4 rows. A 16-byte-per-lane access is likely served a quarter-warp at a time
-// (bench/kernels/NOTES.md run 35): in chunk order lanes 0-7 would take half a sector of each of 8
-// rows, and the next quarter-warp would come back for the other halves. The price: the shared
-// writes of a quarter-warp fall 2 to a bank group (a row's chunks all share one in core matrices).
-__device__ __forceinline__ int sector_pair_chunk(int lane) {
-  return ((lane & 1) + ((lane >> 4) & 1) * 2) * 8 + ((lane >> 1) & 3) + ((lane >> 3) & 1) * 4;
-}
-
-// The 128-byte swizzle (wgmma's SWIZZLE_128B, FlashAttention-3's K and V tiles): a tile of rows of
-// 64 bf16 (128 bytes, one "atom column"; D = 128 is two, 64 x rows elements apart) whose 16-byte
-// chunk c of row r lies at chunk c ^ (r % 8) of the row's 128 bytes. A quarter-warp copying one
-// row's 8 chunks then reads 4 whole 32-byte sectors and writes 8 distinct banks; in the unswizzled
-// core matrices above it is one or the other (bench/kernels/NOTES.md run 35). The tile must start
-// 1024-byte aligned: the hardware applies the XOR to address bits 4-6 from bits 7-9.
-__device__ __forceinline__ int sw128_element(int row, int chunk) { return row * 64 + ((chunk ^ (row & 7)) << 3); }
 
 // Copies rows [first, first + kRows) of a [k][D] bf16 matrix into a core-matrix tile with cp.async
 // (rows past k zero-filled), kThreadsCopying threads, this one `tid`. The caller commits.
