@@ -2,13 +2,15 @@
 // element a descriptor makes wgmma read is the element the copies stored there. The hardware's
 // reading is modelled by the canonical layouts CUTLASS's CuTe documents for wgmma descriptors (in
 // 16-byte units T; LBO/SBO the leading/stride byte offsets):
-//   K-major, no swizzle:  ((8,m),(T,2k)):((1T,SBO),(1,LBO))
-//   K-major, 128B swizzle: ((8,m),(T,2k)):((8T,SBO),(1,T))      then Swizzle<3,4,3>
+//   K-major, no swizzle:   ((8,m),(T,2k)):((1T,SBO),(1,LBO))
+//   K-major, 128B swizzle:  ((8,m),(T,2k)):((8T,SBO),(1,T))      then Swizzle<3,4,3>
+//   MN-major, no swizzle:   ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO))
 //   MN-major, 128B swizzle: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) then Swizzle<3,4,3>
 // where Swizzle<3,4,3> XORs byte-address bits 4-6 with bits 7-9 (a tile starts 1024-aligned, so
-// tile offsets stand for addresses). The no-swizzle forms are the ones the GPU proved in the
-// kernels before the swizzle (bench/kernels/NOTES.md); the controls below show the check fails
-// for a wrong offset or a missing swizzle.
+// tile offsets stand for addresses). The model reproduces the descriptors the GPU proved before
+// the swizzle (the no-swizzle Q, K and V steps of run 9's kernel: bench/kernels/NOTES.md), the
+// MN-major one included, whose two offsets swap meaning under the swizzle; the controls below
+// show the check fails for a wrong offset or a missing swizzle.
 #include "kernels/smem_layout.h"
 
 #include <gtest/gtest.h>
@@ -32,6 +34,9 @@ uint32_t KMajorPlain(const OperandStep& s, int n, int k) {
   return s.start + (n % 8) * 16 + (n / 8) * s.stride + (k % 8) * 2 + (k / 8) * s.leading;
 }
 // Byte read for element (k, column n) of an MN-major operand step, k < 16.
+uint32_t MnMajorPlain(const OperandStep& s, int k, int n) {
+  return s.start + (n % 8) * 2 + (n / 8) * s.stride + (k % 8) * 16 + (k / 8) * s.leading;
+}
 uint32_t MnMajorSw128(const OperandStep& s, int k, int n) {
   return Swizzle128(s.start + (n % 64) * 2 + (n / 64) * s.leading + (k % 8) * 128 + (k / 8) * s.stride);
 }
@@ -89,6 +94,20 @@ TEST(SmemLayout, QStepsReadTheCoreMatrices) {
   for (int kc = 0; kc < wl::kD / 16; ++kc)
     for (int m = 0; m < 64; ++m)
       for (int k = 0; k < 16; ++k) bad += KMajorPlain(wl::q_step(kc), m, k) != q[m * wl::kD + 16 * kc + k];
+  EXPECT_EQ(bad, 0);
+}
+
+// Calibration: the model against the MN-major descriptor run 9's kernel proved on the GPU, V in
+// core matrices as Q is (prefill_attention_ws.cu before run 35: start 32 D kk, leading 16 D,
+// stride 128; its K took Q's steps, checked above).
+TEST(SmemLayout, TheModelReadsVAsTheProvedUnswizzledDescriptorDid) {
+  const std::vector<uint32_t> core = StoredQ();  // 64 rows of D in core matrices
+  int bad = 0;
+  for (int kk = 0; kk < 4; ++kk) {
+    const OperandStep v{static_cast<uint32_t>(32 * wl::kD * kk), 16u * wl::kD, 128u};
+    for (int k = 0; k < 16; ++k)
+      for (int n = 0; n < wl::kD; ++n) bad += MnMajorPlain(v, k, n) != core[(16 * kk + k) * wl::kD + n];
+  }
   EXPECT_EQ(bad, 0);
 }
 
