@@ -50,6 +50,14 @@ struct OperandStep {
   uint32_t start, leading, stride;
 };
 
+// K-major core matrices of rows of D, k-step s (elements 16 s .. + 15): the step's two 8-element
+// halves 128 bytes apart (leading), 8-row groups 16 D bytes apart (stride). The centroid tiles of
+// wgmma.cuh wgmma_two_halves_x64 and the warp-specialized prefill's Q.
+template <int D>
+SQUEEZESERVE_HOST_DEVICE constexpr OperandStep core_step(int s) {
+  return {256u * s, 128u, 16u * D};
+}
+
 // The warp-specialized prefill's operands (prefill_attention_ws.cu, D = 128, key tiles of 64).
 namespace ws_layout {
 constexpr int kD = 128;
@@ -63,11 +71,10 @@ SQUEEZESERVE_HOST_DEVICE constexpr int copy_dim(int l) { return (l & 15) * 8; }
 SQUEEZESERVE_HOST_DEVICE constexpr int copy_element(int l) {
   return ((l >> 3) & 1) * (kAtomColumnBytes / 2) + sw128_element(l >> 4, l & 7);
 }
-// S = Q K^T, k-step kc (dimensions 16 kc .. + 15) of m64n64k16. Q (A): K-major core matrices, the
-// two 8-dimension halves of a step 128 bytes apart, 8-row groups 16 D bytes apart. K (B): K-major
-// swizzled, atom column kc / 4, 32 bytes a step within its rows, 8-key groups 1024 bytes apart (the
-// leading offset is unused there).
-SQUEEZESERVE_HOST_DEVICE constexpr OperandStep q_step(int kc) { return {256u * kc, 128u, 16u * kD}; }
+// S = Q K^T, k-step kc (dimensions 16 kc .. + 15) of m64n64k16. Q (A): core matrices (core_step).
+// K (B): K-major swizzled, atom column kc / 4, 32 bytes a step within its rows, 8-key groups 1024
+// bytes apart (the leading offset is unused there).
+SQUEEZESERVE_HOST_DEVICE constexpr OperandStep q_step(int kc) { return core_step<kD>(kc); }
 SQUEEZESERVE_HOST_DEVICE constexpr OperandStep k_step(int kc) {
   return {static_cast<uint32_t>((kc / 4) * kAtomColumnBytes + (kc % 4) * 32), 16u, 1024u};
 }

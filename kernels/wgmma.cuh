@@ -202,8 +202,6 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
 template <int D>
 __device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const uint32_t (&afrag)[2][D / 16][4],
                                                      uint32_t tile) {
-  constexpr uint32_t kLeading = 128;    // chunk c -> c + 1 (the next 8 elements of D)
-  constexpr uint32_t kStride = 16 * D;  // row group i -> i + 1 (D / 8 core matrices of 128 B)
   __syncwarp();  // the callers' loaders diverge; wgmma is .aligned
   fence_operands(acc[0]);
   fence_operands(acc[1]);
@@ -212,7 +210,9 @@ __device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const 
   for (int half = 0; half < 2; ++half)
 #pragma unroll
     for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
-      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + 256 * s, kLeading, kStride), s > 0);
+      wgmma_m64n64k16(acc[half], afrag[half][s],
+                      smem_descriptor(tile + core_step<D>(s).start, core_step<D>(s).leading, core_step<D>(s).stride),
+                      s > 0);
   wgmma_commit();
   fence_operands(acc[0]);
   fence_operands(acc[1]);

@@ -48,13 +48,16 @@ std::vector<uint32_t> StoredWsTile() {
     for (int e = 0; e < 8; ++e) at[wl::copy_row(l) * wl::kD + wl::copy_dim(l) + e] = 2 * (wl::copy_element(l) + e);
   return at;
 }
-// Where the consumer's copy stores element (row, dim) of its 64 Q rows (core matrices).
-std::vector<uint32_t> StoredQ() {
-  std::vector<uint32_t> at(64 * wl::kD, ~0u);
-  for (int q = 0; q < 64 * wl::kD / 8; ++q)
-    for (int e = 0; e < 8; ++e) at[core_chunk_row<wl::kD>(q) * wl::kD + core_chunk_col<wl::kD>(q) + e] = 2 * (8 * q + e);
+// Where chunk order stores element (row, dim) of 64 rows of D in core matrices (the consumer's Q
+// copy, copy_core_tile's centroid tiles).
+template <int D>
+std::vector<uint32_t> StoredCore() {
+  std::vector<uint32_t> at(64 * D, ~0u);
+  for (int q = 0; q < 64 * D / 8; ++q)
+    for (int e = 0; e < 8; ++e) at[core_chunk_row<D>(q) * D + core_chunk_col<D>(q) + e] = 2 * (8 * q + e);
   return at;
 }
+std::vector<uint32_t> StoredQ() { return StoredCore<wl::kD>(); }
 
 // Mismatches between what S = Q K^T's K steps read and where K was stored.
 int KMismatches(const std::vector<uint32_t>& stored, OperandStep (*step)(int), bool swizzled) {
@@ -88,13 +91,21 @@ TEST(SmemLayout, KStepsReadWhatTheProducerStored) {
 
 TEST(SmemLayout, VStepsReadWhatTheProducerStored) { EXPECT_EQ(VMismatches(StoredWsTile(), wl::v_step), 0); }
 
-TEST(SmemLayout, QStepsReadTheCoreMatrices) {
-  const std::vector<uint32_t> q = StoredQ();
+template <int D>
+int CoreMismatches(OperandStep (*step)(int)) {
+  const std::vector<uint32_t> at = StoredCore<D>();
   int bad = 0;
-  for (int kc = 0; kc < wl::kD / 16; ++kc)
+  for (int s = 0; s < D / 16; ++s)
     for (int m = 0; m < 64; ++m)
-      for (int k = 0; k < 16; ++k) bad += KMajorPlain(wl::q_step(kc), m, k) != q[m * wl::kD + 16 * kc + k];
-  EXPECT_EQ(bad, 0);
+      for (int k = 0; k < 16; ++k) bad += KMajorPlain(step(s), m, k) != at[m * D + 16 * s + k];
+  return bad;
+}
+// Q's steps and the centroid tiles' (wgmma_two_halves_x64, D 64 and 128): the descriptors the GPU
+// proved, so also a calibration of the model.
+TEST(SmemLayout, CoreStepsReadTheCoreMatrices) {
+  EXPECT_EQ(CoreMismatches<wl::kD>(wl::q_step), 0);
+  EXPECT_EQ(CoreMismatches<64>(core_step<64>), 0);
+  EXPECT_EQ(CoreMismatches<128>(core_step<128>), 0);
 }
 
 // Calibration: the model against the MN-major descriptor run 9's kernel proved on the GPU, V in
