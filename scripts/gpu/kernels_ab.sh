@@ -39,6 +39,8 @@ echo "base ${base:0:7} in build-ab/kernels_base"
 shift
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 W=$(mktemp -d)
+archive="$OUT/kernels_ab${AB_TAG:-}.tar.gz"
+trap 'tar -czf "$archive" -C "$W" .' EXIT  # also when the call's time limit cuts the run short
 build() {  # source dir, build dir, targets...
   cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
     cmake --build "$2" -j"$(( $(nproc) / 2 ))" --target "${@:3}" >"$W/build_$(basename "$2").log" 2>&1
@@ -96,6 +98,5 @@ for k in n:
         print(f"| {k[0]} | {k[1] // 1024}K | {k[2]} | {k[3]} x{k[4]} | {k[5]} | {k[6]} | {mb[0]:.1f} / {mn[0]:.1f} "
               f"| {mb[1]:.1f} / {mn[1]:.1f} | {mb[2]:.1f} / {mn[2]:.1f} | {mn[2] / mb[2]:.3f} |")
 PY
-tar -czf "$OUT/kernels_ab${AB_TAG:-}.tar.gz" -C "$W" . && echo "logs and JSON: $OUT/kernels_ab${AB_TAG:-}.tar.gz" ||
-  status=1
+echo "logs and JSON: $archive (written on exit)"
 exit $status
