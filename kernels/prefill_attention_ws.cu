@@ -48,8 +48,7 @@ constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kStages = 4;
 constexpr int kTileN = kPrefillTileN;
 constexpr int kTileElems = kTileN * D;     // a K or V tile: two atom columns of the 128-byte swizzle
-static_assert(D == ws_layout::kD && kTileN == ws_layout::kKeys && kTileElems * 2 == 2 * ws_layout::kAtomColumnBytes,
-              "smem_layout.h ws_layout describes this kernel's tiles");
+static_assert(D == ws_layout::kD && kTileN == ws_layout::kKeys, "smem_layout.h ws_layout describes this kernel's tiles");
 static_assert(kStages % 2 == 0, "split keys: a stage's tiles all belong to one consumer");
 struct Smem {
   __nv_bfloat16 q[kPrefillTileM * D];  // core matrices, no swizzle
@@ -59,7 +58,7 @@ struct Smem {
   int resolver[resolver_smem_ints(2)];  // two chunks' codes: the next resolved while this one loads
   uint64_t full[kStages], empty[kStages];
 };
-static_assert(offsetof(Smem, k) % 1024 == 0 && offsetof(Smem, v) % 1024 == 0 && kTileElems * 2 % 1024 == 0 &&
+static_assert(offsetof(Smem, k) % 1024 == 0 && offsetof(Smem, v) % 1024 == 0 && sizeof(Smem::k[0]) % 1024 == 0 &&
                   ws_layout::kAtomColumnBytes % 1024 == 0 && offsetof(Smem, k) == sizeof(Smem::q),
               "the swizzled K and V tiles and their atom columns start 1024-byte aligned (Q's core matrices 128)");
 

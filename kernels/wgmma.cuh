@@ -97,10 +97,8 @@ __device__ __forceinline__ uint64_t smem_descriptor(uint32_t address, uint32_t l
   return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (static_cast<uint64_t>((leading & 0x3ffff) >> 4) << 16) |
          (static_cast<uint64_t>((stride & 0x3ffff) >> 4) << 32);
 }
-// The same with the 128-byte swizzle (layout type 1, bits 62-63; sw128_element's tiles). K-major:
-// the stride offset steps 8 rows (1024 bytes in a dense atom column), the leading one is unused; a
-// k-step of 16 elements starts 32 bytes further within the 128-byte rows. MN-major: the leading
-// offset steps 64 columns (the next atom column), the stride offset 8 k-rows.
+// The same with the 128-byte swizzle (layout type 1, bits 62-63). What its offsets mean for a
+// K-major and an MN-major operand: smem_layout.h (ws_layout::k_step, v_step).
 __device__ __forceinline__ uint64_t smem_descriptor_sw128(uint32_t address, uint32_t leading, uint32_t stride) {
   return smem_descriptor(address, leading, stride) | (1ull << 62);
 }
@@ -151,7 +149,7 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t a,
 // from registers, b = 16 x 128 in smem: K-major (kTransB = 0) or MN-major (kTransB = 1: each core
 // matrix 8 columns x 8 k-rows with the columns contiguous; without swizzle the descriptor's leading
 // offset steps 8 k-rows and its stride offset 8 columns; with the 128-byte swizzle the meanings
-// swap: smem_descriptor_sw128). accumulate = 0 ignores d's old value.
+// swap: smem_layout.h v_step). accumulate = 0 ignores d's old value.
 template <int kTransB>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int accumulate) {
   asm volatile(
@@ -209,10 +207,10 @@ __device__ __forceinline__ void wgmma_two_halves_x64(float (&acc)[2][32], const 
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
-    for (int s = 0; s < D / 16; ++s)  // step s reads chunks 2s, 2s + 1: 256 bytes further
-      wgmma_m64n64k16(acc[half], afrag[half][s],
-                      smem_descriptor(tile + core_step<D>(s).start, core_step<D>(s).leading, core_step<D>(s).stride),
-                      s > 0);
+    for (int s = 0; s < D / 16; ++s) {  // step s reads chunks 2s, 2s + 1: 256 bytes further
+      const OperandStep b = core_step<D>(s);
+      wgmma_m64n64k16(acc[half], afrag[half][s], smem_descriptor(tile + b.start, b.leading, b.stride), s > 0);
+    }
   wgmma_commit();
   fence_operands(acc[0]);
   fence_operands(acc[1]);
