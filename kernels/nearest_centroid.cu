@@ -26,21 +26,10 @@ namespace {
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1) mma_sync_kernel(Args a) {
   extern __shared__ __align__(1024) unsigned char smem[];
-  __nv_bfloat16* tiles = reinterpret_cast<__nv_bfloat16*>(smem);
-  float* tile_norms = reinterpret_cast<float*>(smem + kStages * sizeof(__nv_bfloat16) * kTileElems<D>);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int head = blockIdx.y;
-  const __nv_bfloat16* centroids = a.centroids + static_cast<int64_t>(head) * a.k * D;
-  const float* half_norms = a.half_norms + static_cast<int64_t>(head) * a.k;
-  const int num_tiles = (a.k + kTileCentroids - 1) / kTileCentroids;
-
-#pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) {
-    if (t < num_tiles)
-      load_tile<D>(tiles + t * kTileElems<D>, tile_norms + t * kTileCentroids, centroids, half_norms,
-                   t * kTileCentroids, a.k, tid);
-    cp_async_commit();
-  }
+  const CentroidStream<D> stream(smem, a, head);
+  stream.start(tid);
 
   const int64_t head_offset = static_cast<int64_t>(head) * a.n;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kCtaPoints + warp * 32;
@@ -59,19 +48,13 @@ __global__ void __launch_bounds__(kThreads, 1) mma_sync_kernel(Args a) {
   // +(lane / 8) % 2), row lane % 8 of it; registers come back as b0, b1 of block nb, then of nb + 1.
   const int ld_block = lane >> 4, ld_chunk = (lane >> 3) & 1, ld_row = lane & 7;
 
-  for (int t = 0; t < num_tiles; ++t) {
+  for (int t = 0; t < stream.num_tiles; ++t) {
     cp_async_wait<kStages - 2>();  // this thread's copies of tile t landed
     __syncthreads();               // everyone's did; everyone is done reading tile t - 1
-    {
-      const int next = t + kStages - 1;  // refills the stage of tile t - 1
-      if (next < num_tiles)
-        load_tile<D>(tiles + (next % kStages) * kTileElems<D>, tile_norms + (next % kStages) * kTileCentroids,
-                     centroids, half_norms, next * kTileCentroids, a.k, tid);
-      cp_async_commit();
-    }
+    stream.load(t + kStages - 1, tid);  // into the stage of tile t - 1
     __syncwarp();  // the loader's half-norm branch diverged; ldmatrix / mma.sync are .aligned
-    const __nv_bfloat16* tile = tiles + (t % kStages) * kTileElems<D>;
-    const float* norms = tile_norms + (t % kStages) * kTileCentroids;
+    const __nv_bfloat16* tile = stream.tile(t);
+    const float* norms = stream.tile_norms(t);
     const int column0 = t * kTileCentroids + 2 * (lane & 3);
 
 #pragma unroll

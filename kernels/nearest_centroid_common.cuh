@@ -1,6 +1,6 @@
 // What the two nearest-centroid kernels (nearest_centroid.cu: mma.sync, nearest_centroid_wgmma.cu:
-// wgmma) share: the CTA shape, the shared-memory image of a centroid tile, the A fragments of the
-// points, and the per-point running (max, argmax).
+// wgmma) share: the CTA shape, the shared-memory image of a centroid tile and the stream of those
+// tiles through the stages, and the per-point running (max, argmax).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -54,6 +54,39 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* tile, float* half_norms
     else half_norms_tile[tid] = __int_as_float(0x7f800000);  // +inf: visible after the stage's barrier
   }
 }
+
+// One head's centroids streamed through the kStages shared-memory stages (tile t in stage
+// t % kStages), as both kernels read them: start() puts tiles 0 .. kStages - 2 in flight, and the
+// loop refills the stage of tile t - 1 with tile t + kStages - 1 once every thread is done with it.
+template <int D>
+struct CentroidStream {
+  __nv_bfloat16* tiles;  // smem: kStages tiles, then kStages arrays of half norms
+  float* norms;
+  const __nv_bfloat16* centroids;  // the head's [k][D]
+  const float* half_norms;         // the head's [k]
+  int k, num_tiles;
+
+  __device__ CentroidStream(unsigned char* smem, const Args& a, int head)
+      : tiles(reinterpret_cast<__nv_bfloat16*>(smem)),
+        norms(reinterpret_cast<float*>(smem + kStages * sizeof(__nv_bfloat16) * kTileElems<D>)),
+        centroids(a.centroids + static_cast<int64_t>(head) * a.k * D),
+        half_norms(a.half_norms + static_cast<int64_t>(head) * a.k),
+        k(a.k),
+        num_tiles((a.k + kTileCentroids - 1) / kTileCentroids) {}
+  __device__ __forceinline__ const __nv_bfloat16* tile(int t) const { return tiles + (t % kStages) * kTileElems<D>; }
+  __device__ __forceinline__ const float* tile_norms(int t) const { return norms + (t % kStages) * kTileCentroids; }
+  // Tile t into its stage when there is one; one commit group either way (the waits count groups).
+  __device__ __forceinline__ void load(int t, int tid) const {
+    if (t < num_tiles)
+      load_tile<D>(tiles + (t % kStages) * kTileElems<D>, norms + (t % kStages) * kTileCentroids, centroids, half_norms,
+                   t * kTileCentroids, k, tid);
+    cp_async_commit();
+  }
+  __device__ __forceinline__ void start(int tid) const {
+#pragma unroll
+    for (int t = 0; t < kStages - 1; ++t) load(t, tid);
+  }
+};
 
 // Running (max, argmax) of one point over the columns one lane sees. Columns arrive in increasing
 // order and only a strictly larger score replaces the max, so ties keep the smallest column; NaN

@@ -29,23 +29,12 @@ template <int D>
 __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
 #ifdef SQZ_HAS_WGMMA
   extern __shared__ __align__(1024) unsigned char smem[];
-  __nv_bfloat16* tiles = reinterpret_cast<__nv_bfloat16*>(smem);
-  float* tile_norms = reinterpret_cast<float*>(smem + kStages * sizeof(__nv_bfloat16) * kTileElems<D>);
-  const uint32_t tiles_address = static_cast<uint32_t>(__cvta_generic_to_shared(tiles));
-  constexpr uint32_t kTileBytes = sizeof(__nv_bfloat16) * kTileElems<D>;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int head = blockIdx.y;
-  const __nv_bfloat16* centroids = a.centroids + static_cast<int64_t>(head) * a.k * D;
-  const float* half_norms = a.half_norms + static_cast<int64_t>(head) * a.k;
-  const int num_tiles = (a.k + kTileCentroids - 1) / kTileCentroids;
-
-#pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) {
-    if (t < num_tiles)
-      load_tile<D>(tiles + t * kTileElems<D>, tile_norms + t * kTileCentroids, centroids, half_norms,
-                   t * kTileCentroids, a.k, tid);
-    cp_async_commit();
-  }
+  const CentroidStream<D> stream(smem, a, head);
+  const uint32_t tiles_address = static_cast<uint32_t>(__cvta_generic_to_shared(stream.tiles));
+  constexpr uint32_t kTileBytes = sizeof(__nv_bfloat16) * kTileElems<D>;
+  stream.start(tid);
 
   // Warp w of warpgroup g holds rows 16w..16w+15 of each m64 half of the group's 128 points.
   const int64_t head_offset = static_cast<int64_t>(head) * a.n;
@@ -74,16 +63,11 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
   // Tile t: its wgmmas are in flight in `acc` (issued one step earlier); `next` takes tile t + 1
   // when there is one (issue_next: known at compile time, see the loop below).
   auto step = [&](int t, float(&acc)[2][32], float(&next)[2][32], auto issue_next) {
-    wgmma_stream_step<D, kStages>(t, acc, next, issue_next, afrag, tiles_address, kTileBytes, [&] {
-      const int refill = t + kStages - 1;  // into the stage of tile t - 1
-      if (refill < num_tiles)
-        load_tile<D>(tiles + (refill % kStages) * kTileElems<D>, tile_norms + (refill % kStages) * kTileCentroids,
-                     centroids, half_norms, refill * kTileCentroids, a.k, tid);
-      cp_async_commit();
-    });
+    wgmma_stream_step<D, kStages>(t, acc, next, issue_next, afrag, tiles_address, kTileBytes,
+                                  [&] { stream.load(t + kStages - 1, tid); });  // into the stage of tile t - 1
 
     // Accumulator block j (registers 4j..4j+3): row g, columns 8j + 2q, +1; then row g + 8.
-    const float* norms = tile_norms + (t % kStages) * kTileCentroids;
+    const float* norms = stream.tile_norms(t);
     const int column0 = t * kTileCentroids + 2 * (lane & 3);
 #pragma unroll
     for (int j = 0; j < kTileCentroids / 8; ++j) {
@@ -98,7 +82,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(Args a) {
       }
     }
   };
-  wgmma_ping_pong(num_tiles, acc_even, acc_odd, step);
+  wgmma_ping_pong(stream.num_tiles, acc_even, acc_odd, step);
   cp_async_wait<0>();
 
 #pragma unroll
