@@ -155,8 +155,8 @@ ABSL_FLAG(std::string, default_mode, "auto",
 ABSL_FLAG(float, default_sparsity, 0.9f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
           "of the context is used). 0.9 with the default lookup (pruned clusters estimated, read-ahead on) "
-          "retrieves as dense does on the long-context evaluation and decodes faster than dense at every "
-          "measured size (docs/performance.md).");
+          "retrieves as dense does on the long-context evaluation and decodes faster than dense at batch 1 "
+          "at every measured size; at batch 8 on one document it trails dense by 5-10% (docs/attention.md).");
 ABSL_FLAG(std::string, default_pruned, "estimated",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
           "(each still attends as one key: its centroid, weighing its size, with its mean value; what keeps "
