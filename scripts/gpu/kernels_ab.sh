@@ -14,7 +14,8 @@
 # run in the same call, e.g. another --context, on trees the first run checked); AB_CHECK_FILTER
 # (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change;
 # AB_NEAREST=1 also checks and times the nearest-centroid kernels (nearest_centroid_check) of both,
-# once each (~1 minute a tree).
+# once each (~1 minute a tree). AB_ROUNDS (default 2): alternations of kernels_bench (1 where the
+# call's time is short).
 set -uo pipefail
 case ${1:-} in
   prepare)
@@ -69,17 +70,18 @@ if [ -n "$nearest" ]; then  # the nearest-centroid kernels: checked, then timed,
     grep -E "^N=.* ms \(min" "$W/nearest_$tree.log" | cut -c1-60
   done
 fi
-for i in 1 2; do
+rounds=${AB_ROUNDS:-2}
+for i in $(seq "$rounds"); do
   for tree in base new; do
     timeout 300 "/tmp/ab_$tree/kernels_bench" "$@" --out "$W/${tree}_$i.json" >"$W/${tree}_$i.log" 2>&1 || status=1
   done
 done
-python3 - "$W" "$base" <<'PY'
+python3 - "$W" "$base" "$rounds" <<'PY'
 import json, os, statistics, sys
-w, base = sys.argv[1], sys.argv[2]
+w, base, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def rows(tree):
     out = {}
-    for i in (1, 2):
+    for i in range(1, rounds + 1):
         try:
             for r in json.load(open(os.path.join(w, f"{tree}_{i}.json")))["results"]:
                 key = (r["model"], r["context"], r["batch"], r["mode"], r["query_len"], r["sparsity"], r["lookup"])
