@@ -42,9 +42,9 @@ struct ModelInfo {
   std::string device;  // "cpu", "cuda:0"
   std::string dtype;   // compute dtype: "float32", "bfloat16"
   // Context length from which the server's default squeezed lookup (90%, pruned clusters estimated,
-  // read-ahead) decodes faster than dense at batch 1 on this engine (docs/performance.md); -1 = never (the
-  // CPU, or libtorch on a GPU: the libtorch lookup costs more than it saves). The server's auto
-  // mode reads it.
+  // read-ahead) decodes faster than dense at batch 1 on this engine (docs/performance.md); -1 =
+  // never (the CPU, or libtorch on a GPU: the libtorch lookup costs more than it saves). The
+  // server's auto mode reads it.
   int64_t squeezed_min_context_tokens = -1;
   // KV cache bytes per context token (K and V of every layer, in the compute dtype): what a stored
   // context holds at least, before its index.

@@ -73,13 +73,12 @@ struct CentroidStream {
         half_norms(a.half_norms + static_cast<int64_t>(head) * a.k),
         k(a.k),
         num_tiles((a.k + kTileCentroids - 1) / kTileCentroids) {}
-  __device__ __forceinline__ const __nv_bfloat16* tile(int t) const { return tiles + (t % kStages) * kTileElems<D>; }
-  __device__ __forceinline__ const float* tile_norms(int t) const { return norms + (t % kStages) * kTileCentroids; }
+  // Tile t's stage: its centroids and their half norms.
+  __device__ __forceinline__ __nv_bfloat16* tile(int t) const { return tiles + (t % kStages) * kTileElems<D>; }
+  __device__ __forceinline__ float* tile_norms(int t) const { return norms + (t % kStages) * kTileCentroids; }
   // Tile t into its stage when there is one; one commit group either way (the waits count groups).
   __device__ __forceinline__ void load(int t, int tid) const {
-    if (t < num_tiles)
-      load_tile<D>(tiles + (t % kStages) * kTileElems<D>, norms + (t % kStages) * kTileCentroids, centroids, half_norms,
-                   t * kTileCentroids, k, tid);
+    if (t < num_tiles) load_tile<D>(tile(t), tile_norms(t), centroids, half_norms, t * kTileCentroids, k, tid);
     cp_async_commit();
   }
   __device__ __forceinline__ void start(int tid) const {
