@@ -50,10 +50,10 @@ constexpr int64_t kMaxBundleGroup = 32;
 // Llama-2's bundle of 8 (group 8) gains (bench/kernels/NOTES.md runs 31 and 33).
 constexpr int64_t kMaxSqueezedBundleGroup = 8;
 
-// SqueezedBundles::kWherePays: the model's group (checked once) and a run's size and estimate
-// (checked per step); engine/kernel_attention.h "Squeezed bundles" says why.
+// SqueezedBundles::kWherePays: the model's group (checked once) and a run's size (checked per
+// step); engine/kernel_attention.h "Squeezed bundles" says why.
 bool BundlesPayForGroup(int64_t group) { return group == 1; }
-bool BundlesPayForRun(int64_t members, bool estimating) { return members >= 4 && !estimating; }
+bool BundlesPayForRun(int64_t members) { return members >= 4; }
 
 #ifdef SQUEEZESERVE_CUDA_KERNELS
 // The own tokens' launch: short heads (~100 rows each), a few CTAs a head in one wave of the
@@ -433,7 +433,7 @@ std::string KernelAttention::SqueezedBundlesNote() const {
                         num_q_heads_ / num_kv_heads_, " query heads a KV head, where bundles were slower)");
   }
   return "squeezed questions on one context read their selected clusters' union in bundles where 4 or more of them "
-         "use the paper's lookup (squeezed_bundles auto)";
+         "share one index (squeezed_bundles auto)";
 }
 
 std::string KernelAttention::SharedContextNote() const {
@@ -613,10 +613,9 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       end = first + 1;
       while (end < B && SelectionKey(Member(ordered[end])) == SelectionKey(Member(ordered[first]))) ++end;
       if (!SharesOneIndex(ordered, first, end) || (end - first) * num_kv_heads_ > kMaxDecodePairs) continue;
+      if (options_.squeezed_bundles == SqueezedBundles::kWherePays && !BundlesPayForRun(end - first)) continue;
       const bool run_estimates = std::any_of(ordered.begin() + first, ordered.begin() + end,
                                              [](const SequenceStep& s) { return Member(s).estimate_pruned_; });
-      if (options_.squeezed_bundles == SqueezedBundles::kWherePays && !BundlesPayForRun(end - first, run_estimates))
-        continue;
       std::vector<const void*> contexts;
       for (int64_t i = first; i < end; ++i) contexts.push_back(Member(ordered[i]).views_.get());
       SharedContextPlan plan = PlanSharedContext(contexts, num_kv_heads_, group, kMaxSqueezedBundleGroup);

@@ -56,8 +56,9 @@
 // selection and estimate: its output does not depend on its batch. By default only where they
 // pay (SqueezedBundles::kWherePays, measured on an H100: bench/kernels/NOTES.md run 33): one query
 // head a KV head (Llama-2's MHA; a GQA group's bundles do more MMA work per byte saved and were
-// slower), four or more questions in the run (a bundle of 2 read 0.9 of its members' rows and was
-// slower) and none estimating (the estimate in the bundle lost 3% end to end at 64K).
+// slower) and four or more questions in the run (a bundle of 2 read 0.9 of its members' rows and
+// was slower); estimating runs too since each estimated cluster's ln n travels with its mask (run
+// 37: the default lookup 0.93x the TPOT without bundles at 32K batch 8, 0.87x at 64K).
 #pragma once
 
 #include <cstdint>

@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
 
 // Pass C. grid (strips, H_kv, B), one strip of 256 candidates per CTA.
 template <int D>
-__global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, SelectionParams params,
+__global__ void __launch_bounds__(kTcThreads, 2) tc_flags_kernel(ProblemArgs p, SelectionParams params,
                                                               const float* logden, uint8_t* flags, float* scores,
                                                               int capacity) {
   __shared__ __align__(16) TcSmem<D> sm;
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_flags_kernel(ProblemArgs p, Sel
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-#pragma unroll 1
+#pragma unroll
     for (int sub = 0; sub < kTcRows / 16; ++sub) {
       const int tile = rt * (kTcRows / 16) + sub;  // global 16-row sub-tile: member tile / member_tiles
       if (tile >= p.g * member_tiles) break;       // warp-uniform: past the last member

@@ -68,7 +68,8 @@ ABSL_FLAG(std::string, attention_backend, "auto",
 ABSL_FLAG(std::string, prefill_kernel, "mma_sync",
           "With the CUDA kernels: the kernel of a squeezed query prefill's attention: mma_sync (the default) or "
           "warp_specialized (FlashAttention-3 structure, Hopper and head_dim 128 only; elsewhere mma_sync, as the "
-          "log says). For comparisons: measured slower on 64-token questions (bench/kernels/NOTES.md, run 10).");
+          "log says). Faster on 1K-token queries (0.82x the step at 512K), slower on short questions (TTFT 1.07-1.16x "
+          "at Llama-2 32K); bench/kernels/NOTES.md run 37.");
 ABSL_FLAG(bool, programmatic_launch, true,
           "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
           "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
@@ -156,7 +157,8 @@ ABSL_FLAG(float, default_sparsity, 0.9f,
           "Sparsity for squeezed requests that leave attention.sparsity at 0 (the nearest calibrated level "
           "of the context is used). 0.9 with the default lookup (pruned clusters estimated, read-ahead on) "
           "retrieves as dense does on the long-context evaluation and decodes faster than dense at batch 1 "
-          "at every measured size; at batch 8 on one document it trails dense by 5-10% (docs/attention.md).");
+          "at every measured size, and at batch 8 on one document with Llama-2's shape; Llama-3's trails dense "
+          "there by 5% (docs/attention.md).");
 ABSL_FLAG(std::string, default_pruned, "estimated",
           "What becomes of pruned clusters for squeezed requests that leave attention.pruned unset: estimated "
           "(each still attends as one key: its centroid, weighing its size, with its mean value; what keeps "
