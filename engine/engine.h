@@ -68,11 +68,13 @@ struct EngineOptions {
   // FlashAttention kernel, whichever first passes a check against the reference), "cudnn", "flash"
   // or "reference" (the blocked libtorch code; for comparisons).
   std::string dense_attention = "auto";
-  // The squeezed query prefill's attention on the CUDA kernels: "mma_sync" (FlashAttention-2
-  // structure, kernels/prefill_attention.cu) or "warp_specialized" (FlashAttention-3 structure on
-  // Hopper at head_dim 128, kernels/prefill_attention_ws.cu; the mma.sync kernel elsewhere). For
-  // comparisons: measured slower on 64-token questions (bench/kernels/NOTES.md, run 10).
-  std::string prefill_kernel = "mma_sync";
+  // The squeezed query prefill's attention on the CUDA kernels: "auto" (the warp-specialized
+  // kernel where a launch runs unsplit, i.e. long queries, mma.sync where split-K cuts the
+  // selection into short ranges, i.e. questions: kernels::PrefillKernel::kWhereUnsplit says what
+  // was measured), "mma_sync" (FlashAttention-2 structure, kernels/prefill_attention.cu) or
+  // "warp_specialized" (FlashAttention-3 structure, kernels/prefill_attention_ws.cu), both for
+  // comparisons. The warp-specialized kernel runs only at head_dim 128 on Hopper; mma.sync elsewhere.
+  std::string prefill_kernel = "auto";
   // Decode steps on the CUDA kernels replayed as CUDA graphs (decode_graphs.h); false = every step
   // dispatched op by op (for comparisons).
   bool cuda_graphs = true;

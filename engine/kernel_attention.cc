@@ -409,14 +409,20 @@ KernelAttention::KernelAttention(const ModelConfig& config, at::Device device, c
 KernelAttention::~KernelAttention() = default;
 
 std::string KernelAttention::PrefillKernelNote() const {
-  if (!options_.warp_specialized_prefill) return "query prefill attention: mma.sync";
+  if (options_.prefill_kernel == kernels::PrefillKernel::kMmaSync) return "query prefill attention: mma.sync";
+  const char* asked = options_.prefill_kernel == kernels::PrefillKernel::kWarpSpecialized ? "warp_specialized" : "auto";
 #ifdef SQUEEZESERVE_CUDA_KERNELS
   const c10::cuda::CUDAGuard guard(device_);
-  if (head_dim_ == 128 && kernels::prefill_warp_specialized_available())
-    return "query prefill attention: warp-specialized wgmma";
+  if (head_dim_ == 128 && kernels::prefill_warp_specialized_available()) {
+    return options_.prefill_kernel == kernels::PrefillKernel::kWarpSpecialized
+               ? "query prefill attention: warp-specialized wgmma"
+               : "query prefill attention: warp-specialized wgmma where a launch's row tiles fill the device "
+                 "(long queries), mma.sync where split-K cuts the keys (questions) (prefill_kernel auto)";
+  }
 #endif
-  return absl::StrCat("query prefill attention: mma.sync (warp_specialized asked: it needs head_dim 128 on an sm_90a "
-                      "device and build; head_dim is ", head_dim_, ")");
+  return absl::StrCat("query prefill attention: mma.sync (prefill_kernel ", asked,
+                      ": the warp-specialized kernel needs head_dim 128 on an sm_90a device and build; head_dim is ",
+                      head_dim_, ")");
 }
 
 std::string KernelAttention::SqueezedBundlesNote() const {
@@ -570,9 +576,9 @@ int64_t PrefillBlockTokens(int64_t group) { return std::max<int64_t>(1, kMaxSele
 // question's attention over every SM instead of 2 x H_kv CTAs: 2.49 -> 0.47 ms a layer at Llama-3
 // 512K on the H200), one key range for the long blocks of a long query; the kernel as
 // EngineOptions::prefill_kernel asks.
-kernels::PrefillLaunch PrefillLaunchOf(bool warp_specialized) {
+kernels::PrefillLaunch PrefillLaunchOf(kernels::PrefillKernel kernel) {
   kernels::PrefillLaunch launch;
-  launch.warp_specialized = warp_specialized;
+  launch.kernel = kernel;
   return launch;
 }
 
@@ -677,7 +683,7 @@ void KernelAttention::Plan(const std::vector<SequenceStep>& steps) {
       workspace = std::max<int64_t>(
           workspace,
           static_cast<int64_t>(
-              kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(options_.warp_specialized_prefill))));
+              kernels::prefill_attention_workspace_bytes(shape, PrefillLaunchOf(options_.prefill_kernel))));
     }
   }
   shape.query_len = 1;
@@ -1083,7 +1089,7 @@ std::vector<at::Tensor> KernelAttention::Attend(int64_t layer, const at::Tensor&
       if (seq.read_ahead_) top = {top_position.data_ptr<int32_t>() + a * H, top_share.data_ptr<float>() + a * H};
       Check(kernels::sparse_prefill_attention(shape, views, q_block.data_ptr(), selection, out.data_ptr(),
                                               /*lse=*/nullptr, b.workspace.data_ptr(),
-                                              PrefillLaunchOf(options_.warp_specialized_prefill), stream, top),
+                                              PrefillLaunchOf(options_.prefill_kernel), stream, top),
             "sparse_prefill_attention");
       blocks.push_back(out.view({m, H * D}));
     }

@@ -75,6 +75,7 @@
 #include "engine/model_config.h"
 #include "engine/squeezed_lookup.h"
 #include "engine/stored_context.h"
+#include "kernels/prefill_attention.h"
 
 namespace squeezeserve {
 
@@ -90,9 +91,9 @@ absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const Model
 enum class SqueezedBundles { kOff, kWherePays, kAlways };
 
 struct KernelAttentionOptions {
-  bool warp_specialized_prefill = false;  // EngineOptions::prefill_kernel == "warp_specialized"
-  bool programmatic_launch = true;        // EngineOptions::programmatic_launch (kernels/launch.h's switch)
-  bool shared_context_decode = true;      // EngineOptions::shared_context_decode (see above)
+  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereUnsplit;  // EngineOptions::prefill_kernel
+  bool programmatic_launch = true;    // EngineOptions::programmatic_launch (kernels/launch.h's switch)
+  bool shared_context_decode = true;  // EngineOptions::shared_context_decode (see above)
   SqueezedBundles squeezed_bundles = SqueezedBundles::kWherePays;  // EngineOptions::squeezed_bundles
 };
 

@@ -430,9 +430,14 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
-  if (options.prefill_kernel != "mma_sync" && options.prefill_kernel != "warp_specialized") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prefill_kernel \"", options.prefill_kernel, "\": expected mma_sync or warp_specialized"));
+  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereUnsplit;
+  if (options.prefill_kernel == "mma_sync") {
+    prefill_kernel = kernels::PrefillKernel::kMmaSync;
+  } else if (options.prefill_kernel == "warp_specialized") {
+    prefill_kernel = kernels::PrefillKernel::kWarpSpecialized;
+  } else if (options.prefill_kernel != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat("prefill_kernel \"", options.prefill_kernel,
+                                                   "\": expected auto, mma_sync or warp_specialized"));
   }
   SqueezedBundles squeezed_bundles = SqueezedBundles::kWherePays;
   if (options.squeezed_bundles == "on") {
@@ -449,7 +454,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   }
   if (*use_kernels) {
     KernelAttentionOptions kernel_options;
-    kernel_options.warp_specialized_prefill = options.prefill_kernel == "warp_specialized";
+    kernel_options.prefill_kernel = prefill_kernel;
     kernel_options.programmatic_launch = options.programmatic_launch;
     kernel_options.shared_context_decode = options.shared_context_decode;
     kernel_options.squeezed_bundles = squeezed_bundles;

@@ -217,8 +217,7 @@ int prefill_splits(const AttentionShape& shape, const PrefillLaunch& launch) {
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
     return 1;
-  // One ~250-register, 256-thread CTA fits an SM at a time; 2 per SM evens out the ranges' ends.
-  return static_cast<int>(std::clamp<int64_t>(2 * sms / std::max<int64_t>(ctas, 1), 1, kMaxPrefillSplits));
+  return prefill_auto_splits(ctas, sms);
 }
 
 // Partial bytes per (output row, split): the output, the stats and the position.
@@ -257,8 +256,9 @@ int sparse_prefill_attention(const AttentionShape& shape, const SequenceLayerBf1
   }
   const auto st = static_cast<cudaStream_t>(stream);
   const bool top_keys = top.position != nullptr || top.share != nullptr;
-  // The warp-specialized kernel where asked and it can run (D = 128 on sm_90a); else mma.sync.
-  const bool ws = launch.warp_specialized && shape.head_dim == 128 && prefill_ws_available();
+  // The warp-specialized kernel where asked (PrefillKernel) and it can run (D = 128 on sm_90a).
+  const bool ws = prefill_runs_warp_specialized(launch.kernel, a.splits,
+                                                shape.head_dim == 128 && prefill_ws_available());
   switch (shape.head_dim) {
     case 64:
       return top_keys ? launch_prefill<64, true>(a, shape.batch, false, st)

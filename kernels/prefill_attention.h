@@ -24,6 +24,36 @@ namespace squeezeserve::kernels {
 
 constexpr int32_t kMaxPrefillSplits = 16;
 
+// Which kernel runs a launch where the warp-specialized one can (head_dim 128 on an sm_90a device
+// and build: prefill_warp_specialized_available); elsewhere the mma.sync kernel always does.
+enum class PrefillKernel {
+  kMmaSync,          // prefill_attention.cu: FlashAttention-2's structure
+  kWarpSpecialized,  // prefill_attention_ws.cu: a producer warpgroup gathering the tiles, two consumer
+                     // warpgroups on wgmma taking turns, each overlapping one tile's softmax with the
+                     // next tile's products
+  // The warp-specialized kernel where the launch runs unsplit (its row tiles alone fill the device,
+  // so each CTA streams its head's whole selection), mma.sync where split-K cuts the selection into
+  // short ranges. Measured on an H100 (bench/kernels/NOTES.md run 37): at 1K x 512K, unsplit, the
+  // ws kernel's step 0.83x the mma.sync one's; on a 64-token question (split 8-16 ways) its fixed
+  // cost per CTA made it 1.1-1.7x slower (run 14) and the TTFT 1.07-1.16x (run 37).
+  kWhereUnsplit,
+};
+
+// Key ranges per (row tile, KV head) of a launch of `ctas` (row tiles x KV heads x batch) on `sms`
+// SMs when PrefillLaunch::splits is 0: ~2 CTAs per SM (one ~250-register, 256-thread CTA fits an
+// SM at a time; 2 per SM evens out the ranges' ends), 1 when the row tiles already fill the device.
+constexpr int32_t prefill_auto_splits(int64_t ctas, int32_t sms) {
+  const int64_t splits = 2 * static_cast<int64_t>(sms) / (ctas > 0 ? ctas : 1);
+  return static_cast<int32_t>(splits < 1 ? 1 : splits > kMaxPrefillSplits ? kMaxPrefillSplits : splits);
+}
+
+// Whether a launch of `splits` key ranges runs the warp-specialized kernel (`available`: it can run
+// here, prefill_warp_specialized_available() at head_dim 128).
+constexpr bool prefill_runs_warp_specialized(PrefillKernel kernel, int32_t splits, bool available) {
+  return available && (kernel == PrefillKernel::kWarpSpecialized ||
+                       (kernel == PrefillKernel::kWhereUnsplit && splits == 1));
+}
+
 struct PrefillLaunch {
   // Key ranges per (row tile, KV head): 0 = as many as give the current device ~2 CTAs per SM
   // (1 when the row tiles already do), n = min(n, kMaxPrefillSplits). A null workspace means 1.
@@ -33,15 +63,11 @@ struct PrefillLaunch {
   // bench/kernels/NOTES.md run 10): the Llama-2 64-token question's attention 24-29% faster, the
   // others unchanged. false: every warp computes (kept for the A/B row and the check).
   bool skip_padding_warps = true;
-  // At head_dim 128 on Hopper (sm_90a): the warp-specialized kernel (prefill_attention_ws.cu: a
-  // producer warpgroup gathering the tiles, two consumer warpgroups on wgmma taking turns, each
-  // overlapping one tile's softmax with the next tile's products); elsewhere the mma.sync kernel.
-  // Off: correct on an H100 (kernels_check, compute-sanitizer) but 8-40% slower on 64-token
-  // questions and only 1-7% faster on 1K-token blocks (bench/kernels/NOTES.md run 10).
-  bool warp_specialized = false;
+  // The kernel (see PrefillKernel; the engine's default is kWhereUnsplit).
+  PrefillKernel kernel = PrefillKernel::kMmaSync;
 };
 
-// Whether PrefillLaunch::warp_specialized takes effect on the current device (head_dim 128).
+// Whether the warp-specialized kernel can run on the current device (at head_dim 128).
 bool prefill_warp_specialized_available();
 
 // Bytes of workspace a launch of this shape needs (0 when it runs unsplit).

@@ -1,5 +1,5 @@
 // Sparse prefill attention, warp-specialized on Hopper's warpgroup MMA (FlashAttention-3
-// structure; PrefillLaunch::warp_specialized, head_dim 128, sm_90a). Same contract, grid, row
+// structure; PrefillKernel::kWarpSpecialized, head_dim 128, sm_90a). Same contract, grid, row
 // packing, tiles and per-row arithmetic as the mma.sync kernel (prefill_attention.cu,
 // prefill_common.cuh); what differs is who waits for what.
 //

@@ -185,11 +185,14 @@ __global__ void __launch_bounds__(kTcThreads) tc_lse_kernel(ProblemArgs p, int s
   cp_async_wait<0>();
 }
 
-// Pass C. grid (strips, H_kv, B), one strip of 256 candidates per CTA.
+// Pass C. grid (strips, H_kv, B), one strip of 256 candidates per CTA. Its sub-tile loop is
+// unrolled so a warp's next products issue while this sub-tile's exponentials wait on the MUFU;
+// 2 CTAs an SM bound the registers (126 at D 128, no spill): -4% of the selection at 1K x 512K
+// (bench/kernels/NOTES.md run 37).
 template <int D>
 __global__ void __launch_bounds__(kTcThreads, 2) tc_flags_kernel(ProblemArgs p, SelectionParams params,
-                                                              const float* logden, uint8_t* flags, float* scores,
-                                                              int capacity) {
+                                                                 const float* logden, uint8_t* flags, float* scores,
+                                                                 int capacity) {
   __shared__ __align__(16) TcSmem<D> sm;
   const int b = blockIdx.z, h = blockIdx.y, bh = b * p.hkv + h;
   const SequenceLayerBf16& s = p.seqs[b];

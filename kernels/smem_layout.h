@@ -31,13 +31,6 @@ template <int D>
 SQUEEZESERVE_HOST_DEVICE constexpr int core_chunk_col(int q) {
   return ((q >> 3) % (D / 8)) * 8;
 }
-// Which of its warp's 32 consecutive chunks (4 core matrices: 8 rows, 4 columns) `lane` copies:
-// lanes 8p .. 8p + 7 take rows 4 (p & 1) .. + 3 at columns 2 (p >> 1) and + 1, i.e. 32 contiguous
-// bytes of each of 4 rows, where chunk order would give a quarter-warp half a sector of each of 8
-// rows. The price: its shared writes fall 2 to a bank group.
-SQUEEZESERVE_HOST_DEVICE constexpr int sector_pair_chunk(int lane) {
-  return ((lane & 1) + ((lane >> 4) & 1) * 2) * 8 + ((lane >> 1) & 3) + ((lane >> 3) & 1) * 4;
-}
 
 // Element of chunk `chunk` (0..7) of row `row` within one atom column of the 128-byte swizzle.
 SQUEEZESERVE_HOST_DEVICE constexpr int sw128_element(int row, int chunk) {

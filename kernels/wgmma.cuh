@@ -34,12 +34,14 @@ __device__ __forceinline__ void copy_core_tile(__nv_bfloat16* tile, const __nv_b
                                                int tid) {
   constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
   constexpr int kChunks = kRows * kChunksPerRow;
-  static_assert(kChunks % kThreadsCopying == 0 && kThreadsCopying % 32 == 0,
-                "every thread copies the same number of chunks, whole warps 32 consecutive ones");
+  static_assert(kChunks % kThreadsCopying == 0, "every thread copies the same number of chunks");
 #pragma unroll
   for (int i = 0; i < kChunks / kThreadsCopying; ++i) {
-    // A warp reads 64 contiguous bytes from each of 8 rows, a quarter-warp 32 from each of 4.
-    const int chunk = i * kThreadsCopying + (tid & ~31) + sector_pair_chunk(tid & 31);
+    // A warp reads 64 contiguous bytes from each of 8 rows, in chunk order: a quarter-warp takes
+    // half a sector of each of 8 rows. Whole sectors a quarter-warp (lanes permuted, shared writes
+    // 2 to a bank group) made pass A 2% slower and the nearest-centroid kernels no faster
+    // (bench/kernels/NOTES.md run 37).
+    const int chunk = i * kThreadsCopying + tid;
     const int j = first + core_chunk_row<D>(chunk);
     const bool in_range = j < k;
     const __nv_bfloat16* src = in_range ? rows + static_cast<int64_t>(j) * D + core_chunk_col<D>(chunk) : rows;

@@ -65,11 +65,13 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "GPU, the build has them, the model is bfloat16 and its head_dim is 64 or 128 with a GQA group of 1 "
           "to 8; libtorch otherwise), torch (always libtorch, e.g. for A/B benchmarks) or kernels (the "
           "kernels, or the model fails to load). Ingest prefill always uses libtorch's fused attention.");
-ABSL_FLAG(std::string, prefill_kernel, "mma_sync",
-          "With the CUDA kernels: the kernel of a squeezed query prefill's attention: mma_sync (the default) or "
-          "warp_specialized (FlashAttention-3 structure, Hopper and head_dim 128 only; elsewhere mma_sync, as the "
-          "log says). Faster on 1K-token queries (0.82x the step at 512K), slower on short questions (TTFT 1.07-1.16x "
-          "at Llama-2 32K); bench/kernels/NOTES.md run 37.");
+ABSL_FLAG(std::string, prefill_kernel, "auto",
+          "With the CUDA kernels: the kernel of a squeezed query prefill's attention. auto: the warp-specialized "
+          "kernel (FlashAttention-3 structure; Hopper and head_dim 128 only) where a launch's query rows fill the "
+          "device (long queries: 0.83x the mma.sync step at 1K x 512K), mma_sync where split-K cuts the keys into "
+          "short ranges (questions of tens of tokens, where the warp-specialized one was slower). mma_sync or "
+          "warp_specialized: that kernel everywhere it runs, for comparisons. The log says which runs "
+          "(bench/kernels/NOTES.md run 37).");
 ABSL_FLAG(bool, programmatic_launch, true,
           "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
           "(each starts while the previous one drains, so its index reads overlap that tail). false: plain stream "
@@ -227,9 +229,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
         absl::StrCat("--attention_backend must be auto, torch or kernels, got ", backend));
   }
   if (const std::string kernel = absl::GetFlag(FLAGS_prefill_kernel);
-      kernel != "mma_sync" && kernel != "warp_specialized") {
+      kernel != "auto" && kernel != "mma_sync" && kernel != "warp_specialized") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--prefill_kernel must be mma_sync or warp_specialized, got ", kernel));
+        absl::StrCat("--prefill_kernel must be auto, mma_sync or warp_specialized, got ", kernel));
   }
   const std::string scheduler = absl::GetFlag(FLAGS_scheduler);
   if (scheduler == "batching") {

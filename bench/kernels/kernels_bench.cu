@@ -31,7 +31,7 @@
 // cores instead of tensor cores ("paper-cuda-core", "paper-two-level-cuda-core";
 // SelectionLaunch::tensor_core_stream). Every
 // prefill config at head_dim 128 on sm_90a also on the warp-specialized kernel ("paper-ws", and at
-// 90% "accurate-ws"; PrefillLaunch::warp_specialized).
+// 90% "accurate-ws"; PrefillKernel::kWarpSpecialized).
 // Two-level decode also with each level as a centroid stream and a compaction launch instead of
 // the default fused stream ("paper-two-level-unfused", "accurate-two-level-unfused";
 // SelectionLaunch::fused_place off). Decode at 90% also with the grid in 2-4 waves of shorter
@@ -43,7 +43,8 @@
 // lookup over one context for every sequence, with and without wide tiles ("accurate-one-context",
 // "accurate-one-context-narrow").
 // Flags: --out FILE, --quick (first 4 configs), --context N (that context only), --prefill-only,
-// --decode-only, --flush read|write; for profiling, --model M, --batch B, --query-len L, --lookup NAME,
+// --decode-only, --flush read|write, --query-len L (a prefill length up to 1024: that one alone, in place of
+// 1024 and 64); for profiling, --model M, --batch B, --query-len L, --lookup NAME,
 // --sparsity S narrow the rows and --profile runs each once in an NVTX range instead of timing it;
 // --trace FILE (a build with -DSQZ_DECODE_TRACE=ON) appends each decode row's attention phases per
 // CTA, from three replays of its step after L2 flushes, to FILE (JSON lines; decode_trace.py sums
@@ -390,6 +391,10 @@ int main(int argc, char** argv) {
         if (double(batch) * hkv * ctx * 128 * 4 > 40e9) continue;
         configs.push_back({model, hq, hkv, 128, ctx, batch, 1});
       }
+      if (only_query_len > 1) {  // --query-len L: that prefill length alone (up to the dense buffers')
+        configs.push_back({model, hq, hkv, 128, ctx, 1, only_query_len});
+        continue;
+      }
       configs.push_back({model, hq, hkv, 128, ctx, 1, kPrefillTokens});
       if (ctx >= 131072) configs.push_back({model, hq, hkv, 128, ctx, 1, kQuestionTokens});
     }
@@ -406,10 +411,12 @@ int main(int argc, char** argv) {
                                }),
                 configs.end());
   if (quick) configs.resize(std::min<size_t>(configs.size(), 4));
-  if (configs.empty() || (only_context != 0 && only_context < 4096)) {  // say so, not an empty table
+  if (configs.empty() || (only_context != 0 && only_context < 4096) || only_query_len > kPrefillTokens) {
+    // say so, not an empty table
     std::fprintf(stderr, "kernels_bench: no configuration matches --context (>= 4096), --model (llama2-7b, llama3-8b), "
-                         "--batch (1, 8), --query-len (1, %d, %d from 128K) and --prefill-only / --decode-only\n",
-                 kPrefillTokens, kQuestionTokens);
+                         "--batch (1, 8), --query-len (1, or any prefill length up to %d; by default %d and %d from 128K) and "
+                         "--prefill-only / --decode-only\n",
+                 kPrefillTokens, kPrefillTokens, kQuestionTokens);
     return 2;
   }
 
@@ -595,7 +602,7 @@ int main(int argc, char** argv) {
       };
       run("paper", d_views, sel, TopKeys{}, params, limits, sws);
       PrefillLaunch ws_launch;  // the warp-specialized prefill kernel, where it runs
-      ws_launch.warp_specialized = true;
+      ws_launch.kernel = PrefillKernel::kWarpSpecialized;
       const bool ws = c.prefill() && c.d == 128 && prefill_warp_specialized_available();
       if (ws) run("paper-ws", d_views, sel, TopKeys{}, params, limits, sws, true, ws_launch);
       if (c.prefill() && prefill_attention_workspace_bytes(shape, PrefillLaunch{}) > 0)

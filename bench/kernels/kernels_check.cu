@@ -475,7 +475,7 @@ Result run_case(const Case& c, uint64_t seed) {
     } else {
       PrefillLaunch launch;
       launch.skip_padding_warps = skip;
-      launch.warp_specialized = ws;
+      launch.kernel = ws ? PrefillKernel::kWarpSpecialized : PrefillKernel::kMmaSync;
       const size_t bytes = split ? prefill_attention_workspace_bytes(shape, launch) : 0;
       if (bytes) CUDA_OK(cudaMalloc(&dws, bytes));
       CUDA_OK(sparse_prefill_attention(shape, d_views, d_q, dsel.sel, d_out, d_lse, dws, launch, nullptr, d_top));

@@ -490,7 +490,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KernelPathTest, ::testing::Values(0, 1, 2), [](
 // the KV as on libtorch; several generations step together through StepBatch.
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, const std::string& device, const std::string& backend,
                                    absl::Status* status = nullptr, bool cuda_graphs = true,
-                                   const std::string& prefill_kernel = "mma_sync") {
+                                   const std::string& prefill_kernel = "auto") {
   EngineOptions options;
   options.model_dir = dir;
   options.device = device;
@@ -514,11 +514,14 @@ TEST(AttentionBackendTest, OptionIsValidated) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto") != nullptr);
   EXPECT_TRUE(LoadEngine(dir, "cpu", "torch") != nullptr);
-  // The prefill kernel: two names; the warp-specialized one is a request that loads anywhere (the
-  // mma.sync kernel runs where it cannot, as the log says).
+  // The prefill kernel: three names; the warp-specialized one (and auto's choice of it) is a request
+  // that loads anywhere (the mma.sync kernel runs where it cannot, as the log says).
   EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "bogus") == nullptr);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
-  EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, "warp_specialized") != nullptr) << status;
+  EXPECT_NE(std::string(status.message()).find("expected auto, mma_sync or warp_specialized"), std::string::npos)
+      << status;
+  for (const char* kernel : {"auto", "mma_sync", "warp_specialized"})
+    EXPECT_TRUE(LoadEngine(dir, "cpu", "auto", &status, true, kernel) != nullptr) << kernel << ": " << status;
   // Squeezed bundles: auto, on or off (on libtorch they have no effect, and load).
   EngineOptions bundles;
   bundles.model_dir = dir;
@@ -548,7 +551,7 @@ struct KernelsAndTorch {
   bool ok() const { return kernels && torch && on_kernels && on_torch; }
 };
 KernelsAndTorch LoadBothWithContext(const std::string& name, const TinyModelSpec& spec, int tokens, uint64_t seed,
-                                    const std::string& prefill_kernel = "mma_sync") {
+                                    const std::string& prefill_kernel = "auto") {
   KernelsAndTorch both;
   const std::string dir = MakeTempDir(name);
   WriteTinyCheckpoint(dir, spec);

@@ -149,30 +149,5 @@ TEST(SmemLayout, WsQuarterWarpsReadWholeSectorsAndWriteEveryBankGroup) {
   }
 }
 
-// copy_core_tile's order: a permutation of the warp's 32 chunks in which each quarter-warp takes
-// whole 32-byte sectors (two adjacent, even-aligned chunks) of 4 rows.
-TEST(SmemLayout, SectorPairChunkPermutesAWarpIntoWholeSectors) {
-  for (const int D : {64, 128}) {
-    std::set<int> seen;
-    for (int lane = 0; lane < 32; ++lane) seen.insert(sector_pair_chunk(lane));
-    EXPECT_EQ(seen.size(), 32u);
-    EXPECT_EQ(*seen.rbegin(), 31);
-    for (int warp_first = 0; warp_first < 64 * D / 8; warp_first += 32)
-      for (int p = 0; p < 4; ++p) {
-        std::set<std::pair<int, int>> sectors;  // (row, 32-byte sector of the row)
-        std::set<int> rows;
-        for (int lane = 8 * p; lane < 8 * p + 8; ++lane) {
-          const int q = warp_first + sector_pair_chunk(lane);
-          const int row = D == 64 ? core_chunk_row<64>(q) : core_chunk_row<128>(q);
-          const int col = D == 64 ? core_chunk_col<64>(q) : core_chunk_col<128>(q);
-          sectors.insert({row, col / 16});
-          rows.insert(row);
-        }
-        EXPECT_EQ(rows.size(), 4u) << "D " << D << " warp chunk " << warp_first << " quarter " << p;
-        EXPECT_EQ(sectors.size(), 4u) << "each row's 32 bytes make one whole sector";
-      }
-  }
-}
-
 }  // namespace
 }  // namespace squeezeserve::kernels::detail
