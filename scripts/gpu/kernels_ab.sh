@@ -15,7 +15,9 @@
 # (default decode) is kernels_check's --filter, e.g. prefill for a prefill kernel's change;
 # AB_NEAREST=1 also checks and times the nearest-centroid kernels (nearest_centroid_check) of both,
 # once each (~1 minute a tree). AB_ROUNDS (default 2): alternations of kernels_bench (1 where the
-# call's time is short).
+# call's time is short). AB_DENSE=1: then SDPA cuDNN / flash on the new tree's shapes
+# (bench/kernels/sdpa_baseline.py on its first run: new_1_dense.json in the archive, the JSON that
+# bench/targets.py --kernels reads, and the speedups on stdout).
 set -uo pipefail
 case ${1:-} in
   prepare)
@@ -100,5 +102,10 @@ for k in n:
         print(f"| {k[0]} | {k[1] // 1024}K | {k[2]} | {k[3]} x{k[4]} | {k[5]} | {k[6]} | {mb[0]:.1f} / {mn[0]:.1f} "
               f"| {mb[1]:.1f} / {mn[1]:.1f} | {mb[2]:.1f} / {mn[2]:.1f} | {mn[2] / mb[2]:.3f} |")
 PY
+if [ "${AB_DENSE:-0}" = 1 ]; then  # the dense peers on the same GPU, for the targets' ratios
+  timeout 300 python3 bench/kernels/sdpa_baseline.py --sparse "$W/new_1.json" --out "$W/new_1_dense.json" \
+    >"$W/dense.log" 2>&1 || status=1
+  tail -25 "$W/dense.log"
+fi
 echo "logs and JSON: $archive (written on exit)"
 exit $status
