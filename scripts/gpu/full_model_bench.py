@@ -11,8 +11,8 @@ For one model shape and one context length it measures
   - TTFT and time per output token (TPOT) per attention mode and batch size (B concurrent streams on
     the same context), with the bytes one decode step must read (bench/step_bytes.py: the weights,
     the shared context's KV the streams read, at most once, their own tokens and the centroids
-    scored) / the copy bandwidth = the TPOT's limit, and the 64-token questions'
-    prefill (those bytes / copy rate or its FLOPs / matmul rate, the larger) = the TTFT's;
+    scored) / the copy bandwidth = the TPOT's limit, and the questions' prefill (64 tokens, or
+    --question_tokens: those bytes / copy rate or its FLOPs / matmul rate, the larger) = the TTFT's;
   - HF transformers with SDPA on the same checkpoint (with --hf): prefill time and TPOT at batch 1.
 Writes OUT/full_<shape>_<context>.json and prints a markdown table.
 
@@ -209,11 +209,11 @@ def ingest(server, context, token_file, context_id="ctx"):
             "info": json.loads(out.stdout)}
 
 
-def generate(server, mode, batch, new_tokens, vocab):
+def generate(server, mode, batch, new_tokens, vocab, question_tokens):
     procs = []
     for stream in range(batch):
         r = random.Random(stream + 1)
-        query = ",".join(str(r.randrange(3, vocab)) for _ in range(QUESTION_TOKENS))
+        query = ",".join(str(r.randrange(3, vocab)) for _ in range(question_tokens))
         procs.append(subprocess.Popen(
             [CTL, "--server", server.addr, "--timeout", "3600", "generate", "--json", "--context", "ctx",
              "--tokens", query, "--max_new_tokens", str(new_tokens), "--ignore_eos"] + MODES[mode],
@@ -238,15 +238,12 @@ def generate(server, mode, batch, new_tokens, vocab):
     }
 
 
-QUESTION_TOKENS = 64  # generate() sends a 64-token question
-
-
-def question_limit_s(s, context, batch, kv_fraction, comparisons, limits):
+def question_limit_s(s, context, batch, kv_fraction, comparisons, limits, question_tokens):
     """The time to first token's floor: the questions' prefill (then one step's sampling, ignored), the
     larger of its bytes over the copy rate (a decode step's, step_bytes.py) and its FLOPs over the
     matmul rate (2 per parameter per token, and QK^T and PV over the selected context keys and the
     question's own causal half)."""
-    q = QUESTION_TOKENS
+    q = question_tokens
     step = decode_step_bytes(s, context, batch, kv_fraction, comparisons, 0)
     keys = kv_fraction * context + q / 2
     flops = batch * (2 * weight_bytes(s) / 2 * q + 4 * s["layers"] * s["heads"] * 128 * q * keys)
@@ -301,6 +298,9 @@ def main():
     p.add_argument("--modes", default="dense,default,squeezed-0.9,squeezed-0.7,paper-0.9,estimated-0.9,hier-paper-0.9,"
                                       "read-ahead-0.9,accurate-0.9,accurate-0.7")
     p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--question_tokens", type=int, default=64,
+                   help="tokens of each stream's question (its prefill is the TTFT): 64, or e.g. 1024 for the "
+                        "long queries where the server's prefill_kernel auto takes the warp-specialized kernel")
     p.add_argument("--reps", type=int, default=3, help="measured runs per mode and batch (medians reported)")
     p.add_argument("--hf", action="store_true")
     p.add_argument("--no_store", action="store_true", help="contexts in memory only (no store stage)")
@@ -319,7 +319,7 @@ def main():
     s = SHAPES[a.shape]
     batches = [int(b) for b in a.batches.split(",") if b]
     result = {"shape": a.shape, "context": a.context, "device": torch.cuda.get_device_name(0),
-              "server_args": a.server_args}
+              "server_args": a.server_args, "question_tokens": a.question_tokens}
     if a.run:
         result["run"] = {"note": a.run}
     result["limits"] = limits = measure_limits()
@@ -350,8 +350,8 @@ def main():
                     # A first run captures the step's CUDA graphs (once per batch shape and process);
                     # the next --reps are measured, each figure their median (this machine is shared).
                     started_ms = time.time() * 1e3
-                    generate(server, mode, batch, min(n, 8), s["vocab"])
-                    runs = [generate(server, mode, batch, n, s["vocab"]) for _ in range(a.reps)]
+                    generate(server, mode, batch, min(n, 8), s["vocab"], a.question_tokens)
+                    runs = [generate(server, mode, batch, n, s["vocab"], a.question_tokens) for _ in range(a.reps)]
                     row = dict(runs[0])
                     for key in ("ttft_ms", "tpot_ms", "kv_fraction_loaded", "centroid_comparisons"):
                         row[key] = statistics.median(r[key] for r in runs)
@@ -366,7 +366,8 @@ def main():
                 row.update(mode=mode, batch=batch, new_tokens=n, step_bytes=step_bytes,
                            tpot_limit_ms=1e3 * step_bytes / limits["copy_bytes_per_s"],
                            ttft_limit_ms=1e3 * question_limit_s(s, a.context, batch, row["kv_fraction_loaded"],
-                                                                row["centroid_comparisons"], limits))
+                                                                row["centroid_comparisons"], limits,
+                                                                a.question_tokens))
                 row["tpot_over_limit"] = row["tpot_ms"] / row["tpot_limit_ms"]
                 row["ttft_over_limit"] = row["ttft_ms"] / row["ttft_limit_ms"]
                 rows.append(row)
