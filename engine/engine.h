@@ -69,9 +69,9 @@ struct EngineOptions {
   // or "reference" (the blocked libtorch code; for comparisons).
   std::string dense_attention = "auto";
   // The squeezed query prefill's attention on the CUDA kernels: "auto" (the warp-specialized
-  // kernel where a launch runs unsplit, i.e. long queries, mma.sync where split-K cuts the
-  // selection into short ranges, i.e. questions: kernels::PrefillKernel::kWhereUnsplit says what
-  // was measured), "mma_sync" (FlashAttention-2 structure, kernels/prefill_attention.cu) or
+  // kernel where each CTA streams at least half its head's selection, i.e. long queries, mma.sync
+  // where split-K cuts it finer, i.e. questions: kernels::PrefillKernel::kWhereRangesAreLong says
+  // what was measured), "mma_sync" (FlashAttention-2 structure, kernels/prefill_attention.cu) or
   // "warp_specialized" (FlashAttention-3 structure, kernels/prefill_attention_ws.cu), both for
   // comparisons. The warp-specialized kernel runs only at head_dim 128 on Hopper; mma.sync elsewhere.
   std::string prefill_kernel = "auto";

@@ -416,8 +416,9 @@ std::string KernelAttention::PrefillKernelNote() const {
   if (head_dim_ == 128 && kernels::prefill_warp_specialized_available()) {
     return options_.prefill_kernel == kernels::PrefillKernel::kWarpSpecialized
                ? "query prefill attention: warp-specialized wgmma"
-               : "query prefill attention: warp-specialized wgmma where a launch's row tiles fill the device "
-                 "(long queries), mma.sync where split-K cuts the keys (questions) (prefill_kernel auto)";
+               : "query prefill attention: warp-specialized wgmma where each CTA streams half its head's "
+                 "selection or more (long queries), mma.sync where split-K cuts it finer (questions) "
+                 "(prefill_kernel auto)";
   }
 #endif
   return absl::StrCat("query prefill attention: mma.sync (prefill_kernel ", asked,

@@ -91,7 +91,7 @@ absl::StatusOr<bool> ChooseKernelBackend(const std::string& backend, const Model
 enum class SqueezedBundles { kOff, kWherePays, kAlways };
 
 struct KernelAttentionOptions {
-  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereUnsplit;  // EngineOptions::prefill_kernel
+  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereRangesAreLong;  // EngineOptions::prefill_kernel
   bool programmatic_launch = true;    // EngineOptions::programmatic_launch (kernels/launch.h's switch)
   bool shared_context_decode = true;  // EngineOptions::shared_context_decode (see above)
   SqueezedBundles squeezed_bundles = SqueezedBundles::kWherePays;  // EngineOptions::squeezed_bundles

@@ -430,7 +430,7 @@ absl::StatusOr<std::unique_ptr<Engine>> TorchEngine::Create(const EngineOptions&
   auto use_kernels = ChooseKernelBackend(options.attention_backend, engine->config_, device->device, device->dtype,
                                          &backend_reason);
   if (!use_kernels.ok()) return use_kernels.status();
-  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereUnsplit;
+  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::kWhereRangesAreLong;
   if (options.prefill_kernel == "mma_sync") {
     prefill_kernel = kernels::PrefillKernel::kMmaSync;
   } else if (options.prefill_kernel == "warp_specialized") {

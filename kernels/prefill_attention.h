@@ -31,13 +31,17 @@ enum class PrefillKernel {
   kWarpSpecialized,  // prefill_attention_ws.cu: a producer warpgroup gathering the tiles, two consumer
                      // warpgroups on wgmma taking turns, each overlapping one tile's softmax with the
                      // next tile's products
-  // The warp-specialized kernel where the launch runs unsplit (its row tiles alone fill the device,
-  // so each CTA streams its head's whole selection), mma.sync where split-K cuts the selection into
-  // short ranges. Measured on an H100 (bench/kernels/NOTES.md run 37): at 1K x 512K, unsplit, the
-  // ws kernel's step 0.83x the mma.sync one's; on a 64-token question (split 8-16 ways) its fixed
-  // cost per CTA made it 1.1-1.7x slower (run 14) and the TTFT 1.07-1.16x (run 37).
-  kWhereUnsplit,
+  // The warp-specialized kernel where each CTA streams at least half its head's selection (split-K
+  // of at most kWarpSpecializedMaxSplits: a long query's row tiles fill most of the device; the
+  // server's 512-token prefill chunks and longer at Llama-2 and Llama-3 on 132 SMs), mma.sync where
+  // split-K cuts the selection finer (questions of tens to a few hundred tokens). Measured on an
+  // H100 (bench/kernels/NOTES.md run 37): at 1K x 512K, unsplit, the ws kernel's step 0.83x the
+  // mma.sync one's (attention 0.85-0.94x); a Llama-2 64-token question (split 8 ways, 64 rows: the
+  // consumers split the keys) took 1.07-1.16x the TTFT end to end (run 37) and its attention
+  // 1.1-1.7x (run 14, before the swizzle). Not yet measured: 512-token chunks (2 ways).
+  kWhereRangesAreLong,
 };
+constexpr int32_t kWarpSpecializedMaxSplits = 2;  // PrefillKernel::kWhereRangesAreLong
 
 // Key ranges per (row tile, KV head) of a launch of `ctas` (row tiles x KV heads x batch) on `sms`
 // SMs when PrefillLaunch::splits is 0: ~2 CTAs per SM (one ~250-register, 256-thread CTA fits an
@@ -51,7 +55,7 @@ constexpr int32_t prefill_auto_splits(int64_t ctas, int32_t sms) {
 // here, prefill_warp_specialized_available() at head_dim 128).
 constexpr bool prefill_runs_warp_specialized(PrefillKernel kernel, int32_t splits, bool available) {
   return available && (kernel == PrefillKernel::kWarpSpecialized ||
-                       (kernel == PrefillKernel::kWhereUnsplit && splits == 1));
+                       (kernel == PrefillKernel::kWhereRangesAreLong && splits <= kWarpSpecializedMaxSplits));
 }
 
 struct PrefillLaunch {
@@ -63,7 +67,7 @@ struct PrefillLaunch {
   // bench/kernels/NOTES.md run 10): the Llama-2 64-token question's attention 24-29% faster, the
   // others unchanged. false: every warp computes (kept for the A/B row and the check).
   bool skip_padding_warps = true;
-  // The kernel (see PrefillKernel; the engine's default is kWhereUnsplit).
+  // The kernel (see PrefillKernel; the engine's default is kWhereRangesAreLong).
   PrefillKernel kernel = PrefillKernel::kMmaSync;
 };
 

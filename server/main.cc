@@ -67,10 +67,11 @@ ABSL_FLAG(std::string, attention_backend, "auto",
           "kernels, or the model fails to load). Ingest prefill always uses libtorch's fused attention.");
 ABSL_FLAG(std::string, prefill_kernel, "auto",
           "With the CUDA kernels: the kernel of a squeezed query prefill's attention. auto: the warp-specialized "
-          "kernel (FlashAttention-3 structure; Hopper and head_dim 128 only) where a launch's query rows fill the "
-          "device (long queries: 0.83x the mma.sync step at 1K x 512K), mma_sync where split-K cuts the keys into "
-          "short ranges (questions of tens of tokens, where the warp-specialized one was slower). mma_sync or "
-          "warp_specialized: that kernel everywhere it runs, for comparisons. The log says which runs "
+          "kernel (FlashAttention-3 structure; Hopper and head_dim 128 only) where a query's rows fill most of the "
+          "device (prefill chunks of 512 tokens and more: 0.83x the mma.sync step at 1K x 512K), mma_sync where "
+          "split-K cuts the keys into short ranges (questions up to a few hundred tokens; the warp-specialized "
+          "one was slower on 64-token ones). mma_sync or warp_specialized: that kernel everywhere it runs, for "
+          "comparisons. The log says which runs "
           "(bench/kernels/NOTES.md run 37).");
 ABSL_FLAG(bool, programmatic_launch, true,
           "With the CUDA kernels on Hopper: launch the decode step's kernels with programmatic dependent launch "
